@@ -1,0 +1,63 @@
+//! `conformance --endpoint unix:///path.sock [--focus REGEX] [--skip REGEX]`
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use conformance::client::Cri;
+use conformance::runner::{self, Env};
+use regex::Regex;
+
+#[derive(Debug, Parser)]
+#[command(about = "CRI conformance suite for any CRI v1 endpoint")]
+struct Args {
+    /// CRI endpoint, e.g. unix:///run/crid/crid.sock
+    #[arg(long, default_value = "unix:///run/crid/crid.sock")]
+    endpoint: String,
+    /// Run only tests whose name matches.
+    #[arg(long)]
+    focus: Option<Regex>,
+    /// Skip tests whose name matches.
+    #[arg(long)]
+    skip: Option<Regex>,
+    /// Registry with the test images (host:port on loopback).
+    #[arg(long, env = "CRID_TEST_REGISTRY")]
+    registry: Option<String>,
+    /// Upper bound for one test, in seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let cri = match Cri::connect(&args.endpoint).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("conformance: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let env = Env {
+        cri,
+        registry: args.registry,
+    };
+    let tests = conformance::tests::all();
+    let s = runner::run(
+        &tests,
+        &env,
+        args.focus.as_ref(),
+        args.skip.as_ref(),
+        Duration::from_secs(args.timeout),
+    )
+    .await;
+    println!(
+        "{} passed, {} failed, {} skipped",
+        s.passed, s.failed, s.skipped
+    );
+    if s.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

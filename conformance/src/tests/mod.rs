@@ -1,0 +1,12 @@
+//! The suite, one module per CRI area.
+
+pub mod runtime;
+
+use crate::runner::Test;
+
+/// Every test, in the order they run.
+pub fn all() -> Vec<Test> {
+    let mut tests = Vec::new();
+    tests.extend(runtime::tests());
+    tests
+}

@@ -1,0 +1,318 @@
+//! crid's configuration: a TOML file whose every key has a built-in default, so crid runs with
+//! no file at all. `crid config default` prints [`DEFAULT_TOML`], which a test keeps equal to
+//! [`Config::default`].
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The documented default configuration, printed by `crid config default`.
+pub const DEFAULT_TOML: &str = include_str!("default-config.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Persistent state: images, layers, pod and container records.
+    pub root: PathBuf,
+    /// Volatile state (tmpfs): sockets, namespace mounts, monitor pid files.
+    pub state: PathBuf,
+    pub grpc: GrpcConfig,
+    pub log: LogConfig,
+    pub registry: RegistryConfig,
+    pub images: ImagesConfig,
+    pub cni: CniConfig,
+    pub runtime: RuntimeConfig,
+    pub streaming: StreamingConfig,
+    pub vm: VmConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    pub socket: PathBuf,
+    /// Octal permission bits of the socket, as a string ("0660").
+    pub socket_mode: String,
+    pub max_message_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    /// "text" or "json".
+    pub format: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// containerd-style `certs.d` directory: `<host>/hosts.toml` per registry.
+    pub config_path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// Image that holds a pod-wide PID namespace; always pinned.
+    pub pause_image: String,
+    /// Further images that `RemoveImage` and garbage collection never delete.
+    pub pinned_images: Vec<String>,
+    /// Tarballs (OCI layout or `docker save`) found here are imported at start-up.
+    /// Empty means `<root>/import`.
+    pub import_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniConfig {
+    pub conf_dir: PathBuf,
+    pub bin_dirs: Vec<PathBuf>,
+    /// Upper bound for one plugin invocation, in seconds.
+    pub plugin_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    pub runc_path: PathBuf,
+    /// "auto", "systemd" or "cgroupfs".
+    pub cgroup_driver: String,
+    /// Runtime handler names that give an ordinary (runc) pod.
+    pub runc_handlers: Vec<String>,
+    /// Runtime handler names that give a pod that may hold unikernel containers.
+    pub unikernel_handlers: Vec<String>,
+    /// Directory that `Localhost` seccomp profiles must live under.
+    pub seccomp_profile_root: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    pub address: String,
+    /// 0 picks a free port.
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmConfig {
+    /// "auto", "kvm" or "tcg".
+    pub accelerator: String,
+    pub default_memory_mib: u64,
+    pub qemu_path: PathBuf,
+    pub firecracker_path: PathBuf,
+    pub cloud_hypervisor_path: PathBuf,
+    pub solo5_hvt_path: PathBuf,
+    pub solo5_spt_path: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from("/var/lib/crid"),
+            state: PathBuf::from("/run/crid"),
+            grpc: GrpcConfig::default(),
+            log: LogConfig::default(),
+            registry: RegistryConfig::default(),
+            images: ImagesConfig::default(),
+            cni: CniConfig::default(),
+            runtime: RuntimeConfig::default(),
+            streaming: StreamingConfig::default(),
+            vm: VmConfig::default(),
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            socket: PathBuf::from("/run/crid/crid.sock"),
+            socket_mode: "0660".into(),
+            // kubelet's limit.
+            max_message_size: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            config_path: PathBuf::from("/etc/crid/certs.d"),
+        }
+    }
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            pause_image: "registry.k8s.io/pause:3.10".into(),
+            pinned_images: Vec::new(),
+            import_dir: None,
+        }
+    }
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            plugin_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            runc_path: PathBuf::from("runc"),
+            cgroup_driver: "auto".into(),
+            runc_handlers: vec![String::new(), "runc".into()],
+            unikernel_handlers: vec!["urunc".into(), "unikernel".into()],
+            seccomp_profile_root: PathBuf::from("/var/lib/kubelet/seccomp"),
+        }
+    }
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            address: "127.0.0.1".into(),
+            port: 0,
+        }
+    }
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            accelerator: "auto".into(),
+            default_memory_mib: 256,
+            qemu_path: PathBuf::from("qemu-system-x86_64"),
+            firecracker_path: PathBuf::from("firecracker"),
+            cloud_hypervisor_path: PathBuf::from("cloud-hypervisor"),
+            solo5_hvt_path: PathBuf::from("solo5-hvt"),
+            solo5_spt_path: PathBuf::from("solo5-spt"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("invalid value for {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Config {
+    /// Loads `path`, or the built-in defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let config = match path {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })?
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.socket_mode()?;
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid {
+                key: "log.format",
+                reason: format!("{:?} is neither \"text\" nor \"json\"", self.log.format),
+            });
+        }
+        if !matches!(
+            self.runtime.cgroup_driver.as_str(),
+            "auto" | "systemd" | "cgroupfs"
+        ) {
+            return Err(ConfigError::Invalid {
+                key: "runtime.cgroup_driver",
+                reason: format!(
+                    "{:?} is not auto, systemd or cgroupfs",
+                    self.runtime.cgroup_driver
+                ),
+            });
+        }
+        if !matches!(self.vm.accelerator.as_str(), "auto" | "kvm" | "tcg") {
+            return Err(ConfigError::Invalid {
+                key: "vm.accelerator",
+                reason: format!("{:?} is not auto, kvm or tcg", self.vm.accelerator),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn socket_mode(&self) -> Result<u32, ConfigError> {
+        u32::from_str_radix(self.grpc.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "grpc.socket_mode",
+                reason: format!("{:?} is not an octal mode", self.grpc.socket_mode),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_default_matches_builtin() {
+        let parsed: Config = toml::from_str(DEFAULT_TOML).expect("default config parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let parsed: Config = toml::from_str("").unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("rooot = \"/x\"").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let mut c = Config::default();
+        c.grpc.socket_mode = "999".into();
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.vm.accelerator = "hvf".into();
+        assert!(c.validate().is_err());
+        assert_eq!(Config::default().socket_mode().unwrap(), 0o660);
+    }
+}

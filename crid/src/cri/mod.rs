@@ -1,0 +1,358 @@
+//! The CRI v1 gRPC layer: thin handlers that validate and convert each request into a call on a
+//! domain crate and convert the answer back. Errors become `tonic::Status` only in
+//! [`error::to_status`]. Handlers are grouped by resource, not by RPC.
+
+pub mod container;
+pub mod error;
+pub mod image;
+pub mod pod;
+pub mod runtime;
+pub mod streaming;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use proto::cri;
+use proto::cri::image_service_server::ImageService;
+use proto::cri::runtime_service_server::RuntimeService;
+use tonic::{Request, Response, Status};
+
+use crate::daemon::State;
+
+/// Serves both CRI services over one shared daemon state.
+#[derive(Clone)]
+pub struct CriService {
+    state: Arc<State>,
+}
+
+impl CriService {
+    pub fn new(state: Arc<State>) -> Self {
+        CriService { state }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+/// Records the ids of a request on the current RPC span.
+fn record(field: &str, value: &str) {
+    tracing::Span::current().record(field, value);
+}
+
+#[tonic::async_trait]
+impl RuntimeService for CriService {
+    async fn version(&self, r: Request<cri::VersionRequest>) -> Reply<cri::VersionResponse> {
+        runtime::version(&self.state, r.into_inner()).map(Response::new)
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        r: Request<cri::RunPodSandboxRequest>,
+    ) -> Reply<cri::RunPodSandboxResponse> {
+        pod::run_pod_sandbox(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        r: Request<cri::StopPodSandboxRequest>,
+    ) -> Reply<cri::StopPodSandboxResponse> {
+        let r = r.into_inner();
+        record("pod_sandbox_id", &r.pod_sandbox_id);
+        pod::stop_pod_sandbox(&self.state, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        r: Request<cri::RemovePodSandboxRequest>,
+    ) -> Reply<cri::RemovePodSandboxResponse> {
+        let r = r.into_inner();
+        record("pod_sandbox_id", &r.pod_sandbox_id);
+        pod::remove_pod_sandbox(&self.state, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        r: Request<cri::PodSandboxStatusRequest>,
+    ) -> Reply<cri::PodSandboxStatusResponse> {
+        let r = r.into_inner();
+        record("pod_sandbox_id", &r.pod_sandbox_id);
+        pod::pod_sandbox_status(&self.state, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        r: Request<cri::ListPodSandboxRequest>,
+    ) -> Reply<cri::ListPodSandboxResponse> {
+        pod::list_pod_sandbox(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn create_container(
+        &self,
+        r: Request<cri::CreateContainerRequest>,
+    ) -> Reply<cri::CreateContainerResponse> {
+        let r = r.into_inner();
+        record("pod_sandbox_id", &r.pod_sandbox_id);
+        container::create_container(&self.state, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn start_container(
+        &self,
+        r: Request<cri::StartContainerRequest>,
+    ) -> Reply<cri::StartContainerResponse> {
+        let r = r.into_inner();
+        record("container_id", &r.container_id);
+        container::start_container(&self.state, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn stop_container(
+        &self,
+        r: Request<cri::StopContainerRequest>,
+    ) -> Reply<cri::StopContainerResponse> {
+        let r = r.into_inner();
+        record("container_id", &r.container_id);
+        container::stop_container(&self.state, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_container(
+        &self,
+        r: Request<cri::RemoveContainerRequest>,
+    ) -> Reply<cri::RemoveContainerResponse> {
+        let r = r.into_inner();
+        record("container_id", &r.container_id);
+        container::remove_container(&self.state, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_containers(
+        &self,
+        r: Request<cri::ListContainersRequest>,
+    ) -> Reply<cri::ListContainersResponse> {
+        container::list_containers(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn container_status(
+        &self,
+        r: Request<cri::ContainerStatusRequest>,
+    ) -> Reply<cri::ContainerStatusResponse> {
+        let r = r.into_inner();
+        record("container_id", &r.container_id);
+        container::container_status(&self.state, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn update_container_resources(
+        &self,
+        r: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Reply<cri::UpdateContainerResourcesResponse> {
+        let r = r.into_inner();
+        record("container_id", &r.container_id);
+        container::update_container_resources(&self.state, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn reopen_container_log(
+        &self,
+        r: Request<cri::ReopenContainerLogRequest>,
+    ) -> Reply<cri::ReopenContainerLogResponse> {
+        let r = r.into_inner();
+        record("container_id", &r.container_id);
+        container::reopen_container_log(&self.state, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> Reply<cri::ExecSyncResponse> {
+        let r = r.into_inner();
+        record("container_id", &r.container_id);
+        container::exec_sync(&self.state, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn exec(&self, r: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
+        let r = r.into_inner();
+        record("container_id", &r.container_id);
+        streaming::exec(&self.state, r).await.map(Response::new)
+    }
+
+    async fn attach(&self, r: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
+        let r = r.into_inner();
+        record("container_id", &r.container_id);
+        streaming::attach(&self.state, r).await.map(Response::new)
+    }
+
+    async fn port_forward(
+        &self,
+        r: Request<cri::PortForwardRequest>,
+    ) -> Reply<cri::PortForwardResponse> {
+        let r = r.into_inner();
+        record("pod_sandbox_id", &r.pod_sandbox_id);
+        streaming::port_forward(&self.state, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn container_stats(
+        &self,
+        r: Request<cri::ContainerStatsRequest>,
+    ) -> Reply<cri::ContainerStatsResponse> {
+        let r = r.into_inner();
+        record("container_id", &r.container_id);
+        container::container_stats(&self.state, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_container_stats(
+        &self,
+        r: Request<cri::ListContainerStatsRequest>,
+    ) -> Reply<cri::ListContainerStatsResponse> {
+        container::list_container_stats(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        r: Request<cri::PodSandboxStatsRequest>,
+    ) -> Reply<cri::PodSandboxStatsResponse> {
+        let r = r.into_inner();
+        record("pod_sandbox_id", &r.pod_sandbox_id);
+        pod::pod_sandbox_stats(&self.state, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        r: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Reply<cri::ListPodSandboxStatsResponse> {
+        pod::list_pod_sandbox_stats(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn update_runtime_config(
+        &self,
+        r: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Reply<cri::UpdateRuntimeConfigResponse> {
+        runtime::update_runtime_config(&self.state, r.into_inner()).map(Response::new)
+    }
+
+    async fn status(&self, r: Request<cri::StatusRequest>) -> Reply<cri::StatusResponse> {
+        runtime::status(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn checkpoint_container(
+        &self,
+        r: Request<cri::CheckpointContainerRequest>,
+    ) -> Reply<cri::CheckpointContainerResponse> {
+        record("container_id", &r.get_ref().container_id);
+        Err(Status::unimplemented(
+            "crid does not support container checkpoints",
+        ))
+    }
+
+    type GetContainerEventsStream =
+        Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send + 'static>>;
+
+    async fn get_container_events(
+        &self,
+        r: Request<cri::GetEventsRequest>,
+    ) -> Reply<Self::GetContainerEventsStream> {
+        container::get_container_events(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _r: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Reply<cri::ListMetricDescriptorsResponse> {
+        Err(Status::unimplemented(
+            "crid does not serve CRI metric descriptors; use ContainerStats",
+        ))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _r: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Reply<cri::ListPodSandboxMetricsResponse> {
+        Err(Status::unimplemented(
+            "crid does not serve CRI pod metrics; use PodSandboxStats",
+        ))
+    }
+
+    async fn runtime_config(
+        &self,
+        r: Request<cri::RuntimeConfigRequest>,
+    ) -> Reply<cri::RuntimeConfigResponse> {
+        runtime::runtime_config(&self.state, r.into_inner()).map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for CriService {
+    async fn list_images(
+        &self,
+        r: Request<cri::ListImagesRequest>,
+    ) -> Reply<cri::ListImagesResponse> {
+        image::list_images(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn image_status(
+        &self,
+        r: Request<cri::ImageStatusRequest>,
+    ) -> Reply<cri::ImageStatusResponse> {
+        image::image_status(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn pull_image(&self, r: Request<cri::PullImageRequest>) -> Reply<cri::PullImageResponse> {
+        image::pull_image(&self.state, r).await.map(Response::new)
+    }
+
+    async fn remove_image(
+        &self,
+        r: Request<cri::RemoveImageRequest>,
+    ) -> Reply<cri::RemoveImageResponse> {
+        image::remove_image(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn image_fs_info(
+        &self,
+        r: Request<cri::ImageFsInfoRequest>,
+    ) -> Reply<cri::ImageFsInfoResponse> {
+        image::image_fs_info(&self.state, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+}

@@ -1,0 +1,192 @@
+//! Start-up and serving: builds the shared [`State`], binds the CRI socket, serves both CRI
+//! services until SIGTERM/SIGINT and then shuts down gracefully.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use proto::cri::image_service_server::ImageServiceServer;
+use proto::cri::runtime_service_server::RuntimeServiceServer;
+use serde::Serialize;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::cri::CriService;
+
+/// The cgroup driver in use, decided once at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Systemd,
+    Cgroupfs,
+}
+
+impl std::fmt::Display for CgroupDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CgroupDriver::Systemd => "systemd",
+            CgroupDriver::Cgroupfs => "cgroupfs",
+        })
+    }
+}
+
+impl CgroupDriver {
+    /// `auto` means systemd when systemd is the init system (it owns the cgroup tree then),
+    /// cgroupfs otherwise.
+    pub fn resolve(configured: &str) -> CgroupDriver {
+        match configured {
+            "systemd" => CgroupDriver::Systemd,
+            "cgroupfs" => CgroupDriver::Cgroupfs,
+            _ if Path::new("/run/systemd/system").is_dir() => CgroupDriver::Systemd,
+            _ => CgroupDriver::Cgroupfs,
+        }
+    }
+}
+
+/// Whether pods can get a network, as reported by `Status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkStatus {
+    pub ready: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Everything the gRPC handlers share.
+pub struct State {
+    pub config: Config,
+    pub cgroup_driver: CgroupDriver,
+    pub started_at_unix: u64,
+    pod_cidr: Mutex<String>,
+}
+
+impl State {
+    pub fn new(config: Config) -> anyhow::Result<State> {
+        for dir in [&config.root, &config.state] {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let cgroup_driver = CgroupDriver::resolve(&config.runtime.cgroup_driver);
+        Ok(State {
+            cgroup_driver,
+            started_at_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            pod_cidr: Mutex::new(String::new()),
+            config,
+        })
+    }
+
+    pub fn network_status(&self) -> NetworkStatus {
+        let dir = &self.config.cni.conf_dir;
+        let has_conf = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries.flatten().any(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.ends_with(".conflist")
+                        || name.ends_with(".conf")
+                        || name.ends_with(".json")
+                })
+            })
+            .unwrap_or(false);
+        if has_conf {
+            NetworkStatus {
+                ready: true,
+                reason: String::new(),
+                message: String::new(),
+            }
+        } else {
+            NetworkStatus {
+                ready: false,
+                reason: "NetworkPluginNotReady".into(),
+                message: format!("no CNI network configuration in {}", dir.display()),
+            }
+        }
+    }
+
+    pub fn set_pod_cidr(&self, cidr: String) {
+        if let Ok(mut c) = self.pod_cidr.lock() {
+            *c = cidr;
+        }
+    }
+}
+
+/// Binds the CRI socket and serves until a termination signal arrives.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let socket = config.grpc.socket.clone();
+    let mode = config.socket_mode()?;
+    let max = config.grpc.max_message_size;
+    let state = Arc::new(State::new(config)?);
+    tracing::info!(
+        root = %state.config.root.display(),
+        state = %state.config.state.display(),
+        cgroup_driver = %state.cgroup_driver,
+        "crid starting"
+    );
+
+    let listener = bind(&socket, mode)?;
+    let service = CriService::new(state.clone());
+    let runtime = RuntimeServiceServer::new(service.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let images = ImageServiceServer::new(service)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+
+    tracing::info!(socket = %socket.display(), "serving CRI v1");
+    let result = tonic::transport::Server::builder()
+        .trace_fn(|req| {
+            tracing::info_span!(
+                "rpc",
+                method = %req.uri().path().rsplit('/').next().unwrap_or_default(),
+                pod_sandbox_id = tracing::field::Empty,
+                container_id = tracing::field::Empty,
+                image = tracing::field::Empty,
+            )
+        })
+        .add_service(runtime)
+        .add_service(images)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    result.context("gRPC server failed")?;
+    tracing::info!("crid stopped");
+    Ok(())
+}
+
+fn bind(socket: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    // A socket file left by a previous run would make bind fail with EADDRINUSE.
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", socket.display())),
+    }
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("cannot bind {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", socket.display()))?;
+    Ok(listener)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop crid with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+}

@@ -1,0 +1,114 @@
+//! The crid binary: the CRI daemon and its operator subcommands.
+
+mod config;
+mod cri;
+mod daemon;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+
+/// crid: a CRI v1 node runtime that runs containers through runc and unikernel images as VMs.
+#[derive(Debug, Parser)]
+#[command(name = "crid", version, about)]
+struct Cli {
+    /// Configuration file (TOML); built-in defaults when absent.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Persistent state directory (overrides `root`).
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    /// Volatile state directory (overrides `state`).
+    #[arg(long, global = true)]
+    state: Option<PathBuf>,
+    /// CRI socket path (overrides `grpc.socket`).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Log level or tracing filter (overrides `log.level`).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the full default configuration with comments.
+    Default,
+}
+
+impl Cli {
+    fn load_config(&self) -> anyhow::Result<Config> {
+        let mut config = Config::load(self.config.as_deref())?;
+        if let Some(root) = &self.root {
+            config.root = root.clone();
+        }
+        if let Some(state) = &self.state {
+            config.state = state.clone();
+        }
+        if let Some(socket) = &self.socket {
+            config.grpc.socket = socket.clone();
+        }
+        if let Some(level) = &self.log_level {
+            config.log.level = level.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Config {
+            command: ConfigCommand::Default,
+        }) => {
+            print!("{}", config::DEFAULT_TOML);
+            ExitCode::SUCCESS
+        }
+        None => match run_daemon(&cli) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("crid: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
+    let config = cli.load_config()?;
+    init_tracing(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("crid")
+        .build()?;
+    runtime.block_on(daemon::run(config))
+}

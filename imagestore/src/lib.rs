@@ -1,0 +1,7 @@
+//! The image service of crid: pulling OCI images from registries, the content store addressed by
+//! digest, unpacking layers once into shared layer directories, image metadata, and recognising
+//! unikernel artifacts. It knows nothing of gRPC: `crid` converts CRI requests into calls here.
+
+mod error;
+
+pub use error::{ErrorKind, ImageError};

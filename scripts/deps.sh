@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what crid and its tests need on Debian 12. Idempotent.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(runc containernetworking-plugins iproute2 iptables qemu-system-x86 qemu-utils
+      docker-registry skopeo protobuf-compiler busybox-static gcc make curl jq
+      containerd)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set-up and start on a fresh Debian machine: installs runc and the CNI plugins, builds crid,
+# installs the default CNI network (only if /etc/cni/net.d has none) and runs crid in the
+# foreground with its built-in defaults (socket /run/crid/crid.sock).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+cargo build --release -p crid
+install -m 0755 target/release/crid /usr/local/bin/crid
+if ! ls /etc/cni/net.d/*.conflist /etc/cni/net.d/*.conf >/dev/null 2>&1; then
+    install -D -m 0644 crid/dist/10-crid-bridge.conflist /etc/cni/net.d/10-crid-bridge.conflist
+fi
+exec /usr/local/bin/crid "$@"
