@@ -3,5 +3,9 @@
 //! unikernel artifacts. It knows nothing of gRPC: `crid` converts CRI requests into calls here.
 
 mod error;
+mod image;
+pub mod unikernel;
 
 pub use error::{ErrorKind, ImageError};
+pub use image::Image;
+pub use unikernel::{HypervisorKind, UnikernelInfo, UnikernelSource, UnikernelType};
