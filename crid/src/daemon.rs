@@ -128,7 +128,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "crid starting"
     );
 
-    let listener = bind(&socket, mode)?;
+    let listener = match crate::notify::activated_listener() {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            tracing::info!("using the socket passed by systemd");
+            UnixListener::from_std(l)?
+        }
+        None => bind(&socket, mode)?,
+    };
     let service = CriService::new(state.clone());
     let runtime = RuntimeServiceServer::new(service.clone())
         .max_decoding_message_size(max)
@@ -138,6 +145,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .max_encoding_message_size(max);
 
     tracing::info!(socket = %socket.display(), "serving CRI v1");
+    crate::notify::notify("READY=1");
+    crate::notify::spawn_watchdog();
     let result = tonic::transport::Server::builder()
         .trace_fn(|req| {
             tracing::info_span!(
@@ -152,6 +161,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(images)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await;
+    crate::notify::notify("STOPPING=1");
     let _ = std::fs::remove_file(&socket);
     result.context("gRPC server failed")?;
     tracing::info!("crid stopped");

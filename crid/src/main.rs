@@ -3,6 +3,8 @@
 mod config;
 mod cri;
 mod daemon;
+mod notify;
+mod sys;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
