@@ -1,0 +1,146 @@
+/*
+ * A freestanding test unikernel for crid.
+ *
+ * Booted through the PVH entry point (XEN_ELFNOTE_PHYS32_ENTRY) in 32-bit protected mode with
+ * paging off; %ebx holds the physical address of the hvm_start_info structure. It prints a
+ * greeting and its command line on the first serial port (0x3f8) and then:
+ *   exit=N   writes N to QEMU's isa-debug-exit port (0xf4): QEMU exits with (N << 1) | 1
+ *   no exit= halts forever (for stop/kill tests)
+ * No SSE, no libc: gcc -m32 -ffreestanding -mgeneral-regs-only -nostdlib -static.
+ */
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+#define HVM_START_MAGIC 0x336ec578u
+#define SERIAL 0x3f8
+#define DEBUG_EXIT 0xf4
+
+struct hvm_start_info {
+	u32 magic;
+	u32 version;
+	u32 flags;
+	u32 nr_modules;
+	u64 modlist_paddr;
+	u64 cmdline_paddr;
+	u64 rsdp_paddr;
+	u64 memmap_paddr;
+	u32 memmap_entries;
+	u32 reserved;
+};
+
+/* The PVH note: namesz 4, descsz 4, type 18, name "Xen", desc the 32-bit entry address. */
+__asm__(".pushsection .note.pvh, \"a\", @note\n"
+	".balign 4\n"
+	".long 4\n"
+	".long 4\n"
+	".long 18\n"
+	".asciz \"Xen\"\n"
+	".balign 4\n"
+	".long _start\n"
+	".balign 4\n"
+	".popsection\n");
+
+__asm__(".pushsection .text.entry, \"ax\"\n"
+	".globl _start\n"
+	"_start:\n"
+	"  cli\n"
+	"  movl $stack_top, %esp\n"
+	"  pushl %ebx\n"
+	"  call guest_main\n"
+	"1: hlt\n"
+	"  jmp 1b\n"
+	".popsection\n");
+
+__asm__(".pushsection .bss\n"
+	".balign 16\n"
+	"stack_bottom:\n"
+	".skip 16384\n"
+	"stack_top:\n"
+	".popsection\n");
+
+static inline void outb(u16 port, u8 v)
+{
+	__asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port));
+}
+
+static inline u8 inb(u16 port)
+{
+	u8 v;
+	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+static void putc(char c)
+{
+	int spin = 100000;
+	while (!(inb(SERIAL + 5) & 0x20) && --spin)
+		;
+	outb(SERIAL, (u8)c);
+}
+
+static void puts(const char *s)
+{
+	while (*s)
+		putc(*s++);
+}
+
+static void halt_forever(void)
+{
+	for (;;)
+		__asm__ volatile("cli; hlt");
+}
+
+/* Returns the value of key=N in the command line, or -1. */
+static int param(const char *cmdline, const char *key)
+{
+	const char *p = cmdline;
+	while (*p) {
+		while (*p == ' ')
+			p++;
+		const char *k = key;
+		const char *q = p;
+		while (*k && *q == *k) {
+			q++;
+			k++;
+		}
+		if (!*k && *q == '=') {
+			int v = 0, digits = 0;
+			q++;
+			while (*q >= '0' && *q <= '9' && digits < 3) {
+				v = v * 10 + (*q - '0');
+				q++;
+				digits++;
+			}
+			return digits ? v : -1;
+		}
+		while (*p && *p != ' ')
+			p++;
+	}
+	return -1;
+}
+
+void guest_main(const struct hvm_start_info *info)
+{
+	const char *cmdline = "";
+	puts("crid-test-guest: booted\n");
+	if (info->magic != HVM_START_MAGIC) {
+		puts("crid-test-guest: bad start info magic\n");
+		outb(DEBUG_EXIT, 0x7f);
+		halt_forever();
+	}
+	if (info->cmdline_paddr && info->cmdline_paddr < 0x100000000ull)
+		cmdline = (const char *)(u32)info->cmdline_paddr;
+	puts("cmdline: ");
+	puts(cmdline);
+	puts("\n");
+	int code = param(cmdline, "exit");
+	if (code >= 0 && code < 128) {
+		puts("crid-test-guest: exiting\n");
+		outb(DEBUG_EXIT, (u8)code);
+	}
+	puts("crid-test-guest: halting\n");
+	halt_forever();
+}
