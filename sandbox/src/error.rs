@@ -1,0 +1,59 @@
+//! The one error type of the sandbox crate and its mapping onto [`ErrorKind`].
+
+use std::path::PathBuf;
+
+use imagestore::ErrorKind;
+
+/// Errors of pods, containers and their backends.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A file named by an image (kernel, initrd, block image) is missing, escapes the image's
+    /// rootfs or is not a regular file.
+    #[error("unikernel file {path:?} in the image: {reason}")]
+    ImageFile { path: PathBuf, reason: String },
+    /// The monitor binary a hypervisor needs is not installed.
+    #[error("hypervisor binary {binary:?} not found (looked in {searched})")]
+    MissingBinary { binary: String, searched: String },
+    /// The guest or hypervisor cannot run with this configuration.
+    #[error("unsupported unikernel configuration: {reason}")]
+    UnsupportedGuest { reason: String },
+    /// A required accelerator is not usable on this host.
+    #[error("accelerator {accelerator} is not usable: {reason}")]
+    Accelerator { accelerator: String, reason: String },
+    /// Setting up or tearing down a guest's network failed.
+    #[error("guest network {op} failed: {reason}")]
+    GuestNetwork { op: String, reason: String },
+    /// Input the caller supplied is invalid.
+    #[error("invalid argument: {reason}")]
+    InvalidArgument { reason: String },
+    #[error("i/o error at {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SandboxError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SandboxError::ImageFile { .. } => ErrorKind::InvalidArgument,
+            SandboxError::MissingBinary { .. } => ErrorKind::FailedPrecondition,
+            SandboxError::UnsupportedGuest { .. } => ErrorKind::InvalidArgument,
+            SandboxError::Accelerator { .. } => ErrorKind::FailedPrecondition,
+            SandboxError::GuestNetwork { .. } => ErrorKind::Internal,
+            SandboxError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+            SandboxError::Io { source, .. } if source.raw_os_error() == Some(28) => {
+                ErrorKind::ResourceExhausted
+            }
+            SandboxError::Io { .. } => ErrorKind::Internal,
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        SandboxError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
