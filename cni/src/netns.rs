@@ -1,0 +1,237 @@
+//! Namespaces pinned by bind mounts: created by `unshare` on a dedicated OS thread (never a
+//! tokio worker, whose namespaces must stay the host's), pinned by bind-mounting that thread's
+//! `/proc/self/task/<tid>/ns/<kind>` onto a file, and entered the same way. The thread exits
+//! afterwards, so no thread of crid ever keeps a pod's namespace.
+//!
+//! The `ip netns` pin layout is followed (an empty file with an nsfs bind mount on it), so
+//! `nsenter --net=<pin>` and `ip netns exec` style tools work on crid's pins.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::statfs::{NSFS_MAGIC, statfs};
+
+use crate::error::CniError;
+
+/// A kind of namespace crid pins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NsKind {
+    Net,
+    Ipc,
+    Uts,
+}
+
+impl NsKind {
+    fn flag(self) -> CloneFlags {
+        match self {
+            NsKind::Net => CloneFlags::CLONE_NEWNET,
+            NsKind::Ipc => CloneFlags::CLONE_NEWIPC,
+            NsKind::Uts => CloneFlags::CLONE_NEWUTS,
+        }
+    }
+
+    fn proc_name(self) -> &'static str {
+        match self {
+            NsKind::Net => "net",
+            NsKind::Ipc => "ipc",
+            NsKind::Uts => "uts",
+        }
+    }
+}
+
+fn ns_err<'a>(op: &'static str, path: &'a Path) -> impl Fn(io::Error) -> CniError + 'a {
+    move |source| CniError::Netns {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn nix_io(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Creates new namespaces of the given kinds and pins each at its path. `setup` runs inside
+/// the new namespaces before they are pinned (e.g. to set the hostname). On any failure
+/// nothing stays pinned.
+pub fn create<F>(pins: &[(NsKind, PathBuf)], setup: F) -> Result<(), CniError>
+where
+    F: FnOnce() -> io::Result<()> + Send + 'static,
+{
+    for (_, path) in pins {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(ns_err("create directory", parent))?;
+        }
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(ns_err("create pin file", path))?;
+    }
+    let owned: Vec<(NsKind, PathBuf)> = pins.to_vec();
+    let first = pins.first().map(|(_, p)| p.clone()).unwrap_or_default();
+    let outcome = std::thread::Builder::new()
+        .name("crid-netns".into())
+        .spawn(move || -> Result<(), CniError> {
+            let flags = owned
+                .iter()
+                .fold(CloneFlags::empty(), |acc, (k, _)| acc | k.flag());
+            let path0 = owned.first().map(|(_, p)| p.clone()).unwrap_or_default();
+            unshare(flags)
+                .map_err(nix_io)
+                .map_err(ns_err("unshare", &path0))?;
+            setup().map_err(ns_err("set up", &path0))?;
+            let tid = nix::unistd::gettid();
+            for (kind, path) in &owned {
+                let src = format!("/proc/self/task/{tid}/ns/{}", kind.proc_name());
+                mount(
+                    Some(src.as_str()),
+                    path.as_path(),
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(nix_io)
+                .map_err(ns_err("bind mount", path))?;
+            }
+            Ok(())
+        })
+        .map_err(ns_err("spawn thread", &first))
+        .and_then(|handle| {
+            handle.join().unwrap_or_else(|_| {
+                Err(CniError::Netns {
+                    op: "create (thread panicked)",
+                    path: first.clone(),
+                    source: io::Error::other("panic"),
+                })
+            })
+        });
+    if outcome.is_err() {
+        for (_, path) in pins {
+            let _ = remove(path);
+        }
+    }
+    outcome
+}
+
+/// Unpins (lazy unmount) and deletes a pin file; a missing or unmounted pin is fine.
+pub fn remove(path: &Path) -> Result<(), CniError> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => return Err(ns_err("unmount", path)(nix_io(e))),
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ns_err("remove pin file", path)(e)),
+    }
+}
+
+/// Whether `path` is a live namespace pin.
+pub fn is_pinned(path: &Path) -> bool {
+    statfs(path)
+        .map(|s| s.filesystem_type() == NSFS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Runs `f` on a fresh OS thread that has joined the pinned namespaces, and returns its
+/// result. Use from async code through `spawn_blocking`.
+pub fn run_in<F, T>(pins: &[(NsKind, PathBuf)], f: F) -> Result<T, CniError>
+where
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let owned: Vec<(NsKind, PathBuf)> = pins.to_vec();
+    let first = pins.first().map(|(_, p)| p.clone()).unwrap_or_default();
+    std::thread::Builder::new()
+        .name("crid-setns".into())
+        .spawn(move || -> Result<T, CniError> {
+            for (kind, path) in &owned {
+                let file = std::fs::File::open(path).map_err(ns_err("open", path))?;
+                setns(&file, kind.flag())
+                    .map_err(nix_io)
+                    .map_err(ns_err("setns", path))?;
+            }
+            let path0 = owned.first().map(|(_, p)| p.clone()).unwrap_or_default();
+            f().map_err(ns_err("run inside", &path0))
+        })
+        .map_err(ns_err("spawn thread", &first))?
+        .join()
+        .unwrap_or_else(|_| {
+            Err(CniError::Netns {
+                op: "run inside (thread panicked)",
+                path: first.clone(),
+                source: io::Error::other("panic"),
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    #[test]
+    fn create_enter_remove() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let net = dir.path().join("netns/a");
+        let uts = dir.path().join("utsns/a");
+        create(
+            &[(NsKind::Net, net.clone()), (NsKind::Uts, uts.clone())],
+            || nix::unistd::sethostname("pinned-host").map_err(nix_io),
+        )
+        .unwrap();
+        assert!(is_pinned(&net) && is_pinned(&uts));
+        let host_ino = std::fs::metadata("/proc/self/ns/net").map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.ino()
+        });
+        let (ino, name) = run_in(
+            &[(NsKind::Net, net.clone()), (NsKind::Uts, uts.clone())],
+            || {
+                use std::os::unix::fs::MetadataExt;
+                let ino = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
+                let name = nix::unistd::gethostname().map_err(nix_io)?;
+                Ok((ino, name.to_string_lossy().into_owned()))
+            },
+        )
+        .unwrap();
+        assert_ne!(Some(ino), host_ino.ok());
+        assert_eq!(name, "pinned-host");
+        // This process's hostname is untouched.
+        assert_ne!(
+            nix::unistd::gethostname().unwrap().to_string_lossy(),
+            "pinned-host"
+        );
+        remove(&net).unwrap();
+        remove(&uts).unwrap();
+        remove(&net).unwrap();
+        assert!(!net.exists() && !uts.exists());
+    }
+
+    #[test]
+    fn failed_setup_leaves_nothing() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let net = dir.path().join("n");
+        let e = create(&[(NsKind::Net, net.clone())], || {
+            Err(io::Error::other("no"))
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("set up"), "{e}");
+        assert!(!net.exists());
+    }
+}
