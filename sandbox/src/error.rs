@@ -26,6 +26,21 @@ pub enum SandboxError {
     /// Input the caller supplied is invalid.
     #[error("invalid argument: {reason}")]
     InvalidArgument { reason: String },
+    /// No pod (or container) with this id.
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    /// The name is reserved by another pod (or container).
+    #[error("name {name:?} is already reserved by {id}")]
+    AlreadyExists { name: String, id: String },
+    /// The operation does not fit the object's current state.
+    #[error("{reason}")]
+    FailedPrecondition { reason: String },
+    /// Pod networking or namespaces failed; the source names the plugin and its message.
+    #[error("pod network")]
+    Network(#[source] cni::CniError),
+    /// A record on disk cannot be read or written.
+    #[error("record {path}: {reason}")]
+    Record { path: PathBuf, reason: String },
     #[error("i/o error at {path}")]
     Io {
         path: PathBuf,
@@ -43,6 +58,11 @@ impl SandboxError {
             SandboxError::Accelerator { .. } => ErrorKind::FailedPrecondition,
             SandboxError::GuestNetwork { .. } => ErrorKind::Internal,
             SandboxError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+            SandboxError::NotFound { .. } => ErrorKind::NotFound,
+            SandboxError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            SandboxError::FailedPrecondition { .. } => ErrorKind::FailedPrecondition,
+            SandboxError::Network(e) => e.kind(),
+            SandboxError::Record { .. } => ErrorKind::Internal,
             SandboxError::Io { source, .. } if source.raw_os_error() == Some(28) => {
                 ErrorKind::ResourceExhausted
             }

@@ -3,5 +3,7 @@
 //! `imagestore`, networking from `cni`; gRPC is `crid`'s business.
 
 mod error;
+pub mod pod;
+pub mod sys;
 
 pub use error::SandboxError;

@@ -1,0 +1,758 @@
+//! The pod manager: creation with rollback, stop, remove, lookups and recovery after restart.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cni::netns::{self, NsKind};
+use cni::{Attachment, Bandwidth, Capabilities, Cni, DnsCapability, PodArgs};
+use tokio::sync::watch;
+
+use crate::error::SandboxError;
+use crate::pod::store::PodStore;
+use crate::pod::validate::{self, SysctlNs};
+use crate::pod::{
+    CgroupDriver, NsMode, PidHolder, PodConfig, PodFilter, PodKind, PodMetadata, PodPaths,
+    PodRecord, PodState, files,
+};
+use crate::sys;
+
+/// The interface name pods get.
+pub const POD_IFNAME: &str = "eth0";
+/// Size of each pod's shm tmpfs.
+pub const SHM_SIZE: u64 = 64 * 1024 * 1024;
+const INGRESS_ANNOTATION: &str = "kubernetes.io/ingress-bandwidth";
+const EGRESS_ANNOTATION: &str = "kubernetes.io/egress-bandwidth";
+
+/// Where pods live and which runtime handlers exist.
+#[derive(Debug, Clone)]
+pub struct PodSettings {
+    /// Persistent root; records go to `<root>/pods`.
+    pub root: PathBuf,
+    /// Volatile state; pins go to `<state>/{netns,ipcns,utsns}/<id>`, files to
+    /// `<state>/pods/<id>`.
+    pub state: PathBuf,
+    pub runc_handlers: Vec<String>,
+    pub unikernel_handlers: Vec<String>,
+    pub cgroup_driver: CgroupDriver,
+    /// Copied into pods that bring no DNS config.
+    pub host_resolv_conf: PathBuf,
+}
+
+/// A name reservation: the pod id, whether its creation finished, and whether a caller got
+/// the answer.
+#[derive(Clone)]
+struct Reservation {
+    id: String,
+    done: watch::Receiver<bool>,
+    claimed: Arc<AtomicBool>,
+}
+
+struct Entry {
+    record: Mutex<PodRecord>,
+    /// Serialises stop/remove of one pod.
+    op: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Inner {
+    pods: HashMap<String, Arc<Entry>>,
+    names: HashMap<PodMetadata, Reservation>,
+}
+
+/// All pods of this node.
+pub struct PodManager {
+    settings: PodSettings,
+    cni: Arc<Cni>,
+    store: PodStore,
+    inner: Mutex<Inner>,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn new_id() -> Result<String, SandboxError> {
+    let mut bytes = [0u8; 32];
+    let path = Path::new("/dev/urandom");
+    std::io::Read::read_exact(
+        &mut std::fs::File::open(path).map_err(|e| SandboxError::io(path, e))?,
+        &mut bytes,
+    )
+    .map_err(|e| SandboxError::io(path, e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn invalid(reason: impl Into<String>) -> SandboxError {
+    SandboxError::InvalidArgument {
+        reason: reason.into(),
+    }
+}
+
+impl PodManager {
+    /// Loads the pods recorded under `<root>/pods`. Pods whose network namespace did not
+    /// survive (a reboot) come back `NotReady`.
+    pub fn open(settings: PodSettings, cni: Arc<Cni>) -> Result<PodManager, SandboxError> {
+        let store = PodStore::open(settings.root.join("pods"))?;
+        let mut inner = Inner::default();
+        for mut record in store.load_all() {
+            if record.state == PodState::Ready {
+                let pinned = [
+                    &record.paths.netns,
+                    &record.paths.ipcns,
+                    &record.paths.utsns,
+                ]
+                .into_iter()
+                .flatten()
+                .all(|p| netns::is_pinned(p));
+                if !pinned {
+                    tracing::warn!(pod_sandbox_id = %record.id, "pod namespaces are gone; pod is not ready");
+                    record.state = PodState::NotReady;
+                    store.save(&record)?;
+                }
+            }
+            let (_tx, done) = watch::channel(true);
+            inner.names.insert(
+                record.config.metadata.clone(),
+                Reservation {
+                    id: record.id.clone(),
+                    done,
+                    claimed: Arc::new(AtomicBool::new(true)),
+                },
+            );
+            inner.pods.insert(
+                record.id.clone(),
+                Arc::new(Entry {
+                    record: Mutex::new(record),
+                    op: tokio::sync::Mutex::new(()),
+                }),
+            );
+        }
+        tracing::info!(pods = inner.pods.len(), "pods recovered");
+        Ok(PodManager {
+            settings,
+            cni,
+            store,
+            inner: Mutex::new(inner),
+        })
+    }
+
+    pub fn cni(&self) -> &Cni {
+        &self.cni
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn entry(&self, id: &str) -> Option<Arc<Entry>> {
+        self.lock().pods.get(id).cloned()
+    }
+
+    /// The kind of pod a runtime handler gives; an unknown handler is `InvalidArgument`.
+    pub fn kind_for_handler(&self, handler: &str) -> Result<PodKind, SandboxError> {
+        if self.settings.runc_handlers.iter().any(|h| h == handler) {
+            Ok(PodKind::Runc)
+        } else if self
+            .settings
+            .unikernel_handlers
+            .iter()
+            .any(|h| h == handler)
+        {
+            Ok(PodKind::Unikernel)
+        } else {
+            Err(invalid(format!("unknown runtime handler {handler:?}")))
+        }
+    }
+
+    /// Creates a pod and returns its id. The work runs in its own task, so a caller that gives
+    /// up (its deadline passed) does not abort it; its retry then gets the same pod.
+    pub async fn run(self: &Arc<Self>, config: PodConfig) -> Result<String, SandboxError> {
+        let kind = self.validate(&config)?;
+        loop {
+            let existing = self.lock().names.get(&config.metadata).cloned();
+            let reservation = match existing {
+                Some(r) => {
+                    if *r.done.borrow() && r.claimed.load(Ordering::SeqCst) {
+                        return Err(SandboxError::AlreadyExists {
+                            name: pod_name(&config.metadata),
+                            id: r.id,
+                        });
+                    }
+                    // Still being created, or created for a caller that went away: wait and
+                    // take it over.
+                    let mut done = r.done.clone();
+                    let _ = done.wait_for(|d| *d).await;
+                    if self.entry(&r.id).is_some() {
+                        r.claimed.store(true, Ordering::SeqCst);
+                        tracing::info!(pod_sandbox_id = %r.id, "returning the pod of an earlier request");
+                        return Ok(r.id);
+                    }
+                    // That creation failed and released the name; try again.
+                    continue;
+                }
+                None => {
+                    let id = new_id()?;
+                    let (tx, done) = watch::channel(false);
+                    let r = Reservation {
+                        id: id.clone(),
+                        done,
+                        claimed: Arc::new(AtomicBool::new(false)),
+                    };
+                    let mut inner = self.lock();
+                    if inner.names.contains_key(&config.metadata) {
+                        continue;
+                    }
+                    inner.names.insert(config.metadata.clone(), r.clone());
+                    (r, tx)
+                }
+            };
+            let (r, tx) = reservation;
+            let this = self.clone();
+            let cfg = config.clone();
+            let id = r.id.clone();
+            let task = tokio::spawn(async move {
+                let result = this.create(&id, cfg.clone(), kind).await;
+                match &result {
+                    Ok(record) => {
+                        this.lock().pods.insert(
+                            id.clone(),
+                            Arc::new(Entry {
+                                record: Mutex::new(record.clone()),
+                                op: tokio::sync::Mutex::new(()),
+                            }),
+                        );
+                    }
+                    Err(_) => {
+                        this.lock().names.remove(&cfg.metadata);
+                    }
+                }
+                let _ = tx.send(true);
+                result.map(|r| r.id)
+            });
+            return match task.await {
+                Ok(Ok(id)) => {
+                    r.claimed.store(true, Ordering::SeqCst);
+                    Ok(id)
+                }
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(SandboxError::FailedPrecondition {
+                    reason: format!("pod creation task failed: {e}"),
+                }),
+            };
+        }
+    }
+
+    fn validate(&self, config: &PodConfig) -> Result<PodKind, SandboxError> {
+        let m = &config.metadata;
+        if m.name.is_empty() || m.namespace.is_empty() || m.uid.is_empty() {
+            return Err(invalid("metadata needs name, namespace and uid"));
+        }
+        let kind = self.kind_for_handler(&config.runtime_handler)?;
+        let ns = &config.namespaces;
+        if matches!(ns.network, NsMode::Container | NsMode::Target)
+            || matches!(ns.ipc, NsMode::Container | NsMode::Target)
+        {
+            return Err(invalid("network and IPC namespaces must be POD or NODE"));
+        }
+        if ns.pid == NsMode::Target && ns.target_id.is_empty() {
+            return Err(invalid("PID namespace TARGET needs a target id"));
+        }
+        for (key, value) in &config.sysctls {
+            match validate::sysctl(key, value)? {
+                SysctlNs::Net if ns.network == NsMode::Node => {
+                    return Err(invalid(format!(
+                        "sysctl {key} is not allowed in a host-network pod"
+                    )));
+                }
+                SysctlNs::Ipc if ns.ipc == NsMode::Node => {
+                    return Err(invalid(format!(
+                        "sysctl {key} is not allowed in a host-IPC pod"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        validate::cgroup_parent(self.settings.cgroup_driver, &config.cgroup_parent)?;
+        let dns = &config.dns;
+        for word in dns.servers.iter().chain(&dns.searches).chain(&dns.options) {
+            if !files::valid_dns_word(word) {
+                return Err(invalid(format!("invalid DNS config entry {word:?}")));
+            }
+        }
+        for s in &dns.servers {
+            if s.parse::<IpAddr>().is_err() {
+                return Err(invalid(format!("DNS server {s:?} is not an IP address")));
+            }
+        }
+        if config.hostname.len() > 64
+            || !config
+                .hostname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        {
+            return Err(invalid(format!("invalid hostname {:?}", config.hostname)));
+        }
+        for p in &config.port_mappings {
+            let port_ok = |p: i32| (0..=65535).contains(&p);
+            if !port_ok(p.host_port) || !(1..=65535).contains(&p.container_port) {
+                return Err(invalid(format!("invalid port mapping {p:?}")));
+            }
+            if !p.host_ip.is_empty() && p.host_ip.parse::<IpAddr>().is_err() {
+                return Err(invalid(format!("invalid host IP {:?}", p.host_ip)));
+            }
+        }
+        self.capabilities(config)?;
+        Ok(kind)
+    }
+
+    fn capabilities(&self, config: &PodConfig) -> Result<Capabilities, SandboxError> {
+        let rate = |key: &str| {
+            config
+                .annotations
+                .get(key)
+                .map(|v| validate::bandwidth(key, v))
+                .transpose()
+        };
+        let ingress = rate(INGRESS_ANNOTATION)?;
+        let egress = rate(EGRESS_ANNOTATION)?;
+        // The bandwidth plugin needs a burst with every rate; this is the one kubelet's
+        // kubenet used (effectively unlimited burst).
+        const BURST: u64 = i32::MAX as u64;
+        let bandwidth = (ingress.is_some() || egress.is_some()).then(|| Bandwidth {
+            ingress_rate: ingress.unwrap_or(0),
+            ingress_burst: if ingress.is_some() { BURST } else { 0 },
+            egress_rate: egress.unwrap_or(0),
+            egress_burst: if egress.is_some() { BURST } else { 0 },
+        });
+        let dns = &config.dns;
+        let dns = (!dns.servers.is_empty() || !dns.searches.is_empty()).then(|| DnsCapability {
+            servers: dns.servers.clone(),
+            searches: dns.searches.clone(),
+            options: dns.options.clone(),
+        });
+        Ok(Capabilities {
+            port_mappings: config
+                .port_mappings
+                .iter()
+                .filter(|p| p.host_port > 0)
+                .map(|p| cni::PortMapping {
+                    host_port: p.host_port,
+                    container_port: p.container_port,
+                    protocol: p.protocol.to_ascii_lowercase(),
+                    host_ip: p.host_ip.clone(),
+                })
+                .collect(),
+            bandwidth,
+            dns,
+        })
+    }
+
+    fn paths(&self, id: &str, config: &PodConfig) -> PodPaths {
+        let state = &self.settings.state;
+        let dir = state.join("pods").join(id);
+        let host_net = config.namespaces.network == NsMode::Node;
+        let host_ipc = config.namespaces.ipc == NsMode::Node;
+        PodPaths {
+            netns: (!host_net).then(|| state.join("netns").join(id)),
+            ipcns: (!host_ipc).then(|| state.join("ipcns").join(id)),
+            // A host-network pod has the host's hostname too, as in Kubernetes.
+            utsns: (!host_net).then(|| state.join("utsns").join(id)),
+            hostname: dir.join("hostname"),
+            hosts: dir.join("hosts"),
+            resolv_conf: dir.join("resolv.conf"),
+            shm: if host_ipc {
+                PathBuf::from("/dev/shm")
+            } else {
+                dir.join("shm")
+            },
+            dir,
+        }
+    }
+
+    async fn create(
+        &self,
+        id: &str,
+        config: PodConfig,
+        kind: PodKind,
+    ) -> Result<PodRecord, SandboxError> {
+        let paths = self.paths(id, &config);
+        let mut record = PodRecord {
+            id: id.to_owned(),
+            kind,
+            state: PodState::NotReady,
+            created_at: now_ns(),
+            paths,
+            ips: Vec::new(),
+            network: None,
+            cgroup_driver: self.settings.cgroup_driver,
+            cgroup_parent: config.cgroup_parent.clone(),
+            pid_mode: config.namespaces.pid,
+            pid_holder: None,
+            config,
+        };
+        match self.build(&mut record).await {
+            Ok(()) => {
+                tracing::info!(pod_sandbox_id = %id, name = %pod_name(&record.config.metadata), ip = %record.primary_ip(), "pod ready");
+                Ok(record)
+            }
+            Err(e) => {
+                tracing::error!(pod_sandbox_id = %id, error = %e, "pod creation failed; undoing");
+                // CNI ADD already undid its own part; the rest goes here.
+                record.network = None;
+                self.teardown(&record, false).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn build(&self, record: &mut PodRecord) -> Result<(), SandboxError> {
+        let id = record.id.clone();
+        let paths = record.paths.clone();
+        let config = record.config.clone();
+        std::fs::create_dir_all(&paths.dir).map_err(|e| SandboxError::io(&paths.dir, e))?;
+        // The record goes to disk first, so a crash from here on leaves something to remove.
+        self.store.save(record)?;
+
+        let hostname = if config.hostname.is_empty() {
+            config.metadata.name.clone()
+        } else {
+            config.hostname.clone()
+        };
+        let node_hostname = || {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let effective_hostname = if record.host_network() {
+            node_hostname()
+        } else {
+            hostname.clone()
+        };
+        write(&paths.hostname, &files::hostname(&effective_hostname))?;
+        write(&paths.hosts, &files::hosts(&effective_hostname, &[]))?;
+        match files::resolv_conf(&config.dns) {
+            Some(text) => write(&paths.resolv_conf, &text)?,
+            None => {
+                let host =
+                    std::fs::read_to_string(&self.settings.host_resolv_conf).unwrap_or_default();
+                write(&paths.resolv_conf, &host)?;
+            }
+        }
+        if paths.ipcns.is_some() {
+            sys::mount_shm(&paths.shm, SHM_SIZE)?;
+        }
+
+        let mut pins = Vec::new();
+        if let Some(p) = &paths.netns {
+            pins.push((NsKind::Net, p.clone()));
+        }
+        if let Some(p) = &paths.ipcns {
+            pins.push((NsKind::Ipc, p.clone()));
+        }
+        let uts = paths.utsns.clone();
+        if let Some(p) = &uts {
+            pins.push((NsKind::Uts, p.clone()));
+        }
+        if !pins.is_empty() {
+            let set_hostname = uts.is_some().then(|| hostname.clone());
+            let pins2 = pins.clone();
+            tokio::task::spawn_blocking(move || {
+                netns::create(&pins2, move || {
+                    if let Some(h) = set_hostname {
+                        nix::unistd::sethostname(h)
+                            .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
+            .map_err(|e| SandboxError::FailedPrecondition {
+                reason: format!("namespace task failed: {e}"),
+            })?
+            .map_err(SandboxError::Network)?;
+        }
+
+        if let Some(netns) = &paths.netns {
+            let caps = self.capabilities(&config)?;
+            let att = Attachment {
+                container_id: id.clone(),
+                netns: netns.clone(),
+                ifname: POD_IFNAME.into(),
+                pod: pod_args(&record.id, &config.metadata),
+                capabilities: caps,
+            };
+            let result = self.cni.add(&att).await.map_err(SandboxError::Network)?;
+            record.network = self.cni.network().ok().map(|n| n.name);
+            if record.network.is_none() {
+                record.network = Some(String::new());
+            }
+            let ips = result.pod_ips();
+            record.ips = ips.iter().map(IpAddr::to_string).collect();
+            write(&paths.hosts, &files::hosts(&effective_hostname, &ips))?;
+        }
+
+        // Sysctls last: `net.ipv4.conf.eth0.*` needs the interface CNI made.
+        let mut net_writes = Vec::new();
+        let mut ipc_writes = Vec::new();
+        for (key, value) in &config.sysctls {
+            let w = (validate::sysctl_path(key), value.clone());
+            match validate::sysctl(key, value)? {
+                SysctlNs::Net => net_writes.push(w),
+                SysctlNs::Ipc => ipc_writes.push(w),
+            }
+        }
+        for (kind, pin, writes) in [
+            (NsKind::Net, &paths.netns, net_writes),
+            (NsKind::Ipc, &paths.ipcns, ipc_writes),
+        ] {
+            if writes.is_empty() {
+                continue;
+            }
+            let Some(pin) = pin.clone() else {
+                return Err(invalid("namespaced sysctls need the pod's own namespace"));
+            };
+            tokio::task::spawn_blocking(move || sys::write_sysctls(&[(kind, pin)], writes))
+                .await
+                .map_err(|e| SandboxError::FailedPrecondition {
+                    reason: format!("sysctl task failed: {e}"),
+                })?
+                .map_err(|e| invalid(format!("cannot apply sysctls: {e}: {}", source_text(&e))))?;
+        }
+
+        record.state = PodState::Ready;
+        self.store.save(record)?;
+        Ok(())
+    }
+
+    /// Tears the network down (CNI DEL, also when the namespace is gone). Errors are returned;
+    /// the caller decides whether they stop it.
+    async fn teardown_network(&self, record: &PodRecord) -> Result<(), SandboxError> {
+        let Some(netns) = &record.paths.netns else {
+            return Ok(());
+        };
+        let live = netns::is_pinned(netns);
+        self.cni
+            .del(
+                &record.id,
+                live.then_some(netns.as_path()),
+                POD_IFNAME,
+                &pod_args(&record.id, &record.config.metadata),
+            )
+            .await
+            .map_err(SandboxError::Network)
+    }
+
+    /// Removes every piece of a pod (best effort, logged): network (when `network` is set),
+    /// pins, shm, directory. The record is not touched.
+    async fn teardown(&self, record: &PodRecord, network: bool) {
+        if network {
+            if let Err(e) = self.teardown_network(record).await {
+                tracing::warn!(pod_sandbox_id = %record.id, error = %e, "network teardown failed during removal");
+            }
+        }
+        for pin in [
+            &record.paths.netns,
+            &record.paths.ipcns,
+            &record.paths.utsns,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Err(e) = netns::remove(pin) {
+                tracing::warn!(pod_sandbox_id = %record.id, error = %e, "cannot remove namespace pin");
+            }
+        }
+        if record.paths.ipcns.is_some() {
+            if let Err(e) = sys::unmount(&record.paths.shm) {
+                tracing::warn!(pod_sandbox_id = %record.id, error = %e, "cannot unmount shm");
+            }
+        }
+        match std::fs::remove_dir_all(&record.paths.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(pod_sandbox_id = %record.id, error = %e, "cannot remove pod directory")
+            }
+        }
+    }
+
+    /// Stops a pod: tears its network down and marks it `NotReady`. Unknown ids are fine.
+    /// Containers must have been stopped by the caller.
+    pub async fn stop(&self, id: &str) -> Result<(), SandboxError> {
+        let Some(entry) = self.entry(id) else {
+            return Ok(());
+        };
+        let _op = entry.op.lock().await;
+        let record = self.snapshot(&entry);
+        if !self.exists(id) {
+            return Ok(());
+        }
+        let mut result = Ok(());
+        if record.network.is_some() {
+            match self.teardown_network(&record).await {
+                Ok(()) => {
+                    if let Some(pin) = &record.paths.netns {
+                        if let Err(e) = netns::remove(pin) {
+                            tracing::warn!(pod_sandbox_id = %id, error = %e, "cannot remove netns pin");
+                        }
+                    }
+                    self.update(&entry, |r| r.network = None)?;
+                }
+                Err(e) => result = Err(e),
+            }
+        }
+        if record.state != PodState::NotReady {
+            self.update(&entry, |r| r.state = PodState::NotReady)?;
+            tracing::info!(pod_sandbox_id = %id, "pod stopped");
+        }
+        result
+    }
+
+    /// Removes a pod and everything it has. Unknown ids are fine. A network teardown that
+    /// still fails here is logged, not returned: removal must not be blocked by a broken
+    /// plugin.
+    pub async fn remove(&self, id: &str) -> Result<(), SandboxError> {
+        let Some(entry) = self.entry(id) else {
+            return Ok(());
+        };
+        let _op = entry.op.lock().await;
+        if !self.exists(id) {
+            return Ok(());
+        }
+        let record = self.snapshot(&entry);
+        self.teardown(&record, record.network.is_some()).await;
+        self.store.delete(id)?;
+        let mut inner = self.lock();
+        inner.pods.remove(id);
+        if inner
+            .names
+            .get(&record.config.metadata)
+            .is_some_and(|r| r.id == id)
+        {
+            inner.names.remove(&record.config.metadata);
+        }
+        drop(inner);
+        tracing::info!(pod_sandbox_id = %id, "pod removed");
+        Ok(())
+    }
+
+    fn exists(&self, id: &str) -> bool {
+        self.lock().pods.contains_key(id)
+    }
+
+    fn snapshot(&self, entry: &Entry) -> PodRecord {
+        entry
+            .record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn update(&self, entry: &Entry, f: impl FnOnce(&mut PodRecord)) -> Result<(), SandboxError> {
+        let mut record = entry.record.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut record);
+        self.store.save(&record)
+    }
+
+    /// The record of a pod; `NotFound` for an unknown id.
+    pub fn get(&self, id: &str) -> Result<PodRecord, SandboxError> {
+        self.entry(id)
+            .map(|e| self.snapshot(&e))
+            .ok_or_else(|| SandboxError::NotFound {
+                what: "pod sandbox",
+                id: id.to_owned(),
+            })
+    }
+
+    /// The record of a pod that can take containers: `NotFound` for an unknown id,
+    /// `FailedPrecondition` when it is not ready.
+    pub fn get_ready(&self, id: &str) -> Result<PodRecord, SandboxError> {
+        let r = self.get(id)?;
+        if r.state != PodState::Ready {
+            return Err(SandboxError::FailedPrecondition {
+                reason: format!("pod sandbox {id} is not ready"),
+            });
+        }
+        Ok(r)
+    }
+
+    /// Pods matching `filter`, oldest first.
+    pub fn list(&self, filter: &PodFilter) -> Vec<PodRecord> {
+        let entries: Vec<Arc<Entry>> = self.lock().pods.values().cloned().collect();
+        let mut out: Vec<PodRecord> = entries
+            .iter()
+            .map(|e| self.snapshot(e))
+            .filter(|r| filter.matches(r))
+            .collect();
+        out.sort_by_key(|r| r.created_at);
+        out
+    }
+
+    /// Records (or clears) the process holding the pod's PID namespace.
+    pub fn set_pid_holder(&self, id: &str, holder: Option<PidHolder>) -> Result<(), SandboxError> {
+        let entry = self.entry(id).ok_or_else(|| SandboxError::NotFound {
+            what: "pod sandbox",
+            id: id.to_owned(),
+        })?;
+        self.update(&entry, |r| r.pid_holder = holder)
+    }
+
+    /// Reads a file as seen from inside the pod's network, IPC and UTS namespaces (used for
+    /// `/proc/sys` values in diagnostics and tests).
+    pub async fn read_in_pod(&self, id: &str, path: &str) -> Result<String, SandboxError> {
+        let r = self.get(id)?;
+        let mut pins = Vec::new();
+        if let Some(p) = r.paths.netns {
+            pins.push((NsKind::Net, p));
+        }
+        if let Some(p) = r.paths.ipcns {
+            pins.push((NsKind::Ipc, p));
+        }
+        if let Some(p) = r.paths.utsns {
+            pins.push((NsKind::Uts, p));
+        }
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || sys::read_in(&pins, &path))
+            .await
+            .map_err(|e| SandboxError::FailedPrecondition {
+                reason: format!("task failed: {e}"),
+            })?
+    }
+}
+
+fn source_text(e: &SandboxError) -> String {
+    let mut out = String::new();
+    let mut s = std::error::Error::source(e);
+    while let Some(x) = s {
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&x.to_string());
+        s = x.source();
+    }
+    out
+}
+
+fn pod_name(m: &PodMetadata) -> String {
+    format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
+}
+
+fn pod_args(id: &str, m: &PodMetadata) -> PodArgs {
+    PodArgs {
+        namespace: m.namespace.clone(),
+        name: m.name.clone(),
+        infra_container_id: id.to_owned(),
+        uid: m.uid.clone(),
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), SandboxError> {
+    std::fs::write(path, text).map_err(|e| SandboxError::io(path, e))
+}

@@ -1,0 +1,179 @@
+//! Checks on untrusted pod configuration: sysctls, cgroup parents, bandwidth annotations.
+
+use crate::error::SandboxError;
+use crate::pod::CgroupDriver;
+
+fn invalid(reason: String) -> SandboxError {
+    SandboxError::InvalidArgument { reason }
+}
+
+/// Which namespace a sysctl lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SysctlNs {
+    Net,
+    Ipc,
+}
+
+/// Checks one sysctl against the allow-list (`kernel.shm*`, `kernel.msg*`, `kernel.sem`,
+/// `fs.mqueue.*`, `net.*`) and against injection in key and value; returns the namespace it
+/// must be written in.
+pub fn sysctl(key: &str, value: &str) -> Result<SysctlNs, SandboxError> {
+    let key_ok = !key.is_empty()
+        && key.len() <= 256
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !key.starts_with('.')
+        && !key.ends_with('.')
+        && !key.contains("..");
+    if !key_ok {
+        return Err(invalid(format!("sysctl name {key:?} is not valid")));
+    }
+    if value.len() > 4096 || value.chars().any(|c| c.is_control() || c == '=') {
+        return Err(invalid(format!(
+            "sysctl {key} has an invalid value {value:?}"
+        )));
+    }
+    if key.starts_with("net.") {
+        Ok(SysctlNs::Net)
+    } else if key.starts_with("kernel.shm")
+        || key.starts_with("kernel.msg")
+        || key == "kernel.sem"
+        || key.starts_with("fs.mqueue.")
+    {
+        Ok(SysctlNs::Ipc)
+    } else {
+        Err(invalid(format!(
+            "sysctl {key} is not namespaced (allowed: kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*, net.*)"
+        )))
+    }
+}
+
+/// The file under `/proc/sys` a valid sysctl name refers to.
+pub fn sysctl_path(key: &str) -> String {
+    format!("/proc/sys/{}", key.replace('.', "/"))
+}
+
+/// A cgroup parent for the driver in use: a `.slice` unit name for systemd, an absolute path
+/// without `..` for cgroupfs. Empty means "no parent given".
+pub fn cgroup_parent(driver: CgroupDriver, parent: &str) -> Result<(), SandboxError> {
+    if parent.is_empty() {
+        return Ok(());
+    }
+    if parent.len() > 4096 || parent.chars().any(|c| c.is_control()) {
+        return Err(invalid(format!("cgroup parent {parent:?} is not valid")));
+    }
+    match driver {
+        CgroupDriver::Systemd => {
+            let ok = parent.ends_with(".slice")
+                && parent.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | ':' | '\\')
+                });
+            if !ok {
+                return Err(invalid(format!(
+                    "cgroup parent {parent:?} is not a systemd slice name (the systemd cgroup driver is in use)"
+                )));
+            }
+        }
+        CgroupDriver::Cgroupfs => {
+            if !parent.starts_with('/') || parent.split('/').any(|c| c == "..") {
+                return Err(invalid(format!(
+                    "cgroup parent {parent:?} is not an absolute cgroup path (the cgroupfs driver is in use)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A Kubernetes bandwidth quantity ("10M", "1Gi", "500k") in bits per second.
+pub fn bandwidth(annotation: &str, value: &str) -> Result<u64, SandboxError> {
+    let bad = || {
+        invalid(format!(
+            "annotation {annotation}: {value:?} is not a bandwidth"
+        ))
+    };
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, suffix) = v.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let bits = n.checked_mul(mult).ok_or_else(bad)?;
+    if bits == 0 {
+        return Err(bad());
+    }
+    Ok(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctl_allow_list() {
+        assert_eq!(sysctl("net.ipv4.ip_forward", "1").unwrap(), SysctlNs::Net);
+        assert_eq!(
+            sysctl("net.ipv4.conf.eth0.forwarding", "1").unwrap(),
+            SysctlNs::Net
+        );
+        assert_eq!(sysctl("kernel.shmmax", "100000").unwrap(), SysctlNs::Ipc);
+        assert_eq!(sysctl("kernel.msgmax", "8192").unwrap(), SysctlNs::Ipc);
+        assert_eq!(
+            sysctl("kernel.sem", "250 32000 32 128").unwrap(),
+            SysctlNs::Ipc
+        );
+        assert_eq!(sysctl("fs.mqueue.msg_max", "10").unwrap(), SysctlNs::Ipc);
+        for (k, v) in [
+            ("kernel.hostname", "x"),
+            ("kernel.semx", "1"),
+            ("vm.overcommit_memory", "1"),
+            ("net.ipv4/../../kernel.core_pattern", "x"),
+            ("net.ipv4..ip_forward", "1"),
+            ("net.ipv4.ip_forward+", "1"),
+            ("net.ipv4.ip_forward=1", "1"),
+            ("net.ipv4.ip_forward\n", "1"),
+            ("net/ipv4/ip_forward", "1"),
+            (".net.x", "1"),
+            ("", "1"),
+            ("net.ipv4.ip_forward", "1\nkernel.x=1"),
+            ("net.ipv4.ip_forward", "1=2"),
+        ] {
+            assert!(sysctl(k, v).is_err(), "{k:?}={v:?}");
+        }
+        assert_eq!(
+            sysctl_path("net.ipv4.ip_forward"),
+            "/proc/sys/net/ipv4/ip_forward"
+        );
+    }
+
+    #[test]
+    fn cgroup_parents() {
+        assert!(cgroup_parent(CgroupDriver::Cgroupfs, "/kubepods/besteffort/pod1").is_ok());
+        assert!(cgroup_parent(CgroupDriver::Cgroupfs, "").is_ok());
+        assert!(cgroup_parent(CgroupDriver::Cgroupfs, "kubepods").is_err());
+        assert!(cgroup_parent(CgroupDriver::Cgroupfs, "/kubepods/../../x").is_err());
+        assert!(cgroup_parent(CgroupDriver::Systemd, "kubepods-besteffort-pod1.slice").is_ok());
+        assert!(cgroup_parent(CgroupDriver::Systemd, "/kubepods/pod1").is_err());
+    }
+
+    #[test]
+    fn bandwidth_quantities() {
+        assert_eq!(bandwidth("a", "10M").unwrap(), 10_000_000);
+        assert_eq!(bandwidth("a", "1Mi").unwrap(), 1 << 20);
+        assert_eq!(bandwidth("a", "500").unwrap(), 500);
+        for bad in ["", "x", "10X", "-1", "0", "99999999999999999999T"] {
+            assert!(bandwidth("a", bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Kernel operations of the sandbox crate: mounts and writes inside pinned namespaces. Only
+//! this module calls into `nix`; namespace creation itself is `cni::netns`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use cni::netns::{self, NsKind};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+use crate::error::SandboxError;
+
+fn nix_io(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Mounts a fresh tmpfs of `size_bytes` at `path` (created if missing), mode 1777, with
+/// nosuid/nodev/noexec, as `/dev/shm` of a pod.
+pub fn mount_shm(path: &Path, size_bytes: u64) -> Result<(), SandboxError> {
+    std::fs::create_dir_all(path).map_err(|e| SandboxError::io(path, e))?;
+    let data = format!("mode=1777,size={size_bytes}");
+    mount(
+        Some("shm"),
+        path,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(data.as_str()),
+    )
+    .map_err(|e| SandboxError::io(path, nix_io(e)))
+}
+
+/// Lazily unmounts whatever is mounted at `path`; nothing mounted is fine.
+pub fn unmount(path: &Path) -> Result<(), SandboxError> {
+    loop {
+        match umount2(path, MntFlags::MNT_DETACH) {
+            // Stacked mounts: keep going until nothing is left.
+            Ok(()) => continue,
+            Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => return Ok(()),
+            Err(e) => return Err(SandboxError::io(path, nix_io(e))),
+        }
+    }
+}
+
+/// Writes `(path under /proc/sys, value)` pairs from inside the given namespaces (the files
+/// under `/proc/sys/net` and the IPC ones resolve to the writer's namespaces).
+pub fn write_sysctls(
+    pins: &[(NsKind, PathBuf)],
+    writes: Vec<(String, String)>,
+) -> Result<(), SandboxError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    netns::run_in(pins, move || {
+        for (path, value) in &writes {
+            std::fs::write(path, value.as_bytes())
+                .map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+        }
+        Ok(())
+    })
+    .map_err(SandboxError::Network)
+}
+
+/// Reads a file from inside the given namespaces (tests and diagnostics).
+pub fn read_in(pins: &[(NsKind, PathBuf)], path: &str) -> Result<String, SandboxError> {
+    let path = path.to_owned();
+    netns::run_in(pins, move || std::fs::read_to_string(&path)).map_err(SandboxError::Network)
+}
+
+/// Whether `path` is a mount point (its device differs from its parent's).
+pub fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(m), Some(parent)) = (std::fs::metadata(path), path.parent()) else {
+        return false;
+    };
+    std::fs::metadata(parent)
+        .map(|p| p.dev() != m.dev())
+        .unwrap_or(false)
+}
