@@ -23,6 +23,9 @@ pub enum SandboxError {
     /// Setting up or tearing down a guest's network failed.
     #[error("guest network {op} failed: {reason}")]
     GuestNetwork { op: String, reason: String },
+    /// The pod already runs a unikernel container (its tap is live).
+    #[error("the pod already runs a unikernel container (tap {tap} is in use); one per pod")]
+    PodHasUnikernel { tap: String },
     /// Input the caller supplied is invalid.
     #[error("invalid argument: {reason}")]
     InvalidArgument { reason: String },
@@ -57,6 +60,7 @@ impl SandboxError {
             SandboxError::UnsupportedGuest { .. } => ErrorKind::InvalidArgument,
             SandboxError::Accelerator { .. } => ErrorKind::FailedPrecondition,
             SandboxError::GuestNetwork { .. } => ErrorKind::Internal,
+            SandboxError::PodHasUnikernel { .. } => ErrorKind::FailedPrecondition,
             SandboxError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             SandboxError::NotFound { .. } => ErrorKind::NotFound,
             SandboxError::AlreadyExists { .. } => ErrorKind::AlreadyExists,

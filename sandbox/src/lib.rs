@@ -5,5 +5,6 @@
 mod error;
 pub mod pod;
 pub mod sys;
+pub mod vm;
 
 pub use error::SandboxError;

@@ -1,0 +1,492 @@
+//! Unikernel containers as virtual machines: planning how a hypervisor boots a guest.
+//!
+//! Planning is pure: [`plan`] turns a [`VmSpec`] (the image's [`UnikernelInfo`], host paths
+//! already resolved with [`resolve_in_layers`], resources, network, CRI args/env and the
+//! accelerator chosen by [`accel::decide`]) into a [`LaunchPlan`] — an argv plus the files to
+//! write before exec'ing it. The container monitor runs the plan inside the pod's network
+//! namespace with the guest's serial console on its stdout pipe and maps the VMM's exit status
+//! back to the guest's exit code with [`LaunchPlan::guest_exit_code`].
+//!
+//! One module per hypervisor behind the [`Hypervisor`] trait: [`qemu`], [`firecracker`],
+//! [`cloud_hypervisor`] and [`solo5`] (hvt and spt); guest kernel command lines per unikernel
+//! type live in [`cmdline`]. [`net`] wires a tap device to the pod's CNI interface.
+
+pub mod accel;
+pub mod cloud_hypervisor;
+pub mod cmdline;
+pub mod firecracker;
+mod layers;
+pub mod net;
+pub mod qemu;
+pub mod solo5;
+mod sys;
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use imagestore::{HypervisorKind, UnikernelInfo, UnikernelType};
+use serde::{Deserialize, Serialize};
+
+use crate::SandboxError;
+
+pub use accel::{AccelDecision, Accelerator, AcceleratorMode};
+pub use layers::resolve_in_layers;
+
+/// Guest memory when the container has no memory limit.
+pub const DEFAULT_MEMORY_MIB: u64 = 256;
+
+/// Directories searched for hypervisor binaries when none are configured.
+pub const DEFAULT_BINARY_DIRS: &[&str] = &["/usr/local/bin", "/usr/bin", "/usr/sbin", "/bin"];
+
+/// Everything needed to boot one guest. Host paths are already resolved and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    pub info: UnikernelInfo,
+    /// Host path of the guest kernel.
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Host path of the block device image (read-write for this container).
+    pub block: Option<PathBuf>,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub net: Option<GuestNet>,
+    /// CRI `command` followed by `args`; when empty the image's `cmdline` is used.
+    pub args: Vec<String>,
+    /// CRI `envs`, in order.
+    pub env: Vec<(String, String)>,
+    /// The accelerator decided by [`accel::decide`].
+    pub accelerator: Accelerator,
+    /// A per-container directory where the plan's files (e.g. Firecracker's config) go.
+    pub run_dir: PathBuf,
+}
+
+/// The guest's view of the pod network: it takes over the CNI interface's address and MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestNet {
+    /// Tap device in the pod's network namespace.
+    pub tap: String,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub mac: MacAddr,
+    pub mtu: u32,
+}
+
+impl GuestNet {
+    /// The dotted netmask for `prefix`.
+    pub fn netmask(&self) -> Ipv4Addr {
+        let bits = u32::from(self.prefix.min(32));
+        let mask = if bits == 0 {
+            0
+        } else {
+            u32::MAX << (32 - bits)
+        };
+        Ipv4Addr::from(mask)
+    }
+}
+
+/// An Ethernet address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = SandboxError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || SandboxError::InvalidArgument {
+            reason: format!("invalid MAC address {s:?}"),
+        };
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut out {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = SandboxError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(m: MacAddr) -> String {
+        m.to_string()
+    }
+}
+
+/// A file the plan needs on disk before the VMM starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanFile {
+    pub path: PathBuf,
+    pub contents: String,
+}
+
+/// How the VMM's exit status maps to the guest's exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitMapping {
+    /// The VMM exits with the guest's code (Solo5, Firecracker, Cloud Hypervisor).
+    Direct,
+    /// QEMU's isa-debug-exit: the guest writes N, QEMU exits with `(N << 1) | 1`; exit 0 is a
+    /// guest shutdown or reset (`-no-reboot`). Exit status 1 is ambiguous: the guest wrote 0,
+    /// or QEMU failed before the guest ran (its stderr says which).
+    QemuDebugExit,
+}
+
+/// How to start one guest: run `program` with `args` after writing `files`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchPlan {
+    pub hypervisor: HypervisorKind,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub files: Vec<PlanFile>,
+    pub accelerator: Accelerator,
+    /// The guest kernel command line (also inside `args` or `files`).
+    pub guest_cmdline: String,
+    pub exit_mapping: ExitMapping,
+}
+
+impl LaunchPlan {
+    /// Writes the plan's files (mode 0600), creating their directories.
+    pub fn write_files(&self) -> Result<(), SandboxError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        for file in &self.files {
+            if let Some(dir) = file.path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| SandboxError::io(dir, e))?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&file.path)
+                .map_err(|e| SandboxError::io(&file.path, e))?;
+            f.write_all(file.contents.as_bytes())
+                .map_err(|e| SandboxError::io(&file.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the plan's files; missing files are fine.
+    pub fn remove_files(&self) {
+        for file in &self.files {
+            let _ = std::fs::remove_file(&file.path);
+        }
+    }
+
+    /// The container exit code for the VMM's exit status (or `128 + signal` when killed).
+    pub fn guest_exit_code(&self, status: std::process::ExitStatus) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => match self.exit_mapping {
+                ExitMapping::Direct => code,
+                ExitMapping::QemuDebugExit if code & 1 == 1 => code >> 1,
+                ExitMapping::QemuDebugExit => code,
+            },
+            (None, Some(sig)) => 128 + sig,
+            (None, None) => 255,
+        }
+    }
+
+    /// A `Command` for the plan, without stdio set up.
+    pub fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.program);
+        cmd.args(&self.args);
+        cmd
+    }
+}
+
+/// One hypervisor backend: builds the launch plan for a guest.
+pub trait Hypervisor {
+    fn kind(&self) -> HypervisorKind;
+    /// The monitor binary's file name, searched in the configured directories.
+    fn binary_name(&self) -> &'static str;
+    /// Builds the plan; `binary` is the monitor found on the host.
+    fn plan(&self, spec: &VmSpec, binary: &Path) -> Result<LaunchPlan, SandboxError>;
+}
+
+/// The backend for a hypervisor kind.
+pub fn hypervisor_for(kind: HypervisorKind) -> Box<dyn Hypervisor + Send + Sync> {
+    match kind {
+        HypervisorKind::Qemu => Box::new(qemu::Qemu),
+        HypervisorKind::Firecracker => Box::new(firecracker::Firecracker),
+        HypervisorKind::CloudHypervisor => Box::new(cloud_hypervisor::CloudHypervisor),
+        HypervisorKind::Hvt => Box::new(solo5::Solo5 {
+            tender: solo5::Tender::Hvt,
+        }),
+        HypervisorKind::Spt => Box::new(solo5::Solo5 {
+            tender: solo5::Tender::Spt,
+        }),
+    }
+}
+
+/// Whether urunc (and so crid) supports this guest on this hypervisor.
+pub fn supported_pair(guest: UnikernelType, hypervisor: HypervisorKind) -> bool {
+    use HypervisorKind as H;
+    use UnikernelType as T;
+    matches!(
+        (guest, hypervisor),
+        (T::Rumprun | T::Mirage, H::Hvt | H::Spt)
+            | (T::Mewz | T::Mirage | T::Unikraft | T::Linux, H::Qemu)
+            | (T::Linux | T::Unikraft, H::Firecracker)
+            | (T::Linux, H::CloudHypervisor)
+    )
+}
+
+/// Finds `name` in `dirs` (an executable regular file); `FailedPrecondition` naming it if absent.
+pub fn find_binary(name: &str, dirs: &[PathBuf]) -> Result<PathBuf, SandboxError> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in dirs {
+        let candidate = dir.join(name);
+        if let Ok(meta) = std::fs::metadata(&candidate) {
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(SandboxError::MissingBinary {
+        binary: name.to_string(),
+        searched: dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":"),
+    })
+}
+
+/// The default binary search directories as paths.
+pub fn default_binary_dirs() -> Vec<PathBuf> {
+    DEFAULT_BINARY_DIRS.iter().map(PathBuf::from).collect()
+}
+
+/// Plans a guest: checks the guest/hypervisor pair, finds the monitor binary in `binary_dirs`
+/// and asks its backend for the launch plan.
+pub fn plan(spec: &VmSpec, binary_dirs: &[PathBuf]) -> Result<LaunchPlan, SandboxError> {
+    let kind = spec.info.hypervisor;
+    if !supported_pair(spec.info.unikernel_type, kind) {
+        return Err(SandboxError::UnsupportedGuest {
+            reason: format!(
+                "{} guests cannot run on {}",
+                type_name(spec.info.unikernel_type),
+                hypervisor_name(kind)
+            ),
+        });
+    }
+    if spec.memory_mib == 0 || spec.vcpus == 0 {
+        return Err(SandboxError::InvalidArgument {
+            reason: "guest memory and vCPUs must be positive".into(),
+        });
+    }
+    let backend = hypervisor_for(kind);
+    let binary = find_binary(backend.binary_name(), binary_dirs)?;
+    backend.plan(spec, &binary)
+}
+
+/// The urunc spelling of a guest type.
+pub fn type_name(t: UnikernelType) -> &'static str {
+    match t {
+        UnikernelType::Linux => "linux",
+        UnikernelType::Unikraft => "unikraft",
+        UnikernelType::Rumprun => "rumprun",
+        UnikernelType::Mirage => "mirage",
+        UnikernelType::Mewz => "mewz",
+    }
+}
+
+/// The urunc spelling of a hypervisor.
+pub fn hypervisor_name(h: HypervisorKind) -> &'static str {
+    match h {
+        HypervisorKind::Qemu => "qemu",
+        HypervisorKind::Firecracker => "firecracker",
+        HypervisorKind::CloudHypervisor => "cloud-hypervisor",
+        HypervisorKind::Hvt => "hvt",
+        HypervisorKind::Spt => "spt",
+    }
+}
+
+fn path_arg(p: &Path) -> Result<String, SandboxError> {
+    let s = p.to_str().ok_or_else(|| SandboxError::InvalidArgument {
+        reason: format!("path {p:?} is not UTF-8"),
+    })?;
+    // QEMU splits option values on ','; a path with one would inject options.
+    if s.contains(',') || s.chars().any(char::is_control) {
+        return Err(SandboxError::InvalidArgument {
+            reason: format!("path {s:?} contains ',' or a control character"),
+        });
+    }
+    Ok(s.to_string())
+}
+
+fn require_kvm(spec: &VmSpec) -> Result<(), SandboxError> {
+    if spec.accelerator == Accelerator::Kvm {
+        Ok(())
+    } else {
+        Err(SandboxError::Accelerator {
+            accelerator: spec.accelerator.to_string(),
+            reason: format!("{} needs KVM", hypervisor_name(spec.info.hypervisor)),
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+    use imagestore::UnikernelSource;
+
+    pub fn spec(t: UnikernelType, h: HypervisorKind) -> VmSpec {
+        VmSpec {
+            info: UnikernelInfo {
+                unikernel_type: t,
+                hypervisor: h,
+                binary: PathBuf::from("unikernel/kernel"),
+                cmdline: "app --flag".into(),
+                initrd: None,
+                block: None,
+                block_mount_point: None,
+                version: None,
+                source: UnikernelSource::ManifestAnnotations,
+            },
+            kernel: PathBuf::from("/layers/top/unikernel/kernel"),
+            initrd: None,
+            block: None,
+            memory_mib: 128,
+            vcpus: 2,
+            net: None,
+            args: vec![],
+            env: vec![],
+            accelerator: Accelerator::Kvm,
+            run_dir: PathBuf::from("/run/crid/vm/c1"),
+        }
+    }
+
+    pub fn net() -> GuestNet {
+        GuestNet {
+            tap: "crtap0".into(),
+            ip: Ipv4Addr::new(10, 88, 0, 5),
+            prefix: 16,
+            gateway: Some(Ipv4Addr::new(10, 88, 0, 1)),
+            mac: "0a:58:0a:58:00:05".parse().unwrap(),
+            mtu: 1500,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+
+    #[test]
+    fn mac_round_trip_and_rejects() {
+        let m: MacAddr = "0A:58:0a:58:00:05".parse().unwrap();
+        assert_eq!(m.to_string(), "0a:58:0a:58:00:05");
+        for bad in [
+            "",
+            "0a:58",
+            "0a:58:0a:58:00:05:01",
+            "zz:58:0a:58:00:05",
+            "0a5:8:0a:58:00:05",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn netmask_from_prefix() {
+        let mut n = net();
+        assert_eq!(n.netmask(), Ipv4Addr::new(255, 255, 0, 0));
+        n.prefix = 24;
+        assert_eq!(n.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        n.prefix = 0;
+        assert_eq!(n.netmask(), Ipv4Addr::new(0, 0, 0, 0));
+        n.prefix = 32;
+        assert_eq!(n.netmask(), Ipv4Addr::new(255, 255, 255, 255));
+    }
+
+    #[test]
+    fn missing_binary_is_failed_precondition_naming_it() {
+        let s = spec(UnikernelType::Linux, HypervisorKind::Firecracker);
+        let err = plan(&s, &[PathBuf::from("/nonexistent-crid-dir")]).unwrap_err();
+        assert_eq!(err.kind(), imagestore::ErrorKind::FailedPrecondition);
+        assert!(err.to_string().contains("firecracker"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_pair_is_rejected() {
+        let s = spec(UnikernelType::Mewz, HypervisorKind::Hvt);
+        let err = plan(&s, &default_binary_dirs()).unwrap_err();
+        assert_eq!(err.kind(), imagestore::ErrorKind::InvalidArgument);
+        assert!(supported_pair(UnikernelType::Linux, HypervisorKind::Qemu));
+        assert!(!supported_pair(UnikernelType::Linux, HypervisorKind::Hvt));
+    }
+
+    #[test]
+    fn exit_mapping() {
+        use std::os::unix::process::ExitStatusExt;
+        let mut p = qemu::Qemu
+            .plan(
+                &spec(UnikernelType::Unikraft, HypervisorKind::Qemu),
+                Path::new("/q"),
+            )
+            .unwrap();
+        let st = |code: i32| std::process::ExitStatus::from_raw(code << 8);
+        assert_eq!(p.guest_exit_code(st(7)), 3);
+        assert_eq!(p.guest_exit_code(st(0)), 0);
+        assert_eq!(p.guest_exit_code(st(2)), 2);
+        assert_eq!(
+            p.guest_exit_code(std::process::ExitStatus::from_raw(9)),
+            137
+        );
+        p.exit_mapping = ExitMapping::Direct;
+        assert_eq!(p.guest_exit_code(st(7)), 7);
+    }
+
+    #[test]
+    fn write_files_creates_and_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = LaunchPlan {
+            hypervisor: HypervisorKind::Firecracker,
+            program: "/fc".into(),
+            args: vec![],
+            files: vec![PlanFile {
+                path: dir.path().join("a/b.json"),
+                contents: "{}".into(),
+            }],
+            accelerator: Accelerator::Kvm,
+            guest_cmdline: String::new(),
+            exit_mapping: ExitMapping::Direct,
+        };
+        plan.write_files().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a/b.json")).unwrap(),
+            "{}"
+        );
+        plan.remove_files();
+        assert!(!dir.path().join("a/b.json").exists());
+    }
+}

@@ -1,0 +1,380 @@
+//! A guest's network inside the pod's network namespace.
+//!
+//! The CNI plugins configured the pod's interface (`eth0`). A unikernel container gets a tap
+//! device in the same namespace, connected to `eth0` by tc: an ingress qdisc on each with a
+//! match-all u32 filter whose action is `mirred egress redirect` to the other. Every frame that
+//! arrives on `eth0` leaves through the tap into the guest and back, so the guest takes over
+//! the pod's IP address, prefix, gateway and `eth0`'s MAC: from outside, the guest *is* the pod.
+//!
+//! `eth0` keeps its address, but nothing reaches the namespace's own stack through it any
+//! more: a runc sidecar in the same pod has loopback only and cannot reach the guest (or the
+//! network); the guest answers on the pod IP to everyone else. One unikernel per pod: a live
+//! tap (carrier up, its VMM running) of another container is a `FailedPrecondition`; a tap
+//! left behind by a crash (no carrier) is removed, as is this container's own stale tap.
+//!
+//! Commands run through `nsenter --net=PATH ip|tc ...` (iproute2), behind [`Runner`] so the
+//! sequence is unit-tested without root.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+
+use super::{GuestNet, MacAddr, qemu::check_ifname};
+use crate::SandboxError;
+
+/// Tap devices crid creates start with this.
+pub const TAP_PREFIX: &str = "crtap";
+
+/// The tap name for a container: `crtap` + the first 10 characters of its id.
+pub fn tap_name(container_id: &str) -> String {
+    let suffix: String = container_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(10)
+        .collect();
+    format!("{TAP_PREFIX}{suffix}")
+}
+
+/// Runs a program inside the pod's network namespace and returns its stdout.
+pub trait Runner {
+    fn run(&self, program: &str, args: &[&str]) -> Result<String, SandboxError>;
+}
+
+/// Runs commands with `nsenter --net=PATH`.
+pub struct NsenterRunner {
+    pub netns: PathBuf,
+}
+
+impl Runner for NsenterRunner {
+    fn run(&self, program: &str, args: &[&str]) -> Result<String, SandboxError> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .output()
+            .map_err(|e| SandboxError::GuestNetwork {
+                op: format!("{program} {}", args.join(" ")),
+                reason: format!("cannot run nsenter: {e}"),
+            })?;
+        if !out.status.success() {
+            return Err(SandboxError::GuestNetwork {
+                op: format!("{program} {}", args.join(" ")),
+                reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+#[derive(Deserialize)]
+struct Link {
+    ifname: String,
+    #[serde(default)]
+    mtu: u32,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default)]
+    flags: Vec<String>,
+    #[serde(default)]
+    linkinfo: Option<LinkInfo>,
+}
+
+#[derive(Deserialize)]
+struct LinkInfo {
+    #[serde(default)]
+    info_kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AddrIface {
+    #[serde(default)]
+    addr_info: Vec<AddrInfo>,
+}
+
+#[derive(Deserialize)]
+struct AddrInfo {
+    family: String,
+    local: String,
+    prefixlen: u8,
+}
+
+#[derive(Deserialize)]
+struct Route {
+    #[serde(default)]
+    gateway: Option<String>,
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(what: &str, s: &str) -> Result<T, SandboxError> {
+    serde_json::from_str(s).map_err(|e| SandboxError::GuestNetwork {
+        op: what.to_string(),
+        reason: format!("unexpected ip output: {e}"),
+    })
+}
+
+fn net_err(op: &str, reason: impl Into<String>) -> SandboxError {
+    SandboxError::GuestNetwork {
+        op: op.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Creates the tap and the redirects in the namespace at `netns` and returns the guest's network.
+pub fn setup_guest_net(netns: &Path, iface: &str, tap: &str) -> Result<GuestNet, SandboxError> {
+    setup_with(
+        &NsenterRunner {
+            netns: netns.to_path_buf(),
+        },
+        iface,
+        tap,
+    )
+}
+
+/// Removes the tap and the ingress qdisc; fine when they are already gone.
+pub fn teardown_guest_net(netns: &Path, iface: &str, tap: &str) -> Result<(), SandboxError> {
+    teardown_with(
+        &NsenterRunner {
+            netns: netns.to_path_buf(),
+        },
+        iface,
+        tap,
+    )
+}
+
+/// [`setup_guest_net`] with an injectable runner.
+pub fn setup_with(r: &dyn Runner, iface: &str, tap: &str) -> Result<GuestNet, SandboxError> {
+    check_ifname(iface)?;
+    check_ifname(tap)?;
+    if iface == tap {
+        return Err(SandboxError::InvalidArgument {
+            reason: "the tap cannot be the pod interface".into(),
+        });
+    }
+    let links: Vec<Link> = parse("ip link", &r.run("ip", &["-j", "-d", "link", "show"])?)?;
+    let eth = links
+        .iter()
+        .find(|l| l.ifname == iface)
+        .ok_or_else(|| net_err("setup", format!("the pod has no interface {iface}")))?;
+    let mac: MacAddr = eth
+        .address
+        .as_deref()
+        .ok_or_else(|| net_err("setup", format!("{iface} has no MAC address")))?
+        .parse()?;
+    let mtu = if eth.mtu == 0 { 1500 } else { eth.mtu };
+
+    let addrs: Vec<AddrIface> = parse(
+        "ip addr",
+        &r.run("ip", &["-j", "-4", "addr", "show", "dev", iface])?,
+    )?;
+    let addr = addrs
+        .iter()
+        .flat_map(|a| a.addr_info.iter())
+        .find(|a| a.family == "inet")
+        .ok_or_else(|| net_err("setup", format!("{iface} has no IPv4 address")))?;
+    let ip: Ipv4Addr = addr
+        .local
+        .parse()
+        .map_err(|_| net_err("setup", format!("bad address {:?}", addr.local)))?;
+    let routes: Vec<Route> = parse(
+        "ip route",
+        &r.run("ip", &["-j", "-4", "route", "show", "default"])?,
+    )?;
+    let gateway = routes
+        .iter()
+        .find_map(|rt| rt.gateway.as_deref())
+        .and_then(|g| g.parse::<Ipv4Addr>().ok());
+
+    for link in &links {
+        let is_tun = link
+            .linkinfo
+            .as_ref()
+            .and_then(|li| li.info_kind.as_deref())
+            == Some("tun");
+        if !link.ifname.starts_with(TAP_PREFIX) || !is_tun {
+            continue;
+        }
+        if link.ifname != tap && link.flags.iter().any(|f| f == "LOWER_UP") {
+            return Err(SandboxError::PodHasUnikernel {
+                tap: link.ifname.clone(),
+            });
+        }
+        tracing::info!(tap = %link.ifname, "removing a stale guest tap");
+        r.run("ip", &["link", "del", "dev", &link.ifname])?;
+    }
+
+    let mtu_s = mtu.to_string();
+    let result = (|| {
+        r.run("ip", &["tuntap", "add", "dev", tap, "mode", "tap"])?;
+        r.run("ip", &["link", "set", "dev", tap, "mtu", &mtu_s, "up"])?;
+        // A qdisc left by a crash would make "add" fail; it redirected to a dead tap anyway.
+        let _ = r.run("tc", &["qdisc", "del", "dev", iface, "ingress"]);
+        redirect(r, iface, tap)?;
+        redirect(r, tap, iface)
+    })();
+    if let Err(e) = result {
+        let _ = teardown_with(r, iface, tap);
+        return Err(e);
+    }
+    Ok(GuestNet {
+        tap: tap.to_string(),
+        ip,
+        prefix: addr.prefixlen,
+        gateway,
+        mac,
+        mtu,
+    })
+}
+
+fn redirect(r: &dyn Runner, from: &str, to: &str) -> Result<(), SandboxError> {
+    r.run("tc", &["qdisc", "add", "dev", from, "ingress"])?;
+    r.run(
+        "tc",
+        &[
+            "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32", "match",
+            "u8", "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
+        ],
+    )?;
+    Ok(())
+}
+
+/// [`teardown_guest_net`] with an injectable runner.
+pub fn teardown_with(r: &dyn Runner, iface: &str, tap: &str) -> Result<(), SandboxError> {
+    check_ifname(iface)?;
+    check_ifname(tap)?;
+    let links: Vec<Link> = parse("ip link", &r.run("ip", &["-j", "link", "show"])?)?;
+    if links.iter().any(|l| l.ifname == iface) {
+        let _ = r.run("tc", &["qdisc", "del", "dev", iface, "ingress"]);
+    }
+    if links.iter().any(|l| l.ifname == tap) {
+        r.run("ip", &["link", "del", "dev", tap])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    struct Fake {
+        calls: RefCell<Vec<String>>,
+        links: String,
+        fail_on: Option<&'static str>,
+    }
+
+    impl Runner for Fake {
+        fn run(&self, program: &str, args: &[&str]) -> Result<String, SandboxError> {
+            let line = format!("{program} {}", args.join(" "));
+            self.calls.borrow_mut().push(line.clone());
+            if self.fail_on.is_some_and(|f| line.starts_with(f)) {
+                return Err(net_err(&line, "boom"));
+            }
+            Ok(match line.as_str() {
+                "ip -j -d link show" | "ip -j link show" => self.links.clone(),
+                "ip -j -4 addr show dev eth0" => {
+                    r#"[{"ifname":"eth0","addr_info":[{"family":"inet","local":"10.88.0.7","prefixlen":16}]}]"#.into()
+                }
+                "ip -j -4 route show default" => r#"[{"dst":"default","gateway":"10.88.0.1","dev":"eth0"}]"#.into(),
+                _ => String::new(),
+            })
+        }
+    }
+
+    fn links(extra: &str) -> String {
+        format!(
+            r#"[{{"ifname":"lo","mtu":65536,"address":"00:00:00:00:00:00","flags":["LOOPBACK","UP"]}},
+               {{"ifname":"eth0","mtu":1450,"address":"0a:58:0a:58:00:07","flags":["UP","LOWER_UP"]}}{extra}]"#
+        )
+    }
+
+    fn fake(extra: &str, fail_on: Option<&'static str>) -> Fake {
+        Fake {
+            calls: RefCell::new(vec![]),
+            links: links(extra),
+            fail_on,
+        }
+    }
+
+    #[test]
+    fn setup_moves_address_to_guest_and_redirects_both_ways() {
+        let f = fake("", None);
+        let n = setup_with(&f, "eth0", "crtapabc").unwrap();
+        assert_eq!(n.ip, Ipv4Addr::new(10, 88, 0, 7));
+        assert_eq!(n.prefix, 16);
+        assert_eq!(n.gateway, Some(Ipv4Addr::new(10, 88, 0, 1)));
+        assert_eq!(n.mac.to_string(), "0a:58:0a:58:00:07");
+        assert_eq!(n.mtu, 1450);
+        let calls = f.calls.borrow();
+        let want = [
+            "ip tuntap add dev crtapabc mode tap",
+            "ip link set dev crtapabc mtu 1450 up",
+            "tc qdisc del dev eth0 ingress",
+            "tc qdisc add dev eth0 ingress",
+            "tc filter add dev eth0 parent ffff: protocol all u32 match u8 0 0 action mirred egress redirect dev crtapabc",
+            "tc qdisc add dev crtapabc ingress",
+            "tc filter add dev crtapabc parent ffff: protocol all u32 match u8 0 0 action mirred egress redirect dev eth0",
+        ];
+        assert_eq!(&calls[3..], want);
+    }
+
+    #[test]
+    fn stale_taps_are_removed_live_ones_refuse() {
+        let stale = r#",{"ifname":"crtapold","mtu":1500,"address":"aa:bb:cc:dd:ee:ff","flags":["NO-CARRIER","BROADCAST","UP"],"linkinfo":{"info_kind":"tun"}}"#;
+        let f = fake(stale, None);
+        setup_with(&f, "eth0", "crtapnew").unwrap();
+        assert!(
+            f.calls
+                .borrow()
+                .iter()
+                .any(|c| c == "ip link del dev crtapold")
+        );
+
+        let own = r#",{"ifname":"crtapnew","mtu":1500,"address":"aa:bb:cc:dd:ee:ff","flags":["UP","LOWER_UP"],"linkinfo":{"info_kind":"tun"}}"#;
+        let f = fake(own, None);
+        setup_with(&f, "eth0", "crtapnew").unwrap();
+        assert!(
+            f.calls
+                .borrow()
+                .iter()
+                .any(|c| c == "ip link del dev crtapnew")
+        );
+
+        let live = r#",{"ifname":"crtapother","mtu":1500,"address":"aa:bb:cc:dd:ee:ff","flags":["UP","LOWER_UP"],"linkinfo":{"info_kind":"tun"}}"#;
+        let f = fake(live, None);
+        let err = setup_with(&f, "eth0", "crtapnew").unwrap_err();
+        assert_eq!(err.kind(), imagestore::ErrorKind::FailedPrecondition);
+        assert!(!f.calls.borrow().iter().any(|c| c.contains("tuntap")));
+    }
+
+    #[test]
+    fn failure_midway_tears_down() {
+        let f = fake("", Some("tc filter add dev eth0"));
+        assert!(setup_with(&f, "eth0", "crtapx").is_err());
+        let calls = f.calls.borrow();
+        assert_eq!(calls.last().unwrap(), "tc qdisc del dev eth0 ingress");
+    }
+
+    #[test]
+    fn missing_interface_and_bad_names() {
+        let f = fake("", None);
+        assert!(setup_with(&f, "eth1", "crtapx").is_err());
+        assert!(setup_with(&f, "eth0", "bad name").is_err());
+        assert!(setup_with(&f, "eth0", "eth0").is_err());
+        assert_eq!(tap_name("0123456789abcdef"), "crtap0123456789");
+        assert!(tap_name("0123456789abcdef").len() <= 15);
+    }
+
+    #[test]
+    fn teardown_is_idempotent() {
+        let f = fake("", None);
+        teardown_with(&f, "eth0", "crtapx").unwrap();
+        assert!(
+            !f.calls
+                .borrow()
+                .iter()
+                .any(|c| c.starts_with("ip link del"))
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! Boots the freestanding test unikernel (tests/guests/freestanding) with the QEMU plan under
+//! KVM and checks what the guest printed and the exit code it chose.
+//!
+//! Needs gcc, qemu-system-x86_64 and a usable /dev/kvm; in CI (CI=true) their absence fails.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imagestore::{HypervisorKind, UnikernelInfo, UnikernelSource, UnikernelType};
+use sandbox::vm::{self, Accelerator, AcceleratorMode, VmSpec, accel};
+
+fn skip_or_fail(reason: &str) -> bool {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{reason}");
+    }
+    eprintln!("skipped: {reason}");
+    true
+}
+
+fn build_guest(out: &Path) -> bool {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests/freestanding/build.sh");
+    let status = Command::new("sh").arg(&script).arg(out).status();
+    match status {
+        Ok(s) if s.success() => true,
+        other => skip_or_fail(&format!("cannot build the test guest: {other:?}")) && false,
+    }
+}
+
+fn spec(kernel: PathBuf, run_dir: PathBuf, args: &[&str], accelerator: Accelerator) -> VmSpec {
+    VmSpec {
+        info: UnikernelInfo {
+            unikernel_type: UnikernelType::Unikraft,
+            hypervisor: HypervisorKind::Qemu,
+            binary: PathBuf::from("unikernel/guest.elf"),
+            cmdline: String::new(),
+            initrd: None,
+            block: None,
+            block_mount_point: None,
+            version: None,
+            source: UnikernelSource::ManifestAnnotations,
+        },
+        kernel,
+        initrd: None,
+        block: None,
+        memory_mib: 32,
+        vcpus: 1,
+        net: None,
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: vec![("GREETING".into(), "hi".into())],
+        accelerator,
+        run_dir,
+    }
+}
+
+/// Runs the plan with a bounded wait; kills the VMM at the deadline.
+fn run(plan: &vm::LaunchPlan, deadline: Duration) -> (String, std::process::ExitStatus, bool) {
+    let mut child = plan
+        .command()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn qemu");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let mut killed = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > deadline {
+            killed = true;
+            child.kill().unwrap();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = reader.join().unwrap();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    if !err.is_empty() {
+        eprintln!("qemu stderr: {err}");
+    }
+    (out, status, killed)
+}
+
+fn kvm_ready() -> Option<Accelerator> {
+    let host = accel::probe_host();
+    if !host.usable {
+        skip_or_fail(&format!("no usable KVM: {}", host.detail));
+        return None;
+    }
+    let d = accel::decide(
+        AcceleratorMode::Auto,
+        UnikernelType::Unikraft,
+        HypervisorKind::Qemu,
+        &host,
+    )
+    .unwrap();
+    assert_eq!(d.accelerator, Accelerator::Kvm, "{}", d.reason);
+    Some(d.accelerator)
+}
+
+#[test]
+fn freestanding_guest_boots_under_kvm_and_chooses_its_exit_code() {
+    let Some(accelerator) = kvm_ready() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    if !build_guest(&kernel) {
+        return;
+    }
+    let s = spec(
+        kernel,
+        dir.path().join("run"),
+        &["exit=3", "hello"],
+        accelerator,
+    );
+    let plan = match vm::plan(&s, &vm::default_binary_dirs()) {
+        Ok(p) => p,
+        Err(e) => {
+            skip_or_fail(&format!("no qemu: {e}"));
+            return;
+        }
+    };
+    assert!(
+        plan.args
+            .windows(2)
+            .any(|w| w[0] == "-M" && w[1].starts_with("microvm"))
+    );
+    assert!(
+        plan.args
+            .windows(2)
+            .any(|w| w[0] == "-accel" && w[1] == "kvm")
+    );
+    plan.write_files().unwrap();
+    let (out, status, killed) = run(&plan, Duration::from_secs(60));
+    assert!(!killed, "guest did not exit; output: {out}");
+    assert!(out.contains("crid-test-guest: booted"), "output: {out}");
+    // The CRI args and env reached the guest's command line.
+    assert!(
+        out.contains("cmdline: guest.elf env.vars=[ \"GREETING=hi\" ] -- exit=3 hello"),
+        "output: {out}"
+    );
+    assert_eq!(
+        status.code(),
+        Some(7),
+        "isa-debug-exit status is (3 << 1) | 1"
+    );
+    assert_eq!(plan.guest_exit_code(status), 3);
+}
+
+#[test]
+fn halted_guest_is_killed_at_the_deadline() {
+    let Some(accelerator) = kvm_ready() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    if !build_guest(&kernel) {
+        return;
+    }
+    let s = spec(kernel, dir.path().join("run"), &["stay"], accelerator);
+    let Ok(plan) = vm::plan(&s, &vm::default_binary_dirs()) else {
+        skip_or_fail("no qemu");
+        return;
+    };
+    let (out, status, killed) = run(&plan, Duration::from_secs(3));
+    assert!(killed);
+    assert!(out.contains("crid-test-guest: halting"), "output: {out}");
+    assert_eq!(plan.guest_exit_code(status), 137);
+}
