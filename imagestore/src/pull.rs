@@ -1,0 +1,941 @@
+//! Pulling images with `oci-client`: registry hosts from `hosts.toml` tried in order, manifests
+//! and indexes (OCI and Docker schema 2) parsed and bounded here, platform selection for this
+//! host, every blob streamed to the content store and verified (size and digest), layers
+//! unpacked once into shared layer directories. Concurrent pulls share each download and unpack.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::Deserialize;
+
+use crate::content::{ContentStore, TempPath, digest_hex, sha256_of};
+use crate::hosts::{RegistryHost, hosts_for};
+use crate::reference::ImageRef;
+use crate::store::{Credentials, NewImage, UseGuard};
+use crate::{Image, ImageError, ImageStore};
+
+/// Manifests and indexes larger than this are refused.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// Image configs larger than this are refused.
+const MAX_CONFIG_BYTES: u64 = 8 << 20;
+/// Indexes may point at indexes this deep, no deeper.
+const MAX_INDEX_DEPTH: usize = 3;
+/// Layers downloaded at the same time by one pull.
+const PARALLEL_LAYERS: usize = 3;
+
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const ACCEPT: [&str; 4] = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
+const CONFIG_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
+/// A content descriptor from a manifest or index.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Descriptor {
+    #[serde(default)]
+    pub(crate) media_type: String,
+    pub(crate) digest: String,
+    pub(crate) size: i64,
+    #[serde(default)]
+    pub(crate) platform: Option<Platform>,
+    #[serde(default)]
+    pub(crate) annotations: Option<HashMap<String, String>>,
+}
+
+impl Descriptor {
+    pub(crate) fn size(&self) -> Result<u64, ImageError> {
+        u64::try_from(self.size).map_err(|_| ImageError::InvalidDigest {
+            digest: self.digest.clone(),
+            reason: format!("negative size {}", self.size),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub(crate) struct Platform {
+    #[serde(default)]
+    pub(crate) architecture: String,
+    #[serde(default)]
+    pub(crate) os: String,
+    #[serde(default)]
+    pub(crate) variant: Option<String>,
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestDoc {
+    schema_version: Option<i64>,
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    annotations: Option<HashMap<String, String>>,
+}
+
+/// A manifest or index, checked for shape.
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    Index(Vec<Descriptor>),
+    Manifest {
+        config: Box<Descriptor>,
+        layers: Vec<Descriptor>,
+        annotations: HashMap<String, String>,
+    },
+}
+
+/// Parses a manifest or index of at most [`MAX_MANIFEST_BYTES`].
+pub(crate) fn parse_manifest(bytes: &[u8], reference: &str) -> Result<Parsed, ImageError> {
+    let bad = |reason: String| ImageError::InvalidManifest {
+        reference: reference.to_owned(),
+        reason,
+    };
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(bad(format!(
+            "{} bytes is larger than the {MAX_MANIFEST_BYTES} byte limit",
+            bytes.len()
+        )));
+    }
+    let doc: ManifestDoc = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    if doc.schema_version != Some(2) {
+        return Err(bad(format!(
+            "schema version {:?} is not supported (only 2)",
+            doc.schema_version
+        )));
+    }
+    let mt = doc.media_type.as_deref().unwrap_or("");
+    let is_index = match mt {
+        OCI_INDEX | DOCKER_LIST => true,
+        OCI_MANIFEST | DOCKER_MANIFEST => false,
+        "" => doc.manifests.is_some() && doc.config.is_none(),
+        other => return Err(bad(format!("unsupported media type {other:?}"))),
+    };
+    let check = |d: &Descriptor| -> Result<(), ImageError> {
+        digest_hex(&d.digest)?;
+        d.size()?;
+        Ok(())
+    };
+    if is_index {
+        let entries = doc
+            .manifests
+            .ok_or_else(|| bad("index without manifests".into()))?;
+        for e in &entries {
+            check(e)?;
+        }
+        return Ok(Parsed::Index(entries));
+    }
+    let config = doc
+        .config
+        .ok_or_else(|| bad("manifest without config".into()))?;
+    check(&config)?;
+    if !config.media_type.is_empty() && !CONFIG_TYPES.contains(&config.media_type.as_str()) {
+        return Err(bad(format!(
+            "config media type {:?} is not a container image",
+            config.media_type
+        )));
+    }
+    let layers = doc.layers.unwrap_or_default();
+    for l in &layers {
+        check(l)?;
+        if !l.media_type.contains("tar") {
+            return Err(bad(format!(
+                "layer {} has unsupported media type {:?}",
+                l.digest, l.media_type
+            )));
+        }
+    }
+    Ok(Parsed::Manifest {
+        config: Box::new(config),
+        layers,
+        annotations: doc.annotations.unwrap_or_default(),
+    })
+}
+
+/// The platform of this host in OCI terms.
+pub(crate) fn host_platform() -> Platform {
+    let (architecture, variant) = match std::env::consts::ARCH {
+        "x86_64" => ("amd64", None),
+        "aarch64" => ("arm64", Some("v8")),
+        "arm" => ("arm", Some("v7")),
+        "x86" => ("386", None),
+        "powerpc64" => ("ppc64le", None),
+        "s390x" => ("s390x", None),
+        "riscv64" => ("riscv64", None),
+        other => (other, None),
+    };
+    Platform {
+        architecture: architecture.to_owned(),
+        os: std::env::consts::OS.to_owned(),
+        variant: variant.map(str::to_owned),
+    }
+}
+
+/// Picks the index entry for `want`: same os and architecture, preferring the same variant,
+/// then an entry without variant; attestation manifests are skipped.
+pub(crate) fn select_platform<'a>(
+    entries: &'a [Descriptor],
+    want: &Platform,
+) -> Option<&'a Descriptor> {
+    let candidates: Vec<&Descriptor> = entries
+        .iter()
+        .filter(|e| {
+            let attestation = e
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("vnd.docker.reference.type"))
+                .is_some_and(|t| t == "attestation-manifest");
+            !attestation
+                && e.platform
+                    .as_ref()
+                    .is_some_and(|p| p.os == want.os && p.architecture == want.architecture)
+        })
+        .collect();
+    let variant_of = |e: &Descriptor| e.platform.as_ref().and_then(|p| p.variant.clone());
+    candidates
+        .iter()
+        .find(|e| want.variant.is_some() && variant_of(e) == want.variant)
+        .or_else(|| candidates.iter().find(|e| variant_of(e).is_none()))
+        .or_else(|| candidates.first())
+        .copied()
+}
+
+/// The parts of an image config the store reads.
+#[derive(Debug, Deserialize)]
+struct ConfigDoc {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    variant: Option<String>,
+    #[serde(default)]
+    config: Option<ContainerConfig>,
+    rootfs: RootFs,
+}
+
+#[derive(Debug, Deserialize)]
+struct ContainerConfig {
+    #[serde(rename = "Labels", default)]
+    labels: Option<HashMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RootFs {
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
+/// An image whose manifest is resolved and whose blobs are in the content store.
+pub(crate) struct Resolved {
+    pub(crate) repo_tags: Vec<String>,
+    pub(crate) repo_digests: Vec<String>,
+    pub(crate) manifest_digests: Vec<String>,
+    pub(crate) config: Descriptor,
+    pub(crate) layers: Vec<Descriptor>,
+    pub(crate) annotations: HashMap<String, String>,
+}
+
+/// Reads and checks the config of `res`; returns it with its diff ids and labels.
+pub(crate) fn read_config(
+    content: &ContentStore,
+    res: &Resolved,
+) -> Result<(String, Vec<String>), ImageError> {
+    let digest = &res.config.digest;
+    let bytes = content.read_blob(digest, MAX_CONFIG_BYTES)?;
+    let bad = |reason: String| ImageError::InvalidConfig {
+        digest: digest.clone(),
+        reason,
+    };
+    let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
+    let doc: ConfigDoc = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if doc.rootfs.diff_ids.len() != res.layers.len() {
+        return Err(bad(format!(
+            "{} diff ids for {} layers",
+            doc.rootfs.diff_ids.len(),
+            res.layers.len()
+        )));
+    }
+    for d in &doc.rootfs.diff_ids {
+        digest_hex(d)?;
+    }
+    Ok((text, doc.rootfs.diff_ids))
+}
+
+/// Unpacks the layer blob `blob` into `layers/sha256/<diff_id>` unless it is there already:
+/// into a temporary directory first, checked against `diff_id`, then renamed into place.
+pub(crate) fn unpack_into_store(
+    content: &ContentStore,
+    blob: &str,
+    diff_id: &str,
+) -> Result<(), ImageError> {
+    let dest = content.layer_path(diff_id)?;
+    if dest.is_dir() {
+        return Ok(());
+    }
+    let tmp = content.temp_dir()?;
+    let _guard = TempPath(Some(tmp.clone()));
+    let src = content.blob_path(blob)?;
+    let file = std::fs::File::open(&src).map_err(|e| ImageError::io(&src, e))?;
+    let stats = crate::unpack_layer(std::io::BufReader::new(file), &tmp)?;
+    if stats.diff_id != diff_id {
+        return Err(ImageError::DigestMismatch {
+            expected: diff_id.to_owned(),
+            actual: stats.diff_id,
+        });
+    }
+    match std::fs::rename(&tmp, &dest) {
+        Ok(()) => {
+            tracing::debug!(%blob, %diff_id, bytes = stats.bytes, inodes = stats.inodes, "layer unpacked");
+            Ok(())
+        }
+        // Another unpack of the same diff id won the race.
+        Err(_) if dest.is_dir() => Ok(()),
+        Err(e) => Err(ImageError::io(&dest, e)),
+    }
+}
+
+impl ImageStore {
+    /// Records `res` after its layers are unpacked: reads the config, recognises unikernels and
+    /// commits the image metadata. Blocking.
+    pub(crate) fn finish(&self, res: Resolved, guard: &mut UseGuard) -> Result<Image, ImageError> {
+        let content = &self.inner.content;
+        let (config_json, diff_ids) = read_config(content, &res)?;
+        let doc: ConfigDoc =
+            serde_json::from_str(&config_json).map_err(|e| ImageError::InvalidConfig {
+                digest: res.config.digest.clone(),
+                reason: e.to_string(),
+            })?;
+        let labels = doc
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        let layer_dirs = diff_ids
+            .iter()
+            .map(|d| content.layer_path(d))
+            .collect::<Result<Vec<PathBuf>, _>>()?;
+        let unikernel = crate::detect_unikernel(&res.annotations, &labels, &layer_dirs)?;
+        let mut size = res.config.size()?;
+        for l in &res.layers {
+            size += l.size()?;
+        }
+        let mut blobs = res.manifest_digests.clone();
+        blobs.push(res.config.digest.clone());
+        blobs.extend(res.layers.iter().map(|l| l.digest.clone()));
+        let image = Image {
+            id: res.config.digest.clone(),
+            repo_tags: res.repo_tags,
+            repo_digests: res.repo_digests,
+            size,
+            config_json,
+            diff_ids,
+            annotations: res.annotations,
+            os: doc.os,
+            architecture: doc.architecture,
+            variant: doc.variant,
+            unikernel,
+            pinned: false,
+        };
+        let image = self.commit(NewImage {
+            image,
+            manifest_digests: res.manifest_digests,
+            blobs,
+        })?;
+        guard.finish();
+        tracing::info!(image = %image.id, tags = ?image.repo_tags, "image stored");
+        Ok(image)
+    }
+
+    /// Pulls `reference` for this host's platform and records it. The registry endpoints come
+    /// from `hosts.toml`; mirrors are tried in order, then the server.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        auth: Option<Credentials>,
+    ) -> Result<Image, ImageError> {
+        let r = ImageRef::parse(reference)?;
+        let hosts: Vec<RegistryHost> = hosts_for(&self.inner.hosts_dir, r.registry())?
+            .into_iter()
+            .filter(|h| h.pull && (h.resolve || r.digest().is_some()))
+            .collect();
+        if hosts.is_empty() {
+            return Err(ImageError::HostsConfig {
+                path: self.inner.hosts_dir.join(r.registry()),
+                reason: "no host may pull (and resolve) this image".into(),
+            });
+        }
+        let auth = match auth {
+            None => RegistryAuth::Anonymous,
+            Some(Credentials::Basic { username, password }) => {
+                RegistryAuth::Basic(username, password)
+            }
+            Some(Credentials::Token(t)) => RegistryAuth::Bearer(t),
+        };
+        let mut last = None;
+        let count = hosts.len();
+        for (i, host) in hosts.iter().enumerate() {
+            match self.pull_from(&r, host, &auth).await {
+                Ok(image) => return Ok(image),
+                Err(e) if i + 1 < count && is_host_failure(&e) => {
+                    tracing::warn!(host = %host.host, error = %e, "registry host failed, trying the next");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ImageError::NotFound {
+            reference: r.to_string(),
+        }))
+    }
+
+    async fn pull_from(
+        &self,
+        r: &ImageRef,
+        host: &RegistryHost,
+        auth: &RegistryAuth,
+    ) -> Result<Image, ImageError> {
+        let client = make_client(host)?;
+        let mut oref = r.oci();
+        oref.set_mirror_registry(host.host.clone());
+        let name = r.to_string();
+        let mut guard = self.use_guard();
+        let content = self.inner.content.clone();
+
+        // Resolve the tag or digest down to one image manifest for this platform.
+        let (mut bytes, top) = fetch_manifest(&client, &oref, auth, &host.host, &name).await?;
+        if let Some(want) = r.digest() {
+            if want != top {
+                return Err(ImageError::DigestMismatch {
+                    expected: want.to_owned(),
+                    actual: top,
+                });
+            }
+        }
+        let mut manifest_digests = vec![top.clone()];
+        let mut visited: HashSet<String> = HashSet::from([top.clone()]);
+        let platform = host_platform();
+        let mut depth = 0;
+        let (config, layers, annotations) = loop {
+            let current = manifest_digests.last().cloned().unwrap_or_default();
+            guard.add(&current);
+            content.write_blob(&bytes, Some(&current))?;
+            match parse_manifest(&bytes, &name)? {
+                Parsed::Manifest {
+                    config,
+                    layers,
+                    annotations,
+                } => break (*config, layers, annotations),
+                Parsed::Index(entries) => {
+                    depth += 1;
+                    if depth > MAX_INDEX_DEPTH {
+                        return Err(ImageError::InvalidManifest {
+                            reference: name,
+                            reason: format!("indexes nested deeper than {MAX_INDEX_DEPTH}"),
+                        });
+                    }
+                    let entry = select_platform(&entries, &platform).ok_or_else(|| {
+                        ImageError::NoMatchingPlatform {
+                            reference: name.clone(),
+                            platform: platform.to_string(),
+                        }
+                    })?;
+                    if !visited.insert(entry.digest.clone()) {
+                        return Err(ImageError::InvalidManifest {
+                            reference: name,
+                            reason: format!("index references itself ({})", entry.digest),
+                        });
+                    }
+                    let child = oref.clone_with_digest(entry.digest.clone());
+                    let (b, d) = fetch_manifest(&client, &child, auth, &host.host, &name).await?;
+                    if visited.contains(&d) {
+                        return Err(ImageError::InvalidManifest {
+                            reference: name,
+                            reason: format!("index references itself ({d})"),
+                        });
+                    }
+                    if d != entry.digest {
+                        return Err(ImageError::DigestMismatch {
+                            expected: entry.digest.clone(),
+                            actual: d,
+                        });
+                    }
+                    if b.len() as u64 != entry.size()? {
+                        return Err(ImageError::SizeMismatch {
+                            digest: d,
+                            expected: entry.size()?,
+                            actual: b.len() as u64,
+                        });
+                    }
+                    bytes = b;
+                    manifest_digests.push(d);
+                }
+            }
+        };
+
+        // The config first (it names the diff ids), then the layers.
+        if config.size()? > MAX_CONFIG_BYTES {
+            return Err(ImageError::InvalidConfig {
+                digest: config.digest.clone(),
+                reason: format!("larger than {MAX_CONFIG_BYTES} bytes"),
+            });
+        }
+        guard.add(&config.digest);
+        self.ensure_blob(&client, &oref, &config).await?;
+        let res = Resolved {
+            repo_tags: r.tagged().into_iter().collect(),
+            repo_digests: vec![r.digested(&top)],
+            manifest_digests,
+            config,
+            layers,
+            annotations,
+        };
+        let (_, diff_ids) = read_config(&content, &res)?;
+        guard.add_all(res.layers.iter().map(|l| &l.digest));
+        guard.add_all(&diff_ids);
+        let work = res
+            .layers
+            .iter()
+            .cloned()
+            .zip(diff_ids.iter().cloned())
+            .map(|(layer, diff_id)| {
+                let client = client.clone();
+                let oref = oref.clone();
+                async move {
+                    self.ensure_blob(&client, &oref, &layer).await?;
+                    self.ensure_layer(&layer.digest, &diff_id).await
+                }
+            });
+        futures::stream::iter(work)
+            .buffer_unordered(PARALLEL_LAYERS)
+            .try_collect::<Vec<()>>()
+            .await?;
+
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.finish(res, &mut guard))
+            .await
+            .map_err(|e| ImageError::Task {
+                reason: e.to_string(),
+            })?
+    }
+
+    /// Makes sure blob `desc` is in the content store, downloading it once however many pulls
+    /// ask for it at the same time.
+    async fn ensure_blob(
+        &self,
+        client: &Client,
+        oref: &Reference,
+        desc: &Descriptor,
+    ) -> Result<(), ImageError> {
+        let size = desc.size()?;
+        let content = self.inner.content.clone();
+        if content.has_blob(&desc.digest, size) {
+            return Ok(());
+        }
+        let op = self.shared_op(&format!("blob:{}", desc.digest), || {
+            let client = client.clone();
+            let oref = oref.clone();
+            let desc = desc.clone();
+            async move {
+                download(&client, &oref, &content, &desc)
+                    .await
+                    .map_err(Arc::new)
+            }
+            .boxed()
+        });
+        op.await.map_err(|e| e.shared())
+    }
+
+    /// Makes sure the layer `diff_id` is unpacked from blob `blob`, once.
+    async fn ensure_layer(&self, blob: &str, diff_id: &str) -> Result<(), ImageError> {
+        let content = self.inner.content.clone();
+        if content.layer_path(diff_id)?.is_dir() {
+            return Ok(());
+        }
+        let op = self.shared_op(&format!("layer:{diff_id}"), || {
+            let blob = blob.to_owned();
+            let diff_id = diff_id.to_owned();
+            async move {
+                tokio::task::spawn_blocking(move || unpack_into_store(&content, &blob, &diff_id))
+                    .await
+                    .map_err(|e| {
+                        Arc::new(ImageError::Task {
+                            reason: e.to_string(),
+                        })
+                    })?
+                    .map_err(Arc::new)
+            }
+            .boxed()
+        });
+        op.await.map_err(|e| e.shared())
+    }
+}
+
+/// Streams one blob into the content store, checking its size and digest.
+async fn download(
+    client: &Client,
+    oref: &Reference,
+    content: &ContentStore,
+    desc: &Descriptor,
+) -> Result<(), ImageError> {
+    let size = desc.size()?;
+    let registry = oref.resolve_registry().to_owned();
+    let oci_desc = OciDescriptor {
+        media_type: desc.media_type.clone(),
+        digest: desc.digest.clone(),
+        size: desc.size,
+        ..Default::default()
+    };
+    let mut ingest = content.ingest(&desc.digest, size).await?;
+    let mut stream = client
+        .pull_blob_stream(oref, &oci_desc)
+        .await
+        .map_err(|e| map_oci_error(e, &registry, &desc.digest))?;
+    if let Some(len) = stream.content_length {
+        if len > size {
+            return Err(ImageError::SizeMismatch {
+                digest: desc.digest.clone(),
+                expected: size,
+                actual: len,
+            });
+        }
+    }
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| map_io_error(e, &registry, &desc.digest))?;
+        ingest.write(&chunk).await?;
+    }
+    ingest.commit(content).await?;
+    tracing::debug!(digest = %desc.digest, size, "blob downloaded");
+    Ok(())
+}
+
+async fn fetch_manifest(
+    client: &Client,
+    oref: &Reference,
+    auth: &RegistryAuth,
+    registry: &str,
+    name: &str,
+) -> Result<(Vec<u8>, String), ImageError> {
+    let (bytes, _) = client
+        .pull_manifest_raw(oref, auth, &ACCEPT)
+        .await
+        .map_err(|e| map_oci_error(e, registry, name))?;
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(ImageError::InvalidManifest {
+            reference: name.to_owned(),
+            reason: format!(
+                "{} bytes is larger than the {MAX_MANIFEST_BYTES} byte limit",
+                bytes.len()
+            ),
+        });
+    }
+    // The digest is always computed from the bytes, never taken from a header.
+    let digest = sha256_of(&bytes);
+    Ok((bytes.to_vec(), digest))
+}
+
+fn make_client(host: &RegistryHost) -> Result<Client, ImageError> {
+    let mut certs = Vec::new();
+    for ca in &host.ca {
+        let data = std::fs::read(ca).map_err(|e| ImageError::io(ca, e))?;
+        certs.push(Certificate {
+            encoding: CertificateEncoding::Pem,
+            data,
+        });
+    }
+    let config = ClientConfig {
+        protocol: if host.plain_http {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        },
+        accept_invalid_certificates: host.skip_verify,
+        extra_root_certificates: certs,
+        platform_resolver: None,
+        connect_timeout: Some(Duration::from_secs(15)),
+        read_timeout: Some(Duration::from_secs(120)),
+        user_agent: concat!("crid/", env!("CARGO_PKG_VERSION")),
+        ..Default::default()
+    };
+    Client::try_from(config).map_err(|e| ImageError::Registry {
+        registry: host.host.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// Failures that another host (a mirror or the server) may not have.
+fn is_host_failure(e: &ImageError) -> bool {
+    matches!(
+        e.kind(),
+        crate::ErrorKind::Unavailable | crate::ErrorKind::NotFound | crate::ErrorKind::Internal
+    )
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(x) = source {
+        let m = x.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        source = x.source();
+    }
+    s
+}
+
+fn map_io_error(e: std::io::Error, registry: &str, what: &str) -> ImageError {
+    if let Some(DigestError::VerificationError { expected, actual }) =
+        e.get_ref().and_then(|r| r.downcast_ref::<DigestError>())
+    {
+        return ImageError::DigestMismatch {
+            expected: expected.clone(),
+            actual: actual.clone(),
+        };
+    }
+    ImageError::RegistryUnavailable {
+        registry: registry.to_owned(),
+        reason: format!("reading {what}: {}", chain(&e)),
+    }
+}
+
+/// Maps an oci-client error onto the store's errors (and so onto gRPC codes).
+fn map_oci_error(e: OciDistributionError, registry: &str, what: &str) -> ImageError {
+    let not_found = || ImageError::NotFound {
+        reference: what.to_owned(),
+    };
+    match e {
+        OciDistributionError::RequestError(ref re) => {
+            let _ = re;
+            ImageError::RegistryUnavailable {
+                registry: registry.to_owned(),
+                reason: chain(&e),
+            }
+        }
+        OciDistributionError::IoError(io) => map_io_error(io, registry, what),
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|x| &x.code).collect();
+            if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::BlobUnknown
+                        | OciErrorCode::NotFound
+                        | OciErrorCode::ManifestBlobUnknown
+                )
+            }) {
+                not_found()
+            } else if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
+                ImageError::AccessDenied {
+                    reference: what.to_owned(),
+                }
+            } else if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Toomanyrequests))
+            {
+                ImageError::RegistryUnavailable {
+                    registry: registry.to_owned(),
+                    reason: envelope.to_string(),
+                }
+            } else if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::NameInvalid | OciErrorCode::TagInvalid))
+            {
+                ImageError::InvalidReference {
+                    reference: what.to_owned(),
+                    reason: envelope.to_string(),
+                }
+            } else {
+                ImageError::Registry {
+                    registry: registry.to_owned(),
+                    reason: envelope.to_string(),
+                }
+            }
+        }
+        OciDistributionError::ServerError { code, message, .. } => match code {
+            404 => not_found(),
+            401 | 403 => ImageError::AccessDenied {
+                reference: what.to_owned(),
+            },
+            408 | 429 | 500..=599 => ImageError::RegistryUnavailable {
+                registry: registry.to_owned(),
+                reason: format!(
+                    "HTTP {code}: {}",
+                    message.chars().take(200).collect::<String>()
+                ),
+            },
+            _ => ImageError::Registry {
+                registry: registry.to_owned(),
+                reason: format!(
+                    "HTTP {code}: {}",
+                    message.chars().take(200).collect::<String>()
+                ),
+            },
+        },
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => ImageError::AccessDenied {
+            reference: what.to_owned(),
+        },
+        OciDistributionError::DigestError(DigestError::VerificationError { expected, actual }) => {
+            ImageError::DigestMismatch { expected, actual }
+        }
+        OciDistributionError::ImageManifestNotFoundError(_) => not_found(),
+        e @ (OciDistributionError::DigestError(_)
+        | OciDistributionError::ManifestParsingError(_)
+        | OciDistributionError::VersionedParsingError(_)
+        | OciDistributionError::UnsupportedMediaTypeError(_)
+        | OciDistributionError::UnsupportedSchemaVersionError(_)
+        | OciDistributionError::ManifestEncodingError(_)
+        | OciDistributionError::JsonError(_)) => ImageError::InvalidManifest {
+            reference: what.to_owned(),
+            reason: e.to_string(),
+        },
+        other => ImageError::Registry {
+            registry: registry.to_owned(),
+            reason: chain(&other),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> String {
+        format!("sha256:{}", format!("{n:02x}").repeat(32))
+    }
+
+    fn entry(n: u8, os: &str, arch: &str, variant: Option<&str>) -> Descriptor {
+        Descriptor {
+            media_type: OCI_MANIFEST.into(),
+            digest: d(n),
+            size: 10,
+            platform: Some(Platform {
+                architecture: arch.into(),
+                os: os.into(),
+                variant: variant.map(Into::into),
+            }),
+            annotations: None,
+        }
+    }
+
+    #[test]
+    fn platform_selection_prefers_exact_variant() {
+        let amd64 = Platform {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            variant: None,
+        };
+        let entries = vec![
+            entry(1, "linux", "arm64", Some("v8")),
+            entry(2, "windows", "amd64", None),
+            entry(3, "linux", "amd64", Some("v3")),
+            entry(4, "linux", "amd64", None),
+        ];
+        assert_eq!(select_platform(&entries, &amd64).unwrap().digest, d(4));
+        assert_eq!(select_platform(&entries[..3], &amd64).unwrap().digest, d(3));
+        assert!(select_platform(&entries[..2], &amd64).is_none());
+        let arm64 = Platform {
+            architecture: "arm64".into(),
+            os: "linux".into(),
+            variant: Some("v8".into()),
+        };
+        assert_eq!(select_platform(&entries, &arm64).unwrap().digest, d(1));
+        // Attestations are never images.
+        let mut att = entry(5, "linux", "amd64", None);
+        att.annotations = Some(HashMap::from([(
+            "vnd.docker.reference.type".to_owned(),
+            "attestation-manifest".to_owned(),
+        )]));
+        assert!(select_platform(&[att], &amd64).is_none());
+        let host = host_platform();
+        assert_eq!(host.os, "linux");
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(host.architecture, "amd64");
+        }
+    }
+
+    #[test]
+    fn manifests_are_parsed_and_bounded() {
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}",
+            "config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{}","size":5}},
+            "layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","digest":"{}","size":7}}]}}"#,
+            d(1),
+            d(2)
+        );
+        match parse_manifest(m.as_bytes(), "x").unwrap() {
+            Parsed::Manifest { config, layers, .. } => {
+                assert_eq!(config.digest, d(1));
+                assert_eq!(layers.len(), 1);
+            }
+            Parsed::Index(_) => panic!("not an index"),
+        }
+        let i = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":3,"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
+            d(3)
+        );
+        assert!(matches!(
+            parse_manifest(i.as_bytes(), "x").unwrap(),
+            Parsed::Index(e) if e.len() == 1
+        ));
+        let bad = [
+            r#"{"schemaVersion":1,"fsLayers":[]}"#.to_owned(),
+            "not json".to_owned(),
+            format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}"}}"#),
+            r#"{"schemaVersion":2,"config":{"digest":"sha256:../../x","size":1},"layers":[]}"#
+                .to_owned(),
+            format!(
+                r#"{{"schemaVersion":2,"config":{{"digest":"{}","size":-1}},"layers":[]}}"#,
+                d(1)
+            ),
+            format!(
+                r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":"{}","size":1}},"layers":[]}}"#,
+                d(1)
+            ),
+            format!(
+                r#"{{"schemaVersion":2,"config":{{"digest":"{}","size":1}},"layers":[{{"mediaType":"application/wasm","digest":"{}","size":1}}]}}"#,
+                d(1),
+                d(2)
+            ),
+        ];
+        for b in bad {
+            let e = parse_manifest(b.as_bytes(), "x").unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{b}");
+        }
+        let huge = vec![b' '; MAX_MANIFEST_BYTES + 1];
+        let e = parse_manifest(&huge, "x").unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+    }
+}
