@@ -24,7 +24,10 @@ fn build_guest(out: &Path) -> bool {
     let status = Command::new("sh").arg(&script).arg(out).status();
     match status {
         Ok(s) if s.success() => true,
-        other => skip_or_fail(&format!("cannot build the test guest: {other:?}")) && false,
+        other => {
+            skip_or_fail(&format!("cannot build the test guest: {other:?}"));
+            false
+        }
     }
 }
 
