@@ -1,6 +1,7 @@
 //! crid's end-to-end judge: a CRI v1 client, a small test runner and the tests themselves,
 //! usable against any CRI endpoint (crid or containerd), plus the benchmark binary.
 
+pub mod bench;
 pub mod client;
 pub mod runner;
 pub mod tests;

@@ -1,0 +1,226 @@
+//! The operations the benchmarks time, through the CRI API only.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use proto::cri;
+use regex::Regex;
+
+use crate::client::Cri;
+
+/// One runtime under test.
+#[derive(Clone)]
+pub struct Target {
+    pub name: String,
+    pub cri: Cri,
+    /// Matches the command lines of the daemon and all its per-pod processes.
+    pub procs: Regex,
+    /// Parent of the pods' log directories.
+    pub log_root: PathBuf,
+}
+
+/// Timings of one pod + container cold start.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub pod_id: String,
+    pub container_id: String,
+    pub run_pod: Duration,
+    pub create: Duration,
+    pub start: Duration,
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn pod_config(target: &Target, tag: &str) -> cri::PodSandboxConfig {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let name = format!("bench-{tag}-{}-{n}", std::process::id());
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.clone(),
+            uid: format!("uid-{name}"),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        hostname: name.clone(),
+        log_directory: target.log_root.join(&name).to_string_lossy().into_owned(),
+        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        labels: HashMap::from([("crid-bench".to_string(), "1".to_string())]),
+        ..Default::default()
+    }
+}
+
+fn container_config(image: &str, command: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "app".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: "app.log".into(),
+        linux: Some(cri::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+/// RunPodSandbox, CreateContainer, StartContainer, each timed.
+pub async fn cold_start(
+    target: &Target,
+    image: &str,
+    command: &[&str],
+    tag: &str,
+) -> anyhow::Result<Started> {
+    let mut rt = target.cri.runtime.clone();
+    let config = pod_config(target, tag);
+    let t0 = Instant::now();
+    let pod_id = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .context("RunPodSandbox")?
+        .into_inner()
+        .pod_sandbox_id;
+    let t1 = Instant::now();
+    let container_id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(container_config(image, command)),
+            sandbox_config: Some(config),
+        })
+        .await
+        .context("CreateContainer")?
+        .into_inner()
+        .container_id;
+    let t2 = Instant::now();
+    rt.start_container(cri::StartContainerRequest {
+        container_id: container_id.clone(),
+    })
+    .await
+    .context("StartContainer")?;
+    let t3 = Instant::now();
+    Ok(Started {
+        pod_id,
+        container_id,
+        run_pod: t1 - t0,
+        create: t2 - t1,
+        start: t3 - t2,
+    })
+}
+
+/// StopContainer (no grace period), RemoveContainer, StopPodSandbox, RemovePodSandbox.
+pub async fn teardown(target: &Target, started: &Started) -> anyhow::Result<Duration> {
+    let mut rt = target.cri.runtime.clone();
+    let t0 = Instant::now();
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: started.container_id.clone(),
+        timeout: 0,
+    })
+    .await
+    .context("StopContainer")?;
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: started.container_id.clone(),
+    })
+    .await
+    .context("RemoveContainer")?;
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: started.pod_id.clone(),
+    })
+    .await
+    .context("StopPodSandbox")?;
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: started.pod_id.clone(),
+    })
+    .await
+    .context("RemovePodSandbox")?;
+    Ok(t0.elapsed())
+}
+
+/// Removes `image` if present, then times its pull.
+pub async fn pull(target: &Target, image: &str) -> anyhow::Result<Duration> {
+    let mut images = target.cri.images.clone();
+    let spec = cri::ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    };
+    images
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(spec.clone()),
+        })
+        .await
+        .context("RemoveImage")?;
+    let t0 = Instant::now();
+    images
+        .pull_image(cri::PullImageRequest {
+            image: Some(spec),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .context("PullImage")?;
+    Ok(t0.elapsed())
+}
+
+/// Pulls `image` unless the runtime already has it.
+pub async fn ensure_image(target: &Target, image: &str) -> anyhow::Result<()> {
+    let mut images = target.cri.images.clone();
+    let spec = cri::ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    };
+    let present = images
+        .image_status(cri::ImageStatusRequest {
+            image: Some(spec.clone()),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .image
+        .is_some();
+    if !present {
+        images
+            .pull_image(cri::PullImageRequest {
+                image: Some(spec),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await
+            .with_context(|| format!("pull {image} on {}", target.name))?;
+    }
+    Ok(())
+}
+
+/// Removes every pod the benchmark left behind (label `crid-bench=1`).
+pub async fn sweep(target: &Target) -> anyhow::Result<()> {
+    let mut rt = target.cri.runtime.clone();
+    let pods = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                label_selector: HashMap::from([("crid-bench".to_string(), "1".to_string())]),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .items;
+    for pod in pods {
+        let _ = rt
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            })
+            .await;
+        let _ = rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod.id,
+            })
+            .await;
+    }
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! `crid-bench --runtime NAME=ENDPOINT,PROCS_REGEX ... --registry HOST:PORT`
+//!
+//! Measures every runtime in the same run, alternating between them, and prints a Markdown
+//! table with the ratio of the first runtime to the second; `--json FILE` keeps the raw data.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use conformance::bench::Samples;
+use conformance::bench::memory::{self, Memory};
+use conformance::bench::report::Report;
+use conformance::bench::workload::{self, Target};
+use conformance::client::Cri;
+use regex::Regex;
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmarks CRI runtimes side by side")]
+struct Args {
+    /// NAME=ENDPOINT,PROCS_REGEX — the regex matches the command lines of the daemon and its
+    /// per-pod processes (shims, monitors, VMMs). Give crid first, the baseline second.
+    #[arg(long = "runtime", required = true)]
+    runtimes: Vec<String>,
+    /// Registry on loopback holding the test images.
+    #[arg(long, env = "CRID_TEST_REGISTRY")]
+    registry: String,
+    /// Image (in the registry) for the containers.
+    #[arg(long, default_value = "busybox:latest")]
+    image: String,
+    /// Iterations of the sequential measurements.
+    #[arg(long, default_value_t = 20)]
+    iterations: usize,
+    /// Pod counts for the parallel start and memory measurements.
+    #[arg(long, value_delimiter = ',', default_value = "10,50")]
+    parallel: Vec<usize>,
+    /// Duration of the sustained-throughput measurement, per runtime.
+    #[arg(long, default_value_t = 10)]
+    sustain_secs: u64,
+    /// Where to write the JSON report.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Parent directory for pod log directories.
+    #[arg(long, default_value = "/tmp/crid-bench-logs")]
+    log_root: PathBuf,
+}
+
+async fn target(spec: &str, log_root: &std::path::Path) -> anyhow::Result<Target> {
+    let (name, rest) = spec
+        .split_once('=')
+        .context("--runtime wants NAME=ENDPOINT,REGEX")?;
+    let (endpoint, procs) = rest
+        .split_once(',')
+        .context("--runtime wants NAME=ENDPOINT,REGEX")?;
+    Ok(Target {
+        name: name.into(),
+        cri: Cri::connect(endpoint).await?,
+        procs: Regex::new(procs)?,
+        log_root: log_root.join(name),
+    })
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024 / 1024)
+        .unwrap_or(0);
+    format!("{cpus} CPUs ({model}), {mem_gib} GiB RAM")
+}
+
+fn mib(m: Memory, pss: bool) -> f64 {
+    (if pss { m.pss_kib } else { m.rss_kib }) as f64 / 1024.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut targets = Vec::new();
+    for spec in &args.runtimes {
+        targets.push(target(spec, &args.log_root).await?);
+    }
+    if targets.is_empty() {
+        bail!("no runtime given");
+    }
+    let image = format!("{}/{}", args.registry, args.image);
+    let cmd = ["sleep", "3600"];
+    let mut report = Report {
+        runtimes: targets.iter().map(|t| t.name.clone()).collect(),
+        machine: machine(),
+        ..Default::default()
+    };
+    for t in &targets {
+        workload::sweep(t).await?;
+        workload::ensure_image(t, &image).await?;
+    }
+
+    // Idle memory, before any pod exists.
+    let idle: Vec<Memory> = targets.iter().map(|t| memory::measure(&t.procs)).collect();
+
+    // Sequential latencies, alternating runtimes so drift hits both alike.
+    let n = targets.len();
+    let (mut run_pod, mut create, mut start, mut total, mut down) = (
+        vec![Samples::default(); n],
+        vec![Samples::default(); n],
+        vec![Samples::default(); n],
+        vec![Samples::default(); n],
+        vec![Samples::default(); n],
+    );
+    for i in 0..args.iterations {
+        for (k, t) in targets.iter().enumerate() {
+            match workload::cold_start(t, &image, &cmd, "seq").await {
+                Ok(s) => {
+                    run_pod[k].push(s.run_pod);
+                    create[k].push(s.create);
+                    start[k].push(s.start);
+                    total[k].push(s.run_pod + s.create + s.start);
+                    match workload::teardown(t, &s).await {
+                        Ok(d) => down[k].push(d),
+                        Err(e) => report
+                            .errors
+                            .push(format!("{} teardown #{i}: {e:#}", t.name)),
+                    }
+                }
+                Err(e) => report
+                    .errors
+                    .push(format!("{} cold start #{i}: {e:#}", t.name)),
+            }
+        }
+    }
+    for (label, samples) in [
+        ("pod sandbox start", &run_pod),
+        ("container create", &create),
+        ("container start", &start),
+        ("pod+container cold start", &total),
+        ("stop and remove", &down),
+    ] {
+        report.add(
+            format!("{label} median"),
+            "ms",
+            samples.iter().map(|s| s.median()).collect(),
+        );
+        report.add(
+            format!("{label} p90"),
+            "ms",
+            samples.iter().map(|s| s.p90()).collect(),
+        );
+        report.add(
+            format!("{label} max"),
+            "ms",
+            samples.iter().map(|s| s.max()).collect(),
+        );
+    }
+
+    // Image pull of the same image from the local registry.
+    let mut pulls = vec![Samples::default(); n];
+    for _ in 0..args.iterations.clamp(1, 5) {
+        for (k, t) in targets.iter().enumerate() {
+            match workload::pull(t, &image).await {
+                Ok(d) => pulls[k].push(d),
+                Err(e) => report.errors.push(format!("{} pull: {e:#}", t.name)),
+            }
+        }
+    }
+    report.add(
+        "image pull median",
+        "ms",
+        pulls.iter().map(|s| s.median()).collect(),
+    );
+
+    report.add(
+        "idle memory RSS",
+        "MiB",
+        idle.iter().map(|m| Some(mib(*m, false))).collect(),
+    );
+    report.add(
+        "idle memory PSS",
+        "MiB",
+        idle.iter().map(|m| Some(mib(*m, true))).collect(),
+    );
+
+    // Parallel starts, memory with that many pods, per-pod overhead.
+    for &count in &args.parallel {
+        let mut wall = Vec::new();
+        let mut rss = Vec::new();
+        let mut pss = Vec::new();
+        let mut per_pod = Vec::new();
+        for (k, t) in targets.iter().enumerate() {
+            let t0 = Instant::now();
+            let tasks: Vec<_> = (0..count)
+                .map(|_| {
+                    let t = t.clone();
+                    let image = image.clone();
+                    tokio::spawn(async move { workload::cold_start(&t, &image, &cmd, "par").await })
+                })
+                .collect();
+            let mut started = Vec::new();
+            let mut failed = 0;
+            for task in tasks {
+                match task.await {
+                    Ok(Ok(s)) => started.push(s),
+                    Ok(Err(e)) => {
+                        failed += 1;
+                        report
+                            .errors
+                            .push(format!("{} parallel {count}: {e:#}", t.name));
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        report
+                            .errors
+                            .push(format!("{} parallel {count}: {e}", t.name));
+                    }
+                }
+            }
+            let elapsed = t0.elapsed();
+            wall.push((failed == 0).then_some(elapsed.as_secs_f64() * 1000.0));
+            // Let start-up transients settle before reading memory.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let m = memory::measure(&t.procs);
+            rss.push(Some(mib(m, false)));
+            pss.push(Some(mib(m, true)));
+            per_pod.push((!started.is_empty()).then(|| {
+                (m.pss_kib.saturating_sub(idle[k].pss_kib)) as f64 / 1024.0 / started.len() as f64
+            }));
+            let downs: Vec<_> = started
+                .into_iter()
+                .map(|s| {
+                    let t = t.clone();
+                    tokio::spawn(async move { workload::teardown(&t, &s).await })
+                })
+                .collect();
+            for d in downs {
+                if let Ok(Err(e)) = d.await {
+                    report
+                        .errors
+                        .push(format!("{} parallel teardown: {e:#}", t.name));
+                }
+            }
+            let _ = workload::sweep(t).await;
+        }
+        report.add(format!("{count} pods in parallel, wall time"), "ms", wall);
+        report.add(format!("memory with {count} pods, RSS"), "MiB", rss);
+        report.add(format!("memory with {count} pods, PSS"), "MiB", pss);
+        report.add(
+            format!("per-pod overhead at {count} pods, PSS"),
+            "MiB",
+            per_pod,
+        );
+    }
+
+    // Sustained throughput: 4 workers cycling start/teardown for a fixed time.
+    let mut rates = Vec::new();
+    for t in &targets {
+        let deadline = Instant::now() + Duration::from_secs(args.sustain_secs);
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let t = t.clone();
+                let image = image.clone();
+                tokio::spawn(async move {
+                    let mut done = 0u64;
+                    while Instant::now() < deadline {
+                        let Ok(s) = workload::cold_start(&t, &image, &cmd, "sus").await else {
+                            break;
+                        };
+                        if workload::teardown(&t, &s).await.is_err() {
+                            break;
+                        }
+                        done += 1;
+                    }
+                    done
+                })
+            })
+            .collect();
+        let t0 = Instant::now();
+        let mut done = 0;
+        for w in workers {
+            done += w.await.unwrap_or(0);
+        }
+        rates.push(Some(done as f64 / t0.elapsed().as_secs_f64()));
+        let _ = workload::sweep(t).await;
+    }
+    report.add("sustained pods per second (4 workers)", "pods/s", rates);
+
+    println!("Machine: {}\n", report.machine);
+    println!("{}", report.table());
+    for e in &report.errors {
+        eprintln!("error: {e}");
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
