@@ -240,6 +240,10 @@ impl Cni {
     /// attachment is undone) and the error of the failing plugin is returned.
     pub async fn add(&self, att: &Attachment) -> Result<CniResult, CniError> {
         let list = self.network()?;
+        // A missing plugin is found before anything is attached.
+        for ty in list.plugin_types() {
+            self.exec.find(&ty)?;
+        }
         let args = att.pod.to_cni_args()?;
         let caps = att.capabilities.to_map();
         let mut entry = CacheEntry {
@@ -446,6 +450,24 @@ impl Cni {
                 .cache
                 .remove(&entry.network_name, &entry.container_id, &entry.if_name),
         }
+    }
+
+    /// Drops the cached attachment without calling any plugin: for giving up on a DEL that
+    /// keeps failing.
+    pub fn forget(&self, container_id: &str, ifname: &str) -> Result<(), CniError> {
+        match self.cache.find(container_id, ifname) {
+            Some(e) => self.cache.remove(&e.network_name, container_id, ifname),
+            None => Ok(()),
+        }
+    }
+
+    /// Attachments in the cache, as (container id, interface name).
+    pub fn cached_attachments(&self) -> Vec<(String, String)> {
+        self.cache
+            .all()
+            .into_iter()
+            .map(|e| (e.container_id, e.if_name))
+            .collect()
     }
 
     /// GC (CNI 1.1.0): tells the current network's plugins which attachments are still valid,

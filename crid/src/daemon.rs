@@ -60,6 +60,8 @@ pub struct State {
     pub cgroup_driver: CgroupDriver,
     pub started_at_unix: u64,
     pod_cidr: Mutex<String>,
+    /// Pod sandboxes (and, through them, CNI).
+    pub pods: Arc<sandbox::pod::PodManager>,
 }
 
 impl State {
@@ -69,7 +71,9 @@ impl State {
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let cgroup_driver = CgroupDriver::resolve(&config.runtime.cgroup_driver);
+        let pods = Arc::new(pod_manager(&config, cgroup_driver)?);
         Ok(State {
+            pods,
             cgroup_driver,
             started_at_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -80,31 +84,20 @@ impl State {
         })
     }
 
-    pub fn network_status(&self) -> NetworkStatus {
-        let dir = &self.config.cni.conf_dir;
-        let has_conf = std::fs::read_dir(dir)
-            .map(|entries| {
-                entries.flatten().any(|e| {
-                    let name = e.file_name();
-                    let name = name.to_string_lossy();
-                    name.ends_with(".conflist")
-                        || name.ends_with(".conf")
-                        || name.ends_with(".json")
-                })
-            })
-            .unwrap_or(false);
-        if has_conf {
-            NetworkStatus {
+    /// Whether pods can be networked: a valid network configuration whose plugins exist and
+    /// (CNI 1.1) answer STATUS.
+    pub async fn network_status(&self) -> NetworkStatus {
+        match self.pods.cni().status().await {
+            Ok(()) => NetworkStatus {
                 ready: true,
                 reason: String::new(),
                 message: String::new(),
-            }
-        } else {
-            NetworkStatus {
+            },
+            Err(e) => NetworkStatus {
                 ready: false,
                 reason: "NetworkPluginNotReady".into(),
-                message: format!("no CNI network configuration in {}", dir.display()),
-            }
+                message: e.to_string(),
+            },
         }
     }
 
@@ -113,6 +106,28 @@ impl State {
             *c = cidr;
         }
     }
+}
+
+/// The pod manager over CNI, as configured.
+fn pod_manager(config: &Config, driver: CgroupDriver) -> anyhow::Result<sandbox::pod::PodManager> {
+    let cni = cni::Cni::new(cni::CniSettings {
+        conf_dir: config.cni.conf_dir.clone(),
+        bin_dirs: config.cni.bin_dirs.clone(),
+        cache_dir: config.root.join("cni").join("results"),
+        timeout: std::time::Duration::from_secs(config.cni.plugin_timeout_secs.max(1)),
+    });
+    let settings = sandbox::pod::PodSettings {
+        root: config.root.clone(),
+        state: config.state.clone(),
+        runc_handlers: config.runtime.runc_handlers.clone(),
+        unikernel_handlers: config.runtime.unikernel_handlers.clone(),
+        cgroup_driver: match driver {
+            CgroupDriver::Systemd => sandbox::pod::CgroupDriver::Systemd,
+            CgroupDriver::Cgroupfs => sandbox::pod::CgroupDriver::Cgroupfs,
+        },
+        host_resolv_conf: std::path::PathBuf::from("/etc/resolv.conf"),
+    };
+    sandbox::pod::PodManager::open(settings, Arc::new(cni)).context("cannot load pods")
 }
 
 /// Binds the CRI socket and serves until a termination signal arrives.
@@ -127,6 +142,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cgroup_driver = %state.cgroup_driver,
         "crid starting"
     );
+
+    state.pods.collect_garbage().await;
 
     let listener = match crate::notify::activated_listener() {
         Some(l) => {

@@ -1,5 +1,6 @@
 //! The suite, one module per CRI area.
 
+pub mod pods;
 pub mod runtime;
 
 use crate::runner::Test;
@@ -8,5 +9,6 @@ use crate::runner::Test;
 pub fn all() -> Vec<Test> {
     let mut tests = Vec::new();
     tests.extend(runtime::tests());
+    tests.extend(pods::tests());
     tests
 }

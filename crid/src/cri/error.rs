@@ -41,6 +41,12 @@ impl From<ImageError> for crate::cri::error::Failure {
     }
 }
 
+impl From<sandbox::SandboxError> for crate::cri::error::Failure {
+    fn from(e: sandbox::SandboxError) -> Self {
+        Failure(to_status(e.kind(), &e))
+    }
+}
+
 /// A domain error already rendered as a status; lets handlers use `?` on any domain result.
 pub struct Failure(pub Status);
 

@@ -1,57 +1,289 @@
-//! Pod sandbox handlers: run, stop, remove, status, list and stats.
+//! Pod sandbox handlers: run, stop, remove, status, list and stats. Each converts the CRI
+//! request into `sandbox::pod` terms and back; the pod manager does the work.
+
+use std::collections::{BTreeMap, HashMap};
 
 use proto::cri;
+use sandbox::pod::{
+    DnsConfig, NamespaceOptions, NsMode, PodConfig, PodFilter, PodMetadata, PodRecord, PodState,
+    PortMapping,
+};
 use tonic::Status;
 
+use crate::cri::error::Failure;
 use crate::daemon::State;
 
-const NOT_YET: &str = "pod sandboxes are not implemented yet";
+fn ns_mode(value: i32, what: &str) -> Result<NsMode, Status> {
+    match cri::NamespaceMode::try_from(value) {
+        Ok(cri::NamespaceMode::Pod) => Ok(NsMode::Pod),
+        Ok(cri::NamespaceMode::Container) => Ok(NsMode::Container),
+        Ok(cri::NamespaceMode::Node) => Ok(NsMode::Node),
+        Ok(cri::NamespaceMode::Target) => Ok(NsMode::Target),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown {what} namespace mode {value}"
+        ))),
+    }
+}
+
+fn ns_mode_to_cri(mode: NsMode) -> i32 {
+    (match mode {
+        NsMode::Pod => cri::NamespaceMode::Pod,
+        NsMode::Container => cri::NamespaceMode::Container,
+        NsMode::Node => cri::NamespaceMode::Node,
+        NsMode::Target => cri::NamespaceMode::Target,
+    }) as i32
+}
+
+fn protocol(value: i32) -> Result<String, Status> {
+    match cri::Protocol::try_from(value) {
+        Ok(cri::Protocol::Tcp) => Ok("tcp".into()),
+        Ok(cri::Protocol::Udp) => Ok("udp".into()),
+        Ok(cri::Protocol::Sctp) => Ok("sctp".into()),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown port protocol {value}"
+        ))),
+    }
+}
+
+fn sorted(map: HashMap<String, String>) -> BTreeMap<String, String> {
+    map.into_iter().collect()
+}
+
+/// The domain request of a `RunPodSandbox`.
+pub fn pod_config(r: cri::RunPodSandboxRequest) -> Result<PodConfig, Status> {
+    let config = r
+        .config
+        .ok_or_else(|| Status::invalid_argument("RunPodSandbox needs a config"))?;
+    let metadata = config
+        .metadata
+        .ok_or_else(|| Status::invalid_argument("the pod config needs metadata"))?;
+    let linux = config.linux.unwrap_or_default();
+    let security = linux.security_context.unwrap_or_default();
+    let ns = security.namespace_options.unwrap_or_default();
+    if ns
+        .userns_options
+        .as_ref()
+        .is_some_and(|u| cri::NamespaceMode::try_from(u.mode) != Ok(cri::NamespaceMode::Node))
+    {
+        return Err(Status::unimplemented(
+            "crid does not support user namespaces",
+        ));
+    }
+    let dns = config.dns_config.unwrap_or_default();
+    let port_mappings = config
+        .port_mappings
+        .into_iter()
+        .map(|p| {
+            Ok(PortMapping {
+                protocol: protocol(p.protocol)?,
+                container_port: p.container_port,
+                host_port: p.host_port,
+                host_ip: p.host_ip,
+            })
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
+    Ok(PodConfig {
+        metadata: PodMetadata {
+            name: metadata.name,
+            uid: metadata.uid,
+            namespace: metadata.namespace,
+            attempt: metadata.attempt,
+        },
+        hostname: config.hostname,
+        log_directory: config.log_directory,
+        dns: DnsConfig {
+            servers: dns.servers,
+            searches: dns.searches,
+            options: dns.options,
+        },
+        port_mappings,
+        labels: sorted(config.labels),
+        annotations: sorted(config.annotations),
+        cgroup_parent: linux.cgroup_parent,
+        sysctls: sorted(linux.sysctls),
+        namespaces: NamespaceOptions {
+            network: ns_mode(ns.network, "network")?,
+            pid: ns_mode(ns.pid, "PID")?,
+            ipc: ns_mode(ns.ipc, "IPC")?,
+            target_id: ns.target_id,
+        },
+        runtime_handler: r.runtime_handler,
+        privileged: security.privileged,
+    })
+}
 
 pub async fn run_pod_sandbox(
-    _state: &State,
-    _r: cri::RunPodSandboxRequest,
+    state: &State,
+    r: cri::RunPodSandboxRequest,
 ) -> Result<cri::RunPodSandboxResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    let config = pod_config(r)?;
+    let id = state.pods.run(config).await.map_err(Failure::from)?;
+    tracing::Span::current().record("pod_sandbox_id", id.as_str());
+    Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
 }
 
 pub async fn stop_pod_sandbox(
-    _state: &State,
-    _r: cri::StopPodSandboxRequest,
+    state: &State,
+    r: cri::StopPodSandboxRequest,
 ) -> Result<cri::StopPodSandboxResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    crate::cri::container::stop_pod_containers(state, &r.pod_sandbox_id).await?;
+    state
+        .pods
+        .stop(&r.pod_sandbox_id)
+        .await
+        .map_err(Failure::from)?;
+    Ok(cri::StopPodSandboxResponse {})
 }
 
 pub async fn remove_pod_sandbox(
-    _state: &State,
-    _r: cri::RemovePodSandboxRequest,
+    state: &State,
+    r: cri::RemovePodSandboxRequest,
 ) -> Result<cri::RemovePodSandboxResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    crate::cri::container::remove_pod_containers(state, &r.pod_sandbox_id).await?;
+    state
+        .pods
+        .remove(&r.pod_sandbox_id)
+        .await
+        .map_err(Failure::from)?;
+    Ok(cri::RemovePodSandboxResponse {})
+}
+
+fn state_to_cri(s: PodState) -> i32 {
+    (match s {
+        PodState::Ready => cri::PodSandboxState::SandboxReady,
+        PodState::NotReady => cri::PodSandboxState::SandboxNotready,
+    }) as i32
+}
+
+fn metadata_to_cri(m: &PodMetadata) -> cri::PodSandboxMetadata {
+    cri::PodSandboxMetadata {
+        name: m.name.clone(),
+        uid: m.uid.clone(),
+        namespace: m.namespace.clone(),
+        attempt: m.attempt,
+    }
+}
+
+fn map(m: &BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+pub fn status_to_cri(r: &PodRecord) -> cri::PodSandboxStatus {
+    let ns = &r.config.namespaces;
+    cri::PodSandboxStatus {
+        id: r.id.clone(),
+        metadata: Some(metadata_to_cri(&r.config.metadata)),
+        state: state_to_cri(r.state),
+        created_at: r.created_at,
+        network: Some(cri::PodSandboxNetworkStatus {
+            ip: r.primary_ip().to_owned(),
+            additional_ips: r
+                .ips
+                .iter()
+                .skip(1)
+                .map(|ip| cri::PodIp { ip: ip.clone() })
+                .collect(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace {
+                options: Some(cri::NamespaceOption {
+                    network: ns_mode_to_cri(ns.network),
+                    pid: ns_mode_to_cri(ns.pid),
+                    ipc: ns_mode_to_cri(ns.ipc),
+                    target_id: ns.target_id.clone(),
+                    userns_options: None,
+                }),
+            }),
+        }),
+        labels: map(&r.config.labels),
+        annotations: map(&r.config.annotations),
+        runtime_handler: r.config.runtime_handler.clone(),
+    }
 }
 
 pub async fn pod_sandbox_status(
-    _state: &State,
-    _r: cri::PodSandboxStatusRequest,
+    state: &State,
+    r: cri::PodSandboxStatusRequest,
 ) -> Result<cri::PodSandboxStatusResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    let record = state.pods.get(&r.pod_sandbox_id).map_err(Failure::from)?;
+    let mut info = HashMap::new();
+    if r.verbose {
+        info.insert(
+            "info".into(),
+            serde_json::to_string(&record).unwrap_or_default(),
+        );
+    }
+    Ok(cri::PodSandboxStatusResponse {
+        status: Some(status_to_cri(&record)),
+        info,
+        containers_statuses: Vec::new(),
+        timestamp: 0,
+    })
 }
 
 pub async fn list_pod_sandbox(
-    _state: &State,
-    _r: cri::ListPodSandboxRequest,
+    state: &State,
+    r: cri::ListPodSandboxRequest,
 ) -> Result<cri::ListPodSandboxResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    let filter = r.filter.unwrap_or_default();
+    let state_filter = match filter.state {
+        None => None,
+        Some(v) => match cri::PodSandboxState::try_from(v.state) {
+            Ok(cri::PodSandboxState::SandboxReady) => Some(PodState::Ready),
+            Ok(cri::PodSandboxState::SandboxNotready) => Some(PodState::NotReady),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown pod state {}",
+                    v.state
+                )));
+            }
+        },
+    };
+    let filter = PodFilter {
+        id_prefix: filter.id,
+        state: state_filter,
+        labels: sorted(filter.label_selector),
+    };
+    let items = state
+        .pods
+        .list(&filter)
+        .iter()
+        .map(|r| cri::PodSandbox {
+            id: r.id.clone(),
+            metadata: Some(metadata_to_cri(&r.config.metadata)),
+            state: state_to_cri(r.state),
+            created_at: r.created_at,
+            labels: map(&r.config.labels),
+            annotations: map(&r.config.annotations),
+            runtime_handler: r.config.runtime_handler.clone(),
+        })
+        .collect();
+    Ok(cri::ListPodSandboxResponse { items })
 }
 
 pub async fn pod_sandbox_stats(
-    _state: &State,
-    _r: cri::PodSandboxStatsRequest,
+    state: &State,
+    r: cri::PodSandboxStatsRequest,
 ) -> Result<cri::PodSandboxStatsResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    let pod = state.pods.get(&r.pod_sandbox_id).map_err(Failure::from)?;
+    Ok(cri::PodSandboxStatsResponse {
+        stats: Some(crate::cri::container::pod_stats(state, &pod).await),
+    })
 }
 
 pub async fn list_pod_sandbox_stats(
-    _state: &State,
-    _r: cri::ListPodSandboxStatsRequest,
+    state: &State,
+    r: cri::ListPodSandboxStatsRequest,
 ) -> Result<cri::ListPodSandboxStatsResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    let f = r.filter.unwrap_or_default();
+    let filter = PodFilter {
+        id_prefix: f.id,
+        state: None,
+        labels: sorted(f.label_selector),
+    };
+    let mut stats = Vec::new();
+    for pod in state.pods.list(&filter) {
+        stats.push(crate::cri::container::pod_stats(state, &pod).await);
+    }
+    Ok(cri::ListPodSandboxStatsResponse { stats })
 }

@@ -20,7 +20,7 @@ pub fn version(_state: &State, _r: cri::VersionRequest) -> Result<cri::VersionRe
 }
 
 pub async fn status(state: &State, r: cri::StatusRequest) -> Result<cri::StatusResponse, Status> {
-    let network = state.network_status();
+    let network = state.network_status().await;
     let conditions = vec![
         cri::RuntimeCondition {
             r#type: "RuntimeReady".into(),

@@ -407,6 +407,9 @@ impl PodManager {
                 // CNI ADD already undid its own part; the rest goes here.
                 record.network = None;
                 self.teardown(&record, false).await;
+                if let Err(e) = self.store.delete(id) {
+                    tracing::warn!(pod_sandbox_id = %id, error = %e, "cannot delete pod record");
+                }
                 Err(e)
             }
         }
@@ -554,7 +557,10 @@ impl PodManager {
     async fn teardown(&self, record: &PodRecord, network: bool) {
         if network {
             if let Err(e) = self.teardown_network(record).await {
-                tracing::warn!(pod_sandbox_id = %record.id, error = %e, "network teardown failed during removal");
+                tracing::warn!(pod_sandbox_id = %record.id, error = %e, "network teardown failed during removal; giving up on it");
+                if let Err(e) = self.cni.forget(&record.id, POD_IFNAME) {
+                    tracing::warn!(pod_sandbox_id = %record.id, error = %e, "cannot drop CNI cache entry");
+                }
             }
         }
         for pin in [
@@ -580,6 +586,39 @@ impl PodManager {
             Err(e) => {
                 tracing::warn!(pod_sandbox_id = %record.id, error = %e, "cannot remove pod directory")
             }
+        }
+    }
+
+    /// Releases CNI attachments no pod owns any more (left by a crash mid-creation or a
+    /// failed teardown) and lets CNI 1.1 plugins garbage-collect. Call before serving.
+    pub async fn collect_garbage(&self) {
+        let valid: Vec<(String, String)> = {
+            let inner = self.lock();
+            inner
+                .pods
+                .values()
+                .filter_map(|e| {
+                    let r = e.record.lock().unwrap_or_else(|p| p.into_inner());
+                    r.network
+                        .is_some()
+                        .then(|| (r.id.clone(), POD_IFNAME.to_owned()))
+                })
+                .collect()
+        };
+        let stale = self
+            .cni
+            .cached_attachments()
+            .into_iter()
+            .filter(|a| !valid.contains(a))
+            .count();
+        if stale > 0 {
+            tracing::info!(
+                stale,
+                "releasing CNI attachments of pods that no longer exist"
+            );
+        }
+        if let Err(e) = self.cni.gc(&valid).await {
+            tracing::warn!(error = %e, "CNI garbage collection failed");
         }
     }
 

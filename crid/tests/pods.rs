@@ -1,0 +1,949 @@
+//! Pod sandboxes end to end: the real crid binary on a temp socket, real CNI plugins from
+//! /usr/lib/cni with conflists in temp dirs (a unique bridge and 10.x subnet per test), and
+//! fault plugins written by the tests. Needs root; skipped with a reason otherwise (and
+//! failing under CI=true).
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use conformance::client::Cri;
+use proto::cri;
+use serde_json::Value;
+use tonic::Code;
+
+const PLUGINS: &str = "/usr/lib/cni";
+
+/// Whether this host can run the tests; `false` means skip (never in CI).
+fn can_run() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let plugins = Path::new(PLUGINS).join("bridge").exists();
+    if root && plugins {
+        return true;
+    }
+    let reason = if root {
+        "no CNI plugins in /usr/lib/cni"
+    } else {
+        "needs root"
+    };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "pod tests cannot run in CI: {reason}"
+    );
+    eprintln!("skipped: {reason}");
+    false
+}
+
+/// A network unique to one test: bridge name, subnet, IPAM data dir.
+struct Net {
+    bridge: String,
+    /// First three octets, e.g. "10.231.7".
+    prefix: String,
+    name: String,
+    ipam_dir: PathBuf,
+}
+
+impl Net {
+    fn new(tag: u8, dir: &Path) -> Net {
+        let pid = std::process::id();
+        let bridge = format!("crt{tag}x{}", pid % 100_000);
+        Net {
+            prefix: format!("10.{}.{}", 200 + u32::from(tag), pid % 250),
+            name: format!("crid-test-{tag}"),
+            ipam_dir: dir.join("ipam"),
+            bridge,
+        }
+    }
+
+    fn gateway(&self) -> String {
+        format!("{}.1", self.prefix)
+    }
+
+    /// bridge + host-local (+ extra plugins) + portmap + loopback.
+    fn conflist(&self, extra: &[Value]) -> String {
+        let mut plugins = vec![serde_json::json!({
+            "type": "bridge",
+            "bridge": self.bridge,
+            "isGateway": true,
+            "ipMasq": false,
+            "hairpinMode": true,
+            "ipam": {
+                "type": "host-local",
+                "dataDir": self.ipam_dir,
+                "ranges": [[{ "subnet": format!("{}.0/24", self.prefix) }]],
+                "routes": [{ "dst": "0.0.0.0/0" }]
+            }
+        })];
+        plugins.extend(extra.iter().cloned());
+        plugins
+            .push(serde_json::json!({"type": "portmap", "capabilities": {"portMappings": true}}));
+        plugins.push(serde_json::json!({"type": "loopback"}));
+        serde_json::json!({"cniVersion": "1.0.0", "name": self.name, "plugins": plugins})
+            .to_string()
+    }
+
+    /// IP reservation files host-local still holds for this network.
+    fn reservations(&self) -> Vec<String> {
+        std::fs::read_dir(self.ipam_dir.join(&self.name))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("10."))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// veth interfaces still enslaved to the bridge.
+    fn veths(&self) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["-o", "link", "show", "master", &self.bridge])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A crid process on a temp socket, stopped on drop.
+struct Crid {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    cri: Cri,
+}
+
+impl Crid {
+    async fn start(dir: tempfile::TempDir, timeout_secs: u64) -> Crid {
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("net.d")).unwrap();
+        let config = format!(
+            "[cni]\nconf_dir = {:?}\nbin_dirs = [{:?}, {:?}]\nplugin_timeout_secs = {timeout_secs}\n",
+            d.join("net.d"),
+            d.join("bin"),
+            PLUGINS
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let socket = d.join("crid.sock");
+        let _ = std::fs::remove_file(&socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("crid.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_crid"))
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--state")
+            .arg(d.join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--log-level")
+            .arg("debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start crid");
+        for _ in 0..100 {
+            if socket.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let cri = Cri::connect(&format!("unix://{}", socket.display()))
+            .await
+            .unwrap_or_else(|e| panic!("crid did not start: {e:#}\n{}", log_text(d)));
+        Crid {
+            dir,
+            child: Some(child),
+            cri,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write_conflist(&self, text: &str) {
+        std::fs::write(self.path().join("net.d/10-test.conflist"), text).unwrap();
+    }
+
+    fn plugin(&self, name: &str, body: &str) {
+        let bin = self.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let p = bin.join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Stops crid (SIGTERM, bounded wait) and hands back its directory.
+    fn stop(mut self) -> tempfile::TempDir {
+        self.kill();
+        let dir = tempfile::TempDir::new().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            for _ in 0..50 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn rt(
+        &self,
+    ) -> proto::cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
+        self.cri.runtime.clone()
+    }
+
+    async fn run(&self, config: cri::PodSandboxConfig) -> Result<String, tonic::Status> {
+        self.run_with(config, "").await
+    }
+
+    async fn run_with(
+        &self,
+        config: cri::PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String, tonic::Status> {
+        self.rt()
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .map(|r| r.into_inner().pod_sandbox_id)
+    }
+
+    async fn status(&self, id: &str) -> (cri::PodSandboxStatus, Value) {
+        let r = self
+            .rt()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: true,
+            })
+            .await
+            .expect("status")
+            .into_inner();
+        let info: Value = serde_json::from_str(r.info.get("info").expect("verbose info")).unwrap();
+        (r.status.expect("status"), info)
+    }
+
+    async fn stop_pod(&self, id: &str) -> Result<(), tonic::Status> {
+        self.rt()
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn remove_pod(&self, id: &str) -> Result<(), tonic::Status> {
+        self.rt()
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn list(&self) -> Vec<cri::PodSandbox> {
+        self.rt()
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .expect("list")
+            .into_inner()
+            .items
+    }
+
+    /// Nothing of any pod is left: no pins, no pod dirs, no records, no CNI cache entries.
+    fn assert_no_pod_leftovers(&self) {
+        for sub in [
+            "state/netns",
+            "state/ipcns",
+            "state/utsns",
+            "state/pods",
+            "root/pods",
+            "root/cni/results",
+        ] {
+            let left: Vec<_> = std::fs::read_dir(self.path().join(sub))
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "{sub} still holds {left:?}");
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let here = self.path().to_string_lossy().into_owned();
+        assert!(
+            !mounts.contains(&here),
+            "mounts left under {here}:\n{}",
+            mounts
+                .lines()
+                .filter(|l| l.contains(&here))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+impl Drop for Crid {
+    fn drop(&mut self) {
+        self.kill();
+        // Whatever a failed test left mounted must not outlive it.
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let here = self.dir.path().to_string_lossy().into_owned();
+            for line in mounts.lines() {
+                if let Some(point) = line.split(' ').nth(4).filter(|p| p.starts_with(&here)) {
+                    let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        }
+    }
+}
+
+fn log_text(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("crid.log")).unwrap_or_default()
+}
+
+fn pod(name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "test".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn pin(info: &Value, kind: &str) -> String {
+    info["paths"][kind]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {kind} pin in {info}"))
+        .to_owned()
+}
+
+/// Runs a command to completion, bounded by `timeout` (it is killed after that).
+fn run_bounded(cmd: &mut Command, timeout: Duration) -> (bool, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("wait");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn ping(netns: Option<&str>, ip: &str) -> (bool, String) {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={ns}")).arg("busybox");
+            c
+        }
+        None => Command::new("busybox"),
+    };
+    cmd.args(["ping", "-c1", "-W1", ip]);
+    run_bounded(&mut cmd, Duration::from_secs(5))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_get_ips_and_reach_each_other() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::new(1, dir.path());
+    let crid = Crid::start(dir, 30).await;
+    crid.write_conflist(&net.conflist(&[]));
+
+    let a = crid.run(pod("pod-a")).await.expect("run pod-a");
+    let b = crid.run(pod("pod-b")).await.expect("run pod-b");
+    let (sa, ia) = crid.status(&a).await;
+    let (sb, ib) = crid.status(&b).await;
+    let ip_a = sa.network.as_ref().unwrap().ip.clone();
+    let ip_b = sb.network.as_ref().unwrap().ip.clone();
+    assert!(
+        ip_a.starts_with(&net.prefix),
+        "{ip_a} not in {}",
+        net.prefix
+    );
+    assert!(ip_b.starts_with(&net.prefix), "{ip_b}");
+    assert_ne!(ip_a, ip_b);
+    assert_eq!(sa.state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(sa.metadata.as_ref().unwrap().name, "pod-a");
+    assert_eq!(sa.labels.get("app").map(String::as_str), Some("pod-a"));
+    assert!(sa.created_at > 0);
+    assert_eq!(net.reservations().len(), 2);
+
+    let (ok, out) = ping(None, &ip_a);
+    assert!(ok, "host cannot ping {ip_a}: {out}");
+    let (ok, out) = ping(Some(&pin(&ia, "netns")), &ip_b);
+    assert!(ok, "pod-a cannot ping pod-b {ip_b}: {out}");
+    let (ok, out) = ping(Some(&pin(&ib, "netns")), &ip_a);
+    assert!(ok, "pod-b cannot ping pod-a {ip_a}: {out}");
+
+    // Stop tears the network down; it is idempotent, as is remove.
+    crid.stop_pod(&a).await.expect("stop");
+    crid.stop_pod(&a).await.expect("second stop");
+    let (sa, _) = crid.status(&a).await;
+    assert_eq!(sa.state, cri::PodSandboxState::SandboxNotready as i32);
+    assert!(
+        !Path::new(&pin(&ia, "netns")).exists(),
+        "netns pin left after stop"
+    );
+    assert_eq!(net.reservations().len(), 1, "{:?}", net.reservations());
+    for id in [&a, &b] {
+        crid.remove_pod(id).await.expect("remove");
+        crid.remove_pod(id).await.expect("second remove");
+    }
+    crid.stop_pod("does-not-exist")
+        .await
+        .expect("stop of unknown id");
+    let e = crid
+        .rt()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: a.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(crid.list().await.is_empty());
+    assert!(net.reservations().is_empty(), "{:?}", net.reservations());
+    assert!(net.veths().is_empty(), "{:?}", net.veths());
+    crid.assert_no_pod_leftovers();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_port_reaches_a_listener_in_the_pod() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::new(2, dir.path());
+    let crid = Crid::start(dir, 30).await;
+    crid.write_conflist(&net.conflist(&[]));
+    let host_port = 20_000 + (std::process::id() % 20_000) as i32;
+    let mut config = pod("web");
+    config.port_mappings = vec![cri::PortMapping {
+        protocol: cri::Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port,
+        host_ip: String::new(),
+    }];
+    let id = crid.run(config).await.expect("run");
+    let (_, info) = crid.status(&id).await;
+    let netns = pin(&info, "netns");
+    let mut listener = Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args([
+            "busybox",
+            "sh",
+            "-c",
+            "echo hello-from-pod | busybox nc -l -p 8080",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("listener");
+    let target = format!("{}:{host_port}", net.gateway());
+    let mut got = String::new();
+    for _ in 0..50 {
+        if let Ok(Ok(mut s)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(&target),
+        )
+        .await
+        {
+            use tokio::io::AsyncReadExt;
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
+            got = String::from_utf8_lossy(&buf).into_owned();
+            if got.contains("hello-from-pod") {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert!(
+        got.contains("hello-from-pod"),
+        "nothing through {target}: {got:?}"
+    );
+    crid.stop_pod(&id).await.expect("stop");
+    crid.remove_pod(&id).await.expect("remove");
+    assert!(net.reservations().is_empty());
+    assert!(net.veths().is_empty());
+    crid.assert_no_pod_leftovers();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostname_dns_sysctls_and_shm_inside_the_pod() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::new(3, dir.path());
+    let crid = Crid::start(dir, 30).await;
+    crid.write_conflist(&net.conflist(&[]));
+    let mut config = pod("named");
+    config.hostname = "crid-test-host".into();
+    config.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    if let Some(linux) = config.linux.as_mut() {
+        linux.sysctls = HashMap::from([
+            (
+                "net.ipv4.ip_unprivileged_port_start".to_string(),
+                "79".to_string(),
+            ),
+            ("kernel.shmmni".to_string(), "1234".to_string()),
+        ]);
+        linux.cgroup_parent = "/kubepods/besteffort/poduid-named".into();
+    }
+    let id = crid.run_with(config, "runc").await.expect("run");
+    let (status, info) = crid.status(&id).await;
+    assert_eq!(status.runtime_handler, "runc");
+    assert_eq!(info["kind"], "runc");
+    assert_eq!(info["cgroup_parent"], "/kubepods/besteffort/poduid-named");
+
+    let nsenter = |flag: &str, pin: &str, args: &[&str]| {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--{flag}={pin}")).args(args);
+        run_bounded(&mut c, Duration::from_secs(5))
+    };
+    let (ok, out) = nsenter("uts", &pin(&info, "utsns"), &["hostname"]);
+    assert!(ok && out.trim() == "crid-test-host", "{out}");
+    let (ok, out) = nsenter(
+        "net",
+        &pin(&info, "netns"),
+        &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"],
+    );
+    assert!(ok && out.trim() == "79", "{out}");
+    let (ok, out) = nsenter(
+        "ipc",
+        &pin(&info, "ipcns"),
+        &["cat", "/proc/sys/kernel/shmmni"],
+    );
+    assert!(ok && out.trim() == "1234", "{out}");
+    // The host's values are untouched.
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/shmmni")
+            .unwrap()
+            .trim(),
+        "1234"
+    );
+
+    let resolv = std::fs::read_to_string(info["paths"]["resolv_conf"].as_str().unwrap()).unwrap();
+    assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
+    assert!(resolv.contains("search svc.cluster.local"), "{resolv}");
+    assert!(resolv.contains("options ndots:5"), "{resolv}");
+    let hostname = std::fs::read_to_string(info["paths"]["hostname"].as_str().unwrap()).unwrap();
+    assert_eq!(hostname.trim(), "crid-test-host");
+    let hosts = std::fs::read_to_string(info["paths"]["hosts"].as_str().unwrap()).unwrap();
+    let ip = status.network.unwrap().ip;
+    assert!(hosts.contains(&format!("{ip}\tcrid-test-host")), "{hosts}");
+    let shm = info["paths"]["shm"].as_str().unwrap().to_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(shm.as_str()))
+        .unwrap_or_else(|| panic!("shm {shm} not mounted"));
+    assert!(
+        line.contains("tmpfs") && line.contains("size=65536k"),
+        "{line}"
+    );
+
+    crid.remove_pod(&id).await.expect("remove without stop");
+    assert!(net.reservations().is_empty());
+    crid.assert_no_pod_leftovers();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_invalid_arguments() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::new(4, dir.path());
+    let crid = Crid::start(dir, 30).await;
+    crid.write_conflist(&net.conflist(&[]));
+
+    let e = crid
+        .run_with(pod("h"), "no-such-handler")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("no-such-handler"), "{e}");
+
+    for (k, v) in [
+        ("kernel.core_pattern", "|/bin/sh"),
+        ("net.ipv4.ip_forward=1", "1"),
+        ("net.ipv4.ip_forward", "1\nkernel.core_pattern=x"),
+        ("net/../../kernel/core_pattern", "x"),
+        ("net.ipv4..ip_forward", "1"),
+    ] {
+        let mut c = pod("s");
+        c.linux.as_mut().unwrap().sysctls = HashMap::from([(k.to_string(), v.to_string())]);
+        let e = crid.run(c).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{k}={v:?}: {e}");
+    }
+    // net.* in a host-network pod would change the host.
+    let mut c = pod("hostnet");
+    let linux = c.linux.as_mut().unwrap();
+    linux.sysctls = HashMap::from([("net.ipv4.ip_forward".to_string(), "1".to_string())]);
+    linux
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap()
+        .network = cri::NamespaceMode::Node as i32;
+    let e = crid.run(c).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+
+    let e = crid
+        .rt()
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: None,
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // A host-network pod works and has no netns of its own.
+    let mut c = pod("hostnet-ok");
+    c.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap()
+        .network = cri::NamespaceMode::Node as i32;
+    let id = crid.run_with(c, "urunc").await.expect("host network pod");
+    let (s, info) = crid.status(&id).await;
+    assert_eq!(s.network.unwrap().ip, "");
+    assert!(info["paths"]["netns"].is_null());
+    assert_eq!(info["kind"], "unikernel");
+    // Same name again while it exists.
+    let mut dup = pod("hostnet-ok");
+    dup.linux = c_hostnet();
+    let e = crid.run_with(dup, "urunc").await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e}");
+    crid.remove_pod(&id).await.unwrap();
+    assert!(net.reservations().is_empty());
+    crid.assert_no_pod_leftovers();
+}
+
+fn c_hostnet() -> Option<cri::LinuxPodSandboxConfig> {
+    Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                pid: cri::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// A chained plugin that passes prevResult through on ADD and runs `on_add` / `on_del` first
+/// (shell snippets).
+fn passthrough_plugin(on_add: &str, on_del: &str) -> String {
+    format!(
+        "#!/bin/sh\nconf=$(cat)\ncase \"$CNI_COMMAND\" in\n\
+         ADD) {on_add}\n\
+         printf '%s' \"$conf\" | /usr/bin/python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)[\"prevResult\"]))' ;;\n\
+         DEL) {on_del} ;;\n\
+         VERSION) echo '{{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"0.4.0\",\"1.0.0\"]}}' ;;\n\
+         esac\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_and_hanging_plugins_leave_nothing() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::new(5, dir.path());
+    let crid = Crid::start(dir, 2).await;
+    crid.plugin(
+        "failplug",
+        "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then echo '{\"cniVersion\":\"1.0.0\",\"code\":7,\"msg\":\"failplug refuses\",\"details\":\"on purpose\"}'; exit 1; fi\nexit 0\n",
+    );
+    crid.plugin("hangplug", &passthrough_plugin("sleep 30", "true"));
+    crid.plugin("delfail", &passthrough_plugin("true", "echo '{\"cniVersion\":\"1.0.0\",\"code\":999,\"msg\":\"delfail cannot delete\"}'; exit 1"));
+
+    // A plugin that fails on ADD.
+    crid.write_conflist(&net.conflist(&[serde_json::json!({"type": "failplug"})]));
+    let e = crid.run(pod("f1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e}");
+    assert!(
+        e.message().contains("failplug") && e.message().contains("failplug refuses"),
+        "{e}"
+    );
+    assert!(crid.list().await.is_empty());
+    assert!(net.reservations().is_empty(), "{:?}", net.reservations());
+    assert!(net.veths().is_empty(), "{:?}", net.veths());
+    crid.assert_no_pod_leftovers();
+
+    // A plugin that hangs past the 2 s timeout.
+    crid.write_conflist(&net.conflist(&[serde_json::json!({"type": "hangplug"})]));
+    let e = crid.run(pod("f2")).await.unwrap_err();
+    assert!(
+        e.message().contains("hangplug") && e.message().contains("killed"),
+        "{e}"
+    );
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    assert!(crid.list().await.is_empty());
+    assert!(net.reservations().is_empty(), "{:?}", net.reservations());
+    assert!(net.veths().is_empty(), "{:?}", net.veths());
+    crid.assert_no_pod_leftovers();
+    // The hanging plugin's processes were killed.
+    let (_, ps) = run_bounded(
+        Command::new("ps").args(["-eo", "args"]),
+        Duration::from_secs(5),
+    );
+    assert!(!ps.lines().any(|l| l.contains("hangplug")), "{ps}");
+
+    // A plugin that succeeds on ADD and fails on DEL: stop says so, remove still cleans up.
+    crid.write_conflist(&net.conflist(&[serde_json::json!({"type": "delfail"})]));
+    let id = crid.run(pod("f3")).await.expect("run with delfail");
+    let e = crid.stop_pod(&id).await.unwrap_err();
+    assert!(e.message().contains("delfail cannot delete"), "{e}");
+    // The other plugins' DEL ran anyway.
+    assert!(net.reservations().is_empty(), "{:?}", net.reservations());
+    crid.remove_pod(&id).await.expect("remove after failed DEL");
+    assert!(crid.list().await.is_empty());
+    assert!(net.veths().is_empty(), "{:?}", net.veths());
+    crid.assert_no_pod_leftovers();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_pods_leave_nothing() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::new(6, dir.path());
+    let crid = Crid::start(dir, 60).await;
+    crid.write_conflist(&net.conflist(&[]));
+    let crid = std::sync::Arc::new(crid);
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(10));
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let crid = crid.clone();
+        let sem = sem.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await.unwrap();
+            let id = crid.run(pod(&format!("many-{i}"))).await?;
+            Ok::<_, tonic::Status>(id)
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().expect("run"));
+    }
+    assert_eq!(crid.list().await.len(), 50);
+    assert_eq!(net.reservations().len(), 50);
+    let mut tasks = Vec::new();
+    for id in ids {
+        let crid = crid.clone();
+        let sem = sem.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await.unwrap();
+            crid.stop_pod(&id).await?;
+            crid.remove_pod(&id).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("stop/remove");
+    }
+    assert!(crid.list().await.is_empty());
+    assert!(net.reservations().is_empty(), "{:?}", net.reservations());
+    assert!(net.veths().is_empty(), "{:?}", net.veths());
+    crid.assert_no_pod_leftovers();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_survive_a_restart_and_del_uses_the_cached_config() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::new(7, dir.path());
+    let crid = Crid::start(dir, 30).await;
+    crid.write_conflist(&net.conflist(&[]));
+    let id = crid.run(pod("durable")).await.expect("run");
+    let (before, info) = crid.status(&id).await;
+    let dir = crid.stop();
+
+    // The configuration on disk changes meanwhile; DEL must still use the one ADD used.
+    let other = Net::new(8, dir.path());
+    std::fs::write(
+        dir.path().join("net.d/10-test.conflist"),
+        other.conflist(&[]),
+    )
+    .unwrap();
+    let crid = Crid::start(dir, 30).await;
+    let (after, _) = crid.status(&id).await;
+    assert_eq!(after.state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(after.network, before.network);
+    let (ok, out) = ping(None, &before.network.unwrap().ip);
+    assert!(ok, "{out}");
+    assert_eq!(net.reservations().len(), 1);
+    crid.stop_pod(&id).await.expect("stop after restart");
+    assert!(net.reservations().is_empty(), "{:?}", net.reservations());
+    assert!(net.veths().is_empty());
+    assert!(!Path::new(&pin(&info, "netns")).exists());
+    crid.remove_pod(&id).await.expect("remove");
+    crid.assert_no_pod_leftovers();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_timeout_gets_the_same_pod() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::new(9, dir.path());
+    let crid = Crid::start(dir, 30).await;
+    crid.plugin("slowplug", &passthrough_plugin("sleep 3", "true"));
+    crid.write_conflist(&net.conflist(&[serde_json::json!({"type": "slowplug"})]));
+
+    let mut req = tonic::Request::new(cri::RunPodSandboxRequest {
+        config: Some(pod("slow")),
+        runtime_handler: String::new(),
+    });
+    req.set_timeout(Duration::from_secs(1));
+    let e = crid.rt().run_pod_sandbox(req).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e}"
+    );
+    // kubelet's retry: same name, waits for the first creation and gets its pod.
+    let id = crid.run(pod("slow")).await.expect("retry");
+    let pods = crid.list().await;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].id, id);
+    // Now the name is taken for good.
+    let e = crid.run(pod("slow")).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e}");
+    crid.remove_pod(&id).await.expect("remove");
+    assert!(net.reservations().is_empty());
+    crid.assert_no_pod_leftovers();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_not_ready_without_configuration() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let crid = Crid::start(dir, 30).await;
+    let s = crid
+        .rt()
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .expect("status")
+        .into_inner();
+    let cond = s
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .expect("NetworkReady");
+    assert!(!cond.status);
+    assert_eq!(cond.reason, "NetworkPluginNotReady");
+    assert!(!cond.message.is_empty());
+    // A list whose plugin is missing is not ready either.
+    crid.write_conflist(
+        r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"no-such-plugin"}]}"#,
+    );
+    let s = crid
+        .rt()
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let cond = s
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .unwrap();
+    assert!(
+        !cond.status && cond.message.contains("no-such-plugin"),
+        "{}",
+        cond.message
+    );
+    // A pod cannot be networked then.
+    let e = crid.run(pod("nonet")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    crid.assert_no_pod_leftovers();
+}
