@@ -1,11 +1,38 @@
 //! Recognising unikernel artifacts: urunc's `com.urunc.unikernel.*` keys, read from manifest
 //! annotations, image config labels, or `urunc.json` at the rootfs root.
 //!
-//! Types only for now; detection and validation are filled in with the image service.
+//! Rules, decided here once:
+//! - **Where.** The first source holding any `com.urunc.unikernel.*` key wins, in this order:
+//!   manifest annotations, config labels, `urunc.json`. Sources are not merged.
+//! - **`urunc.json`** is looked up at the root of the top-most layer that has it; a whiteout of
+//!   it, or an opaque root, in a higher layer hides lower copies. It must be a regular file of
+//!   at most 1 MiB (a symlink is refused, never followed); its values are base64 (as urunc
+//!   writes and reads them), each decoded strictly.
+//! - **Plain or base64** in annotations and labels is decided per source, not per key, with the
+//!   enumerated `unikernelType` as the witness: if it is valid as written, every value is plain
+//!   text; otherwise, if every value decodes as standard base64 to UTF-8 and the decoded
+//!   `unikernelType` is valid, every value is decoded (and validated); otherwise the values are
+//!   validated as written, which names the bad key. No type name is itself the base64 encoding
+//!   of UTF-8 text, so a base64 source is never mistaken for a plain one. A free
+//!   text value such as `cmdline` cannot tell by itself (`aGk=` is a valid command line), hence
+//!   the witness; a source mixing plain and base64 values is not supported.
+//! - **Validation.** `unikernelType` is one of linux, unikraft, rumprun, mirage, mewz;
+//!   `hypervisor` one of qemu, firecracker, hvt, spt, clh / cloud-hypervisor (missing: qemu);
+//!   `binary` is required; `binary`, `initrd` and `block` are paths in the rootfs: a leading `/`
+//!   is stripped, `..` components and control characters are refused; `cmdline` has no control
+//!   characters; every value is at most 4 KiB. Any source with a urunc key that fails these
+//!   rules is an error (`InvalidUnikernel`, kind `InvalidArgument`, naming the key) — never a
+//!   silent fall-back to an ordinary container.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
+use base64::Engine;
+use rustix::fs::{FileType, Mode, OFlags};
 use serde::{Deserialize, Serialize};
+
+use crate::ImageError;
 
 /// The annotation/label key prefix urunc uses.
 pub const KEY_PREFIX: &str = "com.urunc.unikernel.";
@@ -57,4 +84,558 @@ pub struct UnikernelInfo {
     pub block_mount_point: Option<PathBuf>,
     pub version: Option<String>,
     pub source: UnikernelSource,
+}
+
+/// The name of urunc's description file at the rootfs root.
+pub const URUNC_JSON: &str = "urunc.json";
+/// The largest `urunc.json` read.
+pub const MAX_URUNC_JSON: u64 = 1 << 20;
+/// The longest value accepted for any key.
+pub const MAX_VALUE_LEN: usize = 4096;
+
+const TYPE: &str = "unikernelType";
+const HYPERVISOR: &str = "hypervisor";
+const BINARY: &str = "binary";
+const CMDLINE: &str = "cmdline";
+const INITRD: &str = "initrd";
+const BLOCK: &str = "block";
+const BLK_MNT_POINT: &str = "blkMntPoint";
+const VERSION: &str = "unikernelVersion";
+const VERSION_ALT: &str = "version";
+
+impl UnikernelType {
+    /// The type named by urunc's `unikernelType` value.
+    pub fn parse(s: &str) -> Option<UnikernelType> {
+        Some(match s {
+            "linux" => UnikernelType::Linux,
+            "unikraft" => UnikernelType::Unikraft,
+            "rumprun" => UnikernelType::Rumprun,
+            "mirage" => UnikernelType::Mirage,
+            "mewz" => UnikernelType::Mewz,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnikernelType::Linux => "linux",
+            UnikernelType::Unikraft => "unikraft",
+            UnikernelType::Rumprun => "rumprun",
+            UnikernelType::Mirage => "mirage",
+            UnikernelType::Mewz => "mewz",
+        }
+    }
+}
+
+impl HypervisorKind {
+    /// The monitor named by urunc's `hypervisor` value.
+    pub fn parse(s: &str) -> Option<HypervisorKind> {
+        Some(match s {
+            "qemu" => HypervisorKind::Qemu,
+            "firecracker" => HypervisorKind::Firecracker,
+            "clh" | "cloud-hypervisor" | "cloudhypervisor" => HypervisorKind::CloudHypervisor,
+            "hvt" => HypervisorKind::Hvt,
+            "spt" => HypervisorKind::Spt,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HypervisorKind::Qemu => "qemu",
+            HypervisorKind::Firecracker => "firecracker",
+            HypervisorKind::CloudHypervisor => "cloud-hypervisor",
+            HypervisorKind::Hvt => "hvt",
+            HypervisorKind::Spt => "spt",
+        }
+    }
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ImageError {
+    let key = if key.starts_with(KEY_PREFIX) || key == URUNC_JSON {
+        key.to_owned()
+    } else {
+        format!("{KEY_PREFIX}{key}")
+    };
+    ImageError::InvalidUnikernel {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// Recognises a unikernel image from its manifest annotations, config labels and unpacked
+/// layers (bottom first); `None` for an ordinary container image.
+pub fn detect(
+    manifest_annotations: &HashMap<String, String>,
+    config_labels: &HashMap<String, String>,
+    layer_dirs_bottom_first: &[PathBuf],
+) -> Result<Option<UnikernelInfo>, ImageError> {
+    if has_keys(manifest_annotations) {
+        return from_keys(manifest_annotations, UnikernelSource::ManifestAnnotations);
+    }
+    if has_keys(config_labels) {
+        return from_keys(config_labels, UnikernelSource::ConfigLabels);
+    }
+    match find_urunc_json(layer_dirs_bottom_first)? {
+        Some(bytes) => from_urunc_json(&bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn has_keys(map: &HashMap<String, String>) -> bool {
+    map.keys().any(|k| k.starts_with(KEY_PREFIX))
+}
+
+/// Reads urunc's keys from annotations or labels, plain text or base64 (see the module rules).
+/// `None` when the map holds no `com.urunc.unikernel.*` key.
+pub fn from_keys(
+    map: &HashMap<String, String>,
+    source: UnikernelSource,
+) -> Result<Option<UnikernelInfo>, ImageError> {
+    let values: HashMap<&str, &str> = map
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(KEY_PREFIX)?, v.as_str())))
+        .collect();
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let type_ok = |t: Option<&str>| t.is_some_and(|t| UnikernelType::parse(t).is_some());
+    if !type_ok(values.get(TYPE).copied()) {
+        if let Some(decoded) = decode_all(&values) {
+            if type_ok(decoded.get(TYPE).map(String::as_str)) {
+                let refs = decoded.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                return build(&refs, source).map(Some);
+            }
+        }
+    }
+    build(&values, source).map(Some)
+}
+
+/// Every value decoded from standard base64 to UTF-8, or `None` if any is not.
+fn decode_all<'a>(values: &HashMap<&'a str, &str>) -> Option<HashMap<&'a str, String>> {
+    values
+        .iter()
+        .map(|(k, v)| {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
+            Some((*k, String::from_utf8(bytes).ok()?))
+        })
+        .collect()
+}
+
+/// Reads a `urunc.json`: a JSON object of `com.urunc.unikernel.*` keys with base64 values.
+pub fn from_urunc_json(bytes: &[u8]) -> Result<UnikernelInfo, ImageError> {
+    if bytes.len() as u64 > MAX_URUNC_JSON {
+        return Err(invalid(
+            URUNC_JSON,
+            format!("larger than {MAX_URUNC_JSON} bytes"),
+        ));
+    }
+    let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(bytes)
+        .map_err(|e| invalid(URUNC_JSON, format!("not a JSON object: {e}")))?;
+    let mut decoded: HashMap<&str, String> = HashMap::new();
+    for (k, v) in &obj {
+        let Some(short) = k.strip_prefix(KEY_PREFIX) else {
+            continue;
+        };
+        let serde_json::Value::String(v) = v else {
+            return Err(invalid(k, "value is not a string"));
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(v)
+            .map_err(|e| invalid(k, format!("value is not base64: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|_| invalid(k, "value is not UTF-8"))?;
+        decoded.insert(short, text);
+    }
+    let refs = decoded.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    build(&refs, UnikernelSource::UruncJson)
+}
+
+/// Validates urunc's values (keys without the prefix) into a description.
+fn build(
+    values: &HashMap<&str, &str>,
+    source: UnikernelSource,
+) -> Result<UnikernelInfo, ImageError> {
+    for (k, v) in values {
+        if v.len() > MAX_VALUE_LEN {
+            return Err(invalid(k, format!("longer than {MAX_VALUE_LEN} bytes")));
+        }
+    }
+    let get = |k: &str| values.get(k).copied().filter(|v| !v.is_empty());
+    let ty = get(TYPE).ok_or_else(|| invalid(TYPE, "missing"))?;
+    let unikernel_type = UnikernelType::parse(ty).ok_or_else(|| {
+        invalid(
+            TYPE,
+            format!(
+                "unknown type {:?} (known: linux, unikraft, rumprun, mirage, mewz)",
+                printable(ty)
+            ),
+        )
+    })?;
+    let hypervisor = match get(HYPERVISOR) {
+        None => HypervisorKind::Qemu,
+        Some(h) => HypervisorKind::parse(h).ok_or_else(|| {
+            invalid(
+                HYPERVISOR,
+                format!(
+                    "unknown hypervisor {:?} (known: qemu, firecracker, hvt, spt, clh)",
+                    printable(h)
+                ),
+            )
+        })?,
+    };
+    let binary = rootfs_path(
+        BINARY,
+        get(BINARY).ok_or_else(|| invalid(BINARY, "missing"))?,
+    )?;
+    let cmdline = get(CMDLINE).unwrap_or("");
+    if cmdline.chars().any(char::is_control) {
+        return Err(invalid(CMDLINE, "contains control characters"));
+    }
+    let initrd = get(INITRD).map(|v| rootfs_path(INITRD, v)).transpose()?;
+    let block = get(BLOCK).map(|v| rootfs_path(BLOCK, v)).transpose()?;
+    let block_mount_point = match get(BLK_MNT_POINT) {
+        None => None,
+        Some(v) => {
+            if v.chars().any(char::is_control) {
+                return Err(invalid(BLK_MNT_POINT, "contains control characters"));
+            }
+            if Path::new(v)
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(invalid(BLK_MNT_POINT, "contains a `..` component"));
+            }
+            Some(PathBuf::from(v))
+        }
+    };
+    let version_key = if get(VERSION).is_some() {
+        VERSION
+    } else {
+        VERSION_ALT
+    };
+    let version = match get(version_key) {
+        Some(v) if v.chars().any(char::is_control) => {
+            return Err(invalid(version_key, "contains control characters"));
+        }
+        v => v.map(str::to_owned),
+    };
+    Ok(UnikernelInfo {
+        unikernel_type,
+        hypervisor,
+        binary,
+        cmdline: cmdline.to_owned(),
+        initrd,
+        block,
+        block_mount_point,
+        version,
+        source,
+    })
+}
+
+/// A value shown in an error message: control characters escaped, at most 100 characters.
+fn printable(v: &str) -> String {
+    v.chars().take(100).collect()
+}
+
+/// A path inside the rootfs: leading `/` stripped, no `..`, no control characters.
+fn rootfs_path(key: &str, v: &str) -> Result<PathBuf, ImageError> {
+    if v.chars().any(char::is_control) {
+        return Err(invalid(key, "contains control characters"));
+    }
+    let mut out = PathBuf::new();
+    for c in v.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                return Err(invalid(
+                    key,
+                    format!("path {:?} contains `..`", printable(v)),
+                ));
+            }
+            c => out.push(c),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(invalid(key, "path names no file"));
+    }
+    Ok(out)
+}
+
+/// The bytes of `urunc.json` as the merged rootfs shows it: from the top-most layer that has
+/// it, unless a higher layer whites it out or has an opaque root.
+fn find_urunc_json(layers_bottom_first: &[PathBuf]) -> Result<Option<Vec<u8>>, ImageError> {
+    for layer in layers_bottom_first.iter().rev() {
+        let st = match rustix::fs::lstat(layer.join(URUNC_JSON)) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => {
+                if opaque(layer) {
+                    return Ok(None);
+                }
+                continue;
+            }
+            Err(e) => return Err(ImageError::io(layer.join(URUNC_JSON), e.into())),
+        };
+        return match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => read_bounded(&layer.join(URUNC_JSON)).map(Some),
+            // A whiteout: deleted in this layer.
+            FileType::CharacterDevice if st.st_rdev == 0 => Ok(None),
+            FileType::Symlink => Err(invalid(URUNC_JSON, "is a symlink")),
+            _ => Err(invalid(URUNC_JSON, "is not a regular file")),
+        };
+    }
+    Ok(None)
+}
+
+fn opaque(dir: &Path) -> bool {
+    let mut buf = [0u8; 4];
+    ["trusted.overlay.opaque", "user.overlay.opaque"]
+        .iter()
+        .any(|attr| matches!(rustix::fs::lgetxattr(dir, *attr, &mut buf), Ok(1) if buf[0] == b'y'))
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, ImageError> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(|e| ImageError::io(path, e.into()))?;
+    let file = std::fs::File::from(fd);
+    let mut out = Vec::new();
+    file.take(MAX_URUNC_JSON + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ImageError::io(path, e))?;
+    if out.len() as u64 > MAX_URUNC_JSON {
+        return Err(invalid(
+            URUNC_JSON,
+            format!("larger than {MAX_URUNC_JSON} bytes"),
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    fn keys(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (format!("{KEY_PREFIX}{k}"), (*v).to_owned()))
+            .collect()
+    }
+
+    const GOOD: &[(&str, &str)] = &[
+        ("unikernelType", "unikraft"),
+        ("hypervisor", "qemu"),
+        ("binary", "/unikernel/kernel"),
+        ("cmdline", "app -- --port 8080"),
+        ("initrd", "/unikernel/initrd"),
+        ("unikernelVersion", "0.17.0"),
+    ];
+
+    fn expected(source: UnikernelSource) -> UnikernelInfo {
+        UnikernelInfo {
+            unikernel_type: UnikernelType::Unikraft,
+            hypervisor: HypervisorKind::Qemu,
+            binary: PathBuf::from("unikernel/kernel"),
+            cmdline: "app -- --port 8080".into(),
+            initrd: Some(PathBuf::from("unikernel/initrd")),
+            block: None,
+            block_mount_point: None,
+            version: Some("0.17.0".into()),
+            source,
+        }
+    }
+
+    #[test]
+    fn plain_and_base64_annotations_agree() {
+        let plain = keys(GOOD);
+        let encoded: Vec<(String, String)> = GOOD
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), b64(v)))
+            .collect();
+        let encoded: Vec<(&str, &str)> = encoded
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let src = UnikernelSource::ManifestAnnotations;
+        assert_eq!(from_keys(&plain, src).unwrap(), Some(expected(src)));
+        assert_eq!(
+            from_keys(&keys(&encoded), src).unwrap(),
+            Some(expected(src))
+        );
+    }
+
+    #[test]
+    fn plain_free_text_that_looks_like_base64_stays_plain() {
+        // "aGk=" is base64 of "hi", but the type witness says the source is plain.
+        let mut pairs = GOOD.to_vec();
+        pairs.retain(|(k, _)| *k != "cmdline");
+        pairs.push(("cmdline", "aGk="));
+        let info = from_keys(&keys(&pairs), UnikernelSource::ConfigLabels)
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.cmdline, "aGk=");
+    }
+
+    #[test]
+    fn no_keys_is_not_a_unikernel() {
+        let mut m = HashMap::new();
+        m.insert("org.opencontainers.image.title".to_owned(), "x".to_owned());
+        assert_eq!(detect(&m, &m, &[]).unwrap(), None);
+    }
+
+    #[rstest]
+    #[case::unknown_type(&[("unikernelType", "windows"), ("binary", "k")], "unikernelType")]
+    #[case::missing_type(&[("hypervisor", "qemu"), ("binary", "k")], "unikernelType")]
+    #[case::unknown_hypervisor(&[("unikernelType", "linux"), ("hypervisor", "vbox"), ("binary", "k")], "hypervisor")]
+    #[case::missing_binary(&[("unikernelType", "linux")], "binary")]
+    #[case::binary_dotdot(&[("unikernelType", "linux"), ("binary", "../../etc/passwd")], "binary")]
+    #[case::binary_abs_dotdot(&[("unikernelType", "linux"), ("binary", "/boot/../../x")], "binary")]
+    #[case::binary_root(&[("unikernelType", "linux"), ("binary", "/")], "binary")]
+    #[case::initrd_dotdot(&[("unikernelType", "linux"), ("binary", "k"), ("initrd", "a/../../i")], "initrd")]
+    #[case::block_dotdot(&[("unikernelType", "linux"), ("binary", "k"), ("block", "..")], "block")]
+    #[case::cmdline_newline(&[("unikernelType", "linux"), ("binary", "k"), ("cmdline", "a\ninit=/bin/sh")], "cmdline")]
+    #[case::cmdline_nul(&[("unikernelType", "linux"), ("binary", "k"), ("cmdline", "a\0b")], "cmdline")]
+    #[case::binary_control(&[("unikernelType", "linux"), ("binary", "k\u{1b}[2J")], "binary")]
+    fn invalid_keys_are_named(#[case] pairs: &[(&str, &str)], #[case] bad: &str) {
+        for encode in [false, true] {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        (*k).to_owned(),
+                        if encode { b64(v) } else { (*v).to_owned() },
+                    )
+                })
+                .collect();
+            let refs: Vec<(&str, &str)> = pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let err = detect(&keys(&refs), &HashMap::new(), &[]).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
+            match &err {
+                ImageError::InvalidUnikernel { key, .. } => {
+                    assert_eq!(key, &format!("{KEY_PREFIX}{bad}"), "{err}")
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+
+    #[rstest]
+    #[case("qemu", HypervisorKind::Qemu)]
+    #[case("firecracker", HypervisorKind::Firecracker)]
+    #[case("clh", HypervisorKind::CloudHypervisor)]
+    #[case("cloud-hypervisor", HypervisorKind::CloudHypervisor)]
+    #[case("hvt", HypervisorKind::Hvt)]
+    #[case("spt", HypervisorKind::Spt)]
+    fn hypervisors(#[case] name: &str, #[case] want: HypervisorKind) {
+        let m = keys(&[
+            ("unikernelType", "mirage"),
+            ("hypervisor", name),
+            ("binary", "k"),
+        ]);
+        let info = from_keys(&m, UnikernelSource::ConfigLabels)
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.hypervisor, want);
+        assert_eq!(HypervisorKind::parse(want.as_str()), Some(want));
+    }
+
+    fn urunc_json(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let obj: serde_json::Map<String, serde_json::Value> = pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    format!("{KEY_PREFIX}{k}"),
+                    serde_json::Value::String(b64(v)),
+                )
+            })
+            .collect();
+        serde_json::to_vec(&obj).unwrap()
+    }
+
+    #[test]
+    fn annotations_win_over_labels_and_urunc_json() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(URUNC_JSON),
+            urunc_json(&[("unikernelType", "rumprun"), ("binary", "j")]),
+        )
+        .unwrap();
+        let layers = [dir.path().to_owned()];
+        let ann = keys(GOOD);
+        let labels = keys(&[("unikernelType", "linux"), ("binary", "l")]);
+        let none = HashMap::new();
+        let got = detect(&ann, &labels, &layers).unwrap().unwrap();
+        assert_eq!(got.source, UnikernelSource::ManifestAnnotations);
+        let got = detect(&none, &labels, &layers).unwrap().unwrap();
+        assert_eq!(got.source, UnikernelSource::ConfigLabels);
+        assert_eq!(got.binary, PathBuf::from("l"));
+        let got = detect(&none, &none, &layers).unwrap().unwrap();
+        assert_eq!(got.source, UnikernelSource::UruncJson);
+        assert_eq!(got.unikernel_type, UnikernelType::Rumprun);
+        assert_eq!(got.binary, PathBuf::from("j"));
+    }
+
+    #[test]
+    fn urunc_json_from_the_top_most_layer_respecting_whiteouts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l: Vec<PathBuf> = (0..4).map(|i| tmp.path().join(format!("l{i}"))).collect();
+        for d in &l {
+            std::fs::create_dir(d).unwrap();
+        }
+        let none = HashMap::new();
+        std::fs::write(
+            l[0].join(URUNC_JSON),
+            urunc_json(&[("unikernelType", "linux"), ("binary", "bottom")]),
+        )
+        .unwrap();
+        std::fs::write(
+            l[1].join(URUNC_JSON),
+            urunc_json(&[("unikernelType", "linux"), ("binary", "middle")]),
+        )
+        .unwrap();
+        let got = detect(&none, &none, &l).unwrap().unwrap();
+        assert_eq!(got.binary, PathBuf::from("middle"));
+        // A whiteout in a higher layer deletes it.
+        if rustix::fs::mknodat(
+            rustix::fs::CWD,
+            l[2].join(URUNC_JSON),
+            FileType::CharacterDevice,
+            Mode::empty(),
+            rustix::fs::makedev(0, 0),
+        )
+        .is_ok()
+        {
+            assert_eq!(detect(&none, &none, &l).unwrap(), None);
+            std::fs::remove_file(l[2].join(URUNC_JSON)).unwrap();
+        }
+        // A symlink is refused, never followed.
+        std::os::unix::fs::symlink(l[0].join(URUNC_JSON), l[3].join(URUNC_JSON)).unwrap();
+        let err = detect(&none, &none, &l).unwrap_err();
+        assert!(matches!(err, ImageError::InvalidUnikernel { ref key, .. } if key == URUNC_JSON));
+    }
+
+    #[rstest]
+    #[case::not_json(b"{nope".to_vec(), URUNC_JSON)]
+    #[case::not_base64(br#"{"com.urunc.unikernel.unikernelType":"linux!"}"#.to_vec(), "com.urunc.unikernel.unikernelType")]
+    #[case::not_string(br#"{"com.urunc.unikernel.binary":1}"#.to_vec(), "com.urunc.unikernel.binary")]
+    #[case::bad_path(urunc_json(&[("unikernelType", "linux"), ("binary", "../../etc/passwd")]), "com.urunc.unikernel.binary")]
+    #[case::empty(b"{}".to_vec(), "com.urunc.unikernel.unikernelType")]
+    fn bad_urunc_json(#[case] bytes: Vec<u8>, #[case] bad: &str) {
+        match from_urunc_json(&bytes).unwrap_err() {
+            ImageError::InvalidUnikernel { key, .. } => assert_eq!(key, bad),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
