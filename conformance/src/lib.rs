@@ -4,4 +4,5 @@
 pub mod bench;
 pub mod client;
 pub mod runner;
+pub mod stream_client;
 pub mod tests;

@@ -91,6 +91,8 @@ pub struct StreamingConfig {
     pub address: String,
     /// 0 picks a free port.
     pub port: u16,
+    /// Exec/attach/port-forward connections with no traffic for this long are closed.
+    pub idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,6 +190,8 @@ impl Default for StreamingConfig {
         StreamingConfig {
             address: "127.0.0.1".into(),
             port: 0,
+            // kubelet's streaming connection idle timeout.
+            idle_timeout_secs: 4 * 60 * 60,
         }
     }
 }

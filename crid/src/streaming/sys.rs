@@ -1,0 +1,114 @@
+//! The streaming server's kernel calls: pseudo-terminals, window size, and connecting a TCP
+//! socket from inside another network namespace.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sched::{CloneFlags, setns};
+
+/// A new pseudo-terminal pair: (master, slave). Only the host test backend makes its own.
+#[cfg(test)]
+pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
+    let pty = nix::pty::openpty(None, None).map_err(io::Error::from)?;
+    Ok((pty.master, pty.slave))
+}
+
+/// Puts a descriptor in non-blocking mode (shared by every dup of it).
+pub fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// Sets a terminal's window size (TIOCSWINSZ); the kernel sends SIGWINCH to its foreground
+/// process group.
+pub fn set_window_size(fd: &OwnedFd, width: u16, height: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` through the pointer, which points to a live,
+    // initialised value for the duration of the call; the fd is owned and open.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TIOCSWINSZ,
+            &ws as *const libc::winsize,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Connects to `localhost:port` as seen from the network namespace at `netns`: a dedicated
+/// thread (never a runtime worker) enters the namespace, connects and exits; the socket stays
+/// bound to the namespace it was created in.
+pub async fn connect_in_netns(netns: &Path, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let netns: PathBuf = netns.to_owned();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("crid-netns-dial".into())
+        .spawn(move || {
+            let _ = tx.send(dial(&netns, port, timeout));
+        })?;
+    rx.await
+        .map_err(|_| io::Error::other("namespace dial thread ended without an answer"))?
+}
+
+fn dial(netns: &Path, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let ns = std::fs::File::open(netns)?;
+    // Only this short-lived thread changes namespace; it ends right after connecting.
+    setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    match TcpStream::connect_timeout(&v4, timeout) {
+        Ok(s) => Ok(s),
+        Err(e4) => {
+            let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+            TcpStream::connect_timeout(&v6, timeout).map_err(|_| e4)
+        }
+    }
+}
+
+/// Receives one file descriptor sent with SCM_RIGHTS on a connected unix socket (runc's
+/// `--console-socket` protocol: the pseudo-terminal master of the new process).
+pub fn recv_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
+    use std::io::IoSliceMut;
+    use std::os::fd::FromRawFd;
+
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+
+    let mut data = [0u8; 4096];
+    let mut iov = [IoSliceMut::new(&mut data)];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    let mut first = None;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                // SAFETY: the kernel just installed `fd` in this process for this message;
+                // nothing else refers to it, so it is owned exactly once here.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                if first.is_none() {
+                    first = Some(owned);
+                }
+            }
+        }
+    }
+    first.ok_or_else(|| io::Error::other("no file descriptor received on the console socket"))
+}

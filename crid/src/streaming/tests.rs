@@ -1,0 +1,408 @@
+//! End-to-end tests of the streaming server: a real server with the host backend (commands run
+//! on the host, ports are forwarded in this process's network namespace) and the real SPDY and
+//! WebSocket clients of `conformance::stream_client`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use conformance::stream_client::{self, Output, StreamOpts, Transport, spdy, ws};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::backend::host::HostBackend;
+use super::{ExecSpec, Request, Server, ServerConfig};
+
+const T: Duration = Duration::from_secs(20);
+
+async fn server_with(config: ServerConfig) -> Arc<Server> {
+    let backend = Arc::new(HostBackend {
+        netns: "/proc/self/ns/net".into(),
+    });
+    Server::start(&config, backend)
+        .await
+        .expect("server starts")
+}
+
+async fn server() -> Arc<Server> {
+    server_with(ServerConfig::default()).await
+}
+
+fn exec(cmd: &[&str], tty: bool, stdin: bool) -> Request {
+    Request::Exec(ExecSpec {
+        container_id: "c".into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty,
+        stdin,
+        stdout: true,
+        stderr: !tty,
+    })
+}
+
+fn opts(tty: bool, stdin: bool) -> StreamOpts {
+    StreamOpts {
+        stdin,
+        stdout: true,
+        stderr: !tty,
+        tty,
+    }
+}
+
+const TRANSPORTS: [Transport; 4] = [
+    Transport::SPDY_V4,
+    Transport::WS_V5,
+    Transport::WS_V4,
+    Transport::WS_V4_BASE64,
+];
+
+async fn run(s: &Server, t: Transport, req: Request, o: StreamOpts) -> Output {
+    let url = s.url_for(req).unwrap();
+    let session = stream_client::connect(&url, t, o).await.unwrap();
+    session.finish(T).await.unwrap()
+}
+
+#[tokio::test]
+async fn exec_reports_output_and_exit_codes_over_every_transport() {
+    let s = server().await;
+    for t in TRANSPORTS {
+        let out = run(
+            &s,
+            t,
+            exec(&["sh", "-c", "echo out; echo err >&2"], false, false),
+            opts(false, false),
+        )
+        .await;
+        assert_eq!(out.stdout, b"out\n", "{t:?}");
+        assert_eq!(out.stderr, b"err\n", "{t:?}");
+        assert_eq!(out.exit_code().unwrap(), 0, "{t:?}");
+
+        let out = run(
+            &s,
+            t,
+            exec(&["sh", "-c", "exit 42"], false, false),
+            opts(false, false),
+        )
+        .await;
+        assert_eq!(out.exit_code().unwrap(), 42, "{t:?}");
+        let status: serde_json::Value = serde_json::from_slice(&out.error).unwrap();
+        assert_eq!(status["reason"], "NonZeroExitCode", "{t:?}");
+    }
+}
+
+#[tokio::test]
+async fn exec_with_a_tty_merges_output_and_reports_the_exit_code() {
+    let s = server().await;
+    for t in TRANSPORTS {
+        let out = run(
+            &s,
+            t,
+            exec(
+                &["sh", "-c", "test -t 0 && echo tty; echo err >&2; exit 3"],
+                true,
+                false,
+            ),
+            opts(true, false),
+        )
+        .await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("tty") && text.contains("err"),
+            "{t:?}: {text:?}"
+        );
+        assert!(out.stderr.is_empty(), "{t:?}");
+        assert_eq!(out.exit_code().unwrap(), 3, "{t:?}");
+    }
+}
+
+#[tokio::test]
+async fn stdin_round_trips_and_its_close_ends_the_command() {
+    let s = server().await;
+    // v4 WebSocket cannot close stdin, so it is left out here.
+    for t in [Transport::SPDY_V4, Transport::WS_V5] {
+        let url = s.url_for(exec(&["cat"], false, true)).unwrap();
+        let mut session = stream_client::connect(&url, t, opts(false, true))
+            .await
+            .unwrap();
+        session.write_stdin(b"hello ").await.unwrap();
+        session.read_stdout_until("hello", T).await.unwrap();
+        session.write_stdin(b"world\n").await.unwrap();
+        session.close_stdin().await.unwrap();
+        let out = session.finish(T).await.unwrap();
+        assert_eq!(out.stdout, b"hello world\n", "{t:?}");
+        assert_eq!(out.exit_code().unwrap(), 0, "{t:?}");
+    }
+}
+
+#[tokio::test]
+async fn interactive_tty_shell_sees_typed_commands_and_resizes() {
+    let s = server().await;
+    for t in [
+        Transport::SPDY_V4,
+        Transport::WS_V5,
+        Transport::WS_V4_BASE64,
+    ] {
+        let url = s.url_for(exec(&["sh"], true, true)).unwrap();
+        let mut session = stream_client::connect(&url, t, opts(true, true))
+            .await
+            .unwrap();
+        session.resize(123, 40).await.unwrap();
+        // The resize and stdin travel on different streams; poll until the size shows.
+        session
+            .write_stdin(
+                b"for i in $(seq 100); do [ \"$(stty size)\" = '40 123' ] && break; sleep 0.1; done; \
+                  echo \"size=$(stty size)\"\n",
+            )
+            .await
+            .unwrap();
+        session.read_stdout_until("size=40 123", T).await.unwrap();
+        session.resize(77, 11).await.unwrap();
+        session
+            .write_stdin(
+                b"for i in $(seq 100); do [ \"$(stty size)\" = '11 77' ] && break; sleep 0.1; done; \
+                  echo \"size=$(stty size)\"; exit 5\n",
+            )
+            .await
+            .unwrap();
+        session.read_stdout_until("size=11 77", T).await.unwrap();
+        let out = session.finish(T).await.unwrap();
+        assert_eq!(out.exit_code().unwrap(), 5, "{t:?}");
+    }
+}
+
+#[tokio::test]
+async fn attach_types_into_a_shell() {
+    let s = server().await;
+    for t in [Transport::SPDY_V4, Transport::WS_V5] {
+        let url = s
+            .url_for(Request::Attach(super::AttachSpec {
+                container_id: "c".into(),
+                tty: false,
+                stdin: true,
+                stdout: true,
+                stderr: true,
+            }))
+            .unwrap();
+        assert!(url.contains("/attach/"));
+        let mut session = stream_client::connect(&url, t, opts(false, true))
+            .await
+            .unwrap();
+        session
+            .write_stdin(b"echo attached-$((6*7))\n")
+            .await
+            .unwrap();
+        session.read_stdout_until("attached-42", T).await.unwrap();
+        session.write_stdin(b"exit 9\n").await.unwrap();
+        let out = session.finish(T).await.unwrap();
+        // Attach reports the end of the attachment, not the process's exit code.
+        assert_eq!(out.exit_code().unwrap(), 0, "{t:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_failing_start_is_reported_on_the_error_stream() {
+    let s = server().await;
+    for t in [Transport::SPDY_V4, Transport::WS_V5] {
+        let out = run(
+            &s,
+            t,
+            exec(&["/nonexistent/binary"], false, false),
+            opts(false, false),
+        )
+        .await;
+        let err = out.exit_code().unwrap_err().to_string();
+        assert!(err.contains("InternalError"), "{t:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_single_use_and_unknown_ones_get_404() {
+    let s = server().await;
+    for t in [Transport::SPDY_V4, Transport::WS_V5] {
+        let url = s.url_for(exec(&["true"], false, false)).unwrap();
+        run_url(&url, t).await.unwrap();
+        let e = run_url(&url, t).await.unwrap_err();
+        assert_eq!(stream_client::http_status(&e), Some(404), "{t:?}: {e:#}");
+        let bogus = format!("http://{}/exec/0123456789abcdef", s.addr());
+        let e = run_url(&bogus, t).await.unwrap_err();
+        assert_eq!(stream_client::http_status(&e), Some(404), "{t:?}: {e:#}");
+        // A token only works on its own kind of URL.
+        let url = s.url_for(exec(&["true"], false, false)).unwrap();
+        let e = run_url(&url.replace("/exec/", "/attach/"), t)
+            .await
+            .unwrap_err();
+        assert_eq!(stream_client::http_status(&e), Some(404), "{t:?}: {e:#}");
+    }
+}
+
+async fn run_url(url: &str, t: Transport) -> anyhow::Result<Output> {
+    stream_client::connect(url, t, opts(false, false))
+        .await?
+        .finish(T)
+        .await
+}
+
+#[tokio::test]
+async fn expired_tokens_get_404() {
+    let s = server_with(ServerConfig {
+        token_ttl: Duration::ZERO,
+        ..ServerConfig::default()
+    })
+    .await;
+    let url = s.url_for(exec(&["true"], false, false)).unwrap();
+    let e = run_url(&url, Transport::SPDY_V4).await.unwrap_err();
+    assert_eq!(stream_client::http_status(&e), Some(404), "{e:#}");
+}
+
+#[tokio::test]
+async fn outstanding_urls_are_capped() {
+    let s = server_with(ServerConfig {
+        max_tokens: 2,
+        ..ServerConfig::default()
+    })
+    .await;
+    s.url_for(exec(&["true"], false, false)).unwrap();
+    s.url_for(exec(&["true"], false, false)).unwrap();
+    let e = s.url_for(exec(&["true"], false, false)).unwrap_err();
+    assert_eq!(e.kind(), imagestore::ErrorKind::ResourceExhausted);
+}
+
+#[tokio::test]
+async fn unsupported_protocols_are_refused() {
+    let s = server().await;
+    let url = s.url_for(exec(&["true"], false, false)).unwrap();
+    let e = stream_client::connect(
+        &url,
+        Transport::Spdy(&["v9.channel.k8s.io"]),
+        opts(false, false),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(stream_client::http_status(&e), Some(403), "{e:#}");
+}
+
+#[tokio::test]
+async fn older_spdy_protocols_still_work() {
+    let s = server().await;
+    for p in ["v3.channel.k8s.io", "v2.channel.k8s.io"] {
+        let protocols: &'static [&'static str] = Box::leak(vec![p].into_boxed_slice());
+        let url = s
+            .url_for(exec(&["sh", "-c", "echo hi; exit 4"], false, false))
+            .unwrap();
+        let session = stream_client::connect(&url, Transport::Spdy(protocols), opts(false, false))
+            .await
+            .unwrap();
+        assert_eq!(session.protocol, p);
+        let out = session.finish(T).await.unwrap();
+        assert_eq!(out.stdout, b"hi\n");
+        // Before v4 the error stream carries a message, not a Status.
+        assert!(String::from_utf8_lossy(&out.error).contains("exit status 4"));
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let s = server_with(ServerConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    })
+    .await;
+    for t in [Transport::SPDY_V4, Transport::WS_V5] {
+        let url = s.url_for(exec(&["sleep", "30"], false, true)).unwrap();
+        let session = stream_client::connect(&url, t, opts(false, true))
+            .await
+            .unwrap();
+        // Nothing moves, so the server hangs up well before the command ends.
+        session.finish(T).await.unwrap();
+    }
+}
+
+/// An echo server on loopback; answers each connection by echoing until EOF.
+async fn echo_listener() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c.read(&mut buf).await {
+                    if n == 0 || c.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn pf(ports: Vec<u16>) -> Request {
+    Request::PortForward {
+        pod_id: "p".into(),
+        ports,
+    }
+}
+
+#[tokio::test]
+async fn port_forward_over_spdy_carries_several_connections() {
+    let s = server().await;
+    let port = echo_listener().await;
+    let url = s.url_for(pf(vec![port])).unwrap();
+    let conn = spdy::port_forward(&url).await.unwrap();
+    for rid in 0..3 {
+        let (mut data, mut error) = conn.forward(port, rid).await.unwrap();
+        let msg = format!("ping-{rid}");
+        let got = spdy::round_trip(&mut data, msg.as_bytes(), msg.len())
+            .await
+            .unwrap();
+        assert_eq!(got, msg.as_bytes());
+        data.close().await;
+        assert!(data.read_to_end(T).await.unwrap().is_empty());
+        assert!(error.read_to_end(T).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn port_forward_over_spdy_reports_refused_ports() {
+    let s = server().await;
+    // Bind and drop to find a port that nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = s.url_for(pf(vec![])).unwrap();
+    let conn = spdy::port_forward(&url).await.unwrap();
+    let (mut data, mut error) = conn.forward(closed, 1).await.unwrap();
+    let msg = String::from_utf8(error.read_to_end(T).await.unwrap()).unwrap();
+    assert!(msg.contains(&format!("localhost:{closed}")), "{msg}");
+    assert!(data.read_to_end(T).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn port_forward_over_websocket() {
+    let s = server().await;
+    let (a, b) = (echo_listener().await, echo_listener().await);
+    let url = s.url_for(pf(vec![a, b])).unwrap();
+    let mut conn = ws::WsPortForward::connect(&url, &[a, b]).await.unwrap();
+    assert_eq!(conn.protocol, "v4.channel.k8s.io");
+    assert_eq!(conn.round_trip(0, b"to-a", 4).await.unwrap(), b"to-a");
+    assert_eq!(conn.round_trip(1, b"to-b", 4).await.unwrap(), b"to-b");
+    // Ports may also come from the query when the CRI request named none.
+    let url = s.url_for(pf(vec![])).unwrap();
+    let mut conn = ws::WsPortForward::connect(&url, &[a]).await.unwrap();
+    assert_eq!(conn.round_trip(0, b"q", 1).await.unwrap(), b"q");
+}
+
+#[tokio::test]
+async fn port_forward_tokens_are_single_use() {
+    let s = server().await;
+    let port = echo_listener().await;
+    let url = s.url_for(pf(vec![port])).unwrap();
+    drop(spdy::port_forward(&url).await.unwrap());
+    let e = spdy::port_forward(&url).await.err().expect("refused");
+    assert_eq!(stream_client::http_status(&e), Some(404));
+    let e = ws::WsPortForward::connect(&url, &[port])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(stream_client::http_status(&e), Some(404));
+}
