@@ -62,6 +62,8 @@ pub struct State {
     pod_cidr: Mutex<String>,
     /// Pod sandboxes (and, through them, CNI).
     pub pods: Arc<sandbox::pod::PodManager>,
+    /// Images: pull, content store, layers, leases.
+    pub images: imagestore::ImageStore,
 }
 
 impl State {
@@ -72,8 +74,11 @@ impl State {
         }
         let cgroup_driver = CgroupDriver::resolve(&config.runtime.cgroup_driver);
         let pods = Arc::new(pod_manager(&config, cgroup_driver)?);
+        let images =
+            crate::cri::image::open_store(&config).context("cannot open the image store")?;
         Ok(State {
             pods,
+            images,
             cgroup_driver,
             started_at_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -144,6 +149,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     state.pods.collect_garbage().await;
+    crate::cri::image::import_at_startup(
+        state.images.clone(),
+        crate::cri::image::import_dir(&state.config),
+    )
+    .await;
 
     let listener = match crate::notify::activated_listener() {
         Some(l) => {

@@ -52,13 +52,7 @@ pub(crate) struct ContentStore {
 
 impl ContentStore {
     pub(crate) fn open(dir: &Path) -> Result<ContentStore, ImageError> {
-        for sub in ["blobs/sha256", "layers/sha256", "ingest", "tmp"] {
-            let p = dir.join(sub);
-            std::fs::create_dir_all(&p).map_err(|e| ImageError::io(&p, e))?;
-        }
-        let store = ContentStore {
-            dir: dir.to_owned(),
-        };
+        let store = Self::open_shared(dir)?;
         // Leftovers of a previous run that stopped mid-download or mid-unpack.
         for sub in ["ingest", "tmp"] {
             let p = dir.join(sub);
@@ -69,6 +63,17 @@ impl ContentStore {
             }
         }
         Ok(store)
+    }
+
+    /// Opens the store without touching work in progress (another process may be using it).
+    pub(crate) fn open_shared(dir: &Path) -> Result<ContentStore, ImageError> {
+        for sub in ["blobs/sha256", "layers/sha256", "ingest", "tmp"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(|e| ImageError::io(&p, e))?;
+        }
+        Ok(ContentStore {
+            dir: dir.to_owned(),
+        })
     }
 
     pub(crate) fn dir(&self) -> &Path {

@@ -62,7 +62,8 @@ impl Archive {
     }
 }
 
-/// Lexically normalizes an archive path; `None` when it is absolute or leaves the archive.
+/// Lexically normalizes an archive path; `None` when it is absolute or leaves the archive,
+/// `""` for the archive root itself.
 fn clean(path: &Path) -> Option<String> {
     let mut parts: Vec<String> = Vec::new();
     for c in path.components() {
@@ -75,11 +76,7 @@ fn clean(path: &Path) -> Option<String> {
             Component::RootDir | Component::Prefix(_) => return None,
         }
     }
-    if parts.is_empty() {
-        None
-    } else {
-        Some(parts.join("/"))
-    }
+    Some(parts.join("/"))
 }
 
 impl ImageStore {
@@ -150,6 +147,9 @@ impl ImageStore {
             let Some(name) = clean(&raw) else {
                 return Err(bad(format!("entry {} leaves the archive", raw.display())));
             };
+            if name.is_empty() {
+                continue;
+            }
             let kind = entry.header().entry_type();
             if kind.is_symlink() || kind.is_hard_link() {
                 let target = entry
@@ -407,6 +407,6 @@ mod tests {
         assert_eq!(clean(Path::new("a/../b")).as_deref(), Some("b"));
         assert_eq!(clean(Path::new("../b")), None);
         assert_eq!(clean(Path::new("/etc/passwd")), None);
-        assert_eq!(clean(Path::new(".")), None);
+        assert_eq!(clean(Path::new("./")).as_deref(), Some(""));
     }
 }

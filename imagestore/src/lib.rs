@@ -25,25 +25,9 @@ pub use pull::MAX_MANIFEST_BYTES;
 pub use reference::ImageRef;
 pub use store::{Credentials, FsUsage, ImageStore, ImageStoreConfig};
 pub use unikernel::{HypervisorKind, UnikernelInfo, UnikernelSource, UnikernelType};
+pub use unpack::UnpackStats;
 
-/// What unpacking one layer produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnpackStats {
-    pub diff_id: String,
-    pub bytes: u64,
-    pub inodes: u64,
-}
-
-// TEMPORARY until imagestore/src/unpack.rs lands.
-fn unpack_layer(
-    _reader: impl std::io::Read,
-    _dest: &std::path::Path,
-) -> Result<UnpackStats, ImageError> {
-    Err(ImageError::Task {
-        reason: "layer unpacking is not available yet".into(),
-    })
-}
-
+/// Recognises a unikernel image. Forwards to `unikernel::detect` once it exists.
 fn detect_unikernel(
     _annotations: &std::collections::HashMap<String, String>,
     _labels: &std::collections::HashMap<String, String>,

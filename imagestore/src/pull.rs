@@ -303,7 +303,7 @@ pub(crate) fn unpack_into_store(
     let _guard = TempPath(Some(tmp.clone()));
     let src = content.blob_path(blob)?;
     let file = std::fs::File::open(&src).map_err(|e| ImageError::io(&src, e))?;
-    let stats = crate::unpack_layer(std::io::BufReader::new(file), &tmp)?;
+    let stats = crate::unpack::unpack_layer(std::io::BufReader::new(file), &tmp)?;
     if stats.diff_id != diff_id {
         return Err(ImageError::DigestMismatch {
             expected: diff_id.to_owned(),
@@ -474,7 +474,8 @@ impl ImageStore {
                     }
                     let child = oref.clone_with_digest(entry.digest.clone());
                     let (b, d) = fetch_manifest(&client, &child, auth, &host.host, &name).await?;
-                    if visited.contains(&d) {
+                    if d != entry.digest && visited.contains(&d) {
+                        // The registry answered with an index already seen: a cycle.
                         return Err(ImageError::InvalidManifest {
                             reference: name,
                             reason: format!("index references itself ({d})"),

@@ -111,6 +111,8 @@ pub(crate) struct Inner {
     meta_path: PathBuf,
     lock_path: PathBuf,
     state: Mutex<State>,
+    /// Set for offline stores: the metadata lock, held until the store is dropped.
+    held_lock: Option<FileLock>,
     /// Downloads and unpacks in progress, by key; concurrent callers await the same one.
     pub(crate) inflight: Mutex<HashMap<String, WeakShared<OpFuture>>>,
 }
@@ -202,9 +204,37 @@ fn is_hex_prefix(s: &str) -> bool {
 
 impl ImageStore {
     /// Opens (creating if needed) the store in `cfg.dir`, loads its metadata and collects
-    /// content left unreferenced by an earlier run.
+    /// content left unreferenced by an earlier run. For the daemon: one per root.
     pub fn open(cfg: ImageStoreConfig) -> Result<ImageStore, ImageError> {
-        let content = ContentStore::open(&cfg.dir)?;
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| ImageError::io(&cfg.dir, e))?;
+        // Clearing `ingest/` and `tmp/` must not race an offline import.
+        let flock = FileLock::exclusive(&cfg.dir.join("metadata.lock"))?;
+        let store = Self::open_inner(cfg, None)?;
+        drop(flock);
+        store.collect_garbage()?;
+        Ok(store)
+    }
+
+    /// Opens the store for an offline tool (`crid images import`) that may run next to the
+    /// daemon: it holds the metadata lock for its whole life, so the daemon's commits and
+    /// garbage collection wait for it, and it never collects garbage itself (it cannot see
+    /// the daemon's pulls in progress).
+    pub fn open_offline(cfg: ImageStoreConfig) -> Result<ImageStore, ImageError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| ImageError::io(&cfg.dir, e))?;
+        let lock = FileLock::exclusive(&cfg.dir.join("metadata.lock"))?;
+        Self::open_inner(cfg, Some(lock))
+    }
+
+    fn open_inner(
+        cfg: ImageStoreConfig,
+        held_lock: Option<FileLock>,
+    ) -> Result<ImageStore, ImageError> {
+        let offline = held_lock.is_some();
+        let content = if offline {
+            ContentStore::open_shared(&cfg.dir)?
+        } else {
+            ContentStore::open(&cfg.dir)?
+        };
         let mut pinned = Vec::new();
         for p in &cfg.pinned_images {
             if p.is_empty() {
@@ -235,13 +265,13 @@ impl ImageStore {
                     in_use: HashMap::new(),
                 }),
                 inflight: Mutex::new(HashMap::new()),
+                held_lock,
             }),
         };
         {
             let mut st = lock(&store.inner.state);
             store.refresh(&mut st)?;
         }
-        store.collect_garbage()?;
         Ok(store)
     }
 
@@ -283,7 +313,7 @@ impl ImageStore {
         f: impl FnOnce(&mut Metadata) -> Result<T, ImageError>,
     ) -> Result<T, ImageError> {
         let mut st = lock(&self.inner.state);
-        let _flock = FileLock::exclusive(&self.inner.lock_path)?;
+        let _flock = self.flock()?;
         self.refresh(&mut st)?;
         let mut meta = st.meta.clone();
         let out = f(&mut meta)?;
@@ -292,6 +322,14 @@ impl ImageStore {
         st.meta = meta;
         st.stamp = stamp_of(&self.inner.meta_path);
         Ok(out)
+    }
+
+    /// The cross-process metadata lock, unless this store holds it already.
+    fn flock(&self) -> Result<Option<FileLock>, ImageError> {
+        match self.inner.held_lock {
+            Some(_) => Ok(None),
+            None => FileLock::exclusive(&self.inner.lock_path).map(Some),
+        }
     }
 
     fn write_meta(&self, meta: &Metadata) -> Result<(), ImageError> {
@@ -582,12 +620,15 @@ impl ImageStore {
 
     /// Deletes blobs and layer directories that no image, lease or running pull uses.
     pub fn collect_garbage(&self) -> Result<(), ImageError> {
+        if self.inner.held_lock.is_some() {
+            return Ok(());
+        }
         let content = &self.inner.content;
         let trash = content.dir().join("tmp").join(temp_name("gc"));
         let mut moved = 0usize;
         {
             let mut st = lock(&self.inner.state);
-            let _flock = FileLock::exclusive(&self.inner.lock_path)?;
+            let _flock = self.flock()?;
             self.refresh(&mut st)?;
             let mut keep: HashSet<String> = st.in_use.keys().cloned().collect();
             for rec in st.meta.images.values() {

@@ -1,0 +1,802 @@
+//! The image service end to end: the real crid binary on a temp socket, pulling from the real
+//! registry at `CRID_TEST_REGISTRY` (Debian's docker-registry, started by scripts/test.sh).
+//! The tests build their own images (busybox-static in an OCI layout, written here) and push
+//! them with skopeo under repository names unique to the test run. Without the registry the
+//! tests fail under CI=true and are skipped otherwise.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use conformance::client::Cri;
+use proto::cri;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tonic::Code;
+
+fn sha(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The registry, or `None` (skip) outside CI.
+fn registry() -> Option<String> {
+    let missing = |reason: &str| {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "image tests cannot run in CI: {reason}"
+        );
+        eprintln!("skipped: {reason}");
+        None
+    };
+    let Ok(reg) = std::env::var("CRID_TEST_REGISTRY") else {
+        return missing("CRID_TEST_REGISTRY is not set (scripts/test.sh starts a registry)");
+    };
+    if Command::new("skopeo").arg("--version").output().is_err() {
+        return missing("skopeo is not installed");
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return missing("needs root");
+    }
+    Some(reg)
+}
+
+/// A repository name unique to this test process and `tag`.
+fn repo(reg: &str, name: &str) -> String {
+    format!("{reg}/crid-test-{}/{name}", std::process::id())
+}
+
+/// One file of a test layer.
+enum Entry<'a> {
+    File(&'a str, &'a [u8], u32),
+    Symlink(&'a str, &'a str),
+    Dir(&'a str),
+}
+
+/// An uncompressed tar layer.
+fn tar_layer(entries: &[Entry]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        match e {
+            Entry::File(path, data, mode) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(data.len() as u64);
+                h.set_mode(*mode);
+                b.append_data(&mut h, path, *data).unwrap();
+            }
+            Entry::Symlink(path, target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                h.set_mode(0o777);
+                b.append_link(&mut h, path, target).unwrap();
+            }
+            Entry::Dir(path) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                h.set_mode(0o755);
+                b.append_data(&mut h, path, std::io::empty()).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn busybox_layer() -> Vec<u8> {
+    let bb = std::fs::read("/bin/busybox").expect("busybox-static is installed");
+    tar_layer(&[
+        Entry::Dir("bin/"),
+        Entry::File("bin/busybox", &bb, 0o755),
+        Entry::Symlink("bin/sh", "busybox"),
+    ])
+}
+
+/// An OCI image layout being written in a temp dir.
+struct Layout {
+    dir: PathBuf,
+}
+
+/// A written image manifest: its descriptor pieces.
+#[derive(Clone)]
+struct Built {
+    manifest: String,
+    manifest_size: usize,
+    config: String,
+    arch: String,
+}
+
+impl Layout {
+    fn new(dir: &Path) -> Layout {
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        Layout {
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn blob(&self, bytes: &[u8]) -> String {
+        let d = sha(bytes);
+        std::fs::write(
+            self.dir
+                .join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:")),
+            bytes,
+        )
+        .unwrap();
+        d
+    }
+
+    /// Writes an image of uncompressed `layers` (stored gzipped) for `arch`.
+    fn image(&self, arch: &str, layers: &[Vec<u8>], labels: Value) -> Built {
+        let mut descs = Vec::new();
+        let mut diff_ids = Vec::new();
+        for l in layers {
+            diff_ids.push(sha(l));
+            let gz = gzip(l);
+            descs.push(json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": self.blob(&gz),
+                "size": gz.len(),
+            }));
+        }
+        let config = json!({
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Cmd": ["/bin/sh"], "User": "1000", "Labels": labels},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        })
+        .to_string();
+        let config_digest = self.blob(config.as_bytes());
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": config.len(),
+            },
+            "layers": descs,
+        })
+        .to_string();
+        Built {
+            manifest: self.blob(manifest.as_bytes()),
+            manifest_size: manifest.len(),
+            config: config_digest,
+            arch: arch.to_owned(),
+        }
+    }
+
+    /// Writes an index over `images` and returns its digest.
+    fn index(&self, images: &[Built]) -> String {
+        let manifests: Vec<Value> = images
+            .iter()
+            .map(|b| {
+                json!({
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": b.manifest,
+                    "size": b.manifest_size,
+                    "platform": {"architecture": b.arch, "os": "linux"},
+                })
+            })
+            .collect();
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        })
+        .to_string();
+        let d = self.blob(index.as_bytes());
+        self.tag(
+            &d,
+            index.len(),
+            "application/vnd.oci.image.index.v1+json",
+            "latest",
+        );
+        d
+    }
+
+    /// Makes `index.json` name `digest` as `tag`.
+    fn tag(&self, digest: &str, size: usize, media_type: &str, tag: &str) {
+        let index = json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": media_type,
+                "digest": digest,
+                "size": size,
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }],
+        });
+        std::fs::write(self.dir.join("index.json"), index.to_string()).unwrap();
+    }
+
+    fn tag_image(&self, b: &Built, tag: &str) {
+        self.tag(
+            &b.manifest,
+            b.manifest_size,
+            "application/vnd.oci.image.manifest.v1+json",
+            tag,
+        );
+    }
+
+    /// Pushes the layout's `latest` to `dest` (`host/repo:tag`) with skopeo.
+    fn push(&self, dest: &str, extra: &[&str]) {
+        let out = Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .args(extra)
+            .arg(format!("oci:{}:latest", self.dir.display()))
+            .arg(format!("docker://{dest}"))
+            .output()
+            .expect("run skopeo");
+        assert!(
+            out.status.success(),
+            "skopeo copy to {dest} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Builds busybox (optionally with extra layers) and pushes it as `dest`.
+fn push_busybox(tmp: &Path, dest: &str, extra_layers: &[Vec<u8>], extra: &[&str]) -> Built {
+    let hash = sha(dest.as_bytes());
+    let layout = Layout::new(&tmp.join(format!("layout-{}", &hash[7..19])));
+    let mut layers = vec![busybox_layer()];
+    layers.extend(extra_layers.iter().cloned());
+    let b = layout.image("amd64", &layers, json!({}));
+    layout.tag_image(&b, "latest");
+    layout.push(dest, extra);
+    b
+}
+
+/// A crid process on a temp socket, stopped on drop.
+struct Crid {
+    dir: PathBuf,
+    child: Option<Child>,
+    cri: Cri,
+}
+
+impl Crid {
+    fn config(dir: &Path, reg: &str, pinned: &[String]) {
+        let certs = dir.join("certs.d").join(reg);
+        std::fs::create_dir_all(&certs).unwrap();
+        std::fs::write(
+            certs.join("hosts.toml"),
+            format!("server = \"http://{reg}\"\n[host.\"http://{reg}\"]\ncapabilities = [\"pull\", \"resolve\"]\n"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("net.d")).unwrap();
+        let config = format!(
+            "[registry]\nconfig_path = {:?}\n[images]\npinned_images = {:?}\n[cni]\nconf_dir = {:?}\n",
+            dir.join("certs.d"),
+            pinned,
+            dir.join("net.d"),
+        );
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+    }
+
+    fn args(dir: &Path) -> Vec<String> {
+        [
+            "--config",
+            &dir.join("config.toml").display().to_string(),
+            "--root",
+            &dir.join("root").display().to_string(),
+            "--state",
+            &dir.join("state").display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    async fn start(dir: &Path) -> Crid {
+        let socket = dir.join("crid.sock");
+        let _ = std::fs::remove_file(&socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("crid.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_crid"))
+            .args(Self::args(dir))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--log-level")
+            .arg("debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start crid");
+        for _ in 0..150 {
+            if socket.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let cri = Cri::connect(&format!("unix://{}", socket.display()))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "crid did not start: {e:#}\n{}",
+                    std::fs::read_to_string(dir.join("crid.log")).unwrap_or_default()
+                )
+            });
+        Crid {
+            dir: dir.to_owned(),
+            child: Some(child),
+            cri,
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            for _ in 0..50 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("crid.log")).unwrap_or_default()
+    }
+
+    fn images_dir(&self) -> PathBuf {
+        self.dir.join("root/images")
+    }
+
+    async fn pull(&self, image: &str) -> Result<String, tonic::Status> {
+        self.cri
+            .images
+            .clone()
+            .pull_image(cri::PullImageRequest {
+                image: Some(spec(image)),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().image_ref)
+    }
+
+    async fn status(&self, image: &str) -> (Option<cri::Image>, HashMap<String, String>) {
+        let r = self
+            .cri
+            .images
+            .clone()
+            .image_status(cri::ImageStatusRequest {
+                image: Some(spec(image)),
+                verbose: true,
+            })
+            .await
+            .expect("image status")
+            .into_inner();
+        (r.image, r.info)
+    }
+
+    async fn list(&self, filter: Option<&str>) -> Vec<cri::Image> {
+        self.cri
+            .images
+            .clone()
+            .list_images(cri::ListImagesRequest {
+                filter: filter.map(|f| cri::ImageFilter {
+                    image: Some(spec(f)),
+                }),
+            })
+            .await
+            .expect("list images")
+            .into_inner()
+            .images
+    }
+
+    async fn remove(&self, image: &str) -> Result<(), tonic::Status> {
+        self.cri
+            .images
+            .clone()
+            .remove_image(cri::RemoveImageRequest {
+                image: Some(spec(image)),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn fs_used(&self) -> (u64, u64, String) {
+        let r = self
+            .cri
+            .images
+            .clone()
+            .image_fs_info(cri::ImageFsInfoRequest {})
+            .await
+            .expect("image fs info")
+            .into_inner();
+        let fs = &r.image_filesystems[0];
+        assert!(fs.timestamp > 0);
+        (
+            fs.used_bytes.as_ref().unwrap().value,
+            fs.inodes_used.as_ref().unwrap().value,
+            fs.fs_id.as_ref().unwrap().mountpoint.clone(),
+        )
+    }
+
+    fn layer_count(&self) -> usize {
+        std::fs::read_dir(self.images_dir().join("layers/sha256"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    fn leftovers(&self) -> usize {
+        ["ingest", "tmp"]
+            .iter()
+            .map(|d| {
+                std::fs::read_dir(self.images_dir().join(d))
+                    .map(|d| d.count())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+}
+
+impl Drop for Crid {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spec(image: &str) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    }
+}
+
+async fn setup(reg: &str, pinned: &[String]) -> (tempfile::TempDir, Crid) {
+    let tmp = tempfile::tempdir().unwrap();
+    Crid::config(tmp.path(), reg, pinned);
+    let crid = Crid::start(tmp.path()).await;
+    (tmp, crid)
+}
+
+#[tokio::test]
+async fn pull_by_tag_and_digest_list_status_remove() {
+    let Some(reg) = registry() else { return };
+    let (tmp, crid) = setup(&reg, &[]).await;
+    let name = repo(&reg, "busybox");
+    let built = push_busybox(tmp.path(), &format!("{name}:v1"), &[], &[]);
+    let (used_before, inodes_before, mountpoint) = crid.fs_used().await;
+    assert!(mountpoint.ends_with("root/images"), "{mountpoint}");
+
+    let id = crid
+        .pull(&format!("{name}:v1"))
+        .await
+        .unwrap_or_else(|e| panic!("pull: {e}\n{}", crid.log()));
+    assert_eq!(id, built.config, "PullImage returns the image id");
+
+    // ImageFsInfo reports the real growth: a ~2 MB binary, blob and unpacked.
+    let (used_after, inodes_after, _) = crid.fs_used().await;
+    assert!(
+        used_after > used_before + 2_000_000,
+        "{used_before} -> {used_after}"
+    );
+    assert!(inodes_after > inodes_before);
+
+    // Found by tag, id, id prefix and digest; unknown names are OK with no image.
+    let tagged = format!("{name}:v1");
+    for q in [
+        tagged.clone(),
+        id.clone(),
+        id.trim_start_matches("sha256:")[..12].to_owned(),
+    ] {
+        let (img, _) = crid.status(&q).await;
+        let img = img.unwrap_or_else(|| panic!("status {q}"));
+        assert_eq!(img.id, id);
+        assert_eq!(img.repo_tags, std::slice::from_ref(&tagged));
+        assert_eq!(img.uid.as_ref().map(|u| u.value), Some(1000));
+        assert!(!img.pinned);
+        assert!(img.size > 1_000_000);
+    }
+    let (img, info) = crid.status(&tagged).await;
+    let img = img.unwrap();
+    assert_eq!(img.repo_digests, [format!("{name}@{}", built.manifest)]);
+    let verbose: Value = serde_json::from_str(&info["info"]).unwrap();
+    assert_eq!(verbose["platform"]["architecture"], "amd64");
+    assert_eq!(verbose["imageSpec"]["config"]["Cmd"][0], "/bin/sh");
+    assert!(verbose["unikernel"].is_null());
+    assert!(crid.status(&format!("{name}:nope")).await.0.is_none());
+
+    // The layer is unpacked and usable.
+    let layers = crid.layer_count();
+    assert_eq!(layers, 1);
+
+    // Pull by digest: the same image, no new layer.
+    let by_digest = format!("{name}@{}", built.manifest);
+    assert_eq!(crid.pull(&by_digest).await.unwrap(), id);
+    assert!(crid.status(&by_digest).await.0.is_some());
+    assert_eq!(crid.layer_count(), 1);
+
+    // List, with and without filter.
+    let all = crid.list(None).await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(crid.list(Some(&tagged)).await.len(), 1);
+    assert_eq!(crid.list(Some(&format!("{name}:other"))).await.len(), 0);
+
+    // Remove is idempotent and collects the content.
+    crid.remove(&tagged).await.unwrap();
+    crid.remove(&tagged).await.unwrap();
+    crid.remove(&id).await.unwrap();
+    assert!(crid.status(&id).await.0.is_none());
+    assert!(crid.list(None).await.is_empty());
+    assert_eq!(crid.layer_count(), 0);
+    let (used_end, _, _) = crid.fs_used().await;
+    assert!(
+        used_end + 2_000_000 < used_after,
+        "{used_after} -> {used_end}"
+    );
+    assert_eq!(crid.leftovers(), 0);
+}
+
+#[tokio::test]
+async fn multi_arch_index_picks_this_platform() {
+    let Some(reg) = registry() else { return };
+    let (tmp, crid) = setup(&reg, &[]).await;
+    let layout = Layout::new(&tmp.path().join("multi"));
+    let arm = layout.image(
+        "arm64",
+        &[tar_layer(&[Entry::File("arch", b"arm64", 0o644)])],
+        json!({}),
+    );
+    let amd = layout.image(
+        "amd64",
+        &[tar_layer(&[Entry::File("arch", b"amd64", 0o644)])],
+        json!({}),
+    );
+    let index = layout.index(&[arm, amd.clone()]);
+    let name = repo(&reg, "multi");
+    layout.push(&format!("{name}:latest"), &["--all"]);
+
+    // A bare name means :latest.
+    let id = crid
+        .pull(&name)
+        .await
+        .unwrap_or_else(|e| panic!("pull: {e}\n{}", crid.log()));
+    assert_eq!(id, amd.config);
+    let (img, info) = crid.status(&name).await;
+    let img = img.unwrap();
+    assert_eq!(img.repo_tags, [format!("{name}:latest")]);
+    // The repo digest is the index the tag pointed at.
+    assert_eq!(img.repo_digests, [format!("{name}@{index}")]);
+    let verbose: Value = serde_json::from_str(&info["info"]).unwrap();
+    assert_eq!(verbose["platform"]["architecture"], "amd64");
+    let layer = crid
+        .images_dir()
+        .join("layers/sha256")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(std::fs::read(layer.join("arch")).unwrap(), b"amd64");
+}
+
+#[tokio::test]
+async fn docker_schema2_and_shared_layers() {
+    let Some(reg) = registry() else { return };
+    let (tmp, crid) = setup(&reg, &[]).await;
+    let name = repo(&reg, "docker");
+    let extra = tar_layer(&[Entry::File("etc/motd", b"hello\n", 0o644)]);
+    push_busybox(
+        tmp.path(),
+        &format!("{name}:v2s2"),
+        std::slice::from_ref(&extra),
+        &["--format", "v2s2"],
+    );
+    let id = crid
+        .pull(&format!("{name}:v2s2"))
+        .await
+        .unwrap_or_else(|e| panic!("pull: {e}\n{}", crid.log()));
+    let (img, _) = crid.status(&id).await;
+    assert_eq!(img.unwrap().repo_tags, [format!("{name}:v2s2")]);
+    assert_eq!(crid.layer_count(), 2);
+
+    // A second image on the same busybox base shares its layer directory.
+    let other = tar_layer(&[Entry::File("etc/motd", b"bye\n", 0o644)]);
+    let name2 = repo(&reg, "docker2");
+    push_busybox(tmp.path(), &format!("{name2}:v1"), &[other], &[]);
+    let id2 = crid.pull(&format!("{name2}:v1")).await.unwrap();
+    assert_ne!(id, id2);
+    assert_eq!(crid.layer_count(), 3, "the busybox layer is shared");
+
+    // Removing one image keeps the shared layer for the other.
+    crid.remove(&id).await.unwrap();
+    assert_eq!(crid.layer_count(), 2);
+    assert!(crid.status(&id2).await.0.is_some());
+}
+
+#[tokio::test]
+async fn images_survive_a_restart_and_concurrent_pulls_share_downloads() {
+    let Some(reg) = registry() else { return };
+    let (tmp, mut crid) = setup(&reg, &[]).await;
+    let name = repo(&reg, "restart");
+    let built = push_busybox(tmp.path(), &format!("{name}:v1"), &[], &[]);
+    let reference = format!("{name}:v1");
+
+    let pulls = (0..4).map(|_| crid.pull(&reference));
+    let results = futures::future::join_all(pulls).await;
+    for r in results {
+        assert_eq!(
+            r.unwrap_or_else(|e| panic!("concurrent pull: {e}\n{}", crid.log())),
+            built.config
+        );
+    }
+    assert_eq!(crid.list(None).await.len(), 1);
+    assert_eq!(crid.layer_count(), 1);
+    assert_eq!(crid.leftovers(), 0);
+
+    crid.stop();
+    let crid = Crid::start(tmp.path()).await;
+    let images = crid.list(None).await;
+    assert_eq!(images.len(), 1, "{}", crid.log());
+    assert_eq!(images[0].id, built.config);
+    assert_eq!(images[0].repo_tags, std::slice::from_ref(&reference));
+    assert_eq!(
+        crid.layer_count(),
+        1,
+        "restart must not collect a used layer"
+    );
+}
+
+#[tokio::test]
+async fn pull_errors_have_the_right_codes() {
+    let Some(reg) = registry() else { return };
+    let (tmp, crid) = setup(&reg, &[]).await;
+
+    let unknown = crid.pull(&repo(&reg, "does-not-exist")).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+
+    let unreachable = crid.pull("127.0.0.1:1/nothing/here:v1").await.unwrap_err();
+    assert_eq!(unreachable.code(), Code::Unavailable, "{unreachable:?}");
+
+    for bad in ["Not A Reference", "busybox@sha256:123", "a//b", ""] {
+        let e = crid.pull(bad).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}: {e:?}");
+    }
+
+    // A client deadline that expires mid-pull: the right code, and nothing half-written.
+    let name = repo(&reg, "deadline");
+    push_busybox(tmp.path(), &format!("{name}:v1"), &[], &[]);
+    let mut req = tonic::Request::new(cri::PullImageRequest {
+        image: Some(spec(&format!("{name}:v1"))),
+        ..Default::default()
+    });
+    req.set_timeout(Duration::from_millis(1));
+    let e = crid.cri.images.clone().pull_image(req).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e:?}"
+    );
+    let mut clean = false;
+    for _ in 0..100 {
+        if crid.leftovers() == 0 {
+            clean = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(clean, "partial downloads were left behind");
+    // The daemon keeps serving and the image still pulls.
+    crid.pull(&format!("{name}:v1")).await.unwrap();
+}
+
+#[tokio::test]
+async fn pinned_images_are_reported_and_kept() {
+    let Some(reg) = registry() else { return };
+    let name = repo(&reg, "pinned");
+    let reference = format!("{name}:v1");
+    let (tmp, crid) = setup(&reg, std::slice::from_ref(&reference)).await;
+    push_busybox(tmp.path(), &reference, &[], &[]);
+    let id = crid.pull(&reference).await.unwrap();
+    let (img, _) = crid.status(&id).await;
+    assert!(img.unwrap().pinned);
+    let e = crid.remove(&reference).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(crid.status(&id).await.0.is_some());
+}
+
+/// Writes `layout_dir` as a tar file.
+fn tar_dir(layout_dir: &Path, out: &Path) {
+    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
+    b.append_dir_all(".", layout_dir).unwrap();
+    b.finish().unwrap();
+}
+
+#[tokio::test]
+async fn import_oci_layout_and_docker_save_tarballs() {
+    // Import needs no registry, but shares the harness (root, skopeo-free).
+    if !nix::unistd::geteuid().is_root() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "needs root");
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    Crid::config(dir, "127.0.0.1:1", &[]);
+
+    // OCI layout, imported with `crid images import` while no daemon runs.
+    let layout = Layout::new(&dir.join("oci"));
+    let built = layout.image("amd64", &[busybox_layer()], json!({}));
+    layout.tag(
+        &built.manifest,
+        built.manifest_size,
+        "application/vnd.oci.image.manifest.v1+json",
+        "example.com/imported/busybox:1.0",
+    );
+    tar_dir(&dir.join("oci"), &dir.join("oci.tar"));
+    let out = Command::new(env!("CARGO_BIN_EXE_crid"))
+        .args(Crid::args(dir))
+        .args(["images", "import"])
+        .arg(dir.join("oci.tar"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&built.config));
+
+    // docker save, imported at start-up from <root>/import.
+    let save = dir.join("save");
+    std::fs::create_dir_all(save.join("layer1")).unwrap();
+    let layer = tar_layer(&[Entry::File("hello.txt", b"from docker save\n", 0o644)]);
+    std::fs::write(save.join("layer1/layer.tar"), &layer).unwrap();
+    let config = json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/hello"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha(&layer)]},
+    })
+    .to_string();
+    let config_id = sha(config.as_bytes());
+    let config_name = format!("{}.json", config_id.trim_start_matches("sha256:"));
+    std::fs::write(save.join(&config_name), &config).unwrap();
+    std::fs::write(
+        save.join("manifest.json"),
+        json!([{"Config": config_name, "RepoTags": ["saved/app:2"], "Layers": ["layer1/layer.tar"]}])
+            .to_string(),
+    )
+    .unwrap();
+    let import = dir.join("root/import");
+    std::fs::create_dir_all(&import).unwrap();
+    tar_dir(&save, &import.join("app.tar"));
+
+    let crid = Crid::start(dir).await;
+    let (oci_img, _) = crid.status("example.com/imported/busybox:1.0").await;
+    assert_eq!(oci_img.expect("OCI layout image").id, built.config);
+    let (saved, _) = crid.status("saved/app:2").await;
+    let saved = saved.unwrap_or_else(|| panic!("docker save image\n{}", crid.log()));
+    assert_eq!(saved.id, config_id);
+    assert_eq!(saved.repo_tags, ["docker.io/saved/app:2"]);
+    assert!(import.join("done/app.tar").exists());
+    assert!(!import.join("app.tar").exists());
+    let layer_dir = crid
+        .images_dir()
+        .join("layers/sha256")
+        .join(sha(&layer).trim_start_matches("sha256:"));
+    assert_eq!(
+        std::fs::read(layer_dir.join("hello.txt")).unwrap(),
+        b"from docker save\n"
+    );
+}
