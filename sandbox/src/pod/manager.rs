@@ -795,3 +795,153 @@ fn pod_args(id: &str, m: &PodMetadata) -> PodArgs {
 fn write(path: &Path, text: &str) -> Result<(), SandboxError> {
     std::fs::write(path, text).map_err(|e| SandboxError::io(path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::NamespaceOptions;
+
+    /// Host-network, host-IPC pods need no namespaces or mounts, so these run without root.
+    fn host_pod(name: &str) -> PodConfig {
+        PodConfig {
+            metadata: PodMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "ns".into(),
+                attempt: 0,
+            },
+            hostname: name.into(),
+            labels: [("app".to_string(), name.to_string())].into(),
+            namespaces: NamespaceOptions {
+                network: NsMode::Node,
+                ipc: NsMode::Node,
+                pid: NsMode::Container,
+                target_id: String::new(),
+            },
+            ..PodConfig::default()
+        }
+    }
+
+    fn manager(dir: &Path) -> Arc<PodManager> {
+        let cni = Cni::new(cni::CniSettings {
+            conf_dir: dir.join("net.d"),
+            bin_dirs: vec![],
+            cache_dir: dir.join("cache"),
+            timeout: std::time::Duration::from_secs(1),
+        });
+        std::fs::write(dir.join("resolv.conf"), "nameserver 192.0.2.53\n").unwrap();
+        let settings = PodSettings {
+            root: dir.join("root"),
+            state: dir.join("state"),
+            runc_handlers: vec![String::new(), "runc".into()],
+            unikernel_handlers: vec!["urunc".into()],
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            host_resolv_conf: dir.join("resolv.conf"),
+        };
+        Arc::new(PodManager::open(settings, Arc::new(cni)).unwrap())
+    }
+
+    #[tokio::test]
+    async fn lifecycle_reservation_and_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let pods = manager(dir.path());
+        let id = pods.run(host_pod("a")).await.unwrap();
+        let r = pods.get_ready(&id).unwrap();
+        assert_eq!(r.kind, PodKind::Runc);
+        assert!(r.paths.netns.is_none() && r.paths.ipcns.is_none());
+        assert_eq!(r.paths.shm, PathBuf::from("/dev/shm"));
+        let resolv = std::fs::read_to_string(&r.paths.resolv_conf).unwrap();
+        assert_eq!(resolv, "nameserver 192.0.2.53\n");
+
+        let e = pods.run(host_pod("a")).await.unwrap_err();
+        assert_eq!(e.kind(), imagestore::ErrorKind::AlreadyExists, "{e}");
+        let mut next = host_pod("a");
+        next.metadata.attempt = 1;
+        let id2 = pods.run(next).await.unwrap();
+        assert_ne!(id, id2);
+
+        let only_a = PodFilter {
+            id_prefix: id[..8].to_owned(),
+            ..PodFilter::default()
+        };
+        assert_eq!(pods.list(&only_a).len(), 1);
+        pods.stop(&id).await.unwrap();
+        pods.stop(&id).await.unwrap();
+        let not_ready = PodFilter {
+            state: Some(PodState::NotReady),
+            ..PodFilter::default()
+        };
+        assert_eq!(pods.list(&not_ready).len(), 1);
+        assert_eq!(
+            pods.get_ready(&id).unwrap_err().kind(),
+            imagestore::ErrorKind::FailedPrecondition
+        );
+
+        // A new manager over the same directories sees both pods and their reservations.
+        drop(pods);
+        let pods = manager(dir.path());
+        assert_eq!(pods.list(&PodFilter::default()).len(), 2);
+        assert_eq!(pods.get(&id).unwrap().state, PodState::NotReady);
+        assert_eq!(pods.get(&id2).unwrap().state, PodState::Ready);
+        let e = pods.run(host_pod("a")).await.unwrap_err();
+        assert_eq!(e.kind(), imagestore::ErrorKind::AlreadyExists);
+
+        for id in [&id, &id2] {
+            pods.remove(id).await.unwrap();
+            pods.remove(id).await.unwrap();
+        }
+        assert!(pods.list(&PodFilter::default()).is_empty());
+        assert_eq!(
+            pods.get(&id).unwrap_err().kind(),
+            imagestore::ErrorKind::NotFound
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("root/pods"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("state/pods"))
+                .unwrap()
+                .count(),
+            0
+        );
+        // The name is free again.
+        let id3 = pods.run(host_pod("a")).await.unwrap();
+        pods.remove(&id3).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn refused_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let pods = manager(dir.path());
+        let mut c = host_pod("h");
+        c.runtime_handler = "kata".into();
+        assert_eq!(
+            pods.run(c).await.unwrap_err().kind(),
+            imagestore::ErrorKind::InvalidArgument
+        );
+        let mut c = host_pod("h");
+        c.runtime_handler = "urunc".into();
+        let id = pods.run(c).await.unwrap();
+        assert_eq!(pods.get(&id).unwrap().kind, PodKind::Unikernel);
+        pods.remove(&id).await.unwrap();
+        for (k, v) in [("net.ipv4.ip_forward", "1"), ("kernel.shmmax", "1")] {
+            let mut c = host_pod("s");
+            c.sysctls = [(k.to_string(), v.to_string())].into();
+            let e = pods.run(c).await.unwrap_err();
+            assert_eq!(e.kind(), imagestore::ErrorKind::InvalidArgument, "{k}: {e}");
+        }
+        let mut c = host_pod("d");
+        c.dns.servers = vec!["1.1.1.1\nnameserver 6.6.6.6".into()];
+        assert!(pods.run(c).await.is_err());
+        let mut c = host_pod("g");
+        c.cgroup_parent = "../../etc".into();
+        assert!(pods.run(c).await.is_err());
+        let mut c = host_pod("m");
+        c.metadata.uid.clear();
+        assert!(pods.run(c).await.is_err());
+        assert!(pods.list(&PodFilter::default()).is_empty());
+    }
+}
