@@ -947,3 +947,15 @@ async fn network_not_ready_without_configuration() {
     assert_eq!(e.code(), Code::Unavailable, "{e}");
     crid.assert_no_pod_leftovers();
 }
+
+#[test]
+fn the_shipped_default_network_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/10-crid-bridge.conflist");
+    let list = cni::config::load_file(&path).expect("default conflist");
+    assert_eq!(list.plugin_types(), ["bridge", "portmap", "loopback"]);
+    assert_eq!(list.plugins[0]["ipam"]["type"], "host-local");
+    assert_eq!(
+        list.plugins[1]["capabilities"]["portMappings"],
+        serde_json::Value::Bool(true)
+    );
+}
