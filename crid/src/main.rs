@@ -4,6 +4,7 @@ mod config;
 mod cri;
 mod daemon;
 mod notify;
+mod pack;
 mod sys;
 
 use std::path::PathBuf;
@@ -44,20 +45,17 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Image store helpers (work without a running daemon).
-    Images {
+    /// Unikernel helpers.
+    Unikernel {
         #[command(subcommand)]
-        command: ImagesCommand,
+        command: UnikernelCommand,
     },
 }
 
 #[derive(Debug, Subcommand)]
-enum ImagesCommand {
-    /// Import an OCI-layout or `docker save` tarball into the image store.
-    Import {
-        /// The tarball (optionally gzipped).
-        file: PathBuf,
-    },
+enum UnikernelCommand {
+    /// Package a unikernel as an OCI image with urunc's annotations and `urunc.json`.
+    Pack(Box<pack::PackArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,9 +107,9 @@ fn main() -> ExitCode {
             print!("{}", config::DEFAULT_TOML);
             ExitCode::SUCCESS
         }
-        Some(Command::Images {
-            command: ImagesCommand::Import { file },
-        }) => match import_images(&cli, file) {
+        Some(Command::Unikernel {
+            command: UnikernelCommand::Pack(args),
+        }) => match pack::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("crid: {e:#}");
@@ -126,18 +124,6 @@ fn main() -> ExitCode {
             }
         },
     }
-}
-
-/// `crid images import FILE`: loads the archive into the store under `--root`, also next to a
-/// running daemon (which sees the images on its next image call).
-fn import_images(cli: &Cli, file: &std::path::Path) -> anyhow::Result<()> {
-    let config = cli.load_config()?;
-    init_tracing(&config);
-    let store = cri::image::open_store_offline(&config)?;
-    for image in store.import_tar(file)? {
-        println!("{} {}", image.id, image.repo_tags.join(" "));
-    }
-    Ok(())
 }
 
 fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
