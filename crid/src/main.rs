@@ -45,6 +45,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Image store helpers (work without a running daemon).
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
     /// Unikernel helpers.
     Unikernel {
         #[command(subcommand)]
@@ -56,6 +61,15 @@ enum Command {
 enum UnikernelCommand {
     /// Package a unikernel as an OCI image with urunc's annotations and `urunc.json`.
     Pack(Box<pack::PackArgs>),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImagesCommand {
+    /// Import an OCI-layout or `docker save` tarball into the image store.
+    Import {
+        /// The tarball (optionally gzipped).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +121,15 @@ fn main() -> ExitCode {
             print!("{}", config::DEFAULT_TOML);
             ExitCode::SUCCESS
         }
+        Some(Command::Images {
+            command: ImagesCommand::Import { file },
+        }) => match import_images(&cli, file) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("crid: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Unikernel {
             command: UnikernelCommand::Pack(args),
         }) => match pack::run(args) {
@@ -124,6 +147,18 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// `crid images import FILE`: loads the archive into the store under `--root`, also next to a
+/// running daemon (which sees the images on its next image call).
+fn import_images(cli: &Cli, file: &std::path::Path) -> anyhow::Result<()> {
+    let config = cli.load_config()?;
+    init_tracing(&config);
+    let store = cri::image::open_store_offline(&config)?;
+    for image in store.import_tar(file)? {
+        println!("{} {}", image.id, image.repo_tags.join(" "));
+    }
+    Ok(())
 }
 
 fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
