@@ -2,6 +2,7 @@
 
 pub mod pods;
 pub mod runtime;
+pub mod streaming;
 
 use crate::runner::Test;
 
@@ -10,5 +11,6 @@ pub fn all() -> Vec<Test> {
     let mut tests = Vec::new();
     tests.extend(runtime::tests());
     tests.extend(pods::tests());
+    tests.extend(streaming::tests());
     tests
 }

@@ -1,0 +1,293 @@
+//! Exec, Attach and PortForward end to end: the runtime's URLs are driven with the SPDY and
+//! WebSocket clients of [`crate::stream_client`] against a busybox container (from the test
+//! registry) in a fresh pod. Everything created is removed again, also when a check fails.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use proto::cri;
+use tonic::Code;
+
+use super::pods::{pod_config, remove_pod, run_pod};
+use crate::runner::{Env, Outcome, Test, TestResult};
+use crate::stream_client::{self, StreamOpts, Transport, spdy, ws};
+
+const T: Duration = Duration::from_secs(30);
+const HTTP_PORT: u16 = 8080;
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        Test {
+            name: "streaming/exec-attach-portforward",
+            run: |env| Box::pin(streaming(env)),
+        },
+        Test {
+            name: "streaming/unknown-ids",
+            run: |env| Box::pin(unknown_ids(env)),
+        },
+    ]
+}
+
+async fn unknown_ids(env: Env) -> TestResult {
+    let mut rt = env.cri.runtime.clone();
+    let e = rt
+        .exec(cri::ExecRequest {
+            container_id: "no-such-container".into(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .err()
+        .context("Exec on an unknown container succeeded")?;
+    ensure!(e.code() == Code::NotFound, "Exec: {e}");
+    let e = rt
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: "no-such-pod".into(),
+            port: vec![80],
+        })
+        .await
+        .err()
+        .context("PortForward on an unknown pod succeeded")?;
+    ensure!(e.code() == Code::NotFound, "PortForward: {e}");
+    Ok(Outcome::Passed)
+}
+
+async fn streaming(env: Env) -> TestResult {
+    let Some(registry) = env.registry.clone() else {
+        return Ok(Outcome::Skipped("no test registry (--registry)".into()));
+    };
+    let image = format!("{registry}/busybox:latest");
+    env.cri
+        .images
+        .clone()
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .context("PullImage")?;
+    let config = pod_config("stream");
+    let pod = run_pod(&env, config.clone()).await?;
+    let result = in_pod(&env, &pod, &config, &image).await;
+    remove_pod(&env, &pod).await;
+    result
+}
+
+async fn in_pod(
+    env: &Env,
+    pod: &str,
+    pod_config: &cri::PodSandboxConfig,
+    image: &str,
+) -> TestResult {
+    let mut rt = env.cri.runtime.clone();
+    let container = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "web".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                command: vec!["httpd".into()],
+                args: vec![
+                    "-f".into(),
+                    "-p".into(),
+                    format!("127.0.0.1:{HTTP_PORT}"),
+                    "-h".into(),
+                    "/etc".into(),
+                ],
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .context("CreateContainer")?
+        .into_inner()
+        .container_id;
+    let result = async {
+        rt.start_container(cri::StartContainerRequest {
+            container_id: container.clone(),
+        })
+        .await
+        .context("StartContainer")?;
+        checks(env, pod, &container).await
+    }
+    .await;
+    let _ = rt
+        .stop_container(cri::StopContainerRequest {
+            container_id: container.clone(),
+            timeout: 0,
+        })
+        .await;
+    let _ = rt
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: container.clone(),
+        })
+        .await;
+    result
+}
+
+async fn exec_url(
+    env: &Env,
+    container: &str,
+    cmd: &[&str],
+    tty: bool,
+    stdin: bool,
+) -> anyhow::Result<String> {
+    Ok(env
+        .cri
+        .runtime
+        .clone()
+        .exec(cri::ExecRequest {
+            container_id: container.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty,
+            stdin,
+            stdout: true,
+            stderr: !tty,
+        })
+        .await
+        .context("Exec")?
+        .into_inner()
+        .url)
+}
+
+fn opts(tty: bool, stdin: bool) -> StreamOpts {
+    StreamOpts {
+        stdin,
+        stdout: true,
+        stderr: !tty,
+        tty,
+    }
+}
+
+async fn checks(env: &Env, pod: &str, container: &str) -> TestResult {
+    for t in [Transport::SPDY_V4, Transport::WS_V5] {
+        // Output, stderr and a non-zero exit code.
+        let url = exec_url(
+            env,
+            container,
+            &["sh", "-c", "echo out; echo err >&2; exit 7"],
+            false,
+            false,
+        )
+        .await?;
+        let out = stream_client::connect(&url, t, opts(false, false))
+            .await?
+            .finish(T)
+            .await?;
+        ensure!(
+            out.stdout == b"out\n",
+            "{t:?} stdout {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        ensure!(
+            out.stderr == b"err\n",
+            "{t:?} stderr {:?}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            out.exit_code()? == 7,
+            "{t:?} exit code {:?}",
+            out.exit_code()
+        );
+
+        // A reused URL is refused.
+        let e = stream_client::connect(&url, t, opts(false, false))
+            .await
+            .err()
+            .context("a used exec URL worked again")?;
+        ensure!(
+            stream_client::http_status(&e) == Some(404),
+            "{t:?} reused URL: {e:#}"
+        );
+
+        // Stdin round trip.
+        let url = exec_url(env, container, &["cat"], false, true).await?;
+        let mut s = stream_client::connect(&url, t, opts(false, true)).await?;
+        s.write_stdin(b"round trip\n").await?;
+        s.read_stdout_until("round trip", T).await?;
+        s.close_stdin().await?;
+        let out = s.finish(T).await?;
+        ensure!(out.exit_code()? == 0, "{t:?} cat exit code");
+
+        // A terminal, resized while the shell runs.
+        let url = exec_url(env, container, &["sh"], true, true).await?;
+        let mut s = stream_client::connect(&url, t, opts(true, true)).await?;
+        s.resize(101, 33).await?;
+        s.write_stdin(
+            b"for i in $(seq 100); do [ \"$(stty size)\" = '33 101' ] && break; sleep 0.1; done; \
+              echo \"size=$(stty size)\"; exit 3\n",
+        )
+        .await?;
+        s.read_stdout_until("size=33 101", T).await?;
+        let out = s.finish(T).await?;
+        ensure!(out.exit_code()? == 3, "{t:?} tty exit code");
+    }
+
+    // Attach, where the runtime supports it.
+    let attach = env
+        .cri
+        .runtime
+        .clone()
+        .attach(cri::AttachRequest {
+            container_id: container.into(),
+            stdin: false,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        })
+        .await;
+    match attach {
+        Ok(_) => {}
+        Err(e) if e.code() == Code::Unimplemented => {}
+        Err(e) => bail!("Attach: {e}"),
+    }
+
+    // Port forwarding to the container's loopback-only web server.
+    let request = "GET /hostname HTTP/1.0\r\nHost: x\r\n\r\n";
+    let mut last = String::new();
+    for attempt in 0..50 {
+        let url = env
+            .cri
+            .runtime
+            .clone()
+            .port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: pod.into(),
+                port: vec![i32::from(HTTP_PORT)],
+            })
+            .await
+            .context("PortForward")?
+            .into_inner()
+            .url;
+        let body = if attempt % 2 == 0 {
+            let conn = spdy::port_forward(&url).await?;
+            let (mut data, mut error) = conn.forward(HTTP_PORT, 1).await?;
+            data.write(request.as_bytes()).await?;
+            let body = data.read_to_end(T).await?;
+            let err = error.read_to_end(T).await?;
+            last = String::from_utf8_lossy(&err).into_owned();
+            body
+        } else {
+            let mut c = ws::WsPortForward::connect(&url, &[HTTP_PORT]).await?;
+            let body = c.round_trip(0, request.as_bytes(), usize::MAX).await?;
+            last = String::from_utf8_lossy(&c.errors[0]).into_owned();
+            body
+        };
+        let text = String::from_utf8_lossy(&body);
+        if text.contains("200") {
+            return Ok(Outcome::Passed);
+        }
+        // The web server may still be starting.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("port forwarding never reached the web server: {last}")
+}

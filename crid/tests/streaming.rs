@@ -1,0 +1,328 @@
+//! Exec/Attach/PortForward through the real crid binary: the CRI calls hand out URLs of the
+//! streaming server, and the real SPDY and WebSocket clients of `conformance::stream_client`
+//! forward ports into a real pod's network namespace (CNI bridge from /usr/lib/cni). Needs
+//! root; skipped with a reason otherwise (and failing under CI=true).
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use conformance::client::Cri;
+use conformance::stream_client::{self, spdy, ws};
+use proto::cri;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+const PLUGINS: &str = "/usr/lib/cni";
+
+fn can_run() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let plugins = Path::new(PLUGINS).join("bridge").exists();
+    if root && plugins {
+        return true;
+    }
+    let reason = if root {
+        "no CNI plugins in /usr/lib/cni"
+    } else {
+        "needs root"
+    };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "streaming tests cannot run in CI: {reason}"
+    );
+    eprintln!("skipped: {reason}");
+    false
+}
+
+/// crid on a temp dir with a bridge network of its own; stopped and cleaned on drop.
+struct Crid {
+    dir: tempfile::TempDir,
+    child: Child,
+    cri: Cri,
+    bridge: String,
+}
+
+impl Crid {
+    async fn start() -> Crid {
+        let dir = tempfile::TempDir::new().unwrap();
+        let d = dir.path();
+        let pid = std::process::id();
+        let bridge = format!("crs{}", pid % 100_000);
+        let prefix = format!("10.199.{}", pid % 250);
+        std::fs::create_dir_all(d.join("net.d")).unwrap();
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "crid-streaming-test",
+            "plugins": [
+                {
+                    "type": "bridge", "bridge": bridge, "isGateway": true,
+                    "ipam": {
+                        "type": "host-local", "dataDir": d.join("ipam"),
+                        "ranges": [[{"subnet": format!("{prefix}.0/24")}]]
+                    }
+                },
+                {"type": "loopback"}
+            ]
+        });
+        std::fs::write(d.join("net.d/10-test.conflist"), conflist.to_string()).unwrap();
+        let config = format!(
+            "[cni]\nconf_dir = {:?}\nbin_dirs = [{PLUGINS:?}]\n[streaming]\naddress = \"127.0.0.1\"\nport = 0\n",
+            d.join("net.d"),
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let socket = d.join("crid.sock");
+        let log = std::fs::File::create(d.join("crid.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_crid"))
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--state")
+            .arg(d.join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--log-level")
+            .arg("debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start crid");
+        for _ in 0..100 {
+            if socket.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let cri = Cri::connect(&format!("unix://{}", socket.display()))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "crid did not start: {e:#}\n{}",
+                    std::fs::read_to_string(d.join("crid.log")).unwrap_or_default()
+                )
+            });
+        Crid {
+            dir,
+            child,
+            cri,
+            bridge,
+        }
+    }
+
+    fn rt(
+        &self,
+    ) -> proto::cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
+        self.cri.runtime.clone()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("crid.log")).unwrap_or_default()
+    }
+
+    async fn run_pod(&self, name: &str) -> String {
+        let config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "streaming".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            labels: HashMap::new(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        pid: cri::NamespaceMode::Container as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.rt()
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", self.log()))
+            .into_inner()
+            .pod_sandbox_id
+    }
+
+    async fn remove_pod(&self, id: &str) {
+        let _ = self
+            .rt()
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await;
+        let _ = self
+            .rt()
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await;
+    }
+
+    fn netns(&self, pod: &str) -> PathBuf {
+        self.dir.path().join("state/netns").join(pod)
+    }
+
+    async fn port_forward_url(&self, pod: &str, ports: Vec<i32>) -> Result<String, tonic::Status> {
+        self.rt()
+            .port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: pod.into(),
+                port: ports,
+            })
+            .await
+            .map(|r| r.into_inner().url)
+    }
+}
+
+impl Drop for Crid {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// An echo server listening on 127.0.0.1 inside the namespace at `netns`.
+async fn echo_in_netns(netns: &Path) -> u16 {
+    let netns = netns.to_owned();
+    let listener = std::thread::spawn(move || {
+        let f = std::fs::File::open(&netns).expect("open netns");
+        nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind in pod")
+    })
+    .join()
+    .expect("listener thread");
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c.read(&mut buf).await {
+                    if n == 0 || c.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_reaches_a_listener_inside_the_pod() {
+    if !can_run() {
+        return;
+    }
+    let crid = Crid::start().await;
+    let pod = crid.run_pod("pf").await;
+    let port = echo_in_netns(&crid.netns(&pod)).await;
+    // The listener exists only in the pod: the host's loopback has nothing there.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+
+    let url = crid
+        .port_forward_url(&pod, vec![i32::from(port)])
+        .await
+        .unwrap();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let conn = spdy::port_forward(&url).await.unwrap();
+    let (mut data, mut error) = conn.forward(port, 0).await.unwrap();
+    let got = spdy::round_trip(&mut data, b"over spdy", 9).await.unwrap();
+    assert_eq!(got, b"over spdy");
+    data.close().await;
+    assert!(
+        error
+            .read_to_end(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    drop(conn);
+
+    // The URL was single-use.
+    let e = spdy::port_forward(&url)
+        .await
+        .err()
+        .expect("reused URL refused");
+    assert_eq!(stream_client::http_status(&e), Some(404), "{e:#}");
+
+    let url = crid
+        .port_forward_url(&pod, vec![i32::from(port)])
+        .await
+        .unwrap();
+    let mut wsc = ws::WsPortForward::connect(&url, &[port]).await.unwrap();
+    assert_eq!(wsc.round_trip(0, b"over ws", 7).await.unwrap(), b"over ws");
+    drop(wsc);
+
+    crid.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_requests_for_unknown_ids_or_bad_input_are_refused() {
+    if !can_run() {
+        return;
+    }
+    let crid = Crid::start().await;
+    let e = crid.port_forward_url("nope", vec![80]).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    let e = crid
+        .rt()
+        .exec(cri::ExecRequest {
+            container_id: "nope".into(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    let e = crid
+        .rt()
+        .attach(cri::AttachRequest {
+            container_id: "nope".into(),
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    let e = crid
+        .rt()
+        .exec(cri::ExecRequest {
+            container_id: "nope".into(),
+            cmd: vec![],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let pod = crid.run_pod("bad-ports").await;
+    let e = crid.port_forward_url(&pod, vec![70000]).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    crid.remove_pod(&pod).await;
+}
