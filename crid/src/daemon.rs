@@ -62,6 +62,8 @@ pub struct State {
     pod_cidr: Mutex<String>,
     /// Pod sandboxes (and, through them, CNI).
     pub pods: Arc<sandbox::pod::PodManager>,
+    /// Containers (runc and monitors).
+    pub containers: Arc<sandbox::container::ContainerManager>,
     /// Images: pull, content store, layers, leases.
     pub images: imagestore::ImageStore,
 }
@@ -76,10 +78,12 @@ impl State {
         let pods = Arc::new(pod_manager(&config, cgroup_driver)?);
         let images =
             crate::cri::image::open_store(&config).context("cannot open the image store")?;
+        let containers = container_manager(&config, cgroup_driver)?;
         Ok(State {
             pods,
             images,
             cgroup_driver,
+            containers,
             started_at_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -138,6 +142,25 @@ fn pod_manager(config: &Config, driver: CgroupDriver) -> anyhow::Result<sandbox:
 /// Binds the CRI socket and serves until a termination signal arrives.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let socket = config.grpc.socket.clone();
+/// The container manager, as configured; re-attaches to containers still running.
+fn container_manager(
+    config: &Config,
+    driver: CgroupDriver,
+) -> anyhow::Result<Arc<sandbox::container::ContainerManager>> {
+    let settings = sandbox::container::ContainerSettings {
+        root: config.root.clone(),
+        state: config.state.clone(),
+        runc: config.runtime.runc_path.clone(),
+        cgroup_driver: match driver {
+            CgroupDriver::Systemd => sandbox::pod::CgroupDriver::Systemd,
+            CgroupDriver::Cgroupfs => sandbox::pod::CgroupDriver::Cgroupfs,
+        },
+        monitor_exe: std::env::current_exe().context("cannot find the crid executable")?,
+        seccomp_profile_root: config.runtime.seccomp_profile_root.clone(),
+    };
+    sandbox::container::ContainerManager::open(settings).context("cannot load containers")
+}
+
     let mode = config.socket_mode()?;
     let max = config.grpc.max_message_size;
     let state = Arc::new(State::new(config)?);

@@ -3,6 +3,7 @@
 mod config;
 mod cri;
 mod daemon;
+mod monitor;
 mod notify;
 mod pack;
 mod sys;
@@ -41,6 +42,16 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Configuration helpers.
+    /// Runs a container monitor (started by crid itself).
+    #[command(hide = true)]
+    Monitor {
+        /// The monitor spec JSON written by crid.
+        #[arg(long)]
+        spec: PathBuf,
+        /// Set by the monitor when it re-executes itself detached.
+        #[arg(long)]
+        detached: bool,
+    },
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
@@ -116,6 +127,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Config {
+        Some(Command::Monitor { spec, detached }) => monitor::run(spec, *detached),
             command: ConfigCommand::Default,
         }) => {
             print!("{}", config::DEFAULT_TOML);

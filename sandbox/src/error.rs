@@ -41,6 +41,12 @@ pub enum SandboxError {
     /// Pod networking or namespaces failed; the source names the plugin and its message.
     #[error("pod network")]
     Network(#[source] cni::CniError),
+    /// runc (or the container monitor) failed an operation.
+    #[error("runtime {op} failed: {reason}")]
+    Runtime { op: String, reason: String },
+    /// An operation did not finish in the time it was given (`ExecSync` timeout).
+    #[error("{op} timed out after {secs} s")]
+    Timeout { op: String, secs: u64 },
     /// A record on disk cannot be read or written.
     #[error("record {path}: {reason}")]
     Record { path: PathBuf, reason: String },
@@ -66,6 +72,8 @@ impl SandboxError {
             SandboxError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             SandboxError::FailedPrecondition { .. } => ErrorKind::FailedPrecondition,
             SandboxError::Network(e) => e.kind(),
+            SandboxError::Runtime { .. } => ErrorKind::Internal,
+            SandboxError::Timeout { .. } => ErrorKind::DeadlineExceeded,
             SandboxError::Record { .. } => ErrorKind::Internal,
             SandboxError::Io { source, .. } if source.raw_os_error() == Some(28) => {
                 ErrorKind::ResourceExhausted

@@ -2,8 +2,11 @@
 //! (runc for ordinary containers, a hypervisor for unikernel images). Images come from
 //! `imagestore`, networking from `cni`; gRPC is `crid`'s business.
 
+pub mod container;
 mod error;
+pub mod monitor;
 pub mod pod;
+pub mod runc;
 pub mod sys;
 pub mod vm;
 

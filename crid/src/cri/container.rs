@@ -1,98 +1,789 @@
 //! Container handlers: lifecycle, status, list, resources, logs, exec_sync, stats and events.
+//! Each converts the CRI request into `sandbox::container` terms, calls the container manager
+//! and converts the answer back.
 
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::time::Duration;
 
 use futures::Stream;
 use proto::cri;
+use sandbox::container::{
+    ContainerConfig, ContainerEvent, ContainerFilter, ContainerRecord, ContainerState,
+    ContainerStats, DeviceSpec, EventKind, ImageInfo, MountSpec, NsSource, PodContext, Propagation,
+    Resources, SeccompProfile, SecurityContext,
+};
+use sandbox::pod::{NsMode, PodRecord};
 use tonic::Status;
 
+use crate::cri::error::Failure;
 use crate::daemon::State;
 
-const NOT_YET: &str = "containers are not implemented yet";
+fn sorted(m: HashMap<String, String>) -> BTreeMap<String, String> {
+    m.into_iter().collect()
+}
+
+fn map(m: &BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// CRI resources in domain terms.
+pub fn resources(r: Option<cri::LinuxContainerResources>) -> Resources {
+    let r = r.unwrap_or_default();
+    Resources {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit_in_bytes: r.memory_limit_in_bytes,
+        memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
+        oom_score_adj: r.oom_score_adj,
+        cpuset_cpus: r.cpuset_cpus,
+        cpuset_mems: r.cpuset_mems,
+        hugepage_limits: r
+            .hugepage_limits
+            .into_iter()
+            .map(|h| (h.page_size, h.limit))
+            .collect(),
+        unified: sorted(r.unified),
+    }
+}
+
+fn resources_to_cri(r: &Resources) -> cri::LinuxContainerResources {
+    cri::LinuxContainerResources {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit_in_bytes: r.memory_limit_in_bytes,
+        oom_score_adj: r.oom_score_adj,
+        cpuset_cpus: r.cpuset_cpus.clone(),
+        cpuset_mems: r.cpuset_mems.clone(),
+        hugepage_limits: r
+            .hugepage_limits
+            .iter()
+            .map(|(s, l)| cri::HugepageLimit {
+                page_size: s.clone(),
+                limit: *l,
+            })
+            .collect(),
+        unified: map(&r.unified),
+        memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
+    }
+}
+
+#[allow(deprecated)] // seccomp_profile_path: older kubelets still send it.
+fn seccomp(sc: &cri::LinuxContainerSecurityContext) -> Result<SeccompProfile, Status> {
+    if let Some(p) = &sc.seccomp {
+        return match cri::security_profile::ProfileType::try_from(p.profile_type) {
+            Ok(cri::security_profile::ProfileType::RuntimeDefault) => {
+                Ok(SeccompProfile::RuntimeDefault)
+            }
+            Ok(cri::security_profile::ProfileType::Unconfined) => Ok(SeccompProfile::Unconfined),
+            Ok(cri::security_profile::ProfileType::Localhost) => {
+                Ok(SeccompProfile::Localhost(p.localhost_ref.clone()))
+            }
+            Err(_) => Err(Status::invalid_argument(format!(
+                "unknown seccomp profile type {}",
+                p.profile_type
+            ))),
+        };
+    }
+    // The deprecated string form.
+    match sc.seccomp_profile_path.as_str() {
+        "" | "unconfined" => Ok(SeccompProfile::Unconfined),
+        "runtime/default" | "docker/default" => Ok(SeccompProfile::RuntimeDefault),
+        p => match p.strip_prefix("localhost/") {
+            Some(path) => Ok(SeccompProfile::Localhost(path.to_owned())),
+            None => Err(Status::invalid_argument(format!(
+                "unknown seccomp profile {p:?}"
+            ))),
+        },
+    }
+}
+
+/// Converts a CRI container config (the PID namespace is resolved separately).
+pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Status> {
+    let metadata = c
+        .metadata
+        .ok_or_else(|| Status::invalid_argument("container config has no metadata"))?;
+    let image = c
+        .image
+        .map(|i| i.image)
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| Status::invalid_argument("container config has no image"))?;
+    let linux = c.linux.unwrap_or_default();
+    let sc = linux.security_context.unwrap_or_default();
+    let caps = sc.capabilities.clone().unwrap_or_default();
+    let mut mounts = Vec::new();
+    for m in c.mounts {
+        let propagation = match cri::MountPropagation::try_from(m.propagation) {
+            Ok(cri::MountPropagation::PropagationPrivate) => Propagation::Private,
+            Ok(cri::MountPropagation::PropagationHostToContainer) => Propagation::HostToContainer,
+            Ok(cri::MountPropagation::PropagationBidirectional) => Propagation::Bidirectional,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown mount propagation {}",
+                    m.propagation
+                )));
+            }
+        };
+        if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
+            return Err(Status::unimplemented("image volumes are not supported"));
+        }
+        mounts.push(MountSpec {
+            container_path: m.container_path,
+            host_path: m.host_path,
+            readonly: m.readonly || m.recursive_read_only,
+            propagation,
+            selinux_relabel: m.selinux_relabel,
+        });
+    }
+    let seccomp = seccomp(&sc)?;
+    Ok(ContainerConfig {
+        name: metadata.name,
+        attempt: metadata.attempt,
+        image,
+        command: c.command,
+        args: c.args,
+        working_dir: c.working_dir,
+        envs: c.envs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+        mounts,
+        devices: c
+            .devices
+            .into_iter()
+            .map(|d| DeviceSpec {
+                container_path: d.container_path,
+                host_path: d.host_path,
+                permissions: d.permissions,
+            })
+            .collect(),
+        labels: sorted(c.labels),
+        annotations: sorted(c.annotations),
+        log_path: c.log_path,
+        stdin: c.stdin,
+        stdin_once: c.stdin_once,
+        tty: c.tty,
+        resources: resources(linux.resources),
+        security: SecurityContext {
+            add_capabilities: caps.add_capabilities,
+            drop_capabilities: caps.drop_capabilities,
+            add_ambient_capabilities: caps.add_ambient_capabilities,
+            privileged: sc.privileged,
+            pid: None,
+            run_as_user: sc.run_as_user.map(|v| v.value),
+            run_as_group: sc.run_as_group.map(|v| v.value),
+            run_as_username: sc.run_as_username,
+            readonly_rootfs: sc.readonly_rootfs,
+            supplemental_groups: sc.supplemental_groups,
+            no_new_privs: sc.no_new_privs,
+            masked_paths: sc.masked_paths,
+            readonly_paths: sc.readonly_paths,
+            seccomp,
+        },
+        stop_signal: None,
+    })
+}
+
+/// The PID namespace a container asked for, as a path to join (or new/host).
+fn pid_namespace(
+    state: &State,
+    pod: &PodRecord,
+    options: Option<&cri::NamespaceOption>,
+) -> Result<NsSource, Status> {
+    let (mode, target) = match options {
+        Some(o) => (
+            cri::NamespaceMode::try_from(o.pid)
+                .map_err(|_| Status::invalid_argument(format!("unknown PID mode {}", o.pid)))?,
+            o.target_id.as_str(),
+        ),
+        None => (
+            match pod.pid_mode {
+                NsMode::Node => cri::NamespaceMode::Node,
+                NsMode::Pod => cri::NamespaceMode::Pod,
+                _ => cri::NamespaceMode::Container,
+            },
+            "",
+        ),
+    };
+    Ok(match mode {
+        cri::NamespaceMode::Node => NsSource::Host,
+        cri::NamespaceMode::Container => NsSource::New,
+        cri::NamespaceMode::Pod => match &pod.pid_holder {
+            Some(h) => NsSource::Join(PathBuf::from(format!("/proc/{}/ns/pid", h.pid))),
+            None => {
+                tracing::debug!(pod_sandbox_id = %pod.id, "no pod PID namespace holder; the container gets its own");
+                NsSource::New
+            }
+        },
+        cri::NamespaceMode::Target => {
+            let target = state.containers.get(target).map_err(Failure::from)?;
+            if target.state != ContainerState::Running || target.pid <= 0 {
+                return Err(Status::failed_precondition(format!(
+                    "PID namespace target {} is not running",
+                    target.id
+                )));
+            }
+            NsSource::Join(PathBuf::from(format!("/proc/{}/ns/pid", target.pid)))
+        }
+    })
+}
+
+/// Resolves the image through the image store.
+fn image_info(state: &State, reference: &str) -> Result<ImageInfo, Status> {
+    let image = state.images.resolve(reference).map_err(Failure::from)?;
+    let layer_dirs = state.images.layer_dirs(&image).map_err(Failure::from)?;
+    let image_ref = image
+        .repo_digests
+        .first()
+        .cloned()
+        .unwrap_or_else(|| image.id.clone());
+    Ok(ImageInfo {
+        id: image.id.clone(),
+        reference: reference.to_owned(),
+        image_ref,
+        config_json: image.config_json.clone(),
+        layer_dirs,
+    })
+}
 
 pub async fn create_container(
-    _state: &State,
-    _r: cri::CreateContainerRequest,
+    state: &State,
+    r: cri::CreateContainerRequest,
 ) -> Result<cri::CreateContainerResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    let c = r
+        .config
+        .ok_or_else(|| Status::invalid_argument("CreateContainer without config"))?;
+    let ns_options = c
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
+    let mut config = container_config(c)?;
+    let pod = state
+        .pods
+        .get_ready(&r.pod_sandbox_id)
+        .map_err(Failure::from)?;
+    let pid = pid_namespace(state, &pod, ns_options.as_ref())?;
+    config.security.pid = Some(pid.clone());
+    let pod_cx = PodContext::from_pod(&pod, pid);
+    let image = image_info(state, &config.image)?;
+    let id = state
+        .containers
+        .create(config, pod_cx, image.clone())
+        .await
+        .map_err(Failure::from)?;
+    tracing::Span::current().record("container_id", id.as_str());
+    if let Err(e) = state.images.add_lease(&id, &image.id) {
+        tracing::warn!(container_id = %id, error = %e, "cannot lease the image");
+    }
+    Ok(cri::CreateContainerResponse { container_id: id })
 }
 
 pub async fn start_container(
-    _state: &State,
-    _r: cri::StartContainerRequest,
+    state: &State,
+    r: cri::StartContainerRequest,
 ) -> Result<cri::StartContainerResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    state
+        .containers
+        .start(&r.container_id)
+        .await
+        .map_err(Failure::from)?;
+    Ok(cri::StartContainerResponse {})
 }
 
 pub async fn stop_container(
-    _state: &State,
-    _r: cri::StopContainerRequest,
+    state: &State,
+    r: cri::StopContainerRequest,
 ) -> Result<cri::StopContainerResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    let timeout = Duration::from_secs(u64::try_from(r.timeout).unwrap_or(0));
+    match state.containers.stop(&r.container_id, timeout).await {
+        Ok(()) => {}
+        // Stopping something that is gone is fine.
+        Err(e) if e.kind() == imagestore::ErrorKind::NotFound => {}
+        Err(e) => return Err(Failure::from(e).into()),
+    }
+    Ok(cri::StopContainerResponse {})
 }
 
 pub async fn remove_container(
-    _state: &State,
-    _r: cri::RemoveContainerRequest,
+    state: &State,
+    r: cri::RemoveContainerRequest,
 ) -> Result<cri::RemoveContainerResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    state
+        .containers
+        .remove(&r.container_id)
+        .await
+        .map_err(Failure::from)?;
+    if let Err(e) = state.images.remove_lease(&r.container_id) {
+        tracing::warn!(container_id = %r.container_id, error = %e, "cannot release the image lease");
+    }
+    Ok(cri::RemoveContainerResponse {})
+}
+
+fn state_to_cri(s: ContainerState) -> i32 {
+    (match s {
+        ContainerState::Created => cri::ContainerState::ContainerCreated,
+        ContainerState::Running => cri::ContainerState::ContainerRunning,
+        ContainerState::Exited => cri::ContainerState::ContainerExited,
+        ContainerState::Unknown => cri::ContainerState::ContainerUnknown,
+    }) as i32
+}
+
+fn metadata(r: &ContainerRecord) -> cri::ContainerMetadata {
+    cri::ContainerMetadata {
+        name: r.config.name.clone(),
+        attempt: r.config.attempt,
+    }
+}
+
+fn image_spec(r: &ContainerRecord) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: r.image.reference.clone(),
+        ..Default::default()
+    }
+}
+
+/// A record as a CRI `ContainerStatus`.
+pub fn status_to_cri(r: &ContainerRecord) -> cri::ContainerStatus {
+    let user = r.config.security.run_as_user;
+    cri::ContainerStatus {
+        id: r.id.clone(),
+        metadata: Some(metadata(r)),
+        state: state_to_cri(r.state),
+        created_at: r.created_at,
+        started_at: r.started_at,
+        finished_at: r.finished_at,
+        exit_code: r.exit_code,
+        image: Some(image_spec(r)),
+        image_ref: r.image.image_ref.clone(),
+        reason: r.reason.clone(),
+        message: r.message.clone(),
+        labels: map(&r.config.labels),
+        annotations: map(&r.config.annotations),
+        mounts: r
+            .config
+            .mounts
+            .iter()
+            .map(|m| cri::Mount {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.clone(),
+                readonly: m.readonly,
+                selinux_relabel: m.selinux_relabel,
+                propagation: match m.propagation {
+                    Propagation::Private => cri::MountPropagation::PropagationPrivate,
+                    Propagation::HostToContainer => {
+                        cri::MountPropagation::PropagationHostToContainer
+                    }
+                    Propagation::Bidirectional => cri::MountPropagation::PropagationBidirectional,
+                } as i32,
+                ..Default::default()
+            })
+            .collect(),
+        log_path: r
+            .log_path
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        resources: Some(cri::ContainerResources {
+            linux: Some(resources_to_cri(&r.config.resources)),
+            windows: None,
+        }),
+        image_id: r.image.id.clone(),
+        user: user.map(|uid| cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid,
+                gid: r.config.security.run_as_group.unwrap_or(0),
+                supplemental_groups: r.config.security.supplemental_groups.clone(),
+            }),
+        }),
+    }
 }
 
 pub async fn list_containers(
-    _state: &State,
-    _r: cri::ListContainersRequest,
+    state: &State,
+    r: cri::ListContainersRequest,
 ) -> Result<cri::ListContainersResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    let f = r.filter.unwrap_or_default();
+    let filter = ContainerFilter {
+        id_prefix: f.id,
+        state: match f.state {
+            None => None,
+            Some(v) => Some(match cri::ContainerState::try_from(v.state) {
+                Ok(cri::ContainerState::ContainerCreated) => ContainerState::Created,
+                Ok(cri::ContainerState::ContainerRunning) => ContainerState::Running,
+                Ok(cri::ContainerState::ContainerExited) => ContainerState::Exited,
+                Ok(cri::ContainerState::ContainerUnknown) => ContainerState::Unknown,
+                Err(_) => {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown container state {}",
+                        v.state
+                    )));
+                }
+            }),
+        },
+        pod_id: f.pod_sandbox_id,
+        labels: sorted(f.label_selector),
+    };
+    let containers = state
+        .containers
+        .list(&filter)
+        .iter()
+        .map(|r| cri::Container {
+            id: r.id.clone(),
+            pod_sandbox_id: r.pod_id.clone(),
+            metadata: Some(metadata(r)),
+            image: Some(image_spec(r)),
+            image_ref: r.image.image_ref.clone(),
+            state: state_to_cri(r.state),
+            created_at: r.created_at,
+            labels: map(&r.config.labels),
+            annotations: map(&r.config.annotations),
+            image_id: r.image.id.clone(),
+        })
+        .collect();
+    Ok(cri::ListContainersResponse { containers })
 }
 
 pub async fn container_status(
-    _state: &State,
-    _r: cri::ContainerStatusRequest,
+    state: &State,
+    r: cri::ContainerStatusRequest,
 ) -> Result<cri::ContainerStatusResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    let record = state
+        .containers
+        .get(&r.container_id)
+        .map_err(Failure::from)?;
+    let mut info = HashMap::new();
+    if r.verbose {
+        let verbose = serde_json::json!({
+            "id": record.id,
+            "sandboxID": record.pod_id,
+            "pid": record.pid,
+            "cgroupsPath": record.cgroups_path,
+            "runtimeSpec": state.containers.spec_json(&record.id),
+            "config": record.config,
+        });
+        info.insert("info".into(), verbose.to_string());
+    }
+    Ok(cri::ContainerStatusResponse {
+        status: Some(status_to_cri(&record)),
+        info,
+    })
 }
 
 pub async fn update_container_resources(
-    _state: &State,
-    _r: cri::UpdateContainerResourcesRequest,
+    state: &State,
+    r: cri::UpdateContainerResourcesRequest,
 ) -> Result<cri::UpdateContainerResourcesResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    let Some(linux) = r.linux else {
+        return Ok(cri::UpdateContainerResourcesResponse {});
+    };
+    state
+        .containers
+        .update_resources(&r.container_id, resources(Some(linux)))
+        .await
+        .map_err(Failure::from)?;
+    Ok(cri::UpdateContainerResourcesResponse {})
 }
 
 pub async fn reopen_container_log(
-    _state: &State,
-    _r: cri::ReopenContainerLogRequest,
+    state: &State,
+    r: cri::ReopenContainerLogRequest,
 ) -> Result<cri::ReopenContainerLogResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    state
+        .containers
+        .reopen_log(&r.container_id)
+        .map_err(Failure::from)?;
+    Ok(cri::ReopenContainerLogResponse {})
 }
 
 pub async fn exec_sync(
-    _state: &State,
-    _r: cri::ExecSyncRequest,
+    state: &State,
+    r: cri::ExecSyncRequest,
 ) -> Result<cri::ExecSyncResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    let timeout = (r.timeout > 0).then(|| Duration::from_secs(r.timeout as u64));
+    let out = state
+        .containers
+        .exec_sync(&r.container_id, r.cmd, timeout)
+        .await
+        .map_err(Failure::from)?;
+    Ok(cri::ExecSyncResponse {
+        stdout: out.stdout,
+        stderr: out.stderr,
+        exit_code: out.exit_code,
+    })
+}
+
+fn u64v(v: u64) -> Option<cri::UInt64Value> {
+    Some(cri::UInt64Value { value: v })
+}
+
+fn stats_to_cri(state: &State, r: &ContainerRecord, s: &ContainerStats) -> cri::ContainerStats {
+    cri::ContainerStats {
+        attributes: Some(cri::ContainerAttributes {
+            id: r.id.clone(),
+            metadata: Some(metadata(r)),
+            labels: map(&r.config.labels),
+            annotations: map(&r.config.annotations),
+        }),
+        cpu: Some(cri::CpuUsage {
+            timestamp: s.timestamp,
+            usage_core_nano_seconds: u64v(s.cgroup.cpu_usage_ns),
+            usage_nano_cores: None,
+        }),
+        memory: Some(cri::MemoryUsage {
+            timestamp: s.timestamp,
+            working_set_bytes: u64v(s.cgroup.memory_working_set),
+            available_bytes: None,
+            usage_bytes: u64v(s.cgroup.memory_usage),
+            rss_bytes: u64v(s.cgroup.memory_rss),
+            page_faults: u64v(s.cgroup.page_faults),
+            major_page_faults: u64v(s.cgroup.major_page_faults),
+        }),
+        writable_layer: Some(cri::FilesystemUsage {
+            timestamp: s.timestamp,
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: state
+                    .containers
+                    .writable_layer(&r.id)
+                    .to_string_lossy()
+                    .into_owned(),
+            }),
+            used_bytes: u64v(s.writable_bytes),
+            inodes_used: u64v(s.writable_inodes),
+        }),
+        swap: None,
+    }
 }
 
 pub async fn container_stats(
-    _state: &State,
-    _r: cri::ContainerStatsRequest,
+    state: &State,
+    r: cri::ContainerStatsRequest,
 ) -> Result<cri::ContainerStatsResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    let record = state
+        .containers
+        .get(&r.container_id)
+        .map_err(Failure::from)?;
+    let stats = state
+        .containers
+        .stats(&record.id)
+        .await
+        .map_err(Failure::from)?;
+    Ok(cri::ContainerStatsResponse {
+        stats: Some(stats_to_cri(state, &record, &stats)),
+    })
 }
 
 pub async fn list_container_stats(
-    _state: &State,
-    _r: cri::ListContainerStatsRequest,
+    state: &State,
+    r: cri::ListContainerStatsRequest,
 ) -> Result<cri::ListContainerStatsResponse, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    let f = r.filter.unwrap_or_default();
+    let filter = ContainerFilter {
+        id_prefix: f.id,
+        state: None,
+        pod_id: f.pod_sandbox_id,
+        labels: sorted(f.label_selector),
+    };
+    let mut stats = Vec::new();
+    for record in state.containers.list(&filter) {
+        if let Ok(s) = state.containers.stats(&record.id).await {
+            stats.push(stats_to_cri(state, &record, &s));
+        }
+    }
+    Ok(cri::ListContainerStatsResponse { stats })
+}
+
+/// Stats of one pod: the sum of its running containers, each listed too.
+pub async fn pod_stats(state: &State, pod: &PodRecord) -> cri::PodSandboxStats {
+    let filter = ContainerFilter {
+        pod_id: pod.id.clone(),
+        ..Default::default()
+    };
+    let mut containers = Vec::new();
+    let (mut cpu, mut ws, mut usage, mut rss) = (0u64, 0u64, 0u64, 0u64);
+    let mut ts = 0;
+    for record in state.containers.list(&filter) {
+        if record.state != ContainerState::Running {
+            continue;
+        }
+        if let Ok(s) = state.containers.stats(&record.id).await {
+            cpu += s.cgroup.cpu_usage_ns;
+            ws += s.cgroup.memory_working_set;
+            usage += s.cgroup.memory_usage;
+            rss += s.cgroup.memory_rss;
+            ts = s.timestamp;
+            containers.push(stats_to_cri(state, &record, &s));
+        }
+    }
+    cri::PodSandboxStats {
+        attributes: Some(cri::PodSandboxAttributes {
+            id: pod.id.clone(),
+            metadata: Some(cri::PodSandboxMetadata {
+                name: pod.config.metadata.name.clone(),
+                uid: pod.config.metadata.uid.clone(),
+                namespace: pod.config.metadata.namespace.clone(),
+                attempt: pod.config.metadata.attempt,
+            }),
+            labels: map(&pod.config.labels),
+            annotations: map(&pod.config.annotations),
+        }),
+        linux: Some(cri::LinuxPodSandboxStats {
+            cpu: Some(cri::CpuUsage {
+                timestamp: ts,
+                usage_core_nano_seconds: u64v(cpu),
+                usage_nano_cores: None,
+            }),
+            memory: Some(cri::MemoryUsage {
+                timestamp: ts,
+                working_set_bytes: u64v(ws),
+                usage_bytes: u64v(usage),
+                rss_bytes: u64v(rss),
+                ..Default::default()
+            }),
+            network: None,
+            process: None,
+            containers,
+        }),
+        windows: None,
+    }
+}
+
+/// Stops every container of a pod (before `StopPodSandbox` tears the network down).
+pub async fn stop_pod_containers(state: &State, pod_id: &str) -> Result<(), Status> {
+    let filter = ContainerFilter {
+        pod_id: pod_id.to_owned(),
+        ..Default::default()
+    };
+    for record in state.containers.list(&filter) {
+        state
+            .containers
+            .stop(&record.id, Duration::ZERO)
+            .await
+            .map_err(Failure::from)?;
+    }
+    Ok(())
+}
+
+/// Removes every container of a pod (before `RemovePodSandbox`).
+pub async fn remove_pod_containers(state: &State, pod_id: &str) -> Result<(), Status> {
+    let filter = ContainerFilter {
+        pod_id: pod_id.to_owned(),
+        ..Default::default()
+    };
+    for record in state.containers.list(&filter) {
+        state
+            .containers
+            .remove(&record.id)
+            .await
+            .map_err(Failure::from)?;
+        if let Err(e) = state.images.remove_lease(&record.id) {
+            tracing::warn!(container_id = %record.id, error = %e, "cannot release the image lease");
+        }
+    }
+    Ok(())
 }
 
 pub type EventStream =
     Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send + 'static>>;
 
+fn event_to_cri(e: &ContainerEvent) -> cri::ContainerEventResponse {
+    cri::ContainerEventResponse {
+        container_id: e.container_id.clone(),
+        container_event_type: (match e.kind {
+            EventKind::Created => cri::ContainerEventType::ContainerCreatedEvent,
+            EventKind::Started => cri::ContainerEventType::ContainerStartedEvent,
+            EventKind::Stopped => cri::ContainerEventType::ContainerStoppedEvent,
+            EventKind::Deleted => cri::ContainerEventType::ContainerDeletedEvent,
+        }) as i32,
+        created_at: e.at,
+        pod_sandbox_status: None,
+        containers_statuses: vec![status_to_cri(&e.record)],
+    }
+}
+
 pub async fn get_container_events(
-    _state: &State,
+    state: &State,
     _r: cri::GetEventsRequest,
 ) -> Result<EventStream, Status> {
-    Err(Status::unimplemented(NOT_YET))
+    let rx = state.containers.subscribe();
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => return Some((Ok(event_to_cri(&e)), rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "container event subscriber lagged");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Box::pin(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_conversion_keeps_fields_and_refuses_missing_metadata() {
+        let c = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: "c".into(),
+                attempt: 2,
+            }),
+            image: Some(cri::ImageSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            envs: vec![cri::KeyValue {
+                key: "A".into(),
+                value: "1".into(),
+            }],
+            mounts: vec![cri::Mount {
+                container_path: "/m".into(),
+                host_path: "/tmp".into(),
+                propagation: cri::MountPropagation::PropagationBidirectional as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let d = container_config(c.clone()).unwrap();
+        assert_eq!((d.name.as_str(), d.attempt), ("c", 2));
+        assert_eq!(d.envs, vec![("A".to_string(), "1".to_string())]);
+        assert_eq!(d.mounts[0].propagation, Propagation::Bidirectional);
+        assert_eq!(d.security.seccomp, SeccompProfile::Unconfined);
+        let mut bad = c.clone();
+        bad.metadata = None;
+        assert_eq!(
+            container_config(bad).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let mut bad = c;
+        bad.mounts[0].propagation = 9;
+        assert_eq!(
+            container_config(bad).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn seccomp_profiles_convert() {
+        let mut sc = cri::LinuxContainerSecurityContext {
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::Localhost as i32,
+                localhost_ref: "/p.json".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            seccomp(&sc).unwrap(),
+            SeccompProfile::Localhost("/p.json".into())
+        );
+        sc.seccomp = None;
+        sc.seccomp_profile_path = "runtime/default".into();
+        assert_eq!(seccomp(&sc).unwrap(), SeccompProfile::RuntimeDefault);
+        sc.seccomp_profile_path = "bogus".into();
+        assert!(seccomp(&sc).is_err());
+    }
 }

@@ -1,0 +1,1139 @@
+//! Containers end to end: the real crid binary on a temp socket, real runc, a busybox image
+//! built from Debian's busybox-static and pushed with skopeo to the test registry at
+//! `CRID_TEST_REGISTRY`. Pods use the host network so no CNI set-up is needed. Needs root,
+//! runc, skopeo and the registry; skipped with a reason otherwise (and failing under CI=true).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use conformance::client::Cri;
+use proto::cri;
+use serde_json::Value;
+use sha2::Digest;
+use tonic::Code;
+
+fn missing(reason: &str) -> Option<String> {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "container tests cannot run in CI: {reason}"
+    );
+    eprintln!("skipped: {reason}");
+    None
+}
+
+/// The image reference to use, or `None` (skip) when the host cannot run the tests.
+fn image() -> Option<String> {
+    static IMAGE: OnceLock<Result<String, String>> = OnceLock::new();
+    let r = IMAGE.get_or_init(|| {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("needs root".into());
+        }
+        for bin in ["runc", "skopeo", "busybox"] {
+            let found = std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).exists()))
+                .unwrap_or(false);
+            if !found {
+                return Err(format!("{bin} is not installed"));
+            }
+        }
+        let Ok(reg) = std::env::var("CRID_TEST_REGISTRY") else {
+            return Err("CRID_TEST_REGISTRY is not set (scripts/test.sh starts a registry)".into());
+        };
+        push_busybox(&reg)
+    });
+    match r {
+        Ok(i) => Some(i.clone()),
+        Err(e) => missing(e),
+    }
+}
+
+fn sha256(b: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// Builds a one-layer busybox image (busybox-static, its applets as symlinks, passwd/group
+/// with `nobody` and `www-data`) as an OCI layout and pushes it with skopeo.
+fn push_busybox(reg: &str) -> Result<String, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let busybox = which("busybox").ok_or("busybox not found")?;
+    let applets = Command::new(&busybox)
+        .arg("--list")
+        .output()
+        .map_err(|e| e.to_string())?;
+    let mut layer = tar::Builder::new(Vec::new());
+    let dirh = |name: &str, mode: u32, b: &mut tar::Builder<Vec<u8>>| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(mode);
+        h.set_size(0);
+        b.append_data(&mut h, name, std::io::empty()).unwrap();
+    };
+    for d in [
+        "bin", "etc", "proc", "sys", "dev", "root", "home", "var", "usr",
+    ] {
+        dirh(d, 0o755, &mut layer);
+    }
+    dirh("tmp", 0o1777, &mut layer);
+    let bytes = std::fs::read(&busybox).map_err(|e| e.to_string())?;
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o755);
+    h.set_size(bytes.len() as u64);
+    layer
+        .append_data(&mut h, "bin/busybox", &bytes[..])
+        .map_err(|e| e.to_string())?;
+    for a in String::from_utf8_lossy(&applets.stdout).split_whitespace() {
+        if a == "busybox" {
+            continue;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        layer
+            .append_link(&mut h, format!("bin/{a}"), "busybox")
+            .map_err(|e| e.to_string())?;
+    }
+    for (name, text) in [
+        (
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/false\nnobody:x:65534:65534:nobody:/home:/bin/false\n",
+        ),
+        (
+            "etc/group",
+            "root:x:0:\nwww-data:x:33:\nstaff:x:50:nobody\nnogroup:x:65534:\n",
+        ),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(text.len() as u64);
+        layer
+            .append_data(&mut h, name, text.as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    let layer = layer.into_inner().map_err(|e| e.to_string())?;
+    let oci = dir.path().join("oci");
+    let blobs = oci.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).map_err(|e| e.to_string())?;
+    let blob = |b: &[u8]| -> (String, usize) {
+        let h = sha256(b);
+        std::fs::write(blobs.join(&h), b).unwrap();
+        (format!("sha256:{h}"), b.len())
+    };
+    let (ld, ls) = blob(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [ld]}
+    });
+    let (cd, cs) = blob(config.to_string().as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}]
+    });
+    let (md, ms) = blob(manifest.to_string().as_bytes());
+    std::fs::write(
+        oci.join("index.json"),
+        serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms}]})
+        .to_string(),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(oci.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
+        .map_err(|e| e.to_string())?;
+    let reference = format!("{reg}/crid-tests/busybox:containers-{}", std::process::id());
+    let out = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}", oci.display()))
+        .arg(format!("docker://{reference}"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "skopeo copy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(reference)
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(bin))
+            .find(|p| p.exists())
+    })
+}
+
+/// A crid process on a temp socket, stopped on drop (containers are removed first).
+struct Crid {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    cri: Cri,
+}
+
+impl Crid {
+    async fn start(dir: tempfile::TempDir) -> Crid {
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("net.d")).unwrap();
+        std::fs::create_dir_all(d.join("seccomp")).unwrap();
+        std::fs::create_dir_all(d.join("logs")).unwrap();
+        let config = format!(
+            "[cni]\nconf_dir = {:?}\n[runtime]\nseccomp_profile_root = {:?}\n",
+            d.join("net.d"),
+            d.join("seccomp"),
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let socket = d.join("crid.sock");
+        let _ = std::fs::remove_file(&socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("crid.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_crid"))
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--state")
+            .arg(d.join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--log-level")
+            .arg("debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start crid");
+        for _ in 0..100 {
+            if socket.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let cri = Cri::connect(&format!("unix://{}", socket.display()))
+            .await
+            .unwrap_or_else(|e| panic!("crid did not start: {e:#}\n{}", log_text(d)));
+        Crid {
+            dir,
+            child: Some(child),
+            cri,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn rt(
+        &self,
+    ) -> proto::cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
+        self.cri.runtime.clone()
+    }
+
+    async fn pull(&self, image: &str) {
+        self.cri
+            .images
+            .clone()
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("pull {image}: {e}\n{}", log_text(self.path())));
+    }
+
+    /// A host-network pod logging to `<dir>/logs/<name>`.
+    async fn pod(&self, name: &str) -> (String, cri::PodSandboxConfig) {
+        let config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "test".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: self.path().join("logs").join(name).display().to_string(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: cri::NamespaceMode::Node as i32,
+                        pid: cri::NamespaceMode::Container as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let id = self
+            .rt()
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(self.path())))
+            .into_inner()
+            .pod_sandbox_id;
+        (id, config)
+    }
+
+    async fn create(
+        &self,
+        pod: &(String, cri::PodSandboxConfig),
+        config: cri::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        self.rt()
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.0.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.1.clone()),
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    async fn start_container(&self, id: &str) {
+        self.rt()
+            .start_container(cri::StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("start {id}: {e}\n{}", log_text(self.path())));
+    }
+
+    /// Creates and starts; returns the id.
+    async fn run(
+        &self,
+        pod: &(String, cri::PodSandboxConfig),
+        config: cri::ContainerConfig,
+    ) -> String {
+        let id = self
+            .create(pod, config)
+            .await
+            .unwrap_or_else(|e| panic!("create: {e}\n{}", log_text(self.path())));
+        self.start_container(&id).await;
+        id
+    }
+
+    async fn status(&self, id: &str) -> (cri::ContainerStatus, Value) {
+        let r = self
+            .rt()
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: true,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("status {id}: {e}"))
+            .into_inner();
+        let info: Value = serde_json::from_str(r.info.get("info").expect("verbose info")).unwrap();
+        (r.status.expect("status"), info)
+    }
+
+    /// Waits (bounded) until the container has exited.
+    async fn wait_exited(&self, id: &str) -> cri::ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (s, _) = self.status(id).await;
+            if s.state == cri::ContainerState::ContainerExited as i32 {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} did not exit: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<cri::ExecSyncResponse, tonic::Status> {
+        self.rt()
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn remove_all(&self) {
+        let list = self
+            .rt()
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .map(|r| r.into_inner().containers)
+            .unwrap_or_default();
+        for c in list {
+            let _ = self
+                .rt()
+                .remove_container(cri::RemoveContainerRequest { container_id: c.id })
+                .await;
+        }
+        let pods = self
+            .rt()
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .map(|r| r.into_inner().items)
+            .unwrap_or_default();
+        for p in pods {
+            let _ = self
+                .rt()
+                .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                    pod_sandbox_id: p.id.clone(),
+                })
+                .await;
+            let _ = self
+                .rt()
+                .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                    pod_sandbox_id: p.id,
+                })
+                .await;
+        }
+    }
+
+    fn sigkill(&mut self) -> tempfile::TempDir {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let dir = tempfile::TempDir::new().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            for _ in 0..50 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Removes everything through the API, then stops crid.
+    async fn finish(mut self) {
+        self.remove_all().await;
+        let left: Vec<_> = std::fs::read_dir(self.path().join("root/containers"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "containers left: {left:?}");
+        self.kill();
+    }
+}
+
+impl Drop for Crid {
+    fn drop(&mut self) {
+        self.kill();
+        // Whatever a failed test left running or mounted must not outlive it.
+        let runc_root = self.dir.path().join("state/runc");
+        if let Ok(entries) = std::fs::read_dir(&runc_root) {
+            for e in entries.flatten() {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["delete", "--force"])
+                    .arg(e.file_name())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let here = self.dir.path().to_string_lossy().into_owned();
+            for line in mounts.lines() {
+                if let Some(point) = line.split(' ').nth(4).filter(|p| p.starts_with(&here)) {
+                    let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        }
+    }
+}
+
+fn log_text(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("crid.log")).unwrap_or_default()
+}
+
+fn container(image: &str, name: &str, args: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: args.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Node as i32,
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn security(c: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
+    c.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+/// The log's records as (stream, tag, text), checking each timestamp's format.
+fn log_records(path: &Path) -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let mut parts = l.splitn(4, ' ');
+            let (t, s, tag) = (
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+            );
+            assert!(rfc3339_nano(t), "bad timestamp in {l:?}");
+            assert!(matches!(s, "stdout" | "stderr"), "bad stream in {l:?}");
+            assert!(matches!(tag, "F" | "P"), "bad tag in {l:?}");
+            (
+                s.to_owned(),
+                tag.to_owned(),
+                parts.next().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// `2006-01-02T15:04:05.999999999Z07:00`: fraction of 1 to 9 digits or none, then a zone.
+fn rfc3339_nano(t: &str) -> bool {
+    let b = t.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    if b.len() < 20
+        || !digits(0..4)
+        || b[4] != b'-'
+        || !digits(5..7)
+        || b[7] != b'-'
+        || !digits(8..10)
+        || b[10] != b'T'
+        || !digits(11..13)
+        || b[13] != b':'
+        || !digits(14..16)
+        || b[16] != b':'
+        || !digits(17..19)
+    {
+        return false;
+    }
+    let mut rest = &t[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if !(1..=9).contains(&n) || frac.as_bytes()[n - 1] == b'0' {
+            return false;
+        }
+        rest = &frac[n..];
+    }
+    rest == "Z" || (rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')))
+}
+
+fn log_path(crid: &Crid, pod: &str, name: &str) -> PathBuf {
+    crid.path().join("logs").join(pod).join(name).join("0.log")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_exit_codes_env_user_and_workdir() {
+    let Some(image) = image() else { return };
+    let crid = Crid::start(tempfile::tempdir().unwrap()).await;
+    crid.pull(&image).await;
+    let pod = crid.pod("logs").await;
+
+    let long = "x".repeat(40 * 1024);
+    let script =
+        format!("echo hello world; echo oops >&2; printf '{long}\\n'; printf tail; exit 42");
+    let failing = crid
+        .run(&pod, container(&image, "echo", &["sh", "-c", &script]))
+        .await;
+    let s = crid.wait_exited(&failing).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (42, "Error"));
+    assert!(s.finished_at >= s.started_at && s.started_at > 0);
+    let records = log_records(&log_path(&crid, "logs", "echo"));
+    let full: Vec<_> = records.iter().filter(|r| r.0 == "stdout").collect();
+    assert_eq!(
+        full[0],
+        &("stdout".into(), "F".into(), "hello world".into())
+    );
+    assert!(records.contains(&("stderr".into(), "F".into(), "oops".into())));
+    // 40 KiB: two 16 KiB partial records and the rest as a full one.
+    assert_eq!(full[1].1, "P");
+    assert_eq!(full[2].1, "P");
+    assert_eq!(full[3].1, "F");
+    assert_eq!(
+        full[1].2.len() + full[2].2.len() + full[3].2.len(),
+        long.len()
+    );
+    assert_eq!(full[4], &("stdout".into(), "F".into(), "tail".into()));
+    assert_eq!(
+        s.log_path,
+        log_path(&crid, "logs", "echo").display().to_string()
+    );
+
+    let mut c = container(&image, "env", &[]);
+    c.command = vec![];
+    c.args = vec![
+        "sh".into(),
+        "-c".into(),
+        "echo $FOO; pwd; id -u; id -g; id -G".into(),
+    ];
+    c.envs = vec![cri::KeyValue {
+        key: "FOO".into(),
+        value: "bar baz".into(),
+    }];
+    c.working_dir = "/tmp".into();
+    security(&mut c).run_as_username = "nobody".into();
+    let ok = crid.run(&pod, c).await;
+    let s = crid.wait_exited(&ok).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+    let out: Vec<String> = log_records(&log_path(&crid, "logs", "env"))
+        .into_iter()
+        .map(|r| r.2)
+        .collect();
+    assert_eq!(out, vec!["bar baz", "/tmp", "65534", "65534", "65534 50"]);
+
+    let mut c = container(&image, "uid", &["sh", "-c", "id -u; id -g"]);
+    security(&mut c).run_as_user = Some(cri::Int64Value { value: 1234 });
+    security(&mut c).run_as_group = Some(cri::Int64Value { value: 5678 });
+    let id = crid.run(&pod, c).await;
+    crid.wait_exited(&id).await;
+    let out: Vec<String> = log_records(&log_path(&crid, "logs", "uid"))
+        .into_iter()
+        .map(|r| r.2)
+        .collect();
+    assert_eq!(out, vec!["1234", "5678"]);
+    crid.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mounts_readonly_rootfs_capabilities_and_seccomp() {
+    let Some(image) = image() else { return };
+    let crid = Crid::start(tempfile::tempdir().unwrap()).await;
+    crid.pull(&image).await;
+    let pod = crid.pod("sec").await;
+    let host = crid.path().join("vol");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("in"), "from host").unwrap();
+
+    let mut c = container(
+        &image,
+        "mounts",
+        &[
+            "sh",
+            "-c",
+            "cat /rw/in; echo; echo written > /rw/out; echo x > /ro/f && echo ro-writable; touch /rootfs-file && echo rootfs-writable; echo end",
+        ],
+    );
+    for (path, ro) in [("/rw", false), ("/ro", true)] {
+        c.mounts.push(cri::Mount {
+            container_path: path.into(),
+            host_path: host.display().to_string(),
+            readonly: ro,
+            ..Default::default()
+        });
+    }
+    security(&mut c).readonly_rootfs = true;
+    let id = crid.run(&pod, c).await;
+    let s = crid.wait_exited(&id).await;
+    assert_eq!(s.exit_code, 0);
+    let out: Vec<String> = log_records(&log_path(&crid, "logs", "mounts"))
+        .into_iter()
+        .filter(|r| r.0 == "stdout")
+        .map(|r| r.2)
+        .collect();
+    assert_eq!(out, vec!["from host", "end"]);
+    assert_eq!(
+        std::fs::read_to_string(host.join("out")).unwrap(),
+        "written\n"
+    );
+    assert!(!host.join("f").exists());
+    assert_eq!(s.mounts.len(), 2);
+
+    let status_line = "grep -E '^(CapEff|Seccomp):' /proc/self/status";
+    let mut c = container(&image, "caps", &["sh", "-c", status_line]);
+    let sc = security(&mut c);
+    sc.capabilities = Some(cri::Capability {
+        add_capabilities: vec!["NET_ADMIN".into()],
+        drop_capabilities: vec!["ALL".into()],
+        ..Default::default()
+    });
+    sc.seccomp = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+        ..Default::default()
+    });
+    let id = crid.run(&pod, c).await;
+    crid.wait_exited(&id).await;
+    let text: Vec<String> = log_records(&log_path(&crid, "logs", "caps"))
+        .into_iter()
+        .map(|r| r.2.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(text, vec!["CapEff: 0000000000001000", "Seccomp: 2"]);
+
+    let mut c = container(&image, "unconfined", &["sh", "-c", status_line]);
+    security(&mut c).seccomp = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::Unconfined as i32,
+        ..Default::default()
+    });
+    let id = crid.run(&pod, c).await;
+    crid.wait_exited(&id).await;
+    let text: Vec<String> = log_records(&log_path(&crid, "logs", "unconfined"))
+        .into_iter()
+        .map(|r| r.2.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    // The default set: chown dac_override fowner fsetid kill setgid setuid setpcap
+    // net_bind_service net_raw sys_chroot mknod audit_write setfcap.
+    assert_eq!(text, vec!["CapEff: 00000000a80425fb", "Seccomp: 0"]);
+
+    // A Localhost profile under the root that refuses mkdir with EPERM.
+    std::fs::write(
+        crid.path().join("seccomp/no-mkdir.json"),
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+    )
+    .unwrap();
+    let mut c = container(
+        &image,
+        "localhost",
+        &["sh", "-c", "mkdir /tmp/d || echo refused"],
+    );
+    security(&mut c).seccomp = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::Localhost as i32,
+        localhost_ref: crid
+            .path()
+            .join("seccomp/no-mkdir.json")
+            .display()
+            .to_string(),
+    });
+    let id = crid.run(&pod, c).await;
+    crid.wait_exited(&id).await;
+    let out: Vec<String> = log_records(&log_path(&crid, "logs", "localhost"))
+        .into_iter()
+        .filter(|r| r.0 == "stdout")
+        .map(|r| r.2)
+        .collect();
+    assert_eq!(out, vec!["refused"]);
+    crid.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_limit_kills_a_hog_with_oomkilled() {
+    let Some(image) = image() else { return };
+    let crid = Crid::start(tempfile::tempdir().unwrap()).await;
+    crid.pull(&image).await;
+    let pod = crid.pod("oom").await;
+    // The shell doubles a string until the 32 MiB limit stops it.
+    let mut c = container(
+        &image,
+        "hog",
+        &["sh", "-c", "x=aaaaaaaa; while true; do x=$x$x; done"],
+    );
+    c.linux.get_or_insert_with(Default::default).resources = Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: 32 << 20,
+        ..Default::default()
+    });
+    let id = crid.run(&pod, c).await;
+    let s = crid.wait_exited(&id).await;
+    assert_eq!(
+        (s.exit_code, s.reason.as_str()),
+        (137, "OOMKilled"),
+        "{s:?}"
+    );
+    crid.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_sync_stats_update_reopen_stop_and_events() {
+    let Some(image) = image() else { return };
+    let crid = Crid::start(tempfile::tempdir().unwrap()).await;
+    crid.pull(&image).await;
+    let mut events = crid
+        .rt()
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let pod = crid.pod("exec").await;
+    let c = container(
+        &image,
+        "ticker",
+        &[
+            "sh",
+            "-c",
+            "trap 'echo bye; exit 3' TERM; while true; do echo tick; sleep 0.2; done",
+        ],
+    );
+    let id = crid.run(&pod, c).await;
+    let (s, info) = crid.status(&id).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
+    let pid = info["pid"].as_i64().unwrap();
+    assert!(pid > 0);
+    assert_eq!(info["runtimeSpec"]["process"]["args"][0], "sh");
+
+    let out = crid
+        .exec(&id, &["sh", "-c", "echo out; echo err >&2; exit 3"], 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.stdout.as_slice(), out.stderr.as_slice(), out.exit_code),
+        (&b"out\n"[..], &b"err\n"[..], 3)
+    );
+    let big = crid
+        .exec(&id, &["sh", "-c", "head -c 20000000 /dev/zero"], 30)
+        .await
+        .unwrap();
+    assert_eq!(big.stdout.len(), 16 * 1024 * 1024);
+    let e = crid.exec(&id, &["sleep", "30"], 1).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+
+    // Stats: CPU and memory are non-zero.
+    let st = crid
+        .rt()
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(st.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    assert!(st.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    let all = crid
+        .rt()
+        .list_container_stats(cri::ListContainerStatsRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(all.len(), 1);
+    let pst = crid
+        .rt()
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.0.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(pst.linux.unwrap().containers.len(), 1);
+
+    // UpdateContainerResources reaches the cgroup.
+    crid.rt()
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 96 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let cg = info["cgroupsPath"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches('/')
+        .to_owned();
+    let limit_file = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        PathBuf::from("/sys/fs/cgroup").join(&cg).join("memory.max")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/memory")
+            .join(&cg)
+            .join("memory.limit_in_bytes")
+    };
+    assert_eq!(
+        std::fs::read_to_string(&limit_file).unwrap().trim(),
+        (96u64 << 20).to_string()
+    );
+
+    // Log rotation: rename, reopen, new lines land in a new file.
+    let log = log_path(&crid, "exec", "ticker");
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    crid.rt()
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !log_records(&log).iter().any(|r| r.2 == "tick") {
+        assert!(Instant::now() < deadline, "no new log after reopen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Stop: SIGTERM runs the trap; the exit code is the script's.
+    crid.rt()
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 10,
+        })
+        .await
+        .unwrap();
+    let (s, _) = crid.status(&id).await;
+    assert_eq!(
+        (s.state, s.exit_code),
+        (cri::ContainerState::ContainerExited as i32, 3)
+    );
+    assert!(log_records(&log).iter().any(|r| r.2 == "bye"));
+    // Idempotent stop and remove; a second remove of a gone container is fine too.
+    for _ in 0..2 {
+        crid.rt()
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 0,
+            })
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        crid.rt()
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    let e = crid
+        .rt()
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    let mut kinds = Vec::new();
+    while kinds.len() < 4 {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("event in time")
+            .unwrap()
+            .unwrap();
+        if e.container_id == id {
+            kinds.push(e.container_event_type);
+        }
+    }
+    use cri::ContainerEventType as E;
+    assert_eq!(
+        kinds,
+        vec![
+            E::ContainerCreatedEvent as i32,
+            E::ContainerStartedEvent as i32,
+            E::ContainerStoppedEvent as i32,
+            E::ContainerDeletedEvent as i32
+        ]
+    );
+    crid.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_survive_a_crid_sigkill() {
+    let Some(image) = image() else { return };
+    let mut crid = Crid::start(tempfile::tempdir().unwrap()).await;
+    crid.pull(&image).await;
+    let pod = crid.pod("restart").await;
+    let long = crid
+        .run(&pod, container(&image, "long", &["sleep", "1000"]))
+        .await;
+    let flag = crid.path().join("vol");
+    std::fs::create_dir_all(&flag).unwrap();
+    // Exits once the test says so (while crid is down).
+    let mut c = container(
+        &image,
+        "short",
+        &[
+            "sh",
+            "-c",
+            "echo started; while [ ! -e /v/go ]; do sleep 0.1; done; echo done; exit 7",
+        ],
+    );
+    c.mounts.push(cri::Mount {
+        container_path: "/v".into(),
+        host_path: flag.display().to_string(),
+        ..Default::default()
+    });
+    let short = crid.run(&pod, c).await;
+    let (_, info) = crid.status(&long).await;
+    let pid = info["pid"].as_i64().unwrap();
+
+    let dir = crid.sigkill();
+    std::fs::write(flag.join("go"), "").unwrap();
+    let exit_file = dir
+        .path()
+        .join("root/containers")
+        .join(&short)
+        .join("exit.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !exit_file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the short container did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let crid = Crid::start(dir).await;
+    let (s, info) = crid.status(&long).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
+    assert_eq!(info["pid"].as_i64().unwrap(), pid);
+    let s = crid.wait_exited(&short).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (7, "Error"));
+    let out: Vec<String> = log_records(&log_path(&crid, "restart", "short"))
+        .into_iter()
+        .map(|r| r.2)
+        .collect();
+    assert_eq!(out, vec!["started", "done"]);
+    // The re-attached container still stops normally.
+    crid.rt()
+        .stop_container(cri::StopContainerRequest {
+            container_id: long.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+    let (s, _) = crid.status(&long).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    crid.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_are_invalid_arguments_and_leave_nothing() {
+    let Some(image) = image() else { return };
+    let crid = Crid::start(tempfile::tempdir().unwrap()).await;
+    crid.pull(&image).await;
+    let pod = crid.pod("bad").await;
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(
+        outside.path().join("p.json"),
+        r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#,
+    )
+    .unwrap();
+    let base = container(&image, "bad", &["true"]);
+    let mount = |host: &str, ctr: &str| {
+        let mut c = base.clone();
+        c.mounts.push(cri::Mount {
+            container_path: ctr.into(),
+            host_path: host.into(),
+            ..Default::default()
+        });
+        c
+    };
+    let mut cases = vec![
+        ("relative host path", mount("tmp", "/x")),
+        ("dot-dot host path", mount("/tmp/../etc", "/x")),
+        ("/proc", mount("/tmp", "/proc")),
+        ("under /proc", mount("/tmp", "/proc/sys/kernel")),
+    ];
+    let mut c = base.clone();
+    security(&mut c).capabilities = Some(cri::Capability {
+        add_capabilities: vec!["CAP_MAKE_COFFEE".into()],
+        ..Default::default()
+    });
+    cases.push(("unknown capability", c));
+    let mut c = base.clone();
+    security(&mut c).seccomp = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::Localhost as i32,
+        localhost_ref: outside.path().join("p.json").display().to_string(),
+    });
+    cases.push(("seccomp outside the root", c));
+    let mut c = base.clone();
+    c.log_path = "../../escape.log".into();
+    cases.push(("log path escape", c));
+    let mut c = base.clone();
+    security(&mut c).run_as_user = Some(cri::Int64Value { value: 1 << 31 });
+    cases.push(("uid above 2^31-1", c));
+    let mut c = base.clone();
+    c.metadata = None;
+    cases.push(("no metadata", c));
+    for (what, c) in cases {
+        let e = crid.create(&pod, c).await.expect_err(what);
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+    }
+    let list = crid
+        .rt()
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(list.is_empty());
+    let left: Vec<_> = std::fs::read_dir(crid.path().join("root/containers"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!crid.path().join("escape.log").exists());
+
+    // A container name is reserved once per pod; unknown ids are NOT_FOUND.
+    let id = crid.create(&pod, base.clone()).await.unwrap();
+    let e = crid.create(&pod, base.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    let e = crid
+        .rt()
+        .start_container(cri::StartContainerRequest {
+            container_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    crid.start_container(&id).await;
+    crid.wait_exited(&id).await;
+    let e = crid
+        .rt()
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let filtered = crid
+        .rt()
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                state: Some(cri::ContainerStateValue {
+                    state: cri::ContainerState::ContainerExited as i32,
+                }),
+                pod_sandbox_id: pod.0.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(filtered.len(), 1);
+    crid.finish().await;
+}

@@ -1,0 +1,208 @@
+//! Container cgroup paths for the cgroupfs and systemd drivers, on cgroup v1 (hybrid) and v2
+//! hosts, and the statistics read from them.
+
+use std::path::{Path, PathBuf};
+
+use crate::pod::CgroupDriver;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Whether the host runs the unified (v2-only) hierarchy.
+pub fn is_v2() -> bool {
+    Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
+}
+
+/// runc's `cgroupsPath` for a container of a pod with `parent` (validated by the pod manager).
+pub fn cgroups_path(driver: CgroupDriver, parent: &str, id: &str) -> String {
+    match driver {
+        CgroupDriver::Cgroupfs => {
+            let parent = parent.trim_end_matches('/');
+            if parent.is_empty() {
+                format!("/crid/{id}")
+            } else if parent.starts_with('/') {
+                format!("{parent}/{id}")
+            } else {
+                format!("/{parent}/{id}")
+            }
+        }
+        CgroupDriver::Systemd => {
+            let parent = if parent.is_empty() {
+                "system.slice"
+            } else {
+                parent.rsplit('/').next().unwrap_or(parent)
+            };
+            format!("{parent}:crid:{id}")
+        }
+    }
+}
+
+/// Expands a systemd slice name into its path: `a-b.slice` → `a.slice/a-b.slice`.
+fn expand_slice(slice: &str) -> String {
+    let Some(name) = slice.strip_suffix(".slice") else {
+        return slice.to_owned();
+    };
+    if name == "-" || name.is_empty() {
+        return String::new();
+    }
+    let mut path = String::new();
+    let mut prefix = String::new();
+    for part in name.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push_str(&prefix);
+        path.push_str(".slice/");
+    }
+    path.trim_end_matches('/').to_owned()
+}
+
+/// The cgroup's directory relative to a hierarchy's root.
+pub fn relative_dir(cgroups_path: &str) -> PathBuf {
+    let parts: Vec<&str> = cgroups_path.split(':').collect();
+    if parts.len() == 3 && !cgroups_path.starts_with('/') {
+        let slice = expand_slice(parts[0]);
+        PathBuf::from(slice).join(format!("{}-{}.scope", parts[1], parts[2]))
+    } else {
+        PathBuf::from(cgroups_path.trim_start_matches('/'))
+    }
+}
+
+/// The container's directory of one controller (`memory`, `cpuacct`, ...); on v2 the one
+/// unified directory.
+pub fn controller_dir(controller: &str, cgroups_path: &str) -> PathBuf {
+    let rel = relative_dir(cgroups_path);
+    if is_v2() {
+        Path::new(CGROUP_ROOT).join(rel)
+    } else {
+        Path::new(CGROUP_ROOT).join(controller).join(rel)
+    }
+}
+
+/// Usage numbers of one cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupStats {
+    pub cpu_usage_ns: u64,
+    pub memory_usage: u64,
+    pub memory_working_set: u64,
+    pub memory_rss: u64,
+    pub page_faults: u64,
+    pub major_page_faults: u64,
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn stat_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// Reads the stats of the cgroup at `cgroups_path`; `None` when it does not exist.
+pub fn read_stats(cgroups_path: &str) -> Option<CgroupStats> {
+    if is_v2() {
+        let dir = controller_dir("", cgroups_path);
+        let cpu = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+        let usage = read_u64(&dir.join("memory.current")).unwrap_or(0);
+        let mem = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
+        let inactive = stat_field(&mem, "inactive_file").unwrap_or(0);
+        Some(CgroupStats {
+            cpu_usage_ns: stat_field(&cpu, "usage_usec").unwrap_or(0) * 1000,
+            memory_usage: usage,
+            memory_working_set: usage.saturating_sub(inactive),
+            memory_rss: stat_field(&mem, "anon").unwrap_or(0),
+            page_faults: stat_field(&mem, "pgfault").unwrap_or(0),
+            major_page_faults: stat_field(&mem, "pgmajfault").unwrap_or(0),
+        })
+    } else {
+        let mdir = controller_dir("memory", cgroups_path);
+        let cdir = controller_dir("cpuacct", cgroups_path);
+        let cpu = read_u64(&cdir.join("cpuacct.usage"));
+        let usage = read_u64(&mdir.join("memory.usage_in_bytes"));
+        if cpu.is_none() && usage.is_none() {
+            return None;
+        }
+        let usage = usage.unwrap_or(0);
+        let mem = std::fs::read_to_string(mdir.join("memory.stat")).unwrap_or_default();
+        let inactive = stat_field(&mem, "total_inactive_file").unwrap_or(0);
+        Some(CgroupStats {
+            cpu_usage_ns: cpu.unwrap_or(0),
+            memory_usage: usage,
+            memory_working_set: usage.saturating_sub(inactive),
+            memory_rss: stat_field(&mem, "total_rss").unwrap_or(0),
+            page_faults: stat_field(&mem, "total_pgfault").unwrap_or(0),
+            major_page_faults: stat_field(&mem, "total_pgmajfault").unwrap_or(0),
+        })
+    }
+}
+
+/// Bytes and inodes used under `dir` (the container's writable layer), not crossing into
+/// other file systems.
+pub fn disk_usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root) = std::fs::symlink_metadata(dir) else {
+        return (0, 0);
+    };
+    let dev = root.dev();
+    let (mut bytes, mut inodes) = (0u64, 0u64);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.dev() != dev {
+                continue;
+            }
+            inodes += 1;
+            bytes += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    (bytes, inodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_for_both_drivers() {
+        assert_eq!(cgroups_path(CgroupDriver::Cgroupfs, "", "c1"), "/crid/c1");
+        assert_eq!(
+            cgroups_path(CgroupDriver::Cgroupfs, "/kubepods/pod1/", "c1"),
+            "/kubepods/pod1/c1"
+        );
+        assert_eq!(
+            cgroups_path(
+                CgroupDriver::Systemd,
+                "kubepods-besteffort-pod1.slice",
+                "c1"
+            ),
+            "kubepods-besteffort-pod1.slice:crid:c1"
+        );
+        assert_eq!(
+            relative_dir("kubepods-besteffort-pod1.slice:crid:c1"),
+            PathBuf::from(
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/crid-c1.scope"
+            )
+        );
+        assert_eq!(relative_dir("/crid/c1"), PathBuf::from("crid/c1"));
+    }
+
+    #[test]
+    fn disk_usage_counts_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("a")).unwrap();
+        std::fs::write(d.path().join("a/f"), vec![1u8; 10_000]).unwrap();
+        let (bytes, inodes) = disk_usage(d.path());
+        assert_eq!(inodes, 2);
+        assert!(bytes >= 10_000);
+    }
+}

@@ -1,0 +1,156 @@
+//! The container request as the sandbox crate sees it (crid converts CRI messages into these),
+//! and the facts about the pod a container joins.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// How a container gets one of its namespaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum NsSource {
+    /// A new namespace of its own.
+    #[default]
+    New,
+    /// The host's namespace.
+    Host,
+    /// The namespace bind-mounted (or held by a process) at this path.
+    Join(PathBuf),
+}
+
+/// What a container needs to know about its pod.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct PodContext {
+    pub id: String,
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub network: NsSource,
+    pub ipc: NsSource,
+    pub uts: NsSource,
+    /// The pod-wide PID namespace, when the pod shares one (`NamespaceMode::POD`) or the host's.
+    pub pid: NsSource,
+    pub hostname: String,
+    /// Files to bind into the container when they exist.
+    pub hosts_file: Option<PathBuf>,
+    pub resolv_conf: Option<PathBuf>,
+    pub hostname_file: Option<PathBuf>,
+    /// The pod's shared `/dev/shm` (a tmpfs mount), when it has one.
+    pub shm_dir: Option<PathBuf>,
+    /// `PodSandboxConfig.log_directory`; container `log_path`s are relative to it.
+    pub log_directory: Option<PathBuf>,
+    pub cgroup_parent: String,
+    pub sysctls: BTreeMap<String, String>,
+    pub privileged: bool,
+    pub is_unikernel: bool,
+}
+
+/// Mount propagation of a CRI mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Propagation {
+    #[default]
+    Private,
+    HostToContainer,
+    Bidirectional,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MountSpec {
+    pub container_path: String,
+    pub host_path: String,
+    pub readonly: bool,
+    pub propagation: Propagation,
+    pub selinux_relabel: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DeviceSpec {
+    pub container_path: String,
+    pub host_path: String,
+    pub permissions: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Resources {
+    pub cpu_period: i64,
+    pub cpu_quota: i64,
+    pub cpu_shares: i64,
+    pub memory_limit_in_bytes: i64,
+    pub memory_swap_limit_in_bytes: i64,
+    pub oom_score_adj: i64,
+    pub cpuset_cpus: String,
+    pub cpuset_mems: String,
+    /// (page size such as "2MB", limit in bytes).
+    pub hugepage_limits: Vec<(String, u64)>,
+    pub unified: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum SeccompProfile {
+    /// What the CRI calls unspecified; crid treats it as `Unconfined`, like containerd.
+    #[default]
+    Unconfined,
+    RuntimeDefault,
+    /// An absolute path to a JSON profile under the configured profile root.
+    Localhost(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SecurityContext {
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
+    pub add_ambient_capabilities: Vec<String>,
+    pub privileged: bool,
+    /// PID namespace mode asked for this container: `New` (container), `Host` (node) or the
+    /// pod's (target/pod modes resolve to a path by crid).
+    pub pid: Option<NsSource>,
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub run_as_username: String,
+    pub readonly_rootfs: bool,
+    pub supplemental_groups: Vec<i64>,
+    pub no_new_privs: bool,
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+    pub seccomp: SeccompProfile,
+}
+
+/// A container to create.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ContainerConfig {
+    pub name: String,
+    pub attempt: u32,
+    /// The image as the caller named it.
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub working_dir: String,
+    pub envs: Vec<(String, String)>,
+    pub mounts: Vec<MountSpec>,
+    pub devices: Vec<DeviceSpec>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Relative to the pod's log directory.
+    pub log_path: String,
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
+    pub resources: Resources,
+    pub security: SecurityContext,
+    pub stop_signal: Option<String>,
+}
+
+/// The image a container runs, resolved by crid through the image store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ImageInfo {
+    /// `sha256:...` image id.
+    pub id: String,
+    /// The reference to report (`ContainerStatus.image`).
+    pub reference: String,
+    /// The digested reference (`ContainerStatus.image_ref`).
+    pub image_ref: String,
+    /// Raw OCI image config JSON.
+    pub config_json: String,
+    /// Layer directories, bottom first.
+    pub layer_dirs: Vec<PathBuf>,
+}

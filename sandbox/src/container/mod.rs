@@ -1,0 +1,1158 @@
+//! Containers run by runc: records persisted under `<root>/containers/<id>/`, the CRI state
+//! machine (`Created → Running → Exited`, `Unknown` when the truth is lost), name reservation,
+//! the overlayfs rootfs over the image's shared layers, the OCI spec ([`spec`]) and the
+//! per-container monitor ([`crate::monitor`]) that owns stdio, logs and the exit status.
+//!
+//! On-disk layout per container:
+//! - `<root>/containers/<id>/`: `record.json`, `config.json` (the runc bundle), `rootfs/`
+//!   (overlay mount point), `upper/`, `work/`, `exit.json` (written by the monitor).
+//! - `<state>/containers/<id>/`: `monitor.json`, `monitor.pid`, `container.pid`, `runc.log`,
+//!   `monitor.log` and exec process files.
+//!
+//! The exit file is the truth: a container whose exit file exists has exited; one whose
+//! monitor is alive runs; one whose monitor vanished without an exit file is `Exited` with
+//! exit code 255 and reason `Unknown` (e.g. after a reboot).
+
+pub mod cgroups;
+pub mod config;
+pub mod spec;
+pub mod user;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+pub use self::config::{
+    ContainerConfig, DeviceSpec, ImageInfo, MountSpec, NsSource, PodContext, Propagation,
+    Resources, SeccompProfile, SecurityContext,
+};
+use crate::SandboxError;
+use crate::monitor::{ExitRecord, Launch, MonitorHandle, MonitorSpec};
+use crate::pod::{CgroupDriver, PodRecord};
+use crate::runc::{ExecOutput, Runc};
+
+/// ExecSync output limit per stream.
+pub const EXEC_OUTPUT_CAP: usize = 16 * 1024 * 1024;
+
+/// CRI container states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+    Unknown,
+}
+
+/// What runs the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Backend {
+    /// `runc create` under the monitor, then `runc start`.
+    #[default]
+    Runc,
+    /// An arbitrary process under the monitor (a VMM), signalled directly.
+    Process,
+}
+
+/// Everything crid knows about a container; persisted as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub pod_id: String,
+    pub config: ContainerConfig,
+    pub pod: PodContext,
+    pub image: ImageInfo,
+    pub backend: Backend,
+    pub state: ContainerState,
+    /// Nanoseconds since the epoch; 0 when not yet.
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    /// The container's init process as seen from the host.
+    pub pid: i32,
+    pub log_path: Option<PathBuf>,
+    pub cgroups_path: String,
+    /// The signal `StopContainer` sends first.
+    pub stop_signal: String,
+}
+
+impl ContainerRecord {
+    /// `(name, attempt)` within the pod: the reservation key.
+    fn name_key(&self) -> String {
+        name_key(&self.pod_id, &self.config.name, self.config.attempt)
+    }
+}
+
+fn name_key(pod: &str, name: &str, attempt: u32) -> String {
+    format!("{pod}/{name}/{attempt}")
+}
+
+/// Container lifecycle events (CRI `GetContainerEvents`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Created,
+    Started,
+    Stopped,
+    Deleted,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerEvent {
+    pub kind: EventKind,
+    pub container_id: String,
+    pub pod_id: String,
+    pub at: i64,
+    /// The container as it was right after the event (last known for `Deleted`).
+    pub record: ContainerRecord,
+}
+
+/// `ListContainers` filter.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerFilter {
+    pub id_prefix: String,
+    pub state: Option<ContainerState>,
+    pub pod_id: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ContainerFilter {
+    pub fn matches(&self, r: &ContainerRecord) -> bool {
+        r.id.starts_with(&self.id_prefix)
+            && self.state.is_none_or(|s| s == r.state)
+            && (self.pod_id.is_empty() || r.pod_id == self.pod_id)
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| r.config.labels.get(k) == Some(v))
+    }
+}
+
+/// Usage of one container.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ContainerStats {
+    pub timestamp: i64,
+    pub cgroup: cgroups::CgroupStats,
+    pub writable_bytes: u64,
+    pub writable_inodes: u64,
+}
+
+/// Settings of the container manager.
+#[derive(Debug, Clone)]
+pub struct ContainerSettings {
+    /// crid's persistent root; records live in `<root>/containers`.
+    pub root: PathBuf,
+    /// crid's volatile state dir; runc's root is `<state>/runc`.
+    pub state: PathBuf,
+    pub runc: PathBuf,
+    pub cgroup_driver: CgroupDriver,
+    /// The crid binary, run as `crid monitor`.
+    pub monitor_exe: PathBuf,
+    pub seccomp_profile_root: PathBuf,
+}
+
+struct Entry {
+    record: Mutex<ContainerRecord>,
+    /// Serialises lifecycle operations on one container (never held by the store lock).
+    op: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Inner {
+    containers: HashMap<String, Arc<Entry>>,
+    names: HashMap<String, String>,
+}
+
+/// All containers of this node.
+pub struct ContainerManager {
+    settings: ContainerSettings,
+    runc: Runc,
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<ContainerEvent>,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn new_id() -> Result<String, SandboxError> {
+    let mut bytes = [0u8; 32];
+    let path = Path::new("/dev/urandom");
+    std::io::Read::read_exact(
+        &mut std::fs::File::open(path).map_err(|e| SandboxError::io(path, e))?,
+        &mut bytes,
+    )
+    .map_err(|e| SandboxError::io(path, e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn runtime_err(op: &str, reason: impl Into<String>) -> SandboxError {
+    SandboxError::Runtime {
+        op: op.into(),
+        reason: reason.into(),
+    }
+}
+
+fn not_found(id: &str) -> SandboxError {
+    SandboxError::NotFound {
+        what: "container",
+        id: id.to_owned(),
+    }
+}
+
+impl PodContext {
+    /// The facts a container needs from its pod's record. `pid` is the PID namespace the
+    /// container asked for, already resolved by the caller (pod holder, target, host, own).
+    pub fn from_pod(pod: &PodRecord, pid: NsSource) -> PodContext {
+        let join = |p: &Option<PathBuf>| match p {
+            Some(p) => NsSource::Join(p.clone()),
+            None => NsSource::Host,
+        };
+        let opt = |p: &PathBuf| (!p.as_os_str().is_empty()).then(|| p.clone());
+        PodContext {
+            id: pod.id.clone(),
+            name: pod.config.metadata.name.clone(),
+            namespace: pod.config.metadata.namespace.clone(),
+            uid: pod.config.metadata.uid.clone(),
+            network: join(&pod.paths.netns),
+            ipc: join(&pod.paths.ipcns),
+            uts: join(&pod.paths.utsns),
+            pid,
+            hostname: pod.config.hostname.clone(),
+            hosts_file: opt(&pod.paths.hosts),
+            resolv_conf: opt(&pod.paths.resolv_conf),
+            hostname_file: opt(&pod.paths.hostname),
+            shm_dir: opt(&pod.paths.shm),
+            log_directory: (!pod.config.log_directory.is_empty())
+                .then(|| PathBuf::from(&pod.config.log_directory)),
+            cgroup_parent: pod.cgroup_parent.clone(),
+            sysctls: pod.config.sysctls.clone(),
+            privileged: pod.config.privileged,
+            is_unikernel: pod.kind == crate::pod::PodKind::Unikernel,
+        }
+    }
+}
+
+/// The lowest `oom_score_adj` this process may set (without `CAP_SYS_RESOURCE`, its own).
+fn own_oom_score_adj() -> i64 {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether `path` is a mount point (its device differs from its parent's).
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(a), Some(Ok(b))) = (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) else {
+        return false;
+    };
+    a.dev() != b.dev()
+}
+
+fn remove_dir(path: &Path) -> Result<(), SandboxError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(SandboxError::io(path, e)),
+    }
+}
+
+/// Normalises a signal name for runc (`TERM`, `SIGTERM`, `15`).
+fn stop_signal(name: &str) -> Result<String, SandboxError> {
+    let n = name.trim().to_ascii_uppercase();
+    if n.is_empty() {
+        return Ok("SIGTERM".into());
+    }
+    if n.parse::<u8>().is_ok_and(|v| (1..=64).contains(&v)) {
+        return Ok(n);
+    }
+    let bare = n.strip_prefix("SIG").unwrap_or(&n);
+    if !bare.is_empty()
+        && bare
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+' || c == '-')
+    {
+        Ok(format!("SIG{bare}"))
+    } else {
+        Err(SandboxError::InvalidArgument {
+            reason: format!("invalid stop signal {name:?}"),
+        })
+    }
+}
+
+impl ContainerManager {
+    /// Loads the containers recorded under `<root>/containers` and re-attaches to the
+    /// monitors still running. Must be called inside the tokio runtime (it spawns watchers).
+    pub fn open(settings: ContainerSettings) -> Result<Arc<ContainerManager>, SandboxError> {
+        let dir = settings.root.join("containers");
+        std::fs::create_dir_all(&dir).map_err(|e| SandboxError::io(&dir, e))?;
+        let sdir = settings.state.join("containers");
+        std::fs::create_dir_all(&sdir).map_err(|e| SandboxError::io(&sdir, e))?;
+        let runc = Runc {
+            binary: settings.runc.clone(),
+            root: settings.state.join("runc"),
+            systemd_cgroup: settings.cgroup_driver == CgroupDriver::Systemd,
+        };
+        let (events, _) = broadcast::channel(1024);
+        let manager = Arc::new(ContainerManager {
+            settings,
+            runc,
+            inner: Mutex::new(Inner::default()),
+            events,
+        });
+        manager.recover()?;
+        Ok(manager)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn entry(&self, id: &str) -> Option<Arc<Entry>> {
+        self.lock().containers.get(id).cloned()
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.settings.root.join("containers").join(id)
+    }
+
+    fn state_dir(&self, id: &str) -> PathBuf {
+        self.settings.state.join("containers").join(id)
+    }
+
+    fn exit_file(&self, id: &str) -> PathBuf {
+        self.dir(id).join("exit.json")
+    }
+
+    fn monitor_pid_file(&self, id: &str) -> PathBuf {
+        self.state_dir(id).join("monitor.pid")
+    }
+
+    fn save(&self, record: &ContainerRecord) -> Result<(), SandboxError> {
+        let path = self.dir(&record.id).join("record.json");
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| SandboxError::Record {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        crate::monitor::write_atomic(&path, &bytes).map_err(|e| SandboxError::io(&path, e))
+    }
+
+    fn update(
+        &self,
+        entry: &Entry,
+        f: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<ContainerRecord, SandboxError> {
+        let mut r = entry.record.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut r);
+        self.save(&r)?;
+        Ok(r.clone())
+    }
+
+    fn snapshot(entry: &Entry) -> ContainerRecord {
+        entry
+            .record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn emit(&self, kind: EventKind, record: &ContainerRecord) {
+        let _ = self.events.send(ContainerEvent {
+            kind,
+            container_id: record.id.clone(),
+            pod_id: record.pod_id.clone(),
+            at: now_ns(),
+            record: record.clone(),
+        });
+    }
+
+    /// Subscribes to lifecycle events.
+    pub fn subscribe(&self) -> broadcast::Receiver<ContainerEvent> {
+        self.events.subscribe()
+    }
+
+    fn recover(self: &Arc<Self>) -> Result<(), SandboxError> {
+        let dir = self.settings.root.join("containers");
+        let entries = std::fs::read_dir(&dir).map_err(|e| SandboxError::io(&dir, e))?;
+        let mut count = 0;
+        for e in entries.flatten() {
+            let path = e.path().join("record.json");
+            let record: ContainerRecord = match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
+                Ok(r) => r,
+                Err(err) => {
+                    if path.exists() {
+                        tracing::warn!(path = %path.display(), error = %err, "skipping unreadable container record");
+                    }
+                    continue;
+                }
+            };
+            let id = record.id.clone();
+            let entry = Arc::new(Entry {
+                record: Mutex::new(record.clone()),
+                op: tokio::sync::Mutex::new(()),
+            });
+            {
+                let mut inner = self.lock();
+                inner.names.insert(record.name_key(), id.clone());
+                inner.containers.insert(id.clone(), entry.clone());
+            }
+            count += 1;
+            match record.state {
+                ContainerState::Running => {
+                    if let Some(handle) = MonitorHandle::attach(&self.monitor_pid_file(&id), &id) {
+                        tracing::info!(container_id = %id, monitor = handle.pid, "re-attached to running container");
+                        self.watch(id, handle);
+                    } else {
+                        self.collect_exit(&entry);
+                    }
+                }
+                ContainerState::Created => {
+                    // After a reboot the rootfs mount is gone; mount it again.
+                    let rootfs = self.dir(&id).join("rootfs");
+                    if !is_mount_point(&rootfs) {
+                        if let Err(e) = self.mount_rootfs(&id, &record.image.layer_dirs) {
+                            tracing::warn!(container_id = %id, error = %e, "cannot remount rootfs");
+                        }
+                    }
+                }
+                ContainerState::Exited | ContainerState::Unknown => {}
+            }
+        }
+        tracing::info!(containers = count, "containers recovered");
+        Ok(())
+    }
+
+    /// Reads the exit file (or notes the monitor vanished) and marks the container exited.
+    fn collect_exit(&self, entry: &Entry) -> Option<ContainerRecord> {
+        let r = Self::snapshot(entry);
+        if r.state != ContainerState::Running {
+            return None;
+        }
+        let exit = ExitRecord::load(&self.exit_file(&r.id));
+        let updated = self.update(entry, |r| {
+            r.state = ContainerState::Exited;
+            match &exit {
+                Some(e) => {
+                    r.exit_code = e.exit_code;
+                    r.finished_at = e.finished_at_ns;
+                    r.reason = if e.oom_killed {
+                        "OOMKilled".into()
+                    } else if e.exit_code == 0 {
+                        "Completed".into()
+                    } else {
+                        "Error".into()
+                    };
+                }
+                None => {
+                    r.exit_code = 255;
+                    r.finished_at = now_ns();
+                    r.reason = "Unknown".into();
+                    r.message =
+                        "the container's monitor exited without recording an exit status".into();
+                }
+            }
+        });
+        match updated {
+            Ok(rec) => {
+                tracing::info!(container_id = %rec.id, exit_code = rec.exit_code, reason = %rec.reason, "container exited");
+                self.emit(EventKind::Stopped, &rec);
+                Some(rec)
+            }
+            Err(e) => {
+                tracing::error!(container_id = %r.id, error = %e, "cannot record container exit");
+                None
+            }
+        }
+    }
+
+    /// Waits in the background for the monitor of `id` to exit, then collects the exit.
+    fn watch(self: &Arc<Self>, id: String, handle: MonitorHandle) {
+        let this = Arc::downgrade(self);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(container_id = %id, "no async runtime; the container's exit is collected on demand");
+            return;
+        };
+        rt.spawn(async move {
+            if let Err(e) = handle.exited().await {
+                tracing::warn!(container_id = %id, error = %e, "cannot watch the monitor");
+                return;
+            }
+            if let Some(this) = this.upgrade() {
+                if let Some(entry) = this.entry(&id) {
+                    this.collect_exit(&entry);
+                }
+            }
+        });
+    }
+
+    fn mount_rootfs(&self, id: &str, layers: &[PathBuf]) -> Result<(), SandboxError> {
+        let dir = self.dir(id);
+        let rootfs = dir.join("rootfs");
+        let upper = dir.join("upper");
+        let work = dir.join("work");
+        for d in [&rootfs, &upper, &work] {
+            std::fs::create_dir_all(d).map_err(|e| SandboxError::io(d, e))?;
+        }
+        let mut lowers: Vec<PathBuf> = layers.iter().rev().cloned().collect();
+        if lowers.is_empty() {
+            let empty = dir.join("empty");
+            std::fs::create_dir_all(&empty).map_err(|e| SandboxError::io(&empty, e))?;
+            lowers.push(empty);
+        }
+        let join = |l: &[PathBuf]| {
+            l.iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let mut lowerdir = join(&lowers);
+        if lowerdir.len() > 3000 {
+            // The mount data is limited to a page: use short links to the layers.
+            let links = dir.join("l");
+            std::fs::create_dir_all(&links).map_err(|e| SandboxError::io(&links, e))?;
+            let mut short = Vec::new();
+            for (i, l) in lowers.iter().enumerate() {
+                let link = links.join(i.to_string());
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(l, &link).map_err(|e| SandboxError::io(&link, e))?;
+                short.push(link);
+            }
+            lowerdir = join(&short);
+        }
+        for p in lowers.iter().chain([&upper, &work]) {
+            let s = p.to_string_lossy();
+            if s.contains(',') || s.contains(':') {
+                return Err(runtime_err(
+                    "mount rootfs",
+                    format!("layer path {s:?} contains ',' or ':'"),
+                ));
+            }
+        }
+        let data = format!(
+            "lowerdir={lowerdir},upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .map_err(|e| {
+            runtime_err(
+                "mount rootfs",
+                format!("overlay on {}: {e}", rootfs.display()),
+            )
+        })
+    }
+
+    fn unmount_rootfs(&self, id: &str) {
+        let rootfs = self.dir(id).join("rootfs");
+        for _ in 0..8 {
+            match nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Creates a container: validates the request, reserves the name, mounts the rootfs and
+    /// writes the runc bundle. Nothing runs until [`ContainerManager::start`].
+    pub async fn create(
+        self: &Arc<Self>,
+        config: ContainerConfig,
+        pod: PodContext,
+        image: ImageInfo,
+    ) -> Result<String, SandboxError> {
+        spec::validate(&config, &pod, &self.settings.seccomp_profile_root)?;
+        let image_config = spec::ImageConfig::parse(&image.config_json)?;
+        let stop = stop_signal(
+            config
+                .stop_signal
+                .as_deref()
+                .or(image_config.stop_signal.as_deref())
+                .unwrap_or(""),
+        )?;
+        let log_path = spec::log_path(&pod, &config.log_path)?;
+        let id = new_id()?;
+        let key = name_key(&pod.id, &config.name, config.attempt);
+        {
+            let mut inner = self.lock();
+            if let Some(other) = inner.names.get(&key) {
+                return Err(SandboxError::AlreadyExists {
+                    name: format!("{}_{}", config.name, config.attempt),
+                    id: other.clone(),
+                });
+            }
+            inner.names.insert(key.clone(), id.clone());
+        }
+        let this = self.clone();
+        let id2 = id.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            this.prepare(&id2, config, pod, image, image_config, stop, log_path)
+        })
+        .await
+        .map_err(|e| runtime_err("create", e.to_string()))
+        .and_then(|r| r);
+        match result {
+            Ok(record) => {
+                let entry = Arc::new(Entry {
+                    record: Mutex::new(record.clone()),
+                    op: tokio::sync::Mutex::new(()),
+                });
+                self.lock().containers.insert(id.clone(), entry);
+                tracing::info!(container_id = %id, pod_sandbox_id = %record.pod_id, name = %record.config.name, "container created");
+                self.emit(EventKind::Created, &record);
+                Ok(id)
+            }
+            Err(e) => {
+                self.unmount_rootfs(&id);
+                let _ = remove_dir(&self.dir(&id));
+                let _ = remove_dir(&self.state_dir(&id));
+                self.lock().names.remove(&key);
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn prepare(
+        &self,
+        id: &str,
+        config: ContainerConfig,
+        pod: PodContext,
+        image: ImageInfo,
+        image_config: spec::ImageConfig,
+        stop: String,
+        log_path: Option<PathBuf>,
+    ) -> Result<ContainerRecord, SandboxError> {
+        let s = &config.security;
+        let user = user::resolve(
+            image_config.user.as_deref().unwrap_or(""),
+            s.run_as_user,
+            &s.run_as_username,
+            s.run_as_group,
+            &s.supplemental_groups,
+            &image.layer_dirs,
+        )?;
+        let dir = self.dir(id);
+        std::fs::create_dir_all(&dir).map_err(|e| SandboxError::io(&dir, e))?;
+        let sdir = self.state_dir(id);
+        std::fs::create_dir_all(&sdir).map_err(|e| SandboxError::io(&sdir, e))?;
+        let cgroups_path =
+            cgroups::cgroups_path(self.settings.cgroup_driver, &pod.cgroup_parent, id);
+        let rootfs = dir.join("rootfs");
+        let spec = spec::build(
+            &config,
+            &spec::SpecContext {
+                id,
+                pod: &pod,
+                image: &image_config,
+                user: &user,
+                rootfs: &rootfs,
+                cgroups_path: cgroups_path.clone(),
+                seccomp_root: &self.settings.seccomp_profile_root,
+                min_oom_score_adj: own_oom_score_adj(),
+                cgroup_v2: cgroups::is_v2(),
+            },
+        )?;
+        let spec_path = dir.join("config.json");
+        let json = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| runtime_err("write spec", e.to_string()))?;
+        crate::monitor::write_atomic(&spec_path, &json)
+            .map_err(|e| SandboxError::io(&spec_path, e))?;
+        self.mount_rootfs(id, &image.layer_dirs)?;
+        // Mount targets the image lacks are created by runc inside the rootfs (upper layer).
+        let record = ContainerRecord {
+            id: id.to_owned(),
+            pod_id: pod.id.clone(),
+            backend: Backend::Runc,
+            state: ContainerState::Created,
+            created_at: now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            log_path,
+            cgroups_path,
+            stop_signal: stop,
+            config,
+            pod,
+            image,
+        };
+        self.save(&record)?;
+        Ok(record)
+    }
+
+    fn launch(&self, r: &ContainerRecord) -> Launch {
+        let sdir = self.state_dir(&r.id);
+        // The VM backend plugs in here with `Launch::Command` and `Backend::Process`.
+        Launch::Runc {
+            runc: self.runc.binary.clone(),
+            root: self.runc.root.clone(),
+            systemd_cgroup: self.runc.systemd_cgroup,
+            bundle: self.dir(&r.id),
+            container_pid_file: sdir.join("container.pid"),
+            runc_log: sdir.join("runc.log"),
+        }
+    }
+
+    /// Starts a created container: its monitor runs `runc create`, then `runc start`.
+    pub async fn start(self: &Arc<Self>, id: &str) -> Result<(), SandboxError> {
+        let entry = self.entry(id).ok_or_else(|| not_found(id))?;
+        let _op = entry.op.lock().await;
+        let r = Self::snapshot(&entry);
+        if r.state != ContainerState::Created {
+            return Err(SandboxError::FailedPrecondition {
+                reason: format!("container {id} is {:?}, not Created", r.state),
+            });
+        }
+        let sdir = self.state_dir(id);
+        std::fs::create_dir_all(&sdir).map_err(|e| SandboxError::io(&sdir, e))?;
+        let _ = std::fs::remove_file(self.exit_file(id));
+        let spec = MonitorSpec {
+            id: id.to_owned(),
+            launch: self.launch(&r),
+            log_path: r.log_path.clone(),
+            exit_file: self.exit_file(id),
+            pid_file: self.monitor_pid_file(id),
+            oom_cgroup: Some(cgroups::controller_dir("memory", &r.cgroups_path)),
+        };
+        let exe = self.settings.monitor_exe.clone();
+        let spec_path = sdir.join("monitor.json");
+        let stderr_path = sdir.join("monitor.log");
+        let ready = tokio::task::spawn_blocking(move || {
+            crate::monitor::spawn(
+                &exe,
+                &spec,
+                &spec_path,
+                &stderr_path,
+                Duration::from_secs(60),
+            )
+        })
+        .await
+        .map_err(|e| runtime_err("start", e.to_string()))?
+        .map_err(|e| runtime_err("start monitor", e.to_string()));
+        let pid = match ready {
+            Ok(crate::monitor::Ready { pid: Some(pid), .. }) => pid,
+            Ok(crate::monitor::Ready { error, .. }) => {
+                let msg = error.unwrap_or_else(|| "monitor gave no pid".into());
+                return Err(self.start_failed(&entry, msg).await);
+            }
+            Err(e) => return Err(self.start_failed(&entry, e.to_string()).await),
+        };
+        let handle = MonitorHandle::attach(&self.monitor_pid_file(id), id);
+        if r.backend == Backend::Runc {
+            if let Err(e) = self.runc.start(id).await {
+                let _ = self.runc.kill(id, "SIGKILL", true).await;
+                if let Some(h) = handle {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), h.exited()).await;
+                }
+                return Err(self.start_failed(&entry, e.to_string()).await);
+            }
+        }
+        let rec = self.update(&entry, |r| {
+            r.state = ContainerState::Running;
+            r.pid = pid;
+            r.started_at = now_ns();
+        })?;
+        tracing::info!(container_id = %id, pid, "container started");
+        self.emit(EventKind::Started, &rec);
+        match handle {
+            Some(h) => self.watch(id.to_owned(), h),
+            // The monitor is already gone: the container exited at once.
+            None => {
+                self.collect_exit(&entry);
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_failed(&self, entry: &Entry, msg: String) -> SandboxError {
+        let id = Self::snapshot(entry).id;
+        let _ = self.runc.delete(&id).await;
+        let _ = self.update(entry, |r| {
+            r.state = ContainerState::Exited;
+            r.exit_code = 128;
+            r.finished_at = now_ns();
+            r.reason = "StartError".into();
+            r.message = msg.clone();
+        });
+        tracing::error!(container_id = %id, error = %msg, "start failed");
+        runtime_err("start", msg)
+    }
+
+    /// Waits up to `timeout` for the monitor of `id` to exit; true when it has.
+    async fn wait_exit(&self, id: &str, timeout: Duration) -> bool {
+        match MonitorHandle::attach(&self.monitor_pid_file(id), id) {
+            None => true,
+            Some(h) => tokio::time::timeout(timeout, h.exited()).await.is_ok(),
+        }
+    }
+
+    async fn signal(
+        &self,
+        r: &ContainerRecord,
+        signal: &str,
+        all: bool,
+    ) -> Result<(), SandboxError> {
+        match r.backend {
+            Backend::Runc => self.runc.kill(&r.id, signal, all).await,
+            Backend::Process => {
+                let sig = signal
+                    .parse::<nix::sys::signal::Signal>()
+                    .map_err(|e| runtime_err("kill", e.to_string()))?;
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(r.pid), sig)
+                    .map_err(|e| runtime_err("kill", e.to_string()))
+            }
+        }
+    }
+
+    /// Stops a running container: its stop signal, `timeout` to exit, then SIGKILL.
+    /// Stopping a container that does not run is a no-op; an unknown id is `NotFound`.
+    pub async fn stop(&self, id: &str, timeout: Duration) -> Result<(), SandboxError> {
+        let entry = self.entry(id).ok_or_else(|| not_found(id))?;
+        let _op = entry.op.lock().await;
+        self.stop_locked(&entry, timeout).await
+    }
+
+    async fn stop_locked(&self, entry: &Entry, timeout: Duration) -> Result<(), SandboxError> {
+        let r = Self::snapshot(entry);
+        if r.state != ContainerState::Running {
+            return Ok(());
+        }
+        let id = r.id.as_str();
+        if !timeout.is_zero() {
+            match self.signal(&r, &r.stop_signal, false).await {
+                Ok(()) => {
+                    if self.wait_exit(id, timeout).await {
+                        self.collect_exit(entry);
+                        return Ok(());
+                    }
+                }
+                Err(e) => tracing::warn!(container_id = %id, error = %e, "stop signal failed"),
+            }
+        }
+        if let Err(e) = self.signal(&r, "SIGKILL", r.backend == Backend::Runc).await {
+            tracing::warn!(container_id = %id, error = %e, "SIGKILL failed");
+        }
+        if self.wait_exit(id, Duration::from_secs(30)).await {
+            self.collect_exit(entry);
+            Ok(())
+        } else {
+            Err(runtime_err(
+                "stop",
+                format!("container {id} did not exit after SIGKILL"),
+            ))
+        }
+    }
+
+    /// Removes a container, stopping it first if it runs. An unknown id is fine.
+    pub async fn remove(&self, id: &str) -> Result<(), SandboxError> {
+        let Some(entry) = self.entry(id) else {
+            return Ok(());
+        };
+        let _op = entry.op.lock().await;
+        self.stop_locked(&entry, Duration::ZERO).await?;
+        if Self::snapshot(&entry).backend == Backend::Runc {
+            self.runc.delete(id).await?;
+        }
+        let this_dir = self.dir(id);
+        let state_dir = self.state_dir(id);
+        let rootfs_id = id.to_owned();
+        let unmount = {
+            let rootfs = self.dir(&rootfs_id).join("rootfs");
+            tokio::task::spawn_blocking(move || {
+                for _ in 0..8 {
+                    if nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).is_err() {
+                        break;
+                    }
+                }
+                remove_dir(&this_dir)?;
+                remove_dir(&state_dir)
+            })
+        };
+        unmount
+            .await
+            .map_err(|e| runtime_err("remove", e.to_string()))??;
+        let record = Self::snapshot(&entry);
+        {
+            let mut inner = self.lock();
+            inner.containers.remove(id);
+            if inner.names.get(&record.name_key()).is_some_and(|v| v == id) {
+                inner.names.remove(&record.name_key());
+            }
+        }
+        tracing::info!(container_id = %id, "container removed");
+        self.emit(EventKind::Deleted, &record);
+        Ok(())
+    }
+
+    /// The container's record, with an exit collected if one happened unnoticed.
+    pub fn get(&self, id: &str) -> Result<ContainerRecord, SandboxError> {
+        let entry = self.entry(id).ok_or_else(|| not_found(id))?;
+        let r = Self::snapshot(&entry);
+        if r.state == ContainerState::Running && self.exit_file(id).exists() {
+            if let Some(updated) = self.collect_exit(&entry) {
+                return Ok(updated);
+            }
+            return Ok(Self::snapshot(&entry));
+        }
+        Ok(r)
+    }
+
+    /// Resolves a unique id prefix (as `crictl` passes them) to a full id.
+    pub fn resolve_id(&self, prefix: &str) -> Result<String, SandboxError> {
+        let inner = self.lock();
+        if inner.containers.contains_key(prefix) {
+            return Ok(prefix.to_owned());
+        }
+        Err(not_found(prefix))
+    }
+
+    pub fn list(&self, filter: &ContainerFilter) -> Vec<ContainerRecord> {
+        let entries: Vec<Arc<Entry>> = self.lock().containers.values().cloned().collect();
+        let mut out: Vec<ContainerRecord> = entries
+            .iter()
+            .map(|e| Self::snapshot(e))
+            .filter(|r| filter.matches(r))
+            .collect();
+        out.sort_by_key(|r| r.created_at);
+        out
+    }
+
+    /// The OCI spec the container was created with (for verbose status).
+    pub fn spec_json(&self, id: &str) -> Option<serde_json::Value> {
+        let bytes = std::fs::read(self.dir(id).join("config.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Runs `cmd` in a running container; on timeout the process is killed and
+    /// [`SandboxError::Timeout`] returned.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, SandboxError> {
+        let r = self.get(id)?;
+        if r.state != ContainerState::Running {
+            return Err(SandboxError::FailedPrecondition {
+                reason: format!("container {id} is not running"),
+            });
+        }
+        if cmd.is_empty() {
+            return Err(SandboxError::InvalidArgument {
+                reason: "exec command is empty".into(),
+            });
+        }
+        if r.backend != Backend::Runc {
+            return Err(SandboxError::UnsupportedGuest {
+                reason: "exec is not supported for this container".into(),
+            });
+        }
+        let spec = self
+            .spec_json(id)
+            .ok_or_else(|| runtime_err("exec", "the container's OCI spec is missing"))?;
+        let mut process = spec["process"].clone();
+        process["args"] = serde_json::json!(cmd);
+        process["terminal"] = serde_json::json!(false);
+        let tag = new_id()?;
+        let sdir = self.state_dir(id);
+        let process_path = sdir.join(format!("exec-{}.json", &tag[..16]));
+        let pid_path = sdir.join(format!("exec-{}.pid", &tag[..16]));
+        std::fs::write(&process_path, process.to_string())
+            .map_err(|e| SandboxError::io(&process_path, e))?;
+        let out = self
+            .runc
+            .exec(id, &process_path, &pid_path, timeout, EXEC_OUTPUT_CAP)
+            .await;
+        let _ = std::fs::remove_file(&process_path);
+        let out = out?;
+        if out.timed_out {
+            return Err(SandboxError::Timeout {
+                op: format!("exec in container {id}"),
+                secs: timeout.map_or(0, |t| t.as_secs()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Applies new resources to a created or running container.
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        resources: Resources,
+    ) -> Result<(), SandboxError> {
+        let entry = self.entry(id).ok_or_else(|| not_found(id))?;
+        let _op = entry.op.lock().await;
+        let r = Self::snapshot(&entry);
+        let oci = spec::linux_resources(&resources, cgroups::is_v2())?;
+        match r.state {
+            ContainerState::Running => {
+                let path = self.state_dir(id).join("resources.json");
+                let json =
+                    serde_json::to_vec(&oci).map_err(|e| runtime_err("update", e.to_string()))?;
+                std::fs::write(&path, json).map_err(|e| SandboxError::io(&path, e))?;
+                let res = self.runc.update(id, &path).await;
+                let _ = std::fs::remove_file(&path);
+                res?;
+            }
+            ContainerState::Created => {
+                let path = self.dir(id).join("config.json");
+                let mut spec: serde_json::Value = std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .ok_or_else(|| runtime_err("update", "the container's OCI spec is missing"))?;
+                let devices = spec["linux"]["resources"]["devices"].clone();
+                let mut new =
+                    serde_json::to_value(&oci).map_err(|e| runtime_err("update", e.to_string()))?;
+                new["devices"] = devices;
+                spec["linux"]["resources"] = new;
+                let json = serde_json::to_vec_pretty(&spec)
+                    .map_err(|e| runtime_err("update", e.to_string()))?;
+                crate::monitor::write_atomic(&path, &json)
+                    .map_err(|e| SandboxError::io(&path, e))?;
+            }
+            _ => {
+                return Err(SandboxError::FailedPrecondition {
+                    reason: format!("container {id} is not running"),
+                });
+            }
+        }
+        self.update(&entry, |r| r.config.resources = resources)?;
+        Ok(())
+    }
+
+    /// Makes the monitor reopen the container's log file.
+    pub fn reopen_log(&self, id: &str) -> Result<(), SandboxError> {
+        let r = self.get(id)?;
+        if r.state != ContainerState::Running {
+            return Err(SandboxError::FailedPrecondition {
+                reason: format!("container {id} is not running"),
+            });
+        }
+        let handle = MonitorHandle::attach(&self.monitor_pid_file(id), id).ok_or_else(|| {
+            SandboxError::FailedPrecondition {
+                reason: format!("container {id} has no running monitor"),
+            }
+        })?;
+        handle
+            .reopen_log()
+            .map_err(|e| runtime_err("reopen log", e.to_string()))?;
+        Ok(())
+    }
+
+    /// CPU, memory and writable-layer usage.
+    pub async fn stats(&self, id: &str) -> Result<ContainerStats, SandboxError> {
+        let r = self.get(id)?;
+        let upper = self.dir(id).join("upper");
+        let cg = r.cgroups_path.clone();
+        let running = r.state == ContainerState::Running;
+        tokio::task::spawn_blocking(move || {
+            let cgroup = if running {
+                cgroups::read_stats(&cg).unwrap_or_default()
+            } else {
+                cgroups::CgroupStats::default()
+            };
+            let (writable_bytes, writable_inodes) = cgroups::disk_usage(&upper);
+            ContainerStats {
+                timestamp: now_ns(),
+                cgroup,
+                writable_bytes,
+                writable_inodes,
+            }
+        })
+        .await
+        .map_err(|e| runtime_err("stats", e.to_string()))
+    }
+
+    /// The writable layer (mount point for file system stats).
+    pub fn writable_layer(&self, id: &str) -> PathBuf {
+        self.dir(id).join("upper")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals_are_normalised() {
+        assert_eq!(stop_signal("").unwrap(), "SIGTERM");
+        assert_eq!(stop_signal("sigquit").unwrap(), "SIGQUIT");
+        assert_eq!(stop_signal("INT").unwrap(), "SIGINT");
+        assert_eq!(stop_signal("9").unwrap(), "9");
+        assert!(stop_signal("SIG TERM; rm").is_err());
+    }
+
+    #[test]
+    fn filters_match() {
+        let mut labels = BTreeMap::new();
+        labels.insert("a".to_string(), "1".to_string());
+        let r = ContainerRecord {
+            id: "abcdef".into(),
+            pod_id: "p1".into(),
+            config: ContainerConfig {
+                labels: labels.clone(),
+                ..Default::default()
+            },
+            pod: PodContext::default(),
+            image: ImageInfo::default(),
+            backend: Backend::Runc,
+            state: ContainerState::Running,
+            created_at: 0,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            log_path: None,
+            cgroups_path: String::new(),
+            stop_signal: "SIGTERM".into(),
+        };
+        assert!(ContainerFilter::default().matches(&r));
+        assert!(
+            ContainerFilter {
+                id_prefix: "abc".into(),
+                labels,
+                ..Default::default()
+            }
+            .matches(&r)
+        );
+        assert!(
+            !ContainerFilter {
+                pod_id: "p2".into(),
+                ..Default::default()
+            }
+            .matches(&r)
+        );
+        assert!(
+            !ContainerFilter {
+                state: Some(ContainerState::Exited),
+                ..Default::default()
+            }
+            .matches(&r)
+        );
+    }
+}

@@ -1,0 +1,1097 @@
+//! Building a container's OCI runtime spec (`config.json` for runc) from the CRI request, the
+//! image config and the pod, with `oci-spec`. Validation of untrusted input happens in
+//! [`validate`] before anything is created.
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+use std::str::FromStr;
+
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxHugepageLimitBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources,
+    LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
+};
+use serde::Deserialize;
+
+use super::config::{
+    ContainerConfig, NsSource, PodContext, Propagation, Resources, SeccompProfile,
+};
+use super::user::ResolvedUser;
+use crate::SandboxError;
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Capabilities a non-privileged container gets by default (containerd's and Docker's set).
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// Every capability runc 1.1 knows (a privileged container gets them all).
+pub const ALL_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// runc's and containerd's default masked paths.
+pub const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// runc's and containerd's default read-only paths.
+pub const DEFAULT_READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The parts of an OCI image config a container uses.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct ImageConfig {
+    #[serde(rename = "Env", default)]
+    pub env: Option<Vec<String>>,
+    #[serde(rename = "Entrypoint", default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Cmd", default)]
+    pub cmd: Option<Vec<String>>,
+    #[serde(rename = "WorkingDir", default)]
+    pub working_dir: Option<String>,
+    #[serde(rename = "User", default)]
+    pub user: Option<String>,
+    #[serde(rename = "StopSignal", default)]
+    pub stop_signal: Option<String>,
+}
+
+impl ImageConfig {
+    /// Parses the `config` object of an OCI image config JSON.
+    pub fn parse(config_json: &str) -> Result<ImageConfig, SandboxError> {
+        #[derive(Deserialize)]
+        struct Outer {
+            #[serde(default)]
+            config: Option<ImageConfig>,
+        }
+        if config_json.trim().is_empty() {
+            return Ok(ImageConfig::default());
+        }
+        let outer: Outer =
+            serde_json::from_str(config_json).map_err(|e| SandboxError::InvalidArgument {
+                reason: format!("image config is not valid JSON: {e}"),
+            })?;
+        Ok(outer.config.unwrap_or_default())
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> SandboxError {
+    SandboxError::InvalidArgument {
+        reason: reason.into(),
+    }
+}
+
+/// The process argv, merged as Kubernetes defines: `command` replaces the image's Entrypoint
+/// (and drops its Cmd); `args` replaces the image's Cmd.
+pub fn process_args(
+    command: &[String],
+    args: &[String],
+    image: &ImageConfig,
+) -> Result<Vec<String>, SandboxError> {
+    let argv: Vec<String> = if !command.is_empty() {
+        command.iter().chain(args).cloned().collect()
+    } else {
+        let entry = image.entrypoint.clone().unwrap_or_default();
+        let cmd = if args.is_empty() {
+            image.cmd.clone().unwrap_or_default()
+        } else {
+            args.to_vec()
+        };
+        entry.into_iter().chain(cmd).collect()
+    };
+    if argv.is_empty() {
+        return Err(invalid(
+            "no command specified: neither the request nor the image has one",
+        ));
+    }
+    Ok(argv)
+}
+
+/// Image `Env` overridden key by key by the request's envs.
+pub fn merge_env(image: &[String], envs: &[(String, String)]) -> Vec<String> {
+    let mut out: Vec<String> = image.to_vec();
+    if !out.iter().any(|e| e.starts_with("PATH=")) {
+        out.insert(0, DEFAULT_PATH.into());
+    }
+    for (k, v) in envs {
+        let kv = format!("{k}={v}");
+        match out
+            .iter_mut()
+            .find(|e| e.split_once('=').map_or(e.as_str(), |(ek, _)| ek) == k)
+        {
+            Some(e) => *e = kv,
+            None => out.push(kv),
+        }
+    }
+    out
+}
+
+/// Whether `p` is absolute and has no `..` component.
+fn clean_absolute(p: &str) -> bool {
+    let path = Path::new(p);
+    path.is_absolute() && !path.components().any(|c| matches!(c, Component::ParentDir))
+}
+
+fn under(path: &str, dir: &str) -> bool {
+    let p = Path::new(path);
+    p.starts_with(dir)
+}
+
+/// Parses a capability name (`NET_ADMIN` or `CAP_NET_ADMIN`, any case).
+pub fn parse_capability(name: &str) -> Result<Capability, SandboxError> {
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    Capability::from_str(bare).map_err(|_| invalid(format!("unknown capability {name:?}")))
+}
+
+/// The log path inside the pod's log directory, refusing anything that escapes it.
+pub fn log_path(pod: &PodContext, log_path: &str) -> Result<Option<PathBuf>, SandboxError> {
+    if log_path.is_empty() {
+        return Ok(None);
+    }
+    let Some(dir) = pod
+        .log_directory
+        .as_ref()
+        .filter(|d| !d.as_os_str().is_empty())
+    else {
+        return Err(invalid(format!(
+            "log_path {log_path:?} given but the pod has no log_directory"
+        )));
+    };
+    let rel = Path::new(log_path);
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(invalid(format!(
+            "log_path {log_path:?} must be relative to the log directory without `..`"
+        )));
+    }
+    Ok(Some(dir.join(rel)))
+}
+
+/// Resolves a `Localhost` seccomp profile path inside `root`.
+pub fn localhost_profile(path: &str, root: &Path) -> Result<PathBuf, SandboxError> {
+    let p = path.strip_prefix("localhost/").unwrap_or(path);
+    let p = if Path::new(p).is_absolute() {
+        PathBuf::from(p)
+    } else {
+        root.join(p)
+    };
+    if !clean_absolute(&p.to_string_lossy()) || !p.starts_with(root) {
+        return Err(invalid(format!(
+            "seccomp profile {path:?} is outside the profile root {}",
+            root.display()
+        )));
+    }
+    // Symlinks inside the root must not lead out of it either.
+    if let (Ok(real), Ok(real_root)) = (p.canonicalize(), root.canonicalize()) {
+        if !real.starts_with(&real_root) {
+            return Err(invalid(format!(
+                "seccomp profile {path:?} resolves outside the profile root"
+            )));
+        }
+    }
+    Ok(p)
+}
+
+/// Checks everything in the request that can be checked without side effects.
+pub fn validate(
+    config: &ContainerConfig,
+    pod: &PodContext,
+    seccomp_root: &Path,
+) -> Result<(), SandboxError> {
+    if config.name.is_empty() {
+        return Err(invalid("container metadata.name is empty"));
+    }
+    for m in &config.mounts {
+        if !clean_absolute(&m.host_path) {
+            return Err(invalid(format!(
+                "mount host path {:?} must be absolute without `..`",
+                m.host_path
+            )));
+        }
+        if !clean_absolute(&m.container_path) {
+            return Err(invalid(format!(
+                "mount container path {:?} must be absolute without `..`",
+                m.container_path
+            )));
+        }
+        if under(&m.container_path, "/proc") {
+            return Err(invalid(format!(
+                "mounting over {:?} is not allowed",
+                m.container_path
+            )));
+        }
+    }
+    for d in &config.devices {
+        if !clean_absolute(&d.host_path) || !clean_absolute(&d.container_path) {
+            return Err(invalid(format!(
+                "device paths {:?} -> {:?} must be absolute without `..`",
+                d.host_path, d.container_path
+            )));
+        }
+        if d.permissions.chars().any(|c| !"rwm".contains(c)) {
+            return Err(invalid(format!(
+                "device permissions {:?} are not a subset of rwm",
+                d.permissions
+            )));
+        }
+    }
+    let s = &config.security;
+    for c in s
+        .add_capabilities
+        .iter()
+        .chain(&s.drop_capabilities)
+        .chain(&s.add_ambient_capabilities)
+    {
+        if !c.eq_ignore_ascii_case("ALL") {
+            parse_capability(c)?;
+        }
+    }
+    if let SeccompProfile::Localhost(p) = &s.seccomp {
+        localhost_profile(p, seccomp_root)?;
+    }
+    log_path(pod, &config.log_path)?;
+    for (k, _) in &config.envs {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(invalid(format!("invalid environment variable name {k:?}")));
+        }
+    }
+    if config
+        .security
+        .run_as_user
+        .is_some_and(|u| !(0..=super::user::MAX_ID).contains(&u))
+    {
+        return Err(invalid("run_as_user is out of range"));
+    }
+    if config
+        .security
+        .run_as_group
+        .is_some_and(|g| !(0..=super::user::MAX_ID).contains(&g))
+    {
+        return Err(invalid("run_as_group is out of range"));
+    }
+    Ok(())
+}
+
+/// The capability set the process gets.
+pub fn capabilities(
+    privileged: bool,
+    add: &[String],
+    drop: &[String],
+) -> Result<Capabilities, SandboxError> {
+    let all = || -> Result<Capabilities, SandboxError> {
+        ALL_CAPABILITIES
+            .iter()
+            .map(|c| parse_capability(c))
+            .collect()
+    };
+    let mut caps: Capabilities = if privileged {
+        all()?
+    } else {
+        DEFAULT_CAPABILITIES
+            .iter()
+            .map(|c| parse_capability(c))
+            .collect::<Result<_, _>>()?
+    };
+    if add.iter().any(|c| c.eq_ignore_ascii_case("ALL")) {
+        caps = all()?;
+    }
+    let drop_all = drop.iter().any(|c| c.eq_ignore_ascii_case("ALL"));
+    if drop_all {
+        caps.clear();
+    }
+    for c in add.iter().filter(|c| !c.eq_ignore_ascii_case("ALL")) {
+        caps.insert(parse_capability(c)?);
+    }
+    if !drop_all {
+        for c in drop {
+            caps.remove(&parse_capability(c)?);
+        }
+    }
+    Ok(caps)
+}
+
+/// The built-in `RuntimeDefault` seccomp profile: everything allowed except the system calls
+/// Docker's and containerd's default profiles refuse to unprivileged containers (kernel
+/// modules, kexec, clock setting, swap, accounting, keyrings, BPF, perf, namespace creation,
+/// mount API, ...), which fail with `EPERM`.
+pub fn default_seccomp() -> Result<LinuxSeccomp, SandboxError> {
+    const DENIED: &[&str] = &[
+        "acct",
+        "add_key",
+        "bpf",
+        "clock_adjtime",
+        "clock_settime",
+        "create_module",
+        "delete_module",
+        "finit_module",
+        "fsconfig",
+        "fsmount",
+        "fsopen",
+        "fspick",
+        "get_kernel_syms",
+        "get_mempolicy",
+        "init_module",
+        "ioperm",
+        "iopl",
+        "kcmp",
+        "kexec_file_load",
+        "kexec_load",
+        "keyctl",
+        "lookup_dcookie",
+        "mbind",
+        "mount",
+        "mount_setattr",
+        "move_mount",
+        "move_pages",
+        "name_to_handle_at",
+        "nfsservctl",
+        "open_by_handle_at",
+        "open_tree",
+        "perf_event_open",
+        "pivot_root",
+        "process_vm_readv",
+        "process_vm_writev",
+        "query_module",
+        "quotactl",
+        "reboot",
+        "request_key",
+        "set_mempolicy",
+        "setns",
+        "settimeofday",
+        "stime",
+        "swapoff",
+        "swapon",
+        "sysfs",
+        "_sysctl",
+        "umount",
+        "umount2",
+        "unshare",
+        "uselib",
+        "userfaultfd",
+        "ustat",
+        "vm86",
+        "vm86old",
+    ];
+    let json = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [{
+            "names": DENIED,
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": 1
+        }]
+    });
+    serde_json::from_value(json).map_err(|e| SandboxError::Runtime {
+        op: "seccomp".into(),
+        reason: e.to_string(),
+    })
+}
+
+fn seccomp(
+    config: &ContainerConfig,
+    seccomp_root: &Path,
+) -> Result<Option<LinuxSeccomp>, SandboxError> {
+    let s = &config.security;
+    match &s.seccomp {
+        SeccompProfile::Unconfined => Ok(None),
+        SeccompProfile::RuntimeDefault if s.privileged => Ok(None),
+        SeccompProfile::RuntimeDefault => default_seccomp().map(Some),
+        SeccompProfile::Localhost(p) => {
+            let path = localhost_profile(p, seccomp_root)?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| invalid(format!("cannot read seccomp profile {p:?}: {e}")))?;
+            let profile: LinuxSeccomp = serde_json::from_str(&text)
+                .map_err(|e| invalid(format!("seccomp profile {p:?} is invalid: {e}")))?;
+            Ok(Some(profile))
+        }
+    }
+}
+
+fn oci_err(e: oci_spec::OciSpecError) -> SandboxError {
+    SandboxError::Runtime {
+        op: "build OCI spec".into(),
+        reason: e.to_string(),
+    }
+}
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, SandboxError> {
+    MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(oci_err)
+}
+
+fn bind(
+    dest: &str,
+    source: &Path,
+    readonly: bool,
+    propagation: &str,
+) -> Result<Mount, SandboxError> {
+    MountBuilder::default()
+        .destination(dest)
+        .typ("bind")
+        .source(source)
+        .options(vec![
+            "rbind".to_string(),
+            propagation.to_string(),
+            if readonly { "ro" } else { "rw" }.to_string(),
+        ])
+        .build()
+        .map_err(oci_err)
+}
+
+/// Converts CRI resources into OCI `LinuxResources` (without devices). `cgroup_v2` decides
+/// whether `unified` entries are kept (runc refuses them on cgroup v1).
+pub fn linux_resources(r: &Resources, cgroup_v2: bool) -> Result<LinuxResources, SandboxError> {
+    let mut cpu = LinuxCpuBuilder::default();
+    if r.cpu_shares > 0 {
+        cpu = cpu.shares(r.cpu_shares as u64);
+    }
+    if r.cpu_quota != 0 {
+        cpu = cpu.quota(r.cpu_quota);
+    }
+    if r.cpu_period > 0 {
+        cpu = cpu.period(r.cpu_period as u64);
+    }
+    if !r.cpuset_cpus.is_empty() {
+        cpu = cpu.cpus(r.cpuset_cpus.clone());
+    }
+    if !r.cpuset_mems.is_empty() {
+        cpu = cpu.mems(r.cpuset_mems.clone());
+    }
+    let mut mem = LinuxMemoryBuilder::default();
+    if r.memory_limit_in_bytes > 0 {
+        mem = mem.limit(r.memory_limit_in_bytes);
+        if r.memory_swap_limit_in_bytes > 0 {
+            mem = mem.swap(r.memory_swap_limit_in_bytes);
+        }
+    }
+    let mut res = LinuxResourcesBuilder::default()
+        .cpu(cpu.build().map_err(oci_err)?)
+        .memory(mem.build().map_err(oci_err)?);
+    if !r.hugepage_limits.is_empty() {
+        let limits = r
+            .hugepage_limits
+            .iter()
+            .map(|(size, limit)| {
+                LinuxHugepageLimitBuilder::default()
+                    .page_size(size.clone())
+                    .limit(*limit as i64)
+                    .build()
+                    .map_err(oci_err)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        res = res.hugepage_limits(limits);
+    }
+    if cgroup_v2 && !r.unified.is_empty() {
+        res = res.unified(
+            r.unified
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+    }
+    res.build().map_err(oci_err)
+}
+
+/// Everything [`build`] needs besides the request.
+#[derive(Debug, Clone)]
+pub struct SpecContext<'a> {
+    pub id: &'a str,
+    pub pod: &'a PodContext,
+    pub image: &'a ImageConfig,
+    pub user: &'a ResolvedUser,
+    pub rootfs: &'a Path,
+    pub cgroups_path: String,
+    pub seccomp_root: &'a Path,
+    /// The lowest oom_score_adj crid may give (its own, without CAP_SYS_RESOURCE).
+    pub min_oom_score_adj: i64,
+    pub cgroup_v2: bool,
+}
+
+fn namespace(
+    typ: LinuxNamespaceType,
+    mode: &NsSource,
+) -> Result<Option<oci_spec::runtime::LinuxNamespace>, SandboxError> {
+    let b = LinuxNamespaceBuilder::default().typ(typ);
+    Ok(match mode {
+        NsSource::Host => None,
+        NsSource::New => Some(b.build().map_err(oci_err)?),
+        NsSource::Join(p) => Some(b.path(p.clone()).build().map_err(oci_err)?),
+    })
+}
+
+/// Builds the OCI spec of a validated request.
+pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, SandboxError> {
+    let s = &config.security;
+    let privileged = s.privileged;
+    let args = process_args(&config.command, &config.args, cx.image)?;
+    let env = merge_env(cx.image.env.as_deref().unwrap_or_default(), &config.envs);
+    let cwd = if !config.working_dir.is_empty() {
+        config.working_dir.clone()
+    } else {
+        cx.image
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into())
+    };
+    if !Path::new(&cwd).is_absolute() {
+        return Err(invalid(format!(
+            "working directory {cwd:?} is not absolute"
+        )));
+    }
+    let caps = capabilities(privileged, &s.add_capabilities, &s.drop_capabilities)?;
+    let ambient: Capabilities = s
+        .add_ambient_capabilities
+        .iter()
+        .filter(|c| !c.eq_ignore_ascii_case("ALL"))
+        .map(|c| parse_capability(c))
+        .collect::<Result<_, _>>()?;
+    let mut with_ambient = caps.clone();
+    with_ambient.extend(ambient.iter().copied());
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(with_ambient.clone())
+        .effective(with_ambient.clone())
+        .permitted(with_ambient.clone())
+        .inheritable(ambient.clone())
+        .ambient(ambient)
+        .build()
+        .map_err(oci_err)?;
+    let mut user = UserBuilder::default()
+        .uid(cx.user.uid)
+        .gid(cx.user.gid)
+        .additional_gids(cx.user.additional_gids.clone());
+    if let Some(name) = &cx.user.username {
+        user = user.username(name.clone());
+    }
+    let oom = config
+        .resources
+        .oom_score_adj
+        .max(cx.min_oom_score_adj)
+        .clamp(-1000, 1000) as i32;
+    let process = ProcessBuilder::default()
+        .terminal(config.tty)
+        .user(user.build().map_err(oci_err)?)
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .capabilities(capabilities)
+        .no_new_privileges(s.no_new_privs)
+        .oom_score_adj(oom)
+        .build()
+        .map_err(oci_err)?;
+
+    // Mounts: the defaults, then the pod's files, then the request's, parents first.
+    let requested: HashSet<&str> = config
+        .mounts
+        .iter()
+        .map(|m| m.container_path.trim_end_matches('/'))
+        .collect();
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            if privileged {
+                &["nosuid", "noexec", "nodev", "rw"]
+            } else {
+                &["nosuid", "noexec", "nodev", "ro"]
+            },
+        )?,
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            if privileged {
+                &["nosuid", "noexec", "nodev", "relatime", "rw"]
+            } else {
+                &["nosuid", "noexec", "nodev", "relatime", "ro"]
+            },
+        )?,
+    ];
+    if !requested.contains("/dev/shm") {
+        match (&cx.pod.ipc, &cx.pod.shm_dir) {
+            (NsSource::Host, _) => {
+                mounts.push(bind("/dev/shm", Path::new("/dev/shm"), false, "rprivate")?)
+            }
+            (_, Some(dir)) if dir.is_dir() => {
+                mounts.push(bind("/dev/shm", dir, false, "rprivate")?)
+            }
+            _ => mounts.push(mount(
+                "/dev/shm",
+                "tmpfs",
+                "shm",
+                &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            )?),
+        }
+    }
+    for (dest, src) in [
+        ("/etc/hosts", &cx.pod.hosts_file),
+        ("/etc/resolv.conf", &cx.pod.resolv_conf),
+        ("/etc/hostname", &cx.pod.hostname_file),
+    ] {
+        if let Some(src) = src.as_ref().filter(|p| p.is_file()) {
+            if !requested.contains(dest) {
+                mounts.push(bind(dest, src, s.readonly_rootfs, "rprivate")?);
+            }
+        }
+    }
+    let mut cri_mounts = config.mounts.clone();
+    cri_mounts.sort_by_key(|m| Path::new(&m.container_path).components().count());
+    let mut rootfs_propagation = None;
+    for m in &cri_mounts {
+        let host = Path::new(&m.host_path);
+        if std::fs::symlink_metadata(host).is_err() {
+            return Err(invalid(format!(
+                "mount host path {:?} does not exist",
+                m.host_path
+            )));
+        }
+        let propagation = match m.propagation {
+            Propagation::Private => "rprivate",
+            Propagation::HostToContainer => {
+                rootfs_propagation.get_or_insert("rslave");
+                "rslave"
+            }
+            Propagation::Bidirectional => {
+                rootfs_propagation = Some("rshared");
+                "rshared"
+            }
+        };
+        mounts.push(bind(&m.container_path, host, m.readonly, propagation)?);
+    }
+
+    // Namespaces.
+    let pid_mode = s.pid.clone().unwrap_or_else(|| cx.pod.pid.clone());
+    let namespaces = [
+        namespace(LinuxNamespaceType::Mount, &NsSource::New)?,
+        namespace(LinuxNamespaceType::Network, &cx.pod.network)?,
+        namespace(LinuxNamespaceType::Ipc, &cx.pod.ipc)?,
+        namespace(LinuxNamespaceType::Uts, &cx.pod.uts)?,
+        namespace(LinuxNamespaceType::Pid, &pid_mode)?,
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>();
+
+    // Devices.
+    let mut device_rules = vec![
+        LinuxDeviceCgroupBuilder::default()
+            .allow(privileged)
+            .access("rwm")
+            .build()
+            .map_err(oci_err)?,
+    ];
+    let mut devices = Vec::new();
+    for d in &config.devices {
+        let meta = std::fs::metadata(&d.host_path)
+            .map_err(|e| invalid(format!("device {:?}: {e}", d.host_path)))?;
+        let ft = meta.file_type();
+        let typ = if ft.is_char_device() {
+            LinuxDeviceType::C
+        } else if ft.is_block_device() {
+            LinuxDeviceType::B
+        } else {
+            return Err(invalid(format!("{:?} is not a device", d.host_path)));
+        };
+        let rdev = meta.rdev();
+        let (major, minor) = (
+            nix::sys::stat::major(rdev) as i64,
+            nix::sys::stat::minor(rdev) as i64,
+        );
+        devices.push(
+            LinuxDeviceBuilder::default()
+                .path(d.container_path.clone())
+                .typ(typ)
+                .major(major)
+                .minor(minor)
+                .file_mode(meta.mode() & 0o777)
+                .uid(0u32)
+                .gid(0u32)
+                .build()
+                .map_err(oci_err)?,
+        );
+        let perms = if d.permissions.is_empty() {
+            "rwm"
+        } else {
+            &d.permissions
+        };
+        device_rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .major(major)
+                .minor(minor)
+                .access(perms)
+                .build()
+                .map_err(oci_err)?,
+        );
+    }
+    let mut resources = linux_resources(&config.resources, cx.cgroup_v2)?;
+    resources.set_devices(Some(device_rules));
+
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources)
+        .cgroups_path(cx.cgroups_path.clone())
+        .devices(devices)
+        .sysctl(
+            cx.pod
+                .sysctls
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+    if !privileged {
+        let masked = if s.masked_paths.is_empty() {
+            DEFAULT_MASKED_PATHS.iter().map(|p| p.to_string()).collect()
+        } else {
+            s.masked_paths.clone()
+        };
+        let readonly = if s.readonly_paths.is_empty() {
+            DEFAULT_READONLY_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect()
+        } else {
+            s.readonly_paths.clone()
+        };
+        linux = linux.masked_paths(masked).readonly_paths(readonly);
+    }
+    if let Some(p) = rootfs_propagation {
+        linux = linux.rootfs_propagation(p);
+    }
+    if let Some(profile) = seccomp(config, cx.seccomp_root)? {
+        linux = linux.seccomp(profile);
+    }
+
+    let mut annotations: BTreeMap<String, String> = config.annotations.clone();
+    annotations.insert(
+        "io.kubernetes.cri.container-type".into(),
+        "container".into(),
+    );
+    annotations.insert(
+        "io.kubernetes.cri.container-name".into(),
+        config.name.clone(),
+    );
+    annotations.insert("io.kubernetes.cri.sandbox-id".into(), cx.pod.id.clone());
+
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2-dev")
+        .root(
+            RootBuilder::default()
+                .path(cx.rootfs)
+                .readonly(s.readonly_rootfs)
+                .build()
+                .map_err(oci_err)?,
+        )
+        .process(process)
+        .mounts(mounts)
+        .linux(linux.build().map_err(oci_err)?)
+        .annotations(
+            annotations
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        )
+        .build()
+        .map_err(oci_err)?;
+    if cx.pod.uts == NsSource::New && !cx.pod.hostname.is_empty() {
+        spec.set_hostname(Some(cx.pod.hostname.clone()));
+    } else {
+        spec.set_hostname(None);
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::config::MountSpec;
+
+    fn img(entry: &[&str], cmd: &[&str]) -> ImageConfig {
+        ImageConfig {
+            entrypoint: (!entry.is_empty()).then(|| entry.iter().map(|s| s.to_string()).collect()),
+            cmd: (!cmd.is_empty()).then(|| cmd.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        }
+    }
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn args_merge_like_kubernetes() {
+        let image = img(&["/ep"], &["c1", "c2"]);
+        assert_eq!(
+            process_args(&[], &[], &image).unwrap(),
+            v(&["/ep", "c1", "c2"])
+        );
+        assert_eq!(
+            process_args(&v(&["/cmd"]), &[], &image).unwrap(),
+            v(&["/cmd"])
+        );
+        assert_eq!(
+            process_args(&[], &v(&["a"]), &image).unwrap(),
+            v(&["/ep", "a"])
+        );
+        assert_eq!(
+            process_args(&v(&["/cmd"]), &v(&["a"]), &image).unwrap(),
+            v(&["/cmd", "a"])
+        );
+        let image = img(&[], &["sh"]);
+        assert_eq!(process_args(&[], &[], &image).unwrap(), v(&["sh"]));
+        assert_eq!(process_args(&[], &v(&["x"]), &image).unwrap(), v(&["x"]));
+        assert!(process_args(&[], &[], &img(&[], &[])).is_err());
+    }
+
+    #[test]
+    fn env_overrides_by_key() {
+        let env = merge_env(
+            &v(&["PATH=/bin", "A=1", "B=2"]),
+            &[("A".into(), "x=y".into()), ("C".into(), "3".into())],
+        );
+        assert_eq!(env, v(&["PATH=/bin", "A=x=y", "B=2", "C=3"]));
+        assert!(merge_env(&[], &[])[0].starts_with("PATH="));
+    }
+
+    #[test]
+    fn capabilities_add_drop_all() {
+        let c = capabilities(false, &v(&["NET_ADMIN"]), &v(&["CAP_KILL"])).unwrap();
+        assert!(c.contains(&Capability::NetAdmin) && !c.contains(&Capability::Kill));
+        let c = capabilities(false, &v(&["SYS_TIME"]), &v(&["ALL"])).unwrap();
+        assert_eq!(c.len(), 1);
+        let c = capabilities(false, &v(&["ALL"]), &[]).unwrap();
+        assert!(c.contains(&Capability::SysAdmin));
+        assert!(capabilities(false, &v(&["NOT_A_CAP"]), &[]).is_err());
+    }
+
+    #[test]
+    fn bad_inputs_are_invalid() {
+        let root = Path::new("/var/lib/kubelet/seccomp");
+        let pod = PodContext {
+            log_directory: Some("/var/log/pods/x".into()),
+            ..Default::default()
+        };
+        let base = ContainerConfig {
+            name: "c".into(),
+            ..Default::default()
+        };
+        assert!(validate(&base, &pod, root).is_ok());
+        type Case = Box<dyn Fn(&mut ContainerConfig)>;
+        let cases: Vec<Case> = vec![
+            Box::new(|c| {
+                c.mounts.push(MountSpec {
+                    host_path: "rel".into(),
+                    container_path: "/x".into(),
+                    ..Default::default()
+                })
+            }),
+            Box::new(|c| {
+                c.mounts.push(MountSpec {
+                    host_path: "/a/../etc".into(),
+                    container_path: "/x".into(),
+                    ..Default::default()
+                })
+            }),
+            Box::new(|c| {
+                c.mounts.push(MountSpec {
+                    host_path: "/tmp".into(),
+                    container_path: "/proc".into(),
+                    ..Default::default()
+                })
+            }),
+            Box::new(|c| {
+                c.mounts.push(MountSpec {
+                    host_path: "/tmp".into(),
+                    container_path: "/proc/sys".into(),
+                    ..Default::default()
+                })
+            }),
+            Box::new(|c| c.security.add_capabilities.push("BOGUS".into())),
+            Box::new(|c| c.security.seccomp = SeccompProfile::Localhost("/etc/passwd".into())),
+            Box::new(|c| {
+                c.security.seccomp = SeccompProfile::Localhost("localhost/../../x.json".into())
+            }),
+            Box::new(|c| c.log_path = "../escape.log".into()),
+            Box::new(|c| c.log_path = "/abs.log".into()),
+            Box::new(|c| c.security.run_as_user = Some(1 << 31)),
+        ];
+        for (i, f) in cases.iter().enumerate() {
+            let mut c = base.clone();
+            f(&mut c);
+            let e = validate(&c, &pod, root).expect_err(&format!("case {i}"));
+            assert_eq!(e.kind(), imagestore::ErrorKind::InvalidArgument, "case {i}");
+        }
+        let mut ok = base.clone();
+        ok.mounts.push(MountSpec {
+            host_path: "/tmp".into(),
+            container_path: "/procfoo".into(),
+            ..Default::default()
+        });
+        ok.log_path = "c/0.log".into();
+        ok.security.seccomp = SeccompProfile::Localhost("localhost/p.json".into());
+        assert!(validate(&ok, &pod, root).is_ok());
+    }
+
+    #[test]
+    fn spec_has_the_expected_shape() {
+        let pod = PodContext {
+            id: "pod1".into(),
+            network: NsSource::Join("/run/netns/x".into()),
+            ipc: NsSource::New,
+            uts: NsSource::New,
+            pid: NsSource::New,
+            hostname: "h".into(),
+            ..Default::default()
+        };
+        let mut config = ContainerConfig {
+            name: "c".into(),
+            args: v(&["echo", "hi"]),
+            ..Default::default()
+        };
+        config.resources.memory_limit_in_bytes = 64 << 20;
+        config.resources.oom_score_adj = -998;
+        config.security.seccomp = SeccompProfile::RuntimeDefault;
+        config.security.readonly_rootfs = true;
+        let image = ImageConfig::parse(r#"{"config":{"Env":["PATH=/bin"],"Cmd":["sh"]}}"#).unwrap();
+        let user = ResolvedUser {
+            uid: 1,
+            gid: 2,
+            additional_gids: vec![],
+            username: None,
+        };
+        let cx = SpecContext {
+            id: "c1",
+            pod: &pod,
+            image: &image,
+            user: &user,
+            rootfs: Path::new("/r/rootfs"),
+            cgroups_path: "/crid/c1".into(),
+            seccomp_root: Path::new("/s"),
+            min_oom_score_adj: 0,
+            cgroup_v2: false,
+        };
+        let spec = build(&config, &cx).unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["process"]["args"], serde_json::json!(["echo", "hi"]));
+        assert_eq!(json["process"]["oomScoreAdj"], 0);
+        assert_eq!(json["process"]["user"]["uid"], 1);
+        assert_eq!(json["root"]["readonly"], true);
+        assert_eq!(json["hostname"], "h");
+        assert_eq!(json["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        let ns = json["linux"]["namespaces"].as_array().unwrap();
+        assert!(
+            ns.iter()
+                .any(|n| n["type"] == "network" && n["path"] == "/run/netns/x")
+        );
+        assert!(json["linux"]["maskedPaths"].as_array().unwrap().len() > 5);
+    }
+}

@@ -1,0 +1,617 @@
+//! The per-container monitor: a small detached process (`crid monitor --spec FILE`) that owns a
+//! container's stdio, writes the CRI log, reaps the container's init process as a subreaper and
+//! records its exit to disk, so containers outlive crid restarts.
+//!
+//! What it supervises is abstract ([`Launch`]): `runc create` (the container is then started by
+//! crid with `runc start`) or any argv (a VMM, for unikernel pods), run at once.
+//!
+//! The protocol with crid:
+//! 1. crid writes a [`MonitorSpec`] as JSON and runs `crid monitor --spec FILE` with stdout on a
+//!    pipe. That process re-executes itself with `--detached` and exits at once, so the real
+//!    monitor is re-parented to init and never is crid's child (no zombie, no fork in crid).
+//! 2. The detached monitor calls `setsid`, becomes a child subreaper, writes its pid to
+//!    `pid_file`, launches, and prints one JSON [`Ready`] line on stdout, then closes stdout.
+//! 3. When the supervised process exits, the monitor drains its output, writes an
+//!    [`ExitRecord`] to `exit_file` (temp file + rename) and exits.
+//!
+//! `SIGUSR1` makes it reopen the log file (kubelet's log rotation). No async runtime, no threads:
+//! one `poll` loop over the two output pipes and a signalfd.
+
+pub mod log;
+mod sys;
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use self::log::{LineSplitter, LogFile, Stream};
+
+/// How long output is still collected after the supervised process exited (other processes
+/// may hold the pipes, e.g. in a pod-wide PID namespace).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// What the monitor starts and watches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Launch {
+    /// `runc create`; the container's init is the supervised process.
+    Runc {
+        runc: PathBuf,
+        /// runc's `--root`.
+        root: PathBuf,
+        systemd_cgroup: bool,
+        bundle: PathBuf,
+        /// runc's `--pid-file`.
+        container_pid_file: PathBuf,
+        /// runc's `--log` (JSON); its errors explain a failed create.
+        runc_log: PathBuf,
+    },
+    /// Any program, started at once; it is the supervised process.
+    Command {
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: Option<PathBuf>,
+    },
+}
+
+/// Everything a monitor needs, written by crid as JSON next to the container's state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MonitorSpec {
+    pub id: String,
+    pub launch: Launch,
+    /// CRI log file; `None` discards the output.
+    pub log_path: Option<PathBuf>,
+    pub exit_file: PathBuf,
+    /// The monitor's own pid.
+    pub pid_file: PathBuf,
+    /// Memory cgroup directory, read at exit to tell whether the OOM killer struck
+    /// (`memory.oom_control` on cgroup v1, `memory.events` on v2).
+    pub oom_cgroup: Option<PathBuf>,
+}
+
+/// The line the monitor prints once launched.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Ready {
+    /// The supervised process, when the launch worked.
+    pub pid: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// Written when the supervised process exited.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExitRecord {
+    /// The exit status, or 128 + signal number.
+    pub exit_code: i32,
+    /// Unix time in nanoseconds.
+    pub finished_at_ns: i64,
+    pub oom_killed: bool,
+}
+
+impl ExitRecord {
+    /// Reads an exit file; `None` when it does not exist (yet) or is unreadable.
+    pub fn load(path: &Path) -> Option<ExitRecord> {
+        let text = std::fs::read(path).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+}
+
+/// Writes `data` to `path` atomically (temp file in the same directory, then rename).
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+// ---------------------------------------------------------------------------------------------
+// crid's side
+
+/// Starts a monitor for `spec` (written to `spec_path`) with the crid binary `exe`, waits for
+/// its [`Ready`] line (at most `timeout`) and returns it. Blocking: call from a blocking task.
+pub fn spawn(
+    exe: &Path,
+    spec: &MonitorSpec,
+    spec_path: &Path,
+    stderr_path: &Path,
+    timeout: Duration,
+) -> std::io::Result<Ready> {
+    let json = serde_json::to_vec(spec).map_err(std::io::Error::other)?;
+    write_atomic(spec_path, &json)?;
+    let stderr = File::options()
+        .create(true)
+        .append(true)
+        .open(stderr_path)?;
+    let mut child = Command::new(exe)
+        .arg("monitor")
+        .arg("--spec")
+        .arg(spec_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()?;
+    let stdout = child.stdout.take();
+    // The first process exits as soon as the detached one runs.
+    let status = child.wait()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!(
+            "monitor failed to start ({status}); see {}",
+            stderr_path.display()
+        )));
+    }
+    let Some(stdout) = stdout else {
+        return Err(std::io::Error::other("monitor stdout missing"));
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let r = stdout.take(64 * 1024).read_to_end(&mut buf).map(|_| buf);
+        let _ = tx.send(r);
+    });
+    let buf = rx
+        .recv_timeout(timeout)
+        .map_err(|_| std::io::Error::other("monitor did not report in time"))??;
+    serde_json::from_slice::<Ready>(buf.trim_ascii()).map_err(|e| {
+        std::io::Error::other(format!(
+            "monitor reported {:?}: {e}; see {}",
+            String::from_utf8_lossy(&buf),
+            stderr_path.display()
+        ))
+    })
+}
+
+/// Reads a pid file.
+pub fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+}
+
+/// A live monitor process, pinned by a pidfd so pid reuse cannot fool us.
+#[derive(Debug)]
+pub struct MonitorHandle {
+    pub pid: i32,
+    pidfd: OwnedFd,
+}
+
+impl MonitorHandle {
+    /// Attaches to the monitor of container `id` whose pid is in `pid_file`; `None` when no
+    /// such monitor runs any more.
+    pub fn attach(pid_file: &Path, id: &str) -> Option<MonitorHandle> {
+        let pid = read_pid(pid_file)?;
+        let pidfd = sys::pidfd_open(pid).ok()?;
+        // With the pidfd open, the pid cannot be reused: check it is really our monitor.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let mut args = cmdline.split('\0');
+        let is_monitor = args.any(|a| a == "monitor") && cmdline.contains(id);
+        // A zombie has an empty cmdline; it has exited.
+        if !is_monitor {
+            return None;
+        }
+        Some(MonitorHandle { pid, pidfd })
+    }
+
+    /// Whether the monitor still runs.
+    pub fn alive(&self) -> bool {
+        let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+    }
+
+    /// Waits until the monitor exits.
+    pub async fn exited(self) -> std::io::Result<()> {
+        let fd = sys::async_pidfd(self.pidfd)?;
+        let _guard = fd.readable().await?;
+        Ok(())
+    }
+
+    /// Asks the monitor to reopen its log file.
+    pub fn reopen_log(&self) -> std::io::Result<()> {
+        nix::sys::signal::kill(Pid::from_raw(self.pid), Signal::SIGUSR1)
+            .map_err(std::io::Error::from)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The monitor process
+
+/// Entry point of `crid monitor`. Returns the process exit code.
+pub fn main(spec_path: &Path, detached: bool) -> i32 {
+    if !detached {
+        return respawn_detached();
+    }
+    let spec = match std::fs::read(spec_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice::<MonitorSpec>(&b).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            report(&Ready {
+                pid: None,
+                error: Some(format!(
+                    "cannot read monitor spec {}: {e}",
+                    spec_path.display()
+                )),
+            });
+            return 1;
+        }
+    };
+    match Monitor::start(&spec) {
+        Ok(mut m) => {
+            report(&Ready {
+                pid: Some(m.pid.as_raw()),
+                error: None,
+            });
+            m.run(&spec);
+            0
+        }
+        Err(e) => {
+            report(&Ready {
+                pid: None,
+                error: Some(e),
+            });
+            1
+        }
+    }
+}
+
+/// Runs this same command line again with `--detached`, not waiting for it.
+fn respawn_detached() -> i32 {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("crid monitor: cannot find own executable: {e}");
+            return 1;
+        }
+    };
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    args.push("--detached".into());
+    match Command::new(exe).args(args).stdin(Stdio::null()).spawn() {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("crid monitor: cannot start the detached monitor: {e}");
+            1
+        }
+    }
+}
+
+/// Prints the ready line and detaches stdout (and stdin) from crid.
+fn report(ready: &Ready) {
+    let mut line = serde_json::to_vec(ready).unwrap_or_default();
+    line.push(b'\n');
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&line);
+    let _ = out.flush();
+    drop(out);
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+    }
+}
+
+struct Monitor {
+    pid: Pid,
+    stdout: Option<File>,
+    stderr: Option<File>,
+    signals: SignalFd,
+    log: LogFile,
+}
+
+impl Monitor {
+    fn start(spec: &MonitorSpec) -> Result<Monitor, String> {
+        let _ = nix::unistd::setsid();
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|e| format!("cannot become a subreaper: {e}"))?;
+        let mut mask = SigSet::empty();
+        for s in [
+            Signal::SIGCHLD,
+            Signal::SIGUSR1,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+        ] {
+            mask.add(s);
+        }
+        mask.thread_block()
+            .map_err(|e| format!("cannot block signals: {e}"))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| format!("signalfd: {e}"))?;
+        write_atomic(&spec.pid_file, std::process::id().to_string().as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", spec.pid_file.display()))?;
+        let log = LogFile::open(spec.log_path.as_deref()).map_err(|e| {
+            format!(
+                "cannot open log file {}: {e}",
+                spec.log_path.as_deref().unwrap_or(Path::new("")).display()
+            )
+        })?;
+        let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+        let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+        let pid = match &spec.launch {
+            Launch::Runc {
+                runc,
+                root,
+                systemd_cgroup,
+                bundle,
+                container_pid_file,
+                runc_log,
+            } => {
+                let mut cmd = Command::new(runc);
+                cmd.arg("--root").arg(root);
+                if *systemd_cgroup {
+                    cmd.arg("--systemd-cgroup");
+                }
+                cmd.arg("--log")
+                    .arg(runc_log)
+                    .arg("--log-format")
+                    .arg("json")
+                    .arg("create")
+                    .arg("--bundle")
+                    .arg(bundle)
+                    .arg("--pid-file")
+                    .arg(container_pid_file)
+                    .arg(&spec.id)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::from(out_w))
+                    .stderr(Stdio::from(err_w));
+                let status = cmd
+                    .status()
+                    .map_err(|e| format!("cannot run {}: {e}", runc.display()))?;
+                if !status.success() {
+                    return Err(format!(
+                        "runc create failed ({status}): {}",
+                        runc_errors(runc_log)
+                    ));
+                }
+                read_pid(container_pid_file).ok_or_else(|| {
+                    format!("runc wrote no pid to {}", container_pid_file.display())
+                })?
+            }
+            Launch::Command { argv, env, cwd } => {
+                let Some((prog, args)) = argv.split_first() else {
+                    return Err("empty command".into());
+                };
+                let mut cmd = Command::new(prog);
+                cmd.args(args)
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::from(out_w))
+                    .stderr(Stdio::from(err_w));
+                if let Some(cwd) = cwd {
+                    cmd.current_dir(cwd);
+                }
+                let child = cmd.spawn().map_err(|e| format!("cannot run {prog}: {e}"))?;
+                i32::try_from(child.id()).map_err(|e| e.to_string())?
+            }
+        };
+        Ok(Monitor {
+            pid: Pid::from_raw(pid),
+            stdout: Some(File::from(out_r)),
+            stderr: Some(File::from(err_r)),
+            signals,
+            log,
+        })
+    }
+
+    /// Copies output to the log until the process exited and its output ended.
+    fn run(&mut self, spec: &MonitorSpec) {
+        let mut out_split = LineSplitter::new(Stream::Stdout);
+        let mut err_split = LineSplitter::new(Stream::Stderr);
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut exit: Option<(i32, Instant)> = None;
+        loop {
+            if let Some((_, at)) = exit {
+                if (self.stdout.is_none() && self.stderr.is_none())
+                    || at.elapsed() >= DRAIN_AFTER_EXIT
+                {
+                    break;
+                }
+            }
+            let timeout = match exit {
+                Some((_, at)) => PollTimeout::try_from(
+                    DRAIN_AFTER_EXIT.saturating_sub(at.elapsed()).as_millis() as i32 + 1,
+                )
+                .unwrap_or(PollTimeout::ZERO),
+                None => PollTimeout::NONE,
+            };
+            let (out_ready, err_ready, sig_ready) = {
+                let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+                let out_idx = self.stdout.as_ref().map(|f| {
+                    fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+                    fds.len() - 1
+                });
+                let err_idx = self.stderr.as_ref().map(|f| {
+                    fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+                    fds.len() - 1
+                });
+                match poll(&mut fds, timeout) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        eprintln!("crid monitor: poll: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                }
+                let ready = |i: Option<usize>| {
+                    i.and_then(|i| fds[i].revents())
+                        .is_some_and(|r| !r.is_empty())
+                };
+                (ready(out_idx), ready(err_idx), ready(Some(0)))
+            };
+            let log = &mut self.log;
+            let mut emit = |s: Stream, p: bool, c: &[u8]| log.write_record(s, p, c);
+            if out_ready {
+                pump(&mut self.stdout, &mut buf, &mut out_split, &mut emit);
+            }
+            if err_ready {
+                pump(&mut self.stderr, &mut buf, &mut err_split, &mut emit);
+            }
+            if sig_ready {
+                while let Ok(Some(info)) = self.signals.read_signal() {
+                    match Signal::try_from(info.ssi_signo as i32) {
+                        Ok(Signal::SIGCHLD) => {
+                            if let Some(code) = reap(self.pid) {
+                                exit.get_or_insert((code, Instant::now()));
+                            }
+                        }
+                        Ok(Signal::SIGUSR1) => {
+                            if let Err(e) = self.log.reopen() {
+                                eprintln!("crid monitor: reopening the log: {e}");
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let log = &mut self.log;
+        let mut emit = |s: Stream, p: bool, c: &[u8]| log.write_record(s, p, c);
+        out_split.finish(&mut emit);
+        err_split.finish(&mut emit);
+        let code = exit.map(|(c, _)| c).unwrap_or(255);
+        let (secs, nanos) = log::now();
+        let record = ExitRecord {
+            exit_code: code,
+            finished_at_ns: secs * 1_000_000_000 + i64::from(nanos),
+            oom_killed: spec.oom_cgroup.as_deref().is_some_and(oom_killed),
+        };
+        let json = serde_json::to_vec(&record).unwrap_or_default();
+        if let Err(e) = write_atomic(&spec.exit_file, &json) {
+            eprintln!(
+                "crid monitor: cannot write {}: {e}",
+                spec.exit_file.display()
+            );
+        }
+    }
+}
+
+/// Reads what is available from one pipe; closes it at end of stream.
+fn pump(
+    pipe: &mut Option<File>,
+    buf: &mut [u8],
+    split: &mut LineSplitter,
+    emit: &mut dyn FnMut(Stream, bool, &[u8]),
+) {
+    let Some(f) = pipe.as_mut() else { return };
+    match f.read(buf) {
+        Ok(0) => *pipe = None,
+        Ok(n) => split.push(&buf[..n], emit),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+        Err(_) => *pipe = None,
+    }
+}
+
+/// Reaps every exited child; returns the exit code of `pid` if it was among them.
+fn reap(pid: Pid) -> Option<i32> {
+    let mut found = None;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(p, code)) => {
+                if p == pid {
+                    found = Some(code);
+                }
+            }
+            Ok(WaitStatus::Signaled(p, sig, _)) => {
+                if p == pid {
+                    found = Some(128 + sig as i32);
+                }
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return found,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Whether the OOM killer killed a process of the cgroup at `dir`.
+pub fn oom_killed(dir: &Path) -> bool {
+    ["memory.oom_control", "memory.events"].iter().any(|f| {
+        std::fs::read_to_string(dir.join(f)).is_ok_and(|text| {
+            text.lines().any(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+            })
+        })
+    })
+}
+
+/// The error messages in runc's JSON log.
+pub fn runc_errors(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let msgs: Vec<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "error" || v["level"] == "fatal")
+        .filter_map(|v| v["msg"].as_str().map(str::to_owned))
+        .collect();
+    if msgs.is_empty() {
+        text.lines().last().unwrap_or("no error logged").to_owned()
+    } else {
+        msgs.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_counters_are_read() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(!oom_killed(d.path()));
+        std::fs::write(
+            d.path().join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+        )
+        .unwrap();
+        assert!(!oom_killed(d.path()));
+        std::fs::write(d.path().join("memory.events"), "low 0\noom 1\noom_kill 2\n").unwrap();
+        assert!(oom_killed(d.path()));
+    }
+
+    #[test]
+    fn runc_log_errors_are_extracted() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("log.json");
+        std::fs::write(
+            &p,
+            "{\"level\":\"info\",\"msg\":\"x\"}\n{\"level\":\"error\",\"msg\":\"exec: \\\"nope\\\": not found\"}\n",
+        )
+        .unwrap();
+        assert_eq!(runc_errors(&p), "exec: \"nope\": not found");
+    }
+
+    #[test]
+    fn exit_records_roundtrip_atomically() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("exit.json");
+        assert!(ExitRecord::load(&p).is_none());
+        let r = ExitRecord {
+            exit_code: 42,
+            finished_at_ns: 7,
+            oom_killed: false,
+        };
+        write_atomic(&p, &serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(ExitRecord::load(&p), Some(r));
+        assert!(!d.path().join("exit.json.tmp").exists());
+    }
+}

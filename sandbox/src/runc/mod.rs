@@ -1,0 +1,198 @@
+//! A thin wrapper over the `runc` command line (`--root <state>/runc`). `create` is run by the
+//! container's monitor (see [`crate::monitor`]); everything else is called from crid here.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+use crate::SandboxError;
+
+/// How to call runc.
+#[derive(Debug, Clone)]
+pub struct Runc {
+    pub binary: PathBuf,
+    pub root: PathBuf,
+    pub systemd_cgroup: bool,
+}
+
+/// `runc state` output (the fields crid uses).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RuncState {
+    pub id: String,
+    pub pid: i32,
+    pub status: String,
+}
+
+/// The result of [`Runc::exec`].
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+    pub timed_out: bool,
+}
+
+impl Runc {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.root);
+        if self.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
+        cmd.stdin(Stdio::null()).kill_on_drop(true);
+        cmd
+    }
+
+    async fn run(&self, op: &str, args: &[&str]) -> Result<Vec<u8>, SandboxError> {
+        let out = self
+            .command()
+            .args(args)
+            .output()
+            .await
+            .map_err(|e| SandboxError::Runtime {
+                op: op.into(),
+                reason: format!("cannot run {}: {e}", self.binary.display()),
+            })?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(SandboxError::Runtime {
+                op: op.into(),
+                reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
+        }
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), SandboxError> {
+        self.run("start", &["start", id]).await.map(drop)
+    }
+
+    /// Sends `signal` (a name or number); `all` signals every process of the container.
+    pub async fn kill(&self, id: &str, signal: &str, all: bool) -> Result<(), SandboxError> {
+        let mut args = vec!["kill"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([id, signal]);
+        self.run("kill", &args).await.map(drop)
+    }
+
+    /// Deletes the container; a container runc does not know is fine.
+    pub async fn delete(&self, id: &str) -> Result<(), SandboxError> {
+        match self.run("delete", &["delete", "--force", id]).await {
+            Ok(_) => Ok(()),
+            Err(SandboxError::Runtime { reason, .. })
+                if reason.contains("does not exist") || reason.contains("not exist") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn state(&self, id: &str) -> Result<RuncState, SandboxError> {
+        let out = self.run("state", &["state", id]).await?;
+        serde_json::from_slice(&out).map_err(|e| SandboxError::Runtime {
+            op: "state".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Applies new resources (an OCI `LinuxResources` JSON) to a running container.
+    pub async fn update(&self, id: &str, resources_json: &Path) -> Result<(), SandboxError> {
+        let path = resources_json.to_string_lossy();
+        self.run("update", &["update", "--resources", &path, id])
+            .await
+            .map(drop)
+    }
+
+    /// Runs `process_json` (an OCI `Process`) in the container, capturing at most `cap` bytes
+    /// of each stream. On timeout the process is killed and `timed_out` set.
+    pub async fn exec(
+        &self,
+        id: &str,
+        process_json: &Path,
+        pid_file: &Path,
+        timeout: Option<Duration>,
+        cap: usize,
+    ) -> Result<ExecOutput, SandboxError> {
+        let err = |reason: String| SandboxError::Runtime {
+            op: "exec".into(),
+            reason,
+        };
+        let mut child = self
+            .command()
+            .arg("exec")
+            .arg("--process")
+            .arg(process_json)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| err(format!("cannot run {}: {e}", self.binary.display())))?;
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let read_out = tokio::spawn(read_capped(stdout, cap));
+        let read_err = tokio::spawn(read_capped(stderr, cap));
+        let waited = match timeout {
+            Some(t) => tokio::time::timeout(t, child.wait()).await.ok(),
+            None => Some(child.wait().await),
+        };
+        let (status, timed_out) = match waited {
+            Some(s) => (Some(s.map_err(|e| err(e.to_string()))?), false),
+            None => {
+                // Kill the exec'd process itself; runc exec then exits with it.
+                if let Some(pid) = crate::monitor::read_pid(pid_file) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                let _ = child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                (None, true)
+            }
+        };
+        let stdout = read_out.await.unwrap_or_default();
+        let stderr = read_err.await.unwrap_or_default();
+        let _ = std::fs::remove_file(pid_file);
+        let exit_code = match status {
+            Some(s) => {
+                use std::os::unix::process::ExitStatusExt;
+                s.code()
+                    .or_else(|| s.signal().map(|n| 128 + n))
+                    .unwrap_or(255)
+            }
+            None => -1,
+        };
+        Ok(ExecOutput {
+            stdout,
+            stderr,
+            exit_code,
+            timed_out,
+        })
+    }
+}
+
+/// Reads a stream to its end, keeping the first `cap` bytes and discarding the rest (so the
+/// writer never blocks).
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>, cap: usize) -> Vec<u8> {
+    let Some(mut r) = r else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    // Bounded by the pipe: it ends when every writer closed it (the timeout kills them).
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let keep = n.min(cap.saturating_sub(out.len()));
+        out.extend_from_slice(&buf[..keep]);
+    }
+    out
+}
