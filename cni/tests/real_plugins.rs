@@ -191,3 +191,72 @@ async fn gc_releases_attachments_nobody_owns() {
         netns::remove(&s.dir.path().join(format!("ns{i}"))).unwrap();
     }
 }
+
+#[tokio::test]
+async fn an_empty_pool_is_resource_exhausted_and_undone() {
+    if !can_run() {
+        return;
+    }
+    let tag = 4u8;
+    let (s, _) = setup(tag, "1.0.0");
+    let subnet_prefix = format!("10.{}.{}", 180 + u32::from(tag), std::process::id() % 250);
+    // One usable address only.
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": format!("cni-test-{tag}"),
+        "plugins": [{
+            "type": "bridge",
+            "bridge": s.bridge,
+            "ipam": {
+                "type": "host-local",
+                "dataDir": s.dir.path().join("ipam"),
+                "ranges": [[{
+                    "subnet": format!("{subnet_prefix}.0/24"),
+                    "rangeStart": format!("{subnet_prefix}.10"),
+                    "rangeEnd": format!("{subnet_prefix}.10")
+                }]]
+            }
+        }]
+    });
+    std::fs::write(
+        s.dir.path().join("net.d/10-test.conflist"),
+        conflist.to_string(),
+    )
+    .unwrap();
+    let cni = Cni::new(CniSettings {
+        conf_dir: s.dir.path().join("net.d"),
+        bin_dirs: vec![PathBuf::from(PLUGINS)],
+        cache_dir: s.dir.path().join("cache"),
+        timeout: Duration::from_secs(20),
+    });
+    let mut atts = Vec::new();
+    for i in 0..2 {
+        let ns = s.dir.path().join(format!("pool{i}"));
+        netns::create(&[(NsKind::Net, ns.clone())], || Ok(())).unwrap();
+        atts.push(Attachment {
+            container_id: format!("pool{i}"),
+            netns: ns,
+            ifname: "eth0".into(),
+            pod: PodArgs::default(),
+            capabilities: Capabilities::default(),
+        });
+    }
+    cni.add(&atts[0]).await.expect("first ADD");
+    let e = cni.add(&atts[1]).await.unwrap_err();
+    assert_eq!(e.kind(), imagestore::ErrorKind::ResourceExhausted, "{e}");
+    assert_eq!(e.plugin(), Some("bridge"), "{e}");
+    // The failed ADD was undone: no cache entry, only the first veth on the bridge.
+    assert_eq!(cni.cached_attachments().len(), 1);
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "master", &s.bridge])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    cni.del("pool0", Some(&atts[0].netns), "eth0", &PodArgs::default())
+        .await
+        .unwrap();
+    assert_eq!(reservations(s.dir.path(), tag), 0);
+    for a in &atts {
+        netns::remove(&a.netns).unwrap();
+    }
+}
