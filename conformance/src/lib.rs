@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod fixtures;
 pub mod runner;
 pub mod stream_client;
 pub mod tests;
