@@ -26,6 +26,10 @@ source scripts/registry.sh
 start_registry "$WORK/registry"
 export CRID_TEST_REGISTRY
 
+echo "== test images"
+# Built by cargo build above; pushes busybox, layered, zstd, unikernel and evil images.
+target/debug/crid-fixtures --registry "$CRID_TEST_REGISTRY"
+
 echo "== unit and integration tests"
 cargo test --workspace -- --test-threads=2
 
