@@ -643,6 +643,19 @@ async fn bad_requests_are_invalid_arguments() {
         let e = crid.run(c).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{k}={v:?}: {e}");
     }
+    // A sysctl that fails to apply (after CNI ADD) undoes the whole pod.
+    let mut c = pod("late-failure");
+    c.linux.as_mut().unwrap().sysctls = HashMap::from([(
+        "net.ipv4.conf.nosuchif0.forwarding".to_string(),
+        "1".to_string(),
+    )]);
+    let e = crid.run(c).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("nosuchif0"), "{e}");
+    assert!(net.reservations().is_empty(), "{:?}", net.reservations());
+    assert!(net.veths().is_empty(), "{:?}", net.veths());
+    crid.assert_no_pod_leftovers();
+
     // net.* in a host-network pod would change the host.
     let mut c = pod("hostnet");
     let linux = c.linux.as_mut().unwrap();

@@ -404,9 +404,10 @@ impl PodManager {
             }
             Err(e) => {
                 tracing::error!(pod_sandbox_id = %id, error = %e, "pod creation failed; undoing");
-                // CNI ADD already undid its own part; the rest goes here.
-                record.network = None;
-                self.teardown(&record, false).await;
+                // A failed CNI ADD undid itself (`network` stays `None`); a later failure
+                // (sysctls, files) needs the DEL here.
+                let attached = record.network.is_some();
+                self.teardown(&record, attached).await;
                 if let Err(e) = self.store.delete(id) {
                     tracing::warn!(pod_sandbox_id = %id, error = %e, "cannot delete pod record");
                 }
