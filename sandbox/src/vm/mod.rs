@@ -15,6 +15,7 @@ pub mod accel;
 pub mod cloud_hypervisor;
 pub mod cmdline;
 pub mod firecracker;
+pub mod launch;
 mod layers;
 pub mod net;
 pub mod qemu;

@@ -1,0 +1,348 @@
+//! Preparing a unikernel container for its monitor, in one call: resolve the image's files,
+//! choose the accelerator, wire the pod network, build the launch plan and write its files.
+//! The container backend then hands [`PreparedVm::argv`] to the monitor (`Launch::Command`),
+//! maps the recorded exit status with [`LaunchPlan::guest_exit_code`], and calls [`release`]
+//! when the container is stopped or removed.
+
+use std::path::{Path, PathBuf};
+
+use imagestore::UnikernelInfo;
+use serde::{Deserialize, Serialize};
+
+use super::accel::{self, AccelDecision, AcceleratorMode, KvmProbe};
+use super::net;
+use super::{
+    DEFAULT_MEMORY_MIB, GuestNet, LaunchPlan, VmSpec, default_binary_dirs, find_binary,
+    hypervisor_for, resolve_in_layers, supported_pair,
+};
+use crate::SandboxError;
+
+/// Node-wide VM settings (crid's `[vm]` configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSettings {
+    pub accelerator: AcceleratorMode,
+    /// Where hypervisor binaries are looked up.
+    pub binary_dirs: Vec<PathBuf>,
+    /// Guest memory when the container sets no memory limit.
+    pub default_memory_mib: u64,
+    /// Upper bound of vCPUs per guest.
+    pub max_vcpus: u32,
+}
+
+impl Default for VmSettings {
+    fn default() -> Self {
+        VmSettings {
+            accelerator: AcceleratorMode::Auto,
+            binary_dirs: default_binary_dirs(),
+            default_memory_mib: DEFAULT_MEMORY_MIB,
+            max_vcpus: std::thread::available_parallelism()
+                .map(|n| u32::try_from(n.get()).unwrap_or(1))
+                .unwrap_or(1),
+        }
+    }
+}
+
+/// One unikernel container to prepare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRequest {
+    pub container_id: String,
+    pub info: UnikernelInfo,
+    /// The image's unpacked layer directories, bottom-most first.
+    pub layer_dirs: Vec<PathBuf>,
+    /// The pod's network namespace; `None` runs the guest without a network.
+    pub netns: Option<PathBuf>,
+    /// The CNI interface in that namespace (`eth0`).
+    pub iface: String,
+    /// CRI `memory_limit_in_bytes` (0: none).
+    pub memory_limit_bytes: i64,
+    /// CRI `cpu_quota` / `cpu_period` (0: none).
+    pub cpu_quota: i64,
+    pub cpu_period: i64,
+    /// CRI command + args (empty: the image's command line).
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// The container's private directory for the plan's files and its block image copy.
+    pub run_dir: PathBuf,
+}
+
+/// A prepared guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedVm {
+    pub plan: LaunchPlan,
+    /// The full command for the monitor: the VMM, entered into the pod's network namespace.
+    pub argv: Vec<String>,
+    pub net: Option<GuestNet>,
+    pub accel: AccelDecision,
+}
+
+/// Guest memory in MiB for a CRI memory limit (rounded up; the default when unset).
+pub fn memory_mib(limit_bytes: i64, default_mib: u64) -> u64 {
+    match u64::try_from(limit_bytes) {
+        Ok(0) | Err(_) => default_mib.max(1),
+        Ok(b) => b.div_ceil(1024 * 1024).max(1),
+    }
+}
+
+/// vCPUs for a CRI CPU quota/period (rounded up, at least 1, at most `max`).
+pub fn vcpus(quota: i64, period: i64, max: u32) -> u32 {
+    if quota <= 0 || period <= 0 {
+        return 1;
+    }
+    let n = quota / period + i64::from(quota % period != 0);
+    u32::try_from(n).unwrap_or(u32::MAX).clamp(1, max.max(1))
+}
+
+/// Prepares the guest (see the module documentation). On error nothing is left behind.
+pub fn prepare(
+    req: &VmRequest,
+    settings: &VmSettings,
+    host: &KvmProbe,
+) -> Result<PreparedVm, SandboxError> {
+    let info = &req.info;
+    if !supported_pair(info.unikernel_type, info.hypervisor) {
+        return Err(SandboxError::UnsupportedGuest {
+            reason: format!(
+                "{} guests cannot run on {}",
+                super::type_name(info.unikernel_type),
+                super::hypervisor_name(info.hypervisor)
+            ),
+        });
+    }
+    let kernel = resolve_in_layers(&req.layer_dirs, &info.binary)?;
+    let initrd = info
+        .initrd
+        .as_ref()
+        .map(|p| resolve_in_layers(&req.layer_dirs, p))
+        .transpose()?;
+    let block_src = info
+        .block
+        .as_ref()
+        .map(|p| resolve_in_layers(&req.layer_dirs, p))
+        .transpose()?;
+    let accel = accel::decide(
+        settings.accelerator,
+        info.unikernel_type,
+        info.hypervisor,
+        host,
+    )?;
+    // Fail on a missing VMM before touching the network.
+    find_binary(
+        hypervisor_for(info.hypervisor).binary_name(),
+        &settings.binary_dirs,
+    )?;
+    let nsenter = match &req.netns {
+        Some(_) => Some(find_binary("nsenter", &settings.binary_dirs)?),
+        None => None,
+    };
+    std::fs::create_dir_all(&req.run_dir).map_err(|e| SandboxError::io(&req.run_dir, e))?;
+    // The guest writes to its block device: give it a private copy (copy_file_range, which
+    // reflinks where the filesystem can), never the shared layer file.
+    let block = match block_src {
+        Some(src) => {
+            let dst = req.run_dir.join("block.img");
+            std::fs::copy(&src, &dst).map_err(|e| SandboxError::io(&dst, e))?;
+            Some(dst)
+        }
+        None => None,
+    };
+    let tap = net::tap_name(&req.container_id);
+    let guest_net = match &req.netns {
+        Some(ns) => Some(net::setup_guest_net(ns, &req.iface, &tap)?),
+        None => None,
+    };
+    let spec = VmSpec {
+        info: info.clone(),
+        kernel,
+        initrd,
+        block,
+        memory_mib: memory_mib(req.memory_limit_bytes, settings.default_memory_mib),
+        vcpus: vcpus(req.cpu_quota, req.cpu_period, settings.max_vcpus),
+        net: guest_net.clone(),
+        args: req.args.clone(),
+        env: req.env.clone(),
+        accelerator: accel.accelerator,
+        run_dir: req.run_dir.clone(),
+    };
+    let planned = super::plan(&spec, &settings.binary_dirs).and_then(|plan| {
+        plan.write_files()?;
+        Ok(plan)
+    });
+    let plan = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = release(
+                req.netns.as_deref(),
+                &req.iface,
+                &req.container_id,
+                &req.run_dir,
+            );
+            return Err(e);
+        }
+    };
+    let mut argv = Vec::new();
+    if let (Some(nsenter), Some(ns)) = (nsenter, &req.netns) {
+        argv.push(nsenter.display().to_string());
+        argv.push(format!("--net={}", ns.display()));
+        argv.push("--".into());
+    }
+    argv.push(plan.program.display().to_string());
+    argv.extend(plan.args.iter().cloned());
+    tracing::info!(
+        container_id = %req.container_id,
+        hypervisor = super::hypervisor_name(info.hypervisor),
+        accelerator = %accel.accelerator,
+        "unikernel guest prepared"
+    );
+    Ok(PreparedVm {
+        plan,
+        argv,
+        net: guest_net,
+        accel,
+    })
+}
+
+/// Undoes [`prepare`]: removes the tap and redirects, and the run directory's plan files and
+/// block copy. Fine to call more than once.
+pub fn release(
+    netns: Option<&Path>,
+    iface: &str,
+    container_id: &str,
+    run_dir: &Path,
+) -> Result<(), SandboxError> {
+    let mut result = Ok(());
+    if let Some(ns) = netns {
+        if ns.exists() {
+            result = net::teardown_guest_net(ns, iface, &net::tap_name(container_id));
+        }
+    }
+    for name in [super::firecracker::CONFIG_FILE, "block.img"] {
+        let _ = std::fs::remove_file(run_dir.join(name));
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imagestore::{HypervisorKind, UnikernelSource, UnikernelType};
+    use std::os::unix::fs::PermissionsExt;
+
+    fn fake_bin(dir: &Path, name: &str) {
+        let p = dir.join(name);
+        std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn request(root: &Path, t: UnikernelType, h: HypervisorKind) -> VmRequest {
+        let layer = root.join("layer0");
+        std::fs::create_dir_all(layer.join("unikernel")).unwrap();
+        std::fs::write(layer.join("unikernel/kernel"), b"kernel").unwrap();
+        std::fs::write(layer.join("unikernel/disk.img"), b"disk").unwrap();
+        VmRequest {
+            container_id: "c0ffee".into(),
+            info: UnikernelInfo {
+                unikernel_type: t,
+                hypervisor: h,
+                binary: "/unikernel/kernel".into(),
+                cmdline: "hello".into(),
+                initrd: None,
+                block: Some("/unikernel/disk.img".into()),
+                block_mount_point: None,
+                version: None,
+                source: UnikernelSource::UruncJson,
+            },
+            layer_dirs: vec![layer],
+            netns: None,
+            iface: "eth0".into(),
+            memory_limit_bytes: 64 * 1024 * 1024 + 1,
+            cpu_quota: 150_000,
+            cpu_period: 100_000,
+            args: vec![],
+            env: vec![],
+            run_dir: root.join("run"),
+        }
+    }
+
+    fn host() -> KvmProbe {
+        KvmProbe {
+            usable: true,
+            pvm: false,
+            detail: "test".into(),
+        }
+    }
+
+    #[test]
+    fn resources() {
+        assert_eq!(memory_mib(0, 256), 256);
+        assert_eq!(memory_mib(-1, 256), 256);
+        assert_eq!(memory_mib(1, 256), 1);
+        assert_eq!(memory_mib(128 << 20, 256), 128);
+        assert_eq!(vcpus(0, 0, 8), 1);
+        assert_eq!(vcpus(250_000, 100_000, 8), 3);
+        assert_eq!(vcpus(9_000_000, 100_000, 4), 4);
+    }
+
+    #[test]
+    fn prepares_plan_with_private_block_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let bins = dir.path().join("bin");
+        std::fs::create_dir_all(&bins).unwrap();
+        fake_bin(&bins, "firecracker");
+        let settings = VmSettings {
+            binary_dirs: vec![bins],
+            max_vcpus: 4,
+            ..VmSettings::default()
+        };
+        let req = request(
+            dir.path(),
+            UnikernelType::Linux,
+            HypervisorKind::Firecracker,
+        );
+        let p = prepare(&req, &settings, &host()).unwrap();
+        assert_eq!(
+            p.argv[0],
+            dir.path().join("bin/firecracker").display().to_string()
+        );
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(req.run_dir.join("firecracker.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cfg["machine-config"]["mem_size_mib"], 65);
+        assert_eq!(cfg["machine-config"]["vcpu_count"], 2);
+        let copy = req.run_dir.join("block.img");
+        assert_eq!(cfg["drives"][0]["path_on_host"], copy.display().to_string());
+        assert_eq!(std::fs::read(&copy).unwrap(), b"disk");
+        assert_eq!(
+            cfg["boot-source"]["kernel_image_path"],
+            req.layer_dirs[0]
+                .join("unikernel/kernel")
+                .display()
+                .to_string()
+        );
+        release(None, "eth0", &req.container_id, &req.run_dir).unwrap();
+        assert!(!copy.exists());
+        assert!(!req.run_dir.join("firecracker.json").exists());
+    }
+
+    #[test]
+    fn missing_vmm_and_missing_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = VmSettings {
+            binary_dirs: vec![dir.path().join("nothing")],
+            ..VmSettings::default()
+        };
+        let req = request(
+            dir.path(),
+            UnikernelType::Linux,
+            HypervisorKind::CloudHypervisor,
+        );
+        let err = prepare(&req, &settings, &host()).unwrap_err();
+        assert_eq!(err.kind(), imagestore::ErrorKind::FailedPrecondition);
+        assert!(err.to_string().contains("cloud-hypervisor"), "{err}");
+
+        let mut req = request(dir.path(), UnikernelType::Linux, HypervisorKind::Qemu);
+        req.info.binary = "/unikernel/../../etc/passwd".into();
+        let err = prepare(&req, &settings, &host()).unwrap_err();
+        assert_eq!(err.kind(), imagestore::ErrorKind::InvalidArgument);
+    }
+}
