@@ -26,12 +26,3 @@ pub use reference::ImageRef;
 pub use store::{Credentials, FsUsage, ImageStore, ImageStoreConfig};
 pub use unikernel::{HypervisorKind, UnikernelInfo, UnikernelSource, UnikernelType};
 pub use unpack::UnpackStats;
-
-/// Recognises a unikernel image. Forwards to `unikernel::detect` once it exists.
-fn detect_unikernel(
-    _annotations: &std::collections::HashMap<String, String>,
-    _labels: &std::collections::HashMap<String, String>,
-    _layer_dirs: &[std::path::PathBuf],
-) -> Result<Option<UnikernelInfo>, ImageError> {
-    Ok(None)
-}

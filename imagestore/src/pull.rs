@@ -341,7 +341,7 @@ impl ImageStore {
             .iter()
             .map(|d| content.layer_path(d))
             .collect::<Result<Vec<PathBuf>, _>>()?;
-        let unikernel = crate::detect_unikernel(&res.annotations, &labels, &layer_dirs)?;
+        let unikernel = crate::unikernel::detect(&res.annotations, &labels, &layer_dirs)?;
         let mut size = res.config.size()?;
         for l in &res.layers {
             size += l.size()?;
@@ -398,19 +398,29 @@ impl ImageStore {
             }
             Some(Credentials::Token(t)) => RegistryAuth::Bearer(t),
         };
-        let mut last = None;
+        // When every host fails, the most telling error wins: "not found" from a registry that
+        // answered beats "unavailable" from one that did not.
+        let mut answered: Option<ImageError> = None;
+        let mut last: Option<ImageError> = None;
         let count = hosts.len();
         for (i, host) in hosts.iter().enumerate() {
             match self.pull_from(&r, host, &auth).await {
                 Ok(image) => return Ok(image),
                 Err(e) if i + 1 < count && is_host_failure(&e) => {
                     tracing::warn!(host = %host.host, error = %e, "registry host failed, trying the next");
+                    if answered.is_none() && e.kind() != crate::ErrorKind::Unavailable {
+                        answered = Some(e);
+                    } else {
+                        last = Some(e);
+                    }
+                }
+                Err(e) if e.kind() == crate::ErrorKind::Unavailable && answered.is_some() => {
                     last = Some(e);
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or_else(|| ImageError::NotFound {
+        Err(answered.or(last).unwrap_or_else(|| ImageError::NotFound {
             reference: r.to_string(),
         }))
     }
@@ -423,7 +433,9 @@ impl ImageStore {
     ) -> Result<Image, ImageError> {
         let client = make_client(host)?;
         let mut oref = r.oci();
-        oref.set_mirror_registry(host.host.clone());
+        if host.host != r.registry() {
+            oref.set_mirror_registry(host.host.clone());
+        }
         let name = r.to_string();
         let mut guard = self.use_guard();
         let content = self.inner.content.clone();
@@ -473,7 +485,18 @@ impl ImageStore {
                         });
                     }
                     let child = oref.clone_with_digest(entry.digest.clone());
-                    let (b, d) = fetch_manifest(&client, &child, auth, &host.host, &name).await?;
+                    let (b, d) =
+                        match fetch_manifest(&client, &child, auth, &host.host, &name).await {
+                            Err(ImageError::DigestMismatch { actual, .. })
+                                if visited.contains(&actual) =>
+                            {
+                                return Err(ImageError::InvalidManifest {
+                                    reference: name,
+                                    reason: format!("index references itself ({actual})"),
+                                });
+                            }
+                            other => other?,
+                        };
                     if d != entry.digest && visited.contains(&d) {
                         // The registry answered with an index already seen: a cycle.
                         return Err(ImageError::InvalidManifest {
