@@ -245,6 +245,29 @@ mod tests {
         assert_eq!(r.pod_ips()[0].to_string(), "10.3.0.7");
     }
 
+    /// Every single-byte mutation of a valid result that is still JSON parses or is refused;
+    /// none panics.
+    #[test]
+    fn mutations_never_panic() {
+        let valid = br#"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":"10.1.2.3/24","gateway":"10.1.2.1","interface":0}],"dns":{"nameservers":["1.1.1.1"]},"ip4":{"ip":"10.0.0.1/8"}}"#;
+        let replacements = b"0 9:/.,[]{}\"-ae";
+        let mut parsed = 0;
+        for i in 0..valid.len() {
+            for &r in replacements {
+                let mut m = valid.to_vec();
+                m[i] = r;
+                if let Ok(v) = serde_json::from_slice::<Value>(&m) {
+                    parsed += 1;
+                    let _ = CniResult::parse(&v).map(|r| r.pod_ips());
+                }
+            }
+            if let Ok(v) = serde_json::from_slice::<Value>(&valid[..i]) {
+                let _ = CniResult::parse(&v);
+            }
+        }
+        assert!(parsed > 100);
+    }
+
     #[test]
     fn bad_results_are_refused() {
         for bad in [
