@@ -496,6 +496,9 @@ pub async fn reopen_container_log(
     Ok(cri::ReopenContainerLogResponse {})
 }
 
+/// Room left in a response for framing and the exit code.
+const MESSAGE_OVERHEAD: usize = 4096;
+
 pub async fn exec_sync(
     state: &State,
     r: cri::ExecSyncRequest,
@@ -506,9 +509,19 @@ pub async fn exec_sync(
         .exec_sync(&r.container_id, r.cmd, timeout)
         .await
         .map_err(Failure::from)?;
+    // Each stream is capped at 16 MiB; together they must also fit one gRPC message.
+    let budget = state
+        .config
+        .grpc
+        .max_message_size
+        .saturating_sub(MESSAGE_OVERHEAD);
+    let mut stdout = out.stdout;
+    let mut stderr = out.stderr;
+    stdout.truncate(budget);
+    stderr.truncate(budget - stdout.len());
     Ok(cri::ExecSyncResponse {
-        stdout: out.stdout,
-        stderr: out.stderr,
+        stdout,
+        stderr,
         exit_code: out.exit_code,
     })
 }
