@@ -266,13 +266,22 @@ struct Crid {
 
 impl Crid {
     fn config(dir: &Path, reg: &str, pinned: &[String]) {
-        let certs = dir.join("certs.d").join(reg);
-        std::fs::create_dir_all(&certs).unwrap();
-        std::fs::write(
-            certs.join("hosts.toml"),
-            format!("server = \"http://{reg}\"\n[host.\"http://{reg}\"]\ncapabilities = [\"pull\", \"resolve\"]\n"),
-        )
-        .unwrap();
+        Self::config_hosts(dir, &[reg], pinned);
+    }
+
+    /// A config whose `hosts.toml` files make each of `regs` a plain-http registry.
+    fn config_hosts(dir: &Path, regs: &[&str], pinned: &[String]) {
+        for reg in regs {
+            let certs = dir.join("certs.d").join(reg);
+            std::fs::create_dir_all(&certs).unwrap();
+            std::fs::write(
+                certs.join("hosts.toml"),
+                format!(
+                    "server = \"http://{reg}\"\n[host.\"http://{reg}\"]\ncapabilities = [\"pull\", \"resolve\"]\n"
+                ),
+            )
+            .unwrap();
+        }
         std::fs::create_dir_all(dir.join("net.d")).unwrap();
         let config = format!(
             "[registry]\nconfig_path = {:?}\n[images]\npinned_images = {:?}\n[cni]\nconf_dir = {:?}\n",
@@ -799,4 +808,147 @@ async fn import_oci_layout_and_docker_save_tarballs() {
         std::fs::read(layer_dir.join("hello.txt")).unwrap(),
         b"from docker save\n"
     );
+}
+
+#[tokio::test]
+async fn lying_registry_content_is_refused_through_grpc() {
+    use conformance::fixtures::fake_registry::{Content, FakeRegistry};
+    if !nix::unistd::geteuid().is_root() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "needs root");
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut content = Content::digest_mismatch();
+    content.add_big_manifest();
+    let fake = FakeRegistry::start(content).await.unwrap();
+    let host = fake.host();
+    let tmp = tempfile::tempdir().unwrap();
+    Crid::config_hosts(tmp.path(), &[&host], &[]);
+    let crid = Crid::start(tmp.path()).await;
+
+    // The lies first: once the good content is in the store it is (rightly) reused.
+    for evil in [
+        "evil/layer-digest-mismatch:latest",
+        "evil/config-digest-mismatch:latest",
+        "evil/manifest-digest-mismatch:latest",
+        "evil/layer-size-mismatch:latest",
+    ] {
+        let e = crid.pull(&format!("{host}/{evil}")).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{evil}: {e:?}");
+    }
+    let by_digest = format!(
+        "{host}/evil/manifest-digest-mismatch@{}",
+        conformance::fixtures::fake_registry::Content::manifest_mismatch_digest()
+    );
+    let e = crid.pull(&by_digest).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = crid
+        .pull(&format!("{host}/evil/big-manifest:latest"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    assert_eq!(crid.leftovers(), 0);
+    assert!(crid.list(None).await.is_empty());
+    crid.pull(&format!("{host}/good/small:latest"))
+        .await
+        .unwrap_or_else(|e| panic!("good image: {e}\n{}", crid.log()));
+    assert_eq!(crid.list(None).await.len(), 1);
+}
+
+/// The shared test images pushed by `crid-fixtures` (scripts/test.sh runs it after starting
+/// the registry).
+#[tokio::test]
+async fn fixture_images() {
+    use conformance::fixtures::images::{ESCAPE_TARGETS, WHITEOUT_VICTIM};
+    let Some(reg) = registry() else { return };
+    let (_tmp, crid) = setup(&reg, &[]).await;
+    let r = |name: &str| format!("{reg}/{name}");
+    // Hostile images first, into an empty store (a truncated layer whose diff id the store
+    // already holds would be rightly skipped).
+    match crid.pull(&r("evil/abs-path:latest")).await {
+        Ok(_) => {}
+        Err(e) if e.code() == Code::NotFound => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "the registry holds no fixtures: run target/debug/crid-fixtures"
+            );
+            eprintln!("skipped: no fixtures in the registry (run crid-fixtures)");
+            return;
+        }
+        Err(e) => panic!("evil/abs-path: {e}\n{}", crid.log()),
+    }
+    // Hostile layers: refused or confined, and never anything outside the store.
+    std::fs::write(WHITEOUT_VICTIM, b"victim").unwrap();
+    for (name, must_fail) in [
+        ("evil/dotdot:latest", true),
+        ("evil/abs-path:latest", false),
+        ("evil/symlink-escape:latest", true),
+        ("evil/hardlink-escape:latest", true),
+        ("evil/whiteout-escape:latest", true),
+        ("evil/device:latest", false),
+        ("evil/truncated-gzip:latest", true),
+        ("evil/self-index:latest", true),
+    ] {
+        match crid.pull(&r(name)).await {
+            Ok(_) => assert!(!must_fail, "{name} was accepted"),
+            Err(e) => assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e:?}"),
+        }
+    }
+    for t in ESCAPE_TARGETS {
+        assert!(!Path::new(t).exists(), "{t} was created outside the store");
+    }
+    assert_eq!(std::fs::read(WHITEOUT_VICTIM).unwrap(), b"victim");
+    let _ = std::fs::remove_file(WHITEOUT_VICTIM);
+    let busybox = crid
+        .pull(&r("busybox:latest"))
+        .await
+        .unwrap_or_else(|e| panic!("busybox: {e}\n{}", crid.log()));
+
+    // The index resolves to this host's image, which is busybox:latest itself.
+    assert_eq!(crid.pull(&r("busybox:multiarch")).await.unwrap(), busybox);
+    // Docker schema 2: the same config, so the same image id.
+    let docker = crid.pull(&r("busybox:docker")).await.unwrap();
+    let (img, _) = crid.status(&docker).await;
+    assert!(img.unwrap().repo_tags.contains(&r("busybox:docker")));
+
+    // Shared layers: layered:v1 and v2 reuse the busybox layer.
+    let layers_before = crid.layer_count();
+    crid.pull(&r("layered:v1")).await.unwrap();
+    crid.pull(&r("layered:v2")).await.unwrap();
+    assert_eq!(
+        crid.layer_count(),
+        layers_before + 2,
+        "one new layer per image"
+    );
+    crid.pull(&r("zstd:latest")).await.unwrap();
+
+    // Unikernels: recognised and shown in verbose status; invalid ones refused by key.
+    for name in ["unikernel/annotated:latest", "unikernel/uruncjson:latest"] {
+        let id = crid
+            .pull(&r(name))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", crid.log()));
+        let (_, info) = crid.status(&id).await;
+        let verbose: Value = serde_json::from_str(&info["info"]).unwrap();
+        assert_eq!(
+            verbose["unikernel"]["binary"], "unikernel/kernel",
+            "{name}: {verbose}"
+        );
+    }
+    let (_, info) = crid.status(&r("busybox:latest")).await;
+    let verbose: Value = serde_json::from_str(&info["info"]).unwrap();
+    assert!(verbose["unikernel"].is_null());
+    for (name, key) in [
+        ("unikernel/bad-type:latest", "unikernelType"),
+        ("unikernel/bad-path:latest", "binary"),
+    ] {
+        let e = crid.pull(&r(name)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e:?}");
+        assert!(e.message().contains(key), "{name}: {}", e.message());
+    }
+
+    assert_eq!(crid.leftovers(), 0);
+    // Still serving.
+    assert!(crid.status(&busybox).await.0.is_some());
 }
