@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cni::netns::{self, NsKind};
+use cni::netns::NsKind;
 use cni::{Attachment, Bandwidth, Capabilities, Cni, DnsCapability, PodArgs};
 use tokio::sync::watch;
 
@@ -18,7 +18,7 @@ use crate::pod::{
     CgroupDriver, NsMode, PidHolder, PodConfig, PodFilter, PodKind, PodMetadata, PodPaths,
     PodRecord, PodState, files,
 };
-use crate::sys;
+use crate::sys::{self, PodSys};
 
 /// The interface name pods get.
 pub const POD_IFNAME: &str = "eth0";
@@ -67,6 +67,7 @@ struct Inner {
 pub struct PodManager {
     settings: PodSettings,
     cni: Arc<Cni>,
+    sys: Arc<dyn PodSys>,
     store: PodStore,
     inner: Mutex<Inner>,
 }
@@ -99,6 +100,15 @@ impl PodManager {
     /// Loads the pods recorded under `<root>/pods`. Pods whose network namespace did not
     /// survive (a reboot) come back `NotReady`.
     pub fn open(settings: PodSettings, cni: Arc<Cni>) -> Result<PodManager, SandboxError> {
+        PodManager::with_sys(settings, cni, Arc::new(sys::HostSys))
+    }
+
+    /// [`PodManager::open`] over the given kernel operations (a recording fake in tests).
+    pub fn with_sys(
+        settings: PodSettings,
+        cni: Arc<Cni>,
+        sys: Arc<dyn PodSys>,
+    ) -> Result<PodManager, SandboxError> {
         let store = PodStore::open(settings.root.join("pods"))?;
         let mut inner = Inner::default();
         for mut record in store.load_all() {
@@ -110,7 +120,7 @@ impl PodManager {
                 ]
                 .into_iter()
                 .flatten()
-                .all(|p| netns::is_pinned(p));
+                .all(|p| sys.is_pinned(p));
                 if !pinned {
                     tracing::warn!(pod_sandbox_id = %record.id, "pod namespaces are gone; pod is not ready");
                     record.state = PodState::NotReady;
@@ -138,6 +148,7 @@ impl PodManager {
         Ok(PodManager {
             settings,
             cni,
+            sys,
             store,
             inner: Mutex::new(inner),
         })
@@ -450,7 +461,7 @@ impl PodManager {
             }
         }
         if paths.ipcns.is_some() {
-            sys::mount_shm(&paths.shm, SHM_SIZE)?;
+            self.sys.mount_shm(&paths.shm, SHM_SIZE)?;
         }
 
         let mut pins = Vec::new();
@@ -467,20 +478,12 @@ impl PodManager {
         if !pins.is_empty() {
             let set_hostname = uts.is_some().then(|| hostname.clone());
             let pins2 = pins.clone();
-            tokio::task::spawn_blocking(move || {
-                netns::create(&pins2, move || {
-                    if let Some(h) = set_hostname {
-                        nix::unistd::sethostname(h)
-                            .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
-                    }
-                    Ok(())
-                })
-            })
-            .await
-            .map_err(|e| SandboxError::FailedPrecondition {
-                reason: format!("namespace task failed: {e}"),
-            })?
-            .map_err(SandboxError::Network)?;
+            let kernel = self.sys.clone();
+            tokio::task::spawn_blocking(move || kernel.create_namespaces(&pins2, set_hostname))
+                .await
+                .map_err(|e| SandboxError::FailedPrecondition {
+                    reason: format!("namespace task failed: {e}"),
+                })??;
         }
 
         if let Some(netns) = &paths.netns {
@@ -522,7 +525,8 @@ impl PodManager {
             let Some(pin) = pin.clone() else {
                 return Err(invalid("namespaced sysctls need the pod's own namespace"));
             };
-            tokio::task::spawn_blocking(move || sys::write_sysctls(&[(kind, pin)], writes))
+            let kernel = self.sys.clone();
+            tokio::task::spawn_blocking(move || kernel.write_sysctls(&[(kind, pin)], writes))
                 .await
                 .map_err(|e| SandboxError::FailedPrecondition {
                     reason: format!("sysctl task failed: {e}"),
@@ -541,7 +545,7 @@ impl PodManager {
         let Some(netns) = &record.paths.netns else {
             return Ok(());
         };
-        let live = netns::is_pinned(netns);
+        let live = self.sys.is_pinned(netns);
         self.cni
             .del(
                 &record.id,
@@ -572,12 +576,12 @@ impl PodManager {
         .into_iter()
         .flatten()
         {
-            if let Err(e) = netns::remove(pin) {
+            if let Err(e) = self.sys.remove_pin(pin) {
                 tracing::warn!(pod_sandbox_id = %record.id, error = %e, "cannot remove namespace pin");
             }
         }
         if record.paths.ipcns.is_some() {
-            if let Err(e) = sys::unmount(&record.paths.shm) {
+            if let Err(e) = self.sys.unmount(&record.paths.shm) {
                 tracing::warn!(pod_sandbox_id = %record.id, error = %e, "cannot unmount shm");
             }
         }
@@ -639,7 +643,7 @@ impl PodManager {
             match self.teardown_network(&record).await {
                 Ok(()) => {
                     if let Some(pin) = &record.paths.netns {
-                        if let Err(e) = netns::remove(pin) {
+                        if let Err(e) = self.sys.remove_pin(pin) {
                             tracing::warn!(pod_sandbox_id = %id, error = %e, "cannot remove netns pin");
                         }
                     }
@@ -759,7 +763,8 @@ impl PodManager {
             pins.push((NsKind::Uts, p));
         }
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || sys::read_in(&pins, &path))
+        let kernel = self.sys.clone();
+        tokio::task::spawn_blocking(move || kernel.read_in(&pins, &path))
             .await
             .map_err(|e| SandboxError::FailedPrecondition {
                 reason: format!("task failed: {e}"),
@@ -911,6 +916,221 @@ mod tests {
         // The name is free again.
         let id3 = pods.run(host_pod("a")).await.unwrap();
         pods.remove(&id3).await.unwrap();
+    }
+
+    /// Records every kernel operation instead of doing it.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<String>>,
+        pinned: Mutex<std::collections::HashSet<PathBuf>>,
+        fail_sysctls: AtomicBool,
+    }
+
+    impl Recorder {
+        fn log(&self, s: String) {
+            self.calls.lock().unwrap().push(s);
+        }
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.calls.lock().unwrap())
+        }
+    }
+
+    fn name(p: &Path) -> String {
+        let parent = p
+            .parent()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let leaf = p.file_name().unwrap_or_default().to_string_lossy();
+        format!(
+            "{}/{}",
+            &parent[..parent.len().min(6)],
+            &leaf[..leaf.len().min(6)]
+        )
+    }
+
+    impl PodSys for Recorder {
+        fn create_namespaces(
+            &self,
+            pins: &[(NsKind, PathBuf)],
+            hostname: Option<String>,
+        ) -> Result<(), SandboxError> {
+            let names: Vec<String> = pins.iter().map(|(_, p)| name(p)).collect();
+            for (_, p) in pins {
+                self.pinned.lock().unwrap().insert(p.clone());
+            }
+            self.log(format!("create {} hostname={hostname:?}", names.join(",")));
+            Ok(())
+        }
+        fn remove_pin(&self, path: &Path) -> Result<(), SandboxError> {
+            if self.pinned.lock().unwrap().remove(path) {
+                self.log(format!("remove {}", name(path)));
+            }
+            Ok(())
+        }
+        fn is_pinned(&self, path: &Path) -> bool {
+            self.pinned.lock().unwrap().contains(path)
+        }
+        fn mount_shm(&self, path: &Path, size_bytes: u64) -> Result<(), SandboxError> {
+            self.log(format!("shm {} {size_bytes}", name(path)));
+            Ok(())
+        }
+        fn unmount(&self, path: &Path) -> Result<(), SandboxError> {
+            self.log(format!("unmount {}", name(path)));
+            Ok(())
+        }
+        fn write_sysctls(
+            &self,
+            _pins: &[(NsKind, PathBuf)],
+            writes: Vec<(String, String)>,
+        ) -> Result<(), SandboxError> {
+            if self.fail_sysctls.load(Ordering::SeqCst) {
+                return Err(invalid("no such sysctl"));
+            }
+            for (k, v) in writes {
+                self.log(format!("sysctl {k}={v}"));
+            }
+            Ok(())
+        }
+        fn read_in(&self, _: &[(NsKind, PathBuf)], _: &str) -> Result<String, SandboxError> {
+            Ok(String::new())
+        }
+    }
+
+    /// A manager over the recorder and a fake plugin (a shell script) that logs its calls and
+    /// answers ADD with 10.9.0.5 after `add_delay` seconds.
+    fn recorded(dir: &Path, add_delay: &str) -> (Arc<PodManager>, Arc<Recorder>) {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let log = dir.join("plugin.log");
+        let script = format!(
+            "#!/bin/sh\ncat >/dev/null\necho \"$CNI_COMMAND $CNI_ARGS\" >>{log}\n\
+             if [ \"$CNI_COMMAND\" = ADD ]; then sleep {add_delay}; \
+             echo '{{\"cniVersion\":\"1.0.0\",\"interfaces\":[{{\"name\":\"eth0\",\"sandbox\":\"/x\"}}],\"ips\":[{{\"address\":\"10.9.0.5/24\",\"interface\":0}}]}}'; fi\n",
+            log = log.display()
+        );
+        std::fs::write(bin.join("fakenet"), script).unwrap();
+        std::fs::set_permissions(bin.join("fakenet"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::fs::create_dir_all(dir.join("net.d")).unwrap();
+        std::fs::write(
+            dir.join("net.d/10-fake.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"fake","plugins":[{"type":"fakenet"}]}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join("resolv.conf"), "nameserver 192.0.2.53\n").unwrap();
+        let cni = Cni::new(cni::CniSettings {
+            conf_dir: dir.join("net.d"),
+            bin_dirs: vec![bin],
+            cache_dir: dir.join("cache"),
+            timeout: std::time::Duration::from_secs(10),
+        });
+        let settings = PodSettings {
+            root: dir.join("root"),
+            state: dir.join("state"),
+            runc_handlers: vec![String::new()],
+            unikernel_handlers: vec![],
+            cgroup_driver: CgroupDriver::Systemd,
+            host_resolv_conf: dir.join("resolv.conf"),
+        };
+        let rec = Arc::new(Recorder::default());
+        let pods = PodManager::with_sys(settings, Arc::new(cni), rec.clone()).unwrap();
+        (Arc::new(pods), rec)
+    }
+
+    fn net_pod(name: &str) -> PodConfig {
+        let mut c = host_pod(name);
+        c.namespaces.network = NsMode::Pod;
+        c.namespaces.ipc = NsMode::Pod;
+        c.sysctls = [("net.ipv4.ping_group_range".to_string(), "0 0".to_string())].into();
+        c.cgroup_parent = "kubepods-besteffort-pod1.slice".into();
+        c
+    }
+
+    #[tokio::test]
+    async fn network_pod_operations_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pods, rec) = recorded(dir.path(), "0");
+        let id = pods.run(net_pod("n")).await.unwrap();
+        let short = &id[..6];
+        assert_eq!(
+            rec.take(),
+            [
+                format!("shm {short}/shm {SHM_SIZE}"),
+                format!("create netns/{short},ipcns/{short},utsns/{short} hostname=Some(\"n\")"),
+                "sysctl /proc/sys/net/ipv4/ping_group_range=0 0".to_string(),
+            ]
+        );
+        let r = pods.get_ready(&id).unwrap();
+        assert_eq!(r.ips, ["10.9.0.5"]);
+        assert_eq!(r.cgroup_parent, "kubepods-besteffort-pod1.slice");
+        assert_eq!(r.cgroup_driver, CgroupDriver::Systemd);
+        let hosts = std::fs::read_to_string(&r.paths.hosts).unwrap();
+        assert!(hosts.contains("10.9.0.5\tn\n"), "{hosts}");
+
+        pods.stop(&id).await.unwrap();
+        assert_eq!(rec.take(), [format!("remove netns/{short}")]);
+        pods.remove(&id).await.unwrap();
+        assert_eq!(
+            rec.take(),
+            [
+                format!("remove ipcns/{short}"),
+                format!("remove utsns/{short}"),
+                format!("unmount {short}/shm"),
+            ]
+        );
+        let log = std::fs::read_to_string(dir.path().join("plugin.log")).unwrap();
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=n;K8S_POD_INFRA_CONTAINER_ID={id};K8S_POD_UID=uid-n"
+        );
+        assert_eq!(log, format!("ADD {args}\nDEL {args}\n"));
+    }
+
+    #[tokio::test]
+    async fn a_late_failure_undoes_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pods, rec) = recorded(dir.path(), "0");
+        rec.fail_sysctls.store(true, Ordering::SeqCst);
+        let e = pods.run(net_pod("f")).await.unwrap_err();
+        assert_eq!(e.kind(), imagestore::ErrorKind::InvalidArgument);
+        let calls = rec.take();
+        assert_eq!(calls.len(), 6, "{calls:?}");
+        assert!(calls[2].starts_with("remove netns/"), "{calls:?}");
+        assert!(calls[5].starts_with("unmount "), "{calls:?}");
+        let log = std::fs::read_to_string(dir.path().join("plugin.log")).unwrap();
+        assert!(log.starts_with("ADD ") && log.contains("\nDEL "), "{log}");
+        assert!(pods.list(&PodFilter::default()).is_empty());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("root/pods"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert!(pods.cni().cached_attachments().is_empty());
+        // The name is free again.
+        rec.fail_sysctls.store(false, Ordering::SeqCst);
+        let id = pods.run(net_pod("f")).await.unwrap();
+        pods.remove(&id).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_the_caller_gave_up_gets_the_same_pod() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pods, _rec) = recorded(dir.path(), "1");
+        let first = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            pods.run(net_pod("slow")),
+        )
+        .await;
+        assert!(first.is_err(), "the first call should time out");
+        let id = pods.run(net_pod("slow")).await.unwrap();
+        let all = pods.list(&PodFilter::default());
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].id, id);
+        let e = pods.run(net_pod("slow")).await.unwrap_err();
+        assert_eq!(e.kind(), imagestore::ErrorKind::AlreadyExists);
+        pods.remove(&id).await.unwrap();
     }
 
     #[tokio::test]

@@ -75,3 +75,73 @@ pub fn is_mount_point(path: &Path) -> bool {
         .map(|p| p.dev() != m.dev())
         .unwrap_or(false)
 }
+
+/// The kernel operations the pod manager needs, behind one narrow trait so its unit tests can
+/// record them instead of needing root. [`HostSys`] is the real one.
+pub trait PodSys: Send + Sync + 'static {
+    /// New namespaces of the given kinds pinned at their paths; the hostname is set in the
+    /// UTS namespace when given.
+    fn create_namespaces(
+        &self,
+        pins: &[(NsKind, PathBuf)],
+        hostname: Option<String>,
+    ) -> Result<(), SandboxError>;
+    fn remove_pin(&self, path: &Path) -> Result<(), SandboxError>;
+    fn is_pinned(&self, path: &Path) -> bool;
+    fn mount_shm(&self, path: &Path, size_bytes: u64) -> Result<(), SandboxError>;
+    fn unmount(&self, path: &Path) -> Result<(), SandboxError>;
+    fn write_sysctls(
+        &self,
+        pins: &[(NsKind, PathBuf)],
+        writes: Vec<(String, String)>,
+    ) -> Result<(), SandboxError>;
+    fn read_in(&self, pins: &[(NsKind, PathBuf)], path: &str) -> Result<String, SandboxError>;
+}
+
+/// The host's kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostSys;
+
+impl PodSys for HostSys {
+    fn create_namespaces(
+        &self,
+        pins: &[(NsKind, PathBuf)],
+        hostname: Option<String>,
+    ) -> Result<(), SandboxError> {
+        netns::create(pins, move || {
+            if let Some(h) = hostname {
+                nix::unistd::sethostname(h).map_err(nix_io)?;
+            }
+            Ok(())
+        })
+        .map_err(SandboxError::Network)
+    }
+
+    fn remove_pin(&self, path: &Path) -> Result<(), SandboxError> {
+        netns::remove(path).map_err(SandboxError::Network)
+    }
+
+    fn is_pinned(&self, path: &Path) -> bool {
+        netns::is_pinned(path)
+    }
+
+    fn mount_shm(&self, path: &Path, size_bytes: u64) -> Result<(), SandboxError> {
+        mount_shm(path, size_bytes)
+    }
+
+    fn unmount(&self, path: &Path) -> Result<(), SandboxError> {
+        unmount(path)
+    }
+
+    fn write_sysctls(
+        &self,
+        pins: &[(NsKind, PathBuf)],
+        writes: Vec<(String, String)>,
+    ) -> Result<(), SandboxError> {
+        write_sysctls(pins, writes)
+    }
+
+    fn read_in(&self, pins: &[(NsKind, PathBuf)], path: &str) -> Result<String, SandboxError> {
+        read_in(pins, path)
+    }
+}
