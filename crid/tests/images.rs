@@ -708,6 +708,29 @@ async fn pull_errors_have_the_right_codes() {
     assert!(clean, "partial downloads were left behind");
     // The daemon keeps serving and the image still pulls.
     crid.pull(&format!("{name}:v1")).await.unwrap();
+
+    // A registry that accepts connections and never answers: the deadline ends the pull.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = hang.accept().await {
+            held.push(sock);
+        }
+    });
+    let mut req = tonic::Request::new(cri::PullImageRequest {
+        image: Some(spec(&format!("{hang_addr}/stuck/image:v1"))),
+        ..Default::default()
+    });
+    req.set_timeout(Duration::from_millis(700));
+    let e = crid.cri.images.clone().pull_image(req).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e:?}"
+    );
+    holder.abort();
+    assert!(crid.list(Some(&format!("{name}:v1"))).await.len() == 1);
+    assert_eq!(crid.leftovers(), 0);
 }
 
 #[tokio::test]
