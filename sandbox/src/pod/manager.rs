@@ -440,13 +440,8 @@ impl PodManager {
         } else {
             config.hostname.clone()
         };
-        let node_hostname = || {
-            nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        };
         let effective_hostname = if record.host_network() {
-            node_hostname()
+            sys::node_hostname()
         } else {
             hostname.clone()
         };

@@ -65,6 +65,13 @@ pub fn read_in(pins: &[(NsKind, PathBuf)], path: &str) -> Result<String, Sandbox
     netns::run_in(pins, move || std::fs::read_to_string(&path)).map_err(SandboxError::Network)
 }
 
+/// The host's hostname (what host-network pods see); empty if it cannot be read.
+pub fn node_hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// Whether `path` is a mount point (its device differs from its parent's).
 pub fn is_mount_point(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
