@@ -1,5 +1,7 @@
 //! The suite, one module per CRI area.
 
+pub mod containers;
+pub mod images;
 pub mod pods;
 pub mod runtime;
 pub mod streaming;
@@ -10,7 +12,9 @@ use crate::runner::Test;
 pub fn all() -> Vec<Test> {
     let mut tests = Vec::new();
     tests.extend(runtime::tests());
+    tests.extend(images::tests());
     tests.extend(pods::tests());
+    tests.extend(containers::tests());
     tests.extend(streaming::tests());
     tests
 }
