@@ -433,7 +433,14 @@ impl ImageStore {
     ) -> Result<Image, ImageError> {
         let client = make_client(host)?;
         let mut oref = r.oci();
-        if host.host != r.registry() {
+        // Docker Hub's own hosts are what oci-client uses for docker.io anyway; any other host
+        // is a mirror (oci-client then adds the `ns` query parameter, as containerd does).
+        let hub = r.registry() == "docker.io"
+            && matches!(
+                host.host.as_str(),
+                "registry-1.docker.io" | "index.docker.io"
+            );
+        if host.host != r.registry() && !hub {
             oref.set_mirror_registry(host.host.clone());
         }
         let name = r.to_string();
