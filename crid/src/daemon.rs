@@ -134,7 +134,7 @@ fn pod_manager(config: &Config, driver: CgroupDriver) -> anyhow::Result<sandbox:
             CgroupDriver::Systemd => sandbox::pod::CgroupDriver::Systemd,
             CgroupDriver::Cgroupfs => sandbox::pod::CgroupDriver::Cgroupfs,
         },
-        host_resolv_conf: std::path::PathBuf::from("/etc/resolv.conf"),
+        host_resolv_conf: sandbox::pod::files::host_resolv_conf(),
     };
     sandbox::pod::PodManager::open(settings, Arc::new(cni)).context("cannot load pods")
 }

@@ -44,6 +44,22 @@ pub fn resolv_conf(dns: &DnsConfig) -> Option<String> {
     Some(s)
 }
 
+/// The host resolver configuration pods without DNS config get: `/etc/resolv.conf`, unless it
+/// points at systemd-resolved's loopback stub (unreachable from a pod's network), in which case
+/// the upstream list systemd-resolved keeps.
+pub fn host_resolv_conf() -> std::path::PathBuf {
+    let etc = std::path::Path::new("/etc/resolv.conf");
+    let upstream = std::path::Path::new("/run/systemd/resolve/resolv.conf");
+    let stub = std::fs::read_to_string(etc)
+        .map(|t| t.lines().any(|l| l.trim() == "nameserver 127.0.0.53"))
+        .unwrap_or(false);
+    if stub && upstream.is_file() {
+        upstream.to_owned()
+    } else {
+        etc.to_owned()
+    }
+}
+
 /// DNS entries must be single words: no whitespace or control characters that would add lines
 /// or directives to `resolv.conf`.
 pub fn valid_dns_word(s: &str) -> bool {
