@@ -23,8 +23,10 @@
 //! | the layer root entry (`./`) | its metadata is ignored: `dest` keeps its own |
 //!
 //! A stream that is not a valid tar, a truncated or corrupt gzip/zstd stream, or one that
-//! decompresses to more than [`UnpackOptions::max_bytes`] (a decompression bomb) or holds more
-//! than [`UnpackOptions::max_entries`] entries gives an error of kind `InvalidArgument`; the
+//! decompresses to more than [`UnpackOptions::max_bytes`], or past
+//! [`UnpackOptions::ratio_floor`] to more than [`UnpackOptions::max_ratio`] times what was read
+//! (decompression bombs), or holds more than [`UnpackOptions::max_entries`] entries gives an
+//! error of kind `InvalidArgument`; the
 //! caller removes `dest`. Directory modes and times are applied at the end, deepest first, so a
 //! read-only directory can still be filled.
 
@@ -63,6 +65,9 @@ pub struct UnpackOptions {
     pub max_bytes: u64,
     /// The most tar entries accepted.
     pub max_entries: u64,
+    /// Past `ratio_floor` uncompressed bytes, the most uncompressed bytes per compressed byte.
+    pub max_ratio: u64,
+    pub ratio_floor: u64,
 }
 
 impl Default for UnpackOptions {
@@ -71,12 +76,19 @@ impl Default for UnpackOptions {
             privileged: rustix::process::geteuid().is_root(),
             max_bytes: DEFAULT_MAX_BYTES,
             max_entries: DEFAULT_MAX_ENTRIES,
+            max_ratio: DEFAULT_MAX_RATIO,
+            ratio_floor: DEFAULT_RATIO_FLOOR,
         }
     }
 }
 
 /// 64 GiB: larger than any sane layer, small enough that a decompression bomb stops.
 pub const DEFAULT_MAX_BYTES: u64 = 64 << 30;
+/// gzip cannot exceed about 1032:1; only crafted zstd streams (or huge runs of zeros) go past
+/// 2000:1.
+pub const DEFAULT_MAX_RATIO: u64 = 2000;
+/// The ratio is checked once 256 MiB are out, so small sparse files never trip it.
+pub const DEFAULT_RATIO_FLOOR: u64 = 256 << 20;
 /// Two million entries.
 pub const DEFAULT_MAX_ENTRIES: u64 = 2_000_000;
 
@@ -127,7 +139,11 @@ pub fn unpack_layer_with<R: Read>(
             Err(e) => return Err(corrupt(format!("cannot read the layer: {e}"))),
         }
     }
-    let raw = io::Cursor::new(prefix[..n].to_vec()).chain(reader);
+    let compressed = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let raw = Counting {
+        inner: io::Cursor::new(prefix[..n].to_vec()).chain(reader),
+        count: compressed.clone(),
+    };
     let stream: Box<dyn Read + '_> = match Compression::detect(&prefix[..n]) {
         Compression::None => Box::new(raw),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
@@ -141,6 +157,9 @@ pub fn unpack_layer_with<R: Read>(
         hasher: Sha256::new(),
         count: 0,
         limit: opts.max_bytes,
+        compressed,
+        max_ratio: opts.max_ratio,
+        ratio_floor: opts.ratio_floor,
     };
     let root_fd = rustix::fs::open(
         dest,
@@ -185,20 +204,43 @@ pub fn unpack_layer_with<R: Read>(
     Ok(stats)
 }
 
-/// Hashes and counts the uncompressed stream, refusing to read past the limit.
+/// Counts the bytes read from the blob itself.
+struct Counting<R> {
+    inner: R,
+    count: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Hashes and counts the uncompressed stream, refusing to read past the limits.
 struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
     count: u64,
     limit: u64,
+    compressed: std::rc::Rc<std::cell::Cell<u64>>,
+    max_ratio: u64,
+    ratio_floor: u64,
 }
 
 #[derive(Debug)]
-struct LimitExceeded(u64);
+enum LimitExceeded {
+    Bytes(u64),
+    Ratio(u64),
+}
 
 impl std::fmt::Display for LimitExceeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "uncompressed layer larger than {} bytes", self.0)
+        match self {
+            LimitExceeded::Bytes(n) => write!(f, "uncompressed layer larger than {n} bytes"),
+            LimitExceeded::Ratio(r) => write!(f, "compression ratio above {r}:1"),
+        }
     }
 }
 
@@ -209,7 +251,12 @@ impl<R: Read> Read for HashingReader<R> {
         let n = self.inner.read(buf)?;
         self.count += n as u64;
         if self.count > self.limit {
-            return Err(io::Error::other(LimitExceeded(self.limit)));
+            return Err(io::Error::other(LimitExceeded::Bytes(self.limit)));
+        }
+        if self.count > self.ratio_floor
+            && self.count / self.compressed.get().max(1) > self.max_ratio
+        {
+            return Err(io::Error::other(LimitExceeded::Ratio(self.max_ratio)));
         }
         self.hasher.update(&buf[..n]);
         Ok(n)
@@ -231,12 +278,20 @@ fn unsafe_entry(path: &[u8], reason: impl Into<String>) -> ImageError {
 
 /// An error while reading the (decompressed) stream: the layer is bad, or too large.
 fn stream_error(e: io::Error) -> ImageError {
-    if let Some(LimitExceeded(limit)) = e.get_ref().and_then(|i| i.downcast_ref::<LimitExceeded>())
-    {
-        return ImageError::LayerTooLarge {
-            limit: *limit,
-            what: "bytes".to_owned(),
-        };
+    match e.get_ref().and_then(|i| i.downcast_ref::<LimitExceeded>()) {
+        Some(LimitExceeded::Bytes(limit)) => {
+            return ImageError::LayerTooLarge {
+                limit: *limit,
+                what: "bytes".to_owned(),
+            };
+        }
+        Some(LimitExceeded::Ratio(ratio)) => {
+            return ImageError::LayerTooLarge {
+                limit: *ratio,
+                what: "uncompressed bytes per compressed byte".to_owned(),
+            };
+        }
+        None => {}
     }
     corrupt(e.to_string())
 }
@@ -1076,9 +1131,37 @@ mod tests {
             privileged: false,
             max_bytes: 1 << 20,
             max_entries: 10,
+            ..UnpackOptions::default()
         };
         let err = unpack_layer_with(&blob[..], &s.dest(), &opts).unwrap_err();
-        assert!(matches!(err, ImageError::LayerTooLarge { .. }), "{err:?}");
+        assert!(
+            matches!(err, ImageError::LayerTooLarge { ref what, .. } if what == "bytes"),
+            "{err:?}"
+        );
+        // The ratio stops it too, long before the byte limit.
+        let ratio = UnpackOptions {
+            privileged: false,
+            max_ratio: 100,
+            ratio_floor: 1 << 20,
+            ..UnpackOptions::default()
+        };
+        let s2 = Sandbox::new();
+        let err = unpack_layer_with(&blob[..], &s2.dest(), &ratio).unwrap_err();
+        assert!(
+            matches!(err, ImageError::LayerTooLarge { limit: 100, .. }),
+            "{err:?}"
+        );
+        // Without limits in the way it unpacks.
+        let s3 = Sandbox::new();
+        unpack_layer_with(
+            &blob[..],
+            &s3.dest(),
+            &UnpackOptions {
+                privileged: false,
+                ..UnpackOptions::default()
+            },
+        )
+        .unwrap();
         let files = vec![E::File("a", b""); 11];
         let err = unpack_layer_with(&tar_of(&files)[..], &s.dest(), &opts).unwrap_err();
         assert!(matches!(err, ImageError::LayerTooLarge { .. }), "{err:?}");
