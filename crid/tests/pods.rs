@@ -444,6 +444,12 @@ async fn pods_get_ips_and_reach_each_other() {
         "netns pin left after stop"
     );
     assert_eq!(net.reservations().len(), 1, "{:?}", net.reservations());
+    // pod-b's namespace disappears behind crid's back: stop still releases its address.
+    let pin_b = pin(&ib, "netns");
+    nix::mount::umount2(pin_b.as_str(), nix::mount::MntFlags::MNT_DETACH).expect("unpin");
+    std::fs::remove_file(&pin_b).unwrap();
+    crid.stop_pod(&b).await.expect("stop without netns");
+    assert!(net.reservations().is_empty(), "{:?}", net.reservations());
     for id in [&a, &b] {
         crid.remove_pod(id).await.expect("remove");
         crid.remove_pod(id).await.expect("second remove");
