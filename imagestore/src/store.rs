@@ -733,3 +733,114 @@ impl ImageStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(id_byte: char, tags: &[&str]) -> NewImage {
+        let id = format!("sha256:{}", id_byte.to_string().repeat(64));
+        NewImage {
+            image: Image {
+                id: id.clone(),
+                repo_tags: tags.iter().map(|t| t.to_string()).collect(),
+                repo_digests: Vec::new(),
+                size: 1,
+                config_json: "{}".into(),
+                diff_ids: Vec::new(),
+                annotations: Default::default(),
+                os: "linux".into(),
+                architecture: "amd64".into(),
+                variant: None,
+                unikernel: None,
+                pinned: false,
+            },
+            manifest_digests: Vec::new(),
+            blobs: vec![id],
+        }
+    }
+
+    fn store(dir: &Path) -> ImageStore {
+        ImageStore::open(ImageStoreConfig {
+            dir: dir.to_owned(),
+            registry_config_path: dir.join("certs.d"),
+            pinned_images: vec!["registry.k8s.io/pause:3.10".into()],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn lookups_tags_pins_and_persistence() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        s.commit(image('a', &["docker.io/library/busybox:latest"]))
+            .unwrap();
+        s.commit(image('b', &["registry.k8s.io/pause:3.10"]))
+            .unwrap();
+        // Same leading digits as 'a' for twelve places is impossible with these ids, so
+        // prefixes are unique; a 13-char prefix of 'a' finds it.
+        assert_eq!(
+            s.get("busybox").unwrap().unwrap().id.chars().last(),
+            Some('a')
+        );
+        assert_eq!(
+            s.get(&"a".repeat(13)).unwrap().unwrap().repo_tags,
+            ["docker.io/library/busybox:latest"]
+        );
+        assert!(
+            s.get(&"a".repeat(11)).unwrap().is_none(),
+            "too short a prefix"
+        );
+        assert!(
+            s.get(&format!("sha256:{}", "c".repeat(64)))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            s.get("Bad Ref").unwrap_err().kind(),
+            crate::ErrorKind::InvalidArgument
+        );
+        // The pause image is pinned and cannot be removed.
+        let pause = s.resolve("registry.k8s.io/pause:3.10").unwrap();
+        assert!(pause.pinned);
+        assert_eq!(
+            s.remove(&pause.id).unwrap_err().kind(),
+            crate::ErrorKind::FailedPrecondition
+        );
+        // A tag moves to the newer image; an image left without names is gone.
+        s.commit(image('d', &["docker.io/library/busybox:latest"]))
+            .unwrap();
+        assert_eq!(
+            s.resolve("busybox").unwrap().id,
+            format!("sha256:{}", "d".repeat(64))
+        );
+        assert!(s.get(&"a".repeat(64)).unwrap().is_none());
+        assert_eq!(s.list().len(), 2);
+        // Everything survives a reopen.
+        drop(s);
+        let s = store(tmp.path());
+        assert_eq!(s.list().len(), 2);
+        assert!(s.resolve("registry.k8s.io/pause:3.10").unwrap().pinned);
+        // Removing twice is fine.
+        s.remove("busybox").unwrap();
+        s.remove("busybox").unwrap();
+        assert_eq!(s.list().len(), 1);
+    }
+
+    #[test]
+    fn ambiguous_prefixes_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let mut one = image('e', &["x/one:1"]);
+        let mut two = image('e', &["x/two:1"]);
+        one.image.id = format!("sha256:{}1", "e".repeat(63));
+        two.image.id = format!("sha256:{}2", "e".repeat(63));
+        s.commit(one).unwrap();
+        s.commit(two).unwrap();
+        assert_eq!(
+            s.get(&"e".repeat(20)).unwrap_err().kind(),
+            crate::ErrorKind::InvalidArgument
+        );
+        assert!(s.get(&format!("{}1", "e".repeat(63))).unwrap().is_some());
+    }
+}
