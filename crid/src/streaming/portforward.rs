@@ -135,28 +135,27 @@ async fn forward(
 ) -> Result<(), String> {
     let sock = dial(netns, port).await?;
     let (mut rd, mut wr) = sock.into_split();
-    let up = async move {
+    // The client's FIN half-closes the pod side; the pod closing ends the forwarding.
+    let up = tokio::spawn(async move {
         while let Some(data) = from_client.recv().await {
             if wr.write_all(&data).await.is_err() {
                 break;
             }
         }
         let _ = wr.shutdown().await;
-    };
-    let down = async move {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if !to_client.write(Bytes::copy_from_slice(&buf[..n])).await {
-                        break;
-                    }
+    });
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if !to_client.write(Bytes::copy_from_slice(&buf[..n])).await {
+                    break;
                 }
             }
         }
-    };
-    tokio::join!(up, down);
+    }
+    up.abort();
     Ok(())
 }
 

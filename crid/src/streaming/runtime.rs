@@ -1,22 +1,21 @@
 //! The streaming backend of the daemon: exec through `runc exec` (pipes, or a pseudo-terminal
-//! received on a `--console-socket`), port forwarding into the pod's pinned network namespace.
+//! of crid's that runc proxies to the container's), port forwarding into the pod's pinned
+//! network namespace.
 //! Attach needs the monitor to expose the container's stdio, which it does not yet.
 
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sandbox::container::{Backend, ContainerManager, ContainerState};
 use sandbox::pod::PodManager;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::StreamError;
-use super::backend::{AttachSpec, BoxFuture, ExecSpec, Exit, Session, StreamBackend, pty_session};
-
-/// How long runc has to hand over the terminal of a TTY exec.
-const CONSOLE_TIMEOUT: Duration = Duration::from_secs(30);
+use super::backend::{
+    AttachSpec, BoxFuture, ExecSpec, Exit, Resize, Session, StreamBackend, pty_session,
+};
 
 pub struct RuntimeBackend {
     pub pods: Arc<PodManager>,
@@ -80,6 +79,23 @@ fn random_tag() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Resizes the terminal runc reads its size from, then tells runc (SIGWINCH) to copy the
+/// size to the container's terminal.
+struct RuncResize {
+    master: std::os::fd::OwnedFd,
+    runc_pid: Option<u32>,
+}
+
+impl Resize for RuncResize {
+    fn resize(&self, width: u16, height: u16) -> std::io::Result<()> {
+        super::sys::set_window_size(&self.master, width, height)?;
+        if let Some(pid) = self.runc_pid {
+            super::sys::signal_winch(pid)?;
+        }
+        Ok(())
+    }
+}
+
 /// Removes the per-exec files when the session ends.
 struct Cleanup(Vec<PathBuf>);
 
@@ -139,54 +155,41 @@ impl StreamBackend for RuntimeBackend {
         let process_path = self.work_dir.join(format!("exec-{tag}.json"));
         std::fs::write(&process_path, process.to_string())
             .map_err(|e| io_error("cannot write the exec process", e))?;
-        let mut cleanup = Cleanup(vec![process_path.clone()]);
+        let cleanup = Cleanup(vec![process_path.clone()]);
 
         let mut cmd = self.runc_command();
         cmd.arg("exec").arg("--process").arg(&process_path);
         if spec.tty {
-            let sock_path = self.work_dir.join(format!("exec-{tag}.sock"));
-            let listener = std::os::unix::net::UnixListener::bind(&sock_path)
-                .map_err(|e| io_error("cannot bind the console socket", e))?;
-            cleanup.0.push(sock_path.clone());
-            cmd.arg("--console-socket").arg(&sock_path).arg(id);
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            let mut child = cmd
+            // runc only takes a console socket when it detaches, which would lose the exit
+            // code; instead runc gets a terminal of ours as its stdio, proxies it to the
+            // terminal it makes in the container, and mirrors its size on SIGWINCH.
+            let (master, slave) =
+                super::sys::openpty().map_err(|e| io_error("cannot open a terminal", e))?;
+            cmd.arg("--tty").arg(id);
+            let dup = |fd: &std::os::fd::OwnedFd| {
+                fd.try_clone()
+                    .map(Stdio::from)
+                    .map_err(|e| io_error("cannot duplicate the terminal", e))
+            };
+            cmd.stdin(dup(&slave)?)
+                .stdout(dup(&slave)?)
+                .stderr(Stdio::from(slave));
+            let child = cmd
                 .spawn()
                 .map_err(|e| io_error("cannot run runc exec", e))?;
-            // runc connects once and sends the terminal master; accepting blocks, so it runs
-            // on a blocking thread, bounded by a timeout.
-            let accept = tokio::task::spawn_blocking(move || {
-                let (conn, _) = listener.accept()?;
-                super::sys::recv_fd(&conn)
-            });
-            let master = match tokio::time::timeout(CONSOLE_TIMEOUT, accept).await {
-                Ok(Ok(Ok(fd))) => fd,
-                other => {
-                    let _ = child.start_kill();
-                    let mut err = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        use tokio::io::AsyncReadExt;
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(2),
-                            e.read_to_string(&mut err),
-                        )
-                        .await;
-                    }
-                    let why = match other {
-                        Ok(Ok(Err(e))) => e.to_string(),
-                        Err(_) => "timed out waiting for the terminal".into(),
-                        _ => "console socket failed".into(),
-                    };
-                    return Err(StreamError::Backend(format!(
-                        "runc exec with a terminal failed: {why}: {}",
-                        err.trim()
-                    )));
-                }
-            };
-            return pty_session(master, spec.stdin, exit_of(child, cleanup))
-                .map_err(|e| io_error("cannot use the terminal", e));
+            // The command held the only other copies of the slave; runc has them now.
+            drop(cmd);
+            let runc_pid = child.id();
+            let resize_fd = master
+                .try_clone()
+                .map_err(|e| io_error("cannot duplicate the terminal", e))?;
+            let mut session = pty_session(master, spec.stdin, exit_of(child, cleanup))
+                .map_err(|e| io_error("cannot use the terminal", e))?;
+            session.resize = Some(Box::new(RuncResize {
+                master: resize_fd,
+                runc_pid,
+            }));
+            return Ok(session);
         }
         cmd.arg(id);
         let pipe = |on: bool| if on { Stdio::piped() } else { Stdio::null() };

@@ -379,7 +379,10 @@ async fn start_session(server: &Server, request: Request, ch: remotecommand::Cha
             spec.stderr = spec.stderr && !spec.tty;
             let id = spec.container_id.clone();
             let session = server.backend.exec(spec).await.map_err(|e| e.to_string());
-            tracing::debug!(container_id = %id, ok = session.is_ok(), "exec session");
+            match &session {
+                Ok(_) => tracing::debug!(container_id = %id, "exec session started"),
+                Err(e) => tracing::warn!(container_id = %id, error = %e, "exec failed"),
+            }
             remotecommand::run(ch, session, true).await;
         }
         Request::Attach(mut spec) => {

@@ -11,8 +11,7 @@ use std::time::Duration;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sched::{CloneFlags, setns};
 
-/// A new pseudo-terminal pair: (master, slave). Only the host test backend makes its own.
-#[cfg(test)]
+/// A new pseudo-terminal pair: (master, slave).
 pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
     let pty = nix::pty::openpty(None, None).map_err(io::Error::from)?;
     Ok((pty.master, pty.slave))
@@ -79,36 +78,12 @@ fn dial(netns: &Path, port: u16, timeout: Duration) -> io::Result<TcpStream> {
     }
 }
 
-/// Receives one file descriptor sent with SCM_RIGHTS on a connected unix socket (runc's
-/// `--console-socket` protocol: the pseudo-terminal master of the new process).
-pub fn recv_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
-    use std::io::IoSliceMut;
-    use std::os::fd::FromRawFd;
-
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-
-    let mut data = [0u8; 4096];
-    let mut iov = [IoSliceMut::new(&mut data)];
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC,
+/// Sends SIGWINCH to a process (runc re-reads its terminal's size on it).
+pub fn signal_winch(pid: u32) -> io::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGWINCH,
     )
-    .map_err(io::Error::from)?;
-    let mut first = None;
-    for c in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            for fd in fds {
-                // SAFETY: the kernel just installed `fd` in this process for this message;
-                // nothing else refers to it, so it is owned exactly once here.
-                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                if first.is_none() {
-                    first = Some(owned);
-                }
-            }
-        }
-    }
-    first.ok_or_else(|| io::Error::other("no file descriptor received on the console socket"))
+    .map_err(io::Error::from)
 }
