@@ -626,6 +626,56 @@ mod tests {
         assert!(matches!(err, ImageError::InvalidUnikernel { ref key, .. } if key == URUNC_JSON));
     }
 
+    /// Arbitrary values never panic; whatever is accepted satisfies the documented rules.
+    #[test]
+    fn arbitrary_values_never_panic() {
+        let alphabet: Vec<char> = "ab/.\\\n\u{0}\u{7f}=+ linuxqemu9\u{e9}".chars().collect();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let keys_all = [
+            "unikernelType",
+            "hypervisor",
+            "binary",
+            "cmdline",
+            "initrd",
+            "block",
+            "blkMntPoint",
+        ];
+        for _ in 0..2000 {
+            let mut m = HashMap::new();
+            for k in keys_all {
+                if next() % 3 == 0 {
+                    continue;
+                }
+                let len = (next() % 12) as usize;
+                let v: String = (0..len)
+                    .map(|_| alphabet[(next() as usize) % alphabet.len()])
+                    .collect();
+                let v = if next() % 4 == 0 { b64(&v) } else { v };
+                m.insert(format!("{KEY_PREFIX}{k}"), v);
+            }
+            if let Ok(Some(info)) = from_keys(&m, UnikernelSource::ConfigLabels) {
+                for p in [
+                    Some(&info.binary),
+                    info.initrd.as_ref(),
+                    info.block.as_ref(),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    assert!(p.is_relative(), "{p:?}");
+                    assert!(!p.components().any(|c| c == std::path::Component::ParentDir));
+                }
+                assert!(!info.cmdline.chars().any(char::is_control));
+            }
+        }
+    }
+
     #[rstest]
     #[case::not_json(b"{nope".to_vec(), URUNC_JSON)]
     #[case::not_base64(br#"{"com.urunc.unikernel.unikernelType":"linux!"}"#.to_vec(), "com.urunc.unikernel.unikernelType")]
