@@ -66,6 +66,8 @@ pub struct State {
     pub containers: Arc<sandbox::container::ContainerManager>,
     /// Images: pull, content store, layers, leases.
     pub images: imagestore::ImageStore,
+    /// The exec/attach/port-forward server, started by [`run`].
+    pub streaming: std::sync::OnceLock<Arc<crate::streaming::Server>>,
 }
 
 impl State {
@@ -76,19 +78,20 @@ impl State {
         }
         let cgroup_driver = CgroupDriver::resolve(&config.runtime.cgroup_driver);
         let pods = Arc::new(pod_manager(&config, cgroup_driver)?);
+        let containers = container_manager(&config, cgroup_driver)?;
         let images =
             crate::cri::image::open_store(&config).context("cannot open the image store")?;
-        let containers = container_manager(&config, cgroup_driver)?;
         Ok(State {
             pods,
+            containers,
             images,
             cgroup_driver,
-            containers,
             started_at_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             pod_cidr: Mutex::new(String::new()),
+            streaming: std::sync::OnceLock::new(),
             config,
         })
     }
@@ -139,9 +142,6 @@ fn pod_manager(config: &Config, driver: CgroupDriver) -> anyhow::Result<sandbox:
     sandbox::pod::PodManager::open(settings, Arc::new(cni)).context("cannot load pods")
 }
 
-/// Binds the CRI socket and serves until a termination signal arrives.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let socket = config.grpc.socket.clone();
 /// The container manager, as configured; re-attaches to containers still running.
 fn container_manager(
     config: &Config,
@@ -161,6 +161,9 @@ fn container_manager(
     sandbox::container::ContainerManager::open(settings).context("cannot load containers")
 }
 
+/// Binds the CRI socket and serves until a termination signal arrives.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let socket = config.grpc.socket.clone();
     let mode = config.socket_mode()?;
     let max = config.grpc.max_message_size;
     let state = Arc::new(State::new(config)?);
@@ -177,6 +180,11 @@ fn container_manager(
         crate::cri::image::import_dir(&state.config),
     )
     .await;
+
+    let streaming = crate::streaming::start(&state)
+        .await
+        .context("cannot start the streaming server")?;
+    let _ = state.streaming.set(streaming);
 
     let listener = match crate::notify::activated_listener() {
         Some(l) => {

@@ -6,6 +6,7 @@ mod daemon;
 mod monitor;
 mod notify;
 mod pack;
+mod streaming;
 mod sys;
 
 use std::path::PathBuf;
@@ -41,7 +42,6 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Configuration helpers.
     /// Runs a container monitor (started by crid itself).
     #[command(hide = true)]
     Monitor {
@@ -52,6 +52,7 @@ enum Command {
         #[arg(long)]
         detached: bool,
     },
+    /// Configuration helpers.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
@@ -126,8 +127,8 @@ fn init_tracing(config: &Config) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
-        Some(Command::Config {
         Some(Command::Monitor { spec, detached }) => monitor::run(spec, *detached),
+        Some(Command::Config {
             command: ConfigCommand::Default,
         }) => {
             print!("{}", config::DEFAULT_TOML);
