@@ -801,7 +801,8 @@ async fn exec_sync_stats_update_reopen_stop_and_events() {
     assert!(pid > 0);
     assert_eq!(info["runtimeSpec"]["process"]["args"][0], "sh");
 
-    // The monitor stays small.
+    // The monitor is the small crid-monitor binary and stays small (a few hundred KiB in a
+    // release build; the bound leaves room for debug builds).
     let monitor_pid = std::fs::read_to_string(
         crid.path()
             .join("state/containers")
@@ -809,9 +810,24 @@ async fn exec_sync_stats_update_reopen_stop_and_events() {
             .join("monitor.pid"),
     )
     .unwrap();
-    let rollup =
-        std::fs::read_to_string(format!("/proc/{}/smaps_rollup", monitor_pid.trim())).unwrap();
-    eprintln!("monitor memory:\n{rollup}");
+    let monitor_pid = monitor_pid.trim();
+    let cmdline = std::fs::read(format!("/proc/{monitor_pid}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline)
+            .split('\0')
+            .next()
+            .unwrap()
+            .ends_with("crid-monitor"),
+        "{cmdline:?}"
+    );
+    let rollup = std::fs::read_to_string(format!("/proc/{monitor_pid}/smaps_rollup")).unwrap();
+    let pss_kib: u64 = rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    eprintln!("monitor PSS: {pss_kib} KiB");
+    assert!(pss_kib < 3 * 1024, "monitor PSS {pss_kib} KiB");
     let out = crid
         .exec(&id, &["sh", "-c", "echo out; echo err >&2; exit 3"], 10)
         .await

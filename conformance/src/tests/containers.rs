@@ -349,6 +349,21 @@ fn exec_sync(
             r.stdout == b"out\n" && r.stderr == b"err\n" && r.exit_code == 3,
             "exec: {r:?}"
         );
+        // The container is in the pod's network namespace (the CNI plugin gave it eth0).
+        let r = rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["cat".into(), "/proc/net/dev".into()],
+                timeout: 10,
+            })
+            .await
+            .context("ExecSync cat")?
+            .into_inner();
+        ensure!(
+            String::from_utf8_lossy(&r.stdout).contains("eth0:"),
+            "no eth0 in the container: {}",
+            String::from_utf8_lossy(&r.stdout)
+        );
         let e = rt
             .exec_sync(cri::ExecSyncRequest {
                 container_id: id.clone(),

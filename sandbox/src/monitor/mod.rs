@@ -203,7 +203,9 @@ impl MonitorHandle {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let cmdline = String::from_utf8_lossy(&cmdline);
         let mut args = cmdline.split('\0');
-        let is_monitor = args.any(|a| a == "monitor") && cmdline.contains(id);
+        let first = args.next().unwrap_or_default();
+        let is_monitor = (first.ends_with(MONITOR_BINARY) || args.any(|a| a == "monitor"))
+            && cmdline.contains(id);
         // A zombie has an empty cmdline; it has exited.
         if !is_monitor {
             return None;
@@ -274,7 +276,11 @@ pub fn main(spec_path: &Path, detached: bool) -> i32 {
     }
 }
 
-/// Runs this same command line again with `--detached`, not waiting for it.
+/// Name of the small monitor binary looked for next to the running executable.
+pub const MONITOR_BINARY: &str = "crid-monitor";
+
+/// Starts the detached monitor, not waiting for it: the small `crid-monitor` binary next to
+/// this executable when there is one, else this same command line with `--detached`.
 fn respawn_detached() -> i32 {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
@@ -283,9 +289,27 @@ fn respawn_detached() -> i32 {
             return 1;
         }
     };
-    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    args.push("--detached".into());
-    match Command::new(exe).args(args).stdin(Stdio::null()).spawn() {
+    let small = exe.with_file_name(MONITOR_BINARY);
+    let mut cmd = if small.is_file() && exe.file_name() != small.file_name() {
+        let mut c = Command::new(small);
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        // Only `--spec FILE` is passed on; the subcommand name is crid's.
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            if a == "--spec" {
+                if let Some(v) = it.next() {
+                    c.arg("--spec").arg(v);
+                }
+            }
+        }
+        c
+    } else {
+        let mut c = Command::new(exe);
+        c.args(std::env::args_os().skip(1));
+        c
+    };
+    cmd.arg("--detached");
+    match cmd.stdin(Stdio::null()).spawn() {
         Ok(_) => 0,
         Err(e) => {
             eprintln!("crid monitor: cannot start the detached monitor: {e}");
