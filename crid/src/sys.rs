@@ -12,7 +12,8 @@ pub fn take_listen_fd() -> Option<std::os::unix::net::UnixListener> {
     // SAFETY: fstat only reads the descriptor's metadata; an invalid fd yields -1.
     let valid = unsafe {
         let mut st: libc::stat = std::mem::zeroed();
-        libc::fstat(SD_LISTEN_FDS_START, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+        libc::fstat(SD_LISTEN_FDS_START, &mut st) == 0
+            && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
     };
     if !valid {
         return None;
