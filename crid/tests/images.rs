@@ -831,6 +831,48 @@ async fn import_oci_layout_and_docker_save_tarballs() {
         std::fs::read(layer_dir.join("hello.txt")).unwrap(),
         b"from docker save\n"
     );
+
+    // A gzipped archive imported while the daemon runs shows up in its next answer.
+    layout.tag(
+        &built.manifest,
+        built.manifest_size,
+        "application/vnd.oci.image.manifest.v1+json",
+        "example.com/imported/live:2.0",
+    );
+    tar_dir(&dir.join("oci"), &dir.join("live.tar"));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&std::fs::read(dir.join("live.tar")).unwrap())
+        .unwrap();
+    std::fs::write(dir.join("live.tar.gz"), gz.finish().unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_crid"))
+        .args(Crid::args(dir))
+        .args(["images", "import"])
+        .arg(dir.join("live.tar.gz"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (live, _) = crid.status("example.com/imported/live:2.0").await;
+    let live = live.expect("image imported next to the running daemon");
+    assert_eq!(live.id, built.config);
+    assert!(
+        live.repo_tags
+            .contains(&"example.com/imported/busybox:1.0".to_owned())
+    );
+    // An archive that is not one is refused with a message, and nothing is left behind.
+    std::fs::write(dir.join("junk.tar"), b"not a tar at all").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_crid"))
+        .args(Crid::args(dir))
+        .args(["images", "import"])
+        .arg(dir.join("junk.tar"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(crid.leftovers(), 0);
+    assert_eq!(crid.list(None).await.len(), 2);
 }
 
 #[tokio::test]

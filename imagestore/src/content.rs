@@ -201,7 +201,7 @@ impl ContentStore {
             .map_err(|e| ImageError::io(&path, e))?;
         Ok(Ingest {
             guard: TempPath(Some(path)),
-            file,
+            file: tokio::io::BufWriter::with_capacity(256 * 1024, file),
             hasher: Sha256::new(),
             written: 0,
             digest: digest.to_owned(),
@@ -243,7 +243,7 @@ impl Drop for TempPath {
 /// A blob being downloaded: bytes are hashed and counted as they arrive.
 pub(crate) struct Ingest {
     guard: TempPath,
-    file: tokio::fs::File,
+    file: tokio::io::BufWriter<tokio::fs::File>,
     hasher: Sha256,
     written: u64,
     digest: String,
@@ -294,6 +294,7 @@ impl Ingest {
             .await
             .map_err(|e| ImageError::io(&path, e))?;
         self.file
+            .get_mut()
             .sync_all()
             .await
             .map_err(|e| ImageError::io(&path, e))?;
