@@ -23,7 +23,8 @@ struct Args {
     /// placeholder file).
     #[arg(long)]
     unikernel_binary: Option<PathBuf>,
-    /// Keep the OCI layouts here (default: a temporary directory, removed).
+    /// Also write every image as an OCI layout `DIR/<repo with / as _>_<tag>/` (for import
+    /// tests); skopeo's working layouts go there too. Default: a temporary directory, removed.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Push everything with the built-in client instead of skopeo.
@@ -60,6 +61,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success());
+    if args.out.is_some() {
+        for f in &fixtures {
+            let dir = work.join(format!("{}_{}", f.repo.replace('/', "_"), f.tag));
+            conformance::fixtures::build::write_oci_layout(&dir, &[(f.tag, &f.built)])?;
+        }
+    }
     let result = push_all(&args.registry, &fixtures, &work, skopeo);
     if remove {
         let _ = std::fs::remove_dir_all(&work);
