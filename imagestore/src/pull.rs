@@ -491,6 +491,15 @@ impl ImageStore {
                             reason: format!("index references itself ({})", entry.digest),
                         });
                     }
+                    if entry.size()? > MAX_MANIFEST_BYTES as u64 {
+                        return Err(ImageError::InvalidManifest {
+                            reference: name,
+                            reason: format!(
+                                "{} is {} bytes, larger than the {MAX_MANIFEST_BYTES} byte limit",
+                                entry.digest, entry.size
+                            ),
+                        });
+                    }
                     let child = oref.clone_with_digest(entry.digest.clone());
                     let (b, d) =
                         match fetch_manifest(&client, &child, auth, &host.host, &name).await {
