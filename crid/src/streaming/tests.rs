@@ -406,3 +406,149 @@ async fn port_forward_tokens_are_single_use() {
         .expect("refused");
     assert_eq!(stream_client::http_status(&e), Some(404));
 }
+
+/// Interop with client-go as kubectl ships it (SPDY and WebSocket executors): a stand-in API
+/// server answers kubectl's pod lookup and splices its exec request onto a fresh streaming
+/// URL. Needs `kubectl` on PATH; run with `cargo test -p crid kubectl -- --ignored`.
+#[tokio::test]
+#[ignore = "needs kubectl"]
+async fn kubectl_exec_interop() {
+    use tokio::net::{TcpListener, TcpStream};
+
+    let s = server().await;
+    let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_addr = api.local_addr().unwrap();
+    let server = s.clone();
+    let upgrades = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = upgrades.clone();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = api.accept().await {
+            let (server, seen) = (server.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if c.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let target = text
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned();
+                let path = target.split('?').next().unwrap_or_default();
+                if path.ends_with("/exec") {
+                    let lower = text.to_ascii_lowercase();
+                    let kind = if lower.contains("upgrade: websocket") {
+                        "websocket"
+                    } else {
+                        "spdy"
+                    };
+                    seen.lock().unwrap().push(kind.to_owned());
+                    let tty = target.contains("tty=true");
+                    let stdin = target.contains("stdin=true");
+                    let cmd: Vec<&str> = if tty {
+                        vec!["sh", "-c", "stty size; exit 6"]
+                    } else if stdin {
+                        vec!["cat"]
+                    } else {
+                        vec!["sh", "-c", "echo out; echo err >&2; exit 3"]
+                    };
+                    let url = server.url_for(exec(&cmd, tty, stdin)).unwrap();
+                    let new_path = url.splitn(4, '/').nth(3).unwrap_or_default();
+                    let head = text.replacen(&target, &format!("/{new_path}"), 1);
+                    let mut up = TcpStream::connect(server.addr()).await.unwrap();
+                    up.write_all(head.as_bytes()).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut up).await;
+                    return;
+                }
+                let body = if path.ends_with("/pods/p") {
+                    r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"p","namespace":"default"},"spec":{"containers":[{"name":"c","image":"x"}]},"status":{"phase":"Running"}}"#.to_string()
+                } else if path == "/api" {
+                    r#"{"kind":"APIVersions","versions":["v1"]}"#.to_string()
+                } else if path == "/api/v1" {
+                    r#"{"kind":"APIResourceList","groupVersion":"v1","resources":[{"name":"pods","singularName":"pod","namespaced":true,"kind":"Pod","verbs":["get","list"],"shortNames":["po"]},{"name":"pods/exec","singularName":"","namespaced":true,"kind":"PodExecOptions","verbs":["create","get"]}]}"#.to_string()
+                } else if path == "/apis" {
+                    r#"{"kind":"APIGroupList","apiVersion":"v1","groups":[]}"#.to_string()
+                } else {
+                    let r = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+                    let _ = c.write_all(r.as_bytes()).await;
+                    return;
+                };
+                let r = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = c.write_all(r.as_bytes()).await;
+            });
+        }
+    });
+    let kubectl = |ws: bool, args: &[&str], input: Option<&'static [u8]>| {
+        let mut cmd = std::process::Command::new("kubectl");
+        cmd.arg(format!("--server=http://{api_addr}"))
+            .args([
+                "--insecure-skip-tls-verify",
+                "-n",
+                "default",
+                "exec",
+                "p",
+                "-c",
+                "c",
+            ])
+            .args(args)
+            .env(
+                "KUBECTL_REMOTE_COMMAND_WEBSOCKETS",
+                if ws { "true" } else { "false" },
+            )
+            .stdin(if input.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut child = cmd.spawn().expect("kubectl");
+                if let Some(i) = input {
+                    use std::io::Write;
+                    let mut w = child.stdin.take().unwrap();
+                    w.write_all(i).unwrap();
+                }
+                child.wait_with_output().unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    for ws in [false, true] {
+        let out = kubectl(ws, &["--", "x"], None).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "out\n",
+            "ws={ws} {stderr}"
+        );
+        assert!(stderr.contains("err"), "ws={ws} {stderr}");
+        assert_eq!(out.status.code(), Some(3), "ws={ws} {stderr}");
+
+        let out = kubectl(ws, &["-i", "--", "x"], Some(b"piped input\n")).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "piped input\n",
+            "ws={ws} {stderr}"
+        );
+        assert_eq!(out.status.code(), Some(0), "ws={ws} {stderr}");
+        // kubectl falls back to SPDY silently; make sure each transport really was used.
+        let used = std::mem::take(&mut *upgrades.lock().unwrap());
+        let want = if ws { "websocket" } else { "spdy" };
+        assert!(
+            !used.is_empty() && used.iter().all(|u| u == want),
+            "ws={ws}: {used:?}"
+        );
+    }
+}
