@@ -24,6 +24,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub streaming: StreamingConfig,
     pub vm: VmConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,6 +109,13 @@ pub struct VmConfig {
     pub solo5_spt_path: PathBuf,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` of the Prometheus endpoint (`/metrics`); empty turns it off.
+    pub address: String,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -121,6 +129,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             streaming: StreamingConfig::default(),
             vm: VmConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -272,6 +281,18 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "vm.accelerator",
                 reason: format!("{:?} is not auto, kvm or tcg", self.vm.accelerator),
+            });
+        }
+        if !self.metrics.address.is_empty()
+            && self
+                .metrics
+                .address
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(ConfigError::Invalid {
+                key: "metrics.address",
+                reason: format!("{:?} is not an IP:port address", self.metrics.address),
             });
         }
         Ok(())

@@ -202,6 +202,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
 
+    crate::metrics::serve(&state.config.metrics.address, state.clone()).await?;
+
     tracing::info!(socket = %socket.display(), "serving CRI v1");
     crate::notify::notify("READY=1");
     crate::notify::spawn_watchdog();
@@ -215,6 +217,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 image = tracing::field::Empty,
             )
         })
+        .layer(crate::metrics::RpcLayer)
         .add_service(runtime)
         .add_service(images)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())

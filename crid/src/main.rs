@@ -3,6 +3,7 @@
 mod config;
 mod cri;
 mod daemon;
+mod metrics;
 mod monitor;
 mod notify;
 mod pack;
@@ -117,8 +118,13 @@ fn init_tracing(config: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // Under systemd stderr goes to journald, which adds its own timestamps and shows
+    // colour codes literally.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     if config.log.format == "json" {
         builder.json().init();
+    } else if journald {
+        builder.with_ansi(false).without_time().init();
     } else {
         builder.init();
     }

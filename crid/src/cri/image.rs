@@ -228,6 +228,7 @@ pub async fn pull_image(
     let store = state.images.clone();
     let reference = name.clone();
     let pull = async move { store.pull(&reference, creds).await };
+    let started = std::time::Instant::now();
     let result = match deadline {
         Some(d) => match tokio::time::timeout(d, pull).await {
             Ok(r) => r,
@@ -238,6 +239,11 @@ pub async fn pull_image(
         },
         None => pull.await,
     };
+    crate::metrics::global().observe_pull(
+        result.is_ok(),
+        result.as_ref().map_or(0, |i| i.size),
+        started.elapsed(),
+    );
     match result {
         Ok(image) => {
             tracing::info!(image = %name, id = %image.id, "image pulled");

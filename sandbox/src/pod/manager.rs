@@ -90,6 +90,42 @@ fn new_id() -> Result<String, SandboxError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Removes namespace pins, shm mounts and pod directories under `state` that belong to no
+/// known pod (their record was quarantined or deleted by hand), so nothing stays mounted.
+fn sweep_orphans(state: &Path, pods: &HashMap<String, Arc<Entry>>, sys: &dyn PodSys) {
+    let names = |dir: PathBuf| -> Vec<(String, PathBuf)> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                    .filter(|(n, _)| !pods.contains_key(n))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for kind in ["netns", "ipcns", "utsns"] {
+        for (id, pin) in names(state.join(kind)) {
+            tracing::warn!(pod_sandbox_id = %id, path = %pin.display(), "removing the namespace pin of an unknown pod");
+            if let Err(e) = sys.remove_pin(&pin) {
+                tracing::warn!(path = %pin.display(), error = %e, "cannot remove namespace pin");
+            }
+        }
+    }
+    for (id, dir) in names(state.join("pods")) {
+        let shm = dir.join("shm");
+        if sys::is_mount_point(&shm) {
+            if let Err(e) = sys.unmount(&shm) {
+                tracing::warn!(pod_sandbox_id = %id, error = %e, "cannot unmount the shm of an unknown pod");
+                continue;
+            }
+        }
+        tracing::warn!(pod_sandbox_id = %id, "removing the directory of an unknown pod");
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot remove pod directory");
+        }
+    }
+}
+
 fn invalid(reason: impl Into<String>) -> SandboxError {
     SandboxError::InvalidArgument {
         reason: reason.into(),
@@ -111,7 +147,7 @@ impl PodManager {
     ) -> Result<PodManager, SandboxError> {
         let store = PodStore::open(settings.root.join("pods"))?;
         let mut inner = Inner::default();
-        for mut record in store.load_all() {
+        for mut record in store.recover() {
             if record.state == PodState::Ready {
                 let pinned = [
                     &record.paths.netns,
@@ -145,6 +181,7 @@ impl PodManager {
             );
         }
         tracing::info!(pods = inner.pods.len(), "pods recovered");
+        sweep_orphans(&settings.state, &inner.pods, sys.as_ref());
         Ok(PodManager {
             settings,
             cni,
