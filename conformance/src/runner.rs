@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 
 use crate::client::Cri;
+use crate::gaps;
 
 /// How one test ended.
 pub enum Outcome {
@@ -37,12 +38,16 @@ pub struct Summary {
     pub passed: usize,
     pub failed: usize,
     pub skipped: usize,
+    /// Failures listed in `gaps` for the runtime under test (not counted in `failed`).
+    pub known_gaps: usize,
 }
 
-/// Runs the selected tests one after another, each bounded by `timeout`.
+/// Runs the selected tests one after another, each bounded by `timeout`. A failure listed in
+/// `gaps` for `runtime` (the endpoint's `Version.runtime_name`) counts as a known gap.
 pub async fn run(
     tests: &[Test],
     env: &Env,
+    runtime: &str,
     focus: Option<&Regex>,
     skip: Option<&Regex>,
     timeout: Duration,
@@ -57,7 +62,7 @@ pub async fn run(
         let started = Instant::now();
         let result = tokio::time::timeout(timeout, (test.run)(env.clone())).await;
         let took = started.elapsed().as_millis();
-        match result {
+        match &result {
             Ok(Ok(Outcome::Passed)) => {
                 summary.passed += 1;
                 println!("ok       {} ({took} ms)", test.name);
@@ -66,15 +71,39 @@ pub async fn run(
                 summary.skipped += 1;
                 println!("skipped  {}: {reason}", test.name);
             }
-            Ok(Err(e)) => {
-                summary.failed += 1;
-                println!("FAILED   {} ({took} ms): {e:#}", test.name);
-            }
-            Err(_) => {
-                summary.failed += 1;
-                println!("FAILED   {}: timed out after {timeout:?}", test.name);
-            }
+            Ok(Err(e)) => failed(
+                &mut summary,
+                runtime,
+                test.name,
+                &format!("({took} ms): {e:#}"),
+            ),
+            Err(_) => failed(
+                &mut summary,
+                runtime,
+                test.name,
+                &format!("(timed out after {timeout:?})"),
+            ),
+        }
+        if let (Ok(Ok(Outcome::Passed)), Some(gap)) = (&result, gaps::lookup(runtime, test.name)) {
+            println!(
+                "         {} is listed as a {runtime} gap but passed ({}); update gaps.rs",
+                test.name, gap.reason
+            );
         }
     }
     summary
+}
+
+fn failed(summary: &mut Summary, runtime: &str, name: &str, detail: &str) {
+    match gaps::lookup(runtime, name) {
+        Some(gap) => {
+            summary.known_gaps += 1;
+            println!("gap      {name}: known {runtime} gap: {}", gap.reason);
+            println!("         {name} {detail}");
+        }
+        None => {
+            summary.failed += 1;
+            println!("FAILED   {name} {detail}");
+        }
+    }
 }

@@ -345,13 +345,25 @@ async fn status_missing(env: Env) -> TestResult {
 async fn fs_info(env: Env) -> TestResult {
     let reg = registry_or_skip!(env);
     pull_ok(&env, &format!("{reg}/busybox:latest")).await?;
-    let r = env
-        .cri
-        .images
-        .clone()
-        .image_fs_info(cri::ImageFsInfoRequest {})
-        .await?
-        .into_inner();
+    // Runtimes may measure usage periodically (containerd every stats_collect_period).
+    let mut r = cri::ImageFsInfoResponse::default();
+    for _ in 0..30 {
+        r = env
+            .cri
+            .images
+            .clone()
+            .image_fs_info(cri::ImageFsInfoRequest {})
+            .await?
+            .into_inner();
+        let used = r
+            .image_filesystems
+            .first()
+            .and_then(|f| f.used_bytes.as_ref());
+        if used.is_some_and(|u| u.value > 500_000) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     let fs = r
         .image_filesystems
         .first()
