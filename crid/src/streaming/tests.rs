@@ -407,12 +407,12 @@ async fn port_forward_tokens_are_single_use() {
     assert_eq!(stream_client::http_status(&e), Some(404));
 }
 
-/// Interop with client-go as kubectl ships it (SPDY and WebSocket executors): a stand-in API
+/// Interop with client-go as kubectl ships it (SPDY and WebSocket exec, SPDY port-forward): a stand-in API
 /// server answers kubectl's pod lookup and splices its exec request onto a fresh streaming
 /// URL. Needs `kubectl` on PATH; run with `cargo test -p crid kubectl -- --ignored`.
 #[tokio::test]
 #[ignore = "needs kubectl"]
-async fn kubectl_exec_interop() {
+async fn kubectl_interop() {
     use tokio::net::{TcpListener, TcpStream};
 
     let s = server().await;
@@ -440,6 +440,22 @@ async fn kubectl_exec_interop() {
                     .unwrap_or_default()
                     .to_owned();
                 let path = target.split('?').next().unwrap_or_default();
+                if path.ends_with("/portforward") {
+                    let lower = text.to_ascii_lowercase();
+                    let kind = if lower.contains("upgrade: websocket") {
+                        "websocket"
+                    } else {
+                        "spdy"
+                    };
+                    seen.lock().unwrap().push(format!("pf-{kind}"));
+                    let url = server.url_for(pf(vec![])).unwrap();
+                    let new_path = url.splitn(4, '/').nth(3).unwrap_or_default();
+                    let head = text.replacen(&target, &format!("/{new_path}"), 1);
+                    let mut up = TcpStream::connect(server.addr()).await.unwrap();
+                    up.write_all(head.as_bytes()).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut up).await;
+                    return;
+                }
                 if path.ends_with("/exec") {
                     let lower = text.to_ascii_lowercase();
                     let kind = if lower.contains("upgrade: websocket") {
@@ -551,4 +567,44 @@ async fn kubectl_exec_interop() {
             "ws={ws}: {used:?}"
         );
     }
+
+    // kubectl port-forward speaks plain SPDY to a kubelet-style URL.
+    let echo = echo_listener().await;
+    let local = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut pf = tokio::process::Command::new("kubectl")
+        .arg(format!("--server=http://{api_addr}"))
+        .args(["-n", "default", "port-forward", "pod/p"])
+        .arg(format!("{local}:{echo}"))
+        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl port-forward");
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        if let Ok(mut c) = TcpStream::connect(("127.0.0.1", local)).await {
+            c.write_all(b"through kubectl").await.unwrap();
+            let mut buf = [0u8; 15];
+            if tokio::time::timeout(T, c.read_exact(&mut buf))
+                .await
+                .is_ok()
+            {
+                got = buf.to_vec();
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = pf.kill().await;
+    assert_eq!(got, b"through kubectl");
+    let used = std::mem::take(&mut *upgrades.lock().unwrap());
+    assert!(
+        used.iter().all(|u| u == "pf-spdy") && !used.is_empty(),
+        "{used:?}"
+    );
 }
