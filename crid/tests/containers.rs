@@ -127,37 +127,53 @@ fn push_busybox(reg: &str) -> Result<String, String> {
         "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
         "rootfs": {"type": "layers", "diff_ids": [ld]}
     });
-    let (cd, cs) = blob(config.to_string().as_bytes());
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}]
-    });
-    let (md, ms) = blob(manifest.to_string().as_bytes());
-    std::fs::write(
-        oci.join("index.json"),
-        serde_json::json!({"schemaVersion": 2, "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms}]})
-        .to_string(),
-    )
-    .map_err(|e| e.to_string())?;
     std::fs::write(oci.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
         .map_err(|e| e.to_string())?;
-    let reference = format!("{reg}/crid-tests/busybox:containers-{}", std::process::id());
-    let out = Command::new("skopeo")
-        .args(["copy", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}", oci.display()))
-        .arg(format!("docker://{reference}"))
-        .output()
+    let tag = format!("containers-{}", std::process::id());
+    // busybox with `sh` as its command, and a pause image whose command sleeps forever.
+    for (repo, cmd) in [
+        ("busybox", vec!["sh"]),
+        ("pause", vec!["sleep", "2147483647"]),
+    ] {
+        let mut config = config.clone();
+        config["config"]["Cmd"] = serde_json::json!(cmd);
+        let (cd, cs) = blob(config.to_string().as_bytes());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}]
+        });
+        let (md, ms) = blob(manifest.to_string().as_bytes());
+        std::fs::write(
+            oci.join("index.json"),
+            serde_json::json!({"schemaVersion": 2, "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms}]})
+            .to_string(),
+        )
         .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "skopeo copy failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        let reference = format!("{reg}/crid-tests/{repo}:{tag}");
+        let out = Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}", oci.display()))
+            .arg(format!("docker://{reference}"))
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "skopeo copy failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
     }
-    Ok(reference)
+    Ok(format!("{reg}/crid-tests/busybox:{tag}"))
+}
+
+/// The pause image pushed next to busybox.
+fn pause_image() -> String {
+    image()
+        .map(|i| i.replace("/crid-tests/busybox:", "/crid-tests/pause:"))
+        .unwrap_or_default()
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
@@ -182,9 +198,10 @@ impl Crid {
         std::fs::create_dir_all(d.join("seccomp")).unwrap();
         std::fs::create_dir_all(d.join("logs")).unwrap();
         let config = format!(
-            "[cni]\nconf_dir = {:?}\n[runtime]\nseccomp_profile_root = {:?}\n",
+            "[cni]\nconf_dir = {:?}\n[runtime]\nseccomp_profile_root = {:?}\n[images]\npause_image = {:?}\n",
             d.join("net.d"),
             d.join("seccomp"),
+            pause_image(),
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
         let socket = d.join("crid.sock");
@@ -1164,5 +1181,94 @@ async fn bad_requests_are_invalid_arguments_and_leave_nothing() {
         .into_inner()
         .containers;
     assert_eq!(filtered.len(), 1);
+    crid.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_wide_pid_namespace_through_the_pause_holder() {
+    let Some(image) = image() else { return };
+    let crid = Crid::start(tempfile::tempdir().unwrap()).await;
+    crid.pull(&image).await;
+    let mut pod = crid.pod("pidns").await;
+    // The same pod, again with a pod-wide PID namespace.
+    crid.rt()
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.0.clone(),
+        })
+        .await
+        .unwrap();
+    crid.rt()
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.0.clone(),
+        })
+        .await
+        .unwrap();
+    let pod_ns = |c: &mut Option<cri::NamespaceOption>| {
+        if let Some(o) = c.as_mut() {
+            o.pid = cri::NamespaceMode::Pod as i32;
+        }
+    };
+    pod_ns(
+        &mut pod
+            .1
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap()
+            .namespace_options,
+    );
+    pod.0 = crid
+        .rt()
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod.1.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let mut a = container(&image, "sleeper", &["sleep", "1000"]);
+    pod_ns(&mut security(&mut a).namespace_options);
+    let a = crid.run(&pod, a).await;
+    let mut b = container(&image, "ps", &["ps", "-o", "pid,args"]);
+    pod_ns(&mut security(&mut b).namespace_options);
+    let b = crid.run(&pod, b).await;
+    crid.wait_exited(&b).await;
+    let out: Vec<String> = log_records(&log_path(&crid, "pidns", "ps"))
+        .into_iter()
+        .map(|r| r.2.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert!(out.contains(&"1 sleep 2147483647".to_string()), "{out:?}");
+    assert!(out.iter().any(|l| l.ends_with("sleep 1000")), "{out:?}");
+    // The holder is not listed.
+    let listed = crid
+        .rt()
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), 2);
+    // Stopping the pod stops its containers (the holder last); removing it removes them all.
+    crid.rt()
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.0.clone(),
+        })
+        .await
+        .unwrap();
+    let (s, _) = crid.status(&a).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    crid.rt()
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.0.clone(),
+        })
+        .await
+        .unwrap();
+    let left: Vec<_> = std::fs::read_dir(crid.path().join("root/containers"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
     crid.finish().await;
 }

@@ -181,11 +181,88 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
             seccomp,
         },
         stop_signal: None,
+        pod_infra: false,
     })
 }
 
+/// Serialises the start of pod PID namespace holders.
+static PID_HOLDERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The pod-wide PID namespace: that of the pod's holder, a container of the pause image
+/// (`images.pause_image`) started on first need and recorded in the pod record.
+async fn pod_pid_holder(state: &State, pod: &PodRecord) -> Result<NsSource, Status> {
+    let _guard = PID_HOLDERS.lock().await;
+    let pod = state.pods.get(&pod.id).map_err(Failure::from)?;
+    if let Some(h) = &pod.pid_holder {
+        if let Ok(r) = state.containers.get(&h.container_id) {
+            if r.state == ContainerState::Running && r.pid > 0 {
+                return Ok(NsSource::Join(PathBuf::from(format!(
+                    "/proc/{}/ns/pid",
+                    r.pid
+                ))));
+            }
+        }
+        return Err(Status::failed_precondition(format!(
+            "the PID namespace holder of pod {} is not running",
+            pod.id
+        )));
+    }
+    let reference = state.config.images.pause_image.clone();
+    let image = match image_info(state, &reference) {
+        Ok(i) => i,
+        Err(_) => {
+            state
+                .images
+                .pull(&reference, None)
+                .await
+                .map_err(Failure::from)?;
+            image_info(state, &reference)?
+        }
+    };
+    let config = ContainerConfig {
+        name: "POD".into(),
+        image: reference,
+        pod_infra: true,
+        security: SecurityContext {
+            pid: Some(NsSource::New),
+            no_new_privs: true,
+            drop_capabilities: vec!["ALL".into()],
+            seccomp: SeccompProfile::RuntimeDefault,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let cx = PodContext::from_pod(&pod, NsSource::New);
+    let id = state
+        .containers
+        .create(config, cx, image.clone())
+        .await
+        .map_err(Failure::from)?;
+    if let Err(e) = state.containers.start(&id).await {
+        let _ = state.containers.remove(&id).await;
+        return Err(Failure::from(e).into());
+    }
+    let _ = state.images.add_lease(&id, &image.id);
+    let record = state.containers.get(&id).map_err(Failure::from)?;
+    state
+        .pods
+        .set_pid_holder(
+            &pod.id,
+            Some(sandbox::pod::PidHolder {
+                container_id: id.clone(),
+                pid: u32::try_from(record.pid).unwrap_or(0),
+            }),
+        )
+        .map_err(Failure::from)?;
+    tracing::info!(pod_sandbox_id = %pod.id, container_id = %id, pid = record.pid, "pod PID namespace holder started");
+    Ok(NsSource::Join(PathBuf::from(format!(
+        "/proc/{}/ns/pid",
+        record.pid
+    ))))
+}
+
 /// The PID namespace a container asked for, as a path to join (or new/host).
-fn pid_namespace(
+async fn pid_namespace(
     state: &State,
     pod: &PodRecord,
     options: Option<&cri::NamespaceOption>,
@@ -208,13 +285,7 @@ fn pid_namespace(
     Ok(match mode {
         cri::NamespaceMode::Node => NsSource::Host,
         cri::NamespaceMode::Container => NsSource::New,
-        cri::NamespaceMode::Pod => match &pod.pid_holder {
-            Some(h) => NsSource::Join(PathBuf::from(format!("/proc/{}/ns/pid", h.pid))),
-            None => {
-                tracing::debug!(pod_sandbox_id = %pod.id, "no pod PID namespace holder; the container gets its own");
-                NsSource::New
-            }
-        },
+        cri::NamespaceMode::Pod => return pod_pid_holder(state, pod).await,
         cri::NamespaceMode::Target => {
             let target = state.containers.get(target).map_err(Failure::from)?;
             if target.state != ContainerState::Running || target.pid <= 0 {
@@ -243,6 +314,7 @@ fn image_info(state: &State, reference: &str) -> Result<ImageInfo, Status> {
         image_ref,
         config_json: image.config_json.clone(),
         layer_dirs,
+        unikernel: image.unikernel.clone(),
     })
 }
 
@@ -263,7 +335,7 @@ pub async fn create_container(
         .pods
         .get_ready(&r.pod_sandbox_id)
         .map_err(Failure::from)?;
-    let pid = pid_namespace(state, &pod, ns_options.as_ref())?;
+    let pid = pid_namespace(state, &pod, ns_options.as_ref()).await?;
     config.security.pid = Some(pid.clone());
     let pod_cx = PodContext::from_pod(&pod, pid);
     let image = image_info(state, &config.image)?;
@@ -428,6 +500,7 @@ pub async fn list_containers(
         .containers
         .list(&filter)
         .iter()
+        .filter(|r| !r.config.pod_infra)
         .map(|r| cri::Container {
             id: r.id.clone(),
             pod_sandbox_id: r.pod_id.clone(),
@@ -599,6 +672,9 @@ pub async fn list_container_stats(
     };
     let mut stats = Vec::new();
     for record in state.containers.list(&filter) {
+        if record.config.pod_infra {
+            continue;
+        }
         if let Ok(s) = state.containers.stats(&record.id).await {
             stats.push(stats_to_cri(state, &record, &s));
         }
@@ -616,7 +692,7 @@ pub async fn pod_stats(state: &State, pod: &PodRecord) -> cri::PodSandboxStats {
     let (mut cpu, mut ws, mut usage, mut rss) = (0u64, 0u64, 0u64, 0u64);
     let mut ts = 0;
     for record in state.containers.list(&filter) {
-        if record.state != ContainerState::Running {
+        if record.state != ContainerState::Running || record.config.pod_infra {
             continue;
         }
         if let Ok(s) = state.containers.stats(&record.id).await {
@@ -661,13 +737,20 @@ pub async fn pod_stats(state: &State, pod: &PodRecord) -> cri::PodSandboxStats {
     }
 }
 
-/// Stops every container of a pod (before `StopPodSandbox` tears the network down).
-pub async fn stop_pod_containers(state: &State, pod_id: &str) -> Result<(), Status> {
+/// A pod's containers, the PID namespace holder last (its exit kills the namespace).
+fn pod_containers(state: &State, pod_id: &str) -> Vec<ContainerRecord> {
     let filter = ContainerFilter {
         pod_id: pod_id.to_owned(),
         ..Default::default()
     };
-    for record in state.containers.list(&filter) {
+    let mut list = state.containers.list(&filter);
+    list.sort_by_key(|r| r.config.pod_infra);
+    list
+}
+
+/// Stops every container of a pod (before `StopPodSandbox` tears the network down).
+pub async fn stop_pod_containers(state: &State, pod_id: &str) -> Result<(), Status> {
+    for record in pod_containers(state, pod_id) {
         state
             .containers
             .stop(&record.id, Duration::ZERO)
@@ -679,11 +762,7 @@ pub async fn stop_pod_containers(state: &State, pod_id: &str) -> Result<(), Stat
 
 /// Removes every container of a pod (before `RemovePodSandbox`).
 pub async fn remove_pod_containers(state: &State, pod_id: &str) -> Result<(), Status> {
-    let filter = ContainerFilter {
-        pod_id: pod_id.to_owned(),
-        ..Default::default()
-    };
-    for record in state.containers.list(&filter) {
+    for record in pod_containers(state, pod_id) {
         state
             .containers
             .remove(&record.id)
@@ -691,6 +770,9 @@ pub async fn remove_pod_containers(state: &State, pod_id: &str) -> Result<(), St
             .map_err(Failure::from)?;
         if let Err(e) = state.images.remove_lease(&record.id) {
             tracing::warn!(container_id = %record.id, error = %e, "cannot release the image lease");
+        }
+        if record.config.pod_infra {
+            let _ = state.pods.set_pid_holder(pod_id, None);
         }
     }
     Ok(())

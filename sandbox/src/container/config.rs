@@ -138,6 +138,10 @@ pub struct ContainerConfig {
     pub resources: Resources,
     pub security: SecurityContext,
     pub stop_signal: Option<String>,
+    /// crid's own pod infrastructure container (the holder of a pod-wide PID namespace),
+    /// hidden from `ListContainers`.
+    #[serde(default)]
+    pub pod_infra: bool,
 }
 
 /// The image a container runs, resolved by crid through the image store.
@@ -153,4 +157,7 @@ pub struct ImageInfo {
     pub config_json: String,
     /// Layer directories, bottom first.
     pub layer_dirs: Vec<PathBuf>,
+    /// Set when the image is a unikernel artifact: the container runs as a VM.
+    #[serde(default)]
+    pub unikernel: Option<imagestore::UnikernelInfo>,
 }

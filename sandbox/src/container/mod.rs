@@ -17,6 +17,7 @@ pub mod cgroups;
 pub mod config;
 pub mod spec;
 pub mod user;
+pub mod vm;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -448,7 +449,11 @@ impl ContainerManager {
             r.state = ContainerState::Exited;
             match &exit {
                 Some(e) => {
-                    r.exit_code = e.exit_code;
+                    r.exit_code = if r.backend == Backend::Process {
+                        self.vm_exit_code(&r.id, e.exit_code)
+                    } else {
+                        e.exit_code
+                    };
                     r.finished_at = e.finished_at_ns;
                     r.reason = if e.oom_killed {
                         "OOMKilled".into()
@@ -467,6 +472,10 @@ impl ContainerManager {
                 }
             }
         });
+        if r.backend == Backend::Process {
+            // The guest is gone: its tap goes too (a restart makes a new one).
+            self.vm_release(&r.id);
+        }
         match updated {
             Ok(rec) => {
                 tracing::info!(container_id = %rec.id, exit_code = rec.exit_code, reason = %rec.reason, "container exited");
@@ -605,8 +614,11 @@ impl ContainerManager {
         }
         let this = self.clone();
         let id2 = id.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            this.prepare(&id2, config, pod, image, image_config, stop, log_path)
+        let result = tokio::task::spawn_blocking(move || match image.unikernel.clone() {
+            Some(info) => {
+                this.prepare_vm(&id2, config, pod, image, info, image_config, stop, log_path)
+            }
+            None => this.prepare(&id2, config, pod, image, image_config, stop, log_path),
         })
         .await
         .map_err(|e| runtime_err("create", e.to_string()))
@@ -729,9 +741,25 @@ impl ContainerManager {
         let sdir = self.state_dir(id);
         std::fs::create_dir_all(&sdir).map_err(|e| SandboxError::io(&sdir, e))?;
         let _ = std::fs::remove_file(self.exit_file(id));
+        let launch = if r.backend == Backend::Process {
+            let this = self.clone();
+            let vm_id = id.to_owned();
+            let launched = tokio::task::spawn_blocking(move || this.vm_launch(&vm_id))
+                .await
+                .map_err(|e| runtime_err("start", e.to_string()))?;
+            match launched {
+                Ok(l) => l,
+                Err(e) => {
+                    self.start_failed(&entry, e.to_string()).await;
+                    return Err(e);
+                }
+            }
+        } else {
+            self.launch(&r)
+        };
         let spec = MonitorSpec {
             id: id.to_owned(),
-            launch: self.launch(&r),
+            launch,
             log_path: r.log_path.clone(),
             exit_file: self.exit_file(id),
             pid_file: self.monitor_pid_file(id),
@@ -761,6 +789,9 @@ impl ContainerManager {
             Err(e) => return Err(self.start_failed(&entry, e.to_string()).await),
         };
         let handle = MonitorHandle::attach(&self.monitor_pid_file(id), id);
+        // Taken before `runc start`: a short-lived process may have exited by the time it
+        // returns, and finished_at must not precede started_at.
+        let started_at = now_ns();
         if r.backend == Backend::Runc {
             if let Err(e) = self.runc.start(id).await {
                 let _ = self.runc.kill(id, "SIGKILL", true).await;
@@ -773,7 +804,7 @@ impl ContainerManager {
         let rec = self.update(&entry, |r| {
             r.state = ContainerState::Running;
             r.pid = pid;
-            r.started_at = now_ns();
+            r.started_at = started_at;
         })?;
         tracing::info!(container_id = %id, pid, "container started");
         self.emit(EventKind::Started, &rec);
@@ -788,8 +819,13 @@ impl ContainerManager {
     }
 
     async fn start_failed(&self, entry: &Entry, msg: String) -> SandboxError {
-        let id = Self::snapshot(entry).id;
-        let _ = self.runc.delete(&id).await;
+        let r = Self::snapshot(entry);
+        let id = r.id;
+        if r.backend == Backend::Process {
+            self.vm_release(&id);
+        } else {
+            let _ = self.runc.delete(&id).await;
+        }
         let _ = self.update(entry, |r| {
             r.state = ContainerState::Exited;
             r.exit_code = 128;
@@ -875,6 +911,8 @@ impl ContainerManager {
         self.stop_locked(&entry, Duration::ZERO).await?;
         if Self::snapshot(&entry).backend == Backend::Runc {
             self.runc.delete(id).await?;
+        } else {
+            self.vm_release(id);
         }
         let this_dir = self.dir(id);
         let state_dir = self.state_dir(id);
@@ -966,8 +1004,10 @@ impl ContainerManager {
             });
         }
         if r.backend != Backend::Runc {
-            return Err(SandboxError::UnsupportedGuest {
-                reason: "exec is not supported for this container".into(),
+            return Err(SandboxError::Unimplemented {
+                reason: format!(
+                    "exec is not supported in unikernel container {id}: the guest has no shell"
+                ),
             });
         }
         let spec = self

@@ -1,0 +1,232 @@
+//! The VM backend of the container manager: a container whose image is a unikernel artifact
+//! runs as a guest of its hypervisor (see [`crate::vm`]), supervised by the same monitor as runc
+//! containers (`Launch::Command`, `Backend::Process`).
+//!
+//! - `CreateContainer` checks everything that can fail without side effects (guest/hypervisor
+//!   pair, the image's kernel/initrd/block files, the accelerator, the VMM binary) and writes
+//!   `vm.json`; no rootfs is mounted and no runc bundle is written.
+//! - `StartContainer` creates the tap in the pod's network namespace, plans the VMM command and
+//!   hands `nsenter --net=<pod netns> -- <vmm> ...` to the monitor: the serial console goes to the
+//!   CRI log, the VMM's exit status becomes the container's exit code.
+//! - Stop sends the stop signal to the VMM (QEMU powers off on SIGTERM), SIGKILL after the
+//!   timeout; when the guest has exited, or on remove, the tap and the block copy are released.
+//! - The guest's argv is the CRI command + args, else the image's Entrypoint + Cmd, else the
+//!   image's unikernel command line; its environment is the CRI `envs`.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use imagestore::UnikernelInfo;
+use serde::{Deserialize, Serialize};
+
+use super::config::{ContainerConfig, ImageInfo, NsSource, PodContext};
+use super::{Backend, ContainerManager, ContainerRecord, ContainerState, now_ns, spec};
+use crate::SandboxError;
+use crate::monitor::Launch;
+use crate::vm::accel::{AccelDecision, KvmProbe, probe_host};
+use crate::vm::launch::{self, VmRequest, VmSettings};
+use crate::vm::{ExitMapping, type_name};
+
+/// What crid keeps about a VM container, in `<container dir>/vm.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmState {
+    pub request: VmRequest,
+    pub accel: AccelDecision,
+    /// Set once started.
+    pub exit_mapping: Option<ExitMapping>,
+    pub argv: Vec<String>,
+    pub guest_cmdline: String,
+}
+
+static SETTINGS: OnceLock<(VmSettings, KvmProbe)> = OnceLock::new();
+
+/// Sets the VM settings (crid's `[vm]` configuration). Only the first call counts; without
+/// one, [`VmSettings::default`] applies.
+pub fn configure(settings: VmSettings) {
+    let _ = SETTINGS.get_or_init(|| {
+        let host = probe_host();
+        tracing::info!(kvm = %host.detail, accelerator = ?settings.accelerator, "VM settings");
+        (settings, host)
+    });
+}
+
+/// The node's VM settings and KVM probe.
+fn current() -> &'static (VmSettings, KvmProbe) {
+    SETTINGS.get_or_init(|| {
+        let host = probe_host();
+        tracing::info!(kvm = %host.detail, "VM accelerator probe");
+        (VmSettings::default(), host)
+    })
+}
+
+/// A one-line description of the host's KVM and the VM policy, for `Status` verbose info.
+pub fn host_report() -> serde_json::Value {
+    let (s, host) = current();
+    serde_json::json!({
+        "accelerator": s.accelerator,
+        "kvm": host,
+        "defaultMemoryMiB": s.default_memory_mib,
+    })
+}
+
+impl ContainerManager {
+    fn vm_file(&self, id: &str) -> PathBuf {
+        self.dir(id).join("vm.json")
+    }
+
+    fn vm_state(&self, id: &str) -> Option<VmState> {
+        let bytes = std::fs::read(self.vm_file(id)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn save_vm_state(&self, id: &str, state: &VmState) -> Result<(), SandboxError> {
+        let path = self.vm_file(id);
+        let json = serde_json::to_vec_pretty(state).map_err(|e| SandboxError::Record {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        crate::monitor::write_atomic(&path, &json).map_err(|e| SandboxError::io(&path, e))?;
+        // What `ContainerStatus` verbose info shows as the runtime spec.
+        let verbose = serde_json::json!({ "unikernel": state });
+        let spec_path = self.dir(id).join("config.json");
+        crate::monitor::write_atomic(&spec_path, verbose.to_string().as_bytes())
+            .map_err(|e| SandboxError::io(&spec_path, e))
+    }
+
+    /// `create` for a unikernel image (blocking).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn prepare_vm(
+        &self,
+        id: &str,
+        config: ContainerConfig,
+        pod: PodContext,
+        image: ImageInfo,
+        info: UnikernelInfo,
+        image_config: spec::ImageConfig,
+        stop: String,
+        log_path: Option<PathBuf>,
+    ) -> Result<ContainerRecord, SandboxError> {
+        if config.tty || config.stdin {
+            return Err(SandboxError::InvalidArgument {
+                reason: "unikernel containers have a serial console only: no tty or stdin".into(),
+            });
+        }
+        if !config.mounts.is_empty() {
+            return Err(SandboxError::Unimplemented {
+                reason: format!(
+                    "{} guests cannot take CRI mounts (no 9p/virtiofs support yet)",
+                    type_name(info.unikernel_type)
+                ),
+            });
+        }
+        let mut args: Vec<String> = config
+            .command
+            .iter()
+            .chain(config.args.iter())
+            .cloned()
+            .collect();
+        if args.is_empty() {
+            args = image_config
+                .entrypoint
+                .iter()
+                .flatten()
+                .chain(image_config.cmd.iter().flatten())
+                .cloned()
+                .collect();
+        }
+        let netns = match &pod.network {
+            NsSource::Join(p) => Some(p.clone()),
+            NsSource::New | NsSource::Host => None,
+        };
+        let dir = self.dir(id);
+        std::fs::create_dir_all(&dir).map_err(|e| SandboxError::io(&dir, e))?;
+        let request = VmRequest {
+            container_id: id.to_owned(),
+            info,
+            layer_dirs: image.layer_dirs.clone(),
+            netns,
+            iface: "eth0".into(),
+            memory_limit_bytes: config.resources.memory_limit_in_bytes,
+            cpu_quota: config.resources.cpu_quota,
+            cpu_period: config.resources.cpu_period,
+            args,
+            env: config.envs.clone(),
+            run_dir: dir.join("vm"),
+        };
+        let (settings, host) = current();
+        let accel = launch::check(&request, settings, host)?;
+        self.save_vm_state(
+            id,
+            &VmState {
+                request,
+                accel,
+                exit_mapping: None,
+                argv: vec![],
+                guest_cmdline: String::new(),
+            },
+        )?;
+        let record = ContainerRecord {
+            id: id.to_owned(),
+            pod_id: pod.id.clone(),
+            backend: Backend::Process,
+            state: ContainerState::Created,
+            created_at: now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            log_path,
+            cgroups_path: String::new(),
+            stop_signal: stop,
+            config,
+            pod,
+            image,
+        };
+        self.save(&record)?;
+        Ok(record)
+    }
+
+    /// Prepares the guest (tap, plan, files) and returns what the monitor runs (blocking).
+    pub(super) fn vm_launch(&self, id: &str) -> Result<Launch, SandboxError> {
+        let mut state = self.vm_state(id).ok_or_else(|| SandboxError::Record {
+            path: self.vm_file(id),
+            reason: "the unikernel container's vm.json is missing".into(),
+        })?;
+        let (settings, host) = current();
+        let prepared = launch::prepare(&state.request, settings, host)?;
+        state.accel = prepared.accel.clone();
+        state.exit_mapping = Some(prepared.plan.exit_mapping);
+        state.argv = prepared.argv.clone();
+        state.guest_cmdline = prepared.plan.guest_cmdline.clone();
+        if let Err(e) = self.save_vm_state(id, &state) {
+            self.vm_release(id);
+            return Err(e);
+        }
+        Ok(Launch::Command {
+            argv: prepared.argv,
+            env: vec![],
+            cwd: None,
+        })
+    }
+
+    /// Releases the guest's tap and files; fine to repeat.
+    pub(super) fn vm_release(&self, id: &str) {
+        let Some(state) = self.vm_state(id) else {
+            return;
+        };
+        let r = &state.request;
+        if let Err(e) = launch::release(r.netns.as_deref(), &r.iface, id, &r.run_dir) {
+            tracing::warn!(container_id = %id, error = %e, "cannot release the guest network");
+        }
+    }
+
+    /// The container exit code for the code the monitor recorded.
+    pub(super) fn vm_exit_code(&self, id: &str, code: i32) -> i32 {
+        match self.vm_state(id).and_then(|s| s.exit_mapping) {
+            Some(m) => launch::container_exit_code(m, code),
+            None => code,
+        }
+    }
+}
