@@ -23,6 +23,9 @@ pub enum SandboxError {
     /// Setting up or tearing down a guest's network failed.
     #[error("guest network {op} failed: {reason}")]
     GuestNetwork { op: String, reason: String },
+    /// The container's backend cannot do this (e.g. exec in a unikernel: there is no shell).
+    #[error("{reason}")]
+    Unimplemented { reason: String },
     /// The pod already runs a unikernel container (its tap is live).
     #[error("the pod already runs a unikernel container (tap {tap} is in use); one per pod")]
     PodHasUnikernel { tap: String },
@@ -67,6 +70,7 @@ impl SandboxError {
             SandboxError::Accelerator { .. } => ErrorKind::FailedPrecondition,
             SandboxError::GuestNetwork { .. } => ErrorKind::Internal,
             SandboxError::PodHasUnikernel { .. } => ErrorKind::FailedPrecondition,
+            SandboxError::Unimplemented { .. } => ErrorKind::Unimplemented,
             SandboxError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             SandboxError::NotFound { .. } => ErrorKind::NotFound,
             SandboxError::AlreadyExists { .. } => ErrorKind::AlreadyExists,

@@ -43,7 +43,7 @@ impl Default for VmSettings {
 }
 
 /// One unikernel container to prepare.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmRequest {
     pub container_id: String,
     pub info: UnikernelInfo,
@@ -90,6 +90,62 @@ pub fn vcpus(quota: i64, period: i64, max: u32) -> u32 {
     }
     let n = quota / period + i64::from(quota % period != 0);
     u32::try_from(n).unwrap_or(u32::MAX).clamp(1, max.max(1))
+}
+
+/// Checks a request without side effects (for `CreateContainer`): the guest/hypervisor pair,
+/// the image's files, the accelerator and the hypervisor binary. Returns the accelerator
+/// decision.
+pub fn check(
+    req: &VmRequest,
+    settings: &VmSettings,
+    host: &KvmProbe,
+) -> Result<AccelDecision, SandboxError> {
+    let info = &req.info;
+    if !supported_pair(info.unikernel_type, info.hypervisor) {
+        return Err(SandboxError::UnsupportedGuest {
+            reason: format!(
+                "{} guests cannot run on {}",
+                super::type_name(info.unikernel_type),
+                super::hypervisor_name(info.hypervisor)
+            ),
+        });
+    }
+    resolve_in_layers(&req.layer_dirs, &info.binary)?;
+    for p in info.initrd.iter().chain(info.block.iter()) {
+        resolve_in_layers(&req.layer_dirs, p)?;
+    }
+    let accel = accel::decide(
+        settings.accelerator,
+        info.unikernel_type,
+        info.hypervisor,
+        host,
+    )?;
+    find_binary(
+        hypervisor_for(info.hypervisor).binary_name(),
+        &settings.binary_dirs,
+    )?;
+    Ok(accel)
+}
+
+/// The container exit code for a VMM exit code as the monitor records it (the exit status, or
+/// 128 + signal). With QEMU's debug-exit an odd status `(N << 1) | 1` is the guest's `N`; since
+/// the monitor reports a signal death as `128 + signal`, codes that read as a kill by SIGHUP,
+/// SIGINT, SIGQUIT, SIGABRT, SIGKILL, SIGSEGV or SIGTERM stay as they are (so a guest exit code
+/// of 64 or more can be misread as such a signal).
+pub fn container_exit_code(mapping: super::ExitMapping, code: i32) -> i32 {
+    const KILLS: [i32; 7] = [1, 2, 3, 6, 9, 11, 15];
+    match mapping {
+        super::ExitMapping::Direct => code,
+        super::ExitMapping::QemuDebugExit => {
+            if code > 128 && KILLS.contains(&(code - 128)) {
+                code
+            } else if code & 1 == 1 {
+                code >> 1
+            } else {
+                code
+            }
+        }
+    }
 }
 
 /// Prepares the guest (see the module documentation). On error nothing is left behind.
@@ -269,6 +325,18 @@ mod tests {
             pvm: false,
             detail: "test".into(),
         }
+    }
+
+    #[test]
+    fn exit_codes_from_the_monitor() {
+        use crate::vm::ExitMapping::*;
+        assert_eq!(container_exit_code(QemuDebugExit, 7), 3);
+        assert_eq!(container_exit_code(QemuDebugExit, 1), 0);
+        assert_eq!(container_exit_code(QemuDebugExit, 0), 0);
+        assert_eq!(container_exit_code(QemuDebugExit, 137), 137);
+        assert_eq!(container_exit_code(QemuDebugExit, 143), 143);
+        assert_eq!(container_exit_code(QemuDebugExit, 2), 2);
+        assert_eq!(container_exit_code(Direct, 7), 7);
     }
 
     #[test]

@@ -148,7 +148,8 @@ pub struct PlanFile {
 }
 
 /// How the VMM's exit status maps to the guest's exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ExitMapping {
     /// The VMM exits with the guest's code (Solo5, Firecracker, Cloud Hypervisor).
     Direct,

@@ -1,0 +1,382 @@
+//! Unikernel containers end to end through the CRI: the real crid binary on a temp socket; the
+//! freestanding test guest (sandbox/tests/guests/freestanding) packed with
+//! `crid unikernel pack --push` into the test registry at `CRID_TEST_REGISTRY`, pulled,
+//! recognised as a unikernel, and run by QEMU (KVM when usable) under the container monitor.
+//! Checks: the guest's serial output in the CRI log, CRI args/env on its command line, its
+//! chosen exit code as the container's, the accelerator in verbose status, ExecSync →
+//! UNIMPLEMENTED, StopContainer on a guest that never exits, and nothing left after removal.
+//! Needs root, gcc, qemu and the registry; skipped with a reason otherwise (failing under CI=true).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use conformance::client::Cri;
+use proto::cri;
+use serde_json::Value;
+use tonic::Code;
+
+fn missing(reason: &str) -> bool {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "unikernel tests cannot run in CI: {reason}"
+    );
+    eprintln!("skipped: {reason}");
+    false
+}
+
+fn ready() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        missing("needs root");
+        return None;
+    }
+    for bin in ["gcc", "qemu-system-x86_64", "nsenter"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).exists()))
+            .unwrap_or(false);
+        if !found {
+            missing(&format!("{bin} is not installed"));
+            return None;
+        }
+    }
+    match std::env::var("CRID_TEST_REGISTRY") {
+        Ok(r) => Some(r),
+        Err(_) => {
+            missing("CRID_TEST_REGISTRY is not set (scripts/test.sh starts a registry)");
+            None
+        }
+    }
+}
+
+/// Builds the guest and pushes it as a unikernel image with `crid unikernel pack`.
+fn push_guest(reg: &str, dir: &Path) -> String {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox/tests/guests/freestanding/build.sh");
+    let kernel = dir.join("guest.elf");
+    let st = Command::new("sh")
+        .arg(&script)
+        .arg(&kernel)
+        .status()
+        .unwrap();
+    assert!(st.success(), "building the test guest failed");
+    let reference = format!("{reg}/crid-tests/unikernel:guest-{}", std::process::id());
+    let out = Command::new(env!("CARGO_BIN_EXE_crid"))
+        .args([
+            "unikernel",
+            "pack",
+            "--type",
+            "unikraft",
+            "--hypervisor",
+            "qemu",
+        ])
+        .arg("--kernel")
+        .arg(&kernel)
+        .args(["--cmdline", "exit=3 from-image", "-t", "guest", "--push"])
+        .arg(&reference)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pack --push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    reference
+}
+
+struct Crid {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    cri: Cri,
+}
+
+fn log_text(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("crid.log")).unwrap_or_default()
+}
+
+impl Crid {
+    async fn start() -> Crid {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["net.d", "seccomp", "logs"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        std::fs::write(
+            d.join("config.toml"),
+            format!(
+                "[cni]\nconf_dir = {:?}\n[runtime]\nseccomp_profile_root = {:?}\n",
+                d.join("net.d"),
+                d.join("seccomp")
+            ),
+        )
+        .unwrap();
+        let socket = d.join("crid.sock");
+        let log = std::fs::File::create(d.join("crid.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_crid"))
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--state")
+            .arg(d.join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--log-level", "debug"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start crid");
+        for _ in 0..100 {
+            if socket.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let cri = Cri::connect(&format!("unix://{}", socket.display()))
+            .await
+            .unwrap_or_else(|e| panic!("crid did not start: {e:#}\n{}", log_text(d)));
+        Crid {
+            dir,
+            child: Some(child),
+            cri,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn rt(&self) -> cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
+        self.cri.runtime.clone()
+    }
+
+    async fn status(&self, id: &str) -> (cri::ContainerStatus, Value) {
+        let r = self
+            .rt()
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: true,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("status {id}: {e}"))
+            .into_inner();
+        let info = serde_json::from_str(r.info.get("info").map_or("null", |s| s)).unwrap();
+        (r.status.expect("status"), info)
+    }
+
+    async fn wait_state(&self, id: &str, state: cri::ContainerState) -> cri::ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (s, _) = self.status(id).await;
+            if s.state == state as i32 {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} never reached {state:?}: {s:?}\n{}",
+                log_text(self.path())
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn create_start(
+        &self,
+        pod: &(String, cri::PodSandboxConfig),
+        name: &str,
+        image: &str,
+        args: &[&str],
+    ) -> String {
+        let config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            envs: vec![cri::KeyValue {
+                key: "GREETING".into(),
+                value: "hi".into(),
+            }],
+            log_path: format!("{name}.log"),
+            ..Default::default()
+        };
+        let id = self
+            .rt()
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.0.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.1.clone()),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}\n{}", log_text(self.path())))
+            .into_inner()
+            .container_id;
+        self.rt()
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("start {name}: {e}\n{}", log_text(self.path())));
+        id
+    }
+}
+
+impl Drop for Crid {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn unikernel_container_lifecycle_through_the_cri() {
+    let Some(reg) = ready() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let image = push_guest(&reg, work.path());
+    let crid = Crid::start().await;
+    crid.cri
+        .images
+        .clone()
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("pull: {e}\n{}", log_text(crid.path())));
+
+    // A host-network pod: the guest runs without a network here (vm_linux covers the tap).
+    let log_dir = crid.path().join("logs/uk");
+    let pod_config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "uk".into(),
+            uid: "uid-uk".into(),
+            namespace: "test".into(),
+            attempt: 0,
+        }),
+        log_directory: log_dir.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Node as i32,
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod_id = crid
+        .rt()
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
+        .into_inner()
+        .pod_sandbox_id;
+    let pod = (pod_id.clone(), pod_config);
+
+    // CRI args replace the image's command line; the guest exits with the code it was given.
+    let a = crid
+        .create_start(&pod, "args", &image, &["exit=5", "from-cri"])
+        .await;
+    let s = crid
+        .wait_state(&a, cri::ContainerState::ContainerExited)
+        .await;
+    let log = std::fs::read_to_string(log_dir.join("args.log")).unwrap_or_default();
+    assert_eq!(s.exit_code, 5, "log:\n{log}\n{}", log_text(crid.path()));
+    assert_eq!(s.reason, "Error");
+    assert!(log.contains("crid-test-guest: booted"), "{log}");
+    assert!(
+        log.contains("cmdline: guest.elf env.vars=[ \"GREETING=hi\" ] -- exit=5 from-cri"),
+        "{log}"
+    );
+    let (_, info) = crid.status(&a).await;
+    let accel = &info["runtimeSpec"]["unikernel"]["accel"]["accelerator"];
+    assert!(accel == "kvm" || accel == "tcg", "verbose info: {info}");
+    if sandbox::vm::accel::probe_host().usable {
+        assert_eq!(
+            accel, "kvm",
+            "a usable /dev/kvm must run this guest under KVM"
+        );
+    }
+
+    // No args: the image's command line (packed as its Cmd) runs.
+    let b = crid.create_start(&pod, "image-cmd", &image, &[]).await;
+    let s = crid
+        .wait_state(&b, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(s.exit_code, 3, "{}", log_text(crid.path()));
+
+    // A guest that never exits: running, no exec, stopped after the timeout.
+    let c = crid.create_start(&pod, "stay", &image, &["stay"]).await;
+    crid.wait_state(&c, cri::ContainerState::ContainerRunning)
+        .await;
+    let err = crid
+        .rt()
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: c.clone(),
+            cmd: vec!["sh".into()],
+            timeout: 5,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err}");
+    crid.rt()
+        .stop_container(cri::StopContainerRequest {
+            container_id: c.clone(),
+            timeout: 2,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("stop: {e}\n{}", log_text(crid.path())));
+    let s = crid
+        .wait_state(&c, cri::ContainerState::ContainerExited)
+        .await;
+    assert_ne!(s.finished_at, 0);
+
+    for id in [&a, &b, &c] {
+        crid.rt()
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .unwrap();
+    }
+    let left: Vec<PathBuf> = std::fs::read_dir(crid.path().join("root/containers"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "containers left: {left:?}");
+    // No VMM of this crid survives.
+    let state = crid.path().display().to_string();
+    let vmms: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("qemu-system") && c.contains(&state))
+        .collect();
+    assert!(vmms.is_empty(), "VMMs left: {vmms:?}");
+    let _ = crid
+        .rt()
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await;
+    let _ = crid
+        .rt()
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id,
+        })
+        .await;
+}
