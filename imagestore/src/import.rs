@@ -107,7 +107,7 @@ impl ImageStore {
             let (_, diff_ids) = crate::pull::read_config(&content, &res)?;
             guard.add_all(&diff_ids);
             for (layer, diff_id) in res.layers.iter().zip(&diff_ids) {
-                crate::pull::unpack_into_store(&content, &layer.digest, diff_id)?;
+                crate::pull::unpack_into_store(&content, &layer.digest, diff_id, true)?;
             }
             images.push(self.finish(res, &mut guard)?);
         }

@@ -15,6 +15,7 @@ use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::content::{ContentStore, TempPath, digest_hex, sha256_of};
 use crate::hosts::{RegistryHost, hosts_for};
@@ -290,14 +291,22 @@ pub(crate) fn read_config(
 
 /// Unpacks the layer blob `blob` into `layers/sha256/<diff_id>` unless it is there already:
 /// into a temporary directory first, checked against `diff_id`, then renamed into place.
+///
+/// When the layer is there already and `verify_existing` is set (the blob is new to the
+/// store), the blob is still decompressed and hashed, so a corrupt blob is refused even when
+/// the layer it claims to be is already unpacked.
 pub(crate) fn unpack_into_store(
     content: &ContentStore,
     blob: &str,
     diff_id: &str,
+    verify_existing: bool,
 ) -> Result<(), ImageError> {
     let dest = content.layer_path(diff_id)?;
     if dest.is_dir() {
-        return Ok(());
+        return match verify_existing {
+            true => verify_diff_id(content, blob, diff_id),
+            false => Ok(()),
+        };
     }
     let tmp = content.temp_dir()?;
     let _guard = TempPath(Some(tmp.clone()));
@@ -319,6 +328,62 @@ pub(crate) fn unpack_into_store(
         Err(_) if dest.is_dir() => Ok(()),
         Err(e) => Err(ImageError::io(&dest, e)),
     }
+}
+
+/// Decompresses blob `blob` and checks that it hashes to `diff_id`, without unpacking it.
+fn verify_diff_id(content: &ContentStore, blob: &str, diff_id: &str) -> Result<(), ImageError> {
+    use std::io::Read;
+    let src = content.blob_path(blob)?;
+    let mut file = std::fs::File::open(&src).map_err(|e| ImageError::io(&src, e))?;
+    let mut prefix = [0u8; 4];
+    let mut n = 0;
+    while n < prefix.len() {
+        match file.read(&mut prefix[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ImageError::io(&src, e)),
+        }
+    }
+    let raw = std::io::Cursor::new(prefix[..n].to_vec()).chain(file);
+    let corrupt = |e: std::io::Error| ImageError::CorruptLayer {
+        reason: format!("layer {blob}: {e}"),
+    };
+    let mut stream: Box<dyn Read> = match crate::unpack::Compression::detect(&prefix[..n]) {
+        crate::unpack::Compression::None => Box::new(raw),
+        crate::unpack::Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
+        crate::unpack::Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::new(raw).map_err(corrupt)?)
+        }
+    };
+    let limit = crate::unpack::DEFAULT_MAX_BYTES;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let k = match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(corrupt(e)),
+        };
+        total += k as u64;
+        if total > limit {
+            return Err(ImageError::LayerTooLarge {
+                limit,
+                what: "bytes".to_owned(),
+            });
+        }
+        hasher.update(&buf[..k]);
+    }
+    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if actual != diff_id {
+        return Err(ImageError::DigestMismatch {
+            expected: diff_id.to_owned(),
+            actual,
+        });
+    }
+    Ok(())
 }
 
 impl ImageStore {
@@ -568,8 +633,8 @@ impl ImageStore {
                 let client = client.clone();
                 let oref = oref.clone();
                 async move {
-                    self.ensure_blob(&client, &oref, &layer).await?;
-                    self.ensure_layer(&layer.digest, &diff_id).await
+                    let fetched = self.ensure_blob(&client, &oref, &layer).await?;
+                    self.ensure_layer(&layer.digest, &diff_id, fetched).await
                 }
             });
         futures::stream::iter(work)
@@ -586,17 +651,17 @@ impl ImageStore {
     }
 
     /// Makes sure blob `desc` is in the content store, downloading it once however many pulls
-    /// ask for it at the same time.
+    /// ask for it at the same time. `true` when it was not in the store before.
     async fn ensure_blob(
         &self,
         client: &Client,
         oref: &Reference,
         desc: &Descriptor,
-    ) -> Result<(), ImageError> {
+    ) -> Result<bool, ImageError> {
         let size = desc.size()?;
         let content = self.inner.content.clone();
         if content.has_blob(&desc.digest, size) {
-            return Ok(());
+            return Ok(false);
         }
         let op = self.shared_op(&format!("blob:{}", desc.digest), || {
             let client = client.clone();
@@ -609,27 +674,40 @@ impl ImageStore {
             }
             .boxed()
         });
-        op.await.map_err(|e| e.shared())
+        op.await.map_err(|e| e.shared())?;
+        Ok(true)
     }
 
-    /// Makes sure the layer `diff_id` is unpacked from blob `blob`, once.
-    async fn ensure_layer(&self, blob: &str, diff_id: &str) -> Result<(), ImageError> {
+    /// Makes sure the layer `diff_id` is unpacked from blob `blob`, once; a blob new to the
+    /// store is checked against `diff_id` even when the layer is there already.
+    async fn ensure_layer(
+        &self,
+        blob: &str,
+        diff_id: &str,
+        new_blob: bool,
+    ) -> Result<(), ImageError> {
         let content = self.inner.content.clone();
-        if content.layer_path(diff_id)?.is_dir() {
+        if content.layer_path(diff_id)?.is_dir() && !new_blob {
             return Ok(());
         }
-        let op = self.shared_op(&format!("layer:{diff_id}"), || {
+        let key = match new_blob {
+            true => format!("verify:{blob}:{diff_id}"),
+            false => format!("layer:{diff_id}"),
+        };
+        let op = self.shared_op(&key, || {
             let blob = blob.to_owned();
             let diff_id = diff_id.to_owned();
             async move {
-                tokio::task::spawn_blocking(move || unpack_into_store(&content, &blob, &diff_id))
-                    .await
-                    .map_err(|e| {
-                        Arc::new(ImageError::Task {
-                            reason: e.to_string(),
-                        })
-                    })?
-                    .map_err(Arc::new)
+                tokio::task::spawn_blocking(move || {
+                    unpack_into_store(&content, &blob, &diff_id, new_blob)
+                })
+                .await
+                .map_err(|e| {
+                    Arc::new(ImageError::Task {
+                        reason: e.to_string(),
+                    })
+                })?
+                .map_err(Arc::new)
             }
             .boxed()
         });

@@ -469,3 +469,56 @@ async fn mirrors_are_tried_in_order_and_credentials_are_sent() {
         img.id()
     );
 }
+
+#[tokio::test]
+async fn a_corrupt_blob_is_refused_even_when_its_layer_is_unpacked() {
+    let good = TestImage::new("base");
+    // Another image claiming the same diff id, with the gzip cut in half.
+    let mut cut = TestImage::new("base");
+    cut.layer.truncate(cut.layer.len() / 2);
+    let config: serde_json::Value = serde_json::from_slice(&good.config).unwrap();
+    let mut config = config;
+    config["config"]["Cmd"] = json!(["/other"]);
+    cut.config = config.to_string().into_bytes();
+    cut.manifest = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(&cut.config), "size": cut.config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha(&cut.layer), "size": cut.layer.len()}],
+    })
+    .to_string()
+    .into_bytes();
+    let mut c = Content::default();
+    good.serve(&mut c, "app", "good");
+    cut.serve(&mut c, "app", "cut");
+    let fake = Fake::start(c).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), &[]);
+    store
+        .pull(&format!("{}/app:good", fake.addr), None)
+        .await
+        .unwrap();
+    let e = store
+        .pull(&format!("{}/app:cut", fake.addr), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert_eq!(store.list().len(), 1);
+    // The corrupt blob does not stay in the store.
+    for _ in 0..50 {
+        if !tmp
+            .path()
+            .join("images/blobs/sha256")
+            .join(&sha(&cut.layer)[7..])
+            .exists()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !tmp.path()
+            .join("images/blobs/sha256")
+            .join(&sha(&cut.layer)[7..])
+            .exists()
+    );
+}
