@@ -6,6 +6,7 @@ mod daemon;
 mod metrics;
 mod monitor;
 mod notify;
+mod ops;
 mod pack;
 mod streaming;
 mod sys;
@@ -58,10 +59,41 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Image store helpers (work without a running daemon).
+    /// Lists the images in the store, or imports archives (work without a running daemon).
     Images {
         #[command(subcommand)]
-        command: ImagesCommand,
+        command: Option<ImagesCommand>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists pod sandboxes from the records on disk (works without a running daemon).
+    Pods {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists containers from the records on disk (works without a running daemon).
+    Ps {
+        /// Exited containers too.
+        #[arg(short, long)]
+        all: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints the record of a pod, container or image (id prefix, or image tag) as JSON.
+    Inspect {
+        id: String,
+    },
+    /// Installs the binary, systemd units, default config, CNI network and certs.d example.
+    Install {
+        /// Installation prefix for the binary and units.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Write everything below this directory (for packaging).
+        #[arg(long, default_value = "/")]
+        dest_root: PathBuf,
     },
     /// Unikernel helpers.
     Unikernel {
@@ -141,7 +173,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Images {
-            command: ImagesCommand::Import { file },
+            command: Some(ImagesCommand::Import { file }),
+            ..
         }) => match import_images(&cli, file) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -149,6 +182,23 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Images {
+            command: None,
+            json,
+        }) => report(cli.load_config().and_then(|c| ops::images(&c, *json))),
+        Some(Command::Pods { json }) => {
+            report(cli.load_config().and_then(|c| ops::pods(&c, *json)))
+        }
+        Some(Command::Ps { all, json }) => {
+            report(cli.load_config().and_then(|c| ops::ps(&c, *all, *json)))
+        }
+        Some(Command::Inspect { id }) => {
+            report(cli.load_config().and_then(|c| ops::inspect(&c, id)))
+        }
+        Some(Command::Install { prefix, dest_root }) => report(ops::install(&ops::InstallPlan {
+            prefix: prefix.clone(),
+            dest_root: dest_root.clone(),
+        })),
         Some(Command::Unikernel {
             command: UnikernelCommand::Pack(args),
         }) => match pack::run(args) {
@@ -165,6 +215,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crid: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
