@@ -1017,3 +1017,158 @@ async fn fixture_images() {
     // Still serving.
     assert!(crid.status(&busybox).await.0.is_some());
 }
+
+/// Runs a command, panicking with its stderr on failure.
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A docker-registry serving TLS with a certificate from a throw-away CA; stopped on drop.
+struct TlsRegistry {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for TlsRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TlsRegistry {
+    async fn start(dir: &Path) -> TlsRegistry {
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let p = |n: &str| dir.join(n).display().to_string();
+        run(Command::new("openssl").args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=crid test CA",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.pem"),
+        ]));
+        run(Command::new("openssl").args([
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &p("server.key"),
+            "-out",
+            &p("server.csr"),
+        ]));
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(Command::new("openssl").args([
+            "x509",
+            "-req",
+            "-in",
+            &p("server.csr"),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &p("ext.cnf"),
+            "-out",
+            &p("server.pem"),
+        ]));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        std::fs::write(
+            dir.join("config.yml"),
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\nlog:\n  level: warn\n",
+                p("data"),
+                p("server.pem"),
+                p("server.key")
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .expect("start docker-registry");
+        let reg = TlsRegistry { child, addr };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&reg.addr).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        reg
+    }
+}
+
+#[tokio::test]
+async fn tls_registries_honour_ca_and_skip_verify() {
+    // Needs no shared registry: starts its own TLS one.
+    if registry().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = TlsRegistry::start(&tmp.path().join("registry")).await;
+    let name = format!("{}/tls/busybox", reg.addr);
+    push_busybox(tmp.path(), &format!("{name}:v1"), &[], &[]);
+    let ca = tmp.path().join("registry/ca.pem");
+
+    let dir = tmp.path().join("crid");
+    Crid::config_hosts(&dir, &[], &[]);
+    let certs = dir.join("certs.d").join(&reg.addr);
+    std::fs::create_dir_all(&certs).unwrap();
+    let hosts = certs.join("hosts.toml");
+    let crid = Crid::start(&dir).await;
+
+    // Not trusted: refused (the registry cannot be reached safely).
+    std::fs::write(&hosts, format!("server = \"https://{}\"\n", reg.addr)).unwrap();
+    let e = crid.pull(&format!("{name}:v1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    // The CA from hosts.toml (relative to its directory) makes it trusted.
+    std::fs::copy(&ca, certs.join("ca.pem")).unwrap();
+    std::fs::write(
+        &hosts,
+        format!("server = \"https://{}\"\nca = \"ca.pem\"\n", reg.addr),
+    )
+    .unwrap();
+    crid.pull(&format!("{name}:v1"))
+        .await
+        .unwrap_or_else(|e| panic!("with ca: {e}\n{}", crid.log()));
+    crid.remove(&format!("{name}:v1")).await.unwrap();
+    // skip_verify trusts anything.
+    std::fs::write(
+        &hosts,
+        format!("server = \"https://{}\"\nskip_verify = true\n", reg.addr),
+    )
+    .unwrap();
+    crid.pull(&format!("{name}:v1"))
+        .await
+        .unwrap_or_else(|e| panic!("with skip_verify: {e}\n{}", crid.log()));
+}
