@@ -12,6 +12,8 @@ use tokio::sync::{mpsc, watch};
 use super::spdy::{self, Frame, Headers};
 use super::{Activity, wait_closed};
 
+/// Most streams a peer may have open for sending at once.
+const MAX_STREAMS: usize = 1024;
 /// Largest DATA frame this side sends.
 const CHUNK: usize = 32 * 1024;
 
@@ -248,6 +250,15 @@ async fn dispatch(
         let Some(frame) = frame else { break };
         match frame {
             Frame::SynStream { id, fin, headers } => {
+                if inbound.len() >= MAX_STREAMS {
+                    let _ = out
+                        .send(Out::Frame(Frame::RstStream {
+                            id,
+                            status: spdy::RST_REFUSED_STREAM,
+                        }))
+                        .await;
+                    continue;
+                }
                 if id % 2 == 0 || inbound.contains_key(&id) {
                     let _ = out
                         .send(Out::Frame(Frame::RstStream {

@@ -16,12 +16,17 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::backend::StreamBackend;
 use super::remotecommand::{self, Options};
 use super::token::{Request, TokenCache};
 use super::{StreamError, mux, portforward, ws};
+
+/// How long a client may take to send its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest WebSocket message accepted from a client (clients send stdin in small chunks).
+const MAX_WS_MESSAGE: usize = 4 << 20;
 
 /// SPDY subprotocols for exec and attach, newest first.
 const SPDY_REMOTECOMMAND: &[&str] = &[
@@ -138,6 +143,8 @@ async fn accept_loop(listener: TcpListener, server: std::sync::Weak<Server>) {
                 async move { Ok::<_, Infallible>(handle(server, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades();
             if let Err(e) = conn.await {
@@ -346,7 +353,10 @@ async fn handle(server: Arc<Server>, mut req: HttpRequest<Incoming>) -> Response
                 }
             }
             Transport::WebSocket { .. } => {
-                let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+                let limits = WebSocketConfig::default()
+                    .max_message_size(Some(MAX_WS_MESSAGE))
+                    .max_frame_size(Some(MAX_WS_MESSAGE));
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(limits)).await;
                 let conn = ws::serve(ws, encoding, idle);
                 match request {
                     Request::PortForward { .. } => {
