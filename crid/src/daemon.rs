@@ -158,7 +158,28 @@ fn container_manager(
         monitor_exe: std::env::current_exe().context("cannot find the crid executable")?,
         seccomp_profile_root: config.runtime.seccomp_profile_root.clone(),
     };
+    sandbox::container::vm::configure(vm_settings(&config.vm)?);
     sandbox::container::ContainerManager::open(settings).context("cannot load containers")
+}
+
+/// The `[vm]` section as the VM backend's settings.
+fn vm_settings(vm: &crate::config::VmConfig) -> anyhow::Result<sandbox::vm::launch::VmSettings> {
+    let accelerator = vm
+        .accelerator
+        .parse()
+        .map_err(|e| anyhow::anyhow!("vm.accelerator: {e}"))?;
+    Ok(sandbox::vm::launch::VmSettings {
+        accelerator,
+        default_memory_mib: vm.default_memory_mib,
+        binaries: vec![
+            ("qemu-system-x86_64".into(), vm.qemu_path.clone()),
+            ("firecracker".into(), vm.firecracker_path.clone()),
+            ("cloud-hypervisor".into(), vm.cloud_hypervisor_path.clone()),
+            ("solo5-hvt".into(), vm.solo5_hvt_path.clone()),
+            ("solo5-spt".into(), vm.solo5_spt_path.clone()),
+        ],
+        ..Default::default()
+    })
 }
 
 /// Binds the CRI socket and serves until a termination signal arrives.

@@ -49,7 +49,7 @@ fn ready() -> Option<String> {
 }
 
 /// Builds the guest and pushes it as a unikernel image with `crid unikernel pack`.
-fn push_guest(reg: &str, dir: &Path) -> String {
+fn push_guest(reg: &str, dir: &Path, guest: &str, hypervisor: &str) -> String {
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox/tests/guests/freestanding/build.sh");
     let kernel = dir.join("guest.elf");
@@ -59,15 +59,18 @@ fn push_guest(reg: &str, dir: &Path) -> String {
         .status()
         .unwrap();
     assert!(st.success(), "building the test guest failed");
-    let reference = format!("{reg}/crid-tests/unikernel:guest-{}", std::process::id());
+    let reference = format!(
+        "{reg}/crid-tests/unikernel:{guest}-{hypervisor}-{}",
+        std::process::id()
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_crid"))
         .args([
             "unikernel",
             "pack",
             "--type",
-            "unikraft",
+            guest,
             "--hypervisor",
-            "qemu",
+            hypervisor,
         ])
         .arg("--kernel")
         .arg(&kernel)
@@ -237,20 +240,24 @@ impl Drop for Crid {
 async fn unikernel_container_lifecycle_through_the_cri() {
     let Some(reg) = ready() else { return };
     let work = tempfile::tempdir().unwrap();
-    let image = push_guest(&reg, work.path());
+    let image = push_guest(&reg, work.path(), "unikraft", "qemu");
+    // The same kernel labelled for Firecracker, which this host lacks.
+    let fc_image = push_guest(&reg, work.path(), "linux", "firecracker");
     let crid = Crid::start().await;
-    crid.cri
-        .images
-        .clone()
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
+    for i in [&image, &fc_image] {
+        crid.cri
+            .images
+            .clone()
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: i.clone(),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("pull: {e}\n{}", log_text(crid.path())));
+            })
+            .await
+            .unwrap_or_else(|e| panic!("pull {i}: {e}\n{}", log_text(crid.path())));
+    }
 
     // A host-network pod: the guest runs without a network here (vm_linux covers the tap).
     let log_dir = crid.path().join("logs/uk");
@@ -286,6 +293,34 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         .into_inner()
         .pod_sandbox_id;
     let pod = (pod_id.clone(), pod_config);
+
+    // A hypervisor that is not installed: FAILED_PRECONDITION naming it, at CreateContainer.
+    if sandbox::vm::launch::VmSettings::default()
+        .binary("firecracker")
+        .is_err()
+    {
+        let err = crid
+            .rt()
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.0.clone(),
+                config: Some(cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: "fc".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(cri::ImageSpec {
+                        image: fc_image.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(pod.1.clone()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+        assert!(err.message().contains("firecracker"), "{err}");
+    }
 
     // CRI args replace the image's command line; the guest exits with the code it was given.
     let a = crid

@@ -27,6 +27,38 @@ pub struct VmSettings {
     pub default_memory_mib: u64,
     /// Upper bound of vCPUs per guest.
     pub max_vcpus: u32,
+    /// Per-binary overrides (`qemu-system-x86_64` → a name searched in `binary_dirs` or an
+    /// absolute path), from crid's `vm.*_path` settings.
+    pub binaries: Vec<(String, PathBuf)>,
+}
+
+impl VmSettings {
+    /// Finds a monitor binary: its override (absolute, or a name searched in `binary_dirs`),
+    /// else its own name in `binary_dirs`. `FailedPrecondition` naming it when absent.
+    pub fn binary(&self, name: &str) -> Result<PathBuf, SandboxError> {
+        let wanted = self
+            .binaries
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| PathBuf::from(name));
+        if wanted.is_absolute() {
+            let dir = wanted.parent().map(Path::to_path_buf).unwrap_or_default();
+            let file = wanted
+                .file_name()
+                .and_then(|f| f.to_str())
+                .unwrap_or(name)
+                .to_string();
+            return find_binary(&file, &[dir]);
+        }
+        match wanted.to_str() {
+            Some(n) if !n.contains('/') => find_binary(n, &self.binary_dirs),
+            _ => Err(SandboxError::MissingBinary {
+                binary: wanted.display().to_string(),
+                searched: "a relative path is not searched".into(),
+            }),
+        }
+    }
 }
 
 impl Default for VmSettings {
@@ -38,6 +70,7 @@ impl Default for VmSettings {
             max_vcpus: std::thread::available_parallelism()
                 .map(|n| u32::try_from(n.get()).unwrap_or(1))
                 .unwrap_or(1),
+            binaries: vec![],
         }
     }
 }
@@ -120,10 +153,7 @@ pub fn check(
         info.hypervisor,
         host,
     )?;
-    find_binary(
-        hypervisor_for(info.hypervisor).binary_name(),
-        &settings.binary_dirs,
-    )?;
+    settings.binary(hypervisor_for(info.hypervisor).binary_name())?;
     Ok(accel)
 }
 
@@ -182,12 +212,9 @@ pub fn prepare(
         host,
     )?;
     // Fail on a missing VMM before touching the network.
-    find_binary(
-        hypervisor_for(info.hypervisor).binary_name(),
-        &settings.binary_dirs,
-    )?;
+    let vmm = settings.binary(hypervisor_for(info.hypervisor).binary_name())?;
     let nsenter = match &req.netns {
-        Some(_) => Some(find_binary("nsenter", &settings.binary_dirs)?),
+        Some(_) => Some(settings.binary("nsenter")?),
         None => None,
     };
     std::fs::create_dir_all(&req.run_dir).map_err(|e| SandboxError::io(&req.run_dir, e))?;
@@ -219,7 +246,7 @@ pub fn prepare(
         accelerator: accel.accelerator,
         run_dir: req.run_dir.clone(),
     };
-    let planned = super::plan(&spec, &settings.binary_dirs).and_then(|plan| {
+    let planned = super::plan_with(&spec, &vmm).and_then(|plan| {
         plan.write_files()?;
         Ok(plan)
     });
@@ -337,6 +364,30 @@ mod tests {
         assert_eq!(container_exit_code(QemuDebugExit, 143), 143);
         assert_eq!(container_exit_code(QemuDebugExit, 2), 2);
         assert_eq!(container_exit_code(Direct, 7), 7);
+    }
+
+    #[test]
+    fn binary_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_bin(dir.path(), "my-qemu");
+        let s = VmSettings {
+            binary_dirs: vec![dir.path().to_path_buf()],
+            binaries: vec![
+                ("qemu-system-x86_64".into(), dir.path().join("my-qemu")),
+                ("firecracker".into(), "my-qemu".into()),
+                ("cloud-hypervisor".into(), "/nonexistent/ch".into()),
+            ],
+            ..VmSettings::default()
+        };
+        assert_eq!(
+            s.binary("qemu-system-x86_64").unwrap(),
+            dir.path().join("my-qemu")
+        );
+        assert_eq!(s.binary("firecracker").unwrap(), dir.path().join("my-qemu"));
+        let err = s.binary("cloud-hypervisor").unwrap_err();
+        assert_eq!(err.kind(), imagestore::ErrorKind::FailedPrecondition);
+        assert!(err.to_string().contains("\"ch\""), "{err}");
+        assert!(s.binary("solo5-hvt").is_err());
     }
 
     #[test]

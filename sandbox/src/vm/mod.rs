@@ -304,9 +304,28 @@ pub fn plan(spec: &VmSpec, binary_dirs: &[PathBuf]) -> Result<LaunchPlan, Sandbo
             reason: "guest memory and vCPUs must be positive".into(),
         });
     }
-    let backend = hypervisor_for(kind);
-    let binary = find_binary(backend.binary_name(), binary_dirs)?;
-    backend.plan(spec, &binary)
+    let binary = find_binary(hypervisor_for(kind).binary_name(), binary_dirs)?;
+    plan_with(spec, &binary)
+}
+
+/// [`plan`] with the monitor binary already found.
+pub fn plan_with(spec: &VmSpec, binary: &Path) -> Result<LaunchPlan, SandboxError> {
+    let kind = spec.info.hypervisor;
+    if !supported_pair(spec.info.unikernel_type, kind) {
+        return Err(SandboxError::UnsupportedGuest {
+            reason: format!(
+                "{} guests cannot run on {}",
+                type_name(spec.info.unikernel_type),
+                hypervisor_name(kind)
+            ),
+        });
+    }
+    if spec.memory_mib == 0 || spec.vcpus == 0 {
+        return Err(SandboxError::InvalidArgument {
+            reason: "guest memory and vCPUs must be positive".into(),
+        });
+    }
+    hypervisor_for(kind).plan(spec, binary)
 }
 
 /// The urunc spelling of a guest type.
