@@ -1,0 +1,582 @@
+//! Restart recovery with the real crid binary: SIGKILL after and in the middle of
+//! RunPodSandbox and PullImage, a reboot (state dir wiped, root kept), a corrupt pod record,
+//! and image garbage collection of shared layers. After each restart nothing half-made is
+//! listed as ready, everything is removable, a same-name retry works and nothing leaks
+//! (IPAM addresses, veths, namespace pins, mounts, ingest files).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Crid, Net, mounts_under, plain_http_registry, write_config};
+use conformance::fixtures::build::{Compression, Format, ImageSpec, Layer, TarBuilder, image};
+use conformance::fixtures::fake_registry::{Content, FakeRegistry};
+use proto::cri;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const READY: i32 = cri::PodSandboxState::SandboxReady as i32;
+const NOT_READY: i32 = cri::PodSandboxState::SandboxNotready as i32;
+
+/// A CNI plugin chained after bridge that, while `<dir>/hang` exists, signals
+/// `<dir>/add-started` and blocks in ADD; otherwise it passes the previous result on.
+fn hang_plugin(dir: &Path) -> String {
+    let hang = dir.join("hang");
+    let started = dir.join("add-started");
+    format!(
+        "#!/bin/sh\nconf=$(cat)\ncase \"$CNI_COMMAND\" in\n\
+         ADD) if [ -e {h} ]; then touch {s}; i=0; while [ -e {h} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; fi\n\
+         printf '%s' \"$conf\" | jq -c .prevResult ;;\n\
+         DEL) ;;\n\
+         VERSION) echo '{{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"0.4.0\",\"1.0.0\"]}}' ;;\n\
+         esac\n",
+        h = hang.display(),
+        s = started.display(),
+    )
+}
+
+fn install_plugin(dir: &Path, name: &str, body: &str) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let p = bin.join(name);
+    std::fs::write(&p, body).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The conflist of `net` with the hang plugin chained after bridge.
+fn conflist_with_hang(net: &Net) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(&net.conflist()).unwrap();
+    v["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .insert(1, serde_json::json!({"type": "hangplug"}));
+    v.to_string()
+}
+
+fn pins(dir: &Path) -> Vec<String> {
+    ["netns", "ipcns", "utsns"]
+        .iter()
+        .flat_map(|k| {
+            std::fs::read_dir(dir.join("state").join(k))
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.path().display().to_string())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Nothing of any pod is left: addresses, veths, pins, mounts.
+fn assert_no_pod_leftovers(dir: &Path, net: &Net, log: &str) {
+    assert!(
+        net.reservations().is_empty(),
+        "IPAM leak {:?}\n{log}",
+        net.reservations()
+    );
+    assert!(net.veths().is_empty(), "veth leak {:?}\n{log}", net.veths());
+    assert!(pins(dir).is_empty(), "pin leak {:?}\n{log}", pins(dir));
+    assert!(
+        mounts_under(dir).is_empty(),
+        "mount leak {:?}\n{log}",
+        mounts_under(dir)
+    );
+}
+
+async fn pod_state(crid: &Crid, id: &str) -> Option<i32> {
+    crid.pods()
+        .await
+        .iter()
+        .find(|p| p.id == id)
+        .map(|p| p.state)
+}
+
+async fn wait_for(path: &Path, what: &str) {
+    for _ in 0..300 {
+        if path.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn setup(tag: u8) -> (tempfile::TempDir, Net) {
+    let tmp = tempfile::tempdir().unwrap();
+    write_config(tmp.path(), "");
+    let net = Net::new(tag, tmp.path());
+    std::fs::write(tmp.path().join("net.d/10-test.conflist"), net.conflist()).unwrap();
+    (tmp, net)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_run_pod_sandbox_keeps_a_working_pod() {
+    if !common::can_run_pods() {
+        return;
+    }
+    let (tmp, net) = setup(2);
+    let dir = tmp.path();
+    let mut crid = Crid::start(dir).await;
+    let id = crid.run_pod("after").await.expect("run pod");
+    crid.sigkill();
+
+    let crid = Crid::start(dir).await;
+    assert_eq!(pod_state(&crid, &id).await, Some(READY), "{}", crid.log());
+    // The name is still taken by the recovered pod.
+    let again = crid.run_pod("after").await;
+    assert_eq!(
+        again.as_ref().map_err(|e| e.code()),
+        Err(tonic::Code::AlreadyExists),
+        "{again:?}"
+    );
+    crid.stop_and_remove_pod(&id).await;
+    assert!(crid.pods().await.is_empty());
+    assert_no_pod_leftovers(dir, &net, &crid.log());
+    let id2 = crid.run_pod("after").await.expect("same-name retry");
+    crid.stop_and_remove_pod(&id2).await;
+    assert_no_pod_leftovers(dir, &net, &crid.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_cni_add_leaves_a_removable_not_ready_pod() {
+    if !common::can_run_pods() {
+        return;
+    }
+    let (tmp, net) = setup(3);
+    let dir = tmp.path();
+    install_plugin(dir, "hangplug", &hang_plugin(dir));
+    std::fs::write(dir.join("net.d/10-test.conflist"), conflist_with_hang(&net)).unwrap();
+    std::fs::write(dir.join("hang"), "").unwrap();
+
+    let mut crid = Crid::start(dir).await;
+    let rt = crid.cri.runtime.clone();
+    let cfg = common::pod_config("during", dir);
+    let call = tokio::spawn(async move {
+        let mut rt = rt;
+        rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg),
+            runtime_handler: String::new(),
+        })
+        .await
+    });
+    // bridge and host-local have run: a veth and an address exist.
+    wait_for(&dir.join("add-started"), "CNI ADD to reach the hang plugin").await;
+    assert_eq!(net.reservations().len(), 1);
+    crid.sigkill();
+    let _ = call.await;
+    // The orphaned plugin finishes; nobody reads its answer.
+    std::fs::remove_file(dir.join("hang")).unwrap();
+
+    let crid = Crid::start(dir).await;
+    let pods = crid.pods().await;
+    assert!(
+        pods.iter().all(|p| p.state != READY),
+        "a half-made pod is listed as ready: {pods:?}"
+    );
+    for p in &pods {
+        crid.stop_and_remove_pod(&p.id).await;
+    }
+    assert!(crid.pods().await.is_empty());
+    assert_no_pod_leftovers(dir, &net, &crid.log());
+    let id = crid.run_pod("during").await.expect("same-name retry");
+    assert_eq!(pod_state(&crid, &id).await, Some(READY));
+    crid.stop_and_remove_pod(&id).await;
+    assert_no_pod_leftovers(dir, &net, &crid.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reboot_makes_pods_not_ready_and_keeps_images() {
+    if !common::can_run_pods() {
+        return;
+    }
+    let (tmp, net) = setup(4);
+    let dir = tmp.path();
+    let mut content = Content::default();
+    content.add_image(
+        "reboot/img",
+        "v1",
+        &conformance::fixtures::fake_registry::small_image("survives reboots"),
+    );
+    let reg = FakeRegistry::start(content).await.unwrap();
+    plain_http_registry(dir, &reg.host());
+    let image = format!("{}/reboot/img:v1", reg.host());
+
+    let mut crid = Crid::start(dir).await;
+    let image_id = crid.pull(&image).await.expect("pull");
+    let id = crid.run_pod("reboot").await.expect("run pod");
+    crid.sigkill();
+
+    // The reboot: everything in the volatile state dir is gone (its mounts with it), the
+    // persistent root stays.
+    common::unmount_all(&dir.join("state"));
+    std::fs::remove_dir_all(dir.join("state")).unwrap();
+
+    let crid = Crid::start(dir).await;
+    assert_eq!(
+        pod_state(&crid, &id).await,
+        Some(NOT_READY),
+        "{}",
+        crid.log()
+    );
+    let images = crid.images().await;
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].id, image_id);
+    let status = crid
+        .cri
+        .runtime
+        .clone()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("status of a pod from before the reboot")
+        .into_inner();
+    assert_eq!(status.status.unwrap().state, NOT_READY);
+    crid.stop_and_remove_pod(&id).await;
+    assert!(crid.pods().await.is_empty());
+    assert_no_pod_leftovers(dir, &net, &crid.log());
+    let id = crid
+        .run_pod("reboot")
+        .await
+        .expect("same-name pod after reboot");
+    crid.stop_and_remove_pod(&id).await;
+    assert_eq!(crid.images().await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_pod_record_is_quarantined_and_its_pieces_released() {
+    if !common::can_run_pods() {
+        return;
+    }
+    let (tmp, net) = setup(5);
+    let dir = tmp.path();
+    let mut crid = Crid::start(dir).await;
+    let bad = crid.run_pod("corrupt").await.expect("run pod");
+    let good = crid.run_pod("fine").await.expect("run pod");
+    crid.sigkill();
+
+    // A torn write: half a record.
+    let record = dir.join("root/pods").join(format!("{bad}.json"));
+    let bytes = std::fs::read(&record).unwrap();
+    std::fs::write(&record, &bytes[..bytes.len() / 2]).unwrap();
+
+    let crid = Crid::start(dir).await;
+    let pods = crid.pods().await;
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!(pods[0].id, good);
+    assert_eq!(pods[0].state, READY);
+    assert!(!record.exists());
+    let quarantined: Vec<String> = std::fs::read_dir(dir.join("root/pods/quarantine"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(quarantined.len(), 1);
+    assert!(quarantined[0].starts_with(&format!("{bad}.json.")));
+    assert!(crid.log().contains("quarantined"));
+    // The unknown pod's namespaces, shm and address were released at start-up.
+    assert!(
+        pins(dir).iter().all(|p| !p.contains(&bad)),
+        "{:?}",
+        pins(dir)
+    );
+    assert!(mounts_under(dir).iter().all(|m| !m.contains(&bad)));
+    assert_eq!(net.reservations().len(), 1, "{:?}", net.reservations());
+    // The daemon serves, and the name of the lost pod can be used again.
+    let again = crid.run_pod("corrupt").await.expect("same-name pod");
+    crid.stop_and_remove_pod(&again).await;
+    crid.stop_and_remove_pod(&good).await;
+    assert_no_pod_leftovers(dir, &net, &crid.log());
+}
+
+/// A deterministic, incompressible byte stream.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn layer(name: &str, size: usize, seed: u64) -> Layer {
+    let mut t = TarBuilder::new();
+    t.file(name, 0o644, &noise(size, seed));
+    Layer::new(&t.finish(), Compression::Gzip, Format::Oci)
+}
+
+fn store_setup() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    write_config(tmp.path(), "");
+    tmp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_images_collects_unshared_layers_and_blobs() {
+    let shared = layer("shared", 200_000, 1);
+    let a = image(&ImageSpec::new(
+        Format::Oci,
+        vec![shared.clone(), layer("a", 300_000, 2)],
+        serde_json::json!({"Cmd": ["/a"]}),
+    ));
+    let b = image(&ImageSpec::new(
+        Format::Oci,
+        vec![shared.clone(), layer("b", 300_000, 3)],
+        serde_json::json!({"Cmd": ["/b"]}),
+    ));
+    let mut content = Content::default();
+    content.add_image("gc/a", "v1", &a);
+    content.add_image("gc/b", "v1", &b);
+    let reg = FakeRegistry::start(content).await.unwrap();
+    let tmp = store_setup();
+    let dir = tmp.path();
+    plain_http_registry(dir, &reg.host());
+    let crid = Crid::start(dir).await;
+    let (ia, ib) = (
+        format!("{}/gc/a:v1", reg.host()),
+        format!("{}/gc/b:v1", reg.host()),
+    );
+    let empty = crid.image_fs_used().await;
+    crid.pull(&ia).await.expect("pull a");
+    crid.pull(&ib).await.expect("pull b");
+    let both = crid.image_fs_used().await;
+    let layers = crid.store_entries("layers/sha256");
+    let blobs = crid.store_entries("blobs/sha256");
+    assert_eq!(layers.len(), 3, "{layers:?}");
+    let hex = |d: &str| d.trim_start_matches("sha256:").to_owned();
+    let shared_dir = hex(&shared.diff_id);
+    assert!(layers.contains(&shared_dir), "{layers:?}");
+
+    crid.remove_image(&ia).await;
+    let layers = crid.store_entries("layers/sha256");
+    assert_eq!(layers.len(), 2, "{layers:?}");
+    assert!(
+        layers.contains(&shared_dir),
+        "the shared layer went: {layers:?}"
+    );
+    let blobs_b = crid.store_entries("blobs/sha256");
+    assert!(blobs_b.len() < blobs.len());
+    for blob in &b.blobs {
+        assert!(blobs_b.contains(&hex(&blob.digest)) || blob.media_type.contains("layer"));
+    }
+    let one = crid.image_fs_used().await;
+    assert!(one < both, "ImageFsInfo did not drop: {both} -> {one}");
+
+    crid.remove_image(&ib).await;
+    assert!(crid.store_entries("layers/sha256").is_empty());
+    assert!(crid.store_entries("blobs/sha256").is_empty());
+    let none = crid.image_fs_used().await;
+    assert!(none < one, "ImageFsInfo did not drop: {one} -> {none}");
+    assert!(
+        none <= empty + 64 * 1024,
+        "ImageFsInfo after removing everything: {none} (empty store: {empty})"
+    );
+    assert!(crid.images().await.is_empty());
+}
+
+/// A registry that serves `content`, except that while `stall` is set the blob `slow` is cut
+/// off half way (headers promise all of it) and the connection hangs.
+struct SlowRegistry {
+    addr: String,
+    stall: Arc<AtomicBool>,
+    cut: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SlowRegistry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SlowRegistry {
+    async fn start(content: Content, slow: String) -> SlowRegistry {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stall = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(AtomicUsize::new(0));
+        let content = Arc::new(content);
+        let (s, c) = (stall.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (content, slow, s, c) = (content.clone(), slow.clone(), s.clone(), c.clone());
+                tokio::spawn(async move {
+                    let _ = serve_one(stream, &content, &slow, &s, &c).await;
+                });
+            }
+        });
+        SlowRegistry {
+            addr,
+            stall,
+            cut,
+            task,
+        }
+    }
+}
+
+async fn serve_one(
+    mut stream: tokio::net::TcpStream,
+    content: &Content,
+    slow: &str,
+    stall: &AtomicBool,
+    cut: &AtomicUsize,
+) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let mut words = text.split_whitespace();
+    let method = words.next().unwrap_or_default().to_owned();
+    let path = words.next().unwrap_or_default().to_owned();
+    let rest = path.strip_prefix("/v2/").unwrap_or_default();
+    let (status, ctype, body, digest): (&str, String, Vec<u8>, String) = if path == "/v2/" {
+        (
+            "200 OK",
+            "application/json".into(),
+            b"{}".to_vec(),
+            String::new(),
+        )
+    } else if let Some(i) = rest.rfind("/manifests/") {
+        match content
+            .manifests
+            .get(&(rest[..i].to_owned(), rest[i + 11..].to_owned()))
+        {
+            Some((mt, b, d)) => ("200 OK", mt.clone(), b.clone(), d.clone()),
+            None => (
+                "404 Not Found",
+                "application/json".into(),
+                Vec::new(),
+                String::new(),
+            ),
+        }
+    } else if let Some(i) = rest.rfind("/blobs/") {
+        let d = &rest[i + 7..];
+        match content.blobs.get(d) {
+            Some(b) => (
+                "200 OK",
+                "application/octet-stream".into(),
+                b.clone(),
+                d.to_owned(),
+            ),
+            None => (
+                "404 Not Found",
+                "application/json".into(),
+                Vec::new(),
+                String::new(),
+            ),
+        }
+    } else {
+        (
+            "404 Not Found",
+            "application/json".into(),
+            Vec::new(),
+            String::new(),
+        )
+    };
+    let mut reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\nDocker-Distribution-Api-Version: registry/2.0\r\n",
+        body.len()
+    );
+    if !digest.is_empty() {
+        reply.push_str(&format!("Docker-Content-Digest: {digest}\r\n"));
+    }
+    reply.push_str("\r\n");
+    stream.write_all(reply.as_bytes()).await?;
+    if method == "HEAD" {
+        return Ok(());
+    }
+    if digest == slow && stall.load(Ordering::SeqCst) {
+        let half = body.len() / 2;
+        stream.write_all(&body[..half]).await?;
+        stream.flush().await?;
+        cut.fetch_add(1, Ordering::SeqCst);
+        // Hang (bounded) with the connection open.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        return Ok(());
+    }
+    stream.write_all(&body).await?;
+    stream.flush().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_killed_midway_leaves_nothing_and_can_be_retried() {
+    let big = layer("big", 8 << 20, 7);
+    let small = layer("small", 10_000, 8);
+    let img = image(&ImageSpec::new(
+        Format::Oci,
+        vec![small, big.clone()],
+        serde_json::json!({"Cmd": ["/big"]}),
+    ));
+    let mut content = Content::default();
+    content.add_image("slow/img", "v1", &img);
+    let reg = SlowRegistry::start(content, big.blob.digest.clone()).await;
+    let tmp = store_setup();
+    let dir = tmp.path();
+    plain_http_registry(dir, &reg.addr);
+    let reference = format!("{}/slow/img:v1", reg.addr);
+
+    let mut crid = Crid::start(dir).await;
+    let images = crid.cri.images.clone();
+    let r = reference.clone();
+    let pull = tokio::spawn(async move {
+        let mut images = images;
+        images
+            .pull_image(cri::PullImageRequest {
+                image: Some(common::spec(&r)),
+                ..Default::default()
+            })
+            .await
+    });
+    for _ in 0..300 {
+        if reg.cut.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reg.cut.load(Ordering::SeqCst) > 0,
+        "the pull never reached the big layer"
+    );
+    // Let the half layer reach the ingest file.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    crid.sigkill();
+    let _ = pull.await;
+    let ingest_before: usize = ["ingest", "tmp"]
+        .iter()
+        .map(|d| crid.store_entries(d).len())
+        .sum();
+    eprintln!("ingest/tmp entries left by the killed pull: {ingest_before}");
+
+    let crid = Crid::start(dir).await;
+    assert!(crid.images().await.is_empty());
+    for d in ["ingest", "tmp"] {
+        assert!(
+            crid.store_entries(d).is_empty(),
+            "{d} after restart: {:?}",
+            crid.store_entries(d)
+        );
+    }
+    // Nothing half-downloaded counts as content.
+    assert!(
+        !crid
+            .store_entries("blobs/sha256")
+            .contains(&big.blob.digest.trim_start_matches("sha256:").to_owned())
+    );
+    reg.stall.store(false, Ordering::SeqCst);
+    let id = crid.pull(&reference).await.expect("retried pull");
+    assert_eq!(Some(id.as_str()), img.config().map(|c| c.digest.as_str()));
+}
