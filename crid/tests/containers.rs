@@ -642,6 +642,18 @@ async fn logs_exit_codes_env_user_and_workdir() {
         .collect();
     assert_eq!(out, vec!["bar baz", "/tmp", "65534", "65534", "65534 50"]);
 
+    // A terminal: runc hands the pty to the monitor, which logs it as stdout.
+    let mut c = container(&image, "tty", &["sh", "-c", "tty; echo on-tty"]);
+    c.tty = true;
+    let id = crid.run(&pod, c).await;
+    let s = crid.wait_exited(&id).await;
+    assert_eq!(s.exit_code, 0);
+    let out: Vec<String> = log_records(&log_path(&crid, "logs", "tty"))
+        .into_iter()
+        .map(|r| format!("{} {}", r.0, r.2.trim_end_matches('\r')))
+        .collect();
+    assert_eq!(out, vec!["stdout /dev/pts/0", "stdout on-tty"]);
+
     let mut c = container(&image, "uid", &["sh", "-c", "id -u; id -g"]);
     security(&mut c).run_as_user = Some(cri::Int64Value { value: 1234 });
     security(&mut c).run_as_group = Some(cri::Int64Value { value: 5678 });

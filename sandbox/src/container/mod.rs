@@ -725,6 +725,12 @@ impl ContainerManager {
             bundle: self.dir(&r.id),
             container_pid_file: sdir.join("container.pid"),
             runc_log: sdir.join("runc.log"),
+            // Short: unix socket paths are limited to 108 bytes.
+            console_socket: r.config.tty.then(|| {
+                self.settings
+                    .state
+                    .join(format!("tty-{}.sock", &r.id[..16.min(r.id.len())]))
+            }),
         }
     }
 

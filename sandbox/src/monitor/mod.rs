@@ -57,6 +57,10 @@ pub enum Launch {
         container_pid_file: PathBuf,
         /// runc's `--log` (JSON); its errors explain a failed create.
         runc_log: PathBuf,
+        /// For containers with a terminal: where runc sends the pty master (the monitor
+        /// listens there and logs what the terminal prints as stdout).
+        #[serde(default)]
+        console_socket: Option<PathBuf>,
     },
     /// Any program, started at once; it is the supervised process.
     Command {
@@ -369,6 +373,7 @@ impl Monitor {
         })?;
         let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
         let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+        let mut tty: Option<File> = None;
         let pid = match &spec.launch {
             Launch::Runc {
                 runc,
@@ -377,7 +382,19 @@ impl Monitor {
                 bundle,
                 container_pid_file,
                 runc_log,
+                console_socket,
             } => {
+                let console = match console_socket {
+                    Some(path) => {
+                        let _ = std::fs::remove_file(path);
+                        Some((
+                            std::os::unix::net::UnixListener::bind(path)
+                                .map_err(|e| format!("console socket {}: {e}", path.display()))?,
+                            path,
+                        ))
+                    }
+                    None => None,
+                };
                 let mut cmd = Command::new(runc);
                 cmd.arg("--root").arg(root);
                 if *systemd_cgroup {
@@ -391,8 +408,11 @@ impl Monitor {
                     .arg("--bundle")
                     .arg(bundle)
                     .arg("--pid-file")
-                    .arg(container_pid_file)
-                    .arg(&spec.id)
+                    .arg(container_pid_file);
+                if let Some((_, path)) = &console {
+                    cmd.arg("--console-socket").arg(path);
+                }
+                cmd.arg(&spec.id)
                     .stdin(Stdio::null())
                     .stdout(Stdio::from(out_w))
                     .stderr(Stdio::from(err_w));
@@ -404,6 +424,13 @@ impl Monitor {
                         "runc create failed ({status}): {}",
                         runc_errors(runc_log)
                     ));
+                }
+                if let Some((listener, path)) = console {
+                    // runc has sent the pty master; the terminal is the only output.
+                    let master =
+                        sys::receive_fd(&listener).map_err(|e| format!("no pty from runc: {e}"))?;
+                    let _ = std::fs::remove_file(path);
+                    tty = Some(File::from(master));
                 }
                 read_pid(container_pid_file).ok_or_else(|| {
                     format!("runc wrote no pid to {}", container_pid_file.display())
@@ -426,10 +453,14 @@ impl Monitor {
                 i32::try_from(child.id()).map_err(|e| e.to_string())?
             }
         };
+        let (stdout, stderr) = match tty {
+            Some(master) => (Some(master), None),
+            None => (Some(File::from(out_r)), Some(File::from(err_r))),
+        };
         Ok(Monitor {
             pid: Pid::from_raw(pid),
-            stdout: Some(File::from(out_r)),
-            stderr: Some(File::from(err_r)),
+            stdout,
+            stderr,
             signals,
             log,
         })

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -136,10 +137,10 @@ impl Runc {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| err(format!("cannot run {}: {e}", self.binary.display())))?;
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let read_out = tokio::spawn(read_capped(stdout, cap));
-        let read_err = tokio::spawn(read_capped(stderr, cap));
+        let out_buf = Arc::new(Mutex::new(Vec::new()));
+        let err_buf = Arc::new(Mutex::new(Vec::new()));
+        let read_out = tokio::spawn(read_capped(child.stdout.take(), cap, out_buf.clone()));
+        let read_err = tokio::spawn(read_capped(child.stderr.take(), cap, err_buf.clone()));
         let waited = match timeout {
             Some(t) => tokio::time::timeout(t, child.wait()).await.ok(),
             None => Some(child.wait().await),
@@ -159,8 +160,21 @@ impl Runc {
                 (None, true)
             }
         };
-        let stdout = read_out.await.unwrap_or_default();
-        let stderr = read_err.await.unwrap_or_default();
+        // Output ends when every writer closed the pipes; a process left in the background
+        // may keep them open, so what came within a grace period is what is returned.
+        for mut reader in [read_out, read_err] {
+            if tokio::time::timeout(OUTPUT_GRACE, &mut reader)
+                .await
+                .is_err()
+            {
+                reader.abort();
+            }
+        }
+        let take = |b: &Arc<Mutex<Vec<u8>>>| {
+            std::mem::take(&mut *b.lock().unwrap_or_else(|p| p.into_inner()))
+        };
+        let stdout = take(&out_buf);
+        let stderr = take(&err_buf);
         let _ = std::fs::remove_file(pid_file);
         let exit_code = match status {
             Some(s) => {
@@ -180,19 +194,24 @@ impl Runc {
     }
 }
 
-/// Reads a stream to its end, keeping the first `cap` bytes and discarding the rest (so the
-/// writer never blocks).
-async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>, cap: usize) -> Vec<u8> {
-    let Some(mut r) = r else { return Vec::new() };
-    let mut out = Vec::new();
+/// How long output is still read after an exec'd process exited.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// Reads a stream to its end into `out`, keeping the first `cap` bytes and discarding the rest
+/// (so the writer never blocks).
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(
+    r: Option<R>,
+    cap: usize,
+    out: Arc<Mutex<Vec<u8>>>,
+) {
+    let Some(mut r) = r else { return };
     let mut buf = vec![0u8; 64 * 1024];
-    // Bounded by the pipe: it ends when every writer closed it (the timeout kills them).
     while let Ok(n) = r.read(&mut buf).await {
         if n == 0 {
             break;
         }
+        let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
         let keep = n.min(cap.saturating_sub(out.len()));
         out.extend_from_slice(&buf[..keep]);
     }
-    out
 }
