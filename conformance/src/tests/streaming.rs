@@ -73,11 +73,76 @@ async fn streaming(env: Env) -> TestResult {
         })
         .await
         .context("PullImage")?;
-    let config = pod_config("stream");
+    let mut config = pod_config("stream");
+    let logs = std::env::temp_dir().join(format!(
+        "crid-conformance-logs-{}",
+        config.metadata.as_ref().map_or("", |m| m.name.as_str())
+    ));
+    std::fs::create_dir_all(&logs).context("create the log directory")?;
+    config.log_directory = logs.display().to_string();
     let pod = run_pod(&env, config.clone()).await?;
     let result = in_pod(&env, &pod, &config, &image).await;
     remove_pod(&env, &pod).await;
+    let _ = std::fs::remove_dir_all(&logs);
     result
+}
+
+/// Creates and starts a container in the pod; its id is returned even when the start failed,
+/// so that the caller can remove it.
+async fn start(
+    env: &Env,
+    pod: &str,
+    pod_config: &cri::PodSandboxConfig,
+    image: &str,
+    name: &str,
+    command: &[&str],
+) -> anyhow::Result<(String, anyhow::Result<()>)> {
+    let mut rt = env.cri.runtime.clone();
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: name.into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                command: command.iter().map(|s| s.to_string()).collect(),
+                log_path: format!("{name}.log"),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .with_context(|| format!("CreateContainer {name}"))?
+        .into_inner()
+        .container_id;
+    let started = rt
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .map(|_| ())
+        .with_context(|| format!("StartContainer {name}"));
+    Ok((id, started))
+}
+
+async fn remove_container(env: &Env, id: &str) {
+    let mut rt = env.cri.runtime.clone();
+    let _ = rt
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.into(),
+            timeout: 0,
+        })
+        .await;
+    let _ = rt
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.into(),
+        })
+        .await;
 }
 
 async fn in_pod(
@@ -86,55 +151,35 @@ async fn in_pod(
     pod_config: &cri::PodSandboxConfig,
     image: &str,
 ) -> TestResult {
-    let mut rt = env.cri.runtime.clone();
-    let container = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: "web".into(),
-                    attempt: 0,
-                }),
-                image: Some(cri::ImageSpec {
-                    image: image.into(),
-                    ..Default::default()
-                }),
-                command: vec!["httpd".into()],
-                args: vec![
-                    "-f".into(),
-                    "-p".into(),
-                    format!("127.0.0.1:{HTTP_PORT}"),
-                    "-h".into(),
-                    "/etc".into(),
-                ],
-                ..Default::default()
-            }),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .context("CreateContainer")?
-        .into_inner()
-        .container_id;
-    let result = async {
-        rt.start_container(cri::StartContainerRequest {
-            container_id: container.clone(),
-        })
-        .await
-        .context("StartContainer")?;
-        checks(env, pod, &container).await
-    }
-    .await;
-    let _ = rt
-        .stop_container(cri::StopContainerRequest {
-            container_id: container.clone(),
-            timeout: 0,
-        })
-        .await;
-    let _ = rt
-        .remove_container(cri::RemoveContainerRequest {
-            container_id: container.clone(),
-        })
-        .await;
+    let web = [
+        "httpd",
+        "-f",
+        "-p",
+        &format!("127.0.0.1:{HTTP_PORT}"),
+        "-h",
+        "/etc",
+    ];
+    let (web_id, started) = start(env, pod, pod_config, image, "web", &web).await?;
+    let ticker = [
+        "sh",
+        "-c",
+        "i=0; while true; do echo tick-$i; echo tock-$i >&2; i=$((i+1)); sleep 0.2; done",
+    ];
+    let result = match started {
+        Ok(()) => match start(env, pod, pod_config, image, "ticker", &ticker).await {
+            Ok((ticker_id, started)) => {
+                let r = match started {
+                    Ok(()) => checks(env, pod, &web_id, &ticker_id).await,
+                    Err(e) => Err(e),
+                };
+                remove_container(env, &ticker_id).await;
+                r
+            }
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    remove_container(env, &web_id).await;
     result
 }
 
@@ -172,7 +217,7 @@ fn opts(tty: bool, stdin: bool) -> StreamOpts {
     }
 }
 
-async fn checks(env: &Env, pod: &str, container: &str) -> TestResult {
+async fn checks(env: &Env, pod: &str, container: &str, ticker: &str) -> TestResult {
     for t in [Transport::SPDY_V4, Transport::WS_V5] {
         // Output, stderr and a non-zero exit code.
         let url = exec_url(
@@ -242,23 +287,32 @@ async fn checks(env: &Env, pod: &str, container: &str) -> TestResult {
         ensure!(out.exit_code()? == 3, "{t:?} tty exit code");
     }
 
-    // Attach, where the runtime supports it.
-    let attach = env
-        .cri
-        .runtime
-        .clone()
-        .attach(cri::AttachRequest {
-            container_id: container.into(),
+    // Attach to a container that keeps writing to stdout and stderr.
+    for t in [Transport::SPDY_V4, Transport::WS_V5] {
+        let url = env
+            .cri
+            .runtime
+            .clone()
+            .attach(cri::AttachRequest {
+                container_id: ticker.into(),
+                stdin: false,
+                stdout: true,
+                stderr: true,
+                tty: false,
+            })
+            .await
+            .context("Attach")?
+            .into_inner()
+            .url;
+        let o = StreamOpts {
             stdin: false,
             stdout: true,
             stderr: true,
             tty: false,
-        })
-        .await;
-    match attach {
-        Ok(_) => {}
-        Err(e) if e.code() == Code::Unimplemented => {}
-        Err(e) => bail!("Attach: {e}"),
+        };
+        let mut s = stream_client::connect(&url, t, o).await?;
+        let out = s.read_stdout_until("\n", T).await?;
+        ensure!(out.contains("tick-"), "{t:?} attach stdout {out:?}");
     }
 
     // Port forwarding to the container's loopback-only web server (serving /etc).

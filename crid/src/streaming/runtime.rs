@@ -1,7 +1,7 @@
 //! The streaming backend of the daemon: exec through `runc exec` (pipes, or a pseudo-terminal
 //! of crid's that runc proxies to the container's), port forwarding into the pod's pinned
-//! network namespace.
-//! Attach needs the monitor to expose the container's stdio, which it does not yet.
+//! network namespace. Attach follows the container's CRI log, which the monitor writes (stdin
+//! for attach needs the monitor to expose the container's stdin, which it does not yet).
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -131,12 +131,25 @@ impl StreamBackend for RuntimeBackend {
     }
 
     async fn check_attach(&self, spec: &AttachSpec) -> Result<(), StreamError> {
-        self.containers
-            .get(&spec.container_id)
-            .map_err(|e| sandbox_error(e, &spec.container_id))?;
-        Err(StreamError::Unimplemented(
-            "attach (the container monitor does not expose the container's stdio yet)".into(),
-        ))
+        let id = spec.container_id.as_str();
+        let r = self.containers.get(id).map_err(|e| sandbox_error(e, id))?;
+        if r.state != ContainerState::Running {
+            return Err(StreamError::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        if spec.stdin {
+            return Err(StreamError::Unimplemented(
+                "attach with stdin (the container monitor does not expose the container's stdin)"
+                    .into(),
+            ));
+        }
+        if r.log_path.is_none() {
+            return Err(StreamError::FailedPrecondition(format!(
+                "container {id} has no log to attach to"
+            )));
+        }
+        Ok(())
     }
 
     async fn exec(&self, spec: ExecSpec) -> Result<Session, StreamError> {
@@ -222,7 +235,40 @@ impl StreamBackend for RuntimeBackend {
 
     async fn attach(&self, spec: AttachSpec) -> Result<Session, StreamError> {
         self.check_attach(&spec).await?;
-        Err(StreamError::Unimplemented("attach".into()))
+        let id = spec.container_id.clone();
+        let record = self
+            .containers
+            .get(&id)
+            .map_err(|e| sandbox_error(e, &id))?;
+        let log = record
+            .log_path
+            .ok_or_else(|| StreamError::FailedPrecondition(format!("container {id} has no log")))?;
+        // The monitor owns the container's output and writes it to the CRI log; attaching
+        // follows that log from its current end, so it also works across crid restarts.
+        let (out_w, out_r) = tokio::io::duplex(64 * 1024);
+        let (err_w, err_r) = tokio::io::duplex(64 * 1024);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let containers = self.containers.clone();
+        let out_w = spec.stdout.then_some(out_w);
+        let err_w = spec.stderr.then_some(err_w);
+        tokio::spawn(async move {
+            follow_log(&log, &containers, &id, out_w, err_w, &done_tx).await;
+            let _ = done_tx.send(());
+        });
+        Ok(Session {
+            stdin: None,
+            stdout: spec
+                .stdout
+                .then(|| Box::pin(out_r) as Pin<Box<dyn AsyncRead + Send>>),
+            stderr: spec
+                .stderr
+                .then(|| Box::pin(err_r) as Pin<Box<dyn AsyncRead + Send>>),
+            resize: None,
+            exit: Box::pin(async move {
+                let _ = done_rx.await;
+                Exit::Code(0)
+            }),
+        })
     }
 
     async fn pod_netns(&self, pod_id: &str) -> Result<PathBuf, StreamError> {
@@ -244,5 +290,83 @@ impl StreamBackend for RuntimeBackend {
             .netns
             .clone()
             .unwrap_or_else(|| PathBuf::from("/proc/self/ns/net")))
+    }
+}
+
+/// How often an attached log is checked for new output and the container for its end.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Copies what the container writes to its CRI log (`<time> <stream> <P|F> <content>` lines)
+/// from now on to `stdout`/`stderr`, until the container stops running or the reader leaves.
+async fn follow_log(
+    path: &std::path::Path,
+    containers: &ContainerManager,
+    id: &str,
+    mut stdout: Option<tokio::io::DuplexStream>,
+    mut stderr: Option<tokio::io::DuplexStream>,
+    session: &tokio::sync::oneshot::Sender<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+    let open = |path: std::path::PathBuf| async move { tokio::fs::File::open(path).await.ok() };
+    let mut file = open(path.to_owned()).await;
+    let mut pos = match &mut file {
+        Some(f) => f.seek(std::io::SeekFrom::End(0)).await.unwrap_or(0),
+        None => 0,
+    };
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let running = containers
+            .get(id)
+            .map(|r| r.state == ContainerState::Running)
+            .unwrap_or(false);
+        // Rotation (kubelet renames the log and asks for a reopen) or truncation: start over.
+        let len = tokio::fs::metadata(path)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if len < pos || file.is_none() {
+            file = open(path.to_owned()).await;
+            pos = 0;
+            pending.clear();
+        }
+        if let Some(f) = &mut file {
+            loop {
+                match f.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        pos += n as u64;
+                        pending.extend_from_slice(&buf[..n]);
+                    }
+                }
+            }
+        }
+        while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=nl).collect();
+            let mut parts = line[..line.len() - 1].splitn(4, |b| *b == b' ');
+            let (_time, stream, tag) = (parts.next(), parts.next(), parts.next());
+            let content = parts.next().unwrap_or_default();
+            let target = match stream {
+                Some(b"stdout") => &mut stdout,
+                Some(b"stderr") => &mut stderr,
+                _ => continue,
+            };
+            if let Some(w) = target {
+                let mut data = content.to_vec();
+                if tag != Some(b"P") {
+                    data.push(b'\n');
+                }
+                if w.write_all(&data).await.is_err() {
+                    // The client left.
+                    return;
+                }
+            }
+        }
+        // The session is gone (client left) or the container ended.
+        if !running || session.is_closed() {
+            return;
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
     }
 }
