@@ -415,3 +415,246 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         })
         .await;
 }
+
+/// Builds the linux guest (Debian's cloud kernel + busybox initrd) and pushes it.
+fn push_linux_guest(reg: &str, dir: &Path) -> Option<String> {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox/tests/guests/linux/build.sh");
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("crid-linux-guest");
+    let out = dir.join("linux");
+    let st = Command::new("sh")
+        .arg(&script)
+        .arg(&out)
+        .arg(&cache)
+        .status()
+        .unwrap();
+    if !st.success() {
+        missing("cannot build the linux guest (apt-get download linux-image-cloud-amd64)");
+        return None;
+    }
+    let reference = format!("{reg}/crid-tests/unikernel:linux-{}", std::process::id());
+    let res = Command::new(env!("CARGO_BIN_EXE_crid"))
+        .args([
+            "unikernel",
+            "pack",
+            "--type",
+            "linux",
+            "--hypervisor",
+            "qemu",
+        ])
+        .arg("--kernel")
+        .arg(out.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(out.join("initrd.gz"))
+        .args(["-t", "linux-guest", "--push"])
+        .arg(&reference)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "pack --push failed: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    Some(reference)
+}
+
+/// Deletes the test's bridge on drop.
+struct Bridge(String);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+#[tokio::test]
+async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
+    let Some(reg) = ready() else { return };
+    if !Path::new("/usr/lib/cni/bridge").exists() {
+        missing("the CNI plugins are not installed in /usr/lib/cni");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let Some(image) = push_linux_guest(&reg, work.path()) else {
+        return;
+    };
+    let crid = Crid::start().await;
+    let pid = std::process::id();
+    let bridge = Bridge(format!("crvm{}", pid % 100_000));
+    let prefix = format!("10.199.{}", pid % 250);
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "crid-vm-test",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge.0,
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": crid.path().join("ipam"),
+                    "ranges": [[{ "subnet": format!("{prefix}.0/24") }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }]
+                }
+            },
+            { "type": "loopback" }
+        ]
+    });
+    std::fs::write(
+        crid.path().join("net.d/10-vm.conflist"),
+        conflist.to_string(),
+    )
+    .unwrap();
+    crid.cri
+        .images
+        .clone()
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("pull: {e}\n{}", log_text(crid.path())));
+    let log_dir = crid.path().join("logs/web");
+    let pod_config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "web".into(),
+            uid: "uid-web".into(),
+            namespace: "test".into(),
+            attempt: 0,
+        }),
+        log_directory: log_dir.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Pod as i32,
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod_id = crid
+        .rt()
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
+        .into_inner()
+        .pod_sandbox_id;
+    let pod_status = crid
+        .rt()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let pod_ip: std::net::Ipv4Addr = pod_status
+        .status
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .unwrap_or_default()
+        .parse()
+        .expect("the pod has an IPv4 address");
+    let pod = (pod_id.clone(), pod_config);
+    let id = crid
+        .create_start(&pod, "web", &image, &["serve", "fast"])
+        .await;
+
+    // Wait (bounded) for the guest to listen, then ask it over the pod IP.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let log_path = log_dir.join("web.log");
+    let mut body = String::new();
+    while Instant::now() < deadline {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("crid-linux-guest: listening on") {
+            if let Ok(b) = http_get(pod_ip) {
+                if b.contains("200") {
+                    body = b;
+                    break;
+                }
+            }
+        }
+        let (s, _) = crid.status(&id).await;
+        assert_ne!(
+            s.state,
+            cri::ContainerState::ContainerExited as i32,
+            "the guest exited: {s:?}\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        body.contains("hello from crid linux guest: args=[serve fast] greeting=[hi]"),
+        "no answer from {pod_ip}:8080: {body:?}\nlog:\n{log}"
+    );
+    let (_, info) = crid.status(&id).await;
+    let netns = info["runtimeSpec"]["unikernel"]["request"]["netns"]
+        .as_str()
+        .expect("netns in verbose info")
+        .to_string();
+    let links = |ns: &str| {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={ns}"))
+            .args(["ip", "-o", "link", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        links(&netns).contains("crtap"),
+        "the guest's tap is missing"
+    );
+
+    crid.rt()
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 5,
+        })
+        .await
+        .unwrap();
+    crid.wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
+    assert!(
+        !links(&netns).contains("crtap"),
+        "the tap outlived the guest"
+    );
+    crid.rt()
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let _ = crid
+        .rt()
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await;
+    let _ = crid
+        .rt()
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id,
+        })
+        .await;
+}
+
+fn http_get(ip: std::net::Ipv4Addr) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&(ip, 8080).into(), Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET /index.html HTTP/1.0\r\nHost: guest\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
