@@ -1004,6 +1004,12 @@ async fn exec_sync_stats_update_reopen_stop_and_events() {
             .unwrap();
         if e.container_id == id {
             kinds.push(e.container_event_type);
+            // What kubelet's evented PLEG reads: the pod and its containers.
+            assert_eq!(
+                e.pod_sandbox_status.as_ref().map(|p| p.id.as_str()),
+                Some(pod.0.as_str())
+            );
+            assert_eq!(e.containers_statuses[0].id, id);
         }
     }
     use cri::ContainerEventType as E;
@@ -1193,6 +1199,23 @@ async fn bad_requests_are_invalid_arguments_and_leave_nothing() {
         .into_inner()
         .containers;
     assert_eq!(filtered.len(), 1);
+
+    // A command the image lacks: StartContainer fails and says why; the container is exited.
+    let missing = crid
+        .create(&pod, container(&image, "missing", &["/no/such/binary"]))
+        .await
+        .unwrap();
+    let e = crid
+        .rt()
+        .start_container(cri::StartContainerRequest {
+            container_id: missing.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("/no/such/binary"), "{e:?}");
+    let (s, _) = crid.status(&missing).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(s.reason, "StartError");
     crid.finish().await;
 }
 
