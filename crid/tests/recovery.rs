@@ -580,3 +580,286 @@ async fn a_pull_killed_midway_leaves_nothing_and_can_be_retried() {
     let id = crid.pull(&reference).await.expect("retried pull");
     assert_eq!(Some(id.as_str()), img.config().map(|c| c.digest.as_str()));
 }
+
+/// A busybox image (busybox-static from the host, `sh` and `sleep` links) on a fake registry.
+async fn busybox_registry() -> Option<(FakeRegistry, String)> {
+    let busybox = ["/usr/bin/busybox", "/bin/busybox"]
+        .iter()
+        .find(|p| Path::new(p).exists())?;
+    let mut t = TarBuilder::new();
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
+        t.dir(d, 0o755);
+    }
+    t.file("bin/busybox", 0o755, &std::fs::read(busybox).ok()?);
+    t.symlink("bin/sh", "busybox");
+    t.symlink("bin/sleep", "busybox");
+    let img = image(&ImageSpec::new(
+        Format::Oci,
+        vec![Layer::new(&t.finish(), Compression::Gzip, Format::Oci)],
+        serde_json::json!({"Cmd": ["/bin/sh"]}),
+    ));
+    let mut content = Content::default();
+    content.add_image("recovery/busybox", "v1", &img);
+    let reg = FakeRegistry::start(content).await.ok()?;
+    let name = format!("{}/recovery/busybox:v1", reg.host());
+    Some((reg, name))
+}
+
+fn can_run_containers() -> bool {
+    if !common::can_run_pods() {
+        return false;
+    }
+    let runc = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("runc").exists()))
+        .unwrap_or(false);
+    let busybox = Path::new("/usr/bin/busybox").exists() || Path::new("/bin/busybox").exists();
+    if runc && busybox {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "container recovery tests cannot run in CI without runc and busybox"
+    );
+    eprintln!("skipped: needs runc and busybox");
+    false
+}
+
+fn container_config(image: &str, name: &str, args: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(common::spec(image)),
+        command: args.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        // Its own PID namespace: no pause-image holder needed.
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn create_container(
+    crid: &Crid,
+    pod: &str,
+    image: &str,
+    name: &str,
+    args: &[&str],
+) -> Result<String, tonic::Status> {
+    crid.cri
+        .runtime
+        .clone()
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(container_config(image, name, args)),
+            sandbox_config: Some(common::pod_config("ctr", &crid.dir)),
+        })
+        .await
+        .map(|r| r.into_inner().container_id)
+}
+
+async fn containers(crid: &Crid) -> Vec<cri::Container> {
+    crid.cri
+        .runtime
+        .clone()
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .expect("list containers")
+        .into_inner()
+        .containers
+}
+
+async fn stop_and_remove_container(crid: &Crid, id: &str) {
+    let mut rt = crid.cri.runtime.clone();
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.into(),
+        timeout: 2,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("stop {id}: {e}\n{}", crid.log()));
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("remove {id}: {e}\n{}", crid.log()));
+}
+
+/// Kills every process of the test's containers and monitors, as a reboot would.
+fn kill_container_processes(dir: &Path) {
+    let runc_root = dir.join("state/runc");
+    if let Ok(d) = std::fs::read_dir(&runc_root) {
+        for e in d.flatten() {
+            let _ = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["delete", "--force"])
+                .arg(e.file_name())
+                .status();
+        }
+    }
+    if let Ok(d) = std::fs::read_dir(dir.join("state/containers")) {
+        for e in d.flatten() {
+            if let Some(pid) = std::fs::read_to_string(e.path().join("monitor.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reboot_with_containers_leaves_them_stopped_and_removable() {
+    if !can_run_containers() {
+        return;
+    }
+    let Some((_reg, image)) = busybox_registry().await else {
+        panic!("cannot build the busybox image");
+    };
+    let (tmp, net) = setup(6);
+    let dir = tmp.path();
+    plain_http_registry(dir, image.split('/').next().unwrap());
+    let mut crid = Crid::start(dir).await;
+    crid.pull(&image).await.expect("pull");
+    let pod = crid.run_pod("ctr").await.expect("run pod");
+    let running = create_container(&crid, &pod, &image, "running", &["sleep", "1000"])
+        .await
+        .expect("create");
+    crid.cri
+        .runtime
+        .clone()
+        .start_container(cri::StartContainerRequest {
+            container_id: running.clone(),
+        })
+        .await
+        .expect("start");
+    let created = create_container(&crid, &pod, &image, "created", &["sleep", "1000"])
+        .await
+        .expect("create");
+    crid.sigkill();
+
+    kill_container_processes(dir);
+    common::unmount_all(dir);
+    std::fs::remove_dir_all(dir.join("state")).unwrap();
+
+    let crid = Crid::start(dir).await;
+    assert_eq!(
+        pod_state(&crid, &pod).await,
+        Some(NOT_READY),
+        "{}",
+        crid.log()
+    );
+    let list = containers(&crid).await;
+    assert_eq!(list.len(), 2, "{list:?}");
+    let state_of = |id: &str| list.iter().find(|c| c.id == id).map(|c| c.state);
+    eprintln!(
+        "after the reboot: running -> {:?}, created -> {:?}",
+        state_of(&running),
+        state_of(&created)
+    );
+    assert_eq!(
+        state_of(&running),
+        Some(cri::ContainerState::ContainerExited as i32),
+        "{}",
+        crid.log()
+    );
+    // A container that was only created cannot be started after a reboot: it must not be
+    // reported running (the container manager keeps it `Created` with its rootfs remounted).
+    assert_ne!(
+        state_of(&created),
+        Some(cri::ContainerState::ContainerRunning as i32)
+    );
+    for id in [&running, &created] {
+        stop_and_remove_container(&crid, id).await;
+    }
+    crid.stop_and_remove_pod(&pod).await;
+    assert!(containers(&crid).await.is_empty());
+    assert_no_pod_leftovers(dir, &net, &crid.log());
+    assert!(!crid.images().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_create_and_start_container() {
+    if !can_run_containers() {
+        return;
+    }
+    let Some((_reg, image)) = busybox_registry().await else {
+        panic!("cannot build the busybox image");
+    };
+    let (tmp, net) = setup(7);
+    let dir = tmp.path();
+    plain_http_registry(dir, image.split('/').next().unwrap());
+    let mut crid = Crid::start(dir).await;
+    crid.pull(&image).await.expect("pull");
+    let pod = crid.run_pod("ctr").await.expect("run pod");
+
+    // Killed while CreateContainer is in flight (wherever it got to).
+    let rt = crid.cri.runtime.clone();
+    let (p, i, d) = (pod.clone(), image.clone(), dir.to_owned());
+    let call = tokio::spawn(async move {
+        let mut rt = rt;
+        rt.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: p,
+            config: Some(container_config(&i, "c", &["sleep", "1000"])),
+            sandbox_config: Some(common::pod_config("ctr", &d)),
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    crid.sigkill();
+    let _ = call.await;
+
+    let crid = Crid::start(dir).await;
+    assert_eq!(pod_state(&crid, &pod).await, Some(READY));
+    for c in containers(&crid).await {
+        eprintln!(
+            "after a kill during CreateContainer: {} is {}",
+            c.id, c.state
+        );
+        assert_ne!(
+            c.state,
+            cri::ContainerState::ContainerRunning as i32,
+            "a container nobody started runs"
+        );
+        stop_and_remove_container(&crid, &c.id).await;
+    }
+    // The same name can be created again, and started.
+    let id = create_container(&crid, &pod, &image, "c", &["sleep", "1000"])
+        .await
+        .unwrap_or_else(|e| panic!("same-name retry: {e}\n{}", crid.log()));
+
+    // Killed while StartContainer is in flight.
+    let mut rt = crid.cri.runtime.clone();
+    let cid = id.clone();
+    let call = tokio::spawn(async move {
+        rt.start_container(cri::StartContainerRequest { container_id: cid })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut crid = crid;
+    crid.sigkill();
+    let _ = call.await;
+
+    let crid = Crid::start(dir).await;
+    let list = containers(&crid).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    eprintln!("after a kill during StartContainer: {}", list[0].state);
+    stop_and_remove_container(&crid, &id).await;
+    let rootfs = dir.join("root/containers").join(&id);
+    assert!(!rootfs.exists(), "container directory left behind");
+    crid.stop_and_remove_pod(&pod).await;
+    assert_no_pod_leftovers(dir, &net, &crid.log());
+}
