@@ -4,6 +4,7 @@
 
 pub mod memory;
 pub mod report;
+pub mod unikernel;
 pub mod workload;
 
 use std::time::Duration;

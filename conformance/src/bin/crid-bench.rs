@@ -40,6 +40,11 @@ struct Args {
     /// Where to write the JSON report.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// A unikernel image (in the registry) that prints and then halts, e.g. the freestanding
+    /// test guest packed with `crid unikernel pack`: its start to first serial byte is measured
+    /// on the first runtime, next to busybox under runc.
+    #[arg(long)]
+    unikernel_image: Option<String>,
     /// Parent directory for pod log directories.
     #[arg(long, default_value = "/tmp/crid-bench-logs")]
     log_root: PathBuf,
@@ -298,6 +303,25 @@ async fn main() -> anyhow::Result<()> {
         let _ = workload::sweep(t).await;
     }
     report.add("sustained pods per second (4 workers)", "pods/s", rates);
+
+    if let Some(uk) = &args.unikernel_image {
+        let uk = format!("{}/{uk}", args.registry);
+        if let Err(e) = conformance::bench::unikernel::run(
+            &targets[0],
+            targets.len(),
+            &uk,
+            &image,
+            args.iterations,
+            &mut report,
+        )
+        .await
+        {
+            report
+                .errors
+                .push(format!("{} unikernel: {e:#}", targets[0].name));
+        }
+        let _ = workload::sweep(&targets[0]).await;
+    }
 
     println!("Machine: {}\n", report.machine);
     println!("{}", report.table());
