@@ -746,6 +746,15 @@ impl ContainerManager {
         }
         let sdir = self.state_dir(id);
         std::fs::create_dir_all(&sdir).map_err(|e| SandboxError::io(&sdir, e))?;
+        // A monitor left from a start that crid did not finish (it died between `runc create`
+        // and `runc start`): delete that half-created container first.
+        if let Some(stale) = MonitorHandle::attach(&self.monitor_pid_file(id), id) {
+            tracing::warn!(container_id = %id, monitor = stale.pid, "removing a half-started container");
+            if r.backend == Backend::Runc {
+                let _ = self.runc.delete(id).await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(10), stale.exited()).await;
+        }
         let _ = std::fs::remove_file(self.exit_file(id));
         let launch = if r.backend == Backend::Process {
             let this = self.clone();
