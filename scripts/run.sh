@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh
 cargo build --release -p crid
 install -m 0755 target/release/crid /usr/local/bin/crid
+# The small per-container monitor binary; crid falls back to `crid monitor` without it.
+install -m 0755 target/release/crid-monitor /usr/local/bin/crid-monitor
 if ! ls /etc/cni/net.d/*.conflist /etc/cni/net.d/*.conf >/dev/null 2>&1; then
     install -D -m 0644 crid/dist/10-crid-bridge.conflist /etc/cni/net.d/10-crid-bridge.conflist
 fi
