@@ -1,9 +1,11 @@
 //! The suite, one module per CRI area.
 
 pub mod containers;
+pub mod idempotence;
 pub mod images;
 pub mod pods;
 pub mod runtime;
+pub mod security;
 pub mod streaming;
 
 use crate::runner::Test;
@@ -16,5 +18,7 @@ pub fn all() -> Vec<Test> {
     tests.extend(pods::tests());
     tests.extend(containers::tests());
     tests.extend(streaming::tests());
+    tests.extend(security::tests());
+    tests.extend(idempotence::tests());
     tests
 }

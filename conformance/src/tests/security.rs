@@ -1,0 +1,372 @@
+//! Container security contexts: user and groups (by id and by name from the image's
+//! /etc/passwd and /etc/group), supplemental groups, read-only root filesystem, privileged,
+//! added and dropped capabilities, no_new_privs, masked and read-only paths. Each test runs a
+//! long-lived busybox container in a fresh pod and looks from inside with ExecSync; the pod is
+//! removed again, also when a check fails.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, ensure};
+use proto::cri;
+
+use super::pods::{pod_config, remove_pod, run_pod};
+use crate::runner::{Env, Outcome, Test, TestResult};
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        Test {
+            name: "security/run-as-user-and-group",
+            run: |env| Box::pin(run_as_user_group(env)),
+        },
+        Test {
+            name: "security/run-as-username",
+            run: |env| Box::pin(run_as_username(env)),
+        },
+        Test {
+            name: "security/supplemental-groups",
+            run: |env| Box::pin(supplemental_groups(env)),
+        },
+        Test {
+            name: "security/readonly-rootfs",
+            run: |env| Box::pin(readonly_rootfs(env)),
+        },
+        Test {
+            name: "security/privileged",
+            run: |env| Box::pin(privileged(env)),
+        },
+        Test {
+            name: "security/capabilities-add-drop",
+            run: |env| Box::pin(capabilities(env)),
+        },
+        Test {
+            name: "security/no-new-privs",
+            run: |env| Box::pin(no_new_privs(env)),
+        },
+        Test {
+            name: "security/masked-and-readonly-paths",
+            run: |env| Box::pin(masked_paths(env)),
+        },
+    ]
+}
+
+// Capability bit numbers (linux/capability.h).
+const CAP_CHOWN: u32 = 0;
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// A pod with one running `sleep` container configured by `security`; `check` gets the
+/// container id. `pod_privileged` asks for a privileged sandbox (needed for privileged
+/// containers).
+async fn in_container<F, Fut>(
+    env: Env,
+    tag: &str,
+    pod_privileged: bool,
+    security: cri::LinuxContainerSecurityContext,
+    check: F,
+) -> TestResult
+where
+    F: FnOnce(Env, String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let Some(registry) = env.registry.clone() else {
+        return Ok(Outcome::Skipped("no test registry (--registry)".into()));
+    };
+    let image = format!("{registry}/busybox:latest");
+    env.cri
+        .images
+        .clone()
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .context("PullImage")?;
+    let mut config = pod_config(tag);
+    if pod_privileged {
+        if let Some(sc) = config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+        {
+            sc.privileged = true;
+        }
+    }
+    let pod_namespaces = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
+    let pod = run_pod(&env, config.clone()).await?;
+    let result = async {
+        let mut rt = env.cri.runtime.clone();
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: "sec".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(cri::ImageSpec {
+                        image,
+                        ..Default::default()
+                    }),
+                    command: vec!["sleep".into(), "3600".into()],
+                    labels: HashMap::from([("name".to_string(), "sec".to_string())]),
+                    linux: Some(cri::LinuxContainerConfig {
+                        security_context: Some(cri::LinuxContainerSecurityContext {
+                            // As kubelet does: the container's namespaces follow the pod's.
+                            namespace_options: pod_namespaces.clone(),
+                            ..security
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(config),
+            })
+            .await
+            .context("CreateContainer")?
+            .into_inner()
+            .container_id;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .context("StartContainer")?;
+        check(env.clone(), id).await
+    }
+    .await;
+    remove_pod(&env, &pod).await;
+    result.map(|()| Outcome::Passed)
+}
+
+/// Runs `sh -c script` in the container; returns (exit code, stdout, stderr).
+async fn sh(env: &Env, id: &str, script: &str) -> anyhow::Result<(i32, String, String)> {
+    let r = env
+        .cri
+        .runtime
+        .clone()
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 20,
+        })
+        .await
+        .with_context(|| format!("ExecSync {script:?}"))?
+        .into_inner();
+    Ok((
+        r.exit_code,
+        String::from_utf8_lossy(&r.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&r.stderr).trim().to_owned(),
+    ))
+}
+
+/// stdout of a script that must succeed.
+async fn out(env: &Env, id: &str, script: &str) -> anyhow::Result<String> {
+    let (code, stdout, stderr) = sh(env, id, script).await?;
+    ensure!(code == 0, "{script:?} exited {code}: {stderr}");
+    Ok(stdout)
+}
+
+/// The effective capability set of the container's main process (PID 1 may be the pod's
+/// holder in a shared PID namespace, so read our own: exec inherits the container's set).
+async fn cap_eff(env: &Env, id: &str) -> anyhow::Result<u64> {
+    let line = out(env, id, "grep '^CapEff:' /proc/self/status").await?;
+    let hex = line.split_whitespace().nth(1).context("no CapEff value")?;
+    u64::from_str_radix(hex, 16).with_context(|| format!("CapEff {hex:?}"))
+}
+
+fn has(caps: u64, bit: u32) -> bool {
+    caps & (1u64 << bit) != 0
+}
+
+fn groups(ids: &str) -> Vec<i64> {
+    ids.split_whitespace()
+        .filter_map(|g| g.parse().ok())
+        .collect()
+}
+
+async fn run_as_user_group(env: Env) -> TestResult {
+    let sc = cri::LinuxContainerSecurityContext {
+        run_as_user: Some(cri::Int64Value { value: 1001 }),
+        run_as_group: Some(cri::Int64Value { value: 1002 }),
+        ..Default::default()
+    };
+    in_container(env, "sec-uid", false, sc, |env, id| async move {
+        let ids = out(&env, &id, "echo $(id -u) $(id -g)").await?;
+        ensure!(ids == "1001 1002", "uid gid {ids:?}, want \"1001 1002\"");
+        // The main process too (PID 1 of the container's own PID namespace), not only the exec.
+        let main = out(&env, &id, "awk '/^(Uid|Gid):/ {print $2}' /proc/1/status").await?;
+        ensure!(
+            main.split_whitespace().collect::<Vec<_>>() == ["1001", "1002"],
+            "PID 1 uid/gid {main:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+async fn run_as_username(env: Env) -> TestResult {
+    // The busybox fixture's /etc/passwd has crid 1234:1234, /etc/group adds it to 2345.
+    let sc = cri::LinuxContainerSecurityContext {
+        run_as_username: "crid".into(),
+        ..Default::default()
+    };
+    in_container(env, "sec-uname", false, sc, |env, id| async move {
+        let ids = out(&env, &id, "echo $(id -u) $(id -g)").await?;
+        ensure!(ids == "1234 1234", "uid gid {ids:?}, want \"1234 1234\"");
+        let all = groups(&out(&env, &id, "id -G").await?);
+        ensure!(
+            all.contains(&2345),
+            "groups {all:?} lack 2345 from /etc/group"
+        );
+        Ok(())
+    })
+    .await
+}
+
+async fn supplemental_groups(env: Env) -> TestResult {
+    let sc = cri::LinuxContainerSecurityContext {
+        run_as_user: Some(cri::Int64Value { value: 1001 }),
+        run_as_group: Some(cri::Int64Value { value: 1002 }),
+        supplemental_groups: vec![3001, 3002],
+        ..Default::default()
+    };
+    in_container(env, "sec-groups", false, sc, |env, id| async move {
+        let all = groups(&out(&env, &id, "id -G").await?);
+        for g in [1002, 3001, 3002] {
+            ensure!(all.contains(&g), "groups {all:?} lack {g}");
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn readonly_rootfs(env: Env) -> TestResult {
+    let sc = cri::LinuxContainerSecurityContext {
+        readonly_rootfs: true,
+        ..Default::default()
+    };
+    in_container(env, "sec-ro", false, sc, |env, id| async move {
+        let (code, _, _) = sh(&env, &id, "echo x > /written-by-test").await?;
+        ensure!(code != 0, "wrote to a read-only root filesystem");
+        let (code, _, _) = sh(&env, &id, "mkdir /bin/newdir").await?;
+        ensure!(
+            code != 0,
+            "created a directory on a read-only root filesystem"
+        );
+        Ok(())
+    })
+    .await
+}
+
+async fn privileged(env: Env) -> TestResult {
+    // An ordinary container lacks CAP_SYS_ADMIN; a privileged one has it (and more devices).
+    let plain = in_container(
+        env.clone(),
+        "sec-unpriv",
+        false,
+        cri::LinuxContainerSecurityContext::default(),
+        |env, id| async move {
+            let caps = cap_eff(&env, &id).await?;
+            ensure!(
+                !has(caps, CAP_SYS_ADMIN),
+                "CapEff {caps:x} has CAP_SYS_ADMIN"
+            );
+            ensure!(has(caps, CAP_CHOWN), "CapEff {caps:x} lacks CAP_CHOWN");
+            Ok(())
+        },
+    )
+    .await?;
+    if !matches!(plain, Outcome::Passed) {
+        return Ok(plain);
+    }
+    let sc = cri::LinuxContainerSecurityContext {
+        privileged: true,
+        ..Default::default()
+    };
+    in_container(env, "sec-priv", true, sc, |env, id| async move {
+        let caps = cap_eff(&env, &id).await?;
+        ensure!(
+            has(caps, CAP_SYS_ADMIN) && has(caps, CAP_NET_ADMIN),
+            "privileged CapEff {caps:x}"
+        );
+        // Host devices are visible and /sys is writable.
+        let (code, _, err) = sh(&env, &id, "ls /dev | grep -q -E '^(loop|tty1)'").await?;
+        ensure!(code == 0, "no host devices in a privileged container {err}");
+        // And CAP_NET_ADMIN works in the pod's network namespace.
+        let script = "ip addr add 127.0.0.53/8 dev lo && ip addr del 127.0.0.53/8 dev lo";
+        let (code, _, err) = sh(&env, &id, script).await?;
+        ensure!(code == 0, "ip addr add in a privileged container: {err}");
+        Ok(())
+    })
+    .await
+}
+
+async fn capabilities(env: Env) -> TestResult {
+    let sc = cri::LinuxContainerSecurityContext {
+        capabilities: Some(cri::Capability {
+            add_capabilities: vec!["NET_ADMIN".into()],
+            drop_capabilities: vec!["CHOWN".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    in_container(env, "sec-caps", false, sc, |env, id| async move {
+        let caps = cap_eff(&env, &id).await?;
+        ensure!(has(caps, CAP_NET_ADMIN), "CapEff {caps:x} lacks NET_ADMIN");
+        ensure!(!has(caps, CAP_CHOWN), "CapEff {caps:x} still has CHOWN");
+        ensure!(!has(caps, CAP_SYS_ADMIN), "CapEff {caps:x} has SYS_ADMIN");
+        // And they work: chown is refused even for root.
+        let (code, _, _) = sh(&env, &id, "touch /tmp/f && chown 1:1 /tmp/f").await?;
+        ensure!(code != 0, "chown worked without CAP_CHOWN");
+        Ok(())
+    })
+    .await
+}
+
+async fn no_new_privs(env: Env) -> TestResult {
+    for want in [true, false] {
+        let sc = cri::LinuxContainerSecurityContext {
+            no_new_privs: want,
+            ..Default::default()
+        };
+        let r = in_container(env.clone(), "sec-nnp", false, sc, |env, id| async move {
+            let line = out(&env, &id, "grep '^NoNewPrivs:' /proc/self/status").await?;
+            let got = line.split_whitespace().nth(1) == Some("1");
+            ensure!(got == want, "no_new_privs {want}: {line:?}");
+            Ok(())
+        })
+        .await?;
+        if !matches!(r, Outcome::Passed) {
+            return Ok(r);
+        }
+    }
+    Ok(Outcome::Passed)
+}
+
+async fn masked_paths(env: Env) -> TestResult {
+    let sc = cri::LinuxContainerSecurityContext {
+        masked_paths: vec!["/proc/kcore".into(), "/etc/group".into()],
+        readonly_paths: vec!["/proc/sys".into()],
+        ..Default::default()
+    };
+    in_container(env, "sec-mask", false, sc, |env, id| async move {
+        // A masked file reads as empty (/dev/null over it).
+        let group = out(&env, &id, "cat /etc/group | wc -c").await?;
+        ensure!(group == "0", "masked /etc/group has {group} bytes");
+        let kcore = out(&env, &id, "head -c 16 /proc/kcore | wc -c").await?;
+        ensure!(kcore == "0", "masked /proc/kcore gave {kcore} bytes");
+        let (code, _, _) = sh(&env, &id, "echo 1 > /proc/sys/kernel/domainname").await?;
+        ensure!(code != 0, "wrote to read-only /proc/sys");
+        // Unmasked files are untouched.
+        let passwd = out(&env, &id, "grep -c '^crid:' /etc/passwd").await?;
+        ensure!(passwd == "1", "/etc/passwd changed: {passwd}");
+        Ok(())
+    })
+    .await
+}

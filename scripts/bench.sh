@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Benchmarks crid against Debian's containerd 1.6 + runc on this machine, in the same run:
+# builds release binaries, starts a loopback registry with the test images, crid (its own
+# root, state, socket and CNI network: bridge cridbench0, 10.90.0.0/16) and containerd
+# (scripts/containerd.sh: bridge cridctr0, 10.89.0.0/16), then runs crid-bench with both.
+# Prints the Markdown table; the JSON report goes to $BENCH_JSON (default bench.json).
+# Arguments go to crid-bench instead of the defaults, which keep a run to a few minutes
+# on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+JSON=${BENCH_JSON:-$ROOT/bench.json}
+scripts/deps.sh >/dev/null
+cargo build --release -p crid -p conformance
+
+WORK=$(mktemp -d /tmp/crid-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    stop_containerd "$WORK/containerd"
+    # crid's detached monitors (and any VMM) carry the run's directory in their command line.
+    for pid in $(pgrep -f "$WORK/crid/" || true); do kill "$pid" 2>/dev/null || true; done
+    grep -o " $WORK[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    ip link del cridbench0 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+source scripts/registry.sh
+source scripts/containerd.sh
+start_registry "$WORK/registry"
+export CRID_TEST_REGISTRY
+target/release/crid-fixtures --registry "$CRID_TEST_REGISTRY" >/dev/null
+
+C=$WORK/crid
+mkdir -p "$C/net.d" "$C/certs.d/$CRID_TEST_REGISTRY" "$C/cni"
+cat >"$C/net.d/10-bridge.conflist" <<JSON
+{
+  "cniVersion": "1.0.0",
+  "name": "cridbench",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "cridbench0",
+      "isGateway": true,
+      "ipMasq": true,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "$C/cni",
+        "ranges": [[{ "subnet": "10.90.0.0/16" }]],
+        "routes": [{ "dst": "0.0.0.0/0" }]
+      }
+    },
+    { "type": "portmap", "capabilities": { "portMappings": true } },
+    { "type": "loopback" }
+  ]
+}
+JSON
+cat >"$C/certs.d/$CRID_TEST_REGISTRY/hosts.toml" <<TOML
+server = "http://$CRID_TEST_REGISTRY"
+TOML
+cat >"$C/config.toml" <<TOML
+[registry]
+config_path = "$C/certs.d"
+[images]
+pause_image = "$CRID_TEST_REGISTRY/pause:3.10"
+[cni]
+conf_dir = "$C/net.d"
+bin_dirs = ["/usr/lib/cni"]
+[log]
+level = "warn"
+TOML
+target/release/crid --config "$C/config.toml" --root "$C/root" --state "$C/state" \
+    --socket "$C/crid.sock" >"$C/log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do [ -S "$C/crid.sock" ] && break; sleep 0.1; done
+[ -S "$C/crid.sock" ] || { cat "$C/log"; exit 1; }
+
+start_containerd "$WORK/containerd" "$CRID_TEST_REGISTRY"
+
+# Each runtime's processes: its daemon plus per-pod processes (crid's monitors and VMMs,
+# containerd's shims), all of which carry the run's own directory in their command line.
+ARGS=("$@")
+[ $# -gt 0 ] || ARGS=(--iterations 10 --parallel 10,50 --sustain-secs 10)
+re() { printf '%s' "$1" | sed 's/[.[\*^$()+?{|]/\\&/g'; }
+target/release/crid-bench \
+    --runtime "crid=unix://$C/crid.sock,$(re "$C/")" \
+    --runtime "containerd=unix://$CONTAINERD_SOCK,$(re "$WORK/containerd/")" \
+    --registry "$CRID_TEST_REGISTRY" --log-root "$WORK/logs" --json "$JSON" \
+    "${ARGS[@]}" || {
+    echo "--- crid log"; tail -20 "$C/log"
+    echo "--- containerd log"; tail -20 "$WORK/containerd/containerd.log"
+    exit 1
+}
+echo "JSON report: $JSON"
