@@ -310,8 +310,10 @@ async fn handle(server: Arc<Server>, mut req: HttpRequest<Incoming>) -> Response
     match &transport {
         Transport::Spdy => {
             h.insert(UPGRADE, HeaderValue::from_static("SPDY/3.1"));
-            if let Ok(v) = HeaderValue::from_str(&protocol) {
-                h.insert("x-stream-protocol-version", v);
+            if !protocol.is_empty() {
+                if let Ok(v) = HeaderValue::from_str(&protocol) {
+                    h.insert("x-stream-protocol-version", v);
+                }
             }
         }
         Transport::WebSocket { key } => {

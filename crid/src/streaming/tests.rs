@@ -282,8 +282,10 @@ async fn unsupported_protocols_are_refused() {
 #[tokio::test]
 async fn older_spdy_protocols_still_work() {
     let s = server().await;
-    for p in ["v3.channel.k8s.io", "v2.channel.k8s.io"] {
-        let protocols: &'static [&'static str] = Box::leak(vec![p].into_boxed_slice());
+    // The last: a client that negotiates nothing gets the original protocol.
+    for p in ["v3.channel.k8s.io", "v2.channel.k8s.io", ""] {
+        let offer = if p.is_empty() { vec![] } else { vec![p] };
+        let protocols: &'static [&'static str] = Box::leak(offer.into_boxed_slice());
         let url = s
             .url_for(exec(&["sh", "-c", "echo hi; exit 4"], false, false))
             .unwrap();
