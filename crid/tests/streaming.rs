@@ -45,12 +45,13 @@ struct Crid {
 }
 
 impl Crid {
-    async fn start() -> Crid {
+    /// `tag` keeps the networks of tests running at the same time apart.
+    async fn start(tag: u8) -> Crid {
         let dir = tempfile::TempDir::new().unwrap();
         let d = dir.path();
         let pid = std::process::id();
-        let bridge = format!("crs{}", pid % 100_000);
-        let prefix = format!("10.199.{}", pid % 250);
+        let bridge = format!("crs{tag}x{}", pid % 100_000);
+        let prefix = format!("10.{}.{}", 160 + u32::from(tag % 8), pid % 250);
         std::fs::create_dir_all(d.join("net.d")).unwrap();
         let conflist = serde_json::json!({
             "cniVersion": "1.0.0",
@@ -238,7 +239,7 @@ async fn port_forward_reaches_a_listener_inside_the_pod() {
     if !can_run() {
         return;
     }
-    let crid = Crid::start().await;
+    let crid = Crid::start(1).await;
     let pod = crid.run_pod("pf").await;
     let port = echo_in_netns(&crid.netns(&pod)).await;
     // The listener exists only in the pod: the host's loopback has nothing there.
@@ -286,7 +287,7 @@ async fn streaming_requests_for_unknown_ids_or_bad_input_are_refused() {
     if !can_run() {
         return;
     }
-    let crid = Crid::start().await;
+    let crid = Crid::start(2).await;
     let e = crid.port_forward_url("nope", vec![80]).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e}");
     let e = crid
