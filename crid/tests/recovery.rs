@@ -559,7 +559,10 @@ async fn a_pull_killed_midway_leaves_nothing_and_can_be_retried() {
         .iter()
         .map(|d| crid.store_entries(d).len())
         .sum();
-    eprintln!("ingest/tmp entries left by the killed pull: {ingest_before}");
+    assert!(
+        ingest_before > 0,
+        "the killed pull left no partial download, so this test proves nothing"
+    );
 
     let crid = Crid::start(dir).await;
     assert!(crid.images().await.is_empty());
@@ -782,6 +785,19 @@ async fn reboot_with_containers_leaves_them_stopped_and_removable() {
         state_of(&created),
         Some(cri::ContainerState::ContainerRunning as i32)
     );
+    // The offline CLI sees the same containers.
+    let ps: serde_json::Value =
+        serde_json::from_str(&common::crid_cli(dir, &["ps", "-a", "--json"])).unwrap();
+    let mut ids: Vec<&str> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    let mut want = vec![running.as_str(), created.as_str()];
+    want.sort_unstable();
+    assert_eq!(ids, want);
     for id in [&running, &created] {
         stop_and_remove_container(&crid, id).await;
     }
