@@ -804,6 +804,8 @@ async fn reboot_with_containers_leaves_them_stopped_and_removable() {
     crid.stop_and_remove_pod(&pod).await;
     assert!(containers(&crid).await.is_empty());
     assert_no_pod_leftovers(dir, &net, &crid.log());
+    let procs = common::processes_under(dir, crid.pid());
+    assert!(procs.is_empty(), "processes left: {procs:?}");
     assert!(!crid.images().await.is_empty());
 }
 
@@ -878,4 +880,6 @@ async fn sigkill_during_create_and_start_container() {
     assert!(!rootfs.exists(), "container directory left behind");
     crid.stop_and_remove_pod(&pod).await;
     assert_no_pod_leftovers(dir, &net, &crid.log());
+    let procs = common::processes_under(dir, crid.pid());
+    assert!(procs.is_empty(), "processes left: {procs:?}");
 }

@@ -130,6 +130,28 @@ pub fn unmount_all(dir: &Path) {
     }
 }
 
+/// Processes other than `except` whose command line mentions `dir` (monitors, runc,
+/// plugins started for this test).
+pub fn processes_under(dir: &Path, except: Option<u32>) -> Vec<String> {
+    let needle = dir.display().to_string();
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                    if pid == me || Some(pid) == except {
+                        return None;
+                    }
+                    let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+                    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                    cmd.contains(&needle).then(|| format!("{pid}: {cmd}"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A test's directory layout and the crid process using it.
 pub struct Crid {
     pub dir: PathBuf,
@@ -230,6 +252,11 @@ impl Crid {
 
     pub fn log(&self) -> String {
         log_text(&self.dir)
+    }
+
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL, no clean-up by crid.
