@@ -83,9 +83,7 @@ enum Command {
         json: bool,
     },
     /// Prints the record of a pod, container or image (id prefix, or image tag) as JSON.
-    Inspect {
-        id: String,
-    },
+    Inspect { id: String },
     /// Installs the binary, systemd units, default config, CNI network and certs.d example.
     Install {
         /// Installation prefix for the binary and units.
