@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use conformance::client::Cri;
+use conformance::stream_client::{self, StreamOpts, Transport};
 use proto::cri;
 use serde_json::Value;
 use sha2::Digest;
@@ -198,7 +199,7 @@ impl Crid {
         std::fs::create_dir_all(d.join("seccomp")).unwrap();
         std::fs::create_dir_all(d.join("logs")).unwrap();
         let config = format!(
-            "[cni]\nconf_dir = {:?}\n[runtime]\nseccomp_profile_root = {:?}\n[images]\npause_image = {:?}\n",
+            "[cni]\nconf_dir = {:?}\n[runtime]\nseccomp_profile_root = {:?}\n[images]\npause_image = {:?}\n[streaming]\naddress = \"127.0.0.1\"\nport = 0\n",
             d.join("net.d"),
             d.join("seccomp"),
             pause_image(),
@@ -1305,5 +1306,123 @@ async fn pod_wide_pid_namespace_through_the_pause_holder() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+    crid.finish().await;
+}
+
+/// Attaches to `id` with stdin (and a terminal when `tty`) and returns the session.
+async fn attach(crid: &Crid, id: &str, tty: bool, transport: Transport) -> stream_client::Session {
+    let url = crid
+        .rt()
+        .attach(cri::AttachRequest {
+            container_id: id.into(),
+            stdin: true,
+            tty,
+            stdout: true,
+            stderr: !tty,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("attach {id}: {e}\n{}", log_text(crid.path())))
+        .into_inner()
+        .url;
+    let opts = StreamOpts {
+        stdin: true,
+        stdout: true,
+        stderr: !tty,
+        tty,
+    };
+    stream_client::connect(&url, transport, opts)
+        .await
+        .unwrap_or_else(|e| panic!("attach session {id}: {e:#}\n{}", log_text(crid.path())))
+}
+
+/// Types `input` until `needle` shows up on stdout (typing again covers output the log
+/// follower may not have started to follow yet, and a resize still on its way).
+async fn type_until(s: &mut stream_client::Session, input: &str, needle: &str) {
+    let mut last = None;
+    for _ in 0..5 {
+        s.write_stdin(input.as_bytes()).await.unwrap();
+        match s.read_stdout_until(needle, Duration::from_secs(5)).await {
+            Ok(_) => return,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("{needle:?} never came back for {input:?}: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_types_into_sh_and_cat_across_a_crid_sigkill() {
+    let Some(image) = image() else { return };
+    let mut crid = Crid::start(tempfile::tempdir().unwrap()).await;
+    crid.pull(&image).await;
+    let pod = crid.pod("attach").await;
+    let mut c = container(&image, "sh", &["sh"]);
+    c.stdin = true;
+    c.tty = true;
+    let sh = crid.run(&pod, c).await;
+    let mut c = container(&image, "cat", &["cat"]);
+    c.stdin = true;
+    let cat = crid.run(&pod, c).await;
+    let mut c = container(&image, "once", &["cat"]);
+    c.stdin = true;
+    c.stdin_once = true;
+    let once = crid.run(&pod, c).await;
+    // Without stdin in its config, a container cannot be attached with stdin.
+    let plain = crid
+        .run(&pod, container(&image, "plain", &["sleep", "1000"]))
+        .await;
+    let e = crid
+        .rt()
+        .attach(cri::AttachRequest {
+            container_id: plain.clone(),
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+
+    for (round, transports) in [
+        (1, [Transport::SPDY_V4, Transport::WS_V5]),
+        (2, [Transport::WS_V5, Transport::SPDY_V4]),
+    ] {
+        // The shell's terminal echoes the command; only its output starts a line.
+        let mut s = attach(&crid, &sh, true, transports[0]).await;
+        type_until(&mut s, "echo hello-attach\n", "\nhello-attach").await;
+        let (w, h) = (90 + round, 30 + round);
+        s.resize(w, h).await.unwrap();
+        type_until(&mut s, "stty size\n", &format!("{h} {w}")).await;
+        drop(s);
+        let mut s = attach(&crid, &cat, false, transports[1]).await;
+        type_until(
+            &mut s,
+            &format!("hello-cat-{round}\n"),
+            &format!("hello-cat-{round}"),
+        )
+        .await;
+        drop(s);
+        if round == 1 {
+            // The monitors own the containers' stdio: a new crid attaches again.
+            let dir = crid.sigkill();
+            crid = Crid::start(dir).await;
+        }
+    }
+    // Both stay running after their clients left.
+    for id in [&sh, &cat] {
+        let (s, _) = crid.status(id).await;
+        assert_eq!(
+            s.state,
+            cri::ContainerState::ContainerRunning as i32,
+            "{id}"
+        );
+    }
+
+    // stdin_once: the end of the first attach closes stdin, so `cat` ends.
+    let mut s = attach(&crid, &once, false, Transport::WS_V5).await;
+    type_until(&mut s, "hello-once\n", "hello-once").await;
+    s.close_stdin().await.unwrap();
+    drop(s);
+    let st = crid.wait_exited(&once).await;
+    assert_eq!(st.exit_code, 0);
     crid.finish().await;
 }

@@ -1,7 +1,8 @@
 //! The streaming backend of the daemon: exec through `runc exec` (pipes, or a pseudo-terminal
 //! of crid's that runc proxies to the container's), port forwarding into the pod's pinned
-//! network namespace. Attach follows the container's CRI log, which the monitor writes (stdin
-//! for attach needs the monitor to expose the container's stdin, which it does not yet).
+//! network namespace. Attach follows the container's CRI log, which the monitor writes, for
+//! output, and sends stdin and terminal resizes to the monitor's attach socket (see
+//! `sandbox::monitor`), so attaching works across crid restarts.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -138,11 +139,15 @@ impl StreamBackend for RuntimeBackend {
                 "container {id} is not running"
             )));
         }
-        if spec.stdin {
-            return Err(StreamError::Unimplemented(
-                "attach with stdin (the container monitor does not expose the container's stdin)"
-                    .into(),
-            ));
+        if spec.stdin && !r.config.stdin {
+            return Err(StreamError::FailedPrecondition(format!(
+                "container {id} was not created with stdin"
+            )));
+        }
+        if spec.stdin && r.backend != Backend::Runc {
+            return Err(StreamError::Unimplemented(format!(
+                "attaching stdin to container {id} (not a runc container)"
+            )));
         }
         if r.log_path.is_none() {
             return Err(StreamError::FailedPrecondition(format!(
@@ -243,6 +248,26 @@ impl StreamBackend for RuntimeBackend {
         let log = record
             .log_path
             .ok_or_else(|| StreamError::FailedPrecondition(format!("container {id} has no log")))?;
+        let socket = self
+            .containers
+            .attach_socket_of(&id)
+            .map_err(|e| sandbox_error(e, &id))?;
+        let stdin = match (&socket, spec.stdin) {
+            (Some(path), true) => Some(
+                connect_attach(path, sandbox::monitor::ATTACH_STDIN)
+                    .await
+                    .map_err(|e| io_error("cannot reach the container's stdin", e))?,
+            ),
+            _ => None,
+        };
+        let resize = match (&socket, spec.tty && record.config.tty) {
+            (Some(path), true) => connect_attach(path, sandbox::monitor::ATTACH_RESIZE)
+                .await
+                .ok()
+                .and_then(|s| s.into_std().ok())
+                .map(|s| Box::new(MonitorResize(std::sync::Mutex::new(s))) as Box<dyn Resize>),
+            _ => None,
+        };
         // The monitor owns the container's output and writes it to the CRI log; attaching
         // follows that log from its current end, so it also works across crid restarts.
         let (out_w, out_r) = tokio::io::duplex(64 * 1024);
@@ -256,14 +281,14 @@ impl StreamBackend for RuntimeBackend {
             let _ = done_tx.send(());
         });
         Ok(Session {
-            stdin: None,
+            stdin: stdin.map(|s| Box::pin(s) as Pin<Box<dyn AsyncWrite + Send>>),
             stdout: spec
                 .stdout
                 .then(|| Box::pin(out_r) as Pin<Box<dyn AsyncRead + Send>>),
             stderr: spec
                 .stderr
                 .then(|| Box::pin(err_r) as Pin<Box<dyn AsyncRead + Send>>),
-            resize: None,
+            resize,
             exit: Box::pin(async move {
                 let _ = done_rx.await;
                 Exit::Code(0)
@@ -290,6 +315,33 @@ impl StreamBackend for RuntimeBackend {
             .netns
             .clone()
             .unwrap_or_else(|| PathBuf::from("/proc/self/ns/net")))
+    }
+}
+
+/// Connects to a monitor's attach socket in `mode` (`sandbox::monitor::ATTACH_*`).
+async fn connect_attach(
+    path: &std::path::Path,
+    mode: u8,
+) -> std::io::Result<tokio::net::UnixStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::UnixStream::connect(path).await?;
+    s.write_all(&[mode]).await?;
+    Ok(s)
+}
+
+/// Sends window sizes to the monitor, which applies them to the container's terminal.
+struct MonitorResize(std::sync::Mutex<std::os::unix::net::UnixStream>);
+
+impl Resize for MonitorResize {
+    fn resize(&self, width: u16, height: u16) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut frame = [0u8; 4];
+        frame[..2].copy_from_slice(&width.to_be_bytes());
+        frame[2..].copy_from_slice(&height.to_be_bytes());
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Four bytes to a socket the monitor drains: this does not block for long.
+        s.set_nonblocking(false)?;
+        s.write_all(&frame)
     }
 }
 

@@ -7,7 +7,8 @@
 //! - `<root>/containers/<id>/`: `record.json`, `config.json` (the runc bundle), `rootfs/`
 //!   (overlay mount point), `upper/`, `work/`, `exit.json` (written by the monitor).
 //! - `<state>/containers/<id>/`: `monitor.json`, `monitor.pid`, `container.pid`, `runc.log`,
-//!   `monitor.log` and exec process files.
+//!   `monitor.log`, exec process files and `attach` (the monitor's attach socket, for
+//!   containers with stdin or a terminal).
 //!
 //! The exit file is the truth: a container whose exit file exists has exited; one whose
 //! monitor is alive runs; one whose monitor vanished without an exit file is `Exited` with
@@ -32,7 +33,7 @@ pub use self::config::{
     Resources, SeccompProfile, SecurityContext,
 };
 use crate::SandboxError;
-use crate::monitor::{ExitRecord, Launch, MonitorHandle, MonitorSpec};
+use crate::monitor::{ExitRecord, Launch, MonitorHandle, MonitorSpec, StdinSpec};
 use crate::pod::{CgroupDriver, PodRecord};
 use crate::runc::{ExecOutput, Runc};
 
@@ -339,6 +340,30 @@ impl ContainerManager {
 
     fn monitor_pid_file(&self, id: &str) -> PathBuf {
         self.state_dir(id).join("monitor.pid")
+    }
+
+    /// The monitor's attach socket (see [`crate::monitor`]) of a runc container started
+    /// with stdin or a terminal: `attach` in its state directory, or a short name in the state
+    /// root when that path would be too long for a unix socket.
+    fn attach_socket(&self, r: &ContainerRecord) -> Option<PathBuf> {
+        if r.backend != Backend::Runc || !(r.config.stdin || r.config.tty) {
+            return None;
+        }
+        let path = self.state_dir(&r.id).join("attach");
+        if path.as_os_str().len() < 100 {
+            return Some(path);
+        }
+        Some(
+            self.settings
+                .state
+                .join(format!("att-{}.sock", &r.id[..16.min(r.id.len())])),
+        )
+    }
+
+    /// The attach socket of container `id`'s monitor, when it has one.
+    pub fn attach_socket_of(&self, id: &str) -> Result<Option<PathBuf>, SandboxError> {
+        let r = self.get(id)?;
+        Ok(self.attach_socket(&r))
     }
 
     fn save(&self, record: &ContainerRecord) -> Result<(), SandboxError> {
@@ -780,6 +805,11 @@ impl ContainerManager {
             exit_file: self.exit_file(id),
             pid_file: self.monitor_pid_file(id),
             oom_cgroup: Some(cgroups::controller_dir("memory", &r.cgroups_path)),
+            stdin: self.attach_socket(&r).map(|socket| StdinSpec {
+                socket,
+                stdin: r.config.stdin,
+                once: r.config.stdin_once,
+            }),
         };
         let exe = self.settings.monitor_exe.clone();
         let spec_path = sdir.join("monitor.json");

@@ -15,7 +15,18 @@
 //!    [`ExitRecord`] to `exit_file` (temp file + rename) and exits.
 //!
 //! `SIGUSR1` makes it reopen the log file (kubelet's log rotation). No async runtime, no threads:
-//! one `poll` loop over the two output pipes and a signalfd.
+//! one `poll` loop over the output pipes, a signalfd and the attach socket.
+//!
+//! Attach ([`StdinSpec`]): the monitor keeps the container's stdin (a pipe, or the pty master
+//! for containers with a terminal) and listens on a unix socket. A client connects and sends
+//! one mode byte:
+//! - [`ATTACH_STDIN`]: every following byte goes to the container's stdin. With `once`
+//!   (CRI `stdin_once`), the end of the first such connection closes the container's stdin (for
+//!   a terminal, which cannot be closed separately, an end-of-file character is typed instead).
+//! - [`ATTACH_RESIZE`]: a sequence of 4-byte frames, width then height as big-endian `u16`,
+//!   each applied to the terminal with `TIOCSWINSZ` (the kernel sends SIGWINCH).
+//!
+//! Connections from several clients may overlap; their bytes are interleaved per read.
 
 pub mod log;
 mod sys;
@@ -83,7 +94,28 @@ pub struct MonitorSpec {
     /// Memory cgroup directory, read at exit to tell whether the OOM killer struck
     /// (`memory.oom_control` on cgroup v1, `memory.events` on v2).
     pub oom_cgroup: Option<PathBuf>,
+    /// Keep the container's stdin (or terminal) open and serve it on an attach socket.
+    #[serde(default)]
+    pub stdin: Option<StdinSpec>,
 }
+
+/// The attach socket of a monitor (see the module documentation for its protocol).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StdinSpec {
+    /// The unix socket (its path must be shorter than 108 bytes).
+    pub socket: PathBuf,
+    /// Whether the container was configured with stdin (else only resizes are served).
+    pub stdin: bool,
+    /// CRI `stdin_once`: close the container's stdin when the first attach ends.
+    pub once: bool,
+}
+
+/// First byte of an attach connection whose bytes go to the container's stdin.
+pub const ATTACH_STDIN: u8 = b'i';
+/// First byte of an attach connection carrying window sizes (`u16` BE width, height).
+pub const ATTACH_RESIZE: u8 = b'r';
+/// What the terminal reads as end of file (VEOF, ^D) when `stdin_once` ends a tty attach.
+const TTY_EOF: u8 = 0x04;
 
 /// The line the monitor prints once launched.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -342,6 +374,163 @@ struct Monitor {
     stderr: Option<File>,
     signals: SignalFd,
     log: LogFile,
+    attach: Option<Attach>,
+}
+
+/// The container's stdin and the clients attached to it.
+struct Attach {
+    listener: std::os::unix::net::UnixListener,
+    socket: PathBuf,
+    /// Where stdin bytes go (a pipe, or a dup of the pty master); non-blocking.
+    stdin: Option<File>,
+    /// The pty master, for resizes.
+    terminal: Option<File>,
+    tty: bool,
+    once: bool,
+    /// Bytes read from clients, not yet written to `stdin`.
+    pending: Vec<u8>,
+    /// Close `stdin` once `pending` is written.
+    close_after_flush: bool,
+    /// Whether a stdin client has connected before (for `once`).
+    had_stdin_client: bool,
+    clients: Vec<Client>,
+}
+
+struct Client {
+    stream: std::os::unix::net::UnixStream,
+    /// The mode byte, once received.
+    mode: Option<u8>,
+    /// The first stdin client (its end closes stdin with `once`).
+    first: bool,
+    /// A partial resize frame.
+    partial: Vec<u8>,
+}
+
+const MAX_CLIENTS: usize = 16;
+
+impl Attach {
+    fn accept(&mut self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            self.clients.push(Client {
+                stream,
+                mode: None,
+                first: false,
+                partial: Vec::new(),
+            });
+        }
+    }
+
+    /// Reads what client `i` sent; false when it is gone.
+    fn read_client(&mut self, i: usize, buf: &mut [u8]) -> bool {
+        let Some(c) = self.clients.get_mut(i) else {
+            return false;
+        };
+        let n = match c.stream.read(buf) {
+            Ok(0) => return false,
+            Ok(n) => n,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted =>
+            {
+                return true;
+            }
+            Err(_) => return false,
+        };
+        let mut data = &buf[..n];
+        if c.mode.is_none() {
+            let Some((&mode, rest)) = data.split_first() else {
+                return true;
+            };
+            match mode {
+                ATTACH_STDIN if self.stdin.is_some() => {
+                    c.first = !self.had_stdin_client;
+                    self.had_stdin_client = true;
+                }
+                ATTACH_RESIZE if self.terminal.is_some() => {}
+                _ => return false,
+            }
+            c.mode = Some(mode);
+            data = rest;
+        }
+        match c.mode {
+            Some(ATTACH_STDIN) => {
+                if self.stdin.is_some() && !self.close_after_flush {
+                    self.pending.extend_from_slice(data);
+                }
+            }
+            Some(ATTACH_RESIZE) => {
+                c.partial.extend_from_slice(data);
+                let frames = c.partial.len() / 4;
+                for f in c.partial.chunks_exact(4) {
+                    let width = u16::from_be_bytes([f[0], f[1]]);
+                    let height = u16::from_be_bytes([f[2], f[3]]);
+                    if let Some(t) = &self.terminal {
+                        if let Err(e) = sys::set_window_size(t, width, height) {
+                            eprintln!("crid monitor: resizing the terminal: {e}");
+                        }
+                    }
+                }
+                c.partial.drain(..frames * 4);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Drops client `i`; the end of the first stdin client closes stdin with `once`.
+    fn drop_client(&mut self, i: usize) {
+        let c = self.clients.swap_remove(i);
+        if c.first && self.once && self.stdin.is_some() {
+            if self.tty {
+                self.pending.push(TTY_EOF);
+            }
+            self.close_after_flush = true;
+        }
+    }
+
+    /// Writes pending bytes to the container's stdin without blocking.
+    fn flush(&mut self) {
+        let Some(f) = self.stdin.as_mut() else {
+            self.pending.clear();
+            return;
+        };
+        while !self.pending.is_empty() {
+            match f.write(&self.pending) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    // The container closed its stdin.
+                    self.pending.clear();
+                    self.stdin = None;
+                    return;
+                }
+            }
+        }
+        if self.close_after_flush {
+            self.stdin = None;
+        }
+    }
+}
+
+impl Drop for Attach {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+fn set_nonblocking(fd: &impl AsFd) -> Result<(), String> {
+    use nix::fcntl::{FcntlArg, fcntl};
+    let flags = fcntl(fd.as_fd().as_raw_fd(), FcntlArg::F_GETFL).map_err(|e| e.to_string())?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd.as_fd().as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 impl Monitor {
@@ -373,6 +562,36 @@ impl Monitor {
         })?;
         let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
         let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+        // The container's stdin: a pipe whose write end the monitor keeps (terminals get
+        // their input through the pty master instead).
+        let tty_launch = matches!(
+            &spec.launch,
+            Launch::Runc {
+                console_socket: Some(_),
+                ..
+            }
+        );
+        let (stdin_r, stdin_w) = match &spec.stdin {
+            Some(s) if s.stdin && !tty_launch => {
+                let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+                (Some(r), Some(File::from(w)))
+            }
+            _ => (None, None),
+        };
+        let stdin_stdio = || match &stdin_r {
+            Some(r) => r.try_clone().map(Stdio::from).map_err(|e| e.to_string()),
+            None => Ok(Stdio::null()),
+        };
+        let listener = match &spec.stdin {
+            Some(s) => {
+                let _ = std::fs::remove_file(&s.socket);
+                let l = std::os::unix::net::UnixListener::bind(&s.socket)
+                    .map_err(|e| format!("attach socket {}: {e}", s.socket.display()))?;
+                l.set_nonblocking(true).map_err(|e| e.to_string())?;
+                Some(l)
+            }
+            None => None,
+        };
         let mut tty: Option<File> = None;
         let pid = match &spec.launch {
             Launch::Runc {
@@ -413,7 +632,7 @@ impl Monitor {
                     cmd.arg("--console-socket").arg(path);
                 }
                 cmd.arg(&spec.id)
-                    .stdin(Stdio::null())
+                    .stdin(stdin_stdio()?)
                     .stdout(Stdio::from(out_w))
                     .stderr(Stdio::from(err_w));
                 let status = cmd
@@ -443,7 +662,7 @@ impl Monitor {
                 let mut cmd = Command::new(prog);
                 cmd.args(args)
                     .envs(env.iter().map(|(k, v)| (k, v)))
-                    .stdin(Stdio::null())
+                    .stdin(stdin_stdio()?)
                     .stdout(Stdio::from(out_w))
                     .stderr(Stdio::from(err_w));
                 if let Some(cwd) = cwd {
@@ -452,6 +671,38 @@ impl Monitor {
                 let child = cmd.spawn().map_err(|e| format!("cannot run {prog}: {e}"))?;
                 i32::try_from(child.id()).map_err(|e| e.to_string())?
             }
+        };
+        // Only the container holds the read end now.
+        drop(stdin_r);
+        let attach = match (listener, &spec.stdin) {
+            (Some(listener), Some(s)) => {
+                let terminal = match &tty {
+                    Some(m) => Some(m.try_clone().map_err(|e| e.to_string())?),
+                    None => None,
+                };
+                let stdin = match (&terminal, stdin_w) {
+                    _ if !s.stdin => None,
+                    (Some(t), _) => Some(t.try_clone().map_err(|e| e.to_string())?),
+                    (None, w) => w,
+                };
+                // Shared with the master's reader (same open file): pump copes.
+                if let Some(f) = &stdin {
+                    set_nonblocking(f)?;
+                }
+                Some(Attach {
+                    listener,
+                    socket: s.socket.clone(),
+                    stdin,
+                    tty: terminal.is_some(),
+                    terminal,
+                    once: s.once,
+                    pending: Vec::new(),
+                    close_after_flush: false,
+                    had_stdin_client: false,
+                    clients: Vec::new(),
+                })
+            }
+            _ => None,
         };
         let (stdout, stderr) = match tty {
             Some(master) => (Some(master), None),
@@ -463,6 +714,7 @@ impl Monitor {
             stderr,
             signals,
             log,
+            attach,
         })
     }
 
@@ -487,8 +739,29 @@ impl Monitor {
                 .unwrap_or(PollTimeout::ZERO),
                 None => PollTimeout::NONE,
             };
+            let mut attach_ready = AttachReady::default();
             let (out_ready, err_ready, sig_ready) = {
                 let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+                let mut listen_idx = None;
+                let mut stdin_idx = None;
+                let mut client_idx = Vec::new();
+                // Once the container exited, attach clients are no longer served.
+                if let Some(a) = self.attach.as_ref().filter(|_| exit.is_none()) {
+                    fds.push(PollFd::new(a.listener.as_fd(), PollFlags::POLLIN));
+                    listen_idx = Some(fds.len() - 1);
+                    if let Some(f) = a.stdin.as_ref().filter(|_| !a.pending.is_empty()) {
+                        fds.push(PollFd::new(f.as_fd(), PollFlags::POLLOUT));
+                        stdin_idx = Some(fds.len() - 1);
+                    }
+                    for (i, c) in a.clients.iter().enumerate() {
+                        // Stdin clients wait while earlier input is not written yet.
+                        if c.mode == Some(ATTACH_STDIN) && !a.pending.is_empty() {
+                            continue;
+                        }
+                        fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+                        client_idx.push((i, fds.len() - 1));
+                    }
+                }
                 let out_idx = self.stdout.as_ref().map(|f| {
                     fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
                     fds.len() - 1
@@ -510,8 +783,29 @@ impl Monitor {
                     i.and_then(|i| fds[i].revents())
                         .is_some_and(|r| !r.is_empty())
                 };
+                attach_ready.listener = ready(listen_idx);
+                attach_ready.stdin = ready(stdin_idx);
+                attach_ready.clients = client_idx
+                    .into_iter()
+                    .filter(|(_, f)| ready(Some(*f)))
+                    .map(|(i, _)| i)
+                    .collect();
                 (ready(out_idx), ready(err_idx), ready(Some(0)))
             };
+            if let Some(a) = self.attach.as_mut() {
+                // Highest index first: dropping a client swaps the last one into its place.
+                for &i in attach_ready.clients.iter().rev() {
+                    if !a.read_client(i, &mut buf) {
+                        a.drop_client(i);
+                    }
+                }
+                if attach_ready.listener {
+                    a.accept();
+                }
+                if attach_ready.stdin || !a.pending.is_empty() || a.close_after_flush {
+                    a.flush();
+                }
+            }
             let log = &mut self.log;
             let mut emit = |s: Stream, p: bool, c: &[u8]| log.write_record(s, p, c);
             if out_ready {
@@ -559,6 +853,15 @@ impl Monitor {
     }
 }
 
+/// Which attach descriptors `poll` found ready.
+#[derive(Default)]
+struct AttachReady {
+    listener: bool,
+    stdin: bool,
+    /// Indexes into `Attach::clients`, ascending.
+    clients: Vec<usize>,
+}
+
 /// Reads what is available from one pipe; closes it at end of stream.
 fn pump(
     pipe: &mut Option<File>,
@@ -570,7 +873,9 @@ fn pump(
     match f.read(buf) {
         Ok(0) => *pipe = None,
         Ok(n) => split.push(&buf[..n], emit),
-        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+        Err(e)
+            if e.kind() == std::io::ErrorKind::Interrupted
+                || e.kind() == std::io::ErrorKind::WouldBlock => {}
         Err(_) => *pipe = None,
     }
 }

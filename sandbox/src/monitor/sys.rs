@@ -53,3 +53,31 @@ pub fn receive_fd(listener: &std::os::unix::net::UnixListener) -> std::io::Resul
     }
     Err(std::io::Error::other("no descriptor received"))
 }
+
+/// Sets a terminal's window size (TIOCSWINSZ); the kernel sends SIGWINCH to its foreground
+/// process group.
+pub fn set_window_size(
+    fd: &impl std::os::fd::AsRawFd,
+    width: u16,
+    height: u16,
+) -> std::io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` through the pointer, which points to a live,
+    // initialised value for the duration of the call; the descriptor is borrowed and open.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TIOCSWINSZ,
+            &ws as *const libc::winsize,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
