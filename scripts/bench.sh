@@ -4,6 +4,7 @@
 # root, state, socket and CNI network: bridge cridbench0, 10.90.0.0/16) and containerd
 # (scripts/containerd.sh: bridge cridctr0, 10.89.0.0/16), then runs crid-bench with both.
 # Prints the Markdown table; the JSON report goes to $BENCH_JSON (default bench.json).
+# BENCH_SKIP_BUILD=1 skips the build.
 # Arguments go to crid-bench instead of the defaults, which keep a run to a few minutes
 # on 2 cores.
 set -euo pipefail
@@ -11,7 +12,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 JSON=${BENCH_JSON:-$ROOT/bench.json}
 scripts/deps.sh >/dev/null
-cargo build --release -p crid -p conformance
+# BENCH_SKIP_BUILD=1 reuses the release binaries already in target/release.
+[ -n "${BENCH_SKIP_BUILD:-}" ] || cargo build --release -p crid -p conformance
 
 WORK=$(mktemp -d /tmp/crid-bench.XXXXXX)
 PIDS=()

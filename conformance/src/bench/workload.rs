@@ -46,7 +46,14 @@ fn pod_config(target: &Target, tag: &str) -> cri::PodSandboxConfig {
         }),
         hostname: name.clone(),
         log_directory: target.log_root.join(&name).to_string_lossy().into_owned(),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        // As kubelet does for pods without shareProcessNamespace.
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(kubelet_namespaces()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         labels: HashMap::from([("crid-bench".to_string(), "1".to_string())]),
         ..Default::default()
     }
@@ -64,7 +71,24 @@ fn container_config(image: &str, command: &[&str]) -> cri::ContainerConfig {
         }),
         command: command.iter().map(|s| s.to_string()).collect(),
         log_path: "app.log".into(),
-        linux: Some(cri::LinuxContainerConfig::default()),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(kubelet_namespaces()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// kubelet's namespaces for an ordinary pod: the pod's network and IPC, a PID namespace per
+/// container.
+fn kubelet_namespaces() -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
     }
 }

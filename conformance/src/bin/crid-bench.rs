@@ -207,7 +207,29 @@ async fn main() -> anyhow::Result<()> {
         let mut rss = Vec::new();
         let mut pss = Vec::new();
         let mut per_pod = Vec::new();
+        let mut peak_rss = Vec::new();
+        let mut peak_pss = Vec::new();
         for (k, t) in targets.iter().enumerate() {
+            // Peak memory while the pods start, sampled every 100 ms.
+            let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let procs = t.procs.clone();
+            let sampler = tokio::spawn(async move {
+                let mut peak = Memory::default();
+                loop {
+                    let m = tokio::task::spawn_blocking({
+                        let procs = procs.clone();
+                        move || memory::measure(&procs)
+                    })
+                    .await
+                    .unwrap_or_default();
+                    peak.rss_kib = peak.rss_kib.max(m.rss_kib);
+                    peak.pss_kib = peak.pss_kib.max(m.pss_kib);
+                    tokio::select! {
+                        _ = &mut stop_rx => break peak,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            });
             let t0 = Instant::now();
             let tasks: Vec<_> = (0..count)
                 .map(|_| {
@@ -236,6 +258,10 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             let elapsed = t0.elapsed();
+            let _ = stop_tx.send(());
+            let peak = sampler.await.unwrap_or_default();
+            peak_rss.push(Some(mib(peak, false)));
+            peak_pss.push(Some(mib(peak, true)));
             wall.push((failed == 0).then_some(elapsed.as_secs_f64() * 1000.0));
             // Let start-up transients settle before reading memory.
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -262,6 +288,16 @@ async fn main() -> anyhow::Result<()> {
             let _ = workload::sweep(t).await;
         }
         report.add(format!("{count} pods in parallel, wall time"), "ms", wall);
+        report.add(
+            format!("peak memory starting {count} pods, RSS"),
+            "MiB",
+            peak_rss,
+        );
+        report.add(
+            format!("peak memory starting {count} pods, PSS"),
+            "MiB",
+            peak_pss,
+        );
         report.add(format!("memory with {count} pods, RSS"), "MiB", rss);
         report.add(format!("memory with {count} pods, PSS"), "MiB", pss);
         report.add(
