@@ -423,6 +423,13 @@ impl ContainerManager {
                 Err(err) => {
                     if path.exists() {
                         tracing::warn!(path = %path.display(), error = %err, "skipping unreadable container record");
+                    } else if let Some(id) = e.file_name().to_str().filter(|_| e.path().is_dir()) {
+                        // crid was killed in CreateContainer after mounting the rootfs and
+                        // before the record was written: nothing refers to it.
+                        tracing::warn!(container_id = %id, "removing a container that was never recorded");
+                        self.unmount_rootfs(id);
+                        let _ = std::fs::remove_dir_all(e.path());
+                        let _ = std::fs::remove_dir_all(self.state_dir(id));
                     }
                     continue;
                 }

@@ -163,6 +163,21 @@ impl PodManager {
                     store.save(&record)?;
                 }
             }
+            if record.state == PodState::NotReady
+                && record.network.is_none()
+                && record
+                    .paths
+                    .netns
+                    .as_ref()
+                    .is_some_and(|p| sys.is_pinned(p))
+            {
+                // Killed while being created, perhaps in the middle of CNI ADD: undo the
+                // network (DEL is idempotent) inside the namespace when the pod is stopped or
+                // removed, so every plugin cleans up where it worked.
+                tracing::warn!(pod_sandbox_id = %record.id, "pod creation was interrupted; its network will be torn down");
+                record.network = Some(String::new());
+                store.save(&record)?;
+            }
             let (_tx, done) = watch::channel(true);
             inner.names.insert(
                 record.config.metadata.clone(),
