@@ -240,9 +240,20 @@ impl Crid {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let cri = Cri::connect(&format!("unix://{}", socket.display()))
-            .await
-            .unwrap_or_else(|e| panic!("crid did not start: {e:#}\n{}", log_text(dir)));
+        // The socket file appears at bind(), a moment before listen(): retry a refused
+        // connection briefly.
+        let endpoint = format!("unix://{}", socket.display());
+        let mut attempt = 0;
+        let cri = loop {
+            match Cri::connect(&endpoint).await {
+                Ok(c) => break c,
+                Err(_) if attempt < 50 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("crid did not start: {e:#}\n{}", log_text(dir)),
+            }
+        };
         Crid {
             dir: dir.to_owned(),
             child: Some(child),
