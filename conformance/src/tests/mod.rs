@@ -1,6 +1,7 @@
 //! The suite, one module per CRI area.
 
 pub mod containers;
+pub mod features;
 pub mod idempotence;
 pub mod images;
 pub mod pods;
@@ -19,6 +20,7 @@ pub fn all() -> Vec<Test> {
     tests.extend(containers::tests());
     tests.extend(streaming::tests());
     tests.extend(security::tests());
+    tests.extend(features::tests());
     tests.extend(idempotence::tests());
     tests
 }
