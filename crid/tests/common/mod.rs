@@ -224,7 +224,7 @@ impl Crid {
             .append(true)
             .open(dir.join("crid.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_crid"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_crid"))
             .args(crid_args(dir))
             .arg("--socket")
             .arg(&socket)
@@ -251,7 +251,11 @@ impl Crid {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => panic!("crid did not start: {e:#}\n{}", log_text(dir)),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("crid did not start: {e:#}\n{}", log_text(dir))
+                }
             }
         };
         Crid {
