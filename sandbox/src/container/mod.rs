@@ -482,7 +482,14 @@ impl ContainerManager {
             // can see the container exited.
             self.vm_release(&r.id);
         }
+        // The exit watcher and on-demand collection (stop, status) may race here: only the
+        // caller that moves the record out of Running reports the exit.
+        let mut transitioned = false;
         let updated = self.update(entry, |r| {
+            if r.state != ContainerState::Running {
+                return;
+            }
+            transitioned = true;
             r.state = ContainerState::Exited;
             match &exit {
                 Some(e) => {
@@ -510,6 +517,7 @@ impl ContainerManager {
             }
         });
         match updated {
+            Ok(_) if !transitioned => None,
             Ok(rec) => {
                 tracing::info!(container_id = %rec.id, exit_code = rec.exit_code, reason = %rec.reason, "container exited");
                 self.emit(EventKind::Stopped, &rec);
