@@ -23,14 +23,6 @@ const fn containerd(test: &'static str, reason: &'static str) -> Gap {
     }
 }
 
-const fn crid(test: &'static str, reason: &'static str) -> Gap {
-    Gap {
-        runtime: "crid",
-        test,
-        reason,
-    }
-}
-
 /// Every known gap.
 pub const GAPS: &[Gap] = &[
     containerd(
@@ -81,12 +73,6 @@ pub const GAPS: &[Gap] = &[
         "containers/bad-input-refused",
         "containerd accepts a relative mount host path (resolved against its own working \
          directory) instead of refusing it",
-    ),
-    // crid's own, reported to be fixed.
-    crid(
-        "security/privileged",
-        "crid gives a privileged container every capability runc knows, not those of its own \
-         bounding set; on a host without CAP_SYS_RESOURCE runc cannot apply them",
     ),
 ];
 

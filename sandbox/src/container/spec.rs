@@ -354,10 +354,15 @@ pub fn capabilities(
     add: &[String],
     drop: &[String],
 ) -> Result<Capabilities, SandboxError> {
+    // "All" means all that crid itself may hand out: runc cannot grant a capability outside
+    // its own bounding set (hosts without CAP_SYS_RESOURCE, for one), as containerd also does.
+    let bounding = host_bounding_set();
     let all = || -> Result<Capabilities, SandboxError> {
         ALL_CAPABILITIES
             .iter()
-            .map(|c| parse_capability(c))
+            .enumerate()
+            .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
+            .map(|(_, c)| parse_capability(c))
             .collect()
     };
     let mut caps: Capabilities = if privileged {
@@ -384,6 +389,20 @@ pub fn capabilities(
         }
     }
     Ok(caps)
+}
+
+/// The capability bounding set of this process (`CapBnd`; bit N is capability N, the order of
+/// [`ALL_CAPABILITIES`]), or every capability when it cannot be read.
+fn host_bounding_set() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| parse_cap_bnd(&status))
+        .unwrap_or(u64::MAX)
+}
+
+fn parse_cap_bnd(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 /// The built-in `RuntimeDefault` seccomp profile: everything allowed except the system calls
@@ -959,6 +978,21 @@ mod tests {
         );
         assert_eq!(env, v(&["PATH=/bin", "A=x=y", "B=2", "C=3"]));
         assert!(merge_env(&[], &[])[0].starts_with("PATH="));
+    }
+
+    #[test]
+    fn privileged_gets_the_bounding_set() {
+        assert_eq!(
+            parse_cap_bnd("Name:\tx\nCapBnd:\t000001fffeffffff\n"),
+            Some(0x1fffeffffff)
+        );
+        assert_eq!(parse_cap_bnd("Name:\tx\n"), None);
+        let c = capabilities(true, &[], &[]).unwrap();
+        let bounding = host_bounding_set();
+        for (bit, name) in ALL_CAPABILITIES.iter().enumerate() {
+            let cap = parse_capability(name).unwrap();
+            assert_eq!(c.contains(&cap), bounding & (1 << bit) != 0, "{name}");
+        }
     }
 
     #[test]
