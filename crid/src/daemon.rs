@@ -188,6 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mode = config.socket_mode()?;
     let max = config.grpc.max_message_size;
     let state = Arc::new(State::new(config)?);
+    crate::sys::trim_heap();
     tracing::info!(
         root = %state.config.root.display(),
         state = %state.config.state.display(),

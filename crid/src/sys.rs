@@ -36,3 +36,13 @@ pub fn remove_env(key: &str) {
     // SAFETY: as for set_env.
     unsafe { std::env::remove_var(key) }
 }
+
+/// Hands heap pages freed during start-up (image reference parsing compiles large regexes,
+/// record loading parses JSON) back to the kernel, so an idle daemon's RSS is what it uses.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own arenas under their
+    // locks and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
