@@ -3,6 +3,8 @@
 //! `CRID_TEST_REGISTRY`. Pods use the host network so no CNI set-up is needed. Needs root,
 //! runc, skopeo and the registry; skipped with a reason otherwise (and failing under CI=true).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -205,37 +207,7 @@ impl Crid {
             pause_image(),
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
-        let socket = d.join("crid.sock");
-        let _ = std::fs::remove_file(&socket);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(d.join("crid.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_crid"))
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--state")
-            .arg(d.join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--log-level")
-            .arg("debug")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start crid");
-        for _ in 0..100 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let cri = Cri::connect(&format!("unix://{}", socket.display()))
-            .await
-            .unwrap_or_else(|e| panic!("crid did not start: {e:#}\n{}", log_text(d)));
+        let (child, cri) = common::spawn_crid(d).await;
         Crid {
             dir,
             child: Some(child),
@@ -435,18 +407,7 @@ impl Crid {
 
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            for _ in 0..50 {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            common::terminate(&mut child, 50);
         }
     }
 

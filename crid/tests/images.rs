@@ -4,6 +4,8 @@
 //! them with skopeo under repository names unique to the test run. Without the registry the
 //! tests fail under CI=true and are skipped otherwise.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -292,52 +294,8 @@ impl Crid {
         std::fs::write(dir.join("config.toml"), config).unwrap();
     }
 
-    fn args(dir: &Path) -> Vec<String> {
-        [
-            "--config",
-            &dir.join("config.toml").display().to_string(),
-            "--root",
-            &dir.join("root").display().to_string(),
-            "--state",
-            &dir.join("state").display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    }
-
     async fn start(dir: &Path) -> Crid {
-        let socket = dir.join("crid.sock");
-        let _ = std::fs::remove_file(&socket);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("crid.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_crid"))
-            .args(Self::args(dir))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--log-level")
-            .arg("debug")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start crid");
-        for _ in 0..150 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let cri = Cri::connect(&format!("unix://{}", socket.display()))
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "crid did not start: {e:#}\n{}",
-                    std::fs::read_to_string(dir.join("crid.log")).unwrap_or_default()
-                )
-            });
+        let (child, cri) = common::spawn_crid(dir).await;
         Crid {
             dir: dir.to_owned(),
             child: Some(child),
@@ -347,18 +305,7 @@ impl Crid {
 
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            for _ in 0..50 {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            common::terminate(&mut child, 50);
         }
     }
 
@@ -447,15 +394,27 @@ impl Crid {
             .unwrap_or(0)
     }
 
+    /// Temporary files left in the store. A failed pull returns while a blocking unpack of
+    /// another of its layers may still be finishing (and then removes its temp dir), so this
+    /// waits a bounded time for the count to reach zero.
     fn leftovers(&self) -> usize {
-        ["ingest", "tmp"]
-            .iter()
-            .map(|d| {
-                std::fs::read_dir(self.images_dir().join(d))
-                    .map(|d| d.count())
-                    .unwrap_or(0)
-            })
-            .sum()
+        let count = || -> usize {
+            ["ingest", "tmp"]
+                .iter()
+                .map(|d| {
+                    std::fs::read_dir(self.images_dir().join(d))
+                        .map(|d| d.count())
+                        .unwrap_or(0)
+                })
+                .sum()
+        };
+        for _ in 0..100 {
+            if count() == 0 {
+                return 0;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        count()
     }
 }
 
@@ -778,7 +737,7 @@ async fn import_oci_layout_and_docker_save_tarballs() {
     );
     tar_dir(&dir.join("oci"), &dir.join("oci.tar"));
     let out = Command::new(env!("CARGO_BIN_EXE_crid"))
-        .args(Crid::args(dir))
+        .args(common::crid_args(dir))
         .args(["images", "import"])
         .arg(dir.join("oci.tar"))
         .output()
@@ -845,7 +804,7 @@ async fn import_oci_layout_and_docker_save_tarballs() {
         .unwrap();
     std::fs::write(dir.join("live.tar.gz"), gz.finish().unwrap()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_crid"))
-        .args(Crid::args(dir))
+        .args(common::crid_args(dir))
         .args(["images", "import"])
         .arg(dir.join("live.tar.gz"))
         .output()
@@ -865,7 +824,7 @@ async fn import_oci_layout_and_docker_save_tarballs() {
     // An archive that is not one is refused with a message, and nothing is left behind.
     std::fs::write(dir.join("junk.tar"), b"not a tar at all").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_crid"))
-        .args(Crid::args(dir))
+        .args(common::crid_args(dir))
         .args(["images", "import"])
         .arg(dir.join("junk.tar"))
         .output()

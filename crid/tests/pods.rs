@@ -3,6 +3,8 @@
 //! fault plugins written by the tests. Needs root; skipped with a reason otherwise (and
 //! failing under CI=true).
 
+mod common;
+
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -14,26 +16,10 @@ use proto::cri;
 use serde_json::Value;
 use tonic::Code;
 
-const PLUGINS: &str = "/usr/lib/cni";
+use common::PLUGINS;
 
-/// Whether this host can run the tests; `false` means skip (never in CI).
 fn can_run() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let plugins = Path::new(PLUGINS).join("bridge").exists();
-    if root && plugins {
-        return true;
-    }
-    let reason = if root {
-        "no CNI plugins in /usr/lib/cni"
-    } else {
-        "needs root"
-    };
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "pod tests cannot run in CI: {reason}"
-    );
-    eprintln!("skipped: {reason}");
-    false
+    common::can_run_pods_for("pod")
 }
 
 /// A network unique to one test: bridge name, subnet, IPAM data dir.
@@ -136,37 +122,7 @@ impl Crid {
             PLUGINS
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
-        let socket = d.join("crid.sock");
-        let _ = std::fs::remove_file(&socket);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(d.join("crid.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_crid"))
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--state")
-            .arg(d.join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--log-level")
-            .arg("debug")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start crid");
-        for _ in 0..100 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let cri = Cri::connect(&format!("unix://{}", socket.display()))
-            .await
-            .unwrap_or_else(|e| panic!("crid did not start: {e:#}\n{}", log_text(d)));
+        let (child, cri) = common::spawn_crid(d).await;
         Crid {
             dir,
             child: Some(child),
@@ -199,18 +155,7 @@ impl Crid {
 
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            for _ in 0..50 {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            common::terminate(&mut child, 50);
         }
     }
 
@@ -321,10 +266,6 @@ impl Drop for Crid {
             }
         }
     }
-}
-
-fn log_text(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("crid.log")).unwrap_or_default()
 }
 
 fn pod(name: &str) -> cri::PodSandboxConfig {

@@ -3,6 +3,8 @@
 //! forward ports into a real pod's network namespace (CNI bridge from /usr/lib/cni). Needs
 //! root; skipped with a reason otherwise (and failing under CI=true).
 
+mod common;
+
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -15,25 +17,10 @@ use proto::cri;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
-const PLUGINS: &str = "/usr/lib/cni";
+use common::PLUGINS;
 
 fn can_run() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let plugins = Path::new(PLUGINS).join("bridge").exists();
-    if root && plugins {
-        return true;
-    }
-    let reason = if root {
-        "no CNI plugins in /usr/lib/cni"
-    } else {
-        "needs root"
-    };
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "streaming tests cannot run in CI: {reason}"
-    );
-    eprintln!("skipped: {reason}");
-    false
+    common::can_run_pods_for("streaming")
 }
 
 /// crid on a temp dir with a bridge network of its own; stopped and cleaned on drop.
@@ -73,37 +60,7 @@ impl Crid {
             d.join("net.d"),
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
-        let socket = d.join("crid.sock");
-        let log = std::fs::File::create(d.join("crid.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_crid"))
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--state")
-            .arg(d.join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--log-level")
-            .arg("debug")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start crid");
-        for _ in 0..100 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let cri = Cri::connect(&format!("unix://{}", socket.display()))
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "crid did not start: {e:#}\n{}",
-                    std::fs::read_to_string(d.join("crid.log")).unwrap_or_default()
-                )
-            });
+        let (child, cri) = common::spawn_crid(d).await;
         Crid {
             dir,
             child,
@@ -187,18 +144,7 @@ impl Crid {
 
 impl Drop for Crid {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        common::terminate(&mut self.child, 50);
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .stderr(Stdio::null())

@@ -7,6 +7,8 @@
 //! UNIMPLEMENTED, StopContainer on a guest that never exits, and nothing left after removal.
 //! Needs root, gcc, qemu and the registry; skipped with a reason otherwise (failing under CI=true).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -112,31 +114,7 @@ impl Crid {
             ),
         )
         .unwrap();
-        let socket = d.join("crid.sock");
-        let log = std::fs::File::create(d.join("crid.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_crid"))
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--state")
-            .arg(d.join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--log-level", "debug"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start crid");
-        for _ in 0..100 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let cri = Cri::connect(&format!("unix://{}", socket.display()))
-            .await
-            .unwrap_or_else(|e| panic!("crid did not start: {e:#}\n{}", log_text(d)));
+        let (child, cri) = common::spawn_crid(d).await;
         Crid {
             dir,
             child: Some(child),

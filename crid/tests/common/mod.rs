@@ -14,6 +14,11 @@ pub const PLUGINS: &str = "/usr/lib/cni";
 
 /// Whether this host can run root tests with CNI; `false` means skip (never in CI).
 pub fn can_run_pods() -> bool {
+    can_run_pods_for("these")
+}
+
+/// [`can_run_pods`], naming `what` tests in the CI failure.
+pub fn can_run_pods_for(what: &str) -> bool {
     let root = nix::unistd::geteuid().is_root();
     let plugins = Path::new(PLUGINS).join("bridge").exists();
     if root && plugins {
@@ -26,7 +31,7 @@ pub fn can_run_pods() -> bool {
     };
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
-        "these tests cannot run in CI: {reason}"
+        "{what} tests cannot run in CI: {reason}"
     );
     eprintln!("skipped: {reason}");
     false
@@ -214,50 +219,74 @@ pub fn crid_cli(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Spawns crid on `dir` (config `<dir>/config.toml`, root `<dir>/root`, state `<dir>/state`,
+/// socket `<dir>/crid.sock`, debug log appended to `<dir>/crid.log`), waits (bounded) for its
+/// socket and connects the CRI client. Kills crid and panics with its log if it does not come
+/// up.
+pub async fn spawn_crid(dir: &Path) -> (Child, Cri) {
+    let socket = dir.join("crid.sock");
+    let _ = std::fs::remove_file(&socket);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("crid.log"))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crid"))
+        .args(crid_args(dir))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--log-level")
+        .arg("debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start crid");
+    for _ in 0..150 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The socket file appears at bind(), a moment before listen(): retry a refused
+    // connection briefly.
+    let endpoint = format!("unix://{}", socket.display());
+    let mut attempt = 0;
+    loop {
+        match Cri::connect(&endpoint).await {
+            Ok(cri) => return (child, cri),
+            Err(_) if attempt < 50 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("crid did not start: {e:#}\n{}", log_text(dir))
+            }
+        }
+    }
+}
+
+/// SIGTERM, a wait of at most `tenths` tenths of a second, then SIGKILL.
+pub fn terminate(child: &mut Child, tenths: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    for _ in 0..tenths {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Crid {
     /// Starts crid on `dir` (which has a config from [`write_config`]).
     pub async fn start(dir: &Path) -> Crid {
-        let socket = dir.join("crid.sock");
-        let _ = std::fs::remove_file(&socket);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("crid.log"))
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_crid"))
-            .args(crid_args(dir))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--log-level")
-            .arg("debug")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start crid");
-        for _ in 0..150 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // The socket file appears at bind(), a moment before listen(): retry a refused
-        // connection briefly.
-        let endpoint = format!("unix://{}", socket.display());
-        let mut attempt = 0;
-        let cri = loop {
-            match Cri::connect(&endpoint).await {
-                Ok(c) => break c,
-                Err(_) if attempt < 50 => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("crid did not start: {e:#}\n{}", log_text(dir))
-                }
-            }
-        };
+        let (child, cri) = spawn_crid(dir).await;
         Crid {
             dir: dir.to_owned(),
             child: Some(child),
@@ -285,18 +314,7 @@ impl Crid {
     /// SIGTERM with a bounded wait, then SIGKILL.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            for _ in 0..100 {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            terminate(&mut child, 100);
         }
     }
 
