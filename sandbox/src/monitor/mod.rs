@@ -174,8 +174,17 @@ pub fn spawn(
         .create(true)
         .append(true)
         .open(stderr_path)?;
-    let mut child = Command::new(exe)
-        .arg("monitor")
+    // Straight to the small monitor binary when it sits next to crid: loading the big
+    // executable only to re-exec the small one costs a process start on every StartContainer.
+    let small = exe.with_file_name(MONITOR_BINARY);
+    let mut command = if small.is_file() {
+        Command::new(small)
+    } else {
+        let mut c = Command::new(exe);
+        c.arg("monitor");
+        c
+    };
+    let mut child = command
         .arg("--spec")
         .arg(spec_path)
         .stdin(Stdio::null())
