@@ -779,11 +779,13 @@ async fn reboot_with_containers_leaves_them_stopped_and_removable() {
         "{}",
         crid.log()
     );
-    // A container that was only created cannot be started after a reboot: it must not be
-    // reported running (the container manager keeps it `Created` with its rootfs remounted).
-    assert_ne!(
+    // A container that was only created can never start after a reboot (its pod's
+    // namespaces are gone): it is reported exited too.
+    assert_eq!(
         state_of(&created),
-        Some(cri::ContainerState::ContainerRunning as i32)
+        Some(cri::ContainerState::ContainerExited as i32),
+        "{}",
+        crid.log()
     );
     // The offline CLI sees the same containers.
     let ps: serde_json::Value =

@@ -455,11 +455,20 @@ impl ContainerManager {
                     }
                 }
                 ContainerState::Created => {
-                    // After a reboot the rootfs mount is gone; mount it again.
+                    // Only a reboot takes a recorded container's rootfs mount away (crid
+                    // mounts before it records). Its pod's namespaces went with it, so it can
+                    // never start: report it exited, as the CRI expects after a reboot.
                     let rootfs = self.dir(&id).join("rootfs");
                     if !is_mount_point(&rootfs) {
-                        if let Err(e) = self.mount_rootfs(&id, &record.image.layer_dirs) {
-                            tracing::warn!(container_id = %id, error = %e, "cannot remount rootfs");
+                        let result = self.update(&entry, |r| {
+                            r.state = ContainerState::Exited;
+                            r.exit_code = 255;
+                            r.finished_at = now_ns();
+                            r.reason = "Unknown".into();
+                            r.message = "the node restarted before the container started".into();
+                        });
+                        if let Err(e) = result {
+                            tracing::warn!(container_id = %id, error = %e, "cannot record container state");
                         }
                     }
                 }
