@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice,
     LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxHugepageLimitBuilder,
     LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources,
     LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
@@ -389,6 +389,53 @@ pub fn capabilities(
         }
     }
     Ok(caps)
+}
+
+/// The character and block devices directly under the host's `/dev`, except those runc
+/// always creates itself. Unreadable entries are skipped: this only widens what a privileged
+/// container sees.
+fn host_devices() -> Vec<LinuxDevice> {
+    const RUNC_DEFAULTS: &[&str] = &[
+        "null", "zero", "full", "random", "urandom", "tty", "console", "ptmx",
+    ];
+    let Ok(entries) = std::fs::read_dir("/dev") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if RUNC_DEFAULTS.contains(&name) {
+            continue;
+        }
+        // symlink_metadata: a link such as /dev/fd is not a device.
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let ft = meta.file_type();
+        let typ = if ft.is_char_device() {
+            LinuxDeviceType::C
+        } else if ft.is_block_device() {
+            LinuxDeviceType::B
+        } else {
+            continue;
+        };
+        let rdev = meta.rdev();
+        let device = LinuxDeviceBuilder::default()
+            .path(e.path())
+            .typ(typ)
+            .major(nix::sys::stat::major(rdev) as i64)
+            .minor(nix::sys::stat::minor(rdev) as i64)
+            .file_mode(meta.mode() & 0o777)
+            .uid(meta.uid())
+            .gid(meta.gid())
+            .build();
+        if let Ok(d) = device {
+            out.push(d);
+        }
+    }
+    out.sort_by(|a, b| a.path().cmp(b.path()));
+    out
 }
 
 /// The capability bounding set of this process (`CapBnd`; bit N is capability N, the order of
@@ -851,6 +898,15 @@ pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, San
                 .build()
                 .map_err(oci_err)?,
         );
+    }
+    if privileged {
+        // A privileged container sees the host's devices, as with containerd and Docker (the
+        // device cgroup rule above already allows them all).
+        for d in host_devices() {
+            if !devices.iter().any(|x| x.path() == d.path()) {
+                devices.push(d);
+            }
+        }
     }
     let mut resources = linux_resources(&config.resources, cx.cgroup_v2)?;
     resources.set_devices(Some(device_rules));
