@@ -137,9 +137,8 @@ impl Metrics {
         inner.pull_bytes = inner.pull_bytes.saturating_add(bytes);
     }
 
-    /// A VMM (`qemu`, `firecracker`, ...) took `elapsed` from launch until its guest ran.
-    /// The hook for the VM start path; nothing reports guest start yet.
-    #[allow(dead_code)]
+    /// A VMM (`qemu`, `firecracker`, ...) took `elapsed` from StartContainer until it ran
+    /// under its monitor with the guest loaded.
     pub fn observe_vm_boot(&self, vmm: &str, elapsed: Duration) {
         self.lock()
             .vm_boots
@@ -176,7 +175,7 @@ impl Metrics {
             }
             out.push_str("# HELP crid_image_pull_bytes_total Size of the images pulled successfully.\n# TYPE crid_image_pull_bytes_total counter\n");
             let _ = writeln!(out, "crid_image_pull_bytes_total {}", inner.pull_bytes);
-            out.push_str("# HELP crid_vm_boot_duration_seconds Time from VMM launch until the guest runs, by VMM.\n# TYPE crid_vm_boot_duration_seconds histogram\n");
+            out.push_str("# HELP crid_vm_boot_duration_seconds Time from StartContainer until the VMM runs the guest, by VMM.\n# TYPE crid_vm_boot_duration_seconds histogram\n");
             for (vmm, h) in &inner.vm_boots {
                 let labels = format!("vmm=\"{}\"", escape(vmm));
                 h.write(&mut out, "crid_vm_boot_duration_seconds", &labels);

@@ -355,11 +355,22 @@ pub async fn start_container(
     state: &State,
     r: cri::StartContainerRequest,
 ) -> Result<cri::StartContainerResponse, Status> {
+    let started = std::time::Instant::now();
     state
         .containers
         .start(&r.container_id)
         .await
         .map_err(Failure::from)?;
+    // For a unikernel, StartContainer returns once its VMM runs under the monitor.
+    if let Ok(record) = state.containers.get(&r.container_id) {
+        if let Some(u) = &record.image.unikernel {
+            let vmm = serde_json::to_value(u.hypervisor)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "unknown".into());
+            crate::metrics::global().observe_vm_boot(&vmm, started.elapsed());
+        }
+    }
     Ok(cri::StartContainerResponse {})
 }
 
