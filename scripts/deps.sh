@@ -9,7 +9,8 @@ missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Always refresh the lists: the unikernel tests fetch Debian's cloud kernel with apt-get download.
+apt-get update -qq
 if ((${#missing[@]})); then
-    apt-get update
-    apt-get install -y --no-install-recommends "${missing[@]}"
+    apt-get install -y "${missing[@]}"
 fi
