@@ -53,22 +53,9 @@ type Body =
     fn(&Ctx) -> std::pin::Pin<Box<dyn std::future::Future<Output = TestResult> + Send + '_>>;
 
 async fn with_pod(env: Env, tag: &'static str, body: Body) -> TestResult {
-    let Some(registry) = env.registry.clone() else {
+    let Some(image) = super::pull_busybox(&env).await? else {
         return Ok(Outcome::Skipped("no test registry (--registry)".into()));
     };
-    let image = format!("{registry}/busybox:latest");
-    env.cri
-        .images
-        .clone()
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .context("PullImage")?;
     let mut config = pod_config(tag);
     let logs = std::env::temp_dir().join(format!(
         "crid-conformance-logs-{}",

@@ -76,22 +76,9 @@ where
     F: FnOnce(Ctx) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let Some(registry) = env.registry.clone() else {
+    let Some(image) = super::pull_busybox(&env).await? else {
         return Ok(Outcome::Skipped("no test registry (--registry)".into()));
     };
-    let image = format!("{registry}/busybox:latest");
-    env.cri
-        .images
-        .clone()
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .context("PullImage")?;
     let logs = TempDir::new(&format!("{tag}-logs"))?;
     let mut config = pod_config(tag);
     config.log_directory = logs.0.display().to_string();

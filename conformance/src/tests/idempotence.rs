@@ -22,26 +22,6 @@ pub fn tests() -> Vec<Test> {
     ]
 }
 
-async fn busybox(env: &Env) -> anyhow::Result<Option<String>> {
-    let Some(registry) = env.registry.clone() else {
-        return Ok(None);
-    };
-    let image = format!("{registry}/busybox:latest");
-    env.cri
-        .images
-        .clone()
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .context("PullImage")?;
-    Ok(Some(image))
-}
-
 async fn start_sleeper(
     env: &Env,
     pod: &str,
@@ -97,7 +77,7 @@ async fn state(env: &Env, id: &str) -> anyhow::Result<i32> {
 }
 
 async fn container_twice(env: Env) -> TestResult {
-    let Some(image) = busybox(&env).await? else {
+    let Some(image) = super::pull_busybox(&env).await? else {
         return Ok(Outcome::Skipped("no test registry (--registry)".into()));
     };
     let config = pod_config("idem-ctr");
@@ -150,7 +130,7 @@ async fn container_twice(env: Env) -> TestResult {
 }
 
 async fn pod_stops_containers(env: Env) -> TestResult {
-    let Some(image) = busybox(&env).await? else {
+    let Some(image) = super::pull_busybox(&env).await? else {
         return Ok(Outcome::Skipped("no test registry (--registry)".into()));
     };
     let config = pod_config("idem-pod");

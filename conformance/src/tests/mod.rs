@@ -9,7 +9,32 @@ pub mod runtime;
 pub mod security;
 pub mod streaming;
 
-use crate::runner::Test;
+use anyhow::Context;
+use proto::cri;
+
+use crate::runner::{Env, Test};
+
+/// Pulls `busybox:latest` from the test registry and returns its reference, or `None` when
+/// the run has no registry (each caller decides whether that skips or fails).
+pub(crate) async fn pull_busybox(env: &Env) -> anyhow::Result<Option<String>> {
+    let Some(registry) = env.registry.as_deref() else {
+        return Ok(None);
+    };
+    let image = format!("{registry}/busybox:latest");
+    env.cri
+        .images
+        .clone()
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .context("PullImage")?;
+    Ok(Some(image))
+}
 
 /// Every test, in the order they run.
 pub fn all() -> Vec<Test> {

@@ -68,22 +68,9 @@ where
     F: FnOnce(Env, String) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let Some(registry) = env.registry.clone() else {
+    let Some(image) = super::pull_busybox(&env).await? else {
         return Ok(Outcome::Skipped("no test registry (--registry)".into()));
     };
-    let image = format!("{registry}/busybox:latest");
-    env.cri
-        .images
-        .clone()
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .context("PullImage")?;
     let mut config = pod_config(tag);
     if pod_privileged {
         if let Some(sc) = config

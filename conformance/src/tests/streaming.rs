@@ -54,25 +54,12 @@ async fn unknown_ids(env: Env) -> TestResult {
 }
 
 async fn streaming(env: Env) -> TestResult {
-    let Some(registry) = env.registry.clone() else {
+    let Some(image) = super::pull_busybox(&env).await? else {
         if std::env::var("CI").as_deref() == Ok("true") {
             bail!("no test registry (--registry / CRID_TEST_REGISTRY) in CI");
         }
         return Ok(Outcome::Skipped("no test registry (--registry)".into()));
     };
-    let image = format!("{registry}/busybox:latest");
-    env.cri
-        .images
-        .clone()
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .context("PullImage")?;
     let mut config = pod_config("stream");
     let logs = std::env::temp_dir().join(format!(
         "crid-conformance-logs-{}",
