@@ -73,6 +73,14 @@ mod tests {
             .arg("7.4321")
             .spawn()
             .expect("sleep runs");
+        // Until the child has exec'd, its command line is still the test binary's.
+        let cmdline = format!("/proc/{}/cmdline", child.id());
+        for _ in 0..200 {
+            if std::fs::read(&cmdline).is_ok_and(|c| c.starts_with(b"sleep\0")) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let m = measure(&Regex::new("^sleep 7\\.4321").unwrap());
         let _ = child.kill();
         let _ = child.wait();
