@@ -67,6 +67,30 @@ pub struct Session {
     pub exit: BoxFuture<Exit>,
 }
 
+/// A session over a child spawned with piped (or null) stdio: its pipes become the session's
+/// streams, and `exit` turns what is left of the child into the session's exit future.
+pub fn piped_session(
+    mut child: tokio::process::Child,
+    exit: impl FnOnce(tokio::process::Child) -> BoxFuture<Exit>,
+) -> Session {
+    Session {
+        stdin: child
+            .stdin
+            .take()
+            .map(|s| Box::pin(s) as Pin<Box<dyn AsyncWrite + Send>>),
+        stdout: child
+            .stdout
+            .take()
+            .map(|s| Box::pin(s) as Pin<Box<dyn AsyncRead + Send>>),
+        stderr: child
+            .stderr
+            .take()
+            .map(|s| Box::pin(s) as Pin<Box<dyn AsyncRead + Send>>),
+        resize: None,
+        exit: exit(child),
+    }
+}
+
 /// Wraps a pseudo-terminal master as a session's stdin/stdout and resize handle.
 pub fn pty_session(master: OwnedFd, stdin: bool, exit: BoxFuture<Exit>) -> io::Result<Session> {
     super::sys::set_nonblocking(&master)?;
@@ -187,26 +211,8 @@ pub mod host {
             cmd.stdin(pipe(spec.stdin))
                 .stdout(pipe(spec.stdout))
                 .stderr(pipe(spec.stderr));
-            let mut child = cmd.spawn().map_err(spawn_error)?;
-            let stdin = child
-                .stdin
-                .take()
-                .map(|s| Box::pin(s) as Pin<Box<dyn AsyncWrite + Send>>);
-            let stdout = child
-                .stdout
-                .take()
-                .map(|s| Box::pin(s) as Pin<Box<dyn AsyncRead + Send>>);
-            let stderr = child
-                .stderr
-                .take()
-                .map(|s| Box::pin(s) as Pin<Box<dyn AsyncRead + Send>>);
-            Ok(Session {
-                stdin,
-                stdout,
-                stderr,
-                resize: None,
-                exit: exit_of(child),
-            })
+            let child = cmd.spawn().map_err(spawn_error)?;
+            Ok(piped_session(child, exit_of))
         }
         async fn attach(&self, spec: AttachSpec) -> Result<Session, StreamError> {
             // "Attaching" to a fresh shell is enough to exercise the protocol.

@@ -15,7 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::StreamError;
 use super::backend::{
-    AttachSpec, BoxFuture, ExecSpec, Exit, Resize, Session, StreamBackend, pty_session,
+    AttachSpec, BoxFuture, ExecSpec, Exit, Resize, Session, StreamBackend, piped_session,
+    pty_session,
 };
 
 pub struct RuntimeBackend {
@@ -214,28 +215,10 @@ impl StreamBackend for RuntimeBackend {
         cmd.stdin(pipe(spec.stdin))
             .stdout(pipe(spec.stdout))
             .stderr(pipe(spec.stderr));
-        let mut child = cmd
+        let child = cmd
             .spawn()
             .map_err(|e| io_error("cannot run runc exec", e))?;
-        let stdin = child
-            .stdin
-            .take()
-            .map(|s| Box::pin(s) as Pin<Box<dyn AsyncWrite + Send>>);
-        let stdout = child
-            .stdout
-            .take()
-            .map(|s| Box::pin(s) as Pin<Box<dyn AsyncRead + Send>>);
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| Box::pin(s) as Pin<Box<dyn AsyncRead + Send>>);
-        Ok(Session {
-            stdin,
-            stdout,
-            stderr,
-            resize: None,
-            exit: exit_of(child, cleanup),
-        })
+        Ok(piped_session(child, |child| exit_of(child, cleanup)))
     }
 
     async fn attach(&self, spec: AttachSpec) -> Result<Session, StreamError> {
