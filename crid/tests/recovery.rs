@@ -885,3 +885,105 @@ async fn sigkill_during_create_and_start_container() {
     let procs = common::processes_under(dir, crid.pid());
     assert!(procs.is_empty(), "processes left: {procs:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_container_record_is_quarantined_and_its_container_released() {
+    if !can_run_containers() {
+        return;
+    }
+    let Some((_reg, image)) = busybox_registry().await else {
+        panic!("cannot build the busybox image");
+    };
+    let (tmp, net) = setup(8);
+    let dir = tmp.path();
+    plain_http_registry(dir, image.split('/').next().unwrap());
+    let mut crid = Crid::start(dir).await;
+    crid.pull(&image).await.expect("pull");
+    let pod = crid.run_pod("ctr").await.expect("run pod");
+    let mut ids = Vec::new();
+    for name in ["torn", "fine"] {
+        let id = create_container(&crid, &pod, &image, name, &["sleep", "1000"])
+            .await
+            .expect("create");
+        crid.cri
+            .runtime
+            .clone()
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .expect("start");
+        ids.push(id);
+    }
+    let (torn, fine) = (ids[0].clone(), ids[1].clone());
+    crid.sigkill();
+
+    let torn_pid: i32 = std::fs::read_to_string(
+        dir.join("state/containers")
+            .join(&torn)
+            .join("container.pid"),
+    )
+    .expect("container pid file")
+    .trim()
+    .parse()
+    .unwrap();
+    let record = dir.join("root/containers").join(&torn).join("record.json");
+    let bytes = std::fs::read(&record).unwrap();
+    std::fs::write(&record, &bytes[..bytes.len() / 2]).unwrap();
+
+    let crid = Crid::start(dir).await;
+    let list = containers(&crid).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0].id, fine);
+    assert_eq!(list[0].state, cri::ContainerState::ContainerRunning as i32);
+    let quarantined: Vec<String> = std::fs::read_dir(dir.join("root/containers/quarantine"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(quarantined.len(), 1);
+    assert!(quarantined[0].starts_with(&format!("{torn}.json.")));
+    assert!(
+        crid.log()
+            .contains("unreadable container record quarantined")
+    );
+
+    // Released in the background: its process, runc state, rootfs mount and directories.
+    let torn_dir = dir.join("root/containers").join(&torn);
+    for _ in 0..100 {
+        if !torn_dir.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!torn_dir.exists(), "{}", crid.log());
+    assert!(!dir.join("state/runc").join(&torn).exists());
+    assert!(mounts_under(dir).iter().all(|m| !m.contains(&torn)));
+    let procs = common::processes_under(dir, crid.pid());
+    assert!(
+        procs.iter().all(|p| !p.contains(&torn)),
+        "processes of the quarantined container: {procs:?}"
+    );
+    let state = std::fs::read_to_string(format!("/proc/{torn_pid}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty() || process_state(&state) == Some('Z'),
+        "the quarantined container's process still runs: {state}"
+    );
+
+    // The name is free again, and the pod is removable.
+    let again = create_container(&crid, &pod, &image, "torn", &["sleep", "1000"])
+        .await
+        .unwrap_or_else(|e| panic!("same-name container: {e}\n{}", crid.log()));
+    for id in [&again, &fine] {
+        stop_and_remove_container(&crid, id).await;
+    }
+    crid.stop_and_remove_pod(&pod).await;
+    assert_no_pod_leftovers(dir, &net, &crid.log());
+    let procs = common::processes_under(dir, crid.pid());
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+}
+
+/// The state letter of a `/proc/PID/stat` line.
+fn process_state(stat: &str) -> Option<char> {
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}

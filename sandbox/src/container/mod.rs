@@ -263,6 +263,48 @@ fn is_mount_point(path: &Path) -> bool {
     a.dev() != b.dev()
 }
 
+/// The directory under `<root>/containers` that holds quarantined records.
+const QUARANTINE: &str = "quarantine";
+
+/// Unmounts a container's rootfs and removes its directories.
+fn discard(rootfs: &Path, dir: &Path, state_dir: &Path) -> Result<(), SandboxError> {
+    unmount_all(rootfs);
+    remove_dir(dir)?;
+    remove_dir(state_dir)
+}
+
+/// Detaches every mount stacked on `path` (bounded).
+fn unmount_all(path: &Path) {
+    for _ in 0..8 {
+        if nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).is_err() {
+            break;
+        }
+    }
+}
+
+/// The pids whose parent is `pid` (read from `/proc`; a process gone meanwhile is skipped).
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| parent_of(&stat))
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// The parent pid in a `/proc/PID/stat` line (the field after the `)` of the command name).
+fn parent_of(stat: &str) -> Option<i32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn remove_dir(path: &Path) -> Result<(), SandboxError> {
     match std::fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
@@ -421,15 +463,20 @@ impl ContainerManager {
             {
                 Ok(r) => r,
                 Err(err) => {
+                    let name = e.file_name();
+                    let Some(id) = name
+                        .to_str()
+                        .filter(|n| *n != QUARANTINE && e.path().is_dir())
+                    else {
+                        continue;
+                    };
                     if path.exists() {
-                        tracing::warn!(path = %path.display(), error = %err, "skipping unreadable container record");
-                    } else if let Some(id) = e.file_name().to_str().filter(|_| e.path().is_dir()) {
+                        self.quarantine(id, &path, &err);
+                    } else {
                         // crid was killed in CreateContainer after mounting the rootfs and
                         // before the record was written: nothing refers to it.
                         tracing::warn!(container_id = %id, "removing a container that was never recorded");
-                        self.unmount_rootfs(id);
-                        let _ = std::fs::remove_dir_all(e.path());
-                        let _ = std::fs::remove_dir_all(self.state_dir(id));
+                        self.discard_files(id);
                     }
                     continue;
                 }
@@ -477,6 +524,73 @@ impl ContainerManager {
         }
         tracing::info!(containers = count, "containers recovered");
         Ok(())
+    }
+
+    /// An unreadable record (torn write, incompatible version): crid can no longer manage the
+    /// container, so the record is moved to `<root>/containers/quarantine/` for the operator
+    /// and what the container holds (runc container, VMM, tap, rootfs mount, directories) is
+    /// released in the background, so its pod stays removable and its name reusable.
+    fn quarantine(self: &Arc<Self>, id: &str, record: &Path, reason: &str) {
+        let qdir = self.settings.root.join("containers").join(QUARANTINE);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let dest = qdir.join(format!("{id}.json.{stamp}"));
+        match std::fs::create_dir_all(&qdir).and_then(|()| std::fs::rename(record, &dest)) {
+            Ok(()) => tracing::error!(
+                container_id = %id,
+                moved_to = %dest.display(),
+                error = reason,
+                "unreadable container record quarantined"
+            ),
+            Err(e) => {
+                // Without moving it aside the next start would meet it again: keep it as is.
+                tracing::error!(
+                    container_id = %id,
+                    error = reason,
+                    move_error = %e,
+                    "unreadable container record skipped (cannot quarantine it)"
+                );
+                return;
+            }
+        }
+        let this = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move { this.release_unrecorded(&id).await });
+    }
+
+    async fn release_unrecorded(&self, id: &str) {
+        if let Err(e) = self.runc.delete(id).await {
+            tracing::warn!(container_id = %id, error = %e, "cannot delete the runc container");
+        }
+        if let Some(monitor) = MonitorHandle::attach(&self.monitor_pid_file(id), id) {
+            // A VMM (runc's init is gone with `delete --force`): the monitor's children.
+            for child in children_of(monitor.pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            if tokio::time::timeout(Duration::from_secs(10), monitor.exited())
+                .await
+                .is_err()
+            {
+                tracing::warn!(container_id = %id, "monitor of a quarantined container still runs");
+            }
+        }
+        self.vm_release(id);
+        let this_dir = self.dir(id);
+        let state_dir = self.state_dir(id);
+        let rootfs = this_dir.join("rootfs");
+        let _ = tokio::task::spawn_blocking(move || discard(&rootfs, &this_dir, &state_dir)).await;
+        tracing::info!(container_id = %id, "quarantined container released");
+    }
+
+    /// Unmounts the rootfs and removes the container's directories (best effort).
+    fn discard_files(&self, id: &str) {
+        let this_dir = self.dir(id);
+        let _ = discard(&this_dir.join("rootfs"), &this_dir, &self.state_dir(id));
     }
 
     /// Reads the exit file (or notes the monitor vanished) and marks the container exited.
@@ -623,13 +737,7 @@ impl ContainerManager {
     }
 
     fn unmount_rootfs(&self, id: &str) {
-        let rootfs = self.dir(id).join("rootfs");
-        for _ in 0..8 {
-            match nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
-                Ok(()) => continue,
-                Err(_) => break,
-            }
-        }
+        unmount_all(&self.dir(id).join("rootfs"));
     }
 
     /// Creates a container: validates the request, reserves the name, mounts the rootfs and
@@ -986,20 +1094,8 @@ impl ContainerManager {
         }
         let this_dir = self.dir(id);
         let state_dir = self.state_dir(id);
-        let rootfs_id = id.to_owned();
-        let unmount = {
-            let rootfs = self.dir(&rootfs_id).join("rootfs");
-            tokio::task::spawn_blocking(move || {
-                for _ in 0..8 {
-                    if nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).is_err() {
-                        break;
-                    }
-                }
-                remove_dir(&this_dir)?;
-                remove_dir(&state_dir)
-            })
-        };
-        unmount
+        let rootfs = this_dir.join("rootfs");
+        tokio::task::spawn_blocking(move || discard(&rootfs, &this_dir, &state_dir))
             .await
             .map_err(|e| runtime_err("remove", e.to_string()))??;
         let record = Self::snapshot(&entry);
@@ -1205,6 +1301,22 @@ impl ContainerManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parent_pid_is_read_past_odd_command_names() {
+        assert_eq!(parent_of("42 (a) b) S 7 42 42 0"), Some(7));
+        assert_eq!(parent_of("42 (sleep) R 1 2 3"), Some(1));
+        assert_eq!(parent_of("garbage"), None);
+        let me = std::process::id() as i32;
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let found = children_of(me).contains(&(child.id() as i32));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(found);
+    }
 
     #[test]
     fn stop_signals_are_normalised() {
