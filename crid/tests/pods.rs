@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -16,92 +16,21 @@ use proto::cri;
 use serde_json::Value;
 use tonic::Code;
 
-use common::PLUGINS;
+use common::{Net, PLUGINS};
 
 fn can_run() -> bool {
     common::can_run_pods_for("pod")
 }
 
-/// A network unique to one test: bridge name, subnet, IPAM data dir.
-struct Net {
-    bridge: String,
-    /// First three octets, e.g. "10.231.7".
-    prefix: String,
-    name: String,
-    ipam_dir: PathBuf,
-}
-
-impl Net {
-    fn new(tag: u8, dir: &Path) -> Net {
-        let pid = std::process::id();
-        let bridge = format!("crt{tag}x{}", pid % 100_000);
-        Net {
-            prefix: format!("10.{}.{}", 200 + u32::from(tag), pid % 250),
-            name: format!("crid-test-{tag}"),
-            ipam_dir: dir.join("ipam"),
-            bridge,
-        }
-    }
-
-    fn gateway(&self) -> String {
-        format!("{}.1", self.prefix)
-    }
-
-    /// bridge + host-local (+ extra plugins) + portmap + loopback.
-    fn conflist(&self, extra: &[Value]) -> String {
-        let mut plugins = vec![serde_json::json!({
-            "type": "bridge",
-            "bridge": self.bridge,
-            "isGateway": true,
-            "ipMasq": false,
-            "hairpinMode": true,
-            "ipam": {
-                "type": "host-local",
-                "dataDir": self.ipam_dir,
-                "ranges": [[{ "subnet": format!("{}.0/24", self.prefix) }]],
-                "routes": [{ "dst": "0.0.0.0/0" }]
-            }
-        })];
-        plugins.extend(extra.iter().cloned());
-        plugins
-            .push(serde_json::json!({"type": "portmap", "capabilities": {"portMappings": true}}));
-        plugins.push(serde_json::json!({"type": "loopback"}));
-        serde_json::json!({"cniVersion": "1.0.0", "name": self.name, "plugins": plugins})
-            .to_string()
-    }
-
-    /// IP reservation files host-local still holds for this network.
-    fn reservations(&self) -> Vec<String> {
-        std::fs::read_dir(self.ipam_dir.join(&self.name))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with("10."))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// veth interfaces still enslaved to the bridge.
-    fn veths(&self) -> Vec<String> {
-        let out = Command::new("ip")
-            .args(["-o", "link", "show", "master", &self.bridge])
-            .output()
-            .expect("ip link");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .stderr(Stdio::null())
-            .status();
-    }
+/// crid with CNI plugin timeout `timeout_secs` on a network of its own (`tag` 1..=30), the
+/// network's plain conflist installed.
+async fn setup(tag: u8, timeout_secs: u64) -> (Crid, Net) {
+    let dir = tempfile::tempdir().unwrap();
+    // Tags 21.. keep these subnets apart from the other test files'.
+    let net = Net::new(20 + tag, dir.path());
+    let crid = Crid::start(dir, timeout_secs).await;
+    crid.write_conflist(&net.conflist_with(&[]));
+    (crid, net)
 }
 
 /// A crid process on a temp socket, stopped on drop.
@@ -224,6 +153,14 @@ impl Crid {
             .items
     }
 
+    /// No pod is listed and nothing of any is left: addresses, veths, pins, directories.
+    async fn assert_clean(&self, net: &Net) {
+        assert!(self.list().await.is_empty());
+        assert!(net.reservations().is_empty(), "{:?}", net.reservations());
+        assert!(net.veths().is_empty(), "{:?}", net.veths());
+        self.assert_no_pod_leftovers();
+    }
+
     /// Nothing of any pod is left: no pins, no pod dirs, no records, no CNI cache entries.
     fn assert_no_pod_leftovers(&self) {
         for sub in [
@@ -344,10 +281,7 @@ async fn pods_get_ips_and_reach_each_other() {
     if !can_run() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let net = Net::new(1, dir.path());
-    let crid = Crid::start(dir, 30).await;
-    crid.write_conflist(&net.conflist(&[]));
+    let (crid, net) = setup(1, 30).await;
 
     let a = crid.run(pod("pod-a")).await.expect("run pod-a");
     let b = crid.run(pod("pod-b")).await.expect("run pod-b");
@@ -407,10 +341,7 @@ async fn pods_get_ips_and_reach_each_other() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    assert!(crid.list().await.is_empty());
-    assert!(net.reservations().is_empty(), "{:?}", net.reservations());
-    assert!(net.veths().is_empty(), "{:?}", net.veths());
-    crid.assert_no_pod_leftovers();
+    crid.assert_clean(&net).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,10 +349,7 @@ async fn host_port_reaches_a_listener_in_the_pod() {
     if !can_run() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let net = Net::new(2, dir.path());
-    let crid = Crid::start(dir, 30).await;
-    crid.write_conflist(&net.conflist(&[]));
+    let (crid, net) = setup(2, 30).await;
     let host_port = 20_000 + (std::process::id() % 20_000) as i32;
     let mut config = pod("web");
     config.port_mappings = vec![cri::PortMapping {
@@ -482,10 +410,7 @@ async fn hostname_dns_sysctls_and_shm_inside_the_pod() {
     if !can_run() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let net = Net::new(3, dir.path());
-    let crid = Crid::start(dir, 30).await;
-    crid.write_conflist(&net.conflist(&[]));
+    let (crid, net) = setup(3, 30).await;
     let mut config = pod("named");
     config.hostname = "crid-test-host".into();
     config.dns_config = Some(cri::DnsConfig {
@@ -566,10 +491,7 @@ async fn bad_requests_are_invalid_arguments() {
     if !can_run() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let net = Net::new(4, dir.path());
-    let crid = Crid::start(dir, 30).await;
-    crid.write_conflist(&net.conflist(&[]));
+    let (crid, net) = setup(4, 30).await;
 
     let e = crid
         .run_with(pod("h"), "no-such-handler")
@@ -687,9 +609,7 @@ async fn failing_and_hanging_plugins_leave_nothing() {
     if !can_run() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let net = Net::new(5, dir.path());
-    let crid = Crid::start(dir, 2).await;
+    let (crid, net) = setup(5, 2).await;
     crid.plugin(
         "failplug",
         "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then echo '{\"cniVersion\":\"1.0.0\",\"code\":7,\"msg\":\"failplug refuses\",\"details\":\"on purpose\"}'; exit 1; fi\nexit 0\n",
@@ -698,30 +618,24 @@ async fn failing_and_hanging_plugins_leave_nothing() {
     crid.plugin("delfail", &passthrough_plugin("true", "echo '{\"cniVersion\":\"1.0.0\",\"code\":999,\"msg\":\"delfail cannot delete\"}'; exit 1"));
 
     // A plugin that fails on ADD.
-    crid.write_conflist(&net.conflist(&[serde_json::json!({"type": "failplug"})]));
+    crid.write_conflist(&net.conflist_with(&[serde_json::json!({"type": "failplug"})]));
     let e = crid.run(pod("f1")).await.unwrap_err();
     assert_eq!(e.code(), Code::Internal, "{e}");
     assert!(
         e.message().contains("failplug") && e.message().contains("failplug refuses"),
         "{e}"
     );
-    assert!(crid.list().await.is_empty());
-    assert!(net.reservations().is_empty(), "{:?}", net.reservations());
-    assert!(net.veths().is_empty(), "{:?}", net.veths());
-    crid.assert_no_pod_leftovers();
+    crid.assert_clean(&net).await;
 
     // A plugin that hangs past the 2 s timeout.
-    crid.write_conflist(&net.conflist(&[serde_json::json!({"type": "hangplug"})]));
+    crid.write_conflist(&net.conflist_with(&[serde_json::json!({"type": "hangplug"})]));
     let e = crid.run(pod("f2")).await.unwrap_err();
     assert!(
         e.message().contains("hangplug") && e.message().contains("killed"),
         "{e}"
     );
     assert_eq!(e.code(), Code::Unavailable, "{e}");
-    assert!(crid.list().await.is_empty());
-    assert!(net.reservations().is_empty(), "{:?}", net.reservations());
-    assert!(net.veths().is_empty(), "{:?}", net.veths());
-    crid.assert_no_pod_leftovers();
+    crid.assert_clean(&net).await;
     // The hanging plugin's processes were killed.
     let (_, ps) = run_bounded(
         Command::new("ps").args(["-eo", "args"]),
@@ -730,7 +644,7 @@ async fn failing_and_hanging_plugins_leave_nothing() {
     assert!(!ps.lines().any(|l| l.contains("hangplug")), "{ps}");
 
     // A plugin that succeeds on ADD and fails on DEL: stop says so, remove still cleans up.
-    crid.write_conflist(&net.conflist(&[serde_json::json!({"type": "delfail"})]));
+    crid.write_conflist(&net.conflist_with(&[serde_json::json!({"type": "delfail"})]));
     let id = crid.run(pod("f3")).await.expect("run with delfail");
     let e = crid.stop_pod(&id).await.unwrap_err();
     assert!(e.message().contains("delfail cannot delete"), "{e}");
@@ -747,10 +661,7 @@ async fn fifty_concurrent_pods_leave_nothing() {
     if !can_run() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let net = Net::new(6, dir.path());
-    let crid = Crid::start(dir, 60).await;
-    crid.write_conflist(&net.conflist(&[]));
+    let (crid, net) = setup(6, 60).await;
     let crid = std::sync::Arc::new(crid);
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(10));
     let mut tasks = Vec::new();
@@ -782,10 +693,7 @@ async fn fifty_concurrent_pods_leave_nothing() {
     for t in tasks {
         t.await.unwrap().expect("stop/remove");
     }
-    assert!(crid.list().await.is_empty());
-    assert!(net.reservations().is_empty(), "{:?}", net.reservations());
-    assert!(net.veths().is_empty(), "{:?}", net.veths());
-    crid.assert_no_pod_leftovers();
+    crid.assert_clean(&net).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -793,19 +701,16 @@ async fn pods_survive_a_restart_and_del_uses_the_cached_config() {
     if !can_run() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let net = Net::new(7, dir.path());
-    let crid = Crid::start(dir, 30).await;
-    crid.write_conflist(&net.conflist(&[]));
+    let (crid, net) = setup(7, 30).await;
     let id = crid.run(pod("durable")).await.expect("run");
     let (before, info) = crid.status(&id).await;
     let dir = crid.stop();
 
     // The configuration on disk changes meanwhile; DEL must still use the one ADD used.
-    let other = Net::new(8, dir.path());
+    let other = Net::new(28, dir.path());
     std::fs::write(
         dir.path().join("net.d/10-test.conflist"),
-        other.conflist(&[]),
+        other.conflist_with(&[]),
     )
     .unwrap();
     let crid = Crid::start(dir, 30).await;
@@ -828,11 +733,9 @@ async fn a_retry_after_a_timeout_gets_the_same_pod() {
     if !can_run() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let net = Net::new(9, dir.path());
-    let crid = Crid::start(dir, 30).await;
+    let (crid, net) = setup(9, 30).await;
     crid.plugin("slowplug", &passthrough_plugin("sleep 3", "true"));
-    crid.write_conflist(&net.conflist(&[serde_json::json!({"type": "slowplug"})]));
+    crid.write_conflist(&net.conflist_with(&[serde_json::json!({"type": "slowplug"})]));
 
     let mut req = tonic::Request::new(cri::RunPodSandboxRequest {
         config: Some(pod("slow")),
