@@ -6,10 +6,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::log_text;
 use conformance::client::Cri;
 use conformance::stream_client::{self, StreamOpts, Transport};
 use proto::cri;
@@ -425,32 +426,8 @@ impl Crid {
 impl Drop for Crid {
     fn drop(&mut self) {
         self.kill();
-        // Whatever a failed test left running or mounted must not outlive it.
-        let runc_root = self.dir.path().join("state/runc");
-        if let Ok(entries) = std::fs::read_dir(&runc_root) {
-            for e in entries.flatten() {
-                let _ = Command::new("runc")
-                    .arg("--root")
-                    .arg(&runc_root)
-                    .args(["delete", "--force"])
-                    .arg(e.file_name())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
-            let here = self.dir.path().to_string_lossy().into_owned();
-            for line in mounts.lines() {
-                if let Some(point) = line.split(' ').nth(4).filter(|p| p.starts_with(&here)) {
-                    let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
-                }
-            }
-        }
+        common::release_leftovers(self.dir.path());
     }
-}
-
-fn log_text(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("crid.log")).unwrap_or_default()
 }
 
 fn container(image: &str, name: &str, args: &[&str]) -> cri::ContainerConfig {

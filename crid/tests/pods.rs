@@ -194,14 +194,7 @@ impl Drop for Crid {
     fn drop(&mut self) {
         self.kill();
         // Whatever a failed test left mounted must not outlive it.
-        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
-            let here = self.dir.path().to_string_lossy().into_owned();
-            for line in mounts.lines() {
-                if let Some(point) = line.split(' ').nth(4).filter(|p| p.starts_with(&here)) {
-                    let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
-                }
-            }
-        }
+        common::unmount_all(self.dir.path());
     }
 }
 

@@ -696,19 +696,10 @@ async fn stop_and_remove_container(crid: &Crid, id: &str) {
     .unwrap_or_else(|e| panic!("remove {id}: {e}\n{}", crid.log()));
 }
 
-/// Kills every process of the test's containers and monitors, as a reboot would.
-fn kill_container_processes(dir: &Path) {
-    let runc_root = dir.join("state/runc");
-    if let Ok(d) = std::fs::read_dir(&runc_root) {
-        for e in d.flatten() {
-            let _ = std::process::Command::new("runc")
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["delete", "--force"])
-                .arg(e.file_name())
-                .status();
-        }
-    }
+/// Kills every process of the test's containers and monitors and unmounts what crid
+/// mounted, as a reboot would.
+fn reboot_containers(dir: &Path) {
+    common::release_leftovers(dir);
     if let Ok(d) = std::fs::read_dir(dir.join("state/containers")) {
         for e in d.flatten() {
             if let Some(pid) = std::fs::read_to_string(e.path().join("monitor.pid"))
@@ -754,8 +745,7 @@ async fn reboot_with_containers_leaves_them_stopped_and_removable() {
         .expect("create");
     crid.sigkill();
 
-    kill_container_processes(dir);
-    common::unmount_all(dir);
+    reboot_containers(dir);
     std::fs::remove_dir_all(dir.join("state")).unwrap();
 
     let crid = Crid::start(dir).await;

@@ -163,6 +163,24 @@ pub fn unmount_all(dir: &Path) {
     }
 }
 
+/// What a failed test may leave behind under `dir` must not outlive it: runc containers under
+/// `<dir>/state/runc` are force-deleted, then everything mounted below `dir` is detached.
+pub fn release_leftovers(dir: &Path) {
+    let runc_root = dir.join("state/runc");
+    if let Ok(entries) = std::fs::read_dir(&runc_root) {
+        for e in entries.flatten() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["delete", "--force"])
+                .arg(e.file_name())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    unmount_all(dir);
+}
+
 /// Processes other than `except` whose command line mentions `dir` (monitors, runc,
 /// plugins started for this test).
 pub fn processes_under(dir: &Path, except: Option<u32>) -> Vec<String> {
