@@ -9,6 +9,8 @@
 
 mod content;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod hosts;
 mod image;
 mod import;

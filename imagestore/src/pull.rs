@@ -270,17 +270,27 @@ pub(crate) fn read_config(
 ) -> Result<(String, Vec<String>), ImageError> {
     let digest = &res.config.digest;
     let bytes = content.read_blob(digest, MAX_CONFIG_BYTES)?;
+    parse_config(bytes, digest, res.layers.len())
+}
+
+/// Checks an image config blob of an image with `layers` layers; returns it as text with its
+/// diff ids.
+pub(crate) fn parse_config(
+    bytes: Vec<u8>,
+    digest: &str,
+    layers: usize,
+) -> Result<(String, Vec<String>), ImageError> {
     let bad = |reason: String| ImageError::InvalidConfig {
-        digest: digest.clone(),
+        digest: digest.to_owned(),
         reason,
     };
     let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
     let doc: ConfigDoc = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    if doc.rootfs.diff_ids.len() != res.layers.len() {
+    if doc.rootfs.diff_ids.len() != layers {
         return Err(bad(format!(
             "{} diff ids for {} layers",
             doc.rootfs.diff_ids.len(),
-            res.layers.len()
+            layers
         )));
     }
     for d in &doc.rootfs.diff_ids {

@@ -3,6 +3,7 @@
 //! [`error::to_status`]. Handlers are grouped by resource, not by RPC.
 
 pub mod container;
+pub mod convert;
 pub mod error;
 pub mod image;
 pub mod pod;

@@ -4,26 +4,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use proto::cri;
-use sandbox::pod::{
-    DnsConfig, NamespaceOptions, NsMode, PodConfig, PodFilter, PodMetadata, PodRecord, PodState,
-    PortMapping,
-};
+use sandbox::pod::{NsMode, PodFilter, PodMetadata, PodRecord, PodState};
 use tonic::Status;
 
+pub use crate::cri::convert::pod_config;
 use crate::cri::error::Failure;
 use crate::daemon::State;
-
-fn ns_mode(value: i32, what: &str) -> Result<NsMode, Status> {
-    match cri::NamespaceMode::try_from(value) {
-        Ok(cri::NamespaceMode::Pod) => Ok(NsMode::Pod),
-        Ok(cri::NamespaceMode::Container) => Ok(NsMode::Container),
-        Ok(cri::NamespaceMode::Node) => Ok(NsMode::Node),
-        Ok(cri::NamespaceMode::Target) => Ok(NsMode::Target),
-        Err(_) => Err(Status::invalid_argument(format!(
-            "unknown {what} namespace mode {value}"
-        ))),
-    }
-}
 
 fn ns_mode_to_cri(mode: NsMode) -> i32 {
     (match mode {
@@ -34,82 +20,8 @@ fn ns_mode_to_cri(mode: NsMode) -> i32 {
     }) as i32
 }
 
-fn protocol(value: i32) -> Result<String, Status> {
-    match cri::Protocol::try_from(value) {
-        Ok(cri::Protocol::Tcp) => Ok("tcp".into()),
-        Ok(cri::Protocol::Udp) => Ok("udp".into()),
-        Ok(cri::Protocol::Sctp) => Ok("sctp".into()),
-        Err(_) => Err(Status::invalid_argument(format!(
-            "unknown port protocol {value}"
-        ))),
-    }
-}
-
 fn sorted(map: HashMap<String, String>) -> BTreeMap<String, String> {
     map.into_iter().collect()
-}
-
-/// The domain request of a `RunPodSandbox`.
-pub fn pod_config(r: cri::RunPodSandboxRequest) -> Result<PodConfig, Status> {
-    let config = r
-        .config
-        .ok_or_else(|| Status::invalid_argument("RunPodSandbox needs a config"))?;
-    let metadata = config
-        .metadata
-        .ok_or_else(|| Status::invalid_argument("the pod config needs metadata"))?;
-    let linux = config.linux.unwrap_or_default();
-    let security = linux.security_context.unwrap_or_default();
-    let ns = security.namespace_options.unwrap_or_default();
-    if ns
-        .userns_options
-        .as_ref()
-        .is_some_and(|u| cri::NamespaceMode::try_from(u.mode) != Ok(cri::NamespaceMode::Node))
-    {
-        return Err(Status::unimplemented(
-            "crid does not support user namespaces",
-        ));
-    }
-    let dns = config.dns_config.unwrap_or_default();
-    let port_mappings = config
-        .port_mappings
-        .into_iter()
-        .map(|p| {
-            Ok(PortMapping {
-                protocol: protocol(p.protocol)?,
-                container_port: p.container_port,
-                host_port: p.host_port,
-                host_ip: p.host_ip,
-            })
-        })
-        .collect::<Result<Vec<_>, Status>>()?;
-    Ok(PodConfig {
-        metadata: PodMetadata {
-            name: metadata.name,
-            uid: metadata.uid,
-            namespace: metadata.namespace,
-            attempt: metadata.attempt,
-        },
-        hostname: config.hostname,
-        log_directory: config.log_directory,
-        dns: DnsConfig {
-            servers: dns.servers,
-            searches: dns.searches,
-            options: dns.options,
-        },
-        port_mappings,
-        labels: sorted(config.labels),
-        annotations: sorted(config.annotations),
-        cgroup_parent: linux.cgroup_parent,
-        sysctls: sorted(linux.sysctls),
-        namespaces: NamespaceOptions {
-            network: ns_mode(ns.network, "network")?,
-            pid: ns_mode(ns.pid, "PID")?,
-            ipc: ns_mode(ns.ipc, "IPC")?,
-            target_id: ns.target_id,
-        },
-        runtime_handler: r.runtime_handler,
-        privileged: security.privileged,
-    })
 }
 
 pub async fn run_pod_sandbox(

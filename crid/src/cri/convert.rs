@@ -1,0 +1,305 @@
+//! CRI requests converted into domain requests, with no daemon state: everything here is a pure
+//! function of the message (and is compiled into the `cri_request` fuzz target by path, so it
+//! uses nothing of `crate` but this file).
+
+use std::collections::{BTreeMap, HashMap};
+
+use proto::cri;
+use sandbox::container::{
+    ContainerConfig, DeviceSpec, MountSpec, Propagation, Resources, SeccompProfile, SecurityContext,
+};
+use sandbox::pod::{DnsConfig, NamespaceOptions, NsMode, PodConfig, PodMetadata, PortMapping};
+use tonic::Status;
+
+fn sorted(m: HashMap<String, String>) -> BTreeMap<String, String> {
+    m.into_iter().collect()
+}
+
+/// CRI resources in domain terms.
+pub fn resources(r: Option<cri::LinuxContainerResources>) -> Resources {
+    let r = r.unwrap_or_default();
+    Resources {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit_in_bytes: r.memory_limit_in_bytes,
+        memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
+        oom_score_adj: r.oom_score_adj,
+        cpuset_cpus: r.cpuset_cpus,
+        cpuset_mems: r.cpuset_mems,
+        hugepage_limits: r
+            .hugepage_limits
+            .into_iter()
+            .map(|h| (h.page_size, h.limit))
+            .collect(),
+        unified: sorted(r.unified),
+    }
+}
+
+#[allow(deprecated)] // seccomp_profile_path: older kubelets still send it.
+fn seccomp(sc: &cri::LinuxContainerSecurityContext) -> Result<SeccompProfile, Status> {
+    if let Some(p) = &sc.seccomp {
+        return match cri::security_profile::ProfileType::try_from(p.profile_type) {
+            Ok(cri::security_profile::ProfileType::RuntimeDefault) => {
+                Ok(SeccompProfile::RuntimeDefault)
+            }
+            Ok(cri::security_profile::ProfileType::Unconfined) => Ok(SeccompProfile::Unconfined),
+            Ok(cri::security_profile::ProfileType::Localhost) => {
+                Ok(SeccompProfile::Localhost(p.localhost_ref.clone()))
+            }
+            Err(_) => Err(Status::invalid_argument(format!(
+                "unknown seccomp profile type {}",
+                p.profile_type
+            ))),
+        };
+    }
+    // The deprecated string form.
+    match sc.seccomp_profile_path.as_str() {
+        "" | "unconfined" => Ok(SeccompProfile::Unconfined),
+        "runtime/default" | "docker/default" => Ok(SeccompProfile::RuntimeDefault),
+        p => match p.strip_prefix("localhost/") {
+            Some(path) => Ok(SeccompProfile::Localhost(path.to_owned())),
+            None => Err(Status::invalid_argument(format!(
+                "unknown seccomp profile {p:?}"
+            ))),
+        },
+    }
+}
+
+/// Converts a CRI container config (the PID namespace is resolved separately).
+pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Status> {
+    let metadata = c
+        .metadata
+        .ok_or_else(|| Status::invalid_argument("container config has no metadata"))?;
+    let image = c
+        .image
+        .map(|i| i.image)
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| Status::invalid_argument("container config has no image"))?;
+    let linux = c.linux.unwrap_or_default();
+    let sc = linux.security_context.unwrap_or_default();
+    let caps = sc.capabilities.clone().unwrap_or_default();
+    let mut mounts = Vec::new();
+    for m in c.mounts {
+        let propagation = match cri::MountPropagation::try_from(m.propagation) {
+            Ok(cri::MountPropagation::PropagationPrivate) => Propagation::Private,
+            Ok(cri::MountPropagation::PropagationHostToContainer) => Propagation::HostToContainer,
+            Ok(cri::MountPropagation::PropagationBidirectional) => Propagation::Bidirectional,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown mount propagation {}",
+                    m.propagation
+                )));
+            }
+        };
+        if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
+            return Err(Status::unimplemented("image volumes are not supported"));
+        }
+        mounts.push(MountSpec {
+            container_path: m.container_path,
+            host_path: m.host_path,
+            readonly: m.readonly || m.recursive_read_only,
+            propagation,
+            selinux_relabel: m.selinux_relabel,
+        });
+    }
+    let seccomp = seccomp(&sc)?;
+    Ok(ContainerConfig {
+        name: metadata.name,
+        attempt: metadata.attempt,
+        image,
+        command: c.command,
+        args: c.args,
+        working_dir: c.working_dir,
+        envs: c.envs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+        mounts,
+        devices: c
+            .devices
+            .into_iter()
+            .map(|d| DeviceSpec {
+                container_path: d.container_path,
+                host_path: d.host_path,
+                permissions: d.permissions,
+            })
+            .collect(),
+        labels: sorted(c.labels),
+        annotations: sorted(c.annotations),
+        log_path: c.log_path,
+        stdin: c.stdin,
+        stdin_once: c.stdin_once,
+        tty: c.tty,
+        resources: resources(linux.resources),
+        security: SecurityContext {
+            add_capabilities: caps.add_capabilities,
+            drop_capabilities: caps.drop_capabilities,
+            add_ambient_capabilities: caps.add_ambient_capabilities,
+            privileged: sc.privileged,
+            pid: None,
+            run_as_user: sc.run_as_user.map(|v| v.value),
+            run_as_group: sc.run_as_group.map(|v| v.value),
+            run_as_username: sc.run_as_username,
+            readonly_rootfs: sc.readonly_rootfs,
+            supplemental_groups: sc.supplemental_groups,
+            no_new_privs: sc.no_new_privs,
+            masked_paths: sc.masked_paths,
+            readonly_paths: sc.readonly_paths,
+            seccomp,
+        },
+        stop_signal: None,
+        pod_infra: false,
+    })
+}
+
+fn ns_mode(value: i32, what: &str) -> Result<NsMode, Status> {
+    match cri::NamespaceMode::try_from(value) {
+        Ok(cri::NamespaceMode::Pod) => Ok(NsMode::Pod),
+        Ok(cri::NamespaceMode::Container) => Ok(NsMode::Container),
+        Ok(cri::NamespaceMode::Node) => Ok(NsMode::Node),
+        Ok(cri::NamespaceMode::Target) => Ok(NsMode::Target),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown {what} namespace mode {value}"
+        ))),
+    }
+}
+
+fn protocol(value: i32) -> Result<String, Status> {
+    match cri::Protocol::try_from(value) {
+        Ok(cri::Protocol::Tcp) => Ok("tcp".into()),
+        Ok(cri::Protocol::Udp) => Ok("udp".into()),
+        Ok(cri::Protocol::Sctp) => Ok("sctp".into()),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown port protocol {value}"
+        ))),
+    }
+}
+
+/// The domain request of a `RunPodSandbox`.
+pub fn pod_config(r: cri::RunPodSandboxRequest) -> Result<PodConfig, Status> {
+    let config = r
+        .config
+        .ok_or_else(|| Status::invalid_argument("RunPodSandbox needs a config"))?;
+    let metadata = config
+        .metadata
+        .ok_or_else(|| Status::invalid_argument("the pod config needs metadata"))?;
+    let linux = config.linux.unwrap_or_default();
+    let security = linux.security_context.unwrap_or_default();
+    let ns = security.namespace_options.unwrap_or_default();
+    if ns
+        .userns_options
+        .as_ref()
+        .is_some_and(|u| cri::NamespaceMode::try_from(u.mode) != Ok(cri::NamespaceMode::Node))
+    {
+        return Err(Status::unimplemented(
+            "crid does not support user namespaces",
+        ));
+    }
+    let dns = config.dns_config.unwrap_or_default();
+    let port_mappings = config
+        .port_mappings
+        .into_iter()
+        .map(|p| {
+            Ok(PortMapping {
+                protocol: protocol(p.protocol)?,
+                container_port: p.container_port,
+                host_port: p.host_port,
+                host_ip: p.host_ip,
+            })
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
+    Ok(PodConfig {
+        metadata: PodMetadata {
+            name: metadata.name,
+            uid: metadata.uid,
+            namespace: metadata.namespace,
+            attempt: metadata.attempt,
+        },
+        hostname: config.hostname,
+        log_directory: config.log_directory,
+        dns: DnsConfig {
+            servers: dns.servers,
+            searches: dns.searches,
+            options: dns.options,
+        },
+        port_mappings,
+        labels: sorted(config.labels),
+        annotations: sorted(config.annotations),
+        cgroup_parent: linux.cgroup_parent,
+        sysctls: sorted(linux.sysctls),
+        namespaces: NamespaceOptions {
+            network: ns_mode(ns.network, "network")?,
+            pid: ns_mode(ns.pid, "PID")?,
+            ipc: ns_mode(ns.ipc, "IPC")?,
+            target_id: ns.target_id,
+        },
+        runtime_handler: r.runtime_handler,
+        privileged: security.privileged,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_conversion_keeps_fields_and_refuses_missing_metadata() {
+        let c = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: "c".into(),
+                attempt: 2,
+            }),
+            image: Some(cri::ImageSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            envs: vec![cri::KeyValue {
+                key: "A".into(),
+                value: "1".into(),
+            }],
+            mounts: vec![cri::Mount {
+                container_path: "/m".into(),
+                host_path: "/tmp".into(),
+                propagation: cri::MountPropagation::PropagationBidirectional as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let d = container_config(c.clone()).unwrap();
+        assert_eq!((d.name.as_str(), d.attempt), ("c", 2));
+        assert_eq!(d.envs, vec![("A".to_string(), "1".to_string())]);
+        assert_eq!(d.mounts[0].propagation, Propagation::Bidirectional);
+        assert_eq!(d.security.seccomp, SeccompProfile::Unconfined);
+        let mut bad = c.clone();
+        bad.metadata = None;
+        assert_eq!(
+            container_config(bad).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let mut bad = c;
+        bad.mounts[0].propagation = 9;
+        assert_eq!(
+            container_config(bad).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn seccomp_profiles_convert() {
+        let mut sc = cri::LinuxContainerSecurityContext {
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::Localhost as i32,
+                localhost_ref: "/p.json".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            seccomp(&sc).unwrap(),
+            SeccompProfile::Localhost("/p.json".into())
+        );
+        sc.seccomp = None;
+        sc.seccomp_profile_path = "runtime/default".into();
+        assert_eq!(seccomp(&sc).unwrap(), SeccompProfile::RuntimeDefault);
+        sc.seccomp_profile_path = "bogus".into();
+        assert!(seccomp(&sc).is_err());
+    }
+}
