@@ -184,6 +184,19 @@ impl Crid {
             log_path: format!("{name}.log"),
             ..Default::default()
         };
+        self.create_start_config(pod, config).await
+    }
+
+    async fn create_start_config(
+        &self,
+        pod: &(String, cri::PodSandboxConfig),
+        config: cri::ContainerConfig,
+    ) -> String {
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
         let id = self
             .rt()
             .create_container(cri::CreateContainerRequest {
@@ -332,10 +345,124 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         .await;
     assert_eq!(s.exit_code, 3, "{}", log_text(crid.path()));
 
-    // A guest that never exits: running, no exec, stopped after the timeout.
-    let c = crid.create_start(&pod, "stay", &image, &["stay"]).await;
+    // A guest that never exits, with CRI limits: running, no exec, stopped after the timeout.
+    let c = crid
+        .create_start_config(
+            &pod,
+            cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "stay".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                args: vec!["stay".into()],
+                log_path: "stay.log".into(),
+                linux: Some(cri::LinuxContainerConfig {
+                    resources: Some(cri::LinuxContainerResources {
+                        memory_limit_in_bytes: 64 << 20,
+                        cpu_quota: 50_000,
+                        cpu_period: 100_000,
+                        cpu_shares: 256,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await;
     crid.wait_state(&c, cri::ContainerState::ContainerRunning)
         .await;
+    // Once the guest prints, QEMU has dropped its privileges ("just before starting the VM").
+    let stay_log = log_dir.join("stay.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&stay_log)
+        .unwrap_or_default()
+        .contains("crid-test-guest: booted")
+    {
+        assert!(Instant::now() < deadline, "the guest never booted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, info) = crid.status(&c).await;
+    let vmm = info["pid"].as_i64().expect("pid in verbose info");
+    let cmdline = std::fs::read(format!("/proc/{vmm}/cmdline")).unwrap();
+    assert!(
+        cmdline
+            .split(|b| *b == 0)
+            .next()
+            .is_some_and(|a| a.ends_with(b"/qemu-system-x86_64")),
+        "the container's pid is not the VMM: {}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    // The VMM is in the container's cgroup, which carries the CRI limits and the device list.
+    let rel = info["runtimeSpec"]["unikernel"]["request"]["cgroup"]
+        .as_str()
+        .expect("cgroup in verbose info")
+        .to_string();
+    let cg = |ctl: &str, file: &str| {
+        std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(ctl).join(&rel).join(file))
+            .unwrap_or_else(|e| panic!("{ctl}/{rel}/{file}: {e}"))
+    };
+    for ctl in ["memory", "cpu", "cpuacct", "pids", "devices"] {
+        let procs = cg(ctl, "cgroup.procs");
+        assert!(
+            procs.lines().any(|l| l.trim() == vmm.to_string()),
+            "VMM {vmm} not in {ctl}/{rel}: {procs:?}"
+        );
+    }
+    // Guest RAM = the limit; the cgroup adds the VMM's overhead.
+    let overhead = sandbox::vm::launch::DEFAULT_VMM_MEMORY_OVERHEAD_MIB;
+    assert_eq!(
+        cg("memory", "memory.limit_in_bytes").trim(),
+        ((64 + overhead) << 20).to_string()
+    );
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("\0-m\064\0"),
+        "guest memory is not the limit"
+    );
+    assert_eq!(cg("cpu", "cpu.cfs_quota_us").trim(), "50000");
+    assert_eq!(cg("cpu", "cpu.shares").trim(), "256");
+    let devices = cg("devices", "devices.list");
+    let mut devices: Vec<&str> = devices.lines().collect();
+    devices.sort_unstable();
+    assert_eq!(
+        devices,
+        [
+            "c 10:200 rw",
+            "c 10:232 rw",
+            "c 1:3 rw",
+            "c 1:5 rw",
+            "c 1:7 rw",
+            "c 1:8 rw",
+            "c 1:9 rw"
+        ]
+    );
+    // Non-root, no capabilities, under seccomp, chrooted.
+    let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}:")))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    let uids: Vec<u32> = field("Uid")
+        .split(' ')
+        .map(|u| u.parse().unwrap())
+        .collect();
+    assert!(
+        uids.len() == 4 && uids.iter().all(|u| *u != 0),
+        "VMM runs as root: {status}"
+    );
+    assert!(field("Gid").split(' ').all(|g| g != "0"), "{status}");
+    assert_eq!(field("Seccomp"), "2", "{status}");
+    assert_eq!(field("NoNewPrivs"), "1", "{status}");
+    assert_eq!(field("CapEff"), "0000000000000000", "{status}");
+    let root = std::fs::read_link(format!("/proc/{vmm}/root")).unwrap();
+    assert!(root.ends_with("vm/chroot"), "VMM root is {root:?}");
     let err = crid
         .rt()
         .exec_sync(cri::ExecSyncRequest {
@@ -357,6 +484,10 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         .wait_state(&c, cri::ContainerState::ContainerExited)
         .await;
     assert_ne!(s.finished_at, 0);
+    for ctl in ["memory", "cpu", "devices"] {
+        let dir = Path::new("/sys/fs/cgroup").join(ctl).join(&rel);
+        assert!(!dir.exists(), "{} outlived the VMM", dir.display());
+    }
 
     for id in [&a, &b, &c] {
         crid.rt()

@@ -47,6 +47,7 @@ fn spec(kernel: PathBuf, run_dir: PathBuf, args: &[&str], accelerator: Accelerat
         kernel,
         initrd: None,
         block: None,
+        block_overlay: false,
         memory_mib: 32,
         vcpus: 1,
         net: None,
@@ -54,6 +55,9 @@ fn spec(kernel: PathBuf, run_dir: PathBuf, args: &[&str], accelerator: Accelerat
         env: vec![("GREETING".into(), "hi".into())],
         accelerator,
         run_dir,
+        vmm_user: None,
+        chroot: None,
+        control_socket: None,
     }
 }
 

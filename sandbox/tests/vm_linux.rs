@@ -83,6 +83,9 @@ fn linux_guest_answers_http_on_the_pod_ip() {
         args: vec!["serve".into(), "fast".into()],
         env: vec![("GREETING".into(), "hello pod".into())],
         run_dir: dir.path().join("run"),
+        cgroup: None,
+        cpu_shares: 0,
+        control_socket: None,
     };
     let host = probe_host();
     let prepared = match prepare(&req, &VmSettings::default(), &host) {
@@ -148,7 +151,7 @@ fn linux_guest_answers_http_on_the_pod_ip() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    release(Some(&p.ns), "eth0", id, &req.run_dir).unwrap();
+    release(&req).unwrap();
     let links = in_ns(&p.ns, &["ip", "-o", "link", "show"]);
     assert!(!links.contains("crtap"), "{links}");
 

@@ -8,8 +8,12 @@
 //! - `StartContainer` creates the tap in the pod's network namespace, plans the VMM command and
 //!   hands `nsenter --net=<pod netns> -- <vmm> ...` to the monitor: the serial console goes to the
 //!   CRI log, the VMM's exit status becomes the container's exit code.
+//! - The VMM runs in the container's cgroup (`cgroups_path`, as runc would use: CRI limits,
+//!   stats and OOM detection apply), as an unprivileged user where the hypervisor allows (QEMU);
+//!   see [`crate::vm::cgroup`] and [`crate::vm::qemu`].
 //! - Stop sends the stop signal to the VMM (QEMU powers off on SIGTERM), SIGKILL after the
-//!   timeout; when the guest has exited, or on remove, the tap and the block copy are released.
+//!   timeout; when the guest has exited, or on remove, the tap, the cgroup and the block
+//!   overlay are released.
 //! - The guest's argv is the CRI command + args, else the image's Entrypoint + Cmd, else the
 //!   image's unikernel command line; its environment is the CRI `envs`.
 
@@ -20,7 +24,7 @@ use imagestore::UnikernelInfo;
 use serde::{Deserialize, Serialize};
 
 use super::config::{ContainerConfig, ImageInfo, NsSource, PodContext};
-use super::{Backend, ContainerManager, ContainerRecord, ContainerState, now_ns, spec};
+use super::{Backend, ContainerManager, ContainerRecord, ContainerState, cgroups, now_ns, spec};
 use crate::SandboxError;
 use crate::monitor::Launch;
 use crate::vm::accel::{AccelDecision, KvmProbe, probe_host};
@@ -140,6 +144,9 @@ impl ContainerManager {
         };
         let dir = self.dir(id);
         std::fs::create_dir_all(&dir).map_err(|e| SandboxError::io(&dir, e))?;
+        // The VMM runs in the cgroup runc would give a container of this pod.
+        let cgroups_path =
+            cgroups::cgroups_path(self.settings.cgroup_driver, &pod.cgroup_parent, id);
         let request = VmRequest {
             container_id: id.to_owned(),
             info,
@@ -152,6 +159,14 @@ impl ContainerManager {
             args,
             env: config.envs.clone(),
             run_dir: dir.join("vm"),
+            cgroup: Some(cgroups::relative_dir(&cgroups_path)),
+            cpu_shares: config.resources.cpu_shares,
+            // Short: unix socket paths are limited to 108 bytes.
+            control_socket: Some(
+                self.settings
+                    .state
+                    .join(format!("qmp-{}.sock", &id[..16.min(id.len())])),
+            ),
         };
         let (settings, host) = current();
         let accel = launch::check(&request, settings, host)?;
@@ -178,7 +193,7 @@ impl ContainerManager {
             message: String::new(),
             pid: 0,
             log_path,
-            cgroups_path: String::new(),
+            cgroups_path,
             stop_signal: stop,
             config,
             pod,
@@ -216,8 +231,7 @@ impl ContainerManager {
         let Some(state) = self.vm_state(id) else {
             return;
         };
-        let r = &state.request;
-        if let Err(e) = launch::release(r.netns.as_deref(), &r.iface, id, &r.run_dir) {
+        if let Err(e) = launch::release(&state.request) {
             tracing::warn!(container_id = %id, error = %e, "cannot release the guest network");
         }
     }

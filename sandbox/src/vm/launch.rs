@@ -3,13 +3,21 @@
 //! The container backend then hands [`PreparedVm::argv`] to the monitor (`Launch::Command`),
 //! maps the recorded exit status with [`LaunchPlan::guest_exit_code`], and calls [`release`]
 //! when the container is stopped or removed.
+//!
+//! What the VMM gets (QEMU; see [`super::qemu`] and [`super::cgroup`]): its own cgroup (the
+//! container's), an unprivileged uid/gid of its own (`vmm_uid_base` + a hash of the container
+//! id, within `vmm_uid_count`; 0 keeps VMMs root), an empty chroot directory, a QMP socket for
+//! graceful stops, and — for a block device — a qcow2 overlay over the image's file.
+//! Firecracker, Cloud Hypervisor and Solo5 run as root in the cgroup, with a private copy
+//! (a reflink where the file system can) of the block file, since they take raw files only.
 
 use std::path::{Path, PathBuf};
 
-use imagestore::UnikernelInfo;
+use imagestore::{HypervisorKind, UnikernelInfo};
 use serde::{Deserialize, Serialize};
 
 use super::accel::{self, AccelDecision, AcceleratorMode, KvmProbe};
+use super::cgroup::{Limits, VmCgroup, wrap_argv};
 use super::net;
 use super::{
     DEFAULT_MEMORY_MIB, GuestNet, LaunchPlan, VmSpec, default_binary_dirs, find_binary,
@@ -30,6 +38,13 @@ pub struct VmSettings {
     /// Per-binary overrides (`qemu-system-x86_64` → a name searched in `binary_dirs` or an
     /// absolute path), from crid's `vm.*_path` settings.
     pub binaries: Vec<(String, PathBuf)>,
+    /// VMMs that can drop privileges run as uid = gid = `vmm_uid_base` + (a hash of the
+    /// container id modulo `vmm_uid_count`); a count of 0 keeps them root.
+    pub vmm_uid_base: u32,
+    pub vmm_uid_count: u32,
+    /// Added to the guest's memory for the container cgroup's memory limit (the VMM's own
+    /// memory), when the container has a memory limit.
+    pub vmm_memory_overhead_mib: u64,
 }
 
 impl VmSettings {
@@ -71,7 +86,38 @@ impl Default for VmSettings {
                 .map(|n| u32::try_from(n.get()).unwrap_or(1))
                 .unwrap_or(1),
             binaries: vec![],
+            vmm_uid_base: DEFAULT_VMM_UID_BASE,
+            vmm_uid_count: DEFAULT_VMM_UID_COUNT,
+            vmm_memory_overhead_mib: DEFAULT_VMM_MEMORY_OVERHEAD_MIB,
         }
+    }
+}
+
+/// First uid of the VMMs' range: far above login users and the usual subordinate-id ranges.
+pub const DEFAULT_VMM_UID_BASE: u32 = 2_000_000_000;
+/// Size of the VMMs' uid range.
+pub const DEFAULT_VMM_UID_COUNT: u32 = 1_000_000;
+/// QEMU's own memory on top of the guest's (device models, and TCG's translation cache).
+pub const DEFAULT_VMM_MEMORY_OVERHEAD_MIB: u64 = 160;
+
+impl VmSettings {
+    /// The uid (= gid) the VMM of `container_id` runs as; `None` when VMMs stay root. Two
+    /// containers share a uid only on a hash collision within the range.
+    pub fn vmm_uid(&self, container_id: &str) -> Option<u32> {
+        if self.vmm_uid_count == 0 {
+            return None;
+        }
+        // FNV-1a: stable across crid versions and restarts.
+        let mut h: u32 = 0x811c_9dc5;
+        for b in container_id.bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        let uid = self
+            .vmm_uid_base
+            .checked_add(h % self.vmm_uid_count)
+            .filter(|u| *u != 0 && *u != u32::MAX)?;
+        Some(uid)
     }
 }
 
@@ -96,6 +142,17 @@ pub struct VmRequest {
     pub env: Vec<(String, String)>,
     /// The container's private directory for the plan's files and its block image copy.
     pub run_dir: PathBuf,
+    /// The container's cgroup, relative to each hierarchy's root (see [`super::cgroup`]);
+    /// `None` leaves the VMM in the monitor's cgroup.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
+    /// CRI `cpu_shares` (0: none).
+    #[serde(default)]
+    pub cpu_shares: i64,
+    /// Where the VMM's control socket goes (QEMU's QMP), for graceful stops; a short path
+    /// (unix socket paths are limited to 108 bytes).
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
 }
 
 /// A prepared guest.
@@ -217,51 +274,69 @@ pub fn prepare(
         Some(_) => Some(settings.binary("nsenter")?),
         None => None,
     };
+    let sh = match &req.cgroup {
+        Some(_) => Some(settings.binary("sh")?),
+        None => None,
+    };
+    let is_qemu = info.hypervisor == HypervisorKind::Qemu;
     std::fs::create_dir_all(&req.run_dir).map_err(|e| SandboxError::io(&req.run_dir, e))?;
-    // The guest writes to its block device: give it a private copy (copy_file_range, which
-    // reflinks where the filesystem can), never the shared layer file.
+    let undo = |e: SandboxError| {
+        let _ = release(req);
+        e
+    };
+    // The guest writes to its block device, never to the shared layer file: QEMU gets a qcow2
+    // overlay backed by it (read-only), the others a private copy.
     let block = match block_src {
+        Some(src) if is_qemu => Some(create_overlay(settings, &src, &req.run_dir).map_err(undo)?),
         Some(src) => {
-            let dst = req.run_dir.join("block.img");
-            std::fs::copy(&src, &dst).map_err(|e| SandboxError::io(&dst, e))?;
+            let dst = req.run_dir.join(BLOCK_COPY);
+            std::fs::copy(&src, &dst).map_err(|e| undo(SandboxError::io(&dst, e)))?;
             Some(dst)
         }
         None => None,
     };
+    // QEMU drops to its own uid after setting up, chrooted into an empty directory.
+    let (vmm_user, chroot) = match settings.vmm_uid(&req.container_id) {
+        Some(uid) if is_qemu => {
+            let dir = req.run_dir.join(CHROOT_DIR);
+            std::fs::create_dir_all(&dir).map_err(|e| undo(SandboxError::io(&dir, e)))?;
+            (Some((uid, uid)), Some(dir))
+        }
+        _ => (None, None),
+    };
+    let control_socket = req.control_socket.clone().filter(|_| is_qemu);
+    if let Some(sock) = &control_socket {
+        let _ = std::fs::remove_file(sock);
+    }
     let tap = net::tap_name(&req.container_id);
     let guest_net = match &req.netns {
-        Some(ns) => Some(net::setup_guest_net(ns, &req.iface, &tap)?),
+        Some(ns) => Some(net::setup_guest_net(ns, &req.iface, &tap).map_err(undo)?),
         None => None,
     };
+    let mem = memory_mib(req.memory_limit_bytes, settings.default_memory_mib);
     let spec = VmSpec {
         info: info.clone(),
         kernel,
         initrd,
         block,
-        memory_mib: memory_mib(req.memory_limit_bytes, settings.default_memory_mib),
+        block_overlay: is_qemu,
+        memory_mib: mem,
         vcpus: vcpus(req.cpu_quota, req.cpu_period, settings.max_vcpus),
         net: guest_net.clone(),
         args: req.args.clone(),
         env: req.env.clone(),
         accelerator: accel.accelerator,
         run_dir: req.run_dir.clone(),
+        vmm_user,
+        chroot,
+        control_socket,
     };
-    let planned = super::plan_with(&spec, &vmm).and_then(|plan| {
-        plan.write_files()?;
-        Ok(plan)
-    });
-    let plan = match planned {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = release(
-                req.netns.as_deref(),
-                &req.iface,
-                &req.container_id,
-                &req.run_dir,
-            );
-            return Err(e);
-        }
-    };
+    let plan = super::plan_with(&spec, &vmm)
+        .and_then(|plan| {
+            plan.write_files()?;
+            Ok(plan)
+        })
+        .map_err(undo)?;
     let mut argv = Vec::new();
     if let (Some(nsenter), Some(ns)) = (nsenter, &req.netns) {
         argv.push(nsenter.display().to_string());
@@ -270,10 +345,23 @@ pub fn prepare(
     }
     argv.push(plan.program.display().to_string());
     argv.extend(plan.args.iter().cloned());
+    if let (Some(rel), Some(sh)) = (&req.cgroup, sh) {
+        let cg = VmCgroup::new(rel.clone());
+        let limits = Limits {
+            memory_bytes: (req.memory_limit_bytes > 0)
+                .then(|| (mem + settings.vmm_memory_overhead_mib) * 1024 * 1024),
+            cpu_quota: req.cpu_quota,
+            cpu_period: req.cpu_period,
+            cpu_shares: req.cpu_shares,
+        };
+        cg.create(&limits).map_err(undo)?;
+        argv = wrap_argv(&sh, &cg.procs_files(), argv);
+    }
     tracing::info!(
         container_id = %req.container_id,
         hypervisor = super::hypervisor_name(info.hypervisor),
         accelerator = %accel.accelerator,
+        vmm_uid = ?spec.vmm_user.map(|u| u.0),
         "unikernel guest prepared"
     );
     Ok(PreparedVm {
@@ -284,23 +372,71 @@ pub fn prepare(
     })
 }
 
-/// Undoes [`prepare`]: removes the tap and redirects, and the run directory's plan files and
-/// block copy. Fine to call more than once.
-pub fn release(
-    netns: Option<&Path>,
-    iface: &str,
-    container_id: &str,
+/// The per-container block files in the run directory.
+const BLOCK_COPY: &str = "block.img";
+const BLOCK_OVERLAY: &str = "block.qcow2";
+/// The VMM's (empty) chroot directory in the run directory.
+const CHROOT_DIR: &str = "chroot";
+
+/// `qemu-img create -f qcow2 -F raw -b BASE OVERLAY`: a copy-on-write overlay of the image's
+/// block file, the size of the base. QEMU opens the base read-only.
+fn create_overlay(
+    settings: &VmSettings,
+    base: &Path,
     run_dir: &Path,
-) -> Result<(), SandboxError> {
+) -> Result<PathBuf, SandboxError> {
+    let overlay = run_dir.join(BLOCK_OVERLAY);
+    let _ = std::fs::remove_file(&overlay);
+    let qemu_img = settings.binary("qemu-img")?;
+    let base_arg = super::path_arg(base)?;
+    let out = std::process::Command::new(&qemu_img)
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&base_arg)
+        .arg(&overlay)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| SandboxError::io(&qemu_img, e))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&overlay);
+        return Err(SandboxError::InvalidArgument {
+            reason: format!(
+                "cannot create the block overlay over {}: {}",
+                base.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(overlay)
+}
+
+/// Undoes [`prepare`]: removes the tap and redirects, the VMM's cgroup (once its processes
+/// are gone), the control socket, and the run directory's plan files and block overlay or
+/// copy. Fine to call more than once.
+pub fn release(req: &VmRequest) -> Result<(), SandboxError> {
     let mut result = Ok(());
-    if let Some(ns) = netns {
+    if let Some(ns) = &req.netns {
         if ns.exists() {
-            result = net::teardown_guest_net(ns, iface, &net::tap_name(container_id));
+            result = net::teardown_guest_net(ns, &req.iface, &net::tap_name(&req.container_id));
         }
     }
-    for name in [super::firecracker::CONFIG_FILE, "block.img"] {
-        let _ = std::fs::remove_file(run_dir.join(name));
+    if let Some(rel) = &req.cgroup {
+        let cg = VmCgroup::new(rel.clone());
+        // The VMM was reaped before the exit was collected; the kernel may take a moment to
+        // let the cgroup go (bounded).
+        for _ in 0..50 {
+            if cg.remove() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
+    if let Some(sock) = &req.control_socket {
+        let _ = std::fs::remove_file(sock);
+    }
+    for name in [super::firecracker::CONFIG_FILE, BLOCK_COPY, BLOCK_OVERLAY] {
+        let _ = std::fs::remove_file(req.run_dir.join(name));
+    }
+    let _ = std::fs::remove_dir(req.run_dir.join(CHROOT_DIR));
     result
 }
 
@@ -343,6 +479,9 @@ mod tests {
             args: vec![],
             env: vec![],
             run_dir: root.join("run"),
+            cgroup: None,
+            cpu_shares: 0,
+            control_socket: None,
         }
     }
 
@@ -438,7 +577,7 @@ mod tests {
                 .display()
                 .to_string()
         );
-        release(None, "eth0", &req.container_id, &req.run_dir).unwrap();
+        release(&req).unwrap();
         assert!(!copy.exists());
         assert!(!req.run_dir.join("firecracker.json").exists());
     }

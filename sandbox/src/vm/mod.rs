@@ -12,6 +12,7 @@
 //! type live in [`cmdline`]. [`net`] wires a tap device to the pod's CNI interface.
 
 pub mod accel;
+pub mod cgroup;
 pub mod cloud_hypervisor;
 pub mod cmdline;
 pub mod firecracker;
@@ -50,6 +51,9 @@ pub struct VmSpec {
     pub initrd: Option<PathBuf>,
     /// Host path of the block device image (read-write for this container).
     pub block: Option<PathBuf>,
+    /// `block` is crid's qcow2 overlay whose read-only backing file is the image's raw block
+    /// file (QEMU); otherwise `block` is a raw image.
+    pub block_overlay: bool,
     pub memory_mib: u64,
     pub vcpus: u32,
     pub net: Option<GuestNet>,
@@ -61,6 +65,13 @@ pub struct VmSpec {
     pub accelerator: Accelerator,
     /// A per-container directory where the plan's files (e.g. Firecracker's config) go.
     pub run_dir: PathBuf,
+    /// The unprivileged user and group the VMM switches to once it has opened its devices and
+    /// files (QEMU's `-runas`); `None` keeps it root (hypervisors that cannot drop privileges).
+    pub vmm_user: Option<(u32, u32)>,
+    /// An empty directory the VMM chroots into once set up (QEMU's `-chroot`).
+    pub chroot: Option<PathBuf>,
+    /// A control socket for shutdown requests (QEMU: QMP, for `system_powerdown`).
+    pub control_socket: Option<PathBuf>,
 }
 
 /// The guest's view of the pod network: it takes over the CNI interface's address and MAC.
@@ -395,6 +406,7 @@ pub(crate) mod testutil {
             kernel: PathBuf::from("/layers/top/unikernel/kernel"),
             initrd: None,
             block: None,
+            block_overlay: false,
             memory_mib: 128,
             vcpus: 2,
             net: None,
@@ -402,6 +414,9 @@ pub(crate) mod testutil {
             env: vec![],
             accelerator: Accelerator::Kvm,
             run_dir: PathBuf::from("/run/crid/vm/c1"),
+            vmm_user: None,
+            chroot: None,
+            control_socket: None,
         }
     }
 

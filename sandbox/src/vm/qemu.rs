@@ -3,7 +3,22 @@
 //! Always `-nodefaults -no-user-config -no-reboot -nographic`, the serial port on stdio (the
 //! monitor's pipe), seccomp via `-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,
 //! resourcecontrol=deny`, and an `isa-debug-exit` device so a guest can choose QEMU's exit
-//! status. KVM runs with `-cpu host,-arch-capabilities` (software KVM such as PVM refuses the
+//! status.
+//!
+//! Privileges: QEMU starts as root (in the container's cgroup, whose device list allows only
+//! `/dev/kvm`, `/dev/net/tun` and the null/zero/random pseudo-devices), opens `/dev/kvm`, the
+//! tap, the kernel, initrd and block files and the QMP socket, installs its seccomp filter and
+//! then, "just before starting the VM", chroots into an empty directory (`-chroot`) and switches
+//! to the container's unprivileged uid/gid (`-runas UID:GID`; no capabilities, no_new_privs).
+//! With `-runas` the filter uses `elevateprivileges=allow` (QEMU's own setuid call needs it; once
+//! it has run, no uid can be regained). QEMU 7.2 (Debian 12) spells these `-runas`/`-chroot`;
+//! later versions also accept `-run-with user=,chroot=`.
+//!
+//! Graceful stop: `-qmp unix:SOCKET,server=on,wait=off`; crid sends `system_powerdown` (the
+//! ACPI power button) and kills QEMU when the guest has not powered off within the timeout.
+//!
+//! Block devices: a crid overlay (`block_overlay`) is a qcow2 file whose backing file is the
+//! image's raw block file, opened read-only; the guest's writes land in the overlay only. KVM runs with `-cpu host,-arch-capabilities` (software KVM such as PVM refuses the
 //! ARCH_CAPABILITIES MSR that plain `-cpu host` sets); TCG with `-cpu max`.
 //!
 //! Machine type — `-M microvm` where the guest allows it, `-M pc` otherwise:
@@ -165,10 +180,32 @@ impl Hypervisor for Qemu {
         let mem = spec.memory_mib.to_string();
         let smp = spec.vcpus.to_string();
         push(&["-m", &mem, "-smp", &smp]);
-        push(&[
-            "-sandbox",
-            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-        ]);
+        let privileges = if spec.vmm_user.is_some() {
+            "allow"
+        } else {
+            "deny"
+        };
+        let sandbox = format!(
+            "on,obsolete=deny,elevateprivileges={privileges},spawn=deny,resourcecontrol=deny"
+        );
+        push(&["-sandbox", &sandbox]);
+        if let Some((uid, gid)) = spec.vmm_user {
+            if uid == 0 || gid == 0 {
+                return Err(SandboxError::InvalidArgument {
+                    reason: "the VMM user must not be root".into(),
+                });
+            }
+            let user = format!("{uid}:{gid}");
+            push(&["-runas", &user]);
+        }
+        if let Some(dir) = &spec.chroot {
+            let dir = path_arg(dir)?;
+            push(&["-chroot", &dir]);
+        }
+        if let Some(sock) = &spec.control_socket {
+            let qmp = format!("unix:{},server=on,wait=off", path_arg(sock)?);
+            push(&["-qmp", &qmp]);
+        }
         push(&["-serial", "stdio"]);
         if mewz {
             push(&["-device", "isa-debug-exit,iobase=0x501,iosize=2"]);
@@ -195,7 +232,8 @@ impl Hypervisor for Qemu {
             push(&["-netdev", &netdev, "-device", &device]);
         }
         if let Some(block) = &spec.block {
-            let drive = format!("file={},format=raw,if=none,id=blk0", path_arg(block)?);
+            let format = if spec.block_overlay { "qcow2" } else { "raw" };
+            let drive = format!("file={},format={format},if=none,id=blk0", path_arg(block)?);
             let device = format!("{blk_dev},drive=blk0");
             push(&["-drive", &drive, "-device", &device]);
         }
@@ -302,6 +340,36 @@ mod tests {
             "file=/b/root.img,format=raw,if=none,id=blk0"
         ));
         assert!(has_pair(&a, "-device", "virtio-blk-pci,drive=blk0"));
+    }
+
+    #[test]
+    fn unprivileged_chrooted_with_qmp_and_overlay() {
+        let mut s = spec(T::Linux, HypervisorKind::Qemu);
+        s.vmm_user = Some((2_000_000_007, 2_000_000_007));
+        s.chroot = Some(PathBuf::from("/run/c1/chroot"));
+        s.control_socket = Some(PathBuf::from("/run/crid/qmp-c1.sock"));
+        s.block = Some(PathBuf::from("/run/c1/block.qcow2"));
+        s.block_overlay = true;
+        let a = argv(&s);
+        assert!(has_pair(
+            &a,
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
+        ));
+        assert!(has_pair(&a, "-runas", "2000000007:2000000007"));
+        assert!(has_pair(&a, "-chroot", "/run/c1/chroot"));
+        assert!(has_pair(
+            &a,
+            "-qmp",
+            "unix:/run/crid/qmp-c1.sock,server=on,wait=off"
+        ));
+        assert!(has_pair(
+            &a,
+            "-drive",
+            "file=/run/c1/block.qcow2,format=qcow2,if=none,id=blk0"
+        ));
+        s.vmm_user = Some((0, 5));
+        assert!(Qemu.plan(&s, Path::new("/q")).is_err());
     }
 
     #[test]

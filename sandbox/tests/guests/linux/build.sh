@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds crid's linux test guest from Debian packages: build.sh OUTDIR [CACHEDIR]
 #   OUTDIR/vmlinuz    Debian's linux-image-cloud-amd64 kernel
-#   OUTDIR/initrd.gz  busybox-static, the virtio network modules and ./init
+#   OUTDIR/initrd.gz  busybox-static, the virtio network and block modules, the ACPI power
+#                     button and evdev modules (graceful shutdown) and ./init
 # The kernel package is fetched once with apt-get download into CACHEDIR (default OUTDIR).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,7 +24,7 @@ root="$work/root"
 mkdir -p "$root/bin" "$root/lib/modules" "$root/proc" "$root/sys" "$root/dev" "$root/tmp"
 cp /bin/busybox "$root/bin/busybox"
 for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio \
-         failover net_failover virtio_net; do
+         failover net_failover virtio_net virtio_blk evdev button; do
     f=$(find "$work/pkg/lib/modules" -name "$m.ko*" | head -1)
     [ -n "$f" ] || { echo "module $m missing" >&2; exit 1; }
     case "$f" in

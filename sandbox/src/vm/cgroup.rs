@@ -1,0 +1,290 @@
+//! The VMM's cgroup: a unikernel container's VMM runs in the container's own cgroup (the path
+//! runc would use, `cgroups_path`), so the CRI memory and CPU limits, the pod's cgroup parent
+//! and the container's stats apply to the whole VM.
+//!
+//! - Memory: the guest gets the CRI limit as its RAM ([`super::launch::memory_mib`]); the cgroup
+//!   gets that plus `vmm_memory_overhead_mib` for QEMU itself (device emulation, and under TCG
+//!   its translation cache), so a guest that uses all its RAM is not OOM-killed from outside.
+//!   No CRI limit: no cgroup limit.
+//! - CPU: `cpu.cfs_quota_us`/`cpu.cfs_period_us` and `cpu.shares` as CRI gives them (the quota
+//!   also becomes the vCPU count).
+//! - Devices (cgroup v1 `devices` controller): everything denied except `/dev/kvm` (10:232),
+//!   `/dev/net/tun` (10:200) and the pseudo-devices null, zero, full, random and urandom. On a
+//!   cgroup v2 host device filtering needs an eBPF program, which crid does not load: there the
+//!   VMM's own seccomp filter, its unprivileged user and chroot (see [`super::qemu`]) are what
+//!   confine it.
+//! - cpuset is not joined (CRI `cpuset_cpus` is not applied to VMs).
+//!
+//! The VMM is placed in the cgroup before it runs: the monitor starts `sh -c WRAPPER`, which
+//! writes its own pid into every `cgroup.procs` and then execs the VMM (see [`wrap_argv`]), so
+//! guest memory is charged to the container from the first page.
+
+use std::path::{Path, PathBuf};
+
+use crate::SandboxError;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The v1 controllers a VMM joins.
+const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "devices", "blkio"];
+
+/// Device rules of the v1 `devices` controller after `a` is denied.
+pub const DEVICE_ALLOW: &[&str] = &[
+    "c 10:232 rw", // /dev/kvm
+    "c 10:200 rw", // /dev/net/tun
+    "c 1:3 rw",    // /dev/null
+    "c 1:5 rw",    // /dev/zero
+    "c 1:7 rw",    // /dev/full
+    "c 1:8 rw",    // /dev/random
+    "c 1:9 rw",    // /dev/urandom
+];
+
+/// What the container's cgroup limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// `memory.limit_in_bytes` (v1) / `memory.max` (v2); `None`: unlimited.
+    pub memory_bytes: Option<u64>,
+    pub cpu_quota: i64,
+    pub cpu_period: i64,
+    pub cpu_shares: i64,
+}
+
+/// The cgroup of one VM, by its directory relative to each hierarchy's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmCgroup {
+    pub relative: PathBuf,
+    v2: bool,
+}
+
+fn cg_err(path: &Path, e: std::io::Error) -> SandboxError {
+    SandboxError::io(path, e)
+}
+
+fn write(path: &Path, value: &str) -> Result<(), SandboxError> {
+    std::fs::write(path, value).map_err(|e| cg_err(path, e))
+}
+
+impl VmCgroup {
+    /// The cgroup for a container's `cgroups_path` (see `container::cgroups`).
+    pub fn new(relative: PathBuf) -> VmCgroup {
+        VmCgroup {
+            relative,
+            v2: crate::container::cgroups::is_v2(),
+        }
+    }
+
+    /// The directories of this cgroup, one per joined hierarchy that the host mounts.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        if self.v2 {
+            return vec![Path::new(CGROUP_ROOT).join(&self.relative)];
+        }
+        V1_CONTROLLERS
+            .iter()
+            .map(|c| Path::new(CGROUP_ROOT).join(c))
+            .filter(|root| root.join("cgroup.procs").exists())
+            .map(|root| root.join(&self.relative))
+            .collect()
+    }
+
+    /// The `cgroup.procs` files the VMM's wrapper writes its pid to.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self
+            .dirs()
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect();
+        // `cpu` and `cpuacct` are often the same mount (`cpu,cpuacct`).
+        files.dedup_by(|a, b| same_file(a, b));
+        files
+    }
+
+    /// Creates the cgroup and applies `limits`. On error whatever was created is removed.
+    pub fn create(&self, limits: &Limits) -> Result<(), SandboxError> {
+        let result = if self.v2 {
+            self.create_v2(limits)
+        } else {
+            self.create_v1(limits)
+        };
+        if result.is_err() {
+            self.remove();
+        }
+        result
+    }
+
+    fn create_v1(&self, limits: &Limits) -> Result<(), SandboxError> {
+        for dir in self.dirs() {
+            std::fs::create_dir_all(&dir).map_err(|e| cg_err(&dir, e))?;
+            let controller = dir
+                .strip_prefix(CGROUP_ROOT)
+                .ok()
+                .and_then(|p| p.iter().next())
+                .and_then(|c| c.to_str())
+                .unwrap_or("");
+            match controller {
+                "memory" => {
+                    if let Some(bytes) = limits.memory_bytes {
+                        write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
+                    }
+                }
+                "cpu" => {
+                    if limits.cpu_period > 0 {
+                        write(
+                            &dir.join("cpu.cfs_period_us"),
+                            &limits.cpu_period.to_string(),
+                        )?;
+                    }
+                    if limits.cpu_quota > 0 {
+                        write(&dir.join("cpu.cfs_quota_us"), &limits.cpu_quota.to_string())?;
+                    }
+                    if limits.cpu_shares > 0 {
+                        write(&dir.join("cpu.shares"), &limits.cpu_shares.to_string())?;
+                    }
+                }
+                "devices" => {
+                    write(&dir.join("devices.deny"), "a")?;
+                    for rule in DEVICE_ALLOW {
+                        write(&dir.join("devices.allow"), rule)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn create_v2(&self, limits: &Limits) -> Result<(), SandboxError> {
+        let dir = Path::new(CGROUP_ROOT).join(&self.relative);
+        // Enable the controllers on the way down (ignoring ones the parent lacks).
+        let mut at = PathBuf::from(CGROUP_ROOT);
+        for part in self.relative.iter() {
+            for c in ["+memory", "+cpu", "+pids"] {
+                let _ = std::fs::write(at.join("cgroup.subtree_control"), c);
+            }
+            at.push(part);
+            if !at.exists() {
+                std::fs::create_dir(&at).map_err(|e| cg_err(&at, e))?;
+            }
+        }
+        if let Some(bytes) = limits.memory_bytes {
+            write(&dir.join("memory.max"), &bytes.to_string())?;
+        }
+        if limits.cpu_quota > 0 {
+            let period = if limits.cpu_period > 0 {
+                limits.cpu_period
+            } else {
+                100_000
+            };
+            write(
+                &dir.join("cpu.max"),
+                &format!("{} {period}", limits.cpu_quota),
+            )?;
+        }
+        if limits.cpu_shares > 0 {
+            // The kernel's conversion used by runc: shares 2..262144 → weight 1..10000.
+            let shares = limits.cpu_shares.clamp(2, 262_144);
+            let weight = 1 + ((shares - 2) * 9999) / 262_142;
+            write(&dir.join("cpu.weight"), &weight.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Removes the cgroup's directories (they must be empty of processes); missing ones are
+    /// fine. Returns whether all are gone.
+    pub fn remove(&self) -> bool {
+        let mut gone = true;
+        for dir in self.dirs() {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(cgroup = %dir.display(), error = %e, "cannot remove the VMM's cgroup");
+                    gone = false;
+                }
+            }
+        }
+        gone
+    }
+
+    /// The pids in the cgroup (from the first hierarchy).
+    pub fn pids(&self) -> Vec<i32> {
+        self.procs_files()
+            .first()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// The shell program of the VMM wrapper: writes its pid to each file up to `--`, then execs the
+/// rest. A write that fails ends it with status 125 and a message on stderr (the CRI log).
+pub const WRAPPER_SCRIPT: &str = "while [ $# -gt 0 ] && [ \"$1\" != -- ]; do \
+echo $$ > \"$1\" || { echo \"crid: cannot join cgroup $1\" >&2; exit 125; }; shift; done; \
+shift; exec \"$@\"";
+
+/// `sh -c WRAPPER crid-vmm PROCS... -- ARGV...`: `argv` run inside the cgroup.
+pub fn wrap_argv(sh: &Path, procs: &[PathBuf], argv: Vec<String>) -> Vec<String> {
+    let mut out = vec![
+        sh.display().to_string(),
+        "-c".into(),
+        WRAPPER_SCRIPT.into(),
+        "crid-vmm".into(),
+    ];
+    out.extend(procs.iter().map(|p| p.display().to_string()));
+    out.push("--".into());
+    out.extend(argv);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapper_joins_then_execs() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.procs");
+        let b = dir.path().join("b.procs");
+        let argv = wrap_argv(
+            Path::new("/bin/sh"),
+            &[a.clone(), b.clone()],
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo ran $0".into(),
+                "x".into(),
+            ],
+        );
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ran x\n");
+        let pa = std::fs::read_to_string(&a).unwrap();
+        assert_eq!(pa, std::fs::read_to_string(&b).unwrap());
+        assert!(pa.trim().parse::<u32>().is_ok(), "{pa}");
+    }
+
+    #[test]
+    fn wrapper_fails_when_a_cgroup_cannot_be_joined() {
+        let argv = wrap_argv(
+            Path::new("/bin/sh"),
+            &[PathBuf::from("/nonexistent-crid/cgroup.procs")],
+            vec!["/bin/true".into()],
+        );
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(125));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot join cgroup"));
+    }
+}
