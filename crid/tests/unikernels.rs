@@ -484,6 +484,8 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         .wait_state(&c, cri::ContainerState::ContainerExited)
         .await;
     assert_ne!(s.finished_at, 0);
+    // The guest ignores the power button (it has no ACPI): killed after the timeout.
+    assert_eq!(s.exit_code, 137, "{s:?}");
     for ctl in ["memory", "cpu", "devices"] {
         let dir = Path::new("/sys/fs/cgroup").join(ctl).join(&rel);
         assert!(!dir.exists(), "{} outlived the VMM", dir.display());
@@ -725,15 +727,25 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
         "the guest's tap is missing"
     );
 
+    // Graceful stop: the power button reaches the guest's acpid, which powers off; a kill
+    // (after the long timeout) would end in 137 and without the guest's message.
     crid.rt()
         .stop_container(cri::StopContainerRequest {
             container_id: id.clone(),
-            timeout: 5,
+            timeout: 120,
         })
         .await
         .unwrap();
-    crid.wait_state(&id, cri::ContainerState::ContainerExited)
+    let s = crid
+        .wait_state(&id, cri::ContainerState::ContainerExited)
         .await;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        log.contains("crid-linux-guest: power button: shutting down"),
+        "the guest was not asked to shut down:\n{log}"
+    );
+    assert_eq!(s.exit_code, 0, "{s:?}\n{log}");
+    assert_eq!(s.reason, "Completed");
     assert!(
         !links(&netns).contains("crtap"),
         "the tap outlived the guest"

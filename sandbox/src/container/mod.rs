@@ -1056,7 +1056,14 @@ impl ContainerManager {
         }
         let id = r.id.as_str();
         if !timeout.is_zero() {
-            match self.signal(&r, &r.stop_signal, false).await {
+            // A guest is asked to shut down (ACPI power button) where its VMM can ask it.
+            let asked = r.backend == Backend::Process && self.vm_request_shutdown(&r.id).await;
+            let requested = if asked {
+                Ok(())
+            } else {
+                self.signal(&r, &r.stop_signal, false).await
+            };
+            match requested {
                 Ok(()) => {
                     if self.wait_exit(id, timeout).await {
                         self.collect_exit(entry);

@@ -11,9 +11,10 @@
 //! - The VMM runs in the container's cgroup (`cgroups_path`, as runc would use: CRI limits,
 //!   stats and OOM detection apply), as an unprivileged user where the hypervisor allows (QEMU);
 //!   see [`crate::vm::cgroup`] and [`crate::vm::qemu`].
-//! - Stop sends the stop signal to the VMM (QEMU powers off on SIGTERM), SIGKILL after the
-//!   timeout; when the guest has exited, or on remove, the tap, the cgroup and the block
-//!   overlay are released.
+//! - Stop asks the guest to shut down where it can be asked (QEMU: QMP `system_powerdown`, the
+//!   ACPI power button; the guest decides), else sends the stop signal to the VMM; SIGKILL after
+//!   the timeout. When the guest has exited, or on remove, the tap, the cgroup, the control
+//!   socket and the block overlay are released.
 //! - The guest's argv is the CRI command + args, else the image's Entrypoint + Cmd, else the
 //!   image's unikernel command line; its environment is the CRI `envs`.
 
@@ -233,6 +234,37 @@ impl ContainerManager {
         };
         if let Err(e) = launch::release(&state.request) {
             tracing::warn!(container_id = %id, error = %e, "cannot release the guest network");
+        }
+    }
+
+    /// Asks the guest to shut down (QEMU: QMP `system_powerdown`, the ACPI power button).
+    /// False when the VMM has no control socket or did not take the request: the caller then
+    /// sends the stop signal instead.
+    pub(super) async fn vm_request_shutdown(&self, id: &str) -> bool {
+        let Some(sock) = self
+            .vm_state(id)
+            .filter(|s| s.request.info.hypervisor == imagestore::HypervisorKind::Qemu)
+            .and_then(|s| s.request.control_socket)
+        else {
+            return false;
+        };
+        let asked = tokio::task::spawn_blocking(move || crate::vm::qmp::system_powerdown(&sock))
+            .await
+            .unwrap_or_else(|e| {
+                Err(SandboxError::Runtime {
+                    op: "QMP".into(),
+                    reason: e.to_string(),
+                })
+            });
+        match asked {
+            Ok(()) => {
+                tracing::info!(container_id = %id, "asked the guest to power off");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(container_id = %id, error = %e, "cannot ask the guest to power off");
+                false
+            }
         }
     }
 

@@ -20,6 +20,7 @@ pub mod launch;
 mod layers;
 pub mod net;
 pub mod qemu;
+pub mod qmp;
 pub mod solo5;
 mod sys;
 
