@@ -709,6 +709,51 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
         body.contains("hello from crid linux guest: args=[serve fast] greeting=[hi]"),
         "no answer from {pod_ip}:8080: {body:?}\nlog:\n{log}"
     );
+
+    // A second unikernel in the pod: refused with a clear error; the first keeps serving.
+    let err = crid
+        .rt()
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.0.clone(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "web2".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                log_path: "web2.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod.1.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(
+        err.message().contains("one unikernel") && err.message().contains(&id),
+        "{err}"
+    );
+    let listed = crid
+        .rt()
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                pod_sandbox_id: pod_id.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let again = http_get(pod_ip).unwrap_or_else(|e| panic!("the first guest stopped serving: {e}"));
+    assert!(again.contains("hello from crid linux guest"), "{again}");
+    let (s, _) = crid.status(&id).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
+
     let (_, info) = crid.status(&id).await;
     let netns = info["runtimeSpec"]["unikernel"]["request"]["netns"]
         .as_str()

@@ -143,6 +143,9 @@ impl ContainerManager {
             NsSource::Join(p) => Some(p.clone()),
             NsSource::New | NsSource::Host => None,
         };
+        if netns.is_some() {
+            self.check_one_guest_per_pod(&pod.id)?;
+        }
         let dir = self.dir(id);
         std::fs::create_dir_all(&dir).map_err(|e| SandboxError::io(&dir, e))?;
         // The VMM runs in the cgroup runc would give a container of this pod.
@@ -202,6 +205,29 @@ impl ContainerManager {
         };
         self.save(&record)?;
         Ok(record)
+    }
+
+    /// A guest takes over its pod's network interface, so a pod with its own network holds one
+    /// unikernel container that is not Exited; a second one is `FailedPrecondition` at
+    /// `CreateContainer` (and, should two creates race, at `StartContainer`, where the live
+    /// tap of the first is found).
+    fn check_one_guest_per_pod(&self, pod_id: &str) -> Result<(), SandboxError> {
+        let entries: Vec<_> = self.lock().containers.values().cloned().collect();
+        let other = entries.iter().map(|e| Self::snapshot(e)).find(|r| {
+            r.pod_id == pod_id
+                && r.backend == Backend::Process
+                && matches!(r.state, ContainerState::Created | ContainerState::Running)
+        });
+        match other {
+            Some(r) => Err(SandboxError::FailedPrecondition {
+                reason: format!(
+                    "pod {pod_id} already has unikernel container {} ({}); a pod holds one \
+                     unikernel, which takes over the pod's network interface",
+                    r.id, r.config.name
+                ),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Prepares the guest (tap, plan, files) and returns what the monitor runs (blocking).

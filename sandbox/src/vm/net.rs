@@ -214,7 +214,9 @@ pub fn setup_with(r: &dyn Runner, iface: &str, tap: &str) -> Result<GuestNet, Sa
         redirect(r, tap, iface)
     })();
     if let Err(e) = result {
-        let _ = teardown_with(r, iface, tap);
+        // Everything above is ours: undo it without asking.
+        let _ = r.run("tc", &["qdisc", "del", "dev", iface, "ingress"]);
+        let _ = r.run("ip", &["link", "del", "dev", tap]);
         return Err(e);
     }
     Ok(GuestNet {
@@ -244,12 +246,16 @@ pub fn teardown_with(r: &dyn Runner, iface: &str, tap: &str) -> Result<(), Sandb
     check_ifname(iface)?;
     check_ifname(tap)?;
     let links: Vec<Link> = parse("ip link", &r.run("ip", &["-j", "link", "show"])?)?;
+    // Without this container's tap the redirect on the pod interface is not ours (another
+    // unikernel's, when this one was refused): leave it. One left by a crash is replaced at
+    // the next setup.
+    if !links.iter().any(|l| l.ifname == tap) {
+        return Ok(());
+    }
     if links.iter().any(|l| l.ifname == iface) {
         let _ = r.run("tc", &["qdisc", "del", "dev", iface, "ingress"]);
     }
-    if links.iter().any(|l| l.ifname == tap) {
-        r.run("ip", &["link", "del", "dev", tap])?;
-    }
+    r.run("ip", &["link", "del", "dev", tap])?;
     Ok(())
 }
 
@@ -353,7 +359,32 @@ mod tests {
         let f = fake("", Some("tc filter add dev eth0"));
         assert!(setup_with(&f, "eth0", "crtapx").is_err());
         let calls = f.calls.borrow();
-        assert_eq!(calls.last().unwrap(), "tc qdisc del dev eth0 ingress");
+        assert_eq!(
+            &calls[calls.len() - 2..],
+            ["tc qdisc del dev eth0 ingress", "ip link del dev crtapx"]
+        );
+    }
+
+    #[test]
+    fn teardown_of_a_refused_guest_leaves_the_live_guests_redirect() {
+        let live = r#",{"ifname":"crtapother","mtu":1500,"address":"aa:bb:cc:dd:ee:ff","flags":["UP","LOWER_UP"],"linkinfo":{"info_kind":"tun"}}"#;
+        let f = fake(live, None);
+        assert!(setup_with(&f, "eth0", "crtapnew").is_err());
+        teardown_with(&f, "eth0", "crtapnew").unwrap();
+        let calls = f.calls.borrow();
+        assert!(
+            !calls.iter().any(|c| c.starts_with("tc qdisc del")),
+            "{calls:?}"
+        );
+
+        let own = r#",{"ifname":"crtapnew","mtu":1500,"address":"aa:bb:cc:dd:ee:ff","flags":["UP","LOWER_UP"],"linkinfo":{"info_kind":"tun"}}"#;
+        let f = fake(own, None);
+        teardown_with(&f, "eth0", "crtapnew").unwrap();
+        let calls = f.calls.borrow();
+        assert_eq!(
+            &calls[1..],
+            ["tc qdisc del dev eth0 ingress", "ip link del dev crtapnew"]
+        );
     }
 
     #[test]
