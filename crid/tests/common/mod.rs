@@ -720,3 +720,228 @@ pub fn tree_bytes(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+/// A TCP proxy in front of a registry that records every request line (`GET /v2/...`) and,
+/// while a cut is armed, closes the connection after `n` response bytes of a request whose
+/// path contains the armed needle (a blob digest). Stopped on drop.
+pub struct RegistryProxy {
+    pub addr: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    cut: std::sync::Arc<std::sync::Mutex<Option<(String, usize)>>>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RegistryProxy {
+    /// Listens on a free loopback port and forwards to `upstream` (`HOST:PORT`).
+    pub async fn start(upstream: &str) -> RegistryProxy {
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let cut = Arc::new(Mutex::new(None));
+        let cuts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (r, c, n, up) = (
+            requests.clone(),
+            cut.clone(),
+            cuts.clone(),
+            upstream.to_owned(),
+        );
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (r, c, n, up) = (r.clone(), c.clone(), n.clone(), up.clone());
+                tokio::spawn(async move {
+                    if let Ok(server) = tokio::net::TcpStream::connect(&up).await {
+                        proxy_connection(client, server, r, c, n).await;
+                    }
+                });
+            }
+        });
+        RegistryProxy {
+            addr,
+            requests,
+            cut,
+            cuts,
+            task,
+        }
+    }
+
+    /// Arms (or with `None` disarms) the cut: responses to requests whose path contains
+    /// `needle` are cut after `bytes` bytes.
+    pub fn cut(&self, cut: Option<(&str, usize)>) {
+        *self.cut.lock().unwrap() = cut.map(|(s, n)| (s.to_owned(), n));
+    }
+
+    /// How many connections were cut so far.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Every request line seen (`METHOD PATH`).
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// How many GET requests had a path ending with `suffix`.
+    pub fn gets(&self, suffix: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|l| l.starts_with("GET ") && l.ends_with(suffix))
+            .count()
+    }
+}
+
+impl Drop for RegistryProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn proxy_connection(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    cut: std::sync::Arc<std::sync::Mutex<Option<(String, usize)>>>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Response bytes still allowed on this connection (usize::MAX: no cut armed).
+    let budget = std::sync::Arc::new(AtomicUsize::new(usize::MAX));
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let b = budget.clone();
+    let upstream = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            // Request heads are text; clients here send no request bodies on pulls.
+            for line in String::from_utf8_lossy(&buf[..n]).split("\r\n") {
+                let mut w = line.split(' ');
+                if let (Some(m @ ("GET" | "HEAD")), Some(p)) = (w.next(), w.next()) {
+                    requests.lock().unwrap().push(format!("{m} {p}"));
+                    if let Some((needle, bytes)) = cut.lock().unwrap().clone() {
+                        if m == "GET" && p.contains(&needle) {
+                            b.store(bytes, Ordering::SeqCst);
+                        }
+                    }
+                }
+            }
+            if sw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = sw.shutdown().await;
+    };
+    let downstream = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match sr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let left = budget.load(Ordering::SeqCst);
+            if n >= left {
+                let _ = cw.write_all(&buf[..left]).await;
+                cuts.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+            if left != usize::MAX {
+                budget.store(left - n, Ordering::SeqCst);
+            }
+            if cw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = cw.shutdown().await;
+    };
+    // A cut ends both directions: the client sees its connection reset mid-body.
+    tokio::select! {
+        _ = upstream => {}
+        _ = downstream => {}
+    }
+}
+
+/// Builds the freestanding PVH test guest (sandbox/tests/guests/freestanding) and pushes it as
+/// a unikraft/qemu unikernel image with `crid unikernel pack --push` to `reg`, tagged `tag`.
+/// The guest prints its command line, exits with `exit=N` or, without it, halts forever.
+pub fn push_freestanding_guest(reg: &str, dir: &Path, tag: &str) -> String {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox/tests/guests/freestanding/build.sh");
+    let kernel = dir.join(format!("guest-{tag}.elf"));
+    let st = Command::new("sh")
+        .arg(&script)
+        .arg(&kernel)
+        .status()
+        .unwrap();
+    assert!(st.success(), "building the test guest failed");
+    let reference = format!("{reg}/crid-tests/unikernel:{tag}-{}", std::process::id());
+    let out = Command::new(env!("CARGO_BIN_EXE_crid"))
+        .args([
+            "unikernel",
+            "pack",
+            "--type",
+            "unikraft",
+            "--hypervisor",
+            "qemu",
+        ])
+        .arg("--kernel")
+        .arg(&kernel)
+        .args(["--cmdline", "stay", "-t", "guest", "--push"])
+        .arg(&reference)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pack --push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    reference
+}
+
+/// Whether a tool is on PATH.
+pub fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).exists()))
+        .unwrap_or(false)
+}
+
+/// Open file descriptors of `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .strip_prefix(':')?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Bytes of the regular files below `dir` (symlinks not followed).
+pub fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}

@@ -21,6 +21,7 @@ pub mod user;
 pub mod vm;
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -194,6 +195,23 @@ fn new_id() -> Result<String, SandboxError> {
     )
     .map_err(|e| SandboxError::io(path, e))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Creates (or opens) a container's log file as its monitor will, so that a full disk or an
+/// unusable log directory is the request's error (RESOURCE_EXHAUSTED on ENOSPC) rather than a
+/// line in the monitor's log.
+fn touch_log(path: Option<&Path>) -> Result<(), SandboxError> {
+    let Some(path) = path else { return Ok(()) };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| SandboxError::io(dir, e))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|e| SandboxError::io(path, e))?;
+    Ok(())
 }
 
 fn runtime_err(op: &str, reason: impl Into<String>) -> SandboxError {
@@ -378,6 +396,20 @@ impl ContainerManager {
 
     fn exit_file(&self, id: &str) -> PathBuf {
         self.dir(id).join("exit.json")
+    }
+
+    /// Where the monitor records the exit when the root's disk is full.
+    fn exit_fallback(&self, id: &str) -> PathBuf {
+        self.state_dir(id).join("exit.json")
+    }
+
+    /// The monitor's exit record, from the root or (disk full) the state directory.
+    fn load_exit(&self, id: &str) -> Option<ExitRecord> {
+        ExitRecord::load(&self.exit_file(id)).or_else(|| ExitRecord::load(&self.exit_fallback(id)))
+    }
+
+    fn has_exit(&self, id: &str) -> bool {
+        self.exit_file(id).exists() || self.exit_fallback(id).exists()
     }
 
     fn monitor_pid_file(&self, id: &str) -> PathBuf {
@@ -599,7 +631,7 @@ impl ContainerManager {
         if r.state != ContainerState::Running {
             return None;
         }
-        let exit = ExitRecord::load(&self.exit_file(&r.id));
+        let exit = self.load_exit(&r.id);
         if r.backend == Backend::Process {
             // The guest is gone: its tap goes too (a restart makes a new one), before anyone
             // can see the container exited.
@@ -914,6 +946,8 @@ impl ContainerManager {
             let _ = tokio::time::timeout(Duration::from_secs(10), stale.exited()).await;
         }
         let _ = std::fs::remove_file(self.exit_file(id));
+        let _ = std::fs::remove_file(self.exit_fallback(id));
+        touch_log(r.log_path.as_deref())?;
         let launch = if r.backend == Backend::Process {
             let this = self.clone();
             let vm_id = id.to_owned();
@@ -935,6 +969,7 @@ impl ContainerManager {
             launch,
             log_path: r.log_path.clone(),
             exit_file: self.exit_file(id),
+            exit_fallback: Some(self.exit_fallback(id)),
             pid_file: self.monitor_pid_file(id),
             oom_cgroup: Some(cgroups::controller_dir("memory", &r.cgroups_path)),
             stdin: self.attach_socket(&r).map(|socket| StdinSpec {
@@ -1122,7 +1157,7 @@ impl ContainerManager {
     pub fn get(&self, id: &str) -> Result<ContainerRecord, SandboxError> {
         let entry = self.entry(id).ok_or_else(|| not_found(id))?;
         let r = Self::snapshot(&entry);
-        if r.state == ContainerState::Running && self.exit_file(id).exists() {
+        if r.state == ContainerState::Running && self.has_exit(id) {
             if let Some(updated) = self.collect_exit(&entry) {
                 return Ok(updated);
             }
@@ -1269,6 +1304,8 @@ impl ContainerManager {
                 reason: format!("container {id} has no running monitor"),
             }
         })?;
+        // The new file is created here first, as containerd does; the monitor then opens it.
+        touch_log(r.log_path.as_deref())?;
         handle
             .reopen_log()
             .map_err(|e| runtime_err("reopen log", e.to_string()))?;

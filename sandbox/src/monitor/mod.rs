@@ -89,6 +89,10 @@ pub struct MonitorSpec {
     /// CRI log file; `None` discards the output.
     pub log_path: Option<PathBuf>,
     pub exit_file: PathBuf,
+    /// Where the exit record goes when `exit_file` cannot be written (a full disk under
+    /// crid's root): a file in the state directory, which is on tmpfs.
+    #[serde(default)]
+    pub exit_fallback: Option<PathBuf>,
     /// The monitor's own pid.
     pub pid_file: PathBuf,
     /// Memory cgroup directory, read at exit to tell whether the OOM killer struck
@@ -148,12 +152,15 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    {
-        let mut f = File::create(&tmp)?;
+    let written = File::create(&tmp).and_then(|mut f| {
         f.write_all(data)?;
-        f.sync_all()?;
+        f.sync_all()
+    });
+    let done = written.and_then(|()| std::fs::rename(&tmp, path));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path)
+    done
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -858,6 +865,11 @@ impl Monitor {
                 "crid monitor: cannot write {}: {e}",
                 spec.exit_file.display()
             );
+            if let Some(fallback) = &spec.exit_fallback {
+                if let Err(e) = write_atomic(fallback, &json) {
+                    eprintln!("crid monitor: cannot write {}: {e}", fallback.display());
+                }
+            }
         }
     }
 }
