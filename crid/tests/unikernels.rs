@@ -420,7 +420,11 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         ((64 + overhead) << 20).to_string()
     );
     assert!(
-        String::from_utf8_lossy(&cmdline).contains("\0-m\064\0"),
+        cmdline
+            .split(|b| *b == 0)
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| w[0] == b"-m" && w[1] == b"64"),
         "guest memory is not the limit"
     );
     assert_eq!(cg("cpu", "cpu.cfs_quota_us").trim(), "50000");
