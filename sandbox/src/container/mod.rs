@@ -53,7 +53,7 @@ pub enum ContainerState {
 /// What runs the container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Backend {
-    /// `runc create` under the monitor, then `runc start`.
+    /// `runc run --detach` under the monitor.
     #[default]
     Runc,
     /// An arbitrary process under the monitor (a VMM), signalled directly.
@@ -446,7 +446,7 @@ impl ContainerManager {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        crate::monitor::write_atomic(&path, &bytes).map_err(|e| SandboxError::io(&path, e))
+        crate::monitor::write_replace(&path, &bytes).map_err(|e| SandboxError::io(&path, e))
     }
 
     fn update(
@@ -878,7 +878,7 @@ impl ContainerManager {
         let spec_path = dir.join("config.json");
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| runtime_err("write spec", e.to_string()))?;
-        crate::monitor::write_atomic(&spec_path, &json)
+        crate::monitor::write_replace(&spec_path, &json)
             .map_err(|e| SandboxError::io(&spec_path, e))?;
         self.mount_rootfs(id, &image.layer_dirs)?;
         // Mount targets the image lacks are created by runc inside the rootfs (upper layer).
@@ -921,10 +921,13 @@ impl ContainerManager {
                     .state
                     .join(format!("tty-{}.sock", &r.id[..16.min(r.id.len())]))
             }),
+            start: true,
         }
     }
 
-    /// Starts a created container: its monitor runs `runc create`, then `runc start`.
+    /// Starts a created container: its monitor runs `runc run --detach` (one runc process, where
+    /// `runc create` + `runc start` took two). A failed start leaves the container `Exited`
+    /// with reason `StartError`, as before.
     pub async fn start(self: &Arc<Self>, id: &str) -> Result<(), SandboxError> {
         let entry = self.entry(id).ok_or_else(|| not_found(id))?;
         let _op = entry.op.lock().await;
@@ -936,8 +939,8 @@ impl ContainerManager {
         }
         let sdir = self.state_dir(id);
         std::fs::create_dir_all(&sdir).map_err(|e| SandboxError::io(&sdir, e))?;
-        // A monitor left from a start that crid did not finish (it died between `runc create`
-        // and `runc start`): delete that half-created container first.
+        // A monitor left from a start that crid did not finish (it died before recording the
+        // container as running): delete that half-started container first.
         if let Some(stale) = MonitorHandle::attach(&self.monitor_pid_file(id), id) {
             tracing::warn!(container_id = %id, monitor = stale.pid, "removing a half-started container");
             if r.backend == Backend::Runc {
@@ -980,6 +983,9 @@ impl ContainerManager {
         };
         let exe = self.settings.monitor_exe.clone();
         let spec_path = sdir.join("monitor.json");
+        // Taken before the monitor starts the process: a short-lived one may have exited by
+        // the time it reports, and finished_at must not precede started_at.
+        let started_at = now_ns();
         let stderr_path = sdir.join("monitor.log");
         let ready = tokio::task::spawn_blocking(move || {
             crate::monitor::spawn(
@@ -1002,18 +1008,6 @@ impl ContainerManager {
             Err(e) => return Err(self.start_failed(&entry, e.to_string()).await),
         };
         let handle = MonitorHandle::attach(&self.monitor_pid_file(id), id);
-        // Taken before `runc start`: a short-lived process may have exited by the time it
-        // returns, and finished_at must not precede started_at.
-        let started_at = now_ns();
-        if r.backend == Backend::Runc {
-            if let Err(e) = self.runc.start(id).await {
-                let _ = self.runc.kill(id, "SIGKILL", true).await;
-                if let Some(h) = handle {
-                    let _ = tokio::time::timeout(Duration::from_secs(10), h.exited()).await;
-                }
-                return Err(self.start_failed(&entry, e.to_string()).await);
-            }
-        }
         let rec = self.update(&entry, |r| {
             r.state = ContainerState::Running;
             r.pid = pid;

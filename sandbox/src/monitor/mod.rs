@@ -2,8 +2,9 @@
 //! container's stdio, writes the CRI log, reaps the container's init process as a subreaper and
 //! records its exit to disk, so containers outlive crid restarts.
 //!
-//! What it supervises is abstract ([`Launch`]): `runc create` (the container is then started by
-//! crid with `runc start`) or any argv (a VMM, for unikernel pods), run at once.
+//! What it supervises is abstract ([`Launch`]): `runc run --detach` (create and start in one
+//! runc process; or `runc create`, leaving the start to crid's `runc start`) or any argv (a VMM,
+//! for unikernel pods), run at once.
 //!
 //! The protocol with crid:
 //! 1. crid writes a [`MonitorSpec`] as JSON and runs `crid monitor --spec FILE` with stdout on a
@@ -57,7 +58,8 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum Launch {
-    /// `runc create`; the container's init is the supervised process.
+    /// `runc run --detach` (or `runc create` without `start`); the container's init is the
+    /// supervised process.
     Runc {
         runc: PathBuf,
         /// runc's `--root`.
@@ -72,6 +74,10 @@ pub enum Launch {
         /// listens there and logs what the terminal prints as stdout).
         #[serde(default)]
         console_socket: Option<PathBuf>,
+        /// Start the container too (`runc run --detach`): one runc process instead of
+        /// `runc create` here and `runc start` from crid.
+        #[serde(default)]
+        start: bool,
     },
     /// Any program, started at once; it is the supervised process.
     Command {
@@ -176,7 +182,7 @@ pub fn spawn(
     timeout: Duration,
 ) -> std::io::Result<Ready> {
     let json = serde_json::to_vec(spec).map_err(std::io::Error::other)?;
-    write_atomic(spec_path, &json)?;
+    write_replace(spec_path, &json)?;
     let stderr = File::options()
         .create(true)
         .append(true)
@@ -226,6 +232,21 @@ pub fn spawn(
             stderr_path.display()
         ))
     })
+}
+
+/// Replaces `path` with `data` atomically for readers (temp file, then rename) without
+/// waiting for the disk: for files in the volatile state directory, and records that only
+/// need to survive crid restarts (a power loss takes the containers with it; start-up
+/// reconciles the records it finds).
+pub fn write_replace(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let done = std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, path));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
 }
 
 /// Reads a pid file.
@@ -568,7 +589,7 @@ impl Monitor {
             .map_err(|e| format!("cannot block signals: {e}"))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| format!("signalfd: {e}"))?;
-        write_atomic(&spec.pid_file, std::process::id().to_string().as_bytes())
+        write_replace(&spec.pid_file, std::process::id().to_string().as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", spec.pid_file.display()))?;
         let log = LogFile::open(spec.log_path.as_deref()).map_err(|e| {
             format!(
@@ -618,6 +639,7 @@ impl Monitor {
                 container_pid_file,
                 runc_log,
                 console_socket,
+                start,
             } => {
                 let console = match console_socket {
                     Some(path) => {
@@ -638,9 +660,13 @@ impl Monitor {
                 cmd.arg("--log")
                     .arg(runc_log)
                     .arg("--log-format")
-                    .arg("json")
-                    .arg("create")
-                    .arg("--bundle")
+                    .arg("json");
+                if *start {
+                    cmd.arg("run").arg("--detach");
+                } else {
+                    cmd.arg("create");
+                }
+                cmd.arg("--bundle")
                     .arg(bundle)
                     .arg("--pid-file")
                     .arg(container_pid_file);
@@ -655,8 +681,9 @@ impl Monitor {
                     .status()
                     .map_err(|e| format!("cannot run {}: {e}", runc.display()))?;
                 if !status.success() {
+                    let op = if *start { "run" } else { "create" };
                     return Err(format!(
-                        "runc create failed ({status}): {}",
+                        "runc {op} failed ({status}): {}",
                         runc_errors(runc_log)
                     ));
                 }
