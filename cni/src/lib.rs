@@ -300,6 +300,19 @@ impl Cni {
         let mut prev: Option<Value> = None;
         for plugin in &list.plugins {
             let ty = config::string_field(plugin, "type").unwrap_or_default();
+            if ty == "loopback" && chains && prev.is_some() {
+                // The reference `loopback` plugin's ADD sets `lo` up and passes the previous
+                // result on unchanged: done here, it costs a netlink request instead of
+                // starting a Go binary. (CHECK and DEL still run the plugin.)
+                let pins = [(netns::NsKind::Net, att.netns.clone())];
+                tokio::task::spawn_blocking(move || netns::run_in(&pins, netns::loopback_up))
+                    .await
+                    .map_err(|e| CniError::BadResult {
+                        plugin: ty.clone(),
+                        reason: format!("built-in loopback task failed: {e}"),
+                    })??;
+                continue;
+            }
             let cfg = plugin_config(
                 &list.name,
                 &list.cni_version,
