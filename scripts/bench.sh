@@ -3,6 +3,7 @@
 # builds release binaries, starts a loopback registry with the test images, crid (its own
 # root, state, socket and CNI network: bridge cridbench0, 10.90.0.0/16) and containerd
 # (scripts/containerd.sh: bridge cridctr0, 10.89.0.0/16), then runs crid-bench with both.
+# With gcc, the freestanding test guest is packed as a unikernel image and measured too.
 # Prints the Markdown table; the JSON report goes to $BENCH_JSON (default bench.json).
 # BENCH_SKIP_BUILD=1 skips the build.
 # Arguments go to crid-bench instead of the defaults, which keep a run to a few minutes
@@ -34,6 +35,15 @@ source scripts/containerd.sh
 start_registry "$WORK/registry"
 export CRID_TEST_REGISTRY
 target/release/crid-fixtures --registry "$CRID_TEST_REGISTRY" >/dev/null
+# The freestanding test guest as a unikernel image (it prints, then halts and keeps running):
+# crid-bench measures its start to first serial byte next to a runc busybox container.
+UK_ARGS=()
+if sh sandbox/tests/guests/freestanding/build.sh "$WORK/guest.elf" >/dev/null 2>&1; then
+    target/release/crid unikernel pack --type unikraft --hypervisor qemu \
+        --kernel "$WORK/guest.elf" -t bench-guest \
+        --push "$CRID_TEST_REGISTRY/crid-bench/unikernel:latest" >/dev/null
+    UK_ARGS=(--unikernel-image crid-bench/unikernel:latest)
+fi
 
 C=$WORK/crid
 mkdir -p "$C/net.d" "$C/certs.d/$CRID_TEST_REGISTRY" "$C/cni"
@@ -91,7 +101,7 @@ target/release/crid-bench \
     --runtime "crid=unix://$C/crid.sock,$(re "$C/")" \
     --runtime "containerd=unix://$CONTAINERD_SOCK,$(re "$WORK/containerd/")" \
     --registry "$CRID_TEST_REGISTRY" --log-root "$WORK/logs" --json "$JSON" \
-    "${ARGS[@]}" || {
+    "${UK_ARGS[@]}" "${ARGS[@]}" || {
     echo "--- crid log"; tail -20 "$C/log"
     echo "--- containerd log"; tail -20 "$WORK/containerd/containerd.log"
     exit 1

@@ -78,7 +78,11 @@ pub async fn run(
     let mut uk = Samples::default();
     let mut rc = Samples::default();
     let mut accel = String::from("?");
-    let vmm = Regex::new("qemu-system|firecracker|cloud-hypervisor|solo5-")?;
+    // This runtime's VMMs only: their command lines name its directories (kernel, sockets).
+    let vmm = Regex::new(&format!(
+        "(qemu-system|firecracker|cloud-hypervisor|solo5-).*({})",
+        target.procs.as_str()
+    ))?;
     let mut peak_rss_kib = 0u64;
     for i in 0..iterations {
         // The guest halts without `exit=`: it stays running while memory is sampled.
