@@ -9,11 +9,12 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Crid, mounts_under, plain_http_registry, write_config};
+use common::{Crid, Net, RegistryProxy, mounts_under, plain_http_registry, write_config};
 use conformance::fixtures::build::{Compression, Format, ImageSpec, Layer, TarBuilder, image};
 use proto::cri;
 use tonic::Code;
@@ -570,4 +571,203 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
     drop(crid);
     drop(fs);
     assert!(mounts_under(dir).is_empty(), "{:?}", mounts_under(dir));
+}
+
+/// Namespace pins crid still holds.
+fn pins(dir: &Path) -> Vec<String> {
+    ["netns", "ipcns", "utsns"]
+        .iter()
+        .flat_map(|k| {
+            std::fs::read_dir(dir.join("state").join(k))
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.path().display().to_string())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_prints_its_result_and_then_crashes_fails_the_pod_and_leaves_nothing() {
+    if !common::can_run_pods_for("fault") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_config(dir, "");
+    let net = Net::new(11, dir);
+    // Chained after bridge: prints the previous result, as a successful ADD would, then dies
+    // (SIGKILL, or a plain non-zero exit); DEL works.
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (name, death) in [("crashkill", "kill -KILL $$"), ("crashexit", "exit 3")] {
+        let p = bin.join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\nconf=$(cat)\ncase \"$CNI_COMMAND\" in\n\
+                 ADD) printf '%s' \"$conf\" | jq -c .prevResult; {death} ;;\n\
+                 DEL) ;;\n\
+                 VERSION) echo '{{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"0.4.0\",\"1.0.0\"]}}' ;;\n\
+                 esac\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let crid = Crid::start(dir).await;
+    for plugin in ["crashkill", "crashexit"] {
+        std::fs::write(
+            dir.join("net.d/10-test.conflist"),
+            net.conflist_with(&[serde_json::json!({"type": plugin})]),
+        )
+        .unwrap();
+        let e = crid.run_pod("crashy").await.unwrap_err();
+        assert_eq!(e.code(), Code::Internal, "{e}\n{}", crid.log());
+        assert!(e.message().contains(plugin), "{e}");
+        assert!(crid.pods().await.is_empty());
+        assert!(net.reservations().is_empty(), "{:?}", net.reservations());
+        assert!(net.veths().is_empty(), "{:?}", net.veths());
+        assert!(pins(dir).is_empty(), "{:?}", pins(dir));
+        assert!(mounts_under(dir).is_empty(), "{:?}", mounts_under(dir));
+    }
+    // The name was released: the same pod starts on a working network.
+    std::fs::write(dir.join("net.d/10-test.conflist"), net.conflist()).unwrap();
+    let id = crid
+        .run_pod("crashy")
+        .await
+        .unwrap_or_else(|e| panic!("retry: {e}\n{}", crid.log()));
+    assert_eq!(net.reservations().len(), 1);
+    crid.stop_and_remove_pod(&id).await;
+    assert!(net.reservations().is_empty(), "{:?}", net.reservations());
+    assert!(pins(dir).is_empty(), "{:?}", pins(dir));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_connection_cut_mid_layer_fails_the_pull_cleanly_and_a_retry_works() {
+    let Some(reg) = std::env::var("CRID_TEST_REGISTRY")
+        .ok()
+        .or_else(|| missing("CRID_TEST_REGISTRY is not set"))
+    else {
+        return;
+    };
+    let tag = format!("v{}", std::process::id());
+    let mut t = TarBuilder::new();
+    t.file("noise", 0o644, &noise(2 << 20, 5));
+    let layer = Layer::new(&t.finish(), Compression::Gzip, Format::Oci);
+    let digest = layer.blob.digest.clone();
+    let built = image(&ImageSpec::new(
+        Format::Oci,
+        vec![layer],
+        serde_json::json!({"Cmd": ["/noise"]}),
+    ));
+    conformance::fixtures::push::push_with_client(&reg, "crid-tests/faults-cut", &tag, &built)
+        .expect("push");
+    let proxy = RegistryProxy::start(&reg).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_config(dir, "");
+    plain_http_registry(dir, &proxy.addr);
+    let reference = format!("{}/crid-tests/faults-cut:{tag}", proxy.addr);
+    let crid = Crid::start(dir).await;
+
+    // Every connection that fetches the layer is cut after 300 KiB of the response.
+    proxy.cut(Some((&digest, 300 << 10)));
+    let e = crid.pull(&reference).await.unwrap_err();
+    assert!(proxy.cuts() > 0, "the pull never reached the layer: {e}");
+    assert!(
+        matches!(e.code(), Code::Unavailable | Code::Aborted),
+        "{e}\n{}",
+        crid.log()
+    );
+    assert!(e.message().contains(&proxy.addr), "{e}");
+    eprintln!("cut pull: {:?}: {}", e.code(), e.message());
+    assert!(crid.images().await.is_empty());
+    for _ in 0..100 {
+        if leftovers(&crid).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(leftovers(&crid).is_empty(), "{:?}", leftovers(&crid));
+    let hex = digest.trim_start_matches("sha256:").to_owned();
+    assert!(!crid.store_entries("blobs/sha256").contains(&hex));
+
+    // The registry behaves again: the same pull works.
+    proxy.cut(None);
+    let id = crid
+        .pull(&reference)
+        .await
+        .unwrap_or_else(|e| panic!("retry: {e}\n{}", crid.log()));
+    assert_eq!(Some(id.as_str()), built.config().map(|c| c.digest.as_str()));
+    assert!(crid.store_entries("blobs/sha256").contains(&hex));
+    assert!(proxy.gets(&digest) >= 2, "{:?}", proxy.requests());
+}
+
+/// The pid of the QEMU running for `dir`'s crid.
+fn qemu_pid(dir: &Path) -> Option<i32> {
+    common::processes_under(dir, None).iter().find_map(|p| {
+        let (pid, cmd) = p.split_once(": ")?;
+        cmd.contains("qemu-system").then(|| pid.parse().ok())?
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hypervisor_killed_mid_boot_is_an_exited_container_with_a_reason() {
+    let Some(reg) = ready() else { return };
+    for bin in ["gcc", "qemu-system-x86_64"] {
+        if !common::on_path(bin) {
+            missing(&format!("{bin} is not installed"));
+            return;
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_config(dir, "");
+    plain_http_registry(dir, &reg);
+    let guest = common::push_freestanding_guest(&reg, dir, "faults");
+    let crid = Crid::start(dir).await;
+    crid.pull(&guest)
+        .await
+        .unwrap_or_else(|e| panic!("pull {guest}: {e}\n{}", crid.log()));
+    let logs = dir.join("logs");
+    let pod_config = host_net_pod("vm", &logs);
+    let pod = run_pod(&crid, &pod_config)
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", crid.log()));
+    let mut config = container(&guest, "guest", &[]);
+    config.linux = None;
+    let id = create(&crid, &pod, &pod_config, config)
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}\n{}", crid.log()));
+    start(&crid, &id).await;
+    let pid = qemu_pid(dir).unwrap_or_else(|| panic!("no QEMU running\n{}", crid.log()));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let s = wait_state(&crid, &id, cri::ContainerState::ContainerExited).await;
+    assert_ne!(s.exit_code, 0, "{s:?}");
+    assert_eq!(s.exit_code, 137, "{s:?}");
+    assert_eq!(s.reason, "Error", "{s:?}");
+    assert!(
+        s.message.contains("hypervisor") && s.message.contains("SIGKILL"),
+        "{s:?}"
+    );
+    // The daemon carries on: the container is removable and another guest starts.
+    remove_container(&crid, &id).await;
+    let mut config = container(&guest, "again", &["exit=4"]);
+    config.linux = None;
+    let again = create(&crid, &pod, &pod_config, config)
+        .await
+        .unwrap_or_else(|e| panic!("create again: {e}\n{}", crid.log()));
+    start(&crid, &again).await;
+    let s = wait_state(&crid, &again, cri::ContainerState::ContainerExited).await;
+    assert_eq!(s.exit_code, 4, "{s:?}\n{}", crid.log());
+    remove_container(&crid, &again).await;
+    crid.stop_and_remove_pod(&pod).await;
+    assert!(qemu_pid(dir).is_none());
 }

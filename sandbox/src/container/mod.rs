@@ -661,6 +661,13 @@ impl ContainerManager {
                     } else {
                         "Error".into()
                     };
+                    // A VMM that died of a signal (a code the guest's exit mapping left as
+                    // 128 + signal) did not run the guest to its end: say so.
+                    if r.backend == Backend::Process && r.exit_code > 128 {
+                        if let Ok(sig) = nix::sys::signal::Signal::try_from(r.exit_code - 128) {
+                            r.message = format!("the hypervisor was killed by {sig}");
+                        }
+                    }
                 }
                 None => {
                     r.exit_code = 255;
