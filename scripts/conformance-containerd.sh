@@ -27,8 +27,10 @@ export CRID_TEST_REGISTRY
 target/debug/crid-fixtures --registry "$CRID_TEST_REGISTRY"
 
 start_containerd "$WORK/containerd" "$CRID_TEST_REGISTRY"
+# containerd takes Localhost seccomp profiles from any absolute path.
+mkdir -p "$WORK/seccomp"
 target/debug/conformance --endpoint "unix://$CONTAINERD_SOCK" \
-    --registry "$CRID_TEST_REGISTRY" "$@" || {
+    --registry "$CRID_TEST_REGISTRY" --seccomp-profile-root "$WORK/seccomp" "$@" || {
     echo "--- containerd log"
     tail -30 "$WORK/containerd/containerd.log"
     exit 1

@@ -23,6 +23,10 @@ struct Args {
     /// Registry with the test images (host:port on loopback).
     #[arg(long, env = "CRID_TEST_REGISTRY")]
     registry: Option<String>,
+    /// Directory the runtime accepts `Localhost` seccomp profiles from; the suite writes its
+    /// profile there (without it, that part of security/seccomp is skipped).
+    #[arg(long, env = "CRID_SECCOMP_PROFILE_ROOT")]
+    seccomp_profile_root: Option<std::path::PathBuf>,
     /// Upper bound for one test, in seconds.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
@@ -56,6 +60,7 @@ async fn main() -> ExitCode {
     let env = Env {
         cri,
         registry: args.registry,
+        seccomp_profile_root: args.seccomp_profile_root,
     };
     let tests = conformance::tests::all();
     let s = runner::run(

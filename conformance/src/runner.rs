@@ -26,6 +26,9 @@ pub struct Env {
     pub cri: Cri,
     /// A registry on loopback that holds the test images (`host:port`), if any.
     pub registry: Option<String>,
+    /// The directory the runtime accepts `Localhost` seccomp profiles from (crid's
+    /// `runtime.seccomp_profile_root`; any directory for containerd), if given.
+    pub seccomp_profile_root: Option<std::path::PathBuf>,
 }
 
 pub struct Test {

@@ -34,6 +34,10 @@ pub fn tests() -> Vec<Test> {
             run: |env| Box::pin(with_pod(env, "cbad", bad_input)),
         },
         Test {
+            name: "containers/list-stats",
+            run: |env| Box::pin(with_pod(env, "cstats", list_stats)),
+        },
+        Test {
             name: "containers/unknown-ids",
             run: |env| Box::pin(unknown_ids(env)),
         },
@@ -517,4 +521,110 @@ async fn unknown_ids(env: Env) -> TestResult {
     .await
     .context("remove of an unknown container must succeed")?;
     Ok(Outcome::Passed)
+}
+
+fn list_stats(
+    ctx: &Ctx,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = TestResult> + Send + '_>> {
+    Box::pin(async move {
+        let a = run(ctx, config(ctx, "stats-a", &["sleep", "3600"])).await?;
+        let b = run(ctx, config(ctx, "stats-b", &["sleep", "3600"])).await?;
+        let rt = ctx.env.cri.runtime.clone();
+        let list = |filter: cri::ContainerStatsFilter| {
+            let mut rt = rt.clone();
+            async move {
+                anyhow::Ok(
+                    rt.list_container_stats(cri::ListContainerStatsRequest {
+                        filter: Some(filter),
+                    })
+                    .await
+                    .context("ListContainerStats")?
+                    .into_inner()
+                    .stats,
+                )
+            }
+        };
+        let ids = |stats: &[cri::ContainerStats]| {
+            let mut v: Vec<String> = stats
+                .iter()
+                .filter_map(|s| s.attributes.as_ref().map(|a| a.id.clone()))
+                .collect();
+            v.sort();
+            v
+        };
+        let mut both = vec![a.clone(), b.clone()];
+        both.sort();
+        // Everything (other pods' containers may be listed too).
+        let all = list(cri::ContainerStatsFilter::default()).await?;
+        let all_ids = ids(&all);
+        ensure!(
+            both.iter().all(|id| all_ids.contains(id)),
+            "unfiltered list {all_ids:?} lacks {both:?}"
+        );
+        // By pod, by id, by label.
+        let by_pod = list(cri::ContainerStatsFilter {
+            pod_sandbox_id: ctx.pod.clone(),
+            ..Default::default()
+        })
+        .await?;
+        ensure!(ids(&by_pod) == both, "by pod: {:?}", ids(&by_pod));
+        let by_id = list(cri::ContainerStatsFilter {
+            id: a.clone(),
+            ..Default::default()
+        })
+        .await?;
+        ensure!(ids(&by_id) == [a.clone()], "by id: {:?}", ids(&by_id));
+        let by_label = list(cri::ContainerStatsFilter {
+            pod_sandbox_id: ctx.pod.clone(),
+            label_selector: HashMap::from([("name".to_string(), "stats-b".to_string())]),
+            ..Default::default()
+        })
+        .await?;
+        ensure!(
+            ids(&by_label) == [b.clone()],
+            "by label: {:?}",
+            ids(&by_label)
+        );
+        let attrs = by_label[0].attributes.clone().context("no attributes")?;
+        ensure!(
+            attrs.metadata.as_ref().map(|m| m.name.as_str()) == Some("stats-b"),
+            "attributes {attrs:?}"
+        );
+        ensure!(
+            attrs.labels.get("name").map(String::as_str) == Some("stats-b"),
+            "labels {:?}",
+            attrs.labels
+        );
+        // Usage shows up (runtimes that sample periodically get a few seconds).
+        let mut last = String::new();
+        for _ in 0..20 {
+            let stats = list(cri::ContainerStatsFilter {
+                pod_sandbox_id: ctx.pod.clone(),
+                ..Default::default()
+            })
+            .await?;
+            let usage: Vec<(u64, u64)> = stats
+                .iter()
+                .map(|s| {
+                    let cpu = s
+                        .cpu
+                        .as_ref()
+                        .and_then(|c| c.usage_core_nano_seconds.as_ref())
+                        .map_or(0, |v| v.value);
+                    let mem = s
+                        .memory
+                        .as_ref()
+                        .and_then(|m| m.working_set_bytes.as_ref())
+                        .map_or(0, |v| v.value);
+                    (cpu, mem)
+                })
+                .collect();
+            if usage.len() == 2 && usage.iter().all(|&(c, m)| c > 0 && m > 0) {
+                return Ok(Outcome::Passed);
+            }
+            last = format!("{usage:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        anyhow::bail!("no CPU and memory usage listed for both containers: {last}")
+    })
 }

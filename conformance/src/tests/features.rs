@@ -1,5 +1,6 @@
 //! Pod and container settings seen from inside: hostname, DNS config, namespaced sysctls, bind
-//! mounts (read-write and read-only), UpdateContainerResources and ReopenContainerLog. Each
+//! mounts (read-write and read-only, and their propagation), host ports, host namespaces,
+//! UpdateContainerResources and ReopenContainerLog. Each
 //! test runs a long-lived busybox container in a fresh pod, checks with ExecSync and removes
 //! the pod (and any host directory it made) again, also when a check fails.
 
@@ -30,6 +31,18 @@ pub fn tests() -> Vec<Test> {
         Test {
             name: "features/reopen-log",
             run: |env| Box::pin(reopen_log(env)),
+        },
+        Test {
+            name: "features/mount-propagation",
+            run: |env| Box::pin(mount_propagation(env)),
+        },
+        Test {
+            name: "features/port-mapping",
+            run: |env| Box::pin(port_mapping(env)),
+        },
+        Test {
+            name: "features/host-namespaces",
+            run: |env| Box::pin(host_namespaces(env)),
         },
     ]
 }
@@ -370,4 +383,341 @@ async fn wait_for(mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("timed out after 15 s")
+}
+
+/// Runs `mount ARGS` on the host.
+fn host_mount(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("mount")
+        .args(args)
+        .output()
+        .context("run mount")?;
+    ensure!(
+        out.status.success(),
+        "mount {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Whether `path` is a mount point in the host's mount table.
+fn host_mounted(path: &std::path::Path) -> bool {
+    let want = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| {
+            t.lines()
+                .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        })
+        .unwrap_or(false)
+}
+
+/// A host directory made a shared mount point (as kubelet's volume directories are), with
+/// every mount under it detached on drop.
+struct SharedDir(TempDir);
+
+impl SharedDir {
+    fn new(tag: &str) -> anyhow::Result<SharedDir> {
+        let dir = TempDir::new(tag)?;
+        let p = dir.0.display().to_string();
+        host_mount(&["--bind", &p, &p])?;
+        let shared = SharedDir(dir);
+        host_mount(&["--make-rshared", &p])?;
+        Ok(shared)
+    }
+}
+
+impl Drop for SharedDir {
+    fn drop(&mut self) {
+        // Innermost first, bounded.
+        for _ in 0..8 {
+            let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+                .filter(|m| std::path::Path::new(m).starts_with(&self.0.0))
+                .collect();
+            if mounts.is_empty() {
+                break;
+            }
+            mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in mounts {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&m)
+                    .output();
+            }
+        }
+    }
+}
+
+/// One container per propagation mode over the same shared host directory: a mount made on
+/// the host afterwards reaches the `rslave` and `rshared` containers but not the private one,
+/// and a mount made inside the (privileged) `rshared` container reaches the host.
+async fn mount_propagation(env: Env) -> TestResult {
+    use cri::MountPropagation as P;
+    let shared = SharedDir::new("feat-prop")?;
+    let host_dir = shared.0.0.clone();
+    let mut results = Vec::new();
+    for (mode, tag) in [
+        (P::PropagationPrivate, "feat-prop-private"),
+        (P::PropagationHostToContainer, "feat-prop-slave"),
+        (P::PropagationBidirectional, "feat-prop-shared"),
+    ] {
+        let bidirectional = mode == P::PropagationBidirectional;
+        let source = host_dir.display().to_string();
+        let host = host_dir.clone();
+        let r = with_container(
+            env.clone(),
+            tag,
+            |p| {
+                if bidirectional {
+                    // Bidirectional propagation needs a privileged container.
+                    if let Some(sc) = p.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+                        sc.privileged = true;
+                    }
+                }
+            },
+            |c| {
+                c.mounts = vec![cri::Mount {
+                    container_path: "/shared".into(),
+                    host_path: source,
+                    propagation: mode as i32,
+                    ..Default::default()
+                }];
+                if bidirectional {
+                    if let Some(sc) = c.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+                        sc.privileged = true;
+                    }
+                }
+            },
+            |ctx| async move {
+                // A fresh mount on the host, under the shared directory.
+                let sub = host.join(format!("from-host-{}", ctx.id.get(..8).unwrap_or("x")));
+                std::fs::create_dir_all(&sub).context("create the host mount point")?;
+                let sub_s = sub.display().to_string();
+                host_mount(&["-t", "tmpfs", "tmpfs", &sub_s])?;
+                std::fs::write(sub.join("marker"), "host").context("write the marker")?;
+                let name = sub.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let script = format!("cat /shared/{name}/marker 2>/dev/null || echo absent");
+                let seen = out(&ctx, &script).await?;
+                match mode {
+                    P::PropagationPrivate => ensure!(
+                        seen == "absent",
+                        "a private mount saw a later host mount: {seen:?}"
+                    ),
+                    _ => ensure!(
+                        seen == "host",
+                        "{mode:?} did not propagate a host mount: {seen:?}"
+                    ),
+                }
+                if bidirectional {
+                    let script = "mkdir -p /shared/from-ctr && \
+                                  mount -t tmpfs tmpfs /shared/from-ctr && \
+                                  echo ctr > /shared/from-ctr/marker";
+                    out(&ctx, script).await?;
+                    let back = host.join("from-ctr");
+                    ensure!(
+                        host_mounted(&back),
+                        "a mount made in an rshared container is not on the host"
+                    );
+                    let text = std::fs::read_to_string(back.join("marker"))
+                        .context("read the container's marker on the host")?;
+                    ensure!(text.trim() == "ctr", "host reads {text:?}");
+                }
+                Ok(())
+            },
+        )
+        .await;
+        results.push(r);
+    }
+    drop(shared);
+    for r in results {
+        match r? {
+            Outcome::Passed => {}
+            other => return Ok(other),
+        }
+    }
+    Ok(Outcome::Passed)
+}
+
+/// The host address the pod's traffic comes from (its route to the pod), where host ports
+/// are reachable.
+fn host_address_towards(pod_ip: &str) -> anyhow::Result<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").context("bind a UDP socket")?;
+    socket
+        .connect((pod_ip, 9))
+        .with_context(|| format!("route to the pod at {pod_ip}"))?;
+    Ok(socket.local_addr().context("local address")?.ip())
+}
+
+/// A TCP host port mapped to a container port: a client on the host connecting to it gets
+/// what the container's listener sends.
+async fn port_mapping(env: Env) -> TestResult {
+    let host_port = 30_000 + (std::process::id() % 20_000) as i32;
+    with_container(
+        env,
+        "feat-port",
+        |p| {
+            p.port_mappings = vec![cri::PortMapping {
+                protocol: cri::Protocol::Tcp as i32,
+                container_port: 8080,
+                host_port,
+                host_ip: String::new(),
+            }];
+        },
+        |c| {
+            c.command = vec![
+                "sh".into(),
+                "-c".into(),
+                "while true; do echo hello-from-pod | nc -l -p 8080; done".into(),
+            ];
+        },
+        |ctx| async move {
+            let pod_ip = pod_ip_of_container(&ctx).await?;
+            let host = host_address_towards(&pod_ip)?;
+            let target = std::net::SocketAddr::new(host, host_port as u16);
+            let mut got = String::new();
+            for _ in 0..50 {
+                let connected = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    tokio::net::TcpStream::connect(target),
+                )
+                .await;
+                if let Ok(Ok(mut s)) = connected {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = Vec::new();
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
+                    got = String::from_utf8_lossy(&buf).into_owned();
+                    if got.contains("hello-from-pod") {
+                        return Ok(());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            bail!("nothing from the pod through host port {target}: {got:?}")
+        },
+    )
+    .await
+}
+
+/// The IP of the pod the context's container runs in.
+async fn pod_ip_of_container(ctx: &Ctx) -> anyhow::Result<String> {
+    let mut rt = ctx.env.cri.runtime.clone();
+    let status = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: ctx.id.clone(),
+            verbose: false,
+        })
+        .await
+        .context("ContainerStatus")?
+        .into_inner()
+        .status
+        .context("no container status")?;
+    let pod_id = rt
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                id: status.id.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .context("ListContainers")?
+        .into_inner()
+        .containers
+        .into_iter()
+        .next()
+        .context("container not listed")?
+        .pod_sandbox_id;
+    let pod = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id,
+            verbose: false,
+        })
+        .await
+        .context("PodSandboxStatus")?
+        .into_inner()
+        .status
+        .context("no pod status")?;
+    let ip = pod.network.map(|n| n.ip).unwrap_or_default();
+    ensure!(!ip.is_empty(), "the pod has no IP");
+    Ok(ip)
+}
+
+/// The host's namespace of a kind as its `/proc/self/ns/<kind>` link names it, e.g.
+/// `net:[4026531840]` (the suite runs in the host's namespaces, next to the runtime).
+fn host_ns(kind: &str) -> anyhow::Result<String> {
+    let link = std::fs::read_link(format!("/proc/self/ns/{kind}"))
+        .with_context(|| format!("read /proc/self/ns/{kind}"))?;
+    Ok(link.display().to_string())
+}
+
+/// A pod with the host's network, PID and IPC namespaces: its container is in the same
+/// namespaces as the host and sees the host's hostname; a pod with its own namespaces shares
+/// none of them.
+async fn host_namespaces(env: Env) -> TestResult {
+    let host = (host_ns("net")?, host_ns("pid")?, host_ns("ipc")?);
+    let node = |p: &mut cri::PodSandboxConfig| {
+        if let Some(ns) = p
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|s| s.namespace_options.as_mut())
+        {
+            ns.network = cri::NamespaceMode::Node as i32;
+            ns.pid = cri::NamespaceMode::Node as i32;
+            ns.ipc = cri::NamespaceMode::Node as i32;
+        }
+        p.hostname = String::new();
+    };
+    let expected = host.clone();
+    let r = with_container(
+        env.clone(),
+        "feat-hostns",
+        node,
+        |_| {},
+        |ctx| async move {
+            let seen = out(
+            &ctx,
+            "readlink /proc/self/ns/net; readlink /proc/self/ns/pid; readlink /proc/self/ns/ipc",
+        )
+        .await?;
+            let seen: Vec<&str> = seen.lines().collect();
+            ensure!(
+                seen == [&*expected.0, &*expected.1, &*expected.2],
+                "host-namespace container sees {seen:?}, host has {expected:?}"
+            );
+            // The host's hostname shows: the UTS namespace follows the network.
+            let hostname = out(&ctx, "hostname").await?;
+            let want = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            ensure!(
+                hostname == want.trim(),
+                "hostname {hostname:?}, host {want:?}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    if !matches!(r, Outcome::Passed) {
+        return Ok(r);
+    }
+    with_container(
+        env,
+        "feat-podns",
+        |_| {},
+        |_| {},
+        |ctx| async move {
+            let seen = out(
+            &ctx,
+            "readlink /proc/self/ns/net; readlink /proc/self/ns/pid; readlink /proc/self/ns/ipc",
+        )
+        .await?;
+            let seen: Vec<&str> = seen.lines().collect();
+            ensure!(seen.len() == 3, "readlink gave {seen:?}");
+            for (i, (got, host)) in seen.iter().zip([&host.0, &host.1, &host.2]).enumerate() {
+                ensure!(got != host, "pod namespace #{i} is the host's: {got}");
+            }
+            Ok(())
+        },
+    )
+    .await
 }

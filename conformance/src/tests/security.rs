@@ -1,6 +1,7 @@
 //! Container security contexts: user and groups (by id and by name from the image's
 //! /etc/passwd and /etc/group), supplemental groups, read-only root filesystem, privileged,
-//! added and dropped capabilities, no_new_privs, masked and read-only paths. Each test runs a
+//! added and dropped capabilities, no_new_privs, masked and read-only paths, seccomp profiles
+//! (RuntimeDefault, Unconfined, Localhost). Each test runs a
 //! long-lived busybox container in a fresh pod and looks from inside with ExecSync; the pod is
 //! removed again, also when a check fails.
 
@@ -45,6 +46,10 @@ pub fn tests() -> Vec<Test> {
         Test {
             name: "security/masked-and-readonly-paths",
             run: |env| Box::pin(masked_paths(env)),
+        },
+        Test {
+            name: "security/seccomp-profiles",
+            run: |env| Box::pin(seccomp_profiles(env)),
         },
     ]
 }
@@ -356,4 +361,131 @@ async fn masked_paths(env: Env) -> TestResult {
         Ok(())
     })
     .await
+}
+
+/// The seccomp mode of the exec'd shell (`Seccomp:` in /proc/self/status: 0 none, 2 filter).
+async fn seccomp_mode(env: &Env, id: &str) -> anyhow::Result<String> {
+    let line = out(env, id, "grep '^Seccomp:' /proc/self/status").await?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned())
+}
+
+fn seccomp(profile: cri::security_profile::ProfileType, localhost: &str) -> cri::SecurityProfile {
+    cri::SecurityProfile {
+        profile_type: profile as i32,
+        localhost_ref: localhost.into(),
+    }
+}
+
+/// A profile file under the runtime's profile root, removed on drop.
+struct ProfileFile(std::path::PathBuf);
+
+impl Drop for ProfileFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn seccomp_profiles(env: Env) -> TestResult {
+    use cri::security_profile::ProfileType;
+    // RuntimeDefault: a filter is installed and namespace creation (`unshare`, refused by the
+    // default profiles of Docker, containerd and crid to containers without CAP_SYS_ADMIN)
+    // fails; everything ordinary works.
+    let sc = cri::LinuxContainerSecurityContext {
+        seccomp: Some(seccomp(ProfileType::RuntimeDefault, "")),
+        ..Default::default()
+    };
+    let r = in_container(
+        env.clone(),
+        "sec-seccomp-default",
+        false,
+        sc,
+        |env, id| async move {
+            let mode = seccomp_mode(&env, &id).await?;
+            ensure!(
+                mode == "2",
+                "RuntimeDefault: Seccomp mode {mode:?}, want 2 (filter)"
+            );
+            let (code, _, err) = sh(&env, &id, "unshare -U true").await?;
+            ensure!(
+                code != 0,
+                "RuntimeDefault let unshare(CLONE_NEWUSER) through"
+            );
+            ensure!(
+                err.contains("not permitted"),
+                "unshare failed for another reason than EPERM: {err}"
+            );
+            out(&env, &id, "mkdir /tmp/ok && ls /tmp/ok").await?;
+            Ok(())
+        },
+    )
+    .await?;
+    if !matches!(r, Outcome::Passed) {
+        return Ok(r);
+    }
+    // Unconfined: no filter at all.
+    let sc = cri::LinuxContainerSecurityContext {
+        seccomp: Some(seccomp(ProfileType::Unconfined, "")),
+        ..Default::default()
+    };
+    let r = in_container(
+        env.clone(),
+        "sec-seccomp-none",
+        false,
+        sc,
+        |env, id| async move {
+            let mode = seccomp_mode(&env, &id).await?;
+            ensure!(mode == "0", "Unconfined: Seccomp mode {mode:?}, want 0");
+            Ok(())
+        },
+    )
+    .await?;
+    if !matches!(r, Outcome::Passed) {
+        return Ok(r);
+    }
+    // Localhost: the profile file under the profile root decides; this one refuses mkdir.
+    let Some(root) = env.seccomp_profile_root.clone() else {
+        return Ok(Outcome::Skipped(
+            "Localhost part: no --seccomp-profile-root (RuntimeDefault and Unconfined passed)"
+                .into(),
+        ));
+    };
+    std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
+    let profile = ProfileFile(root.join(format!("crid-conformance-{}.json", std::process::id())));
+    let json = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{
+            "names": ["mkdir", "mkdirat"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": 1
+        }]
+    });
+    std::fs::write(&profile.0, json.to_string())
+        .with_context(|| format!("write {}", profile.0.display()))?;
+    let sc = cri::LinuxContainerSecurityContext {
+        seccomp: Some(seccomp(
+            ProfileType::Localhost,
+            &profile.0.display().to_string(),
+        )),
+        ..Default::default()
+    };
+    let r = in_container(env, "sec-seccomp-local", false, sc, |env, id| async move {
+        let mode = seccomp_mode(&env, &id).await?;
+        ensure!(mode == "2", "Localhost: Seccomp mode {mode:?}, want 2");
+        let (code, _, err) = sh(&env, &id, "mkdir /tmp/refused").await?;
+        ensure!(code != 0, "the Localhost profile let mkdir through");
+        ensure!(
+            err.contains("not permitted"),
+            "mkdir failed otherwise: {err}"
+        );
+        // What the profile does not name still works.
+        out(&env, &id, "touch /tmp/allowed && ls /tmp/allowed").await?;
+        Ok(())
+    })
+    .await;
+    drop(profile);
+    r
 }
