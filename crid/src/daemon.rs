@@ -163,7 +163,9 @@ fn container_manager(
 }
 
 /// The `[vm]` section as the VM backend's settings.
-fn vm_settings(vm: &crate::config::VmConfig) -> anyhow::Result<sandbox::vm::launch::VmSettings> {
+pub(crate) fn vm_settings(
+    vm: &crate::config::VmConfig,
+) -> anyhow::Result<sandbox::vm::launch::VmSettings> {
     let accelerator = vm
         .accelerator
         .parse()

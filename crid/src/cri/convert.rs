@@ -11,8 +11,28 @@ use sandbox::container::{
 use sandbox::pod::{DnsConfig, NamespaceOptions, NsMode, PodConfig, PodMetadata, PortMapping};
 use tonic::Status;
 
+/// The most bytes of labels and of annotations a pod or container may carry, each: the limit
+/// Kubernetes puts on an object's annotations (`TotalAnnotationSizeLimitB`). Records, statuses
+/// and list answers repeat them, so a few huge ones would push `ListPodSandbox` past the gRPC
+/// message limit for every client.
+pub const MAX_METADATA_BYTES: usize = 256 << 10;
+
 fn sorted(m: HashMap<String, String>) -> BTreeMap<String, String> {
     m.into_iter().collect()
+}
+
+/// `map` (labels or annotations), refused when larger than [`MAX_METADATA_BYTES`].
+fn metadata_map(
+    what: &str,
+    m: HashMap<String, String>,
+) -> Result<BTreeMap<String, String>, Status> {
+    let size: usize = m.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_METADATA_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "{what} are {size} bytes, more than {MAX_METADATA_BYTES}"
+        )));
+    }
+    Ok(sorted(m))
 }
 
 /// CRI resources in domain terms.
@@ -122,8 +142,8 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
                 permissions: d.permissions,
             })
             .collect(),
-        labels: sorted(c.labels),
-        annotations: sorted(c.annotations),
+        labels: metadata_map("labels", c.labels)?,
+        annotations: metadata_map("annotations", c.annotations)?,
         log_path: c.log_path,
         stdin: c.stdin,
         stdin_once: c.stdin_once,
@@ -221,8 +241,8 @@ pub fn pod_config(r: cri::RunPodSandboxRequest) -> Result<PodConfig, Status> {
             options: dns.options,
         },
         port_mappings,
-        labels: sorted(config.labels),
-        annotations: sorted(config.annotations),
+        labels: metadata_map("labels", config.labels)?,
+        annotations: metadata_map("annotations", config.annotations)?,
         cgroup_parent: linux.cgroup_parent,
         sysctls: sorted(linux.sysctls),
         namespaces: NamespaceOptions {
@@ -272,6 +292,27 @@ mod tests {
         bad.metadata = None;
         assert_eq!(
             container_config(bad).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let mut big = c.clone();
+        big.annotations
+            .insert("a".into(), "x".repeat(MAX_METADATA_BYTES));
+        assert_eq!(
+            container_config(big).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let mut pod = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata::default()),
+            ..Default::default()
+        };
+        pod.labels
+            .insert("l".into(), "y".repeat(MAX_METADATA_BYTES));
+        let r = cri::RunPodSandboxRequest {
+            config: Some(pod),
+            runtime_handler: String::new(),
+        };
+        assert_eq!(
+            pod_config(r).unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
         let mut bad = c;

@@ -49,6 +49,7 @@ pub async fn status(state: &State, r: cri::StatusRequest) -> Result<cri::StatusR
             "vm".into(),
             sandbox::container::vm::host_report().to_string(),
         );
+        info.insert("binaries".into(), binaries(state).await.to_string());
     }
     let runtime_handlers = state
         .config
@@ -104,6 +105,90 @@ pub fn update_runtime_config(
         state.set_pod_cidr(cidr);
     }
     Ok(cri::UpdateRuntimeConfigResponse {})
+}
+
+/// How long a `--version` of a runtime binary may take.
+const VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The runc and hypervisor binaries crid would run, with their versions: `{name: {"path",
+/// "version"}}`, or `{name: {"error"}}` when one is missing or does not answer `--version`.
+async fn binaries(state: &State) -> serde_json::Value {
+    let mut found = vec![(
+        "runc".to_owned(),
+        find_in_path(&state.config.runtime.runc_path),
+    )];
+    match crate::daemon::vm_settings(&state.config.vm) {
+        Ok(vm) => {
+            for (name, _) in &vm.binaries {
+                found.push((name.clone(), vm.binary(name).map_err(|e| e.to_string())));
+            }
+        }
+        Err(e) => found.push(("vm".into(), Err(e.to_string()))),
+    }
+    let reports = found.into_iter().map(|(name, path)| async move {
+        let report = match path {
+            Ok(path) => match binary_version(&path).await {
+                Ok(version) => serde_json::json!({"path": path, "version": version}),
+                Err(e) => serde_json::json!({"path": path, "error": e}),
+            },
+            Err(e) => serde_json::json!({ "error": e }),
+        };
+        (name, report)
+    });
+    serde_json::Value::Object(
+        futures::future::join_all(reports)
+            .await
+            .into_iter()
+            .collect(),
+    )
+}
+
+/// `path` itself when it has a directory part (absolute or relative), else the first executable
+/// of that name in `$PATH`, as `Command` finds it.
+fn find_in_path(path: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if path.components().count() > 1 {
+        return match executable(path) {
+            true => Ok(path.to_owned()),
+            false => Err(format!("{} is not an executable file", path.display())),
+        };
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(path))
+        .find(|p| executable(p))
+        .ok_or_else(|| format!("{} is not in PATH", path.display()))
+}
+
+/// The first line `path --version` prints (bounded in time and size).
+async fn binary_version(path: &std::path::Path) -> Result<String, String> {
+    let out = tokio::process::Command::new(path)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(VERSION_TIMEOUT, out)
+        .await
+        .map_err(|_| format!("--version did not answer within {VERSION_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    let text = match out.stdout.iter().any(|b| !b.is_ascii_whitespace()) {
+        true => out.stdout,
+        false => out.stderr,
+    };
+    let line = String::from_utf8_lossy(&text)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(|l| l.chars().take(200).collect::<String>());
+    match (out.status.success(), line) {
+        (true, Some(l)) => Ok(l),
+        (false, Some(l)) => Err(format!("--version failed ({}): {l}", out.status)),
+        (_, None) => Err(format!("--version printed nothing ({})", out.status)),
+    }
 }
 
 fn json<T: serde::Serialize>(value: &T) -> String {

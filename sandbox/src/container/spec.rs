@@ -24,6 +24,16 @@ use crate::SandboxError;
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The smallest memory limit accepted (Docker's `linuxMinMemory`): runc's own init is charged
+/// to the container's cgroup, so below this runc cannot even start the container.
+pub const MIN_MEMORY_LIMIT: i64 = 6 << 20;
+/// The longest single argument or `KEY=value` entry: the kernel's `MAX_ARG_STRLEN` (execve
+/// fails with `E2BIG` beyond it).
+pub const MAX_ARG_LEN: usize = 128 << 10;
+/// The most bytes of argv and environment together (a quarter of the default 8 MiB stack
+/// limit is what execve allows; half of that leaves room for the image's own).
+pub const MAX_ARGS_TOTAL: usize = 1 << 20;
+
 /// Capabilities a non-privileged container gets by default (containerd's and Docker's set).
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "CHOWN",
@@ -268,6 +278,38 @@ pub fn localhost_profile(path: &str, root: &Path) -> Result<PathBuf, SandboxErro
     Ok(p)
 }
 
+/// Resource values no container can run with.
+pub fn check_resources(r: &Resources) -> Result<(), SandboxError> {
+    if r.memory_limit_in_bytes > 0 && r.memory_limit_in_bytes < MIN_MEMORY_LIMIT {
+        return Err(invalid(format!(
+            "memory limit {} bytes is below the minimum of {MIN_MEMORY_LIMIT} bytes",
+            r.memory_limit_in_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// The command, args and env must fit what execve accepts.
+fn check_process_size(config: &ContainerConfig) -> Result<(), SandboxError> {
+    let mut total = 0usize;
+    let args = config.command.iter().chain(&config.args).map(String::len);
+    let env = config.envs.iter().map(|(k, v)| k.len() + 1 + v.len());
+    for len in args.chain(env) {
+        if len > MAX_ARG_LEN {
+            return Err(invalid(format!(
+                "a command argument or environment variable of {len} bytes is longer than {MAX_ARG_LEN}"
+            )));
+        }
+        total = total.saturating_add(len + 1);
+    }
+    if total > MAX_ARGS_TOTAL {
+        return Err(invalid(format!(
+            "command, args and environment are {total} bytes, more than {MAX_ARGS_TOTAL}"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks everything in the request that can be checked without side effects.
 pub fn validate(
     config: &ContainerConfig,
@@ -326,6 +368,8 @@ pub fn validate(
         localhost_profile(p, seccomp_root)?;
     }
     log_path(pod, &config.log_path)?;
+    check_resources(&config.resources)?;
+    check_process_size(config)?;
     for (k, _) in &config.envs {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(invalid(format!("invalid environment variable name {k:?}")));
@@ -588,6 +632,7 @@ fn bind(
 /// Converts CRI resources into OCI `LinuxResources` (without devices). `cgroup_v2` decides
 /// whether `unified` entries are kept (runc refuses them on cgroup v1).
 pub fn linux_resources(r: &Resources, cgroup_v2: bool) -> Result<LinuxResources, SandboxError> {
+    check_resources(r)?;
     let mut cpu = LinuxCpuBuilder::default();
     if r.cpu_shares > 0 {
         cpu = cpu.shares(r.cpu_shares as u64);
@@ -1112,6 +1157,15 @@ mod tests {
             Box::new(|c| c.log_path = "../escape.log".into()),
             Box::new(|c| c.log_path = "/abs.log".into()),
             Box::new(|c| c.security.run_as_user = Some(1 << 31)),
+            Box::new(|c| c.resources.memory_limit_in_bytes = 1),
+            Box::new(|c| c.resources.memory_limit_in_bytes = MIN_MEMORY_LIMIT - 1),
+            Box::new(|c| c.envs.push(("BIG".into(), "x".repeat(MAX_ARG_LEN)))),
+            Box::new(|c| c.args.push("y".repeat(MAX_ARG_LEN + 1))),
+            Box::new(|c| {
+                c.envs = (0..10)
+                    .map(|i| (format!("E{i}"), "z".repeat(120_000)))
+                    .collect()
+            }),
         ];
         for (i, f) in cases.iter().enumerate() {
             let mut c = base.clone();
@@ -1127,7 +1181,15 @@ mod tests {
         });
         ok.log_path = "c/0.log".into();
         ok.security.seccomp = SeccompProfile::Localhost("localhost/p.json".into());
+        ok.envs.push(("BIG".into(), "x".repeat(MAX_ARG_LEN - 4)));
         assert!(validate(&ok, &pod, root).is_ok());
+        for limit in [-1, 0, MIN_MEMORY_LIMIT, i64::MAX] {
+            ok.resources.memory_limit_in_bytes = limit;
+            assert!(validate(&ok, &pod, root).is_ok(), "{limit}");
+            assert!(linux_resources(&ok.resources, true).is_ok(), "{limit}");
+        }
+        ok.resources.memory_limit_in_bytes = 1;
+        assert!(linux_resources(&ok.resources, true).is_err());
     }
 
     #[test]

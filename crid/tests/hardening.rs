@@ -1,0 +1,1106 @@
+//! Hostile requests and process hygiene, through gRPC against the real crid binary, real runc
+//! and images served by conformance's in-process registry: oversized requests, memory limits
+//! at the edges, image users out of range, log paths leaving the log directory, every RPC on an
+//! unknown id, an `ExecSync` printing 1 GiB, a container flooding its stdout, the file
+//! descriptors a container's init holds, and the runtime binaries `Status` names. Needs root,
+//! runc and a static busybox on the host; skipped with a reason otherwise (failing under CI).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::Duration;
+
+use conformance::client::Cri;
+use conformance::fixtures::build::{Compression, Format, ImageSpec, Layer, TarBuilder, image};
+use conformance::fixtures::fake_registry::{Content, FakeRegistry};
+use hyper_util::rt::TokioIo;
+use proto::cri;
+use proto::cri::runtime_service_client::RuntimeServiceClient;
+use serde_json::Value;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+const MIB: u64 = 1 << 20;
+
+fn skip(reason: &str) -> bool {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "hardening tests cannot run in CI: {reason}"
+    );
+    eprintln!("skipped: {reason}");
+    false
+}
+
+fn busybox() -> Option<&'static str> {
+    ["/usr/bin/busybox", "/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(bin))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Whether containers can run here: root, runc and a static busybox.
+fn can_run() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        return skip("needs root");
+    }
+    if which("runc").is_none() {
+        return skip("runc is not installed");
+    }
+    if busybox().is_none() {
+        return skip("busybox is not installed");
+    }
+    true
+}
+
+/// A busybox image whose config has `User` = `user` (empty: none).
+fn busybox_image(user: &str) -> conformance::fixtures::build::Built {
+    let mut t = TarBuilder::new();
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
+        t.dir(d, 0o755);
+    }
+    let bb = std::fs::read(busybox().expect("busybox")).expect("read busybox");
+    t.file("bin/busybox", 0o755, &bb);
+    for applet in ["sh", "sleep", "head", "yes", "cat", "ls", "true"] {
+        t.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    t.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
+    t.file("etc/group", 0o644, b"root:x:0:\n");
+    let mut config = serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]});
+    if !user.is_empty() {
+        config["User"] = user.into();
+    }
+    image(&ImageSpec::new(
+        Format::Oci,
+        vec![Layer::new(&t.finish(), Compression::Gzip, Format::Oci)],
+        config,
+    ))
+}
+
+/// The test images on an in-process registry: `hardening/busybox:{ok,uid-2-31,uid-2-32,gid-2-32}`.
+async fn registry() -> (FakeRegistry, String) {
+    let mut content = Content::default();
+    for (tag, user) in [
+        ("ok", ""),
+        ("uid-2-31", "2147483648"),
+        ("uid-2-32", "4294967296"),
+        ("gid-2-32", "0:4294967296"),
+    ] {
+        content.add_image("hardening/busybox", tag, &busybox_image(user));
+    }
+    let reg = FakeRegistry::start(content).await.expect("fake registry");
+    let repo = format!("{}/hardening/busybox", reg.host());
+    (reg, repo)
+}
+
+/// A raw client without the 16 MiB encoding limit of conformance's client, so oversized
+/// requests reach the daemon.
+async fn unlimited_client(socket: &Path) -> RuntimeServiceClient<Channel> {
+    let path = socket.to_owned();
+    let channel = Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .expect("connect");
+    RuntimeServiceClient::new(channel)
+        .max_encoding_message_size(usize::MAX)
+        .max_decoding_message_size(64 << 20)
+}
+
+/// `VmHWM` (peak RSS) and `VmRSS` of `pid` in bytes.
+fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// The targets of `/proc/PID/fd/*` by fd number.
+fn fds(pid: i64) -> Vec<(u32, String)> {
+    let mut out: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_str()?.parse().ok()?;
+                    let t = std::fs::read_link(e.path()).ok()?;
+                    Some((n, t.display().to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    cri: Cri,
+    _registry: FakeRegistry,
+    repo: String,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["net.d", "seccomp", "logs"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        std::fs::write(
+            d.join("config.toml"),
+            format!(
+                "[cni]\nconf_dir = {:?}\n[runtime]\nseccomp_profile_root = {:?}\n[streaming]\naddress = \"127.0.0.1\"\nport = 0\n",
+                d.join("net.d"),
+                d.join("seccomp"),
+            ),
+        )
+        .unwrap();
+        let (registry, repo) = registry().await;
+        let (child, cri) = common::spawn_crid(d).await;
+        Harness {
+            dir,
+            child: Some(child),
+            cri,
+            _registry: registry,
+            repo,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("crid runs").id()
+    }
+
+    fn rt(&self) -> RuntimeServiceClient<Channel> {
+        self.cri.runtime.clone()
+    }
+
+    fn log(&self) -> String {
+        common::log_text(self.path())
+    }
+
+    fn image(&self, tag: &str) -> String {
+        format!("{}:{tag}", self.repo)
+    }
+
+    async fn pull(&self, tag: &str) {
+        self.cri
+            .images
+            .clone()
+            .pull_image(cri::PullImageRequest {
+                image: Some(common::spec(&self.image(tag))),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("pull {tag}: {e}\n{}", self.log()));
+    }
+
+    fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "hardening".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: self.path().join("logs").join(name).display().to_string(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: cri::NamespaceMode::Node as i32,
+                        pid: cri::NamespaceMode::Container as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A host-network pod (no CNI needed).
+    async fn pod(&self, name: &str) -> (String, cri::PodSandboxConfig) {
+        let config = self.pod_config(name);
+        let id = self
+            .rt()
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("run pod: {e}\n{}", self.log()))
+            .into_inner()
+            .pod_sandbox_id;
+        (id, config)
+    }
+
+    fn container(&self, tag: &str, name: &str, args: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(common::spec(&self.image(tag))),
+            command: args.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}.log"),
+            ..Default::default()
+        }
+    }
+
+    async fn create(
+        &self,
+        pod: &(String, cri::PodSandboxConfig),
+        config: cri::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        self.rt()
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.0.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.1.clone()),
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), tonic::Status> {
+        self.rt()
+            .start_container(cri::StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn run(&self, pod: &(String, cri::PodSandboxConfig), c: cri::ContainerConfig) -> String {
+        let id = self
+            .create(pod, c)
+            .await
+            .unwrap_or_else(|e| panic!("create: {e}\n{}", self.log()));
+        self.start_container(&id)
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}\n{}", self.log()));
+        id
+    }
+
+    async fn status(&self, id: &str) -> (cri::ContainerStatus, Value) {
+        let r = self
+            .rt()
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: true,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("status {id}: {e}"))
+            .into_inner();
+        let info = r
+            .info
+            .get("info")
+            .and_then(|i| serde_json::from_str(i).ok())
+            .unwrap_or(Value::Null);
+        (r.status.expect("status"), info)
+    }
+
+    /// Waits (at most a minute, polling) until the container has exited.
+    async fn wait_exited(&self, id: &str) -> cri::ContainerStatus {
+        for _ in 0..600 {
+            let (s, _) = self.status(id).await;
+            if s.state == cri::ContainerState::ContainerExited as i32 {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("container {id} did not exit\n{}", self.log());
+    }
+
+    async fn stop_remove(&self, id: &str) {
+        self.rt()
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.into(),
+                timeout: 2,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("stop {id}: {e}\n{}", self.log()));
+        self.rt()
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("remove {id}: {e}\n{}", self.log()));
+    }
+
+    /// The daemon answers and is still the same process.
+    async fn assert_healthy(&self) {
+        let v = self
+            .rt()
+            .version(cri::VersionRequest::default())
+            .await
+            .unwrap_or_else(|e| panic!("crid stopped answering: {e}\n{}", self.log()))
+            .into_inner();
+        assert_eq!(v.runtime_name, "crid");
+        let mut child = self.child.as_ref().map(|c| c.id());
+        assert!(
+            child
+                .take()
+                .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+        );
+    }
+
+    /// Removes every container and pod through the API, then checks nothing is left.
+    async fn finish(mut self) {
+        let list = self
+            .rt()
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .map(|r| r.into_inner().containers)
+            .unwrap_or_default();
+        for c in list {
+            let _ = self
+                .rt()
+                .stop_container(cri::StopContainerRequest {
+                    container_id: c.id.clone(),
+                    timeout: 1,
+                })
+                .await;
+            let _ = self
+                .rt()
+                .remove_container(cri::RemoveContainerRequest { container_id: c.id })
+                .await;
+        }
+        let pods = self
+            .rt()
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .map(|r| r.into_inner().items)
+            .unwrap_or_default();
+        for p in pods {
+            let _ = self
+                .rt()
+                .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                    pod_sandbox_id: p.id.clone(),
+                })
+                .await;
+            let _ = self
+                .rt()
+                .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                    pod_sandbox_id: p.id,
+                })
+                .await;
+        }
+        let left: Vec<_> = std::fs::read_dir(self.path().join("root/containers"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "containers left: {left:?}");
+        assert!(common::mounts_under(self.path()).is_empty());
+        if let Some(mut c) = self.child.take() {
+            common::terminate(&mut c, 50);
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            common::terminate(&mut c, 50);
+        }
+        let runc_root = self.path().join("state/runc");
+        if let Ok(entries) = std::fs::read_dir(&runc_root) {
+            for e in entries.flatten() {
+                let _ = std::process::Command::new("runc")
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["delete", "--force"])
+                    .arg(e.file_name())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+        common::unmount_all(self.path());
+    }
+}
+
+/// Every RPC that names a pod, container or image answers an unknown id as the CRI says:
+/// `Stop*`/`Remove*` (and `RemoveImage`) are idempotent `OK`, `ImageStatus` is `OK` without an
+/// image, everything else is `NOT_FOUND`.
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_ids_get_not_found_or_idempotent_ok() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start().await;
+    let id = || "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".to_string();
+    let mut r = h.rt();
+    let mut ok: Vec<(&str, Result<(), tonic::Status>)> = Vec::new();
+    ok.push((
+        "StopContainer",
+        r.stop_container(cri::StopContainerRequest {
+            container_id: id(),
+            timeout: 0,
+        })
+        .await
+        .map(|_| ()),
+    ));
+    ok.push((
+        "RemoveContainer",
+        r.remove_container(cri::RemoveContainerRequest { container_id: id() })
+            .await
+            .map(|_| ()),
+    ));
+    ok.push((
+        "StopPodSandbox",
+        r.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id(),
+        })
+        .await
+        .map(|_| ()),
+    ));
+    ok.push((
+        "RemovePodSandbox",
+        r.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id(),
+        })
+        .await
+        .map(|_| ()),
+    ));
+    let mut images = h.cri.images.clone();
+    ok.push((
+        "RemoveImage",
+        images
+            .remove_image(cri::RemoveImageRequest {
+                image: Some(common::spec(&h.image("never-pulled"))),
+            })
+            .await
+            .map(|_| ()),
+    ));
+    for (what, res) in ok {
+        assert!(res.is_ok(), "{what} on an unknown id: {res:?}");
+    }
+    let status = images
+        .image_status(cri::ImageStatusRequest {
+            image: Some(common::spec(&h.image("never-pulled"))),
+            verbose: true,
+        })
+        .await
+        .expect("ImageStatus on an unknown image")
+        .into_inner();
+    assert!(status.image.is_none(), "{status:?}");
+
+    let mut not_found: Vec<(&str, Result<(), tonic::Status>)> = Vec::new();
+    macro_rules! nf {
+        ($name:literal, $call:expr) => {
+            not_found.push(($name, $call.await.map(|_| ())));
+        };
+    }
+    nf!(
+        "StartContainer",
+        r.start_container(cri::StartContainerRequest { container_id: id() })
+    );
+    nf!(
+        "ContainerStatus",
+        r.container_status(cri::ContainerStatusRequest {
+            container_id: id(),
+            verbose: true
+        })
+    );
+    nf!(
+        "PodSandboxStatus",
+        r.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id(),
+            verbose: true
+        })
+    );
+    nf!(
+        "ExecSync",
+        r.exec_sync(cri::ExecSyncRequest {
+            container_id: id(),
+            cmd: vec!["true".into()],
+            timeout: 1
+        })
+    );
+    nf!(
+        "Exec",
+        r.exec(cri::ExecRequest {
+            container_id: id(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        })
+    );
+    nf!(
+        "Attach",
+        r.attach(cri::AttachRequest {
+            container_id: id(),
+            stdout: true,
+            ..Default::default()
+        })
+    );
+    nf!(
+        "PortForward",
+        r.port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: id(),
+            port: vec![80]
+        })
+    );
+    nf!(
+        "UpdateContainerResources",
+        r.update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id(),
+            linux: Some(cri::LinuxContainerResources::default()),
+            ..Default::default()
+        })
+    );
+    nf!(
+        "ReopenContainerLog",
+        r.reopen_container_log(cri::ReopenContainerLogRequest { container_id: id() })
+    );
+    nf!(
+        "ContainerStats",
+        r.container_stats(cri::ContainerStatsRequest { container_id: id() })
+    );
+    nf!(
+        "PodSandboxStats",
+        r.pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: id()
+        })
+    );
+    // CreateContainer in a sandbox that does not exist.
+    nf!(
+        "CreateContainer",
+        r.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: id(),
+            config: Some(h.container("ok", "orphan", &["true"])),
+            sandbox_config: Some(h.pod_config("none")),
+        })
+    );
+    for (what, res) in not_found {
+        let e = res.expect_err(what);
+        assert_eq!(e.code(), Code::NotFound, "{what}: {e:?}");
+    }
+    h.assert_healthy().await;
+    h.finish().await;
+}
+
+/// 100 MB of annotations (pod) or environment (container) is refused by the transport limit;
+/// a request under that limit carrying more than Kubernetes allows (256 KiB of labels and
+/// annotations, 1 MiB of environment) is INVALID_ARGUMENT. The daemon stays healthy, small,
+/// and keeps nothing of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_requests_are_refused_and_the_daemon_stays_healthy() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start().await;
+    h.pull("ok").await;
+    let mut raw = unlimited_client(&h.path().join("crid.sock")).await;
+    let big = |total: usize| -> std::collections::HashMap<String, String> {
+        let value = "x".repeat(1 << 20);
+        (0..total >> 20)
+            .map(|i| (format!("k{i}"), value.clone()))
+            .collect()
+    };
+    let mut pod = h.pod_config("huge");
+    pod.annotations = big(100 << 20);
+    let e = raw
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect_err("100 MB of annotations");
+    assert!(
+        matches!(e.code(), Code::ResourceExhausted | Code::OutOfRange),
+        "100 MB of annotations: {e:?}"
+    );
+    h.assert_healthy().await;
+
+    let target = h.pod("target").await;
+    let mut c = h.container("ok", "env", &["true"]);
+    c.envs = (0..100)
+        .map(|i| cri::KeyValue {
+            key: format!("E{i}"),
+            value: "y".repeat(1 << 20),
+        })
+        .collect();
+    let e = raw
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: target.0.clone(),
+            config: Some(c),
+            sandbox_config: Some(target.1.clone()),
+        })
+        .await
+        .expect_err("100 MB of env");
+    assert!(
+        matches!(e.code(), Code::ResourceExhausted | Code::OutOfRange),
+        "100 MB of env: {e:?}"
+    );
+    h.assert_healthy().await;
+
+    // Under the 16 MiB message limit, but far over what Kubernetes itself allows.
+    let mut pod = h.pod_config("big");
+    pod.annotations = big(8 << 20);
+    let e = raw
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect_err("8 MiB of pod annotations");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let mut c = h.container("ok", "annotated", &["true"]);
+    c.annotations = big(8 << 20);
+    let e = h
+        .create(&target, c)
+        .await
+        .expect_err("8 MiB of annotations");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let mut c = h.container("ok", "env", &["true"]);
+    c.envs = (0..8)
+        .map(|i| cri::KeyValue {
+            key: format!("E{i}"),
+            value: "y".repeat(1 << 20),
+        })
+        .collect();
+    let e = h.create(&target, c).await.expect_err("8 MiB of env");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // Within the limits all is well.
+    let mut c = h.container("ok", "env", &["sh", "-c", "test ${#BIG} = 100000"]);
+    c.envs = vec![cri::KeyValue {
+        key: "BIG".into(),
+        value: "z".repeat(100_000),
+    }];
+    let id = h.run(&target, c).await;
+    assert_eq!(h.wait_exited(&id).await.exit_code, 0);
+
+    let pods = h
+        .rt()
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    let (hwm, _) = memory(h.pid());
+    eprintln!(
+        "crid peak RSS after the oversized requests: {} MiB",
+        hwm / MIB
+    );
+    // Decoding a refused message must not have kept (or copied) 100 MB around.
+    assert!(hwm < 256 * MIB, "crid peaked at {} MiB", hwm / MIB);
+    h.assert_healthy().await;
+    h.finish().await;
+}
+
+/// Memory limits at the edges for runc containers: -1 means "no limit"; 1 byte (anything
+/// below Docker's 6 MiB minimum) is refused at CreateContainer and UpdateContainerResources
+/// with INVALID_ARGUMENT (runc's own init would not fit: it failed at start with INTERNAL
+/// before); i64::MAX
+/// (the largest a CRI int64 carries; 2^63 does not fit) is effectively unlimited and runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_limits_at_the_edges() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start().await;
+    h.pull("ok").await;
+    let pod = h.pod("memory").await;
+    let with_limit = |name: &str, limit: i64| {
+        let mut c = h.container("ok", name, &[
+                "sh",
+                "-c",
+                "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+            ]);
+        c.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: limit,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        c
+    };
+    for (name, limit) in [("minus-one", -1), ("max", i64::MAX)] {
+        let id = h.run(&pod, with_limit(name, limit)).await;
+        let s = h.wait_exited(&id).await;
+        assert_eq!(s.exit_code, 0, "{name}: {s:?}");
+        let log = std::fs::read_to_string(h.path().join("logs/memory").join(format!("{name}.log")))
+            .unwrap_or_default();
+        assert!(log.contains(" F "), "{name}: {log}");
+        // Unlimited: "max" (cgroup v2) or the page-rounded i64::MAX (v1).
+        let value = log.trim_end().rsplit(' ').next().unwrap_or_default();
+        assert!(
+            value == "max" || value.parse::<u64>().is_ok_and(|v| v > 1 << 62),
+            "{name}: {log}"
+        );
+    }
+    for limit in [1, 4095, (6 << 20) - 1] {
+        let e = h
+            .create(&pod, with_limit("tiny", limit))
+            .await
+            .expect_err("a limit no container fits in");
+        assert_eq!(e.code(), Code::InvalidArgument, "{limit}: {e:?}");
+        assert!(e.message().contains("memory"), "{e:?}");
+    }
+    // UpdateContainerResources checks the same way.
+    let id = h
+        .run(&pod, h.container("ok", "sleeper", &["sleep", "600"]))
+        .await;
+    let e = h
+        .rt()
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("update to 1 byte");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let (s, _) = h.status(&id).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
+    h.stop_remove(&id).await;
+    h.assert_healthy().await;
+    h.finish().await;
+}
+
+/// Image `User` values out of range (2^31, 2^32, a group of 2^32) and log paths leaving the
+/// pod's log directory (absolute, `..` after a component) are INVALID_ARGUMENT at
+/// CreateContainer and leave nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn image_users_and_log_paths_out_of_bounds_are_invalid() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start().await;
+    for tag in ["ok", "uid-2-31", "uid-2-32", "gid-2-32"] {
+        h.pull(tag).await;
+    }
+    let pod = h.pod("bounds").await;
+    for tag in ["uid-2-31", "uid-2-32", "gid-2-32"] {
+        let e = h
+            .create(&pod, h.container(tag, tag, &["true"]))
+            .await
+            .expect_err(tag);
+        assert_eq!(e.code(), Code::InvalidArgument, "{tag}: {e:?}");
+        assert!(e.message().contains("range"), "{tag}: {e:?}");
+    }
+    let outside = h.path().join("escaped.log");
+    for log_path in [
+        outside.display().to_string(),
+        "a/../../escaped.log".into(),
+        "../bounds-other/x.log".into(),
+        "./../escaped.log".into(),
+    ] {
+        let mut c = h.container("ok", "log", &["true"]);
+        c.log_path = log_path.clone();
+        let e = h.create(&pod, c).await.expect_err(&log_path);
+        assert_eq!(e.code(), Code::InvalidArgument, "{log_path}: {e:?}");
+    }
+    assert!(!outside.exists());
+    let left: Vec<_> = std::fs::read_dir(h.path().join("root/containers"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    // The same image with an in-range user works.
+    let id = h.run(&pod, h.container("ok", "fine", &["true"])).await;
+    assert_eq!(h.wait_exited(&id).await.exit_code, 0);
+    assert!(h.path().join("logs/bounds/fine.log").exists());
+    h.finish().await;
+}
+
+/// `ExecSync` of a command printing 1 GiB: crid keeps at most its 16 MiB output cap, answers
+/// (the output truncated to the cap, the exit code of the command), and its memory stays
+/// bounded; the container is unharmed.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_sync_printing_a_gibibyte_is_bounded() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start().await;
+    h.pull("ok").await;
+    let pod = h.pod("exec").await;
+    let id = h
+        .run(&pod, h.container("ok", "sleeper", &["sleep", "600"]))
+        .await;
+    let (before, _) = memory(h.pid());
+    let r = h
+        .rt()
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "head -c 1073741824 /dev/zero; echo done >&2; exit 7".into(),
+            ],
+            timeout: 120,
+        })
+        .await;
+    let (after, _) = memory(h.pid());
+    match r {
+        Ok(r) => {
+            let r = r.into_inner();
+            assert!(
+                r.stdout.len() as u64 <= 16 * MIB,
+                "{} bytes",
+                r.stdout.len()
+            );
+            assert!(r.stdout.len() as u64 >= MIB, "{} bytes", r.stdout.len());
+            assert!(r.stdout.iter().all(|b| *b == 0));
+            assert_eq!(
+                r.exit_code,
+                7,
+                "stderr {:?}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+        }
+        Err(e) => assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}"),
+    }
+    eprintln!(
+        "crid peak RSS {} MiB before, {} MiB after",
+        before / MIB,
+        after / MIB
+    );
+    assert!(
+        after < before + 128 * MIB,
+        "crid's peak RSS grew from {} to {} MiB",
+        before / MIB,
+        after / MIB
+    );
+    let again = h
+        .rt()
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "echo still here".into()],
+            timeout: 10,
+        })
+        .await
+        .expect("exec after the flood")
+        .into_inner();
+    assert_eq!(again.stdout, b"still here\n");
+    h.stop_remove(&id).await;
+    h.assert_healthy().await;
+    h.finish().await;
+}
+
+/// A container writing to stdout as fast as it can, in lines and in one endless line: its
+/// monitor's memory stays small (lines are split at 16 KiB), the log holds what was written,
+/// crid's memory does not follow the log, and the container stops on request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_flooding_stdout_keeps_monitor_and_daemon_small() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start().await;
+    h.pull("ok").await;
+    let pod = h.pod("flood").await;
+    let (crid_before, _) = memory(h.pid());
+    for (name, script) in [
+        ("lines", "yes flooding-the-log-with-lines"),
+        ("endless", "cat /dev/zero"),
+    ] {
+        let id = h
+            .run(&pod, h.container("ok", name, &["sh", "-c", script]))
+            .await;
+        let log = h.path().join("logs/flood").join(format!("{name}.log"));
+        // Until 256 MiB are logged (bounded: at most two minutes of polling).
+        let mut size = 0;
+        for _ in 0..1200 {
+            size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+            if size >= 256 * MIB {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(size >= 256 * MIB, "{name}: only {size} bytes logged");
+        let pid_file = h
+            .path()
+            .join("state/containers")
+            .join(&id)
+            .join("monitor.pid");
+        let monitor: u32 = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()))
+            .trim()
+            .parse()
+            .unwrap();
+        let (monitor_hwm, _) = memory(monitor);
+        eprintln!(
+            "{name}: {size} bytes logged, monitor peak RSS {} KiB",
+            monitor_hwm >> 10
+        );
+        assert!(monitor_hwm > 0, "monitor {monitor} not found");
+        assert!(
+            monitor_hwm < 16 * MIB,
+            "{name}: the monitor peaked at {} KiB",
+            monitor_hwm >> 10
+        );
+        // Each record is bounded: no line of the CRI log is longer than 16 KiB + its prefix.
+        let mut f = std::fs::File::open(&log).unwrap();
+        let mut head = vec![0u8; 4 * MIB as usize];
+        let n = std::io::Read::read(&mut f, &mut head).unwrap();
+        let longest = head[..n]
+            .split(|b| *b == b'\n')
+            .rev()
+            .skip(1)
+            .map(<[u8]>::len)
+            .max()
+            .unwrap_or(0);
+        assert!(
+            longest <= 16 * 1024 + 64,
+            "{name}: a {longest} byte log line"
+        );
+        if name == "endless" {
+            let text = String::from_utf8_lossy(&head[..n.min(200)]).into_owned();
+            assert!(text.contains(" stdout P "), "{text:?}");
+        }
+        h.stop_remove(&id).await;
+    }
+    let (crid_after, _) = memory(h.pid());
+    eprintln!(
+        "crid peak RSS {} MiB before the floods, {} MiB after",
+        crid_before / MIB,
+        crid_after / MIB
+    );
+    assert!(
+        crid_after < crid_before + 64 * MIB,
+        "crid's peak RSS grew from {} to {} MiB while containers logged 512 MiB",
+        crid_before / MIB,
+        crid_after / MIB
+    );
+    h.assert_healthy().await;
+    h.finish().await;
+}
+
+/// The init process runc starts for a container holds stdin, stdout and stderr and nothing
+/// else: no descriptor of crid or of its monitor leaks into the container. The monitor holds
+/// nothing of crid's either (its socket, log, image store). `Status` verbose info names the
+/// runc and hypervisor binaries with their versions.
+#[tokio::test(flavor = "multi_thread")]
+async fn container_init_holds_only_stdio_and_status_names_the_binaries() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start().await;
+    h.pull("ok").await;
+    let pod = h.pod("fds").await;
+    for (name, tty) in [("pipes", false), ("tty", true)] {
+        let mut c = h.container("ok", name, &["sleep", "600"]);
+        c.tty = tty;
+        c.stdin = tty;
+        let id = h.run(&pod, c).await;
+        let (_, info) = h.status(&id).await;
+        let pid = info["pid"].as_i64().expect("pid in verbose info");
+        let held = fds(pid);
+        let numbers: Vec<u32> = held.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            numbers,
+            vec![0, 1, 2],
+            "{name}: container init holds {held:?}"
+        );
+        for (n, target) in &held {
+            let ok = target == "/dev/null"
+                || target.starts_with("pipe:")
+                || target.starts_with("/dev/pts/")
+                || target == "/dev/console";
+            assert!(ok, "{name}: fd {n} of the container is {target}");
+        }
+        let monitor: u32 = std::fs::read_to_string(
+            h.path()
+                .join("state/containers")
+                .join(&id)
+                .join("monitor.pid"),
+        )
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+        let crid_fds = fds(i64::from(h.pid()));
+        let crid_sockets: Vec<&String> = crid_fds
+            .iter()
+            .map(|(_, t)| t)
+            .filter(|t| t.starts_with("socket:"))
+            .collect();
+        let root = h.path().join("root").display().to_string();
+        let crid_log = h.path().join("crid.log").display().to_string();
+        for (n, target) in fds(i64::from(monitor)) {
+            assert!(
+                !crid_sockets.contains(&&target),
+                "{name}: monitor fd {n} is crid's {target}"
+            );
+            assert!(
+                target != crid_log && !target.starts_with(&format!("{root}/images")),
+                "{name}: monitor fd {n} is {target}"
+            );
+        }
+        h.stop_remove(&id).await;
+    }
+
+    let status = h
+        .rt()
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let binaries: Value = serde_json::from_str(
+        status
+            .info
+            .get("binaries")
+            .expect("binaries in Status info"),
+    )
+    .unwrap();
+    let runc = which("runc").unwrap();
+    assert_eq!(
+        binaries["runc"]["path"].as_str(),
+        Some(runc.to_str().unwrap()),
+        "{binaries}"
+    );
+    let version = binaries["runc"]["version"].as_str().unwrap_or_default();
+    assert!(version.starts_with("runc version "), "{binaries}");
+    for hv in ["qemu-system-x86_64", "firecracker", "cloud-hypervisor"] {
+        let entry = &binaries[hv];
+        match which(hv) {
+            Some(p) => {
+                assert_eq!(
+                    entry["path"].as_str(),
+                    Some(p.to_str().unwrap()),
+                    "{binaries}"
+                );
+                assert!(
+                    entry["version"].as_str().is_some_and(|v| !v.is_empty()),
+                    "{binaries}"
+                );
+            }
+            None => assert!(
+                entry["error"].as_str().is_some_and(|e| e.contains(hv)),
+                "{binaries}"
+            ),
+        }
+    }
+    if which("qemu-system-x86_64").is_some() {
+        let v = binaries["qemu-system-x86_64"]["version"].as_str().unwrap();
+        assert!(v.contains("QEMU"), "{v}");
+    }
+    h.finish().await;
+}
