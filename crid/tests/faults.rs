@@ -419,6 +419,19 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
     )
     .await
     .unwrap_or_else(|e| panic!("create late: {e}\n{}", crid.log()));
+    // A pod whose logs are on another disk: only the container's rootfs is on the full one.
+    let outside_config = host_net_pod("outside", &dir.join("logs"));
+    let outside = run_pod(&crid, &outside_config)
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", crid.log()));
+    let late2 = create(
+        &crid,
+        &outside,
+        &outside_config,
+        container(&busybox, "late2", &["sh", "-c", "echo late2-ran"]),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("create late2: {e}\n{}", crid.log()));
     let images_before = crid.images().await.len();
 
     // Pull with too little space for the layer's download, then with room for the download
@@ -429,9 +442,9 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
         let e = crid.pull(&big).await.unwrap_err();
         assert_exhausted(&e, &format!("pull with {leave} bytes free"), &crid);
         assert_eq!(crid.images().await.len(), images_before, "{e}");
-        // Garbage collection after the failure may still be deleting its trash.
+        // Garbage collection after the failure may still be collecting what was downloaded.
         for _ in 0..100 {
-            if leftovers(&crid).is_empty() {
+            if leftovers(&crid).is_empty() && fs.free().0 + (256 << 10) >= free_before {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -462,14 +475,14 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
     assert_exhausted(&e, "CreateContainer", &crid);
     let mut ids = container_ids(&crid).await;
     ids.sort();
-    let mut expected = vec![logger.clone(), victim.clone(), late.clone()];
+    let mut expected = vec![logger.clone(), victim.clone(), late.clone(), late2.clone()];
     expected.sort();
     assert_eq!(ids, expected);
     let e = run_pod(&crid, &host_net_pod("disk2", &logs))
         .await
         .unwrap_err();
     assert_exhausted(&e, "RunPodSandbox", &crid);
-    assert_eq!(crid.pods().await.len(), 1);
+    assert_eq!(crid.pods().await.len(), 2);
     // Logging: kubelet's rotation (rename, then reopen) cannot get a new file.
     let log = logs.join("logger.log");
     std::fs::rename(&log, logs.join("logger.log.1")).unwrap();
@@ -498,6 +511,18 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
         status(&crid, &late).await.state,
         cri::ContainerState::ContainerCreated as i32
     );
+    // Its logs fit, but runc cannot create the mount targets in its rootfs.
+    let e = crid
+        .cri
+        .runtime
+        .clone()
+        .start_container(cri::StartContainerRequest {
+            container_id: late2.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_exhausted(&e, "StartContainer (rootfs)", &crid);
+    assert_eq!(status(&crid, &late2).await.reason, "StartError");
     // A container that ends while the disk is full still has its exit reported.
     crid.cri
         .runtime
@@ -557,10 +582,10 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
         .await
         .unwrap_or_else(|e| panic!("run pod after freeing: {e}\n{}", crid.log()));
 
-    for id in [&logger, &second, &victim, &late] {
+    for id in [&logger, &second, &victim, &late, &late2] {
         remove_container(&crid, id).await;
     }
-    for p in [&pod, &pod2] {
+    for p in [&pod, &pod2, &outside] {
         crid.stop_and_remove_pod(p).await;
     }
     assert!(

@@ -53,6 +53,14 @@ pub enum SandboxError {
     /// A record on disk cannot be read or written.
     #[error("record {path}: {reason}")]
     Record { path: PathBuf, reason: String },
+    /// An operation (usually by runc or a VMM, which report text) failed while the file system
+    /// holding `path` was full.
+    #[error("{op} failed, the file system of {path} is full: {reason}")]
+    DiskFull {
+        op: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("i/o error at {path}")]
     Io {
         path: PathBuf,
@@ -79,6 +87,7 @@ impl SandboxError {
             SandboxError::Runtime { .. } => ErrorKind::Internal,
             SandboxError::Timeout { .. } => ErrorKind::DeadlineExceeded,
             SandboxError::Record { .. } => ErrorKind::Internal,
+            SandboxError::DiskFull { .. } => ErrorKind::ResourceExhausted,
             SandboxError::Io { source, .. } if source.raw_os_error() == Some(28) => {
                 ErrorKind::ResourceExhausted
             }

@@ -1048,6 +1048,16 @@ impl ContainerManager {
             r.message = msg.clone();
         });
         tracing::error!(container_id = %id, error = %msg, "start failed");
+        // runc reports ENOSPC only as text: a start that failed on a full disk under the
+        // container's rootfs is RESOURCE_EXHAUSTED, as the same failure in crid itself is.
+        let dir = self.dir(&id);
+        if crate::sys::is_full(&dir) {
+            return SandboxError::DiskFull {
+                op: "start".into(),
+                path: dir,
+                reason: msg,
+            };
+        }
         runtime_err("start", msg)
     }
 

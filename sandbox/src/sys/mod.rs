@@ -72,6 +72,14 @@ pub fn node_hostname() -> String {
         .unwrap_or_default()
 }
 
+/// Whether the file system holding `path` has no free blocks or no free inodes left (so a
+/// failure that happened there is most likely ENOSPC, whatever a child process printed).
+pub fn is_full(path: &Path) -> bool {
+    nix::sys::statvfs::statvfs(path)
+        .map(|s| s.blocks_available() == 0 || s.files_available() == 0)
+        .unwrap_or(false)
+}
+
 /// Whether `path` is a mount point (its device differs from its parent's).
 pub fn is_mount_point(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
