@@ -553,6 +553,21 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(grew, "the log gets no new lines after freeing space");
+    // The monitor said once that the log could not be written, not once per lost line.
+    let monitor_log = std::fs::read_to_string(
+        dir.join("state/containers")
+            .join(&logger)
+            .join("monitor.log"),
+    )
+    .unwrap_or_default();
+    let reports = monitor_log
+        .lines()
+        .filter(|l| l.contains("writing the container log"))
+        .count();
+    assert!(
+        (1..=4).contains(&reports),
+        "{reports} reports in the monitor's log:\n{monitor_log}"
+    );
     crid.pull(&layered)
         .await
         .unwrap_or_else(|e| panic!("pull after freeing: {e}\n{}", crid.log()));

@@ -147,6 +147,11 @@ impl LineSplitter {
 pub struct LogFile {
     path: Option<PathBuf>,
     file: Option<File>,
+    /// Records lost since writing started to fail (a full disk): the failure is reported
+    /// once, and the count when writing works again, not once per record.
+    dropped: u64,
+    /// The last failed write left part of a record: the next record starts on a new line.
+    torn: bool,
 }
 
 impl LogFile {
@@ -155,6 +160,8 @@ impl LogFile {
         let mut log = LogFile {
             path: path.map(Path::to_path_buf),
             file: None,
+            dropped: 0,
+            torn: false,
         };
         log.reopen()?;
         Ok(log)
@@ -162,6 +169,7 @@ impl LogFile {
 
     pub fn reopen(&mut self) -> std::io::Result<()> {
         self.file = None;
+        self.torn = false;
         if let Some(path) = &self.path {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
@@ -177,12 +185,40 @@ impl LogFile {
         Ok(())
     }
 
-    /// Writes one record in a single `write` (the file is opened with `O_APPEND`).
+    /// Writes one record, in a single `write` unless the disk fills up (the file is opened with
+    /// `O_APPEND`). Failures are reported once per run of failures, not per record.
     pub fn write_record(&mut self, stream: Stream, partial: bool, content: &[u8]) {
         if let Some(f) = self.file.as_mut() {
-            let rec = record(now(), stream, partial, content);
-            if let Err(e) = f.write_all(&rec) {
-                eprintln!("crid monitor: writing the container log: {e}");
+            let mut rec = record(now(), stream, partial, content);
+            if self.torn {
+                rec.insert(0, b'\n');
+            }
+            let mut written = 0;
+            let result = loop {
+                match f.write(&rec[written..]) {
+                    Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) if written + n == rec.len() => break Ok(()),
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            self.torn = result.is_err() && (written > 0 || self.torn);
+            match result {
+                Err(e) => {
+                    if self.dropped == 0 {
+                        eprintln!("crid monitor: writing the container log: {e}");
+                    }
+                    self.dropped += 1;
+                }
+                Ok(()) if self.dropped > 0 => {
+                    eprintln!(
+                        "crid monitor: writing the container log again, {} records were lost",
+                        self.dropped
+                    );
+                    self.dropped = 0;
+                }
+                Ok(()) => {}
             }
         }
     }
@@ -191,6 +227,17 @@ impl LogFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_drops_records_without_reporting_each() {
+        // /dev/full fails every write with ENOSPC.
+        let mut log = LogFile::open(Some(Path::new("/dev/full"))).unwrap();
+        for _ in 0..3 {
+            log.write_record(Stream::Stdout, false, b"lost");
+        }
+        assert_eq!(log.dropped, 3);
+        assert!(!log.torn);
+    }
 
     #[test]
     fn timestamps_follow_rfc3339_nano() {
