@@ -374,7 +374,7 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
     // crid's root on a 48 MiB file system; the pod logs live there too.
     let fs = LoopFs::mount(&dir.join("disk.img"), &dir.join("root"), 48, 4096);
     let logs = dir.join("root/pod-logs");
-    let crid = Crid::start(dir).await;
+    let mut crid = Crid::start(dir).await;
 
     crid.pull(&busybox)
         .await
@@ -538,6 +538,19 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
         s.exit_code == 137 || s.exit_code == 143,
         "exit code of a stopped sleep: {s:?}"
     );
+
+    // crid restarts on the full disk and finds everything as it was.
+    crid.stop();
+    crid = Crid::start(dir).await;
+    assert_eq!(
+        status(&crid, &logger).await.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "{}",
+        crid.log()
+    );
+    assert_eq!(status(&crid, &victim).await.exit_code, s.exit_code);
+    assert_eq!(crid.images().await.len(), images_before);
+    assert_eq!(crid.pods().await.len(), 2);
 
     // Space is back: everything works again.
     fs.release();
