@@ -241,6 +241,7 @@ fn import_images(cli: &Cli, file: &std::path::Path) -> anyhow::Result<()> {
 fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
     let config = cli.load_config()?;
     init_tracing(&config);
+    sys::limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("crid")

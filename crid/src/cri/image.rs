@@ -239,6 +239,9 @@ pub async fn pull_image(
         },
         None => pull.await,
     };
+    // A pull's buffers (TLS, HTTP, decompression, JSON) are freed by now: give the pages
+    // back to the kernel so an idle daemon's RSS is what it keeps.
+    tokio::task::spawn_blocking(crate::sys::trim_heap);
     crate::metrics::global().observe_pull(
         result.is_ok(),
         result.as_ref().map_or(0, |i| i.size),
