@@ -439,8 +439,11 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
     for leave in [2u64 << 20, 9 << 20] {
         fs.fill(leave);
         let (free_before, _) = fs.free();
-        let e = crid.pull(&big).await.unwrap_err();
+        // Two pulls share one download: both get its code.
+        let (a, b) = tokio::join!(crid.pull(&big), crid.pull(&big));
+        let e = a.unwrap_err();
         assert_exhausted(&e, &format!("pull with {leave} bytes free"), &crid);
+        assert_exhausted(&b.unwrap_err(), "the second pull", &crid);
         assert_eq!(crid.images().await.len(), images_before, "{e}");
         // Garbage collection after the failure may still be collecting what was downloaded.
         for _ in 0..100 {
