@@ -34,7 +34,8 @@ pub struct Started {
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
-fn pod_config(target: &Target, tag: &str) -> cri::PodSandboxConfig {
+fn pod_config(target: &Target, tag: &str, host_network: bool) -> cri::PodSandboxConfig {
+    let namespaces = namespaces(host_network);
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
     let name = format!("bench-{tag}-{}-{n}", std::process::id());
     cri::PodSandboxConfig {
@@ -49,7 +50,7 @@ fn pod_config(target: &Target, tag: &str) -> cri::PodSandboxConfig {
         // As kubelet does for pods without shareProcessNamespace.
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(kubelet_namespaces()),
+                namespace_options: Some(namespaces),
                 ..Default::default()
             }),
             ..Default::default()
@@ -59,7 +60,16 @@ fn pod_config(target: &Target, tag: &str) -> cri::PodSandboxConfig {
     }
 }
 
-fn container_config(image: &str, command: &[&str]) -> cri::ContainerConfig {
+/// [`kubelet_namespaces`], with the node's network for host-network pods.
+fn namespaces(host_network: bool) -> cri::NamespaceOption {
+    let mut ns = kubelet_namespaces();
+    if host_network {
+        ns.network = cri::NamespaceMode::Node as i32;
+    }
+    ns
+}
+
+fn container_config(image: &str, command: &[&str], host_network: bool) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: "app".into(),
@@ -73,7 +83,7 @@ fn container_config(image: &str, command: &[&str]) -> cri::ContainerConfig {
         log_path: "app.log".into(),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(kubelet_namespaces()),
+                namespace_options: Some(namespaces(host_network)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -100,8 +110,19 @@ pub async fn cold_start(
     command: &[&str],
     tag: &str,
 ) -> anyhow::Result<Started> {
+    cold_start_in(target, image, command, tag, false).await
+}
+
+/// [`cold_start`] in a pod with its own network (CNI) or, with `host_network`, the node's.
+pub async fn cold_start_in(
+    target: &Target,
+    image: &str,
+    command: &[&str],
+    tag: &str,
+    host_network: bool,
+) -> anyhow::Result<Started> {
     let mut rt = target.cri.runtime.clone();
-    let config = pod_config(target, tag);
+    let config = pod_config(target, tag, host_network);
     let t0 = Instant::now();
     let pod_id = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -116,7 +137,7 @@ pub async fn cold_start(
     let container_id = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod_id.clone(),
-            config: Some(container_config(image, command)),
+            config: Some(container_config(image, command, host_network)),
             sandbox_config: Some(config),
         })
         .await
