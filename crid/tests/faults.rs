@@ -784,22 +784,32 @@ async fn a_hypervisor_killed_mid_boot_is_an_exited_container_with_a_reason() {
     write_config(dir, "");
     plain_http_registry(dir, &reg);
     let guest = common::push_freestanding_guest(&reg, dir, "faults");
+    // A CNI pod: the guest takes over eth0 through a tap, which the crash must release.
+    let net = Net::new(14, dir);
+    std::fs::write(dir.join("net.d/10-test.conflist"), net.conflist()).unwrap();
     let crid = Crid::start(dir).await;
     crid.pull(&guest)
         .await
         .unwrap_or_else(|e| panic!("pull {guest}: {e}\n{}", crid.log()));
-    let logs = dir.join("logs");
-    let pod_config = host_net_pod("vm", &logs);
+    let pod_config = common::pod_config("vm", dir);
     let pod = run_pod(&crid, &pod_config)
         .await
         .unwrap_or_else(|e| panic!("run pod: {e}\n{}", crid.log()));
-    let mut config = container(&guest, "guest", &[]);
-    config.linux = None;
+    let config = container(&guest, "guest", &[]);
     let id = create(&crid, &pod, &pod_config, config)
         .await
         .unwrap_or_else(|e| panic!("create: {e}\n{}", crid.log()));
     start(&crid, &id).await;
-    let pid = qemu_pid(dir).unwrap_or_else(|| panic!("no QEMU running\n{}", crid.log()));
+    // As soon as the VMM shows up (the monitor may still be between fork and exec).
+    let mut pid = None;
+    for _ in 0..100 {
+        pid = qemu_pid(dir);
+        if pid.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = pid.unwrap_or_else(|| panic!("no QEMU running\n{}", crid.log()));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -815,8 +825,8 @@ async fn a_hypervisor_killed_mid_boot_is_an_exited_container_with_a_reason() {
     );
     // The daemon carries on: the container is removable and another guest starts.
     remove_container(&crid, &id).await;
-    let mut config = container(&guest, "again", &["exit=4"]);
-    config.linux = None;
+    // The crashed guest's tap is gone: the pod takes a new guest (one per pod).
+    let config = container(&guest, "again", &["exit=4"]);
     let again = create(&crid, &pod, &pod_config, config)
         .await
         .unwrap_or_else(|e| panic!("create again: {e}\n{}", crid.log()));
@@ -826,4 +836,7 @@ async fn a_hypervisor_killed_mid_boot_is_an_exited_container_with_a_reason() {
     remove_container(&crid, &again).await;
     crid.stop_and_remove_pod(&pod).await;
     assert!(qemu_pid(dir).is_none());
+    assert!(pins(dir).is_empty(), "{:?}", pins(dir));
+    assert!(net.reservations().is_empty(), "{:?}", net.reservations());
+    assert!(net.veths().is_empty(), "{:?}", net.veths());
 }
