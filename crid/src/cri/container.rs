@@ -465,15 +465,21 @@ pub async fn exec_sync(
         .grpc
         .max_message_size
         .saturating_sub(MESSAGE_OVERHEAD);
-    let mut stdout = out.stdout;
-    let mut stderr = out.stderr;
-    stdout.truncate(budget);
-    stderr.truncate(budget - stdout.len());
+    let (stdout, stderr) = fit_output(out.stdout, out.stderr, budget);
     Ok(cri::ExecSyncResponse {
         stdout,
         stderr,
         exit_code: out.exit_code,
     })
+}
+
+/// Truncates stdout and stderr to `budget` bytes together. stderr keeps up to half the budget
+/// (it usually says what went wrong), stdout gets the rest, stderr any room stdout leaves.
+fn fit_output(mut stdout: Vec<u8>, mut stderr: Vec<u8>, budget: usize) -> (Vec<u8>, Vec<u8>) {
+    let reserved = stderr.len().min(budget / 2);
+    stdout.truncate(budget - reserved);
+    stderr.truncate(budget - stdout.len());
+    (stdout, stderr)
 }
 
 fn u64v(v: u64) -> Option<cri::UInt64Value> {
@@ -715,4 +721,25 @@ pub async fn get_container_events(
         }
     });
     Ok(Box::pin(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_output;
+
+    #[test]
+    fn exec_output_fits_the_budget_and_keeps_stderr() {
+        let v = |n: usize, b: u8| vec![b; n];
+        // A flood on stdout no longer pushes out a short stderr (it did: stderr got nothing).
+        let (o, e) = fit_output(v(100, b'o'), v(5, b'e'), 50);
+        assert_eq!((o.len(), e.len()), (45, 5));
+        let (o, e) = fit_output(v(100, b'o'), v(100, b'e'), 50);
+        assert_eq!((o.len(), e.len()), (25, 25));
+        let (o, e) = fit_output(v(10, b'o'), v(100, b'e'), 50);
+        assert_eq!((o.len(), e.len()), (10, 40));
+        let (o, e) = fit_output(v(10, b'o'), v(10, b'e'), 50);
+        assert_eq!((o.len(), e.len()), (10, 10));
+        let (o, e) = fit_output(vec![], v(100, b'e'), 50);
+        assert_eq!((o.len(), e.len()), (0, 50));
+    }
 }
