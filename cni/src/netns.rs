@@ -8,7 +8,9 @@
 
 use std::fs::OpenOptions;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
@@ -54,10 +56,98 @@ fn nix_io(e: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
+/// How many network namespaces are kept made ahead of need (see [`create`]).
+const POOL_SIZE: usize = 2;
+
+/// Network namespaces made ahead of need, held open by descriptor only (no pin, no mount:
+/// they vanish with the process), each with `lo` already up.
+static POOL: std::sync::Mutex<Vec<OwnedFd>> = std::sync::Mutex::new(Vec::new());
+/// Whether a thread is refilling [`POOL`].
+static FILLING: AtomicBool = AtomicBool::new(false);
+
+/// A new network namespace with `lo` up, made on a short-lived thread and held by an open
+/// `/proc/thread-self/ns/net` descriptor.
+fn new_netns() -> io::Result<OwnedFd> {
+    std::thread::Builder::new()
+        .name("crid-netns-pool".into())
+        .spawn(|| -> io::Result<OwnedFd> {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(nix_io)?;
+            loopback_up()?;
+            Ok(std::fs::File::open("/proc/thread-self/ns/net")?.into())
+        })?
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
+}
+
+/// Tops the pool up in the background (one thread at a time).
+fn refill() {
+    if FILLING.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("crid-netns-fill".into())
+        .spawn(|| {
+            fill_pool();
+            FILLING.store(false, Ordering::SeqCst);
+        });
+    if spawned.is_err() {
+        FILLING.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Makes namespaces until the pool is full (or making one fails).
+fn fill_pool() {
+    loop {
+        let missing = POOL.lock().map(|p| p.len() < POOL_SIZE).unwrap_or(false);
+        if !missing {
+            return;
+        }
+        match new_netns() {
+            Ok(fd) => match POOL.lock() {
+                // (Another filler may have topped it up meanwhile: then this one goes.)
+                Ok(mut p) if p.len() < POOL_SIZE => p.push(fd),
+                _ => return,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make a network namespace ahead of need");
+                return;
+            }
+        }
+    }
+}
+
+/// A network namespace from the pool, if one is ready; the pool is topped up again.
+fn take_pooled() -> Option<OwnedFd> {
+    let fd = POOL.lock().ok().and_then(|mut p| p.pop());
+    refill();
+    fd
+}
+
 /// Creates new namespaces of the given kinds and pins each at its path. `setup` runs inside
 /// the new namespaces before they are pinned (e.g. to set the hostname). On any failure
 /// nothing stays pinned.
+///
+/// Creating a network namespace is the slow part (tens of milliseconds on a busy host), so
+/// the network namespace comes from a small pool made ahead of need in the background when
+/// one is ready (with `lo` already up), and the pool is topped up after each use.
 pub fn create<F>(pins: &[(NsKind, PathBuf)], setup: F) -> Result<(), CniError>
+where
+    F: FnOnce() -> io::Result<()> + Send + 'static,
+{
+    let pooled = if pins.iter().any(|(k, _)| *k == NsKind::Net) {
+        take_pooled()
+    } else {
+        None
+    };
+    create_with(pins, pooled, setup)
+}
+
+/// [`create`], with the network namespace given as an open descriptor (`None`: a new one).
+fn create_with<F>(
+    pins: &[(NsKind, PathBuf)],
+    pooled_net: Option<OwnedFd>,
+    setup: F,
+) -> Result<(), CniError>
 where
     F: FnOnce() -> io::Result<()> + Send + 'static,
 {
@@ -76,8 +166,10 @@ where
     let outcome = std::thread::Builder::new()
         .name("crid-netns".into())
         .spawn(move || -> Result<(), CniError> {
+            let fresh = |k: &NsKind| !(*k == NsKind::Net && pooled_net.is_some());
             let flags = owned
                 .iter()
+                .filter(|(k, _)| fresh(k))
                 .fold(CloneFlags::empty(), |acc, (k, _)| acc | k.flag());
             let path0 = owned.first().map(|(_, p)| p.clone()).unwrap_or_default();
             unshare(flags)
@@ -86,7 +178,10 @@ where
             setup().map_err(ns_err("set up", &path0))?;
             let tid = nix::unistd::gettid();
             for (kind, path) in &owned {
-                let src = format!("/proc/self/task/{tid}/ns/{}", kind.proc_name());
+                let src = match &pooled_net {
+                    Some(fd) if !fresh(kind) => format!("/proc/self/fd/{}", fd.as_raw_fd()),
+                    _ => format!("/proc/self/task/{tid}/ns/{}", kind.proc_name()),
+                };
                 mount(
                     Some(src.as_str()),
                     path.as_path(),
@@ -177,7 +272,6 @@ pub fn loopback_up() -> io::Result<()> {
         AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
         socket,
     };
-    use std::os::fd::AsRawFd;
     const RTM_NEWLINK: u16 = 16;
     const NLMSG_ERROR: u16 = 2;
     const NLM_F_REQUEST: u16 = 1;
@@ -240,8 +334,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let net = dir.path().join("netns/a");
         let uts = dir.path().join("utsns/a");
-        create(
+        // A fresh network namespace (not one from the pool, whose lo is up already).
+        create_with(
             &[(NsKind::Net, net.clone()), (NsKind::Uts, uts.clone())],
+            None,
             || nix::unistd::sethostname("pinned-host").map_err(nix_io),
         )
         .unwrap();
@@ -289,6 +385,83 @@ mod tests {
         assert!(!net.exists() && !uts.exists());
     }
 
+    /// Whether `lo` is up in the pinned network namespace.
+    fn lo_is_up(net: &Path) -> bool {
+        run_in(&[(NsKind::Net, net.to_owned())], || {
+            let out = std::process::Command::new("ip")
+                .args(["-o", "link", "show", "lo"])
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            Ok(text.contains("<LOOPBACK,UP") || text.contains(",UP,"))
+        })
+        .unwrap()
+    }
+
+    fn ns_id(path: &str) -> String {
+        std::fs::read_link(path)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_pooled_network_namespace_is_pinned_with_lo_up() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let net = dir.path().join("netns/p");
+        let ipc = dir.path().join("ipcns/p");
+        let made = new_netns().unwrap();
+        let made_id = ns_id(&format!("/proc/self/fd/{}", made.as_raw_fd()));
+        create_with(
+            &[(NsKind::Net, net.clone()), (NsKind::Ipc, ipc.clone())],
+            Some(made),
+            || Ok(()),
+        )
+        .unwrap();
+        assert!(is_pinned(&net) && is_pinned(&ipc));
+        // The pin is that namespace (the descriptor is closed: the pin keeps it alive).
+        let pinned_id = run_in(&[(NsKind::Net, net.clone())], || {
+            Ok(ns_id("/proc/thread-self/ns/net"))
+        })
+        .unwrap();
+        assert_eq!(pinned_id, made_id);
+        assert_ne!(pinned_id, ns_id("/proc/self/ns/net"));
+        assert!(lo_is_up(&net), "lo of a pooled namespace is down");
+        // The IPC namespace is still a new one.
+        let ipc_id = run_in(&[(NsKind::Ipc, ipc.clone())], || {
+            Ok(ns_id("/proc/thread-self/ns/ipc"))
+        })
+        .unwrap();
+        assert_ne!(ipc_id, ns_id("/proc/self/ns/ipc"));
+        remove(&net).unwrap();
+        remove(&ipc).unwrap();
+    }
+
+    #[test]
+    fn the_pool_fills_up_after_use() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        fill_pool();
+        let before = POOL.lock().unwrap().len();
+        assert_eq!(before, POOL_SIZE);
+        let fd = take_pooled().expect("a pooled namespace");
+        drop(fd);
+        // The refill runs in the background; wait for it (bounded).
+        let mut len = 0;
+        for _ in 0..200 {
+            len = POOL.lock().unwrap().len();
+            if len == POOL_SIZE && !FILLING.load(Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(len, POOL_SIZE, "the pool was not topped up");
+    }
+
     #[test]
     fn failed_setup_leaves_nothing() {
         if !is_root() {
@@ -297,7 +470,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let net = dir.path().join("n");
-        let e = create(&[(NsKind::Net, net.clone())], || {
+        let e = create_with(&[(NsKind::Net, net.clone())], None, || {
             Err(io::Error::other("no"))
         })
         .unwrap_err();
