@@ -758,6 +758,110 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
     let (s, _) = crid.status(&id).await;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
 
+    // A runc sidecar in the pod sees what README documents: the pod IP is a local address of
+    // the namespace's own stack, so it cannot reach the guest's port there; its own traffic's
+    // replies go to the guest. Loopback among runc containers works. The guest keeps serving.
+    let busybox = format!("{reg}/busybox:latest");
+    crid.cri
+        .images
+        .clone()
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: busybox.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("pull busybox: {e}"));
+    let sidecar = crid
+        .create_start_config(
+            &pod,
+            cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "sidecar".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: busybox,
+                    ..Default::default()
+                }),
+                command: vec!["sleep".into(), "3600".into()],
+                log_path: "sidecar.log".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    let exec = |cmd: String| {
+        let mut rt = crid.rt();
+        let id = sidecar.clone();
+        async move {
+            rt.exec_sync(cri::ExecSyncRequest {
+                container_id: id,
+                cmd: vec!["sh".into(), "-c".into(), cmd],
+                timeout: 20,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("exec in the sidecar: {e}"))
+            .into_inner()
+        }
+    };
+    // busybox-static's wget crashes (static glibc); nc speaks HTTP/1.0 by hand.
+    let get = |addr: String| {
+        format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {addr}; echo rc=$?")
+    };
+    let to_guest = exec(get(format!("{pod_ip} 8080"))).await;
+    let out = String::from_utf8_lossy(&to_guest.stdout).into_owned();
+    let err = String::from_utf8_lossy(&to_guest.stderr).into_owned();
+    assert!(
+        !out.contains("hello from crid linux guest") && !out.contains("rc=0"),
+        "the sidecar reached the guest: {out} {err}"
+    );
+    assert!(err.contains("can't connect"), "{out} {err}");
+    let lo = exec(format!(
+        "mkdir -p /tmp/w && echo hi > /tmp/w/index.html && httpd -p 127.0.0.1:9000 -h /tmp/w \\
+         && sleep 1 && {}",
+        get("127.0.0.1 9000".into())
+    ))
+    .await;
+    let out = String::from_utf8_lossy(&lo.stdout).into_owned();
+    assert!(
+        out.contains("200 OK") && out.contains("rc=0"),
+        "loopback in the pod: {out} {}",
+        String::from_utf8_lossy(&lo.stderr)
+    );
+    // Nor does it reach the node: a listener on the bridge's address stays unreached, since the
+    // replies (ARP included) arriving on eth0 go to the guest.
+    let node = std::net::TcpListener::bind((format!("{prefix}.1").as_str(), 0)).unwrap();
+    let port = node.local_addr().unwrap().port();
+    let out_of_pod = exec(get(format!("{prefix}.1 {port}"))).await;
+    let out = String::from_utf8_lossy(&out_of_pod.stdout).into_owned();
+    assert!(
+        !out.contains("rc=0"),
+        "the sidecar reached the node: {out} {}",
+        String::from_utf8_lossy(&out_of_pod.stderr)
+    );
+    node.set_nonblocking(true).unwrap();
+    assert!(
+        node.accept().is_err(),
+        "a connection from the sidecar arrived"
+    );
+    let again = http_get(pod_ip).unwrap_or_else(|e| panic!("the guest stopped serving: {e}"));
+    assert!(again.contains("hello from crid linux guest"), "{again}");
+    crid.rt()
+        .stop_container(cri::StopContainerRequest {
+            container_id: sidecar.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    crid.rt()
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: sidecar,
+        })
+        .await
+        .unwrap();
+
     let (_, info) = crid.status(&id).await;
     let netns = info["runtimeSpec"]["unikernel"]["request"]["netns"]
         .as_str()
