@@ -374,6 +374,7 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
     // crid's root on a 48 MiB file system; the pod logs live there too.
     let fs = LoopFs::mount(&dir.join("disk.img"), &dir.join("root"), 48, 4096);
     let logs = dir.join("root/pod-logs");
+    let _leftovers = common::Leftovers(dir.to_owned());
     let mut crid = Crid::start(dir).await;
 
     crid.pull(&busybox)
@@ -654,6 +655,7 @@ async fn a_plugin_that_prints_its_result_and_then_crashes_fails_the_pod_and_leav
     let dir = tmp.path();
     write_config(dir, "");
     let net = Net::new(11, dir);
+    let _leftovers = common::Leftovers(dir.to_owned());
     // Chained after bridge: prints the previous result, as a successful ADD would, then dies
     // (SIGKILL, or a plain non-zero exit); DEL works.
     let bin = dir.join("bin");
@@ -786,6 +788,7 @@ async fn a_hypervisor_killed_mid_boot_is_an_exited_container_with_a_reason() {
     let guest = common::push_freestanding_guest(&reg, dir, "faults");
     // A CNI pod: the guest takes over eth0 through a tap, which the crash must release.
     let net = Net::new(14, dir);
+    let _leftovers = common::Leftovers(dir.to_owned());
     std::fs::write(dir.join("net.d/10-test.conflist"), net.conflist()).unwrap();
     let crid = Crid::start(dir).await;
     crid.pull(&guest)

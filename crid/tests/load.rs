@@ -248,6 +248,7 @@ async fn pods_at_scale(runc_pods: usize, vm_pods: usize) {
     write_config(dir, "");
     plain_http_registry(dir, &reg);
     let net = Net::new(12, dir);
+    let _leftovers = common::Leftovers(dir.to_owned());
     std::fs::write(dir.join("net.d/10-test.conflist"), net.conflist()).unwrap();
     let parent = cgroup_parent("load");
     let guest = (vm_pods > 0).then(|| common::push_freestanding_guest(&reg, dir, "load"));
@@ -441,6 +442,7 @@ async fn a_soak_of_create_delete_cycles_keeps_rss_fds_and_store_flat() {
     write_config(dir, "");
     plain_http_registry(dir, &reg);
     let net = Net::new(13, dir);
+    let _leftovers = common::Leftovers(dir.to_owned());
     std::fs::write(dir.join("net.d/10-test.conflist"), net.conflist()).unwrap();
     let parent = cgroup_parent("soak");
     let busybox = format!("{reg}/busybox:latest");

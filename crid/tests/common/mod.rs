@@ -720,3 +720,22 @@ pub fn tree_bytes(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+/// On drop (also when a test fails): kills the processes whose command line names `dir`
+/// (monitors, VMMs, plugins; crid itself is stopped by [`Crid`]'s drop first when declared
+/// after this guard), then [`release_leftovers`].
+pub struct Leftovers(pub PathBuf);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for p in processes_under(&self.0, None) {
+            if let Some(pid) = p.split(':').next().and_then(|s| s.parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        release_leftovers(&self.0);
+    }
+}
