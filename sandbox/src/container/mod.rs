@@ -1140,6 +1140,11 @@ impl ContainerManager {
         };
         let _op = entry.op.lock().await;
         self.stop_locked(&entry, Duration::ZERO).await?;
+        // The exit may have been seen before the monitor finished: it still writes exit.json
+        // into the directory about to be removed (ENOTEMPTY under load). Let it end first.
+        if !self.wait_exit(id, Duration::from_secs(10)).await {
+            tracing::warn!(container_id = %id, "the monitor is still running at removal");
+        }
         if Self::snapshot(&entry).backend == Backend::Runc {
             self.runc.delete(id).await?;
         } else {
