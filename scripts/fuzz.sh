@@ -31,6 +31,9 @@ fi
 
 "${fuzz[@]}" build -O
 
+# layer_unpack's scratch roots (one per fuzzer process, named after its pid).
+trap 'rm -rf "${TMPDIR:-/tmp}"/crid-fuzz-unpack-*' EXIT
+
 failed=()
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
