@@ -495,7 +495,37 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         assert!(!dir.exists(), "{} outlived the VMM", dir.display());
     }
 
-    for id in [&a, &b, &c] {
+    // Killed at once (timeout 0, as kubelet's force delete): the cgroup goes too.
+    let d = crid.create_start(&pod, "kill", &image, &["stay"]).await;
+    let kill_log = log_dir.join("kill.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&kill_log)
+        .unwrap_or_default()
+        .contains("crid-test-guest: booted")
+    {
+        assert!(Instant::now() < deadline, "the guest never booted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    crid.rt()
+        .stop_container(cri::StopContainerRequest {
+            container_id: d.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    let s = crid
+        .wait_state(&d, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(s.exit_code, 137, "{s:?}");
+
+    let mut cgroups = Vec::new();
+    for id in [&a, &b, &c, &d] {
+        let (_, info) = crid.status(id).await;
+        let rel = info["runtimeSpec"]["unikernel"]["request"]["cgroup"]
+            .as_str()
+            .expect("cgroup in verbose info")
+            .to_string();
+        cgroups.push(Path::new("/sys/fs/cgroup/memory").join(rel));
         crid.rt()
             .remove_container(cri::RemoveContainerRequest {
                 container_id: id.to_string(),
@@ -503,6 +533,8 @@ async fn unikernel_container_lifecycle_through_the_cri() {
             .await
             .unwrap();
     }
+    let left: Vec<&PathBuf> = cgroups.iter().filter(|c| c.exists()).collect();
+    assert!(left.is_empty(), "VMM cgroups left: {left:?}");
     let left: Vec<PathBuf> = std::fs::read_dir(crid.path().join("root/containers"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();

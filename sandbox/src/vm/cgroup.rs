@@ -93,8 +93,15 @@ impl VmCgroup {
             .into_iter()
             .map(|d| d.join("cgroup.procs"))
             .collect();
-        // `cpu` and `cpuacct` are often the same mount (`cpu,cpuacct`).
-        files.dedup_by(|a, b| same_file(a, b));
+        // `cpu` and `cpuacct` are often one hierarchy (`cpu,cpuacct`, the names symlinks to it).
+        // Not by inode: files of different hierarchies can share device and inode numbers.
+        let mut seen = Vec::new();
+        files.retain(|f| {
+            let real = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
+            let new = !seen.contains(&real);
+            seen.push(real);
+            new
+        });
         files
     }
 
@@ -197,7 +204,7 @@ impl VmCgroup {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    tracing::warn!(cgroup = %dir.display(), error = %e, "cannot remove the VMM's cgroup");
+                    tracing::debug!(cgroup = %dir.display(), error = %e, "cannot remove the VMM's cgroup yet");
                     gone = false;
                 }
             }
@@ -212,14 +219,6 @@ impl VmCgroup {
             .and_then(|f| std::fs::read_to_string(f).ok())
             .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
             .unwrap_or_default()
-    }
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => false,
     }
 }
 

@@ -421,13 +421,27 @@ pub fn release(req: &VmRequest) -> Result<(), SandboxError> {
     }
     if let Some(rel) = &req.cgroup {
         let cg = VmCgroup::new(rel.clone());
-        // The VMM was reaped before the exit was collected; the kernel may take a moment to
-        // let the cgroup go (bounded).
-        for _ in 0..50 {
-            if cg.remove() {
+        // Normally the VMM was reaped before the exit was collected. Whatever is still in the
+        // container's cgroup (a VMM whose kill has not landed yet) is killed; bounded.
+        let mut gone = false;
+        for attempt in 0..100 {
+            gone = cg.remove();
+            if gone {
                 break;
             }
+            if attempt % 10 == 0 {
+                for pid in cg.pids() {
+                    tracing::warn!(pid, cgroup = %rel.display(), "killing a process left in the VMM's cgroup");
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
             std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if !gone {
+            tracing::warn!(container_id = %req.container_id, cgroup = %rel.display(), "cannot remove the VMM's cgroup");
         }
     }
     if let Some(sock) = &req.control_socket {

@@ -1,0 +1,107 @@
+//! The VMM's cgroup on the real host: created with the limits and device list, joined by the
+//! wrapper before the VMM runs, and removed by `release` — which kills a process still left in
+//! it (a VMM whose kill has not landed) rather than leaking the cgroup. Needs root and cgroup v1.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use imagestore::{HypervisorKind, UnikernelInfo, UnikernelSource, UnikernelType};
+use sandbox::vm::cgroup::{Limits, VmCgroup, wrap_argv};
+use sandbox::vm::launch::{VmRequest, release};
+
+mod common;
+use common::skip_or_fail;
+
+#[test]
+fn release_kills_what_is_left_and_removes_the_cgroup() {
+    if !nix::unistd::geteuid().is_root()
+        || !Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists()
+    {
+        skip_or_fail("needs root and the cgroup v1 memory controller");
+        return;
+    }
+    let rel = PathBuf::from(format!("crid-test-vmcgroup-{}", std::process::id()));
+    let cg = VmCgroup::new(rel.clone());
+    cg.create(&Limits {
+        memory_bytes: Some(64 << 20),
+        cpu_quota: 20_000,
+        cpu_period: 100_000,
+        cpu_shares: 128,
+    })
+    .unwrap();
+    let dir = |c: &str| Path::new("/sys/fs/cgroup").join(c).join(&rel);
+    let read = |c: &str, f: &str| std::fs::read_to_string(dir(c).join(f)).unwrap();
+    assert_eq!(read("memory", "memory.limit_in_bytes").trim(), "67108864");
+    assert_eq!(read("cpu", "cpu.cfs_quota_us").trim(), "20000");
+    assert_eq!(read("cpu", "cpu.shares").trim(), "128");
+    assert!(read("devices", "devices.list").contains("c 10:232 rw"));
+
+    // A stand-in VMM that never exits, placed by the wrapper.
+    let argv = wrap_argv(
+        Path::new("/bin/sh"),
+        &cg.procs_files(),
+        vec!["/bin/sleep".into(), "600".into()],
+    );
+    let mut child = Command::new(&argv[0]).args(&argv[1..]).spawn().unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    let mut joined = false;
+    for _ in 0..200 {
+        if cg.pids().contains(&pid) {
+            joined = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    if !joined {
+        let _ = child.kill();
+        let _ = child.wait();
+        cg.remove();
+        panic!("the process never joined {}", rel.display());
+    }
+    for c in ["memory", "cpu", "pids", "devices"] {
+        assert!(
+            read(c, "cgroup.procs")
+                .lines()
+                .any(|l| l.trim() == pid.to_string()),
+            "{c}"
+        );
+    }
+
+    let req = VmRequest {
+        container_id: "cgroupt3st".into(),
+        info: UnikernelInfo {
+            unikernel_type: UnikernelType::Unikraft,
+            hypervisor: HypervisorKind::Qemu,
+            binary: "/unikernel/kernel".into(),
+            cmdline: String::new(),
+            initrd: None,
+            block: None,
+            block_mount_point: None,
+            version: None,
+            source: UnikernelSource::ManifestAnnotations,
+        },
+        layer_dirs: vec![],
+        netns: None,
+        iface: "eth0".into(),
+        memory_limit_bytes: 0,
+        cpu_quota: 0,
+        cpu_period: 0,
+        args: vec![],
+        env: vec![],
+        run_dir: tempfile::tempdir().unwrap().path().join("run"),
+        cgroup: Some(rel.clone()),
+        cpu_shares: 0,
+        control_socket: None,
+    };
+    release(&req).unwrap();
+    // Reap it: killed by release, not by us.
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{status:?}"
+    );
+    for c in ["memory", "cpu", "cpuacct", "pids", "devices", "blkio"] {
+        assert!(!dir(c).exists(), "{c} cgroup left");
+    }
+}
