@@ -12,6 +12,26 @@ use sandbox::vm::launch::{VmRequest, release};
 mod common;
 use common::skip_or_fail;
 
+/// Removes the test's cgroup (after killing what is in it) if the test fails midway.
+struct Cleanup(VmCgroup);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for pid in self.0.pids() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        for _ in 0..50 {
+            if self.0.remove() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 #[test]
 fn release_kills_what_is_left_and_removes_the_cgroup() {
     if !nix::unistd::geteuid().is_root()
@@ -29,6 +49,7 @@ fn release_kills_what_is_left_and_removes_the_cgroup() {
         cpu_shares: 128,
     })
     .unwrap();
+    let _cleanup = Cleanup(cg.clone());
     let dir = |c: &str| Path::new("/sys/fs/cgroup").join(c).join(&rel);
     let read = |c: &str, f: &str| std::fs::read_to_string(dir(c).join(f)).unwrap();
     assert_eq!(read("memory", "memory.limit_in_bytes").trim(), "67108864");
@@ -55,7 +76,6 @@ fn release_kills_what_is_left_and_removes_the_cgroup() {
     if !joined {
         let _ = child.kill();
         let _ = child.wait();
-        cg.remove();
         panic!("the process never joined {}", rel.display());
     }
     for c in ["memory", "cpu", "pids", "devices"] {
