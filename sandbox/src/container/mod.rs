@@ -460,6 +460,20 @@ impl ContainerManager {
         Ok(r.clone())
     }
 
+    /// [`Self::update`] when `f` returns true; nothing is written when it returns false.
+    fn update_if(
+        &self,
+        entry: &Entry,
+        f: impl FnOnce(&mut ContainerRecord) -> bool,
+    ) -> Result<Option<ContainerRecord>, SandboxError> {
+        let mut r = entry.record.lock().unwrap_or_else(|p| p.into_inner());
+        if !f(&mut r) {
+            return Ok(None);
+        }
+        self.save(&r)?;
+        Ok(Some(r.clone()))
+    }
+
     fn snapshot(entry: &Entry) -> ContainerRecord {
         entry
             .record
@@ -632,19 +646,19 @@ impl ContainerManager {
             return None;
         }
         let exit = self.load_exit(&r.id);
-        if r.backend == Backend::Process {
-            // The guest is gone: its tap goes too (a restart makes a new one), before anyone
-            // can see the container exited.
-            self.vm_release(&r.id);
-        }
         // The exit watcher and on-demand collection (stop, status) may race here: only the
-        // caller that moves the record out of Running reports the exit.
-        let mut transitioned = false;
-        let updated = self.update(entry, |r| {
+        // caller that moves the record out of Running releases a guest, writes the record and
+        // reports the exit. (The loser used to rewrite record.json too, racing a
+        // RemoveContainer that was deleting the directory: ENOTEMPTY under load.)
+        let updated = self.update_if(entry, |r| {
             if r.state != ContainerState::Running {
-                return;
+                return false;
             }
-            transitioned = true;
+            if r.backend == Backend::Process {
+                // The guest is gone: its tap goes too (a restart makes a new one), before
+                // anyone can see the container exited.
+                self.vm_release(&r.id);
+            }
             r.state = ContainerState::Exited;
             match &exit {
                 Some(e) => {
@@ -677,10 +691,11 @@ impl ContainerManager {
                         "the container's monitor exited without recording an exit status".into();
                 }
             }
+            true
         });
         match updated {
-            Ok(_) if !transitioned => None,
-            Ok(rec) => {
+            Ok(None) => None,
+            Ok(Some(rec)) => {
                 tracing::info!(container_id = %rec.id, exit_code = rec.exit_code, reason = %rec.reason, "container exited");
                 self.emit(EventKind::Stopped, &rec);
                 Some(rec)
