@@ -7,8 +7,15 @@
 //! the pod's IP address, prefix, gateway and `eth0`'s MAC: from outside, the guest *is* the pod.
 //!
 //! `eth0` keeps its address, but nothing reaches the namespace's own stack through it any
-//! more: a runc sidecar in the same pod has loopback only and cannot reach the guest (or the
-//! network); the guest answers on the pod IP to everyone else. One unikernel per pod: a live
+//! more. So that a runc sidecar in the same pod can reach the guest on the pod IP, the
+//! namespace's own traffic to the pod IP is routed into the tap instead of being delivered
+//! locally: a policy rule (before the `local` table) sends locally made packets for the pod
+//! IP to a table with a route through the tap, from [`SIDECAR_ADDR`] (a link-local address on
+//! the tap, known only inside the pod), to the guest's MAC. The guest answers via its gateway,
+//! so the tap takes the gateway's MAC and a first tc filter on the tap passes frames for
+//! [`SIDECAR_ADDR`] to the namespace's stack instead of redirecting them. A sidecar still has no
+//! way out of the pod (replies arriving on `eth0` go to the guest); the guest answers on the
+//! pod IP to everyone else. One unikernel per pod: a live
 //! tap (carrier up, its VMM running) of another container is a `FailedPrecondition`; a tap
 //! left behind by a crash (no carrier) is removed, as is this container's own stale tap.
 //!
@@ -37,9 +44,18 @@ pub fn tap_name(container_id: &str) -> String {
     format!("{TAP_PREFIX}{suffix}")
 }
 
+/// The address a pod's own network stack (a runc sidecar) uses towards its guest.
+pub const SIDECAR_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 2);
+
+/// The routing table (and rule preference) of the sidecar path.
+const SIDECAR_TABLE: &str = "77";
+
 /// Runs a program inside the pod's network namespace and returns its stdout.
 pub trait Runner {
     fn run(&self, program: &str, args: &[&str]) -> Result<String, SandboxError>;
+
+    /// Sends one datagram to `ip` from inside the namespace, so the kernel resolves its MAC.
+    fn probe(&self, ip: Ipv4Addr) -> Result<(), SandboxError>;
 }
 
 /// Runs commands with `nsenter --net=PATH`.
@@ -66,6 +82,19 @@ impl Runner for NsenterRunner {
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn probe(&self, ip: Ipv4Addr) -> Result<(), SandboxError> {
+        cni::netns::run_in(
+            &[(cni::netns::NsKind::Net, self.netns.clone())],
+            move || {
+                let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+                // The discard port; only the neighbour resolution matters.
+                let _ = socket.send_to(&[0], (ip, 9));
+                Ok(())
+            },
+        )
+        .map_err(|e| net_err("probe", e.to_string()))
     }
 }
 
@@ -204,6 +233,8 @@ pub fn setup_with(r: &dyn Runner, iface: &str, tap: &str) -> Result<GuestNet, Sa
         r.run("ip", &["link", "del", "dev", &link.ifname])?;
     }
 
+    // Before the redirect, which sends every ARP reply on `eth0` to the guest.
+    let gateway_mac = gateway.map(|g| neighbour_mac(r, iface, g));
     let mtu_s = mtu.to_string();
     let result = (|| {
         r.run("ip", &["tuntap", "add", "dev", tap, "mode", "tap"])?;
@@ -213,6 +244,17 @@ pub fn setup_with(r: &dyn Runner, iface: &str, tap: &str) -> Result<GuestNet, Sa
         redirect(r, iface, tap)?;
         redirect(r, tap, iface)
     })();
+    if result.is_ok() {
+        // Without it the guest still serves the pod IP to everyone but the pod's sidecars.
+        let routed = match gateway_mac {
+            Some(Ok(gateway_mac)) => sidecar_path(r, tap, ip, mac, gateway_mac),
+            Some(Err(e)) => Err(e),
+            None => Err(net_err("sidecar path", "the pod has no gateway")),
+        };
+        if let Err(e) = routed {
+            tracing::warn!(tap, error = %e, "no route from the pod's own stack to the guest");
+        }
+    }
     if let Err(e) = result {
         // Everything above is ours: undo it without asking.
         let _ = r.run("tc", &["qdisc", "del", "dev", iface, "ingress"]);
@@ -227,6 +269,145 @@ pub fn setup_with(r: &dyn Runner, iface: &str, tap: &str) -> Result<GuestNet, Sa
         mac,
         mtu,
     })
+}
+
+/// Routes the namespace's own traffic for the guest's `ip` into the tap (see the module docs).
+fn sidecar_path(
+    r: &dyn Runner,
+    tap: &str,
+    ip: Ipv4Addr,
+    mac: MacAddr,
+    gateway_mac: MacAddr,
+) -> Result<(), SandboxError> {
+    let (ip_s, host, sidecar) = (ip.to_string(), format!("{ip}/32"), SIDECAR_ADDR.to_string());
+    r.run(
+        "ip",
+        &[
+            "link",
+            "set",
+            "dev",
+            tap,
+            "address",
+            &gateway_mac.to_string(),
+        ],
+    )?;
+    // Replies come from the pod IP, which is also `eth0`'s: accept them on the tap.
+    r.run(
+        "sysctl",
+        &["-qw", &format!("net.ipv4.conf.{tap}.accept_local=1")],
+    )?;
+    r.run("ip", &["addr", "add", &format!("{sidecar}/32"), "dev", tap])?;
+    r.run(
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            &ip_s,
+            "lladdr",
+            &mac.to_string(),
+            "dev",
+            tap,
+            "nud",
+            "permanent",
+        ],
+    )?;
+    r.run(
+        "ip",
+        &[
+            "route",
+            "replace",
+            &host,
+            "dev",
+            tap,
+            "src",
+            &sidecar,
+            "table",
+            SIDECAR_TABLE,
+        ],
+    )?;
+    // The `local` table (rule 0) would deliver the pod IP to the namespace itself: move it
+    // after a rule for locally made packets to the pod IP (once per namespace).
+    let rules = r.run("ip", &["rule", "show"])?;
+    if rules
+        .lines()
+        .any(|l| l.starts_with("0:") && l.contains("lookup local"))
+    {
+        r.run("ip", &["rule", "add", "pref", "100", "lookup", "local"])?;
+        r.run("ip", &["rule", "del", "pref", "0", "lookup", "local"])?;
+    }
+    if !rules
+        .lines()
+        .any(|l| l.starts_with(&format!("{SIDECAR_TABLE}:")))
+    {
+        r.run(
+            "ip",
+            &[
+                "rule",
+                "add",
+                "pref",
+                SIDECAR_TABLE,
+                "to",
+                &host,
+                "iif",
+                "lo",
+                "lookup",
+                SIDECAR_TABLE,
+            ],
+        )?;
+    }
+    // A filter without an action, before the redirect: the frame goes up the stack.
+    r.run(
+        "tc",
+        &[
+            "filter",
+            "add",
+            "dev",
+            tap,
+            "parent",
+            "ffff:",
+            "prio",
+            "1",
+            "protocol",
+            "ip",
+            "u32",
+            "match",
+            "ip",
+            "dst",
+            &format!("{sidecar}/32"),
+            "flowid",
+            "1:1",
+        ],
+    )?;
+    Ok(())
+}
+
+/// The MAC address of `ip` on `iface`, resolving it first if needed (bounded: about a second).
+fn neighbour_mac(r: &dyn Runner, iface: &str, ip: Ipv4Addr) -> Result<MacAddr, SandboxError> {
+    #[derive(Deserialize)]
+    struct Neighbour {
+        #[serde(default)]
+        lladdr: Option<String>,
+    }
+    let ip_s = ip.to_string();
+    for attempt in 0..20 {
+        let out = r.run("ip", &["-j", "neigh", "show", &ip_s, "dev", iface])?;
+        let found: Vec<Neighbour> = if out.trim().is_empty() {
+            Vec::new()
+        } else {
+            parse("ip neigh", &out)?
+        };
+        if let Some(mac) = found.iter().find_map(|n| n.lladdr.as_deref()) {
+            return mac.parse();
+        }
+        if attempt % 5 == 0 {
+            r.probe(ip)?;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(net_err(
+        "sidecar path",
+        format!("the gateway {ip} does not answer ARP"),
+    ))
 }
 
 fn redirect(r: &dyn Runner, from: &str, to: &str) -> Result<(), SandboxError> {
@@ -266,6 +447,7 @@ mod tests {
 
     struct Fake {
         calls: RefCell<Vec<String>>,
+        probes: RefCell<Vec<Ipv4Addr>>,
         links: String,
         fail_on: Option<&'static str>,
     }
@@ -283,8 +465,17 @@ mod tests {
                     r#"[{"ifname":"eth0","addr_info":[{"family":"inet","local":"10.88.0.7","prefixlen":16}]}]"#.into()
                 }
                 "ip -j -4 route show default" => r#"[{"dst":"default","gateway":"10.88.0.1","dev":"eth0"}]"#.into(),
+                "ip -j neigh show 10.88.0.1 dev eth0" if !self.probes.borrow().is_empty() => {
+                    r#"[{"dst":"10.88.0.1","lladdr":"0a:58:0a:58:00:01","state":["REACHABLE"]}]"#.into()
+                }
+                "ip rule show" => "0:\tfrom all lookup local\n32766:\tfrom all lookup main\n".into(),
                 _ => String::new(),
             })
+        }
+
+        fn probe(&self, ip: Ipv4Addr) -> Result<(), SandboxError> {
+            self.probes.borrow_mut().push(ip);
+            Ok(())
         }
     }
 
@@ -298,6 +489,7 @@ mod tests {
     fn fake(extra: &str, fail_on: Option<&'static str>) -> Fake {
         Fake {
             calls: RefCell::new(vec![]),
+            probes: RefCell::new(vec![]),
             links: links(extra),
             fail_on,
         }
@@ -312,7 +504,23 @@ mod tests {
         assert_eq!(n.gateway, Some(Ipv4Addr::new(10, 88, 0, 1)));
         assert_eq!(n.mac.to_string(), "0a:58:0a:58:00:07");
         assert_eq!(n.mtu, 1450);
+        // The gateway's MAC is resolved (by a probe) before the redirect takes ARP away.
+        assert_eq!(*f.probes.borrow(), [Ipv4Addr::new(10, 88, 0, 1)]);
         let calls = f.calls.borrow();
+        let first_neigh = calls
+            .iter()
+            .position(|c| c.starts_with("ip -j neigh"))
+            .unwrap();
+        let tuntap = calls
+            .iter()
+            .position(|c| c.starts_with("ip tuntap"))
+            .unwrap();
+        assert!(first_neigh < tuntap);
+        let calls: Vec<&str> = calls
+            .iter()
+            .map(String::as_str)
+            .filter(|c| !c.starts_with("ip -j neigh"))
+            .collect();
         let want = [
             "ip tuntap add dev crtapabc mode tap",
             "ip link set dev crtapabc mtu 1450 up",
@@ -322,7 +530,20 @@ mod tests {
             "tc qdisc add dev crtapabc ingress",
             "tc filter add dev crtapabc parent ffff: protocol all u32 match u8 0 0 action mirred egress redirect dev eth0",
         ];
-        assert_eq!(&calls[3..], want);
+        assert_eq!(&calls[3..10], want);
+        let want = [
+            "ip link set dev crtapabc address 0a:58:0a:58:00:01",
+            "sysctl -qw net.ipv4.conf.crtapabc.accept_local=1",
+            "ip addr add 169.254.77.2/32 dev crtapabc",
+            "ip neigh replace 10.88.0.7 lladdr 0a:58:0a:58:00:07 dev crtapabc nud permanent",
+            "ip route replace 10.88.0.7/32 dev crtapabc src 169.254.77.2 table 77",
+            "ip rule show",
+            "ip rule add pref 100 lookup local",
+            "ip rule del pref 0 lookup local",
+            "ip rule add pref 77 to 10.88.0.7/32 iif lo lookup 77",
+            "tc filter add dev crtapabc parent ffff: prio 1 protocol ip u32 match ip dst 169.254.77.2/32 flowid 1:1",
+        ];
+        assert_eq!(&calls[10..], want);
     }
 
     #[test]
