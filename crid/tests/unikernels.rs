@@ -93,19 +93,24 @@ struct Crid {
     dir: tempfile::TempDir,
     child: Option<Child>,
     cri: Cri,
+    metrics_port: u16,
 }
 
 impl Crid {
     async fn start() -> Crid {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
         for sub in ["net.d", "seccomp", "logs"] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
         std::fs::write(
             d.join("config.toml"),
             format!(
-                "[cni]\nconf_dir = {:?}\n[runtime]\nseccomp_profile_root = {:?}\n",
+                "[cni]\nconf_dir = {:?}\n[runtime]\nseccomp_profile_root = {:?}\n[metrics]\naddress = \"127.0.0.1:{metrics_port}\"\n",
                 d.join("net.d"),
                 d.join("seccomp")
             ),
@@ -116,7 +121,25 @@ impl Crid {
             dir,
             child: Some(child),
             cri,
+            metrics_port,
         }
+    }
+
+    /// The Prometheus text crid serves.
+    async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .await
+            .expect("connect to the metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+            .await
+            .expect("scrape timed out")
+            .unwrap();
+        out
     }
 
     fn path(&self) -> &Path {
@@ -341,6 +364,22 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         .wait_state(&b, cri::ContainerState::ContainerExited)
         .await;
     assert_eq!(s.exit_code, 3, "{}", log_text(crid.path()));
+
+    // Both starts fed the VM start histogram (VMM by name); the containers are counted.
+    let text = crid.metrics().await;
+    let count = text
+        .lines()
+        .find_map(|l| l.strip_prefix("crid_vm_boot_duration_seconds_count{vmm=\"qemu\"} "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert_eq!(count, Some(2), "{text}");
+    assert!(
+        text.contains("crid_vm_boot_duration_seconds_bucket{vmm=\"qemu\",le=\"+Inf\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("crid_grpc_requests_total{method=\"StartContainer\",code=\"Ok\"} 2"),
+        "{text}"
+    );
 
     // A guest that never exits, with CRI limits: running, no exec, stopped after the timeout.
     let c = crid
