@@ -243,28 +243,7 @@ impl Crid {
 
     /// A host-network pod logging to `<dir>/logs/<name>`.
     async fn pod(&self, name: &str) -> (String, cri::PodSandboxConfig) {
-        let config = cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "test".into(),
-                attempt: 0,
-            }),
-            hostname: name.into(),
-            log_directory: self.path().join("logs").join(name).display().to_string(),
-            linux: Some(cri::LinuxPodSandboxConfig {
-                security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        network: cri::NamespaceMode::Node as i32,
-                        pid: cri::NamespaceMode::Container as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let config = common::host_net_pod(name, &self.path().join("logs").join(name));
         let id = self
             .rt()
             .run_pod_sandbox(cri::RunPodSandboxRequest {

@@ -168,53 +168,6 @@ fn push_noise_image(reg: &str, repo: &str, tag: &str, size: usize, seed: u64) ->
     format!("{reg}/{repo}:{tag}")
 }
 
-fn host_net_pod(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "faults".into(),
-            attempt: 0,
-        }),
-        log_directory: log_dir.display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: cri::NamespaceMode::Node as i32,
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn container(image: &str, name: &str, args: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(common::spec(image)),
-        command: args.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        linux: Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 async fn run_pod(crid: &Crid, config: &cri::PodSandboxConfig) -> Result<String, tonic::Status> {
     crid.cri
         .runtime
@@ -380,7 +333,7 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
     crid.pull(&busybox)
         .await
         .unwrap_or_else(|e| panic!("pull busybox: {e}\n{}", crid.log()));
-    let pod_config = host_net_pod("disk", &logs);
+    let pod_config = common::host_net_pod("disk", &logs);
     let pod = run_pod(&crid, &pod_config)
         .await
         .unwrap_or_else(|e| panic!("run pod: {e}\n{}", crid.log()));
@@ -388,7 +341,7 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
         &crid,
         &pod,
         &pod_config,
-        container(
+        common::container_config(
             &busybox,
             "logger",
             &[
@@ -406,7 +359,7 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
         &crid,
         &pod,
         &pod_config,
-        container(&busybox, "victim", &["sleep", "1000"]),
+        common::container_config(&busybox, "victim", &["sleep", "1000"]),
     )
     .await
     .unwrap_or_else(|e| panic!("create victim: {e}\n{}", crid.log()));
@@ -416,12 +369,12 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
         &crid,
         &pod,
         &pod_config,
-        container(&busybox, "late", &["sh", "-c", "echo late-ran"]),
+        common::container_config(&busybox, "late", &["sh", "-c", "echo late-ran"]),
     )
     .await
     .unwrap_or_else(|e| panic!("create late: {e}\n{}", crid.log()));
     // A pod whose logs are on another disk: only the container's rootfs is on the full one.
-    let outside_config = host_net_pod("outside", &dir.join("logs"));
+    let outside_config = common::host_net_pod("outside", &dir.join("logs"));
     let outside = run_pod(&crid, &outside_config)
         .await
         .unwrap_or_else(|e| panic!("run pod: {e}\n{}", crid.log()));
@@ -429,7 +382,7 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
         &crid,
         &outside,
         &outside_config,
-        container(&busybox, "late2", &["sh", "-c", "echo late2-ran"]),
+        common::container_config(&busybox, "late2", &["sh", "-c", "echo late2-ran"]),
     )
     .await
     .unwrap_or_else(|e| panic!("create late2: {e}\n{}", crid.log()));
@@ -472,7 +425,7 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
         &crid,
         &pod,
         &pod_config,
-        container(&busybox, "second", &["sleep", "100"]),
+        common::container_config(&busybox, "second", &["sleep", "100"]),
     )
     .await
     .unwrap_err();
@@ -482,7 +435,7 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
     let mut expected = vec![logger.clone(), victim.clone(), late.clone(), late2.clone()];
     expected.sort();
     assert_eq!(ids, expected);
-    let e = run_pod(&crid, &host_net_pod("disk2", &logs))
+    let e = run_pod(&crid, &common::host_net_pod("disk2", &logs))
         .await
         .unwrap_err();
     assert_exhausted(&e, "RunPodSandbox", &crid);
@@ -595,7 +548,7 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
         &crid,
         &pod,
         &pod_config,
-        container(&busybox, "second", &["sh", "-c", "echo second-ran"]),
+        common::container_config(&busybox, "second", &["sh", "-c", "echo second-ran"]),
     )
     .await
     .unwrap_or_else(|e| panic!("create after freeing: {e}\n{}", crid.log()));
@@ -610,7 +563,7 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
             .unwrap_or_default()
             .contains("late-ran")
     );
-    let pod2 = run_pod(&crid, &host_net_pod("disk2", &logs))
+    let pod2 = run_pod(&crid, &common::host_net_pod("disk2", &logs))
         .await
         .unwrap_or_else(|e| panic!("run pod after freeing: {e}\n{}", crid.log()));
 
@@ -798,7 +751,7 @@ async fn a_hypervisor_killed_mid_boot_is_an_exited_container_with_a_reason() {
     let pod = run_pod(&crid, &pod_config)
         .await
         .unwrap_or_else(|e| panic!("run pod: {e}\n{}", crid.log()));
-    let config = container(&guest, "guest", &[]);
+    let config = common::container_config(&guest, "guest", &[]);
     let id = create(&crid, &pod, &pod_config, config)
         .await
         .unwrap_or_else(|e| panic!("create: {e}\n{}", crid.log()));
@@ -829,7 +782,7 @@ async fn a_hypervisor_killed_mid_boot_is_an_exited_container_with_a_reason() {
     // The daemon carries on: the container is removable and another guest starts.
     remove_container(&crid, &id).await;
     // The crashed guest's tap is gone: the pod takes a new guest (one per pod).
-    let config = container(&guest, "again", &["exit=4"]);
+    let config = common::container_config(&guest, "again", &["exit=4"]);
     let again = create(&crid, &pod, &pod_config, config)
         .await
         .unwrap_or_else(|e| panic!("create again: {e}\n{}", crid.log()));

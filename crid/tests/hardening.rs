@@ -217,28 +217,7 @@ impl Harness {
     }
 
     fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
-        cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "hardening".into(),
-                attempt: 0,
-            }),
-            hostname: name.into(),
-            log_directory: self.path().join("logs").join(name).display().to_string(),
-            linux: Some(cri::LinuxPodSandboxConfig {
-                security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        network: cri::NamespaceMode::Node as i32,
-                        pid: cri::NamespaceMode::Container as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        common::host_net_pod(name, &self.path().join("logs").join(name))
     }
 
     /// A host-network pod (no CNI needed).

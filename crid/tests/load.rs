@@ -123,29 +123,6 @@ fn pod_config(name: &str, dir: &Path, parent: &str) -> cri::PodSandboxConfig {
     c
 }
 
-fn container(image: &str, name: &str, args: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(common::spec(image)),
-        command: args.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        linux: Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// Runs a pod with one started container; returns (pod id, container id).
 async fn pod_with_container(
     crid: &Crid,
@@ -264,7 +241,7 @@ async fn pods_at_scale(runc_pods: usize, vm_pods: usize) {
     let (p, c) = pod_with_container(
         &crid,
         pod_config("warm", dir, &parent),
-        container(&busybox, "warm", IDLE),
+        common::container_config(&busybox, "warm", IDLE),
     )
     .await
     .unwrap_or_else(|e| panic!("warm-up pod: {e}\n{}", crid.log()));
@@ -278,10 +255,10 @@ async fn pods_at_scale(runc_pods: usize, vm_pods: usize) {
     for i in 0..runc_pods + vm_pods {
         let (crid, sem, dir, parent) = (crid.clone(), sem.clone(), dir.to_owned(), parent.clone());
         let ctr = if i < runc_pods {
-            container(&busybox, "sleeper", IDLE)
+            common::container_config(&busybox, "sleeper", IDLE)
         } else {
             // The guest's own command line ("stay"): it runs until stopped.
-            container(guest.as_deref().unwrap(), "guest", &[])
+            common::container_config(guest.as_deref().unwrap(), "guest", &[])
         };
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.unwrap();
@@ -459,7 +436,7 @@ async fn a_soak_of_create_delete_cycles_keeps_rss_fds_and_store_flat() {
         let (p, c) = pod_with_container(
             &crid,
             pod_config(&format!("soak-{i}"), dir, &parent),
-            container(&busybox, "soak", IDLE),
+            common::container_config(&busybox, "soak", IDLE),
         )
         .await
         .unwrap_or_else(|e| panic!("cycle {i}: {e}\n{}", crid.log()));

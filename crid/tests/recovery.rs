@@ -627,30 +627,6 @@ fn can_run_containers() -> bool {
     false
 }
 
-fn container_config(image: &str, name: &str, args: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(common::spec(image)),
-        command: args.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        // Its own PID namespace: no pause-image holder needed.
-        linux: Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 async fn create_container(
     crid: &Crid,
     pod: &str,
@@ -663,7 +639,7 @@ async fn create_container(
         .clone()
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.into(),
-            config: Some(container_config(image, name, args)),
+            config: Some(common::container_config(image, name, args)),
             sandbox_config: Some(common::pod_config("ctr", &crid.dir)),
         })
         .await
@@ -823,7 +799,7 @@ async fn sigkill_during_create_and_start_container() {
         let mut rt = rt;
         rt.create_container(cri::CreateContainerRequest {
             pod_sandbox_id: p,
-            config: Some(container_config(&i, "c", &["sleep", "1000"])),
+            config: Some(common::container_config(&i, "c", &["sleep", "1000"])),
             sandbox_config: Some(common::pod_config("ctr", &d)),
         })
         .await

@@ -272,27 +272,7 @@ async fn unikernel_container_lifecycle_through_the_cri() {
 
     // A host-network pod: the guest runs without a network here (vm_linux covers the tap).
     let log_dir = crid.path().join("logs/uk");
-    let pod_config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "uk".into(),
-            uid: "uid-uk".into(),
-            namespace: "test".into(),
-            attempt: 0,
-        }),
-        log_directory: log_dir.display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: cri::NamespaceMode::Node as i32,
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let pod_config = common::host_net_pod("uk", &log_dir);
     let pod_id = crid
         .rt()
         .run_pod_sandbox(cri::RunPodSandboxRequest {
