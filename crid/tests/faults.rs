@@ -19,29 +19,9 @@ use conformance::fixtures::build::{Compression, Format, ImageSpec, Layer, TarBui
 use proto::cri;
 use tonic::Code;
 
-fn missing(reason: &str) -> Option<String> {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "fault tests cannot run in CI: {reason}"
-    );
-    eprintln!("skipped: {reason}");
-    None
-}
-
 /// The test registry, when this host can run these tests.
 fn ready() -> Option<String> {
-    if !common::can_run_pods_for("fault") {
-        return None;
-    }
-    for bin in ["runc", "mkfs.ext4"] {
-        if !common::on_path(bin) {
-            return missing(&format!("{bin} is not installed"));
-        }
-    }
-    match std::env::var("CRID_TEST_REGISTRY") {
-        Ok(r) => Some(r),
-        Err(_) => missing("CRID_TEST_REGISTRY is not set (scripts/test.sh starts a registry)"),
-    }
+    common::registry_for("fault", &["runc", "mkfs.ext4"])
 }
 
 fn run(cmd: &mut Command) {
@@ -658,10 +638,7 @@ async fn a_plugin_that_prints_its_result_and_then_crashes_fails_the_pod_and_leav
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_connection_cut_mid_layer_fails_the_pull_cleanly_and_a_retry_works() {
-    let Some(reg) = std::env::var("CRID_TEST_REGISTRY")
-        .ok()
-        .or_else(|| missing("CRID_TEST_REGISTRY is not set"))
-    else {
+    let Some(reg) = common::registry_for("fault", &[]) else {
         return;
     };
     let tag = format!("v{}", std::process::id());
@@ -727,13 +704,9 @@ fn qemu_pid(dir: &Path) -> Option<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hypervisor_killed_mid_boot_is_an_exited_container_with_a_reason() {
-    let Some(reg) = ready() else { return };
-    for bin in ["gcc", "qemu-system-x86_64"] {
-        if !common::on_path(bin) {
-            missing(&format!("{bin} is not installed"));
-            return;
-        }
-    }
+    let Some(reg) = common::registry_for("fault", &["runc", "gcc", "qemu-system-x86_64"]) else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     write_config(dir, "");

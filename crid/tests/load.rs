@@ -19,38 +19,23 @@ use common::{Crid, Net, RegistryProxy, mounts_under, plain_http_registry, write_
 use conformance::fixtures::build::{Compression, Format, ImageSpec, Layer, TarBuilder, image};
 use proto::cri;
 
-fn missing(reason: &str) -> Option<String> {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "load tests cannot run in CI: {reason}"
-    );
-    eprintln!("skipped: {reason}");
-    None
-}
-
 /// The test registry, when this host can run runc pods.
 fn ready() -> Option<String> {
-    if !common::can_run_pods_for("load") {
-        return None;
-    }
-    if !common::on_path("runc") {
-        return missing("runc is not installed");
-    }
-    match std::env::var("CRID_TEST_REGISTRY") {
-        Ok(r) => Some(r),
-        Err(_) => missing("CRID_TEST_REGISTRY is not set (scripts/test.sh starts a registry)"),
-    }
+    common::registry_for("load", &["runc"])
 }
 
 /// Whether unikernel guests can be built and run here.
 fn vms_ready() -> bool {
-    for bin in ["gcc", "qemu-system-x86_64"] {
-        if !common::on_path(bin) {
-            missing(&format!("{bin} is not installed"));
-            return false;
+    match ["gcc", "qemu-system-x86_64"]
+        .into_iter()
+        .find(|b| !common::on_path(b))
+    {
+        Some(bin) => {
+            common::skip("load", &format!("{bin} is not installed"));
+            false
         }
+        None => true,
     }
-    true
 }
 
 /// A cgroup parent unique to this test process, under every v1 controller crid uses.
@@ -358,10 +343,7 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_parallel_pulls_of_one_image_fetch_each_blob_once() {
-    let Some(reg) = std::env::var("CRID_TEST_REGISTRY")
-        .ok()
-        .or_else(|| missing("CRID_TEST_REGISTRY is not set"))
-    else {
+    let Some(reg) = common::registry_for("load", &[]) else {
         return;
     };
     let layers: Vec<Layer> = (0..3u64)

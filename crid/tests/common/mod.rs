@@ -29,12 +29,39 @@ pub fn can_run_pods_for(what: &str) -> bool {
     } else {
         "needs root"
     };
+    skip(what, reason);
+    false
+}
+
+/// Notes why `what` tests are skipped; under `CI=true` a skip is a failure instead.
+pub fn skip(what: &str, reason: &str) {
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
         "{what} tests cannot run in CI: {reason}"
     );
     eprintln!("skipped: {reason}");
-    false
+}
+
+/// The test registry (`CRID_TEST_REGISTRY`) when this host can run `what` tests: root, the
+/// CNI plugins and every program in `bins`; `None` (skip, never in CI) otherwise.
+pub fn registry_for(what: &str, bins: &[&str]) -> Option<String> {
+    if !can_run_pods_for(what) {
+        return None;
+    }
+    if let Some(bin) = bins.iter().find(|b| !on_path(b)) {
+        skip(what, &format!("{bin} is not installed"));
+        return None;
+    }
+    match std::env::var("CRID_TEST_REGISTRY") {
+        Ok(r) => Some(r),
+        Err(_) => {
+            skip(
+                what,
+                "CRID_TEST_REGISTRY is not set (scripts/test.sh starts a registry)",
+            );
+            None
+        }
+    }
 }
 
 /// A bridge network unique to one test (bridge name, subnet, IPAM dir); the bridge is
