@@ -65,9 +65,11 @@ fn release_kills_what_is_left_and_removes_the_cgroup() {
     );
     let mut child = Command::new(&argv[0]).args(&argv[1..]).spawn().unwrap();
     let pid = i32::try_from(child.id()).unwrap();
+    // The wrapper joins the hierarchies one by one, then execs: wait for the exec.
     let mut joined = false;
     for _ in 0..200 {
-        if cg.pids().contains(&pid) {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "sleep" {
             joined = true;
             break;
         }
