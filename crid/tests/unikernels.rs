@@ -483,6 +483,39 @@ async fn unikernel_container_lifecycle_through_the_cri() {
     assert_eq!(field("CapEff"), "0000000000000000", "{status}");
     let root = std::fs::read_link(format!("/proc/{vmm}/root")).unwrap();
     assert!(root.ends_with("vm/chroot"), "VMM root is {root:?}");
+    // Only allow-listed descriptors: KVM and its anonymous inodes, pipes and sockets (serial,
+    // QMP), /dev/null and the container's own files; nothing of crid's (store, its socket).
+    let mut fds = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{vmm}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(target) = std::fs::read_link(e.path()) {
+            fds.push(target.display().to_string());
+        }
+    }
+    let own = crid
+        .path()
+        .join("root/containers")
+        .join(&c)
+        .display()
+        .to_string();
+    let allowed = |t: &str| {
+        t == "/dev/kvm"
+            || t == "/dev/null"
+            || t == "/dev/net/tun"
+            || t.starts_with("anon_inode:")
+            || t.starts_with("pipe:")
+            || t.starts_with("socket:")
+            || t.starts_with(&own)
+    };
+    let stray: Vec<&String> = fds.iter().filter(|t| !allowed(t)).collect();
+    assert!(stray.is_empty(), "the VMM holds {stray:?} (all: {fds:?})");
+    assert!(
+        fds.iter()
+            .any(|t| t == "/dev/kvm" || t.starts_with("anon_inode:kvm")),
+        "{fds:?}"
+    );
     let err = crid
         .rt()
         .exec_sync(cri::ExecSyncRequest {
