@@ -563,22 +563,6 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
     assert!(mounts_under(dir).is_empty(), "{:?}", mounts_under(dir));
 }
 
-/// Namespace pins crid still holds.
-fn pins(dir: &Path) -> Vec<String> {
-    ["netns", "ipcns", "utsns"]
-        .iter()
-        .flat_map(|k| {
-            std::fs::read_dir(dir.join("state").join(k))
-                .map(|d| {
-                    d.flatten()
-                        .map(|e| e.path().display().to_string())
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_that_prints_its_result_and_then_crashes_fails_the_pod_and_leaves_nothing() {
     if !common::can_run_pods_for("fault") {
@@ -621,7 +605,7 @@ async fn a_plugin_that_prints_its_result_and_then_crashes_fails_the_pod_and_leav
         assert!(crid.pods().await.is_empty());
         assert!(net.reservations().is_empty(), "{:?}", net.reservations());
         assert!(net.veths().is_empty(), "{:?}", net.veths());
-        assert!(pins(dir).is_empty(), "{:?}", pins(dir));
+        assert!(common::pins(dir).is_empty(), "{:?}", common::pins(dir));
         assert!(mounts_under(dir).is_empty(), "{:?}", mounts_under(dir));
     }
     // The name was released: the same pod starts on a working network.
@@ -633,7 +617,7 @@ async fn a_plugin_that_prints_its_result_and_then_crashes_fails_the_pod_and_leav
     assert_eq!(net.reservations().len(), 1);
     crid.stop_and_remove_pod(&id).await;
     assert!(net.reservations().is_empty(), "{:?}", net.reservations());
-    assert!(pins(dir).is_empty(), "{:?}", pins(dir));
+    assert!(common::pins(dir).is_empty(), "{:?}", common::pins(dir));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -765,7 +749,7 @@ async fn a_hypervisor_killed_mid_boot_is_an_exited_container_with_a_reason() {
     remove_container(&crid, &again).await;
     crid.stop_and_remove_pod(&pod).await;
     assert!(qemu_pid(dir).is_none());
-    assert!(pins(dir).is_empty(), "{:?}", pins(dir));
+    assert!(common::pins(dir).is_empty(), "{:?}", common::pins(dir));
     assert!(net.reservations().is_empty(), "{:?}", net.reservations());
     assert!(net.veths().is_empty(), "{:?}", net.veths());
 }

@@ -349,45 +349,7 @@ impl Harness {
 
     /// Removes every container and pod through the API, then checks nothing is left.
     async fn finish(mut self) {
-        let list = self
-            .rt()
-            .list_containers(cri::ListContainersRequest { filter: None })
-            .await
-            .map(|r| r.into_inner().containers)
-            .unwrap_or_default();
-        for c in list {
-            let _ = self
-                .rt()
-                .stop_container(cri::StopContainerRequest {
-                    container_id: c.id.clone(),
-                    timeout: 1,
-                })
-                .await;
-            let _ = self
-                .rt()
-                .remove_container(cri::RemoveContainerRequest { container_id: c.id })
-                .await;
-        }
-        let pods = self
-            .rt()
-            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-            .await
-            .map(|r| r.into_inner().items)
-            .unwrap_or_default();
-        for p in pods {
-            let _ = self
-                .rt()
-                .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                    pod_sandbox_id: p.id.clone(),
-                })
-                .await;
-            let _ = self
-                .rt()
-                .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                    pod_sandbox_id: p.id,
-                })
-                .await;
-        }
+        common::remove_everything(&self.cri).await;
         let left: Vec<_> = std::fs::read_dir(self.path().join("root/containers"))
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();

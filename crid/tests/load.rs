@@ -83,22 +83,6 @@ fn remove_cgroup_parent(parent: &str) {
     }
 }
 
-/// Namespace pins crid still holds.
-fn pins(dir: &Path) -> Vec<String> {
-    ["netns", "ipcns", "utsns"]
-        .iter()
-        .flat_map(|k| {
-            std::fs::read_dir(dir.join("state").join(k))
-                .map(|d| {
-                    d.flatten()
-                        .map(|e| e.path().display().to_string())
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        })
-        .collect()
-}
-
 fn pod_config(name: &str, dir: &Path, parent: &str) -> cri::PodSandboxConfig {
     let mut c = common::pod_config(name, dir);
     c.linux = Some(cri::LinuxPodSandboxConfig {
@@ -178,7 +162,7 @@ fn leaks(crid: &Crid, net: &Net, parent: &str) -> Vec<String> {
     let dir = crid.dir.as_path();
     let mut v = Vec::new();
     v.extend(mounts_under(dir).into_iter().map(|m| format!("mount {m}")));
-    v.extend(pins(dir).into_iter().map(|p| format!("pin {p}")));
+    v.extend(common::pins(dir).into_iter().map(|p| format!("pin {p}")));
     v.extend(
         net.reservations()
             .into_iter()

@@ -56,21 +56,6 @@ fn conflist_with_hang(net: &Net) -> String {
     v.to_string()
 }
 
-fn pins(dir: &Path) -> Vec<String> {
-    ["netns", "ipcns", "utsns"]
-        .iter()
-        .flat_map(|k| {
-            std::fs::read_dir(dir.join("state").join(k))
-                .map(|d| {
-                    d.flatten()
-                        .map(|e| e.path().display().to_string())
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        })
-        .collect()
-}
-
 /// Nothing of any pod is left: addresses, veths, pins, mounts.
 fn assert_no_pod_leftovers(dir: &Path, net: &Net, log: &str) {
     assert!(
@@ -79,7 +64,11 @@ fn assert_no_pod_leftovers(dir: &Path, net: &Net, log: &str) {
         net.reservations()
     );
     assert!(net.veths().is_empty(), "veth leak {:?}\n{log}", net.veths());
-    assert!(pins(dir).is_empty(), "pin leak {:?}\n{log}", pins(dir));
+    assert!(
+        common::pins(dir).is_empty(),
+        "pin leak {:?}\n{log}",
+        common::pins(dir)
+    );
     assert!(
         mounts_under(dir).is_empty(),
         "mount leak {:?}\n{log}",
@@ -281,9 +270,9 @@ async fn a_corrupt_pod_record_is_quarantined_and_its_pieces_released() {
     assert!(crid.log().contains("quarantined"));
     // The unknown pod's namespaces, shm and address were released at start-up.
     assert!(
-        pins(dir).iter().all(|p| !p.contains(&bad)),
+        common::pins(dir).iter().all(|p| !p.contains(&bad)),
         "{:?}",
-        pins(dir)
+        common::pins(dir)
     );
     assert!(mounts_under(dir).iter().all(|m| !m.contains(&bad)));
     assert_eq!(net.reservations().len(), 1, "{:?}", net.reservations());

@@ -181,6 +181,55 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Removes every container (RemoveContainer stops a running one) and then stops and removes
+/// every pod, through the API, ignoring errors: a test's clean-up.
+pub async fn remove_everything(cri: &Cri) {
+    let mut rt = cri.runtime.clone();
+    let list = rt
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .map(|r| r.into_inner().containers)
+        .unwrap_or_default();
+    for c in list {
+        let _ = rt
+            .remove_container(cri::RemoveContainerRequest { container_id: c.id })
+            .await;
+    }
+    let pods = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .map(|r| r.into_inner().items)
+        .unwrap_or_default();
+    for p in pods {
+        let _ = rt
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: p.id.clone(),
+            })
+            .await;
+        let _ = rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: p.id,
+            })
+            .await;
+    }
+}
+
+/// Namespace pins crid still holds under `<dir>/state`.
+pub fn pins(dir: &Path) -> Vec<String> {
+    ["netns", "ipcns", "utsns"]
+        .iter()
+        .flat_map(|k| {
+            std::fs::read_dir(dir.join("state").join(k))
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.path().display().to_string())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 /// Unmounts everything below `dir`, deepest first (for wiping a state dir).
 pub fn unmount_all(dir: &Path) {
     let mut m = mounts_under(dir);
