@@ -112,6 +112,43 @@ impl NetworkConfigList {
     pub fn version(&self) -> Version {
         Version::parse(&self.cni_version).unwrap_or(Version(0, 1, 0))
     }
+
+    /// How many leading plugins can be ADDed before the pod is known: plugins whose work
+    /// depends on nothing of the pod (not its name, not a capability such as port mappings),
+    /// each with no IPAM or `host-local` IPAM. Zero when the list cannot chain results.
+    pub fn pod_independent_head(&self) -> usize {
+        if !self.version().chains_add() {
+            return 0;
+        }
+        self.plugins
+            .iter()
+            .take_while(|p| pod_independent(p))
+            .count()
+    }
+}
+
+/// Plugin types that only wire an interface and addresses into the namespace: nothing they do
+/// reads `CNI_ARGS` or runtime values of the pod.
+const POD_INDEPENDENT_TYPES: &[&str] = &["bridge", "ptp", "macvlan", "ipvlan", "loopback"];
+
+fn pod_independent(plugin: &Map<String, Value>) -> bool {
+    let ty = string_field(plugin, "type").unwrap_or_default();
+    if !POD_INDEPENDENT_TYPES.contains(&ty.as_str()) {
+        return false;
+    }
+    // A declared capability means runtime values from the pod (ports, IPs, MACs...).
+    let asks = match plugin.get("capabilities") {
+        Some(Value::Object(caps)) => caps.values().any(|v| v.as_bool() == Some(true)),
+        _ => false,
+    };
+    let ipam_ok = match plugin.get("ipam") {
+        None => true,
+        Some(Value::Object(ipam)) => {
+            ipam.is_empty() || string_field(ipam, "type").as_deref() == Some("host-local")
+        }
+        Some(_) => false,
+    };
+    !asks && ipam_ok && !plugin.contains_key("runtimeConfig") && !plugin.contains_key("args")
 }
 
 /// A plugin type names a binary in a plugin directory: no path separators, no dot-dot.
@@ -246,6 +283,40 @@ mod tests {
         let l = load_first(dir.path()).unwrap();
         assert_eq!(l.name, "n1");
         assert!(l.source.ends_with("10-a.conflist"));
+    }
+
+    #[test]
+    fn pod_independent_head_stops_at_the_first_plugin_that_needs_the_pod() {
+        let head = |plugins: &str, version: &str| {
+            let doc = format!(r#"{{"cniVersion":"{version}","name":"n","plugins":[{plugins}]}}"#);
+            NetworkConfigList::parse(doc.as_bytes(), false, Path::new("x"))
+                .unwrap()
+                .pod_independent_head()
+        };
+        let bridge = r#"{"type":"bridge","ipMasq":true,"ipam":{"type":"host-local"}}"#;
+        let portmap = r#"{"type":"portmap","capabilities":{"portMappings":true}}"#;
+        let lo = r#"{"type":"loopback"}"#;
+        assert_eq!(head(&format!("{bridge},{portmap},{lo}"), "1.0.0"), 1);
+        assert_eq!(head(&format!("{lo},{bridge},{lo}"), "1.0.0"), 3);
+        // Results do not chain before 0.3.0.
+        assert_eq!(head(&format!("{bridge},{portmap}"), "0.2.0"), 0);
+        for first in [
+            // IPAM that could depend on the pod (static IPs from CNI_ARGS, DHCP leases).
+            r#"{"type":"bridge","ipam":{"type":"static"}}"#,
+            r#"{"type":"bridge","ipam":{"type":"dhcp"}}"#,
+            // A capability: runtime values of the pod.
+            r#"{"type":"bridge","capabilities":{"ips":true},"ipam":{"type":"host-local"}}"#,
+            r#"{"type":"bridge","args":{"cni":{"ips":["10.0.0.9"]}}}"#,
+            // Plugins not known to ignore the pod's identity.
+            r#"{"type":"calico"}"#,
+            r#"{"type":"flannel","delegate":{}}"#,
+            portmap,
+        ] {
+            assert_eq!(head(&format!("{first},{lo}"), "1.0.0"), 0, "{first}");
+        }
+        // A capability declared but off asks for nothing.
+        let off = r#"{"type":"bridge","capabilities":{"ips":false},"ipam":{"type":"host-local"}}"#;
+        assert_eq!(head(off, "1.0.0"), 1);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod config;
 mod error;
 pub mod exec;
 pub mod netns;
+mod prepare;
 pub mod result;
 pub mod version;
 
@@ -20,6 +21,7 @@ pub use crate::cache::{Cache, CacheEntry};
 pub use crate::config::NetworkConfigList;
 pub use crate::error::CniError;
 pub use crate::exec::Executor;
+pub use crate::prepare::Prepared;
 pub use crate::result::CniResult;
 pub use crate::version::Version;
 
@@ -258,7 +260,7 @@ impl Cni {
         };
         // Written before the first plugin runs, so a crash mid-ADD still leaves DEL the config.
         self.cache.write(&entry)?;
-        match self.add_chain(&list, att, &args, &caps).await {
+        match self.add_chain(&list, 0, None, att, &args, &caps).await {
             Ok(result) => {
                 let parsed = CniResult::parse(&result).map_err(|reason| CniError::BadResult {
                     plugin: list.plugin_types().last().cloned().unwrap_or_default(),
@@ -289,16 +291,18 @@ impl Cni {
         }
     }
 
+    /// ADD through `list.plugins[start..]`, `prev` being the result of the plugins before.
     async fn add_chain(
         &self,
         list: &NetworkConfigList,
+        start: usize,
+        mut prev: Option<Value>,
         att: &Attachment,
         args: &str,
         caps: &Map<String, Value>,
     ) -> Result<Value, CniError> {
         let chains = list.version().chains_add();
-        let mut prev: Option<Value> = None;
-        for plugin in &list.plugins {
+        for plugin in list.plugins.iter().skip(start) {
             let ty = config::string_field(plugin, "type").unwrap_or_default();
             if ty == "loopback" && chains && prev.is_some() {
                 // The reference `loopback` plugin's ADD sets `lo` up and passes the previous

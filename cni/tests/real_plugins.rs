@@ -260,3 +260,129 @@ async fn an_empty_pool_is_resource_exhausted_and_undone() {
         netns::remove(&a.netns).unwrap();
     }
 }
+
+/// `iptables -t nat -S` (portmap's DNAT rules).
+fn nat_rules() -> String {
+    let out = Command::new("iptables")
+        .args(["-w", "-t", "nat", "-S"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_prepared_head_is_finished_for_its_pod() {
+    if !can_run() {
+        return;
+    }
+    let tag = 5u8;
+    let (s, cni) = setup(tag, "1.0.0");
+    let subnet = format!(
+        "10.{}.{}.0/24",
+        180 + u32::from(tag),
+        std::process::id() % 250
+    );
+    let write_list = |mtu: u32| {
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": format!("cni-test-{tag}"),
+            "plugins": [
+                {
+                    "type": "bridge", "bridge": s.bridge, "isGateway": true, "mtu": mtu,
+                    "ipam": {"type": "host-local", "dataDir": s.dir.path().join("ipam"),
+                             "ranges": [[{"subnet": subnet}]]}
+                },
+                {"type": "portmap", "capabilities": {"portMappings": true}},
+                {"type": "loopback"}
+            ]
+        });
+        std::fs::write(
+            s.dir.path().join("net.d/10-test.conflist"),
+            conflist.to_string(),
+        )
+        .unwrap();
+    };
+    write_list(1500);
+    let host_port = 31_000 + i32::from(tag) * 10 + (std::process::id() % 10) as i32;
+    let attachment = |id: &str, ns: &Path| Attachment {
+        container_id: id.into(),
+        netns: ns.to_owned(),
+        ifname: "eth0".into(),
+        pod: PodArgs {
+            namespace: "ns".into(),
+            name: "web".into(),
+            infra_container_id: id.into(),
+            uid: "u".into(),
+        },
+        capabilities: Capabilities {
+            port_mappings: vec![cni::PortMapping {
+                host_port,
+                container_port: 80,
+                protocol: "tcp".into(),
+                host_ip: String::new(),
+            }],
+            ..Default::default()
+        },
+    };
+    let eth0 = |ns: &Path| {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", ns.display()))
+            .args(["ip", "-o", "addr", "show", "eth0"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // The head (bridge + host-local) before the pod exists: an address, no port mapping.
+    let ns = s.dir.path().join("warm1");
+    netns::create(&[(NsKind::Net, ns.clone())], || Ok(())).unwrap();
+    let prepared = cni
+        .prepare("warm1", &ns, "eth0")
+        .await
+        .expect("prepare")
+        .expect("bridge is pod-independent");
+    assert_eq!(reservations(s.dir.path(), tag), 1);
+    assert_eq!(cni.cached_attachments(), [("warm1".into(), "eth0".into())]);
+    let before = eth0(&ns);
+    assert!(before.contains("inet 10."), "{before}");
+
+    // The pod: the rest of the chain gets the head's result and the pod's capabilities.
+    let att = attachment("warm1", &ns);
+    let result = cni.add_prepared(&att, prepared).await.expect("finish");
+    let ip = result.pod_ips()[0].to_string();
+    assert!(before.contains(&format!("inet {ip}/")), "{before} vs {ip}");
+    assert_eq!(reservations(s.dir.path(), tag), 1);
+    let dnat = format!("--to-destination {ip}:80");
+    assert!(nat_rules().contains(&dnat), "portmap ran for the pod");
+    // DEL (as after a restart, from the cache) undoes the whole chain.
+    Cni::new(cni.settings().clone())
+        .del("warm1", Some(&ns), "eth0", &att.pod)
+        .await
+        .expect("DEL");
+    assert_eq!(reservations(s.dir.path(), tag), 0);
+    assert!(!nat_rules().contains(&dnat));
+    netns::remove(&ns).unwrap();
+
+    // Prepared with one configuration, finished after it changed: attached anew.
+    let ns = s.dir.path().join("warm2");
+    netns::create(&[(NsKind::Net, ns.clone())], || Ok(())).unwrap();
+    let prepared = cni.prepare("warm2", &ns, "eth0").await.unwrap().unwrap();
+    write_list(1400);
+    let att = attachment("warm2", &ns);
+    cni.add_prepared(&att, prepared).await.expect("finish");
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["ip", "-o", "link", "show", "eth0"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("mtu 1400"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(reservations(s.dir.path(), tag), 1);
+    cni.del("warm2", Some(&ns), "eth0", &att.pod).await.unwrap();
+    assert_eq!(reservations(s.dir.path(), tag), 0);
+    assert!(!nat_rules().contains(&format!(":{host_port}")));
+    netns::remove(&ns).unwrap();
+}
