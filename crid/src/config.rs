@@ -70,6 +70,11 @@ pub struct CniConfig {
     pub bin_dirs: Vec<PathBuf>,
     /// Upper bound for one plugin invocation, in seconds.
     pub plugin_timeout_secs: u64,
+    /// Pod networks kept prepared ahead of need: the leading plugins of the list that depend
+    /// on nothing of the pod (bridge, ptp, macvlan, ipvlan, loopback; host-local IPAM) are
+    /// ADDed before a pod asks, and a new pod only runs the rest of the chain. Each one holds
+    /// an address while it waits. 0 turns this off.
+    pub prepared_networks: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,6 +183,7 @@ impl Default for CniConfig {
             conf_dir: PathBuf::from("/etc/cni/net.d"),
             bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
             plugin_timeout_secs: 30,
+            prepared_networks: 2,
         }
     }
 }

@@ -138,6 +138,7 @@ fn pod_manager(config: &Config, driver: CgroupDriver) -> anyhow::Result<sandbox:
             CgroupDriver::Cgroupfs => sandbox::pod::CgroupDriver::Cgroupfs,
         },
         host_resolv_conf: sandbox::pod::files::host_resolv_conf(),
+        warm_networks: config.cni.prepared_networks,
     };
     sandbox::pod::PodManager::open(settings, Arc::new(cni)).context("cannot load pods")
 }
@@ -199,6 +200,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     state.pods.collect_garbage().await;
+    state.pods.prepare_networks();
     crate::cri::image::import_at_startup(
         state.images.clone(),
         crate::cri::image::import_dir(&state.config),
@@ -248,6 +250,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await;
     crate::notify::notify("STOPPING=1");
     let _ = std::fs::remove_file(&socket);
+    state.pods.release_prepared_networks().await;
     result.context("gRPC server failed")?;
     tracing::info!("crid stopped");
     Ok(())

@@ -41,11 +41,16 @@ struct Crid {
 }
 
 impl Crid {
+    /// crid with no prepared pod networks: these tests count addresses and veths.
     async fn start(dir: tempfile::TempDir, timeout_secs: u64) -> Crid {
+        Crid::start_prepared(dir, timeout_secs, 0).await
+    }
+
+    async fn start_prepared(dir: tempfile::TempDir, timeout_secs: u64, prepared: usize) -> Crid {
         let d = dir.path();
         std::fs::create_dir_all(d.join("net.d")).unwrap();
         let config = format!(
-            "[cni]\nconf_dir = {:?}\nbin_dirs = [{:?}, {:?}]\nplugin_timeout_secs = {timeout_secs}\n",
+            "[cni]\nconf_dir = {:?}\nbin_dirs = [{:?}, {:?}]\nplugin_timeout_secs = {timeout_secs}\nprepared_networks = {prepared}\n",
             d.join("net.d"),
             d.join("bin"),
             PLUGINS
@@ -814,4 +819,161 @@ fn the_shipped_default_network_is_valid() {
         list.plugins[1]["capabilities"]["portMappings"],
         serde_json::Value::Bool(true)
     );
+}
+
+/// Polls (at most 15 s) until `f` holds.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..150 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn mtu(netns: &str) -> String {
+    let (ok, out) = run_bounded(
+        Command::new("nsenter").args([
+            &format!("--net={netns}"),
+            "ip",
+            "-o",
+            "link",
+            "show",
+            "eth0",
+        ]),
+        Duration::from_secs(5),
+    );
+    assert!(ok, "{out}");
+    out.split_whitespace()
+        .skip_while(|w| *w != "mtu")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_networks_are_taken_refilled_renewed_and_released() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::new(30, dir.path());
+    let crid = Crid::start_prepared(dir, 30, 2).await;
+    // No configuration at start-up: nothing is prepared until it appears and a pod comes.
+    crid.write_conflist(&net.conflist_with(&[]));
+    let a = crid.run(pod("first")).await.expect("run first");
+    eventually("two prepared networks", || {
+        net.reservations().len() == 3 && net.veths().len() == 3
+    })
+    .await;
+    let prepared: Vec<String> = {
+        let (sa, _) = crid.status(&a).await;
+        let ip_a = sa.network.unwrap().ip;
+        net.reservations()
+            .into_iter()
+            .filter(|ip| *ip != ip_a)
+            .collect()
+    };
+    // Prepared namespaces are pinned under the id their pod will get.
+    let pins: Vec<String> = std::fs::read_dir(crid.path().join("state/netns"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(pins.len(), 3, "{pins:?}");
+
+    // The next pod takes one: its id and address are the prepared ones, and the rest of the
+    // chain (portmap, with the pod's port) ran for it.
+    let mut cfg = pod("second");
+    cfg.port_mappings = vec![cri::PortMapping {
+        protocol: cri::Protocol::Tcp as i32,
+        container_port: 80,
+        host_port: 32_000 + (std::process::id() % 500) as i32,
+        host_ip: String::new(),
+    }];
+    let b = crid.run(cfg).await.expect("run second");
+    assert!(pins.contains(&b), "{b} was not prepared ({pins:?})");
+    let (sb, ib) = crid.status(&b).await;
+    let ip_b = sb.network.unwrap().ip;
+    assert!(prepared.contains(&ip_b), "{ip_b} not in {prepared:?}");
+    let nat = Command::new("iptables")
+        .args(["-w", "-t", "nat", "-S"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&nat.stdout).contains(&format!("--to-destination {ip_b}:80")),
+        "no DNAT to {ip_b}:80"
+    );
+    let (ok, out) = ping(Some(&pin(&ib, "netns")), &net.gateway());
+    assert!(ok, "{out}");
+    // ... and the pool is topped up again.
+    eventually("the pool refilled", || net.reservations().len() == 4).await;
+
+    // A changed configuration: prepared networks of the old one are not used but released,
+    // and new ones are made with the new one.
+    let mut list: Value = serde_json::from_str(&net.conflist_with(&[])).unwrap();
+    list["plugins"][0]["mtu"] = 1400.into();
+    crid.write_conflist(&list.to_string());
+    let c = crid.run(pod("third")).await.expect("run third");
+    let (_, ic) = crid.status(&c).await;
+    assert_eq!(mtu(&pin(&ic, "netns")), "1400");
+    eventually("renewed prepared networks", || {
+        net.reservations().len() == 5 && net.veths().len() == 5
+    })
+    .await;
+    let d = crid.run(pod("fourth")).await.expect("run fourth");
+    let (_, id_) = crid.status(&d).await;
+    assert_eq!(mtu(&pin(&id_, "netns")), "1400");
+    eventually("the pool refilled", || net.reservations().len() == 6).await;
+
+    // Killed: the prepared networks stay until the restart releases them and prepares anew.
+    let mut crid = crid;
+    if let Some(mut child) = crid.child.take() {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let dir = crid.stop();
+    let before_kill = net.reservations();
+    assert_eq!(before_kill.len(), 6);
+    let crid = Crid::start_prepared(dir, 30, 2).await;
+    let mut pod_ips = Vec::new();
+    for id in [&a, &b, &c, &d] {
+        pod_ips.push(crid.status(id).await.0.network.unwrap().ip);
+    }
+    let old_prepared: Vec<&String> = before_kill
+        .iter()
+        .filter(|ip| !pod_ips.contains(ip))
+        .collect();
+    assert_eq!(old_prepared.len(), 2, "{before_kill:?} vs pods {pod_ips:?}");
+    eventually("the old prepared networks released, new ones made", || {
+        let pins = std::fs::read_dir(crid.path().join("state/netns"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let now = net.reservations();
+        now.len() == 6
+            && old_prepared.iter().all(|ip| !now.contains(ip))
+            && net.veths().len() == 6
+            && pins == 6
+    })
+    .await;
+    for id in [&a, &b, &c, &d] {
+        crid.remove_pod(id).await.expect("remove");
+    }
+    assert_eq!(net.reservations().len(), 2);
+    // A graceful stop releases what is prepared.
+    let dir = crid.stop();
+    assert!(net.reservations().is_empty(), "{:?}", net.reservations());
+    assert!(net.veths().is_empty(), "{:?}", net.veths());
+    let pins: Vec<_> = std::fs::read_dir(dir.path().join("state/netns"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(pins.is_empty(), "{pins:?}");
+    assert!(
+        std::fs::read_dir(dir.path().join("root/cni/results"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+    common::unmount_all(dir.path());
 }

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::error::SandboxError;
 use crate::pod::store::PodStore;
 use crate::pod::validate::{self, SysctlNs};
+use crate::pod::warm::{WarmNet, WarmPool};
 use crate::pod::{
     CgroupDriver, NsMode, PidHolder, PodConfig, PodFilter, PodKind, PodMetadata, PodPaths,
     PodRecord, PodState, files,
@@ -40,6 +41,8 @@ pub struct PodSettings {
     pub cgroup_driver: CgroupDriver,
     /// Copied into pods that bring no DNS config.
     pub host_resolv_conf: PathBuf,
+    /// How many pod networks to keep prepared ahead of need (0: none); see `warm.rs`.
+    pub warm_networks: usize,
 }
 
 /// A name reservation: the pod id, whether its creation finished, and whether a caller got
@@ -70,6 +73,7 @@ pub struct PodManager {
     sys: Arc<dyn PodSys>,
     store: PodStore,
     inner: Mutex<Inner>,
+    warm: Arc<WarmPool>,
 }
 
 fn now_ns() -> i64 {
@@ -79,7 +83,7 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-fn new_id() -> Result<String, SandboxError> {
+pub(crate) fn new_id() -> Result<String, SandboxError> {
     let mut bytes = [0u8; 32];
     let path = Path::new("/dev/urandom");
     std::io::Read::read_exact(
@@ -197,17 +201,40 @@ impl PodManager {
         }
         tracing::info!(pods = inner.pods.len(), "pods recovered");
         sweep_orphans(&settings.state, &inner.pods, sys.as_ref());
+        let warm = Arc::new(WarmPool::new(
+            settings.warm_networks,
+            settings.state.clone(),
+            cni.clone(),
+            sys.clone(),
+        ));
         Ok(PodManager {
             settings,
             cni,
             sys,
             store,
             inner: Mutex::new(inner),
+            warm,
         })
     }
 
     pub fn cni(&self) -> &Cni {
         &self.cni
+    }
+
+    /// Starts preparing pod networks ahead of need (after [`PodManager::collect_garbage`],
+    /// which would release them).
+    pub fn prepare_networks(&self) {
+        self.warm.refill(std::time::Duration::ZERO);
+    }
+
+    /// How many prepared pod networks are waiting.
+    pub fn prepared_networks(&self) -> usize {
+        self.warm.waiting()
+    }
+
+    /// Releases the prepared pod networks and stops making new ones (at shutdown).
+    pub async fn release_prepared_networks(&self) {
+        self.warm.close().await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -261,27 +288,39 @@ impl PodManager {
                     continue;
                 }
                 None => {
-                    let id = new_id()?;
-                    let (tx, done) = watch::channel(false);
-                    let r = Reservation {
-                        id: id.clone(),
-                        done,
-                        claimed: Arc::new(AtomicBool::new(false)),
-                    };
+                    let fresh_id = new_id()?;
                     let mut inner = self.lock();
                     if inner.names.contains_key(&config.metadata) {
                         continue;
                     }
+                    // A pod with its own network namespace takes a prepared network, and
+                    // with it the id that network was prepared under.
+                    let warm = if config.namespaces.network == NsMode::Node {
+                        None
+                    } else {
+                        self.warm.take()
+                    };
+                    let id = warm.as_ref().map_or(fresh_id, |w| w.id.clone());
+                    let (tx, done) = watch::channel(false);
+                    let r = Reservation {
+                        id,
+                        done,
+                        claimed: Arc::new(AtomicBool::new(false)),
+                    };
                     inner.names.insert(config.metadata.clone(), r.clone());
-                    (r, tx)
+                    (r, tx, warm)
                 }
             };
-            let (r, tx) = reservation;
+            let (r, tx, warm) = reservation;
+            if config.namespaces.network != NsMode::Node {
+                // Also after a miss: the configuration may have appeared since start-up.
+                self.warm.refill_after_take();
+            }
             let this = self.clone();
             let cfg = config.clone();
             let id = r.id.clone();
             let task = tokio::spawn(async move {
-                let result = this.create(&id, cfg.clone(), kind).await;
+                let result = this.create(&id, cfg.clone(), kind, warm).await;
                 match &result {
                     Ok(record) => {
                         this.lock().pods.insert(
@@ -444,6 +483,7 @@ impl PodManager {
         id: &str,
         config: PodConfig,
         kind: PodKind,
+        warm: Option<WarmNet>,
     ) -> Result<PodRecord, SandboxError> {
         let paths = self.paths(id, &config);
         let mut record = PodRecord {
@@ -460,7 +500,7 @@ impl PodManager {
             pid_holder: None,
             config,
         };
-        match self.build(&mut record).await {
+        match self.build(&mut record, warm).await {
             Ok(()) => {
                 tracing::info!(pod_sandbox_id = %id, name = %pod_name(&record.config.metadata), ip = %record.primary_ip(), "pod ready");
                 Ok(record)
@@ -479,10 +519,19 @@ impl PodManager {
         }
     }
 
-    async fn build(&self, record: &mut PodRecord) -> Result<(), SandboxError> {
+    async fn build(
+        &self,
+        record: &mut PodRecord,
+        warm: Option<WarmNet>,
+    ) -> Result<(), SandboxError> {
         let id = record.id.clone();
         let paths = record.paths.clone();
         let config = record.config.clone();
+        // A prepared network (pinned at `paths.netns`, the pod's id being the one it was
+        // prepared under) is attached already: any failure from here on needs its DEL.
+        if warm.is_some() {
+            record.network = Some(String::new());
+        }
         std::fs::create_dir_all(&paths.dir).map_err(|e| SandboxError::io(&paths.dir, e))?;
         // The record goes to disk first, so a crash from here on leaves something to remove.
         self.store.save(record)?;
@@ -513,7 +562,9 @@ impl PodManager {
 
         let mut pins = Vec::new();
         if let Some(p) = &paths.netns {
-            pins.push((NsKind::Net, p.clone()));
+            if warm.is_none() {
+                pins.push((NsKind::Net, p.clone()));
+            }
         }
         if let Some(p) = &paths.ipcns {
             pins.push((NsKind::Ipc, p.clone()));
@@ -542,7 +593,15 @@ impl PodManager {
                 pod: pod_args(&record.id, &config.metadata),
                 capabilities: caps,
             };
-            let result = self.cni.add(&att).await.map_err(SandboxError::Network)?;
+            let added = match warm {
+                Some(w) => self.cni.add_prepared(&att, w.prepared).await,
+                None => self.cni.add(&att).await,
+            };
+            // A failed ADD undid itself.
+            let result = added.map_err(|e| {
+                record.network = None;
+                SandboxError::Network(e)
+            })?;
             record.network = self.cni.network().ok().map(|n| n.name);
             if record.network.is_none() {
                 record.network = Some(String::new());
@@ -890,6 +949,7 @@ mod tests {
             unikernel_handlers: vec!["urunc".into()],
             cgroup_driver: CgroupDriver::Cgroupfs,
             host_resolv_conf: dir.join("resolv.conf"),
+            warm_networks: 0,
         };
         Arc::new(PodManager::open(settings, Arc::new(cni)).unwrap())
     }
@@ -1080,6 +1140,7 @@ mod tests {
             unikernel_handlers: vec![],
             cgroup_driver: CgroupDriver::Systemd,
             host_resolv_conf: dir.join("resolv.conf"),
+            warm_networks: 0,
         };
         let rec = Arc::new(Recorder::default());
         let pods = PodManager::with_sys(settings, Arc::new(cni), rec.clone()).unwrap();

@@ -11,6 +11,7 @@ pub mod files;
 mod manager;
 pub mod store;
 pub mod validate;
+mod warm;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,0 +1,204 @@
+//! Pod networks made ahead of need. Attaching a pod to a bridge network is most of a pod's
+//! start (the Go `bridge` plugin, host-local IPAM, the iptables calls of `ipMasq`), and none of
+//! it depends on the pod when the list starts with pod-independent plugins (see
+//! `NetworkConfigList::pod_independent_head`). So a few network namespaces are kept pinned at
+//! `<state>/netns/<id>` with that head already ADDed under `<id>`, the id the pod that takes
+//! one gets; the rest of the chain (portmap, bandwidth... with the pod's arguments) runs when
+//! the pod comes. Lists with no such head are never prepared.
+//!
+//! Each prepared network holds an address and a veth while it waits. A crash leaves them to
+//! the restart: their pins belong to no pod and their cache entries to no attachment, so
+//! recovery unpins and garbage collection DELs them.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cni::netns::NsKind;
+use cni::{Cni, PodArgs, Prepared};
+
+use crate::error::SandboxError;
+use crate::pod::manager::{POD_IFNAME, new_id};
+use crate::sys::PodSys;
+
+/// How long a refill waits after a network was taken, so it does not compete for the CPU with
+/// the container start that usually follows the pod's.
+const REFILL_DELAY: Duration = Duration::from_millis(100);
+
+/// A network namespace with the head of the list ADDed, waiting for a pod with id `id`.
+#[derive(Debug)]
+pub struct WarmNet {
+    pub id: String,
+    pub netns: PathBuf,
+    pub prepared: Prepared,
+}
+
+/// The prepared networks and their refilling.
+pub struct WarmPool {
+    size: usize,
+    state: PathBuf,
+    cni: Arc<Cni>,
+    sys: Arc<dyn PodSys>,
+    ready: Mutex<Vec<WarmNet>>,
+    filling: AtomicBool,
+    closed: AtomicBool,
+}
+
+impl WarmPool {
+    pub fn new(size: usize, state: PathBuf, cni: Arc<Cni>, sys: Arc<dyn PodSys>) -> WarmPool {
+        WarmPool {
+            size,
+            state,
+            cni,
+            sys,
+            ready: Mutex::new(Vec::new()),
+            filling: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn ready(&self) -> std::sync::MutexGuard<'_, Vec<WarmNet>> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many prepared networks are waiting.
+    pub fn waiting(&self) -> usize {
+        self.ready().len()
+    }
+
+    /// The oldest prepared network made with the current configuration, if any. Networks
+    /// prepared with an older configuration are released in the background.
+    pub fn take(self: &Arc<Self>) -> Option<WarmNet> {
+        let current = self.cni.network().ok();
+        let mut stale = Vec::new();
+        let taken = {
+            let mut ready = self.ready();
+            let mut taken = None;
+            for net in std::mem::take(&mut *ready) {
+                let fits = current.as_ref().is_some_and(|l| net.prepared.matches(l));
+                if !fits {
+                    stale.push(net);
+                } else if taken.is_none() {
+                    taken = Some(net);
+                } else {
+                    ready.push(net);
+                }
+            }
+            taken
+        };
+        if !stale.is_empty() {
+            tracing::info!(
+                count = stale.len(),
+                "network configuration changed; releasing the pod networks prepared with the old one"
+            );
+            let this = self.clone();
+            tokio::spawn(async move {
+                for net in stale {
+                    this.release(net).await;
+                }
+            });
+        }
+        taken
+    }
+
+    /// Tops the pool up in a background task (one at a time), after `delay`.
+    pub fn refill(self: &Arc<Self>, delay: Duration) {
+        if self.size == 0
+            || self.closed.load(Ordering::SeqCst)
+            || self.filling.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            this.fill().await;
+            this.filling.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// [`WarmPool::refill`] after a network was taken.
+    pub fn refill_after_take(self: &Arc<Self>) {
+        self.refill(REFILL_DELAY);
+    }
+
+    async fn fill(&self) {
+        while self.waiting() < self.size && !self.closed.load(Ordering::SeqCst) {
+            match self.make().await {
+                Ok(Some(net)) => {
+                    if self.closed.load(Ordering::SeqCst) {
+                        self.release(net).await;
+                        return;
+                    }
+                    tracing::debug!(pod_sandbox_id = %net.id, "pod network prepared");
+                    self.ready().push(net);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot prepare a pod network ahead of need");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One prepared network, or `None` when the current list has no pod-independent head.
+    async fn make(&self) -> Result<Option<WarmNet>, SandboxError> {
+        match self.cni.network() {
+            Ok(list) if list.pod_independent_head() > 0 => {}
+            _ => return Ok(None),
+        }
+        let id = new_id()?;
+        let netns = self.state.join("netns").join(&id);
+        let pins = vec![(NsKind::Net, netns.clone())];
+        let sys = self.sys.clone();
+        tokio::task::spawn_blocking(move || sys.create_namespaces(&pins, None))
+            .await
+            .map_err(|e| SandboxError::FailedPrecondition {
+                reason: format!("namespace task failed: {e}"),
+            })??;
+        match self.cni.prepare(&id, &netns, POD_IFNAME).await {
+            Ok(Some(prepared)) => Ok(Some(WarmNet {
+                id,
+                netns,
+                prepared,
+            })),
+            outcome => {
+                // Failed (and undone by CNI) or nothing to prepare: the namespace goes.
+                let _ = self.sys.remove_pin(&netns);
+                outcome.map(|_| None).map_err(SandboxError::Network)
+            }
+        }
+    }
+
+    /// DEL of a prepared network and its namespace.
+    pub async fn release(&self, net: WarmNet) {
+        if let Err(e) = self
+            .cni
+            .del(&net.id, Some(&net.netns), POD_IFNAME, &PodArgs::default())
+            .await
+        {
+            tracing::warn!(pod_sandbox_id = %net.id, error = %e, "cannot release a prepared pod network");
+        }
+        if let Err(e) = self.sys.remove_pin(&net.netns) {
+            tracing::warn!(pod_sandbox_id = %net.id, error = %e, "cannot remove a prepared network namespace");
+        }
+    }
+
+    /// Stops refilling and releases every prepared network (at shutdown).
+    pub async fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        // A fill in progress sees `closed` and releases what it makes.
+        for _ in 0..200 {
+            if !self.filling.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let nets: Vec<WarmNet> = std::mem::take(&mut *self.ready());
+        for net in nets {
+            self.release(net).await;
+        }
+    }
+}
