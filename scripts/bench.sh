@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks crid against Debian's containerd 1.6 + runc on this machine, in the same run:
 # builds release binaries, starts a loopback registry with the test images, crid (its own
-# root, state, socket and CNI network: bridge cridbench0, 10.90.0.0/16) and containerd
-# (scripts/containerd.sh: bridge cridctr0, 10.89.0.0/16), then runs crid-bench with both.
+# root, state, socket and CNI network: bridge cridbench0, 10.90.0.0/16), containerd
+# (scripts/containerd.sh: bridge cridctr0, 10.89.0.0/16) and a second crid without prepared
+# pod networks (bridge cridbench1, 10.91.0.0/16), then runs crid-bench with all three.
 # With gcc, the freestanding test guest is packed as a unikernel image and measured too.
 # Prints the Markdown table; the JSON report goes to $BENCH_JSON (default bench.json).
 # BENCH_SKIP_BUILD=1 skips the build.
@@ -23,9 +24,10 @@ cleanup() {
     wait 2>/dev/null || true
     stop_containerd "$WORK/containerd"
     # crid's detached monitors (and any VMM) carry the run's directory in their command line.
-    for pid in $(pgrep -f "$WORK/crid/" || true); do kill "$pid" 2>/dev/null || true; done
+    for pid in $(pgrep -f "$WORK/crid" || true); do kill "$pid" 2>/dev/null || true; done
     grep -o " $WORK[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
     ip link del cridbench0 2>/dev/null || true
+    ip link del cridbench1 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -45,23 +47,26 @@ if sh sandbox/tests/guests/freestanding/build.sh "$WORK/guest.elf" >/dev/null 2>
     UK_ARGS=(--unikernel-image crid-bench/unikernel:latest)
 fi
 
-C=$WORK/crid
-mkdir -p "$C/net.d" "$C/certs.d/$CRID_TEST_REGISTRY" "$C/cni"
-cat >"$C/net.d/10-bridge.conflist" <<JSON
+# start_crid NAME BRIDGE SUBNET PREPARED: a crid of its own (root, state, socket, bridge) in
+# $WORK/NAME, with cni.prepared_networks = PREPARED.
+start_crid() {
+    local C=$WORK/$1
+    mkdir -p "$C/net.d" "$C/certs.d/$CRID_TEST_REGISTRY" "$C/cni"
+    cat >"$C/net.d/10-bridge.conflist" <<JSON
 {
   "cniVersion": "1.0.0",
-  "name": "cridbench",
+  "name": "$1",
   "plugins": [
     {
       "type": "bridge",
-      "bridge": "cridbench0",
+      "bridge": "$2",
       "isGateway": true,
       "ipMasq": true,
       "hairpinMode": true,
       "ipam": {
         "type": "host-local",
         "dataDir": "$C/cni",
-        "ranges": [[{ "subnet": "10.90.0.0/16" }]],
+        "ranges": [[{ "subnet": "$3" }]],
         "routes": [{ "dst": "0.0.0.0/0" }]
       }
     },
@@ -70,10 +75,10 @@ cat >"$C/net.d/10-bridge.conflist" <<JSON
   ]
 }
 JSON
-cat >"$C/certs.d/$CRID_TEST_REGISTRY/hosts.toml" <<TOML
+    cat >"$C/certs.d/$CRID_TEST_REGISTRY/hosts.toml" <<TOML
 server = "http://$CRID_TEST_REGISTRY"
 TOML
-cat >"$C/config.toml" <<TOML
+    cat >"$C/config.toml" <<TOML
 [registry]
 config_path = "$C/certs.d"
 [images]
@@ -81,14 +86,22 @@ pause_image = "$CRID_TEST_REGISTRY/pause:3.10"
 [cni]
 conf_dir = "$C/net.d"
 bin_dirs = ["/usr/lib/cni"]
+prepared_networks = $4
 [log]
 level = "warn"
 TOML
-target/release/crid --config "$C/config.toml" --root "$C/root" --state "$C/state" \
-    --socket "$C/crid.sock" >"$C/log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do [ -S "$C/crid.sock" ] && break; sleep 0.1; done
-[ -S "$C/crid.sock" ] || { cat "$C/log"; exit 1; }
+    target/release/crid --config "$C/config.toml" --root "$C/root" --state "$C/state" \
+        --socket "$C/crid.sock" >"$C/log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 100); do [ -S "$C/crid.sock" ] && break; sleep 0.1; done
+    [ -S "$C/crid.sock" ] || { cat "$C/log"; exit 1; }
+}
+# crid as shipped (two prepared pod networks), and a second crid that attaches every pod from
+# scratch (prepared_networks = 0), so the table shows what the prepared networks are worth.
+start_crid crid cridbench0 10.90.0.0/16 2
+start_crid crid-unprepared cridbench1 10.91.0.0/16 0
+C=$WORK/crid
+C0=$WORK/crid-unprepared
 
 start_containerd "$WORK/containerd" "$CRID_TEST_REGISTRY"
 
@@ -100,6 +113,7 @@ re() { printf '%s' "$1" | sed 's/[.[\*^$()+?{|]/\\&/g'; }
 target/release/crid-bench \
     --runtime "crid=unix://$C/crid.sock,$(re "$C/")" \
     --runtime "containerd=unix://$CONTAINERD_SOCK,$(re "$WORK/containerd/")" \
+    --runtime "crid-unprepared=unix://$C0/crid.sock,$(re "$C0/")" \
     --registry "$CRID_TEST_REGISTRY" --log-root "$WORK/logs" --json "$JSON" \
     "${UK_ARGS[@]}" "${ARGS[@]}" || {
     echo "--- crid log"; tail -20 "$C/log"
