@@ -389,7 +389,9 @@ fn neighbour_mac(r: &dyn Runner, iface: &str, ip: Ipv4Addr) -> Result<MacAddr, S
         lladdr: Option<String>,
     }
     let ip_s = ip.to_string();
-    for attempt in 0..20 {
+    // ARP on a local bridge answers in well under a millisecond: look again soon, then back
+    // off to 50 ms steps (about a second in all).
+    for attempt in 0..25u32 {
         let out = r.run("ip", &["-j", "neigh", "show", &ip_s, "dev", iface])?;
         let found: Vec<Neighbour> = if out.trim().is_empty() {
             Vec::new()
@@ -402,7 +404,9 @@ fn neighbour_mac(r: &dyn Runner, iface: &str, ip: Ipv4Addr) -> Result<MacAddr, S
         if attempt % 5 == 0 {
             r.probe(ip)?;
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(
+            (2u64 << attempt.min(5)).min(50),
+        ));
     }
     Err(net_err(
         "sidecar path",
