@@ -224,6 +224,11 @@ fn render_objects(out: &mut String, state: &State) {
             escape(h)
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP crid_prepared_pod_networks Pod networks prepared ahead of need and waiting for a pod.\n# TYPE crid_prepared_pod_networks gauge\ncrid_prepared_pod_networks {}",
+        state.pods.prepared_networks()
+    );
     out.push_str("# HELP crid_containers Containers, by state and runtime handler of their pod.\n# TYPE crid_containers gauge\n");
     for ((s, h), n) in &by_container {
         let _ = writeln!(

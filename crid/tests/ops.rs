@@ -5,9 +5,8 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
-use common::{Crid, Net, crid_cli, plain_http_registry, write_config};
+use common::{Crid, Net, crid_cli, free_port, plain_http_registry, scrape, write_config};
 use conformance::fixtures::fake_registry::{Content, FakeRegistry, small_image};
 use serde_json::Value;
 
@@ -114,29 +113,6 @@ fn which(bin: &str) -> Result<std::path::PathBuf, ()> {
         .ok_or(())
 }
 
-async fn scrape(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
-        .await
-        .expect("scrape timed out")
-        .unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_cli_and_metrics_see_what_the_daemon_made() {
     if !common::can_run_pods() {
@@ -183,6 +159,8 @@ async fn offline_cli_and_metrics_see_what_the_daemon_made() {
     assert!(text.contains("crid_image_pull_duration_seconds_count{result=\"success\"} 1"));
     assert!(!text.contains("crid_image_pull_bytes_total 0\n"));
     assert!(text.contains("crid_pods{state=\"ready\",handler=\"\"} 1"));
+    // write_config turns prepared pod networks off.
+    assert!(text.contains("\ncrid_prepared_pod_networks 0\n"), "{text}");
 
     // The CLI reads the records, with the daemon running and after it is gone.
     for round in 0..2 {

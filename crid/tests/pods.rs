@@ -43,18 +43,29 @@ struct Crid {
 impl Crid {
     /// crid with no prepared pod networks: these tests count addresses and veths.
     async fn start(dir: tempfile::TempDir, timeout_secs: u64) -> Crid {
-        Crid::start_prepared(dir, timeout_secs, 0).await
+        Crid::start_prepared(dir, timeout_secs, 0, 0).await
     }
 
-    async fn start_prepared(dir: tempfile::TempDir, timeout_secs: u64, prepared: usize) -> Crid {
+    /// With `prepared` pod networks, and metrics on `metrics_port` when it is not 0.
+    async fn start_prepared(
+        dir: tempfile::TempDir,
+        timeout_secs: u64,
+        prepared: usize,
+        metrics_port: u16,
+    ) -> Crid {
         let d = dir.path();
         std::fs::create_dir_all(d.join("net.d")).unwrap();
-        let config = format!(
+        let mut config = format!(
             "[cni]\nconf_dir = {:?}\nbin_dirs = [{:?}, {:?}]\nplugin_timeout_secs = {timeout_secs}\nprepared_networks = {prepared}\n",
             d.join("net.d"),
             d.join("bin"),
             PLUGINS
         );
+        if metrics_port != 0 {
+            config.push_str(&format!(
+                "[metrics]\naddress = \"127.0.0.1:{metrics_port}\"\n"
+            ));
+        }
         std::fs::write(d.join("config.toml"), config).unwrap();
         let (child, cri) = common::spawn_crid(d).await;
         Crid {
@@ -859,7 +870,16 @@ async fn prepared_networks_are_taken_refilled_renewed_and_released() {
     }
     let dir = tempfile::tempdir().unwrap();
     let net = Net::new(30, dir.path());
-    let crid = Crid::start_prepared(dir, 30, 2).await;
+    let port = common::free_port();
+    let crid = Crid::start_prepared(dir, 30, 2, port).await;
+    let gauge = || async move {
+        let text = common::scrape(&format!("127.0.0.1:{port}")).await;
+        text.lines()
+            .find_map(|l| l.strip_prefix("crid_prepared_pod_networks "))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no gauge in {text}"))
+    };
+    assert_eq!(gauge().await, "0");
     // No configuration at start-up: nothing is prepared until it appears and a pod comes.
     crid.write_conflist(&net.conflist_with(&[]));
     let a = crid.run(pod("first")).await.expect("run first");
@@ -867,6 +887,7 @@ async fn prepared_networks_are_taken_refilled_renewed_and_released() {
         net.reservations().len() == 3 && net.veths().len() == 3
     })
     .await;
+    assert_eq!(gauge().await, "2");
     let prepared: Vec<String> = {
         let (sa, _) = crid.status(&a).await;
         let ip_a = sa.network.unwrap().ip;
@@ -936,7 +957,7 @@ async fn prepared_networks_are_taken_refilled_renewed_and_released() {
     let dir = crid.stop();
     let before_kill = net.reservations();
     assert_eq!(before_kill.len(), 6);
-    let crid = Crid::start_prepared(dir, 30, 2).await;
+    let crid = Crid::start_prepared(dir, 30, 2, 0).await;
     let mut pod_ips = Vec::new();
     for id in [&a, &b, &c, &d] {
         pod_ips.push(crid.status(id).await.0.network.unwrap().ip);

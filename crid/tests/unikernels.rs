@@ -100,10 +100,7 @@ impl Crid {
     async fn start() -> Crid {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
+        let metrics_port = common::free_port();
         for sub in ["net.d", "seccomp", "logs"] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
@@ -127,19 +124,7 @@ impl Crid {
 
     /// The Prometheus text crid serves.
     async fn metrics(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
-            .await
-            .expect("connect to the metrics endpoint");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = String::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
-            .await
-            .expect("scrape timed out")
-            .unwrap();
-        out
+        common::scrape(&format!("127.0.0.1:{}", self.metrics_port)).await
     }
 
     fn path(&self) -> &Path {
