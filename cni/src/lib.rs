@@ -242,6 +242,21 @@ impl Cni {
     /// attachment is undone) and the error of the failing plugin is returned.
     pub async fn add(&self, att: &Attachment) -> Result<CniResult, CniError> {
         let list = self.network()?;
+        self.add_from(&list, 0, None, att)
+            .await
+            .map(|(_, parsed)| parsed)
+    }
+
+    /// ADD through `list.plugins[start..]`, `prev` being the result of the plugins before
+    /// (already ADDed), with the cache entry and the undo on failure of [`Cni::add`]. Returns
+    /// the last plugin's result as printed and parsed.
+    async fn add_from(
+        &self,
+        list: &NetworkConfigList,
+        start: usize,
+        prev: Option<Value>,
+        att: &Attachment,
+    ) -> Result<(Value, CniResult), CniError> {
         // A missing plugin is found before anything is attached.
         for ty in list.plugin_types() {
             self.exec.find(&ty)?;
@@ -256,27 +271,26 @@ impl Cni {
             config: list.to_json(),
             cni_args: args.clone(),
             capability_args: caps.clone(),
-            result: Value::Null,
+            result: prev.clone().unwrap_or(Value::Null),
         };
         // Written before the first plugin runs, so a crash mid-ADD still leaves DEL the config.
         self.cache.write(&entry)?;
-        match self.add_chain(&list, 0, None, att, &args, &caps).await {
-            Ok(result) => {
-                let parsed = CniResult::parse(&result).map_err(|reason| CniError::BadResult {
-                    plugin: list.plugin_types().last().cloned().unwrap_or_default(),
-                    reason,
-                });
-                match parsed {
-                    Ok(parsed) => {
-                        entry.result = result;
-                        self.cache.write(&entry)?;
-                        Ok(parsed)
-                    }
-                    Err(e) => {
-                        self.undo(&entry, &att.netns).await;
-                        Err(e)
-                    }
-                }
+        let outcome = self
+            .add_chain(list, start, prev, att, &args, &caps)
+            .await
+            .and_then(|result| {
+                CniResult::parse(&result)
+                    .map(|parsed| (result, parsed))
+                    .map_err(|reason| CniError::BadResult {
+                        plugin: list.plugin_types().last().cloned().unwrap_or_default(),
+                        reason,
+                    })
+            });
+        match outcome {
+            Ok((result, parsed)) => {
+                entry.result = result.clone();
+                self.cache.write(&entry)?;
+                Ok((result, parsed))
             }
             Err(e) => {
                 self.undo(&entry, &att.netns).await;

@@ -5,10 +5,9 @@
 
 use std::path::Path;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::cache::{self, CacheEntry};
-use crate::{Attachment, Cni, CniError, CniResult, NetworkConfigList};
+use crate::{Attachment, Cni, CniError, CniResult, NetworkConfigList, PodArgs};
 
 /// The head of a list already ADDed for a future pod: its result and the list it came from.
 #[derive(Debug, Clone)]
@@ -27,8 +26,9 @@ impl Prepared {
 
 impl Cni {
     /// ADDs the pod-independent head of the current list for `container_id` in `netns`.
-    /// `Ok(None)` when the list has no such head (then nothing was done). The cache entry is
-    /// written first, so a crash leaves garbage collection what it needs for DEL.
+    /// `Ok(None)` when the list has no such head (then nothing was done). As with
+    /// [`Cni::add`], the cache entry is written first (a crash leaves garbage collection what
+    /// it needs for DEL) and a failure is undone.
     pub async fn prepare(
         &self,
         container_id: &str,
@@ -40,45 +40,22 @@ impl Cni {
         if head == 0 {
             return Ok(None);
         }
-        for ty in list.plugin_types() {
-            self.exec.find(&ty)?;
-        }
-        // The pod is not known yet: only the id it will have.
-        let args = format!("IgnoreUnknown=1;K8S_POD_INFRA_CONTAINER_ID={container_id}");
+        // The pod is not known yet: only the id it will have. Until it comes, the attachment
+        // is the head alone (DEL of a prepared network runs only the head's plugins).
         let mut head_list = list.clone();
         head_list.plugins.truncate(head);
         let att = Attachment {
             container_id: container_id.to_owned(),
             netns: netns.to_owned(),
             ifname: ifname.to_owned(),
-            pod: Default::default(),
+            pod: PodArgs {
+                infra_container_id: container_id.to_owned(),
+                ..Default::default()
+            },
             capabilities: Default::default(),
         };
-        let mut entry = CacheEntry {
-            kind: cache::KIND.into(),
-            container_id: container_id.to_owned(),
-            if_name: ifname.to_owned(),
-            network_name: list.name.clone(),
-            config: list.to_json(),
-            cni_args: args.clone(),
-            capability_args: Map::new(),
-            result: Value::Null,
-        };
-        self.cache.write(&entry)?;
-        match self
-            .add_chain(&head_list, 0, None, &att, &args, &Map::new())
-            .await
-        {
-            Ok(result) => {
-                entry.result = result.clone();
-                self.cache.write(&entry)?;
-                Ok(Some(Prepared { list, head, result }))
-            }
-            Err(e) => {
-                self.undo(&entry, netns).await;
-                Err(e)
-            }
-        }
+        let (result, _) = self.add_from(&head_list, 0, None, &att).await?;
+        Ok(Some(Prepared { list, head, result }))
     }
 
     /// Finishes a prepared attachment for its pod: the rest of the chain with the pod's
@@ -97,48 +74,22 @@ impl Cni {
                 .await?;
             return self.add(att).await;
         }
-        for ty in list.plugin_types() {
-            self.exec.find(&ty)?;
-        }
-        let args = att.pod.to_cni_args()?;
-        let caps = att.capabilities.to_map();
-        let mut entry = CacheEntry {
-            kind: cache::KIND.into(),
-            container_id: att.container_id.clone(),
-            if_name: att.ifname.clone(),
-            network_name: list.name.clone(),
-            config: list.to_json(),
-            cni_args: args.clone(),
-            capability_args: caps.clone(),
-            result: prepared.result.clone(),
-        };
-        self.cache.write(&entry)?;
-        let outcome = self
-            .add_chain(
-                &list,
-                prepared.head,
-                Some(prepared.result),
-                att,
-                &args,
-                &caps,
-            )
+        match self
+            .add_from(&list, prepared.head, Some(prepared.result), att)
             .await
-            .and_then(|result| {
-                CniResult::parse(&result)
-                    .map(|parsed| (result, parsed))
-                    .map_err(|reason| CniError::BadResult {
-                        plugin: list.plugin_types().last().cloned().unwrap_or_default(),
-                        reason,
-                    })
-            });
-        match outcome {
-            Ok((result, parsed)) => {
-                entry.result = result;
-                self.cache.write(&entry)?;
-                Ok(parsed)
-            }
+        {
+            Ok((_, parsed)) => Ok(parsed),
             Err(e) => {
-                self.undo(&entry, &att.netns).await;
+                // A failure before the rest of the chain ran (a plugin missing, bad pod
+                // arguments) left the prepared head attached: DEL it too.
+                if self.cache.find(&att.container_id, &att.ifname).is_some() {
+                    if let Err(del) = self
+                        .del(&att.container_id, Some(&att.netns), &att.ifname, &att.pod)
+                        .await
+                    {
+                        tracing::warn!(container_id = %att.container_id, error = %del, "DEL of a prepared attachment failed");
+                    }
+                }
                 Err(e)
             }
         }

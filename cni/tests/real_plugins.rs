@@ -386,3 +386,91 @@ async fn a_prepared_head_is_finished_for_its_pod() {
     assert!(!nat_rules().contains(&format!(":{host_port}")));
     netns::remove(&ns).unwrap();
 }
+
+#[tokio::test]
+async fn a_prepared_head_is_undone_when_the_rest_of_the_chain_fails() {
+    if !can_run() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let tag = 6u8;
+    let (s, _) = setup(tag, "1.0.0");
+    let bin = s.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let tail = bin.join("failplug");
+    let write_tail = || {
+        std::fs::write(
+            &tail,
+            "#!/bin/sh\ncat >/dev/null\ncase \"$CNI_COMMAND\" in\n\
+             ADD) echo '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"tail refuses\"}'; exit 1 ;;\n\
+             VERSION) echo '{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"1.0.0\"]}' ;;\n\
+             esac\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&tail, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    write_tail();
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": format!("cni-test-{tag}"),
+        "plugins": [
+            {
+                "type": "bridge", "bridge": s.bridge,
+                "ipam": {"type": "host-local", "dataDir": s.dir.path().join("ipam"),
+                         "ranges": [[{"subnet": format!("10.{}.{}.0/24", 180 + u32::from(tag), std::process::id() % 250)}]]}
+            },
+            {"type": "failplug"}
+        ]
+    });
+    std::fs::write(
+        s.dir.path().join("net.d/10-test.conflist"),
+        conflist.to_string(),
+    )
+    .unwrap();
+    let cni = Cni::new(CniSettings {
+        conf_dir: s.dir.path().join("net.d"),
+        bin_dirs: vec![bin.clone(), PathBuf::from(PLUGINS)],
+        cache_dir: s.dir.path().join("cache"),
+        timeout: Duration::from_secs(20),
+    });
+    let att = |id: &str, ns: &Path| Attachment {
+        container_id: id.into(),
+        netns: ns.to_owned(),
+        ifname: "eth0".into(),
+        pod: PodArgs::default(),
+        capabilities: Capabilities::default(),
+    };
+    let veths = || {
+        let out = Command::new("ip")
+            .args(["-o", "link", "show", "master", &s.bridge])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    // The tail plugin fails its ADD, and then its binary is gone: both undo the head.
+    for (i, missing) in [(1, false), (2, true)] {
+        let ns = s.dir.path().join(format!("p{i}"));
+        netns::create(&[(NsKind::Net, ns.clone())], || Ok(())).unwrap();
+        let id = format!("p{i}");
+        let prepared = cni.prepare(&id, &ns, "eth0").await.unwrap().unwrap();
+        assert_eq!(reservations(s.dir.path(), tag), 1);
+        assert_eq!(veths(), 1);
+        if missing {
+            std::fs::remove_file(&tail).unwrap();
+        }
+        let e = cni
+            .add_prepared(&att(&id, &ns), prepared)
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(if missing { "failplug" } else { "tail refuses" }),
+            "{text}"
+        );
+        assert_eq!(reservations(s.dir.path(), tag), 0, "{text}");
+        assert_eq!(veths(), 0, "{text}");
+        assert!(cni.cached_attachments().is_empty(), "{text}");
+        netns::remove(&ns).unwrap();
+    }
+    write_tail();
+}
