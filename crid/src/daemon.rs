@@ -151,7 +151,10 @@ fn container_manager(
     let settings = sandbox::container::ContainerSettings {
         root: config.root.clone(),
         state: config.state.clone(),
-        runc: config.runtime.runc_path.clone(),
+        // Looked up in $PATH once rather than on every runc call (kept as given when it is
+        // not there yet: then each call looks again).
+        runc: crate::cri::runtime::find_in_path(&config.runtime.runc_path)
+            .unwrap_or_else(|_| config.runtime.runc_path.clone()),
         cgroup_driver: match driver {
             CgroupDriver::Systemd => sandbox::pod::CgroupDriver::Systemd,
             CgroupDriver::Cgroupfs => sandbox::pod::CgroupDriver::Cgroupfs,

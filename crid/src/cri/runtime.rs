@@ -145,7 +145,7 @@ async fn binaries(state: &State) -> serde_json::Value {
 
 /// `path` itself when it has a directory part (absolute or relative), else the first executable
 /// of that name in `$PATH`, as `Command` finds it.
-fn find_in_path(path: &std::path::Path) -> Result<std::path::PathBuf, String> {
+pub(crate) fn find_in_path(path: &std::path::Path) -> Result<std::path::PathBuf, String> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &std::path::Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
