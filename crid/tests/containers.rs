@@ -6,15 +6,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::log_text;
-use conformance::client::Cri;
+use common::{Crid, log_text};
 use conformance::stream_client::{self, StreamOpts, Transport};
 use proto::cri;
-use serde_json::Value;
 use sha2::Digest;
 use tonic::Code;
 
@@ -188,190 +186,21 @@ fn which(bin: &str) -> Option<PathBuf> {
     })
 }
 
-/// A crid process on a temp socket, stopped on drop (containers are removed first).
-struct Crid {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    cri: Cri,
-}
-
-impl Crid {
-    async fn start(dir: tempfile::TempDir) -> Crid {
-        let d = dir.path();
-        std::fs::create_dir_all(d.join("net.d")).unwrap();
-        std::fs::create_dir_all(d.join("seccomp")).unwrap();
-        std::fs::create_dir_all(d.join("logs")).unwrap();
-        let config = format!(
-            "[cni]\nconf_dir = {:?}\n[runtime]\nseccomp_profile_root = {:?}\n[images]\npause_image = {:?}\n[streaming]\naddress = \"127.0.0.1\"\nport = 0\n",
-            d.join("net.d"),
-            d.join("seccomp"),
-            pause_image(),
-        );
-        std::fs::write(d.join("config.toml"), config).unwrap();
-        let (child, cri) = common::spawn_crid(d).await;
-        Crid {
-            dir,
-            child: Some(child),
-            cri,
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn rt(
-        &self,
-    ) -> proto::cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
-        self.cri.runtime.clone()
-    }
-
-    async fn pull(&self, image: &str) {
-        self.cri
-            .images
-            .clone()
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec {
-                    image: image.into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("pull {image}: {e}\n{}", log_text(self.path())));
-    }
-
-    /// A host-network pod logging to `<dir>/logs/<name>`.
-    async fn pod(&self, name: &str) -> (String, cri::PodSandboxConfig) {
-        let config = common::host_net_pod(name, &self.path().join("logs").join(name));
-        let id = self
-            .rt()
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(self.path())))
-            .into_inner()
-            .pod_sandbox_id;
-        (id, config)
-    }
-
-    async fn create(
-        &self,
-        pod: &(String, cri::PodSandboxConfig),
-        config: cri::ContainerConfig,
-    ) -> Result<String, tonic::Status> {
-        self.rt()
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.0.clone(),
-                config: Some(config),
-                sandbox_config: Some(pod.1.clone()),
-            })
-            .await
-            .map(|r| r.into_inner().container_id)
-    }
-
-    async fn start_container(&self, id: &str) {
-        self.rt()
-            .start_container(cri::StartContainerRequest {
-                container_id: id.into(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("start {id}: {e}\n{}", log_text(self.path())));
-    }
-
-    /// Creates and starts; returns the id.
-    async fn run(
-        &self,
-        pod: &(String, cri::PodSandboxConfig),
-        config: cri::ContainerConfig,
-    ) -> String {
-        let id = self
-            .create(pod, config)
-            .await
-            .unwrap_or_else(|e| panic!("create: {e}\n{}", log_text(self.path())));
-        self.start_container(&id).await;
-        id
-    }
-
-    async fn status(&self, id: &str) -> (cri::ContainerStatus, Value) {
-        let r = self
-            .rt()
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: true,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("status {id}: {e}"))
-            .into_inner();
-        let info: Value = serde_json::from_str(r.info.get("info").expect("verbose info")).unwrap();
-        (r.status.expect("status"), info)
-    }
-
-    /// Waits (bounded) until the container has exited.
-    async fn wait_exited(&self, id: &str) -> cri::ContainerStatus {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (s, _) = self.status(id).await;
-            if s.state == cri::ContainerState::ContainerExited as i32 {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "container {id} did not exit: {s:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn exec(
-        &self,
-        id: &str,
-        cmd: &[&str],
-        timeout: i64,
-    ) -> Result<cri::ExecSyncResponse, tonic::Status> {
-        self.rt()
-            .exec_sync(cri::ExecSyncRequest {
-                container_id: id.into(),
-                cmd: cmd.iter().map(|s| s.to_string()).collect(),
-                timeout,
-            })
-            .await
-            .map(|r| r.into_inner())
-    }
-
-    fn sigkill(&mut self) -> tempfile::TempDir {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let dir = tempfile::TempDir::new().unwrap();
-        std::mem::replace(&mut self.dir, dir)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            common::terminate(&mut child, 50);
-        }
-    }
-
-    /// Removes everything through the API, then stops crid.
-    async fn finish(mut self) {
-        common::remove_everything(&self.cri).await;
-        let left: Vec<_> = std::fs::read_dir(self.path().join("root/containers"))
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "containers left: {left:?}");
-        self.kill();
-    }
-}
-
-impl Drop for Crid {
-    fn drop(&mut self) {
-        self.kill();
-        common::release_leftovers(self.dir.path());
-    }
+/// crid on `dir` with this file's config: host-network pods, seccomp profiles from
+/// `<dir>/seccomp`, the pause image pushed next to busybox, streaming on loopback.
+async fn start(dir: tempfile::TempDir) -> Crid {
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("net.d")).unwrap();
+    std::fs::create_dir_all(d.join("seccomp")).unwrap();
+    std::fs::create_dir_all(d.join("logs")).unwrap();
+    let config = format!(
+        "[cni]\nconf_dir = {:?}\n[runtime]\nseccomp_profile_root = {:?}\n[images]\npause_image = {:?}\n[streaming]\naddress = \"127.0.0.1\"\nport = 0\n",
+        d.join("net.d"),
+        d.join("seccomp"),
+        pause_image(),
+    );
+    std::fs::write(d.join("config.toml"), config).unwrap();
+    Crid::start_owned(dir).await
 }
 
 fn container(image: &str, name: &str, args: &[&str]) -> cri::ContainerConfig {
@@ -469,17 +298,19 @@ fn log_path(crid: &Crid, pod: &str, name: &str) -> PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_exit_codes_env_user_and_workdir() {
     let Some(image) = image() else { return };
-    let crid = Crid::start(tempfile::tempdir().unwrap()).await;
-    crid.pull(&image).await;
-    let pod = crid.pod("logs").await;
+    let crid = start(tempfile::tempdir().unwrap()).await;
+    crid.expect_pull(&image).await;
+    let pod = crid.run_host_pod("logs").await;
 
     let long = "x".repeat(40 * 1024);
     let script =
         format!("echo hello world; echo oops >&2; printf '{long}\\n'; printf tail; exit 42");
     let failing = crid
-        .run(&pod, container(&image, "echo", &["sh", "-c", &script]))
+        .create_start(&pod, container(&image, "echo", &["sh", "-c", &script]))
         .await;
-    let s = crid.wait_exited(&failing).await;
+    let s = crid
+        .wait_state(&failing, cri::ContainerState::ContainerExited)
+        .await;
     assert_eq!((s.exit_code, s.reason.as_str()), (42, "Error"));
     assert!(s.finished_at >= s.started_at && s.started_at > 0);
     let records = log_records(&log_path(&crid, "logs", "echo"));
@@ -516,8 +347,10 @@ async fn logs_exit_codes_env_user_and_workdir() {
     }];
     c.working_dir = "/tmp".into();
     security(&mut c).run_as_username = "nobody".into();
-    let ok = crid.run(&pod, c).await;
-    let s = crid.wait_exited(&ok).await;
+    let ok = crid.create_start(&pod, c).await;
+    let s = crid
+        .wait_state(&ok, cri::ContainerState::ContainerExited)
+        .await;
     assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
     let out: Vec<String> = log_records(&log_path(&crid, "logs", "env"))
         .into_iter()
@@ -528,8 +361,10 @@ async fn logs_exit_codes_env_user_and_workdir() {
     // A terminal: runc hands the pty to the monitor, which logs it as stdout.
     let mut c = container(&image, "tty", &["sh", "-c", "tty; echo on-tty"]);
     c.tty = true;
-    let id = crid.run(&pod, c).await;
-    let s = crid.wait_exited(&id).await;
+    let id = crid.create_start(&pod, c).await;
+    let s = crid
+        .wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
     assert_eq!(s.exit_code, 0);
     let out: Vec<String> = log_records(&log_path(&crid, "logs", "tty"))
         .into_iter()
@@ -540,8 +375,9 @@ async fn logs_exit_codes_env_user_and_workdir() {
     let mut c = container(&image, "uid", &["sh", "-c", "id -u; id -g"]);
     security(&mut c).run_as_user = Some(cri::Int64Value { value: 1234 });
     security(&mut c).run_as_group = Some(cri::Int64Value { value: 5678 });
-    let id = crid.run(&pod, c).await;
-    crid.wait_exited(&id).await;
+    let id = crid.create_start(&pod, c).await;
+    crid.wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
     let out: Vec<String> = log_records(&log_path(&crid, "logs", "uid"))
         .into_iter()
         .map(|r| r.2)
@@ -553,9 +389,9 @@ async fn logs_exit_codes_env_user_and_workdir() {
 #[tokio::test(flavor = "multi_thread")]
 async fn mounts_readonly_rootfs_capabilities_and_seccomp() {
     let Some(image) = image() else { return };
-    let crid = Crid::start(tempfile::tempdir().unwrap()).await;
-    crid.pull(&image).await;
-    let pod = crid.pod("sec").await;
+    let crid = start(tempfile::tempdir().unwrap()).await;
+    crid.expect_pull(&image).await;
+    let pod = crid.run_host_pod("sec").await;
     let host = crid.path().join("vol");
     std::fs::create_dir_all(&host).unwrap();
     std::fs::write(host.join("in"), "from host").unwrap();
@@ -578,8 +414,10 @@ async fn mounts_readonly_rootfs_capabilities_and_seccomp() {
         });
     }
     security(&mut c).readonly_rootfs = true;
-    let id = crid.run(&pod, c).await;
-    let s = crid.wait_exited(&id).await;
+    let id = crid.create_start(&pod, c).await;
+    let s = crid
+        .wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
     assert_eq!(s.exit_code, 0);
     let out: Vec<String> = log_records(&log_path(&crid, "sec", "mounts"))
         .into_iter()
@@ -606,8 +444,9 @@ async fn mounts_readonly_rootfs_capabilities_and_seccomp() {
         profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
         ..Default::default()
     });
-    let id = crid.run(&pod, c).await;
-    crid.wait_exited(&id).await;
+    let id = crid.create_start(&pod, c).await;
+    crid.wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
     let text: Vec<String> = log_records(&log_path(&crid, "sec", "caps"))
         .into_iter()
         .map(|r| r.2.split_whitespace().collect::<Vec<_>>().join(" "))
@@ -619,8 +458,9 @@ async fn mounts_readonly_rootfs_capabilities_and_seccomp() {
         profile_type: cri::security_profile::ProfileType::Unconfined as i32,
         ..Default::default()
     });
-    let id = crid.run(&pod, c).await;
-    crid.wait_exited(&id).await;
+    let id = crid.create_start(&pod, c).await;
+    crid.wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
     let text: Vec<String> = log_records(&log_path(&crid, "sec", "unconfined"))
         .into_iter()
         .map(|r| r.2.split_whitespace().collect::<Vec<_>>().join(" "))
@@ -648,8 +488,9 @@ async fn mounts_readonly_rootfs_capabilities_and_seccomp() {
             .display()
             .to_string(),
     });
-    let id = crid.run(&pod, c).await;
-    crid.wait_exited(&id).await;
+    let id = crid.create_start(&pod, c).await;
+    crid.wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
     let out: Vec<String> = log_records(&log_path(&crid, "sec", "localhost"))
         .into_iter()
         .filter(|r| r.0 == "stdout")
@@ -662,9 +503,9 @@ async fn mounts_readonly_rootfs_capabilities_and_seccomp() {
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_limit_kills_a_hog_with_oomkilled() {
     let Some(image) = image() else { return };
-    let crid = Crid::start(tempfile::tempdir().unwrap()).await;
-    crid.pull(&image).await;
-    let pod = crid.pod("oom").await;
+    let crid = start(tempfile::tempdir().unwrap()).await;
+    crid.expect_pull(&image).await;
+    let pod = crid.run_host_pod("oom").await;
     // The shell doubles a string until the 32 MiB limit stops it.
     let mut c = container(
         &image,
@@ -675,8 +516,10 @@ async fn memory_limit_kills_a_hog_with_oomkilled() {
         memory_limit_in_bytes: 32 << 20,
         ..Default::default()
     });
-    let id = crid.run(&pod, c).await;
-    let s = crid.wait_exited(&id).await;
+    let id = crid.create_start(&pod, c).await;
+    let s = crid
+        .wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
     assert_eq!(
         (s.exit_code, s.reason.as_str()),
         (137, "OOMKilled"),
@@ -688,15 +531,15 @@ async fn memory_limit_kills_a_hog_with_oomkilled() {
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_sync_stats_update_reopen_stop_and_events() {
     let Some(image) = image() else { return };
-    let crid = Crid::start(tempfile::tempdir().unwrap()).await;
-    crid.pull(&image).await;
+    let crid = start(tempfile::tempdir().unwrap()).await;
+    crid.expect_pull(&image).await;
     let mut events = crid
         .rt()
         .get_container_events(cri::GetEventsRequest {})
         .await
         .unwrap()
         .into_inner();
-    let pod = crid.pod("exec").await;
+    let pod = crid.run_host_pod("exec").await;
     let c = container(
         &image,
         "ticker",
@@ -706,8 +549,8 @@ async fn exec_sync_stats_update_reopen_stop_and_events() {
             "trap 'echo bye; exit 3' TERM; while true; do echo tick; sleep 0.2; done",
         ],
     );
-    let id = crid.run(&pod, c).await;
-    let (s, info) = crid.status(&id).await;
+    let id = crid.create_start(&pod, c).await;
+    let (s, info) = crid.container_status(&id).await;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
     let pid = info["pid"].as_i64().unwrap();
     assert!(pid > 0);
@@ -741,7 +584,7 @@ async fn exec_sync_stats_update_reopen_stop_and_events() {
     eprintln!("monitor PSS: {pss_kib} KiB");
     assert!(pss_kib < 3 * 1024, "monitor PSS {pss_kib} KiB");
     let out = crid
-        .exec(&id, &["sh", "-c", "echo out; echo err >&2; exit 3"], 10)
+        .exec_sync(&id, &["sh", "-c", "echo out; echo err >&2; exit 3"], 10)
         .await
         .unwrap();
     assert_eq!(
@@ -749,13 +592,13 @@ async fn exec_sync_stats_update_reopen_stop_and_events() {
         (&b"out\n"[..], &b"err\n"[..], 3)
     );
     let big = crid
-        .exec(&id, &["sh", "-c", "head -c 20000000 /dev/zero"], 30)
+        .exec_sync(&id, &["sh", "-c", "head -c 20000000 /dev/zero"], 30)
         .await
         .unwrap();
     // Capped so that the response fits kubelet's 16 MiB message limit.
     assert!(big.stdout.len() > 15 * 1024 * 1024 && big.stdout.len() < 16 * 1024 * 1024);
     assert!(big.stdout.iter().all(|b| *b == 0));
-    let e = crid.exec(&id, &["sleep", "30"], 1).await.unwrap_err();
+    let e = crid.exec_sync(&id, &["sleep", "30"], 1).await.unwrap_err();
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
 
     // Stats: CPU and memory are non-zero.
@@ -844,7 +687,7 @@ async fn exec_sync_stats_update_reopen_stop_and_events() {
         })
         .await
         .unwrap();
-    let (s, _) = crid.status(&id).await;
+    let (s, _) = crid.container_status(&id).await;
     assert_eq!(
         (s.state, s.exit_code),
         (cri::ContainerState::ContainerExited as i32, 3)
@@ -911,11 +754,11 @@ async fn exec_sync_stats_update_reopen_stop_and_events() {
 #[tokio::test(flavor = "multi_thread")]
 async fn containers_survive_a_crid_sigkill() {
     let Some(image) = image() else { return };
-    let mut crid = Crid::start(tempfile::tempdir().unwrap()).await;
-    crid.pull(&image).await;
-    let pod = crid.pod("restart").await;
+    let mut crid = start(tempfile::tempdir().unwrap()).await;
+    crid.expect_pull(&image).await;
+    let pod = crid.run_host_pod("restart").await;
     let long = crid
-        .run(&pod, container(&image, "long", &["sleep", "1000"]))
+        .create_start(&pod, container(&image, "long", &["sleep", "1000"]))
         .await;
     let flag = crid.path().join("vol");
     std::fs::create_dir_all(&flag).unwrap();
@@ -934,11 +777,12 @@ async fn containers_survive_a_crid_sigkill() {
         host_path: flag.display().to_string(),
         ..Default::default()
     });
-    let short = crid.run(&pod, c).await;
-    let (_, info) = crid.status(&long).await;
+    let short = crid.create_start(&pod, c).await;
+    let (_, info) = crid.container_status(&long).await;
     let pid = info["pid"].as_i64().unwrap();
 
-    let dir = crid.sigkill();
+    crid.sigkill();
+    let dir = crid.into_dir();
     std::fs::write(flag.join("go"), "").unwrap();
     let exit_file = dir
         .path()
@@ -953,11 +797,13 @@ async fn containers_survive_a_crid_sigkill() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let crid = Crid::start(dir).await;
-    let (s, info) = crid.status(&long).await;
+    let crid = start(dir).await;
+    let (s, info) = crid.container_status(&long).await;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
     assert_eq!(info["pid"].as_i64().unwrap(), pid);
-    let s = crid.wait_exited(&short).await;
+    let s = crid
+        .wait_state(&short, cri::ContainerState::ContainerExited)
+        .await;
     assert_eq!((s.exit_code, s.reason.as_str()), (7, "Error"));
     let out: Vec<String> = log_records(&log_path(&crid, "restart", "short"))
         .into_iter()
@@ -972,7 +818,7 @@ async fn containers_survive_a_crid_sigkill() {
         })
         .await
         .unwrap();
-    let (s, _) = crid.status(&long).await;
+    let (s, _) = crid.container_status(&long).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     crid.finish().await;
 }
@@ -980,9 +826,9 @@ async fn containers_survive_a_crid_sigkill() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_are_invalid_arguments_and_leave_nothing() {
     let Some(image) = image() else { return };
-    let crid = Crid::start(tempfile::tempdir().unwrap()).await;
-    crid.pull(&image).await;
-    let pod = crid.pod("bad").await;
+    let crid = start(tempfile::tempdir().unwrap()).await;
+    crid.expect_pull(&image).await;
+    let pod = crid.run_host_pod("bad").await;
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(
         outside.path().join("p.json"),
@@ -1057,7 +903,8 @@ async fn bad_requests_are_invalid_arguments_and_leave_nothing() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     crid.start_container(&id).await;
-    crid.wait_exited(&id).await;
+    crid.wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
     let e = crid
         .rt()
         .start_container(cri::StartContainerRequest {
@@ -1096,7 +943,7 @@ async fn bad_requests_are_invalid_arguments_and_leave_nothing() {
         .await
         .unwrap_err();
     assert!(e.message().contains("/no/such/binary"), "{e:?}");
-    let (s, _) = crid.status(&missing).await;
+    let (s, _) = crid.container_status(&missing).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!(s.reason, "StartError");
     crid.finish().await;
@@ -1105,9 +952,9 @@ async fn bad_requests_are_invalid_arguments_and_leave_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pod_wide_pid_namespace_through_the_pause_holder() {
     let Some(image) = image() else { return };
-    let crid = Crid::start(tempfile::tempdir().unwrap()).await;
-    crid.pull(&image).await;
-    let mut pod = crid.pod("pidns").await;
+    let crid = start(tempfile::tempdir().unwrap()).await;
+    crid.expect_pull(&image).await;
+    let mut pod = crid.run_host_pod("pidns").await;
     // The same pod, again with a pod-wide PID namespace.
     crid.rt()
         .stop_pod_sandbox(cri::StopPodSandboxRequest {
@@ -1149,11 +996,12 @@ async fn pod_wide_pid_namespace_through_the_pause_holder() {
         .pod_sandbox_id;
     let mut a = container(&image, "sleeper", &["sleep", "1000"]);
     pod_ns(&mut security(&mut a).namespace_options);
-    let a = crid.run(&pod, a).await;
+    let a = crid.create_start(&pod, a).await;
     let mut b = container(&image, "ps", &["ps", "-o", "pid,args"]);
     pod_ns(&mut security(&mut b).namespace_options);
-    let b = crid.run(&pod, b).await;
-    crid.wait_exited(&b).await;
+    let b = crid.create_start(&pod, b).await;
+    crid.wait_state(&b, cri::ContainerState::ContainerExited)
+        .await;
     let out: Vec<String> = log_records(&log_path(&crid, "pidns", "ps"))
         .into_iter()
         .map(|r| r.2.split_whitespace().collect::<Vec<_>>().join(" "))
@@ -1176,7 +1024,7 @@ async fn pod_wide_pid_namespace_through_the_pause_holder() {
         })
         .await
         .unwrap();
-    let (s, _) = crid.status(&a).await;
+    let (s, _) = crid.container_status(&a).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     crid.rt()
         .remove_pod_sandbox(cri::RemovePodSandboxRequest {
@@ -1234,23 +1082,23 @@ async fn type_until(s: &mut stream_client::Session, input: &str, needle: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn attach_types_into_sh_and_cat_across_a_crid_sigkill() {
     let Some(image) = image() else { return };
-    let mut crid = Crid::start(tempfile::tempdir().unwrap()).await;
-    crid.pull(&image).await;
-    let pod = crid.pod("attach").await;
+    let mut crid = start(tempfile::tempdir().unwrap()).await;
+    crid.expect_pull(&image).await;
+    let pod = crid.run_host_pod("attach").await;
     let mut c = container(&image, "sh", &["sh"]);
     c.stdin = true;
     c.tty = true;
-    let sh = crid.run(&pod, c).await;
+    let sh = crid.create_start(&pod, c).await;
     let mut c = container(&image, "cat", &["cat"]);
     c.stdin = true;
-    let cat = crid.run(&pod, c).await;
+    let cat = crid.create_start(&pod, c).await;
     let mut c = container(&image, "once", &["cat"]);
     c.stdin = true;
     c.stdin_once = true;
-    let once = crid.run(&pod, c).await;
+    let once = crid.create_start(&pod, c).await;
     // Without stdin in its config, a container cannot be attached with stdin.
     let plain = crid
-        .run(&pod, container(&image, "plain", &["sleep", "1000"]))
+        .create_start(&pod, container(&image, "plain", &["sleep", "1000"]))
         .await;
     let e = crid
         .rt()
@@ -1285,13 +1133,14 @@ async fn attach_types_into_sh_and_cat_across_a_crid_sigkill() {
         drop(s);
         if round == 1 {
             // The monitors own the containers' stdio: a new crid attaches again.
-            let dir = crid.sigkill();
-            crid = Crid::start(dir).await;
+            crid.sigkill();
+            let dir = crid.into_dir();
+            crid = start(dir).await;
         }
     }
     // Both stay running after their clients left.
     for id in [&sh, &cat] {
-        let (s, _) = crid.status(id).await;
+        let (s, _) = crid.container_status(id).await;
         assert_eq!(
             s.state,
             cri::ContainerState::ContainerRunning as i32,
@@ -1304,7 +1153,9 @@ async fn attach_types_into_sh_and_cat_across_a_crid_sigkill() {
     type_until(&mut s, "hello-once\n", "hello-once").await;
     s.close_stdin().await.unwrap();
     drop(s);
-    let st = crid.wait_exited(&once).await;
+    let st = crid
+        .wait_state(&once, cri::ContainerState::ContainerExited)
+        .await;
     assert_eq!(st.exit_code, 0);
     crid.finish().await;
 }

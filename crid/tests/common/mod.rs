@@ -279,11 +279,15 @@ pub fn processes_under(dir: &Path, except: Option<u32>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A test's directory layout and the crid process using it.
+/// A test's directory layout and the crid process using it. Each test file writes its own
+/// `<dir>/config.toml` first; crid is stopped (SIGTERM, bounded wait) on drop.
 pub struct Crid {
     pub dir: PathBuf,
-    child: Option<Child>,
+    pub child: Option<Child>,
     pub cri: Cri,
+    /// The temp dir when this crid owns it ([`Crid::start_owned`]): on drop, after crid is
+    /// stopped, what a failed test left under it is released and the dir is deleted.
+    tmp: Option<tempfile::TempDir>,
 }
 
 /// Writes `<dir>/config.toml`: CNI from `<dir>/net.d` (+ `<dir>/bin`), registries from
@@ -414,7 +418,33 @@ impl Crid {
             dir: dir.to_owned(),
             child: Some(child),
             cri,
+            tmp: None,
         }
+    }
+
+    /// Starts crid on `tmp` (which has a config) and owns it: on drop crid is stopped, then
+    /// [`release_leftovers`], then the dir is deleted.
+    pub async fn start_owned(tmp: tempfile::TempDir) -> Crid {
+        let mut crid = Crid::start(tmp.path()).await;
+        crid.tmp = Some(tmp);
+        crid
+    }
+
+    /// Stops crid (SIGTERM, bounded wait; nothing if it was killed already) and hands back the
+    /// temp dir it owned, untouched, for a restart on it.
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        self.stop();
+        self.tmp.take().expect("crid does not own its dir")
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn rt(
+        &self,
+    ) -> cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
+        self.cri.runtime.clone()
     }
 
     pub fn log(&self) -> String {
@@ -542,9 +572,155 @@ impl Crid {
     }
 }
 
+impl Crid {
+    /// Pulls `image`, panicking with crid's log on failure.
+    pub async fn expect_pull(&self, image: &str) -> String {
+        self.pull(image)
+            .await
+            .unwrap_or_else(|e| panic!("pull {image}: {e}\n{}", self.log()))
+    }
+
+    /// Runs a host-network pod ([`host_net_pod`]) logging to `<dir>/logs/<name>`.
+    pub async fn run_host_pod(&self, name: &str) -> (String, cri::PodSandboxConfig) {
+        let config = host_net_pod(name, &self.dir.join("logs").join(name));
+        let id = self
+            .rt()
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("run pod: {e}\n{}", self.log()))
+            .into_inner()
+            .pod_sandbox_id;
+        (id, config)
+    }
+
+    /// A pod's status and its verbose info.
+    pub async fn pod_status(&self, id: &str) -> (cri::PodSandboxStatus, serde_json::Value) {
+        let r = self
+            .rt()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: true,
+            })
+            .await
+            .expect("status")
+            .into_inner();
+        let info = serde_json::from_str(r.info.get("info").expect("verbose info")).unwrap();
+        (r.status.expect("status"), info)
+    }
+
+    pub async fn create(
+        &self,
+        pod: &(String, cri::PodSandboxConfig),
+        config: cri::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        self.rt()
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.0.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.1.clone()),
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    /// Starts a created container, panicking with crid's log on failure.
+    pub async fn start_container(&self, id: &str) {
+        self.rt()
+            .start_container(cri::StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("start {id}: {e}\n{}", self.log()));
+    }
+
+    /// Creates and starts a container in `pod`; returns its id.
+    pub async fn create_start(
+        &self,
+        pod: &(String, cri::PodSandboxConfig),
+        config: cri::ContainerConfig,
+    ) -> String {
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let id = self
+            .create(pod, config)
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}\n{}", self.log()));
+        self.start_container(&id).await;
+        id
+    }
+
+    /// A container's status and its verbose info.
+    pub async fn container_status(&self, id: &str) -> (cri::ContainerStatus, serde_json::Value) {
+        let r = self
+            .rt()
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: true,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("status {id}: {e}"))
+            .into_inner();
+        let info = serde_json::from_str(r.info.get("info").expect("verbose info")).unwrap();
+        (r.status.expect("status"), info)
+    }
+
+    /// Waits (bounded: 60 s) until the container is in `state`.
+    pub async fn wait_state(&self, id: &str, state: cri::ContainerState) -> cri::ContainerStatus {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (s, _) = self.container_status(id).await;
+            if s.state == state as i32 {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "container {id} never reached {state:?}: {s:?}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<cri::ExecSyncResponse, tonic::Status> {
+        self.rt()
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Removes everything through the API, checks no container directory is left, then stops
+    /// crid.
+    pub async fn finish(mut self) {
+        remove_everything(&self.cri).await;
+        let left: Vec<_> = std::fs::read_dir(self.dir.join("root/containers"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "containers left: {left:?}");
+        self.stop();
+    }
+}
+
 impl Drop for Crid {
     fn drop(&mut self) {
         self.stop();
+        if let Some(tmp) = self.tmp.take() {
+            release_leftovers(tmp.path());
+        }
     }
 }
 
