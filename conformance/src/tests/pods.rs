@@ -1,5 +1,6 @@
 //! Pod sandboxes: lifecycle, list filters, idempotent stop/remove, refused handlers and
-//! sysctls. Every pod is removed again, also when a check fails.
+//! sysctls, and the namespaces containers of one pod share (PID when asked, IPC always). Every
+//! pod is removed again, also when a check fails.
 
 use std::collections::HashMap;
 
@@ -30,6 +31,14 @@ pub fn tests() -> Vec<Test> {
         Test {
             name: "pods/sysctl-injection-refused",
             run: |env| Box::pin(sysctl_injection(env)),
+        },
+        Test {
+            name: "pods/shared-pid-namespace",
+            run: |env| Box::pin(shared_pid(env)),
+        },
+        Test {
+            name: "pods/shared-ipc-namespace",
+            run: |env| Box::pin(shared_ipc(env)),
         },
     ]
 }
@@ -353,4 +362,210 @@ async fn sysctl_injection(env: Env) -> TestResult {
         expect_invalid(&env, config, "", &format!("sysctl {k:?}={v:?}")).await?;
     }
     Ok(Outcome::Passed)
+}
+
+/// The commands of the two containers of [`two_containers`]; distinct, so `ps` tells them apart.
+const SLEEP_A: &str = "sleep 3601";
+const SLEEP_B: &str = "sleep 3602";
+
+/// A pod whose PID namespace mode is `pid` (for the pod and, as kubelet does, its containers)
+/// with two running busybox containers, A (`sleep 3601`) and B (`sleep 3602`); `check` gets
+/// their ids. The pod is removed afterwards, also when a check fails.
+async fn two_containers<F, Fut>(
+    env: &Env,
+    tag: &str,
+    pid: cri::NamespaceMode,
+    check: F,
+) -> TestResult
+where
+    F: FnOnce(String, String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let Some(image) = super::pull_busybox(env).await? else {
+        return Ok(Outcome::Skipped("no test registry (--registry)".into()));
+    };
+    let mut config = pod_config(tag);
+    if let Some(ns) = config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+    {
+        ns.pid = pid as i32;
+    }
+    let namespaces = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
+    let pod = run_pod(env, config.clone()).await?;
+    let result = async {
+        let mut ids = Vec::new();
+        for (name, command) in [("a", SLEEP_A), ("b", SLEEP_B)] {
+            let mut rt = env.cri.runtime.clone();
+            let id = rt
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: pod.clone(),
+                    config: Some(cri::ContainerConfig {
+                        metadata: Some(cri::ContainerMetadata {
+                            name: name.into(),
+                            attempt: 0,
+                        }),
+                        image: Some(cri::ImageSpec {
+                            image: image.clone(),
+                            ..Default::default()
+                        }),
+                        command: command.split(' ').map(str::to_owned).collect(),
+                        labels: HashMap::from([("name".to_string(), name.to_string())]),
+                        linux: Some(cri::LinuxContainerConfig {
+                            security_context: Some(cri::LinuxContainerSecurityContext {
+                                namespace_options: namespaces.clone(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    sandbox_config: Some(config.clone()),
+                })
+                .await
+                .with_context(|| format!("CreateContainer {name}"))?
+                .into_inner()
+                .container_id;
+            rt.start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .with_context(|| format!("StartContainer {name}"))?;
+            ids.push(id);
+        }
+        let b = ids.pop().context("no container b")?;
+        let a = ids.pop().context("no container a")?;
+        check(a, b).await
+    }
+    .await;
+    remove_pod(env, &pod).await;
+    result.map(|()| Outcome::Passed)
+}
+
+/// stdout of `sh -c script` in container `id`, which must succeed.
+async fn exec(env: &Env, id: &str, script: &str) -> anyhow::Result<String> {
+    let r = env
+        .cri
+        .runtime
+        .clone()
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 20,
+        })
+        .await
+        .with_context(|| format!("ExecSync {script:?}"))?
+        .into_inner();
+    ensure!(
+        r.exit_code == 0,
+        "{script:?} exited {}: {}",
+        r.exit_code,
+        String::from_utf8_lossy(&r.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&r.stdout).trim().to_owned())
+}
+
+/// The test process's own namespace `kind` (`pid`, `ipc`): the host's, as the suite runs there.
+fn own_ns(kind: &str) -> anyhow::Result<String> {
+    let link = std::fs::read_link(format!("/proc/self/ns/{kind}"))
+        .with_context(|| format!("readlink /proc/self/ns/{kind}"))?;
+    Ok(link.display().to_string())
+}
+
+/// Whether `ps` output lists a process whose command line is `command`.
+fn lists(ps: &str, command: &str) -> bool {
+    ps.lines().any(|l| l.trim_end().ends_with(command))
+}
+
+async fn shared_pid(env: Env) -> TestResult {
+    let host = own_ns("pid")?;
+    // pid=POD: one namespace for the pod; B sees A's process, and the reverse.
+    let r = two_containers(&env, "pidpod", cri::NamespaceMode::Pod, |a, b| {
+        let (env, host) = (&env, &host);
+        async move {
+            let ns_a = exec(env, &a, "readlink /proc/self/ns/pid").await?;
+            let ns_b = exec(env, &b, "readlink /proc/self/ns/pid").await?;
+            ensure!(ns_a == ns_b, "pid=POD: A is in {ns_a}, B in {ns_b}");
+            ensure!(&ns_a != host, "pid=POD: the pod uses the host's {ns_a}");
+            let ps = exec(env, &b, "ps").await?;
+            ensure!(
+                lists(&ps, SLEEP_A) && lists(&ps, SLEEP_B),
+                "pid=POD: B's ps does not show both {SLEEP_A:?} and {SLEEP_B:?}:\n{ps}"
+            );
+            let ps = exec(env, &a, "ps").await?;
+            ensure!(
+                lists(&ps, SLEEP_B),
+                "pid=POD: A's ps lacks {SLEEP_B:?}:\n{ps}"
+            );
+            Ok(())
+        }
+    })
+    .await?;
+    if !matches!(r, Outcome::Passed) {
+        return Ok(r);
+    }
+    // pid=CONTAINER: each container its own namespace, its command PID 1, the other unseen.
+    two_containers(&env, "pidctr", cri::NamespaceMode::Container, |a, b| {
+        let (env, host) = (&env, &host);
+        async move {
+            let ns_a = exec(env, &a, "readlink /proc/self/ns/pid").await?;
+            let ns_b = exec(env, &b, "readlink /proc/self/ns/pid").await?;
+            ensure!(ns_a != ns_b, "pid=CONTAINER: A and B share {ns_a}");
+            ensure!(
+                &ns_a != host && &ns_b != host,
+                "pid=CONTAINER: a container uses the host's {host}"
+            );
+            let ps = exec(env, &b, "ps").await?;
+            ensure!(
+                lists(&ps, SLEEP_B),
+                "pid=CONTAINER: B's ps lacks its own {SLEEP_B:?}:\n{ps}"
+            );
+            ensure!(
+                !lists(&ps, SLEEP_A),
+                "pid=CONTAINER: B sees A's {SLEEP_A:?}:\n{ps}"
+            );
+            let init = exec(env, &b, "tr '\\0' ' ' < /proc/1/cmdline").await?;
+            ensure!(
+                init == SLEEP_B,
+                "pid=CONTAINER: B's PID 1 is {init:?}, not its own {SLEEP_B:?}"
+            );
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn shared_ipc(env: Env) -> TestResult {
+    let host = own_ns("ipc")?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let file = format!("crid-conformance-ipc-{}-{nanos}", std::process::id());
+    // Containers of a pod share the IPC namespace and its /dev/shm (both kubelet's default,
+    // whatever the PID mode); neither is the host's.
+    two_containers(&env, "ipc", cri::NamespaceMode::Container, |a, b| {
+        let (env, host, file) = (&env, &host, &file);
+        async move {
+            let ns_a = exec(env, &a, "readlink /proc/self/ns/ipc").await?;
+            let ns_b = exec(env, &b, "readlink /proc/self/ns/ipc").await?;
+            ensure!(ns_a == ns_b, "A is in {ns_a}, B in {ns_b}");
+            ensure!(&ns_a != host, "the pod uses the host's {ns_a}");
+            exec(env, &a, &format!("echo {file} > /dev/shm/{file}")).await?;
+            let seen = exec(env, &b, &format!("cat /dev/shm/{file}")).await?;
+            ensure!(seen == *file, "B reads {seen:?} from A's /dev/shm/{file}");
+            ensure!(
+                !std::path::Path::new("/dev/shm").join(file).exists(),
+                "the pod's /dev/shm is the host's"
+            );
+            Ok(())
+        }
+    })
+    .await
 }

@@ -1,7 +1,8 @@
 //! Container security contexts: user and groups (by id and by name from the image's
 //! /etc/passwd and /etc/group), supplemental groups, read-only root filesystem, privileged,
 //! added and dropped capabilities, no_new_privs, masked and read-only paths, seccomp profiles
-//! (RuntimeDefault, Unconfined, Localhost). Each test runs a
+//! (RuntimeDefault, Unconfined, Localhost), AppArmor (RuntimeDefault, an unknown Localhost
+//! profile refused; skipped on hosts without AppArmor). Each test runs a
 //! long-lived busybox container in a fresh pod and looks from inside with ExecSync; the pod is
 //! removed again, also when a check fails.
 
@@ -50,6 +51,10 @@ pub fn tests() -> Vec<Test> {
         Test {
             name: "security/seccomp-profiles",
             run: |env| Box::pin(seccomp_profiles(env)),
+        },
+        Test {
+            name: "security/apparmor",
+            run: |env| Box::pin(apparmor(env)),
         },
     ]
 }
@@ -488,4 +493,83 @@ async fn seccomp_profiles(env: Env) -> TestResult {
     .await;
     drop(profile);
     r
+}
+
+/// Whether the host's kernel has AppArmor enabled.
+fn apparmor_enabled() -> bool {
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|v| v.trim() == "Y")
+}
+
+/// An AppArmor profile in both fields: `apparmor` and, for runtimes older than CRI 1.30, the
+/// deprecated `apparmor_profile` string (`runtime/default`, `localhost/<name>`), as kubelet
+/// sends them.
+#[allow(deprecated)] // apparmor_profile: containerd 1.6 reads only this one
+fn apparmor_context(
+    profile: cri::security_profile::ProfileType,
+    localhost: &str,
+) -> cri::LinuxContainerSecurityContext {
+    use cri::security_profile::ProfileType;
+    let legacy = match profile {
+        ProfileType::RuntimeDefault => "runtime/default".to_owned(),
+        ProfileType::Unconfined => "unconfined".to_owned(),
+        ProfileType::Localhost => format!("localhost/{localhost}"),
+    };
+    cri::LinuxContainerSecurityContext {
+        apparmor: Some(cri::SecurityProfile {
+            profile_type: profile as i32,
+            localhost_ref: localhost.into(),
+        }),
+        apparmor_profile: legacy,
+        ..Default::default()
+    }
+}
+
+async fn apparmor(env: Env) -> TestResult {
+    use cri::security_profile::ProfileType;
+    if !apparmor_enabled() {
+        return Ok(Outcome::Skipped("host has no AppArmor".into()));
+    }
+    // RuntimeDefault: the container runs, confined by the runtime's profile.
+    let r = in_container(
+        env.clone(),
+        "sec-apparmor-default",
+        false,
+        apparmor_context(ProfileType::RuntimeDefault, ""),
+        |env, id| async move {
+            let label = out(&env, &id, "cat /proc/self/attr/current").await?;
+            ensure!(
+                !label.is_empty() && !label.starts_with("unconfined"),
+                "RuntimeDefault: the container runs {label:?}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    if !matches!(r, Outcome::Passed) {
+        return Ok(r);
+    }
+    // Localhost with a profile the kernel does not know: creating or starting fails.
+    let missing = format!("crid-conformance-no-such-profile-{}", std::process::id());
+    let r = in_container(
+        env,
+        "sec-apparmor-missing",
+        false,
+        apparmor_context(ProfileType::Localhost, &missing),
+        // Reached only if the container started, which fails the test below.
+        |_, _| async { Ok(()) },
+    )
+    .await;
+    match r {
+        Ok(Outcome::Passed) => anyhow::bail!("a container with an unloaded AppArmor profile ran"),
+        Ok(skipped) => Ok(skipped),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            ensure!(
+                msg.starts_with("CreateContainer") || msg.starts_with("StartContainer"),
+                "the unknown Localhost profile failed elsewhere: {msg}"
+            );
+            Ok(Outcome::Passed)
+        }
+    }
 }
