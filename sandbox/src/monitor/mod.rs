@@ -7,9 +7,10 @@
 //! for unikernel pods), run at once.
 //!
 //! The protocol with crid:
-//! 1. crid writes a [`MonitorSpec`] as JSON and runs `crid monitor --spec FILE` with stdout on a
-//!    pipe. That process re-executes itself with `--detached` and exits at once, so the real
-//!    monitor is re-parented to init and never is crid's child (no zombie, no fork in crid).
+//! 1. crid writes a [`MonitorSpec`] as JSON and runs `crid-monitor --spec FILE` (or `crid
+//!    monitor --spec FILE`) with stdout on a pipe. That process forks (the small binary) or
+//!    re-executes itself with `--detached` (crid) and exits at once, so the real monitor is
+//!    re-parented to init and never is crid's child (no zombie, no fork in crid).
 //! 2. The detached monitor calls `setsid`, becomes a child subreaper, writes its pid to
 //!    `pid_file`, launches, and prints one JSON [`Ready`] line on stdout, then closes stdout.
 //! 3. When the supervised process exits, the monitor drains its output, writes an
@@ -312,7 +313,20 @@ impl MonitorHandle {
 /// Entry point of `crid monitor`. Returns the process exit code.
 pub fn main(spec_path: &Path, detached: bool) -> i32 {
     if !detached {
-        return respawn_detached();
+        // The small binary has one thread here and can detach by forking; anything else
+        // (crid itself) starts the detached monitor as a new process.
+        if running_as_small_binary() {
+            match sys::fork_detached_child() {
+                Ok(true) => {}
+                Ok(false) => return 0,
+                Err(e) => {
+                    eprintln!("crid monitor: cannot fork the detached monitor: {e}");
+                    return 1;
+                }
+            }
+        } else {
+            return respawn_detached();
+        }
     }
     let spec = match std::fs::read(spec_path)
         .map_err(|e| e.to_string())
@@ -351,6 +365,10 @@ pub fn main(spec_path: &Path, detached: bool) -> i32 {
 
 /// Name of the small monitor binary looked for next to the running executable.
 pub const MONITOR_BINARY: &str = "crid-monitor";
+
+fn running_as_small_binary() -> bool {
+    std::env::current_exe().is_ok_and(|e| e.file_name().is_some_and(|n| n == MONITOR_BINARY))
+}
 
 /// Starts the detached monitor, not waiting for it: the small `crid-monitor` binary next to
 /// this executable when there is one, else this same command line with `--detached`.

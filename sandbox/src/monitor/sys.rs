@@ -81,3 +81,15 @@ pub fn set_window_size(
     }
     Ok(())
 }
+
+/// `fork(2)` for the monitor detaching itself: `Ok(true)` in the child, `Ok(false)` in the
+/// parent. Only for a process with a single thread (the small `crid-monitor` binary before it
+/// starts anything).
+pub fn fork_detached_child() -> std::io::Result<bool> {
+    // SAFETY: the caller has one thread, so the child is a full copy in which no lock can be
+    // held by a thread that does not exist there; both sides go on with ordinary code.
+    match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
+        nix::unistd::ForkResult::Child => Ok(true),
+        nix::unistd::ForkResult::Parent { .. } => Ok(false),
+    }
+}
