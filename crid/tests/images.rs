@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use conformance::client::Cri;
 use proto::cri;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tonic::Code;
+
+use common::{Crid, spec};
 
 fn sha(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
@@ -259,13 +260,7 @@ fn push_busybox(tmp: &Path, dest: &str, extra_layers: &[Vec<u8>], extra: &[&str]
     b
 }
 
-/// A crid process on a temp socket, stopped on drop.
-struct Crid {
-    dir: PathBuf,
-    child: Option<Child>,
-    cri: Cri,
-}
-
+/// This file's config and image-service helpers on the shared [`Crid`].
 impl Crid {
     fn config(dir: &Path, reg: &str, pinned: &[String]) {
         Self::config_hosts(dir, &[reg], pinned);
@@ -274,15 +269,7 @@ impl Crid {
     /// A config whose `hosts.toml` files make each of `regs` a plain-http registry.
     fn config_hosts(dir: &Path, regs: &[&str], pinned: &[String]) {
         for reg in regs {
-            let certs = dir.join("certs.d").join(reg);
-            std::fs::create_dir_all(&certs).unwrap();
-            std::fs::write(
-                certs.join("hosts.toml"),
-                format!(
-                    "server = \"http://{reg}\"\n[host.\"http://{reg}\"]\ncapabilities = [\"pull\", \"resolve\"]\n"
-                ),
-            )
-            .unwrap();
+            common::plain_http_registry(dir, reg);
         }
         std::fs::create_dir_all(dir.join("net.d")).unwrap();
         let config = format!(
@@ -292,41 +279,6 @@ impl Crid {
             dir.join("net.d"),
         );
         std::fs::write(dir.join("config.toml"), config).unwrap();
-    }
-
-    async fn start(dir: &Path) -> Crid {
-        let (child, cri) = common::spawn_crid(dir).await;
-        Crid {
-            dir: dir.to_owned(),
-            child: Some(child),
-            cri,
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            common::terminate(&mut child, 50);
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("crid.log")).unwrap_or_default()
-    }
-
-    fn images_dir(&self) -> PathBuf {
-        self.dir.join("root/images")
-    }
-
-    async fn pull(&self, image: &str) -> Result<String, tonic::Status> {
-        self.cri
-            .images
-            .clone()
-            .pull_image(cri::PullImageRequest {
-                image: Some(spec(image)),
-                ..Default::default()
-            })
-            .await
-            .map(|r| r.into_inner().image_ref)
     }
 
     async fn status(&self, image: &str) -> (Option<cri::Image>, HashMap<String, String>) {
@@ -389,9 +341,7 @@ impl Crid {
     }
 
     fn layer_count(&self) -> usize {
-        std::fs::read_dir(self.images_dir().join("layers/sha256"))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        self.store_entries("layers/sha256").len()
     }
 
     /// Temporary files left in the store. A failed pull returns while a blocking unpack of
@@ -401,11 +351,7 @@ impl Crid {
         let count = || -> usize {
             ["ingest", "tmp"]
                 .iter()
-                .map(|d| {
-                    std::fs::read_dir(self.images_dir().join(d))
-                        .map(|d| d.count())
-                        .unwrap_or(0)
-                })
+                .map(|d| self.store_entries(d).len())
                 .sum()
         };
         for _ in 0..100 {
@@ -415,19 +361,6 @@ impl Crid {
             std::thread::sleep(Duration::from_millis(100));
         }
         count()
-    }
-}
-
-impl Drop for Crid {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn spec(image: &str) -> cri::ImageSpec {
-    cri::ImageSpec {
-        image: image.into(),
-        ..Default::default()
     }
 }
 
