@@ -8,78 +8,58 @@ mod common;
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use conformance::client::Cri;
 use conformance::stream_client::{self, spdy, ws};
 use proto::cri;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
-use common::PLUGINS;
+use common::{Crid, Net, PLUGINS};
 
 fn can_run() -> bool {
     common::can_run_pods_for("streaming")
 }
 
-/// crid on a temp dir with a bridge network of its own; stopped and cleaned on drop.
-struct Crid {
-    dir: tempfile::TempDir,
-    child: Child,
-    cri: Cri,
-    bridge: String,
+/// crid on a temp dir with a bridge network of its own (deleted when the [`Net`] drops).
+/// `tag` keeps the networks of tests running at the same time apart.
+async fn start(tag: u8) -> (Crid, Net) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let d = dir.path();
+    let pid = std::process::id();
+    let net = Net {
+        bridge: format!("crs{tag}x{}", pid % 100_000),
+        prefix: format!("10.{}.{}", 160 + u32::from(tag % 8), pid % 250),
+        name: "crid-streaming-test".into(),
+        ipam_dir: d.join("ipam"),
+    };
+    std::fs::create_dir_all(d.join("net.d")).unwrap();
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": net.name,
+        "plugins": [
+            {
+                "type": "bridge", "bridge": net.bridge, "isGateway": true,
+                "ipam": {
+                    "type": "host-local", "dataDir": net.ipam_dir,
+                    "ranges": [[{"subnet": format!("{}.0/24", net.prefix)}]]
+                }
+            },
+            {"type": "loopback"}
+        ]
+    });
+    std::fs::write(d.join("net.d/10-test.conflist"), conflist.to_string()).unwrap();
+    let config = format!(
+        "[cni]\nconf_dir = {:?}\nbin_dirs = [{PLUGINS:?}]\n[streaming]\naddress = \"127.0.0.1\"\nport = 0\n",
+        d.join("net.d"),
+    );
+    std::fs::write(d.join("config.toml"), config).unwrap();
+    (Crid::start_owned(dir).await, net)
 }
 
+/// This file's pod and port-forward helpers on the shared [`Crid`].
 impl Crid {
-    /// `tag` keeps the networks of tests running at the same time apart.
-    async fn start(tag: u8) -> Crid {
-        let dir = tempfile::TempDir::new().unwrap();
-        let d = dir.path();
-        let pid = std::process::id();
-        let bridge = format!("crs{tag}x{}", pid % 100_000);
-        let prefix = format!("10.{}.{}", 160 + u32::from(tag % 8), pid % 250);
-        std::fs::create_dir_all(d.join("net.d")).unwrap();
-        let conflist = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "crid-streaming-test",
-            "plugins": [
-                {
-                    "type": "bridge", "bridge": bridge, "isGateway": true,
-                    "ipam": {
-                        "type": "host-local", "dataDir": d.join("ipam"),
-                        "ranges": [[{"subnet": format!("{prefix}.0/24")}]]
-                    }
-                },
-                {"type": "loopback"}
-            ]
-        });
-        std::fs::write(d.join("net.d/10-test.conflist"), conflist.to_string()).unwrap();
-        let config = format!(
-            "[cni]\nconf_dir = {:?}\nbin_dirs = [{PLUGINS:?}]\n[streaming]\naddress = \"127.0.0.1\"\nport = 0\n",
-            d.join("net.d"),
-        );
-        std::fs::write(d.join("config.toml"), config).unwrap();
-        let (child, cri) = common::spawn_crid(d).await;
-        Crid {
-            dir,
-            child,
-            cri,
-            bridge,
-        }
-    }
-
-    fn rt(
-        &self,
-    ) -> proto::cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
-        self.cri.runtime.clone()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("crid.log")).unwrap_or_default()
-    }
-
-    async fn run_pod(&self, name: &str) -> String {
+    async fn run_streaming_pod(&self, name: &str) -> String {
         let config = cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {
                 name: name.into(),
@@ -128,7 +108,7 @@ impl Crid {
     }
 
     fn netns(&self, pod: &str) -> PathBuf {
-        self.dir.path().join("state/netns").join(pod)
+        self.path().join("state/netns").join(pod)
     }
 
     async fn port_forward_url(&self, pod: &str, ports: Vec<i32>) -> Result<String, tonic::Status> {
@@ -139,16 +119,6 @@ impl Crid {
             })
             .await
             .map(|r| r.into_inner().url)
-    }
-}
-
-impl Drop for Crid {
-    fn drop(&mut self) {
-        common::terminate(&mut self.child, 50);
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .stderr(Stdio::null())
-            .status();
     }
 }
 
@@ -185,8 +155,8 @@ async fn port_forward_reaches_a_listener_inside_the_pod() {
     if !can_run() {
         return;
     }
-    let crid = Crid::start(1).await;
-    let pod = crid.run_pod("pf").await;
+    let (crid, _net) = start(1).await;
+    let pod = crid.run_streaming_pod("pf").await;
     let port = echo_in_netns(&crid.netns(&pod)).await;
     // The listener exists only in the pod: the host's loopback has nothing there.
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
@@ -233,7 +203,7 @@ async fn streaming_requests_for_unknown_ids_or_bad_input_are_refused() {
     if !can_run() {
         return;
     }
-    let crid = Crid::start(2).await;
+    let (crid, _net) = start(2).await;
     let e = crid.port_forward_url("nope", vec![80]).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e}");
     let e = crid
@@ -268,7 +238,7 @@ async fn streaming_requests_for_unknown_ids_or_bad_input_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
-    let pod = crid.run_pod("bad-ports").await;
+    let pod = crid.run_streaming_pod("bad-ports").await;
     let e = crid.port_forward_url(&pod, vec![70000]).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
     crid.remove_pod(&pod).await;
