@@ -8,10 +8,9 @@ mod common;
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use conformance::client::Cri;
 use proto::cri;
 use serde_json::Value;
 use tonic::Code;
@@ -33,11 +32,21 @@ async fn setup(tag: u8, timeout_secs: u64) -> (Crid, Net) {
     (crid, net)
 }
 
-/// A crid process on a temp socket, stopped on drop.
-struct Crid {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    cri: Cri,
+/// The shared [`common::Crid`] with this file's config (CNI plugin timeout, prepared pod
+/// networks, metrics) and pod helpers; process handling and clean-up on drop are common's.
+struct Crid(common::Crid);
+
+impl std::ops::Deref for Crid {
+    type Target = common::Crid;
+    fn deref(&self) -> &common::Crid {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Crid {
+    fn deref_mut(&mut self) -> &mut common::Crid {
+        &mut self.0
+    }
 }
 
 impl Crid {
@@ -67,16 +76,7 @@ impl Crid {
             ));
         }
         std::fs::write(d.join("config.toml"), config).unwrap();
-        let (child, cri) = common::spawn_crid(d).await;
-        Crid {
-            dir,
-            child: Some(child),
-            cri,
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
+        Crid(common::Crid::start_owned(dir).await)
     }
 
     fn write_conflist(&self, text: &str) {
@@ -92,22 +92,8 @@ impl Crid {
     }
 
     /// Stops crid (SIGTERM, bounded wait) and hands back its directory.
-    fn stop(mut self) -> tempfile::TempDir {
-        self.kill();
-        let dir = tempfile::TempDir::new().unwrap();
-        std::mem::replace(&mut self.dir, dir)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            common::terminate(&mut child, 50);
-        }
-    }
-
-    fn rt(
-        &self,
-    ) -> proto::cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
-        self.cri.runtime.clone()
+    fn stop(self) -> tempfile::TempDir {
+        self.0.into_dir()
     }
 
     async fn run(&self, config: cri::PodSandboxConfig) -> Result<String, tonic::Status> {
@@ -129,17 +115,7 @@ impl Crid {
     }
 
     async fn status(&self, id: &str) -> (cri::PodSandboxStatus, Value) {
-        let r = self
-            .rt()
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.into(),
-                verbose: true,
-            })
-            .await
-            .expect("status")
-            .into_inner();
-        let info: Value = serde_json::from_str(r.info.get("info").expect("verbose info")).unwrap();
-        (r.status.expect("status"), info)
+        self.pod_status(id).await
     }
 
     async fn stop_pod(&self, id: &str) -> Result<(), tonic::Status> {
@@ -161,12 +137,7 @@ impl Crid {
     }
 
     async fn list(&self) -> Vec<cri::PodSandbox> {
-        self.rt()
-            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-            .await
-            .expect("list")
-            .into_inner()
-            .items
+        self.pods().await
     }
 
     /// No pod is listed and nothing of any is left: addresses, veths, pins, directories.
@@ -203,14 +174,6 @@ impl Crid {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
-    }
-}
-
-impl Drop for Crid {
-    fn drop(&mut self) {
-        self.kill();
-        // Whatever a failed test left mounted must not outlive it.
-        common::unmount_all(self.dir.path());
     }
 }
 
