@@ -761,12 +761,52 @@ async fn image_users_and_log_paths_out_of_bounds_are_invalid() {
         assert_eq!(e.code(), Code::InvalidArgument, "{log_path}: {e:?}");
     }
     assert!(!outside.exists());
+    // AppArmor: a named profile on a host that does not enforce AppArmor is refused (never
+    // silently unconfined); with AppArmor, runc would be given the profile.
+    let aa_enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|v| v.trim() == "Y");
+    if !aa_enabled {
+        for (name, deprecated) in [("aa-field", false), ("aa-string", true)] {
+            let mut c = h.container("ok", name, &["true"]);
+            let mut sc = cri::LinuxContainerSecurityContext::default();
+            if deprecated {
+                #[allow(deprecated)]
+                {
+                    sc.apparmor_profile = "localhost/k8s-custom".into();
+                }
+            } else {
+                sc.apparmor = Some(cri::SecurityProfile {
+                    profile_type: cri::security_profile::ProfileType::Localhost as i32,
+                    localhost_ref: "k8s-custom".into(),
+                });
+            }
+            c.linux = Some(cri::LinuxContainerConfig {
+                security_context: Some(sc),
+                ..Default::default()
+            });
+            let e = h.create(&pod, c).await.expect_err(name);
+            assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e:?}");
+            assert!(e.message().contains("AppArmor"), "{name}: {e:?}");
+        }
+    }
     let left: Vec<_> = std::fs::read_dir(h.path().join("root/containers"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
-    // The same image with an in-range user works.
-    let id = h.run(&pod, h.container("ok", "fine", &["true"])).await;
+    // The same image with an in-range user works, also with AppArmor's RuntimeDefault (a
+    // no-op without AppArmor, crid's default profile with it).
+    let mut c = h.container("ok", "fine", &["true"]);
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            apparmor: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = h.run(&pod, c).await;
     assert_eq!(h.wait_exited(&id).await.exit_code, 0);
     assert!(h.path().join("logs/bounds/fine.log").exists());
     h.finish().await;

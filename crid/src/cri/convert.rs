@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use proto::cri;
 use sandbox::container::{
-    ContainerConfig, DeviceSpec, MountSpec, Propagation, Resources, SeccompProfile, SecurityContext,
+    AppArmorProfile, ContainerConfig, DeviceSpec, MountSpec, Propagation, Resources,
+    SeccompProfile, SecurityContext,
 };
 use sandbox::pod::{DnsConfig, NamespaceOptions, NsMode, PodConfig, PodMetadata, PortMapping};
 use tonic::Status;
@@ -86,6 +87,36 @@ fn seccomp(sc: &cri::LinuxContainerSecurityContext) -> Result<SeccompProfile, St
     }
 }
 
+#[allow(deprecated)] // apparmor_profile: older kubelets still send it.
+fn apparmor(sc: &cri::LinuxContainerSecurityContext) -> Result<AppArmorProfile, Status> {
+    if let Some(p) = &sc.apparmor {
+        return match cri::security_profile::ProfileType::try_from(p.profile_type) {
+            Ok(cri::security_profile::ProfileType::RuntimeDefault) => {
+                Ok(AppArmorProfile::RuntimeDefault)
+            }
+            Ok(cri::security_profile::ProfileType::Unconfined) => Ok(AppArmorProfile::Unconfined),
+            Ok(cri::security_profile::ProfileType::Localhost) => {
+                Ok(AppArmorProfile::Localhost(p.localhost_ref.clone()))
+            }
+            Err(_) => Err(Status::invalid_argument(format!(
+                "unknown AppArmor profile type {}",
+                p.profile_type
+            ))),
+        };
+    }
+    // The deprecated string form.
+    match sc.apparmor_profile.as_str() {
+        "" | "unconfined" => Ok(AppArmorProfile::Unconfined),
+        "runtime/default" => Ok(AppArmorProfile::RuntimeDefault),
+        p => match p.strip_prefix("localhost/") {
+            Some(name) => Ok(AppArmorProfile::Localhost(name.to_owned())),
+            None => Err(Status::invalid_argument(format!(
+                "unknown AppArmor profile {p:?}"
+            ))),
+        },
+    }
+}
+
 /// Converts a CRI container config (the PID namespace is resolved separately).
 pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Status> {
     let metadata = c
@@ -124,6 +155,7 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
         });
     }
     let seccomp = seccomp(&sc)?;
+    let apparmor = apparmor(&sc)?;
     Ok(ContainerConfig {
         name: metadata.name,
         attempt: metadata.attempt,
@@ -164,6 +196,7 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
             masked_paths: sc.masked_paths,
             readonly_paths: sc.readonly_paths,
             seccomp,
+            apparmor,
         },
         stop_signal: None,
         pod_infra: false,
@@ -342,5 +375,53 @@ mod tests {
         assert_eq!(seccomp(&sc).unwrap(), SeccompProfile::RuntimeDefault);
         sc.seccomp_profile_path = "bogus".into();
         assert!(seccomp(&sc).is_err());
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn apparmor_profiles_convert() {
+        let profile = |t: cri::security_profile::ProfileType, r: &str| cri::SecurityProfile {
+            profile_type: t as i32,
+            localhost_ref: r.into(),
+        };
+        let mut sc = cri::LinuxContainerSecurityContext::default();
+        assert_eq!(apparmor(&sc).unwrap(), AppArmorProfile::Unconfined);
+        sc.apparmor = Some(profile(
+            cri::security_profile::ProfileType::Localhost,
+            "k8s-web",
+        ));
+        assert_eq!(
+            apparmor(&sc).unwrap(),
+            AppArmorProfile::Localhost("k8s-web".into())
+        );
+        sc.apparmor = Some(profile(
+            cri::security_profile::ProfileType::RuntimeDefault,
+            "",
+        ));
+        // The field wins over the deprecated string.
+        sc.apparmor_profile = "unconfined".into();
+        assert_eq!(apparmor(&sc).unwrap(), AppArmorProfile::RuntimeDefault);
+        sc.apparmor = None;
+        assert_eq!(apparmor(&sc).unwrap(), AppArmorProfile::Unconfined);
+        sc.apparmor_profile = "runtime/default".into();
+        assert_eq!(apparmor(&sc).unwrap(), AppArmorProfile::RuntimeDefault);
+        sc.apparmor_profile = "localhost/k8s-db".into();
+        assert_eq!(
+            apparmor(&sc).unwrap(),
+            AppArmorProfile::Localhost("k8s-db".into())
+        );
+        sc.apparmor_profile = "docker/default".into();
+        assert_eq!(
+            apparmor(&sc).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        sc.apparmor = Some(cri::SecurityProfile {
+            profile_type: 99,
+            localhost_ref: String::new(),
+        });
+        assert_eq!(
+            apparmor(&sc).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

@@ -95,6 +95,17 @@ pub enum SeccompProfile {
     Localhost(String),
 }
 
+/// The AppArmor profile asked for (see `container::apparmor`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum AppArmorProfile {
+    /// What the CRI calls unspecified, and `Unconfined`.
+    #[default]
+    Unconfined,
+    RuntimeDefault,
+    /// The name of a profile loaded on the host.
+    Localhost(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct SecurityContext {
     pub add_capabilities: Vec<String>,
@@ -113,6 +124,9 @@ pub struct SecurityContext {
     pub masked_paths: Vec<String>,
     pub readonly_paths: Vec<String>,
     pub seccomp: SeccompProfile,
+    /// Records written before AppArmor was supported have none.
+    #[serde(default)]
+    pub apparmor: AppArmorProfile,
 }
 
 /// A container to create.

@@ -14,6 +14,7 @@
 //! monitor is alive runs; one whose monitor vanished without an exit file is `Exited` with
 //! exit code 255 and reason `Unknown` (e.g. after a reboot).
 
+pub mod apparmor;
 pub mod cgroups;
 pub mod config;
 pub mod spec;
@@ -30,8 +31,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 pub use self::config::{
-    ContainerConfig, DeviceSpec, ImageInfo, MountSpec, NsSource, PodContext, Propagation,
-    Resources, SeccompProfile, SecurityContext,
+    AppArmorProfile, ContainerConfig, DeviceSpec, ImageInfo, MountSpec, NsSource, PodContext,
+    Propagation, Resources, SeccompProfile, SecurityContext,
 };
 use crate::SandboxError;
 use crate::monitor::{ExitRecord, Launch, MonitorHandle, MonitorSpec, StdinSpec};
@@ -895,6 +896,11 @@ impl ContainerManager {
                 seccomp_root: &self.settings.seccomp_profile_root,
                 min_oom_score_adj: own_oom_score_adj(),
                 cgroup_v2: cgroups::is_v2(),
+                apparmor_profile: apparmor::profile(
+                    &config.security,
+                    apparmor::host_enabled(),
+                    &self.settings.state.join("apparmor"),
+                )?,
             },
         )?;
         let spec_path = dir.join("config.json");

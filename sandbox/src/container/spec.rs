@@ -367,6 +367,7 @@ pub fn validate(
     if let SeccompProfile::Localhost(p) = &s.seccomp {
         localhost_profile(p, seccomp_root)?;
     }
+    crate::container::apparmor::validate(s, crate::container::apparmor::host_enabled())?;
     log_path(pod, &config.log_path)?;
     check_resources(&config.resources)?;
     check_process_size(config)?;
@@ -697,6 +698,8 @@ pub struct SpecContext<'a> {
     /// The lowest oom_score_adj crid may give (its own, without CAP_SYS_RESOURCE).
     pub min_oom_score_adj: i64,
     pub cgroup_v2: bool,
+    /// `process.apparmorProfile` (see `container::apparmor`).
+    pub apparmor_profile: Option<String>,
 }
 
 fn namespace(
@@ -760,7 +763,7 @@ pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, San
         .oom_score_adj
         .max(cx.min_oom_score_adj)
         .clamp(-1000, 1000) as i32;
-    let process = ProcessBuilder::default()
+    let mut process = ProcessBuilder::default()
         .terminal(config.tty)
         .user(user.build().map_err(oci_err)?)
         .args(args)
@@ -768,9 +771,11 @@ pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, San
         .cwd(cwd)
         .capabilities(capabilities)
         .no_new_privileges(s.no_new_privs)
-        .oom_score_adj(oom)
-        .build()
-        .map_err(oci_err)?;
+        .oom_score_adj(oom);
+    if let Some(profile) = &cx.apparmor_profile {
+        process = process.apparmor_profile(profile.clone());
+    }
+    let process = process.build().map_err(oci_err)?;
 
     // Mounts: the defaults, then the pod's files, then the request's, parents first.
     let requested: HashSet<&str> = config
@@ -1229,6 +1234,7 @@ mod tests {
             seccomp_root: Path::new("/s"),
             min_oom_score_adj: 0,
             cgroup_v2: false,
+            apparmor_profile: None,
         };
         let spec = build(&config, &cx).unwrap();
         let json = serde_json::to_value(&spec).unwrap();
@@ -1245,5 +1251,12 @@ mod tests {
                 .any(|n| n["type"] == "network" && n["path"] == "/run/netns/x")
         );
         assert!(json["linux"]["maskedPaths"].as_array().unwrap().len() > 5);
+        assert!(json["process"].get("apparmorProfile").is_none());
+        let cx = SpecContext {
+            apparmor_profile: Some("crid-default".into()),
+            ..cx
+        };
+        let json = serde_json::to_value(build(&config, &cx).unwrap()).unwrap();
+        assert_eq!(json["process"]["apparmorProfile"], "crid-default");
     }
 }
