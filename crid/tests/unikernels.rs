@@ -10,21 +10,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::log_text;
-use conformance::client::Cri;
+use common::{Crid, log_text};
 use proto::cri;
-use serde_json::Value;
 use tonic::Code;
 
 fn missing(reason: &str) -> bool {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "unikernel tests cannot run in CI: {reason}"
-    );
-    eprintln!("skipped: {reason}");
+    common::skip("unikernel", reason);
     false
 }
 
@@ -34,10 +28,7 @@ fn ready() -> Option<String> {
         return None;
     }
     for bin in ["gcc", "qemu-system-x86_64", "nsenter"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).exists()))
-            .unwrap_or(false);
-        if !found {
+        if !common::on_path(bin) {
             missing(&format!("{bin} is not installed"));
             return None;
         }
@@ -89,83 +80,30 @@ fn push_guest(reg: &str, dir: &Path, guest: &str, hypervisor: &str) -> String {
     reference
 }
 
-struct Crid {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    cri: Cri,
-    metrics_port: u16,
+/// crid on a temp dir with this file's config (seccomp profiles from `<dir>/seccomp`, metrics
+/// on a free loopback port), and the metrics endpoint's address.
+async fn start() -> (Crid, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    for sub in ["net.d", "seccomp", "logs"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    std::fs::write(
+        d.join("config.toml"),
+        format!(
+            "[cni]\nconf_dir = {:?}\n[runtime]\nseccomp_profile_root = {:?}\n[metrics]\naddress = \"{metrics}\"\n",
+            d.join("net.d"),
+            d.join("seccomp")
+        ),
+    )
+    .unwrap();
+    (Crid::start_owned(dir).await, metrics)
 }
 
 impl Crid {
-    async fn start() -> Crid {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let metrics_port = common::free_port();
-        for sub in ["net.d", "seccomp", "logs"] {
-            std::fs::create_dir_all(d.join(sub)).unwrap();
-        }
-        std::fs::write(
-            d.join("config.toml"),
-            format!(
-                "[cni]\nconf_dir = {:?}\n[runtime]\nseccomp_profile_root = {:?}\n[metrics]\naddress = \"127.0.0.1:{metrics_port}\"\n",
-                d.join("net.d"),
-                d.join("seccomp")
-            ),
-        )
-        .unwrap();
-        let (child, cri) = common::spawn_crid(d).await;
-        Crid {
-            dir,
-            child: Some(child),
-            cri,
-            metrics_port,
-        }
-    }
-
-    /// The Prometheus text crid serves.
-    async fn metrics(&self) -> String {
-        common::scrape(&format!("127.0.0.1:{}", self.metrics_port)).await
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn rt(&self) -> cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
-        self.cri.runtime.clone()
-    }
-
-    async fn status(&self, id: &str) -> (cri::ContainerStatus, Value) {
-        let r = self
-            .rt()
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: true,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("status {id}: {e}"))
-            .into_inner();
-        let info = serde_json::from_str(r.info.get("info").map_or("null", |s| s)).unwrap();
-        (r.status.expect("status"), info)
-    }
-
-    async fn wait_state(&self, id: &str, state: cri::ContainerState) -> cri::ContainerStatus {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (s, _) = self.status(id).await;
-            if s.state == state as i32 {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "container {id} never reached {state:?}: {s:?}\n{}",
-                log_text(self.path())
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn create_start(
+    /// Creates and starts a guest container of `image` with CRI `args` and `GREETING=hi`.
+    async fn create_start_guest(
         &self,
         pod: &(String, cri::PodSandboxConfig),
         name: &str,
@@ -189,46 +127,7 @@ impl Crid {
             log_path: format!("{name}.log"),
             ..Default::default()
         };
-        self.create_start_config(pod, config).await
-    }
-
-    async fn create_start_config(
-        &self,
-        pod: &(String, cri::PodSandboxConfig),
-        config: cri::ContainerConfig,
-    ) -> String {
-        let name = config
-            .metadata
-            .as_ref()
-            .map(|m| m.name.clone())
-            .unwrap_or_default();
-        let id = self
-            .rt()
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.0.clone(),
-                config: Some(config),
-                sandbox_config: Some(pod.1.clone()),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("create {name}: {e}\n{}", log_text(self.path())))
-            .into_inner()
-            .container_id;
-        self.rt()
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("start {name}: {e}\n{}", log_text(self.path())));
-        id
-    }
-}
-
-impl Drop for Crid {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.create_start(pod, config).await
     }
 }
 
@@ -239,36 +138,15 @@ async fn unikernel_container_lifecycle_through_the_cri() {
     let image = push_guest(&reg, work.path(), "unikraft", "qemu");
     // The same kernel labelled for Firecracker, which this host lacks.
     let fc_image = push_guest(&reg, work.path(), "linux", "firecracker");
-    let crid = Crid::start().await;
+    let (crid, metrics) = start().await;
     for i in [&image, &fc_image] {
-        crid.cri
-            .images
-            .clone()
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec {
-                    image: i.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("pull {i}: {e}\n{}", log_text(crid.path())));
+        crid.expect_pull(i).await;
     }
 
     // A host-network pod: the guest runs without a network here (vm_linux covers the tap).
     let log_dir = crid.path().join("logs/uk");
-    let pod_config = common::host_net_pod("uk", &log_dir);
-    let pod_id = crid
-        .rt()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
-        .into_inner()
-        .pod_sandbox_id;
-    let pod = (pod_id.clone(), pod_config);
+    let pod = crid.run_host_pod("uk").await;
+    let pod_id = pod.0.clone();
 
     // A hypervisor that is not installed: FAILED_PRECONDITION naming it, at CreateContainer.
     if sandbox::vm::launch::VmSettings::default()
@@ -300,7 +178,7 @@ async fn unikernel_container_lifecycle_through_the_cri() {
 
     // CRI args replace the image's command line; the guest exits with the code it was given.
     let a = crid
-        .create_start(&pod, "args", &image, &["exit=5", "from-cri"])
+        .create_start_guest(&pod, "args", &image, &["exit=5", "from-cri"])
         .await;
     let s = crid
         .wait_state(&a, cri::ContainerState::ContainerExited)
@@ -313,7 +191,7 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         log.contains("cmdline: guest.elf env.vars=[ \"GREETING=hi\" ] -- exit=5 from-cri"),
         "{log}"
     );
-    let (_, info) = crid.status(&a).await;
+    let (_, info) = crid.container_status(&a).await;
     let accel = &info["runtimeSpec"]["unikernel"]["accel"]["accelerator"];
     assert!(accel == "kvm" || accel == "tcg", "verbose info: {info}");
     if sandbox::vm::accel::probe_host().usable {
@@ -324,14 +202,16 @@ async fn unikernel_container_lifecycle_through_the_cri() {
     }
 
     // No args: the image's command line (packed as its Cmd) runs.
-    let b = crid.create_start(&pod, "image-cmd", &image, &[]).await;
+    let b = crid
+        .create_start_guest(&pod, "image-cmd", &image, &[])
+        .await;
     let s = crid
         .wait_state(&b, cri::ContainerState::ContainerExited)
         .await;
     assert_eq!(s.exit_code, 3, "{}", log_text(crid.path()));
 
     // Both starts fed the VM start histogram (VMM by name); the containers are counted.
-    let text = crid.metrics().await;
+    let text = common::scrape(&metrics).await;
     let count = text
         .lines()
         .find_map(|l| l.strip_prefix("crid_vm_boot_duration_seconds_count{vmm=\"qemu\"} "))
@@ -348,7 +228,7 @@ async fn unikernel_container_lifecycle_through_the_cri() {
 
     // A guest that never exits, with CRI limits: running, no exec, stopped after the timeout.
     let c = crid
-        .create_start_config(
+        .create_start(
             &pod,
             cri::ContainerConfig {
                 metadata: Some(cri::ContainerMetadata {
@@ -387,7 +267,7 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         assert!(Instant::now() < deadline, "the guest never booted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (_, info) = crid.status(&c).await;
+    let (_, info) = crid.container_status(&c).await;
     let vmm = info["pid"].as_i64().expect("pid in verbose info");
     let cmdline = std::fs::read(format!("/proc/{vmm}/cmdline")).unwrap();
     assert!(
@@ -530,7 +410,9 @@ async fn unikernel_container_lifecycle_through_the_cri() {
     }
 
     // Killed at once (timeout 0, as kubelet's force delete): the cgroup goes too.
-    let d = crid.create_start(&pod, "kill", &image, &["stay"]).await;
+    let d = crid
+        .create_start_guest(&pod, "kill", &image, &["stay"])
+        .await;
     let kill_log = log_dir.join("kill.log");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !std::fs::read_to_string(&kill_log)
@@ -554,7 +436,7 @@ async fn unikernel_container_lifecycle_through_the_cri() {
 
     let mut cgroups = Vec::new();
     for id in [&a, &b, &c, &d] {
-        let (_, info) = crid.status(id).await;
+        let (_, info) = crid.container_status(id).await;
         let rel = info["runtimeSpec"]["unikernel"]["request"]["cgroup"]
             .as_str()
             .expect("cgroup in verbose info")
@@ -659,7 +541,7 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
     let Some(image) = push_linux_guest(&reg, work.path()) else {
         return;
     };
-    let crid = Crid::start().await;
+    let (crid, _) = start().await;
     let pid = std::process::id();
     let bridge = Bridge(format!("crvm{}", pid % 100_000));
     let prefix = format!("10.199.{}", pid % 250);
@@ -687,18 +569,7 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
         conflist.to_string(),
     )
     .unwrap();
-    crid.cri
-        .images
-        .clone()
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("pull: {e}\n{}", log_text(crid.path())));
+    crid.expect_pull(&image).await;
     let log_dir = crid.path().join("logs/web");
     let pod_config = cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
@@ -731,25 +602,16 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
         .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
         .into_inner()
         .pod_sandbox_id;
-    let pod_status = crid
-        .rt()
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (pod_status, _) = crid.pod_status(&pod_id).await;
     let pod_ip: std::net::Ipv4Addr = pod_status
-        .status
-        .and_then(|s| s.network)
+        .network
         .map(|n| n.ip)
         .unwrap_or_default()
         .parse()
         .expect("the pod has an IPv4 address");
     let pod = (pod_id.clone(), pod_config);
     let id = crid
-        .create_start(&pod, "web", &image, &["serve", "fast"])
+        .create_start_guest(&pod, "web", &image, &["serve", "fast"])
         .await;
 
     // Wait (bounded) for the guest to listen, then ask it over the pod IP.
@@ -766,7 +628,7 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
                 }
             }
         }
-        let (s, _) = crid.status(&id).await;
+        let (s, _) = crid.container_status(&id).await;
         assert_ne!(
             s.state,
             cri::ContainerState::ContainerExited as i32,
@@ -821,27 +683,16 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     let again = http_get(pod_ip).unwrap_or_else(|e| panic!("the first guest stopped serving: {e}"));
     assert!(again.contains("hello from crid linux guest"), "{again}");
-    let (s, _) = crid.status(&id).await;
+    let (s, _) = crid.container_status(&id).await;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
 
     // A runc sidecar in the pod sees what README documents: the guest on the pod IP (routed
     // into the tap from 169.254.77.2), loopback among runc containers, and nothing outside the
     // pod (replies arriving on eth0 go to the guest). The guest keeps serving.
     let busybox = format!("{reg}/busybox:latest");
-    crid.cri
-        .images
-        .clone()
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: busybox.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("pull busybox: {e}"));
+    crid.expect_pull(&busybox).await;
     let sidecar = crid
-        .create_start_config(
+        .create_start(
             &pod,
             cri::ContainerConfig {
                 metadata: Some(cri::ContainerMetadata {
@@ -882,7 +733,7 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
     assert!(
         out.contains("hello from crid linux guest") && out.contains("rc=0"),
         "the sidecar did not reach the guest: {out} {err}\n{}",
-        log_text(crid.dir.path())
+        log_text(crid.path())
     );
     let lo = exec(format!(
         "mkdir -p /tmp/w && echo hi > /tmp/w/index.html && httpd -p 127.0.0.1:9000 -h /tmp/w \\
@@ -928,7 +779,7 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
         .await
         .unwrap();
 
-    let (_, info) = crid.status(&id).await;
+    let (_, info) = crid.container_status(&id).await;
     let netns = info["runtimeSpec"]["unikernel"]["request"]["netns"]
         .as_str()
         .expect("netns in verbose info")
