@@ -17,11 +17,7 @@ use sha2::Digest;
 use tonic::Code;
 
 fn missing(reason: &str) -> Option<String> {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "container tests cannot run in CI: {reason}"
-    );
-    eprintln!("skipped: {reason}");
+    common::skip("container", reason);
     None
 }
 
@@ -33,10 +29,7 @@ fn image() -> Option<String> {
             return Err("needs root".into());
         }
         for bin in ["runc", "skopeo", "busybox"] {
-            let found = std::env::var_os("PATH")
-                .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).exists()))
-                .unwrap_or(false);
-            if !found {
+            if !common::on_path(bin) {
                 return Err(format!("{bin} is not installed"));
             }
         }
@@ -203,31 +196,15 @@ async fn start(dir: tempfile::TempDir) -> Crid {
     Crid::start_owned(dir).await
 }
 
+/// [`common::container_config`] in the node's network namespace, logging to `<name>/0.log`.
 fn container(image: &str, name: &str, args: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: args.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}/0.log"),
-        linux: Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: cri::NamespaceMode::Node as i32,
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let mut c = common::container_config(image, name, args);
+    c.log_path = format!("{name}/0.log");
+    security(&mut c)
+        .namespace_options
+        .get_or_insert_with(Default::default)
+        .network = cri::NamespaceMode::Node as i32;
+    c
 }
 
 fn security(c: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
