@@ -16,7 +16,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use proto::cri;
 use sandbox::container::spec::{self, ImageConfig, SpecContext};
-use sandbox::container::{NsSource, PodContext, user};
+use sandbox::container::{AppArmorProfile, NsSource, PodContext, apparmor, user};
 use sandbox::pod::{CgroupDriver, NsMode, files, validate};
 
 fn ns(mode: NsMode) -> NsSource {
@@ -79,7 +79,11 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(Some(p)) = spec::log_path(&cx, &config.log_path) {
         assert!(p.starts_with(&log_dir), "{}", p.display());
-        assert!(!p.components().any(|c| c == Component::ParentDir), "{}", p.display());
+        assert!(
+            !p.components().any(|c| c == Component::ParentDir),
+            "{}",
+            p.display()
+        );
     }
     let s = &config.security;
     let Ok(u) = user::resolve(
@@ -96,6 +100,14 @@ fuzz_target!(|data: &[u8]| {
         cmd: Some(vec!["/bin/sh".into()]),
         ..ImageConfig::default()
     };
+    // A valid Localhost name goes into the spec as it would on an AppArmor host (the default
+    // profile is not loaded here: that runs apparmor_parser).
+    let apparmor_profile = match &config.security.apparmor {
+        AppArmorProfile::Localhost(name) if apparmor::validate(&config.security, true).is_ok() => {
+            Some(name.clone())
+        }
+        _ => None,
+    };
     let Ok(oci) = spec::build(
         &config,
         &SpecContext {
@@ -108,6 +120,7 @@ fuzz_target!(|data: &[u8]| {
             seccomp_root,
             min_oom_score_adj: -1000,
             cgroup_v2: true,
+            apparmor_profile,
         },
     ) else {
         return;
@@ -115,7 +128,9 @@ fuzz_target!(|data: &[u8]| {
     for m in oci.mounts().iter().flatten() {
         let d = m.destination();
         assert!(
-            d == Path::new("/proc") || !d.starts_with("/proc") || m.typ().as_deref() != Some("bind"),
+            d == Path::new("/proc")
+                || !d.starts_with("/proc")
+                || m.typ().as_deref() != Some("bind"),
             "bind mount over {}",
             d.display()
         );
