@@ -44,40 +44,9 @@ fn ready() -> Option<String> {
 
 /// Builds the guest and pushes it as a unikernel image with `crid unikernel pack`.
 fn push_guest(reg: &str, dir: &Path, guest: &str, hypervisor: &str) -> String {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox/tests/guests/freestanding/build.sh");
+    let tag = format!("{guest}-{hypervisor}");
     let kernel = dir.join("guest.elf");
-    let st = Command::new("sh")
-        .arg(&script)
-        .arg(&kernel)
-        .status()
-        .unwrap();
-    assert!(st.success(), "building the test guest failed");
-    let reference = format!(
-        "{reg}/crid-tests/unikernel:{guest}-{hypervisor}-{}",
-        std::process::id()
-    );
-    let out = Command::new(env!("CARGO_BIN_EXE_crid"))
-        .args([
-            "unikernel",
-            "pack",
-            "--type",
-            guest,
-            "--hypervisor",
-            hypervisor,
-        ])
-        .arg("--kernel")
-        .arg(&kernel)
-        .args(["--cmdline", "exit=3 from-image", "-t", "guest", "--push"])
-        .arg(&reference)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pack --push failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    reference
+    common::push_guest_as(reg, &kernel, guest, hypervisor, "exit=3 from-image", &tag)
 }
 
 /// crid on a temp dir with this file's config (seccomp profiles from `<dir>/seccomp`, metrics

@@ -897,12 +897,26 @@ async fn proxy_connection(
 /// a unikraft/qemu unikernel image with `crid unikernel pack --push` to `reg`, tagged `tag`.
 /// The guest prints its command line, exits with `exit=N` or, without it, halts forever.
 pub fn push_freestanding_guest(reg: &str, dir: &Path, tag: &str) -> String {
+    let kernel = dir.join(format!("guest-{tag}.elf"));
+    push_guest_as(reg, &kernel, "unikraft", "qemu", "stay", tag)
+}
+
+/// Builds the freestanding test guest into `kernel` (whose file name the guest sees as its
+/// first argument) and pushes it to `reg` as a unikernel image of type `guest` for
+/// `hypervisor` with the image command line `cmdline`, tagged `tag`.
+pub fn push_guest_as(
+    reg: &str,
+    kernel: &Path,
+    guest: &str,
+    hypervisor: &str,
+    cmdline: &str,
+    tag: &str,
+) -> String {
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox/tests/guests/freestanding/build.sh");
-    let kernel = dir.join(format!("guest-{tag}.elf"));
     let st = Command::new("sh")
         .arg(&script)
-        .arg(&kernel)
+        .arg(kernel)
         .status()
         .unwrap();
     assert!(st.success(), "building the test guest failed");
@@ -912,13 +926,13 @@ pub fn push_freestanding_guest(reg: &str, dir: &Path, tag: &str) -> String {
             "unikernel",
             "pack",
             "--type",
-            "unikraft",
+            guest,
             "--hypervisor",
-            "qemu",
+            hypervisor,
         ])
         .arg("--kernel")
-        .arg(&kernel)
-        .args(["--cmdline", "stay", "-t", "guest", "--push"])
+        .arg(kernel)
+        .args(["--cmdline", cmdline, "-t", "guest", "--push"])
         .arg(&reference)
         .output()
         .unwrap();
