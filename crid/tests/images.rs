@@ -380,10 +380,7 @@ async fn pull_by_tag_and_digest_list_status_remove() {
     let (used_before, inodes_before, mountpoint) = crid.fs_used().await;
     assert!(mountpoint.ends_with("root/images"), "{mountpoint}");
 
-    let id = crid
-        .pull(&format!("{name}:v1"))
-        .await
-        .unwrap_or_else(|e| panic!("pull: {e}\n{}", crid.log()));
+    let id = crid.expect_pull(&format!("{name}:v1")).await;
     assert_eq!(id, built.config, "PullImage returns the image id");
 
     // ImageFsInfo reports the real growth: a ~2 MB binary, blob and unpacked.
@@ -469,10 +466,7 @@ async fn multi_arch_index_picks_this_platform() {
     layout.push(&format!("{name}:latest"), &["--all"]);
 
     // A bare name means :latest.
-    let id = crid
-        .pull(&name)
-        .await
-        .unwrap_or_else(|e| panic!("pull: {e}\n{}", crid.log()));
+    let id = crid.expect_pull(&name).await;
     assert_eq!(id, amd.config);
     let (img, info) = crid.status(&name).await;
     let img = img.unwrap();
@@ -505,10 +499,7 @@ async fn docker_schema2_and_shared_layers() {
         std::slice::from_ref(&extra),
         &["--format", "v2s2"],
     );
-    let id = crid
-        .pull(&format!("{name}:v2s2"))
-        .await
-        .unwrap_or_else(|e| panic!("pull: {e}\n{}", crid.log()));
+    let id = crid.expect_pull(&format!("{name}:v2s2")).await;
     let (img, _) = crid.status(&id).await;
     assert_eq!(img.unwrap().repo_tags, [format!("{name}:v2s2")]);
     assert_eq!(crid.layer_count(), 2);
