@@ -84,10 +84,7 @@ impl Crid {
                 name: name.into(),
                 attempt: 0,
             }),
-            image: Some(cri::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
+            image: Some(common::spec(image)),
             args: args.iter().map(|s| s.to_string()).collect(),
             envs: vec![cri::KeyValue {
                 key: "GREETING".into(),
@@ -123,22 +120,17 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         .is_err()
     {
         let err = crid
-            .rt()
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.0.clone(),
-                config: Some(cri::ContainerConfig {
+            .create(
+                &pod,
+                cri::ContainerConfig {
                     metadata: Some(cri::ContainerMetadata {
                         name: "fc".into(),
                         attempt: 0,
                     }),
-                    image: Some(cri::ImageSpec {
-                        image: fc_image.clone(),
-                        ..Default::default()
-                    }),
+                    image: Some(common::spec(&fc_image)),
                     ..Default::default()
-                }),
-                sandbox_config: Some(pod.1.clone()),
-            })
+                },
+            )
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
@@ -204,10 +196,7 @@ async fn unikernel_container_lifecycle_through_the_cri() {
                     name: "stay".into(),
                     attempt: 0,
                 }),
-                image: Some(cri::ImageSpec {
-                    image: image.clone(),
-                    ..Default::default()
-                }),
+                image: Some(common::spec(&image)),
                 args: vec!["stay".into()],
                 log_path: "stay.log".into(),
                 linux: Some(cri::LinuxContainerConfig {
@@ -613,23 +602,18 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
 
     // A second unikernel in the pod: refused with a clear error; the first keeps serving.
     let err = crid
-        .rt()
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.0.clone(),
-            config: Some(cri::ContainerConfig {
+        .create(
+            &pod,
+            cri::ContainerConfig {
                 metadata: Some(cri::ContainerMetadata {
                     name: "web2".into(),
                     attempt: 0,
                 }),
-                image: Some(cri::ImageSpec {
-                    image: image.clone(),
-                    ..Default::default()
-                }),
+                image: Some(common::spec(&image)),
                 log_path: "web2.log".into(),
                 ..Default::default()
-            }),
-            sandbox_config: Some(pod.1.clone()),
-        })
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
@@ -668,10 +652,7 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
                     name: "sidecar".into(),
                     attempt: 0,
                 }),
-                image: Some(cri::ImageSpec {
-                    image: busybox,
-                    ..Default::default()
-                }),
+                image: Some(common::spec(&busybox)),
                 command: vec!["sleep".into(), "3600".into()],
                 log_path: "sidecar.log".into(),
                 ..Default::default()
