@@ -1059,7 +1059,6 @@ pub fn container_config(image: &str, name: &str, args: &[&str]) -> cri::Containe
 }
 
 /// The Prometheus text crid's metrics endpoint at `addr` serves (bounded: 10 s).
-#[allow(dead_code)]
 pub async fn scrape(addr: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
@@ -1081,7 +1080,6 @@ pub async fn scrape(addr: &str) -> String {
 }
 
 /// A loopback TCP port free right now.
-#[allow(dead_code)]
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
