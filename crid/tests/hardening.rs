@@ -8,10 +8,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::Duration;
 
-use conformance::client::Cri;
 use conformance::fixtures::build::{Compression, Format, ImageSpec, Layer, TarBuilder, image};
 use conformance::fixtures::fake_registry::{Content, FakeRegistry};
 use hyper_util::rt::TokioIo;
@@ -149,12 +147,18 @@ fn fds(pid: i64) -> Vec<(u32, String)> {
     out
 }
 
+/// crid (the shared test wrapper, owning its temp dir) with a fake registry of test images.
 struct Harness {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    cri: Cri,
+    crid: common::Crid,
     _registry: FakeRegistry,
     repo: String,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = common::Crid;
+    fn deref(&self) -> &common::Crid {
+        &self.crid
+    }
 }
 
 impl Harness {
@@ -174,30 +178,15 @@ impl Harness {
         )
         .unwrap();
         let (registry, repo) = registry().await;
-        let (child, cri) = common::spawn_crid(d).await;
         Harness {
-            dir,
-            child: Some(child),
-            cri,
+            crid: common::Crid::start_owned(dir).await,
             _registry: registry,
             repo,
         }
     }
 
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
     fn pid(&self) -> u32 {
-        self.child.as_ref().expect("crid runs").id()
-    }
-
-    fn rt(&self) -> RuntimeServiceClient<Channel> {
-        self.cri.runtime.clone()
-    }
-
-    fn log(&self) -> String {
-        common::log_text(self.path())
+        self.crid.pid().expect("crid runs")
     }
 
     fn image(&self, tag: &str) -> String {
@@ -205,15 +194,7 @@ impl Harness {
     }
 
     async fn pull(&self, tag: &str) {
-        self.cri
-            .images
-            .clone()
-            .pull_image(cri::PullImageRequest {
-                image: Some(common::spec(&self.image(tag))),
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("pull {tag}: {e}\n{}", self.log()));
+        self.expect_pull(&self.image(tag)).await;
     }
 
     fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
@@ -222,18 +203,7 @@ impl Harness {
 
     /// A host-network pod (no CNI needed).
     async fn pod(&self, name: &str) -> (String, cri::PodSandboxConfig) {
-        let config = self.pod_config(name);
-        let id = self
-            .rt()
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("run pod: {e}\n{}", self.log()))
-            .into_inner()
-            .pod_sandbox_id;
-        (id, config)
+        self.run_host_pod(name).await
     }
 
     fn container(&self, tag: &str, name: &str, args: &[&str]) -> cri::ContainerConfig {
@@ -249,69 +219,18 @@ impl Harness {
         }
     }
 
-    async fn create(
-        &self,
-        pod: &(String, cri::PodSandboxConfig),
-        config: cri::ContainerConfig,
-    ) -> Result<String, tonic::Status> {
-        self.rt()
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.0.clone(),
-                config: Some(config),
-                sandbox_config: Some(pod.1.clone()),
-            })
-            .await
-            .map(|r| r.into_inner().container_id)
-    }
-
-    async fn start_container(&self, id: &str) -> Result<(), tonic::Status> {
-        self.rt()
-            .start_container(cri::StartContainerRequest {
-                container_id: id.into(),
-            })
-            .await
-            .map(|_| ())
-    }
-
     async fn run(&self, pod: &(String, cri::PodSandboxConfig), c: cri::ContainerConfig) -> String {
-        let id = self
-            .create(pod, c)
-            .await
-            .unwrap_or_else(|e| panic!("create: {e}\n{}", self.log()));
-        self.start_container(&id)
-            .await
-            .unwrap_or_else(|e| panic!("start: {e}\n{}", self.log()));
-        id
+        self.create_start(pod, c).await
     }
 
     async fn status(&self, id: &str) -> (cri::ContainerStatus, Value) {
-        let r = self
-            .rt()
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: true,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("status {id}: {e}"))
-            .into_inner();
-        let info = r
-            .info
-            .get("info")
-            .and_then(|i| serde_json::from_str(i).ok())
-            .unwrap_or(Value::Null);
-        (r.status.expect("status"), info)
+        self.container_status(id).await
     }
 
-    /// Waits (at most a minute, polling) until the container has exited.
+    /// Waits (bounded) until the container has exited.
     async fn wait_exited(&self, id: &str) -> cri::ContainerStatus {
-        for _ in 0..600 {
-            let (s, _) = self.status(id).await;
-            if s.state == cri::ContainerState::ContainerExited as i32 {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("container {id} did not exit\n{}", self.log());
+        self.wait_state(id, cri::ContainerState::ContainerExited)
+            .await
     }
 
     async fn stop_remove(&self, id: &str) {
@@ -339,46 +258,18 @@ impl Harness {
             .unwrap_or_else(|e| panic!("crid stopped answering: {e}\n{}", self.log()))
             .into_inner();
         assert_eq!(v.runtime_name, "crid");
-        let mut child = self.child.as_ref().map(|c| c.id());
         assert!(
-            child
-                .take()
+            self.crid
+                .pid()
                 .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
         );
     }
 
     /// Removes every container and pod through the API, then checks nothing is left.
-    async fn finish(mut self) {
+    async fn finish(self) {
         common::remove_everything(&self.cri).await;
-        let left: Vec<_> = std::fs::read_dir(self.path().join("root/containers"))
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "containers left: {left:?}");
         assert!(common::mounts_under(self.path()).is_empty());
-        if let Some(mut c) = self.child.take() {
-            common::terminate(&mut c, 50);
-        }
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            common::terminate(&mut c, 50);
-        }
-        let runc_root = self.path().join("state/runc");
-        if let Ok(entries) = std::fs::read_dir(&runc_root) {
-            for e in entries.flatten() {
-                let _ = std::process::Command::new("runc")
-                    .arg("--root")
-                    .arg(&runc_root)
-                    .args(["delete", "--force"])
-                    .arg(e.file_name())
-                    .stderr(std::process::Stdio::null())
-                    .status();
-            }
-        }
-        common::unmount_all(self.path());
+        self.crid.finish().await;
     }
 }
 
