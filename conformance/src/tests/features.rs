@@ -156,26 +156,7 @@ where
 
 /// stdout of `sh -c script`, which must succeed.
 async fn out(ctx: &Ctx, script: &str) -> anyhow::Result<String> {
-    let r = ctx
-        .env
-        .cri
-        .runtime
-        .clone()
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: ctx.id.clone(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 20,
-        })
-        .await
-        .with_context(|| format!("ExecSync {script:?}"))?
-        .into_inner();
-    ensure!(
-        r.exit_code == 0,
-        "{script:?} exited {}: {}",
-        r.exit_code,
-        String::from_utf8_lossy(&r.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&r.stdout).trim().to_owned())
+    super::out(&ctx.env, &ctx.id, script).await
 }
 
 async fn hostname_dns_sysctls(env: Env) -> TestResult {

@@ -37,6 +37,35 @@ pub(crate) async fn pull_busybox(env: &Env) -> anyhow::Result<Option<String>> {
 }
 
 /// Every test, in the order they run.
+/// Runs `sh -c script` in container `id` (ExecSync, 20 s); returns (exit code, stdout, stderr),
+/// trimmed.
+pub(crate) async fn sh(env: &Env, id: &str, script: &str) -> anyhow::Result<(i32, String, String)> {
+    let r = env
+        .cri
+        .runtime
+        .clone()
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 20,
+        })
+        .await
+        .with_context(|| format!("ExecSync {script:?}"))?
+        .into_inner();
+    Ok((
+        r.exit_code,
+        String::from_utf8_lossy(&r.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&r.stderr).trim().to_owned(),
+    ))
+}
+
+/// stdout of `sh -c script` in container `id`, which must succeed.
+pub(crate) async fn out(env: &Env, id: &str, script: &str) -> anyhow::Result<String> {
+    let (code, stdout, stderr) = sh(env, id, script).await?;
+    anyhow::ensure!(code == 0, "{script:?} exited {code}: {stderr}");
+    Ok(stdout)
+}
+
 pub fn all() -> Vec<Test> {
     let mut tests = Vec::new();
     tests.extend(runtime::tests());

@@ -8,6 +8,7 @@ use anyhow::{Context, ensure};
 use proto::cri;
 use tonic::Code;
 
+use super::out;
 use crate::runner::{Env, Outcome, Test, TestResult};
 
 pub fn tests() -> Vec<Test> {
@@ -448,29 +449,6 @@ where
     result.map(|()| Outcome::Passed)
 }
 
-/// stdout of `sh -c script` in container `id`, which must succeed.
-async fn exec(env: &Env, id: &str, script: &str) -> anyhow::Result<String> {
-    let r = env
-        .cri
-        .runtime
-        .clone()
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 20,
-        })
-        .await
-        .with_context(|| format!("ExecSync {script:?}"))?
-        .into_inner();
-    ensure!(
-        r.exit_code == 0,
-        "{script:?} exited {}: {}",
-        r.exit_code,
-        String::from_utf8_lossy(&r.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&r.stdout).trim().to_owned())
-}
-
 /// The test process's own namespace `kind` (`pid`, `ipc`): the host's, as the suite runs there.
 fn own_ns(kind: &str) -> anyhow::Result<String> {
     let link = std::fs::read_link(format!("/proc/self/ns/{kind}"))
@@ -489,16 +467,16 @@ async fn shared_pid(env: Env) -> TestResult {
     let r = two_containers(&env, "pidpod", cri::NamespaceMode::Pod, |a, b| {
         let (env, host) = (&env, &host);
         async move {
-            let ns_a = exec(env, &a, "readlink /proc/self/ns/pid").await?;
-            let ns_b = exec(env, &b, "readlink /proc/self/ns/pid").await?;
+            let ns_a = out(env, &a, "readlink /proc/self/ns/pid").await?;
+            let ns_b = out(env, &b, "readlink /proc/self/ns/pid").await?;
             ensure!(ns_a == ns_b, "pid=POD: A is in {ns_a}, B in {ns_b}");
             ensure!(&ns_a != host, "pid=POD: the pod uses the host's {ns_a}");
-            let ps = exec(env, &b, "ps").await?;
+            let ps = out(env, &b, "ps").await?;
             ensure!(
                 lists(&ps, SLEEP_A) && lists(&ps, SLEEP_B),
                 "pid=POD: B's ps does not show both {SLEEP_A:?} and {SLEEP_B:?}:\n{ps}"
             );
-            let ps = exec(env, &a, "ps").await?;
+            let ps = out(env, &a, "ps").await?;
             ensure!(
                 lists(&ps, SLEEP_B),
                 "pid=POD: A's ps lacks {SLEEP_B:?}:\n{ps}"
@@ -514,14 +492,14 @@ async fn shared_pid(env: Env) -> TestResult {
     two_containers(&env, "pidctr", cri::NamespaceMode::Container, |a, b| {
         let (env, host) = (&env, &host);
         async move {
-            let ns_a = exec(env, &a, "readlink /proc/self/ns/pid").await?;
-            let ns_b = exec(env, &b, "readlink /proc/self/ns/pid").await?;
+            let ns_a = out(env, &a, "readlink /proc/self/ns/pid").await?;
+            let ns_b = out(env, &b, "readlink /proc/self/ns/pid").await?;
             ensure!(ns_a != ns_b, "pid=CONTAINER: A and B share {ns_a}");
             ensure!(
                 &ns_a != host && &ns_b != host,
                 "pid=CONTAINER: a container uses the host's {host}"
             );
-            let ps = exec(env, &b, "ps").await?;
+            let ps = out(env, &b, "ps").await?;
             ensure!(
                 lists(&ps, SLEEP_B),
                 "pid=CONTAINER: B's ps lacks its own {SLEEP_B:?}:\n{ps}"
@@ -530,7 +508,7 @@ async fn shared_pid(env: Env) -> TestResult {
                 !lists(&ps, SLEEP_A),
                 "pid=CONTAINER: B sees A's {SLEEP_A:?}:\n{ps}"
             );
-            let init = exec(env, &b, "tr '\\0' ' ' < /proc/1/cmdline").await?;
+            let init = out(env, &b, "tr '\\0' ' ' < /proc/1/cmdline").await?;
             ensure!(
                 init == SLEEP_B,
                 "pid=CONTAINER: B's PID 1 is {init:?}, not its own {SLEEP_B:?}"
@@ -553,12 +531,12 @@ async fn shared_ipc(env: Env) -> TestResult {
     two_containers(&env, "ipc", cri::NamespaceMode::Container, |a, b| {
         let (env, host, file) = (&env, &host, &file);
         async move {
-            let ns_a = exec(env, &a, "readlink /proc/self/ns/ipc").await?;
-            let ns_b = exec(env, &b, "readlink /proc/self/ns/ipc").await?;
+            let ns_a = out(env, &a, "readlink /proc/self/ns/ipc").await?;
+            let ns_b = out(env, &b, "readlink /proc/self/ns/ipc").await?;
             ensure!(ns_a == ns_b, "A is in {ns_a}, B in {ns_b}");
             ensure!(&ns_a != host, "the pod uses the host's {ns_a}");
-            exec(env, &a, &format!("echo {file} > /dev/shm/{file}")).await?;
-            let seen = exec(env, &b, &format!("cat /dev/shm/{file}")).await?;
+            out(env, &a, &format!("echo {file} > /dev/shm/{file}")).await?;
+            let seen = out(env, &b, &format!("cat /dev/shm/{file}")).await?;
             ensure!(seen == *file, "B reads {seen:?} from A's /dev/shm/{file}");
             ensure!(
                 !std::path::Path::new("/dev/shm").join(file).exists(),

@@ -12,6 +12,7 @@ use anyhow::{Context, ensure};
 use proto::cri;
 
 use super::pods::{pod_config, remove_pod, run_pod};
+use super::{out, sh};
 use crate::runner::{Env, Outcome, Test, TestResult};
 
 pub fn tests() -> Vec<Test> {
@@ -139,34 +140,6 @@ where
     .await;
     remove_pod(&env, &pod).await;
     result.map(|()| Outcome::Passed)
-}
-
-/// Runs `sh -c script` in the container; returns (exit code, stdout, stderr).
-async fn sh(env: &Env, id: &str, script: &str) -> anyhow::Result<(i32, String, String)> {
-    let r = env
-        .cri
-        .runtime
-        .clone()
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 20,
-        })
-        .await
-        .with_context(|| format!("ExecSync {script:?}"))?
-        .into_inner();
-    Ok((
-        r.exit_code,
-        String::from_utf8_lossy(&r.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&r.stderr).trim().to_owned(),
-    ))
-}
-
-/// stdout of a script that must succeed.
-async fn out(env: &Env, id: &str, script: &str) -> anyhow::Result<String> {
-    let (code, stdout, stderr) = sh(env, id, script).await?;
-    ensure!(code == 0, "{script:?} exited {code}: {stderr}");
-    Ok(stdout)
 }
 
 /// The effective capability set of the container's main process (PID 1 may be the pod's
