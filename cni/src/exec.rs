@@ -88,7 +88,7 @@ impl Executor {
             // Its own process group, so a timeout kills whatever the plugin started too.
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(exec_err)?;
+        let mut child = spawn(&mut cmd).await.map_err(exec_err)?;
         let pid = child.id();
         tracing::debug!(
             plugin = call.plugin,
@@ -193,6 +193,24 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Spawns `cmd`, retrying a few times on ETXTBSY: the binary was just written (a plugin being
+/// installed or upgraded), and for a moment another process forked meanwhile may still hold it
+/// open for writing until that child execs.
+async fn spawn(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    let mut attempt = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e)
+                if e.raw_os_error() == Some(nix::errno::Errno::ETXTBSY as i32) && attempt < 10 =>
+            {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(10 * attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +259,35 @@ mod tests {
             ])
         );
         assert_eq!(out["cfg"], cfg);
+    }
+
+    #[tokio::test]
+    async fn a_plugin_still_open_for_writing_is_retried() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fresh");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .mode(0o755)
+            .open(&p)
+            .unwrap();
+        f.write_all(b"#!/bin/sh\necho '{}'\n").unwrap();
+        // While this descriptor is open, exec fails with ETXTBSY; it closes 50 ms later.
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(f);
+        });
+        let mut cmd = tokio::process::Command::new(&p);
+        cmd.stdout(Stdio::null());
+        let status = spawn(&mut cmd)
+            .await
+            .expect("spawned after a retry")
+            .wait()
+            .await;
+        assert!(status.unwrap().success());
+        writer.join().unwrap();
     }
 
     #[tokio::test]
