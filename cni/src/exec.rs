@@ -269,7 +269,7 @@ mod tests {
         let p = dir.path().join("fresh");
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
+            .create_new(true)
             .mode(0o755)
             .open(&p)
             .unwrap();
