@@ -265,6 +265,7 @@ impl PodManager {
     /// up (its deadline passed) does not abort it; its retry then gets the same pod.
     pub async fn run(self: &Arc<Self>, config: PodConfig) -> Result<String, SandboxError> {
         let kind = self.validate(&config)?;
+        let own_net = config.namespaces.network != NsMode::Node;
         loop {
             let existing = self.lock().names.get(&config.metadata).cloned();
             let reservation = match existing {
@@ -295,11 +296,7 @@ impl PodManager {
                     }
                     // A pod with its own network namespace takes a prepared network, and
                     // with it the id that network was prepared under.
-                    let warm = if config.namespaces.network == NsMode::Node {
-                        None
-                    } else {
-                        self.warm.take()
-                    };
+                    let warm = own_net.then(|| self.warm.take()).flatten();
                     let id = warm.as_ref().map_or(fresh_id, |w| w.id.clone());
                     let (tx, done) = watch::channel(false);
                     let r = Reservation {
@@ -312,7 +309,7 @@ impl PodManager {
                 }
             };
             let (r, tx, warm) = reservation;
-            if config.namespaces.network != NsMode::Node {
+            if own_net {
                 // Also after a miss: the configuration may have appeared since start-up.
                 self.warm.refill_after_take();
             }

@@ -67,39 +67,11 @@ impl WarmPool {
         self.ready().len()
     }
 
-    /// The oldest prepared network made with the current configuration, if any. Networks
-    /// prepared with an older configuration are released in the background.
-    pub fn take(self: &Arc<Self>) -> Option<WarmNet> {
-        let current = self.cni.network().ok();
-        let mut stale = Vec::new();
-        let taken = {
-            let mut ready = self.ready();
-            let mut taken = None;
-            for net in std::mem::take(&mut *ready) {
-                let fits = current.as_ref().is_some_and(|l| net.prepared.matches(l));
-                if !fits {
-                    stale.push(net);
-                } else if taken.is_none() {
-                    taken = Some(net);
-                } else {
-                    ready.push(net);
-                }
-            }
-            taken
-        };
-        if !stale.is_empty() {
-            tracing::info!(
-                count = stale.len(),
-                "network configuration changed; releasing the pod networks prepared with the old one"
-            );
-            let this = self.clone();
-            tokio::spawn(async move {
-                for net in stale {
-                    this.release(net).await;
-                }
-            });
-        }
-        taken
+    /// The oldest prepared network, if any. One prepared with an older configuration is
+    /// attached anew by `Cni::add_prepared`; the next refill releases the others.
+    pub fn take(&self) -> Option<WarmNet> {
+        let mut ready = self.ready();
+        (!ready.is_empty()).then(|| ready.remove(0))
     }
 
     /// Tops the pool up in a background task (one at a time), after `delay`.
@@ -124,6 +96,29 @@ impl WarmPool {
     }
 
     async fn fill(&self) {
+        let Ok(list) = self.cni.network() else {
+            return;
+        };
+        let stale: Vec<WarmNet> = {
+            let mut ready = self.ready();
+            let (fit, stale) = std::mem::take(&mut *ready)
+                .into_iter()
+                .partition(|net| net.prepared.matches(&list));
+            *ready = fit;
+            stale
+        };
+        if !stale.is_empty() {
+            tracing::info!(
+                count = stale.len(),
+                "network configuration changed; releasing the pod networks prepared with the old one"
+            );
+            for net in stale {
+                self.release(net).await;
+            }
+        }
+        if list.pod_independent_head() == 0 {
+            return;
+        }
         while self.waiting() < self.size && !self.closed.load(Ordering::SeqCst) {
             match self.make().await {
                 Ok(Some(net)) => {
@@ -143,12 +138,9 @@ impl WarmPool {
         }
     }
 
-    /// One prepared network, or `None` when the current list has no pod-independent head.
+    /// One prepared network, or `None` when the current list (changed since `fill` looked) has
+    /// no pod-independent head.
     async fn make(&self) -> Result<Option<WarmNet>, SandboxError> {
-        match self.cni.network() {
-            Ok(list) if list.pod_independent_head() > 0 => {}
-            _ => return Ok(None),
-        }
         let id = new_id()?;
         let netns = self.state.join("netns").join(&id);
         let pins = vec![(NsKind::Net, netns.clone())];
