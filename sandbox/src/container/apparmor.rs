@@ -14,10 +14,13 @@ use crate::error::SandboxError;
 /// The name of crid's default profile.
 pub const DEFAULT_PROFILE: &str = "crid-default";
 
-/// Whether the kernel enforces AppArmor.
+/// Whether the kernel enforces AppArmor (read once: it is fixed at boot).
 pub fn host_enabled() -> bool {
-    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-        .is_ok_and(|v| v.trim() == "Y")
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+            .is_ok_and(|v| v.trim() == "Y")
+    })
 }
 
 fn invalid(reason: String) -> SandboxError {
