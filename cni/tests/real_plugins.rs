@@ -38,6 +38,22 @@ impl Drop for Setup {
     }
 }
 
+/// `10.X.Y`: this test's (and this process's) /24, by `tag`.
+fn prefix(tag: u8) -> String {
+    format!("10.{}.{}", 180 + u32::from(tag), std::process::id() % 250)
+}
+
+impl Setup {
+    /// How many veths are enslaved to the test's bridge.
+    fn veths(&self) -> usize {
+        let out = Command::new("ip")
+            .args(["-o", "link", "show", "master", &self.bridge])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+}
+
 fn setup(tag: u8, version: &str) -> (Setup, Cni) {
     let dir = tempfile::tempdir().unwrap();
     let bridge = format!("cnt{tag}x{}", std::process::id() % 100_000);
@@ -52,7 +68,7 @@ fn setup(tag: u8, version: &str) -> (Setup, Cni) {
                 "ipam": {
                     "type": "host-local",
                     "dataDir": dir.path().join("ipam"),
-                    "ranges": [[{"subnet": format!("10.{}.{}.0/24", 180 + u32::from(tag), std::process::id() % 250)}]]
+                    "ranges": [[{"subnet": format!("{}.0/24", prefix(tag))}]]
                 }
             },
             {"type": "loopback"}
@@ -199,7 +215,7 @@ async fn an_empty_pool_is_resource_exhausted_and_undone() {
     }
     let tag = 4u8;
     let (s, _) = setup(tag, "1.0.0");
-    let subnet_prefix = format!("10.{}.{}", 180 + u32::from(tag), std::process::id() % 250);
+    let subnet_prefix = prefix(tag);
     // One usable address only.
     let conflist = serde_json::json!({
         "cniVersion": "1.0.0",
@@ -247,11 +263,7 @@ async fn an_empty_pool_is_resource_exhausted_and_undone() {
     assert_eq!(e.plugin(), Some("bridge"), "{e}");
     // The failed ADD was undone: no cache entry, only the first veth on the bridge.
     assert_eq!(cni.cached_attachments().len(), 1);
-    let out = Command::new("ip")
-        .args(["-o", "link", "show", "master", &s.bridge])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert_eq!(s.veths(), 1);
     cni.del("pool0", Some(&atts[0].netns), "eth0", &PodArgs::default())
         .await
         .unwrap();
@@ -277,11 +289,7 @@ async fn a_prepared_head_is_finished_for_its_pod() {
     }
     let tag = 5u8;
     let (s, cni) = setup(tag, "1.0.0");
-    let subnet = format!(
-        "10.{}.{}.0/24",
-        180 + u32::from(tag),
-        std::process::id() % 250
-    );
+    let subnet = format!("{}.0/24", prefix(tag));
     let write_list = |mtu: u32| {
         let conflist = serde_json::json!({
             "cniVersion": "1.0.0",
@@ -417,7 +425,7 @@ async fn a_prepared_head_is_undone_when_the_rest_of_the_chain_fails() {
             {
                 "type": "bridge", "bridge": s.bridge,
                 "ipam": {"type": "host-local", "dataDir": s.dir.path().join("ipam"),
-                         "ranges": [[{"subnet": format!("10.{}.{}.0/24", 180 + u32::from(tag), std::process::id() % 250)}]]}
+                         "ranges": [[{"subnet": format!("{}.0/24", prefix(tag))}]]}
             },
             {"type": "failplug"}
         ]
@@ -440,13 +448,6 @@ async fn a_prepared_head_is_undone_when_the_rest_of_the_chain_fails() {
         pod: PodArgs::default(),
         capabilities: Capabilities::default(),
     };
-    let veths = || {
-        let out = Command::new("ip")
-            .args(["-o", "link", "show", "master", &s.bridge])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    };
     // The tail plugin fails its ADD, and then its binary is gone: both undo the head.
     for (i, missing) in [(1, false), (2, true)] {
         let ns = s.dir.path().join(format!("p{i}"));
@@ -454,7 +455,7 @@ async fn a_prepared_head_is_undone_when_the_rest_of_the_chain_fails() {
         let id = format!("p{i}");
         let prepared = cni.prepare(&id, &ns, "eth0").await.unwrap().unwrap();
         assert_eq!(reservations(s.dir.path(), tag), 1);
-        assert_eq!(veths(), 1);
+        assert_eq!(s.veths(), 1);
         if missing {
             std::fs::remove_file(&tail).unwrap();
         }
@@ -468,7 +469,7 @@ async fn a_prepared_head_is_undone_when_the_rest_of_the_chain_fails() {
             "{text}"
         );
         assert_eq!(reservations(s.dir.path(), tag), 0, "{text}");
-        assert_eq!(veths(), 0, "{text}");
+        assert_eq!(s.veths(), 0, "{text}");
         assert!(cni.cached_attachments().is_empty(), "{text}");
         netns::remove(&ns).unwrap();
     }
