@@ -1,15 +1,5 @@
-//! The crid binary: the CRI daemon and its operator subcommands.
-
-mod config;
-mod cri;
-mod daemon;
-mod metrics;
-mod monitor;
-mod notify;
-mod ops;
-mod pack;
-mod streaming;
-mod sys;
+//! The crid binary: the CRI daemon and its operator subcommands (command line only; the
+//! daemon itself is the `crid` library).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::Config;
+use crid::config::{self, Config};
+use crid::{daemon, monitor, ops, pack, sys};
 
 /// crid: a CRI v1 node runtime that runs containers through runc and unikernel images as VMs.
 #[derive(Debug, Parser)]
@@ -231,7 +222,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 fn import_images(cli: &Cli, file: &std::path::Path) -> anyhow::Result<()> {
     let config = cli.load_config()?;
     init_tracing(&config);
-    let store = cri::image::open_store_offline(&config)?;
+    let store = crid::state::open_store_offline(&config)?;
     for image in store.import_tar(file)? {
         println!("{} {}", image.id, image.repo_tags.join(" "));
     }

@@ -20,7 +20,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tonic::codegen::http;
 
-use crate::daemon::State;
+use crate::state::State;
 
 /// Upper bounds (seconds) of the RPC latency buckets.
 const RPC_BUCKETS: &[f64] = &[

@@ -73,7 +73,7 @@ fn load_images(config: &Config) -> anyhow::Result<Vec<imagestore::Image>> {
     if !config.root.join("images").is_dir() {
         return Ok(Vec::new());
     }
-    let store = crate::cri::image::open_store_offline(config)?;
+    let store = crate::state::open_store_offline(config)?;
     let mut images = store.list();
     images.sort_by(|a, b| a.repo_tags.cmp(&b.repo_tags).then(a.id.cmp(&b.id)));
     Ok(images)

@@ -4,6 +4,7 @@
 
 pub mod container;
 mod error;
+mod id;
 pub mod monitor;
 pub mod pod;
 pub mod runc;

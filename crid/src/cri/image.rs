@@ -6,44 +6,13 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use imagestore::{Credentials, Image, ImageError, ImageStore, ImageStoreConfig};
+use imagestore::{Credentials, Image, ImageError, ImageStore};
 use proto::cri;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
-use crate::config::Config;
 use crate::cri::error::Failure;
-use crate::daemon::State;
-
-/// Opens the image store under `<root>/images` with the configured registries and pinned
-/// images (the pause image is always pinned).
-pub fn open_store(config: &Config) -> Result<ImageStore, ImageError> {
-    ImageStore::open(store_config(config))
-}
-
-/// Opens the image store for `crid images import`, next to a daemon that may be running.
-pub fn open_store_offline(config: &Config) -> Result<ImageStore, ImageError> {
-    ImageStore::open_offline(store_config(config))
-}
-
-fn store_config(config: &Config) -> ImageStoreConfig {
-    let mut pinned = vec![config.images.pause_image.clone()];
-    pinned.extend(config.images.pinned_images.iter().cloned());
-    ImageStoreConfig {
-        dir: config.root.join("images"),
-        registry_config_path: config.registry.config_path.clone(),
-        pinned_images: pinned,
-    }
-}
-
-/// Where archives are imported from at start-up: `images.import_dir`, or `<root>/import`.
-pub fn import_dir(config: &Config) -> PathBuf {
-    config
-        .images
-        .import_dir
-        .clone()
-        .unwrap_or_else(|| config.root.join("import"))
-}
+use crate::state::State;
 
 /// Imports the archives waiting in the import directory (blocking work, off the runtime).
 pub async fn import_at_startup(store: ImageStore, dir: PathBuf) {
@@ -184,7 +153,7 @@ pub async fn image_status(
     r: cri::ImageStatusRequest,
 ) -> Result<cri::ImageStatusResponse, Status> {
     let name = image_name(r.image.as_ref())?;
-    super::record("image", &name);
+    tracing::Span::current().record("image", name.as_str());
     let Some(image) = state.images.get(&name).map_err(failure)? else {
         return Ok(cri::ImageStatusResponse::default());
     };
@@ -223,7 +192,7 @@ pub async fn pull_image(
     let deadline = grpc_timeout(r.metadata());
     let r = r.into_inner();
     let name = image_name(r.image.as_ref())?;
-    super::record("image", &name);
+    tracing::Span::current().record("image", name.as_str());
     let creds = credentials(r.auth)?;
     let store = state.images.clone();
     let reference = name.clone();
@@ -266,7 +235,7 @@ pub async fn remove_image(
     r: cri::RemoveImageRequest,
 ) -> Result<cri::RemoveImageResponse, Status> {
     let name = image_name(r.image.as_ref())?;
-    super::record("image", &name);
+    tracing::Span::current().record("image", name.as_str());
     let store = state.images.clone();
     tokio::task::spawn_blocking(move || store.remove(&name))
         .await

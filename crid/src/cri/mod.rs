@@ -5,6 +5,7 @@
 pub mod container;
 pub mod convert;
 pub mod error;
+pub mod events;
 pub mod image;
 pub mod pod;
 pub mod runtime;
@@ -19,7 +20,7 @@ use proto::cri::image_service_server::ImageService;
 use proto::cri::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
-use crate::daemon::State;
+use crate::state::State;
 
 /// Serves both CRI services over one shared daemon state.
 #[derive(Clone)]
@@ -284,7 +285,7 @@ impl RuntimeService for CriService {
         &self,
         r: Request<cri::GetEventsRequest>,
     ) -> Reply<Self::GetContainerEventsStream> {
-        container::get_container_events(&self.state, r.into_inner())
+        events::get_container_events(&self.state, r.into_inner())
             .await
             .map(Response::new)
     }

@@ -9,7 +9,7 @@ use tonic::Status;
 
 pub use crate::cri::convert::pod_config;
 use crate::cri::error::Failure;
-use crate::daemon::State;
+use crate::state::State;
 
 fn ns_mode_to_cri(mode: NsMode) -> i32 {
     (match mode {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use proto::cri;
 use tonic::Status;
 
-use crate::daemon::{CgroupDriver, State};
+use crate::state::{CgroupDriver, State, find_in_path};
 
 pub const RUNTIME_NAME: &str = "crid";
 
@@ -117,7 +117,7 @@ async fn binaries(state: &State) -> serde_json::Value {
         "runc".to_owned(),
         find_in_path(&state.config.runtime.runc_path),
     )];
-    match crate::daemon::vm_settings(&state.config.vm) {
+    match crate::state::vm_settings(&state.config.vm) {
         Ok(vm) => {
             for (name, _) in &vm.binaries {
                 found.push((name.clone(), vm.binary(name).map_err(|e| e.to_string())));
@@ -141,27 +141,6 @@ async fn binaries(state: &State) -> serde_json::Value {
             .into_iter()
             .collect(),
     )
-}
-
-/// `path` itself when it has a directory part (absolute or relative), else the first executable
-/// of that name in `$PATH`, as `Command` finds it.
-pub(crate) fn find_in_path(path: &std::path::Path) -> Result<std::path::PathBuf, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &std::path::Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if path.components().count() > 1 {
-        return match executable(path) {
-            true => Ok(path.to_owned()),
-            false => Err(format!("{} is not an executable file", path.display())),
-        };
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(path))
-        .find(|p| executable(p))
-        .ok_or_else(|| format!("{} is not in PATH", path.display()))
 }
 
 /// The first line `path --version` prints (bounded in time and size).

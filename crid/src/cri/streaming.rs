@@ -5,7 +5,7 @@ use proto::cri;
 use tonic::Status;
 
 use super::error::to_status;
-use crate::daemon::State;
+use crate::state::State;
 use crate::streaming::{AttachSpec, ExecSpec, Request, Server, StreamError};
 
 fn server(state: &State) -> Result<&Server, Status> {

@@ -8,7 +8,7 @@ pub mod backend;
 mod mux;
 mod portforward;
 mod remotecommand;
-mod runtime;
+pub mod runtime;
 mod server;
 mod spdy;
 mod sys;
@@ -27,31 +27,6 @@ pub use server::{Server, ServerConfig};
 pub use token::Request;
 
 use imagestore::ErrorKind;
-
-use crate::daemon::{CgroupDriver, State};
-
-/// Starts the daemon's streaming server as `[streaming]` configures it, over the daemon's pods
-/// and containers.
-pub async fn start(state: &State) -> std::io::Result<Arc<Server>> {
-    let c = &state.config;
-    let config = ServerConfig {
-        address: c.streaming.address.clone(),
-        port: c.streaming.port,
-        idle_timeout: Duration::from_secs(c.streaming.idle_timeout_secs.max(1)),
-        ..ServerConfig::default()
-    };
-    let backend = runtime::RuntimeBackend {
-        pods: state.pods.clone(),
-        containers: state.containers.clone(),
-        runc: c.runtime.runc_path.clone(),
-        runc_root: c.state.join("runc"),
-        systemd_cgroup: state.cgroup_driver == CgroupDriver::Systemd,
-        work_dir: c.state.join("streaming"),
-    };
-    let server = Server::start(&config, Arc::new(backend)).await?;
-    tracing::info!(address = %server.addr(), "streaming server listening");
-    Ok(server)
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {

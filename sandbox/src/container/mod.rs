@@ -187,17 +187,6 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-fn new_id() -> Result<String, SandboxError> {
-    let mut bytes = [0u8; 32];
-    let path = Path::new("/dev/urandom");
-    std::io::Read::read_exact(
-        &mut std::fs::File::open(path).map_err(|e| SandboxError::io(path, e))?,
-        &mut bytes,
-    )
-    .map_err(|e| SandboxError::io(path, e))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// Creates (or opens) a container's log file as its monitor will, so that a full disk or an
 /// unusable log directory is the request's error (RESOURCE_EXHAUSTED on ENOSPC) rather than a
 /// line in the monitor's log.
@@ -813,7 +802,7 @@ impl ContainerManager {
                 .unwrap_or(""),
         )?;
         let log_path = spec::log_path(&pod, &config.log_path)?;
-        let id = new_id()?;
+        let id = crate::id::new_id()?;
         let key = name_key(&pod.id, &config.name, config.attempt);
         {
             let mut inner = self.lock();
@@ -1261,7 +1250,7 @@ impl ContainerManager {
         let mut process = spec["process"].clone();
         process["args"] = serde_json::json!(cmd);
         process["terminal"] = serde_json::json!(false);
-        let tag = new_id()?;
+        let tag = crate::id::new_id()?;
         let sdir = self.state_dir(id);
         let process_path = sdir.join(format!("exec-{}.json", &tag[..16]));
         let pid_path = sdir.join(format!("exec-{}.pid", &tag[..16]));

@@ -16,13 +16,11 @@ use crate::pod::store::PodStore;
 use crate::pod::validate::{self, SysctlNs};
 use crate::pod::warm::{WarmNet, WarmPool};
 use crate::pod::{
-    CgroupDriver, NsMode, PidHolder, PodConfig, PodFilter, PodKind, PodMetadata, PodPaths,
-    PodRecord, PodState, files,
+    CgroupDriver, NsMode, POD_IFNAME, PidHolder, PodConfig, PodFilter, PodKind, PodMetadata,
+    PodPaths, PodRecord, PodState, files,
 };
 use crate::sys::{self, PodSys};
 
-/// The interface name pods get.
-pub const POD_IFNAME: &str = "eth0";
 /// Size of each pod's shm tmpfs.
 pub const SHM_SIZE: u64 = 64 * 1024 * 1024;
 const INGRESS_ANNOTATION: &str = "kubernetes.io/ingress-bandwidth";
@@ -81,17 +79,6 @@ fn now_ns() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-pub(crate) fn new_id() -> Result<String, SandboxError> {
-    let mut bytes = [0u8; 32];
-    let path = Path::new("/dev/urandom");
-    std::io::Read::read_exact(
-        &mut std::fs::File::open(path).map_err(|e| SandboxError::io(path, e))?,
-        &mut bytes,
-    )
-    .map_err(|e| SandboxError::io(path, e))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Removes namespace pins, shm mounts and pod directories under `state` that belong to no
@@ -289,7 +276,7 @@ impl PodManager {
                     continue;
                 }
                 None => {
-                    let fresh_id = new_id()?;
+                    let fresh_id = crate::id::new_id()?;
                     let mut inner = self.lock();
                     if inner.names.contains_key(&config.metadata) {
                         continue;

@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 
 pub use manager::{PodManager, PodSettings};
 
+/// The interface name pods get.
+pub const POD_IFNAME: &str = "eth0";
+
 /// The cgroup driver pods' cgroup parents are written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -19,7 +19,8 @@ use cni::netns::NsKind;
 use cni::{Cni, PodArgs, Prepared};
 
 use crate::error::SandboxError;
-use crate::pod::manager::{POD_IFNAME, new_id};
+use crate::id::new_id;
+use crate::pod::POD_IFNAME;
 use crate::sys::PodSys;
 
 /// How long a refill waits after a network was taken, so it does not compete for the CPU with

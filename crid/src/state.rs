@@ -1,0 +1,235 @@
+//! The daemon's shared state: configuration, the pod and container managers and the image
+//! store, built once at start-up and handed to the gRPC handlers, the streaming server and the
+//! metrics endpoint. Depends on no other module of the daemon but the configuration.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use imagestore::{ImageError, ImageStore, ImageStoreConfig};
+use serde::Serialize;
+
+use crate::config::Config;
+
+/// The cgroup driver in use, decided once at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Systemd,
+    Cgroupfs,
+}
+
+impl std::fmt::Display for CgroupDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CgroupDriver::Systemd => "systemd",
+            CgroupDriver::Cgroupfs => "cgroupfs",
+        })
+    }
+}
+
+impl CgroupDriver {
+    /// `auto` means systemd when systemd is the init system (it owns the cgroup tree then),
+    /// cgroupfs otherwise.
+    pub fn resolve(configured: &str) -> CgroupDriver {
+        match configured {
+            "systemd" => CgroupDriver::Systemd,
+            "cgroupfs" => CgroupDriver::Cgroupfs,
+            _ if Path::new("/run/systemd/system").is_dir() => CgroupDriver::Systemd,
+            _ => CgroupDriver::Cgroupfs,
+        }
+    }
+}
+
+/// Whether pods can get a network, as reported by `Status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkStatus {
+    pub ready: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Everything the gRPC handlers share.
+pub struct State {
+    pub config: Config,
+    pub cgroup_driver: CgroupDriver,
+    pub started_at_unix: u64,
+    pod_cidr: Mutex<String>,
+    /// Pod sandboxes (and, through them, CNI).
+    pub pods: Arc<sandbox::pod::PodManager>,
+    /// Containers (runc and monitors).
+    pub containers: Arc<sandbox::container::ContainerManager>,
+    /// Images: pull, content store, layers, leases.
+    pub images: imagestore::ImageStore,
+    /// The exec/attach/port-forward server, started by [`run`].
+    pub streaming: OnceLock<Arc<crate::streaming::Server>>,
+}
+
+impl State {
+    pub fn new(config: Config) -> anyhow::Result<State> {
+        for dir in [&config.root, &config.state] {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let cgroup_driver = CgroupDriver::resolve(&config.runtime.cgroup_driver);
+        let pods = Arc::new(pod_manager(&config, cgroup_driver)?);
+        let containers = container_manager(&config, cgroup_driver)?;
+        let images = open_store(&config).context("cannot open the image store")?;
+        Ok(State {
+            pods,
+            containers,
+            images,
+            cgroup_driver,
+            started_at_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            pod_cidr: Mutex::new(String::new()),
+            streaming: OnceLock::new(),
+            config,
+        })
+    }
+
+    /// Whether pods can be networked: a valid network configuration whose plugins exist and
+    /// (CNI 1.1) answer STATUS.
+    pub async fn network_status(&self) -> NetworkStatus {
+        match self.pods.cni().status().await {
+            Ok(()) => NetworkStatus {
+                ready: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            Err(e) => NetworkStatus {
+                ready: false,
+                reason: "NetworkPluginNotReady".into(),
+                message: e.to_string(),
+            },
+        }
+    }
+
+    pub fn set_pod_cidr(&self, cidr: String) {
+        if let Ok(mut c) = self.pod_cidr.lock() {
+            *c = cidr;
+        }
+    }
+}
+
+/// The pod manager over CNI, as configured.
+fn pod_manager(config: &Config, driver: CgroupDriver) -> anyhow::Result<sandbox::pod::PodManager> {
+    let cni = cni::Cni::new(cni::CniSettings {
+        conf_dir: config.cni.conf_dir.clone(),
+        bin_dirs: config.cni.bin_dirs.clone(),
+        cache_dir: config.root.join("cni").join("results"),
+        timeout: std::time::Duration::from_secs(config.cni.plugin_timeout_secs.max(1)),
+    });
+    let settings = sandbox::pod::PodSettings {
+        root: config.root.clone(),
+        state: config.state.clone(),
+        runc_handlers: config.runtime.runc_handlers.clone(),
+        unikernel_handlers: config.runtime.unikernel_handlers.clone(),
+        cgroup_driver: match driver {
+            CgroupDriver::Systemd => sandbox::pod::CgroupDriver::Systemd,
+            CgroupDriver::Cgroupfs => sandbox::pod::CgroupDriver::Cgroupfs,
+        },
+        host_resolv_conf: sandbox::pod::files::host_resolv_conf(),
+        warm_networks: config.cni.prepared_networks,
+    };
+    sandbox::pod::PodManager::open(settings, Arc::new(cni)).context("cannot load pods")
+}
+
+/// The container manager, as configured; re-attaches to containers still running.
+fn container_manager(
+    config: &Config,
+    driver: CgroupDriver,
+) -> anyhow::Result<Arc<sandbox::container::ContainerManager>> {
+    let settings = sandbox::container::ContainerSettings {
+        root: config.root.clone(),
+        state: config.state.clone(),
+        // Looked up in $PATH once rather than on every runc call (kept as given when it is
+        // not there yet: then each call looks again).
+        runc: find_in_path(&config.runtime.runc_path)
+            .unwrap_or_else(|_| config.runtime.runc_path.clone()),
+        cgroup_driver: match driver {
+            CgroupDriver::Systemd => sandbox::pod::CgroupDriver::Systemd,
+            CgroupDriver::Cgroupfs => sandbox::pod::CgroupDriver::Cgroupfs,
+        },
+        monitor_exe: std::env::current_exe().context("cannot find the crid executable")?,
+        seccomp_profile_root: config.runtime.seccomp_profile_root.clone(),
+    };
+    sandbox::container::vm::configure(vm_settings(&config.vm)?);
+    sandbox::container::ContainerManager::open(settings).context("cannot load containers")
+}
+
+/// The `[vm]` section as the VM backend's settings.
+pub fn vm_settings(
+    vm: &crate::config::VmConfig,
+) -> anyhow::Result<sandbox::vm::launch::VmSettings> {
+    let accelerator = vm
+        .accelerator
+        .parse()
+        .map_err(|e| anyhow::anyhow!("vm.accelerator: {e}"))?;
+    Ok(sandbox::vm::launch::VmSettings {
+        accelerator,
+        default_memory_mib: vm.default_memory_mib,
+        binaries: vec![
+            ("qemu-system-x86_64".into(), vm.qemu_path.clone()),
+            ("firecracker".into(), vm.firecracker_path.clone()),
+            ("cloud-hypervisor".into(), vm.cloud_hypervisor_path.clone()),
+            ("solo5-hvt".into(), vm.solo5_hvt_path.clone()),
+            ("solo5-spt".into(), vm.solo5_spt_path.clone()),
+        ],
+        ..Default::default()
+    })
+}
+
+/// Opens the image store under `<root>/images` with the configured registries and pinned
+/// images (the pause image is always pinned).
+pub fn open_store(config: &Config) -> Result<ImageStore, ImageError> {
+    ImageStore::open(store_config(config))
+}
+
+/// Opens the image store for `crid images import`, next to a daemon that may be running.
+pub fn open_store_offline(config: &Config) -> Result<ImageStore, ImageError> {
+    ImageStore::open_offline(store_config(config))
+}
+
+fn store_config(config: &Config) -> ImageStoreConfig {
+    let mut pinned = vec![config.images.pause_image.clone()];
+    pinned.extend(config.images.pinned_images.iter().cloned());
+    ImageStoreConfig {
+        dir: config.root.join("images"),
+        registry_config_path: config.registry.config_path.clone(),
+        pinned_images: pinned,
+    }
+}
+
+/// Where archives are imported from at start-up: `images.import_dir`, or `<root>/import`.
+pub fn import_dir(config: &Config) -> PathBuf {
+    config
+        .images
+        .import_dir
+        .clone()
+        .unwrap_or_else(|| config.root.join("import"))
+}
+
+/// `path` itself when it has a directory part (absolute or relative), else the first executable
+/// of that name in `$PATH`, as `Command` finds it.
+pub fn find_in_path(path: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if path.components().count() > 1 {
+        return match executable(path) {
+            true => Ok(path.to_owned()),
+            false => Err(format!("{} is not an executable file", path.display())),
+        };
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(path))
+        .find(|p| executable(p))
+        .ok_or_else(|| format!("{} is not in PATH", path.display()))
+}
