@@ -43,9 +43,18 @@ pub enum CniError {
         #[source]
         source: std::io::Error,
     },
-    #[error("network namespace {op} at {path}")]
+    #[error("namespace {op} at {path}")]
     Netns {
         op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A caller's step inside new namespaces, before they are pinned, failed; `step` names it
+    /// and the namespace it acted on (e.g. "set hostname in UTS namespace").
+    #[error("{step} {path}")]
+    NsSetup {
+        step: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,

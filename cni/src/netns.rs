@@ -124,15 +124,16 @@ fn take_pooled() -> Option<OwnedFd> {
 }
 
 /// Creates new namespaces of the given kinds and pins each at its path. `setup` runs inside
-/// the new namespaces before they are pinned (e.g. to set the hostname). On any failure
-/// nothing stays pinned.
+/// the new namespaces before they are pinned (e.g. to set the hostname); its error, naming
+/// its own step ([`CniError::NsSetup`]), is returned as it is. On any failure nothing stays
+/// pinned.
 ///
 /// Creating a network namespace is the slow part (tens of milliseconds on a busy host), so
 /// the network namespace comes from a small pool made ahead of need in the background when
 /// one is ready (with `lo` already up), and the pool is topped up after each use.
 pub fn create<F>(pins: &[(NsKind, PathBuf)], setup: F) -> Result<(), CniError>
 where
-    F: FnOnce() -> io::Result<()> + Send + 'static,
+    F: FnOnce() -> Result<(), CniError> + Send + 'static,
 {
     let pooled = if pins.iter().any(|(k, _)| *k == NsKind::Net) {
         take_pooled()
@@ -149,7 +150,7 @@ fn create_with<F>(
     setup: F,
 ) -> Result<(), CniError>
 where
-    F: FnOnce() -> io::Result<()> + Send + 'static,
+    F: FnOnce() -> Result<(), CniError> + Send + 'static,
 {
     for (_, path) in pins {
         if let Some(parent) = path.parent() {
@@ -175,7 +176,7 @@ where
             unshare(flags)
                 .map_err(nix_io)
                 .map_err(ns_err("unshare", &path0))?;
-            setup().map_err(ns_err("set up", &path0))?;
+            setup()?;
             let tid = nix::unistd::gettid();
             for (kind, path) in &owned {
                 let src = match &pooled_net {
@@ -338,7 +339,11 @@ mod tests {
         create_with(
             &[(NsKind::Net, net.clone()), (NsKind::Uts, uts.clone())],
             None,
-            || nix::unistd::sethostname("pinned-host").map_err(nix_io),
+            || {
+                nix::unistd::sethostname("pinned-host")
+                    .map_err(nix_io)
+                    .map_err(ns_err("set hostname", Path::new("-")))
+            },
         )
         .unwrap();
         assert!(is_pinned(&net) && is_pinned(&uts));
@@ -471,10 +476,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let net = dir.path().join("n");
         let e = create_with(&[(NsKind::Net, net.clone())], None, || {
-            Err(io::Error::other("no"))
+            Err(CniError::NsSetup {
+                step: "set hostname in UTS namespace",
+                path: "/u".into(),
+                source: io::Error::other("no"),
+            })
         })
         .unwrap_err();
-        assert!(e.to_string().contains("set up"), "{e}");
+        // The caller's step and path, not a generic "set up" at the first pin.
+        assert_eq!(e.to_string(), "set hostname in UTS namespace /u", "{e}");
         assert!(!net.exists());
     }
 }

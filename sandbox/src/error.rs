@@ -44,6 +44,10 @@ pub enum SandboxError {
     /// Pod networking or namespaces failed; the source names the plugin and its message.
     #[error("pod network")]
     Network(#[source] cni::CniError),
+    /// Creating, pinning or removing the pod's namespaces failed; the source names the step
+    /// and the namespace's pin.
+    #[error("pod namespaces")]
+    Namespaces(#[source] cni::CniError),
     /// runc (or the container monitor) failed an operation.
     #[error("runtime {op} failed: {reason}")]
     Runtime { op: String, reason: String },
@@ -83,7 +87,7 @@ impl SandboxError {
             SandboxError::NotFound { .. } => ErrorKind::NotFound,
             SandboxError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             SandboxError::FailedPrecondition { .. } => ErrorKind::FailedPrecondition,
-            SandboxError::Network(e) => e.kind(),
+            SandboxError::Network(e) | SandboxError::Namespaces(e) => e.kind(),
             SandboxError::Runtime { .. } => ErrorKind::Internal,
             SandboxError::Timeout { .. } => ErrorKind::DeadlineExceeded,
             SandboxError::Record { .. } => ErrorKind::Internal,

@@ -21,6 +21,10 @@ pub fn tests() -> Vec<Test> {
             run: |env| Box::pin(hostname_dns_sysctls(env)),
         },
         Test {
+            name: "features/no-hostname-long-name",
+            run: |env| Box::pin(no_hostname_long_name(env)),
+        },
+        Test {
             name: "features/bind-mounts",
             run: |env| Box::pin(bind_mounts(env)),
         },
@@ -184,6 +188,54 @@ async fn hostname_dns_sysctls(env: Env) -> TestResult {
             }
             let s = out(&ctx, "cat /proc/sys/kernel/shm_rmid_forced").await?;
             ensure!(s == "1", "kernel.shm_rmid_forced = {s}");
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// A pod as critest makes them: no hostname and a 68-character name (longer than a hostname
+/// may be). It must start; the hostname its containers see is a valid one, the same in the
+/// kernel and in `/etc/hostname`, and when it comes from the name it is kubelet's: the name
+/// cut to 63 characters.
+async fn no_hostname_long_name(env: Env) -> TestResult {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let uuid = format!("{:036x}", nanos ^ u128::from(std::process::id()) << 64);
+    let uuid = format!(
+        "{}-{}-{}-{}-{}",
+        &uuid[4..12],
+        &uuid[12..16],
+        &uuid[16..20],
+        &uuid[20..24],
+        &uuid[24..36]
+    );
+    let name = format!("PodSandbox-for-create-container-{uuid}");
+    let cut = name[..63].to_string();
+    with_container(
+        env,
+        "feat-noname",
+        |p| {
+            p.hostname.clear();
+            if let Some(m) = p.metadata.as_mut() {
+                m.uid = format!("uid-{name}");
+                m.name = name;
+            }
+        },
+        |_| {},
+        |ctx| async move {
+            let h = out(&ctx, "cat /proc/sys/kernel/hostname").await?;
+            ensure!(!h.is_empty() && h.len() <= 64, "hostname {h:?}");
+            let file = out(&ctx, "cat /etc/hostname").await?;
+            ensure!(file == h, "/etc/hostname {file:?}, kernel {h:?}");
+            if h.starts_with("PodSandbox-for-") {
+                ensure!(
+                    h == cut,
+                    "hostname {h:?} is not the name cut to 63: {cut:?}"
+                );
+            }
             Ok(())
         },
     )

@@ -4,6 +4,31 @@ use std::net::IpAddr;
 
 use crate::pod::DnsConfig;
 
+/// Longest hostname kubelet derives from a pod name (a DNS label).
+const DERIVED_HOSTNAME_MAX: usize = 63;
+
+/// The hostname of a pod that names none, by kubelet's rule: its name; a longer one is cut
+/// to 63 characters and then loses trailing `-` and `.`. A character a hostname cannot hold
+/// (the API server lets none through, but CRI clients may send anything) becomes `-` first.
+pub fn hostname_from_name(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if clean.len() <= DERIVED_HOSTNAME_MAX {
+        return clean;
+    }
+    clean[..DERIVED_HOSTNAME_MAX]
+        .trim_end_matches(['-', '.'])
+        .to_owned()
+}
+
 pub fn hostname(name: &str) -> String {
     format!("{name}\n")
 }
@@ -69,6 +94,25 @@ pub fn valid_dns_word(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostname_from_name_follows_kubelet() {
+        let critest = "PodSandbox-for-create-container-2f4a8e1c-6b0d-4c1e-9a57-3d2b1c0e9f88";
+        let table = [
+            ("web-0".to_string(), "web-0".to_string()),
+            ("a".repeat(63), "a".repeat(63)),
+            (critest.to_string(), critest[..63].to_string()),
+            // Cut to 63, then the trailing "-." goes.
+            (format!("{}-.-x", "b".repeat(61)), "b".repeat(61)),
+            // Only a cut name is trimmed (kubelet's truncatePodHostnameIfNeeded).
+            ("a-".to_string(), "a-".to_string()),
+            ("a\nb c".to_string(), "a-b-c".to_string()),
+            ("-".repeat(70), String::new()),
+        ];
+        for (name, expected) in table {
+            assert_eq!(hostname_from_name(&name), expected, "{name:?}");
+        }
+    }
 
     #[test]
     fn resolv_conf_from_config() {

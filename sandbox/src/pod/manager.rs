@@ -377,14 +377,7 @@ impl PodManager {
                 return Err(invalid(format!("DNS server {s:?} is not an IP address")));
             }
         }
-        if config.hostname.len() > 64
-            || !config
-                .hostname
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-        {
-            return Err(invalid(format!("invalid hostname {:?}", config.hostname)));
-        }
+        pod_hostname(config)?;
         for p in &config.port_mappings {
             let port_ok = |p: i32| (0..=65535).contains(&p);
             if !port_ok(p.host_port) || !(1..=65535).contains(&p.container_port) {
@@ -520,11 +513,7 @@ impl PodManager {
         // The record goes to disk first, so a crash from here on leaves something to remove.
         self.store.save(record)?;
 
-        let hostname = if config.hostname.is_empty() {
-            config.metadata.name.clone()
-        } else {
-            config.hostname.clone()
-        };
+        let hostname = pod_hostname(&config)?;
         let effective_hostname = if record.host_network() {
             sys::node_hostname()
         } else {
@@ -879,6 +868,31 @@ fn pod_name(m: &PodMetadata) -> String {
     format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
 }
 
+/// The hostname of the pod's UTS namespace: the one the config names (at most 64 characters,
+/// letters, digits, `-`, `.`, `_`), else [`files::hostname_from_name`] of the pod's name.
+fn pod_hostname(config: &PodConfig) -> Result<String, SandboxError> {
+    let valid = |h: &str| {
+        !h.is_empty()
+            && h.len() <= 64
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    };
+    if !config.hostname.is_empty() {
+        if !valid(&config.hostname) {
+            return Err(invalid(format!("invalid hostname {:?}", config.hostname)));
+        }
+        return Ok(config.hostname.clone());
+    }
+    let derived = files::hostname_from_name(&config.metadata.name);
+    if !valid(&derived) {
+        return Err(invalid(format!(
+            "the pod has no hostname and its name {:?} does not give one",
+            config.metadata.name
+        )));
+    }
+    Ok(derived)
+}
+
 fn pod_args(id: &str, m: &PodMetadata) -> PodArgs {
     PodArgs {
         namespace: m.namespace.clone(),
@@ -1177,6 +1191,53 @@ mod tests {
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=n;K8S_POD_INFRA_CONTAINER_ID={id};K8S_POD_UID=uid-n"
         );
         assert_eq!(log, format!("ADD {args}\nDEL {args}\n"));
+    }
+
+    /// critest's pods: no hostname, a 68-character name. The UTS namespace gets kubelet's
+    /// hostname (the name cut to 63), and so do `/etc/hostname` and `/etc/hosts`.
+    #[tokio::test]
+    async fn a_pod_without_hostname_gets_its_name_cut_to_63() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pods, rec) = recorded(dir.path(), "0");
+        let name = "PodSandbox-for-create-container-2f4a8e1c-6b0d-4c1e-9a57-3d2b1c0e9f88";
+        let mut c = net_pod(name);
+        c.hostname.clear();
+        c.sysctls.clear();
+        let id = pods.run(c).await.unwrap();
+        let short = &id[..6];
+        let expected = &name[..63];
+        assert_eq!(
+            rec.take(),
+            [
+                format!("shm {short}/shm {SHM_SIZE}"),
+                format!(
+                    "create netns/{short},ipcns/{short},utsns/{short} hostname=Some({expected:?})"
+                ),
+            ]
+        );
+        let r = pods.get_ready(&id).unwrap();
+        let file = std::fs::read_to_string(&r.paths.hostname).unwrap();
+        assert_eq!(file, format!("{expected}\n"));
+        let hosts = std::fs::read_to_string(&r.paths.hosts).unwrap();
+        assert!(
+            hosts.contains(&format!("10.9.0.5\t{expected}\n")),
+            "{hosts}"
+        );
+        pods.remove(&id).await.unwrap();
+        rec.take();
+
+        // A hostname the config names is not cut: too long is the caller's mistake.
+        let mut c = net_pod("long");
+        c.hostname = "h".repeat(65);
+        let e = pods.run(c).await.unwrap_err();
+        assert_eq!(e.kind(), imagestore::ErrorKind::InvalidArgument, "{e}");
+        // Nor is a name that leaves nothing once cut and trimmed.
+        let mut c = net_pod(&"-".repeat(70));
+        c.hostname.clear();
+        let e = pods.run(c).await.unwrap_err();
+        assert_eq!(e.kind(), imagestore::ErrorKind::InvalidArgument, "{e}");
+        // Refused before any namespace or mount.
+        assert!(rec.take().is_empty());
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use cni::CniError;
 use cni::netns::{self, NsKind};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
@@ -123,17 +124,25 @@ impl PodSys for HostSys {
         pins: &[(NsKind, PathBuf)],
         hostname: Option<String>,
     ) -> Result<(), SandboxError> {
+        let uts = pins
+            .iter()
+            .find(|(k, _)| *k == NsKind::Uts)
+            .map(|(_, p)| p.clone());
         netns::create(pins, move || {
-            if let Some(h) = hostname {
-                nix::unistd::sethostname(h).map_err(nix_io)?;
-            }
-            Ok(())
+            let (Some(h), Some(uts)) = (hostname, uts) else {
+                return Ok(());
+            };
+            nix::unistd::sethostname(h).map_err(|e| CniError::NsSetup {
+                step: "set hostname in UTS namespace",
+                path: uts,
+                source: nix_io(e),
+            })
         })
-        .map_err(SandboxError::Network)
+        .map_err(SandboxError::Namespaces)
     }
 
     fn remove_pin(&self, path: &Path) -> Result<(), SandboxError> {
-        netns::remove(path).map_err(SandboxError::Network)
+        netns::remove(path).map_err(SandboxError::Namespaces)
     }
 
     fn is_pinned(&self, path: &Path) -> bool {
