@@ -87,6 +87,9 @@ pub struct RuntimeConfig {
     pub runc_handlers: Vec<String>,
     /// Runtime handler names that give a pod that may hold unikernel containers.
     pub unikernel_handlers: Vec<String>,
+    /// Handlers of `runc_handlers` whose pods also run a unikernel image as a VM (automatic
+    /// detection). Under any other handler a unikernel image is `FAILED_PRECONDITION`.
+    pub unikernel_autodetect_handlers: Vec<String>,
     /// Directory that `Localhost` seccomp profiles must live under.
     pub seccomp_profile_root: PathBuf,
 }
@@ -112,6 +115,8 @@ pub struct VmConfig {
     pub cloud_hypervisor_path: PathBuf,
     pub solo5_hvt_path: PathBuf,
     pub solo5_spt_path: PathBuf,
+    /// Firmware for QEMU's `pc` machine; empty keeps QEMU's SeaBIOS.
+    pub qemu_firmware: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -195,6 +200,7 @@ impl Default for RuntimeConfig {
             cgroup_driver: "auto".into(),
             runc_handlers: vec![String::new(), "runc".into()],
             unikernel_handlers: vec!["urunc".into(), "unikernel".into()],
+            unikernel_autodetect_handlers: vec![],
             seccomp_profile_root: PathBuf::from("/var/lib/kubelet/seccomp"),
         }
     }
@@ -221,6 +227,7 @@ impl Default for VmConfig {
             cloud_hypervisor_path: PathBuf::from("cloud-hypervisor"),
             solo5_hvt_path: PathBuf::from("solo5-hvt"),
             solo5_spt_path: PathBuf::from("solo5-spt"),
+            qemu_firmware: PathBuf::from(sandbox::vm::launch::DEFAULT_QEMU_FIRMWARE),
         }
     }
 }

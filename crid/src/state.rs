@@ -157,14 +157,13 @@ fn container_manager(
         monitor_exe: std::env::current_exe().context("cannot find the crid executable")?,
         seccomp_profile_root: config.runtime.seccomp_profile_root.clone(),
     };
-    sandbox::container::vm::configure(vm_settings(&config.vm)?);
+    sandbox::container::vm::configure(vm_settings(config)?);
     sandbox::container::ContainerManager::open(settings).context("cannot load containers")
 }
 
 /// The `[vm]` section as the VM backend's settings.
-pub fn vm_settings(
-    vm: &crate::config::VmConfig,
-) -> anyhow::Result<sandbox::vm::launch::VmSettings> {
+pub fn vm_settings(config: &Config) -> anyhow::Result<sandbox::vm::launch::VmSettings> {
+    let vm = &config.vm;
     let accelerator = vm
         .accelerator
         .parse()
@@ -179,6 +178,10 @@ pub fn vm_settings(
             ("solo5-hvt".into(), vm.solo5_hvt_path.clone()),
             ("solo5-spt".into(), vm.solo5_spt_path.clone()),
         ],
+        qemu_firmware: (!vm.qemu_firmware.as_os_str().is_empty())
+            .then(|| vm.qemu_firmware.clone()),
+        unikernel_handlers: config.runtime.unikernel_handlers.clone(),
+        autodetect_handlers: config.runtime.unikernel_autodetect_handlers.clone(),
         ..Default::default()
     })
 }

@@ -149,12 +149,21 @@ fn push_noise_image(reg: &str, repo: &str, tag: &str, size: usize, seed: u64) ->
 }
 
 async fn run_pod(crid: &Crid, config: &cri::PodSandboxConfig) -> Result<String, tonic::Status> {
+    run_pod_with(crid, config, "").await
+}
+
+/// [`run_pod`] with a runtime handler (`urunc` for a pod that runs a unikernel image).
+async fn run_pod_with(
+    crid: &Crid,
+    config: &cri::PodSandboxConfig,
+    handler: &str,
+) -> Result<String, tonic::Status> {
     crid.cri
         .runtime
         .clone()
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config.clone()),
-            runtime_handler: String::new(),
+            runtime_handler: handler.into(),
         })
         .await
         .map(|r| r.into_inner().pod_sandbox_id)
@@ -705,7 +714,7 @@ async fn a_hypervisor_killed_mid_boot_is_an_exited_container_with_a_reason() {
         .await
         .unwrap_or_else(|e| panic!("pull {guest}: {e}\n{}", crid.log()));
     let pod_config = common::pod_config("vm", dir);
-    let pod = run_pod(&crid, &pod_config)
+    let pod = run_pod_with(&crid, &pod_config, "urunc")
         .await
         .unwrap_or_else(|e| panic!("run pod: {e}\n{}", crid.log()));
     let config = common::container_config(&guest, "guest", &[]);

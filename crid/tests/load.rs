@@ -92,17 +92,19 @@ fn pod_config(name: &str, dir: &Path, parent: &str) -> cri::PodSandboxConfig {
     c
 }
 
-/// Runs a pod with one started container; returns (pod id, container id).
+/// Runs a pod with one started container under `handler` (`urunc` for a unikernel image, as
+/// its RuntimeClass says); returns (pod id, container id).
 async fn pod_with_container(
     crid: &Crid,
     config: cri::PodSandboxConfig,
     ctr: cri::ContainerConfig,
+    handler: &str,
 ) -> Result<(String, String), tonic::Status> {
     let mut rt = crid.cri.runtime.clone();
     let pod = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config.clone()),
-            runtime_handler: String::new(),
+            runtime_handler: handler.into(),
         })
         .await?
         .into_inner()
@@ -211,6 +213,7 @@ async fn pods_at_scale(runc_pods: usize, vm_pods: usize) {
         &crid,
         pod_config("warm", dir, &parent),
         common::container_config(&busybox, "warm", IDLE),
+        "",
     )
     .await
     .unwrap_or_else(|e| panic!("warm-up pod: {e}\n{}", crid.log()));
@@ -223,15 +226,24 @@ async fn pods_at_scale(runc_pods: usize, vm_pods: usize) {
     let mut tasks = Vec::new();
     for i in 0..runc_pods + vm_pods {
         let (crid, sem, dir, parent) = (crid.clone(), sem.clone(), dir.to_owned(), parent.clone());
-        let ctr = if i < runc_pods {
-            common::container_config(&busybox, "sleeper", IDLE)
+        let (ctr, handler) = if i < runc_pods {
+            (common::container_config(&busybox, "sleeper", IDLE), "")
         } else {
             // The guest's own command line ("stay"): it runs until stopped.
-            common::container_config(guest.as_deref().unwrap(), "guest", &[])
+            (
+                common::container_config(guest.as_deref().unwrap(), "guest", &[]),
+                "urunc",
+            )
         };
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.unwrap();
-            pod_with_container(&crid, pod_config(&format!("load-{i}"), &dir, &parent), ctr).await
+            pod_with_container(
+                &crid,
+                pod_config(&format!("load-{i}"), &dir, &parent),
+                ctr,
+                handler,
+            )
+            .await
         }));
     }
     let mut created = Vec::new();
@@ -403,6 +415,7 @@ async fn a_soak_of_create_delete_cycles_keeps_rss_fds_and_store_flat() {
             &crid,
             pod_config(&format!("soak-{i}"), dir, &parent),
             common::container_config(&busybox, "soak", IDLE),
+            "",
         )
         .await
         .unwrap_or_else(|e| panic!("cycle {i}: {e}\n{}", crid.log()));

@@ -109,9 +109,28 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         crid.expect_pull(i).await;
     }
 
+    // The RuntimeClass rule: under the default handler a unikernel image is refused, naming
+    // the handlers that run VMs; nothing is left of the attempt.
+    let plain = crid.run_host_pod("plain").await;
+    let err = crid
+        .create(&plain, common::container_config(&image, "plain", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(
+        err.message().contains("\"urunc\" or \"unikernel\""),
+        "{err}"
+    );
+    let _ = crid
+        .rt()
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: plain.0.clone(),
+        })
+        .await;
+
     // A host-network pod: the guest runs without a network here (vm_linux covers the tap).
     let log_dir = crid.path().join("logs/uk");
-    let pod = crid.run_host_pod("uk").await;
+    let pod = crid.run_host_pod_with("uk", "urunc").await;
     let pod_id = pod.0.clone();
 
     // A hypervisor that is not installed: FAILED_PRECONDITION naming it, at CreateContainer.
@@ -554,7 +573,7 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
         .rt()
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(pod_config.clone()),
-            runtime_handler: String::new(),
+            runtime_handler: "urunc".into(),
         })
         .await
         .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))

@@ -58,6 +58,7 @@ fn spec(kernel: PathBuf, run_dir: PathBuf, args: &[&str], accelerator: Accelerat
         vmm_user: None,
         chroot: None,
         control_socket: None,
+        firmware: None,
     }
 }
 
@@ -186,4 +187,45 @@ fn halted_guest_is_killed_at_the_deadline() {
     assert!(killed);
     assert!(out.contains("crid-test-guest: halting"), "output: {out}");
     assert_eq!(plan.guest_exit_code(status), 137);
+}
+
+#[test]
+fn pc_machine_boots_the_guest_through_qboot() {
+    let Some(accelerator) = kvm_ready() else {
+        return;
+    };
+    let firmware = Path::new(vm::launch::DEFAULT_QEMU_FIRMWARE);
+    if !firmware.is_file() {
+        skip_or_fail("no qboot (qemu-system-data)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    if !build_guest(&kernel) {
+        return;
+    }
+    // A disk makes it a pc machine (PCI virtio), as a NIC would.
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let mut s = spec(kernel, dir.path().join("run"), &["exit=4"], accelerator);
+    s.block = Some(disk);
+    s.firmware = Some(firmware.to_path_buf());
+    let Ok(plan) = vm::plan(&s, &vm::default_binary_dirs()) else {
+        skip_or_fail("no qemu");
+        return;
+    };
+    assert!(plan.args.windows(2).any(|w| w[0] == "-M" && w[1] == "pc"));
+    assert!(
+        plan.args
+            .windows(2)
+            .any(|w| w[0] == "-bios" && w[1] == firmware.to_str().unwrap())
+    );
+    let (out, status, killed) = run(&plan, Duration::from_secs(60));
+    assert!(!killed, "guest did not exit; output: {out}");
+    // qboot prints nothing: the guest's greeting is the first output.
+    assert!(
+        out.starts_with("crid-test-guest: booted"),
+        "output: {out:?}"
+    );
+    assert_eq!(plan.guest_exit_code(status), 4);
 }

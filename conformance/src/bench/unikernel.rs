@@ -1,9 +1,10 @@
 //! Unikernel start-up, measured on crid only (the first runtime): pod + container start until
 //! the first byte in the container's log — the guest's first serial output for a unikernel
-//! image, the first line of `sh -c 'echo ready; sleep 3600'` for busybox under runc, started
-//! the same way (host-network pods) in the same run; one start in a pod network (the guest
-//! then has a NIC and QEMU's pc machine, whose SeaBIOS prints first) — and the RSS of this
-//! runtime's VMM processes once the guest has printed.
+//! image (its pod under the `urunc` handler), the first line of `sh -c 'echo ready; sleep
+//! 3600'` for busybox under runc — in pairs started the same way in the same run: host-network
+//! pods, and pods with their own CNI network (the guest then has a NIC, a tap and QEMU's pc
+//! machine booted by qboot) — and the RSS of this runtime's VMM processes once the guest has
+//! printed.
 //! The label carries the accelerator crid reports: TCG figures say nothing about KVM speed.
 
 use std::time::{Duration, Instant};
@@ -67,6 +68,50 @@ async fn accelerator(target: &Target, container_id: &str) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// The runtime handler (RuntimeClass) crid runs unikernel images under by default.
+const UNIKERNEL_HANDLER: &str = "urunc";
+
+/// One unikernel start and one runc start of the same kind of pod, each until its first log
+/// byte; returns (unikernel, runc) and, when asked, the VMM's RSS once the guest printed.
+async fn pair(
+    target: &Target,
+    unikernel_image: &str,
+    busybox_image: &str,
+    host_network: bool,
+    vmm: Option<&Regex>,
+) -> anyhow::Result<(Duration, Duration, Option<u64>, String)> {
+    let tag = if host_network { "" } else { "pod" };
+    // The guest halts without `exit=`: it stays running while memory is sampled.
+    let t0 = Instant::now();
+    let s = workload::cold_start_with(
+        target,
+        unikernel_image,
+        &[],
+        &format!("uk{tag}"),
+        host_network,
+        UNIKERNEL_HANDLER,
+    )
+    .await?;
+    let seen = first_log_byte(target, &s.container_id).await;
+    let accel = accelerator(target, &s.container_id).await;
+    let rss = vmm.map(|re| memory::measure(re).rss_kib);
+    workload::teardown(target, &s).await?;
+    let uk = seen? - t0;
+
+    let t0 = Instant::now();
+    let s = workload::cold_start_in(
+        target,
+        busybox_image,
+        &["sh", "-c", "echo ready; sleep 3600"],
+        &format!("rc{tag}"),
+        host_network,
+    )
+    .await?;
+    let seen = first_log_byte(target, &s.container_id).await;
+    workload::teardown(target, &s).await?;
+    Ok((uk, seen? - t0, rss, accel))
+}
+
 /// Adds the unikernel rows to `report` (values in the first runtime's column only).
 pub async fn run(
     target: &Target,
@@ -77,8 +122,8 @@ pub async fn run(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     workload::ensure_image(target, unikernel_image).await?;
-    let mut uk = Samples::default();
-    let mut rc = Samples::default();
+    let (mut uk, mut rc) = (Samples::default(), Samples::default());
+    let (mut uk_pod, mut rc_pod) = (Samples::default(), Samples::default());
     let mut accel = String::from("?");
     // This runtime's VMMs only: their command lines name its directories (kernel, sockets).
     let vmm = Regex::new(&format!(
@@ -86,43 +131,27 @@ pub async fn run(
         target.procs.as_str()
     ))?;
     let mut peak_rss_kib = 0u64;
-    // Host-network pods for both: the guest then has no NIC and boots on QEMU's microvm
-    // machine straight into its PVH entry, the unikernel fast path. In a pod network it gets a
-    // virtio-net-pci NIC and the pc machine, which boots through SeaBIOS: one sample of that.
-    for i in 0..iterations {
-        // The guest halts without `exit=`: it stays running while memory is sampled.
-        let t0 = Instant::now();
-        let s = workload::cold_start_in(target, unikernel_image, &[], "uk", true).await?;
-        let seen = first_log_byte(target, &s.container_id).await;
-        if i == 0 {
-            accel = accelerator(target, &s.container_id).await;
-        }
-        peak_rss_kib = peak_rss_kib.max(memory::measure(&vmm).rss_kib);
-        workload::teardown(target, &s).await?;
-        uk.push(seen? - t0);
-
-        let t0 = Instant::now();
-        let s = workload::cold_start_in(
-            target,
-            busybox_image,
-            &["sh", "-c", "echo ready; sleep 3600"],
-            "rc",
-            true,
-        )
-        .await?;
-        let seen = first_log_byte(target, &s.container_id).await;
-        workload::teardown(target, &s).await?;
-        rc.push(seen? - t0);
+    // Host-network pods: the guest has no NIC and boots on QEMU's microvm machine straight into
+    // its PVH entry. Pod-network pods (CNI): the guest gets a virtio-net-pci NIC, a tap and the
+    // pc machine booted by qboot; the runc pod of each pair gets the same kind of network.
+    for _ in 0..iterations {
+        let (u, r, rss, a) = pair(target, unikernel_image, busybox_image, true, Some(&vmm)).await?;
+        accel = a;
+        peak_rss_kib = peak_rss_kib.max(rss.unwrap_or(0));
+        uk.push(u);
+        rc.push(r);
+        let (u, r, _, _) = pair(target, unikernel_image, busybox_image, false, None).await?;
+        uk_pod.push(u);
+        rc_pod.push(r);
     }
-    let t0 = Instant::now();
-    let s = workload::cold_start_in(target, unikernel_image, &[], "ukpod", false).await?;
-    let seen = first_log_byte(target, &s.container_id).await;
-    workload::teardown(target, &s).await?;
-    let in_pod_network = (seen? - t0).as_secs_f64() * 1000.0;
     let col = |v: Option<f64>| {
         let mut values = vec![None; runtimes.max(1)];
         values[0] = v;
         values
+    };
+    let ratio = match (uk_pod.median(), rc_pod.median()) {
+        (Some(u), Some(r)) if r > 0.0 => Some(u / r),
+        _ => None,
     };
     report.add(
         format!(
@@ -132,16 +161,26 @@ pub async fn run(
         col(uk.median()),
     );
     report.add(
-        format!(
-            "unikernel pod start to first serial byte (pod network, pc + SeaBIOS, 1 run, {accel})"
-        ),
-        "ms",
-        col(Some(in_pod_network)),
-    );
-    report.add(
         "runc busybox pod start to first log byte (host network, median, same run)",
         "ms",
         col(rc.median()),
+    );
+    report.add(
+        format!(
+            "unikernel pod start to first serial byte (pod network, pc + qboot, median, {accel})"
+        ),
+        "ms",
+        col(uk_pod.median()),
+    );
+    report.add(
+        "runc busybox pod start to first log byte (pod network, median, same run)",
+        "ms",
+        col(rc_pod.median()),
+    );
+    report.add(
+        "unikernel / runc pod start, pod network (medians)",
+        "x",
+        col(ratio),
     );
     report.add(
         format!("VMM peak RSS ({accel})"),

@@ -121,13 +121,25 @@ pub async fn cold_start_in(
     tag: &str,
     host_network: bool,
 ) -> anyhow::Result<Started> {
+    cold_start_with(target, image, command, tag, host_network, "").await
+}
+
+/// [`cold_start_in`] under a runtime handler (RuntimeClass; `urunc` for unikernel images).
+pub async fn cold_start_with(
+    target: &Target,
+    image: &str,
+    command: &[&str],
+    tag: &str,
+    host_network: bool,
+    handler: &str,
+) -> anyhow::Result<Started> {
     let mut rt = target.cri.runtime.clone();
     let config = pod_config(target, tag, host_network);
     let t0 = Instant::now();
     let pod_id = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config.clone()),
-            runtime_handler: String::new(),
+            runtime_handler: handler.into(),
         })
         .await
         .context("RunPodSandbox")?

@@ -117,7 +117,7 @@ async fn binaries(state: &State) -> serde_json::Value {
         "runc".to_owned(),
         find_in_path(&state.config.runtime.runc_path),
     )];
-    match crate::state::vm_settings(&state.config.vm) {
+    match crate::state::vm_settings(&state.config) {
         Ok(vm) => {
             for (name, _) in &vm.binaries {
                 found.push((name.clone(), vm.binary(name).map_err(|e| e.to_string())));

@@ -582,12 +582,21 @@ impl Crid {
 
     /// Runs a host-network pod ([`host_net_pod`]) logging to `<dir>/logs/<name>`.
     pub async fn run_host_pod(&self, name: &str) -> (String, cri::PodSandboxConfig) {
+        self.run_host_pod_with(name, "").await
+    }
+
+    /// [`Crid::run_host_pod`] under a runtime handler (`urunc` for unikernel images).
+    pub async fn run_host_pod_with(
+        &self,
+        name: &str,
+        handler: &str,
+    ) -> (String, cri::PodSandboxConfig) {
         let config = host_net_pod(name, &self.dir.join("logs").join(name));
         let id = self
             .rt()
             .run_pod_sandbox(cri::RunPodSandboxRequest {
                 config: Some(config.clone()),
-                runtime_handler: String::new(),
+                runtime_handler: handler.into(),
             })
             .await
             .unwrap_or_else(|e| panic!("run pod: {e}\n{}", self.log()))

@@ -42,7 +42,11 @@ pub struct PodContext {
     pub cgroup_parent: String,
     pub sysctls: BTreeMap<String, String>,
     pub privileged: bool,
+    /// The pod's handler is one of `runtime.unikernel_handlers`.
     pub is_unikernel: bool,
+    /// The pod's runtime handler (RuntimeClass), as given to `RunPodSandbox`.
+    #[serde(default)]
+    pub runtime_handler: String,
 }
 
 /// Mount propagation of a CRI mount.

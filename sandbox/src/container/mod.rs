@@ -247,6 +247,7 @@ impl PodContext {
             sysctls: pod.config.sysctls.clone(),
             privileged: pod.config.privileged,
             is_unikernel: pod.kind == crate::pod::PodKind::Unikernel,
+            runtime_handler: pod.config.runtime_handler.clone(),
         }
     }
 }

@@ -74,6 +74,41 @@ pub fn host_report() -> serde_json::Value {
     })
 }
 
+/// The RuntimeClass rule: a unikernel image runs as a VM only in a pod whose handler asked for
+/// VMs (`runtime.unikernel_handlers`) or detects them (`runtime.unikernel_autodetect_handlers`);
+/// elsewhere it is `FailedPrecondition` naming the handler to use, so nothing becomes a VM
+/// unless its pod (or the operator) chose it.
+fn check_handler(
+    pod: &PodContext,
+    info: &UnikernelInfo,
+    settings: &VmSettings,
+) -> Result<(), SandboxError> {
+    if pod.is_unikernel || settings.autodetect_handlers.contains(&pod.runtime_handler) {
+        return Ok(());
+    }
+    let handlers = settings
+        .unikernel_handlers
+        .iter()
+        .map(|h| format!("{h:?}"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    Err(SandboxError::FailedPrecondition {
+        reason: format!(
+            "the image is a {} unikernel for {}, which runs as a VM only in a pod whose \
+             RuntimeClass handler is {}; this pod's handler is {:?} (an operator can list it \
+             in runtime.unikernel_autodetect_handlers)",
+            type_name(info.unikernel_type),
+            crate::vm::hypervisor_name(info.hypervisor),
+            if handlers.is_empty() {
+                "configured in runtime.unikernel_handlers".to_owned()
+            } else {
+                handlers
+            },
+            pod.runtime_handler
+        ),
+    })
+}
+
 impl ContainerManager {
     fn vm_file(&self, id: &str) -> PathBuf {
         self.dir(id).join("vm.json")
@@ -111,6 +146,7 @@ impl ContainerManager {
         stop: String,
         log_path: Option<PathBuf>,
     ) -> Result<ContainerRecord, SandboxError> {
+        check_handler(&pod, &info, &current().0)?;
         if config.tty || config.stdin {
             return Err(SandboxError::InvalidArgument {
                 reason: "unikernel containers have a serial console only: no tty or stdin".into(),
@@ -300,5 +336,54 @@ impl ContainerManager {
             Some(m) => launch::container_exit_code(m, code),
             None => code,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imagestore::{HypervisorKind, UnikernelSource, UnikernelType};
+
+    fn info() -> UnikernelInfo {
+        UnikernelInfo {
+            unikernel_type: UnikernelType::Unikraft,
+            hypervisor: HypervisorKind::Qemu,
+            binary: "/unikernel/kernel".into(),
+            cmdline: String::new(),
+            initrd: None,
+            block: None,
+            block_mount_point: None,
+            version: None,
+            source: UnikernelSource::ManifestAnnotations,
+        }
+    }
+
+    #[test]
+    fn unikernel_images_need_a_vm_handler_unless_detected() {
+        let settings = VmSettings::default();
+        let mut pod = PodContext {
+            runtime_handler: "urunc".into(),
+            is_unikernel: true,
+            ..Default::default()
+        };
+        check_handler(&pod, &info(), &settings).unwrap();
+
+        pod.is_unikernel = false;
+        pod.runtime_handler = String::new();
+        let err = check_handler(&pod, &info(), &settings).unwrap_err();
+        assert_eq!(err.kind(), imagestore::ErrorKind::FailedPrecondition);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"urunc\" or \"unikernel\"") && msg.contains("unikraft"),
+            "{msg}"
+        );
+
+        let detecting = VmSettings {
+            autodetect_handlers: vec![String::new()],
+            ..VmSettings::default()
+        };
+        check_handler(&pod, &info(), &detecting).unwrap();
+        pod.runtime_handler = "runc".into();
+        assert!(check_handler(&pod, &info(), &detecting).is_err());
     }
 }

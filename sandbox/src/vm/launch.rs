@@ -45,6 +45,15 @@ pub struct VmSettings {
     /// Added to the guest's memory for the container cgroup's memory limit (the VMM's own
     /// memory), when the container has a memory limit.
     pub vmm_memory_overhead_mib: u64,
+    /// Firmware for QEMU's `pc` machine (see [`super::qemu`]); `None`, or a file that is not
+    /// there, keeps QEMU's SeaBIOS.
+    pub qemu_firmware: Option<PathBuf>,
+    /// Runtime handlers whose pods run unikernel images as VMs (`runtime.unikernel_handlers`).
+    pub unikernel_handlers: Vec<String>,
+    /// Other handlers whose pods still run a unikernel image as a VM when they meet one
+    /// (`runtime.unikernel_autodetect_handlers`); under any other handler such an image is
+    /// `FailedPrecondition`.
+    pub autodetect_handlers: Vec<String>,
 }
 
 impl VmSettings {
@@ -89,9 +98,15 @@ impl Default for VmSettings {
             vmm_uid_base: DEFAULT_VMM_UID_BASE,
             vmm_uid_count: DEFAULT_VMM_UID_COUNT,
             vmm_memory_overhead_mib: DEFAULT_VMM_MEMORY_OVERHEAD_MIB,
+            qemu_firmware: Some(PathBuf::from(DEFAULT_QEMU_FIRMWARE)),
+            unikernel_handlers: vec!["urunc".into(), "unikernel".into()],
+            autodetect_handlers: vec![],
         }
     }
 }
+
+/// Debian's qboot (package `qemu-system-data`).
+pub const DEFAULT_QEMU_FIRMWARE: &str = "/usr/share/qemu/qboot.rom";
 
 /// First uid of the VMMs' range: far above login users and the usual subordinate-id ranges.
 pub const DEFAULT_VMM_UID_BASE: u32 = 2_000_000_000;
@@ -304,6 +319,17 @@ pub fn prepare(
         }
         _ => (None, None),
     };
+    let firmware = settings
+        .qemu_firmware
+        .clone()
+        .filter(|_| is_qemu)
+        .filter(|fw| {
+            let there = fw.is_file();
+            if !there {
+                tracing::warn!(firmware = %fw.display(), "QEMU firmware missing: SeaBIOS boots the pc machine");
+            }
+            there
+        });
     let control_socket = req.control_socket.clone().filter(|_| is_qemu);
     if let Some(sock) = &control_socket {
         let _ = std::fs::remove_file(sock);
@@ -330,6 +356,7 @@ pub fn prepare(
         vmm_user,
         chroot,
         control_socket,
+        firmware,
     };
     let plan = super::plan_with(&spec, &vmm)
         .and_then(|plan| {

@@ -73,6 +73,9 @@ pub struct VmSpec {
     pub chroot: Option<PathBuf>,
     /// A control socket for shutdown requests (QEMU: QMP, for `system_powerdown`).
     pub control_socket: Option<PathBuf>,
+    /// The x86 firmware for QEMU's `pc` machine (`-bios`, e.g. qboot); `None` keeps QEMU's
+    /// default (SeaBIOS, which scans for option ROMs and waits at the iPXE prompt).
+    pub firmware: Option<PathBuf>,
 }
 
 /// The guest's view of the pod network: it takes over the CNI interface's address and MAC.
@@ -418,6 +421,7 @@ pub(crate) mod testutil {
             vmm_user: None,
             chroot: None,
             control_socket: None,
+            firmware: None,
         }
     }
 
