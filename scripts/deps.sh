@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs what crid and its tests need on Debian 12. Idempotent.
+# Installs what crid and its tests need on Debian 12. Idempotent. (systemd: its
+# systemd-socket-activate starts crid the way crid.socket does in crid/tests/hardening.rs.)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(runc containernetworking-plugins iproute2 iptables qemu-system-x86 qemu-utils
       docker-registry skopeo protobuf-compiler busybox-static gcc make curl jq
-      containerd apparmor)
+      containerd apparmor systemd)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

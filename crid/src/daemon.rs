@@ -63,7 +63,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::metrics::serve(&state.config.metrics.address, state.clone()).await?;
 
     tracing::info!(socket = %socket.display(), "serving CRI v1");
-    crate::notify::notify("READY=1");
+    crate::notify::notify(crate::notify::NotifyState::Ready);
     crate::notify::spawn_watchdog();
     let result = tonic::transport::Server::builder()
         .trace_fn(|req| {
@@ -80,7 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(images)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await;
-    crate::notify::notify("STOPPING=1");
+    crate::notify::notify(crate::notify::NotifyState::Stopping);
     let _ = std::fs::remove_file(&socket);
     state.pods.release_prepared_networks().await;
     result.context("gRPC server failed")?;

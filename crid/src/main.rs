@@ -232,6 +232,10 @@ fn import_images(cli: &Cli, file: &std::path::Path) -> anyhow::Result<()> {
 fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
     let config = cli.load_config()?;
     init_tracing(&config);
+    // Both while this process has its only thread: the environment can still be changed
+    // safely, and no child can be started in between.
+    notify::take_from_environment();
+    sandbox::monitor::close_inherited_on_exec();
     sys::limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

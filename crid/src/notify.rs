@@ -1,62 +1,89 @@
-//! systemd integration without libsystemd: `sd_notify` readiness and watchdog pings over
-//! `$NOTIFY_SOCKET`, and socket activation through `$LISTEN_FDS`.
+//! systemd integration through the `sd-notify` crate: the socket passed by socket activation,
+//! readiness and watchdog notifications.
+//!
+//! Everything systemd hands over through the environment is taken once at start-up, before any
+//! thread exists ([`take_from_environment`]), and the variables are removed then: no child
+//! (monitors, runc, VMMs, CNI plugins) may inherit `LISTEN_*`, `NOTIFY_SOCKET` or
+//! `WATCHDOG_*`. The notification socket is therefore connected at start-up and kept, since
+//! `sd_notify::notify` would look the variable up again on every call.
 
-use std::os::unix::net::UnixDatagram;
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-/// Sends one notification (`READY=1`, `WATCHDOG=1`, ...) if crid runs under systemd.
-/// Errors are logged, never fatal: a missing notify socket just means no systemd.
-pub fn notify(message: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let path = path.to_string_lossy().into_owned();
-    let result = UnixDatagram::unbound().and_then(|sock| {
-        if let Some(abstract_name) = path.strip_prefix('@') {
-            use std::os::linux::net::SocketAddrExt;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)?;
-            sock.send_to_addr(message.as_bytes(), &addr)
-        } else {
-            sock.send_to(message.as_bytes(), &path)
+pub use sd_notify::NotifyState;
+
+/// What systemd handed to this process.
+#[derive(Debug, Default)]
+struct Handover {
+    listener: Mutex<Option<UnixListener>>,
+    notify: Option<UnixDatagram>,
+    watchdog: Option<Duration>,
+}
+
+static HANDOVER: OnceLock<Handover> = OnceLock::new();
+
+/// Takes the activated socket, the notification socket and the watchdog interval out of the
+/// environment and removes their variables. Call once, from `main`, before any thread starts.
+pub fn take_from_environment() {
+    let env = crate::sys::take_systemd_environment();
+    let notify = env.notify_socket.and_then(|path| match connect(&path) {
+        Ok(sock) => Some(sock),
+        Err(e) => {
+            tracing::warn!(socket = ?path, error = %e, "cannot reach systemd's notify socket");
+            None
         }
     });
-    if let Err(e) = result {
-        tracing::warn!(error = %e, socket = %path, "sd_notify failed");
-    }
+    let _ = HANDOVER.set(Handover {
+        listener: Mutex::new(env.listener),
+        notify,
+        watchdog: env.watchdog,
+    });
 }
 
-/// The watchdog interval systemd asked for (`WatchdogSec=`), if any, for this process.
-pub fn watchdog_interval() -> Option<Duration> {
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-        if pid.parse::<u32>().ok() != Some(std::process::id()) {
-            return None;
+/// A datagram socket connected to `NOTIFY_SOCKET`'s address (a path, or `@name` in the
+/// abstract namespace).
+fn connect(path: &std::ffi::OsStr) -> std::io::Result<UnixDatagram> {
+    let sock = UnixDatagram::unbound()?;
+    match path.to_str().and_then(|p| p.strip_prefix('@')) {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.connect_addr(&addr)?;
         }
+        None => sock.connect(path)?,
     }
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    (usec > 0).then(|| Duration::from_micros(usec))
+    Ok(sock)
 }
 
-/// Pings the watchdog at half the requested interval until the runtime shuts down.
+/// Sends one notification if crid runs under systemd. Errors are logged, never fatal.
+pub fn notify(state: NotifyState) {
+    let Some(sock) = HANDOVER.get().and_then(|h| h.notify.as_ref()) else {
+        return;
+    };
+    let message = format!("{state}\n");
+    if let Err(e) = sock.send(message.as_bytes()) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Pings the watchdog at half the interval systemd asked for (`WatchdogSec=`), if any, until
+/// the runtime shuts down.
 pub fn spawn_watchdog() {
-    if let Some(interval) = watchdog_interval() {
+    if let Some(interval) = HANDOVER.get().and_then(|h| h.watchdog) {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval / 2);
             loop {
                 tick.tick().await;
-                notify("WATCHDOG=1");
+                notify(NotifyState::Watchdog);
             }
         });
     }
 }
 
-/// The first socket passed by systemd socket activation (fd 3), if `LISTEN_PID` is us.
-pub fn activated_listener() -> Option<std::os::unix::net::UnixListener> {
-    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
-    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
-    if pid != std::process::id() || fds < 1 {
-        return None;
-    }
-    crate::sys::take_listen_fd()
+/// The listening socket passed by systemd socket activation, once.
+pub fn activated_listener() -> Option<UnixListener> {
+    HANDOVER.get()?.listener.lock().ok()?.take()
 }
 
 #[cfg(test)]
@@ -64,20 +91,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn notify_reaches_the_socket() {
+    fn notifications_reach_the_socket_connected_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let server = UnixDatagram::bind(&path).unwrap();
-        temp_env(&path, || notify("READY=1"));
+        let handover = Handover {
+            notify: Some(connect(path.as_os_str()).unwrap()),
+            ..Default::default()
+        };
+        // The socket stays usable after the file's name is gone from the environment.
+        let _ = HANDOVER.set(handover);
+        notify(NotifyState::Ready);
         let mut buf = [0u8; 64];
         let n = server.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1");
+        assert_eq!(&buf[..n], b"READY=1\n");
     }
 
-    fn temp_env(path: &std::path::Path, f: impl FnOnce()) {
-        // Setting the environment is unsafe in edition 2024, so it lives in `sys`.
-        crate::sys::set_env("NOTIFY_SOCKET", path.as_os_str());
-        f();
-        crate::sys::remove_env("NOTIFY_SOCKET");
+    #[test]
+    fn abstract_addresses_are_understood() {
+        let name = format!("crid-notify-test-{}", std::process::id());
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+        let server = UnixDatagram::bind_addr(&addr).unwrap();
+        let sock = connect(std::ffi::OsStr::new(&format!("@{name}"))).unwrap();
+        sock.send(b"WATCHDOG=1\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = server.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"WATCHDOG=1\n");
     }
 }

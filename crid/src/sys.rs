@@ -1,40 +1,80 @@
 //! The daemon's few direct kernel interactions.
 #![allow(unsafe_code)]
 
-use std::os::fd::FromRawFd;
+use std::ffi::OsString;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::time::Duration;
 
-/// First fd handed over by systemd socket activation.
-const SD_LISTEN_FDS_START: i32 = 3;
+/// What systemd passed through the environment (see [`take_systemd_environment`]).
+pub struct SystemdEnvironment {
+    /// The first socket of socket activation (fd 3), when it is one.
+    pub listener: Option<UnixListener>,
+    pub notify_socket: Option<OsString>,
+    pub watchdog: Option<Duration>,
+}
 
-/// Takes ownership of fd 3 as a listening unix socket. Called at most once, only when
-/// `LISTEN_PID`/`LISTEN_FDS` say systemd passed it to this process.
-pub fn take_listen_fd() -> Option<std::os::unix::net::UnixListener> {
-    // SAFETY: fstat only reads the descriptor's metadata; an invalid fd yields -1.
-    let valid = unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        libc::fstat(SD_LISTEN_FDS_START, &mut st) == 0
-            && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+/// Variables systemd sets for its service that no child of crid may see.
+const SYSTEMD_VARIABLES: &[&str] = &[
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+];
+
+/// Reads systemd's hand-over (socket activation, notify socket, watchdog) and removes its
+/// variables from the environment; the activated descriptors are close-on-exec afterwards.
+/// Only in a process that has a single thread (checked: with more, the environment is read
+/// but left as it is; children get explicit environments anyway).
+pub fn take_systemd_environment() -> SystemdEnvironment {
+    let fds = sd_notify::listen_fds();
+    let mut fds: Vec<OwnedFd> = fds
+        .map(|range| {
+            range
+                // SAFETY: sd_notify yields the descriptors systemd passed to this process
+                // (LISTEN_PID is ours); nothing else in crid owns them, and each is wrapped
+                // exactly once, here.
+                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+                .collect()
+        })
+        .unwrap_or_default();
+    let listener = if fds.is_empty() {
+        None
+    } else {
+        Some(fds.remove(0))
+            .filter(is_socket)
+            .map(UnixListener::from)
     };
-    if !valid {
-        return None;
+    // Further activated descriptors are closed: crid listens on one socket.
+    drop(fds);
+    let notify_socket = std::env::var_os("NOTIFY_SOCKET");
+    let watchdog = sd_notify::watchdog_enabled();
+    if single_threaded() {
+        for name in SYSTEMD_VARIABLES {
+            // SAFETY: this process has one thread (checked just above), so nothing reads or
+            // writes the environment concurrently with the removal.
+            unsafe { std::env::remove_var(name) };
+        }
     }
-    // SAFETY: systemd passed fd 3 to this process for it to own, it is a socket (checked
-    // above) and nothing else in crid takes ownership of it.
-    let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(SD_LISTEN_FDS_START) };
-    Some(listener)
+    SystemdEnvironment {
+        listener,
+        notify_socket,
+        watchdog,
+    }
 }
 
-/// Sets an environment variable; only used by single-threaded start-up code and tests.
-#[cfg(test)]
-pub fn set_env(key: &str, value: &std::ffi::OsStr) {
-    // SAFETY: called from tests that do not read or write this variable concurrently.
-    unsafe { std::env::set_var(key, value) }
+fn single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() == 1)
 }
 
-#[cfg(test)]
-pub fn remove_env(key: &str) {
-    // SAFETY: as for set_env.
-    unsafe { std::env::remove_var(key) }
+fn is_socket(fd: &OwnedFd) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    fd.try_clone()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata())
+        .is_ok_and(|m| m.file_type().is_socket())
 }
 
 /// Hands heap pages freed during start-up (image reference parsing compiles large regexes,

@@ -163,6 +163,12 @@ impl std::ops::Deref for Harness {
 
 impl Harness {
     async fn start() -> Harness {
+        Harness::start_under(|_| Vec::new()).await
+    }
+
+    /// Starts crid executed by the wrapper `wrapper(dir)` returns (see
+    /// [`common::spawn_crid_under`]).
+    async fn start_under(wrapper: impl FnOnce(&Path) -> Vec<String>) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         for sub in ["net.d", "seccomp", "logs"] {
@@ -178,8 +184,9 @@ impl Harness {
         )
         .unwrap();
         let (registry, repo) = registry().await;
+        let wrapper = wrapper(dir.path());
         Harness {
-            crid: common::Crid::start_owned(dir).await,
+            crid: common::Crid::start_owned_under(dir, &wrapper).await,
             _registry: registry,
             repo,
         }
@@ -973,5 +980,240 @@ async fn container_init_holds_only_stdio_and_status_names_the_binaries() {
         let v = binaries["qemu-system-x86_64"]["version"].as_str().unwrap();
         assert!(v.contains("QEMU"), "{v}");
     }
+    h.finish().await;
+}
+
+/// `NAME=value` entries of `/proc/PID/environ` (the environment the process was executed with).
+fn environ(pid: i64) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|e| !e.is_empty())
+                .map(|e| String::from_utf8_lossy(e).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The variables systemd hands to its service, which no child of crid may inherit.
+fn systemd_variables(env: &[String]) -> Vec<&String> {
+    env.iter()
+        .filter(|e| {
+            ["LISTEN_", "NOTIFY_SOCKET=", "WATCHDOG_"]
+                .iter()
+                .any(|p| e.starts_with(p))
+        })
+        .collect()
+}
+
+/// Whether descriptor `fd` of `pid` is close-on-exec (`flags` in fdinfo is octal).
+fn close_on_exec(pid: i64, fd: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        .is_some_and(|f| f & libc::O_CLOEXEC as u32 != 0)
+}
+
+/// Started the way `crid.socket` starts it (`systemd-socket-activate -l SOCKET`, with a notify
+/// socket and a watchdog interval in the environment), crid still notifies readiness and pings
+/// the watchdog, while its monitors, a runc container's init and a unikernel's VMM hold neither
+/// the activated socket nor any other descriptor of crid's, and none of them has `LISTEN_*`,
+/// `NOTIFY_SOCKET` or `WATCHDOG_*` in its environment. The monitor holds only what it needs:
+/// stdio on /dev/null and its log, the container's output pipes, its signalfd and the CRI log.
+#[tokio::test(flavor = "multi_thread")]
+async fn under_socket_activation_children_inherit_no_descriptor_or_variable() {
+    if !can_run() {
+        return;
+    }
+    if which("systemd-socket-activate").is_none() {
+        skip("systemd-socket-activate is not installed (package systemd)");
+        return;
+    }
+    // The unikernel part: the test guest is built with gcc and pushed to the test registry.
+    let guest_registry = match std::env::var("CRID_TEST_REGISTRY") {
+        Ok(r)
+            if ["gcc", "qemu-system-x86_64", "nsenter"]
+                .iter()
+                .all(|b| which(b).is_some()) =>
+        {
+            Some(r)
+        }
+        _ => {
+            skip("the VMM part needs gcc, qemu, nsenter and CRID_TEST_REGISTRY");
+            None
+        }
+    };
+    let notify_dir = tempfile::tempdir().unwrap();
+    let notify_path = notify_dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let h = Harness::start_under(|dir| {
+        vec![
+            "systemd-socket-activate".into(),
+            "-l".into(),
+            dir.join("crid.sock").display().to_string(),
+            "-E".into(),
+            format!("NOTIFY_SOCKET={}", notify_path.display()),
+            "-E".into(),
+            "WATCHDOG_USEC=1000000".into(),
+        ]
+    })
+    .await;
+
+    // READY=1, then watchdog pings, though the variables are gone from crid's environment.
+    let mut seen = String::new();
+    for _ in 0..20 {
+        if seen.contains("READY=1") && seen.contains("WATCHDOG=1") {
+            break;
+        }
+        let mut buf = [0u8; 256];
+        let n = notify
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no notification ({seen:?}): {e}\n{}", h.log()));
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        seen.contains("READY=1") && seen.contains("WATCHDOG=1"),
+        "{seen:?}"
+    );
+
+    // crid serves on the activated socket (fd 3), which children must not inherit.
+    let crid_pid = i64::from(h.pid());
+    let crid_fds = fds(crid_pid);
+    let activated = crid_fds
+        .iter()
+        .find(|(n, _)| *n == 3)
+        .map(|(_, t)| t.clone())
+        .expect("crid holds fd 3");
+    assert!(activated.starts_with("socket:"), "fd 3 is {activated}");
+    assert!(
+        close_on_exec(crid_pid, 3),
+        "the activated socket is inherited by children"
+    );
+    let crid_sockets: Vec<String> = crid_fds
+        .iter()
+        .map(|(_, t)| t.clone())
+        .filter(|t| t.starts_with("socket:"))
+        .collect();
+    let crid_log = h.path().join("crid.log").display().to_string();
+    let images = h.path().join("root/images").display().to_string();
+    // Nothing of crid's: none of its sockets, its log or its image store.
+    let assert_nothing_of_crids = |what: &str, pid: i64| {
+        for (n, target) in fds(pid) {
+            assert!(
+                !crid_sockets.contains(&target)
+                    && target != crid_log
+                    && !target.starts_with(&images),
+                "{what} (pid {pid}) holds crid's {target} as fd {n}: {:?}",
+                fds(pid)
+            );
+        }
+        let env = environ(pid);
+        let leaked = systemd_variables(&env);
+        assert!(
+            leaked.is_empty(),
+            "{what} (pid {pid}) has {leaked:?} in its environment"
+        );
+    };
+    let monitor_of = |id: &str| -> i64 {
+        std::fs::read_to_string(
+            h.path()
+                .join("state/containers")
+                .join(id)
+                .join("monitor.pid"),
+        )
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+    };
+
+    // A runc container.
+    h.pull("ok").await;
+    let pod = h.pod("activated").await;
+    let id = h
+        .run(&pod, h.container("ok", "sleeper", &["sleep", "600"]))
+        .await;
+    let (_, info) = h.status(&id).await;
+    let init = info["pid"].as_i64().expect("pid in verbose info");
+    let init_fds: Vec<u32> = fds(init).iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        init_fds,
+        vec![0, 1, 2],
+        "container init holds {:?}",
+        fds(init)
+    );
+    assert_nothing_of_crids("the container's init", init);
+    let monitor = monitor_of(&id);
+    assert_nothing_of_crids("the monitor", monitor);
+    let state_dir = h.path().join("state").display().to_string();
+    let logs = h.path().join("logs").display().to_string();
+    for (n, target) in fds(monitor) {
+        let needed = target == "/dev/null"
+            || target.starts_with("pipe:")
+            || target == "anon_inode:[signalfd]"
+            || target.starts_with(&state_dir)
+            || target.starts_with(&logs);
+        assert!(
+            needed,
+            "the monitor holds fd {n} = {target}: {:?}",
+            fds(monitor)
+        );
+    }
+    let monitor_env = environ(monitor);
+    assert!(
+        monitor_env.iter().all(|e| e.starts_with("PATH=")),
+        "the monitor's environment is {monitor_env:?}"
+    );
+
+    // A unikernel: the VMM, which a guest escape reaches first, holds nothing of crid's.
+    if let Some(reg) = guest_registry {
+        let image = common::push_freestanding_guest(&reg, h.path(), "activated");
+        h.expect_pull(&image).await;
+        let pod = h.pod("activated-vm").await;
+        let vm = h
+            .run(
+                &pod,
+                cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: "guest".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(common::spec(&image)),
+                    log_path: "guest.log".into(),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let (_, info) = h.status(&vm).await;
+        let vmm = info["pid"].as_i64().expect("pid in verbose info");
+        // The monitor runs the VMM through an exec chain (cgroup join, nsenter): wait for it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_link(format!("/proc/{vmm}/exe"))
+            .is_ok_and(|e| e.to_string_lossy().contains("qemu"))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no VMM at pid {vmm}\n{}",
+                h.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("VMM fds: {:?}\nVMM env: {:?}", fds(vmm), environ(vmm));
+        assert_nothing_of_crids("the VMM", vmm);
+        assert_nothing_of_crids("the VMM's monitor", monitor_of(&vm));
+        for (n, target) in fds(vmm).into_iter().filter(|(n, _)| *n <= 2) {
+            assert!(
+                target == "/dev/null" || target.starts_with("pipe:"),
+                "the VMM's fd {n} is {target}"
+            );
+        }
+        h.stop_remove(&vm).await;
+    }
+    h.stop_remove(&id).await;
     h.finish().await;
 }

@@ -65,7 +65,10 @@ impl RuntimeBackend {
 
     fn runc_command(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.runc);
-        cmd.arg("--root").arg(&self.runc_root);
+        cmd.env_clear()
+            .envs(sandbox::monitor::child_env())
+            .arg("--root")
+            .arg(&self.runc_root);
         if self.systemd_cgroup {
             cmd.arg("--systemd-cgroup");
         }

@@ -351,6 +351,12 @@ pub fn crid_cli(dir: &Path, args: &[&str]) -> String {
 /// socket and connects the CRI client. Kills crid and panics with its log if it does not come
 /// up.
 pub async fn spawn_crid(dir: &Path) -> (Child, Cri) {
+    spawn_crid_under(dir, &[]).await
+}
+
+/// [`spawn_crid`] with crid's command line after `wrapper` (a program and its arguments that
+/// execute crid in the same process, such as `systemd-socket-activate -l SOCKET`).
+pub async fn spawn_crid_under(dir: &Path, wrapper: &[String]) -> (Child, Cri) {
     let socket = dir.join("crid.sock");
     let _ = std::fs::remove_file(&socket);
     let log = std::fs::OpenOptions::new()
@@ -358,7 +364,15 @@ pub async fn spawn_crid(dir: &Path) -> (Child, Cri) {
         .append(true)
         .open(dir.join("crid.log"))
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_crid"))
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(env!("CARGO_BIN_EXE_crid"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_crid")),
+    };
+    let mut child = command
         .args(crid_args(dir))
         .arg("--socket")
         .arg(&socket)
@@ -425,9 +439,18 @@ impl Crid {
     /// Starts crid on `tmp` (which has a config) and owns it: on drop crid is stopped, then
     /// [`release_leftovers`], then the dir is deleted.
     pub async fn start_owned(tmp: tempfile::TempDir) -> Crid {
-        let mut crid = Crid::start(tmp.path()).await;
-        crid.tmp = Some(tmp);
-        crid
+        Crid::start_owned_under(tmp, &[]).await
+    }
+
+    /// [`Crid::start_owned`] with crid executed by `wrapper` ([`spawn_crid_under`]).
+    pub async fn start_owned_under(tmp: tempfile::TempDir, wrapper: &[String]) -> Crid {
+        let (child, cri) = spawn_crid_under(tmp.path(), wrapper).await;
+        Crid {
+            dir: tmp.path().to_owned(),
+            child: Some(child),
+            cri,
+            tmp: Some(tmp),
+        }
     }
 
     /// Stops crid (SIGTERM, bounded wait; nothing if it was killed already) and hands back the

@@ -33,6 +33,8 @@
 pub mod log;
 mod sys;
 
+pub use self::sys::close_inherited_on_exec;
+
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -170,6 +172,20 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     done
 }
 
+/// The search path children get when this process has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The whole environment a child of crid or of a monitor starts with (after `env_clear`):
+/// `PATH`, this process's or the default, and nothing else. No variable of the daemon's, such
+/// as systemd's `NOTIFY_SOCKET` and `LISTEN_*` or an operator's proxy settings, reaches a
+/// monitor, runc or a VMM.
+pub fn child_env() -> [(&'static str, OsString); 1] {
+    [(
+        "PATH",
+        std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+    )]
+}
+
 // ---------------------------------------------------------------------------------------------
 // crid's side
 
@@ -201,6 +217,8 @@ pub fn spawn(
     let mut child = command
         .arg("--spec")
         .arg(spec_path)
+        .env_clear()
+        .envs(child_env())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -312,6 +330,9 @@ impl MonitorHandle {
 
 /// Entry point of `crid monitor`. Returns the process exit code.
 pub fn main(spec_path: &Path, detached: bool) -> i32 {
+    // runc and the VMM get stdio and nothing else of the monitor's (or of crid's, should one
+    // of its descriptors have been left without the flag).
+    close_inherited_on_exec();
     if !detached {
         // The small binary has one thread here and can detach by forking; anything else
         // (crid itself) starts the detached monitor as a new process.
@@ -399,7 +420,7 @@ fn respawn_detached() -> i32 {
         c.args(std::env::args_os().skip(1));
         c
     };
-    cmd.arg("--detached");
+    cmd.arg("--detached").env_clear().envs(child_env());
     match cmd.stdin(Stdio::null()).spawn() {
         Ok(_) => 0,
         Err(e) => {
@@ -671,7 +692,7 @@ impl Monitor {
                     None => None,
                 };
                 let mut cmd = Command::new(runc);
-                cmd.arg("--root").arg(root);
+                cmd.env_clear().envs(child_env()).arg("--root").arg(root);
                 if *systemd_cgroup {
                     cmd.arg("--systemd-cgroup");
                 }
@@ -722,6 +743,8 @@ impl Monitor {
                 };
                 let mut cmd = Command::new(prog);
                 cmd.args(args)
+                    .env_clear()
+                    .envs(child_env())
                     .envs(env.iter().map(|(k, v)| (k, v)))
                     .stdin(stdin_stdio()?)
                     .stdout(Stdio::from(out_w))

@@ -93,3 +93,23 @@ pub fn fork_detached_child() -> std::io::Result<bool> {
         nix::unistd::ForkResult::Parent { .. } => Ok(false),
     }
 }
+
+/// Marks every descriptor above stderr close-on-exec. Whatever started this process may have
+/// left descriptors open without that flag (systemd's activated socket, a shell's redirections);
+/// after this call a child receives only what is set up for it explicitly (its stdio).
+pub fn close_inherited_on_exec() {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    // Collected first: the directory stream itself is a descriptor in the listing.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|fd| *fd > 2)
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        // A descriptor that was closed meanwhile (the listing's own) fails with EBADF: fine.
+        let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    }
+}

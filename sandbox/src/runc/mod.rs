@@ -40,7 +40,10 @@ pub struct ExecOutput {
 impl Runc {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("--root").arg(&self.root);
+        cmd.env_clear()
+            .envs(crate::monitor::child_env())
+            .arg("--root")
+            .arg(&self.root);
         if self.systemd_cgroup {
             cmd.arg("--systemd-cgroup");
         }
