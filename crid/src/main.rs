@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crid::config::{self, Config};
-use crid::{daemon, monitor, ops, pack, sys};
+use crid::{daemon, monitor, notify, ops, pack, sys};
 
 /// crid: a CRI v1 node runtime that runs containers through runc and unikernel images as VMs.
 #[derive(Debug, Parser)]

@@ -1174,7 +1174,7 @@ async fn under_socket_activation_children_inherit_no_descriptor_or_variable() {
     if let Some(reg) = guest_registry {
         let image = common::push_freestanding_guest(&reg, h.path(), "activated");
         h.expect_pull(&image).await;
-        let pod = h.pod("activated-vm").await;
+        let pod = h.run_host_pod_with("activated-vm", "urunc").await;
         let vm = h
             .run(
                 &pod,
