@@ -1,0 +1,84 @@
+//! crid-vmm: the microVM monitor crid runs unikernel containers with (hypervisor `crid`).
+//!
+//! Built from the rust-vmm crates: `kvm-ioctls` for the VM, `vm-memory` for guest RAM,
+//! `linux-loader` for PVH ELF, vmlinux and bzImage kernels, `vm-superio` for the serial port and
+//! the i8042 controller, `seccompiler` for the thread filters. One process per guest: it boots
+//! the kernel, copies the guest's serial output to stdout (crid's monitor turns it into the CRI
+//! log) and exits with the guest's status — the byte written to the debug-exit port, 0 on a
+//! reset — or 1 with a message on stderr when the VMM itself fails.
+//!
+//! Modules: [`memory`] (address space), [`boot`] (loaders and boot structures), [`cpu`]
+//! (vCPU registers), [`devices`] (port-I/O bus), [`vm`] (set-up and run loop), [`seccomp`],
+//! and `sys`, the only module with `unsafe`.
+
+pub mod boot;
+pub mod cpu;
+pub mod devices;
+pub mod memory;
+pub mod seccomp;
+mod sys;
+pub mod vm;
+
+use std::path::PathBuf;
+
+pub use devices::GuestExit;
+
+/// What to boot and how to confine the VMM.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub memory_mib: u64,
+    pub vcpus: u8,
+    /// Drop to this uid/gid once `/dev/kvm` and the files are open.
+    pub user: Option<(u32, u32)>,
+    /// Chroot here (an empty directory) before dropping privileges.
+    pub chroot: Option<PathBuf>,
+    /// Install the seccomp filter on every thread (on unless debugging).
+    pub seccomp: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("{op}: {source}")]
+    Kvm {
+        op: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("guest memory: {0}")]
+    Memory(String),
+    #[error("boot: {0}")]
+    Boot(String),
+    #[error("seccomp: {0}")]
+    Seccomp(String),
+    #[error("guest: {0}")]
+    Guest(String),
+}
+
+impl VmmError {
+    pub(crate) fn kvm(op: &'static str, source: kvm_ioctls::Error) -> Self {
+        VmmError::Kvm { op, source }
+    }
+
+    pub(crate) fn io(what: &'static str, source: std::io::Error) -> Self {
+        VmmError::Io { what, source }
+    }
+}
+
+/// The process exit status for how the guest ended.
+pub fn exit_status(exit: GuestExit) -> i32 {
+    match exit {
+        GuestExit::Code(n) => i32::from(n),
+        GuestExit::Reset | GuestExit::Shutdown => 0,
+    }
+}

@@ -1,0 +1,71 @@
+//! `crid-vmm`: boots one guest; see the library documentation for what it does.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use crid_vmm::{Config, exit_status, vm};
+
+/// Exit status when the VMM itself fails (the message is on stderr).
+const VMM_FAILURE: u8 = 1;
+
+#[derive(Parser, Debug)]
+#[command(name = "crid-vmm", version, about = "crid's microVM monitor")]
+struct Args {
+    /// Guest kernel: an ELF with a PVH note, an ELF vmlinux or a bzImage.
+    #[arg(long)]
+    kernel: PathBuf,
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    memory: u64,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
+    vcpus: u8,
+    /// Run as UID:GID once /dev/kvm and the guest's files are open.
+    #[arg(long, value_parser = parse_user)]
+    user: Option<(u32, u32)>,
+    /// Chroot into this (empty) directory before dropping privileges.
+    #[arg(long)]
+    chroot: Option<PathBuf>,
+    /// Skip the seccomp filter (debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
+}
+
+fn parse_user(s: &str) -> Result<(u32, u32), String> {
+    let (u, g) = s.split_once(':').ok_or("expected UID:GID")?;
+    let uid: u32 = u.parse().map_err(|_| format!("bad uid {u:?}"))?;
+    let gid: u32 = g.parse().map_err(|_| format!("bad gid {g:?}"))?;
+    if uid == 0 || gid == 0 {
+        return Err("the VMM user must not be root".into());
+    }
+    Ok((uid, gid))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = Config {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        memory_mib: args.memory,
+        vcpus: args.vcpus,
+        user: args.user,
+        chroot: args.chroot,
+        seccomp: !args.no_seccomp,
+    };
+    match vm::run(&config) {
+        Ok(exit) => {
+            // Other vCPU threads may still be in KVM_RUN; the process exit ends them.
+            std::process::exit(exit_status(exit));
+        }
+        Err(e) => {
+            eprintln!("crid-vmm: {e}");
+            ExitCode::from(VMM_FAILURE)
+        }
+    }
+}

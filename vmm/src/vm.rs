@@ -1,0 +1,188 @@
+//! Building the VM and running it: KVM, guest memory, the boot image, the devices and one
+//! thread per vCPU. Set-up happens with the privileges the VMM started with; then the process
+//! confines itself (chroot, uid/gid, no_new_privs) and every thread installs the seccomp filter
+//! before its first instruction of guest code runs.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{self, BootFiles};
+use crate::devices::{GuestExit, IrqLine, PioBus, Serial, i8042, serial};
+use crate::{Config, VmmError, cpu, memory, seccomp, sys};
+
+/// Where KVM puts the three pages of its real-mode TSS on Intel (below the 4 GiB BIOS area,
+/// inside the MMIO hole, so never guest RAM).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Boots the guest described by `config` and returns how it ended.
+pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
+    let kvm = Kvm::new().map_err(|e| VmmError::kvm("opening /dev/kvm", e))?;
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| VmmError::kvm("KVM_CREATE_VM", e))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(|e| VmmError::kvm("KVM_SET_TSS_ADDR", e))?;
+    let irqchip = create_irqchip(&vm);
+
+    let mem = memory::create(config.memory_mib)?;
+    sys::register_memory(&vm, &mem).map_err(|e| VmmError::io("registering guest memory", e))?;
+
+    let mut kernel =
+        File::open(&config.kernel).map_err(|e| VmmError::io("opening the kernel", e))?;
+    let mut initrd = match &config.initrd {
+        Some(p) => Some(File::open(p).map_err(|e| VmmError::io("opening the initrd", e))?),
+        None => None,
+    };
+    let cmdline = boot::cmdline(&config.cmdline)?;
+    let entry = boot::load(
+        &mem,
+        BootFiles {
+            kernel: &mut kernel,
+            initrd: initrd.as_mut(),
+            cmdline: &cmdline,
+        },
+    )?;
+    drop(kernel);
+    drop(initrd);
+
+    let serial_irq = if irqchip {
+        let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::io("eventfd", e))?;
+        vm.register_irqfd(&fd, serial::IRQ)
+            .map_err(|e| VmmError::kvm("KVM_IRQFD", e))?;
+        IrqLine(Some(fd))
+    } else {
+        IrqLine(None)
+    };
+    let stdout = File::from(
+        std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| VmmError::io("duplicating stdout", e))?,
+    );
+    let bus = Arc::new(Mutex::new(PioBus {
+        serial: Serial::new(stdout, serial_irq),
+        i8042: i8042::I8042::new(),
+    }));
+
+    let mut vcpus = Vec::new();
+    for index in 0..config.vcpus {
+        let vcpu = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|e| VmmError::kvm("KVM_CREATE_VCPU", e))?;
+        vcpu.set_cpuid2(&cpu::cpuid(&kvm, u32::from(index))?)
+            .map_err(|e| VmmError::kvm("KVM_SET_CPUID2", e))?;
+        if index == 0 {
+            cpu::setup_boot_vcpu(&vcpu, &mem, entry)?;
+        }
+        vcpus.push(vcpu);
+    }
+    drop(kvm);
+    // Without an irqchip nothing could ever wake a secondary vCPU: run the boot vCPU alone.
+    if !irqchip {
+        vcpus.truncate(1);
+    }
+
+    sys::confine(config.chroot.as_deref(), config.user)
+        .map_err(|e| VmmError::io("dropping privileges", e))?;
+    let program = if config.seccomp {
+        Some(seccomp::filter()?)
+    } else {
+        None
+    };
+
+    let (tx, rx) = mpsc::channel();
+    for (index, vcpu) in vcpus.into_iter().enumerate() {
+        let tx = tx.clone();
+        let bus = Arc::clone(&bus);
+        let program = program.clone();
+        std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || {
+                let result = match &program {
+                    Some(p) => seccomp::apply(p),
+                    None => Ok(()),
+                }
+                .and_then(|()| run_vcpu(vcpu, &bus, irqchip));
+                let _ = tx.send(result);
+            })
+            .map_err(|e| VmmError::io("spawning a vCPU thread", e))?;
+    }
+    drop(tx);
+    if let Some(p) = &program {
+        seccomp::apply(p)?;
+    }
+    // Guest memory and the VM stay alive here until the process exits.
+    let result = rx
+        .recv()
+        .map_err(|_| VmmError::Config("every vCPU thread ended without a result".into()))?;
+    drop((mem, vm));
+    result
+}
+
+/// The in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and the PIT, which Linux needs.
+/// A freestanding guest runs without them, so a KVM that refuses them is not fatal.
+fn create_irqchip(vm: &VmFd) -> bool {
+    if vm.create_irq_chip().is_err() {
+        return false;
+    }
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).is_ok()
+}
+
+/// Runs one vCPU until the guest ends or KVM fails.
+fn run_vcpu(
+    mut vcpu: VcpuFd,
+    bus: &Mutex<PioBus<File>>,
+    irqchip: bool,
+) -> Result<GuestExit, VmmError> {
+    loop {
+        match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                if let Some(exit) = lock(bus).write(port, data) {
+                    return Ok(exit);
+                }
+            }
+            Ok(VcpuExit::IoIn(port, data)) => lock(bus).read(port, data),
+            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
+            Ok(VcpuExit::MmioWrite(..)) => {}
+            Ok(VcpuExit::Hlt) if !irqchip => {
+                // Without an irqchip no interrupt can ever arrive: the guest has stopped for
+                // good and stays so until crid stops the container.
+                loop {
+                    std::thread::park();
+                }
+            }
+            Ok(VcpuExit::Hlt) => {}
+            Ok(VcpuExit::Shutdown) => return Ok(GuestExit::Shutdown),
+            Ok(VcpuExit::SystemEvent(..)) => return Ok(GuestExit::Reset),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                return Err(VmmError::Guest(format!(
+                    "vCPU {cpu} failed to enter the guest (reason {reason:#x})"
+                )));
+            }
+            Ok(VcpuExit::InternalError) => {
+                return Err(VmmError::Guest("KVM internal error".into()));
+            }
+            Ok(other) => {
+                return Err(VmmError::Guest(format!("unexpected vCPU exit {other:?}")));
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => return Err(VmmError::kvm("KVM_RUN", e)),
+        }
+    }
+}
+
+/// The bus lock; a vCPU thread that panicked holding it leaves consistent device state
+/// (every device update is a single register write), so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,159 @@
+//! Boots the freestanding test guest (sandbox/tests/guests/freestanding) on the crid-vmm
+//! binary under KVM: what it prints, the exit code it chooses, and the confinement the VMM
+//! runs under (unprivileged uid/gid, empty chroot, seccomp, only its own descriptors).
+//!
+//! Needs gcc and a usable /dev/kvm; in CI (CI=true) their absence fails.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const VMM: &str = env!("CARGO_BIN_EXE_crid-vmm");
+
+fn skip(reason: &str) -> bool {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{reason}");
+    }
+    eprintln!("skipped: {reason}");
+    true
+}
+
+/// Builds the guest into a fresh temp dir; `None` when the host cannot run the test.
+fn guest() -> Option<(tempfile::TempDir, PathBuf)> {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        skip("/dev/kvm is not usable");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox/tests/guests/freestanding/build.sh");
+    match Command::new("sh").arg(&script).arg(&kernel).status() {
+        Ok(s) if s.success() => Some((dir, kernel)),
+        other => {
+            skip(&format!("cannot build the test guest: {other:?}"));
+            None
+        }
+    }
+}
+
+fn vmm(kernel: &Path, cmdline: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(VMM);
+    c.arg("--kernel")
+        .arg(kernel)
+        .args(["--cmdline", cmdline, "--memory", "32"])
+        .args(extra);
+    c
+}
+
+#[test]
+fn guest_output_and_exit_code_as_nobody_in_an_empty_chroot() {
+    let Some((dir, kernel)) = guest() else { return };
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let out = vmm(
+        &kernel,
+        "exit=3 hello",
+        &["--user", "65534:65534", "--chroot", root.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("crid-test-guest: booted"), "{stdout}");
+    assert!(stdout.contains("cmdline: exit=3 hello"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let zero = vmm(&kernel, "exit=0", &[]).output().unwrap();
+    assert_eq!(zero.status.code(), Some(0));
+}
+
+#[test]
+fn halted_guest_runs_confined_until_killed() {
+    let Some((_dir, kernel)) = guest() else {
+        return;
+    };
+    let mut child = vmm(&kernel, "stay", &["--user", "65534:65534"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("halting") && Instant::now() < deadline {
+        let n = stdout.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        String::from_utf8_lossy(&seen).contains("crid-test-guest: halting"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+            .unwrap()
+    };
+    assert_eq!(field("Uid:"), "65534");
+    assert_eq!(field("Gid:"), "65534");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2", "filter mode on the main thread");
+    for task in std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap() {
+        let s = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        assert!(
+            s.contains("Seccomp:\t2"),
+            "a thread without the filter:\n{s}"
+        );
+    }
+    // Its own descriptors only: stdio, /dev/kvm's VM and vCPU, the serial irqfd.
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .unwrap()
+        .map(|e| {
+            std::fs::read_link(e.unwrap().path())
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        fds.iter().all(|f| f.starts_with("anon_inode:")
+            || f.starts_with("pipe:")
+            || f.starts_with("/dev/")),
+        "{fds:?}"
+    );
+    eprintln!(
+        "crid-vmm RSS with a halted 32 MiB guest: {} kB",
+        field("VmRSS:")
+    );
+    child.kill().unwrap();
+    let st = child.wait().unwrap();
+    assert!(!st.success());
+}
+
+#[test]
+fn unbootable_kernel_fails_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("bad");
+    std::fs::write(&kernel, b"not a kernel").unwrap();
+    let out = vmm(&kernel, "", &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("crid-vmm: "), "{err}");
+}
