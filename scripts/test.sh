@@ -42,9 +42,6 @@ TOML
 cat >"$WORK/crid/config.toml" <<TOML
 [registry]
 config_path = "$WORK/crid/certs.d"
-[images]
-# Pods with a pod-wide PID namespace need the pause image; the default is not reachable here.
-pause_image = "$CRID_TEST_REGISTRY/pause:3.10"
 [cni]
 conf_dir = "$WORK/crid/net.d"
 [runtime]

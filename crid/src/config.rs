@@ -54,7 +54,7 @@ pub struct RegistryConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ImagesConfig {
-    /// Image that holds a pod-wide PID namespace; always pinned.
+    /// kubelet's sandbox (pause) image, always pinned; crid itself runs no pause container.
     pub pause_image: String,
     /// Further images that `RemoveImage` and garbage collection never delete.
     pub pinned_images: Vec<String>,

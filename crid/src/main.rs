@@ -39,8 +39,11 @@ enum Command {
     #[command(hide = true)]
     Monitor {
         /// The monitor spec JSON written by crid.
-        #[arg(long)]
-        spec: PathBuf,
+        #[arg(long, required_unless_present = "pid_namespace")]
+        spec: Option<PathBuf>,
+        /// Start a pod's PID namespace holder instead, chrooted into this empty directory.
+        #[arg(long, conflicts_with = "spec")]
+        pid_namespace: Option<PathBuf>,
         /// Set by the monitor when it re-executes itself detached.
         #[arg(long)]
         detached: bool,
@@ -154,7 +157,11 @@ fn init_tracing(config: &Config) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
-        Some(Command::Monitor { spec, detached }) => monitor::run(spec, *detached),
+        Some(Command::Monitor {
+            spec,
+            pid_namespace,
+            detached,
+        }) => monitor::run(spec.as_deref(), pid_namespace.as_deref(), *detached),
         Some(Command::Config {
             command: ConfigCommand::Default,
         }) => {

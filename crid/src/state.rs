@@ -62,6 +62,9 @@ pub struct State {
     pub containers: Arc<sandbox::container::ContainerManager>,
     /// Images: pull, content store, layers, leases.
     pub images: imagestore::ImageStore,
+    /// The three above as one runtime: what spans pods, containers and images (cascades,
+    /// leases, PID namespace holders) goes through it.
+    pub runtime: Arc<sandbox::Runtime>,
     /// The exec/attach/port-forward server, started by [`run`].
     pub streaming: OnceLock<Arc<crate::streaming::Server>>,
 }
@@ -76,10 +79,24 @@ impl State {
         let pods = Arc::new(pod_manager(&config, cgroup_driver)?);
         let containers = container_manager(&config, cgroup_driver)?;
         let images = open_store(&config).context("cannot open the image store")?;
+        let runtime = Arc::new(
+            sandbox::Runtime::new(
+                pods.clone(),
+                containers.clone(),
+                images.clone(),
+                sandbox::RuntimeSettings {
+                    state: config.state.clone(),
+                    monitor_exe: std::env::current_exe()
+                        .context("cannot find the crid executable")?,
+                },
+            )
+            .context("cannot set up the runtime")?,
+        );
         Ok(State {
             pods,
             containers,
             images,
+            runtime,
             cgroup_driver,
             started_at_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -927,7 +927,7 @@ async fn bad_requests_are_invalid_arguments_and_leave_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn pod_wide_pid_namespace_through_the_pause_holder() {
+async fn pod_wide_pid_namespace_through_the_holder() {
     let Some(image) = image() else { return };
     let crid = start(tempfile::tempdir().unwrap()).await;
     crid.expect_pull(&image).await;
@@ -971,6 +971,9 @@ async fn pod_wide_pid_namespace_through_the_pause_holder() {
         .unwrap()
         .into_inner()
         .pod_sandbox_id;
+    // The holder runs from RunPodSandbox on, before any container: no runc, no image.
+    let holder_root = crid.path().join("state/pidns-root");
+    assert_eq!(processes_mentioning(&holder_root).len(), 1);
     let mut a = container(&image, "sleeper", &["sleep", "1000"]);
     pod_ns(&mut security(&mut a).namespace_options);
     let a = crid.create_start(&pod, a).await;
@@ -983,7 +986,11 @@ async fn pod_wide_pid_namespace_through_the_pause_holder() {
         .into_iter()
         .map(|r| r.2.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect();
-    assert!(out.contains(&"1 sleep 2147483647".to_string()), "{out:?}");
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("1 ") && l.contains("--pid-namespace")),
+        "{out:?}"
+    );
     assert!(out.iter().any(|l| l.ends_with("sleep 1000")), "{out:?}");
     // The holder is not listed.
     let listed = crid
@@ -1003,6 +1010,12 @@ async fn pod_wide_pid_namespace_through_the_pause_holder() {
         .unwrap();
     let (s, _) = crid.container_status(&a).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    // SIGKILLed and reaped by init, which may take a moment.
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        processes_mentioning(&holder_root).is_empty()
+    });
+    assert!(gone, "the PID namespace holder outlived StopPodSandbox");
     crid.rt()
         .remove_pod_sandbox(cri::RemovePodSandboxRequest {
             pod_sandbox_id: pod.0.clone(),
@@ -1014,6 +1027,21 @@ async fn pod_wide_pid_namespace_through_the_pause_holder() {
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
     crid.finish().await;
+}
+
+/// Pids of the processes whose command line mentions `path`.
+fn processes_mentioning(path: &Path) -> Vec<u32> {
+    let needle = path.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .collect()
 }
 
 /// Attaches to `id` with stdin (and a terminal when `tty`) and returns the session.

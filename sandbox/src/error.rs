@@ -41,6 +41,9 @@ pub enum SandboxError {
     /// The operation does not fit the object's current state.
     #[error("{reason}")]
     FailedPrecondition { reason: String },
+    /// The image store failed (an image that is not there, a lease not recorded).
+    #[error(transparent)]
+    Image(#[from] imagestore::ImageError),
     /// Pod networking or namespaces failed; the source names the plugin and its message.
     #[error("pod network")]
     Network(#[source] cni::CniError),
@@ -87,6 +90,7 @@ impl SandboxError {
             SandboxError::NotFound { .. } => ErrorKind::NotFound,
             SandboxError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             SandboxError::FailedPrecondition { .. } => ErrorKind::FailedPrecondition,
+            SandboxError::Image(e) => e.kind(),
             SandboxError::Network(e) | SandboxError::Namespaces(e) => e.kind(),
             SandboxError::Runtime { .. } => ErrorKind::Internal,
             SandboxError::Timeout { .. } => ErrorKind::DeadlineExceeded,

@@ -8,7 +8,9 @@ mod id;
 pub mod monitor;
 pub mod pod;
 pub mod runc;
+pub mod runtime;
 pub mod sys;
 pub mod vm;
 
 pub use error::SandboxError;
+pub use runtime::{PidNamespace, Runtime, RuntimeSettings};

@@ -3,15 +3,14 @@
 //! and converts the answer back.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use proto::cri;
+use sandbox::PidNamespace;
 use sandbox::container::{
-    ContainerConfig, ContainerFilter, ContainerRecord, ContainerState, ContainerStats, ImageInfo,
-    NsSource, PodContext, Propagation, Resources, SeccompProfile, SecurityContext,
+    ContainerFilter, ContainerRecord, ContainerState, ContainerStats, Propagation, Resources,
 };
-use sandbox::pod::{NsMode, PodRecord};
+use sandbox::pod::PodRecord;
 use tonic::Status;
 
 pub use crate::cri::convert::{container_config, resources};
@@ -48,137 +47,19 @@ fn resources_to_cri(r: &Resources) -> cri::LinuxContainerResources {
     }
 }
 
-/// Serialises the start of pod PID namespace holders.
-static PID_HOLDERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The pod-wide PID namespace: that of the pod's holder, a container of the pause image
-/// (`images.pause_image`) started on first need and recorded in the pod record.
-async fn pod_pid_holder(state: &State, pod: &PodRecord) -> Result<NsSource, Status> {
-    let _guard = PID_HOLDERS.lock().await;
-    let pod = state.pods.get(&pod.id).map_err(Failure::from)?;
-    if let Some(h) = &pod.pid_holder {
-        if let Ok(r) = state.containers.get(&h.container_id) {
-            if r.state == ContainerState::Running && r.pid > 0 {
-                return Ok(NsSource::Join(PathBuf::from(format!(
-                    "/proc/{}/ns/pid",
-                    r.pid
-                ))));
-            }
-        }
-        return Err(Status::failed_precondition(format!(
-            "the PID namespace holder of pod {} is not running",
-            pod.id
-        )));
-    }
-    let reference = state.config.images.pause_image.clone();
-    let image = match image_info(state, &reference) {
-        Ok(i) => i,
-        Err(_) => {
-            state
-                .images
-                .pull(&reference, None)
-                .await
-                .map_err(Failure::from)?;
-            image_info(state, &reference)?
-        }
+/// The PID namespace a container asks for, in domain terms (`None`: the pod's).
+fn pid_namespace(options: Option<&cri::NamespaceOption>) -> Result<Option<PidNamespace>, Status> {
+    let Some(o) = options else {
+        return Ok(None);
     };
-    let config = ContainerConfig {
-        name: "POD".into(),
-        image: reference,
-        pod_infra: true,
-        security: SecurityContext {
-            pid: Some(NsSource::New),
-            no_new_privs: true,
-            drop_capabilities: vec!["ALL".into()],
-            seccomp: SeccompProfile::RuntimeDefault,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let cx = PodContext::from_pod(&pod, NsSource::New);
-    let id = state
-        .containers
-        .create(config, cx, image.clone())
-        .await
-        .map_err(Failure::from)?;
-    if let Err(e) = state.containers.start(&id).await {
-        let _ = state.containers.remove(&id).await;
-        return Err(Failure::from(e).into());
-    }
-    let _ = state.images.add_lease(&id, &image.id);
-    let record = state.containers.get(&id).map_err(Failure::from)?;
-    state
-        .pods
-        .set_pid_holder(
-            &pod.id,
-            Some(sandbox::pod::PidHolder {
-                container_id: id.clone(),
-                pid: u32::try_from(record.pid).unwrap_or(0),
-            }),
-        )
-        .map_err(Failure::from)?;
-    tracing::info!(pod_sandbox_id = %pod.id, container_id = %id, pid = record.pid, "pod PID namespace holder started");
-    Ok(NsSource::Join(PathBuf::from(format!(
-        "/proc/{}/ns/pid",
-        record.pid
-    ))))
-}
-
-/// The PID namespace a container asked for, as a path to join (or new/host).
-async fn pid_namespace(
-    state: &State,
-    pod: &PodRecord,
-    options: Option<&cri::NamespaceOption>,
-) -> Result<NsSource, Status> {
-    let (mode, target) = match options {
-        Some(o) => (
-            cri::NamespaceMode::try_from(o.pid)
-                .map_err(|_| Status::invalid_argument(format!("unknown PID mode {}", o.pid)))?,
-            o.target_id.as_str(),
-        ),
-        None => (
-            match pod.pid_mode {
-                NsMode::Node => cri::NamespaceMode::Node,
-                NsMode::Pod => cri::NamespaceMode::Pod,
-                _ => cri::NamespaceMode::Container,
-            },
-            "",
-        ),
-    };
-    Ok(match mode {
-        cri::NamespaceMode::Node => NsSource::Host,
-        cri::NamespaceMode::Container => NsSource::New,
-        cri::NamespaceMode::Pod => return pod_pid_holder(state, pod).await,
-        cri::NamespaceMode::Target => {
-            let target = state.containers.get(target).map_err(Failure::from)?;
-            if target.state != ContainerState::Running || target.pid <= 0 {
-                return Err(Status::failed_precondition(format!(
-                    "PID namespace target {} is not running",
-                    target.id
-                )));
-            }
-            NsSource::Join(PathBuf::from(format!("/proc/{}/ns/pid", target.pid)))
-        }
-    })
-}
-
-/// Resolves the image through the image store.
-fn image_info(state: &State, reference: &str) -> Result<ImageInfo, Status> {
-    let image = state.images.resolve(reference).map_err(Failure::from)?;
-    let layer_dirs = state.images.layer_dirs(&image).map_err(Failure::from)?;
-    let image_ref = image
-        .repo_digests
-        .first()
-        .cloned()
-        .unwrap_or_else(|| image.id.clone());
-    Ok(ImageInfo {
-        id: image.id.clone(),
-        reference: reference.to_owned(),
-        image_ref,
-        config_json: image.config_json.clone(),
-        layer_dirs,
-        unikernel: image.unikernel.clone(),
-    })
+    let mode = cri::NamespaceMode::try_from(o.pid)
+        .map_err(|_| Status::invalid_argument(format!("unknown PID mode {}", o.pid)))?;
+    Ok(Some(match mode {
+        cri::NamespaceMode::Node => PidNamespace::Node,
+        cri::NamespaceMode::Container => PidNamespace::Container,
+        cri::NamespaceMode::Pod => PidNamespace::Pod,
+        cri::NamespaceMode::Target => PidNamespace::Target(o.target_id.clone()),
+    }))
 }
 
 pub async fn create_container(
@@ -193,24 +74,14 @@ pub async fn create_container(
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.clone());
-    let mut config = container_config(c)?;
-    let pod = state
-        .pods
-        .get_ready(&r.pod_sandbox_id)
-        .map_err(Failure::from)?;
-    let pid = pid_namespace(state, &pod, ns_options.as_ref()).await?;
-    config.security.pid = Some(pid.clone());
-    let pod_cx = PodContext::from_pod(&pod, pid);
-    let image = image_info(state, &config.image)?;
+    let config = container_config(c)?;
+    let pid = pid_namespace(ns_options.as_ref())?;
     let id = state
-        .containers
-        .create(config, pod_cx, image.clone())
+        .runtime
+        .create_container(&r.pod_sandbox_id, config, pid)
         .await
         .map_err(Failure::from)?;
     tracing::Span::current().record("container_id", id.as_str());
-    if let Err(e) = state.images.add_lease(&id, &image.id) {
-        tracing::warn!(container_id = %id, error = %e, "cannot lease the image");
-    }
     Ok(cri::CreateContainerResponse { container_id: id })
 }
 
@@ -242,12 +113,11 @@ pub async fn stop_container(
     r: cri::StopContainerRequest,
 ) -> Result<cri::StopContainerResponse, Status> {
     let timeout = Duration::from_secs(u64::try_from(r.timeout).unwrap_or(0));
-    match state.containers.stop(&r.container_id, timeout).await {
-        Ok(()) => {}
-        // Stopping something that is gone is fine.
-        Err(e) if e.kind() == imagestore::ErrorKind::NotFound => {}
-        Err(e) => return Err(Failure::from(e).into()),
-    }
+    state
+        .runtime
+        .stop_container(&r.container_id, timeout)
+        .await
+        .map_err(Failure::from)?;
     Ok(cri::StopContainerResponse {})
 }
 
@@ -256,13 +126,10 @@ pub async fn remove_container(
     r: cri::RemoveContainerRequest,
 ) -> Result<cri::RemoveContainerResponse, Status> {
     state
-        .containers
-        .remove(&r.container_id)
+        .runtime
+        .remove_container(&r.container_id)
         .await
         .map_err(Failure::from)?;
-    if let Err(e) = state.images.remove_lease(&r.container_id) {
-        tracing::warn!(container_id = %r.container_id, error = %e, "cannot release the image lease");
-    }
     Ok(cri::RemoveContainerResponse {})
 }
 
@@ -615,47 +482,6 @@ pub async fn pod_stats(state: &State, pod: &PodRecord) -> cri::PodSandboxStats {
         }),
         windows: None,
     }
-}
-
-/// A pod's containers, the PID namespace holder last (its exit kills the namespace).
-fn pod_containers(state: &State, pod_id: &str) -> Vec<ContainerRecord> {
-    let filter = ContainerFilter {
-        pod_id: pod_id.to_owned(),
-        ..Default::default()
-    };
-    let mut list = state.containers.list(&filter);
-    list.sort_by_key(|r| r.config.pod_infra);
-    list
-}
-
-/// Stops every container of a pod (before `StopPodSandbox` tears the network down).
-pub async fn stop_pod_containers(state: &State, pod_id: &str) -> Result<(), Status> {
-    for record in pod_containers(state, pod_id) {
-        state
-            .containers
-            .stop(&record.id, Duration::ZERO)
-            .await
-            .map_err(Failure::from)?;
-    }
-    Ok(())
-}
-
-/// Removes every container of a pod (before `RemovePodSandbox`).
-pub async fn remove_pod_containers(state: &State, pod_id: &str) -> Result<(), Status> {
-    for record in pod_containers(state, pod_id) {
-        state
-            .containers
-            .remove(&record.id)
-            .await
-            .map_err(Failure::from)?;
-        if let Err(e) = state.images.remove_lease(&record.id) {
-            tracing::warn!(container_id = %record.id, error = %e, "cannot release the image lease");
-        }
-        if record.config.pod_infra {
-            let _ = state.pods.set_pid_holder(pod_id, None);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ pub async fn run_pod_sandbox(
     r: cri::RunPodSandboxRequest,
 ) -> Result<cri::RunPodSandboxResponse, Status> {
     let config = pod_config(r)?;
-    let id = state.pods.run(config).await.map_err(Failure::from)?;
+    let id = state.runtime.run_pod(config).await.map_err(Failure::from)?;
     tracing::Span::current().record("pod_sandbox_id", id.as_str());
     Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
 }
@@ -38,10 +38,9 @@ pub async fn stop_pod_sandbox(
     state: &State,
     r: cri::StopPodSandboxRequest,
 ) -> Result<cri::StopPodSandboxResponse, Status> {
-    crate::cri::container::stop_pod_containers(state, &r.pod_sandbox_id).await?;
     state
-        .pods
-        .stop(&r.pod_sandbox_id)
+        .runtime
+        .stop_pod(&r.pod_sandbox_id)
         .await
         .map_err(Failure::from)?;
     Ok(cri::StopPodSandboxResponse {})
@@ -51,10 +50,9 @@ pub async fn remove_pod_sandbox(
     state: &State,
     r: cri::RemovePodSandboxRequest,
 ) -> Result<cri::RemovePodSandboxResponse, Status> {
-    crate::cri::container::remove_pod_containers(state, &r.pod_sandbox_id).await?;
     state
-        .pods
-        .remove(&r.pod_sandbox_id)
+        .runtime
+        .remove_pod(&r.pod_sandbox_id)
         .await
         .map_err(Failure::from)?;
     Ok(cri::RemovePodSandboxResponse {})

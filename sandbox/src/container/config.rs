@@ -156,8 +156,9 @@ pub struct ContainerConfig {
     pub resources: Resources,
     pub security: SecurityContext,
     pub stop_signal: Option<String>,
-    /// crid's own pod infrastructure container (the holder of a pod-wide PID namespace),
-    /// hidden from `ListContainers`.
+    /// A pod infrastructure container of an older crid (the PID namespace holder was a pause
+    /// container then; now it is `monitor::pidns`): still hidden from `ListContainers` and
+    /// stopped last, so pods created before an upgrade stop and go cleanly.
     #[serde(default)]
     pub pod_infra: bool,
 }

@@ -31,6 +31,7 @@
 //! Connections from several clients may overlap; their bytes are interleaved per read.
 
 pub mod log;
+pub mod pidns;
 mod sys;
 
 pub use self::sys::close_inherited_on_exec;

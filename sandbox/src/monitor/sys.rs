@@ -86,11 +86,17 @@ pub fn set_window_size(
 /// parent. Only for a process with a single thread (the small `crid-monitor` binary before it
 /// starts anything).
 pub fn fork_detached_child() -> std::io::Result<bool> {
+    Ok(fork_single_threaded()?.is_none())
+}
+
+/// `fork(2)`: `None` in the child, the child's pid in the parent. Only for a process with a
+/// single thread (a monitor process before it starts anything).
+pub fn fork_single_threaded() -> std::io::Result<Option<nix::unistd::Pid>> {
     // SAFETY: the caller has one thread, so the child is a full copy in which no lock can be
     // held by a thread that does not exist there; both sides go on with ordinary code.
     match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
-        nix::unistd::ForkResult::Child => Ok(true),
-        nix::unistd::ForkResult::Parent { .. } => Ok(false),
+        nix::unistd::ForkResult::Child => Ok(None),
+        nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
     }
 }
 

@@ -128,12 +128,15 @@ pub struct PodPaths {
     pub shm: PathBuf,
 }
 
-/// The process that holds a pod-wide PID namespace (`NamespaceMode::POD` for PID): the pause
-/// image started by the container backend. Recorded with [`PodManager::set_pid_holder`].
+/// The process that holds a pod-wide PID namespace (`NamespaceMode::POD` for PID): the init
+/// of that namespace (`monitor::pidns`). Recorded with [`PodManager::set_pid_holder`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PidHolder {
-    pub container_id: String,
     pub pid: u32,
+    /// Its start time (`/proc/PID/stat`), so a reused pid is never taken for it; 0 (records of
+    /// older versions, whose holder was a container) never matches.
+    #[serde(default)]
+    pub start_time: u64,
 }
 
 /// Everything crid knows about a pod; persisted as JSON.

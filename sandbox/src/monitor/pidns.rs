@@ -1,0 +1,178 @@
+//! Pod-wide PID namespaces without a pause image: `crid-monitor --pid-namespace DIR` (or `crid
+//! monitor --pid-namespace DIR`) unshares a PID namespace and forks its init, a process that
+//! only reaps (containers' orphans are re-parented to it), prints that init's host pid and
+//! exits. The init outlives crid restarts; the pod's containers join `/proc/PID/ns/pid`, and
+//! crid kills it with SIGKILL when the pod stops, which ends the namespace.
+//!
+//! The init keeps nothing a container in its namespace could use: it runs as `nobody` with no
+//! capabilities and `no_new_privs`, chrooted into an empty directory, and is not dumpable, so
+//! `/proc/1/*` and ptrace are closed to the pod's processes. Signals sent from inside the
+//! namespace cannot kill it (the kernel protects a namespace's init).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{Gid, Uid};
+
+use super::{MONITOR_BINARY, sys};
+
+/// The uid and gid the init runs as (`nobody`).
+const NOBODY: u32 = 65534;
+
+/// Starts the init of a new PID namespace through the monitor binary next to `exe` (or `exe
+/// monitor`), chrooted into the empty directory `root`, and returns its host pid. Blocking:
+/// call from a blocking task.
+pub fn spawn(
+    exe: &Path,
+    root: &Path,
+    stderr_path: &Path,
+    timeout: Duration,
+) -> std::io::Result<i32> {
+    let stderr = File::options()
+        .create(true)
+        .append(true)
+        .open(stderr_path)?;
+    let small = exe.with_file_name(MONITOR_BINARY);
+    let mut command = if small.is_file() {
+        Command::new(small)
+    } else {
+        let mut c = Command::new(exe);
+        c.arg("monitor");
+        c
+    };
+    let mut child = command
+        .arg("--pid-namespace")
+        .arg(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()?;
+    let stdout = child.stdout.take();
+    let status = child.wait()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!(
+            "PID namespace holder failed to start ({status}); see {}",
+            stderr_path.display()
+        )));
+    }
+    let Some(stdout) = stdout else {
+        return Err(std::io::Error::other("holder stdout missing"));
+    };
+    // The init closes its copy of stdout first thing, so the pipe ends when the parent exits.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = String::new();
+        let r = stdout.take(64).read_to_string(&mut buf).map(|_| buf);
+        let _ = tx.send(r);
+    });
+    let line = rx
+        .recv_timeout(timeout)
+        .map_err(|_| std::io::Error::other("PID namespace holder did not report in time"))??;
+    line.trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| std::io::Error::other(format!("holder reported {line:?}")))
+}
+
+/// The start time of process `pid` (clock ticks after boot, field 22 of `/proc/PID/stat`): with
+/// the pid, it names one process for good, as a pid alone is reused.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; fields after it don't.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Entry point of `--pid-namespace ROOT`, in a process with one thread. Returns the exit code
+/// of the process crid started; the init never returns.
+pub fn main(root: &Path) -> i32 {
+    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWPID) {
+        eprintln!("crid monitor: cannot unshare the PID namespace: {e}");
+        return 1;
+    }
+    match sys::fork_single_threaded() {
+        Ok(Some(init)) => {
+            let mut out = std::io::stdout().lock();
+            match writeln!(out, "{init}").and_then(|()| out.flush()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("crid monitor: cannot report the holder's pid: {e}");
+                    let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
+                    1
+                }
+            }
+        }
+        Ok(None) => {
+            if let Err(e) = confine(root) {
+                eprintln!("crid monitor: PID namespace holder: {e}");
+                std::process::exit(1);
+            }
+            reap_forever()
+        }
+        Err(e) => {
+            eprintln!("crid monitor: cannot fork the PID namespace holder: {e}");
+            1
+        }
+    }
+}
+
+/// Detaches the init from crid's session and stdio and drops everything it could lend a
+/// container in its namespace.
+fn confine(root: &Path) -> Result<(), String> {
+    let null = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    for fd in [0, 1] {
+        nix::unistd::dup2(null.as_raw_fd(), fd).map_err(|e| format!("dup2: {e}"))?;
+    }
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    nix::unistd::chroot(root).map_err(|e| format!("chroot {}: {e}", root.display()))?;
+    nix::unistd::chdir("/").map_err(|e| format!("chdir: {e}"))?;
+    nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    nix::unistd::setgid(Gid::from_raw(NOBODY)).map_err(|e| format!("setgid: {e}"))?;
+    // Leaving uid 0 clears the permitted and effective capabilities.
+    nix::unistd::setuid(Uid::from_raw(NOBODY)).map_err(|e| format!("setuid: {e}"))?;
+    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("PR_SET_DUMPABLE: {e}"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("PR_SET_NO_NEW_PRIVS: {e}"))?;
+    // stderr last: errors above still reach the monitor log.
+    let _ = nix::unistd::dup2(null.as_raw_fd(), 2);
+    Ok(())
+}
+
+/// Reaps whatever is re-parented to the init, waiting for SIGCHLD in between. Every signal is
+/// blocked, so none but SIGKILL from outside the namespace ends it.
+fn reap_forever() -> ! {
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None);
+    let chld = SigSet::from(Signal::SIGCHLD);
+    loop {
+        match waitpid(None, None) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => {
+                let _ = chld.wait();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::start_time;
+
+    #[test]
+    fn start_time_names_a_live_process_only() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        assert!(start_time(me).is_some_and(|t| t > 0));
+        assert_eq!(start_time(i32::MAX), None);
+    }
+}
