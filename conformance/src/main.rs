@@ -23,8 +23,9 @@ struct Args {
     /// Registry with the test images (host:port on loopback).
     #[arg(long, env = "CRID_TEST_REGISTRY")]
     registry: Option<String>,
-    /// Directory the runtime accepts `Localhost` seccomp profiles from; the suite writes its
-    /// profile there (without it, that part of security/seccomp is skipped).
+    /// Directory a runtime that confines `Localhost` seccomp profiles takes them from; the
+    /// suite writes its profile there (without it, at an absolute path of its own under the
+    /// temp directory, as kubelet sends them).
     #[arg(long, env = "CRID_SECCOMP_PROFILE_ROOT")]
     seccomp_profile_root: Option<std::path::PathBuf>,
     /// Upper bound for one test, in seconds.

@@ -26,8 +26,8 @@ pub struct Env {
     pub cri: Cri,
     /// A registry on loopback that holds the test images (`host:port`), if any.
     pub registry: Option<String>,
-    /// The directory the runtime accepts `Localhost` seccomp profiles from (crid's
-    /// `runtime.seccomp_profile_root`; any directory for containerd), if given.
+    /// The directory a runtime that confines `Localhost` seccomp profiles takes them from
+    /// (crid with `runtime.seccomp_profile_root` set), if given; else any absolute path.
     pub seccomp_profile_root: Option<std::path::PathBuf>,
 }
 

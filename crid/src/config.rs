@@ -90,7 +90,8 @@ pub struct RuntimeConfig {
     /// Handlers of `runc_handlers` whose pods also run a unikernel image as a VM (automatic
     /// detection). Under any other handler a unikernel image is `FAILED_PRECONDITION`.
     pub unikernel_autodetect_handlers: Vec<String>,
-    /// Directory that `Localhost` seccomp profiles must live under.
+    /// Directory that `Localhost` seccomp profiles must live under (relative names resolve
+    /// there). Empty (the default): any absolute path, as kubelet resolves profiles itself.
     pub seccomp_profile_root: PathBuf,
 }
 
@@ -201,7 +202,7 @@ impl Default for RuntimeConfig {
             runc_handlers: vec![String::new(), "runc".into()],
             unikernel_handlers: vec!["urunc".into(), "unikernel".into()],
             unikernel_autodetect_handlers: vec![],
-            seccomp_profile_root: PathBuf::from("/var/lib/kubelet/seccomp"),
+            seccomp_profile_root: PathBuf::new(),
         }
     }
 }

@@ -34,6 +34,10 @@ pub fn tests() -> Vec<Test> {
             run: |env| Box::pin(with_pod(env, "cbad", bad_input)),
         },
         Test {
+            name: "containers/run-as-group-without-user",
+            run: |env| Box::pin(with_pod(env, "cgroup", group_without_user)),
+        },
+        Test {
             name: "containers/list-stats",
             run: |env| Box::pin(with_pod(env, "cstats", list_stats)),
         },
@@ -365,6 +369,19 @@ fn exec_sync(
             .err()
             .context("exec past its timeout succeeded")?;
         ensure!(e.code() == Code::DeadlineExceeded, "timeout: {e}");
+        // The timed-out process is gone when ExecSync returns: killed and reaped, not left a
+        // zombie in the container (critest's "execSync with timeout" runs `pgrep sleep` next).
+        // The container's own `sleep 3600` is the one `sleep` left.
+        let sleeps = super::out(
+            &ctx.env,
+            &id,
+            "grep -lsx sleep /proc/[0-9]*/comm; grep -hs sleep /proc/[0-9]*/stat; true",
+        )
+        .await?;
+        ensure!(
+            sleeps.lines().filter(|l| l.ends_with("/comm")).count() == 1,
+            "the timed-out exec is still there:\n{sleeps}"
+        );
 
         let stats = rt
             .container_stats(cri::ContainerStatsRequest {
@@ -491,6 +508,31 @@ fn bad_input(
             .into_inner()
             .containers;
         ensure!(left.is_empty(), "containers left: {left:?}");
+        Ok(Outcome::Passed)
+    })
+}
+
+/// A group without a user (by id or name) is the caller's mistake, as critest checks: it
+/// would pair with whatever user the image names.
+fn group_without_user(
+    ctx: &Ctx,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = TestResult> + Send + '_>> {
+    Box::pin(async move {
+        let mut c = config(ctx, "group", &["true"]);
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                run_as_group: Some(cri::Int64Value { value: 1000 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        match create(ctx, c).await {
+            Ok(id) => {
+                let _ = remove(ctx, &id).await;
+                bail!("created {id}");
+            }
+            Err(e) => ensure!(e.code() == Code::InvalidArgument, "{e}"),
+        }
         Ok(Outcome::Passed)
     })
 }

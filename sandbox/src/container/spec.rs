@@ -253,9 +253,21 @@ pub fn log_path(pod: &PodContext, log_path: &str) -> Result<Option<PathBuf>, San
     Ok(Some(dir.join(rel)))
 }
 
-/// Resolves a `Localhost` seccomp profile path inside `root`.
+/// Resolves a `Localhost` seccomp profile path. With an empty `root` any clean absolute path
+/// is taken, as kubelet resolves profiles itself (under its own `seccomp` directory) and sends
+/// the absolute path; containerd and CRI-O take it so too. With a `root`, relative paths
+/// resolve there and nothing outside it (symlinks included) is taken.
 pub fn localhost_profile(path: &str, root: &Path) -> Result<PathBuf, SandboxError> {
     let p = path.strip_prefix("localhost/").unwrap_or(path);
+    if root.as_os_str().is_empty() {
+        if !clean_absolute(p) {
+            return Err(invalid(format!(
+                "seccomp profile {path:?} must be an absolute path without `..` (no \
+                 runtime.seccomp_profile_root is set to resolve relative ones)"
+            )));
+        }
+        return Ok(PathBuf::from(p));
+    }
     let p = if Path::new(p).is_absolute() {
         PathBuf::from(p)
     } else {
@@ -389,6 +401,13 @@ pub fn validate(
         .is_some_and(|g| !(0..=super::user::MAX_ID).contains(&g))
     {
         return Err(invalid("run_as_group is out of range"));
+    }
+    // A group alone would pair with the image's user, which the caller did not ask for
+    // (containerd and CRI-O refuse it too).
+    if s.run_as_group.is_some() && s.run_as_user.is_none() && s.run_as_username.is_empty() {
+        return Err(invalid(
+            "run_as_group is set without run_as_user or run_as_username",
+        ));
     }
     Ok(())
 }
@@ -1051,6 +1070,37 @@ mod tests {
         s.iter().map(|s| s.to_string()).collect()
     }
 
+    /// Without a profile root any clean absolute path is a profile (what kubelet and critest
+    /// send); with one, only what lies under it.
+    #[test]
+    fn localhost_profile_paths() {
+        let none = Path::new("");
+        for ok in [
+            "/var/lib/kubelet/seccomp/p.json",
+            "localhost//tmp/critest/p.json",
+        ] {
+            assert!(localhost_profile(ok, none).is_ok(), "{ok}");
+        }
+        for bad in ["p.json", "localhost/p.json", "/a/../etc/p.json", ""] {
+            let e = localhost_profile(bad, none).unwrap_err();
+            assert_eq!(e.kind(), imagestore::ErrorKind::InvalidArgument, "{bad}");
+        }
+        let root = Path::new("/var/lib/kubelet/seccomp");
+        assert_eq!(
+            localhost_profile("localhost/p.json", root).unwrap(),
+            root.join("p.json")
+        );
+        assert!(localhost_profile("/var/lib/kubelet/seccomp/a/p.json", root).is_ok());
+        for bad in [
+            "/tmp/p.json",
+            "localhost/../p.json",
+            "/var/lib/kubelet/seccomp/../x",
+        ] {
+            let e = localhost_profile(bad, root).unwrap_err();
+            assert_eq!(e.kind(), imagestore::ErrorKind::InvalidArgument, "{bad}");
+        }
+    }
+
     #[test]
     fn args_merge_like_kubernetes() {
         let image = img(&["/ep"], &["c1", "c2"]);
@@ -1162,6 +1212,8 @@ mod tests {
             Box::new(|c| c.log_path = "../escape.log".into()),
             Box::new(|c| c.log_path = "/abs.log".into()),
             Box::new(|c| c.security.run_as_user = Some(1 << 31)),
+            // critest: "RunAsGroup is set without RunAsUser".
+            Box::new(|c| c.security.run_as_group = Some(1000)),
             Box::new(|c| c.resources.memory_limit_in_bytes = 1),
             Box::new(|c| c.resources.memory_limit_in_bytes = MIN_MEMORY_LIMIT - 1),
             Box::new(|c| c.envs.push(("BIG".into(), "x".repeat(MAX_ARG_LEN)))),
@@ -1188,6 +1240,14 @@ mod tests {
         ok.security.seccomp = SeccompProfile::Localhost("localhost/p.json".into());
         ok.envs.push(("BIG".into(), "x".repeat(MAX_ARG_LEN - 4)));
         assert!(validate(&ok, &pod, root).is_ok());
+        // A group with a user, by id or by name.
+        let mut with_group = ok.clone();
+        with_group.security.run_as_group = Some(1000);
+        with_group.security.run_as_user = Some(1000);
+        assert!(validate(&with_group, &pod, root).is_ok());
+        with_group.security.run_as_user = None;
+        with_group.security.run_as_username = "nobody".into();
+        assert!(validate(&with_group, &pod, root).is_ok());
         for limit in [-1, 0, MIN_MEMORY_LIMIT, i64::MAX] {
             ok.resources.memory_limit_in_bytes = limit;
             assert!(validate(&ok, &pod, root).is_ok(), "{limit}");

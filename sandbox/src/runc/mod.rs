@@ -151,15 +151,24 @@ impl Runc {
         let (status, timed_out) = match waited {
             Some(s) => (Some(s.map_err(|e| err(e.to_string()))?), false),
             None => {
-                // Kill the exec'd process itself; runc exec then exits with it.
-                if let Some(pid) = crate::monitor::read_pid(pid_file) {
-                    let _ = nix::sys::signal::kill(
+                // Kill the exec'd process itself and let runc exec, its subreaper, reap it and
+                // exit. Killing runc too early would leave the process a zombie in the
+                // container (reparented to the container's init, which may never reap it).
+                let killed = crate::monitor::read_pid(pid_file).is_some_and(|pid| {
+                    nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(pid),
                         nix::sys::signal::Signal::SIGKILL,
-                    );
+                    )
+                    .is_ok()
+                });
+                let reaped = killed
+                    && tokio::time::timeout(EXEC_REAP_GRACE, child.wait())
+                        .await
+                        .is_ok();
+                if !reaped {
+                    let _ = child.start_kill();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
                 }
-                let _ = child.start_kill();
-                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
                 (None, true)
             }
         };
@@ -196,6 +205,9 @@ impl Runc {
         })
     }
 }
+
+/// How long runc exec gets to reap a timed-out process it was told to kill, and exit.
+const EXEC_REAP_GRACE: Duration = Duration::from_secs(5);
 
 /// How long output is still read after an exec'd process exited.
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
