@@ -58,8 +58,12 @@ fn can_run() -> bool {
     true
 }
 
-/// A busybox image whose config has `User` = `user` (empty: none).
-fn busybox_image(user: &str) -> conformance::fixtures::build::Built {
+/// A busybox image whose config has `User` = `user` (empty: none), with `extra` files
+/// (path, mode, content) added.
+fn busybox_image(
+    user: &str,
+    extra: &[(&str, u32, Vec<u8>)],
+) -> conformance::fixtures::build::Built {
     let mut t = TarBuilder::new();
     for d in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
         t.dir(d, 0o755);
@@ -71,6 +75,9 @@ fn busybox_image(user: &str) -> conformance::fixtures::build::Built {
     }
     t.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
     t.file("etc/group", 0o644, b"root:x:0:\n");
+    for (path, mode, content) in extra {
+        t.file(path, *mode, content);
+    }
     let mut config = serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]});
     if !user.is_empty() {
         config["User"] = user.into();
@@ -82,7 +89,31 @@ fn busybox_image(user: &str) -> conformance::fixtures::build::Built {
     ))
 }
 
-/// The test images on an in-process registry: `hardening/busybox:{ok,uid-2-31,uid-2-32,gid-2-32}`.
+/// The seccomp probe (`tests/fixtures/seccomp_probe.c`) built static with gcc, once per test
+/// process; `None` without gcc.
+fn seccomp_probe() -> Option<&'static [u8]> {
+    static PROBE: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            which("gcc")?;
+            let dir = tempfile::tempdir().ok()?;
+            let out = dir.path().join("seccomp-probe");
+            let source =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seccomp_probe.c");
+            let st = std::process::Command::new("gcc")
+                .args(["-static", "-O2", "-o"])
+                .arg(&out)
+                .arg(&source)
+                .status()
+                .ok()?;
+            assert!(st.success(), "gcc could not build {}", source.display());
+            std::fs::read(&out).ok()
+        })
+        .as_deref()
+}
+
+/// The test images on an in-process registry: `hardening/busybox:{ok,uid-2-31,uid-2-32,gid-2-32}`
+/// and, with gcc, `hardening/busybox:seccomp` with the seccomp probe at `/bin/seccomp-probe`.
 async fn registry() -> (FakeRegistry, String) {
     let mut content = Content::default();
     for (tag, user) in [
@@ -91,7 +122,11 @@ async fn registry() -> (FakeRegistry, String) {
         ("uid-2-32", "4294967296"),
         ("gid-2-32", "0:4294967296"),
     ] {
-        content.add_image("hardening/busybox", tag, &busybox_image(user));
+        content.add_image("hardening/busybox", tag, &busybox_image(user, &[]));
+    }
+    if let Some(probe) = seccomp_probe() {
+        let extra = [("bin/seccomp-probe", 0o755, probe.to_vec())];
+        content.add_image("hardening/busybox", "seccomp", &busybox_image("", &extra));
     }
     let reg = FakeRegistry::start(content).await.expect("fake registry");
     let repo = format!("{}/hardening/busybox", reg.host());
@@ -1215,5 +1250,89 @@ async fn under_socket_activation_children_inherit_no_descriptor_or_variable() {
         h.stop_remove(&vm).await;
     }
     h.stop_remove(&id).await;
+    h.finish().await;
+}
+
+/// What the seccomp probe printed: errno (0: worked) per call.
+fn probe_results(log: &str) -> std::collections::BTreeMap<String, i32> {
+    log.lines()
+        .filter_map(|l| {
+            // CRI log lines: TIME STREAM TAG MESSAGE; the probe's own output is bare.
+            let msg = l.splitn(4, ' ').nth(3).unwrap_or(l);
+            let mut w = msg.split_whitespace();
+            Some((w.next()?.to_owned(), w.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `RuntimeDefault` is an allow-list: `io_uring_setup` (allowed by the deny-list crid had
+/// before, refused by containerd's and Docker's current profiles) fails with EPERM, and so does
+/// `unshare(CLONE_NEWUSER)`; the same probe under `Unconfined` gets what the host gives.
+#[tokio::test(flavor = "multi_thread")]
+async fn runtime_default_seccomp_refuses_io_uring_and_user_namespaces() {
+    if !can_run() {
+        return;
+    }
+    let Some(probe) = seccomp_probe() else {
+        skip("gcc is not installed (it builds the seccomp probe)");
+        return;
+    };
+    // The host's answers, for the Unconfined container.
+    let dir = tempfile::tempdir().unwrap();
+    let host_probe = dir.path().join("probe");
+    std::fs::write(&host_probe, probe).unwrap();
+    std::fs::set_permissions(
+        &host_probe,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let host = probe_results(&String::from_utf8_lossy(
+        &std::process::Command::new(&host_probe)
+            .output()
+            .unwrap()
+            .stdout,
+    ));
+    assert_eq!(host.len(), 2, "{host:?}");
+
+    let h = Harness::start().await;
+    h.pull("seccomp").await;
+    let pod = h.pod("seccomp").await;
+    use cri::security_profile::ProfileType;
+    for (name, profile) in [
+        ("default", ProfileType::RuntimeDefault),
+        ("unconfined", ProfileType::Unconfined),
+    ] {
+        let mut c = h.container("seccomp", name, &["/bin/seccomp-probe"]);
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                seccomp: Some(cri::SecurityProfile {
+                    profile_type: profile as i32,
+                    localhost_ref: String::new(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let id = h.run(&pod, c).await;
+        let status = h.wait_exited(&id).await;
+        assert_eq!(status.exit_code, 0, "{status:?}");
+        let log = std::fs::read_to_string(&status.log_path).unwrap();
+        let got = probe_results(&log);
+        match profile {
+            ProfileType::RuntimeDefault => {
+                assert_eq!(got.get("io_uring_setup"), Some(&libc::EPERM), "{log}");
+                assert_eq!(got.get("unshare_newuser"), Some(&libc::EPERM), "{log}");
+            }
+            _ => assert_eq!(
+                got.get("io_uring_setup"),
+                host.get("io_uring_setup"),
+                "{log}"
+            ),
+        }
+        h.rt()
+            .remove_container(cri::RemoveContainerRequest { container_id: id })
+            .await
+            .unwrap();
+    }
     h.finish().await;
 }

@@ -17,6 +17,7 @@
 pub mod apparmor;
 pub mod cgroups;
 pub mod config;
+mod seccomp;
 pub mod spec;
 pub mod user;
 pub mod vm;

@@ -516,92 +516,17 @@ fn parse_cap_bnd(status: &str) -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
-/// The built-in `RuntimeDefault` seccomp profile: everything allowed except the system calls
-/// Docker's and containerd's default profiles refuse to unprivileged containers (kernel
-/// modules, kexec, clock setting, swap, accounting, keyrings, BPF, perf, namespace creation,
-/// mount API, ...), which fail with `EPERM`.
-pub fn default_seccomp() -> Result<LinuxSeccomp, SandboxError> {
-    const DENIED: &[&str] = &[
-        "acct",
-        "add_key",
-        "bpf",
-        "clock_adjtime",
-        "clock_settime",
-        "create_module",
-        "delete_module",
-        "finit_module",
-        "fsconfig",
-        "fsmount",
-        "fsopen",
-        "fspick",
-        "get_kernel_syms",
-        "get_mempolicy",
-        "init_module",
-        "ioperm",
-        "iopl",
-        "kcmp",
-        "kexec_file_load",
-        "kexec_load",
-        "keyctl",
-        "lookup_dcookie",
-        "mbind",
-        "mount",
-        "mount_setattr",
-        "move_mount",
-        "move_pages",
-        "name_to_handle_at",
-        "nfsservctl",
-        "open_by_handle_at",
-        "open_tree",
-        "perf_event_open",
-        "pivot_root",
-        "process_vm_readv",
-        "process_vm_writev",
-        "query_module",
-        "quotactl",
-        "reboot",
-        "request_key",
-        "set_mempolicy",
-        "setns",
-        "settimeofday",
-        "stime",
-        "swapoff",
-        "swapon",
-        "sysfs",
-        "_sysctl",
-        "umount",
-        "umount2",
-        "unshare",
-        "uselib",
-        "userfaultfd",
-        "ustat",
-        "vm86",
-        "vm86old",
-    ];
-    let json = serde_json::json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "syscalls": [{
-            "names": DENIED,
-            "action": "SCMP_ACT_ERRNO",
-            "errnoRet": 1
-        }]
-    });
-    serde_json::from_value(json).map_err(|e| SandboxError::Runtime {
-        op: "seccomp".into(),
-        reason: e.to_string(),
-    })
-}
-
+/// The seccomp profile of a container whose bounding capability set is `caps`.
 fn seccomp(
     config: &ContainerConfig,
     seccomp_root: &Path,
+    caps: &Capabilities,
 ) -> Result<Option<LinuxSeccomp>, SandboxError> {
     let s = &config.security;
     match &s.seccomp {
         SeccompProfile::Unconfined => Ok(None),
         SeccompProfile::RuntimeDefault if s.privileged => Ok(None),
-        SeccompProfile::RuntimeDefault => default_seccomp().map(Some),
+        SeccompProfile::RuntimeDefault => super::seccomp::runtime_default(caps).map(Some),
         SeccompProfile::Localhost(p) => {
             let path = localhost_profile(p, seccomp_root)?;
             let text = std::fs::read_to_string(&path)
@@ -1011,7 +936,7 @@ pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, San
     if let Some(p) = rootfs_propagation {
         linux = linux.rootfs_propagation(p);
     }
-    if let Some(profile) = seccomp(config, cx.seccomp_root)? {
+    if let Some(profile) = seccomp(config, cx.seccomp_root, &with_ambient)? {
         linux = linux.seccomp(profile);
     }
 
@@ -1304,7 +1229,7 @@ mod tests {
         assert_eq!(json["root"]["readonly"], true);
         assert_eq!(json["hostname"], "h");
         assert_eq!(json["linux"]["resources"]["memory"]["limit"], 64 << 20);
-        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         let ns = json["linux"]["namespaces"].as_array().unwrap();
         assert!(
             ns.iter()
