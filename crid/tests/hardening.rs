@@ -1205,6 +1205,51 @@ async fn under_socket_activation_children_inherit_no_descriptor_or_variable() {
         "the monitor's environment is {monitor_env:?}"
     );
 
+    // A pod-wide PID namespace: its holder (an init forked by crid-monitor) holds stdio on
+    // /dev/null and nothing else.
+    let mut shared = h.pod_config("activated-pidns");
+    if let Some(ns) = shared
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+    {
+        ns.pid = cri::NamespaceMode::Pod as i32;
+    }
+    let shared_id = h
+        .rt()
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(shared.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", h.log()))
+        .into_inner()
+        .pod_sandbox_id;
+    let mut in_pod = h.container("ok", "in-pod", &["sleep", "600"]);
+    in_pod.linux = None;
+    let in_pod = h.run(&(shared_id.clone(), shared), in_pod).await;
+    let holders: Vec<i64> = common::processes_under(h.path(), None)
+        .iter()
+        .filter(|p| p.contains("--pid-namespace"))
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect();
+    assert!(!holders.is_empty(), "no PID namespace holder\n{}", h.log());
+    for holder in holders {
+        assert_nothing_of_crids("the PID namespace holder", holder);
+        let held = fds(holder);
+        assert!(
+            held.iter().all(|(n, t)| *n <= 2 && t == "/dev/null"),
+            "the PID namespace holder holds {held:?}"
+        );
+    }
+    let (_, info) = h.status(&in_pod).await;
+    assert_nothing_of_crids(
+        "a container in the pod's PID namespace",
+        info["pid"].as_i64().unwrap(),
+    );
+    h.stop_remove(&in_pod).await;
+
     // A unikernel: the VMM, which a guest escape reaches first, holds nothing of crid's.
     if let Some(reg) = guest_registry {
         let image = common::push_freestanding_guest(&reg, h.path(), "activated");

@@ -51,6 +51,8 @@ pub fn spawn(
     let mut child = command
         .arg("--pid-namespace")
         .arg(root)
+        .env_clear()
+        .envs(super::child_env())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr)
