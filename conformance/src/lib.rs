@@ -5,6 +5,7 @@ pub mod bench;
 pub mod client;
 pub mod fixtures;
 pub mod gaps;
+pub mod kubelet;
 pub mod runner;
 pub mod stream_client;
 pub mod tests;

@@ -47,6 +47,9 @@ pub struct PackArgs {
     /// The application command line.
     #[arg(long, default_value = "")]
     pub cmdline: String,
+    /// An environment variable of the image config (`KEY=VALUE`; repeatable).
+    #[arg(long = "env")]
+    pub env: Vec<String>,
     /// The unikernel framework version (e.g. Unikraft's, which selects its command line form).
     #[arg(long)]
     pub unikernel_version: Option<String>,
@@ -190,6 +193,16 @@ pub fn build(args: &PackArgs) -> anyhow::Result<Packed> {
     if !cmd.is_empty() {
         config["config"]["Cmd"] = serde_json::json!(cmd);
     }
+    if let Some(bad) = args
+        .env
+        .iter()
+        .find(|kv| kv.split_once('=').is_none_or(|(k, _)| k.is_empty()))
+    {
+        bail!("--env {bad:?} is not KEY=VALUE");
+    }
+    if !args.env.is_empty() {
+        config["config"]["Env"] = serde_json::json!(args.env);
+    }
     Ok(Packed {
         config: serde_json::to_vec(&config)?,
         layer,
@@ -316,6 +329,7 @@ mod tests {
             block_mount_point: None,
             cmdline: "app --port 8080".into(),
             unikernel_version: Some("0.17.0".into()),
+            env: vec!["FROM_IMAGE=yes".into()],
             tag: "example/hello:latest".into(),
             output_layout: None,
             push: None,
@@ -369,6 +383,10 @@ mod tests {
         let config: serde_json::Value =
             serde_json::from_slice(&blob(&manifest["config"]["digest"])).unwrap();
         assert_eq!(config["config"]["Labels"], *ann);
+        assert_eq!(
+            config["config"]["Env"],
+            serde_json::json!(["FROM_IMAGE=yes"])
+        );
         assert_eq!(
             config["config"]["Cmd"],
             serde_json::json!(["app", "--port", "8080"])

@@ -486,6 +486,7 @@ fn push_linux_guest(reg: &str, dir: &Path) -> Option<String> {
         .arg(out.join("vmlinuz"))
         .arg("--initrd")
         .arg(out.join("initrd.gz"))
+        .args(["--env", "FROM_IMAGE=from-image"])
         .args(["-t", "linux-guest", "--push"])
         .arg(&reference)
         .output()
@@ -504,6 +505,257 @@ struct Bridge(String);
 impl Drop for Bridge {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// Writes a CNI bridge network (its own bridge and /24, `10.<octet>.<pid>.0/24`) into `crid`'s
+/// `net.d`; returns the bridge (deleted on drop) and the subnet's first three octets.
+fn bridge_network(crid: &Crid, octet: u8) -> (Bridge, String) {
+    let pid = std::process::id();
+    let bridge = Bridge(format!("crvm{octet}-{}", pid % 10_000));
+    let prefix = format!("10.{octet}.{}", pid % 250);
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": format!("crid-vm-test-{octet}"),
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge.0,
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": crid.path().join("ipam"),
+                    "ranges": [[{ "subnet": format!("{prefix}.0/24") }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }]
+                }
+            },
+            { "type": "loopback" }
+        ]
+    });
+    std::fs::write(
+        crid.path().join("net.d/10-vm.conflist"),
+        conflist.to_string(),
+    )
+    .unwrap();
+    (bridge, prefix)
+}
+
+/// The pod's IPv4 address.
+async fn pod_ip(crid: &Crid, pod_id: &str) -> std::net::Ipv4Addr {
+    let (pod_status, _) = crid.pod_status(pod_id).await;
+    pod_status
+        .network
+        .map(|n| n.ip)
+        .unwrap_or_default()
+        .parse()
+        .expect("the pod has an IPv4 address")
+}
+
+/// Polls (bounded, 180 s) until the guest answers HTTP on `ip:8080` with a 200; fails when the
+/// container exits first.
+async fn wait_http(crid: &Crid, id: &str, ip: std::net::Ipv4Addr, log: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while Instant::now() < deadline {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains("crid-linux-guest: listening on") {
+            if let Ok(b) = http_get(ip) {
+                if b.contains("200") {
+                    return b;
+                }
+            }
+        }
+        let (s, _) = crid.container_status(id).await;
+        assert_ne!(
+            s.state,
+            cri::ContainerState::ContainerExited as i32,
+            "the guest exited: {s:?}\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!(
+        "no answer from {ip}:8080\nlog:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// Both test guests in pod networks with the requests kubelet sends (mounts of `/etc/hosts`,
+/// `/dev/termination-log`, the service-account token, a ConfigMap and an emptyDir; service
+/// environment variables; limits; security context; the io.kubernetes.* annotations): both
+/// start. The `linux` guest gets the mounts and its environment in its initrd and answers with
+/// the ConfigMap's file, an image `Env` variable, a CRI env variable and the pod's DNS; the
+/// freestanding guest (a unikraft-type kernel without initrd) runs with the mounts skipped and
+/// noted in its verbose status.
+#[tokio::test]
+async fn kubelet_shaped_guests_start_in_a_pod_network() {
+    use conformance::kubelet::KubeletPod;
+    let Some(reg) = ready() else { return };
+    if !Path::new("/usr/lib/cni/bridge").exists() {
+        missing("the CNI plugins are not installed in /usr/lib/cni");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let Some(linux) = push_linux_guest(&reg, work.path()) else {
+        return;
+    };
+    let freestanding = push_guest(&reg, work.path(), "unikraft", "qemu");
+    let (crid, _) = start().await;
+    let (_bridge, _) = bridge_network(&crid, 198);
+    crid.expect_pull(&linux).await;
+    crid.expect_pull(&freestanding).await;
+    let kubelet = crid.path().join("kubelet");
+
+    // The freestanding guest: mounts skipped (noted), kubelet's envs on its command line.
+    let pod = KubeletPod::new(&kubelet, "hello-7f9c8d6b5-x2x9z", "default").unwrap();
+    let config = pod.sandbox_config();
+    let pod_id = crid
+        .rt()
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: "urunc".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
+        .into_inner()
+        .pod_sandbox_id;
+    let request = pod
+        .container("hello", &freestanding)
+        .args(&["stay"])
+        .env("GREETING", "hi")
+        .port("http", 8080)
+        .config_map("config", "/etc/app", &[("greeting", "hello")])
+        .empty_dir("cache", "/cache")
+        .limits(500, 128 << 20)
+        .build()
+        .unwrap();
+    let uk = crid.create_start(&(pod_id.clone(), config), request).await;
+    let log = pod.log_directory.join("hello/0.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut text = String::new();
+    while !text.contains("crid-test-guest: booted") {
+        assert!(
+            Instant::now() < deadline,
+            "the guest never booted: {text}\n{}",
+            log_text(crid.path())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !text.contains("-- stay") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+    }
+    assert!(
+        text.contains("\"KUBERNETES_SERVICE_HOST=10.96.0.1\"") && text.contains("\"GREETING=hi\""),
+        "{text}"
+    );
+    let (_, info) = crid.container_status(&uk).await;
+    let notes = info["runtimeSpec"]["unikernel"]["mount_notes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let skipped: Vec<&str> = notes
+        .iter()
+        .filter(|n| n["delivery"] == "skipped")
+        .filter_map(|n| n["containerPath"].as_str())
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            "/etc/app",
+            "/cache",
+            "/var/run/secrets/kubernetes.io/serviceaccount",
+            "/etc/hosts",
+            "/dev/termination-log"
+        ],
+        "{info}"
+    );
+    crid.rt()
+        .stop_container(cri::StopContainerRequest {
+            container_id: uk.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+
+    // The linux guest: mounts and environment through its initrd.
+    let pod = KubeletPod::new(&kubelet, "web-5d8f7c9b4-q7w2e", "default").unwrap();
+    let config = pod.sandbox_config();
+    let pod_id = crid
+        .rt()
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: "urunc".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
+        .into_inner()
+        .pod_sandbox_id;
+    let ip = pod_ip(&crid, &pod_id).await;
+    let request = pod
+        .container("web", &linux)
+        .args(&["serve"])
+        .env("GREETING", "hi there")
+        .port("http", 8080)
+        .config_map("config", "/etc/app", &[("greeting", "from-configmap")])
+        .empty_dir("cache", "/cache")
+        .limits(1000, 256 << 20)
+        .build()
+        .unwrap();
+    let web = crid.create_start(&(pod_id.clone(), config), request).await;
+    let body = wait_http(&crid, &web, ip, &pod.log_directory.join("web/0.log")).await;
+    for want in [
+        "args=[serve]",
+        "greeting=[hi there]",
+        "from_image=[from-image]",
+        "config=[from-configmap]",
+        "resolv=[1]",
+    ] {
+        assert!(body.contains(want), "{want} missing from {body:?}");
+    }
+    let (_, info) = crid.container_status(&web).await;
+    let notes = info["runtimeSpec"]["unikernel"]["mount_notes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(notes.len(), 5, "{info}");
+    assert!(notes.iter().all(|n| n["delivery"] == "initrd"), "{info}");
+    crid.rt()
+        .stop_container(cri::StopContainerRequest {
+            container_id: web.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    for id in [&uk, &web] {
+        crid.rt()
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .unwrap();
+    }
+    let pods = crid
+        .rt()
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    for p in pods {
+        let _ = crid
+            .rt()
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: p.id.clone(),
+            })
+            .await;
+        let _ = crid
+            .rt()
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: p.id,
+            })
+            .await;
     }
 }
 

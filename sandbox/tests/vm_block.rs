@@ -87,6 +87,7 @@ fn guest_writes_land_in_a_small_overlay_and_the_base_is_unchanged() {
         cgroup: Some(cgroup.clone()),
         cpu_shares: 0,
         control_socket: None,
+        mounts: vec![],
     };
     let prepared = match prepare(&req, &VmSettings::default(), &probe_host()) {
         Ok(p) => p,

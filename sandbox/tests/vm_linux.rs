@@ -86,6 +86,7 @@ fn linux_guest_answers_http_on_the_pod_ip() {
         cgroup: None,
         cpu_shares: 0,
         control_socket: None,
+        mounts: vec![],
     };
     let host = probe_host();
     let prepared = match prepare(&req, &VmSettings::default(), &host) {

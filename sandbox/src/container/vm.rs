@@ -16,7 +16,12 @@
 //!   the timeout. When the guest has exited, or on remove, the tap, the cgroup, the control
 //!   socket and the block overlay are released.
 //! - The guest's argv is the CRI command + args, else the image's Entrypoint + Cmd, else the
-//!   image's unikernel command line; its environment is the CRI `envs`.
+//!   image's unikernel command line; its environment is the image's `Env`, then the CRI `envs`.
+//! - Only pods whose runtime handler runs VMs (or detects them) may run unikernel images
+//!   ([`check_handler`]).
+//! - CRI mounts never fail a create: a guest that can take files gets them copied in at start
+//!   ([`crate::vm::guestfiles`]); for the others each mount is skipped with a warning and a
+//!   note in `vm.json` (`mount_notes`, shown in verbose status).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -29,6 +34,7 @@ use super::{Backend, ContainerManager, ContainerRecord, ContainerState, cgroups,
 use crate::SandboxError;
 use crate::monitor::Launch;
 use crate::vm::accel::{AccelDecision, KvmProbe, probe_host};
+use crate::vm::guestfiles::{self, GuestMount, MountNote};
 use crate::vm::launch::{self, VmRequest, VmSettings};
 use crate::vm::{ExitMapping, type_name};
 
@@ -41,6 +47,10 @@ pub struct VmState {
     pub exit_mapping: Option<ExitMapping>,
     pub argv: Vec<String>,
     pub guest_cmdline: String,
+    /// How each CRI mount (and the pod's `/etc/hosts` and `/etc/resolv.conf`) reached the
+    /// guest, or why it did not.
+    #[serde(default)]
+    pub mount_notes: Vec<MountNote>,
 }
 
 static SETTINGS: OnceLock<(VmSettings, KvmProbe)> = OnceLock::new();
@@ -109,6 +119,85 @@ fn check_handler(
     })
 }
 
+/// The guest's environment: the image's `Env`, then the CRI `envs` (which win on a name
+/// both set), as runc containers get it.
+fn merged_env(image: &[String], cri: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let pairs = image
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (kv.clone(), String::new()),
+        })
+        .chain(cri.iter().cloned());
+    for (k, v) in pairs {
+        match env.iter_mut().find(|(name, _)| *name == k) {
+            Some(slot) => slot.1 = v,
+            None => env.push((k, v)),
+        }
+    }
+    env
+}
+
+/// The mounts a guest gets as copied files, and a note for every CRI mount (see
+/// [`guestfiles`]). The pod's `/etc/hosts` and `/etc/resolv.conf` come first (the guest's
+/// DNS is the pod's), unless a CRI mount covers the same path.
+fn guest_mounts(
+    cri: &[super::config::MountSpec],
+    pod: &PodContext,
+    info: &UnikernelInfo,
+) -> (Vec<GuestMount>, Vec<MountNote>) {
+    let takes = guestfiles::takes_files(info);
+    let mut mounts = Vec::new();
+    let mut notes = Vec::new();
+    let pod_files = [
+        ("/etc/hosts", &pod.hosts_file),
+        ("/etc/resolv.conf", &pod.resolv_conf),
+    ];
+    for (path, file) in pod_files {
+        if let Some(file) = file.as_ref().filter(|_| takes) {
+            if !cri.iter().any(|m| m.container_path == path) {
+                mounts.push(GuestMount {
+                    container_path: path.into(),
+                    host_path: file.clone(),
+                    readonly: true,
+                });
+            }
+        }
+    }
+    for m in cri {
+        if takes {
+            mounts.push(GuestMount {
+                container_path: m.container_path.clone(),
+                host_path: PathBuf::from(&m.host_path),
+                readonly: m.readonly,
+            });
+            notes.push(MountNote {
+                container_path: m.container_path.clone(),
+                delivery: "initrd".into(),
+                note: "copied into the guest's initrd at start; later host changes and \
+                       guest writes are not shared"
+                    .into(),
+            });
+        } else {
+            notes.push(MountNote {
+                container_path: m.container_path.clone(),
+                delivery: "skipped".into(),
+                note: format!(
+                    "{} guests{} have no shared or copied file system in crid",
+                    type_name(info.unikernel_type),
+                    if info.initrd.is_none() {
+                        " without an initrd"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+    }
+    (mounts, notes)
+}
+
 impl ContainerManager {
     fn vm_file(&self, id: &str) -> PathBuf {
         self.dir(id).join("vm.json")
@@ -152,13 +241,9 @@ impl ContainerManager {
                 reason: "unikernel containers have a serial console only: no tty or stdin".into(),
             });
         }
-        if !config.mounts.is_empty() {
-            return Err(SandboxError::Unimplemented {
-                reason: format!(
-                    "{} guests cannot take CRI mounts (no 9p/virtiofs support yet)",
-                    type_name(info.unikernel_type)
-                ),
-            });
+        let (mounts, mount_notes) = guest_mounts(&config.mounts, &pod, &info);
+        for n in mount_notes.iter().filter(|n| n.delivery == "skipped") {
+            tracing::warn!(container_id = %id, path = %n.container_path, note = %n.note, "mount not given to the guest");
         }
         let mut args: Vec<String> = config
             .command
@@ -197,7 +282,10 @@ impl ContainerManager {
             cpu_quota: config.resources.cpu_quota,
             cpu_period: config.resources.cpu_period,
             args,
-            env: config.envs.clone(),
+            env: merged_env(
+                image_config.env.as_deref().unwrap_or_default(),
+                &config.envs,
+            ),
             run_dir: dir.join("vm"),
             cgroup: Some(cgroups::relative_dir(&cgroups_path)),
             cpu_shares: config.resources.cpu_shares,
@@ -207,6 +295,7 @@ impl ContainerManager {
                     .state
                     .join(format!("qmp-{}.sock", &id[..16.min(id.len())])),
             ),
+            mounts,
         };
         let (settings, host) = current();
         let accel = launch::check(&request, settings, host)?;
@@ -218,6 +307,7 @@ impl ContainerManager {
                 exit_mapping: None,
                 argv: vec![],
                 guest_cmdline: String::new(),
+                mount_notes,
             },
         )?;
         let record = ContainerRecord {
@@ -356,6 +446,60 @@ mod tests {
             version: None,
             source: UnikernelSource::ManifestAnnotations,
         }
+    }
+
+    #[test]
+    fn image_env_then_cri_env() {
+        let image = ["PATH=/bin".to_owned(), "A=1".into(), "EMPTY".into()];
+        let cri = [("A".to_owned(), "2".to_owned()), ("B".into(), "3".into())];
+        assert_eq!(
+            merged_env(&image, &cri),
+            [
+                ("PATH".to_owned(), "/bin".to_owned()),
+                ("A".into(), "2".into()),
+                ("EMPTY".into(), String::new()),
+                ("B".into(), "3".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn mounts_go_into_an_initrd_linux_guest_and_are_noted_as_skipped_elsewhere() {
+        let cri = vec![
+            super::super::config::MountSpec {
+                container_path: "/etc/hosts".into(),
+                host_path: "/pods/p/etc-hosts".into(),
+                ..Default::default()
+            },
+            super::super::config::MountSpec {
+                container_path: "/dev/termination-log".into(),
+                host_path: "/pods/p/c/0".into(),
+                ..Default::default()
+            },
+        ];
+        let pod = PodContext {
+            hosts_file: Some("/run/pod/hosts".into()),
+            resolv_conf: Some("/run/pod/resolv.conf".into()),
+            ..Default::default()
+        };
+        let (mounts, notes) = guest_mounts(&cri, &pod, &info());
+        assert!(mounts.is_empty());
+        assert_eq!(notes.len(), 2);
+        assert!(notes.iter().all(|n| n.delivery == "skipped"), "{notes:?}");
+        assert!(notes[0].note.contains("unikraft"), "{notes:?}");
+
+        let mut linux = info();
+        linux.unikernel_type = UnikernelType::Linux;
+        linux.initrd = Some("/unikernel/initrd.gz".into());
+        let (mounts, notes) = guest_mounts(&cri, &pod, &linux);
+        let paths: Vec<&str> = mounts.iter().map(|m| m.container_path.as_str()).collect();
+        // The CRI mount of /etc/hosts wins over the pod's file; the pod's resolv.conf is added.
+        assert_eq!(
+            paths,
+            ["/etc/resolv.conf", "/etc/hosts", "/dev/termination-log"]
+        );
+        assert_eq!(mounts[1].host_path, PathBuf::from("/pods/p/etc-hosts"));
+        assert!(notes.iter().all(|n| n.delivery == "initrd"), "{notes:?}");
     }
 
     #[test]

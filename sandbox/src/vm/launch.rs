@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::accel::{self, AccelDecision, AcceleratorMode, KvmProbe};
 use super::cgroup::{Limits, VmCgroup, wrap_argv};
+use super::guestfiles::{self, GuestMount};
 use super::net;
 use super::{
     DEFAULT_MEMORY_MIB, GuestNet, LaunchPlan, VmSpec, default_binary_dirs, find_binary,
@@ -168,6 +169,10 @@ pub struct VmRequest {
     /// (unix socket paths are limited to 108 bytes).
     #[serde(default)]
     pub control_socket: Option<PathBuf>,
+    /// CRI mounts copied into the guest (see [`super::guestfiles`]); only for guests that
+    /// [`guestfiles::takes_files`].
+    #[serde(default)]
+    pub mounts: Vec<GuestMount>,
 }
 
 /// A prepared guest.
@@ -267,7 +272,7 @@ pub fn prepare(
         });
     }
     let kernel = resolve_in_layers(&req.layer_dirs, &info.binary)?;
-    let initrd = info
+    let image_initrd = info
         .initrd
         .as_ref()
         .map(|p| resolve_in_layers(&req.layer_dirs, p))
@@ -298,6 +303,16 @@ pub fn prepare(
     let undo = |e: SandboxError| {
         let _ = release(req);
         e
+    };
+    // Mounts and the environment file reach an initrd guest in a private copy of its initrd.
+    let files_in_initrd = image_initrd.is_some() && guestfiles::takes_files(info);
+    let initrd = match image_initrd {
+        Some(base) if guestfiles::takes_files(info) => {
+            let out = req.run_dir.join(INITRD_COPY);
+            guestfiles::build_initrd(&base, &req.mounts, &req.env, &out).map_err(undo)?;
+            Some(out)
+        }
+        other => other,
     };
     // The guest writes to its block device, never to the shared layer file: QEMU gets a qcow2
     // overlay backed by it (read-only), the others a private copy.
@@ -350,7 +365,13 @@ pub fn prepare(
         vcpus: vcpus(req.cpu_quota, req.cpu_period, settings.max_vcpus),
         net: guest_net.clone(),
         args: req.args.clone(),
-        env: req.env.clone(),
+        // An initrd guest reads its environment from the file in its initrd: the kernel
+        // command line holds 2 KiB and passes init at most 32 variables.
+        env: if files_in_initrd {
+            vec![]
+        } else {
+            req.env.clone()
+        },
         accelerator: accel.accelerator,
         run_dir: req.run_dir.clone(),
         vmm_user,
@@ -402,6 +423,8 @@ pub fn prepare(
 /// The per-container block files in the run directory.
 const BLOCK_COPY: &str = "block.img";
 const BLOCK_OVERLAY: &str = "block.qcow2";
+/// The guest's initrd with its files appended.
+const INITRD_COPY: &str = "initrd.img";
 /// The VMM's (empty) chroot directory in the run directory.
 const CHROOT_DIR: &str = "chroot";
 
@@ -474,7 +497,12 @@ pub fn release(req: &VmRequest) -> Result<(), SandboxError> {
     if let Some(sock) = &req.control_socket {
         let _ = std::fs::remove_file(sock);
     }
-    for name in [super::firecracker::CONFIG_FILE, BLOCK_COPY, BLOCK_OVERLAY] {
+    for name in [
+        super::firecracker::CONFIG_FILE,
+        BLOCK_COPY,
+        BLOCK_OVERLAY,
+        INITRD_COPY,
+    ] {
         let _ = std::fs::remove_file(req.run_dir.join(name));
     }
     let _ = std::fs::remove_dir(req.run_dir.join(CHROOT_DIR));
@@ -523,6 +551,7 @@ mod tests {
             cgroup: None,
             cpu_shares: 0,
             control_socket: None,
+            mounts: vec![],
         }
     }
 

@@ -16,6 +16,7 @@ pub mod cgroup;
 pub mod cloud_hypervisor;
 pub mod cmdline;
 pub mod firecracker;
+pub mod guestfiles;
 pub mod launch;
 mod layers;
 pub mod net;

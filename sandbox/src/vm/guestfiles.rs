@@ -1,0 +1,356 @@
+//! CRI mounts for guests without a shared file system: the files are copied into the guest.
+//!
+//! A `linux` guest booted with an initrd gets, at each start, a private copy of the image's
+//! initrd with a second newc cpio archive appended (the kernel unpacks concatenated archives,
+//! compressed or not, in order, later entries replacing earlier ones): every CRI mount's
+//! files at its container path, plus `/etc/crid/env` with the container's environment as
+//! shell `export` lines, which such a guest's init sources: its environment is not put on the
+//! kernel command line, which holds 2 KiB and passes init at most 32 variables (kubelet alone
+//! adds eight per Service in the namespace). The copy is a snapshot taken at `StartContainer`: the guest's
+//! writes stay in its memory, and later changes on the host (a ConfigMap update) do not reach
+//! it. Read-only mounts are not enforced (the initramfs is one writable tmpfs).
+//!
+//! Other guest types cannot receive files this way (Unikraft, Mirage, Rumprun and Mewz boot
+//! without an initramfs, and no tested guest has a 9p or virtiofs driver): their mounts are
+//! skipped, with a warning and a note in the container's verbose status, never an error —
+//! kubelet adds `/etc/hosts`, `/dev/termination-log` and the service-account token to every
+//! container.
+//!
+//! Bounded: at most [`MAX_BYTES`] of file data and [`MAX_ENTRIES`] entries per container.
+//! Symbolic links inside a mounted directory are copied as links (ConfigMap volumes are made
+//! of them), never followed; devices, sockets and FIFOs are left out.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use imagestore::{UnikernelInfo, UnikernelType};
+use serde::{Deserialize, Serialize};
+
+use crate::SandboxError;
+
+/// Upper bound of the file data copied into one guest.
+pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Upper bound of the entries (files, directories, links) copied into one guest.
+pub const MAX_ENTRIES: usize = 10_000;
+/// Where the environment file goes in the guest.
+pub const ENV_FILE: &str = "/etc/crid/env";
+
+/// A CRI mount that reaches the guest as copied files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestMount {
+    pub container_path: String,
+    pub host_path: PathBuf,
+    pub readonly: bool,
+}
+
+/// What happened to one CRI mount, for the container's verbose status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MountNote {
+    pub container_path: String,
+    /// `initrd` (copied into the guest's initramfs) or `skipped`.
+    pub delivery: String,
+    pub note: String,
+}
+
+/// Whether the guest can receive files through its initrd.
+pub fn takes_files(info: &UnikernelInfo) -> bool {
+    info.unikernel_type == UnikernelType::Linux && info.initrd.is_some()
+}
+
+/// Checks a mount's container path: absolute, no `..`, no empty name; returns it normalised
+/// (without a leading `/`, `.` components dropped).
+fn guest_path(p: &str) -> Result<String, SandboxError> {
+    let bad = |why: &str| SandboxError::InvalidArgument {
+        reason: format!("mount container path {p:?} {why}"),
+    };
+    if !p.starts_with('/') {
+        return Err(bad("is not absolute"));
+    }
+    let mut parts = Vec::new();
+    for c in Path::new(p).components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => parts.push(n.to_str().ok_or_else(|| bad("is not UTF-8"))?),
+            Component::ParentDir | Component::Prefix(_) => return Err(bad("contains '..'")),
+        }
+    }
+    if parts.is_empty() {
+        return Err(bad("is the root"));
+    }
+    Ok(parts.join("/"))
+}
+
+/// Writes `out` = `base` followed by a newc archive holding `mounts` and the environment file.
+pub fn build_initrd(
+    base: &Path,
+    mounts: &[GuestMount],
+    env: &[(String, String)],
+    out: &Path,
+) -> Result<(), SandboxError> {
+    let mut archive = Archive::default();
+    archive.file(&guest_path(ENV_FILE)?, 0o644, &env_file(env).into_bytes())?;
+    for m in mounts {
+        let dest = guest_path(&m.container_path)?;
+        let meta =
+            std::fs::metadata(&m.host_path).map_err(|e| SandboxError::io(&m.host_path, e))?;
+        if meta.is_dir() {
+            archive.tree(&m.host_path, &dest)?;
+        } else if meta.is_file() {
+            let data = read_bounded(&m.host_path, archive.bytes)?;
+            archive.file(&dest, mode_of(&meta), &data)?;
+        } else {
+            tracing::warn!(path = %m.host_path.display(), "mount source is neither a file nor a directory: not copied into the guest");
+        }
+    }
+    let _ = std::fs::remove_file(out);
+    std::fs::copy(base, out).map_err(|e| SandboxError::io(out, e))?;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(out)
+        .map_err(|e| SandboxError::io(out, e))?;
+    // The kernel skips zero padding between archives; a newc header starts 4-byte aligned.
+    let len = f.metadata().map_err(|e| SandboxError::io(out, e))?.len();
+    let pad = usize::try_from((4 - len % 4) % 4).unwrap_or(0);
+    let bytes = archive.finish()?;
+    f.write_all(&vec![0u8; pad])
+        .and_then(|()| f.write_all(&bytes))
+        .map_err(|e| SandboxError::io(out, e))
+}
+
+/// `export KEY='VALUE'` lines, single quotes escaped; keys that are not shell names are left
+/// out (they still reach the kernel command line).
+pub fn env_file(env: &[(String, String)]) -> String {
+    let mut s = String::new();
+    for (k, v) in env {
+        let name_ok = !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if name_ok {
+            s.push_str(&format!("export {k}='{}'\n", v.replace('\'', r"'\''")));
+        }
+    }
+    s
+}
+
+fn mode_of(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o7777 & !0o6000
+}
+
+/// Reads a file, failing once the archive's data (`used` so far) would pass [`MAX_BYTES`].
+fn read_bounded(path: &Path, used: u64) -> Result<Vec<u8>, SandboxError> {
+    let left = MAX_BYTES.saturating_sub(used);
+    let mut data = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(left + 1).read_to_end(&mut data))
+        .map_err(|e| SandboxError::io(path, e))?;
+    if data.len() as u64 > left {
+        return Err(too_big());
+    }
+    Ok(data)
+}
+
+fn too_big() -> SandboxError {
+    SandboxError::InvalidArgument {
+        reason: format!(
+            "the container's mounts hold more than {} MiB or {MAX_ENTRIES} entries, which a guest \
+             without a shared file system gets copied into its initrd",
+            MAX_BYTES >> 20
+        ),
+    }
+}
+
+/// A newc archive being built in memory.
+#[derive(Default)]
+struct Archive {
+    out: Vec<u8>,
+    dirs: BTreeSet<String>,
+    entries: usize,
+    bytes: u64,
+}
+
+impl Archive {
+    fn entry(&mut self, name: &str, mode: u32, data: &[u8]) -> Result<(), SandboxError> {
+        self.entries += 1;
+        self.bytes += data.len() as u64;
+        if self.entries > MAX_ENTRIES || self.bytes > MAX_BYTES {
+            return Err(too_big());
+        }
+        let size = u32::try_from(data.len()).map_err(|_| too_big())?;
+        let ino = u32::try_from(self.entries).map_err(|_| too_big())?;
+        let out = std::mem::take(&mut self.out);
+        let mut w = cpio::newc::Builder::new(name)
+            .ino(ino)
+            .mode(mode)
+            .write(out, size);
+        let io = |e| SandboxError::Runtime {
+            op: "initrd archive".into(),
+            reason: format!("{e}"),
+        };
+        w.write_all(data).map_err(io)?;
+        self.out = w.finish().map_err(io)?;
+        Ok(())
+    }
+
+    /// The directories above `name` (not `name` itself), each once.
+    fn parents(&mut self, name: &str) -> Result<(), SandboxError> {
+        let mut prefix = String::new();
+        let parts: Vec<&str> = name.split('/').collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            self.dir(&prefix.clone(), 0o755)?;
+        }
+        Ok(())
+    }
+
+    fn dir(&mut self, name: &str, mode: u32) -> Result<(), SandboxError> {
+        if self.dirs.insert(name.to_owned()) {
+            self.entry(name, 0o040_000 | mode, &[])?;
+        }
+        Ok(())
+    }
+
+    /// A regular file at `name` (normalised by [`guest_path`]) and the directories above it.
+    fn file(&mut self, name: &str, mode: u32, data: &[u8]) -> Result<(), SandboxError> {
+        self.parents(name)?;
+        self.entry(name, 0o100_000 | mode, data)
+    }
+
+    /// Copies the directory `src` to `dest`, not following links.
+    fn tree(&mut self, src: &Path, dest: &str) -> Result<(), SandboxError> {
+        self.parents(dest)?;
+        let meta = std::fs::metadata(src).map_err(|e| SandboxError::io(src, e))?;
+        self.dir(dest, mode_of(&meta))?;
+        let mut entries: Vec<_> = std::fs::read_dir(src)
+            .map_err(|e| SandboxError::io(src, e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| SandboxError::io(src, e))?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let path = e.path();
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                tracing::warn!(path = %path.display(), "a file name that is not UTF-8 is not copied into the guest");
+                continue;
+            };
+            let to = format!("{dest}/{name}");
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| SandboxError::io(&path, e))?;
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                self.tree(&path, &to)?;
+            } else if ft.is_file() {
+                let data = read_bounded(&path, self.bytes)?;
+                self.entry(&to, 0o100_000 | mode_of(&meta), &data)?;
+            } else if ft.is_symlink() {
+                let target = std::fs::read_link(&path).map_err(|e| SandboxError::io(&path, e))?;
+                let target = target.as_os_str().as_encoded_bytes().to_vec();
+                self.entry(&to, 0o120_777, &target)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Vec<u8>, SandboxError> {
+        cpio::newc::trailer(self.out).map_err(|e| SandboxError::Runtime {
+            op: "initrd archive".into(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (name, mode, data) of every entry of the archive appended after `skip` bytes.
+    fn entries(bytes: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        loop {
+            let mut r = cpio::newc::Reader::new(rest).unwrap();
+            if r.entry().is_trailer() {
+                break;
+            }
+            let (name, mode) = (r.entry().name().to_owned(), r.entry().mode());
+            let mut data = Vec::new();
+            r.read_to_end(&mut data).unwrap();
+            out.push((name, mode, data));
+            rest = r.finish().unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn appends_files_dirs_links_and_env_after_the_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("initrd.gz");
+        std::fs::write(&base, b"BASE!").unwrap();
+        std::fs::write(dir.path().join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        let cm = dir.path().join("cm");
+        std::fs::create_dir_all(cm.join("..2026_12_06")).unwrap();
+        std::fs::write(cm.join("..2026_12_06/greeting"), "hello").unwrap();
+        std::os::unix::fs::symlink("..2026_12_06", cm.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/greeting", cm.join("greeting")).unwrap();
+        let out = dir.path().join("out.img");
+        let mounts = [
+            GuestMount {
+                container_path: "/etc/hosts".into(),
+                host_path: dir.path().join("hosts"),
+                readonly: false,
+            },
+            GuestMount {
+                container_path: "/etc/config/".into(),
+                host_path: cm,
+                readonly: true,
+            },
+        ];
+        let env = [
+            ("A".to_owned(), "it's".to_owned()),
+            ("1x".into(), "no".into()),
+        ];
+        build_initrd(&base, &mounts, &env, &out).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(&bytes[..5], b"BASE!");
+        assert_eq!(&bytes[5..8], [0, 0, 0]);
+        let got = entries(&bytes[8..]);
+        let names: Vec<&str> = got.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "etc",
+                "etc/crid",
+                "etc/crid/env",
+                "etc/hosts",
+                "etc/config",
+                "etc/config/..2026_12_06",
+                "etc/config/..2026_12_06/greeting",
+                "etc/config/..data",
+                "etc/config/greeting",
+            ]
+        );
+        assert_eq!(got[2].2, b"export A='it'\\''s'\n");
+        assert_eq!(got[3].2, b"127.0.0.1 localhost\n");
+        assert_eq!(got[4].1 & 0o170_000, 0o040_000);
+        assert_eq!(got[8].1, 0o120_777);
+        assert_eq!(got[8].2, b"..data/greeting");
+    }
+
+    #[test]
+    fn bad_paths_and_limits() {
+        assert!(guest_path("etc/hosts").is_err());
+        assert!(guest_path("/a/../b").is_err());
+        assert!(guest_path("/").is_err());
+        assert_eq!(guest_path("/a/./b/").unwrap(), "a/b");
+        let mut a = Archive {
+            bytes: MAX_BYTES,
+            ..Default::default()
+        };
+        let err = a.file("x", 0o644, &[1]).unwrap_err();
+        assert_eq!(err.kind(), imagestore::ErrorKind::InvalidArgument);
+    }
+}
