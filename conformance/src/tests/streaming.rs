@@ -22,10 +22,87 @@ pub fn tests() -> Vec<Test> {
             run: |env| Box::pin(streaming(env)),
         },
         Test {
+            name: "streaming/attach-without-log",
+            run: |env| Box::pin(attach_without_log(env)),
+        },
+        Test {
             name: "streaming/unknown-ids",
             run: |env| Box::pin(unknown_ids(env)),
         },
     ]
+}
+
+/// critest's attach: a shell with stdin in a pod without a log directory and a container
+/// without a log path. Attach still works on the container's stdio: a command sent to its
+/// stdin answers on stdout (over SPDY and WebSocket).
+async fn attach_without_log(env: Env) -> TestResult {
+    let Some(image) = super::pull_busybox(&env).await? else {
+        return Ok(Outcome::Skipped("no test registry (--registry)".into()));
+    };
+    let config = pod_config("attach-nolog");
+    let pod = run_pod(&env, config.clone()).await?;
+    let result = async {
+        let mut rt = env.cri.runtime.clone();
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: "shell".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(cri::ImageSpec {
+                        image: image.clone(),
+                        ..Default::default()
+                    }),
+                    command: vec!["/bin/sh".into()],
+                    stdin: true,
+                    ..Default::default()
+                }),
+                sandbox_config: Some(config.clone()),
+            })
+            .await
+            .context("CreateContainer")?
+            .into_inner()
+            .container_id;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .context("StartContainer")?;
+        for (i, t) in [Transport::SPDY_V4, Transport::WS_V5]
+            .into_iter()
+            .enumerate()
+        {
+            let url = rt
+                .attach(cri::AttachRequest {
+                    container_id: id.clone(),
+                    stdin: true,
+                    stdout: true,
+                    stderr: true,
+                    tty: false,
+                })
+                .await
+                .context("Attach")?
+                .into_inner()
+                .url;
+            let o = StreamOpts {
+                stdin: true,
+                stdout: true,
+                stderr: true,
+                tty: false,
+            };
+            let mut s = stream_client::connect(&url, t, o).await?;
+            s.write_stdin(format!("echo hello-{i}\n").as_bytes())
+                .await?;
+            let out = s.read_stdout_until(&format!("hello-{i}\n"), T).await?;
+            ensure!(out == format!("hello-{i}\n"), "{t:?} attach stdout {out:?}");
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    remove_pod(&env, &pod).await;
+    result.map(|()| Outcome::Passed)
 }
 
 async fn unknown_ids(env: Env) -> TestResult {

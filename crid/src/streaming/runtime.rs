@@ -153,9 +153,14 @@ impl StreamBackend for RuntimeBackend {
                 "attaching stdin to container {id} (not a runc container)"
             )));
         }
-        if r.log_path.is_none() {
+        // Output comes from the CRI log, or from the monitor for a container without one.
+        let socket = self
+            .containers
+            .attach_socket_of(id)
+            .map_err(|e| sandbox_error(e, id))?;
+        if r.log_path.is_none() && socket.is_none() {
             return Err(StreamError::FailedPrecondition(format!(
-                "container {id} has no log to attach to"
+                "container {id} has neither a log nor a monitor to attach to"
             )));
         }
         Ok(())
@@ -231,9 +236,6 @@ impl StreamBackend for RuntimeBackend {
             .containers
             .get(&id)
             .map_err(|e| sandbox_error(e, &id))?;
-        let log = record
-            .log_path
-            .ok_or_else(|| StreamError::FailedPrecondition(format!("container {id} has no log")))?;
         let socket = self
             .containers
             .attach_socket_of(&id)
@@ -255,17 +257,40 @@ impl StreamBackend for RuntimeBackend {
             _ => None,
         };
         // The monitor owns the container's output and writes it to the CRI log; attaching
-        // follows that log from its current end, so it also works across crid restarts.
+        // follows that log from its current end, so it also works across crid restarts. A
+        // container without a log has its output sent by the monitor itself.
         let (out_w, out_r) = tokio::io::duplex(64 * 1024);
         let (err_w, err_r) = tokio::io::duplex(64 * 1024);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let containers = self.containers.clone();
         let out_w = spec.stdout.then_some(out_w);
         let err_w = spec.stderr.then_some(err_w);
-        tokio::spawn(async move {
-            follow_log(&log, &containers, &id, out_w, err_w, &done_tx).await;
-            let _ = done_tx.send(());
-        });
+        match (record.log_path, &socket) {
+            (Some(log), _) => {
+                let containers = self.containers.clone();
+                tokio::spawn(async move {
+                    follow_log(&log, &containers, &id, out_w, err_w, &done_tx).await;
+                    let _ = done_tx.send(());
+                });
+            }
+            (None, Some(path)) => {
+                let output = connect_attach(path, sandbox::monitor::ATTACH_OUTPUT)
+                    .await
+                    .map_err(|e| io_error("cannot reach the container's output", e))?;
+                tokio::spawn(async move {
+                    let mut done_tx = done_tx;
+                    tokio::select! {
+                        () = forward_output(output, out_w, err_w) => {}
+                        () = done_tx.closed() => {}
+                    }
+                    let _ = done_tx.send(());
+                });
+            }
+            (None, None) => {
+                return Err(StreamError::FailedPrecondition(format!(
+                    "container {id} has neither a log nor a monitor to attach to"
+                )));
+            }
+        }
         Ok(Session {
             stdin: stdin.map(|s| Box::pin(s) as Pin<Box<dyn AsyncWrite + Send>>),
             stdout: spec
@@ -328,6 +353,47 @@ impl Resize for MonitorResize {
         // Four bytes to a socket the monitor drains: this does not block for long.
         s.set_nonblocking(false)?;
         s.write_all(&frame)
+    }
+}
+
+/// Longest line an output frame may carry.
+const MAX_OUTPUT_FRAME: usize = 1 << 20;
+
+/// Copies the monitor's output frames (`sandbox::monitor::ATTACH_OUTPUT`) to `stdout` and
+/// `stderr` until the monitor ends the stream (the container ended) or the reader leaves.
+async fn forward_output(
+    mut from: tokio::net::UnixStream,
+    mut stdout: Option<tokio::io::DuplexStream>,
+    mut stderr: Option<tokio::io::DuplexStream>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut header = [0u8; sandbox::monitor::OUTPUT_HEADER];
+    let mut line = Vec::new();
+    while from.read_exact(&mut header).await.is_ok() {
+        let len = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
+        // The monitor splits lines far below this; anything longer is not a frame.
+        if len > MAX_OUTPUT_FRAME {
+            return;
+        }
+        line.resize(len, 0);
+        if from.read_exact(&mut line).await.is_err() {
+            return;
+        }
+        if header[1] == 0 {
+            line.push(b'\n');
+        }
+        let target = match header[0] {
+            1 => &mut stdout,
+            2 => &mut stderr,
+            _ => return,
+        };
+        if let Some(w) = target {
+            if w.write_all(&line).await.is_err() {
+                // The client left.
+                return;
+            }
+        }
     }
 }
 

@@ -409,10 +409,12 @@ impl ContainerManager {
     }
 
     /// The monitor's attach socket (see [`crate::monitor`]) of a runc container started
-    /// with stdin or a terminal: `attach` in its state directory, or a short name in the state
-    /// root when that path would be too long for a unix socket.
+    /// with stdin or a terminal, or without a CRI log (attach then reads its output there):
+    /// `attach` in its state directory, or a short name in the state root when that path
+    /// would be too long for a unix socket.
     fn attach_socket(&self, r: &ContainerRecord) -> Option<PathBuf> {
-        if r.backend != Backend::Runc || !(r.config.stdin || r.config.tty) {
+        let needed = r.config.stdin || r.config.tty || r.log_path.is_none();
+        if r.backend != Backend::Runc || !needed {
             return None;
         }
         let path = self.state_dir(&r.id).join("attach");

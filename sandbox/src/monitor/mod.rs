@@ -27,6 +27,11 @@
 //!   a terminal, which cannot be closed separately, an end-of-file character is typed instead).
 //! - [`ATTACH_RESIZE`]: a sequence of 4-byte frames, width then height as big-endian `u16`,
 //!   each applied to the terminal with `TIOCSWINSZ` (the kernel sends SIGWINCH).
+//! - [`ATTACH_OUTPUT`]: the monitor sends the container's output from then on, one frame per
+//!   log record: the stream (`1` stdout, `2` stderr), `1` for a partial line (else `0`), the
+//!   length as a big-endian `u32`, then the line without its newline. This is how attach works
+//!   for a container without a CRI log. A client that cannot take a frame at once is dropped:
+//!   the container never waits for a reader.
 //!
 //! Connections from several clients may overlap; their bytes are interleaved per read.
 
@@ -128,6 +133,10 @@ pub struct StdinSpec {
 pub const ATTACH_STDIN: u8 = b'i';
 /// First byte of an attach connection carrying window sizes (`u16` BE width, height).
 pub const ATTACH_RESIZE: u8 = b'r';
+/// First byte of an attach connection that receives the container's output as frames.
+pub const ATTACH_OUTPUT: u8 = b'o';
+/// Bytes of an [`ATTACH_OUTPUT`] frame before the line: stream, partial flag, `u32` length.
+pub const OUTPUT_HEADER: usize = 6;
 /// What the terminal reads as end of file (VEOF, ^D) when `stdin_once` ends a tty attach.
 const TTY_EOF: u8 = 0x04;
 
@@ -527,12 +536,15 @@ impl Attach {
                     self.had_stdin_client = true;
                 }
                 ATTACH_RESIZE if self.terminal.is_some() => {}
+                ATTACH_OUTPUT => {}
                 _ => return false,
             }
             c.mode = Some(mode);
             data = rest;
         }
         match c.mode {
+            // Output clients only listen.
+            Some(ATTACH_OUTPUT) => {}
             Some(ATTACH_STDIN) => {
                 if self.stdin.is_some() && !self.close_after_flush {
                     self.pending.extend_from_slice(data);
@@ -555,6 +567,34 @@ impl Attach {
             _ => return false,
         }
         true
+    }
+
+    /// Sends one output record to every output client ([`ATTACH_OUTPUT`]); one that cannot
+    /// take the whole frame now (too slow, or gone) is dropped.
+    fn broadcast(&mut self, stream: Stream, partial: bool, line: &[u8]) {
+        if !self.clients.iter().any(|c| c.mode == Some(ATTACH_OUTPUT)) {
+            return;
+        }
+        let Ok(len) = u32::try_from(line.len()) else {
+            return;
+        };
+        let mut frame = Vec::with_capacity(OUTPUT_HEADER + line.len());
+        frame.push(match stream {
+            Stream::Stdout => 1,
+            Stream::Stderr => 2,
+        });
+        frame.push(u8::from(partial));
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(line);
+        // Highest index first: dropping a client swaps the last one into its place.
+        for i in (0..self.clients.len()).rev() {
+            let c = &mut self.clients[i];
+            if c.mode == Some(ATTACH_OUTPUT)
+                && !matches!(c.stream.write(&frame), Ok(n) if n == frame.len())
+            {
+                self.drop_client(i);
+            }
+        }
     }
 
     /// Drops client `i`; the end of the first stdin client closes stdin with `once`.
@@ -891,8 +931,13 @@ impl Monitor {
                     a.flush();
                 }
             }
-            let log = &mut self.log;
-            let mut emit = |s: Stream, p: bool, c: &[u8]| log.write_record(s, p, c);
+            let (log, attach) = (&mut self.log, &mut self.attach);
+            let mut emit = |s: Stream, p: bool, c: &[u8]| {
+                log.write_record(s, p, c);
+                if let Some(a) = attach.as_mut() {
+                    a.broadcast(s, p, c);
+                }
+            };
             if out_ready {
                 pump(&mut self.stdout, &mut buf, &mut out_split, &mut emit);
             }
@@ -917,8 +962,13 @@ impl Monitor {
                 }
             }
         }
-        let log = &mut self.log;
-        let mut emit = |s: Stream, p: bool, c: &[u8]| log.write_record(s, p, c);
+        let (log, attach) = (&mut self.log, &mut self.attach);
+        let mut emit = |s: Stream, p: bool, c: &[u8]| {
+            log.write_record(s, p, c);
+            if let Some(a) = attach.as_mut() {
+                a.broadcast(s, p, c);
+            }
+        };
         out_split.finish(&mut emit);
         err_split.finish(&mut emit);
         let code = exit.map(|(c, _)| c).unwrap_or(255);
