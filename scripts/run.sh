@@ -5,10 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
-cargo build --release -p crid
+cargo build --release -p crid -p crid-vmm
 install -m 0755 target/release/crid /usr/local/bin/crid
 # The small per-container monitor binary; crid falls back to `crid monitor` without it.
 install -m 0755 target/release/crid-monitor /usr/local/bin/crid-monitor
+# crid's own VMM (hypervisor `crid`), found next to crid.
+install -m 0755 target/release/crid-vmm /usr/local/bin/crid-vmm
 if ! ls /etc/cni/net.d/*.conflist /etc/cni/net.d/*.conf >/dev/null 2>&1; then
     install -D -m 0644 crid/dist/10-crid-bridge.conflist /etc/cni/net.d/10-crid-bridge.conflist
 fi

@@ -118,6 +118,12 @@ pub struct VmConfig {
     pub solo5_spt_path: PathBuf,
     /// Firmware for QEMU's `pc` machine; empty keeps QEMU's SeaBIOS.
     pub qemu_firmware: PathBuf,
+    /// crid's own VMM: the default name is looked up next to the crid executable first (where
+    /// it is installed, like crid-monitor), then in the binary directories.
+    pub crid_vmm_path: PathBuf,
+    /// Images annotated for these hypervisors ("qemu", "firecracker") run on crid-vmm when
+    /// their guest is compatible.
+    pub crid_vmm_for: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -229,6 +235,8 @@ impl Default for VmConfig {
             solo5_hvt_path: PathBuf::from("solo5-hvt"),
             solo5_spt_path: PathBuf::from("solo5-spt"),
             qemu_firmware: PathBuf::from(sandbox::vm::launch::DEFAULT_QEMU_FIRMWARE),
+            crid_vmm_path: PathBuf::from(sandbox::vm::crid_vmm::BINARY),
+            crid_vmm_for: vec![],
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use imagestore::{ImageError, ImageStore, ImageStoreConfig};
+use imagestore::{HypervisorKind, ImageError, ImageStore, ImageStoreConfig};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -194,12 +194,39 @@ pub fn vm_settings(config: &Config) -> anyhow::Result<sandbox::vm::launch::VmSet
             ("cloud-hypervisor".into(), vm.cloud_hypervisor_path.clone()),
             ("solo5-hvt".into(), vm.solo5_hvt_path.clone()),
             ("solo5-spt".into(), vm.solo5_spt_path.clone()),
+            (sandbox::vm::crid_vmm::BINARY.into(), crid_vmm_path(vm)),
         ],
         qemu_firmware: (!vm.qemu_firmware.as_os_str().is_empty()).then(|| vm.qemu_firmware.clone()),
         unikernel_handlers: config.runtime.unikernel_handlers.clone(),
         autodetect_handlers: config.runtime.unikernel_autodetect_handlers.clone(),
+        crid_vmm_for: vm
+            .crid_vmm_for
+            .iter()
+            .map(|h| match HypervisorKind::parse(h) {
+                Some(k @ (HypervisorKind::Qemu | HypervisorKind::Firecracker)) => Ok(k),
+                _ => Err(anyhow::anyhow!(
+                    "vm.crid_vmm_for: {h:?} is not \"qemu\" or \"firecracker\""
+                )),
+            })
+            .collect::<anyhow::Result<_>>()?,
         ..Default::default()
     })
+}
+
+/// `vm.crid_vmm_path`: the default name resolves to the crid-vmm installed next to this
+/// executable when there is one (like crid-monitor), else it is searched like the other VMMs.
+fn crid_vmm_path(vm: &crate::config::VmConfig) -> PathBuf {
+    let name = sandbox::vm::crid_vmm::BINARY;
+    if vm.crid_vmm_path.as_os_str() == name {
+        if let Some(beside) = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join(name)))
+            .filter(|p| p.is_file())
+        {
+            return beside;
+        }
+    }
+    vm.crid_vmm_path.clone()
 }
 
 /// Opens the image store under `<root>/images` with the configured registries and pinned

@@ -17,7 +17,8 @@
 //!   text value such as `cmdline` cannot tell by itself (`aGk=` is a valid command line), hence
 //!   the witness; a source mixing plain and base64 values is not supported.
 //! - **Validation.** `unikernelType` is one of linux, unikraft, rumprun, mirage, mewz;
-//!   `hypervisor` one of qemu, firecracker, hvt, spt, clh / cloud-hypervisor (missing: qemu);
+//!   `hypervisor` one of qemu, firecracker, hvt, spt, clh / cloud-hypervisor, crid (crid's own
+//!   `crid-vmm`; missing: qemu);
 //!   `binary` is required; `binary`, `initrd` and `block` are paths in the rootfs: a leading `/`
 //!   is stripped, `..` components and control characters are refused; `cmdline` has no control
 //!   characters; every value is at most 4 KiB. Any source with a urunc key that fails these
@@ -57,6 +58,8 @@ pub enum HypervisorKind {
     CloudHypervisor,
     Hvt,
     Spt,
+    /// crid's own microVM monitor, `crid-vmm`.
+    Crid,
 }
 
 /// Where the unikernel keys were found.
@@ -136,6 +139,7 @@ impl HypervisorKind {
             "clh" | "cloud-hypervisor" | "cloudhypervisor" => HypervisorKind::CloudHypervisor,
             "hvt" => HypervisorKind::Hvt,
             "spt" => HypervisorKind::Spt,
+            "crid" => HypervisorKind::Crid,
             _ => return None,
         })
     }
@@ -147,6 +151,7 @@ impl HypervisorKind {
             HypervisorKind::CloudHypervisor => "cloud-hypervisor",
             HypervisorKind::Hvt => "hvt",
             HypervisorKind::Spt => "spt",
+            HypervisorKind::Crid => "crid",
         }
     }
 }
@@ -277,7 +282,7 @@ fn build(
             invalid(
                 HYPERVISOR,
                 format!(
-                    "unknown hypervisor {:?} (known: qemu, firecracker, hvt, spt, clh)",
+                    "unknown hypervisor {:?} (known: qemu, firecracker, hvt, spt, clh, crid)",
                     printable(h)
                 ),
             )
@@ -538,6 +543,7 @@ mod tests {
     #[case("cloud-hypervisor", HypervisorKind::CloudHypervisor)]
     #[case("hvt", HypervisorKind::Hvt)]
     #[case("spt", HypervisorKind::Spt)]
+    #[case("crid", HypervisorKind::Crid)]
     fn hypervisors(#[case] name: &str, #[case] want: HypervisorKind) {
         let m = keys(&[
             ("unikernelType", "mirage"),

@@ -69,3 +69,29 @@ pub fn no_new_privs() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Restores the default action of the stop signals and unblocks them: a VMM started by a
+/// supervisor that ignores or blocks them (both are inherited across exec) must still end on
+/// `SIGTERM`, crid's stop signal for it.
+pub fn default_stop_signals() -> io::Result<()> {
+    const STOP: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+    // SAFETY: an all-zero sigset_t is a valid value; sigemptyset initialises it anyway.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live, writable sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    for sig in STOP {
+        // SAFETY: SIG_DFL is always a valid disposition for these catchable signals, and no
+        // handler of ours is replaced (the VMM installs none).
+        if unsafe { libc::signal(sig, libc::SIG_DFL) } == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `set` is initialised and `sig` is a valid signal number.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}

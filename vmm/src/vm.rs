@@ -22,6 +22,7 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
 /// Boots the guest described by `config` and returns how it ended.
 pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
+    sys::default_stop_signals().map_err(|e| VmmError::io("resetting signal dispositions", e))?;
     let kvm = Kvm::new().map_err(|e| VmmError::kvm("opening /dev/kvm", e))?;
     let vm = kvm
         .create_vm()

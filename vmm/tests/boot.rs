@@ -157,3 +157,37 @@ fn unbootable_kernel_fails_with_a_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("crid-vmm: "), "{err}");
 }
+
+#[test]
+fn ignored_sigterm_is_restored_so_a_stop_ends_the_vmm() {
+    let Some((_dir, kernel)) = guest() else {
+        return;
+    };
+    // `trap '' TERM` makes the shell's exec'd child inherit SIGTERM as ignored, as a supervisor
+    // that ignores it would.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "trap '' TERM; exec {VMM} --kernel {} --cmdline stay --memory 32",
+            kernel.display()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = [0u8; 64];
+    assert!(stdout.read(&mut buf).unwrap() > 0, "no guest output");
+    send_signal(child.id(), libc::SIGTERM);
+    let st = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(libc::SIGTERM), "{st:?}");
+}
+
+fn send_signal(pid: u32, sig: i32) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}

@@ -272,6 +272,15 @@ impl ContainerManager {
         // The VMM runs in the cgroup runc would give a container of this pod.
         let cgroups_path =
             cgroups::cgroups_path(self.settings.cgroup_driver, &pod.cgroup_parent, id);
+        let mut info = info;
+        let (settings, host) = current();
+        crate::vm::crid_vmm::substitute(
+            &mut info,
+            &image.layer_dirs,
+            netns.is_some(),
+            settings,
+            host,
+        );
         let request = VmRequest {
             container_id: id.to_owned(),
             info,
@@ -297,7 +306,6 @@ impl ContainerManager {
             ),
             mounts,
         };
-        let (settings, host) = current();
         let accel = launch::check(&request, settings, host)?;
         self.save_vm_state(
             id,

@@ -55,6 +55,10 @@ pub struct VmSettings {
     /// (`runtime.unikernel_autodetect_handlers`); under any other handler such an image is
     /// `FailedPrecondition`.
     pub autodetect_handlers: Vec<String>,
+    /// Images annotated for these hypervisors run on crid-vmm when their guest is compatible
+    /// (`vm.crid_vmm_for`; see [`super::crid_vmm::substitute`]).
+    #[serde(default)]
+    pub crid_vmm_for: Vec<HypervisorKind>,
 }
 
 impl VmSettings {
@@ -102,6 +106,7 @@ impl Default for VmSettings {
             qemu_firmware: Some(PathBuf::from(DEFAULT_QEMU_FIRMWARE)),
             unikernel_handlers: vec!["urunc".into(), "unikernel".into()],
             autodetect_handlers: vec![],
+            crid_vmm_for: vec![],
         }
     }
 }
@@ -325,9 +330,10 @@ pub fn prepare(
         }
         None => None,
     };
-    // QEMU drops to its own uid after setting up, chrooted into an empty directory.
+    // QEMU and crid-vmm drop to their own uid after setting up, chrooted into an empty directory.
+    let drops_privileges = is_qemu || info.hypervisor == HypervisorKind::Crid;
     let (vmm_user, chroot) = match settings.vmm_uid(&req.container_id) {
-        Some(uid) if is_qemu => {
+        Some(uid) if drops_privileges => {
             let dir = req.run_dir.join(CHROOT_DIR);
             std::fs::create_dir_all(&dir).map_err(|e| undo(SandboxError::io(&dir, e)))?;
             (Some((uid, uid)), Some(dir))

@@ -8,13 +8,14 @@
 //! back to the guest's exit code with [`LaunchPlan::guest_exit_code`].
 //!
 //! One module per hypervisor behind the [`Hypervisor`] trait: [`qemu`], [`firecracker`],
-//! [`cloud_hypervisor`] and [`solo5`] (hvt and spt); guest kernel command lines per unikernel
+//! [`cloud_hypervisor`], [`solo5`] (hvt and spt) and [`crid_vmm`] (crid's own VMM); guest kernel command lines per unikernel
 //! type live in [`cmdline`]. [`net`] wires a tap device to the pod's CNI interface.
 
 pub mod accel;
 pub mod cgroup;
 pub mod cloud_hypervisor;
 pub mod cmdline;
+pub mod crid_vmm;
 pub mod firecracker;
 pub mod guestfiles;
 pub mod launch;
@@ -260,6 +261,7 @@ pub fn hypervisor_for(kind: HypervisorKind) -> Box<dyn Hypervisor + Send + Sync>
         HypervisorKind::Spt => Box::new(solo5::Solo5 {
             tender: solo5::Tender::Spt,
         }),
+        HypervisorKind::Crid => Box::new(crid_vmm::CridVmm),
     }
 }
 
@@ -273,6 +275,7 @@ pub fn supported_pair(guest: UnikernelType, hypervisor: HypervisorKind) -> bool 
             | (T::Mewz | T::Mirage | T::Unikraft | T::Linux, H::Qemu)
             | (T::Linux | T::Unikraft, H::Firecracker)
             | (T::Linux, H::CloudHypervisor)
+            | (T::Linux | T::Unikraft, H::Crid)
     )
 }
 
@@ -363,6 +366,7 @@ pub fn hypervisor_name(h: HypervisorKind) -> &'static str {
         HypervisorKind::CloudHypervisor => "cloud-hypervisor",
         HypervisorKind::Hvt => "hvt",
         HypervisorKind::Spt => "spt",
+        HypervisorKind::Crid => "crid",
     }
 }
 

@@ -1,0 +1,227 @@
+//! crid's own VMM end to end through the CRI: the freestanding test guest packed for the
+//! `crid` hypervisor, and the same kernel packed for `qemu`, which `vm.crid_vmm_for = ["qemu"]`
+//! moves onto crid-vmm. crid finds `crid-vmm` next to its own executable (`target/debug`).
+//! Checks: the serial output in the CRI log, the guest's exit code as the container's, the VMM
+//! as the container's process (unprivileged, seccomp, chroot, in the container's cgroup), and
+//! nothing left (process, cgroup, container directory) after stop and remove.
+//! Needs root, gcc, nsenter, /dev/kvm and the registry; skipped with a reason otherwise
+//! (failing under CI=true).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Crid, log_text};
+use proto::cri;
+
+/// `target/debug/crid-vmm`, built when missing (scripts/test.sh builds the workspace first).
+fn vmm_binary() -> std::path::PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_crid"))
+        .parent()
+        .unwrap()
+        .join("crid-vmm");
+    if !path.exists() {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-p", "crid-vmm"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "building crid-vmm failed");
+    }
+    path
+}
+
+fn ready() -> Option<String> {
+    let reg = common::registry_for("crid-vmm", &["gcc", "nsenter"])?;
+    if !sandbox::vm::accel::probe_host().usable {
+        common::skip("crid-vmm", "/dev/kvm is not usable");
+        return None;
+    }
+    Some(reg)
+}
+
+/// Waits (bounded) until the container's log holds `text`.
+async fn wait_log(log: &Path, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{} never showed {text:?}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn guest(image: &str, name: &str, args: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(common::spec(image)),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 32 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn freestanding_guest_on_crid_vmm_through_the_cri() {
+    let Some(reg) = ready() else { return };
+    let vmm = vmm_binary();
+    let work = tempfile::tempdir().unwrap();
+    let kernel = work.path().join("guest.elf");
+    let own = common::push_guest_as(
+        &reg,
+        &kernel,
+        "unikraft",
+        "crid",
+        "exit=3 from-image",
+        "crid",
+    );
+    let for_qemu = common::push_guest_as(
+        &reg,
+        &kernel,
+        "unikraft",
+        "qemu",
+        "exit=4 from-image",
+        "crid-qemu",
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    common::write_config(dir.path(), "[vm]\ncrid_vmm_for = [\"qemu\"]\n");
+    let crid = Crid::start_owned(dir).await;
+    crid.expect_pull(&own).await;
+    crid.expect_pull(&for_qemu).await;
+    let pod = crid.run_host_pod_with("vmm", "urunc").await;
+    let logs = crid.path().join("logs/vmm");
+
+    // The guest's output is the CRI log; its exit code is the container's.
+    let a = crid
+        .create_start(&pod, guest(&own, "args", &["exit=5", "from-cri"]))
+        .await;
+    let s = crid
+        .wait_state(&a, cri::ContainerState::ContainerExited)
+        .await;
+    let log = std::fs::read_to_string(logs.join("args.log")).unwrap_or_default();
+    assert_eq!(s.exit_code, 5, "log:\n{log}\n{}", log_text(crid.path()));
+    assert!(log.contains("stdout F crid-test-guest: booted"), "{log}");
+    assert!(log.contains("-- exit=5 from-cri"), "{log}");
+    let (_, info) = crid.container_status(&a).await;
+    assert_eq!(
+        info["runtimeSpec"]["unikernel"]["request"]["info"]["hypervisor"],
+        "crid"
+    );
+
+    // An image for QEMU runs on crid-vmm under vm.crid_vmm_for, with its image command line.
+    let q = crid.create_start(&pod, guest(&for_qemu, "qemu", &[])).await;
+    let s = crid
+        .wait_state(&q, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(s.exit_code, 4, "{}", log_text(crid.path()));
+    let (_, info) = crid.container_status(&q).await;
+    assert_eq!(
+        info["runtimeSpec"]["unikernel"]["request"]["info"]["hypervisor"], "crid",
+        "vm.crid_vmm_for did not move the qemu image: {info}"
+    );
+
+    // A guest that halts: the VMM is the container's process, confined, in its cgroup.
+    let c = crid
+        .create_start(&pod, guest(&own, "stay", &["stay"]))
+        .await;
+    wait_log(&logs.join("stay.log"), "crid-test-guest: halting").await;
+    let (_, info) = crid.container_status(&c).await;
+    let pid = info["pid"].as_i64().expect("pid in verbose info");
+    let argv0 = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let argv0 = argv0.split(|b| *b == 0).next().unwrap_or_default().to_vec();
+    assert_eq!(
+        Path::new(&String::from_utf8_lossy(&argv0).to_string()),
+        vmm.as_path(),
+        "the container's process is not crid-vmm next to crid"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}:")))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert!(field("Uid").split(' ').all(|u| u != "0"), "{status}");
+    assert!(field("Gid").split(' ').all(|g| g != "0"), "{status}");
+    assert_eq!(field("Seccomp"), "2", "{status}");
+    assert_eq!(field("NoNewPrivs"), "1", "{status}");
+    assert_eq!(field("CapEff"), "0000000000000000", "{status}");
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+    assert!(root.ends_with("vm/chroot"), "VMM root is {root:?}");
+    let rel = info["runtimeSpec"]["unikernel"]["request"]["cgroup"]
+        .as_str()
+        .expect("cgroup in verbose info")
+        .to_string();
+    let procs = std::fs::read_to_string(
+        Path::new("/sys/fs/cgroup/memory")
+            .join(&rel)
+            .join("cgroup.procs"),
+    )
+    .unwrap();
+    assert!(
+        procs.lines().any(|l| l.trim() == pid.to_string()),
+        "crid-vmm {pid} not in its cgroup: {procs:?}"
+    );
+    eprintln!(
+        "crid-vmm VmRSS with a halted 32 MiB guest: {} ",
+        field("VmRSS")
+    );
+
+    crid.rt()
+        .stop_container(cri::StopContainerRequest {
+            container_id: c.clone(),
+            timeout: 2,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("stop: {e}\n{}", log_text(crid.path())));
+    let s = crid
+        .wait_state(&c, cri::ContainerState::ContainerExited)
+        .await;
+    // The stop signal (SIGTERM) ends crid-vmm at once.
+    assert_eq!(s.exit_code, 143, "{s:?}");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "crid-vmm outlived its stop"
+    );
+
+    for id in [&a, &q, &c] {
+        crid.rt()
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .unwrap();
+    }
+    for ctl in ["memory", "cpu", "devices"] {
+        let dir = Path::new("/sys/fs/cgroup").join(ctl).join(&rel);
+        assert!(!dir.exists(), "{} outlived the VMM", dir.display());
+    }
+    let state = crid.path().display().to_string();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("crid-vmm") && c.contains(&state))
+        .collect();
+    assert!(left.is_empty(), "VMMs left: {left:?}");
+    crid.finish().await;
+}
