@@ -5,7 +5,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(runc containernetworking-plugins iproute2 iptables qemu-system-x86 qemu-utils
       docker-registry skopeo protobuf-compiler busybox-static gcc make curl jq
-      containerd apparmor systemd)
+      containerd apparmor systemd nftables)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

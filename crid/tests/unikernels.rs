@@ -759,6 +759,167 @@ async fn kubelet_shaped_guests_start_in_a_pod_network() {
     }
 }
 
+/// The pod Knative builds: the user container (here the `linux` guest serving on 8080, its
+/// port declared) and a runc sidecar playing queue-proxy, which listens on 8012 and forwards
+/// to `127.0.0.1:8080`. A request from the node to `podIP:8012` is answered by the guest
+/// through the sidecar; the sidecar reaches the guest on loopback and on the pod IP, and still
+/// reaches the node (its `eth0` is untouched: routed mode).
+#[tokio::test]
+async fn knative_shaped_pod_sidecar_proxies_to_the_guest() {
+    use conformance::kubelet::KubeletPod;
+    let Some(reg) = ready() else { return };
+    if !Path::new("/usr/lib/cni/bridge").exists() {
+        missing("the CNI plugins are not installed in /usr/lib/cni");
+        return;
+    }
+    if !common::on_path("nft") {
+        missing("nft is not installed (nftables)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let Some(linux) = push_linux_guest(&reg, work.path()) else {
+        return;
+    };
+    let (crid, _) = start().await;
+    let (_bridge, prefix) = bridge_network(&crid, 197);
+    crid.expect_pull(&linux).await;
+    let busybox = format!("{reg}/busybox:latest");
+    crid.expect_pull(&busybox).await;
+    let pod = KubeletPod::new(
+        &crid.path().join("kubelet"),
+        "hello-00001-deployment-5c8d7-abcde",
+        "default",
+    )
+    .unwrap();
+    let config = pod.sandbox_config();
+    let pod_id = crid
+        .rt()
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: "urunc".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
+        .into_inner()
+        .pod_sandbox_id;
+    let ip = pod_ip(&crid, &pod_id).await;
+    let sandbox = (pod_id.clone(), config);
+    // Knative's order: the user container, then queue-proxy.
+    let user = pod
+        .container("user-container", &linux)
+        .args(&["serve"])
+        .env("GREETING", "knative")
+        .port("user-port", 8080)
+        .build()
+        .unwrap();
+    let guest = crid.create_start(&sandbox, user).await;
+    let proxy = pod
+        .container("queue-proxy", &busybox)
+        .command(&["nc", "-ll", "-p", "8012", "-e", "nc", "127.0.0.1", "8080"])
+        .port("http-queueadm", 8022)
+        .port("queue-port", 8012)
+        .build()
+        .unwrap();
+    let sidecar = crid.create_start(&sandbox, proxy).await;
+    let body = wait_http(
+        &crid,
+        &guest,
+        ip,
+        &pod.log_directory.join("user-container/0.log"),
+    )
+    .await;
+    assert!(body.contains("greeting=[knative]"), "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let via_proxy = loop {
+        match http_get_port(ip, 8012) {
+            Ok(b) if b.contains("hello from crid linux guest") => break b,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no answer through the sidecar on {ip}:8012: {other:?}\n{}",
+                    log_text(crid.path())
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    assert!(via_proxy.contains("greeting=[knative]"), "{via_proxy}");
+
+    let exec = |cmd: String| {
+        let mut rt = crid.rt();
+        let id = sidecar.clone();
+        async move {
+            let r = rt
+                .exec_sync(cri::ExecSyncRequest {
+                    container_id: id,
+                    cmd: vec!["sh".into(), "-c".into(), cmd],
+                    timeout: 20,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("exec in the sidecar: {e}"))
+                .into_inner();
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&r.stdout),
+                String::from_utf8_lossy(&r.stderr)
+            )
+        }
+    };
+    let get = |addr: String| {
+        format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {addr}; echo rc=$?")
+    };
+    for addr in ["127.0.0.1 8080".to_owned(), format!("{ip} 8080")] {
+        let out = exec(get(addr.clone())).await;
+        assert!(
+            out.contains("hello from crid linux guest") && out.contains("rc=0"),
+            "the sidecar did not reach the guest on {addr}: {out}"
+        );
+    }
+    // The sidecar's own traffic leaves the pod (eth0 is as CNI made it).
+    let node = std::net::TcpListener::bind((format!("{prefix}.1").as_str(), 0)).unwrap();
+    let port = node.local_addr().unwrap().port();
+    let accept = std::thread::spawn(move || {
+        node.accept().map(|(mut c, _)| {
+            use std::io::Write;
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nfrom the node\n");
+        })
+    });
+    let out = exec(get(format!("{prefix}.1 {port}"))).await;
+    assert!(
+        out.contains("from the node") && out.contains("rc=0"),
+        "{out}"
+    );
+    accept.join().unwrap().unwrap();
+
+    for id in [&sidecar, &guest] {
+        crid.rt()
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.to_string(),
+                timeout: 0,
+            })
+            .await
+            .unwrap();
+        crid.rt()
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .unwrap();
+    }
+    let _ = crid
+        .rt()
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await;
+    let _ = crid
+        .rt()
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id,
+        })
+        .await;
+}
+
 #[tokio::test]
 async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
     let Some(reg) = ready() else { return };
@@ -1062,8 +1223,12 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
 }
 
 fn http_get(ip: std::net::Ipv4Addr) -> std::io::Result<String> {
+    http_get_port(ip, 8080)
+}
+
+fn http_get_port(ip: std::net::Ipv4Addr, port: u16) -> std::io::Result<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&(ip, 8080).into(), Duration::from_secs(3))?;
+    let mut s = std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(b"GET /index.html HTTP/1.0\r\nHost: guest\r\n\r\n")?;
     let mut body = String::new();

@@ -88,6 +88,7 @@ fn guest_writes_land_in_a_small_overlay_and_the_base_is_unchanged() {
         cpu_shares: 0,
         control_socket: None,
         mounts: vec![],
+        ports: vec![],
     };
     let prepared = match prepare(&req, &VmSettings::default(), &probe_host()) {
         Ok(p) => p,

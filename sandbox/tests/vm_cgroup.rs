@@ -115,6 +115,7 @@ fn release_kills_what_is_left_and_removes_the_cgroup() {
         cpu_shares: 0,
         control_socket: None,
         mounts: vec![],
+        ports: vec![],
     };
     release(&req).unwrap();
     // Reap it: killed by release, not by us.

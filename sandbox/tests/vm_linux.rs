@@ -87,6 +87,7 @@ fn linux_guest_answers_http_on_the_pod_ip() {
         cpu_shares: 0,
         control_socket: None,
         mounts: vec![],
+        ports: vec![],
     };
     let host = probe_host();
     let prepared = match prepare(&req, &VmSettings::default(), &host) {

@@ -47,7 +47,7 @@ fn tap_redirects_the_pod_interface_to_the_guest() {
         &["ip", "tuntap", "add", "dev", "crtapstale", "mode", "tap"],
     );
 
-    let net = setup_guest_net(&p.ns, "eth0", &tap).unwrap();
+    let net = setup_guest_net(&p.ns, "eth0", &tap, &[]).unwrap();
     assert_eq!(net.ip, Ipv4Addr::new(10, 213, octet, 2));
     assert_eq!(net.prefix, 24);
     assert_eq!(net.gateway, Some(Ipv4Addr::new(10, 213, octet, 1)));
@@ -79,7 +79,7 @@ fn tap_redirects_the_pod_interface_to_the_guest() {
     assert!(redirected_packets(&p.ns) > 0);
 
     // Setting up again (a restart after a crash) replaces our own stale tap.
-    let again = setup_guest_net(&p.ns, "eth0", &tap).unwrap();
+    let again = setup_guest_net(&p.ns, "eth0", &tap, &[]).unwrap();
     assert_eq!(again, net);
 
     teardown_guest_net(&p.ns, "eth0", &tap).unwrap();

@@ -36,6 +36,7 @@ use crate::monitor::Launch;
 use crate::vm::accel::{AccelDecision, KvmProbe, probe_host};
 use crate::vm::guestfiles::{self, GuestMount, MountNote};
 use crate::vm::launch::{self, VmRequest, VmSettings};
+use crate::vm::net::GuestPort;
 use crate::vm::{ExitMapping, type_name};
 
 /// What crid keeps about a VM container, in `<container dir>/vm.json`.
@@ -117,6 +118,46 @@ fn check_handler(
             pod.runtime_handler
         ),
     })
+}
+
+/// kubelet's annotation listing the container's declared ports (JSON).
+const PORTS_ANNOTATION: &str = "io.kubernetes.container.ports";
+
+/// The TCP/UDP ports of kubelet's `io.kubernetes.container.ports` annotation (SCTP and other
+/// protocols are left out); a value that is not that JSON is `InvalidArgument` naming the key.
+fn declared_ports(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<GuestPort>, SandboxError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Port {
+        container_port: u16,
+        #[serde(default)]
+        protocol: Option<String>,
+    }
+    let Some(value) = annotations.get(PORTS_ANNOTATION) else {
+        return Ok(vec![]);
+    };
+    let ports: Vec<Port> =
+        serde_json::from_str(value).map_err(|e| SandboxError::InvalidArgument {
+            reason: format!("annotation {PORTS_ANNOTATION}: {e}"),
+        })?;
+    let mut out: Vec<GuestPort> = Vec::new();
+    for p in ports {
+        let udp = match p.protocol.as_deref().unwrap_or("TCP") {
+            "TCP" => false,
+            "UDP" => true,
+            _ => continue,
+        };
+        let g = GuestPort {
+            port: p.container_port,
+            udp,
+        };
+        if p.container_port != 0 && !out.contains(&g) {
+            out.push(g);
+        }
+    }
+    Ok(out)
 }
 
 /// The guest's environment: the image's `Env`, then the CRI `envs` (which win on a name
@@ -305,6 +346,7 @@ impl ContainerManager {
                     .join(format!("qmp-{}.sock", &id[..16.min(id.len())])),
             ),
             mounts,
+            ports: declared_ports(&config.annotations)?,
         };
         let accel = launch::check(&request, settings, host)?;
         self.save_vm_state(
@@ -454,6 +496,33 @@ mod tests {
             version: None,
             source: UnikernelSource::ManifestAnnotations,
         }
+    }
+
+    #[test]
+    fn declared_ports_from_kubelets_annotation() {
+        let mut a = std::collections::BTreeMap::new();
+        assert!(declared_ports(&a).unwrap().is_empty());
+        a.insert(
+            PORTS_ANNOTATION.to_owned(),
+            r#"[{"name":"user-port","containerPort":8080,"protocol":"TCP"},{"containerPort":53,"protocol":"UDP"},{"containerPort":9,"protocol":"SCTP"},{"containerPort":8080}]"#.to_owned(),
+        );
+        assert_eq!(
+            declared_ports(&a).unwrap(),
+            [
+                GuestPort {
+                    port: 8080,
+                    udp: false
+                },
+                GuestPort {
+                    port: 53,
+                    udp: true
+                }
+            ]
+        );
+        a.insert(PORTS_ANNOTATION.to_owned(), "8080".to_owned());
+        let err = declared_ports(&a).unwrap_err();
+        assert_eq!(err.kind(), imagestore::ErrorKind::InvalidArgument);
+        assert!(err.to_string().contains(PORTS_ANNOTATION), "{err}");
     }
 
     #[test]

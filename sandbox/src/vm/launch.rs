@@ -178,6 +178,11 @@ pub struct VmRequest {
     /// [`guestfiles::takes_files`].
     #[serde(default)]
     pub mounts: Vec<GuestMount>,
+    /// The ports the guest serves (kubelet's `io.kubernetes.container.ports`): with any, the
+    /// guest is routed behind the pod namespace instead of taking over its interface (see
+    /// [`net::setup_routed_with`]).
+    #[serde(default)]
+    pub ports: Vec<net::GuestPort>,
 }
 
 /// A prepared guest.
@@ -357,7 +362,7 @@ pub fn prepare(
     }
     let tap = net::tap_name(&req.container_id);
     let guest_net = match &req.netns {
-        Some(ns) => Some(net::setup_guest_net(ns, &req.iface, &tap).map_err(undo)?),
+        Some(ns) => Some(net::setup_guest_net(ns, &req.iface, &tap, &req.ports).map_err(undo)?),
         None => None,
     };
     let mem = memory_mib(req.memory_limit_bytes, settings.default_memory_mib);
@@ -558,6 +563,7 @@ mod tests {
             cpu_shares: 0,
             control_socket: None,
             mounts: vec![],
+            ports: vec![],
         }
     }
 

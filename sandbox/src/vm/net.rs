@@ -1,5 +1,9 @@
 //! A guest's network inside the pod's network namespace.
 //!
+//! Two modes. A guest whose container declares ports is *routed* ([`setup_routed_with`]: a
+//! private /30 behind the tap, nftables NAT of the declared ports, the pod interface left to
+//! the sidecars). Otherwise the guest *takes over* the pod interface, as described next.
+//!
 //! The CNI plugins configured the pod's interface (`eth0`). A unikernel container gets a tap
 //! device in the same namespace, connected to `eth0` by tc: an ingress qdisc on each with a
 //! match-all u32 filter whose action is `mirred egress redirect` to the other. Every frame that
@@ -150,15 +154,180 @@ fn net_err(op: &str, reason: impl Into<String>) -> SandboxError {
     }
 }
 
-/// Creates the tap and the redirects in the namespace at `netns` and returns the guest's network.
-pub fn setup_guest_net(netns: &Path, iface: &str, tap: &str) -> Result<GuestNet, SandboxError> {
-    setup_with(
-        &NsenterRunner {
-            netns: netns.to_path_buf(),
-        },
-        iface,
-        tap,
-    )
+/// Creates the tap and its wiring in the namespace at `netns` and returns the guest's network:
+/// with no `ports`, the tc redirects (the guest takes over the pod interface); with declared
+/// ports, the routed mode ([`setup_routed_with`]).
+pub fn setup_guest_net(
+    netns: &Path,
+    iface: &str,
+    tap: &str,
+    ports: &[GuestPort],
+) -> Result<GuestNet, SandboxError> {
+    let r = NsenterRunner {
+        netns: netns.to_path_buf(),
+    };
+    if ports.is_empty() {
+        setup_with(&r, iface, tap)
+    } else {
+        setup_routed_with(&r, iface, tap, ports)
+    }
+}
+
+/// A container port the guest serves (kubelet's `io.kubernetes.container.ports`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestPort {
+    pub port: u16,
+    pub udp: bool,
+}
+
+/// The namespace's side of the routed guest link.
+pub const ROUTED_HOST_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 5);
+/// The guest's address in routed mode.
+pub const ROUTED_GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 6);
+/// The guest's MAC in routed mode (locally administered; one guest per pod network).
+const ROUTED_GUEST_MAC: MacAddr = MacAddr([0x02, 0x00, 0xa9, 0xfe, 0x4d, 0x06]);
+/// crid's nftables table in the pod's namespace (routed mode).
+const NFT_TABLE: &str = "crid_guest";
+
+/// Routed mode, for pods that mix runc sidecars and a guest (Knative's queue-proxy): the pod
+/// interface stays as CNI made it, for the sidecars; the guest sits on a private link-local
+/// /30 behind the tap ([`ROUTED_GUEST_ADDR`], gateway [`ROUTED_HOST_ADDR`]) and the pod
+/// namespace, which forwards, NATs in an nftables table of its own:
+/// - DNAT of the declared ports from the pod IP (traffic arriving on `iface`: Services,
+///   probes, the activator) and, for the namespace's own traffic, from the pod IP and
+///   127.0.0.1 (`route_localnet` on the tap only, so loopback packets may leave through it);
+/// - masquerade of loopback-sourced packets towards the guest (the guest would answer
+///   127.0.0.1 itself), and SNAT of the guest's outbound traffic to the pod IP.
+///
+/// Limits: only declared ports reach the guest (the others are the namespace's); the guest
+/// sees its private address, not the pod IP; a sidecar listening on a declared port is
+/// shadowed for connections to the pod IP and 127.0.0.1.
+pub fn setup_routed_with(
+    r: &dyn Runner,
+    iface: &str,
+    tap: &str,
+    ports: &[GuestPort],
+) -> Result<GuestNet, SandboxError> {
+    check_ifname(iface)?;
+    check_ifname(tap)?;
+    if iface == tap {
+        return Err(SandboxError::InvalidArgument {
+            reason: "the tap cannot be the pod interface".into(),
+        });
+    }
+    let links: Vec<Link> = parse("ip link", &r.run("ip", &["-j", "-d", "link", "show"])?)?;
+    let eth = links
+        .iter()
+        .find(|l| l.ifname == iface)
+        .ok_or_else(|| net_err("setup", format!("the pod has no interface {iface}")))?;
+    let mtu = if eth.mtu == 0 { 1500 } else { eth.mtu };
+    let addrs: Vec<AddrIface> = parse(
+        "ip addr",
+        &r.run("ip", &["-j", "-4", "addr", "show", "dev", iface])?,
+    )?;
+    let pod_ip: Ipv4Addr = addrs
+        .iter()
+        .flat_map(|a| a.addr_info.iter())
+        .find(|a| a.family == "inet")
+        .and_then(|a| a.local.parse().ok())
+        .ok_or_else(|| net_err("setup", format!("{iface} has no IPv4 address")))?;
+    clear_taps(r, &links, tap)?;
+    let nft = nft_ruleset(iface, tap, pod_ip, ports);
+    let mtu_s = mtu.to_string();
+    let host = format!("{ROUTED_HOST_ADDR}/30");
+    let result = (|| {
+        r.run("ip", &["tuntap", "add", "dev", tap, "mode", "tap"])?;
+        r.run("ip", &["link", "set", "dev", tap, "mtu", &mtu_s, "up"])?;
+        r.run("ip", &["addr", "add", &host, "dev", tap])?;
+        r.run(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                &format!("net.ipv4.conf.{tap}.route_localnet=1"),
+            ],
+        )?;
+        // A table left by a crash would keep stale rules.
+        let _ = r.run("nft", &[&format!("delete table ip {NFT_TABLE}")]);
+        r.run("nft", &[&nft])
+    })();
+    if let Err(e) = result {
+        let _ = r.run("nft", &[&format!("delete table ip {NFT_TABLE}")]);
+        let _ = r.run("ip", &["link", "del", "dev", tap]);
+        return Err(e);
+    }
+    Ok(GuestNet {
+        tap: tap.to_string(),
+        ip: ROUTED_GUEST_ADDR,
+        prefix: 30,
+        gateway: Some(ROUTED_HOST_ADDR),
+        mac: ROUTED_GUEST_MAC,
+        mtu,
+    })
+}
+
+/// The routed mode's nftables commands, one `nft` invocation (see [`setup_routed_with`]).
+fn nft_ruleset(iface: &str, tap: &str, pod_ip: Ipv4Addr, ports: &[GuestPort]) -> String {
+    let t = NFT_TABLE;
+    let guest = ROUTED_GUEST_ADDR;
+    let mut cmds = vec![
+        format!("add table ip {t}"),
+        format!(
+            "add chain ip {t} prerouting {{ type nat hook prerouting priority -100; policy accept; }}"
+        ),
+        format!("add chain ip {t} output {{ type nat hook output priority -100; policy accept; }}"),
+        format!(
+            "add chain ip {t} postrouting {{ type nat hook postrouting priority 100; policy accept; }}"
+        ),
+    ];
+    for (proto, udp) in [("tcp", false), ("udp", true)] {
+        let list: Vec<String> = ports
+            .iter()
+            .filter(|p| p.udp == udp)
+            .map(|p| p.port.to_string())
+            .collect();
+        if list.is_empty() {
+            continue;
+        }
+        let set = list.join(", ");
+        cmds.push(format!(
+            "add rule ip {t} prerouting iifname \"{iface}\" ip daddr {pod_ip} {proto} dport {{ {set} }} dnat to {guest}"
+        ));
+        cmds.push(format!(
+            "add rule ip {t} output ip daddr {{ {pod_ip}, 127.0.0.1 }} {proto} dport {{ {set} }} dnat to {guest}"
+        ));
+    }
+    cmds.push(format!(
+        "add rule ip {t} postrouting oifname \"{tap}\" ip saddr 127.0.0.0/8 masquerade"
+    ));
+    cmds.push(format!(
+        "add rule ip {t} postrouting oifname \"{iface}\" ip saddr {guest} snat to {pod_ip}"
+    ));
+    cmds.join("; ")
+}
+
+/// Removes crid taps left by a crash (no carrier) and this container's own stale tap; a live
+/// tap of another container is `PodHasUnikernel` (one guest per pod network).
+fn clear_taps(r: &dyn Runner, links: &[Link], tap: &str) -> Result<(), SandboxError> {
+    for link in links {
+        let is_tun = link
+            .linkinfo
+            .as_ref()
+            .and_then(|li| li.info_kind.as_deref())
+            == Some("tun");
+        if !link.ifname.starts_with(TAP_PREFIX) || !is_tun {
+            continue;
+        }
+        if link.ifname != tap && link.flags.iter().any(|f| f == "LOWER_UP") {
+            return Err(SandboxError::PodHasUnikernel {
+                tap: link.ifname.clone(),
+            });
+        }
+        tracing::info!(tap = %link.ifname, "removing a stale guest tap");
+        r.run("ip", &["link", "del", "dev", &link.ifname])?;
+    }
+    Ok(())
 }
 
 /// Removes the tap and the ingress qdisc; fine when they are already gone.
@@ -215,23 +384,7 @@ pub fn setup_with(r: &dyn Runner, iface: &str, tap: &str) -> Result<GuestNet, Sa
         .find_map(|rt| rt.gateway.as_deref())
         .and_then(|g| g.parse::<Ipv4Addr>().ok());
 
-    for link in &links {
-        let is_tun = link
-            .linkinfo
-            .as_ref()
-            .and_then(|li| li.info_kind.as_deref())
-            == Some("tun");
-        if !link.ifname.starts_with(TAP_PREFIX) || !is_tun {
-            continue;
-        }
-        if link.ifname != tap && link.flags.iter().any(|f| f == "LOWER_UP") {
-            return Err(SandboxError::PodHasUnikernel {
-                tap: link.ifname.clone(),
-            });
-        }
-        tracing::info!(tap = %link.ifname, "removing a stale guest tap");
-        r.run("ip", &["link", "del", "dev", &link.ifname])?;
-    }
+    clear_taps(r, &links, tap)?;
 
     // Before the redirect, which sends every ARP reply on `eth0` to the guest.
     let gateway_mac = gateway.map(|g| neighbour_mac(r, iface, g));
@@ -440,6 +593,8 @@ pub fn teardown_with(r: &dyn Runner, iface: &str, tap: &str) -> Result<(), Sandb
     if links.iter().any(|l| l.ifname == iface) {
         let _ = r.run("tc", &["qdisc", "del", "dev", iface, "ingress"]);
     }
+    // Routed mode's table; absent in tc mode.
+    let _ = r.run("nft", &[&format!("delete table ip {NFT_TABLE}")]);
     r.run("ip", &["link", "del", "dev", tap])?;
     Ok(())
 }
@@ -608,8 +763,66 @@ mod tests {
         let calls = f.calls.borrow();
         assert_eq!(
             &calls[1..],
-            ["tc qdisc del dev eth0 ingress", "ip link del dev crtapnew"]
+            [
+                "tc qdisc del dev eth0 ingress",
+                "nft delete table ip crid_guest",
+                "ip link del dev crtapnew"
+            ]
         );
+    }
+
+    #[test]
+    fn routed_mode_keeps_eth0_and_nats_the_declared_ports() {
+        let f = fake("", None);
+        let ports = [
+            GuestPort {
+                port: 8080,
+                udp: false,
+            },
+            GuestPort {
+                port: 8012,
+                udp: false,
+            },
+            GuestPort {
+                port: 53,
+                udp: true,
+            },
+        ];
+        let n = setup_routed_with(&f, "eth0", "crtapabc", &ports).unwrap();
+        assert_eq!(n.ip, ROUTED_GUEST_ADDR);
+        assert_eq!(n.prefix, 30);
+        assert_eq!(n.gateway, Some(ROUTED_HOST_ADDR));
+        assert_eq!(n.mtu, 1450);
+        let calls = f.calls.borrow();
+        // Nothing touches eth0: no qdisc, no address or MAC change.
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.contains("dev eth0") && !c.starts_with("ip -j"))
+        );
+        let want = [
+            "ip tuntap add dev crtapabc mode tap",
+            "ip link set dev crtapabc mtu 1450 up",
+            "ip addr add 169.254.77.5/30 dev crtapabc",
+            "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.crtapabc.route_localnet=1",
+            "nft delete table ip crid_guest",
+        ];
+        assert_eq!(&calls[2..7], want);
+        let nft = &calls[7];
+        for rule in [
+            "add rule ip crid_guest prerouting iifname \"eth0\" ip daddr 10.88.0.7 tcp dport { 8080, 8012 } dnat to 169.254.77.6",
+            "add rule ip crid_guest output ip daddr { 10.88.0.7, 127.0.0.1 } tcp dport { 8080, 8012 } dnat to 169.254.77.6",
+            "add rule ip crid_guest output ip daddr { 10.88.0.7, 127.0.0.1 } udp dport { 53 } dnat to 169.254.77.6",
+            "add rule ip crid_guest postrouting oifname \"crtapabc\" ip saddr 127.0.0.0/8 masquerade",
+            "add rule ip crid_guest postrouting oifname \"eth0\" ip saddr 169.254.77.6 snat to 10.88.0.7",
+        ] {
+            assert!(nft.contains(rule), "{rule} missing from {nft}");
+        }
+
+        let f = fake("", Some("nft add table"));
+        assert!(setup_routed_with(&f, "eth0", "crtapx", &ports).is_err());
+        let calls = f.calls.borrow();
+        assert_eq!(calls.last().unwrap(), "ip link del dev crtapx");
     }
 
     #[test]
