@@ -173,8 +173,8 @@ fn container_manager(
         },
         monitor_exe: std::env::current_exe().context("cannot find the crid executable")?,
         seccomp_profile_root: config.runtime.seccomp_profile_root.clone(),
+        vm: vm_settings(config)?,
     };
-    sandbox::container::vm::configure(vm_settings(config)?);
     sandbox::container::ContainerManager::open(settings).context("cannot load containers")
 }
 

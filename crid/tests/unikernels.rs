@@ -287,6 +287,49 @@ async fn unikernel_container_lifecycle_through_the_cri() {
     );
     assert_eq!(cg("cpu", "cpu.cfs_quota_us").trim(), "50000");
     assert_eq!(cg("cpu", "cpu.shares").trim(), "256");
+    // UpdateContainerResources on the running guest: its VMM's cgroup gets the new CPU and
+    // memory limits and ContainerStatus reports them; RAM and vCPUs stay as booted.
+    let update = |memory: i64, quota: i64, shares: i64| {
+        let mut rt = crid.rt();
+        let container_id = c.clone();
+        async move {
+            rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+                container_id,
+                linux: Some(cri::LinuxContainerResources {
+                    memory_limit_in_bytes: memory,
+                    cpu_quota: quota,
+                    cpu_period: 100_000,
+                    cpu_shares: shares,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    update(96 << 20, 80_000, 512)
+        .await
+        .unwrap_or_else(|e| panic!("update: {e}\n{}", log_text(crid.path())));
+    assert_eq!(cg("cpu", "cpu.cfs_quota_us").trim(), "80000");
+    assert_eq!(cg("cpu", "cpu.shares").trim(), "512");
+    assert_eq!(
+        cg("memory", "memory.limit_in_bytes").trim(),
+        ((96 + overhead) << 20).to_string()
+    );
+    let reported = |s: &cri::ContainerStatus| {
+        let r = s.resources.clone().unwrap().linux.unwrap();
+        (r.memory_limit_in_bytes, r.cpu_quota, r.cpu_shares)
+    };
+    let (s, _) = crid.container_status(&c).await;
+    assert_eq!(reported(&s), (96 << 20, 80_000, 512));
+    // Less RAM than it booted with, or a second vCPU, needs a new guest.
+    for (memory, quota) in [(32 << 20, 80_000), (96 << 20, 150_000)] {
+        let err = update(memory, quota, 512).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    }
+    let (s, _) = crid.container_status(&c).await;
+    assert_eq!(reported(&s), (96 << 20, 80_000, 512));
+    assert_eq!(cg("cpu", "cpu.cfs_quota_us").trim(), "80000");
     let devices = cg("devices", "devices.list");
     let mut devices: Vec<&str> = devices.lines().collect();
     devices.sort_unstable();

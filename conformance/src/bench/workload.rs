@@ -20,6 +20,9 @@ pub struct Target {
     pub procs: Regex,
     /// Parent of the pods' log directories.
     pub log_root: PathBuf,
+    /// Pods share one PID namespace (the CRI default, what critest sends) instead of one per
+    /// container (what kubelet sends without `shareProcessNamespace`).
+    pub pod_pid: bool,
 }
 
 /// Timings of one pod + container cold start.
@@ -35,7 +38,7 @@ pub struct Started {
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn pod_config(target: &Target, tag: &str, host_network: bool) -> cri::PodSandboxConfig {
-    let namespaces = namespaces(host_network);
+    let namespaces = namespaces(host_network, target.pod_pid);
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
     let name = format!("bench-{tag}-{}-{n}", std::process::id());
     cri::PodSandboxConfig {
@@ -60,16 +63,25 @@ fn pod_config(target: &Target, tag: &str, host_network: bool) -> cri::PodSandbox
     }
 }
 
-/// [`kubelet_namespaces`], with the node's network for host-network pods.
-fn namespaces(host_network: bool) -> cri::NamespaceOption {
+/// [`kubelet_namespaces`], with the node's network for host-network pods and one PID
+/// namespace for the pod with `pod_pid`.
+fn namespaces(host_network: bool, pod_pid: bool) -> cri::NamespaceOption {
     let mut ns = kubelet_namespaces();
     if host_network {
         ns.network = cri::NamespaceMode::Node as i32;
     }
+    if pod_pid {
+        ns.pid = cri::NamespaceMode::Pod as i32;
+    }
     ns
 }
 
-fn container_config(image: &str, command: &[&str], host_network: bool) -> cri::ContainerConfig {
+fn container_config(
+    image: &str,
+    command: &[&str],
+    host_network: bool,
+    pod_pid: bool,
+) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: "app".into(),
@@ -83,7 +95,7 @@ fn container_config(image: &str, command: &[&str], host_network: bool) -> cri::C
         log_path: "app.log".into(),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(namespaces(host_network)),
+                namespace_options: Some(namespaces(host_network, pod_pid)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -149,7 +161,12 @@ pub async fn cold_start_with(
     let container_id = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod_id.clone(),
-            config: Some(container_config(image, command, host_network)),
+            config: Some(container_config(
+                image,
+                command,
+                host_network,
+                target.pod_pid,
+            )),
             sandbox_config: Some(config),
         })
         .await

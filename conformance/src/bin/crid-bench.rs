@@ -48,9 +48,13 @@ struct Args {
     /// Parent directory for pod log directories.
     #[arg(long, default_value = "/tmp/crid-bench-logs")]
     log_root: PathBuf,
+    /// Pods with one PID namespace for all their containers (the CRI default, as critest
+    /// sends them) instead of kubelet's one per container.
+    #[arg(long)]
+    pod_pid_namespace: bool,
 }
 
-async fn target(spec: &str, log_root: &std::path::Path) -> anyhow::Result<Target> {
+async fn target(spec: &str, log_root: &std::path::Path, pod_pid: bool) -> anyhow::Result<Target> {
     let (name, rest) = spec
         .split_once('=')
         .context("--runtime wants NAME=ENDPOINT,REGEX")?;
@@ -62,6 +66,7 @@ async fn target(spec: &str, log_root: &std::path::Path) -> anyhow::Result<Target
         cri: Cri::connect(endpoint).await?,
         procs: Regex::new(procs)?,
         log_root: log_root.join(name),
+        pod_pid,
     })
 }
 
@@ -100,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut targets = Vec::new();
     for spec in &args.runtimes {
-        targets.push(target(spec, &args.log_root).await?);
+        targets.push(target(spec, &args.log_root, args.pod_pid_namespace).await?);
     }
     if targets.is_empty() {
         bail!("no runtime given");

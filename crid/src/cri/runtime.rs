@@ -45,10 +45,7 @@ pub async fn status(state: &State, r: cri::StatusRequest) -> Result<cri::StatusR
         info.insert("network".into(), json(&network));
         info.insert("startedAt".into(), json(&state.started_at_unix));
         // The VM accelerator policy and what the host's KVM offers (TCG is reported here).
-        info.insert(
-            "vm".into(),
-            sandbox::container::vm::host_report().to_string(),
-        );
+        info.insert("vm".into(), state.containers.vm_host_report().to_string());
         info.insert("binaries".into(), binaries(state).await.to_string());
     }
     let runtime_handlers = state

@@ -85,6 +85,9 @@ pub struct ContainerRecord {
     pub cgroups_path: String,
     /// The signal `StopContainer` sends first.
     pub stop_signal: String,
+    /// The VM backend's own state, for unikernel containers (`Backend::Process`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<vm::VmState>,
 }
 
 impl ContainerRecord {
@@ -159,12 +162,17 @@ pub struct ContainerSettings {
     /// The crid binary, run as `crid monitor`.
     pub monitor_exe: PathBuf,
     pub seccomp_profile_root: PathBuf,
+    /// The VM backend's settings (crid's `[vm]`).
+    pub vm: crate::vm::launch::VmSettings,
 }
 
 struct Entry {
     record: Mutex<ContainerRecord>,
     /// Serialises lifecycle operations on one container (never held by the store lock).
     op: tokio::sync::Mutex<()>,
+    /// Serialises collecting the exit (which may release a guest's tap and cgroup, seconds of
+    /// work) without holding `record`, so status and list calls never wait for it.
+    exit: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -176,6 +184,8 @@ struct Inner {
 /// All containers of this node.
 pub struct ContainerManager {
     settings: ContainerSettings,
+    /// What the host's KVM offers, probed once at start-up.
+    kvm: crate::vm::accel::KvmProbe,
     runc: Runc,
     inner: Mutex<Inner>,
     events: broadcast::Sender<ContainerEvent>,
@@ -360,7 +370,10 @@ impl ContainerManager {
             systemd_cgroup: settings.cgroup_driver == CgroupDriver::Systemd,
         };
         let (events, _) = broadcast::channel(1024);
+        let kvm = crate::vm::accel::probe_host();
+        tracing::info!(kvm = %kvm.detail, accelerator = ?settings.vm.accelerator, "VM settings");
         let manager = Arc::new(ContainerManager {
+            kvm,
             settings,
             runc,
             inner: Mutex::new(Inner::default()),
@@ -525,6 +538,7 @@ impl ContainerManager {
             let entry = Arc::new(Entry {
                 record: Mutex::new(record.clone()),
                 op: tokio::sync::Mutex::new(()),
+                exit: Mutex::new(()),
             });
             {
                 let mut inner = self.lock();
@@ -635,29 +649,31 @@ impl ContainerManager {
 
     /// Reads the exit file (or notes the monitor vanished) and marks the container exited.
     fn collect_exit(&self, entry: &Entry) -> Option<ContainerRecord> {
+        // The exit watcher and on-demand collection (stop, status) may race here: the first
+        // caller releases a guest and moves the record out of Running, the others find it
+        // done. (A loser used to rewrite record.json too, racing a RemoveContainer that was
+        // deleting the directory: ENOTEMPTY under load.)
+        let _exit = entry.exit.lock().unwrap_or_else(|p| p.into_inner());
         let r = Self::snapshot(entry);
         if r.state != ContainerState::Running {
             return None;
         }
         let exit = self.load_exit(&r.id);
-        // The exit watcher and on-demand collection (stop, status) may race here: only the
-        // caller that moves the record out of Running releases a guest, writes the record and
-        // reports the exit. (The loser used to rewrite record.json too, racing a
-        // RemoveContainer that was deleting the directory: ENOTEMPTY under load.)
+        let vm = self.vm_state(&r.id);
+        if r.backend == Backend::Process {
+            // The guest is gone: its tap goes too (a restart makes a new one), before anyone
+            // can see the container exited, and outside the record's lock.
+            self.vm_release(&r.id);
+        }
         let updated = self.update_if(entry, |r| {
             if r.state != ContainerState::Running {
                 return false;
-            }
-            if r.backend == Backend::Process {
-                // The guest is gone: its tap goes too (a restart makes a new one), before
-                // anyone can see the container exited.
-                self.vm_release(&r.id);
             }
             r.state = ContainerState::Exited;
             match &exit {
                 Some(e) => {
                     r.exit_code = if r.backend == Backend::Process {
-                        self.vm_exit_code(&r.id, e.exit_code)
+                        vm::exit_code(vm.as_ref(), e.exit_code)
                     } else {
                         e.exit_code
                     };
@@ -834,6 +850,7 @@ impl ContainerManager {
                 let entry = Arc::new(Entry {
                     record: Mutex::new(record.clone()),
                     op: tokio::sync::Mutex::new(()),
+                    exit: Mutex::new(()),
                 });
                 self.lock().containers.insert(id.clone(), entry);
                 tracing::info!(container_id = %id, pod_sandbox_id = %record.pod_id, name = %record.config.name, "container created");
@@ -918,6 +935,7 @@ impl ContainerManager {
             log_path,
             cgroups_path,
             stop_signal: stop,
+            vm: None,
             config,
             pod,
             image,
@@ -1218,6 +1236,9 @@ impl ContainerManager {
 
     /// The OCI spec the container was created with (for verbose status).
     pub fn spec_json(&self, id: &str) -> Option<serde_json::Value> {
+        if let Some(vm) = self.entry(id).and_then(|e| Self::snapshot(&e).vm) {
+            return Some(serde_json::json!({ "unikernel": vm }));
+        }
         let bytes = std::fs::read(self.dir(id).join("config.json")).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
@@ -1277,7 +1298,7 @@ impl ContainerManager {
 
     /// Applies new resources to a created or running container.
     pub async fn update_resources(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         resources: Resources,
     ) -> Result<(), SandboxError> {
@@ -1285,6 +1306,23 @@ impl ContainerManager {
         let _op = entry.op.lock().await;
         let r = Self::snapshot(&entry);
         let oci = spec::linux_resources(&resources, cgroups::is_v2())?;
+        if r.backend == Backend::Process {
+            if !matches!(r.state, ContainerState::Created | ContainerState::Running) {
+                return Err(SandboxError::FailedPrecondition {
+                    reason: format!("container {id} is not running"),
+                });
+            }
+            let this = self.clone();
+            let (rec, res) = (r.clone(), resources.clone());
+            let vm = tokio::task::spawn_blocking(move || this.vm_update_resources(&rec, &res))
+                .await
+                .map_err(|e| runtime_err("update", e.to_string()))??;
+            self.update(&entry, |r| {
+                r.config.resources = resources;
+                r.vm = Some(vm);
+            })?;
+            return Ok(());
+        }
         match r.state {
             ContainerState::Running => {
                 let path = self.state_dir(id).join("resources.json");
@@ -1426,6 +1464,7 @@ mod tests {
             log_path: None,
             cgroups_path: String::new(),
             stop_signal: "SIGTERM".into(),
+            vm: None,
         };
         assert!(ContainerFilter::default().matches(&r));
         assert!(

@@ -3,8 +3,9 @@
 //! containers (`Launch::Command`, `Backend::Process`).
 //!
 //! - `CreateContainer` checks everything that can fail without side effects (guest/hypervisor
-//!   pair, the image's kernel/initrd/block files, the accelerator, the VMM binary) and writes
-//!   `vm.json`; no rootfs is mounted and no runc bundle is written.
+//!   pair, the image's kernel/initrd/block files, the accelerator, the VMM binary) and keeps
+//!   the VM's state ([`VmState`]) in the container's one record; no rootfs is mounted and no
+//!   runc bundle is written.
 //! - `StartContainer` creates the tap in the pod's network namespace, plans the VMM command and
 //!   hands `nsenter --net=<pod netns> -- <vmm> ...` to the monitor: the serial console goes to the
 //!   CRI log, the VMM's exit status becomes the container's exit code.
@@ -21,26 +22,26 @@
 //!   ([`check_handler`]).
 //! - CRI mounts never fail a create: a guest that can take files gets them copied in at start
 //!   ([`crate::vm::guestfiles`]); for the others each mount is skipped with a warning and a
-//!   note in `vm.json` (`mount_notes`, shown in verbose status).
+//!   note in the VM state (`mount_notes`, shown in verbose status).
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 use imagestore::UnikernelInfo;
 use serde::{Deserialize, Serialize};
 
-use super::config::{ContainerConfig, ImageInfo, NsSource, PodContext};
+use super::config::{ContainerConfig, ImageInfo, NsSource, PodContext, Resources};
 use super::{Backend, ContainerManager, ContainerRecord, ContainerState, cgroups, now_ns, spec};
 use crate::SandboxError;
 use crate::monitor::Launch;
-use crate::vm::accel::{AccelDecision, KvmProbe, probe_host};
+use crate::vm::accel::{AccelDecision, KvmProbe};
+use crate::vm::cgroup::{Limits, VmCgroup};
 use crate::vm::guestfiles::{self, GuestMount, MountNote};
 use crate::vm::launch::{self, VmRequest, VmSettings};
 use crate::vm::net::GuestPort;
 use crate::vm::{ExitMapping, type_name};
 
-/// What crid keeps about a VM container, in `<container dir>/vm.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What crid keeps about a VM container, in its record (`ContainerRecord::vm`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmState {
     pub request: VmRequest,
     pub accel: AccelDecision,
@@ -54,35 +55,12 @@ pub struct VmState {
     pub mount_notes: Vec<MountNote>,
 }
 
-static SETTINGS: OnceLock<(VmSettings, KvmProbe)> = OnceLock::new();
-
-/// Sets the VM settings (crid's `[vm]` configuration). Only the first call counts; without
-/// one, [`VmSettings::default`] applies.
-pub fn configure(settings: VmSettings) {
-    let _ = SETTINGS.get_or_init(|| {
-        let host = probe_host();
-        tracing::info!(kvm = %host.detail, accelerator = ?settings.accelerator, "VM settings");
-        (settings, host)
-    });
-}
-
-/// The node's VM settings and KVM probe.
-fn current() -> &'static (VmSettings, KvmProbe) {
-    SETTINGS.get_or_init(|| {
-        let host = probe_host();
-        tracing::info!(kvm = %host.detail, "VM accelerator probe");
-        (VmSettings::default(), host)
-    })
-}
-
-/// A one-line description of the host's KVM and the VM policy, for `Status` verbose info.
-pub fn host_report() -> serde_json::Value {
-    let (s, host) = current();
-    serde_json::json!({
-        "accelerator": s.accelerator,
-        "kvm": host,
-        "defaultMemoryMiB": s.default_memory_mib,
-    })
+/// The container exit code for the code the monitor recorded.
+pub(super) fn exit_code(vm: Option<&VmState>, code: i32) -> i32 {
+    match vm.and_then(|s| s.exit_mapping) {
+        Some(m) => launch::container_exit_code(m, code),
+        None => code,
+    }
 }
 
 /// The RuntimeClass rule: a unikernel image runs as a VM only in a pod whose handler asked for
@@ -240,27 +218,35 @@ fn guest_mounts(
 }
 
 impl ContainerManager {
-    fn vm_file(&self, id: &str) -> PathBuf {
-        self.dir(id).join("vm.json")
+    /// The node's VM settings and KVM probe.
+    fn vm_host(&self) -> (&VmSettings, &KvmProbe) {
+        (&self.settings.vm, &self.kvm)
     }
 
-    fn vm_state(&self, id: &str) -> Option<VmState> {
-        let bytes = std::fs::read(self.vm_file(id)).ok()?;
+    /// The VM policy and what the host's KVM offers, for `Status` verbose info.
+    pub fn vm_host_report(&self) -> serde_json::Value {
+        let (s, host) = self.vm_host();
+        serde_json::json!({
+            "accelerator": s.accelerator,
+            "kvm": host,
+            "defaultMemoryMiB": s.default_memory_mib,
+        })
+    }
+
+    /// The VM state of container `id`: in its record, or (containers created by an older
+    /// crid) in `vm.json` next to it.
+    pub(super) fn vm_state(&self, id: &str) -> Option<VmState> {
+        if let Some(vm) = self.entry(id).and_then(|e| Self::snapshot(&e).vm) {
+            return Some(vm);
+        }
+        let bytes = std::fs::read(self.dir(id).join("vm.json")).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
-    fn save_vm_state(&self, id: &str, state: &VmState) -> Result<(), SandboxError> {
-        let path = self.vm_file(id);
-        let json = serde_json::to_vec_pretty(state).map_err(|e| SandboxError::Record {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        crate::monitor::write_atomic(&path, &json).map_err(|e| SandboxError::io(&path, e))?;
-        // What `ContainerStatus` verbose info shows as the runtime spec.
-        let verbose = serde_json::json!({ "unikernel": state });
-        let spec_path = self.dir(id).join("config.json");
-        crate::monitor::write_atomic(&spec_path, verbose.to_string().as_bytes())
-            .map_err(|e| SandboxError::io(&spec_path, e))
+    fn save_vm_state(&self, id: &str, state: VmState) -> Result<(), SandboxError> {
+        let entry = self.entry(id).ok_or_else(|| super::not_found(id))?;
+        self.update(&entry, |r| r.vm = Some(state))?;
+        Ok(())
     }
 
     /// `create` for a unikernel image (blocking).
@@ -276,7 +262,7 @@ impl ContainerManager {
         stop: String,
         log_path: Option<PathBuf>,
     ) -> Result<ContainerRecord, SandboxError> {
-        check_handler(&pod, &info, &current().0)?;
+        check_handler(&pod, &info, self.vm_host().0)?;
         if config.tty || config.stdin {
             return Err(SandboxError::InvalidArgument {
                 reason: "unikernel containers have a serial console only: no tty or stdin".into(),
@@ -314,7 +300,7 @@ impl ContainerManager {
         let cgroups_path =
             cgroups::cgroups_path(self.settings.cgroup_driver, &pod.cgroup_parent, id);
         let mut info = info;
-        let (settings, host) = current();
+        let (settings, host) = self.vm_host();
         crate::vm::crid_vmm::substitute(
             &mut info,
             &image.layer_dirs,
@@ -349,17 +335,6 @@ impl ContainerManager {
             ports: declared_ports(&config.annotations)?,
         };
         let accel = launch::check(&request, settings, host)?;
-        self.save_vm_state(
-            id,
-            &VmState {
-                request,
-                accel,
-                exit_mapping: None,
-                argv: vec![],
-                guest_cmdline: String::new(),
-                mount_notes,
-            },
-        )?;
         let record = ContainerRecord {
             id: id.to_owned(),
             pod_id: pod.id.clone(),
@@ -375,6 +350,14 @@ impl ContainerManager {
             log_path,
             cgroups_path,
             stop_signal: stop,
+            vm: Some(VmState {
+                request,
+                accel,
+                exit_mapping: None,
+                argv: vec![],
+                guest_cmdline: String::new(),
+                mount_notes,
+            }),
             config,
             pod,
             image,
@@ -409,24 +392,88 @@ impl ContainerManager {
     /// Prepares the guest (tap, plan, files) and returns what the monitor runs (blocking).
     pub(super) fn vm_launch(&self, id: &str) -> Result<Launch, SandboxError> {
         let mut state = self.vm_state(id).ok_or_else(|| SandboxError::Record {
-            path: self.vm_file(id),
-            reason: "the unikernel container's vm.json is missing".into(),
+            path: self.dir(id).join("record.json"),
+            reason: "the unikernel container's record has no VM state".into(),
         })?;
-        let (settings, host) = current();
+        let (settings, host) = self.vm_host();
         let prepared = launch::prepare(&state.request, settings, host)?;
         state.accel = prepared.accel.clone();
         state.exit_mapping = Some(prepared.plan.exit_mapping);
         state.argv = prepared.argv.clone();
         state.guest_cmdline = prepared.plan.guest_cmdline.clone();
-        if let Err(e) = self.save_vm_state(id, &state) {
+        let argv = prepared.argv;
+        if let Err(e) = self.save_vm_state(id, state) {
             self.vm_release(id);
             return Err(e);
         }
         Ok(Launch::Command {
-            argv: prepared.argv,
+            argv,
             env: vec![],
             cwd: None,
         })
+    }
+
+    /// `UpdateContainerResources` for a unikernel container: the new limits as its VM state
+    /// records them. A created guest takes anything (it boots with them). A running one gets
+    /// them in its VMM's cgroup; its RAM and vCPU count are fixed at boot, so resources that
+    /// would give it fewer MiB of RAM or another vCPU count are `FailedPrecondition` (recreate
+    /// the container). A higher memory limit raises the cgroup's limit only: the guest keeps
+    /// its RAM (no memory hot-plug).
+    pub(super) fn vm_update_resources(
+        &self,
+        r: &ContainerRecord,
+        resources: &Resources,
+    ) -> Result<VmState, SandboxError> {
+        let mut state = self.vm_state(&r.id).ok_or_else(|| SandboxError::Record {
+            path: self.dir(&r.id).join("record.json"),
+            reason: "the unikernel container's record has no VM state".into(),
+        })?;
+        let settings = self.vm_host().0;
+        let guest = |memory: i64, quota: i64, period: i64| {
+            (
+                launch::memory_mib(memory, settings.default_memory_mib),
+                launch::vcpus(quota, period, settings.max_vcpus),
+            )
+        };
+        let req = &state.request;
+        let (mem, cpus) = guest(req.memory_limit_bytes, req.cpu_quota, req.cpu_period);
+        let (new_mem, new_cpus) = guest(
+            resources.memory_limit_in_bytes,
+            resources.cpu_quota,
+            resources.cpu_period,
+        );
+        if r.state == ContainerState::Running {
+            // No limit (0) lifts the cgroup's limit: more room, not less RAM.
+            let shrinks = resources.memory_limit_in_bytes > 0 && new_mem < mem;
+            if shrinks || new_cpus != cpus {
+                return Err(SandboxError::FailedPrecondition {
+                    reason: format!(
+                        "a running unikernel keeps the RAM and vCPUs it booted with ({mem} MiB, \
+                         {cpus} vCPU); these resources would need {new_mem} MiB and {new_cpus} \
+                         vCPU: recreate the container to change them"
+                    ),
+                });
+            }
+            if let Some(relative) = &req.cgroup {
+                let limits = Limits {
+                    memory_bytes: (resources.memory_limit_in_bytes > 0)
+                        .then(|| (new_mem + settings.vmm_memory_overhead_mib) * 1024 * 1024),
+                    cpu_quota: resources.cpu_quota,
+                    cpu_period: resources.cpu_period,
+                    cpu_shares: resources.cpu_shares,
+                };
+                VmCgroup::new(relative.clone()).update(&limits)?;
+            }
+        }
+        // The request stays what a running guest booted with (the record's resources say what
+        // its cgroup has now); a created one boots with the new values.
+        if r.state == ContainerState::Created {
+            state.request.memory_limit_bytes = resources.memory_limit_in_bytes;
+            state.request.cpu_quota = resources.cpu_quota;
+            state.request.cpu_period = resources.cpu_period;
+            state.request.cpu_shares = resources.cpu_shares;
+        }
+        Ok(state)
     }
 
     /// Releases the guest's tap and files; fine to repeat.
@@ -467,14 +514,6 @@ impl ContainerManager {
                 tracing::warn!(container_id = %id, error = %e, "cannot ask the guest to power off");
                 false
             }
-        }
-    }
-
-    /// The container exit code for the code the monitor recorded.
-    pub(super) fn vm_exit_code(&self, id: &str, code: i32) -> i32 {
-        match self.vm_state(id).and_then(|s| s.exit_mapping) {
-            Some(m) => launch::container_exit_code(m, code),
-            None => code,
         }
     }
 }

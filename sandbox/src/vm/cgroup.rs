@@ -212,6 +212,57 @@ impl VmCgroup {
         gone
     }
 
+    /// Sets new CPU and memory limits on the live cgroup (`UpdateContainerResources`); unset
+    /// values lift a limit set before. Devices are left as they are.
+    pub fn update(&self, limits: &Limits) -> Result<(), SandboxError> {
+        let memory = limits.memory_bytes.map(|b| b.to_string());
+        let quota = (limits.cpu_quota > 0).then_some(limits.cpu_quota);
+        let period = if limits.cpu_period > 0 {
+            limits.cpu_period
+        } else {
+            100_000
+        };
+        if self.v2 {
+            let dir = Path::new(CGROUP_ROOT).join(&self.relative);
+            write(&dir.join("memory.max"), memory.as_deref().unwrap_or("max"))?;
+            let max = quota.map_or_else(|| "max".to_owned(), |q| q.to_string());
+            write(&dir.join("cpu.max"), &format!("{max} {period}"))?;
+            if limits.cpu_shares > 0 {
+                let shares = limits.cpu_shares.clamp(2, 262_144);
+                let weight = 1 + ((shares - 2) * 9999) / 262_142;
+                write(&dir.join("cpu.weight"), &weight.to_string())?;
+            }
+            return Ok(());
+        }
+        for dir in self.dirs() {
+            match dir
+                .strip_prefix(CGROUP_ROOT)
+                .ok()
+                .and_then(|p| p.iter().next())
+            {
+                Some(c) if c == "memory" => {
+                    write(
+                        &dir.join("memory.limit_in_bytes"),
+                        memory.as_deref().unwrap_or("-1"),
+                    )?;
+                }
+                Some(c) if c == "cpu" => {
+                    // The quota goes after the period: a quota is checked against it.
+                    write(&dir.join("cpu.cfs_period_us"), &period.to_string())?;
+                    write(
+                        &dir.join("cpu.cfs_quota_us"),
+                        &quota.unwrap_or(-1).to_string(),
+                    )?;
+                    if limits.cpu_shares > 0 {
+                        write(&dir.join("cpu.shares"), &limits.cpu_shares.to_string())?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The pids in the cgroup (from the first hierarchy).
     pub fn pids(&self) -> Vec<i32> {
         self.procs_files()
