@@ -450,20 +450,50 @@ async fn seccomp_profiles(env: Env) -> TestResult {
         ..Default::default()
     };
     let own_dir = env.seccomp_profile_root.is_none();
-    let r = in_container(env, "sec-seccomp-local", false, sc, |env, id| async move {
-        let mode = seccomp_mode(&env, &id).await?;
-        ensure!(mode == "2", "Localhost: Seccomp mode {mode:?}, want 2");
-        let (code, _, err) = sh(&env, &id, "mkdir /tmp/refused").await?;
-        ensure!(code != 0, "the Localhost profile let mkdir through");
-        ensure!(
-            err.contains("not permitted"),
-            "mkdir failed otherwise: {err}"
-        );
-        // What the profile does not name still works.
-        out(&env, &id, "touch /tmp/allowed && ls /tmp/allowed").await?;
-        Ok(())
-    })
+    let privileged_sc = cri::LinuxContainerSecurityContext {
+        privileged: true,
+        ..sc.clone()
+    };
+    let r = in_container(
+        env.clone(),
+        "sec-seccomp-local",
+        false,
+        sc,
+        |env, id| async move {
+            let mode = seccomp_mode(&env, &id).await?;
+            ensure!(mode == "2", "Localhost: Seccomp mode {mode:?}, want 2");
+            let (code, _, err) = sh(&env, &id, "mkdir /tmp/refused").await?;
+            ensure!(code != 0, "the Localhost profile let mkdir through");
+            ensure!(
+                err.contains("not permitted"),
+                "mkdir failed otherwise: {err}"
+            );
+            // What the profile does not name still works.
+            out(&env, &id, "touch /tmp/allowed && ls /tmp/allowed").await?;
+            Ok(())
+        },
+    )
     .await;
+    // A privileged container ignores the profile (critest: "should ignore a seccomp profile
+    // that blocks setting hostname when privileged").
+    let r = match r {
+        Ok(Outcome::Passed) => {
+            in_container(
+                env,
+                "sec-seccomp-priv",
+                true,
+                privileged_sc,
+                |env, id| async move {
+                    let mode = seccomp_mode(&env, &id).await?;
+                    ensure!(mode == "0", "privileged: Seccomp mode {mode:?}, want 0");
+                    out(&env, &id, "mkdir /tmp/allowed").await?;
+                    Ok(())
+                },
+            )
+            .await
+        }
+        other => other,
+    };
     drop(profile);
     if own_dir {
         let _ = std::fs::remove_dir(&root);

@@ -34,12 +34,14 @@ pub fn tests() -> Vec<Test> {
 
 /// critest's attach: a shell with stdin in a pod without a log directory and a container
 /// without a log path. Attach still works on the container's stdio: a command sent to its
-/// stdin answers on stdout (over SPDY and WebSocket).
+/// stdin answers on stdout at once, even without a newline (over SPDY and WebSocket).
 async fn attach_without_log(env: Env) -> TestResult {
     let Some(image) = super::pull_busybox(&env).await? else {
         return Ok(Outcome::Skipped("no test registry (--registry)".into()));
     };
-    let config = pod_config("attach-nolog");
+    // critest's pod: no log directory, kubelet's default pod-wide PID namespace.
+    let mut config = pod_config("attach-nolog");
+    config.linux = None;
     let pod = run_pod(&env, config.clone()).await?;
     let result = async {
         let mut rt = env.cri.runtime.clone();
@@ -57,6 +59,7 @@ async fn attach_without_log(env: Env) -> TestResult {
                     }),
                     command: vec!["/bin/sh".into()],
                     stdin: true,
+                    stdin_once: true,
                     ..Default::default()
                 }),
                 sandbox_config: Some(config.clone()),
@@ -93,10 +96,13 @@ async fn attach_without_log(env: Env) -> TestResult {
                 tty: false,
             };
             let mut s = stream_client::connect(&url, t, o).await?;
-            s.write_stdin(format!("echo hello-{i}\n").as_bytes())
+            // As critest does: input only after a quiet second.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            // Output without a newline (critest's `echo -n hello`) comes at once, unchanged.
+            s.write_stdin(format!("echo -n hello-{i}\n").as_bytes())
                 .await?;
-            let out = s.read_stdout_until(&format!("hello-{i}\n"), T).await?;
-            ensure!(out == format!("hello-{i}\n"), "{t:?} attach stdout {out:?}");
+            let out = s.read_stdout_until(&format!("hello-{i}"), T).await?;
+            ensure!(out == format!("hello-{i}"), "{t:?} attach stdout {out:?}");
         }
         anyhow::Ok(())
     }

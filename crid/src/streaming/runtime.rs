@@ -356,7 +356,7 @@ impl Resize for MonitorResize {
     }
 }
 
-/// Longest line an output frame may carry.
+/// Longest output frame accepted.
 const MAX_OUTPUT_FRAME: usize = 1 << 20;
 
 /// Copies the monitor's output frames (`sandbox::monitor::ATTACH_OUTPUT`) to `stdout` and
@@ -369,19 +369,16 @@ async fn forward_output(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let mut header = [0u8; sandbox::monitor::OUTPUT_HEADER];
-    let mut line = Vec::new();
+    let mut data = Vec::new();
     while from.read_exact(&mut header).await.is_ok() {
-        let len = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
-        // The monitor splits lines far below this; anything longer is not a frame.
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        // The monitor reads at most 32 KiB at once; anything longer is not a frame.
         if len > MAX_OUTPUT_FRAME {
             return;
         }
-        line.resize(len, 0);
-        if from.read_exact(&mut line).await.is_err() {
+        data.resize(len, 0);
+        if from.read_exact(&mut data).await.is_err() {
             return;
-        }
-        if header[1] == 0 {
-            line.push(b'\n');
         }
         let target = match header[0] {
             1 => &mut stdout,
@@ -389,7 +386,7 @@ async fn forward_output(
             _ => return,
         };
         if let Some(w) = target {
-            if w.write_all(&line).await.is_err() {
+            if w.write_all(&data).await.is_err() {
                 // The client left.
                 return;
             }

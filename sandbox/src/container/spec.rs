@@ -516,7 +516,9 @@ fn parse_cap_bnd(status: &str) -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
-/// The seccomp profile of a container whose bounding capability set is `caps`.
+/// The seccomp profile of a container whose bounding capability set is `caps`. A privileged
+/// container runs without one, whatever profile it names (Kubernetes' rule; containerd and
+/// CRI-O do the same, and critest checks a `Localhost` profile is ignored).
 fn seccomp(
     config: &ContainerConfig,
     seccomp_root: &Path,
@@ -525,7 +527,7 @@ fn seccomp(
     let s = &config.security;
     match &s.seccomp {
         SeccompProfile::Unconfined => Ok(None),
-        SeccompProfile::RuntimeDefault if s.privileged => Ok(None),
+        _ if s.privileged => Ok(None),
         SeccompProfile::RuntimeDefault => super::seccomp::runtime_default(caps).map(Some),
         SeccompProfile::Localhost(p) => {
             let path = localhost_profile(p, seccomp_root)?;
@@ -1243,5 +1245,10 @@ mod tests {
         };
         let json = serde_json::to_value(build(&config, &cx).unwrap()).unwrap();
         assert_eq!(json["process"]["apparmorProfile"], "crid-default");
+        // Privileged: no seccomp filter, not even the Localhost profile it names.
+        config.security.privileged = true;
+        config.security.seccomp = SeccompProfile::Localhost("/no/such/profile.json".into());
+        let json = serde_json::to_value(build(&config, &cx).unwrap()).unwrap();
+        assert!(json["linux"].get("seccomp").is_none(), "{}", json["linux"]);
     }
 }

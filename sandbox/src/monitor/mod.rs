@@ -27,11 +27,11 @@
 //!   a terminal, which cannot be closed separately, an end-of-file character is typed instead).
 //! - [`ATTACH_RESIZE`]: a sequence of 4-byte frames, width then height as big-endian `u16`,
 //!   each applied to the terminal with `TIOCSWINSZ` (the kernel sends SIGWINCH).
-//! - [`ATTACH_OUTPUT`]: the monitor sends the container's output from then on, one frame per
-//!   log record: the stream (`1` stdout, `2` stderr), `1` for a partial line (else `0`), the
-//!   length as a big-endian `u32`, then the line without its newline. This is how attach works
-//!   for a container without a CRI log. A client that cannot take a frame at once is dropped:
-//!   the container never waits for a reader.
+//! - [`ATTACH_OUTPUT`]: the monitor sends the container's output from then on as it reads it,
+//!   one frame per read: the stream (`1` stdout, `2` stderr), the length as a big-endian `u32`,
+//!   then the bytes (not split into lines: a prompt without a newline arrives at once). This is
+//!   how attach works for a container without a CRI log. A client that cannot take a frame at
+//!   once is dropped: the container never waits for a reader.
 //!
 //! Connections from several clients may overlap; their bytes are interleaved per read.
 
@@ -135,8 +135,8 @@ pub const ATTACH_STDIN: u8 = b'i';
 pub const ATTACH_RESIZE: u8 = b'r';
 /// First byte of an attach connection that receives the container's output as frames.
 pub const ATTACH_OUTPUT: u8 = b'o';
-/// Bytes of an [`ATTACH_OUTPUT`] frame before the line: stream, partial flag, `u32` length.
-pub const OUTPUT_HEADER: usize = 6;
+/// Bytes of an [`ATTACH_OUTPUT`] frame before the data: stream, `u32` length.
+pub const OUTPUT_HEADER: usize = 5;
 /// What the terminal reads as end of file (VEOF, ^D) when `stdin_once` ends a tty attach.
 const TTY_EOF: u8 = 0x04;
 
@@ -569,23 +569,22 @@ impl Attach {
         true
     }
 
-    /// Sends one output record to every output client ([`ATTACH_OUTPUT`]); one that cannot
-    /// take the whole frame now (too slow, or gone) is dropped.
-    fn broadcast(&mut self, stream: Stream, partial: bool, line: &[u8]) {
-        if !self.clients.iter().any(|c| c.mode == Some(ATTACH_OUTPUT)) {
+    /// Sends what the container just wrote to every output client ([`ATTACH_OUTPUT`]); one
+    /// that cannot take the whole frame now (too slow, or gone) is dropped.
+    fn broadcast(&mut self, stream: Stream, data: &[u8]) {
+        if data.is_empty() || !self.clients.iter().any(|c| c.mode == Some(ATTACH_OUTPUT)) {
             return;
         }
-        let Ok(len) = u32::try_from(line.len()) else {
+        let Ok(len) = u32::try_from(data.len()) else {
             return;
         };
-        let mut frame = Vec::with_capacity(OUTPUT_HEADER + line.len());
+        let mut frame = Vec::with_capacity(OUTPUT_HEADER + data.len());
         frame.push(match stream {
             Stream::Stdout => 1,
             Stream::Stderr => 2,
         });
-        frame.push(u8::from(partial));
         frame.extend_from_slice(&len.to_be_bytes());
-        frame.extend_from_slice(line);
+        frame.extend_from_slice(data);
         // Highest index first: dropping a client swaps the last one into its place.
         for i in (0..self.clients.len()).rev() {
             let c = &mut self.clients[i];
@@ -931,18 +930,18 @@ impl Monitor {
                     a.flush();
                 }
             }
-            let (log, attach) = (&mut self.log, &mut self.attach);
-            let mut emit = |s: Stream, p: bool, c: &[u8]| {
-                log.write_record(s, p, c);
-                if let Some(a) = attach.as_mut() {
-                    a.broadcast(s, p, c);
+            let log = &mut self.log;
+            let mut emit = |s: Stream, p: bool, c: &[u8]| log.write_record(s, p, c);
+            for (ready, pipe, split, stream) in [
+                (out_ready, &mut self.stdout, &mut out_split, Stream::Stdout),
+                (err_ready, &mut self.stderr, &mut err_split, Stream::Stderr),
+            ] {
+                if ready {
+                    let n = pump(pipe, &mut buf, split, &mut emit);
+                    if let Some(a) = self.attach.as_mut() {
+                        a.broadcast(stream, &buf[..n]);
+                    }
                 }
-            };
-            if out_ready {
-                pump(&mut self.stdout, &mut buf, &mut out_split, &mut emit);
-            }
-            if err_ready {
-                pump(&mut self.stderr, &mut buf, &mut err_split, &mut emit);
             }
             if sig_ready {
                 while let Ok(Some(info)) = self.signals.read_signal() {
@@ -962,13 +961,8 @@ impl Monitor {
                 }
             }
         }
-        let (log, attach) = (&mut self.log, &mut self.attach);
-        let mut emit = |s: Stream, p: bool, c: &[u8]| {
-            log.write_record(s, p, c);
-            if let Some(a) = attach.as_mut() {
-                a.broadcast(s, p, c);
-            }
-        };
+        let log = &mut self.log;
+        let mut emit = |s: Stream, p: bool, c: &[u8]| log.write_record(s, p, c);
         out_split.finish(&mut emit);
         err_split.finish(&mut emit);
         let code = exit.map(|(c, _)| c).unwrap_or(255);
@@ -1003,21 +997,26 @@ struct AttachReady {
 }
 
 /// Reads what is available from one pipe; closes it at end of stream.
+/// Reads once from `pipe` into `buf` and logs it; returns how many bytes it read.
 fn pump(
     pipe: &mut Option<File>,
     buf: &mut [u8],
     split: &mut LineSplitter,
     emit: &mut dyn FnMut(Stream, bool, &[u8]),
-) {
-    let Some(f) = pipe.as_mut() else { return };
+) -> usize {
+    let Some(f) = pipe.as_mut() else { return 0 };
     match f.read(buf) {
         Ok(0) => *pipe = None,
-        Ok(n) => split.push(&buf[..n], emit),
+        Ok(n) => {
+            split.push(&buf[..n], emit);
+            return n;
+        }
         Err(e)
             if e.kind() == std::io::ErrorKind::Interrupted
                 || e.kind() == std::io::ErrorKind::WouldBlock => {}
         Err(_) => *pipe = None,
     }
+    0
 }
 
 /// Reaps every exited child; returns the exit code of `pid` if it was among them.
