@@ -71,12 +71,21 @@ pub struct State {
 
 impl State {
     pub fn new(config: Config) -> anyhow::Result<State> {
+        State::with_pod_sys(config, Arc::new(sandbox::sys::HostSys))
+    }
+
+    /// [`State::new`] with the pods' kernel operations (namespaces, mounts) given: a fake in
+    /// the in-process tests, which need no root.
+    pub fn with_pod_sys(
+        config: Config,
+        sys: Arc<dyn sandbox::sys::PodSys>,
+    ) -> anyhow::Result<State> {
         for dir in [&config.root, &config.state] {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let cgroup_driver = CgroupDriver::resolve(&config.runtime.cgroup_driver);
-        let pods = Arc::new(pod_manager(&config, cgroup_driver)?);
+        let pods = Arc::new(pod_manager(&config, cgroup_driver, sys)?);
         let containers = container_manager(&config, cgroup_driver)?;
         let images = open_store(&config).context("cannot open the image store")?;
         let runtime = Arc::new(
@@ -133,7 +142,11 @@ impl State {
 }
 
 /// The pod manager over CNI, as configured.
-fn pod_manager(config: &Config, driver: CgroupDriver) -> anyhow::Result<sandbox::pod::PodManager> {
+fn pod_manager(
+    config: &Config,
+    driver: CgroupDriver,
+    sys: Arc<dyn sandbox::sys::PodSys>,
+) -> anyhow::Result<sandbox::pod::PodManager> {
     let cni = cni::Cni::new(cni::CniSettings {
         conf_dir: config.cni.conf_dir.clone(),
         bin_dirs: config.cni.bin_dirs.clone(),
@@ -152,7 +165,7 @@ fn pod_manager(config: &Config, driver: CgroupDriver) -> anyhow::Result<sandbox:
         host_resolv_conf: sandbox::pod::files::host_resolv_conf(),
         warm_networks: config.cni.prepared_networks,
     };
-    sandbox::pod::PodManager::open(settings, Arc::new(cni)).context("cannot load pods")
+    sandbox::pod::PodManager::with_sys(settings, Arc::new(cni), sys).context("cannot load pods")
 }
 
 /// The container manager, as configured; re-attaches to containers still running.
