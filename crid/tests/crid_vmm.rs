@@ -225,3 +225,94 @@ async fn freestanding_guest_on_crid_vmm_through_the_cri() {
     assert!(left.is_empty(), "VMMs left: {left:?}");
     crid.finish().await;
 }
+
+/// Sends `payload` to `ip:7777` over UDP and returns the echo (bounded: `tries` of 0.5 s).
+fn udp_echo(ip: &str, payload: &[u8], tries: u32) -> Option<Vec<u8>> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    for _ in 0..tries {
+        sock.send_to(payload, (ip, 7777)).ok()?;
+        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if from.ip().to_string() == ip {
+                return Some(buf[..n].to_vec());
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn guest_on_crid_vmm_answers_on_the_pod_ip() {
+    let Some(reg) = ready() else { return };
+    vmm_binary();
+    let work = tempfile::tempdir().unwrap();
+    let kernel = work.path().join("guest.elf");
+    let image = common::push_guest_as(&reg, &kernel, "unikraft", "crid", "stay", "crid-net");
+
+    let dir = tempfile::tempdir().unwrap();
+    common::write_config(dir.path(), "");
+    let net = common::Net::new(40, dir.path());
+    std::fs::write(dir.path().join("net.d/10-vmm.conflist"), net.conflist()).unwrap();
+    let crid = Crid::start_owned(dir).await;
+    crid.expect_pull(&image).await;
+    let config = common::pod_config("vmm-net", crid.path());
+    let pod_id = crid
+        .rt()
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: "urunc".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
+        .into_inner()
+        .pod_sandbox_id;
+    let pod = (pod_id.clone(), config);
+    let (pod_status, _) = crid.pod_status(&pod_id).await;
+    let ip = pod_status.network.map(|n| n.ip).unwrap_or_default();
+    assert!(ip.starts_with(&net.prefix), "pod IP {ip:?}");
+
+    let id = crid.create_start(&pod, guest(&image, "net", &[])).await;
+    let log = crid.path().join("logs/vmm-net/net.log");
+    wait_log(&log, "crid-test-guest: net up").await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(&format!(" {ip}\n")), "{text}");
+    // The guest answers on the pod IP: ARP, then UDP echoed by the guest itself.
+    let echo = udp_echo(&ip, b"hello crid-vmm", 20);
+    assert_eq!(
+        echo.as_deref(),
+        Some(&b"hello crid-vmm"[..]),
+        "no echo from {ip}\nlog:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    let (_, info) = crid.container_status(&id).await;
+    let netns = info["runtimeSpec"]["unikernel"]["request"]["netns"]
+        .as_str()
+        .expect("netns in verbose info")
+        .to_string();
+    let links = || {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={netns}"))
+            .args(["ip", "-o", "link", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(links().contains("crtap"), "the guest's tap is missing");
+    crid.rt()
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 2,
+        })
+        .await
+        .unwrap();
+    let s = crid
+        .wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(s.exit_code, 143, "{s:?}");
+    assert!(!links().contains("crtap"), "the tap outlived the guest");
+    assert!(udp_echo(&ip, b"anyone?", 2).is_none(), "still answering");
+    crid.finish().await;
+}

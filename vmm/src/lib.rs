@@ -2,13 +2,15 @@
 //!
 //! Built from the rust-vmm crates: `kvm-ioctls` for the VM, `vm-memory` for guest RAM,
 //! `linux-loader` for PVH ELF, vmlinux and bzImage kernels, `vm-superio` for the serial port and
-//! the i8042 controller, `seccompiler` for the thread filters. One process per guest: it boots
+//! the i8042 controller, `virtio-queue` for virtio-net's rings, `seccompiler` for the thread
+//! filters. One process per guest: it boots
 //! the kernel, copies the guest's serial output to stdout (crid's monitor turns it into the CRI
 //! log) and exits with the guest's status — the byte written to the debug-exit port, 0 on a
 //! reset — or 1 with a message on stderr when the VMM itself fails.
 //!
 //! Modules: [`memory`] (address space), [`boot`] (loaders and boot structures), [`cpu`]
-//! (vCPU registers), [`devices`] (port-I/O bus), [`vm`] (set-up and run loop), [`seccomp`],
+//! (vCPU registers), [`devices`] (port-I/O bus, virtio-mmio and virtio-net), [`vm`] (set-up
+//! and run loop), [`seccomp`],
 //! and `sys`, the only module with `unsafe`.
 
 pub mod boot;
@@ -37,6 +39,24 @@ pub struct Config {
     pub chroot: Option<PathBuf>,
     /// Install the seccomp filter on every thread (on unless debugging).
     pub seccomp: bool,
+    /// A virtio-net device on this tap.
+    pub net: Option<NetConfig>,
+}
+
+/// The guest's network device.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub tap: Tap,
+    pub mac: [u8; 6],
+}
+
+/// Where the tap comes from.
+#[derive(Debug, Clone)]
+pub enum Tap {
+    /// An existing tap device, opened by name in the VMM's network namespace.
+    Name(String),
+    /// An inherited descriptor of a tap opened with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`.
+    Fd(i32),
 }
 
 #[derive(Debug, thiserror::Error)]

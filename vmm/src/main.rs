@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use crid_vmm::{Config, exit_status, vm};
+use crid_vmm::{Config, NetConfig, Tap, exit_status, vm};
 
 /// Exit status when the VMM itself fails (the message is on stderr).
 const VMM_FAILURE: u8 = 1;
@@ -31,6 +31,15 @@ struct Args {
     /// Chroot into this (empty) directory before dropping privileges.
     #[arg(long)]
     chroot: Option<PathBuf>,
+    /// A virtio-net device on this existing tap (opened in the VMM's network namespace).
+    #[arg(long, conflicts_with = "tap_fd")]
+    tap: Option<String>,
+    /// A virtio-net device on this inherited tap descriptor (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR).
+    #[arg(long)]
+    tap_fd: Option<i32>,
+    /// The guest's MAC address on the network device.
+    #[arg(long, value_parser = parse_mac, default_value = "02:00:00:00:00:01")]
+    mac: [u8; 6],
     /// Skip the seccomp filter (debugging only).
     #[arg(long)]
     no_seccomp: bool,
@@ -46,6 +55,10 @@ fn parse_user(s: &str) -> Result<(u32, u32), String> {
     Ok((uid, gid))
 }
 
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    crid_vmm::devices::virtio::net::parse_mac(s).ok_or_else(|| format!("bad MAC address {s:?}"))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = Config {
@@ -57,6 +70,17 @@ fn main() -> ExitCode {
         user: args.user,
         chroot: args.chroot,
         seccomp: !args.no_seccomp,
+        net: match (args.tap, args.tap_fd) {
+            (Some(name), _) => Some(NetConfig {
+                tap: Tap::Name(name),
+                mac: args.mac,
+            }),
+            (None, Some(fd)) => Some(NetConfig {
+                tap: Tap::Fd(fd),
+                mac: args.mac,
+            }),
+            (None, None) => None,
+        },
     };
     match vm::run(&config) {
         Ok(exit) => {

@@ -3,7 +3,9 @@
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
+use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -29,6 +31,99 @@ pub fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> io::Result<()> {
         unsafe { vm.set_user_memory_region(region_desc) }.map_err(io::Error::from)?;
     }
     Ok(())
+}
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Opens the existing tap device `name` (non-blocking, close-on-exec) with virtio-net headers
+/// of `vnet_hdr_len` bytes in front of every frame.
+pub fn open_tap(name: &str, vnet_hdr_len: i32) -> io::Result<File> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad tap name"));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags_nonblock()
+        .open("/dev/net/tun")?;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads an `ifreq` (name + flags, padded to 40 bytes), which `IfReq`
+    // matches in layout and size; `req` outlives the call and the fd is a tun fd we own.
+    if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which points at a live local.
+    if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &vnet_hdr_len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+/// Takes over an inherited tap descriptor (opened with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`):
+/// close-on-exec, non-blocking, with `vnet_hdr_len`-byte headers.
+pub fn tap_from_fd(fd: i32, vnet_hdr_len: i32) -> io::Result<File> {
+    let file = File::from(adopt_fd(fd)?);
+    // SAFETY: F_GETFL on a descriptor we own; integer arguments only.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_SETFL on a descriptor we own; integer arguments only.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which points at a live local.
+    if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &vnet_hdr_len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+    }
+}
+
+/// Takes over an inherited descriptor given on the command line.
+fn adopt_fd(fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only checks that `fd` is open; it touches no memory.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {fd} is not open"),
+        ));
+    }
+    // SAFETY: the caller passed this descriptor to us to own (the tap); nothing else in the
+    // process refers to it, and it was just checked to be open. The close-on-exec flag is set
+    // below so no later exec could inherit it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: F_SETFD with FD_CLOEXEC on a descriptor we own.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(owned)
 }
 
 /// Confines the process once every file it needs is open: optionally chroots into `root`,

@@ -12,9 +12,17 @@ use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
+use linux_loader::loader::Cmdline;
+use vm_memory::GuestAddress;
+
 use crate::boot::{self, BootFiles};
+use crate::devices::virtio::MmioTransport;
+use crate::devices::virtio::net::{self, Net, SharedNet};
 use crate::devices::{GuestExit, IrqLine, PioBus, Serial, i8042, serial};
-use crate::{Config, VmmError, cpu, memory, seccomp, sys};
+use crate::{Config, NetConfig, Tap, VmmError, cpu, memory, seccomp, sys};
+
+/// The interrupt line of the first virtio-mmio device (Firecracker's choice too).
+const NET_IRQ: u32 = 5;
 
 /// Where KVM puts the three pages of its real-mode TSS on Intel (below the 4 GiB BIOS area,
 /// inside the MMIO hole, so never guest RAM).
@@ -40,7 +48,11 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
         Some(p) => Some(File::open(p).map_err(|e| VmmError::io("opening the initrd", e))?),
         None => None,
     };
-    let cmdline = boot::cmdline(&config.cmdline)?;
+    let mut cmdline = boot::cmdline(&config.cmdline)?;
+    let net = match &config.net {
+        Some(n) => Some(create_net(&vm, &mem, n, irqchip, &mut cmdline)?),
+        None => None,
+    };
     let entry = boot::load(
         &mem,
         BootFiles {
@@ -98,9 +110,31 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
     };
 
     let (tx, rx) = mpsc::channel();
+    if let Some(net) = &net {
+        let tx = tx.clone();
+        let net = Arc::clone(net);
+        let program = program.clone();
+        let epoll = net::rx_epoll(&net).map_err(|e| VmmError::io("virtio-net epoll", e))?;
+        std::thread::Builder::new()
+            .name("net-rx".into())
+            .spawn(move || {
+                let result = match &program {
+                    Some(p) => seccomp::apply(p),
+                    None => Ok(()),
+                }
+                .and_then(|()| {
+                    net::rx_loop(&net, &epoll).map_err(|e| VmmError::io("virtio-net receive", e))
+                });
+                if let Err(e) = result {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .map_err(|e| VmmError::io("spawning the network thread", e))?;
+    }
     for (index, vcpu) in vcpus.into_iter().enumerate() {
         let tx = tx.clone();
         let bus = Arc::clone(&bus);
+        let net = net.clone();
         let program = program.clone();
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
@@ -109,7 +143,7 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
                     Some(p) => seccomp::apply(p),
                     None => Ok(()),
                 }
-                .and_then(|()| run_vcpu(vcpu, &bus, irqchip));
+                .and_then(|()| run_vcpu(vcpu, &bus, net.as_ref(), irqchip));
                 let _ = tx.send(result);
             })
             .map_err(|e| VmmError::io("spawning a vCPU thread", e))?;
@@ -124,6 +158,41 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
         .map_err(|_| VmmError::Config("every vCPU thread ended without a result".into()))?;
     drop((mem, vm));
     result
+}
+
+/// Opens the tap and builds the virtio-net device in the first MMIO window, announced on the
+/// command line (`virtio_mmio.device=4K@0xd0000000:5`).
+fn create_net(
+    vm: &VmFd,
+    mem: &memory::GuestMemoryMmap,
+    config: &NetConfig,
+    irqchip: bool,
+    cmdline: &mut Cmdline,
+) -> Result<SharedNet, VmmError> {
+    let hdr = net::VNET_HDR_LEN as i32;
+    let tap = match &config.tap {
+        Tap::Name(name) => sys::open_tap(name, hdr),
+        Tap::Fd(fd) => sys::tap_from_fd(*fd, hdr),
+    }
+    .map_err(|e| VmmError::io("opening the tap", e))?;
+    let irq = if irqchip {
+        let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::io("eventfd", e))?;
+        vm.register_irqfd(&fd, NET_IRQ)
+            .map_err(|e| VmmError::kvm("KVM_IRQFD", e))?;
+        IrqLine(Some(fd))
+    } else {
+        IrqLine(None)
+    };
+    cmdline
+        .add_virtio_mmio_device(
+            memory::MMIO_DEVICE_SIZE,
+            GuestAddress(memory::MMIO_DEVICES_START),
+            NET_IRQ,
+            None,
+        )
+        .map_err(|e| VmmError::Boot(format!("kernel command line: {e}")))?;
+    let device = Net::new(tap, config.mac, mem.clone()).map_err(|e| VmmError::io("eventfd", e))?;
+    Ok(Arc::new(Mutex::new(MmioTransport::new(device, irq))))
 }
 
 /// The in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and the PIT, which Linux needs.
@@ -143,8 +212,14 @@ fn create_irqchip(vm: &VmFd) -> bool {
 fn run_vcpu(
     mut vcpu: VcpuFd,
     bus: &Mutex<PioBus<File>>,
+    net: Option<&SharedNet>,
     irqchip: bool,
 ) -> Result<GuestExit, VmmError> {
+    let window = |addr: u64| {
+        addr.checked_sub(memory::MMIO_DEVICES_START)
+            .filter(|off| *off < memory::MMIO_DEVICE_SIZE)
+            .and_then(|off| Some((net?, off)))
+    };
     loop {
         match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
@@ -153,8 +228,15 @@ fn run_vcpu(
                 }
             }
             Ok(VcpuExit::IoIn(port, data)) => lock(bus).read(port, data),
-            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-            Ok(VcpuExit::MmioWrite(..)) => {}
+            Ok(VcpuExit::MmioRead(addr, data)) => match window(addr) {
+                Some((dev, off)) => lock(dev).read(off, data),
+                None => data.fill(0xff),
+            },
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if let Some((dev, off)) = window(addr) {
+                    lock(dev).write(off, data);
+                }
+            }
             Ok(VcpuExit::Hlt) if !irqchip => {
                 // Without an irqchip no interrupt can ever arrive: the guest has stopped for
                 // good and stays so until crid stops the container.

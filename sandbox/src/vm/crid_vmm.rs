@@ -1,6 +1,8 @@
 //! crid's own VMM, `crid-vmm` (the `vmm/` crate): `crid-vmm --kernel K [--initrd I] --cmdline C
-//! --memory M --vcpus N [--user UID:GID --chroot DIR]`. KVM only. The serial console is on its
-//! stdout; it exits with the byte the guest writes to the debug-exit port (0xf4), 0 when the
+//! --memory M --vcpus N [--tap TAP --mac MAC] [--user UID:GID --chroot DIR]`. KVM only. In a pod
+//! network the guest gets a virtio-net device over virtio-mmio on the pod's tap, announced on
+//! its command line (`virtio_mmio.device=`, Firecracker's convention). The serial console is on
+//! its stdout; it exits with the byte the guest writes to the debug-exit port (0xf4), 0 when the
 //! guest resets through the i8042 (`reboot=k`), 1 when the VMM itself fails. Like QEMU it drops
 //! to the container's unprivileged uid in an empty chroot once its files are open, and every
 //! thread runs under its seccomp filter.
@@ -17,8 +19,8 @@ use imagestore::{HypervisorKind, UnikernelInfo, UnikernelType};
 use super::accel::KvmProbe;
 use super::launch::VmSettings;
 use super::{
-    ExitMapping, Hypervisor, LaunchPlan, VmSpec, cmdline::guest_cmdline, path_arg, require_kvm,
-    resolve_in_layers,
+    ExitMapping, Hypervisor, LaunchPlan, VmSpec, cmdline::guest_cmdline, path_arg,
+    qemu::check_ifname, require_kvm, resolve_in_layers,
 };
 use crate::SandboxError;
 
@@ -43,12 +45,6 @@ impl Hypervisor for CridVmm {
                 reason: "crid-vmm has no block device yet".into(),
             });
         }
-        if spec.net.is_some() {
-            return Err(SandboxError::UnsupportedGuest {
-                reason: "crid-vmm has no network device yet: run the pod with host networking"
-                    .into(),
-            });
-        }
         let cmdline = guest_cmdline(spec, &["reboot=k", "pci=off", "console=ttyS0"])?;
         let mut args = vec![
             "--kernel".to_string(),
@@ -62,6 +58,15 @@ impl Hypervisor for CridVmm {
         ];
         if let Some(initrd) = &spec.initrd {
             args.extend(["--initrd".into(), path_arg(initrd)?]);
+        }
+        if let Some(net) = &spec.net {
+            check_ifname(&net.tap)?;
+            args.extend([
+                "--tap".into(),
+                net.tap.clone(),
+                "--mac".into(),
+                net.mac.to_string(),
+            ]);
         }
         if let Some((uid, gid)) = spec.vmm_user {
             if uid == 0 || gid == 0 {
@@ -121,8 +126,10 @@ pub fn substitute(
 /// Whether crid-vmm boots this guest as its own hypervisor would: a `unikraft` guest whose
 /// kernel is an ELF64 with a PVH note (QEMU microvm and Firecracker both enter it there), or a
 /// `linux` guest (bzImage or ELF vmlinux, Firecracker's boot protocol) on a KVM that runs Linux
-/// (not PVM); no block device, no pod network (crid-vmm has no virtio devices yet), and a
-/// usable KVM. `head` is the start of the kernel file.
+/// (not PVM); no block device (crid-vmm has no virtio-blk yet); in a pod network only images
+/// for Firecracker, whose guests find their virtio-mmio NIC on the command line as crid-vmm
+/// announces it (QEMU guests use virtio-pci there); and a usable KVM. `head` is the start of
+/// the kernel file.
 pub fn compatible(
     info: &UnikernelInfo,
     head: Option<&[u8]>,
@@ -135,8 +142,8 @@ pub fn compatible(
     if info.block.is_some() {
         return Err("a block device (crid-vmm has none yet)");
     }
-    if networked {
-        return Err("a pod network (crid-vmm has no network device yet)");
+    if networked && info.hypervisor != HypervisorKind::Firecracker {
+        return Err("a pod network, where QEMU guests expect virtio-pci");
     }
     let head = head.ok_or("the kernel cannot be read")?;
     let elf64 = head.get(0..5) == Some(b"\x7fELF\x02");
@@ -193,6 +200,25 @@ mod tests {
     }
 
     #[test]
+    fn plan_passes_the_tap_and_mac() {
+        let mut s = spec(UnikernelType::Unikraft, HypervisorKind::Crid);
+        s.net = Some(net());
+        let p = CridVmm.plan(&s, Path::new("/x")).unwrap();
+        let argv = p.args.join(" ");
+        assert!(
+            argv.contains("--tap crtap0 --mac 0a:58:0a:58:00:05"),
+            "{argv}"
+        );
+        assert!(
+            p.guest_cmdline.contains("netdev.ip=10.88.0.5/16:10.88.0.1"),
+            "{}",
+            p.guest_cmdline
+        );
+        s.net.as_mut().unwrap().tap = "bad tap".into();
+        assert!(CridVmm.plan(&s, Path::new("/x")).is_err());
+    }
+
+    #[test]
     fn plan_argv_confinement_and_exit_mapping() {
         let mut s = spec(UnikernelType::Unikraft, HypervisorKind::Crid);
         s.vmm_user = Some((2_000_000_001, 2_000_000_001));
@@ -217,9 +243,6 @@ mod tests {
         let mut s = spec(UnikernelType::Unikraft, HypervisorKind::Crid);
         s.accelerator = super::super::Accelerator::Tcg;
         assert!(CridVmm.plan(&s, Path::new("/x")).is_err());
-        let mut s = spec(UnikernelType::Unikraft, HypervisorKind::Crid);
-        s.net = Some(net());
-        assert!(CridVmm.plan(&s, Path::new("/x")).is_err());
     }
 
     #[test]
@@ -228,6 +251,9 @@ mod tests {
         let elf = pvh_elf64();
         assert_eq!(compatible(&uk, Some(&elf), false, &host(true)), Ok(()));
         assert!(compatible(&uk, Some(&elf), true, &host(true)).is_err());
+        let mut fc = uk.clone();
+        fc.hypervisor = HypervisorKind::Firecracker;
+        assert_eq!(compatible(&fc, Some(&elf), true, &host(true)), Ok(()));
         assert!(compatible(&uk, None, false, &host(true)).is_err());
         let mut elf32 = elf.clone();
         elf32[4] = 1;

@@ -4,10 +4,12 @@
 //! controller at 0x60/0x64 (its CPU-reset command ends the guest with 0), and QEMU's
 //! isa-debug-exit port at 0xf4 (a byte written there ends the VMM with that exit status).
 //! Reads of any other port return all ones and writes are ignored, like an empty ISA bus.
+//! Memory-mapped: virtio-mmio devices ([`virtio`]) from 0xd0000000, one 4 KiB window each.
 
 pub mod debug_exit;
 pub mod i8042;
 pub mod serial;
+pub mod virtio;
 
 use std::io::Write;
 

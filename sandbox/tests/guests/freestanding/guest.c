@@ -5,7 +5,10 @@
  * paging off; %ebx holds the physical address of the hvm_start_info structure. It prints a
  * greeting and its command line on the first serial port (0x3f8) and then:
  *   exit=N   writes N to QEMU's isa-debug-exit port (0xf4): QEMU exits with (N << 1) | 1
- *   no exit= halts forever (for stop/kill tests)
+ *   no exit= halts forever (for stop/kill tests), or, given a virtio-mmio network device
+ *            (virtio_mmio.device=4K@0xADDR:IRQ) and an address (netdev.ip=A.B.C.D/...), serves
+ *            it forever: answers ARP for its address, ICMP echo and UDP datagrams (echoed
+ *            back to the sender), polling the queues (no interrupts).
  * No SSE, no libc: gcc -m32 -ffreestanding -mgeneral-regs-only -nostdlib -static.
  */
 
@@ -122,6 +125,8 @@ static int param(const char *cmdline, const char *key)
 	return -1;
 }
 
+#include "net.h"
+
 void guest_main(const struct hvm_start_info *info)
 {
 	const char *cmdline = "";
@@ -141,6 +146,8 @@ void guest_main(const struct hvm_start_info *info)
 		puts("crid-test-guest: exiting\n");
 		outb(DEBUG_EXIT, (u8)code);
 	}
+	if (net_serve(cmdline))
+		halt_forever();
 	puts("crid-test-guest: halting\n");
 	halt_forever();
 }

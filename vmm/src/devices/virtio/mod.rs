@@ -1,0 +1,25 @@
+//! virtio devices over the virtio-mmio transport (version 2, as Firecracker and QEMU microvm
+//! expose them), announced to the guest on its command line
+//! (`virtio_mmio.device=4K@0xd0000000:5`). Queues and descriptor chains are `virtio-queue`'s.
+
+pub mod mmio;
+pub mod net;
+
+pub use mmio::MmioTransport;
+
+/// `VIRTIO_F_VERSION_1`: the modern interface, which the version-2 MMIO transport requires.
+pub const F_VERSION_1: u64 = 1 << 32;
+
+/// What a device behind the MMIO transport provides.
+pub trait VirtioDevice: Send {
+    /// The virtio device id (1: network).
+    fn device_type(&self) -> u32;
+    /// Feature bits offered to the driver.
+    fn features(&self) -> u64;
+    /// Largest size of each queue.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Reads the device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// A queue was notified by the driver (its index), with the queues now in use.
+    fn notify(&mut self, queue: usize, queues: &mut [virtio_queue::Queue]) -> bool;
+}
