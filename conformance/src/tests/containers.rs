@@ -481,6 +481,14 @@ fn bad_input(
         let mut c = base.clone();
         c.metadata = None;
         cases.push(("no metadata", c));
+        let mut c = base.clone();
+        c.mounts.push(cri::Mount {
+            container_path: "/x".into(),
+            host_path: "/tmp".into(),
+            recursive_read_only: true,
+            ..Default::default()
+        });
+        cases.push(("recursive read-only without readonly", c));
         for (what, c) in cases {
             match create(ctx, c).await {
                 Ok(id) => {

@@ -41,6 +41,10 @@ pub fn tests() -> Vec<Test> {
             run: |env| Box::pin(mount_propagation(env)),
         },
         Test {
+            name: "features/recursive-readonly-mount",
+            run: |env| Box::pin(recursive_readonly(env)),
+        },
+        Test {
             name: "features/port-mapping",
             run: |env| Box::pin(port_mapping(env)),
         },
@@ -485,6 +489,59 @@ impl Drop for SharedDir {
 /// One container per propagation mode over the same shared host directory: a mount made on
 /// the host afterwards reaches the `rslave` and `rshared` containers but not the private one,
 /// and a mount made inside the (privileged) `rshared` container reaches the host.
+/// A recursive read-only mount (critest's "Container Mount Readonly"): the host directory has
+/// a tmpfs mounted in it, and that submount is read-only in the container too. Skipped when
+/// the default runtime handler does not report the feature in `Status`, as critest does.
+async fn recursive_readonly(env: Env) -> TestResult {
+    let status = env
+        .cri
+        .runtime
+        .clone()
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .context("Status")?
+        .into_inner();
+    let supported = status.runtime_handlers.iter().any(|h| {
+        h.name.is_empty()
+            && h.features
+                .as_ref()
+                .is_some_and(|f| f.recursive_read_only_mounts)
+    });
+    if !supported {
+        return Ok(Outcome::Skipped(
+            "the default runtime handler does not report recursive read-only mounts".into(),
+        ));
+    }
+    let dir = SharedDir::new("feat-rro")?;
+    let sub = dir.0.0.join("tmpfs");
+    std::fs::create_dir_all(&sub).context("create the submount point")?;
+    host_mount(&["-t", "tmpfs", "tmpfs", &sub.display().to_string()])?;
+    let source = dir.0.0.display().to_string();
+    let r = with_container(
+        env,
+        "feat-rro",
+        |_| {},
+        |c| {
+            c.mounts = vec![cri::Mount {
+                container_path: "/mnt".into(),
+                host_path: source,
+                readonly: true,
+                recursive_read_only: true,
+                ..Default::default()
+            }];
+        },
+        |ctx| async move {
+            let (code, _, err) = super::sh(&ctx.env, &ctx.id, "touch /mnt/tmpfs/foo").await?;
+            ensure!(code != 0, "the submount is writable");
+            ensure!(err.contains("Read-only"), "touch failed otherwise: {err}");
+            Ok(())
+        },
+    )
+    .await;
+    drop(dir);
+    r
+}
+
 async fn mount_propagation(env: Env) -> TestResult {
     use cri::MountPropagation as P;
     let shared = SharedDir::new("feat-prop")?;

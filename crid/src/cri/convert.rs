@@ -149,7 +149,8 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
         mounts.push(MountSpec {
             container_path: m.container_path,
             host_path: m.host_path,
-            readonly: m.readonly || m.recursive_read_only,
+            readonly: m.readonly,
+            recursive_readonly: m.recursive_read_only,
             propagation,
             selinux_relabel: m.selinux_relabel,
         });

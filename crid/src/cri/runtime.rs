@@ -48,16 +48,24 @@ pub async fn status(state: &State, r: cri::StatusRequest) -> Result<cri::StatusR
         info.insert("vm".into(), state.containers.vm_host_report().to_string());
         info.insert("binaries".into(), binaries(state).await.to_string());
     }
-    let runtime_handlers = state
-        .config
-        .runtime
-        .runc_handlers
+    // runc (1.1 and later) makes recursive read-only mounts (`rro`, on kernels with
+    // mount_setattr, 5.12+); unikernel guests get copies of their mounts instead.
+    let runc = &state.config.runtime.runc_handlers;
+    let runtime_handlers = runc
         .iter()
-        .chain(&state.config.runtime.unikernel_handlers)
-        .map(|name| cri::RuntimeHandler {
+        .map(|name| (name, true))
+        .chain(
+            state
+                .config
+                .runtime
+                .unikernel_handlers
+                .iter()
+                .map(|name| (name, false)),
+        )
+        .map(|(name, rro)| cri::RuntimeHandler {
             name: name.clone(),
             features: Some(cri::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
+                recursive_read_only_mounts: rro,
                 user_namespaces: false,
             }),
         })

@@ -63,6 +63,10 @@ pub struct MountSpec {
     pub container_path: String,
     pub host_path: String,
     pub readonly: bool,
+    /// Read-only all the way down, submounts included (runc's `rro`: `mount_setattr` with
+    /// `AT_RECURSIVE`); needs `readonly` and private propagation.
+    #[serde(default)]
+    pub recursive_readonly: bool,
     pub propagation: Propagation,
     pub selinux_relabel: bool,
 }

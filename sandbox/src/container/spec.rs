@@ -350,6 +350,14 @@ pub fn validate(
                 m.container_path
             )));
         }
+        // A recursive read-only mount must be read-only, and private: propagation would
+        // bring in new submounts that are writable.
+        if m.recursive_readonly && (!m.readonly || m.propagation != Propagation::Private) {
+            return Err(invalid(format!(
+                "recursive read-only mount {:?} needs readonly and PROPAGATION_PRIVATE",
+                m.container_path
+            )));
+        }
     }
     for d in &config.devices {
         if !clean_absolute(&d.host_path) || !clean_absolute(&d.container_path) {
@@ -826,7 +834,13 @@ pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, San
                 "rshared"
             }
         };
-        mounts.push(bind(&m.container_path, host, m.readonly, propagation)?);
+        let mut mount = bind(&m.container_path, host, m.readonly, propagation)?;
+        if m.recursive_readonly {
+            let mut options = mount.options().clone().unwrap_or_default();
+            options.push("rro".into());
+            mount.set_options(Some(options));
+        }
+        mounts.push(mount);
     }
 
     // Namespaces.
@@ -1139,6 +1153,24 @@ mod tests {
             Box::new(|c| c.log_path = "../escape.log".into()),
             Box::new(|c| c.log_path = "/abs.log".into()),
             Box::new(|c| c.security.run_as_user = Some(1 << 31)),
+            Box::new(|c| {
+                c.mounts.push(MountSpec {
+                    host_path: "/tmp".into(),
+                    container_path: "/rro".into(),
+                    recursive_readonly: true,
+                    ..Default::default()
+                })
+            }),
+            Box::new(|c| {
+                c.mounts.push(MountSpec {
+                    host_path: "/tmp".into(),
+                    container_path: "/rro".into(),
+                    readonly: true,
+                    recursive_readonly: true,
+                    propagation: Propagation::HostToContainer,
+                    ..Default::default()
+                })
+            }),
             // critest: "RunAsGroup is set without RunAsUser".
             Box::new(|c| c.security.run_as_group = Some(1000)),
             Box::new(|c| c.resources.memory_limit_in_bytes = 1),
@@ -1250,5 +1282,24 @@ mod tests {
         config.security.seccomp = SeccompProfile::Localhost("/no/such/profile.json".into());
         let json = serde_json::to_value(build(&config, &cx).unwrap()).unwrap();
         assert!(json["linux"].get("seccomp").is_none(), "{}", json["linux"]);
+        // A recursive read-only mount gets runc's `rro` on top of `ro`.
+        config.mounts.push(MountSpec {
+            host_path: "/tmp".into(),
+            container_path: "/rro".into(),
+            readonly: true,
+            recursive_readonly: true,
+            ..Default::default()
+        });
+        let json = serde_json::to_value(build(&config, &cx).unwrap()).unwrap();
+        let rro = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/rro")
+            .unwrap();
+        assert_eq!(
+            rro["options"],
+            serde_json::json!(["rbind", "rprivate", "ro", "rro"])
+        );
     }
 }
