@@ -23,11 +23,12 @@
 //! tap (carrier up, its VMM running) of another container is a `FailedPrecondition`; a tap
 //! left behind by a crash (no carrier) is removed, as is this container's own stale tap.
 //!
-//! Commands run through `nsenter --net=PATH ip|tc ...` (iproute2), behind [`Runner`] so the
-//! sequence is unit-tested without root.
+//! Commands (iproute2's `ip` and `tc`, `sysctl`, `nft`) run from a thread that entered the
+//! pod's namespace, so they inherit it without an `nsenter` per command, behind [`Runner`]
+//! so the sequence is unit-tested without root.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde::Deserialize;
@@ -62,22 +63,23 @@ pub trait Runner {
     fn probe(&self, ip: Ipv4Addr) -> Result<(), SandboxError>;
 }
 
-/// Runs commands with `nsenter --net=PATH`.
-pub struct NsenterRunner {
-    pub netns: PathBuf,
-}
+/// Runs commands from a thread that has entered the pod's network namespace (see
+/// [`in_netns`]): the programs inherit the namespace, with no `nsenter` process per command,
+/// and the neighbour probe is a plain socket.
+struct InNetns;
 
-impl Runner for NsenterRunner {
+impl Runner for InNetns {
     fn run(&self, program: &str, args: &[&str]) -> Result<String, SandboxError> {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", self.netns.display()))
-            .arg("--")
-            .arg(program)
+        // Nothing of crid's environment but PATH (the tools are found on it).
+        let out = Command::new(program)
             .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(std::process::Stdio::null())
             .output()
             .map_err(|e| SandboxError::GuestNetwork {
                 op: format!("{program} {}", args.join(" ")),
-                reason: format!("cannot run nsenter: {e}"),
+                reason: format!("cannot run {program}: {e}"),
             })?;
         if !out.status.success() {
             return Err(SandboxError::GuestNetwork {
@@ -89,17 +91,24 @@ impl Runner for NsenterRunner {
     }
 
     fn probe(&self, ip: Ipv4Addr) -> Result<(), SandboxError> {
-        cni::netns::run_in(
-            &[(cni::netns::NsKind::Net, self.netns.clone())],
-            move || {
-                let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-                // The discard port; only the neighbour resolution matters.
-                let _ = socket.send_to(&[0], (ip, 9));
-                Ok(())
-            },
-        )
-        .map_err(|e| net_err("probe", e.to_string()))
+        let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+            .map_err(|e| net_err("probe", e.to_string()))?;
+        // The discard port; only the neighbour resolution matters.
+        let _ = socket.send_to(&[0], (ip, 9));
+        Ok(())
     }
+}
+
+/// Runs `f` with an [`InNetns`] runner on a dedicated thread inside the namespace at `netns`.
+fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce(&dyn Runner) -> Result<T, SandboxError> + Send + 'static,
+) -> Result<T, SandboxError> {
+    cni::netns::run_in(
+        &[(cni::netns::NsKind::Net, netns.to_path_buf())],
+        move || Ok(f(&InNetns)),
+    )
+    .map_err(|e| net_err("enter the pod network namespace", e.to_string()))?
 }
 
 #[derive(Deserialize)]
@@ -163,14 +172,14 @@ pub fn setup_guest_net(
     tap: &str,
     ports: &[GuestPort],
 ) -> Result<GuestNet, SandboxError> {
-    let r = NsenterRunner {
-        netns: netns.to_path_buf(),
-    };
-    if ports.is_empty() {
-        setup_with(&r, iface, tap)
-    } else {
-        setup_routed_with(&r, iface, tap, ports)
-    }
+    let (iface, tap, ports) = (iface.to_owned(), tap.to_owned(), ports.to_vec());
+    in_netns(netns, move |r| {
+        if ports.is_empty() {
+            setup_with(r, &iface, &tap)
+        } else {
+            setup_routed_with(r, &iface, &tap, &ports)
+        }
+    })
 }
 
 /// A container port the guest serves (kubelet's `io.kubernetes.container.ports`).
@@ -332,13 +341,8 @@ fn clear_taps(r: &dyn Runner, links: &[Link], tap: &str) -> Result<(), SandboxEr
 
 /// Removes the tap and the ingress qdisc; fine when they are already gone.
 pub fn teardown_guest_net(netns: &Path, iface: &str, tap: &str) -> Result<(), SandboxError> {
-    teardown_with(
-        &NsenterRunner {
-            netns: netns.to_path_buf(),
-        },
-        iface,
-        tap,
-    )
+    let (iface, tap) = (iface.to_owned(), tap.to_owned());
+    in_netns(netns, move |r| teardown_with(r, &iface, &tap))
 }
 
 /// [`setup_guest_net`] with an injectable runner.
