@@ -3,7 +3,7 @@
 //! metrics endpoint. Depends on no other module of the daemon but the configuration.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -55,7 +55,6 @@ pub struct State {
     pub config: Config,
     pub cgroup_driver: CgroupDriver,
     pub started_at_unix: u64,
-    pod_cidr: Mutex<String>,
     /// Pod sandboxes (and, through them, CNI).
     pub pods: Arc<sandbox::pod::PodManager>,
     /// Containers (runc and monitors).
@@ -111,7 +110,6 @@ impl State {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-            pod_cidr: Mutex::new(String::new()),
             streaming: OnceLock::new(),
             config,
         })
@@ -131,12 +129,6 @@ impl State {
                 reason: "NetworkPluginNotReady".into(),
                 message: e.to_string(),
             },
-        }
-    }
-
-    pub fn set_pod_cidr(&self, cidr: String) {
-        if let Ok(mut c) = self.pod_cidr.lock() {
-            *c = cidr;
         }
     }
 }

@@ -259,7 +259,7 @@ impl RuntimeService for CriService {
         &self,
         r: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Reply<cri::UpdateRuntimeConfigResponse> {
-        runtime::update_runtime_config(&self.state, r.into_inner()).map(Response::new)
+        runtime::update_runtime_config(r.into_inner()).map(Response::new)
     }
 
     async fn status(&self, r: Request<cri::StatusRequest>) -> Reply<cri::StatusResponse> {

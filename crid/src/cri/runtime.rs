@@ -96,18 +96,16 @@ pub fn runtime_config(
 }
 
 pub fn update_runtime_config(
-    state: &State,
     r: cri::UpdateRuntimeConfigRequest,
 ) -> Result<cri::UpdateRuntimeConfigResponse, Status> {
     // kubelet sends the node's pod CIDR here; the CNI configuration owns addressing, so it is
-    // recorded for diagnostics only.
+    // only logged.
     if let Some(cidr) = r
         .runtime_config
         .and_then(|c| c.network_config)
         .map(|n| n.pod_cidr)
     {
         tracing::info!(pod_cidr = %cidr, "runtime config updated");
-        state.set_pod_cidr(cidr);
     }
     Ok(cri::UpdateRuntimeConfigResponse {})
 }

@@ -1214,15 +1214,6 @@ impl ContainerManager {
         Ok(r)
     }
 
-    /// Resolves a unique id prefix (as `crictl` passes them) to a full id.
-    pub fn resolve_id(&self, prefix: &str) -> Result<String, SandboxError> {
-        let inner = self.lock();
-        if inner.containers.contains_key(prefix) {
-            return Ok(prefix.to_owned());
-        }
-        Err(not_found(prefix))
-    }
-
     pub fn list(&self, filter: &ContainerFilter) -> Vec<ContainerRecord> {
         let entries: Vec<Arc<Entry>> = self.lock().containers.values().cloned().collect();
         let mut out: Vec<ContainerRecord> = entries

@@ -6,7 +6,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
@@ -18,14 +17,6 @@ pub struct Runc {
     pub binary: PathBuf,
     pub root: PathBuf,
     pub systemd_cgroup: bool,
-}
-
-/// `runc state` output (the fields crid uses).
-#[derive(Debug, Clone, Deserialize)]
-pub struct RuncState {
-    pub id: String,
-    pub pid: i32,
-    pub status: String,
 }
 
 /// The result of [`Runc::exec`].
@@ -71,10 +62,6 @@ impl Runc {
         }
     }
 
-    pub async fn start(&self, id: &str) -> Result<(), SandboxError> {
-        self.run("start", &["start", id]).await.map(drop)
-    }
-
     /// Sends `signal` (a name or number); `all` signals every process of the container.
     pub async fn kill(&self, id: &str, signal: &str, all: bool) -> Result<(), SandboxError> {
         let mut args = vec!["kill"];
@@ -96,14 +83,6 @@ impl Runc {
             }
             Err(e) => Err(e),
         }
-    }
-
-    pub async fn state(&self, id: &str) -> Result<RuncState, SandboxError> {
-        let out = self.run("state", &["state", id]).await?;
-        serde_json::from_slice(&out).map_err(|e| SandboxError::Runtime {
-            op: "state".into(),
-            reason: e.to_string(),
-        })
     }
 
     /// Applies new resources (an OCI `LinuxResources` JSON) to a running container.

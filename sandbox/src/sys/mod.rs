@@ -1,5 +1,5 @@
-//! Kernel operations of the sandbox crate: mounts and writes inside pinned namespaces. Only
-//! this module calls into `nix`; namespace creation itself is `cni::netns`.
+//! Kernel operations of pods: mounts and writes inside pinned namespaces, behind [`PodSys`] so
+//! the pod manager can be tested over a fake; namespace creation itself is `cni::netns`.
 
 use std::io;
 use std::path::{Path, PathBuf};
