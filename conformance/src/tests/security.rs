@@ -26,6 +26,10 @@ pub fn tests() -> Vec<Test> {
             run: |env| Box::pin(run_as_username(env)),
         },
         Test {
+            name: "security/supplemental-groups-strict",
+            run: |env| Box::pin(supplemental_groups_strict(env)),
+        },
+        Test {
             name: "security/supplemental-groups",
             run: |env| Box::pin(supplemental_groups(env)),
         },
@@ -193,6 +197,64 @@ async fn run_as_username(env: Env) -> TestResult {
         ensure!(
             all.contains(&2345),
             "groups {all:?} lack 2345 from /etc/group"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// SupplementalGroupsPolicy Strict (critest's "SupplementalGroupsPolicy"): the user's groups
+/// in the image's /etc/group are not added, the asked ones are; ContainerStatus reports the
+/// identity the process has. Skipped when the runtime does not report the feature.
+async fn supplemental_groups_strict(env: Env) -> TestResult {
+    let status = env
+        .cri
+        .runtime
+        .clone()
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .context("Status")?
+        .into_inner();
+    if !status
+        .features
+        .is_some_and(|f| f.supplemental_groups_policy)
+    {
+        return Ok(Outcome::Skipped(
+            "the runtime does not report SupplementalGroupsPolicy".into(),
+        ));
+    }
+    // The busybox fixture's /etc/group adds crid (1234) to 2345.
+    let sc = cri::LinuxContainerSecurityContext {
+        run_as_user: Some(cri::Int64Value { value: 1234 }),
+        supplemental_groups: vec![3001],
+        supplemental_groups_policy: cri::SupplementalGroupsPolicy::Strict as i32,
+        ..Default::default()
+    };
+    in_container(env, "sec-groups-strict", false, sc, |env, id| async move {
+        let mut all = groups(&out(&env, &id, "id -G").await?);
+        all.sort_unstable();
+        all.dedup();
+        ensure!(all == [1234, 3001], "groups {all:?}, want [1234, 3001]");
+        let user = env
+            .cri
+            .runtime
+            .clone()
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .context("ContainerStatus")?
+            .into_inner()
+            .status
+            .and_then(|s| s.user)
+            .and_then(|u| u.linux)
+            .context("ContainerStatus has no user")?;
+        let mut reported = user.supplemental_groups.clone();
+        reported.sort_unstable();
+        ensure!(
+            (user.uid, user.gid, reported.as_slice()) == (1234, 1234, &[1234, 3001][..]),
+            "ContainerStatus user {user:?}"
         );
         Ok(())
     })

@@ -278,9 +278,39 @@ pub async fn container_status(
         });
         info.insert("info".into(), verbose.to_string());
     }
+    let mut status = status_to_cri(&record);
+    if let Some(user) = state
+        .containers
+        .spec_json(&record.id)
+        .and_then(|spec| process_user(&spec))
+    {
+        status.user = Some(user);
+    }
     Ok(cri::ContainerStatusResponse {
-        status: Some(status_to_cri(&record)),
+        status: Some(status),
         info,
+    })
+}
+
+/// The identity the container's processes run with, from its OCI spec: uid, gid, and every
+/// group they hold (the gid among them), as kubelet reads it for SupplementalGroupsPolicy.
+fn process_user(spec: &serde_json::Value) -> Option<cri::ContainerUser> {
+    let user = &spec["process"]["user"];
+    let id = |v: &serde_json::Value| v.as_i64();
+    let (uid, gid) = (id(&user["uid"])?, id(&user["gid"])?);
+    let mut groups: Vec<i64> = user["additionalGids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(id).collect())
+        .unwrap_or_default();
+    groups.push(gid);
+    groups.sort_unstable();
+    groups.dedup();
+    Some(cri::ContainerUser {
+        linux: Some(cri::LinuxContainerUser {
+            uid,
+            gid,
+            supplemental_groups: groups,
+        }),
     })
 }
 

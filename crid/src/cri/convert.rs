@@ -193,6 +193,8 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
             run_as_username: sc.run_as_username,
             readonly_rootfs: sc.readonly_rootfs,
             supplemental_groups: sc.supplemental_groups,
+            supplemental_groups_strict: sc.supplemental_groups_policy
+                == cri::SupplementalGroupsPolicy::Strict as i32,
             no_new_privs: sc.no_new_privs,
             masked_paths: sc.masked_paths,
             readonly_paths: sc.readonly_paths,

@@ -75,7 +75,7 @@ pub async fn status(state: &State, r: cri::StatusRequest) -> Result<cri::StatusR
         info,
         runtime_handlers,
         features: Some(cri::RuntimeFeatures {
-            supplemental_groups_policy: false,
+            supplemental_groups_policy: true,
         }),
     })
 }

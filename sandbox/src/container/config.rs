@@ -128,6 +128,9 @@ pub struct SecurityContext {
     pub run_as_username: String,
     pub readonly_rootfs: bool,
     pub supplemental_groups: Vec<i64>,
+    /// CRI `SupplementalGroupsPolicy` Strict: the image's `/etc/group` adds no groups.
+    #[serde(default)]
+    pub supplemental_groups_strict: bool,
     pub no_new_privs: bool,
     pub masked_paths: Vec<String>,
     pub readonly_paths: Vec<String>,

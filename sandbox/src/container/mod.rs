@@ -885,6 +885,7 @@ impl ContainerManager {
             &s.run_as_username,
             s.run_as_group,
             &s.supplemental_groups,
+            s.supplemental_groups_strict,
             &image.layer_dirs,
         )?;
         let dir = self.dir(id);

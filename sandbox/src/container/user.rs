@@ -155,13 +155,16 @@ fn parse_id(what: &str, s: &str) -> Result<Option<u32>, SandboxError> {
 }
 
 /// Resolves the user: `run_as_user`/`run_as_username`/`run_as_group` win over the image's
-/// `User` (`user`, `uid`, `user:group`, `uid:gid`).
+/// `User` (`user`, `uid`, `user:group`, `uid:gid`). The additional groups are the user's groups
+/// in the image's `/etc/group` (unless `strict`: CRI `SupplementalGroupsPolicy` Strict) and
+/// `supplemental`.
 pub fn resolve(
     image_user: &str,
     run_as_user: Option<i64>,
     run_as_username: &str,
     run_as_group: Option<i64>,
     supplemental: &[i64],
+    strict: bool,
     layers: &[PathBuf],
 ) -> Result<ResolvedUser, SandboxError> {
     let (mut user_part, mut group_part) = match image_user.split_once(':') {
@@ -222,7 +225,7 @@ pub fn resolve(
     }
     check_id("gid", i64::from(gid))?;
     let mut additional = Vec::new();
-    if let Some(name) = &username {
+    if let Some(name) = username.as_ref().filter(|_| !strict) {
         for g in &groups {
             if g.members.iter().any(|m| m == name) && g.gid != gid && !additional.contains(&g.gid) {
                 additional.push(g.gid);
@@ -270,22 +273,25 @@ mod tests {
     #[test]
     fn names_resolve_through_the_top_layer() {
         let (_d, layers) = image();
-        let u = resolve("www", None, "", None, &[], &layers).unwrap();
+        let u = resolve("www", None, "", None, &[], false, &layers).unwrap();
         assert_eq!((u.uid, u.gid, u.additional_gids), (33, 34, vec![1000]));
-        let u = resolve("www:staff", None, "", None, &[7], &layers).unwrap();
+        let u = resolve("www:staff", None, "", None, &[7], false, &layers).unwrap();
         assert_eq!((u.uid, u.gid, u.additional_gids), (33, 50, vec![1000, 7]));
-        let u = resolve("", None, "", None, &[], &layers).unwrap();
+        // SupplementalGroupsPolicy Strict: only the groups asked for, not the image's.
+        let u = resolve("www:staff", None, "", None, &[7], true, &layers).unwrap();
+        assert_eq!((u.uid, u.gid, u.additional_gids), (33, 50, vec![7]));
+        let u = resolve("", None, "", None, &[], false, &layers).unwrap();
         assert_eq!((u.uid, u.gid), (0, 0));
-        let u = resolve("1234:5", None, "", None, &[], &layers).unwrap();
+        let u = resolve("1234:5", None, "", None, &[], false, &layers).unwrap();
         assert_eq!((u.uid, u.gid), (1234, 5));
     }
 
     #[test]
     fn cri_fields_override_the_image() {
         let (_d, layers) = image();
-        let u = resolve("www", Some(1001), "", Some(2002), &[], &layers).unwrap();
+        let u = resolve("www", Some(1001), "", Some(2002), &[], false, &layers).unwrap();
         assert_eq!((u.uid, u.gid), (1001, 2002));
-        let u = resolve("", None, "www", None, &[], &layers).unwrap();
+        let u = resolve("", None, "www", None, &[], false, &layers).unwrap();
         assert_eq!((u.uid, u.gid), (33, 34));
     }
 
@@ -299,7 +305,7 @@ mod tests {
             ("4294967296", None),
             ("2147483648", None),
         ] {
-            let e = resolve(user, run_as, "", None, &[], &layers).unwrap_err();
+            let e = resolve(user, run_as, "", None, &[], false, &layers).unwrap_err();
             assert_eq!(
                 e.kind(),
                 imagestore::ErrorKind::InvalidArgument,
