@@ -45,6 +45,10 @@ pub fn tests() -> Vec<Test> {
             run: |env| Box::pin(recursive_readonly(env)),
         },
         Test {
+            name: "features/pod-metrics",
+            run: |env| Box::pin(pod_metrics(env)),
+        },
+        Test {
             name: "features/port-mapping",
             run: |env| Box::pin(port_mapping(env)),
         },
@@ -540,6 +544,83 @@ async fn recursive_readonly(env: Env) -> TestResult {
     .await;
     drop(dir);
     r
+}
+
+/// CRI metrics (critest's "metrics operations"): the descriptors have help and label keys,
+/// and a running container's pod reports its cAdvisor-named metrics, each with one label value
+/// per key of its descriptor. Skipped when the runtime answers UNIMPLEMENTED, as critest does.
+async fn pod_metrics(env: Env) -> TestResult {
+    let descriptors = match env
+        .cri
+        .runtime
+        .clone()
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .await
+    {
+        Ok(r) => r.into_inner().descriptors,
+        Err(e) if e.code() == tonic::Code::Unimplemented => {
+            return Ok(Outcome::Skipped("the runtime has no CRI metrics".into()));
+        }
+        Err(e) => bail!("ListMetricDescriptors: {e}"),
+    };
+    for d in &descriptors {
+        ensure!(
+            !d.help.is_empty() && !d.label_keys.is_empty(),
+            "descriptor {d:?}"
+        );
+    }
+    with_container(
+        env,
+        "feat-metrics",
+        |_| {},
+        |_| {},
+        |ctx| async move {
+            let pods = ctx
+                .env
+                .cri
+                .runtime
+                .clone()
+                .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+                .await
+                .context("ListPodSandboxMetrics")?
+                .into_inner()
+                .pod_metrics;
+            let pod = pods
+                .iter()
+                .find(|p| p.container_metrics.iter().any(|c| c.container_id == ctx.id))
+                .context("no metrics for the container's pod")?;
+            let mut names = std::collections::HashSet::new();
+            for m in pod
+                .metrics
+                .iter()
+                .chain(pod.container_metrics.iter().flat_map(|c| &c.metrics))
+            {
+                let d = descriptors
+                    .iter()
+                    .find(|d| d.name == m.name)
+                    .with_context(|| format!("{} has no descriptor", m.name))?;
+                ensure!(
+                    m.label_values.len() == d.label_keys.len(),
+                    "{}: labels {:?} for keys {:?}",
+                    m.name,
+                    m.label_values,
+                    d.label_keys
+                );
+                names.insert(m.name.clone());
+            }
+            for want in [
+                "container_cpu_usage_seconds_total",
+                "container_memory_working_set_bytes",
+                "container_processes",
+                "container_fs_usage_bytes",
+                "container_network_receive_bytes_total",
+            ] {
+                ensure!(names.contains(want), "no {want} among {names:?}");
+            }
+            Ok(())
+        },
+    )
+    .await
 }
 
 async fn mount_propagation(env: Env) -> TestResult {

@@ -294,18 +294,16 @@ impl RuntimeService for CriService {
         &self,
         _r: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Reply<cri::ListMetricDescriptorsResponse> {
-        Err(Status::unimplemented(
-            "crid does not serve CRI metric descriptors; use ContainerStats",
-        ))
+        Ok(Response::new(pod::list_metric_descriptors()))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _r: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Reply<cri::ListPodSandboxMetricsResponse> {
-        Err(Status::unimplemented(
-            "crid does not serve CRI pod metrics; use PodSandboxStats",
-        ))
+        pod::list_pod_sandbox_metrics(&self.state)
+            .await
+            .map(Response::new)
     }
 
     async fn runtime_config(

@@ -1,10 +1,11 @@
-//! Pod sandbox handlers: run, stop, remove, status, list and stats. Each converts the CRI
+//! Pod sandbox handlers: run, stop, remove, status, list, stats and metrics. Each converts the CRI
 //! request into `sandbox::pod` terms and back; the pod manager does the work.
 
 use std::collections::{BTreeMap, HashMap};
 
 use proto::cri;
-use sandbox::pod::{NsMode, PodFilter, PodMetadata, PodRecord, PodState};
+use sandbox::container::{ContainerFilter, ContainerState};
+use sandbox::pod::{NsMode, PodFilter, PodMetadata, PodRecord, PodState, metrics};
 use tonic::Status;
 
 pub use crate::cri::convert::pod_config;
@@ -196,4 +197,92 @@ pub async fn list_pod_sandbox_stats(
         stats.push(crate::cri::container::pod_stats(state, &pod).await);
     }
     Ok(cri::ListPodSandboxStatsResponse { stats })
+}
+
+pub fn list_metric_descriptors() -> cri::ListMetricDescriptorsResponse {
+    let descriptors = metrics::DESCRIPTORS
+        .iter()
+        .map(|d| cri::MetricDescriptor {
+            name: d.name.into(),
+            help: d.help.into(),
+            label_keys: d.labels.iter().map(|l| l.to_string()).collect(),
+        })
+        .collect();
+    cri::ListMetricDescriptorsResponse { descriptors }
+}
+
+/// cAdvisor-named metrics of every ready pod and its running containers (`sandbox::pod::metrics`).
+pub async fn list_pod_sandbox_metrics(
+    state: &State,
+) -> Result<cri::ListPodSandboxMetricsResponse, Status> {
+    let ready = PodFilter {
+        state: Some(PodState::Ready),
+        ..PodFilter::default()
+    };
+    let mut work = Vec::new();
+    for pod in state.pods.list(&ready) {
+        let running = ContainerFilter {
+            pod_id: pod.id.clone(),
+            state: Some(ContainerState::Running),
+            ..ContainerFilter::default()
+        };
+        let containers: Vec<_> = state
+            .containers
+            .list(&running)
+            .into_iter()
+            .map(|c| {
+                let upper = state.containers.writable_layer(&c.id);
+                (c, upper)
+            })
+            .collect();
+        work.push((pod, containers));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    // Reading cgroups, /proc and walking writable layers blocks.
+    let pods = tokio::task::spawn_blocking(move || {
+        work.into_iter()
+            .map(|(pod, containers)| {
+                let now_s = (now / 1_000_000_000) as u64;
+                let network = containers
+                    .iter()
+                    .find(|(c, _)| c.pid > 0)
+                    .map(|(c, _)| metrics::network_samples(&pod, c.pid))
+                    .unwrap_or_default();
+                let container_metrics = containers
+                    .iter()
+                    .map(|(c, upper)| {
+                        let (bytes, _) = sandbox::container::cgroups::disk_usage(upper);
+                        let s = metrics::container_samples(c, &pod, upper, bytes, now_s);
+                        cri::ContainerMetrics {
+                            container_id: s.container_id,
+                            metrics: s.samples.iter().map(|m| metric(m, now)).collect(),
+                        }
+                    })
+                    .collect();
+                cri::PodSandboxMetrics {
+                    pod_sandbox_id: pod.id.clone(),
+                    metrics: network.iter().map(|m| metric(m, now)).collect(),
+                    container_metrics,
+                }
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| Status::internal(format!("metrics task failed: {e}")))?;
+    Ok(cri::ListPodSandboxMetricsResponse { pod_metrics: pods })
+}
+
+fn metric(s: &metrics::Sample, timestamp: i64) -> cri::Metric {
+    cri::Metric {
+        name: s.name.into(),
+        timestamp,
+        metric_type: match s.kind {
+            metrics::MetricKind::Counter => cri::MetricType::Counter,
+            metrics::MetricKind::Gauge => cri::MetricType::Gauge,
+        } as i32,
+        label_values: s.labels.clone(),
+        value: Some(cri::UInt64Value { value: s.value }),
+    }
 }

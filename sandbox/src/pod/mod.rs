@@ -9,6 +9,7 @@
 
 pub mod files;
 mod manager;
+pub mod metrics;
 pub mod store;
 pub mod validate;
 mod warm;

@@ -81,6 +81,19 @@ pub fn is_full(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Size and inodes of the file system holding `dir`: (bytes it can hold, inodes, free
+/// inodes); zeros when it cannot be read.
+pub fn fs_capacity(dir: &Path) -> (u64, u64, u64) {
+    match nix::sys::statvfs::statvfs(dir) {
+        Ok(s) => (
+            s.blocks() * s.fragment_size(),
+            s.files(),
+            s.files_available(),
+        ),
+        Err(_) => (0, 0, 0),
+    }
+}
+
 /// Whether `path` is a mount point (its device differs from its parent's).
 pub fn is_mount_point(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
