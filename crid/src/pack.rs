@@ -47,6 +47,13 @@ pub struct PackArgs {
     /// The application command line.
     #[arg(long, default_value = "")]
     pub cmdline: String,
+    /// A file of the image's root file system besides the unikernel's: `HOST_PATH:IMAGE_PATH`
+    /// (repeatable; the mode's execute bits are kept), e.g. a `linux` guest's workload.
+    #[arg(long = "add")]
+    pub add: Vec<String>,
+    /// The image config's `Entrypoint` (repeatable, one argument each).
+    #[arg(long = "entrypoint")]
+    pub entrypoint: Vec<String>,
     /// An environment variable of the image config (`KEY=VALUE`; repeatable).
     #[arg(long = "env")]
     pub env: Vec<String>,
@@ -175,6 +182,25 @@ pub fn build(args: &PackArgs) -> anyhow::Result<Packed> {
         let data = std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
         add(path, &data, 0o644)?;
     }
+    for spec in &args.add {
+        use std::os::unix::fs::PermissionsExt;
+        let (host, dest) = spec
+            .split_once(':')
+            .with_context(|| format!("--add {spec:?} is not HOST_PATH:IMAGE_PATH"))?;
+        let dest = dest.trim_start_matches('/');
+        if dest.is_empty()
+            || dest
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+            || dest.starts_with(&format!("{DIR_IN_IMAGE}/"))
+            || dest == "urunc.json"
+        {
+            bail!("--add {spec:?}: bad image path");
+        }
+        let data = std::fs::read(host).with_context(|| format!("reading {host}"))?;
+        let exec = std::fs::metadata(host)?.permissions().mode() & 0o111 != 0;
+        add(dest, &data, if exec { 0o755 } else { 0o644 })?;
+    }
     add("urunc.json", &urunc_json, 0o644)?;
     let tar_bytes = tar.into_inner()?;
     let diff_id = sha256(&tar_bytes);
@@ -202,6 +228,9 @@ pub fn build(args: &PackArgs) -> anyhow::Result<Packed> {
     }
     if !args.env.is_empty() {
         config["config"]["Env"] = serde_json::json!(args.env);
+    }
+    if !args.entrypoint.is_empty() {
+        config["config"]["Entrypoint"] = serde_json::json!(args.entrypoint);
     }
     Ok(Packed {
         config: serde_json::to_vec(&config)?,
@@ -330,6 +359,8 @@ mod tests {
             cmdline: "app --port 8080".into(),
             unikernel_version: Some("0.17.0".into()),
             env: vec!["FROM_IMAGE=yes".into()],
+            add: vec![],
+            entrypoint: vec![],
             tag: "example/hello:latest".into(),
             output_layout: None,
             push: None,

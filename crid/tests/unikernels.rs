@@ -515,6 +515,14 @@ fn push_linux_guest(reg: &str, dir: &Path) -> Option<String> {
         missing("cannot build the linux guest (apt-get download linux-image-cloud-amd64)");
         return None;
     }
+    // The image's workload, in its own root file system next to the kernel and initrd.
+    let entry = dir.join("hello.sh");
+    std::fs::write(
+        &entry,
+        "#!/bin/sh\necho \"entrypoint ran from the image rootfs: $*\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&entry, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let reference = format!("{reg}/crid-tests/unikernel:linux-{}", std::process::id());
     let res = Command::new(env!("CARGO_BIN_EXE_crid"))
         .args([
@@ -530,6 +538,9 @@ fn push_linux_guest(reg: &str, dir: &Path) -> Option<String> {
         .arg("--initrd")
         .arg(out.join("initrd.gz"))
         .args(["--env", "FROM_IMAGE=from-image"])
+        .arg("--add")
+        .arg(format!("{}:/app/hello.sh", entry.display()))
+        .args(["--entrypoint", "/app/hello.sh"])
         .args(["-t", "linux-guest", "--push"])
         .arg(&reference)
         .output()
@@ -754,6 +765,7 @@ async fn kubelet_shaped_guests_start_in_a_pod_network() {
         "from_image=[from-image]",
         "config=[from-configmap]",
         "resolv=[1]",
+        "entry=[entrypoint ran from the image rootfs: serve]",
     ] {
         assert!(body.contains(want), "{want} missing from {body:?}");
     }

@@ -391,7 +391,9 @@ fn find_urunc_json(layers_bottom_first: &[PathBuf]) -> Result<Option<Vec<u8>>, I
     Ok(None)
 }
 
-fn opaque(dir: &Path) -> bool {
+/// Whether a directory of an unpacked layer (overlayfs format) is opaque: it hides what lower
+/// layers have under the same path.
+pub fn opaque(dir: &Path) -> bool {
     let mut buf = [0u8; 4];
     ["trusted.overlay.opaque", "user.overlay.opaque"]
         .iter()

@@ -98,6 +98,25 @@ fn check_handler(
     })
 }
 
+/// The guest's argv as Kubernetes defines it: the CRI `command` (else the image's
+/// `Entrypoint`) followed by the CRI `args` (else, when no command was given, the image's
+/// `Cmd`).
+fn guest_argv(command: &[String], args: &[String], image: &spec::ImageConfig) -> Vec<String> {
+    let entrypoint = if command.is_empty() {
+        image.entrypoint.clone().unwrap_or_default()
+    } else {
+        command.to_vec()
+    };
+    let rest = if !args.is_empty() {
+        args.to_vec()
+    } else if command.is_empty() {
+        image.cmd.clone().unwrap_or_default()
+    } else {
+        vec![]
+    };
+    entrypoint.into_iter().chain(rest).collect()
+}
+
 /// kubelet's annotation listing the container's declared ports (JSON).
 const PORTS_ANNOTATION: &str = "io.kubernetes.container.ports";
 
@@ -272,21 +291,7 @@ impl ContainerManager {
         for n in mount_notes.iter().filter(|n| n.delivery == "skipped") {
             tracing::warn!(container_id = %id, path = %n.container_path, note = %n.note, "mount not given to the guest");
         }
-        let mut args: Vec<String> = config
-            .command
-            .iter()
-            .chain(config.args.iter())
-            .cloned()
-            .collect();
-        if args.is_empty() {
-            args = image_config
-                .entrypoint
-                .iter()
-                .flatten()
-                .chain(image_config.cmd.iter().flatten())
-                .cloned()
-                .collect();
-        }
+        let args = guest_argv(&config.command, &config.args, &image_config);
         let netns = match &pod.network {
             NsSource::Join(p) => Some(p.clone()),
             NsSource::New | NsSource::Host => None,
@@ -562,6 +567,25 @@ mod tests {
         let err = declared_ports(&a).unwrap_err();
         assert_eq!(err.kind(), imagestore::ErrorKind::InvalidArgument);
         assert!(err.to_string().contains(PORTS_ANNOTATION), "{err}");
+    }
+
+    #[test]
+    fn argv_follows_kubernetes_command_and_args() {
+        let image = spec::ImageConfig {
+            entrypoint: Some(vec!["/app/run".into()]),
+            cmd: Some(vec!["--default".into()]),
+            ..Default::default()
+        };
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(guest_argv(&[], &[], &image), v(&["/app/run", "--default"]));
+        assert_eq!(guest_argv(&[], &v(&["x"]), &image), v(&["/app/run", "x"]));
+        assert_eq!(guest_argv(&v(&["/bin/sh"]), &[], &image), v(&["/bin/sh"]));
+        assert_eq!(
+            guest_argv(&v(&["/bin/sh"]), &v(&["-c"]), &image),
+            v(&["/bin/sh", "-c"])
+        );
+        let none = spec::ImageConfig::default();
+        assert_eq!(guest_argv(&[], &v(&["exit=5"]), &none), v(&["exit=5"]));
     }
 
     #[test]

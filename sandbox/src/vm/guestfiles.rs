@@ -1,9 +1,12 @@
-//! CRI mounts for guests without a shared file system: the files are copied into the guest.
+//! The image's files and CRI mounts for guests without a shared file system: they are copied
+//! into the guest.
 //!
 //! A `linux` guest booted with an initrd gets, at each start, a private copy of the image's
 //! initrd with a second newc cpio archive appended (the kernel unpacks concatenated archives,
-//! compressed or not, in order, later entries replacing earlier ones): every CRI mount's
-//! files at its container path, plus `/etc/crid/env` with the container's environment as
+//! compressed or not, in order, later entries replacing earlier ones): the image's own root
+//! file system (its merged layers, less the kernel, initrd and block files and `urunc.json`:
+//! urunc's `mountRootfs` for initrd guests), every CRI mount's files at its container path,
+//! plus `/etc/crid/env` with the container's environment as
 //! shell `export` lines, which such a guest's init sources: its environment is not put on the
 //! kernel command line, which holds 2 KiB and passes init at most 32 variables (kubelet alone
 //! adds eight per Service in the namespace). The copy is a snapshot taken at `StartContainer`: the guest's
@@ -20,7 +23,7 @@
 //! Symbolic links inside a mounted directory are copied as links (ConfigMap volumes are made
 //! of them), never followed; devices, sockets and FIFOs are left out.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
@@ -83,14 +86,23 @@ fn guest_path(p: &str) -> Result<String, SandboxError> {
     Ok(parts.join("/"))
 }
 
-/// Writes `out` = `base` followed by a newc archive holding `mounts` and the environment file.
+/// Writes `out` = `base` followed by a newc archive holding the image's root file system
+/// (`layers`, bottom-most first, without the `skip` paths: the kernel, initrd and block files
+/// and `urunc.json`), the environment file and `mounts`, in that order (later entries win).
 pub fn build_initrd(
     base: &Path,
+    layers: &[PathBuf],
+    skip: &[String],
     mounts: &[GuestMount],
     env: &[(String, String)],
     out: &Path,
 ) -> Result<(), SandboxError> {
     let mut archive = Archive::default();
+    let skip: BTreeSet<String> = skip
+        .iter()
+        .filter_map(|p| guest_path(&format!("/{}", p.trim_start_matches('/'))).ok())
+        .collect();
+    archive.rootfs(layers, &skip)?;
     archive.file(&guest_path(ENV_FILE)?, 0o644, &env_file(env).into_bytes())?;
     for m in mounts {
         let dest = guest_path(&m.container_path)?;
@@ -255,12 +267,90 @@ impl Archive {
         Ok(())
     }
 
+    /// The merged view of the image's layers (overlayfs format, top-most wins; whiteouts and
+    /// opaque directories hide what is below them), parents before children.
+    fn rootfs(&mut self, layers: &[PathBuf], skip: &BTreeSet<String>) -> Result<(), SandboxError> {
+        let mut seen: BTreeMap<String, bool> = BTreeMap::new();
+        let mut found: Vec<(String, PathBuf, std::fs::Metadata)> = Vec::new();
+        let mut sealed: BTreeSet<String> = BTreeSet::new();
+        for layer in layers.iter().rev() {
+            collect(layer, "", skip, &mut seen, &mut sealed, &mut found)?;
+        }
+        found.sort_by(|a, b| a.0.split('/').cmp(b.0.split('/')));
+        for (name, path, meta) in found {
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                self.dir(&name, mode_of(&meta))?;
+            } else if ft.is_file() {
+                let data = read_bounded(&path, self.bytes)?;
+                self.entry(&name, 0o100_000 | mode_of(&meta), &data)?;
+            } else if ft.is_symlink() {
+                let target = std::fs::read_link(&path).map_err(|e| SandboxError::io(&path, e))?;
+                self.entry(&name, 0o120_777, target.as_os_str().as_encoded_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
     fn finish(self) -> Result<Vec<u8>, SandboxError> {
         cpio::newc::trailer(self.out).map_err(|e| SandboxError::Runtime {
             op: "initrd archive".into(),
             reason: e.to_string(),
         })
     }
+}
+
+/// Walks one layer's `dir` (at image path `prefix`) for [`Archive::rootfs`]: `seen` maps the
+/// paths a higher layer decided (to whether they are directories, whose lower contents still
+/// merge), `sealed` holds opaque directories (nothing below them merges).
+fn collect(
+    dir: &Path,
+    prefix: &str,
+    skip: &BTreeSet<String>,
+    seen: &mut BTreeMap<String, bool>,
+    sealed: &mut BTreeSet<String>,
+    found: &mut Vec<(String, PathBuf, std::fs::Metadata)>,
+) -> Result<(), SandboxError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let entries = std::fs::read_dir(dir).map_err(|e| SandboxError::io(dir, e))?;
+    for e in entries {
+        let e = e.map_err(|e| SandboxError::io(dir, e))?;
+        let Some(file) = e.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let name = if prefix.is_empty() {
+            file
+        } else {
+            format!("{prefix}/{file}")
+        };
+        if skip.contains(&name) {
+            continue;
+        }
+        let path = e.path();
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| SandboxError::io(&path, e))?;
+        let is_dir = meta.is_dir();
+        match seen.get(&name) {
+            // A higher layer's file, link or whiteout hides this one and all below it.
+            Some(false) => continue,
+            Some(true) if !is_dir => continue,
+            Some(true) => {}
+            None => {
+                let whiteout = meta.file_type().is_char_device() && meta.rdev() == 0;
+                seen.insert(name.clone(), is_dir);
+                if whiteout {
+                    continue;
+                }
+                found.push((name.clone(), path.clone(), meta));
+            }
+        }
+        if is_dir && !sealed.contains(&name) {
+            if imagestore::unikernel::opaque(&path) {
+                sealed.insert(name.clone());
+            }
+            collect(&path, &name, skip, seen, sealed, found)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -313,7 +403,7 @@ mod tests {
             ("A".to_owned(), "it's".to_owned()),
             ("1x".into(), "no".into()),
         ];
-        build_initrd(&base, &mounts, &env, &out).unwrap();
+        build_initrd(&base, &[], &[], &mounts, &env, &out).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(&bytes[..5], b"BASE!");
         assert_eq!(&bytes[5..8], [0, 0, 0]);
@@ -338,6 +428,54 @@ mod tests {
         assert_eq!(got[4].1 & 0o170_000, 0o040_000);
         assert_eq!(got[8].1, 0o120_777);
         assert_eq!(got[8].2, b"..data/greeting");
+    }
+
+    #[test]
+    fn merges_the_image_layers_top_most_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (low, high) = (dir.path().join("low"), dir.path().join("high"));
+        for d in [&low, &high] {
+            std::fs::create_dir_all(d.join("app")).unwrap();
+        }
+        std::fs::create_dir_all(low.join("unikernel")).unwrap();
+        std::fs::write(low.join("unikernel/vmlinuz"), "kernel").unwrap();
+        std::fs::write(low.join("app/run.sh"), "old").unwrap();
+        std::fs::write(low.join("app/gone"), "deleted above").unwrap();
+        std::fs::write(high.join("app/run.sh"), "new").unwrap();
+        nix::sys::stat::mknod(
+            &high.join("app/gone"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .unwrap_or_else(|_| std::fs::write(high.join("app/gone.skip"), "").unwrap());
+        let base = dir.path().join("base");
+        std::fs::write(&base, b"").unwrap();
+        let out = dir.path().join("out");
+        build_initrd(
+            &base,
+            &[low.clone(), high.clone()],
+            &["/unikernel/vmlinuz".into()],
+            &[],
+            &[],
+            &out,
+        )
+        .unwrap();
+        let got = entries(&std::fs::read(&out).unwrap());
+        let find = |n: &str| got.iter().find(|e| e.0 == n).map(|e| e.2.clone());
+        assert_eq!(find("app/run.sh").unwrap(), b"new");
+        assert!(find("unikernel/vmlinuz").is_none());
+        assert!(find("unikernel").is_some());
+        if high.join("app/gone").exists() {
+            assert!(
+                find("app/gone").is_none(),
+                "{:?}",
+                got.iter().map(|e| &e.0).collect::<Vec<_>>()
+            );
+        }
+        // Parents come before children.
+        let pos = |n: &str| got.iter().position(|e| e.0 == n).unwrap();
+        assert!(pos("app") < pos("app/run.sh"));
     }
 
     #[test]

@@ -319,7 +319,14 @@ pub fn prepare(
     let initrd = match image_initrd {
         Some(base) if guestfiles::takes_files(info) => {
             let out = req.run_dir.join(INITRD_COPY);
-            guestfiles::build_initrd(&base, &req.mounts, &req.env, &out).map_err(undo)?;
+            let own: Vec<String> = std::iter::once(&info.binary)
+                .chain(info.initrd.iter())
+                .chain(info.block.iter())
+                .map(|p| p.display().to_string())
+                .chain(std::iter::once("/urunc.json".to_owned()))
+                .collect();
+            guestfiles::build_initrd(&base, &req.layer_dirs, &own, &req.mounts, &req.env, &out)
+                .map_err(undo)?;
             Some(out)
         }
         other => other,
