@@ -1,14 +1,14 @@
-//! Prometheus metrics: a text endpoint (`GET /metrics`, off unless `metrics.address` is set)
-//! over a tiny HTTP/1.1 server, fed by a tower layer around the gRPC services (RPC counts and
-//! latency by method and code), by the image pull handler, by a VMM boot-time hook and, at
-//! scrape time, by the pod and container managers.
+//! Prometheus metrics through the `prometheus` crate: a text endpoint (`GET /metrics`, off
+//! unless `metrics.address` is set) over a tiny HTTP/1.1 server, fed by a tower layer around
+//! the gRPC services (RPC counts and latency by method and code), by the image pull handler, by
+//! a VMM boot-time hook, at scrape time by the pod and container managers, and by the crate's
+//! process collector (`process_*`: CPU, resident and virtual memory, open and maximum
+//! descriptors, threads, start time).
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 use tonic::codegen::http;
 
 use crate::state::State;
@@ -31,219 +35,183 @@ const SLOW_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
-/// A cumulative histogram.
-#[derive(Debug, Clone)]
-struct Histogram {
-    bounds: &'static [f64],
-    /// Per bucket (not cumulative); the last one is `+Inf`.
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            counts: vec![0; bounds.len() + 1],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    fn observe(&mut self, d: Duration) {
-        let v = d.as_secs_f64();
-        let i = self
-            .bounds
-            .iter()
-            .position(|b| v <= *b)
-            .unwrap_or(self.bounds.len());
-        self.counts[i] += 1;
-        self.sum += v;
-        self.count += 1;
-    }
-
-    fn write(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c;
-            let le = self
-                .bounds
-                .get(i)
-                .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
-    }
-}
-
-#[derive(Default)]
-struct Inner {
-    /// `(method, code)` → latency histogram (its count is the RPC count).
-    rpcs: BTreeMap<(String, String), Histogram>,
-    /// `result` ("success"/"failure") → pull duration.
-    pulls: BTreeMap<String, Histogram>,
-    pull_bytes: u64,
-    /// VMM kind → boot time.
-    vm_boots: BTreeMap<String, Histogram>,
-}
-
-/// The process-wide metrics registry.
-#[derive(Default)]
+/// crid's metrics and the registry that exposes them.
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    registry: Registry,
+    /// `crid_grpc_request_duration_seconds`; its `_count` is the RPC count.
+    rpc_duration: HistogramVec,
+    /// `crid_grpc_requests_total`, the same count under the name dashboards expect.
+    rpc_total: prometheus::IntCounterVec,
+    pull_duration: HistogramVec,
+    pull_bytes: IntCounter,
+    vm_boot: HistogramVec,
+    pods: IntGaugeVec,
+    containers: IntGaugeVec,
+    prepared_networks: IntGauge,
 }
 
 /// The registry every hook writes to.
 pub fn global() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::default)
+    METRICS.get_or_init(|| Metrics::new(true))
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+}
+
+fn gauges(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"))
 }
 
 impl Metrics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// All of crid's metrics, registered; with `process`, the process collector too.
+    /// Panics only on a malformed metric definition here (caught by the unit tests).
+    fn new(process: bool) -> Metrics {
+        let m = Metrics {
+            registry: Registry::new(),
+            rpc_duration: histogram(
+                "crid_grpc_request_duration_seconds",
+                "CRI RPC latency, by method and gRPC code.",
+                RPC_BUCKETS,
+                &["method", "code"],
+            ),
+            rpc_total: prometheus::IntCounterVec::new(
+                Opts::new(
+                    "crid_grpc_requests_total",
+                    "CRI RPCs handled, by method and gRPC code.",
+                ),
+                &["method", "code"],
+            )
+            .unwrap_or_else(|e| panic!("metric crid_grpc_requests_total: {e}")),
+            pull_duration: histogram(
+                "crid_image_pull_duration_seconds",
+                "PullImage duration, by result.",
+                SLOW_BUCKETS,
+                &["result"],
+            ),
+            pull_bytes: IntCounter::new(
+                "crid_image_pull_bytes_total",
+                "Size of the images pulled successfully.",
+            )
+            .unwrap_or_else(|e| panic!("metric crid_image_pull_bytes_total: {e}")),
+            vm_boot: histogram(
+                "crid_vm_boot_duration_seconds",
+                "Time from StartContainer until the VMM runs the guest, by VMM.",
+                SLOW_BUCKETS,
+                &["vmm"],
+            ),
+            pods: gauges(
+                "crid_pods",
+                "Pod sandboxes, by state and runtime handler.",
+                &["state", "handler"],
+            ),
+            containers: gauges(
+                "crid_containers",
+                "Containers, by state and runtime handler of their pod.",
+                &["state", "handler"],
+            ),
+            prepared_networks: IntGauge::new(
+                "crid_prepared_pod_networks",
+                "Pod networks prepared ahead of need and waiting for a pod.",
+            )
+            .unwrap_or_else(|e| panic!("metric crid_prepared_pod_networks: {e}")),
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.rpc_duration.clone()),
+            Box::new(m.rpc_total.clone()),
+            Box::new(m.pull_duration.clone()),
+            Box::new(m.pull_bytes.clone()),
+            Box::new(m.vm_boot.clone()),
+            Box::new(m.pods.clone()),
+            Box::new(m.containers.clone()),
+            Box::new(m.prepared_networks.clone()),
+        ];
+        for c in collectors {
+            m.registry
+                .register(c)
+                .unwrap_or_else(|e| panic!("registering a metric: {e}"));
+        }
+        if process {
+            m.registry
+                .register(Box::new(
+                    prometheus::process_collector::ProcessCollector::for_self(),
+                ))
+                .unwrap_or_else(|e| panic!("registering the process collector: {e}"));
+        }
+        m
     }
 
     /// One finished RPC.
     pub fn observe_rpc(&self, method: &str, code: tonic::Code, elapsed: Duration) {
         let code = format!("{code:?}");
-        self.lock()
-            .rpcs
-            .entry((method.to_owned(), code))
-            .or_insert_with(|| Histogram::new(RPC_BUCKETS))
-            .observe(elapsed);
+        let labels = [method, code.as_str()];
+        self.rpc_duration
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64());
+        self.rpc_total.with_label_values(&labels).inc();
     }
 
     /// One finished `PullImage`; `bytes` is the image's size for a success.
     pub fn observe_pull(&self, success: bool, bytes: u64, elapsed: Duration) {
-        let mut inner = self.lock();
         let result = if success { "success" } else { "failure" };
-        inner
-            .pulls
-            .entry(result.to_owned())
-            .or_insert_with(|| Histogram::new(SLOW_BUCKETS))
-            .observe(elapsed);
-        inner.pull_bytes = inner.pull_bytes.saturating_add(bytes);
+        self.pull_duration
+            .with_label_values(&[result])
+            .observe(elapsed.as_secs_f64());
+        self.pull_bytes.inc_by(bytes);
     }
 
     /// A VMM (`qemu`, `firecracker`, ...) took `elapsed` from StartContainer until it ran
     /// under its monitor with the guest loaded.
     pub fn observe_vm_boot(&self, vmm: &str, elapsed: Duration) {
-        self.lock()
-            .vm_boots
-            .entry(vmm.to_owned())
-            .or_insert_with(|| Histogram::new(SLOW_BUCKETS))
-            .observe(elapsed);
+        self.vm_boot
+            .with_label_values(&[vmm])
+            .observe(elapsed.as_secs_f64());
     }
 
-    /// The Prometheus text exposition of everything recorded, plus the pods and containers
-    /// of `state` (when given) counted by state and runtime handler.
+    /// The Prometheus text exposition of everything recorded, with the pods and containers of
+    /// `state` (when given) counted by state and runtime handler.
     pub fn render(&self, state: Option<&State>) -> String {
-        let mut out = String::new();
-        {
-            let inner = self.lock();
-            out.push_str("# HELP crid_grpc_requests_total CRI RPCs handled, by method and gRPC code.\n# TYPE crid_grpc_requests_total counter\n");
-            for ((method, code), h) in &inner.rpcs {
-                let _ = writeln!(
-                    out,
-                    "crid_grpc_requests_total{{method=\"{}\",code=\"{}\"}} {}",
-                    escape(method),
-                    code,
-                    h.count
-                );
-            }
-            out.push_str("# HELP crid_grpc_request_duration_seconds CRI RPC latency, by method and gRPC code.\n# TYPE crid_grpc_request_duration_seconds histogram\n");
-            for ((method, code), h) in &inner.rpcs {
-                let labels = format!("method=\"{}\",code=\"{code}\"", escape(method));
-                h.write(&mut out, "crid_grpc_request_duration_seconds", &labels);
-            }
-            out.push_str("# HELP crid_image_pull_duration_seconds PullImage duration, by result.\n# TYPE crid_image_pull_duration_seconds histogram\n");
-            for (result, h) in &inner.pulls {
-                let labels = format!("result=\"{result}\"");
-                h.write(&mut out, "crid_image_pull_duration_seconds", &labels);
-            }
-            out.push_str("# HELP crid_image_pull_bytes_total Size of the images pulled successfully.\n# TYPE crid_image_pull_bytes_total counter\n");
-            let _ = writeln!(out, "crid_image_pull_bytes_total {}", inner.pull_bytes);
-            out.push_str("# HELP crid_vm_boot_duration_seconds Time from StartContainer until the VMM runs the guest, by VMM.\n# TYPE crid_vm_boot_duration_seconds histogram\n");
-            for (vmm, h) in &inner.vm_boots {
-                let labels = format!("vmm=\"{}\"", escape(vmm));
-                h.write(&mut out, "crid_vm_boot_duration_seconds", &labels);
-            }
-        }
         if let Some(state) = state {
-            render_objects(&mut out, state);
+            self.count_objects(state);
         }
-        out
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot encode the metrics");
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
-}
 
-/// Pods and containers by state and runtime handler, read from the managers.
-fn render_objects(out: &mut String, state: &State) {
-    let pods = state.pods.list(&Default::default());
-    let handlers: BTreeMap<&str, &str> = pods
-        .iter()
-        .map(|p| (p.id.as_str(), p.config.runtime_handler.as_str()))
-        .collect();
-    let mut by_pod: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for p in &pods {
-        *by_pod
-            .entry((
-                format!("{:?}", p.state).to_ascii_lowercase(),
-                p.config.runtime_handler.clone(),
-            ))
-            .or_default() += 1;
+    /// Sets the pod and container gauges from the managers (series of states that no longer
+    /// occur are dropped).
+    fn count_objects(&self, state: &State) {
+        let pods = state.pods.list(&Default::default());
+        let handlers: std::collections::BTreeMap<&str, &str> = pods
+            .iter()
+            .map(|p| (p.id.as_str(), p.config.runtime_handler.as_str()))
+            .collect();
+        self.pods.reset();
+        for p in &pods {
+            let s = format!("{:?}", p.state).to_ascii_lowercase();
+            self.pods
+                .with_label_values(&[s.as_str(), p.config.runtime_handler.as_str()])
+                .inc();
+        }
+        self.containers.reset();
+        for c in state.containers.list(&Default::default()) {
+            let handler = handlers.get(c.pod_id.as_str()).copied().unwrap_or_default();
+            let s = format!("{:?}", c.state).to_ascii_lowercase();
+            self.containers
+                .with_label_values(&[s.as_str(), handler])
+                .inc();
+        }
+        self.prepared_networks
+            .set(i64::try_from(state.pods.prepared_networks()).unwrap_or(i64::MAX));
     }
-    let mut by_container: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for c in state.containers.list(&Default::default()) {
-        let handler = handlers.get(c.pod_id.as_str()).copied().unwrap_or_default();
-        *by_container
-            .entry((
-                format!("{:?}", c.state).to_ascii_lowercase(),
-                handler.to_owned(),
-            ))
-            .or_default() += 1;
-    }
-    out.push_str(
-        "# HELP crid_pods Pod sandboxes, by state and runtime handler.\n# TYPE crid_pods gauge\n",
-    );
-    for ((s, h), n) in &by_pod {
-        let _ = writeln!(
-            out,
-            "crid_pods{{state=\"{s}\",handler=\"{}\"}} {n}",
-            escape(h)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP crid_prepared_pod_networks Pod networks prepared ahead of need and waiting for a pod.\n# TYPE crid_prepared_pod_networks gauge\ncrid_prepared_pod_networks {}",
-        state.pods.prepared_networks()
-    );
-    out.push_str("# HELP crid_containers Containers, by state and runtime handler of their pod.\n# TYPE crid_containers gauge\n");
-    for ((s, h), n) in &by_container {
-        let _ = writeln!(
-            out,
-            "crid_containers{{state=\"{s}\",handler=\"{}\"}} {n}",
-            escape(h)
-        );
-    }
-}
-
-/// Escapes a label value (backslash, quote, newline).
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// The gRPC method label of a request path: the method name for CRI services, `other`
@@ -389,43 +357,103 @@ fn respond(req: &Request<Incoming>, state: Option<&State>) -> Response<Full<Byte
 mod tests {
     use super::*;
 
+    /// The value of the series `name{labels}` in `text`, labels in any order.
+    fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        text.lines().find_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+            let found: Vec<&str> = rest
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .collect();
+            let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            (n == name
+                && found.len() == want.len()
+                && want.iter().all(|w| found.contains(&w.as_str())))
+            .then(|| v.parse().ok())?
+        })
+    }
+
     #[test]
-    fn histogram_buckets_are_cumulative() {
-        let m = Metrics::default();
+    fn rpc_counts_and_histogram_buckets() {
+        let m = Metrics::new(false);
         m.observe_rpc("Version", tonic::Code::Ok, Duration::from_millis(3));
         m.observe_rpc("Version", tonic::Code::Ok, Duration::from_millis(300));
         m.observe_rpc("Version", tonic::Code::NotFound, Duration::from_secs(1000));
         let text = m.render(None);
-        assert!(text.contains("crid_grpc_requests_total{method=\"Version\",code=\"Ok\"} 2"));
-        assert!(text.contains("crid_grpc_requests_total{method=\"Version\",code=\"NotFound\"} 1"));
-        assert!(text.contains(
-            "crid_grpc_request_duration_seconds_bucket{method=\"Version\",code=\"Ok\",le=\"0.005\"} 1"
-        ));
-        assert!(text.contains(
-            "crid_grpc_request_duration_seconds_bucket{method=\"Version\",code=\"Ok\",le=\"0.5\"} 2"
-        ));
-        assert!(text.contains(
-            "crid_grpc_request_duration_seconds_bucket{method=\"Version\",code=\"NotFound\",le=\"120\"} 0"
-        ));
-        assert!(text.contains(
-            "crid_grpc_request_duration_seconds_bucket{method=\"Version\",code=\"NotFound\",le=\"+Inf\"} 1"
-        ));
-        assert!(text.contains(
-            "crid_grpc_request_duration_seconds_count{method=\"Version\",code=\"Ok\"} 2"
-        ));
+        let ok = [("method", "Version"), ("code", "Ok")];
+        let nf = [("method", "Version"), ("code", "NotFound")];
+        assert_eq!(
+            value(&text, "crid_grpc_requests_total", &ok),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(value(&text, "crid_grpc_requests_total", &nf), Some(1.0));
+        let bucket = |labels: &[(&'static str, &'static str)], le| {
+            let mut l = labels.to_vec();
+            l.push(("le", le));
+            value(&text, "crid_grpc_request_duration_seconds_bucket", &l)
+        };
+        assert_eq!(bucket(&ok, "0.005"), Some(1.0));
+        assert_eq!(bucket(&ok, "0.5"), Some(2.0));
+        assert_eq!(bucket(&nf, "120"), Some(0.0));
+        assert_eq!(bucket(&nf, "+Inf"), Some(1.0));
+        assert_eq!(
+            value(&text, "crid_grpc_request_duration_seconds_count", &ok),
+            Some(2.0)
+        );
     }
 
     #[test]
     fn pulls_and_vm_boots() {
-        let m = Metrics::default();
+        let m = Metrics::new(false);
         m.observe_pull(true, 1000, Duration::from_secs(2));
         m.observe_pull(false, 0, Duration::from_secs(1));
         m.observe_vm_boot("qemu", Duration::from_millis(700));
         let text = m.render(None);
-        assert!(text.contains("crid_image_pull_bytes_total 1000"));
-        assert!(text.contains("crid_image_pull_duration_seconds_count{result=\"success\"} 1"));
-        assert!(text.contains("crid_image_pull_duration_seconds_count{result=\"failure\"} 1"));
-        assert!(text.contains("crid_vm_boot_duration_seconds_bucket{vmm=\"qemu\",le=\"1\"} 1"));
+        assert_eq!(
+            value(&text, "crid_image_pull_bytes_total", &[]),
+            Some(1000.0)
+        );
+        let count = |r| {
+            value(
+                &text,
+                "crid_image_pull_duration_seconds_count",
+                &[("result", r)],
+            )
+        };
+        assert_eq!(count("success"), Some(1.0));
+        assert_eq!(count("failure"), Some(1.0));
+        assert_eq!(
+            value(
+                &text,
+                "crid_vm_boot_duration_seconds_bucket",
+                &[("vmm", "qemu"), ("le", "1")]
+            ),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn process_metrics_are_exposed() {
+        let text = Metrics::new(true).render(None);
+        for name in [
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(
+                value(&text, name, &[]).is_some_and(|v| v > 0.0),
+                "{name}: {text}"
+            );
+        }
+        // A fresh test process may not have used a whole clock tick yet.
+        assert!(
+            value(&text, "process_cpu_seconds_total", &[]).is_some(),
+            "{text}"
+        );
     }
 
     #[test]
@@ -445,6 +473,9 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let m = Metrics::new(false);
+        m.observe_vm_boot("a\"b\\c\nd", Duration::from_millis(1));
+        let text = m.render(None);
+        assert!(text.contains("vmm=\"a\\\"b\\\\c\\nd\""), "{text}");
     }
 }

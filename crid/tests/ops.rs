@@ -144,23 +144,60 @@ async fn offline_cli_and_metrics_see_what_the_daemon_made() {
         .await;
     assert!(missing.is_err());
 
-    // Metrics: RPCs by method and code, pull bytes, pods by state and handler.
+    // Metrics: RPCs by method and code, pull bytes, pods by state and handler, and the
+    // process metrics of the crate's collector.
     let text = scrape(&format!("127.0.0.1:{port}")).await;
-    assert!(
-        text.contains("crid_grpc_requests_total{method=\"RunPodSandbox\",code=\"Ok\"} 1"),
+    let rpcs = |method, code| {
+        common::metric(
+            &text,
+            "crid_grpc_requests_total",
+            &[("method", method), ("code", code)],
+        )
+    };
+    assert_eq!(rpcs("RunPodSandbox", "Ok"), Some(1.0), "{text}");
+    assert_eq!(rpcs("PodSandboxStatus", "NotFound"), Some(1.0), "{text}");
+    assert_eq!(
+        common::metric(
+            &text,
+            "crid_grpc_request_duration_seconds_bucket",
+            &[("method", "PullImage"), ("code", "Ok"), ("le", "+Inf")]
+        ),
+        Some(1.0),
         "{text}"
     );
-    assert!(
-        text.contains("crid_grpc_requests_total{method=\"PodSandboxStatus\",code=\"NotFound\"} 1")
+    assert_eq!(
+        common::metric(
+            &text,
+            "crid_image_pull_duration_seconds_count",
+            &[("result", "success")]
+        ),
+        Some(1.0)
     );
-    assert!(text.contains(
-        "crid_grpc_request_duration_seconds_bucket{method=\"PullImage\",code=\"Ok\",le=\"+Inf\"} 1"
-    ));
-    assert!(text.contains("crid_image_pull_duration_seconds_count{result=\"success\"} 1"));
-    assert!(!text.contains("crid_image_pull_bytes_total 0\n"));
-    assert!(text.contains("crid_pods{state=\"ready\",handler=\"\"} 1"));
+    assert!(common::metric(&text, "crid_image_pull_bytes_total", &[]).is_some_and(|b| b > 0.0));
+    assert_eq!(
+        common::metric(&text, "crid_pods", &[("state", "ready"), ("handler", "")]),
+        Some(1.0),
+        "{text}"
+    );
     // write_config turns prepared pod networks off.
-    assert!(text.contains("\ncrid_prepared_pod_networks 0\n"), "{text}");
+    assert_eq!(
+        common::metric(&text, "crid_prepared_pod_networks", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    let crid_pid = crid.pid().expect("crid runs");
+    let rss = common::metric(&text, "process_resident_memory_bytes", &[]).unwrap_or(0.0);
+    assert!(
+        rss > 1e6 && rss < 1e9,
+        "process_resident_memory_bytes {rss} (VmRSS {} KiB)",
+        common::status_kib(crid_pid, "VmRSS")
+    );
+    let fds = common::metric(&text, "process_open_fds", &[]).unwrap_or(0.0);
+    assert!(fds >= 3.0, "process_open_fds {fds}: {text}");
+    assert!(
+        common::metric(&text, "process_cpu_seconds_total", &[]).is_some(),
+        "{text}"
+    );
 
     // The CLI reads the records, with the daemon running and after it is gone.
     for round in 0..2 {

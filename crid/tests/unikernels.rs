@@ -192,17 +192,28 @@ async fn unikernel_container_lifecycle_through_the_cri() {
 
     // Both starts fed the VM start histogram (VMM by name); the containers are counted.
     let text = common::scrape(&metrics).await;
-    let count = text
-        .lines()
-        .find_map(|l| l.strip_prefix("crid_vm_boot_duration_seconds_count{vmm=\"qemu\"} "))
-        .and_then(|n| n.trim().parse::<u64>().ok());
-    assert_eq!(count, Some(2), "{text}");
-    assert!(
-        text.contains("crid_vm_boot_duration_seconds_bucket{vmm=\"qemu\",le=\"+Inf\"} 2"),
+    let qemu = [("vmm", "qemu")];
+    assert_eq!(
+        common::metric(&text, "crid_vm_boot_duration_seconds_count", &qemu),
+        Some(2.0),
         "{text}"
     );
-    assert!(
-        text.contains("crid_grpc_requests_total{method=\"StartContainer\",code=\"Ok\"} 2"),
+    assert_eq!(
+        common::metric(
+            &text,
+            "crid_vm_boot_duration_seconds_bucket",
+            &[("vmm", "qemu"), ("le", "+Inf")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        common::metric(
+            &text,
+            "crid_grpc_requests_total",
+            &[("method", "StartContainer"), ("code", "Ok")]
+        ),
+        Some(2.0),
         "{text}"
     );
 

@@ -1111,6 +1111,24 @@ pub async fn scrape(addr: &str) -> String {
     out
 }
 
+/// The value of the series `name` with exactly `labels` (in any order) in Prometheus text.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    text.lines().find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+        let found: Vec<&str> = rest
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .collect();
+        let matches = n == name
+            && found.len() == want.len()
+            && want.iter().all(|w| found.contains(&w.as_str()));
+        matches.then(|| value.parse().ok())?
+    })
+}
+
 /// A loopback TCP port free right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
