@@ -53,6 +53,9 @@ fn connect(path: &std::ffi::OsStr) -> std::io::Result<UnixDatagram> {
         }
         None => sock.connect(path)?,
     }
+    // A service manager that stops reading must not block a runtime thread: a notification
+    // that does not fit its queue is dropped.
+    sock.set_nonblocking(true)?;
     Ok(sock)
 }
 
@@ -62,8 +65,12 @@ pub fn notify(state: NotifyState) {
         return;
     };
     let message = format!("{state}\n");
-    if let Err(e) = sock.send(message.as_bytes()) {
-        tracing::warn!(error = %e, "sd_notify failed");
+    match sock.send(message.as_bytes()) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            tracing::debug!(%state, "systemd's notify queue is full; notification dropped");
+        }
+        Err(e) => tracing::warn!(error = %e, "sd_notify failed"),
     }
 }
 
@@ -105,6 +112,17 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1\n");
+    }
+
+    #[test]
+    fn a_full_queue_drops_notifications_instead_of_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let _server = UnixDatagram::bind(&path).unwrap();
+        let sock = connect(path.as_os_str()).unwrap();
+        // Nobody reads: the queue fills and send fails at once rather than waiting.
+        let full = (0..100_000).find_map(|_| sock.send(b"WATCHDOG=1\n").err());
+        assert_eq!(full.map(|e| e.kind()), Some(std::io::ErrorKind::WouldBlock));
     }
 
     #[test]
