@@ -15,6 +15,7 @@
 //! exit code 255 and reason `Unknown` (e.g. after a reboot).
 
 pub mod apparmor;
+mod caps;
 pub mod cgroups;
 pub mod config;
 mod seccomp;

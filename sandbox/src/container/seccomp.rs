@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use oci_spec::runtime::{Capability, LinuxSeccomp};
 use serde::{Deserialize, Serialize};
 
-use super::spec::parse_capability;
+use super::caps::parse_capability;
 use crate::SandboxError;
 
 /// The profile as data (see the module documentation for its format).

@@ -5,10 +5,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
-use std::str::FromStr;
 
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice,
+    Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice,
     LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxHugepageLimitBuilder,
     LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources,
     LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
@@ -16,6 +15,7 @@ use oci_spec::runtime::{
 };
 use serde::Deserialize;
 
+pub use super::caps::parse_capability;
 use super::config::{
     ContainerConfig, NsSource, PodContext, Propagation, Resources, SeccompProfile,
 };
@@ -217,13 +217,6 @@ fn clean_absolute(p: &str) -> bool {
 fn under(path: &str, dir: &str) -> bool {
     let p = Path::new(path);
     p.starts_with(dir)
-}
-
-/// Parses a capability name (`NET_ADMIN` or `CAP_NET_ADMIN`, any case).
-pub fn parse_capability(name: &str) -> Result<Capability, SandboxError> {
-    let upper = name.to_ascii_uppercase();
-    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
-    Capability::from_str(bare).map_err(|_| invalid(format!("unknown capability {name:?}")))
 }
 
 /// The log path inside the pod's log directory, refusing anything that escapes it.
@@ -998,6 +991,7 @@ pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, San
 mod tests {
     use super::*;
     use crate::container::config::MountSpec;
+    use oci_spec::runtime::Capability;
 
     fn img(entry: &[&str], cmd: &[&str]) -> ImageConfig {
         ImageConfig {
