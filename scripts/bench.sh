@@ -4,7 +4,8 @@
 # root, state, socket and CNI network: bridge cridbench0, 10.90.0.0/16), containerd
 # (scripts/containerd.sh: bridge cridctr0, 10.89.0.0/16) and a second crid without prepared
 # pod networks (bridge cridbench1, 10.91.0.0/16), then runs crid-bench with all three.
-# With gcc, the freestanding test guest is packed as a unikernel image and measured too.
+# With gcc, the freestanding test guest is packed as a unikernel image and measured too, and so
+# is the linux test guest (its kernel package fetched once with apt-get download).
 # Prints the Markdown table; the JSON report goes to $BENCH_JSON (default bench.json).
 # BENCH_SKIP_BUILD=1 skips the build.
 # Arguments go to crid-bench instead of the defaults, which keep a run to a few minutes
@@ -45,6 +46,13 @@ if sh sandbox/tests/guests/freestanding/build.sh "$WORK/guest.elf" >/dev/null 2>
         --kernel "$WORK/guest.elf" -t bench-guest \
         --push "$CRID_TEST_REGISTRY/crid-bench/unikernel:latest" >/dev/null
     UK_ARGS=(--unikernel-image crid-bench/unikernel:latest)
+fi
+# The linux test guest (Debian's cloud kernel and a busybox initrd), measured the same way.
+if sh sandbox/tests/guests/linux/build.sh "$WORK/linux" "$ROOT/target/crid-linux-guest" >/dev/null 2>&1; then
+    target/release/crid unikernel pack --type linux --hypervisor qemu \
+        --kernel "$WORK/linux/vmlinuz" --initrd "$WORK/linux/initrd.gz" -t bench-linux \
+        --push "$CRID_TEST_REGISTRY/crid-bench/linux:latest" >/dev/null
+    UK_ARGS+=(--unikernel-image crid-bench/linux:latest)
 fi
 
 # start_crid NAME BRIDGE SUBNET PREPARED: a crid of its own (root, state, socket, bridge) in

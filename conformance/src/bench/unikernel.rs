@@ -44,9 +44,10 @@ async fn first_log_byte(target: &Target, container_id: &str) -> anyhow::Result<I
     }
 }
 
-/// The accelerator crid reported for a container (verbose status), or "?".
-async fn accelerator(target: &Target, container_id: &str) -> String {
+/// The accelerator and guest type crid reported for a container (verbose status), or "?".
+async fn accelerator(target: &Target, container_id: &str) -> (String, String) {
     let mut rt = target.cri.runtime.clone();
+    let unknown = || ("?".to_owned(), "?".to_owned());
     let Ok(r) = rt
         .container_status(cri::ContainerStatusRequest {
             container_id: container_id.into(),
@@ -54,18 +55,22 @@ async fn accelerator(target: &Target, container_id: &str) -> String {
         })
         .await
     else {
-        return "?".into();
+        return unknown();
     };
-    r.into_inner()
+    let Some(v) = r
+        .into_inner()
         .info
         .get("info")
         .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
-        .and_then(|v| {
-            v["runtimeSpec"]["unikernel"]["accel"]["accelerator"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "?".into())
+    else {
+        return unknown();
+    };
+    let uk = &v["runtimeSpec"]["unikernel"];
+    let s = |x: &serde_json::Value| x.as_str().unwrap_or("?").to_owned();
+    (
+        s(&uk["accel"]["accelerator"]),
+        s(&uk["request"]["info"]["unikernel_type"]),
+    )
 }
 
 /// The runtime handler (RuntimeClass) crid runs unikernel images under by default.
@@ -93,7 +98,7 @@ async fn pair(
     )
     .await?;
     let seen = first_log_byte(target, &s.container_id).await;
-    let accel = accelerator(target, &s.container_id).await;
+    let (accel, guest) = accelerator(target, &s.container_id).await;
     let rss = vmm.map(|re| memory::measure(re).rss_kib);
     workload::teardown(target, &s).await?;
     let uk = seen? - t0;
@@ -109,7 +114,7 @@ async fn pair(
     .await?;
     let seen = first_log_byte(target, &s.container_id).await;
     workload::teardown(target, &s).await?;
-    Ok((uk, seen? - t0, rss, accel))
+    Ok((uk, seen? - t0, rss, format!("{guest}, {accel}")))
 }
 
 /// Adds the unikernel rows to `report` (values in the first runtime's column only).
@@ -154,9 +159,7 @@ pub async fn run(
         _ => None,
     };
     report.add(
-        format!(
-            "unikernel pod start to first serial byte (host network, microvm, median, {accel})"
-        ),
+        format!("unikernel pod start to first serial byte (host network, median; {accel})"),
         "ms",
         col(uk.median()),
     );
@@ -166,9 +169,7 @@ pub async fn run(
         col(rc.median()),
     );
     report.add(
-        format!(
-            "unikernel pod start to first serial byte (pod network, pc + qboot, median, {accel})"
-        ),
+        format!("unikernel pod start to first serial byte (pod network, median; {accel})"),
         "ms",
         col(uk_pod.median()),
     );
@@ -178,7 +179,7 @@ pub async fn run(
         col(rc_pod.median()),
     );
     report.add(
-        "unikernel / runc pod start, pod network (medians)",
+        format!("unikernel / runc pod start, pod network (medians; {accel})"),
         "x",
         col(ratio),
     );

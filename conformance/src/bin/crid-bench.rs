@@ -40,11 +40,12 @@ struct Args {
     /// Where to write the JSON report.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// A unikernel image (in the registry) that prints and then halts, e.g. the freestanding
-    /// test guest packed with `crid unikernel pack`: its start to first serial byte is measured
-    /// on the first runtime, next to busybox under runc.
+    /// A unikernel image (in the registry) that prints and keeps running, e.g. the
+    /// freestanding test guest packed with `crid unikernel pack` (repeatable: one per guest
+    /// type): its start to first serial byte is measured on the first runtime, next to busybox
+    /// under runc, in host-network and pod-network pods.
     #[arg(long)]
-    unikernel_image: Option<String>,
+    unikernel_image: Vec<String>,
     /// Parent directory for pod log directories.
     #[arg(long, default_value = "/tmp/crid-bench-logs")]
     log_root: PathBuf,
@@ -345,7 +346,7 @@ async fn main() -> anyhow::Result<()> {
     }
     report.add("sustained pods per second (4 workers)", "pods/s", rates);
 
-    if let Some(uk) = &args.unikernel_image {
+    for uk in &args.unikernel_image {
         let uk = format!("{}/{uk}", args.registry);
         if let Err(e) = conformance::bench::unikernel::run(
             &targets[0],
