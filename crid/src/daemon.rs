@@ -52,7 +52,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => bind(&socket, mode)?,
     };
-    let service = CriService::new(state.clone());
+    let metrics = Arc::new(crate::metrics::Metrics::new(true));
+    let service = CriService::new(state.clone(), metrics.clone());
     let runtime = RuntimeServiceServer::new(service.clone())
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -60,7 +61,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
 
-    crate::metrics::serve(&state.config.metrics.address, state.clone()).await?;
+    crate::metrics::serve(
+        &state.config.metrics.address,
+        metrics.clone(),
+        state.clone(),
+    )
+    .await?;
 
     tracing::info!(socket = %socket.display(), "serving CRI v1");
     crate::notify::notify(crate::notify::NotifyState::Ready);
@@ -75,7 +81,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 image = tracing::field::Empty,
             )
         })
-        .layer(crate::metrics::RpcLayer)
+        .layer(crate::metrics::RpcLayer(metrics.clone()))
         .add_service(runtime)
         .add_service(images)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())

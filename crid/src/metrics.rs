@@ -8,7 +8,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -50,12 +50,6 @@ pub struct Metrics {
     prepared_networks: IntGauge,
 }
 
-/// The registry every hook writes to.
-pub fn global() -> &'static Metrics {
-    static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(|| Metrics::new(true))
-}
-
 fn histogram(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
     HistogramVec::new(
         HistogramOpts::new(name, help).buckets(buckets.to_vec()),
@@ -71,7 +65,7 @@ fn gauges(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 impl Metrics {
     /// All of crid's metrics, registered; with `process`, the process collector too.
     /// Panics only on a malformed metric definition here (caught by the unit tests).
-    fn new(process: bool) -> Metrics {
+    pub fn new(process: bool) -> Metrics {
         let m = Metrics {
             registry: Registry::new(),
             rpc_duration: histogram(
@@ -230,21 +224,25 @@ fn method_label(path: &str) -> String {
     }
 }
 
-/// The tower layer that times every RPC.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RpcLayer;
+/// The tower layer that times every RPC into `Metrics`.
+#[derive(Clone)]
+pub struct RpcLayer(pub Arc<Metrics>);
 
 impl<S> tower::Layer<S> for RpcLayer {
     type Service = RpcService<S>;
 
     fn layer(&self, inner: S) -> RpcService<S> {
-        RpcService { inner }
+        RpcService {
+            inner,
+            metrics: self.0.clone(),
+        }
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RpcService<S> {
     inner: S,
+    metrics: Arc<Metrics>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -267,6 +265,7 @@ where
         let method = method_label(req.uri().path());
         let start = Instant::now();
         let fut = self.inner.call(req);
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let result = fut.await;
             // Failed unary calls are "trailers-only": the status is in the headers. A
@@ -280,7 +279,7 @@ where
                     .map_or(tonic::Code::Ok, tonic::Code::from),
                 Err(_) => tonic::Code::Unknown,
             };
-            global().observe_rpc(&method, code, start.elapsed());
+            metrics.observe_rpc(&method, code, start.elapsed());
             result
         })
     }
@@ -290,6 +289,7 @@ where
 /// address.
 pub async fn serve(
     address: &str,
+    metrics: Arc<Metrics>,
     state: Arc<State>,
 ) -> anyhow::Result<Option<std::net::SocketAddr>> {
     if address.is_empty() {
@@ -313,10 +313,12 @@ pub async fn serve(
                 }
             };
             let weak = weak.clone();
+            let metrics = metrics.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let state = weak.upgrade();
-                    async move { Ok::<_, Infallible>(respond(&req, state.as_deref())) }
+                    let metrics = metrics.clone();
+                    async move { Ok::<_, Infallible>(respond(&req, &metrics, state.as_deref())) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc);
@@ -328,11 +330,15 @@ pub async fn serve(
     Ok(Some(bound))
 }
 
-fn respond(req: &Request<Incoming>, state: Option<&State>) -> Response<Full<Bytes>> {
+fn respond(
+    req: &Request<Incoming>,
+    metrics: &Metrics,
+    state: Option<&State>,
+) -> Response<Full<Bytes>> {
     let (status, body, ct) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
-            global().render(state),
+            metrics.render(state),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         (&Method::GET, _) => (

@@ -95,7 +95,7 @@ async fn serve(dir: &Path) -> Daemon {
     let _ = std::fs::remove_file(&socket);
     let state = Arc::new(State::with_pod_sys(config, Arc::new(FakeSys)).unwrap());
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-    let service = CriService::new(state);
+    let service = CriService::new(state, Arc::new(crid::metrics::Metrics::new(false)));
     let server = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(RuntimeServiceServer::new(service.clone()))

@@ -15,6 +15,7 @@ use tonic::Status;
 
 pub use crate::cri::convert::{container_config, resources};
 use crate::cri::error::Failure;
+use crate::metrics::Metrics;
 use crate::state::State;
 
 fn sorted(m: HashMap<String, String>) -> BTreeMap<String, String> {
@@ -87,6 +88,7 @@ pub async fn create_container(
 
 pub async fn start_container(
     state: &State,
+    metrics: &Metrics,
     r: cri::StartContainerRequest,
 ) -> Result<cri::StartContainerResponse, Status> {
     let started = std::time::Instant::now();
@@ -102,7 +104,7 @@ pub async fn start_container(
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_else(|| "unknown".into());
-            crate::metrics::global().observe_vm_boot(&vmm, started.elapsed());
+            metrics.observe_vm_boot(&vmm, started.elapsed());
         }
     }
     Ok(cri::StartContainerResponse {})

@@ -12,6 +12,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
 use crate::cri::error::Failure;
+use crate::metrics::Metrics;
 use crate::state::State;
 
 /// Imports the archives waiting in the import directory (blocking work, off the runtime).
@@ -187,6 +188,7 @@ pub async fn image_status(
 
 pub async fn pull_image(
     state: &State,
+    metrics: &Metrics,
     r: Request<cri::PullImageRequest>,
 ) -> Result<cri::PullImageResponse, Status> {
     let deadline = grpc_timeout(r.metadata());
@@ -211,7 +213,7 @@ pub async fn pull_image(
     // A pull's buffers (TLS, HTTP, decompression, JSON) are freed by now: give the pages
     // back to the kernel so an idle daemon's RSS is what it keeps.
     tokio::task::spawn_blocking(crate::sys::trim_heap);
-    crate::metrics::global().observe_pull(
+    metrics.observe_pull(
         result.is_ok(),
         result.as_ref().map_or(0, |i| i.size),
         started.elapsed(),

@@ -20,17 +20,19 @@ use proto::cri::image_service_server::ImageService;
 use proto::cri::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
+use crate::metrics::Metrics;
 use crate::state::State;
 
 /// Serves both CRI services over one shared daemon state.
 #[derive(Clone)]
 pub struct CriService {
     state: Arc<State>,
+    metrics: Arc<Metrics>,
 }
 
 impl CriService {
-    pub fn new(state: Arc<State>) -> Self {
-        CriService { state }
+    pub fn new(state: Arc<State>, metrics: Arc<Metrics>) -> Self {
+        CriService { state, metrics }
     }
 }
 
@@ -115,7 +117,7 @@ impl RuntimeService for CriService {
     ) -> Reply<cri::StartContainerResponse> {
         let r = r.into_inner();
         record("container_id", &r.container_id);
-        container::start_container(&self.state, r)
+        container::start_container(&self.state, &self.metrics, r)
             .await
             .map(Response::new)
     }
@@ -335,7 +337,9 @@ impl ImageService for CriService {
     }
 
     async fn pull_image(&self, r: Request<cri::PullImageRequest>) -> Reply<cri::PullImageResponse> {
-        image::pull_image(&self.state, r).await.map(Response::new)
+        image::pull_image(&self.state, &self.metrics, r)
+            .await
+            .map(Response::new)
     }
 
     async fn remove_image(
