@@ -715,6 +715,11 @@ async fn kubelet_shaped_guests_start_in_a_pod_network() {
         text.contains("\"KUBERNETES_SERVICE_HOST=10.96.0.1\"") && text.contains("\"GREETING=hi\""),
         "{text}"
     );
+    // Routed (it declares 8080), with the pod's DNS server as its resolver.
+    assert!(
+        text.contains("netdev.ip=169.254.77.6/30:169.254.77.5:10.96.0.10"),
+        "{text}"
+    );
     let (_, info) = crid.container_status(&uk).await;
     let notes = info["runtimeSpec"]["unikernel"]["mount_notes"]
         .as_array()

@@ -89,6 +89,7 @@ fn guest_writes_land_in_a_small_overlay_and_the_base_is_unchanged() {
         control_socket: None,
         mounts: vec![],
         ports: vec![],
+        dns: vec![],
     };
     let prepared = match prepare(&req, &VmSettings::default(), &probe_host()) {
         Ok(p) => p,

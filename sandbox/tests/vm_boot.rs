@@ -59,6 +59,7 @@ fn spec(kernel: PathBuf, run_dir: PathBuf, args: &[&str], accelerator: Accelerat
         chroot: None,
         control_socket: None,
         firmware: None,
+        dns: vec![],
     }
 }
 

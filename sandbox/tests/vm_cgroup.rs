@@ -116,6 +116,7 @@ fn release_kills_what_is_left_and_removes_the_cgroup() {
         control_socket: None,
         mounts: vec![],
         ports: vec![],
+        dns: vec![],
     };
     release(&req).unwrap();
     // Reap it: killed by release, not by us.

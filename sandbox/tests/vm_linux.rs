@@ -88,6 +88,7 @@ fn linux_guest_answers_http_on_the_pod_ip() {
         control_socket: None,
         mounts: vec![],
         ports: vec![],
+        dns: vec![],
     };
     let host = probe_host();
     let prepared = match prepare(&req, &VmSettings::default(), &host) {

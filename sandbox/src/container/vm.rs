@@ -117,6 +117,16 @@ fn guest_argv(command: &[String], args: &[String], image: &spec::ImageConfig) ->
     entrypoint.into_iter().chain(rest).collect()
 }
 
+/// The first two IPv4 `nameserver`s of a `resolv.conf`.
+fn nameservers(resolv_conf: &str) -> Vec<std::net::Ipv4Addr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse().ok())
+        .take(2)
+        .collect()
+}
+
 /// kubelet's annotation listing the container's declared ports (JSON).
 const PORTS_ANNOTATION: &str = "io.kubernetes.container.ports";
 
@@ -338,6 +348,12 @@ impl ContainerManager {
             ),
             mounts,
             ports: declared_ports(&config.annotations)?,
+            dns: pod
+                .resolv_conf
+                .as_deref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .map(|text| nameservers(&text))
+                .unwrap_or_default(),
         };
         let accel = launch::check(&request, settings, host)?;
         let record = ContainerRecord {
@@ -586,6 +602,19 @@ mod tests {
         );
         let none = spec::ImageConfig::default();
         assert_eq!(guest_argv(&[], &v(&["exit=5"]), &none), v(&["exit=5"]));
+    }
+
+    #[test]
+    fn pod_dns_servers() {
+        let text = "search default.svc.cluster.local\nnameserver 10.96.0.10\nnameserver fd00::a\n\
+                    nameserver 1.1.1.1\nnameserver 8.8.8.8\noptions ndots:5\n";
+        assert_eq!(
+            nameservers(text),
+            [
+                std::net::Ipv4Addr::new(10, 96, 0, 10),
+                std::net::Ipv4Addr::new(1, 1, 1, 1)
+            ]
+        );
     }
 
     #[test]

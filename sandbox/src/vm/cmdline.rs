@@ -142,10 +142,15 @@ fn unikraft(spec: &VmSpec, argv: &[String]) -> String {
             parts.push(format!("env.vars=[ {} ]", vars.join(" ")));
         }
         if let Some(net) = &spec.net {
-            match net.gateway {
-                Some(gw) => parts.push(format!("netdev.ip={}/{}:{}", net.ip, net.prefix, gw)),
-                None => parts.push(format!("netdev.ip={}/{}", net.ip, net.prefix)),
+            // `netdev.ip=CIDR:GATEWAY:DNS0:DNS1`: the pod's resolvers, else Unikraft's default.
+            let mut ip = format!("netdev.ip={}/{}", net.ip, net.prefix);
+            if let Some(gw) = net.gateway {
+                ip.push_str(&format!(":{gw}"));
+                for dns in spec.dns.iter().take(2) {
+                    ip.push_str(&format!(":{dns}"));
+                }
             }
+            parts.push(ip);
         }
         if spec.initrd.is_some() {
             parts.push("vfs.fstab=[ \"initrd0:/:extract:::\" ]".into());
@@ -307,6 +312,21 @@ mod tests {
             c,
             "kernel env.vars=[ \"K=V\" \"X=y z\" ] netdev.ip=10.88.0.5/16:10.88.0.1 \
              vfs.fstab=[ \"initrd0:/:extract:::\" ] -- app --flag"
+        );
+    }
+
+    #[test]
+    fn unikraft_gets_the_pods_dns_servers() {
+        let mut s = spec(T::Unikraft, H::Qemu);
+        s.net = Some(net());
+        s.dns = vec![
+            std::net::Ipv4Addr::new(10, 96, 0, 10),
+            std::net::Ipv4Addr::new(10, 96, 0, 11),
+        ];
+        let c = guest_cmdline(&s, &[]).unwrap();
+        assert!(
+            c.contains("netdev.ip=10.88.0.5/16:10.88.0.1:10.96.0.10:10.96.0.11 "),
+            "{c}"
         );
     }
 

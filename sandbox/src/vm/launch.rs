@@ -183,6 +183,9 @@ pub struct VmRequest {
     /// [`net::setup_routed_with`]).
     #[serde(default)]
     pub ports: Vec<net::GuestPort>,
+    /// The pod's DNS servers (from its `resolv.conf`), for guests that take them.
+    #[serde(default)]
+    pub dns: Vec<std::net::Ipv4Addr>,
 }
 
 /// A prepared guest.
@@ -396,6 +399,7 @@ pub fn prepare(
         chroot,
         control_socket,
         firmware,
+        dns: req.dns.clone(),
     };
     let plan = super::plan_with(&spec, &vmm)
         .and_then(|plan| {
@@ -571,6 +575,7 @@ mod tests {
             control_socket: None,
             mounts: vec![],
             ports: vec![],
+            dns: vec![],
         }
     }
 

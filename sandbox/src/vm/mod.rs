@@ -78,6 +78,9 @@ pub struct VmSpec {
     /// The x86 firmware for QEMU's `pc` machine (`-bios`, e.g. qboot); `None` keeps QEMU's
     /// default (SeaBIOS, which scans for option ROMs and waits at the iPXE prompt).
     pub firmware: Option<PathBuf>,
+    /// The pod's DNS servers (IPv4, at most two), for guests that take them on their command
+    /// line (Unikraft; it falls back to a public resolver otherwise).
+    pub dns: Vec<Ipv4Addr>,
 }
 
 /// The guest's view of the pod network: it takes over the CNI interface's address and MAC.
@@ -427,6 +430,7 @@ pub(crate) mod testutil {
             chroot: None,
             control_socket: None,
             firmware: None,
+            dns: vec![],
         }
     }
 
