@@ -70,6 +70,15 @@ pub const GAPS: &[Gap] = &[
          start, so RunPodSandbox fails with Unknown",
     ),
     containerd(
+        "containers/exec-sync",
+        "containerd 1.6 answers an ExecSync past its timeout with DeadlineExceeded but leaves \
+         the timed-out process running in the container",
+    ),
+    containerd(
+        "containers/run-as-group-without-user",
+        "containerd refuses a run_as_group without a user with Unknown, not InvalidArgument",
+    ),
+    containerd(
         "containers/bad-input-refused",
         "containerd accepts a relative mount host path (resolved against its own working \
          directory) instead of refusing it",
