@@ -61,7 +61,8 @@ async fn start() -> (Crid, String) {
     std::fs::write(
         d.join("config.toml"),
         format!(
-            "[cni]\nconf_dir = {:?}\n[runtime]\nseccomp_profile_root = {:?}\n[metrics]\naddress = \"{metrics}\"\n",
+            "[cni]\nconf_dir = {:?}\n[runtime]\nseccomp_profile_root = {:?}\n\
+             unikernel_autodetect_handlers = [\"runc\"]\n[metrics]\naddress = \"{metrics}\"\n",
             d.join("net.d"),
             d.join("seccomp")
         ),
@@ -128,6 +129,31 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         })
         .await;
 
+    // ... unless the operator enabled detection for the pod's handler (here `runc`).
+    let detect = crid.run_host_pod_with("detect", "runc").await;
+    let id = crid
+        .create_start(
+            &detect,
+            common::container_config(&image, "detect", &["exit=4"]),
+        )
+        .await;
+    let st = crid
+        .wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(st.exit_code, 4, "{}", log_text(crid.path()));
+    crid.rt()
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let _ = crid
+        .rt()
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: detect.0.clone(),
+        })
+        .await;
+
     // A host-network pod: the guest runs without a network here (vm_linux covers the tap).
     let log_dir = crid.path().join("logs/uk");
     let pod = crid.run_host_pod_with("uk", "urunc").await;
@@ -190,12 +216,12 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         .await;
     assert_eq!(s.exit_code, 3, "{}", log_text(crid.path()));
 
-    // Both starts fed the VM start histogram (VMM by name); the containers are counted.
+    // The three starts (detected, args, image cmd) fed the VM start histogram (VMM by name).
     let text = common::scrape(&metrics).await;
     let qemu = [("vmm", "qemu")];
     assert_eq!(
         common::metric(&text, "crid_vm_boot_duration_seconds_count", &qemu),
-        Some(2.0),
+        Some(3.0),
         "{text}"
     );
     assert_eq!(
@@ -204,7 +230,7 @@ async fn unikernel_container_lifecycle_through_the_cri() {
             "crid_vm_boot_duration_seconds_bucket",
             &[("vmm", "qemu"), ("le", "+Inf")]
         ),
-        Some(2.0),
+        Some(3.0),
         "{text}"
     );
     assert_eq!(
@@ -213,7 +239,7 @@ async fn unikernel_container_lifecycle_through_the_cri() {
             "crid_grpc_requests_total",
             &[("method", "StartContainer"), ("code", "Ok")]
         ),
-        Some(2.0),
+        Some(3.0),
         "{text}"
     );
 
