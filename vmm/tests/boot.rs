@@ -85,6 +85,7 @@ fn halted_guest_runs_confined_until_killed() {
     };
     let mut child = vmm(&kernel, "stay", &["--user", "65534:65534"])
         .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut stdout = child.stdout.take().unwrap();
