@@ -16,7 +16,7 @@ ROOT=$PWD
 JSON=${BENCH_JSON:-$ROOT/bench.json}
 scripts/deps.sh >/dev/null
 # BENCH_SKIP_BUILD=1 reuses the release binaries already in target/release.
-[ -n "${BENCH_SKIP_BUILD:-}" ] || cargo build --release -p crid -p conformance
+[ -n "${BENCH_SKIP_BUILD:-}" ] || cargo build --release -p crid -p conformance -p crid-vmm
 
 WORK=$(mktemp -d /tmp/crid-bench.XXXXXX)
 PIDS=()
@@ -45,7 +45,12 @@ if sh sandbox/tests/guests/freestanding/build.sh "$WORK/guest.elf" >/dev/null 2>
     target/release/crid unikernel pack --type unikraft --hypervisor qemu \
         --kernel "$WORK/guest.elf" -t bench-guest \
         --push "$CRID_TEST_REGISTRY/crid-bench/unikernel:latest" >/dev/null
-    UK_ARGS=(--unikernel-image crid-bench/unikernel:latest)
+    # The same kernel for crid's own VMM (found next to target/release/crid).
+    target/release/crid unikernel pack --type unikraft --hypervisor crid \
+        --kernel "$WORK/guest.elf" -t bench-guest \
+        --push "$CRID_TEST_REGISTRY/crid-bench/unikernel:crid" >/dev/null
+    UK_ARGS=(--unikernel-image crid-bench/unikernel:latest
+        --unikernel-image crid-bench/unikernel:crid)
 fi
 # The linux test guest (Debian's cloud kernel and a busybox initrd), measured the same way.
 if sh sandbox/tests/guests/linux/build.sh "$WORK/linux" "$ROOT/target/crid-linux-guest" >/dev/null 2>&1; then

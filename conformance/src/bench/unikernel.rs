@@ -44,10 +44,11 @@ async fn first_log_byte(target: &Target, container_id: &str) -> anyhow::Result<I
     }
 }
 
-/// The accelerator and guest type crid reported for a container (verbose status), or "?".
-async fn accelerator(target: &Target, container_id: &str) -> (String, String) {
+/// The accelerator, guest type and hypervisor crid reported for a container (verbose
+/// status), or "?".
+async fn accelerator(target: &Target, container_id: &str) -> (String, String, String) {
     let mut rt = target.cri.runtime.clone();
-    let unknown = || ("?".to_owned(), "?".to_owned());
+    let unknown = || ("?".to_owned(), "?".to_owned(), "?".to_owned());
     let Ok(r) = rt
         .container_status(cri::ContainerStatusRequest {
             container_id: container_id.into(),
@@ -70,21 +71,32 @@ async fn accelerator(target: &Target, container_id: &str) -> (String, String) {
     (
         s(&uk["accel"]["accelerator"]),
         s(&uk["request"]["info"]["unikernel_type"]),
+        s(&uk["request"]["info"]["hypervisor"]),
     )
 }
 
 /// The runtime handler (RuntimeClass) crid runs unikernel images under by default.
 const UNIKERNEL_HANDLER: &str = "urunc";
 
+/// One pair's timings: pod start to first byte of the unikernel and of runc, and
+/// CreateContainer + StartContainer to first byte (the pod already running) of both.
+struct Pair {
+    uk: Duration,
+    rc: Duration,
+    uk_container: Duration,
+    rc_container: Duration,
+}
+
 /// One unikernel start and one runc start of the same kind of pod, each until its first log
-/// byte; returns (unikernel, runc) and, when asked, the VMM's RSS once the guest printed.
+/// byte; returns their timings, the VMM's RSS once the guest printed (when asked) and the
+/// label (guest type, hypervisor, accelerator).
 async fn pair(
     target: &Target,
     unikernel_image: &str,
     busybox_image: &str,
     host_network: bool,
     vmm: Option<&Regex>,
-) -> anyhow::Result<(Duration, Duration, Option<u64>, String)> {
+) -> anyhow::Result<(Pair, Option<u64>, String)> {
     let tag = if host_network { "" } else { "pod" };
     // The guest halts without `exit=`: it stays running while memory is sampled.
     let t0 = Instant::now();
@@ -97,11 +109,13 @@ async fn pair(
         UNIKERNEL_HANDLER,
     )
     .await?;
+    let returned = Instant::now();
     let seen = first_log_byte(target, &s.container_id).await;
-    let (accel, guest) = accelerator(target, &s.container_id).await;
+    let (accel, guest, hypervisor) = accelerator(target, &s.container_id).await;
     let rss = vmm.map(|re| memory::measure(re).rss_kib);
     workload::teardown(target, &s).await?;
-    let uk = seen? - t0;
+    let seen = seen?;
+    let (uk, uk_container) = (seen - t0, s.create + s.start + (seen - returned));
 
     let t0 = Instant::now();
     let s = workload::cold_start_in(
@@ -112,9 +126,17 @@ async fn pair(
         host_network,
     )
     .await?;
+    let returned = Instant::now();
     let seen = first_log_byte(target, &s.container_id).await;
     workload::teardown(target, &s).await?;
-    Ok((uk, seen? - t0, rss, format!("{guest}, {accel}")))
+    let seen = seen?;
+    let timings = Pair {
+        uk,
+        rc: seen - t0,
+        uk_container,
+        rc_container: s.create + s.start + (seen - returned),
+    };
+    Ok((timings, rss, format!("{guest} on {hypervisor}, {accel}")))
 }
 
 /// Adds the unikernel rows to `report` (values in the first runtime's column only).
@@ -129,10 +151,12 @@ pub async fn run(
     workload::ensure_image(target, unikernel_image).await?;
     let (mut uk, mut rc) = (Samples::default(), Samples::default());
     let (mut uk_pod, mut rc_pod) = (Samples::default(), Samples::default());
+    let (mut ukc, mut rcc) = (Samples::default(), Samples::default());
+    let (mut ukc_pod, mut rcc_pod) = (Samples::default(), Samples::default());
     let mut accel = String::from("?");
     // This runtime's VMMs only: their command lines name its directories (kernel, sockets).
     let vmm = Regex::new(&format!(
-        "(qemu-system|firecracker|cloud-hypervisor|solo5-).*({})",
+        "(qemu-system|firecracker|cloud-hypervisor|solo5-|crid-vmm).*({})",
         target.procs.as_str()
     ))?;
     let mut peak_rss_kib = 0u64;
@@ -140,14 +164,18 @@ pub async fn run(
     // its PVH entry. Pod-network pods (CNI): the guest gets a virtio-net-pci NIC, a tap and the
     // pc machine booted by qboot; the runc pod of each pair gets the same kind of network.
     for _ in 0..iterations {
-        let (u, r, rss, a) = pair(target, unikernel_image, busybox_image, true, Some(&vmm)).await?;
+        let (p, rss, a) = pair(target, unikernel_image, busybox_image, true, Some(&vmm)).await?;
         accel = a;
         peak_rss_kib = peak_rss_kib.max(rss.unwrap_or(0));
-        uk.push(u);
-        rc.push(r);
-        let (u, r, _, _) = pair(target, unikernel_image, busybox_image, false, None).await?;
-        uk_pod.push(u);
-        rc_pod.push(r);
+        uk.push(p.uk);
+        rc.push(p.rc);
+        ukc.push(p.uk_container);
+        rcc.push(p.rc_container);
+        let (p, _, _) = pair(target, unikernel_image, busybox_image, false, None).await?;
+        uk_pod.push(p.uk);
+        rc_pod.push(p.rc);
+        ukc_pod.push(p.uk_container);
+        rcc_pod.push(p.rc_container);
     }
     let col = |v: Option<f64>| {
         let mut values = vec![None; runtimes.max(1)];
@@ -183,6 +211,23 @@ pub async fn run(
         "x",
         col(ratio),
     );
+    for (network, u, r) in [
+        ("host network", &ukc, &rcc),
+        ("pod network", &ukc_pod, &rcc_pod),
+    ] {
+        report.add(
+            format!(
+                "unikernel CreateContainer+StartContainer to first serial byte ({network}, median; {accel})"
+            ),
+            "ms",
+            col(u.median()),
+        );
+        report.add(
+            format!("runc busybox CreateContainer+StartContainer to first log byte ({network}, median, same run)"),
+            "ms",
+            col(r.median()),
+        );
+    }
     report.add(
         format!("VMM peak RSS ({accel})"),
         "MiB",
