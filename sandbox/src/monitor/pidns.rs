@@ -85,13 +85,17 @@ pub fn spawn(
         .ok_or_else(|| std::io::Error::other(format!("holder reported {line:?}")))
 }
 
-/// The start time of process `pid` (clock ticks after boot, field 22 of `/proc/PID/stat`): with
-/// the pid, it names one process for good, as a pid alone is reused.
+/// The start time of live process `pid` (clock ticks after boot, field 22 of `/proc/PID/stat`):
+/// with the pid, it names one process for good, as a pid alone is reused. `None` for a process
+/// that is gone or a zombie (whose namespaces are gone too).
 pub fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses; fields after it don't.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// Entry point of `--pid-namespace ROOT`, in a process with one thread. Returns the exit code
@@ -176,5 +180,23 @@ mod tests {
         let me = i32::try_from(std::process::id()).unwrap();
         assert!(start_time(me).is_some_and(|t| t > 0));
         assert_eq!(start_time(i32::MAX), None);
+    }
+
+    #[test]
+    fn a_zombie_has_no_start_time() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        assert!(start_time(pid).is_some());
+        child.kill().unwrap();
+        // Not reaped yet: a zombie until `wait`.
+        let zombie = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            start_time(pid).is_none()
+        });
+        assert!(zombie);
+        child.wait().unwrap();
     }
 }
