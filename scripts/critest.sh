@@ -103,7 +103,7 @@ fi
 
 SUMMARY=$W/results/crid-$TS.txt
 {
-    echo "crid: $CRID_BIN ($(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'))"
+    echo "crid: $CRID_BIN (worktree at $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'))"
     echo "critest: $CRITEST_DIR"
     cat "$CRITEST_DIR/summary.txt"
     if [[ -n $BENCH_DIR ]]; then
