@@ -68,15 +68,36 @@ pub fn relative_dir(cgroups_path: &str) -> PathBuf {
     }
 }
 
+/// A mounted cgroup hierarchy: its root and whether it is the unified (v2) one.
+#[derive(Debug, Clone, Copy)]
+struct Hierarchy<'a> {
+    root: &'a Path,
+    v2: bool,
+}
+
+/// This host's hierarchy under `/sys/fs/cgroup`.
+fn host() -> Hierarchy<'static> {
+    Hierarchy {
+        root: Path::new(CGROUP_ROOT),
+        v2: is_v2(),
+    }
+}
+
+impl Hierarchy<'_> {
+    fn dir(&self, controller: &str, cgroups_path: &str) -> PathBuf {
+        let rel = relative_dir(cgroups_path);
+        if self.v2 {
+            self.root.join(rel)
+        } else {
+            self.root.join(controller).join(rel)
+        }
+    }
+}
+
 /// The container's directory of one controller (`memory`, `cpuacct`, ...); on v2 the one
 /// unified directory.
 pub fn controller_dir(controller: &str, cgroups_path: &str) -> PathBuf {
-    let rel = relative_dir(cgroups_path);
-    if is_v2() {
-        Path::new(CGROUP_ROOT).join(rel)
-    } else {
-        Path::new(CGROUP_ROOT).join(controller).join(rel)
-    }
+    host().dir(controller, cgroups_path)
 }
 
 /// Usage numbers of one cgroup.
@@ -103,8 +124,12 @@ fn stat_field(text: &str, key: &str) -> Option<u64> {
 
 /// Reads the stats of the cgroup at `cgroups_path`; `None` when it does not exist.
 pub fn read_stats(cgroups_path: &str) -> Option<CgroupStats> {
-    if is_v2() {
-        let dir = controller_dir("", cgroups_path);
+    read_stats_in(host(), cgroups_path)
+}
+
+fn read_stats_in(h: Hierarchy<'_>, cgroups_path: &str) -> Option<CgroupStats> {
+    if h.v2 {
+        let dir = h.dir("", cgroups_path);
         let cpu = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
         let usage = read_u64(&dir.join("memory.current")).unwrap_or(0);
         let mem = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
@@ -118,8 +143,8 @@ pub fn read_stats(cgroups_path: &str) -> Option<CgroupStats> {
             major_page_faults: stat_field(&mem, "pgmajfault").unwrap_or(0),
         })
     } else {
-        let mdir = controller_dir("memory", cgroups_path);
-        let cdir = controller_dir("cpuacct", cgroups_path);
+        let mdir = h.dir("memory", cgroups_path);
+        let cdir = h.dir("cpuacct", cgroups_path);
         let cpu = read_u64(&cdir.join("cpuacct.usage"));
         let usage = read_u64(&mdir.join("memory.usage_in_bytes"));
         if cpu.is_none() && usage.is_none() {
@@ -194,6 +219,70 @@ mod tests {
             )
         );
         assert_eq!(relative_dir("/crid/c1"), PathBuf::from("crid/c1"));
+    }
+
+    /// Writes `files` (name, content) into the cgroup directory `dir`.
+    fn cgroup_files(dir: &Path, files: &[(&str, &str)]) {
+        std::fs::create_dir_all(dir).unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.join(name), content).unwrap();
+        }
+    }
+
+    /// The files the kernel shows in a container's cgroup, on this (v1) host and on a unified
+    /// (v2) one, for both drivers' cgroup paths: each reads to the same statistics.
+    #[test]
+    fn stats_are_read_from_v1_and_v2_layouts_for_both_drivers() {
+        let want = CgroupStats {
+            cpu_usage_ns: 5_000_000,
+            memory_usage: 10 << 20,
+            memory_working_set: 8 << 20,
+            memory_rss: 6 << 20,
+            page_faults: 300,
+            major_page_faults: 2,
+        };
+        for path in ["/crid/c1", "kubepods-besteffort-pod1.slice:crid:c1"] {
+            let v2 = tempfile::tempdir().unwrap();
+            let h = Hierarchy {
+                root: v2.path(),
+                v2: true,
+            };
+            assert_eq!(read_stats_in(h, path), None, "{path}: no cgroup yet");
+            cgroup_files(
+                &h.dir("", path),
+                &[
+                    (
+                        "cpu.stat",
+                        "usage_usec 5000\nuser_usec 4000\nsystem_usec 1000\n",
+                    ),
+                    ("memory.current", "10485760\n"),
+                    (
+                        "memory.stat",
+                        "anon 6291456\nfile 4194304\ninactive_file 2097152\npgfault 300\npgmajfault 2\n",
+                    ),
+                ],
+            );
+            assert_eq!(read_stats_in(h, path), Some(want), "v2 {path}");
+
+            let v1 = tempfile::tempdir().unwrap();
+            let h = Hierarchy {
+                root: v1.path(),
+                v2: false,
+            };
+            assert_eq!(read_stats_in(h, path), None, "{path}: no cgroup yet");
+            cgroup_files(&h.dir("cpuacct", path), &[("cpuacct.usage", "5000000\n")]);
+            cgroup_files(
+                &h.dir("memory", path),
+                &[
+                    ("memory.usage_in_bytes", "10485760\n"),
+                    (
+                        "memory.stat",
+                        "rss 1\ntotal_rss 6291456\ntotal_inactive_file 2097152\ntotal_pgfault 300\ntotal_pgmajfault 2\n",
+                    ),
+                ],
+            );
+            assert_eq!(read_stats_in(h, path), Some(want), "v1 {path}");
+        }
     }
 
     #[test]
