@@ -41,7 +41,7 @@ mod sys;
 
 pub use self::sys::close_inherited_on_exec;
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -210,6 +210,29 @@ pub fn spawn(
 ) -> std::io::Result<Ready> {
     let json = serde_json::to_vec(spec).map_err(std::io::Error::other)?;
     write_replace(spec_path, &json)?;
+    let args = [OsStr::new("--spec"), spec_path.as_os_str()];
+    let buf = spawn_detached(exe, &args, stderr_path, 64 * 1024, timeout, "monitor")?;
+    serde_json::from_slice::<Ready>(buf.trim_ascii()).map_err(|e| {
+        std::io::Error::other(format!(
+            "monitor reported {:?}: {e}; see {}",
+            String::from_utf8_lossy(&buf),
+            stderr_path.display()
+        ))
+    })
+}
+
+/// Runs the monitor binary next to `exe` (or `exe monitor`) with `args`, waits for the first
+/// process, which exits as soon as the detached one runs, and returns what the detached process
+/// printed on stdout (at most `limit` bytes, read within `timeout`). `what` names the process
+/// in errors. Blocking: call from a blocking task.
+pub(crate) fn spawn_detached(
+    exe: &Path,
+    args: &[&OsStr],
+    stderr_path: &Path,
+    limit: u64,
+    timeout: Duration,
+    what: &str,
+) -> std::io::Result<Vec<u8>> {
     let stderr = File::options()
         .create(true)
         .append(true)
@@ -225,8 +248,7 @@ pub fn spawn(
         c
     };
     let mut child = command
-        .arg("--spec")
-        .arg(spec_path)
+        .args(args)
         .env_clear()
         .envs(child_env())
         .stdin(Stdio::null())
@@ -234,33 +256,25 @@ pub fn spawn(
         .stderr(stderr)
         .spawn()?;
     let stdout = child.stdout.take();
-    // The first process exits as soon as the detached one runs.
     let status = child.wait()?;
     if !status.success() {
         return Err(std::io::Error::other(format!(
-            "monitor failed to start ({status}); see {}",
+            "{what} failed to start ({status}); see {}",
             stderr_path.display()
         )));
     }
     let Some(stdout) = stdout else {
-        return Err(std::io::Error::other("monitor stdout missing"));
+        return Err(std::io::Error::other(format!("{what} stdout missing")));
     };
+    // The detached process holds the pipe's only write end once the first one has exited.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut buf = Vec::new();
-        let r = stdout.take(64 * 1024).read_to_end(&mut buf).map(|_| buf);
+        let r = stdout.take(limit).read_to_end(&mut buf).map(|_| buf);
         let _ = tx.send(r);
     });
-    let buf = rx
-        .recv_timeout(timeout)
-        .map_err(|_| std::io::Error::other("monitor did not report in time"))??;
-    serde_json::from_slice::<Ready>(buf.trim_ascii()).map_err(|e| {
-        std::io::Error::other(format!(
-            "monitor reported {:?}: {e}; see {}",
-            String::from_utf8_lossy(&buf),
-            stderr_path.display()
-        ))
-    })
+    rx.recv_timeout(timeout)
+        .map_err(|_| std::io::Error::other(format!("{what} did not report in time")))?
 }
 
 /// Replaces `path` with `data` atomically for readers (temp file, then rename) without

@@ -9,11 +9,11 @@
 //! `/proc/1/*` and ptrace are closed to the pod's processes. Signals sent from inside the
 //! namespace cannot kill it (the kernel protects a namespace's init).
 
+use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -22,7 +22,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{Gid, Uid};
 
-use super::{MONITOR_BINARY, sys};
+use super::sys;
 
 /// The uid and gid the init runs as (`nobody`).
 const NOBODY: u32 = 65534;
@@ -36,48 +36,10 @@ pub fn spawn(
     stderr_path: &Path,
     timeout: Duration,
 ) -> std::io::Result<i32> {
-    let stderr = File::options()
-        .create(true)
-        .append(true)
-        .open(stderr_path)?;
-    let small = exe.with_file_name(MONITOR_BINARY);
-    let mut command = if small.is_file() {
-        Command::new(small)
-    } else {
-        let mut c = Command::new(exe);
-        c.arg("monitor");
-        c
-    };
-    let mut child = command
-        .arg("--pid-namespace")
-        .arg(root)
-        .env_clear()
-        .envs(super::child_env())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()?;
-    let stdout = child.stdout.take();
-    let status = child.wait()?;
-    if !status.success() {
-        return Err(std::io::Error::other(format!(
-            "PID namespace holder failed to start ({status}); see {}",
-            stderr_path.display()
-        )));
-    }
-    let Some(stdout) = stdout else {
-        return Err(std::io::Error::other("holder stdout missing"));
-    };
+    let args = [OsStr::new("--pid-namespace"), root.as_os_str()];
     // The init closes its copy of stdout first thing, so the pipe ends when the parent exits.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = String::new();
-        let r = stdout.take(64).read_to_string(&mut buf).map(|_| buf);
-        let _ = tx.send(r);
-    });
-    let line = rx
-        .recv_timeout(timeout)
-        .map_err(|_| std::io::Error::other("PID namespace holder did not report in time"))??;
+    let out = super::spawn_detached(exe, &args, stderr_path, 64, timeout, "PID namespace holder")?;
+    let line = String::from_utf8_lossy(&out);
     line.trim()
         .parse::<i32>()
         .ok()
