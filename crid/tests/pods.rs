@@ -144,7 +144,10 @@ impl Crid {
     async fn assert_clean(&self, net: &Net) {
         assert!(self.list().await.is_empty());
         assert!(net.reservations().is_empty(), "{:?}", net.reservations());
-        assert!(net.veths().is_empty(), "{:?}", net.veths());
+        // The kernel destroys a network namespace in a worker after its last reference goes,
+        // so the host end of a veth whose namespace was unpinned behind crid's back can
+        // outlive the pod briefly (seen in CI under load); a real leak still times out.
+        eventually("the pods' veths to go", || net.veths().is_empty()).await;
         self.assert_no_pod_leftovers();
     }
 
