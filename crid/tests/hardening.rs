@@ -925,6 +925,15 @@ async fn container_init_holds_only_stdio_and_status_names_the_binaries() {
         let id = h.run(&pod, c).await;
         let (_, info) = h.status(&id).await;
         let pid = info["pid"].as_i64().expect("pid in verbose info");
+        // runc signals its init to exec the command and returns; until the exec, the pid is
+        // still `runc init` with the Go runtime's own descriptors.
+        for _ in 0..100 {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.starts_with(b"sleep\0") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let held = fds(pid);
         let numbers: Vec<u32> = held.iter().map(|(n, _)| *n).collect();
         assert_eq!(
