@@ -1029,33 +1029,7 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
         return;
     };
     let (crid, _) = start().await;
-    let pid = std::process::id();
-    let bridge = Bridge(format!("crvm{}", pid % 100_000));
-    let prefix = format!("10.199.{}", pid % 250);
-    let conflist = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "crid-vm-test",
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": bridge.0,
-                "isGateway": true,
-                "ipMasq": false,
-                "ipam": {
-                    "type": "host-local",
-                    "dataDir": crid.path().join("ipam"),
-                    "ranges": [[{ "subnet": format!("{prefix}.0/24") }]],
-                    "routes": [{ "dst": "0.0.0.0/0" }]
-                }
-            },
-            { "type": "loopback" }
-        ]
-    });
-    std::fs::write(
-        crid.path().join("net.d/10-vm.conflist"),
-        conflist.to_string(),
-    )
-    .unwrap();
+    let (_bridge, prefix) = bridge_network(&crid, 199);
     crid.expect_pull(&image).await;
     let log_dir = crid.path().join("logs/web");
     let pod_config = cri::PodSandboxConfig {
