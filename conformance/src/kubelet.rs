@@ -416,7 +416,10 @@ impl KubeletContainer {
             envs: Self::service_env()
                 .into_iter()
                 .chain(self.env.iter().cloned())
-                .map(|(key, value)| cri::KeyValue { key, value })
+                .map(|(key, value)| cri::KeyValue {
+                    key,
+                    value: value.into(),
+                })
                 .collect(),
             mounts,
             labels,

@@ -514,7 +514,7 @@ async fn oversized_requests_are_refused_and_the_daemon_stays_healthy() {
     c.envs = (0..100)
         .map(|i| cri::KeyValue {
             key: format!("E{i}"),
-            value: "y".repeat(1 << 20),
+            value: "y".repeat(1 << 20).into(),
         })
         .collect();
     let e = raw
@@ -553,7 +553,7 @@ async fn oversized_requests_are_refused_and_the_daemon_stays_healthy() {
     c.envs = (0..8)
         .map(|i| cri::KeyValue {
             key: format!("E{i}"),
-            value: "y".repeat(1 << 20),
+            value: "y".repeat(1 << 20).into(),
         })
         .collect();
     let e = h.create(&target, c).await.expect_err("8 MiB of env");
@@ -562,7 +562,7 @@ async fn oversized_requests_are_refused_and_the_daemon_stays_healthy() {
     let mut c = h.container("ok", "env", &["sh", "-c", "test ${#BIG} = 100000"]);
     c.envs = vec![cri::KeyValue {
         key: "BIG".into(),
-        value: "z".repeat(100_000),
+        value: "z".repeat(100_000).into(),
     }];
     let id = h.run(&target, c).await;
     assert_eq!(h.wait_exited(&id).await.exit_code, 0);

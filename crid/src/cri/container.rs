@@ -211,6 +211,9 @@ pub fn status_to_cri(r: &ContainerRecord) -> cri::ContainerStatus {
                 supplemental_groups: r.config.security.supplemental_groups.clone(),
             }),
         }),
+        // crid stops containers with the image's StopSignal or SIGTERM; it does not yet take
+        // the ContainerConfig.stop_signal of Kubernetes 1.33+ (ContainerStopSignals).
+        stop_signal: cri::Signal::RuntimeDefault as i32,
     }
 }
 
@@ -394,6 +397,7 @@ fn stats_to_cri(state: &State, r: &ContainerRecord, s: &ContainerStats) -> cri::
             timestamp: s.timestamp,
             usage_core_nano_seconds: u64v(s.cgroup.cpu_usage_ns),
             usage_nano_cores: None,
+            psi: None,
         }),
         memory: Some(cri::MemoryUsage {
             timestamp: s.timestamp,
@@ -403,6 +407,7 @@ fn stats_to_cri(state: &State, r: &ContainerRecord, s: &ContainerStats) -> cri::
             rss_bytes: u64v(s.cgroup.memory_rss),
             page_faults: u64v(s.cgroup.page_faults),
             major_page_faults: u64v(s.cgroup.major_page_faults),
+            psi: None,
         }),
         writable_layer: Some(cri::FilesystemUsage {
             timestamp: s.timestamp,
@@ -417,6 +422,7 @@ fn stats_to_cri(state: &State, r: &ContainerRecord, s: &ContainerStats) -> cri::
             inodes_used: u64v(s.writable_inodes),
         }),
         swap: None,
+        io: None,
     }
 }
 
@@ -500,6 +506,7 @@ pub async fn pod_stats(state: &State, pod: &PodRecord) -> cri::PodSandboxStats {
                 timestamp: ts,
                 usage_core_nano_seconds: u64v(cpu),
                 usage_nano_cores: None,
+                psi: None,
             }),
             memory: Some(cri::MemoryUsage {
                 timestamp: ts,
@@ -511,6 +518,7 @@ pub async fn pod_stats(state: &State, pod: &PodRecord) -> cri::PodSandboxStats {
             network: None,
             process: None,
             containers,
+            io: None,
         }),
         windows: None,
     }

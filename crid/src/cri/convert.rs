@@ -117,6 +117,18 @@ fn apparmor(sc: &cri::LinuxContainerSecurityContext) -> Result<AppArmorProfile, 
     }
 }
 
+/// One environment variable. cri-api carries the value as bytes since Kubernetes 1.34, but an
+/// OCI process environment is a list of JSON strings, so a value must be UTF-8.
+fn env(kv: cri::KeyValue) -> Result<(String, String), Status> {
+    match String::from_utf8(kv.value) {
+        Ok(value) => Ok((kv.key, value)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "environment variable {:?} has a value that is not UTF-8",
+            kv.key
+        ))),
+    }
+}
+
 /// Converts a CRI container config (the PID namespace is resolved separately).
 pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Status> {
     let metadata = c
@@ -164,7 +176,7 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
         command: c.command,
         args: c.args,
         working_dir: c.working_dir,
-        envs: c.envs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+        envs: c.envs.into_iter().map(env).collect::<Result<_, _>>()?,
         mounts,
         devices: c
             .devices
@@ -324,6 +336,12 @@ mod tests {
         assert_eq!(d.envs, vec![("A".to_string(), "1".to_string())]);
         assert_eq!(d.mounts[0].propagation, Propagation::Bidirectional);
         assert_eq!(d.security.seccomp, SeccompProfile::Unconfined);
+        let mut bad = c.clone();
+        bad.envs[0].value = vec![0xff, 0xfe];
+        assert_eq!(
+            container_config(bad).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
         let mut bad = c.clone();
         bad.metadata = None;
         assert_eq!(

@@ -38,6 +38,32 @@ impl CriService {
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// The answer of a `Stream*` RPC (Kubernetes 1.36, `CRIListStreaming`).
+type ListStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Items per response of a `Stream*` RPC. A pod or container may carry 512 KiB of labels and
+/// annotations (see [`convert::MAX_METADATA_BYTES`]), so 16 of them stay well under the 16 MiB
+/// gRPC message limit that the plain `List*` answers can exceed.
+const STREAM_CHUNK: usize = 16;
+
+/// A list answer as the stream CRI asks for: responses of at least one item each, every item
+/// once, then the end of the stream (no response at all for an empty list).
+fn list_stream<I: Send + 'static, T: Send + 'static>(
+    items: Vec<I>,
+    wrap: fn(Vec<I>) -> T,
+) -> ListStream<T> {
+    let mut items = items.into_iter();
+    let mut replies = Vec::new();
+    loop {
+        let chunk: Vec<I> = items.by_ref().take(STREAM_CHUNK).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        replies.push(Ok(wrap(chunk)));
+    }
+    Box::pin(futures::stream::iter(replies))
+}
+
 /// Records the ids of a request on the current RPC span.
 fn record(field: &str, value: &str) {
     tracing::Span::current().record(field, value);
@@ -280,8 +306,7 @@ impl RuntimeService for CriService {
         ))
     }
 
-    type GetContainerEventsStream =
-        Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send + 'static>>;
+    type GetContainerEventsStream = ListStream<cri::ContainerEventResponse>;
 
     async fn get_container_events(
         &self,
@@ -313,6 +338,89 @@ impl RuntimeService for CriService {
         r: Request<cri::RuntimeConfigRequest>,
     ) -> Reply<cri::RuntimeConfigResponse> {
         runtime::runtime_config(&self.state, r.into_inner()).map(Response::new)
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        r: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Reply<cri::UpdatePodSandboxResourcesResponse> {
+        let r = r.into_inner();
+        record("pod_sandbox_id", &r.pod_sandbox_id);
+        pod::update_pod_sandbox_resources(&self.state, r).map(Response::new)
+    }
+
+    type StreamPodSandboxesStream = ListStream<cri::StreamPodSandboxesResponse>;
+
+    async fn stream_pod_sandboxes(
+        &self,
+        r: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Reply<Self::StreamPodSandboxesStream> {
+        let filter = r.into_inner().filter;
+        let list =
+            pod::list_pod_sandbox(&self.state, cri::ListPodSandboxRequest { filter }).await?;
+        Ok(Response::new(list_stream(list.items, |pod_sandboxes| {
+            cri::StreamPodSandboxesResponse { pod_sandboxes }
+        })))
+    }
+
+    type StreamContainersStream = ListStream<cri::StreamContainersResponse>;
+
+    async fn stream_containers(
+        &self,
+        r: Request<cri::StreamContainersRequest>,
+    ) -> Reply<Self::StreamContainersStream> {
+        let filter = r.into_inner().filter;
+        let list =
+            container::list_containers(&self.state, cri::ListContainersRequest { filter }).await?;
+        Ok(Response::new(list_stream(list.containers, |containers| {
+            cri::StreamContainersResponse { containers }
+        })))
+    }
+
+    type StreamContainerStatsStream = ListStream<cri::StreamContainerStatsResponse>;
+
+    async fn stream_container_stats(
+        &self,
+        r: Request<cri::StreamContainerStatsRequest>,
+    ) -> Reply<Self::StreamContainerStatsStream> {
+        let filter = r.into_inner().filter;
+        let list =
+            container::list_container_stats(&self.state, cri::ListContainerStatsRequest { filter })
+                .await?;
+        Ok(Response::new(list_stream(list.stats, |container_stats| {
+            cri::StreamContainerStatsResponse { container_stats }
+        })))
+    }
+
+    type StreamPodSandboxStatsStream = ListStream<cri::StreamPodSandboxStatsResponse>;
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        r: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Reply<Self::StreamPodSandboxStatsStream> {
+        let filter = r.into_inner().filter;
+        let list =
+            pod::list_pod_sandbox_stats(&self.state, cri::ListPodSandboxStatsRequest { filter })
+                .await?;
+        Ok(Response::new(list_stream(
+            list.stats,
+            |pod_sandbox_stats| cri::StreamPodSandboxStatsResponse { pod_sandbox_stats },
+        )))
+    }
+
+    type StreamPodSandboxMetricsStream = ListStream<cri::StreamPodSandboxMetricsResponse>;
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _r: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Reply<Self::StreamPodSandboxMetricsStream> {
+        let list = pod::list_pod_sandbox_metrics(&self.state).await?;
+        Ok(Response::new(list_stream(
+            list.pod_metrics,
+            |pod_sandbox_metrics| cri::StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            },
+        )))
     }
 }
 
@@ -358,5 +466,41 @@ impl ImageService for CriService {
         image::image_fs_info(&self.state, r.into_inner())
             .await
             .map(Response::new)
+    }
+
+    type StreamImagesStream = ListStream<cri::StreamImagesResponse>;
+
+    async fn stream_images(
+        &self,
+        r: Request<cri::StreamImagesRequest>,
+    ) -> Reply<Self::StreamImagesStream> {
+        let filter = r.into_inner().filter;
+        let list = image::list_images(&self.state, cri::ListImagesRequest { filter }).await?;
+        Ok(Response::new(list_stream(list.images, |images| {
+            cri::StreamImagesResponse { images }
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::{STREAM_CHUNK, list_stream};
+
+    #[tokio::test]
+    async fn list_streams_send_every_item_once_in_non_empty_chunks() {
+        for n in [0, 1, STREAM_CHUNK, STREAM_CHUNK + 1, 3 * STREAM_CHUNK + 5] {
+            let replies: Vec<Vec<usize>> = list_stream((0..n).collect(), |v| v)
+                .map(Result::unwrap)
+                .collect()
+                .await;
+            assert!(
+                replies
+                    .iter()
+                    .all(|r| !r.is_empty() && r.len() <= STREAM_CHUNK)
+            );
+            assert_eq!(replies.concat(), (0..n).collect::<Vec<_>>(), "{n} items");
+        }
     }
 }

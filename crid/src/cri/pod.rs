@@ -182,6 +182,16 @@ pub async fn pod_sandbox_stats(
     })
 }
 
+/// Kubernetes 1.36 calls this after it resized the pod's cgroup itself; crid keeps no pod-level
+/// resources of its own (containers carry theirs), so an existing pod is all it checks.
+pub fn update_pod_sandbox_resources(
+    state: &State,
+    r: cri::UpdatePodSandboxResourcesRequest,
+) -> Result<cri::UpdatePodSandboxResourcesResponse, Status> {
+    state.pods.get(&r.pod_sandbox_id).map_err(Failure::from)?;
+    Ok(cri::UpdatePodSandboxResourcesResponse {})
+}
+
 pub async fn list_pod_sandbox_stats(
     state: &State,
     r: cri::ListPodSandboxStatsRequest,

@@ -76,6 +76,7 @@ pub async fn status(state: &State, r: cri::StatusRequest) -> Result<cri::StatusR
         runtime_handlers,
         features: Some(cri::RuntimeFeatures {
             supplemental_groups_policy: true,
+            user_namespaces_host_network: false,
         }),
     })
 }
