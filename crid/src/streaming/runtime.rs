@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
 
-use sandbox::container::{Backend, ContainerManager, ContainerState};
+use sandbox::container::{ContainerManager, ContainerState};
 use sandbox::pod::PodManager;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -55,7 +55,11 @@ impl RuntimeBackend {
                 "container {id} is not running"
             )));
         }
-        if r.backend != Backend::Runc {
+        if !self
+            .containers
+            .supports_exec(id)
+            .map_err(|e| sandbox_error(e, id))?
+        {
             return Err(StreamError::Unimplemented(format!(
                 "streaming into container {id} (not a runc container)"
             )));
@@ -148,7 +152,12 @@ impl StreamBackend for RuntimeBackend {
                 "container {id} was not created with stdin"
             )));
         }
-        if spec.stdin && r.backend != Backend::Runc {
+        if spec.stdin
+            && !self
+                .containers
+                .supports_exec(id)
+                .map_err(|e| sandbox_error(e, id))?
+        {
             return Err(StreamError::Unimplemented(format!(
                 "attaching stdin to container {id} (not a runc container)"
             )));

@@ -1,6 +1,7 @@
-//! The VM backend of the container manager: a container whose image is a unikernel artifact
-//! runs as a guest of its hypervisor (see [`crate::vm`]), supervised by the same monitor as runc
-//! containers (`Launch::Command`, `Backend::Process`).
+//! The VM backend ([`VmBackend`], behind [`super::ContainerBackend`]): a container whose image is
+//! a unikernel artifact runs as a guest of its hypervisor (see [`crate::vm`], one small module
+//! per VMM), supervised by the same monitor as runc containers (`Launch::Command`,
+//! `Backend::Process`).
 //!
 //! - `CreateContainer` checks everything that can fail without side effects (guest/hypervisor
 //!   pair, the image's kernel/initrd/block files, the accelerator, the VMM binary) and keeps
@@ -25,43 +26,31 @@
 //!   note in the VM state (`mount_notes`, shown in verbose status).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use imagestore::UnikernelInfo;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::config::{ContainerConfig, ImageInfo, NsSource, PodContext, Resources};
-use super::{Backend, ContainerManager, ContainerRecord, ContainerState, cgroups, now_ns, spec};
+use super::backend::{
+    ContainerBackend, ContainerDirs, ContainerExit, ExitWatch, NewContainer, StartError, Started,
+    Supervisor, start_failure,
+};
+use super::config::{NsSource, PodContext, Resources};
+use super::record::{
+    Backend, ContainerRecord, ContainerState, ContainerStats, VmState, exit_code, is_mount_point,
+    now_ns, runtime_err,
+};
+use super::{cgroups, spec};
 use crate::SandboxError;
 use crate::monitor::Launch;
-use crate::vm::accel::{AccelDecision, KvmProbe};
+use crate::pod::CgroupDriver;
+use crate::runc::ExecOutput;
+use crate::vm::accel::KvmProbe;
 use crate::vm::cgroup::{Limits, VmCgroup};
 use crate::vm::guestfiles::{self, GuestMount, MountNote};
 use crate::vm::launch::{self, VmRequest, VmSettings};
 use crate::vm::net::GuestPort;
-use crate::vm::{ExitMapping, type_name};
-
-/// What crid keeps about a VM container, in its record (`ContainerRecord::vm`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VmState {
-    pub request: VmRequest,
-    pub accel: AccelDecision,
-    /// Set once started.
-    pub exit_mapping: Option<ExitMapping>,
-    pub argv: Vec<String>,
-    pub guest_cmdline: String,
-    /// How each CRI mount (and the pod's `/etc/hosts` and `/etc/resolv.conf`) reached the
-    /// guest, or why it did not.
-    #[serde(default)]
-    pub mount_notes: Vec<MountNote>,
-}
-
-/// The container exit code for the code the monitor recorded.
-pub(super) fn exit_code(vm: Option<&VmState>, code: i32) -> i32 {
-    match vm.and_then(|s| s.exit_mapping) {
-        Some(m) => launch::container_exit_code(m, code),
-        None => code,
-    }
-}
+use crate::vm::type_name;
 
 /// The RuntimeClass rule: a unikernel image runs as a VM only in a pod whose handler asked for
 /// VMs (`runtime.unikernel_handlers`) or detects them (`runtime.unikernel_autodetect_handlers`);
@@ -246,210 +235,75 @@ fn guest_mounts(
     (mounts, notes)
 }
 
-impl ContainerManager {
-    /// The node's VM settings and KVM probe.
-    fn vm_host(&self) -> (&VmSettings, &KvmProbe) {
-        (&self.settings.vm, &self.kvm)
-    }
+/// Unikernel containers: guests of a hypervisor under the container's monitor.
+#[derive(Clone)]
+pub struct VmBackend {
+    pub settings: VmSettings,
+    /// What the host's KVM offers, probed once at start-up.
+    pub kvm: KvmProbe,
+    pub supervisor: Supervisor,
+    pub cgroup_driver: CgroupDriver,
+}
 
+impl VmBackend {
     /// The VM policy and what the host's KVM offers, for `Status` verbose info.
-    pub fn vm_host_report(&self) -> serde_json::Value {
-        let (s, host) = self.vm_host();
+    pub fn host_report(&self) -> serde_json::Value {
         serde_json::json!({
-            "accelerator": s.accelerator,
-            "kvm": host,
-            "defaultMemoryMiB": s.default_memory_mib,
+            "accelerator": self.settings.accelerator,
+            "kvm": self.kvm,
+            "defaultMemoryMiB": self.settings.default_memory_mib,
         })
     }
 
-    /// The VM state of container `id`: in its record, or (containers created by an older
-    /// crid) in `vm.json` next to it.
-    pub(super) fn vm_state(&self, id: &str) -> Option<VmState> {
-        if let Some(vm) = self.entry(id).and_then(|e| Self::snapshot(&e).vm) {
-            return Some(vm);
-        }
-        let bytes = std::fs::read(self.dir(id).join("vm.json")).ok()?;
+    fn dirs(&self) -> &ContainerDirs {
+        &self.supervisor.dirs
+    }
+
+    /// The VM state of a container: in its record, or (containers created by an older crid)
+    /// in `vm.json` next to it.
+    fn vm_state(&self, r: &ContainerRecord) -> Option<VmState> {
+        r.vm.clone().or_else(|| self.legacy_state(&r.id))
+    }
+
+    fn legacy_state(&self, id: &str) -> Option<VmState> {
+        let bytes = std::fs::read(self.dirs().dir(id).join("vm.json")).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
-    fn save_vm_state(&self, id: &str, state: VmState) -> Result<(), SandboxError> {
-        let entry = self.entry(id).ok_or_else(|| super::not_found(id))?;
-        self.update(&entry, |r| r.vm = Some(state))?;
-        Ok(())
-    }
-
-    /// `create` for a unikernel image (blocking).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn prepare_vm(
-        &self,
-        id: &str,
-        config: ContainerConfig,
-        pod: PodContext,
-        image: ImageInfo,
-        info: UnikernelInfo,
-        image_config: spec::ImageConfig,
-        stop: String,
-        log_path: Option<PathBuf>,
-    ) -> Result<ContainerRecord, SandboxError> {
-        check_handler(&pod, &info, self.vm_host().0)?;
-        if config.tty || config.stdin {
-            return Err(SandboxError::InvalidArgument {
-                reason: "unikernel containers have a serial console only: no tty or stdin".into(),
-            });
-        }
-        let (mounts, mount_notes) = guest_mounts(&config.mounts, &pod, &info);
-        for n in mount_notes.iter().filter(|n| n.delivery == "skipped") {
-            tracing::warn!(container_id = %id, path = %n.container_path, note = %n.note, "mount not given to the guest");
-        }
-        let args = guest_argv(&config.command, &config.args, &image_config);
-        let netns = match &pod.network {
-            NsSource::Join(p) => Some(p.clone()),
-            NsSource::New | NsSource::Host => None,
-        };
-        if netns.is_some() {
-            self.check_one_guest_per_pod(&pod.id)?;
-        }
-        let dir = self.dir(id);
-        std::fs::create_dir_all(&dir).map_err(|e| SandboxError::io(&dir, e))?;
-        // The VMM runs in the cgroup runc would give a container of this pod.
-        let cgroups_path =
-            cgroups::cgroups_path(self.settings.cgroup_driver, &pod.cgroup_parent, id);
-        let mut info = info;
-        let (settings, host) = self.vm_host();
-        crate::vm::crid_vmm::substitute(
-            &mut info,
-            &image.layer_dirs,
-            netns.is_some(),
-            settings,
-            host,
-        );
-        let request = VmRequest {
-            container_id: id.to_owned(),
-            info,
-            layer_dirs: image.layer_dirs.clone(),
-            netns,
-            iface: "eth0".into(),
-            memory_limit_bytes: config.resources.memory_limit_in_bytes,
-            cpu_quota: config.resources.cpu_quota,
-            cpu_period: config.resources.cpu_period,
-            args,
-            env: merged_env(
-                image_config.env.as_deref().unwrap_or_default(),
-                &config.envs,
-            ),
-            run_dir: dir.join("vm"),
-            cgroup: Some(cgroups::relative_dir(&cgroups_path)),
-            cpu_shares: config.resources.cpu_shares,
-            // Short: unix socket paths are limited to 108 bytes.
-            control_socket: Some(
-                self.settings
-                    .state
-                    .join(format!("qmp-{}.sock", &id[..16.min(id.len())])),
-            ),
-            mounts,
-            ports: declared_ports(&config.annotations)?,
-            dns: pod
-                .resolv_conf
-                .as_deref()
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .map(|text| nameservers(&text))
-                .unwrap_or_default(),
-        };
-        let accel = launch::check(&request, settings, host)?;
-        let record = ContainerRecord {
-            id: id.to_owned(),
-            pod_id: pod.id.clone(),
-            backend: Backend::Process,
-            state: ContainerState::Created,
-            created_at: now_ns(),
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            pid: 0,
-            log_path,
-            cgroups_path,
-            stop_signal: stop,
-            vm: Some(VmState {
-                request,
-                accel,
-                exit_mapping: None,
-                argv: vec![],
-                guest_cmdline: String::new(),
-                mount_notes,
-            }),
-            config,
-            pod,
-            image,
-        };
-        self.save(&record)?;
-        Ok(record)
-    }
-
-    /// A guest takes over its pod's network interface, so a pod with its own network holds one
-    /// unikernel container that is not Exited; a second one is `FailedPrecondition` at
-    /// `CreateContainer` (and, should two creates race, at `StartContainer`, where the live
-    /// tap of the first is found).
-    fn check_one_guest_per_pod(&self, pod_id: &str) -> Result<(), SandboxError> {
-        let entries: Vec<_> = self.lock().containers.values().cloned().collect();
-        let other = entries.iter().map(|e| Self::snapshot(e)).find(|r| {
-            r.pod_id == pod_id
-                && r.backend == Backend::Process
-                && matches!(r.state, ContainerState::Created | ContainerState::Running)
-        });
-        match other {
-            Some(r) => Err(SandboxError::FailedPrecondition {
-                reason: format!(
-                    "pod {pod_id} already has unikernel container {} ({}); a pod holds one \
-                     unikernel, which takes over the pod's network interface",
-                    r.id, r.config.name
-                ),
-            }),
-            None => Ok(()),
+    fn no_state(&self, id: &str) -> SandboxError {
+        SandboxError::Record {
+            path: self.dirs().dir(id).join("record.json"),
+            reason: "the unikernel container's record has no VM state".into(),
         }
     }
 
     /// Prepares the guest (tap, plan, files) and returns what the monitor runs (blocking).
-    pub(super) fn vm_launch(&self, id: &str) -> Result<Launch, SandboxError> {
-        let mut state = self.vm_state(id).ok_or_else(|| SandboxError::Record {
-            path: self.dir(id).join("record.json"),
-            reason: "the unikernel container's record has no VM state".into(),
-        })?;
-        let (settings, host) = self.vm_host();
-        let prepared = launch::prepare(&state.request, settings, host)?;
+    fn launch(&self, mut state: VmState) -> Result<(VmState, Launch), SandboxError> {
+        let prepared = launch::prepare(&state.request, &self.settings, &self.kvm)?;
         state.accel = prepared.accel.clone();
         state.exit_mapping = Some(prepared.plan.exit_mapping);
         state.argv = prepared.argv.clone();
         state.guest_cmdline = prepared.plan.guest_cmdline.clone();
-        let argv = prepared.argv;
-        if let Err(e) = self.save_vm_state(id, state) {
-            self.vm_release(id);
-            return Err(e);
-        }
-        Ok(Launch::Command {
-            argv,
+        let launch = Launch::Command {
+            argv: prepared.argv,
             env: vec![],
             cwd: None,
-        })
+        };
+        Ok((state, launch))
     }
 
-    /// `UpdateContainerResources` for a unikernel container: the new limits as its VM state
-    /// records them. A created guest takes anything (it boots with them). A running one gets
-    /// them in its VMM's cgroup; its RAM and vCPU count are fixed at boot, so resources that
-    /// would give it fewer MiB of RAM or another vCPU count are `FailedPrecondition` (recreate
-    /// the container). A higher memory limit raises the cgroup's limit only: the guest keeps
-    /// its RAM (no memory hot-plug).
-    pub(super) fn vm_update_resources(
+    /// The new limits as the VM state records them. A created guest takes anything (it boots
+    /// with them). A running one gets them in its VMM's cgroup; its RAM and vCPU count are
+    /// fixed at boot, so resources that would give it fewer MiB of RAM or another vCPU count
+    /// are `FailedPrecondition` (recreate the container). A higher memory limit raises the
+    /// cgroup's limit only: the guest keeps its RAM (no memory hot-plug). Blocking.
+    fn updated_state(
         &self,
         r: &ContainerRecord,
         resources: &Resources,
     ) -> Result<VmState, SandboxError> {
-        let mut state = self.vm_state(&r.id).ok_or_else(|| SandboxError::Record {
-            path: self.dir(&r.id).join("record.json"),
-            reason: "the unikernel container's record has no VM state".into(),
-        })?;
-        let settings = self.vm_host().0;
+        let mut state = self.vm_state(r).ok_or_else(|| self.no_state(&r.id))?;
+        let settings = &self.settings;
         let guest = |memory: i64, quota: i64, period: i64| {
             (
                 launch::memory_mib(memory, settings.default_memory_mib),
@@ -498,21 +352,215 @@ impl ContainerManager {
     }
 
     /// Releases the guest's tap and files; fine to repeat.
-    pub(super) fn vm_release(&self, id: &str) {
-        let Some(state) = self.vm_state(id) else {
+    fn release(&self, id: &str, state: Option<&VmState>) {
+        let Some(state) = state else {
             return;
         };
         if let Err(e) = launch::release(&state.request) {
             tracing::warn!(container_id = %id, error = %e, "cannot release the guest network");
         }
     }
+}
+
+/// A guest takes over its pod's network interface, so a pod with its own network holds one
+/// unikernel container that is not Exited; a second one is `FailedPrecondition` at
+/// `CreateContainer` (and, should two creates race, at `StartContainer`, where the live tap of
+/// the first is found).
+fn check_one_guest_per_pod(pod_id: &str, siblings: &[ContainerRecord]) -> Result<(), SandboxError> {
+    let other = siblings.iter().find(|r| {
+        r.pod_id == pod_id
+            && r.backend == Backend::Process
+            && matches!(r.state, ContainerState::Created | ContainerState::Running)
+    });
+    match other {
+        Some(r) => Err(SandboxError::FailedPrecondition {
+            reason: format!(
+                "pod {pod_id} already has unikernel container {} ({}); a pod holds one \
+                 unikernel, which takes over the pod's network interface",
+                r.id, r.config.name
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+#[async_trait::async_trait]
+impl ContainerBackend for VmBackend {
+    fn kind(&self) -> Backend {
+        Backend::Process
+    }
+
+    fn create(&self, new: NewContainer) -> Result<ContainerRecord, SandboxError> {
+        let NewContainer {
+            id,
+            config,
+            pod,
+            image,
+            image_config,
+            stop_signal,
+            log_path,
+            siblings,
+        } = new;
+        let info = image
+            .unikernel
+            .clone()
+            .ok_or_else(|| SandboxError::InvalidArgument {
+                reason: "the image is not a unikernel".into(),
+            })?;
+        check_handler(&pod, &info, &self.settings)?;
+        if config.tty || config.stdin {
+            return Err(SandboxError::InvalidArgument {
+                reason: "unikernel containers have a serial console only: no tty or stdin".into(),
+            });
+        }
+        let (mounts, mount_notes) = guest_mounts(&config.mounts, &pod, &info);
+        for n in mount_notes.iter().filter(|n| n.delivery == "skipped") {
+            tracing::warn!(container_id = %id, path = %n.container_path, note = %n.note, "mount not given to the guest");
+        }
+        let args = guest_argv(&config.command, &config.args, &image_config);
+        let netns = match &pod.network {
+            NsSource::Join(p) => Some(p.clone()),
+            NsSource::New | NsSource::Host => None,
+        };
+        if netns.is_some() {
+            check_one_guest_per_pod(&pod.id, &siblings)?;
+        }
+        let dir = self.dirs().dir(&id);
+        // The VMM runs in the cgroup runc would give a container of this pod.
+        let cgroups_path = cgroups::cgroups_path(self.cgroup_driver, &pod.cgroup_parent, &id);
+        let mut info = info;
+        crate::vm::crid_vmm::substitute(
+            &mut info,
+            &image.layer_dirs,
+            netns.is_some(),
+            &self.settings,
+            &self.kvm,
+        );
+        let request = VmRequest {
+            container_id: id.clone(),
+            info,
+            layer_dirs: image.layer_dirs.clone(),
+            netns,
+            iface: "eth0".into(),
+            memory_limit_bytes: config.resources.memory_limit_in_bytes,
+            cpu_quota: config.resources.cpu_quota,
+            cpu_period: config.resources.cpu_period,
+            args,
+            env: merged_env(
+                image_config.env.as_deref().unwrap_or_default(),
+                &config.envs,
+            ),
+            run_dir: dir.join("vm"),
+            cgroup: Some(cgroups::relative_dir(&cgroups_path)),
+            cpu_shares: config.resources.cpu_shares,
+            // Short: unix socket paths are limited to 108 bytes.
+            control_socket: Some(self.dirs().short_socket("qmp", &id)),
+            mounts,
+            ports: declared_ports(&config.annotations)?,
+            dns: pod
+                .resolv_conf
+                .as_deref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .map(|text| nameservers(&text))
+                .unwrap_or_default(),
+        };
+        let accel = launch::check(&request, &self.settings, &self.kvm)?;
+        Ok(ContainerRecord {
+            pod_id: pod.id.clone(),
+            backend: Backend::Process,
+            state: ContainerState::Created,
+            created_at: now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            log_path,
+            cgroups_path,
+            stop_signal,
+            vm: Some(VmState {
+                request,
+                accel,
+                exit_mapping: None,
+                argv: vec![],
+                guest_cmdline: String::new(),
+                mount_notes,
+            }),
+            id,
+            config,
+            pod,
+            image,
+        })
+    }
+
+    /// The rule of runc containers (the rootfs mount), which a guest does not have: a created
+    /// guest is reported exited after any restart of crid.
+    fn startable(&self, r: &ContainerRecord) -> bool {
+        is_mount_point(&self.dirs().dir(&r.id).join("rootfs"))
+    }
+
+    /// Creates the tap in the pod's network namespace, plans the VMM command and hands it to
+    /// the monitor: the serial console goes to the CRI log, the VMM's exit status becomes the
+    /// container's exit code.
+    async fn start(&self, r: &mut ContainerRecord) -> Result<Started, StartError> {
+        let stale = self.supervisor.prepare(r).map_err(StartError::NotStarted)?;
+        self.supervisor
+            .ready_to_launch(r, stale)
+            .await
+            .map_err(StartError::NotStarted)?;
+        let id = r.id.clone();
+        let state = self.vm_state(r).ok_or_else(|| {
+            let error = self.no_state(&id);
+            StartError::Failed {
+                message: error.to_string(),
+                error,
+            }
+        })?;
+        let (state, launch) = {
+            let this = self.clone();
+            let request = state.clone();
+            tokio::task::spawn_blocking(move || this.launch(request))
+                .await
+                .map_err(|e| StartError::NotStarted(runtime_err("start", e.to_string())))?
+                .map_err(|error| {
+                    self.release(&id, Some(&state));
+                    StartError::Failed {
+                        message: error.to_string(),
+                        error,
+                    }
+                })?
+        };
+        r.vm = Some(state.clone());
+        match self.supervisor.launch(r, launch, None).await {
+            Ok(started) => Ok(started),
+            Err(message) => {
+                self.release(&id, Some(&state));
+                Err(start_failure(&self.dirs().dir(&id), message))
+            }
+        }
+    }
+
+    /// The VMM gets the signal; `all` is moot (it is the container's one process).
+    async fn kill(
+        &self,
+        r: &ContainerRecord,
+        signal: &str,
+        _all: bool,
+    ) -> Result<(), SandboxError> {
+        let sig = signal
+            .parse::<nix::sys::signal::Signal>()
+            .map_err(|e| runtime_err("kill", e.to_string()))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(r.pid), sig)
+            .map_err(|e| runtime_err("kill", e.to_string()))
+    }
 
     /// Asks the guest to shut down (QEMU: QMP `system_powerdown`, the ACPI power button).
-    /// False when the VMM has no control socket or did not take the request: the caller then
-    /// sends the stop signal instead.
-    pub(super) async fn vm_request_shutdown(&self, id: &str) -> bool {
+    /// False when the VMM has no control socket or did not take the request.
+    async fn request_shutdown(&self, r: &ContainerRecord) -> bool {
+        let id = r.id.as_str();
         let Some(sock) = self
-            .vm_state(id)
+            .vm_state(r)
             .filter(|s| s.request.info.hypervisor == imagestore::HypervisorKind::Qemu)
             .and_then(|s| s.request.control_socket)
         else {
@@ -520,12 +568,7 @@ impl ContainerManager {
         };
         let asked = tokio::task::spawn_blocking(move || crate::vm::qmp::system_powerdown(&sock))
             .await
-            .unwrap_or_else(|e| {
-                Err(SandboxError::Runtime {
-                    op: "QMP".into(),
-                    reason: e.to_string(),
-                })
-            });
+            .unwrap_or_else(|e| Err(runtime_err("QMP", e.to_string())));
         match asked {
             Ok(()) => {
                 tracing::info!(container_id = %id, "asked the guest to power off");
@@ -536,6 +579,99 @@ impl ContainerManager {
                 false
             }
         }
+    }
+
+    async fn wait_exit(&self, r: &ContainerRecord, timeout: Duration) -> bool {
+        self.supervisor.wait_exit(&r.id, timeout).await
+    }
+
+    fn has_exit(&self, r: &ContainerRecord) -> bool {
+        self.supervisor.has_exit(&r.id)
+    }
+
+    /// The guest is gone: its tap goes too (a restart makes a new one). The VMM's exit status
+    /// becomes the guest's exit code; a VMM that died of a signal (a code the guest's exit
+    /// mapping left as 128 + signal) did not run the guest to its end, which the message says.
+    fn collect_exit(&self, r: &ContainerRecord) -> ContainerExit {
+        let state = self.vm_state(r);
+        let exit = self.supervisor.load_exit(&r.id);
+        self.release(&r.id, state.as_ref());
+        let mut out = ContainerExit::from_record(exit.as_ref(), |c| exit_code(state.as_ref(), c));
+        if exit.is_some() && out.exit_code > 128 {
+            if let Ok(sig) = nix::sys::signal::Signal::try_from(out.exit_code - 128) {
+                out.message = format!("the hypervisor was killed by {sig}");
+            }
+        }
+        out
+    }
+
+    fn reattach(&self, r: &ContainerRecord) -> Option<ExitWatch> {
+        self.supervisor.watch(&r.id)
+    }
+
+    async fn update_resources(
+        &self,
+        r: &mut ContainerRecord,
+        resources: &Resources,
+    ) -> Result<(), SandboxError> {
+        spec::linux_resources(resources, cgroups::is_v2())?;
+        if !matches!(r.state, ContainerState::Created | ContainerState::Running) {
+            return Err(SandboxError::FailedPrecondition {
+                reason: format!("container {} is not running", r.id),
+            });
+        }
+        let this = self.clone();
+        let (rec, res) = (r.clone(), resources.clone());
+        let state = tokio::task::spawn_blocking(move || this.updated_state(&rec, &res))
+            .await
+            .map_err(|e| runtime_err("update", e.to_string()))??;
+        r.vm = Some(state);
+        Ok(())
+    }
+
+    async fn stats(&self, r: &ContainerRecord) -> Result<ContainerStats, SandboxError> {
+        self.supervisor.stats(r).await
+    }
+
+    async fn exec_sync(
+        &self,
+        r: &ContainerRecord,
+        _cmd: Vec<String>,
+        _timeout: Option<Duration>,
+    ) -> Result<ExecOutput, SandboxError> {
+        Err(SandboxError::Unimplemented {
+            reason: format!(
+                "exec is not supported in unikernel container {}: the guest has no shell",
+                r.id
+            ),
+        })
+    }
+
+    fn supports_exec(&self) -> bool {
+        false
+    }
+
+    fn spec_json(&self, r: &ContainerRecord) -> Option<serde_json::Value> {
+        let vm = self.vm_state(r)?;
+        Some(serde_json::json!({ "unikernel": vm }))
+    }
+
+    fn attach_socket(&self, _r: &ContainerRecord) -> Option<PathBuf> {
+        None
+    }
+
+    fn reopen_log(&self, r: &ContainerRecord) -> Result<(), SandboxError> {
+        self.supervisor.reopen_log(r)
+    }
+
+    async fn remove(&self, r: &ContainerRecord) -> Result<(), SandboxError> {
+        self.release(&r.id, self.vm_state(r).as_ref());
+        Ok(())
+    }
+
+    async fn release_unrecorded(&self, id: &str) {
+        self.supervisor.end_unrecorded(id).await;
+        self.release(id, self.legacy_state(id).as_ref());
     }
 }
 
