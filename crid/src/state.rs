@@ -70,14 +70,16 @@ pub struct State {
 
 impl State {
     pub fn new(config: Config) -> anyhow::Result<State> {
-        State::with_pod_sys(config, Arc::new(sandbox::sys::HostSys))
+        State::with_parts(config, Arc::new(sandbox::sys::HostSys), None)
     }
 
-    /// [`State::new`] with the pods' kernel operations (namespaces, mounts) given: a fake in
-    /// the in-process tests, which need no root.
-    pub fn with_pod_sys(
+    /// [`State::new`] with the pods' kernel operations (namespaces, mounts) and the container
+    /// backends given (`None`: runc and the host's hypervisors): fakes in the in-process
+    /// tests, which need no root.
+    pub fn with_parts(
         config: Config,
         sys: Arc<dyn sandbox::sys::PodSys>,
+        backends: Option<sandbox::container::Backends>,
     ) -> anyhow::Result<State> {
         for dir in [&config.root, &config.state] {
             std::fs::create_dir_all(dir)
@@ -85,7 +87,7 @@ impl State {
         }
         let cgroup_driver = CgroupDriver::resolve(&config.runtime.cgroup_driver);
         let pods = Arc::new(pod_manager(&config, cgroup_driver, sys)?);
-        let containers = container_manager(&config, cgroup_driver)?;
+        let containers = container_manager(&config, cgroup_driver, backends)?;
         let images = open_store(&config).context("cannot open the image store")?;
         let runtime = Arc::new(
             sandbox::Runtime::new(
@@ -164,6 +166,7 @@ fn pod_manager(
 fn container_manager(
     config: &Config,
     driver: CgroupDriver,
+    backends: Option<sandbox::container::Backends>,
 ) -> anyhow::Result<Arc<sandbox::container::ContainerManager>> {
     let settings = sandbox::container::ContainerSettings {
         root: config.root.clone(),
@@ -180,7 +183,11 @@ fn container_manager(
         seccomp_profile_root: config.runtime.seccomp_profile_root.clone(),
         vm: vm_settings(config)?,
     };
-    sandbox::container::ContainerManager::open(settings).context("cannot load containers")
+    match backends {
+        Some(b) => sandbox::container::ContainerManager::with_backends(settings, b),
+        None => sandbox::container::ContainerManager::open(settings),
+    }
+    .context("cannot load containers")
 }
 
 /// The `[vm]` section as the VM backend's settings.

@@ -1,12 +1,15 @@
 //! The gRPC layer in-process, over the daemon library: a real tonic server on a unix socket in
-//! a temp dir, the generated client, and pods whose kernel operations (namespaces, mounts) are
-//! a fake, so these tests need no root, no runc, no CNI plugin and no /dev/kvm and take
-//! milliseconds. They cover the error → status map, the idempotence the CRI promises, the
-//! pod → container cascade rules and recovery of pods after a restart. Containers themselves
-//! (rootfs mounts, runc, VMMs) are the end-to-end tests' business.
+//! a temp dir, the generated client, pods whose kernel operations (namespaces, mounts) are a
+//! fake and containers run by a fake backend ([`FakeBackend`], behind the same
+//! `ContainerBackend` trait as runc and the VMs), so these tests need no root, no runc, no CNI
+//! plugin and no /dev/kvm and take milliseconds. They cover the error → status map, the
+//! idempotence the CRI promises, the pod → container cascade rules and recovery of pods and
+//! containers after a restart. What the backends do with the kernel (rootfs mounts, runc,
+//! VMMs) is the end-to-end tests' business.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use cni::netns::NsKind;
 use conformance::client::Cri;
@@ -17,6 +20,12 @@ use proto::cri;
 use proto::cri::image_service_server::ImageServiceServer;
 use proto::cri::runtime_service_server::RuntimeServiceServer;
 use sandbox::SandboxError;
+use sandbox::container::{
+    Backend, Backends, ContainerBackend, ContainerExit, ContainerRecord, ContainerState,
+    ContainerStats, ExitWatch, NewContainer, Resources, StartError, Started,
+};
+use sandbox::monitor::ExitRecord;
+use sandbox::runc::ExecOutput;
 use sandbox::sys::PodSys;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::Code;
@@ -64,6 +73,230 @@ impl PodSys for FakeSys {
     }
 }
 
+/// Containers as files under `<dir>/fake`: `<id>.running` while one "runs", `<id>.exit` (its
+/// exit code) once it ended, so a new daemon over the same directories finds them as a real
+/// backend finds its monitors. A container whose command is `fail-start` fails to start; one
+/// whose command is `ignore-term` ignores its stop signal.
+struct FakeBackend {
+    dir: PathBuf,
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+impl FakeBackend {
+    fn running(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.running"))
+    }
+    fn exit(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.exit"))
+    }
+    fn end(&self, id: &str, code: i32) {
+        std::fs::write(self.exit(id), code.to_string()).unwrap();
+        let _ = std::fs::remove_file(self.running(id));
+    }
+    /// Resolves once the container has an exit file.
+    fn watch(&self, id: &str) -> ExitWatch {
+        let exit = self.exit(id);
+        Box::pin(async move {
+            while !exit.exists() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl ContainerBackend for FakeBackend {
+    fn kind(&self) -> Backend {
+        Backend::Runc
+    }
+    fn create(&self, new: NewContainer) -> Result<ContainerRecord, SandboxError> {
+        Ok(ContainerRecord {
+            id: new.id,
+            pod_id: new.pod.id.clone(),
+            config: new.config,
+            pod: new.pod,
+            image: new.image,
+            backend: Backend::Runc,
+            state: ContainerState::Created,
+            created_at: now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            log_path: new.log_path,
+            cgroups_path: String::new(),
+            stop_signal: new.stop_signal,
+            vm: None,
+        })
+    }
+    fn startable(&self, _r: &ContainerRecord) -> bool {
+        true
+    }
+    async fn start(&self, r: &mut ContainerRecord) -> Result<Started, StartError> {
+        if r.config.command.first().map(String::as_str) == Some("fail-start") {
+            return Err(StartError::Failed {
+                message: "fake: the command cannot run".into(),
+                error: SandboxError::Runtime {
+                    op: "start".into(),
+                    reason: "fake".into(),
+                },
+            });
+        }
+        let _ = std::fs::remove_file(self.exit(&r.id));
+        std::fs::write(self.running(&r.id), b"").unwrap();
+        Ok(Started {
+            pid: std::process::id() as i32,
+            started_at: now_ns(),
+            exited: Some(self.watch(&r.id)),
+        })
+    }
+    async fn kill(
+        &self,
+        r: &ContainerRecord,
+        signal: &str,
+        _all: bool,
+    ) -> Result<(), SandboxError> {
+        let ignores = r.config.command.first().map(String::as_str) == Some("ignore-term");
+        if signal == "SIGKILL" {
+            self.end(&r.id, 137);
+        } else if !ignores {
+            self.end(&r.id, 0);
+        }
+        Ok(())
+    }
+    async fn wait_exit(&self, r: &ContainerRecord, timeout: Duration) -> bool {
+        let running = self.running(&r.id);
+        let gone = async move {
+            while running.exists() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(timeout, gone).await.is_ok()
+    }
+    fn has_exit(&self, r: &ContainerRecord) -> bool {
+        self.exit(&r.id).exists()
+    }
+    fn collect_exit(&self, r: &ContainerRecord) -> ContainerExit {
+        let code = std::fs::read_to_string(self.exit(&r.id))
+            .ok()
+            .and_then(|s| s.parse().ok());
+        let exit = code.map(|exit_code| ExitRecord {
+            exit_code,
+            finished_at_ns: now_ns(),
+            oom_killed: false,
+        });
+        ContainerExit::from_record(exit.as_ref(), |c| c)
+    }
+    fn reattach(&self, r: &ContainerRecord) -> Option<ExitWatch> {
+        (self.running(&r.id).exists() && !self.exit(&r.id).exists()).then(|| self.watch(&r.id))
+    }
+    async fn update_resources(
+        &self,
+        r: &mut ContainerRecord,
+        _resources: &Resources,
+    ) -> Result<(), SandboxError> {
+        match r.state {
+            ContainerState::Created | ContainerState::Running => Ok(()),
+            _ => Err(SandboxError::FailedPrecondition {
+                reason: format!("container {} is not running", r.id),
+            }),
+        }
+    }
+    async fn stats(&self, _r: &ContainerRecord) -> Result<ContainerStats, SandboxError> {
+        Ok(ContainerStats {
+            timestamp: now_ns(),
+            ..Default::default()
+        })
+    }
+    async fn exec_sync(
+        &self,
+        _r: &ContainerRecord,
+        cmd: Vec<String>,
+        _timeout: Option<Duration>,
+    ) -> Result<ExecOutput, SandboxError> {
+        Ok(ExecOutput {
+            stdout: cmd.join(" ").into_bytes(),
+            ..Default::default()
+        })
+    }
+    fn supports_exec(&self) -> bool {
+        true
+    }
+    fn spec_json(&self, _r: &ContainerRecord) -> Option<serde_json::Value> {
+        Some(serde_json::json!({ "fake": true }))
+    }
+    fn attach_socket(&self, _r: &ContainerRecord) -> Option<PathBuf> {
+        None
+    }
+    fn reopen_log(&self, _r: &ContainerRecord) -> Result<(), SandboxError> {
+        Ok(())
+    }
+    async fn remove(&self, r: &ContainerRecord) -> Result<(), SandboxError> {
+        let _ = std::fs::remove_file(self.running(&r.id));
+        let _ = std::fs::remove_file(self.exit(&r.id));
+        Ok(())
+    }
+    async fn release_unrecorded(&self, _id: &str) {}
+}
+
+fn fake_backends(dir: &Path) -> Backends {
+    let dir = dir.join("fake");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake: Arc<dyn ContainerBackend> = Arc::new(FakeBackend { dir });
+    Backends {
+        runc: fake.clone(),
+        vm: fake,
+        vm_report: serde_json::json!({}),
+    }
+}
+
+/// The image the fake containers are created from, imported from [`image_archive`].
+const IMAGE: &str = "fake.invalid/tiny:1";
+
+/// A `docker save` archive of [`IMAGE`]: one layer with one file.
+fn image_archive(dir: &Path) -> PathBuf {
+    use sha2::Digest;
+    let append = |b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    let mut layer = tar::Builder::new(Vec::new());
+    append(&mut layer, "hello", b"hello\n");
+    let layer = layer.into_inner().unwrap();
+    let diff_id = hex::encode(sha2::Sha256::digest(&layer));
+    let config = serde_json::json!({
+        "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+        "os": "linux",
+        "config": { "Cmd": ["true"] },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{diff_id}")] },
+    })
+    .to_string();
+    let manifest = serde_json::json!([{
+        "Config": "config.json",
+        "RepoTags": [IMAGE],
+        "Layers": ["layer.tar"],
+    }])
+    .to_string();
+    let mut archive = tar::Builder::new(Vec::new());
+    append(&mut archive, "config.json", config.as_bytes());
+    append(&mut archive, "layer.tar", &layer);
+    append(&mut archive, "manifest.json", manifest.as_bytes());
+    let path = dir.join("image.tar");
+    std::fs::write(&path, archive.into_inner().unwrap()).unwrap();
+    path
+}
+
 /// A daemon served in-process until dropped.
 struct Daemon {
     dir: PathBuf,
@@ -93,7 +326,11 @@ async fn serve(dir: &Path) -> Daemon {
     let config = config(dir);
     let socket = config.grpc.socket.clone();
     let _ = std::fs::remove_file(&socket);
-    let state = Arc::new(State::with_pod_sys(config, Arc::new(FakeSys)).unwrap());
+    let backends = Some(fake_backends(dir));
+    let state = Arc::new(State::with_parts(config, Arc::new(FakeSys), backends).unwrap());
+    if state.images.resolve(IMAGE).is_err() {
+        state.images.import_tar(&image_archive(dir)).unwrap();
+    }
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
     let service = CriService::new(state, Arc::new(crid::metrics::Metrics::new(false)));
     let server = tokio::spawn(async move {
@@ -441,4 +678,308 @@ async fn pods_survive_a_restart_of_the_daemon() {
         .await
         .unwrap();
     }
+}
+
+/// A container of [`IMAGE`] whose command tells the fake backend how to behave.
+fn fake_container(name: &str, command: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        command: vec![command.into()],
+        ..container(name, IMAGE)
+    }
+}
+
+impl Daemon {
+    async fn create(&self, pod: &str, name: &str, command: &str) -> Result<String, Code> {
+        self.cri
+            .runtime
+            .clone()
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(fake_container(name, command)),
+                sandbox_config: None,
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+            .map_err(|s| s.code())
+    }
+
+    async fn start(&self, id: &str) -> Result<(), Code> {
+        self.cri
+            .runtime
+            .clone()
+            .start_container(cri::StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code())
+    }
+
+    async fn stop(&self, id: &str, timeout: i64) -> Result<(), Code> {
+        self.cri
+            .runtime
+            .clone()
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.into(),
+                timeout,
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), Code> {
+        self.cri
+            .runtime
+            .clone()
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code())
+    }
+
+    /// State, exit code and reason of a container.
+    async fn container(&self, id: &str) -> Result<(cri::ContainerState, i32, String), Code> {
+        let s = self
+            .cri
+            .runtime
+            .clone()
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .map_err(|s| s.code())?
+            .into_inner()
+            .status
+            .unwrap();
+        Ok((s.state(), s.exit_code, s.reason))
+    }
+
+    async fn container_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .cri
+            .runtime
+            .clone()
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+#[tokio::test]
+async fn container_calls_get_their_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = serve(tmp.path()).await;
+    let mut rt = d.cri.runtime.clone();
+    let pod = d.run_pod("codes").await;
+    let id = d.create(&pod, "c", "sleep").await.unwrap();
+    assert_eq!(d.create(&pod, "c", "sleep").await, Err(Code::AlreadyExists));
+    let r = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["echo".into()],
+            timeout: 1,
+        })
+        .await;
+    assert_eq!(code(r), Code::FailedPrecondition, "exec in a created one");
+    d.start(&id).await.unwrap();
+    assert_eq!(d.start(&id).await, Err(Code::FailedPrecondition));
+    assert_eq!(
+        d.container(&id).await.unwrap().0,
+        cri::ContainerState::ContainerRunning
+    );
+    let out = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["echo".into(), "hi".into()],
+            timeout: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.stdout, b"echo hi");
+    let r = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec![],
+            timeout: 1,
+        })
+        .await;
+    assert_eq!(code(r), Code::InvalidArgument);
+    let r = rt
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 64 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(r), Code::Ok);
+    d.stop(&id, 1).await.unwrap();
+    let r = rt
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(Default::default()),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(r), Code::FailedPrecondition, "update of an exited one");
+    let r = rt
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await;
+    assert_eq!(
+        code(r),
+        Code::FailedPrecondition,
+        "reopen the log of an exited one"
+    );
+    assert_eq!(d.start(&id).await, Err(Code::FailedPrecondition));
+
+    // A start the backend fails is INTERNAL and leaves the container exited with StartError.
+    let bad = d.create(&pod, "bad", "fail-start").await.unwrap();
+    assert_eq!(d.start(&bad).await, Err(Code::Internal));
+    let (state, exit_code, reason) = d.container(&bad).await.unwrap();
+    assert_eq!(state, cri::ContainerState::ContainerExited);
+    assert_eq!((exit_code, reason.as_str()), (128, "StartError"));
+}
+
+#[tokio::test]
+async fn container_stop_and_remove_are_idempotent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = serve(tmp.path()).await;
+    let pod = d.run_pod("idem").await;
+    let id = d.create(&pod, "c", "sleep").await.unwrap();
+    // Stopping a created container is a no-op.
+    d.stop(&id, 0).await.unwrap();
+    assert_eq!(
+        d.container(&id).await.unwrap().0,
+        cri::ContainerState::ContainerCreated
+    );
+    d.start(&id).await.unwrap();
+    for _ in 0..2 {
+        d.stop(&id, 5).await.unwrap();
+        let (state, exit_code, reason) = d.container(&id).await.unwrap();
+        assert_eq!(state, cri::ContainerState::ContainerExited);
+        assert_eq!((exit_code, reason.as_str()), (0, "Completed"));
+    }
+    // One that ignores its stop signal is killed after the timeout.
+    let stubborn = d.create(&pod, "stubborn", "ignore-term").await.unwrap();
+    d.start(&stubborn).await.unwrap();
+    d.stop(&stubborn, 1).await.unwrap();
+    let (_, exit_code, reason) = d.container(&stubborn).await.unwrap();
+    assert_eq!((exit_code, reason.as_str()), (137, "Error"));
+    for _ in 0..2 {
+        d.remove(&id).await.unwrap();
+        d.remove(&stubborn).await.unwrap();
+    }
+    assert_eq!(d.container(&id).await, Err(Code::NotFound));
+    assert!(d.container_ids().await.is_empty());
+    // The name is free again.
+    d.create(&pod, "c", "sleep").await.unwrap();
+}
+
+#[tokio::test]
+async fn stopping_and_removing_a_pod_takes_its_containers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = serve(tmp.path()).await;
+    let mut rt = d.cri.runtime.clone();
+    let pod = d.run_pod("cascade").await;
+    let other = d.run_pod("other").await;
+    let running = d.create(&pod, "running", "sleep").await.unwrap();
+    d.start(&running).await.unwrap();
+    let created = d.create(&pod, "created", "sleep").await.unwrap();
+    let elsewhere = d.create(&other, "elsewhere", "sleep").await.unwrap();
+    d.start(&elsewhere).await.unwrap();
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        d.container(&running).await.unwrap().0,
+        cri::ContainerState::ContainerExited
+    );
+    assert_eq!(
+        d.container(&elsewhere).await.unwrap().0,
+        cri::ContainerState::ContainerRunning,
+        "another pod's container runs on"
+    );
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(d.container_ids().await, [elsewhere]);
+    assert_eq!(d.container(&running).await, Err(Code::NotFound));
+    assert_eq!(d.container(&created).await, Err(Code::NotFound));
+}
+
+#[tokio::test]
+async fn containers_survive_a_restart_of_the_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = serve(tmp.path()).await;
+    let pod = d.run_pod("kept").await;
+    let running = d.create(&pod, "running", "sleep").await.unwrap();
+    d.start(&running).await.unwrap();
+    let ended = d.create(&pod, "ended", "sleep").await.unwrap();
+    d.start(&ended).await.unwrap();
+    let stopped = d.create(&pod, "stopped", "sleep").await.unwrap();
+    d.start(&stopped).await.unwrap();
+    d.stop(&stopped, 1).await.unwrap();
+    let created = d.create(&pod, "created", "sleep").await.unwrap();
+    drop(d);
+    // While no daemon runs, one container ends (its exit is recorded, as a monitor does).
+    std::fs::write(tmp.path().join("fake").join(format!("{ended}.exit")), "3").unwrap();
+    let _ = std::fs::remove_file(tmp.path().join("fake").join(format!("{ended}.running")));
+
+    let d = serve(tmp.path()).await;
+    let state = |s: Result<(cri::ContainerState, i32, String), Code>| s.unwrap();
+    assert_eq!(
+        state(d.container(&running).await).0,
+        cri::ContainerState::ContainerRunning
+    );
+    let (s, exit_code, reason) = state(d.container(&ended).await);
+    assert_eq!(s, cri::ContainerState::ContainerExited);
+    assert_eq!((exit_code, reason.as_str()), (3, "Error"));
+    assert_eq!(
+        state(d.container(&stopped).await).0,
+        cri::ContainerState::ContainerExited
+    );
+    assert_eq!(
+        state(d.container(&created).await).0,
+        cri::ContainerState::ContainerCreated
+    );
+    // Names are still reserved; the recovered containers can be driven on.
+    assert_eq!(
+        d.create(&pod, "running", "sleep").await,
+        Err(Code::AlreadyExists)
+    );
+    d.start(&created).await.unwrap();
+    d.stop(&running, 1).await.unwrap();
+    assert_eq!(
+        state(d.container(&running).await).0,
+        cri::ContainerState::ContainerExited
+    );
+    d.cri
+        .runtime
+        .clone()
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(d.container_ids().await.is_empty());
 }
