@@ -14,7 +14,8 @@
 # can run beside the kit's containerd on cni-harness0) under $W/crid/. Configured as the
 # kit's contract asks: registry mirrors from the kit's conf (certs.d), sandbox image
 # registry.k8s.io/pause:3.10, the kit's CNI conflist, cgroupfs, streaming on 127.0.0.1
-# (crid clamps oom_score_adj to its own by itself). On exit its pods are removed and it is
+# (crid clamps oom_score_adj to its own by itself), its NRI socket at $RUN/nri.sock, passed
+# to critest with -nri-socket. On exit its pods are removed and it is
 # stopped. The summary goes to $W/results/crid-<ts>.txt (and is printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,6 +66,8 @@ bin_dirs = ["/usr/lib/cni"]
 cgroup_driver = "cgroupfs"
 [streaming]
 address = "127.0.0.1"
+[nri]
+socket_path = "$RUN/nri.sock"
 TOML
 
 CRID_PID=
@@ -93,7 +96,7 @@ for _ in $(seq 100); do [[ -S $SOCK ]] && break; sleep 0.1; done
 [[ -S $SOCK ]] || { tail -20 "$RUN/crid.log"; die "crid did not come up"; }
 log "crid $("$CRID_BIN" --version 2>/dev/null || true) (pid $CRID_PID) on $SOCK; log $RUN/crid.log"
 
-"$KIT/run.sh" critest "unix://$SOCK" "$@" >/dev/null || true
+"$KIT/run.sh" critest "unix://$SOCK" -nri-socket="$RUN/nri.sock" "$@" >/dev/null || true
 CRITEST_DIR=$(readlink -f "$W/results/critest-latest")
 BENCH_DIR=
 if [[ $BENCH == 1 ]]; then

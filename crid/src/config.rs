@@ -25,6 +25,31 @@ pub struct Config {
     pub streaming: StreamingConfig,
     pub vm: VmConfig,
     pub metrics: MetricsConfig,
+    pub nri: NriConfig,
+}
+
+/// NRI (Node Resource Interface): the socket external plugins connect to. On by default, as
+/// in containerd 2; with no plugin connected it costs nothing but the listening socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NriConfig {
+    pub enable: bool,
+    pub socket_path: PathBuf,
+    /// How long a connecting plugin has to register, and to synchronize.
+    pub registration_timeout_ms: u64,
+    /// How long a plugin has for one event; a plugin that takes longer is disconnected.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for NriConfig {
+    fn default() -> Self {
+        NriConfig {
+            enable: true,
+            socket_path: PathBuf::from("/var/run/nri/nri.sock"),
+            registration_timeout_ms: 5000,
+            request_timeout_ms: 2000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +172,7 @@ impl Default for Config {
             streaming: StreamingConfig::default(),
             vm: VmConfig::default(),
             metrics: MetricsConfig::default(),
+            nri: NriConfig::default(),
         }
     }
 }

@@ -39,6 +39,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await;
 
+    // A plugin socket that cannot be set up (another runtime serves it) leaves crid without
+    // NRI, not without CRI.
+    let _nri = match crate::nri::start(&state.config.nri, &state.runtime) {
+        Ok(nri) => nri,
+        Err(e) => {
+            tracing::error!(error = %e, "NRI is off: cannot serve its socket");
+            None
+        }
+    };
+
     let streaming = start_streaming(&state)
         .await
         .context("cannot start the streaming server")?;

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;
+pub mod nri;
 pub mod ops;
 pub mod pack;
 pub mod state;

@@ -57,6 +57,9 @@ pub enum SandboxError {
     /// An operation did not finish in the time it was given (`ExecSync` timeout).
     #[error("{op} timed out after {secs} s")]
     Timeout { op: String, secs: u64 },
+    /// A node plugin (NRI) refused a pod or container at a lifecycle hook.
+    #[error("{event} refused by a node plugin: {reason}")]
+    Hook { event: &'static str, reason: String },
     /// A record on disk cannot be read or written.
     #[error("record {path}: {reason}")]
     Record { path: PathBuf, reason: String },
@@ -94,6 +97,7 @@ impl SandboxError {
             SandboxError::Network(e) | SandboxError::Namespaces(e) => e.kind(),
             SandboxError::Runtime { .. } => ErrorKind::Internal,
             SandboxError::Timeout { .. } => ErrorKind::DeadlineExceeded,
+            SandboxError::Hook { .. } => ErrorKind::FailedPrecondition,
             SandboxError::Record { .. } => ErrorKind::Internal,
             SandboxError::DiskFull { .. } => ErrorKind::ResourceExhausted,
             SandboxError::Io { source, .. } if source.raw_os_error() == Some(28) => {

@@ -4,6 +4,7 @@
 
 pub mod container;
 mod error;
+pub mod hooks;
 mod id;
 pub mod monitor;
 pub mod pod;

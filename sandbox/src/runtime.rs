@@ -1,21 +1,26 @@
 //! The domain façade: [`Runtime`] owns pods, containers, the image leases their containers
 //! hold and the pods' PID namespace holders, and applies the rules that span them (a pod's
-//! containers stop and go before the pod; a container leases its image). The gRPC layer calls
-//! this and the managers' read methods; it holds no state of its own.
+//! containers stop and go before the pod; a container leases its image), and tells the
+//! lifecycle [`Hooks`] (NRI) about each step. The gRPC layer calls this and the managers'
+//! read methods.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use tokio::sync::{OnceCell, OwnedRwLockWriteGuard, RwLock};
 
 use imagestore::ImageStore;
 
 use crate::SandboxError;
 use crate::container::{
-    ContainerConfig, ContainerFilter, ContainerManager, ContainerRecord, ContainerState, ImageInfo,
-    NsSource, PodContext,
+    ContainerConfig, ContainerFilter, ContainerManager, ContainerRecord, ContainerState, EventKind,
+    ImageInfo, NsSource, PodContext, Resources,
 };
+use crate::hooks::{ContainerHook, Hooks};
 use crate::monitor::pidns;
-use crate::pod::{NsMode, PidHolder, PodConfig, PodManager, PodRecord};
+use crate::pod::{NsMode, PidHolder, PodConfig, PodManager, PodRecord, PodState};
 
 /// How long a PID namespace holder may take to report its pid.
 const HOLDER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,6 +55,14 @@ pub struct Runtime {
     settings: RuntimeSettings,
     /// Serialises starting PID namespace holders, so a pod gets one.
     holders: tokio::sync::Mutex<()>,
+    hooks: OnceLock<Arc<dyn Hooks>>,
+    /// Creating a pod or container holds it shared, a hook observer taking a snapshot of all
+    /// pods and containers holds it exclusively ([`Runtime::exclusive`]): nothing created
+    /// meanwhile is missed by both the snapshot and the create hook.
+    creating: Arc<RwLock<()>>,
+    /// The `Stop` hook of each container, run once (by the first of `StopContainer`, the
+    /// exit watcher, `RemoveContainer`; the others wait for it).
+    stop_hooks: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
 }
 
 impl Runtime {
@@ -67,32 +80,129 @@ impl Runtime {
             images,
             settings,
             holders: tokio::sync::Mutex::new(()),
+            hooks: OnceLock::new(),
+            creating: Arc::new(RwLock::new(())),
+            stop_hooks: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Installs the lifecycle hooks (once) and watches container exits for their `Stop` hook.
+    pub fn set_hooks(self: &Arc<Self>, hooks: Arc<dyn Hooks>) {
+        if self.hooks.set(hooks).is_err() {
+            return;
+        }
+        let mut events = self.containers.subscribe();
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let event = match events.recv().await {
+                    Ok(e) => e,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(
+                            missed = n,
+                            "container events lagged; some exits reach the hooks at removal"
+                        );
+                        continue;
+                    }
+                    Err(_) => return,
+                };
+                let Some(this) = this.upgrade() else { return };
+                if event.kind == EventKind::Stopped {
+                    // In its own task: a slow hook must not hold up the other exits.
+                    tokio::spawn(async move { this.stop_hook(&event.container_id).await });
+                }
+            }
+        });
+    }
+
+    /// Holds off pod and container creation until the guard is dropped.
+    pub async fn exclusive(&self) -> OwnedRwLockWriteGuard<()> {
+        self.creating.clone().write_owned().await
+    }
+
+    fn hooks(&self) -> Option<&Arc<dyn Hooks>> {
+        self.hooks.get()
+    }
+
+    /// Runs the `Stop` hook of a container once; later callers wait for the first.
+    async fn stop_hook(&self, id: &str) {
+        let Some(hooks) = self.hooks() else { return };
+        let Ok(record) = self.containers.get(id) else {
+            return;
+        };
+        let Ok(pod) = self.pods.record(&record.pod_id) else {
+            return;
+        };
+        let cell = self
+            .lock_stop_hooks()
+            .entry(id.to_owned())
+            .or_default()
+            .clone();
+        cell.get_or_init(|| async {
+            let record = self.containers.get(id).unwrap_or(record);
+            hooks
+                .container_event(ContainerHook::Stop, &pod, &record)
+                .await;
+        })
+        .await;
+    }
+
+    fn lock_stop_hooks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<OnceCell<()>>>> {
+        self.stop_hooks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs a pod; a pod with a pod-wide PID namespace gets its holder now, off the path of
     /// its first container.
+    /// With hooks, the pod stays invisible until the `run_pod` hook accepted it.
     pub async fn run_pod(&self, config: PodConfig) -> Result<String, SandboxError> {
-        let id = self.pods.run(config).await?;
-        let pod = self.pods.get(&id)?;
+        let _creating = self.creating.read().await;
+        let id = match self.hooks() {
+            Some(_) => self.pods.run_hidden(config).await?,
+            None => self.pods.run(config).await?,
+        };
+        let pod = self.pods.record(&id)?;
+        let mut result = Ok(());
         if pod.pid_mode == NsMode::Pod {
-            if let Err(e) = self.pod_pid_holder(&pod).await {
-                let _ = self.pods.stop(&id).await;
-                let _ = self.pods.remove(&id).await;
-                return Err(e);
-            }
+            result = self.pod_pid_holder(&pod).await.map(|_| ());
         }
+        if let (Ok(()), Some(hooks)) = (&result, self.hooks()) {
+            result = hooks
+                .run_pod(&pod)
+                .await
+                .map_err(|reason| SandboxError::Hook {
+                    event: "RunPodSandbox",
+                    reason,
+                });
+        }
+        if let Err(e) = result {
+            let _ = self.end_pid_holder(&id);
+            let _ = self.pods.stop(&id).await;
+            let _ = self.pods.remove(&id).await;
+            return Err(e);
+        }
+        self.pods.publish(&id);
         Ok(id)
     }
 
     /// Stops a pod's containers, then its PID namespace holder, then the pod (network last).
     /// A pod that does not exist is stopped already.
+    /// The `stop_pod` hook runs once, for a ready pod, after its containers stopped.
     pub async fn stop_pod(&self, id: &str) -> Result<(), SandboxError> {
         for record in self.pod_containers(id) {
             self.containers.stop(&record.id, Duration::ZERO).await?;
+            self.stop_hook(&record.id).await;
         }
+        self.stop_pod_hook(id).await;
         self.end_pid_holder(id)?;
         self.pods.stop(id).await
+    }
+
+    async fn stop_pod_hook(&self, id: &str) {
+        if let (Some(hooks), Ok(pod)) = (self.hooks(), self.pods.get(id)) {
+            if pod.state == PodState::Ready {
+                hooks.stop_pod(&pod).await;
+            }
+        }
     }
 
     /// Removes a pod's containers (releasing their image leases), its holder, then the pod.
@@ -100,8 +210,14 @@ impl Runtime {
         for record in self.pod_containers(id) {
             self.remove_container(&record.id).await?;
         }
+        self.stop_pod_hook(id).await;
+        let pod = self.pods.record(id).ok();
         self.end_pid_holder(id)?;
-        self.pods.remove(id).await
+        self.pods.remove(id).await?;
+        if let (Some(hooks), Some(pod)) = (self.hooks(), pod) {
+            hooks.remove_pod(&pod).await;
+        }
+        Ok(())
     }
 
     /// Creates a container in a ready pod, in the PID namespace it asks for (`None`: the
@@ -112,6 +228,7 @@ impl Runtime {
         mut config: ContainerConfig,
         pid: Option<PidNamespace>,
     ) -> Result<String, SandboxError> {
+        let _creating = self.creating.read().await;
         let pod = self.pods.get_ready(pod_id)?;
         let pid = pid.unwrap_or(match pod.pid_mode {
             NsMode::Node => PidNamespace::Node,
@@ -134,30 +251,101 @@ impl Runtime {
         };
         config.security.pid = Some(ns.clone());
         let image = self.image_info(&config.image)?;
+        let id = crate::id::new_id()?;
+        if let Some(hooks) = self.hooks() {
+            hooks
+                .create_container(&pod, &id, &mut config)
+                .await
+                .map_err(|reason| SandboxError::Hook {
+                    event: "CreateContainer",
+                    reason,
+                })?;
+        }
         let id = self
             .containers
-            .create(config, PodContext::from_pod(&pod, ns), image.clone())
+            .create_with_id(id, config, PodContext::from_pod(&pod, ns), image.clone())
             .await?;
         if let Err(e) = self.images.add_lease(&id, &image.id) {
             tracing::warn!(container_id = %id, error = %e, "cannot lease the image");
         }
+        self.container_hook(ContainerHook::PostCreate, &id).await;
         Ok(id)
+    }
+
+    /// Starts a created container, between the `Start` and `PostStart` hooks.
+    pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<(), SandboxError> {
+        self.container_hook(ContainerHook::Start, id).await;
+        self.containers.start(id).await?;
+        self.container_hook(ContainerHook::PostStart, id).await;
+        Ok(())
+    }
+
+    /// New resources for a container, as the `update_container` hook leaves them.
+    pub async fn update_container(
+        &self,
+        id: &str,
+        mut resources: Resources,
+    ) -> Result<(), SandboxError> {
+        if let Some(hooks) = self.hooks() {
+            let record = self.containers.get(id)?;
+            let pod = self.pods.record(&record.pod_id)?;
+            hooks
+                .update_container(&pod, &record, &mut resources)
+                .await
+                .map_err(|reason| SandboxError::Hook {
+                    event: "UpdateContainer",
+                    reason,
+                })?;
+        }
+        self.containers.update_resources(id, resources).await?;
+        self.container_hook(ContainerHook::PostUpdate, id).await;
+        Ok(())
+    }
+
+    async fn container_hook(&self, event: ContainerHook, id: &str) {
+        let Some(hooks) = self.hooks() else { return };
+        let Ok(record) = self.containers.get(id) else {
+            return;
+        };
+        if let Ok(pod) = self.pods.record(&record.pod_id) {
+            hooks.container_event(event, &pod, &record).await;
+        }
     }
 
     /// Stops a container; one that does not exist is stopped already.
     pub async fn stop_container(&self, id: &str, timeout: Duration) -> Result<(), SandboxError> {
         match self.containers.stop(id, timeout).await {
             Err(SandboxError::NotFound { .. }) => Ok(()),
-            r => r,
+            Err(e) => Err(e),
+            Ok(()) => {
+                self.stop_hook(id).await;
+                Ok(())
+            }
         }
     }
 
-    /// Removes a container and releases its image lease.
+    /// Removes a container and releases its image lease; the `Stop` hook runs first if it
+    /// has not, then `Remove`.
     pub async fn remove_container(&self, id: &str) -> Result<(), SandboxError> {
+        let before = match self.hooks() {
+            Some(_) => {
+                self.stop_hook(id).await;
+                self.containers.get(id).ok()
+            }
+            None => None,
+        };
         self.containers.remove(id).await?;
         if let Err(e) = self.images.remove_lease(id) {
             tracing::warn!(container_id = %id, error = %e, "cannot release the image lease");
         }
+        if let (Some(hooks), Some(record)) = (self.hooks(), before) {
+            if let Ok(pod) = self.pods.record(&record.pod_id) {
+                hooks
+                    .container_event(ContainerHook::Remove, &pod, &record)
+                    .await;
+            }
+        }
+        self.lock_stop_hooks().remove(id);
         Ok(())
     }
 
@@ -194,7 +382,7 @@ impl Runtime {
     /// The pod-wide PID namespace, that of the pod's holder, started on first need.
     async fn pod_pid_holder(&self, pod: &PodRecord) -> Result<NsSource, SandboxError> {
         let _guard = self.holders.lock().await;
-        let pod = self.pods.get(&pod.id)?;
+        let pod = self.pods.record(&pod.id)?;
         if let Some(h) = &pod.pid_holder {
             return match holder_alive(h) {
                 true => Ok(NsSource::Join(PathBuf::from(format!(
@@ -234,7 +422,7 @@ impl Runtime {
 
     /// Kills the pod's PID namespace holder, if it has one, and forgets it.
     fn end_pid_holder(&self, pod_id: &str) -> Result<(), SandboxError> {
-        let Ok(pod) = self.pods.get(pod_id) else {
+        let Ok(pod) = self.pods.record(pod_id) else {
             return Ok(());
         };
         if let Some(h) = &pod.pid_holder {

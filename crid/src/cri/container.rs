@@ -93,8 +93,8 @@ pub async fn start_container(
 ) -> Result<cri::StartContainerResponse, Status> {
     let started = std::time::Instant::now();
     state
-        .containers
-        .start(&r.container_id)
+        .runtime
+        .start_container(&r.container_id)
         .await
         .map_err(Failure::from)?;
     // For a unikernel, StartContainer returns once its VMM runs under the monitor.
@@ -327,8 +327,8 @@ pub async fn update_container_resources(
         return Ok(cri::UpdateContainerResourcesResponse {});
     };
     state
-        .containers
-        .update_resources(&r.container_id, resources(Some(linux)))
+        .runtime
+        .update_container(&r.container_id, resources(Some(linux)))
         .await
         .map_err(Failure::from)?;
     Ok(cri::UpdateContainerResourcesResponse {})

@@ -291,14 +291,15 @@ pub struct Crid {
 }
 
 /// Writes `<dir>/config.toml`: CNI from `<dir>/net.d` (+ `<dir>/bin`), registries from
-/// `<dir>/certs.d`, plus `extra` TOML appended.
+/// `<dir>/certs.d`, the NRI socket at `<dir>/nri.sock`, plus `extra` TOML appended.
 pub fn write_config(dir: &Path, extra: &str) {
     // No prepared pod networks: these tests count addresses and veths (pods.rs covers them).
     std::fs::create_dir_all(dir.join("net.d")).unwrap();
     std::fs::create_dir_all(dir.join("certs.d")).unwrap();
     let config = format!(
-        "[registry]\nconfig_path = {:?}\n[cni]\nconf_dir = {:?}\nbin_dirs = [{:?}, {:?}]\nplugin_timeout_secs = 20\nprepared_networks = 0\n{extra}",
+        "[registry]\nconfig_path = {:?}\n[nri]\nsocket_path = {:?}\n[cni]\nconf_dir = {:?}\nbin_dirs = [{:?}, {:?}]\nplugin_timeout_secs = 20\nprepared_networks = 0\n{extra}",
         dir.join("certs.d"),
+        dir.join("nri.sock"),
         dir.join("net.d"),
         dir.join("bin"),
         PLUGINS,

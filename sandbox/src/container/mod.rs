@@ -617,6 +617,19 @@ impl ContainerManager {
         pod: PodContext,
         image: ImageInfo,
     ) -> Result<String, SandboxError> {
+        let id = crate::id::new_id()?;
+        self.create_with_id(id, config, pod, image).await
+    }
+
+    /// [`ContainerManager::create`] under an id from `crate::id::new_id` that the caller
+    /// chose before, to show it to a lifecycle hook.
+    pub(crate) async fn create_with_id(
+        self: &Arc<Self>,
+        id: String,
+        config: ContainerConfig,
+        pod: PodContext,
+        image: ImageInfo,
+    ) -> Result<String, SandboxError> {
         spec::validate(&config, &pod, &self.seccomp_profile_root)?;
         let image_config = spec::ImageConfig::parse(&image.config_json)?;
         let stop = stop_signal(
@@ -627,7 +640,6 @@ impl ContainerManager {
                 .unwrap_or(""),
         )?;
         let log_path = spec::log_path(&pod, &config.log_path)?;
-        let id = crate::id::new_id()?;
         let key = name_key(&pod.id, &config.name, config.attempt);
         {
             let mut inner = self.lock();

@@ -1,6 +1,6 @@
 //! The pod manager: creation with rollback, stop, remove, lookups and recovery after restart.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,6 +62,9 @@ struct Entry {
 struct Inner {
     pods: HashMap<String, Arc<Entry>>,
     names: HashMap<PodMetadata, Reservation>,
+    /// Pods created with [`PodManager::run_hidden`] and not yet published: unknown to
+    /// `get` and `list` (a lifecycle hook is still deciding on them).
+    hidden: HashSet<String>,
 }
 
 /// All pods of this node.
@@ -251,6 +254,25 @@ impl PodManager {
     /// Creates a pod and returns its id. The work runs in its own task, so a caller that gives
     /// up (its deadline passed) does not abort it; its retry then gets the same pod.
     pub async fn run(self: &Arc<Self>, config: PodConfig) -> Result<String, SandboxError> {
+        self.run_inner(config, false).await
+    }
+
+    /// [`PodManager::run`], the pod staying invisible to `get` and `list` until
+    /// [`PodManager::publish`]; [`PodManager::record`], `stop` and `remove` see it.
+    pub async fn run_hidden(self: &Arc<Self>, config: PodConfig) -> Result<String, SandboxError> {
+        self.run_inner(config, true).await
+    }
+
+    /// Makes a pod created hidden visible.
+    pub fn publish(&self, id: &str) {
+        self.lock().hidden.remove(id);
+    }
+
+    async fn run_inner(
+        self: &Arc<Self>,
+        config: PodConfig,
+        hidden: bool,
+    ) -> Result<String, SandboxError> {
         let kind = self.validate(&config)?;
         let own_net = config.namespaces.network != NsMode::Node;
         loop {
@@ -307,7 +329,11 @@ impl PodManager {
                 let result = this.create(&id, cfg.clone(), kind, warm).await;
                 match &result {
                     Ok(record) => {
-                        this.lock().pods.insert(
+                        let mut inner = this.lock();
+                        if hidden {
+                            inner.hidden.insert(id.clone());
+                        }
+                        inner.pods.insert(
                             id.clone(),
                             Arc::new(Entry {
                                 record: Mutex::new(record.clone()),
@@ -754,6 +780,7 @@ impl PodManager {
         self.store.delete(id)?;
         let mut inner = self.lock();
         inner.pods.remove(id);
+        inner.hidden.remove(id);
         if inner
             .names
             .get(&record.config.metadata)
@@ -786,6 +813,17 @@ impl PodManager {
 
     /// The record of a pod; `NotFound` for an unknown id.
     pub fn get(&self, id: &str) -> Result<PodRecord, SandboxError> {
+        if self.lock().hidden.contains(id) {
+            return Err(SandboxError::NotFound {
+                what: "pod sandbox",
+                id: id.to_owned(),
+            });
+        }
+        self.record(id)
+    }
+
+    /// The record of a pod, also of one created hidden; `NotFound` for an unknown id.
+    pub fn record(&self, id: &str) -> Result<PodRecord, SandboxError> {
         self.entry(id)
             .map(|e| self.snapshot(&e))
             .ok_or_else(|| SandboxError::NotFound {
@@ -808,7 +846,15 @@ impl PodManager {
 
     /// Pods matching `filter`, oldest first.
     pub fn list(&self, filter: &PodFilter) -> Vec<PodRecord> {
-        let entries: Vec<Arc<Entry>> = self.lock().pods.values().cloned().collect();
+        let entries: Vec<Arc<Entry>> = {
+            let inner = self.lock();
+            inner
+                .pods
+                .iter()
+                .filter(|(id, _)| !inner.hidden.contains(*id))
+                .map(|(_, e)| e.clone())
+                .collect()
+        };
         let mut out: Vec<PodRecord> = entries
             .iter()
             .map(|e| self.snapshot(e))
