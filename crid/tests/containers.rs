@@ -1164,3 +1164,241 @@ async fn attach_types_into_sh_and_cat_across_a_crid_sigkill() {
     assert_eq!(st.exit_code, 0);
     crid.finish().await;
 }
+
+/// Pushes a two-layer image of plain files to `reg` and returns its reference. Layer 1 holds
+/// `data/{a,b,sub/file}`; layer 2 deletes `data/b` (a whiteout) and adds `data/c`: mounted
+/// right, the image shows `a`, `c` and `sub/file`, never `b`.
+fn push_data_image(reg: &str) -> Result<String, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let layer = |files: &[(&str, &str)]| -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, text) in files {
+            let mut h = tar::Header::new_gnu();
+            match name.strip_suffix('/') {
+                Some(d) => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_size(0);
+                    b.append_data(&mut h, d, std::io::empty()).unwrap();
+                }
+                None => {
+                    h.set_mode(0o644);
+                    h.set_size(text.len() as u64);
+                    b.append_data(&mut h, name, text.as_bytes()).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    };
+    let layers = [
+        layer(&[
+            ("data/", ""),
+            ("data/a", "a"),
+            ("data/b", "b"),
+            ("data/sub/", ""),
+            ("data/sub/file", "f"),
+        ]),
+        layer(&[("data/", ""), ("data/.wh.b", ""), ("data/c", "c")]),
+    ];
+    let oci = dir.path().join("oci");
+    let blobs = oci.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).map_err(|e| e.to_string())?;
+    let blob = |b: &[u8]| -> (String, usize) {
+        let h = sha256(b);
+        std::fs::write(blobs.join(&h), b).unwrap();
+        (format!("sha256:{h}"), b.len())
+    };
+    let descs: Vec<(String, usize)> = layers.iter().map(|l| blob(l)).collect();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": descs.iter().map(|d| &d.0).collect::<Vec<_>>()}
+    });
+    let (cd, cs) = blob(config.to_string().as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": descs.iter().map(|(d, s)| serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": s
+        })).collect::<Vec<_>>()
+    });
+    let (md, ms) = blob(manifest.to_string().as_bytes());
+    std::fs::write(oci.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
+        .map_err(|e| e.to_string())?;
+    std::fs::write(
+        oci.join("index.json"),
+        serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms}]})
+        .to_string(),
+    )
+    .map_err(|e| e.to_string())?;
+    let reference = format!("{reg}/crid-tests/data:containers-{}", std::process::id());
+    let out = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}", oci.display()))
+        .arg(format!("docker://{reference}"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "skopeo copy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(reference)
+}
+
+/// An image volume mount of `image` at `path`, as kubelet sends it.
+fn image_volume(path: &str, image: &str, sub_path: &str) -> cri::Mount {
+    cri::Mount {
+        container_path: path.into(),
+        readonly: true,
+        image: Some(common::spec(image)),
+        image_sub_path: sub_path.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn image_volumes_mount_read_only_with_sub_paths_and_lease_their_image() {
+    let Some(img) = image() else { return };
+    let reg = std::env::var("CRID_TEST_REGISTRY").unwrap();
+    let data = push_data_image(&reg).expect("push the data image");
+    let crid = start(tempfile::tempdir().unwrap()).await;
+    let img_id = crid.expect_pull(&img).await;
+    let data_id = crid.expect_pull(&data).await;
+    let pod = crid.run_host_pod("volumes").await;
+
+    let mut c = container(&img, "reader", &["sleep", "1000"]);
+    c.mounts = vec![
+        image_volume("/data", &data_id, ""),
+        image_volume("/sub", &data, "data/sub"),
+        image_volume("/bb", &img, ""),
+    ];
+    let id = crid.create_start(&pod, c).await;
+    let run = |cmd: &'static [&'static str]| {
+        let crid = &crid;
+        let id = id.clone();
+        async move {
+            let r = crid.exec_sync(&id, cmd, 10).await.expect("exec");
+            (r.exit_code, String::from_utf8_lossy(&r.stdout).into_owned())
+        }
+    };
+    // Both layers, in order: the upper one's whiteout hides `b`.
+    assert_eq!(
+        run(&["cat", "/data/data/a", "/data/data/c"]).await,
+        (0, "ac".into())
+    );
+    assert_ne!(run(&["ls", "/data/data/b"]).await.0, 0, "a whiteout shows");
+    assert_eq!(run(&["cat", "/sub/file"]).await, (0, "f".into()));
+    assert_ne!(
+        run(&["ls", "/sub/data"]).await.0,
+        0,
+        "the sub path was ignored"
+    );
+    // Read-only, but executable (critest checks both).
+    assert_ne!(
+        run(&["touch", "/data/new"]).await.0,
+        0,
+        "an image volume is writable"
+    );
+    assert_ne!(
+        run(&["mkdir", "/bb/new"]).await.0,
+        0,
+        "an image volume is writable"
+    );
+    assert_eq!(
+        run(&["/bb/bin/busybox", "true"]).await.0,
+        0,
+        "noexec image volume"
+    );
+
+    let (status, _) = crid.container_status(&id).await;
+    let sub = status
+        .mounts
+        .iter()
+        .find(|m| m.container_path == "/sub")
+        .expect("the /sub mount in the status");
+    let spec = sub.image.as_ref().expect("the mount's image");
+    assert_eq!(
+        (spec.image.as_str(), spec.image_ref.as_str()),
+        (data.as_str(), data_id.as_str())
+    );
+    assert_eq!(sub.image_sub_path, "data/sub");
+    assert!(sub.readonly && sub.host_path.is_empty(), "{sub:?}");
+    let bb = status
+        .mounts
+        .iter()
+        .find(|m| m.container_path == "/bb")
+        .unwrap();
+    assert_eq!(bb.image.as_ref().unwrap().image_ref, img_id);
+
+    // Removing an image a volume uses succeeds (as in containerd): it is no longer listed,
+    // but its content stays while the container exists.
+    crid.remove_image(&data).await;
+    assert!(
+        !crid.images().await.iter().any(|i| i.id == data_id),
+        "still listed"
+    );
+    assert_eq!(run(&["cat", "/sub/file"]).await, (0, "f".into()));
+    let layers = crid.store_entries("layers/sha256").len();
+
+    // Refused requests, each with the code kubelet expects and nothing left behind.
+    let create = |name: &str, m: cri::Mount| {
+        let mut c = container(&img, name, &["sleep", "1000"]);
+        c.mounts = vec![m];
+        crid.create(&pod, c)
+    };
+    let writable = cri::Mount {
+        readonly: false,
+        ..image_volume("/v", &img, "")
+    };
+    let cases = [
+        ("writable", writable, Code::InvalidArgument),
+        (
+            "missing-sub",
+            image_volume("/v", &img, "nope"),
+            Code::InvalidArgument,
+        ),
+        (
+            "file-sub",
+            image_volume("/v", &img, "etc/passwd"),
+            Code::InvalidArgument,
+        ),
+        (
+            "up-sub",
+            image_volume("/v", &img, "etc/../.."),
+            Code::InvalidArgument,
+        ),
+        (
+            "abs-sub",
+            image_volume("/v", &img, "/etc"),
+            Code::InvalidArgument,
+        ),
+        ("gone-image", image_volume("/v", &data, ""), Code::NotFound),
+    ];
+    for (name, m, code) in cases {
+        let e = create(name, m).await.expect_err(name);
+        assert_eq!(e.code(), code, "{name}: {e:?}");
+        assert!(
+            e.message().starts_with("ImageVolumeMountFailed"),
+            "{name}: kubelet's reason is missing: {e:?}"
+        );
+    }
+
+    // Removing the container unmounts its volumes and drops the leases: the removed image's
+    // layers are collected.
+    crid.rt()
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("remove the container");
+    let left = common::mounts_under(crid.path());
+    assert!(!left.iter().any(|m| m.contains("/volumes/")), "{left:?}");
+    assert!(
+        crid.store_entries("layers/sha256").len() < layers,
+        "the removed volume image's layers were kept"
+    );
+    crid.finish().await;
+}

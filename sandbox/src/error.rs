@@ -54,6 +54,14 @@ pub enum SandboxError {
     /// runc (or the container monitor) failed an operation.
     #[error("runtime {op} failed: {reason}")]
     Runtime { op: String, reason: String },
+    /// An image volume cannot be set up. The message starts with the reason kubelet looks for
+    /// (`ImageVolumeMountFailed`, cri-api's `ErrImageVolumeMountFailed`); the kind is the cause's.
+    #[error("ImageVolumeMountFailed: image volume at {container_path:?}")]
+    ImageVolume {
+        container_path: String,
+        #[source]
+        source: Box<SandboxError>,
+    },
     /// An operation did not finish in the time it was given (`ExecSync` timeout).
     #[error("{op} timed out after {secs} s")]
     Timeout { op: String, secs: u64 },
@@ -96,6 +104,7 @@ impl SandboxError {
             SandboxError::Image(e) => e.kind(),
             SandboxError::Network(e) | SandboxError::Namespaces(e) => e.kind(),
             SandboxError::Runtime { .. } => ErrorKind::Internal,
+            SandboxError::ImageVolume { source, .. } => source.kind(),
             SandboxError::Timeout { .. } => ErrorKind::DeadlineExceeded,
             SandboxError::Hook { .. } => ErrorKind::FailedPrecondition,
             SandboxError::Record { .. } => ErrorKind::Internal,

@@ -251,6 +251,7 @@ impl Runtime {
         };
         config.security.pid = Some(ns.clone());
         let image = self.image_info(&config.image)?;
+        self.resolve_image_volumes(&mut config, &image)?;
         let id = crate::id::new_id()?;
         if let Some(hooks) = self.hooks() {
             hooks
@@ -261,12 +262,25 @@ impl Runtime {
                     reason,
                 })?;
         }
+        let volumes: Vec<String> = config
+            .mounts
+            .iter()
+            .filter_map(|m| m.image.as_ref().map(|i| i.image_id.clone()))
+            .collect();
         let id = self
             .containers
             .create_with_id(id, config, PodContext::from_pod(&pod, ns), image.clone())
             .await?;
-        if let Err(e) = self.images.add_lease(&id, &image.id) {
-            tracing::warn!(container_id = %id, error = %e, "cannot lease the image");
+        let leases = std::iter::once((id.clone(), image.id.clone())).chain(
+            volumes
+                .into_iter()
+                .enumerate()
+                .map(|(n, image_id)| (volume_lease(&id, n), image_id)),
+        );
+        for (holder, image_id) in leases {
+            if let Err(e) = self.images.add_lease(&holder, &image_id) {
+                tracing::warn!(container_id = %id, image = %image_id, error = %e, "cannot lease the image");
+            }
         }
         self.container_hook(ContainerHook::PostCreate, &id).await;
         Ok(id)
@@ -312,6 +326,37 @@ impl Runtime {
         }
     }
 
+    /// Fills in the image id and layers of each image volume from the image store: the image
+    /// must be there already (kubelet pulls it first), as containerd and CRI-O require.
+    fn resolve_image_volumes(
+        &self,
+        config: &mut ContainerConfig,
+        image: &ImageInfo,
+    ) -> Result<(), SandboxError> {
+        for m in &mut config.mounts {
+            let Some(volume) = &mut m.image else { continue };
+            let failed = |source| SandboxError::ImageVolume {
+                container_path: m.container_path.clone(),
+                source: Box::new(source),
+            };
+            if image.unikernel.is_some() {
+                return Err(failed(SandboxError::Unimplemented {
+                    reason: "a unikernel container cannot mount image volumes".into(),
+                }));
+            }
+            let found = self
+                .images
+                .resolve(&volume.reference)
+                .map_err(|e| failed(e.into()))?;
+            volume.layer_dirs = self
+                .images
+                .layer_dirs(&found)
+                .map_err(|e| failed(e.into()))?;
+            volume.image_id = found.id;
+        }
+        Ok(())
+    }
+
     /// Stops a container; one that does not exist is stopped already.
     pub async fn stop_container(&self, id: &str, timeout: Duration) -> Result<(), SandboxError> {
         match self.containers.stop(id, timeout).await {
@@ -324,9 +369,13 @@ impl Runtime {
         }
     }
 
-    /// Removes a container and releases its image lease; the `Stop` hook runs first if it
-    /// has not, then `Remove`.
+    /// Removes a container and releases its image leases (its own image and its image
+    /// volumes'); the `Stop` hook runs first if it has not, then `Remove`.
     pub async fn remove_container(&self, id: &str) -> Result<(), SandboxError> {
+        let volumes = match self.containers.get(id) {
+            Ok(r) => r.config.mounts.iter().filter(|m| m.image.is_some()).count(),
+            Err(_) => 0,
+        };
         let before = match self.hooks() {
             Some(_) => {
                 self.stop_hook(id).await;
@@ -335,8 +384,12 @@ impl Runtime {
             None => None,
         };
         self.containers.remove(id).await?;
-        if let Err(e) = self.images.remove_lease(id) {
-            tracing::warn!(container_id = %id, error = %e, "cannot release the image lease");
+        let holders =
+            std::iter::once(id.to_owned()).chain((0..volumes).map(|n| volume_lease(id, n)));
+        for holder in holders {
+            if let Err(e) = self.images.remove_lease(&holder) {
+                tracing::warn!(container_id = %id, error = %e, "cannot release an image lease");
+            }
         }
         if let (Some(hooks), Some(record)) = (self.hooks(), before) {
             if let Ok(pod) = self.pods.record(&record.pod_id) {
@@ -431,6 +484,12 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+/// The lease holder of a container's `n`th image volume (the container itself holds the
+/// lease of its own image).
+fn volume_lease(container_id: &str, n: usize) -> String {
+    format!("{container_id}/volume/{n}")
 }
 
 fn holder_root(settings: &RuntimeSettings) -> PathBuf {

@@ -181,7 +181,21 @@ pub fn status_to_cri(r: &ContainerRecord) -> cri::ContainerStatus {
             .iter()
             .map(|m| cri::Mount {
                 container_path: m.container_path.clone(),
-                host_path: m.host_path.clone(),
+                // An image volume's host path is crid's own mount, not the caller's.
+                host_path: match m.image {
+                    Some(_) => String::new(),
+                    None => m.host_path.clone(),
+                },
+                image: m.image.as_ref().map(|i| cri::ImageSpec {
+                    image: i.reference.clone(),
+                    image_ref: i.image_id.clone(),
+                    ..Default::default()
+                }),
+                image_sub_path: m
+                    .image
+                    .as_ref()
+                    .map(|i| i.sub_path.clone())
+                    .unwrap_or_default(),
                 readonly: m.readonly,
                 selinux_relabel: m.selinux_relabel,
                 propagation: match m.propagation {

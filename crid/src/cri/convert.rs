@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use proto::cri;
 use sandbox::container::{
-    AppArmorProfile, ContainerConfig, DeviceSpec, MountSpec, Propagation, Resources,
+    AppArmorProfile, ContainerConfig, DeviceSpec, ImageVolume, MountSpec, Propagation, Resources,
     SeccompProfile, SecurityContext,
 };
 use sandbox::pod::{DnsConfig, NamespaceOptions, NsMode, PodConfig, PodMetadata, PortMapping};
@@ -155,9 +155,15 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
                 )));
             }
         };
-        if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
-            return Err(Status::unimplemented("image volumes are not supported"));
-        }
+        // An image volume: crid resolves the image and mounts it (`sandbox` checks the rest).
+        let image = m
+            .image
+            .filter(|i| !i.image.is_empty())
+            .map(|i| ImageVolume {
+                reference: i.image,
+                sub_path: m.image_sub_path,
+                ..Default::default()
+            });
         mounts.push(MountSpec {
             container_path: m.container_path,
             host_path: m.host_path,
@@ -165,6 +171,7 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
             recursive_readonly: m.recursive_read_only,
             propagation,
             selinux_relabel: m.selinux_relabel,
+            image,
         });
     }
     let seccomp = seccomp(&sc)?;

@@ -69,6 +69,25 @@ pub struct MountSpec {
     pub recursive_readonly: bool,
     pub propagation: Propagation,
     pub selinux_relabel: bool,
+    /// Set for an image volume: the filesystem of an image crid holds, mounted read-only
+    /// (`host_path` is empty in the request and filled in by crid when it mounts the image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageVolume>,
+}
+
+/// An image mounted as a volume (Kubernetes' image volume source, KEP 4639).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ImageVolume {
+    /// The image as the caller named it.
+    pub reference: String,
+    /// A directory inside the image to mount instead of its root; relative, "" for the root.
+    pub sub_path: String,
+    /// Filled in by crid from the image store: the image id (`PullImageResponse.image_ref`).
+    #[serde(default)]
+    pub image_id: String,
+    /// Filled in by crid from the image store: the image's layer directories, bottom first.
+    #[serde(default)]
+    pub layer_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

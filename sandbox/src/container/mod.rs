@@ -22,6 +22,7 @@ pub mod backend;
 mod caps;
 pub mod cgroups;
 pub mod config;
+mod image_volume;
 mod record;
 mod runc;
 mod seccomp;
@@ -41,8 +42,8 @@ pub use self::backend::{
     Supervisor,
 };
 pub use self::config::{
-    AppArmorProfile, ContainerConfig, DeviceSpec, ImageInfo, MountSpec, NsSource, PodContext,
-    Propagation, Resources, SeccompProfile, SecurityContext,
+    AppArmorProfile, ContainerConfig, DeviceSpec, ImageInfo, ImageVolume, MountSpec, NsSource,
+    PodContext, Propagation, Resources, SeccompProfile, SecurityContext,
 };
 pub use self::record::{
     Backend, ContainerRecord, ContainerState, ContainerStats, EXEC_OUTPUT_CAP, VmState,
@@ -264,6 +265,7 @@ const QUARANTINE: &str = "quarantine";
 /// Unmounts a container's rootfs and removes its directories.
 fn discard(rootfs: &Path, dir: &Path, state_dir: &Path) -> Result<(), SandboxError> {
     unmount_all(rootfs);
+    image_volume::unmount_all(dir);
     remove_dir(dir)?;
     remove_dir(state_dir)
 }

@@ -14,7 +14,7 @@ use super::record::{
     Backend, ContainerRecord, ContainerState, ContainerStats, EXEC_OUTPUT_CAP, is_mount_point,
     now_ns, runtime_err,
 };
-use super::{apparmor, cgroups, spec, user};
+use super::{apparmor, cgroups, image_volume, spec, user};
 use crate::SandboxError;
 use crate::monitor::{Launch, StdinSpec};
 use crate::pod::CgroupDriver;
@@ -135,7 +135,7 @@ impl ContainerBackend for RuncBackend {
     fn create(&self, new: NewContainer) -> Result<ContainerRecord, SandboxError> {
         let NewContainer {
             id,
-            config,
+            mut config,
             pod,
             image,
             image_config,
@@ -156,6 +156,7 @@ impl ContainerBackend for RuncBackend {
         let dir = self.dirs().dir(&id);
         let cgroups_path = cgroups::cgroups_path(self.cgroup_driver, &pod.cgroup_parent, &id);
         let rootfs = dir.join("rootfs");
+        image_volume::mount_all(&dir, &mut config.mounts)?;
         let spec = spec::build(
             &config,
             &spec::SpecContext {

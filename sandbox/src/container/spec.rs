@@ -325,7 +325,9 @@ pub fn validate(
         return Err(invalid("container metadata.name is empty"));
     }
     for m in &config.mounts {
-        if !clean_absolute(&m.host_path) {
+        if let Some(image) = &m.image {
+            super::image_volume::validate(m, image)?;
+        } else if !clean_absolute(&m.host_path) {
             return Err(invalid(format!(
                 "mount host path {:?} must be absolute without `..`",
                 m.host_path
