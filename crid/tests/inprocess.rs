@@ -983,3 +983,160 @@ async fn containers_survive_a_restart_of_the_daemon() {
         .unwrap();
     assert!(d.container_ids().await.is_empty());
 }
+
+/// Collects a server stream's responses, each checked to carry at least one item.
+async fn collect_stream<R, T>(
+    r: Result<tonic::Response<tonic::Streaming<R>>, tonic::Status>,
+    items: fn(R) -> Vec<T>,
+) -> Vec<T> {
+    let mut stream = r.unwrap().into_inner();
+    let mut all = Vec::new();
+    while let Some(reply) = stream.message().await.unwrap() {
+        let got = items(reply);
+        assert!(!got.is_empty(), "a response without items");
+        all.extend(got);
+    }
+    all
+}
+
+#[tokio::test]
+async fn stream_rpcs_answer_what_the_lists_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = serve(tmp.path()).await;
+    let mut rt = d.cri.runtime.clone();
+    let mut images = d.cri.images.clone();
+    let pods = [d.run_pod("stream-a").await, d.run_pod("stream-b").await];
+    // More containers than one streamed response carries.
+    for n in 0..20 {
+        let id = d
+            .create(&pods[n % 2], &format!("c{n}"), "sleep")
+            .await
+            .unwrap();
+        d.start(&id).await.unwrap();
+    }
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+
+    let listed = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let streamed = collect_stream(
+        rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest { filter: None })
+            .await,
+        |r| r.pod_sandboxes,
+    )
+    .await;
+    assert_eq!(listed.len(), 2);
+    assert_eq!(
+        sorted(streamed.into_iter().map(|p| p.id).collect()),
+        sorted(listed.into_iter().map(|p| p.id).collect())
+    );
+
+    let filter = cri::ContainerFilter {
+        pod_sandbox_id: pods[0].clone(),
+        ..Default::default()
+    };
+    let listed = d.container_ids().await;
+    let streamed = collect_stream(
+        rt.stream_containers(cri::StreamContainersRequest { filter: None })
+            .await,
+        |r| r.containers,
+    )
+    .await;
+    assert_eq!(listed.len(), 20);
+    assert_eq!(sorted(streamed.into_iter().map(|c| c.id).collect()), listed);
+    let in_pod = collect_stream(
+        rt.stream_containers(cri::StreamContainersRequest {
+            filter: Some(filter),
+        })
+        .await,
+        |r| r.containers,
+    )
+    .await;
+    assert_eq!(in_pod.len(), 10, "the filter was not applied");
+    assert!(in_pod.iter().all(|c| c.pod_sandbox_id == pods[0]));
+
+    let stats = collect_stream(
+        rt.stream_container_stats(cri::StreamContainerStatsRequest { filter: None })
+            .await,
+        |r| r.container_stats,
+    )
+    .await;
+    let ids = stats
+        .into_iter()
+        .filter_map(|s| s.attributes.map(|a| a.id))
+        .collect();
+    assert_eq!(sorted(ids), listed);
+
+    let listed = images
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    let streamed = collect_stream(
+        images
+            .stream_images(cri::StreamImagesRequest { filter: None })
+            .await,
+        |r| r.images,
+    )
+    .await;
+    assert_eq!(streamed, listed);
+
+    // Kubernetes 1.36's pod resize notification: fine for a pod, NOT_FOUND without one.
+    let update = |id: &str| cri::UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: id.into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(rt.update_pod_sandbox_resources(update(&pods[0])).await),
+        Code::Ok
+    );
+    assert_eq!(
+        code(rt.update_pod_sandbox_resources(update("nope")).await),
+        Code::NotFound
+    );
+}
+
+#[tokio::test]
+async fn the_stop_signal_kubernetes_asks_for_is_kept_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = serve(tmp.path()).await;
+    let mut rt = d.cri.runtime.clone();
+    let pod = d.run_pod("signals").await;
+    let mut config = fake_container("quit", "sleep");
+    config.stop_signal = cri::Signal::Sigquit as i32;
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(config),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    let plain = d.create(&pod, "plain", "sleep").await.unwrap();
+    let signal = |id: String| {
+        let mut rt = rt.clone();
+        async move {
+            rt.container_status(cri::ContainerStatusRequest {
+                container_id: id,
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+            .stop_signal()
+        }
+    };
+    assert_eq!(signal(id).await, cri::Signal::Sigquit);
+    assert_eq!(signal(plain).await, cri::Signal::Sigterm, "the default");
+}

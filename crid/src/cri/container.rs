@@ -225,9 +225,8 @@ pub fn status_to_cri(r: &ContainerRecord) -> cri::ContainerStatus {
                 supplemental_groups: r.config.security.supplemental_groups.clone(),
             }),
         }),
-        // crid stops containers with the image's StopSignal or SIGTERM; it does not yet take
-        // the ContainerConfig.stop_signal of Kubernetes 1.33+ (ContainerStopSignals).
-        stop_signal: cri::Signal::RuntimeDefault as i32,
+        // The signal StopContainer sends: the config's, else the image's, else SIGTERM.
+        stop_signal: crate::cri::convert::stop_signal_to_cri(&r.stop_signal),
     }
 }
 

@@ -220,9 +220,33 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
             seccomp,
             apparmor,
         },
-        stop_signal: None,
+        stop_signal: stop_signal(c.stop_signal)?,
         pod_infra: false,
     })
+}
+
+/// The signal name (as runc's `kill` takes it) of a CRI `Signal` (Kubernetes 1.33+,
+/// `ContainerStopSignals`); `None` for `RUNTIME_DEFAULT`: the image's StopSignal or SIGTERM.
+fn stop_signal(value: i32) -> Result<Option<String>, Status> {
+    match cri::Signal::try_from(value) {
+        Ok(cri::Signal::RuntimeDefault) => Ok(None),
+        // SIGRTMINPLUS1 → SIGRTMIN+1, SIGRTMAXMINUS1 → SIGRTMAX-1.
+        Ok(s) => Ok(Some(
+            s.as_str_name()
+                .replacen("PLUS", "+", 1)
+                .replacen("MINUS", "-", 1),
+        )),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown stop signal {value}"
+        ))),
+    }
+}
+
+/// The CRI `Signal` of a stop signal name crid recorded (`SIGTERM`, `SIGRTMIN+1`); a number or
+/// a name CRI has no value for is `RUNTIME_DEFAULT`.
+pub fn stop_signal_to_cri(name: &str) -> i32 {
+    let name = name.replacen('+', "PLUS", 1).replacen('-', "MINUS", 1);
+    cri::Signal::from_str_name(&name).unwrap_or(cri::Signal::RuntimeDefault) as i32
 }
 
 fn ns_mode(value: i32, what: &str) -> Result<NsMode, Status> {
@@ -343,6 +367,25 @@ mod tests {
         assert_eq!(d.envs, vec![("A".to_string(), "1".to_string())]);
         assert_eq!(d.mounts[0].propagation, Propagation::Bidirectional);
         assert_eq!(d.security.seccomp, SeccompProfile::Unconfined);
+        assert_eq!(d.stop_signal, None, "RUNTIME_DEFAULT");
+        for (signal, name) in [
+            (cri::Signal::Sigquit, "SIGQUIT"),
+            (cri::Signal::Sigrtminplus1, "SIGRTMIN+1"),
+            (cri::Signal::Sigrtmaxminus2, "SIGRTMAX-2"),
+        ] {
+            let mut with = c.clone();
+            with.stop_signal = signal as i32;
+            let d = container_config(with).unwrap();
+            assert_eq!(d.stop_signal.as_deref(), Some(name));
+            assert_eq!(stop_signal_to_cri(name), signal as i32, "{name} back");
+        }
+        assert_eq!(stop_signal_to_cri("9"), cri::Signal::RuntimeDefault as i32);
+        let mut bad = c.clone();
+        bad.stop_signal = 1000;
+        assert_eq!(
+            container_config(bad).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
         let mut bad = c.clone();
         bad.envs[0].value = vec![0xff, 0xfe];
         assert_eq!(
