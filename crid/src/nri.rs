@@ -40,7 +40,6 @@ pub fn start(
     let adaptation = nri::Adaptation::start(settings, state)?;
     runtime.set_hooks(Arc::new(NriHooks {
         nri: adaptation.clone(),
-        runtime: Arc::downgrade(runtime),
     }));
     Ok(Some(adaptation))
 }
@@ -75,18 +74,29 @@ impl nri::RuntimeState for State {
     fn update_containers(
         &self,
         updates: Vec<api::ContainerUpdate>,
+        evict: Vec<api::ContainerEviction>,
     ) -> BoxFuture<Vec<api::ContainerUpdate>> {
         let runtime = self.runtime.clone();
         Box::pin(async move {
             let Some(runtime) = runtime.upgrade() else {
                 return updates;
             };
+            for e in evict {
+                tracing::info!(container_id = %e.container_id, reason = %e.reason, "NRI plugin evicts the container");
+                if let Err(err) = runtime
+                    .stop_container(&e.container_id, Duration::ZERO)
+                    .await
+                {
+                    tracing::warn!(container_id = %e.container_id, error = %err, "NRI eviction failed");
+                }
+            }
             apply_updates(&runtime, updates).await
         })
     }
 }
 
-/// Applies plugin-requested resource updates; returns the failed ones that may not fail.
+/// Applies plugin-requested resource updates (over the container's current resources);
+/// returns the failed ones that may not fail.
 async fn apply_updates(
     runtime: &sandbox::Runtime,
     updates: Vec<api::ContainerUpdate>,
@@ -119,20 +129,6 @@ async fn apply_updates(
 
 struct NriHooks {
     nri: Arc<nri::Adaptation>,
-    runtime: Weak<sandbox::Runtime>,
-}
-
-impl NriHooks {
-    async fn updates(&self, updates: Vec<api::ContainerUpdate>) {
-        if updates.is_empty() {
-            return;
-        }
-        if let Some(runtime) = self.runtime.upgrade() {
-            for u in apply_updates(&runtime, updates).await {
-                tracing::warn!(container_id = %u.container_id, "NRI plugin's container update failed");
-            }
-        }
-    }
 }
 
 impl Hooks for NriHooks {
@@ -166,13 +162,12 @@ impl Hooks for NriHooks {
                 state: api::ContainerState::Unknown as i32,
                 ..config_view(config)
             };
-            let (adjust, updates) = self
+            let adjust = self
                 .nri
                 .create_container(&pod(p), &c)
                 .await
                 .map_err(|e| e.to_string())?;
             apply_adjustment(config, &adjust);
-            self.updates(updates).await;
             Ok(())
         })
     }
@@ -184,19 +179,16 @@ impl Hooks for NriHooks {
         resources: &'a mut Resources,
     ) -> HookFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let updates = self
+            let own = self
                 .nri
                 .update_container(&pod(p), &container(c), &linux_resources(resources))
                 .await
                 .map_err(|e| e.to_string())?;
-            let (own, others): (Vec<_>, Vec<_>) =
-                updates.into_iter().partition(|u| u.container_id == c.id);
             for u in own {
                 if let Some(r) = u.linux.as_ref().and_then(|l| l.resources.as_ref()) {
                     apply_resources(resources, r);
                 }
             }
-            self.updates(others).await;
             Ok(())
         })
     }
@@ -213,10 +205,7 @@ impl Hooks for NriHooks {
                 ContainerHook::PostCreate => self.nri.post_create_container(&p, &c).await,
                 ContainerHook::Start => self.nri.start_container(&p, &c).await,
                 ContainerHook::PostStart => self.nri.post_start_container(&p, &c).await,
-                ContainerHook::Stop => {
-                    let updates = self.nri.stop_container(&p, &c).await;
-                    self.updates(updates).await;
-                }
+                ContainerHook::Stop => self.nri.stop_container(&p, &c).await,
                 ContainerHook::Remove => self.nri.remove_container(&p, &c).await,
                 ContainerHook::PostUpdate => self.nri.post_update_container(&p, &c).await,
             }

@@ -2,10 +2,10 @@
 //! runc, a busybox image from conformance's in-process registry, and a small NRI plugin
 //! written here against the `nri` crate's transport. The plugin joins late and is
 //! synchronized with the pod and container that exist, adds an env var and an annotation to
-//! new containers, refuses one by name, asks for an unsolicited resource update, and records
-//! every event, whose order is checked (a container that exits by itself gets its
-//! `StopContainer` before anyone removes it). Needs root, runc and a static busybox; skipped
-//! with a reason otherwise (failing under CI).
+//! new containers, refuses a pod and a container by name, asks for an unsolicited resource
+//! update and an eviction, and records every event, whose order is checked (a container that
+//! exits by itself gets its `StopContainer` before anyone removes it). Needs root, runc and a
+//! static busybox; skipped with a reason otherwise (failing under CI).
 
 mod common;
 
@@ -321,7 +321,11 @@ async fn a_plugin_is_synchronized_adjusts_containers_and_sees_every_event() {
             }),
             ignore_failure: false,
         }],
-        evict: Vec::new(),
+        // And an eviction: the container that was there before the plugin is stopped.
+        evict: vec![api::ContainerEviction {
+            container_id: before.clone(),
+            reason: "test".into(),
+        }],
     };
     let reply: api::UpdateContainersResponse = ch
         .call(
@@ -333,6 +337,9 @@ async fn a_plugin_is_synchronized_adjusts_containers_and_sees_every_event() {
         .await
         .expect("UpdateContainers");
     assert!(reply.failed.is_empty(), "{reply:?}");
+    crid.wait_state(&before, cri::ContainerState::ContainerExited)
+        .await;
+    plugin.wait_for(&format!("StopContainer {before}")).await;
     let (status, _) = crid.container_status(&adjusted).await;
     let linux = status.resources.and_then(|r| r.linux).unwrap();
     assert_eq!(linux.cpu_shares, 512);

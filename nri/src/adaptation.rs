@@ -43,10 +43,12 @@ pub struct SyncState {
 pub trait RuntimeState: Send + Sync + 'static {
     /// A snapshot for a plugin's `Synchronize`, with the guard described at [`SyncState`].
     fn synchronize(&self) -> BoxFuture<SyncState>;
-    /// Applies container updates a plugin asked for; returns those that failed.
+    /// Applies container updates and evictions (stops) plugins asked for; returns the
+    /// updates that failed.
     fn update_containers(
         &self,
         updates: Vec<api::ContainerUpdate>,
+        evict: Vec<api::ContainerEviction>,
     ) -> BoxFuture<Vec<api::ContainerUpdate>>;
 }
 
@@ -68,6 +70,7 @@ impl Plugin {
 pub struct Adaptation {
     settings: Settings,
     plugins: RwLock<Vec<Arc<Plugin>>>,
+    state: Arc<dyn RuntimeState>,
 }
 
 impl Adaptation {
@@ -81,6 +84,7 @@ impl Adaptation {
         let adaptation = Arc::new(Adaptation {
             settings,
             plugins: RwLock::new(Vec::new()),
+            state: state.clone(),
         });
         let this = adaptation.clone();
         tokio::spawn(async move {
@@ -192,20 +196,17 @@ impl Adaptation {
         // Synchronize is the end of the handshake, bounded like registration: a plugin may
         // have much state to reconcile.
         let snapshot = state.synchronize().await;
-        let sync = api::SynchronizeRequest {
-            pods: snapshot.pods,
-            containers: snapshot.containers,
-            more: false,
-        };
-        let reply: api::SynchronizeResponse = channel
-            .call(
-                api::PLUGIN_SERVICE,
-                "Synchronize",
-                &sync,
-                self.settings.registration_timeout,
-            )
-            .await
-            .map_err(fail)?;
+        // One call for the whole handshake's deadline, in as many messages as ttrpc's size
+        // limit needs (`more` on all but the last; the plugin answers the last).
+        let deadline = tokio::time::Instant::now() + self.settings.registration_timeout;
+        let mut reply = api::SynchronizeResponse::default();
+        for sync in split_sync(snapshot.pods, snapshot.containers) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            reply = channel
+                .call(api::PLUGIN_SERVICE, "Synchronize", &sync, left)
+                .await
+                .map_err(fail)?;
+        }
         {
             let mut plugins = self.plugins.write().unwrap_or_else(|p| p.into_inner());
             plugins.push(plugin.clone());
@@ -213,12 +214,7 @@ impl Adaptation {
         }
         drop(snapshot.guard);
         tracing::info!(plugin = %plugin.qualified(), events = format_args!("{events:#x}"), "NRI plugin synchronized");
-        if !reply.update.is_empty() {
-            let failed = state.update_containers(reply.update).await;
-            if !failed.is_empty() {
-                tracing::warn!(plugin = %plugin.qualified(), failed = failed.len(), "NRI synchronize updates failed");
-            }
-        }
+        self.apply(reply.update, Vec::new()).await;
         let this = self.clone();
         tokio::spawn(async move {
             plugin.channel.closed().await;
@@ -329,15 +325,15 @@ impl Adaptation {
     }
 
     /// `CreateContainer`: each plugin in turn sees the container with the adjustments of
-    /// those before it; a plugin's error fails the creation. Returns the merged adjustment
-    /// and the updates the plugins asked for other containers.
+    /// those before it; a plugin's error fails the creation. Returns the merged adjustment;
+    /// the updates and evictions of other containers the plugins ask for are applied.
     pub async fn create_container(
         &self,
         pod: &api::PodSandbox,
         container: &api::Container,
-    ) -> Result<(api::ContainerAdjustment, Vec<api::ContainerUpdate>), NriError> {
+    ) -> Result<api::ContainerAdjustment, NriError> {
         let mut merged = api::ContainerAdjustment::default();
-        let mut updates = Vec::new();
+        let (mut updates, mut evict) = (Vec::new(), Vec::new());
         let mut current = container.clone();
         for p in self.subscribed(Event::CreateContainer) {
             let req = api::ContainerRequest {
@@ -353,8 +349,20 @@ impl Adaptation {
                 crate::adjust::merge(&mut merged, adjust);
             }
             updates.extend(reply.update);
+            evict.extend(reply.evict);
         }
-        Ok((merged, updates))
+        self.apply(updates, evict).await;
+        Ok(merged)
+    }
+
+    /// Applies what plugins asked for other containers, logging failures.
+    async fn apply(&self, updates: Vec<api::ContainerUpdate>, evict: Vec<api::ContainerEviction>) {
+        if updates.is_empty() && evict.is_empty() {
+            return;
+        }
+        for u in self.state.update_containers(updates, evict).await {
+            tracing::warn!(container_id = %u.container_id, "NRI plugin's container update failed");
+        }
     }
 
     async fn container_event(
@@ -363,7 +371,7 @@ impl Adaptation {
         method: &str,
         pod: &api::PodSandbox,
         container: &api::Container,
-    ) -> Vec<api::ContainerUpdate> {
+    ) {
         let req = api::ContainerRequest {
             pod: Some(pod.clone()),
             container: Some(container.clone()),
@@ -373,18 +381,21 @@ impl Adaptation {
             pod: Some(pod.clone()),
             container: Some(container.clone()),
         };
-        let mut updates = Vec::new();
+        let (mut updates, mut evict) = (Vec::new(), Vec::new());
         for p in self.subscribed(event) {
             match self
                 .call::<_, api::UpdatesResponse>(&p, event, method, &req, Some(fallback.clone()))
                 .await
             {
-                Ok(Some(r)) => updates.extend(r.update),
+                Ok(Some(r)) => {
+                    updates.extend(r.update);
+                    evict.extend(r.evict);
+                }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(container_id = %container.id, error = %e, "NRI {method}"),
             }
         }
-        updates
+        self.apply(updates, evict).await;
     }
 
     pub async fn post_create_container(&self, pod: &api::PodSandbox, container: &api::Container) {
@@ -412,12 +423,7 @@ impl Adaptation {
         .await;
     }
 
-    /// `StopContainer`: returns the updates the plugins asked for other containers.
-    pub async fn stop_container(
-        &self,
-        pod: &api::PodSandbox,
-        container: &api::Container,
-    ) -> Vec<api::ContainerUpdate> {
+    pub async fn stop_container(&self, pod: &api::PodSandbox, container: &api::Container) {
         self.container_event(Event::StopContainer, "StopContainer", pod, container)
             .await
     }
@@ -428,15 +434,15 @@ impl Adaptation {
     }
 
     /// `UpdateContainer` (CRI `UpdateContainerResources`): the plugins may change the new
-    /// resources of this container (an update naming it) and ask for updates of others; a
-    /// plugin's error fails the update.
+    /// resources of this container (the updates naming it are returned, in order) and ask
+    /// for updates and evictions of others (applied); a plugin's error fails the update.
     pub async fn update_container(
         &self,
         pod: &api::PodSandbox,
         container: &api::Container,
         resources: &api::LinuxResources,
     ) -> Result<Vec<api::ContainerUpdate>, NriError> {
-        let mut updates = Vec::new();
+        let (mut updates, mut evict) = (Vec::new(), Vec::new());
         for p in self.subscribed(Event::UpdateContainer) {
             let req = api::UpdateContainerRequest {
                 pod: Some(pod.clone()),
@@ -448,9 +454,14 @@ impl Adaptation {
                 .await?;
             if let Some(r) = reply {
                 updates.extend(r.update);
+                evict.extend(r.evict);
             }
         }
-        Ok(updates)
+        let (own, others): (Vec<_>, Vec<_>) = updates
+            .into_iter()
+            .partition(|u| u.container_id == container.id);
+        self.apply(others, evict).await;
+        Ok(own)
     }
 
     pub async fn post_update_container(&self, pod: &api::PodSandbox, container: &api::Container) {
@@ -462,6 +473,43 @@ impl Adaptation {
         )
         .await;
     }
+}
+
+/// What one `Synchronize` message may carry: well under ttrpc's 4 MiB.
+const SYNC_MESSAGE_BUDGET: usize = transport::MAX_MESSAGE / 2;
+
+/// The synchronization state in messages of at most [`SYNC_MESSAGE_BUDGET`] bytes (a single
+/// object larger than that still goes alone), pods first; `more` on all but the last.
+fn split_sync(
+    pods: Vec<api::PodSandbox>,
+    containers: Vec<api::Container>,
+) -> Vec<api::SynchronizeRequest> {
+    let mut out = vec![api::SynchronizeRequest::default()];
+    let mut size = 0;
+    let mut next = |out: &mut Vec<api::SynchronizeRequest>, len: usize| {
+        if size + len > SYNC_MESSAGE_BUDGET && size > 0 {
+            out.push(api::SynchronizeRequest::default());
+            size = 0;
+        }
+        size += len;
+    };
+    for p in pods {
+        next(&mut out, p.encoded_len() + 8);
+        if let Some(last) = out.last_mut() {
+            last.pods.push(p);
+        }
+    }
+    for c in containers {
+        next(&mut out, c.encoded_len() + 8);
+        if let Some(last) = out.last_mut() {
+            last.containers.push(c);
+        }
+    }
+    let n = out.len();
+    for (i, m) in out.iter_mut().enumerate() {
+        m.more = i + 1 < n;
+    }
+    out
 }
 
 /// The runtime's service on a plugin's connection: registration, then unsolicited updates.
@@ -518,7 +566,7 @@ impl Handler for RuntimeService {
                         ));
                     }
                     let req = transport::decode::<api::UpdateContainersRequest>(&payload)?;
-                    let failed = state.update_containers(req.update).await;
+                    let failed = state.update_containers(req.update, req.evict).await;
                     Ok(api::UpdateContainersResponse { failed }.encode_to_vec())
                 })
             }
@@ -575,4 +623,42 @@ fn bind(path: &Path) -> Result<UnixListener, NriError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_state_is_synchronized_in_several_messages() {
+        let containers: Vec<api::Container> = (0..3000)
+            .map(|i| api::Container {
+                id: format!("{i:064}"),
+                env: vec!["X".repeat(1000)],
+                ..Default::default()
+            })
+            .collect();
+        let pods = vec![api::PodSandbox::default()];
+        let parts = split_sync(pods, containers);
+        assert!(parts.len() >= 2);
+        assert!(
+            parts
+                .iter()
+                .all(|p| p.encoded_len() < transport::MAX_MESSAGE)
+        );
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.more));
+        assert!(!parts.last().unwrap().more);
+        assert_eq!(
+            parts.iter().map(|p| p.containers.len()).sum::<usize>(),
+            3000
+        );
+        assert_eq!(parts[0].pods.len(), 1);
+    }
+
+    #[test]
+    fn a_small_state_is_one_message() {
+        let parts = split_sync(Vec::new(), Vec::new());
+        assert_eq!(parts.len(), 1);
+        assert!(!parts[0].more);
+    }
 }

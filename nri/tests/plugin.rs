@@ -13,21 +13,30 @@ use prost::Message;
 #[derive(Default)]
 struct FakeRuntime {
     updates: Mutex<Vec<api::ContainerUpdate>>,
+    /// Extra containers in the snapshot, 1 KiB of env each.
+    extra: usize,
 }
 
 impl RuntimeState for FakeRuntime {
     fn synchronize(&self) -> BoxFuture<SyncState> {
-        Box::pin(async {
+        let extra = self.extra;
+        Box::pin(async move {
             SyncState {
                 pods: vec![api::PodSandbox {
                     id: "pod1".into(),
                     ..Default::default()
                 }],
-                containers: vec![api::Container {
+                containers: std::iter::once(api::Container {
                     id: "ctr1".into(),
                     pod_sandbox_id: "pod1".into(),
                     ..Default::default()
-                }],
+                })
+                .chain((0..extra).map(|i| api::Container {
+                    id: format!("extra{i}"),
+                    env: vec![format!("E={}", "x".repeat(1024))],
+                    ..Default::default()
+                }))
+                .collect(),
                 guard: Box::new(()),
             }
         })
@@ -36,6 +45,7 @@ impl RuntimeState for FakeRuntime {
     fn update_containers(
         &self,
         updates: Vec<api::ContainerUpdate>,
+        _evict: Vec<api::ContainerEviction>,
     ) -> BoxFuture<Vec<api::ContainerUpdate>> {
         self.updates.lock().unwrap().extend(updates);
         Box::pin(async { Vec::new() })
@@ -64,7 +74,12 @@ impl Handler for TestPlugin {
             .encode_to_vec()),
             "Synchronize" => {
                 let req = api::SynchronizeRequest::decode(payload.as_slice()).unwrap();
-                seen.push(format!("sync {} {}", req.pods[0].id, req.containers[0].id));
+                seen.push(format!(
+                    "sync {} {} +{}",
+                    req.pods[0].id,
+                    req.containers[0].id,
+                    req.containers.len() - 1
+                ));
                 Ok(api::SynchronizeResponse::default().encode_to_vec())
             }
             "CreateContainer" => {
@@ -85,14 +100,27 @@ impl Handler for TestPlugin {
                 }
                 .encode_to_vec())
             }
+            // An older plugin: events through the deprecated StateChange only.
+            "StateChange" => {
+                let ev = api::StateChangeEvent::decode(payload.as_slice()).unwrap();
+                seen.push(format!("state-change {:?}", ev.event()));
+                Ok(api::Empty {}.encode_to_vec())
+            }
             m => Err(Status::new(transport::code::UNIMPLEMENTED, m)),
         };
         Box::pin(async move { reply })
     }
 }
 
-async fn start(dir: &std::path::Path, timeout: Duration) -> (Arc<Adaptation>, Arc<FakeRuntime>) {
-    let runtime = Arc::new(FakeRuntime::default());
+async fn start(
+    dir: &std::path::Path,
+    timeout: Duration,
+    extra: usize,
+) -> (Arc<Adaptation>, Arc<FakeRuntime>) {
+    let runtime = Arc::new(FakeRuntime {
+        extra,
+        ..Default::default()
+    });
     let settings = Settings {
         socket: dir.join("nri/nri.sock"),
         registration_timeout: Duration::from_secs(5),
@@ -147,7 +175,7 @@ fn container(id: &str) -> api::Container {
 #[tokio::test]
 async fn a_plugin_registers_synchronizes_and_adjusts_a_container() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, runtime) = start(dir.path(), Duration::from_secs(2)).await;
+    let (a, runtime) = start(dir.path(), Duration::from_secs(2), 0).await;
     let plugin = Arc::new(TestPlugin {
         events: Event::CreateContainer.mask(),
         hang: false,
@@ -155,7 +183,7 @@ async fn a_plugin_registers_synchronizes_and_adjusts_a_container() {
     });
     let ch = connect(&a, "10", plugin.clone()).await;
 
-    let (adjust, _) = a
+    let adjust = a
         .create_container(&api::PodSandbox::default(), &container("ctr2"))
         .await
         .unwrap();
@@ -166,7 +194,7 @@ async fn a_plugin_registers_synchronizes_and_adjusts_a_container() {
         .await;
     assert_eq!(
         *plugin.seen.lock().unwrap(),
-        vec!["sync pod1 ctr1", "create ctr2"]
+        vec!["sync pod1 ctr1 +0", "create ctr2"]
     );
 
     // An unsolicited update reaches the runtime.
@@ -201,7 +229,7 @@ async fn a_plugin_registers_synchronizes_and_adjusts_a_container() {
 #[tokio::test]
 async fn a_hung_plugin_is_dropped_after_the_request_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, _) = start(dir.path(), Duration::from_millis(300)).await;
+    let (a, _) = start(dir.path(), Duration::from_millis(300), 0).await;
     let plugin = Arc::new(TestPlugin {
         events: 0,
         hang: true,
@@ -209,7 +237,7 @@ async fn a_hung_plugin_is_dropped_after_the_request_timeout() {
     });
     let _ch = connect(&a, "05", plugin).await;
     let started = Instant::now();
-    let (adjust, _) = a
+    let adjust = a
         .create_container(&api::PodSandbox::default(), &container("ctr2"))
         .await
         .unwrap();
@@ -222,7 +250,7 @@ async fn a_hung_plugin_is_dropped_after_the_request_timeout() {
 async fn garbage_on_the_socket_closes_only_that_connection() {
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
-    let (a, _) = start(dir.path(), Duration::from_secs(1)).await;
+    let (a, _) = start(dir.path(), Duration::from_secs(1), 0).await;
     let mut s = tokio::net::UnixStream::connect(a.socket()).await.unwrap();
     // A frame claiming 1 GiB, then a well-formed frame of a broken ttrpc message.
     s.write_all(&[0, 0, 0, 2, 0x40, 0, 0, 0]).await.unwrap();
@@ -239,4 +267,23 @@ async fn garbage_on_the_socket_closes_only_that_connection() {
     });
     let _ch = connect(&a, "01", plugin).await;
     assert_eq!(a.plugin_names(), vec!["01-test"]);
+}
+
+#[tokio::test]
+async fn a_large_synchronization_and_an_older_plugin_s_state_change() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2000 containers of 1 KiB: ~2 MiB, carried in 4 KiB frames and reassembled.
+    let (a, _) = start(dir.path(), Duration::from_secs(5), 2000).await;
+    let plugin = Arc::new(TestPlugin {
+        events: Event::StartContainer.mask(),
+        hang: false,
+        seen: Mutex::new(Vec::new()),
+    });
+    let _ch = connect(&a, "20", plugin.clone()).await;
+    a.start_container(&api::PodSandbox::default(), &container("ctr2"))
+        .await;
+    assert_eq!(
+        *plugin.seen.lock().unwrap(),
+        vec!["sync pod1 ctr1 +2000", "state-change StartContainer"]
+    );
 }
