@@ -6,6 +6,7 @@ pub mod cache;
 pub mod config;
 mod error;
 pub mod exec;
+pub mod netlink;
 pub mod netns;
 mod prepare;
 pub mod result;
@@ -323,7 +324,7 @@ impl Cni {
                 // result on unchanged: done here, it costs a netlink request instead of
                 // starting a Go binary. (CHECK and DEL still run the plugin.)
                 let pins = [(netns::NsKind::Net, att.netns.clone())];
-                tokio::task::spawn_blocking(move || netns::run_in(&pins, netns::loopback_up))
+                tokio::task::spawn_blocking(move || netns::run_in(&pins, netlink::loopback_up))
                     .await
                     .map_err(|e| CniError::BadResult {
                         plugin: ty.clone(),

@@ -17,6 +17,7 @@ use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::statfs::{NSFS_MAGIC, statfs};
 
 use crate::error::CniError;
+use crate::netlink::loopback_up;
 
 /// A kind of namespace crid pins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,59 +264,6 @@ where
                 source: io::Error::other("panic"),
             })
         })
-}
-
-/// Sets the loopback interface of the calling thread's network namespace up (what the
-/// `loopback` CNI plugin's ADD does), with one `RTM_NEWLINK` netlink request. `lo` is always
-/// interface 1 of a network namespace.
-pub fn loopback_up() -> io::Result<()> {
-    use nix::sys::socket::{
-        AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
-        socket,
-    };
-    const RTM_NEWLINK: u16 = 16;
-    const NLMSG_ERROR: u16 = 2;
-    const NLM_F_REQUEST: u16 = 1;
-    const NLM_F_ACK: u16 = 4;
-    const LOOPBACK_IFINDEX: i32 = 1;
-    const IFF_UP: u32 = 1;
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkRoute,
-    )
-    .map_err(nix_io)?;
-    // struct nlmsghdr (16 bytes) + struct ifinfomsg (16 bytes), native endian.
-    let mut msg = Vec::with_capacity(32);
-    msg.extend_from_slice(&32u32.to_ne_bytes());
-    msg.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel assigns it
-    msg.extend_from_slice(&[0, 0]); // ifi_family AF_UNSPEC, padding
-    msg.extend_from_slice(&0u16.to_ne_bytes()); // ifi_type
-    msg.extend_from_slice(&LOOPBACK_IFINDEX.to_ne_bytes());
-    msg.extend_from_slice(&IFF_UP.to_ne_bytes()); // ifi_flags
-    msg.extend_from_slice(&IFF_UP.to_ne_bytes()); // ifi_change
-    sendto(
-        fd.as_raw_fd(),
-        &msg,
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )
-    .map_err(nix_io)?;
-    // The acknowledgement: an NLMSG_ERROR message whose error field is 0 on success.
-    let mut buf = [0u8; 1024];
-    let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(nix_io)?;
-    let field = |at: usize, len: usize| buf.get(at..at + len).filter(|_| at + len <= n);
-    let kind = field(4, 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
-    let error = field(16, 4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-    match (kind, error) {
-        (Some(NLMSG_ERROR), Some(0)) => Ok(()),
-        (Some(NLMSG_ERROR), Some(e)) => Err(io::Error::from_raw_os_error(-e)),
-        _ => Err(io::Error::other("unexpected netlink reply to RTM_NEWLINK")),
-    }
 }
 
 #[cfg(test)]

@@ -1280,7 +1280,8 @@ async fn under_socket_activation_children_inherit_no_descriptor_or_variable() {
             .await;
         let (_, info) = h.status(&vm).await;
         let vmm = info["pid"].as_i64().expect("pid in verbose info");
-        // The monitor runs the VMM through an exec chain (cgroup join, nsenter): wait for it.
+        // The monitor forks, then the child joins the cgroup and the namespace and execs the VMM:
+        // wait for the exec.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !std::fs::read_link(format!("/proc/{vmm}/exe"))
             .is_ok_and(|e| e.to_string_lossy().contains("qemu"))

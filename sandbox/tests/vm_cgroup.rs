@@ -1,12 +1,13 @@
-//! The VMM's cgroup on the real host: created with the limits and device list, joined by the
-//! wrapper before the VMM runs, and removed by `release` — which kills a process still left in
+//! The VMM's cgroup on the real host: created with the limits and device list, joined between
+//! fork and exec as the monitor starts the VMM, and removed by `release` — which kills a process still left in
 //! it (a VMM whose kill has not landed) rather than leaking the cgroup. Needs root and cgroup v1.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use imagestore::{HypervisorKind, UnikernelInfo, UnikernelSource, UnikernelType};
-use sandbox::vm::cgroup::{Limits, VmCgroup, wrap_argv};
+use sandbox::monitor::join_before_exec;
+use sandbox::vm::cgroup::{Limits, VmCgroup};
 use sandbox::vm::launch::{VmRequest, release};
 
 mod common;
@@ -57,29 +58,17 @@ fn release_kills_what_is_left_and_removes_the_cgroup() {
     assert_eq!(read("cpu", "cpu.shares").trim(), "128");
     assert!(read("devices", "devices.list").contains("c 10:232 rw"));
 
-    // A stand-in VMM that never exits, placed by the wrapper.
-    let argv = wrap_argv(
-        Path::new("/bin/sh"),
-        &cg.procs_files(),
-        vec!["/bin/sleep".into(), "600".into()],
-    );
-    let mut child = Command::new(&argv[0]).args(&argv[1..]).spawn().unwrap();
+    // A stand-in VMM that never exits, placed in the cgroup before its exec.
+    let procs = cg
+        .procs_files()
+        .iter()
+        .map(|p| std::fs::OpenOptions::new().write(true).open(p).unwrap())
+        .collect();
+    let mut cmd = Command::new("/bin/sleep");
+    cmd.arg("600");
+    join_before_exec(&mut cmd, None, procs);
+    let mut child = cmd.spawn().unwrap();
     let pid = i32::try_from(child.id()).unwrap();
-    // The wrapper joins the hierarchies one by one, then execs: wait for the exec.
-    let mut joined = false;
-    for _ in 0..200 {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == "sleep" {
-            joined = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    if !joined {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the process never joined {}", rel.display());
-    }
     for c in ["memory", "cpu", "pids", "devices"] {
         assert!(
             read(c, "cgroup.procs")

@@ -109,7 +109,11 @@ fn linux_guest_answers_http_on_the_pod_ip() {
     let net = prepared.net.clone().unwrap();
     assert_eq!(net.ip, std::net::Ipv4Addr::new(10, 213, octet, 2));
 
-    let mut child = Command::new(&prepared.argv[0])
+    // As the monitor starts it: the VMM joins the pod's network namespace before its exec.
+    let mut cmd = Command::new(&prepared.argv[0]);
+    let netns = std::fs::File::open(prepared.netns.as_ref().unwrap()).unwrap();
+    sandbox::monitor::join_before_exec(&mut cmd, Some(netns.into()), vec![]);
+    let mut child = cmd
         .args(&prepared.argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

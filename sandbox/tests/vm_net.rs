@@ -69,6 +69,34 @@ fn tap_redirects_the_pod_interface_to_the_guest() {
     );
     let back = in_ns(&p.ns, &["tc", "filter", "show", "dev", &tap, "ingress"]);
     assert!(back.contains("mirred") && back.contains("eth0"), "{back}");
+    // The sidecar path: frames for the sidecar address go up first, the pod IP is routed
+    // into the tap for the namespace's own traffic, to the guest's MAC.
+    assert!(
+        back.contains("pref 1 u32") && back.contains("a9fe4d02/ffffffff at 16"),
+        "{back}"
+    );
+    let rules = in_ns(&p.ns, &["ip", "rule", "show"]);
+    assert!(rules.contains("100:\tfrom all lookup local"), "{rules}");
+    assert!(!rules.lines().any(|l| l.starts_with("0:")), "{rules}");
+    assert!(
+        rules.contains(&format!("77:\tfrom all to {} iif lo lookup 77", net.ip)),
+        "{rules}"
+    );
+    let route = in_ns(&p.ns, &["ip", "route", "show", "table", "77"]);
+    assert!(
+        route.contains(&format!("{} dev {tap} scope link src 169.254.77.2", net.ip)),
+        "{route}"
+    );
+    let neigh = in_ns(&p.ns, &["ip", "neigh", "show", "dev", &tap]);
+    assert!(
+        neigh.contains(&format!("{} lladdr {eth0_mac} PERMANENT", net.ip)),
+        "{neigh}"
+    );
+    let tap_link = in_ns(&p.ns, &["ip", "-d", "-o", "link", "show", "dev", &tap]);
+    assert!(
+        tap_link.contains("tun type tap") && tap_link.contains("persist"),
+        "{tap_link}"
+    );
 
     // Traffic to the pod IP (here the ARP requests for it) is redirected toward the guest.
     let sock = UdpSocket::bind("0.0.0.0:0").unwrap();

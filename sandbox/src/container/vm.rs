@@ -288,6 +288,8 @@ impl VmBackend {
             argv: prepared.argv,
             env: vec![],
             cwd: None,
+            netns: prepared.netns,
+            cgroup_procs: prepared.cgroup_procs,
         };
         Ok((state, launch))
     }

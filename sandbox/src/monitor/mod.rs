@@ -39,7 +39,7 @@ pub mod log;
 pub mod pidns;
 mod sys;
 
-pub use self::sys::close_inherited_on_exec;
+pub use self::sys::{close_inherited_on_exec, join_before_exec};
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -93,6 +93,14 @@ pub enum Launch {
         argv: Vec<String>,
         env: Vec<(String, String)>,
         cwd: Option<PathBuf>,
+        /// A network namespace (a pin) the program runs in: joined between fork and exec,
+        /// with no `nsenter` process (a VMM in its pod's network).
+        #[serde(default)]
+        netns: Option<PathBuf>,
+        /// `cgroup.procs` files the program joins between fork and exec, so everything it
+        /// allocates is charged to its cgroup from the first page, with no shell in between.
+        #[serde(default)]
+        cgroup_procs: Vec<PathBuf>,
     },
 }
 
@@ -791,11 +799,36 @@ impl Monitor {
                     format!("runc wrote no pid to {}", container_pid_file.display())
                 })?
             }
-            Launch::Command { argv, env, cwd } => {
+            Launch::Command {
+                argv,
+                env,
+                cwd,
+                netns,
+                cgroup_procs,
+            } => {
                 let Some((prog, args)) = argv.split_first() else {
                     return Err("empty command".into());
                 };
                 let mut cmd = Command::new(prog);
+                // Opened here (close-on-exec), used by the child between fork and exec.
+                let netns = netns
+                    .as_ref()
+                    .map(|p| {
+                        File::open(p).map_err(|e| format!("network namespace {}: {e}", p.display()))
+                    })
+                    .transpose()?;
+                let procs = cgroup_procs
+                    .iter()
+                    .map(|p| {
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(p)
+                            .map_err(|e| format!("cannot join cgroup {}: {e}", p.display()))
+                    })
+                    .collect::<Result<Vec<File>, String>>()?;
+                if netns.is_some() || !procs.is_empty() {
+                    sys::join_before_exec(&mut cmd, netns.map(OwnedFd::from), procs);
+                }
                 cmd.args(args)
                     .env_clear()
                     .envs(child_env())

@@ -15,9 +15,9 @@
 //!   confine it.
 //! - cpuset is not joined (CRI `cpuset_cpus` is not applied to VMs).
 //!
-//! The VMM is placed in the cgroup before it runs: the monitor starts `sh -c WRAPPER`, which
-//! writes its own pid into every `cgroup.procs` and then execs the VMM (see [`wrap_argv`]), so
-//! guest memory is charged to the container from the first page.
+//! The VMM is placed in the cgroup before it runs: the monitor's child writes itself into every
+//! `cgroup.procs` between fork and exec (`Launch::Command::cgroup_procs`), so guest memory is
+//! charged to the container from the first page and no shell runs in between.
 
 use std::path::{Path, PathBuf};
 
@@ -270,71 +270,5 @@ impl VmCgroup {
             .and_then(|f| std::fs::read_to_string(f).ok())
             .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
             .unwrap_or_default()
-    }
-}
-
-/// The shell program of the VMM wrapper: writes its pid to each file up to `--`, then execs the
-/// rest. A write that fails ends it with status 125 and a message on stderr (the CRI log).
-pub const WRAPPER_SCRIPT: &str = "while [ $# -gt 0 ] && [ \"$1\" != -- ]; do \
-echo $$ > \"$1\" || { echo \"crid: cannot join cgroup $1\" >&2; exit 125; }; shift; done; \
-shift; exec \"$@\"";
-
-/// `sh -c WRAPPER crid-vmm PROCS... -- ARGV...`: `argv` run inside the cgroup.
-pub fn wrap_argv(sh: &Path, procs: &[PathBuf], argv: Vec<String>) -> Vec<String> {
-    let mut out = vec![
-        sh.display().to_string(),
-        "-c".into(),
-        WRAPPER_SCRIPT.into(),
-        "crid-vmm".into(),
-    ];
-    out.extend(procs.iter().map(|p| p.display().to_string()));
-    out.push("--".into());
-    out.extend(argv);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wrapper_joins_then_execs() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a.procs");
-        let b = dir.path().join("b.procs");
-        let argv = wrap_argv(
-            Path::new("/bin/sh"),
-            &[a.clone(), b.clone()],
-            vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                "echo ran $0".into(),
-                "x".into(),
-            ],
-        );
-        let out = std::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "ran x\n");
-        let pa = std::fs::read_to_string(&a).unwrap();
-        assert_eq!(pa, std::fs::read_to_string(&b).unwrap());
-        assert!(pa.trim().parse::<u32>().is_ok(), "{pa}");
-    }
-
-    #[test]
-    fn wrapper_fails_when_a_cgroup_cannot_be_joined() {
-        let argv = wrap_argv(
-            Path::new("/bin/sh"),
-            &[PathBuf::from("/nonexistent-crid/cgroup.procs")],
-            vec!["/bin/true".into()],
-        );
-        let out = std::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(125));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot join cgroup"));
     }
 }

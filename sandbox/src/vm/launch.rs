@@ -1,6 +1,7 @@
 //! Preparing a unikernel container for its monitor, in one call: resolve the image's files,
 //! choose the accelerator, wire the pod network, build the launch plan and write its files.
-//! The container backend then hands [`PreparedVm::argv`] to the monitor (`Launch::Command`),
+//! The container backend then hands [`PreparedVm::argv`], with the network namespace and the
+//! cgroup the VMM joins between fork and exec, to the monitor (`Launch::Command`),
 //! maps the recorded exit status with [`LaunchPlan::guest_exit_code`], and calls [`release`]
 //! when the container is stopped or removed.
 //!
@@ -17,7 +18,7 @@ use imagestore::{HypervisorKind, UnikernelInfo};
 use serde::{Deserialize, Serialize};
 
 use super::accel::{self, AccelDecision, AcceleratorMode, KvmProbe};
-use super::cgroup::{Limits, VmCgroup, wrap_argv};
+use super::cgroup::{Limits, VmCgroup};
 use super::guestfiles::{self, GuestMount};
 use super::net;
 use super::{
@@ -192,8 +193,12 @@ pub struct VmRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedVm {
     pub plan: LaunchPlan,
-    /// The full command for the monitor: the VMM, entered into the pod's network namespace.
+    /// The VMM's command line; the monitor runs it directly (no shell, no `nsenter`).
     pub argv: Vec<String>,
+    /// The pod's network namespace, which the VMM joins between fork and exec.
+    pub netns: Option<PathBuf>,
+    /// The container cgroup's `cgroup.procs` files, joined the same way.
+    pub cgroup_procs: Vec<PathBuf>,
     pub net: Option<GuestNet>,
     pub accel: AccelDecision,
 }
@@ -303,14 +308,6 @@ pub fn prepare(
     )?;
     // Fail on a missing VMM before touching the network.
     let vmm = settings.binary(hypervisor_for(info.hypervisor).binary_name())?;
-    let nsenter = match &req.netns {
-        Some(_) => Some(settings.binary("nsenter")?),
-        None => None,
-    };
-    let sh = match &req.cgroup {
-        Some(_) => Some(settings.binary("sh")?),
-        None => None,
-    };
     let is_qemu = info.hypervisor == HypervisorKind::Qemu;
     std::fs::create_dir_all(&req.run_dir).map_err(|e| SandboxError::io(&req.run_dir, e))?;
     let undo = |e: SandboxError| {
@@ -407,15 +404,10 @@ pub fn prepare(
             Ok(plan)
         })
         .map_err(undo)?;
-    let mut argv = Vec::new();
-    if let (Some(nsenter), Some(ns)) = (nsenter, &req.netns) {
-        argv.push(nsenter.display().to_string());
-        argv.push(format!("--net={}", ns.display()));
-        argv.push("--".into());
-    }
-    argv.push(plan.program.display().to_string());
+    let mut argv = vec![plan.program.display().to_string()];
     argv.extend(plan.args.iter().cloned());
-    if let (Some(rel), Some(sh)) = (&req.cgroup, sh) {
+    let mut cgroup_procs = Vec::new();
+    if let Some(rel) = &req.cgroup {
         let cg = VmCgroup::new(rel.clone());
         let limits = Limits {
             memory_bytes: (req.memory_limit_bytes > 0)
@@ -425,7 +417,7 @@ pub fn prepare(
             cpu_shares: req.cpu_shares,
         };
         cg.create(&limits).map_err(undo)?;
-        argv = wrap_argv(&sh, &cg.procs_files(), argv);
+        cgroup_procs = cg.procs_files();
     }
     tracing::info!(
         container_id = %req.container_id,
@@ -437,6 +429,8 @@ pub fn prepare(
     Ok(PreparedVm {
         plan,
         argv,
+        netns: req.netns.clone(),
+        cgroup_procs,
         net: guest_net,
         accel,
     })

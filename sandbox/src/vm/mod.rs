@@ -23,6 +23,7 @@ mod layers;
 pub mod net;
 pub mod qemu;
 pub mod qmp;
+mod rtnl;
 pub mod solo5;
 mod sys;
 

@@ -23,15 +23,14 @@
 //! tap (carrier up, its VMM running) of another container is a `FailedPrecondition`; a tap
 //! left behind by a crash (no carrier) is removed, as is this container's own stale tap.
 //!
-//! Commands (iproute2's `ip` and `tc`, `sysctl`, `nft`) run from a thread that entered the
-//! pod's namespace, so they inherit it without an `nsenter` per command, behind [`Runner`]
-//! so the sequence is unit-tested without root.
+//! Everything is done in-process from a thread that entered the pod's namespace (`setns`):
+//! netlink requests for links, addresses, routes, rules, neighbours, qdiscs and filters, the
+//! `TUNSETIFF` ioctl for the tap, writes to `/proc/sys/net` for the sysctls (see
+//! [`super::rtnl`]). The one process left is `nft`, for the routed mode's NAT table. The steps
+//! are behind [`NetOps`], so the sequence is unit-tested without root.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::Command;
-
-use serde::Deserialize;
 
 use super::{GuestNet, MacAddr, qemu::check_ifname};
 use crate::SandboxError;
@@ -53,107 +52,95 @@ pub fn tap_name(container_id: &str) -> String {
 pub const SIDECAR_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 2);
 
 /// The routing table (and rule preference) of the sidecar path.
-const SIDECAR_TABLE: &str = "77";
+const SIDECAR_TABLE: u32 = 77;
+/// The kernel's `local` table, and the preference its rule moves to.
+const LOCAL_TABLE: u32 = 255;
+const LOCAL_RULE_MOVED: u32 = 100;
 
-/// Runs a program inside the pod's network namespace and returns its stdout.
-pub trait Runner {
-    fn run(&self, program: &str, args: &[&str]) -> Result<String, SandboxError>;
+/// A network interface of the pod's namespace, as the set-up needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub mac: Option<MacAddr>,
+    /// Carrier up (for a tap: a VMM has it open).
+    pub lower_up: bool,
+    /// A tun/tap device.
+    pub tun: bool,
+}
 
-    /// Sends one datagram to `ip` from inside the namespace, so the kernel resolves its MAC.
+/// A policy routing rule: `pref PRIORITY [to TO/32] [iif IIF] lookup TABLE`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub priority: u32,
+    pub table: u32,
+    pub to: Option<Ipv4Addr>,
+    pub iif: Option<String>,
+}
+
+/// The steps of a guest's network set-up, in the namespace of the calling thread. The real
+/// ones are netlink requests ([`super::rtnl`]); tests record them.
+pub trait NetOps {
+    fn links(&self) -> Result<Vec<Link>, SandboxError>;
+    /// The first IPv4 address of `dev`, with its prefix length.
+    fn ipv4_address(&self, dev: &str) -> Result<Option<(Ipv4Addr, u8)>, SandboxError>;
+    /// The gateway of the main table's default route.
+    fn default_gateway(&self) -> Result<Option<Ipv4Addr>, SandboxError>;
+    /// The MAC address the neighbour table holds for `ip` on `dev`.
+    fn neighbour(&self, dev: &str, ip: Ipv4Addr) -> Result<Option<MacAddr>, SandboxError>;
+    /// Sends one datagram to `ip`, so the kernel resolves its MAC.
     fn probe(&self, ip: Ipv4Addr) -> Result<(), SandboxError>;
+    /// Creates a persistent tap device.
+    fn add_tap(&self, name: &str) -> Result<(), SandboxError>;
+    /// Sets the MTU and/or MAC address of `dev`, and brings it up when `up`.
+    fn set_link(
+        &self,
+        dev: &str,
+        mtu: Option<u32>,
+        mac: Option<MacAddr>,
+        up: bool,
+    ) -> Result<(), SandboxError>;
+    fn del_link(&self, dev: &str) -> Result<(), SandboxError>;
+    fn add_address(&self, dev: &str, ip: Ipv4Addr, prefix: u8) -> Result<(), SandboxError>;
+    /// Sets `net.ipv4...` style `key` to `value`.
+    fn sysctl(&self, key: &str, value: &str) -> Result<(), SandboxError>;
+    fn add_ingress(&self, dev: &str) -> Result<(), SandboxError>;
+    fn del_ingress(&self, dev: &str) -> Result<(), SandboxError>;
+    /// A match-all filter on `from`'s ingress: `mirred egress redirect` to `to`.
+    fn redirect(&self, from: &str, to: &str) -> Result<(), SandboxError>;
+    /// A filter on `dev`'s ingress, before the redirect, that lets IPv4 frames for `dst` go up
+    /// the namespace's stack.
+    fn pass_up(&self, dev: &str, dst: Ipv4Addr) -> Result<(), SandboxError>;
+    /// A permanent neighbour entry.
+    fn neigh_permanent(&self, dev: &str, ip: Ipv4Addr, mac: MacAddr) -> Result<(), SandboxError>;
+    /// `ip route replace DST/32 dev DEV src SRC table TABLE`.
+    fn route_replace(
+        &self,
+        table: u32,
+        dst: Ipv4Addr,
+        dev: &str,
+        src: Ipv4Addr,
+    ) -> Result<(), SandboxError>;
+    fn rules(&self) -> Result<Vec<Rule>, SandboxError>;
+    fn add_rule(&self, rule: &Rule) -> Result<(), SandboxError>;
+    fn del_rule(&self, rule: &Rule) -> Result<(), SandboxError>;
+    /// Runs an nftables script (one `nft` process: no maintained pure-Rust nftables crate fits,
+    /// see the README).
+    fn nft(&self, script: &str) -> Result<(), SandboxError>;
 }
 
-/// Runs commands from a thread that has entered the pod's network namespace (see
-/// [`in_netns`]): the programs inherit the namespace, with no `nsenter` process per command,
-/// and the neighbour probe is a plain socket.
-struct InNetns;
-
-impl Runner for InNetns {
-    fn run(&self, program: &str, args: &[&str]) -> Result<String, SandboxError> {
-        // Nothing of crid's environment but PATH (the tools are found on it).
-        let out = Command::new(program)
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| SandboxError::GuestNetwork {
-                op: format!("{program} {}", args.join(" ")),
-                reason: format!("cannot run {program}: {e}"),
-            })?;
-        if !out.status.success() {
-            return Err(SandboxError::GuestNetwork {
-                op: format!("{program} {}", args.join(" ")),
-                reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn probe(&self, ip: Ipv4Addr) -> Result<(), SandboxError> {
-        let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-            .map_err(|e| net_err("probe", e.to_string()))?;
-        // The discard port; only the neighbour resolution matters.
-        let _ = socket.send_to(&[0], (ip, 9));
-        Ok(())
-    }
-}
-
-/// Runs `f` with an [`InNetns`] runner on a dedicated thread inside the namespace at `netns`.
+/// Runs `f` on a dedicated thread inside the namespace at `netns`, with netlink operations on
+/// a socket opened there.
 fn in_netns<T: Send + 'static>(
     netns: &Path,
-    f: impl FnOnce(&dyn Runner) -> Result<T, SandboxError> + Send + 'static,
+    f: impl FnOnce(&dyn NetOps) -> Result<T, SandboxError> + Send + 'static,
 ) -> Result<T, SandboxError> {
     cni::netns::run_in(
         &[(cni::netns::NsKind::Net, netns.to_path_buf())],
-        move || Ok(f(&InNetns)),
+        move || Ok(super::rtnl::Rtnl::open().and_then(|ops| f(&ops))),
     )
     .map_err(|e| net_err("enter the pod network namespace", e.to_string()))?
-}
-
-#[derive(Deserialize)]
-struct Link {
-    ifname: String,
-    #[serde(default)]
-    mtu: u32,
-    #[serde(default)]
-    address: Option<String>,
-    #[serde(default)]
-    flags: Vec<String>,
-    #[serde(default)]
-    linkinfo: Option<LinkInfo>,
-}
-
-#[derive(Deserialize)]
-struct LinkInfo {
-    #[serde(default)]
-    info_kind: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct AddrIface {
-    #[serde(default)]
-    addr_info: Vec<AddrInfo>,
-}
-
-#[derive(Deserialize)]
-struct AddrInfo {
-    family: String,
-    local: String,
-    prefixlen: u8,
-}
-
-#[derive(Deserialize)]
-struct Route {
-    #[serde(default)]
-    gateway: Option<String>,
-}
-
-fn parse<T: for<'de> Deserialize<'de>>(what: &str, s: &str) -> Result<T, SandboxError> {
-    serde_json::from_str(s).map_err(|e| SandboxError::GuestNetwork {
-        op: what.to_string(),
-        reason: format!("unexpected ip output: {e}"),
-    })
 }
 
 fn net_err(op: &str, reason: impl Into<String>) -> SandboxError {
@@ -173,17 +160,17 @@ pub fn setup_guest_net(
     ports: &[GuestPort],
 ) -> Result<GuestNet, SandboxError> {
     let (iface, tap, ports) = (iface.to_owned(), tap.to_owned(), ports.to_vec());
-    in_netns(netns, move |r| {
+    in_netns(netns, move |ops| {
         if ports.is_empty() {
-            setup_with(r, &iface, &tap)
+            setup_with(ops, &iface, &tap)
         } else {
-            setup_routed_with(r, &iface, &tap, &ports)
+            setup_routed_with(ops, &iface, &tap, &ports)
         }
     })
 }
 
 /// A container port the guest serves (kubelet's `io.kubernetes.container.ports`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GuestPort {
     pub port: u16,
@@ -199,6 +186,24 @@ const ROUTED_GUEST_MAC: MacAddr = MacAddr([0x02, 0x00, 0xa9, 0xfe, 0x4d, 0x06]);
 /// crid's nftables table in the pod's namespace (routed mode).
 const NFT_TABLE: &str = "crid_guest";
 
+/// The pod interface's link, checked names first.
+fn pod_link(ops: &dyn NetOps, iface: &str, tap: &str) -> Result<(Vec<Link>, Link), SandboxError> {
+    check_ifname(iface)?;
+    check_ifname(tap)?;
+    if iface == tap {
+        return Err(SandboxError::InvalidArgument {
+            reason: "the tap cannot be the pod interface".into(),
+        });
+    }
+    let links = ops.links()?;
+    let eth = links
+        .iter()
+        .find(|l| l.name == iface)
+        .cloned()
+        .ok_or_else(|| net_err("setup", format!("the pod has no interface {iface}")))?;
+    Ok((links, eth))
+}
+
 /// Routed mode, for pods that mix runc sidecars and a guest (Knative's queue-proxy): the pod
 /// interface stays as CNI made it, for the sidecars; the guest sits on a private link-local
 /// /30 behind the tap ([`ROUTED_GUEST_ADDR`], gateway [`ROUTED_HOST_ADDR`]) and the pod
@@ -213,57 +218,29 @@ const NFT_TABLE: &str = "crid_guest";
 /// sees its private address, not the pod IP; a sidecar listening on a declared port is
 /// shadowed for connections to the pod IP and 127.0.0.1.
 pub fn setup_routed_with(
-    r: &dyn Runner,
+    ops: &dyn NetOps,
     iface: &str,
     tap: &str,
     ports: &[GuestPort],
 ) -> Result<GuestNet, SandboxError> {
-    check_ifname(iface)?;
-    check_ifname(tap)?;
-    if iface == tap {
-        return Err(SandboxError::InvalidArgument {
-            reason: "the tap cannot be the pod interface".into(),
-        });
-    }
-    let links: Vec<Link> = parse("ip link", &r.run("ip", &["-j", "-d", "link", "show"])?)?;
-    let eth = links
-        .iter()
-        .find(|l| l.ifname == iface)
-        .ok_or_else(|| net_err("setup", format!("the pod has no interface {iface}")))?;
+    let (links, eth) = pod_link(ops, iface, tap)?;
     let mtu = if eth.mtu == 0 { 1500 } else { eth.mtu };
-    let addrs: Vec<AddrIface> = parse(
-        "ip addr",
-        &r.run("ip", &["-j", "-4", "addr", "show", "dev", iface])?,
-    )?;
-    let pod_ip: Ipv4Addr = addrs
-        .iter()
-        .flat_map(|a| a.addr_info.iter())
-        .find(|a| a.family == "inet")
-        .and_then(|a| a.local.parse().ok())
+    let (pod_ip, _) = ops
+        .ipv4_address(iface)?
         .ok_or_else(|| net_err("setup", format!("{iface} has no IPv4 address")))?;
-    clear_taps(r, &links, tap)?;
+    clear_taps(ops, &links, tap)?;
     let nft = nft_ruleset(iface, tap, pod_ip, ports);
-    let mtu_s = mtu.to_string();
-    let host = format!("{ROUTED_HOST_ADDR}/30");
     let result = (|| {
-        r.run("ip", &["tuntap", "add", "dev", tap, "mode", "tap"])?;
-        r.run("ip", &["link", "set", "dev", tap, "mtu", &mtu_s, "up"])?;
-        r.run("ip", &["addr", "add", &host, "dev", tap])?;
-        r.run(
-            "sysctl",
-            &[
-                "-qw",
-                "net.ipv4.ip_forward=1",
-                &format!("net.ipv4.conf.{tap}.route_localnet=1"),
-            ],
-        )?;
-        // A table left by a crash would keep stale rules.
-        let _ = r.run("nft", &[&format!("delete table ip {NFT_TABLE}")]);
-        r.run("nft", &[&nft])
+        ops.add_tap(tap)?;
+        ops.set_link(tap, Some(mtu), None, true)?;
+        ops.add_address(tap, ROUTED_HOST_ADDR, 30)?;
+        ops.sysctl("net.ipv4.ip_forward", "1")?;
+        ops.sysctl(&format!("net.ipv4.conf.{tap}.route_localnet"), "1")?;
+        ops.nft(&nft)
     })();
     if let Err(e) = result {
-        let _ = r.run("nft", &[&format!("delete table ip {NFT_TABLE}")]);
-        let _ = r.run("ip", &["link", "del", "dev", tap]);
+        let _ = ops.nft(&format!("delete table ip {NFT_TABLE}"));
+        let _ = ops.del_link(tap);
         return Err(e);
     }
     Ok(GuestNet {
@@ -276,11 +253,15 @@ pub fn setup_routed_with(
     })
 }
 
-/// The routed mode's nftables commands, one `nft` invocation (see [`setup_routed_with`]).
+/// The routed mode's nftables commands, one `nft` invocation (see [`setup_routed_with`]). A
+/// table left by a crash is replaced in the same transaction (`add` then `delete` then the new
+/// table: `add table` is a no-op on an existing one).
 fn nft_ruleset(iface: &str, tap: &str, pod_ip: Ipv4Addr, ports: &[GuestPort]) -> String {
     let t = NFT_TABLE;
     let guest = ROUTED_GUEST_ADDR;
     let mut cmds = vec![
+        format!("add table ip {t}"),
+        format!("delete table ip {t}"),
         format!("add table ip {t}"),
         format!(
             "add chain ip {t} prerouting {{ type nat hook prerouting priority -100; policy accept; }}"
@@ -318,23 +299,18 @@ fn nft_ruleset(iface: &str, tap: &str, pod_ip: Ipv4Addr, ports: &[GuestPort]) ->
 
 /// Removes crid taps left by a crash (no carrier) and this container's own stale tap; a live
 /// tap of another container is `PodHasUnikernel` (one guest per pod network).
-fn clear_taps(r: &dyn Runner, links: &[Link], tap: &str) -> Result<(), SandboxError> {
+fn clear_taps(ops: &dyn NetOps, links: &[Link], tap: &str) -> Result<(), SandboxError> {
     for link in links {
-        let is_tun = link
-            .linkinfo
-            .as_ref()
-            .and_then(|li| li.info_kind.as_deref())
-            == Some("tun");
-        if !link.ifname.starts_with(TAP_PREFIX) || !is_tun {
+        if !link.name.starts_with(TAP_PREFIX) || !link.tun {
             continue;
         }
-        if link.ifname != tap && link.flags.iter().any(|f| f == "LOWER_UP") {
+        if link.name != tap && link.lower_up {
             return Err(SandboxError::PodHasUnikernel {
-                tap: link.ifname.clone(),
+                tap: link.name.clone(),
             });
         }
-        tracing::info!(tap = %link.ifname, "removing a stale guest tap");
-        r.run("ip", &["link", "del", "dev", &link.ifname])?;
+        tracing::info!(tap = %link.name, "removing a stale guest tap");
+        ops.del_link(&link.name)?;
     }
     Ok(())
 }
@@ -342,69 +318,37 @@ fn clear_taps(r: &dyn Runner, links: &[Link], tap: &str) -> Result<(), SandboxEr
 /// Removes the tap and the ingress qdisc; fine when they are already gone.
 pub fn teardown_guest_net(netns: &Path, iface: &str, tap: &str) -> Result<(), SandboxError> {
     let (iface, tap) = (iface.to_owned(), tap.to_owned());
-    in_netns(netns, move |r| teardown_with(r, &iface, &tap))
+    in_netns(netns, move |ops| teardown_with(ops, &iface, &tap))
 }
 
-/// [`setup_guest_net`] with an injectable runner.
-pub fn setup_with(r: &dyn Runner, iface: &str, tap: &str) -> Result<GuestNet, SandboxError> {
-    check_ifname(iface)?;
-    check_ifname(tap)?;
-    if iface == tap {
-        return Err(SandboxError::InvalidArgument {
-            reason: "the tap cannot be the pod interface".into(),
-        });
-    }
-    let links: Vec<Link> = parse("ip link", &r.run("ip", &["-j", "-d", "link", "show"])?)?;
-    let eth = links
-        .iter()
-        .find(|l| l.ifname == iface)
-        .ok_or_else(|| net_err("setup", format!("the pod has no interface {iface}")))?;
-    let mac: MacAddr = eth
-        .address
-        .as_deref()
-        .ok_or_else(|| net_err("setup", format!("{iface} has no MAC address")))?
-        .parse()?;
+/// [`setup_guest_net`] in tc mode, on any [`NetOps`].
+pub fn setup_with(ops: &dyn NetOps, iface: &str, tap: &str) -> Result<GuestNet, SandboxError> {
+    let (links, eth) = pod_link(ops, iface, tap)?;
+    let mac = eth
+        .mac
+        .ok_or_else(|| net_err("setup", format!("{iface} has no MAC address")))?;
     let mtu = if eth.mtu == 0 { 1500 } else { eth.mtu };
-
-    let addrs: Vec<AddrIface> = parse(
-        "ip addr",
-        &r.run("ip", &["-j", "-4", "addr", "show", "dev", iface])?,
-    )?;
-    let addr = addrs
-        .iter()
-        .flat_map(|a| a.addr_info.iter())
-        .find(|a| a.family == "inet")
+    let (ip, prefix) = ops
+        .ipv4_address(iface)?
         .ok_or_else(|| net_err("setup", format!("{iface} has no IPv4 address")))?;
-    let ip: Ipv4Addr = addr
-        .local
-        .parse()
-        .map_err(|_| net_err("setup", format!("bad address {:?}", addr.local)))?;
-    let routes: Vec<Route> = parse(
-        "ip route",
-        &r.run("ip", &["-j", "-4", "route", "show", "default"])?,
-    )?;
-    let gateway = routes
-        .iter()
-        .find_map(|rt| rt.gateway.as_deref())
-        .and_then(|g| g.parse::<Ipv4Addr>().ok());
+    let gateway = ops.default_gateway()?;
 
-    clear_taps(r, &links, tap)?;
+    clear_taps(ops, &links, tap)?;
 
     // Before the redirect, which sends every ARP reply on `eth0` to the guest.
-    let gateway_mac = gateway.map(|g| neighbour_mac(r, iface, g));
-    let mtu_s = mtu.to_string();
+    let gateway_mac = gateway.map(|g| neighbour_mac(ops, iface, g));
     let result = (|| {
-        r.run("ip", &["tuntap", "add", "dev", tap, "mode", "tap"])?;
-        r.run("ip", &["link", "set", "dev", tap, "mtu", &mtu_s, "up"])?;
+        ops.add_tap(tap)?;
+        ops.set_link(tap, Some(mtu), None, true)?;
         // A qdisc left by a crash would make "add" fail; it redirected to a dead tap anyway.
-        let _ = r.run("tc", &["qdisc", "del", "dev", iface, "ingress"]);
-        redirect(r, iface, tap)?;
-        redirect(r, tap, iface)
+        let _ = ops.del_ingress(iface);
+        redirect(ops, iface, tap)?;
+        redirect(ops, tap, iface)
     })();
     if result.is_ok() {
         // Without it the guest still serves the pod IP to everyone but the pod's sidecars.
         let routed = match gateway_mac {
-            Some(Ok(gateway_mac)) => sidecar_path(r, tap, ip, mac, gateway_mac),
+            Some(Ok(gateway_mac)) => sidecar_path(ops, tap, ip, mac, gateway_mac),
             Some(Err(e)) => Err(e),
             None => Err(net_err("sidecar path", "the pod has no gateway")),
         };
@@ -414,14 +358,14 @@ pub fn setup_with(r: &dyn Runner, iface: &str, tap: &str) -> Result<GuestNet, Sa
     }
     if let Err(e) = result {
         // Everything above is ours: undo it without asking.
-        let _ = r.run("tc", &["qdisc", "del", "dev", iface, "ingress"]);
-        let _ = r.run("ip", &["link", "del", "dev", tap]);
+        let _ = ops.del_ingress(iface);
+        let _ = ops.del_link(tap);
         return Err(e);
     }
     Ok(GuestNet {
         tap: tap.to_string(),
         ip,
-        prefix: addr.prefixlen,
+        prefix,
         gateway,
         mac,
         mtu,
@@ -430,136 +374,62 @@ pub fn setup_with(r: &dyn Runner, iface: &str, tap: &str) -> Result<GuestNet, Sa
 
 /// Routes the namespace's own traffic for the guest's `ip` into the tap (see the module docs).
 fn sidecar_path(
-    r: &dyn Runner,
+    ops: &dyn NetOps,
     tap: &str,
     ip: Ipv4Addr,
     mac: MacAddr,
     gateway_mac: MacAddr,
 ) -> Result<(), SandboxError> {
-    let (ip_s, host, sidecar) = (ip.to_string(), format!("{ip}/32"), SIDECAR_ADDR.to_string());
-    r.run(
-        "ip",
-        &[
-            "link",
-            "set",
-            "dev",
-            tap,
-            "address",
-            &gateway_mac.to_string(),
-        ],
-    )?;
+    ops.set_link(tap, None, Some(gateway_mac), false)?;
     // Replies come from the pod IP, which is also `eth0`'s: accept them on the tap.
-    r.run(
-        "sysctl",
-        &["-qw", &format!("net.ipv4.conf.{tap}.accept_local=1")],
-    )?;
-    r.run("ip", &["addr", "add", &format!("{sidecar}/32"), "dev", tap])?;
-    r.run(
-        "ip",
-        &[
-            "neigh",
-            "replace",
-            &ip_s,
-            "lladdr",
-            &mac.to_string(),
-            "dev",
-            tap,
-            "nud",
-            "permanent",
-        ],
-    )?;
-    r.run(
-        "ip",
-        &[
-            "route",
-            "replace",
-            &host,
-            "dev",
-            tap,
-            "src",
-            &sidecar,
-            "table",
-            SIDECAR_TABLE,
-        ],
-    )?;
+    ops.sysctl(&format!("net.ipv4.conf.{tap}.accept_local"), "1")?;
+    ops.add_address(tap, SIDECAR_ADDR, 32)?;
+    ops.neigh_permanent(tap, ip, mac)?;
+    ops.route_replace(SIDECAR_TABLE, ip, tap, SIDECAR_ADDR)?;
     // The `local` table (rule 0) would deliver the pod IP to the namespace itself: move it
     // after a rule for locally made packets to the pod IP (once per namespace).
-    let rules = r.run("ip", &["rule", "show"])?;
-    if rules
-        .lines()
-        .any(|l| l.starts_with("0:") && l.contains("lookup local"))
-    {
-        r.run("ip", &["rule", "add", "pref", "100", "lookup", "local"])?;
-        r.run("ip", &["rule", "del", "pref", "0", "lookup", "local"])?;
+    let rules = ops.rules()?;
+    let local_at = |priority: u32| {
+        rules
+            .iter()
+            .any(|r| r.priority == priority && r.table == LOCAL_TABLE)
+    };
+    if local_at(0) {
+        if !local_at(LOCAL_RULE_MOVED) {
+            ops.add_rule(&Rule {
+                priority: LOCAL_RULE_MOVED,
+                table: LOCAL_TABLE,
+                ..Rule::default()
+            })?;
+        }
+        ops.del_rule(&Rule {
+            priority: 0,
+            table: LOCAL_TABLE,
+            ..Rule::default()
+        })?;
     }
-    if !rules
-        .lines()
-        .any(|l| l.starts_with(&format!("{SIDECAR_TABLE}:")))
-    {
-        r.run(
-            "ip",
-            &[
-                "rule",
-                "add",
-                "pref",
-                SIDECAR_TABLE,
-                "to",
-                &host,
-                "iif",
-                "lo",
-                "lookup",
-                SIDECAR_TABLE,
-            ],
-        )?;
+    if !rules.iter().any(|r| r.priority == SIDECAR_TABLE) {
+        ops.add_rule(&Rule {
+            priority: SIDECAR_TABLE,
+            table: SIDECAR_TABLE,
+            to: Some(ip),
+            iif: Some("lo".into()),
+        })?;
     }
     // A filter without an action, before the redirect: the frame goes up the stack.
-    r.run(
-        "tc",
-        &[
-            "filter",
-            "add",
-            "dev",
-            tap,
-            "parent",
-            "ffff:",
-            "prio",
-            "1",
-            "protocol",
-            "ip",
-            "u32",
-            "match",
-            "ip",
-            "dst",
-            &format!("{sidecar}/32"),
-            "flowid",
-            "1:1",
-        ],
-    )?;
-    Ok(())
+    ops.pass_up(tap, SIDECAR_ADDR)
 }
 
 /// The MAC address of `ip` on `iface`, resolving it first if needed (bounded: about a second).
-fn neighbour_mac(r: &dyn Runner, iface: &str, ip: Ipv4Addr) -> Result<MacAddr, SandboxError> {
-    #[derive(Deserialize)]
-    struct Neighbour {
-        #[serde(default)]
-        lladdr: Option<String>,
-    }
-    let ip_s = ip.to_string();
+fn neighbour_mac(ops: &dyn NetOps, iface: &str, ip: Ipv4Addr) -> Result<MacAddr, SandboxError> {
     // ARP on a local bridge answers in well under a millisecond: look again soon, then back
     // off to 50 ms steps (about a second in all).
     for attempt in 0..25u32 {
-        let out = r.run("ip", &["-j", "neigh", "show", &ip_s, "dev", iface])?;
-        let found: Vec<Neighbour> = if out.trim().is_empty() {
-            Vec::new()
-        } else {
-            parse("ip neigh", &out)?
-        };
-        if let Some(mac) = found.iter().find_map(|n| n.lladdr.as_deref()) {
-            return mac.parse();
+        if let Some(mac) = ops.neighbour(iface, ip)? {
+            return Ok(mac);
         }
         if attempt % 5 == 0 {
-            r.probe(ip)?;
+            ops.probe(ip)?;
         }
         std::thread::sleep(std::time::Duration::from_millis(
             (2u64 << attempt.min(5)).min(50),
@@ -571,36 +441,30 @@ fn neighbour_mac(r: &dyn Runner, iface: &str, ip: Ipv4Addr) -> Result<MacAddr, S
     ))
 }
 
-fn redirect(r: &dyn Runner, from: &str, to: &str) -> Result<(), SandboxError> {
-    r.run("tc", &["qdisc", "add", "dev", from, "ingress"])?;
-    r.run(
-        "tc",
-        &[
-            "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32", "match",
-            "u8", "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
-        ],
-    )?;
-    Ok(())
+fn redirect(ops: &dyn NetOps, from: &str, to: &str) -> Result<(), SandboxError> {
+    ops.add_ingress(from)?;
+    ops.redirect(from, to)
 }
 
-/// [`teardown_guest_net`] with an injectable runner.
-pub fn teardown_with(r: &dyn Runner, iface: &str, tap: &str) -> Result<(), SandboxError> {
+/// [`teardown_guest_net`] on any [`NetOps`].
+pub fn teardown_with(ops: &dyn NetOps, iface: &str, tap: &str) -> Result<(), SandboxError> {
     check_ifname(iface)?;
     check_ifname(tap)?;
-    let links: Vec<Link> = parse("ip link", &r.run("ip", &["-j", "link", "show"])?)?;
+    let links = ops.links()?;
     // Without this container's tap the redirect on the pod interface is not ours (another
     // unikernel's, when this one was refused): leave it. One left by a crash is replaced at
     // the next setup.
-    if !links.iter().any(|l| l.ifname == tap) {
+    if !links.iter().any(|l| l.name == tap) {
         return Ok(());
     }
-    if links.iter().any(|l| l.ifname == iface) {
-        let _ = r.run("tc", &["qdisc", "del", "dev", iface, "ingress"]);
+    // A routed guest's tap carries the namespace's side of its /30, and its NAT table goes
+    // with it; a tc-mode guest's pod interface has the redirect.
+    if ops.ipv4_address(tap)?.map(|(a, _)| a) == Some(ROUTED_HOST_ADDR) {
+        let _ = ops.nft(&format!("delete table ip {NFT_TABLE}"));
+    } else if links.iter().any(|l| l.name == iface) {
+        let _ = ops.del_ingress(iface);
     }
-    // Routed mode's table; absent in tc mode.
-    let _ = r.run("nft", &[&format!("delete table ip {NFT_TABLE}")]);
-    r.run("ip", &["link", "del", "dev", tap])?;
-    Ok(())
+    ops.del_link(tap)
 }
 
 #[cfg(test)]
@@ -608,59 +472,177 @@ mod tests {
     use super::*;
     use std::cell::RefCell;
 
+    /// Records each step as a line; answers queries from a pod with `eth0` 10.88.0.7/16
+    /// behind gateway 10.88.0.1, whose MAC is known once it was probed.
     struct Fake {
         calls: RefCell<Vec<String>>,
         probes: RefCell<Vec<Ipv4Addr>>,
-        links: String,
+        links: Vec<Link>,
+        tap_addr: Option<Ipv4Addr>,
         fail_on: Option<&'static str>,
     }
 
-    impl Runner for Fake {
-        fn run(&self, program: &str, args: &[&str]) -> Result<String, SandboxError> {
-            let line = format!("{program} {}", args.join(" "));
+    impl Fake {
+        fn step(&self, line: String) -> Result<(), SandboxError> {
             self.calls.borrow_mut().push(line.clone());
             if self.fail_on.is_some_and(|f| line.starts_with(f)) {
                 return Err(net_err(&line, "boom"));
             }
-            Ok(match line.as_str() {
-                "ip -j -d link show" | "ip -j link show" => self.links.clone(),
-                "ip -j -4 addr show dev eth0" => {
-                    r#"[{"ifname":"eth0","addr_info":[{"family":"inet","local":"10.88.0.7","prefixlen":16}]}]"#.into()
-                }
-                "ip -j -4 route show default" => r#"[{"dst":"default","gateway":"10.88.0.1","dev":"eth0"}]"#.into(),
-                "ip -j neigh show 10.88.0.1 dev eth0" if !self.probes.borrow().is_empty() => {
-                    r#"[{"dst":"10.88.0.1","lladdr":"0a:58:0a:58:00:01","state":["REACHABLE"]}]"#.into()
-                }
-                "ip rule show" => "0:\tfrom all lookup local\n32766:\tfrom all lookup main\n".into(),
-                _ => String::new(),
-            })
-        }
-
-        fn probe(&self, ip: Ipv4Addr) -> Result<(), SandboxError> {
-            self.probes.borrow_mut().push(ip);
             Ok(())
         }
     }
 
-    fn links(extra: &str) -> String {
-        format!(
-            r#"[{{"ifname":"lo","mtu":65536,"address":"00:00:00:00:00:00","flags":["LOOPBACK","UP"]}},
-               {{"ifname":"eth0","mtu":1450,"address":"0a:58:0a:58:00:07","flags":["UP","LOWER_UP"]}}{extra}]"#
-        )
+    impl NetOps for Fake {
+        fn links(&self) -> Result<Vec<Link>, SandboxError> {
+            self.step("links".into())?;
+            Ok(self.links.clone())
+        }
+        fn ipv4_address(&self, dev: &str) -> Result<Option<(Ipv4Addr, u8)>, SandboxError> {
+            self.step(format!("addr show {dev}"))?;
+            Ok(match dev {
+                "eth0" => Some((Ipv4Addr::new(10, 88, 0, 7), 16)),
+                _ => self.tap_addr.map(|a| (a, 30)),
+            })
+        }
+        fn default_gateway(&self) -> Result<Option<Ipv4Addr>, SandboxError> {
+            self.step("route show default".into())?;
+            Ok(Some(Ipv4Addr::new(10, 88, 0, 1)))
+        }
+        fn neighbour(&self, dev: &str, ip: Ipv4Addr) -> Result<Option<MacAddr>, SandboxError> {
+            self.step(format!("neigh show {ip} dev {dev}"))?;
+            Ok((!self.probes.borrow().is_empty()).then(|| "0a:58:0a:58:00:01".parse().unwrap()))
+        }
+        fn probe(&self, ip: Ipv4Addr) -> Result<(), SandboxError> {
+            self.probes.borrow_mut().push(ip);
+            Ok(())
+        }
+        fn add_tap(&self, name: &str) -> Result<(), SandboxError> {
+            self.step(format!("tap add {name}"))
+        }
+        fn set_link(
+            &self,
+            dev: &str,
+            mtu: Option<u32>,
+            mac: Option<MacAddr>,
+            up: bool,
+        ) -> Result<(), SandboxError> {
+            let mut line = format!("link set {dev}");
+            if let Some(m) = mtu {
+                line += &format!(" mtu {m}");
+            }
+            if let Some(m) = mac {
+                line += &format!(" address {m}");
+            }
+            if up {
+                line += " up";
+            }
+            self.step(line)
+        }
+        fn del_link(&self, dev: &str) -> Result<(), SandboxError> {
+            self.step(format!("link del {dev}"))
+        }
+        fn add_address(&self, dev: &str, ip: Ipv4Addr, prefix: u8) -> Result<(), SandboxError> {
+            self.step(format!("addr add {ip}/{prefix} dev {dev}"))
+        }
+        fn sysctl(&self, key: &str, value: &str) -> Result<(), SandboxError> {
+            self.step(format!("sysctl {key}={value}"))
+        }
+        fn add_ingress(&self, dev: &str) -> Result<(), SandboxError> {
+            self.step(format!("qdisc add {dev} ingress"))
+        }
+        fn del_ingress(&self, dev: &str) -> Result<(), SandboxError> {
+            self.step(format!("qdisc del {dev} ingress"))
+        }
+        fn redirect(&self, from: &str, to: &str) -> Result<(), SandboxError> {
+            self.step(format!("filter add {from} redirect {to}"))
+        }
+        fn pass_up(&self, dev: &str, dst: Ipv4Addr) -> Result<(), SandboxError> {
+            self.step(format!("filter add {dev} pass {dst}"))
+        }
+        fn neigh_permanent(
+            &self,
+            dev: &str,
+            ip: Ipv4Addr,
+            mac: MacAddr,
+        ) -> Result<(), SandboxError> {
+            self.step(format!(
+                "neigh replace {ip} lladdr {mac} dev {dev} permanent"
+            ))
+        }
+        fn route_replace(
+            &self,
+            table: u32,
+            dst: Ipv4Addr,
+            dev: &str,
+            src: Ipv4Addr,
+        ) -> Result<(), SandboxError> {
+            self.step(format!(
+                "route replace {dst}/32 dev {dev} src {src} table {table}"
+            ))
+        }
+        fn rules(&self) -> Result<Vec<Rule>, SandboxError> {
+            self.step("rule show".into())?;
+            Ok(vec![
+                Rule {
+                    priority: 0,
+                    table: 255,
+                    ..Rule::default()
+                },
+                Rule {
+                    priority: 32766,
+                    table: 254,
+                    ..Rule::default()
+                },
+            ])
+        }
+        fn add_rule(&self, r: &Rule) -> Result<(), SandboxError> {
+            self.step(format!(
+                "rule add pref {} to {:?} iif {:?} lookup {}",
+                r.priority, r.to, r.iif, r.table
+            ))
+        }
+        fn del_rule(&self, r: &Rule) -> Result<(), SandboxError> {
+            self.step(format!("rule del pref {} lookup {}", r.priority, r.table))
+        }
+        fn nft(&self, script: &str) -> Result<(), SandboxError> {
+            self.step(format!("nft {script}"))
+        }
     }
 
-    fn fake(extra: &str, fail_on: Option<&'static str>) -> Fake {
+    fn link(index: u32, name: &str, lower_up: bool, tun: bool) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            mtu: if name == "eth0" { 1450 } else { 1500 },
+            mac: Some(if name == "eth0" {
+                "0a:58:0a:58:00:07".parse().unwrap()
+            } else {
+                "aa:bb:cc:dd:ee:ff".parse().unwrap()
+            }),
+            lower_up,
+            tun,
+        }
+    }
+
+    fn fake(extra: Option<Link>, fail_on: Option<&'static str>) -> Fake {
+        let mut links = vec![link(1, "lo", true, false), link(2, "eth0", true, false)];
+        links.extend(extra);
         Fake {
             calls: RefCell::new(vec![]),
             probes: RefCell::new(vec![]),
-            links: links(extra),
+            links,
+            tap_addr: None,
             fail_on,
         }
     }
 
+    fn steps(f: &Fake) -> Vec<String> {
+        f.calls.borrow().clone()
+    }
+
     #[test]
     fn setup_moves_address_to_guest_and_redirects_both_ways() {
-        let f = fake("", None);
+        let f = fake(None, None);
         let n = setup_with(&f, "eth0", "crtapabc").unwrap();
         assert_eq!(n.ip, Ipv4Addr::new(10, 88, 0, 7));
         assert_eq!(n.prefix, 16);
@@ -669,115 +651,107 @@ mod tests {
         assert_eq!(n.mtu, 1450);
         // The gateway's MAC is resolved (by a probe) before the redirect takes ARP away.
         assert_eq!(*f.probes.borrow(), [Ipv4Addr::new(10, 88, 0, 1)]);
-        let calls = f.calls.borrow();
-        let first_neigh = calls
+        let calls = steps(&f);
+        let last_neigh = calls
             .iter()
-            .position(|c| c.starts_with("ip -j neigh"))
+            .rposition(|c| c.starts_with("neigh show"))
             .unwrap();
-        let tuntap = calls
-            .iter()
-            .position(|c| c.starts_with("ip tuntap"))
-            .unwrap();
-        assert!(first_neigh < tuntap);
-        let calls: Vec<&str> = calls
-            .iter()
-            .map(String::as_str)
-            .filter(|c| !c.starts_with("ip -j neigh"))
-            .collect();
+        let tap = calls.iter().position(|c| c.starts_with("tap add")).unwrap();
+        assert!(last_neigh < tap);
         let want = [
-            "ip tuntap add dev crtapabc mode tap",
-            "ip link set dev crtapabc mtu 1450 up",
-            "tc qdisc del dev eth0 ingress",
-            "tc qdisc add dev eth0 ingress",
-            "tc filter add dev eth0 parent ffff: protocol all u32 match u8 0 0 action mirred egress redirect dev crtapabc",
-            "tc qdisc add dev crtapabc ingress",
-            "tc filter add dev crtapabc parent ffff: protocol all u32 match u8 0 0 action mirred egress redirect dev eth0",
+            "tap add crtapabc",
+            "link set crtapabc mtu 1450 up",
+            "qdisc del eth0 ingress",
+            "qdisc add eth0 ingress",
+            "filter add eth0 redirect crtapabc",
+            "qdisc add crtapabc ingress",
+            "filter add crtapabc redirect eth0",
+            "link set crtapabc address 0a:58:0a:58:00:01",
+            "sysctl net.ipv4.conf.crtapabc.accept_local=1",
+            "addr add 169.254.77.2/32 dev crtapabc",
+            "neigh replace 10.88.0.7 lladdr 0a:58:0a:58:00:07 dev crtapabc permanent",
+            "route replace 10.88.0.7/32 dev crtapabc src 169.254.77.2 table 77",
+            "rule show",
+            "rule add pref 100 to None iif None lookup 255",
+            "rule del pref 0 lookup 255",
+            "rule add pref 77 to Some(10.88.0.7) iif Some(\"lo\") lookup 77",
+            "filter add crtapabc pass 169.254.77.2",
         ];
-        assert_eq!(&calls[3..10], want);
-        let want = [
-            "ip link set dev crtapabc address 0a:58:0a:58:00:01",
-            "sysctl -qw net.ipv4.conf.crtapabc.accept_local=1",
-            "ip addr add 169.254.77.2/32 dev crtapabc",
-            "ip neigh replace 10.88.0.7 lladdr 0a:58:0a:58:00:07 dev crtapabc nud permanent",
-            "ip route replace 10.88.0.7/32 dev crtapabc src 169.254.77.2 table 77",
-            "ip rule show",
-            "ip rule add pref 100 lookup local",
-            "ip rule del pref 0 lookup local",
-            "ip rule add pref 77 to 10.88.0.7/32 iif lo lookup 77",
-            "tc filter add dev crtapabc parent ffff: prio 1 protocol ip u32 match ip dst 169.254.77.2/32 flowid 1:1",
-        ];
-        assert_eq!(&calls[10..], want);
+        assert_eq!(&calls[tap..], want);
     }
 
     #[test]
     fn stale_taps_are_removed_live_ones_refuse() {
-        let stale = r#",{"ifname":"crtapold","mtu":1500,"address":"aa:bb:cc:dd:ee:ff","flags":["NO-CARRIER","BROADCAST","UP"],"linkinfo":{"info_kind":"tun"}}"#;
-        let f = fake(stale, None);
+        let f = fake(Some(link(3, "crtapold", false, true)), None);
         setup_with(&f, "eth0", "crtapnew").unwrap();
-        assert!(
-            f.calls
-                .borrow()
-                .iter()
-                .any(|c| c == "ip link del dev crtapold")
-        );
+        assert!(steps(&f).iter().any(|c| c == "link del crtapold"));
 
-        let own = r#",{"ifname":"crtapnew","mtu":1500,"address":"aa:bb:cc:dd:ee:ff","flags":["UP","LOWER_UP"],"linkinfo":{"info_kind":"tun"}}"#;
-        let f = fake(own, None);
+        let f = fake(Some(link(3, "crtapnew", true, true)), None);
         setup_with(&f, "eth0", "crtapnew").unwrap();
-        assert!(
-            f.calls
-                .borrow()
-                .iter()
-                .any(|c| c == "ip link del dev crtapnew")
-        );
+        assert!(steps(&f).iter().any(|c| c == "link del crtapnew"));
 
-        let live = r#",{"ifname":"crtapother","mtu":1500,"address":"aa:bb:cc:dd:ee:ff","flags":["UP","LOWER_UP"],"linkinfo":{"info_kind":"tun"}}"#;
-        let f = fake(live, None);
+        let f = fake(Some(link(3, "crtapother", true, true)), None);
         let err = setup_with(&f, "eth0", "crtapnew").unwrap_err();
         assert_eq!(err.kind(), imagestore::ErrorKind::FailedPrecondition);
-        assert!(!f.calls.borrow().iter().any(|c| c.contains("tuntap")));
+        assert!(!steps(&f).iter().any(|c| c.starts_with("tap add")));
+
+        // Not a tap of crid's: left alone.
+        let f = fake(Some(link(3, "crtapveth", true, false)), None);
+        setup_with(&f, "eth0", "crtapnew").unwrap();
+        assert!(!steps(&f).iter().any(|c| c == "link del crtapveth"));
     }
 
     #[test]
     fn failure_midway_tears_down() {
-        let f = fake("", Some("tc filter add dev eth0"));
+        let f = fake(None, Some("filter add eth0"));
         assert!(setup_with(&f, "eth0", "crtapx").is_err());
-        let calls = f.calls.borrow();
+        let calls = steps(&f);
         assert_eq!(
             &calls[calls.len() - 2..],
-            ["tc qdisc del dev eth0 ingress", "ip link del dev crtapx"]
+            ["qdisc del eth0 ingress", "link del crtapx"]
         );
     }
 
     #[test]
     fn teardown_of_a_refused_guest_leaves_the_live_guests_redirect() {
-        let live = r#",{"ifname":"crtapother","mtu":1500,"address":"aa:bb:cc:dd:ee:ff","flags":["UP","LOWER_UP"],"linkinfo":{"info_kind":"tun"}}"#;
-        let f = fake(live, None);
+        let f = fake(Some(link(3, "crtapother", true, true)), None);
         assert!(setup_with(&f, "eth0", "crtapnew").is_err());
         teardown_with(&f, "eth0", "crtapnew").unwrap();
-        let calls = f.calls.borrow();
+        let calls = steps(&f);
         assert!(
-            !calls.iter().any(|c| c.starts_with("tc qdisc del")),
+            !calls.iter().any(|c| c.starts_with("qdisc del")),
             "{calls:?}"
         );
 
-        let own = r#",{"ifname":"crtapnew","mtu":1500,"address":"aa:bb:cc:dd:ee:ff","flags":["UP","LOWER_UP"],"linkinfo":{"info_kind":"tun"}}"#;
-        let f = fake(own, None);
+        // tc mode: the redirect and the tap go; no nft process.
+        let f = fake(Some(link(3, "crtapnew", true, true)), None);
         teardown_with(&f, "eth0", "crtapnew").unwrap();
-        let calls = f.calls.borrow();
         assert_eq!(
-            &calls[1..],
+            &steps(&f)[1..],
             [
-                "tc qdisc del dev eth0 ingress",
+                "addr show crtapnew",
+                "qdisc del eth0 ingress",
+                "link del crtapnew"
+            ]
+        );
+
+        // Routed mode: the NAT table and the tap go.
+        let mut f = fake(Some(link(3, "crtapnew", true, true)), None);
+        f.tap_addr = Some(ROUTED_HOST_ADDR);
+        teardown_with(&f, "eth0", "crtapnew").unwrap();
+        assert_eq!(
+            &steps(&f)[1..],
+            [
+                "addr show crtapnew",
                 "nft delete table ip crid_guest",
-                "ip link del dev crtapnew"
+                "link del crtapnew"
             ]
         );
     }
 
     #[test]
     fn routed_mode_keeps_eth0_and_nats_the_declared_ports() {
-        let f = fake("", None);
+        let f = fake(None, None);
         let ports = [
             GuestPort {
                 port: 8080,
@@ -797,22 +771,28 @@ mod tests {
         assert_eq!(n.prefix, 30);
         assert_eq!(n.gateway, Some(ROUTED_HOST_ADDR));
         assert_eq!(n.mtu, 1450);
-        let calls = f.calls.borrow();
+        let calls = steps(&f);
         // Nothing touches eth0: no qdisc, no address or MAC change.
         assert!(
-            !calls
-                .iter()
-                .any(|c| c.contains("dev eth0") && !c.starts_with("ip -j"))
+            !calls.iter().any(|c| c.contains("eth0")
+                && !c.starts_with("addr show")
+                && !c.starts_with("nft"))
         );
         let want = [
-            "ip tuntap add dev crtapabc mode tap",
-            "ip link set dev crtapabc mtu 1450 up",
-            "ip addr add 169.254.77.5/30 dev crtapabc",
-            "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.crtapabc.route_localnet=1",
-            "nft delete table ip crid_guest",
+            "tap add crtapabc",
+            "link set crtapabc mtu 1450 up",
+            "addr add 169.254.77.5/30 dev crtapabc",
+            "sysctl net.ipv4.ip_forward=1",
+            "sysctl net.ipv4.conf.crtapabc.route_localnet=1",
         ];
         assert_eq!(&calls[2..7], want);
-        let nft = &calls[7];
+        // One nft process, which also replaces a table a crash left.
+        let nft: Vec<_> = calls.iter().filter(|c| c.starts_with("nft")).collect();
+        assert_eq!(nft.len(), 1);
+        let nft = nft[0];
+        assert!(nft.starts_with(
+            "nft add table ip crid_guest; delete table ip crid_guest; add table ip crid_guest;"
+        ));
         for rule in [
             "add rule ip crid_guest prerouting iifname \"eth0\" ip daddr 10.88.0.7 tcp dport { 8080, 8012 } dnat to 169.254.77.6",
             "add rule ip crid_guest output ip daddr { 10.88.0.7, 127.0.0.1 } tcp dport { 8080, 8012 } dnat to 169.254.77.6",
@@ -823,15 +803,14 @@ mod tests {
             assert!(nft.contains(rule), "{rule} missing from {nft}");
         }
 
-        let f = fake("", Some("nft add table"));
+        let f = fake(None, Some("nft add table"));
         assert!(setup_routed_with(&f, "eth0", "crtapx", &ports).is_err());
-        let calls = f.calls.borrow();
-        assert_eq!(calls.last().unwrap(), "ip link del dev crtapx");
+        assert_eq!(steps(&f).last().unwrap(), "link del crtapx");
     }
 
     #[test]
     fn missing_interface_and_bad_names() {
-        let f = fake("", None);
+        let f = fake(None, None);
         assert!(setup_with(&f, "eth1", "crtapx").is_err());
         assert!(setup_with(&f, "eth0", "bad name").is_err());
         assert!(setup_with(&f, "eth0", "eth0").is_err());
@@ -841,13 +820,8 @@ mod tests {
 
     #[test]
     fn teardown_is_idempotent() {
-        let f = fake("", None);
+        let f = fake(None, None);
         teardown_with(&f, "eth0", "crtapx").unwrap();
-        assert!(
-            !f.calls
-                .borrow()
-                .iter()
-                .any(|c| c.starts_with("ip link del"))
-        );
+        assert!(!steps(&f).iter().any(|c| c.starts_with("link del")));
     }
 }

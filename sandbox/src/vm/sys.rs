@@ -1,4 +1,5 @@
-//! The VM backend's only unsafe code: the KVM API version ioctl.
+//! The VM backend's only unsafe code: the KVM API version ioctl, the tap creation ioctls and
+//! extended attributes.
 #![allow(unsafe_code)]
 
 use std::os::fd::AsRawFd;
@@ -16,6 +17,48 @@ pub(crate) fn kvm_api_version(kvm: &std::fs::File) -> std::io::Result<i32> {
     } else {
         Ok(ret)
     }
+}
+
+/// Creates a persistent tap device `name` (no packet information header) in the calling
+/// thread's network namespace, as `ip tuntap add mode tap` does: `TUNSETIFF` on
+/// `/dev/net/tun`, then `TUNSETPERSIST` so the device outlives the descriptor, which is closed
+/// on return. The VMM attaches to it by name later.
+pub(crate) fn create_persistent_tap(name: &str) -> std::io::Result<()> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // std opens with O_CLOEXEC: no child inherits the device.
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    // SAFETY: `ifreq` is plain old data (arrays, integers, a union of them and a pointer that
+    // stays unused): all zero bytes are a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // The flags fit in a c_short (IFF_TAP 0x2 | IFF_NO_PI 0x1000).
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: the descriptor is open for the call; TUNSETIFF reads and writes one `ifreq`
+    // through the pointer, which points to a live, initialised value (the name NUL-terminated
+    // by the zeroing, since it is shorter than IFNAMSIZ).
+    if unsafe {
+        libc::ioctl(
+            tun.as_raw_fd(),
+            libc::TUNSETIFF,
+            &mut req as *mut libc::ifreq,
+        )
+    } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: TUNSETPERSIST takes an integer argument by value and touches no user memory.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Whether a directory carries overlayfs's opaque marker (`trusted.overlay.opaque=y`, or
