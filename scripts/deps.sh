@@ -3,7 +3,7 @@
 # systemd-socket-activate starts crid the way crid.socket does in crid/tests/hardening.rs.)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(runc containernetworking-plugins iproute2 iptables qemu-system-x86 qemu-utils
+pkgs=(runc containernetworking-plugins iproute2 iptables strace qemu-system-x86 qemu-utils
       docker-registry skopeo protobuf-compiler busybox-static gcc make curl jq
       containerd apparmor systemd nftables)
 missing=()

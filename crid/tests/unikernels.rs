@@ -52,6 +52,11 @@ fn push_guest(reg: &str, dir: &Path, guest: &str, hypervisor: &str) -> String {
 /// crid on a temp dir with this file's config (seccomp profiles from `<dir>/seccomp`, metrics
 /// on a free loopback port), and the metrics endpoint's address.
 async fn start() -> (Crid, String) {
+    start_with("").await
+}
+
+/// [`start`] with more `[cni]` settings.
+async fn start_with(cni: &str) -> (Crid, String) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let metrics = format!("127.0.0.1:{}", common::free_port());
@@ -61,7 +66,7 @@ async fn start() -> (Crid, String) {
     std::fs::write(
         d.join("config.toml"),
         format!(
-            "[cni]\nconf_dir = {:?}\n[runtime]\nseccomp_profile_root = {:?}\n\
+            "[cni]\nconf_dir = {:?}\n{cni}\n[runtime]\nseccomp_profile_root = {:?}\n\
              unikernel_autodetect_handlers = [\"runc\"]\n[metrics]\naddress = \"{metrics}\"\n",
             d.join("net.d"),
             d.join("seccomp")
@@ -1305,4 +1310,179 @@ fn http_get_port(ip: std::net::Ipv4Addr, port: u16) -> std::io::Result<String> {
     let mut body = String::new();
     s.read_to_string(&mut body)?;
     Ok(body)
+}
+
+/// The calls an `strace -f -o FILE` trace holds, one string per call: a call split by another
+/// process's line (`<unfinished ...>` ... `<... NAME resumed>`) is joined again. Each string
+/// starts with the call's name.
+fn strace_calls(trace: &str) -> Vec<String> {
+    let mut pending: std::collections::HashMap<&str, String> = Default::default();
+    let mut calls = Vec::new();
+    for line in trace.lines() {
+        let Some((pid, rest)) = line.trim().split_once(char::is_whitespace) else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        if let Some(head) = rest.strip_suffix("<unfinished ...>") {
+            pending.insert(pid, head.trim_end().to_owned());
+        } else if let Some(tail) = rest.strip_prefix("<... ") {
+            let tail = tail.split_once("resumed>").map_or("", |(_, t)| t);
+            if let Some(head) = pending.remove(pid) {
+                calls.push(format!("{head}{tail}"));
+            }
+        } else if !rest.starts_with("+++") && !rest.starts_with("---") {
+            calls.push(rest.to_owned());
+        }
+    }
+    calls
+}
+
+/// The return value at the end of a complete call (`... = 123`), if it succeeded.
+fn strace_result(call: &str) -> Option<i64> {
+    call.rsplit_once(" = ")
+        .and_then(|(_, r)| r.split_whitespace().next()?.parse().ok())
+        .filter(|r| *r >= 0)
+}
+
+/// Issue 15's "one process per unikernel start": with strace attached to the running daemon
+/// (every thread, following children), CreateContainer + StartContainer of the freestanding
+/// guest in a CNI pod network, until its first serial byte, execs only the container's monitor
+/// and the VMM: the network (tap, tc redirects, sidecar path) is set up in-process and the
+/// monitor's child joins the cgroup and the namespace itself, with no `ip`, `tc`, `sh` or
+/// `nsenter`. New processes (clones without CLONE_THREAD, forks): the monitor's two (crid
+/// starts it, it forks its detached self) and the VMM.
+#[tokio::test]
+async fn a_guest_in_a_pod_network_starts_one_process_besides_its_monitor() {
+    let Some(reg) = ready() else { return };
+    if !Path::new("/usr/lib/cni/bridge").exists() {
+        missing("the CNI plugins are not installed in /usr/lib/cni");
+        return;
+    }
+    if !common::on_path("strace") {
+        missing("strace is not installed (scripts/deps.sh)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let image = push_guest(&reg, work.path(), "unikraft", "qemu");
+    // No pod networks made ahead of need: their refill (CNI plugins) would run meanwhile.
+    let (crid, _) = start_with("prepared_networks = 0").await;
+    let (_bridge, _) = bridge_network(&crid, 196);
+    crid.expect_pull(&image).await;
+    let log_dir = crid.path().join("logs/counted");
+    let pod_config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "counted".into(),
+            uid: "uid-counted".into(),
+            namespace: "test".into(),
+            attempt: 0,
+        }),
+        log_directory: log_dir.display().to_string(),
+        ..Default::default()
+    };
+    let pod_id = crid
+        .rt()
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config.clone()),
+            runtime_handler: "urunc".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
+        .into_inner()
+        .pod_sandbox_id;
+    let pod = (pod_id, pod_config);
+
+    let daemon = crid.pid().expect("crid runs");
+    let trace_file = crid.path().join("start.strace");
+    let mut strace = Command::new("strace")
+        .args([
+            "-f",
+            "-s",
+            "256",
+            "-e",
+            "trace=execve,clone,clone3,fork,vfork",
+            "-o",
+        ])
+        .arg(&trace_file)
+        .args(["-p", &daemon.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Attached once every thread of the daemon has strace as its tracer (bounded).
+    let tracer = format!("TracerPid:\t{}", strace.id());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{daemon}/task"))
+            .unwrap()
+            .flatten()
+            .map(|t| t.path().join("status"))
+            .collect();
+        if tasks
+            .iter()
+            .all(|s| std::fs::read_to_string(s).is_ok_and(|t| t.contains(&tracer)))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "strace did not attach to crid");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let id = crid.create_start_guest(&pod, "guest", &image, &[]).await;
+    let log = log_dir.join("guest.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
+        assert!(
+            Instant::now() < deadline,
+            "no serial output from the guest\n{}",
+            log_text(crid.path())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Detach (strace lets the tracees go on SIGINT), bounded.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(strace.id()).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while strace.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = strace.kill();
+            let _ = strace.wait();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let trace = std::fs::read_to_string(&trace_file).unwrap();
+    let calls = strace_calls(&trace);
+    let execs: Vec<String> = calls
+        .iter()
+        .filter(|c| c.starts_with("execve(") && strace_result(c) == Some(0))
+        .filter_map(|c| c.split('"').nth(1))
+        .map(|p| p.rsplit('/').next().unwrap_or(p).to_owned())
+        .collect();
+    let processes = calls
+        .iter()
+        .filter(|c| {
+            ["clone(", "clone3(", "fork(", "vfork("]
+                .iter()
+                .any(|s| c.starts_with(s))
+        })
+        .filter(|c| !c.contains("CLONE_THREAD"))
+        .filter(|c| strace_result(c).is_some_and(|pid| pid > 0))
+        .count();
+    eprintln!("execs: {execs:?}; new processes: {processes}");
+    let others: Vec<&String> = execs
+        .iter()
+        .filter(|e| *e != "crid-monitor" && *e != "crid")
+        .collect();
+    assert_eq!(others, ["qemu-system-x86_64"], "execs: {execs:?}\n{trace}");
+    assert_eq!(processes, 3, "execs: {execs:?}\n{trace}");
+
+    crid.rt()
+        .remove_container(cri::RemoveContainerRequest { container_id: id })
+        .await
+        .unwrap();
+    crid.finish().await;
 }
