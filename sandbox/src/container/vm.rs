@@ -7,9 +7,11 @@
 //!   pair, the image's kernel/initrd/block files, the accelerator, the VMM binary) and keeps
 //!   the VM's state ([`VmState`]) in the container's one record; no rootfs is mounted and no
 //!   runc bundle is written.
-//! - `StartContainer` creates the tap in the pod's network namespace, plans the VMM command and
-//!   hands `nsenter --net=<pod netns> -- <vmm> ...` to the monitor: the serial console goes to the
-//!   CRI log, the VMM's exit status becomes the container's exit code.
+//! - `StartContainer` creates the tap in the pod's network namespace (in-process, see
+//!   [`crate::vm::net`]), plans the VMM command and hands it to the monitor with the pod's
+//!   network namespace and the container's cgroup, which the monitor's child joins before it
+//!   execs the VMM: the serial console goes to the CRI log, the VMM's exit status becomes the
+//!   container's exit code.
 //! - The VMM runs in the container's cgroup (`cgroups_path`, as runc would use: CRI limits,
 //!   stats and OOM detection apply), as an unprivileged user where the hypervisor allows (QEMU);
 //!   see [`crate::vm::cgroup`] and [`crate::vm::qemu`].
