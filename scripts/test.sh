@@ -8,6 +8,9 @@ ROOT=$PWD
 scripts/deps.sh
 
 WORK=$(mktemp -d /tmp/crid-test.XXXXXX)
+# Searchable by others: containers of user-namespaced pods reach crid's root and state
+# (under $WORK/crid) from inside their user namespace.
+chmod 711 "$WORK"
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done

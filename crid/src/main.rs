@@ -39,11 +39,17 @@ enum Command {
     #[command(hide = true)]
     Monitor {
         /// The monitor spec JSON written by crid.
-        #[arg(long, required_unless_present = "pid_namespace")]
+        #[arg(long, required_unless_present_any = ["pid_namespace", "user_namespace"])]
         spec: Option<PathBuf>,
         /// Start a pod's PID namespace holder instead, chrooted into this empty directory.
         #[arg(long, conflicts_with = "spec")]
         pid_namespace: Option<PathBuf>,
+        /// The pod's user namespace (its pin) to make the PID namespace in.
+        #[arg(long, requires = "pid_namespace")]
+        in_user_namespace: Option<PathBuf>,
+        /// Make a pod's user namespace instead (with its network, IPC and UTS namespaces).
+        #[arg(long, conflicts_with_all = ["spec", "pid_namespace"])]
+        user_namespace: bool,
         /// Set by the monitor when it re-executes itself detached.
         #[arg(long)]
         detached: bool,
@@ -160,8 +166,16 @@ fn main() -> ExitCode {
         Some(Command::Monitor {
             spec,
             pid_namespace,
+            in_user_namespace,
+            user_namespace,
             detached,
-        }) => monitor::run(spec.as_deref(), pid_namespace.as_deref(), *detached),
+        }) => monitor::run(
+            spec.as_deref(),
+            pid_namespace.as_deref(),
+            in_user_namespace.as_deref(),
+            *user_namespace,
+            *detached,
+        ),
         Some(Command::Config {
             command: ConfigCommand::Default,
         }) => {

@@ -158,6 +158,7 @@ fn pod_manager(
         },
         host_resolv_conf: sandbox::pod::files::host_resolv_conf(),
         warm_networks: config.cni.prepared_networks,
+        monitor_exe: std::env::current_exe().context("cannot find the crid executable")?,
     };
     sandbox::pod::PodManager::with_sys(settings, Arc::new(cni), sys).context("cannot load pods")
 }

@@ -45,6 +45,16 @@ impl PodSys for FakeSys {
         }
         Ok(())
     }
+    fn create_user_namespaces(
+        &self,
+        plan: &sandbox::sys::UsernsPlan,
+        pins: &[(NsKind, PathBuf)],
+        hostname: Option<String>,
+    ) -> Result<(), SandboxError> {
+        std::fs::create_dir_all(plan.pin.parent().unwrap()).unwrap();
+        std::fs::write(&plan.pin, b"").unwrap();
+        self.create_namespaces(pins, hostname)
+    }
     fn remove_pin(&self, path: &Path) -> Result<(), SandboxError> {
         let _ = std::fs::remove_file(path);
         Ok(())
@@ -1139,4 +1149,114 @@ async fn the_stop_signal_kubernetes_asks_for_is_kept_and_reported() {
     };
     assert_eq!(signal(id).await, cri::Signal::Sigquit);
     assert_eq!(signal(plain).await, cri::Signal::Sigterm, "the default");
+}
+
+fn with_userns(
+    mut config: cri::PodSandboxConfig,
+    userns: cri::UserNamespace,
+) -> cri::PodSandboxConfig {
+    let ns = config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options
+        .get_or_insert_with(Default::default);
+    ns.userns_options = Some(userns);
+    config
+}
+
+async fn reports_user_namespaces(d: &Daemon) -> bool {
+    let status = d
+        .cri
+        .runtime
+        .clone()
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let default = status
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name.is_empty())
+        .expect("the default handler is listed");
+    default.features.as_ref().unwrap().user_namespaces
+}
+
+/// `Status` reports user namespaces only where they work: a kernel that id-maps overlay
+/// layers and crid directories a container's root can reach (a 0700 temp dir is not); the
+/// requests critest and containerd refuse get `INVALID_ARGUMENT`.
+#[tokio::test]
+async fn user_namespaces_reported_where_they_work_and_bad_requests_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = serve(tmp.path()).await;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(!reports_user_namespaces(&d).await, "under a 0700 directory");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let searchable = sandbox::sys::userns::searchable_by_others(tmp.path());
+    assert_eq!(
+        reports_user_namespaces(&d).await,
+        sandbox::sys::userns::supported() && searchable
+    );
+
+    let map = |container_id, host_id| {
+        vec![cri::IdMapping {
+            container_id,
+            host_id,
+            length: 65536,
+        }]
+    };
+    let pod_mode = cri::NamespaceMode::Pod as i32;
+    let mut two = map(0, 100_000);
+    two.extend(map(0, 200_000));
+    let cases = [
+        ("two ranges", pod_mode, two),
+        ("container id 0 unmapped", pod_mode, map(1, 100_000)),
+        ("no mappings", pod_mode, vec![]),
+        ("host id 0 mapped", pod_mode, map(0, 0)),
+        (
+            "NODE with mappings",
+            cri::NamespaceMode::Node as i32,
+            map(0, 100_000),
+        ),
+        ("CONTAINER", cri::NamespaceMode::Container as i32, vec![]),
+        ("TARGET", cri::NamespaceMode::Target as i32, vec![]),
+        // (The test pod is host-network: no user namespace of its own can own that.)
+        ("host network", pod_mode, map(0, 100_000)),
+    ];
+    let mut rt = d.cri.runtime.clone();
+    for (i, (what, mode, ids)) in cases.into_iter().enumerate() {
+        let config = with_userns(
+            pod(&format!("userns-{i}"), &d.dir),
+            cri::UserNamespace {
+                mode,
+                uids: ids.clone(),
+                gids: ids,
+            },
+        );
+        let r = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await;
+        assert_eq!(code(r), Code::InvalidArgument, "{what}");
+    }
+    // NODE without mappings is the host's user namespace: an ordinary pod.
+    let config = with_userns(
+        pod("userns-node", &d.dir),
+        cri::UserNamespace {
+            mode: cri::NamespaceMode::Node as i32,
+            uids: vec![],
+            gids: vec![],
+        },
+    );
+    let r = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await;
+    assert_eq!(code(r), Code::Ok);
 }

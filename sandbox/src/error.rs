@@ -51,6 +51,14 @@ pub enum SandboxError {
     /// and the namespace's pin.
     #[error("pod namespaces")]
     Namespaces(#[source] cni::CniError),
+    /// A step of making a pod's user namespace, or of an id-mapped mount for it, failed.
+    #[error("user namespace: {step} at {path}")]
+    UserNamespace {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// runc (or the container monitor) failed an operation.
     #[error("runtime {op} failed: {reason}")]
     Runtime { op: String, reason: String },
@@ -103,6 +111,7 @@ impl SandboxError {
             SandboxError::FailedPrecondition { .. } => ErrorKind::FailedPrecondition,
             SandboxError::Image(e) => e.kind(),
             SandboxError::Network(e) | SandboxError::Namespaces(e) => e.kind(),
+            SandboxError::UserNamespace { .. } => ErrorKind::Internal,
             SandboxError::Runtime { .. } => ErrorKind::Internal,
             SandboxError::ImageVolume { source, .. } => source.kind(),
             SandboxError::Timeout { .. } => ErrorKind::DeadlineExceeded,

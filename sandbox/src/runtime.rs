@@ -450,17 +450,19 @@ impl Runtime {
         let exe = self.settings.monitor_exe.clone();
         let root = holder_root(&self.settings);
         let log = pod.paths.dir.join("pid-holder.log");
-        let pid =
-            tokio::task::spawn_blocking(move || pidns::spawn(&exe, &root, &log, HOLDER_TIMEOUT))
-                .await
-                .map_err(|e| SandboxError::Runtime {
-                    op: "start PID namespace holder".into(),
-                    reason: e.to_string(),
-                })?
-                .map_err(|e| SandboxError::Runtime {
-                    op: "start PID namespace holder".into(),
-                    reason: e.to_string(),
-                })?;
+        let userns = pod.paths.userns.clone();
+        let pid = tokio::task::spawn_blocking(move || {
+            pidns::spawn(&exe, &root, userns.as_deref(), &log, HOLDER_TIMEOUT)
+        })
+        .await
+        .map_err(|e| SandboxError::Runtime {
+            op: "start PID namespace holder".into(),
+            reason: e.to_string(),
+        })?
+        .map_err(|e| SandboxError::Runtime {
+            op: "start PID namespace holder".into(),
+            reason: e.to_string(),
+        })?;
         let holder = PidHolder {
             pid: u32::try_from(pid).unwrap_or(0),
             start_time: pidns::start_time(pid).unwrap_or(0),

@@ -8,6 +8,7 @@ pub mod pods;
 pub mod runtime;
 pub mod security;
 pub mod streaming;
+pub mod userns;
 
 use anyhow::Context;
 use proto::cri;
@@ -74,6 +75,7 @@ pub fn all() -> Vec<Test> {
     tests.extend(containers::tests());
     tests.extend(streaming::tests());
     tests.extend(security::tests());
+    tests.extend(userns::tests());
     tests.extend(features::tests());
     tests.extend(idempotence::tests());
     tests

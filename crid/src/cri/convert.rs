@@ -9,7 +9,10 @@ use sandbox::container::{
     AppArmorProfile, ContainerConfig, DeviceSpec, ImageVolume, MountSpec, Propagation, Resources,
     SeccompProfile, SecurityContext,
 };
-use sandbox::pod::{DnsConfig, NamespaceOptions, NsMode, PodConfig, PodMetadata, PortMapping};
+use sandbox::pod::{
+    DnsConfig, IdMapping, NamespaceOptions, NsMode, PodConfig, PodMetadata, PortMapping,
+    UsernsOptions,
+};
 use tonic::Status;
 
 /// The most bytes of labels and of annotations a pod or container may carry, each: the limit
@@ -217,6 +220,12 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
             no_new_privs: sc.no_new_privs,
             masked_paths: sc.masked_paths,
             readonly_paths: sc.readonly_paths,
+            userns: sc
+                .namespace_options
+                .as_ref()
+                .and_then(|n| n.userns_options.as_ref())
+                .map(userns_options)
+                .transpose()?,
             seccomp,
             apparmor,
         },
@@ -261,6 +270,24 @@ fn ns_mode(value: i32, what: &str) -> Result<NsMode, Status> {
     }
 }
 
+/// A CRI `UserNamespace` as asked for (`sandbox::pod::validate` checks it).
+fn userns_options(u: &cri::UserNamespace) -> Result<UsernsOptions, Status> {
+    let maps = |m: &[cri::IdMapping]| {
+        m.iter()
+            .map(|m| IdMapping {
+                container_id: m.container_id,
+                host_id: m.host_id,
+                length: m.length,
+            })
+            .collect()
+    };
+    Ok(UsernsOptions {
+        mode: ns_mode(u.mode, "user")?,
+        uids: maps(&u.uids),
+        gids: maps(&u.gids),
+    })
+}
+
 fn protocol(value: i32) -> Result<String, Status> {
     match cri::Protocol::try_from(value) {
         Ok(cri::Protocol::Tcp) => Ok("tcp".into()),
@@ -283,15 +310,6 @@ pub fn pod_config(r: cri::RunPodSandboxRequest) -> Result<PodConfig, Status> {
     let linux = config.linux.unwrap_or_default();
     let security = linux.security_context.unwrap_or_default();
     let ns = security.namespace_options.unwrap_or_default();
-    if ns
-        .userns_options
-        .as_ref()
-        .is_some_and(|u| cri::NamespaceMode::try_from(u.mode) != Ok(cri::NamespaceMode::Node))
-    {
-        return Err(Status::unimplemented(
-            "crid does not support user namespaces",
-        ));
-    }
     let dns = config.dns_config.unwrap_or_default();
     let port_mappings = config
         .port_mappings
@@ -329,6 +347,7 @@ pub fn pod_config(r: cri::RunPodSandboxRequest) -> Result<PodConfig, Status> {
             pid: ns_mode(ns.pid, "PID")?,
             ipc: ns_mode(ns.ipc, "IPC")?,
             target_id: ns.target_id,
+            user: ns.userns_options.as_ref().map(userns_options).transpose()?,
         },
         runtime_handler: r.runtime_handler,
         privileged: security.privileged,

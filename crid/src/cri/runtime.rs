@@ -49,7 +49,13 @@ pub async fn status(state: &State, r: cri::StatusRequest) -> Result<cri::StatusR
         info.insert("binaries".into(), binaries(state).await.to_string());
     }
     // runc (1.1 and later) makes recursive read-only mounts (`rro`, on kernels with
-    // mount_setattr, 5.12+); unikernel guests get copies of their mounts instead.
+    // mount_setattr, 5.12+); unikernel guests get copies of their mounts instead. User
+    // namespaces: crid makes the pod's and id-maps the rootfs itself (`sandbox::sys::userns`),
+    // which any OCI runtime that joins a user namespace by path works with; not for guests.
+    let userns = sandbox::sys::userns::supported()
+        && [&state.config.root, &state.config.state]
+            .iter()
+            .all(|d| sandbox::sys::userns::searchable_by_others(d));
     let runc = &state.config.runtime.runc_handlers;
     let runtime_handlers = runc
         .iter()
@@ -62,11 +68,11 @@ pub async fn status(state: &State, r: cri::StatusRequest) -> Result<cri::StatusR
                 .iter()
                 .map(|name| (name, false)),
         )
-        .map(|(name, rro)| cri::RuntimeHandler {
+        .map(|(name, runc)| cri::RuntimeHandler {
             name: name.clone(),
             features: Some(cri::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: rro,
-                user_namespaces: false,
+                recursive_read_only_mounts: runc,
+                user_namespaces: runc && userns,
             }),
         })
         .collect();

@@ -47,6 +47,17 @@ pub struct PodContext {
     /// The pod's runtime handler (RuntimeClass), as given to `RunPodSandbox`.
     #[serde(default)]
     pub runtime_handler: String,
+    /// The pod's own user namespace, which the container joins; `None`: the host's.
+    #[serde(default)]
+    pub userns: Option<PodUsernsJoin>,
+}
+
+/// A pod's user namespace as a container joins it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodUsernsJoin {
+    /// Its pin.
+    pub path: PathBuf,
+    pub mappings: crate::pod::PodUserns,
 }
 
 /// Mount propagation of a CRI mount.
@@ -157,6 +168,9 @@ pub struct SecurityContext {
     /// Records written before AppArmor was supported have none.
     #[serde(default)]
     pub apparmor: AppArmorProfile,
+    /// The user namespace the request names (kubelet repeats the pod's); it must be the pod's.
+    #[serde(default)]
+    pub userns: Option<crate::pod::UsernsOptions>,
 }
 
 /// A container to create.

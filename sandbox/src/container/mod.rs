@@ -255,6 +255,13 @@ impl PodContext {
             privileged: pod.config.privileged,
             is_unikernel: pod.kind == crate::pod::PodKind::Unikernel,
             runtime_handler: pod.config.runtime_handler.clone(),
+            userns: match (&pod.paths.userns, pod.userns) {
+                (Some(path), Some(mappings)) => Some(config::PodUsernsJoin {
+                    path: path.clone(),
+                    mappings,
+                }),
+                _ => None,
+            },
         }
     }
 }
@@ -266,8 +273,20 @@ const QUARANTINE: &str = "quarantine";
 fn discard(rootfs: &Path, dir: &Path, state_dir: &Path) -> Result<(), SandboxError> {
     unmount_all(rootfs);
     image_volume::unmount_all(dir);
+    unmount_idmapped(dir);
     remove_dir(dir)?;
     remove_dir(state_dir)
+}
+
+/// Unmounts id-mapped layers left under a container's `dir` by a crash between their mount and
+/// the overlay's (`runc::idmap_layers`): the directory is removed recursively next, which must
+/// not reach into them.
+fn unmount_idmapped(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir.join("idmap")) {
+        for e in entries.flatten() {
+            unmount_all(&e.path());
+        }
+    }
 }
 
 /// Detaches every mount stacked on `path` (bounded).

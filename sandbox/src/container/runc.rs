@@ -2,14 +2,14 @@
 //! rootfs of the image's shared layers, run by the container's monitor with `runc run
 //! --detach`; kill, update, exec and delete through the `runc` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::backend::{
     ContainerBackend, ContainerDirs, ContainerExit, ExitWatch, NewContainer, StartError, Started,
     Supervisor, start_failure,
 };
-use super::config::Resources;
+use super::config::{PodUsernsJoin, Resources};
 use super::record::{
     Backend, ContainerRecord, ContainerState, ContainerStats, EXEC_OUTPUT_CAP, is_mount_point,
     now_ns, runtime_err,
@@ -41,7 +41,16 @@ impl RuncBackend {
         &self.supervisor.dirs
     }
 
-    fn mount_rootfs(&self, id: &str, layers: &[PathBuf]) -> Result<(), SandboxError> {
+    /// Mounts the overlay rootfs over `layers`. In a pod with a user namespace the layers are
+    /// id-mapped through it first (mounts under `idmap/`, detached once the overlay holds
+    /// them) and the upper layer belongs to the container's root, so the image's files are
+    /// the container's root's and what it writes lands on disk with its host ids.
+    fn mount_rootfs(
+        &self,
+        id: &str,
+        layers: &[PathBuf],
+        userns: Option<&PodUsernsJoin>,
+    ) -> Result<(), SandboxError> {
         let dir = self.dirs().dir(id);
         let rootfs = dir.join("rootfs");
         let upper = dir.join("upper");
@@ -55,53 +64,25 @@ impl RuncBackend {
             std::fs::create_dir_all(&empty).map_err(|e| SandboxError::io(&empty, e))?;
             lowers.push(empty);
         }
-        let join = |l: &[PathBuf]| {
-            l.iter()
-                .map(|p| p.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(":")
+        let mapped = match userns {
+            Some(u) => {
+                let (uid, gid) = (u.mappings.uid.host_id, u.mappings.gid.host_id);
+                std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
+                    .map_err(|e| SandboxError::io(&upper, e))?;
+                idmap_layers(&dir, &lowers, u)?
+            }
+            None => Vec::new(),
         };
-        let mut lowerdir = join(&lowers);
-        if lowerdir.len() > 3000 {
-            // The mount data is limited to a page: use short links to the layers.
-            let links = dir.join("l");
-            std::fs::create_dir_all(&links).map_err(|e| SandboxError::io(&links, e))?;
-            let mut short = Vec::new();
-            for (i, l) in lowers.iter().enumerate() {
-                let link = links.join(i.to_string());
-                let _ = std::fs::remove_file(&link);
-                std::os::unix::fs::symlink(l, &link).map_err(|e| SandboxError::io(&link, e))?;
-                short.push(link);
-            }
-            lowerdir = join(&short);
+        if !mapped.is_empty() {
+            lowers = mapped.clone();
         }
-        for p in lowers.iter().chain([&upper, &work]) {
-            let s = p.to_string_lossy();
-            if s.contains(',') || s.contains(':') {
-                return Err(runtime_err(
-                    "mount rootfs",
-                    format!("layer path {s:?} contains ',' or ':'"),
-                ));
-            }
+        let result = mount_overlay(&dir, &rootfs, &upper, &work, &lowers);
+        // The overlay keeps its own references to the layers it was given.
+        for m in &mapped {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(m);
         }
-        let data = format!(
-            "lowerdir={lowerdir},upperdir={},workdir={}",
-            upper.display(),
-            work.display()
-        );
-        nix::mount::mount(
-            Some("overlay"),
-            &rootfs,
-            Some("overlay"),
-            nix::mount::MsFlags::empty(),
-            Some(data.as_str()),
-        )
-        .map_err(|e| {
-            runtime_err(
-                "mount rootfs",
-                format!("overlay on {}: {e}", rootfs.display()),
-            )
-        })
+        result
     }
 
     fn launch(&self, r: &ContainerRecord) -> Launch {
@@ -124,6 +105,89 @@ impl RuncBackend {
         let bytes = std::fs::read(self.dirs().dir(id).join("config.json")).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
+}
+
+/// The overlay mount itself (`lowers` top first).
+fn mount_overlay(
+    dir: &Path,
+    rootfs: &Path,
+    upper: &Path,
+    work: &Path,
+    lowers: &[PathBuf],
+) -> Result<(), SandboxError> {
+    let join = |l: &[PathBuf]| {
+        l.iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let mut lowerdir = join(lowers);
+    if lowerdir.len() > 3000 {
+        // The mount data is limited to a page: use short links to the layers.
+        let links = dir.join("l");
+        std::fs::create_dir_all(&links).map_err(|e| SandboxError::io(&links, e))?;
+        let mut short = Vec::new();
+        for (i, l) in lowers.iter().enumerate() {
+            let link = links.join(i.to_string());
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(l, &link).map_err(|e| SandboxError::io(&link, e))?;
+            short.push(link);
+        }
+        lowerdir = join(&short);
+    }
+    for p in lowers.iter().map(PathBuf::as_path).chain([upper, work]) {
+        let s = p.to_string_lossy();
+        if s.contains(',') || s.contains(':') {
+            return Err(runtime_err(
+                "mount rootfs",
+                format!("layer path {s:?} contains ',' or ':'"),
+            ));
+        }
+    }
+    let data = format!(
+        "lowerdir={lowerdir},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        rootfs,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(|e| {
+        runtime_err(
+            "mount rootfs",
+            format!("overlay on {}: {e}", rootfs.display()),
+        )
+    })
+}
+
+/// Each layer id-mapped through the pod's user namespace at `<dir>/idmap/<n>`; on failure
+/// none stays mounted.
+fn idmap_layers(
+    dir: &Path,
+    layers: &[PathBuf],
+    userns: &PodUsernsJoin,
+) -> Result<Vec<PathBuf>, SandboxError> {
+    let base = dir.join("idmap");
+    let mut mapped = Vec::with_capacity(layers.len());
+    for (i, layer) in layers.iter().enumerate() {
+        let target = base.join(i.to_string());
+        let done = std::fs::create_dir_all(&target)
+            .map_err(|e| SandboxError::io(&target, e))
+            .and_then(|()| crate::sys::userns::idmapped_bind(layer, &target, &userns.path, false));
+        if let Err(e) = done {
+            for m in mapped.iter().chain([&target]) {
+                let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_dir(m);
+            }
+            return Err(e);
+        }
+        mapped.push(target);
+    }
+    Ok(mapped)
 }
 
 #[async_trait::async_trait]
@@ -181,7 +245,7 @@ impl ContainerBackend for RuncBackend {
             .map_err(|e| runtime_err("write spec", e.to_string()))?;
         crate::monitor::write_replace(&spec_path, &json)
             .map_err(|e| SandboxError::io(&spec_path, e))?;
-        self.mount_rootfs(&id, &image.layer_dirs)?;
+        self.mount_rootfs(&id, &image.layer_dirs, pod.userns.as_ref())?;
         // Mount targets the image lacks are created by runc inside the rootfs (upper layer).
         Ok(ContainerRecord {
             pod_id: pod.id.clone(),

@@ -9,9 +9,9 @@ use std::path::{Component, Path, PathBuf};
 use oci_spec::runtime::{
     Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice,
     LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxHugepageLimitBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources,
-    LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    LinuxIdMapping, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxResources, LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use serde::Deserialize;
 
@@ -412,7 +412,28 @@ pub fn validate(
             "run_as_group is set without run_as_user or run_as_username",
         ));
     }
+    // A container runs in its pod's user namespace (or the host's, as its pod): one that asks
+    // for another is refused, as by containerd.
+    if let Some(asked) = &s.userns {
+        let asked = crate::pod::validate::user_namespace(asked)?;
+        if asked != pod.userns.as_ref().map(|u| u.mappings) {
+            return Err(invalid(
+                "the container's user namespace options differ from its pod's",
+            ));
+        }
+    }
     Ok(())
+}
+
+fn id_mappings(m: &crate::pod::IdMapping) -> Result<Vec<LinuxIdMapping>, SandboxError> {
+    Ok(vec![
+        LinuxIdMappingBuilder::default()
+            .container_id(m.container_id)
+            .host_id(m.host_id)
+            .size(m.length)
+            .build()
+            .map_err(oci_err)?,
+    ])
 }
 
 /// The capability set the process gets.
@@ -840,7 +861,13 @@ pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, San
 
     // Namespaces.
     let pid_mode = s.pid.clone().unwrap_or_else(|| cx.pod.pid.clone());
+    let user = match &cx.pod.userns {
+        Some(u) => NsSource::Join(u.path.clone()),
+        None => NsSource::Host,
+    };
     let namespaces = [
+        // runc joins the user namespace first: it owns the pod's others.
+        namespace(LinuxNamespaceType::User, &user)?,
         namespace(LinuxNamespaceType::Mount, &NsSource::New)?,
         namespace(LinuxNamespaceType::Network, &cx.pod.network)?,
         namespace(LinuxNamespaceType::Ipc, &cx.pod.ipc)?,
@@ -946,6 +973,13 @@ pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, San
     }
     if let Some(p) = rootfs_propagation {
         linux = linux.rootfs_propagation(p);
+    }
+    if let Some(u) = &cx.pod.userns {
+        // runc wants the maps of a user namespace it joins too (it chowns what it makes for
+        // the container's root to them).
+        linux = linux
+            .uid_mappings(id_mappings(&u.mappings.uid)?)
+            .gid_mappings(id_mappings(&u.mappings.gid)?);
     }
     if let Some(profile) = seccomp(config, cx.seccomp_root, &with_ambient)? {
         linux = linux.seccomp(profile);
@@ -1297,5 +1331,79 @@ mod tests {
             rro["options"],
             serde_json::json!(["rbind", "rprivate", "ro", "rro"])
         );
+        // No user namespace unless the pod has one.
+        assert!(json.pointer("/linux/uidMappings").is_none());
+        assert!(!ns.iter().any(|n| n["type"] == "user"));
+    }
+
+    #[test]
+    fn a_pod_user_namespace_is_joined_with_its_maps() {
+        use crate::container::config::PodUsernsJoin;
+        use crate::pod::{IdMapping, NsMode, PodUserns, UsernsOptions};
+        let map = IdMapping {
+            container_id: 0,
+            host_id: 1000,
+            length: 100_000,
+        };
+        let pod = PodContext {
+            network: NsSource::Join("/s/netns/p".into()),
+            ipc: NsSource::Join("/s/ipcns/p".into()),
+            uts: NsSource::Join("/s/utsns/p".into()),
+            userns: Some(PodUsernsJoin {
+                path: "/s/userns/p".into(),
+                mappings: PodUserns { uid: map, gid: map },
+            }),
+            ..Default::default()
+        };
+        let mut config = ContainerConfig {
+            name: "c".into(),
+            args: v(&["cat", "/proc/self/uid_map"]),
+            ..Default::default()
+        };
+        let image = ImageConfig::parse(r#"{"config":{}}"#).unwrap();
+        let user = ResolvedUser {
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            username: None,
+        };
+        let cx = SpecContext {
+            id: "c1",
+            pod: &pod,
+            image: &image,
+            user: &user,
+            rootfs: Path::new("/r/rootfs"),
+            cgroups_path: "/crid/c1".into(),
+            seccomp_root: Path::new("/s"),
+            min_oom_score_adj: 0,
+            cgroup_v2: false,
+            apparmor_profile: None,
+        };
+        let json = serde_json::to_value(build(&config, &cx).unwrap()).unwrap();
+        let ns = json["linux"]["namespaces"].as_array().unwrap();
+        assert_eq!(ns[0]["type"], "user");
+        assert_eq!(ns[0]["path"], "/s/userns/p");
+        let expected = serde_json::json!([{"containerID": 0, "hostID": 1000, "size": 100000}]);
+        assert_eq!(json["linux"]["uidMappings"], expected);
+        assert_eq!(json["linux"]["gidMappings"], expected);
+
+        // kubelet repeats the pod's options on the container: the same passes, others do not.
+        let root = Path::new("/s");
+        config.security.userns = Some(UsernsOptions {
+            mode: NsMode::Pod,
+            uids: vec![map],
+            gids: vec![map],
+        });
+        assert!(validate(&config, &pod, root).is_ok());
+        config.security.userns.as_mut().unwrap().uids[0].host_id = 2000;
+        let e = validate(&config, &pod, root).unwrap_err();
+        assert_eq!(e.kind(), imagestore::ErrorKind::InvalidArgument);
+        config.security.userns = Some(UsernsOptions {
+            mode: NsMode::Node,
+            ..Default::default()
+        });
+        assert!(validate(&config, &pod, root).is_err());
+        let host_pod = PodContext::default();
+        assert!(validate(&config, &host_pod, root).is_ok());
     }
 }

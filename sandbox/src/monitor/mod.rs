@@ -38,6 +38,7 @@
 pub mod log;
 pub mod pidns;
 mod sys;
+pub mod userns;
 
 pub use self::sys::{close_inherited_on_exec, join_before_exec};
 

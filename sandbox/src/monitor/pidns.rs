@@ -30,13 +30,19 @@ const NOBODY: u32 = 65534;
 /// Starts the init of a new PID namespace through the monitor binary next to `exe` (or `exe
 /// monitor`), chrooted into the empty directory `root`, and returns its host pid. Blocking:
 /// call from a blocking task.
+/// With `userns`, the pinned user namespace of the pod, the PID namespace is made inside it
+/// (so that the pod's containers, which join that user namespace, may mount its `/proc`).
 pub fn spawn(
     exe: &Path,
     root: &Path,
+    userns: Option<&Path>,
     stderr_path: &Path,
     timeout: Duration,
 ) -> std::io::Result<i32> {
-    let args = [OsStr::new("--pid-namespace"), root.as_os_str()];
+    let mut args = vec![OsStr::new("--pid-namespace"), root.as_os_str()];
+    if let Some(u) = userns {
+        args.extend([OsStr::new("--in-user-namespace"), u.as_os_str()]);
+    }
     // The init closes its copy of stdout first thing, so the pipe ends when the parent exits.
     let out = super::spawn_detached(exe, &args, stderr_path, 64, timeout, "PID namespace holder")?;
     let line = String::from_utf8_lossy(&out);
@@ -60,9 +66,22 @@ pub fn start_time(pid: i32) -> Option<u64> {
     fields.nth(18)?.parse().ok()
 }
 
-/// Entry point of `--pid-namespace ROOT`, in a process with one thread. Returns the exit code
+/// Entry point of `--pid-namespace ROOT [--in-user-namespace PIN]`, in a process with one
+/// thread (as joining a user namespace requires). Returns the exit code
 /// of the process crid started; the init never returns.
-pub fn main(root: &Path) -> i32 {
+pub fn main(root: &Path, userns: Option<&Path>) -> i32 {
+    if let Some(path) = userns {
+        let joined = File::open(path).and_then(|f| {
+            nix::sched::setns(f, CloneFlags::CLONE_NEWUSER).map_err(std::io::Error::from)
+        });
+        if let Err(e) = joined {
+            eprintln!(
+                "crid monitor: cannot join the user namespace {}: {e}",
+                path.display()
+            );
+            return 1;
+        }
+    }
     if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWPID) {
         eprintln!("crid monitor: cannot unshare the PID namespace: {e}");
         return 1;

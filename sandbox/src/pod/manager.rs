@@ -21,6 +21,9 @@ use crate::pod::{
 };
 use crate::sys::{self, PodSys};
 
+/// `nobody`, the id the init of a pod-wide PID namespace runs as (`monitor::pidns`).
+const NOBODY: u32 = 65534;
+
 /// Size of each pod's shm tmpfs.
 pub const SHM_SIZE: u64 = 64 * 1024 * 1024;
 const INGRESS_ANNOTATION: &str = "kubernetes.io/ingress-bandwidth";
@@ -41,6 +44,8 @@ pub struct PodSettings {
     pub host_resolv_conf: PathBuf,
     /// How many pod networks to keep prepared ahead of need (0: none); see `warm.rs`.
     pub warm_networks: usize,
+    /// The crid executable, whose monitor makes pods' user namespaces (`sys::userns`).
+    pub monitor_exe: PathBuf,
 }
 
 /// A name reservation: the pod id, whether its creation finished, and whether a caller got
@@ -97,7 +102,7 @@ fn sweep_orphans(state: &Path, pods: &HashMap<String, Arc<Entry>>, sys: &dyn Pod
             })
             .unwrap_or_default()
     };
-    for kind in ["netns", "ipcns", "utsns"] {
+    for kind in ["netns", "ipcns", "utsns", "userns"] {
         for (id, pin) in names(state.join(kind)) {
             tracing::warn!(pod_sandbox_id = %id, path = %pin.display(), "removing the namespace pin of an unknown pod");
             if let Err(e) = sys.remove_pin(&pin) {
@@ -147,6 +152,7 @@ impl PodManager {
                     &record.paths.netns,
                     &record.paths.ipcns,
                     &record.paths.utsns,
+                    &record.paths.userns,
                 ]
                 .into_iter()
                 .flatten()
@@ -275,6 +281,9 @@ impl PodManager {
     ) -> Result<String, SandboxError> {
         let kind = self.validate(&config)?;
         let own_net = config.namespaces.network != NsMode::Node;
+        // A prepared network belongs to the host's user namespace, and a pod's user namespace
+        // must own its network namespace.
+        let may_take_prepared = own_net && config.namespaces.user.is_none();
         loop {
             let existing = self.lock().names.get(&config.metadata).cloned();
             let reservation = match existing {
@@ -305,7 +314,7 @@ impl PodManager {
                     }
                     // A pod with its own network namespace takes a prepared network, and
                     // with it the id that network was prepared under.
-                    let warm = own_net.then(|| self.warm.take()).flatten();
+                    let warm = may_take_prepared.then(|| self.warm.take()).flatten();
                     let id = warm.as_ref().map_or(fresh_id, |w| w.id.clone());
                     let (tx, done) = watch::channel(false);
                     let r = Reservation {
@@ -375,6 +384,48 @@ impl PodManager {
         }
         if ns.pid == NsMode::Target && ns.target_id.is_empty() {
             return Err(invalid("PID namespace TARGET needs a target id"));
+        }
+        let userns = ns
+            .user
+            .as_ref()
+            .map(validate::user_namespace)
+            .transpose()?
+            .flatten();
+        if userns.is_some() {
+            for dir in [&self.settings.root, &self.settings.state] {
+                if !sys::userns::searchable_by_others(dir) {
+                    return Err(SandboxError::FailedPrecondition {
+                        reason: format!(
+                            "user namespaces need crid's directory {} and its parents searchable by others (o+x)",
+                            dir.display()
+                        ),
+                    });
+                }
+            }
+            if kind != PodKind::Runc {
+                return Err(invalid(format!(
+                    "runtime handler {:?} does not support user namespaces",
+                    config.runtime_handler
+                )));
+            }
+            // As Kubernetes: a pod in its own user namespace shares no namespace with the host
+            // (which that user namespace would not own).
+            if ns.network == NsMode::Node || ns.ipc == NsMode::Node || ns.pid == NsMode::Node {
+                return Err(invalid(
+                    "a pod with a user namespace cannot use the host's network, IPC or PID namespace",
+                ));
+            }
+            // The init of a pod-wide PID namespace runs as `nobody` inside the user namespace.
+            let maps_nobody = |m: &crate::pod::IdMapping| {
+                u64::from(m.container_id) + u64::from(m.length) > u64::from(NOBODY)
+            };
+            if ns.pid == NsMode::Pod
+                && userns.is_some_and(|u| !maps_nobody(&u.uid) || !maps_nobody(&u.gid))
+            {
+                return Err(invalid(format!(
+                    "a pod-wide PID namespace in a user namespace needs ids up to {NOBODY} mapped"
+                )));
+            }
         }
         for (key, value) in &config.sysctls {
             match validate::sysctl(key, value)? {
@@ -464,7 +515,13 @@ impl PodManager {
         let dir = state.join("pods").join(id);
         let host_net = config.namespaces.network == NsMode::Node;
         let host_ipc = config.namespaces.ipc == NsMode::Node;
+        let own_userns = config
+            .namespaces
+            .user
+            .as_ref()
+            .is_some_and(|u| u.mode == NsMode::Pod);
         PodPaths {
+            userns: own_userns.then(|| state.join("userns").join(id)),
             netns: (!host_net).then(|| state.join("netns").join(id)),
             ipcns: (!host_ipc).then(|| state.join("ipcns").join(id)),
             // A host-network pod has the host's hostname too, as in Kubernetes.
@@ -501,6 +558,14 @@ impl PodManager {
             cgroup_parent: config.cgroup_parent.clone(),
             pid_mode: config.namespaces.pid,
             pid_holder: None,
+            // Validated in `run`.
+            userns: config
+                .namespaces
+                .user
+                .as_ref()
+                .map(validate::user_namespace)
+                .transpose()?
+                .flatten(),
             config,
         };
         match self.build(&mut record, warm).await {
@@ -576,11 +641,23 @@ impl PodManager {
             let set_hostname = uts.is_some().then(|| hostname.clone());
             let pins2 = pins.clone();
             let kernel = self.sys.clone();
-            tokio::task::spawn_blocking(move || kernel.create_namespaces(&pins2, set_hostname))
-                .await
-                .map_err(|e| SandboxError::FailedPrecondition {
-                    reason: format!("namespace task failed: {e}"),
-                })??;
+            let plan = match (&paths.userns, record.userns) {
+                (Some(pin), Some(mappings)) => Some(sys::UsernsPlan {
+                    exe: self.settings.monitor_exe.clone(),
+                    pin: pin.clone(),
+                    mappings,
+                    log: paths.dir.join("userns.log"),
+                }),
+                _ => None,
+            };
+            tokio::task::spawn_blocking(move || match plan {
+                Some(plan) => kernel.create_user_namespaces(&plan, &pins2, set_hostname),
+                None => kernel.create_namespaces(&pins2, set_hostname),
+            })
+            .await
+            .map_err(|e| SandboxError::FailedPrecondition {
+                reason: format!("namespace task failed: {e}"),
+            })??;
         }
 
         if let Some(netns) = &paths.netns {
@@ -677,6 +754,7 @@ impl PodManager {
             &record.paths.netns,
             &record.paths.ipcns,
             &record.paths.utsns,
+            &record.paths.userns,
         ]
         .into_iter()
         .flatten()
@@ -973,6 +1051,7 @@ mod tests {
                 ipc: NsMode::Node,
                 pid: NsMode::Container,
                 target_id: String::new(),
+                user: None,
             },
             ..PodConfig::default()
         }
@@ -994,6 +1073,7 @@ mod tests {
             cgroup_driver: CgroupDriver::Cgroupfs,
             host_resolv_conf: dir.join("resolv.conf"),
             warm_networks: 0,
+            monitor_exe: PathBuf::from("/nonexistent/crid"),
         };
         Arc::new(PodManager::open(settings, Arc::new(cni)).unwrap())
     }
@@ -1113,6 +1193,24 @@ mod tests {
             self.log(format!("create {} hostname={hostname:?}", names.join(",")));
             Ok(())
         }
+        fn create_user_namespaces(
+            &self,
+            plan: &sys::UsernsPlan,
+            pins: &[(NsKind, PathBuf)],
+            hostname: Option<String>,
+        ) -> Result<(), SandboxError> {
+            self.pinned.lock().unwrap().insert(plan.pin.clone());
+            let m = &plan.mappings;
+            self.log(format!(
+                "userns {} uid={}+{} gid={}+{}",
+                name(&plan.pin),
+                m.uid.host_id,
+                m.uid.length,
+                m.gid.host_id,
+                m.gid.length
+            ));
+            self.create_namespaces(pins, hostname)
+        }
         fn remove_pin(&self, path: &Path) -> Result<(), SandboxError> {
             if self.pinned.lock().unwrap().remove(path) {
                 self.log(format!("remove {}", name(path)));
@@ -1185,6 +1283,7 @@ mod tests {
             cgroup_driver: CgroupDriver::Systemd,
             host_resolv_conf: dir.join("resolv.conf"),
             warm_networks: 0,
+            monitor_exe: PathBuf::from("/nonexistent/crid"),
         };
         let rec = Arc::new(Recorder::default());
         let pods = PodManager::with_sys(settings, Arc::new(cni), rec.clone()).unwrap();
@@ -1237,6 +1336,61 @@ mod tests {
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=n;K8S_POD_INFRA_CONTAINER_ID={id};K8S_POD_UID=uid-n"
         );
         assert_eq!(log, format!("ADD {args}\nDEL {args}\n"));
+    }
+
+    /// A pod in its own user namespace: made with its network, IPC and UTS namespaces (which it
+    /// owns) in one step, never from the prepared networks; its pin goes with the pod.
+    #[tokio::test]
+    async fn a_user_namespace_pod_makes_and_removes_its_namespaces() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let (pods, rec) = recorded(dir.path(), "0");
+        let map = |host_id| crate::pod::IdMapping {
+            container_id: 0,
+            host_id,
+            length: 65536,
+        };
+        let mut c = net_pod("u");
+        c.sysctls.clear();
+        c.namespaces.user = Some(crate::pod::UsernsOptions {
+            mode: NsMode::Pod,
+            uids: vec![map(100_000)],
+            gids: vec![map(200_000)],
+        });
+        let id = pods.run(c.clone()).await.unwrap();
+        let short = &id[..6];
+        assert_eq!(
+            rec.take(),
+            [
+                format!("shm {short}/shm {SHM_SIZE}"),
+                format!("userns userns/{short} uid=100000+65536 gid=200000+65536"),
+                format!("create netns/{short},ipcns/{short},utsns/{short} hostname=Some(\"u\")"),
+            ]
+        );
+        let r = pods.get_ready(&id).unwrap();
+        assert_eq!(r.userns.unwrap().gid.host_id, 200_000);
+        assert!(r.paths.userns.is_some());
+        pods.stop(&id).await.unwrap();
+        pods.remove(&id).await.unwrap();
+        let calls = rec.take();
+        assert!(
+            calls.contains(&format!("remove userns/{short}")),
+            "{calls:?}"
+        );
+
+        // A pod-wide PID namespace's init runs as nobody inside: 65534 must be mapped.
+        let mut c2 = c.clone();
+        c2.metadata.name = "u2".into();
+        c2.namespaces.pid = NsMode::Pod;
+        let short_map = crate::pod::IdMapping {
+            length: 1000,
+            ..map(100_000)
+        };
+        c2.namespaces.user.as_mut().unwrap().uids = vec![short_map];
+        let e = pods.run(c2).await.unwrap_err();
+        assert_eq!(e.kind(), imagestore::ErrorKind::InvalidArgument, "{e}");
+        assert!(rec.take().is_empty());
     }
 
     /// critest's pods: no hostname, a 68-character name. The UTS namespace gets kubelet's

@@ -54,6 +54,34 @@ pub struct NamespaceOptions {
     pub ipc: NsMode,
     /// The container whose PID namespace `Target` refers to.
     pub target_id: String,
+    /// The user namespace asked for; `None` is the host's (`NamespaceMode::NODE`).
+    #[serde(default)]
+    pub user: Option<UsernsOptions>,
+}
+
+/// One range of a user namespace's id map: `length` ids from `container_id` inside are
+/// `host_id`.. outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMapping {
+    pub container_id: u32,
+    pub host_id: u32,
+    pub length: u32,
+}
+
+/// CRI `UserNamespace` as asked for, before [`validate::user_namespace`] checks it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsernsOptions {
+    pub mode: NsMode,
+    pub uids: Vec<IdMapping>,
+    pub gids: Vec<IdMapping>,
+}
+
+/// A pod's own user namespace: its one uid range and one gid range, each mapping container id
+/// 0. Every container of the pod joins it; see `sys::userns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodUserns {
+    pub uid: IdMapping,
+    pub gid: IdMapping,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +147,9 @@ pub enum PodState {
 pub struct PodPaths {
     /// `<state>/pods/<id>`.
     pub dir: PathBuf,
+    /// The pod's user namespace (`<state>/userns/<id>`), which owns its other namespaces.
+    #[serde(default)]
+    pub userns: Option<PathBuf>,
     pub netns: Option<PathBuf>,
     pub ipcns: Option<PathBuf>,
     pub utsns: Option<PathBuf>,
@@ -161,6 +192,9 @@ pub struct PodRecord {
     /// PID namespace mode; `Pod` asks the container backend for a namespace holder.
     pub pid_mode: NsMode,
     pub pid_holder: Option<PidHolder>,
+    /// The pod's user namespace mappings (pinned at `paths.userns`); `None`: the host's.
+    #[serde(default)]
+    pub userns: Option<PodUserns>,
 }
 
 impl PodRecord {

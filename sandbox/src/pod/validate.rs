@@ -1,7 +1,8 @@
-//! Checks on untrusted pod configuration: sysctls, cgroup parents, bandwidth annotations.
+//! Checks on untrusted pod configuration: sysctls, cgroup parents, bandwidth annotations,
+//! user namespace mappings.
 
 use crate::error::SandboxError;
-use crate::pod::CgroupDriver;
+use crate::pod::{CgroupDriver, IdMapping, NsMode, PodUserns, UsernsOptions};
 
 fn invalid(reason: String) -> SandboxError {
     SandboxError::InvalidArgument { reason }
@@ -86,6 +87,61 @@ pub fn cgroup_parent(driver: CgroupDriver, parent: &str) -> Result<(), SandboxEr
     Ok(())
 }
 
+/// The pod user namespace a CRI `UserNamespace` asks for: `None` for `NODE` (the host's, no
+/// mappings allowed); for `POD`, exactly one uid and one gid range (as containerd, and as
+/// kubelet sends), each mapping container id 0, not overflowing, not including host id 0 (the
+/// host's root); `CONTAINER` and `TARGET` are not user namespace modes.
+pub fn user_namespace(opts: &UsernsOptions) -> Result<Option<PodUserns>, SandboxError> {
+    match opts.mode {
+        NsMode::Node => {
+            if !opts.uids.is_empty() || !opts.gids.is_empty() {
+                return Err(invalid(format!(
+                    "user namespace mode NODE takes no mappings (got {} uid and {} gid mappings)",
+                    opts.uids.len(),
+                    opts.gids.len()
+                )));
+            }
+            Ok(None)
+        }
+        NsMode::Pod => Ok(Some(PodUserns {
+            uid: one_mapping("uid", &opts.uids)?,
+            gid: one_mapping("gid", &opts.gids)?,
+        })),
+        NsMode::Container | NsMode::Target => Err(invalid(format!(
+            "user namespace mode {:?} is not supported (POD or NODE)",
+            opts.mode
+        ))),
+    }
+}
+
+fn one_mapping(what: &str, maps: &[IdMapping]) -> Result<IdMapping, SandboxError> {
+    let [m] = maps else {
+        return Err(invalid(format!(
+            "user namespace mode POD needs exactly one {what} mapping, got {}",
+            maps.len()
+        )));
+    };
+    // The kernel's ids are u32 with u32::MAX reserved (the invalid id -1).
+    let end = |start: u32| u64::from(start) + u64::from(m.length);
+    if m.length == 0
+        || end(m.container_id) > u64::from(u32::MAX)
+        || end(m.host_id) > u64::from(u32::MAX)
+    {
+        return Err(invalid(format!("{what} mapping {m:?} is out of range")));
+    }
+    if m.container_id != 0 {
+        return Err(invalid(format!(
+            "{what} mapping {m:?} does not map container id 0"
+        )));
+    }
+    if m.host_id == 0 {
+        return Err(invalid(format!(
+            "{what} mapping {m:?} maps the host's id 0 into the pod"
+        )));
+    }
+    Ok(*m)
+}
+
 /// A Kubernetes bandwidth quantity ("10M", "1Gi", "500k") in bits per second.
 pub fn bandwidth(annotation: &str, value: &str) -> Result<u64, SandboxError> {
     let bad = || {
@@ -165,6 +221,50 @@ mod tests {
         assert!(cgroup_parent(CgroupDriver::Cgroupfs, "/kubepods/../../x").is_err());
         assert!(cgroup_parent(CgroupDriver::Systemd, "kubepods-besteffort-pod1.slice").is_ok());
         assert!(cgroup_parent(CgroupDriver::Systemd, "/kubepods/pod1").is_err());
+    }
+
+    #[test]
+    fn user_namespace_mappings() {
+        let map = |container_id, host_id, length| IdMapping {
+            container_id,
+            host_id,
+            length,
+        };
+        let opts = |mode, uids: Vec<IdMapping>| UsernsOptions {
+            mode,
+            gids: uids.clone(),
+            uids,
+        };
+        let good = map(0, 1000, 100_000);
+        assert_eq!(user_namespace(&opts(NsMode::Node, vec![])).unwrap(), None);
+        assert_eq!(
+            user_namespace(&opts(NsMode::Pod, vec![good])).unwrap(),
+            Some(PodUserns {
+                uid: good,
+                gid: good
+            })
+        );
+        let mut split = opts(NsMode::Pod, vec![good]);
+        split.gids = vec![map(0, 2000, 65536)];
+        assert_eq!(user_namespace(&split).unwrap().unwrap().gid.host_id, 2000);
+        for bad in [
+            // critest's error cases: two ranges, container id 0 unmapped, CONTAINER, TARGET.
+            opts(NsMode::Pod, vec![good, map(0, 2000, 100_000)]),
+            opts(NsMode::Pod, vec![map(1, 1000, 100_000)]),
+            opts(NsMode::Container, vec![]),
+            opts(NsMode::Target, vec![]),
+            opts(NsMode::Pod, vec![]),
+            opts(NsMode::Node, vec![good]),
+            opts(NsMode::Pod, vec![map(0, 1000, 0)]),
+            opts(NsMode::Pod, vec![map(0, u32::MAX - 10, 11)]),
+            opts(NsMode::Pod, vec![map(0, 0, 65536)]),
+        ] {
+            let e = user_namespace(&bad).unwrap_err();
+            assert_eq!(e.kind(), imagestore::ErrorKind::InvalidArgument, "{bad:?}");
+        }
+        let mut no_gids = opts(NsMode::Pod, vec![good]);
+        no_gids.gids.clear();
+        assert!(user_namespace(&no_gids).is_err());
     }
 
     #[test]

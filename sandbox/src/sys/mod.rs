@@ -1,5 +1,6 @@
 //! Kernel operations of pods: mounts and writes inside pinned namespaces, behind [`PodSys`] so
-//! the pod manager can be tested over a fake; namespace creation itself is `cni::netns`.
+//! the pod manager can be tested over a fake; namespace creation itself is `cni::netns`, except
+//! for pods with a user namespace (`userns`).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,10 @@ use cni::netns::{self, NsKind};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use crate::error::SandboxError;
+
+pub mod userns;
+
+pub use userns::UsernsPlan;
 
 fn nix_io(e: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
@@ -115,6 +120,19 @@ pub trait PodSys: Send + Sync + 'static {
         pins: &[(NsKind, PathBuf)],
         hostname: Option<String>,
     ) -> Result<(), SandboxError>;
+    /// A new user namespace (`plan`) owning new namespaces of the given kinds, all pinned; the
+    /// hostname is set in the UTS namespace when given (see [`userns`]).
+    fn create_user_namespaces(
+        &self,
+        plan: &UsernsPlan,
+        pins: &[(NsKind, PathBuf)],
+        hostname: Option<String>,
+    ) -> Result<(), SandboxError> {
+        let _ = (plan, pins, hostname);
+        Err(SandboxError::Unimplemented {
+            reason: "user namespaces are not supported here".into(),
+        })
+    }
     fn remove_pin(&self, path: &Path) -> Result<(), SandboxError>;
     fn is_pinned(&self, path: &Path) -> bool;
     fn mount_shm(&self, path: &Path, size_bytes: u64) -> Result<(), SandboxError>;
@@ -152,6 +170,15 @@ impl PodSys for HostSys {
             })
         })
         .map_err(SandboxError::Namespaces)
+    }
+
+    fn create_user_namespaces(
+        &self,
+        plan: &UsernsPlan,
+        pins: &[(NsKind, PathBuf)],
+        hostname: Option<String>,
+    ) -> Result<(), SandboxError> {
+        userns::create(plan, pins, hostname)
     }
 
     fn remove_pin(&self, path: &Path) -> Result<(), SandboxError> {

@@ -1,0 +1,253 @@
+//! User namespaces (CRI `NamespaceOption.userns_options`): a pod in its own user namespace
+//! (mode POD with one uid and one gid range), shared by all its containers, with the image's
+//! files owned by the container's root and writable by it; and the requests a runtime must
+//! refuse (critest's cases). Skipped when the runtime's `Status` does not report user
+//! namespaces for the default handler.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, ensure};
+use proto::cri;
+
+use super::pods::{pod_config, remove_pod, run_pod};
+use super::{out, pull_busybox};
+use crate::runner::{Env, Outcome, Test, TestResult};
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        Test {
+            name: "security/user-namespace-pod",
+            run: |env| Box::pin(pod_user_namespace(env)),
+        },
+        Test {
+            name: "security/user-namespace-refused",
+            run: |env| Box::pin(refused(env)),
+        },
+    ]
+}
+
+fn mapping(host_id: u32) -> Vec<cri::IdMapping> {
+    vec![cri::IdMapping {
+        container_id: 0,
+        host_id,
+        length: 65536,
+    }]
+}
+
+/// Distinct uid and gid ranges, so a swap shows.
+const UID_BASE: u32 = 200_000;
+const GID_BASE: u32 = 300_000;
+
+fn with_userns(
+    mut config: cri::PodSandboxConfig,
+    userns: cri::UserNamespace,
+) -> cri::PodSandboxConfig {
+    let ns = config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options
+        .get_or_insert_with(Default::default);
+    ns.userns_options = Some(userns);
+    config
+}
+
+/// Whether the runtime reports user namespaces for the default handler.
+async fn supported(env: &Env) -> anyhow::Result<bool> {
+    let status = env
+        .cri
+        .runtime
+        .clone()
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .context("Status")?
+        .into_inner();
+    Ok(status
+        .runtime_handlers
+        .iter()
+        .any(|h| h.name.is_empty() && h.features.as_ref().is_some_and(|f| f.user_namespaces)))
+}
+
+async fn pod_user_namespace(env: Env) -> TestResult {
+    if !supported(&env).await? {
+        return Ok(Outcome::Skipped(
+            "the runtime reports no user namespace support".into(),
+        ));
+    }
+    let Some(image) = pull_busybox(&env).await? else {
+        return Ok(Outcome::Skipped("no test registry (--registry)".into()));
+    };
+    let mut config = with_userns(
+        pod_config("userns"),
+        cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids: mapping(UID_BASE),
+            gids: mapping(GID_BASE),
+        },
+    );
+    // A pod-wide PID namespace too: its init lives in the pod's user namespace.
+    if let Some(ns) = config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+    {
+        ns.pid = cri::NamespaceMode::Pod as i32;
+    }
+    let namespaces = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
+    let pod = run_pod(&env, config.clone()).await?;
+    let result = async {
+        let mut ids = Vec::new();
+        for name in ["first", "second"] {
+            let mut rt = env.cri.runtime.clone();
+            let id = rt
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: pod.clone(),
+                    config: Some(cri::ContainerConfig {
+                        metadata: Some(cri::ContainerMetadata {
+                            name: name.into(),
+                            attempt: 0,
+                        }),
+                        image: Some(cri::ImageSpec {
+                            image: image.clone(),
+                            ..Default::default()
+                        }),
+                        command: vec!["sleep".into(), "3600".into()],
+                        labels: HashMap::from([("name".to_string(), name.to_string())]),
+                        linux: Some(cri::LinuxContainerConfig {
+                            security_context: Some(cri::LinuxContainerSecurityContext {
+                                // As kubelet: the container repeats the pod's namespaces.
+                                namespace_options: namespaces.clone(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    sandbox_config: Some(config.clone()),
+                })
+                .await
+                .with_context(|| format!("CreateContainer {name}"))?
+                .into_inner()
+                .container_id;
+            rt.start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .with_context(|| format!("StartContainer {name}"))?;
+            ids.push(id);
+        }
+        let first = &ids[0];
+        let squeeze = |s: String| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let uid_map = squeeze(out(&env, first, "cat /proc/self/uid_map").await?);
+        ensure!(
+            uid_map == format!("0 {UID_BASE} 65536"),
+            "uid_map {uid_map:?}"
+        );
+        let gid_map = squeeze(out(&env, first, "cat /proc/self/gid_map").await?);
+        ensure!(
+            gid_map == format!("0 {GID_BASE} 65536"),
+            "gid_map {gid_map:?}"
+        );
+        let who = out(&env, first, "echo $(id -u) $(id -g)").await?;
+        ensure!(who == "0 0", "uid gid {who:?}");
+        // The image's root-owned files are the container root's (not the overflow id 65534),
+        // and it can write where root can.
+        let owner = out(&env, first, "stat -c '%u %g' /bin /etc").await?;
+        ensure!(
+            squeeze(owner.clone()) == "0 0 0 0",
+            "image files owned by {owner:?}"
+        );
+        let written = out(
+            &env,
+            first,
+            "mkdir /made && echo x > /etc/written && stat -c '%u %g' /made /etc/written",
+        )
+        .await?;
+        ensure!(
+            squeeze(written.clone()) == "0 0 0 0",
+            "new files owned by {written:?}"
+        );
+        // One user namespace for the pod; the pod's network namespace is its own (sysfs shows
+        // the pod's interfaces), and the PID namespace is shared.
+        let ns = |id: String| {
+            let env = env.clone();
+            async move { out(&env, &id, "readlink /proc/self/ns/user").await }
+        };
+        let (a, b) = (ns(ids[0].clone()).await?, ns(ids[1].clone()).await?);
+        ensure!(
+            a == b,
+            "containers in different user namespaces: {a} vs {b}"
+        );
+        let sleeps = out(&env, &ids[1], "cat /proc/[0-9]*/comm | grep -c '^sleep$'").await?;
+        ensure!(
+            sleeps == "2",
+            "{sleeps} sleep processes seen, want both containers'"
+        );
+        let lo = out(&env, first, "ls /sys/class/net").await?;
+        ensure!(lo.contains("lo"), "/sys/class/net: {lo:?}");
+        Ok(())
+    }
+    .await;
+    remove_pod(&env, &pod).await;
+    result.map(|()| Outcome::Passed)
+}
+
+/// What containerd refuses and critest checks: two ranges, container id 0 unmapped, the
+/// CONTAINER and TARGET modes; each `RunPodSandbox` fails with `INVALID_ARGUMENT`.
+async fn refused(env: Env) -> TestResult {
+    if !supported(&env).await? {
+        return Ok(Outcome::Skipped(
+            "the runtime reports no user namespace support".into(),
+        ));
+    }
+    let mut two = mapping(UID_BASE);
+    two.extend(mapping(UID_BASE + 65536));
+    let unmapped_root = vec![cri::IdMapping {
+        container_id: 1,
+        host_id: UID_BASE,
+        length: 65536,
+    }];
+    let cases = [
+        ("two ranges", cri::NamespaceMode::Pod, two),
+        (
+            "container id 0 unmapped",
+            cri::NamespaceMode::Pod,
+            unmapped_root,
+        ),
+        ("mode CONTAINER", cri::NamespaceMode::Container, vec![]),
+        ("mode TARGET", cri::NamespaceMode::Target, vec![]),
+    ];
+    for (what, mode, ids) in cases {
+        let config = with_userns(
+            pod_config("userns-bad"),
+            cri::UserNamespace {
+                mode: mode as i32,
+                uids: ids.clone(),
+                gids: ids,
+            },
+        );
+        match run_pod(&env, config).await {
+            Ok(id) => {
+                remove_pod(&env, &id).await;
+                anyhow::bail!("{what}: RunPodSandbox succeeded");
+            }
+            Err(e) => {
+                let code = e
+                    .downcast_ref::<tonic::Status>()
+                    .map(tonic::Status::code)
+                    .with_context(|| format!("{what}: {e:#}"))?;
+                ensure!(
+                    code == tonic::Code::InvalidArgument,
+                    "{what}: {code:?}, want InvalidArgument ({e:#})"
+                );
+            }
+        }
+    }
+    Ok(Outcome::Passed)
+}
