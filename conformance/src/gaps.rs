@@ -26,6 +26,10 @@ const fn containerd(test: &'static str, reason: &'static str) -> Gap {
 /// Every known gap.
 pub const GAPS: &[Gap] = &[
     containerd(
+        "features/image-volume",
+        "containerd 1.6 predates image volumes (containerd 2.1) and ignores Mount.image",
+    ),
+    containerd(
         "images/list-and-idempotent-remove",
         "containerd 1.6 ignores ListImagesRequest.filter and always lists every image",
     ),

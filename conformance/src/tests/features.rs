@@ -45,6 +45,10 @@ pub fn tests() -> Vec<Test> {
             run: |env| Box::pin(recursive_readonly(env)),
         },
         Test {
+            name: "features/image-volume",
+            run: |env| Box::pin(image_volume(env)),
+        },
+        Test {
             name: "features/pod-metrics",
             run: |env| Box::pin(pod_metrics(env)),
         },
@@ -544,6 +548,84 @@ async fn recursive_readonly(env: Env) -> TestResult {
     .await;
     drop(dir);
     r
+}
+
+/// Image volumes (critest's "Image Volume"): the busybox image mounted read-only, whole and by
+/// its `etc` sub path, executable, and reported in the status with its image id.
+async fn image_volume(env: Env) -> TestResult {
+    let Some(registry) = env.registry.clone() else {
+        return Ok(Outcome::Skipped("no test registry (--registry)".into()));
+    };
+    let image = format!("{registry}/busybox:latest");
+    let volume = |path: &str, sub_path: &str| cri::Mount {
+        container_path: path.into(),
+        readonly: true,
+        image: Some(cri::ImageSpec {
+            image: image.clone(),
+            ..Default::default()
+        }),
+        image_sub_path: sub_path.into(),
+        ..Default::default()
+    };
+    let mounts = vec![volume("/vol", ""), volume("/sub", "etc")];
+    with_container(
+        env,
+        "feat-imgvol",
+        |_| {},
+        |c| c.mounts = mounts,
+        |ctx| async move {
+            let (code, _, err) = super::sh(&ctx.env, &ctx.id, "/vol/bin/busybox true").await?;
+            ensure!(code == 0, "the image volume is not executable: {err}");
+            let (code, _, _) = super::sh(&ctx.env, &ctx.id, "touch /vol/x").await?;
+            ensure!(code != 0, "the image volume is writable");
+            let (code, _, _) = super::sh(&ctx.env, &ctx.id, "test -f /sub/passwd").await?;
+            ensure!(code == 0, "the sub path etc is not what /sub shows");
+            let (code, _, _) = super::sh(&ctx.env, &ctx.id, "test -e /sub/etc").await?;
+            ensure!(code != 0, "the sub path was ignored");
+            let mut images = ctx.env.cri.images.clone();
+            let id = images
+                .image_status(cri::ImageStatusRequest {
+                    image: Some(cri::ImageSpec {
+                        image: image.clone(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                })
+                .await
+                .context("ImageStatus")?
+                .into_inner()
+                .image
+                .context("the image is gone")?
+                .id;
+            let status = ctx
+                .env
+                .cri
+                .runtime
+                .clone()
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: ctx.id.clone(),
+                    verbose: false,
+                })
+                .await
+                .context("ContainerStatus")?
+                .into_inner()
+                .status
+                .context("no status")?;
+            let m = status
+                .mounts
+                .iter()
+                .find(|m| m.container_path == "/sub")
+                .context("no /sub mount in the status")?;
+            let image_ref = m.image.as_ref().map(|i| i.image_ref.as_str());
+            ensure!(
+                image_ref == Some(id.as_str()),
+                "mount image_ref {image_ref:?}, image {id}"
+            );
+            ensure!(m.image_sub_path == "etc", "sub path {:?}", m.image_sub_path);
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// CRI metrics (critest's "metrics operations"): the descriptors have help and label keys,
