@@ -1,4 +1,5 @@
-//! Unikernel start-up, measured on crid only (the first runtime): pod + container start until
+//! Unikernel start-up, measured on the runtimes chosen (crid builds: containerd has no
+//! unikernels): pod + container start until
 //! the first byte in the container's log — the guest's first serial output for a unikernel
 //! image (its pod under the `urunc` handler), the first line of `sh -c 'echo ready; sleep
 //! 3600'` for busybox under runc — in pairs started the same way in the same run: host-network
@@ -139,99 +140,123 @@ async fn pair(
     Ok((timings, rss, format!("{guest} on {hypervisor}, {accel}")))
 }
 
-/// Adds the unikernel rows to `report` (values in the first runtime's column only).
+/// One runtime's samples (medians go in its column).
+#[derive(Default)]
+struct Series {
+    uk: Samples,
+    rc: Samples,
+    uk_pod: Samples,
+    rc_pod: Samples,
+    ukc: Samples,
+    rcc: Samples,
+    ukc_pod: Samples,
+    rcc_pod: Samples,
+    peak_rss_kib: u64,
+    accel: String,
+}
+
+/// Adds the unikernel rows to `report`, measured on `targets[i]` for each `i` in `selected`
+/// (the other columns stay empty): every iteration runs the pairs on each of them in turn, so
+/// drift hits them alike (e.g. two builds of crid, before and after a change).
 pub async fn run(
-    target: &Target,
-    runtimes: usize,
+    all: &[Target],
+    selected: &[usize],
     unikernel_image: &str,
     busybox_image: &str,
     iterations: usize,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    workload::ensure_image(target, unikernel_image).await?;
-    let (mut uk, mut rc) = (Samples::default(), Samples::default());
-    let (mut uk_pod, mut rc_pod) = (Samples::default(), Samples::default());
-    let (mut ukc, mut rcc) = (Samples::default(), Samples::default());
-    let (mut ukc_pod, mut rcc_pod) = (Samples::default(), Samples::default());
-    let mut accel = String::from("?");
-    // This runtime's VMMs only: their command lines name its directories (kernel, sockets).
-    let vmm = Regex::new(&format!(
-        "(qemu-system|firecracker|cloud-hypervisor|solo5-|crid-vmm).*({})",
-        target.procs.as_str()
-    ))?;
-    let mut peak_rss_kib = 0u64;
+    let targets: Vec<&Target> = selected.iter().filter_map(|i| all.get(*i)).collect();
+    let mut series: Vec<Series> = Vec::new();
+    let mut vmms = Vec::new();
+    for target in &targets {
+        workload::ensure_image(target, unikernel_image).await?;
+        series.push(Series {
+            accel: "?".into(),
+            ..Series::default()
+        });
+        // This runtime's VMMs only: their command lines name its directories (kernel, sockets).
+        vmms.push(Regex::new(&format!(
+            "(qemu-system|firecracker|cloud-hypervisor|solo5-|crid-vmm).*({})",
+            target.procs.as_str()
+        ))?);
+    }
     // Host-network pods: the guest has no NIC and boots on QEMU's microvm machine straight into
     // its PVH entry. Pod-network pods (CNI): the guest gets a virtio-net-pci NIC, a tap and the
     // pc machine booted by qboot; the runc pod of each pair gets the same kind of network.
     for _ in 0..iterations {
-        let (p, rss, a) = pair(target, unikernel_image, busybox_image, true, Some(&vmm)).await?;
-        accel = a;
-        peak_rss_kib = peak_rss_kib.max(rss.unwrap_or(0));
-        uk.push(p.uk);
-        rc.push(p.rc);
-        ukc.push(p.uk_container);
-        rcc.push(p.rc_container);
-        let (p, _, _) = pair(target, unikernel_image, busybox_image, false, None).await?;
-        uk_pod.push(p.uk);
-        rc_pod.push(p.rc);
-        ukc_pod.push(p.uk_container);
-        rcc_pod.push(p.rc_container);
+        for ((target, s), vmm) in targets.iter().zip(series.iter_mut()).zip(&vmms) {
+            let (p, rss, a) = pair(target, unikernel_image, busybox_image, true, Some(vmm)).await?;
+            s.accel = a;
+            s.peak_rss_kib = s.peak_rss_kib.max(rss.unwrap_or(0));
+            s.uk.push(p.uk);
+            s.rc.push(p.rc);
+            s.ukc.push(p.uk_container);
+            s.rcc.push(p.rc_container);
+            let (p, _, _) = pair(target, unikernel_image, busybox_image, false, None).await?;
+            s.uk_pod.push(p.uk);
+            s.rc_pod.push(p.rc);
+            s.ukc_pod.push(p.uk_container);
+            s.rcc_pod.push(p.rc_container);
+        }
     }
-    let col = |v: Option<f64>| {
-        let mut values = vec![None; runtimes.max(1)];
-        values[0] = v;
+    // The label names the first runtime's guest and accelerator (the image is the same).
+    let accel = series.first().map(|s| s.accel.clone()).unwrap_or_default();
+    let col = |f: &dyn Fn(&Series) -> Option<f64>| {
+        let mut values = vec![None; all.len()];
+        for (i, s) in selected.iter().zip(&series) {
+            if let Some(v) = values.get_mut(*i) {
+                *v = f(s);
+            }
+        }
         values
-    };
-    let ratio = match (uk_pod.median(), rc_pod.median()) {
-        (Some(u), Some(r)) if r > 0.0 => Some(u / r),
-        _ => None,
     };
     report.add(
         format!("unikernel pod start to first serial byte (host network, median; {accel})"),
         "ms",
-        col(uk.median()),
+        col(&|s| s.uk.median()),
     );
     report.add(
         "runc busybox pod start to first log byte (host network, median, same run)",
         "ms",
-        col(rc.median()),
+        col(&|s| s.rc.median()),
     );
     report.add(
         format!("unikernel pod start to first serial byte (pod network, median; {accel})"),
         "ms",
-        col(uk_pod.median()),
+        col(&|s| s.uk_pod.median()),
     );
     report.add(
         "runc busybox pod start to first log byte (pod network, median, same run)",
         "ms",
-        col(rc_pod.median()),
+        col(&|s| s.rc_pod.median()),
     );
     report.add(
         format!("unikernel / runc pod start, pod network (medians; {accel})"),
         "x",
-        col(ratio),
+        col(&|s| match (s.uk_pod.median(), s.rc_pod.median()) {
+            (Some(u), Some(r)) if r > 0.0 => Some(u / r),
+            _ => None,
+        }),
     );
-    for (network, u, r) in [
-        ("host network", &ukc, &rcc),
-        ("pod network", &ukc_pod, &rcc_pod),
-    ] {
+    for (network, pod) in [("host network", false), ("pod network", true)] {
         report.add(
             format!(
                 "unikernel CreateContainer+StartContainer to first serial byte ({network}, median; {accel})"
             ),
             "ms",
-            col(u.median()),
+            col(&|s| if pod { s.ukc_pod.median() } else { s.ukc.median() }),
         );
         report.add(
             format!("runc busybox CreateContainer+StartContainer to first log byte ({network}, median, same run)"),
             "ms",
-            col(r.median()),
+            col(&|s| if pod { s.rcc_pod.median() } else { s.rcc.median() }),
         );
     }
     report.add(
         format!("VMM peak RSS ({accel})"),
         "MiB",
-        col(Some(peak_rss_kib as f64 / 1024.0)),
+        col(&|s| Some(s.peak_rss_kib as f64 / 1024.0)),
     );
     Ok(())
 }

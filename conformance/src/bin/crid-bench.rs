@@ -42,10 +42,18 @@ struct Args {
     json: Option<PathBuf>,
     /// A unikernel image (in the registry) that prints and keeps running, e.g. the
     /// freestanding test guest packed with `crid unikernel pack` (repeatable: one per guest
-    /// type): its start to first serial byte is measured on the first runtime, next to busybox
-    /// under runc, in host-network and pod-network pods.
+    /// type): its start to first serial byte is measured on the `--unikernel-runtime`s, next
+    /// to busybox under runc, in host-network and pod-network pods.
     #[arg(long)]
     unikernel_image: Vec<String>,
+    /// A runtime (by NAME) the unikernel images are measured on (repeatable; default: the
+    /// first runtime).
+    #[arg(long)]
+    unikernel_runtime: Vec<String>,
+    /// Only the unikernel measurements (no runc cold start, parallel, memory or throughput
+    /// sections).
+    #[arg(long)]
+    unikernel_only: bool,
     /// Parent directory for pod log directories.
     #[arg(long, default_value = "/tmp/crid-bench-logs")]
     log_root: PathBuf,
@@ -123,234 +131,253 @@ async fn main() -> anyhow::Result<()> {
         workload::ensure_image(t, &image).await?;
     }
 
-    // Idle memory, before any pod exists.
-    let idle: Vec<Memory> = targets.iter().map(|t| memory::measure(&t.procs)).collect();
+    if !args.unikernel_only {
+        // Idle memory, before any pod exists.
+        let idle: Vec<Memory> = targets.iter().map(|t| memory::measure(&t.procs)).collect();
 
-    // Sequential latencies, alternating runtimes so drift hits both alike.
-    let n = targets.len();
-    let (mut run_pod, mut create, mut start, mut total, mut down) = (
-        vec![Samples::default(); n],
-        vec![Samples::default(); n],
-        vec![Samples::default(); n],
-        vec![Samples::default(); n],
-        vec![Samples::default(); n],
-    );
-    for i in 0..args.iterations {
-        for (k, t) in targets.iter().enumerate() {
-            match workload::cold_start(t, &image, &cmd, "seq").await {
-                Ok(s) => {
-                    run_pod[k].push(s.run_pod);
-                    create[k].push(s.create);
-                    start[k].push(s.start);
-                    total[k].push(s.run_pod + s.create + s.start);
-                    match workload::teardown(t, &s).await {
-                        Ok(d) => down[k].push(d),
-                        Err(e) => report
-                            .errors
-                            .push(format!("{} teardown #{i}: {e:#}", t.name)),
+        // Sequential latencies, alternating runtimes so drift hits both alike.
+        let n = targets.len();
+        let (mut run_pod, mut create, mut start, mut total, mut down) = (
+            vec![Samples::default(); n],
+            vec![Samples::default(); n],
+            vec![Samples::default(); n],
+            vec![Samples::default(); n],
+            vec![Samples::default(); n],
+        );
+        for i in 0..args.iterations {
+            for (k, t) in targets.iter().enumerate() {
+                match workload::cold_start(t, &image, &cmd, "seq").await {
+                    Ok(s) => {
+                        run_pod[k].push(s.run_pod);
+                        create[k].push(s.create);
+                        start[k].push(s.start);
+                        total[k].push(s.run_pod + s.create + s.start);
+                        match workload::teardown(t, &s).await {
+                            Ok(d) => down[k].push(d),
+                            Err(e) => report
+                                .errors
+                                .push(format!("{} teardown #{i}: {e:#}", t.name)),
+                        }
                     }
+                    Err(e) => report
+                        .errors
+                        .push(format!("{} cold start #{i}: {e:#}", t.name)),
                 }
-                Err(e) => report
-                    .errors
-                    .push(format!("{} cold start #{i}: {e:#}", t.name)),
             }
         }
-    }
-    for (label, samples) in [
-        ("pod sandbox start", &run_pod),
-        ("container create", &create),
-        ("container start", &start),
-        ("pod+container cold start", &total),
-        ("stop and remove", &down),
-    ] {
-        report.add(
-            format!("{label} median"),
-            "ms",
-            samples.iter().map(|s| s.median()).collect(),
-        );
-        report.add(
-            format!("{label} p90"),
-            "ms",
-            samples.iter().map(|s| s.p90()).collect(),
-        );
-        report.add(
-            format!("{label} max"),
-            "ms",
-            samples.iter().map(|s| s.max()).collect(),
-        );
-    }
+        for (label, samples) in [
+            ("pod sandbox start", &run_pod),
+            ("container create", &create),
+            ("container start", &start),
+            ("pod+container cold start", &total),
+            ("stop and remove", &down),
+        ] {
+            report.add(
+                format!("{label} median"),
+                "ms",
+                samples.iter().map(|s| s.median()).collect(),
+            );
+            report.add(
+                format!("{label} p90"),
+                "ms",
+                samples.iter().map(|s| s.p90()).collect(),
+            );
+            report.add(
+                format!("{label} max"),
+                "ms",
+                samples.iter().map(|s| s.max()).collect(),
+            );
+        }
 
-    // Image pull of the same image from the local registry.
-    let mut pulls = vec![Samples::default(); n];
-    for _ in 0..args.iterations.clamp(1, 5) {
-        for (k, t) in targets.iter().enumerate() {
-            match workload::pull(t, &image).await {
-                Ok(d) => pulls[k].push(d),
-                Err(e) => report.errors.push(format!("{} pull: {e:#}", t.name)),
+        // Image pull of the same image from the local registry.
+        let mut pulls = vec![Samples::default(); n];
+        for _ in 0..args.iterations.clamp(1, 5) {
+            for (k, t) in targets.iter().enumerate() {
+                match workload::pull(t, &image).await {
+                    Ok(d) => pulls[k].push(d),
+                    Err(e) => report.errors.push(format!("{} pull: {e:#}", t.name)),
+                }
             }
         }
-    }
-    report.add(
-        "image pull median",
-        "ms",
-        pulls.iter().map(|s| s.median()).collect(),
-    );
+        report.add(
+            "image pull median",
+            "ms",
+            pulls.iter().map(|s| s.median()).collect(),
+        );
 
-    report.add(
-        "idle memory RSS",
-        "MiB",
-        idle.iter().map(|m| Some(mib(*m, false))).collect(),
-    );
-    report.add(
-        "idle memory PSS",
-        "MiB",
-        idle.iter().map(|m| Some(mib(*m, true))).collect(),
-    );
+        report.add(
+            "idle memory RSS",
+            "MiB",
+            idle.iter().map(|m| Some(mib(*m, false))).collect(),
+        );
+        report.add(
+            "idle memory PSS",
+            "MiB",
+            idle.iter().map(|m| Some(mib(*m, true))).collect(),
+        );
 
-    // Parallel starts, memory with that many pods, per-pod overhead.
-    for &count in &args.parallel {
-        let mut wall = Vec::new();
-        let mut rss = Vec::new();
-        let mut pss = Vec::new();
-        let mut per_pod = Vec::new();
-        let mut peak_rss = Vec::new();
-        let mut peak_pss = Vec::new();
-        for (k, t) in targets.iter().enumerate() {
-            // Peak memory while the pods start, sampled every 100 ms.
-            let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let procs = t.procs.clone();
-            let sampler = tokio::spawn(async move {
-                let mut peak = Memory::default();
-                loop {
-                    let m = tokio::task::spawn_blocking({
-                        let procs = procs.clone();
-                        move || memory::measure(&procs)
+        // Parallel starts, memory with that many pods, per-pod overhead.
+        for &count in &args.parallel {
+            let mut wall = Vec::new();
+            let mut rss = Vec::new();
+            let mut pss = Vec::new();
+            let mut per_pod = Vec::new();
+            let mut peak_rss = Vec::new();
+            let mut peak_pss = Vec::new();
+            for (k, t) in targets.iter().enumerate() {
+                // Peak memory while the pods start, sampled every 100 ms.
+                let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+                let procs = t.procs.clone();
+                let sampler = tokio::spawn(async move {
+                    let mut peak = Memory::default();
+                    loop {
+                        let m = tokio::task::spawn_blocking({
+                            let procs = procs.clone();
+                            move || memory::measure(&procs)
+                        })
+                        .await
+                        .unwrap_or_default();
+                        peak.rss_kib = peak.rss_kib.max(m.rss_kib);
+                        peak.pss_kib = peak.pss_kib.max(m.pss_kib);
+                        tokio::select! {
+                            _ = &mut stop_rx => break peak,
+                            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        }
+                    }
+                });
+                let t0 = Instant::now();
+                let tasks: Vec<_> = (0..count)
+                    .map(|_| {
+                        let t = t.clone();
+                        let image = image.clone();
+                        tokio::spawn(
+                            async move { workload::cold_start(&t, &image, &cmd, "par").await },
+                        )
                     })
-                    .await
-                    .unwrap_or_default();
-                    peak.rss_kib = peak.rss_kib.max(m.rss_kib);
-                    peak.pss_kib = peak.pss_kib.max(m.pss_kib);
-                    tokio::select! {
-                        _ = &mut stop_rx => break peak,
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    .collect();
+                let mut started = Vec::new();
+                let mut failed = 0;
+                for task in tasks {
+                    match task.await {
+                        Ok(Ok(s)) => started.push(s),
+                        Ok(Err(e)) => {
+                            failed += 1;
+                            report
+                                .errors
+                                .push(format!("{} parallel {count}: {e:#}", t.name));
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            report
+                                .errors
+                                .push(format!("{} parallel {count}: {e}", t.name));
+                        }
                     }
                 }
-            });
-            let t0 = Instant::now();
-            let tasks: Vec<_> = (0..count)
+                let elapsed = t0.elapsed();
+                let _ = stop_tx.send(());
+                let peak = sampler.await.unwrap_or_default();
+                peak_rss.push(Some(mib(peak, false)));
+                peak_pss.push(Some(mib(peak, true)));
+                wall.push((failed == 0).then_some(elapsed.as_secs_f64() * 1000.0));
+                // Let start-up transients settle before reading memory.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let m = memory::measure(&t.procs);
+                rss.push(Some(mib(m, false)));
+                pss.push(Some(mib(m, true)));
+                per_pod.push((!started.is_empty()).then(|| {
+                    (m.pss_kib.saturating_sub(idle[k].pss_kib)) as f64
+                        / 1024.0
+                        / started.len() as f64
+                }));
+                let downs: Vec<_> = started
+                    .into_iter()
+                    .map(|s| {
+                        let t = t.clone();
+                        tokio::spawn(async move { workload::teardown(&t, &s).await })
+                    })
+                    .collect();
+                for d in downs {
+                    if let Ok(Err(e)) = d.await {
+                        report
+                            .errors
+                            .push(format!("{} parallel teardown: {e:#}", t.name));
+                    }
+                }
+                let _ = workload::sweep(t).await;
+            }
+            report.add(format!("{count} pods in parallel, wall time"), "ms", wall);
+            report.add(
+                format!("peak memory starting {count} pods, RSS"),
+                "MiB",
+                peak_rss,
+            );
+            report.add(
+                format!("peak memory starting {count} pods, PSS"),
+                "MiB",
+                peak_pss,
+            );
+            report.add(format!("memory with {count} pods, RSS"), "MiB", rss);
+            report.add(format!("memory with {count} pods, PSS"), "MiB", pss);
+            report.add(
+                format!("per-pod overhead at {count} pods, PSS"),
+                "MiB",
+                per_pod,
+            );
+        }
+
+        // Sustained throughput: 4 workers cycling start/teardown for a fixed time.
+        let mut rates = Vec::new();
+        for t in &targets {
+            let deadline = Instant::now() + Duration::from_secs(args.sustain_secs);
+            let workers: Vec<_> = (0..4)
                 .map(|_| {
                     let t = t.clone();
                     let image = image.clone();
-                    tokio::spawn(async move { workload::cold_start(&t, &image, &cmd, "par").await })
+                    tokio::spawn(async move {
+                        let mut done = 0u64;
+                        while Instant::now() < deadline {
+                            let Ok(s) = workload::cold_start(&t, &image, &cmd, "sus").await else {
+                                break;
+                            };
+                            if workload::teardown(&t, &s).await.is_err() {
+                                break;
+                            }
+                            done += 1;
+                        }
+                        done
+                    })
                 })
                 .collect();
-            let mut started = Vec::new();
-            let mut failed = 0;
-            for task in tasks {
-                match task.await {
-                    Ok(Ok(s)) => started.push(s),
-                    Ok(Err(e)) => {
-                        failed += 1;
-                        report
-                            .errors
-                            .push(format!("{} parallel {count}: {e:#}", t.name));
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        report
-                            .errors
-                            .push(format!("{} parallel {count}: {e}", t.name));
-                    }
-                }
+            let t0 = Instant::now();
+            let mut done = 0;
+            for w in workers {
+                done += w.await.unwrap_or(0);
             }
-            let elapsed = t0.elapsed();
-            let _ = stop_tx.send(());
-            let peak = sampler.await.unwrap_or_default();
-            peak_rss.push(Some(mib(peak, false)));
-            peak_pss.push(Some(mib(peak, true)));
-            wall.push((failed == 0).then_some(elapsed.as_secs_f64() * 1000.0));
-            // Let start-up transients settle before reading memory.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let m = memory::measure(&t.procs);
-            rss.push(Some(mib(m, false)));
-            pss.push(Some(mib(m, true)));
-            per_pod.push((!started.is_empty()).then(|| {
-                (m.pss_kib.saturating_sub(idle[k].pss_kib)) as f64 / 1024.0 / started.len() as f64
-            }));
-            let downs: Vec<_> = started
-                .into_iter()
-                .map(|s| {
-                    let t = t.clone();
-                    tokio::spawn(async move { workload::teardown(&t, &s).await })
-                })
-                .collect();
-            for d in downs {
-                if let Ok(Err(e)) = d.await {
-                    report
-                        .errors
-                        .push(format!("{} parallel teardown: {e:#}", t.name));
-                }
-            }
+            rates.push(Some(done as f64 / t0.elapsed().as_secs_f64()));
             let _ = workload::sweep(t).await;
         }
-        report.add(format!("{count} pods in parallel, wall time"), "ms", wall);
-        report.add(
-            format!("peak memory starting {count} pods, RSS"),
-            "MiB",
-            peak_rss,
-        );
-        report.add(
-            format!("peak memory starting {count} pods, PSS"),
-            "MiB",
-            peak_pss,
-        );
-        report.add(format!("memory with {count} pods, RSS"), "MiB", rss);
-        report.add(format!("memory with {count} pods, PSS"), "MiB", pss);
-        report.add(
-            format!("per-pod overhead at {count} pods, PSS"),
-            "MiB",
-            per_pod,
-        );
+        report.add("sustained pods per second (4 workers)", "pods/s", rates);
     }
 
-    // Sustained throughput: 4 workers cycling start/teardown for a fixed time.
-    let mut rates = Vec::new();
-    for t in &targets {
-        let deadline = Instant::now() + Duration::from_secs(args.sustain_secs);
-        let workers: Vec<_> = (0..4)
-            .map(|_| {
-                let t = t.clone();
-                let image = image.clone();
-                tokio::spawn(async move {
-                    let mut done = 0u64;
-                    while Instant::now() < deadline {
-                        let Ok(s) = workload::cold_start(&t, &image, &cmd, "sus").await else {
-                            break;
-                        };
-                        if workload::teardown(&t, &s).await.is_err() {
-                            break;
-                        }
-                        done += 1;
-                    }
-                    done
-                })
+    let uk_targets: Vec<usize> = if args.unikernel_runtime.is_empty() {
+        vec![0]
+    } else {
+        args.unikernel_runtime
+            .iter()
+            .map(|name| {
+                targets
+                    .iter()
+                    .position(|t| &t.name == name)
+                    .with_context(|| format!("--unikernel-runtime {name}: no such --runtime"))
             })
-            .collect();
-        let t0 = Instant::now();
-        let mut done = 0;
-        for w in workers {
-            done += w.await.unwrap_or(0);
-        }
-        rates.push(Some(done as f64 / t0.elapsed().as_secs_f64()));
-        let _ = workload::sweep(t).await;
-    }
-    report.add("sustained pods per second (4 workers)", "pods/s", rates);
-
+            .collect::<anyhow::Result<_>>()?
+    };
     for uk in &args.unikernel_image {
         let uk = format!("{}/{uk}", args.registry);
         if let Err(e) = conformance::bench::unikernel::run(
-            &targets[0],
-            targets.len(),
+            &targets,
+            &uk_targets,
             &uk,
             &image,
             args.iterations,
@@ -358,11 +385,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .await
         {
-            report
-                .errors
-                .push(format!("{} unikernel: {e:#}", targets[0].name));
+            report.errors.push(format!("{uk}: {e:#}"));
         }
-        let _ = workload::sweep(&targets[0]).await;
+        for i in &uk_targets {
+            let _ = workload::sweep(&targets[*i]).await;
+        }
     }
 
     println!("Machine: {}\n", report.machine);
