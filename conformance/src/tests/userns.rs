@@ -1,10 +1,15 @@
 //! User namespaces (CRI `NamespaceOption.userns_options`): a pod in its own user namespace
 //! (mode POD with one uid and one gid range), shared by all its containers, with the image's
-//! files owned by the container's root and writable by it; and the requests a runtime must
+//! files owned by the container's root and writable by it, and a volume id-mapped (reachable
+//! under a 0700 host directory, its files the container's by their on-disk ids); and the
+//! requests a runtime must
 //! refuse (critest's cases). Skipped when the runtime's `Status` does not report user
 //! namespaces for the default handler.
 
 use std::collections::HashMap;
+use std::fs::Permissions;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
 
 use anyhow::{Context, ensure};
 use proto::cri;
@@ -51,6 +56,32 @@ fn with_userns(
         .get_or_insert_with(Default::default);
     ns.userns_options = Some(userns);
     config
+}
+
+/// A host directory only root may enter (kubelet's `/var/lib/kubelet` is 0700), removed on drop.
+struct HostDir(PathBuf);
+
+impl HostDir {
+    fn new() -> anyhow::Result<HostDir> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!(
+            "crid-conformance-userns-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir(&p).with_context(|| format!("create {}", p.display()))?;
+        let dir = HostDir(p);
+        std::fs::set_permissions(&dir.0, Permissions::from_mode(0o700))?;
+        Ok(dir)
+    }
+}
+
+impl Drop for HostDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Whether the runtime reports user namespaces for the default handler.
@@ -100,10 +131,25 @@ async fn pod_user_namespace(env: Env) -> TestResult {
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.clone());
+    // A volume as kubelet keeps them: under a directory only root may enter, a root-owned file
+    // only its owner may read.
+    let host = HostDir::new()?;
+    let volume = host.0.join("volume");
+    std::fs::create_dir(&volume)?;
+    std::fs::write(volume.join("secret"), "s3cret")?;
+    std::fs::set_permissions(volume.join("secret"), Permissions::from_mode(0o600))?;
     let pod = run_pod(&env, config.clone()).await?;
     let result = async {
         let mut ids = Vec::new();
         for name in ["first", "second"] {
+            let mounts = match name {
+                "first" => vec![cri::Mount {
+                    container_path: "/vol".into(),
+                    host_path: volume.display().to_string(),
+                    ..Default::default()
+                }],
+                _ => vec![],
+            };
             let mut rt = env.cri.runtime.clone();
             let id = rt
                 .create_container(cri::CreateContainerRequest {
@@ -118,6 +164,7 @@ async fn pod_user_namespace(env: Env) -> TestResult {
                             ..Default::default()
                         }),
                         command: vec!["sleep".into(), "3600".into()],
+                        mounts,
                         labels: HashMap::from([("name".to_string(), name.to_string())]),
                         linux: Some(cri::LinuxContainerConfig {
                             security_context: Some(cri::LinuxContainerSecurityContext {
@@ -191,11 +238,37 @@ async fn pod_user_namespace(env: Env) -> TestResult {
         );
         let lo = out(&env, first, "ls /sys/class/net").await?;
         ensure!(lo.contains("lo"), "/sys/class/net: {lo:?}");
+        // The volume is id-mapped: its root-owned files are the container root's, and what the
+        // container writes is owned on disk by the container's ids, not the pod's host range.
+        let secret = out(
+            &env,
+            first,
+            "stat -c '%u %g' /vol/secret && cat /vol/secret",
+        )
+        .await?;
+        ensure!(
+            squeeze(secret.clone()) == "0 0 s3cret",
+            "volume file: {secret:?}"
+        );
+        out(&env, first, "echo y > /vol/new").await?;
+        let meta = std::fs::metadata(volume.join("new")).context("the container's file")?;
+        ensure!(
+            (meta.uid(), meta.gid()) == (0, 0),
+            "the container's file is owned by {}:{} on disk",
+            meta.uid(),
+            meta.gid()
+        );
         Ok(())
     }
     .await;
     remove_pod(&env, &pod).await;
-    result.map(|()| Outcome::Passed)
+    result?;
+    // Removing the container took its copy of the volume away, not the volume's files.
+    ensure!(
+        volume.join("secret").is_file() && volume.join("new").is_file(),
+        "the volume's files are gone after RemovePodSandbox"
+    );
+    Ok(Outcome::Passed)
 }
 
 /// What containerd refuses and critest checks: two ranges, container id 0 unmapped, the

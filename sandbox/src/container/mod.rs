@@ -28,6 +28,7 @@ mod runc;
 mod seccomp;
 pub mod spec;
 pub mod user;
+mod userns_volume;
 pub mod vm;
 
 use std::collections::{BTreeMap, HashMap};
@@ -273,20 +274,15 @@ const QUARANTINE: &str = "quarantine";
 fn discard(rootfs: &Path, dir: &Path, state_dir: &Path) -> Result<(), SandboxError> {
     unmount_all(rootfs);
     image_volume::unmount_all(dir);
-    unmount_idmapped(dir);
+    // Volume copies and id-mapped layers: the directory is removed recursively next, which
+    // must not reach into them.
+    if !userns_volume::unmount_all(dir) {
+        return Err(SandboxError::FailedPrecondition {
+            reason: format!("{} still holds a mounted volume", dir.display()),
+        });
+    }
     remove_dir(dir)?;
     remove_dir(state_dir)
-}
-
-/// Unmounts id-mapped layers left under a container's `dir` by a crash between their mount and
-/// the overlay's (`runc::idmap_layers`): the directory is removed recursively next, which must
-/// not reach into them.
-fn unmount_idmapped(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir.join("idmap")) {
-        for e in entries.flatten() {
-            unmount_all(&e.path());
-        }
-    }
 }
 
 /// Detaches every mount stacked on `path` (bounded).

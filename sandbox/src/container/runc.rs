@@ -14,7 +14,7 @@ use super::record::{
     Backend, ContainerRecord, ContainerState, ContainerStats, EXEC_OUTPUT_CAP, is_mount_point,
     now_ns, runtime_err,
 };
-use super::{apparmor, cgroups, image_volume, spec, user};
+use super::{apparmor, cgroups, image_volume, spec, user, userns_volume};
 use crate::SandboxError;
 use crate::monitor::{Launch, StdinSpec};
 use crate::pod::CgroupDriver;
@@ -177,7 +177,9 @@ fn idmap_layers(
         let target = base.join(i.to_string());
         let done = std::fs::create_dir_all(&target)
             .map_err(|e| SandboxError::io(&target, e))
-            .and_then(|()| crate::sys::userns::idmapped_bind(layer, &target, &userns.path, false));
+            .and_then(|()| {
+                crate::sys::userns::idmapped_bind(layer, &target, Some(&userns.path), false)
+            });
         if let Err(e) = done {
             for m in mapped.iter().chain([&target]) {
                 let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
@@ -221,8 +223,18 @@ impl ContainerBackend for RuncBackend {
         let cgroups_path = cgroups::cgroups_path(self.cgroup_driver, &pod.cgroup_parent, &id);
         let rootfs = dir.join("rootfs");
         image_volume::mount_all(&dir, &mut config.mounts)?;
+        // In a user namespace, runc binds the copies crid made of the volumes (the record keeps
+        // the host paths).
+        let spec_config = match &pod.userns {
+            Some(u) => {
+                let mut c = config.clone();
+                c.mounts = userns_volume::mount_all(&dir, &config.mounts, u)?;
+                std::borrow::Cow::Owned(c)
+            }
+            None => std::borrow::Cow::Borrowed(&config),
+        };
         let spec = spec::build(
-            &config,
+            &spec_config,
             &spec::SpecContext {
                 id: &id,
                 pod: &pod,

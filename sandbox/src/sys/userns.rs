@@ -197,16 +197,23 @@ fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::other("path holds a NUL"))
 }
 
-/// Mounts `src` (a directory or file; with its submounts when `recursive`) at `dst` (an
-/// existing directory or file) id-mapped through the user namespace pinned at `userns`: a file
-/// owned by id N on disk is seen as owned by the host id the namespace maps N to.
+/// The step of [`idmapped_bind`] that id-maps: its failure with `EINVAL` means the file
+/// system (or one below, with `recursive`) cannot be id-mapped.
+pub const IDMAP_STEP: &str = "id-map (mount_setattr)";
+
+/// Mounts a copy of the mount tree at `src` (a directory or file; with its submounts when
+/// `recursive`) at `dst` (an existing directory or file), id-mapped through the user namespace
+/// pinned at `userns` when given: a file owned by id N on disk is seen as owned by the host id
+/// the namespace maps N to. Without `userns`, a plain bind of the same shape.
 pub fn idmapped_bind(
     src: &Path,
     dst: &Path,
-    userns: &Path,
+    userns: Option<&Path>,
     recursive: bool,
 ) -> Result<(), SandboxError> {
-    let ns = File::open(userns).map_err(step("open user namespace", userns))?;
+    let ns = userns
+        .map(|u| File::open(u).map_err(step("open user namespace", u)))
+        .transpose()?;
     let c_src = c_path(src).map_err(step("open_tree", src))?;
     let c_dst = c_path(dst).map_err(step("move_mount", dst))?;
     let rec = if recursive { libc::AT_RECURSIVE } else { 0 };
@@ -220,29 +227,29 @@ pub fn idmapped_bind(
     let fd = i32::try_from(fd).map_err(|_| step("open_tree", src)(io::Error::other("fd")))?;
     // SAFETY: the kernel just returned this descriptor and nothing else owns it.
     let tree = unsafe { OwnedFd::from_raw_fd(fd) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: ns.as_raw_fd() as u64,
-    };
     let empty = c"";
-    // SAFETY: mount_setattr reads `size` bytes of `attr`, a live `struct mount_attr`, and the
-    // empty NUL-terminated path; it keeps neither.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH | rec,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r < 0 {
-        return Err(step("id-map (mount_setattr)", src)(
-            io::Error::last_os_error(),
-        ));
+    if let Some(ns) = &ns {
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_IDMAP,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: ns.as_raw_fd() as u64,
+        };
+        // SAFETY: mount_setattr reads `size` bytes of `attr`, a live `struct mount_attr`, and
+        // the empty NUL-terminated path; it keeps neither.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_EMPTY_PATH | rec,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if r < 0 {
+            return Err(step(IDMAP_STEP, src)(io::Error::last_os_error()));
+        }
     }
     // SAFETY: move_mount reads the two NUL-terminated paths, live for the call, and attaches
     // the detached tree held by `tree`; no memory is kept.
