@@ -11,6 +11,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
@@ -60,12 +61,6 @@ fn nix_io(e: nix::Error) -> io::Error {
 /// How many network namespaces are kept made ahead of need (see [`create`]).
 const POOL_SIZE: usize = 2;
 
-/// Network namespaces made ahead of need, held open by descriptor only (no pin, no mount:
-/// they vanish with the process), each with `lo` already up.
-static POOL: std::sync::Mutex<Vec<OwnedFd>> = std::sync::Mutex::new(Vec::new());
-/// Whether a thread is refilling [`POOL`].
-static FILLING: AtomicBool = AtomicBool::new(false);
-
 /// A new network namespace with `lo` up, made on a short-lived thread and held by an open
 /// `/proc/thread-self/ns/net` descriptor.
 fn new_netns() -> io::Result<OwnedFd> {
@@ -80,48 +75,65 @@ fn new_netns() -> io::Result<OwnedFd> {
         .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
 }
 
-/// Tops the pool up in the background (one thread at a time).
-fn refill() {
-    if FILLING.swap(true, Ordering::SeqCst) {
-        return;
-    }
-    let spawned = std::thread::Builder::new()
-        .name("crid-netns-fill".into())
-        .spawn(|| {
-            fill_pool();
-            FILLING.store(false, Ordering::SeqCst);
-        });
-    if spawned.is_err() {
-        FILLING.store(false, Ordering::SeqCst);
-    }
+/// Network namespaces made ahead of need, held open by descriptor only (no pin, no mount:
+/// they vanish with the process), each with `lo` already up. One per daemon, owned by whoever
+/// creates its pods' namespaces; shared with the thread that refills it.
+#[derive(Debug, Default)]
+pub struct NetnsPool {
+    ready: Mutex<Vec<OwnedFd>>,
+    /// Whether a thread is refilling `ready`.
+    filling: AtomicBool,
 }
 
-/// Makes namespaces until the pool is full (or making one fails).
-fn fill_pool() {
-    loop {
-        let missing = POOL.lock().map(|p| p.len() < POOL_SIZE).unwrap_or(false);
-        if !missing {
+impl NetnsPool {
+    /// Tops the pool up in the background (one thread at a time).
+    fn refill(self: &Arc<Self>) {
+        if self.filling.swap(true, Ordering::SeqCst) {
             return;
         }
-        match new_netns() {
-            Ok(fd) => match POOL.lock() {
-                // (Another filler may have topped it up meanwhile: then this one goes.)
-                Ok(mut p) if p.len() < POOL_SIZE => p.push(fd),
-                _ => return,
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot make a network namespace ahead of need");
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("crid-netns-fill".into())
+            .spawn(move || {
+                this.fill();
+                this.filling.store(false, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            self.filling.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Makes namespaces until the pool is full (or making one fails).
+    fn fill(&self) {
+        loop {
+            let missing = self
+                .ready
+                .lock()
+                .map(|p| p.len() < POOL_SIZE)
+                .unwrap_or(false);
+            if !missing {
                 return;
+            }
+            match new_netns() {
+                Ok(fd) => match self.ready.lock() {
+                    // (Another filler may have topped it up meanwhile: then this one goes.)
+                    Ok(mut p) if p.len() < POOL_SIZE => p.push(fd),
+                    _ => return,
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot make a network namespace ahead of need");
+                    return;
+                }
             }
         }
     }
-}
 
-/// A network namespace from the pool, if one is ready; the pool is topped up again.
-fn take_pooled() -> Option<OwnedFd> {
-    let fd = POOL.lock().ok().and_then(|mut p| p.pop());
-    refill();
-    fd
+    /// A network namespace from the pool, if one is ready; the pool is topped up again.
+    fn take(self: &Arc<Self>) -> Option<OwnedFd> {
+        let fd = self.ready.lock().ok().and_then(|mut p| p.pop());
+        self.refill();
+        fd
+    }
 }
 
 /// Creates new namespaces of the given kinds and pins each at its path. `setup` runs inside
@@ -132,12 +144,16 @@ fn take_pooled() -> Option<OwnedFd> {
 /// Creating a network namespace is the slow part (tens of milliseconds on a busy host), so
 /// the network namespace comes from a small pool made ahead of need in the background when
 /// one is ready (with `lo` already up), and the pool is topped up after each use.
-pub fn create<F>(pins: &[(NsKind, PathBuf)], setup: F) -> Result<(), CniError>
+pub fn create<F>(
+    pool: &Arc<NetnsPool>,
+    pins: &[(NsKind, PathBuf)],
+    setup: F,
+) -> Result<(), CniError>
 where
     F: FnOnce() -> Result<(), CniError> + Send + 'static,
 {
     let pooled = if pins.iter().any(|(k, _)| *k == NsKind::Net) {
-        take_pooled()
+        pool.take()
     } else {
         None
     };
@@ -398,16 +414,17 @@ mod tests {
             eprintln!("skipped: needs root");
             return;
         }
-        fill_pool();
-        let before = POOL.lock().unwrap().len();
+        let pool = Arc::new(NetnsPool::default());
+        pool.fill();
+        let before = pool.ready.lock().unwrap().len();
         assert_eq!(before, POOL_SIZE);
-        let fd = take_pooled().expect("a pooled namespace");
+        let fd = pool.take().expect("a pooled namespace");
         drop(fd);
         // The refill runs in the background; wait for it (bounded).
         let mut len = 0;
         for _ in 0..200 {
-            len = POOL.lock().unwrap().len();
-            if len == POOL_SIZE && !FILLING.load(Ordering::SeqCst) {
+            len = pool.ready.lock().unwrap().len();
+            if len == POOL_SIZE && !pool.filling.load(Ordering::SeqCst) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));

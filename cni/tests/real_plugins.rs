@@ -102,7 +102,7 @@ fn reservations(dir: &Path, tag: u8) -> usize {
 async fn add_check_del(tag: u8, version: &str) {
     let (s, cni) = setup(tag, version);
     let ns = s.dir.path().join("ns");
-    netns::create(&[(NsKind::Net, ns.clone())], || Ok(())).unwrap();
+    netns::create(&Default::default(), &[(NsKind::Net, ns.clone())], || Ok(())).unwrap();
     cni.status().await.expect("network ready");
     let att = Attachment {
         container_id: format!("ctr{tag}"),
@@ -182,7 +182,7 @@ async fn gc_releases_attachments_nobody_owns() {
     let mut keep = Vec::new();
     for i in 0..2 {
         let ns = s.dir.path().join(format!("ns{i}"));
-        netns::create(&[(NsKind::Net, ns.clone())], || Ok(())).unwrap();
+        netns::create(&Default::default(), &[(NsKind::Net, ns.clone())], || Ok(())).unwrap();
         let att = Attachment {
             container_id: format!("gc{i}"),
             netns: ns,
@@ -248,7 +248,7 @@ async fn an_empty_pool_is_resource_exhausted_and_undone() {
     let mut atts = Vec::new();
     for i in 0..2 {
         let ns = s.dir.path().join(format!("pool{i}"));
-        netns::create(&[(NsKind::Net, ns.clone())], || Ok(())).unwrap();
+        netns::create(&Default::default(), &[(NsKind::Net, ns.clone())], || Ok(())).unwrap();
         atts.push(Attachment {
             container_id: format!("pool{i}"),
             netns: ns,
@@ -343,7 +343,7 @@ async fn a_prepared_head_is_finished_for_its_pod() {
 
     // The head (bridge + host-local) before the pod exists: an address, no port mapping.
     let ns = s.dir.path().join("warm1");
-    netns::create(&[(NsKind::Net, ns.clone())], || Ok(())).unwrap();
+    netns::create(&Default::default(), &[(NsKind::Net, ns.clone())], || Ok(())).unwrap();
     let prepared = cni
         .prepare("warm1", &ns, "eth0")
         .await
@@ -373,7 +373,7 @@ async fn a_prepared_head_is_finished_for_its_pod() {
 
     // Prepared with one configuration, finished after it changed: attached anew.
     let ns = s.dir.path().join("warm2");
-    netns::create(&[(NsKind::Net, ns.clone())], || Ok(())).unwrap();
+    netns::create(&Default::default(), &[(NsKind::Net, ns.clone())], || Ok(())).unwrap();
     let prepared = cni.prepare("warm2", &ns, "eth0").await.unwrap().unwrap();
     write_list(1400);
     let att = attachment("warm2", &ns);
@@ -451,7 +451,7 @@ async fn a_prepared_head_is_undone_when_the_rest_of_the_chain_fails() {
     // The tail plugin fails its ADD, and then its binary is gone: both undo the head.
     for (i, missing) in [(1, false), (2, true)] {
         let ns = s.dir.path().join(format!("p{i}"));
-        netns::create(&[(NsKind::Net, ns.clone())], || Ok(())).unwrap();
+        netns::create(&Default::default(), &[(NsKind::Net, ns.clone())], || Ok(())).unwrap();
         let id = format!("p{i}");
         let prepared = cni.prepare(&id, &ns, "eth0").await.unwrap().unwrap();
         assert_eq!(reservations(s.dir.path(), tag), 1);

@@ -14,11 +14,13 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
 use crate::cri::CriService;
+use crate::notify::{NotifyState, Systemd};
 use crate::state::{CgroupDriver, State};
 use crate::streaming::{Server, ServerConfig};
 
-/// Binds the CRI socket and serves until a termination signal arrives.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Binds the CRI socket (or takes the one systemd passed) and serves until a termination
+/// signal arrives.
+pub async fn run(config: Config, mut systemd: Systemd) -> anyhow::Result<()> {
     let socket = config.grpc.socket.clone();
     let mode = config.socket_mode()?;
     let max = config.grpc.max_message_size;
@@ -54,7 +56,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("cannot start the streaming server")?;
     let _ = state.streaming.set(streaming);
 
-    let listener = match crate::notify::activated_listener() {
+    let listener = match systemd.take_listener() {
         Some(l) => {
             l.set_nonblocking(true)?;
             tracing::info!("using the socket passed by systemd");
@@ -79,8 +81,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await?;
 
     tracing::info!(socket = %socket.display(), "serving CRI v1");
-    crate::notify::notify(crate::notify::NotifyState::Ready);
-    crate::notify::spawn_watchdog();
+    systemd.notify(NotifyState::Ready);
+    systemd.spawn_watchdog();
     let result = tonic::transport::Server::builder()
         .trace_fn(|req| {
             tracing::info_span!(
@@ -96,7 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(images)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await;
-    crate::notify::notify(crate::notify::NotifyState::Stopping);
+    systemd.notify(NotifyState::Stopping);
     let _ = std::fs::remove_file(&socket);
     state.pods.release_prepared_networks().await;
     result.context("gRPC server failed")?;

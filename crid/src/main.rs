@@ -255,12 +255,12 @@ fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
     init_tracing(&config);
     // Both while this process has its only thread: the environment can still be changed
     // safely, and no child can be started in between.
-    notify::take_from_environment();
+    let systemd = notify::Systemd::take_from_environment();
     sandbox::monitor::close_inherited_on_exec();
     sys::limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("crid")
         .build()?;
-    runtime.block_on(daemon::run(config))
+    runtime.block_on(daemon::run(config, systemd))
 }

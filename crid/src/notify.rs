@@ -2,43 +2,71 @@
 //! readiness and watchdog notifications.
 //!
 //! Everything systemd hands over through the environment is taken once at start-up, before any
-//! thread exists ([`take_from_environment`]), and the variables are removed then: no child
+//! thread exists ([`Systemd::take_from_environment`]), and the variables are removed then: no child
 //! (monitors, runc, VMMs, CNI plugins) may inherit `LISTEN_*`, `NOTIFY_SOCKET` or
 //! `WATCHDOG_*`. The notification socket is therefore connected at start-up and kept, since
 //! `sd_notify::notify` would look the variable up again on every call.
 
 use std::os::unix::net::{UnixDatagram, UnixListener};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use sd_notify::NotifyState;
 
-/// What systemd handed to this process.
+/// What systemd handed to this process, taken once by `main` and given to the daemon.
 #[derive(Debug, Default)]
-struct Handover {
-    listener: Mutex<Option<UnixListener>>,
-    notify: Option<UnixDatagram>,
+pub struct Systemd {
+    listener: Option<UnixListener>,
+    notify: Option<Arc<UnixDatagram>>,
     watchdog: Option<Duration>,
 }
 
-static HANDOVER: OnceLock<Handover> = OnceLock::new();
-
-/// Takes the activated socket, the notification socket and the watchdog interval out of the
-/// environment and removes their variables. Call once, from `main`, before any thread starts.
-pub fn take_from_environment() {
-    let env = crate::sys::take_systemd_environment();
-    let notify = env.notify_socket.and_then(|path| match connect(&path) {
-        Ok(sock) => Some(sock),
-        Err(e) => {
-            tracing::warn!(socket = ?path, error = %e, "cannot reach systemd's notify socket");
-            None
+impl Systemd {
+    /// Takes the activated socket, the notification socket and the watchdog interval out of
+    /// the environment and removes their variables. Call once, from `main`, before any thread
+    /// starts.
+    pub fn take_from_environment() -> Systemd {
+        let env = crate::sys::take_systemd_environment();
+        let notify = env.notify_socket.and_then(|path| match connect(&path) {
+            Ok(sock) => Some(Arc::new(sock)),
+            Err(e) => {
+                tracing::warn!(socket = ?path, error = %e, "cannot reach systemd's notify socket");
+                None
+            }
+        });
+        Systemd {
+            listener: env.listener,
+            notify,
+            watchdog: env.watchdog,
         }
-    });
-    let _ = HANDOVER.set(Handover {
-        listener: Mutex::new(env.listener),
-        notify,
-        watchdog: env.watchdog,
-    });
+    }
+
+    /// The listening socket passed by systemd socket activation, once.
+    pub fn take_listener(&mut self) -> Option<UnixListener> {
+        self.listener.take()
+    }
+
+    /// Sends one notification if crid runs under systemd. Errors are logged, never fatal.
+    pub fn notify(&self, state: NotifyState) {
+        if let Some(sock) = &self.notify {
+            send(sock, state);
+        }
+    }
+
+    /// Pings the watchdog at half the interval systemd asked for (`WatchdogSec=`), if any,
+    /// until the runtime shuts down.
+    pub fn spawn_watchdog(&self) {
+        let (Some(interval), Some(sock)) = (self.watchdog, self.notify.clone()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval / 2);
+            loop {
+                tick.tick().await;
+                send(&sock, NotifyState::Watchdog);
+            }
+        });
+    }
 }
 
 /// A datagram socket connected to `NOTIFY_SOCKET`'s address (a path, or `@name` in the
@@ -59,11 +87,8 @@ fn connect(path: &std::ffi::OsStr) -> std::io::Result<UnixDatagram> {
     Ok(sock)
 }
 
-/// Sends one notification if crid runs under systemd. Errors are logged, never fatal.
-pub fn notify(state: NotifyState) {
-    let Some(sock) = HANDOVER.get().and_then(|h| h.notify.as_ref()) else {
-        return;
-    };
+/// Sends one notification on the connected socket.
+fn send(sock: &UnixDatagram, state: NotifyState) {
     let message = format!("{state}\n");
     match sock.send(message.as_bytes()) {
         Ok(_) => {}
@@ -72,25 +97,6 @@ pub fn notify(state: NotifyState) {
         }
         Err(e) => tracing::warn!(error = %e, "sd_notify failed"),
     }
-}
-
-/// Pings the watchdog at half the interval systemd asked for (`WatchdogSec=`), if any, until
-/// the runtime shuts down.
-pub fn spawn_watchdog() {
-    if let Some(interval) = HANDOVER.get().and_then(|h| h.watchdog) {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval / 2);
-            loop {
-                tick.tick().await;
-                notify(NotifyState::Watchdog);
-            }
-        });
-    }
-}
-
-/// The listening socket passed by systemd socket activation, once.
-pub fn activated_listener() -> Option<UnixListener> {
-    HANDOVER.get()?.listener.lock().ok()?.take()
 }
 
 #[cfg(test)]
@@ -102,13 +108,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let server = UnixDatagram::bind(&path).unwrap();
-        let handover = Handover {
-            notify: Some(connect(path.as_os_str()).unwrap()),
+        let systemd = Systemd {
+            notify: Some(Arc::new(connect(path.as_os_str()).unwrap())),
             ..Default::default()
         };
         // The socket stays usable after the file's name is gone from the environment.
-        let _ = HANDOVER.set(handover);
-        notify(NotifyState::Ready);
+        systemd.notify(NotifyState::Ready);
         let mut buf = [0u8; 64];
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1\n");

@@ -70,7 +70,7 @@ pub struct State {
 
 impl State {
     pub fn new(config: Config) -> anyhow::Result<State> {
-        State::with_parts(config, Arc::new(sandbox::sys::HostSys), None)
+        State::with_parts(config, Arc::new(sandbox::sys::HostSys::default()), None)
     }
 
     /// [`State::new`] with the pods' kernel operations (namespaces, mounts) and the container

@@ -14,13 +14,10 @@ use crate::error::SandboxError;
 /// The name of crid's default profile.
 pub const DEFAULT_PROFILE: &str = "crid-default";
 
-/// Whether the kernel enforces AppArmor (read once: it is fixed at boot).
+/// Whether the kernel enforces AppArmor (one small sysfs read per call).
 pub fn host_enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| {
-        std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-            .is_ok_and(|v| v.trim() == "Y")
-    })
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|v| v.trim() == "Y")
 }
 
 fn invalid(reason: String) -> SandboxError {

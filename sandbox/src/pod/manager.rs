@@ -135,7 +135,7 @@ impl PodManager {
     /// Loads the pods recorded under `<root>/pods`. Pods whose network namespace did not
     /// survive (a reboot) come back `NotReady`.
     pub fn open(settings: PodSettings, cni: Arc<Cni>) -> Result<PodManager, SandboxError> {
-        PodManager::with_sys(settings, cni, Arc::new(sys::HostSys))
+        PodManager::with_sys(settings, cni, Arc::new(sys::HostSys::default()))
     }
 
     /// [`PodManager::open`] over the given kernel operations (a recording fake in tests).

@@ -145,9 +145,11 @@ pub trait PodSys: Send + Sync + 'static {
     fn read_in(&self, pins: &[(NsKind, PathBuf)], path: &str) -> Result<String, SandboxError>;
 }
 
-/// The host's kernel.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HostSys;
+/// The host's kernel, with the network namespaces it makes ahead of need.
+#[derive(Debug, Clone, Default)]
+pub struct HostSys {
+    netns_pool: std::sync::Arc<netns::NetnsPool>,
+}
 
 impl PodSys for HostSys {
     fn create_namespaces(
@@ -159,7 +161,7 @@ impl PodSys for HostSys {
             .iter()
             .find(|(k, _)| *k == NsKind::Uts)
             .map(|(_, p)| p.clone());
-        netns::create(pins, move || {
+        netns::create(&self.netns_pool, pins, move || {
             let (Some(h), Some(uts)) = (hostname, uts) else {
                 return Ok(());
             };
