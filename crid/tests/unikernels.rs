@@ -1346,10 +1346,10 @@ fn strace_result(call: &str) -> Option<i64> {
 
 /// Issue 15's "one process per unikernel start": with strace attached to the running daemon
 /// (every thread, following children), CreateContainer + StartContainer of the freestanding
-/// guest in a CNI pod network, until its first serial byte, execs only the container's monitor
-/// and the VMM: the network (tap, tc redirects, sidecar path) is set up in-process and the
-/// monitor's child joins the cgroup and the namespace itself, with no `ip`, `tc`, `sh` or
-/// `nsenter`. New processes (clones without CLONE_THREAD, forks): the monitor's two (crid
+/// guest in a CNI pod network, until its first serial byte, then its exit and RemoveContainer,
+/// execs only the container's monitor and the VMM: the network (tap, tc redirects, sidecar
+/// path) is set up and torn down in-process and the monitor's child joins the cgroup and the
+/// namespace itself, with no `ip`, `tc`, `sh` or `nsenter`. New processes (clones without CLONE_THREAD, forks): the monitor's two (crid
 /// starts it, it forks its detached self) and the VMM.
 #[tokio::test]
 async fn a_guest_in_a_pod_network_starts_one_process_besides_its_monitor() {
@@ -1439,6 +1439,14 @@ async fn a_guest_in_a_pod_network_starts_one_process_besides_its_monitor() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The guest exits after printing; its tap, redirects and cgroup are released, then the
+    // container is removed: no process for that either.
+    crid.wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
+    crid.rt()
+        .remove_container(cri::RemoveContainerRequest { container_id: id })
+        .await
+        .unwrap();
     // Detach (strace lets the tracees go on SIGINT), bounded.
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(strace.id()).unwrap()),
@@ -1479,10 +1487,5 @@ async fn a_guest_in_a_pod_network_starts_one_process_besides_its_monitor() {
         .collect();
     assert_eq!(others, ["qemu-system-x86_64"], "execs: {execs:?}\n{trace}");
     assert_eq!(processes, 3, "execs: {execs:?}\n{trace}");
-
-    crid.rt()
-        .remove_container(cri::RemoveContainerRequest { container_id: id })
-        .await
-        .unwrap();
     crid.finish().await;
 }
