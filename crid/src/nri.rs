@@ -2,8 +2,8 @@
 //! NRI plugins through the `nri` crate's adaptation, pods and containers converted to NRI
 //! messages, and what plugins send back (adjustments, container updates) converted to
 //! domain changes. Plugins may change annotations, environment, mounts, devices, the
-//! command, resources and `oom_score_adj`; OCI hooks, rlimits, CDI devices, seccomp and
-//! namespace changes are not applied (crid's spec generation has no place for them yet).
+//! command, OCI hooks, rlimits, resources and `oom_score_adj`; CDI devices, seccomp,
+//! namespace, sysctl, scheduler and RDT changes are not applied.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use nri::api;
 use nri::transport::BoxFuture;
 use sandbox::container::{
     ContainerConfig, ContainerFilter, ContainerRecord, ContainerState, DeviceSpec, MountSpec,
-    Resources,
+    OciHook, OciHooks, Resources, Rlimit,
 };
 use sandbox::hooks::{ContainerHook, HookFuture, Hooks};
 use sandbox::pod::{PodFilter, PodRecord};
@@ -249,6 +249,16 @@ fn config_view(c: &ContainerConfig) -> api::Container {
                 options: vec!["rbind".into(), if m.readonly { "ro" } else { "rw" }.into()],
             })
             .collect(),
+        hooks: (!c.hooks.is_empty()).then(|| hooks_to_nri(&c.hooks)),
+        rlimits: c
+            .rlimits
+            .iter()
+            .map(|r| api::PosixRlimit {
+                r#type: r.kind.clone(),
+                hard: r.hard,
+                soft: r.soft,
+            })
+            .collect(),
         linux: Some(api::LinuxContainer {
             devices: c
                 .devices
@@ -266,6 +276,45 @@ fn config_view(c: &ContainerConfig) -> api::Container {
         }),
         ..Default::default()
     }
+}
+
+fn hooks_to_nri(h: &OciHooks) -> api::Hooks {
+    let list = |hs: &[OciHook]| {
+        hs.iter()
+            .map(|h| api::Hook {
+                path: h.path.clone(),
+                args: h.args.clone(),
+                env: h.env.clone(),
+                timeout: h.timeout.map(|value| api::OptionalInt { value }),
+            })
+            .collect()
+    };
+    api::Hooks {
+        prestart: list(&h.prestart),
+        create_runtime: list(&h.create_runtime),
+        create_container: list(&h.create_container),
+        start_container: list(&h.start_container),
+        poststart: list(&h.poststart),
+        poststop: list(&h.poststop),
+    }
+}
+
+/// Adds the plugins' hooks after the container's own, point by point.
+fn append_hooks(into: &mut OciHooks, h: &api::Hooks) {
+    let add = |into: &mut Vec<OciHook>, hs: &[api::Hook]| {
+        into.extend(hs.iter().map(|h| OciHook {
+            path: h.path.clone(),
+            args: h.args.clone(),
+            env: h.env.clone(),
+            timeout: h.timeout.map(|t| t.value),
+        }))
+    };
+    add(&mut into.prestart, &h.prestart);
+    add(&mut into.create_runtime, &h.create_runtime);
+    add(&mut into.create_container, &h.create_container);
+    add(&mut into.start_container, &h.start_container);
+    add(&mut into.poststart, &h.poststart);
+    add(&mut into.poststop, &h.poststop);
 }
 
 fn container(r: &ContainerRecord) -> api::Container {
@@ -401,6 +450,17 @@ fn apply_adjustment(config: &mut ContainerConfig, a: &api::ContainerAdjustment) 
         config.command = a.args.clone();
         config.args.clear();
     }
+    if let Some(h) = &a.hooks {
+        append_hooks(&mut config.hooks, h);
+    }
+    for r in &a.rlimits {
+        config.rlimits.retain(|x| x.kind != r.r#type);
+        config.rlimits.push(Rlimit {
+            kind: r.r#type.clone(),
+            hard: r.hard,
+            soft: r.soft,
+        });
+    }
     if let Some(l) = &a.linux {
         for d in &l.devices {
             config.devices.retain(|x| x.container_path != d.path);
@@ -463,9 +523,23 @@ mod tests {
                 }),
                 ..Default::default()
             }),
+            hooks: Some(api::Hooks {
+                poststop: vec![api::Hook {
+                    path: "/bin/true".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            rlimits: vec![api::PosixRlimit {
+                r#type: "RLIMIT_NOFILE".into(),
+                hard: 10,
+                soft: 5,
+            }],
             args: Vec::new(),
         };
         apply_adjustment(&mut config, &adjust);
+        assert_eq!(config.hooks.poststop[0].path, "/bin/true");
+        assert_eq!(config.rlimits[0].kind, "RLIMIT_NOFILE");
         assert_eq!(
             config.envs,
             vec![("KEEP".into(), "1".into()), ("ADDED".into(), "2".into())]

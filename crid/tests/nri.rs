@@ -1,8 +1,8 @@
 //! NRI end to end: the real crid binary with its NRI socket in the test's directory, real
 //! runc, a busybox image from conformance's in-process registry, and a small NRI plugin
 //! written here against the `nri` crate's transport. The plugin joins late and is
-//! synchronized with the pod and container that exist, adds an env var and an annotation to
-//! new containers, refuses a pod and a container by name, asks for an unsolicited resource
+//! synchronized with the pod and container that exist, adds an env var, an annotation, an
+//! rlimit and an OCI hook to new containers, refuses a pod and a container by name, asks for an unsolicited resource
 //! update and an eviction, and records every event, whose order is checked (a container that
 //! exits by itself gets its `StopContainer` before anyone removes it). Needs root, runc and a
 //! static busybox; skipped with a reason otherwise (failing under CI).
@@ -73,6 +73,8 @@ async fn registry() -> (FakeRegistry, String) {
 struct Plugin {
     events: Mutex<Vec<String>>,
     synced: Mutex<(Vec<String>, Vec<String>)>,
+    /// What the poststart hook the plugin adds writes the container's name to.
+    hook_dir: std::path::PathBuf,
 }
 
 impl Plugin {
@@ -153,6 +155,27 @@ impl Handler for Plugin {
                             annotations: [("nri.test/adjusted".to_string(), "yes".to_string())]
                                 .into_iter()
                                 .collect(),
+                            hooks: Some(api::Hooks {
+                                poststart: vec![api::Hook {
+                                    path: "/bin/sh".into(),
+                                    args: vec![
+                                        "sh".into(),
+                                        "-c".into(),
+                                        format!(
+                                            "echo started > {}/{}",
+                                            self.hook_dir.display(),
+                                            c.name
+                                        ),
+                                    ],
+                                    ..Default::default()
+                                }],
+                                ..Default::default()
+                            }),
+                            rlimits: vec![api::PosixRlimit {
+                                r#type: "RLIMIT_NOFILE".into(),
+                                hard: 1001,
+                                soft: 1000,
+                            }],
                             ..Default::default()
                         }),
                         ..Default::default()
@@ -256,7 +279,12 @@ async fn a_plugin_is_synchronized_adjusts_containers_and_sees_every_event() {
     let pod = (id, config);
     let before = crid.create_start(&pod, sleeper(&image, "before")).await;
 
-    let plugin = Arc::new(Plugin::default());
+    let hook_dir = crid.path().join("hooks");
+    std::fs::create_dir_all(&hook_dir).unwrap();
+    let plugin = Arc::new(Plugin {
+        hook_dir: hook_dir.clone(),
+        ..Default::default()
+    });
     let ch = connect(&crid.path().join("nri.sock"), plugin.clone()).await;
     let (pods, containers) = plugin.synced.lock().unwrap().clone();
     assert_eq!(pods, vec![pod.0.clone()]);
@@ -274,6 +302,24 @@ async fn a_plugin_is_synchronized_adjusts_containers_and_sees_every_event() {
     );
     let (status, _) = crid.container_status(&adjusted).await;
     assert_eq!(status.annotations["nri.test/adjusted"], "yes");
+    // ... its rlimit, and the OCI hook the plugin added ran on the host at start.
+    // (The container's own process: an exec's soft limit is runc's, which raises it.)
+    let out = crid
+        .exec_sync(&adjusted, &["cat", "/proc/1/limits"], 10)
+        .await
+        .expect("exec");
+    let limits = String::from_utf8_lossy(&out.stdout).into_owned();
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>();
+    assert_eq!(nofile[3..5], ["1000", "1001"], "{limits}");
+    assert_eq!(
+        std::fs::read_to_string(hook_dir.join("adjusted")).unwrap_or_default(),
+        "started\n"
+    );
 
     // A refused container fails to create and leaves nothing behind.
     let err = crid

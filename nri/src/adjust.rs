@@ -39,6 +39,10 @@ pub fn apply(c: &mut api::Container, adjust: &api::ContainerAdjustment) {
     if !adjust.args.is_empty() {
         c.args = adjust.args.clone();
     }
+    if let Some(h) = &adjust.hooks {
+        append_hooks(c.hooks.get_or_insert_with(Default::default), h);
+    }
+    set_rlimits(&mut c.rlimits, &adjust.rlimits);
     if let Some(l) = &adjust.linux {
         let linux = c.linux.get_or_insert_with(Default::default);
         linux.devices.extend(l.devices.iter().cloned());
@@ -74,6 +78,10 @@ pub fn merge(into: &mut api::ContainerAdjustment, next: api::ContainerAdjustment
     if !next.args.is_empty() {
         into.args = next.args;
     }
+    if let Some(h) = &next.hooks {
+        append_hooks(into.hooks.get_or_insert_with(Default::default), h);
+    }
+    set_rlimits(&mut into.rlimits, &next.rlimits);
     if let Some(l) = next.linux {
         let linux = into.linux.get_or_insert_with(Default::default);
         linux.devices.extend(l.devices);
@@ -83,6 +91,27 @@ pub fn merge(into: &mut api::ContainerAdjustment, next: api::ContainerAdjustment
         if l.oom_score_adj.is_some() {
             linux.oom_score_adj = l.oom_score_adj;
         }
+    }
+}
+
+/// Hooks add up, in plugin order.
+pub fn append_hooks(into: &mut api::Hooks, next: &api::Hooks) {
+    into.prestart.extend(next.prestart.iter().cloned());
+    into.create_runtime
+        .extend(next.create_runtime.iter().cloned());
+    into.create_container
+        .extend(next.create_container.iter().cloned());
+    into.start_container
+        .extend(next.start_container.iter().cloned());
+    into.poststart.extend(next.poststart.iter().cloned());
+    into.poststop.extend(next.poststop.iter().cloned());
+}
+
+/// A limit of a type replaces the one of that type.
+pub fn set_rlimits(into: &mut Vec<api::PosixRlimit>, next: &[api::PosixRlimit]) {
+    for r in next {
+        into.retain(|x| x.r#type != r.r#type);
+        into.push(r.clone());
     }
 }
 

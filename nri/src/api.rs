@@ -246,10 +246,14 @@ pub struct Container {
     pub env: Vec<String>,
     #[prost(message, repeated, tag = "9")]
     pub mounts: Vec<Mount>,
+    #[prost(message, optional, tag = "10")]
+    pub hooks: Option<Hooks>,
     #[prost(message, optional, tag = "11")]
     pub linux: Option<LinuxContainer>,
     #[prost(uint32, tag = "12")]
     pub pid: u32,
+    #[prost(message, repeated, tag = "13")]
+    pub rlimits: Vec<PosixRlimit>,
     /// Nanoseconds since the epoch.
     #[prost(int64, tag = "14")]
     pub created_at: i64,
@@ -275,6 +279,46 @@ pub struct Mount {
     pub source: String,
     #[prost(string, repeated, tag = "4")]
     pub options: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Hooks {
+    #[prost(message, repeated, tag = "1")]
+    pub prestart: Vec<Hook>,
+    #[prost(message, repeated, tag = "2")]
+    pub create_runtime: Vec<Hook>,
+    #[prost(message, repeated, tag = "3")]
+    pub create_container: Vec<Hook>,
+    #[prost(message, repeated, tag = "4")]
+    pub start_container: Vec<Hook>,
+    #[prost(message, repeated, tag = "5")]
+    pub poststart: Vec<Hook>,
+    #[prost(message, repeated, tag = "6")]
+    pub poststop: Vec<Hook>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Hook {
+    #[prost(string, tag = "1")]
+    pub path: String,
+    #[prost(string, repeated, tag = "2")]
+    pub args: Vec<String>,
+    #[prost(string, repeated, tag = "3")]
+    pub env: Vec<String>,
+    /// Seconds.
+    #[prost(message, optional, tag = "4")]
+    pub timeout: Option<OptionalInt>,
+}
+
+/// `POSIXRlimit`: `type` as OCI names it (`RLIMIT_NOFILE`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PosixRlimit {
+    #[prost(string, tag = "1")]
+    pub r#type: String,
+    #[prost(uint64, tag = "2")]
+    pub hard: u64,
+    #[prost(uint64, tag = "3")]
+    pub soft: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -371,8 +415,12 @@ pub struct ContainerAdjustment {
     pub mounts: Vec<Mount>,
     #[prost(message, repeated, tag = "4")]
     pub env: Vec<KeyValue>,
+    #[prost(message, optional, tag = "5")]
+    pub hooks: Option<Hooks>,
     #[prost(message, optional, tag = "6")]
     pub linux: Option<LinuxContainerAdjustment>,
+    #[prost(message, repeated, tag = "7")]
+    pub rlimits: Vec<PosixRlimit>,
     #[prost(string, repeated, tag = "9")]
     pub args: Vec<String>,
 }

@@ -231,6 +231,8 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<ContainerConfig, Stat
         },
         stop_signal: stop_signal(c.stop_signal)?,
         pod_infra: false,
+        hooks: Default::default(),
+        rlimits: Vec::new(),
     })
 }
 

@@ -201,6 +201,54 @@ pub struct ContainerConfig {
     /// stopped last, so pods created before an upgrade stop and go cleanly.
     #[serde(default)]
     pub pod_infra: bool,
+    /// OCI hooks runc runs for this container. Only node plugins (NRI) add them; a CRI
+    /// request cannot.
+    #[serde(default, skip_serializing_if = "OciHooks::is_empty")]
+    pub hooks: OciHooks,
+    /// POSIX resource limits of the container's process, from node plugins (NRI).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// An OCI hook: a host program runc runs at one point of the container's life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct OciHook {
+    /// Absolute path on the host.
+    pub path: String,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    /// Seconds; `None`: runc's default.
+    pub timeout: Option<i64>,
+}
+
+/// OCI hooks by the point they run at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct OciHooks {
+    pub prestart: Vec<OciHook>,
+    pub create_runtime: Vec<OciHook>,
+    pub create_container: Vec<OciHook>,
+    pub start_container: Vec<OciHook>,
+    pub poststart: Vec<OciHook>,
+    pub poststop: Vec<OciHook>,
+}
+
+impl OciHooks {
+    pub fn is_empty(&self) -> bool {
+        self.prestart.is_empty()
+            && self.create_runtime.is_empty()
+            && self.create_container.is_empty()
+            && self.start_container.is_empty()
+            && self.poststart.is_empty()
+            && self.poststop.is_empty()
+    }
+}
+
+/// A POSIX resource limit, `kind` as OCI names it (`RLIMIT_NOFILE`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Rlimit {
+    pub kind: String,
+    pub hard: u64,
+    pub soft: u64,
 }
 
 /// The image a container runs, resolved by crid through the image store.

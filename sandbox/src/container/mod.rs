@@ -44,7 +44,7 @@ pub use self::backend::{
 };
 pub use self::config::{
     AppArmorProfile, ContainerConfig, DeviceSpec, ImageInfo, ImageVolume, MountSpec, NsSource,
-    PodContext, Propagation, Resources, SeccompProfile, SecurityContext,
+    OciHook, OciHooks, PodContext, Propagation, Resources, Rlimit, SeccompProfile, SecurityContext,
 };
 pub use self::record::{
     Backend, ContainerRecord, ContainerState, ContainerStats, EXEC_OUTPUT_CAP, VmState,

@@ -7,17 +7,19 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice,
-    LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxHugepageLimitBuilder,
-    LinuxIdMapping, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxResources, LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Capabilities, Hook, HookBuilder, Hooks, LinuxBuilder, LinuxCapabilitiesBuilder,
+    LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+    LinuxHugepageLimitBuilder, LinuxIdMapping, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, LinuxResourcesBuilder, LinuxSeccomp,
+    Mount, MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use serde::Deserialize;
 
 pub use super::caps::parse_capability;
 use super::config::{
-    ContainerConfig, NsSource, PodContext, Propagation, Resources, SeccompProfile,
+    ContainerConfig, NsSource, OciHook, OciHooks, PodContext, Propagation, Resources, Rlimit,
+    SeccompProfile,
 };
 use super::user::ResolvedUser;
 use crate::SandboxError;
@@ -685,6 +687,66 @@ fn namespace(
 }
 
 /// Builds the OCI spec of a validated request.
+/// The OCI rlimits of `limits`; an unknown kind is `InvalidArgument`.
+fn rlimits(limits: &[Rlimit]) -> Result<Vec<PosixRlimit>, SandboxError> {
+    limits
+        .iter()
+        .map(|l| {
+            let typ: PosixRlimitType =
+                serde_json::from_value(serde_json::json!(l.kind)).map_err(|_| {
+                    SandboxError::InvalidArgument {
+                        reason: format!("unknown rlimit {:?}", l.kind),
+                    }
+                })?;
+            PosixRlimitBuilder::default()
+                .typ(typ)
+                .hard(l.hard)
+                .soft(l.soft)
+                .build()
+                .map_err(oci_err)
+        })
+        .collect()
+}
+
+/// The OCI hooks of `hooks`; a hook path must be absolute.
+fn oci_hooks(hooks: &OciHooks) -> Result<Hooks, SandboxError> {
+    let list = |hs: &[OciHook]| -> Result<Option<Vec<Hook>>, SandboxError> {
+        if hs.is_empty() {
+            return Ok(None);
+        }
+        hs.iter()
+            .map(|h| {
+                if !h.path.starts_with('/') {
+                    return Err(SandboxError::InvalidArgument {
+                        reason: format!("OCI hook path {:?} is not absolute", h.path),
+                    });
+                }
+                let mut b = HookBuilder::default().path(&h.path);
+                if !h.args.is_empty() {
+                    b = b.args(h.args.clone());
+                }
+                if !h.env.is_empty() {
+                    b = b.env(h.env.clone());
+                }
+                if let Some(t) = h.timeout {
+                    b = b.timeout(t);
+                }
+                b.build().map_err(oci_err)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    };
+    let mut out = Hooks::default();
+    #[allow(deprecated)] // prestart: deprecated by OCI, still run by runc and sent by NRI
+    out.set_prestart(list(&hooks.prestart)?);
+    out.set_create_runtime(list(&hooks.create_runtime)?);
+    out.set_create_container(list(&hooks.create_container)?);
+    out.set_start_container(list(&hooks.start_container)?);
+    out.set_poststart(list(&hooks.poststart)?);
+    out.set_poststop(list(&hooks.poststop)?);
+    Ok(out)
+}
+
 pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, SandboxError> {
     let s = &config.security;
     let privileged = s.privileged;
@@ -744,6 +806,9 @@ pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, San
         .oom_score_adj(oom);
     if let Some(profile) = &cx.apparmor_profile {
         process = process.apparmor_profile(profile.clone());
+    }
+    if !config.rlimits.is_empty() {
+        process = process.rlimits(rlimits(&config.rlimits)?);
     }
     let process = process.build().map_err(oci_err)?;
 
@@ -1015,6 +1080,9 @@ pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, San
         )
         .build()
         .map_err(oci_err)?;
+    if !config.hooks.is_empty() {
+        spec.set_hooks(Some(oci_hooks(&config.hooks)?));
+    }
     if cx.pod.uts == NsSource::New && !cx.pod.hostname.is_empty() {
         spec.set_hostname(Some(cx.pod.hostname.clone()));
     } else {
@@ -1334,6 +1402,44 @@ mod tests {
         // No user namespace unless the pod has one.
         assert!(json.pointer("/linux/uidMappings").is_none());
         assert!(!ns.iter().any(|n| n["type"] == "user"));
+        // OCI hooks and rlimits (from node plugins) reach the spec; bad ones are refused.
+        assert!(json.get("hooks").is_none());
+        config.hooks.create_container.push(OciHook {
+            path: "/usr/local/bin/hook".into(),
+            args: vec!["hook".into(), "create".into()],
+            timeout: Some(5),
+            ..Default::default()
+        });
+        config.rlimits.push(Rlimit {
+            kind: "RLIMIT_NOFILE".into(),
+            hard: 4096,
+            soft: 1024,
+        });
+        let json = serde_json::to_value(build(&config, &cx).unwrap()).unwrap();
+        assert_eq!(
+            json["hooks"]["createContainer"][0]["path"],
+            "/usr/local/bin/hook"
+        );
+        assert_eq!(json["hooks"]["createContainer"][0]["timeout"], 5);
+        assert!(json["hooks"].get("poststop").is_none());
+        assert_eq!(
+            json["process"]["rlimits"],
+            serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 1024}])
+        );
+        config.rlimits[0].kind = "RLIMIT_BOGUS".into();
+        assert!(matches!(
+            build(&config, &cx),
+            Err(SandboxError::InvalidArgument { .. })
+        ));
+        config.rlimits.clear();
+        config.hooks.poststop.push(OciHook {
+            path: "relative".into(),
+            ..Default::default()
+        });
+        assert!(matches!(
+            build(&config, &cx),
+            Err(SandboxError::InvalidArgument { .. })
+        ));
     }
 
     #[test]
