@@ -89,11 +89,18 @@ pub fn fork_detached_child() -> std::io::Result<bool> {
     Ok(fork_single_threaded()?.is_none())
 }
 
-/// `fork(2)`: `None` in the child, the child's pid in the parent. Only for a process with a
-/// single thread (a monitor process before it starts anything).
+/// `fork(2)`: `None` in the child, the child's pid in the parent. Refused in a process with
+/// more than one thread (a monitor process forks before it starts anything).
 pub fn fork_single_threaded() -> std::io::Result<Option<nix::unistd::Pid>> {
-    // SAFETY: the caller has one thread, so the child is a full copy in which no lock can be
-    // held by a thread that does not exist there; both sides go on with ordinary code.
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(std::io::Error::other(format!(
+            "fork refused: the process has {threads} threads"
+        )));
+    }
+    // SAFETY: the process has one thread (counted just above; only that thread could have
+    // started another since), so the child is a full copy in which no lock can be held by a
+    // thread that does not exist there; both sides go on with ordinary code.
     match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
         nix::unistd::ForkResult::Child => Ok(None),
         nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
@@ -186,5 +193,12 @@ mod tests {
         let read_only = std::fs::File::open(&files[0]).unwrap();
         join_before_exec(&mut cmd, None, vec![read_only]);
         assert!(cmd.status().is_err());
+    }
+
+    #[test]
+    fn fork_is_refused_with_more_than_one_thread() {
+        // The test harness runs this on a thread of its own: the process has several.
+        let err = fork_single_threaded().unwrap_err();
+        assert!(err.to_string().contains("threads"), "{err}");
     }
 }
