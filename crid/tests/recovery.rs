@@ -942,3 +942,136 @@ async fn a_corrupt_container_record_is_quarantined_and_its_container_released() 
 fn process_state(stat: &str) -> Option<char> {
     stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
+
+/// A pod in its own user namespace survives a SIGKILL of crid: its pins (the user namespace's
+/// among them) are found again and the pod stays ready; a container started after the restart
+/// joins the same user namespace as one started before, sees the image's root-owned files as
+/// its root's (id-mapped layers), and what it writes lands in its upper layer under the pod's
+/// host ids. Removal leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_namespace_pod_survives_a_restart() {
+    if !can_run_containers() {
+        return;
+    }
+    if !sandbox::sys::userns::supported() {
+        common::skip(
+            "user namespace pods",
+            "the kernel cannot id-map overlay layers",
+        );
+        return;
+    }
+    let Some((_reg, image)) = busybox_registry().await else {
+        panic!("cannot build the busybox image");
+    };
+    let (tmp, net) = setup(61);
+    let dir = tmp.path();
+    // Searchable by others, as crid's root and state must be for user namespaces.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    plain_http_registry(dir, image.split('/').next().unwrap());
+    const UID_BASE: u32 = 400_000;
+    const GID_BASE: u32 = 500_000;
+    let range = |host_id| {
+        vec![cri::IdMapping {
+            container_id: 0,
+            host_id,
+            length: 65536,
+        }]
+    };
+    let mut config = common::pod_config("userns", dir);
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Container as i32,
+                userns_options: Some(cri::UserNamespace {
+                    mode: cri::NamespaceMode::Pod as i32,
+                    uids: range(UID_BASE),
+                    gids: range(GID_BASE),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let mut crid = Crid::start(dir).await;
+    crid.pull(&image).await.expect("pull");
+    let pod = crid
+        .rt()
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", crid.log()))
+        .into_inner()
+        .pod_sandbox_id;
+    let pod = (pod, config);
+    let before = crid
+        .create_start(
+            &pod,
+            common::container_config(&image, "before", &["sleep", "1000"]),
+        )
+        .await;
+    crid.sigkill();
+
+    let crid = Crid::start(dir).await;
+    assert_eq!(
+        pod_state(&crid, &pod.0).await,
+        Some(READY),
+        "{}",
+        crid.log()
+    );
+    let after = crid
+        .create_start(
+            &pod,
+            common::container_config(&image, "after", &["sleep", "1000"]),
+        )
+        .await;
+    let exec = |id: String, script: &'static str| {
+        let mut rt = crid.rt();
+        async move {
+            let r = rt
+                .exec_sync(cri::ExecSyncRequest {
+                    container_id: id,
+                    cmd: vec!["sh".into(), "-c".into(), script.into()],
+                    timeout: 20,
+                })
+                .await
+                .expect("exec")
+                .into_inner();
+            assert_eq!(
+                r.exit_code,
+                0,
+                "{script}: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            String::from_utf8_lossy(&r.stdout).trim().to_owned()
+        }
+    };
+    let userns = "readlink /proc/self/ns/user";
+    assert_eq!(
+        exec(before.clone(), userns).await,
+        exec(after.clone(), userns).await
+    );
+    let map = exec(after.clone(), "cat /proc/self/uid_map").await;
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", &UID_BASE.to_string(), "65536"]
+    );
+    let owner = exec(after.clone(), "stat -c '%u %g' /bin/busybox").await;
+    assert_eq!(owner, "0 0", "the image's file as the container sees it");
+    exec(after.clone(), "echo x > /etc/written").await;
+    let upper = dir
+        .join("root/containers")
+        .join(&after)
+        .join("upper/etc/written");
+    let meta = std::fs::metadata(&upper).unwrap_or_else(|e| panic!("{}: {e}", upper.display()));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.gid()), (UID_BASE, GID_BASE), "on disk");
+
+    for id in [&before, &after] {
+        stop_and_remove_container(&crid, id).await;
+    }
+    crid.stop_and_remove_pod(&pod.0).await;
+    assert_no_pod_leftovers(dir, &net, &crid.log());
+}

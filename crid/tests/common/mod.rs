@@ -216,7 +216,7 @@ pub async fn remove_everything(cri: &Cri) {
 
 /// Namespace pins crid still holds under `<dir>/state`.
 pub fn pins(dir: &Path) -> Vec<String> {
-    ["netns", "ipcns", "utsns"]
+    ["netns", "ipcns", "utsns", "userns"]
         .iter()
         .flat_map(|k| {
             std::fs::read_dir(dir.join("state").join(k))
