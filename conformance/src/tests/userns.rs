@@ -143,11 +143,23 @@ async fn pod_user_namespace(env: Env) -> TestResult {
         let mut ids = Vec::new();
         for name in ["first", "second"] {
             let mounts = match name {
-                "first" => vec![cri::Mount {
-                    container_path: "/vol".into(),
-                    host_path: volume.display().to_string(),
-                    ..Default::default()
-                }],
+                "first" => vec![
+                    cri::Mount {
+                        container_path: "/vol".into(),
+                        host_path: volume.display().to_string(),
+                        ..Default::default()
+                    },
+                    // An image volume: its layers id-mapped like the rootfs's.
+                    cri::Mount {
+                        container_path: "/imgvol".into(),
+                        readonly: true,
+                        image: Some(cri::ImageSpec {
+                            image: image.clone(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                ],
                 _ => vec![],
             };
             let mut rt = env.cri.runtime.clone();
@@ -205,10 +217,10 @@ async fn pod_user_namespace(env: Env) -> TestResult {
         ensure!(who == "0 0", "uid gid {who:?}");
         // The image's root-owned files are the container root's (not the overflow id 65534),
         // and it can write where root can.
-        let owner = out(&env, first, "stat -c '%u %g' /bin /etc").await?;
+        let owner = out(&env, first, "stat -c '%u %g' /bin /etc /imgvol/bin").await?;
         ensure!(
-            squeeze(owner.clone()) == "0 0 0 0",
-            "image files owned by {owner:?}"
+            squeeze(owner.clone()) == "0 0 0 0 0 0",
+            "image (and image volume) files owned by {owner:?}"
         );
         let written = out(
             &env,

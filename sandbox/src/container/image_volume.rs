@@ -4,8 +4,10 @@
 //! Each image volume of a container is a read-only overlay of the image's shared layer
 //! directories at `<root>/containers/<id>/volumes/<n>` (`nodev`, `nosuid`; no upper layer, so
 //! nothing can write to the layers). The container gets a read-only bind of that overlay, or of
-//! the directory `sub_path` names inside it, like any other CRI mount. The mounts go with the
-//! container's directory when it is removed or its creation fails.
+//! the directory `sub_path` names inside it, like any other CRI mount. In a pod with a user
+//! namespace the layers are id-mapped through it first, as for the rootfs, so the image's files
+//! belong to the container's root. The mounts go with the container's directory when it is
+//! removed or its creation fails.
 
 use std::os::fd::AsRawFd;
 use std::path::{Component, Path, PathBuf};
@@ -13,7 +15,7 @@ use std::path::{Component, Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
-use super::config::{ImageVolume, MountSpec};
+use super::config::{ImageVolume, MountSpec, PodUsernsJoin};
 use crate::SandboxError;
 
 /// The directory under a container's directory that holds its image volumes.
@@ -67,12 +69,16 @@ fn check(m: &MountSpec, image: &ImageVolume) -> Result<(), SandboxError> {
 
 /// Mounts the container's image volumes under `dir` (the container's directory) and points
 /// each one's `host_path` at what the container gets: the image root or its sub path.
-pub fn mount_all(dir: &Path, mounts: &mut [MountSpec]) -> Result<(), SandboxError> {
+pub fn mount_all(
+    dir: &Path,
+    mounts: &mut [MountSpec],
+    userns: Option<&PodUsernsJoin>,
+) -> Result<(), SandboxError> {
     let volumes = dir.join(VOLUMES);
     for (n, m) in mounts.iter_mut().enumerate() {
         let Some(image) = &m.image else { continue };
         let target = volumes.join(n.to_string());
-        let source = mount_image(&volumes, &target, n, &image.layer_dirs).and_then(|()| {
+        let source = mount_image(&volumes, &target, n, &image.layer_dirs, userns).and_then(|()| {
             sub_dir(&target, &image.sub_path)
                 .map_err(|reason| invalid(format!("image sub path {:?}: {reason}", image.sub_path)))
         });
@@ -84,30 +90,64 @@ pub fn mount_all(dir: &Path, mounts: &mut [MountSpec]) -> Result<(), SandboxErro
     Ok(())
 }
 
-/// Detaches every image volume mounted under the container directory `dir` (bounded; fine to
-/// repeat, and when there are none).
+/// Detaches every image volume mounted under the container directory `dir`, and any id-mapped
+/// layer a crash left under `<n>.idmap/` (writable binds of the shared layers: the directory's
+/// recursive removal must never reach them). Bounded; fine to repeat, and when there are none.
 pub fn unmount_all(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir.join(VOLUMES)) else {
         return;
     };
-    for e in entries.flatten() {
+    let detach = |path: &Path| {
         for _ in 0..4 {
-            if nix::mount::umount2(&e.path(), MntFlags::MNT_DETACH).is_err() {
+            if nix::mount::umount2(path, MntFlags::MNT_DETACH).is_err() {
                 break;
             }
+        }
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "idmap") {
+            for layer in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                detach(&layer.path());
+            }
+        } else {
+            detach(&path);
         }
     }
 }
 
-/// A read-only overlay of `layers` (bottom first) at `target`.
+/// A read-only overlay of `layers` (bottom first) at `target`, id-mapped through `userns`.
 fn mount_image(
     volumes: &Path,
     target: &Path,
     n: usize,
     layers: &[PathBuf],
+    userns: Option<&PodUsernsJoin>,
 ) -> Result<(), SandboxError> {
     std::fs::create_dir_all(target).map_err(|e| SandboxError::io(target, e))?;
     let mut lowers: Vec<PathBuf> = layers.iter().rev().cloned().collect();
+    let mapped = match userns {
+        Some(u) => super::runc::idmap_layers(&volumes.join(format!("{n}.idmap")), &lowers, u)?,
+        None => Vec::new(),
+    };
+    if !mapped.is_empty() {
+        lowers = mapped.clone();
+    }
+    let result = mount_overlay(volumes, target, n, lowers);
+    // The overlay keeps its own references to the id-mapped layers.
+    for m in &mapped {
+        let _ = nix::mount::umount2(m, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(m);
+    }
+    result
+}
+
+fn mount_overlay(
+    volumes: &Path,
+    target: &Path,
+    n: usize,
+    mut lowers: Vec<PathBuf>,
+) -> Result<(), SandboxError> {
     // overlayfs needs two lower layers when it has no upper one.
     if lowers.len() < 2 {
         let empty = volumes.join("empty");

@@ -69,7 +69,7 @@ impl RuncBackend {
                 let (uid, gid) = (u.mappings.uid.host_id, u.mappings.gid.host_id);
                 std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
                     .map_err(|e| SandboxError::io(&upper, e))?;
-                idmap_layers(&dir, &lowers, u)?
+                idmap_layers(&dir.join("idmap"), &lowers, u)?
             }
             None => Vec::new(),
         };
@@ -164,14 +164,13 @@ fn mount_overlay(
     })
 }
 
-/// Each layer id-mapped through the pod's user namespace at `<dir>/idmap/<n>`; on failure
-/// none stays mounted.
-fn idmap_layers(
-    dir: &Path,
+/// Each layer id-mapped through the pod's user namespace at `<base>/<n>`; on failure none
+/// stays mounted. The caller detaches them once its overlay holds them.
+pub(super) fn idmap_layers(
+    base: &Path,
     layers: &[PathBuf],
     userns: &PodUsernsJoin,
 ) -> Result<Vec<PathBuf>, SandboxError> {
-    let base = dir.join("idmap");
     let mut mapped = Vec::with_capacity(layers.len());
     for (i, layer) in layers.iter().enumerate() {
         let target = base.join(i.to_string());
@@ -222,7 +221,7 @@ impl ContainerBackend for RuncBackend {
         let dir = self.dirs().dir(&id);
         let cgroups_path = cgroups::cgroups_path(self.cgroup_driver, &pod.cgroup_parent, &id);
         let rootfs = dir.join("rootfs");
-        image_volume::mount_all(&dir, &mut config.mounts)?;
+        image_volume::mount_all(&dir, &mut config.mounts, pod.userns.as_ref())?;
         // In a user namespace, runc binds the copies crid made of the volumes (the record keeps
         // the host paths).
         let spec_config = match &pod.userns {

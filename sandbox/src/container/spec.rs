@@ -916,11 +916,16 @@ pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, San
             }
         };
         let mut mount = bind(&m.container_path, host, m.readonly, propagation)?;
+        let mut options = mount.options().clone().unwrap_or_default();
         if m.recursive_readonly {
-            let mut options = mount.options().clone().unwrap_or_default();
             options.push("rro".into());
-            mount.set_options(Some(options));
         }
+        // crid mounts image volumes nodev and nosuid; runc's read-only remount must repeat
+        // them, or a user namespace (where they are locked) refuses it.
+        if m.image.is_some() {
+            options.extend(["nodev".into(), "nosuid".into()]);
+        }
+        mount.set_options(Some(options));
         mounts.push(mount);
     }
 
