@@ -2,6 +2,7 @@
 //! no file at all. `crid config default` prints [`DEFAULT_TOML`], which a test keeps equal to
 //! [`Config::default`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -105,14 +106,15 @@ pub struct CniConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
-    pub runc_path: PathBuf,
     /// "auto", "systemd" or "cgroupfs".
     pub cgroup_driver: String,
-    /// Runtime handler names that give an ordinary (runc) pod.
-    pub runc_handlers: Vec<String>,
+    /// RuntimeClass handler → the OCI runtime (binary name or path) of its ordinary pods, as
+    /// containerd's `runtimes` table; "" is the default handler. "auto": crun where it is
+    /// installed and accepts the host's cgroups, else runc.
+    pub oci_runtimes: BTreeMap<String, PathBuf>,
     /// Runtime handler names that give a pod that may hold unikernel containers.
     pub unikernel_handlers: Vec<String>,
-    /// Handlers of `runc_handlers` whose pods also run a unikernel image as a VM (automatic
+    /// Handlers of `oci_runtimes` whose pods also run a unikernel image as a VM (automatic
     /// detection). Under any other handler a unikernel image is `FAILED_PRECONDITION`.
     pub unikernel_autodetect_handlers: Vec<String>,
     /// Directory that `Localhost` seccomp profiles must live under (relative names resolve
@@ -226,12 +228,17 @@ impl Default for CniConfig {
     }
 }
 
+/// The `oci_runtimes` value that lets crid choose (see `sandbox::runc::default_runtime`).
+pub const AUTO_RUNTIME: &str = "auto";
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
-            runc_path: PathBuf::from("runc"),
             cgroup_driver: "auto".into(),
-            runc_handlers: vec![String::new(), "runc".into()],
+            oci_runtimes: BTreeMap::from([
+                (String::new(), PathBuf::from(AUTO_RUNTIME)),
+                ("runc".into(), PathBuf::from("runc")),
+            ]),
             unikernel_handlers: vec!["urunc".into(), "unikernel".into()],
             unikernel_autodetect_handlers: vec![],
             seccomp_profile_root: PathBuf::new(),
@@ -371,6 +378,20 @@ mod tests {
     fn empty_file_gives_defaults() {
         let parsed: Config = toml::from_str("").unwrap();
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn oci_runtimes_per_handler() {
+        let parsed: Config =
+            toml::from_str("[runtime.oci_runtimes]\n\"\" = \"runc\"\ncrun = \"/usr/bin/crun\"\n")
+                .unwrap();
+        assert_eq!(
+            parsed.runtime.oci_runtimes,
+            BTreeMap::from([
+                (String::new(), PathBuf::from("runc")),
+                ("crun".into(), PathBuf::from("/usr/bin/crun")),
+            ])
+        );
     }
 
     #[test]

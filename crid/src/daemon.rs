@@ -15,7 +15,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::config::Config;
 use crate::cri::CriService;
 use crate::notify::{NotifyState, Systemd};
-use crate::state::{CgroupDriver, State};
+use crate::state::State;
 use crate::streaming::{Server, ServerConfig};
 
 /// Binds the CRI socket (or takes the one systemd passed) and serves until a termination
@@ -119,9 +119,6 @@ async fn start_streaming(state: &State) -> std::io::Result<Arc<Server>> {
     let backend = crate::streaming::runtime::RuntimeBackend {
         pods: state.pods.clone(),
         containers: state.containers.clone(),
-        runc: c.runtime.runc_path.clone(),
-        runc_root: c.state.join("runc"),
-        systemd_cgroup: state.cgroup_driver == CgroupDriver::Systemd,
         work_dir: c.state.join("streaming"),
     };
     let server = Server::start(&config, Arc::new(backend)).await?;

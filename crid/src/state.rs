@@ -2,6 +2,7 @@
 //! store, built once at start-up and handed to the gRPC handlers, the streaming server and the
 //! metrics endpoint. Depends on no other module of the daemon but the configuration.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -57,8 +58,11 @@ pub struct State {
     pub started_at_unix: u64,
     /// Pod sandboxes (and, through them, CNI).
     pub pods: Arc<sandbox::pod::PodManager>,
-    /// Containers (runc and monitors).
+    /// Containers (OCI runtimes and monitors).
     pub containers: Arc<sandbox::container::ContainerManager>,
+    /// RuntimeClass handler → the OCI runtime binary its ordinary pods run with, resolved at
+    /// start (`auto` decided, names looked up in PATH).
+    pub oci_runtimes: BTreeMap<String, PathBuf>,
     /// Images: pull, content store, layers, leases.
     pub images: imagestore::ImageStore,
     /// The three above as one runtime: what spans pods, containers and images (cascades,
@@ -86,8 +90,9 @@ impl State {
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let cgroup_driver = CgroupDriver::resolve(&config.runtime.cgroup_driver);
-        let pods = Arc::new(pod_manager(&config, cgroup_driver, sys)?);
-        let containers = container_manager(&config, cgroup_driver, backends)?;
+        let oci_runtimes = resolve_oci_runtimes(&config);
+        let pods = Arc::new(pod_manager(&config, &oci_runtimes, cgroup_driver, sys)?);
+        let containers = container_manager(&config, &oci_runtimes, cgroup_driver, backends)?;
         let images = open_store(&config).context("cannot open the image store")?;
         let runtime = Arc::new(
             sandbox::Runtime::new(
@@ -105,6 +110,7 @@ impl State {
         Ok(State {
             pods,
             containers,
+            oci_runtimes,
             images,
             runtime,
             cgroup_driver,
@@ -135,9 +141,34 @@ impl State {
     }
 }
 
+/// `runtime.oci_runtimes` with `auto` decided and names looked up in PATH once rather than on
+/// every call (a name not there yet is kept as given: then each call looks again).
+fn resolve_oci_runtimes(config: &Config) -> BTreeMap<String, PathBuf> {
+    let resolve = |binary: &Path| find_in_path(binary).unwrap_or_else(|_| binary.to_owned());
+    config
+        .runtime
+        .oci_runtimes
+        .iter()
+        .map(|(handler, binary)| {
+            let binary = if binary == Path::new(crate::config::AUTO_RUNTIME) {
+                let (chosen, why) = sandbox::runc::default_runtime(
+                    find_in_path(Path::new("crun")).ok(),
+                    &sandbox::container::cgroups::hybrid_v2_controllers(),
+                );
+                tracing::info!(handler = %handler, runtime = %chosen.display(), reason = %why, "OCI runtime chosen");
+                resolve(&chosen)
+            } else {
+                resolve(binary)
+            };
+            (handler.clone(), binary)
+        })
+        .collect()
+}
+
 /// The pod manager over CNI, as configured.
 fn pod_manager(
     config: &Config,
+    oci_runtimes: &BTreeMap<String, PathBuf>,
     driver: CgroupDriver,
     sys: Arc<dyn sandbox::sys::PodSys>,
 ) -> anyhow::Result<sandbox::pod::PodManager> {
@@ -150,7 +181,7 @@ fn pod_manager(
     let settings = sandbox::pod::PodSettings {
         root: config.root.clone(),
         state: config.state.clone(),
-        runc_handlers: config.runtime.runc_handlers.clone(),
+        runc_handlers: oci_runtimes.keys().cloned().collect(),
         unikernel_handlers: config.runtime.unikernel_handlers.clone(),
         cgroup_driver: match driver {
             CgroupDriver::Systemd => sandbox::pod::CgroupDriver::Systemd,
@@ -166,16 +197,14 @@ fn pod_manager(
 /// The container manager, as configured; re-attaches to containers still running.
 fn container_manager(
     config: &Config,
+    oci_runtimes: &BTreeMap<String, PathBuf>,
     driver: CgroupDriver,
     backends: Option<sandbox::container::Backends>,
 ) -> anyhow::Result<Arc<sandbox::container::ContainerManager>> {
     let settings = sandbox::container::ContainerSettings {
         root: config.root.clone(),
         state: config.state.clone(),
-        // Looked up in $PATH once rather than on every runc call (kept as given when it is
-        // not there yet: then each call looks again).
-        runc: find_in_path(&config.runtime.runc_path)
-            .unwrap_or_else(|_| config.runtime.runc_path.clone()),
+        oci_runtimes: oci_runtimes.clone(),
         cgroup_driver: match driver {
             CgroupDriver::Systemd => sandbox::pod::CgroupDriver::Systemd,
             CgroupDriver::Cgroupfs => sandbox::pod::CgroupDriver::Cgroupfs,

@@ -143,6 +143,7 @@ impl ContainerBackend for FakeBackend {
             pid: 0,
             log_path: new.log_path,
             cgroups_path: String::new(),
+            oci_runtime: std::path::PathBuf::new(),
             stop_signal: new.stop_signal,
             vm: None,
         })

@@ -912,7 +912,9 @@ async fn a_corrupt_container_record_is_quarantined_and_its_container_released() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!torn_dir.exists(), "{}", crid.log());
-    assert!(!dir.join("state/runc").join(&torn).exists());
+    for runtime in ["runc", "crun"] {
+        assert!(!dir.join("state").join(runtime).join(&torn).exists());
+    }
     assert!(mounts_under(dir).iter().all(|m| !m.contains(&torn)));
     let procs = common::processes_under(dir, crid.pid());
     assert!(

@@ -48,7 +48,7 @@ pub async fn status(state: &State, r: cri::StatusRequest) -> Result<cri::StatusR
         info.insert("vm".into(), state.containers.vm_host_report().to_string());
         info.insert("binaries".into(), binaries(state).await.to_string());
     }
-    // runc (1.1 and later) makes recursive read-only mounts (`rro`, on kernels with
+    // runc (1.1 and later) and crun make recursive read-only mounts (`rro`, on kernels with
     // mount_setattr, 5.12+); unikernel guests get copies of their mounts instead. User
     // namespaces: crid makes the pod's and id-maps the rootfs itself (`sandbox::sys::userns`),
     // which any OCI runtime that joins a user namespace by path works with; not for guests.
@@ -56,9 +56,9 @@ pub async fn status(state: &State, r: cri::StatusRequest) -> Result<cri::StatusR
         && [&state.config.root, &state.config.state]
             .iter()
             .all(|d| sandbox::sys::userns::searchable_by_others(d));
-    let runc = &state.config.runtime.runc_handlers;
-    let runtime_handlers = runc
-        .iter()
+    let runtime_handlers = state
+        .oci_runtimes
+        .keys()
         .map(|name| (name, true))
         .chain(
             state
@@ -120,13 +120,23 @@ pub fn update_runtime_config(
 /// How long a `--version` of a runtime binary may take.
 const VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// The runc and hypervisor binaries crid would run, with their versions: `{name: {"path",
-/// "version"}}`, or `{name: {"error"}}` when one is missing or does not answer `--version`.
+/// The OCI runtimes (by file name: `runc`, `crun`) and hypervisor binaries crid would run,
+/// with their versions: `{name: {"path", "version"}}`, or `{name: {"error"}}` when one is
+/// missing or does not answer `--version`.
 async fn binaries(state: &State) -> serde_json::Value {
-    let mut found = vec![(
-        "runc".to_owned(),
-        find_in_path(&state.config.runtime.runc_path),
-    )];
+    let mut found: Vec<(String, Result<std::path::PathBuf, String>)> = state
+        .oci_runtimes
+        .values()
+        .map(|binary| {
+            let name = binary.file_name().map_or_else(
+                || binary.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            (name, find_in_path(binary))
+        })
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
     match crate::state::vm_settings(&state.config) {
         Ok(vm) => {
             for (name, _) in &vm.binaries {

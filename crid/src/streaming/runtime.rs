@@ -1,5 +1,6 @@
-//! The streaming backend of the daemon: exec through `runc exec` (pipes, or a pseudo-terminal
-//! of crid's that runc proxies to the container's), port forwarding into the pod's pinned
+//! The streaming backend of the daemon: exec through the container's OCI runtime (`runc exec` or
+//! `crun exec`: pipes, or a pseudo-terminal of crid's that the runtime proxies to the
+//! container's), port forwarding into the pod's pinned
 //! network namespace. Attach follows the container's CRI log, which the monitor writes, for
 //! output, and sends stdin and terminal resizes to the monitor's attach socket (see
 //! `sandbox::monitor`), so attaching works across crid restarts.
@@ -22,10 +23,6 @@ use super::backend::{
 pub struct RuntimeBackend {
     pub pods: Arc<PodManager>,
     pub containers: Arc<ContainerManager>,
-    pub runc: PathBuf,
-    /// runc's `--root`.
-    pub runc_root: PathBuf,
-    pub systemd_cgroup: bool,
     /// Where exec process files and console sockets are made.
     pub work_dir: PathBuf,
 }
@@ -48,37 +45,36 @@ fn io_error(what: &str, e: std::io::Error) -> StreamError {
 }
 
 impl RuntimeBackend {
-    fn running_runc_container(&self, id: &str) -> Result<(), StreamError> {
+    /// The OCI runtime of a running runc-backend container.
+    fn running_runc_container(&self, id: &str) -> Result<sandbox::runc::Runc, StreamError> {
         let r = self.containers.get(id).map_err(|e| sandbox_error(e, id))?;
         if r.state != ContainerState::Running {
             return Err(StreamError::FailedPrecondition(format!(
                 "container {id} is not running"
             )));
         }
-        if !self
-            .containers
-            .supports_exec(id)
+        self.containers
+            .oci_runtime_of(id)
             .map_err(|e| sandbox_error(e, id))?
-        {
-            return Err(StreamError::Unimplemented(format!(
-                "streaming into container {id} (not a runc container)"
-            )));
-        }
-        Ok(())
+            .ok_or_else(|| {
+                StreamError::Unimplemented(format!(
+                    "streaming into container {id} (not an OCI runtime container)"
+                ))
+            })
     }
+}
 
-    fn runc_command(&self) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(&self.runc);
-        cmd.env_clear()
-            .envs(sandbox::monitor::child_env())
-            .arg("--root")
-            .arg(&self.runc_root);
-        if self.systemd_cgroup {
-            cmd.arg("--systemd-cgroup");
-        }
-        cmd.kill_on_drop(false);
-        cmd
+fn runc_command(runc: &sandbox::runc::Runc) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(&runc.binary);
+    cmd.env_clear()
+        .envs(sandbox::monitor::child_env())
+        .arg("--root")
+        .arg(&runc.root);
+    if runc.systemd_cgroup {
+        cmd.arg("--systemd-cgroup");
     }
+    cmd.kill_on_drop(false);
+    cmd
 }
 
 fn random_tag() -> String {
@@ -136,7 +132,7 @@ fn exit_of(mut child: tokio::process::Child, cleanup: Cleanup) -> BoxFuture<Exit
 #[tonic::async_trait]
 impl StreamBackend for RuntimeBackend {
     async fn check_exec(&self, spec: &ExecSpec) -> Result<(), StreamError> {
-        self.running_runc_container(&spec.container_id)
+        self.running_runc_container(&spec.container_id).map(drop)
     }
 
     async fn check_attach(&self, spec: &AttachSpec) -> Result<(), StreamError> {
@@ -177,7 +173,7 @@ impl StreamBackend for RuntimeBackend {
 
     async fn exec(&self, spec: ExecSpec) -> Result<Session, StreamError> {
         let id = spec.container_id.as_str();
-        self.running_runc_container(id)?;
+        let runc = self.running_runc_container(id)?;
         let oci = self
             .containers
             .spec_json(id)
@@ -193,7 +189,7 @@ impl StreamBackend for RuntimeBackend {
             .map_err(|e| io_error("cannot write the exec process", e))?;
         let cleanup = Cleanup(vec![process_path.clone()]);
 
-        let mut cmd = self.runc_command();
+        let mut cmd = runc_command(&runc);
         cmd.arg("exec").arg("--process").arg(&process_path);
         if spec.tty {
             // runc only takes a console socket when it detaches, which would lose the exit

@@ -239,15 +239,19 @@ pub fn unmount_all(dir: &Path) {
     }
 }
 
-/// What a failed test may leave behind under `dir` must not outlive it: runc containers under
-/// `<dir>/state/runc` are force-deleted, then everything mounted below `dir` is detached.
+/// What a failed test may leave behind under `dir` must not outlive it: containers of each
+/// OCI runtime under `<dir>/state/<runtime>` are force-deleted, then everything mounted below
+/// `dir` is detached.
 pub fn release_leftovers(dir: &Path) {
-    let runc_root = dir.join("state/runc");
-    if let Ok(entries) = std::fs::read_dir(&runc_root) {
+    for runtime in ["runc", "crun"] {
+        let root = dir.join("state").join(runtime);
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            continue;
+        };
         for e in entries.flatten() {
-            let _ = Command::new("runc")
+            let _ = Command::new(runtime)
                 .arg("--root")
-                .arg(&runc_root)
+                .arg(&root)
                 .args(["delete", "--force"])
                 .arg(e.file_name())
                 .stderr(Stdio::null())

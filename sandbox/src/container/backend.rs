@@ -168,6 +168,11 @@ pub trait ContainerBackend: Send + Sync {
     /// Whether `Exec` and attaching stdin (streaming) can reach the container's processes.
     fn supports_exec(&self) -> bool;
 
+    /// The OCI runtime that runs the container, for streaming `exec`; `None` when it has none.
+    fn oci_runtime(&self, _r: &ContainerRecord) -> Option<crate::runc::Runc> {
+        None
+    }
+
     /// The container's runtime spec, for verbose status.
     fn spec_json(&self, r: &ContainerRecord) -> Option<serde_json::Value>;
 

@@ -12,6 +12,23 @@ pub fn is_v2() -> bool {
     Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
 }
 
+/// The controllers a v1 (hybrid) host left on its v2 mount `unified`; empty on a unified host
+/// and on a v1 host whose controllers are all on v1 hierarchies.
+pub fn hybrid_v2_controllers() -> Vec<String> {
+    hybrid_v2_controllers_at(Path::new(CGROUP_ROOT))
+}
+
+fn hybrid_v2_controllers_at(root: &Path) -> Vec<String> {
+    if root.join("cgroup.controllers").exists() {
+        return Vec::new();
+    }
+    std::fs::read_to_string(root.join("unified").join("cgroup.controllers"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// runc's `cgroupsPath` for a container of a pod with `parent` (validated by the pod manager).
 pub fn cgroups_path(driver: CgroupDriver, parent: &str, id: &str) -> String {
     match driver {
@@ -196,6 +213,20 @@ pub fn disk_usage(dir: &Path) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn controllers_left_on_the_v2_mount_of_a_hybrid_host() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(hybrid_v2_controllers_at(d.path()).is_empty());
+        std::fs::create_dir(d.path().join("unified")).unwrap();
+        std::fs::write(d.path().join("unified/cgroup.controllers"), "").unwrap();
+        assert!(hybrid_v2_controllers_at(d.path()).is_empty());
+        std::fs::write(d.path().join("unified/cgroup.controllers"), "hugetlb\n").unwrap();
+        assert_eq!(hybrid_v2_controllers_at(d.path()), ["hugetlb"]);
+        // A unified host has no hybrid mount to look at.
+        std::fs::write(d.path().join("cgroup.controllers"), "cpu memory\n").unwrap();
+        assert!(hybrid_v2_controllers_at(d.path()).is_empty());
+    }
 
     #[test]
     fn paths_for_both_drivers() {

@@ -54,7 +54,7 @@ pub use self::runc::RuncBackend;
 pub use self::vm::VmBackend;
 use crate::SandboxError;
 use crate::pod::{CgroupDriver, PodRecord};
-use crate::runc::{ExecOutput, Runc};
+use crate::runc::{ExecOutput, OciRuntimes, Runc};
 
 impl ContainerRecord {
     /// `(name, attempt)` within the pod: the reservation key.
@@ -112,9 +112,10 @@ impl ContainerFilter {
 pub struct ContainerSettings {
     /// crid's persistent root; records live in `<root>/containers`.
     pub root: PathBuf,
-    /// crid's volatile state dir; runc's root is `<state>/runc`.
+    /// crid's volatile state dir; an OCI runtime's root is `<state>/<its name>`.
     pub state: PathBuf,
-    pub runc: PathBuf,
+    /// RuntimeClass handler → OCI runtime binary of its ordinary containers.
+    pub oci_runtimes: BTreeMap<String, PathBuf>,
     pub cgroup_driver: CgroupDriver,
     /// The crid binary, run as `crid monitor`.
     pub monitor_exe: PathBuf,
@@ -156,9 +157,9 @@ impl Backends {
             vm_report: vm.host_report(),
             vm: Arc::new(vm),
             runc: Arc::new(RuncBackend {
-                runc: Runc {
-                    binary: settings.runc.clone(),
-                    root: settings.state.join("runc"),
+                runtimes: OciRuntimes {
+                    by_handler: settings.oci_runtimes.clone(),
+                    state: settings.state.clone(),
                     systemd_cgroup: settings.cgroup_driver == CgroupDriver::Systemd,
                 },
                 supervisor,
@@ -379,6 +380,13 @@ impl ContainerManager {
     pub fn attach_socket_of(&self, id: &str) -> Result<Option<PathBuf>, SandboxError> {
         let r = self.get(id)?;
         Ok(self.backend(&r).attach_socket(&r))
+    }
+
+    /// How to call the OCI runtime of container `id`, for streaming `exec`; `None` for a
+    /// container without one (a unikernel guest).
+    pub fn oci_runtime_of(&self, id: &str) -> Result<Option<Runc>, SandboxError> {
+        let r = self.get(id)?;
+        Ok(self.backend(&r).oci_runtime(&r))
     }
 
     /// Whether `Exec` and attaching stdin can reach container `id`'s processes (not in a
@@ -970,6 +978,7 @@ mod tests {
             cgroups_path: String::new(),
             stop_signal: "SIGTERM".into(),
             vm: None,
+            oci_runtime: PathBuf::new(),
         };
         assert!(ContainerFilter::default().matches(&r));
         assert!(

@@ -64,6 +64,15 @@ pub struct ContainerRecord {
     /// The VM backend's own state, for unikernel containers (`Backend::Process`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<VmState>,
+    /// The OCI runtime binary that runs it (`Backend::Runc`), chosen at create time from the
+    /// pod's RuntimeClass handler; empty in records written before runtimes were selectable
+    /// (runc).
+    #[serde(default, skip_serializing_if = "is_empty_path")]
+    pub oci_runtime: PathBuf,
+}
+
+fn is_empty_path(p: &Path) -> bool {
+    p.as_os_str().is_empty()
 }
 
 /// Usage of one container.

@@ -1,6 +1,7 @@
-//! The runc backend: an OCI bundle (`config.json` from [`super::spec`]) over an overlayfs
-//! rootfs of the image's shared layers, run by the container's monitor with `runc run
-//! --detach`; kill, update, exec and delete through the `runc` command line.
+//! The OCI runtime backend: an OCI bundle (`config.json` from [`super::spec`]) over an overlayfs
+//! rootfs of the image's shared layers, run by the container's monitor with `<runtime> run
+//! --detach`; kill, update, exec and delete through the runtime's command line. The runtime
+//! (crun or runc) is the one the pod's RuntimeClass handler names, recorded at create time.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,11 +19,11 @@ use super::{apparmor, cgroups, image_volume, spec, user, userns_volume};
 use crate::SandboxError;
 use crate::monitor::{Launch, StdinSpec};
 use crate::pod::CgroupDriver;
-use crate::runc::{ExecOutput, Runc};
+use crate::runc::{ExecOutput, OciRuntimes, Runc};
 
-/// Containers run by runc.
+/// Containers run by an OCI runtime (runc's command line, which crun shares).
 pub struct RuncBackend {
-    pub runc: Runc,
+    pub runtimes: OciRuntimes,
     pub supervisor: Supervisor,
     pub cgroup_driver: CgroupDriver,
     pub seccomp_profile_root: PathBuf,
@@ -85,12 +86,18 @@ impl RuncBackend {
         result
     }
 
+    /// How to call the runtime that runs `r`.
+    fn runc(&self, r: &ContainerRecord) -> Runc {
+        self.runtimes.runc(&r.oci_runtime)
+    }
+
     fn launch(&self, r: &ContainerRecord) -> Launch {
         let sdir = self.dirs().state_dir(&r.id);
+        let runc = self.runc(r);
         Launch::Runc {
-            runc: self.runc.binary.clone(),
-            root: self.runc.root.clone(),
-            systemd_cgroup: self.runc.systemd_cgroup,
+            runc: runc.binary,
+            root: runc.root,
+            systemd_cgroup: runc.systemd_cgroup,
             bundle: self.dirs().dir(&r.id),
             container_pid_file: sdir.join("container.pid"),
             runc_log: sdir.join("runc.log"),
@@ -273,6 +280,7 @@ impl ContainerBackend for RuncBackend {
             cgroups_path,
             stop_signal,
             vm: None,
+            oci_runtime: self.runtimes.for_handler(&pod.runtime_handler),
             id,
             config,
             pod,
@@ -291,7 +299,7 @@ impl ContainerBackend for RuncBackend {
     async fn start(&self, r: &mut ContainerRecord) -> Result<Started, StartError> {
         let stale = self.supervisor.prepare(r).map_err(StartError::NotStarted)?;
         if stale.is_some() {
-            let _ = self.runc.delete(&r.id).await;
+            let _ = self.runc(r).delete(&r.id).await;
         }
         self.supervisor
             .ready_to_launch(r, stale)
@@ -305,14 +313,14 @@ impl ContainerBackend for RuncBackend {
         match self.supervisor.launch(r, self.launch(r), stdin).await {
             Ok(started) => Ok(started),
             Err(message) => {
-                let _ = self.runc.delete(&r.id).await;
+                let _ = self.runc(r).delete(&r.id).await;
                 Err(start_failure(&self.dirs().dir(&r.id), message))
             }
         }
     }
 
     async fn kill(&self, r: &ContainerRecord, signal: &str, all: bool) -> Result<(), SandboxError> {
-        self.runc.kill(&r.id, signal, all).await
+        self.runc(r).kill(&r.id, signal, all).await
     }
 
     async fn wait_exit(&self, r: &ContainerRecord, timeout: Duration) -> bool {
@@ -345,7 +353,7 @@ impl ContainerBackend for RuncBackend {
                 let json =
                     serde_json::to_vec(&oci).map_err(|e| runtime_err("update", e.to_string()))?;
                 std::fs::write(&path, json).map_err(|e| SandboxError::io(&path, e))?;
-                let res = self.runc.update(id, &path).await;
+                let res = self.runc(r).update(id, &path).await;
                 let _ = std::fs::remove_file(&path);
                 res
             }
@@ -395,7 +403,7 @@ impl ContainerBackend for RuncBackend {
         std::fs::write(&process_path, process.to_string())
             .map_err(|e| SandboxError::io(&process_path, e))?;
         let out = self
-            .runc
+            .runc(r)
             .exec(id, &process_path, &pid_path, timeout, EXEC_OUTPUT_CAP)
             .await;
         let _ = std::fs::remove_file(&process_path);
@@ -411,6 +419,10 @@ impl ContainerBackend for RuncBackend {
 
     fn supports_exec(&self) -> bool {
         true
+    }
+
+    fn oci_runtime(&self, r: &ContainerRecord) -> Option<Runc> {
+        Some(self.runc(r))
     }
 
     fn spec_json(&self, r: &ContainerRecord) -> Option<serde_json::Value> {
@@ -436,12 +448,14 @@ impl ContainerBackend for RuncBackend {
     }
 
     async fn remove(&self, r: &ContainerRecord) -> Result<(), SandboxError> {
-        self.runc.delete(&r.id).await
+        self.runc(r).delete(&r.id).await
     }
 
     async fn release_unrecorded(&self, id: &str) {
-        if let Err(e) = self.runc.delete(id).await {
-            tracing::warn!(container_id = %id, error = %e, "cannot delete the runc container");
+        for runc in self.runtimes.all() {
+            if let Err(e) = runc.delete(id).await {
+                tracing::warn!(container_id = %id, runtime = %runc.binary.display(), error = %e, "cannot delete the container");
+            }
         }
         // runc's init is gone with `delete --force`; what is left is the monitor.
         self.supervisor.end_unrecorded(id).await;

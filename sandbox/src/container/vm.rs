@@ -491,6 +491,7 @@ impl ContainerBackend for VmBackend {
                 guest_cmdline: String::new(),
                 mount_notes,
             }),
+            oci_runtime: PathBuf::new(),
             id,
             config,
             pod,

@@ -1,6 +1,9 @@
-//! A thin wrapper over the `runc` command line (`--root <state>/runc`). `create` is run by the
-//! container's monitor (see [`crate::monitor`]); everything else is called from crid here.
+//! A thin wrapper over the command line of an OCI runtime (runc, or crun, which takes the same
+//! commands and flags), with `--root <state>/<runtime name>`. `run` is run by the container's
+//! monitor (see [`crate::monitor`]); everything else is called from crid here. Also the choice
+//! of the default runtime ([`default_runtime`]).
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -11,12 +14,97 @@ use tokio::process::Command;
 
 use crate::SandboxError;
 
-/// How to call runc.
+/// How to call one OCI runtime.
 #[derive(Debug, Clone)]
 pub struct Runc {
     pub binary: PathBuf,
     pub root: PathBuf,
     pub systemd_cgroup: bool,
+}
+
+/// The OCI runtimes of ordinary containers, by RuntimeClass handler.
+#[derive(Debug, Clone, Default)]
+pub struct OciRuntimes {
+    /// Handler → runtime binary. Pods under other handlers (the runc sidecars of unikernel
+    /// pods) get the default handler's (""), else runc.
+    pub by_handler: BTreeMap<String, PathBuf>,
+    /// crid's volatile state dir, under which each runtime has its root.
+    pub state: PathBuf,
+    pub systemd_cgroup: bool,
+}
+
+impl OciRuntimes {
+    /// The runtime binary for a new container of a pod under `handler`.
+    pub fn for_handler(&self, handler: &str) -> PathBuf {
+        self.by_handler
+            .get(handler)
+            .or_else(|| self.by_handler.get(""))
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from("runc"))
+    }
+
+    /// How to call `binary`; empty (records from before runtimes were selectable) is runc.
+    pub fn runc(&self, binary: &Path) -> Runc {
+        let binary = if binary.as_os_str().is_empty() {
+            Path::new("runc")
+        } else {
+            binary
+        };
+        Runc::new(binary.to_owned(), &self.state, self.systemd_cgroup)
+    }
+
+    /// Every runtime a container may have been given, one per state root (for a container
+    /// whose record is lost).
+    pub fn all(&self) -> Vec<Runc> {
+        let mut roots = HashSet::new();
+        self.by_handler
+            .values()
+            .map(PathBuf::as_path)
+            .chain([Path::new("runc")])
+            .map(|b| self.runc(b))
+            .filter(|r| roots.insert(r.root.clone()))
+            .collect()
+    }
+}
+
+/// The runtime's state root for `binary`: `<state>/<its file name>` (`<state>/runc` for runc, as
+/// before runtimes were selectable), so two runtimes never share one.
+pub fn state_root(state: &Path, binary: &Path) -> PathBuf {
+    let name = binary
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty())
+        .unwrap_or("runc");
+    state.join(name)
+}
+
+/// The runtime crid uses when the configuration says `auto`, and why: crun (its container start
+/// is a C program, where runc is a Go binary that re-executes itself as `runc init`) when it is
+/// installed and accepts this host's cgroups, else runc. `crun_path` is where crun was found;
+/// `hybrid_v2_controllers` the controllers a v1 (hybrid) host left on its v2 mount, which crun
+/// refuses to run under ("cgroups in hybrid mode not supported").
+pub fn default_runtime(
+    crun_path: Option<PathBuf>,
+    hybrid_v2_controllers: &[String],
+) -> (PathBuf, String) {
+    match crun_path {
+        None => (
+            PathBuf::from("runc"),
+            "crun is not installed; using runc".to_owned(),
+        ),
+        Some(_) if !hybrid_v2_controllers.is_empty() => (
+            PathBuf::from("runc"),
+            format!(
+                "crun refuses a cgroup v1 host whose v2 mount holds controllers ({}); using runc \
+                 (mount them on v1 as scripts/deps.sh does to use crun)",
+                hybrid_v2_controllers.join(" ")
+            ),
+        ),
+        Some(path) => {
+            let reason = format!("crun found at {}", path.display());
+            (path, reason)
+        }
+    }
 }
 
 /// The result of [`Runc::exec`].
@@ -29,6 +117,15 @@ pub struct ExecOutput {
 }
 
 impl Runc {
+    /// Calls `binary` with its own state root under `state`.
+    pub fn new(binary: PathBuf, state: &Path, systemd_cgroup: bool) -> Runc {
+        Runc {
+            root: state_root(state, &binary),
+            binary,
+            systemd_cgroup,
+        }
+    }
+
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.env_clear()
@@ -207,5 +304,67 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(
         let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
         let keep = n.min(cap.saturating_sub(out.len()));
         out.extend_from_slice(&buf[..keep]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_runtime_has_its_own_root() {
+        let state = Path::new("/run/crid");
+        assert_eq!(
+            state_root(state, Path::new("/usr/sbin/runc")),
+            Path::new("/run/crid/runc")
+        );
+        assert_eq!(
+            state_root(state, Path::new("crun")),
+            Path::new("/run/crid/crun")
+        );
+        assert_eq!(
+            state_root(state, Path::new("")),
+            Path::new("/run/crid/runc")
+        );
+    }
+
+    #[test]
+    fn runtimes_by_handler() {
+        let runtimes = OciRuntimes {
+            by_handler: BTreeMap::from([
+                (String::new(), PathBuf::from("/usr/bin/crun")),
+                ("runc".into(), PathBuf::from("/usr/sbin/runc")),
+            ]),
+            state: PathBuf::from("/run/crid"),
+            systemd_cgroup: false,
+        };
+        assert_eq!(runtimes.for_handler("runc"), Path::new("/usr/sbin/runc"));
+        assert_eq!(runtimes.for_handler(""), Path::new("/usr/bin/crun"));
+        // A unikernel pod's sidecars: the default handler's runtime.
+        assert_eq!(runtimes.for_handler("urunc"), Path::new("/usr/bin/crun"));
+        assert_eq!(OciRuntimes::default().for_handler("x"), Path::new("runc"));
+        let old = runtimes.runc(Path::new(""));
+        assert_eq!(old.binary, Path::new("runc"));
+        assert_eq!(old.root, Path::new("/run/crid/runc"));
+        let roots: Vec<PathBuf> = runtimes.all().into_iter().map(|r| r.root).collect();
+        assert_eq!(
+            roots,
+            [Path::new("/run/crid/crun"), Path::new("/run/crid/runc")]
+        );
+    }
+
+    #[test]
+    fn crun_is_the_default_where_it_can_run() {
+        let crun = Some(PathBuf::from("/usr/bin/crun"));
+        assert_eq!(
+            default_runtime(crun.clone(), &[]).0,
+            Path::new("/usr/bin/crun")
+        );
+        let (path, why) = default_runtime(crun, &["hugetlb".to_owned()]);
+        assert_eq!(path, Path::new("runc"));
+        assert!(why.contains("hugetlb"), "{why}");
+        let (path, why) = default_runtime(None, &[]);
+        assert_eq!(path, Path::new("runc"));
+        assert!(why.contains("not installed"), "{why}");
     }
 }
