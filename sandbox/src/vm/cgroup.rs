@@ -53,6 +53,8 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmCgroup {
     pub relative: PathBuf,
+    /// Where the hierarchies are mounted: `/sys/fs/cgroup` (the unified one on a v2 host).
+    root: PathBuf,
     v2: bool,
 }
 
@@ -69,18 +71,29 @@ impl VmCgroup {
     pub fn new(relative: PathBuf) -> VmCgroup {
         VmCgroup {
             relative,
+            root: PathBuf::from(CGROUP_ROOT),
             v2: crate::container::cgroups::is_v2(),
+        }
+    }
+
+    /// The cgroup under hierarchies mounted at `root` (a v2 one when `v2`), for tests.
+    #[cfg(test)]
+    fn at(root: &Path, relative: &str, v2: bool) -> VmCgroup {
+        VmCgroup {
+            relative: PathBuf::from(relative),
+            root: root.to_owned(),
+            v2,
         }
     }
 
     /// The directories of this cgroup, one per joined hierarchy that the host mounts.
     pub fn dirs(&self) -> Vec<PathBuf> {
         if self.v2 {
-            return vec![Path::new(CGROUP_ROOT).join(&self.relative)];
+            return vec![self.root.join(&self.relative)];
         }
         V1_CONTROLLERS
             .iter()
-            .map(|c| Path::new(CGROUP_ROOT).join(c))
+            .map(|c| self.root.join(c))
             .filter(|root| root.join("cgroup.procs").exists())
             .map(|root| root.join(&self.relative))
             .collect()
@@ -122,7 +135,7 @@ impl VmCgroup {
         for dir in self.dirs() {
             std::fs::create_dir_all(&dir).map_err(|e| cg_err(&dir, e))?;
             let controller = dir
-                .strip_prefix(CGROUP_ROOT)
+                .strip_prefix(&self.root)
                 .ok()
                 .and_then(|p| p.iter().next())
                 .and_then(|c| c.to_str())
@@ -160,9 +173,9 @@ impl VmCgroup {
     }
 
     fn create_v2(&self, limits: &Limits) -> Result<(), SandboxError> {
-        let dir = Path::new(CGROUP_ROOT).join(&self.relative);
+        let dir = self.root.join(&self.relative);
         // Enable the controllers on the way down (ignoring ones the parent lacks).
-        let mut at = PathBuf::from(CGROUP_ROOT);
+        let mut at = self.root.clone();
         for part in self.relative.iter() {
             for c in ["+memory", "+cpu", "+pids"] {
                 let _ = std::fs::write(at.join("cgroup.subtree_control"), c);
@@ -223,7 +236,7 @@ impl VmCgroup {
             100_000
         };
         if self.v2 {
-            let dir = Path::new(CGROUP_ROOT).join(&self.relative);
+            let dir = self.root.join(&self.relative);
             write(&dir.join("memory.max"), memory.as_deref().unwrap_or("max"))?;
             let max = quota.map_or_else(|| "max".to_owned(), |q| q.to_string());
             write(&dir.join("cpu.max"), &format!("{max} {period}"))?;
@@ -236,7 +249,7 @@ impl VmCgroup {
         }
         for dir in self.dirs() {
             match dir
-                .strip_prefix(CGROUP_ROOT)
+                .strip_prefix(&self.root)
                 .ok()
                 .and_then(|p| p.iter().next())
             {
@@ -270,5 +283,103 @@ impl VmCgroup {
             .and_then(|f| std::fs::read_to_string(f).ok())
             .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_limits_are_the_unified_files() {
+        let d = tempfile::tempdir().unwrap();
+        let cg = VmCgroup::at(d.path(), "kubepods/pod1/c1", true);
+        let dir = d.path().join("kubepods/pod1/c1");
+        assert_eq!(cg.dirs(), std::slice::from_ref(&dir));
+        assert_eq!(cg.procs_files(), [dir.join("cgroup.procs")]);
+        cg.create(&Limits {
+            memory_bytes: Some(256 << 20),
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            cpu_shares: 512,
+        })
+        .unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read("memory.max"), "268435456");
+        assert_eq!(read("cpu.max"), "50000 100000");
+        // runc's conversion: shares 512 → weight 20.
+        assert_eq!(read("cpu.weight"), "20");
+        // The controllers were enabled on the way down (each write is one controller).
+        assert!(
+            d.path()
+                .join("kubepods/pod1/cgroup.subtree_control")
+                .exists()
+        );
+        cg.update(&Limits::default()).unwrap();
+        assert_eq!(read("memory.max"), "max");
+        assert_eq!(read("cpu.max"), "max 100000");
+    }
+
+    /// On the host's real cgroup2 hierarchy (the unified mount of a v1 hybrid host such as
+    /// this machine kind, or `/sys/fs/cgroup` on a unified host): the VMM's wrapper joins the
+    /// cgroup, the kernel shows the process there, and the cgroup goes once it is empty. A
+    /// memory limit is set where the hierarchy has the memory controller (unified hosts only).
+    #[test]
+    fn a_vmm_joins_and_leaves_a_real_cgroup2_hierarchy() {
+        let root = [
+            PathBuf::from(CGROUP_ROOT),
+            Path::new(CGROUP_ROOT).join("unified"),
+        ]
+        .into_iter()
+        .find(|r| r.join("cgroup.controllers").exists());
+        let (Some(root), true) = (root, nix::unistd::geteuid().is_root()) else {
+            eprintln!("skipped: needs root and a cgroup2 hierarchy");
+            return;
+        };
+        let memory = std::fs::read_to_string(root.join("cgroup.controllers"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|c| c == "memory");
+        let relative = format!("crid-test-vmm-{}", std::process::id());
+        let cg = VmCgroup::at(&root, &relative, true);
+        let limits = Limits {
+            memory_bytes: memory.then_some(64 << 20),
+            ..Limits::default()
+        };
+        cg.create(&limits).unwrap();
+        let dir = root.join(&relative);
+        if memory {
+            assert_eq!(
+                std::fs::read_to_string(dir.join("memory.max"))
+                    .unwrap()
+                    .trim(),
+                "67108864"
+            );
+        }
+        // As the monitor's child joins it between fork and exec: its pid into `cgroup.procs`.
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        for procs in cg.procs_files() {
+            std::fs::write(&procs, pid.to_string()).unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !cg.pids().contains(&pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let joined = cg.pids().contains(&pid);
+        let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(joined, "pid {pid} not in {}", dir.display());
+        assert!(
+            membership.lines().any(|l| l == format!("0::/{relative}")),
+            "{membership}"
+        );
+        assert!(cg.pids().is_empty());
+        assert!(cg.remove(), "{} not removed", dir.display());
+        assert!(!dir.exists());
     }
 }
