@@ -890,6 +890,7 @@ async fn fixture_images() {
     for (name, key) in [
         ("unikernel/bad-type:latest", "unikernelType"),
         ("unikernel/bad-path:latest", "binary"),
+        ("unikernel/bad-switch:latest", "mountRootfs"),
     ] {
         let e = crid.pull(&r(name)).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e:?}");

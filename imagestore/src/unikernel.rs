@@ -21,7 +21,10 @@
 //!   `crid-vmm`; missing: qemu);
 //!   `binary` is required; `binary`, `initrd` and `block` are paths in the rootfs: a leading `/`
 //!   is stripped, `..` components and control characters are refused; `cmdline` has no control
-//!   characters; every value is at most 4 KiB. Any source with a urunc key that fails these
+//!   characters; `blkMntPoint` is an absolute guest path without `..` or control characters;
+//!   `mountRootfs` and `useDMBlock` are booleans as urunc parses them (Go's `strconv.ParseBool`:
+//!   `1 t T TRUE true True` and `0 f F FALSE false False`); `unikernelVersion` has no control
+//!   characters; every value is at most 4 KiB. Other keys under the prefix are ignored. Any source with a urunc key that fails these
 //!   rules is an error (`InvalidUnikernel`, kind `InvalidArgument`, naming the key) — never a
 //!   silent fall-back to an ordinary container.
 
@@ -83,9 +86,18 @@ pub struct UnikernelInfo {
     pub initrd: Option<PathBuf>,
     /// Block device image inside the rootfs.
     pub block: Option<PathBuf>,
-    /// Where the guest mounts the block device.
+    /// Where the guest mounts the block device (`blkMntPoint`): an absolute guest path.
     pub block_mount_point: Option<PathBuf>,
+    /// `unikernelVersion` (also read as `version`).
     pub version: Option<String>,
+    /// urunc's `mountRootfs`: whether the guest gets the image's root file system. Missing:
+    /// crid's default for the guest type (see README's guest table).
+    #[serde(default)]
+    pub mount_rootfs: Option<bool>,
+    /// urunc's `useDMBlock`: use a devmapper snapshot as the guest's block device. Recorded
+    /// only: crid has no devmapper snapshotter.
+    #[serde(default)]
+    pub use_dm_block: Option<bool>,
     pub source: UnikernelSource,
 }
 
@@ -105,6 +117,8 @@ const BLOCK: &str = "block";
 const BLK_MNT_POINT: &str = "blkMntPoint";
 const VERSION: &str = "unikernelVersion";
 const VERSION_ALT: &str = "version";
+const MOUNT_ROOTFS: &str = "mountRootfs";
+const USE_DM_BLOCK: &str = "useDMBlock";
 
 impl UnikernelType {
     /// The type named by urunc's `unikernelType` value.
@@ -304,6 +318,12 @@ fn build(
             if v.chars().any(char::is_control) {
                 return Err(invalid(BLK_MNT_POINT, "contains control characters"));
             }
+            if !v.starts_with('/') {
+                return Err(invalid(
+                    BLK_MNT_POINT,
+                    format!("{:?} is not an absolute path", printable(v)),
+                ));
+            }
             if Path::new(v)
                 .components()
                 .any(|c| c == std::path::Component::ParentDir)
@@ -324,6 +344,12 @@ fn build(
         }
         v => v.map(str::to_owned),
     };
+    let mount_rootfs = get(MOUNT_ROOTFS)
+        .map(|v| parse_bool(MOUNT_ROOTFS, v))
+        .transpose()?;
+    let use_dm_block = get(USE_DM_BLOCK)
+        .map(|v| parse_bool(USE_DM_BLOCK, v))
+        .transpose()?;
     Ok(UnikernelInfo {
         unikernel_type,
         hypervisor,
@@ -333,8 +359,22 @@ fn build(
         block,
         block_mount_point,
         version,
+        mount_rootfs,
+        use_dm_block,
         source,
     })
+}
+
+/// A boolean as urunc reads one (Go's `strconv.ParseBool`).
+fn parse_bool(key: &str, v: &str) -> Result<bool, ImageError> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(invalid(
+            key,
+            format!("{:?} is not a boolean (true or false)", printable(v)),
+        )),
+    }
 }
 
 /// A value shown in an error message: control characters escaped, at most 100 characters.
@@ -455,6 +495,8 @@ mod tests {
             initrd: Some(PathBuf::from("unikernel/initrd")),
             block: None,
             block_mount_point: None,
+            mount_rootfs: None,
+            use_dm_block: None,
             version: Some("0.17.0".into()),
             source,
         }
@@ -511,6 +553,11 @@ mod tests {
     #[case::cmdline_newline(&[("unikernelType", "linux"), ("binary", "k"), ("cmdline", "a\ninit=/bin/sh")], "cmdline")]
     #[case::cmdline_nul(&[("unikernelType", "linux"), ("binary", "k"), ("cmdline", "a\0b")], "cmdline")]
     #[case::binary_control(&[("unikernelType", "linux"), ("binary", "k\u{1b}[2J")], "binary")]
+    #[case::mount_rootfs_maybe(&[("unikernelType", "linux"), ("binary", "k"), ("mountRootfs", "maybe")], "mountRootfs")]
+    #[case::use_dm_block_yes(&[("unikernelType", "linux"), ("binary", "k"), ("useDMBlock", "yes")], "useDMBlock")]
+    #[case::blk_mnt_relative(&[("unikernelType", "rumprun"), ("binary", "k"), ("blkMntPoint", "data")], "blkMntPoint")]
+    #[case::blk_mnt_dotdot(&[("unikernelType", "rumprun"), ("binary", "k"), ("blkMntPoint", "/data/../..")], "blkMntPoint")]
+    #[case::version_control(&[("unikernelType", "unikraft"), ("binary", "k"), ("unikernelVersion", "0.17\n")], "unikernelVersion")]
     fn invalid_keys_are_named(#[case] pairs: &[(&str, &str)], #[case] bad: &str) {
         for encode in [false, true] {
             let pairs: Vec<(String, String)> = pairs
@@ -536,6 +583,54 @@ mod tests {
             }
             assert!(err.to_string().contains(bad), "{err}");
         }
+    }
+
+    #[test]
+    fn rootfs_switches_are_recorded_and_unknown_keys_ignored() {
+        for encode in [false, true] {
+            let pairs = [
+                ("unikernelType", "linux"),
+                ("binary", "/boot/vmlinuz"),
+                ("block", "/rootfs.ext4"),
+                ("blkMntPoint", "/"),
+                ("mountRootfs", "True"),
+                ("useDMBlock", "0"),
+                ("unikernelVersion", "6.1"),
+                ("someFutureKey", "anything at all"),
+            ];
+            let m: HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| {
+                    let v = if encode { b64(v) } else { (*v).to_owned() };
+                    (format!("{KEY_PREFIX}{k}"), v)
+                })
+                .collect();
+            let info = from_keys(&m, UnikernelSource::ManifestAnnotations)
+                .unwrap()
+                .unwrap();
+            assert_eq!(info.mount_rootfs, Some(true));
+            assert_eq!(info.use_dm_block, Some(false));
+            assert_eq!(info.block_mount_point, Some(PathBuf::from("/")));
+            assert_eq!(info.version.as_deref(), Some("6.1"));
+        }
+        let info = from_urunc_json(&urunc_json(&[
+            ("unikernelType", "linux"),
+            ("binary", "k"),
+            ("mountRootfs", "false"),
+        ]))
+        .unwrap();
+        assert_eq!(info.mount_rootfs, Some(false));
+        assert_eq!(info.use_dm_block, None);
+    }
+
+    #[test]
+    fn metadata_of_older_versions_still_reads() {
+        let mut v = serde_json::to_value(expected(UnikernelSource::UruncJson)).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        obj.remove("mount_rootfs");
+        obj.remove("use_dm_block");
+        let info: UnikernelInfo = serde_json::from_value(v).unwrap();
+        assert_eq!(info, expected(UnikernelSource::UruncJson));
     }
 
     #[rstest]

@@ -72,6 +72,8 @@ fn guest_writes_land_in_a_small_overlay_and_the_base_is_unchanged() {
             initrd: Some("/unikernel/initrd.gz".into()),
             block: Some("/unikernel/disk.img".into()),
             block_mount_point: None,
+            mount_rootfs: None,
+            use_dm_block: None,
             version: None,
             source: UnikernelSource::ManifestAnnotations,
         },

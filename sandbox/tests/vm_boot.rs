@@ -41,6 +41,8 @@ fn spec(kernel: PathBuf, run_dir: PathBuf, args: &[&str], accelerator: Accelerat
             initrd: None,
             block: None,
             block_mount_point: None,
+            mount_rootfs: None,
+            use_dm_block: None,
             version: None,
             source: UnikernelSource::ManifestAnnotations,
         },

@@ -88,6 +88,8 @@ fn release_kills_what_is_left_and_removes_the_cgroup() {
             initrd: None,
             block: None,
             block_mount_point: None,
+            mount_rootfs: None,
+            use_dm_block: None,
             version: None,
             source: UnikernelSource::ManifestAnnotations,
         },

@@ -71,6 +71,8 @@ fn linux_guest_answers_http_on_the_pod_ip() {
             initrd: Some("/unikernel/initrd.gz".into()),
             block: None,
             block_mount_point: None,
+            mount_rootfs: None,
+            use_dm_block: None,
             version: None,
             source: UnikernelSource::ManifestAnnotations,
         },

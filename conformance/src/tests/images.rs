@@ -705,6 +705,7 @@ async fn unikernel_invalid(env: Env) -> TestResult {
     for (repo, key) in [
         ("unikernel/bad-path", "com.urunc.unikernel.binary"),
         ("unikernel/bad-type", "com.urunc.unikernel.unikernelType"),
+        ("unikernel/bad-switch", "com.urunc.unikernel.mountRootfs"),
     ] {
         let name = format!("{reg}/{repo}:latest");
         remove(&env, &name).await?;

@@ -694,6 +694,8 @@ mod tests {
             initrd: None,
             block: None,
             block_mount_point: None,
+            mount_rootfs: None,
+            use_dm_block: None,
             version: None,
             source: UnikernelSource::ManifestAnnotations,
         }

@@ -325,7 +325,13 @@ pub fn prepare(
                 .map(|p| p.display().to_string())
                 .chain(std::iter::once("/urunc.json".to_owned()))
                 .collect();
-            guestfiles::build_initrd(&base, &req.layer_dirs, &own, &req.mounts, &req.env, &out)
+            // urunc's `mountRootfs=false`: the guest gets only its initrd, mounts and env.
+            let rootfs: &[PathBuf] = if info.mount_rootfs == Some(false) {
+                &[]
+            } else {
+                &req.layer_dirs
+            };
+            guestfiles::build_initrd(&base, rootfs, &own, &req.mounts, &req.env, &out)
                 .map_err(undo)?;
             Some(out)
         }
@@ -552,6 +558,8 @@ mod tests {
                 initrd: None,
                 block: Some("/unikernel/disk.img".into()),
                 block_mount_point: None,
+                mount_rootfs: None,
+                use_dm_block: None,
                 version: None,
                 source: UnikernelSource::UruncJson,
             },
@@ -668,6 +676,43 @@ mod tests {
         release(&req).unwrap();
         assert!(!copy.exists());
         assert!(!req.run_dir.join("firecracker.json").exists());
+    }
+
+    /// urunc's `mountRootfs=false` leaves the image's own files out of a `linux` guest's
+    /// initrd; without the key they are copied in.
+    #[test]
+    fn mount_rootfs_false_leaves_the_image_files_out() {
+        let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+        for (mount_rootfs, want) in [(None, true), (Some(true), true), (Some(false), false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let bins = dir.path().join("bin");
+            std::fs::create_dir_all(&bins).unwrap();
+            fake_bin(&bins, "firecracker");
+            let settings = VmSettings {
+                binary_dirs: vec![bins],
+                ..VmSettings::default()
+            };
+            let mut req = request(
+                dir.path(),
+                UnikernelType::Linux,
+                HypervisorKind::Firecracker,
+            );
+            let layer = &req.layer_dirs[0];
+            std::fs::write(layer.join("unikernel/initrd"), b"").unwrap();
+            std::fs::write(layer.join("image-own-file"), b"x").unwrap();
+            req.info.initrd = Some("/unikernel/initrd".into());
+            req.info.block = None;
+            req.info.mount_rootfs = mount_rootfs;
+            prepare(&req, &settings, &host()).unwrap();
+            let initrd = std::fs::read(req.run_dir.join(INITRD_COPY)).unwrap();
+            assert!(contains(&initrd, b"etc/crid/env"), "{mount_rootfs:?}");
+            assert_eq!(
+                contains(&initrd, b"image-own-file"),
+                want,
+                "{mount_rootfs:?}"
+            );
+            release(&req).unwrap();
+        }
     }
 
     #[test]

@@ -413,6 +413,8 @@ pub(crate) mod testutil {
                 initrd: None,
                 block: None,
                 block_mount_point: None,
+                mount_rootfs: None,
+                use_dm_block: None,
                 version: None,
                 source: UnikernelSource::ManifestAnnotations,
             },
