@@ -127,7 +127,9 @@ fn mount_image(
     std::fs::create_dir_all(target).map_err(|e| SandboxError::io(target, e))?;
     let mut lowers: Vec<PathBuf> = layers.iter().rev().cloned().collect();
     let mapped = match userns {
-        Some(u) => super::runc::idmap_layers(&volumes.join(format!("{n}.idmap")), &lowers, u)?,
+        Some(u) => {
+            super::userns_volume::idmap_layers(&volumes.join(format!("{n}.idmap")), &lowers, u)?
+        }
         None => Vec::new(),
     };
     if !mapped.is_empty() {

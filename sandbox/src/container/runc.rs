@@ -70,7 +70,7 @@ impl RuncBackend {
                 let (uid, gid) = (u.mappings.uid.host_id, u.mappings.gid.host_id);
                 std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
                     .map_err(|e| SandboxError::io(&upper, e))?;
-                idmap_layers(&dir.join("idmap"), &lowers, u)?
+                userns_volume::idmap_layers(&dir.join("idmap"), &lowers, u)?
             }
             None => Vec::new(),
         };
@@ -169,33 +169,6 @@ fn mount_overlay(
             format!("overlay on {}: {e}", rootfs.display()),
         )
     })
-}
-
-/// Each layer id-mapped through the pod's user namespace at `<base>/<n>`; on failure none
-/// stays mounted. The caller detaches them once its overlay holds them.
-pub(super) fn idmap_layers(
-    base: &Path,
-    layers: &[PathBuf],
-    userns: &PodUsernsJoin,
-) -> Result<Vec<PathBuf>, SandboxError> {
-    let mut mapped = Vec::with_capacity(layers.len());
-    for (i, layer) in layers.iter().enumerate() {
-        let target = base.join(i.to_string());
-        let done = std::fs::create_dir_all(&target)
-            .map_err(|e| SandboxError::io(&target, e))
-            .and_then(|()| {
-                crate::sys::userns::idmapped_bind(layer, &target, Some(&userns.path), false)
-            });
-        if let Err(e) = done {
-            for m in mapped.iter().chain([&target]) {
-                let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-                let _ = std::fs::remove_dir(m);
-            }
-            return Err(e);
-        }
-        mapped.push(target);
-    }
-    Ok(mapped)
 }
 
 #[async_trait::async_trait]

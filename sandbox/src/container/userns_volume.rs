@@ -87,3 +87,28 @@ pub fn unmount_all(dir: &Path) -> bool {
     }
     clear
 }
+
+/// Each layer id-mapped through the pod's user namespace at `<base>/<n>`; on failure none
+/// stays mounted. The caller detaches them once its overlay holds them.
+pub(super) fn idmap_layers(
+    base: &Path,
+    layers: &[PathBuf],
+    userns: &PodUsernsJoin,
+) -> Result<Vec<PathBuf>, SandboxError> {
+    let mut mapped = Vec::with_capacity(layers.len());
+    for (i, layer) in layers.iter().enumerate() {
+        let target = base.join(i.to_string());
+        let done = std::fs::create_dir_all(&target)
+            .map_err(|e| SandboxError::io(&target, e))
+            .and_then(|()| idmapped_bind(layer, &target, Some(&userns.path), false));
+        if let Err(e) = done {
+            for m in mapped.iter().chain([&target]) {
+                let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_dir(m);
+            }
+            return Err(e);
+        }
+        mapped.push(target);
+    }
+    Ok(mapped)
+}

@@ -21,6 +21,7 @@ pub mod guestfiles;
 pub mod launch;
 mod layers;
 pub mod net;
+mod netops;
 pub mod qemu;
 pub mod qmp;
 mod rtnl;

@@ -25,7 +25,7 @@ use netlink_packet_route::tc::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::MacAddr;
-use super::net::{Link, NetOps, Rule};
+use super::netops::{Link, NetOps, Rule};
 use crate::SandboxError;
 
 const NLM_F_CREATE: u16 = 0x400;
