@@ -123,6 +123,22 @@ impl CniResult {
         Ok(result)
     }
 
+    /// The name of the pod's interface as the plugins made it: the interface inside the sandbox
+    /// (one with a `sandbox` path) that carries an address, else the first inside the sandbox;
+    /// `None` when the result names none (0.1.0/0.2.0 results, or only host-side interfaces),
+    /// and the caller keeps the `CNI_IFNAME` it passed. A name that is not a plain Linux
+    /// interface name (at most 15 of `A-Za-z0-9-_.`, not `.` or `..`) is not taken: it reaches
+    /// netlink and nftables commands.
+    pub fn sandbox_interface(&self) -> Option<&str> {
+        let inside = |i: &&Interface| !i.sandbox.is_empty() && plain_ifname(&i.name);
+        self.ips
+            .iter()
+            .filter_map(|ip| self.interfaces.get(ip.interface?))
+            .find(inside)
+            .or_else(|| self.interfaces.iter().find(inside))
+            .map(|i| i.name.as_str())
+    }
+
     /// Addresses of the pod, IPv4 first, those on sandbox interfaces (or of unknown interface)
     /// only — host-side veth addresses are not the pod's.
     pub fn pod_ips(&self) -> Vec<IpAddr> {
@@ -184,6 +200,15 @@ fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
     Ok((address, prefix_len))
 }
 
+fn plain_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 fn optional_ip(v: Option<&Value>) -> Result<Option<IpAddr>, String> {
     match v {
         None | Some(Value::Null) => Ok(None),
@@ -221,6 +246,37 @@ mod tests {
         let ips: Vec<String> = r.pod_ips().iter().map(|i| i.to_string()).collect();
         assert_eq!(ips, ["10.22.0.5", "fd00::5"]);
         assert_eq!(r.dns.nameservers, ["10.0.0.10"]);
+    }
+
+    #[test]
+    fn sandbox_interface_from_the_result() {
+        let parse = |s: &str| CniResult::parse(&serde_json::from_str(s).unwrap()).unwrap();
+        // The sandbox interface that carries the address, not the bridge or the veth.
+        let r = parse(
+            r#"{"cniVersion":"1.0.0",
+            "interfaces":[{"name":"cni0"},{"name":"veth1"},{"name":"net0","sandbox":"/x"},
+                          {"name":"net1","sandbox":"/x"}],
+            "ips":[{"address":"10.22.0.1/16","interface":0},
+                   {"address":"10.22.0.5/16","interface":3}]}"#,
+        );
+        assert_eq!(r.sandbox_interface(), Some("net1"));
+        // No address names an interface: the first inside the sandbox.
+        let r = parse(
+            r#"{"cniVersion":"1.0.0","interfaces":[{"name":"cni0"},{"name":"pod0","sandbox":"/x"}],
+            "ips":[{"address":"10.22.0.5/16"}]}"#,
+        );
+        assert_eq!(r.sandbox_interface(), Some("pod0"));
+        // None inside, no interfaces at all (0.2.0), or a name crid will not use.
+        for s in [
+            r#"{"cniVersion":"1.0.0","interfaces":[{"name":"cni0"}]}"#,
+            r#"{"cniVersion":"0.2.0","ip4":{"ip":"10.3.0.7/24"}}"#,
+            r#"{"cniVersion":"1.0.0","interfaces":[{"name":"e;reboot","sandbox":"/x"}]}"#,
+            r#"{"cniVersion":"1.0.0","interfaces":[{"name":"a-very-long-name0","sandbox":"/x"}]}"#,
+            r#"{"cniVersion":"1.0.0","interfaces":[{"name":"..","sandbox":"/x"}]}"#,
+            r#"{"cniVersion":"1.0.0","interfaces":[{"name":"","sandbox":"/x"}]}"#,
+        ] {
+            assert_eq!(parse(s).sandbox_interface(), None, "{s}");
+        }
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub struct PodContext {
     /// The pod's own user namespace, which the container joins; `None`: the host's.
     #[serde(default)]
     pub userns: Option<PodUsernsJoin>,
+    /// The pod's network interface as its CNI result names it; `None`: no CNI network, or a
+    /// pod of an older version ([`crate::pod::POD_IFNAME`]).
+    #[serde(default)]
+    pub ifname: Option<String>,
 }
 
 /// A pod's user namespace as a container joins it.

@@ -257,6 +257,7 @@ impl PodContext {
             privileged: pod.config.privileged,
             is_unikernel: pod.kind == crate::pod::PodKind::Unikernel,
             runtime_handler: pod.config.runtime_handler.clone(),
+            ifname: pod.ifname.clone(),
             userns: match (&pod.paths.userns, pod.userns) {
                 (Some(path), Some(mappings)) => Some(config::PodUsernsJoin {
                     path: path.clone(),

@@ -388,6 +388,14 @@ fn check_one_guest_per_pod(pod_id: &str, siblings: &[ContainerRecord]) -> Result
     }
 }
 
+/// The pod interface the guest takes over (or is routed behind): the one the pod's CNI result
+/// names, else the `CNI_IFNAME` crid passed.
+fn guest_iface(pod: &PodContext) -> String {
+    pod.ifname
+        .clone()
+        .unwrap_or_else(|| crate::pod::POD_IFNAME.to_owned())
+}
+
 #[async_trait::async_trait]
 impl ContainerBackend for VmBackend {
     fn kind(&self) -> Backend {
@@ -445,7 +453,7 @@ impl ContainerBackend for VmBackend {
             info,
             layer_dirs: image.layer_dirs.clone(),
             netns,
-            iface: "eth0".into(),
+            iface: guest_iface(&pod),
             memory_limit_bytes: config.resources.memory_limit_in_bytes,
             cpu_quota: config.resources.cpu_quota,
             cpu_period: config.resources.cpu_period,
@@ -812,6 +820,14 @@ mod tests {
         );
         assert_eq!(mounts[1].host_path, PathBuf::from("/pods/p/etc-hosts"));
         assert!(notes.iter().all(|n| n.delivery == "initrd"), "{notes:?}");
+    }
+
+    #[test]
+    fn the_guest_uses_the_interface_the_cni_result_names() {
+        let mut pod = PodContext::default();
+        assert_eq!(guest_iface(&pod), "eth0");
+        pod.ifname = Some("net1".into());
+        assert_eq!(guest_iface(&pod), "net1");
     }
 
     #[test]

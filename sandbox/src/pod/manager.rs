@@ -554,6 +554,7 @@ impl PodManager {
             paths,
             ips: Vec::new(),
             network: None,
+            ifname: None,
             cgroup_driver: self.settings.cgroup_driver,
             cgroup_parent: config.cgroup_parent.clone(),
             pid_mode: config.namespaces.pid,
@@ -682,6 +683,7 @@ impl PodManager {
             if record.network.is_none() {
                 record.network = Some(String::new());
             }
+            record.ifname = Some(result.sandbox_interface().unwrap_or(POD_IFNAME).to_owned());
             let ips = result.pod_ips();
             record.ips = ips.iter().map(IpAddr::to_string).collect();
             write(&paths.hosts, &files::hosts(&effective_hostname, &ips))?;
@@ -1256,7 +1258,7 @@ mod tests {
         let script = format!(
             "#!/bin/sh\ncat >/dev/null\necho \"$CNI_COMMAND $CNI_ARGS\" >>{log}\n\
              if [ \"$CNI_COMMAND\" = ADD ]; then sleep {add_delay}; \
-             echo '{{\"cniVersion\":\"1.0.0\",\"interfaces\":[{{\"name\":\"eth0\",\"sandbox\":\"/x\"}}],\"ips\":[{{\"address\":\"10.9.0.5/24\",\"interface\":0}}]}}'; fi\n",
+             echo '{{\"cniVersion\":\"1.0.0\",\"interfaces\":[{{\"name\":\"cni0\"}},{{\"name\":\"net1\",\"sandbox\":\"/x\"}}],\"ips\":[{{\"address\":\"10.9.0.5/24\",\"interface\":1}}]}}'; fi\n",
             log = log.display()
         );
         std::fs::write(bin.join("fakenet"), script).unwrap();
@@ -1315,6 +1317,8 @@ mod tests {
         );
         let r = pods.get_ready(&id).unwrap();
         assert_eq!(r.ips, ["10.9.0.5"]);
+        // The interface the plugin's result names, not the CNI_IFNAME crid passed.
+        assert_eq!(r.ifname.as_deref(), Some("net1"));
         assert_eq!(r.cgroup_parent, "kubepods-besteffort-pod1.slice");
         assert_eq!(r.cgroup_driver, CgroupDriver::Systemd);
         let hosts = std::fs::read_to_string(&r.paths.hosts).unwrap();

@@ -185,6 +185,11 @@ pub struct PodRecord {
     pub ips: Vec<String>,
     /// The CNI network the pod is attached to, while it is.
     pub network: Option<String>,
+    /// The pod's interface in its network namespace, as the CNI result names it (else the
+    /// `CNI_IFNAME` crid passed, [`POD_IFNAME`]); `None` for a pod never attached to a CNI
+    /// network, and in records of older versions, whose interface was [`POD_IFNAME`].
+    #[serde(default)]
+    pub ifname: Option<String>,
     pub cgroup_driver: CgroupDriver,
     /// The cgroup parent for the pod's containers (`config.cgroup_parent`, validated for
     /// `cgroup_driver`); empty means the runtime's default.

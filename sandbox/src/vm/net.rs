@@ -4,7 +4,8 @@
 //! private /30 behind the tap, nftables NAT of the declared ports, the pod interface left to
 //! the sidecars). Otherwise the guest *takes over* the pod interface, as described next.
 //!
-//! The CNI plugins configured the pod's interface (`eth0`). A unikernel container gets a tap
+//! The CNI plugins configured the pod's interface (`eth0` below: the one their result names
+//! inside the sandbox, else the `CNI_IFNAME` crid passed). A unikernel container gets a tap
 //! device in the same namespace, connected to `eth0` by tc: an ingress qdisc on each with a
 //! match-all u32 filter whose action is `mirred egress redirect` to the other. Every frame that
 //! arrives on `eth0` leaves through the tap into the guest and back, so the guest takes over
