@@ -22,7 +22,9 @@ fi
 # on this machine kind) its own v1 hierarchy, as systemd's hybrid layout does.
 if [[ ! -e /sys/fs/cgroup/cgroup.controllers && -r /sys/fs/cgroup/unified/cgroup.controllers ]]; then
     for c in $(cat /sys/fs/cgroup/unified/cgroup.controllers); do
-        mkdir -p "/sys/fs/cgroup/$c"
-        mountpoint -q "/sys/fs/cgroup/$c" || mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c"
+        mkdir -p "/sys/fs/cgroup/$c" 2>/dev/null || true
+        # A controller in use on v2 cannot move: then crid falls back to runc (and says so).
+        mountpoint -q "/sys/fs/cgroup/$c" || mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c" ||
+            echo "deps.sh: cannot mount the $c controller on v1; crid will use runc" >&2
     done
 fi
