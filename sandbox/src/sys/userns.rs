@@ -56,19 +56,16 @@ fn proc_name(kind: NsKind) -> &'static str {
 
 /// Whether this host can run pods in user namespaces as crid makes them: user namespaces
 /// enabled (`user.max_user_namespaces` > 0) and a kernel whose overlayfs takes id-mapped lower
-/// layers (5.19+). Read once.
+/// layers (5.19+). One sysctl read and `uname` per call.
 pub fn supported() -> bool {
-    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *SUPPORTED.get_or_init(|| {
-        let enabled = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .is_some_and(|n| n > 0);
-        let release = nix::sys::utsname::uname()
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default();
-        enabled && kernel_at_least(&release, (5, 19))
-    })
+    let enabled = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > 0);
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    enabled && kernel_at_least(&release, (5, 19))
 }
 
 /// Whether every directory from `/` down to `dir` lets others search it (`o+x`). A container
