@@ -149,6 +149,28 @@ impl Hooks for NriHooks {
         Box::pin(async move { self.nri.remove_pod_sandbox(&pod(p)).await })
     }
 
+    fn update_pod<'a>(
+        &'a self,
+        p: &'a PodRecord,
+        overhead: Option<&'a Resources>,
+        resources: Option<&'a Resources>,
+    ) -> HookFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.nri
+                .update_pod_sandbox(
+                    &pod(p),
+                    overhead.map(linux_resources),
+                    resources.map(linux_resources),
+                )
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn post_update_pod<'a>(&'a self, p: &'a PodRecord) -> HookFuture<'a, ()> {
+        Box::pin(async move { self.nri.post_update_pod_sandbox(&pod(p)).await })
+    }
+
     fn create_container<'a>(
         &'a self,
         p: &'a PodRecord,

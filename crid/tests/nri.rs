@@ -121,7 +121,11 @@ impl Handler for Plugin {
                 );
                 Ok(api::SynchronizeResponse::default().encode_to_vec())
             }
-            "RunPodSandbox" | "StopPodSandbox" | "RemovePodSandbox" => {
+            "RunPodSandbox"
+            | "StopPodSandbox"
+            | "RemovePodSandbox"
+            | "UpdatePodSandbox"
+            | "PostUpdatePodSandbox" => {
                 let pod = api::PodRequest::decode(payload.as_slice())
                     .unwrap()
                     .pod
@@ -403,6 +407,27 @@ async fn a_plugin_is_synchronized_adjusts_containers_and_sees_every_event() {
     plugin
         .wait_for(&format!("UpdateContainer {adjusted}"))
         .await;
+    plugin
+        .wait_for(&format!("PostUpdateContainer {adjusted}"))
+        .await;
+    crid.rt()
+        .update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: pod.0.clone(),
+            resources: Some(cri::LinuxContainerResources {
+                cpu_shares: 1024,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("update pod");
+    plugin
+        .wait_for(&format!("PostUpdatePodSandbox {}", pod.0))
+        .await;
+    assert!(
+        plugin.position(&format!("UpdatePodSandbox {}", pod.0))
+            < plugin.position(&format!("PostUpdatePodSandbox {}", pod.0))
+    );
 
     // Stopping and removing the pod: containers stop before the pod's stop event, removals
     // after their stops, the pod's removal last.

@@ -324,6 +324,35 @@ impl Adaptation {
         }
     }
 
+    /// `UpdatePodSandbox` (CRI `UpdatePodSandboxResources`): a plugin's error fails it.
+    pub async fn update_pod_sandbox(
+        &self,
+        pod: &api::PodSandbox,
+        overhead: Option<api::LinuxResources>,
+        resources: Option<api::LinuxResources>,
+    ) -> Result<(), NriError> {
+        let req = api::UpdatePodSandboxRequest {
+            pod: Some(pod.clone()),
+            overhead_linux_resources: overhead,
+            linux_resources: resources,
+        };
+        for p in self.subscribed(Event::UpdatePodSandbox) {
+            self.call::<_, api::Empty>(&p, Event::UpdatePodSandbox, "UpdatePodSandbox", &req, None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `PostUpdatePodSandbox`: errors are logged.
+    pub async fn post_update_pod_sandbox(&self, pod: &api::PodSandbox) {
+        if let Err(e) = self
+            .pod_event(Event::PostUpdatePodSandbox, "PostUpdatePodSandbox", pod)
+            .await
+        {
+            tracing::warn!(pod_sandbox_id = %pod.id, error = %e, "NRI PostUpdatePodSandbox");
+        }
+    }
+
     /// `CreateContainer`: each plugin in turn sees the container with the adjustments of
     /// those before it; a plugin's error fails the creation. Returns the merged adjustment;
     /// the updates and evictions of other containers the plugins ask for are applied.

@@ -101,6 +101,16 @@ pub struct ContainerRequest {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
+pub struct UpdatePodSandboxRequest {
+    #[prost(message, optional, tag = "1")]
+    pub pod: Option<PodSandbox>,
+    #[prost(message, optional, tag = "2")]
+    pub overhead_linux_resources: Option<LinuxResources>,
+    #[prost(message, optional, tag = "3")]
+    pub linux_resources: Option<LinuxResources>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
 pub struct CreateContainerResponse {
     #[prost(message, optional, tag = "1")]
     pub adjust: Option<ContainerAdjustment>,

@@ -30,6 +30,15 @@ pub trait Hooks: Send + Sync + 'static {
     /// The pod's containers are stopped; its network is still there.
     fn stop_pod<'a>(&'a self, pod: &'a PodRecord) -> HookFuture<'a, ()>;
     fn remove_pod<'a>(&'a self, pod: &'a PodRecord) -> HookFuture<'a, ()>;
+    /// The pod's resources change (CRI `UpdatePodSandboxResources`); an error fails it.
+    fn update_pod<'a>(
+        &'a self,
+        pod: &'a PodRecord,
+        overhead: Option<&'a Resources>,
+        resources: Option<&'a Resources>,
+    ) -> HookFuture<'a, Result<(), String>>;
+    /// The pod's resources changed.
+    fn post_update_pod<'a>(&'a self, pod: &'a PodRecord) -> HookFuture<'a, ()>;
     /// The container `id` is about to be created from `config`, which the hook may change;
     /// an error stops the creation.
     fn create_container<'a>(

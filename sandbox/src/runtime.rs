@@ -286,6 +286,28 @@ impl Runtime {
         Ok(id)
     }
 
+    /// New resources of a pod (kubelet resized its cgroup itself; crid keeps no pod-level
+    /// resources): only the hooks hear of it, and may refuse.
+    pub async fn update_pod(
+        &self,
+        id: &str,
+        overhead: Option<Resources>,
+        resources: Option<Resources>,
+    ) -> Result<(), SandboxError> {
+        let pod = self.pods.get(id)?;
+        if let Some(hooks) = self.hooks() {
+            hooks
+                .update_pod(&pod, overhead.as_ref(), resources.as_ref())
+                .await
+                .map_err(|reason| SandboxError::Hook {
+                    event: "UpdatePodSandbox",
+                    reason,
+                })?;
+            hooks.post_update_pod(&pod).await;
+        }
+        Ok(())
+    }
+
     /// Starts a created container, between the `Start` and `PostStart` hooks.
     pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<(), SandboxError> {
         self.container_hook(ContainerHook::Start, id).await;

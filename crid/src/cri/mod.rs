@@ -346,7 +346,9 @@ impl RuntimeService for CriService {
     ) -> Reply<cri::UpdatePodSandboxResourcesResponse> {
         let r = r.into_inner();
         record("pod_sandbox_id", &r.pod_sandbox_id);
-        pod::update_pod_sandbox_resources(&self.state, r).map(Response::new)
+        pod::update_pod_sandbox_resources(&self.state, r)
+            .await
+            .map(Response::new)
     }
 
     type StreamPodSandboxesStream = ListStream<cri::StreamPodSandboxesResponse>;

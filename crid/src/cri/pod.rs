@@ -183,12 +183,19 @@ pub async fn pod_sandbox_stats(
 }
 
 /// Kubernetes 1.36 calls this after it resized the pod's cgroup itself; crid keeps no pod-level
-/// resources of its own (containers carry theirs), so an existing pod is all it checks.
-pub fn update_pod_sandbox_resources(
+/// resources of its own (containers carry theirs): the pod must exist, and NRI plugins hear
+/// of the change.
+pub async fn update_pod_sandbox_resources(
     state: &State,
     r: cri::UpdatePodSandboxResourcesRequest,
 ) -> Result<cri::UpdatePodSandboxResourcesResponse, Status> {
-    state.pods.get(&r.pod_sandbox_id).map_err(Failure::from)?;
+    let overhead = r.overhead.map(|o| crate::cri::convert::resources(Some(o)));
+    let resources = r.resources.map(|o| crate::cri::convert::resources(Some(o)));
+    state
+        .runtime
+        .update_pod(&r.pod_sandbox_id, overhead, resources)
+        .await
+        .map_err(Failure::from)?;
     Ok(cri::UpdatePodSandboxResourcesResponse {})
 }
 
