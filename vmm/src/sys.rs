@@ -26,8 +26,9 @@ pub fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> io::Result<()> {
             userspace_addr: region.as_ptr() as u64,
         };
         // SAFETY: the host range [as_ptr, as_ptr + len) is an anonymous mapping owned by `mem`,
-        // which `main` keeps alive until the process exits, so KVM never sees it unmapped; the
-        // slots do not overlap because the regions of a GuestMemoryMmap never do.
+        // which `vm::run` leaks so that it is never unmapped while the process lives, so KVM
+        // never sees the range unmapped or reused; the slots do not
+        // overlap because the regions of a GuestMemoryMmap never do.
         unsafe { vm.set_user_memory_region(region_desc) }.map_err(io::Error::from)?;
     }
     Ok(())

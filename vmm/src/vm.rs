@@ -39,8 +39,14 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
         .map_err(|e| VmmError::kvm("KVM_SET_TSS_ADDR", e))?;
     let irqchip = create_irqchip(&vm);
 
-    let mem = memory::create(config.memory_mib)?;
-    sys::register_memory(&vm, &mem).map_err(|e| VmmError::io("registering guest memory", e))?;
+    // Leaked on purpose: the vCPU and device threads are never joined (the first result ends
+    // the guest, and `main` exits the process with the others possibly still in KVM_RUN), so
+    // guest memory must never be unmapped while the process lives, on any return path; a
+    // later mapping of the process could otherwise land in a range a running vCPU still uses.
+    // The VMM runs one guest and exits; the exit releases it.
+    let mem: &'static memory::GuestMemoryMmap =
+        Box::leak(Box::new(memory::create(config.memory_mib)?));
+    sys::register_memory(&vm, mem).map_err(|e| VmmError::io("registering guest memory", e))?;
 
     let mut kernel =
         File::open(&config.kernel).map_err(|e| VmmError::io("opening the kernel", e))?;
@@ -50,11 +56,11 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
     };
     let mut cmdline = boot::cmdline(&config.cmdline)?;
     let net = match &config.net {
-        Some(n) => Some(create_net(&vm, &mem, n, irqchip, &mut cmdline)?),
+        Some(n) => Some(create_net(&vm, mem, n, irqchip, &mut cmdline)?),
         None => None,
     };
     let entry = boot::load(
-        &mem,
+        mem,
         BootFiles {
             kernel: &mut kernel,
             initrd: initrd.as_mut(),
@@ -91,7 +97,7 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
         vcpu.set_cpuid2(&cpu::cpuid(&kvm, u32::from(index))?)
             .map_err(|e| VmmError::kvm("KVM_SET_CPUID2", e))?;
         if index == 0 {
-            cpu::setup_boot_vcpu(&vcpu, &mem, entry)?;
+            cpu::setup_boot_vcpu(&vcpu, mem, entry)?;
         }
         vcpus.push(vcpu);
     }
@@ -152,12 +158,8 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
     if let Some(p) = &program {
         seccomp::apply(p)?;
     }
-    // Guest memory and the VM stay alive here until the process exits.
-    let result = rx
-        .recv()
-        .map_err(|_| VmmError::Config("every vCPU thread ended without a result".into()))?;
-    drop((mem, vm));
-    result
+    rx.recv()
+        .map_err(|_| VmmError::Config("every vCPU thread ended without a result".into()))?
 }
 
 /// Opens the tap and builds the virtio-net device in the first MMIO window, announced on the
