@@ -240,8 +240,9 @@ pub fn unmount_all(dir: &Path) {
 }
 
 /// What a failed test may leave behind under `dir` must not outlive it: containers of each
-/// OCI runtime under `<dir>/state/<runtime>` are force-deleted, then everything mounted below
-/// `dir` is detached.
+/// OCI runtime under `<dir>/state/<runtime>` are force-deleted, the processes whose command
+/// line names `dir` (monitors, PID-namespace holders, VMMs, plugins) are killed, then
+/// everything mounted below `dir` is detached. Call it once crid is stopped.
 pub fn release_leftovers(dir: &Path) {
     for runtime in ["runc", "crun"] {
         let root = dir.join("state").join(runtime);
@@ -258,12 +259,38 @@ pub fn release_leftovers(dir: &Path) {
                 .status();
         }
     }
+    // A test that failed before removing its pods leaves their monitors and PID-namespace
+    // holders running (crid keeps them across its own restarts by design); nothing else will
+    // ever stop them once the test's directory is gone.
+    for pid in pids_under(dir, None) {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
     unmount_all(dir);
 }
 
 /// Processes other than `except` whose command line mentions `dir` (monitors, runc,
 /// plugins started for this test).
 pub fn processes_under(dir: &Path, except: Option<u32>) -> Vec<String> {
+    processes_with_cmdline(dir, except)
+        .into_iter()
+        .map(|(pid, cmd)| format!("{pid}: {cmd}"))
+        .collect()
+}
+
+/// Pids of the processes [`processes_under`] lists.
+fn pids_under(dir: &Path, except: Option<u32>) -> Vec<u32> {
+    processes_with_cmdline(dir, except)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+fn processes_with_cmdline(dir: &Path, except: Option<u32>) -> Vec<(u32, String)> {
     let needle = dir.display().to_string();
     let me = std::process::id();
     std::fs::read_dir("/proc")
@@ -276,7 +303,7 @@ pub fn processes_under(dir: &Path, except: Option<u32>) -> Vec<String> {
                     }
                     let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
                     let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                    cmd.contains(&needle).then(|| format!("{pid}: {cmd}"))
+                    cmd.contains(&needle).then_some((pid, cmd))
                 })
                 .collect()
         })
@@ -1025,21 +1052,13 @@ pub fn tree_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// On drop (also when a test fails): kills the processes whose command line names `dir`
-/// (monitors, VMMs, plugins; crid itself is stopped by [`Crid`]'s drop first when declared
-/// after this guard), then [`release_leftovers`].
+/// On drop (also when a test fails): [`release_leftovers`], which kills the processes whose
+/// command line names `dir` (monitors, VMMs, plugins; crid itself is stopped by [`Crid`]'s
+/// drop first when declared after this guard).
 pub struct Leftovers(pub PathBuf);
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
-        for p in processes_under(&self.0, None) {
-            if let Some(pid) = p.split(':').next().and_then(|s| s.parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
         release_leftovers(&self.0);
     }
 }
