@@ -276,6 +276,10 @@ async fn a_corrupt_pod_record_is_quarantined_and_its_pieces_released() {
     );
     assert!(mounts_under(dir).iter().all(|m| !m.contains(&bad)));
     assert_eq!(net.reservations().len(), 1, "{:?}", net.reservations());
+    // Its PID namespace holder, known only from the lost record, was killed: the good pod's
+    // is the only one left (a killed holder is a zombie, whose command line is empty).
+    let holders = common::processes_under(&dir.join("state/pidns-root"), None);
+    assert_eq!(holders.len(), 1, "{holders:?}");
     // The daemon serves, and the name of the lost pod can be used again.
     let again = crid.run_pod("corrupt").await.expect("same-name pod");
     crid.stop_and_remove_pod(&again).await;

@@ -4,8 +4,8 @@
 //! lifecycle [`Hooks`] (NRI) about each step. The gRPC layer calls this and the managers'
 //! read methods.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use crate::container::{
 };
 use crate::hooks::{ContainerHook, Hooks};
 use crate::monitor::pidns;
-use crate::pod::{NsMode, PidHolder, PodConfig, PodManager, PodRecord, PodState};
+use crate::pod::{NsMode, PidHolder, PodConfig, PodFilter, PodManager, PodRecord, PodState};
 
 /// How long a PID namespace holder may take to report its pid.
 const HOLDER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,6 +74,7 @@ impl Runtime {
     ) -> Result<Runtime, SandboxError> {
         let root = holder_root(&settings);
         std::fs::create_dir_all(&root).map_err(|e| SandboxError::io(&root, e))?;
+        end_unknown_holders(&pods, &root);
         Ok(Runtime {
             pods,
             containers,
@@ -526,6 +527,29 @@ fn holder_alive(h: &PidHolder) -> bool {
         return false;
     };
     pid > 0 && h.start_time != 0 && pidns::start_time(pid) == Some(h.start_time)
+}
+
+/// Kills the holders started with this crid's holder root that belong to no known pod (its
+/// record was lost or quarantined while crid was down): their pid was only in that record,
+/// so nothing would ever stop them.
+fn end_unknown_holders(pods: &PodManager, root: &Path) {
+    let known: HashSet<u32> = pods
+        .list(&PodFilter::default())
+        .iter()
+        .filter_map(|p| p.pid_holder.as_ref())
+        .filter(|h| holder_alive(h))
+        .map(|h| h.pid)
+        .collect();
+    for pid in pidns::holders_with_root(root) {
+        if u32::try_from(pid).is_ok_and(|p| known.contains(&p)) {
+            continue;
+        }
+        tracing::warn!(pid, "killing the PID namespace holder of an unknown pod");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 /// SIGKILL to the holder (which ends its PID namespace), unless it is gone already.

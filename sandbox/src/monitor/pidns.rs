@@ -53,6 +53,31 @@ pub fn spawn(
         .ok_or_else(|| std::io::Error::other(format!("holder reported {line:?}")))
 }
 
+/// The pids of the live holders started with `root` (this crid's holder root): start-up uses
+/// it to find the holders of pods it no longer knows (a record lost or quarantined), which
+/// nothing else would ever stop.
+pub fn holders_with_root(root: &Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                    let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+                    is_holder_cmdline(&cmdline, root).then_some(pid)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a `/proc/PID/cmdline` is that of a holder [`spawn`] started with `root`.
+fn is_holder_cmdline(cmdline: &[u8], root: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let mut args = cmdline.split(|b| *b == 0).skip(1);
+    args.next() == Some(b"--pid-namespace".as_slice())
+        && args.next() == Some(root.as_os_str().as_bytes())
+}
+
 /// The start time of live process `pid` (clock ticks after boot, field 22 of `/proc/PID/stat`):
 /// with the pid, it names one process for good, as a pid alone is reused. `None` for a process
 /// that is gone or a zombie (whose namespaces are gone too).
@@ -154,7 +179,28 @@ fn reap_forever() -> ! {
 
 #[cfg(test)]
 mod tests {
-    use super::start_time;
+    use std::path::Path;
+
+    use super::{is_holder_cmdline, start_time};
+
+    #[test]
+    fn holders_are_recognised_by_their_root_only() {
+        let root = Path::new("/run/crid/pidns-root");
+        let holder = b"/usr/bin/crid-monitor\0--pid-namespace\0/run/crid/pidns-root\0";
+        assert!(is_holder_cmdline(holder, root));
+        let in_userns = b"crid-monitor\0--pid-namespace\0/run/crid/pidns-root\0--in-user-namespace\0/run/crid/userns/x\0";
+        assert!(is_holder_cmdline(in_userns, root));
+        // Another crid's holder, a container monitor, a zombie's empty command line.
+        assert!(!is_holder_cmdline(
+            b"crid-monitor\0--pid-namespace\0/tmp/other/pidns-root\0",
+            root
+        ));
+        assert!(!is_holder_cmdline(
+            b"crid-monitor\0--config\0/run/crid/pidns-root\0",
+            root
+        ));
+        assert!(!is_holder_cmdline(b"", root));
+    }
 
     #[test]
     fn start_time_names_a_live_process_only() {
