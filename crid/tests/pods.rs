@@ -853,6 +853,13 @@ async fn prepared_networks_are_taken_refilled_renewed_and_released() {
         net.reservations().len() == 3 && net.veths().len() == 3
     })
     .await;
+    // The pool sets its gauge just after the network is in place: poll it briefly (bounded).
+    for _ in 0..100 {
+        if gauge().await == "2" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(gauge().await, "2");
     let prepared: Vec<String> = {
         let (sa, _) = crid.status(&a).await;
