@@ -973,7 +973,7 @@ async fn pod_wide_pid_namespace_through_the_holder() {
         .pod_sandbox_id;
     // The holder runs from RunPodSandbox on, before any container: no runc, no image.
     let holder_root = crid.path().join("state/pidns-root");
-    assert_eq!(processes_mentioning(&holder_root).len(), 1);
+    assert_eq!(common::pids_under(&holder_root, None).len(), 1);
     let mut a = container(&image, "sleeper", &["sleep", "1000"]);
     pod_ns(&mut security(&mut a).namespace_options);
     let a = crid.create_start(&pod, a).await;
@@ -1013,7 +1013,7 @@ async fn pod_wide_pid_namespace_through_the_holder() {
     // SIGKILLed and reaped by init, which may take a moment.
     let gone = (0..50).any(|_| {
         std::thread::sleep(Duration::from_millis(20));
-        processes_mentioning(&holder_root).is_empty()
+        common::pids_under(&holder_root, None).is_empty()
     });
     assert!(gone, "the PID namespace holder outlived StopPodSandbox");
     crid.rt()
@@ -1027,21 +1027,6 @@ async fn pod_wide_pid_namespace_through_the_holder() {
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
     crid.finish().await;
-}
-
-/// Pids of the processes whose command line mentions `path`.
-fn processes_mentioning(path: &Path) -> Vec<u32> {
-    let needle = path.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
-        })
-        .collect()
 }
 
 /// Attaches to `id` with stdin (and a terminal when `tty`) and returns the session.

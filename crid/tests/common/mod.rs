@@ -283,7 +283,7 @@ pub fn processes_under(dir: &Path, except: Option<u32>) -> Vec<String> {
 }
 
 /// Pids of the processes [`processes_under`] lists.
-fn pids_under(dir: &Path, except: Option<u32>) -> Vec<u32> {
+pub fn pids_under(dir: &Path, except: Option<u32>) -> Vec<u32> {
     processes_with_cmdline(dir, except)
         .into_iter()
         .map(|(pid, _)| pid)
