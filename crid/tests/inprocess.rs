@@ -126,27 +126,15 @@ impl ContainerBackend for FakeBackend {
         Backend::Runc
     }
     fn create(&self, new: NewContainer) -> Result<ContainerRecord, SandboxError> {
-        Ok(ContainerRecord {
-            id: new.id,
-            pod_id: new.pod.id.clone(),
-            config: new.config,
-            pod: new.pod,
-            image: new.image,
-            backend: Backend::Runc,
-            state: ContainerState::Created,
-            created_at: now_ns(),
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            pid: 0,
-            log_path: new.log_path,
-            cgroups_path: String::new(),
-            oci_runtime: std::path::PathBuf::new(),
-            stop_signal: new.stop_signal,
-            vm: None,
-        })
+        Ok(ContainerRecord::created(
+            Backend::Runc,
+            new.id,
+            new.config,
+            new.pod,
+            new.image,
+            new.log_path,
+            new.stop_signal,
+        ))
     }
     fn startable(&self, _r: &ContainerRecord) -> bool {
         true

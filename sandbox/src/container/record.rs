@@ -84,6 +84,42 @@ pub struct ContainerStats {
     pub writable_inodes: u64,
 }
 
+impl ContainerRecord {
+    /// A container just created by `backend`: state Created, created now, no process and no
+    /// exit yet, no cgroup, VM state or OCI runtime (a backend sets those it has).
+    pub fn created(
+        backend: Backend,
+        id: String,
+        config: ContainerConfig,
+        pod: PodContext,
+        image: ImageInfo,
+        log_path: Option<PathBuf>,
+        stop_signal: String,
+    ) -> ContainerRecord {
+        ContainerRecord {
+            pod_id: pod.id.clone(),
+            backend,
+            state: ContainerState::Created,
+            created_at: now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            log_path,
+            cgroups_path: String::new(),
+            stop_signal,
+            vm: None,
+            oci_runtime: PathBuf::new(),
+            id,
+            config,
+            pod,
+            image,
+        }
+    }
+}
+
 /// Nanoseconds since the epoch.
 pub fn now_ns() -> i64 {
     SystemTime::now()

@@ -13,7 +13,7 @@ use super::backend::{
 use super::config::{PodUsernsJoin, Resources};
 use super::record::{
     Backend, ContainerRecord, ContainerState, ContainerStats, EXEC_OUTPUT_CAP, is_mount_point,
-    now_ns, runtime_err,
+    runtime_err,
 };
 use super::{apparmor, cgroups, image_volume, spec, user, userns_volume};
 use crate::SandboxError;
@@ -239,25 +239,9 @@ impl ContainerBackend for RuncBackend {
         self.mount_rootfs(&id, &image.layer_dirs, pod.userns.as_ref())?;
         // Mount targets the image lacks are created by runc inside the rootfs (upper layer).
         Ok(ContainerRecord {
-            pod_id: pod.id.clone(),
-            backend: Backend::Runc,
-            state: ContainerState::Created,
-            created_at: now_ns(),
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            pid: 0,
-            log_path,
             cgroups_path,
-            stop_signal,
-            vm: None,
             oci_runtime: self.runtimes.for_handler(&pod.runtime_handler),
-            id,
-            config,
-            pod,
-            image,
+            ..ContainerRecord::created(Backend::Runc, id, config, pod, image, log_path, stop_signal)
         })
     }
 

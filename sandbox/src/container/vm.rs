@@ -40,7 +40,7 @@ use super::backend::{
 use super::config::{NsSource, PodContext, Resources};
 use super::record::{
     Backend, ContainerRecord, ContainerState, ContainerStats, VmState, exit_code, is_mount_point,
-    now_ns, runtime_err,
+    runtime_err,
 };
 use super::{cgroups, spec};
 use crate::SandboxError;
@@ -478,19 +478,7 @@ impl ContainerBackend for VmBackend {
         };
         let accel = launch::check(&request, &self.settings, &self.kvm)?;
         Ok(ContainerRecord {
-            pod_id: pod.id.clone(),
-            backend: Backend::Process,
-            state: ContainerState::Created,
-            created_at: now_ns(),
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            pid: 0,
-            log_path,
             cgroups_path,
-            stop_signal,
             vm: Some(VmState {
                 request,
                 accel,
@@ -499,11 +487,15 @@ impl ContainerBackend for VmBackend {
                 guest_cmdline: String::new(),
                 mount_notes,
             }),
-            oci_runtime: PathBuf::new(),
-            id,
-            config,
-            pod,
-            image,
+            ..ContainerRecord::created(
+                Backend::Process,
+                id,
+                config,
+                pod,
+                image,
+                log_path,
+                stop_signal,
+            )
         })
     }
 
