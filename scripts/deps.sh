@@ -2,7 +2,8 @@
 # Installs what crid and its tests need on Debian 12. Idempotent. (systemd: its
 # systemd-socket-activate starts crid the way crid.socket does in crid/tests/hardening.rs;
 # crun: crid's default OCI runtime, runc the one of the "runc" handler; nginx-light and
-# apache2-bin: crid/tests/workloads.rs builds its server images from their binaries.)
+# apache2-bin: crid/tests/workloads.rs builds its server images from their binaries; nftables:
+# only the test oracle of sandbox/tests/vm_net.rs, crid makes its NAT table over netlink.)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(runc crun containernetworking-plugins iproute2 iptables strace qemu-system-x86 qemu-utils

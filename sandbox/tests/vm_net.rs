@@ -1,16 +1,18 @@
 //! The guest network in a real network namespace (root): a netns with a veth `eth0`, as CNI
 //! would leave it, gets a tap and the tc redirects; frames arriving on `eth0` go to the tap; a
-//! stale tap is replaced; teardown leaves neither tap nor qdisc.
+//! stale tap is replaced; teardown leaves neither tap nor qdisc. A routed guest's NAT table,
+//! made over netlink, is what `nft` lists.
 //!
-//! Needs root, iproute2 and nsenter; in CI (CI=true) their absence fails.
+//! Needs root, iproute2, nsenter and nft (as the oracle); in CI (CI=true) their absence fails.
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::path::Path;
+use std::process::Command;
 
 mod common;
 use common::{in_ns, pod};
 
-use sandbox::vm::net::{setup_guest_net, tap_name, teardown_guest_net};
+use sandbox::vm::net::{GuestPort, setup_guest_net, tap_name, teardown_guest_net};
 
 fn links(ns: &Path) -> String {
     in_ns(ns, &["ip", "-o", "link", "show"])
@@ -115,6 +117,82 @@ fn tap_redirects_the_pod_interface_to_the_guest() {
     assert!(!l.contains("crtap"), "{l}");
     let q = in_ns(&p.ns, &["tc", "qdisc", "show", "dev", "eth0"]);
     assert!(!q.contains("ingress"), "{q}");
+    // Idempotent.
+    teardown_guest_net(&p.ns, "eth0", &tap).unwrap();
+}
+
+/// The rules of `nft list table ip crid_guest`, by chain: `chain NAME` lines, then each rule.
+fn nat_table(ns: &Path) -> Vec<String> {
+    in_ns(ns, &["nft", "list", "table", "ip", "crid_guest"])
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.starts_with("chain ")
+                || l.contains(" dnat ")
+                || l.contains(" snat ")
+                || l.ends_with("masquerade")
+                || l.starts_with("type ")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Routed mode (declared ports): the tap carries the namespace's side of the guest's /30 and
+/// the NAT table is made over netlink, as `nft` (the oracle here) lists it; a second set-up
+/// (after a crash) replaces it, and teardown deletes it.
+#[test]
+fn routed_guest_gets_its_nat_table_over_netlink() {
+    let octet = 20 + ((std::process::id() + 100) % 200) as u8;
+    let Some(p) = pod(octet) else { return };
+    if Command::new("nft").arg("--version").output().is_err() {
+        common::skip_or_fail("nft (nftables, the test's oracle) is not installed");
+        return;
+    }
+    let tap = tap_name("routed0123456789");
+    let ports = [
+        GuestPort {
+            port: 8080,
+            udp: false,
+        },
+        GuestPort {
+            port: 53,
+            udp: true,
+        },
+    ];
+    let net = setup_guest_net(&p.ns, "eth0", &tap, &ports).unwrap();
+    assert_eq!(net.ip, Ipv4Addr::new(169, 254, 77, 6));
+    assert_eq!(net.gateway, Some(Ipv4Addr::new(169, 254, 77, 5)));
+    let pod_ip = format!("10.213.{octet}.2");
+    let want: Vec<String> = [
+        "chain prerouting {".to_owned(),
+        "type nat hook prerouting priority dstnat; policy accept;".into(),
+        format!("iifname \"eth0\" ip daddr {pod_ip} tcp dport 8080 dnat to 169.254.77.6"),
+        format!("iifname \"eth0\" ip daddr {pod_ip} udp dport 53 dnat to 169.254.77.6"),
+        "chain output {".into(),
+        "type nat hook output priority -100; policy accept;".into(),
+        format!("ip daddr {pod_ip} tcp dport 8080 dnat to 169.254.77.6"),
+        format!("ip daddr {pod_ip} udp dport 53 dnat to 169.254.77.6"),
+        "ip daddr 127.0.0.1 tcp dport 8080 dnat to 169.254.77.6".into(),
+        "ip daddr 127.0.0.1 udp dport 53 dnat to 169.254.77.6".into(),
+        "chain postrouting {".into(),
+        "type nat hook postrouting priority srcnat; policy accept;".into(),
+        format!("oifname \"{tap}\" ip saddr 127.0.0.0/8 masquerade"),
+        format!("oifname \"eth0\" ip saddr 169.254.77.6 snat to {pod_ip}"),
+    ]
+    .into();
+    assert_eq!(nat_table(&p.ns), want);
+    let addr = in_ns(&p.ns, &["ip", "-o", "-4", "addr", "show", "dev", &tap]);
+    assert!(addr.contains("169.254.77.5/30"), "{addr}");
+
+    // A crash left the tap and the table: set-up replaces both, with no rule twice.
+    let again = setup_guest_net(&p.ns, "eth0", &tap, &ports).unwrap();
+    assert_eq!(again, net);
+    assert_eq!(nat_table(&p.ns), want);
+
+    teardown_guest_net(&p.ns, "eth0", &tap).unwrap();
+    let tables = in_ns(&p.ns, &["nft", "list", "tables"]);
+    assert!(!tables.contains("crid_guest"), "{tables}");
+    assert!(!links(&p.ns).contains("crtap"));
     // Idempotent.
     teardown_guest_net(&p.ns, "eth0", &tap).unwrap();
 }

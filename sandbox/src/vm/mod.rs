@@ -22,6 +22,7 @@ pub mod launch;
 mod layers;
 pub mod net;
 mod netops;
+mod nft;
 pub mod qemu;
 pub mod qmp;
 mod rtnl;

@@ -27,13 +27,15 @@
 //! Everything is done in-process from a thread that entered the pod's namespace (`setns`):
 //! netlink requests for links, addresses, routes, rules, neighbours, qdiscs and filters, the
 //! `TUNSETIFF` ioctl for the tap, writes to `/proc/sys/net` for the sysctls (see
-//! [`super::rtnl`]). The one process left is `nft`, for the routed mode's NAT table. The steps
-//! are behind [`NetOps`], so the sequence is unit-tested without root.
+//! [`super::rtnl`]), and for the routed mode's NAT table one nf_tables netlink transaction
+//! ([`super::nft`]): no process is started. The steps are behind [`NetOps`], so the sequence is
+//! unit-tested without root.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use super::netops::{Link, NetOps, Rule};
+pub use super::netops::GuestPort;
+use super::netops::{Link, NatAction, NatChain, NatRule, NetOps, Rule};
 use super::{GuestNet, MacAddr, qemu::check_ifname};
 use crate::SandboxError;
 
@@ -98,22 +100,12 @@ pub fn setup_guest_net(
     })
 }
 
-/// A container port the guest serves (kubelet's `io.kubernetes.container.ports`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GuestPort {
-    pub port: u16,
-    pub udp: bool,
-}
-
 /// The namespace's side of the routed guest link.
 pub const ROUTED_HOST_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 5);
 /// The guest's address in routed mode.
 pub const ROUTED_GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 6);
 /// The guest's MAC in routed mode (locally administered; one guest per pod network).
 const ROUTED_GUEST_MAC: MacAddr = MacAddr([0x02, 0x00, 0xa9, 0xfe, 0x4d, 0x06]);
-/// crid's nftables table in the pod's namespace (routed mode).
-const NFT_TABLE: &str = "crid_guest";
 
 /// The pod interface's link, checked names first.
 fn pod_link(ops: &dyn NetOps, iface: &str, tap: &str) -> Result<(Vec<Link>, Link), SandboxError> {
@@ -136,7 +128,7 @@ fn pod_link(ops: &dyn NetOps, iface: &str, tap: &str) -> Result<(Vec<Link>, Link
 /// Routed mode, for pods that mix runc sidecars and a guest (Knative's queue-proxy): the pod
 /// interface stays as CNI made it, for the sidecars; the guest sits on a private link-local
 /// /30 behind the tap ([`ROUTED_GUEST_ADDR`], gateway [`ROUTED_HOST_ADDR`]) and the pod
-/// namespace, which forwards, NATs in an nftables table of its own:
+/// namespace, which forwards, NATs in an nftables table of its own (`nat_rules`):
 /// - DNAT of the declared ports from the pod IP (traffic arriving on `iface`: Services,
 ///   probes, the activator) and, for the namespace's own traffic, from the pod IP and
 ///   127.0.0.1 (`route_localnet` on the tap only, so loopback packets may leave through it);
@@ -158,17 +150,17 @@ pub fn setup_routed_with(
         .ipv4_address(iface)?
         .ok_or_else(|| net_err("setup", format!("{iface} has no IPv4 address")))?;
     clear_taps(ops, &links, tap)?;
-    let nft = nft_ruleset(iface, tap, pod_ip, ports);
+    let rules = nat_rules(iface, tap, pod_ip, ports);
     let result = (|| {
         ops.add_tap(tap)?;
         ops.set_link(tap, Some(mtu), None, true)?;
         ops.add_address(tap, ROUTED_HOST_ADDR, 30)?;
         ops.sysctl("net.ipv4.ip_forward", "1")?;
         ops.sysctl(&format!("net.ipv4.conf.{tap}.route_localnet"), "1")?;
-        ops.nft(&nft)
+        ops.nat_table(&rules)
     })();
     if let Err(e) = result {
-        let _ = ops.nft(&format!("delete table ip {NFT_TABLE}"));
+        let _ = ops.del_nat_table();
         let _ = ops.del_link(tap);
         return Err(e);
     }
@@ -182,48 +174,38 @@ pub fn setup_routed_with(
     })
 }
 
-/// The routed mode's nftables commands, one `nft` invocation (see [`setup_routed_with`]). A
-/// table left by a crash is replaced in the same transaction (`add` then `delete` then the new
-/// table: `add table` is a no-op on an existing one).
-fn nft_ruleset(iface: &str, tap: &str, pod_ip: Ipv4Addr, ports: &[GuestPort]) -> String {
-    let t = NFT_TABLE;
-    let guest = ROUTED_GUEST_ADDR;
-    let mut cmds = vec![
-        format!("add table ip {t}"),
-        format!("delete table ip {t}"),
-        format!("add table ip {t}"),
-        format!(
-            "add chain ip {t} prerouting {{ type nat hook prerouting priority -100; policy accept; }}"
-        ),
-        format!("add chain ip {t} output {{ type nat hook output priority -100; policy accept; }}"),
-        format!(
-            "add chain ip {t} postrouting {{ type nat hook postrouting priority 100; policy accept; }}"
-        ),
-    ];
-    for (proto, udp) in [("tcp", false), ("udp", true)] {
-        let list: Vec<String> = ports
-            .iter()
-            .filter(|p| p.udp == udp)
-            .map(|p| p.port.to_string())
-            .collect();
-        if list.is_empty() {
-            continue;
-        }
-        let set = list.join(", ");
-        cmds.push(format!(
-            "add rule ip {t} prerouting iifname \"{iface}\" ip daddr {pod_ip} {proto} dport {{ {set} }} dnat to {guest}"
-        ));
-        cmds.push(format!(
-            "add rule ip {t} output ip daddr {{ {pod_ip}, 127.0.0.1 }} {proto} dport {{ {set} }} dnat to {guest}"
-        ));
+/// The routed mode's NAT rules (see [`setup_routed_with`]), one per declared port and
+/// address: what an `nft` script would write with anonymous sets (`tcp dport { 8080, 8012 }`),
+/// spelled out so that each rule is a plain sequence of compares.
+fn nat_rules(iface: &str, tap: &str, pod_ip: Ipv4Addr, ports: &[GuestPort]) -> Vec<NatRule> {
+    let dnat = NatAction::Dnat(ROUTED_GUEST_ADDR);
+    let mut rules: Vec<NatRule> = ports
+        .iter()
+        .map(|p| NatRule {
+            iif: Some(iface.to_owned()),
+            daddr: Some(pod_ip),
+            dport: Some(*p),
+            ..NatRule::new(NatChain::Prerouting, dnat)
+        })
+        .collect();
+    for daddr in [pod_ip, Ipv4Addr::LOCALHOST] {
+        rules.extend(ports.iter().map(|p| NatRule {
+            daddr: Some(daddr),
+            dport: Some(*p),
+            ..NatRule::new(NatChain::Output, dnat)
+        }));
     }
-    cmds.push(format!(
-        "add rule ip {t} postrouting oifname \"{tap}\" ip saddr 127.0.0.0/8 masquerade"
-    ));
-    cmds.push(format!(
-        "add rule ip {t} postrouting oifname \"{iface}\" ip saddr {guest} snat to {pod_ip}"
-    ));
-    cmds.join("; ")
+    rules.push(NatRule {
+        oif: Some(tap.to_owned()),
+        saddr: Some((Ipv4Addr::new(127, 0, 0, 0), 8)),
+        ..NatRule::new(NatChain::Postrouting, NatAction::Masquerade)
+    });
+    rules.push(NatRule {
+        oif: Some(iface.to_owned()),
+        saddr: Some((ROUTED_GUEST_ADDR, 32)),
+        ..NatRule::new(NatChain::Postrouting, NatAction::Snat(pod_ip))
+    });
+    rules
 }
 
 /// Removes crid taps left by a crash (no carrier) and this container's own stale tap; a live
@@ -389,7 +371,11 @@ pub fn teardown_with(ops: &dyn NetOps, iface: &str, tap: &str) -> Result<(), San
     // A routed guest's tap carries the namespace's side of its /30, and its NAT table goes
     // with it; a tc-mode guest's pod interface has the redirect.
     if ops.ipv4_address(tap)?.map(|(a, _)| a) == Some(ROUTED_HOST_ADDR) {
-        let _ = ops.nft(&format!("delete table ip {NFT_TABLE}"));
+        // Left behind, it would NAT the declared ports to a guest that is gone; the next
+        // routed guest replaces it anyway.
+        if let Err(e) = ops.del_nat_table() {
+            tracing::warn!(tap, error = %e, "the guest's NAT table stays");
+        }
     } else if links.iter().any(|l| l.name == iface) {
         let _ = ops.del_ingress(iface);
     }
@@ -533,8 +519,15 @@ mod tests {
         fn del_rule(&self, r: &Rule) -> Result<(), SandboxError> {
             self.step(format!("rule del pref {} lookup {}", r.priority, r.table))
         }
-        fn nft(&self, script: &str) -> Result<(), SandboxError> {
-            self.step(format!("nft {script}"))
+        fn nat_table(&self, rules: &[NatRule]) -> Result<(), SandboxError> {
+            let rules: Vec<String> = rules
+                .iter()
+                .map(|r| format!("{}: {r}", r.chain.name()))
+                .collect();
+            self.step(format!("nat table {}", rules.join("; ")))
+        }
+        fn del_nat_table(&self) -> Result<(), SandboxError> {
+            self.step("nat table delete".into())
         }
     }
 
@@ -652,7 +645,7 @@ mod tests {
             "{calls:?}"
         );
 
-        // tc mode: the redirect and the tap go; no nft process.
+        // tc mode: the redirect and the tap go; the NAT table is not touched.
         let f = fake(Some(link(3, "crtapnew", true, true)), None);
         teardown_with(&f, "eth0", "crtapnew").unwrap();
         assert_eq!(
@@ -672,7 +665,7 @@ mod tests {
             &steps(&f)[1..],
             [
                 "addr show crtapnew",
-                "nft delete table ip crid_guest",
+                "nat table delete",
                 "link del crtapnew"
             ]
         );
@@ -702,11 +695,9 @@ mod tests {
         assert_eq!(n.mtu, 1450);
         let calls = steps(&f);
         // Nothing touches eth0: no qdisc, no address or MAC change.
-        assert!(
-            !calls.iter().any(|c| c.contains("eth0")
-                && !c.starts_with("addr show")
-                && !c.starts_with("nft"))
-        );
+        assert!(!calls.iter().any(|c| c.contains("eth0")
+            && !c.starts_with("addr show")
+            && !c.starts_with("nat table")));
         let want = [
             "tap add crtapabc",
             "link set crtapabc mtu 1450 up",
@@ -715,26 +706,41 @@ mod tests {
             "sysctl net.ipv4.conf.crtapabc.route_localnet=1",
         ];
         assert_eq!(&calls[2..7], want);
-        // One nft process, which also replaces a table a crash left.
-        let nft: Vec<_> = calls.iter().filter(|c| c.starts_with("nft")).collect();
-        assert_eq!(nft.len(), 1);
-        let nft = nft[0];
-        assert!(nft.starts_with(
-            "nft add table ip crid_guest; delete table ip crid_guest; add table ip crid_guest;"
-        ));
-        for rule in [
-            "add rule ip crid_guest prerouting iifname \"eth0\" ip daddr 10.88.0.7 tcp dport { 8080, 8012 } dnat to 169.254.77.6",
-            "add rule ip crid_guest output ip daddr { 10.88.0.7, 127.0.0.1 } tcp dport { 8080, 8012 } dnat to 169.254.77.6",
-            "add rule ip crid_guest output ip daddr { 10.88.0.7, 127.0.0.1 } udp dport { 53 } dnat to 169.254.77.6",
-            "add rule ip crid_guest postrouting oifname \"crtapabc\" ip saddr 127.0.0.0/8 masquerade",
-            "add rule ip crid_guest postrouting oifname \"eth0\" ip saddr 169.254.77.6 snat to 10.88.0.7",
-        ] {
-            assert!(nft.contains(rule), "{rule} missing from {nft}");
-        }
+        // One NAT table request (it replaces a table a crash left), every port of each
+        // protocol DNATed from the pod IP on eth0 and, for the namespace's own traffic, from
+        // the pod IP and 127.0.0.1.
+        let nat: Vec<_> = calls.iter().filter(|c| c.starts_with("nat")).collect();
+        assert_eq!(nat.len(), 1);
+        let rules: Vec<&str> = nat[0]
+            .strip_prefix("nat table ")
+            .unwrap()
+            .split("; ")
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "prerouting: iifname \"eth0\" ip daddr 10.88.0.7 tcp dport 8080 dnat to 169.254.77.6",
+                "prerouting: iifname \"eth0\" ip daddr 10.88.0.7 tcp dport 8012 dnat to 169.254.77.6",
+                "prerouting: iifname \"eth0\" ip daddr 10.88.0.7 udp dport 53 dnat to 169.254.77.6",
+                "output: ip daddr 10.88.0.7 tcp dport 8080 dnat to 169.254.77.6",
+                "output: ip daddr 10.88.0.7 tcp dport 8012 dnat to 169.254.77.6",
+                "output: ip daddr 10.88.0.7 udp dport 53 dnat to 169.254.77.6",
+                "output: ip daddr 127.0.0.1 tcp dport 8080 dnat to 169.254.77.6",
+                "output: ip daddr 127.0.0.1 tcp dport 8012 dnat to 169.254.77.6",
+                "output: ip daddr 127.0.0.1 udp dport 53 dnat to 169.254.77.6",
+                "postrouting: oifname \"crtapabc\" ip saddr 127.0.0.0/8 masquerade",
+                "postrouting: oifname \"eth0\" ip saddr 169.254.77.6 snat to 10.88.0.7",
+            ]
+        );
 
-        let f = fake(None, Some("nft add table"));
+        // A refused table: the tap goes, and whatever part of a table there was.
+        let f = fake(None, Some("nat table prerouting"));
         assert!(setup_routed_with(&f, "eth0", "crtapx", &ports).is_err());
-        assert_eq!(steps(&f).last().unwrap(), "link del crtapx");
+        let calls = steps(&f);
+        assert_eq!(
+            &calls[calls.len() - 2..],
+            ["nat table delete", "link del crtapx"]
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! The steps of a guest network's set-up as a trait ([`NetOps`]), with the link and rule
+//! The steps of a guest network's set-up as a trait ([`NetOps`]), with the link, rule and NAT
 //! values they exchange: [`super::net`] decides the steps, [`super::rtnl`] does them with
-//! netlink, and tests record them.
+//! netlink (and [`super::nft`] for the NAT table), and tests record them.
 
+use std::fmt;
 use std::net::Ipv4Addr;
 
 use super::MacAddr;
@@ -75,7 +76,108 @@ pub trait NetOps {
     fn rules(&self) -> Result<Vec<Rule>, SandboxError>;
     fn add_rule(&self, rule: &Rule) -> Result<(), SandboxError>;
     fn del_rule(&self, rule: &Rule) -> Result<(), SandboxError>;
-    /// Runs an nftables script (one `nft` process: no maintained pure-Rust nftables crate fits,
-    /// see the README).
-    fn nft(&self, script: &str) -> Result<(), SandboxError>;
+    /// Replaces crid's NAT table (a table left by a crash too) by one holding `rules`, in one
+    /// nf_tables transaction.
+    fn nat_table(&self, rules: &[NatRule]) -> Result<(), SandboxError>;
+    /// Deletes crid's NAT table; fine when there is none.
+    fn del_nat_table(&self) -> Result<(), SandboxError>;
+}
+
+/// A container port the guest serves (kubelet's `io.kubernetes.container.ports`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestPort {
+    pub port: u16,
+    pub udp: bool,
+}
+
+/// A chain of crid's NAT table: a `nat` chain on the hook of the same name, policy accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatChain {
+    Prerouting,
+    Output,
+    Postrouting,
+}
+
+impl NatChain {
+    pub const ALL: [NatChain; 3] = [
+        NatChain::Prerouting,
+        NatChain::Output,
+        NatChain::Postrouting,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NatChain::Prerouting => "prerouting",
+            NatChain::Output => "output",
+            NatChain::Postrouting => "postrouting",
+        }
+    }
+}
+
+/// What a NAT rule does to the packets it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatAction {
+    Dnat(Ipv4Addr),
+    Snat(Ipv4Addr),
+    Masquerade,
+}
+
+/// One rule of crid's NAT table: every match given, then the action. It displays as `nft list`
+/// shows it (without the chain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatRule {
+    pub chain: NatChain,
+    pub iif: Option<String>,
+    pub oif: Option<String>,
+    /// A source network: address and prefix length, a multiple of 8 (whole bytes are compared).
+    pub saddr: Option<(Ipv4Addr, u8)>,
+    pub daddr: Option<Ipv4Addr>,
+    pub dport: Option<GuestPort>,
+    pub action: NatAction,
+}
+
+impl NatRule {
+    /// A rule in `chain` with no match yet.
+    pub fn new(chain: NatChain, action: NatAction) -> NatRule {
+        NatRule {
+            chain,
+            iif: None,
+            oif: None,
+            saddr: None,
+            daddr: None,
+            dport: None,
+            action,
+        }
+    }
+}
+
+impl fmt::Display for NatRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(i) = &self.iif {
+            parts.push(format!("iifname \"{i}\""));
+        }
+        if let Some(o) = &self.oif {
+            parts.push(format!("oifname \"{o}\""));
+        }
+        match self.saddr {
+            Some((a, 32)) => parts.push(format!("ip saddr {a}")),
+            Some((a, p)) => parts.push(format!("ip saddr {a}/{p}")),
+            None => {}
+        }
+        if let Some(d) = self.daddr {
+            parts.push(format!("ip daddr {d}"));
+        }
+        if let Some(p) = self.dport {
+            let proto = if p.udp { "udp" } else { "tcp" };
+            parts.push(format!("{proto} dport {}", p.port));
+        }
+        parts.push(match self.action {
+            NatAction::Dnat(to) => format!("dnat to {to}"),
+            NatAction::Snat(to) => format!("snat to {to}"),
+            NatAction::Masquerade => "masquerade".into(),
+        });
+        f.write_str(&parts.join(" "))
+    }
 }

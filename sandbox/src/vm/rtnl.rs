@@ -1,8 +1,8 @@
-//! [`NetOps`] on rtnetlink: the guest network's set-up as netlink requests from a thread inside
+//! [`NetOps`] on netlink: the guest network's set-up as netlink requests from a thread inside
 //! the pod's network namespace (built with `netlink-packet-route`, sent with
-//! [`cni::netlink::Netlink`]), the tap by `TUNSETIFF`, the sysctls by writes to
-//! `/proc/sys/net` (which shows the calling thread's namespace). No process is started, except
-//! `nft` for the routed mode's NAT table (see [`NetOps::nft`]).
+//! [`cni::netlink::Netlink`]; the routed mode's NAT table as one nf_tables transaction, see
+//! [`super::nft`]), the tap by `TUNSETIFF`, the sysctls by writes to `/proc/sys/net` (which
+//! shows the calling thread's namespace). No process is started.
 
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr};
@@ -25,7 +25,8 @@ use netlink_packet_route::tc::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::MacAddr;
-use super::netops::{Link, NetOps, Rule};
+use super::netops::{Link, NatRule, NetOps, Rule};
+use super::nft;
 use crate::SandboxError;
 
 const NLM_F_CREATE: u16 = 0x400;
@@ -447,22 +448,16 @@ impl NetOps for Rtnl {
         )
     }
 
-    fn nft(&self, script: &str) -> Result<(), SandboxError> {
-        // Nothing of crid's environment but PATH (nft is found on it).
-        let out = std::process::Command::new("nft")
-            .arg(script)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| err("nft", format!("cannot run nft: {e}")))?;
-        if !out.status.success() {
-            return Err(err(
-                "nft",
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ));
+    fn nat_table(&self, rules: &[NatRule]) -> Result<(), SandboxError> {
+        nft::apply(&nft::replace_table(rules))
+            .map_err(|e| err(&format!("nftables: {}", e.what), e.error))
+    }
+
+    fn del_nat_table(&self) -> Result<(), SandboxError> {
+        match nft::apply(&[nft::delete_table()]) {
+            Err(e) if e.error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            r => r.map_err(|e| err(&format!("nftables: {}", e.what), e.error)),
         }
-        Ok(())
     }
 }
 
