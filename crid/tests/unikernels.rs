@@ -874,10 +874,6 @@ async fn knative_shaped_pod_sidecar_proxies_to_the_guest() {
         missing("the CNI plugins are not installed in /usr/lib/cni");
         return;
     }
-    if !common::on_path("nft") {
-        missing("nft is not installed (nftables)");
-        return;
-    }
     let work = tempfile::tempdir().unwrap();
     let Some(linux) = push_linux_guest(&reg, work.path()) else {
         return;
@@ -1349,10 +1345,29 @@ fn strace_result(call: &str) -> Option<i64> {
 /// guest in a CNI pod network, until its first serial byte, then its exit and RemoveContainer,
 /// execs only the container's monitor and the VMM: the network (tap, tc redirects, sidecar
 /// path) is set up and torn down in-process and the monitor's child joins the cgroup and the
-/// namespace itself, with no `ip`, `tc`, `sh` or `nsenter`. New processes (clones without CLONE_THREAD, forks): the monitor's two (crid
-/// starts it, it forks its detached self) and the VMM.
+/// namespace itself, with no `ip`, `tc`, `sh` or `nsenter`. New processes (clones without
+/// CLONE_THREAD, forks): the monitor's two (crid starts it, it forks its detached self) and the
+/// VMM.
 #[tokio::test]
 async fn a_guest_in_a_pod_network_starts_one_process_besides_its_monitor() {
+    count_the_processes_of_a_guest_start(196, None).await;
+}
+
+/// The same count for a routed guest (its container declares a port, as in a Knative pod):
+/// the NAT table is made and deleted over netlink, with no `nft` process.
+#[tokio::test]
+async fn a_routed_guest_starts_one_process_besides_its_monitor() {
+    count_the_processes_of_a_guest_start(
+        195,
+        Some(r#"[{"name":"http","containerPort":8080,"protocol":"TCP"}]"#),
+    )
+    .await;
+}
+
+/// Counts the execs and new processes of a guest's start and removal, with strace attached
+/// to crid, on a CNI bridge network `10.<octet>.x.0/24`; `ports` is the container's
+/// `io.kubernetes.container.ports` annotation (routed mode) if any.
+async fn count_the_processes_of_a_guest_start(octet: u8, ports: Option<&str>) {
     let Some(reg) = ready() else { return };
     if !Path::new("/usr/lib/cni/bridge").exists() {
         missing("the CNI plugins are not installed in /usr/lib/cni");
@@ -1366,7 +1381,7 @@ async fn a_guest_in_a_pod_network_starts_one_process_besides_its_monitor() {
     let image = push_guest(&reg, work.path(), "unikraft", "qemu");
     // No pod networks made ahead of need: their refill (CNI plugins) would run meanwhile.
     let (crid, _) = start_with("prepared_networks = 0").await;
-    let (_bridge, _) = bridge_network(&crid, 196);
+    let (_bridge, _) = bridge_network(&crid, octet);
     crid.expect_pull(&image).await;
     let log_dir = crid.path().join("logs/counted");
     let pod_config = cri::PodSandboxConfig {
@@ -1428,7 +1443,19 @@ async fn a_guest_in_a_pod_network_starts_one_process_besides_its_monitor() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let id = crid.create_start_guest(&pod, "guest", &image, &[]).await;
+    let config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "guest".into(),
+            attempt: 0,
+        }),
+        image: Some(common::spec(&image)),
+        log_path: "guest.log".into(),
+        annotations: ports
+            .map(|p| [("io.kubernetes.container.ports".to_owned(), p.to_owned())].into())
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let id = crid.create_start(&pod, config).await;
     let log = log_dir.join("guest.log");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
@@ -1443,6 +1470,11 @@ async fn a_guest_in_a_pod_network_starts_one_process_besides_its_monitor() {
     // container is removed: no process for that either.
     crid.wait_state(&id, cri::ContainerState::ContainerExited)
         .await;
+    if ports.is_some() {
+        // The guest's command line (it prints it) has the routed mode's private address.
+        let serial = std::fs::read_to_string(&log).unwrap();
+        assert!(serial.contains("netdev.ip=169.254.77.6/30"), "{serial}");
+    }
     crid.rt()
         .remove_container(cri::RemoveContainerRequest { container_id: id })
         .await
