@@ -10,6 +10,8 @@ pub mod security;
 pub mod streaming;
 pub mod userns;
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 use proto::cri;
 
@@ -37,7 +39,62 @@ pub(crate) async fn pull_busybox(env: &Env) -> anyhow::Result<Option<String>> {
     Ok(Some(image))
 }
 
-/// Every test, in the order they run.
+/// Creates and starts container `name` of `image` in pod `pod` (made from `config`), running
+/// `command` with `mounts`; as kubelet does, its security context repeats the pod's namespace
+/// options. Returns its id.
+pub(crate) async fn start_in_pod(
+    env: &Env,
+    pod: &str,
+    config: &cri::PodSandboxConfig,
+    image: &str,
+    name: &str,
+    command: Vec<String>,
+    mounts: Vec<cri::Mount>,
+) -> anyhow::Result<String> {
+    let namespace_options = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
+    let mut rt = env.cri.runtime.clone();
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: name.into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                command,
+                mounts,
+                labels: HashMap::from([("name".to_string(), name.to_string())]),
+                linux: Some(cri::LinuxContainerConfig {
+                    security_context: Some(cri::LinuxContainerSecurityContext {
+                        namespace_options,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .with_context(|| format!("CreateContainer {name}"))?
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .with_context(|| format!("StartContainer {name}"))?;
+    Ok(id)
+}
+
 /// Runs `sh -c script` in container `id` (ExecSync, 20 s); returns (exit code, stdout, stderr),
 /// trimmed.
 pub(crate) async fn sh(env: &Env, id: &str, script: &str) -> anyhow::Result<(i32, String, String)> {
@@ -67,6 +124,7 @@ pub(crate) async fn out(env: &Env, id: &str, script: &str) -> anyhow::Result<Str
     Ok(stdout)
 }
 
+/// Every test, in the order they run.
 pub fn all() -> Vec<Test> {
     let mut tests = Vec::new();
     tests.extend(runtime::tests());

@@ -394,50 +394,12 @@ where
     {
         ns.pid = pid as i32;
     }
-    let namespaces = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.clone());
     let pod = run_pod(env, config.clone()).await?;
     let result = async {
         let mut ids = Vec::new();
         for (name, command) in [("a", SLEEP_A), ("b", SLEEP_B)] {
-            let mut rt = env.cri.runtime.clone();
-            let id = rt
-                .create_container(cri::CreateContainerRequest {
-                    pod_sandbox_id: pod.clone(),
-                    config: Some(cri::ContainerConfig {
-                        metadata: Some(cri::ContainerMetadata {
-                            name: name.into(),
-                            attempt: 0,
-                        }),
-                        image: Some(cri::ImageSpec {
-                            image: image.clone(),
-                            ..Default::default()
-                        }),
-                        command: command.split(' ').map(str::to_owned).collect(),
-                        labels: HashMap::from([("name".to_string(), name.to_string())]),
-                        linux: Some(cri::LinuxContainerConfig {
-                            security_context: Some(cri::LinuxContainerSecurityContext {
-                                namespace_options: namespaces.clone(),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    sandbox_config: Some(config.clone()),
-                })
-                .await
-                .with_context(|| format!("CreateContainer {name}"))?
-                .into_inner()
-                .container_id;
-            rt.start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .with_context(|| format!("StartContainer {name}"))?;
+            let command = command.split(' ').map(str::to_owned).collect();
+            let id = super::start_in_pod(env, &pod, &config, &image, name, command, vec![]).await?;
             ids.push(id);
         }
         let b = ids.pop().context("no container b")?;

@@ -6,7 +6,6 @@
 //! refuse (critest's cases). Skipped when the runtime's `Status` does not report user
 //! namespaces for the default handler.
 
-use std::collections::HashMap;
 use std::fs::Permissions;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
@@ -126,11 +125,6 @@ async fn pod_user_namespace(env: Env) -> TestResult {
     {
         ns.pid = cri::NamespaceMode::Pod as i32;
     }
-    let namespaces = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.clone());
     // A volume as kubelet keeps them: under a directory only root may enter, a root-owned file
     // only its owner may read.
     let host = HostDir::new()?;
@@ -162,43 +156,9 @@ async fn pod_user_namespace(env: Env) -> TestResult {
                 ],
                 _ => vec![],
             };
-            let mut rt = env.cri.runtime.clone();
-            let id = rt
-                .create_container(cri::CreateContainerRequest {
-                    pod_sandbox_id: pod.clone(),
-                    config: Some(cri::ContainerConfig {
-                        metadata: Some(cri::ContainerMetadata {
-                            name: name.into(),
-                            attempt: 0,
-                        }),
-                        image: Some(cri::ImageSpec {
-                            image: image.clone(),
-                            ..Default::default()
-                        }),
-                        command: vec!["sleep".into(), "3600".into()],
-                        mounts,
-                        labels: HashMap::from([("name".to_string(), name.to_string())]),
-                        linux: Some(cri::LinuxContainerConfig {
-                            security_context: Some(cri::LinuxContainerSecurityContext {
-                                // As kubelet: the container repeats the pod's namespaces.
-                                namespace_options: namespaces.clone(),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    sandbox_config: Some(config.clone()),
-                })
-                .await
-                .with_context(|| format!("CreateContainer {name}"))?
-                .into_inner()
-                .container_id;
-            rt.start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .with_context(|| format!("StartContainer {name}"))?;
+            let command = vec!["sleep".into(), "3600".into()];
+            let id =
+                super::start_in_pod(&env, &pod, &config, &image, name, command, mounts).await?;
             ids.push(id);
         }
         let first = &ids[0];
