@@ -2,14 +2,14 @@
 //!
 //! Built from the rust-vmm crates: `kvm-ioctls` for the VM, `vm-memory` for guest RAM,
 //! `linux-loader` for PVH ELF, vmlinux and bzImage kernels, `vm-superio` for the serial port and
-//! the i8042 controller, `virtio-queue` for virtio-net's rings, `seccompiler` for the thread
+//! the i8042 controller, `virtio-queue` for the rings of virtio-net and virtio-blk, `seccompiler` for the thread
 //! filters. One process per guest: it boots
 //! the kernel, copies the guest's serial output to stdout (crid's monitor turns it into the CRI
 //! log) and exits with the guest's status — the byte written to the debug-exit port, 0 on a
 //! reset — or 1 with a message on stderr when the VMM itself fails.
 //!
 //! Modules: [`memory`] (address space), [`boot`] (loaders and boot structures), [`cpu`]
-//! (vCPU registers), [`devices`] (port-I/O bus, virtio-mmio and virtio-net), [`vm`] (set-up
+//! (vCPU registers), [`devices`] (port-I/O bus, virtio-mmio, virtio-net and virtio-blk), [`vm`] (set-up
 //! and run loop), [`seccomp`],
 //! and `sys`, the only module with `unsafe`.
 
@@ -41,6 +41,17 @@ pub struct Config {
     pub seccomp: bool,
     /// A virtio-net device on this tap.
     pub net: Option<NetConfig>,
+    /// A virtio-blk device on this disk.
+    pub disk: Option<DiskConfig>,
+}
+
+/// The guest's block device: a raw disk file (or block device), opened before the VMM drops
+/// its privileges.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    /// Opened read-only and offered with `VIRTIO_BLK_F_RO`; the guest's writes fail.
+    pub read_only: bool,
 }
 
 /// The guest's network device.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use crid_vmm::{Config, NetConfig, Tap, exit_status, vm};
+use crid_vmm::{Config, DiskConfig, NetConfig, Tap, exit_status, vm};
 
 /// Exit status when the VMM itself fails (the message is on stderr).
 const VMM_FAILURE: u8 = 1;
@@ -40,6 +40,12 @@ struct Args {
     /// The guest's MAC address on the network device.
     #[arg(long, value_parser = parse_mac, default_value = "02:00:00:00:00:01")]
     mac: [u8; 6],
+    /// A virtio-blk device on this raw disk file (opened before the VMM drops privileges).
+    #[arg(long)]
+    disk: Option<PathBuf>,
+    /// Open the disk read-only and offer it to the guest as read-only.
+    #[arg(long, requires = "disk")]
+    disk_read_only: bool,
     /// Skip the seccomp filter (debugging only).
     #[arg(long)]
     no_seccomp: bool,
@@ -81,6 +87,10 @@ fn main() -> ExitCode {
             }),
             (None, None) => None,
         },
+        disk: args.disk.map(|path| DiskConfig {
+            path,
+            read_only: args.disk_read_only,
+        }),
     };
     match vm::run(&config) {
         Ok(exit) => {

@@ -1,9 +1,11 @@
 //! The seccomp filter every VMM thread installs once set-up is over: after it, a thread can
 //! only run the vCPU (`KVM_RUN`, no other ioctl), move bytes on descriptors it already has,
-//! manage its own memory without making it executable, wait on futexes and exit. Anything else
-//! kills the whole process (`SECCOMP_RET_KILL_PROCESS`).
+//! manage its own memory without making it executable, wait on futexes and exit; with a disk,
+//! also `pread64`/`pwrite64`/`fdatasync` on the disk's descriptor only. Anything else kills the
+//! whole process (`SECCOMP_RET_KILL_PROCESS`).
 
 use std::collections::BTreeMap;
+use std::os::fd::RawFd;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -51,9 +53,15 @@ fn rule(conditions: Vec<SeccompCondition>) -> Result<Vec<SeccompRule>, VmmError>
     ])
 }
 
-/// Compiles the filter.
-pub fn filter() -> Result<BpfProgram, VmmError> {
+/// Compiles the filter; `disk` is the virtio-blk device's descriptor, if there is one.
+pub fn filter(disk: Option<RawFd>) -> Result<BpfProgram, VmmError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = PLAIN.iter().map(|nr| (*nr, vec![])).collect();
+    if let Some(fd) = disk {
+        let fd = u64::try_from(fd).map_err(|_| VmmError::Seccomp(format!("bad disk fd {fd}")))?;
+        for nr in [libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync] {
+            rules.insert(nr, rule(vec![cond(0, SeccompCmpOp::Eq, fd)?])?);
+        }
+    }
     rules.insert(
         libc::SYS_ioctl,
         rule(vec![cond(1, SeccompCmpOp::Eq, KVM_RUN)?])?,
@@ -95,7 +103,7 @@ mod tests {
 
     #[test]
     fn compiles_and_confines_a_thread() {
-        let program = filter().unwrap();
+        let program = filter(None).unwrap();
         assert!(!program.is_empty());
         // Install it on a throwaway thread (no_new_privs is per thread, so the test process
         // stays unconfined) and check a plain write still works there.
@@ -105,6 +113,25 @@ mod tests {
             apply(&program).unwrap();
             let mut out = std::io::sink();
             std::io::Write::write_all(&mut out, b"ok").unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn the_disk_descriptor_takes_positioned_io_and_flushes() {
+        use std::os::unix::fs::FileExt;
+        let disk = tempfile::tempfile().unwrap();
+        disk.write_all_at(b"sector", 0).unwrap();
+        let program = filter(Some(std::os::fd::AsRawFd::as_raw_fd(&disk))).unwrap();
+        std::thread::spawn(move || {
+            crate::sys::no_new_privs().unwrap();
+            apply(&program).unwrap();
+            let mut b = [0u8; 6];
+            disk.read_exact_at(&mut b, 0).unwrap();
+            assert_eq!(&b, b"sector");
+            disk.write_all_at(b"S", 0).unwrap();
+            disk.sync_data().unwrap();
         })
         .join()
         .unwrap();

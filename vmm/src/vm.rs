@@ -4,7 +4,7 @@
 //! before its first instruction of guest code runs.
 
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -16,13 +16,19 @@ use linux_loader::loader::Cmdline;
 use vm_memory::GuestAddress;
 
 use crate::boot::{self, BootFiles};
-use crate::devices::virtio::MmioTransport;
+use crate::devices::virtio::blk::Block;
 use crate::devices::virtio::net::{self, Net, SharedNet};
+use crate::devices::virtio::{MmioTransport, MmioWindow};
 use crate::devices::{GuestExit, IrqLine, PioBus, Serial, i8042, serial};
-use crate::{Config, NetConfig, Tap, VmmError, cpu, memory, seccomp, sys};
+use crate::{Config, DiskConfig, NetConfig, Tap, VmmError, cpu, memory, seccomp, sys};
 
-/// The interrupt line of the first virtio-mmio device (Firecracker's choice too).
-const NET_IRQ: u32 = 5;
+/// The interrupt line of the first virtio-mmio device (Firecracker's choice too); each further
+/// device takes the next line.
+const FIRST_MMIO_IRQ: u32 = 5;
+
+/// The virtio-mmio devices, by window: device `i` answers at
+/// `MMIO_DEVICES_START + i * MMIO_DEVICE_SIZE`.
+type MmioDevices = Vec<Arc<Mutex<dyn MmioWindow>>>;
 
 /// Where KVM puts the three pages of its real-mode TSS on Intel (below the 4 GiB BIOS area,
 /// inside the MMIO hole, so never guest RAM).
@@ -55,10 +61,24 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
         None => None,
     };
     let mut cmdline = boot::cmdline(&config.cmdline)?;
+    let mut mmio: MmioDevices = Vec::new();
     let net = match &config.net {
-        Some(n) => Some(create_net(&vm, mem, n, irqchip, &mut cmdline)?),
+        Some(n) => {
+            let irq = add_mmio_slot(&vm, irqchip, &mut cmdline, mmio.len())?;
+            let net = create_net(mem, n, irq)?;
+            mmio.push(net.clone());
+            Some(net)
+        }
         None => None,
     };
+    // The disk's descriptor, which the seccomp filter lets pread/pwrite/fdatasync reach.
+    let mut disk_fd = None;
+    if let Some(d) = &config.disk {
+        let irq = add_mmio_slot(&vm, irqchip, &mut cmdline, mmio.len())?;
+        let blk = create_block(mem, d, irq)?;
+        disk_fd = Some(blk.device.disk().as_raw_fd());
+        mmio.push(Arc::new(Mutex::new(blk)));
+    }
     let entry = boot::load(
         mem,
         BootFiles {
@@ -110,7 +130,7 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
     sys::confine(config.chroot.as_deref(), config.user)
         .map_err(|e| VmmError::io("dropping privileges", e))?;
     let program = if config.seccomp {
-        Some(seccomp::filter()?)
+        Some(seccomp::filter(disk_fd)?)
     } else {
         None
     };
@@ -140,7 +160,7 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
     for (index, vcpu) in vcpus.into_iter().enumerate() {
         let tx = tx.clone();
         let bus = Arc::clone(&bus);
-        let net = net.clone();
+        let mmio = mmio.clone();
         let program = program.clone();
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
@@ -149,7 +169,7 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
                     Some(p) => seccomp::apply(p),
                     None => Ok(()),
                 }
-                .and_then(|()| run_vcpu(vcpu, &bus, net.as_ref(), irqchip));
+                .and_then(|()| run_vcpu(vcpu, &bus, &mmio, irqchip));
                 let _ = tx.send(result);
             })
             .map_err(|e| VmmError::io("spawning a vCPU thread", e))?;
@@ -162,14 +182,37 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
         .map_err(|_| VmmError::Config("every vCPU thread ended without a result".into()))?
 }
 
-/// Opens the tap and builds the virtio-net device in the first MMIO window, announced on the
-/// command line (`virtio_mmio.device=4K@0xd0000000:5`).
-fn create_net(
+/// Sets up virtio-mmio window number `slot` (the next free one): its interrupt line
+/// (`FIRST_MMIO_IRQ + slot`, on an irqfd when there is an irqchip) and its announcement on the
+/// command line (`virtio_mmio.device=4K@ADDR:IRQ`).
+fn add_mmio_slot(
     vm: &VmFd,
-    mem: &memory::GuestMemoryMmap,
-    config: &NetConfig,
     irqchip: bool,
     cmdline: &mut Cmdline,
+    slot: usize,
+) -> Result<IrqLine, VmmError> {
+    let slot = u32::try_from(slot).map_err(|_| VmmError::Config("too many devices".into()))?;
+    let gsi = FIRST_MMIO_IRQ + slot;
+    let addr = memory::MMIO_DEVICES_START + u64::from(slot) * memory::MMIO_DEVICE_SIZE;
+    let irq = if irqchip {
+        let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::io("eventfd", e))?;
+        vm.register_irqfd(&fd, gsi)
+            .map_err(|e| VmmError::kvm("KVM_IRQFD", e))?;
+        IrqLine(Some(fd))
+    } else {
+        IrqLine(None)
+    };
+    cmdline
+        .add_virtio_mmio_device(memory::MMIO_DEVICE_SIZE, GuestAddress(addr), gsi, None)
+        .map_err(|e| VmmError::Boot(format!("kernel command line: {e}")))?;
+    Ok(irq)
+}
+
+/// Opens the tap and builds the virtio-net device.
+fn create_net(
+    mem: &memory::GuestMemoryMmap,
+    config: &NetConfig,
+    irq: IrqLine,
 ) -> Result<SharedNet, VmmError> {
     let hdr = net::VNET_HDR_LEN as i32;
     let tap = match &config.tap {
@@ -177,24 +220,24 @@ fn create_net(
         Tap::Fd(fd) => sys::tap_from_fd(*fd, hdr),
     }
     .map_err(|e| VmmError::io("opening the tap", e))?;
-    let irq = if irqchip {
-        let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::io("eventfd", e))?;
-        vm.register_irqfd(&fd, NET_IRQ)
-            .map_err(|e| VmmError::kvm("KVM_IRQFD", e))?;
-        IrqLine(Some(fd))
-    } else {
-        IrqLine(None)
-    };
-    cmdline
-        .add_virtio_mmio_device(
-            memory::MMIO_DEVICE_SIZE,
-            GuestAddress(memory::MMIO_DEVICES_START),
-            NET_IRQ,
-            None,
-        )
-        .map_err(|e| VmmError::Boot(format!("kernel command line: {e}")))?;
     let device = Net::new(tap, config.mac, mem.clone()).map_err(|e| VmmError::io("eventfd", e))?;
     Ok(Arc::new(Mutex::new(MmioTransport::new(device, irq))))
+}
+
+/// Opens the disk (read-write unless read-only) and builds the virtio-blk device.
+fn create_block(
+    mem: &memory::GuestMemoryMmap,
+    config: &DiskConfig,
+    irq: IrqLine,
+) -> Result<MmioTransport<Block>, VmmError> {
+    let disk = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!config.read_only)
+        .open(&config.path)
+        .map_err(|e| VmmError::io("opening the disk", e))?;
+    let device =
+        Block::new(disk, config.read_only, mem.clone()).map_err(|e| VmmError::io("the disk", e))?;
+    Ok(MmioTransport::new(device, irq))
 }
 
 /// The in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and the PIT, which Linux needs.
@@ -214,13 +257,13 @@ fn create_irqchip(vm: &VmFd) -> bool {
 fn run_vcpu(
     mut vcpu: VcpuFd,
     bus: &Mutex<PioBus<File>>,
-    net: Option<&SharedNet>,
+    mmio: &MmioDevices,
     irqchip: bool,
 ) -> Result<GuestExit, VmmError> {
     let window = |addr: u64| {
-        addr.checked_sub(memory::MMIO_DEVICES_START)
-            .filter(|off| *off < memory::MMIO_DEVICE_SIZE)
-            .and_then(|off| Some((net?, off)))
+        let off = addr.checked_sub(memory::MMIO_DEVICES_START)?;
+        let dev = mmio.get(usize::try_from(off / memory::MMIO_DEVICE_SIZE).ok()?)?;
+        Some((dev, off % memory::MMIO_DEVICE_SIZE))
     };
     loop {
         match vcpu.run() {
@@ -268,6 +311,6 @@ fn run_vcpu(
 
 /// The bus lock; a vCPU thread that panicked holding it leaves consistent device state
 /// (every device update is a single register write), so poisoning is ignored.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

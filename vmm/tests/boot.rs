@@ -1,6 +1,7 @@
 //! Boots the freestanding test guest (sandbox/tests/guests/freestanding) on the crid-vmm
-//! binary under KVM: what it prints, the exit code it chooses, and the confinement the VMM
-//! runs under (unprivileged uid/gid, empty chroot, seccomp, only its own descriptors).
+//! binary under KVM: what it prints, the exit code it chooses, the confinement the VMM runs
+//! under (unprivileged uid/gid, empty chroot, seccomp, only its own descriptors), and its
+//! virtio-blk disk (read, written, read-only).
 //!
 //! Needs gcc and a usable /dev/kvm; in CI (CI=true) their absence fails.
 
@@ -146,6 +147,103 @@ fn halted_guest_runs_confined_until_killed() {
     child.kill().unwrap();
     let st = child.wait().unwrap();
     assert!(!st.success());
+}
+
+/// A disk of 16 sectors with a marker at the start of sector 0 and zeros elsewhere.
+fn disk(dir: &Path) -> PathBuf {
+    let path = dir.join("disk.img");
+    let mut bytes = vec![0u8; 16 * 512];
+    bytes[..22].copy_from_slice(b"crid-disk-marker-42 ok");
+    std::fs::write(&path, &bytes).unwrap();
+    path
+}
+
+const WRITTEN: &[u8] = b"crid-test-guest wrote sector 1";
+
+#[test]
+fn guest_reads_and_writes_its_disk_as_nobody_in_an_empty_chroot() {
+    let Some((dir, kernel)) = guest() else { return };
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let disk = disk(dir.path());
+    let out = vmm(
+        &kernel,
+        "exit=0",
+        &[
+            "--disk",
+            disk.to_str().unwrap(),
+            "--user",
+            "65534:65534",
+            "--chroot",
+            root.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("crid-test-guest: disk: 16 sectors"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("crid-test-guest: disk marker: crid-disk-marker-42 ok"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("crid-test-guest: disk: write read back"),
+        "{stdout}"
+    );
+    // The guest's sector 1 is in the file; the rest is as it was.
+    let bytes = std::fs::read(&disk).unwrap();
+    assert_eq!(&bytes[512..512 + WRITTEN.len()], WRITTEN);
+    assert!(bytes[512 + WRITTEN.len()..].iter().all(|b| *b == 0));
+    assert_eq!(bytes.len(), 16 * 512);
+}
+
+#[test]
+fn read_only_disk_refuses_the_guests_write() {
+    let Some((dir, kernel)) = guest() else { return };
+    let disk = disk(dir.path());
+    let before = std::fs::read(&disk).unwrap();
+    let out = vmm(
+        &kernel,
+        "exit=0",
+        &["--disk", disk.to_str().unwrap(), "--disk-read-only"],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("crid-test-guest: disk marker: crid-disk-marker-42 ok"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("crid-test-guest: disk: write refused, status 1"),
+        "{stdout}"
+    );
+    assert_eq!(std::fs::read(&disk).unwrap(), before);
+}
+
+#[test]
+fn missing_disk_fails_with_a_message() {
+    let Some((dir, kernel)) = guest() else { return };
+    let out = vmm(
+        &kernel,
+        "exit=0",
+        &["--disk", dir.path().join("absent").to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("opening the disk"), "{err}");
 }
 
 #[test]

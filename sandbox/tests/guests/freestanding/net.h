@@ -1,42 +1,11 @@
 /*
  * A polling virtio-net driver over virtio-mmio (version 2) for the test guest, and just enough
- * of ARP, IPv4, ICMP echo and UDP to answer on the guest's address. Included by guest.c.
+ * of ARP, IPv4, ICMP echo and UDP to answer on the guest's address. Included by guest.c after
+ * virtio.h.
  */
 
-#define VQ_SIZE 8
 #define BUF_SIZE 2048
 #define VNET_HDR 12
-
-struct virtq_desc {
-	u64 addr;
-	u32 len;
-	u16 flags;
-	u16 next;
-};
-
-struct virtq_avail {
-	u16 flags;
-	u16 idx;
-	u16 ring[VQ_SIZE];
-};
-
-struct virtq_used_elem {
-	u32 id;
-	u32 len;
-};
-
-struct virtq_used {
-	u16 flags;
-	u16 idx;
-	struct virtq_used_elem ring[VQ_SIZE];
-};
-
-struct vq {
-	struct virtq_desc desc[VQ_SIZE] __attribute__((aligned(16)));
-	struct virtq_avail avail __attribute__((aligned(2)));
-	struct virtq_used used __attribute__((aligned(4)));
-	u16 last_used;
-};
 
 static struct vq rxq __attribute__((aligned(4096)));
 static struct vq txq __attribute__((aligned(4096)));
@@ -46,62 +15,8 @@ static volatile u32 *mmio;
 static u8 my_mac[6];
 static u8 my_ip[4];
 
-#define barrier() __asm__ volatile("" : : : "memory")
-
-static u32 rd(u32 off) { return mmio[off / 4]; }
-static void wr(u32 off, u32 v) { mmio[off / 4] = v; }
-
-static void put_hex(u32 v, int digits)
-{
-	const char *hex = "0123456789abcdef";
-	while (digits--)
-		putc(hex[(v >> (digits * 4)) & 0xf]);
-}
-
-static void put_dec(u32 v)
-{
-	char b[12];
-	int i = 0;
-	do {
-		b[i++] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	while (i)
-		putc(b[--i]);
-}
-
-/* The value after `key` (e.g. "@0x") in the parameter `param=` of the command line, as hex. */
-static u32 mmio_base(const char *cmdline)
-{
-	const char *key = "virtio_mmio.device=";
-	for (const char *p = cmdline; *p; p++) {
-		const char *k = key, *q = p;
-		while (*k && *q == *k) {
-			q++;
-			k++;
-		}
-		if (*k)
-			continue;
-		while (*q && *q != '@' && *q != ' ')
-			q++;
-		if (q[0] != '@' || q[1] != '0' || q[2] != 'x')
-			return 0;
-		q += 3;
-		u32 v = 0;
-		for (;; q++) {
-			u32 d;
-			if (*q >= '0' && *q <= '9')
-				d = (u32)(*q - '0');
-			else if (*q >= 'a' && *q <= 'f')
-				d = (u32)(*q - 'a' + 10);
-			else
-				break;
-			v = (v << 4) | d;
-		}
-		return v;
-	}
-	return 0;
-}
+static u32 rd(u32 off) { return vrd(mmio, off); }
+static void wr(u32 off, u32 v) { vwr(mmio, off, v); }
 
 /* The dotted address after "netdev.ip=" (Unikraft's form, IP/PREFIX:GW). */
 static int parse_ip(const char *cmdline, u8 ip[4])
@@ -131,36 +46,12 @@ static int parse_ip(const char *cmdline, u8 ip[4])
 	return 0;
 }
 
-static void setup_queue(u32 index, struct vq *q)
-{
-	wr(0x030, index);
-	if (rd(0x034) < VQ_SIZE)
-		return;
-	wr(0x038, VQ_SIZE);
-	wr(0x080, (u32)q->desc);
-	wr(0x084, 0);
-	wr(0x090, (u32)&q->avail);
-	wr(0x094, 0);
-	wr(0x0a0, (u32)&q->used);
-	wr(0x0a4, 0);
-	wr(0x044, 1);
-}
-
 static int net_init(void)
 {
-	if (rd(0x000) != 0x74726976 || rd(0x004) != 2 || rd(0x008) != 1)
+	if (!virtio_negotiate(mmio, 1u << 5)) /* VIRTIO_NET_F_MAC */
 		return 0;
-	wr(0x070, 0);
-	wr(0x070, 1 | 2);
-	wr(0x024, 0);
-	wr(0x020, 1u << 5); /* VIRTIO_NET_F_MAC */
-	wr(0x024, 1);
-	wr(0x020, 1); /* VIRTIO_F_VERSION_1 */
-	wr(0x070, 1 | 2 | 8);
-	if (!(rd(0x070) & 8))
-		return 0;
-	setup_queue(0, &rxq);
-	setup_queue(1, &txq);
+	virtio_setup_queue(mmio, 0, &rxq);
+	virtio_setup_queue(mmio, 1, &txq);
 	for (int i = 0; i < 6; i++)
 		my_mac[i] = ((volatile u8 *)mmio)[0x100 + i];
 	for (u16 i = 0; i < VQ_SIZE; i++) {
@@ -284,7 +175,7 @@ static u32 answer(const u8 *in, u32 len, u8 *out)
 /* Serves the network forever; returns 0 without a device or address, 1 when it fails. */
 static int net_serve(const char *cmdline)
 {
-	u32 base = mmio_base(cmdline);
+	u32 base = virtio_find(cmdline, VIRTIO_ID_NET);
 	if (!base || !parse_ip(cmdline, my_ip))
 		return 0;
 	mmio = (volatile u32 *)base;

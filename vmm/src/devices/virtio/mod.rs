@@ -1,7 +1,9 @@
 //! virtio devices over the virtio-mmio transport (version 2, as Firecracker and QEMU microvm
 //! expose them), announced to the guest on its command line
-//! (`virtio_mmio.device=4K@0xd0000000:5`). Queues and descriptor chains are `virtio-queue`'s.
+//! (`virtio_mmio.device=4K@0xd0000000:5`, one 4 KiB window and interrupt line each, in the
+//! order the VMM adds them). Queues and descriptor chains are `virtio-queue`'s.
 
+pub mod blk;
 pub mod mmio;
 pub mod net;
 
@@ -12,7 +14,7 @@ pub const F_VERSION_1: u64 = 1 << 32;
 
 /// What a device behind the MMIO transport provides.
 pub trait VirtioDevice: Send {
-    /// The virtio device id (1: network).
+    /// The virtio device id (1: network, 2: block).
     fn device_type(&self) -> u32;
     /// Feature bits offered to the driver.
     fn features(&self) -> u64;
@@ -22,4 +24,20 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// A queue was notified by the driver (its index), with the queues now in use.
     fn notify(&mut self, queue: usize, queues: &mut [virtio_queue::Queue]) -> bool;
+}
+
+/// A device's MMIO window as the vCPUs reach it, whatever the device behind it.
+pub trait MmioWindow: Send {
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+impl<D: VirtioDevice> MmioWindow for MmioTransport<D> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        MmioTransport::read(self, offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        MmioTransport::write(self, offset, data);
+    }
 }
