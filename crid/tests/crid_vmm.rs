@@ -2,8 +2,9 @@
 //! `crid` hypervisor, and the same kernel packed for `qemu`, which `vm.crid_vmm_for = ["qemu"]`
 //! moves onto crid-vmm. crid finds `crid-vmm` next to its own executable (`target/debug`).
 //! Checks: the serial output in the CRI log, the guest's exit code as the container's, the VMM
-//! as the container's process (unprivileged, seccomp, chroot, in the container's cgroup), and
-//! nothing left (process, cgroup, container directory) after stop and remove.
+//! as the container's process (unprivileged, seccomp, chroot, in the container's cgroup),
+//! nothing left (process, cgroup, container directory) after stop and remove, and an image's
+//! block file as the guest's virtio-blk disk (its writes in the container's private copy only).
 //! Needs root, gcc, nsenter, /dev/kvm and the registry; skipped with a reason otherwise
 //! (failing under CI=true).
 
@@ -223,6 +224,124 @@ async fn freestanding_guest_on_crid_vmm_through_the_cri() {
         .filter(|c| c.contains("crid-vmm") && c.contains(&state))
         .collect();
     assert!(left.is_empty(), "VMMs left: {left:?}");
+    crid.finish().await;
+}
+
+/// The image's block file: a marker at the start of sector 0, zeros elsewhere (16 sectors).
+fn disk_image(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let path = dir.join("disk.img");
+    let mut bytes = vec![0u8; 16 * 512];
+    let marker = b"crid-disk-marker from the image";
+    bytes[..marker.len()].copy_from_slice(marker);
+    std::fs::write(&path, &bytes).unwrap();
+    (path, bytes)
+}
+
+/// The container's request as crid recorded it (verbose status): its block file in the image's
+/// layers and its run directory.
+async fn block_paths(crid: &Crid, id: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (_, info) = crid.container_status(id).await;
+    let req = &info["runtimeSpec"]["unikernel"]["request"];
+    assert_eq!(req["info"]["hypervisor"], "crid", "{info}");
+    let layer = req["layer_dirs"]
+        .as_array()
+        .expect("layer_dirs in verbose info")
+        .iter()
+        .filter_map(|d| d.as_str())
+        .map(|d| Path::new(d).join("unikernel/disk.img"))
+        .find(|p| p.exists())
+        .expect("the block file in the image's layers");
+    let run_dir = Path::new(req["run_dir"].as_str().expect("run_dir")).to_path_buf();
+    (layer, run_dir)
+}
+
+const WRITTEN: &[u8] = b"crid-test-guest wrote sector 1";
+
+#[tokio::test]
+async fn guest_disk_on_crid_vmm_through_the_cri() {
+    let Some(reg) = ready() else { return };
+    vmm_binary();
+    let work = tempfile::tempdir().unwrap();
+    let kernel = work.path().join("guest.elf");
+    let (disk, original) = disk_image(work.path());
+    let block = ["--block", disk.to_str().unwrap()];
+    let own = common::push_guest_with(
+        &reg, &kernel, "unikraft", "crid", "stay", "crid-blk", &block,
+    );
+    let for_fc = common::push_guest_with(
+        &reg,
+        &kernel,
+        "unikraft",
+        "firecracker",
+        "exit=6",
+        "crid-fc-blk",
+        &block,
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    common::write_config(dir.path(), "[vm]\ncrid_vmm_for = [\"firecracker\"]\n");
+    let crid = Crid::start_owned(dir).await;
+    crid.expect_pull(&own).await;
+    crid.expect_pull(&for_fc).await;
+    let pod = crid.run_host_pod_with("vmm-blk", "urunc").await;
+    let logs = crid.path().join("logs/vmm-blk");
+
+    // The guest reads the image's marker and writes sector 1 of its disk, which is the
+    // container's private copy: the copy has the write, the image's layer file does not.
+    let c = crid.create_start(&pod, guest(&own, "disk", &[])).await;
+    let log = logs.join("disk.log");
+    wait_log(&log, "crid-test-guest: disk: write read back").await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("crid-test-guest: disk marker: crid-disk-marker from the image"),
+        "{text}"
+    );
+    let (layer_file, run_dir) = block_paths(&crid, &c).await;
+    assert_eq!(std::fs::read(&layer_file).unwrap(), original);
+    let copy = std::fs::read(run_dir.join("block.img")).unwrap();
+    assert_eq!(&copy[512..512 + WRITTEN.len()], WRITTEN);
+    assert_eq!(copy[..512], original[..512]);
+    crid.rt()
+        .stop_container(cri::StopContainerRequest {
+            container_id: c.clone(),
+            timeout: 2,
+        })
+        .await
+        .unwrap();
+    let s = crid
+        .wait_state(&c, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(s.exit_code, 143, "{s:?}");
+    assert!(
+        !run_dir.join("block.img").exists(),
+        "the disk copy outlived the guest"
+    );
+
+    // A Firecracker image with a block device runs on crid-vmm under vm.crid_vmm_for.
+    let f = crid.create_start(&pod, guest(&for_fc, "fc", &[])).await;
+    let s = crid
+        .wait_state(&f, cri::ContainerState::ContainerExited)
+        .await;
+    let text = std::fs::read_to_string(logs.join("fc.log")).unwrap_or_default();
+    assert_eq!(s.exit_code, 6, "log:\n{text}\n{}", log_text(crid.path()));
+    assert!(
+        text.contains("crid-test-guest: disk marker: crid-disk-marker from the image"),
+        "{text}"
+    );
+    assert!(
+        text.contains("crid-test-guest: disk: write read back"),
+        "{text}"
+    );
+    let (layer_file, _) = block_paths(&crid, &f).await;
+    assert_eq!(std::fs::read(&layer_file).unwrap(), original);
+    for id in [&c, &f] {
+        crid.rt()
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .unwrap();
+    }
     crid.finish().await;
 }
 

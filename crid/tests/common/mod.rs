@@ -976,6 +976,19 @@ pub fn push_guest_as(
     cmdline: &str,
     tag: &str,
 ) -> String {
+    push_guest_with(reg, kernel, guest, hypervisor, cmdline, tag, &[])
+}
+
+/// [`push_guest_as`] with more `crid unikernel pack` options (e.g. `--block FILE`).
+pub fn push_guest_with(
+    reg: &str,
+    kernel: &Path,
+    guest: &str,
+    hypervisor: &str,
+    cmdline: &str,
+    tag: &str,
+    pack_options: &[&str],
+) -> String {
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox/tests/guests/freestanding/build.sh");
     let st = Command::new("sh")
@@ -996,7 +1009,9 @@ pub fn push_guest_as(
         ])
         .arg("--kernel")
         .arg(kernel)
-        .args(["--cmdline", cmdline, "-t", "guest", "--push"])
+        .args(["--cmdline", cmdline, "-t", "guest"])
+        .args(pack_options)
+        .arg("--push")
         .arg(&reference)
         .output()
         .unwrap();

@@ -1,7 +1,9 @@
 //! crid's own VMM, `crid-vmm` (the `vmm/` crate): `crid-vmm --kernel K [--initrd I] --cmdline C
-//! --memory M --vcpus N [--tap TAP --mac MAC] [--user UID:GID --chroot DIR]`. KVM only. In a pod
-//! network the guest gets a virtio-net device over virtio-mmio on the pod's tap, announced on
-//! its command line (`virtio_mmio.device=`, Firecracker's convention). The serial console is on
+//! --memory M --vcpus N [--tap TAP --mac MAC] [--disk FILE] [--user UID:GID --chroot DIR]`. KVM
+//! only. In a pod network the guest gets a virtio-net device over virtio-mmio on the pod's tap,
+//! and an image's block file becomes a virtio-blk device on the container's private copy of it
+//! (see [`super::launch`]), both announced on its command line (`virtio_mmio.device=`,
+//! Firecracker's convention; the NIC first). The serial console is on
 //! its stdout; it exits with the byte the guest writes to the debug-exit port (0xf4), 0 when the
 //! guest resets through the i8042 (`reboot=k`), 1 when the VMM itself fails. Like QEMU it drops
 //! to the container's unprivileged uid in an empty chroot once its files are open, and every
@@ -40,9 +42,9 @@ impl Hypervisor for CridVmm {
 
     fn plan(&self, spec: &VmSpec, binary: &Path) -> Result<LaunchPlan, SandboxError> {
         require_kvm(spec)?;
-        if spec.block.is_some() {
+        if spec.block_overlay {
             return Err(SandboxError::UnsupportedGuest {
-                reason: "crid-vmm has no block device yet".into(),
+                reason: "crid-vmm takes a raw disk file, not a qcow2 overlay".into(),
             });
         }
         let cmdline = guest_cmdline(spec, &["reboot=k", "pci=off", "console=ttyS0"])?;
@@ -67,6 +69,9 @@ impl Hypervisor for CridVmm {
                 "--mac".into(),
                 net.mac.to_string(),
             ]);
+        }
+        if let Some(block) = &spec.block {
+            args.extend(["--disk".into(), path_arg(block)?]);
         }
         if let Some((uid, gid)) = spec.vmm_user {
             if uid == 0 || gid == 0 {
@@ -126,10 +131,11 @@ pub fn substitute(
 /// Whether crid-vmm boots this guest as its own hypervisor would: a `unikraft` guest whose
 /// kernel is an ELF64 with a PVH note (QEMU microvm and Firecracker both enter it there), or a
 /// `linux` guest (bzImage or ELF vmlinux, Firecracker's boot protocol) on a KVM that runs Linux
-/// (not PVM); no block device (crid-vmm has no virtio-blk yet); in a pod network only images
-/// for Firecracker, whose guests find their virtio-mmio NIC on the command line as crid-vmm
-/// announces it (QEMU guests use virtio-pci there); and a usable KVM. `head` is the start of
-/// the kernel file.
+/// (not PVM); with a virtio device (a pod network or a block device) only images for
+/// Firecracker, whose guests find their virtio-mmio NIC and disk on the command line as
+/// crid-vmm announces them (QEMU runs a guest with a NIC or disk on the pc machine, virtio-pci,
+/// except `linux` on KVM, and its Unikraft images carry PCI drivers); and a usable KVM. `head`
+/// is the start of the kernel file.
 pub fn compatible(
     info: &UnikernelInfo,
     head: Option<&[u8]>,
@@ -139,11 +145,13 @@ pub fn compatible(
     if !host.usable {
         return Err("no usable KVM");
     }
-    if info.block.is_some() {
-        return Err("a block device (crid-vmm has none yet)");
-    }
-    if networked && info.hypervisor != HypervisorKind::Firecracker {
-        return Err("a pod network, where QEMU guests expect virtio-pci");
+    if info.hypervisor != HypervisorKind::Firecracker {
+        if networked {
+            return Err("a pod network, where QEMU guests expect virtio-pci");
+        }
+        if info.block.is_some() {
+            return Err("a block device, which QEMU guests expect on virtio-pci");
+        }
     }
     let head = head.ok_or("the kernel cannot be read")?;
     let elf64 = head.get(0..5) == Some(b"\x7fELF\x02");
@@ -219,6 +227,20 @@ mod tests {
     }
 
     #[test]
+    fn plan_passes_the_private_disk_copy() {
+        let mut s = spec(UnikernelType::Unikraft, HypervisorKind::Crid);
+        s.block = Some("/run/crid/c1/block.img".into());
+        let p = CridVmm.plan(&s, Path::new("/x")).unwrap();
+        assert!(
+            p.args.join(" ").contains("--disk /run/crid/c1/block.img"),
+            "{:?}",
+            p.args
+        );
+        s.block_overlay = true;
+        assert!(CridVmm.plan(&s, Path::new("/x")).is_err());
+    }
+
+    #[test]
     fn plan_argv_confinement_and_exit_mapping() {
         let mut s = spec(UnikernelType::Unikraft, HypervisorKind::Crid);
         s.vmm_user = Some((2_000_000_001, 2_000_000_001));
@@ -261,6 +283,9 @@ mod tests {
         let mut blk = uk.clone();
         blk.block = Some("disk.img".into());
         assert!(compatible(&blk, Some(&elf), false, &host(true)).is_err());
+        let mut fc_blk = fc.clone();
+        fc_blk.block = Some("disk.img".into());
+        assert_eq!(compatible(&fc_blk, Some(&elf), true, &host(true)), Ok(()));
 
         let linux = spec(UnikernelType::Linux, HypervisorKind::Firecracker).info;
         let mut bz = vec![0u8; 0x300];

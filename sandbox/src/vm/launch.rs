@@ -9,8 +9,9 @@
 //! container's), an unprivileged uid/gid of its own (`vmm_uid_base` + a hash of the container
 //! id, within `vmm_uid_count`; 0 keeps VMMs root), an empty chroot directory, a QMP socket for
 //! graceful stops, and — for a block device — a qcow2 overlay over the image's file.
-//! Firecracker, Cloud Hypervisor and Solo5 run as root in the cgroup, with a private copy
-//! (a reflink where the file system can) of the block file, since they take raw files only.
+//! crid-vmm drops privileges the same way; it, Firecracker, Cloud Hypervisor and Solo5 (these
+//! three as root in the cgroup) get a private copy (a reflink where the file system can) of the
+//! block file, since they take raw files only.
 
 use std::path::{Path, PathBuf};
 
@@ -676,6 +677,33 @@ mod tests {
         release(&req).unwrap();
         assert!(!copy.exists());
         assert!(!req.run_dir.join("firecracker.json").exists());
+    }
+
+    /// crid-vmm gets a private copy of the block file as its raw disk, as Firecracker does; the
+    /// image's layer file stays as it is.
+    #[test]
+    fn crid_vmm_gets_a_private_disk_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let bins = dir.path().join("bin");
+        std::fs::create_dir_all(&bins).unwrap();
+        fake_bin(&bins, "crid-vmm");
+        let settings = VmSettings {
+            binary_dirs: vec![bins],
+            ..VmSettings::default()
+        };
+        let req = request(dir.path(), UnikernelType::Unikraft, HypervisorKind::Crid);
+        let p = prepare(&req, &settings, &host()).unwrap();
+        let copy = req.run_dir.join(BLOCK_COPY);
+        let argv = p.argv.join(" ");
+        assert!(
+            argv.contains(&format!("--disk {}", copy.display())),
+            "{argv}"
+        );
+        std::fs::write(&copy, b"guest wrote this").unwrap();
+        let layer_file = req.layer_dirs[0].join("unikernel/disk.img");
+        assert_eq!(std::fs::read(&layer_file).unwrap(), b"disk");
+        release(&req).unwrap();
+        assert!(!copy.exists());
     }
 
     /// urunc's `mountRootfs=false` leaves the image's own files out of a `linux` guest's
