@@ -368,7 +368,17 @@ async fn guest_on_crid_vmm_answers_on_the_pod_ip() {
     vmm_binary();
     let work = tempfile::tempdir().unwrap();
     let kernel = work.path().join("guest.elf");
-    let image = common::push_guest_as(&reg, &kernel, "unikraft", "crid", "stay", "crid-net");
+    // With a disk too: the NIC in the first virtio-mmio window, the disk in the second.
+    let (disk, _) = disk_image(work.path());
+    let image = common::push_guest_with(
+        &reg,
+        &kernel,
+        "unikraft",
+        "crid",
+        "stay",
+        "crid-net",
+        &["--block", disk.to_str().unwrap()],
+    );
 
     let dir = tempfile::tempdir().unwrap();
     common::write_config(dir.path(), "");
@@ -397,6 +407,11 @@ async fn guest_on_crid_vmm_answers_on_the_pod_ip() {
     wait_log(&log, "crid-test-guest: net up").await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains(&format!(" {ip}\n")), "{text}");
+    assert!(
+        text.contains("crid-test-guest: disk marker: crid-disk-marker from the image")
+            && text.contains("crid-test-guest: disk: write read back"),
+        "{text}"
+    );
     // The guest answers on the pod IP: ARP, then UDP echoed by the guest itself.
     let echo = udp_echo(&ip, b"hello crid-vmm", 20);
     assert_eq!(
