@@ -49,9 +49,17 @@ pub struct Config {
 /// its privileges.
 #[derive(Debug, Clone)]
 pub struct DiskConfig {
-    pub path: PathBuf,
-    /// Opened read-only and offered with `VIRTIO_BLK_F_RO`; the guest's writes fail.
+    pub disk: Disk,
+    /// Offered with `VIRTIO_BLK_F_RO` (and a path opened read-only); the guest's writes fail.
     pub read_only: bool,
+}
+
+/// Where the disk comes from.
+#[derive(Debug, Clone)]
+pub enum Disk {
+    Path(PathBuf),
+    /// An inherited descriptor of the open disk.
+    Fd(i32),
 }
 
 /// The guest's network device.

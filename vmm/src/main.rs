@@ -4,13 +4,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use crid_vmm::{Config, DiskConfig, NetConfig, Tap, exit_status, vm};
+use crid_vmm::{Config, Disk, DiskConfig, NetConfig, Tap, exit_status, vm};
 
 /// Exit status when the VMM itself fails (the message is on stderr).
 const VMM_FAILURE: u8 = 1;
 
 #[derive(Parser, Debug)]
 #[command(name = "crid-vmm", version, about = "crid's microVM monitor")]
+#[command(group = clap::ArgGroup::new("disk_source").args(["disk", "disk_fd"]))]
 struct Args {
     /// Guest kernel: an ELF with a PVH note, an ELF vmlinux or a bzImage.
     #[arg(long)]
@@ -41,10 +42,13 @@ struct Args {
     #[arg(long, value_parser = parse_mac, default_value = "02:00:00:00:00:01")]
     mac: [u8; 6],
     /// A virtio-blk device on this raw disk file (opened before the VMM drops privileges).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "disk_fd")]
     disk: Option<PathBuf>,
-    /// Open the disk read-only and offer it to the guest as read-only.
-    #[arg(long, requires = "disk")]
+    /// A virtio-blk device on this inherited descriptor of an open disk file.
+    #[arg(long)]
+    disk_fd: Option<i32>,
+    /// Offer the disk to the guest as read-only (a --disk path is opened read-only).
+    #[arg(long, requires = "disk_source")]
     disk_read_only: bool,
     /// Skip the seccomp filter (debugging only).
     #[arg(long)]
@@ -87,8 +91,13 @@ fn main() -> ExitCode {
             }),
             (None, None) => None,
         },
-        disk: args.disk.map(|path| DiskConfig {
-            path,
+        disk: match (args.disk, args.disk_fd) {
+            (Some(path), _) => Some(Disk::Path(path)),
+            (None, Some(fd)) => Some(Disk::Fd(fd)),
+            (None, None) => None,
+        }
+        .map(|disk| DiskConfig {
+            disk,
             read_only: args.disk_read_only,
         }),
     };

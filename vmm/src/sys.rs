@@ -107,6 +107,11 @@ impl NonBlock for std::fs::OpenOptions {
     }
 }
 
+/// Takes over an inherited descriptor of the disk (close-on-exec).
+pub fn disk_from_fd(fd: i32) -> io::Result<File> {
+    Ok(File::from(adopt_fd(fd)?))
+}
+
 /// Takes over an inherited descriptor given on the command line.
 fn adopt_fd(fd: i32) -> io::Result<OwnedFd> {
     // SAFETY: F_GETFD only checks that `fd` is open; it touches no memory.
@@ -116,8 +121,8 @@ fn adopt_fd(fd: i32) -> io::Result<OwnedFd> {
             format!("descriptor {fd} is not open"),
         ));
     }
-    // SAFETY: the caller passed this descriptor to us to own (the tap); nothing else in the
-    // process refers to it, and it was just checked to be open. The close-on-exec flag is set
+    // SAFETY: the caller passed this descriptor to us to own (the tap or the disk, never the
+    // same one: `vm::run` refuses that); nothing else in the process refers to it, and it was just checked to be open. The close-on-exec flag is set
     // below so no later exec could inherit it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: F_SETFD with FD_CLOEXEC on a descriptor we own.

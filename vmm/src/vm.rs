@@ -20,7 +20,7 @@ use crate::devices::virtio::blk::Block;
 use crate::devices::virtio::net::{self, Net, SharedNet};
 use crate::devices::virtio::{MmioTransport, MmioWindow};
 use crate::devices::{GuestExit, IrqLine, PioBus, Serial, i8042, serial};
-use crate::{Config, DiskConfig, NetConfig, Tap, VmmError, cpu, memory, seccomp, sys};
+use crate::{Config, Disk, DiskConfig, NetConfig, Tap, VmmError, cpu, memory, seccomp, sys};
 
 /// The interrupt line of the first virtio-mmio device (Firecracker's choice too); each further
 /// device takes the next line.
@@ -60,6 +60,21 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
         Some(p) => Some(File::open(p).map_err(|e| VmmError::io("opening the initrd", e))?),
         None => None,
     };
+    if let (
+        Some(NetConfig {
+            tap: Tap::Fd(a), ..
+        }),
+        Some(DiskConfig {
+            disk: Disk::Fd(b), ..
+        }),
+    ) = (&config.net, &config.disk)
+    {
+        if a == b {
+            return Err(VmmError::Config(format!(
+                "descriptor {a} cannot be both the tap and the disk"
+            )));
+        }
+    }
     let mut cmdline = boot::cmdline(&config.cmdline)?;
     let mut mmio: MmioDevices = Vec::new();
     let net = match &config.net {
@@ -224,17 +239,20 @@ fn create_net(
     Ok(Arc::new(Mutex::new(MmioTransport::new(device, irq))))
 }
 
-/// Opens the disk (read-write unless read-only) and builds the virtio-blk device.
+/// Opens the disk (a path read-write unless read-only) and builds the virtio-blk device.
 fn create_block(
     mem: &memory::GuestMemoryMmap,
     config: &DiskConfig,
     irq: IrqLine,
 ) -> Result<MmioTransport<Block>, VmmError> {
-    let disk = std::fs::OpenOptions::new()
-        .read(true)
-        .write(!config.read_only)
-        .open(&config.path)
-        .map_err(|e| VmmError::io("opening the disk", e))?;
+    let disk = match &config.disk {
+        Disk::Path(path) => std::fs::OpenOptions::new()
+            .read(true)
+            .write(!config.read_only)
+            .open(path),
+        Disk::Fd(fd) => sys::disk_from_fd(*fd),
+    }
+    .map_err(|e| VmmError::io("opening the disk", e))?;
     let device =
         Block::new(disk, config.read_only, mem.clone()).map_err(|e| VmmError::io("the disk", e))?;
     Ok(MmioTransport::new(device, irq))

@@ -232,6 +232,47 @@ fn read_only_disk_refuses_the_guests_write() {
 }
 
 #[test]
+fn inherited_disk_descriptor() {
+    let Some((dir, kernel)) = guest() else { return };
+    let disk = disk(dir.path());
+    // The shell opens the disk read-write on descriptor 3 and execs the VMM with it.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec {VMM} --kernel {} --cmdline exit=0 --memory 32 --disk-fd 3 3<>{}",
+            kernel.display(),
+            disk.display()
+        ))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("crid-test-guest: disk: write read back"),
+        "{stdout}"
+    );
+    assert_eq!(
+        &std::fs::read(&disk).unwrap()[512..512 + WRITTEN.len()],
+        WRITTEN
+    );
+    // The same descriptor cannot be both the tap and the disk.
+    let both = vmm(&kernel, "exit=0", &["--tap-fd", "3", "--disk-fd", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(both.status.code(), Some(1));
+    // Read-only needs a disk.
+    let ro = vmm(&kernel, "exit=0", &["--disk-read-only"])
+        .output()
+        .unwrap();
+    assert_eq!(ro.status.code(), Some(2), "a usage error");
+}
+
+#[test]
 fn missing_disk_fails_with_a_message() {
     let Some((dir, kernel)) = guest() else { return };
     let out = vmm(
