@@ -449,16 +449,21 @@ impl NetOps for Rtnl {
     }
 
     fn nat_table(&self, rules: &[NatRule]) -> Result<(), SandboxError> {
-        nft::apply(&nft::replace_table(rules))
-            .map_err(|e| err(&format!("nftables: {}", e.what), e.error))
+        let nft = nft::Nft::open().map_err(nft_err)?;
+        let replace = nft.table_exists().map_err(nft_err)?;
+        nft.apply(&nft::make_table(rules, replace)).map_err(nft_err)
     }
 
     fn del_nat_table(&self) -> Result<(), SandboxError> {
-        match nft::apply(&[nft::delete_table()]) {
+        match nft::Nft::open().and_then(|nft| nft.apply(&[nft::delete_table()])) {
             Err(e) if e.error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            r => r.map_err(|e| err(&format!("nftables: {}", e.what), e.error)),
+            r => r.map_err(nft_err),
         }
     }
+}
+
+fn nft_err(e: nft::StepError) -> SandboxError {
+    err(&format!("nftables: {}", e.what), e.error)
 }
 
 /// The rule as an `RTM_NEWRULE`/`RTM_DELRULE` message (the priority always given, so that
