@@ -66,6 +66,9 @@ pub struct KubeletPod {
     pub log_directory: PathBuf,
     pub host_network: bool,
     pub cgroup_parent: String,
+    /// The pod's `metadata.annotations`, which kubelet passes on in
+    /// `PodSandboxConfig.annotations` next to its own.
+    pub annotations: Vec<(String, String)>,
 }
 
 impl KubeletPod {
@@ -96,6 +99,7 @@ impl KubeletPod {
             log_directory,
             host_network: false,
             cgroup_parent: String::new(),
+            annotations: vec![],
         };
         // kubelet's managed hosts file (kubelet_pods.go managedHostsFileContent).
         std::fs::write(
@@ -149,7 +153,10 @@ impl KubeletPod {
                     "kubernetes.io/config.seen".into(),
                     "2026-01-01T00:00:00.000000000Z".into(),
                 ),
-            ]),
+            ])
+            .into_iter()
+            .chain(self.annotations.iter().cloned())
+            .collect(),
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: self.cgroup_parent.clone(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
@@ -188,6 +195,7 @@ impl KubeletPod {
             volumes: vec![],
             memory_limit: 0,
             cpu_millis: 0,
+            annotations: vec![],
         }
     }
 
@@ -243,6 +251,7 @@ pub struct KubeletContainer {
     volumes: Vec<Volume>,
     memory_limit: i64,
     cpu_millis: i64,
+    annotations: Vec<(String, String)>,
 }
 
 impl KubeletContainer {
@@ -253,6 +262,14 @@ impl KubeletContainer {
 
     pub fn args(mut self, argv: &[&str]) -> Self {
         self.args = argv.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// An annotation of the container's own. kubelet sets only its `io.kubernetes.*` ones (a
+    /// pod's `metadata.annotations` go to the sandbox); other CRI clients and NRI plugins may
+    /// set more.
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.annotations.push((key.into(), value.into()));
         self
     }
 
@@ -393,6 +410,7 @@ impl KubeletContainer {
         if !self.ports.is_empty() {
             annotations.insert("io.kubernetes.container.ports".into(), ports.to_string());
         }
+        annotations.extend(self.annotations.iter().cloned());
         let mut labels = pod.labels();
         labels.insert("io.kubernetes.container.name".into(), self.name.clone());
         let (cpu_quota, cpu_shares) = if self.cpu_millis > 0 {

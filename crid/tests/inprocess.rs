@@ -229,8 +229,8 @@ impl ContainerBackend for FakeBackend {
     fn supports_exec(&self) -> bool {
         true
     }
-    fn spec_json(&self, _r: &ContainerRecord) -> Option<serde_json::Value> {
-        Some(serde_json::json!({ "fake": true }))
+    fn spec_json(&self, r: &ContainerRecord) -> Option<serde_json::Value> {
+        Some(serde_json::json!({ "fake": true, "unikernel": r.image.unikernel }))
     }
     fn attach_socket(&self, _r: &ContainerRecord) -> Option<PathBuf> {
         None
@@ -259,8 +259,11 @@ fn fake_backends(dir: &Path) -> Backends {
 
 /// The image the fake containers are created from, imported from [`image_archive`].
 const IMAGE: &str = "fake.invalid/tiny:1";
+/// A unikernel image (urunc's keys as config labels), imported from [`image_archive`].
+const UNIKERNEL_IMAGE: &str = "fake.invalid/unikernel:1";
 
-/// A `docker save` archive of [`IMAGE`]: one layer with one file.
+/// A `docker save` archive of [`IMAGE`] (one layer with one file) and [`UNIKERNEL_IMAGE`] (one
+/// layer with its kernel).
 fn image_archive(dir: &Path) -> PathBuf {
     use sha2::Digest;
     let append = |b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]| {
@@ -270,26 +273,42 @@ fn image_archive(dir: &Path) -> PathBuf {
         h.set_cksum();
         b.append_data(&mut h, name, data).unwrap();
     };
-    let mut layer = tar::Builder::new(Vec::new());
-    append(&mut layer, "hello", b"hello\n");
-    let layer = layer.into_inner().unwrap();
-    let diff_id = hex::encode(sha2::Sha256::digest(&layer));
-    let config = serde_json::json!({
-        "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
-        "os": "linux",
-        "config": { "Cmd": ["true"] },
-        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{diff_id}")] },
-    })
-    .to_string();
-    let manifest = serde_json::json!([{
-        "Config": "config.json",
-        "RepoTags": [IMAGE],
-        "Layers": ["layer.tar"],
-    }])
-    .to_string();
     let mut archive = tar::Builder::new(Vec::new());
-    append(&mut archive, "config.json", config.as_bytes());
-    append(&mut archive, "layer.tar", &layer);
+    let mut manifest = vec![];
+    let images = [
+        (IMAGE, "hello", serde_json::json!({})),
+        (
+            UNIKERNEL_IMAGE,
+            "unikernel/kernel",
+            serde_json::json!({
+                "com.urunc.unikernel.unikernelType": "unikraft",
+                "com.urunc.unikernel.hypervisor": "qemu",
+                "com.urunc.unikernel.binary": "/unikernel/kernel",
+                "com.urunc.unikernel.cmdline": "from-image",
+            }),
+        ),
+    ];
+    for (i, (tag, file, labels)) in images.into_iter().enumerate() {
+        let mut layer = tar::Builder::new(Vec::new());
+        append(&mut layer, file, b"hello\n");
+        let layer = layer.into_inner().unwrap();
+        let diff_id = hex::encode(sha2::Sha256::digest(&layer));
+        let config = serde_json::json!({
+            "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            "os": "linux",
+            "config": { "Cmd": ["true"], "Labels": labels },
+            "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{diff_id}")] },
+        })
+        .to_string();
+        append(&mut archive, &format!("config{i}.json"), config.as_bytes());
+        append(&mut archive, &format!("layer{i}.tar"), &layer);
+        manifest.push(serde_json::json!({
+            "Config": format!("config{i}.json"),
+            "RepoTags": [tag],
+            "Layers": [format!("layer{i}.tar")],
+        }));
+    }
+    let manifest = serde_json::Value::from(manifest).to_string();
     append(&mut archive, "manifest.json", manifest.as_bytes());
     let path = dir.join("image.tar");
     std::fs::write(&path, archive.into_inner().unwrap()).unwrap();
@@ -1248,4 +1267,102 @@ async fn user_namespaces_reported_where_they_work_and_bad_requests_refused() {
         })
         .await;
     assert_eq!(code(r), Code::Ok);
+}
+
+/// urunc's keys as pod and container annotations, decided before any backend runs: container
+/// over pod over image, key by key; a bad value is INVALID_ARGUMENT naming the key and where
+/// it came from; unknown keys are ignored; a pod's keys leave its ordinary containers alone,
+/// and a container's own keys on an ordinary image are refused.
+#[tokio::test]
+async fn urunc_keys_in_annotations_tune_unikernel_images_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = serve(tmp.path()).await;
+    let mut rt = d.cri.runtime.clone();
+    let key = |k: &str| format!("com.urunc.unikernel.{k}");
+    let mut pod_config = pod("tuned", &d.dir);
+    pod_config.annotations = [
+        (key("unikernelVersion"), "0.15.0".to_owned()),
+        (key("mountRootfs"), "false".to_owned()),
+        (key("someFutureKey"), "x".to_owned()),
+    ]
+    .into();
+    let pod_id = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let create = |name: &str, image: &str, annotations: &[(String, &str)]| {
+        let mut rt = rt.clone();
+        let request = cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(cri::ContainerConfig {
+                annotations: annotations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), (*v).to_owned()))
+                    .collect(),
+                ..container(name, image)
+            }),
+            sandbox_config: Some(pod_config.clone()),
+        };
+        async move {
+            rt.create_container(request)
+                .await
+                .map(|r| r.into_inner().container_id)
+        }
+    };
+    let id = create(
+        "guest",
+        UNIKERNEL_IMAGE,
+        &[(key("unikernelVersion"), "0.16.1"), (key("other"), "x")],
+    )
+    .await
+    .unwrap();
+    let status = d
+        .cri
+        .runtime
+        .clone()
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id,
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let uk = &info["runtimeSpec"]["unikernel"];
+    assert_eq!(uk["version"], "0.16.1", "{info}");
+    assert_eq!(uk["mount_rootfs"], false, "{info}");
+    assert_eq!(uk["cmdline"], "from-image", "{info}");
+
+    // The pod's keys are not for its ordinary containers.
+    create("sidecar", IMAGE, &[]).await.unwrap();
+
+    for (name, image, annotations, want) in [
+        (
+            "bad-value",
+            UNIKERNEL_IMAGE,
+            vec![(key("useDMBlock"), "yes")],
+            "container annotation com.urunc.unikernel.useDMBlock",
+        ),
+        (
+            "host-file",
+            UNIKERNEL_IMAGE,
+            vec![(key("initrd"), "/../../../etc/shadow")],
+            "container annotation com.urunc.unikernel.initrd",
+        ),
+        (
+            "not-a-guest",
+            IMAGE,
+            vec![(key("unikernelType"), "linux")],
+            "com.urunc.unikernel.unikernelType: image fake.invalid/tiny:1 is not a unikernel",
+        ),
+    ] {
+        let err = create(name, image, &annotations).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err}");
+        assert!(err.message().contains(want), "{name}: {err}");
+    }
 }

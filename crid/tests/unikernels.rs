@@ -861,6 +861,150 @@ async fn kubelet_shaped_guests_start_in_a_pod_network() {
     }
 }
 
+/// urunc's keys as annotations, with the kubelet-shaped pod: the pod's `metadata.annotations`
+/// say `unikernelVersion` 0.17.0 and `mountRootfs` false, the container's own annotation says
+/// 0.15.0, which wins: the freestanding guest (a unikraft-type kernel) gets Unikraft's old
+/// command-line form (`netdev.ipv4_addr=`, no `env.vars`) instead of the image's current one,
+/// and verbose status shows each key's value and where it came from. A pod whose annotation
+/// holds a bad value gets `INVALID_ARGUMENT` naming the key at `CreateContainer`.
+#[tokio::test]
+async fn urunc_keys_in_pod_and_container_annotations_reach_the_guest() {
+    use conformance::kubelet::KubeletPod;
+    let Some(reg) = ready() else { return };
+    if !Path::new("/usr/lib/cni/bridge").exists() {
+        missing("the CNI plugins are not installed in /usr/lib/cni");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let freestanding = push_guest(&reg, work.path(), "unikraft", "qemu");
+    let (crid, _) = start().await;
+    let (_bridge, prefix) = bridge_network(&crid, 195);
+    crid.expect_pull(&freestanding).await;
+    let kubelet = crid.path().join("kubelet");
+    let version = "com.urunc.unikernel.unikernelVersion";
+
+    let mut pod = KubeletPod::new(&kubelet, "tuned-6b7c9d8f5-k4m2p", "default").unwrap();
+    pod.annotations = vec![
+        (version.into(), "0.17.0".into()),
+        ("com.urunc.unikernel.mountRootfs".into(), "false".into()),
+        ("com.urunc.unikernel.someFutureKey".into(), "ignored".into()),
+    ];
+    let config = pod.sandbox_config();
+    let pod_id = crid
+        .rt()
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: "urunc".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
+        .into_inner()
+        .pod_sandbox_id;
+    let request = pod
+        .container("tuned", &freestanding)
+        .args(&["stay"])
+        .env("GREETING", "hi")
+        .annotation(version, "0.15.0")
+        .build()
+        .unwrap();
+    let id = crid.create_start(&(pod_id.clone(), config), request).await;
+    let log = pod.log_directory.join("tuned/0.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut text = String::new();
+    while !text.contains("-- stay") {
+        assert!(
+            Instant::now() < deadline,
+            "the guest never printed its command line: {text}\n{}",
+            log_text(crid.path())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+    }
+    // The old form: the address in three keys, and no environment (Unikraft < 0.16.1 has none).
+    assert!(
+        text.contains(&format!("netdev.ipv4_addr={prefix}.")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("netdev.ip=") && !text.contains("GREETING=hi"),
+        "{text}"
+    );
+    let (_, info) = crid.container_status(&id).await;
+    let vm = &info["runtimeSpec"]["unikernel"];
+    assert_eq!(vm["request"]["info"]["version"], "0.15.0", "{info}");
+    assert_eq!(vm["request"]["info"]["mount_rootfs"], false, "{info}");
+    assert_eq!(
+        vm["annotation_keys"],
+        serde_json::json!({
+            "com.urunc.unikernel.mountRootfs": "false (pod annotation)",
+            "com.urunc.unikernel.unikernelVersion": "0.15.0 (container annotation)",
+        }),
+        "{info}"
+    );
+    assert!(
+        vm["guest_cmdline"]
+            .as_str()
+            .is_some_and(|c| c.contains("netdev.ipv4_addr=")),
+        "{info}"
+    );
+    crid.rt()
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    crid.rt()
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+
+    // A bad value in a pod annotation: refused at CreateContainer, naming the key.
+    let mut bad = KubeletPod::new(&kubelet, "bad-5f6d7c8b9-z9x8c", "default").unwrap();
+    bad.host_network = true;
+    bad.annotations = vec![("com.urunc.unikernel.mountRootfs".into(), "maybe".into())];
+    let bad_config = bad.sandbox_config();
+    let bad_id = crid
+        .rt()
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(bad_config.clone()),
+            runtime_handler: "urunc".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let err = crid
+        .rt()
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: bad_id.clone(),
+            config: Some(bad.container("bad", &freestanding).build().unwrap()),
+            sandbox_config: Some(bad_config),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        err.message()
+            .contains("pod annotation com.urunc.unikernel.mountRootfs"),
+        "{err}"
+    );
+    for p in [pod_id, bad_id] {
+        crid.rt()
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: p.clone(),
+            })
+            .await
+            .unwrap();
+        crid.rt()
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
+            .await
+            .unwrap();
+    }
+}
+
 /// The pod Knative builds: the user container (here the `linux` guest serving on 8080, its
 /// port declared) and a runc sidecar playing queue-proxy, which listens on 8012 and forwards
 /// to `127.0.0.1:8080`. A request from the node to `podIP:8012` is answered by the guest

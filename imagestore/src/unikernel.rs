@@ -365,6 +365,122 @@ fn build(
     })
 }
 
+/// The keys urunc reads (without the prefix); CRI annotations are matched against these only.
+const KNOWN: &[&str] = &[
+    TYPE,
+    HYPERVISOR,
+    BINARY,
+    CMDLINE,
+    INITRD,
+    BLOCK,
+    BLK_MNT_POINT,
+    VERSION,
+    VERSION_ALT,
+    MOUNT_ROOTFS,
+    USE_DM_BLOCK,
+];
+
+/// The keys of enumerated or boolean values: they tell plain annotations from base64 ones.
+const WITNESSES: &[&str] = &[TYPE, HYPERVISOR, MOUNT_ROOTFS, USE_DM_BLOCK];
+
+/// urunc's known keys in a set of CRI annotations, with non-empty values, full key names
+/// sorted. Unknown keys under the prefix and empty values are left out (empty: not set).
+pub fn annotation_keys<'a>(
+    annotations: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut keys: Vec<(&str, &str)> = annotations
+        .into_iter()
+        .filter(|(k, v)| {
+            !v.is_empty()
+                && k.strip_prefix(KEY_PREFIX)
+                    .is_some_and(|short| KNOWN.contains(&short))
+        })
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// A unikernel image's description with urunc's keys from one set of CRI annotations (a pod's
+/// or a container's) put over it, key by key, validated as the image's own are: a path stays
+/// inside the image's rootfs, a bad value is `InvalidUnikernel` naming the key. Unknown keys
+/// and empty values are ignored. Values are plain text, or all base64 as urunc writes them in
+/// a bundle's annotations: the set is decoded when its enumerated keys (`unikernelType`,
+/// `hypervisor`, `mountRootfs`, `useDMBlock`) are invalid as written but valid decoded; a set
+/// without any of them is read as plain text.
+pub fn with_annotations<'a>(
+    info: &UnikernelInfo,
+    annotations: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<UnikernelInfo, ImageError> {
+    let given: HashMap<&str, &str> = annotation_keys(annotations)
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(KEY_PREFIX)?, v)))
+        .collect();
+    if given.is_empty() {
+        return Ok(info.clone());
+    }
+    let given = plain_or_decoded(&given);
+    let mut values: HashMap<&str, String> = image_values(info);
+    for (k, v) in &given {
+        // `version` is urunc's older spelling of `unikernelVersion`.
+        let k = if *k == VERSION_ALT { VERSION } else { *k };
+        values.insert(k, v.clone());
+    }
+    if let Some(v) = given.get(VERSION) {
+        values.insert(VERSION, v.clone());
+    }
+    let refs = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    build(&refs, info.source)
+}
+
+/// The values as written, or all decoded from base64 (see [`with_annotations`]).
+fn plain_or_decoded<'a>(values: &HashMap<&'a str, &str>) -> HashMap<&'a str, String> {
+    let plain = || values.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+    let witnesses_ok = |get: &dyn Fn(&str) -> Option<String>| {
+        WITNESSES.iter().all(|w| match get(w) {
+            None => true,
+            Some(v) => match *w {
+                TYPE => UnikernelType::parse(&v).is_some(),
+                HYPERVISOR => HypervisorKind::parse(&v).is_some(),
+                _ => parse_bool(w, &v).is_ok(),
+            },
+        })
+    };
+    let has_witness = WITNESSES.iter().any(|w| values.contains_key(w));
+    if !has_witness || witnesses_ok(&|k| values.get(k).map(|v| (*v).to_owned())) {
+        return plain();
+    }
+    match decode_all(values) {
+        Some(decoded) if witnesses_ok(&|k| decoded.get(k).cloned()) => decoded,
+        _ => plain(),
+    }
+}
+
+/// An image's description as urunc's values, for [`with_annotations`] to put keys over.
+fn image_values(info: &UnikernelInfo) -> HashMap<&'static str, String> {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let mut v = HashMap::from([
+        (TYPE, info.unikernel_type.as_str().to_owned()),
+        (HYPERVISOR, info.hypervisor.as_str().to_owned()),
+        (BINARY, path(&info.binary)),
+        (CMDLINE, info.cmdline.clone()),
+    ]);
+    let optional = [
+        (INITRD, info.initrd.as_deref().map(path)),
+        (BLOCK, info.block.as_deref().map(path)),
+        (BLK_MNT_POINT, info.block_mount_point.as_deref().map(path)),
+        (VERSION, info.version.clone()),
+        (MOUNT_ROOTFS, info.mount_rootfs.map(|b| b.to_string())),
+        (USE_DM_BLOCK, info.use_dm_block.map(|b| b.to_string())),
+    ];
+    for (k, value) in optional {
+        if let Some(value) = value {
+            v.insert(k, value);
+        }
+    }
+    v
+}
+
 /// A boolean as urunc reads one (Go's `strconv.ParseBool`).
 fn parse_bool(key: &str, v: &str) -> Result<bool, ImageError> {
     match v {
@@ -465,6 +581,7 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, ImageError> {
 mod tests {
     use super::*;
     use rstest::rstest;
+    use std::collections::BTreeMap;
 
     fn b64(s: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(s)
@@ -621,6 +738,32 @@ mod tests {
         .unwrap();
         assert_eq!(info.mount_rootfs, Some(false));
         assert_eq!(info.use_dm_block, None);
+    }
+
+    #[test]
+    fn annotations_over_an_image_keep_what_they_do_not_set() {
+        let mut image = expected(UnikernelSource::UruncJson);
+        image.block = Some("disk.img".into());
+        image.block_mount_point = Some("/data".into());
+        image.mount_rootfs = Some(true);
+        // Restating a value changes nothing: the image's values read back as they were.
+        let same: BTreeMap<String, String> =
+            [(format!("{KEY_PREFIX}unikernelType"), "unikraft".to_owned())]
+                .into_iter()
+                .collect();
+        assert_eq!(with_annotations(&image, &same).unwrap(), image);
+        // `version` is the older spelling; `unikernelVersion` wins when both are given.
+        let alt: BTreeMap<String, String> = [(format!("{KEY_PREFIX}version"), "0.15.0".to_owned())]
+            .into_iter()
+            .collect();
+        let got = with_annotations(&image, &alt).unwrap();
+        assert_eq!(got.version.as_deref(), Some("0.15.0"));
+        let mut both = alt.clone();
+        both.insert(format!("{KEY_PREFIX}unikernelVersion"), "0.16.1".into());
+        let got = with_annotations(&image, &both).unwrap();
+        assert_eq!(got.version.as_deref(), Some("0.16.1"));
+        assert_eq!(got.block, image.block);
+        assert_eq!(got.source, UnikernelSource::UruncJson);
     }
 
     #[test]

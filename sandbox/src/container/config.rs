@@ -54,6 +54,10 @@ pub struct PodContext {
     /// pod of an older version ([`crate::pod::POD_IFNAME`]).
     #[serde(default)]
     pub ifname: Option<String>,
+    /// The pod's annotations under urunc's `com.urunc.unikernel.` prefix, which its unikernel
+    /// containers take (see [`super::unikernel_keys`]).
+    #[serde(default)]
+    pub unikernel_annotations: BTreeMap<String, String>,
 }
 
 /// A pod's user namespace as a container joins it.

@@ -27,6 +27,7 @@ mod record;
 mod runc;
 mod seccomp;
 pub mod spec;
+mod unikernel_keys;
 pub mod user;
 mod userns_volume;
 pub mod vm;
@@ -265,6 +266,7 @@ impl PodContext {
                 }),
                 _ => None,
             },
+            unikernel_annotations: unikernel_keys::pod_keys(&pod.config.annotations),
         }
     }
 }
@@ -658,6 +660,7 @@ impl ContainerManager {
     ) -> Result<String, SandboxError> {
         spec::validate(&config, &pod, &self.seccomp_profile_root)?;
         let image_config = spec::ImageConfig::parse(&image.config_json)?;
+        let image = unikernel_keys::tune(image, &pod, &config.annotations)?;
         let stop = stop_signal(
             config
                 .stop_signal

@@ -2,6 +2,7 @@
 //! small helpers both sides use. Depends on no other file of `container` but its
 //! configuration types.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -177,6 +178,10 @@ pub struct VmState {
     /// guest, or why it did not.
     #[serde(default)]
     pub mount_notes: Vec<MountNote>,
+    /// urunc's keys that pod or container annotations set over the image's (`request.info`
+    /// holds the result): key → `VALUE (pod annotation)` or `VALUE (container annotation)`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotation_keys: BTreeMap<String, String>,
 }
 
 /// The container exit code for the code the monitor recorded.

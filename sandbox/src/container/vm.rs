@@ -477,6 +477,7 @@ impl ContainerBackend for VmBackend {
                 .unwrap_or_default(),
         };
         let accel = launch::check(&request, &self.settings, &self.kvm)?;
+        let annotation_keys = super::unikernel_keys::applied(&pod, &config.annotations);
         Ok(ContainerRecord {
             cgroups_path,
             vm: Some(VmState {
@@ -486,6 +487,7 @@ impl ContainerBackend for VmBackend {
                 argv: vec![],
                 guest_cmdline: String::new(),
                 mount_notes,
+                annotation_keys,
             }),
             ..ContainerRecord::created(
                 Backend::Process,
