@@ -1,7 +1,8 @@
 //! crid's NAT table for a routed guest (see [`super::net::setup_routed_with`]) as nf_tables
 //! netlink messages: one transaction (`NFNL_MSG_BATCH_BEGIN` … `NFNL_MSG_BATCH_END`) on a
 //! `NETLINK_NETFILTER` socket opened by the calling thread, so in the pod's namespace when that
-//! thread entered it. No `nft` process.
+//! thread entered it, after a `GETTABLE` lookup that tells whether a crash left the table to
+//! replace. No `nft` process.
 //!
 //! The messages are built with `netlink-packet-netfilter` (rust-netlink, MIT: the family of the
 //! `netlink-packet-route` crate crid uses for links and routes), whose types cover tables,
@@ -31,7 +32,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use super::netops::{NatAction, NatChain, NatRule};
 
 /// crid's table in the pod's namespace (family `ip`).
-pub const TABLE: &str = "crid_guest";
+const TABLE: &str = "crid_guest";
 
 /// `NFNL_SUBSYS_NFTABLES` (`linux/netfilter/nfnetlink.h`): a batch's resource id.
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -60,7 +61,7 @@ const NFPROTO_IPV4: u32 = 2;
 
 /// One message of a transaction, with what it does (to name it in an error).
 pub(super) struct Step {
-    pub what: String,
+    what: String,
     msg: NfTablesMessage,
     flags: u16,
 }
