@@ -6,6 +6,7 @@
 # pod networks (bridge cridbench1, 10.91.0.0/16), then runs crid-bench with all three.
 # With gcc, the freestanding test guest is packed as a unikernel image and measured too, and so
 # is the linux test guest (its kernel package fetched once with apt-get download).
+# Then 50 guests at once on crid-vmm and on QEMU next to 50 runc pods ($BENCH_PARALLEL_GUESTS).
 # Prints the Markdown table; the JSON report goes to $BENCH_JSON (default bench.json).
 # BENCH_SKIP_BUILD=1 skips the build.
 # Arguments go to crid-bench instead of the defaults, which keep a run to a few minutes
@@ -51,6 +52,13 @@ if sh sandbox/tests/guests/freestanding/build.sh "$WORK/guest.elf" >/dev/null 2>
         --push "$CRID_TEST_REGISTRY/crid-bench/unikernel:crid" >/dev/null
     UK_ARGS=(--unikernel-image crid-bench/unikernel:latest
         --unikernel-image crid-bench/unikernel:crid)
+    # $BENCH_PARALLEL_GUESTS (default 50; e.g. 10,50; 0 skips) guests on crid-vmm, then on
+    # QEMU, started at once, then as many runc pods: wall time and memory while all run.
+    if [ "${BENCH_PARALLEL_GUESTS:-50}" != 0 ]; then
+        UK_ARGS+=(--parallel-guests "${BENCH_PARALLEL_GUESTS:-50}"
+            --parallel-guest-image crid-bench/unikernel:crid
+            --parallel-guest-image crid-bench/unikernel:latest)
+    fi
 fi
 # The linux test guest (Debian's cloud kernel and a busybox initrd), measured the same way.
 if sh sandbox/tests/guests/linux/build.sh "$WORK/linux" "$ROOT/target/crid-linux-guest" >/dev/null 2>&1; then

@@ -3,6 +3,7 @@
 //! processes, and sustained pod throughput. Used by the `crid-bench` binary.
 
 pub mod memory;
+pub mod parallel_guests;
 pub mod report;
 pub mod unikernel;
 pub mod workload;

@@ -54,6 +54,15 @@ struct Args {
     /// sections).
     #[arg(long)]
     unikernel_only: bool,
+    /// Guest counts for the parallel-guests measurement: that many guests of each
+    /// `--parallel-guest-image` started at once, then as many runc busybox pods, on each
+    /// `--unikernel-runtime`: wall time to every first log byte and memory while all run.
+    #[arg(long, value_delimiter = ',')]
+    parallel_guests: Vec<usize>,
+    /// A unikernel image (in the registry) for `--parallel-guests` that prints and keeps
+    /// running idle (repeatable: e.g. the freestanding guest packed for crid and for qemu).
+    #[arg(long)]
+    parallel_guest_image: Vec<String>,
     /// Parent directory for pod log directories.
     #[arg(long, default_value = "/tmp/crid-bench-logs")]
     log_root: PathBuf,
@@ -388,6 +397,29 @@ async fn main() -> anyhow::Result<()> {
             report.errors.push(format!("{uk}: {e:#}"));
         }
         for i in &uk_targets {
+            let _ = workload::sweep(&targets[*i]).await;
+        }
+    }
+
+    let guest_images: Vec<String> = args
+        .parallel_guest_image
+        .iter()
+        .map(|i| format!("{}/{i}", args.registry))
+        .collect();
+    for &count in &args.parallel_guests {
+        for i in &uk_targets {
+            if let Err(e) = conformance::bench::parallel_guests::run(
+                &targets,
+                *i,
+                &guest_images,
+                &image,
+                count,
+                &mut report,
+            )
+            .await
+            {
+                report.errors.push(format!("{count} guests: {e:#}"));
+            }
             let _ = workload::sweep(&targets[*i]).await;
         }
     }
