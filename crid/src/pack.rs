@@ -60,6 +60,10 @@ pub struct PackArgs {
     /// The unikernel framework version (e.g. Unikraft's, which selects its command line form).
     #[arg(long)]
     pub unikernel_version: Option<String>,
+    /// urunc's `mountRootfs=true`: the guest mounts the container's root file system (crid
+    /// shares it with a `linux` guest on QEMU over virtiofs).
+    #[arg(long)]
+    pub mount_rootfs: bool,
     /// Image name (`NAME[:TAG]`, recorded in the layout's index).
     #[arg(short = 't', long = "tag")]
     pub tag: String,
@@ -140,6 +144,9 @@ pub fn build(args: &PackArgs) -> anyhow::Result<Packed> {
         if let Some(mp) = &args.block_mount_point {
             keys.insert(key("blkMntPoint"), mp.clone());
         }
+    }
+    if args.mount_rootfs {
+        keys.insert(key("mountRootfs"), "true".into());
     }
     if let Some(v) = &args.unikernel_version {
         keys.insert(key("unikernelVersion"), v.clone());
@@ -358,6 +365,7 @@ mod tests {
             block_mount_point: None,
             cmdline: "app --port 8080".into(),
             unikernel_version: Some("0.17.0".into()),
+            mount_rootfs: false,
             env: vec!["FROM_IMAGE=yes".into()],
             add: vec![],
             entrypoint: vec![],

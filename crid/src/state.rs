@@ -237,6 +237,10 @@ pub fn vm_settings(config: &Config) -> anyhow::Result<sandbox::vm::launch::VmSet
             ("solo5-hvt".into(), vm.solo5_hvt_path.clone()),
             ("solo5-spt".into(), vm.solo5_spt_path.clone()),
             (sandbox::vm::crid_vmm::BINARY.into(), crid_vmm_path(vm)),
+            (
+                sandbox::vm::virtiofs::BINARY.into(),
+                vm.virtiofsd_path.clone(),
+            ),
         ],
         qemu_firmware: (!vm.qemu_firmware.as_os_str().is_empty()).then(|| vm.qemu_firmware.clone()),
         unikernel_handlers: config.runtime.unikernel_handlers.clone(),

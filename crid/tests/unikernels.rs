@@ -541,8 +541,8 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         .await;
 }
 
-/// Builds the linux guest (Debian's cloud kernel + busybox initrd) and pushes it.
-fn push_linux_guest(reg: &str, dir: &Path) -> Option<String> {
+/// Builds the linux guest (Debian's cloud kernel + busybox initrd) into `dir/linux`.
+fn build_linux_guest(dir: &Path) -> Option<PathBuf> {
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox/tests/guests/linux/build.sh");
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("crid-linux-guest");
@@ -557,6 +557,12 @@ fn push_linux_guest(reg: &str, dir: &Path) -> Option<String> {
         missing("cannot build the linux guest (apt-get download linux-image-cloud-amd64)");
         return None;
     }
+    Some(out)
+}
+
+/// Builds the linux guest (Debian's cloud kernel + busybox initrd) and pushes it.
+fn push_linux_guest(reg: &str, dir: &Path) -> Option<String> {
+    let out = build_linux_guest(dir)?;
     // The image's workload, in its own root file system next to the kernel and initrd.
     let entry = dir.join("hello.sh");
     std::fs::write(
@@ -593,6 +599,271 @@ fn push_linux_guest(reg: &str, dir: &Path) -> Option<String> {
         String::from_utf8_lossy(&res.stderr)
     );
     Some(reference)
+}
+
+/// Packs the linux guest as an image whose guest mounts its container's root file system
+/// (urunc's `mountRootfs=true`) and pushes it. The image's own files: busybox, the entrypoint
+/// `/app/serve.sh` (serves HTTP with busybox httpd until `/tmp/quit` appears, then exits 3) and
+/// two CGI scripts: `page` (reads the mounted ConfigMap file at each request, tries to write to
+/// it and to the emptyDir, shows the environment) and `exit` (writes the termination message
+/// and asks the entrypoint to end).
+fn push_shared_root_guest(reg: &str, dir: &Path) -> Option<String> {
+    let out = build_linux_guest(dir)?;
+    let files = dir.join("shared-root-files");
+    std::fs::create_dir_all(&files).unwrap();
+    let scripts = [
+        (
+            "serve.sh",
+            "/app/serve.sh",
+            "#!/bin/busybox sh\nbb=/bin/busybox\n\
+             echo \"serve: entrypoint ran from the shared rootfs as $($bb id -u):$($bb id -g) in $($bb pwd): $*\"\n\
+             $bb mkdir -p /tmp && $bb rm -f /tmp/quit\n\
+             $bb httpd -f -p 8080 -h /www &\n\
+             while [ ! -e /tmp/quit ]; do $bb sleep 0.2; done\n\
+             $bb kill $!\necho \"serve: quitting\"\nexit 3\n",
+        ),
+        (
+            "page",
+            "/www/cgi-bin/page",
+            "#!/bin/busybox sh\nbb=/bin/busybox\n\
+             if $bb touch /etc/app/probe 2>/dev/null; then ro=writable; else ro=refused; fi\n\
+             if echo from-guest > /cache/probe; then rw=writable; else rw=refused; fi\n\
+             echo 'Content-Type: text/plain'\necho ''\n\
+             echo \"shared root: config=[$($bb cat /etc/app/greeting)] ro=[$ro] rw=[$rw]\" \
+             \"greeting=[$GREETING] from_image=[$FROM_IMAGE] token=[$($bb cat /var/run/secrets/kubernetes.io/serviceaccount/namespace)]\"\n",
+        ),
+        (
+            "exit",
+            "/www/cgi-bin/exit",
+            "#!/bin/busybox sh\n\
+             echo 'the guest wrote its termination message' > /dev/termination-log\n\
+             : > /tmp/quit\necho 'Content-Type: text/plain'\necho ''\necho bye\n",
+        ),
+    ];
+    let mut pack = Command::new(env!("CARGO_BIN_EXE_crid"));
+    pack.args([
+        "unikernel",
+        "pack",
+        "--type",
+        "linux",
+        "--hypervisor",
+        "qemu",
+    ])
+    .arg("--kernel")
+    .arg(out.join("vmlinuz"))
+    .arg("--initrd")
+    .arg(out.join("initrd.gz"))
+    .arg("--mount-rootfs")
+    .args(["--env", "FROM_IMAGE=from-image", "--env", "PATH=/bin"])
+    .arg("--add")
+    .arg("/bin/busybox:/bin/busybox")
+    .args(["--entrypoint", "/app/serve.sh"]);
+    for (name, dest, text) in scripts {
+        let path = files.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        pack.arg("--add").arg(format!("{}:{dest}", path.display()));
+    }
+    let reference = format!(
+        "{reg}/crid-tests/unikernel:linux-shared-{}",
+        std::process::id()
+    );
+    let res = pack
+        .args(["-t", "linux-shared", "--push"])
+        .arg(&reference)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "pack --push failed: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    Some(reference)
+}
+
+/// A `linux` guest whose image sets `mountRootfs=true` mounts its container's root file system
+/// (the image's layers with kubelet's mounts bound in) over virtiofs and runs the image's
+/// entrypoint in it: a ConfigMap changed on the host after the start is read anew, the
+/// read-only ConfigMap refuses writes, the emptyDir takes them (seen on the host), the image and
+/// CRI environments apply, a write to `/dev/termination-log` lands in kubelet's file (which
+/// kubelet reads for the termination message), the entrypoint's exit code is the container's,
+/// and after RemoveContainer nothing stays mounted or running.
+#[tokio::test]
+async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
+    use conformance::kubelet::KubeletPod;
+    let Some(reg) = ready() else { return };
+    if !Path::new("/usr/lib/cni/bridge").exists() {
+        missing("the CNI plugins are not installed in /usr/lib/cni");
+        return;
+    }
+    if !Path::new(sandbox::vm::virtiofs::DEFAULT_PATH).exists() {
+        missing("virtiofsd (qemu-system-common) is not installed");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let Some(image) = push_shared_root_guest(&reg, work.path()) else {
+        return;
+    };
+    let (crid, _) = start().await;
+    let (_bridge, _) = bridge_network(&crid, 195);
+    crid.expect_pull(&image).await;
+    let pod = KubeletPod::new(
+        &crid.path().join("kubelet"),
+        "app-6c9d7f8b5-k2m4p",
+        "default",
+    )
+    .unwrap();
+    let config = pod.sandbox_config();
+    let pod_id = crid
+        .rt()
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: "urunc".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
+        .into_inner()
+        .pod_sandbox_id;
+    let ip = pod_ip(&crid, &pod_id).await;
+    let request = pod
+        .container("app", &image)
+        .args(&["serve"])
+        .env("GREETING", "hi there")
+        .port("http", 8080)
+        .config_map("config", "/etc/app", &[("greeting", "version-1")])
+        .empty_dir("cache", "/cache")
+        .limits(1000, 256 << 20)
+        .build()
+        .unwrap();
+    let host_of = |path: &str| {
+        PathBuf::from(
+            &request
+                .mounts
+                .iter()
+                .find(|m| m.container_path == path)
+                .unwrap()
+                .host_path,
+        )
+    };
+    let (config_dir, cache_dir, term_log) = (
+        host_of("/etc/app"),
+        host_of("/cache"),
+        host_of("/dev/termination-log"),
+    );
+    let id = crid.create_start(&(pod_id.clone(), config), request).await;
+    let log = pod.log_directory.join("app/0.log");
+    let page = || async {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Ok(b) = http_get_path(ip, 8080, "/cgi-bin/page") {
+                if b.contains("shared root:") {
+                    return b;
+                }
+            }
+            let (s, _) = crid.container_status(&id).await;
+            assert_ne!(
+                s.state,
+                cri::ContainerState::ContainerExited as i32,
+                "the guest exited: {s:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no page from {ip}:8080\n{}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default(),
+                log_text(crid.path())
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let body = page().await;
+    for want in [
+        "config=[version-1]",
+        "ro=[refused]",
+        "rw=[writable]",
+        "greeting=[hi there]",
+        "from_image=[from-image]",
+        "token=[default]",
+    ] {
+        assert!(body.contains(want), "{want} missing from {body:?}");
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("serve: entrypoint ran from the shared rootfs as 0:0 in /: serve"),
+        "{text}"
+    );
+    // The guest's write to the emptyDir is on the host.
+    assert_eq!(
+        std::fs::read_to_string(cache_dir.join("probe")).unwrap(),
+        "from-guest\n"
+    );
+    // The ConfigMap changes on the host (in place): the guest reads the new content.
+    std::fs::write(config_dir.join("greeting"), "version-2").unwrap();
+    let body = page().await;
+    assert!(body.contains("config=[version-2]"), "{body}");
+    let (status, info) = crid.container_status(&id).await;
+    let notes = info["runtimeSpec"]["unikernel"]["mount_notes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(notes.len(), 5, "{info}");
+    assert!(notes.iter().all(|n| n["delivery"] == "virtiofs"), "{info}");
+    // kubelet finds the termination log's host file in the status's mounts.
+    assert!(
+        status
+            .mounts
+            .iter()
+            .any(|m| m.container_path == "/dev/termination-log"
+                && Path::new(&m.host_path) == term_log),
+        "{:?}",
+        status.mounts
+    );
+
+    // The workload writes its termination message and exits 3.
+    let _ = http_get_path(ip, 8080, "/cgi-bin/exit");
+    let status = crid
+        .wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(
+        status.exit_code,
+        3,
+        "{status:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&term_log).unwrap(),
+        "the guest wrote its termination message\n"
+    );
+
+    crid.rt()
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let container_dir = crid.path().join("root/containers").join(&id);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&id)).collect();
+    assert!(left.is_empty(), "still mounted: {left:?}");
+    assert!(
+        common::processes_under(&container_dir, None).is_empty(),
+        "{:?}",
+        common::processes_under(&container_dir, None)
+    );
+    assert!(!container_dir.exists());
+    let _ = crid
+        .rt()
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await;
+    let _ = crid
+        .rt()
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id,
+        })
+        .await;
 }
 
 /// Deletes the test's bridge on drop.
@@ -1443,10 +1714,14 @@ fn http_get(ip: std::net::Ipv4Addr) -> std::io::Result<String> {
 }
 
 fn http_get_port(ip: std::net::Ipv4Addr, port: u16) -> std::io::Result<String> {
+    http_get_path(ip, port, "/index.html")
+}
+
+fn http_get_path(ip: std::net::Ipv4Addr, port: u16, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(b"GET /index.html HTTP/1.0\r\nHost: guest\r\n\r\n")?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: guest\r\n\r\n").as_bytes())?;
     let mut body = String::new();
     s.read_to_string(&mut body)?;
     Ok(body)

@@ -92,6 +92,7 @@ fn guest_writes_land_in_a_small_overlay_and_the_base_is_unchanged() {
         mounts: vec![],
         ports: vec![],
         dns: vec![],
+        shared_root: None,
     };
     let prepared = match prepare(&req, &VmSettings::default(), &probe_host()) {
         Ok(p) => p,

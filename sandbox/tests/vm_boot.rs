@@ -62,6 +62,7 @@ fn spec(kernel: PathBuf, run_dir: PathBuf, args: &[&str], accelerator: Accelerat
         control_socket: None,
         firmware: None,
         dns: vec![],
+        shared_dir: None,
     }
 }
 

@@ -108,6 +108,7 @@ fn release_kills_what_is_left_and_removes_the_cgroup() {
         mounts: vec![],
         ports: vec![],
         dns: vec![],
+        shared_root: None,
     };
     release(&req).unwrap();
     // Reap it: killed by release, not by us.

@@ -91,6 +91,7 @@ fn linux_guest_answers_http_on_the_pod_ip() {
         mounts: vec![],
         ports: vec![],
         dns: vec![],
+        shared_root: None,
     };
     let host = probe_host();
     let prepared = match prepare(&req, &VmSettings::default(), &host) {

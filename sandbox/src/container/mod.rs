@@ -31,6 +31,7 @@ mod unikernel_keys;
 pub mod user;
 mod userns_volume;
 pub mod vm;
+mod vm_rootfs;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

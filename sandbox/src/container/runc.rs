@@ -77,7 +77,14 @@ impl RuncBackend {
         if !mapped.is_empty() {
             lowers = mapped.clone();
         }
-        let result = mount_overlay(&dir, &rootfs, &upper, &work, &lowers);
+        let result = mount_overlay(
+            &dir,
+            &rootfs,
+            &upper,
+            &work,
+            &lowers,
+            nix::mount::MsFlags::empty(),
+        );
         // The overlay keeps its own references to the layers it was given.
         for m in &mapped {
             let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
@@ -114,13 +121,15 @@ impl RuncBackend {
     }
 }
 
-/// The overlay mount itself (`lowers` top first).
-fn mount_overlay(
+/// The overlay mount itself (`lowers` top first), with mount `flags` (a VM's shared root is
+/// `nodev`, `nosuid`).
+pub(super) fn mount_overlay(
     dir: &Path,
     rootfs: &Path,
     upper: &Path,
     work: &Path,
     lowers: &[PathBuf],
+    flags: nix::mount::MsFlags,
 ) -> Result<(), SandboxError> {
     let join = |l: &[PathBuf]| {
         l.iter()
@@ -160,7 +169,7 @@ fn mount_overlay(
         Some("overlay"),
         rootfs,
         Some("overlay"),
-        nix::mount::MsFlags::empty(),
+        flags,
         Some(data.as_str()),
     )
     .map_err(|e| {

@@ -5,8 +5,8 @@
 //!
 //! - `CreateContainer` checks everything that can fail without side effects (guest/hypervisor
 //!   pair, the image's kernel/initrd/block files, the accelerator, the VMM binary) and keeps
-//!   the VM's state ([`VmState`]) in the container's one record; no rootfs is mounted and no
-//!   runc bundle is written.
+//!   the VM's state ([`VmState`]) in the container's one record; no rootfs is mounted (a
+//!   shared root is mounted at start) and no runc bundle is written.
 //! - `StartContainer` creates the tap in the pod's network namespace (in-process, see
 //!   [`crate::vm::net`]), plans the VMM command and hands it to the monitor with the pod's
 //!   network namespace and the container's cgroup, which the monitor's child joins before it
@@ -23,9 +23,11 @@
 //!   image's unikernel command line; its environment is the image's `Env`, then the CRI `envs`.
 //! - Only pods whose runtime handler runs VMs (or detects them) may run unikernel images
 //!   ([`check_handler`]).
-//! - CRI mounts never fail a create: a guest that can take files gets them copied in at start
-//!   ([`crate::vm::guestfiles`]); for the others each mount is skipped with a warning and a
-//!   note in the VM state (`mount_notes`, shown in verbose status).
+//! - CRI mounts never fail a create: a `linux` QEMU guest whose image sets `mountRootfs=true`
+//!   gets them bound into its container's root file system, which it mounts over virtiofs
+//!   ([`vm_rootfs`], [`crate::vm::virtiofs`]); another guest that can take files gets them
+//!   copied in at start ([`crate::vm::guestfiles`]); for the others each mount is skipped with a
+//!   warning and a note in the VM state (`mount_notes`, shown in verbose status).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,7 +44,7 @@ use super::record::{
     Backend, ContainerRecord, ContainerState, ContainerStats, VmState, exit_code, is_mount_point,
     runtime_err,
 };
-use super::{cgroups, spec};
+use super::{cgroups, spec, user, vm_rootfs};
 use crate::SandboxError;
 use crate::monitor::Launch;
 use crate::pod::CgroupDriver;
@@ -53,6 +55,7 @@ use crate::vm::guestfiles::{self, GuestMount, MountNote};
 use crate::vm::launch::{self, VmRequest, VmSettings};
 use crate::vm::net::GuestPort;
 use crate::vm::type_name;
+use crate::vm::virtiofs::SharedRoot;
 
 /// The RuntimeClass rule: a unikernel image runs as a VM only in a pod whose handler asked for
 /// VMs (`runtime.unikernel_handlers`) or detects them (`runtime.unikernel_autodetect_handlers`);
@@ -178,15 +181,70 @@ fn merged_env(image: &[String], cri: &[(String, String)]) -> Vec<(String, String
     env
 }
 
-/// The mounts a guest gets as copied files, and a note for every CRI mount (see
-/// [`guestfiles`]). The pod's `/etc/hosts` and `/etc/resolv.conf` come first (the guest's
-/// DNS is the pod's), unless a CRI mount covers the same path.
+/// Whether the guest mounts its container's root file system, shared as a directory
+/// (virtiofs, see [`crate::vm::virtiofs`]): a `linux` guest with an initrd on QEMU whose image
+/// asks for it with urunc's `mountRootfs=true`. Without the key the guest gets the image's
+/// files and the mounts copied into its initrd (guests without the fuse/virtiofs drivers boot
+/// that way); `false` leaves the image's files out.
+fn shares_rootfs(info: &UnikernelInfo) -> bool {
+    info.unikernel_type == imagestore::UnikernelType::Linux
+        && info.hypervisor == imagestore::HypervisorKind::Qemu
+        && info.initrd.is_some()
+        && info.mount_rootfs == Some(true)
+}
+
+/// The shared root's place and the workload's working directory, uid and gid, as a runc
+/// container of this image and config would get them.
+fn shared_root(
+    config: &super::config::ContainerConfig,
+    image: &spec::ImageConfig,
+    layers: &[PathBuf],
+    dir: &std::path::Path,
+    socket: PathBuf,
+) -> Result<SharedRoot, SandboxError> {
+    let s = &config.security;
+    let user = user::resolve(
+        image.user.as_deref().unwrap_or(""),
+        s.run_as_user,
+        &s.run_as_username,
+        s.run_as_group,
+        &s.supplemental_groups,
+        s.supplemental_groups_strict,
+        layers,
+    )?;
+    let workdir = if !config.working_dir.is_empty() {
+        config.working_dir.clone()
+    } else {
+        image
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into())
+    };
+    if !workdir.starts_with('/') || workdir.chars().any(char::is_control) {
+        return Err(SandboxError::InvalidArgument {
+            reason: format!("working directory {workdir:?} is not absolute"),
+        });
+    }
+    Ok(SharedRoot {
+        rootfs: dir.join("rootfs"),
+        workdir,
+        uid: user.uid,
+        gid: user.gid,
+        socket,
+    })
+}
+
+/// The mounts a guest gets (bound into its shared root, or copied into its initrd), and a note
+/// for every CRI mount (see [`guestfiles`]). The pod's `/etc/hosts` and `/etc/resolv.conf`
+/// come first (the guest's DNS is the pod's), unless a CRI mount covers the same path.
 fn guest_mounts(
     cri: &[super::config::MountSpec],
     pod: &PodContext,
     info: &UnikernelInfo,
+    shared: bool,
 ) -> (Vec<GuestMount>, Vec<MountNote>) {
-    let takes = guestfiles::takes_files(info);
+    let takes = shared || guestfiles::takes_files(info);
     let mut mounts = Vec::new();
     let mut notes = Vec::new();
     let pod_files = [
@@ -205,7 +263,20 @@ fn guest_mounts(
         }
     }
     for m in cri {
-        if takes {
+        if shared {
+            mounts.push(GuestMount {
+                container_path: m.container_path.clone(),
+                host_path: PathBuf::from(&m.host_path),
+                readonly: m.readonly,
+            });
+            notes.push(MountNote {
+                container_path: m.container_path.clone(),
+                delivery: "virtiofs".into(),
+                note: "bound into the container's root file system, which the guest mounts \
+                       over virtiofs: host changes and guest writes are shared"
+                    .into(),
+            });
+        } else if takes {
             mounts.push(GuestMount {
                 container_path: m.container_path.clone(),
                 host_path: PathBuf::from(&m.host_path),
@@ -279,9 +350,24 @@ impl VmBackend {
         }
     }
 
-    /// Prepares the guest (tap, plan, files) and returns what the monitor runs (blocking).
+    /// Prepares the guest (its shared root, tap, plan, files) and returns what the monitor runs
+    /// (blocking).
     fn launch(&self, mut state: VmState) -> Result<(VmState, Launch), SandboxError> {
-        let prepared = launch::prepare(&state.request, &self.settings, &self.kvm)?;
+        let req = &state.request;
+        if let Some(root) = &req.shared_root {
+            vm_rootfs::mount(
+                &self.dirs().dir(&req.container_id),
+                &req.layer_dirs,
+                &req.mounts,
+                &req.env,
+                root,
+            )?;
+        }
+        let prepared = launch::prepare(req, &self.settings, &self.kvm).inspect_err(|_| {
+            if let Some(root) = &req.shared_root {
+                vm_rootfs::unmount(&root.rootfs);
+            }
+        })?;
         state.accel = prepared.accel.clone();
         state.exit_mapping = Some(prepared.plan.exit_mapping);
         state.argv = prepared.argv.clone();
@@ -363,6 +449,10 @@ impl VmBackend {
         if let Err(e) = launch::release(&state.request) {
             tracing::warn!(container_id = %id, error = %e, "cannot release the guest network");
         }
+        // After the VMM and virtiofsd are gone.
+        if let Some(root) = &state.request.shared_root {
+            vm_rootfs::unmount(&root.rootfs);
+        }
     }
 }
 
@@ -425,10 +515,6 @@ impl ContainerBackend for VmBackend {
                 reason: "unikernel containers have a serial console only: no tty or stdin".into(),
             });
         }
-        let (mounts, mount_notes) = guest_mounts(&config.mounts, &pod, &info);
-        for n in mount_notes.iter().filter(|n| n.delivery == "skipped") {
-            tracing::warn!(container_id = %id, path = %n.container_path, note = %n.note, "mount not given to the guest");
-        }
         let args = guest_argv(&config.command, &config.args, &image_config);
         let netns = match &pod.network {
             NsSource::Join(p) => Some(p.clone()),
@@ -448,6 +534,22 @@ impl ContainerBackend for VmBackend {
             &self.settings,
             &self.kvm,
         );
+        let shared = shares_rootfs(&info);
+        let (mounts, mount_notes) = guest_mounts(&config.mounts, &pod, &info, shared);
+        for n in mount_notes.iter().filter(|n| n.delivery == "skipped") {
+            tracing::warn!(container_id = %id, path = %n.container_path, note = %n.note, "mount not given to the guest");
+        }
+        let shared_root = if shared {
+            Some(shared_root(
+                &config,
+                &image_config,
+                &image.layer_dirs,
+                &dir,
+                self.dirs().short_socket("vfs", &id),
+            )?)
+        } else {
+            None
+        };
         let request = VmRequest {
             container_id: id.clone(),
             info,
@@ -475,6 +577,7 @@ impl ContainerBackend for VmBackend {
                 .and_then(|p| std::fs::read_to_string(p).ok())
                 .map(|text| nameservers(&text))
                 .unwrap_or_default(),
+            shared_root,
         };
         let accel = launch::check(&request, &self.settings, &self.kvm)?;
         let annotation_keys = super::unikernel_keys::applied(&pod, &config.annotations);
@@ -796,7 +899,7 @@ mod tests {
             resolv_conf: Some("/run/pod/resolv.conf".into()),
             ..Default::default()
         };
-        let (mounts, notes) = guest_mounts(&cri, &pod, &info());
+        let (mounts, notes) = guest_mounts(&cri, &pod, &info(), false);
         assert!(mounts.is_empty());
         assert_eq!(notes.len(), 2);
         assert!(notes.iter().all(|n| n.delivery == "skipped"), "{notes:?}");
@@ -805,7 +908,7 @@ mod tests {
         let mut linux = info();
         linux.unikernel_type = UnikernelType::Linux;
         linux.initrd = Some("/unikernel/initrd.gz".into());
-        let (mounts, notes) = guest_mounts(&cri, &pod, &linux);
+        let (mounts, notes) = guest_mounts(&cri, &pod, &linux, shares_rootfs(&linux));
         let paths: Vec<&str> = mounts.iter().map(|m| m.container_path.as_str()).collect();
         // The CRI mount of /etc/hosts wins over the pod's file; the pod's resolv.conf is added.
         assert_eq!(
@@ -814,6 +917,20 @@ mod tests {
         );
         assert_eq!(mounts[1].host_path, PathBuf::from("/pods/p/etc-hosts"));
         assert!(notes.iter().all(|n| n.delivery == "initrd"), "{notes:?}");
+
+        // urunc's mountRootfs=true on QEMU: the same mounts, bound into the shared root.
+        linux.mount_rootfs = Some(true);
+        assert!(shares_rootfs(&linux));
+        let (shared, notes) = guest_mounts(&cri, &pod, &linux, shares_rootfs(&linux));
+        assert_eq!(shared, mounts);
+        assert!(notes.iter().all(|n| n.delivery == "virtiofs"), "{notes:?}");
+        for other in [HypervisorKind::Firecracker, HypervisorKind::Crid] {
+            linux.hypervisor = other;
+            assert!(!shares_rootfs(&linux), "{other:?}");
+        }
+        linux.hypervisor = HypervisorKind::Qemu;
+        linux.initrd = None;
+        assert!(!shares_rootfs(&linux));
     }
 
     #[test]

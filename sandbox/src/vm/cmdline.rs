@@ -89,6 +89,9 @@ fn linux(spec: &VmSpec, argv: &[String], extra: &[&str]) -> String {
         let gw = net.gateway.map(|g| g.to_string()).unwrap_or_default();
         parts.push(format!("ip={}::{}:{}::eth0:off", net.ip, gw, net.netmask()));
     }
+    if let Some(shared) = &spec.shared_dir {
+        parts.push(super::virtiofs::root_param(&shared.tag));
+    }
     for (k, v) in &spec.env {
         if v.is_empty() || v.chars().any(char::is_whitespace) {
             parts.push(format!("{k}=\"{v}\""));
@@ -286,6 +289,22 @@ mod tests {
             c,
             "console=ttyS0 panic=-1 ip=10.88.0.5::10.88.0.1:255.255.0.0::eth0:off \
              GREETING=\"hello world\" A=1 -- /bin/server --port 8080"
+        );
+    }
+
+    #[test]
+    fn linux_shared_root_is_named_for_init() {
+        let mut s = spec(T::Linux, H::Qemu);
+        s.initrd = Some(PathBuf::from("/l/initrd.gz"));
+        s.shared_dir = Some(crate::vm::virtiofs::SharedDir {
+            socket: "/run/c1/virtiofs.sock".into(),
+            tag: "rootfs".into(),
+        });
+        s.args = vec!["/app/serve".into(), "--port".into(), "8080".into()];
+        let c = guest_cmdline(&s, &[]).unwrap();
+        assert_eq!(
+            c,
+            "console=ttyS0 panic=-1 crid.root=virtiofs:rootfs -- /app/serve --port 8080"
         );
     }
 

@@ -13,6 +13,9 @@
 //! writes stay in its memory, and later changes on the host (a ConfigMap update) do not reach
 //! it. Read-only mounts are not enforced (the initramfs is one writable tmpfs).
 //!
+//! A `linux` QEMU guest whose image sets `mountRootfs=true` gets none of this: it mounts its
+//! container's root file system, shared over virtiofs (see [`super::virtiofs`]).
+//!
 //! Other guest types cannot receive files this way (Unikraft, Mirage, Rumprun and Mewz boot
 //! without an initramfs, and no tested guest has a 9p or virtiofs driver): their mounts are
 //! skipped, with a warning and a note in the container's verbose status, never an error —
@@ -53,7 +56,8 @@ pub struct GuestMount {
 #[serde(rename_all = "camelCase")]
 pub struct MountNote {
     pub container_path: String,
-    /// `initrd` (copied into the guest's initramfs) or `skipped`.
+    /// `virtiofs` (bound into the shared root), `initrd` (copied into the guest's initramfs)
+    /// or `skipped`.
     pub delivery: String,
     pub note: String,
 }

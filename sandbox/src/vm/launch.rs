@@ -22,6 +22,7 @@ use super::accel::{self, AccelDecision, AcceleratorMode, KvmProbe};
 use super::cgroup::{Limits, VmCgroup};
 use super::guestfiles::{self, GuestMount};
 use super::net;
+use super::virtiofs::{self, SharedRoot};
 use super::{
     DEFAULT_MEMORY_MIB, GuestNet, LaunchPlan, VmSpec, default_binary_dirs, find_binary,
     hypervisor_for, resolve_in_layers, supported_pair,
@@ -101,7 +102,7 @@ impl Default for VmSettings {
             max_vcpus: std::thread::available_parallelism()
                 .map(|n| u32::try_from(n.get()).unwrap_or(1))
                 .unwrap_or(1),
-            binaries: vec![],
+            binaries: vec![(virtiofs::BINARY.into(), virtiofs::DEFAULT_PATH.into())],
             vmm_uid_base: DEFAULT_VMM_UID_BASE,
             vmm_uid_count: DEFAULT_VMM_UID_COUNT,
             vmm_memory_overhead_mib: DEFAULT_VMM_MEMORY_OVERHEAD_MIB,
@@ -188,6 +189,11 @@ pub struct VmRequest {
     /// The pod's DNS servers (from its `resolv.conf`), for guests that take them.
     #[serde(default)]
     pub dns: Vec<std::net::Ipv4Addr>,
+    /// The container's root file system, shared with a `linux` QEMU guest as a directory
+    /// (see [`virtiofs`]); mounted by the container backend before [`prepare`]. The mounts and
+    /// the environment are in it, so nothing is copied into the initrd.
+    #[serde(default)]
+    pub shared_root: Option<SharedRoot>,
 }
 
 /// A prepared guest.
@@ -250,6 +256,9 @@ pub fn check(
         host,
     )?;
     settings.binary(hypervisor_for(info.hypervisor).binary_name())?;
+    if req.shared_root.is_some() {
+        settings.binary(virtiofs::BINARY)?;
+    }
     Ok(accel)
 }
 
@@ -310,15 +319,21 @@ pub fn prepare(
     // Fail on a missing VMM before touching the network.
     let vmm = settings.binary(hypervisor_for(info.hypervisor).binary_name())?;
     let is_qemu = info.hypervisor == HypervisorKind::Qemu;
+    let shared_root = req.shared_root.as_ref().filter(|_| is_qemu);
+    let virtiofsd = shared_root
+        .map(|_| settings.binary(virtiofs::BINARY))
+        .transpose()?;
     std::fs::create_dir_all(&req.run_dir).map_err(|e| SandboxError::io(&req.run_dir, e))?;
     let undo = |e: SandboxError| {
         let _ = release(req);
         e
     };
-    // Mounts and the environment file reach an initrd guest in a private copy of its initrd.
-    let files_in_initrd = image_initrd.is_some() && guestfiles::takes_files(info);
+    // Mounts and the environment file reach an initrd guest in a private copy of its initrd,
+    // unless they are in its shared root.
+    let files_in_initrd =
+        image_initrd.is_some() && guestfiles::takes_files(info) && shared_root.is_none();
     let initrd = match image_initrd {
-        Some(base) if guestfiles::takes_files(info) => {
+        Some(base) if files_in_initrd => {
             let out = req.run_dir.join(INITRD_COPY);
             let own: Vec<String> = std::iter::once(&info.binary)
                 .chain(info.initrd.iter())
@@ -390,9 +405,9 @@ pub fn prepare(
         vcpus: vcpus(req.cpu_quota, req.cpu_period, settings.max_vcpus),
         net: guest_net.clone(),
         args: req.args.clone(),
-        // An initrd guest reads its environment from the file in its initrd: the kernel
-        // command line holds 2 KiB and passes init at most 32 variables.
-        env: if files_in_initrd {
+        // An initrd guest reads its environment from the file in its initrd (or shared root):
+        // the kernel command line holds 2 KiB and passes init at most 32 variables.
+        env: if files_in_initrd || shared_root.is_some() {
             vec![]
         } else {
             req.env.clone()
@@ -404,6 +419,7 @@ pub fn prepare(
         control_socket,
         firmware,
         dns: req.dns.clone(),
+        shared_dir: shared_root.map(virtiofs::shared_dir),
     };
     let plan = super::plan_with(&spec, &vmm)
         .and_then(|plan| {
@@ -425,6 +441,10 @@ pub fn prepare(
         };
         cg.create(&limits).map_err(undo)?;
         cgroup_procs = cg.procs_files();
+    }
+    // The share's daemon, listening before the VMM starts (in the VMM's cgroup).
+    if let (Some(root), Some(binary)) = (shared_root, &virtiofsd) {
+        virtiofs::start(binary, root, &req.run_dir, &cgroup_procs).map_err(undo)?;
     }
     tracing::info!(
         container_id = %req.container_id,
@@ -482,11 +502,14 @@ fn create_overlay(
     Ok(overlay)
 }
 
-/// Undoes [`prepare`]: removes the tap and redirects, the VMM's cgroup (once its processes
-/// are gone), the control socket, and the run directory's plan files and block overlay or
-/// copy. Fine to call more than once.
+/// Undoes [`prepare`]: kills a virtiofsd still running, removes the tap and redirects, the
+/// VMM's cgroup (once its processes are gone), the control socket, and the run directory's
+/// plan files and block overlay or copy. Fine to call more than once.
 pub fn release(req: &VmRequest) -> Result<(), SandboxError> {
     let mut result = Ok(());
+    if let Some(root) = &req.shared_root {
+        virtiofs::kill(&req.run_dir, &root.socket);
+    }
     if let Some(ns) = &req.netns {
         if ns.exists() {
             result = net::teardown_guest_net(ns, &req.iface, &net::tap_name(&req.container_id));
@@ -579,6 +602,7 @@ mod tests {
             mounts: vec![],
             ports: vec![],
             dns: vec![],
+            shared_root: None,
         }
     }
 

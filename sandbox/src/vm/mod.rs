@@ -28,6 +28,7 @@ pub mod qmp;
 mod rtnl;
 pub mod solo5;
 mod sys;
+pub mod virtiofs;
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -84,6 +85,9 @@ pub struct VmSpec {
     /// The pod's DNS servers (IPv4, at most two), for guests that take them on their command
     /// line (Unikraft; it falls back to a public resolver otherwise).
     pub dns: Vec<Ipv4Addr>,
+    /// A host directory shared with the guest as its workload's root (QEMU, `linux`; see
+    /// [`virtiofs`]).
+    pub shared_dir: Option<virtiofs::SharedDir>,
 }
 
 /// The guest's view of the pod network: it takes over the CNI interface's address and MAC.
@@ -436,6 +440,7 @@ pub(crate) mod testutil {
             control_socket: None,
             firmware: None,
             dns: vec![],
+            shared_dir: None,
         }
     }
 

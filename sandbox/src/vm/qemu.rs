@@ -253,7 +253,10 @@ impl Hypervisor for Qemu {
             let device = format!("{blk_dev},drive=blk0");
             push(&["-drive", &drive, "-device", &device]);
         }
-        push(&["-append", &cmdline]);
+        if let Some(shared) = &spec.shared_dir {
+            a.extend(shared_dir_args(shared, machine, spec.memory_mib)?);
+        }
+        a.extend(["-append".to_owned(), cmdline.clone()]);
         Ok(LaunchPlan {
             hypervisor: HypervisorKind::Qemu,
             program: binary.to_path_buf(),
@@ -264,6 +267,38 @@ impl Hypervisor for Qemu {
             exit_mapping: ExitMapping::QemuDebugExit,
         })
     }
+}
+
+/// A host directory shared with the guest over virtiofs (see [`super::virtiofs`]): the guest's
+/// RAM becomes a shared memfd (vhost-user devices map it into virtiofsd), the machine takes it
+/// as its memory (`-machine memory-backend=`, merged with `-M`), and a vhost-user-fs device
+/// (PCI on `pc`, virtio-mmio on microvm) talks to virtiofsd on its socket. QEMU connects to the
+/// socket while still root, before it drops privileges and chroots.
+fn shared_dir_args(
+    shared: &super::virtiofs::SharedDir,
+    machine: Machine,
+    memory_mib: u64,
+) -> Result<Vec<String>, SandboxError> {
+    let device = match machine {
+        Machine::Microvm => "vhost-user-fs-device",
+        Machine::Pc => "vhost-user-fs-pci",
+    };
+    if shared.tag.is_empty() || !shared.tag.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(SandboxError::InvalidArgument {
+            reason: format!("invalid virtiofs tag {:?}", shared.tag),
+        });
+    }
+    let socket = path_arg(&shared.socket)?;
+    Ok(vec![
+        "-object".into(),
+        format!("memory-backend-memfd,id=crid-mem,size={memory_mib}M,share=on"),
+        "-machine".into(),
+        "memory-backend=crid-mem".into(),
+        "-chardev".into(),
+        format!("socket,id=crid-fs,path={socket}"),
+        "-device".into(),
+        format!("{device},chardev=crid-fs,tag={}", shared.tag),
+    ])
 }
 
 /// A Linux interface name: 1–15 characters, no '/', ',', whitespace or ':'.
@@ -385,6 +420,56 @@ mod tests {
             "file=/run/c1/block.qcow2,format=qcow2,if=none,id=blk0"
         ));
         s.vmm_user = Some((0, 5));
+        assert!(Qemu.plan(&s, Path::new("/q")).is_err());
+    }
+
+    #[test]
+    fn linux_shared_root_over_virtiofs() {
+        let mut s = spec(T::Linux, HypervisorKind::Qemu);
+        s.accelerator = Accelerator::Tcg;
+        s.initrd = Some(PathBuf::from("/l/initrd.gz"));
+        s.shared_dir = Some(crate::vm::virtiofs::SharedDir {
+            socket: "/run/c1/virtiofs.sock".into(),
+            tag: "rootfs".into(),
+        });
+        let a = argv(&s);
+        assert!(has_pair(
+            &a,
+            "-object",
+            "memory-backend-memfd,id=crid-mem,size=128M,share=on"
+        ));
+        assert!(has_pair(&a, "-machine", "memory-backend=crid-mem"));
+        assert!(has_pair(
+            &a,
+            "-chardev",
+            "socket,id=crid-fs,path=/run/c1/virtiofs.sock"
+        ));
+        assert!(has_pair(
+            &a,
+            "-device",
+            "vhost-user-fs-pci,chardev=crid-fs,tag=rootfs"
+        ));
+        assert!(
+            a[a.len() - 1].contains(" crid.root=virtiofs:rootfs"),
+            "{a:?}"
+        );
+        s.accelerator = Accelerator::Kvm;
+        assert!(has_pair(
+            &argv(&s),
+            "-device",
+            "vhost-user-fs-device,chardev=crid-fs,tag=rootfs"
+        ));
+        // Without a share: none of it.
+        s.shared_dir = None;
+        let a = argv(&s);
+        assert!(
+            !a.iter()
+                .any(|x| x.contains("crid-fs") || x.contains("crid.root"))
+        );
+        s.shared_dir = Some(crate::vm::virtiofs::SharedDir {
+            socket: "/a,b".into(),
+            tag: "rootfs".into(),
+        });
         assert!(Qemu.plan(&s, Path::new("/q")).is_err());
     }
 

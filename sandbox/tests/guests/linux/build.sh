@@ -2,7 +2,9 @@
 # Builds crid's linux test guest from Debian packages: build.sh OUTDIR [CACHEDIR]
 #   OUTDIR/vmlinuz    Debian's linux-image-cloud-amd64 kernel
 #   OUTDIR/initrd.gz  busybox-static, the virtio network and block modules, the ACPI power
-#                     button and evdev modules (graceful shutdown) and ./init
+#                     button and evdev modules (graceful shutdown), fuse and virtiofs (the
+#                     container's root file system shared by crid), ./init and guest-exit
+#                     (./guest-exit.c, built statically: the workload's exit code to QEMU)
 # The kernel package is fetched once with apt-get download into CACHEDIR (default OUTDIR).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -24,7 +26,7 @@ root="$work/root"
 mkdir -p "$root/bin" "$root/lib/modules" "$root/proc" "$root/sys" "$root/dev" "$root/tmp"
 cp /bin/busybox "$root/bin/busybox"
 for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio \
-         failover net_failover virtio_net virtio_blk evdev button; do
+         failover net_failover virtio_net virtio_blk evdev button fuse virtiofs; do
     f=$(find "$work/pkg/lib/modules" -name "$m.ko*" | head -1)
     [ -n "$f" ] || { echo "module $m missing" >&2; exit 1; }
     case "$f" in
@@ -34,4 +36,5 @@ for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
     esac
 done
 install -m 0755 "$here/init" "$root/init"
+cc -static -Os -o "$root/bin/guest-exit" "$here/guest-exit.c"
 (cd "$root" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -9 > "$out/initrd.gz")
