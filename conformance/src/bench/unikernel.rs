@@ -5,7 +5,10 @@
 //! 3600'` for busybox under runc — in pairs started the same way in the same run: host-network
 //! pods, and pods with their own CNI network (the guest then has a NIC, a tap and QEMU's pc
 //! machine booted by qboot) — and the RSS of this runtime's VMM processes once the guest has
-//! printed.
+//! printed. StartContainer's return to the first byte (pod network) is reported apart: it is the
+//! VMM's and the guest's own start (for runc, the container's), the rest is crid's. The host's
+//! 1-minute load average during the runs goes with them, since on a shared machine absolute
+//! figures scale with it.
 //! The label carries the accelerator crid reports: TCG figures say nothing about KVM speed.
 
 use std::time::{Duration, Instant};
@@ -79,13 +82,17 @@ async fn accelerator(target: &Target, container_id: &str) -> (String, String, St
 /// The runtime handler (RuntimeClass) crid runs unikernel images under by default.
 const UNIKERNEL_HANDLER: &str = "urunc";
 
-/// One pair's timings: pod start to first byte of the unikernel and of runc, and
-/// CreateContainer + StartContainer to first byte (the pod already running) of both.
+/// One pair's timings: pod start to first byte of the unikernel and of runc,
+/// CreateContainer + StartContainer to first byte (the pod already running) of both, and
+/// StartContainer's return to first byte (the VMM and guest, or the OCI runtime's container,
+/// after crid handed over).
 struct Pair {
     uk: Duration,
     rc: Duration,
     uk_container: Duration,
     rc_container: Duration,
+    uk_after_start: Duration,
+    rc_after_start: Duration,
 }
 
 /// One unikernel start and one runc start of the same kind of pod, each until its first log
@@ -116,7 +123,8 @@ async fn pair(
     let rss = vmm.map(|re| memory::measure(re).rss_kib);
     workload::teardown(target, &s).await?;
     let seen = seen?;
-    let (uk, uk_container) = (seen - t0, s.create + s.start + (seen - returned));
+    let uk_after_start = seen - returned;
+    let (uk, uk_container) = (seen - t0, s.create + s.start + uk_after_start);
 
     let t0 = Instant::now();
     let s = workload::cold_start_in(
@@ -136,8 +144,20 @@ async fn pair(
         rc: seen - t0,
         uk_container,
         rc_container: s.create + s.start + (seen - returned),
+        uk_after_start,
+        rc_after_start: seen - returned,
     };
     Ok((timings, rss, format!("{guest} on {hypervisor}, {accel}")))
+}
+
+/// The 1-minute load average from `/proc/loadavg`, if readable.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// One runtime's samples (medians go in its column).
@@ -151,6 +171,8 @@ struct Series {
     rcc: Samples,
     ukc_pod: Samples,
     rcc_pod: Samples,
+    uka_pod: Samples,
+    rca_pod: Samples,
     peak_rss_kib: u64,
     accel: String,
 }
@@ -181,6 +203,12 @@ pub async fn run(
             target.procs.as_str()
         ))?);
     }
+    // The host's 1-minute load average, sampled once per iteration: on a shared machine the
+    // absolute figures scale with it, so the report says what it was.
+    let mut load = Vec::new();
+    if let Some(l) = load_average() {
+        load.push(l);
+    }
     // Host-network pods: the guest has no NIC and boots on QEMU's microvm machine straight into
     // its PVH entry. Pod-network pods (CNI): the guest gets a virtio-net-pci NIC, a tap and the
     // pc machine booted by qboot; the runc pod of each pair gets the same kind of network.
@@ -198,6 +226,11 @@ pub async fn run(
             s.rc_pod.push(p.rc);
             s.ukc_pod.push(p.uk_container);
             s.rcc_pod.push(p.rc_container);
+            s.uka_pod.push(p.uk_after_start);
+            s.rca_pod.push(p.rc_after_start);
+        }
+        if let Some(l) = load_average() {
+            load.push(l);
         }
     }
     // The label names the first runtime's guest and accelerator (the image is the same).
@@ -253,6 +286,24 @@ pub async fn run(
             col(&|s| if pod { s.rcc_pod.median() } else { s.rcc.median() }),
         );
     }
+    report.add(
+        format!(
+            "unikernel StartContainer return to first serial byte (pod network, median; {accel})"
+        ),
+        "ms",
+        col(&|s| s.uka_pod.median()),
+    );
+    report.add(
+        "runc busybox StartContainer return to first log byte (pod network, median, same run)",
+        "ms",
+        col(&|s| s.rca_pod.median()),
+    );
+    let mean_load = (!load.is_empty()).then(|| load.iter().sum::<f64>() / load.len() as f64);
+    report.add(
+        format!("host load average, 1 min (mean during the runs; {accel})"),
+        "load",
+        col(&|_| mean_load),
+    );
     report.add(
         format!("VMM peak RSS ({accel})"),
         "MiB",
