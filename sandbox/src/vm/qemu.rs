@@ -27,10 +27,10 @@
 //! (`romfile=`): iPXE's "Press Ctrl-B" prompt alone cost over a second per start. Measured
 //! here (KVM, the freestanding guest with a NIC): 1.46 s with SeaBIOS + iPXE, 73 ms with qboot.
 //! `pc` still costs more than `microvm` (README, Performance): qboot's seven PAM register writes
-//! make QEMU update KVM's memory slots 28 times instead of 6, and on the test host each update
-//! waits for an SRCU grace period. Machine properties (`hpet`, `sata`, `usb`, `vmport`, `smbus`,
-//! `smm` off) were measured and did not pay; `microvm,pcie=on` has no 0xCF8 configuration ports,
-//! which x86 Unikraft's PCI bus uses.
+//! make QEMU update KVM's memory slots 28 times instead of 6, and each update waits for an SRCU
+//! grace period (milliseconds on the loaded test host). Machine properties (`hpet`, `sata`,
+//! `usb`, `vmport`, `smbus`, `smm` off) were measured and did not pay; `microvm,pcie=on` has no
+//! 0xCF8 configuration ports, which x86 Unikraft's PCI bus uses.
 //!
 //! Machine type — `-M microvm` where the guest allows it, `-M pc` otherwise:
 //! - `linux`: microvm under KVM (virtio-mmio devices, described to the kernel by ACPI); pc
