@@ -688,7 +688,8 @@ fn push_shared_root_guest(reg: &str, dir: &Path) -> Option<String> {
 /// read-only ConfigMap refuses writes, the emptyDir takes them (seen on the host), the image and
 /// CRI environments apply, a write to `/dev/termination-log` lands in kubelet's file (which
 /// kubelet reads for the termination message), the entrypoint's exit code is the container's,
-/// and after RemoveContainer nothing stays mounted or running.
+/// and after RemoveContainer nothing stays mounted or running; a second guest stopped with
+/// StopContainer powers off (exit 0) and leaves nothing either.
 #[tokio::test]
 async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
     use conformance::kubelet::KubeletPod;
@@ -852,6 +853,65 @@ async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
         common::processes_under(&container_dir, None)
     );
     assert!(!container_dir.exists());
+
+    // StopContainer presses the ACPI power button: the guest's init stops the workload and
+    // powers off (exit 0); again nothing stays mounted or running, virtiofsd's socket is gone.
+    let request = pod
+        .container("app", &image)
+        .config_map("config", "/etc/app", &[("greeting", "version-1")])
+        .port("http", 8080)
+        .build()
+        .unwrap();
+    let id = crid
+        .create_start(&(pod_id.clone(), pod.sandbox_config()), request)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !http_get_path(ip, 8080, "/cgi-bin/page").is_ok_and(|b| b.contains("shared root:")) {
+        assert!(
+            Instant::now() < deadline,
+            "no page from the second guest\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    crid.rt()
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 60,
+        })
+        .await
+        .unwrap();
+    let status = crid
+        .wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.exit_code, 0, "{status:?}\n{text}");
+    assert!(
+        text.contains("crid-linux-guest: power button: shutting down"),
+        "{text}"
+    );
+    crid.rt()
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let container_dir = crid.path().join("root/containers").join(&id);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&id)).collect();
+    assert!(left.is_empty(), "still mounted: {left:?}");
+    assert!(
+        common::processes_under(&container_dir, None).is_empty(),
+        "{:?}",
+        common::processes_under(&container_dir, None)
+    );
+    let sockets: Vec<_> = std::fs::read_dir(crid.path().join("state"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("vfs-"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(sockets.is_empty(), "{sockets:?}");
     let _ = crid
         .rt()
         .stop_pod_sandbox(cri::StopPodSandboxRequest {
