@@ -355,10 +355,22 @@ impl VmBackend {
     fn launch(&self, mut state: VmState) -> Result<(VmState, Launch), SandboxError> {
         let req = &state.request;
         if let Some(root) = &req.shared_root {
+            // As on the command line of other guests: CRI/image argv, else the image's
+            // unikernel command line.
+            let argv: Vec<String> = if req.args.is_empty() {
+                req.info
+                    .cmdline
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect()
+            } else {
+                req.args.clone()
+            };
             vm_rootfs::mount(
                 &self.dirs().dir(&req.container_id),
                 &req.layer_dirs,
                 &req.mounts,
+                &argv,
                 &req.env,
                 root,
             )?;

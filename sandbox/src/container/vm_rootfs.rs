@@ -5,8 +5,9 @@
 //! At `StartContainer`: the image's layers as an overlay at `<container>/rootfs` (upper and work
 //! directories next to it, as for runc; `nodev`, `nosuid`), then bind mounts (recursive,
 //! `nodev`, `nosuid`; read-only where the CRI mount is) at their container paths: crid's
-//! `/etc/crid` (read-only: `env`, the workload's environment as `export` lines, and `process`,
-//! its working directory, uid and gid), the pod's `/etc/hosts` and `/etc/resolv.conf`, then the
+//! `/etc/crid` (read-only: `env`, the workload's environment as `export` lines, `process`, its
+//! working directory, uid and gid, and `args`, its argv as a `set --` line: neither goes on the
+//! kernel command line, which holds 2 KiB), the pod's `/etc/hosts` and `/etc/resolv.conf`, then the
 //! CRI mounts in their order. A mount target is resolved inside the root file system, as runc
 //! does: symbolic links are followed within it (`RESOLVE_IN_ROOT`), never out to the host;
 //! missing directories (and an empty file for a file mount) are created in the upper layer.
@@ -44,12 +45,23 @@ pub fn process_file(root: &SharedRoot) -> String {
     )
 }
 
+/// `args`: the workload's argv as a shell `set --` line, each argument single-quoted.
+pub fn args_file(argv: &[String]) -> String {
+    let mut line = "set --".to_owned();
+    for a in argv {
+        line.push_str(&format!(" '{}'", a.replace('\'', r"'\''")));
+    }
+    line.push('\n');
+    line
+}
+
 /// Mounts the shared root of the container whose directory is `dir` (see the module
-/// documentation). On error nothing stays mounted.
+/// documentation), for a workload of `argv` and `env`. On error nothing stays mounted.
 pub fn mount(
     dir: &Path,
     layers: &[PathBuf],
     mounts: &[GuestMount],
+    argv: &[String],
     env: &[(String, String)],
     root: &SharedRoot,
 ) -> Result<(), SandboxError> {
@@ -58,6 +70,7 @@ pub fn mount(
     for (name, text) in [
         ("env", guestfiles::env_file(env)),
         ("process", process_file(root)),
+        ("args", args_file(argv)),
     ] {
         let path = etc.join(name);
         crate::monitor::write_replace(&path, text.as_bytes())
@@ -230,6 +243,16 @@ fn target(root: &OwnedFd, rel: &str, is_dir: bool) -> rustix::io::Result<OwnedFd
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn args_file_quotes_every_argument() {
+        let argv = ["/app/serve".to_owned(), "it's".into(), "two words".into()];
+        assert_eq!(
+            args_file(&argv),
+            "set -- '/app/serve' 'it'\\''s' 'two words'\n"
+        );
+        assert_eq!(args_file(&[]), "set --\n");
+    }
 
     #[test]
     fn process_file_quotes_the_working_directory() {

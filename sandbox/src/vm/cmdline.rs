@@ -23,7 +23,12 @@ const UNIKRAFT_CURRENT: (u64, u64, u64) = (0, 16, 1);
 /// Builds the guest command line. `extra` are hypervisor-specific kernel parameters (Linux
 /// only, e.g. Firecracker's `reboot=k`).
 pub fn guest_cmdline(spec: &VmSpec, extra: &[&str]) -> Result<String, SandboxError> {
-    let argv = app_args(spec);
+    // A guest with a shared root reads its argv from there (`/etc/crid/args`).
+    let argv = if spec.shared_dir.is_some() {
+        vec![]
+    } else {
+        app_args(spec)
+    };
     for a in &argv {
         check_token(a, "argument")?;
     }
@@ -302,10 +307,10 @@ mod tests {
         });
         s.args = vec!["/app/serve".into(), "--port".into(), "8080".into()];
         let c = guest_cmdline(&s, &[]).unwrap();
-        assert_eq!(
-            c,
-            "console=ttyS0 panic=-1 crid.root=virtiofs:rootfs -- /app/serve --port 8080"
-        );
+        // The argv is in the shared root, not on the command line (nor checked for it).
+        assert_eq!(c, "console=ttyS0 panic=-1 crid.root=virtiofs:rootfs");
+        s.args.push("quote\"and\nnewline".into());
+        assert!(guest_cmdline(&s, &[]).is_ok());
     }
 
     #[test]
