@@ -25,7 +25,7 @@
 //!   ([`check_handler`]).
 //! - CRI mounts never fail a create: a `linux` QEMU guest whose image sets `mountRootfs=true`
 //!   gets them bound into its container's root file system, which it mounts over virtiofs
-//!   ([`vm_rootfs`], [`crate::vm::virtiofs`]); another guest that can take files gets them
+//!   (`vm_rootfs`, [`crate::vm::virtiofs`]); another guest that can take files gets them
 //!   copied in at start ([`crate::vm::guestfiles`]); for the others each mount is skipped with a
 //!   warning and a note in the VM state (`mount_notes`, shown in verbose status).
 

@@ -21,6 +21,10 @@
 //! image's raw block file, opened read-only; the guest's writes land in the overlay only. KVM runs with `-cpu host,-arch-capabilities` (software KVM such as PVM refuses the
 //! ARCH_CAPABILITIES MSR that plain `-cpu host` sets); TCG with `-cpu max`.
 //!
+//! Shared root: a `linux` guest whose container's root file system is shared with it (see
+//! [`super::virtiofs`]) gets its RAM as a shared memfd and a `vhost-user-fs` device on
+//! virtiofsd's socket (`shared_dir_args`).
+//!
 //! Firmware: `pc` boots with `-bios <firmware>` when one is configured — qboot (Debian's
 //! `/usr/share/qemu/qboot.rom`, the firmware microvm uses too), which loads Linux, multiboot and
 //! PVH kernels from fw_cfg without SeaBIOS's device scan — and the NIC gets no option ROM

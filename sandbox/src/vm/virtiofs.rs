@@ -14,8 +14,8 @@
 //! The daemon is started at `StartContainer` once the backend has mounted the root file system
 //! (see `crate::container::vm_rootfs`), in the container's cgroup, before the VMM; it serves one
 //! connection (QEMU's) and exits when QEMU does. `cache=none`: every lookup and read goes to the
-//! host, so a ConfigMap that kubelet updates is seen by the guest at once. [`release`] kills a
-//! daemon that is still there (QEMU never connected).
+//! host, so a ConfigMap that kubelet updates is seen by the guest at once. [`kill`] (from
+//! [`super::launch::release`]) ends a daemon that is still there (QEMU never connected).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
