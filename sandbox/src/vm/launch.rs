@@ -767,6 +767,43 @@ mod tests {
         }
     }
 
+    /// A shared root needs virtiofsd: without it `CreateContainer` is `FailedPrecondition`
+    /// naming it.
+    #[test]
+    fn a_shared_root_needs_virtiofsd() {
+        let dir = tempfile::tempdir().unwrap();
+        let bins = dir.path().join("bin");
+        std::fs::create_dir_all(&bins).unwrap();
+        fake_bin(&bins, "qemu-system-x86_64");
+        fake_bin(&bins, "my-virtiofsd");
+        let mut req = request(dir.path(), UnikernelType::Linux, HypervisorKind::Qemu);
+        req.shared_root = Some(SharedRoot {
+            rootfs: dir.path().join("rootfs"),
+            workdir: "/".into(),
+            uid: 0,
+            gid: 0,
+            socket: dir.path().join("vfs.sock"),
+        });
+        let mut settings = VmSettings {
+            binary_dirs: vec![bins.clone()],
+            binaries: vec![(
+                virtiofs::BINARY.into(),
+                dir.path().join("nothing/virtiofsd"),
+            )],
+            ..VmSettings::default()
+        };
+        let err = check(&req, &settings, &host()).unwrap_err();
+        assert_eq!(err.kind(), imagestore::ErrorKind::FailedPrecondition);
+        assert!(err.to_string().contains("virtiofsd"), "{err}");
+        settings.binaries = vec![(virtiofs::BINARY.into(), bins.join("my-virtiofsd"))];
+        check(&req, &settings, &host()).unwrap();
+        // Without a shared root it is not looked for.
+        req.shared_root = None;
+        settings.binaries.clear();
+        settings.binary_dirs = vec![bins];
+        check(&req, &settings, &host()).unwrap();
+    }
+
     #[test]
     fn missing_vmm_and_missing_kernel() {
         let dir = tempfile::tempdir().unwrap();
