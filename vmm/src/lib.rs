@@ -43,6 +43,9 @@ pub struct Config {
     pub net: Option<NetConfig>,
     /// A virtio-blk device on this disk.
     pub disk: Option<DiskConfig>,
+    /// `cgroup.procs` files the VMM moves itself into (its container's cgroup), on a thread of
+    /// its own while KVM sets the VM up: see [`vm::run`].
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// The guest's block device: a raw disk file (or block device), opened before the VMM drops

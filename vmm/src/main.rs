@@ -53,6 +53,10 @@ struct Args {
     /// Skip the seccomp filter (debugging only).
     #[arg(long)]
     no_seccomp: bool,
+    /// Join this cgroup: a `cgroup.procs` file the VMM writes itself into (repeatable, one per
+    /// hierarchy), done before any guest page is written and before the tap or disk is opened.
+    #[arg(long)]
+    cgroup_procs: Vec<PathBuf>,
 }
 
 fn parse_user(s: &str) -> Result<(u32, u32), String> {
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
             disk,
             read_only: args.disk_read_only,
         }),
+        cgroup_procs: args.cgroup_procs,
     };
     match vm::run(&config) {
         Ok(exit) => {

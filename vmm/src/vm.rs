@@ -4,7 +4,9 @@
 //! before its first instruction of guest code runs.
 
 use std::fs::File;
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -35,15 +37,24 @@ type MmioDevices = Vec<Arc<Mutex<dyn MmioWindow>>>;
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
 /// Boots the guest described by `config` and returns how it ended.
+///
+/// Three steps of the set-up sleep in the kernel rather than compute: joining a cgroup v1
+/// hierarchy waits for an RCU grace period (the first migration after a quiet spell), and the
+/// in-kernel irqchip and the memory slot each wait for an SRCU one; on a loaded host each
+/// takes milliseconds. They run on three threads at once. The cgroup is joined before any
+/// guest page is written and before the tap or the disk is opened, so the guest's memory and
+/// the devices rule apply as before; only KVM's own structures for the VM (the VM, its
+/// irqchip and the slot's page-tracking arrays, well under 1 MiB) may be charged to the
+/// monitor's cgroup, the one the VMM started in.
 pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
     sys::default_stop_signals().map_err(|e| VmmError::io("resetting signal dispositions", e))?;
+    let joining = join_cgroup(config.cgroup_procs.clone())?;
     let kvm = Kvm::new().map_err(|e| VmmError::kvm("opening /dev/kvm", e))?;
     let vm = kvm
         .create_vm()
         .map_err(|e| VmmError::kvm("KVM_CREATE_VM", e))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(|e| VmmError::kvm("KVM_SET_TSS_ADDR", e))?;
-    let irqchip = create_irqchip(&vm);
 
     // Leaked on purpose: the vCPU and device threads are never joined (the first result ends
     // the guest, and `main` exits the process with the others possibly still in KVM_RUN), so
@@ -52,7 +63,18 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
     // The VMM runs one guest and exits; the exit releases it.
     let mem: &'static memory::GuestMemoryMmap =
         Box::leak(Box::new(memory::create(config.memory_mib)?));
-    sys::register_memory(&vm, mem).map_err(|e| VmmError::io("registering guest memory", e))?;
+    let (irqchip, registered) = std::thread::scope(|s| {
+        let slot = s.spawn(|| sys::register_memory(&vm, mem));
+        let irqchip = create_irqchip(&vm);
+        (irqchip, slot.join())
+    });
+    registered
+        .unwrap_or_else(|_| Err(std::io::Error::other("the thread panicked")))
+        .map_err(|e| VmmError::io("registering guest memory", e))?;
+    joining
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the thread panicked")))
+        .map_err(|e| VmmError::io("joining the cgroup", e))?;
 
     let mut kernel =
         File::open(&config.kernel).map_err(|e| VmmError::io("opening the kernel", e))?;
@@ -221,6 +243,26 @@ fn add_mmio_slot(
         .add_virtio_mmio_device(memory::MMIO_DEVICE_SIZE, GuestAddress(addr), gsi, None)
         .map_err(|e| VmmError::Boot(format!("kernel command line: {e}")))?;
     Ok(irq)
+}
+
+/// Moves this process into the cgroups whose `cgroup.procs` files are `procs` (writing `0`
+/// there moves the writer's whole thread group), on a thread of its own; join it before the
+/// guest's memory is written.
+fn join_cgroup(
+    procs: Vec<PathBuf>,
+) -> Result<std::thread::JoinHandle<std::io::Result<()>>, VmmError> {
+    std::thread::Builder::new()
+        .name("cgroup".into())
+        .spawn(move || {
+            for path in &procs {
+                let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+                file.write_all(b"0").map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                })?;
+            }
+            Ok(())
+        })
+        .map_err(|e| VmmError::io("spawning the cgroup thread", e))
 }
 
 /// Opens the tap and builds the virtio-net device.

@@ -331,3 +331,72 @@ fn send_signal(pid: u32, sig: i32) {
         .unwrap();
     assert!(st.success());
 }
+
+/// `--cgroup-procs`: the VMM is in the cgroup by the time the guest runs; a file it cannot
+/// write fails the start with a message. Needs root and a cgroup hierarchy it can create in
+/// (v1 `pids`, else the unified one).
+#[test]
+fn joins_its_cgroup_before_the_guest_runs() {
+    let Some((dir, kernel)) = guest() else { return };
+    let root = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(Path::new)
+        .find(|r| r.join("cgroup.procs").exists());
+    let Some(root) = root.filter(|_| is_root()) else {
+        eprintln!("skipped: needs root and a cgroup hierarchy");
+        return;
+    };
+    let name = format!("crid-vmm-test-{}", std::process::id());
+    let cg = root.join(&name);
+    std::fs::create_dir(&cg).unwrap();
+    let procs = cg.join("cgroup.procs");
+    let mut child = vmm(
+        &kernel,
+        "stay",
+        &["--cgroup-procs", procs.to_str().unwrap()],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("halting") {
+        let n = stdout.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", child.id())).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir(&cg);
+    assert!(
+        String::from_utf8_lossy(&seen).contains("crid-test-guest: halting"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    assert!(cgroups.contains(&name), "{cgroups}");
+
+    let missing = dir.path().join("no-such-cgroup/cgroup.procs");
+    let out = vmm(
+        &kernel,
+        "exit=0",
+        &["--cgroup-procs", missing.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("joining the cgroup"), "{stderr}");
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .is_some_and(|v| v.split_whitespace().nth(1) == Some("0"))
+    })
+}

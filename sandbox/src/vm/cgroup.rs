@@ -17,7 +17,11 @@
 //!
 //! The VMM is placed in the cgroup before it runs: the monitor's child writes itself into every
 //! `cgroup.procs` between fork and exec (`Launch::Command::cgroup_procs`), so guest memory is
-//! charged to the container from the first page and no shell runs in between.
+//! charged to the container from the first page and no shell runs in between. crid-vmm gets
+//! the files on its command line (`--cgroup-procs`) and joins them on a thread while KVM
+//! builds the VM, since a cgroup v1 migration waits for an RCU grace period: it has joined
+//! before it writes a guest page or opens the tap or disk (KVM's own structures for the VM may
+//! be charged to the monitor's cgroup).
 
 use std::path::{Path, PathBuf};
 

@@ -204,7 +204,8 @@ pub struct PreparedVm {
     pub argv: Vec<String>,
     /// The pod's network namespace, which the VMM joins between fork and exec.
     pub netns: Option<PathBuf>,
-    /// The container cgroup's `cgroup.procs` files, joined the same way.
+    /// The container cgroup's `cgroup.procs` files, joined the same way (crid-vmm, which joins
+    /// them itself, gets them on its command line instead).
     pub cgroup_procs: Vec<PathBuf>,
     pub net: Option<GuestNet>,
     pub accel: AccelDecision,
@@ -440,7 +441,19 @@ pub fn prepare(
             cpu_shares: req.cpu_shares,
         };
         cg.create(&limits).map_err(undo)?;
-        cgroup_procs = cg.procs_files();
+        if info.hypervisor == HypervisorKind::Crid {
+            // crid-vmm joins the cgroup itself, on a thread of its own while KVM sets up (a
+            // cgroup v1 migration waits for an RCU grace period), before it writes a guest
+            // page or opens the tap or the disk: see the `vmm` crate's `vm::run`.
+            for procs in cg.procs_files() {
+                argv.extend([
+                    "--cgroup-procs".into(),
+                    super::path_arg(&procs).map_err(undo)?,
+                ]);
+            }
+        } else {
+            cgroup_procs = cg.procs_files();
+        }
     }
     // The share's daemon, listening before the VMM starts (in the VMM's cgroup).
     if let (Some(root), Some(binary)) = (shared_root, &virtiofsd) {
