@@ -246,16 +246,27 @@ pub fn setup_with(ops: &dyn NetOps, iface: &str, tap: &str) -> Result<GuestNet, 
 
     clear_taps(ops, &links, tap)?;
 
+    // Ask for the gateway's MAC first: the answer arrives while the tap is made, instead of
+    // the start waiting for it afterwards.
+    if let Some(g) = gateway {
+        if ops.neighbour(iface, g)?.is_none() {
+            ops.probe(g)?;
+        }
+    }
+    let made = ops
+        .add_tap(tap)
+        .and_then(|()| ops.set_link(tap, Some(mtu), None, true));
     // Before the redirect, which sends every ARP reply on `eth0` to the guest.
-    let gateway_mac = gateway.map(|g| neighbour_mac(ops, iface, g));
-    let result = (|| {
-        ops.add_tap(tap)?;
-        ops.set_link(tap, Some(mtu), None, true)?;
+    let gateway_mac = match &made {
+        Ok(()) => gateway.map(|g| neighbour_mac(ops, iface, g)),
+        Err(_) => None,
+    };
+    let result = made.and_then(|()| {
         // A qdisc left by a crash would make "add" fail; it redirected to a dead tap anyway.
         let _ = ops.del_ingress(iface);
         redirect(ops, iface, tap)?;
         redirect(ops, tap, iface)
-    })();
+    });
     if result.is_ok() {
         // Without it the guest still serves the pod IP to everyone but the pod's sidecars.
         let routed = match gateway_mac {
@@ -571,18 +582,16 @@ mod tests {
         assert_eq!(n.gateway, Some(Ipv4Addr::new(10, 88, 0, 1)));
         assert_eq!(n.mac.to_string(), "0a:58:0a:58:00:07");
         assert_eq!(n.mtu, 1450);
-        // The gateway's MAC is resolved (by a probe) before the redirect takes ARP away.
+        // The gateway is probed before the tap is made and its MAC resolved before the
+        // redirect takes ARP away.
         assert_eq!(*f.probes.borrow(), [Ipv4Addr::new(10, 88, 0, 1)]);
         let calls = steps(&f);
-        let last_neigh = calls
-            .iter()
-            .rposition(|c| c.starts_with("neigh show"))
-            .unwrap();
         let tap = calls.iter().position(|c| c.starts_with("tap add")).unwrap();
-        assert!(last_neigh < tap);
+        assert_eq!(calls[tap - 1], "neigh show 10.88.0.1 dev eth0");
         let want = [
             "tap add crtapabc",
             "link set crtapabc mtu 1450 up",
+            "neigh show 10.88.0.1 dev eth0",
             "qdisc del eth0 ingress",
             "qdisc add eth0 ingress",
             "filter add eth0 redirect crtapabc",
