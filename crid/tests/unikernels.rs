@@ -1125,9 +1125,12 @@ async fn kubelet_shaped_guests_start_in_a_pod_network() {
         .into_inner()
         .pod_sandbox_id;
     let ip = pod_ip(&crid, &pod_id).await;
+    // An argument longer than a kernel command line (2 KiB): the guest reads its argv from
+    // /etc/crid/args in its initrd.
+    let long = "x".repeat(2100);
     let request = pod
         .container("web", &linux)
-        .args(&["serve"])
+        .args(&["serve", &long])
         .env("GREETING", "hi there")
         .port("http", 8080)
         .config_map("config", "/etc/app", &[("greeting", "from-configmap")])
@@ -1138,16 +1141,23 @@ async fn kubelet_shaped_guests_start_in_a_pod_network() {
     let web = crid.create_start(&(pod_id.clone(), config), request).await;
     let body = wait_http(&crid, &web, ip, &pod.log_directory.join("web/0.log")).await;
     for want in [
-        "args=[serve]",
-        "greeting=[hi there]",
-        "from_image=[from-image]",
-        "config=[from-configmap]",
-        "resolv=[1]",
-        "entry=[entrypoint ran from the image rootfs: serve]",
+        format!("args=[serve {long}]"),
+        "greeting=[hi there]".into(),
+        "from_image=[from-image]".into(),
+        "config=[from-configmap]".into(),
+        "resolv=[1]".into(),
+        format!("entry=[entrypoint ran from the image rootfs: serve {long}]"),
     ] {
-        assert!(body.contains(want), "{want} missing from {body:?}");
+        assert!(body.contains(&want), "{want} missing from {body:?}");
     }
     let (_, info) = crid.container_status(&web).await;
+    let cmdline = info["runtimeSpec"]["unikernel"]["guest_cmdline"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        cmdline.contains("console=ttyS0") && !cmdline.contains(&long),
+        "{info}"
+    );
     let notes = info["runtimeSpec"]["unikernel"]["mount_notes"]
         .as_array()
         .cloned()

@@ -55,6 +55,7 @@ fn spec(kernel: PathBuf, run_dir: PathBuf, args: &[&str], accelerator: Accelerat
         net: None,
         args: args.iter().map(|s| s.to_string()).collect(),
         env: vec![("GREETING".into(), "hi".into())],
+        argv_in_initrd: false,
         accelerator,
         run_dir,
         vmm_user: None,

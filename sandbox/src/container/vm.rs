@@ -357,15 +357,7 @@ impl VmBackend {
         if let Some(root) = &req.shared_root {
             // As on the command line of other guests: CRI/image argv, else the image's
             // unikernel command line.
-            let argv: Vec<String> = if req.args.is_empty() {
-                req.info
-                    .cmdline
-                    .split_whitespace()
-                    .map(str::to_owned)
-                    .collect()
-            } else {
-                req.args.clone()
-            };
+            let argv = crate::vm::cmdline::workload_argv(&req.args, &req.info.cmdline);
             vm_rootfs::mount(
                 &self.dirs().dir(&req.container_id),
                 &req.layer_dirs,

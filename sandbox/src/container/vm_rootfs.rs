@@ -45,16 +45,6 @@ pub fn process_file(root: &SharedRoot) -> String {
     )
 }
 
-/// `args`: the workload's argv as a shell `set --` line, each argument single-quoted.
-pub fn args_file(argv: &[String]) -> String {
-    let mut line = "set --".to_owned();
-    for a in argv {
-        line.push_str(&format!(" '{}'", a.replace('\'', r"'\''")));
-    }
-    line.push('\n');
-    line
-}
-
 /// Mounts the shared root of the container whose directory is `dir` (see the module
 /// documentation), for a workload of `argv` and `env`. On error nothing stays mounted.
 pub fn mount(
@@ -70,7 +60,7 @@ pub fn mount(
     for (name, text) in [
         ("env", guestfiles::env_file(env)),
         ("process", process_file(root)),
-        ("args", args_file(argv)),
+        ("args", guestfiles::args_file(argv)),
     ] {
         let path = etc.join(name);
         crate::monitor::write_replace(&path, text.as_bytes())
@@ -243,16 +233,6 @@ fn target(root: &OwnedFd, rel: &str, is_dir: bool) -> rustix::io::Result<OwnedFd
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn args_file_quotes_every_argument() {
-        let argv = ["/app/serve".to_owned(), "it's".into(), "two words".into()];
-        assert_eq!(
-            args_file(&argv),
-            "set -- '/app/serve' 'it'\\''s' 'two words'\n"
-        );
-        assert_eq!(args_file(&[]), "set --\n");
-    }
 
     #[test]
     fn process_file_quotes_the_working_directory() {

@@ -20,6 +20,10 @@ use crate::SandboxError;
 /// The first Unikraft release that takes `netdev.ip=` and `env.vars`.
 const UNIKRAFT_CURRENT: (u64, u64, u64) = (0, 16, 1);
 
+/// The longest kernel command line x86 Linux keeps (`COMMAND_LINE_SIZE`, 2048 with its NUL);
+/// the rest would be cut off silently.
+pub const LINUX_MAX: usize = 2047;
+
 /// Builds the guest command line. `extra` are hypervisor-specific kernel parameters (Linux
 /// only, e.g. Firecracker's `reboot=k`).
 pub fn guest_cmdline(spec: &VmSpec, extra: &[&str]) -> Result<String, SandboxError> {
@@ -42,7 +46,7 @@ pub fn guest_cmdline(spec: &VmSpec, extra: &[&str]) -> Result<String, SandboxErr
         check_token(v, "environment variable value")?;
     }
     match spec.info.unikernel_type {
-        UnikernelType::Linux => Ok(linux(spec, &argv, extra)),
+        UnikernelType::Linux => linux_fitting(spec, &argv, extra),
         UnikernelType::Unikraft => Ok(unikraft(spec, &argv)),
         UnikernelType::Rumprun => Ok(rumprun(spec, &argv)),
         UnikernelType::Mirage => simple(spec, &argv, mirage_net),
@@ -52,14 +56,19 @@ pub fn guest_cmdline(spec: &VmSpec, extra: &[&str]) -> Result<String, SandboxErr
 
 /// The application's argv: CRI command + args, else the image's `cmdline` split on whitespace.
 pub fn app_args(spec: &VmSpec) -> Vec<String> {
-    if spec.args.is_empty() {
-        spec.info
-            .cmdline
+    workload_argv(&spec.args, &spec.info.cmdline)
+}
+
+/// `args` (CRI command + args, or the image's entrypoint + cmd), else the image's unikernel
+/// command line split on whitespace.
+pub fn workload_argv(args: &[String], image_cmdline: &str) -> Vec<String> {
+    if args.is_empty() {
+        image_cmdline
             .split_whitespace()
             .map(str::to_string)
             .collect()
     } else {
-        spec.args.clone()
+        args.to_vec()
     }
 }
 
@@ -81,6 +90,31 @@ fn quote(s: &str) -> String {
     } else {
         s.to_string()
     }
+}
+
+/// The `linux` command line, without the argv when it would not fit and the guest reads its
+/// argv from its initrd; a command line that cannot fit is refused, not cut off.
+fn linux_fitting(spec: &VmSpec, argv: &[String], extra: &[&str]) -> Result<String, SandboxError> {
+    let line = linux(spec, argv, extra);
+    if line.len() <= LINUX_MAX {
+        return Ok(line);
+    }
+    if spec.argv_in_initrd {
+        let without = linux(spec, &[], extra);
+        if without.len() <= LINUX_MAX {
+            tracing::info!(
+                bytes = line.len(),
+                "the guest's argv is left off its kernel command line: it reads it from /etc/crid/args"
+            );
+            return Ok(without);
+        }
+    }
+    Err(SandboxError::InvalidArgument {
+        reason: format!(
+            "the guest's kernel command line would be {} bytes; Linux keeps {LINUX_MAX}",
+            line.len()
+        ),
+    })
 }
 
 fn linux(spec: &VmSpec, argv: &[String], extra: &[&str]) -> String {
@@ -294,6 +328,23 @@ mod tests {
             c,
             "console=ttyS0 panic=-1 ip=10.88.0.5::10.88.0.1:255.255.0.0::eth0:off \
              GREETING=\"hello world\" A=1 -- /bin/server --port 8080"
+        );
+    }
+
+    #[test]
+    fn linux_argv_too_long_for_the_command_line_stays_in_the_initrd() {
+        let mut s = spec(T::Linux, H::Qemu);
+        s.args = vec!["/bin/server".into(), "x".repeat(LINUX_MAX)];
+        // Without an initrd copy to read it from, a command line Linux would cut is refused.
+        let err = guest_cmdline(&s, &[]).unwrap_err();
+        assert!(matches!(err, SandboxError::InvalidArgument { .. }), "{err}");
+        s.argv_in_initrd = true;
+        assert_eq!(guest_cmdline(&s, &[]).unwrap(), "console=ttyS0 panic=-1");
+        // A short argv stays on the command line too, for inits that read it there.
+        s.args.truncate(1);
+        assert_eq!(
+            guest_cmdline(&s, &[]).unwrap(),
+            "console=ttyS0 panic=-1 -- /bin/server"
         );
     }
 

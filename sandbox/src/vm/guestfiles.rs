@@ -9,7 +9,8 @@
 //! plus `/etc/crid/env` with the container's environment as
 //! shell `export` lines, which such a guest's init sources: its environment is not put on the
 //! kernel command line, which holds 2 KiB and passes init at most 32 variables (kubelet alone
-//! adds eight per Service in the namespace). The copy is a snapshot taken at `StartContainer`: the guest's
+//! adds eight per Service in the namespace), and `/etc/crid/args` with its argv as a `set --`
+//! line (the command line keeps the argv too unless it would not fit). The copy is a snapshot taken at `StartContainer`: the guest's
 //! writes stay in its memory, and later changes on the host (a ConfigMap update) do not reach
 //! it. Read-only mounts are not enforced (the initramfs is one writable tmpfs).
 //!
@@ -41,6 +42,8 @@ pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
 pub const MAX_ENTRIES: usize = 10_000;
 /// Where the environment file goes in the guest.
 pub const ENV_FILE: &str = "/etc/crid/env";
+/// Where the argv file goes in the guest.
+pub const ARGS_FILE: &str = "/etc/crid/args";
 
 /// A CRI mount that reaches the guest as copied files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,13 +95,15 @@ fn guest_path(p: &str) -> Result<String, SandboxError> {
 
 /// Writes `out` = `base` followed by a newc archive holding the image's root file system
 /// (`layers`, bottom-most first, without the `skip` paths: the kernel, initrd and block files
-/// and `urunc.json`), the environment file and `mounts`, in that order (later entries win).
+/// and `urunc.json`), the environment and argv files and `mounts`, in that order (later entries
+/// win).
 pub fn build_initrd(
     base: &Path,
     layers: &[PathBuf],
     skip: &[String],
     mounts: &[GuestMount],
     env: &[(String, String)],
+    argv: &[String],
     out: &Path,
 ) -> Result<(), SandboxError> {
     let mut archive = Archive::default();
@@ -108,6 +113,11 @@ pub fn build_initrd(
         .collect();
     archive.rootfs(layers, &skip)?;
     archive.file(&guest_path(ENV_FILE)?, 0o644, &env_file(env).into_bytes())?;
+    archive.file(
+        &guest_path(ARGS_FILE)?,
+        0o644,
+        &args_file(argv).into_bytes(),
+    )?;
     for m in mounts {
         let dest = guest_path(&m.container_path)?;
         let meta =
@@ -134,6 +144,17 @@ pub fn build_initrd(
     f.write_all(&vec![0u8; pad])
         .and_then(|()| f.write_all(&bytes))
         .map_err(|e| SandboxError::io(out, e))
+}
+
+/// The workload's argv as a shell `set --` line, each argument single-quoted: the guest's init
+/// sources it, so no argument needs the kernel command line (2 KiB in all).
+pub fn args_file(argv: &[String]) -> String {
+    let mut line = "set --".to_owned();
+    for a in argv {
+        line.push_str(&format!(" '{}'", a.replace('\'', r"'\''")));
+    }
+    line.push('\n');
+    line
 }
 
 /// `export KEY='VALUE'` lines, single quotes escaped; keys that are not shell names are left
@@ -407,7 +428,8 @@ mod tests {
             ("A".to_owned(), "it's".to_owned()),
             ("1x".into(), "no".into()),
         ];
-        build_initrd(&base, &[], &[], &mounts, &env, &out).unwrap();
+        let argv = ["/app/serve".to_owned(), "it's".into()];
+        build_initrd(&base, &[], &[], &mounts, &env, &argv, &out).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(&bytes[..5], b"BASE!");
         assert_eq!(&bytes[5..8], [0, 0, 0]);
@@ -419,6 +441,7 @@ mod tests {
                 "etc",
                 "etc/crid",
                 "etc/crid/env",
+                "etc/crid/args",
                 "etc/hosts",
                 "etc/config",
                 "etc/config/..2026_12_06",
@@ -428,10 +451,21 @@ mod tests {
             ]
         );
         assert_eq!(got[2].2, b"export A='it'\\''s'\n");
-        assert_eq!(got[3].2, b"127.0.0.1 localhost\n");
-        assert_eq!(got[4].1 & 0o170_000, 0o040_000);
-        assert_eq!(got[8].1, 0o120_777);
-        assert_eq!(got[8].2, b"..data/greeting");
+        assert_eq!(got[3].2, b"set -- '/app/serve' 'it'\\''s'\n");
+        assert_eq!(got[4].2, b"127.0.0.1 localhost\n");
+        assert_eq!(got[5].1 & 0o170_000, 0o040_000);
+        assert_eq!(got[9].1, 0o120_777);
+        assert_eq!(got[9].2, b"..data/greeting");
+    }
+
+    #[test]
+    fn args_file_quotes_every_argument() {
+        let argv = ["/app/serve".to_owned(), "it's".into(), "two words".into()];
+        assert_eq!(
+            args_file(&argv),
+            "set -- '/app/serve' 'it'\\''s' 'two words'\n"
+        );
+        assert_eq!(args_file(&[]), "set --\n");
     }
 
     #[test]
@@ -460,6 +494,7 @@ mod tests {
             &base,
             &[low.clone(), high.clone()],
             &["/unikernel/vmlinuz".into()],
+            &[],
             &[],
             &[],
             &out,

@@ -348,7 +348,8 @@ pub fn prepare(
             } else {
                 &req.layer_dirs
             };
-            guestfiles::build_initrd(&base, rootfs, &own, &req.mounts, &req.env, &out)
+            let argv = super::cmdline::workload_argv(&req.args, &info.cmdline);
+            guestfiles::build_initrd(&base, rootfs, &own, &req.mounts, &req.env, &argv, &out)
                 .map_err(undo)?;
             Some(out)
         }
@@ -413,6 +414,7 @@ pub fn prepare(
         } else {
             req.env.clone()
         },
+        argv_in_initrd: files_in_initrd,
         accelerator: accel.accelerator,
         run_dir: req.run_dir.clone(),
         vmm_user,

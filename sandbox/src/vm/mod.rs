@@ -69,6 +69,9 @@ pub struct VmSpec {
     /// CRI `envs`, in order.
     pub env: Vec<(String, String)>,
     /// The accelerator decided by [`accel::decide`].
+    /// Whether the guest's initrd copy holds its argv (`/etc/crid/args`): a `linux` kernel
+    /// command line that would be too long then goes without it.
+    pub argv_in_initrd: bool,
     pub accelerator: Accelerator,
     /// A per-container directory where the plan's files (e.g. Firecracker's config) go.
     pub run_dir: PathBuf,
@@ -433,6 +436,7 @@ pub(crate) mod testutil {
             net: None,
             args: vec![],
             env: vec![],
+            argv_in_initrd: false,
             accelerator: Accelerator::Kvm,
             run_dir: PathBuf::from("/run/crid/vm/c1"),
             vmm_user: None,
