@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hyper_util::rt::TokioIo;
+use proto::cri;
 use proto::cri::image_service_client::ImageServiceClient;
 use proto::cri::runtime_service_client::RuntimeServiceClient;
 use tokio::net::UnixStream;
@@ -45,5 +46,21 @@ impl Cri {
                 .max_encoding_message_size(MAX_MESSAGE),
             endpoint: endpoint.to_owned(),
         })
+    }
+
+    /// Stops and removes a pod, ignoring errors: cleanup after the checks are made, when the pod
+    /// may be gone already.
+    pub async fn discard_pod(&self, id: &str) {
+        let mut rt = self.runtime.clone();
+        let _ = rt
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await;
+        let _ = rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await;
     }
 }

@@ -396,16 +396,8 @@ fn pod(name: &str, dir: &Path) -> cri::PodSandboxConfig {
 
 fn container(name: &str, image: &str) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
         command: vec!["true".into()],
-        ..Default::default()
+        ..conformance::tests::container(name, image)
     }
 }
 

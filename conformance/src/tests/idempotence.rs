@@ -28,34 +28,13 @@ async fn start_sleeper(
     config: &cri::PodSandboxConfig,
     image: &str,
 ) -> anyhow::Result<String> {
-    let mut rt = env.cri.runtime.clone();
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: "sleeper".into(),
-                    attempt: 0,
-                }),
-                image: Some(cri::ImageSpec {
-                    image: image.into(),
-                    ..Default::default()
-                }),
-                command: vec!["sleep".into(), "3600".into()],
-                labels: HashMap::from([("name".to_string(), "sleeper".to_string())]),
-                ..Default::default()
-            }),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .context("CreateContainer")?
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .context("StartContainer")?;
+    let container = cri::ContainerConfig {
+        command: vec!["sleep".into(), "3600".into()],
+        labels: HashMap::from([("name".to_string(), "sleeper".to_string())]),
+        ..super::container("sleeper", image)
+    };
+    let id = super::create_in_pod(env, pod, config, container).await?;
+    super::start_container(env, &id, "sleeper").await?;
     Ok(id)
 }
 

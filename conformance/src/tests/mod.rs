@@ -39,6 +39,61 @@ pub(crate) async fn pull_busybox(env: &Env) -> anyhow::Result<Option<String>> {
     Ok(Some(image))
 }
 
+/// Container `name` of `image`, all else default: the start of a config its caller completes.
+pub fn container(name: &str, image: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Creates `container` in pod `pod` (made from `config`); returns its id.
+pub(crate) async fn create_in_pod(
+    env: &Env,
+    pod: &str,
+    config: &cri::PodSandboxConfig,
+    container: cri::ContainerConfig,
+) -> anyhow::Result<String> {
+    let name = container
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    Ok(env
+        .cri
+        .runtime
+        .clone()
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(container),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .with_context(|| format!("CreateContainer {name}"))?
+        .into_inner()
+        .container_id)
+}
+
+/// Starts container `id` (named `name` in the error).
+pub(crate) async fn start_container(env: &Env, id: &str, name: &str) -> anyhow::Result<()> {
+    env.cri
+        .runtime
+        .clone()
+        .start_container(cri::StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .with_context(|| format!("StartContainer {name}"))?;
+    Ok(())
+}
+
 /// Creates and starts container `name` of `image` in pod `pod` (made from `config`), running
 /// `command` with `mounts`; as kubelet does, its security context repeats the pod's namespace
 /// options. Returns its id.
@@ -56,42 +111,21 @@ pub(crate) async fn start_in_pod(
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.clone());
-    let mut rt = env.cri.runtime.clone();
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: name.into(),
-                    attempt: 0,
-                }),
-                image: Some(cri::ImageSpec {
-                    image: image.into(),
-                    ..Default::default()
-                }),
-                command,
-                mounts,
-                labels: HashMap::from([("name".to_string(), name.to_string())]),
-                linux: Some(cri::LinuxContainerConfig {
-                    security_context: Some(cri::LinuxContainerSecurityContext {
-                        namespace_options,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
+    let container = cri::ContainerConfig {
+        command,
+        mounts,
+        labels: HashMap::from([("name".to_string(), name.to_string())]),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options,
                 ..Default::default()
             }),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .with_context(|| format!("CreateContainer {name}"))?
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .with_context(|| format!("StartContainer {name}"))?;
+            ..Default::default()
+        }),
+        ..container(name, image)
+    };
+    let id = create_in_pod(env, pod, config, container).await?;
+    start_container(env, &id, name).await?;
     Ok(id)
 }
 

@@ -93,17 +93,7 @@ pub async fn run_pod(env: &Env, config: cri::PodSandboxConfig) -> anyhow::Result
 }
 
 pub async fn remove_pod(env: &Env, id: &str) {
-    let mut rt = env.cri.runtime.clone();
-    let _ = rt
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await;
-    let _ = rt
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await;
+    env.cri.discard_pod(id).await;
 }
 
 async fn status(env: &Env, id: &str) -> Result<cri::PodSandboxStatus, tonic::Status> {

@@ -167,36 +167,13 @@ async fn start(
     name: &str,
     command: &[&str],
 ) -> anyhow::Result<(String, anyhow::Result<()>)> {
-    let mut rt = env.cri.runtime.clone();
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: name.into(),
-                    attempt: 0,
-                }),
-                image: Some(cri::ImageSpec {
-                    image: image.into(),
-                    ..Default::default()
-                }),
-                command: command.iter().map(|s| s.to_string()).collect(),
-                log_path: format!("{name}.log"),
-                ..Default::default()
-            }),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .with_context(|| format!("CreateContainer {name}"))?
-        .into_inner()
-        .container_id;
-    let started = rt
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .map(|_| ())
-        .with_context(|| format!("StartContainer {name}"));
+    let container = cri::ContainerConfig {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        ..super::container(name, image)
+    };
+    let id = super::create_in_pod(env, pod, pod_config, container).await?;
+    let started = super::start_container(env, &id, name).await;
     Ok((id, started))
 }
 
