@@ -13,11 +13,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use proto::cri;
 use regex::Regex;
 
 use super::memory::{self, Memory};
 use super::report::Report;
+use super::unikernel::first_log_byte;
 use super::workload::{self, Started, Target};
 
 /// The runtime handler crid runs unikernel images under.
@@ -26,33 +26,9 @@ const UNIKERNEL_HANDLER: &str = "urunc";
 /// How long one pod may take to its first log byte.
 const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Polls (every 10 ms, bounded) until the container's log file is non-empty.
-async fn first_log_byte(target: &Target, container_id: &str) -> anyhow::Result<Instant> {
-    let mut rt = target.cri.runtime.clone();
-    let status = rt
-        .container_status(cri::ContainerStatusRequest {
-            container_id: container_id.into(),
-            verbose: false,
-        })
-        .await
-        .context("ContainerStatus")?
-        .into_inner()
-        .status
-        .context("no status")?;
-    let log = std::path::PathBuf::from(status.log_path);
-    let deadline = Instant::now() + FIRST_BYTE_TIMEOUT;
-    loop {
-        if std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
-            return Ok(Instant::now());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "no output in {} after {FIRST_BYTE_TIMEOUT:?}",
-            log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+/// How often each pod's log is looked at: coarser than the single start's, since N pods poll
+/// at once.
+const FIRST_BYTE_POLL: Duration = Duration::from_millis(10);
 
 /// One kind of pod the burst starts.
 struct Kind<'a> {
@@ -90,7 +66,8 @@ async fn burst(
                 let command: Vec<&str> = command.iter().map(String::as_str).collect();
                 let s = workload::cold_start_with(&t, &image, &command, "burst", true, &handler)
                     .await?;
-                let seen = first_log_byte(&t, &s.container_id).await;
+                let seen =
+                    first_log_byte(&t, &s.container_id, FIRST_BYTE_TIMEOUT, FIRST_BYTE_POLL).await;
                 anyhow::Ok((s, seen))
             })
         })

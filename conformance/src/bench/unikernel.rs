@@ -22,10 +22,21 @@ use super::memory;
 use super::report::Report;
 use super::workload::{self, Target};
 
-/// Polls (bounded) until the container's log file is non-empty; returns when it was seen.
-async fn first_log_byte(target: &Target, container_id: &str) -> anyhow::Result<Instant> {
+/// How long a pod may take to its first log byte here, and how often its log is looked at
+/// meanwhile (the interval is part of the figure, so it is short).
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(120);
+const FIRST_BYTE_POLL: Duration = Duration::from_millis(2);
+
+/// Polls (every `poll`, for at most `timeout`) until the container's log file is non-empty;
+/// returns when it was seen.
+pub(super) async fn first_log_byte(
+    target: &Target,
+    container_id: &str,
+    timeout: Duration,
+    poll: Duration,
+) -> anyhow::Result<Instant> {
     let mut rt = target.cri.runtime.clone();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + timeout;
     let status = rt
         .container_status(cri::ContainerStatusRequest {
             container_id: container_id.into(),
@@ -42,9 +53,9 @@ async fn first_log_byte(target: &Target, container_id: &str) -> anyhow::Result<I
             return Ok(Instant::now());
         }
         if Instant::now() > deadline {
-            bail!("no output in {} after 120 s", log.display());
+            bail!("no output in {} after {timeout:?}", log.display());
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(poll).await;
     }
 }
 
@@ -118,7 +129,7 @@ async fn pair(
     )
     .await?;
     let returned = Instant::now();
-    let seen = first_log_byte(target, &s.container_id).await;
+    let seen = first_log_byte(target, &s.container_id, FIRST_BYTE_TIMEOUT, FIRST_BYTE_POLL).await;
     let (accel, guest, hypervisor) = accelerator(target, &s.container_id).await;
     let rss = vmm.map(|re| memory::measure(re).rss_kib);
     workload::teardown(target, &s).await?;
@@ -136,7 +147,7 @@ async fn pair(
     )
     .await?;
     let returned = Instant::now();
-    let seen = first_log_byte(target, &s.container_id).await;
+    let seen = first_log_byte(target, &s.container_id, FIRST_BYTE_TIMEOUT, FIRST_BYTE_POLL).await;
     workload::teardown(target, &s).await?;
     let seen = seen?;
     let timings = Pair {
