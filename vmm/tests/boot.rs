@@ -79,12 +79,10 @@ fn guest_output_and_exit_code_as_nobody_in_an_empty_chroot() {
     assert_eq!(zero.status.code(), Some(0));
 }
 
-#[test]
-fn halted_guest_runs_confined_until_killed() {
-    let Some((_dir, kernel)) = guest() else {
-        return;
-    };
-    let mut child = vmm(&kernel, "stay", &["--user", "65534:65534"])
+/// Spawns the VMM with its stdout piped and reads the guest's serial output until the guest
+/// says it is halting, the output ends or 20 s pass; returns the child and what it printed.
+fn spawn_until_halting(mut vmm: Command) -> (std::process::Child, String) {
+    let mut child = vmm
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -100,11 +98,18 @@ fn halted_guest_runs_confined_until_killed() {
         }
         seen.extend_from_slice(&buf[..n]);
     }
-    assert!(
-        String::from_utf8_lossy(&seen).contains("crid-test-guest: halting"),
-        "{}",
-        String::from_utf8_lossy(&seen)
-    );
+    // Kept open: a write the guest makes later must not meet a closed pipe.
+    child.stdout = Some(stdout);
+    (child, String::from_utf8_lossy(&seen).into_owned())
+}
+
+#[test]
+fn halted_guest_runs_confined_until_killed() {
+    let Some((_dir, kernel)) = guest() else {
+        return;
+    };
+    let (mut child, seen) = spawn_until_halting(vmm(&kernel, "stay", &["--user", "65534:65534"]));
+    assert!(seen.contains("crid-test-guest: halting"), "{seen}");
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let field = |name: &str| {
         status
@@ -160,6 +165,21 @@ fn disk(dir: &Path) -> PathBuf {
 
 const WRITTEN: &[u8] = b"crid-test-guest wrote sector 1";
 
+/// Checks that the VMM exited 0 and that the guest's serial output (its stdout) has each of
+/// `lines`; fails with both streams otherwise.
+fn expect_clean_exit(out: &std::process::Output, lines: &[&str]) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in lines {
+        assert!(stdout.contains(line), "{line:?} missing from {stdout}");
+    }
+}
+
 #[test]
 fn guest_reads_and_writes_its_disk_as_nobody_in_an_empty_chroot() {
     let Some((dir, kernel)) = guest() else { return };
@@ -180,24 +200,13 @@ fn guest_reads_and_writes_its_disk_as_nobody_in_an_empty_chroot() {
     )
     .output()
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("crid-test-guest: disk: 16 sectors"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("crid-test-guest: disk marker: crid-disk-marker-42 ok"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("crid-test-guest: disk: write read back"),
-        "{stdout}"
+    expect_clean_exit(
+        &out,
+        &[
+            "crid-test-guest: disk: 16 sectors",
+            "crid-test-guest: disk marker: crid-disk-marker-42 ok",
+            "crid-test-guest: disk: write read back",
+        ],
     );
     // The guest's sector 1 is in the file; the rest is as it was.
     let bytes = std::fs::read(&disk).unwrap();
@@ -218,15 +227,12 @@ fn read_only_disk_refuses_the_guests_write() {
     )
     .output()
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(
-        stdout.contains("crid-test-guest: disk marker: crid-disk-marker-42 ok"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("crid-test-guest: disk: write refused, status 1"),
-        "{stdout}"
+    expect_clean_exit(
+        &out,
+        &[
+            "crid-test-guest: disk marker: crid-disk-marker-42 ok",
+            "crid-test-guest: disk: write refused, status 1",
+        ],
     );
     assert_eq!(std::fs::read(&disk).unwrap(), before);
 }
@@ -245,17 +251,7 @@ fn inherited_disk_descriptor() {
         ))
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("crid-test-guest: disk: write read back"),
-        "{stdout}"
-    );
+    expect_clean_exit(&out, &["crid-test-guest: disk: write read back"]);
     assert_eq!(
         &std::fs::read(&disk).unwrap()[512..512 + WRITTEN.len()],
         WRITTEN
@@ -350,34 +346,16 @@ fn joins_its_cgroup_before_the_guest_runs() {
     let cg = root.join(&name);
     std::fs::create_dir(&cg).unwrap();
     let procs = cg.join("cgroup.procs");
-    let mut child = vmm(
+    let (mut child, seen) = spawn_until_halting(vmm(
         &kernel,
         "stay",
         &["--cgroup-procs", procs.to_str().unwrap()],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&seen).contains("halting") {
-        let n = stdout.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        seen.extend_from_slice(&buf[..n]);
-    }
+    ));
     let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", child.id())).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     let _ = std::fs::remove_dir(&cg);
-    assert!(
-        String::from_utf8_lossy(&seen).contains("crid-test-guest: halting"),
-        "{}",
-        String::from_utf8_lossy(&seen)
-    );
+    assert!(seen.contains("crid-test-guest: halting"), "{seen}");
     assert!(cgroups.contains(&name), "{cgroups}");
 
     let missing = dir.path().join("no-such-cgroup/cgroup.procs");
