@@ -186,13 +186,7 @@ async fn freestanding_guest_on_crid_vmm_through_the_cri() {
         field("VmRSS")
     );
 
-    crid.rt()
-        .stop_container(cri::StopContainerRequest {
-            container_id: c.clone(),
-            timeout: 2,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("stop: {e}\n{}", log_text(crid.path())));
+    crid.stop_container(&c, 2).await;
     let s = crid
         .wait_state(&c, cri::ContainerState::ContainerExited)
         .await;
@@ -204,12 +198,7 @@ async fn freestanding_guest_on_crid_vmm_through_the_cri() {
     );
 
     for id in [&a, &q, &c] {
-        crid.rt()
-            .remove_container(cri::RemoveContainerRequest {
-                container_id: id.to_string(),
-            })
-            .await
-            .unwrap();
+        crid.remove_container(id).await;
     }
     for ctl in ["memory", "cpu", "devices"] {
         let dir = Path::new("/sys/fs/cgroup").join(ctl).join(&rel);
@@ -301,13 +290,7 @@ async fn guest_disk_on_crid_vmm_through_the_cri() {
     let copy = std::fs::read(run_dir.join("block.img")).unwrap();
     assert_eq!(&copy[512..512 + WRITTEN.len()], WRITTEN);
     assert_eq!(copy[..512], original[..512]);
-    crid.rt()
-        .stop_container(cri::StopContainerRequest {
-            container_id: c.clone(),
-            timeout: 2,
-        })
-        .await
-        .unwrap();
+    crid.stop_container(&c, 2).await;
     let s = crid
         .wait_state(&c, cri::ContainerState::ContainerExited)
         .await;
@@ -335,12 +318,7 @@ async fn guest_disk_on_crid_vmm_through_the_cri() {
     let (layer_file, _) = block_paths(&crid, &f).await;
     assert_eq!(std::fs::read(&layer_file).unwrap(), original);
     for id in [&c, &f] {
-        crid.rt()
-            .remove_container(cri::RemoveContainerRequest {
-                container_id: id.to_string(),
-            })
-            .await
-            .unwrap();
+        crid.remove_container(id).await;
     }
     crid.finish().await;
 }
@@ -387,16 +365,7 @@ async fn guest_on_crid_vmm_answers_on_the_pod_ip() {
     let crid = Crid::start_owned(dir).await;
     crid.expect_pull(&image).await;
     let config = common::pod_config("vmm-net", crid.path());
-    let pod_id = crid
-        .rt()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: "urunc".into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = crid.run_pod_under(&config, "urunc").await;
     let pod = (pod_id.clone(), config);
     let (pod_status, _) = crid.pod_status(&pod_id).await;
     let ip = pod_status.network.map(|n| n.ip).unwrap_or_default();
@@ -435,13 +404,7 @@ async fn guest_on_crid_vmm_answers_on_the_pod_ip() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(links().contains("crtap"), "the guest's tap is missing");
-    crid.rt()
-        .stop_container(cri::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 2,
-        })
-        .await
-        .unwrap();
+    crid.stop_container(&id, 2).await;
     let s = crid
         .wait_state(&id, cri::ContainerState::ContainerExited)
         .await;

@@ -187,17 +187,6 @@ async fn create(
         .map(|r| r.into_inner().container_id)
 }
 
-async fn start(crid: &Crid, id: &str) {
-    crid.cri
-        .runtime
-        .clone()
-        .start_container(cri::StartContainerRequest {
-            container_id: id.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("start {id}: {e}\n{}", crid.log()));
-}
-
 async fn status(crid: &Crid, id: &str) -> cri::ContainerStatus {
     crid.cri
         .runtime
@@ -342,7 +331,7 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
     )
     .await
     .unwrap_or_else(|e| panic!("create logger: {e}\n{}", crid.log()));
-    start(&crid, &logger).await;
+    crid.start_container(&logger).await;
     wait_state(&crid, &logger, cri::ContainerState::ContainerRunning).await;
     let victim = create(
         &crid,
@@ -352,7 +341,7 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
     )
     .await
     .unwrap_or_else(|e| panic!("create victim: {e}\n{}", crid.log()));
-    start(&crid, &victim).await;
+    crid.start_container(&victim).await;
     wait_state(&crid, &victim, cri::ContainerState::ContainerRunning).await;
     let late = create(
         &crid,
@@ -541,10 +530,10 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
     )
     .await
     .unwrap_or_else(|e| panic!("create after freeing: {e}\n{}", crid.log()));
-    start(&crid, &second).await;
+    crid.start_container(&second).await;
     let s = wait_state(&crid, &second, cri::ContainerState::ContainerExited).await;
     assert_eq!(s.exit_code, 0, "{}", crid.log());
-    start(&crid, &late).await;
+    crid.start_container(&late).await;
     let s = wait_state(&crid, &late, cri::ContainerState::ContainerExited).await;
     assert_eq!(s.exit_code, 0, "{}", crid.log());
     assert!(
@@ -721,7 +710,7 @@ async fn a_hypervisor_killed_mid_boot_is_an_exited_container_with_a_reason() {
     let id = create(&crid, &pod, &pod_config, config)
         .await
         .unwrap_or_else(|e| panic!("create: {e}\n{}", crid.log()));
-    start(&crid, &id).await;
+    crid.start_container(&id).await;
     // As soon as the VMM shows up (the monitor may still be between fork and exec).
     let mut pid = None;
     for _ in 0..100 {
@@ -752,7 +741,7 @@ async fn a_hypervisor_killed_mid_boot_is_an_exited_container_with_a_reason() {
     let again = create(&crid, &pod, &pod_config, config)
         .await
         .unwrap_or_else(|e| panic!("create again: {e}\n{}", crid.log()));
-    start(&crid, &again).await;
+    crid.start_container(&again).await;
     let s = wait_state(&crid, &again, cri::ContainerState::ContainerExited).await;
     assert_eq!(s.exit_code, 4, "{s:?}\n{}", crid.log());
     remove_container(&crid, &again).await;

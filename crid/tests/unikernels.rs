@@ -42,6 +42,16 @@ fn ready() -> Option<String> {
     }
 }
 
+/// [`ready`] for tests that put their guests in a CNI pod network.
+fn ready_with_cni() -> Option<String> {
+    let reg = ready()?;
+    if !Path::new("/usr/lib/cni/bridge").exists() {
+        missing("the CNI plugins are not installed in /usr/lib/cni");
+        return None;
+    }
+    Some(reg)
+}
+
 /// Builds the guest and pushes it as a unikernel image with `crid unikernel pack`.
 fn push_guest(reg: &str, dir: &Path, guest: &str, hypervisor: &str) -> String {
     let tag = format!("{guest}-{hypervisor}");
@@ -146,12 +156,7 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         .wait_state(&id, cri::ContainerState::ContainerExited)
         .await;
     assert_eq!(st.exit_code, 4, "{}", log_text(crid.path()));
-    crid.rt()
-        .remove_container(cri::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+    crid.remove_container(&id).await;
     let _ = crid
         .rt()
         .remove_pod_sandbox(cri::RemovePodSandboxRequest {
@@ -278,14 +283,7 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         .await;
     // Once the guest prints, QEMU has dropped its privileges ("just before starting the VM").
     let stay_log = log_dir.join("stay.log");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&stay_log)
-        .unwrap_or_default()
-        .contains("crid-test-guest: booted")
-    {
-        assert!(Instant::now() < deadline, "the guest never booted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    log_containing(&crid, &stay_log, "crid-test-guest: booted", 60).await;
     let (_, info) = crid.container_status(&c).await;
     let vmm = info["pid"].as_i64().expect("pid in verbose info");
     let cmdline = std::fs::read(format!("/proc/{vmm}/cmdline")).unwrap();
@@ -453,13 +451,7 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented, "{err}");
-    crid.rt()
-        .stop_container(cri::StopContainerRequest {
-            container_id: c.clone(),
-            timeout: 2,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("stop: {e}\n{}", log_text(crid.path())));
+    crid.stop_container(&c, 2).await;
     let s = crid
         .wait_state(&c, cri::ContainerState::ContainerExited)
         .await;
@@ -476,21 +468,8 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         .create_start_guest(&pod, "kill", &image, &["stay"])
         .await;
     let kill_log = log_dir.join("kill.log");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&kill_log)
-        .unwrap_or_default()
-        .contains("crid-test-guest: booted")
-    {
-        assert!(Instant::now() < deadline, "the guest never booted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    crid.rt()
-        .stop_container(cri::StopContainerRequest {
-            container_id: d.clone(),
-            timeout: 0,
-        })
-        .await
-        .unwrap();
+    log_containing(&crid, &kill_log, "crid-test-guest: booted", 60).await;
+    crid.stop_container(&d, 0).await;
     let s = crid
         .wait_state(&d, cri::ContainerState::ContainerExited)
         .await;
@@ -504,12 +483,7 @@ async fn unikernel_container_lifecycle_through_the_cri() {
             .expect("cgroup in verbose info")
             .to_string();
         cgroups.push(Path::new("/sys/fs/cgroup/memory").join(rel));
-        crid.rt()
-            .remove_container(cri::RemoveContainerRequest {
-                container_id: id.to_string(),
-            })
-            .await
-            .unwrap();
+        crid.remove_container(id).await;
     }
     let left: Vec<&PathBuf> = cgroups.iter().filter(|c| c.exists()).collect();
     assert!(left.is_empty(), "VMM cgroups left: {left:?}");
@@ -527,18 +501,7 @@ async fn unikernel_container_lifecycle_through_the_cri() {
         .filter(|c| c.contains("qemu-system") && c.contains(&state))
         .collect();
     assert!(vmms.is_empty(), "VMMs left: {vmms:?}");
-    let _ = crid
-        .rt()
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await;
-    let _ = crid
-        .rt()
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id,
-        })
-        .await;
+    crid.cri.discard_pod(&pod_id).await;
 }
 
 /// Builds the linux guest (Debian's cloud kernel + busybox initrd) into `dir/linux`.
@@ -571,7 +534,20 @@ fn push_linux_guest(reg: &str, dir: &Path) -> Option<String> {
     )
     .unwrap();
     std::fs::set_permissions(&entry, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let reference = format!("{reg}/crid-tests/unikernel:linux-{}", std::process::id());
+    let options = [
+        "--add".to_owned(),
+        format!("{}:/app/hello.sh", entry.display()),
+        "--entrypoint".to_owned(),
+        "/app/hello.sh".to_owned(),
+    ];
+    Some(push_linux_image(reg, &out, "linux", &options))
+}
+
+/// Packs the linux guest built in `out` (its kernel and initrd, `FROM_IMAGE=from-image` in the
+/// image's environment) with more `crid unikernel pack` options (the image's files, its
+/// entrypoint) and pushes it to `reg` tagged `<tag>-<pid>`.
+fn push_linux_image(reg: &str, out: &Path, tag: &str, options: &[String]) -> String {
+    let reference = format!("{reg}/crid-tests/unikernel:{tag}-{}", std::process::id());
     let res = Command::new(env!("CARGO_BIN_EXE_crid"))
         .args([
             "unikernel",
@@ -586,10 +562,8 @@ fn push_linux_guest(reg: &str, dir: &Path) -> Option<String> {
         .arg("--initrd")
         .arg(out.join("initrd.gz"))
         .args(["--env", "FROM_IMAGE=from-image"])
-        .arg("--add")
-        .arg(format!("{}:/app/hello.sh", entry.display()))
-        .args(["--entrypoint", "/app/hello.sh"])
-        .args(["-t", "linux-guest", "--push"])
+        .args(options)
+        .args(["-t", tag, "--push"])
         .arg(&reference)
         .output()
         .unwrap();
@@ -598,7 +572,7 @@ fn push_linux_guest(reg: &str, dir: &Path) -> Option<String> {
         "pack --push failed: {}",
         String::from_utf8_lossy(&res.stderr)
     );
-    Some(reference)
+    reference
 }
 
 /// Packs the linux guest as an image whose guest mounts its container's root file system
@@ -640,46 +614,25 @@ fn push_shared_root_guest(reg: &str, dir: &Path) -> Option<String> {
              : > /tmp/quit\necho 'Content-Type: text/plain'\necho ''\necho bye\n",
         ),
     ];
-    let mut pack = Command::new(env!("CARGO_BIN_EXE_crid"));
-    pack.args([
-        "unikernel",
-        "pack",
-        "--type",
-        "linux",
-        "--hypervisor",
-        "qemu",
-    ])
-    .arg("--kernel")
-    .arg(out.join("vmlinuz"))
-    .arg("--initrd")
-    .arg(out.join("initrd.gz"))
-    .arg("--mount-rootfs")
-    .args(["--env", "FROM_IMAGE=from-image", "--env", "PATH=/bin"])
-    .arg("--add")
-    .arg("/bin/busybox:/bin/busybox")
-    .args(["--entrypoint", "/app/serve.sh"]);
+    let mut options: Vec<String> = [
+        "--mount-rootfs",
+        "--env",
+        "PATH=/bin",
+        "--add",
+        "/bin/busybox:/bin/busybox",
+        "--entrypoint",
+        "/app/serve.sh",
+    ]
+    .map(String::from)
+    .into();
     for (name, dest, text) in scripts {
         let path = files.join(name);
         std::fs::write(&path, text).unwrap();
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        pack.arg("--add").arg(format!("{}:{dest}", path.display()));
+        options.extend(["--add".to_owned(), format!("{}:{dest}", path.display())]);
     }
-    let reference = format!(
-        "{reg}/crid-tests/unikernel:linux-shared-{}",
-        std::process::id()
-    );
-    let res = pack
-        .args(["-t", "linux-shared", "--push"])
-        .arg(&reference)
-        .output()
-        .unwrap();
-    assert!(
-        res.status.success(),
-        "pack --push failed: {}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    Some(reference)
+    Some(push_linux_image(reg, &out, "linux-shared", &options))
 }
 
 /// A `linux` guest whose image sets `mountRootfs=true` mounts its container's root file system
@@ -693,11 +646,7 @@ fn push_shared_root_guest(reg: &str, dir: &Path) -> Option<String> {
 #[tokio::test]
 async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
     use conformance::kubelet::KubeletPod;
-    let Some(reg) = ready() else { return };
-    if !Path::new("/usr/lib/cni/bridge").exists() {
-        missing("the CNI plugins are not installed in /usr/lib/cni");
-        return;
-    }
+    let Some(reg) = ready_with_cni() else { return };
     if !Path::new(sandbox::vm::virtiofs::DEFAULT_PATH).exists() {
         missing("virtiofsd (qemu-system-common) is not installed");
         return;
@@ -716,16 +665,7 @@ async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
     )
     .unwrap();
     let config = pod.sandbox_config();
-    let pod_id = crid
-        .rt()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: "urunc".into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = crid.run_pod_under(&config, "urunc").await;
     let ip = pod_ip(&crid, &pod_id).await;
     let request = pod
         .container("app", &image)
@@ -754,31 +694,7 @@ async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
     );
     let id = crid.create_start(&(pod_id.clone(), config), request).await;
     let log = pod.log_directory.join("app/0.log");
-    let page = || async {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            if let Ok(b) = http_get_path(ip, 8080, "/cgi-bin/page") {
-                if b.contains("shared root:") {
-                    return b;
-                }
-            }
-            let (s, _) = crid.container_status(&id).await;
-            assert_ne!(
-                s.state,
-                cri::ContainerState::ContainerExited as i32,
-                "the guest exited: {s:?}\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "no page from {ip}:8080\n{}\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default(),
-                log_text(crid.path())
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    };
-    let body = page().await;
+    let body = shared_root_page(&crid, &id, ip, &log).await;
     for want in [
         "config=[version-1]",
         "ro=[refused]",
@@ -801,7 +717,7 @@ async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
     );
     // The ConfigMap changes on the host (in place): the guest reads the new content.
     std::fs::write(config_dir.join("greeting"), "version-2").unwrap();
-    let body = page().await;
+    let body = shared_root_page(&crid, &id, ip, &log).await;
     assert!(body.contains("config=[version-2]"), "{body}");
     let (status, info) = crid.container_status(&id).await;
     let notes = info["runtimeSpec"]["unikernel"]["mount_notes"]
@@ -837,22 +753,7 @@ async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
         "the guest wrote its termination message\n"
     );
 
-    crid.rt()
-        .remove_container(cri::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
-    let container_dir = crid.path().join("root/containers").join(&id);
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&id)).collect();
-    assert!(left.is_empty(), "still mounted: {left:?}");
-    assert!(
-        common::processes_under(&container_dir, None).is_empty(),
-        "{:?}",
-        common::processes_under(&container_dir, None)
-    );
-    assert!(!container_dir.exists());
+    remove_leaving_nothing(&crid, &id).await;
 
     // StopContainer presses the ACPI power button: the guest's init stops the workload and
     // powers off (exit 0); again nothing stays mounted or running, virtiofsd's socket is gone.
@@ -865,22 +766,8 @@ async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
     let id = crid
         .create_start(&(pod_id.clone(), pod.sandbox_config()), request)
         .await;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !http_get_path(ip, 8080, "/cgi-bin/page").is_ok_and(|b| b.contains("shared root:")) {
-        assert!(
-            Instant::now() < deadline,
-            "no page from the second guest\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    crid.rt()
-        .stop_container(cri::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 60,
-        })
-        .await
-        .unwrap();
+    shared_root_page(&crid, &id, ip, &log).await;
+    crid.stop_container(&id, 60).await;
     let status = crid
         .wait_state(&id, cri::ContainerState::ContainerExited)
         .await;
@@ -890,21 +777,7 @@ async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
         text.contains("crid-linux-guest: power button: shutting down"),
         "{text}"
     );
-    crid.rt()
-        .remove_container(cri::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
-    let container_dir = crid.path().join("root/containers").join(&id);
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&id)).collect();
-    assert!(left.is_empty(), "still mounted: {left:?}");
-    assert!(
-        common::processes_under(&container_dir, None).is_empty(),
-        "{:?}",
-        common::processes_under(&container_dir, None)
-    );
+    remove_leaving_nothing(&crid, &id).await;
     let sockets: Vec<_> = std::fs::read_dir(crid.path().join("state"))
         .unwrap()
         .flatten()
@@ -912,18 +785,69 @@ async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
         .map(|e| e.file_name())
         .collect();
     assert!(sockets.is_empty(), "{sockets:?}");
-    let _ = crid
-        .rt()
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await;
-    let _ = crid
-        .rt()
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id,
-        })
-        .await;
+    crid.cri.discard_pod(&pod_id).await;
+}
+
+/// The text of a guest's log once it contains `needle`; fails with crid's log when it does not
+/// within `secs` seconds.
+async fn log_containing(crid: &Crid, log: &Path, needle: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in {}: {text}\n{}",
+            log.display(),
+            log_text(crid.path())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls (bounded, 180 s) until the shared-root guest serves its page on `ip:8080`; fails when
+/// the container exits first.
+async fn shared_root_page(crid: &Crid, id: &str, ip: std::net::Ipv4Addr, log: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Ok(b) = http_get_path(ip, 8080, "/cgi-bin/page") {
+            if b.contains("shared root:") {
+                return b;
+            }
+        }
+        let (s, _) = crid.container_status(id).await;
+        assert_ne!(
+            s.state,
+            cri::ContainerState::ContainerExited as i32,
+            "the guest exited: {s:?}\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no page from {ip}:8080\n{}\n{}",
+            std::fs::read_to_string(log).unwrap_or_default(),
+            log_text(crid.path())
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Removes the container and checks that nothing of it stays mounted or running and that its
+/// directory is gone.
+async fn remove_leaving_nothing(crid: &Crid, id: &str) {
+    crid.remove_container(id).await;
+    let container_dir = crid.path().join("root/containers").join(id);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(id)).collect();
+    assert!(left.is_empty(), "still mounted: {left:?}");
+    assert!(
+        common::processes_under(&container_dir, None).is_empty(),
+        "{:?}",
+        common::processes_under(&container_dir, None)
+    );
+    assert!(!container_dir.exists());
 }
 
 /// Deletes the test's bridge on drop.
@@ -1016,11 +940,7 @@ async fn wait_http(crid: &Crid, id: &str, ip: std::net::Ipv4Addr, log: &Path) ->
 #[tokio::test]
 async fn kubelet_shaped_guests_start_in_a_pod_network() {
     use conformance::kubelet::KubeletPod;
-    let Some(reg) = ready() else { return };
-    if !Path::new("/usr/lib/cni/bridge").exists() {
-        missing("the CNI plugins are not installed in /usr/lib/cni");
-        return;
-    }
+    let Some(reg) = ready_with_cni() else { return };
     let work = tempfile::tempdir().unwrap();
     let Some(linux) = push_linux_guest(&reg, work.path()) else {
         return;
@@ -1035,16 +955,7 @@ async fn kubelet_shaped_guests_start_in_a_pod_network() {
     // The freestanding guest: mounts skipped (noted), kubelet's envs on its command line.
     let pod = KubeletPod::new(&kubelet, "hello-7f9c8d6b5-x2x9z", "default").unwrap();
     let config = pod.sandbox_config();
-    let pod_id = crid
-        .rt()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: "urunc".into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = crid.run_pod_under(&config, "urunc").await;
     let request = pod
         .container("hello", &freestanding)
         .args(&["stay"])
@@ -1057,17 +968,7 @@ async fn kubelet_shaped_guests_start_in_a_pod_network() {
         .unwrap();
     let uk = crid.create_start(&(pod_id.clone(), config), request).await;
     let log = pod.log_directory.join("hello/0.log");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut text = String::new();
-    while !text.contains("crid-test-guest: booted") {
-        assert!(
-            Instant::now() < deadline,
-            "the guest never booted: {text}\n{}",
-            log_text(crid.path())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-    }
+    let mut text = log_containing(&crid, &log, "crid-test-guest: booted", 60).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !text.contains("-- stay") && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1103,27 +1004,12 @@ async fn kubelet_shaped_guests_start_in_a_pod_network() {
         ],
         "{info}"
     );
-    crid.rt()
-        .stop_container(cri::StopContainerRequest {
-            container_id: uk.clone(),
-            timeout: 0,
-        })
-        .await
-        .unwrap();
+    crid.stop_container(&uk, 0).await;
 
     // The linux guest: mounts and environment through its initrd.
     let pod = KubeletPod::new(&kubelet, "web-5d8f7c9b4-q7w2e", "default").unwrap();
     let config = pod.sandbox_config();
-    let pod_id = crid
-        .rt()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: "urunc".into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = crid.run_pod_under(&config, "urunc").await;
     let ip = pod_ip(&crid, &pod_id).await;
     // An argument longer than a kernel command line (2 KiB): the guest reads its argv from
     // /etc/crid/args in its initrd.
@@ -1164,20 +1050,9 @@ async fn kubelet_shaped_guests_start_in_a_pod_network() {
         .unwrap_or_default();
     assert_eq!(notes.len(), 5, "{info}");
     assert!(notes.iter().all(|n| n["delivery"] == "initrd"), "{info}");
-    crid.rt()
-        .stop_container(cri::StopContainerRequest {
-            container_id: web.clone(),
-            timeout: 0,
-        })
-        .await
-        .unwrap();
+    crid.stop_container(&web, 0).await;
     for id in [&uk, &web] {
-        crid.rt()
-            .remove_container(cri::RemoveContainerRequest {
-                container_id: id.to_string(),
-            })
-            .await
-            .unwrap();
+        crid.remove_container(id).await;
     }
     let pods = crid
         .rt()
@@ -1187,18 +1062,7 @@ async fn kubelet_shaped_guests_start_in_a_pod_network() {
         .into_inner()
         .items;
     for p in pods {
-        let _ = crid
-            .rt()
-            .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: p.id.clone(),
-            })
-            .await;
-        let _ = crid
-            .rt()
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: p.id,
-            })
-            .await;
+        crid.cri.discard_pod(&p.id).await;
     }
 }
 
@@ -1211,11 +1075,7 @@ async fn kubelet_shaped_guests_start_in_a_pod_network() {
 #[tokio::test]
 async fn urunc_keys_in_pod_and_container_annotations_reach_the_guest() {
     use conformance::kubelet::KubeletPod;
-    let Some(reg) = ready() else { return };
-    if !Path::new("/usr/lib/cni/bridge").exists() {
-        missing("the CNI plugins are not installed in /usr/lib/cni");
-        return;
-    }
+    let Some(reg) = ready_with_cni() else { return };
     let work = tempfile::tempdir().unwrap();
     let freestanding = push_guest(&reg, work.path(), "unikraft", "qemu");
     let (crid, _) = start().await;
@@ -1231,16 +1091,7 @@ async fn urunc_keys_in_pod_and_container_annotations_reach_the_guest() {
         ("com.urunc.unikernel.someFutureKey".into(), "ignored".into()),
     ];
     let config = pod.sandbox_config();
-    let pod_id = crid
-        .rt()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: "urunc".into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = crid.run_pod_under(&config, "urunc").await;
     let request = pod
         .container("tuned", &freestanding)
         .args(&["stay"])
@@ -1250,17 +1101,8 @@ async fn urunc_keys_in_pod_and_container_annotations_reach_the_guest() {
         .unwrap();
     let id = crid.create_start(&(pod_id.clone(), config), request).await;
     let log = pod.log_directory.join("tuned/0.log");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut text = String::new();
-    while !text.contains("-- stay") {
-        assert!(
-            Instant::now() < deadline,
-            "the guest never printed its command line: {text}\n{}",
-            log_text(crid.path())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-    }
+    // The guest prints its command line, which ends with its argv.
+    let text = log_containing(&crid, &log, "-- stay", 60).await;
     // The old form: the address in three keys, and no environment (Unikraft < 0.16.1 has none).
     assert!(
         text.contains(&format!("netdev.ipv4_addr={prefix}.")),
@@ -1288,35 +1130,15 @@ async fn urunc_keys_in_pod_and_container_annotations_reach_the_guest() {
             .is_some_and(|c| c.contains("netdev.ipv4_addr=")),
         "{info}"
     );
-    crid.rt()
-        .stop_container(cri::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 0,
-        })
-        .await
-        .unwrap();
-    crid.rt()
-        .remove_container(cri::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+    crid.stop_container(&id, 0).await;
+    crid.remove_container(&id).await;
 
     // A bad value in a pod annotation: refused at CreateContainer, naming the key.
     let mut bad = KubeletPod::new(&kubelet, "bad-5f6d7c8b9-z9x8c", "default").unwrap();
     bad.host_network = true;
     bad.annotations = vec![("com.urunc.unikernel.mountRootfs".into(), "maybe".into())];
     let bad_config = bad.sandbox_config();
-    let bad_id = crid
-        .rt()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(bad_config.clone()),
-            runtime_handler: "urunc".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let bad_id = crid.run_pod_under(&bad_config, "urunc").await;
     let err = crid
         .rt()
         .create_container(cri::CreateContainerRequest {
@@ -1333,16 +1155,7 @@ async fn urunc_keys_in_pod_and_container_annotations_reach_the_guest() {
         "{err}"
     );
     for p in [pod_id, bad_id] {
-        crid.rt()
-            .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: p.clone(),
-            })
-            .await
-            .unwrap();
-        crid.rt()
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
-            .await
-            .unwrap();
+        crid.stop_and_remove_pod(&p).await;
     }
 }
 
@@ -1354,11 +1167,7 @@ async fn urunc_keys_in_pod_and_container_annotations_reach_the_guest() {
 #[tokio::test]
 async fn knative_shaped_pod_sidecar_proxies_to_the_guest() {
     use conformance::kubelet::KubeletPod;
-    let Some(reg) = ready() else { return };
-    if !Path::new("/usr/lib/cni/bridge").exists() {
-        missing("the CNI plugins are not installed in /usr/lib/cni");
-        return;
-    }
+    let Some(reg) = ready_with_cni() else { return };
     let work = tempfile::tempdir().unwrap();
     let Some(linux) = push_linux_guest(&reg, work.path()) else {
         return;
@@ -1375,16 +1184,7 @@ async fn knative_shaped_pod_sidecar_proxies_to_the_guest() {
     )
     .unwrap();
     let config = pod.sandbox_config();
-    let pod_id = crid
-        .rt()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: "urunc".into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = crid.run_pod_under(&config, "urunc").await;
     let ip = pod_ip(&crid, &pod_id).await;
     let sandbox = (pod_id.clone(), config);
     // Knative's order: the user container, then queue-proxy.
@@ -1475,41 +1275,15 @@ async fn knative_shaped_pod_sidecar_proxies_to_the_guest() {
     accept.join().unwrap().unwrap();
 
     for id in [&sidecar, &guest] {
-        crid.rt()
-            .stop_container(cri::StopContainerRequest {
-                container_id: id.to_string(),
-                timeout: 0,
-            })
-            .await
-            .unwrap();
-        crid.rt()
-            .remove_container(cri::RemoveContainerRequest {
-                container_id: id.to_string(),
-            })
-            .await
-            .unwrap();
+        crid.stop_container(id, 0).await;
+        crid.remove_container(id).await;
     }
-    let _ = crid
-        .rt()
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await;
-    let _ = crid
-        .rt()
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id,
-        })
-        .await;
+    crid.cri.discard_pod(&pod_id).await;
 }
 
 #[tokio::test]
 async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
-    let Some(reg) = ready() else { return };
-    if !Path::new("/usr/lib/cni/bridge").exists() {
-        missing("the CNI plugins are not installed in /usr/lib/cni");
-        return;
-    }
+    let Some(reg) = ready_with_cni() else { return };
     let work = tempfile::tempdir().unwrap();
     let Some(image) = push_linux_guest(&reg, work.path()) else {
         return;
@@ -1539,16 +1313,7 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
         }),
         ..Default::default()
     };
-    let pod_id = crid
-        .rt()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config.clone()),
-            runtime_handler: "urunc".into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = crid.run_pod_under(&pod_config, "urunc").await;
     let (pod_status, _) = crid.pod_status(&pod_id).await;
     let pod_ip: std::net::Ipv4Addr = pod_status
         .network
@@ -1704,19 +1469,8 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
     );
     let again = http_get(pod_ip).unwrap_or_else(|e| panic!("the guest stopped serving: {e}"));
     assert!(again.contains("hello from crid linux guest"), "{again}");
-    crid.rt()
-        .stop_container(cri::StopContainerRequest {
-            container_id: sidecar.clone(),
-            timeout: 0,
-        })
-        .await
-        .unwrap();
-    crid.rt()
-        .remove_container(cri::RemoveContainerRequest {
-            container_id: sidecar,
-        })
-        .await
-        .unwrap();
+    crid.stop_container(&sidecar, 0).await;
+    crid.remove_container(&sidecar).await;
 
     let (_, info) = crid.container_status(&id).await;
     let netns = info["runtimeSpec"]["unikernel"]["request"]["netns"]
@@ -1738,13 +1492,7 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
 
     // Graceful stop: the power button reaches the guest's acpid, which powers off; a kill
     // (after the long timeout) would end in 137 and without the guest's message.
-    crid.rt()
-        .stop_container(cri::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 120,
-        })
-        .await
-        .unwrap();
+    crid.stop_container(&id, 120).await;
     let s = crid
         .wait_state(&id, cri::ContainerState::ContainerExited)
         .await;
@@ -1759,24 +1507,8 @@ async fn linux_guest_in_a_cni_pod_answers_http_on_the_pod_ip() {
         !links(&netns).contains("crtap"),
         "the tap outlived the guest"
     );
-    crid.rt()
-        .remove_container(cri::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
-    let _ = crid
-        .rt()
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await;
-    let _ = crid
-        .rt()
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id,
-        })
-        .await;
+    crid.remove_container(&id).await;
+    crid.cri.discard_pod(&pod_id).await;
 }
 
 fn http_get(ip: std::net::Ipv4Addr) -> std::io::Result<String> {
@@ -1857,11 +1589,7 @@ async fn a_routed_guest_starts_one_process_besides_its_monitor() {
 /// to crid, on a CNI bridge network `10.<octet>.x.0/24`; `ports` is the container's
 /// `io.kubernetes.container.ports` annotation (routed mode) if any.
 async fn count_the_processes_of_a_guest_start(octet: u8, ports: Option<&str>) {
-    let Some(reg) = ready() else { return };
-    if !Path::new("/usr/lib/cni/bridge").exists() {
-        missing("the CNI plugins are not installed in /usr/lib/cni");
-        return;
-    }
+    let Some(reg) = ready_with_cni() else { return };
     if !common::on_path("strace") {
         missing("strace is not installed (scripts/deps.sh)");
         return;
@@ -1883,16 +1611,7 @@ async fn count_the_processes_of_a_guest_start(octet: u8, ports: Option<&str>) {
         log_directory: log_dir.display().to_string(),
         ..Default::default()
     };
-    let pod_id = crid
-        .rt()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config.clone()),
-            runtime_handler: "urunc".into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", log_text(crid.path())))
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = crid.run_pod_under(&pod_config, "urunc").await;
     let pod = (pod_id, pod_config);
 
     let daemon = crid.pid().expect("crid runs");
@@ -1964,10 +1683,7 @@ async fn count_the_processes_of_a_guest_start(octet: u8, ports: Option<&str>) {
         let serial = std::fs::read_to_string(&log).unwrap();
         assert!(serial.contains("netdev.ip=169.254.77.6/30"), "{serial}");
     }
-    crid.rt()
-        .remove_container(cri::RemoveContainerRequest { container_id: id })
-        .await
-        .unwrap();
+    crid.remove_container(&id).await;
     // Detach (strace lets the tracees go on SIGINT), bounded.
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(strace.id()).unwrap()),

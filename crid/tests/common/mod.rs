@@ -647,8 +647,14 @@ impl Crid {
         handler: &str,
     ) -> (String, cri::PodSandboxConfig) {
         let config = host_net_pod(name, &self.dir.join("logs").join(name));
-        let id = self
-            .rt()
+        let id = self.run_pod_under(&config, handler).await;
+        (id, config)
+    }
+
+    /// Runs a pod of `config` under a runtime handler and returns its id; a refusal fails the
+    /// test with crid's log.
+    pub async fn run_pod_under(&self, config: &cri::PodSandboxConfig, handler: &str) -> String {
+        self.rt()
             .run_pod_sandbox(cri::RunPodSandboxRequest {
                 config: Some(config.clone()),
                 runtime_handler: handler.into(),
@@ -656,8 +662,7 @@ impl Crid {
             .await
             .unwrap_or_else(|e| panic!("run pod: {e}\n{}", self.log()))
             .into_inner()
-            .pod_sandbox_id;
-        (id, config)
+            .pod_sandbox_id
     }
 
     /// A pod's status and its verbose info.
@@ -688,6 +693,28 @@ impl Crid {
             })
             .await
             .map(|r| r.into_inner().container_id)
+    }
+
+    /// Stops a container with a grace period of `timeout` seconds, panicking with crid's log on
+    /// failure.
+    pub async fn stop_container(&self, id: &str, timeout: i64) {
+        self.rt()
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.into(),
+                timeout,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("stop {id}: {e}\n{}", self.log()));
+    }
+
+    /// Removes a container, panicking with crid's log on failure.
+    pub async fn remove_container(&self, id: &str) {
+        self.rt()
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("remove {id}: {e}\n{}", self.log()));
     }
 
     /// Starts a created container, panicking with crid's log on failure.
