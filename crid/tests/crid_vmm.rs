@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,27 @@ async fn wait_log(log: &Path, text: &str) {
     }
 }
 
+/// crid with crid-vmm also running the images labelled for `hypervisor`, `images` pulled, and
+/// a host-network pod `pod` under `urunc`; returns crid, the pod and the pod's log directory.
+async fn start_for(
+    hypervisor: &str,
+    images: &[&str],
+    pod: &str,
+) -> (Crid, (String, cri::PodSandboxConfig), PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_config(
+        dir.path(),
+        &format!("[vm]\ncrid_vmm_for = [\"{hypervisor}\"]\n"),
+    );
+    let crid = Crid::start_owned(dir).await;
+    for image in images {
+        crid.expect_pull(image).await;
+    }
+    let sandbox = crid.run_host_pod_with(pod, "urunc").await;
+    let logs = crid.path().join("logs").join(pod);
+    (crid, sandbox, logs)
+}
+
 fn guest(image: &str, name: &str, args: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
@@ -101,13 +122,7 @@ async fn freestanding_guest_on_crid_vmm_through_the_cri() {
         "crid-qemu",
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    common::write_config(dir.path(), "[vm]\ncrid_vmm_for = [\"qemu\"]\n");
-    let crid = Crid::start_owned(dir).await;
-    crid.expect_pull(&own).await;
-    crid.expect_pull(&for_qemu).await;
-    let pod = crid.run_host_pod_with("vmm", "urunc").await;
-    let logs = crid.path().join("logs/vmm");
+    let (crid, pod, logs) = start_for("qemu", &[&own, &for_qemu], "vmm").await;
 
     // The guest's output is the CRI log; its exit code is the container's.
     let a = crid
@@ -217,13 +232,35 @@ async fn freestanding_guest_on_crid_vmm_through_the_cri() {
 }
 
 /// The image's block file: a marker at the start of sector 0, zeros elsewhere (16 sectors).
-fn disk_image(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+fn disk_image(dir: &Path) -> (PathBuf, Vec<u8>) {
     let path = dir.join("disk.img");
     let mut bytes = vec![0u8; 16 * 512];
     let marker = b"crid-disk-marker from the image";
     bytes[..marker.len()].copy_from_slice(marker);
     std::fs::write(&path, &bytes).unwrap();
     (path, bytes)
+}
+
+/// Builds the freestanding guest into `dir` and pushes it as a unikraft image for
+/// `hypervisor` with the image command line `cmdline` and `disk` as its block device, tagged
+/// `tag`.
+fn push_disk_guest(
+    reg: &str,
+    dir: &Path,
+    disk: &Path,
+    hypervisor: &str,
+    cmdline: &str,
+    tag: &str,
+) -> String {
+    common::push_guest_with(
+        reg,
+        &dir.join("guest.elf"),
+        "unikraft",
+        hypervisor,
+        cmdline,
+        tag,
+        &["--block", disk.to_str().unwrap()],
+    )
 }
 
 /// The container's request as crid recorded it (verbose status): its block file in the image's
@@ -251,29 +288,18 @@ async fn guest_disk_on_crid_vmm_through_the_cri() {
     let Some(reg) = ready() else { return };
     vmm_binary();
     let work = tempfile::tempdir().unwrap();
-    let kernel = work.path().join("guest.elf");
     let (disk, original) = disk_image(work.path());
-    let block = ["--block", disk.to_str().unwrap()];
-    let own = common::push_guest_with(
-        &reg, &kernel, "unikraft", "crid", "stay", "crid-blk", &block,
-    );
-    let for_fc = common::push_guest_with(
+    let own = push_disk_guest(&reg, work.path(), &disk, "crid", "stay", "crid-blk");
+    let for_fc = push_disk_guest(
         &reg,
-        &kernel,
-        "unikraft",
+        work.path(),
+        &disk,
         "firecracker",
         "exit=6",
         "crid-fc-blk",
-        &block,
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    common::write_config(dir.path(), "[vm]\ncrid_vmm_for = [\"firecracker\"]\n");
-    let crid = Crid::start_owned(dir).await;
-    crid.expect_pull(&own).await;
-    crid.expect_pull(&for_fc).await;
-    let pod = crid.run_host_pod_with("vmm-blk", "urunc").await;
-    let logs = crid.path().join("logs/vmm-blk");
+    let (crid, pod, logs) = start_for("firecracker", &[&own, &for_fc], "vmm-blk").await;
 
     // The guest reads the image's marker and writes sector 1 of its disk, which is the
     // container's private copy: the copy has the write, the image's layer file does not.
@@ -345,18 +371,9 @@ async fn guest_on_crid_vmm_answers_on_the_pod_ip() {
     let Some(reg) = ready() else { return };
     vmm_binary();
     let work = tempfile::tempdir().unwrap();
-    let kernel = work.path().join("guest.elf");
     // With a disk too: the NIC in the first virtio-mmio window, the disk in the second.
     let (disk, _) = disk_image(work.path());
-    let image = common::push_guest_with(
-        &reg,
-        &kernel,
-        "unikraft",
-        "crid",
-        "stay",
-        "crid-net",
-        &["--block", disk.to_str().unwrap()],
-    );
+    let image = push_disk_guest(&reg, work.path(), &disk, "crid", "stay", "crid-net");
 
     let dir = tempfile::tempdir().unwrap();
     common::write_config(dir.path(), "");
