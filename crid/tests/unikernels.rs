@@ -548,6 +548,7 @@ fn push_linux_guest(reg: &str, dir: &Path) -> Option<String> {
 /// entrypoint) and pushes it to `reg` tagged `<tag>-<pid>`.
 fn push_linux_image(reg: &str, out: &Path, tag: &str, options: &[String]) -> String {
     let reference = format!("{reg}/crid-tests/unikernel:{tag}-{}", std::process::id());
+    let _push = common::one_push_at_a_time();
     let res = Command::new(env!("CARGO_BIN_EXE_crid"))
         .args([
             "unikernel",

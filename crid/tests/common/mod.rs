@@ -1025,6 +1025,7 @@ pub fn push_guest_with(
         .unwrap();
     assert!(st.success(), "building the test guest failed");
     let reference = format!("{reg}/crid-tests/unikernel:{tag}-{}", std::process::id());
+    let _push = one_push_at_a_time();
     let out = Command::new(env!("CARGO_BIN_EXE_crid"))
         .args([
             "unikernel",
@@ -1048,6 +1049,14 @@ pub fn push_guest_with(
         String::from_utf8_lossy(&out.stderr)
     );
     reference
+}
+
+/// Serialises the `crid unikernel pack --push` runs of one test binary: tests running in
+/// parallel push the same guests (the same blobs, often the same tag), and the registry refused
+/// a concurrent upload of one blob (DIGEST_INVALID).
+pub fn one_push_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static PUSHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    PUSHING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether a tool is on PATH.
