@@ -789,6 +789,71 @@ async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
     crid.cri.discard_pod(&pod_id).await;
 }
 
+/// A `unikraft` guest on QEMU whose pod says `mountRootfs=true` gets its container's root file
+/// system (the image's layers with kubelet's mounts bound in) over QEMU's 9p, as urunc does:
+/// the `-fsdev`/`virtio-9p-pci` pair on QEMU's command line next to `-chroot`/`-runas`, the
+/// root on the guest's (`vfs.fstab`), the mounts noted as `9p`, and after RemoveContainer
+/// nothing stays mounted or running. The freestanding guest has no 9p driver: this shows that
+/// QEMU starts with the export in place and the guest boots, not that a Unikraft guest reads
+/// its files (no Unikraft 9p guest on the test machines).
+#[tokio::test]
+async fn unikraft_guest_gets_its_container_rootfs_over_9p() {
+    use conformance::kubelet::KubeletPod;
+    let Some(reg) = ready() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let freestanding = push_guest(&reg, work.path(), "unikraft", "qemu");
+    let (crid, _) = start().await;
+    crid.expect_pull(&freestanding).await;
+    let mut pod = KubeletPod::new(
+        &crid.path().join("kubelet"),
+        "ninep-7d9c8b6f5-q2w3e",
+        "default",
+    )
+    .unwrap();
+    pod.host_network = true;
+    pod.annotations = vec![("com.urunc.unikernel.mountRootfs".into(), "true".into())];
+    let config = pod.sandbox_config();
+    let pod_id = crid.run_pod_under(&config, "urunc").await;
+    let request = pod
+        .container("app", &freestanding)
+        .args(&["stay"])
+        .config_map("config", "/etc/app", &[("greeting", "hello")])
+        .build()
+        .unwrap();
+    let id = crid.create_start(&(pod_id.clone(), config), request).await;
+    let log = pod.log_directory.join("app/0.log");
+    let text = log_containing(&crid, &log, "-- stay", 60).await;
+    assert!(text.contains("vfs.fstab=[ \"fs0:/:9pfs:::\" ]"), "{text}");
+    let (status, info) = crid.container_status(&id).await;
+    assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32);
+    let vm = &info["runtimeSpec"]["unikernel"];
+    let notes = vm["mount_notes"].as_array().cloned().unwrap_or_default();
+    assert!(!notes.is_empty(), "{info}");
+    assert!(notes.iter().all(|n| n["delivery"] == "9p"), "{info}");
+    let argv: Vec<String> = serde_json::from_value(vm["argv"].clone()).unwrap();
+    let rootfs = crid.path().join("root/containers").join(&id).join("rootfs");
+    let pair = |k: &str, v: &str| argv.windows(2).any(|w| w[0] == k && w[1] == v);
+    assert!(
+        pair(
+            "-fsdev",
+            &format!(
+                "local,id=crid-9p,path={},security_model=none",
+                rootfs.display()
+            )
+        ),
+        "{argv:?}"
+    );
+    assert!(argv.iter().any(|a| a == "-runas") && argv.iter().any(|a| a == "-chroot"));
+    // The export is the mounted overlay, with the ConfigMap bound in.
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("etc/app/greeting")).unwrap(),
+        "hello"
+    );
+    crid.stop_container(&id, 0).await;
+    remove_leaving_nothing(&crid, &id).await;
+    crid.cri.discard_pod(&pod_id).await;
+}
+
 /// The text of a guest's log once it contains `needle`; fails with crid's log when it does not
 /// within `secs` seconds.
 async fn log_containing(crid: &Crid, log: &Path, needle: &str, secs: u64) -> String {

@@ -64,6 +64,7 @@ fn spec(kernel: PathBuf, run_dir: PathBuf, args: &[&str], accelerator: Accelerat
         firmware: None,
         dns: vec![],
         shared_dir: None,
+        ninep_root: None,
     }
 }
 
@@ -233,4 +234,62 @@ fn pc_machine_boots_the_guest_through_qboot() {
         "output: {out:?}"
     );
     assert_eq!(plan.guest_exit_code(status), 4);
+}
+
+/// A `unikraft` guest's root over QEMU's 9p (urunc's `mountRootfs=true`), with QEMU dropped to
+/// an unprivileged uid and chrooted into an empty directory as crid runs it: QEMU opens the
+/// export while still root and starts the guest after `-chroot`/`-runas`. The freestanding
+/// guest has no 9p driver, so this shows only that QEMU accepts the device in that set-up and
+/// the guest boots with the root parameters on its command line; a Unikraft guest reading its
+/// files is untested here (no Unikraft 9p guest on the test machines).
+#[test]
+fn unikraft_9p_root_under_chroot_and_runas() {
+    if !nix::unistd::geteuid().is_root() {
+        skip_or_fail("-runas needs root");
+        return;
+    }
+    let Some(accelerator) = kvm_ready() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    if !build_guest(&kernel) {
+        return;
+    }
+    let (root, empty) = (dir.path().join("rootfs"), dir.path().join("empty"));
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/hello"), "hi\n").unwrap();
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut s = spec(kernel, dir.path().join("run"), &["exit=5"], accelerator);
+    s.ninep_root = Some(root.clone());
+    s.vmm_user = Some((65534, 65534));
+    s.chroot = Some(empty);
+    let firmware = Path::new(vm::launch::DEFAULT_QEMU_FIRMWARE);
+    s.firmware = firmware.is_file().then(|| firmware.to_path_buf());
+    let Ok(plan) = vm::plan(&s, &vm::default_binary_dirs()) else {
+        skip_or_fail("no qemu");
+        return;
+    };
+    let fsdev = format!(
+        "local,id=crid-9p,path={},security_model=none",
+        root.display()
+    );
+    assert!(
+        plan.args
+            .windows(2)
+            .any(|w| w[0] == "-fsdev" && w[1] == fsdev)
+    );
+    assert!(
+        plan.args
+            .windows(2)
+            .any(|w| w[0] == "-runas" && w[1] == "65534:65534")
+    );
+    plan.write_files().unwrap();
+    let (out, status, killed) = run(&plan, Duration::from_secs(60));
+    assert!(!killed, "guest did not exit; output: {out}");
+    assert!(
+        out.contains("vfs.fstab=[ \"fs0:/:9pfs:::\" ] -- exit=5"),
+        "output: {out}"
+    );
+    assert_eq!(plan.guest_exit_code(status), 5);
 }

@@ -25,7 +25,8 @@
 //!   ([`check_handler`]).
 //! - CRI mounts never fail a create: a `linux` QEMU guest whose image sets `mountRootfs=true`
 //!   gets them bound into its container's root file system, which it mounts over virtiofs
-//!   (`vm_rootfs`, [`crate::vm::virtiofs`]); another guest that can take files gets them
+//!   (`vm_rootfs`, [`crate::vm::virtiofs`]), and so does a `unikraft` one without an initrd,
+//!   over QEMU's 9p ([`crate::vm::ninep`]); another guest that can take files gets them
 //!   copied in at start ([`crate::vm::guestfiles`]); for the others each mount is skipped with a
 //!   warning and a note in the VM state (`mount_notes`, shown in verbose status).
 
@@ -55,7 +56,7 @@ use crate::vm::guestfiles::{self, GuestMount, MountNote};
 use crate::vm::launch::{self, VmRequest, VmSettings};
 use crate::vm::net::GuestPort;
 use crate::vm::type_name;
-use crate::vm::virtiofs::SharedRoot;
+use crate::vm::virtiofs::{SharedRoot, Transport};
 
 /// The RuntimeClass rule: a unikernel image runs as a VM only in a pod whose handler asked for
 /// VMs (`runtime.unikernel_handlers`) or detects them (`runtime.unikernel_autodetect_handlers`);
@@ -181,16 +182,23 @@ fn merged_env(image: &[String], cri: &[(String, String)]) -> Vec<(String, String
     env
 }
 
-/// Whether the guest mounts its container's root file system, shared as a directory
-/// (virtiofs, see [`crate::vm::virtiofs`]): a `linux` guest with an initrd on QEMU whose image
-/// asks for it with urunc's `mountRootfs=true`. Without the key the guest gets the image's
-/// files and the mounts copied into its initrd (guests without the fuse/virtiofs drivers boot
-/// that way); `false` leaves the image's files out.
-fn shares_rootfs(info: &UnikernelInfo) -> bool {
-    info.unikernel_type == imagestore::UnikernelType::Linux
-        && info.hypervisor == imagestore::HypervisorKind::Qemu
-        && info.initrd.is_some()
-        && info.mount_rootfs == Some(true)
+/// Whether and how the guest mounts its container's root file system, shared as a directory,
+/// when its image asks for it with urunc's `mountRootfs=true` on QEMU:
+/// - a `linux` guest with an initrd, over virtiofs (see [`crate::vm::virtiofs`]). Without the
+///   key it gets the image's files and the mounts copied into its initrd (guests without the
+///   fuse/virtiofs drivers boot that way); `false` leaves the image's files out.
+/// - a `unikraft` guest without an initrd, over QEMU's 9p (see [`crate::vm::ninep`]), as urunc
+///   does; with an initrd, the initrd stays its root (urunc's precedence too).
+fn shares_rootfs(info: &UnikernelInfo) -> Option<Transport> {
+    use imagestore::UnikernelType;
+    if info.hypervisor != imagestore::HypervisorKind::Qemu || info.mount_rootfs != Some(true) {
+        return None;
+    }
+    match info.unikernel_type {
+        UnikernelType::Linux if info.initrd.is_some() => Some(Transport::Virtiofs),
+        UnikernelType::Unikraft if info.initrd.is_none() => Some(Transport::NineP),
+        _ => None,
+    }
 }
 
 /// The shared root's place and the workload's working directory, uid and gid, as a runc
@@ -201,6 +209,7 @@ fn shared_root(
     layers: &[PathBuf],
     dir: &std::path::Path,
     socket: PathBuf,
+    transport: Transport,
 ) -> Result<SharedRoot, SandboxError> {
     let s = &config.security;
     let user = user::resolve(
@@ -232,6 +241,7 @@ fn shared_root(
         uid: user.uid,
         gid: user.gid,
         socket,
+        transport,
     })
 }
 
@@ -242,9 +252,9 @@ fn guest_mounts(
     cri: &[super::config::MountSpec],
     pod: &PodContext,
     info: &UnikernelInfo,
-    shared: bool,
+    shared: Option<Transport>,
 ) -> (Vec<GuestMount>, Vec<MountNote>) {
-    let takes = shared || guestfiles::takes_files(info);
+    let takes = shared.is_some() || guestfiles::takes_files(info);
     let mut mounts = Vec::new();
     let mut notes = Vec::new();
     let pod_files = [
@@ -263,18 +273,24 @@ fn guest_mounts(
         }
     }
     for m in cri {
-        if shared {
+        if let Some(transport) = shared {
             mounts.push(GuestMount {
                 container_path: m.container_path.clone(),
                 host_path: PathBuf::from(&m.host_path),
                 readonly: m.readonly,
             });
+            let writes = match transport {
+                Transport::Virtiofs => "guest writes",
+                Transport::NineP => "guest writes (as the VMM's unprivileged uid)",
+            };
             notes.push(MountNote {
                 container_path: m.container_path.clone(),
-                delivery: "virtiofs".into(),
-                note: "bound into the container's root file system, which the guest mounts \
-                       over virtiofs: host changes and guest writes are shared"
-                    .into(),
+                delivery: transport.name().into(),
+                note: format!(
+                    "bound into the container's root file system, which the guest mounts \
+                     over {}: host changes and {writes} are shared",
+                    transport.name()
+                ),
             });
         } else if takes {
             mounts.push(GuestMount {
@@ -543,13 +559,14 @@ impl ContainerBackend for VmBackend {
         for n in mount_notes.iter().filter(|n| n.delivery == "skipped") {
             tracing::warn!(container_id = %id, path = %n.container_path, note = %n.note, "mount not given to the guest");
         }
-        let shared_root = if shared {
+        let shared_root = if let Some(transport) = shared {
             Some(shared_root(
                 &config,
                 &image_config,
                 &image.layer_dirs,
                 &dir,
                 self.dirs().short_socket("vfs", &id),
+                transport,
             )?)
         } else {
             None
@@ -903,11 +920,24 @@ mod tests {
             resolv_conf: Some("/run/pod/resolv.conf".into()),
             ..Default::default()
         };
-        let (mounts, notes) = guest_mounts(&cri, &pod, &info(), false);
+        let (mounts, notes) = guest_mounts(&cri, &pod, &info(), shares_rootfs(&info()));
         assert!(mounts.is_empty());
         assert_eq!(notes.len(), 2);
         assert!(notes.iter().all(|n| n.delivery == "skipped"), "{notes:?}");
         assert!(notes[0].note.contains("unikraft"), "{notes:?}");
+
+        // A unikraft guest with mountRootfs=true on QEMU: bound into its root, shared over 9p.
+        let mut unikraft = info();
+        unikraft.mount_rootfs = Some(true);
+        assert_eq!(shares_rootfs(&unikraft), Some(Transport::NineP));
+        let (shared, notes) = guest_mounts(&cri, &pod, &unikraft, shares_rootfs(&unikraft));
+        assert_eq!(shared.len(), 3, "{shared:?}");
+        assert!(notes.iter().all(|n| n.delivery == "9p"), "{notes:?}");
+        unikraft.initrd = Some("/unikernel/initrd".into());
+        assert_eq!(shares_rootfs(&unikraft), None);
+        unikraft.initrd = None;
+        unikraft.hypervisor = HypervisorKind::Firecracker;
+        assert_eq!(shares_rootfs(&unikraft), None);
 
         let mut linux = info();
         linux.unikernel_type = UnikernelType::Linux;
@@ -924,17 +954,17 @@ mod tests {
 
         // urunc's mountRootfs=true on QEMU: the same mounts, bound into the shared root.
         linux.mount_rootfs = Some(true);
-        assert!(shares_rootfs(&linux));
+        assert_eq!(shares_rootfs(&linux), Some(Transport::Virtiofs));
         let (shared, notes) = guest_mounts(&cri, &pod, &linux, shares_rootfs(&linux));
         assert_eq!(shared, mounts);
         assert!(notes.iter().all(|n| n.delivery == "virtiofs"), "{notes:?}");
         for other in [HypervisorKind::Firecracker, HypervisorKind::Crid] {
             linux.hypervisor = other;
-            assert!(!shares_rootfs(&linux), "{other:?}");
+            assert_eq!(shares_rootfs(&linux), None, "{other:?}");
         }
         linux.hypervisor = HypervisorKind::Qemu;
         linux.initrd = None;
-        assert!(!shares_rootfs(&linux));
+        assert_eq!(shares_rootfs(&linux), None);
     }
 
     #[test]

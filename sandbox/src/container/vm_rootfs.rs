@@ -1,6 +1,7 @@
-//! The root file system of a `linux` guest that mounts its container's root (urunc's
-//! `mountRootfs`), built on the host as a runc container's is and shared with the guest as a
-//! directory ([`crate::vm::virtiofs`]).
+//! The root file system of a guest that mounts its container's root (urunc's `mountRootfs`),
+//! built on the host as a runc container's is and shared with the guest as a directory: a
+//! `linux` guest's over virtiofs ([`crate::vm::virtiofs`]), a `unikraft` guest's over QEMU's 9p
+//! ([`crate::vm::ninep`]; its guest writes are limited to what QEMU's uid may write).
 //!
 //! At `StartContainer`: the image's layers as an overlay at `<container>/rootfs` (upper and work
 //! directories next to it, as for runc; `nodev`, `nosuid`), then bind mounts (recursive,
@@ -242,6 +243,7 @@ mod tests {
             uid: 1000,
             gid: 100,
             socket: "/run/crid/vfs-c.sock".into(),
+            transport: Default::default(),
         };
         assert_eq!(
             process_file(&root),

@@ -196,6 +196,8 @@ fn unikraft(spec: &VmSpec, argv: &[String]) -> String {
         }
         if spec.initrd.is_some() {
             parts.push("vfs.fstab=[ \"initrd0:/:extract:::\" ]".into());
+        } else if spec.ninep_root.is_some() {
+            parts.extend(super::ninep::root_params(true));
         }
     } else {
         if !spec.env.is_empty() {
@@ -213,6 +215,8 @@ fn unikraft(spec: &VmSpec, argv: &[String]) -> String {
         }
         if spec.initrd.is_some() {
             parts.push("vfs.rootfs=initrd".into());
+        } else if spec.ninep_root.is_some() {
+            parts.extend(super::ninep::root_params(false));
         }
     }
     parts.push("--".into());
@@ -362,6 +366,26 @@ mod tests {
         assert_eq!(c, "console=ttyS0 panic=-1 crid.root=virtiofs:rootfs");
         s.args.push("quote\"and\nnewline".into());
         assert!(guest_cmdline(&s, &[]).is_ok());
+    }
+
+    #[test]
+    fn unikraft_9p_root_in_both_forms() {
+        let mut s = spec(T::Unikraft, H::Qemu);
+        s.ninep_root = Some(PathBuf::from("/c/1/rootfs"));
+        s.env = vec![("A".into(), "1".into())];
+        s.args = vec!["/app".into(), "-v".into()];
+        assert_eq!(
+            guest_cmdline(&s, &[]).unwrap(),
+            "kernel env.vars=[ \"A=1\" ] vfs.fstab=[ \"fs0:/:9pfs:::\" ] -- /app -v"
+        );
+        s.info.version = Some("0.15.0".into());
+        assert_eq!(
+            guest_cmdline(&s, &[]).unwrap(),
+            "kernel vfs.rootdev=fs0 vfs.rootfs=9pfs -- /app -v"
+        );
+        // Without the share: no root parameters.
+        s.ninep_root = None;
+        assert_eq!(guest_cmdline(&s, &[]).unwrap(), "kernel -- /app -v");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::accel::{self, AccelDecision, AcceleratorMode, KvmProbe};
 use super::cgroup::{Limits, VmCgroup};
 use super::guestfiles::{self, GuestMount};
 use super::net;
-use super::virtiofs::{self, SharedRoot};
+use super::virtiofs::{self, SharedRoot, Transport};
 use super::{
     DEFAULT_MEMORY_MIB, GuestNet, LaunchPlan, VmSpec, default_binary_dirs, find_binary,
     hypervisor_for, resolve_in_layers, supported_pair,
@@ -189,8 +189,8 @@ pub struct VmRequest {
     /// The pod's DNS servers (from its `resolv.conf`), for guests that take them.
     #[serde(default)]
     pub dns: Vec<std::net::Ipv4Addr>,
-    /// The container's root file system, shared with a `linux` QEMU guest as a directory
-    /// (see [`virtiofs`]); mounted by the container backend before [`prepare`]. The mounts and
+    /// The container's root file system, shared with a QEMU guest as a directory (`linux`
+    /// over [`virtiofs`], `unikraft` over 9p, see [`super::ninep`]); mounted by the container backend before [`prepare`]. The mounts and
     /// the environment are in it, so nothing is copied into the initrd.
     #[serde(default)]
     pub shared_root: Option<SharedRoot>,
@@ -257,7 +257,7 @@ pub fn check(
         host,
     )?;
     settings.binary(hypervisor_for(info.hypervisor).binary_name())?;
-    if req.shared_root.is_some() {
+    if req.shared_root.as_ref().is_some_and(uses_virtiofsd) {
         settings.binary(virtiofs::BINARY)?;
     }
     Ok(accel)
@@ -322,6 +322,7 @@ pub fn prepare(
     let is_qemu = info.hypervisor == HypervisorKind::Qemu;
     let shared_root = req.shared_root.as_ref().filter(|_| is_qemu);
     let virtiofsd = shared_root
+        .filter(|root| uses_virtiofsd(root))
         .map(|_| settings.binary(virtiofs::BINARY))
         .transpose()?;
     std::fs::create_dir_all(&req.run_dir).map_err(|e| SandboxError::io(&req.run_dir, e))?;
@@ -407,9 +408,10 @@ pub fn prepare(
         vcpus: vcpus(req.cpu_quota, req.cpu_period, settings.max_vcpus),
         net: guest_net.clone(),
         args: req.args.clone(),
-        // An initrd guest reads its environment from the file in its initrd (or shared root):
-        // the kernel command line holds 2 KiB and passes init at most 32 variables.
-        env: if files_in_initrd || shared_root.is_some() {
+        // An initrd guest reads its environment from the file in its initrd (or shared root
+        // over virtiofs): the kernel command line holds 2 KiB and passes init at most 32
+        // variables. Unikraft reads it from its command line only (`env.vars`), 9p root or not.
+        env: if files_in_initrd || shared_root.is_some_and(uses_virtiofsd) {
             vec![]
         } else {
             req.env.clone()
@@ -422,7 +424,12 @@ pub fn prepare(
         control_socket,
         firmware,
         dns: req.dns.clone(),
-        shared_dir: shared_root.map(virtiofs::shared_dir),
+        shared_dir: shared_root
+            .filter(|root| uses_virtiofsd(root))
+            .map(virtiofs::shared_dir),
+        ninep_root: shared_root
+            .filter(|root| root.transport == Transport::NineP)
+            .map(|root| root.rootfs.clone()),
     };
     let plan = super::plan_with(&spec, &vmm)
         .and_then(|plan| {
@@ -517,12 +524,17 @@ fn create_overlay(
     Ok(overlay)
 }
 
+/// Whether a shared root is served by virtiofsd (QEMU serves a 9p one itself).
+fn uses_virtiofsd(root: &SharedRoot) -> bool {
+    root.transport == Transport::Virtiofs
+}
+
 /// Undoes [`prepare`]: kills a virtiofsd still running, removes the tap and redirects, the
 /// VMM's cgroup (once its processes are gone), the control socket, and the run directory's
 /// plan files and block overlay or copy. Fine to call more than once.
 pub fn release(req: &VmRequest) -> Result<(), SandboxError> {
     let mut result = Ok(());
-    if let Some(root) = &req.shared_root {
+    if let Some(root) = req.shared_root.as_ref().filter(|root| uses_virtiofsd(root)) {
         virtiofs::kill(&req.run_dir, &root.socket);
     }
     if let Some(ns) = &req.netns {
@@ -798,6 +810,7 @@ mod tests {
             uid: 0,
             gid: 0,
             socket: dir.path().join("vfs.sock"),
+            transport: Default::default(),
         });
         let mut settings = VmSettings {
             binary_dirs: vec![bins.clone()],
@@ -812,7 +825,13 @@ mod tests {
         assert!(err.to_string().contains("virtiofsd"), "{err}");
         settings.binaries = vec![(virtiofs::BINARY.into(), bins.join("my-virtiofsd"))];
         check(&req, &settings, &host()).unwrap();
-        // Without a shared root it is not looked for.
+        // Neither over 9p nor without a shared root is it looked for.
+        settings.binaries = vec![(
+            virtiofs::BINARY.into(),
+            dir.path().join("nothing/virtiofsd"),
+        )];
+        req.shared_root.as_mut().unwrap().transport = Transport::NineP;
+        check(&req, &settings, &host()).unwrap();
         req.shared_root = None;
         settings.binaries.clear();
         settings.binary_dirs = vec![bins];

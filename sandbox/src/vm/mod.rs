@@ -23,6 +23,7 @@ mod layers;
 pub mod net;
 mod netops;
 mod nft;
+pub mod ninep;
 pub mod qemu;
 pub mod qmp;
 mod rtnl;
@@ -91,6 +92,9 @@ pub struct VmSpec {
     /// A host directory shared with the guest as its workload's root (QEMU, `linux`; see
     /// [`virtiofs`]).
     pub shared_dir: Option<virtiofs::SharedDir>,
+    /// A host directory exported to the guest as its root over QEMU's 9p (QEMU, `unikraft`;
+    /// see [`ninep`]).
+    pub ninep_root: Option<PathBuf>,
 }
 
 /// The guest's view of the pod network: it takes over the CNI interface's address and MAC.
@@ -445,6 +449,7 @@ pub(crate) mod testutil {
             firmware: None,
             dns: vec![],
             shared_dir: None,
+            ninep_root: None,
         }
     }
 

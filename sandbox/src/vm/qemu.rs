@@ -23,7 +23,8 @@
 //!
 //! Shared root: a `linux` guest whose container's root file system is shared with it (see
 //! [`super::virtiofs`]) gets its RAM as a shared memfd and a `vhost-user-fs` device on
-//! virtiofsd's socket (`shared_dir_args`).
+//! virtiofsd's socket (`shared_dir_args`). A `unikraft` guest's shared root is exported by
+//! QEMU itself over virtio-9p ([`super::ninep`]).
 //!
 //! Firmware: `pc` boots with `-bios <firmware>` when one is configured — qboot (Debian's
 //! `/usr/share/qemu/qboot.rom`, the firmware microvm uses too), which loads Linux, multiboot and
@@ -42,7 +43,8 @@
 //! - `mewz`: pc — its drivers are virtio-pci (modern only) and it exits through port 0x501.
 //! - `unikraft`, `mirage`, `rumprun`: microvm when the kernel is a PVH ELF (it carries
 //!   XEN_ELFNOTE_PHYS32_ENTRY) and needs no network or block device; pc otherwise, since their
-//!   x86 virtio drivers are PCI ones and non-PVH kernels boot through SeaBIOS/multiboot.
+//!   x86 virtio drivers are PCI ones and non-PVH kernels boot through SeaBIOS/multiboot. A
+//!   `unikraft` guest with its root over 9p (see [`super::ninep`]) is on pc for the same reason.
 
 use std::io::Read;
 use std::path::Path;
@@ -69,7 +71,11 @@ pub fn machine(spec: &VmSpec) -> Machine {
         UnikernelType::Linux if spec.accelerator == Accelerator::Kvm => Machine::Microvm,
         UnikernelType::Linux | UnikernelType::Mewz => Machine::Pc,
         UnikernelType::Unikraft | UnikernelType::Mirage | UnikernelType::Rumprun => {
-            if spec.net.is_none() && spec.block.is_none() && is_pvh_elf(&spec.kernel) {
+            if spec.net.is_none()
+                && spec.block.is_none()
+                && spec.ninep_root.is_none()
+                && is_pvh_elf(&spec.kernel)
+            {
                 Machine::Microvm
             } else {
                 Machine::Pc
@@ -264,6 +270,9 @@ impl Hypervisor for Qemu {
         }
         if let Some(shared) = &spec.shared_dir {
             a.extend(shared_dir_args(shared, machine, spec.memory_mib)?);
+        }
+        if let Some(root) = &spec.ninep_root {
+            a.extend(super::ninep::qemu_args(root)?);
         }
         a.extend(["-append".to_owned(), cmdline.clone()]);
         Ok(LaunchPlan {
@@ -479,6 +488,42 @@ mod tests {
             socket: "/a,b".into(),
             tag: "rootfs".into(),
         });
+        assert!(Qemu.plan(&s, Path::new("/q")).is_err());
+    }
+
+    #[test]
+    fn unikraft_root_over_9p_on_pc() {
+        let mut s = spec(T::Unikraft, HypervisorKind::Qemu);
+        s.ninep_root = Some(PathBuf::from("/c/1/rootfs"));
+        let a = argv(&s);
+        // virtio-9p is a PCI device: the pc machine.
+        assert!(has_pair(&a, "-M", "pc"), "{a:?}");
+        assert!(has_pair(
+            &a,
+            "-fsdev",
+            "local,id=crid-9p,path=/c/1/rootfs,security_model=none"
+        ));
+        assert!(has_pair(
+            &a,
+            "-device",
+            "virtio-9p-pci,fsdev=crid-9p,mount_tag=fs0,disable-modern=on,disable-legacy=off"
+        ));
+        assert!(
+            a[a.len() - 1].contains(" vfs.fstab=[ \"fs0:/:9pfs:::\" ]"),
+            "{a:?}"
+        );
+        // No virtiofs machinery (no shared memory, no vhost-user device).
+        assert!(
+            !a.iter()
+                .any(|x| x.contains("crid-mem") || x.contains("vhost"))
+        );
+        s.ninep_root = None;
+        assert!(
+            !argv(&s)
+                .iter()
+                .any(|x| x.contains("9p") || x.contains("fs0"))
+        );
+        s.ninep_root = Some(PathBuf::from("/c/1,x/rootfs"));
         assert!(Qemu.plan(&s, Path::new("/q")).is_err());
     }
 

@@ -37,7 +37,28 @@ const LOG_FILE: &str = "virtiofsd.log";
 /// How long the daemon gets to listen on its socket.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A `linux` guest's root file system, shared with it as a directory.
+/// How a shared root reaches its guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Transport {
+    /// virtiofsd, for `linux` guests (this module).
+    #[default]
+    Virtiofs,
+    /// QEMU's built-in virtio-9p, for `unikraft` guests (see [`super::ninep`]).
+    NineP,
+}
+
+impl Transport {
+    /// The name mount notes give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Virtiofs => "virtiofs",
+            Transport::NineP => "9p",
+        }
+    }
+}
+
+/// A guest's root file system, shared with it as a directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SharedRoot {
@@ -49,8 +70,11 @@ pub struct SharedRoot {
     pub uid: u32,
     pub gid: u32,
     /// virtiofsd's vhost-user socket (a short path: unix socket paths are limited to 108
-    /// bytes).
+    /// bytes); unused over 9p.
     pub socket: PathBuf,
+    /// virtiofs (`linux`) or 9p (`unikraft`); states written before 9p mean virtiofs.
+    #[serde(default)]
+    pub transport: Transport,
 }
 
 /// What the VMM needs to attach the share: the daemon's socket and the tag.
@@ -247,6 +271,7 @@ mod tests {
             uid: 0,
             gid: 0,
             socket: dir.path().join("vfs.sock"),
+            transport: Default::default(),
         };
         let err = start(&bin, &root, dir.path(), &[]).unwrap_err();
         assert!(err.to_string().contains("fake: no such source"), "{err}");
