@@ -69,6 +69,11 @@ fn spec(kernel: PathBuf, run_dir: PathBuf, args: &[&str], accelerator: Accelerat
 }
 
 /// Runs the plan with a bounded wait; kills the VMM at the deadline.
+/// Whether `plan` passes `flag` followed by a value `value` accepts.
+fn has_option(plan: &vm::LaunchPlan, flag: &str, value: impl Fn(&str) -> bool) -> bool {
+    plan.args.windows(2).any(|w| w[0] == flag && value(&w[1]))
+}
+
 fn run(plan: &vm::LaunchPlan, deadline: Duration) -> (String, std::process::ExitStatus, bool) {
     let mut child = plan
         .command()
@@ -147,16 +152,8 @@ fn freestanding_guest_boots_under_kvm_and_chooses_its_exit_code() {
             return;
         }
     };
-    assert!(
-        plan.args
-            .windows(2)
-            .any(|w| w[0] == "-M" && w[1].starts_with("microvm"))
-    );
-    assert!(
-        plan.args
-            .windows(2)
-            .any(|w| w[0] == "-accel" && w[1] == "kvm")
-    );
+    assert!(has_option(&plan, "-M", |v| v.starts_with("microvm")));
+    assert!(has_option(&plan, "-accel", |v| v == "kvm"));
     plan.write_files().unwrap();
     let (out, status, killed) = run(&plan, Duration::from_secs(60));
     assert!(!killed, "guest did not exit; output: {out}");
@@ -220,12 +217,8 @@ fn pc_machine_boots_the_guest_through_qboot() {
         skip_or_fail("no qemu");
         return;
     };
-    assert!(plan.args.windows(2).any(|w| w[0] == "-M" && w[1] == "pc"));
-    assert!(
-        plan.args
-            .windows(2)
-            .any(|w| w[0] == "-bios" && w[1] == firmware.to_str().unwrap())
-    );
+    assert!(has_option(&plan, "-M", |v| v == "pc"));
+    assert!(has_option(&plan, "-bios", |v| v == firmware.to_str().unwrap()));
     let (out, status, killed) = run(&plan, Duration::from_secs(60));
     assert!(!killed, "guest did not exit; output: {out}");
     // qboot prints nothing: the guest's greeting is the first output.
@@ -274,16 +267,8 @@ fn unikraft_9p_root_under_chroot_and_runas() {
         "local,id=crid-9p,path={},security_model=none",
         root.display()
     );
-    assert!(
-        plan.args
-            .windows(2)
-            .any(|w| w[0] == "-fsdev" && w[1] == fsdev)
-    );
-    assert!(
-        plan.args
-            .windows(2)
-            .any(|w| w[0] == "-runas" && w[1] == "65534:65534")
-    );
+    assert!(has_option(&plan, "-fsdev", |v| v == fsdev));
+    assert!(has_option(&plan, "-runas", |v| v == "65534:65534"));
     plan.write_files().unwrap();
     let (out, status, killed) = run(&plan, Duration::from_secs(60));
     assert!(!killed, "guest did not exit; output: {out}");

@@ -241,14 +241,7 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // capacity (le64, in sectors); the optional fields after it are not offered.
-        let config = self.sectors.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| config.get(o.checked_add(i)?))
-                .copied()
-                .unwrap_or(0);
-        }
+        super::read_config_bytes(&self.sectors.to_le_bytes(), offset, data);
     }
 
     fn notify(&mut self, queue: usize, queues: &mut [Queue]) -> bool {

@@ -12,6 +12,18 @@ pub use mmio::MmioTransport;
 /// `VIRTIO_F_VERSION_1`: the modern interface, which the version-2 MMIO transport requires.
 pub const F_VERSION_1: u64 = 1 << 32;
 
+/// Copies `data.len()` bytes of a device's configuration space `config` from `offset` (both
+/// chosen by the guest); bytes beyond its end read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| config.get(o.checked_add(i)?))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// What a device behind the MMIO transport provides.
 pub trait VirtioDevice: Send {
     /// The virtio device id (1: network, 2: block).

@@ -125,13 +125,7 @@ impl VirtioDevice for Net {
         // mac[6], then status (u16, unused: no VIRTIO_NET_F_STATUS).
         let mut config = [0u8; 8];
         config[..6].copy_from_slice(&self.mac);
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| config.get(o.checked_add(i)?))
-                .copied()
-                .unwrap_or(0);
-        }
+        super::read_config_bytes(&config, offset, data);
     }
 
     fn notify(&mut self, queue: usize, queues: &mut [Queue]) -> bool {
