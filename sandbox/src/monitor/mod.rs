@@ -230,6 +230,23 @@ pub fn spawn(
     })
 }
 
+/// The command that starts a monitor, with nothing of crid's environment but [`child_env`]:
+/// straight to the small monitor binary when it sits next to `exe` (loading the big
+/// executable only to re-exec the small one costs a process start on every StartContainer),
+/// else `exe monitor`.
+pub(crate) fn monitor_command(exe: &Path) -> Command {
+    let small = exe.with_file_name(MONITOR_BINARY);
+    let mut command = if small.is_file() {
+        Command::new(small)
+    } else {
+        let mut c = Command::new(exe);
+        c.arg("monitor");
+        c
+    };
+    command.env_clear().envs(child_env());
+    command
+}
+
 /// Runs the monitor binary next to `exe` (or `exe monitor`) with `args`, waits for the first
 /// process, which exits as soon as the detached one runs, and returns what the detached process
 /// printed on stdout (at most `limit` bytes, read within `timeout`). `what` names the process
@@ -246,20 +263,8 @@ pub(crate) fn spawn_detached(
         .create(true)
         .append(true)
         .open(stderr_path)?;
-    // Straight to the small monitor binary when it sits next to crid: loading the big
-    // executable only to re-exec the small one costs a process start on every StartContainer.
-    let small = exe.with_file_name(MONITOR_BINARY);
-    let mut command = if small.is_file() {
-        Command::new(small)
-    } else {
-        let mut c = Command::new(exe);
-        c.arg("monitor");
-        c
-    };
-    let mut child = command
+    let mut child = monitor_command(exe)
         .args(args)
-        .env_clear()
-        .envs(child_env())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr)

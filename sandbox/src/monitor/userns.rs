@@ -11,12 +11,12 @@
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::time::Duration;
 
 use nix::sched::CloneFlags;
 
-use super::{MONITOR_BINARY, child_env};
+use super::monitor_command;
 
 const READY: &str = "ready";
 
@@ -74,18 +74,8 @@ pub fn spawn(exe: &Path, stderr_path: &Path, timeout: Duration) -> std::io::Resu
         .create(true)
         .append(true)
         .open(stderr_path)?;
-    let small = exe.with_file_name(MONITOR_BINARY);
-    let mut command = if small.is_file() {
-        Command::new(small)
-    } else {
-        let mut c = Command::new(exe);
-        c.arg("monitor");
-        c
-    };
-    let mut child = command
+    let mut child = monitor_command(exe)
         .arg(OsStr::new("--user-namespace"))
-        .env_clear()
-        .envs(child_env())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(stderr)
