@@ -21,9 +21,6 @@ use crate::SandboxError;
 /// The directory under a container's directory that holds its image volumes.
 const VOLUMES: &str = "volumes";
 
-/// The overlay option data must fit a page; longer `lowerdir` lists use short links.
-const MAX_LOWERDIR: usize = 3000;
-
 fn invalid(reason: String) -> SandboxError {
     SandboxError::InvalidArgument { reason }
 }
@@ -165,19 +162,7 @@ fn mount_overlay(
             });
         }
     }
-    let mut lowerdir = join(&lowers);
-    if lowerdir.len() > MAX_LOWERDIR {
-        let links = volumes.join(format!("{n}.links"));
-        std::fs::create_dir_all(&links).map_err(|e| SandboxError::io(&links, e))?;
-        let mut short = Vec::with_capacity(lowers.len());
-        for (i, l) in lowers.iter().enumerate() {
-            let link = links.join(i.to_string());
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(l, &link).map_err(|e| SandboxError::io(&link, e))?;
-            short.push(link);
-        }
-        lowerdir = join(&short);
-    }
+    let lowerdir = super::runc::lowerdir(&lowers, &volumes.join(format!("{n}.links")))?;
     nix::mount::mount(
         Some("overlay"),
         target,
@@ -189,13 +174,6 @@ fn mount_overlay(
         op: "mount image volume".into(),
         reason: format!("overlay on {}: {e}", target.display()),
     })
-}
-
-fn join(dirs: &[PathBuf]) -> String {
-    dirs.iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// The directory `sub` names inside `root`, resolved by the kernel without leaving `root`: a
