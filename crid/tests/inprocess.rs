@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use cni::netns::NsKind;
 use conformance::client::Cri;
+use conformance::tests::userns::with_userns;
 use crid::config::Config;
 use crid::cri::CriService;
 use crid::state::State;
@@ -1149,21 +1150,6 @@ async fn the_stop_signal_kubernetes_asks_for_is_kept_and_reported() {
     };
     assert_eq!(signal(id).await, cri::Signal::Sigquit);
     assert_eq!(signal(plain).await, cri::Signal::Sigterm, "the default");
-}
-
-fn with_userns(
-    mut config: cri::PodSandboxConfig,
-    userns: cri::UserNamespace,
-) -> cri::PodSandboxConfig {
-    let ns = config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .namespace_options
-        .get_or_insert_with(Default::default);
-    ns.userns_options = Some(userns);
-    config
 }
 
 async fn reports_user_namespaces(d: &Daemon) -> bool {

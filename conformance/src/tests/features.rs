@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use proto::cri;
 
+use super::TempDir;
 use super::pods::{pod_config, remove_pod, run_pod};
 use crate::runner::{Env, Outcome, Test, TestResult};
 
@@ -61,30 +62,6 @@ pub fn tests() -> Vec<Test> {
             run: |env| Box::pin(host_namespaces(env)),
         },
     ]
-}
-
-/// A temporary host directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> anyhow::Result<TempDir> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let p = std::env::temp_dir().join(format!(
-            "crid-conformance-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&p).with_context(|| format!("create {}", p.display()))?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 struct Ctx {

@@ -11,11 +11,36 @@ pub mod streaming;
 pub mod userns;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use proto::cri;
 
 use crate::runner::{Env, Test};
+
+/// A temporary host directory removed on drop.
+pub(crate) struct TempDir(pub(crate) PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> anyhow::Result<TempDir> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!(
+            "crid-conformance-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&p).with_context(|| format!("create {}", p.display()))?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// Pulls `busybox:latest` from the test registry and returns its reference, or `None` when
 /// the run has no registry (each caller decides whether that skips or fails).

@@ -8,13 +8,12 @@
 
 use std::fs::Permissions;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::PathBuf;
 
 use anyhow::{Context, ensure};
 use proto::cri;
 
 use super::pods::{pod_config, remove_pod, run_pod};
-use super::{out, pull_busybox};
+use super::{TempDir, out, pull_busybox};
 use crate::runner::{Env, Outcome, Test, TestResult};
 
 pub fn tests() -> Vec<Test> {
@@ -42,7 +41,8 @@ fn mapping(host_id: u32) -> Vec<cri::IdMapping> {
 const UID_BASE: u32 = 200_000;
 const GID_BASE: u32 = 300_000;
 
-fn with_userns(
+/// `config` with its pod in a user namespace as `userns` says.
+pub fn with_userns(
     mut config: cri::PodSandboxConfig,
     userns: cri::UserNamespace,
 ) -> cri::PodSandboxConfig {
@@ -55,32 +55,6 @@ fn with_userns(
         .get_or_insert_with(Default::default);
     ns.userns_options = Some(userns);
     config
-}
-
-/// A host directory only root may enter (kubelet's `/var/lib/kubelet` is 0700), removed on drop.
-struct HostDir(PathBuf);
-
-impl HostDir {
-    fn new() -> anyhow::Result<HostDir> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let p = std::env::temp_dir().join(format!(
-            "crid-conformance-userns-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir(&p).with_context(|| format!("create {}", p.display()))?;
-        let dir = HostDir(p);
-        std::fs::set_permissions(&dir.0, Permissions::from_mode(0o700))?;
-        Ok(dir)
-    }
-}
-
-impl Drop for HostDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Whether the runtime reports user namespaces for the default handler.
@@ -125,9 +99,10 @@ async fn pod_user_namespace(env: Env) -> TestResult {
     {
         ns.pid = cri::NamespaceMode::Pod as i32;
     }
-    // A volume as kubelet keeps them: under a directory only root may enter, a root-owned file
-    // only its owner may read.
-    let host = HostDir::new()?;
+    // A volume as kubelet keeps them: under a directory only root may enter (kubelet's
+    // `/var/lib/kubelet` is 0700), a root-owned file only its owner may read.
+    let host = TempDir::new("userns")?;
+    std::fs::set_permissions(&host.0, Permissions::from_mode(0o700))?;
     let volume = host.0.join("volume");
     std::fs::create_dir(&volume)?;
     std::fs::write(volume.join("secret"), "s3cret")?;

@@ -1102,6 +1102,35 @@ mod tests {
     use crate::container::config::MountSpec;
     use oci_spec::runtime::Capability;
 
+    fn user(uid: u32, gid: u32) -> ResolvedUser {
+        ResolvedUser {
+            uid,
+            gid,
+            additional_gids: vec![],
+            username: None,
+        }
+    }
+
+    /// Container `c1` of `pod`: rootfs `/r/rootfs`, cgroup `/crid/c1`, profiles under `/s`.
+    fn context<'a>(
+        pod: &'a PodContext,
+        image: &'a ImageConfig,
+        user: &'a ResolvedUser,
+    ) -> SpecContext<'a> {
+        SpecContext {
+            id: "c1",
+            pod,
+            image,
+            user,
+            rootfs: Path::new("/r/rootfs"),
+            cgroups_path: "/crid/c1".into(),
+            seccomp_root: Path::new("/s"),
+            min_oom_score_adj: 0,
+            cgroup_v2: false,
+            apparmor_profile: None,
+        }
+    }
+
     fn img(entry: &[&str], cmd: &[&str]) -> ImageConfig {
         ImageConfig {
             entrypoint: (!entry.is_empty()).then(|| entry.iter().map(|s| s.to_string()).collect()),
@@ -1340,24 +1369,8 @@ mod tests {
         config.security.seccomp = SeccompProfile::RuntimeDefault;
         config.security.readonly_rootfs = true;
         let image = ImageConfig::parse(r#"{"config":{"Env":["PATH=/bin"],"Cmd":["sh"]}}"#).unwrap();
-        let user = ResolvedUser {
-            uid: 1,
-            gid: 2,
-            additional_gids: vec![],
-            username: None,
-        };
-        let cx = SpecContext {
-            id: "c1",
-            pod: &pod,
-            image: &image,
-            user: &user,
-            rootfs: Path::new("/r/rootfs"),
-            cgroups_path: "/crid/c1".into(),
-            seccomp_root: Path::new("/s"),
-            min_oom_score_adj: 0,
-            cgroup_v2: false,
-            apparmor_profile: None,
-        };
+        let user = user(1, 2);
+        let cx = context(&pod, &image, &user);
         let spec = build(&config, &cx).unwrap();
         let json = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["process"]["args"], serde_json::json!(["echo", "hi"]));
@@ -1472,24 +1485,8 @@ mod tests {
             ..Default::default()
         };
         let image = ImageConfig::parse(r#"{"config":{}}"#).unwrap();
-        let user = ResolvedUser {
-            uid: 0,
-            gid: 0,
-            additional_gids: vec![],
-            username: None,
-        };
-        let cx = SpecContext {
-            id: "c1",
-            pod: &pod,
-            image: &image,
-            user: &user,
-            rootfs: Path::new("/r/rootfs"),
-            cgroups_path: "/crid/c1".into(),
-            seccomp_root: Path::new("/s"),
-            min_oom_score_adj: 0,
-            cgroup_v2: false,
-            apparmor_profile: None,
-        };
+        let user = user(0, 0);
+        let cx = context(&pod, &image, &user);
         let json = serde_json::to_value(build(&config, &cx).unwrap()).unwrap();
         let ns = json["linux"]["namespaces"].as_array().unwrap();
         assert_eq!(ns[0]["type"], "user");

@@ -594,6 +594,19 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
+    /// Settings that find the fake binaries `names`, made in `root/bin`.
+    fn with_fake_bins(root: &Path, names: &[&str]) -> VmSettings {
+        let bins = root.join("bin");
+        std::fs::create_dir_all(&bins).unwrap();
+        for name in names {
+            fake_bin(&bins, name);
+        }
+        VmSettings {
+            binary_dirs: vec![bins],
+            ..VmSettings::default()
+        }
+    }
+
     fn request(root: &Path, t: UnikernelType, h: HypervisorKind) -> VmRequest {
         let layer = root.join("layer0");
         std::fs::create_dir_all(layer.join("unikernel")).unwrap();
@@ -691,13 +704,9 @@ mod tests {
     #[test]
     fn prepares_plan_with_private_block_copy() {
         let dir = tempfile::tempdir().unwrap();
-        let bins = dir.path().join("bin");
-        std::fs::create_dir_all(&bins).unwrap();
-        fake_bin(&bins, "firecracker");
         let settings = VmSettings {
-            binary_dirs: vec![bins],
             max_vcpus: 4,
-            ..VmSettings::default()
+            ..with_fake_bins(dir.path(), &["firecracker"])
         };
         let req = request(
             dir.path(),
@@ -735,13 +744,7 @@ mod tests {
     #[test]
     fn crid_vmm_gets_a_private_disk_copy() {
         let dir = tempfile::tempdir().unwrap();
-        let bins = dir.path().join("bin");
-        std::fs::create_dir_all(&bins).unwrap();
-        fake_bin(&bins, "crid-vmm");
-        let settings = VmSettings {
-            binary_dirs: vec![bins],
-            ..VmSettings::default()
-        };
+        let settings = with_fake_bins(dir.path(), &["crid-vmm"]);
         let req = request(dir.path(), UnikernelType::Unikraft, HypervisorKind::Crid);
         let p = prepare(&req, &settings, &host()).unwrap();
         let copy = req.run_dir.join(BLOCK_COPY);
@@ -764,13 +767,7 @@ mod tests {
         let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
         for (mount_rootfs, want) in [(None, true), (Some(true), true), (Some(false), false)] {
             let dir = tempfile::tempdir().unwrap();
-            let bins = dir.path().join("bin");
-            std::fs::create_dir_all(&bins).unwrap();
-            fake_bin(&bins, "firecracker");
-            let settings = VmSettings {
-                binary_dirs: vec![bins],
-                ..VmSettings::default()
-            };
+            let settings = with_fake_bins(dir.path(), &["firecracker"]);
             let mut req = request(
                 dir.path(),
                 UnikernelType::Linux,
@@ -800,9 +797,6 @@ mod tests {
     fn a_shared_root_needs_virtiofsd() {
         let dir = tempfile::tempdir().unwrap();
         let bins = dir.path().join("bin");
-        std::fs::create_dir_all(&bins).unwrap();
-        fake_bin(&bins, "qemu-system-x86_64");
-        fake_bin(&bins, "my-virtiofsd");
         let mut req = request(dir.path(), UnikernelType::Linux, HypervisorKind::Qemu);
         req.shared_root = Some(SharedRoot {
             rootfs: dir.path().join("rootfs"),
@@ -813,12 +807,11 @@ mod tests {
             transport: Default::default(),
         });
         let mut settings = VmSettings {
-            binary_dirs: vec![bins.clone()],
             binaries: vec![(
                 virtiofs::BINARY.into(),
                 dir.path().join("nothing/virtiofsd"),
             )],
-            ..VmSettings::default()
+            ..with_fake_bins(dir.path(), &["qemu-system-x86_64", "my-virtiofsd"])
         };
         let err = check(&req, &settings, &host()).unwrap_err();
         assert_eq!(err.kind(), imagestore::ErrorKind::FailedPrecondition);
