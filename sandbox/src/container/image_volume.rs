@@ -162,7 +162,7 @@ fn mount_overlay(
             });
         }
     }
-    let lowerdir = super::runc::lowerdir(&lowers, &volumes.join(format!("{n}.links")))?;
+    let lowerdir = super::overlay::lowerdir(&lowers, &volumes.join(format!("{n}.links")))?;
     nix::mount::mount(
         Some("overlay"),
         target,

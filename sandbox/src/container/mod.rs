@@ -23,6 +23,7 @@ mod caps;
 pub mod cgroups;
 pub mod config;
 mod image_volume;
+mod overlay;
 mod record;
 mod runc;
 mod seccomp;
