@@ -22,6 +22,8 @@
 //! a `..data` link to it and one link per key.
 
 use std::collections::HashMap;
+use std::fs::Permissions;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use proto::cri;
@@ -350,8 +352,10 @@ impl KubeletContainer {
                     )
                 }
                 Volume::EmptyDir { name, path } => {
+                    // kubelet makes an emptyDir 0777 whatever the umask (empty_dir.go).
                     let dir = pod.dir.join("volumes/kubernetes.io~empty-dir").join(name);
                     std::fs::create_dir_all(&dir)?;
+                    std::fs::set_permissions(&dir, Permissions::from_mode(0o777))?;
                     (dir, path, false)
                 }
             };
@@ -381,6 +385,8 @@ impl KubeletContainer {
         std::fs::create_dir_all(&term_dir)?;
         let term = term_dir.join("5f3a9c1e");
         std::fs::write(&term, b"")?;
+        // kubelet chmods the termination log 0666 whatever the umask (makeMounts).
+        std::fs::set_permissions(&term, Permissions::from_mode(0o666))?;
         mounts.push(mount("/dev/termination-log", &term, false));
 
         let ports = serde_json::Value::Array(

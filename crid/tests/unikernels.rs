@@ -792,16 +792,30 @@ async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
 /// A `unikraft` guest on QEMU whose pod says `mountRootfs=true` gets its container's root file
 /// system (the image's layers with kubelet's mounts bound in) over QEMU's 9p, as urunc does:
 /// the `-fsdev`/`virtio-9p-pci` pair on QEMU's command line next to `-chroot`/`-runas`, the
-/// root on the guest's (`vfs.fstab`), the mounts noted as `9p`, and after RemoveContainer
-/// nothing stays mounted or running. The freestanding guest has no 9p driver: this shows that
-/// QEMU starts with the export in place and the guest boots, not that a Unikraft guest reads
-/// its files (no Unikraft 9p guest on the test machines).
+/// root on the guest's (`vfs.fstab`), the mounts noted as `9p`. The test guest's 9P2000.u
+/// client (Unikraft's protocol, legacy virtio-9p PCI, the device tagged `fs0`) reads a file of
+/// the image's layer and the ConfigMap's file (through kubelet's `..data` symbolic links),
+/// creates a file in the emptyDir (owned by QEMU's uid on the host) and writes
+/// `/dev/termination-log` (kubelet's file, 0666, reached on the host), and is refused where
+/// QEMU's uid may not write: the read-only ConfigMap and the root-owned root directory. After
+/// RemoveContainer nothing stays mounted or running.
 #[tokio::test]
 async fn unikraft_guest_gets_its_container_rootfs_over_9p() {
     use conformance::kubelet::KubeletPod;
+    use std::os::unix::fs::MetadataExt;
     let Some(reg) = ready() else { return };
     let work = tempfile::tempdir().unwrap();
-    let freestanding = push_guest(&reg, work.path(), "unikraft", "qemu");
+    let image_file = work.path().join("hello.txt");
+    std::fs::write(&image_file, "hello from the image layer\n").unwrap();
+    let freestanding = common::push_guest_with(
+        &reg,
+        &work.path().join("guest.elf"),
+        "unikraft",
+        "qemu",
+        "exit=3 from-image",
+        "unikraft-qemu-9p",
+        &["--add", &format!("{}:/srv/hello.txt", image_file.display())],
+    );
     let (crid, _) = start().await;
     crid.expect_pull(&freestanding).await;
     let mut pod = KubeletPod::new(
@@ -816,14 +830,45 @@ async fn unikraft_guest_gets_its_container_rootfs_over_9p() {
     let pod_id = crid.run_pod_under(&config, "urunc").await;
     let request = pod
         .container("app", &freestanding)
-        .args(&["stay"])
+        .args(&[
+            "stay",
+            "9p.read=/srv/hello.txt",
+            "9p.read=/etc/app/greeting",
+            "9p.stat=/",
+            "9p.write=/data/out.txt",
+            "9p.write=/dev/termination-log",
+            "9p.write=/etc/app/greeting",
+            "9p.write=/probe.txt",
+        ])
         .config_map("config", "/etc/app", &[("greeting", "hello")])
+        .empty_dir("scratch", "/data")
         .build()
         .unwrap();
     let id = crid.create_start(&(pod_id.clone(), config), request).await;
     let log = pod.log_directory.join("app/0.log");
-    let text = log_containing(&crid, &log, "-- stay", 60).await;
+    let text = log_containing(&crid, &log, "9p: done", 60).await;
     assert!(text.contains("vfs.fstab=[ \"fs0:/:9pfs:::\" ]"), "{text}");
+    for line in [
+        "9p: device tagged fs0 at I/O port",
+        "9p: attached with 9P2000.u",
+        "9p: read /srv/hello.txt: hello from the image layer",
+        "9p: read /etc/app/greeting: hello",
+        "9p: stat /: uid 0 gid 0 mode 755 dir",
+        "9p: write (created) /data/out.txt: 35 bytes",
+        "9p: write (truncated) /dev/termination-log: 35 bytes",
+    ] {
+        assert!(text.contains(line), "no {line:?} in: {text}");
+    }
+    // Refused: the read-only ConfigMap's file and a new file in the root-owned root.
+    assert_eq!(text.matches("9p: write: error").count(), 2, "{text}");
+    assert!(
+        text.contains("9p: write: error Read-only file system (errno 30)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("9p: write: error Permission denied (errno 13)"),
+        "{text}"
+    );
     let (status, info) = crid.container_status(&id).await;
     assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32);
     let vm = &info["runtimeSpec"]["unikernel"];
@@ -843,12 +888,28 @@ async fn unikraft_guest_gets_its_container_rootfs_over_9p() {
         ),
         "{argv:?}"
     );
-    assert!(argv.iter().any(|a| a == "-runas") && argv.iter().any(|a| a == "-chroot"));
-    // The export is the mounted overlay, with the ConfigMap bound in.
+    assert!(argv.iter().any(|a| a == "-chroot"));
+    let runas = argv
+        .windows(2)
+        .find(|w| w[0] == "-runas")
+        .map(|w| w[1].clone())
+        .expect("-runas");
+    let qemu_uid: u32 = runas.split(':').next().unwrap().parse().unwrap();
+    // The guest's writes are the host's files: the emptyDir's new file is QEMU's uid's, the
+    // termination log (kubelet's, root's) has the guest's text; the ConfigMap is unchanged.
+    let written = "written by crid-test-guest over 9p\n";
+    let created = pod
+        .dir
+        .join("volumes/kubernetes.io~empty-dir/scratch/out.txt");
+    assert_eq!(std::fs::read_to_string(&created).unwrap(), written);
+    assert_eq!(std::fs::metadata(&created).unwrap().uid(), qemu_uid);
+    let termination_log = pod.dir.join("containers/app/5f3a9c1e");
+    assert_eq!(std::fs::read_to_string(&termination_log).unwrap(), written);
     assert_eq!(
         std::fs::read_to_string(rootfs.join("etc/app/greeting")).unwrap(),
         "hello"
     );
+    assert!(!rootfs.join("probe.txt").exists());
     crid.stop_container(&id, 0).await;
     remove_leaving_nothing(&crid, &id).await;
     crid.cri.discard_pod(&pod_id).await;

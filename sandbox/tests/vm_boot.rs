@@ -230,13 +230,15 @@ fn pc_machine_boots_the_guest_through_qboot() {
 }
 
 /// A `unikraft` guest's root over QEMU's 9p (urunc's `mountRootfs=true`), with QEMU dropped to
-/// an unprivileged uid and chrooted into an empty directory as crid runs it: QEMU opens the
-/// export while still root and starts the guest after `-chroot`/`-runas`. The freestanding
-/// guest has no 9p driver, so this shows only that QEMU accepts the device in that set-up and
-/// the guest boots with the root parameters on its command line; a Unikraft guest reading its
-/// files is untested here (no Unikraft 9p guest on the test machines).
+/// an unprivileged uid (`-runas`) and chrooted into an empty directory with crid's restricted
+/// proc in it (`vm::ninep::mount_proc`), as crid starts it: the test guest's 9P2000.u client
+/// (Unikraft's protocol, over the legacy virtio-9p PCI device tagged `fs0`) reads a root-owned
+/// file, sees the host's owners and modes, creates a file in a world-writable directory (owned
+/// by QEMU's uid on the host), truncates and writes a world-writable file (as kubelet's
+/// termination log), and is refused (EACCES) where only root may write.
 #[test]
 fn unikraft_9p_root_under_chroot_and_runas() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     if !nix::unistd::geteuid().is_root() {
         skip_or_fail("-runas needs root");
         return;
@@ -250,10 +252,35 @@ fn unikraft_9p_root_under_chroot_and_runas() {
         return;
     }
     let (root, empty) = (dir.path().join("rootfs"), dir.path().join("empty"));
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(root.join("etc/hello"), "hi\n").unwrap();
+    for sub in ["etc", "data", "dev"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(root.join("data"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(root.join("etc/hello"), "hi from the image\n").unwrap();
+    let log = root.join("dev/termination-log");
+    std::fs::write(&log, "").unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
     std::fs::create_dir_all(&empty).unwrap();
-    let mut s = spec(kernel, dir.path().join("run"), &["exit=5"], accelerator);
+    vm::ninep::mount_proc(&empty).unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            vm::ninep::unmount_proc(&self.0);
+        }
+    }
+    let _proc = Unmount(empty.clone());
+    let args = [
+        "9p.read=/etc/hello",
+        "9p.stat=/",
+        "9p.write=/data/new",
+        "9p.write=/dev/termination-log",
+        "9p.write=/etc/hello",
+        "9p.write=/new",
+        "exit=5",
+    ];
+    let mut s = spec(kernel, dir.path().join("run"), &args, accelerator);
     s.ninep_root = Some(root.clone());
     s.vmm_user = Some((65534, 65534));
     s.chroot = Some(empty);
@@ -273,8 +300,38 @@ fn unikraft_9p_root_under_chroot_and_runas() {
     let (out, status, killed) = run(&plan, Duration::from_secs(60));
     assert!(!killed, "guest did not exit; output: {out}");
     assert!(
-        out.contains("vfs.fstab=[ \"fs0:/:9pfs:::\" ] -- exit=5"),
+        out.contains("vfs.fstab=[ \"fs0:/:9pfs:::\" ] -- 9p.read="),
         "output: {out}"
     );
+    for line in [
+        "9p: device tagged fs0 at I/O port",
+        "9p: attached with 9P2000.u",
+        "9p: read /etc/hello: hi from the image",
+        "9p: stat /: uid 0 gid 0 mode 755 dir",
+        "9p: write (created) /data/new: 35 bytes",
+        "9p: write (truncated) /dev/termination-log: 35 bytes",
+        "9p: write: error Permission denied (errno 13)",
+        "9p: done",
+    ] {
+        assert!(out.contains(line), "no {line:?} in: {out}");
+    }
+    // Both refusals: the root-owned file and the root-owned directory.
+    assert_eq!(out.matches("(errno 13)").count(), 2, "output: {out}");
+    let written = "written by crid-test-guest over 9p\n";
+    assert_eq!(
+        std::fs::read_to_string(root.join("data/new")).unwrap(),
+        written
+    );
+    assert_eq!(
+        std::fs::metadata(root.join("data/new")).unwrap().uid(),
+        65534
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), written);
+    assert_eq!(std::fs::metadata(&log).unwrap().uid(), 0);
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/hello")).unwrap(),
+        "hi from the image\n"
+    );
+    assert!(!root.join("new").exists());
     assert_eq!(plan.guest_exit_code(status), 5);
 }

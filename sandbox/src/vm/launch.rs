@@ -377,6 +377,12 @@ pub fn prepare(
         }
         _ => (None, None),
     };
+    if let Some(dir) = chroot
+        .as_ref()
+        .filter(|_| shared_root.is_some_and(|root| root.transport == Transport::NineP))
+    {
+        super::ninep::mount_proc(dir).map_err(undo)?;
+    }
     let firmware = settings
         .qemu_firmware
         .clone()
@@ -578,6 +584,7 @@ pub fn release(req: &VmRequest) -> Result<(), SandboxError> {
     ] {
         let _ = std::fs::remove_file(req.run_dir.join(name));
     }
+    super::ninep::unmount_proc(&req.run_dir.join(CHROOT_DIR));
     let _ = std::fs::remove_dir(req.run_dir.join(CHROOT_DIR));
     result
 }

@@ -19,8 +19,18 @@
 //! overlay's own root, most of the image's directories, a root-owned 0755 volume) are
 //! read-only to the guest (kubelet's emptyDirs, 0777, and termination log, 0666, stay
 //! writable), and what it creates is owned by that uid on the host.
+//!
+//! Creating a file or directory needs a `/proc` in QEMU's chroot: QEMU 7.2's `local` backend
+//! sets the mode of what it creates (and serves `chmod`) through `/proc/self/fd/N`, so under
+//! `-chroot` into an empty directory every create failed with `ENOENT` (and the new file was
+//! unlinked again), seen with the test guest's 9p client. [`mount_proc`] gives the chroot a
+//! proc instance that shows nothing but process directories (`subset=pid`) and of those only
+//! the ones of QEMU's own uid (`hidepid=invisible`; the uid is the container's alone), i.e.
+//! QEMU itself; `nosuid`, `nodev`, `noexec`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
 
 use super::path_arg;
 use crate::SandboxError;
@@ -51,6 +61,40 @@ pub fn root_params(current: bool) -> Vec<String> {
     } else {
         vec![format!("vfs.rootdev={TAG}"), "vfs.rootfs=9pfs".into()]
     }
+}
+
+/// Where [`mount_proc`] mounts proc in QEMU's chroot.
+fn proc_dir(chroot: &Path) -> PathBuf {
+    chroot.join("proc")
+}
+
+/// Mounts the restricted proc instance QEMU's 9p server needs at `<chroot>/proc` (see the
+/// module documentation).
+pub fn mount_proc(chroot: &Path) -> Result<(), SandboxError> {
+    let dir = proc_dir(chroot);
+    std::fs::create_dir_all(&dir).map_err(|e| SandboxError::io(&dir, e))?;
+    nix::mount::mount(
+        Some("proc"),
+        &dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("subset=pid,hidepid=invisible"),
+    )
+    .map_err(|e| SandboxError::io(&dir, e.into()))
+}
+
+/// Undoes [`mount_proc`] (detached: QEMU may still be going away); fine when nothing is
+/// mounted.
+pub fn unmount_proc(chroot: &Path) {
+    let dir = proc_dir(chroot);
+    if !dir.exists() {
+        return;
+    }
+    match nix::mount::umount2(&dir, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot unmount QEMU's proc"),
+    }
+    let _ = std::fs::remove_dir(&dir);
 }
 
 #[cfg(test)]

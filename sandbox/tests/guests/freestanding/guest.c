@@ -5,7 +5,9 @@
  * paging off; %ebx holds the physical address of the hvm_start_info structure. It prints a
  * greeting and its command line on the first serial port (0x3f8). Given a virtio-mmio block
  * device on the command line, it reads sector 0 and prints the text there ("disk marker: ..."),
- * writes sector 1 and reads it back (blk.h). Then:
+ * writes sector 1 and reads it back (blk.h). Given 9p.read=, 9p.write= or 9p.stat= paths, it
+ * reads, writes or stats them over the legacy virtio-9p PCI device tagged as its root (ninep.h,
+ * pci.h). Then:
  *   exit=N   writes N to QEMU's isa-debug-exit port (0xf4): QEMU exits with (N << 1) | 1
  *   no exit= halts forever (for stop/kill tests), or, given a virtio-mmio network device
  *            (virtio_mmio.device=4K@0xADDR:IRQ) and an address (netdev.ip=A.B.C.D/...), serves
@@ -130,6 +132,8 @@ static int param(const char *cmdline, const char *key)
 #include "virtio.h"
 #include "net.h"
 #include "blk.h"
+#include "pci.h"
+#include "ninep.h"
 
 void guest_main(const struct hvm_start_info *info)
 {
@@ -146,6 +150,7 @@ void guest_main(const struct hvm_start_info *info)
 	puts(cmdline);
 	puts("\n");
 	blk_test(cmdline);
+	ninep_test(cmdline);
 	int code = param(cmdline, "exit");
 	if (code >= 0 && code < 128) {
 		puts("crid-test-guest: exiting\n");
