@@ -231,7 +231,8 @@ fn pc_machine_boots_the_guest_through_qboot() {
 
 /// A `unikraft` guest's root over QEMU's 9p (urunc's `mountRootfs=true`), with QEMU dropped to
 /// an unprivileged uid (`-runas`) and chrooted into an empty directory with crid's restricted
-/// proc in it (`vm::ninep::mount_proc`), as crid starts it: the test guest's 9P2000.u client
+/// proc in it (`vm::ninep::mount_proc`), and SeaBIOS although qboot is configured (qboot leaves
+/// the PCI device unconfigured), as crid starts it: the test guest's 9P2000.u client
 /// (Unikraft's protocol, over the legacy virtio-9p PCI device tagged `fs0`) reads a root-owned
 /// file, sees the host's owners and modes, creates a file in a world-writable directory (owned
 /// by QEMU's uid on the host), truncates and writes a world-writable file (as kubelet's
@@ -296,6 +297,7 @@ fn unikraft_9p_root_under_chroot_and_runas() {
     );
     assert!(has_option(&plan, "-fsdev", |v| v == fsdev));
     assert!(has_option(&plan, "-runas", |v| v == "65534:65534"));
+    assert!(!plan.args.iter().any(|a| a == "-bios"), "{:?}", plan.args);
     plan.write_files().unwrap();
     let (out, status, killed) = run(&plan, Duration::from_secs(60));
     assert!(!killed, "guest did not exit; output: {out}");

@@ -25,6 +25,7 @@
 #define P9_NONUNAME 0xffffffffu
 #define P9_MAXWELEM 16
 #define P9_PATH_MAX 200
+#define P9_CMDLINE_MAX 4096
 #define P9_ROOT_FID 1
 #define P9_FILE_FID 2
 #define P9_LINK_FID 3
@@ -55,6 +56,7 @@ static u32 p9_rx_end;
 static int p9_rx_bad;   /* a read past the reply's end */
 static u32 p9_msize = P9_MSIZE;
 static u16 p9_tag;
+static int p9_dead;     /* a request went unanswered */
 
 static void p9_put(const void *data, u32 n)
 {
@@ -139,8 +141,15 @@ static int p9_rpc(const char *what)
 		puts(": request too long\n");
 		return -1;
 	}
+	if (p9_dead) {
+		puts(what);
+		puts(": the device stopped answering\n");
+		return -1;
+	}
 	copy(p9_tx, (const u8 *)&p9_tx_len, 4);
 	int got = lvq_call(&p9q, p9_tx, p9_tx_len, p9_rx, p9_msize);
+	/* The unanswered buffers still belong to the device: never reuse them. */
+	p9_dead = got < 0;
 	p9_rx_pos = 0;
 	p9_rx_end = got < 0 ? 0 : (u32)got > p9_msize ? p9_msize : (u32)got;
 	p9_rx_bad = 0;
@@ -297,9 +306,9 @@ static int p9_lookup(const char *path, u32 newfid, const char *what)
 			return -1;
 		/* next = (absolute target ? "" : the names before the link) + target + the rest. */
 		u32 head = target[0] == '/' ? 0 : (u32)(at - cur), tlen = 0, rest = 0;
-		while (target[tlen])
+		while (tlen < P9_PATH_MAX && target[tlen])
 			tlen++;
-		while (past[rest])
+		while (rest < P9_PATH_MAX && past[rest])
 			rest++;
 		if (head + tlen + rest > P9_PATH_MAX) {
 			puts(what);
@@ -459,24 +468,26 @@ static void ninep_stat(const char *path)
 }
 
 /* The value of the next `key` token (`key` includes its '=') from *p on, copied into `out`
- * (at most P9_PATH_MAX bytes, NUL-terminated); *p moves past it. 0 when there is none. */
-static int next_value(const char **p, const char *key, char *out)
+ * (at most P9_PATH_MAX bytes, NUL-terminated); *p moves past it. 0 when there is none. At most
+ * P9_CMDLINE_MAX characters of the command line are looked at. */
+static int next_value(const char **p, const char *cmdline, const char *key, char *out)
 {
-	for (u32 guard = 0; guard < 4096 && **p; guard++) {
-		while (**p == ' ')
+#define LEFT(q) ((u32)((q) - cmdline) < P9_CMDLINE_MAX && *(q))
+	while (LEFT(*p)) {
+		while (LEFT(*p) && **p == ' ')
 			(*p)++;
 		const char *k = key, *q = *p;
-		while (*k && *q == *k) {
+		while (*k && LEFT(q) && *q == *k) {
 			q++;
 			k++;
 		}
 		u32 n = 0;
 		if (!*k)
-			while (n < P9_PATH_MAX && q[n] && q[n] != ' ') {
+			while (n < P9_PATH_MAX && LEFT(q + n) && q[n] != ' ') {
 				out[n] = q[n];
 				n++;
 			}
-		while (**p && **p != ' ')
+		while (LEFT(*p) && **p != ' ')
 			(*p)++;
 		if (!*k) {
 			out[n] = 0;
@@ -484,6 +495,7 @@ static int next_value(const char **p, const char *key, char *out)
 		}
 	}
 	return 0;
+#undef LEFT
 }
 
 /* The root device the command line names, as Unikraft reads it: the device of a
@@ -491,17 +503,17 @@ static int next_value(const char **p, const char *key, char *out)
 static void root_tag(const char *cmdline, char tag[P9_PATH_MAX + 1])
 {
 	const char *p = cmdline;
-	if (next_value(&p, "vfs.rootdev=", tag))
+	if (next_value(&p, cmdline, "vfs.rootdev=", tag))
 		return;
 	p = cmdline;
-	for (u32 i = 0; i < 4096 && p[i]; i++) {
+	for (u32 i = 0; i < P9_CMDLINE_MAX && p[i]; i++) {
 		if (p[i] != '"')
 			continue;
 		u32 n = 0;
 		while (n < P9_PATH_MAX && p[i + 1 + n] && p[i + 1 + n] != ':' && p[i + 1 + n] != '"')
 			n++;
 		const char *rest = p + i + 1 + n;
-		if (rest[0] == ':' && rest[1] == '/' && rest[2] == ':') {
+		if (rest[0] == ':' && rest[1] == '/' && rest[2] == ':' && n) {
 			copy((u8 *)tag, (const u8 *)(p + i + 1), n);
 			tag[n] = 0;
 			return;
@@ -575,14 +587,14 @@ static void ninep_test(const char *cmdline)
 	static char tag[P9_PATH_MAX + 1];
 	static char path[P9_PATH_MAX + 1];
 	const char *p = cmdline;
-	if (!next_value(&p, "9p.", path))
+	if (!next_value(&p, cmdline, "9p.", path))
 		return;
 	root_tag(cmdline, tag);
 	if (ninep_connect(tag))
 		return;
 	/* In command line order. */
 	p = cmdline;
-	for (int i = 0; i < 64 && next_value(&p, "9p.", path); i++) {
+	for (int i = 0; i < 64 && next_value(&p, cmdline, "9p.", path); i++) {
 		if (path[0] == 'r' && path[1] == 'e' && path[2] == 'a' && path[3] == 'd' && path[4] == '=')
 			ninep_read(path + 5);
 		else if (path[0] == 'w' && path[1] == 'r' && path[2] == 'i' && path[3] == 't' &&
