@@ -798,6 +798,54 @@ mod tests {
         }
     }
 
+    /// A `unikraft` guest's 9p root: QEMU's chroot gets the restricted proc QEMU's 9p server
+    /// needs to create files (`ninep::mount_proc`), and release detaches and removes it.
+    #[test]
+    fn a_9p_root_gets_proc_in_the_chroot_until_release() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting proc needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let settings = VmSettings {
+            vmm_uid_base: 2_000_000_000,
+            vmm_uid_count: 1000,
+            ..with_fake_bins(dir.path(), &["qemu-system-x86_64"])
+        };
+        let mut req = request(dir.path(), UnikernelType::Unikraft, HypervisorKind::Qemu);
+        req.info.block = None;
+        req.shared_root = Some(SharedRoot {
+            rootfs: dir.path().join("rootfs"),
+            workdir: "/".into(),
+            uid: 0,
+            gid: 0,
+            socket: dir.path().join("unused.sock"),
+            transport: Transport::NineP,
+        });
+        let proc_dir = req.run_dir.join(CHROOT_DIR).join("proc");
+        let mounted = || {
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .lines()
+                .any(|l| {
+                    l.split(' ').nth(4) == Some(&proc_dir.display().to_string())
+                        && l.contains(" - proc ")
+                        && l.contains("subset=pid")
+                })
+        };
+        let p = prepare(&req, &settings, &host()).unwrap();
+        assert!(p.argv.iter().any(|a| a == "-chroot"), "{:?}", p.argv);
+        assert!(mounted());
+        release(&req).unwrap();
+        assert!(!mounted());
+        assert!(!req.run_dir.join(CHROOT_DIR).exists());
+        // Without a 9p root there is no proc in the chroot.
+        req.shared_root = None;
+        prepare(&req, &settings, &host()).unwrap();
+        assert!(!proc_dir.exists());
+        release(&req).unwrap();
+    }
+
     /// A shared root needs virtiofsd: without it `CreateContainer` is `FailedPrecondition`
     /// naming it.
     #[test]
