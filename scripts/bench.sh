@@ -50,7 +50,12 @@ if sh sandbox/tests/guests/freestanding/build.sh "$WORK/guest.elf" >/dev/null 2>
     target/release/crid unikernel pack --type unikraft --hypervisor crid \
         --kernel "$WORK/guest.elf" -t bench-guest \
         --push "$CRID_TEST_REGISTRY/crid-bench/unikernel:crid" >/dev/null
+    # The same kernel for QEMU declaring its virtio-mmio drivers: microvm in a pod network.
+    target/release/crid unikernel pack --type unikraft --hypervisor qemu --virtio mmio \
+        --kernel "$WORK/guest.elf" -t bench-guest \
+        --push "$CRID_TEST_REGISTRY/crid-bench/unikernel:mmio" >/dev/null
     UK_ARGS=(--unikernel-image crid-bench/unikernel:latest
+        --unikernel-image crid-bench/unikernel:mmio
         --unikernel-image crid-bench/unikernel:crid)
     # $BENCH_PARALLEL_GUESTS (default 50; e.g. 10,50; 0 skips) guests on crid-vmm, then on
     # QEMU, started at once, then as many runc pods: wall time and memory while all run.

@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use imagestore::{HypervisorKind, UnikernelType};
+use imagestore::{HypervisorKind, UnikernelType, VirtioTransport};
 
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
@@ -64,6 +64,11 @@ pub struct PackArgs {
     /// shares it with a `linux` guest on QEMU over virtiofs).
     #[arg(long)]
     pub mount_rootfs: bool,
+    /// The guest's virtio transport, `pci` or `mmio` (crid's `io.crid.unikernel.virtio`, as a
+    /// manifest annotation and config label; not in `urunc.json`): `mmio` for guests that find
+    /// virtio-mmio devices on their command line, such as builds for Firecracker.
+    #[arg(long)]
+    pub virtio: Option<String>,
     /// Image name (`NAME[:TAG]`, recorded in the layout's index).
     #[arg(short = 't', long = "tag")]
     pub tag: String,
@@ -167,6 +172,11 @@ pub fn build(args: &PackArgs) -> anyhow::Result<Packed> {
         .entry(key("mountRootfs"))
         .or_insert_with(|| b64.encode("false"));
     let urunc_json = serde_json::to_vec_pretty(&json_keys)?;
+    // crid's own key: an annotation and a label, not one of urunc's.
+    if let Some(v) = &args.virtio {
+        let _: VirtioTransport = parse_enum("virtio transport", v)?;
+        keys.insert(imagestore::unikernel::VIRTIO_KEY.into(), v.clone());
+    }
 
     // The layer: deterministic tar (mtime 0, root-owned), gzip-compressed.
     let mut tar = tar::Builder::new(Vec::new());
@@ -366,6 +376,7 @@ mod tests {
             cmdline: "app --port 8080".into(),
             unikernel_version: Some("0.17.0".into()),
             mount_rootfs: false,
+            virtio: None,
             env: vec!["FROM_IMAGE=yes".into()],
             add: vec![],
             entrypoint: vec![],
@@ -395,6 +406,7 @@ mod tests {
         let mut a = args(dir.path());
         let out = dir.path().join("layout");
         a.output_layout = Some(out.clone());
+        a.virtio = Some("mmio".into());
         run(&a).unwrap();
 
         let index: serde_json::Value =
@@ -418,6 +430,7 @@ mod tests {
         assert_eq!(ann["com.urunc.unikernel.initrd"], "/unikernel/initrd.cpio");
         assert_eq!(ann["com.urunc.unikernel.cmdline"], "app --port 8080");
         assert_eq!(ann["com.urunc.unikernel.unikernelVersion"], "0.17.0");
+        assert_eq!(ann["io.crid.unikernel.virtio"], "mmio");
 
         let config: serde_json::Value =
             serde_json::from_slice(&blob(&manifest["config"]["digest"])).unwrap();
@@ -447,6 +460,8 @@ mod tests {
         assert_eq!(dec("com.urunc.unikernel.unikernelType"), "unikraft");
         assert_eq!(dec("com.urunc.unikernel.binary"), "/unikernel/kernel.elf");
         assert_eq!(dec("com.urunc.unikernel.mountRootfs"), "false");
+        // crid's own key is not urunc's.
+        assert!(!uj.contains_key("io.crid.unikernel.virtio"));
         // The diff_id is the uncompressed layer's digest.
         let mut tar_bytes = Vec::new();
         flate2::read::GzDecoder::new(&layer[..])
@@ -466,6 +481,9 @@ mod tests {
         assert!(build(&a).is_err());
         let mut a = args(dir.path());
         a.cmdline = "a\nb".into();
+        assert!(build(&a).is_err());
+        let mut a = args(dir.path());
+        a.virtio = Some("ccw".into());
         assert!(build(&a).is_err());
         let mut a = args(dir.path());
         a.kernel = dir.path().join("missing");

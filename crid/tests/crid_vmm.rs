@@ -349,23 +349,6 @@ async fn guest_disk_on_crid_vmm_through_the_cri() {
     crid.finish().await;
 }
 
-/// Sends `payload` to `ip:7777` over UDP and returns the echo (bounded: `tries` of 0.5 s).
-fn udp_echo(ip: &str, payload: &[u8], tries: u32) -> Option<Vec<u8>> {
-    let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let mut buf = [0u8; 256];
-    for _ in 0..tries {
-        sock.send_to(payload, (ip, 7777)).ok()?;
-        if let Ok((n, from)) = sock.recv_from(&mut buf) {
-            if from.ip().to_string() == ip {
-                return Some(buf[..n].to_vec());
-            }
-        }
-    }
-    None
-}
-
 #[tokio::test]
 async fn guest_on_crid_vmm_answers_on_the_pod_ip() {
     let Some(reg) = ready() else { return };
@@ -399,7 +382,7 @@ async fn guest_on_crid_vmm_answers_on_the_pod_ip() {
         "{text}"
     );
     // The guest answers on the pod IP: ARP, then UDP echoed by the guest itself.
-    let echo = udp_echo(&ip, b"hello crid-vmm", 20);
+    let echo = common::udp_echo(&ip, b"hello crid-vmm", 20);
     assert_eq!(
         echo.as_deref(),
         Some(&b"hello crid-vmm"[..]),
@@ -427,6 +410,9 @@ async fn guest_on_crid_vmm_answers_on_the_pod_ip() {
         .await;
     assert_eq!(s.exit_code, 143, "{s:?}");
     assert!(!links().contains("crtap"), "the tap outlived the guest");
-    assert!(udp_echo(&ip, b"anyone?", 2).is_none(), "still answering");
+    assert!(
+        common::udp_echo(&ip, b"anyone?", 2).is_none(),
+        "still answering"
+    );
     crid.finish().await;
 }

@@ -1057,6 +1057,57 @@ async fn wait_http(crid: &Crid, id: &str, ip: std::net::Ipv4Addr, log: &Path) ->
     );
 }
 
+/// A QEMU guest whose image declares virtio-mmio drivers (`crid unikernel pack --virtio mmio`)
+/// in a pod network: QEMU's microvm gives it a virtio-mmio NIC announced on its command line,
+/// and the test guest (virtio-mmio drivers only) answers UDP on the pod IP through it.
+#[tokio::test]
+async fn qemu_mmio_guest_answers_on_the_pod_ip() {
+    let Some(reg) = ready_with_cni() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let image = common::push_guest_with(
+        &reg,
+        &work.path().join("guest.elf"),
+        "unikraft",
+        "qemu",
+        "stay",
+        "mmio-qemu",
+        &["--virtio", "mmio"],
+    );
+    let (crid, _) = start().await;
+    let (_bridge, prefix) = bridge_network(&crid, 194);
+    crid.expect_pull(&image).await;
+    let config = common::pod_config("qemu-mmio", crid.path());
+    let pod_id = crid.run_pod_under(&config, "urunc").await;
+    let ip = pod_ip(&crid, &pod_id).await.to_string();
+    assert!(ip.starts_with(&prefix), "pod IP {ip}");
+    let id = crid
+        .create_start_guest(&(pod_id, config), "net", &image, &[])
+        .await;
+    let log = crid.path().join("logs/qemu-mmio/net.log");
+    let text = log_containing(&crid, &log, "crid-test-guest: net up", 60).await;
+    assert!(text.contains("virtio_mmio.device="), "{text}");
+    let (_, info) = crid.container_status(&id).await;
+    let uk = &info["runtimeSpec"]["unikernel"];
+    assert_eq!(uk["request"]["info"]["hypervisor"], "qemu", "{uk}");
+    assert_eq!(uk["request"]["info"]["virtio"], "mmio", "{uk}");
+    let echo = common::udp_echo(&ip, b"hello qemu microvm", 20);
+    assert_eq!(
+        echo.as_deref(),
+        Some(&b"hello qemu microvm"[..]),
+        "no echo from {ip}\nlog:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    crid.stop_container(&id, 2).await;
+    crid.wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
+    assert!(
+        common::udp_echo(&ip, b"anyone?", 2).is_none(),
+        "still answering"
+    );
+    crid.remove_container(&id).await;
+    crid.finish().await;
+}
+
 /// Both test guests in pod networks with the requests kubelet sends (mounts of `/etc/hosts`,
 /// `/dev/termination-log`, the service-account token, a ConfigMap and an emptyDir; service
 /// environment variables; limits; security context; the io.kubernetes.* annotations): both

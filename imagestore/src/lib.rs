@@ -26,5 +26,7 @@ pub use image::Image;
 pub use pull::MAX_MANIFEST_BYTES;
 pub use reference::ImageRef;
 pub use store::{Credentials, FsUsage, ImageStore, ImageStoreConfig};
-pub use unikernel::{HypervisorKind, UnikernelInfo, UnikernelSource, UnikernelType};
+pub use unikernel::{
+    HypervisorKind, UnikernelInfo, UnikernelSource, UnikernelType, VirtioTransport,
+};
 pub use unpack::UnpackStats;

@@ -27,6 +27,12 @@
 //!   characters; every value is at most 4 KiB. Other keys under the prefix are ignored. Any source with a urunc key that fails these
 //!   rules is an error (`InvalidUnikernel`, kind `InvalidArgument`, naming the key) — never a
 //!   silent fall-back to an ordinary container.
+//! - **crid's own key** `io.crid.unikernel.virtio` ([`VIRTIO_KEY`]), not urunc's: `mmio` says
+//!   the guest drives virtio-mmio devices announced on its command line
+//!   (`virtio_mmio.device=SIZE@ADDR:IRQ`, as Firecracker announces them), `pci` (the default)
+//!   virtio-pci ones. Read as plain text from the manifest annotations, else the config labels,
+//!   whichever source the urunc keys came from; any other value is `InvalidUnikernel` naming
+//!   it. A guest's drivers cannot be seen from its kernel file, so crid never guesses this.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -65,6 +71,21 @@ pub enum HypervisorKind {
     Crid,
 }
 
+/// The virtio transport the guest's drivers use ([`VIRTIO_KEY`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VirtioTransport {
+    /// virtio-pci devices, found by scanning the PCI bus (Unikraft's QEMU builds).
+    #[default]
+    Pci,
+    /// virtio-mmio devices, found from `virtio_mmio.device=` on the command line (builds for
+    /// Firecracker, crid's test guest).
+    Mmio,
+}
+
+/// crid's image annotation or label naming the guest's virtio transport: `pci` or `mmio`.
+pub const VIRTIO_KEY: &str = "io.crid.unikernel.virtio";
+
 /// Where the unikernel keys were found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -98,6 +119,9 @@ pub struct UnikernelInfo {
     /// only: crid has no devmapper snapshotter.
     #[serde(default)]
     pub use_dm_block: Option<bool>,
+    /// The guest's virtio transport (crid's [`VIRTIO_KEY`]).
+    #[serde(default)]
+    pub virtio: VirtioTransport,
     pub source: UnikernelSource,
 }
 
@@ -189,15 +213,41 @@ pub fn detect(
     config_labels: &HashMap<String, String>,
     layer_dirs_bottom_first: &[PathBuf],
 ) -> Result<Option<UnikernelInfo>, ImageError> {
-    if has_keys(manifest_annotations) {
-        return from_keys(manifest_annotations, UnikernelSource::ManifestAnnotations);
-    }
-    if has_keys(config_labels) {
-        return from_keys(config_labels, UnikernelSource::ConfigLabels);
-    }
-    match find_urunc_json(layer_dirs_bottom_first)? {
-        Some(bytes) => from_urunc_json(&bytes).map(Some),
-        None => Ok(None),
+    let info = if has_keys(manifest_annotations) {
+        from_keys(manifest_annotations, UnikernelSource::ManifestAnnotations)?
+    } else if has_keys(config_labels) {
+        from_keys(config_labels, UnikernelSource::ConfigLabels)?
+    } else {
+        find_urunc_json(layer_dirs_bottom_first)?
+            .map(|bytes| from_urunc_json(&bytes))
+            .transpose()?
+    };
+    let Some(mut info) = info else {
+        return Ok(None);
+    };
+    info.virtio = virtio_transport(manifest_annotations, config_labels)?;
+    Ok(Some(info))
+}
+
+/// crid's [`VIRTIO_KEY`] from the manifest annotations, else the config labels; `pci` when
+/// neither has it.
+pub fn virtio_transport(
+    manifest_annotations: &HashMap<String, String>,
+    config_labels: &HashMap<String, String>,
+) -> Result<VirtioTransport, ImageError> {
+    let value = manifest_annotations
+        .get(VIRTIO_KEY)
+        .or_else(|| config_labels.get(VIRTIO_KEY));
+    match value.map(String::as_str) {
+        None | Some("" | "pci") => Ok(VirtioTransport::Pci),
+        Some("mmio") => Ok(VirtioTransport::Mmio),
+        Some(other) => Err(ImageError::InvalidUnikernel {
+            key: VIRTIO_KEY.to_owned(),
+            reason: format!(
+                "unknown virtio transport {:?} (known: pci, mmio)",
+                printable(other)
+            ),
+        }),
     }
 }
 
@@ -361,6 +411,7 @@ fn build(
         version,
         mount_rootfs,
         use_dm_block,
+        virtio: VirtioTransport::Pci,
         source,
     })
 }
@@ -430,7 +481,10 @@ pub fn with_annotations<'a>(
         values.insert(VERSION, v.clone());
     }
     let refs = values.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    build(&refs, info.source)
+    // The transport is the image's own (crid's key, not urunc's).
+    let mut tuned = build(&refs, info.source)?;
+    tuned.virtio = info.virtio;
+    Ok(tuned)
 }
 
 /// The values as written, or all decoded from base64 (see [`with_annotations`]).
@@ -615,6 +669,7 @@ mod tests {
             mount_rootfs: None,
             use_dm_block: None,
             version: Some("0.17.0".into()),
+            virtio: VirtioTransport::Pci,
             source,
         }
     }
@@ -772,8 +827,57 @@ mod tests {
         let obj = v.as_object_mut().unwrap();
         obj.remove("mount_rootfs");
         obj.remove("use_dm_block");
+        obj.remove("virtio");
         let info: UnikernelInfo = serde_json::from_value(v).unwrap();
         assert_eq!(info, expected(UnikernelSource::UruncJson));
+    }
+
+    #[test]
+    fn virtio_transport_is_crids_own_key_from_annotations_or_labels() {
+        let none = HashMap::new();
+        let mmio: HashMap<String, String> = [(VIRTIO_KEY.to_owned(), "mmio".to_owned())].into();
+        let pci: HashMap<String, String> = [(VIRTIO_KEY.to_owned(), "pci".to_owned())].into();
+        let ann = keys(GOOD);
+        // Missing: pci.
+        assert_eq!(
+            detect(&ann, &none, &[]).unwrap().unwrap().virtio,
+            VirtioTransport::Pci
+        );
+        // A label counts whichever source held urunc's keys; an annotation wins over it.
+        let mut ann_mmio = ann.clone();
+        ann_mmio.extend(mmio.clone());
+        assert_eq!(
+            detect(&ann_mmio, &none, &[]).unwrap().unwrap().virtio,
+            VirtioTransport::Mmio
+        );
+        assert_eq!(
+            detect(&ann, &mmio, &[]).unwrap().unwrap().virtio,
+            VirtioTransport::Mmio
+        );
+        let mut ann_pci = ann.clone();
+        ann_pci.extend(pci);
+        assert_eq!(
+            detect(&ann_pci, &mmio, &[]).unwrap().unwrap().virtio,
+            VirtioTransport::Pci
+        );
+        // Alone it makes no unikernel image.
+        assert_eq!(detect(&mmio, &none, &[]).unwrap(), None);
+        // A bad value names the key.
+        let bad: HashMap<String, String> = [(VIRTIO_KEY.to_owned(), "ccw".to_owned())].into();
+        let err = detect(&ann, &bad, &[]).unwrap_err();
+        assert!(
+            matches!(&err, ImageError::InvalidUnikernel { key, .. } if key == VIRTIO_KEY),
+            "{err}"
+        );
+        // urunc's keys given as annotations keep the image's transport.
+        let mut image = expected(UnikernelSource::ConfigLabels);
+        image.virtio = VirtioTransport::Mmio;
+        let tune: BTreeMap<String, String> =
+            [(format!("{KEY_PREFIX}cmdline"), "other".to_owned())].into();
+        assert_eq!(
+            with_annotations(&image, &tune).unwrap().virtio,
+            VirtioTransport::Mmio
+        );
     }
 
     #[rstest]

@@ -75,6 +75,7 @@ fn guest_writes_land_in_a_small_overlay_and_the_base_is_unchanged() {
             mount_rootfs: None,
             use_dm_block: None,
             version: None,
+            virtio: Default::default(),
             source: UnikernelSource::ManifestAnnotations,
         },
         layer_dirs: vec![layer.clone()],

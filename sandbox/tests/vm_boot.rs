@@ -44,6 +44,7 @@ fn spec(kernel: PathBuf, run_dir: PathBuf, args: &[&str], accelerator: Accelerat
             mount_rootfs: None,
             use_dm_block: None,
             version: None,
+            virtio: Default::default(),
             source: UnikernelSource::ManifestAnnotations,
         },
         kernel,
@@ -227,6 +228,48 @@ fn pc_machine_boots_the_guest_through_qboot() {
         "output: {out:?}"
     );
     assert_eq!(plan.guest_exit_code(status), 4);
+}
+
+/// A guest whose image declares virtio-mmio drivers (`io.crid.unikernel.virtio=mmio`) gets its
+/// devices on microvm, announced on its command line as Firecracker does: the test guest finds
+/// the disk there, reads its marker and writes a sector back (its drivers are virtio-mmio only).
+#[test]
+fn mmio_guest_finds_its_disk_on_microvm() {
+    let Some(accelerator) = kvm_ready() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    if !build_guest(&kernel) {
+        return;
+    }
+    let disk = dir.path().join("disk.img");
+    let mut bytes = vec![0u8; 16 * 512];
+    let marker = b"crid-disk-marker on microvm";
+    bytes[..marker.len()].copy_from_slice(marker);
+    std::fs::write(&disk, &bytes).unwrap();
+    let mut s = spec(kernel, dir.path().join("run"), &["exit=5"], accelerator);
+    s.block = Some(disk);
+    s.info.virtio = imagestore::VirtioTransport::Mmio;
+    let Ok(plan) = vm::plan(&s, &vm::default_binary_dirs()) else {
+        skip_or_fail("no qemu");
+        return;
+    };
+    assert!(has_option(&plan, "-M", |v| v.starts_with("microvm")
+        && v.contains("acpi=off")));
+    assert!(has_option(&plan, "-device", |v| v.starts_with("virtio-blk-device,")));
+    let (out, status, killed) = run(&plan, Duration::from_secs(60));
+    assert!(!killed, "guest did not exit; output: {out}");
+    assert!(out.contains("virtio_mmio.device="), "output: {out}");
+    assert!(
+        out.contains("crid-test-guest: disk marker: crid-disk-marker on microvm"),
+        "output: {out}"
+    );
+    assert!(
+        out.contains("crid-test-guest: disk: write read back"),
+        "output: {out}"
+    );
+    assert_eq!(plan.guest_exit_code(status), 5);
 }
 
 /// A `unikraft` guest's root over QEMU's 9p (urunc's `mountRootfs=true`), with QEMU dropped to

@@ -91,6 +91,7 @@ fn release_kills_what_is_left_and_removes_the_cgroup() {
             mount_rootfs: None,
             use_dm_block: None,
             version: None,
+            virtio: Default::default(),
             source: UnikernelSource::ManifestAnnotations,
         },
         layer_dirs: vec![],

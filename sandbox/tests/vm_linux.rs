@@ -74,6 +74,7 @@ fn linux_guest_answers_http_on_the_pod_ip() {
             mount_rootfs: None,
             use_dm_block: None,
             version: None,
+            virtio: Default::default(),
             source: UnikernelSource::ManifestAnnotations,
         },
         layer_dirs: vec![layer],

@@ -1060,6 +1060,23 @@ pub fn one_push_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Whether a tool is on PATH.
+/// Sends `payload` to `ip:7777` over UDP and returns the echo (bounded: `tries` of 0.5 s).
+pub fn udp_echo(ip: &str, payload: &[u8], tries: u32) -> Option<Vec<u8>> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    for _ in 0..tries {
+        sock.send_to(payload, (ip, 7777)).ok()?;
+        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if from.ip().to_string() == ip {
+                return Some(buf[..n].to_vec());
+            }
+        }
+    }
+    None
+}
+
 pub fn on_path(bin: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).exists()))

@@ -113,6 +113,7 @@ mod tests {
                 version: Some("0.17.0".into()),
                 mount_rootfs: None,
                 use_dm_block: None,
+                virtio: Default::default(),
                 source: UnikernelSource::ConfigLabels,
             }),
             ..Default::default()

@@ -823,6 +823,7 @@ mod tests {
             mount_rootfs: None,
             use_dm_block: None,
             version: None,
+            virtio: Default::default(),
             source: UnikernelSource::ManifestAnnotations,
         }
     }

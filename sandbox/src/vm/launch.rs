@@ -632,6 +632,7 @@ mod tests {
                 mount_rootfs: None,
                 use_dm_block: None,
                 version: None,
+                virtio: Default::default(),
                 source: UnikernelSource::UruncJson,
             },
             layer_dirs: vec![layer],

@@ -429,6 +429,7 @@ pub(crate) mod testutil {
                 mount_rootfs: None,
                 use_dm_block: None,
                 version: None,
+                virtio: Default::default(),
                 source: UnikernelSource::ManifestAnnotations,
             },
             kernel: PathBuf::from("/layers/top/unikernel/kernel"),
