@@ -795,7 +795,7 @@ async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
 /// root on the guest's (`vfs.fstab`), the mounts noted as `9p`. The test guest's 9P2000.u
 /// client (Unikraft's protocol, legacy virtio-9p PCI, the device tagged `fs0`) reads a file of
 /// the image's layer and the ConfigMap's file (through kubelet's `..data` symbolic links),
-/// creates a file in the emptyDir (owned by QEMU's uid on the host) and writes
+/// creates a file and a directory in the emptyDir (owned by QEMU's uid on the host) and writes
 /// `/dev/termination-log` (kubelet's file, 0666, reached on the host), and is refused where
 /// QEMU's uid may not write: the read-only ConfigMap and the root-owned root directory. After
 /// RemoveContainer nothing stays mounted or running.
@@ -836,6 +836,7 @@ async fn unikraft_guest_gets_its_container_rootfs_over_9p() {
             "9p.read=/etc/app/greeting",
             "9p.stat=/",
             "9p.write=/data/out.txt",
+            "9p.mkdir=/data/cache",
             "9p.write=/dev/termination-log",
             "9p.write=/etc/app/greeting",
             "9p.write=/probe.txt",
@@ -855,6 +856,7 @@ async fn unikraft_guest_gets_its_container_rootfs_over_9p() {
         "9p: read /etc/app/greeting: hello",
         "9p: stat /: uid 0 gid 0 mode 755 dir",
         "9p: write (created) /data/out.txt: 35 bytes",
+        "9p: mkdir /data/cache: created",
         "9p: write (truncated) /dev/termination-log: 35 bytes",
     ] {
         assert!(text.contains(line), "no {line:?} in: {text}");
@@ -903,6 +905,8 @@ async fn unikraft_guest_gets_its_container_rootfs_over_9p() {
         .join("volumes/kubernetes.io~empty-dir/scratch/out.txt");
     assert_eq!(std::fs::read_to_string(&created).unwrap(), written);
     assert_eq!(std::fs::metadata(&created).unwrap().uid(), qemu_uid);
+    let made = std::fs::metadata(created.with_file_name("cache")).unwrap();
+    assert!(made.is_dir() && made.uid() == qemu_uid, "{made:?}");
     let termination_log = pod.dir.join("containers/app/5f3a9c1e");
     assert_eq!(std::fs::read_to_string(&termination_log).unwrap(), written);
     assert_eq!(

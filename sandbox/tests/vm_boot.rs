@@ -277,8 +277,8 @@ fn mmio_guest_finds_its_disk_on_microvm() {
 /// proc in it (`vm::ninep::mount_proc`), and SeaBIOS although qboot is configured (qboot leaves
 /// the PCI device unconfigured), as crid starts it: the test guest's 9P2000.u client
 /// (Unikraft's protocol, over the legacy virtio-9p PCI device tagged `fs0`) reads a root-owned
-/// file, sees the host's owners and modes, creates a file in a world-writable directory (owned
-/// by QEMU's uid on the host), truncates and writes a world-writable file (as kubelet's
+/// file, sees the host's owners and modes, creates a file and a directory in a world-writable
+/// directory (owned by QEMU's uid on the host), truncates and writes a world-writable file (as kubelet's
 /// termination log), and is refused (EACCES) where only root may write.
 #[test]
 fn unikraft_9p_root_under_chroot_and_runas() {
@@ -319,6 +319,8 @@ fn unikraft_9p_root_under_chroot_and_runas() {
         "9p.read=/etc/hello",
         "9p.stat=/",
         "9p.write=/data/new",
+        "9p.mkdir=/data/dir",
+        "9p.write=/data/dir/file",
         "9p.write=/dev/termination-log",
         "9p.write=/etc/hello",
         "9p.write=/new",
@@ -354,6 +356,8 @@ fn unikraft_9p_root_under_chroot_and_runas() {
         "9p: read /etc/hello: hi from the image",
         "9p: stat /: uid 0 gid 0 mode 755 dir",
         "9p: write (created) /data/new: 35 bytes",
+        "9p: mkdir /data/dir: created",
+        "9p: write (created) /data/dir/file: 35 bytes",
         "9p: write (truncated) /dev/termination-log: 35 bytes",
         "9p: write: error Permission denied (errno 13)",
         "9p: done",
@@ -370,6 +374,13 @@ fn unikraft_9p_root_under_chroot_and_runas() {
     assert_eq!(
         std::fs::metadata(root.join("data/new")).unwrap().uid(),
         65534
+    );
+    let made = std::fs::metadata(root.join("data/dir")).unwrap();
+    assert!(made.is_dir());
+    assert_eq!((made.uid(), made.mode() & 0o777), (65534, 0o755));
+    assert_eq!(
+        std::fs::read_to_string(root.join("data/dir/file")).unwrap(),
+        written
     );
     assert_eq!(std::fs::read_to_string(&log).unwrap(), written);
     assert_eq!(std::fs::metadata(&log).unwrap().uid(), 0);

@@ -10,6 +10,7 @@
  *   9p.read=PATH   prints the first line of the file (Twalk, Topen, Tread, Tclunk)
  *   9p.write=PATH  writes a line to the file: truncates it if it exists, else creates it in its
  *                  directory (Tcreate, mode 0644), and reports the bytes written or the error
+ *   9p.mkdir=PATH  creates the directory (Tcreate with DMDIR, mode 0755)
  *   9p.stat=PATH   prints the owner's numeric uid and gid and the mode the server reports
  * Errors print the server's message and errno (Rerror). Every loop is bounded; replies are
  * parsed within their length. Included by guest.c after pci.h and net.h (for copy).
@@ -46,6 +47,7 @@
 #define P9_OREAD 0
 #define P9_OWRITE 1
 #define P9_OTRUNC 0x10
+#define P9_DMDIR 0x80000000u
 
 static struct lvq p9q;
 static u8 p9_tx[P9_MSIZE] __attribute__((aligned(16)));
@@ -418,6 +420,32 @@ static void ninep_write(const char *path)
 	p9_clunk(P9_FILE_FID);
 }
 
+static void ninep_mkdir(const char *path)
+{
+	static char parent[P9_PATH_MAX + 1];
+	const char *what = "crid-test-guest: 9p: mkdir";
+	p9_parent(path, parent);
+	if (p9_lookup(parent, P9_FILE_FID, what))
+		return;
+	const char *name = path;
+	for (u32 i = 0; i < P9_PATH_MAX && path[i]; i++)
+		if (path[i] == '/' && path[i + 1])
+			name = path + i + 1;
+	p9_begin(P9_TCREATE);
+	p9_u32(P9_FILE_FID);
+	p9_strn(name, P9_PATH_MAX, '/');
+	p9_u32(P9_DMDIR | 0755);
+	p9_u8(P9_OREAD);
+	p9_str("");
+	if (p9_rpc(what) == 0) {
+		puts(what);
+		putc(' ');
+		puts(path);
+		puts(": created\n");
+	}
+	p9_clunk(P9_FILE_FID);
+}
+
 static void put_oct(u32 v)
 {
 	char b[12];
@@ -461,7 +489,7 @@ static void ninep_stat(const char *path)
 			put_dec(gid);
 			puts(" mode ");
 			put_oct(mode & 0777);
-			puts(mode & 0x80000000u ? " dir\n" : "\n");
+			puts(mode & P9_DMDIR ? " dir\n" : "\n");
 		}
 	}
 	p9_clunk(P9_FILE_FID);
@@ -600,6 +628,9 @@ static void ninep_test(const char *cmdline)
 		else if (path[0] == 'w' && path[1] == 'r' && path[2] == 'i' && path[3] == 't' &&
 			 path[4] == 'e' && path[5] == '=')
 			ninep_write(path + 6);
+		else if (path[0] == 'm' && path[1] == 'k' && path[2] == 'd' && path[3] == 'i' &&
+			 path[4] == 'r' && path[5] == '=')
+			ninep_mkdir(path + 6);
 		else if (path[0] == 's' && path[1] == 't' && path[2] == 'a' && path[3] == 't' && path[4] == '=')
 			ninep_stat(path + 5);
 	}
