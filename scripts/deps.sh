@@ -3,10 +3,11 @@
 # systemd-socket-activate starts crid the way crid.socket does in crid/tests/hardening.rs;
 # crun: crid's default OCI runtime, runc the one of the "runc" handler; nginx-light and
 # apache2-bin: crid/tests/workloads.rs builds its server images from their binaries; nftables:
-# only the test oracle of sandbox/tests/vm_net.rs, crid makes its NAT table over netlink.)
+# only the test oracle of sandbox/tests/vm_net.rs, crid makes its NAT table over netlink;
+# e2fsprogs: mkfs.ext4 builds a linux guest's block root.)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(runc crun containernetworking-plugins iproute2 iptables strace qemu-system-x86 qemu-utils
+pkgs=(runc crun containernetworking-plugins iproute2 iptables strace qemu-system-x86 qemu-utils e2fsprogs
       docker-registry skopeo protobuf-compiler busybox-static gcc make curl jq
       containerd apparmor systemd nftables nginx-light apache2-bin)
 missing=()

@@ -61,7 +61,8 @@ pub struct PackArgs {
     #[arg(long)]
     pub unikernel_version: Option<String>,
     /// urunc's `mountRootfs=true`: the guest mounts the container's root file system (crid
-    /// shares it with a `linux` guest on QEMU over virtiofs).
+    /// shares it with a `linux` guest on QEMU over virtiofs, or gives it as an ext4 block
+    /// device on the other hypervisors).
     #[arg(long)]
     pub mount_rootfs: bool,
     /// The guest's virtio transport, `pci` or `mmio` (crid's `io.crid.unikernel.virtio`, as a

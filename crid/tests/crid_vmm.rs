@@ -349,6 +349,84 @@ async fn guest_disk_on_crid_vmm_through_the_cri() {
     crid.finish().await;
 }
 
+/// A `linux` image with `mountRootfs=true` for crid-vmm boots from a block root: its
+/// container's root file system (the image's files, the CRI mounts, `/etc/crid`) copied into an
+/// ext4 image that crid-vmm gives the guest as its virtio-blk disk. Linux does not boot on this
+/// host's KVM (PVM), so the freestanding guest, packed as a `linux` image with an initrd, plays
+/// the guest with its polling driver: the disk it reads is the built file system (the ext4
+/// magic at byte 1080), its write lands in the container's image, its command line names the
+/// root and carries no argv; the mount is noted `block`, the ConfigMap's file is in the image,
+/// and the image goes when the guest ends.
+#[tokio::test]
+async fn linux_block_root_on_crid_vmm_is_the_built_file_system() {
+    let Some(reg) = ready() else { return };
+    vmm_binary();
+    let work = tempfile::tempdir().unwrap();
+    let initrd = work.path().join("initrd.img");
+    std::fs::write(&initrd, b"not read by the freestanding guest").unwrap();
+    let config_map = work.path().join("config");
+    std::fs::create_dir_all(&config_map).unwrap();
+    std::fs::write(config_map.join("greeting"), "hello from the host").unwrap();
+    let image = common::push_guest_with(
+        &reg,
+        &work.path().join("guest.elf"),
+        "linux",
+        "crid",
+        "stay",
+        "crid-blkroot",
+        &["--initrd", initrd.to_str().unwrap(), "--mount-rootfs"],
+    );
+    let (crid, pod, logs) = start_for("firecracker", &[&image], "vmm-blkroot").await;
+    let mut config = guest(&image, "root", &["stay-here"]);
+    config.mounts = vec![cri::Mount {
+        container_path: "/etc/app".into(),
+        host_path: config_map.display().to_string(),
+        readonly: true,
+        ..Default::default()
+    }];
+    let c = crid.create_start(&pod, config).await;
+    let log = logs.join("root.log");
+    wait_log(&log, "crid-test-guest: disk: write read back").await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("crid-test-guest: disk: bytes 1080-1081: ef53")
+            && text.contains("crid.root=block:vda")
+            && !text.contains("stay-here"),
+        "{text}"
+    );
+    let (_, info) = crid.container_status(&c).await;
+    let notes = &info["runtimeSpec"]["unikernel"]["mount_notes"];
+    assert_eq!(notes[0]["delivery"], "block", "{info}");
+    let run_dir = PathBuf::from(
+        info["runtimeSpec"]["unikernel"]["request"]["run_dir"]
+            .as_str()
+            .expect("run_dir"),
+    );
+    let root_image = run_dir.join("rootfs.ext4");
+    let bytes = std::fs::read(&root_image).unwrap();
+    assert_eq!(&bytes[512..512 + WRITTEN.len()], WRITTEN);
+    assert_eq!(&bytes[1080..1082], &[0x53, 0xef]);
+    if let Some(debugfs) = ["/usr/sbin/debugfs", "/sbin/debugfs"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    {
+        let out = Command::new(debugfs)
+            .args(["-R", "cat /etc/app/greeting"])
+            .arg(&root_image)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the host");
+    }
+    crid.stop_container(&c, 2).await;
+    let s = crid
+        .wait_state(&c, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(s.exit_code, 143, "{s:?}");
+    assert!(!root_image.exists(), "the root image outlived the guest");
+    crid.remove_container(&c).await;
+    crid.finish().await;
+}
+
 #[tokio::test]
 async fn guest_on_crid_vmm_answers_on_the_pod_ip() {
     let Some(reg) = ready() else { return };

@@ -789,6 +789,140 @@ async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
     crid.cri.discard_pod(&pod_id).await;
 }
 
+/// A `linux` guest whose image sets `mountRootfs=true` in a pod that says `useDMBlock=true`
+/// (urunc's block root) boots its container's root file system from a block device: crid
+/// copies the root (the image's layers with kubelet's mounts and `/etc/crid` in it) into an
+/// ext4 image that QEMU gives the guest as its first virtio-blk drive (`crid.root=block:vda`),
+/// and the guest's init mounts it and runs the image's entrypoint from it: the page shows the
+/// mounted ConfigMap, the image and CRI environments and the service-account token, read from
+/// the disk. It is a copy: the guest's writes to the emptyDir and `/dev/termination-log` stay
+/// in the image (the host's files do not change), the mounts are noted `block`; the
+/// entrypoint's exit code is the container's; after RemoveContainer nothing stays mounted,
+/// running or on disk. The same path is the one Firecracker, Cloud Hypervisor and crid-vmm
+/// guests take (their plans are unit tests; Linux boots here under QEMU's TCG only).
+#[tokio::test]
+async fn linux_guest_boots_its_container_rootfs_from_a_block_device() {
+    use conformance::kubelet::KubeletPod;
+    let Some(reg) = ready_with_cni() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let Some(image) = push_shared_root_guest(&reg, work.path()) else {
+        return;
+    };
+    let (crid, _) = start().await;
+    let (_bridge, _) = bridge_network(&crid, 194);
+    crid.expect_pull(&image).await;
+    let mut pod = KubeletPod::new(
+        &crid.path().join("kubelet"),
+        "blk-5f7c9d8b6-r4t2z",
+        "default",
+    )
+    .unwrap();
+    pod.annotations = vec![("com.urunc.unikernel.useDMBlock".into(), "true".into())];
+    let config = pod.sandbox_config();
+    let pod_id = crid.run_pod_under(&config, "urunc").await;
+    let ip = pod_ip(&crid, &pod_id).await;
+    let request = pod
+        .container("app", &image)
+        .args(&["serve"])
+        .env("GREETING", "hi there")
+        .port("http", 8080)
+        .config_map("config", "/etc/app", &[("greeting", "version-1")])
+        .empty_dir("cache", "/cache")
+        .build()
+        .unwrap();
+    let host_of = |path: &str| {
+        PathBuf::from(
+            &request
+                .mounts
+                .iter()
+                .find(|m| m.container_path == path)
+                .unwrap()
+                .host_path,
+        )
+    };
+    let (cache_dir, term_log) = (host_of("/cache"), host_of("/dev/termination-log"));
+    let id = crid.create_start(&(pod_id.clone(), config), request).await;
+    let log = pod.log_directory.join("app/0.log");
+    let body = shared_root_page(&crid, &id, ip, &log).await;
+    for want in [
+        "config=[version-1]",
+        "rw=[writable]",
+        "greeting=[hi there]",
+        "from_image=[from-image]",
+        "token=[default]",
+    ] {
+        assert!(body.contains(want), "{want} missing from {body:?}");
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("crid-linux-guest: block root /dev/vda mounted")
+            && text.contains("serve: entrypoint ran from the shared rootfs as 0:0 in /: serve"),
+        "{text}"
+    );
+    // The guest's write stays on its disk.
+    assert!(!cache_dir.join("probe").exists());
+    let (_, info) = crid.container_status(&id).await;
+    let vm = &info["runtimeSpec"]["unikernel"];
+    let notes = vm["mount_notes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(notes.len(), 5, "{info}");
+    assert!(
+        notes
+            .iter()
+            .all(|n| n["delivery"] == "block" && n["note"].as_str().unwrap().contains("not shared")),
+        "{info}"
+    );
+    // The first drive is the container's ext4 image (the superblock's magic at byte 1080).
+    let root_image = crid
+        .path()
+        .join("root/containers")
+        .join(&id)
+        .join("vm/rootfs.ext4");
+    let line = vm["guest_cmdline"].as_str().unwrap_or_default();
+    assert!(
+        line.contains("crid.root=block:vda") && !line.contains("GREETING"),
+        "{line}"
+    );
+    let argv: Vec<String> = serde_json::from_value(vm["argv"].clone()).unwrap();
+    let drive = argv
+        .iter()
+        .find(|a| a.starts_with("file="))
+        .expect("a -drive");
+    assert!(
+        drive.starts_with(&format!("file={},format=raw,", root_image.display())),
+        "{argv:?}"
+    );
+    let mut magic = [0u8; 2];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &std::fs::File::open(&root_image).unwrap(),
+        &mut magic,
+        1080,
+    )
+    .unwrap();
+    assert_eq!(magic, [0x53, 0xef]);
+    // Nothing of the tree it was copied from stays mounted while the guest runs.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.lines().any(|l| l.contains(&id)),
+        "the container's tree is still mounted"
+    );
+
+    // The workload writes its termination message (on its disk only) and exits 3.
+    let _ = http_get_path(ip, 8080, "/cgi-bin/exit");
+    let status = crid
+        .wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(
+        status.exit_code,
+        3,
+        "{status:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(std::fs::read_to_string(&term_log).unwrap(), "");
+    assert!(!root_image.exists(), "the root image outlived the guest");
+    remove_leaving_nothing(&crid, &id).await;
+    crid.cri.discard_pod(&pod_id).await;
+}
+
 /// A `unikraft` guest on QEMU whose pod says `mountRootfs=true` gets its container's root file
 /// system (the image's layers with kubelet's mounts bound in) over QEMU's 9p, as urunc does:
 /// the `-fsdev`/`virtio-9p-pci` pair on QEMU's command line next to `-chroot`/`-runas`, the

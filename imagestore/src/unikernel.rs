@@ -115,8 +115,10 @@ pub struct UnikernelInfo {
     /// crid's default for the guest type (see README's guest table).
     #[serde(default)]
     pub mount_rootfs: Option<bool>,
-    /// urunc's `useDMBlock`: use a devmapper snapshot as the guest's block device. Recorded
-    /// only: crid has no devmapper snapshotter.
+    /// urunc's `useDMBlock`: use a devmapper snapshot as the guest's block device. crid has no
+    /// devmapper snapshotter: with `mountRootfs=true` a `linux` QEMU guest gets its root as a
+    /// block device crid builds instead of virtiofs (the sandbox crate's `vm::blockroot`);
+    /// recorded only otherwise.
     #[serde(default)]
     pub use_dm_block: Option<bool>,
     /// The guest's virtio transport (crid's [`VIRTIO_KEY`]).

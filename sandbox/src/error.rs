@@ -87,6 +87,9 @@ pub enum SandboxError {
         path: PathBuf,
         reason: String,
     },
+    /// A container's root file system is too large to copy into its guest's block root.
+    #[error("{reason}")]
+    GuestRootTooLarge { reason: String },
     #[error("i/o error at {path}")]
     Io {
         path: PathBuf,
@@ -117,7 +120,9 @@ impl SandboxError {
             SandboxError::Timeout { .. } => ErrorKind::DeadlineExceeded,
             SandboxError::Hook { .. } => ErrorKind::FailedPrecondition,
             SandboxError::Record { .. } => ErrorKind::Internal,
-            SandboxError::DiskFull { .. } => ErrorKind::ResourceExhausted,
+            SandboxError::DiskFull { .. } | SandboxError::GuestRootTooLarge { .. } => {
+                ErrorKind::ResourceExhausted
+            }
             SandboxError::Io { source, .. } if source.raw_os_error() == Some(28) => {
                 ErrorKind::ResourceExhausted
             }

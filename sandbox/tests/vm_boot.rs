@@ -66,6 +66,7 @@ fn spec(kernel: PathBuf, run_dir: PathBuf, args: &[&str], accelerator: Accelerat
         dns: vec![],
         shared_dir: None,
         ninep_root: None,
+        block_root: false,
     }
 }
 

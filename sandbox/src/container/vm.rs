@@ -26,9 +26,12 @@
 //! - CRI mounts never fail a create: a `linux` QEMU guest whose image sets `mountRootfs=true`
 //!   gets them bound into its container's root file system, which it mounts over virtiofs
 //!   (`vm_rootfs`, [`crate::vm::virtiofs`]), and so does a `unikraft` one without an initrd,
-//!   over QEMU's 9p ([`crate::vm::ninep`]); another guest that can take files gets them
-//!   copied in at start ([`crate::vm::guestfiles`]); for the others each mount is skipped with a
-//!   warning and a note in the VM state (`mount_notes`, shown in verbose status).
+//!   over QEMU's 9p ([`crate::vm::ninep`]); a `linux` guest with `mountRootfs=true` on a
+//!   hypervisor without a shared file system (or with `useDMBlock=true` on QEMU) gets that root
+//!   file system copied into an ext4 image on its first disk ([`crate::vm::blockroot`]);
+//!   another guest that can take files gets them copied in at start
+//!   ([`crate::vm::guestfiles`]); for the others each mount is skipped with a warning and a
+//!   note in the VM state (`mount_notes`, shown in verbose status).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +54,7 @@ use crate::monitor::Launch;
 use crate::pod::CgroupDriver;
 use crate::runc::ExecOutput;
 use crate::vm::accel::KvmProbe;
+use crate::vm::blockroot;
 use crate::vm::cgroup::{Limits, VmCgroup};
 use crate::vm::guestfiles::{self, GuestMount, MountNote};
 use crate::vm::launch::{self, VmRequest, VmSettings};
@@ -182,21 +186,32 @@ fn merged_env(image: &[String], cri: &[(String, String)]) -> Vec<(String, String
     env
 }
 
-/// Whether and how the guest mounts its container's root file system, shared as a directory,
-/// when its image asks for it with urunc's `mountRootfs=true` on QEMU:
-/// - a `linux` guest with an initrd, over virtiofs (see [`crate::vm::virtiofs`]). Without the
-///   key it gets the image's files and the mounts copied into its initrd (guests without the
-///   fuse/virtiofs drivers boot that way); `false` leaves the image's files out.
-/// - a `unikraft` guest without an initrd, over QEMU's 9p (see [`crate::vm::ninep`]), as urunc
-///   does; with an initrd, the initrd stays its root (urunc's precedence too).
+/// Whether and how the guest mounts its container's root file system when its image (or an
+/// annotation) asks for it with urunc's `mountRootfs=true`:
+/// - a `linux` guest with an initrd on QEMU, shared over virtiofs (see
+///   [`crate::vm::virtiofs`]); with `useDMBlock=true` too, as a block root instead (below).
+/// - a `linux` guest with an initrd on Firecracker, Cloud Hypervisor or crid-vmm (no shared
+///   file system), copied into an ext4 image on its first disk (see
+///   [`crate::vm::blockroot`]), unless the image has a block file of its own (crid-vmm takes
+///   one disk; such a guest keeps the initrd copy).
+/// - a `unikraft` guest without an initrd on QEMU, over QEMU's 9p (see [`crate::vm::ninep`]),
+///   as urunc does; with an initrd, the initrd stays its root (urunc's precedence too).
+///
+/// Without the key a `linux` guest gets the image's files and the mounts copied into its
+/// initrd (guests without the fuse/virtiofs drivers boot that way); `false` leaves the image's
+/// files out.
 fn shares_rootfs(info: &UnikernelInfo) -> Option<Transport> {
-    use imagestore::UnikernelType;
-    if info.hypervisor != imagestore::HypervisorKind::Qemu || info.mount_rootfs != Some(true) {
+    use imagestore::{HypervisorKind as H, UnikernelType as T};
+    if info.mount_rootfs != Some(true) {
         return None;
     }
-    match info.unikernel_type {
-        UnikernelType::Linux if info.initrd.is_some() => Some(Transport::Virtiofs),
-        UnikernelType::Unikraft if info.initrd.is_none() => Some(Transport::NineP),
+    let block_root = info.block.is_none().then_some(Transport::Block);
+    match (info.unikernel_type, info.hypervisor) {
+        (T::Linux, _) if info.initrd.is_none() => None,
+        (T::Linux, H::Qemu) if info.use_dm_block == Some(true) => block_root,
+        (T::Linux, H::Qemu) => Some(Transport::Virtiofs),
+        (T::Linux, H::Firecracker | H::CloudHypervisor | H::Crid) => block_root,
+        (T::Unikraft, H::Qemu) if info.initrd.is_none() => Some(Transport::NineP),
         _ => None,
     }
 }
@@ -279,18 +294,26 @@ fn guest_mounts(
                 host_path: PathBuf::from(&m.host_path),
                 readonly: m.readonly,
             });
-            let writes = match transport {
-                Transport::Virtiofs => "guest writes",
-                Transport::NineP => "guest writes (as the VMM's unprivileged uid)",
+            let note = match transport {
+                Transport::Virtiofs | Transport::NineP => format!(
+                    "bound into the container's root file system, which the guest mounts \
+                     over {}: host changes and guest writes{} are shared",
+                    transport.name(),
+                    if transport == Transport::NineP {
+                        " (as the VMM's unprivileged uid)"
+                    } else {
+                        ""
+                    }
+                ),
+                Transport::Block => "copied at start into the guest's root file system image \
+                                     (ext4 on its first disk); later host changes and guest \
+                                     writes are not shared, read-only is not enforced"
+                    .into(),
             };
             notes.push(MountNote {
                 container_path: m.container_path.clone(),
                 delivery: transport.name().into(),
-                note: format!(
-                    "bound into the container's root file system, which the guest mounts \
-                     over {}: host changes and {writes} are shared",
-                    transport.name()
-                ),
+                note,
             });
         } else if takes {
             mounts.push(GuestMount {
@@ -382,6 +405,22 @@ impl VmBackend {
                 &req.env,
                 root,
             )?;
+            if let Some(image) = launch::block_root(req) {
+                // The guest gets a copy of the tree; the tree goes at once.
+                let started = std::time::Instant::now();
+                let built = self.settings.binary(blockroot::MKFS).and_then(|mkfs| {
+                    blockroot::build(&mkfs, &root.rootfs, &image, &blockroot::Limits::default())
+                });
+                vm_rootfs::unmount(&root.rootfs);
+                let usage = built?;
+                tracing::info!(
+                    container_id = %req.container_id,
+                    bytes = usage.bytes,
+                    entries = usage.entries,
+                    ms = started.elapsed().as_millis(),
+                    "the guest's root image is built"
+                );
+            }
         }
         let prepared = launch::prepare(req, &self.settings, &self.kvm).inspect_err(|_| {
             if let Some(root) = &req.shared_root {
@@ -959,11 +998,29 @@ mod tests {
         let (shared, notes) = guest_mounts(&cri, &pod, &linux, shares_rootfs(&linux));
         assert_eq!(shared, mounts);
         assert!(notes.iter().all(|n| n.delivery == "virtiofs"), "{notes:?}");
-        for other in [HypervisorKind::Firecracker, HypervisorKind::Crid] {
+        // Without a shared file system (and on QEMU with useDMBlock=true): the same mounts,
+        // copied into the guest's block root.
+        for other in [
+            HypervisorKind::Firecracker,
+            HypervisorKind::CloudHypervisor,
+            HypervisorKind::Crid,
+        ] {
             linux.hypervisor = other;
-            assert_eq!(shares_rootfs(&linux), None, "{other:?}");
+            assert_eq!(shares_rootfs(&linux), Some(Transport::Block), "{other:?}");
         }
+        let (copied, notes) = guest_mounts(&cri, &pod, &linux, shares_rootfs(&linux));
+        assert_eq!(copied, mounts);
+        assert!(notes.iter().all(|n| n.delivery == "block"), "{notes:?}");
+        assert!(notes[0].note.contains("not shared"), "{notes:?}");
+        // An image with a block file of its own keeps the initrd copy there.
+        linux.block = Some("/unikernel/disk.img".into());
+        assert_eq!(shares_rootfs(&linux), None);
+        linux.block = None;
         linux.hypervisor = HypervisorKind::Qemu;
+        linux.use_dm_block = Some(true);
+        assert_eq!(shares_rootfs(&linux), Some(Transport::Block));
+        linux.use_dm_block = Some(false);
+        assert_eq!(shares_rootfs(&linux), Some(Transport::Virtiofs));
         linux.initrd = None;
         assert_eq!(shares_rootfs(&linux), None);
     }

@@ -86,6 +86,14 @@ pub fn is_full(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The bytes an unprivileged writer may still use on the file system holding `path`; `None`
+/// when it cannot be read.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    nix::sys::statvfs::statvfs(path)
+        .ok()
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+}
+
 /// Size and inodes of the file system holding `dir`: (bytes it can hold, inodes, free
 /// inodes); zeros when it cannot be read.
 pub fn fs_capacity(dir: &Path) -> (u64, u64, u64) {

@@ -5,7 +5,7 @@
 //!
 //! | type | network | environment | argv | initrd / block |
 //! |---|---|---|---|---|
-//! | `linux` | `ip=IP::GW:MASK::eth0:off` (read by the guest init) | `K="V"` tokens, which the kernel hands to init's environment | after `--`, init's arguments | `root=/dev/vda rw` for a block rootfs without initrd |
+//! | `linux` | `ip=IP::GW:MASK::eth0:off` (read by the guest init) | `K="V"` tokens, which the kernel hands to init's environment | after `--`, init's arguments (in `/etc/crid/args` with a shared or block root) | `root=/dev/vda rw` for a block rootfs without initrd; `crid.root=block:vda` for crid's block root (with initrd) |
 //! | `unikraft` ≥ 0.16.1 (or no version) | `netdev.ip=IP/PREFIX:GW` | `env.vars=[ "K=V" ... ]` | after `--` | `vfs.fstab=[ "initrd0:/:extract:::" ]` |
 //! | `unikraft` < 0.16.1 | `netdev.ipv4_addr=` `netdev.ipv4_gw_addr=` `netdev.ipv4_subnet_mask=` | not supported by the guest: dropped with a warning | after `--` | `vfs.rootfs=initrd` |
 //! | `rumprun` | `"net":{...}` in the JSON config | one `"env"` member per variable | `"cmdline"` | `"blk":{...}` (etfs `/dev/ld0a`) |
@@ -27,8 +27,8 @@ pub const LINUX_MAX: usize = 2047;
 /// Builds the guest command line. `extra` are hypervisor-specific kernel parameters (Linux
 /// only, e.g. Firecracker's `reboot=k`).
 pub fn guest_cmdline(spec: &VmSpec, extra: &[&str]) -> Result<String, SandboxError> {
-    // A guest with a shared root reads its argv from there (`/etc/crid/args`).
-    let argv = if spec.shared_dir.is_some() {
+    // A guest with a shared or block root reads its argv from there (`/etc/crid/args`).
+    let argv = if spec.shared_dir.is_some() || spec.block_root {
         vec![]
     } else {
         app_args(spec)
@@ -130,6 +130,9 @@ fn linux(spec: &VmSpec, argv: &[String], extra: &[&str]) -> String {
     }
     if let Some(shared) = &spec.shared_dir {
         parts.push(super::virtiofs::root_param(&shared.tag));
+    }
+    if spec.block_root {
+        parts.push(super::blockroot::ROOT_PARAM.into());
     }
     for (k, v) in &spec.env {
         if v.is_empty() || v.chars().any(char::is_whitespace) {
@@ -396,6 +399,23 @@ mod tests {
         assert_eq!(
             c,
             "console=ttyS0 panic=-1 reboot=k root=/dev/vda rw -- app --flag"
+        );
+    }
+
+    /// crid's block root (an initrd guest whose first disk is its container's root): the init
+    /// is told where its root is, and the argv and environment stay off the command line.
+    #[test]
+    fn linux_crid_block_root_is_named_and_the_argv_stays_in_the_image() {
+        let mut s = spec(T::Linux, H::Firecracker);
+        s.initrd = Some(PathBuf::from("/run/c1/initrd"));
+        s.block = Some(PathBuf::from("/run/c1/rootfs.ext4"));
+        s.block_root = true;
+        s.net = Some(net());
+        let c = guest_cmdline(&s, &["reboot=k"]).unwrap();
+        assert_eq!(
+            c,
+            "console=ttyS0 panic=-1 reboot=k ip=10.88.0.5::10.88.0.1:255.255.0.0::eth0:off \
+             crid.root=block:vda"
         );
     }
 

@@ -59,8 +59,8 @@ pub struct GuestMount {
 #[serde(rename_all = "camelCase")]
 pub struct MountNote {
     pub container_path: String,
-    /// `virtiofs` (bound into the shared root), `initrd` (copied into the guest's initramfs)
-    /// or `skipped`.
+    /// `virtiofs` or `9p` (bound into the shared root), `block` (copied into the guest's root
+    /// image), `initrd` (copied into the guest's initramfs) or `skipped`.
     pub delivery: String,
     pub note: String,
 }

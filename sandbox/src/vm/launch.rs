@@ -11,7 +11,9 @@
 //! graceful stops, and — for a block device — a qcow2 overlay over the image's file.
 //! crid-vmm drops privileges the same way; it, Firecracker, Cloud Hypervisor and Solo5 (these
 //! three as root in the cgroup) get a private copy (a reflink where the file system can) of the
-//! block file, since they take raw files only.
+//! block file, since they take raw files only. A guest with a block root (see
+//! [`super::blockroot`]) gets the container's raw root image, built by the container backend,
+//! as its first disk on every hypervisor.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +21,7 @@ use imagestore::{HypervisorKind, UnikernelInfo};
 use serde::{Deserialize, Serialize};
 
 use super::accel::{self, AccelDecision, AcceleratorMode, KvmProbe};
+use super::blockroot;
 use super::cgroup::{Limits, VmCgroup};
 use super::guestfiles::{self, GuestMount};
 use super::net;
@@ -260,6 +263,9 @@ pub fn check(
     if req.shared_root.as_ref().is_some_and(uses_virtiofsd) {
         settings.binary(virtiofs::BINARY)?;
     }
+    if block_root(req).is_some() {
+        settings.binary(blockroot::MKFS)?;
+    }
     Ok(accel)
 }
 
@@ -320,7 +326,19 @@ pub fn prepare(
     // Fail on a missing VMM before touching the network.
     let vmm = settings.binary(hypervisor_for(info.hypervisor).binary_name())?;
     let is_qemu = info.hypervisor == HypervisorKind::Qemu;
-    let shared_root = req.shared_root.as_ref().filter(|_| is_qemu);
+    let shared_root = req
+        .shared_root
+        .as_ref()
+        .filter(|root| is_qemu && root.transport != Transport::Block);
+    // Built by the container backend before (see [`blockroot`]).
+    let block_root = block_root(req);
+    if let Some(image) = &block_root {
+        if !image.is_file() {
+            return Err(SandboxError::FailedPrecondition {
+                reason: format!("the guest's root image {} was not built", image.display()),
+            });
+        }
+    }
     let virtiofsd = shared_root
         .filter(|root| uses_virtiofsd(root))
         .map(|_| settings.binary(virtiofs::BINARY))
@@ -332,8 +350,10 @@ pub fn prepare(
     };
     // Mounts and the environment file reach an initrd guest in a private copy of its initrd,
     // unless they are in its shared root.
-    let files_in_initrd =
-        image_initrd.is_some() && guestfiles::takes_files(info) && shared_root.is_none();
+    let files_in_initrd = image_initrd.is_some()
+        && guestfiles::takes_files(info)
+        && shared_root.is_none()
+        && block_root.is_none();
     let initrd = match image_initrd {
         Some(base) if files_in_initrd => {
             let out = req.run_dir.join(INITRD_COPY);
@@ -357,8 +377,10 @@ pub fn prepare(
         other => other,
     };
     // The guest writes to its block device, never to the shared layer file: QEMU gets a qcow2
-    // overlay backed by it (read-only), the others a private copy.
+    // overlay backed by it (read-only), the others a private copy. A block root is the
+    // container's own raw image instead (such images have no block file of their own).
     let block = match block_src {
+        _ if block_root.is_some() => block_root.clone(),
         Some(src) if is_qemu => Some(create_overlay(settings, &src, &req.run_dir).map_err(undo)?),
         Some(src) => {
             let dst = req.run_dir.join(BLOCK_COPY);
@@ -409,7 +431,7 @@ pub fn prepare(
         kernel,
         initrd,
         block,
-        block_overlay: is_qemu,
+        block_overlay: is_qemu && block_root.is_none(),
         memory_mib: mem,
         vcpus: vcpus(req.cpu_quota, req.cpu_period, settings.max_vcpus),
         net: guest_net.clone(),
@@ -417,7 +439,7 @@ pub fn prepare(
         // An initrd guest reads its environment from the file in its initrd (or shared root
         // over virtiofs): the kernel command line holds 2 KiB and passes init at most 32
         // variables. Unikraft reads it from its command line only (`env.vars`), 9p root or not.
-        env: if files_in_initrd || shared_root.is_some_and(uses_virtiofsd) {
+        env: if files_in_initrd || block_root.is_some() || shared_root.is_some_and(uses_virtiofsd) {
             vec![]
         } else {
             req.env.clone()
@@ -436,6 +458,7 @@ pub fn prepare(
         ninep_root: shared_root
             .filter(|root| root.transport == Transport::NineP)
             .map(|root| root.rootfs.clone()),
+        block_root: block_root.is_some(),
     };
     let plan = super::plan_with(&spec, &vmm)
         .and_then(|plan| {
@@ -530,6 +553,14 @@ fn create_overlay(
     Ok(overlay)
 }
 
+/// The container's root image when its guest boots from a block root (see [`blockroot`]).
+pub fn block_root(req: &VmRequest) -> Option<PathBuf> {
+    req.shared_root
+        .as_ref()
+        .filter(|root| root.transport == Transport::Block)
+        .map(|_| req.run_dir.join(blockroot::IMAGE))
+}
+
 /// Whether a shared root is served by virtiofsd (QEMU serves a 9p one itself).
 fn uses_virtiofsd(root: &SharedRoot) -> bool {
     root.transport == Transport::Virtiofs
@@ -537,7 +568,7 @@ fn uses_virtiofsd(root: &SharedRoot) -> bool {
 
 /// Undoes [`prepare`]: kills a virtiofsd still running, removes the tap and redirects, the
 /// VMM's cgroup (once its processes are gone), the control socket, and the run directory's
-/// plan files and block overlay or copy. Fine to call more than once.
+/// plan files, block overlay or copy and root image. Fine to call more than once.
 pub fn release(req: &VmRequest) -> Result<(), SandboxError> {
     let mut result = Ok(());
     if let Some(root) = req.shared_root.as_ref().filter(|root| uses_virtiofsd(root)) {
@@ -581,6 +612,7 @@ pub fn release(req: &VmRequest) -> Result<(), SandboxError> {
         BLOCK_COPY,
         BLOCK_OVERLAY,
         INITRD_COPY,
+        blockroot::IMAGE,
     ] {
         let _ = std::fs::remove_file(req.run_dir.join(name));
     }
@@ -845,6 +877,99 @@ mod tests {
         prepare(&req, &settings, &host()).unwrap();
         assert!(!proc_dir.exists());
         release(&req).unwrap();
+    }
+
+    /// A block root (see [`blockroot`]): the container's root image, built by the container
+    /// backend, is the guest's first disk, raw and writable, on every hypervisor (Firecracker's
+    /// drive JSON, Cloud Hypervisor's and crid-vmm's arguments, QEMU's drive); the image's
+    /// initrd is used as it is (nothing appended), the environment and argv stay off the
+    /// kernel command line, which names the root; `mkfs.ext4` is checked at create; the image
+    /// goes at release.
+    #[test]
+    fn a_block_root_is_the_guests_first_disk_on_every_hypervisor() {
+        for h in [
+            HypervisorKind::Firecracker,
+            HypervisorKind::CloudHypervisor,
+            HypervisorKind::Crid,
+            HypervisorKind::Qemu,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let vmm = hypervisor_for(h).binary_name();
+            let mut settings = with_fake_bins(dir.path(), &[vmm, blockroot::MKFS]);
+            let mut req = request(dir.path(), UnikernelType::Linux, h);
+            std::fs::write(req.layer_dirs[0].join("unikernel/initrd"), b"initrd").unwrap();
+            req.info.initrd = Some("/unikernel/initrd".into());
+            req.info.block = None;
+            req.info.mount_rootfs = Some(true);
+            req.args = vec!["/app/run".into()];
+            req.env = vec![("FROM_CRI".into(), "1".into())];
+            req.shared_root = Some(SharedRoot {
+                rootfs: dir.path().join("rootfs"),
+                workdir: "/".into(),
+                uid: 0,
+                gid: 0,
+                socket: dir.path().join("unused.sock"),
+                transport: Transport::Block,
+            });
+            check(&req, &settings, &host()).unwrap();
+            let err = prepare(&req, &settings, &host()).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                imagestore::ErrorKind::FailedPrecondition,
+                "{h:?}"
+            );
+            let image = req.run_dir.join(blockroot::IMAGE);
+            std::fs::create_dir_all(&req.run_dir).unwrap();
+            std::fs::write(&image, b"ext4").unwrap();
+            let p = prepare(&req, &settings, &host()).unwrap();
+            let line = &p.plan.guest_cmdline;
+            assert!(line.contains("crid.root=block:vda"), "{h:?}: {line}");
+            assert!(
+                !line.contains("FROM_CRI")
+                    && !line.contains("/app/run")
+                    && !line.contains("root=/dev/vda"),
+                "{h:?}: {line}"
+            );
+            assert!(!req.run_dir.join(INITRD_COPY).exists(), "{h:?}");
+            let image_arg = image.display().to_string();
+            let initrd = req.layer_dirs[0]
+                .join("unikernel/initrd")
+                .display()
+                .to_string();
+            let argv = p.argv.join(" ");
+            match h {
+                HypervisorKind::Firecracker => {
+                    let cfg: serde_json::Value =
+                        serde_json::from_str(&p.plan.files[0].contents).unwrap();
+                    assert_eq!(cfg["drives"].as_array().unwrap().len(), 1);
+                    assert_eq!(cfg["drives"][0]["path_on_host"], image_arg.as_str());
+                    assert_eq!(cfg["drives"][0]["is_root_device"], false);
+                    assert_eq!(cfg["drives"][0]["is_read_only"], false);
+                    assert_eq!(cfg["boot-source"]["initrd_path"], initrd.as_str());
+                }
+                HypervisorKind::CloudHypervisor => {
+                    assert!(argv.contains(&format!("--initramfs {initrd}")), "{argv}");
+                    assert!(argv.contains(&format!("--disk path={image_arg}")), "{argv}");
+                }
+                HypervisorKind::Crid => {
+                    assert!(argv.contains(&format!("--disk {image_arg}")), "{argv}");
+                }
+                _ => {
+                    assert!(
+                        argv.contains(&format!("-drive file={image_arg},format=raw,")),
+                        "{argv}"
+                    );
+                }
+            }
+            release(&req).unwrap();
+            assert!(!image.exists(), "{h:?}");
+            // Without mkfs.ext4, CreateContainer is FailedPrecondition naming it.
+            settings.binary_dirs = vec![dir.path().join("nothing")];
+            settings.binaries = vec![(vmm.into(), dir.path().join("bin").join(vmm))];
+            let err = check(&req, &settings, &host()).unwrap_err();
+            assert_eq!(err.kind(), imagestore::ErrorKind::FailedPrecondition);
+            assert!(err.to_string().contains("mkfs.ext4"), "{err}");
+        }
     }
 
     /// A shared root needs virtiofsd: without it `CreateContainer` is `FailedPrecondition`

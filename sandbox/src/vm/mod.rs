@@ -12,6 +12,7 @@
 //! type live in [`cmdline`]. [`net`] wires a tap device to the pod's CNI interface.
 
 pub mod accel;
+pub mod blockroot;
 pub mod cgroup;
 pub mod cloud_hypervisor;
 pub mod cmdline;
@@ -95,6 +96,9 @@ pub struct VmSpec {
     /// A host directory exported to the guest as its root over QEMU's 9p (QEMU, `unikraft`;
     /// see [`ninep`]).
     pub ninep_root: Option<PathBuf>,
+    /// `block` is the container's root file system as a raw ext4 image built by crid (see
+    /// [`blockroot`]), the guest's first disk; its init mounts it (`crid.root=block:vda`).
+    pub block_root: bool,
 }
 
 /// The guest's view of the pod network: it takes over the CNI interface's address and MAC.
@@ -451,6 +455,7 @@ pub(crate) mod testutil {
             dns: vec![],
             shared_dir: None,
             ninep_root: None,
+            block_root: false,
         }
     }
 

@@ -46,6 +46,9 @@ pub enum Transport {
     Virtiofs,
     /// QEMU's built-in virtio-9p, for `unikraft` guests (see [`super::ninep`]).
     NineP,
+    /// Not shared: copied into an ext4 image on the guest's first disk, for `linux` guests
+    /// without a shared file system (see [`super::blockroot`]).
+    Block,
 }
 
 impl Transport {
@@ -54,6 +57,7 @@ impl Transport {
         match self {
             Transport::Virtiofs => "virtiofs",
             Transport::NineP => "9p",
+            Transport::Block => "block",
         }
     }
 }
@@ -72,7 +76,8 @@ pub struct SharedRoot {
     /// virtiofsd's vhost-user socket (a short path: unix socket paths are limited to 108
     /// bytes); unused over 9p.
     pub socket: PathBuf,
-    /// virtiofs (`linux`) or 9p (`unikraft`); states written before 9p mean virtiofs.
+    /// virtiofs (`linux`), 9p (`unikraft`) or a block root (`linux`, copied); states written
+    /// before 9p mean virtiofs.
     #[serde(default)]
     pub transport: Transport,
 }

@@ -1,7 +1,8 @@
 /*
  * A polling virtio-blk driver over virtio-mmio (version 2) for the test guest: given a block
- * device, it reads sector 0 and prints the text at its start (the disk's marker), then writes
- * sector 1 and reads it back, reporting each step on the serial console. Included by guest.c
+ * device, it reads sector 0 and prints the text at its start (the disk's marker), prints the
+ * 16-bit value at byte 1080 (an ext4 superblock's magic), then writes sector 1 and reads it
+ * back, reporting each step on the serial console. Included by guest.c
  * after virtio.h and net.h (for copy and same).
  */
 
@@ -84,6 +85,13 @@ static void blk_test(const char *cmdline)
 	for (int i = 0; i < 64 && blk_buf[i] >= 0x20 && blk_buf[i] < 0x7f; i++)
 		putc((char)blk_buf[i]);
 	putc('\n');
+	/* An ext2/3/4 superblock starts at byte 1024; its magic (ef53, little-endian) is at 1080. */
+	if (sectors > 2 && blk_request(VIRTIO_BLK_T_IN, 2) == 0) {
+		puts("crid-test-guest: disk: bytes 1080-1081: ");
+		put_hex(blk_buf[57], 2);
+		put_hex(blk_buf[56], 2);
+		putc('\n');
+	}
 	if (sectors < 2)
 		return;
 	for (int i = 0; i < SECTOR; i++)

@@ -3,7 +3,8 @@
 #   OUTDIR/vmlinuz    Debian's linux-image-cloud-amd64 kernel
 #   OUTDIR/initrd.gz  busybox-static, the virtio network and block modules, the ACPI power
 #                     button and evdev modules (graceful shutdown), fuse and virtiofs (the
-#                     container's root file system shared by crid), ./init and guest-exit
+#                     container's root file system shared by crid; its block root is ext4,
+#                     built into the kernel), ./init and guest-exit
 #                     (./guest-exit.c, built statically: the workload's exit code to QEMU)
 # The kernel package is fetched once with apt-get download into CACHEDIR (default OUTDIR).
 set -eu
