@@ -43,8 +43,9 @@ pub struct Config {
     pub net: Option<NetConfig>,
     /// A virtio-blk device on this disk.
     pub disk: Option<DiskConfig>,
-    /// `cgroup.procs` files the VMM moves itself into (its container's cgroup), on a thread of
-    /// its own while KVM sets the VM up: see [`vm::run`].
+    /// `cgroup.procs` files the VMM moves itself into (its container's cgroup, one per
+    /// hierarchy) before it writes a guest page (on cgroup v1 before it opens `/dev/kvm`): see
+    /// [`vm::run`].
     pub cgroup_procs: Vec<PathBuf>,
 }
 

@@ -53,8 +53,9 @@ struct Args {
     /// Skip the seccomp filter (debugging only).
     #[arg(long)]
     no_seccomp: bool,
-    /// Join this cgroup: a `cgroup.procs` file the VMM writes itself into (repeatable, one per
-    /// hierarchy), done before any guest page is written and before the tap or disk is opened.
+    /// Join this cgroup: a `cgroup.procs` file (repeatable, one per hierarchy); the VMM moves
+    /// itself there before it writes a guest page (on cgroup v1 through `tasks`, before it
+    /// opens /dev/kvm).
     #[arg(long)]
     cgroup_procs: Vec<PathBuf>,
 }

@@ -18,10 +18,12 @@
 //! The VMM is placed in the cgroup before it runs: the monitor's child writes itself into every
 //! `cgroup.procs` between fork and exec (`Launch::Command::cgroup_procs`), so guest memory is
 //! charged to the container from the first page and no shell runs in between. crid-vmm gets
-//! the files on its command line (`--cgroup-procs`) and joins them on a thread while KVM
-//! builds the VM, since a cgroup v1 migration waits for an RCU grace period: it has joined
-//! before it writes a guest page or opens the tap or disk (KVM's own structures for the VM may
-//! be charged to the monitor's cgroup).
+//! the files on its command line (`--cgroup-procs`) and joins them itself, first thing, while
+//! it has one thread: a v1 hierarchy through the `tasks` file next to `cgroup.procs` (moving
+//! only the calling thread takes no threadgroup lock, so it does not wait for the RCU grace
+//! period a thread-group migration can wait for), a cgroup2 one through `cgroup.procs` on a
+//! thread while KVM builds the VM (KVM's own structures may then be charged to the monitor's
+//! cgroup); either way before it writes a guest page or opens the tap or disk.
 
 use std::path::{Path, PathBuf};
 

@@ -480,9 +480,9 @@ pub fn prepare(
         };
         cg.create(&limits).map_err(undo)?;
         if info.hypervisor == HypervisorKind::Crid {
-            // crid-vmm joins the cgroup itself, on a thread of its own while KVM sets up (a
-            // cgroup v1 migration waits for an RCU grace period), before it writes a guest
-            // page or opens the tap or the disk: see the `vmm` crate's `vm::run`.
+            // crid-vmm joins the cgroup itself, before it writes a guest page or opens the tap
+            // or the disk, in a way that avoids the grace period a thread-group migration can
+            // wait for: see [`super::cgroup`] and the `vmm` crate's `vm::run`.
             for procs in cg.procs_files() {
                 argv.extend([
                     "--cgroup-procs".into(),
