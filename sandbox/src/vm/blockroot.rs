@@ -22,7 +22,8 @@
 //! exists only inside the guest. The image's size is what the tree needs plus room for the
 //! guest's own writes ([`HEADROOM_BYTES`]): the guest can fill its disk, not the host's; the
 //! host file system must have that much free (else `ResourceExhausted`), though the file is
-//! sparse and uses about the tree's size until the guest writes.
+//! sparse and uses about the tree's size until the guest writes. `mkfs.ext4` runs with a clean
+//! environment and is killed after five minutes (`DeadlineExceeded`).
 //!
 //! Built per container, not cached per image: the CRI mounts and `/etc/crid` differ for every
 //! container, a per-image image would need a second disk for them and an overlay in the guest,
@@ -50,6 +51,8 @@ pub const MAX_DEPTH: usize = 256;
 pub const HEADROOM_BYTES: u64 = 64 << 20;
 /// Free inodes in the image for the guest's new files.
 const HEADROOM_INODES: u64 = 4096;
+/// How long `mkfs.ext4` may take.
+const MKFS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 const BLOCK: u64 = 4096;
 const INODE_SIZE: u64 = 256;
 
@@ -212,18 +215,43 @@ pub fn build(
     Ok(usage)
 }
 
+/// Runs `mkfs`, killed past [`MKFS_TIMEOUT`] (a tree on a hung network or FUSE mount would
+/// otherwise hold `StartContainer` for ever).
 fn run_mkfs(mkfs: &Path, source: &Path, image: &Path, inodes: u64) -> Result<(), SandboxError> {
-    let out = std::process::Command::new(mkfs)
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(mkfs)
         .args(mkfs_args(source, image, inodes))
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(std::process::Stdio::null())
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped()) // a few lines with -q, within the pipe's buffer
+        .spawn()
         .map_err(|e| SandboxError::io(mkfs, e))?;
-    if out.status.success() {
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| SandboxError::io(mkfs, e))? {
+            break status;
+        }
+        if started.elapsed() > MKFS_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SandboxError::Timeout {
+                op: "build the guest's root image".into(),
+                secs: MKFS_TIMEOUT.as_secs(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    if status.success() {
         return Ok(());
     }
-    let reason = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    let reason = stderr.trim().to_owned();
     let dir = image.parent().unwrap_or(Path::new("/"));
     if crate::sys::is_full(dir) {
         return Err(SandboxError::DiskFull {
@@ -234,7 +262,7 @@ fn run_mkfs(mkfs: &Path, source: &Path, image: &Path, inodes: u64) -> Result<(),
     }
     Err(SandboxError::Runtime {
         op: "build the guest's root image".into(),
-        reason: format!("{} failed ({}): {reason}", mkfs.display(), out.status),
+        reason: format!("{} failed ({status}): {reason}", mkfs.display()),
     })
 }
 
@@ -290,6 +318,22 @@ mod tests {
             max_entries: 3,
         };
         assert!(build(Path::new("/nonexistent-mkfs"), dir.path(), &image, &limits).is_err());
+        assert!(!image.exists());
+    }
+
+    #[test]
+    fn a_failing_mkfs_is_an_error_with_its_message_and_leaves_no_image() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("root");
+        tree(&src);
+        let fake = dir.path().join("mkfs.ext4");
+        std::fs::write(&fake, "#!/bin/sh\necho 'no luck' >&2\nexit 1\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let image = dir.path().join("vm/rootfs.ext4");
+        let err = build(&fake, &src, &image, &Limits::default()).unwrap_err();
+        assert_eq!(err.kind(), imagestore::ErrorKind::Internal);
+        assert!(err.to_string().contains("no luck"), "{err}");
         assert!(!image.exists());
     }
 
