@@ -356,7 +356,10 @@ async fn guest_disk_on_crid_vmm_through_the_cri() {
 /// the guest with its polling driver: the disk it reads is the built file system (the ext4
 /// magic at byte 1080), its write lands in the container's image, its command line names the
 /// root and carries no argv; the mount is noted `block`, the ConfigMap's file is in the image,
-/// and the image goes when the guest ends.
+/// and the image goes when the guest ends. Untrusted content: the volume's link to a host file
+/// and its device node are a link and a node in the image, never their content; a tree larger
+/// than a block root holds (a sparse 5 GiB file) fails StartContainer with RESOURCE_EXHAUSTED
+/// before anything is written, and leaves nothing mounted or on disk.
 #[tokio::test]
 async fn linux_block_root_on_crid_vmm_is_the_built_file_system() {
     let Some(reg) = ready() else { return };
@@ -367,6 +370,14 @@ async fn linux_block_root_on_crid_vmm_is_the_built_file_system() {
     let config_map = work.path().join("config");
     std::fs::create_dir_all(&config_map).unwrap();
     std::fs::write(config_map.join("greeting"), "hello from the host").unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", config_map.join("shadow")).unwrap();
+    nix::sys::stat::mknod(
+        &config_map.join("mem"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::makedev(1, 1),
+    )
+    .unwrap();
     let image = common::push_guest_with(
         &reg,
         &work.path().join("guest.elf"),
@@ -410,12 +421,22 @@ async fn linux_block_root_on_crid_vmm_is_the_built_file_system() {
         .into_iter()
         .find(|p| Path::new(p).exists())
     {
-        let out = Command::new(debugfs)
-            .args(["-R", "cat /etc/app/greeting"])
-            .arg(&root_image)
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the host");
+        let run = |request: &str| {
+            let out = Command::new(debugfs)
+                .args(["-R", request])
+                .arg(&root_image)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert_eq!(run("cat /etc/app/greeting"), "hello from the host");
+        let link = run("stat /etc/app/shadow");
+        assert!(
+            link.contains("Type: symlink") && link.contains("\"/etc/shadow\""),
+            "{link}"
+        );
+        let node = run("stat /etc/app/mem");
+        assert!(node.contains("Type: character special"), "{node}");
     }
     crid.stop_container(&c, 2).await;
     let s = crid
@@ -424,6 +445,36 @@ async fn linux_block_root_on_crid_vmm_is_the_built_file_system() {
     assert_eq!(s.exit_code, 143, "{s:?}");
     assert!(!root_image.exists(), "the root image outlived the guest");
     crid.remove_container(&c).await;
+
+    // A tree past the limit: refused before anything is written.
+    let huge = work.path().join("huge");
+    std::fs::create_dir_all(&huge).unwrap();
+    std::fs::File::create(huge.join("sparse"))
+        .unwrap()
+        .set_len(5 << 30)
+        .unwrap();
+    let mut config = guest(&image, "huge", &[]);
+    config.mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: huge.display().to_string(),
+        ..Default::default()
+    }];
+    let h = crid.create(&pod, config).await.unwrap();
+    let err = crid
+        .rt()
+        .start_container(cri::StartContainerRequest {
+            container_id: h.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("block root"), "{err}");
+    let container_dir = crid.path().join("root/containers").join(&h);
+    assert!(!container_dir.join("vm/rootfs.ext4").exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.lines().any(|l| l.contains(&h)), "still mounted");
+    crid.remove_container(&h).await;
+    assert!(!container_dir.exists());
     crid.finish().await;
 }
 
