@@ -194,16 +194,14 @@ fn halted_guest_is_killed_at_the_deadline() {
     assert_eq!(plan.guest_exit_code(status), 137);
 }
 
+/// A unikraft-type guest with a PCI device on `pc` boots with SeaBIOS, which configures the
+/// device (qboot does not, and such guests take BAR 0 as the firmware left it), with SeaBIOS's
+/// serial console off: the guest's greeting is the first output.
 #[test]
-fn pc_machine_boots_the_guest_through_qboot() {
+fn pci_guest_on_pc_boots_through_seabios_quietly() {
     let Some(accelerator) = kvm_ready() else {
         return;
     };
-    let firmware = Path::new(vm::launch::DEFAULT_QEMU_FIRMWARE);
-    if !firmware.is_file() {
-        skip_or_fail("no qboot (qemu-system-data)");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("guest.elf");
     if !build_guest(&kernel) {
@@ -214,16 +212,16 @@ fn pc_machine_boots_the_guest_through_qboot() {
     std::fs::write(&disk, vec![0u8; 4096]).unwrap();
     let mut s = spec(kernel, dir.path().join("run"), &["exit=4"], accelerator);
     s.block = Some(disk);
-    s.firmware = Some(firmware.to_path_buf());
+    s.firmware = Some(PathBuf::from(vm::launch::DEFAULT_QEMU_FIRMWARE));
     let Ok(plan) = vm::plan(&s, &vm::default_binary_dirs()) else {
         skip_or_fail("no qemu");
         return;
     };
     assert!(has_option(&plan, "-M", |v| v == "pc"));
-    assert!(has_option(&plan, "-bios", |v| v == firmware.to_str().unwrap()));
+    assert!(!plan.args.iter().any(|a| a == "-bios"), "{:?}", plan.args);
+    plan.write_files().unwrap();
     let (out, status, killed) = run(&plan, Duration::from_secs(60));
     assert!(!killed, "guest did not exit; output: {out}");
-    // qboot prints nothing: the guest's greeting is the first output.
     assert!(
         out.starts_with("crid-test-guest: booted"),
         "output: {out:?}"

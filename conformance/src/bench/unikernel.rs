@@ -4,7 +4,7 @@
 //! image (its pod under the `urunc` handler), the first line of `sh -c 'echo ready; sleep
 //! 3600'` for busybox under runc — in pairs started the same way in the same run: host-network
 //! pods, and pods with their own CNI network (the guest then has a NIC, a tap and QEMU's pc
-//! machine booted by qboot, or microvm when its image declares virtio-mmio drivers) — and the RSS of this runtime's VMM processes once the guest has
+//! machine booted by SeaBIOS, or microvm when its image declares virtio-mmio drivers) — and the RSS of this runtime's VMM processes once the guest has
 //! printed. StartContainer's return to the first byte (pod network) is reported apart: it is the
 //! VMM's and the guest's own start (for runc, the container's), the rest is crid's. The host's
 //! 1-minute load average during the runs goes with them, since on a shared machine absolute
@@ -227,8 +227,9 @@ pub async fn run(
     }
     // Host-network pods: the guest has no NIC and boots on QEMU's microvm machine straight into
     // its PVH entry. Pod-network pods (CNI): the guest gets a virtio-net-pci NIC, a tap and the
-    // pc machine booted by qboot (microvm and a virtio-mmio NIC for an image that declares
-    // virtio-mmio drivers); the runc pod of each pair gets the same kind of network.
+    // pc machine booted by SeaBIOS, which configures the NIC (microvm and a virtio-mmio NIC for
+    // an image that declares virtio-mmio drivers); the runc pod of each pair gets the same kind
+    // of network.
     for _ in 0..iterations {
         for ((target, s), vmm) in targets.iter().zip(series.iter_mut()).zip(&vmms) {
             let (p, rss, a) = pair(target, unikernel_image, busybox_image, true, Some(vmm)).await?;

@@ -39,9 +39,12 @@
 //! scan but also its PCI set-up: QEMU's `info pci` shows every BAR unassigned, I/O decoding and
 //! bus mastering off. Linux assigns them itself; Unikraft's x86 PCI bus takes BAR 0 as the
 //! firmware left it (the test guest's 9p client does the same, `tests/guests/freestanding/pci.h`,
-//! and finds no usable device under qboot). So a `unikraft` guest with its root over 9p, which
-//! cannot boot without that device, always gets SeaBIOS (about 2 s more per start here, KVM =
-//! PVM under load; the 9p device has no option ROM to wait for).
+//! and finds no usable device under qboot). So every guest type but `linux` with a PCI device
+//! (NIC, disk, 9p root) gets SeaBIOS whatever firmware is configured (2–3 s more per start
+//! here, KVM = PVM under load; no option ROMs to wait for), with SeaBIOS's serial console off
+//! (`etc/sercon-port` = 0, from a file in the run directory) so the guest's log starts with the
+//! guest's own output. A guest whose image declares virtio-mmio drivers avoids pc altogether
+//! (below).
 //!
 //! Machine type — `-M microvm` where the guest allows it, `-M pc` otherwise:
 //! - `linux`: microvm under KVM (virtio-mmio devices, described to the kernel by ACPI); pc
@@ -68,7 +71,8 @@ use std::path::Path;
 use imagestore::{HypervisorKind, UnikernelType, VirtioTransport};
 
 use super::{
-    Accelerator, ExitMapping, Hypervisor, LaunchPlan, VmSpec, cmdline::guest_cmdline, path_arg,
+    Accelerator, ExitMapping, Hypervisor, LaunchPlan, PlanFile, VmSpec, cmdline::guest_cmdline,
+    path_arg,
 };
 use crate::SandboxError;
 
@@ -96,6 +100,17 @@ pub fn machine(spec: &VmSpec) -> Machine {
             }
         }
     }
+}
+
+/// The file (in the run directory) holding SeaBIOS's serial console port, 0: off.
+const SEABIOS_SERCON_FILE: &str = "seabios-sercon-port";
+
+/// Whether a `pc` guest needs its firmware to configure its PCI devices (assign BARs, enable
+/// decoding), which qboot does not do: every guest type but `linux` with a NIC, disk or 9p
+/// root. Unikraft's x86 PCI bus, like the test guest's, takes BAR 0 as the firmware left it.
+fn needs_pci_firmware(spec: &VmSpec) -> bool {
+    spec.info.unikernel_type != UnikernelType::Linux
+        && (spec.net.is_some() || spec.block.is_some() || spec.ninep_root.is_some())
 }
 
 /// Whether QEMU announces the guest's virtio-mmio devices on its command line
@@ -206,6 +221,7 @@ impl Hypervisor for Qemu {
         let cmdline = guest_cmdline(spec, &[])?;
         let machine = machine(spec);
         let mewz = spec.info.unikernel_type == UnikernelType::Mewz;
+        let mut files = Vec::new();
         let mut a: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
         push(&["-nodefaults", "-no-user-config", "-no-reboot", "-nographic"]);
@@ -218,11 +234,24 @@ impl Hypervisor for Qemu {
             Machine::Microvm => push(&["-M", "microvm,x-option-roms=off"]),
             Machine::Pc => {
                 push(&["-M", "pc"]);
-                // qboot leaves PCI devices unconfigured; a Unikraft guest needs its 9p root's
-                // device configured by the firmware: SeaBIOS (see the module documentation).
-                if let Some(fw) = spec.firmware.as_ref().filter(|_| spec.ninep_root.is_none()) {
-                    let fw = path_arg(fw)?;
-                    push(&["-bios", &fw]);
+                // qboot leaves PCI devices unconfigured: a guest that takes them as the
+                // firmware left them gets SeaBIOS (see the module documentation).
+                match spec.firmware.as_ref().filter(|_| !needs_pci_firmware(spec)) {
+                    Some(fw) => {
+                        let fw = path_arg(fw)?;
+                        push(&["-bios", &fw]);
+                    }
+                    None => {
+                        // SeaBIOS's serial console (no VGA here) would print its banner and
+                        // terminal escapes into the guest's log: port 0 turns it off.
+                        let port = spec.run_dir.join(SEABIOS_SERCON_FILE);
+                        let arg = format!("name=etc/sercon-port,file={}", path_arg(&port)?);
+                        push(&["-fw_cfg", &arg]);
+                        files.push(PlanFile {
+                            path: port,
+                            contents: "\0".into(),
+                        });
+                    }
                 }
             }
         }
@@ -310,7 +339,7 @@ impl Hypervisor for Qemu {
             hypervisor: HypervisorKind::Qemu,
             program: binary.to_path_buf(),
             args: a,
-            files: vec![],
+            files,
             accelerator: spec.accelerator,
             guest_cmdline: cmdline,
             exit_mapping: ExitMapping::QemuDebugExit,
@@ -584,19 +613,49 @@ mod tests {
 
     #[test]
     fn pc_boots_the_configured_firmware_microvm_its_own() {
+        let qboot = PathBuf::from("/usr/share/qemu/qboot.rom");
+        // linux configures its PCI devices itself: qboot.
+        let mut l = spec(T::Linux, HypervisorKind::Qemu);
+        l.accelerator = Accelerator::Tcg;
+        l.net = Some(net());
+        l.firmware = Some(qboot.clone());
+        let p = Qemu.plan(&l, Path::new("/q")).unwrap();
+        assert!(has_pair(&p.args, "-M", "pc"));
+        assert!(has_pair(&p.args, "-bios", "/usr/share/qemu/qboot.rom"));
+        assert!(p.files.is_empty());
+        // A unikraft guest with a PCI NIC takes BAR 0 as the firmware left it: SeaBIOS, with
+        // its serial console off (port 0 in a file of the run directory).
         let mut s = spec(T::Unikraft, HypervisorKind::Qemu);
         s.net = Some(net());
-        s.firmware = Some(PathBuf::from("/usr/share/qemu/qboot.rom"));
-        let a = argv(&s);
-        assert!(has_pair(&a, "-M", "pc"));
-        assert!(has_pair(&a, "-bios", "/usr/share/qemu/qboot.rom"));
+        s.firmware = Some(qboot.clone());
+        let p = Qemu.plan(&s, Path::new("/q")).unwrap();
+        assert!(has_pair(&p.args, "-M", "pc"));
+        assert!(!p.args.iter().any(|x| x == "-bios"), "{:?}", p.args);
+        let port = s.run_dir.join("seabios-sercon-port");
+        assert!(has_pair(
+            &p.args,
+            "-fw_cfg",
+            &format!("name=etc/sercon-port,file={}", port.display())
+        ));
+        assert_eq!(
+            p.files,
+            [PlanFile {
+                path: port,
+                contents: "\0".into()
+            }]
+        );
+        // Without a PCI device it keeps qboot.
+        s.net = None;
+        s.accelerator = Accelerator::Tcg;
+        assert!(has_pair(&argv(&s), "-bios", "/usr/share/qemu/qboot.rom"));
+        // microvm has its own firmware.
         let mut m = spec(T::Linux, HypervisorKind::Qemu);
-        m.firmware = s.firmware.clone();
+        m.firmware = Some(qboot);
         let a = argv(&m);
         assert!(has_pair(&a, "-M", "microvm,x-option-roms=off"));
-        assert!(!a.iter().any(|x| x == "-bios"));
-        s.firmware = Some(PathBuf::from("/a,b"));
-        assert!(Qemu.plan(&s, Path::new("/q")).is_err());
+        assert!(!a.iter().any(|x| x == "-bios" || x == "-fw_cfg"));
+        l.firmware = Some(PathBuf::from("/a,b"));
+        assert!(Qemu.plan(&l, Path::new("/q")).is_err());
     }
 
     #[test]
