@@ -1011,6 +1011,14 @@ async fn unikraft_guest_gets_its_container_rootfs_over_9p() {
     let notes = vm["mount_notes"].as_array().cloned().unwrap_or_default();
     assert!(!notes.is_empty(), "{info}");
     assert!(notes.iter().all(|n| n["delivery"] == "9p"), "{info}");
+    // kubelet's emptyDir and termination log are world-writable; its /etc/hosts, mounted
+    // read-write, is root's 0644: the one mount noted as one the guest may not write.
+    let unwritable: Vec<&str> = notes
+        .iter()
+        .filter(|n| n["note"].as_str().unwrap_or("").contains("may not write"))
+        .filter_map(|n| n["containerPath"].as_str())
+        .collect();
+    assert_eq!(unwritable, ["/etc/hosts"], "{info}");
     let argv: Vec<String> = serde_json::from_value(vm["argv"].clone()).unwrap();
     let rootfs = crid.path().join("root/containers").join(&id).join("rootfs");
     let pair = |k: &str, v: &str| argv.windows(2).any(|w| w[0] == k && w[1] == v);

@@ -33,7 +33,7 @@
 //!   ([`crate::vm::guestfiles`]); for the others each mount is skipped with a warning and a
 //!   note in the VM state (`mount_notes`, shown in verbose status).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use imagestore::UnikernelInfo;
@@ -260,6 +260,26 @@ fn shared_root(
     })
 }
 
+/// How a 9p guest may write a read-write mount: its file operations run as QEMU's
+/// unprivileged uid (see [`crate::vm::ninep`]), which owns none of kubelet's files, so it
+/// writes only what is world-writable (an emptyDir, 0777; the termination log, 0666).
+fn ninep_writes(host: &Path, readonly: bool) -> String {
+    use std::os::unix::fs::MetadataExt;
+    if readonly {
+        return String::new();
+    }
+    match std::fs::metadata(host) {
+        Ok(m) if m.mode() & 0o002 != 0 => " (as the VMM's unprivileged uid)".into(),
+        Ok(m) => format!(
+            " (as the VMM's unprivileged uid, which may not write this one: owner {}, mode \
+             {:o})",
+            m.uid(),
+            m.mode() & 0o7777
+        ),
+        Err(_) => " (as the VMM's unprivileged uid)".into(),
+    }
+}
+
 /// The mounts a guest gets (bound into its shared root, or copied into its initrd), and a note
 /// for every CRI mount (see [`guestfiles`]). The pod's `/etc/hosts` and `/etc/resolv.conf`
 /// come first (the guest's DNS is the pod's), unless a CRI mount covers the same path.
@@ -300,9 +320,9 @@ fn guest_mounts(
                      over {}: host changes and guest writes{} are shared",
                     transport.name(),
                     if transport == Transport::NineP {
-                        " (as the VMM's unprivileged uid)"
+                        ninep_writes(Path::new(&m.host_path), m.readonly)
                     } else {
-                        ""
+                        String::new()
                     }
                 ),
                 Transport::Block => "copied at start into the guest's root file system image \
@@ -939,6 +959,48 @@ mod tests {
                 ("B".into(), "3".into()),
             ]
         );
+    }
+
+    /// A 9p guest writes as QEMU's uid: a read-write mount that is not world-writable is noted
+    /// as one it may not write; a world-writable one (kubelet's emptyDir) and a read-only one
+    /// are not.
+    #[test]
+    fn a_9p_guest_is_told_which_read_write_mounts_it_may_not_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (closed, open) = (dir.path().join("closed"), dir.path().join("open"));
+        for (d, mode) in [(&closed, 0o755), (&open, 0o777)] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let mount =
+            |container_path: &str, host: &Path, readonly: bool| super::super::config::MountSpec {
+                container_path: container_path.into(),
+                host_path: host.display().to_string(),
+                readonly,
+                ..Default::default()
+            };
+        let cri = vec![
+            mount("/volume", &closed, false),
+            mount("/data", &open, false),
+            mount("/config", &closed, true),
+        ];
+        let mut unikraft = info();
+        unikraft.mount_rootfs = Some(true);
+        let (_, notes) = guest_mounts(
+            &cri,
+            &PodContext::default(),
+            &unikraft,
+            shares_rootfs(&unikraft),
+        );
+        let refused: Vec<&str> = notes
+            .iter()
+            .filter(|n| n.note.contains("may not write this one"))
+            .map(|n| n.container_path.as_str())
+            .collect();
+        assert_eq!(refused, ["/volume"], "{notes:?}");
+        assert!(notes[0].note.contains("mode 755"), "{notes:?}");
+        assert!(notes[1].note.contains("unprivileged uid"), "{notes:?}");
     }
 
     #[test]
