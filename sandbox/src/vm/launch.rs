@@ -860,17 +860,21 @@ mod tests {
             std::fs::read_to_string("/proc/self/mountinfo")
                 .unwrap()
                 .lines()
-                .any(|l| {
+                .filter(|l| {
                     l.split(' ').nth(4) == Some(&proc_dir.display().to_string())
                         && l.contains(" - proc ")
                         && l.contains("subset=pid")
                 })
+                .count()
         };
         let p = prepare(&req, &settings, &host()).unwrap();
         assert!(p.argv.iter().any(|a| a == "-chroot"), "{:?}", p.argv);
-        assert!(mounted());
+        assert_eq!(mounted(), 1);
+        // A second start without a release in between does not stack a second proc.
+        prepare(&req, &settings, &host()).unwrap();
+        assert_eq!(mounted(), 1);
         release(&req).unwrap();
-        assert!(!mounted());
+        assert_eq!(mounted(), 0);
         assert!(!req.run_dir.join(CHROOT_DIR).exists());
         // Without a 9p root there is no proc in the chroot.
         req.shared_root = None;

@@ -69,10 +69,12 @@ fn proc_dir(chroot: &Path) -> PathBuf {
 }
 
 /// Mounts the restricted proc instance QEMU's 9p server needs at `<chroot>/proc` (see the
-/// module documentation).
+/// module documentation), over nothing: one left by an earlier start that was not released is
+/// detached first, so mounts never stack.
 pub fn mount_proc(chroot: &Path) -> Result<(), SandboxError> {
     let dir = proc_dir(chroot);
     std::fs::create_dir_all(&dir).map_err(|e| SandboxError::io(&dir, e))?;
+    detach_all(&dir);
     nix::mount::mount(
         Some("proc"),
         &dir,
@@ -90,11 +92,22 @@ pub fn unmount_proc(chroot: &Path) {
     if !dir.exists() {
         return;
     }
-    match nix::mount::umount2(&dir, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
-        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot unmount QEMU's proc"),
-    }
+    detach_all(&dir);
     let _ = std::fs::remove_dir(&dir);
+}
+
+/// Detaches whatever is mounted at `dir` (bounded: at most 16 mounts stacked there).
+fn detach_all(dir: &Path) {
+    for _ in 0..16 {
+        match nix::mount::umount2(dir, MntFlags::MNT_DETACH) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EINVAL) => return,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot unmount QEMU's proc");
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
