@@ -263,11 +263,8 @@ fn shared_root(
 /// How a 9p guest may write a read-write mount: its file operations run as QEMU's
 /// unprivileged uid (see [`crate::vm::ninep`]), which owns none of kubelet's files, so it
 /// writes only what is world-writable (an emptyDir, 0777; the termination log, 0666).
-fn ninep_writes(host: &Path, readonly: bool) -> String {
+fn ninep_writes(host: &Path) -> String {
     use std::os::unix::fs::MetadataExt;
-    if readonly {
-        return String::new();
-    }
     match std::fs::metadata(host) {
         Ok(m) if m.mode() & 0o002 != 0 => " (as the VMM's unprivileged uid)".into(),
         Ok(m) => format!(
@@ -315,12 +312,17 @@ fn guest_mounts(
                 readonly: m.readonly,
             });
             let note = match transport {
+                Transport::Virtiofs | Transport::NineP if m.readonly => format!(
+                    "bound read-only into the container's root file system, which the guest \
+                     mounts over {}: host changes are shared, guest writes refused",
+                    transport.name()
+                ),
                 Transport::Virtiofs | Transport::NineP => format!(
                     "bound into the container's root file system, which the guest mounts \
                      over {}: host changes and guest writes{} are shared",
                     transport.name(),
                     if transport == Transport::NineP {
-                        ninep_writes(Path::new(&m.host_path), m.readonly)
+                        ninep_writes(Path::new(&m.host_path))
                     } else {
                         String::new()
                     }
@@ -1016,6 +1018,12 @@ mod tests {
                 host_path: "/pods/p/c/0".into(),
                 ..Default::default()
             },
+            super::super::config::MountSpec {
+                container_path: "/etc/app".into(),
+                host_path: "/pods/p/volumes/config".into(),
+                readonly: true,
+                ..Default::default()
+            },
         ];
         let pod = PodContext {
             hosts_file: Some("/run/pod/hosts".into()),
@@ -1024,7 +1032,7 @@ mod tests {
         };
         let (mounts, notes) = guest_mounts(&cri, &pod, &info(), shares_rootfs(&info()));
         assert!(mounts.is_empty());
-        assert_eq!(notes.len(), 2);
+        assert_eq!(notes.len(), 3);
         assert!(notes.iter().all(|n| n.delivery == "skipped"), "{notes:?}");
         assert!(notes[0].note.contains("unikraft"), "{notes:?}");
 
@@ -1033,8 +1041,13 @@ mod tests {
         unikraft.mount_rootfs = Some(true);
         assert_eq!(shares_rootfs(&unikraft), Some(Transport::NineP));
         let (shared, notes) = guest_mounts(&cri, &pod, &unikraft, shares_rootfs(&unikraft));
-        assert_eq!(shared.len(), 3, "{shared:?}");
+        assert_eq!(shared.len(), 4, "{shared:?}");
         assert!(notes.iter().all(|n| n.delivery == "9p"), "{notes:?}");
+        // A read-only mount is not one the guest writes.
+        assert!(notes[2].note.contains("read-only"), "{notes:?}");
+        assert!(notes[2].note.contains("guest writes refused"), "{notes:?}");
+        assert!(notes[1].note.contains("guest writes"), "{notes:?}");
+        assert!(!notes[1].note.contains("refused"), "{notes:?}");
         unikraft.initrd = Some("/unikernel/initrd".into());
         assert_eq!(shares_rootfs(&unikraft), None);
         unikraft.initrd = None;
@@ -1049,7 +1062,12 @@ mod tests {
         // The CRI mount of /etc/hosts wins over the pod's file; the pod's resolv.conf is added.
         assert_eq!(
             paths,
-            ["/etc/resolv.conf", "/etc/hosts", "/dev/termination-log"]
+            [
+                "/etc/resolv.conf",
+                "/etc/hosts",
+                "/dev/termination-log",
+                "/etc/app"
+            ]
         );
         assert_eq!(mounts[1].host_path, PathBuf::from("/pods/p/etc-hosts"));
         assert!(notes.iter().all(|n| n.delivery == "initrd"), "{notes:?}");
@@ -1060,6 +1078,7 @@ mod tests {
         let (shared, notes) = guest_mounts(&cri, &pod, &linux, shares_rootfs(&linux));
         assert_eq!(shared, mounts);
         assert!(notes.iter().all(|n| n.delivery == "virtiofs"), "{notes:?}");
+        assert!(notes[2].note.contains("guest writes refused"), "{notes:?}");
         // Without a shared file system (and on QEMU with useDMBlock=true): the same mounts,
         // copied into the guest's block root.
         for other in [
