@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use imagestore::{HypervisorKind, UnikernelInfo, UnikernelSource, UnikernelType};
-use sandbox::monitor::join_before_exec;
+use sandbox::monitor::{join_before_exec, open_cgroup_join};
 use sandbox::vm::cgroup::{Limits, VmCgroup};
 use sandbox::vm::launch::{VmRequest, release};
 
@@ -58,11 +58,12 @@ fn release_kills_what_is_left_and_removes_the_cgroup() {
     assert_eq!(read("cpu", "cpu.shares").trim(), "128");
     assert!(read("devices", "devices.list").contains("c 10:232 rw"));
 
-    // A stand-in VMM that never exits, placed in the cgroup before its exec.
+    // A stand-in VMM that never exits, placed in the cgroup before its exec as the monitor
+    // places one (through each v1 hierarchy's `tasks`): the whole process is there.
     let procs = cg
         .procs_files()
         .iter()
-        .map(|p| std::fs::OpenOptions::new().write(true).open(p).unwrap())
+        .map(|p| open_cgroup_join(p).unwrap())
         .collect();
     let mut cmd = Command::new("/bin/sleep");
     cmd.arg("600");

@@ -98,8 +98,9 @@ pub enum Launch {
         /// with no `nsenter` process (a VMM in its pod's network).
         #[serde(default)]
         netns: Option<PathBuf>,
-        /// `cgroup.procs` files the program joins between fork and exec, so everything it
-        /// allocates is charged to its cgroup from the first page, with no shell in between.
+        /// `cgroup.procs` files the program joins between fork and exec (through
+        /// [`open_cgroup_join`]), so everything it allocates is charged to its cgroup from the
+        /// first page, with no shell in between.
         #[serde(default)]
         cgroup_procs: Vec<PathBuf>,
     },
@@ -289,6 +290,22 @@ pub(crate) fn spawn_detached(
     });
     rx.recv_timeout(timeout)
         .map_err(|_| std::io::Error::other(format!("{what} did not report in time")))?
+}
+
+/// Opens the file through which a forked child joins the cgroup whose `cgroup.procs` is
+/// `procs` by writing `0` (itself) before its exec ([`join_before_exec`]): on a cgroup v1
+/// hierarchy the `tasks` file next to it, which moves only the writing thread — the child's
+/// only one — and so takes no threadgroup lock and never waits for the RCU grace period a
+/// `cgroup.procs` migration can wait for (milliseconds on the hosts measured); on cgroup2,
+/// which has no `tasks` file, `cgroup.procs` itself.
+pub fn open_cgroup_join(procs: &Path) -> std::io::Result<File> {
+    let tasks = procs.with_file_name("tasks");
+    let file = if procs.file_name().is_some_and(|n| n == "cgroup.procs") && tasks.exists() {
+        tasks
+    } else {
+        procs.to_path_buf()
+    };
+    File::options().write(true).open(file)
 }
 
 /// Replaces `path` with `data` atomically for readers (temp file, then rename) without
@@ -826,9 +843,7 @@ impl Monitor {
                 let procs = cgroup_procs
                     .iter()
                     .map(|p| {
-                        std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(p)
+                        open_cgroup_join(p)
                             .map_err(|e| format!("cannot join cgroup {}: {e}", p.display()))
                     })
                     .collect::<Result<Vec<File>, String>>()?;
@@ -1125,6 +1140,33 @@ pub fn runc_errors(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A v1 hierarchy is joined through `tasks` (the thread alone, no threadgroup lock), a
+    /// cgroup2 one through `cgroup.procs`.
+    #[test]
+    fn a_child_joins_v1_through_tasks_and_cgroup2_through_procs() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = dir.path().join("v1");
+        let v2 = dir.path().join("v2");
+        for d in [&v1, &v2] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("cgroup.procs"), "").unwrap();
+        }
+        std::fs::write(v1.join("tasks"), "").unwrap();
+        open_cgroup_join(&v1.join("cgroup.procs"))
+            .unwrap()
+            .write_all(b"0")
+            .unwrap();
+        open_cgroup_join(&v2.join("cgroup.procs"))
+            .unwrap()
+            .write_all(b"0")
+            .unwrap();
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
+        assert_eq!(read(v1.join("tasks")), "0");
+        assert_eq!(read(v1.join("cgroup.procs")), "");
+        assert_eq!(read(v2.join("cgroup.procs")), "0");
+        assert!(open_cgroup_join(&dir.path().join("none/cgroup.procs")).is_err());
+    }
 
     #[test]
     fn oom_counters_are_read() {

@@ -129,8 +129,9 @@ pub fn close_inherited_on_exec() {
 
 /// Makes `cmd`'s child join cgroups and a network namespace between fork and exec (what
 /// Firecracker's jailer does before it execs the VMM), so no shell or `nsenter` process runs
-/// in between: it writes `0` (the writing process) to each `cgroup.procs` file, then enters
-/// the network namespace. The descriptors are close-on-exec: the program inherits none of them.
+/// in between: it writes `0` (itself) to each cgroup file (see [`super::open_cgroup_join`]),
+/// then enters the network namespace. The descriptors are close-on-exec: the program inherits
+/// none of them.
 pub fn join_before_exec(
     cmd: &mut std::process::Command,
     netns: Option<OwnedFd>,

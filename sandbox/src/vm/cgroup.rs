@@ -16,7 +16,8 @@
 //! - cpuset is not joined (CRI `cpuset_cpus` is not applied to VMs).
 //!
 //! The VMM is placed in the cgroup before it runs: the monitor's child writes itself into every
-//! `cgroup.procs` between fork and exec (`Launch::Command::cgroup_procs`), so guest memory is
+//! hierarchy between fork and exec (`Launch::Command::cgroup_procs`, through a v1 hierarchy's
+//! `tasks` file: see `monitor::open_cgroup_join`), so guest memory is
 //! charged to the container from the first page and no shell runs in between. crid-vmm gets
 //! the files on its command line (`--cgroup-procs`) and joins them itself, first thing, while
 //! it has one thread: a v1 hierarchy through the `tasks` file next to `cgroup.procs` (moving
