@@ -1,6 +1,6 @@
 //! QEMU (`qemu-system-x86_64`): the backend tested end to end.
 //!
-//! Always `-nodefaults -no-user-config -no-reboot -nographic`, the serial port on stdio (the
+//! Always `-nodefaults -no-user-config -no-reboot -display none`, the serial port on stdio (the
 //! monitor's pipe), seccomp via `-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,
 //! resourcecontrol=deny`, and an `isa-debug-exit` device so a guest can choose QEMU's exit
 //! status.
@@ -40,11 +40,10 @@
 //! bus mastering off. Linux assigns them itself; Unikraft's x86 PCI bus takes BAR 0 as the
 //! firmware left it (the test guest's 9p client does the same, `tests/guests/freestanding/pci.h`,
 //! and finds no usable device under qboot). So every guest type but `linux` with a PCI device
-//! (NIC, disk, 9p root) gets SeaBIOS whatever firmware is configured (2–3 s more per start
-//! here, KVM = PVM under load; no option ROMs to wait for), with SeaBIOS's serial console off
-//! (`etc/sercon-port` = 0, from a file in the run directory) so the guest's log starts with the
-//! guest's own output. A guest whose image declares virtio-mmio drivers avoids pc altogether
-//! (below).
+//! (NIC, disk, 9p root) gets SeaBIOS whatever firmware is configured (1.5–3 s more per start
+//! here, KVM = PVM under load; no option ROMs to wait for); SeaBIOS prints nothing on the
+//! serial port, since QEMU runs with `-display none` rather than `-nographic`. A guest whose
+//! image declares virtio-mmio drivers avoids pc altogether (below).
 //!
 //! Machine type — `-M microvm` where the guest allows it, `-M pc` otherwise:
 //! - `linux`: microvm under KVM (virtio-mmio devices, described to the kernel by ACPI); pc
@@ -71,8 +70,7 @@ use std::path::Path;
 use imagestore::{HypervisorKind, UnikernelType, VirtioTransport};
 
 use super::{
-    Accelerator, ExitMapping, Hypervisor, LaunchPlan, PlanFile, VmSpec, cmdline::guest_cmdline,
-    path_arg,
+    Accelerator, ExitMapping, Hypervisor, LaunchPlan, VmSpec, cmdline::guest_cmdline, path_arg,
 };
 use crate::SandboxError;
 
@@ -101,9 +99,6 @@ pub fn machine(spec: &VmSpec) -> Machine {
         }
     }
 }
-
-/// The file (in the run directory) holding SeaBIOS's serial console port, 0: off.
-const SEABIOS_SERCON_FILE: &str = "seabios-sercon-port";
 
 /// Whether a `pc` guest needs its firmware to configure its PCI devices (assign BARs, enable
 /// decoding), which qboot does not do: every guest type but `linux` with a NIC, disk or 9p
@@ -221,10 +216,18 @@ impl Hypervisor for Qemu {
         let cmdline = guest_cmdline(spec, &[])?;
         let machine = machine(spec);
         let mewz = spec.info.unikernel_type == UnikernelType::Mewz;
-        let mut files = Vec::new();
         let mut a: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
-        push(&["-nodefaults", "-no-user-config", "-no-reboot", "-nographic"]);
+        // `-display none`, not `-nographic`: the latter also tells SeaBIOS (fw_cfg's nographic
+        // flag) to mirror its console on the serial port, i.e. its banner and terminal escapes
+        // in the guest's log before the guest's own first byte.
+        push(&[
+            "-nodefaults",
+            "-no-user-config",
+            "-no-reboot",
+            "-display",
+            "none",
+        ]);
         match machine {
             Machine::Microvm if mmio_on_cmdline(spec, machine) => {
                 // Modern (version 2) virtio-mmio, the transport Firecracker presents.
@@ -236,22 +239,9 @@ impl Hypervisor for Qemu {
                 push(&["-M", "pc"]);
                 // qboot leaves PCI devices unconfigured: a guest that takes them as the
                 // firmware left them gets SeaBIOS (see the module documentation).
-                match spec.firmware.as_ref().filter(|_| !needs_pci_firmware(spec)) {
-                    Some(fw) => {
-                        let fw = path_arg(fw)?;
-                        push(&["-bios", &fw]);
-                    }
-                    None => {
-                        // SeaBIOS's serial console (no VGA here) would print its banner and
-                        // terminal escapes into the guest's log: port 0 turns it off.
-                        let port = spec.run_dir.join(SEABIOS_SERCON_FILE);
-                        let arg = format!("name=etc/sercon-port,file={}", path_arg(&port)?);
-                        push(&["-fw_cfg", &arg]);
-                        files.push(PlanFile {
-                            path: port,
-                            contents: "\0".into(),
-                        });
-                    }
+                if let Some(fw) = spec.firmware.as_ref().filter(|_| !needs_pci_firmware(spec)) {
+                    let fw = path_arg(fw)?;
+                    push(&["-bios", &fw]);
                 }
             }
         }
@@ -339,7 +329,7 @@ impl Hypervisor for Qemu {
             hypervisor: HypervisorKind::Qemu,
             program: binary.to_path_buf(),
             args: a,
-            files,
+            files: vec![],
             accelerator: spec.accelerator,
             guest_cmdline: cmdline,
             exit_mapping: ExitMapping::QemuDebugExit,
@@ -419,8 +409,14 @@ mod tests {
         s.initrd = Some(PathBuf::from("/l/initrd.img"));
         let a = argv(&s);
         assert_eq!(
-            &a[..4],
-            ["-nodefaults", "-no-user-config", "-no-reboot", "-nographic"]
+            &a[..5],
+            [
+                "-nodefaults",
+                "-no-user-config",
+                "-no-reboot",
+                "-display",
+                "none"
+            ]
         );
         assert!(has_pair(&a, "-M", "microvm,x-option-roms=off"));
         assert!(has_pair(&a, "-accel", "kvm"));
@@ -623,27 +619,17 @@ mod tests {
         assert!(has_pair(&p.args, "-M", "pc"));
         assert!(has_pair(&p.args, "-bios", "/usr/share/qemu/qboot.rom"));
         assert!(p.files.is_empty());
-        // A unikraft guest with a PCI NIC takes BAR 0 as the firmware left it: SeaBIOS, with
-        // its serial console off (port 0 in a file of the run directory).
+        // A unikraft guest with a PCI NIC takes BAR 0 as the firmware left it: SeaBIOS.
         let mut s = spec(T::Unikraft, HypervisorKind::Qemu);
         s.net = Some(net());
         s.firmware = Some(qboot.clone());
-        let p = Qemu.plan(&s, Path::new("/q")).unwrap();
-        assert!(has_pair(&p.args, "-M", "pc"));
-        assert!(!p.args.iter().any(|x| x == "-bios"), "{:?}", p.args);
-        let port = s.run_dir.join("seabios-sercon-port");
-        assert!(has_pair(
-            &p.args,
-            "-fw_cfg",
-            &format!("name=etc/sercon-port,file={}", port.display())
-        ));
-        assert_eq!(
-            p.files,
-            [PlanFile {
-                path: port,
-                contents: "\0".into()
-            }]
+        let a = argv(&s);
+        assert!(has_pair(&a, "-M", "pc"));
+        assert!(
+            !a.iter().any(|x| x == "-bios" || x == "-nographic"),
+            "{a:?}"
         );
+        assert!(has_pair(&a, "-display", "none"));
         // Without a PCI device it keeps qboot.
         s.net = None;
         s.accelerator = Accelerator::Tcg;
@@ -653,7 +639,7 @@ mod tests {
         m.firmware = Some(qboot);
         let a = argv(&m);
         assert!(has_pair(&a, "-M", "microvm,x-option-roms=off"));
-        assert!(!a.iter().any(|x| x == "-bios" || x == "-fw_cfg"));
+        assert!(!a.iter().any(|x| x == "-bios"));
         l.firmware = Some(PathBuf::from("/a,b"));
         assert!(Qemu.plan(&l, Path::new("/q")).is_err());
     }
