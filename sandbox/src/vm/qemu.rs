@@ -62,7 +62,8 @@
 //!   announces devices (with ACPI, microvm describes them in its DSDT only). Measured here
 //!   (KVM = PVM, the freestanding guest with a NIC, QEMU alone, exec to first serial byte,
 //!   interleaved, load about 3): 54 ms median on microvm with a virtio-mmio NIC against 160 ms
-//!   on pc + qboot with virtio-net-pci.
+//!   on pc + qboot with virtio-net-pci (a NIC such a guest cannot use) and 1.5–3 s on pc +
+//!   SeaBIOS; through crid, see README's Performance.
 
 use std::io::Read;
 use std::path::Path;
