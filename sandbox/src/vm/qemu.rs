@@ -41,7 +41,8 @@
 //! firmware left it (the test guest's 9p client does the same, `tests/guests/freestanding/pci.h`,
 //! and finds no usable device under qboot). So every guest type but `linux` with a PCI device
 //! (NIC, disk, 9p root) gets SeaBIOS whatever firmware is configured (1.5–3 s more per start
-//! here, KVM = PVM under load; no option ROMs to wait for); SeaBIOS prints nothing on the
+//! here: PVM emulates the firmware's paging-off and 16-bit code instruction by instruction;
+//! no option ROMs to wait for); SeaBIOS prints nothing on the
 //! serial port, since QEMU runs with `-display none` rather than `-nographic`. A guest whose
 //! image declares virtio-mmio drivers avoids pc altogether (below).
 //!
