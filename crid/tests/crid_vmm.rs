@@ -478,6 +478,43 @@ async fn linux_block_root_on_crid_vmm_is_the_built_file_system() {
     crid.finish().await;
 }
 
+/// A QEMU image that declares virtio-mmio drivers (`crid unikernel pack --virtio mmio`) runs on
+/// crid-vmm under `vm.crid_vmm_for = ["qemu"]` with its block device, which a QEMU image with
+/// PCI drivers would not.
+#[tokio::test]
+async fn qemu_image_declaring_virtio_mmio_runs_on_crid_vmm_with_its_disk() {
+    let Some(reg) = ready() else { return };
+    vmm_binary();
+    let work = tempfile::tempdir().unwrap();
+    let (disk, original) = disk_image(work.path());
+    let image = common::push_guest_with(
+        &reg,
+        &work.path().join("guest.elf"),
+        "unikraft",
+        "qemu",
+        "exit=6",
+        "qemu-mmio-blk",
+        &["--block", disk.to_str().unwrap(), "--virtio", "mmio"],
+    );
+    let (crid, pod, logs) = start_for("qemu", &[&image], "vmm-mmio").await;
+    let id = crid.create_start(&pod, guest(&image, "mmio", &[])).await;
+    let s = crid
+        .wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
+    let text = std::fs::read_to_string(logs.join("mmio.log")).unwrap_or_default();
+    assert_eq!(s.exit_code, 6, "log:\n{text}\n{}", log_text(crid.path()));
+    assert!(
+        text.contains("crid-test-guest: disk marker: crid-disk-marker from the image")
+            && text.contains("crid-test-guest: disk: write read back"),
+        "{text}"
+    );
+    // On crid-vmm (block_paths checks the hypervisor), the image's layer file untouched.
+    let (layer_file, _) = block_paths(&crid, &id).await;
+    assert_eq!(std::fs::read(&layer_file).unwrap(), original);
+    crid.remove_container(&id).await;
+    crid.finish().await;
+}
+
 #[tokio::test]
 async fn guest_on_crid_vmm_answers_on_the_pod_ip() {
     let Some(reg) = ready() else { return };

@@ -16,7 +16,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use imagestore::{HypervisorKind, UnikernelInfo, UnikernelType};
+use imagestore::{HypervisorKind, UnikernelInfo, UnikernelType, VirtioTransport};
 
 use super::accel::KvmProbe;
 use super::launch::VmSettings;
@@ -132,8 +132,9 @@ pub fn substitute(
 /// kernel is an ELF64 with a PVH note (QEMU microvm and Firecracker both enter it there), or a
 /// `linux` guest (bzImage or ELF vmlinux, Firecracker's boot protocol) on a KVM that runs Linux
 /// (not PVM); with a virtio device (a pod network or a block device) only images for
-/// Firecracker, whose guests find their virtio-mmio NIC and disk on the command line as
-/// crid-vmm announces them (QEMU runs a guest with a NIC or disk on the pc machine, virtio-pci,
+/// Firecracker or images that declare virtio-mmio drivers (crid's `io.crid.unikernel.virtio=
+/// mmio`), whose guests find their virtio-mmio NIC and disk on the command line as crid-vmm
+/// announces them (QEMU runs other guests with a NIC or disk on the pc machine, virtio-pci,
 /// except `linux` on KVM, and its Unikraft images carry PCI drivers); and a usable KVM. `head`
 /// is the start of the kernel file.
 pub fn compatible(
@@ -145,7 +146,7 @@ pub fn compatible(
     if !host.usable {
         return Err("no usable KVM");
     }
-    if info.hypervisor != HypervisorKind::Firecracker {
+    if info.hypervisor != HypervisorKind::Firecracker && info.virtio != VirtioTransport::Mmio {
         if networked {
             return Err("a pod network, where QEMU guests expect virtio-pci");
         }
@@ -286,6 +287,10 @@ mod tests {
         let mut fc_blk = fc.clone();
         fc_blk.block = Some("disk.img".into());
         assert_eq!(compatible(&fc_blk, Some(&elf), true, &host(true)), Ok(()));
+        // A QEMU image that declares virtio-mmio drivers takes crid-vmm's NIC and disk too.
+        let mut mmio = blk.clone();
+        mmio.virtio = VirtioTransport::Mmio;
+        assert_eq!(compatible(&mmio, Some(&elf), true, &host(true)), Ok(()));
 
         let linux = spec(UnikernelType::Linux, HypervisorKind::Firecracker).info;
         let mut bz = vec![0u8; 0x300];
