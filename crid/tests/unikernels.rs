@@ -1205,7 +1205,8 @@ async fn wait_http(crid: &Crid, id: &str, ip: std::net::Ipv4Addr, log: &Path) ->
 
 /// A QEMU guest whose image declares virtio-mmio drivers (`crid unikernel pack --virtio mmio`)
 /// in a pod network: QEMU's microvm gives it a virtio-mmio NIC announced on its command line,
-/// and the test guest (virtio-mmio drivers only) answers UDP on the pod IP through it.
+/// and the test guest (virtio-mmio drivers only) answers UDP on the pod IP through it. A pod's
+/// annotation declares it as well.
 #[tokio::test]
 async fn qemu_mmio_guest_answers_on_the_pod_ip() {
     let Some(reg) = ready_with_cni() else { return };
@@ -1250,6 +1251,28 @@ async fn qemu_mmio_guest_answers_on_the_pod_ip() {
         common::udp_echo(&ip, b"anyone?", 2).is_none(),
         "still answering"
     );
+    crid.remove_container(&id).await;
+
+    // The same guest packed without the key, declared by its pod's annotation instead.
+    let plain = push_guest(&reg, work.path(), "unikraft", "qemu");
+    crid.expect_pull(&plain).await;
+    let mut config = common::pod_config("qemu-mmio-ann", crid.path());
+    config.annotations = [("io.crid.unikernel.virtio".to_owned(), "mmio".to_owned())].into();
+    let pod_id = crid.run_pod_under(&config, "urunc").await;
+    let id = crid
+        .create_start_guest(&(pod_id, config), "net", &plain, &["stay"])
+        .await;
+    let log = crid.path().join("logs/qemu-mmio-ann/net.log");
+    let text = log_containing(&crid, &log, "crid-test-guest: net up", 60).await;
+    assert!(text.contains("virtio_mmio.device="), "{text}");
+    let (_, info) = crid.container_status(&id).await;
+    let uk = &info["runtimeSpec"]["unikernel"];
+    assert_eq!(uk["request"]["info"]["virtio"], "mmio", "{uk}");
+    assert_eq!(
+        uk["annotation_keys"]["io.crid.unikernel.virtio"], "mmio (pod annotation)",
+        "{uk}"
+    );
+    crid.stop_container(&id, 2).await;
     crid.remove_container(&id).await;
     crid.finish().await;
 }

@@ -31,7 +31,8 @@
 //!   the guest drives virtio-mmio devices announced on its command line
 //!   (`virtio_mmio.device=SIZE@ADDR:IRQ`, as Firecracker announces them), `pci` (the default)
 //!   virtio-pci ones. Read as plain text from the manifest annotations, else the config labels,
-//!   whichever source the urunc keys came from; any other value is `InvalidUnikernel` naming
+//!   whichever source the urunc keys came from (a pod's or container's CRI annotation may set
+//!   it too, see `sandbox`'s `unikernel_keys`); any other value is `InvalidUnikernel` naming
 //!   it. A guest's drivers cannot be seen from its kernel file, so crid never guesses this.
 
 use std::collections::HashMap;
@@ -241,9 +242,18 @@ pub fn virtio_transport(
         .get(VIRTIO_KEY)
         .or_else(|| config_labels.get(VIRTIO_KEY));
     match value.map(String::as_str) {
-        None | Some("" | "pci") => Ok(VirtioTransport::Pci),
-        Some("mmio") => Ok(VirtioTransport::Mmio),
-        Some(other) => Err(ImageError::InvalidUnikernel {
+        None | Some("") => Ok(VirtioTransport::Pci),
+        Some(v) => parse_virtio(v),
+    }
+}
+
+/// A value of crid's [`VIRTIO_KEY`]: `pci` or `mmio`; anything else is `InvalidUnikernel`
+/// naming the key.
+pub fn parse_virtio(value: &str) -> Result<VirtioTransport, ImageError> {
+    match value {
+        "pci" => Ok(VirtioTransport::Pci),
+        "mmio" => Ok(VirtioTransport::Mmio),
+        other => Err(ImageError::InvalidUnikernel {
             key: VIRTIO_KEY.to_owned(),
             reason: format!(
                 "unknown virtio transport {:?} (known: pci, mmio)",

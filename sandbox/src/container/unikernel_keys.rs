@@ -20,10 +20,12 @@
 //!   points the VMM at a host file; `hypervisor` picks among the VMMs the operator installed
 //!   (`vm.crid_vmm_for` still applies). A bad value is `InvalidArgument` naming the key and
 //!   where it came from; unknown keys under the prefix and empty values are ignored.
+//! - **crid's own `io.crid.unikernel.virtio`** (the guest's virtio transport, `pci` or `mmio`;
+//!   see `imagestore::unikernel`) follows the same rules: pod, then container, over the image.
 
 use std::collections::BTreeMap;
 
-use imagestore::unikernel::{self, KEY_PREFIX};
+use imagestore::unikernel::{self, KEY_PREFIX, VIRTIO_KEY};
 use imagestore::{ImageError, UnikernelInfo};
 
 use super::config::{ImageInfo, PodContext};
@@ -33,11 +35,12 @@ use crate::SandboxError;
 const POD: &str = "pod annotation";
 const CONTAINER: &str = "container annotation";
 
-/// The pod annotations a container may take keys from: those under urunc's prefix.
+/// The pod annotations a container may take keys from: those under urunc's prefix and crid's
+/// own [`VIRTIO_KEY`].
 pub(super) fn pod_keys(annotations: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     annotations
         .iter()
-        .filter(|(k, _)| k.starts_with(KEY_PREFIX))
+        .filter(|(k, _)| k.starts_with(KEY_PREFIX) || *k == VIRTIO_KEY)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -50,11 +53,19 @@ pub(super) fn tune(
     container: &BTreeMap<String, String>,
 ) -> Result<ImageInfo, SandboxError> {
     let Some(info) = &image.unikernel else {
-        if let Some((key, _)) = unikernel::annotation_keys(container).first() {
+        let virtio = container
+            .get_key_value(VIRTIO_KEY)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        if let Some((key, _)) = unikernel::annotation_keys(container)
+            .first()
+            .copied()
+            .or(virtio)
+        {
             return Err(SandboxError::InvalidArgument {
                 reason: format!(
-                    "{CONTAINER} {key}: image {} is not a unikernel image; urunc's keys tune a \
-                     unikernel image's guest, they do not make one",
+                    "{CONTAINER} {key}: image {} is not a unikernel image; urunc's keys (and \
+                     crid's {VIRTIO_KEY}) tune a unikernel image's guest, they do not make one",
                     image.reference
                 ),
             });
@@ -62,8 +73,14 @@ pub(super) fn tune(
         return Ok(image);
     };
     let info = unikernel::with_annotations(info, &pod.unikernel_annotations).map_err(named(POD))?;
-    let info: UnikernelInfo =
+    let mut info: UnikernelInfo =
         unikernel::with_annotations(&info, container).map_err(named(CONTAINER))?;
+    // crid's own key, pod then container over the image's.
+    for (level, set) in [(POD, &pod.unikernel_annotations), (CONTAINER, container)] {
+        if let Some(v) = set.get(VIRTIO_KEY).filter(|v| !v.is_empty()) {
+            info.virtio = unikernel::parse_virtio(v).map_err(named(level))?;
+        }
+    }
     image.unikernel = Some(info);
     Ok(image)
 }
@@ -89,6 +106,9 @@ pub(super) fn applied(
         for (key, value) in unikernel::annotation_keys(set) {
             out.insert(key.to_owned(), format!("{value} ({level})"));
         }
+        if let Some(v) = set.get(VIRTIO_KEY).filter(|v| !v.is_empty()) {
+            out.insert(VIRTIO_KEY.to_owned(), format!("{v} ({level})"));
+        }
     }
     out
 }
@@ -96,7 +116,7 @@ pub(super) fn applied(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imagestore::{HypervisorKind, UnikernelSource, UnikernelType};
+    use imagestore::{HypervisorKind, UnikernelSource, UnikernelType, VirtioTransport};
     use std::path::PathBuf;
 
     fn image(unikernel: bool) -> ImageInfo {
@@ -172,6 +192,56 @@ mod tests {
                 ),
             ])
         );
+    }
+
+    #[test]
+    fn crids_virtio_key_from_pod_and_container_annotations() {
+        let with = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let pod_mmio = PodContext {
+            unikernel_annotations: pod_keys(&with(&[(VIRTIO_KEY, "mmio")])),
+            ..Default::default()
+        };
+        let got = |pod: &PodContext, c: &[(&str, &str)]| {
+            tune(image(true), pod, &with(c)).map(|i| i.unikernel.unwrap().virtio)
+        };
+        assert_eq!(got(&pod_mmio, &[]).unwrap(), VirtioTransport::Mmio);
+        // The container's wins; an empty value is not set.
+        assert_eq!(
+            got(&pod_mmio, &[(VIRTIO_KEY, "pci")]).unwrap(),
+            VirtioTransport::Pci
+        );
+        assert_eq!(
+            got(&pod_mmio, &[(VIRTIO_KEY, "")]).unwrap(),
+            VirtioTransport::Mmio
+        );
+        assert_eq!(
+            applied(&pod_mmio, &with(&[(VIRTIO_KEY, "pci")])),
+            BTreeMap::from([(
+                VIRTIO_KEY.to_owned(),
+                "pci (container annotation)".to_owned()
+            )])
+        );
+        // A bad value names the key and where it came from.
+        let err = got(&PodContext::default(), &[(VIRTIO_KEY, "ccw")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("container annotation {VIRTIO_KEY}")),
+            "{err}"
+        );
+        // On an ordinary image: refused for the container, ignored for the pod.
+        let err = tune(
+            image(false),
+            &PodContext::default(),
+            &with(&[(VIRTIO_KEY, "mmio")]),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), imagestore::ErrorKind::InvalidArgument);
+        assert!(tune(image(false), &pod_mmio, &with(&[])).is_ok());
     }
 
     #[test]
