@@ -686,6 +686,18 @@ mod tests {
         }
     }
 
+    /// A root-owned shared root `root/rootfs` reached by `transport` (through `root/<socket>`).
+    fn shared_root(root: &Path, socket: &str, transport: Transport) -> SharedRoot {
+        SharedRoot {
+            rootfs: root.join("rootfs"),
+            workdir: "/".into(),
+            uid: 0,
+            gid: 0,
+            socket: root.join(socket),
+            transport,
+        }
+    }
+
     fn host() -> KvmProbe {
         KvmProbe {
             usable: true,
@@ -847,14 +859,7 @@ mod tests {
         };
         let mut req = request(dir.path(), UnikernelType::Unikraft, HypervisorKind::Qemu);
         req.info.block = None;
-        req.shared_root = Some(SharedRoot {
-            rootfs: dir.path().join("rootfs"),
-            workdir: "/".into(),
-            uid: 0,
-            gid: 0,
-            socket: dir.path().join("unused.sock"),
-            transport: Transport::NineP,
-        });
+        req.shared_root = Some(shared_root(dir.path(), "unused.sock", Transport::NineP));
         let proc_dir = req.run_dir.join(CHROOT_DIR).join("proc");
         let mounted = || {
             std::fs::read_to_string("/proc/self/mountinfo")
@@ -907,14 +912,7 @@ mod tests {
             req.info.mount_rootfs = Some(true);
             req.args = vec!["/app/run".into()];
             req.env = vec![("FROM_CRI".into(), "1".into())];
-            req.shared_root = Some(SharedRoot {
-                rootfs: dir.path().join("rootfs"),
-                workdir: "/".into(),
-                uid: 0,
-                gid: 0,
-                socket: dir.path().join("unused.sock"),
-                transport: Transport::Block,
-            });
+            req.shared_root = Some(shared_root(dir.path(), "unused.sock", Transport::Block));
             check(&req, &settings, &host()).unwrap();
             let err = prepare(&req, &settings, &host()).unwrap_err();
             assert_eq!(
@@ -983,14 +981,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bins = dir.path().join("bin");
         let mut req = request(dir.path(), UnikernelType::Linux, HypervisorKind::Qemu);
-        req.shared_root = Some(SharedRoot {
-            rootfs: dir.path().join("rootfs"),
-            workdir: "/".into(),
-            uid: 0,
-            gid: 0,
-            socket: dir.path().join("vfs.sock"),
-            transport: Default::default(),
-        });
+        req.shared_root = Some(shared_root(dir.path(), "vfs.sock", Transport::Virtiofs));
         let mut settings = VmSettings {
             binaries: vec![(
                 virtiofs::BINARY.into(),
