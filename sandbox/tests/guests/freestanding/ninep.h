@@ -374,31 +374,40 @@ static void ninep_read(const char *path)
 	p9_clunk(P9_FILE_FID);
 }
 
+/* Creates `path`'s last element with `perm` in its parent directory, opened with `mode` as
+ * P9_FILE_FID: 0, or nonzero (reported) with the fid free again. */
+static int p9_create(const char *path, u32 perm, u8 mode, const char *what)
+{
+	static char parent[P9_PATH_MAX + 1];
+	p9_parent(path, parent);
+	if (p9_lookup(parent, P9_FILE_FID, what))
+		return -1;
+	const char *name = path;
+	for (u32 i = 0; i < P9_PATH_MAX && path[i]; i++)
+		if (path[i] == '/' && path[i + 1])
+			name = path + i + 1;
+	p9_begin(P9_TCREATE);
+	p9_u32(P9_FILE_FID);
+	p9_strn(name, P9_PATH_MAX, '/');
+	p9_u32(perm);
+	p9_u8(mode);
+	p9_str(""); /* 9P2000.u: no special file */
+	if (p9_rpc(what)) {
+		p9_clunk(P9_FILE_FID);
+		return -1;
+	}
+	return 0;
+}
+
 static void ninep_write(const char *path)
 {
 	static const char text[] = "written by crid-test-guest over 9p\n";
 	const char *what = "crid-test-guest: 9p: write";
-	static char parent[P9_PATH_MAX + 1];
 	int created = 0;
 	/* An existing file is truncated; else the file is created in its directory. */
 	if (p9_lookup(path, P9_FILE_FID, "crid-test-guest: 9p: write: looking up")) {
-		p9_parent(path, parent);
-		if (p9_lookup(parent, P9_FILE_FID, what))
+		if (p9_create(path, 0644, P9_OWRITE, what))
 			return;
-		const char *name = path;
-		for (u32 i = 0; i < P9_PATH_MAX && path[i]; i++)
-			if (path[i] == '/' && path[i + 1])
-				name = path + i + 1;
-		p9_begin(P9_TCREATE);
-		p9_u32(P9_FILE_FID);
-		p9_strn(name, P9_PATH_MAX, '/');
-		p9_u32(0644);
-		p9_u8(P9_OWRITE);
-		p9_str(""); /* 9P2000.u: no special file */
-		if (p9_rpc(what)) {
-			p9_clunk(P9_FILE_FID);
-			return;
-		}
 		created = 1;
 	} else if (p9_open(P9_FILE_FID, P9_OWRITE | P9_OTRUNC, what)) {
 		p9_clunk(P9_FILE_FID);
@@ -422,27 +431,13 @@ static void ninep_write(const char *path)
 
 static void ninep_mkdir(const char *path)
 {
-	static char parent[P9_PATH_MAX + 1];
 	const char *what = "crid-test-guest: 9p: mkdir";
-	p9_parent(path, parent);
-	if (p9_lookup(parent, P9_FILE_FID, what))
+	if (p9_create(path, P9_DMDIR | 0755, P9_OREAD, what))
 		return;
-	const char *name = path;
-	for (u32 i = 0; i < P9_PATH_MAX && path[i]; i++)
-		if (path[i] == '/' && path[i + 1])
-			name = path + i + 1;
-	p9_begin(P9_TCREATE);
-	p9_u32(P9_FILE_FID);
-	p9_strn(name, P9_PATH_MAX, '/');
-	p9_u32(P9_DMDIR | 0755);
-	p9_u8(P9_OREAD);
-	p9_str("");
-	if (p9_rpc(what) == 0) {
-		puts(what);
-		putc(' ');
-		puts(path);
-		puts(": created\n");
-	}
+	puts(what);
+	putc(' ');
+	puts(path);
+	puts(": created\n");
 	p9_clunk(P9_FILE_FID);
 }
 
