@@ -140,28 +140,39 @@ fn kvm_ready() -> Option<Accelerator> {
     Some(d.accelerator)
 }
 
-#[test]
-fn freestanding_guest_boots_under_kvm_and_chooses_its_exit_code() {
-    let Some(accelerator) = kvm_ready() else {
-        return;
-    };
+/// The test guest built into a temporary directory (`guest.elf`) and the accelerator to run it
+/// with; `None` (skipped, or failed in CI) without KVM or the guest's compiler.
+fn built_guest() -> Option<(Accelerator, tempfile::TempDir, PathBuf)> {
+    let accelerator = kvm_ready()?;
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("guest.elf");
-    if !build_guest(&kernel) {
-        return;
+    build_guest(&kernel).then_some((accelerator, dir, kernel))
+}
+
+/// The launch plan for `s`; `None` (skipped, or failed in CI) without QEMU.
+fn plan_or_skip(s: &VmSpec) -> Option<vm::LaunchPlan> {
+    match vm::plan(s, &vm::default_binary_dirs()) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            skip_or_fail(&format!("no qemu: {e}"));
+            None
+        }
     }
+}
+
+#[test]
+fn freestanding_guest_boots_under_kvm_and_chooses_its_exit_code() {
+    let Some((accelerator, dir, kernel)) = built_guest() else {
+        return;
+    };
     let s = spec(
         kernel,
         dir.path().join("run"),
         &["exit=3", "hello"],
         accelerator,
     );
-    let plan = match vm::plan(&s, &vm::default_binary_dirs()) {
-        Ok(p) => p,
-        Err(e) => {
-            skip_or_fail(&format!("no qemu: {e}"));
-            return;
-        }
+    let Some(plan) = plan_or_skip(&s) else {
+        return;
     };
     assert!(has_option(&plan, "-M", |v| v.starts_with("microvm")));
     assert!(has_option(&plan, "-accel", |v| v == "kvm"));
@@ -184,17 +195,11 @@ fn freestanding_guest_boots_under_kvm_and_chooses_its_exit_code() {
 
 #[test]
 fn halted_guest_is_killed_at_the_deadline() {
-    let Some(accelerator) = kvm_ready() else {
+    let Some((accelerator, dir, kernel)) = built_guest() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let kernel = dir.path().join("guest.elf");
-    if !build_guest(&kernel) {
-        return;
-    }
     let s = spec(kernel, dir.path().join("run"), &["stay"], accelerator);
-    let Ok(plan) = vm::plan(&s, &vm::default_binary_dirs()) else {
-        skip_or_fail("no qemu");
+    let Some(plan) = plan_or_skip(&s) else {
         return;
     };
     let (out, status, killed) = run(&plan, Duration::from_secs(3));
@@ -208,22 +213,16 @@ fn halted_guest_is_killed_at_the_deadline() {
 /// nothing itself (`-display none`, not `-nographic`): the guest's greeting is the first output.
 #[test]
 fn pci_guest_on_pc_boots_through_seabios_quietly() {
-    let Some(accelerator) = kvm_ready() else {
+    let Some((accelerator, dir, kernel)) = built_guest() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let kernel = dir.path().join("guest.elf");
-    if !build_guest(&kernel) {
-        return;
-    }
     // A disk makes it a pc machine (PCI virtio), as a NIC would.
     let disk = dir.path().join("disk.img");
     std::fs::write(&disk, vec![0u8; 4096]).unwrap();
     let mut s = spec(kernel, dir.path().join("run"), &["exit=4"], accelerator);
     s.block = Some(disk);
     s.firmware = Some(PathBuf::from(vm::launch::DEFAULT_QEMU_FIRMWARE));
-    let Ok(plan) = vm::plan(&s, &vm::default_binary_dirs()) else {
-        skip_or_fail("no qemu");
+    let Some(plan) = plan_or_skip(&s) else {
         return;
     };
     assert!(has_option(&plan, "-M", |v| v == "pc"));
@@ -245,14 +244,9 @@ fn pci_guest_on_pc_boots_through_seabios_quietly() {
 /// the disk there, reads its marker and writes a sector back (its drivers are virtio-mmio only).
 #[test]
 fn mmio_guest_finds_its_disk_on_microvm() {
-    let Some(accelerator) = kvm_ready() else {
+    let Some((accelerator, dir, kernel)) = built_guest() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let kernel = dir.path().join("guest.elf");
-    if !build_guest(&kernel) {
-        return;
-    }
     let disk = dir.path().join("disk.img");
     let mut bytes = vec![0u8; 16 * 512];
     let marker = b"crid-disk-marker on microvm";
@@ -261,8 +255,7 @@ fn mmio_guest_finds_its_disk_on_microvm() {
     let mut s = spec(kernel, dir.path().join("run"), &["exit=5"], accelerator);
     s.block = Some(disk);
     s.info.virtio = imagestore::VirtioTransport::Mmio;
-    let Ok(plan) = vm::plan(&s, &vm::default_binary_dirs()) else {
-        skip_or_fail("no qemu");
+    let Some(plan) = plan_or_skip(&s) else {
         return;
     };
     assert!(has_option(&plan, "-M", |v| v.starts_with("microvm")
@@ -297,14 +290,9 @@ fn unikraft_9p_root_under_chroot_and_runas() {
         skip_or_fail("-runas needs root");
         return;
     }
-    let Some(accelerator) = kvm_ready() else {
+    let Some((accelerator, dir, kernel)) = built_guest() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let kernel = dir.path().join("guest.elf");
-    if !build_guest(&kernel) {
-        return;
-    }
     let (root, empty) = (dir.path().join("rootfs"), dir.path().join("empty"));
     for sub in ["etc", "data", "dev"] {
         std::fs::create_dir_all(root.join(sub)).unwrap();
@@ -342,8 +330,7 @@ fn unikraft_9p_root_under_chroot_and_runas() {
     s.chroot = Some(empty);
     let firmware = Path::new(vm::launch::DEFAULT_QEMU_FIRMWARE);
     s.firmware = firmware.is_file().then(|| firmware.to_path_buf());
-    let Ok(plan) = vm::plan(&s, &vm::default_binary_dirs()) else {
-        skip_or_fail("no qemu");
+    let Some(plan) = plan_or_skip(&s) else {
         return;
     };
     let fsdev = format!(
