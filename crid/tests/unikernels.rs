@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Crid, log_text};
+use conformance::kubelet::KubeletContainer;
 use proto::cri;
 use tonic::Code;
 
@@ -636,6 +637,129 @@ fn push_shared_root_guest(reg: &str, dir: &Path) -> Option<String> {
     Some(push_linux_image(reg, &out, "linux-shared", &options))
 }
 
+/// A guest of [`push_shared_root_guest`] serving its page in a kubelet-shaped pod under the
+/// urunc handler, on a CNI bridge of its own.
+struct SharedRootGuest {
+    pod: conformance::kubelet::KubeletPod,
+    pod_id: String,
+    image: String,
+    ip: std::net::Ipv4Addr,
+    /// The container and its CRI log.
+    id: String,
+    log: PathBuf,
+    /// The host's side of the container's ConfigMap (`/etc/app`), emptyDir (`/cache`) and
+    /// `/dev/termination-log`.
+    config_dir: PathBuf,
+    cache_dir: PathBuf,
+    term_log: PathBuf,
+    _bridge: Bridge,
+    crid: Crid,
+    _work: tempfile::TempDir,
+}
+
+impl SharedRootGuest {
+    /// Starts the guest (`serve`, `GREETING=hi there`, port 8080, the ConfigMap `config` with
+    /// `greeting=version-1` at `/etc/app`, the emptyDir `cache` at `/cache`, and what `more`
+    /// adds) in the pod `name` with `annotations`, on the bridge `10.<octet>`; checks the page
+    /// it serves (the ConfigMap, the emptyDir written, both environments, the service-account
+    /// token) and its entrypoint's log line. Returns it and the page; `None` when the test
+    /// cannot run here (skipped).
+    async fn start(
+        name: &str,
+        annotations: &[(&str, &str)],
+        octet: u8,
+        more: impl FnOnce(KubeletContainer) -> KubeletContainer,
+    ) -> Option<(Self, String)> {
+        let reg = ready_with_cni()?;
+        let work = tempfile::tempdir().unwrap();
+        let image = push_shared_root_guest(&reg, work.path())?;
+        let (crid, _) = start().await;
+        let (bridge, _) = bridge_network(&crid, octet);
+        crid.expect_pull(&image).await;
+        let mut pod =
+            conformance::kubelet::KubeletPod::new(&crid.path().join("kubelet"), name, "default")
+                .unwrap();
+        pod.annotations = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let config = pod.sandbox_config();
+        let pod_id = crid.run_pod_under(&config, "urunc").await;
+        let ip = pod_ip(&crid, &pod_id).await;
+        let container = pod
+            .container("app", &image)
+            .args(&["serve"])
+            .env("GREETING", "hi there")
+            .port("http", 8080)
+            .config_map("config", "/etc/app", &[("greeting", "version-1")])
+            .empty_dir("cache", "/cache");
+        let request = more(container).build().unwrap();
+        let host_of = |path: &str| {
+            PathBuf::from(
+                &request
+                    .mounts
+                    .iter()
+                    .find(|m| m.container_path == path)
+                    .unwrap()
+                    .host_path,
+            )
+        };
+        let (config_dir, cache_dir, term_log) = (
+            host_of("/etc/app"),
+            host_of("/cache"),
+            host_of("/dev/termination-log"),
+        );
+        let id = crid.create_start(&(pod_id.clone(), config), request).await;
+        let log = pod.log_directory.join("app/0.log");
+        let body = shared_root_page(&crid, &id, ip, &log).await;
+        for want in [
+            "config=[version-1]",
+            "rw=[writable]",
+            "greeting=[hi there]",
+            "from_image=[from-image]",
+            "token=[default]",
+        ] {
+            assert!(body.contains(want), "{want} missing from {body:?}");
+        }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            text.contains("serve: entrypoint ran from the shared rootfs as 0:0 in /: serve"),
+            "{text}"
+        );
+        let guest = SharedRootGuest {
+            pod,
+            pod_id,
+            image,
+            ip,
+            id,
+            log,
+            config_dir,
+            cache_dir,
+            term_log,
+            _bridge: bridge,
+            crid,
+            _work: work,
+        };
+        Some((guest, body))
+    }
+
+    /// Asks the workload (`/cgi-bin/exit`) to write its termination message and exit 3, and
+    /// waits until the container has exited with that code.
+    async fn exit_3(&self) {
+        let _ = http_get_path(self.ip, 8080, "/cgi-bin/exit");
+        let status = self
+            .crid
+            .wait_state(&self.id, cri::ContainerState::ContainerExited)
+            .await;
+        assert_eq!(
+            status.exit_code,
+            3,
+            "{status:?}\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+}
+
 /// A `linux` guest whose image sets `mountRootfs=true` mounts its container's root file system
 /// (the image's layers with kubelet's mounts bound in) over virtiofs and runs the image's
 /// entrypoint in it: a ConfigMap changed on the host after the start is read anew, the
@@ -646,81 +770,34 @@ fn push_shared_root_guest(reg: &str, dir: &Path) -> Option<String> {
 /// StopContainer powers off (exit 0) and leaves nothing either.
 #[tokio::test]
 async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
-    use conformance::kubelet::KubeletPod;
-    let Some(reg) = ready_with_cni() else { return };
     if !Path::new(sandbox::vm::virtiofs::DEFAULT_PATH).exists() {
         missing("virtiofsd (qemu-system-common) is not installed");
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    let Some(image) = push_shared_root_guest(&reg, work.path()) else {
+    let Some((guest, body)) = SharedRootGuest::start("app-6c9d7f8b5-k2m4p", &[], 195, |c| {
+        c.limits(1000, 256 << 20)
+    })
+    .await
+    else {
         return;
     };
-    let (crid, _) = start().await;
-    let (_bridge, _) = bridge_network(&crid, 195);
-    crid.expect_pull(&image).await;
-    let pod = KubeletPod::new(
-        &crid.path().join("kubelet"),
-        "app-6c9d7f8b5-k2m4p",
-        "default",
-    )
-    .unwrap();
-    let config = pod.sandbox_config();
-    let pod_id = crid.run_pod_under(&config, "urunc").await;
-    let ip = pod_ip(&crid, &pod_id).await;
-    let request = pod
-        .container("app", &image)
-        .args(&["serve"])
-        .env("GREETING", "hi there")
-        .port("http", 8080)
-        .config_map("config", "/etc/app", &[("greeting", "version-1")])
-        .empty_dir("cache", "/cache")
-        .limits(1000, 256 << 20)
-        .build()
-        .unwrap();
-    let host_of = |path: &str| {
-        PathBuf::from(
-            &request
-                .mounts
-                .iter()
-                .find(|m| m.container_path == path)
-                .unwrap()
-                .host_path,
-        )
-    };
-    let (config_dir, cache_dir, term_log) = (
-        host_of("/etc/app"),
-        host_of("/cache"),
-        host_of("/dev/termination-log"),
+    let (crid, id, ip, log) = (
+        &guest.crid,
+        guest.id.as_str(),
+        guest.ip,
+        guest.log.as_path(),
     );
-    let id = crid.create_start(&(pod_id.clone(), config), request).await;
-    let log = pod.log_directory.join("app/0.log");
-    let body = shared_root_page(&crid, &id, ip, &log).await;
-    for want in [
-        "config=[version-1]",
-        "ro=[refused]",
-        "rw=[writable]",
-        "greeting=[hi there]",
-        "from_image=[from-image]",
-        "token=[default]",
-    ] {
-        assert!(body.contains(want), "{want} missing from {body:?}");
-    }
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        text.contains("serve: entrypoint ran from the shared rootfs as 0:0 in /: serve"),
-        "{text}"
-    );
+    assert!(body.contains("ro=[refused]"), "{body}");
     // The guest's write to the emptyDir is on the host.
     assert_eq!(
-        std::fs::read_to_string(cache_dir.join("probe")).unwrap(),
+        std::fs::read_to_string(guest.cache_dir.join("probe")).unwrap(),
         "from-guest\n"
     );
     // The ConfigMap changes on the host (in place): the guest reads the new content.
-    std::fs::write(config_dir.join("greeting"), "version-2").unwrap();
-    let body = shared_root_page(&crid, &id, ip, &log).await;
+    std::fs::write(guest.config_dir.join("greeting"), "version-2").unwrap();
+    let body = shared_root_page(crid, id, ip, log).await;
     assert!(body.contains("config=[version-2]"), "{body}");
-    let (status, info) = crid.container_status(&id).await;
+    let (status, info) = crid.container_status(id).await;
     let notes = info["runtimeSpec"]["unikernel"]["mount_notes"]
         .as_array()
         .cloned()
@@ -733,52 +810,44 @@ async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
             .mounts
             .iter()
             .any(|m| m.container_path == "/dev/termination-log"
-                && Path::new(&m.host_path) == term_log),
+                && Path::new(&m.host_path) == guest.term_log),
         "{:?}",
         status.mounts
     );
 
     // The workload writes its termination message and exits 3.
-    let _ = http_get_path(ip, 8080, "/cgi-bin/exit");
-    let status = crid
-        .wait_state(&id, cri::ContainerState::ContainerExited)
-        .await;
+    guest.exit_3().await;
     assert_eq!(
-        status.exit_code,
-        3,
-        "{status:?}\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    assert_eq!(
-        std::fs::read_to_string(&term_log).unwrap(),
+        std::fs::read_to_string(&guest.term_log).unwrap(),
         "the guest wrote its termination message\n"
     );
 
-    remove_leaving_nothing(&crid, &id).await;
+    remove_leaving_nothing(crid, id).await;
 
     // StopContainer presses the ACPI power button: the guest's init stops the workload and
     // powers off (exit 0); again nothing stays mounted or running, virtiofsd's socket is gone.
-    let request = pod
-        .container("app", &image)
+    let request = guest
+        .pod
+        .container("app", &guest.image)
         .config_map("config", "/etc/app", &[("greeting", "version-1")])
         .port("http", 8080)
         .build()
         .unwrap();
     let id = crid
-        .create_start(&(pod_id.clone(), pod.sandbox_config()), request)
+        .create_start(&(guest.pod_id.clone(), guest.pod.sandbox_config()), request)
         .await;
-    shared_root_page(&crid, &id, ip, &log).await;
+    shared_root_page(crid, &id, ip, log).await;
     crid.stop_container(&id, 60).await;
     let status = crid
         .wait_state(&id, cri::ContainerState::ContainerExited)
         .await;
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let text = std::fs::read_to_string(log).unwrap_or_default();
     assert_eq!(status.exit_code, 0, "{status:?}\n{text}");
     assert!(
         text.contains("crid-linux-guest: power button: shutting down"),
         "{text}"
     );
-    remove_leaving_nothing(&crid, &id).await;
+    remove_leaving_nothing(crid, &id).await;
     let sockets: Vec<_> = std::fs::read_dir(crid.path().join("state"))
         .unwrap()
         .flatten()
@@ -786,7 +855,7 @@ async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
         .map(|e| e.file_name())
         .collect();
     assert!(sockets.is_empty(), "{sockets:?}");
-    crid.cri.discard_pod(&pod_id).await;
+    crid.cri.discard_pod(&guest.pod_id).await;
 }
 
 /// A `linux` guest whose image sets `mountRootfs=true` in a pod that says `useDMBlock=true`
@@ -802,66 +871,25 @@ async fn linux_guest_mounts_its_container_rootfs_over_virtiofs() {
 /// guests take (their plans are unit tests; Linux boots here under QEMU's TCG only).
 #[tokio::test]
 async fn linux_guest_boots_its_container_rootfs_from_a_block_device() {
-    use conformance::kubelet::KubeletPod;
-    let Some(reg) = ready_with_cni() else { return };
-    let work = tempfile::tempdir().unwrap();
-    let Some(image) = push_shared_root_guest(&reg, work.path()) else {
+    let Some((guest, _)) = SharedRootGuest::start(
+        "blk-5f7c9d8b6-r4t2z",
+        &[("com.urunc.unikernel.useDMBlock", "true")],
+        194,
+        |c| c,
+    )
+    .await
+    else {
         return;
     };
-    let (crid, _) = start().await;
-    let (_bridge, _) = bridge_network(&crid, 194);
-    crid.expect_pull(&image).await;
-    let mut pod = KubeletPod::new(
-        &crid.path().join("kubelet"),
-        "blk-5f7c9d8b6-r4t2z",
-        "default",
-    )
-    .unwrap();
-    pod.annotations = vec![("com.urunc.unikernel.useDMBlock".into(), "true".into())];
-    let config = pod.sandbox_config();
-    let pod_id = crid.run_pod_under(&config, "urunc").await;
-    let ip = pod_ip(&crid, &pod_id).await;
-    let request = pod
-        .container("app", &image)
-        .args(&["serve"])
-        .env("GREETING", "hi there")
-        .port("http", 8080)
-        .config_map("config", "/etc/app", &[("greeting", "version-1")])
-        .empty_dir("cache", "/cache")
-        .build()
-        .unwrap();
-    let host_of = |path: &str| {
-        PathBuf::from(
-            &request
-                .mounts
-                .iter()
-                .find(|m| m.container_path == path)
-                .unwrap()
-                .host_path,
-        )
-    };
-    let (cache_dir, term_log) = (host_of("/cache"), host_of("/dev/termination-log"));
-    let id = crid.create_start(&(pod_id.clone(), config), request).await;
-    let log = pod.log_directory.join("app/0.log");
-    let body = shared_root_page(&crid, &id, ip, &log).await;
-    for want in [
-        "config=[version-1]",
-        "rw=[writable]",
-        "greeting=[hi there]",
-        "from_image=[from-image]",
-        "token=[default]",
-    ] {
-        assert!(body.contains(want), "{want} missing from {body:?}");
-    }
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let (crid, id) = (&guest.crid, guest.id.as_str());
+    let text = std::fs::read_to_string(&guest.log).unwrap_or_default();
     assert!(
-        text.contains("crid-linux-guest: block root /dev/vda mounted")
-            && text.contains("serve: entrypoint ran from the shared rootfs as 0:0 in /: serve"),
+        text.contains("crid-linux-guest: block root /dev/vda mounted"),
         "{text}"
     );
     // The guest's write stays on its disk.
-    assert!(!cache_dir.join("probe").exists());
-    let (_, info) = crid.container_status(&id).await;
+    assert!(!guest.cache_dir.join("probe").exists());
+    let (_, info) = crid.container_status(id).await;
     let vm = &info["runtimeSpec"]["unikernel"];
     let notes = vm["mount_notes"].as_array().cloned().unwrap_or_default();
     assert_eq!(notes.len(), 5, "{info}");
@@ -875,7 +903,7 @@ async fn linux_guest_boots_its_container_rootfs_from_a_block_device() {
     let root_image = crid
         .path()
         .join("root/containers")
-        .join(&id)
+        .join(id)
         .join("vm/rootfs.ext4");
     let line = vm["guest_cmdline"].as_str().unwrap_or_default();
     assert!(
@@ -902,25 +930,16 @@ async fn linux_guest_boots_its_container_rootfs_from_a_block_device() {
     // Nothing of the tree it was copied from stays mounted while the guest runs.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
-        !mounts.lines().any(|l| l.contains(&id)),
+        !mounts.lines().any(|l| l.contains(id)),
         "the container's tree is still mounted"
     );
 
     // The workload writes its termination message (on its disk only) and exits 3.
-    let _ = http_get_path(ip, 8080, "/cgi-bin/exit");
-    let status = crid
-        .wait_state(&id, cri::ContainerState::ContainerExited)
-        .await;
-    assert_eq!(
-        status.exit_code,
-        3,
-        "{status:?}\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    assert_eq!(std::fs::read_to_string(&term_log).unwrap(), "");
+    guest.exit_3().await;
+    assert_eq!(std::fs::read_to_string(&guest.term_log).unwrap(), "");
     assert!(!root_image.exists(), "the root image outlived the guest");
-    remove_leaving_nothing(&crid, &id).await;
-    crid.cri.discard_pod(&pod_id).await;
+    remove_leaving_nothing(crid, id).await;
+    crid.cri.discard_pod(&guest.pod_id).await;
 }
 
 /// A `unikraft` guest on QEMU whose pod says `mountRootfs=true` gets its container's root file
