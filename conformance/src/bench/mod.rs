@@ -2,6 +2,7 @@
 //! start latencies, parallel starts, image pull, memory of the daemon and its per-pod
 //! processes, and sustained pod throughput. Used by the `crid-bench` binary.
 
+pub mod first_byte;
 pub mod memory;
 pub mod parallel_guests;
 pub mod report;

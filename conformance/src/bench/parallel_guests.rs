@@ -17,7 +17,6 @@ use regex::Regex;
 
 use super::memory::{self, Memory};
 use super::report::Report;
-use super::unikernel::first_log_byte;
 use super::workload::{self, Started, Target};
 
 /// The runtime handler crid runs unikernel images under.
@@ -26,8 +25,8 @@ const UNIKERNEL_HANDLER: &str = "urunc";
 /// How long one pod may take to its first log byte.
 const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// How often each pod's log is looked at: coarser than the single start's, since N pods poll
-/// at once.
+/// How often each pod's log is looked at where it cannot be watched (see
+/// [`first_byte`](super::first_byte)): coarser than the single start's, since N pods poll at once.
 const FIRST_BYTE_POLL: Duration = Duration::from_millis(10);
 
 /// One kind of pod the burst starts.
@@ -64,10 +63,18 @@ async fn burst(
             let handler = kind.handler.to_owned();
             tokio::spawn(async move {
                 let command: Vec<&str> = command.iter().map(String::as_str).collect();
-                let s = workload::cold_start_with(&t, &image, &command, "burst", true, &handler)
-                    .await?;
-                let seen =
-                    first_log_byte(&t, &s.container_id, FIRST_BYTE_TIMEOUT, FIRST_BYTE_POLL).await;
+                let (s, first) = workload::cold_start_watched(
+                    &t,
+                    &image,
+                    &command,
+                    "burst",
+                    true,
+                    &handler,
+                    FIRST_BYTE_TIMEOUT,
+                    FIRST_BYTE_POLL,
+                )
+                .await?;
+                let seen = first.wait().await;
                 anyhow::Ok((s, seen))
             })
         })

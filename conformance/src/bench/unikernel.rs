@@ -13,7 +13,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use proto::cri;
 use regex::Regex;
 
@@ -23,41 +22,9 @@ use super::report::Report;
 use super::workload::{self, Target};
 
 /// How long a pod may take to its first log byte here, and how often its log is looked at
-/// meanwhile (the interval is part of the figure, so it is short).
+/// where it cannot be watched (see [`first_byte`](super::first_byte)).
 const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(120);
 const FIRST_BYTE_POLL: Duration = Duration::from_millis(2);
-
-/// Polls (every `poll`, for at most `timeout`) until the container's log file is non-empty;
-/// returns when it was seen.
-pub(super) async fn first_log_byte(
-    target: &Target,
-    container_id: &str,
-    timeout: Duration,
-    poll: Duration,
-) -> anyhow::Result<Instant> {
-    let mut rt = target.cri.runtime.clone();
-    let deadline = Instant::now() + timeout;
-    let status = rt
-        .container_status(cri::ContainerStatusRequest {
-            container_id: container_id.into(),
-            verbose: false,
-        })
-        .await
-        .context("ContainerStatus")?
-        .into_inner()
-        .status
-        .context("no status")?;
-    let log = std::path::PathBuf::from(status.log_path);
-    loop {
-        if std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
-            return Ok(Instant::now());
-        }
-        if Instant::now() > deadline {
-            bail!("no output in {} after {timeout:?}", log.display());
-        }
-        tokio::time::sleep(poll).await;
-    }
-}
 
 /// The accelerator, guest type and hypervisor crid reported for a container (verbose
 /// status), or "?".
@@ -124,44 +91,48 @@ async fn pair(
     let tag = if host_network { "" } else { "pod" };
     // The guest halts without `exit=`: it stays running while memory is sampled.
     let t0 = Instant::now();
-    let s = workload::cold_start_with(
+    let (s, first) = workload::cold_start_watched(
         target,
         unikernel_image,
         &[],
         &format!("uk{tag}"),
         host_network,
         UNIKERNEL_HANDLER,
+        FIRST_BYTE_TIMEOUT,
+        FIRST_BYTE_POLL,
     )
     .await?;
-    let returned = Instant::now();
-    let seen = first_log_byte(target, &s.container_id, FIRST_BYTE_TIMEOUT, FIRST_BYTE_POLL).await;
+    let seen = first.wait().await;
     let (accel, guest, hypervisor) = accelerator(target, &s.container_id).await;
     let rss = vmm.map(|re| memory::measure(re).rss_kib);
     workload::teardown(target, &s).await?;
     let seen = seen?;
-    let uk_after_start = seen - returned;
-    let (uk, uk_container) = (seen - t0, s.create + s.start + uk_after_start);
+    // The byte may land before StartContainer's answer does: then nothing is left after it.
+    let uk_after_start = seen.saturating_duration_since(s.start_returned());
+    let (uk, uk_container) = (seen - t0, seen - s.create_sent);
 
     let t0 = Instant::now();
-    let s = workload::cold_start_in(
+    let (s, first) = workload::cold_start_watched(
         target,
         busybox_image,
         &["sh", "-c", "echo ready; sleep 3600"],
         &format!("rc{tag}"),
         host_network,
+        "",
+        FIRST_BYTE_TIMEOUT,
+        FIRST_BYTE_POLL,
     )
     .await?;
-    let returned = Instant::now();
-    let seen = first_log_byte(target, &s.container_id, FIRST_BYTE_TIMEOUT, FIRST_BYTE_POLL).await;
+    let seen = first.wait().await;
     workload::teardown(target, &s).await?;
     let seen = seen?;
     let timings = Pair {
         uk,
         rc: seen - t0,
         uk_container,
-        rc_container: s.create + s.start + (seen - returned),
+        rc_container: seen - s.create_sent,
         uk_after_start,
-        rc_after_start: seen - returned,
+        rc_after_start: seen.saturating_duration_since(s.start_returned()),
     };
     Ok((timings, rss, format!("{guest} on {hypervisor}, {accel}")))
 }

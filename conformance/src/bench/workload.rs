@@ -9,6 +9,7 @@ use anyhow::Context;
 use proto::cri;
 use regex::Regex;
 
+use super::first_byte::{self, FirstByte};
 use crate::client::Cri;
 
 /// One runtime under test.
@@ -33,6 +34,15 @@ pub struct Started {
     pub run_pod: Duration,
     pub create: Duration,
     pub start: Duration,
+    /// When CreateContainer was sent.
+    pub create_sent: Instant,
+}
+
+impl Started {
+    /// When StartContainer returned.
+    pub fn start_returned(&self) -> Instant {
+        self.create_sent + self.create + self.start
+    }
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -92,7 +102,7 @@ fn container_config(
             ..Default::default()
         }),
         command: command.iter().map(|s| s.to_string()).collect(),
-        log_path: "app.log".into(),
+        log_path: LOG_PATH.into(),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
                 namespace_options: Some(namespaces(host_network, pod_pid)),
@@ -136,6 +146,9 @@ pub async fn cold_start_in(
     cold_start_with(target, image, command, tag, host_network, "").await
 }
 
+/// The container's log file name (`log_path`), in the pod's log directory.
+const LOG_PATH: &str = "app.log";
+
 /// [`cold_start_in`] under a runtime handler (RuntimeClass; `urunc` for unikernel images).
 pub async fn cold_start_with(
     target: &Target,
@@ -145,8 +158,61 @@ pub async fn cold_start_with(
     host_network: bool,
     handler: &str,
 ) -> anyhow::Result<Started> {
+    Ok(
+        start(target, image, command, tag, host_network, handler, None)
+            .await?
+            .0,
+    )
+}
+
+/// [`cold_start_with`], the container's log watched for its first byte from before the pod's
+/// start (see [`first_byte`]): `timeout` bounds the wait, `poll` is the interval where the log
+/// cannot be watched.
+#[allow(clippy::too_many_arguments)]
+pub async fn cold_start_watched(
+    target: &Target,
+    image: &str,
+    command: &[&str],
+    tag: &str,
+    host_network: bool,
+    handler: &str,
+    timeout: Duration,
+    poll: Duration,
+) -> anyhow::Result<(Started, FirstByte)> {
+    let (s, watcher) = start(
+        target,
+        image,
+        command,
+        tag,
+        host_network,
+        handler,
+        Some((timeout, poll)),
+    )
+    .await?;
+    Ok((s, watcher.context("no watcher")?))
+}
+
+async fn start(
+    target: &Target,
+    image: &str,
+    command: &[&str],
+    tag: &str,
+    host_network: bool,
+    handler: &str,
+    watch: Option<(Duration, Duration)>,
+) -> anyhow::Result<(Started, Option<FirstByte>)> {
     let mut rt = target.cri.runtime.clone();
     let config = pod_config(target, tag, host_network);
+    // As kubelet does before RunPodSandbox; the watch needs the directory.
+    std::fs::create_dir_all(&config.log_directory)
+        .with_context(|| format!("log directory {}", config.log_directory))?;
+    let watcher = watch.map(|(timeout, poll)| {
+        FirstByte::watch(
+            &first_byte::log_file(&config.log_directory, LOG_PATH),
+            timeout,
+            poll,
+        )
+    });
     let t0 = Instant::now();
     let pod_id = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -180,13 +246,15 @@ pub async fn cold_start_with(
     .await
     .context("StartContainer")?;
     let t3 = Instant::now();
-    Ok(Started {
+    let started = Started {
         pod_id,
         container_id,
         run_pod: t1 - t0,
         create: t2 - t1,
         start: t3 - t2,
-    })
+        create_sent: t1,
+    };
+    Ok((started, watcher))
 }
 
 /// StopContainer (no grace period), RemoveContainer, StopPodSandbox, RemovePodSandbox.
