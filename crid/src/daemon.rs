@@ -33,6 +33,10 @@ pub async fn run(config: Config, mut systemd: Systemd) -> anyhow::Result<()> {
         "crid starting"
     );
 
+    // Before anything can remove an image: the leases file may be behind the records.
+    if let Err(e) = state.runtime.rebuild_image_leases() {
+        tracing::error!(error = %e, "cannot rebuild the image leases from the containers");
+    }
     state.pods.collect_garbage().await;
     state.pods.prepare_networks();
     crate::cri::image::import_at_startup(

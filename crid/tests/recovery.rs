@@ -1081,3 +1081,48 @@ async fn a_user_namespace_pod_survives_a_restart() {
     crid.stop_and_remove_pod(&pod.0).await;
     assert_no_pod_leftovers(dir, &net, &crid.log());
 }
+
+/// The image leases file is written without waiting for the disk, so after a power loss it may
+/// be gone or older than the container records: crid rebuilds it from the records at start-up.
+/// Removing an image a recorded container uses then only hides it (its layers stay); removing
+/// the container lets it go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_leases_are_rebuilt_from_the_container_records_at_start_up() {
+    if !can_run_containers() {
+        return;
+    }
+    let Some((_reg, image)) = busybox_registry().await else {
+        panic!("cannot build the busybox image");
+    };
+    let (tmp, net) = setup(62);
+    let dir = tmp.path();
+    plain_http_registry(dir, image.split('/').next().unwrap());
+    let mut crid = Crid::start(dir).await;
+    crid.pull(&image).await.expect("pull");
+    let pod = crid.run_pod("ctr").await.expect("run pod");
+    let id = create_container(&crid, &pod, &image, "leased", &["sleep", "1000"])
+        .await
+        .expect("create");
+    let leases = dir.join("root/images/leases.json");
+    let text = std::fs::read_to_string(&leases).expect("leases file");
+    assert!(text.contains(&id), "{text}");
+    crid.sigkill();
+    // What a power loss may leave: the record, but no leases file.
+    std::fs::remove_file(&leases).unwrap();
+
+    let crid = Crid::start(dir).await;
+    let text = std::fs::read_to_string(&leases).expect("leases file rebuilt");
+    assert!(text.contains(&id), "{text}\n{}", crid.log());
+    crid.remove_image(&image).await;
+    assert!(crid.images().await.is_empty());
+    let layers = || {
+        std::fs::read_dir(dir.join("root/images/layers/sha256"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(layers(), 1, "the leased image's layer went\n{}", crid.log());
+    stop_and_remove_container(&crid, &id).await;
+    assert_eq!(layers(), 0, "the layer outlived its last lease");
+    crid.stop_and_remove_pod(&pod).await;
+    assert_no_pod_leftovers(dir, &net, &crid.log());
+}

@@ -4,7 +4,7 @@
 //!
 //! Layout of the store directory (`<root>/images`): `blobs/sha256/<hex>` (content addressed by
 //! digest), `layers/sha256/<diff id hex>` (unpacked layers in overlayfs format, shared by all
-//! images), `metadata.json` (images and leases), `ingest/` and `tmp/` (in-progress work, removed
+//! images), `metadata.json` (images), `leases.json` (what containers use), `ingest/` and `tmp/` (in-progress work, removed
 //! when abandoned).
 
 mod content;

@@ -1,6 +1,15 @@
 //! [`ImageStore`]: image metadata persisted as JSON under `<dir>/metadata.json`, leases that keep
-//! an image's content alive for containers, lookups by id, id prefix, tag or digest, and
-//! garbage collection of blobs and layer directories no image or lease uses any more.
+//! an image's content alive for containers (`<dir>/leases.json`), lookups by id, id prefix, tag
+//! or digest, and garbage collection of blobs and layer directories no image or lease uses any
+//! more.
+//!
+//! The two files differ in durability on purpose. `metadata.json` is written with an fsync: it
+//! is the only record of the pulled images. `leases.json` is only replaced atomically, without
+//! waiting for the disk (that wait was most of a CreateContainer's time): a lease matters only
+//! while its container's record exists, and container records are written the same way, so
+//! both survive a restart of crid and may both be lost to a power loss. The daemon rebuilds the
+//! leases from its container records at start-up ([`ImageStore::set_leases`]), so a lease can
+//! neither outlive its container nor be missing for one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -62,12 +71,15 @@ pub struct FsUsage {
 pub(crate) struct Metadata {
     pub(crate) version: u32,
     pub(crate) images: BTreeMap<String, Record>,
-    /// holder id (a container) -> image id.
+    /// holder id (a container) -> image id. Kept in `leases.json`; written empty in
+    /// `metadata.json`, which held them in stores made before that file (read when it is
+    /// missing, moved at the next change).
+    #[serde(default)]
     pub(crate) leases: BTreeMap<String, String>,
 }
 
 /// One image and the content it keeps alive.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Record {
     pub(crate) image: Image,
     /// Manifest and index digests this image was reached through.
@@ -96,7 +108,8 @@ struct Stamp {
 
 struct State {
     meta: Metadata,
-    stamp: Option<Stamp>,
+    /// Of `metadata.json` and `leases.json` when last read or written.
+    stamp: (Option<Stamp>, Option<Stamp>),
     /// Digests (blobs and diff ids) that running pulls and imports use: never collected.
     in_use: HashMap<String, usize>,
 }
@@ -109,6 +122,7 @@ pub(crate) struct Inner {
     pub(crate) hosts_dir: PathBuf,
     pinned: Vec<String>,
     meta_path: PathBuf,
+    leases_path: PathBuf,
     lock_path: PathBuf,
     state: Mutex<State>,
     /// Set for offline stores: the metadata lock, held until the store is dropped.
@@ -255,13 +269,14 @@ impl ImageStore {
         let store = ImageStore {
             inner: Arc::new(Inner {
                 meta_path: cfg.dir.join("metadata.json"),
+                leases_path: cfg.dir.join("leases.json"),
                 lock_path: cfg.dir.join("metadata.lock"),
                 content,
                 hosts_dir: cfg.registry_config_path,
                 pinned,
                 state: Mutex::new(State {
                     meta: Metadata::default(),
-                    stamp: None,
+                    stamp: (None, None),
                     in_use: HashMap::new(),
                 }),
                 inflight: Mutex::new(HashMap::new()),
@@ -283,8 +298,8 @@ impl ImageStore {
     /// Reloads the metadata when another process (or an earlier run) changed it.
     fn refresh(&self, st: &mut State) -> Result<(), ImageError> {
         let path = &self.inner.meta_path;
-        let stamp = stamp_of(path);
-        if stamp.is_some() && stamp == st.stamp {
+        let stamp = (stamp_of(path), stamp_of(&self.inner.leases_path));
+        if stamp.0.is_some() && stamp == st.stamp {
             return Ok(());
         }
         st.meta = match std::fs::read(path) {
@@ -295,6 +310,19 @@ impl ImageStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Metadata::default(),
             Err(e) => return Err(ImageError::io(path, e)),
         };
+        let leases = &self.inner.leases_path;
+        match std::fs::read(leases) {
+            Ok(bytes) => {
+                st.meta.leases = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                    // Torn by a power loss: the daemon rebuilds them from its containers.
+                    tracing::warn!(path = %leases.display(), error = %e, "unreadable image leases ignored");
+                    BTreeMap::new()
+                });
+            }
+            // A store from before `leases.json`: its leases are in `metadata.json`.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ImageError::io(leases, e)),
+        }
         st.stamp = stamp;
         Ok(())
     }
@@ -318,9 +346,20 @@ impl ImageStore {
         let mut meta = st.meta.clone();
         let out = f(&mut meta)?;
         meta.version = 1;
-        self.write_meta(&meta)?;
+        // Without `leases.json` yet, the leases are in `metadata.json`: written to their own file
+        // first, so rewriting `metadata.json` without them cannot lose them.
+        let moving = st.stamp.1.is_none();
+        if moving || meta.leases != st.meta.leases {
+            self.write_leases(&meta.leases)?;
+        }
+        if moving || meta.images != st.meta.images || meta.version != st.meta.version {
+            self.write_meta(&meta)?;
+        }
         st.meta = meta;
-        st.stamp = stamp_of(&self.inner.meta_path);
+        st.stamp = (
+            stamp_of(&self.inner.meta_path),
+            stamp_of(&self.inner.leases_path),
+        );
         Ok(out)
     }
 
@@ -332,10 +371,16 @@ impl ImageStore {
         }
     }
 
+    /// Replaces `metadata.json` (without the leases) and waits for the disk.
     fn write_meta(&self, meta: &Metadata) -> Result<(), ImageError> {
         let path = &self.inner.meta_path;
         let tmp = self.dir().join(temp_name(".metadata"));
-        let bytes = serde_json::to_vec_pretty(meta).map_err(|source| ImageError::Metadata {
+        let images = Metadata {
+            version: meta.version,
+            images: meta.images.clone(),
+            leases: BTreeMap::new(),
+        };
+        let bytes = serde_json::to_vec_pretty(&images).map_err(|source| ImageError::Metadata {
             path: path.clone(),
             source,
         })?;
@@ -350,6 +395,23 @@ impl ImageStore {
             let _ = std::fs::remove_file(&tmp);
             ImageError::io(path, e)
         })
+    }
+
+    /// Replaces `leases.json` atomically, without waiting for the disk (see the module's
+    /// documentation).
+    fn write_leases(&self, leases: &BTreeMap<String, String>) -> Result<(), ImageError> {
+        let path = &self.inner.leases_path;
+        let tmp = self.dir().join(temp_name(".leases"));
+        let bytes = serde_json::to_vec_pretty(leases).map_err(|source| ImageError::Metadata {
+            path: path.clone(),
+            source,
+        })?;
+        std::fs::write(&tmp, &bytes)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                ImageError::io(path, e)
+            })
     }
 
     pub(crate) fn use_guard(&self) -> UseGuard {
@@ -513,6 +575,26 @@ impl ImageStore {
             meta.leases.insert(holder_id.to_owned(), id);
             Ok(())
         })
+    }
+
+    /// Replaces all leases with `leases` (holder -> image id): the daemon's, rebuilt from its
+    /// container records at start-up. Images removed while leased that no lease keeps any
+    /// more go, with the content nothing else uses.
+    pub fn set_leases(&self, leases: BTreeMap<String, String>) -> Result<(), ImageError> {
+        let changed = self.mutate(|meta| {
+            if meta.leases == leases {
+                return Ok(false);
+            }
+            meta.leases = leases;
+            let leased: HashSet<&String> = meta.leases.values().collect();
+            meta.images
+                .retain(|id, rec| !rec.hidden || leased.contains(id));
+            Ok(true)
+        })?;
+        if changed {
+            self.collect_garbage()?;
+        }
+        Ok(())
     }
 
     /// Drops the lease of `holder_id` (missing leases are fine) and collects content that
@@ -767,6 +849,74 @@ mod tests {
             pinned_images: vec!["registry.k8s.io/pause:3.10".into()],
         })
         .unwrap()
+    }
+
+    fn ino(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().ino()
+    }
+
+    #[test]
+    fn leases_have_their_own_file_and_survive_a_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let id = s.commit(image('a', &["example.com/a:1"])).unwrap().id;
+        let meta = tmp.path().join("metadata.json");
+        let before = ino(&meta);
+        s.add_lease("c1", &id).unwrap();
+        // A lease alone leaves the fsynced image metadata alone.
+        assert_eq!(ino(&meta), before, "metadata.json rewritten for a lease");
+        let leases = std::fs::read_to_string(tmp.path().join("leases.json")).unwrap();
+        assert!(leases.contains("c1"), "{leases}");
+        drop(s);
+        let s = store(tmp.path());
+        // Still leased after the reopen: removing the image hides it, content kept.
+        s.remove(&id).unwrap();
+        assert!(s.list().is_empty());
+        assert!(lock(&s.inner.state).meta.images.contains_key(&id));
+        // Leases rebuilt without that holder: the hidden image goes.
+        s.set_leases(BTreeMap::new()).unwrap();
+        assert!(!lock(&s.inner.state).meta.images.contains_key(&id));
+    }
+
+    #[test]
+    fn leases_of_an_older_store_move_to_their_own_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let id = s.commit(image('a', &["example.com/a:1"])).unwrap().id;
+        drop(s);
+        // As crid wrote it before `leases.json`: the leases inside `metadata.json`.
+        let meta_path = tmp.path().join("metadata.json");
+        let mut meta: Metadata =
+            serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+        meta.leases.insert("old".into(), id.clone());
+        std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+        std::fs::remove_file(tmp.path().join("leases.json")).unwrap();
+
+        let s = store(tmp.path());
+        s.add_lease("new", &id).unwrap();
+        let leases: BTreeMap<String, String> =
+            serde_json::from_slice(&std::fs::read(tmp.path().join("leases.json")).unwrap())
+                .unwrap();
+        assert_eq!(leases.keys().collect::<Vec<_>>(), ["new", "old"]);
+        let meta: Metadata = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+        assert!(meta.leases.is_empty());
+        assert!(meta.images.contains_key(&id));
+    }
+
+    #[test]
+    fn a_torn_leases_file_keeps_the_images() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let id = s.commit(image('a', &["example.com/a:1"])).unwrap().id;
+        s.add_lease("c1", &id).unwrap();
+        drop(s);
+        std::fs::write(tmp.path().join("leases.json"), b"{\"c1\": \"sha").unwrap();
+        let s = store(tmp.path());
+        assert_eq!(s.list().len(), 1);
+        assert!(lock(&s.inner.state).meta.leases.is_empty());
+        s.set_leases(BTreeMap::from([("c1".to_owned(), id)]))
+            .unwrap();
+        assert_eq!(lock(&s.inner.state).meta.leases.len(), 1);
     }
 
     #[test]

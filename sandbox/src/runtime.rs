@@ -263,21 +263,11 @@ impl Runtime {
                     reason,
                 })?;
         }
-        let volumes: Vec<String> = config
-            .mounts
-            .iter()
-            .filter_map(|m| m.image.as_ref().map(|i| i.image_id.clone()))
-            .collect();
+        let leases = container_leases(&id, &image.id, &config);
         let id = self
             .containers
             .create_with_id(id, config, PodContext::from_pod(&pod, ns), image.clone())
             .await?;
-        let leases = std::iter::once((id.clone(), image.id.clone())).chain(
-            volumes
-                .into_iter()
-                .enumerate()
-                .map(|(n, image_id)| (volume_lease(&id, n), image_id)),
-        );
         for (holder, image_id) in leases {
             if let Err(e) = self.images.add_lease(&holder, &image_id) {
                 tracing::warn!(container_id = %id, image = %image_id, error = %e, "cannot lease the image");
@@ -390,6 +380,21 @@ impl Runtime {
                 Ok(())
             }
         }
+    }
+
+    /// Sets the image store's leases to those of the recorded containers: at start-up, before
+    /// serving. The leases file is not synced to disk (see `imagestore`), so after a power
+    /// loss it may be older than the records, or torn; rebuilt here, a lease exists exactly
+    /// while its container's record does.
+    pub fn rebuild_image_leases(&self) -> Result<(), SandboxError> {
+        let leases = self
+            .containers
+            .list(&ContainerFilter::default())
+            .iter()
+            .flat_map(|r| container_leases(&r.id, &r.image.id, &r.config))
+            .collect();
+        self.images.set_leases(leases)?;
+        Ok(())
     }
 
     /// Removes a container and releases its image leases (its own image and its image
@@ -509,6 +514,18 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+/// The image leases container `id` holds: its own image's, and one per image volume (holder
+/// -> image id).
+fn container_leases(id: &str, image_id: &str, config: &ContainerConfig) -> Vec<(String, String)> {
+    let volumes = config
+        .mounts
+        .iter()
+        .filter_map(|m| m.image.as_ref().map(|i| i.image_id.clone()));
+    std::iter::once((id.to_owned(), image_id.to_owned()))
+        .chain(volumes.enumerate().map(|(n, v)| (volume_lease(id, n), v)))
+        .collect()
 }
 
 /// The lease holder of a container's `n`th image volume (the container itself holds the
