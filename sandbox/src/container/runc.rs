@@ -178,14 +178,9 @@ impl ContainerBackend for RuncBackend {
             log_path,
             siblings: _,
         } = new;
-        let s = &config.security;
-        let user = user::resolve(
-            image_config.user.as_deref().unwrap_or(""),
-            s.run_as_user,
-            &s.run_as_username,
-            s.run_as_group,
-            &s.supplemental_groups,
-            s.supplemental_groups_strict,
+        let user = user::resolve_for(
+            &config.security,
+            image_config.user.as_deref(),
             &image.layer_dirs,
         )?;
         let dir = self.dirs().dir(&id);

@@ -747,20 +747,25 @@ fn oci_hooks(hooks: &OciHooks) -> Result<Hooks, SandboxError> {
     Ok(out)
 }
 
+/// The process's working directory: the CRI's, else the image's `WorkingDir`, else `/`.
+pub fn working_dir(config: &ContainerConfig, image: &ImageConfig) -> String {
+    if !config.working_dir.is_empty() {
+        config.working_dir.clone()
+    } else {
+        image
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into())
+    }
+}
+
 pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, SandboxError> {
     let s = &config.security;
     let privileged = s.privileged;
     let args = process_args(&config.command, &config.args, cx.image)?;
     let env = merge_env(cx.image.env.as_deref().unwrap_or_default(), &config.envs);
-    let cwd = if !config.working_dir.is_empty() {
-        config.working_dir.clone()
-    } else {
-        cx.image
-            .working_dir
-            .clone()
-            .filter(|w| !w.is_empty())
-            .unwrap_or_else(|| "/".into())
-    };
+    let cwd = working_dir(config, cx.image);
     if !Path::new(&cwd).is_absolute() {
         return Err(invalid(format!(
             "working directory {cwd:?} is not absolute"

@@ -154,6 +154,23 @@ fn parse_id(what: &str, s: &str) -> Result<Option<u32>, SandboxError> {
     }
 }
 
+/// [`resolve`] for a container: its security context over the image's `User`.
+pub fn resolve_for(
+    security: &super::config::SecurityContext,
+    image_user: Option<&str>,
+    layers: &[PathBuf],
+) -> Result<ResolvedUser, SandboxError> {
+    resolve(
+        image_user.unwrap_or(""),
+        security.run_as_user,
+        &security.run_as_username,
+        security.run_as_group,
+        &security.supplemental_groups,
+        security.supplemental_groups_strict,
+        layers,
+    )
+}
+
 /// Resolves the user: `run_as_user`/`run_as_username`/`run_as_group` win over the image's
 /// `User` (`user`, `uid`, `user:group`, `uid:gid`). The additional groups are the user's groups
 /// in the image's `/etc/group` (unless `strict`: CRI `SupplementalGroupsPolicy` Strict) and

@@ -226,25 +226,8 @@ fn shared_root(
     socket: PathBuf,
     transport: Transport,
 ) -> Result<SharedRoot, SandboxError> {
-    let s = &config.security;
-    let user = user::resolve(
-        image.user.as_deref().unwrap_or(""),
-        s.run_as_user,
-        &s.run_as_username,
-        s.run_as_group,
-        &s.supplemental_groups,
-        s.supplemental_groups_strict,
-        layers,
-    )?;
-    let workdir = if !config.working_dir.is_empty() {
-        config.working_dir.clone()
-    } else {
-        image
-            .working_dir
-            .clone()
-            .filter(|w| !w.is_empty())
-            .unwrap_or_else(|| "/".into())
-    };
+    let user = user::resolve_for(&config.security, image.user.as_deref(), layers)?;
+    let workdir = spec::working_dir(config, image);
     if !workdir.starts_with('/') || workdir.chars().any(char::is_control) {
         return Err(SandboxError::InvalidArgument {
             reason: format!("working directory {workdir:?} is not absolute"),
