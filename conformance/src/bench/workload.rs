@@ -125,49 +125,24 @@ fn kubelet_namespaces() -> cri::NamespaceOption {
     }
 }
 
-/// RunPodSandbox, CreateContainer, StartContainer, each timed.
+/// RunPodSandbox, CreateContainer, StartContainer, each timed, in a pod with its own network
+/// (CNI) under the default runtime handler.
 pub async fn cold_start(
     target: &Target,
     image: &str,
     command: &[&str],
     tag: &str,
 ) -> anyhow::Result<Started> {
-    cold_start_in(target, image, command, tag, false).await
-}
-
-/// [`cold_start`] in a pod with its own network (CNI) or, with `host_network`, the node's.
-pub async fn cold_start_in(
-    target: &Target,
-    image: &str,
-    command: &[&str],
-    tag: &str,
-    host_network: bool,
-) -> anyhow::Result<Started> {
-    cold_start_with(target, image, command, tag, host_network, "").await
+    Ok(start(target, image, command, tag, false, "", None).await?.0)
 }
 
 /// The container's log file name (`log_path`), in the pod's log directory.
 const LOG_PATH: &str = "app.log";
 
-/// [`cold_start_in`] under a runtime handler (RuntimeClass; `urunc` for unikernel images).
-pub async fn cold_start_with(
-    target: &Target,
-    image: &str,
-    command: &[&str],
-    tag: &str,
-    host_network: bool,
-    handler: &str,
-) -> anyhow::Result<Started> {
-    Ok(
-        start(target, image, command, tag, host_network, handler, None)
-            .await?
-            .0,
-    )
-}
-
-/// [`cold_start_with`], the container's log watched for its first byte from before the pod's
-/// start (see [`first_byte`]): `timeout` bounds the wait, `poll` is the interval where the log
-/// cannot be watched.
+/// [`cold_start`] in a pod with its own network or, with `host_network`, the node's, under a
+/// runtime handler (RuntimeClass; `urunc` for unikernel images), the container's log watched
+/// for its first byte from before the pod's start (see [`first_byte`]): `timeout` bounds the
+/// wait, `poll` is the interval where the log cannot be watched.
 #[allow(clippy::too_many_arguments)]
 pub async fn cold_start_watched(
     target: &Target,
