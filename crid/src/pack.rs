@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use imagestore::{HypervisorKind, UnikernelType, VirtioTransport};
+use imagestore::{HypervisorKind, UnikernelType};
 
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
@@ -175,7 +175,7 @@ pub fn build(args: &PackArgs) -> anyhow::Result<Packed> {
     let urunc_json = serde_json::to_vec_pretty(&json_keys)?;
     // crid's own key: an annotation and a label, not one of urunc's.
     if let Some(v) = &args.virtio {
-        let _: VirtioTransport = parse_enum("virtio transport", v)?;
+        imagestore::unikernel::parse_virtio(v)?;
         keys.insert(imagestore::unikernel::VIRTIO_KEY.into(), v.clone());
     }
 
