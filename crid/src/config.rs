@@ -145,6 +145,9 @@ pub struct VmConfig {
     pub solo5_spt_path: PathBuf,
     /// Firmware for QEMU's `pc` machine; empty keeps QEMU's SeaBIOS.
     pub qemu_firmware: PathBuf,
+    /// Boot guests with PCI devices on `pc` through `qemu_firmware` and crid's PCI set-up shim
+    /// (installed in `<root>/vm/`); false gives them SeaBIOS.
+    pub pci_shim: bool,
     /// virtiofsd, for `linux` guests that mount their container's root file system.
     pub virtiofsd_path: PathBuf,
     /// crid's own VMM: the default name is looked up next to the crid executable first (where
@@ -270,6 +273,7 @@ impl Default for VmConfig {
             solo5_hvt_path: PathBuf::from("solo5-hvt"),
             solo5_spt_path: PathBuf::from("solo5-spt"),
             qemu_firmware: PathBuf::from(sandbox::vm::launch::DEFAULT_QEMU_FIRMWARE),
+            pci_shim: true,
             virtiofsd_path: PathBuf::from(sandbox::vm::virtiofs::DEFAULT_PATH),
             crid_vmm_path: PathBuf::from(sandbox::vm::crid_vmm::BINARY),
             crid_vmm_for: vec![],

@@ -211,13 +211,25 @@ fn container_manager(
         },
         monitor_exe: std::env::current_exe().context("cannot find the crid executable")?,
         seccomp_profile_root: config.runtime.seccomp_profile_root.clone(),
-        vm: vm_settings(config)?,
+        vm: install_pci_shim(vm_settings(config)?),
     };
     match backends {
         Some(b) => sandbox::container::ContainerManager::with_backends(settings, b),
         None => sandbox::container::ContainerManager::open(settings),
     }
     .context("cannot load containers")
+}
+
+/// Writes crid's PCI set-up shim where `vm` says; when it cannot, PCI guests get SeaBIOS (a
+/// slower start, not a failure).
+fn install_pci_shim(mut vm: sandbox::vm::launch::VmSettings) -> sandbox::vm::launch::VmSettings {
+    if let Some(path) = &vm.pci_shim {
+        if let Err(e) = sandbox::vm::pcishim::install(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot install the PCI shim: PCI guests boot with SeaBIOS");
+            vm.pci_shim = None;
+        }
+    }
+    vm
 }
 
 /// The `[vm]` section as the VM backend's settings.
@@ -243,6 +255,9 @@ pub fn vm_settings(config: &Config) -> anyhow::Result<sandbox::vm::launch::VmSet
             ),
         ],
         qemu_firmware: (!vm.qemu_firmware.as_os_str().is_empty()).then(|| vm.qemu_firmware.clone()),
+        pci_shim: vm
+            .pci_shim
+            .then(|| config.root.join("vm").join(sandbox::vm::pcishim::FILE_NAME)),
         unikernel_handlers: config.runtime.unikernel_handlers.clone(),
         autodetect_handlers: config.runtime.unikernel_autodetect_handlers.clone(),
         crid_vmm_for: vm

@@ -63,6 +63,7 @@ fn spec(kernel: PathBuf, run_dir: PathBuf, args: &[&str], accelerator: Accelerat
         chroot: None,
         control_socket: None,
         firmware: None,
+        pci_shim: None,
         dns: vec![],
         shared_dir: None,
         ninep_root: None,
@@ -237,6 +238,68 @@ fn pci_guest_on_pc_boots_through_seabios_quietly() {
     );
     assert!(err.is_empty(), "qemu stderr: {err}");
     assert_eq!(plan.guest_exit_code(status), 4);
+}
+
+/// The same guest with a disk and a 9p root, both PCI devices on `pc`, boots qboot with crid's
+/// PCI set-up shim instead: the shim prints nothing, the guest's own PCI code finds the 9p
+/// device configured (an I/O BAR, decoding on) and reads a file over it. A kernel the shim
+/// refuses (the shim itself: it would load over the shim) stops QEMU with one line on the
+/// serial port and exit status 255.
+#[test]
+fn pci_guest_on_pc_boots_through_qboot_and_the_pci_shim() {
+    let firmware = Path::new(vm::launch::DEFAULT_QEMU_FIRMWARE);
+    if !firmware.is_file() && skip_or_fail("no qboot firmware") {
+        return;
+    }
+    let Some((accelerator, dir, kernel)) = built_guest() else {
+        return;
+    };
+    let shim = dir.path().join("vm").join(vm::pcishim::FILE_NAME);
+    vm::pcishim::install(&shim).unwrap();
+    let root = dir.path().join("rootfs");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("hello"), "hi through the shim\n").unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let args = ["9p.read=/hello", "exit=6"];
+    let mut s = spec(kernel.clone(), dir.path().join("run"), &args, accelerator);
+    s.block = Some(disk);
+    s.ninep_root = Some(root);
+    s.firmware = Some(firmware.to_path_buf());
+    s.pci_shim = Some(shim.clone());
+    let Some(plan) = plan_or_skip(&s) else {
+        return;
+    };
+    assert!(has_option(&plan, "-bios", |v| Path::new(v) == firmware));
+    assert!(has_option(&plan, "-kernel", |v| Path::new(v) == shim));
+    assert!(has_option(&plan, "-initrd", |v| Path::new(v) == kernel));
+    plan.write_files().unwrap();
+    let (out, status, killed, err) = run_with_stderr(&plan, Duration::from_secs(60));
+    assert!(!killed, "guest did not exit; output: {out}");
+    assert!(
+        out.starts_with("crid-test-guest: booted"),
+        "output: {out:?}"
+    );
+    assert!(
+        out.contains("9p: device tagged fs0 at I/O port 0xc")
+            && out.contains("9p: read /hello: hi through the shim"),
+        "output: {out}"
+    );
+    assert!(err.is_empty(), "qemu stderr: {err}");
+    assert_eq!(plan.guest_exit_code(status), 6);
+
+    // The shim refuses a kernel that would load over itself.
+    let bad = dir.path().join("bad.elf");
+    std::fs::write(&bad, vm::pcishim::IMAGE).unwrap();
+    s.kernel = bad;
+    let plan = plan_or_skip(&s).unwrap();
+    let (out, status, killed) = run(&plan, Duration::from_secs(60));
+    assert!(!killed, "guest did not exit; output: {out}");
+    assert_eq!(
+        out,
+        "crid-pci-shim: a segment overlaps the shim, the image or another segment\n"
+    );
+    assert_eq!(status.code(), Some(255));
 }
 
 /// A guest whose image declares virtio-mmio drivers (`io.crid.unikernel.virtio=mmio`) gets its

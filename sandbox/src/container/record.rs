@@ -174,6 +174,9 @@ pub struct VmState {
     pub exit_mapping: Option<ExitMapping>,
     pub argv: Vec<String>,
     pub guest_cmdline: String,
+    /// How QEMU's `pc` machine boots the guest (set once started, from the launch plan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<crate::vm::qemu::Firmware>,
     /// How each CRI mount (and the pod's `/etc/hosts` and `/etc/resolv.conf`) reached the
     /// guest, or why it did not.
     #[serde(default)]

@@ -436,6 +436,7 @@ impl VmBackend {
         state.exit_mapping = Some(prepared.plan.exit_mapping);
         state.argv = prepared.argv.clone();
         state.guest_cmdline = prepared.plan.guest_cmdline.clone();
+        state.firmware = prepared.plan.firmware.clone();
         let launch = Launch::Command {
             argv: prepared.argv,
             env: vec![],
@@ -654,6 +655,7 @@ impl ContainerBackend for VmBackend {
                 exit_mapping: None,
                 argv: vec![],
                 guest_cmdline: String::new(),
+                firmware: None,
                 mount_notes,
                 annotation_keys,
             }),

@@ -65,6 +65,7 @@ impl Hypervisor for CloudHypervisor {
             accelerator: spec.accelerator,
             guest_cmdline: cmdline,
             exit_mapping: ExitMapping::Direct,
+            firmware: None,
         })
     }
 }

@@ -92,6 +92,7 @@ impl Hypervisor for CridVmm {
             accelerator: spec.accelerator,
             guest_cmdline: cmdline,
             exit_mapping: ExitMapping::Direct,
+            firmware: None,
         })
     }
 }

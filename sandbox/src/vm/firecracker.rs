@@ -83,6 +83,7 @@ impl Hypervisor for Firecracker {
             accelerator: spec.accelerator,
             guest_cmdline: cmdline,
             exit_mapping: ExitMapping::Direct,
+            firmware: None,
         })
     }
 }

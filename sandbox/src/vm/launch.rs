@@ -55,6 +55,11 @@ pub struct VmSettings {
     /// Firmware for QEMU's `pc` machine (see [`super::qemu`]); `None`, or a file that is not
     /// there, keeps QEMU's SeaBIOS.
     pub qemu_firmware: Option<PathBuf>,
+    /// crid's PCI set-up shim, where crid installed it ([`super::pcishim::install`]): QEMU's
+    /// `pc` machine boots PCI guests with it and `qemu_firmware`; `None` (`vm.pci_shim =
+    /// false`) gives them SeaBIOS.
+    #[serde(default)]
+    pub pci_shim: Option<PathBuf>,
     /// Runtime handlers whose pods run unikernel images as VMs (`runtime.unikernel_handlers`).
     pub unikernel_handlers: Vec<String>,
     /// Other handlers whose pods still run a unikernel image as a VM when they meet one
@@ -110,6 +115,7 @@ impl Default for VmSettings {
             vmm_uid_count: DEFAULT_VMM_UID_COUNT,
             vmm_memory_overhead_mib: DEFAULT_VMM_MEMORY_OVERHEAD_MIB,
             qemu_firmware: Some(PathBuf::from(DEFAULT_QEMU_FIRMWARE)),
+            pci_shim: None,
             unikernel_handlers: vec!["urunc".into(), "unikernel".into()],
             autodetect_handlers: vec![],
             crid_vmm_for: vec![],
@@ -451,6 +457,7 @@ pub fn prepare(
         chroot,
         control_socket,
         firmware,
+        pci_shim: settings.pci_shim.clone().filter(|_| is_qemu),
         dns: req.dns.clone(),
         shared_dir: shared_root
             .filter(|root| uses_virtiofsd(root))

@@ -25,6 +25,7 @@ pub mod net;
 mod netops;
 mod nft;
 pub mod ninep;
+pub mod pcishim;
 pub mod qemu;
 pub mod qmp;
 mod rtnl;
@@ -87,6 +88,9 @@ pub struct VmSpec {
     /// The x86 firmware for QEMU's `pc` machine (`-bios`, e.g. qboot); `None` keeps QEMU's
     /// default (SeaBIOS, which scans for option ROMs and waits at the iPXE prompt).
     pub firmware: Option<PathBuf>,
+    /// crid's PCI set-up shim ([`pcishim`]), for guests with PCI devices on `pc` + `firmware`;
+    /// `None` boots them with SeaBIOS.
+    pub pci_shim: Option<PathBuf>,
     /// The pod's DNS servers (IPv4, at most two), for guests that take them on their command
     /// line (Unikraft; it falls back to a public resolver otherwise).
     pub dns: Vec<Ipv4Addr>,
@@ -208,6 +212,9 @@ pub struct LaunchPlan {
     /// The guest kernel command line (also inside `args` or `files`).
     pub guest_cmdline: String,
     pub exit_mapping: ExitMapping,
+    /// How QEMU's `pc` machine boots the guest; `None` for the other machines and hypervisors,
+    /// which boot the kernel themselves.
+    pub firmware: Option<qemu::Firmware>,
 }
 
 impl LaunchPlan {
@@ -452,6 +459,7 @@ pub(crate) mod testutil {
             chroot: None,
             control_socket: None,
             firmware: None,
+            pci_shim: None,
             dns: vec![],
             shared_dir: None,
             ninep_root: None,
@@ -555,6 +563,7 @@ mod tests {
             accelerator: Accelerator::Kvm,
             guest_cmdline: String::new(),
             exit_mapping: ExitMapping::Direct,
+            firmware: None,
         };
         plan.write_files().unwrap();
         assert_eq!(

@@ -40,11 +40,19 @@
 //! bus mastering off. Linux assigns them itself; Unikraft's x86 PCI bus takes BAR 0 as the
 //! firmware left it (the test guest's 9p client does the same, `tests/guests/freestanding/pci.h`,
 //! and finds no usable device under qboot). So every guest type but `linux` with a PCI device
-//! (NIC, disk, 9p root) gets SeaBIOS whatever firmware is configured (1.5–3 s more per start
-//! here: PVM emulates the firmware's paging-off and 16-bit code instruction by instruction;
-//! no option ROMs to wait for); SeaBIOS prints nothing on the
-//! serial port, since QEMU runs with `-display none` rather than `-nographic`. A guest whose
-//! image declares virtio-mmio drivers avoids pc altogether (below).
+//! (NIC, disk, 9p root) boots qboot with crid's PCI set-up shim ([`super::pcishim`]) as its
+//! kernel and its own kernel as the shim's PVH module (`-kernel SHIM -initrd KERNEL`): the shim
+//! assigns BARs and interrupt lines as SeaBIOS does (`info pci` reads the same) and enters the
+//! kernel. Measured by hand here (KVM, the freestanding guest reading a file over
+//! virtio-9p-pci, exec to first serial byte, load about 5): 330 ms median against 4.7 s with
+//! SeaBIOS. Such a guest gets SeaBIOS instead (1.5–5 s more per start here: PVM emulates the
+//! firmware's paging-off and 16-bit code instruction by instruction) when the shim is off
+//! (`vm.pci_shim`), no firmware is configured, its kernel is not a PVH ELF, or it has an
+//! initrd of its own (QEMU's `pc` takes one `-initrd`, which the kernel fills). SeaBIOS prints
+//! nothing on the serial port, since QEMU runs with `-display none` rather than `-nographic`.
+//! A guest whose image declares virtio-mmio drivers avoids pc altogether (below). The plan
+//! records which firmware boots the guest ([`Firmware`]; `firmware` in the container's
+//! verbose status).
 //!
 //! Machine type — `-M microvm` where the guest allows it, `-M pc` otherwise:
 //! - `linux`: microvm under KVM (virtio-mmio devices, described to the kernel by ACPI); pc
@@ -63,13 +71,14 @@
 //!   announces devices (with ACPI, microvm describes them in its DSDT only). Measured here
 //!   (KVM = PVM, the freestanding guest with a NIC, QEMU alone, exec to first serial byte,
 //!   interleaved, load about 3): 54 ms median on microvm with a virtio-mmio NIC against 160 ms
-//!   on pc + qboot with virtio-net-pci (a NIC such a guest cannot use) and 1.5–3 s on pc +
+//!   on pc + qboot with virtio-net-pci (left unconfigured: no PCI shim then) and 1.5–3 s on pc +
 //!   SeaBIOS; through crid, see README's Performance.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use imagestore::{HypervisorKind, UnikernelType, VirtioTransport};
+use serde::{Deserialize, Serialize};
 
 use super::{
     Accelerator, ExitMapping, Hypervisor, LaunchPlan, VmSpec, cmdline::guest_cmdline, path_arg,
@@ -102,12 +111,44 @@ pub fn machine(spec: &VmSpec) -> Machine {
     }
 }
 
-/// Whether a `pc` guest needs its firmware to configure its PCI devices (assign BARs, enable
-/// decoding), which qboot does not do: every guest type but `linux` with a NIC, disk or 9p
+/// Whether a `pc` guest needs its PCI devices configured before it runs (BARs assigned,
+/// decoding on), which qboot does not do: every guest type but `linux` with a NIC, disk or 9p
 /// root. Unikraft's x86 PCI bus, like the test guest's, takes BAR 0 as the firmware left it.
 fn needs_pci_firmware(spec: &VmSpec) -> bool {
     spec.info.unikernel_type != UnikernelType::Linux
         && (spec.net.is_some() || spec.block.is_some() || spec.ninep_root.is_some())
+}
+
+/// How QEMU's `pc` machine boots a guest (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Firmware {
+    /// QEMU's own SeaBIOS.
+    SeaBios,
+    /// The configured firmware (`-bios`, qboot by default) loads the guest's kernel.
+    Bios { path: PathBuf },
+    /// The configured firmware loads crid's PCI set-up shim, which configures the PCI devices
+    /// and loads the guest's kernel, its module.
+    PciShim { bios: PathBuf, shim: PathBuf },
+}
+
+/// The firmware of a `pc` guest: the configured one unless the guest needs its PCI devices
+/// configured; then the configured one with the PCI shim for a PVH kernel without an initrd of
+/// its own (the shim takes the `-initrd` slot), SeaBIOS otherwise.
+pub fn pc_firmware(spec: &VmSpec) -> Firmware {
+    let Some(bios) = spec.firmware.clone() else {
+        return Firmware::SeaBios;
+    };
+    if !needs_pci_firmware(spec) {
+        return Firmware::Bios { path: bios };
+    }
+    match &spec.pci_shim {
+        Some(shim) if spec.initrd.is_none() && is_pvh_elf(&spec.kernel) => Firmware::PciShim {
+            bios,
+            shim: shim.clone(),
+        },
+        _ => Firmware::SeaBios,
+    }
 }
 
 /// Whether QEMU announces the guest's virtio-mmio devices on its command line
@@ -237,15 +278,12 @@ impl Hypervisor for Qemu {
                 push(&["-global", "virtio-mmio.force-legacy=false"]);
             }
             Machine::Microvm => push(&["-M", "microvm,x-option-roms=off"]),
-            Machine::Pc => {
-                push(&["-M", "pc"]);
-                // qboot leaves PCI devices unconfigured: a guest that takes them as the
-                // firmware left them gets SeaBIOS (see the module documentation).
-                if let Some(fw) = spec.firmware.as_ref().filter(|_| !needs_pci_firmware(spec)) {
-                    let fw = path_arg(fw)?;
-                    push(&["-bios", &fw]);
-                }
-            }
+            Machine::Pc => push(&["-M", "pc"]),
+        }
+        let firmware = (machine == Machine::Pc).then(|| pc_firmware(spec));
+        if let Some(Firmware::Bios { path: bios } | Firmware::PciShim { bios, .. }) = &firmware {
+            let bios = path_arg(bios)?;
+            push(&["-bios", &bios]);
         }
         match spec.accelerator {
             Accelerator::Kvm => push(&["-accel", "kvm", "-cpu", "host,-arch-capabilities"]),
@@ -291,9 +329,14 @@ impl Hypervisor for Qemu {
         } else {
             push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
         }
-        let kernel = path_arg(&spec.kernel)?;
+        // With the PCI shim, the guest's kernel is the shim's module.
+        let (kernel, initrd) = match &firmware {
+            Some(Firmware::PciShim { shim, .. }) => (shim, Some(&spec.kernel)),
+            _ => (&spec.kernel, spec.initrd.as_ref()),
+        };
+        let kernel = path_arg(kernel)?;
         push(&["-kernel", &kernel]);
-        if let Some(initrd) = &spec.initrd {
+        if let Some(initrd) = initrd {
             let initrd = path_arg(initrd)?;
             push(&["-initrd", &initrd]);
         }
@@ -335,6 +378,7 @@ impl Hypervisor for Qemu {
             accelerator: spec.accelerator,
             guest_cmdline: cmdline,
             exit_mapping: ExitMapping::QemuDebugExit,
+            firmware,
         })
     }
 }
@@ -555,7 +599,8 @@ mod tests {
         s.ninep_root = Some(PathBuf::from("/c/1/rootfs"));
         s.firmware = Some(PathBuf::from("/usr/share/qemu/qboot.rom"));
         let a = argv(&s);
-        // virtio-9p is a PCI device: the pc machine, with SeaBIOS (qboot configures no PCI).
+        // virtio-9p is a PCI device: the pc machine; without the PCI shim, SeaBIOS (qboot
+        // configures no PCI).
         assert!(has_pair(&a, "-M", "pc"), "{a:?}");
         assert!(!a.iter().any(|x| x == "-bios"), "{a:?}");
         assert!(has_pair(
@@ -621,7 +666,8 @@ mod tests {
         assert!(has_pair(&p.args, "-M", "pc"));
         assert!(has_pair(&p.args, "-bios", "/usr/share/qemu/qboot.rom"));
         assert!(p.files.is_empty());
-        // A unikraft guest with a PCI NIC takes BAR 0 as the firmware left it: SeaBIOS.
+        // A unikraft guest with a PCI NIC takes BAR 0 as the firmware left it: without the PCI
+        // shim, SeaBIOS.
         let mut s = spec(T::Unikraft, HypervisorKind::Qemu);
         s.net = Some(net());
         s.firmware = Some(qboot.clone());
@@ -644,6 +690,96 @@ mod tests {
         assert!(!a.iter().any(|x| x == "-bios"));
         l.firmware = Some(PathBuf::from("/a,b"));
         assert!(Qemu.plan(&l, Path::new("/q")).is_err());
+    }
+
+    #[test]
+    fn pci_guests_boot_qboot_with_the_pci_shim() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("kernel");
+        std::fs::write(&k, pvh_elf32()).unwrap();
+        let qboot = PathBuf::from("/usr/share/qemu/qboot.rom");
+        let shim = PathBuf::from("/var/lib/crid/vm/pci-shim.elf");
+        let mut s = spec(T::Unikraft, HypervisorKind::Qemu);
+        s.kernel = k.clone();
+        s.net = Some(net());
+        s.firmware = Some(qboot.clone());
+        s.pci_shim = Some(shim.clone());
+        let p = Qemu.plan(&s, Path::new("/q")).unwrap();
+        let a = &p.args;
+        assert!(has_pair(a, "-M", "pc"), "{a:?}");
+        assert!(has_pair(a, "-bios", "/usr/share/qemu/qboot.rom"), "{a:?}");
+        // The shim is the kernel, the guest's kernel its module.
+        assert!(
+            has_pair(a, "-kernel", "/var/lib/crid/vm/pci-shim.elf"),
+            "{a:?}"
+        );
+        assert!(has_pair(a, "-initrd", k.to_str().unwrap()), "{a:?}");
+        assert_eq!(a.iter().filter(|x| *x == "-kernel").count(), 1);
+        assert_eq!(
+            p.firmware,
+            Some(Firmware::PciShim {
+                bios: qboot.clone(),
+                shim: shim.clone()
+            })
+        );
+        // The same for a 9p root.
+        s.net = None;
+        s.ninep_root = Some(PathBuf::from("/c/1/rootfs"));
+        let a = argv(&s);
+        assert!(
+            has_pair(&a, "-kernel", "/var/lib/crid/vm/pci-shim.elf"),
+            "{a:?}"
+        );
+        // SeaBIOS when the guest has its own initrd (the shim takes the -initrd slot), its
+        // kernel is no PVH ELF, the shim is off or no firmware is configured.
+        let seabios = |s: &VmSpec| {
+            let p = Qemu.plan(s, Path::new("/q")).unwrap();
+            let plain = has_pair(&p.args, "-kernel", s.kernel.to_str().unwrap())
+                && !p.args.iter().any(|x| x == "-bios");
+            plain && p.firmware == Some(Firmware::SeaBios)
+        };
+        let mut own_initrd = s.clone();
+        own_initrd.initrd = Some(PathBuf::from("/l/initrd"));
+        assert!(seabios(&own_initrd));
+        assert!(has_pair(&argv(&own_initrd), "-initrd", "/l/initrd"));
+        let mut not_pvh = s.clone();
+        not_pvh.kernel = PathBuf::from("/missing");
+        assert!(seabios(&not_pvh));
+        let mut off = s.clone();
+        off.pci_shim = None;
+        assert!(seabios(&off));
+        let mut no_bios = s.clone();
+        no_bios.firmware = None;
+        assert!(seabios(&no_bios));
+        // Without a PCI device, or for linux, the firmware loads the kernel itself.
+        s.ninep_root = None;
+        assert_eq!(
+            pc_firmware(&s),
+            Firmware::Bios {
+                path: qboot.clone()
+            }
+        );
+        let mut l = spec(T::Linux, HypervisorKind::Qemu);
+        l.accelerator = Accelerator::Tcg;
+        l.net = Some(net());
+        l.firmware = Some(qboot.clone());
+        l.pci_shim = Some(shim);
+        let p = Qemu.plan(&l, Path::new("/q")).unwrap();
+        assert_eq!(p.firmware, Some(Firmware::Bios { path: qboot }));
+        assert!(has_pair(&p.args, "-kernel", "/layers/top/unikernel/kernel"));
+        // microvm boots the kernel with its own firmware.
+        l.accelerator = Accelerator::Kvm;
+        assert_eq!(Qemu.plan(&l, Path::new("/q")).unwrap().firmware, None);
+        // The record says which, by kind.
+        let json = serde_json::to_value(Firmware::PciShim {
+            bios: "/b".into(),
+            shim: "/s".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"kind": "pci-shim", "bios": "/b", "shim": "/s"})
+        );
     }
 
     #[test]

@@ -85,6 +85,7 @@ impl Hypervisor for Solo5 {
             accelerator,
             guest_cmdline: cmdline,
             exit_mapping: ExitMapping::Direct,
+            firmware: None,
         })
     }
 }
