@@ -258,6 +258,8 @@ pub fn vm_settings(config: &Config) -> anyhow::Result<sandbox::vm::launch::VmSet
         pci_shim: vm
             .pci_shim
             .then(|| config.root.join("vm").join(sandbox::vm::pcishim::FILE_NAME)),
+        qemu_microvm: (!vm.qemu_microvm_path.as_os_str().is_empty())
+            .then(|| vm.qemu_microvm_path.clone()),
         unikernel_handlers: config.runtime.unikernel_handlers.clone(),
         autodetect_handlers: config.runtime.unikernel_autodetect_handlers.clone(),
         crid_vmm_for: vm

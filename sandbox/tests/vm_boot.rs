@@ -68,6 +68,7 @@ fn spec(kernel: PathBuf, run_dir: PathBuf, args: &[&str], accelerator: Accelerat
         shared_dir: None,
         ninep_root: None,
         block_root: false,
+        qemu_microvm: None,
     }
 }
 

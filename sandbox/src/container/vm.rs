@@ -443,6 +443,8 @@ impl VmBackend {
             cwd: None,
             netns: prepared.netns,
             cgroup_procs: prepared.cgroup_procs,
+            exit_port: prepared.plan.exit_port,
+            seccomp: prepared.plan.seccomp,
         };
         Ok((state, launch))
     }

@@ -37,6 +37,7 @@
 
 pub mod log;
 pub mod pidns;
+pub mod seccomp;
 mod sys;
 pub mod userns;
 
@@ -59,6 +60,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use self::log::{LineSplitter, LogFile, Stream};
+use self::seccomp::QemuSandbox;
 
 /// How long output is still collected after the supervised process exited (other processes
 /// may hold the pipes, e.g. in a pod-wide PID namespace).
@@ -103,6 +105,15 @@ pub enum Launch {
         /// first page, with no shell in between.
         #[serde(default)]
         cgroup_procs: Vec<PathBuf>,
+        /// The descriptor number at which the program gets the write end of a pipe, its exit
+        /// port: the first byte written there, N, ends the program (SIGKILL) and is recorded
+        /// as the exit status `(N << 1) | 1`, the one QEMU's isa-debug-exit gives (a guest's
+        /// exit code on a QEMU build without that device, see `vm::qemu`).
+        #[serde(default)]
+        exit_port: Option<i32>,
+        /// QEMU's `-sandbox` filter, installed before exec, for a QEMU build without seccomp.
+        #[serde(default)]
+        seccomp: Option<QemuSandbox>,
     },
 }
 
@@ -501,6 +512,10 @@ fn report(ready: &Ready) {
 
 struct Monitor {
     pid: Pid,
+    /// The read end of the program's exit port (see [`Launch::Command`]), non-blocking.
+    exit_port: Option<File>,
+    /// The exit status chosen through the exit port, recorded instead of the program's own.
+    port_status: Option<i32>,
     stdout: Option<File>,
     stderr: Option<File>,
     signals: SignalFd,
@@ -754,6 +769,7 @@ impl Monitor {
             None => None,
         };
         let mut tty: Option<File> = None;
+        let mut exit_port = None;
         let pid = match &spec.launch {
             Launch::Runc {
                 runc,
@@ -828,6 +844,8 @@ impl Monitor {
                 cwd,
                 netns,
                 cgroup_procs,
+                exit_port: port_fd,
+                seccomp,
             } => {
                 let Some((prog, args)) = argv.split_first() else {
                     return Err("empty command".into());
@@ -849,6 +867,23 @@ impl Monitor {
                     .collect::<Result<Vec<File>, String>>()?;
                 if netns.is_some() || !procs.is_empty() {
                     sys::join_before_exec(&mut cmd, netns.map(OwnedFd::from), procs);
+                }
+                let filters = seccomp
+                    .map(|s| s.filters())
+                    .transpose()
+                    .map_err(|e| format!("seccomp filter: {e}"))?
+                    .unwrap_or_default();
+                let port = port_fd
+                    .map(|fd| {
+                        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+                            .map_err(|e| format!("exit port: {e}"))?;
+                        set_nonblocking(&r)?;
+                        exit_port = Some(File::from(r));
+                        Ok::<_, String>((w, fd))
+                    })
+                    .transpose()?;
+                if port.is_some() || !filters.is_empty() {
+                    sys::confine_before_exec(&mut cmd, port, filters);
                 }
                 cmd.args(args)
                     .env_clear()
@@ -902,6 +937,8 @@ impl Monitor {
         };
         Ok(Monitor {
             pid: Pid::from_raw(pid),
+            exit_port,
+            port_status: None,
             stdout,
             stderr,
             signals,
@@ -932,6 +969,7 @@ impl Monitor {
                 None => PollTimeout::NONE,
             };
             let mut attach_ready = AttachReady::default();
+            let port_ready;
             let (out_ready, err_ready, sig_ready) = {
                 let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
                 let mut listen_idx = None;
@@ -962,6 +1000,10 @@ impl Monitor {
                     fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
                     fds.len() - 1
                 });
+                let port_idx = self.exit_port.as_ref().map(|f| {
+                    fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+                    fds.len() - 1
+                });
                 match poll(&mut fds, timeout) {
                     Ok(_) => {}
                     Err(nix::errno::Errno::EINTR) => continue,
@@ -982,8 +1024,12 @@ impl Monitor {
                     .filter(|(_, f)| ready(Some(*f)))
                     .map(|(i, _)| i)
                     .collect();
+                port_ready = ready(port_idx);
                 (ready(out_idx), ready(err_idx), ready(Some(0)))
             };
+            if port_ready {
+                self.read_exit_port(exit.is_none());
+            }
             if let Some(a) = self.attach.as_mut() {
                 // Highest index first: dropping a client swaps the last one into its place.
                 for &i in attach_ready.clients.iter().rev() {
@@ -1033,7 +1079,9 @@ impl Monitor {
         let mut emit = |s: Stream, p: bool, c: &[u8]| log.write_record(s, p, c);
         out_split.finish(&mut emit);
         err_split.finish(&mut emit);
-        let code = exit.map(|(c, _)| c).unwrap_or(255);
+        // A byte the program wrote just before it exited.
+        self.read_exit_port(false);
+        let code = self.port_status.or(exit.map(|(c, _)| c)).unwrap_or(255);
         let (secs, nanos) = log::now();
         let record = ExitRecord {
             exit_code: code,
@@ -1051,6 +1099,33 @@ impl Monitor {
                     eprintln!("crid monitor: cannot write {}: {e}", fallback.display());
                 }
             }
+        }
+    }
+}
+
+impl Monitor {
+    /// Reads the exit port: its first byte, N, chooses the exit status `(N << 1) | 1` and,
+    /// with `kill`, ends the program, which has nothing left to do. Later bytes are ignored;
+    /// at the end of the stream the port is closed.
+    fn read_exit_port(&mut self, kill: bool) {
+        let Some(port) = self.exit_port.as_mut() else {
+            return;
+        };
+        let mut byte = [0u8; 64];
+        match port.read(&mut byte) {
+            Ok(0) => self.exit_port = None,
+            Ok(_) => {
+                if self.port_status.is_none() {
+                    self.port_status = Some((i32::from(byte[0]) << 1) | 1);
+                    if kill {
+                        let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+                    }
+                }
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => self.exit_port = None,
         }
     }
 }

@@ -166,6 +166,51 @@ pub fn join_before_exec(
     }
 }
 
+/// Makes `cmd`'s child, between fork and exec, take `exit_port`'s descriptor as the number given
+/// (inherited across exec, unlike every other descriptor of the monitor's), then set
+/// `no_new_privs` and install `filters` (see [`super::seccomp`]). Register it after
+/// [`join_before_exec`]: the filters then apply to the exec and what follows only.
+pub fn confine_before_exec(
+    cmd: &mut std::process::Command,
+    exit_port: Option<(OwnedFd, std::os::fd::RawFd)>,
+    filters: Vec<seccompiler::BpfProgram>,
+) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let hook = move || -> std::io::Result<()> {
+        if let Some((fd, target)) = &exit_port {
+            let fd = fd.as_raw_fd();
+            // SAFETY: dup2(2) and fcntl(2) are async-signal-safe and take descriptor numbers
+            // only; `fd` stays open for the closure's lifetime. dup2 onto itself would keep
+            // close-on-exec, so that case clears the flag instead.
+            let rc = unsafe {
+                if fd == *target {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, *target)
+                }
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        for filter in &filters {
+            // Allocation-free: prctl(2) and seccomp(2) on the program built before fork; an
+            // error is read from errno.
+            if seccompiler::apply_filter(filter).is_err() {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child before exec and only makes the async-signal-
+    // safe calls above: it allocates nothing, takes no lock and touches no shared state; an
+    // error is built from errno alone (no allocation).
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +239,45 @@ mod tests {
         let read_only = std::fs::File::open(&files[0]).unwrap();
         join_before_exec(&mut cmd, None, vec![read_only]);
         assert!(cmd.status().is_err());
+    }
+
+    /// The exit port's write end arrives as the descriptor asked for, across exec.
+    #[test]
+    fn the_exit_port_arrives_as_its_descriptor() {
+        use std::io::Read;
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "printf '\\005' >&3"]);
+        confine_before_exec(&mut cmd, Some((w, 3)), vec![]);
+        assert!(cmd.status().unwrap().success());
+        drop(cmd);
+        let mut got = Vec::new();
+        std::fs::File::from(r).read_to_end(&mut got).unwrap();
+        assert_eq!(got, [5]);
+    }
+
+    /// Under QEMU's filter (see [`super::super::seccomp`]) the exec itself passes, a new process
+    /// kills the caller, and so does a set*id call without `elevate_privileges`.
+    #[test]
+    fn qemus_filter_allows_the_exec_and_kills_on_fork() {
+        use std::os::unix::process::ExitStatusExt;
+        let run = |script: &str, elevate_privileges: bool| {
+            let filters = super::super::seccomp::QemuSandbox { elevate_privileges }
+                .filters()
+                .unwrap();
+            let mut cmd = std::process::Command::new("sh");
+            cmd.args(["-c", script]);
+            confine_before_exec(&mut cmd, None, filters);
+            cmd.status().unwrap()
+        };
+        assert_eq!(run("exit 7", true).code(), Some(7));
+        assert_eq!(run("exec sh -c 'exit 3'", true).code(), Some(3));
+        assert_eq!(run("/bin/true; exit 0", true).signal(), Some(libc::SIGSYS));
+        // util-linux's setsid calls setsid(2) without forking when its process is not a
+        // process group leader (this child is not), then execs.
+        let setsid = "exec setsid true";
+        assert_eq!(run(setsid, true).code(), Some(0));
+        assert_eq!(run(setsid, false).signal(), Some(libc::SIGSYS));
     }
 
     #[test]

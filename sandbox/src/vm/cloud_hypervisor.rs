@@ -66,6 +66,8 @@ impl Hypervisor for CloudHypervisor {
             guest_cmdline: cmdline,
             exit_mapping: ExitMapping::Direct,
             firmware: None,
+            exit_port: None,
+            seccomp: None,
         })
     }
 }

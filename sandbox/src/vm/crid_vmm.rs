@@ -93,6 +93,8 @@ impl Hypervisor for CridVmm {
             guest_cmdline: cmdline,
             exit_mapping: ExitMapping::Direct,
             firmware: None,
+            exit_port: None,
+            seccomp: None,
         })
     }
 }

@@ -84,6 +84,8 @@ impl Hypervisor for Firecracker {
             guest_cmdline: cmdline,
             exit_mapping: ExitMapping::Direct,
             firmware: None,
+            exit_port: None,
+            seccomp: None,
         })
     }
 }

@@ -60,6 +60,11 @@ pub struct VmSettings {
     /// false`) gives them SeaBIOS.
     #[serde(default)]
     pub pci_shim: Option<PathBuf>,
+    /// QEMU's microvm build (an absolute path, or a name searched in `binary_dirs`), which
+    /// starts faster than the full binary, for the guests it can run (see [`super::qemu`]);
+    /// `None`, or a binary that is not there, runs every guest on the full one.
+    #[serde(default)]
+    pub qemu_microvm: Option<PathBuf>,
     /// Runtime handlers whose pods run unikernel images as VMs (`runtime.unikernel_handlers`).
     pub unikernel_handlers: Vec<String>,
     /// Other handlers whose pods still run a unikernel image as a VM when they meet one
@@ -82,6 +87,12 @@ impl VmSettings {
             .find(|(n, _)| n == name)
             .map(|(_, p)| p.clone())
             .unwrap_or_else(|| PathBuf::from(name));
+        self.resolve(name, &wanted)
+    }
+
+    /// Finds `wanted`: an absolute path as it is, a bare name in `binary_dirs` (`name` names
+    /// the binary in errors).
+    fn resolve(&self, name: &str, wanted: &Path) -> Result<PathBuf, SandboxError> {
         if wanted.is_absolute() {
             let dir = wanted.parent().map(Path::to_path_buf).unwrap_or_default();
             let file = wanted
@@ -101,6 +112,14 @@ impl VmSettings {
     }
 }
 
+impl VmSettings {
+    /// QEMU's microvm build, when configured and installed.
+    pub fn qemu_microvm(&self) -> Option<PathBuf> {
+        let wanted = self.qemu_microvm.as_ref()?;
+        self.resolve(super::qemu::MICROVM_BINARY, wanted).ok()
+    }
+}
+
 impl Default for VmSettings {
     fn default() -> Self {
         VmSettings {
@@ -116,6 +135,7 @@ impl Default for VmSettings {
             vmm_memory_overhead_mib: DEFAULT_VMM_MEMORY_OVERHEAD_MIB,
             qemu_firmware: Some(PathBuf::from(DEFAULT_QEMU_FIRMWARE)),
             pci_shim: None,
+            qemu_microvm: Some(PathBuf::from(super::qemu::MICROVM_BINARY)),
             unikernel_handlers: vec!["urunc".into(), "unikernel".into()],
             autodetect_handlers: vec![],
             crid_vmm_for: vec![],
@@ -466,6 +486,7 @@ pub fn prepare(
             .filter(|root| root.transport == Transport::NineP)
             .map(|root| root.rootfs.clone()),
         block_root: block_root.is_some(),
+        qemu_microvm: settings.qemu_microvm().filter(|_| is_qemu),
     };
     let plan = super::plan_with(&spec, &vmm)
         .and_then(|plan| {
@@ -507,6 +528,7 @@ pub fn prepare(
     tracing::info!(
         container_id = %req.container_id,
         hypervisor = super::hypervisor_name(info.hypervisor),
+        vmm = %plan.program.display(),
         accelerator = %accel.accelerator,
         vmm_uid = ?spec.vmm_user.map(|u| u.0),
         "unikernel guest prepared"
@@ -747,6 +769,25 @@ mod tests {
         assert_eq!(err.kind(), imagestore::ErrorKind::FailedPrecondition);
         assert!(err.to_string().contains("\"ch\""), "{err}");
         assert!(s.binary("solo5-hvt").is_err());
+    }
+
+    /// The microvm build: a name searched in the binary directories, an absolute path, or
+    /// none (not configured, or not installed).
+    #[test]
+    fn qemu_microvm_build_is_found_or_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = with_fake_bins(dir.path(), &["qemu-system-x86_64-microvm", "my-microvm"]);
+        let bins = dir.path().join("bin");
+        assert_eq!(
+            s.qemu_microvm(),
+            Some(bins.join("qemu-system-x86_64-microvm"))
+        );
+        s.qemu_microvm = Some(bins.join("my-microvm"));
+        assert_eq!(s.qemu_microvm(), Some(bins.join("my-microvm")));
+        s.qemu_microvm = Some("missing".into());
+        assert_eq!(s.qemu_microvm(), None);
+        s.qemu_microvm = None;
+        assert_eq!(s.qemu_microvm(), None);
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub struct VmSpec {
     /// `block` is the container's root file system as a raw ext4 image built by crid (see
     /// [`blockroot`]), the guest's first disk; its init mounts it (`crid.root=block:vda`).
     pub block_root: bool,
+    /// QEMU's microvm build found on the host (see [`qemu`]), for guests it can run.
+    pub qemu_microvm: Option<PathBuf>,
 }
 
 /// The guest's view of the pod network: it takes over the CNI interface's address and MAC.
@@ -215,6 +217,12 @@ pub struct LaunchPlan {
     /// How QEMU's `pc` machine boots the guest; `None` for the other machines and hypervisors,
     /// which boot the kernel themselves.
     pub firmware: Option<qemu::Firmware>,
+    /// The descriptor at which the VMM gets the monitor's exit port (QEMU's microvm build,
+    /// which has no isa-debug-exit; see `monitor::Launch::Command`).
+    pub exit_port: Option<i32>,
+    /// QEMU's `-sandbox` filter for the monitor to install before exec (the microvm build has
+    /// no seccomp of its own).
+    pub seccomp: Option<crate::monitor::seccomp::QemuSandbox>,
 }
 
 impl LaunchPlan {
@@ -464,6 +472,7 @@ pub(crate) mod testutil {
             shared_dir: None,
             ninep_root: None,
             block_root: false,
+            qemu_microvm: None,
         }
     }
 
@@ -564,6 +573,8 @@ mod tests {
             guest_cmdline: String::new(),
             exit_mapping: ExitMapping::Direct,
             firmware: None,
+            exit_port: None,
+            seccomp: None,
         };
         plan.write_files().unwrap();
         assert_eq!(

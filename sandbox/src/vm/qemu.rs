@@ -3,7 +3,7 @@
 //! Always `-nodefaults -no-user-config -no-reboot -display none`, the serial port on stdio (the
 //! monitor's pipe), seccomp via `-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,
 //! resourcecontrol=deny`, and an `isa-debug-exit` device so a guest can choose QEMU's exit
-//! status.
+//! status (on the microvm build, below, the monitor's filter and an exit port instead).
 //!
 //! Privileges: QEMU starts as root (in the container's cgroup, whose device list allows only
 //! `/dev/kvm`, `/dev/net/tun` and the null/zero/random pseudo-devices), opens `/dev/kvm`, the
@@ -73,6 +73,18 @@
 //!   interleaved, load about 3): 54 ms median on microvm with a virtio-mmio NIC against 160 ms
 //!   on pc + qboot with virtio-net-pci (left unconfigured: no PCI shim then) and 1.5–3 s on pc +
 //!   SeaBIOS; through crid, see README's Performance.
+//!
+//! Binary — QEMU's microvm build (Debian's `qemu-system-x86_64-microvm`, [`MICROVM_BINARY`]) for
+//! a unikernel on the microvm machine when the host has it (`VmSpec::qemu_microvm`) and QEMU
+//! drops to its own uid in its chroot (see [`microvm_build`]); the full binary otherwise. The build links 10 shared libraries against
+//! the full binary's 51: measured here (QEMU alone, the freestanding guest, exec to first serial
+//! byte) 26.5 ms against 41–46 ms. It lacks two things the plan relies on:
+//! - seccomp (`-sandbox`): the monitor installs the same filter before exec
+//!   ([`crate::monitor::seccomp`]);
+//! - isa-debug-exit: the exit port is a second UART at 0xf4 whose output is a pipe to the
+//!   monitor ([`exit_port_args`]); the monitor ends QEMU on the guest's byte N and records
+//!   `(N << 1) | 1`, the status isa-debug-exit gives, so the exit mapping and a container's exit
+//!   code do not depend on the binary.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -84,8 +96,19 @@ use super::{
     Accelerator, ExitMapping, Hypervisor, LaunchPlan, VmSpec, cmdline::guest_cmdline, path_arg,
 };
 use crate::SandboxError;
+use crate::monitor::seccomp::QemuSandbox;
 
 pub const BINARY: &str = "qemu-system-x86_64";
+/// Debian's reduced QEMU build: machines `microvm` and `q35` only, 10 shared libraries against
+/// the full binary's 51, no seccomp, no isa-debug-exit, no PCI or vhost-user-fs devices.
+pub const MICROVM_BINARY: &str = "qemu-system-x86_64-microvm";
+
+/// The exit port of the microvm build (see the module documentation): the descriptor the
+/// monitor's pipe arrives on, the fd set QEMU finds it in, the UART's interrupt line (COM2's:
+/// COM1 has 4, microvm's virtio-mmio transports 5–12 without ACPI).
+const EXIT_PORT_FD: i32 = 3;
+const EXIT_PORT_FDSET: u32 = 1;
+const EXIT_PORT_IRQ: u32 = 3;
 
 /// The QEMU machine model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +182,22 @@ fn mmio_on_cmdline(spec: &VmSpec, machine: Machine) -> bool {
     machine == Machine::Microvm
         && spec.info.unikernel_type != UnikernelType::Linux
         && spec.info.virtio == VirtioTransport::Mmio
+}
+
+/// The microvm build to run the guest with, if it can (see the module documentation): a
+/// unikernel on the microvm machine (every device it can have there is in the build), and only
+/// for a QEMU that drops to its own uid in an empty chroot — the build has no seccomp, and the
+/// filter the monitor installs in its place must let one `execve` through
+/// ([`crate::monitor::seccomp`]). `linux` stays on the full binary: a shared root needs
+/// `vhost-user-fs`, which the build lacks, and with ACPI its tables would show the guest the
+/// exit port as a second serial port (Linux on microvm needs KVM, which this project's test
+/// host cannot give it, so that path is untested).
+fn microvm_build(spec: &VmSpec, machine: Machine) -> Option<&Path> {
+    let fits = machine == Machine::Microvm
+        && spec.info.unikernel_type != UnikernelType::Linux
+        && spec.vmm_user.is_some()
+        && spec.chroot.is_some();
+    spec.qemu_microvm.as_deref().filter(|_| fits)
 }
 
 /// Whether `path` is an ELF file with a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY). Reads at most
@@ -258,6 +297,7 @@ impl Hypervisor for Qemu {
     fn plan(&self, spec: &VmSpec, binary: &Path) -> Result<LaunchPlan, SandboxError> {
         let cmdline = guest_cmdline(spec, &[])?;
         let machine = machine(spec);
+        let build = microvm_build(spec, machine);
         let mewz = spec.info.unikernel_type == UnikernelType::Mewz;
         let mut a: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
@@ -302,10 +342,16 @@ impl Hypervisor for Qemu {
         } else {
             "deny"
         };
-        let sandbox = format!(
-            "on,obsolete=deny,elevateprivileges={privileges},spawn=deny,resourcecontrol=deny"
-        );
-        push(&["-sandbox", &sandbox]);
+        // The microvm build has no `-sandbox`: the monitor installs the same filter.
+        let seccomp = build.map(|_| QemuSandbox {
+            elevate_privileges: spec.vmm_user.is_some(),
+        });
+        if seccomp.is_none() {
+            let sandbox = format!(
+                "on,obsolete=deny,elevateprivileges={privileges},spawn=deny,resourcecontrol=deny"
+            );
+            push(&["-sandbox", &sandbox]);
+        }
         if let Some((uid, gid)) = spec.vmm_user {
             if uid == 0 || gid == 0 {
                 return Err(SandboxError::InvalidArgument {
@@ -326,6 +372,9 @@ impl Hypervisor for Qemu {
         push(&["-serial", "stdio"]);
         if mewz {
             push(&["-device", "isa-debug-exit,iobase=0x501,iosize=2"]);
+        } else if build.is_some() {
+            let port = exit_port_args();
+            push(&port.iter().map(String::as_str).collect::<Vec<_>>());
         } else {
             push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
         }
@@ -372,15 +421,34 @@ impl Hypervisor for Qemu {
         a.extend(["-append".to_owned(), cmdline.clone()]);
         Ok(LaunchPlan {
             hypervisor: HypervisorKind::Qemu,
-            program: binary.to_path_buf(),
+            program: build.unwrap_or(binary).to_path_buf(),
             args: a,
             files: vec![],
             accelerator: spec.accelerator,
             guest_cmdline: cmdline,
+            // The exit port records what isa-debug-exit would have made QEMU exit with.
             exit_mapping: ExitMapping::QemuDebugExit,
             firmware,
+            exit_port: build.map(|_| EXIT_PORT_FD),
+            seccomp,
         })
     }
+}
+
+/// The exit port for a build without isa-debug-exit: a second UART at isa-debug-exit's port
+/// 0xf4 whose output goes to the monitor's pipe (descriptor [`EXIT_PORT_FD`], which QEMU takes
+/// as fd set [`EXIT_PORT_FDSET`]; `append=on` because QEMU would truncate the file otherwise,
+/// which a pipe refuses). A guest's `outb(0xf4, N)` is that UART's transmit register: the byte
+/// N reaches the monitor, which ends QEMU and records `(N << 1) | 1` as isa-debug-exit would.
+fn exit_port_args() -> Vec<String> {
+    vec![
+        "-add-fd".into(),
+        format!("fd={EXIT_PORT_FD},set={EXIT_PORT_FDSET}"),
+        "-chardev".into(),
+        format!("file,id=crid-exit,path=/dev/fdset/{EXIT_PORT_FDSET},append=on"),
+        "-device".into(),
+        format!("isa-serial,iobase=0xf4,irq={EXIT_PORT_IRQ},chardev=crid-exit"),
+    ]
 }
 
 /// A host directory shared with the guest over virtiofs (see [`super::virtiofs`]): the guest's
@@ -844,6 +912,91 @@ mod tests {
         let mut m = spec(T::Mewz, HypervisorKind::Qemu);
         m.info.virtio = VirtioTransport::Mmio;
         assert_eq!(machine(&m), Machine::Pc);
+    }
+
+    /// A virtio-mmio guest whose QEMU drops to its own uid in a chroot runs on the microvm
+    /// build: no `-sandbox` (the build has none; the monitor installs the filter), a UART at
+    /// 0xf4 on the monitor's pipe instead of isa-debug-exit, the same exit mapping.
+    #[test]
+    fn microvm_build_with_an_exit_port_and_the_monitors_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k");
+        std::fs::write(&k, pvh_elf32()).unwrap();
+        let mut s = spec(T::Unikraft, HypervisorKind::Qemu);
+        s.kernel = k;
+        s.info.virtio = VirtioTransport::Mmio;
+        s.net = Some(net());
+        s.block = Some(PathBuf::from("/b/disk.qcow2"));
+        s.block_overlay = true;
+        s.vmm_user = Some((2_000_000_007, 2_000_000_007));
+        s.chroot = Some(PathBuf::from("/run/c1/chroot"));
+        s.control_socket = Some(PathBuf::from("/run/crid/qmp-c1.sock"));
+        s.qemu_microvm = Some(PathBuf::from("/usr/bin/qemu-system-x86_64-microvm"));
+        let full = Path::new("/usr/bin/qemu-system-x86_64");
+        let p = Qemu.plan(&s, full).unwrap();
+        assert_eq!(
+            p.program,
+            PathBuf::from("/usr/bin/qemu-system-x86_64-microvm")
+        );
+        let a = &p.args;
+        assert!(!a.iter().any(|x| x == "-sandbox"), "{a:?}");
+        assert_eq!(
+            p.seccomp,
+            Some(QemuSandbox {
+                elevate_privileges: true
+            })
+        );
+        assert!(!a.iter().any(|x| x.contains("isa-debug-exit")), "{a:?}");
+        assert!(has_pair(a, "-add-fd", "fd=3,set=1"));
+        assert!(has_pair(
+            a,
+            "-chardev",
+            "file,id=crid-exit,path=/dev/fdset/1,append=on"
+        ));
+        assert!(has_pair(
+            a,
+            "-device",
+            "isa-serial,iobase=0xf4,irq=3,chardev=crid-exit"
+        ));
+        assert_eq!(p.exit_port, Some(3));
+        assert_eq!(p.exit_mapping, ExitMapping::QemuDebugExit);
+        // Everything else as on the full binary.
+        assert!(has_pair(a, "-runas", "2000000007:2000000007"));
+        assert!(has_pair(a, "-chroot", "/run/c1/chroot"));
+        assert!(has_pair(a, "-serial", "stdio"));
+        assert!(has_pair(a, "-device", "virtio-blk-device,drive=blk0"));
+        let full_args = |s: &VmSpec| {
+            let p = Qemu.plan(s, full).unwrap();
+            assert_eq!(p.program, full);
+            assert_eq!((p.exit_port, p.seccomp), (None, None));
+            assert!(
+                has_pair(&p.args, "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"),
+                "{:?}",
+                p.args
+            );
+            assert!(p.args.iter().any(|x| x == "-sandbox"));
+        };
+        // A QEMU that stays root, or has no chroot, keeps the full binary and its filter.
+        let mut root = s.clone();
+        root.vmm_user = None;
+        full_args(&root);
+        let mut unchrooted = s.clone();
+        unchrooted.chroot = None;
+        full_args(&unchrooted);
+        // pc guests (PCI devices) and hosts without the build use the full binary.
+        let mut pci = s.clone();
+        pci.info.virtio = VirtioTransport::Pci;
+        full_args(&pci);
+        let mut absent = s.clone();
+        absent.qemu_microvm = None;
+        full_args(&absent);
+        // linux on microvm stays on the full binary.
+        let mut l = spec(T::Linux, HypervisorKind::Qemu);
+        l.vmm_user = s.vmm_user;
+        l.chroot = s.chroot.clone();
+        l.qemu_microvm = s.qemu_microvm.clone();
+        assert_eq!(machine(&l), Machine::Microvm);
+        full_args(&l);
     }
 
     #[test]

@@ -86,6 +86,8 @@ impl Hypervisor for Solo5 {
             guest_cmdline: cmdline,
             exit_mapping: ExitMapping::Direct,
             firmware: None,
+            exit_port: None,
+            seccomp: None,
         })
     }
 }
