@@ -159,6 +159,9 @@ pub struct VmConfig {
     /// Images annotated for these hypervisors ("qemu", "firecracker") run on crid-vmm when
     /// their guest is compatible.
     pub crid_vmm_for: Vec<String>,
+    /// crid-vmm guests of `default_memory_mib` kept prepared (a monitor with its VMM's VM
+    /// built, handed a container at StartContainer); 0 prepares none, at most 16.
+    pub crid_vmm_pool: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -281,6 +284,7 @@ impl Default for VmConfig {
             virtiofsd_path: PathBuf::from(sandbox::vm::virtiofs::DEFAULT_PATH),
             crid_vmm_path: PathBuf::from(sandbox::vm::crid_vmm::BINARY),
             crid_vmm_for: vec![],
+            crid_vmm_pool: 1,
         }
     }
 }
@@ -347,6 +351,16 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "vm.accelerator",
                 reason: format!("{:?} is not auto, kvm or tcg", self.vm.accelerator),
+            });
+        }
+        if self.vm.crid_vmm_pool > sandbox::vm::pool::MAX_SIZE {
+            return Err(ConfigError::Invalid {
+                key: "vm.crid_vmm_pool",
+                reason: format!(
+                    "{} is more than {}",
+                    self.vm.crid_vmm_pool,
+                    sandbox::vm::pool::MAX_SIZE
+                ),
             });
         }
         if !self.metrics.address.is_empty()
@@ -417,6 +431,9 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = Config::default();
         c.vm.accelerator = "hvf".into();
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.vm.crid_vmm_pool = 17;
         assert!(c.validate().is_err());
         assert_eq!(Config::default().socket_mode().unwrap(), 0o660);
     }

@@ -582,3 +582,299 @@ async fn guest_on_crid_vmm_answers_on_the_pod_ip() {
     );
     crid.finish().await;
 }
+
+/// `Status` verbose: how many crid-vmm guests are prepared (`null` without a pool).
+async fn prepared_count(crid: &Crid) -> Option<u64> {
+    let status = crid
+        .rt()
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let vm: serde_json::Value = serde_json::from_str(&status.info["vm"]).unwrap();
+    vm["cridVmmPrepared"].as_u64()
+}
+
+/// The prepared crid-vmm processes of this crid (`crid-vmm --prepared <state>/vmm-pool`) and
+/// their monitors.
+fn prepared_processes(crid: &Crid) -> Vec<u32> {
+    common::processes_under(crid.path(), None)
+        .iter()
+        .filter(|p| p.contains("--prepared") || p.contains("--prepare-vmm"))
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect()
+}
+
+/// The prepared VMM's pid once the pool holds one (bounded wait); `guests` are VMMs handed
+/// a guest already (their command line still says `--prepared`).
+async fn wait_prepared(crid: &Crid, guests: &[u32]) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while prepared_count(crid).await != Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the pool was never filled\n{}",
+            crid.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let vmms: Vec<u32> = common::processes_under(crid.path(), None)
+        .iter()
+        .filter(|p| p.contains("crid-vmm --prepared"))
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .filter(|p| !guests.contains(p))
+        .collect();
+    assert_eq!(
+        vmms.len(),
+        1,
+        "{:?}",
+        common::processes_under(crid.path(), None)
+    );
+    vmms[0]
+}
+
+/// Waits (bounded) until none of `pids` runs.
+async fn wait_gone(pids: &[u32], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pids
+        .iter()
+        .any(|p| Path::new(&format!("/proc/{p}")).exists())
+    {
+        assert!(Instant::now() < deadline, "{what} still run: {pids:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `vm.crid_vmm_pool`: the first guest of the default size fills the pool; the next one is
+/// handed the prepared VMM (its pid is the container's), in a pod network (the VMM enters the
+/// pod's namespace itself and answers on the pod IP), confined and in its cgroup as a VMM
+/// started for it, holding nothing of crid's; the pool is refilled; a crid killed with an entry
+/// waiting takes the entry with it while the guest keeps running, and the restarted crid
+/// re-attaches to the guest's monitor (found by its directory, its command line naming no
+/// container) and stops it: no process, tap or cgroup is left.
+#[tokio::test]
+async fn prepared_crid_vmm_is_handed_the_next_guest() {
+    let Some(reg) = ready() else { return };
+    let vmm = vmm_binary();
+    let work = tempfile::tempdir().unwrap();
+    let (disk, _) = disk_image(work.path());
+    let image = push_disk_guest(&reg, work.path(), &disk, "crid", "stay", "crid-pool");
+
+    let dir = tempfile::tempdir().unwrap();
+    common::write_config(
+        dir.path(),
+        "[vm]\ncrid_vmm_pool = 1\ndefault_memory_mib = 32\n",
+    );
+    let net = common::Net::new(41, dir.path());
+    std::fs::write(dir.path().join("net.d/10-vmm.conflist"), net.conflist()).unwrap();
+    let mut crid = Crid::start_owned(dir).await;
+    crid.expect_pull(&image).await;
+    assert_eq!(
+        prepared_count(&crid).await,
+        Some(0),
+        "filled before any guest"
+    );
+
+    // The first guest starts the usual way and fills the pool; its exit code is the container's.
+    let host = crid.run_host_pod_with("pool-host", "urunc").await;
+    let first = crid
+        .create_start(&host, guest(&image, "first", &["exit=5"]))
+        .await;
+    let s = crid
+        .wait_state(&first, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(s.exit_code, 5, "{}", crid.log());
+    let prepared = wait_prepared(&crid, &[]).await;
+
+    // The next one, in a pod network, is handed that VMM.
+    let config = common::pod_config("pool-net", crid.path());
+    let pod_id = crid.run_pod_under(&config, "urunc").await;
+    let (pod_status, _) = crid.pod_status(&pod_id).await;
+    let ip = pod_status.network.map(|n| n.ip).unwrap_or_default();
+    let id = crid
+        .create_start(&(pod_id.clone(), config), guest(&image, "net", &[]))
+        .await;
+    let (_, info) = crid.container_status(&id).await;
+    let pid = info["pid"].as_i64().expect("pid in verbose info") as u32;
+    assert_eq!(pid, prepared, "the guest did not get the prepared VMM");
+    let log = crid.path().join("logs/pool-net/net.log");
+    wait_log(&log, "crid-test-guest: net up").await;
+    let echo = common::udp_echo(&ip, b"hello pool", 20);
+    assert_eq!(
+        echo.as_deref(),
+        Some(&b"hello pool"[..]),
+        "no echo from {ip}\nlog:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for (key, want) in [
+        ("Seccomp:", "2"),
+        ("NoNewPrivs:", "1"),
+        ("CapEff:", "0000000000000000"),
+    ] {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_default();
+        assert!(line.ends_with(want), "{line}\n{status}");
+    }
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid.split_whitespace().skip(1).all(|u| u != "0"), "{uid}");
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+    assert!(root.ends_with("vm/chroot"), "VMM root is {root:?}");
+    let rel = info["runtimeSpec"]["unikernel"]["request"]["cgroup"]
+        .as_str()
+        .expect("cgroup in verbose info")
+        .to_string();
+    let procs = std::fs::read_to_string(
+        Path::new("/sys/fs/cgroup/memory")
+            .join(&rel)
+            .join("cgroup.procs"),
+    )
+    .unwrap();
+    assert!(
+        procs.lines().any(|l| l.trim() == pid.to_string()),
+        "crid-vmm {pid} not in its cgroup: {procs:?}"
+    );
+    // Standard input is /dev/null (not the hand-over socket), the output pipes to its monitor;
+    // the environment is PATH alone.
+    let fds: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                target.display().to_string(),
+            )
+        })
+        .collect();
+    let stdout = std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap();
+    for (fd, target) in &fds {
+        let ok = match fd.as_str() {
+            "0" => target == "/dev/null",
+            "1" | "2" => target.starts_with("pipe:"),
+            // KVM's descriptors, eventfds, the tap, the container's disk copy and the serial
+            // port's copy of stdout.
+            _ => {
+                target.starts_with("anon_inode:")
+                    || target == "/dev/net/tun"
+                    || target.ends_with("/vm/block.img")
+                    || Path::new(target) == stdout
+            }
+        };
+        assert!(ok, "the prepared VMM's fd {fd} is {target}: {fds:?}");
+    }
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let vars: Vec<_> = environ
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert!(
+        vars.iter().all(|v| v.starts_with("PATH=")),
+        "the prepared VMM's environment: {vars:?}"
+    );
+    let argv0 = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(argv0.starts_with(vmm.to_str().unwrap().as_bytes()));
+
+    // Refilled, with another VMM.
+    let next = wait_prepared(&crid, &[pid]).await;
+    assert_ne!(next, prepared);
+
+    // crid dies with an entry waiting: the entry (the VMM and its monitor) ends, the guest
+    // runs on.
+    let stat = std::fs::read_to_string(format!("/proc/{next}/stat")).unwrap();
+    let monitor: u32 = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let waiting = [next, monitor];
+    crid.sigkill();
+    wait_gone(&waiting, "the prepared monitor and VMM").await;
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the guest died with crid"
+    );
+    let crid = Crid::start_owned(crid.into_dir()).await;
+    let s = crid
+        .wait_state(&id, cri::ContainerState::ContainerRunning)
+        .await;
+    assert_eq!(s.state(), cri::ContainerState::ContainerRunning);
+    assert_eq!(prepared_count(&crid).await, Some(0));
+    let netns = info["runtimeSpec"]["unikernel"]["request"]["netns"]
+        .as_str()
+        .expect("netns in verbose info")
+        .to_string();
+    crid.stop_container(&id, 2).await;
+    let s = crid
+        .wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(s.exit_code, 143, "{s:?}");
+    wait_gone(&[pid], "the guest's VMM").await;
+    let links = Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(["ip", "-o", "link", "show"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("crtap"),
+        "the tap outlived the guest"
+    );
+    crid.remove_container(&id).await;
+    for ctl in ["memory", "cpu", "devices"] {
+        let dir = Path::new("/sys/fs/cgroup").join(ctl).join(&rel);
+        assert!(!dir.exists(), "{} outlived the VMM", dir.display());
+    }
+    let path = crid.path().to_owned();
+    crid.finish().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = common::processes_under(&path, None);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left after crid stopped: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `vm.crid_vmm_pool = 0`: guests of the default size start the usual way and nothing is
+/// prepared.
+#[tokio::test]
+async fn no_crid_vmm_is_prepared_with_the_pool_off() {
+    let Some(reg) = ready() else { return };
+    vmm_binary();
+    let work = tempfile::tempdir().unwrap();
+    let image = common::push_guest_as(
+        &reg,
+        &work.path().join("guest.elf"),
+        "unikraft",
+        "crid",
+        "exit=0",
+        "crid-nopool",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    common::write_config(
+        dir.path(),
+        "[vm]\ncrid_vmm_pool = 0\ndefault_memory_mib = 32\n",
+    );
+    let crid = Crid::start_owned(dir).await;
+    crid.expect_pull(&image).await;
+    let pod = crid.run_host_pod_with("nopool", "urunc").await;
+    for name in ["one", "two"] {
+        let id = crid.create_start(&pod, guest(&image, name, &[])).await;
+        let s = crid
+            .wait_state(&id, cri::ContainerState::ContainerExited)
+            .await;
+        assert_eq!(s.exit_code, 0, "{}", crid.log());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(prepared_count(&crid).await, None);
+    assert!(prepared_processes(&crid).is_empty());
+    crid.finish().await;
+}

@@ -254,7 +254,6 @@ fn fake_backends(dir: &Path) -> Backends {
     Backends {
         runc: fake.clone(),
         vm: fake,
-        vm_report: serde_json::json!({}),
     }
 }
 

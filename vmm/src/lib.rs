@@ -10,12 +10,13 @@
 //!
 //! Modules: [`memory`] (address space), [`boot`] (loaders and boot structures), [`cpu`]
 //! (vCPU registers), [`devices`] (port-I/O bus, virtio-mmio, virtio-net and virtio-blk), [`vm`] (set-up
-//! and run loop), [`seccomp`],
+//! and run loop), [`handover`] (the prepared mode's protocol), [`seccomp`],
 //! and `sys`, the only module with `unsafe`.
 
 pub mod boot;
 pub mod cpu;
 pub mod devices;
+pub mod handover;
 pub mod memory;
 pub mod seccomp;
 mod sys;
@@ -47,6 +48,8 @@ pub struct Config {
     /// hierarchy) before it writes a guest page (on cgroup v1 before it opens `/dev/kvm`): see
     /// [`vm::run`].
     pub cgroup_procs: Vec<PathBuf>,
+    /// A network namespace (a pin) the VMM enters first, before it opens the tap by name.
+    pub netns: Option<PathBuf>,
 }
 
 /// The guest's block device: a raw disk file (or block device), opened before the VMM drops

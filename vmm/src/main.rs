@@ -1,10 +1,13 @@
-//! `crid-vmm`: boots one guest; see the library documentation for what it does.
+//! `crid-vmm`: boots one guest; see the library documentation for what it does. With
+//! `--prepared POOL` it builds the VM first and takes the guest's command line over standard
+//! input (see `crid_vmm::handover`).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use crid_vmm::{Config, Disk, DiskConfig, NetConfig, Tap, exit_status, vm};
+use crid_vmm::{Config, Disk, DiskConfig, NetConfig, Tap, VmmError, exit_status, handover, vm};
 
 /// Exit status when the VMM itself fails (the message is on stderr).
 const VMM_FAILURE: u8 = 1;
@@ -14,8 +17,13 @@ const VMM_FAILURE: u8 = 1;
 #[command(group = clap::ArgGroup::new("disk_source").args(["disk", "disk_fd"]))]
 struct Args {
     /// Guest kernel: an ELF with a PVH note, an ELF vmlinux or a bzImage.
-    #[arg(long)]
-    kernel: PathBuf,
+    #[arg(long, required_unless_present = "prepared")]
+    kernel: Option<PathBuf>,
+    /// Build the VM (`--memory` MiB) now and wait for the rest of the command line on standard
+    /// input, a unix socket (crid's pool of prepared VMMs, whose directory POOL names: it tells
+    /// which crid prepared the process).
+    #[arg(long, value_name = "POOL", conflicts_with = "kernel")]
+    prepared: Option<PathBuf>,
     #[arg(long)]
     initrd: Option<PathBuf>,
     /// Kernel command line.
@@ -58,6 +66,9 @@ struct Args {
     /// opens /dev/kvm).
     #[arg(long)]
     cgroup_procs: Vec<PathBuf>,
+    /// Enter this network namespace (a pinned namespace file) first, before the tap is opened.
+    #[arg(long)]
+    netns: Option<PathBuf>,
 }
 
 fn parse_user(s: &str) -> Result<(u32, u32), String> {
@@ -74,44 +85,81 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     crid_vmm::devices::virtio::net::parse_mac(s).ok_or_else(|| format!("bad MAC address {s:?}"))
 }
 
+impl Args {
+    /// The configuration of a guest's command line (`kernel` is there: clap requires it
+    /// without `--prepared`).
+    fn into_config(self) -> Result<Config, VmmError> {
+        let kernel = self
+            .kernel
+            .ok_or_else(|| VmmError::Config("no --kernel".into()))?;
+        Ok(Config {
+            kernel,
+            initrd: self.initrd,
+            cmdline: self.cmdline,
+            memory_mib: self.memory,
+            vcpus: self.vcpus,
+            user: self.user,
+            chroot: self.chroot,
+            seccomp: !self.no_seccomp,
+            net: match (self.tap, self.tap_fd) {
+                (Some(name), _) => Some(NetConfig {
+                    tap: Tap::Name(name),
+                    mac: self.mac,
+                }),
+                (None, Some(fd)) => Some(NetConfig {
+                    tap: Tap::Fd(fd),
+                    mac: self.mac,
+                }),
+                (None, None) => None,
+            },
+            disk: match (self.disk, self.disk_fd) {
+                (Some(path), _) => Some(Disk::Path(path)),
+                (None, Some(fd)) => Some(Disk::Fd(fd)),
+                (None, None) => None,
+            }
+            .map(|disk| DiskConfig {
+                disk,
+                read_only: self.disk_read_only,
+            }),
+            cgroup_procs: self.cgroup_procs,
+            netns: self.netns,
+        })
+    }
+}
+
+/// `--prepared`: builds the VM, waits for the guest's command line, boots it. `None` when the
+/// monitor discarded this VMM before handing it a guest.
+fn run_prepared(memory_mib: u64) -> Result<Option<crid_vmm::GuestExit>, VmmError> {
+    let prepared = vm::prepare(memory_mib)?;
+    let received = handover::receive_on_stdin().map_err(|source| VmmError::Io {
+        what: "the hand-over",
+        source,
+    })?;
+    let Some(args) = received else {
+        return Ok(None);
+    };
+    let args = Args::try_parse_from(std::iter::once(OsString::from("crid-vmm")).chain(args))
+        .map_err(|e| VmmError::Config(format!("the handed-over command line: {e}")))?;
+    if args.prepared.is_some() {
+        return Err(VmmError::Config(
+            "the handed-over command line cannot be --prepared again".into(),
+        ));
+    }
+    vm::run_prepared(prepared, &args.into_config()?).map(Some)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = Config {
-        kernel: args.kernel,
-        initrd: args.initrd,
-        cmdline: args.cmdline,
-        memory_mib: args.memory,
-        vcpus: args.vcpus,
-        user: args.user,
-        chroot: args.chroot,
-        seccomp: !args.no_seccomp,
-        net: match (args.tap, args.tap_fd) {
-            (Some(name), _) => Some(NetConfig {
-                tap: Tap::Name(name),
-                mac: args.mac,
-            }),
-            (None, Some(fd)) => Some(NetConfig {
-                tap: Tap::Fd(fd),
-                mac: args.mac,
-            }),
-            (None, None) => None,
-        },
-        disk: match (args.disk, args.disk_fd) {
-            (Some(path), _) => Some(Disk::Path(path)),
-            (None, Some(fd)) => Some(Disk::Fd(fd)),
-            (None, None) => None,
-        }
-        .map(|disk| DiskConfig {
-            disk,
-            read_only: args.disk_read_only,
-        }),
-        cgroup_procs: args.cgroup_procs,
+    let result = match args.prepared {
+        Some(_) => run_prepared(args.memory),
+        None => args.into_config().and_then(|c| vm::run(&c)).map(Some),
     };
-    match vm::run(&config) {
-        Ok(exit) => {
+    match result {
+        Ok(Some(exit)) => {
             // Other vCPU threads may still be in KVM_RUN; the process exit ends them.
             std::process::exit(exit_status(exit));
         }
+        Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("crid-vmm: {e}");
             ExitCode::from(VMM_FAILURE)

@@ -1,5 +1,6 @@
-//! The few calls that need `unsafe`: registering guest memory with KVM, opening the tap and
-//! dropping privileges. Everything else in the VMM goes through safe wrappers.
+//! The few calls that need `unsafe`: registering guest memory with KVM, opening the tap,
+//! entering a network namespace, replacing standard input and dropping privileges. Everything
+//! else in the VMM goes through safe wrappers.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -193,6 +194,30 @@ pub fn default_stop_signals() -> io::Result<()> {
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Moves the calling thread into the network namespace pinned at `path` (threads started later
+/// inherit it).
+pub fn join_netns(path: &Path) -> io::Result<()> {
+    let ns = File::open(path)?;
+    // SAFETY: setns takes an open descriptor, which `ns` keeps open across the call, and a
+    // namespace type; no memory is passed.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Puts `/dev/null` on standard input (in place of the hand-over socket, once it has served).
+pub fn stdin_to_null() -> io::Result<()> {
+    let null = File::open("/dev/null")?;
+    // SAFETY: dup2 onto descriptor 0 with a descriptor `null` keeps open across the call; it
+    // replaces standard input, which nothing in the process holds a Rust handle to but the
+    // hand-over, which is done with it.
+    if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

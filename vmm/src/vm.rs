@@ -36,16 +36,22 @@ type MmioDevices = Vec<Arc<Mutex<dyn MmioWindow>>>;
 /// inside the MMIO hole, so never guest RAM).
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
-/// Boots the guest described by `config` and returns how it ended.
-///
-/// The set-up avoids the kernel's grace-period waits, which on a loaded host take milliseconds
-/// each (see [`join_cgroups`] and [`build_vm`]): the process joins its cgroup first, while it
-/// is still single-threaded, so KVM's structures, the guest's pages and every thread are the
-/// container's, before anything else is done; then KVM builds the VM with the memory slot
-/// registered before the in-kernel irqchip.
-pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
+/// A VM built ahead of its guest: KVM's VM with the guest's memory registered, the in-kernel
+/// irqchip and PIT, and the boot vCPU with its CPUID. Nothing of a guest is in it yet, so it
+/// can wait for one (`crid-vmm --prepared`, see [`crate::handover`]).
+pub struct Prepared {
+    kvm: Kvm,
+    vm: VmFd,
+    mem: &'static memory::GuestMemoryMmap,
+    irqchip: bool,
+    boot_vcpu: VcpuFd,
+    memory_mib: u64,
+}
+
+/// Builds the VM for a guest of `memory_mib` MiB (see [`build_vm`] for the order), with the
+/// stop signals at their default action (see `sys::default_stop_signals`).
+pub fn prepare(memory_mib: u64) -> Result<Prepared, VmmError> {
     sys::default_stop_signals().map_err(|e| VmmError::io("resetting signal dispositions", e))?;
-    let joining = join_cgroups(&config.cgroup_procs)?;
     let kvm = Kvm::new().map_err(|e| VmmError::kvm("opening /dev/kvm", e))?;
     let vm = kvm
         .create_vm()
@@ -55,16 +61,92 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
     // guest memory must never be unmapped while the process lives, on any return path; a
     // later mapping of the process could otherwise land in a range a running vCPU still uses.
     // The VMM runs one guest and exits; the exit releases it.
-    let mem: &'static memory::GuestMemoryMmap =
-        Box::leak(Box::new(memory::create(config.memory_mib)?));
+    let mem: &'static memory::GuestMemoryMmap = Box::leak(Box::new(memory::create(memory_mib)?));
     let irqchip = build_vm(&vm, mem)?;
-    if let Some(joining) = joining {
-        joining
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the thread panicked")))
-            .map_err(|e| VmmError::io("joining the cgroup", e))?;
-    }
+    let boot_vcpu = create_vcpu(&kvm, &vm, 0)?;
+    Ok(Prepared {
+        kvm,
+        vm,
+        mem,
+        irqchip,
+        boot_vcpu,
+        memory_mib,
+    })
+}
 
+/// Boots the guest described by `config` and returns how it ended.
+///
+/// The set-up avoids the kernel's grace-period waits, which on a loaded host take milliseconds
+/// each (see [`join_cgroups`] and [`build_vm`]): the process joins its cgroup first, while it
+/// is still single-threaded, so KVM's structures, the guest's pages and every thread are the
+/// container's, before anything else is done; then KVM builds the VM with the memory slot
+/// registered before the in-kernel irqchip.
+pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
+    join_netns(config)?;
+    let joining = join_cgroups(&config.cgroup_procs)?;
+    let prepared = prepare(config.memory_mib)?;
+    if let Some(joining) = joining {
+        finish_join(joining)?;
+    }
+    boot(prepared, config)
+}
+
+/// Boots the guest described by `config` on a VM built ahead by [`prepare`]: the process (one
+/// thread until now) enters the guest's network namespace and cgroups, then goes on as [`run`]
+/// does. KVM's structures were charged to the cgroup the VMM was prepared in; every guest page
+/// is written after the join.
+pub fn run_prepared(prepared: Prepared, config: &Config) -> Result<GuestExit, VmmError> {
+    if config.memory_mib != prepared.memory_mib {
+        return Err(VmmError::Config(format!(
+            "this VMM was prepared for {} MiB of guest memory, not {}",
+            prepared.memory_mib, config.memory_mib
+        )));
+    }
+    join_netns(config)?;
+    if let Some(joining) = join_cgroups(&config.cgroup_procs)? {
+        finish_join(joining)?;
+    }
+    boot(prepared, config)
+}
+
+/// Enters `config.netns`, on the only thread (every thread started later is there too), before
+/// the tap is opened by name.
+fn join_netns(config: &Config) -> Result<(), VmmError> {
+    match &config.netns {
+        Some(ns) => {
+            sys::join_netns(ns).map_err(|e| VmmError::io("joining the network namespace", e))
+        }
+        None => Ok(()),
+    }
+}
+
+fn finish_join(joining: std::thread::JoinHandle<std::io::Result<()>>) -> Result<(), VmmError> {
+    joining
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the thread panicked")))
+        .map_err(|e| VmmError::io("joining the cgroup", e))
+}
+
+/// vCPU `index` with its CPUID.
+fn create_vcpu(kvm: &Kvm, vm: &VmFd, index: u8) -> Result<VcpuFd, VmmError> {
+    let vcpu = vm
+        .create_vcpu(u64::from(index))
+        .map_err(|e| VmmError::kvm("KVM_CREATE_VCPU", e))?;
+    vcpu.set_cpuid2(&cpu::cpuid(kvm, u32::from(index))?)
+        .map_err(|e| VmmError::kvm("KVM_SET_CPUID2", e))?;
+    Ok(vcpu)
+}
+
+/// Loads the guest into a built VM, confines the process and runs the vCPUs.
+fn boot(prepared: Prepared, config: &Config) -> Result<GuestExit, VmmError> {
+    let Prepared {
+        kvm,
+        vm,
+        mem,
+        irqchip,
+        boot_vcpu,
+        ..
+    } = prepared;
     let mut kernel =
         File::open(&config.kernel).map_err(|e| VmmError::io("opening the kernel", e))?;
     let mut initrd = match &config.initrd {
@@ -135,17 +217,10 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
         i8042: i8042::I8042::new(),
     }));
 
-    let mut vcpus = Vec::new();
-    for index in 0..config.vcpus {
-        let vcpu = vm
-            .create_vcpu(u64::from(index))
-            .map_err(|e| VmmError::kvm("KVM_CREATE_VCPU", e))?;
-        vcpu.set_cpuid2(&cpu::cpuid(&kvm, u32::from(index))?)
-            .map_err(|e| VmmError::kvm("KVM_SET_CPUID2", e))?;
-        if index == 0 {
-            cpu::setup_boot_vcpu(&vcpu, mem, entry)?;
-        }
-        vcpus.push(vcpu);
+    cpu::setup_boot_vcpu(&boot_vcpu, mem, entry)?;
+    let mut vcpus = vec![boot_vcpu];
+    for index in 1..config.vcpus {
+        vcpus.push(create_vcpu(&kvm, &vm, index)?);
     }
     drop(kvm);
     // Without an irqchip nothing could ever wake a secondary vCPU: run the boot vCPU alone.

@@ -439,3 +439,84 @@ fn registers_guest_memory_before_the_irqchip() {
     );
     assert!(at("KVM_CREATE_IRQCHIP") < at("KVM_CREATE_PIT2"), "{ioctls}");
 }
+
+/// Spawns `crid-vmm --prepared` with stdin on a socket and waits for its ready byte; returns
+/// the child and the test's end of the socket.
+fn spawn_prepared(memory: &str) -> (std::process::Child, std::os::unix::net::UnixStream) {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let child = Command::new(VMM)
+        .args(["--prepared", "/tmp/pool-label", "--memory", memory])
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ours.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut ready = [0u8];
+    (&ours).read_exact(&mut ready).unwrap();
+    assert_eq!(ready[0], crid_vmm::handover::READY);
+    (child, ours)
+}
+
+/// Sends a hand-over: each argument NUL-terminated, then the end of the socket's writes.
+fn hand_over(socket: std::os::unix::net::UnixStream, args: &[&str]) {
+    use std::io::Write;
+    let mut message = Vec::new();
+    for a in args {
+        message.extend_from_slice(a.as_bytes());
+        message.push(0);
+    }
+    (&socket).write_all(&message).unwrap();
+    socket.shutdown(std::net::Shutdown::Write).unwrap();
+}
+
+/// `--prepared`: the VM is built before the guest is known; the guest's command line arrives
+/// on the socket and the guest boots on that VM, confined as usual, with /dev/null for stdin.
+/// A size other than the prepared one is refused with a message; a socket closed without a
+/// message ends the VMM quietly.
+#[test]
+fn prepared_vm_boots_the_guest_handed_over() {
+    let Some((dir, kernel)) = guest() else { return };
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let (child, socket) = spawn_prepared("32");
+    let kernel_arg = kernel.to_str().unwrap();
+    hand_over(
+        socket,
+        &[
+            "--kernel",
+            kernel_arg,
+            "--cmdline",
+            "exit=6 handed",
+            "--memory",
+            "32",
+            "--user",
+            "65534:65534",
+            "--chroot",
+            root.to_str().unwrap(),
+        ],
+    );
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("cmdline: exit=6 handed"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (child, socket) = spawn_prepared("32");
+    hand_over(socket, &["--kernel", kernel_arg, "--memory", "64"]);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("prepared for 32 MiB"), "{stderr}");
+
+    let (child, socket) = spawn_prepared("32");
+    drop(socket);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty());
+}

@@ -12,12 +12,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    const USAGE: &str = "usage: crid-monitor --spec FILE [--detached] | --pid-namespace DIR [--in-user-namespace PIN] | --user-namespace";
+    const USAGE: &str = "usage: crid-monitor --spec FILE [--detached] | --pid-namespace DIR [--in-user-namespace PIN] | --user-namespace | --prepare-vmm VMM --memory MIB --pool DIR";
     let mut spec: Option<PathBuf> = None;
     let mut pid_namespace: Option<PathBuf> = None;
     let mut detached = false;
     let mut user_namespace = false;
     let mut in_user_namespace: Option<PathBuf> = None;
+    let mut prepare_vmm: Option<PathBuf> = None;
+    let mut memory: Option<u64> = None;
+    let mut pool: Option<PathBuf> = None;
     let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
         match a.to_str() {
@@ -26,11 +29,26 @@ fn main() -> ExitCode {
             Some("--detached") => detached = true,
             Some("--user-namespace") => user_namespace = true,
             Some("--in-user-namespace") => in_user_namespace = args.next().map(PathBuf::from),
+            Some("--prepare-vmm") => prepare_vmm = args.next().map(PathBuf::from),
+            Some("--memory") => memory = args.next().and_then(|m| m.to_str()?.parse().ok()),
+            Some("--pool") => pool = args.next().map(PathBuf::from),
             _ => {
                 eprintln!("{USAGE}");
                 return ExitCode::from(2);
             }
         }
+    }
+    if let Some(vmm) = prepare_vmm {
+        let (Some(memory), Some(pool), None, None, false) =
+            (memory, pool, &spec, &pid_namespace, user_namespace)
+        else {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        };
+        return match sandbox::monitor::prepared::main(&vmm, memory, &pool) {
+            0 => ExitCode::SUCCESS,
+            _ => ExitCode::FAILURE,
+        };
     }
     let code = match (spec, pid_namespace) {
         (None, None) if user_namespace => sandbox::monitor::userns::main(),

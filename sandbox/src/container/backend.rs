@@ -24,7 +24,8 @@ use super::record::{
 };
 use super::{cgroups, spec};
 use crate::SandboxError;
-use crate::monitor::{ExitRecord, Launch, MonitorHandle, MonitorSpec, StdinSpec};
+use crate::monitor::prepared::{Handover, HandoverError, PreparedMonitor};
+use crate::monitor::{ExitRecord, Launch, MonitorHandle, MonitorSpec, Ready, StdinSpec};
 use crate::runc::ExecOutput;
 
 /// Resolves when the container's process (its monitor) has ended.
@@ -188,6 +189,12 @@ pub trait ContainerBackend: Send + Sync {
 
     /// Releases whatever this backend may hold for container `id`, whose record is lost.
     async fn release_unrecorded(&self, id: &str);
+
+    /// What the backend reports of the host in `Status` verbose info (the VM backend: its
+    /// policy, what KVM offers, the prepared crid-vmm guests).
+    fn host_report(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
 }
 
 /// Where a container's files are: `<root>/containers/<id>` and `<state>/containers/<id>`.
@@ -280,17 +287,14 @@ impl Supervisor {
         touch_log(r.log_path.as_deref())
     }
 
-    /// Starts the monitor running `launch` and waits for its report; the error is the message
-    /// of a failed start.
-    pub async fn launch(
+    fn monitor_spec(
         &self,
         r: &ContainerRecord,
         launch: Launch,
         stdin: Option<StdinSpec>,
-    ) -> Result<Started, String> {
+    ) -> MonitorSpec {
         let id = r.id.as_str();
-        let sdir = self.dirs.state_dir(id);
-        let spec = MonitorSpec {
+        MonitorSpec {
             id: id.to_owned(),
             launch,
             log_path: r.log_path.clone(),
@@ -299,7 +303,19 @@ impl Supervisor {
             pid_file: self.pid_file(id),
             oom_cgroup: Some(cgroups::controller_dir("memory", &r.cgroups_path)),
             stdin,
-        };
+        }
+    }
+
+    /// Starts the monitor running `launch` and waits for its report; the error is the message
+    /// of a failed start.
+    pub async fn launch(
+        &self,
+        r: &ContainerRecord,
+        launch: Launch,
+        stdin: Option<StdinSpec>,
+    ) -> Result<Started, String> {
+        let sdir = self.dirs.state_dir(&r.id);
+        let spec = self.monitor_spec(r, launch, stdin);
         let exe = self.monitor_exe.clone();
         let spec_path = sdir.join("monitor.json");
         let started_at = now_ns();
@@ -316,9 +332,44 @@ impl Supervisor {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("runtime start monitor failed: {e}"))?;
+        self.started(&r.id, ready, started_at)
+    }
+
+    /// [`Supervisor::launch`] through a prepared monitor (see [`crate::monitor::prepared`]),
+    /// which takes `launch` (its prepared VMM's command line). One that had ended before it
+    /// took the container is replaced by a monitor started the usual way.
+    pub async fn launch_prepared(
+        &self,
+        r: &ContainerRecord,
+        launch: Launch,
+        prepared: PreparedMonitor,
+    ) -> Result<Started, String> {
+        let handover = Handover {
+            spec: self.monitor_spec(r, launch, None),
+            stderr: self.dirs.state_dir(&r.id).join("monitor.log"),
+        };
+        let started_at = now_ns();
+        let (handover, result) = tokio::task::spawn_blocking(move || {
+            let result = prepared.hand_over(&handover, Duration::from_secs(60));
+            (handover, result)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match result {
+            Ok(ready) => self.started(&r.id, ready, started_at),
+            Err(HandoverError::Gone(e)) => {
+                tracing::info!(container_id = %r.id, error = %e, "the prepared crid-vmm is gone; starting one");
+                self.launch(r, handover.spec.launch, None).await
+            }
+            Err(e @ HandoverError::Failed(_)) => Err(format!("runtime start monitor failed: {e}")),
+        }
+    }
+
+    /// The start a monitor reported.
+    fn started(&self, id: &str, ready: Ready, started_at: i64) -> Result<Started, String> {
         let pid = match ready {
-            crate::monitor::Ready { pid: Some(pid), .. } => pid,
-            crate::monitor::Ready { error, .. } => {
+            Ready { pid: Some(pid), .. } => pid,
+            Ready { error, .. } => {
                 return Err(error.unwrap_or_else(|| "monitor gave no pid".into()));
             }
         };

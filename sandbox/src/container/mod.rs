@@ -134,8 +134,6 @@ pub struct Backends {
     pub runc: Arc<dyn ContainerBackend>,
     /// Unikernel images.
     pub vm: Arc<dyn ContainerBackend>,
-    /// The VM policy and what the host offers, for `Status` verbose info.
-    pub vm_report: serde_json::Value,
 }
 
 impl Backends {
@@ -150,14 +148,16 @@ impl Backends {
         };
         let kvm = crate::vm::accel::probe_host();
         tracing::info!(kvm = %kvm.detail, accelerator = ?settings.vm.accelerator, "VM settings");
+        let pool =
+            crate::vm::pool::on_host(&settings.vm, &kvm, &settings.monitor_exe, &settings.state);
         let vm = VmBackend {
             settings: settings.vm.clone(),
             kvm,
+            pool,
             supervisor: supervisor.clone(),
             cgroup_driver: settings.cgroup_driver,
         };
         Backends {
-            vm_report: vm.host_report(),
             vm: Arc::new(vm),
             runc: Arc::new(RuncBackend {
                 runtimes: OciRuntimes {
@@ -378,7 +378,7 @@ impl ContainerManager {
 
     /// The VM policy and what the host's KVM offers, for `Status` verbose info.
     pub fn vm_host_report(&self) -> serde_json::Value {
-        self.backends.vm_report.clone()
+        self.backends.vm.host_report()
     }
 
     /// The attach socket of container `id`'s monitor, when it has one.

@@ -11,7 +11,8 @@
 //!   [`crate::vm::net`]), plans the VMM command and hands it to the monitor with the pod's
 //!   network namespace and the container's cgroup, which the monitor's child joins before it
 //!   execs the VMM: the serial console goes to the CRI log, the VMM's exit status becomes the
-//!   container's exit code.
+//!   container's exit code. A crid-vmm guest of the pool's size is handed to a prepared
+//!   monitor and VMM instead ([`crate::vm::pool`]).
 //! - The VMM runs in the container's cgroup (`cgroups_path`, as runc would use: CRI limits,
 //!   stats and OOM detection apply), as an unprivileged user where the hypervisor allows (QEMU);
 //!   see [`crate::vm::cgroup`] and [`crate::vm::qemu`].
@@ -34,6 +35,7 @@
 //!   note in the VM state (`mount_notes`, shown in verbose status).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use imagestore::UnikernelInfo;
@@ -51,6 +53,7 @@ use super::record::{
 use super::{cgroups, spec, user, vm_rootfs};
 use crate::SandboxError;
 use crate::monitor::Launch;
+use crate::monitor::prepared::PreparedMonitor;
 use crate::pod::CgroupDriver;
 use crate::runc::ExecOutput;
 use crate::vm::accel::KvmProbe;
@@ -59,6 +62,7 @@ use crate::vm::cgroup::{Limits, VmCgroup};
 use crate::vm::guestfiles::{self, GuestMount, MountNote};
 use crate::vm::launch::{self, VmRequest, VmSettings};
 use crate::vm::net::GuestPort;
+use crate::vm::pool::Pool;
 use crate::vm::type_name;
 use crate::vm::virtiofs::{SharedRoot, Transport};
 
@@ -358,20 +362,13 @@ pub struct VmBackend {
     pub settings: VmSettings,
     /// What the host's KVM offers, probed once at start-up.
     pub kvm: KvmProbe,
+    /// crid-vmm guests prepared ahead of need (`vm.crid_vmm_pool`), when there are any.
+    pub pool: Option<Arc<Pool<PreparedMonitor>>>,
     pub supervisor: Supervisor,
     pub cgroup_driver: CgroupDriver,
 }
 
 impl VmBackend {
-    /// The VM policy and what the host's KVM offers, for `Status` verbose info.
-    pub fn host_report(&self) -> serde_json::Value {
-        serde_json::json!({
-            "accelerator": self.settings.accelerator,
-            "kvm": self.kvm,
-            "defaultMemoryMiB": self.settings.default_memory_mib,
-        })
-    }
-
     fn dirs(&self) -> &ContainerDirs {
         &self.supervisor.dirs
     }
@@ -506,6 +503,19 @@ impl VmBackend {
             state.request.cpu_shares = resources.cpu_shares;
         }
         Ok(state)
+    }
+
+    /// A prepared crid-vmm for this guest, when the pool has one of its size (see
+    /// [`Pool::take_and_refill`]).
+    fn prepared_for(&self, req: &VmRequest) -> Option<PreparedMonitor> {
+        let pool = self
+            .pool
+            .as_ref()
+            .filter(|_| req.info.hypervisor == imagestore::HypervisorKind::Crid)?;
+        pool.take_and_refill(launch::memory_mib(
+            req.memory_limit_bytes,
+            self.settings.default_memory_mib,
+        ))
     }
 
     /// Releases the guest's tap and files; fine to repeat.
@@ -711,7 +721,11 @@ impl ContainerBackend for VmBackend {
                 })?
         };
         r.vm = Some(state.clone());
-        match self.supervisor.launch(r, launch, None).await {
+        let launched = match self.prepared_for(&state.request) {
+            Some(prepared) => self.supervisor.launch_prepared(r, launch, prepared).await,
+            None => self.supervisor.launch(r, launch, None).await,
+        };
+        match launched {
             Ok(started) => Ok(started),
             Err(message) => {
                 self.release(&id, Some(&state));
@@ -851,6 +865,17 @@ impl ContainerBackend for VmBackend {
     async fn release_unrecorded(&self, id: &str) {
         self.supervisor.end_unrecorded(id).await;
         self.release(id, self.legacy_state(id).as_ref());
+    }
+
+    /// The VM policy, what the host's KVM offers and how many crid-vmm guests are prepared
+    /// (`null` without a pool).
+    fn host_report(&self) -> serde_json::Value {
+        serde_json::json!({
+            "accelerator": self.settings.accelerator,
+            "kvm": self.kvm,
+            "defaultMemoryMiB": self.settings.default_memory_mib,
+            "cridVmmPrepared": self.pool.as_ref().map(|p| p.waiting()),
+        })
     }
 }
 

@@ -16,6 +16,9 @@
 //! 3. When the supervised process exits, the monitor drains its output, writes an
 //!    [`ExitRecord`] to `exit_file` (temp file + rename) and exits.
 //!
+//! A prepared monitor ([`prepared`]) starts before its container with its crid-vmm and gets
+//! the spec over a socket instead, then goes on from step 3.
+//!
 //! `SIGUSR1` makes it reopen the log file (kubelet's log rotation). No async runtime, no threads:
 //! one `poll` loop over the output pipes, a signalfd and the attach socket.
 //!
@@ -37,6 +40,7 @@
 
 pub mod log;
 pub mod pidns;
+pub mod prepared;
 pub mod seccomp;
 mod sys;
 pub mod userns;
@@ -362,8 +366,16 @@ impl MonitorHandle {
         let cmdline = String::from_utf8_lossy(&cmdline);
         let mut args = cmdline.split('\0');
         let first = args.next().unwrap_or_default();
+        // A prepared monitor (see [`prepared`]) got its container after it started: its
+        // command line does not name it, but it works in the container's state directory.
         let is_monitor = (first.ends_with(MONITOR_BINARY) || args.any(|a| a == "monitor"))
-            && cmdline.contains(id);
+            && (cmdline.contains(id)
+                || std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| {
+                    pid_file
+                        .parent()
+                        .and_then(|d| std::fs::canonicalize(d).ok())
+                        .is_some_and(|dir| dir == cwd)
+                }));
         // A zombie has an empty cmdline; it has exited.
         if !is_monitor {
             return None;
@@ -709,33 +721,44 @@ fn set_nonblocking(fd: &impl AsFd) -> Result<(), String> {
     Ok(())
 }
 
+/// Makes this process a supervisor: its own session, a child subreaper (so it reaps whatever
+/// its child leaves), and the signals it handles blocked and read from the returned signalfd.
+fn become_supervisor() -> Result<SignalFd, String> {
+    let _ = nix::unistd::setsid();
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| format!("cannot become a subreaper: {e}"))?;
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGUSR1,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        mask.add(s);
+    }
+    mask.thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("signalfd: {e}"))
+}
+
+/// Writes the monitor's pid file and opens the CRI log, once it knows its container.
+fn take_container(spec: &MonitorSpec) -> Result<LogFile, String> {
+    write_replace(&spec.pid_file, std::process::id().to_string().as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", spec.pid_file.display()))?;
+    LogFile::open(spec.log_path.as_deref()).map_err(|e| {
+        format!(
+            "cannot open log file {}: {e}",
+            spec.log_path.as_deref().unwrap_or(Path::new("")).display()
+        )
+    })
+}
+
 impl Monitor {
     fn start(spec: &MonitorSpec) -> Result<Monitor, String> {
-        let _ = nix::unistd::setsid();
-        nix::sys::prctl::set_child_subreaper(true)
-            .map_err(|e| format!("cannot become a subreaper: {e}"))?;
-        let mut mask = SigSet::empty();
-        for s in [
-            Signal::SIGCHLD,
-            Signal::SIGUSR1,
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-        ] {
-            mask.add(s);
-        }
-        mask.thread_block()
-            .map_err(|e| format!("cannot block signals: {e}"))?;
-        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(|e| format!("signalfd: {e}"))?;
-        write_replace(&spec.pid_file, std::process::id().to_string().as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", spec.pid_file.display()))?;
-        let log = LogFile::open(spec.log_path.as_deref()).map_err(|e| {
-            format!(
-                "cannot open log file {}: {e}",
-                spec.log_path.as_deref().unwrap_or(Path::new("")).display()
-            )
-        })?;
+        let signals = become_supervisor()?;
+        let log = take_container(spec)?;
         let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
         let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
         // The container's stdin: a pipe whose write end the monitor keeps (terminals get

@@ -75,6 +75,10 @@ pub struct VmSettings {
     /// (`vm.crid_vmm_for`; see [`super::crid_vmm::substitute`]).
     #[serde(default)]
     pub crid_vmm_for: Vec<HypervisorKind>,
+    /// How many crid-vmm guests of the default memory size are kept prepared
+    /// (`vm.crid_vmm_pool`; see [`super::pool`]); 0 prepares none.
+    #[serde(default)]
+    pub crid_vmm_pool: usize,
 }
 
 impl VmSettings {
@@ -139,6 +143,7 @@ impl Default for VmSettings {
             unikernel_handlers: vec!["urunc".into(), "unikernel".into()],
             autodetect_handlers: vec![],
             crid_vmm_for: vec![],
+            crid_vmm_pool: 0,
         }
     }
 }

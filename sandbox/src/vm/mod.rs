@@ -9,7 +9,8 @@
 //!
 //! One module per hypervisor behind the [`Hypervisor`] trait: [`qemu`], [`firecracker`],
 //! [`cloud_hypervisor`], [`solo5`] (hvt and spt) and [`crid_vmm`] (crid's own VMM); guest kernel command lines per unikernel
-//! type live in [`cmdline`]. [`net`] wires a tap device to the pod's CNI interface.
+//! type live in [`cmdline`]. [`net`] wires a tap device to the pod's CNI interface. [`pool`] keeps
+//! crid-vmm guests prepared ahead of need.
 
 pub mod accel;
 pub mod blockroot;
@@ -26,6 +27,7 @@ mod netops;
 mod nft;
 pub mod ninep;
 pub mod pcishim;
+pub mod pool;
 pub mod qemu;
 pub mod qmp;
 mod rtnl;

@@ -1,0 +1,624 @@
+//! Prepared monitors: a detached monitor started before any container needs it, with its
+//! crid-vmm already running in prepared mode (KVM's VM, the guest's memory, the irqchip and
+//! the boot vCPU built; see the `vmm` crate's `handover` module). `StartContainer` hands it a
+//! container instead of starting two processes (`crid-monitor`, which forks the detached
+//! monitor, which starts the VMM), each of which would wait for a CPU and pay the loader.
+//!
+//! `crid-monitor --prepare-vmm VMM --memory MIB --pool DIR` has a unix socket to crid on stdin
+//! and stdout. The protocol:
+//! 1. The monitor forks the detached half (the first process exits, so it is never crid's
+//!    child), becomes a supervisor like any monitor, and starts `VMM --prepared DIR --memory
+//!    MIB` with its output on pipes and stdin on a socket of its own. Once the VMM says its VM
+//!    is built, the monitor prints a [`Ready`] line with the VMM's pid (or the error).
+//! 2. crid writes one JSON [`Handover`] line: the container's [`MonitorSpec`], whose launch is
+//!    the crid-vmm command line crid would otherwise run, and the file for the monitor's own
+//!    errors.
+//! 3. The monitor moves into the container's state directory (how crid recognises it after a
+//!    restart, its command line not naming the container), writes its pid file, opens the CRI
+//!    log, passes the command line to the VMM (with `--netns` for the pod's network
+//!    namespace, which the VMM enters itself) and prints a second [`Ready`] line; then it is the
+//!    container's monitor like any other.
+//!
+//! End of file from crid before step 2 (crid discarded the entry, stopped or died) ends the
+//! monitor and its VMM: a prepared entry never outlives the crid that prepared it. A VMM that
+//! dies while it waits ends its monitor too.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Launch, Monitor, MonitorSpec, Ready, become_supervisor, child_env, close_inherited_on_exec,
+    reap, report, take_container,
+};
+
+/// What the VMM writes on its socket once its VM is built (`crid_vmm::handover::READY`).
+const VMM_READY: u8 = b'R';
+
+/// The longest line crid or the monitor writes (a [`Handover`] holds a command line of at most
+/// what execve takes).
+const MAX_LINE: u64 = 2 << 20;
+
+/// What crid sends a prepared monitor: its container.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Handover {
+    pub spec: MonitorSpec,
+    /// Where the monitor's own errors go from now on (the container's `monitor.log`).
+    pub stderr: PathBuf,
+}
+
+// ---------------------------------------------------------------------------------------------
+// crid's side
+
+/// A prepared monitor waiting for a container: crid's end of its socket. Dropping it discards
+/// the monitor and its VMM (they end on the end of file).
+#[derive(Debug)]
+pub struct PreparedMonitor {
+    /// The prepared VMM.
+    pub vmm_pid: i32,
+    socket: UnixStream,
+}
+
+/// Why a hand-over did not start the container.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    /// The prepared monitor had ended before it took the container: nothing of the
+    /// container's was started, so the caller starts it the usual way.
+    #[error("the prepared monitor is gone: {0}")]
+    Gone(std::io::Error),
+    /// The monitor took the container and did not report in time, or not readably.
+    #[error("the prepared monitor did not report: {0}")]
+    Failed(std::io::Error),
+}
+
+/// Starts a prepared monitor (`monitor`, the small `crid-monitor` binary) with `vmm` prepared
+/// for `memory_mib` MiB guests, its errors appended to `stderr`, and waits (at most `timeout`)
+/// until the VMM's VM is built. Blocking: call from a blocking task.
+pub fn spawn(
+    monitor: &Path,
+    vmm: &Path,
+    memory_mib: u64,
+    pool: &Path,
+    stderr: &Path,
+    timeout: Duration,
+) -> std::io::Result<PreparedMonitor> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let stderr = File::options().create(true).append(true).open(stderr)?;
+    let mut first = Command::new(monitor)
+        .arg("--prepare-vmm")
+        .arg(vmm)
+        .arg("--memory")
+        .arg(memory_mib.to_string())
+        .arg("--pool")
+        .arg(pool)
+        .env_clear()
+        .envs(child_env())
+        .stdin(Stdio::from(OwnedFd::from(theirs.try_clone()?)))
+        .stdout(Stdio::from(OwnedFd::from(theirs)))
+        .stderr(stderr)
+        .spawn()?;
+    // The first process exits as soon as the detached one runs.
+    let status = first.wait()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!(
+            "the prepared monitor failed to start ({status})"
+        )));
+    }
+    ours.set_read_timeout(Some(timeout))?;
+    match read_ready(&ours)? {
+        Some(Ready { pid: Some(pid), .. }) => Ok(PreparedMonitor {
+            vmm_pid: pid,
+            socket: ours,
+        }),
+        Some(Ready { error, .. }) => {
+            Err(std::io::Error::other(error.unwrap_or_else(|| {
+                "the prepared monitor gave no pid".into()
+            })))
+        }
+        None => Err(std::io::Error::other(
+            "the prepared monitor ended before its VMM was ready",
+        )),
+    }
+}
+
+impl PreparedMonitor {
+    /// Whether the monitor still waits (it has not closed its socket).
+    pub fn alive(&self) -> bool {
+        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+    }
+
+    /// Hands the monitor its container and returns its report (at most `timeout`). Blocking.
+    pub fn hand_over(self, handover: &Handover, timeout: Duration) -> Result<Ready, HandoverError> {
+        let mut line = serde_json::to_vec(handover)
+            .map_err(|e| HandoverError::Gone(std::io::Error::other(e)))?;
+        line.push(b'\n');
+        (&self.socket)
+            .write_all(&line)
+            .map_err(HandoverError::Gone)?;
+        self.socket
+            .set_read_timeout(Some(timeout))
+            .map_err(HandoverError::Failed)?;
+        match read_ready(&self.socket) {
+            Ok(Some(ready)) => Ok(ready),
+            Ok(None) => Err(HandoverError::Gone(std::io::Error::other(
+                "it ended before it took the container",
+            ))),
+            Err(e) => Err(HandoverError::Failed(e)),
+        }
+    }
+}
+
+/// Reads one [`Ready`] line; `None` at end of file. Nothing follows a line before crid writes
+/// again, so nothing buffered is lost.
+fn read_ready(socket: &UnixStream) -> std::io::Result<Option<Ready>> {
+    let mut line = Vec::new();
+    BufReader::new(socket.take(MAX_LINE)).read_until(b'\n', &mut line)?;
+    if line.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(line.trim_ascii())
+        .map(Some)
+        .map_err(|e| {
+            std::io::Error::other(format!(
+                "prepared monitor reported {:?}: {e}",
+                String::from_utf8_lossy(&line)
+            ))
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The monitor process
+
+/// Entry point of `crid-monitor --prepare-vmm VMM --memory MIB --pool DIR` (the small binary:
+/// it detaches by forking). Returns the process exit code.
+pub fn main(vmm: &Path, memory_mib: u64, pool: &Path) -> i32 {
+    close_inherited_on_exec();
+    match super::sys::fork_detached_child() {
+        Ok(true) => {}
+        Ok(false) => return 0,
+        Err(e) => {
+            eprintln!("crid monitor: cannot fork the detached monitor: {e}");
+            return 1;
+        }
+    }
+    let mut waiting = match Waiting::start(vmm, memory_mib, pool) {
+        Ok(w) => w,
+        Err(e) => {
+            report_line(&Ready {
+                pid: None,
+                error: Some(e),
+            });
+            return 1;
+        }
+    };
+    let handover = match waiting.wait_for_container() {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            waiting.discard();
+            return 0;
+        }
+        Err(e) => {
+            waiting.discard();
+            report_line(&Ready {
+                pid: None,
+                error: Some(e),
+            });
+            return 1;
+        }
+    };
+    let vmm_pid = waiting.vmm.as_raw();
+    match waiting.take(&handover) {
+        Ok(mut monitor) => {
+            report(&Ready {
+                pid: Some(vmm_pid),
+                error: None,
+            });
+            monitor.run(&handover.spec);
+            0
+        }
+        Err(e) => {
+            report(&Ready {
+                pid: None,
+                error: Some(e),
+            });
+            1
+        }
+    }
+}
+
+/// A prepared monitor before its container: the VMM, its output pipes, its socket and the
+/// monitor's signals.
+struct Waiting {
+    vmm: Pid,
+    /// The prepared VMM's path, which the handed-over command line must start with.
+    vmm_path: PathBuf,
+    socket: Option<UnixStream>,
+    stdout: File,
+    stderr: File,
+    signals: SignalFd,
+}
+
+impl Waiting {
+    /// Starts the VMM in prepared mode and waits until it has built its VM, then reports.
+    fn start(vmm: &Path, memory_mib: u64, pool: &Path) -> Result<Waiting, String> {
+        let signals = become_supervisor()?;
+        let (out_r, out_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let (err_r, err_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let child = Command::new(vmm)
+            .arg("--prepared")
+            .arg(pool)
+            .arg("--memory")
+            .arg(memory_mib.to_string())
+            .env_clear()
+            .envs(child_env())
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::from(err_w))
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", vmm.display()))?;
+        let pid = i32::try_from(child.id()).map_err(|e| e.to_string())?;
+        let mut waiting = Waiting {
+            vmm: Pid::from_raw(pid),
+            vmm_path: vmm.to_path_buf(),
+            socket: Some(ours),
+            stdout: File::from(out_r),
+            stderr: File::from(err_r),
+            signals,
+        };
+        match waiting.wait_for_vmm() {
+            Ok(()) => {
+                report_line(&Ready {
+                    pid: Some(pid),
+                    error: None,
+                });
+                Ok(waiting)
+            }
+            Err(e) => {
+                waiting.discard();
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits for the VMM's ready byte; an error when it ended first (with what it printed) or
+    /// crid went away.
+    fn wait_for_vmm(&mut self) -> Result<(), String> {
+        let socket = self.socket.take().ok_or("no VMM socket")?;
+        let result = self.wait_for_ready_byte(&socket);
+        self.socket = Some(socket);
+        result
+    }
+
+    fn wait_for_ready_byte(&mut self, socket: &UnixStream) -> Result<(), String> {
+        loop {
+            let (vmm_ready, crid_ready, signalled) = self.poll(Some(socket))?;
+            if vmm_ready {
+                let mut byte = [0u8];
+                let mut reader: &UnixStream = socket;
+                return match reader.read(&mut byte) {
+                    Ok(1) if byte[0] == VMM_READY => Ok(()),
+                    _ => Err(format!("the prepared VMM failed: {}", self.vmm_errors())),
+                };
+            }
+            if crid_ready {
+                return Err("crid went away".into());
+            }
+            if signalled {
+                let (ended, stop) = self.read_signals();
+                if ended {
+                    return Err(format!("the prepared VMM failed: {}", self.vmm_errors()));
+                }
+                if stop {
+                    return Err("stopped before the VMM was ready".into());
+                }
+            }
+        }
+    }
+
+    /// Waits for crid's [`Handover`]; `None` when crid closed the socket or a signal asked
+    /// the monitor to end; an error when the VMM ended.
+    fn wait_for_container(&mut self) -> Result<Option<Handover>, String> {
+        loop {
+            let (_, crid_ready, signalled) = self.poll(None)?;
+            if crid_ready {
+                let mut line = Vec::new();
+                std::io::stdin()
+                    .lock()
+                    .take(MAX_LINE)
+                    .read_until(b'\n', &mut line)
+                    .map_err(|e| format!("reading the hand-over: {e}"))?;
+                if line.is_empty() {
+                    return Ok(None);
+                }
+                return serde_json::from_slice(line.trim_ascii())
+                    .map(Some)
+                    .map_err(|e| format!("bad hand-over: {e}"));
+            }
+            if signalled {
+                let (ended, stop) = self.read_signals();
+                if ended {
+                    return Err(format!("the prepared VMM ended: {}", self.vmm_errors()));
+                }
+                if stop {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Polls the VMM's socket (when given), stdin (crid) and the signalfd.
+    fn poll(&self, socket: Option<&UnixStream>) -> Result<(bool, bool, bool), String> {
+        let stdin = std::io::stdin();
+        let mut fds = vec![
+            PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stdin.as_fd(), PollFlags::POLLIN),
+        ];
+        if let Some(s) = socket {
+            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+        let ready = |i: usize| {
+            fds.get(i)
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty())
+        };
+        Ok((ready(2), ready(1), ready(0)))
+    }
+
+    /// Reads the pending signals: whether the VMM was among the children reaped, and whether
+    /// a stop signal asked the monitor to end.
+    fn read_signals(&self) -> (bool, bool) {
+        let (mut ended, mut stop) = (false, false);
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGCHLD) => ended |= reap(self.vmm).is_some(),
+                Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) => stop = true,
+                _ => {}
+            }
+        }
+        (ended, stop)
+    }
+
+    /// What the VMM printed on stderr (it failed before it had a guest).
+    fn vmm_errors(&mut self) -> String {
+        let _ = super::set_nonblocking(&self.stderr);
+        let mut text = Vec::new();
+        let _ = (&mut self.stderr).take(64 * 1024).read_to_end(&mut text);
+        let text = String::from_utf8_lossy(&text).trim().to_owned();
+        if text.is_empty() {
+            "no message".into()
+        } else {
+            text
+        }
+    }
+
+    /// Ends the VMM and waits for it.
+    fn discard(&mut self) {
+        self.socket = None;
+        let _ = nix::sys::signal::kill(self.vmm, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(self.vmm, None);
+    }
+
+    /// Becomes the monitor of the handed-over container: its state directory, pid file, log
+    /// and errors, then the VMM gets the guest's command line.
+    fn take(mut self, handover: &Handover) -> Result<Monitor, String> {
+        let result = self.take_inner(handover);
+        if result.is_err() {
+            self.discard();
+        }
+        result.map(|log| Monitor {
+            pid: self.vmm,
+            stdout: Some(self.stdout),
+            stderr: Some(self.stderr),
+            signals: self.signals,
+            log,
+            attach: None,
+            exit_port: None,
+            port_status: None,
+        })
+    }
+
+    fn take_inner(&mut self, handover: &Handover) -> Result<super::log::LogFile, String> {
+        let spec = &handover.spec;
+        let args = vmm_args(spec, &self.vmm_path)?;
+        redirect_stderr(&handover.stderr)?;
+        let dir = spec
+            .pid_file
+            .parent()
+            .ok_or("the pid file has no directory")?;
+        std::env::set_current_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let log = take_container(spec)?;
+        let mut socket = self.socket.take().ok_or("no VMM socket")?;
+        socket
+            .write_all(&encode_args(&args))
+            .and_then(|()| socket.shutdown(std::net::Shutdown::Write))
+            .map_err(|e| format!("handing the guest to the VMM: {e}"))?;
+        Ok(log)
+    }
+}
+
+/// The VMM's part of a handed-over launch: the crid-vmm command line after the program (which
+/// must be the prepared VMM's), then `--netns` for the pod's network namespace. A launch the
+/// prepared VMM cannot run is an error.
+fn vmm_args(spec: &MonitorSpec, vmm: &Path) -> Result<Vec<String>, String> {
+    let Launch::Command {
+        argv,
+        env,
+        cwd,
+        netns,
+        cgroup_procs,
+        exit_port,
+        seccomp,
+    } = &spec.launch
+    else {
+        return Err("a prepared monitor runs only its prepared VMM".into());
+    };
+    let Some((program, args)) = argv.split_first() else {
+        return Err("empty command".into());
+    };
+    if Path::new(program) != vmm
+        || !env.is_empty()
+        || cwd.is_some()
+        || !cgroup_procs.is_empty()
+        || exit_port.is_some()
+        || seccomp.is_some()
+    {
+        return Err(format!(
+            "a prepared monitor runs {} as it was prepared, not {program}",
+            vmm.display()
+        ));
+    }
+    let mut args = args.to_vec();
+    if let Some(ns) = netns {
+        let ns = ns
+            .to_str()
+            .ok_or("the network namespace path is not UTF-8")?;
+        args.extend(["--netns".to_owned(), ns.to_owned()]);
+    }
+    Ok(args)
+}
+
+/// The VMM's hand-over message: every argument followed by a NUL byte.
+fn encode_args(args: &[String]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for a in args {
+        out.extend_from_slice(a.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// Appends the monitor's own errors to `path` from now on.
+fn redirect_stderr(path: &Path) -> Result<(), String> {
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    nix::unistd::dup2(file.as_raw_fd(), 2).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// Prints a [`Ready`] line on stdout and keeps it open (crid's socket).
+fn report_line(ready: &Ready) {
+    let mut line = serde_json::to_vec(ready).unwrap_or_default();
+    line.push(b'\n');
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&line);
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(launch: Launch) -> MonitorSpec {
+        MonitorSpec {
+            id: "c1".into(),
+            launch,
+            log_path: None,
+            exit_file: "/r/exit.json".into(),
+            exit_fallback: None,
+            pid_file: "/s/containers/c1/monitor.pid".into(),
+            oom_cgroup: None,
+            stdin: None,
+        }
+    }
+
+    fn command(argv: &[&str], netns: Option<&str>) -> Launch {
+        Launch::Command {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            cwd: None,
+            netns: netns.map(PathBuf::from),
+            cgroup_procs: vec![],
+            exit_port: None,
+            seccomp: None,
+        }
+    }
+
+    #[test]
+    fn the_vmm_gets_the_launch_after_its_program_and_the_netns() {
+        let vmm = Path::new("/bin/crid-vmm");
+        let s = spec(command(
+            &["/bin/crid-vmm", "--kernel", "/k", "--cmdline", ""],
+            Some("/run/crid/netns/p"),
+        ));
+        let args = vmm_args(&s, vmm).unwrap();
+        assert_eq!(
+            args,
+            [
+                "--kernel",
+                "/k",
+                "--cmdline",
+                "",
+                "--netns",
+                "/run/crid/netns/p"
+            ]
+        );
+        assert_eq!(
+            encode_args(&args),
+            b"--kernel\0/k\0--cmdline\0\0--netns\0/run/crid/netns/p\0"
+        );
+        let s = spec(command(&["/bin/crid-vmm", "--kernel", "/k"], None));
+        assert_eq!(vmm_args(&s, vmm).unwrap(), ["--kernel", "/k"]);
+    }
+
+    #[test]
+    fn only_the_prepared_vmm_is_run() {
+        let vmm = Path::new("/bin/crid-vmm");
+        let other = spec(command(&["/bin/qemu", "-kernel", "/k"], None));
+        assert!(vmm_args(&other, vmm).is_err());
+        assert!(vmm_args(&spec(command(&[], None)), vmm).is_err());
+        let mut joined = command(&["/bin/crid-vmm"], None);
+        if let Launch::Command { cgroup_procs, .. } = &mut joined {
+            cgroup_procs.push("/sys/fs/cgroup/x/cgroup.procs".into());
+        }
+        assert!(vmm_args(&spec(joined), vmm).is_err());
+        let runc = Launch::Runc {
+            runc: "/bin/runc".into(),
+            root: "/r".into(),
+            systemd_cgroup: false,
+            bundle: "/b".into(),
+            container_pid_file: "/p".into(),
+            runc_log: "/l".into(),
+            console_socket: None,
+            start: true,
+        };
+        assert!(vmm_args(&spec(runc), vmm).is_err());
+    }
+
+    #[test]
+    fn ready_lines_are_read_one_at_a_time() {
+        let (a, b) = UnixStream::pair().unwrap();
+        (&b).write_all(b"{\"pid\":7,\"error\":null}\n").unwrap();
+        assert_eq!(
+            read_ready(&a).unwrap(),
+            Some(Ready {
+                pid: Some(7),
+                error: None
+            })
+        );
+        (&b).write_all(b"nonsense\n").unwrap();
+        assert!(read_ready(&a).is_err());
+        drop(b);
+        assert_eq!(read_ready(&a).unwrap(), None);
+    }
+}

@@ -1,0 +1,342 @@
+//! Prepared crid-vmm guests (`vm.crid_vmm_pool`): a few monitors started ahead of need, each
+//! with its crid-vmm's VM already built (see [`crate::monitor::prepared`]), so that a
+//! `StartContainer` on crid-vmm hands one its container instead of starting two processes.
+//! The guest's memory is registered with KVM ahead (registering it after the irqchip waits for a
+//! grace period), so entries are prepared for one guest size, the default one
+//! (`vm.default_memory_mib`); other guests start the usual way.
+//!
+//! Bounded ([`MAX_SIZE`]), filled in the background some time after a guest of its size
+//! started (so the refill does not compete for the CPU with that start; a node that runs no
+//! such guest prepares none), and nothing is prepared when crid-vmm cannot run here
+//! ([`on_host`]). An entry ends when it is
+//! dropped (crid closes its socket): on removal from the pool, and with crid itself, whose
+//! exit closes every socket, so no prepared process outlives crid, even a killed one.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::accel::{AcceleratorMode, KvmProbe};
+use super::launch::VmSettings;
+use crate::monitor::prepared::{self, PreparedMonitor};
+
+/// The largest pool configurable.
+pub const MAX_SIZE: usize = 16;
+
+/// How long a refill waits after an entry was taken.
+pub const REFILL_DELAY: Duration = Duration::from_millis(100);
+
+/// How long preparing waits after it failed before it tries again.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// An entry of the pool.
+pub trait Entry: Send + 'static {
+    /// Whether it can still be handed a container.
+    fn alive(&self) -> bool;
+}
+
+impl Entry for PreparedMonitor {
+    fn alive(&self) -> bool {
+        PreparedMonitor::alive(self)
+    }
+}
+
+/// How long a prepared monitor may take to report its VMM ready.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The pool `settings` ask for on this host, empty until a guest of its size starts (see
+/// [`Pool::take_and_refill`]); `None` when it is empty or crid-vmm cannot run here: KVM unusable or not
+/// to be used (`vm.accelerator = "tcg"`), no crid-vmm binary, or no `crid-monitor` next to
+/// `monitor_exe` (a prepared monitor detaches by forking, as only the small binary does). Its
+/// processes name `<state>/vmm-pool` on their command lines and append their errors to
+/// `monitor.log` there.
+pub fn on_host(
+    settings: &VmSettings,
+    kvm: &KvmProbe,
+    monitor_exe: &Path,
+    state: &Path,
+) -> Option<Arc<Pool<PreparedMonitor>>> {
+    if settings.crid_vmm_pool == 0 {
+        return None;
+    }
+    let monitor = monitor_exe.with_file_name(crate::monitor::MONITOR_BINARY);
+    let vmm = settings.binary(super::crid_vmm::BINARY);
+    let why_not = if !kvm.usable || settings.accelerator == AcceleratorMode::Tcg {
+        Some("KVM is not usable or not to be used".to_owned())
+    } else if let Err(e) = &vmm {
+        Some(e.to_string())
+    } else if !monitor.is_file() {
+        Some(format!("{} is missing", monitor.display()))
+    } else {
+        None
+    };
+    if let Some(why) = why_not {
+        tracing::info!(reason = %why, "vm.crid_vmm_pool: no crid-vmm guest is prepared");
+        return None;
+    }
+    let vmm = vmm.ok()?;
+    let dir = state.join("vmm-pool");
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "vm.crid_vmm_pool: no crid-vmm guest is prepared");
+        return None;
+    }
+    let memory_mib = settings.default_memory_mib;
+    let log = dir.join("monitor.log");
+    let prepare: Prepare<PreparedMonitor> =
+        Box::new(move || prepared::spawn(&monitor, &vmm, memory_mib, &dir, &log, PREPARE_TIMEOUT));
+    Some(Arc::new(Pool::new(
+        settings.crid_vmm_pool,
+        memory_mib,
+        prepare,
+    )))
+}
+
+/// Makes one entry (blocking).
+pub type Prepare<E> = Box<dyn Fn() -> std::io::Result<E> + Send + Sync>;
+
+/// The prepared entries and their refilling.
+pub struct Pool<E: Entry> {
+    size: usize,
+    /// The guest size every entry is prepared for, in MiB.
+    memory_mib: u64,
+    prepare: Prepare<E>,
+    ready: Mutex<Vec<E>>,
+    filling: AtomicBool,
+    failed_at: Mutex<Option<Instant>>,
+}
+
+impl<E: Entry> Pool<E> {
+    /// A pool of `size` entries (at most [`MAX_SIZE`]) for guests of `memory_mib` MiB.
+    pub fn new(size: usize, memory_mib: u64, prepare: Prepare<E>) -> Pool<E> {
+        Pool {
+            size: size.min(MAX_SIZE),
+            memory_mib,
+            prepare,
+            ready: Mutex::new(Vec::new()),
+            filling: AtomicBool::new(false),
+            failed_at: Mutex::new(None),
+        }
+    }
+
+    fn ready(&self) -> std::sync::MutexGuard<'_, Vec<E>> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many entries wait.
+    pub fn waiting(&self) -> usize {
+        self.ready().len()
+    }
+
+    /// The oldest live entry for a guest of `memory_mib` MiB; dead entries met on the way are
+    /// dropped. `None` for another size or when none waits.
+    pub fn take(&self, memory_mib: u64) -> Option<E> {
+        if memory_mib != self.memory_mib {
+            return None;
+        }
+        let mut ready = self.ready();
+        while !ready.is_empty() {
+            let entry = ready.remove(0);
+            if entry.alive() {
+                return Some(entry);
+            }
+        }
+        None
+    }
+
+    /// [`Pool::take`], then a [`Pool::refill`] after [`REFILL_DELAY`] when the guest is of the
+    /// pool's size, hit or miss: the first such guest fills the pool, so a node that runs
+    /// none prepares none.
+    pub fn take_and_refill(self: &Arc<Self>, memory_mib: u64) -> Option<E> {
+        if memory_mib != self.memory_mib {
+            return None;
+        }
+        let entry = self.take(memory_mib);
+        self.refill(REFILL_DELAY);
+        entry
+    }
+
+    /// Prepares entries until the pool is full or preparing fails (then not again before
+    /// [`RETRY_AFTER`]). Blocking; one caller at a time (see [`Pool::refill`]). Returns how
+    /// many it added.
+    pub fn fill(&self) -> usize {
+        let failed_recently = self
+            .failed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < RETRY_AFTER);
+        if failed_recently {
+            return 0;
+        }
+        self.ready().retain(|e| e.alive());
+        let mut added = 0;
+        while self.waiting() < self.size {
+            match (self.prepare)() {
+                Ok(entry) => {
+                    self.ready().push(entry);
+                    added += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot prepare a crid-vmm guest; retrying later");
+                    *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(Instant::now());
+                    break;
+                }
+            }
+        }
+        added
+    }
+
+    /// Tops the pool up in a background task after `delay` (one task at a time). Must be
+    /// called inside the tokio runtime.
+    pub fn refill(self: &Arc<Self>, delay: Duration) {
+        if self.size == 0 || self.filling.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let pool = this.clone();
+            let _ = tokio::task::spawn_blocking(move || pool.fill()).await;
+            this.filling.store(false, Ordering::SeqCst);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// An entry that counts its drops (a discarded prepared monitor ends).
+    struct Fake {
+        id: usize,
+        alive: Arc<AtomicBool>,
+        dropped: Arc<AtomicUsize>,
+    }
+
+    impl Entry for Fake {
+        fn alive(&self) -> bool {
+            self.alive.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            self.dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    struct Counters {
+        made: Arc<AtomicUsize>,
+        dropped: Arc<AtomicUsize>,
+        alive: Arc<AtomicBool>,
+        fail: Arc<AtomicBool>,
+    }
+
+    fn pool(size: usize) -> (Arc<Pool<Fake>>, Counters) {
+        let c = Counters {
+            made: Arc::new(AtomicUsize::new(0)),
+            dropped: Arc::new(AtomicUsize::new(0)),
+            alive: Arc::new(AtomicBool::new(true)),
+            fail: Arc::new(AtomicBool::new(false)),
+        };
+        let (made, dropped, alive, fail) = (
+            c.made.clone(),
+            c.dropped.clone(),
+            c.alive.clone(),
+            c.fail.clone(),
+        );
+        let prepare: Prepare<Fake> = Box::new(move || {
+            if fail.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("no /dev/kvm"));
+            }
+            Ok(Fake {
+                id: made.fetch_add(1, Ordering::SeqCst),
+                alive: alive.clone(),
+                dropped: dropped.clone(),
+            })
+        });
+        (Arc::new(Pool::new(size, 256, prepare)), c)
+    }
+
+    #[test]
+    fn fills_up_to_its_size_and_hands_out_the_oldest_for_its_guest_size_only() {
+        let (p, c) = pool(2);
+        assert_eq!(p.fill(), 2);
+        assert_eq!(p.fill(), 0, "full");
+        assert_eq!(c.made.load(Ordering::SeqCst), 2);
+        assert!(p.take(128).is_none(), "another guest size");
+        assert_eq!(p.take(256).map(|e| e.id), Some(0));
+        assert_eq!(p.waiting(), 1);
+        assert_eq!(p.fill(), 1);
+        assert_eq!(p.take(256).map(|e| e.id), Some(1));
+        assert_eq!(p.take(256).map(|e| e.id), Some(2));
+        assert!(p.take(256).is_none());
+    }
+
+    #[test]
+    fn is_bounded_and_a_size_of_zero_prepares_nothing() {
+        let (p, c) = pool(MAX_SIZE + 10);
+        assert_eq!(p.fill(), MAX_SIZE);
+        let (p, _) = pool(0);
+        assert_eq!(p.fill(), 0);
+        assert!(p.take(256).is_none());
+        assert_eq!(c.made.load(Ordering::SeqCst), MAX_SIZE);
+    }
+
+    #[test]
+    fn dead_entries_are_dropped_not_handed_out() {
+        let (p, c) = pool(2);
+        p.fill();
+        c.alive.store(false, Ordering::SeqCst);
+        assert!(p.take(256).is_none());
+        assert_eq!(c.dropped.load(Ordering::SeqCst), 2);
+        c.alive.store(true, Ordering::SeqCst);
+        assert_eq!(p.fill(), 2);
+    }
+
+    #[test]
+    fn a_failure_stops_preparing_for_a_while() {
+        let (p, c) = pool(2);
+        c.fail.store(true, Ordering::SeqCst);
+        assert_eq!(p.fill(), 0);
+        c.fail.store(false, Ordering::SeqCst);
+        assert_eq!(p.fill(), 0, "not retried at once");
+        assert_eq!(c.made.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn dropping_the_pool_discards_its_entries() {
+        let (p, c) = pool(3);
+        p.fill();
+        drop(p);
+        assert_eq!(c.dropped.load(Ordering::SeqCst), 3);
+    }
+
+    /// Waits (bounded) until `p` has `n` entries waiting and `made` were made in all.
+    async fn until_filled(p: &Pool<Fake>, c: &Counters, n: usize, made: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while p.waiting() < n || c.made.load(Ordering::SeqCst) < made {
+            assert!(Instant::now() < deadline, "never filled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_guest_of_its_size_fills_it_and_each_take_refills_it() {
+        let (p, c) = pool(1);
+        assert!(p.take_and_refill(128).is_none());
+        tokio::time::sleep(REFILL_DELAY * 2).await;
+        assert_eq!(
+            c.made.load(Ordering::SeqCst),
+            0,
+            "another size prepares nothing"
+        );
+        assert!(p.take_and_refill(256).is_none(), "empty until then");
+        until_filled(&p, &c, 1, 1).await;
+        assert_eq!(p.take_and_refill(256).map(|e| e.id), Some(0));
+        until_filled(&p, &c, 1, 2).await;
+        assert_eq!(p.take(256).map(|e| e.id), Some(1));
+    }
+}
