@@ -46,6 +46,12 @@ pub fn measure(pattern: &Regex) -> Memory {
     total
 }
 
+/// The RSS of process `pid` (from `smaps_rollup`), when it runs.
+pub fn rss_kib(pid: i64) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    Some(parse_rollup(&rollup).0)
+}
+
 fn parse_rollup(text: &str) -> (u64, u64) {
     let field = |name: &str| {
         text.lines()
@@ -82,9 +88,11 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let m = measure(&Regex::new("^sleep 7\\.4321").unwrap());
+        let rss = rss_kib(i64::from(child.id()));
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(m.processes, 1);
         assert!(m.rss_kib > 0 && m.pss_kib > 0, "{m:?}");
+        assert!(rss.is_some_and(|r| r > 0), "{rss:?}");
     }
 }

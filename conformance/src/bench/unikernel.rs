@@ -4,9 +4,10 @@
 //! image (its pod under the `urunc` handler), the first line of `sh -c 'echo ready; sleep
 //! 3600'` for busybox under runc — in pairs started the same way in the same run: host-network
 //! pods, and pods with their own CNI network (the guest then has a NIC, a tap and QEMU's pc
-//! machine booted by SeaBIOS, or microvm when its image declares virtio-mmio drivers) — and the RSS of this runtime's VMM processes once the guest has
-//! printed. StartContainer's return to the first byte (pod network) is reported apart: it is the
-//! VMM's and the guest's own start (for runc, the container's), the rest is crid's. The host's
+//! machine booted by SeaBIOS, or microvm when its image declares virtio-mmio drivers) — and the RSS of the guest's VMM (the container's process) once the guest has
+//! printed. The unikernel's CreateContainer and StartContainer calls and StartContainer's
+//! return to the first byte are reported apart: the last is the VMM's and the guest's own
+//! start (for runc, the container's, pod network), the rest is crid's. The host's
 //! 1-minute load average during the runs goes with them, since on a shared machine absolute
 //! figures scale with it.
 //! The label carries the accelerator crid reports: TCG figures say nothing about KVM speed.
@@ -14,7 +15,6 @@
 use std::time::{Duration, Instant};
 
 use proto::cri;
-use regex::Regex;
 
 use super::Samples;
 use super::memory;
@@ -27,10 +27,10 @@ const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(120);
 const FIRST_BYTE_POLL: Duration = Duration::from_millis(2);
 
 /// The accelerator, guest type and hypervisor crid reported for a container (verbose
-/// status), or "?".
-async fn accelerator(target: &Target, container_id: &str) -> (String, String, String) {
+/// status), or "?", and the container's process (the VMM).
+async fn accelerator(target: &Target, container_id: &str) -> (String, String, String, Option<i64>) {
     let mut rt = target.cri.runtime.clone();
-    let unknown = || ("?".to_owned(), "?".to_owned(), "?".to_owned());
+    let unknown = || ("?".to_owned(), "?".to_owned(), "?".to_owned(), None);
     let Ok(r) = rt
         .container_status(cri::ContainerStatusRequest {
             container_id: container_id.into(),
@@ -59,6 +59,7 @@ async fn accelerator(target: &Target, container_id: &str) -> (String, String, St
         s(&uk["accel"]["accelerator"]),
         s(&uk["request"]["info"]["unikernel_type"]),
         hypervisor,
+        v["pid"].as_i64(),
     )
 }
 
@@ -68,7 +69,7 @@ const UNIKERNEL_HANDLER: &str = "urunc";
 /// One pair's timings: pod start to first byte of the unikernel and of runc,
 /// CreateContainer + StartContainer to first byte (the pod already running) of both, and
 /// StartContainer's return to first byte (the VMM and guest, or the OCI runtime's container,
-/// after crid handed over).
+/// after crid handed over); and the unikernel's CreateContainer and StartContainer calls.
 struct Pair {
     uk: Duration,
     rc: Duration,
@@ -76,17 +77,19 @@ struct Pair {
     rc_container: Duration,
     uk_after_start: Duration,
     rc_after_start: Duration,
+    uk_create: Duration,
+    uk_start: Duration,
 }
 
 /// One unikernel start and one runc start of the same kind of pod, each until its first log
-/// byte; returns their timings, the VMM's RSS once the guest printed (when asked) and the
-/// label (guest type, hypervisor, accelerator).
+/// byte; returns their timings, the VMM's RSS once the guest printed (the container's process:
+/// not a VMM crid prepared for a later guest) and the label (guest type, hypervisor,
+/// accelerator).
 async fn pair(
     target: &Target,
     unikernel_image: &str,
     busybox_image: &str,
     host_network: bool,
-    vmm: Option<&Regex>,
 ) -> anyhow::Result<(Pair, Option<u64>, String)> {
     let tag = if host_network { "" } else { "pod" };
     // The guest halts without `exit=`: it stays running while memory is sampled.
@@ -103,13 +106,14 @@ async fn pair(
     )
     .await?;
     let seen = first.wait().await;
-    let (accel, guest, hypervisor) = accelerator(target, &s.container_id).await;
-    let rss = vmm.map(|re| memory::measure(re).rss_kib);
+    let (accel, guest, hypervisor, pid) = accelerator(target, &s.container_id).await;
+    let rss = pid.and_then(memory::rss_kib);
     workload::teardown(target, &s).await?;
     let seen = seen?;
     // The byte may land before StartContainer's answer does: then nothing is left after it.
     let uk_after_start = seen.saturating_duration_since(s.start_returned());
     let (uk, uk_container) = (seen - t0, seen - s.create_sent);
+    let (uk_create, uk_start) = (s.create, s.start);
 
     let t0 = Instant::now();
     let (s, first) = workload::cold_start_watched(
@@ -133,6 +137,8 @@ async fn pair(
         rc_container: seen - s.create_sent,
         uk_after_start,
         rc_after_start: seen.saturating_duration_since(s.start_returned()),
+        uk_create,
+        uk_start,
     };
     Ok((timings, rss, format!("{guest} on {hypervisor}, {accel}")))
 }
@@ -158,8 +164,13 @@ struct Series {
     rcc: Samples,
     ukc_pod: Samples,
     rcc_pod: Samples,
+    uka: Samples,
     uka_pod: Samples,
     rca_pod: Samples,
+    create: Samples,
+    create_pod: Samples,
+    start: Samples,
+    start_pod: Samples,
     peak_rss_kib: u64,
     accel: String,
 }
@@ -177,18 +188,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let targets: Vec<&Target> = selected.iter().filter_map(|i| all.get(*i)).collect();
     let mut series: Vec<Series> = Vec::new();
-    let mut vmms = Vec::new();
     for target in &targets {
         workload::ensure_image(target, unikernel_image).await?;
         series.push(Series {
             accel: "?".into(),
             ..Series::default()
         });
-        // This runtime's VMMs only: their command lines name its directories (kernel, sockets).
-        vmms.push(Regex::new(&format!(
-            "(qemu-system|firecracker|cloud-hypervisor|solo5-|crid-vmm).*({})",
-            target.procs.as_str()
-        ))?);
     }
     // The host's 1-minute load average, sampled once per iteration: on a shared machine the
     // absolute figures scale with it, so the report says what it was.
@@ -202,15 +207,20 @@ pub async fn run(
     // an image that declares virtio-mmio drivers); the runc pod of each pair gets the same kind
     // of network.
     for _ in 0..iterations {
-        for ((target, s), vmm) in targets.iter().zip(series.iter_mut()).zip(&vmms) {
-            let (p, rss, a) = pair(target, unikernel_image, busybox_image, true, Some(vmm)).await?;
+        for (target, s) in targets.iter().zip(series.iter_mut()) {
+            let (p, rss, a) = pair(target, unikernel_image, busybox_image, true).await?;
             s.accel = a;
             s.peak_rss_kib = s.peak_rss_kib.max(rss.unwrap_or(0));
             s.uk.push(p.uk);
             s.rc.push(p.rc);
             s.ukc.push(p.uk_container);
             s.rcc.push(p.rc_container);
-            let (p, _, _) = pair(target, unikernel_image, busybox_image, false, None).await?;
+            s.uka.push(p.uk_after_start);
+            s.create.push(p.uk_create);
+            s.start.push(p.uk_start);
+            let (p, _, _) = pair(target, unikernel_image, busybox_image, false).await?;
+            s.create_pod.push(p.uk_create);
+            s.start_pod.push(p.uk_start);
             s.uk_pod.push(p.uk);
             s.rc_pod.push(p.rc);
             s.ukc_pod.push(p.uk_container);
@@ -274,14 +284,42 @@ pub async fn run(
             "ms",
             col(&|s| if pod { s.rcc_pod.median() } else { s.rcc.median() }),
         );
+        report.add(
+            format!("unikernel CreateContainer ({network}, median; {accel})"),
+            "ms",
+            col(&|s| {
+                if pod {
+                    s.create_pod.median()
+                } else {
+                    s.create.median()
+                }
+            }),
+        );
+        report.add(
+            format!("unikernel StartContainer ({network}, median; {accel})"),
+            "ms",
+            col(&|s| {
+                if pod {
+                    s.start_pod.median()
+                } else {
+                    s.start.median()
+                }
+            }),
+        );
+        report.add(
+            format!(
+                "unikernel StartContainer return to first serial byte ({network}, median; {accel})"
+            ),
+            "ms",
+            col(&|s| {
+                if pod {
+                    s.uka_pod.median()
+                } else {
+                    s.uka.median()
+                }
+            }),
+        );
     }
-    report.add(
-        format!(
-            "unikernel StartContainer return to first serial byte (pod network, median; {accel})"
-        ),
-        "ms",
-        col(&|s| s.uka_pod.median()),
-    );
     report.add(
         "runc busybox StartContainer return to first log byte (pod network, median, same run)",
         "ms",
