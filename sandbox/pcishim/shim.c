@@ -10,8 +10,12 @@
  *      device's interrupt line set from its pin and slot, I/O, memory and bus mastering on;
  *   2. checks the guest's kernel, the PVH module qboot describes (untrusted: elf.c), copies its
  *      PT_LOAD segments into place and zeroes their bss;
- *   3. enters it at its PVH entry with a start info of its own: the original command line, the
- *      memory map with the shim's pages marked reserved, and no modules.
+ *   3. reads the guest's own initrd, if crid gave it one, from QEMU's fw_cfg file
+ *      "opt/io.crid/initrd" (QEMU's pc takes a single -initrd, the kernel) with fw_cfg DMA,
+ *      to the pages right below the kernel's image, above every segment;
+ *   4. enters the kernel at its PVH entry with a start info of its own: the original command
+ *      line, the memory map with the shim's pages marked reserved, and the initrd as its one
+ *      module (none without).
  * On an error it prints one line ("crid-pci-shim: ...") on the serial port and exits QEMU
  * through the isa-debug-exit port with status 0x7f (QEMU then exits 255).
  * No SSE, no libc, no interrupts: gcc -m32 -ffreestanding -nostdlib (build.sh).
@@ -359,11 +363,102 @@ static void pci_setup(u64 ram_top)
 	}
 }
 
+/* ---- the guest's initrd, from fw_cfg ---- */
+
+#define FW_CFG_SELECTOR 0x510
+#define FW_CFG_DATA 0x511
+#define FW_CFG_DMA_HIGH 0x514
+#define FW_CFG_DMA_LOW 0x518
+#define FW_CFG_ID 0x01
+#define FW_CFG_ID_DMA 0x02
+#define FW_CFG_FILE_DIR 0x19
+#define FW_CFG_DMA_READ 0x02
+#define FW_CFG_DMA_SELECT 0x08
+#define FW_CFG_MAX_FILES 4096
+#define INITRD_FILE "opt/io.crid/initrd" /* pcishim::INITRD_FW_CFG in crid */
+
+/* fw_cfg's DMA descriptor, big-endian. */
+struct fw_cfg_dma {
+	u32 control;
+	u32 length;
+	u64 address;
+};
+
+struct fw_cfg_file {
+	u32 size; /* big-endian */
+	u16 select; /* big-endian */
+	u16 reserved;
+	char name[56];
+};
+
+static volatile struct fw_cfg_dma dma __attribute__((aligned(16)));
+
+static u32 be32(u32 v)
+{
+	return __builtin_bswap32(v);
+}
+
+/* Reads `len` bytes into `buf` from the item `select` (from its start), or with select 0 from
+ * where the last read of the current item ended. QEMU copies before the port write returns. */
+static int fw_cfg_read(u16 select, void *buf, u32 len)
+{
+	u32 control = FW_CFG_DMA_READ;
+	if (select)
+		control |= FW_CFG_DMA_SELECT | (u32)select << 16;
+	dma.control = be32(control);
+	dma.length = be32(len);
+	dma.address = (u64)be32((u32)buf) << 32; /* a 64-bit big-endian address below 4 GiB */
+	outl(FW_CFG_DMA_HIGH, 0);
+	outl(FW_CFG_DMA_LOW, be32((u32)&dma));
+	return dma.control == 0;
+}
+
+static int fw_cfg_has_dma(void)
+{
+	u32 id = 0;
+	outw(FW_CFG_SELECTOR, FW_CFG_ID);
+	for (u32 i = 0; i < 4; i++)
+		id |= (u32)inb(FW_CFG_DATA) << (8 * i);
+	return (id & FW_CFG_ID_DMA) != 0;
+}
+
+static int is_initrd_file(const char *name)
+{
+	const char *want = INITRD_FILE;
+	u32 i = 0;
+	for (; want[i]; i++)
+		if (name[i] != want[i])
+			return 0;
+	return name[i] == 0;
+}
+
+/* The fw_cfg entry of crid's initrd file: its selector (0: none) and size. */
+static u16 find_initrd(u32 *size)
+{
+	static struct fw_cfg_file file;
+	u32 count;
+	if (!fw_cfg_has_dma() || !fw_cfg_read(FW_CFG_FILE_DIR, &count, 4))
+		return 0;
+	count = be32(count);
+	for (u32 i = 0; i < count && i < FW_CFG_MAX_FILES; i++) {
+		if (!fw_cfg_read(0, &file, sizeof(file)))
+			return 0;
+		file.name[sizeof(file.name) - 1] = 0;
+		if (is_initrd_file(file.name)) {
+			*size = be32(file.size);
+			return (u16)(file.select >> 8 | file.select << 8);
+		}
+	}
+	return 0;
+}
+
 /* ---- the kernel ---- */
 
 static struct hvm_start_info next_info;
+static struct hvm_modlist_entry next_module;
 static struct hvm_memmap_entry next_map[MAX_MEMMAP + 2];
 static struct range ram[ELF_MAX_RAM];
+static u32 nram;
 static struct elf_kernel kernel;
 
 /* The memory map handed on: `map` with the shim's pages cut out of RAM as reserved. */
@@ -398,6 +493,29 @@ static void zero(u8 *dst, u32 n)
 	__asm__ volatile("rep stosb" : "+D"(dst), "+c"(n) : "a"(0) : "memory");
 }
 
+/* Reads crid's initrd file, if any, into the pages right below the kernel's image `image_at`
+ * (free RAM: QEMU put the image at the top of low RAM, under its ACPI tables), which must be
+ * above the loaded kernel (`kernel_end`) and the shim, in one RAM range; sets next_module. */
+static void load_initrd(u64 image_at, u64 kernel_end)
+{
+	u32 size = 0;
+	u16 select = find_initrd(&size);
+	if (!select || !size)
+		return;
+	if (size > image_at)
+		fail("no room for the initrd below the kernel image");
+	u64 at = (image_at - size) & ~0xfffull;
+	int in_ram = 0;
+	for (u32 r = 0; r < nram; r++)
+		if (at >= ram[r].start && at + size <= ram[r].end)
+			in_ram = 1;
+	if (!in_ram || at < kernel_end || at < (u32)shim_end)
+		fail("no room for the initrd below the kernel image");
+	if (!fw_cfg_read(select, (void *)(u32)at, size))
+		fail("cannot read the initrd from fw_cfg");
+	next_module = (struct hvm_modlist_entry){ .paddr = at, .size = size };
+}
+
 void __attribute__((noreturn)) shim_main(const struct hvm_start_info *info)
 {
 	if (info->magic != HVM_START_MAGIC || info->version < 1)
@@ -415,7 +533,6 @@ void __attribute__((noreturn)) shim_main(const struct hvm_start_info *info)
 		(const struct hvm_memmap_entry *)(u32)info->memmap_paddr;
 
 	u64 ram_top = 0;
-	u32 nram = 0;
 	for (u32 i = 0; i < info->memmap_entries; i++) {
 		if (map[i].type != E820_RAM || map[i].addr >= FOUR_GIB)
 			continue;
@@ -438,11 +555,15 @@ void __attribute__((noreturn)) shim_main(const struct hvm_start_info *info)
 	enum elf_error err = elf_check(image, (u32)mod->size, &limits, &kernel);
 	if (err != ELF_OK)
 		fail(elf_error_text(err));
+	u64 kernel_end = 0;
 	for (u32 i = 0; i < kernel.nloads; i++) {
 		const struct elf_load *l = &kernel.loads[i];
 		copy((u8 *)l->paddr, image + l->offset, l->filesz);
 		zero((u8 *)(l->paddr + l->filesz), l->memsz - l->filesz);
+		if ((u64)l->paddr + l->memsz > kernel_end)
+			kernel_end = (u64)l->paddr + l->memsz;
 	}
+	load_initrd(mod->paddr, kernel_end);
 
 	next_info = (struct hvm_start_info){
 		.magic = HVM_START_MAGIC,
@@ -452,6 +573,8 @@ void __attribute__((noreturn)) shim_main(const struct hvm_start_info *info)
 		.rsdp_paddr = info->rsdp_paddr,
 		.memmap_paddr = (u32)next_map,
 		.memmap_entries = carve_shim(map, info->memmap_entries),
+		.nr_modules = next_module.size ? 1 : 0,
+		.modlist_paddr = next_module.size ? (u32)&next_module : 0,
 	};
 	__asm__ volatile("jmp *%0" : : "r"(kernel.entry), "b"(&next_info) : "memory");
 	__builtin_unreachable();

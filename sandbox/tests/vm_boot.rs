@@ -243,7 +243,8 @@ fn pci_guest_on_pc_boots_through_seabios_quietly() {
 
 /// The same guest with a disk and a 9p root, both PCI devices on `pc`, boots qboot with crid's
 /// PCI set-up shim instead: the shim prints nothing, the guest's own PCI code finds the 9p
-/// device configured (an I/O BAR, decoding on) and reads a file over it. A kernel the shim
+/// device configured (an I/O BAR, decoding on) and reads a file over it, and the guest's own
+/// initrd (through fw_cfg) is its PVH module. A kernel the shim
 /// refuses (the shim itself: it would load over the shim) stops QEMU with one line on the
 /// serial port and exit status 255.
 #[test]
@@ -287,6 +288,23 @@ fn pci_guest_on_pc_boots_through_qboot_and_the_pci_shim() {
         "output: {out}"
     );
     assert!(err.is_empty(), "qemu stderr: {err}");
+    assert_eq!(plan.guest_exit_code(status), 6);
+
+    // With an initrd of its own (its root then, so no 9p): the shim hands it on as the module.
+    let initrd = dir.path().join("initrd");
+    std::fs::write(&initrd, "the guest's own initrd\nmore\n").unwrap();
+    s.ninep_root = None;
+    s.initrd = Some(initrd.clone());
+    let plan = plan_or_skip(&s).unwrap();
+    assert!(has_option(&plan, "-kernel", |v| Path::new(v) == shim));
+    assert!(has_option(&plan, "-fw_cfg", |v| v
+        == format!("name=opt/io.crid/initrd,file={}", initrd.display())));
+    let (out, status, killed) = run(&plan, Duration::from_secs(60));
+    assert!(!killed, "guest did not exit; output: {out}");
+    assert!(
+        out.contains("\ninitrd: 28 bytes: the guest's own initrd\n"),
+        "output: {out}"
+    );
     assert_eq!(plan.guest_exit_code(status), 6);
 
     // The shim refuses a kernel that would load over itself.

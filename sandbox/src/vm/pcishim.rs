@@ -7,8 +7,10 @@
 //! PCI set-up on bus 0 (BARs, PIIX3 interrupt routing, interrupt lines, decoding and bus
 //! mastering on), checks the kernel (an untrusted ELF: every header bounded by the module and
 //! guest RAM, no segment over the shim or the module; `pcishim/elf.c`, tested on the host by
-//! `tests/pcishim_elf.rs`), loads its segments and enters its PVH entry with the original
-//! command line and memory map (the shim's own pages marked reserved) and no module.
+//! `tests/pcishim_elf.rs`), loads its segments, reads the guest's own initrd from the fw_cfg
+//! file [`INITRD_FW_CFG`] if QEMU has one (its single `-initrd` is the kernel) and enters the
+//! kernel's PVH entry with the original command line and memory map (the shim's own pages
+//! marked reserved) and that initrd as its module.
 //!
 //! crid writes the embedded image once at start-up ([`install`], into `<root>/vm/`), where
 //! QEMU opens it before it chroots; `vm.pci_shim = false` turns it off (SeaBIOS again).
@@ -22,6 +24,10 @@ pub const IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pcishim.elf")
 
 /// Its file name in crid's root directory (`<root>/vm/`).
 pub const FILE_NAME: &str = "pci-shim.elf";
+
+/// The fw_cfg file (`-fw_cfg name=...,file=INITRD`) the shim reads the guest's initrd from
+/// (`INITRD_FILE` in `pcishim/shim.c`).
+pub const INITRD_FW_CFG: &str = "opt/io.crid/initrd";
 
 /// Writes the shim to `path` unless the file already holds this build's image. The new file
 /// replaces the old one by rename, so a QEMU starting meanwhile reads one whole image.

@@ -45,11 +45,13 @@
 //! assigns BARs and interrupt lines as SeaBIOS does (`info pci` reads the same) and enters the
 //! kernel. Measured by hand here (KVM, the freestanding guest reading a file over
 //! virtio-9p-pci, exec to first serial byte, load about 5): 330 ms median against 4.7 s with
-//! SeaBIOS. Such a guest gets SeaBIOS instead (1.5–5 s more per start here: PVM emulates the
-//! firmware's paging-off and 16-bit code instruction by instruction) when the shim is off
-//! (`vm.pci_shim`), no firmware is configured, its kernel is not a PVH ELF, or it has an
-//! initrd of its own (QEMU's `pc` takes one `-initrd`, which the kernel fills). SeaBIOS prints
-//! nothing on the serial port, since QEMU runs with `-display none` rather than `-nographic`.
+//! SeaBIOS. The guest's own initrd, if it has one, goes in a fw_cfg file
+//! ([`super::pcishim::INITRD_FW_CFG`]; QEMU's `pc` takes a single `-initrd`, the kernel), which
+//! the shim reads and hands on as the kernel's module. Such a guest gets SeaBIOS instead
+//! (1.5–5 s more per start here: PVM emulates the firmware's paging-off and 16-bit code
+//! instruction by instruction) when the shim is off (`vm.pci_shim`), no firmware is
+//! configured or its kernel is not a PVH ELF. SeaBIOS prints nothing on the serial port, since
+//! QEMU runs with `-display none` rather than `-nographic`.
 //! A guest whose image declares virtio-mmio drivers avoids pc altogether (below). The plan
 //! records which firmware boots the guest ([`Firmware`]; `firmware` in the container's
 //! verbose status).
@@ -152,13 +154,12 @@ pub enum Firmware {
     /// The configured firmware (`-bios`, qboot by default) loads the guest's kernel.
     Bios { path: PathBuf },
     /// The configured firmware loads crid's PCI set-up shim, which configures the PCI devices
-    /// and loads the guest's kernel, its module.
+    /// and loads the guest's kernel, its module (and the guest's initrd, from fw_cfg).
     PciShim { bios: PathBuf, shim: PathBuf },
 }
 
 /// The firmware of a `pc` guest: the configured one unless the guest needs its PCI devices
-/// configured; then the configured one with the PCI shim for a PVH kernel without an initrd of
-/// its own (the shim takes the `-initrd` slot), SeaBIOS otherwise.
+/// configured; then the configured one with the PCI shim for a PVH kernel, SeaBIOS otherwise.
 pub fn pc_firmware(spec: &VmSpec) -> Firmware {
     let Some(bios) = spec.firmware.clone() else {
         return Firmware::SeaBios;
@@ -167,7 +168,7 @@ pub fn pc_firmware(spec: &VmSpec) -> Firmware {
         return Firmware::Bios { path: bios };
     }
     match &spec.pci_shim {
-        Some(shim) if spec.initrd.is_none() && is_pvh_elf(&spec.kernel) => Firmware::PciShim {
+        Some(shim) if is_pvh_elf(&spec.kernel) => Firmware::PciShim {
             bios,
             shim: shim.clone(),
         },
@@ -379,9 +380,20 @@ impl Hypervisor for Qemu {
         } else {
             push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
         }
-        // With the PCI shim, the guest's kernel is the shim's module.
+        // With the PCI shim, the guest's kernel is the shim's module and its initrd a fw_cfg
+        // file the shim reads.
         let (kernel, initrd) = match &firmware {
-            Some(Firmware::PciShim { shim, .. }) => (shim, Some(&spec.kernel)),
+            Some(Firmware::PciShim { shim, .. }) => {
+                if let Some(initrd) = &spec.initrd {
+                    let file = format!(
+                        "name={},file={}",
+                        super::pcishim::INITRD_FW_CFG,
+                        path_arg(initrd)?
+                    );
+                    push(&["-fw_cfg", &file]);
+                }
+                (shim, Some(&spec.kernel))
+            }
             _ => (&spec.kernel, spec.initrd.as_ref()),
         };
         let kernel = path_arg(kernel)?;
@@ -799,18 +811,24 @@ mod tests {
             has_pair(&a, "-kernel", "/var/lib/crid/vm/pci-shim.elf"),
             "{a:?}"
         );
-        // SeaBIOS when the guest has its own initrd (the shim takes the -initrd slot), its
-        // kernel is no PVH ELF, the shim is off or no firmware is configured.
+        // The guest's own initrd: a fw_cfg file for the shim.
+        let mut own_initrd = s.clone();
+        own_initrd.initrd = Some(PathBuf::from("/l/initrd"));
+        let a = argv(&own_initrd);
+        assert!(has_pair(&a, "-initrd", k.to_str().unwrap()), "{a:?}");
+        assert!(
+            has_pair(&a, "-fw_cfg", "name=opt/io.crid/initrd,file=/l/initrd"),
+            "{a:?}"
+        );
+        own_initrd.initrd = Some(PathBuf::from("/l,x/initrd"));
+        assert!(Qemu.plan(&own_initrd, Path::new("/q")).is_err());
+        // SeaBIOS when the kernel is no PVH ELF, the shim is off or no firmware is configured.
         let seabios = |s: &VmSpec| {
             let p = Qemu.plan(s, Path::new("/q")).unwrap();
             let plain = has_pair(&p.args, "-kernel", s.kernel.to_str().unwrap())
-                && !p.args.iter().any(|x| x == "-bios");
+                && !p.args.iter().any(|x| x == "-bios" || x == "-fw_cfg");
             plain && p.firmware == Some(Firmware::SeaBios)
         };
-        let mut own_initrd = s.clone();
-        own_initrd.initrd = Some(PathBuf::from("/l/initrd"));
-        assert!(seabios(&own_initrd));
-        assert!(has_pair(&argv(&own_initrd), "-initrd", "/l/initrd"));
         let mut not_pvh = s.clone();
         not_pvh.kernel = PathBuf::from("/missing");
         assert!(seabios(&not_pvh));

@@ -3,7 +3,8 @@
  *
  * Booted through the PVH entry point (XEN_ELFNOTE_PHYS32_ENTRY) in 32-bit protected mode with
  * paging off; %ebx holds the physical address of the hvm_start_info structure. It prints a
- * greeting and its command line on the first serial port (0x3f8). Given a virtio-mmio block
+ * greeting and its command line on the first serial port (0x3f8), and the size and first line of
+ * its first PVH module (an initrd), if it has one. Given a virtio-mmio block
  * device on the command line, it reads sector 0 and prints the text there ("disk marker: ..."),
  * writes sector 1 and reads it back (blk.h). Given 9p.read=, 9p.write= or 9p.stat= paths, it
  * reads, writes or stats them over the legacy virtio-9p PCI device tagged as its root (ninep.h,
@@ -135,6 +136,30 @@ static int param(const char *cmdline, const char *key)
 #include "pci.h"
 #include "ninep.h"
 
+struct hvm_modlist_entry {
+	u64 paddr;
+	u64 size;
+	u64 cmdline_paddr;
+	u64 reserved;
+};
+
+/* "initrd: N bytes: FIRST LINE" for the first module (at most 64 characters of it). */
+static void print_initrd(const struct hvm_start_info *info)
+{
+	if (!info->nr_modules || !info->modlist_paddr || info->modlist_paddr >= 0x100000000ull)
+		return;
+	const struct hvm_modlist_entry *m = (const struct hvm_modlist_entry *)(u32)info->modlist_paddr;
+	if (!m->paddr || m->paddr >= 0x100000000ull || m->size >= 0x100000000ull)
+		return;
+	const char *text = (const char *)(u32)m->paddr;
+	puts("initrd: ");
+	put_dec((u32)m->size);
+	puts(" bytes: ");
+	for (u32 i = 0; i < m->size && i < 64 && text[i] != '\n'; i++)
+		putc(text[i] >= ' ' && text[i] < 127 ? text[i] : '?');
+	puts("\n");
+}
+
 void guest_main(const struct hvm_start_info *info)
 {
 	const char *cmdline = "";
@@ -149,6 +174,7 @@ void guest_main(const struct hvm_start_info *info)
 	puts("cmdline: ");
 	puts(cmdline);
 	puts("\n");
+	print_initrd(info);
 	blk_test(cmdline);
 	ninep_test(cmdline);
 	int code = param(cmdline, "exit");
