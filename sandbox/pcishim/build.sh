@@ -7,4 +7,4 @@ out=${1:-pcishim.elf}
 gcc -m32 -O2 -std=gnu11 -Wall -Wextra -Werror -ffreestanding -fno-pic -fno-stack-protector \
     -fno-asynchronous-unwind-tables -mgeneral-regs-only -mno-sse -nostdlib -static -no-pie \
     -Wl,--build-id=none -Wl,--no-warn-rwx-segments -Wl,-T,"$here/shim.ld" \
-    -o "$out" "$here/shim.c" "$here/elf.c"
+    -o "$out" "$here/shim.c"

@@ -3,30 +3,37 @@
  * drivers take their PCI devices as the firmware left them (Unikraft's x86 PCI bus, crid's test
  * guest). qboot boots in a few milliseconds but, unlike SeaBIOS, assigns no BAR and enables no
  * decoding; SeaBIOS costs seconds here (sandbox/src/vm/qemu.rs). So QEMU gets
- * `-bios qboot.rom -kernel <this shim> -initrd <the guest's kernel>` and the shim:
+ * `-bios qboot.rom -kernel <this shim> [-initrd <the guest's initrd>] -device loader,file=<the
+ * guest's kernel> -fw_cfg name=opt/io.crid/pvh-entry,string=<its PVH entry>`: QEMU's ELF loader
+ * puts the kernel's segments in RAM as for a -kernel, crid read its PVH entry from its note (a
+ * kernel that loads over the shim only breaks its own boot, in its own VM), and the shim:
  *   1. configures bus 0 as SeaBIOS does on QEMU's pc machine: I/O BARs from 0xc000, 32-bit
  *      memory BARs (64-bit ones too, below 4 GiB) at the top of the PCI hole under the I/O
  *      APIC, PIIX3 PIRQ A-D routed to IRQ 10, 10, 11, 11 (level-triggered in the ELCR), each
  *      device's interrupt line set from its pin and slot, I/O, memory and bus mastering on;
- *   2. checks the guest's kernel, the PVH module qboot describes (untrusted: elf.c), copies its
- *      PT_LOAD segments into place and zeroes their bss;
- *   3. reads the guest's own initrd, if crid gave it one, from QEMU's fw_cfg file
- *      "opt/io.crid/initrd" (QEMU's pc takes a single -initrd, the kernel) with fw_cfg DMA,
- *      to the pages right below the kernel's image, above every segment;
- *   4. enters the kernel at its PVH entry with a start info of its own: the original command
- *      line, the memory map with the shim's pages marked reserved, and the initrd as its one
- *      module (none without).
+ *   2. reads the kernel's entry from fw_cfg and checks it is in RAM, outside the shim;
+ *   3. enters the kernel there with a start info of its own: the original command line, the
+ *      memory map with the shim's pages marked reserved, and qboot's module (the guest's
+ *      initrd), if any.
+ * It copies nothing: with paging off (PVH), this host's PVM emulates every instruction, and a
+ * guest-side copy of a 4 MiB kernel took seconds.
  * On an error it prints one line ("crid-pci-shim: ...") on the serial port and exits QEMU
  * through the isa-debug-exit port with status 0x7f (QEMU then exits 255).
  * No SSE, no libc, no interrupts: gcc -m32 -ffreestanding -nostdlib (build.sh).
  */
-#include "elf.h"
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
 
 #define SERIAL 0x3f8
 #define HVM_START_MAGIC 0x336ec578u
 #define E820_RAM 1
 #define E820_RESERVED 2
 #define MAX_MEMMAP 64
+#define MAX_RAM 32
 #define FOUR_GIB 0x100000000ull
 
 struct hvm_start_info {
@@ -363,7 +370,7 @@ static void pci_setup(u64 ram_top)
 	}
 }
 
-/* ---- the guest's initrd, from fw_cfg ---- */
+/* ---- the kernel's entry, from fw_cfg ---- */
 
 #define FW_CFG_SELECTOR 0x510
 #define FW_CFG_DATA 0x511
@@ -375,7 +382,7 @@ static void pci_setup(u64 ram_top)
 #define FW_CFG_DMA_READ 0x02
 #define FW_CFG_DMA_SELECT 0x08
 #define FW_CFG_MAX_FILES 4096
-#define INITRD_FILE "opt/io.crid/initrd" /* pcishim::INITRD_FW_CFG in crid */
+#define ENTRY_FILE "opt/io.crid/pvh-entry" /* pcishim::ENTRY_FW_CFG in crid */
 
 /* fw_cfg's DMA descriptor, big-endian. */
 struct fw_cfg_dma {
@@ -422,9 +429,9 @@ static int fw_cfg_has_dma(void)
 	return (id & FW_CFG_ID_DMA) != 0;
 }
 
-static int is_initrd_file(const char *name)
+static int is_entry_file(const char *name)
 {
-	const char *want = INITRD_FILE;
+	const char *want = ENTRY_FILE;
 	u32 i = 0;
 	for (; want[i]; i++)
 		if (name[i] != want[i])
@@ -432,24 +439,36 @@ static int is_initrd_file(const char *name)
 	return name[i] == 0;
 }
 
-/* The fw_cfg entry of crid's initrd file: its selector (0: none) and size. */
-static u16 find_initrd(u32 *size)
+/* The kernel's PVH entry: crid's fw_cfg file of decimal digits. */
+static u32 read_entry(void)
 {
 	static struct fw_cfg_file file;
+	static char digits[16];
 	u32 count;
 	if (!fw_cfg_has_dma() || !fw_cfg_read(FW_CFG_FILE_DIR, &count, 4))
-		return 0;
+		fail("no fw_cfg DMA");
 	count = be32(count);
 	for (u32 i = 0; i < count && i < FW_CFG_MAX_FILES; i++) {
 		if (!fw_cfg_read(0, &file, sizeof(file)))
-			return 0;
+			break;
 		file.name[sizeof(file.name) - 1] = 0;
-		if (is_initrd_file(file.name)) {
-			*size = be32(file.size);
-			return (u16)(file.select >> 8 | file.select << 8);
+		if (!is_entry_file(file.name))
+			continue;
+		u32 size = be32(file.size);
+		u16 select = (u16)(file.select >> 8 | file.select << 8);
+		if (size == 0 || size >= sizeof(digits) || !fw_cfg_read(select, digits, size))
+			break;
+		u64 entry = 0;
+		for (u32 d = 0; d < size && digits[d]; d++) {
+			if (digits[d] < '0' || digits[d] > '9')
+				fail("bad PVH entry in fw_cfg");
+			entry = entry * 10 + (u64)(digits[d] - '0');
 		}
+		if (entry == 0 || entry >= FOUR_GIB)
+			fail("bad PVH entry in fw_cfg");
+		return (u32)entry;
 	}
-	return 0;
+	fail("no PVH entry in fw_cfg (" ENTRY_FILE ")");
 }
 
 /* ---- the kernel ---- */
@@ -457,9 +476,6 @@ static u16 find_initrd(u32 *size)
 static struct hvm_start_info next_info;
 static struct hvm_modlist_entry next_module;
 static struct hvm_memmap_entry next_map[MAX_MEMMAP + 2];
-static struct range ram[ELF_MAX_RAM];
-static u32 nram;
-static struct elf_kernel kernel;
 
 /* The memory map handed on: `map` with the shim's pages cut out of RAM as reserved. */
 static u32 carve_shim(const struct hvm_memmap_entry *map, u32 n)
@@ -483,56 +499,18 @@ static u32 carve_shim(const struct hvm_memmap_entry *map, u32 n)
 	return out;
 }
 
-static void copy(u8 *dst, const u8 *src, u32 n)
-{
-	__asm__ volatile("rep movsb" : "+D"(dst), "+S"(src), "+c"(n) : : "memory");
-}
-
-static void zero(u8 *dst, u32 n)
-{
-	__asm__ volatile("rep stosb" : "+D"(dst), "+c"(n) : "a"(0) : "memory");
-}
-
-/* Reads crid's initrd file, if any, into the pages right below the kernel's image `image_at`
- * (free RAM: QEMU put the image at the top of low RAM, under its ACPI tables), which must be
- * above the loaded kernel (`kernel_end`) and the shim, in one RAM range; sets next_module. */
-static void load_initrd(u64 image_at, u64 kernel_end)
-{
-	u32 size = 0;
-	u16 select = find_initrd(&size);
-	if (!select || !size)
-		return;
-	if (size > image_at)
-		fail("no room for the initrd below the kernel image");
-	u64 at = (image_at - size) & ~0xfffull;
-	int in_ram = 0;
-	for (u32 r = 0; r < nram; r++)
-		if (at >= ram[r].start && at + size <= ram[r].end)
-			in_ram = 1;
-	if (!in_ram || at < kernel_end || at < (u32)shim_end)
-		fail("no room for the initrd below the kernel image");
-	if (!fw_cfg_read(select, (void *)(u32)at, size))
-		fail("cannot read the initrd from fw_cfg");
-	next_module = (struct hvm_modlist_entry){ .paddr = at, .size = size };
-}
-
 void __attribute__((noreturn)) shim_main(const struct hvm_start_info *info)
 {
 	if (info->magic != HVM_START_MAGIC || info->version < 1)
 		fail("no PVH start info with a memory map");
-	if (!info->nr_modules || !info->modlist_paddr || info->modlist_paddr >= FOUR_GIB)
-		fail("no kernel module (QEMU's -initrd)");
-	const struct hvm_modlist_entry *mod =
-		(const struct hvm_modlist_entry *)(u32)info->modlist_paddr;
-	if (!mod->paddr || mod->paddr >= FOUR_GIB || mod->size > FOUR_GIB - mod->paddr)
-		fail("the kernel module is not below 4 GiB");
 	if (info->memmap_entries == 0 || info->memmap_entries > MAX_MEMMAP ||
 	    info->memmap_paddr >= FOUR_GIB)
 		fail("bad memory map");
 	const struct hvm_memmap_entry *map =
 		(const struct hvm_memmap_entry *)(u32)info->memmap_paddr;
-
+	u32 entry = read_entry();
 	u64 ram_top = 0;
+	int entry_in_ram = 0;
 	for (u32 i = 0; i < info->memmap_entries; i++) {
 		if (map[i].type != E820_RAM || map[i].addr >= FOUR_GIB)
 			continue;
@@ -541,30 +519,20 @@ void __attribute__((noreturn)) shim_main(const struct hvm_start_info *info)
 			end = FOUR_GIB;
 		if (end > ram_top)
 			ram_top = end;
-		if (nram < ELF_MAX_RAM)
-			ram[nram++] = (struct range){ map[i].addr, end };
+		if (entry >= map[i].addr && entry < end)
+			entry_in_ram = 1;
 	}
+	if (!entry_in_ram || (entry >= (u32)shim_start && entry < (u32)shim_end))
+		fail("the PVH entry is not in the kernel's RAM");
 	pci_setup(ram_top);
 
-	const u8 *image = (const u8 *)(u32)mod->paddr;
-	struct range keep[2] = {
-		{ (u32)shim_start, (u32)shim_end },
-		{ mod->paddr, mod->paddr + mod->size },
-	};
-	struct elf_limits limits = { ram, nram, keep, 2 };
-	enum elf_error err = elf_check(image, (u32)mod->size, &limits, &kernel);
-	if (err != ELF_OK)
-		fail(elf_error_text(err));
-	u64 kernel_end = 0;
-	for (u32 i = 0; i < kernel.nloads; i++) {
-		const struct elf_load *l = &kernel.loads[i];
-		copy((u8 *)l->paddr, image + l->offset, l->filesz);
-		zero((u8 *)(l->paddr + l->filesz), l->memsz - l->filesz);
-		if ((u64)l->paddr + l->memsz > kernel_end)
-			kernel_end = (u64)l->paddr + l->memsz;
+	/* qboot's module entry (the guest's initrd) lives in qboot's memory: keep a copy. */
+	if (info->nr_modules && info->modlist_paddr && info->modlist_paddr < FOUR_GIB) {
+		const struct hvm_modlist_entry *mod =
+			(const struct hvm_modlist_entry *)(u32)info->modlist_paddr;
+		if (mod->paddr && mod->size)
+			next_module = *mod;
 	}
-	load_initrd(mod->paddr, kernel_end);
-
 	next_info = (struct hvm_start_info){
 		.magic = HVM_START_MAGIC,
 		.version = 1,
@@ -576,6 +544,6 @@ void __attribute__((noreturn)) shim_main(const struct hvm_start_info *info)
 		.nr_modules = next_module.size ? 1 : 0,
 		.modlist_paddr = next_module.size ? (u32)&next_module : 0,
 	};
-	__asm__ volatile("jmp *%0" : : "r"(kernel.entry), "b"(&next_info) : "memory");
+	__asm__ volatile("jmp *%0" : : "r"(entry), "b"(&next_info) : "memory");
 	__builtin_unreachable();
 }

@@ -244,9 +244,8 @@ fn pci_guest_on_pc_boots_through_seabios_quietly() {
 /// The same guest with a disk and a 9p root, both PCI devices on `pc`, boots qboot with crid's
 /// PCI set-up shim instead: the shim prints nothing, the guest's own PCI code finds the 9p
 /// device configured (an I/O BAR, decoding on) and reads a file over it, and the guest's own
-/// initrd (through fw_cfg) is its PVH module. A kernel the shim
-/// refuses (the shim itself: it would load over the shim) stops QEMU with one line on the
-/// serial port and exit status 255.
+/// initrd is its PVH module. A kernel whose entry the shim refuses (outside RAM) stops QEMU
+/// with one line on the serial port and exit status 255.
 #[test]
 fn pci_guest_on_pc_boots_through_qboot_and_the_pci_shim() {
     let firmware = Path::new(vm::launch::DEFAULT_QEMU_FIRMWARE);
@@ -274,7 +273,10 @@ fn pci_guest_on_pc_boots_through_qboot_and_the_pci_shim() {
     };
     assert!(has_option(&plan, "-bios", |v| Path::new(v) == firmware));
     assert!(has_option(&plan, "-kernel", |v| Path::new(v) == shim));
-    assert!(has_option(&plan, "-initrd", |v| Path::new(v) == kernel));
+    assert!(has_option(&plan, "-device", |v| v
+        == format!("loader,file={}", kernel.display())));
+    assert!(has_option(&plan, "-fw_cfg", |v| v
+        == "name=opt/io.crid/pvh-entry,string=1048576"));
     plan.write_files().unwrap();
     let (out, status, killed, err) = run_with_stderr(&plan, Duration::from_secs(60));
     assert!(!killed, "guest did not exit; output: {out}");
@@ -297,8 +299,7 @@ fn pci_guest_on_pc_boots_through_qboot_and_the_pci_shim() {
     s.initrd = Some(initrd.clone());
     let plan = plan_or_skip(&s).unwrap();
     assert!(has_option(&plan, "-kernel", |v| Path::new(v) == shim));
-    assert!(has_option(&plan, "-fw_cfg", |v| v
-        == format!("name=opt/io.crid/initrd,file={}", initrd.display())));
+    assert!(has_option(&plan, "-initrd", |v| Path::new(v) == initrd));
     let (out, status, killed) = run(&plan, Duration::from_secs(60));
     assert!(!killed, "guest did not exit; output: {out}");
     assert!(
@@ -307,16 +308,24 @@ fn pci_guest_on_pc_boots_through_qboot_and_the_pci_shim() {
     );
     assert_eq!(plan.guest_exit_code(status), 6);
 
-    // The shim refuses a kernel that would load over itself.
+    // The shim refuses an entry outside RAM: the same kernel, its PVH note's entry moved.
+    let mut bytes = std::fs::read(&kernel).unwrap();
+    let note = bytes
+        .windows(8)
+        .position(|w| w == b"Xen\0\0\0\x10\0")
+        .expect("the PVH note, entry 1 MiB");
+    bytes[note + 4..note + 8].copy_from_slice(&0xf000_0000u32.to_le_bytes());
     let bad = dir.path().join("bad.elf");
-    std::fs::write(&bad, vm::pcishim::IMAGE).unwrap();
+    std::fs::write(&bad, &bytes).unwrap();
     s.kernel = bad;
     let plan = plan_or_skip(&s).unwrap();
+    assert!(has_option(&plan, "-fw_cfg", |v| v
+        == "name=opt/io.crid/pvh-entry,string=4026531840"));
     let (out, status, killed) = run(&plan, Duration::from_secs(60));
     assert!(!killed, "guest did not exit; output: {out}");
     assert_eq!(
         out,
-        "crid-pci-shim: a segment overlaps the shim, the image or another segment\n"
+        "crid-pci-shim: the PVH entry is not in the kernel's RAM\n"
     );
     assert_eq!(status.code(), Some(255));
 }

@@ -41,17 +41,17 @@
 //! firmware left it (the test guest's 9p client does the same, `tests/guests/freestanding/pci.h`,
 //! and finds no usable device under qboot). So every guest type but `linux` with a PCI device
 //! (NIC, disk, 9p root) boots qboot with crid's PCI set-up shim ([`super::pcishim`]) as its
-//! kernel and its own kernel as the shim's PVH module (`-kernel SHIM -initrd KERNEL`): the shim
-//! assigns BARs and interrupt lines as SeaBIOS does (`info pci` reads the same) and enters the
-//! kernel. Measured by hand here (KVM, the freestanding guest reading a file over
-//! virtio-9p-pci, exec to first serial byte, load about 5): 330 ms median against 4.7 s with
-//! SeaBIOS. The guest's own initrd, if it has one, goes in a fw_cfg file
-//! ([`super::pcishim::INITRD_FW_CFG`]; QEMU's `pc` takes a single `-initrd`, the kernel), which
-//! the shim reads and hands on as the kernel's module. Such a guest gets SeaBIOS instead
-//! (1.5–5 s more per start here: PVM emulates the firmware's paging-off and 16-bit code
-//! instruction by instruction) when the shim is off (`vm.pci_shim`), no firmware is
-//! configured or its kernel is not a PVH ELF. SeaBIOS prints nothing on the serial port, since
-//! QEMU runs with `-display none` rather than `-nographic`.
+//! kernel (`-kernel SHIM`), its own kernel placed by QEMU's ELF loader (`-device
+//! loader,file=KERNEL`) and the kernel's PVH entry in a fw_cfg file
+//! ([`super::pcishim::ENTRY_FW_CFG`]); its initrd stays `-initrd`. The shim assigns BARs and
+//! interrupt lines as SeaBIOS does (`info pci` reads the same) and enters the kernel. Measured
+//! by hand here (KVM, the freestanding guest with a virtio-net-pci NIC, exec to first serial
+//! byte, load about 4): 256 ms median against 227 ms with qboot alone and no NIC, 4.7 s with
+//! SeaBIOS. Such a guest gets SeaBIOS instead (1.5–5 s more per start here: PVM emulates the
+//! firmware's paging-off and 16-bit code instruction by instruction) when the shim is off
+//! (`vm.pci_shim`), no firmware is configured or its kernel is not a PVH ELF (no entry below
+//! 4 GiB in its first 64 KiB). SeaBIOS prints nothing on the serial port, since QEMU runs with
+//! `-display none` rather than `-nographic`.
 //! A guest whose image declares virtio-mmio drivers avoids pc altogether (below). The plan
 //! records which firmware boots the guest ([`Firmware`]; `firmware` in the container's
 //! verbose status).
@@ -153,9 +153,13 @@ pub enum Firmware {
     SeaBios,
     /// The configured firmware (`-bios`, qboot by default) loads the guest's kernel.
     Bios { path: PathBuf },
-    /// The configured firmware loads crid's PCI set-up shim, which configures the PCI devices
-    /// and loads the guest's kernel, its module (and the guest's initrd, from fw_cfg).
-    PciShim { bios: PathBuf, shim: PathBuf },
+    /// The configured firmware boots crid's PCI set-up shim, which configures the PCI devices
+    /// and enters the guest's kernel (loaded by QEMU) at its PVH `entry`.
+    PciShim {
+        bios: PathBuf,
+        shim: PathBuf,
+        entry: u32,
+    },
 }
 
 /// The firmware of a `pc` guest: the configured one unless the guest needs its PCI devices
@@ -167,10 +171,12 @@ pub fn pc_firmware(spec: &VmSpec) -> Firmware {
     if !needs_pci_firmware(spec) {
         return Firmware::Bios { path: bios };
     }
-    match &spec.pci_shim {
-        Some(shim) if is_pvh_elf(&spec.kernel) => Firmware::PciShim {
+    let entry = spec.pci_shim.as_ref().and(kernel_pvh_entry(&spec.kernel));
+    match (&spec.pci_shim, entry) {
+        (Some(shim), Some(entry)) => Firmware::PciShim {
             bios,
             shim: shim.clone(),
+            entry,
         },
         _ => Firmware::SeaBios,
     }
@@ -202,19 +208,18 @@ fn microvm_build(spec: &VmSpec, machine: Machine) -> Option<&Path> {
     spec.qemu_microvm.as_deref().filter(|_| fits)
 }
 
-/// Whether `path` is an ELF file with a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY). Reads at most
-/// the first 64 KiB; anything unreadable or malformed is "no".
+/// Whether `path` is an ELF file with a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY).
 pub fn is_pvh_elf(path: &Path) -> bool {
+    kernel_pvh_entry(path).is_some()
+}
+
+/// The 32-bit PVH entry of the ELF file at `path`, from its XEN_ELFNOTE_PHYS32_ENTRY note.
+/// Reads at most the first 64 KiB; anything unreadable or malformed is `None`.
+pub fn kernel_pvh_entry(path: &Path) -> Option<u32> {
     let mut buf = Vec::new();
-    match std::fs::File::open(path) {
-        Ok(f) => {
-            if f.take(64 * 1024).read_to_end(&mut buf).is_err() {
-                return false;
-            }
-        }
-        Err(_) => return false,
-    }
-    has_pvh_note(&buf)
+    let f = std::fs::File::open(path).ok()?;
+    f.take(64 * 1024).read_to_end(&mut buf).ok()?;
+    pvh_entry(&buf).and_then(|e| u32::try_from(e).ok())
 }
 
 fn rd(buf: &[u8], off: usize, len: usize) -> Option<u64> {
@@ -226,15 +231,21 @@ fn rd(buf: &[u8], off: usize, len: usize) -> Option<u64> {
     Some(v)
 }
 
-/// Scans the PT_NOTE program headers of a little-endian ELF image for a "Xen" note of type 18.
+/// Whether a little-endian ELF image has a PVH entry note ([`pvh_entry`]).
 pub fn has_pvh_note(buf: &[u8]) -> bool {
+    pvh_entry(buf).is_some()
+}
+
+/// Scans the PT_NOTE program headers of a little-endian ELF image for a "Xen" note of type 18
+/// (XEN_ELFNOTE_PHYS32_ENTRY) and returns its 4- or 8-byte value, the entry address.
+pub fn pvh_entry(buf: &[u8]) -> Option<u64> {
     if buf.get(0..4) != Some(b"\x7fELF") || buf.get(5) != Some(&1) {
-        return false;
+        return None;
     }
     let is64 = match buf.get(4) {
         Some(1) => false,
         Some(2) => true,
-        _ => return false,
+        _ => return None,
     };
     let (phoff, phentsize, phnum) = if is64 {
         (rd(buf, 0x20, 8), rd(buf, 0x36, 2), rd(buf, 0x38, 2))
@@ -242,12 +253,13 @@ pub fn has_pvh_note(buf: &[u8]) -> bool {
         (rd(buf, 0x1c, 4), rd(buf, 0x2a, 2), rd(buf, 0x2c, 2))
     };
     let (Some(phoff), Some(phentsize), Some(phnum)) = (phoff, phentsize, phnum) else {
-        return false;
+        return None;
     };
     for i in 0..phnum.min(64) {
-        let Some(ph) = usize::try_from(phoff + i * phentsize).ok() else {
-            return false;
-        };
+        let ph = usize::try_from(phoff.checked_add(i * phentsize)?).ok()?;
+        if ph >= buf.len() {
+            return None; // the program headers run past what was read
+        }
         if rd(buf, ph, 4) != Some(4) {
             continue; // not PT_NOTE
         }
@@ -263,7 +275,7 @@ pub fn has_pvh_note(buf: &[u8]) -> bool {
             continue;
         };
         let end = pos.saturating_add(size).min(buf.len());
-        while pos + 12 <= end {
+        while pos.saturating_add(12) <= end {
             let (Some(namesz), Some(descsz), Some(ntype)) =
                 (rd(buf, pos, 4), rd(buf, pos + 4, 4), rd(buf, pos + 8, 4))
             else {
@@ -273,7 +285,11 @@ pub fn has_pvh_note(buf: &[u8]) -> bool {
             let name_len = usize::try_from(namesz).unwrap_or(usize::MAX);
             let name = buf.get(name_start..name_start.saturating_add(name_len));
             if ntype == 18 && name == Some(b"Xen\0") {
-                return true;
+                let desc = name_start.checked_add(4)?;
+                return match descsz {
+                    4 | 8 => rd(buf, desc, usize::try_from(descsz).ok()?),
+                    _ => None,
+                };
             }
             let align = |n: u64| usize::try_from(n.div_ceil(4) * 4).unwrap_or(usize::MAX);
             pos = name_start
@@ -281,7 +297,7 @@ pub fn has_pvh_note(buf: &[u8]) -> bool {
                 .saturating_add(align(descsz));
         }
     }
-    false
+    None
 }
 
 /// The QEMU backend.
@@ -380,25 +396,20 @@ impl Hypervisor for Qemu {
         } else {
             push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
         }
-        // With the PCI shim, the guest's kernel is the shim's module and its initrd a fw_cfg
-        // file the shim reads.
-        let (kernel, initrd) = match &firmware {
-            Some(Firmware::PciShim { shim, .. }) => {
-                if let Some(initrd) = &spec.initrd {
-                    let file = format!(
-                        "name={},file={}",
-                        super::pcishim::INITRD_FW_CFG,
-                        path_arg(initrd)?
-                    );
-                    push(&["-fw_cfg", &file]);
-                }
-                (shim, Some(&spec.kernel))
+        // With the PCI shim, the shim is the kernel qboot boots; QEMU's ELF loader puts the
+        // guest's kernel in RAM and the shim finds its entry in a fw_cfg file.
+        let kernel = match &firmware {
+            Some(Firmware::PciShim { shim, entry, .. }) => {
+                let loader = format!("loader,file={}", path_arg(&spec.kernel)?);
+                let entry = format!("name={},string={entry}", super::pcishim::ENTRY_FW_CFG);
+                push(&["-device", &loader, "-fw_cfg", &entry]);
+                shim
             }
-            _ => (&spec.kernel, spec.initrd.as_ref()),
+            _ => &spec.kernel,
         };
         let kernel = path_arg(kernel)?;
         push(&["-kernel", &kernel]);
-        if let Some(initrd) = initrd {
+        if let Some(initrd) = &spec.initrd {
             let initrd = path_arg(initrd)?;
             push(&["-initrd", &initrd]);
         }
@@ -789,18 +800,26 @@ mod tests {
         let a = &p.args;
         assert!(has_pair(a, "-M", "pc"), "{a:?}");
         assert!(has_pair(a, "-bios", "/usr/share/qemu/qboot.rom"), "{a:?}");
-        // The shim is the kernel, the guest's kernel its module.
+        // The shim is the kernel qboot boots; QEMU's loader places the guest's kernel, whose
+        // PVH entry (from its note) the shim reads from fw_cfg.
         assert!(
             has_pair(a, "-kernel", "/var/lib/crid/vm/pci-shim.elf"),
             "{a:?}"
         );
-        assert!(has_pair(a, "-initrd", k.to_str().unwrap()), "{a:?}");
+        let loader = format!("loader,file={}", k.display());
+        assert!(has_pair(a, "-device", &loader), "{a:?}");
+        assert!(
+            has_pair(a, "-fw_cfg", "name=opt/io.crid/pvh-entry,string=1048576"),
+            "{a:?}"
+        );
         assert_eq!(a.iter().filter(|x| *x == "-kernel").count(), 1);
+        assert!(!a.iter().any(|x| x == "-initrd"), "{a:?}");
         assert_eq!(
             p.firmware,
             Some(Firmware::PciShim {
                 bios: qboot.clone(),
-                shim: shim.clone()
+                shim: shim.clone(),
+                entry: 0x100000,
             })
         );
         // The same for a 9p root.
@@ -811,22 +830,22 @@ mod tests {
             has_pair(&a, "-kernel", "/var/lib/crid/vm/pci-shim.elf"),
             "{a:?}"
         );
-        // The guest's own initrd: a fw_cfg file for the shim.
+        // The guest's own initrd stays QEMU's -initrd (qboot's module, handed on by the shim).
         let mut own_initrd = s.clone();
         own_initrd.initrd = Some(PathBuf::from("/l/initrd"));
-        let a = argv(&own_initrd);
-        assert!(has_pair(&a, "-initrd", k.to_str().unwrap()), "{a:?}");
-        assert!(
-            has_pair(&a, "-fw_cfg", "name=opt/io.crid/initrd,file=/l/initrd"),
-            "{a:?}"
-        );
-        own_initrd.initrd = Some(PathBuf::from("/l,x/initrd"));
-        assert!(Qemu.plan(&own_initrd, Path::new("/q")).is_err());
+        assert!(has_pair(&argv(&own_initrd), "-initrd", "/l/initrd"));
+        let mut comma = s.clone();
+        comma.kernel = dir.path().join("a,b");
+        std::fs::write(&comma.kernel, pvh_elf32()).unwrap();
+        assert!(Qemu.plan(&comma, Path::new("/q")).is_err());
         // SeaBIOS when the kernel is no PVH ELF, the shim is off or no firmware is configured.
         let seabios = |s: &VmSpec| {
             let p = Qemu.plan(s, Path::new("/q")).unwrap();
             let plain = has_pair(&p.args, "-kernel", s.kernel.to_str().unwrap())
-                && !p.args.iter().any(|x| x == "-bios" || x == "-fw_cfg");
+                && !p
+                    .args
+                    .iter()
+                    .any(|x| x == "-bios" || x == "-fw_cfg" || x.starts_with("loader"));
             plain && p.firmware == Some(Firmware::SeaBios)
         };
         let mut not_pvh = s.clone();
@@ -838,6 +857,15 @@ mod tests {
         let mut no_bios = s.clone();
         no_bios.firmware = None;
         assert!(seabios(&no_bios));
+        // A PVH entry above 4 GiB cannot be entered in 32-bit mode.
+        let mut high = s.clone();
+        high.kernel = dir.path().join("high");
+        let mut elf = pvh_elf32();
+        elf[0x64..0x68].copy_from_slice(&8u32.to_le_bytes());
+        elf[68..72].copy_from_slice(&24u32.to_le_bytes());
+        elf[0x70..0x78].copy_from_slice(&0x1_0000_0000u64.to_le_bytes());
+        std::fs::write(&high.kernel, &elf).unwrap();
+        assert!(seabios(&high));
         // Without a PCI device, or for linux, the firmware loads the kernel itself.
         s.ninep_root = None;
         assert_eq!(
@@ -861,11 +889,12 @@ mod tests {
         let json = serde_json::to_value(Firmware::PciShim {
             bios: "/b".into(),
             shim: "/s".into(),
+            entry: 0x100000,
         })
         .unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"kind": "pci-shim", "bios": "/b", "shim": "/s"})
+            serde_json::json!({"kind": "pci-shim", "bios": "/b", "shim": "/s", "entry": 1048576})
         );
     }
 
@@ -1046,6 +1075,7 @@ mod tests {
         b[0x64..0x68].copy_from_slice(&4u32.to_le_bytes());
         b[0x68..0x6c].copy_from_slice(&18u32.to_le_bytes());
         b[0x6c..0x70].copy_from_slice(b"Xen\0");
+        b[0x70..0x74].copy_from_slice(&0x100000u32.to_le_bytes()); // the entry
         b
     }
 
@@ -1060,5 +1090,21 @@ mod tests {
         let mut huge = pvh_elf32();
         huge[68..72].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(has_pvh_note(&huge));
+        // The entry: 4 or 8 bytes; a note whose value is cut off or of another size is none.
+        assert_eq!(pvh_entry(&pvh_elf32()), Some(0x100000));
+        assert_eq!(pvh_entry(&pvh_elf32()[..0x72]), None);
+        let mut odd = pvh_elf32();
+        odd[0x64..0x68].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(pvh_entry(&odd), None);
+        // Program headers far past the image (or past any address) are none, not a panic.
+        let mut far = pvh_elf32();
+        far[0x1c..0x20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(pvh_entry(&far), None);
+        let mut far64 = pvh_elf32();
+        far64[4] = 2;
+        far64[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        far64[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        far64[0x38..0x3a].copy_from_slice(&2u16.to_le_bytes());
+        assert_eq!(pvh_entry(&far64), None);
     }
 }
