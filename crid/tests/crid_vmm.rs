@@ -632,6 +632,17 @@ async fn wait_prepared(crid: &Crid, guests: &[u32]) -> u32 {
     vmms[0]
 }
 
+/// The parent of process `pid` (the field after the command name in `/proc/PID/stat`).
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// Waits (bounded) until none of `pids` runs.
 async fn wait_gone(pids: &[u32], what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -776,6 +787,36 @@ async fn prepared_crid_vmm_is_handed_the_next_guest() {
     );
     let argv0 = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(argv0.starts_with(vmm.to_str().unwrap().as_bytes()));
+    // Its monitor let go of crid's socket once it had the container: stdin and stdout are
+    // /dev/null, no descriptor is a socket, and its environment is PATH alone.
+    let monitor = parent_of(pid);
+    let monitor_fds: Vec<String> = std::fs::read_dir(format!("/proc/{monitor}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            std::fs::read_link(e.path())
+                .unwrap_or_default()
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        monitor_fds.iter().all(|t| !t.starts_with("socket:")),
+        "the prepared monitor holds {monitor_fds:?}"
+    );
+    for fd in [0, 1] {
+        let target = std::fs::read_link(format!("/proc/{monitor}/fd/{fd}")).unwrap();
+        assert_eq!(target, Path::new("/dev/null"), "the monitor's fd {fd}");
+    }
+    let environ = std::fs::read(format!("/proc/{monitor}/environ")).unwrap();
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .filter(|v| !v.is_empty())
+            .all(|v| v.starts_with(b"PATH=")),
+        "the prepared monitor's environment: {:?}",
+        String::from_utf8_lossy(&environ)
+    );
 
     // Refilled, with another VMM.
     let next = wait_prepared(&crid, &[pid]).await;
@@ -783,14 +824,7 @@ async fn prepared_crid_vmm_is_handed_the_next_guest() {
 
     // crid dies with an entry waiting: the entry (the VMM and its monitor) ends, the guest
     // runs on.
-    let stat = std::fs::read_to_string(format!("/proc/{next}/stat")).unwrap();
-    let monitor: u32 = stat[stat.rfind(')').unwrap() + 1..]
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let waiting = [next, monitor];
+    let waiting = [next, parent_of(next)];
     crid.sigkill();
     wait_gone(&waiting, "the prepared monitor and VMM").await;
     assert!(
