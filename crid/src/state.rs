@@ -343,3 +343,30 @@ pub fn find_in_path(path: &std::path::Path) -> Result<std::path::PathBuf, String
         .find(|p| executable(p))
         .ok_or_else(|| format!("{} is not in PATH", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pci_shim_goes_under_the_root_unless_turned_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            root: dir.path().join("root"),
+            ..Config::default()
+        };
+        let vm = install_pci_shim(vm_settings(&config).unwrap());
+        let shim = dir.path().join("root/vm/pci-shim.elf");
+        assert_eq!(vm.pci_shim.as_deref(), Some(shim.as_path()));
+        assert_eq!(std::fs::read(&shim).unwrap(), sandbox::vm::pcishim::IMAGE);
+        config.vm.pci_shim = false;
+        assert_eq!(vm_settings(&config).unwrap().pci_shim, None);
+        // A root where nothing can be written: no shim, SeaBIOS (a warning, not a failure).
+        config.vm.pci_shim = true;
+        config.root = shim.join("not-a-directory");
+        assert_eq!(
+            install_pci_shim(vm_settings(&config).unwrap()).pci_shim,
+            None
+        );
+    }
+}
