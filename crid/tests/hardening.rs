@@ -1184,6 +1184,14 @@ async fn under_socket_activation_children_inherit_no_descriptor_or_variable() {
         .await;
     let (_, info) = h.status(&id).await;
     let init = info["pid"].as_i64().expect("pid in verbose info");
+    // StartContainer can return before the OCI runtime's init has executed the container's
+    // process (it still holds its sync descriptors until then): wait for `sleep` to run.
+    for _ in 0..100 {
+        if std::fs::read(format!("/proc/{init}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let init_fds: Vec<u32> = fds(init).iter().map(|(n, _)| *n).collect();
     assert_eq!(
         init_fds,
