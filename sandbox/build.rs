@@ -7,7 +7,7 @@ use std::process::Command;
 fn main() {
     let dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let src = dir.join("pcishim");
-    for file in ["build.sh", "shim.c", "shim.ld"] {
+    for file in ["build.sh", "shim.c", "shim.ld", "pvh.h"] {
         println!("cargo:rerun-if-changed={}", src.join(file).display());
     }
     let out =

@@ -22,105 +22,18 @@
  * No SSE, no libc, no interrupts: gcc -m32 -ffreestanding -nostdlib (build.sh).
  */
 
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
+#include "pvh.h"
 
 #define SERIAL 0x3f8
-#define HVM_START_MAGIC 0x336ec578u
 #define E820_RAM 1
 #define E820_RESERVED 2
 #define MAX_MEMMAP 64
 #define MAX_RAM 32
 #define FOUR_GIB 0x100000000ull
 
-struct hvm_start_info {
-	u32 magic;
-	u32 version;
-	u32 flags;
-	u32 nr_modules;
-	u64 modlist_paddr;
-	u64 cmdline_paddr;
-	u64 rsdp_paddr;
-	u64 memmap_paddr;
-	u32 memmap_entries;
-	u32 reserved;
-};
-
-struct hvm_modlist_entry {
-	u64 paddr;
-	u64 size;
-	u64 cmdline_paddr;
-	u64 reserved;
-};
-
-struct hvm_memmap_entry {
-	u64 addr;
-	u64 size;
-	u32 type;
-	u32 reserved;
-};
-
 extern u8 shim_start[], shim_end[];
 
-__asm__(".pushsection .note.pvh, \"a\", @note\n"
-	".balign 4\n"
-	".long 4\n"
-	".long 4\n"
-	".long 18\n" /* XEN_ELFNOTE_PHYS32_ENTRY */
-	".asciz \"Xen\"\n"
-	".balign 4\n"
-	".long _start\n"
-	".balign 4\n"
-	".popsection\n");
-
-__asm__(".pushsection .text.entry, \"ax\"\n"
-	".globl _start\n"
-	"_start:\n"
-	"  cli\n"
-	"  movl $stack_top, %esp\n"
-	"  pushl %ebx\n"
-	"  call shim_main\n"
-	"1: hlt\n"
-	"  jmp 1b\n"
-	".popsection\n");
-
-__asm__(".pushsection .bss\n"
-	".balign 16\n"
-	".skip 8192\n"
-	"stack_top:\n"
-	".popsection\n");
-
-static inline void outb(u16 port, u8 v)
-{
-	__asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port));
-}
-
-static inline void outw(u16 port, u16 v)
-{
-	__asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port));
-}
-
-static inline void outl(u16 port, u32 v)
-{
-	__asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port));
-}
-
-static inline u8 inb(u16 port)
-{
-	u8 v;
-	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
-	return v;
-}
-
-static inline u32 inl(u16 port)
-{
-	u32 v;
-	__asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
-	return v;
-}
+PVH_ENTRY(shim_main, 8192);
 
 static void puts(const char *s)
 {

@@ -17,69 +17,13 @@
  * No SSE, no libc: gcc -m32 -ffreestanding -mgeneral-regs-only -nostdlib -static.
  */
 
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long long u64;
+/* Types, start info, port I/O and the PVH entry, shared with crid's PCI shim. */
+#include "../../../pcishim/pvh.h"
 
-#define HVM_START_MAGIC 0x336ec578u
 #define SERIAL 0x3f8
 #define DEBUG_EXIT 0xf4
 
-struct hvm_start_info {
-	u32 magic;
-	u32 version;
-	u32 flags;
-	u32 nr_modules;
-	u64 modlist_paddr;
-	u64 cmdline_paddr;
-	u64 rsdp_paddr;
-	u64 memmap_paddr;
-	u32 memmap_entries;
-	u32 reserved;
-};
-
-/* The PVH note: namesz 4, descsz 4, type 18, name "Xen", desc the 32-bit entry address. */
-__asm__(".pushsection .note.pvh, \"a\", @note\n"
-	".balign 4\n"
-	".long 4\n"
-	".long 4\n"
-	".long 18\n"
-	".asciz \"Xen\"\n"
-	".balign 4\n"
-	".long _start\n"
-	".balign 4\n"
-	".popsection\n");
-
-__asm__(".pushsection .text.entry, \"ax\"\n"
-	".globl _start\n"
-	"_start:\n"
-	"  cli\n"
-	"  movl $stack_top, %esp\n"
-	"  pushl %ebx\n"
-	"  call guest_main\n"
-	"1: hlt\n"
-	"  jmp 1b\n"
-	".popsection\n");
-
-__asm__(".pushsection .bss\n"
-	".balign 16\n"
-	"stack_bottom:\n"
-	".skip 16384\n"
-	"stack_top:\n"
-	".popsection\n");
-
-static inline void outb(u16 port, u8 v)
-{
-	__asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port));
-}
-
-static inline u8 inb(u16 port)
-{
-	u8 v;
-	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
-	return v;
-}
+PVH_ENTRY(guest_main, 16384);
 
 static void putc(char c)
 {
@@ -136,12 +80,6 @@ static int param(const char *cmdline, const char *key)
 #include "pci.h"
 #include "ninep.h"
 
-struct hvm_modlist_entry {
-	u64 paddr;
-	u64 size;
-	u64 cmdline_paddr;
-	u64 reserved;
-};
 
 /* "initrd: N bytes: FIRST LINE" for the first module (at most 64 characters of it). */
 static void print_initrd(const struct hvm_start_info *info)

@@ -24,30 +24,6 @@
 #define LVQ_MAX 256
 #define LVQ_ALIGN 4096
 
-static inline void outw(u16 port, u16 v)
-{
-	__asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port));
-}
-
-static inline void outl(u16 port, u32 v)
-{
-	__asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port));
-}
-
-static inline u16 inw(u16 port)
-{
-	u16 v;
-	__asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port));
-	return v;
-}
-
-static inline u32 inl(u16 port)
-{
-	u32 v;
-	__asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
-	return v;
-}
-
 static u32 pci_read(u32 slot, u32 reg)
 {
 	outl(0xcf8, 0x80000000u | slot << 11 | (reg & 0xfc));
