@@ -180,22 +180,7 @@ async fn freestanding_guest_on_crid_vmm_through_the_cri() {
     assert_eq!(field("Seccomp"), "2", "{status}");
     assert_eq!(field("NoNewPrivs"), "1", "{status}");
     assert_eq!(field("CapEff"), "0000000000000000", "{status}");
-    let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
-    assert!(root.ends_with("vm/chroot"), "VMM root is {root:?}");
-    let rel = info["runtimeSpec"]["unikernel"]["request"]["cgroup"]
-        .as_str()
-        .expect("cgroup in verbose info")
-        .to_string();
-    let procs = std::fs::read_to_string(
-        Path::new("/sys/fs/cgroup/memory")
-            .join(&rel)
-            .join("cgroup.procs"),
-    )
-    .unwrap();
-    assert!(
-        procs.lines().any(|l| l.trim() == pid.to_string()),
-        "crid-vmm {pid} not in its cgroup: {procs:?}"
-    );
+    let rel = assert_chrooted_in_its_cgroup(pid, &info);
     eprintln!(
         "crid-vmm VmRSS with a halted 32 MiB guest: {} ",
         field("VmRSS")
@@ -730,22 +715,7 @@ async fn prepared_crid_vmm_is_handed_the_next_guest() {
     }
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert!(uid.split_whitespace().skip(1).all(|u| u != "0"), "{uid}");
-    let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
-    assert!(root.ends_with("vm/chroot"), "VMM root is {root:?}");
-    let rel = info["runtimeSpec"]["unikernel"]["request"]["cgroup"]
-        .as_str()
-        .expect("cgroup in verbose info")
-        .to_string();
-    let procs = std::fs::read_to_string(
-        Path::new("/sys/fs/cgroup/memory")
-            .join(&rel)
-            .join("cgroup.procs"),
-    )
-    .unwrap();
-    assert!(
-        procs.lines().any(|l| l.trim() == pid.to_string()),
-        "crid-vmm {pid} not in its cgroup: {procs:?}"
-    );
+    let rel = assert_chrooted_in_its_cgroup(pid, &info);
     // Standard input is /dev/null (not the hand-over socket), the output pipes to its monitor;
     // the environment is PATH alone.
     let fds: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -911,4 +881,26 @@ async fn no_crid_vmm_is_prepared_with_the_pool_off() {
     assert_eq!(prepared_count(&crid).await, None);
     assert!(prepared_processes(&crid).is_empty());
     crid.finish().await;
+}
+
+/// The VMM `pid` runs in its empty chroot and in the container's memory cgroup (from
+/// ContainerStatus verbose `info`); returns that cgroup's path below the controller.
+fn assert_chrooted_in_its_cgroup(pid: impl std::fmt::Display, info: &serde_json::Value) -> String {
+    let pid = pid.to_string();
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+    assert!(root.ends_with("vm/chroot"), "VMM root is {root:?}");
+    let rel = info["runtimeSpec"]["unikernel"]["request"]["cgroup"]
+        .as_str()
+        .expect("cgroup in verbose info");
+    let procs = std::fs::read_to_string(
+        Path::new("/sys/fs/cgroup/memory")
+            .join(rel)
+            .join("cgroup.procs"),
+    )
+    .unwrap();
+    assert!(
+        procs.lines().any(|l| l.trim() == pid),
+        "crid-vmm {pid} not in its cgroup: {procs:?}"
+    );
+    rel.to_string()
 }
