@@ -508,14 +508,18 @@ fn respawn_detached() -> i32 {
     }
 }
 
-/// Prints the ready line and detaches stdout (and stdin) from crid.
-fn report(ready: &Ready) {
+/// Prints a [`Ready`] line on stdout and keeps it open (a prepared monitor's socket to crid).
+fn report_line(ready: &Ready) {
     let mut line = serde_json::to_vec(ready).unwrap_or_default();
     line.push(b'\n');
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(&line);
     let _ = out.flush();
-    drop(out);
+}
+
+/// Prints the ready line and detaches stdout (and stdin) from crid.
+fn report(ready: &Ready) {
+    report_line(ready);
     if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
         let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
         let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
@@ -1124,9 +1128,7 @@ impl Monitor {
             }
         }
     }
-}
 
-impl Monitor {
     /// Reads the exit port: its first byte, N, chooses the exit status `(N << 1) | 1` and,
     /// with `kill`, ends the program, which has nothing left to do. Later bytes are ignored;
     /// at the end of the stream the port is closed.

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Launch, Monitor, MonitorSpec, Ready, become_supervisor, child_env, close_inherited_on_exec,
-    reap, report, take_container,
+    reap, report, report_line, take_container,
 };
 
 /// What the VMM writes on its socket once its VM is built (`crid_vmm::handover::READY`).
@@ -514,15 +514,6 @@ fn redirect_stderr(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     nix::unistd::dup2(file.as_raw_fd(), 2).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(())
-}
-
-/// Prints a [`Ready`] line on stdout and keeps it open (crid's socket).
-fn report_line(ready: &Ready) {
-    let mut line = serde_json::to_vec(ready).unwrap_or_default();
-    line.push(b'\n');
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(&line);
-    let _ = out.flush();
 }
 
 #[cfg(test)]
