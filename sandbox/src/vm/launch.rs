@@ -114,9 +114,7 @@ impl VmSettings {
             }),
         }
     }
-}
 
-impl VmSettings {
     /// QEMU's microvm build, when configured and installed.
     pub fn qemu_microvm(&self) -> Option<PathBuf> {
         let wanted = self.qemu_microvm.as_ref()?;
