@@ -28,7 +28,7 @@ use super::net;
 use super::virtiofs::{self, SharedRoot, Transport};
 use super::{
     DEFAULT_MEMORY_MIB, GuestNet, LaunchPlan, VmSpec, default_binary_dirs, find_binary,
-    hypervisor_for, resolve_in_layers, supported_pair,
+    hypervisor_for, resolve_in_layers,
 };
 use crate::SandboxError;
 
@@ -269,15 +269,7 @@ pub fn check(
     host: &KvmProbe,
 ) -> Result<AccelDecision, SandboxError> {
     let info = &req.info;
-    if !supported_pair(info.unikernel_type, info.hypervisor) {
-        return Err(SandboxError::UnsupportedGuest {
-            reason: format!(
-                "{} guests cannot run on {}",
-                super::type_name(info.unikernel_type),
-                super::hypervisor_name(info.hypervisor)
-            ),
-        });
-    }
+    super::check_pair(info)?;
     resolve_in_layers(&req.layer_dirs, &info.binary)?;
     for p in info.initrd.iter().chain(info.block.iter()) {
         resolve_in_layers(&req.layer_dirs, p)?;
@@ -326,15 +318,7 @@ pub fn prepare(
     host: &KvmProbe,
 ) -> Result<PreparedVm, SandboxError> {
     let info = &req.info;
-    if !supported_pair(info.unikernel_type, info.hypervisor) {
-        return Err(SandboxError::UnsupportedGuest {
-            reason: format!(
-                "{} guests cannot run on {}",
-                super::type_name(info.unikernel_type),
-                super::hypervisor_name(info.hypervisor)
-            ),
-        });
-    }
+    super::check_pair(info)?;
     let kernel = resolve_in_layers(&req.layer_dirs, &info.binary)?;
     let image_initrd = info
         .initrd

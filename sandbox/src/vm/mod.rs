@@ -346,43 +346,41 @@ pub fn default_binary_dirs() -> Vec<PathBuf> {
 /// Plans a guest: checks the guest/hypervisor pair, finds the monitor binary in `binary_dirs`
 /// and asks its backend for the launch plan.
 pub fn plan(spec: &VmSpec, binary_dirs: &[PathBuf]) -> Result<LaunchPlan, SandboxError> {
-    let kind = spec.info.hypervisor;
-    if !supported_pair(spec.info.unikernel_type, kind) {
-        return Err(SandboxError::UnsupportedGuest {
-            reason: format!(
-                "{} guests cannot run on {}",
-                type_name(spec.info.unikernel_type),
-                hypervisor_name(kind)
-            ),
-        });
-    }
-    if spec.memory_mib == 0 || spec.vcpus == 0 {
-        return Err(SandboxError::InvalidArgument {
-            reason: "guest memory and vCPUs must be positive".into(),
-        });
-    }
-    let binary = find_binary(hypervisor_for(kind).binary_name(), binary_dirs)?;
-    plan_with(spec, &binary)
+    check_plannable(spec)?;
+    let hypervisor = hypervisor_for(spec.info.hypervisor);
+    let binary = find_binary(hypervisor.binary_name(), binary_dirs)?;
+    hypervisor.plan(spec, &binary)
 }
 
 /// [`plan`] with the monitor binary already found.
 pub fn plan_with(spec: &VmSpec, binary: &Path) -> Result<LaunchPlan, SandboxError> {
-    let kind = spec.info.hypervisor;
-    if !supported_pair(spec.info.unikernel_type, kind) {
-        return Err(SandboxError::UnsupportedGuest {
-            reason: format!(
-                "{} guests cannot run on {}",
-                type_name(spec.info.unikernel_type),
-                hypervisor_name(kind)
-            ),
-        });
-    }
+    check_plannable(spec)?;
+    hypervisor_for(spec.info.hypervisor).plan(spec, binary)
+}
+
+/// Refuses what no backend plans: a pair urunc does not support, no memory or no vCPUs.
+fn check_plannable(spec: &VmSpec) -> Result<(), SandboxError> {
+    check_pair(&spec.info)?;
     if spec.memory_mib == 0 || spec.vcpus == 0 {
         return Err(SandboxError::InvalidArgument {
             reason: "guest memory and vCPUs must be positive".into(),
         });
     }
-    hypervisor_for(kind).plan(spec, binary)
+    Ok(())
+}
+
+/// Refuses a guest/hypervisor pair that [`supported_pair`] rules out.
+fn check_pair(info: &UnikernelInfo) -> Result<(), SandboxError> {
+    if supported_pair(info.unikernel_type, info.hypervisor) {
+        return Ok(());
+    }
+    Err(SandboxError::UnsupportedGuest {
+        reason: format!(
+            "{} guests cannot run on {}",
+            type_name(info.unikernel_type),
+            hypervisor_name(info.hypervisor)
+        ),
+    })
 }
 
 /// The urunc spelling of a guest type.
