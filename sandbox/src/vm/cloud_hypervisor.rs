@@ -6,8 +6,8 @@ use std::path::Path;
 use imagestore::HypervisorKind;
 
 use super::{
-    ExitMapping, Hypervisor, LaunchPlan, VmSpec, cmdline::guest_cmdline, path_arg,
-    qemu::check_ifname, require_kvm,
+    Hypervisor, LaunchPlan, VmSpec, cmdline::guest_cmdline, path_arg, qemu::check_ifname,
+    require_kvm,
 };
 use crate::SandboxError;
 
@@ -57,23 +57,19 @@ impl Hypervisor for CloudHypervisor {
             a.push("--net".into());
             a.push(format!("tap={},mac={}", net.tap, net.mac));
         }
-        Ok(LaunchPlan {
-            hypervisor: HypervisorKind::CloudHypervisor,
-            program: binary.to_path_buf(),
-            args: a,
-            files: vec![],
-            accelerator: spec.accelerator,
-            guest_cmdline: cmdline,
-            exit_mapping: ExitMapping::Direct,
-            firmware: None,
-            exit_port: None,
-            seccomp: None,
-        })
+        Ok(LaunchPlan::direct(
+            HypervisorKind::CloudHypervisor,
+            binary,
+            a,
+            spec.accelerator,
+            cmdline,
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::ExitMapping;
     use super::super::testutil::{net, spec};
     use super::*;
     use imagestore::UnikernelType as T;

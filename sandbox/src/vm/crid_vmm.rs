@@ -21,8 +21,8 @@ use imagestore::{HypervisorKind, UnikernelInfo, UnikernelType, VirtioTransport};
 use super::accel::KvmProbe;
 use super::launch::VmSettings;
 use super::{
-    ExitMapping, Hypervisor, LaunchPlan, VmSpec, cmdline::guest_cmdline, path_arg,
-    qemu::check_ifname, require_kvm, resolve_in_layers,
+    Hypervisor, LaunchPlan, VmSpec, cmdline::guest_cmdline, path_arg, qemu::check_ifname,
+    require_kvm, resolve_in_layers,
 };
 use crate::SandboxError;
 
@@ -84,18 +84,13 @@ impl Hypervisor for CridVmm {
         if let Some(dir) = &spec.chroot {
             args.extend(["--chroot".into(), path_arg(dir)?]);
         }
-        Ok(LaunchPlan {
-            hypervisor: HypervisorKind::Crid,
-            program: binary.to_path_buf(),
+        Ok(LaunchPlan::direct(
+            HypervisorKind::Crid,
+            binary,
             args,
-            files: vec![],
-            accelerator: spec.accelerator,
-            guest_cmdline: cmdline,
-            exit_mapping: ExitMapping::Direct,
-            firmware: None,
-            exit_port: None,
-            seccomp: None,
-        })
+            spec.accelerator,
+            cmdline,
+        ))
     }
 }
 
@@ -183,6 +178,7 @@ fn kernel_head(path: &Path) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ExitMapping;
     use super::super::testutil::*;
     use super::*;
 

@@ -8,8 +8,8 @@ use imagestore::HypervisorKind;
 use serde_json::json;
 
 use super::{
-    ExitMapping, Hypervisor, LaunchPlan, PlanFile, VmSpec, cmdline::guest_cmdline, path_arg,
-    qemu::check_ifname, require_kvm,
+    Hypervisor, LaunchPlan, PlanFile, VmSpec, cmdline::guest_cmdline, path_arg, qemu::check_ifname,
+    require_kvm,
 };
 use crate::SandboxError;
 
@@ -69,23 +69,22 @@ impl Hypervisor for Firecracker {
             serde_json::to_string_pretty(&config).map_err(|e| SandboxError::InvalidArgument {
                 reason: format!("firecracker config: {e}"),
             })?;
+        let args = vec![
+            "--no-api".into(),
+            "--config-file".into(),
+            path_arg(&path)?,
+            "--level".into(),
+            "Warning".into(),
+        ];
         Ok(LaunchPlan {
-            hypervisor: HypervisorKind::Firecracker,
-            program: binary.to_path_buf(),
-            args: vec![
-                "--no-api".into(),
-                "--config-file".into(),
-                path_arg(&path)?,
-                "--level".into(),
-                "Warning".into(),
-            ],
             files: vec![PlanFile { path, contents }],
-            accelerator: spec.accelerator,
-            guest_cmdline: cmdline,
-            exit_mapping: ExitMapping::Direct,
-            firmware: None,
-            exit_port: None,
-            seccomp: None,
+            ..LaunchPlan::direct(
+                HypervisorKind::Firecracker,
+                binary,
+                args,
+                spec.accelerator,
+                cmdline,
+            )
         })
     }
 }

@@ -228,6 +228,29 @@ pub struct LaunchPlan {
 }
 
 impl LaunchPlan {
+    /// A plan whose VMM boots the kernel itself and exits with the guest's code
+    /// ([`ExitMapping::Direct`]), with no files to write.
+    fn direct(
+        hypervisor: HypervisorKind,
+        program: &Path,
+        args: Vec<String>,
+        accelerator: Accelerator,
+        guest_cmdline: String,
+    ) -> Self {
+        LaunchPlan {
+            hypervisor,
+            program: program.to_path_buf(),
+            args,
+            files: vec![],
+            accelerator,
+            guest_cmdline,
+            exit_mapping: ExitMapping::Direct,
+            firmware: None,
+            exit_port: None,
+            seccomp: None,
+        }
+    }
+
     /// Writes the plan's files (mode 0600), creating their directories.
     pub fn write_files(&self) -> Result<(), SandboxError> {
         use std::io::Write;
@@ -562,19 +585,17 @@ mod tests {
     fn write_files_creates_and_removes() {
         let dir = tempfile::tempdir().unwrap();
         let plan = LaunchPlan {
-            hypervisor: HypervisorKind::Firecracker,
-            program: "/fc".into(),
-            args: vec![],
             files: vec![PlanFile {
                 path: dir.path().join("a/b.json"),
                 contents: "{}".into(),
             }],
-            accelerator: Accelerator::Kvm,
-            guest_cmdline: String::new(),
-            exit_mapping: ExitMapping::Direct,
-            firmware: None,
-            exit_port: None,
-            seccomp: None,
+            ..LaunchPlan::direct(
+                HypervisorKind::Firecracker,
+                Path::new("/fc"),
+                vec![],
+                Accelerator::Kvm,
+                String::new(),
+            )
         };
         plan.write_files().unwrap();
         assert_eq!(

@@ -8,7 +8,7 @@ use std::path::Path;
 use imagestore::{HypervisorKind, UnikernelType};
 
 use super::{
-    Accelerator, ExitMapping, Hypervisor, LaunchPlan, VmSpec, cmdline::guest_cmdline, path_arg,
+    Accelerator, Hypervisor, LaunchPlan, VmSpec, cmdline::guest_cmdline, path_arg,
     qemu::check_ifname,
 };
 use crate::SandboxError;
@@ -77,18 +77,13 @@ impl Hypervisor for Solo5 {
         if !cmdline.is_empty() {
             a.push(cmdline.clone());
         }
-        Ok(LaunchPlan {
-            hypervisor: self.kind(),
-            program: binary.to_path_buf(),
-            args: a,
-            files: vec![],
+        Ok(LaunchPlan::direct(
+            self.kind(),
+            binary,
+            a,
             accelerator,
-            guest_cmdline: cmdline,
-            exit_mapping: ExitMapping::Direct,
-            firmware: None,
-            exit_port: None,
-            seccomp: None,
-        })
+            cmdline,
+        ))
     }
 }
 
