@@ -1253,35 +1253,20 @@ mod tests {
         };
         assert!(validate(&base, &pod, root).is_ok());
         type Case = Box<dyn Fn(&mut ContainerConfig)>;
+        let mount = |host: &'static str, container: &'static str| -> Case {
+            Box::new(move |c| {
+                c.mounts.push(MountSpec {
+                    host_path: host.into(),
+                    container_path: container.into(),
+                    ..Default::default()
+                })
+            })
+        };
         let cases: Vec<Case> = vec![
-            Box::new(|c| {
-                c.mounts.push(MountSpec {
-                    host_path: "rel".into(),
-                    container_path: "/x".into(),
-                    ..Default::default()
-                })
-            }),
-            Box::new(|c| {
-                c.mounts.push(MountSpec {
-                    host_path: "/a/../etc".into(),
-                    container_path: "/x".into(),
-                    ..Default::default()
-                })
-            }),
-            Box::new(|c| {
-                c.mounts.push(MountSpec {
-                    host_path: "/tmp".into(),
-                    container_path: "/proc".into(),
-                    ..Default::default()
-                })
-            }),
-            Box::new(|c| {
-                c.mounts.push(MountSpec {
-                    host_path: "/tmp".into(),
-                    container_path: "/proc/sys".into(),
-                    ..Default::default()
-                })
-            }),
+            mount("rel", "/x"),
+            mount("/a/../etc", "/x"),
+            mount("/tmp", "/proc"),
+            mount("/tmp", "/proc/sys"),
             Box::new(|c| c.security.add_capabilities.push("BOGUS".into())),
             Box::new(|c| c.security.seccomp = SeccompProfile::Localhost("/etc/passwd".into())),
             Box::new(|c| {
