@@ -52,7 +52,7 @@ pub struct PtyResize(pub OwnedFd);
 
 impl Resize for PtyResize {
     fn resize(&self, width: u16, height: u16) -> io::Result<()> {
-        super::sys::set_window_size(&self.0, width, height)
+        sandbox::monitor::set_window_size(&self.0, width, height)
     }
 }
 

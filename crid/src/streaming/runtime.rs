@@ -93,7 +93,7 @@ struct RuncResize {
 
 impl Resize for RuncResize {
     fn resize(&self, width: u16, height: u16) -> std::io::Result<()> {
-        super::sys::set_window_size(&self.master, width, height)?;
+        sandbox::monitor::set_window_size(&self.master, width, height)?;
         if let Some(pid) = self.runc_pid {
             super::sys::signal_winch(pid)?;
         }

@@ -1,6 +1,5 @@
-//! The streaming server's kernel calls: pseudo-terminals, window size, and connecting a TCP
-//! socket from inside another network namespace.
-#![allow(unsafe_code)]
+//! The streaming server's kernel calls: pseudo-terminals and connecting a TCP socket from
+//! inside another network namespace (a terminal's window size is `sandbox::monitor`'s).
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -22,30 +21,6 @@ pub fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(io::Error::from)?;
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
     fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
-    Ok(())
-}
-
-/// Sets a terminal's window size (TIOCSWINSZ); the kernel sends SIGWINCH to its foreground
-/// process group.
-pub fn set_window_size(fd: &OwnedFd, width: u16, height: u16) -> io::Result<()> {
-    let ws = libc::winsize {
-        ws_row: height,
-        ws_col: width,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one `winsize` through the pointer, which points to a live,
-    // initialised value for the duration of the call; the fd is owned and open.
-    let rc = unsafe {
-        libc::ioctl(
-            fd.as_raw_fd(),
-            libc::TIOCSWINSZ,
-            &ws as *const libc::winsize,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
     Ok(())
 }
 

@@ -45,7 +45,7 @@ pub mod seccomp;
 mod sys;
 pub mod userns;
 
-pub use self::sys::{close_inherited_on_exec, join_before_exec};
+pub use self::sys::{close_inherited_on_exec, join_before_exec, set_window_size};
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
