@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Crid, Net, RegistryProxy, mounts_under, plain_http_registry, write_config};
+use common::{Crid, Net, RegistryProxy, mounts_under, noise, plain_http_registry, write_config};
 use conformance::fixtures::build::{Compression, Format, ImageSpec, Layer, TarBuilder, image};
 use proto::cri;
 use tonic::Code;
@@ -120,19 +120,6 @@ impl Drop for LoopFs {
             .arg(&self.mountpoint)
             .status();
     }
-}
-
-/// A deterministic, incompressible byte stream.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// Pushes an image of one incompressible `size`-byte file to `reg` as `repo:tag`.

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Crid, Net, RegistryProxy, mounts_under, plain_http_registry, write_config};
+use common::{Crid, Net, RegistryProxy, mounts_under, noise, plain_http_registry, write_config};
 use conformance::fixtures::build::{Compression, Format, ImageSpec, Layer, TarBuilder, image};
 use proto::cri;
 
@@ -322,19 +322,6 @@ async fn thirty_runc_and_five_unikernel_pods_at_once_leave_nothing() {
 #[ignore = "full size (100 runc + 20 unikernel pods); run by hand"]
 async fn a_hundred_runc_and_twenty_unikernel_pods_at_once_leave_nothing() {
     pods_at_scale(100, 20).await;
-}
-
-/// A deterministic, incompressible byte stream.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Crid, Net, mounts_under, plain_http_registry, write_config};
+use common::{Crid, Net, mounts_under, noise, plain_http_registry, write_config};
 use conformance::fixtures::build::{Compression, Format, ImageSpec, Layer, TarBuilder, image};
 use conformance::fixtures::fake_registry::{Content, FakeRegistry};
 use proto::cri;
@@ -285,19 +285,6 @@ async fn a_corrupt_pod_record_is_quarantined_and_its_pieces_released() {
     crid.stop_and_remove_pod(&again).await;
     crid.stop_and_remove_pod(&good).await;
     assert_no_pod_leftovers(dir, &net, &crid.log());
-}
-
-/// A deterministic, incompressible byte stream.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn layer(name: &str, size: usize, seed: u64) -> Layer {

@@ -1120,6 +1120,19 @@ pub fn tree_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// A deterministic, incompressible byte stream.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// On drop (also when a test fails): [`release_leftovers`], which kills the processes whose
 /// command line names `dir` (monitors, VMMs, plugins; crid itself is stopped by [`Crid`]'s
 /// drop first when declared after this guard).
