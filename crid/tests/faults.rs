@@ -215,35 +215,6 @@ async fn reopen_log(crid: &Crid, id: &str) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
-async fn container_ids(crid: &Crid) -> Vec<String> {
-    crid.cri
-        .runtime
-        .clone()
-        .list_containers(cri::ListContainersRequest { filter: None })
-        .await
-        .expect("list containers")
-        .into_inner()
-        .containers
-        .into_iter()
-        .map(|c| c.id)
-        .collect()
-}
-
-async fn remove_container(crid: &Crid, id: &str) {
-    let mut rt = crid.cri.runtime.clone();
-    rt.stop_container(cri::StopContainerRequest {
-        container_id: id.into(),
-        timeout: 2,
-    })
-    .await
-    .unwrap_or_else(|e| panic!("stop {id}: {e}\n{}", crid.log()));
-    rt.remove_container(cri::RemoveContainerRequest {
-        container_id: id.into(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("remove {id}: {e}\n{}", crid.log()));
-}
-
 /// Lines of a CRI log file.
 fn log_lines(path: &Path) -> usize {
     std::fs::read_to_string(path)
@@ -395,7 +366,7 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
     .await
     .unwrap_err();
     assert_exhausted(&e, "CreateContainer", &crid);
-    let mut ids = container_ids(&crid).await;
+    let mut ids: Vec<String> = crid.containers().await.into_iter().map(|c| c.id).collect();
     ids.sort();
     let mut expected = vec![logger.clone(), victim.clone(), late.clone(), late2.clone()];
     expected.sort();
@@ -533,7 +504,7 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
         .unwrap_or_else(|e| panic!("run pod after freeing: {e}\n{}", crid.log()));
 
     for id in [&logger, &second, &victim, &late, &late2] {
-        remove_container(&crid, id).await;
+        crid.stop_and_remove_container(id).await;
     }
     for p in [&pod, &pod2, &outside] {
         crid.stop_and_remove_pod(p).await;
@@ -722,7 +693,7 @@ async fn a_hypervisor_killed_mid_boot_is_an_exited_container_with_a_reason() {
         "{s:?}"
     );
     // The daemon carries on: the container is removable and another guest starts.
-    remove_container(&crid, &id).await;
+    crid.stop_and_remove_container(&id).await;
     // The crashed guest's tap is gone: the pod takes a new guest (one per pod).
     let config = common::container_config(&guest, "again", &["exit=4"]);
     let again = create(&crid, &pod, &pod_config, config)
@@ -731,7 +702,7 @@ async fn a_hypervisor_killed_mid_boot_is_an_exited_container_with_a_reason() {
     crid.start_container(&again).await;
     let s = wait_state(&crid, &again, cri::ContainerState::ContainerExited).await;
     assert_eq!(s.exit_code, 4, "{s:?}\n{}", crid.log());
-    remove_container(&crid, &again).await;
+    crid.stop_and_remove_container(&again).await;
     crid.stop_and_remove_pod(&pod).await;
     assert!(qemu_pid(dir).is_none());
     assert!(common::pins(dir).is_empty(), "{:?}", common::pins(dir));

@@ -148,17 +148,6 @@ async fn delete(crid: &Crid, pod: &str, id: &str) -> Result<(), tonic::Status> {
     Ok(())
 }
 
-async fn containers(crid: &Crid) -> Vec<cri::Container> {
-    crid.cri
-        .runtime
-        .clone()
-        .list_containers(cri::ListContainersRequest { filter: None })
-        .await
-        .expect("list containers")
-        .into_inner()
-        .containers
-}
-
 /// Everything of crid's that a deleted pod could leave behind, as one printable list.
 fn leaks(crid: &Crid, net: &Net, parent: &str) -> Vec<String> {
     let dir = crid.dir.as_path();
@@ -255,7 +244,7 @@ async fn pods_at_scale(runc_pods: usize, vm_pods: usize) {
         );
     }
     let create_time = started.elapsed();
-    let all = containers(&crid).await;
+    let all = crid.containers().await;
     assert_eq!(all.len(), runc_pods + vm_pods);
     let running = all
         .iter()
@@ -282,7 +271,7 @@ async fn pods_at_scale(runc_pods: usize, vm_pods: usize) {
     }
     let delete_time = deleting.elapsed();
     assert!(crid.pods().await.is_empty());
-    assert!(containers(&crid).await.is_empty());
+    assert!(crid.containers().await.is_empty());
     // Monitors and VMMs exit on their own after the removal; give them a bounded moment.
     let mut left = leaks(&crid, &net, &parent);
     for _ in 0..100 {

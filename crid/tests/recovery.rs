@@ -626,32 +626,6 @@ async fn create_container(
         .map(|r| r.into_inner().container_id)
 }
 
-async fn containers(crid: &Crid) -> Vec<cri::Container> {
-    crid.cri
-        .runtime
-        .clone()
-        .list_containers(cri::ListContainersRequest { filter: None })
-        .await
-        .expect("list containers")
-        .into_inner()
-        .containers
-}
-
-async fn stop_and_remove_container(crid: &Crid, id: &str) {
-    let mut rt = crid.cri.runtime.clone();
-    rt.stop_container(cri::StopContainerRequest {
-        container_id: id.into(),
-        timeout: 2,
-    })
-    .await
-    .unwrap_or_else(|e| panic!("stop {id}: {e}\n{}", crid.log()));
-    rt.remove_container(cri::RemoveContainerRequest {
-        container_id: id.into(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("remove {id}: {e}\n{}", crid.log()));
-}
-
 /// Kills every process of the test's containers and monitors and unmounts what crid
 /// mounted, as a reboot would.
 fn reboot_containers(dir: &Path) {
@@ -711,7 +685,7 @@ async fn reboot_with_containers_leaves_them_stopped_and_removable() {
         "{}",
         crid.log()
     );
-    let list = containers(&crid).await;
+    let list = crid.containers().await;
     assert_eq!(list.len(), 2, "{list:?}");
     let state_of = |id: &str| list.iter().find(|c| c.id == id).map(|c| c.state);
     eprintln!(
@@ -747,10 +721,10 @@ async fn reboot_with_containers_leaves_them_stopped_and_removable() {
     want.sort_unstable();
     assert_eq!(ids, want);
     for id in [&running, &created] {
-        stop_and_remove_container(&crid, id).await;
+        crid.stop_and_remove_container(id).await;
     }
     crid.stop_and_remove_pod(&pod).await;
-    assert!(containers(&crid).await.is_empty());
+    assert!(crid.containers().await.is_empty());
     assert_no_pod_leftovers(dir, &net, &crid.log());
     let procs = common::processes_under(dir, crid.pid());
     assert!(procs.is_empty(), "processes left: {procs:?}");
@@ -790,7 +764,7 @@ async fn sigkill_during_create_and_start_container() {
 
     let crid = Crid::start(dir).await;
     assert_eq!(pod_state(&crid, &pod).await, Some(READY));
-    for c in containers(&crid).await {
+    for c in crid.containers().await {
         eprintln!(
             "after a kill during CreateContainer: {} is {}",
             c.id, c.state
@@ -800,7 +774,7 @@ async fn sigkill_during_create_and_start_container() {
             cri::ContainerState::ContainerRunning as i32,
             "a container nobody started runs"
         );
-        stop_and_remove_container(&crid, &c.id).await;
+        crid.stop_and_remove_container(&c.id).await;
     }
     // The same name can be created again, and started.
     let id = create_container(&crid, &pod, &image, "c", &["sleep", "1000"])
@@ -820,10 +794,10 @@ async fn sigkill_during_create_and_start_container() {
     let _ = call.await;
 
     let crid = Crid::start(dir).await;
-    let list = containers(&crid).await;
+    let list = crid.containers().await;
     assert_eq!(list.len(), 1, "{list:?}");
     eprintln!("after a kill during StartContainer: {}", list[0].state);
-    stop_and_remove_container(&crid, &id).await;
+    crid.stop_and_remove_container(&id).await;
     let rootfs = dir.join("root/containers").join(&id);
     assert!(!rootfs.exists(), "container directory left behind");
     crid.stop_and_remove_pod(&pod).await;
@@ -878,7 +852,7 @@ async fn a_corrupt_container_record_is_quarantined_and_its_container_released() 
     std::fs::write(&record, &bytes[..bytes.len() / 2]).unwrap();
 
     let crid = Crid::start(dir).await;
-    let list = containers(&crid).await;
+    let list = crid.containers().await;
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0].id, fine);
     assert_eq!(list[0].state, cri::ContainerState::ContainerRunning as i32);
@@ -923,7 +897,7 @@ async fn a_corrupt_container_record_is_quarantined_and_its_container_released() 
         .await
         .unwrap_or_else(|e| panic!("same-name container: {e}\n{}", crid.log()));
     for id in [&again, &fine] {
-        stop_and_remove_container(&crid, id).await;
+        crid.stop_and_remove_container(id).await;
     }
     crid.stop_and_remove_pod(&pod).await;
     assert_no_pod_leftovers(dir, &net, &crid.log());
@@ -1063,7 +1037,7 @@ async fn a_user_namespace_pod_survives_a_restart() {
     assert_eq!((meta.uid(), meta.gid()), (UID_BASE, GID_BASE), "on disk");
 
     for id in [&before, &after] {
-        stop_and_remove_container(&crid, id).await;
+        crid.stop_and_remove_container(id).await;
     }
     crid.stop_and_remove_pod(&pod.0).await;
     assert_no_pod_leftovers(dir, &net, &crid.log());
@@ -1108,7 +1082,7 @@ async fn image_leases_are_rebuilt_from_the_container_records_at_start_up() {
             .unwrap_or(0)
     };
     assert_eq!(layers(), 1, "the leased image's layer went\n{}", crid.log());
-    stop_and_remove_container(&crid, &id).await;
+    crid.stop_and_remove_container(&id).await;
     assert_eq!(layers(), 0, "the layer outlived its last lease");
     crid.stop_and_remove_pod(&pod).await;
     assert_no_pod_leftovers(dir, &net, &crid.log());

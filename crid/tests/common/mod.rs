@@ -717,6 +717,23 @@ impl Crid {
             .unwrap_or_else(|e| panic!("remove {id}: {e}\n{}", self.log()));
     }
 
+    /// Stops a container (a grace period of 2 s) and removes it, panicking with crid's log on
+    /// failure.
+    pub async fn stop_and_remove_container(&self, id: &str) {
+        self.stop_container(id, 2).await;
+        self.remove_container(id).await;
+    }
+
+    /// Every container crid lists.
+    pub async fn containers(&self) -> Vec<cri::Container> {
+        self.rt()
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .expect("list containers")
+            .into_inner()
+            .containers
+    }
+
     /// Starts a created container, panicking with crid's log on failure.
     pub async fn start_container(&self, id: &str) {
         self.rt()
