@@ -272,6 +272,22 @@ fn log_path(crid: &Crid, pod: &str, name: &str) -> PathBuf {
     crid.path().join("logs").join(pod).join(name).join("0.log")
 }
 
+/// What container `name` of pod `pod` logged, line by line (stdout and stderr).
+fn logged(crid: &Crid, pod: &str, name: &str) -> Vec<String> {
+    log_records(&log_path(crid, pod, name))
+        .into_iter()
+        .map(|r| r.2)
+        .collect()
+}
+
+/// [`logged`] with each line's runs of white space folded to one space.
+fn logged_words(crid: &Crid, pod: &str, name: &str) -> Vec<String> {
+    logged(crid, pod, name)
+        .iter()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_exit_codes_env_user_and_workdir() {
     let Some(image) = image() else { return };
@@ -324,24 +340,15 @@ async fn logs_exit_codes_env_user_and_workdir() {
     }];
     c.working_dir = "/tmp".into();
     security(&mut c).run_as_username = "nobody".into();
-    let ok = crid.create_start(&pod, c).await;
-    let s = crid
-        .wait_state(&ok, cri::ContainerState::ContainerExited)
-        .await;
+    let s = crid.run_to_exit(&pod, c).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
-    let out: Vec<String> = log_records(&log_path(&crid, "logs", "env"))
-        .into_iter()
-        .map(|r| r.2)
-        .collect();
+    let out = logged(&crid, "logs", "env");
     assert_eq!(out, vec!["bar baz", "/tmp", "65534", "65534", "65534 50"]);
 
     // A terminal: runc hands the pty to the monitor, which logs it as stdout.
     let mut c = container(&image, "tty", &["sh", "-c", "tty; echo on-tty"]);
     c.tty = true;
-    let id = crid.create_start(&pod, c).await;
-    let s = crid
-        .wait_state(&id, cri::ContainerState::ContainerExited)
-        .await;
+    let s = crid.run_to_exit(&pod, c).await;
     assert_eq!(s.exit_code, 0);
     let out: Vec<String> = log_records(&log_path(&crid, "logs", "tty"))
         .into_iter()
@@ -352,13 +359,8 @@ async fn logs_exit_codes_env_user_and_workdir() {
     let mut c = container(&image, "uid", &["sh", "-c", "id -u; id -g"]);
     security(&mut c).run_as_user = Some(cri::Int64Value { value: 1234 });
     security(&mut c).run_as_group = Some(cri::Int64Value { value: 5678 });
-    let id = crid.create_start(&pod, c).await;
-    crid.wait_state(&id, cri::ContainerState::ContainerExited)
-        .await;
-    let out: Vec<String> = log_records(&log_path(&crid, "logs", "uid"))
-        .into_iter()
-        .map(|r| r.2)
-        .collect();
+    crid.run_to_exit(&pod, c).await;
+    let out = logged(&crid, "logs", "uid");
     assert_eq!(out, vec!["1234", "5678"]);
     crid.finish().await;
 }
@@ -391,10 +393,7 @@ async fn mounts_readonly_rootfs_capabilities_and_seccomp() {
         });
     }
     security(&mut c).readonly_rootfs = true;
-    let id = crid.create_start(&pod, c).await;
-    let s = crid
-        .wait_state(&id, cri::ContainerState::ContainerExited)
-        .await;
+    let s = crid.run_to_exit(&pod, c).await;
     assert_eq!(s.exit_code, 0);
     let out: Vec<String> = log_records(&log_path(&crid, "sec", "mounts"))
         .into_iter()
@@ -421,13 +420,8 @@ async fn mounts_readonly_rootfs_capabilities_and_seccomp() {
         profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
         ..Default::default()
     });
-    let id = crid.create_start(&pod, c).await;
-    crid.wait_state(&id, cri::ContainerState::ContainerExited)
-        .await;
-    let text: Vec<String> = log_records(&log_path(&crid, "sec", "caps"))
-        .into_iter()
-        .map(|r| r.2.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect();
+    crid.run_to_exit(&pod, c).await;
+    let text = logged_words(&crid, "sec", "caps");
     assert_eq!(text, vec!["CapEff: 0000000000001000", "Seccomp: 2"]);
 
     let mut c = container(&image, "unconfined", &["sh", "-c", status_line]);
@@ -435,13 +429,8 @@ async fn mounts_readonly_rootfs_capabilities_and_seccomp() {
         profile_type: cri::security_profile::ProfileType::Unconfined as i32,
         ..Default::default()
     });
-    let id = crid.create_start(&pod, c).await;
-    crid.wait_state(&id, cri::ContainerState::ContainerExited)
-        .await;
-    let text: Vec<String> = log_records(&log_path(&crid, "sec", "unconfined"))
-        .into_iter()
-        .map(|r| r.2.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect();
+    crid.run_to_exit(&pod, c).await;
+    let text = logged_words(&crid, "sec", "unconfined");
     // The default set: chown dac_override fowner fsetid kill setgid setuid setpcap
     // net_bind_service net_raw sys_chroot mknod audit_write setfcap.
     assert_eq!(text, vec!["CapEff: 00000000a80425fb", "Seccomp: 0"]);
@@ -465,9 +454,7 @@ async fn mounts_readonly_rootfs_capabilities_and_seccomp() {
             .display()
             .to_string(),
     });
-    let id = crid.create_start(&pod, c).await;
-    crid.wait_state(&id, cri::ContainerState::ContainerExited)
-        .await;
+    crid.run_to_exit(&pod, c).await;
     let out: Vec<String> = log_records(&log_path(&crid, "sec", "localhost"))
         .into_iter()
         .filter(|r| r.0 == "stdout")
@@ -493,10 +480,7 @@ async fn memory_limit_kills_a_hog_with_oomkilled() {
         memory_limit_in_bytes: 32 << 20,
         ..Default::default()
     });
-    let id = crid.create_start(&pod, c).await;
-    let s = crid
-        .wait_state(&id, cri::ContainerState::ContainerExited)
-        .await;
+    let s = crid.run_to_exit(&pod, c).await;
     assert_eq!(
         (s.exit_code, s.reason.as_str()),
         (137, "OOMKilled"),
@@ -782,10 +766,7 @@ async fn containers_survive_a_crid_sigkill() {
         .wait_state(&short, cri::ContainerState::ContainerExited)
         .await;
     assert_eq!((s.exit_code, s.reason.as_str()), (7, "Error"));
-    let out: Vec<String> = log_records(&log_path(&crid, "restart", "short"))
-        .into_iter()
-        .map(|r| r.2)
-        .collect();
+    let out = logged(&crid, "restart", "short");
     assert_eq!(out, vec!["started", "done"]);
     // The re-attached container still stops normally.
     crid.rt()
@@ -979,13 +960,8 @@ async fn pod_wide_pid_namespace_through_the_holder() {
     let a = crid.create_start(&pod, a).await;
     let mut b = container(&image, "ps", &["ps", "-o", "pid,args"]);
     pod_ns(&mut security(&mut b).namespace_options);
-    let b = crid.create_start(&pod, b).await;
-    crid.wait_state(&b, cri::ContainerState::ContainerExited)
-        .await;
-    let out: Vec<String> = log_records(&log_path(&crid, "pidns", "ps"))
-        .into_iter()
-        .map(|r| r.2.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect();
+    crid.run_to_exit(&pod, b).await;
+    let out = logged_words(&crid, "pidns", "ps");
     assert!(
         out.iter()
             .any(|l| l.starts_with("1 ") && l.contains("--pid-namespace")),

@@ -763,6 +763,18 @@ impl Crid {
         id
     }
 
+    /// Creates and starts a container in `pod`, then waits (bounded: 60 s) until it exited;
+    /// returns its status.
+    pub async fn run_to_exit(
+        &self,
+        pod: &(String, cri::PodSandboxConfig),
+        config: cri::ContainerConfig,
+    ) -> cri::ContainerStatus {
+        let id = self.create_start(pod, config).await;
+        self.wait_state(&id, cri::ContainerState::ContainerExited)
+            .await
+    }
+
     /// A container's status and its verbose info.
     pub async fn container_status(&self, id: &str) -> (cri::ContainerStatus, serde_json::Value) {
         let r = self
