@@ -660,18 +660,9 @@ async fn import_oci_layout_and_docker_save_tarballs() {
         "example.com/imported/busybox:1.0",
     );
     tar_dir(&dir.join("oci"), &dir.join("oci.tar"));
-    let out = Command::new(env!("CARGO_BIN_EXE_crid"))
-        .args(common::crid_args(dir))
-        .args(["images", "import"])
-        .arg(dir.join("oci.tar"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&built.config));
+    let archive = dir.join("oci.tar");
+    let out = common::crid_cli(dir, &["images", "import", archive.to_str().unwrap()]);
+    assert!(out.contains(&built.config));
 
     // docker save, imported at start-up from <root>/import.
     let save = dir.join("save");
@@ -727,17 +718,8 @@ async fn import_oci_layout_and_docker_save_tarballs() {
     gz.write_all(&std::fs::read(dir.join("live.tar")).unwrap())
         .unwrap();
     std::fs::write(dir.join("live.tar.gz"), gz.finish().unwrap()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_crid"))
-        .args(common::crid_args(dir))
-        .args(["images", "import"])
-        .arg(dir.join("live.tar.gz"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let archive = dir.join("live.tar.gz");
+    common::crid_cli(dir, &["images", "import", archive.to_str().unwrap()]);
     let (live, _) = crid.status("example.com/imported/live:2.0").await;
     let live = live.expect("image imported next to the running daemon");
     assert_eq!(live.id, built.config);
