@@ -89,51 +89,23 @@ where
     let mut config = pod_config(tag);
     config.log_directory = logs.0.display().to_string();
     pod(&mut config);
-    let namespaces = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.clone());
     let mut c = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "feat".into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image,
-            ..Default::default()
-        }),
         command: vec!["sleep".into(), "3600".into()],
         log_path: "feat.log".into(),
         labels: HashMap::from([("name".to_string(), "feat".to_string())]),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: namespaces,
+                namespace_options: super::pod_namespace_options(&config),
                 ..Default::default()
             }),
             ..Default::default()
         }),
-        ..Default::default()
+        ..super::container("feat", &image)
     };
     ctr(&mut c);
     let pod_id = run_pod(&env, config.clone()).await?;
     let result = async {
-        let mut rt = env.cri.runtime.clone();
-        let id = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(c),
-                sandbox_config: Some(config),
-            })
-            .await
-            .context("CreateContainer")?
-            .into_inner()
-            .container_id;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .context("StartContainer")?;
+        let id = super::create_start_in_pod(&env, &pod_id, &config, c).await?;
         check(Ctx {
             env: env.clone(),
             id,

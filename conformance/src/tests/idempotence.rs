@@ -33,9 +33,7 @@ async fn start_sleeper(
         labels: HashMap::from([("name".to_string(), "sleeper".to_string())]),
         ..super::container("sleeper", image)
     };
-    let id = super::create_in_pod(env, pod, config, container).await?;
-    super::start_container(env, &id, "sleeper").await?;
-    Ok(id)
+    super::create_start_in_pod(env, pod, config, container).await
 }
 
 async fn state(env: &Env, id: &str) -> anyhow::Result<i32> {

@@ -79,6 +79,15 @@ pub fn container(name: &str, image: &str) -> cri::ContainerConfig {
     }
 }
 
+/// The name in a container config's metadata, for error messages.
+fn name_of(container: &cri::ContainerConfig) -> String {
+    container
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default()
+}
+
 /// Creates `container` in pod `pod` (made from `config`); returns its id.
 pub(crate) async fn create_in_pod(
     env: &Env,
@@ -86,11 +95,7 @@ pub(crate) async fn create_in_pod(
     config: &cri::PodSandboxConfig,
     container: cri::ContainerConfig,
 ) -> anyhow::Result<String> {
-    let name = container
-        .metadata
-        .as_ref()
-        .map(|m| m.name.clone())
-        .unwrap_or_default();
+    let name = name_of(&container);
     Ok(env
         .cri
         .runtime
@@ -119,6 +124,30 @@ pub(crate) async fn start_container(env: &Env, id: &str, name: &str) -> anyhow::
     Ok(())
 }
 
+/// Creates `container` in pod `pod` (made from `config`) and starts it; returns its id.
+pub(crate) async fn create_start_in_pod(
+    env: &Env,
+    pod: &str,
+    config: &cri::PodSandboxConfig,
+    container: cri::ContainerConfig,
+) -> anyhow::Result<String> {
+    let name = name_of(&container);
+    let id = create_in_pod(env, pod, config, container).await?;
+    start_container(env, &id, &name).await?;
+    Ok(id)
+}
+
+/// The pod's namespace options, which kubelet repeats in each container's security context.
+pub(crate) fn pod_namespace_options(
+    config: &cri::PodSandboxConfig,
+) -> Option<cri::NamespaceOption> {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+}
+
 /// Creates and starts container `name` of `image` in pod `pod` (made from `config`), running
 /// `command` with `mounts`; as kubelet does, its security context repeats the pod's namespace
 /// options. Returns its id.
@@ -131,27 +160,20 @@ pub(crate) async fn start_in_pod(
     command: Vec<String>,
     mounts: Vec<cri::Mount>,
 ) -> anyhow::Result<String> {
-    let namespace_options = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.clone());
     let container = cri::ContainerConfig {
         command,
         mounts,
         labels: HashMap::from([("name".to_string(), name.to_string())]),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options,
+                namespace_options: pod_namespace_options(config),
                 ..Default::default()
             }),
             ..Default::default()
         }),
         ..container(name, image)
     };
-    let id = create_in_pod(env, pod, config, container).await?;
-    start_container(env, &id, name).await?;
-    Ok(id)
+    create_start_in_pod(env, pod, config, container).await
 }
 
 /// Runs `sh -c script` in container `id` (ExecSync, 20 s); returns (exit code, stdout, stderr),

@@ -96,49 +96,22 @@ where
             sc.privileged = true;
         }
     }
-    let pod_namespaces = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.clone());
+    let container = cri::ContainerConfig {
+        command: vec!["sleep".into(), "3600".into()],
+        labels: HashMap::from([("name".to_string(), "sec".to_string())]),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                // As kubelet does: the container's namespaces follow the pod's.
+                namespace_options: super::pod_namespace_options(&config),
+                ..security
+            }),
+            ..Default::default()
+        }),
+        ..super::container("sec", &image)
+    };
     let pod = run_pod(&env, config.clone()).await?;
     let result = async {
-        let mut rt = env.cri.runtime.clone();
-        let id = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(cri::ContainerConfig {
-                    metadata: Some(cri::ContainerMetadata {
-                        name: "sec".into(),
-                        attempt: 0,
-                    }),
-                    image: Some(cri::ImageSpec {
-                        image,
-                        ..Default::default()
-                    }),
-                    command: vec!["sleep".into(), "3600".into()],
-                    labels: HashMap::from([("name".to_string(), "sec".to_string())]),
-                    linux: Some(cri::LinuxContainerConfig {
-                        security_context: Some(cri::LinuxContainerSecurityContext {
-                            // As kubelet does: the container's namespaces follow the pod's.
-                            namespace_options: pod_namespaces.clone(),
-                            ..security
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                sandbox_config: Some(config),
-            })
-            .await
-            .context("CreateContainer")?
-            .into_inner()
-            .container_id;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .context("StartContainer")?;
+        let id = super::create_start_in_pod(&env, &pod, &config, container).await?;
         check(env.clone(), id).await
     }
     .await;

@@ -44,35 +44,14 @@ async fn attach_without_log(env: Env) -> TestResult {
     config.linux = None;
     let pod = run_pod(&env, config.clone()).await?;
     let result = async {
+        let shell = cri::ContainerConfig {
+            command: vec!["/bin/sh".into()],
+            stdin: true,
+            stdin_once: true,
+            ..super::container("shell", &image)
+        };
+        let id = super::create_start_in_pod(&env, &pod, &config, shell).await?;
         let mut rt = env.cri.runtime.clone();
-        let id = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(cri::ContainerConfig {
-                    metadata: Some(cri::ContainerMetadata {
-                        name: "shell".into(),
-                        attempt: 0,
-                    }),
-                    image: Some(cri::ImageSpec {
-                        image: image.clone(),
-                        ..Default::default()
-                    }),
-                    command: vec!["/bin/sh".into()],
-                    stdin: true,
-                    stdin_once: true,
-                    ..Default::default()
-                }),
-                sandbox_config: Some(config.clone()),
-            })
-            .await
-            .context("CreateContainer")?
-            .into_inner()
-            .container_id;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .context("StartContainer")?;
         for (i, t) in [Transport::SPDY_V4, Transport::WS_V5]
             .into_iter()
             .enumerate()
