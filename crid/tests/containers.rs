@@ -834,13 +834,7 @@ async fn bad_requests_are_invalid_arguments_and_leave_nothing() {
         let e = crid.create(&pod, c).await.expect_err(what);
         assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
     }
-    let list = crid
-        .rt()
-        .list_containers(cri::ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let list = crid.containers().await;
     assert!(list.is_empty());
     let left: Vec<_> = std::fs::read_dir(crid.path().join("root/containers"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -942,16 +936,7 @@ async fn pod_wide_pid_namespace_through_the_holder() {
             .unwrap()
             .namespace_options,
     );
-    pod.0 = crid
-        .rt()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod.1.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    pod.0 = crid.run_pod_under(&pod.1, "").await;
     // The holder runs from RunPodSandbox on, before any container: no runc, no image.
     let holder_root = crid.path().join("state/pidns-root");
     assert_eq!(common::pids_under(&holder_root, None).len(), 1);
@@ -969,13 +954,7 @@ async fn pod_wide_pid_namespace_through_the_holder() {
     );
     assert!(out.iter().any(|l| l.ends_with("sleep 1000")), "{out:?}");
     // The holder is not listed.
-    let listed = crid
-        .rt()
-        .list_containers(cri::ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let listed = crid.containers().await;
     assert_eq!(listed.len(), 2);
     // Stopping the pod stops its containers (the holder last); removing it removes them all.
     crid.rt()

@@ -1233,16 +1233,7 @@ async fn under_socket_activation_children_inherit_no_descriptor_or_variable() {
     {
         ns.pid = cri::NamespaceMode::Pod as i32;
     }
-    let shared_id = h
-        .rt()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(shared.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", h.log()))
-        .into_inner()
-        .pod_sandbox_id;
+    let shared_id = h.run_pod_under(&shared, "").await;
     let mut in_pod = h.container("ok", "in-pod", &["sleep", "600"]);
     in_pod.linux = None;
     let in_pod = h.run(&(shared_id.clone(), shared), in_pod).await;

@@ -270,16 +270,7 @@ async fn a_plugin_is_synchronized_adjusts_containers_and_sees_every_event() {
     {
         ns.pid = cri::NamespaceMode::Pod as i32;
     }
-    let id = crid
-        .rt()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", crid.log()))
-        .into_inner()
-        .pod_sandbox_id;
+    let id = crid.run_pod_under(&config, "").await;
     let pod = (id, config);
     let before = crid.create_start(&pod, sleeper(&image, "before")).await;
 
@@ -332,13 +323,7 @@ async fn a_plugin_is_synchronized_adjusts_containers_and_sees_every_event() {
         .expect_err("the plugin refuses it");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("not on this node"), "{err:?}");
-    let listed = crid
-        .rt()
-        .list_containers(cri::ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let listed = crid.containers().await;
     assert_eq!(listed.len(), 2, "{listed:?}");
 
     // A container that exits by itself: StopContainer comes without a CRI call.

@@ -962,16 +962,7 @@ async fn a_user_namespace_pod_survives_a_restart() {
     });
     let mut crid = Crid::start(dir).await;
     crid.pull(&image).await.expect("pull");
-    let pod = crid
-        .rt()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("run pod: {e}\n{}", crid.log()))
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = crid.run_pod_under(&config, "").await;
     let pod = (pod, config);
     let before = crid
         .create_start(
