@@ -323,20 +323,12 @@ impl Crid {
     }
 
     async fn fs_used(&self) -> (u64, u64, String) {
-        let r = self
-            .cri
-            .images
-            .clone()
-            .image_fs_info(cri::ImageFsInfoRequest {})
-            .await
-            .expect("image fs info")
-            .into_inner();
-        let fs = &r.image_filesystems[0];
+        let fs = self.image_fs().await;
         assert!(fs.timestamp > 0);
         (
-            fs.used_bytes.as_ref().unwrap().value,
-            fs.inodes_used.as_ref().unwrap().value,
-            fs.fs_id.as_ref().unwrap().mountpoint.clone(),
+            fs.used_bytes.unwrap().value,
+            fs.inodes_used.unwrap().value,
+            fs.fs_id.unwrap().mountpoint,
         )
     }
 

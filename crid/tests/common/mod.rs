@@ -601,17 +601,22 @@ impl Crid {
             .expect("remove image");
     }
 
-    /// `ImageFsInfo` used bytes.
-    pub async fn image_fs_used(&self) -> u64 {
-        let r = self
-            .cri
+    /// The first file system `ImageFsInfo` reports.
+    pub async fn image_fs(&self) -> cri::FilesystemUsage {
+        self.cri
             .images
             .clone()
             .image_fs_info(cri::ImageFsInfoRequest {})
             .await
             .expect("image fs info")
-            .into_inner();
-        r.image_filesystems[0].used_bytes.as_ref().unwrap().value
+            .into_inner()
+            .image_filesystems
+            .swap_remove(0)
+    }
+
+    /// `ImageFsInfo` used bytes.
+    pub async fn image_fs_used(&self) -> u64 {
+        self.image_fs().await.used_bytes.unwrap().value
     }
 
     /// Entries in a directory of the image store (`blobs/sha256`, `layers/sha256`, `ingest`,
