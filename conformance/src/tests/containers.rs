@@ -131,19 +131,7 @@ async fn run(ctx: &Ctx, c: cri::ContainerConfig) -> anyhow::Result<String> {
 }
 
 async fn status(ctx: &Ctx, id: &str) -> anyhow::Result<cri::ContainerStatus> {
-    ctx.env
-        .cri
-        .runtime
-        .clone()
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
-        .await
-        .context("ContainerStatus")?
-        .into_inner()
-        .status
-        .context("no status")
+    super::container_status(&ctx.env, id).await
 }
 
 async fn wait_exited(ctx: &Ctx, id: &str) -> anyhow::Result<cri::ContainerStatus> {

@@ -299,19 +299,7 @@ async fn update_resources(env: Env) -> TestResult {
                 after == (96u64 << 20).to_string(),
                 "limit after update {after}"
             );
-            let s = ctx
-                .env
-                .cri
-                .runtime
-                .clone()
-                .container_status(cri::ContainerStatusRequest {
-                    container_id: ctx.id.clone(),
-                    verbose: false,
-                })
-                .await?
-                .into_inner()
-                .status
-                .context("no status")?;
+            let s = super::container_status(&ctx.env, &ctx.id).await?;
             ensure!(
                 s.state == cri::ContainerState::ContainerRunning as i32,
                 "state after update {}",
@@ -546,20 +534,7 @@ async fn image_volume(env: Env) -> TestResult {
                 .image
                 .context("the image is gone")?
                 .id;
-            let status = ctx
-                .env
-                .cri
-                .runtime
-                .clone()
-                .container_status(cri::ContainerStatusRequest {
-                    container_id: ctx.id.clone(),
-                    verbose: false,
-                })
-                .await
-                .context("ContainerStatus")?
-                .into_inner()
-                .status
-                .context("no status")?;
+            let status = super::container_status(&ctx.env, &ctx.id).await?;
             let m = status
                 .mounts
                 .iter()
@@ -804,17 +779,8 @@ async fn port_mapping(env: Env) -> TestResult {
 
 /// The IP of the pod the context's container runs in.
 async fn pod_ip_of_container(ctx: &Ctx) -> anyhow::Result<String> {
+    let status = super::container_status(&ctx.env, &ctx.id).await?;
     let mut rt = ctx.env.cri.runtime.clone();
-    let status = rt
-        .container_status(cri::ContainerStatusRequest {
-            container_id: ctx.id.clone(),
-            verbose: false,
-        })
-        .await
-        .context("ContainerStatus")?
-        .into_inner()
-        .status
-        .context("no container status")?;
     let pod_id = rt
         .list_containers(cri::ListContainersRequest {
             filter: Some(cri::ContainerFilter {

@@ -37,20 +37,7 @@ async fn start_sleeper(
 }
 
 async fn state(env: &Env, id: &str) -> anyhow::Result<i32> {
-    Ok(env
-        .cri
-        .runtime
-        .clone()
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
-        .await
-        .context("ContainerStatus")?
-        .into_inner()
-        .status
-        .context("no status")?
-        .state)
+    Ok(super::container_status(env, id).await?.state)
 }
 
 async fn container_twice(env: Env) -> TestResult {

@@ -176,6 +176,22 @@ pub(crate) async fn start_in_pod(
     create_start_in_pod(env, pod, config, container).await
 }
 
+/// Container `id`'s status (not verbose).
+pub(crate) async fn container_status(env: &Env, id: &str) -> anyhow::Result<cri::ContainerStatus> {
+    env.cri
+        .runtime
+        .clone()
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .context("ContainerStatus")?
+        .into_inner()
+        .status
+        .context("no status")
+}
+
 /// Runs `sh -c script` in container `id` (ExecSync, 20 s); returns (exit code, stdout, stderr),
 /// trimmed.
 pub(crate) async fn sh(env: &Env, id: &str, script: &str) -> anyhow::Result<(i32, String, String)> {
