@@ -28,6 +28,22 @@ pub struct Call<'a> {
     pub config: &'a Value,
 }
 
+impl<'a> Call<'a> {
+    /// A call about the network rather than one attachment (STATUS, GC): no container, no
+    /// namespace, no interface, no arguments.
+    pub fn network(command: &'static str, plugin: &'a str, config: &'a Value) -> Call<'a> {
+        Call {
+            command,
+            plugin,
+            container_id: "",
+            netns: None,
+            ifname: "",
+            args: "",
+            config,
+        }
+    }
+}
+
 /// Finds plugin binaries and runs them.
 #[derive(Debug, Clone)]
 pub struct Executor {

@@ -224,15 +224,7 @@ impl Cni {
                 let ty = config::string_field(plugin, "type").unwrap_or_default();
                 let cfg = plugin_config(&list.name, &list.cni_version, plugin, &Map::new(), None);
                 self.exec
-                    .run(&exec::Call {
-                        command: "STATUS",
-                        plugin: &ty,
-                        container_id: "",
-                        netns: None,
-                        ifname: "",
-                        args: "",
-                        config: &cfg,
-                    })
+                    .run(&exec::Call::network("STATUS", &ty, &cfg))
                     .await?;
             }
         }
@@ -536,17 +528,7 @@ impl Cni {
                     Value::Array(attachments.clone()),
                 );
             }
-            self.exec
-                .run(&exec::Call {
-                    command: "GC",
-                    plugin: &ty,
-                    container_id: "",
-                    netns: None,
-                    ifname: "",
-                    args: "",
-                    config: &cfg,
-                })
-                .await?;
+            self.exec.run(&exec::Call::network("GC", &ty, &cfg)).await?;
         }
         Ok(())
     }
