@@ -612,14 +612,7 @@ impl Unpacker<'_> {
                     .map_err(|e| self.io_error(&full, e))?;
                 self.stats.inodes += 1;
                 if privileged {
-                    rustix::fs::chownat(
-                        &parent,
-                        os(name),
-                        Some(rustix::fs::Uid::from_raw(uid)),
-                        Some(rustix::fs::Gid::from_raw(gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|e| self.io_error(&full, e))?;
+                    self.chown_nofollow(&parent, name, &full, uid, gid)?;
                 }
                 rustix::fs::utimensat(&parent, os(name), &times, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| self.io_error(&full, e))?;
@@ -686,14 +679,7 @@ impl Unpacker<'_> {
                 .map_err(|e| self.io_error(&full, e))?;
                 self.stats.inodes += 1;
                 if privileged {
-                    rustix::fs::chownat(
-                        &parent,
-                        os(name),
-                        Some(rustix::fs::Uid::from_raw(uid)),
-                        Some(rustix::fs::Gid::from_raw(gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|e| self.io_error(&full, e))?;
+                    self.chown_nofollow(&parent, name, &full, uid, gid)?;
                 }
             }
             other => {
@@ -720,6 +706,25 @@ impl Unpacker<'_> {
         .map_err(|e| self.io_error(full, e))?;
         self.stats.inodes += 1;
         Ok(())
+    }
+
+    /// Gives `name` in `parent` (a symlink or FIFO) the entry's owner, without following it.
+    fn chown_nofollow(
+        &self,
+        parent: &OwnedFd,
+        name: &[u8],
+        full: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), ImageError> {
+        rustix::fs::chownat(
+            parent,
+            os(name),
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.io_error(full, e))
     }
 
     /// Applies the PAX `SCHILY.xattr.*` attributes that are safe to keep.
