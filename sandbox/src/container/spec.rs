@@ -502,12 +502,7 @@ fn host_devices() -> Vec<LinuxDevice> {
         let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
             continue;
         };
-        let ft = meta.file_type();
-        let typ = if ft.is_char_device() {
-            LinuxDeviceType::C
-        } else if ft.is_block_device() {
-            LinuxDeviceType::B
-        } else {
+        let Some(typ) = device_type(&meta) else {
             continue;
         };
         let rdev = meta.rdev();
@@ -526,6 +521,18 @@ fn host_devices() -> Vec<LinuxDevice> {
     }
     out.sort_by(|a, b| a.path().cmp(b.path()));
     out
+}
+
+/// The OCI type of a character or block device; `None` for anything else.
+fn device_type(meta: &std::fs::Metadata) -> Option<LinuxDeviceType> {
+    let ft = meta.file_type();
+    if ft.is_char_device() {
+        Some(LinuxDeviceType::C)
+    } else if ft.is_block_device() {
+        Some(LinuxDeviceType::B)
+    } else {
+        None
+    }
 }
 
 /// The capability bounding set of this process (`CapBnd`; bit N is capability N, the order of
@@ -965,14 +972,8 @@ pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, San
     for d in &config.devices {
         let meta = std::fs::metadata(&d.host_path)
             .map_err(|e| invalid(format!("device {:?}: {e}", d.host_path)))?;
-        let ft = meta.file_type();
-        let typ = if ft.is_char_device() {
-            LinuxDeviceType::C
-        } else if ft.is_block_device() {
-            LinuxDeviceType::B
-        } else {
-            return Err(invalid(format!("{:?} is not a device", d.host_path)));
-        };
+        let typ = device_type(&meta)
+            .ok_or_else(|| invalid(format!("{:?} is not a device", d.host_path)))?;
         let rdev = meta.rdev();
         let (major, minor) = (
             nix::sys::stat::major(rdev) as i64,
