@@ -588,6 +588,29 @@ async fn busybox_registry() -> Option<(FakeRegistry, String)> {
     Some((reg, name))
 }
 
+/// The busybox registry (kept by the caller for the test's length) and the image's name for a
+/// container test; `None` (skip) when this host cannot run containers.
+async fn container_registry() -> Option<(FakeRegistry, String)> {
+    if !can_run_containers() {
+        return None;
+    }
+    Some(
+        busybox_registry()
+            .await
+            .expect("cannot build the busybox image"),
+    )
+}
+
+/// crid on `dir`, which takes `image`'s registry over plain HTTP, with `image` pulled and pod
+/// `ctr` running; returns crid and the pod's id.
+async fn start_with_pod(dir: &Path, image: &str) -> (Crid, String) {
+    plain_http_registry(dir, image.split('/').next().unwrap());
+    let crid = Crid::start(dir).await;
+    crid.pull(image).await.expect("pull");
+    let pod = crid.run_pod("ctr").await.expect("run pod");
+    (crid, pod)
+}
+
 fn can_run_containers() -> bool {
     if !common::can_run_pods() {
         return false;
@@ -647,18 +670,12 @@ fn reboot_containers(dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reboot_with_containers_leaves_them_stopped_and_removable() {
-    if !can_run_containers() {
+    let Some((_reg, image)) = container_registry().await else {
         return;
-    }
-    let Some((_reg, image)) = busybox_registry().await else {
-        panic!("cannot build the busybox image");
     };
     let (tmp, net) = setup(6);
     let dir = tmp.path();
-    plain_http_registry(dir, image.split('/').next().unwrap());
-    let mut crid = Crid::start(dir).await;
-    crid.pull(&image).await.expect("pull");
-    let pod = crid.run_pod("ctr").await.expect("run pod");
+    let (mut crid, pod) = start_with_pod(dir, &image).await;
     let running = create_container(&crid, &pod, &image, "running", &["sleep", "1000"])
         .await
         .expect("create");
@@ -733,18 +750,12 @@ async fn reboot_with_containers_leaves_them_stopped_and_removable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_create_and_start_container() {
-    if !can_run_containers() {
+    let Some((_reg, image)) = container_registry().await else {
         return;
-    }
-    let Some((_reg, image)) = busybox_registry().await else {
-        panic!("cannot build the busybox image");
     };
     let (tmp, net) = setup(7);
     let dir = tmp.path();
-    plain_http_registry(dir, image.split('/').next().unwrap());
-    let mut crid = Crid::start(dir).await;
-    crid.pull(&image).await.expect("pull");
-    let pod = crid.run_pod("ctr").await.expect("run pod");
+    let (mut crid, pod) = start_with_pod(dir, &image).await;
 
     // Killed while CreateContainer is in flight (wherever it got to).
     let rt = crid.cri.runtime.clone();
@@ -808,18 +819,12 @@ async fn sigkill_during_create_and_start_container() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_container_record_is_quarantined_and_its_container_released() {
-    if !can_run_containers() {
+    let Some((_reg, image)) = container_registry().await else {
         return;
-    }
-    let Some((_reg, image)) = busybox_registry().await else {
-        panic!("cannot build the busybox image");
     };
     let (tmp, net) = setup(8);
     let dir = tmp.path();
-    plain_http_registry(dir, image.split('/').next().unwrap());
-    let mut crid = Crid::start(dir).await;
-    crid.pull(&image).await.expect("pull");
-    let pod = crid.run_pod("ctr").await.expect("run pod");
+    let (mut crid, pod) = start_with_pod(dir, &image).await;
     let mut ids = Vec::new();
     for name in ["torn", "fine"] {
         let id = create_container(&crid, &pod, &image, name, &["sleep", "1000"])
@@ -1040,18 +1045,12 @@ async fn a_user_namespace_pod_survives_a_restart() {
 /// the container lets it go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_leases_are_rebuilt_from_the_container_records_at_start_up() {
-    if !can_run_containers() {
+    let Some((_reg, image)) = container_registry().await else {
         return;
-    }
-    let Some((_reg, image)) = busybox_registry().await else {
-        panic!("cannot build the busybox image");
     };
     let (tmp, net) = setup(62);
     let dir = tmp.path();
-    plain_http_registry(dir, image.split('/').next().unwrap());
-    let mut crid = Crid::start(dir).await;
-    crid.pull(&image).await.expect("pull");
-    let pod = crid.run_pod("ctr").await.expect("run pod");
+    let (mut crid, pod) = start_with_pod(dir, &image).await;
     let id = create_container(&crid, &pod, &image, "leased", &["sleep", "1000"])
         .await
         .expect("create");
