@@ -107,8 +107,31 @@ fn push_busybox(reg: &str) -> Result<String, String> {
             .append_data(&mut h, name, text.as_bytes())
             .map_err(|e| e.to_string())?;
     }
-    let layer = layer.into_inner().map_err(|e| e.to_string())?;
-    let oci = dir.path().join("oci");
+    let layers = [layer.into_inner().map_err(|e| e.to_string())?];
+    let tag = format!("containers-{}", std::process::id());
+    // busybox with `sh` as its command, and a pause image whose command sleeps forever.
+    for (repo, cmd) in [
+        ("busybox", vec!["sh"]),
+        ("pause", vec!["sleep", "2147483647"]),
+    ] {
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": cmd},
+        });
+        let reference = format!("{reg}/crid-tests/{repo}:{tag}");
+        push_layout(&dir.path().join("oci"), &layers, config, &reference)?;
+    }
+    Ok(format!("{reg}/crid-tests/busybox:{tag}"))
+}
+
+/// Writes an OCI layout at `oci` of one image, the uncompressed `layers` with the image config
+/// `config` (its `rootfs` added here), and copies it to `reference` with skopeo.
+fn push_layout(
+    oci: &Path,
+    layers: &[Vec<u8>],
+    mut config: serde_json::Value,
+    reference: &str,
+) -> Result<(), String> {
     let blobs = oci.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(|e| e.to_string())?;
     let blob = |b: &[u8]| -> (String, usize) {
@@ -116,52 +139,42 @@ fn push_busybox(reg: &str) -> Result<String, String> {
         std::fs::write(blobs.join(&h), b).unwrap();
         (format!("sha256:{h}"), b.len())
     };
-    let (ld, ls) = blob(&layer);
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
-        "rootfs": {"type": "layers", "diff_ids": [ld]}
+    let descs: Vec<(String, usize)> = layers.iter().map(|l| blob(l)).collect();
+    config["rootfs"] = serde_json::json!({
+        "type": "layers", "diff_ids": descs.iter().map(|d| &d.0).collect::<Vec<_>>()
     });
+    let (cd, cs) = blob(config.to_string().as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": descs.iter().map(|(d, s)| serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": s
+        })).collect::<Vec<_>>()
+    });
+    let (md, ms) = blob(manifest.to_string().as_bytes());
     std::fs::write(oci.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
         .map_err(|e| e.to_string())?;
-    let tag = format!("containers-{}", std::process::id());
-    // busybox with `sh` as its command, and a pause image whose command sleeps forever.
-    for (repo, cmd) in [
-        ("busybox", vec!["sh"]),
-        ("pause", vec!["sleep", "2147483647"]),
-    ] {
-        let mut config = config.clone();
-        config["config"]["Cmd"] = serde_json::json!(cmd);
-        let (cd, cs) = blob(config.to_string().as_bytes());
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}]
-        });
-        let (md, ms) = blob(manifest.to_string().as_bytes());
-        std::fs::write(
-            oci.join("index.json"),
-            serde_json::json!({"schemaVersion": 2, "manifests": [{
-                "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms}]})
-            .to_string(),
-        )
+    std::fs::write(
+        oci.join("index.json"),
+        serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms}]})
+        .to_string(),
+    )
+    .map_err(|e| e.to_string())?;
+    let out = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}", oci.display()))
+        .arg(format!("docker://{reference}"))
+        .output()
         .map_err(|e| e.to_string())?;
-        let reference = format!("{reg}/crid-tests/{repo}:{tag}");
-        let out = Command::new("skopeo")
-            .args(["copy", "--dest-tls-verify=false"])
-            .arg(format!("oci:{}", oci.display()))
-            .arg(format!("docker://{reference}"))
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "skopeo copy failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+    if !out.status.success() {
+        return Err(format!(
+            "skopeo copy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
-    Ok(format!("{reg}/crid-tests/busybox:{tag}"))
+    Ok(())
 }
 
 /// The pause image pushed next to busybox.
@@ -1140,51 +1153,9 @@ fn push_data_image(reg: &str) -> Result<String, String> {
         ]),
         layer(&[("data/", ""), ("data/.wh.b", ""), ("data/c", "c")]),
     ];
-    let oci = dir.path().join("oci");
-    let blobs = oci.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).map_err(|e| e.to_string())?;
-    let blob = |b: &[u8]| -> (String, usize) {
-        let h = sha256(b);
-        std::fs::write(blobs.join(&h), b).unwrap();
-        (format!("sha256:{h}"), b.len())
-    };
-    let descs: Vec<(String, usize)> = layers.iter().map(|l| blob(l)).collect();
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux", "config": {},
-        "rootfs": {"type": "layers", "diff_ids": descs.iter().map(|d| &d.0).collect::<Vec<_>>()}
-    });
-    let (cd, cs) = blob(config.to_string().as_bytes());
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
-        "layers": descs.iter().map(|(d, s)| serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": s
-        })).collect::<Vec<_>>()
-    });
-    let (md, ms) = blob(manifest.to_string().as_bytes());
-    std::fs::write(oci.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
-        .map_err(|e| e.to_string())?;
-    std::fs::write(
-        oci.join("index.json"),
-        serde_json::json!({"schemaVersion": 2, "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms}]})
-        .to_string(),
-    )
-    .map_err(|e| e.to_string())?;
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {}});
     let reference = format!("{reg}/crid-tests/data:containers-{}", std::process::id());
-    let out = Command::new("skopeo")
-        .args(["copy", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}", oci.display()))
-        .arg(format!("docker://{reference}"))
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "skopeo copy failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    push_layout(&dir.path().join("oci"), &layers, config, &reference)?;
     Ok(reference)
 }
 
