@@ -51,30 +51,11 @@ async fn attach_without_log(env: Env) -> TestResult {
             ..super::container("shell", &image)
         };
         let id = super::create_start_in_pod(&env, &pod, &config, shell).await?;
-        let mut rt = env.cri.runtime.clone();
         for (i, t) in [Transport::SPDY_V4, Transport::WS_V5]
             .into_iter()
             .enumerate()
         {
-            let url = rt
-                .attach(cri::AttachRequest {
-                    container_id: id.clone(),
-                    stdin: true,
-                    stdout: true,
-                    stderr: true,
-                    tty: false,
-                })
-                .await
-                .context("Attach")?
-                .into_inner()
-                .url;
-            let o = StreamOpts {
-                stdin: true,
-                stdout: true,
-                stderr: true,
-                tty: false,
-            };
-            let mut s = stream_client::connect(&url, t, o).await?;
+            let mut s = attach(&env, &id, true, t).await?;
             // As critest does: input only after a quiet second.
             tokio::time::sleep(Duration::from_secs(2)).await;
             // Output without a newline (critest's `echo -n hello`) comes at once, unchanged.
@@ -234,6 +215,31 @@ async fn exec_url(
         .url)
 }
 
+/// Attaches to container `id` without a terminal (with stdin when `stdin`) over `transport`.
+async fn attach(
+    env: &Env,
+    id: &str,
+    stdin: bool,
+    transport: Transport,
+) -> anyhow::Result<stream_client::Session> {
+    let url = env
+        .cri
+        .runtime
+        .clone()
+        .attach(cri::AttachRequest {
+            container_id: id.into(),
+            stdin,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        })
+        .await
+        .context("Attach")?
+        .into_inner()
+        .url;
+    stream_client::connect(&url, transport, opts(false, stdin)).await
+}
+
 fn opts(tty: bool, stdin: bool) -> StreamOpts {
     StreamOpts {
         stdin,
@@ -315,28 +321,7 @@ async fn checks(env: &Env, pod: &str, container: &str, ticker: &str) -> TestResu
 
     // Attach to a container that keeps writing to stdout and stderr.
     for t in [Transport::SPDY_V4, Transport::WS_V5] {
-        let url = env
-            .cri
-            .runtime
-            .clone()
-            .attach(cri::AttachRequest {
-                container_id: ticker.into(),
-                stdin: false,
-                stdout: true,
-                stderr: true,
-                tty: false,
-            })
-            .await
-            .context("Attach")?
-            .into_inner()
-            .url;
-        let o = StreamOpts {
-            stdin: false,
-            stdout: true,
-            stderr: true,
-            tty: false,
-        };
-        let mut s = stream_client::connect(&url, t, o).await?;
+        let mut s = attach(env, ticker, false, t).await?;
         let out = s.read_stdout_until("\n", T).await?;
         ensure!(out.contains("tick-"), "{t:?} attach stdout {out:?}");
     }
