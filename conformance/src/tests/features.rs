@@ -438,21 +438,7 @@ impl Drop for SharedDir {
 /// a tmpfs mounted in it, and that submount is read-only in the container too. Skipped when
 /// the default runtime handler does not report the feature in `Status`, as critest does.
 async fn recursive_readonly(env: Env) -> TestResult {
-    let status = env
-        .cri
-        .runtime
-        .clone()
-        .status(cri::StatusRequest { verbose: false })
-        .await
-        .context("Status")?
-        .into_inner();
-    let supported = status.runtime_handlers.iter().any(|h| {
-        h.name.is_empty()
-            && h.features
-                .as_ref()
-                .is_some_and(|f| f.recursive_read_only_mounts)
-    });
-    if !supported {
+    if !super::default_handler_has(&env, |f| f.recursive_read_only_mounts).await? {
         return Ok(Outcome::Skipped(
             "the default runtime handler does not report recursive read-only mounts".into(),
         ));

@@ -192,6 +192,30 @@ pub(crate) async fn container_status(env: &Env, id: &str) -> anyhow::Result<cri:
         .context("no status")
 }
 
+/// The runtime's `Status` (not verbose).
+pub(crate) async fn runtime_status(env: &Env) -> anyhow::Result<cri::StatusResponse> {
+    Ok(env
+        .cri
+        .runtime
+        .clone()
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .context("Status")?
+        .into_inner())
+}
+
+/// Whether `Status` reports `feature` for the default runtime handler (the empty name).
+pub(crate) async fn default_handler_has(
+    env: &Env,
+    feature: fn(&cri::RuntimeHandlerFeatures) -> bool,
+) -> anyhow::Result<bool> {
+    Ok(runtime_status(env)
+        .await?
+        .runtime_handlers
+        .iter()
+        .any(|h| h.name.is_empty() && h.features.as_ref().is_some_and(feature)))
+}
+
 /// Runs `sh -c script` in container `id` (ExecSync, 20 s); returns (exit code, stdout, stderr),
 /// trimmed.
 pub(crate) async fn sh(env: &Env, id: &str, script: &str) -> anyhow::Result<(i32, String, String)> {

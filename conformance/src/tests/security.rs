@@ -180,15 +180,8 @@ async fn run_as_username(env: Env) -> TestResult {
 /// in the image's /etc/group are not added, the asked ones are; ContainerStatus reports the
 /// identity the process has. Skipped when the runtime does not report the feature.
 async fn supplemental_groups_strict(env: Env) -> TestResult {
-    let status = env
-        .cri
-        .runtime
-        .clone()
-        .status(cri::StatusRequest { verbose: false })
-        .await
-        .context("Status")?
-        .into_inner();
-    if !status
+    if !super::runtime_status(&env)
+        .await?
         .features
         .is_some_and(|f| f.supplemental_groups_policy)
     {

@@ -59,18 +59,7 @@ pub fn with_userns(
 
 /// Whether the runtime reports user namespaces for the default handler.
 async fn supported(env: &Env) -> anyhow::Result<bool> {
-    let status = env
-        .cri
-        .runtime
-        .clone()
-        .status(cri::StatusRequest { verbose: false })
-        .await
-        .context("Status")?
-        .into_inner();
-    Ok(status
-        .runtime_handlers
-        .iter()
-        .any(|h| h.name.is_empty() && h.features.as_ref().is_some_and(|f| f.user_namespaces)))
+    super::default_handler_has(env, |f| f.user_namespaces).await
 }
 
 async fn pod_user_namespace(env: Env) -> TestResult {
