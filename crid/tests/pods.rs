@@ -114,10 +114,6 @@ impl Crid {
             .map(|r| r.into_inner().pod_sandbox_id)
     }
 
-    async fn status(&self, id: &str) -> (cri::PodSandboxStatus, Value) {
-        self.pod_status(id).await
-    }
-
     async fn stop_pod(&self, id: &str) -> Result<(), tonic::Status> {
         self.rt()
             .stop_pod_sandbox(cri::StopPodSandboxRequest {
@@ -136,13 +132,24 @@ impl Crid {
             .map(|_| ())
     }
 
-    async fn list(&self) -> Vec<cri::PodSandbox> {
-        self.pods().await
+    /// The `NetworkReady` condition of the runtime's status.
+    async fn network_condition(&self) -> cri::RuntimeCondition {
+        self.rt()
+            .status(cri::StatusRequest { verbose: false })
+            .await
+            .expect("status")
+            .into_inner()
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.r#type == "NetworkReady")
+            .expect("NetworkReady")
     }
 
     /// No pod is listed and nothing of any is left: addresses, veths, pins, directories.
     async fn assert_clean(&self, net: &Net) {
-        assert!(self.list().await.is_empty());
+        assert!(self.pods().await.is_empty());
         assert!(net.reservations().is_empty(), "{:?}", net.reservations());
         // The kernel destroys a network namespace in a worker after its last reference goes,
         // so the host end of a veth whose namespace was unpinned behind crid's back can
@@ -260,8 +267,8 @@ async fn pods_get_ips_and_reach_each_other() {
 
     let a = crid.run(pod("pod-a")).await.expect("run pod-a");
     let b = crid.run(pod("pod-b")).await.expect("run pod-b");
-    let (sa, ia) = crid.status(&a).await;
-    let (sb, ib) = crid.status(&b).await;
+    let (sa, ia) = crid.pod_status(&a).await;
+    let (sb, ib) = crid.pod_status(&b).await;
     let ip_a = sa.network.as_ref().unwrap().ip.clone();
     let ip_b = sb.network.as_ref().unwrap().ip.clone();
     assert!(
@@ -287,7 +294,7 @@ async fn pods_get_ips_and_reach_each_other() {
     // Stop tears the network down; it is idempotent, as is remove.
     crid.stop_pod(&a).await.expect("stop");
     crid.stop_pod(&a).await.expect("second stop");
-    let (sa, _) = crid.status(&a).await;
+    let (sa, _) = crid.pod_status(&a).await;
     assert_eq!(sa.state, cri::PodSandboxState::SandboxNotready as i32);
     assert!(
         !Path::new(&pin(&ia, "netns")).exists(),
@@ -334,7 +341,7 @@ async fn host_port_reaches_a_listener_in_the_pod() {
         host_ip: String::new(),
     }];
     let id = crid.run(config).await.expect("run");
-    let (_, info) = crid.status(&id).await;
+    let (_, info) = crid.pod_status(&id).await;
     let netns = pin(&info, "netns");
     let mut listener = Command::new("nsenter")
         .arg(format!("--net={netns}"))
@@ -404,7 +411,7 @@ async fn hostname_dns_sysctls_and_shm_inside_the_pod() {
         linux.cgroup_parent = "/kubepods/besteffort/poduid-named".into();
     }
     let id = crid.run_with(config, "runc").await.expect("run");
-    let (status, info) = crid.status(&id).await;
+    let (status, info) = crid.pod_status(&id).await;
     assert_eq!(status.runtime_handler, "runc");
     assert_eq!(info["kind"], "runc");
     assert_eq!(info["cgroup_parent"], "/kubepods/besteffort/poduid-named");
@@ -538,7 +545,7 @@ async fn bad_requests_are_invalid_arguments() {
         .unwrap()
         .network = cri::NamespaceMode::Node as i32;
     let id = crid.run_with(c, "urunc").await.expect("host network pod");
-    let (s, info) = crid.status(&id).await;
+    let (s, info) = crid.pod_status(&id).await;
     assert_eq!(s.network.unwrap().ip, "");
     assert!(info["paths"]["netns"].is_null());
     assert_eq!(info["kind"], "unikernel");
@@ -626,7 +633,7 @@ async fn failing_and_hanging_plugins_leave_nothing() {
     // The other plugins' DEL ran anyway.
     assert!(net.reservations().is_empty(), "{:?}", net.reservations());
     crid.remove_pod(&id).await.expect("remove after failed DEL");
-    assert!(crid.list().await.is_empty());
+    assert!(crid.pods().await.is_empty());
     assert!(net.veths().is_empty(), "{:?}", net.veths());
     crid.assert_no_pod_leftovers();
 }
@@ -653,7 +660,7 @@ async fn fifty_concurrent_pods_leave_nothing() {
     for t in tasks {
         ids.push(t.await.unwrap().expect("run"));
     }
-    assert_eq!(crid.list().await.len(), 50);
+    assert_eq!(crid.pods().await.len(), 50);
     assert_eq!(net.reservations().len(), 50);
     let mut tasks = Vec::new();
     for id in ids {
@@ -678,7 +685,7 @@ async fn pods_survive_a_restart_and_del_uses_the_cached_config() {
     }
     let (crid, net) = setup(7, 30).await;
     let id = crid.run(pod("durable")).await.expect("run");
-    let (before, info) = crid.status(&id).await;
+    let (before, info) = crid.pod_status(&id).await;
     let dir = crid.stop();
 
     // The configuration on disk changes meanwhile; DEL must still use the one ADD used.
@@ -689,7 +696,7 @@ async fn pods_survive_a_restart_and_del_uses_the_cached_config() {
     )
     .unwrap();
     let crid = Crid::start(dir, 30).await;
-    let (after, _) = crid.status(&id).await;
+    let (after, _) = crid.pod_status(&id).await;
     assert_eq!(after.state, cri::PodSandboxState::SandboxReady as i32);
     assert_eq!(after.network, before.network);
     let (ok, out) = ping(None, &before.network.unwrap().ip);
@@ -724,7 +731,7 @@ async fn a_retry_after_a_timeout_gets_the_same_pod() {
     );
     // kubelet's retry: same name, waits for the first creation and gets its pod.
     let id = crid.run(pod("slow")).await.expect("retry");
-    let pods = crid.list().await;
+    let pods = crid.pods().await;
     assert_eq!(pods.len(), 1);
     assert_eq!(pods[0].id, id);
     // Now the name is taken for good.
@@ -742,19 +749,7 @@ async fn network_not_ready_without_configuration() {
     }
     let dir = tempfile::tempdir().unwrap();
     let crid = Crid::start(dir, 30).await;
-    let s = crid
-        .rt()
-        .status(cri::StatusRequest { verbose: false })
-        .await
-        .expect("status")
-        .into_inner();
-    let cond = s
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.r#type == "NetworkReady")
-        .expect("NetworkReady");
+    let cond = crid.network_condition().await;
     assert!(!cond.status);
     assert_eq!(cond.reason, "NetworkPluginNotReady");
     assert!(!cond.message.is_empty());
@@ -762,19 +757,7 @@ async fn network_not_ready_without_configuration() {
     crid.write_conflist(
         r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"no-such-plugin"}]}"#,
     );
-    let s = crid
-        .rt()
-        .status(cri::StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
-    let cond = s
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.r#type == "NetworkReady")
-        .unwrap();
+    let cond = crid.network_condition().await;
     assert!(
         !cond.status && cond.message.contains("no-such-plugin"),
         "{}",
@@ -862,7 +845,7 @@ async fn prepared_networks_are_taken_refilled_renewed_and_released() {
     }
     assert_eq!(gauge().await, "2");
     let prepared: Vec<String> = {
-        let (sa, _) = crid.status(&a).await;
+        let (sa, _) = crid.pod_status(&a).await;
         let ip_a = sa.network.unwrap().ip;
         net.reservations()
             .into_iter()
@@ -888,7 +871,7 @@ async fn prepared_networks_are_taken_refilled_renewed_and_released() {
     }];
     let b = crid.run(cfg).await.expect("run second");
     assert!(pins.contains(&b), "{b} was not prepared ({pins:?})");
-    let (sb, ib) = crid.status(&b).await;
+    let (sb, ib) = crid.pod_status(&b).await;
     let ip_b = sb.network.unwrap().ip;
     assert!(prepared.contains(&ip_b), "{ip_b} not in {prepared:?}");
     let nat = Command::new("iptables")
@@ -910,14 +893,14 @@ async fn prepared_networks_are_taken_refilled_renewed_and_released() {
     list["plugins"][0]["mtu"] = 1400.into();
     crid.write_conflist(&list.to_string());
     let c = crid.run(pod("third")).await.expect("run third");
-    let (_, ic) = crid.status(&c).await;
+    let (_, ic) = crid.pod_status(&c).await;
     assert_eq!(mtu(&pin(&ic, "netns")), "1400");
     eventually("renewed prepared networks", || {
         net.reservations().len() == 5 && net.veths().len() == 5
     })
     .await;
     let d = crid.run(pod("fourth")).await.expect("run fourth");
-    let (_, id_) = crid.status(&d).await;
+    let (_, id_) = crid.pod_status(&d).await;
     assert_eq!(mtu(&pin(&id_, "netns")), "1400");
     eventually("the pool refilled", || net.reservations().len() == 6).await;
 
@@ -933,7 +916,7 @@ async fn prepared_networks_are_taken_refilled_renewed_and_released() {
     let crid = Crid::start_prepared(dir, 30, 2, 0).await;
     let mut pod_ips = Vec::new();
     for id in [&a, &b, &c, &d] {
-        pod_ips.push(crid.status(id).await.0.network.unwrap().ip);
+        pod_ips.push(crid.pod_status(id).await.0.network.unwrap().ip);
     }
     let old_prepared: Vec<&String> = before_kill
         .iter()
