@@ -1012,13 +1012,7 @@ async fn attach(crid: &Crid, id: &str, tty: bool, transport: Transport) -> strea
         .unwrap_or_else(|e| panic!("attach {id}: {e}\n{}", log_text(crid.path())))
         .into_inner()
         .url;
-    let opts = StreamOpts {
-        stdin: true,
-        stdout: true,
-        stderr: !tty,
-        tty,
-    };
-    stream_client::connect(&url, transport, opts)
+    stream_client::connect(&url, transport, StreamOpts::new(tty, true))
         .await
         .unwrap_or_else(|e| panic!("attach session {id}: {e:#}\n{}", log_text(crid.path())))
 }

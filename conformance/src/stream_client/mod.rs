@@ -136,6 +136,19 @@ pub struct StreamOpts {
     pub tty: bool,
 }
 
+impl StreamOpts {
+    /// The streams kubectl opens for a command: stdout, stderr unless a terminal carries both
+    /// on stdout, and stdin when asked.
+    pub fn new(tty: bool, stdin: bool) -> StreamOpts {
+        StreamOpts {
+            stdin,
+            stdout: true,
+            stderr: !tty,
+            tty,
+        }
+    }
+}
+
 /// What the client sends during a session.
 #[derive(Debug)]
 pub(crate) enum ClientMsg {

@@ -237,16 +237,7 @@ async fn attach(
         .context("Attach")?
         .into_inner()
         .url;
-    stream_client::connect(&url, transport, opts(false, stdin)).await
-}
-
-fn opts(tty: bool, stdin: bool) -> StreamOpts {
-    StreamOpts {
-        stdin,
-        stdout: true,
-        stderr: !tty,
-        tty,
-    }
+    stream_client::connect(&url, transport, StreamOpts::new(false, stdin)).await
 }
 
 async fn checks(env: &Env, pod: &str, container: &str, ticker: &str) -> TestResult {
@@ -260,7 +251,7 @@ async fn checks(env: &Env, pod: &str, container: &str, ticker: &str) -> TestResu
             false,
         )
         .await?;
-        let out = stream_client::connect(&url, t, opts(false, false))
+        let out = stream_client::connect(&url, t, StreamOpts::new(false, false))
             .await?
             .finish(T)
             .await?;
@@ -281,7 +272,7 @@ async fn checks(env: &Env, pod: &str, container: &str, ticker: &str) -> TestResu
         );
 
         // A reused URL is refused.
-        let e = stream_client::connect(&url, t, opts(false, false))
+        let e = stream_client::connect(&url, t, StreamOpts::new(false, false))
             .await
             .err()
             .context("a used exec URL worked again")?;
@@ -292,7 +283,7 @@ async fn checks(env: &Env, pod: &str, container: &str, ticker: &str) -> TestResu
 
         // Stdin round trip.
         let url = exec_url(env, container, &["cat"], false, true).await?;
-        let mut s = stream_client::connect(&url, t, opts(false, true)).await?;
+        let mut s = stream_client::connect(&url, t, StreamOpts::new(false, true)).await?;
         s.write_stdin(b"round trip\n").await?;
         s.read_stdout_until("round trip", T).await?;
         // WebSocket protocols before v5 (e.g. containerd 1.6's) cannot say "no more stdin"
@@ -307,7 +298,7 @@ async fn checks(env: &Env, pod: &str, container: &str, ticker: &str) -> TestResu
 
         // A terminal, resized while the shell runs.
         let url = exec_url(env, container, &["sh"], true, true).await?;
-        let mut s = stream_client::connect(&url, t, opts(true, true)).await?;
+        let mut s = stream_client::connect(&url, t, StreamOpts::new(true, true)).await?;
         s.resize(101, 33).await?;
         s.write_stdin(
             b"for i in $(seq 100); do [ \"$(stty size)\" = '33 101' ] && break; sleep 0.1; done; \

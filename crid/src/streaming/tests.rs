@@ -37,15 +37,6 @@ fn exec(cmd: &[&str], tty: bool, stdin: bool) -> Request {
     })
 }
 
-fn opts(tty: bool, stdin: bool) -> StreamOpts {
-    StreamOpts {
-        stdin,
-        stdout: true,
-        stderr: !tty,
-        tty,
-    }
-}
-
 const TRANSPORTS: [Transport; 4] = [
     Transport::SPDY_V4,
     Transport::WS_V5,
@@ -67,7 +58,7 @@ async fn exec_reports_output_and_exit_codes_over_every_transport() {
             &s,
             t,
             exec(&["sh", "-c", "echo out; echo err >&2"], false, false),
-            opts(false, false),
+            StreamOpts::new(false, false),
         )
         .await;
         assert_eq!(out.stdout, b"out\n", "{t:?}");
@@ -78,7 +69,7 @@ async fn exec_reports_output_and_exit_codes_over_every_transport() {
             &s,
             t,
             exec(&["sh", "-c", "exit 42"], false, false),
-            opts(false, false),
+            StreamOpts::new(false, false),
         )
         .await;
         assert_eq!(out.exit_code().unwrap(), 42, "{t:?}");
@@ -99,7 +90,7 @@ async fn exec_with_a_tty_merges_output_and_reports_the_exit_code() {
                 true,
                 false,
             ),
-            opts(true, false),
+            StreamOpts::new(true, false),
         )
         .await;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -118,7 +109,7 @@ async fn stdin_round_trips_and_its_close_ends_the_command() {
     // v4 WebSocket cannot close stdin, so it is left out here.
     for t in [Transport::SPDY_V4, Transport::WS_V5] {
         let url = s.url_for(exec(&["cat"], false, true)).unwrap();
-        let mut session = stream_client::connect(&url, t, opts(false, true))
+        let mut session = stream_client::connect(&url, t, StreamOpts::new(false, true))
             .await
             .unwrap();
         session.write_stdin(b"hello ").await.unwrap();
@@ -140,7 +131,7 @@ async fn interactive_tty_shell_sees_typed_commands_and_resizes() {
         Transport::WS_V4_BASE64,
     ] {
         let url = s.url_for(exec(&["sh"], true, true)).unwrap();
-        let mut session = stream_client::connect(&url, t, opts(true, true))
+        let mut session = stream_client::connect(&url, t, StreamOpts::new(true, true))
             .await
             .unwrap();
         session.resize(123, 40).await.unwrap();
@@ -181,7 +172,7 @@ async fn attach_types_into_a_shell() {
             }))
             .unwrap();
         assert!(url.contains("/attach/"));
-        let mut session = stream_client::connect(&url, t, opts(false, true))
+        let mut session = stream_client::connect(&url, t, StreamOpts::new(false, true))
             .await
             .unwrap();
         session
@@ -204,7 +195,7 @@ async fn a_failing_start_is_reported_on_the_error_stream() {
             &s,
             t,
             exec(&["/nonexistent/binary"], false, false),
-            opts(false, false),
+            StreamOpts::new(false, false),
         )
         .await;
         let err = out.exit_code().unwrap_err().to_string();
@@ -233,7 +224,7 @@ async fn tokens_are_single_use_and_unknown_ones_get_404() {
 }
 
 async fn run_url(url: &str, t: Transport) -> anyhow::Result<Output> {
-    stream_client::connect(url, t, opts(false, false))
+    stream_client::connect(url, t, StreamOpts::new(false, false))
         .await?
         .finish(T)
         .await
@@ -271,7 +262,7 @@ async fn unsupported_protocols_are_refused() {
     let e = stream_client::connect(
         &url,
         Transport::Spdy(&["v9.channel.k8s.io"]),
-        opts(false, false),
+        StreamOpts::new(false, false),
     )
     .await
     .err()
@@ -289,9 +280,13 @@ async fn older_spdy_protocols_still_work() {
         let url = s
             .url_for(exec(&["sh", "-c", "echo hi; exit 4"], false, false))
             .unwrap();
-        let session = stream_client::connect(&url, Transport::Spdy(protocols), opts(false, false))
-            .await
-            .unwrap();
+        let session = stream_client::connect(
+            &url,
+            Transport::Spdy(protocols),
+            StreamOpts::new(false, false),
+        )
+        .await
+        .unwrap();
         assert_eq!(session.protocol, p);
         let out = session.finish(T).await.unwrap();
         assert_eq!(out.stdout, b"hi\n");
@@ -309,7 +304,7 @@ async fn idle_connections_are_closed() {
     .await;
     for t in [Transport::SPDY_V4, Transport::WS_V5] {
         let url = s.url_for(exec(&["sleep", "30"], false, true)).unwrap();
-        let session = stream_client::connect(&url, t, opts(false, true))
+        let session = stream_client::connect(&url, t, StreamOpts::new(false, true))
             .await
             .unwrap();
         // Nothing moves, so the server hangs up well before the command ends.
