@@ -65,12 +65,7 @@ async fn with_pod(env: Env, tag: &'static str, body: Body) -> TestResult {
         return Ok(Outcome::Skipped("no test registry (--registry)".into()));
     };
     let mut config = pod_config(tag);
-    let logs = std::env::temp_dir().join(format!(
-        "crid-conformance-logs-{}",
-        config.metadata.as_ref().map_or("", |m| m.name.as_str())
-    ));
-    std::fs::create_dir_all(&logs).context("create the log directory")?;
-    config.log_directory = logs.display().to_string();
+    let logs = super::pod_log_directory(&mut config)?;
     let pod = run_pod(&env, config.clone()).await?;
     let ctx = Ctx {
         env: env.clone(),

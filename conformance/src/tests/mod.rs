@@ -42,6 +42,18 @@ impl Drop for TempDir {
     }
 }
 
+/// Creates a log directory for the pod of `config` under the temp directory and names it in
+/// `config`; the caller removes it.
+pub(crate) fn pod_log_directory(config: &mut cri::PodSandboxConfig) -> anyhow::Result<PathBuf> {
+    let logs = std::env::temp_dir().join(format!(
+        "crid-conformance-logs-{}",
+        config.metadata.as_ref().map_or("", |m| m.name.as_str())
+    ));
+    std::fs::create_dir_all(&logs).context("create the log directory")?;
+    config.log_directory = logs.display().to_string();
+    Ok(logs)
+}
+
 /// Pulls `busybox:latest` from the test registry and returns its reference, or `None` when
 /// the run has no registry (each caller decides whether that skips or fails).
 pub(crate) async fn pull_busybox(env: &Env) -> anyhow::Result<Option<String>> {

@@ -104,12 +104,7 @@ async fn streaming(env: Env) -> TestResult {
         return Ok(Outcome::Skipped("no test registry (--registry)".into()));
     };
     let mut config = pod_config("stream");
-    let logs = std::env::temp_dir().join(format!(
-        "crid-conformance-logs-{}",
-        config.metadata.as_ref().map_or("", |m| m.name.as_str())
-    ));
-    std::fs::create_dir_all(&logs).context("create the log directory")?;
-    config.log_directory = logs.display().to_string();
+    let logs = super::pod_log_directory(&mut config)?;
     let pod = run_pod(&env, config.clone()).await?;
     let result = in_pod(&env, &pod, &config, &image).await;
     remove_pod(&env, &pod).await;
