@@ -805,6 +805,10 @@ fn host_ns(kind: &str) -> anyhow::Result<String> {
     Ok(link.display().to_string())
 }
 
+/// Prints the network, PID and IPC namespaces of the process, a line each.
+const READ_NAMESPACES: &str =
+    "readlink /proc/self/ns/net; readlink /proc/self/ns/pid; readlink /proc/self/ns/ipc";
+
 /// A pod with the host's network, PID and IPC namespaces: its container is in the same
 /// namespaces as the host and sees the host's hostname; a pod with its own namespaces shares
 /// none of them.
@@ -830,11 +834,7 @@ async fn host_namespaces(env: Env) -> TestResult {
         node,
         |_| {},
         |ctx| async move {
-            let seen = out(
-            &ctx,
-            "readlink /proc/self/ns/net; readlink /proc/self/ns/pid; readlink /proc/self/ns/ipc",
-        )
-        .await?;
+            let seen = out(&ctx, READ_NAMESPACES).await?;
             let seen: Vec<&str> = seen.lines().collect();
             ensure!(
                 seen == [&*expected.0, &*expected.1, &*expected.2],
@@ -860,11 +860,7 @@ async fn host_namespaces(env: Env) -> TestResult {
         |_| {},
         |_| {},
         |ctx| async move {
-            let seen = out(
-            &ctx,
-            "readlink /proc/self/ns/net; readlink /proc/self/ns/pid; readlink /proc/self/ns/ipc",
-        )
-        .await?;
+            let seen = out(&ctx, READ_NAMESPACES).await?;
             let seen: Vec<&str> = seen.lines().collect();
             ensure!(seen.len() == 3, "readlink gave {seen:?}");
             for (i, (got, host)) in seen.iter().zip([&host.0, &host.1, &host.2]).enumerate() {
