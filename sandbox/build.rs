@@ -1,5 +1,6 @@
-//! Builds crid's PCI set-up shim (`pcishim/`, freestanding C, `gcc -m32`) into OUT_DIR, where
-//! `vm::pcishim` embeds it. crid ships it inside its binary: no separate file to install.
+//! Builds crid's PCI firmware (`pcishim/`, freestanding C, `gcc -m32`, a 64 KiB ROM image) into
+//! OUT_DIR, where `vm::pcishim` embeds it. crid ships it inside its binary: no separate file to
+//! install.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -11,7 +12,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", src.join(file).display());
     }
     let out =
-        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it")).join("pcishim.elf");
+        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it")).join("pcishim.rom");
     let status = Command::new("sh")
         .arg(src.join("build.sh"))
         .arg(&out)
@@ -19,6 +20,6 @@ fn main() {
         .expect("cannot run sh for pcishim/build.sh");
     assert!(
         status.success(),
-        "pcishim/build.sh failed ({status}): the PCI shim needs an x86 gcc and GNU ld (Debian: gcc, binutils)"
+        "pcishim/build.sh failed ({status}): the PCI firmware needs an x86 gcc, GNU ld and objcopy (Debian: gcc, binutils)"
     );
 }

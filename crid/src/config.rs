@@ -145,8 +145,8 @@ pub struct VmConfig {
     pub solo5_spt_path: PathBuf,
     /// Firmware for QEMU's `pc` machine; empty keeps QEMU's SeaBIOS.
     pub qemu_firmware: PathBuf,
-    /// Boot guests with PCI devices on `pc` through `qemu_firmware` and crid's PCI set-up shim
-    /// (installed in `<root>/vm/`); false gives them SeaBIOS.
+    /// Boot guests with PCI devices on `pc` with crid's PCI firmware, the PCI shim (installed
+    /// in `<root>/vm/`); false gives them SeaBIOS.
     pub pci_shim: bool,
     /// QEMU's reduced microvm build, used for the microvm-machine guests it can run (it
     /// starts faster); empty runs every guest on `qemu_path`.

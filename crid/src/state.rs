@@ -220,12 +220,12 @@ fn container_manager(
     .context("cannot load containers")
 }
 
-/// Writes crid's PCI set-up shim where `vm` says; when it cannot, PCI guests get SeaBIOS (a
+/// Writes crid's PCI firmware (the PCI shim) where `vm` says; when it cannot, PCI guests get SeaBIOS (a
 /// slower start, not a failure).
 fn install_pci_shim(mut vm: sandbox::vm::launch::VmSettings) -> sandbox::vm::launch::VmSettings {
     if let Some(path) = &vm.pci_shim {
         if let Err(e) = sandbox::vm::pcishim::install(path) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot install the PCI shim: PCI guests boot with SeaBIOS");
+            tracing::warn!(path = %path.display(), error = %e, "cannot install the PCI firmware: PCI guests boot with SeaBIOS");
             vm.pci_shim = None;
         }
     }
@@ -356,7 +356,7 @@ mod tests {
             ..Config::default()
         };
         let vm = install_pci_shim(vm_settings(&config).unwrap());
-        let shim = dir.path().join("root/vm/pci-shim.elf");
+        let shim = dir.path().join("root/vm/pci-shim.rom");
         assert_eq!(vm.pci_shim.as_deref(), Some(shim.as_path()));
         assert_eq!(std::fs::read(&shim).unwrap(), sandbox::vm::pcishim::IMAGE);
         config.vm.pci_shim = false;

@@ -1,9 +1,10 @@
 /*
- * What a freestanding 32-bit PVH kernel needs, shared by crid's PCI shim (shim.c) and the
+ * What freestanding 32-bit x86 code needs, shared by crid's PCI firmware (shim.c) and the
  * freestanding test guest (sandbox/tests/guests/freestanding): fixed-width types, the PVH start
- * info structures (Xen's arch-x86/hvm/start_info.h, version 1), x86 port I/O, and PVH_ENTRY,
- * which emits the XEN_ELFNOTE_PHYS32_ENTRY note, the entry point and its stack. PVH enters in
- * 32-bit protected mode with paging off and %ebx holding the start info's physical address.
+ * info structures (Xen's arch-x86/hvm/start_info.h, version 1), which the firmware hands the
+ * guest, x86 port I/O, and, for the guest, PVH_ENTRY, which emits the XEN_ELFNOTE_PHYS32_ENTRY
+ * note, the entry point and its stack. PVH enters in 32-bit protected mode with paging off and
+ * %ebx holding the start info's physical address.
  */
 #ifndef CRID_PVH_H
 #define CRID_PVH_H

@@ -55,8 +55,8 @@ pub struct VmSettings {
     /// Firmware for QEMU's `pc` machine (see [`super::qemu`]); `None`, or a file that is not
     /// there, keeps QEMU's SeaBIOS.
     pub qemu_firmware: Option<PathBuf>,
-    /// crid's PCI set-up shim, where crid installed it ([`super::pcishim::install`]): QEMU's
-    /// `pc` machine boots PCI guests with it and `qemu_firmware`; `None` (`vm.pci_shim =
+    /// crid's PCI firmware, where crid installed it ([`super::pcishim::install`]): QEMU's
+    /// `pc` machine boots PCI guests with it; `None` (`vm.pci_shim =
     /// false`) gives them SeaBIOS.
     #[serde(default)]
     pub pci_shim: Option<PathBuf>,

@@ -90,7 +90,7 @@ pub struct VmSpec {
     /// The x86 firmware for QEMU's `pc` machine (`-bios`, e.g. qboot); `None` keeps QEMU's
     /// default (SeaBIOS, which scans for option ROMs and waits at the iPXE prompt).
     pub firmware: Option<PathBuf>,
-    /// crid's PCI set-up shim ([`pcishim`]), for guests with PCI devices on `pc` + `firmware`;
+    /// crid's PCI firmware ([`pcishim`]), the `-bios` of guests with PCI devices on `pc`;
     /// `None` boots them with SeaBIOS.
     pub pci_shim: Option<PathBuf>,
     /// The pod's DNS servers (IPv4, at most two), for guests that take them on their command

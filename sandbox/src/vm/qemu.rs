@@ -40,18 +40,20 @@
 //! bus mastering off. Linux assigns them itself; Unikraft's x86 PCI bus takes BAR 0 as the
 //! firmware left it (the test guest's 9p client does the same, `tests/guests/freestanding/pci.h`,
 //! and finds no usable device under qboot). So every guest type but `linux` with a PCI device
-//! (NIC, disk, 9p root) boots qboot with crid's PCI set-up shim ([`super::pcishim`]) as its
-//! kernel (`-kernel SHIM`), its own kernel placed by QEMU's ELF loader (`-device
-//! loader,file=KERNEL`) and the kernel's PVH entry in a fw_cfg file
-//! ([`super::pcishim::ENTRY_FW_CFG`]); its initrd stays `-initrd`. The shim assigns BARs and
-//! interrupt lines as SeaBIOS does (`info pci` reads the same) and enters the kernel. Measured
-//! by hand here (KVM, the freestanding guest with a virtio-net-pci NIC, exec to first serial
-//! byte, load about 4): 256 ms median against 227 ms with qboot alone and no NIC, 4.7 s with
-//! SeaBIOS. Such a guest gets SeaBIOS instead (1.5–5 s more per start here: PVM emulates the
-//! firmware's paging-off and 16-bit code instruction by instruction) when the shim is off
-//! (`vm.pci_shim`), no firmware is configured or its kernel is not a PVH ELF (no entry below
-//! 4 GiB in its first 64 KiB). SeaBIOS prints nothing on the serial port, since QEMU runs with
-//! `-display none` rather than `-nographic`.
+//! (NIC, disk, 9p root) boots crid's own PCI firmware ([`super::pcishim`]) as its `-bios`,
+//! its PVH kernel as QEMU's `-kernel` (QEMU's ELF loader places it and puts its entry,
+//! command line and initrd in fw_cfg). The firmware sets up the chipset as qboot does, assigns
+//! BARs and interrupt lines as SeaBIOS does (`info pci` reads the same), runs QEMU's ACPI
+//! table loader and enters the kernel, with no BIOS shadow (none of qboot's PAM writes and
+//! memory-slot updates) and a few thousand emulated instructions (qboot with the earlier
+//! shim, which qboot booted as its kernel: about 57000). QEMU's DSDT loses its ACPI PCI
+//! hotplug methods (`PIIX4_PM.acpi-root-pci-hotplug=off`, `...-with-bridge-support=off`:
+//! crid hotplugs nothing), which halves the bytes the firmware checksums. Measured by hand
+//! (README, Performance). Such a guest gets SeaBIOS instead (1.5–5 s more per start here: PVM
+//! emulates the firmware's paging-off and 16-bit code instruction by instruction) when the PCI
+//! firmware is off (`vm.pci_shim`) or its kernel is not a PVH ELF (no entry below 4 GiB in its
+//! first 64 KiB). SeaBIOS prints nothing on the serial port, since QEMU runs with `-display
+//! none` rather than `-nographic`.
 //! A guest whose image declares virtio-mmio drivers avoids pc altogether (below). The plan
 //! records which firmware boots the guest ([`Firmware`]; `firmware` in the container's
 //! verbose status).
@@ -153,33 +155,41 @@ pub enum Firmware {
     SeaBios,
     /// The configured firmware (`-bios`, qboot by default) loads the guest's kernel.
     Bios { path: PathBuf },
-    /// The configured firmware boots crid's PCI set-up shim, which configures the PCI devices
-    /// and enters the guest's kernel (loaded by QEMU) at its PVH `entry`.
-    PciShim {
-        bios: PathBuf,
-        shim: PathBuf,
-        entry: u32,
-    },
+    /// crid's PCI firmware (`-bios`) configures the PCI devices and enters the guest's kernel,
+    /// which QEMU's ELF loader placed, at its PVH entry.
+    PciShim { shim: PathBuf },
 }
 
-/// The firmware of a `pc` guest: the configured one unless the guest needs its PCI devices
-/// configured; then the configured one with the PCI shim for a PVH kernel, SeaBIOS otherwise.
+/// The firmware of a `pc` guest: crid's PCI firmware for a guest that needs its PCI devices
+/// configured and has a PVH kernel (SeaBIOS for one without, or with the PCI firmware off), the
+/// configured one (SeaBIOS without) for the others.
 pub fn pc_firmware(spec: &VmSpec) -> Firmware {
-    let Some(bios) = spec.firmware.clone() else {
-        return Firmware::SeaBios;
-    };
-    if !needs_pci_firmware(spec) {
-        return Firmware::Bios { path: bios };
+    if needs_pci_firmware(spec) {
+        return match &spec.pci_shim {
+            Some(shim) if kernel_pvh_entry(&spec.kernel).is_some() => {
+                Firmware::PciShim { shim: shim.clone() }
+            }
+            _ => Firmware::SeaBios,
+        };
     }
-    let entry = spec.pci_shim.as_ref().and(kernel_pvh_entry(&spec.kernel));
-    match (&spec.pci_shim, entry) {
-        (Some(shim), Some(entry)) => Firmware::PciShim {
-            bios,
-            shim: shim.clone(),
-            entry,
-        },
-        _ => Firmware::SeaBios,
+    match &spec.firmware {
+        Some(bios) => Firmware::Bios { path: bios.clone() },
+        None => Firmware::SeaBios,
     }
+}
+
+/// What crid's PCI firmware adds to QEMU's command line: the firmware, and no ACPI PCI
+/// hotplug (crid never hotplugs a device), which takes the hotplug slots' methods out of
+/// QEMU's DSDT: half the bytes the firmware checksums, an instruction at a time under PVM.
+fn pci_shim_args(shim: &Path) -> Result<Vec<String>, SandboxError> {
+    Ok(vec![
+        "-bios".into(),
+        path_arg(shim)?,
+        "-global".into(),
+        "PIIX4_PM.acpi-root-pci-hotplug=off".into(),
+        "-global".into(),
+        "PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off".into(),
+    ])
 }
 
 /// Whether QEMU announces the guest's virtio-mmio devices on its command line
@@ -339,9 +349,16 @@ impl Hypervisor for Qemu {
             Machine::Pc => push(&["-M", "pc"]),
         }
         let firmware = (machine == Machine::Pc).then(|| pc_firmware(spec));
-        if let Some(Firmware::Bios { path: bios } | Firmware::PciShim { bios, .. }) = &firmware {
-            let bios = path_arg(bios)?;
-            push(&["-bios", &bios]);
+        match &firmware {
+            Some(Firmware::Bios { path: bios }) => {
+                let bios = path_arg(bios)?;
+                push(&["-bios", &bios]);
+            }
+            Some(Firmware::PciShim { shim }) => {
+                let args = pci_shim_args(shim)?;
+                push(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            }
+            Some(Firmware::SeaBios) | None => {}
         }
         match spec.accelerator {
             Accelerator::Kvm => push(&["-accel", "kvm", "-cpu", "host,-arch-capabilities"]),
@@ -396,18 +413,7 @@ impl Hypervisor for Qemu {
         } else {
             push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
         }
-        // With the PCI shim, the shim is the kernel qboot boots; QEMU's ELF loader puts the
-        // guest's kernel in RAM and the shim finds its entry in a fw_cfg file.
-        let kernel = match &firmware {
-            Some(Firmware::PciShim { shim, entry, .. }) => {
-                let loader = format!("loader,file={}", path_arg(&spec.kernel)?);
-                let entry = format!("name={},string={entry}", super::pcishim::ENTRY_FW_CFG);
-                push(&["-device", &loader, "-fw_cfg", &entry]);
-                shim
-            }
-            _ => &spec.kernel,
-        };
-        let kernel = path_arg(kernel)?;
+        let kernel = path_arg(&spec.kernel)?;
         push(&["-kernel", &kernel]);
         if let Some(initrd) = &spec.initrd {
             let initrd = path_arg(initrd)?;
@@ -691,8 +697,8 @@ mod tests {
         s.ninep_root = Some(PathBuf::from("/c/1/rootfs"));
         s.firmware = Some(PathBuf::from("/usr/share/qemu/qboot.rom"));
         let a = argv(&s);
-        // virtio-9p is a PCI device: the pc machine; without the PCI shim, SeaBIOS (qboot
-        // configures no PCI).
+        // virtio-9p is a PCI device: the pc machine; without crid's PCI firmware, SeaBIOS
+        // (qboot configures no PCI).
         assert!(has_pair(&a, "-M", "pc"), "{a:?}");
         assert!(!a.iter().any(|x| x == "-bios"), "{a:?}");
         assert!(has_pair(
@@ -758,8 +764,8 @@ mod tests {
         assert!(has_pair(&p.args, "-M", "pc"));
         assert!(has_pair(&p.args, "-bios", "/usr/share/qemu/qboot.rom"));
         assert!(p.files.is_empty());
-        // A unikraft guest with a PCI NIC takes BAR 0 as the firmware left it: without the PCI
-        // shim, SeaBIOS.
+        // A unikraft guest with a PCI NIC takes BAR 0 as the firmware left it: without crid's
+        // PCI firmware, SeaBIOS.
         let mut s = spec(T::Unikraft, HypervisorKind::Qemu);
         s.net = Some(net());
         s.firmware = Some(qboot.clone());
@@ -785,12 +791,12 @@ mod tests {
     }
 
     #[test]
-    fn pci_guests_boot_qboot_with_the_pci_shim() {
+    fn pci_guests_boot_the_pci_firmware() {
         let dir = tempfile::tempdir().unwrap();
         let k = dir.path().join("kernel");
         std::fs::write(&k, pvh_elf32()).unwrap();
         let qboot = PathBuf::from("/usr/share/qemu/qboot.rom");
-        let shim = PathBuf::from("/var/lib/crid/vm/pci-shim.elf");
+        let shim = PathBuf::from("/var/lib/crid/vm/pci-shim.rom");
         let mut s = spec(T::Unikraft, HypervisorKind::Qemu);
         s.kernel = k.clone();
         s.net = Some(net());
@@ -799,53 +805,48 @@ mod tests {
         let p = Qemu.plan(&s, Path::new("/q")).unwrap();
         let a = &p.args;
         assert!(has_pair(a, "-M", "pc"), "{a:?}");
-        assert!(has_pair(a, "-bios", "/usr/share/qemu/qboot.rom"), "{a:?}");
-        // The shim is the kernel qboot boots; QEMU's loader places the guest's kernel, whose
-        // PVH entry (from its note) the shim reads from fw_cfg.
+        // The firmware is the -bios (not qboot), the guest's kernel QEMU's -kernel, and the
+        // DSDT has no PCI hotplug methods for the firmware to checksum.
         assert!(
-            has_pair(a, "-kernel", "/var/lib/crid/vm/pci-shim.elf"),
+            has_pair(a, "-bios", "/var/lib/crid/vm/pci-shim.rom"),
             "{a:?}"
         );
-        let loader = format!("loader,file={}", k.display());
-        assert!(has_pair(a, "-device", &loader), "{a:?}");
+        assert_eq!(a.iter().filter(|x| *x == "-bios").count(), 1);
+        assert!(has_pair(a, "-kernel", k.to_str().unwrap()), "{a:?}");
+        assert!(has_pair(a, "-global", "PIIX4_PM.acpi-root-pci-hotplug=off"));
+        assert!(has_pair(
+            a,
+            "-global",
+            "PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off"
+        ));
         assert!(
-            has_pair(a, "-fw_cfg", "name=opt/io.crid/pvh-entry,string=1048576"),
+            !a.iter()
+                .any(|x| x == "-fw_cfg" || x.starts_with("loader") || x == "-initrd"),
             "{a:?}"
         );
-        assert_eq!(a.iter().filter(|x| *x == "-kernel").count(), 1);
-        assert!(!a.iter().any(|x| x == "-initrd"), "{a:?}");
-        assert_eq!(
-            p.firmware,
-            Some(Firmware::PciShim {
-                bios: qboot.clone(),
-                shim: shim.clone(),
-                entry: 0x100000,
-            })
-        );
-        // The same for a 9p root.
+        assert_eq!(p.firmware, Some(Firmware::PciShim { shim: shim.clone() }));
+        // The same for a 9p root, and without qboot configured.
         s.net = None;
         s.ninep_root = Some(PathBuf::from("/c/1/rootfs"));
+        s.firmware = None;
         let a = argv(&s);
         assert!(
-            has_pair(&a, "-kernel", "/var/lib/crid/vm/pci-shim.elf"),
+            has_pair(&a, "-bios", "/var/lib/crid/vm/pci-shim.rom"),
             "{a:?}"
         );
-        // The guest's own initrd stays QEMU's -initrd (qboot's module, handed on by the shim).
+        // The guest's own initrd stays QEMU's -initrd (in fw_cfg, read into place by the
+        // firmware).
         let mut own_initrd = s.clone();
         own_initrd.initrd = Some(PathBuf::from("/l/initrd"));
         assert!(has_pair(&argv(&own_initrd), "-initrd", "/l/initrd"));
         let mut comma = s.clone();
-        comma.kernel = dir.path().join("a,b");
-        std::fs::write(&comma.kernel, pvh_elf32()).unwrap();
+        comma.pci_shim = Some(dir.path().join("a,b"));
         assert!(Qemu.plan(&comma, Path::new("/q")).is_err());
-        // SeaBIOS when the kernel is no PVH ELF, the shim is off or no firmware is configured.
+        // SeaBIOS when the kernel is no PVH ELF or the PCI firmware is off.
         let seabios = |s: &VmSpec| {
             let p = Qemu.plan(s, Path::new("/q")).unwrap();
             let plain = has_pair(&p.args, "-kernel", s.kernel.to_str().unwrap())
-                && !p
-                    .args
-                    .iter()
-                    .any(|x| x == "-bios" || x == "-fw_cfg" || x.starts_with("loader"));
+                && !p.args.iter().any(|x| x == "-bios" || x == "-global");
             plain && p.firmware == Some(Firmware::SeaBios)
         };
         let mut not_pvh = s.clone();
@@ -853,10 +854,8 @@ mod tests {
         assert!(seabios(&not_pvh));
         let mut off = s.clone();
         off.pci_shim = None;
+        off.firmware = Some(qboot.clone());
         assert!(seabios(&off));
-        let mut no_bios = s.clone();
-        no_bios.firmware = None;
-        assert!(seabios(&no_bios));
         // A PVH entry above 4 GiB cannot be entered in 32-bit mode.
         let mut high = s.clone();
         high.kernel = dir.path().join("high");
@@ -866,14 +865,17 @@ mod tests {
         elf[0x70..0x78].copy_from_slice(&0x1_0000_0000u64.to_le_bytes());
         std::fs::write(&high.kernel, &elf).unwrap();
         assert!(seabios(&high));
-        // Without a PCI device, or for linux, the firmware loads the kernel itself.
+        // Without a PCI device, or for linux, the configured firmware loads the kernel.
         s.ninep_root = None;
+        s.firmware = Some(qboot.clone());
         assert_eq!(
             pc_firmware(&s),
             Firmware::Bios {
                 path: qboot.clone()
             }
         );
+        s.firmware = None;
+        assert_eq!(pc_firmware(&s), Firmware::SeaBios);
         let mut l = spec(T::Linux, HypervisorKind::Qemu);
         l.accelerator = Accelerator::Tcg;
         l.net = Some(net());
@@ -885,16 +887,15 @@ mod tests {
         // microvm boots the kernel with its own firmware.
         l.accelerator = Accelerator::Kvm;
         assert_eq!(Qemu.plan(&l, Path::new("/q")).unwrap().firmware, None);
-        // The record says which, by kind.
-        let json = serde_json::to_value(Firmware::PciShim {
-            bios: "/b".into(),
-            shim: "/s".into(),
-            entry: 0x100000,
-        })
-        .unwrap();
+        // The record says which, by kind; one written by an earlier crid (qboot booting the
+        // shim as its kernel) still reads.
+        let json = serde_json::to_value(Firmware::PciShim { shim: "/s".into() }).unwrap();
+        assert_eq!(json, serde_json::json!({"kind": "pci-shim", "shim": "/s"}));
+        let old =
+            serde_json::json!({"kind": "pci-shim", "bios": "/b", "shim": "/s", "entry": 1048576});
         assert_eq!(
-            json,
-            serde_json::json!({"kind": "pci-shim", "bios": "/b", "shim": "/s", "entry": 1048576})
+            serde_json::from_value::<Firmware>(old).unwrap(),
+            Firmware::PciShim { shim: "/s".into() }
         );
     }
 
