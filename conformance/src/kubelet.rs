@@ -162,16 +162,7 @@ impl KubeletPod {
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: self.cgroup_parent.clone(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        network: if self.host_network {
-                            cri::NamespaceMode::Node
-                        } else {
-                            cri::NamespaceMode::Pod
-                        } as i32,
-                        pid: cri::NamespaceMode::Container as i32,
-                        ipc: cri::NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
+                    namespace_options: Some(namespace_options(self.host_network)),
                     seccomp: Some(cri::SecurityProfile {
                         profile_type: cri::security_profile::ProfileType::Unconfined as i32,
                         localhost_ref: String::new(),
@@ -459,16 +450,7 @@ impl KubeletContainer {
                     ..Default::default()
                 }),
                 security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        network: if pod.host_network {
-                            cri::NamespaceMode::Node
-                        } else {
-                            cri::NamespaceMode::Pod
-                        } as i32,
-                        pid: cri::NamespaceMode::Container as i32,
-                        ipc: cri::NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
+                    namespace_options: Some(namespace_options(pod.host_network)),
                     masked_paths: MASKED_PATHS.iter().map(|s| s.to_string()).collect(),
                     readonly_paths: READONLY_PATHS.iter().map(|s| s.to_string()).collect(),
                     seccomp: Some(cri::SecurityProfile {
@@ -490,6 +472,21 @@ fn mount(container_path: &str, host: &Path, readonly: bool) -> cri::Mount {
         readonly,
         selinux_relabel: false,
         propagation: cri::MountPropagation::PropagationPrivate as i32,
+        ..Default::default()
+    }
+}
+
+/// The namespaces kubelet gives a pod and repeats for each of its containers: the host's
+/// network or the pod's, a PID namespace per container, the pod's IPC.
+fn namespace_options(host_network: bool) -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: if host_network {
+            cri::NamespaceMode::Node
+        } else {
+            cri::NamespaceMode::Pod
+        } as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
     }
 }
