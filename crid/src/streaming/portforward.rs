@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 use super::mux::{self, StreamWriter};
@@ -25,6 +26,17 @@ async fn dial(netns: &std::path::Path, port: u16) -> Result<TcpStream, String> {
         .map_err(|e| format!("cannot connect to localhost:{port} in the pod: {e}"))?;
     std.set_nonblocking(true).map_err(|e| e.to_string())?;
     TcpStream::from_std(std).map_err(|e| e.to_string())
+}
+
+/// Writes what the client sends to the pod's side of a forwarded connection until the client's
+/// side ends, then half-closes the pod's side.
+async fn copy_to_pod(mut from_client: mpsc::Receiver<Bytes>, mut to_pod: OwnedWriteHalf) {
+    while let Some(data) = from_client.recv().await {
+        if to_pod.write_all(&data).await.is_err() {
+            break;
+        }
+    }
+    let _ = to_pod.shutdown().await;
 }
 
 #[derive(Default)]
@@ -130,20 +142,13 @@ pub async fn serve_spdy(mut conn: mux::Conn, netns: PathBuf, allowed: Vec<u16>) 
 async fn forward(
     netns: &std::path::Path,
     port: u16,
-    mut from_client: mpsc::Receiver<Bytes>,
+    from_client: mpsc::Receiver<Bytes>,
     to_client: StreamWriter,
 ) -> Result<(), String> {
     let sock = dial(netns, port).await?;
-    let (mut rd, mut wr) = sock.into_split();
+    let (mut rd, wr) = sock.into_split();
     // The client's FIN half-closes the pod side; the pod closing ends the forwarding.
-    let up = tokio::spawn(async move {
-        while let Some(data) = from_client.recv().await {
-            if wr.write_all(&data).await.is_err() {
-                break;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+    let up = tokio::spawn(copy_to_pod(from_client, wr));
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match rd.read(&mut buf).await {
@@ -172,7 +177,7 @@ pub async fn serve_ws(conn: ws::WsConn, netns: PathBuf, ports: Vec<u16>) {
         let le = Bytes::copy_from_slice(&port.to_le_bytes());
         handle.send(data_ch, le.clone()).await;
         handle.send(err_ch, le).await;
-        let (tx, mut rx) = mpsc::channel::<Bytes>(64);
+        let (tx, rx) = mpsc::channel::<Bytes>(64);
         to_pod.push(tx);
         let (handle, netns) = (handle.clone(), netns.clone());
         tasks.push(tokio::spawn(async move {
@@ -183,15 +188,8 @@ pub async fn serve_ws(conn: ws::WsConn, netns: PathBuf, ports: Vec<u16>) {
                     return;
                 }
             };
-            let (mut rd, mut wr) = sock.into_split();
-            let up = tokio::spawn(async move {
-                while let Some(data) = rx.recv().await {
-                    if wr.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = wr.shutdown().await;
-            });
+            let (mut rd, wr) = sock.into_split();
+            let up = tokio::spawn(copy_to_pod(rx, wr));
             let down = async {
                 let mut buf = vec![0u8; 32 * 1024];
                 loop {
