@@ -11,7 +11,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{Crid, Net, RegistryProxy, mounts_under, noise, plain_http_registry, write_config};
@@ -22,15 +22,6 @@ use tonic::Code;
 /// The test registry, when this host can run these tests.
 fn ready() -> Option<String> {
     common::registry_for("fault", &["runc", "mkfs.ext4"])
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.stdin(Stdio::null()).output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A small ext4 file system in a file, loop-mounted; everything below it is unmounted, then
@@ -44,14 +35,18 @@ impl LoopFs {
     /// `mib` MiB with `inodes` inodes and no blocks reserved for root (crid runs as root).
     fn mount(image: &Path, mountpoint: &Path, mib: u64, inodes: u32) -> LoopFs {
         std::fs::create_dir_all(mountpoint).unwrap();
-        run(Command::new("truncate").arg(format!("-s{mib}M")).arg(image));
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0", "-N", &inodes.to_string()])
-            .arg(image));
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(image)
-            .arg(mountpoint));
+        common::run_ok(Command::new("truncate").arg(format!("-s{mib}M")).arg(image));
+        common::run_ok(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0", "-N", &inodes.to_string()])
+                .arg(image),
+        );
+        common::run_ok(
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(image)
+                .arg(mountpoint),
+        );
         LoopFs {
             mountpoint: mountpoint.to_owned(),
             filler: mountpoint.join("filler"),

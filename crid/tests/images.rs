@@ -877,15 +877,6 @@ async fn fixture_images() {
 }
 
 /// Runs a command, panicking with its stderr on failure.
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A docker-registry serving TLS with a certificate from a throw-away CA; stopped on drop.
 struct TlsRegistry {
     child: Child,
@@ -903,7 +894,7 @@ impl TlsRegistry {
     async fn start(dir: &Path) -> TlsRegistry {
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let p = |n: &str| dir.join(n).display().to_string();
-        run(Command::new("openssl").args([
+        common::run_ok(Command::new("openssl").args([
             "req",
             "-x509",
             "-newkey",
@@ -918,7 +909,7 @@ impl TlsRegistry {
             "-out",
             &p("ca.pem"),
         ]));
-        run(Command::new("openssl").args([
+        common::run_ok(Command::new("openssl").args([
             "req",
             "-newkey",
             "rsa:2048",
@@ -935,7 +926,7 @@ impl TlsRegistry {
             "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
         )
         .unwrap();
-        run(Command::new("openssl").args([
+        common::run_ok(Command::new("openssl").args([
             "x509",
             "-req",
             "-in",

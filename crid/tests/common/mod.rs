@@ -1093,7 +1093,16 @@ pub fn one_push_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     PUSHING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Whether a tool is on PATH.
+/// Runs `cmd` without stdin, panicking with its stderr unless it succeeds.
+pub fn run_ok(cmd: &mut Command) {
+    let out = cmd.stdin(Stdio::null()).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Sends `payload` to `ip:7777` over UDP and returns the echo (bounded: `tries` of 0.5 s).
 pub fn udp_echo(ip: &str, payload: &[u8], tries: u32) -> Option<Vec<u8>> {
     let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -1111,6 +1120,7 @@ pub fn udp_echo(ip: &str, payload: &[u8], tries: u32) -> Option<Vec<u8>> {
     None
 }
 
+/// Whether a tool is on PATH.
 pub fn on_path(bin: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).exists()))
