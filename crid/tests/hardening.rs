@@ -243,11 +243,6 @@ impl Harness {
         common::host_net_pod(name, &self.path().join("logs").join(name))
     }
 
-    /// A host-network pod (no CNI needed).
-    async fn pod(&self, name: &str) -> (String, cri::PodSandboxConfig) {
-        self.run_host_pod(name).await
-    }
-
     fn container(&self, tag: &str, name: &str, args: &[&str]) -> cri::ContainerConfig {
         cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata {
@@ -261,34 +256,10 @@ impl Harness {
         }
     }
 
-    async fn run(&self, pod: &(String, cri::PodSandboxConfig), c: cri::ContainerConfig) -> String {
-        self.create_start(pod, c).await
-    }
-
-    async fn status(&self, id: &str) -> (cri::ContainerStatus, Value) {
-        self.container_status(id).await
-    }
-
     /// Waits (bounded) until the container has exited.
     async fn wait_exited(&self, id: &str) -> cri::ContainerStatus {
         self.wait_state(id, cri::ContainerState::ContainerExited)
             .await
-    }
-
-    async fn stop_remove(&self, id: &str) {
-        self.rt()
-            .stop_container(cri::StopContainerRequest {
-                container_id: id.into(),
-                timeout: 2,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("stop {id}: {e}\n{}", self.log()));
-        self.rt()
-            .remove_container(cri::RemoveContainerRequest {
-                container_id: id.into(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("remove {id}: {e}\n{}", self.log()));
     }
 
     /// The daemon answers and is still the same process.
@@ -509,7 +480,7 @@ async fn oversized_requests_are_refused_and_the_daemon_stays_healthy() {
     );
     h.assert_healthy().await;
 
-    let target = h.pod("target").await;
+    let target = h.run_host_pod("target").await;
     let mut c = h.container("ok", "env", &["true"]);
     c.envs = (0..100)
         .map(|i| cri::KeyValue {
@@ -564,7 +535,7 @@ async fn oversized_requests_are_refused_and_the_daemon_stays_healthy() {
         key: "BIG".into(),
         value: "z".repeat(100_000).into(),
     }];
-    let id = h.run(&target, c).await;
+    let id = h.create_start(&target, c).await;
     assert_eq!(h.wait_exited(&id).await.exit_code, 0);
 
     let pods = h
@@ -598,7 +569,7 @@ async fn memory_limits_at_the_edges() {
     }
     let h = Harness::start().await;
     h.pull("ok").await;
-    let pod = h.pod("memory").await;
+    let pod = h.run_host_pod("memory").await;
     let with_limit = |name: &str, limit: i64| {
         let mut c = h.container("ok", name, &[
                 "sh",
@@ -615,7 +586,7 @@ async fn memory_limits_at_the_edges() {
         c
     };
     for (name, limit) in [("minus-one", -1), ("max", i64::MAX)] {
-        let id = h.run(&pod, with_limit(name, limit)).await;
+        let id = h.create_start(&pod, with_limit(name, limit)).await;
         let s = h.wait_exited(&id).await;
         assert_eq!(s.exit_code, 0, "{name}: {s:?}");
         let log = std::fs::read_to_string(h.path().join("logs/memory").join(format!("{name}.log")))
@@ -638,7 +609,7 @@ async fn memory_limits_at_the_edges() {
     }
     // UpdateContainerResources checks the same way.
     let id = h
-        .run(&pod, h.container("ok", "sleeper", &["sleep", "600"]))
+        .create_start(&pod, h.container("ok", "sleeper", &["sleep", "600"]))
         .await;
     let e = h
         .rt()
@@ -653,9 +624,9 @@ async fn memory_limits_at_the_edges() {
         .await
         .expect_err("update to 1 byte");
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    let (s, _) = h.status(&id).await;
+    let (s, _) = h.container_status(&id).await;
     assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
-    h.stop_remove(&id).await;
+    h.stop_and_remove_container(&id).await;
     h.assert_healthy().await;
     h.finish().await;
 }
@@ -672,7 +643,7 @@ async fn image_users_and_log_paths_out_of_bounds_are_invalid() {
     for tag in ["ok", "uid-2-31", "uid-2-32", "gid-2-32"] {
         h.pull(tag).await;
     }
-    let pod = h.pod("bounds").await;
+    let pod = h.run_host_pod("bounds").await;
     for tag in ["uid-2-31", "uid-2-32", "gid-2-32"] {
         let e = h
             .create(&pod, h.container(tag, tag, &["true"]))
@@ -739,7 +710,7 @@ async fn image_users_and_log_paths_out_of_bounds_are_invalid() {
         }),
         ..Default::default()
     });
-    let id = h.run(&pod, c).await;
+    let id = h.create_start(&pod, c).await;
     assert_eq!(h.wait_exited(&id).await.exit_code, 0);
     assert!(h.path().join("logs/bounds/fine.log").exists());
     h.finish().await;
@@ -755,9 +726,9 @@ async fn exec_sync_printing_a_gibibyte_is_bounded() {
     }
     let h = Harness::start().await;
     h.pull("ok").await;
-    let pod = h.pod("exec").await;
+    let pod = h.run_host_pod("exec").await;
     let id = h
-        .run(&pod, h.container("ok", "sleeper", &["sleep", "600"]))
+        .create_start(&pod, h.container("ok", "sleeper", &["sleep", "600"]))
         .await;
     let (before, _) = memory(h.pid());
     let r = h
@@ -813,7 +784,7 @@ async fn exec_sync_printing_a_gibibyte_is_bounded() {
         .expect("exec after the flood")
         .into_inner();
     assert_eq!(again.stdout, b"still here\n");
-    h.stop_remove(&id).await;
+    h.stop_and_remove_container(&id).await;
     h.assert_healthy().await;
     h.finish().await;
 }
@@ -828,14 +799,14 @@ async fn a_container_flooding_stdout_keeps_monitor_and_daemon_small() {
     }
     let h = Harness::start().await;
     h.pull("ok").await;
-    let pod = h.pod("flood").await;
+    let pod = h.run_host_pod("flood").await;
     let (crid_before, _) = memory(h.pid());
     for (name, script) in [
         ("lines", "yes flooding-the-log-with-lines"),
         ("endless", "cat /dev/zero"),
     ] {
         let id = h
-            .run(&pod, h.container("ok", name, &["sh", "-c", script]))
+            .create_start(&pod, h.container("ok", name, &["sh", "-c", script]))
             .await;
         let log = h.path().join("logs/flood").join(format!("{name}.log"));
         // Until 256 MiB are logged (bounded: at most two minutes of polling).
@@ -888,7 +859,7 @@ async fn a_container_flooding_stdout_keeps_monitor_and_daemon_small() {
             let text = String::from_utf8_lossy(&head[..n.min(200)]).into_owned();
             assert!(text.contains(" stdout P "), "{text:?}");
         }
-        h.stop_remove(&id).await;
+        h.stop_and_remove_container(&id).await;
     }
     let (crid_after, _) = memory(h.pid());
     eprintln!(
@@ -917,13 +888,13 @@ async fn container_init_holds_only_stdio_and_status_names_the_binaries() {
     }
     let h = Harness::start().await;
     h.pull("ok").await;
-    let pod = h.pod("fds").await;
+    let pod = h.run_host_pod("fds").await;
     for (name, tty) in [("pipes", false), ("tty", true)] {
         let mut c = h.container("ok", name, &["sleep", "600"]);
         c.tty = tty;
         c.stdin = tty;
-        let id = h.run(&pod, c).await;
-        let (_, info) = h.status(&id).await;
+        let id = h.create_start(&pod, c).await;
+        let (_, info) = h.container_status(&id).await;
         let pid = info["pid"].as_i64().expect("pid in verbose info");
         // runc signals its init to exec the command and returns; until the exec, the pid is
         // still `runc init` with the Go runtime's own descriptors.
@@ -976,7 +947,7 @@ async fn container_init_holds_only_stdio_and_status_names_the_binaries() {
                 "{name}: monitor fd {n} is {target}"
             );
         }
-        h.stop_remove(&id).await;
+        h.stop_and_remove_container(&id).await;
     }
 
     let status = h
@@ -1178,11 +1149,11 @@ async fn under_socket_activation_children_inherit_no_descriptor_or_variable() {
 
     // A runc container.
     h.pull("ok").await;
-    let pod = h.pod("activated").await;
+    let pod = h.run_host_pod("activated").await;
     let id = h
-        .run(&pod, h.container("ok", "sleeper", &["sleep", "600"]))
+        .create_start(&pod, h.container("ok", "sleeper", &["sleep", "600"]))
         .await;
-    let (_, info) = h.status(&id).await;
+    let (_, info) = h.container_status(&id).await;
     let init = info["pid"].as_i64().expect("pid in verbose info");
     // StartContainer can return before the OCI runtime's init has executed the container's
     // process (it still holds its sync descriptors until then): wait for `sleep` to run.
@@ -1236,7 +1207,7 @@ async fn under_socket_activation_children_inherit_no_descriptor_or_variable() {
     let shared_id = h.run_pod_under(&shared, "").await;
     let mut in_pod = h.container("ok", "in-pod", &["sleep", "600"]);
     in_pod.linux = None;
-    let in_pod = h.run(&(shared_id.clone(), shared), in_pod).await;
+    let in_pod = h.create_start(&(shared_id.clone(), shared), in_pod).await;
     let holders: Vec<i64> = common::processes_under(h.path(), None)
         .iter()
         .filter(|p| p.contains("--pid-namespace"))
@@ -1251,12 +1222,12 @@ async fn under_socket_activation_children_inherit_no_descriptor_or_variable() {
             "the PID namespace holder holds {held:?}"
         );
     }
-    let (_, info) = h.status(&in_pod).await;
+    let (_, info) = h.container_status(&in_pod).await;
     assert_nothing_of_crids(
         "a container in the pod's PID namespace",
         info["pid"].as_i64().unwrap(),
     );
-    h.stop_remove(&in_pod).await;
+    h.stop_and_remove_container(&in_pod).await;
 
     // A unikernel: the VMM, which a guest escape reaches first, holds nothing of crid's.
     if let Some(reg) = guest_registry {
@@ -1264,7 +1235,7 @@ async fn under_socket_activation_children_inherit_no_descriptor_or_variable() {
         h.expect_pull(&image).await;
         let pod = h.run_host_pod_with("activated-vm", "urunc").await;
         let vm = h
-            .run(
+            .create_start(
                 &pod,
                 cri::ContainerConfig {
                     metadata: Some(cri::ContainerMetadata {
@@ -1277,7 +1248,7 @@ async fn under_socket_activation_children_inherit_no_descriptor_or_variable() {
                 },
             )
             .await;
-        let (_, info) = h.status(&vm).await;
+        let (_, info) = h.container_status(&vm).await;
         let vmm = info["pid"].as_i64().expect("pid in verbose info");
         // The monitor forks, then the child joins the cgroup and the namespace and execs the VMM:
         // wait for the exec.
@@ -1301,9 +1272,9 @@ async fn under_socket_activation_children_inherit_no_descriptor_or_variable() {
                 "the VMM's fd {n} is {target}"
             );
         }
-        h.stop_remove(&vm).await;
+        h.stop_and_remove_container(&vm).await;
     }
-    h.stop_remove(&id).await;
+    h.stop_and_remove_container(&id).await;
     h.finish().await;
 }
 
@@ -1350,7 +1321,7 @@ async fn runtime_default_seccomp_refuses_io_uring_and_user_namespaces() {
 
     let h = Harness::start().await;
     h.pull("seccomp").await;
-    let pod = h.pod("seccomp").await;
+    let pod = h.run_host_pod("seccomp").await;
     use cri::security_profile::ProfileType;
     for (name, profile) in [
         ("default", ProfileType::RuntimeDefault),
@@ -1367,7 +1338,7 @@ async fn runtime_default_seccomp_refuses_io_uring_and_user_namespaces() {
             }),
             ..Default::default()
         });
-        let id = h.run(&pod, c).await;
+        let id = h.create_start(&pod, c).await;
         let status = h.wait_exited(&id).await;
         assert_eq!(status.exit_code, 0, "{status:?}");
         let log = std::fs::read_to_string(&status.log_path).unwrap();
