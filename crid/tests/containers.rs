@@ -52,7 +52,7 @@ fn sha256(b: &[u8]) -> String {
 /// with `nobody` and `www-data`) as an OCI layout and pushes it with skopeo.
 fn push_busybox(reg: &str) -> Result<String, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let busybox = which("busybox").ok_or("busybox not found")?;
+    let busybox = common::which("busybox").ok_or("busybox not found")?;
     let applets = Command::new(&busybox)
         .arg("--list")
         .output()
@@ -182,14 +182,6 @@ fn pause_image() -> String {
     image()
         .map(|i| i.replace("/crid-tests/busybox:", "/crid-tests/pause:"))
         .unwrap_or_default()
-}
-
-fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(bin))
-            .find(|p| p.exists())
-    })
 }
 
 /// crid on `dir` with this file's config: host-network pods, seccomp profiles from

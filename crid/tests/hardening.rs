@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use conformance::fixtures::build::{Compression, Format, ImageSpec, Layer, TarBuilder, image};
@@ -36,20 +36,12 @@ fn busybox() -> Option<&'static str> {
         .find(|p| Path::new(p).exists())
 }
 
-fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(bin))
-            .find(|p| p.is_file())
-    })
-}
-
 /// Whether containers can run here: root, runc and a static busybox.
 fn can_run() -> bool {
     if !nix::unistd::geteuid().is_root() {
         return skip("needs root");
     }
-    if which("runc").is_none() {
+    if common::which("runc").is_none() {
         return skip("runc is not installed");
     }
     if busybox().is_none() {
@@ -95,7 +87,7 @@ fn seccomp_probe() -> Option<&'static [u8]> {
     static PROBE: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
     PROBE
         .get_or_init(|| {
-            which("gcc")?;
+            common::which("gcc")?;
             let dir = tempfile::tempdir().ok()?;
             let out = dir.path().join("seccomp-probe");
             let source =
@@ -963,7 +955,7 @@ async fn container_init_holds_only_stdio_and_status_names_the_binaries() {
             .expect("binaries in Status info"),
     )
     .unwrap();
-    let runc = which("runc").unwrap();
+    let runc = common::which("runc").unwrap();
     assert_eq!(
         binaries["runc"]["path"].as_str(),
         Some(runc.to_str().unwrap()),
@@ -973,7 +965,7 @@ async fn container_init_holds_only_stdio_and_status_names_the_binaries() {
     assert!(version.starts_with("runc version "), "{binaries}");
     for hv in ["qemu-system-x86_64", "firecracker", "cloud-hypervisor"] {
         let entry = &binaries[hv];
-        match which(hv) {
+        match common::which(hv) {
             Some(p) => {
                 assert_eq!(
                     entry["path"].as_str(),
@@ -991,7 +983,7 @@ async fn container_init_holds_only_stdio_and_status_names_the_binaries() {
             ),
         }
     }
-    if which("qemu-system-x86_64").is_some() {
+    if common::which("qemu-system-x86_64").is_some() {
         let v = binaries["qemu-system-x86_64"]["version"].as_str().unwrap();
         assert!(v.contains("QEMU"), "{v}");
     }
@@ -1042,7 +1034,7 @@ async fn under_socket_activation_children_inherit_no_descriptor_or_variable() {
     if !can_run() {
         return;
     }
-    if which("systemd-socket-activate").is_none() {
+    if common::which("systemd-socket-activate").is_none() {
         skip("systemd-socket-activate is not installed (package systemd)");
         return;
     }
@@ -1051,7 +1043,7 @@ async fn under_socket_activation_children_inherit_no_descriptor_or_variable() {
         Ok(r)
             if ["gcc", "qemu-system-x86_64"]
                 .iter()
-                .all(|b| which(b).is_some()) =>
+                .all(|b| common::which(b).is_some()) =>
         {
             Some(r)
         }

@@ -78,7 +78,7 @@ fn install_puts_everything_in_place_and_the_units_verify() {
 
     // systemd-analyze verify, with ExecStart pointing at the staged binary (verify checks it
     // is executable on this host).
-    let Ok(analyze) = which("systemd-analyze") else {
+    let Some(analyze) = common::which("systemd-analyze") else {
         eprintln!("systemd-analyze not installed; units not verified");
         return;
     };
@@ -101,16 +101,6 @@ fn install_puts_everything_in_place_and_the_units_verify() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn which(bin: &str) -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(bin))
-                .find(|p| p.is_file())
-        })
-        .ok_or(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

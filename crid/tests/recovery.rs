@@ -615,9 +615,7 @@ fn can_run_containers() -> bool {
     if !common::can_run_pods() {
         return false;
     }
-    let runc = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("runc").exists()))
-        .unwrap_or(false);
+    let runc = common::on_path("runc");
     let busybox = Path::new("/usr/bin/busybox").exists() || Path::new("/bin/busybox").exists();
     if runc && busybox {
         return true;

@@ -1120,11 +1120,18 @@ pub fn udp_echo(ip: &str, payload: &[u8], tries: u32) -> Option<Vec<u8>> {
     None
 }
 
+/// Where a tool is on PATH: the first file of that name in its directories.
+pub fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(bin))
+            .find(|p| p.is_file())
+    })
+}
+
 /// Whether a tool is on PATH.
 pub fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).exists()))
-        .unwrap_or(false)
+    which(bin).is_some()
 }
 
 /// Open file descriptors of `pid`.
