@@ -15,15 +15,10 @@ fn install_puts_everything_in_place_and_the_units_verify() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("dest");
     let run = |root: &std::path::Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_crid"))
-            .args(["install", "--prefix", "/usr/local", "--dest-root"])
-            .arg(root)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        common::run_ok(
+            Command::new(env!("CARGO_BIN_EXE_crid"))
+                .args(["install", "--prefix", "/usr/local", "--dest-root"])
+                .arg(root),
         );
     };
     run(&root);
