@@ -21,8 +21,9 @@
  *      ACPI's legacy search finds it as PVH's rsdp_paddr gives it;
  *   4. builds the MP table qboot builds (the floating pointer in the EBDA too);
  *   5. enters the kernel at its PVH entry with a start info: the command line, a memory map
- *      (QEMU's etc/e820 with the low 1 MiB described as qboot does, the firmware's own RAM and
- *      the ACPI tables reserved) and the initrd as the module, read into place from fw_cfg.
+ *      (QEMU's etc/e820, in its order, after the low 1 MiB: RAM but for the firmware's own,
+ *      the EBDA and the F segment, reserved as qboot reserves its; the ACPI tables at the top
+ *      of RAM reserved) and the initrd as the module, read into place from fw_cfg.
  * There is no BIOS shadow: SMBIOS (qboot's copy in the F segment) and the real-mode BIOS
  * services are not provided, which PVH guests do not use.
  * On an error it prints one line ("crid-pci-shim: ...") on the serial port and exits QEMU
@@ -830,8 +831,9 @@ void __attribute__((noreturn)) fw_main(void)
 		module = (struct hvm_modlist_entry){ .paddr = initrd, .size = initrd_size };
 	}
 
-	/* The memory map: the low 1 MiB as qboot describes it (less the firmware's RAM), QEMU's
-	 * RAM from 1 MiB (less the ACPI tables at its top), QEMU's other entries. */
+	/* The memory map: the low 1 MiB (the firmware's RAM, the EBDA and the F segment reserved,
+	 * as qboot reserves its), then QEMU's entries in QEMU's order, as qboot passes them: its
+	 * RAM from 1 MiB (less the ACPI tables at its top), the rest as they are. */
 	u32 fw_ram = (u32)ram_start;
 	map_add(0, fw_ram, E820_RAM);
 	map_add(fw_ram, ram_end - fw_ram, E820_RESERVED);
