@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use conformance::fixtures::build::{Compression, Format, ImageSpec, Layer, TarBuilder, image};
+use conformance::fixtures::build::{Compression, Format, ImageSpec, Layer, image};
 use conformance::fixtures::fake_registry::{Content, FakeRegistry};
 use hyper_util::rt::TokioIo;
 use proto::cri;
@@ -30,12 +30,6 @@ fn skip(reason: &str) -> bool {
     false
 }
 
-fn busybox() -> Option<&'static str> {
-    ["/usr/bin/busybox", "/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-}
-
 /// Whether containers can run here: root, runc and a static busybox.
 fn can_run() -> bool {
     if !nix::unistd::geteuid().is_root() {
@@ -44,7 +38,7 @@ fn can_run() -> bool {
     if common::which("runc").is_none() {
         return skip("runc is not installed");
     }
-    if busybox().is_none() {
+    if common::host_busybox().is_none() {
         return skip("busybox is not installed");
     }
     true
@@ -56,15 +50,7 @@ fn busybox_image(
     user: &str,
     extra: &[(&str, u32, Vec<u8>)],
 ) -> conformance::fixtures::build::Built {
-    let mut t = TarBuilder::new();
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
-        t.dir(d, 0o755);
-    }
-    let bb = std::fs::read(busybox().expect("busybox")).expect("read busybox");
-    t.file("bin/busybox", 0o755, &bb);
-    for applet in ["sh", "sleep", "head", "yes", "cat", "ls", "true"] {
-        t.symlink(&format!("bin/{applet}"), "busybox");
-    }
+    let mut t = common::busybox_tree(&["sh", "sleep", "head", "yes", "cat", "ls", "true"]);
     t.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
     t.file("etc/group", 0o644, b"root:x:0:\n");
     for (path, mode, content) in extra {

@@ -14,19 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Crid;
-use conformance::fixtures::build::{Compression, Format, ImageSpec, Layer, TarBuilder, image};
+use conformance::fixtures::build::{Compression, Format, ImageSpec, Layer, image};
 use conformance::fixtures::fake_registry::{Content, FakeRegistry};
 use nri::api;
 use nri::transport::{self, BoxFuture, Channel, Handler, Status};
 use prost::Message;
 use proto::cri;
 use tonic::Code;
-
-fn busybox() -> Option<&'static str> {
-    ["/usr/bin/busybox", "/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-}
 
 fn can_run() -> bool {
     if !common::can_run_pods_for("nri") {
@@ -38,7 +32,7 @@ fn can_run() -> bool {
             return false;
         }
     }
-    if busybox().is_none() {
+    if common::host_busybox().is_none() {
         common::skip("nri", "busybox is not installed");
         return false;
     }
@@ -46,15 +40,7 @@ fn can_run() -> bool {
 }
 
 async fn registry() -> (FakeRegistry, String) {
-    let mut t = TarBuilder::new();
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
-        t.dir(d, 0o755);
-    }
-    let bb = std::fs::read(busybox().expect("busybox")).expect("read busybox");
-    t.file("bin/busybox", 0o755, &bb);
-    for applet in ["sh", "sleep", "cat", "true"] {
-        t.symlink(&format!("bin/{applet}"), "busybox");
-    }
+    let t = common::busybox_tree(&["sh", "sleep", "cat", "true"]);
     let config = serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]});
     let built = image(&ImageSpec::new(
         Format::Oci,

@@ -566,16 +566,8 @@ async fn a_pull_killed_midway_leaves_nothing_and_can_be_retried() {
 
 /// A busybox image (busybox-static from the host, `sh` and `sleep` links) on a fake registry.
 async fn busybox_registry() -> Option<(FakeRegistry, String)> {
-    let busybox = ["/usr/bin/busybox", "/bin/busybox"]
-        .iter()
-        .find(|p| Path::new(p).exists())?;
-    let mut t = TarBuilder::new();
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
-        t.dir(d, 0o755);
-    }
-    t.file("bin/busybox", 0o755, &std::fs::read(busybox).ok()?);
-    t.symlink("bin/sh", "busybox");
-    t.symlink("bin/sleep", "busybox");
+    common::host_busybox()?;
+    let t = common::busybox_tree(&["sh", "sleep"]);
     let img = image(&ImageSpec::new(
         Format::Oci,
         vec![Layer::new(&t.finish(), Compression::Gzip, Format::Oci)],
@@ -616,7 +608,7 @@ fn can_run_containers() -> bool {
         return false;
     }
     let runc = common::on_path("runc");
-    let busybox = Path::new("/usr/bin/busybox").exists() || Path::new("/bin/busybox").exists();
+    let busybox = common::host_busybox().is_some();
     if runc && busybox {
         return true;
     }

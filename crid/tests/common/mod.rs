@@ -1093,6 +1093,28 @@ pub fn one_push_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     PUSHING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The host's static busybox, which the test images carry.
+pub fn host_busybox() -> Option<&'static str> {
+    ["/usr/bin/busybox", "/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+}
+
+/// An image layer's tree: the usual top directories and the host's busybox as `bin/busybox`,
+/// linked as each of `applets`; the caller may add to it. Panics without a busybox.
+pub fn busybox_tree(applets: &[&str]) -> conformance::fixtures::build::TarBuilder {
+    let mut t = conformance::fixtures::build::TarBuilder::new();
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
+        t.dir(d, 0o755);
+    }
+    let bb = std::fs::read(host_busybox().expect("busybox")).expect("read busybox");
+    t.file("bin/busybox", 0o755, &bb);
+    for applet in applets {
+        t.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    t
+}
+
 /// Runs `cmd` without stdin, panicking with its stderr unless it succeeds.
 pub fn run_ok(cmd: &mut Command) {
     let out = cmd.stdin(Stdio::null()).output().expect("spawn");
