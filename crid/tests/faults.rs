@@ -130,27 +130,6 @@ fn push_noise_image(reg: &str, repo: &str, tag: &str, size: usize, seed: u64) ->
     format!("{reg}/{repo}:{tag}")
 }
 
-async fn run_pod(crid: &Crid, config: &cri::PodSandboxConfig) -> Result<String, tonic::Status> {
-    run_pod_with(crid, config, "").await
-}
-
-/// [`run_pod`] with a runtime handler (`urunc` for a pod that runs a unikernel image).
-async fn run_pod_with(
-    crid: &Crid,
-    config: &cri::PodSandboxConfig,
-    handler: &str,
-) -> Result<String, tonic::Status> {
-    crid.cri
-        .runtime
-        .clone()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: handler.into(),
-        })
-        .await
-        .map(|r| r.into_inner().pod_sandbox_id)
-}
-
 async fn create(
     crid: &Crid,
     pod: &str,
@@ -265,7 +244,8 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
         .await
         .unwrap_or_else(|e| panic!("pull busybox: {e}\n{}", crid.log()));
     let pod_config = common::host_net_pod("disk", &logs);
-    let pod = run_pod(&crid, &pod_config)
+    let pod = crid
+        .try_run_pod(&pod_config, "")
         .await
         .unwrap_or_else(|e| panic!("run pod: {e}\n{}", crid.log()));
     let logger = create(
@@ -306,7 +286,8 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
     .unwrap_or_else(|e| panic!("create late: {e}\n{}", crid.log()));
     // A pod whose logs are on another disk: only the container's rootfs is on the full one.
     let outside_config = common::host_net_pod("outside", &dir.join("logs"));
-    let outside = run_pod(&crid, &outside_config)
+    let outside = crid
+        .try_run_pod(&outside_config, "")
         .await
         .unwrap_or_else(|e| panic!("run pod: {e}\n{}", crid.log()));
     let late2 = create(
@@ -366,7 +347,8 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
     let mut expected = vec![logger.clone(), victim.clone(), late.clone(), late2.clone()];
     expected.sort();
     assert_eq!(ids, expected);
-    let e = run_pod(&crid, &common::host_net_pod("disk2", &logs))
+    let e = crid
+        .try_run_pod(&common::host_net_pod("disk2", &logs), "")
         .await
         .unwrap_err();
     assert_exhausted(&e, "RunPodSandbox", &crid);
@@ -494,7 +476,8 @@ async fn a_full_disk_is_resource_exhausted_and_recovers_when_freed() {
             .unwrap_or_default()
             .contains("late-ran")
     );
-    let pod2 = run_pod(&crid, &common::host_net_pod("disk2", &logs))
+    let pod2 = crid
+        .try_run_pod(&common::host_net_pod("disk2", &logs), "")
         .await
         .unwrap_or_else(|e| panic!("run pod after freeing: {e}\n{}", crid.log()));
 
@@ -656,7 +639,8 @@ async fn a_hypervisor_killed_mid_boot_is_an_exited_container_with_a_reason() {
         .await
         .unwrap_or_else(|e| panic!("pull {guest}: {e}\n{}", crid.log()));
     let pod_config = common::pod_config("vm", dir);
-    let pod = run_pod_with(&crid, &pod_config, "urunc")
+    let pod = crid
+        .try_run_pod(&pod_config, "urunc")
         .await
         .unwrap_or_else(|e| panic!("run pod: {e}\n{}", crid.log()));
     let config = common::container_config(&guest, "guest", &[]);

@@ -100,29 +100,14 @@ async fn pod_with_container(
     ctr: cri::ContainerConfig,
     handler: &str,
 ) -> Result<(String, String), tonic::Status> {
-    let mut rt = crid.cri.runtime.clone();
-    let pod = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: handler.into(),
+    let pod = (crid.try_run_pod(&config, handler).await?, config);
+    let id = crid.create(&pod, ctr).await?;
+    crid.rt()
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
         })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
-    let id = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ctr),
-            sandbox_config: Some(config),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await?;
-    Ok((pod, id))
+        .await?;
+    Ok((pod.0, id))
 }
 
 /// Stops and removes a container, then its pod.

@@ -96,22 +96,9 @@ impl Crid {
         self.0.into_dir()
     }
 
+    /// Runs a pod of `config` under the default handler.
     async fn run(&self, config: cri::PodSandboxConfig) -> Result<String, tonic::Status> {
-        self.run_with(config, "").await
-    }
-
-    async fn run_with(
-        &self,
-        config: cri::PodSandboxConfig,
-        handler: &str,
-    ) -> Result<String, tonic::Status> {
-        self.rt()
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config),
-                runtime_handler: handler.into(),
-            })
-            .await
-            .map(|r| r.into_inner().pod_sandbox_id)
+        self.try_run_pod(&config, "").await
     }
 
     async fn stop_pod(&self, id: &str) -> Result<(), tonic::Status> {
@@ -410,7 +397,7 @@ async fn hostname_dns_sysctls_and_shm_inside_the_pod() {
         ]);
         linux.cgroup_parent = "/kubepods/besteffort/poduid-named".into();
     }
-    let id = crid.run_with(config, "runc").await.expect("run");
+    let id = crid.try_run_pod(&config, "runc").await.expect("run");
     let (status, info) = crid.pod_status(&id).await;
     assert_eq!(status.runtime_handler, "runc");
     assert_eq!(info["kind"], "runc");
@@ -476,7 +463,7 @@ async fn bad_requests_are_invalid_arguments() {
     let (crid, net) = setup(4, 30).await;
 
     let e = crid
-        .run_with(pod("h"), "no-such-handler")
+        .try_run_pod(&pod("h"), "no-such-handler")
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
@@ -544,7 +531,10 @@ async fn bad_requests_are_invalid_arguments() {
         .as_mut()
         .unwrap()
         .network = cri::NamespaceMode::Node as i32;
-    let id = crid.run_with(c, "urunc").await.expect("host network pod");
+    let id = crid
+        .try_run_pod(&c, "urunc")
+        .await
+        .expect("host network pod");
     let (s, info) = crid.pod_status(&id).await;
     assert_eq!(s.network.unwrap().ip, "");
     assert!(info["paths"]["netns"].is_null());
@@ -552,7 +542,7 @@ async fn bad_requests_are_invalid_arguments() {
     // Same name again while it exists.
     let mut dup = pod("hostnet-ok");
     dup.linux = c_hostnet();
-    let e = crid.run_with(dup, "urunc").await.unwrap_err();
+    let e = crid.try_run_pod(&dup, "urunc").await.unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e}");
     crid.remove_pod(&id).await.unwrap();
     assert!(net.reservations().is_empty());

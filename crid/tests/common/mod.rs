@@ -530,13 +530,21 @@ impl Crid {
         self.dir.join("root/images")
     }
 
+    /// Runs a pod of [`pod_config`] named `name`.
     pub async fn run_pod(&self, name: &str) -> Result<String, tonic::Status> {
-        self.cri
-            .runtime
-            .clone()
+        self.try_run_pod(&pod_config(name, &self.dir), "").await
+    }
+
+    /// Runs a pod of `config` under a runtime handler; returns its id or the refusal.
+    pub async fn try_run_pod(
+        &self,
+        config: &cri::PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String, tonic::Status> {
+        self.rt()
             .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(pod_config(name, &self.dir)),
-                runtime_handler: String::new(),
+                config: Some(config.clone()),
+                runtime_handler: handler.into(),
             })
             .await
             .map(|r| r.into_inner().pod_sandbox_id)
@@ -659,15 +667,9 @@ impl Crid {
     /// Runs a pod of `config` under a runtime handler and returns its id; a refusal fails the
     /// test with crid's log.
     pub async fn run_pod_under(&self, config: &cri::PodSandboxConfig, handler: &str) -> String {
-        self.rt()
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: handler.into(),
-            })
+        self.try_run_pod(config, handler)
             .await
             .unwrap_or_else(|e| panic!("run pod: {e}\n{}", self.log()))
-            .into_inner()
-            .pod_sandbox_id
     }
 
     /// A pod's status and its verbose info.
