@@ -431,15 +431,9 @@ async fn a_plugin_is_synchronized_adjusts_containers_and_sees_every_event() {
     assert!(!events.iter().any(|e| e.starts_with("RunPodSandbox")));
 
     // A refused pod fails and is gone again; the plugin saw its id.
+    let refused = common::host_net_pod("refused-pod", &crid.path().join("logs/refused-pod"));
     let err = crid
-        .rt()
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(common::host_net_pod(
-                "refused-pod",
-                &crid.path().join("logs/refused-pod"),
-            )),
-            runtime_handler: String::new(),
-        })
+        .try_run_pod(&refused, "")
         .await
         .expect_err("the plugin refuses the pod");
     assert!(err.message().contains("no pods like this"), "{err:?}");

@@ -81,15 +81,7 @@ impl Crid {
             }),
             ..Default::default()
         };
-        self.rt()
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", self.log()))
-            .into_inner()
-            .pod_sandbox_id
+        self.run_pod_under(&config, "").await
     }
 
     async fn remove_pod(&self, id: &str) {
