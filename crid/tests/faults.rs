@@ -136,16 +136,8 @@ async fn create(
     pod_config: &cri::PodSandboxConfig,
     config: cri::ContainerConfig,
 ) -> Result<String, tonic::Status> {
-    crid.cri
-        .runtime
-        .clone()
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
+    crid.create(&(pod.to_owned(), pod_config.clone()), config)
         .await
-        .map(|r| r.into_inner().container_id)
 }
 
 async fn status(crid: &Crid, id: &str) -> cri::ContainerStatus {

@@ -627,16 +627,9 @@ async fn create_container(
     name: &str,
     args: &[&str],
 ) -> Result<String, tonic::Status> {
-    crid.cri
-        .runtime
-        .clone()
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(common::container_config(image, name, args)),
-            sandbox_config: Some(common::pod_config("ctr", &crid.dir)),
-        })
+    let pod = (pod.to_owned(), common::pod_config("ctr", &crid.dir));
+    crid.create(&pod, common::container_config(image, name, args))
         .await
-        .map(|r| r.into_inner().container_id)
 }
 
 /// Kills every process of the test's containers and monitors and unmounts what crid
