@@ -65,6 +65,34 @@ pub struct VmCgroup {
     v2: bool,
 }
 
+/// The mounted v1 hierarchies under `root` of the controllers a VMM joins, one path each:
+/// `cpu` and `cpuacct` are often one hierarchy (`cpu,cpuacct`, the names symlinks to it), found
+/// by the hierarchy's real path (not by inode: the roots of different hierarchies can share
+/// device and inode numbers).
+fn v1_hierarchies(root: &Path) -> Vec<PathBuf> {
+    let mut seen: Vec<PathBuf> = Vec::new();
+    let mut out = Vec::new();
+    for c in V1_CONTROLLERS {
+        let hierarchy = root.join(c);
+        if !hierarchy.join("cgroup.procs").exists() {
+            continue;
+        }
+        let real = std::fs::canonicalize(&hierarchy).unwrap_or_else(|_| hierarchy.clone());
+        if !seen.contains(&real) {
+            seen.push(real);
+            out.push(hierarchy);
+        }
+    }
+    out
+}
+
+/// [`v1_hierarchies`] of the host, looked up once: every start needs them, and resolving the
+/// links took some fifty `readlink` calls per start. Hierarchies are mounted at boot.
+fn host_v1_hierarchies() -> &'static [PathBuf] {
+    static HOST: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| v1_hierarchies(Path::new(CGROUP_ROOT)))
+}
+
 fn cg_err(path: &Path, e: std::io::Error) -> SandboxError {
     SandboxError::io(path, e)
 }
@@ -106,23 +134,20 @@ impl VmCgroup {
             .collect()
     }
 
-    /// The `cgroup.procs` files the VMM's wrapper writes its pid to.
+    /// The `cgroup.procs` files the VMM's wrapper writes its pid to, one per hierarchy.
     pub fn procs_files(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = self
-            .dirs()
-            .into_iter()
-            .map(|d| d.join("cgroup.procs"))
-            .collect();
-        // `cpu` and `cpuacct` are often one hierarchy (`cpu,cpuacct`, the names symlinks to it).
-        // Not by inode: files of different hierarchies can share device and inode numbers.
-        let mut seen = Vec::new();
-        files.retain(|f| {
-            let real = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
-            let new = !seen.contains(&real);
-            seen.push(real);
-            new
-        });
-        files
+        if self.v2 {
+            return vec![self.root.join(&self.relative).join("cgroup.procs")];
+        }
+        let hierarchies = if self.root == Path::new(CGROUP_ROOT) {
+            host_v1_hierarchies().to_vec()
+        } else {
+            v1_hierarchies(&self.root)
+        };
+        hierarchies
+            .iter()
+            .map(|h| h.join(&self.relative).join("cgroup.procs"))
+            .collect()
     }
 
     /// Creates the cgroup and applies `limits`. On error whatever was created is removed.
@@ -325,6 +350,26 @@ mod tests {
         cg.update(&Limits::default()).unwrap();
         assert_eq!(read("memory.max"), "max");
         assert_eq!(read("cpu.max"), "max 100000");
+    }
+
+    #[test]
+    fn v1_procs_files_name_each_hierarchy_once() {
+        let d = tempfile::tempdir().unwrap();
+        for c in ["memory", "cpu,cpuacct", "pids"] {
+            std::fs::create_dir(d.path().join(c)).unwrap();
+            std::fs::write(d.path().join(c).join("cgroup.procs"), "").unwrap();
+        }
+        for c in ["cpu", "cpuacct"] {
+            std::os::unix::fs::symlink("cpu,cpuacct", d.path().join(c)).unwrap();
+        }
+        let cg = VmCgroup::at(d.path(), "crid/c1", false);
+        let procs = |c: &str| d.path().join(c).join("crid/c1/cgroup.procs");
+        assert_eq!(
+            cg.procs_files(),
+            [procs("memory"), procs("cpu"), procs("pids")],
+            "cpuacct is cpu's hierarchy; devices and blkio are not mounted"
+        );
+        assert_eq!(cg.dirs().len(), 4, "limits go to every controller's name");
     }
 
     /// On the host's real cgroup2 hierarchy (the unified mount of a v1 hybrid host such as
