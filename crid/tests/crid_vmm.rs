@@ -847,6 +847,162 @@ async fn prepared_crid_vmm_is_handed_the_next_guest() {
     }
 }
 
+/// `Status` verbose: how many created crid-vmm guests are armed.
+async fn armed_count(crid: &Crid) -> Option<u64> {
+    let status = crid
+        .rt()
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let vm: serde_json::Value = serde_json::from_str(&status.info["vm"]).unwrap();
+    vm["cridVmmArmed"].as_u64()
+}
+
+/// Waits (bounded) until the VMM `pid` runs under its seccomp filter: it has set its guest up
+/// and confined itself.
+async fn wait_confined(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if status
+            .lines()
+            .any(|l| l.starts_with("Seccomp:") && l.ends_with('2'))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "crid-vmm {pid} never confined itself"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A crid-vmm guest of the pool's size is handed its prepared VMM at `CreateContainer`: before
+/// `StartContainer` the VMM is in the container's cgroup and chroot, confined, and the guest
+/// has not run (its log is empty); the start runs it. A created guest removed unstarted, or
+/// whose crid dies, ends with its monitor and leaves no cgroup.
+#[tokio::test]
+async fn prepared_crid_vmm_is_armed_at_create_and_started_by_one_byte() {
+    let Some(reg) = ready() else { return };
+    vmm_binary();
+    let work = tempfile::tempdir().unwrap();
+    let image = common::push_guest_as(
+        &reg,
+        &work.path().join("guest.elf"),
+        "unikraft",
+        "crid",
+        "",
+        "crid-armed",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    common::write_config(
+        dir.path(),
+        "[vm]\ncrid_vmm_pool = 1\ndefault_memory_mib = 32\n",
+    );
+    let mut crid = Crid::start_owned(dir).await;
+    crid.expect_pull(&image).await;
+    let pod = crid.run_host_pod_with("armed", "urunc").await;
+    let first = crid
+        .create_start(&pod, guest(&image, "first", &["exit=0"]))
+        .await;
+    crid.wait_state(&first, cri::ContainerState::ContainerExited)
+        .await;
+    let prepared = wait_prepared(&crid, &[]).await;
+
+    let id = crid
+        .create(&pod, guest(&image, "armed", &[]))
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}\n{}", crid.log()));
+    wait_confined(prepared).await;
+    assert_eq!(armed_count(&crid).await, Some(1));
+    let (status, info) = crid.container_status(&id).await;
+    assert_eq!(status.state(), cri::ContainerState::ContainerCreated);
+    let rel = assert_chrooted_in_its_cgroup(prepared, &info);
+    let log = crid.path().join("logs/armed/armed.log");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        std::fs::read_to_string(&log).ok().as_deref(),
+        Some(""),
+        "the guest ran before its start"
+    );
+    crid.start_container(&id).await;
+    wait_log(&log, "crid-test-guest: booted").await;
+    let (_, info) = crid.container_status(&id).await;
+    assert_eq!(info["pid"].as_i64(), Some(i64::from(prepared)));
+    assert_eq!(armed_count(&crid).await, Some(0));
+    // The gate is closed once used: the VMM holds no socket.
+    let sockets: Vec<_> = std::fs::read_dir(format!("/proc/{prepared}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|t| t.to_string_lossy().starts_with("socket:"))
+        .collect();
+    assert!(sockets.is_empty(), "the started VMM holds {sockets:?}");
+
+    // Removed before it started: its VMM and monitor end, its cgroup goes, the guest never ran.
+    let next = wait_prepared(&crid, &[prepared]).await;
+    let dropped = crid
+        .create(&pod, guest(&image, "dropped", &[]))
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}\n{}", crid.log()));
+    wait_confined(next).await;
+    let (_, info) = crid.container_status(&dropped).await;
+    let dropped_rel = assert_chrooted_in_its_cgroup(next, &info);
+    let monitor = parent_of(next);
+    crid.remove_container(&dropped).await;
+    wait_gone(&[next, monitor], "the unstarted guest's VMM and monitor").await;
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory")
+            .join(&dropped_rel)
+            .exists(),
+        "the unstarted guest's cgroup is left"
+    );
+    assert_eq!(armed_count(&crid).await, Some(0));
+
+    // crid dies with a guest armed: the guest's VMM and monitor end with it; the restarted crid
+    // reports the container exited.
+    let last = wait_prepared(&crid, &[prepared]).await;
+    let orphan = crid
+        .create(&pod, guest(&image, "orphan", &[]))
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}\n{}", crid.log()));
+    wait_confined(last).await;
+    let monitor = parent_of(last);
+    crid.sigkill();
+    wait_gone(&[last, monitor], "the armed guest of a dead crid").await;
+    let crid = Crid::start_owned(crid.into_dir()).await;
+    let s = crid
+        .wait_state(&orphan, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(s.state(), cri::ContainerState::ContainerExited);
+    assert!(
+        !std::fs::read_to_string(crid.path().join("logs/armed/orphan.log"))
+            .unwrap_or_default()
+            .contains("booted"),
+        "the orphaned guest ran"
+    );
+    crid.stop_container(&id, 0).await;
+    crid.remove_container(&id).await;
+    crid.remove_container(&orphan).await;
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory").join(&rel).exists(),
+        "the started guest's cgroup is left"
+    );
+    let path = crid.path().to_owned();
+    crid.finish().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !common::processes_under(&path, None).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left after crid stopped: {:?}",
+            common::processes_under(&path, None)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `vm.crid_vmm_pool = 0`: guests of the default size start the usual way and nothing is
 /// prepared.
 #[tokio::test]

@@ -135,7 +135,7 @@ fn run_prepared(memory_mib: u64) -> Result<Option<crid_vmm::GuestExit>, VmmError
         what: "the hand-over",
         source,
     })?;
-    let Some(args) = received else {
+    let Some(handover::Handed { args, start_gate }) = received else {
         return Ok(None);
     };
     let args = Args::try_parse_from(std::iter::once(OsString::from("crid-vmm")).chain(args))
@@ -145,7 +145,7 @@ fn run_prepared(memory_mib: u64) -> Result<Option<crid_vmm::GuestExit>, VmmError
             "the handed-over command line cannot be --prepared again".into(),
         ));
     }
-    vm::run_prepared(prepared, &args.into_config()?).map(Some)
+    vm::run_prepared(prepared, &args.into_config()?, start_gate).map(Some)
 }
 
 fn main() -> ExitCode {

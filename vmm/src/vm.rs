@@ -88,14 +88,20 @@ pub fn run(config: &Config) -> Result<GuestExit, VmmError> {
     if let Some(joining) = joining {
         finish_join(joining)?;
     }
-    boot(prepared, config)
+    boot(prepared, config, None)
 }
 
 /// Boots the guest described by `config` on a VM built ahead by [`prepare`]: the process (one
 /// thread until now) enters the guest's network namespace and cgroups, then goes on as [`run`]
 /// does. KVM's structures were charged to the cgroup the VMM was prepared in; every guest page
-/// is written after the join.
-pub fn run_prepared(prepared: Prepared, config: &Config) -> Result<GuestExit, VmmError> {
+/// is written after the join. With a `start_gate` (see [`crate::handover`]) everything is set
+/// up and confined as for a start, and the boot vCPU waits on the gate before the guest's
+/// first instruction; at its end of file the process exits with status 0.
+pub fn run_prepared(
+    prepared: Prepared,
+    config: &Config,
+    start_gate: Option<File>,
+) -> Result<GuestExit, VmmError> {
     if config.memory_mib != prepared.memory_mib {
         return Err(VmmError::Config(format!(
             "this VMM was prepared for {} MiB of guest memory, not {}",
@@ -106,7 +112,7 @@ pub fn run_prepared(prepared: Prepared, config: &Config) -> Result<GuestExit, Vm
     if let Some(joining) = join_cgroups(&config.cgroup_procs)? {
         finish_join(joining)?;
     }
-    boot(prepared, config)
+    boot(prepared, config, start_gate)
 }
 
 /// Enters `config.netns`, on the only thread (every thread started later is there too), before
@@ -137,8 +143,15 @@ fn create_vcpu(kvm: &Kvm, vm: &VmFd, index: u8) -> Result<VcpuFd, VmmError> {
     Ok(vcpu)
 }
 
-/// Loads the guest into a built VM, confines the process and runs the vCPUs.
-fn boot(prepared: Prepared, config: &Config) -> Result<GuestExit, VmmError> {
+/// Loads the guest into a built VM, confines the process and runs the vCPUs; with a
+/// `start_gate`, the boot vCPU's thread waits on it (under its seccomp filter) before it runs
+/// the guest. The other vCPUs may enter `KVM_RUN` at once: they wait there for the boot vCPU's
+/// start-up IPI.
+fn boot(
+    prepared: Prepared,
+    config: &Config,
+    start_gate: Option<File>,
+) -> Result<GuestExit, VmmError> {
     let Prepared {
         kvm,
         vm,
@@ -236,49 +249,59 @@ fn boot(prepared: Prepared, config: &Config) -> Result<GuestExit, VmmError> {
         None
     };
 
+    // The main thread installs the filter once for the whole process (TSYNC), so the kernel
+    // checks and compiles one filter, not one per thread: after every thread has started (the
+    // runtime's start-up of a thread, which names it, is done when its closure runs) and before
+    // any runs guest code or reads the tap.
+    let threads = usize::from(net.is_some()) + vcpus.len();
+    let started = Arc::new(std::sync::Barrier::new(threads + 1));
+    let confined = Arc::new(std::sync::Barrier::new(threads + 1));
     let (tx, rx) = mpsc::channel();
     if let Some(net) = &net {
         let tx = tx.clone();
         let net = Arc::clone(net);
-        let program = program.clone();
+        let (started, confined) = (Arc::clone(&started), Arc::clone(&confined));
         let epoll = net::rx_epoll(&net).map_err(|e| VmmError::io("virtio-net epoll", e))?;
         std::thread::Builder::new()
             .name("net-rx".into())
             .spawn(move || {
-                let result = match &program {
-                    Some(p) => seccomp::apply(p),
-                    None => Ok(()),
-                }
-                .and_then(|()| {
-                    net::rx_loop(&net, &epoll).map_err(|e| VmmError::io("virtio-net receive", e))
-                });
-                if let Err(e) = result {
-                    let _ = tx.send(Err(e));
+                started.wait();
+                confined.wait();
+                if let Err(e) = net::rx_loop(&net, &epoll) {
+                    let _ = tx.send(Err(VmmError::io("virtio-net receive", e)));
                 }
             })
             .map_err(|e| VmmError::io("spawning the network thread", e))?;
     }
+    let mut start_gate = start_gate;
     for (index, vcpu) in vcpus.into_iter().enumerate() {
         let tx = tx.clone();
         let bus = Arc::clone(&bus);
         let mmio = mmio.clone();
-        let program = program.clone();
+        let (started, confined) = (Arc::clone(&started), Arc::clone(&confined));
+        let gate = start_gate.take();
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                let result = match &program {
-                    Some(p) => seccomp::apply(p),
-                    None => Ok(()),
+                started.wait();
+                confined.wait();
+                if let Some(gate) = gate {
+                    if !crate::handover::wait_for_start(gate) {
+                        // crid let go of the container before starting it.
+                        std::process::exit(0);
+                    }
                 }
-                .and_then(|()| run_vcpu(vcpu, &bus, &mmio, irqchip));
-                let _ = tx.send(result);
+                let _ = tx.send(run_vcpu(vcpu, &bus, &mmio, irqchip));
             })
             .map_err(|e| VmmError::io("spawning a vCPU thread", e))?;
     }
     drop(tx);
+    started.wait();
     if let Some(p) = &program {
-        seccomp::apply(p)?;
+        // On failure the process exits with the error, the threads still waiting.
+        seccomp::apply_to_all_threads(p)?;
     }
+    confined.wait();
     rx.recv()
         .map_err(|_| VmmError::Config("every vCPU thread ended without a result".into()))?
 }

@@ -24,7 +24,7 @@ use super::record::{
 };
 use super::{cgroups, spec};
 use crate::SandboxError;
-use crate::monitor::prepared::{Handover, HandoverError, PreparedMonitor};
+use crate::monitor::prepared::{Handover, HandoverError, PreparedMonitor, StartGate};
 use crate::monitor::{ExitRecord, Launch, MonitorHandle, MonitorSpec, Ready, StdinSpec};
 use crate::runc::ExecOutput;
 
@@ -120,6 +120,10 @@ pub trait ContainerBackend: Send + Sync {
     /// Whether a container recorded `Created` can still start after crid restarted (what it
     /// needs survived, i.e. the node did not reboot).
     fn startable(&self, r: &ContainerRecord) -> bool;
+
+    /// After `CreateContainer` saved the record (inside the async runtime): a backend may
+    /// start preparing the container's start in the background.
+    fn created(&self, _r: &ContainerRecord) {}
 
     /// `StartContainer` on a `Created` container. May update the backend's state in `r`.
     async fn start(&self, r: &mut ContainerRecord) -> Result<Started, StartError>;
@@ -347,6 +351,7 @@ impl Supervisor {
         let handover = Handover {
             spec: self.monitor_spec(r, launch, None),
             stderr: self.dirs.state_dir(&r.id).join("monitor.log"),
+            start_gate: false,
         };
         let started_at = now_ns();
         let (handover, result) = tokio::task::spawn_blocking(move || {
@@ -363,6 +368,50 @@ impl Supervisor {
             }
             Err(e @ HandoverError::Failed(_)) => Err(format!("runtime start monitor failed: {e}")),
         }
+    }
+
+    /// Hands `prepared` a created container (blocking): its monitor takes it as at a start
+    /// (pid file, the CRI log, created here first as a start creates it) and its VMM sets the
+    /// guest up and waits for [`StartGate::start`] (see [`crate::monitor::prepared`]). Returns
+    /// the VMM's pid and the gate; `Ok(None)` when the monitor had ended before it took the
+    /// container (nothing of it was started); the error is the message of a failed start.
+    pub fn arm(
+        &self,
+        r: &ContainerRecord,
+        launch: Launch,
+        prepared: PreparedMonitor,
+    ) -> Result<Option<(i32, StartGate)>, String> {
+        touch_log(r.log_path.as_deref()).map_err(|e| e.to_string())?;
+        let handover = Handover {
+            spec: self.monitor_spec(r, launch, None),
+            stderr: self.dirs.state_dir(&r.id).join("monitor.log"),
+            start_gate: true,
+        };
+        match prepared.hand_over_gated(&handover, Duration::from_secs(60)) {
+            Ok((Ready { pid: Some(pid), .. }, gate)) => Ok(Some((pid, gate))),
+            Ok((Ready { error, .. }, _)) => {
+                Err(error.unwrap_or_else(|| "monitor gave no pid".into()))
+            }
+            Err(HandoverError::Gone(e)) => {
+                tracing::info!(container_id = %r.id, error = %e, "the prepared crid-vmm is gone; the start runs one");
+                Ok(None)
+            }
+            Err(e @ HandoverError::Failed(_)) => Err(format!("runtime start monitor failed: {e}")),
+        }
+    }
+
+    /// Starts the guest of container `id` that [`Supervisor::arm`] set up: its VMM `pid` runs
+    /// it once `gate` is opened.
+    pub fn start_armed(&self, id: &str, pid: i32, gate: StartGate) -> Result<Started, String> {
+        let started_at = now_ns();
+        gate.start().map_err(|e| {
+            format!("the guest's VMM ended before it was started ({e}); see the container's log")
+        })?;
+        Ok(Started {
+            pid,
+            started_at,
+            exited: self.watch(id),
+        })
     }
 
     /// The start a monitor reported.

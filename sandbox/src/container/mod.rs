@@ -32,6 +32,7 @@ mod unikernel_keys;
 pub mod user;
 mod userns_volume;
 pub mod vm;
+mod vm_armed;
 mod vm_rootfs;
 
 use std::collections::{BTreeMap, HashMap};
@@ -154,6 +155,7 @@ impl Backends {
             settings: settings.vm.clone(),
             kvm,
             pool,
+            armed: Default::default(),
             supervisor: supervisor.clone(),
             cgroup_driver: settings.cgroup_driver,
         };
@@ -698,6 +700,7 @@ impl ContainerManager {
             siblings,
         };
         let this = self.clone();
+        let created_by = backend.clone();
         let result = tokio::task::spawn_blocking(move || {
             for d in [this.dirs.dir(&new.id), this.dirs.state_dir(&new.id)] {
                 std::fs::create_dir_all(&d).map_err(|e| SandboxError::io(&d, e))?;
@@ -714,6 +717,7 @@ impl ContainerManager {
                 self.lock()
                     .containers
                     .insert(id.clone(), Entry::new(record.clone()));
+                created_by.created(&record);
                 tracing::info!(container_id = %id, pod_sandbox_id = %record.pod_id, name = %record.config.name, "container created");
                 self.emit(EventKind::Created, &record);
                 Ok(id)

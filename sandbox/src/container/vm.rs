@@ -12,7 +12,8 @@
 //!   network namespace and the container's cgroup, which the monitor's child joins before it
 //!   execs the VMM: the serial console goes to the CRI log, the VMM's exit status becomes the
 //!   container's exit code. A crid-vmm guest of the pool's size is handed to a prepared
-//!   monitor and VMM instead ([`crate::vm::pool`]).
+//!   monitor and VMM instead ([`crate::vm::pool`]), at `CreateContainer` where the pool has
+//!   one then, and only let run at `StartContainer` ([`super::vm_armed`]).
 //! - The VMM runs in the container's cgroup (`cgroups_path`, as runc would use: CRI limits,
 //!   stats and OOM detection apply), as an unprivileged user where the hypervisor allows (QEMU);
 //!   see [`crate::vm::cgroup`] and [`crate::vm::qemu`].
@@ -50,6 +51,7 @@ use super::record::{
     Backend, ContainerRecord, ContainerState, ContainerStats, VmState, exit_code, is_mount_point,
     runtime_err,
 };
+use super::vm_armed::{Armed, ArmedGuests, Outcome};
 use super::{cgroups, spec, user, vm_rootfs};
 use crate::SandboxError;
 use crate::monitor::Launch;
@@ -364,6 +366,8 @@ pub struct VmBackend {
     pub kvm: KvmProbe,
     /// crid-vmm guests prepared ahead of need (`vm.crid_vmm_pool`), when there are any.
     pub pool: Option<Arc<Pool<PreparedMonitor>>>,
+    /// Created containers handed a prepared crid-vmm, waiting for their start.
+    pub armed: ArmedGuests,
     pub supervisor: Supervisor,
     pub cgroup_driver: CgroupDriver,
 }
@@ -516,6 +520,68 @@ impl VmBackend {
             req.memory_limit_bytes,
             self.settings.default_memory_mib,
         ))
+    }
+
+    /// Hands a created container's guest to `prepared` (blocking; see [`super::vm_armed`]):
+    /// what a start would prepare, then the gated hand-over. What it made is released when it
+    /// fails.
+    fn arm(&self, r: &ContainerRecord, prepared: PreparedMonitor) -> Outcome {
+        let Some(state) = self.vm_state(r) else {
+            return Some(Err(self.no_state(&r.id)));
+        };
+        let (state, launch) = match self.launch(state.clone()) {
+            Ok(planned) => planned,
+            Err(e) => {
+                self.release(&r.id, Some(&state));
+                return Some(Err(e));
+            }
+        };
+        match self.supervisor.arm(r, launch, prepared) {
+            Ok(Some((pid, gate))) => Some(Ok(Armed { state, pid, gate })),
+            Ok(None) => {
+                self.release(&r.id, Some(&state));
+                None
+            }
+            Err(message) => {
+                self.release(&r.id, Some(&state));
+                Some(Err(runtime_err("start", message)))
+            }
+        }
+    }
+
+    /// Ends the armed guest of container `id`, if it has one (its VMM and monitor exit, the
+    /// guest never run), and releases what arming made.
+    async fn disarm(&self, id: &str) {
+        if let Some(Ok(armed)) = self.armed.take(id).await {
+            let Armed { state, gate, .. } = armed;
+            drop(gate);
+            let this = self.clone();
+            let id = id.to_owned();
+            let _ = tokio::task::spawn_blocking(move || this.release(&id, Some(&state))).await;
+        }
+    }
+
+    /// Starts the guest armed at create; `None` when it was not armed (the start goes the
+    /// usual way).
+    async fn start_armed(&self, r: &mut ContainerRecord) -> Option<Result<Started, StartError>> {
+        let armed = match self.armed.take(&r.id).await? {
+            Ok(armed) => armed,
+            Err(error) => {
+                return Some(Err(StartError::Failed {
+                    message: error.to_string(),
+                    error,
+                }));
+            }
+        };
+        r.vm = Some(armed.state.clone());
+        Some(
+            self.supervisor
+                .start_armed(&r.id, armed.pid, armed.gate)
+                .map_err(|message| {
+                    self.release(&r.id, Some(&armed.state));
+                    start_failure(&self.dirs().dir(&r.id), message)
+                }),
+        )
     }
 
     /// Releases the guest's tap and files; fine to repeat.
@@ -683,6 +749,21 @@ impl ContainerBackend for VmBackend {
         })
     }
 
+    /// A crid-vmm guest of the pool's size is handed a prepared VMM now (see
+    /// [`super::vm_armed`]), in the background.
+    fn created(&self, r: &ContainerRecord) {
+        let Some(prepared) = self
+            .vm_state(r)
+            .and_then(|state| self.prepared_for(&state.request))
+        else {
+            return;
+        };
+        let this = self.clone();
+        let record = r.clone();
+        let task = tokio::task::spawn_blocking(move || this.arm(&record, prepared));
+        self.armed.insert(&r.id, task);
+    }
+
     /// The rule of runc containers (the rootfs mount), which a guest does not have: a created
     /// guest is reported exited after any restart of crid.
     fn startable(&self, r: &ContainerRecord) -> bool {
@@ -693,6 +774,9 @@ impl ContainerBackend for VmBackend {
     /// the monitor: the serial console goes to the CRI log, the VMM's exit status becomes the
     /// container's exit code.
     async fn start(&self, r: &mut ContainerRecord) -> Result<Started, StartError> {
+        if let Some(started) = self.start_armed(r).await {
+            return started;
+        }
         let stale = self.supervisor.prepare(r).map_err(StartError::NotStarted)?;
         self.supervisor
             .ready_to_launch(r, stale)
@@ -774,7 +858,9 @@ impl ContainerBackend for VmBackend {
         }
     }
 
+    /// A guest armed and never started is disarmed first: its monitor then ends.
     async fn wait_exit(&self, r: &ContainerRecord, timeout: Duration) -> bool {
+        self.disarm(&r.id).await;
         self.supervisor.wait_exit(&r.id, timeout).await
     }
 
@@ -813,6 +899,8 @@ impl ContainerBackend for VmBackend {
                 reason: format!("container {} is not running", r.id),
             });
         }
+        // An armed guest was set up with the old resources: it starts the usual way.
+        self.disarm(&r.id).await;
         let this = self.clone();
         let (rec, res) = (r.clone(), resources.clone());
         let state = tokio::task::spawn_blocking(move || this.updated_state(&rec, &res))
@@ -858,11 +946,13 @@ impl ContainerBackend for VmBackend {
     }
 
     async fn remove(&self, r: &ContainerRecord) -> Result<(), SandboxError> {
+        self.disarm(&r.id).await;
         self.release(&r.id, self.vm_state(r).as_ref());
         Ok(())
     }
 
     async fn release_unrecorded(&self, id: &str) {
+        self.disarm(id).await;
         self.supervisor.end_unrecorded(id).await;
         self.release(id, self.legacy_state(id).as_ref());
     }
@@ -875,6 +965,7 @@ impl ContainerBackend for VmBackend {
             "kvm": self.kvm,
             "defaultMemoryMiB": self.settings.default_memory_mib,
             "cridVmmPrepared": self.pool.as_ref().map(|p| p.waiting()),
+            "cridVmmArmed": self.armed.count(),
         })
     }
 }

@@ -13,11 +13,17 @@
 //! 2. crid writes one JSON [`Handover`] line: the container's [`MonitorSpec`], whose launch is
 //!    the crid-vmm command line crid would otherwise run, and the file for the monitor's own
 //!    errors.
-//! 3. The monitor moves into the container's state directory (how crid recognises it after a
-//!    restart, its command line not naming the container), writes its pid file, opens the CRI
-//!    log, passes the command line to the VMM (with `--netns` for the pod's network
-//!    namespace, which the VMM enters itself) and prints a second [`Ready`] line; then it is the
-//!    container's monitor like any other.
+//! 3. The monitor passes the command line to the VMM (with `--netns` for the pod's network
+//!    namespace, which the VMM enters itself), so that the VMM sets the guest up meanwhile,
+//!    moves into the container's state directory (how crid recognises it after a restart, its
+//!    command line not naming the container), writes its pid file, opens the CRI log and
+//!    prints a second [`Ready`] line; then it is the container's monitor like any other.
+//! 4. With [`Handover::start_gate`] (crid hands the container over at `CreateContainer`) the
+//!    monitor passes its socket to crid along with the command line (`SCM_RIGHTS`) and keeps
+//!    no copy: the VMM sets the guest up, confines itself and waits on it until crid writes
+//!    `G` at `StartContainer` ([`StartGate::start`]), straight to the VMM, waking no other
+//!    process. Closing crid's end instead (the container removed, crid gone) ends the VMM
+//!    with status 0 before the guest ran.
 //!
 //! End of file from crid before step 2 (crid discarded the entry, stopped or died) ends the
 //! monitor and its VMM: a prepared entry never outlives the crid that prepared it. A VMM that
@@ -34,6 +40,7 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +52,9 @@ use super::{
 /// What the VMM writes on its socket once its VM is built (`crid_vmm::handover::READY`).
 const VMM_READY: u8 = b'R';
 
+/// What starts a guest waiting on its start gate (`crid_vmm::handover::START`).
+const VMM_START: u8 = b'G';
+
 /// The longest line crid or the monitor writes (a [`Handover`] holds a command line of at most
 /// what execve takes).
 const MAX_LINE: u64 = 2 << 20;
@@ -55,6 +65,10 @@ pub struct Handover {
     pub spec: MonitorSpec,
     /// Where the monitor's own errors go from now on (the container's `monitor.log`).
     pub stderr: PathBuf,
+    /// The VMM gets crid's socket as its start gate and runs the guest only when crid writes
+    /// on it (see [`StartGate`]).
+    #[serde(default)]
+    pub start_gate: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -131,6 +145,22 @@ pub fn spawn(
     }
 }
 
+/// A guest set up and confined by its VMM, waiting for its start: crid's end of the socket the
+/// VMM holds as its start gate. Dropping it without [`StartGate::start`] ends the VMM, the
+/// guest never run.
+#[derive(Debug)]
+pub struct StartGate {
+    socket: UnixStream,
+}
+
+impl StartGate {
+    /// Lets the guest run: one byte to the VMM, which waits for nothing else. An error when
+    /// the VMM is gone (it failed while setting the guest up; its monitor records that exit).
+    pub fn start(self) -> std::io::Result<()> {
+        (&self.socket).write_all(&[VMM_START])
+    }
+}
+
 impl PreparedMonitor {
     /// Whether the monitor still waits (it has not closed its socket).
     pub fn alive(&self) -> bool {
@@ -138,8 +168,32 @@ impl PreparedMonitor {
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
     }
 
+    /// [`PreparedMonitor::hand_over`] with [`Handover::start_gate`] set: the guest is set up
+    /// and waits for [`StartGate::start`]. Blocking.
+    pub fn hand_over_gated(
+        self,
+        handover: &Handover,
+        timeout: Duration,
+    ) -> Result<(Ready, StartGate), HandoverError> {
+        let handover = Handover {
+            start_gate: true,
+            ..handover.clone()
+        };
+        let ready = self.send(&handover, timeout)?;
+        Ok((
+            ready,
+            StartGate {
+                socket: self.socket,
+            },
+        ))
+    }
+
     /// Hands the monitor its container and returns its report (at most `timeout`). Blocking.
     pub fn hand_over(self, handover: &Handover, timeout: Duration) -> Result<Ready, HandoverError> {
+        self.send(handover, timeout)
+    }
+
+    fn send(&self, handover: &Handover, timeout: Duration) -> Result<Ready, HandoverError> {
         let mut line = serde_json::to_vec(handover)
             .map_err(|e| HandoverError::Gone(std::io::Error::other(e)))?;
         line.push(b'\n');
@@ -416,8 +470,8 @@ impl Waiting {
         let _ = nix::sys::wait::waitpid(self.vmm, None);
     }
 
-    /// Becomes the monitor of the handed-over container: its state directory, pid file, log
-    /// and errors, then the VMM gets the guest's command line.
+    /// Becomes the monitor of the handed-over container: the VMM gets the guest's command
+    /// line, then the monitor takes its state directory, pid file, log and errors.
     fn take(mut self, handover: &Handover) -> Result<Monitor, String> {
         let result = self.take_inner(handover);
         if result.is_err() {
@@ -435,23 +489,46 @@ impl Waiting {
         })
     }
 
+    /// The VMM gets its command line first, so that it sets the guest up while the monitor
+    /// takes the container; its output waits in the pipes until the log is open. Should
+    /// taking it fail, [`Waiting::take`] kills the VMM.
     fn take_inner(&mut self, handover: &Handover) -> Result<super::log::LogFile, String> {
         let spec = &handover.spec;
         let args = vmm_args(spec, &self.vmm_path)?;
+        let socket = self.socket.take().ok_or("no VMM socket")?;
+        send_args(&socket, &encode_args(&args), handover.start_gate)
+            .map_err(|e| format!("handing the guest to the VMM: {e}"))?;
         redirect_stderr(&handover.stderr)?;
         let dir = spec
             .pid_file
             .parent()
             .ok_or("the pid file has no directory")?;
         std::env::set_current_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let log = take_container(spec)?;
-        let mut socket = self.socket.take().ok_or("no VMM socket")?;
-        socket
-            .write_all(&encode_args(&args))
-            .and_then(|()| socket.shutdown(std::net::Shutdown::Write))
-            .map_err(|e| format!("handing the guest to the VMM: {e}"))?;
-        Ok(log)
+        take_container(spec)
     }
+}
+
+/// Writes the VMM's hand-over message and ends it; with `start_gate`, crid's socket (this
+/// process's stdin) goes with its first bytes, and the monitor's copies of it are closed by
+/// [`report`] right after.
+fn send_args(socket: &UnixStream, message: &[u8], start_gate: bool) -> std::io::Result<()> {
+    let mut rest = message;
+    if start_gate {
+        let stdin = std::io::stdin();
+        let fds = [stdin.as_fd().as_raw_fd()];
+        let sent = sendmsg::<()>(
+            socket.as_raw_fd(),
+            &[std::io::IoSlice::new(rest)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(std::io::Error::from)?;
+        rest = &rest[sent..];
+    }
+    let mut writer = socket;
+    writer.write_all(rest)?;
+    socket.shutdown(std::net::Shutdown::Write)
 }
 
 /// The VMM's part of a handed-over launch: the crid-vmm command line after the program (which

@@ -1,6 +1,7 @@
 //! Prepared crid-vmm guests (`vm.crid_vmm_pool`): a few monitors started ahead of need, each
 //! with its crid-vmm's VM already built (see [`crate::monitor::prepared`]), so that a
-//! `StartContainer` on crid-vmm hands one its container instead of starting two processes.
+//! crid-vmm guest is handed one (at `CreateContainer`, see `container::vm_armed`) instead of
+//! starting two processes.
 //! The guest's memory is registered with KVM ahead (registering it after the irqchip waits for a
 //! grace period), so entries are prepared for one guest size, the default one
 //! (`vm.default_memory_mib`); other guests start the usual way.
@@ -24,8 +25,11 @@ use crate::monitor::prepared::{self, PreparedMonitor};
 /// The largest pool configurable.
 pub const MAX_SIZE: usize = 16;
 
-/// How long a refill waits after an entry was taken.
-pub const REFILL_DELAY: Duration = Duration::from_millis(100);
+/// How long a refill waits after an entry was taken: long enough that preparing the next
+/// entry (two processes, a VM) does not compete for the CPU with the guest that took it (armed
+/// at `CreateContainer`, running a few milliseconds later), short enough that the next
+/// `CreateContainer` of a burst or of a pod started right after finds the entry waiting.
+pub const REFILL_DELAY: Duration = Duration::from_millis(20);
 
 /// How long preparing waits after it failed before it tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
