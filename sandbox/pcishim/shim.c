@@ -38,8 +38,11 @@
 #define E820_RESERVED 2
 #define MAX_MEMMAP 32
 
-/* The firmware's RAM (shim.ld): its .bss from 64 KiB, then the command line. */
-extern u8 ram_start[], bss_end[];
+/* The firmware's RAM (shim.ld) from 64 KiB (ram_start): the stack, .bss (cleared), .noinit
+ * (buffers always written before they are read, left as they are: clearing costs emulated
+ * instructions too), then the command line (from ram_end). */
+extern u8 ram_start[], bss_start[], bss_end[], ram_end[];
+#define NOINIT __attribute__((section(".noinit")))
 
 /*
  * The reset vector and the way into 32-bit protected mode. The CPU starts in real mode at
@@ -71,7 +74,7 @@ __asm__(".pushsection .reset, \"ax\"\n"
 	"  movl %eax, %fs\n"
 	"  movl %eax, %gs\n"
 	"  movl $stack_top, %esp\n"
-	"  movl $ram_start, %edi\n"
+	"  movl $bss_start, %edi\n"
 	"  movl $bss_end, %ecx\n"
 	"  subl %edi, %ecx\n"
 	"  shrl $2, %ecx\n"
@@ -89,7 +92,7 @@ __asm__(".pushsection .reset, \"ax\"\n"
 	"  .word 23\n"
 	"  .long gdt\n"
 	".popsection\n"
-	".pushsection .bss\n"
+	".pushsection .stack, \"aw\", @nobits\n"
 	".balign 16\n"
 	".skip 8192\n"
 	"stack_top:\n"
@@ -196,7 +199,7 @@ struct bar {
 };
 
 #define MAX_BARS 96
-static struct bar bars[MAX_BARS];
+static struct bar bars[MAX_BARS] NOINIT;
 static u32 nbars;
 
 /* The size mask of a BAR: all ones written, read back at the address still latched. The BARs
@@ -345,7 +348,10 @@ static void pci_setup(u64 ram_top)
 			u32 header = (pci_read32(bdf, 0x0c) >> 16) & 0xff;
 			chipset_setup(bdf, id);
 			if ((header & 0x7f) == 0) {
-				size_bars(bdf);
+				/* QEMU's host bridge, ISA bridge and PM function have no BARs:
+				 * sizing them is 18 exits each for nothing. */
+				if (id != I440FX && id != PIIX3_ISA && id != PIIX4_PM)
+					size_bars(bdf);
 				u32 pin = (pci_read32(bdf, PCI_INTERRUPT_LINE) >> 8) & 0xff;
 				if (id == PIIX4_PM)
 					pci_write8(bdf, PCI_INTERRUPT_LINE, ACPI_SCI_IRQ);
@@ -437,7 +443,7 @@ static volatile struct fw_cfg_dma dma __attribute__((aligned(16)));
 static struct {
 	u32 count;
 	struct fw_cfg_file files[MAX_FILES];
-} dir;
+} dir NOINIT;
 static struct fw_cfg_file *const files = dir.files;
 static u32 nfiles;
 
@@ -509,17 +515,9 @@ static u16 file_select(u32 i)
 	return (u16)(files[i].select >> 8 | files[i].select << 8);
 }
 
-/* A name padded the way the directory's are, for lookups of our own. */
-static int file_named(const char *s)
-{
-	char name[56];
-	u32 i = 0;
-	for (; s[i] && i < 55; i++)
-		name[i] = s[i];
-	for (; i < 56; i++)
-		name[i] = 0;
-	return file_index(name);
-}
+/* The names the firmware looks up, NUL-padded as the directory's are. */
+static const char TABLE_LOADER[56] = "etc/table-loader";
+static const char E820[56] = "etc/e820";
 
 /* ---- the memory below 1 MiB ---- */
 
@@ -562,7 +560,7 @@ struct loader_cmd {
 #define ZONE_FSEG 2
 #define MAX_LOADER (4096 / sizeof(struct loader_cmd))
 
-static struct loader_cmd loader[MAX_LOADER] __attribute__((aligned(4)));
+static struct loader_cmd loader[MAX_LOADER] __attribute__((aligned(4))) NOINIT;
 /* Where each fw_cfg file the loader allocated was put (by directory index); the indexes of
  * those files, which the loader's other commands name. */
 static u8 *file_addr[MAX_FILES];
@@ -594,9 +592,12 @@ static u8 sum8(const u8 *p, u32 len)
 
 static u8 *loader_file(const char *name, u32 *size)
 {
+	/* Most commands name the file the one before named (the tables blob): try it first. */
+	static u32 last;
 	for (u32 k = 0; k < nallocated; k++) {
-		u32 i = allocated[k];
+		u32 i = allocated[(last + k) % nallocated];
 		if (name_eq(files[i].name, name)) {
+			last = (last + k) % nallocated;
 			*size = be32(files[i].size);
 			return file_addr[i];
 		}
@@ -607,7 +608,7 @@ static u8 *loader_file(const char *name, u32 *size)
 /* Runs the table loader; returns the RSDP's address (0 without ACPI). */
 static u32 acpi_setup(u32 lowmem, u32 *acpi_low)
 {
-	int script = file_named("etc/table-loader");
+	int script = file_index(TABLE_LOADER);
 	*acpi_low = lowmem;
 	if (script < 0)
 		return 0;
@@ -710,7 +711,7 @@ static struct {
 	struct mp_table table;
 	struct mp_cpu cpus[MP_MAX_CPUS];
 	struct mp_entry8 rest[1 + 1 + 16 + 2]; /* bus, I/O APIC, 16 interrupts, 2 local ones */
-} mp;
+} mp NOINIT;
 
 static void mptable_setup(void)
 {
@@ -737,13 +738,15 @@ static void mptable_setup(void)
 	*e++ = (struct mp_entry8){ 4, 3, 0, 0, 0, 0, 0, 0 }; /* ExtINT to LINT0 */
 	*e++ = (struct mp_entry8){ 4, 1, 0, 0, 0, 0, 0xff, 1 }; /* NMI to LINT1 */
 	struct mp_table *t = &mp.table;
+	*t = (struct mp_table){
+		.length = (u16)((u8 *)e - (u8 *)t),
+		.spec = 4,
+		.count = (u16)(cpus + (u32)(e - (struct mp_entry8 *)&mp.cpus[cpus])),
+		.lapic = 0xfee00000u,
+	};
 	copy(t->signature, "PCMP", 4);
 	copy(t->oem, "QBOOT   ", 8);
 	copy(t->product, "000000000000", 12);
-	t->spec = 4;
-	t->count = (u16)(cpus + (u32)(e - (struct mp_entry8 *)&mp.cpus[cpus]));
-	t->lapic = 0xfee00000u;
-	t->length = (u16)((u8 *)e - (u8 *)t);
 	t->checksum = (u8)-sum8((const u8 *)t, t->length);
 	struct mp_float *f = (struct mp_float *)MPTABLE_FLOAT;
 	*f = (struct mp_float){ .physptr = (u32)t, .length = 1, .spec = 4 };
@@ -778,7 +781,7 @@ struct e820_entry {
  * end of the RAM that starts at 0. */
 static u32 read_e820(struct e820_entry *qemu, u32 max, u32 *lowmem)
 {
-	int i = file_named("etc/e820");
+	int i = file_index(E820);
 	if (i < 0)
 		fail("no etc/e820 in fw_cfg");
 	u32 n = be32(files[i].size) / sizeof(struct e820_entry);
@@ -812,7 +815,7 @@ void __attribute__((noreturn)) fw_main(void)
 	mptable_setup();
 
 	u32 cmdline_size = fw_cfg_u32(FW_CFG_CMDLINE_SIZE);
-	u8 *cmdline = (u8 *)(((u32)bss_end + 15) & ~15u);
+	u8 *cmdline = ram_end;
 	if (cmdline_size > EBDA - (u32)cmdline - 1)
 		fail("the command line is too long");
 	if (cmdline_size)
