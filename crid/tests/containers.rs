@@ -913,18 +913,7 @@ async fn pod_wide_pid_namespace_through_the_holder() {
     crid.expect_pull(&image).await;
     let mut pod = crid.run_host_pod("pidns").await;
     // The same pod, again with a pod-wide PID namespace.
-    crid.rt()
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.0.clone(),
-        })
-        .await
-        .unwrap();
-    crid.rt()
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.0.clone(),
-        })
-        .await
-        .unwrap();
+    crid.stop_and_remove_pod(&pod.0).await;
     let pod_ns = |c: &mut Option<cri::NamespaceOption>| {
         if let Some(o) = c.as_mut() {
             o.pid = cri::NamespaceMode::Pod as i32;

@@ -662,14 +662,7 @@ async fn reboot_with_containers_leaves_them_stopped_and_removable() {
     let running = create_container(&crid, &pod, &image, "running", &["sleep", "1000"])
         .await
         .expect("create");
-    crid.cri
-        .runtime
-        .clone()
-        .start_container(cri::StartContainerRequest {
-            container_id: running.clone(),
-        })
-        .await
-        .expect("start");
+    crid.start_container(&running).await;
     let created = create_container(&crid, &pod, &image, "created", &["sleep", "1000"])
         .await
         .expect("create");
@@ -813,14 +806,7 @@ async fn a_corrupt_container_record_is_quarantined_and_its_container_released() 
         let id = create_container(&crid, &pod, &image, name, &["sleep", "1000"])
             .await
             .expect("create");
-        crid.cri
-            .runtime
-            .clone()
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .expect("start");
+        crid.start_container(&id).await;
         ids.push(id);
     }
     let (torn, fine) = (ids[0].clone(), ids[1].clone());
