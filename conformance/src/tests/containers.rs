@@ -112,17 +112,7 @@ async fn create(ctx: &Ctx, c: cri::ContainerConfig) -> Result<String, tonic::Sta
 }
 
 async fn run(ctx: &Ctx, c: cri::ContainerConfig) -> anyhow::Result<String> {
-    let id = create(ctx, c).await.context("CreateContainer")?;
-    ctx.env
-        .cri
-        .runtime
-        .clone()
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .context("StartContainer")?;
-    Ok(id)
+    super::create_start_in_pod(&ctx.env, &ctx.pod, &ctx.pod_config, c).await
 }
 
 async fn status(ctx: &Ctx, id: &str) -> anyhow::Result<cri::ContainerStatus> {
