@@ -242,15 +242,9 @@ async fn web_servers_serve_over_the_pod_ip_under_runtime_default_seccomp() {
         let config = common::pod_config(tag, crid.path());
         std::fs::create_dir_all(&config.log_directory).unwrap();
         let pod_id = crid
-            .rt()
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
+            .try_run_pod(&config, "")
             .await
-            .unwrap_or_else(|e| panic!("run pod {tag}: {e}\n{}", crid.log()))
-            .into_inner()
-            .pod_sandbox_id;
+            .unwrap_or_else(|e| panic!("run pod {tag}: {e}\n{}", crid.log()));
         let container = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata {
                 name: tag.into(),
