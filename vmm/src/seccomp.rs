@@ -1,8 +1,8 @@
-//! The seccomp filter installed on every VMM thread at once when set-up is over: after it, a
-//! thread can only run the vCPU (`KVM_RUN`, no other ioctl), move bytes on descriptors it
-//! already has, manage its own memory without making it executable, wait on futexes and exit;
-//! with a disk, also `pread64`/`pwrite64`/`fdatasync` on the disk's descriptor only. Anything
-//! else kills the whole process (`SECCOMP_RET_KILL_PROCESS`).
+//! The seccomp filter every VMM thread installs once set-up is over: after it, a thread can
+//! only run the vCPU (`KVM_RUN`, no other ioctl), move bytes on descriptors it already has,
+//! manage its own memory without making it executable, wait on futexes and exit; with a disk,
+//! also `pread64`/`pwrite64`/`fdatasync` on the disk's descriptor only. Anything else kills the
+//! whole process (`SECCOMP_RET_KILL_PROCESS`).
 
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
@@ -92,20 +92,14 @@ pub fn filter(disk: Option<RawFd>) -> Result<BpfProgram, VmmError> {
         .map_err(|e: seccompiler::BackendError| VmmError::Seccomp(e.to_string()))
 }
 
-/// Installs `program` on every thread of the process at once (`SECCOMP_FILTER_FLAG_TSYNC`):
-/// one filter for the kernel to check and compile, however many threads there are.
-pub fn apply_to_all_threads(program: &BpfProgram) -> Result<(), VmmError> {
-    seccompiler::apply_filter_all_threads(program).map_err(|e| VmmError::Seccomp(e.to_string()))
+/// Installs `program` on the calling thread.
+pub fn apply(program: &BpfProgram) -> Result<(), VmmError> {
+    seccompiler::apply_filter(program).map_err(|e| VmmError::Seccomp(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Installs `program` on the calling thread only (the test process stays unconfined).
-    fn apply(program: &BpfProgram) -> Result<(), VmmError> {
-        seccompiler::apply_filter(program).map_err(|e| VmmError::Seccomp(e.to_string()))
-    }
 
     #[test]
     fn compiles_and_confines_a_thread() {

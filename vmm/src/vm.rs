@@ -249,26 +249,24 @@ fn boot(
         None
     };
 
-    // The main thread installs the filter once for the whole process (TSYNC), so the kernel
-    // checks and compiles one filter, not one per thread: after every thread has started (the
-    // runtime's start-up of a thread, which names it, is done when its closure runs) and before
-    // any runs guest code or reads the tap.
-    let threads = usize::from(net.is_some()) + vcpus.len();
-    let started = Arc::new(std::sync::Barrier::new(threads + 1));
-    let confined = Arc::new(std::sync::Barrier::new(threads + 1));
     let (tx, rx) = mpsc::channel();
     if let Some(net) = &net {
         let tx = tx.clone();
         let net = Arc::clone(net);
-        let (started, confined) = (Arc::clone(&started), Arc::clone(&confined));
+        let program = program.clone();
         let epoll = net::rx_epoll(&net).map_err(|e| VmmError::io("virtio-net epoll", e))?;
         std::thread::Builder::new()
             .name("net-rx".into())
             .spawn(move || {
-                started.wait();
-                confined.wait();
-                if let Err(e) = net::rx_loop(&net, &epoll) {
-                    let _ = tx.send(Err(VmmError::io("virtio-net receive", e)));
+                let result = match &program {
+                    Some(p) => seccomp::apply(p),
+                    None => Ok(()),
+                }
+                .and_then(|()| {
+                    net::rx_loop(&net, &epoll).map_err(|e| VmmError::io("virtio-net receive", e))
+                });
+                if let Err(e) = result {
+                    let _ = tx.send(Err(e));
                 }
             })
             .map_err(|e| VmmError::io("spawning the network thread", e))?;
@@ -278,30 +276,32 @@ fn boot(
         let tx = tx.clone();
         let bus = Arc::clone(&bus);
         let mmio = mmio.clone();
-        let (started, confined) = (Arc::clone(&started), Arc::clone(&confined));
+        let program = program.clone();
         let gate = start_gate.take();
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                started.wait();
-                confined.wait();
-                if let Some(gate) = gate {
-                    if !crate::handover::wait_for_start(gate) {
-                        // crid let go of the container before starting it.
-                        std::process::exit(0);
-                    }
+                let result = match &program {
+                    Some(p) => seccomp::apply(p),
+                    None => Ok(()),
                 }
-                let _ = tx.send(run_vcpu(vcpu, &bus, &mmio, irqchip));
+                .and_then(|()| {
+                    if let Some(gate) = gate {
+                        if !crate::handover::wait_for_start(gate) {
+                            // crid let go of the container before starting it.
+                            std::process::exit(0);
+                        }
+                    }
+                    run_vcpu(vcpu, &bus, &mmio, irqchip)
+                });
+                let _ = tx.send(result);
             })
             .map_err(|e| VmmError::io("spawning a vCPU thread", e))?;
     }
     drop(tx);
-    started.wait();
     if let Some(p) = &program {
-        // On failure the process exits with the error, the threads still waiting.
-        seccomp::apply_to_all_threads(p)?;
+        seccomp::apply(p)?;
     }
-    confined.wait();
     rx.recv()
         .map_err(|_| VmmError::Config("every vCPU thread ended without a result".into()))?
 }
