@@ -8,6 +8,7 @@ pub mod hooks;
 mod id;
 pub mod monitor;
 pub mod pod;
+mod prepared_pool;
 pub mod runc;
 pub mod runtime;
 pub mod sys;

@@ -11,8 +11,8 @@
 //! recovery unpins and garbage collection DELs them.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cni::netns::NsKind;
@@ -21,6 +21,7 @@ use cni::{Cni, PodArgs, Prepared};
 use crate::error::SandboxError;
 use crate::id::new_id;
 use crate::pod::POD_IFNAME;
+use crate::prepared_pool::Ready;
 use crate::sys::PodSys;
 
 /// How long a refill waits after a network was taken, so it does not compete for the CPU with
@@ -41,8 +42,7 @@ pub struct WarmPool {
     state: PathBuf,
     cni: Arc<Cni>,
     sys: Arc<dyn PodSys>,
-    ready: Mutex<Vec<WarmNet>>,
-    filling: AtomicBool,
+    ready: Ready<WarmNet>,
     closed: AtomicBool,
 }
 
@@ -53,42 +53,29 @@ impl WarmPool {
             state,
             cni,
             sys,
-            ready: Mutex::new(Vec::new()),
-            filling: AtomicBool::new(false),
+            ready: Ready::new(),
             closed: AtomicBool::new(false),
         }
     }
 
-    fn ready(&self) -> std::sync::MutexGuard<'_, Vec<WarmNet>> {
-        self.ready.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// How many prepared networks are waiting.
     pub fn waiting(&self) -> usize {
-        self.ready().len()
+        self.ready.waiting()
     }
 
     /// The oldest prepared network, if any. One prepared with an older configuration is
     /// attached anew by `Cni::add_prepared`; the next refill releases the others.
     pub fn take(&self) -> Option<WarmNet> {
-        let mut ready = self.ready();
-        (!ready.is_empty()).then(|| ready.remove(0))
+        self.ready.take(|_| true)
     }
 
     /// Tops the pool up in a background task (one at a time), after `delay`.
     pub fn refill(self: &Arc<Self>, delay: Duration) {
-        if self.size == 0
-            || self.closed.load(Ordering::SeqCst)
-            || self.filling.swap(true, Ordering::SeqCst)
-        {
+        if self.size == 0 || self.closed.load(Ordering::SeqCst) {
             return;
         }
         let this = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            this.fill().await;
-            this.filling.store(false, Ordering::SeqCst);
-        });
+        self.ready.refill(delay, async move { this.fill().await });
     }
 
     /// [`WarmPool::refill`] after a network was taken.
@@ -101,7 +88,7 @@ impl WarmPool {
             return;
         };
         let stale: Vec<WarmNet> = {
-            let mut ready = self.ready();
+            let mut ready = self.ready.entries();
             let (fit, stale) = std::mem::take(&mut *ready)
                 .into_iter()
                 .partition(|net| net.prepared.matches(&list));
@@ -128,7 +115,7 @@ impl WarmPool {
                         return;
                     }
                     tracing::debug!(pod_sandbox_id = %net.id, "pod network prepared");
-                    self.ready().push(net);
+                    self.ready.entries().push(net);
                 }
                 Ok(None) => return,
                 Err(e) => {
@@ -184,12 +171,12 @@ impl WarmPool {
         self.closed.store(true, Ordering::SeqCst);
         // A fill in progress sees `closed` and releases what it makes.
         for _ in 0..200 {
-            if !self.filling.load(Ordering::SeqCst) {
+            if !self.ready.filling() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        let nets: Vec<WarmNet> = std::mem::take(&mut *self.ready());
+        let nets: Vec<WarmNet> = std::mem::take(&mut *self.ready.entries());
         for net in nets {
             self.release(net).await;
         }

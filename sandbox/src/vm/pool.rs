@@ -14,13 +14,13 @@
 //! exit closes every socket, so no prepared process outlives crid, even a killed one.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::accel::{AcceleratorMode, KvmProbe};
 use super::launch::VmSettings;
 use crate::monitor::prepared::{self, PreparedMonitor};
+use crate::prepared_pool::Ready;
 
 /// The largest pool configurable.
 pub const MAX_SIZE: usize = 16;
@@ -105,8 +105,7 @@ pub struct Pool<E: Entry> {
     /// The guest size every entry is prepared for, in MiB.
     memory_mib: u64,
     prepare: Prepare<E>,
-    ready: Mutex<Vec<E>>,
-    filling: AtomicBool,
+    ready: Ready<E>,
     failed_at: Mutex<Option<Instant>>,
 }
 
@@ -117,19 +116,14 @@ impl<E: Entry> Pool<E> {
             size: size.min(MAX_SIZE),
             memory_mib,
             prepare,
-            ready: Mutex::new(Vec::new()),
-            filling: AtomicBool::new(false),
+            ready: Ready::new(),
             failed_at: Mutex::new(None),
         }
     }
 
-    fn ready(&self) -> std::sync::MutexGuard<'_, Vec<E>> {
-        self.ready.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// How many entries wait.
     pub fn waiting(&self) -> usize {
-        self.ready().len()
+        self.ready.waiting()
     }
 
     /// The oldest live entry for a guest of `memory_mib` MiB; dead entries met on the way are
@@ -138,14 +132,7 @@ impl<E: Entry> Pool<E> {
         if memory_mib != self.memory_mib {
             return None;
         }
-        let mut ready = self.ready();
-        while !ready.is_empty() {
-            let entry = ready.remove(0);
-            if entry.alive() {
-                return Some(entry);
-            }
-        }
-        None
+        self.ready.take(E::alive)
     }
 
     /// [`Pool::take`], then a [`Pool::refill`] after [`REFILL_DELAY`] when the guest is of the
@@ -172,12 +159,12 @@ impl<E: Entry> Pool<E> {
         if failed_recently {
             return 0;
         }
-        self.ready().retain(|e| e.alive());
+        self.ready.entries().retain(|e| e.alive());
         let mut added = 0;
         while self.waiting() < self.size {
             match (self.prepare)() {
                 Ok(entry) => {
-                    self.ready().push(entry);
+                    self.ready.entries().push(entry);
                     added += 1;
                 }
                 Err(e) => {
@@ -194,15 +181,12 @@ impl<E: Entry> Pool<E> {
     /// Tops the pool up in a background task after `delay` (one task at a time). Must be
     /// called inside the tokio runtime.
     pub fn refill(self: &Arc<Self>, delay: Duration) {
-        if self.size == 0 || self.filling.swap(true, Ordering::SeqCst) {
+        if self.size == 0 {
             return;
         }
-        let this = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let pool = this.clone();
+        let pool = self.clone();
+        self.ready.refill(delay, async move {
             let _ = tokio::task::spawn_blocking(move || pool.fill()).await;
-            this.filling.store(false, Ordering::SeqCst);
         });
     }
 }
@@ -210,7 +194,7 @@ impl<E: Entry> Pool<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     /// An entry that counts its drops (a discarded prepared monitor ends).
     struct Fake {
