@@ -833,18 +833,7 @@ async fn prepared_crid_vmm_is_handed_the_next_guest() {
     }
     let path = crid.path().to_owned();
     crid.finish().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = common::processes_under(&path, None);
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "left after crid stopped: {left:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    expect_no_process_under(&path).await;
 }
 
 /// `Status` verbose: how many created crid-vmm guests are armed.
@@ -857,6 +846,23 @@ async fn armed_count(crid: &Crid) -> Option<u64> {
         .into_inner();
     let vm: serde_json::Value = serde_json::from_str(&status.info["vm"]).unwrap();
     vm["cridVmmArmed"].as_u64()
+}
+
+/// Waits (bounded) until no process runs under `path` any more: what a stopped crid leaves
+/// (monitors, VMMs) must end with it.
+async fn expect_no_process_under(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = common::processes_under(path, None);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left after crid stopped: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits (bounded) until the VMM `pid` runs under its seccomp filter: it has set its guest up
@@ -992,15 +998,7 @@ async fn prepared_crid_vmm_is_armed_at_create_and_started_by_one_byte() {
     );
     let path = crid.path().to_owned();
     crid.finish().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !common::processes_under(&path, None).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "left after crid stopped: {:?}",
-            common::processes_under(&path, None)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    expect_no_process_under(&path).await;
 }
 
 /// `vm.crid_vmm_pool = 0`: guests of the default size start the usual way and nothing is
