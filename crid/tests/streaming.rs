@@ -22,8 +22,11 @@ fn can_run() -> bool {
 }
 
 /// crid on a temp dir with a bridge network of its own (deleted when the [`Net`] drops).
-/// `tag` keeps the networks of tests running at the same time apart.
-async fn start(tag: u8) -> (Crid, Net) {
+/// `tag` keeps the networks of tests running at the same time apart. The [`Net`] comes first
+/// so that a test's `let (_net, crid)` drops crid first: a crid still running when the bridge
+/// goes may refill its prepared pod networks, and that CNI ADD would make the bridge again,
+/// left behind on the host.
+async fn start(tag: u8) -> (Net, Crid) {
     let dir = tempfile::TempDir::new().unwrap();
     let d = dir.path();
     let pid = std::process::id();
@@ -54,7 +57,7 @@ async fn start(tag: u8) -> (Crid, Net) {
         d.join("net.d"),
     );
     std::fs::write(d.join("config.toml"), config).unwrap();
-    (Crid::start_owned(dir).await, net)
+    (net, Crid::start_owned(dir).await)
 }
 
 /// This file's pod and port-forward helpers on the shared [`Crid`].
@@ -147,7 +150,7 @@ async fn port_forward_reaches_a_listener_inside_the_pod() {
     if !can_run() {
         return;
     }
-    let (crid, _net) = start(1).await;
+    let (_net, crid) = start(1).await;
     let pod = crid.run_streaming_pod("pf").await;
     let port = echo_in_netns(&crid.netns(&pod)).await;
     // The listener exists only in the pod: the host's loopback has nothing there.
@@ -195,7 +198,7 @@ async fn streaming_requests_for_unknown_ids_or_bad_input_are_refused() {
     if !can_run() {
         return;
     }
-    let (crid, _net) = start(2).await;
+    let (_net, crid) = start(2).await;
     let e = crid.port_forward_url("nope", vec![80]).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e}");
     let e = crid
