@@ -166,9 +166,7 @@ pub enum Firmware {
 pub fn pc_firmware(spec: &VmSpec) -> Firmware {
     if needs_pci_firmware(spec) {
         return match &spec.pci_shim {
-            Some(shim) if kernel_pvh_entry(&spec.kernel).is_some() => {
-                Firmware::PciShim { shim: shim.clone() }
-            }
+            Some(shim) if is_pvh_elf(&spec.kernel) => Firmware::PciShim { shim: shim.clone() },
             _ => Firmware::SeaBios,
         };
     }
@@ -218,18 +216,13 @@ fn microvm_build(spec: &VmSpec, machine: Machine) -> Option<&Path> {
     spec.qemu_microvm.as_deref().filter(|_| fits)
 }
 
-/// Whether `path` is an ELF file with a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY).
+/// Whether `path` is an ELF file with a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY) whose entry
+/// a 32-bit jump reaches. Reads at most the first 64 KiB; anything unreadable or malformed is
+/// "no".
 pub fn is_pvh_elf(path: &Path) -> bool {
-    kernel_pvh_entry(path).is_some()
-}
-
-/// The 32-bit PVH entry of the ELF file at `path`, from its XEN_ELFNOTE_PHYS32_ENTRY note.
-/// Reads at most the first 64 KiB; anything unreadable or malformed is `None`.
-pub fn kernel_pvh_entry(path: &Path) -> Option<u32> {
     let mut buf = Vec::new();
-    let f = std::fs::File::open(path).ok()?;
-    f.take(64 * 1024).read_to_end(&mut buf).ok()?;
-    pvh_entry(&buf).and_then(|e| u32::try_from(e).ok())
+    let read = std::fs::File::open(path).and_then(|f| f.take(64 * 1024).read_to_end(&mut buf));
+    read.is_ok() && pvh_entry(&buf).is_some_and(|e| u32::try_from(e).is_ok())
 }
 
 fn rd(buf: &[u8], off: usize, len: usize) -> Option<u64> {
