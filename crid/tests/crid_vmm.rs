@@ -848,6 +848,34 @@ async fn armed_count(crid: &Crid) -> Option<u64> {
     vm["cridVmmArmed"].as_u64()
 }
 
+/// crid with `vm.crid_vmm_pool = pool` and 32 MiB guests by default, the freestanding guest
+/// pushed for crid-vmm as `tag` with the command line `cmdline`, and pulled; returns crid and
+/// the image.
+async fn start_pooled(
+    reg: &str,
+    work: &Path,
+    cmdline: &str,
+    tag: &str,
+    pool: u32,
+) -> (Crid, String) {
+    let image = common::push_guest_as(
+        reg,
+        &work.join("guest.elf"),
+        "unikraft",
+        "crid",
+        cmdline,
+        tag,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    common::write_config(
+        dir.path(),
+        &format!("[vm]\ncrid_vmm_pool = {pool}\ndefault_memory_mib = 32\n"),
+    );
+    let crid = Crid::start_owned(dir).await;
+    crid.expect_pull(&image).await;
+    (crid, image)
+}
+
 /// Waits (bounded) until no process runs under `path` any more: what a stopped crid leaves
 /// (monitors, VMMs) must end with it.
 async fn expect_no_process_under(path: &Path) {
@@ -894,21 +922,7 @@ async fn prepared_crid_vmm_is_armed_at_create_and_started_by_one_byte() {
     let Some(reg) = ready() else { return };
     vmm_binary();
     let work = tempfile::tempdir().unwrap();
-    let image = common::push_guest_as(
-        &reg,
-        &work.path().join("guest.elf"),
-        "unikraft",
-        "crid",
-        "",
-        "crid-armed",
-    );
-    let dir = tempfile::tempdir().unwrap();
-    common::write_config(
-        dir.path(),
-        "[vm]\ncrid_vmm_pool = 1\ndefault_memory_mib = 32\n",
-    );
-    let mut crid = Crid::start_owned(dir).await;
-    crid.expect_pull(&image).await;
+    let (mut crid, image) = start_pooled(&reg, work.path(), "", "crid-armed", 1).await;
     let pod = crid.run_host_pod_with("armed", "urunc").await;
     let first = crid
         .create_start(&pod, guest(&image, "first", &["exit=0"]))
@@ -1008,21 +1022,7 @@ async fn no_crid_vmm_is_prepared_with_the_pool_off() {
     let Some(reg) = ready() else { return };
     vmm_binary();
     let work = tempfile::tempdir().unwrap();
-    let image = common::push_guest_as(
-        &reg,
-        &work.path().join("guest.elf"),
-        "unikraft",
-        "crid",
-        "exit=0",
-        "crid-nopool",
-    );
-    let dir = tempfile::tempdir().unwrap();
-    common::write_config(
-        dir.path(),
-        "[vm]\ncrid_vmm_pool = 0\ndefault_memory_mib = 32\n",
-    );
-    let crid = Crid::start_owned(dir).await;
-    crid.expect_pull(&image).await;
+    let (crid, image) = start_pooled(&reg, work.path(), "exit=0", "crid-nopool", 0).await;
     let pod = crid.run_host_pod_with("nopool", "urunc").await;
     for name in ["one", "two"] {
         let id = crid.create_start(&pod, guest(&image, name, &[])).await;
