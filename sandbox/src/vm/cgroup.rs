@@ -26,6 +26,7 @@
 //! thread while KVM builds the VM (KVM's own structures may then be charged to the monitor's
 //! cgroup); either way before it writes a guest page or opens the tap or disk.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use crate::SandboxError;
@@ -56,6 +57,17 @@ pub struct Limits {
     pub cpu_shares: i64,
 }
 
+impl Limits {
+    /// The CFS period: CRI's, or the kernel's default of 100 ms where CRI gives none.
+    fn cfs_period(&self) -> i64 {
+        if self.cpu_period > 0 {
+            self.cpu_period
+        } else {
+            100_000
+        }
+    }
+}
+
 /// The cgroup of one VM, by its directory relative to each hierarchy's root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmCgroup {
@@ -65,32 +77,53 @@ pub struct VmCgroup {
     v2: bool,
 }
 
-/// The mounted v1 hierarchies under `root` of the controllers a VMM joins, one path each:
-/// `cpu` and `cpuacct` are often one hierarchy (`cpu,cpuacct`, the names symlinks to it), found
-/// by the hierarchy's real path (not by inode: the roots of different hierarchies can share
-/// device and inode numbers).
-fn v1_hierarchies(root: &Path) -> Vec<PathBuf> {
+/// A mounted v1 controller a VMM joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct V1Controller {
+    /// The controller's name, also its directory under the cgroup root.
+    name: &'static str,
+    /// Whether an earlier controller in [`V1_CONTROLLERS`] is mounted on the same hierarchy:
+    /// `cpu` and `cpuacct` often are one (`cpu,cpuacct`, the names symlinks to it). Limits are
+    /// written per controller name; a process joins each hierarchy once.
+    shares_hierarchy: bool,
+}
+
+/// The controllers of [`V1_CONTROLLERS`] mounted under `root`. Hierarchies are told apart by
+/// their real path (not by inode: the roots of different hierarchies can share device and
+/// inode numbers).
+fn v1_controllers(root: &Path) -> Vec<V1Controller> {
     let mut seen: Vec<PathBuf> = Vec::new();
     let mut out = Vec::new();
-    for c in V1_CONTROLLERS {
-        let hierarchy = root.join(c);
+    for &name in V1_CONTROLLERS {
+        let hierarchy = root.join(name);
         if !hierarchy.join("cgroup.procs").exists() {
             continue;
         }
-        let real = std::fs::canonicalize(&hierarchy).unwrap_or_else(|_| hierarchy.clone());
-        if !seen.contains(&real) {
+        let real = std::fs::canonicalize(&hierarchy).unwrap_or(hierarchy);
+        let shares_hierarchy = seen.contains(&real);
+        if !shares_hierarchy {
             seen.push(real);
-            out.push(hierarchy);
         }
+        out.push(V1Controller {
+            name,
+            shares_hierarchy,
+        });
     }
     out
 }
 
-/// [`v1_hierarchies`] of the host, looked up once: every start needs them, and resolving the
+/// [`v1_controllers`] of the host, looked up once: every start needs them, and resolving the
 /// links took some fifty `readlink` calls per start. Hierarchies are mounted at boot.
-fn host_v1_hierarchies() -> &'static [PathBuf] {
-    static HOST: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
-    HOST.get_or_init(|| v1_hierarchies(Path::new(CGROUP_ROOT)))
+fn host_v1_controllers() -> &'static [V1Controller] {
+    static HOST: std::sync::OnceLock<Vec<V1Controller>> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| v1_controllers(Path::new(CGROUP_ROOT)))
+}
+
+/// cgroup2's `cpu.weight` for CRI's `cpu_shares`, by the conversion runc uses: shares
+/// 2..262144 → weight 1..10000.
+fn cpu_weight(shares: i64) -> i64 {
+    let shares = shares.clamp(2, 262_144);
+    1 + ((shares - 2) * 9999) / 262_142
 }
 
 fn cg_err(path: &Path, e: std::io::Error) -> SandboxError {
@@ -121,16 +154,28 @@ impl VmCgroup {
         }
     }
 
-    /// The directories of this cgroup, one per joined hierarchy that the host mounts.
-    pub fn dirs(&self) -> Vec<PathBuf> {
+    /// The mounted v1 controllers this cgroup joins.
+    fn v1_controllers(&self) -> Cow<'static, [V1Controller]> {
+        if self.root == Path::new(CGROUP_ROOT) {
+            Cow::Borrowed(host_v1_controllers())
+        } else {
+            Cow::Owned(v1_controllers(&self.root))
+        }
+    }
+
+    /// This cgroup's directory in one v1 controller's hierarchy.
+    fn v1_dir(&self, controller: &V1Controller) -> PathBuf {
+        self.root.join(controller.name).join(&self.relative)
+    }
+
+    /// The directories of this cgroup, one per joined controller that the host mounts.
+    fn dirs(&self) -> Vec<PathBuf> {
         if self.v2 {
             return vec![self.root.join(&self.relative)];
         }
-        V1_CONTROLLERS
+        self.v1_controllers()
             .iter()
-            .map(|c| self.root.join(c))
-            .filter(|root| root.join("cgroup.procs").exists())
-            .map(|root| root.join(&self.relative))
+            .map(|c| self.v1_dir(c))
             .collect()
     }
 
@@ -139,14 +184,10 @@ impl VmCgroup {
         if self.v2 {
             return vec![self.root.join(&self.relative).join("cgroup.procs")];
         }
-        let hierarchies = if self.root == Path::new(CGROUP_ROOT) {
-            host_v1_hierarchies().to_vec()
-        } else {
-            v1_hierarchies(&self.root)
-        };
-        hierarchies
+        self.v1_controllers()
             .iter()
-            .map(|h| h.join(&self.relative).join("cgroup.procs"))
+            .filter(|c| !c.shares_hierarchy)
+            .map(|c| self.v1_dir(c).join("cgroup.procs"))
             .collect()
     }
 
@@ -164,15 +205,10 @@ impl VmCgroup {
     }
 
     fn create_v1(&self, limits: &Limits) -> Result<(), SandboxError> {
-        for dir in self.dirs() {
+        for controller in self.v1_controllers().iter() {
+            let dir = self.v1_dir(controller);
             std::fs::create_dir_all(&dir).map_err(|e| cg_err(&dir, e))?;
-            let controller = dir
-                .strip_prefix(&self.root)
-                .ok()
-                .and_then(|p| p.iter().next())
-                .and_then(|c| c.to_str())
-                .unwrap_or("");
-            match controller {
+            match controller.name {
                 "memory" => {
                     if let Some(bytes) = limits.memory_bytes {
                         write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
@@ -221,21 +257,16 @@ impl VmCgroup {
             write(&dir.join("memory.max"), &bytes.to_string())?;
         }
         if limits.cpu_quota > 0 {
-            let period = if limits.cpu_period > 0 {
-                limits.cpu_period
-            } else {
-                100_000
-            };
             write(
                 &dir.join("cpu.max"),
-                &format!("{} {period}", limits.cpu_quota),
+                &format!("{} {}", limits.cpu_quota, limits.cfs_period()),
             )?;
         }
         if limits.cpu_shares > 0 {
-            // The kernel's conversion used by runc: shares 2..262144 → weight 1..10000.
-            let shares = limits.cpu_shares.clamp(2, 262_144);
-            let weight = 1 + ((shares - 2) * 9999) / 262_142;
-            write(&dir.join("cpu.weight"), &weight.to_string())?;
+            write(
+                &dir.join("cpu.weight"),
+                &cpu_weight(limits.cpu_shares).to_string(),
+            )?;
         }
         Ok(())
     }
@@ -262,36 +293,30 @@ impl VmCgroup {
     pub fn update(&self, limits: &Limits) -> Result<(), SandboxError> {
         let memory = limits.memory_bytes.map(|b| b.to_string());
         let quota = (limits.cpu_quota > 0).then_some(limits.cpu_quota);
-        let period = if limits.cpu_period > 0 {
-            limits.cpu_period
-        } else {
-            100_000
-        };
+        let period = limits.cfs_period();
         if self.v2 {
             let dir = self.root.join(&self.relative);
             write(&dir.join("memory.max"), memory.as_deref().unwrap_or("max"))?;
             let max = quota.map_or_else(|| "max".to_owned(), |q| q.to_string());
             write(&dir.join("cpu.max"), &format!("{max} {period}"))?;
             if limits.cpu_shares > 0 {
-                let shares = limits.cpu_shares.clamp(2, 262_144);
-                let weight = 1 + ((shares - 2) * 9999) / 262_142;
-                write(&dir.join("cpu.weight"), &weight.to_string())?;
+                write(
+                    &dir.join("cpu.weight"),
+                    &cpu_weight(limits.cpu_shares).to_string(),
+                )?;
             }
             return Ok(());
         }
-        for dir in self.dirs() {
-            match dir
-                .strip_prefix(&self.root)
-                .ok()
-                .and_then(|p| p.iter().next())
-            {
-                Some(c) if c == "memory" => {
+        for controller in self.v1_controllers().iter() {
+            let dir = self.v1_dir(controller);
+            match controller.name {
+                "memory" => {
                     write(
                         &dir.join("memory.limit_in_bytes"),
                         memory.as_deref().unwrap_or("-1"),
                     )?;
                 }
-                Some(c) if c == "cpu" => {
+                "cpu" => {
                     // The quota goes after the period: a quota is checked against it.
                     write(&dir.join("cpu.cfs_period_us"), &period.to_string())?;
                     write(
