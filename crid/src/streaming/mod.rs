@@ -42,6 +42,9 @@ pub enum StreamError {
     TooManyRequests { cap: usize },
     #[error("{0}")]
     Backend(String),
+    /// What the container or pod manager refused, with its own kind.
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::SandboxError),
     #[error("streaming state lock poisoned")]
     Poisoned,
 }
@@ -54,6 +57,7 @@ impl StreamError {
             StreamError::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             StreamError::Unimplemented(_) => ErrorKind::Unimplemented,
             StreamError::TooManyRequests { .. } => ErrorKind::ResourceExhausted,
+            StreamError::Sandbox(e) => e.kind(),
             StreamError::Backend(_) | StreamError::Poisoned => ErrorKind::Internal,
         }
     }

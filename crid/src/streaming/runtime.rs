@@ -27,19 +27,6 @@ pub struct RuntimeBackend {
     pub work_dir: PathBuf,
 }
 
-fn sandbox_error(e: sandbox::SandboxError, id: &str) -> StreamError {
-    match e.kind() {
-        imagestore::ErrorKind::NotFound => StreamError::NotFound {
-            what: "container",
-            id: id.to_owned(),
-        },
-        imagestore::ErrorKind::FailedPrecondition => StreamError::FailedPrecondition(e.to_string()),
-        imagestore::ErrorKind::InvalidArgument => StreamError::InvalidArgument(e.to_string()),
-        imagestore::ErrorKind::Unimplemented => StreamError::Unimplemented(e.to_string()),
-        _ => StreamError::Backend(e.to_string()),
-    }
-}
-
 fn io_error(what: &str, e: std::io::Error) -> StreamError {
     StreamError::Backend(format!("{what}: {e}"))
 }
@@ -47,20 +34,17 @@ fn io_error(what: &str, e: std::io::Error) -> StreamError {
 impl RuntimeBackend {
     /// The OCI runtime of a running runc-backend container.
     fn running_runc_container(&self, id: &str) -> Result<sandbox::runc::Runc, StreamError> {
-        let r = self.containers.get(id).map_err(|e| sandbox_error(e, id))?;
+        let r = self.containers.get(id)?;
         if r.state != ContainerState::Running {
             return Err(StreamError::FailedPrecondition(format!(
                 "container {id} is not running"
             )));
         }
-        self.containers
-            .oci_runtime_of(id)
-            .map_err(|e| sandbox_error(e, id))?
-            .ok_or_else(|| {
-                StreamError::Unimplemented(format!(
-                    "streaming into container {id} (not an OCI runtime container)"
-                ))
-            })
+        self.containers.oci_runtime_of(id)?.ok_or_else(|| {
+            StreamError::Unimplemented(format!(
+                "streaming into container {id} (not an OCI runtime container)"
+            ))
+        })
     }
 }
 
@@ -137,7 +121,7 @@ impl StreamBackend for RuntimeBackend {
 
     async fn check_attach(&self, spec: &AttachSpec) -> Result<(), StreamError> {
         let id = spec.container_id.as_str();
-        let r = self.containers.get(id).map_err(|e| sandbox_error(e, id))?;
+        let r = self.containers.get(id)?;
         if r.state != ContainerState::Running {
             return Err(StreamError::FailedPrecondition(format!(
                 "container {id} is not running"
@@ -148,21 +132,13 @@ impl StreamBackend for RuntimeBackend {
                 "container {id} was not created with stdin"
             )));
         }
-        if spec.stdin
-            && !self
-                .containers
-                .supports_exec(id)
-                .map_err(|e| sandbox_error(e, id))?
-        {
+        if spec.stdin && !self.containers.supports_exec(id)? {
             return Err(StreamError::Unimplemented(format!(
                 "attaching stdin to container {id} (not a runc container)"
             )));
         }
         // Output comes from the CRI log, or from the monitor for a container without one.
-        let socket = self
-            .containers
-            .attach_socket_of(id)
-            .map_err(|e| sandbox_error(e, id))?;
+        let socket = self.containers.attach_socket_of(id)?;
         if r.log_path.is_none() && socket.is_none() {
             return Err(StreamError::FailedPrecondition(format!(
                 "container {id} has neither a log nor a monitor to attach to"
@@ -237,14 +213,8 @@ impl StreamBackend for RuntimeBackend {
     async fn attach(&self, spec: AttachSpec) -> Result<Session, StreamError> {
         self.check_attach(&spec).await?;
         let id = spec.container_id.clone();
-        let record = self
-            .containers
-            .get(&id)
-            .map_err(|e| sandbox_error(e, &id))?;
-        let socket = self
-            .containers
-            .attach_socket_of(&id)
-            .map_err(|e| sandbox_error(e, &id))?;
+        let record = self.containers.get(&id)?;
+        let socket = self.containers.attach_socket_of(&id)?;
         let stdin = match (&socket, spec.stdin) {
             (Some(path), true) => Some(
                 connect_attach(path, sandbox::monitor::ATTACH_STDIN)
@@ -313,13 +283,7 @@ impl StreamBackend for RuntimeBackend {
     }
 
     async fn pod_netns(&self, pod_id: &str) -> Result<PathBuf, StreamError> {
-        let pod = self.pods.get(pod_id).map_err(|e| match e.kind() {
-            imagestore::ErrorKind::NotFound => StreamError::NotFound {
-                what: "pod sandbox",
-                id: pod_id.to_owned(),
-            },
-            _ => StreamError::Backend(e.to_string()),
-        })?;
+        let pod = self.pods.get(pod_id)?;
         if pod.state != sandbox::pod::PodState::Ready {
             return Err(StreamError::FailedPrecondition(format!(
                 "pod sandbox {pod_id} is not ready"

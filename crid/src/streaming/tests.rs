@@ -605,3 +605,22 @@ async fn kubectl_interop() {
         "{used:?}"
     );
 }
+
+/// The container and pod managers' errors reach the client with their own kind and message: a
+/// missing container is `NOT_FOUND`, a full disk `RESOURCE_EXHAUSTED` (not `INTERNAL`).
+#[test]
+fn sandbox_errors_keep_their_kind_and_message() {
+    use imagestore::ErrorKind;
+    let missing = super::StreamError::from(sandbox::SandboxError::NotFound {
+        what: "container",
+        id: "c1".into(),
+    });
+    assert_eq!(missing.kind(), ErrorKind::NotFound);
+    assert_eq!(missing.to_string(), "container c1 not found");
+    let full = super::StreamError::from(sandbox::SandboxError::DiskFull {
+        op: "exec".into(),
+        path: "/var/lib/crid".into(),
+        reason: "no space left on device".into(),
+    });
+    assert_eq!(full.kind(), ErrorKind::ResourceExhausted);
+}
