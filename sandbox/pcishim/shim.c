@@ -26,6 +26,10 @@
  *      of RAM reserved) and the initrd as the module, read into place from fw_cfg.
  * There is no BIOS shadow: SMBIOS (qboot's copy in the F segment) and the real-mode BIOS
  * services are not provided, which PVH guests do not use.
+ * A QEMU started before its guest was known (paused, without -kernel) gets its kernel from
+ * crid instead: crid writes the PVH kernel's segments into guest RAM and a boot block at
+ * BOOT_BLOCK (magic, entry, command line); when the magic is there the firmware takes the
+ * entry and the command line from the block (and no initrd), else from fw_cfg as above.
  * On an error it prints one line ("crid-pci-shim: ...") on the serial port and exits QEMU
  * through the isa-debug-exit port with status 0x7f (QEMU then exits 255).
  * No SSE, no libc, no interrupts: gcc -m32 -ffreestanding -nostdlib (build.sh).
@@ -756,6 +760,19 @@ static void mptable_setup(void)
 
 /* ---- the kernel ---- */
 
+/* crid's boot block (sandbox/src/vm/bootblock.rs), below the firmware's RAM: RAM the kernel
+ * gets afterwards, so the firmware clears the magic once it has read the block. */
+#define BOOT_BLOCK 0x8000
+#define BOOT_MAGIC 0x64697263u /* "crid" */
+#define BOOT_CMDLINE_MAX (0x10000 - BOOT_BLOCK - 16)
+struct boot_block {
+	u32 magic;
+	u32 entry;
+	u32 cmdline_size;
+	u32 reserved;
+	char cmdline[];
+};
+
 static struct hvm_start_info start_info;
 static struct hvm_modlist_entry module;
 static struct hvm_memmap_entry memmap[MAX_MEMMAP];
@@ -814,18 +831,23 @@ void __attribute__((noreturn)) fw_main(void)
 	u32 rsdp = acpi_setup(lowmem, &acpi_low);
 	mptable_setup();
 
-	u32 cmdline_size = fw_cfg_u32(FW_CFG_CMDLINE_SIZE);
+	struct boot_block *block = (struct boot_block *)BOOT_BLOCK;
+	int from_block = block->magic == BOOT_MAGIC;
+	u32 cmdline_size = from_block ? block->cmdline_size : fw_cfg_u32(FW_CFG_CMDLINE_SIZE);
 	u8 *cmdline = ram_end;
-	if (cmdline_size > EBDA - (u32)cmdline - 1)
+	if (cmdline_size > EBDA - (u32)cmdline - 1 ||
+	    (from_block && cmdline_size > BOOT_CMDLINE_MAX))
 		fail("the command line is too long");
-	if (cmdline_size)
+	if (from_block)
+		copy(cmdline, block->cmdline, cmdline_size);
+	else if (cmdline_size)
 		fw_cfg_read(FW_CFG_CMDLINE_DATA, cmdline, cmdline_size);
 	cmdline[cmdline_size] = 0;
 	u32 ram_end = ((u32)cmdline + cmdline_size + 1 + 4095) & ~4095u;
 	if (ram_end > EBDA)
 		ram_end = EBDA;
 
-	u32 initrd_size = fw_cfg_u32(FW_CFG_INITRD_SIZE);
+	u32 initrd_size = from_block ? 0 : fw_cfg_u32(FW_CFG_INITRD_SIZE);
 	if (initrd_size) {
 		u32 initrd = fw_cfg_u32(FW_CFG_INITRD_ADDR);
 		if (initrd < 0x100000 || initrd > acpi_low || initrd_size > acpi_low - initrd)
@@ -854,9 +876,11 @@ void __attribute__((noreturn)) fw_main(void)
 		}
 	}
 
-	u32 entry = fw_cfg_u32(FW_CFG_KERNEL_ENTRY);
+	u32 entry = from_block ? block->entry : fw_cfg_u32(FW_CFG_KERNEL_ENTRY);
 	if (entry < 0x100000 || entry >= lowmem)
 		fail("the PVH entry is not in the kernel's RAM");
+	if (from_block)
+		block->magic = 0;
 	start_info = (struct hvm_start_info){
 		.magic = HVM_START_MAGIC,
 		.version = 1,

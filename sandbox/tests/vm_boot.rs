@@ -69,6 +69,7 @@ fn spec(kernel: PathBuf, run_dir: PathBuf, args: &[&str], accelerator: Accelerat
         ninep_root: None,
         block_root: false,
         qemu_microvm: None,
+        guest_ram: None,
     }
 }
 
@@ -88,13 +89,24 @@ fn run_with_stderr(
     plan: &vm::LaunchPlan,
     deadline: Duration,
 ) -> (String, std::process::ExitStatus, bool, String) {
-    let mut child = plan
-        .command()
+    finish(spawn(plan), deadline)
+}
+
+fn spawn(plan: &vm::LaunchPlan) -> std::process::Child {
+    plan.command()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn qemu");
+        .expect("spawn qemu")
+}
+
+/// Waits (bounded) for QEMU to exit, killing it at the deadline; its output, status, whether
+/// it was killed and its stderr.
+fn finish(
+    mut child: std::process::Child,
+    deadline: Duration,
+) -> (String, std::process::ExitStatus, bool, String) {
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -313,6 +325,73 @@ fn pci_guest_on_pc_boots_through_the_pci_firmware() {
     let plan = plan_or_skip(&s).unwrap();
     let (out, status, killed) = run(&plan, Duration::from_secs(60));
     assert!(!killed, "guest did not exit; output: {out}");
+    assert_eq!(
+        out,
+        "crid-pci-shim: the PVH entry is not in the kernel's RAM\n"
+    );
+    assert_eq!(status.code(), Some(255));
+}
+
+/// A QEMU started before its guest was known: paused, its RAM a shared file, without
+/// `-kernel`. crid writes the kernel and its command line into that RAM (the boot block), then
+/// QMP `cont` runs the PCI firmware, which enters the kernel from the block. Without the block
+/// the firmware finds no kernel in fw_cfg and says so.
+#[test]
+fn pci_firmware_boots_a_kernel_crid_loaded_into_a_paused_qemu() {
+    let Some((accelerator, dir, kernel)) = built_guest() else {
+        return;
+    };
+    let shim = dir.path().join("vm").join(vm::pcishim::FILE_NAME);
+    vm::pcishim::install(&shim).unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let mut s = spec(
+        PathBuf::from("/not/read"),
+        dir.path().join("run"),
+        &["from", "the", "block", "exit=9"],
+        accelerator,
+    );
+    s.block = Some(disk);
+    s.pci_shim = Some(shim);
+    let boot = |s: &mut VmSpec, name: &str, load: Option<&Path>| {
+        let ram = dir.path().join(format!("{name}.ram"));
+        let qmp = dir.path().join(format!("{name}.qmp"));
+        s.guest_ram = Some(ram.clone());
+        s.control_socket = Some(qmp.clone());
+        let plan = plan_or_skip(s)?;
+        assert!(!has_option(&plan, "-kernel", |_| true));
+        let child = spawn(&plan);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while vm::qmp::execute(&qmp, "query-status", Duration::from_secs(5)).is_err() {
+            assert!(Instant::now() < deadline, "QEMU never answered on {qmp:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(kernel) = load {
+            let ram_end = vm::bootblock::ram_below_4g(s.memory_mib << 20);
+            let k = vm::bootblock::PvhKernel::read(kernel, ram_end).unwrap();
+            let file = std::fs::OpenOptions::new().write(true).open(&ram).unwrap();
+            k.load(&file, &ram, &plan.guest_cmdline).unwrap();
+        }
+        vm::qmp::execute(&qmp, "cont", Duration::from_secs(5)).unwrap();
+        Some((finish(child, Duration::from_secs(60)), plan))
+    };
+    let Some(((out, status, killed, err), plan)) = boot(&mut s, "loaded", Some(&kernel)) else {
+        return;
+    };
+    assert!(!killed, "guest did not exit; output: {out}");
+    assert!(
+        out.starts_with("crid-test-guest: booted"),
+        "output: {out:?}"
+    );
+    assert!(
+        out.contains("cmdline: ") && out.contains("from the block exit=9"),
+        "output: {out}"
+    );
+    assert!(err.is_empty(), "qemu stderr: {err}");
+    assert_eq!(plan.guest_exit_code(status), 9);
+
+    let ((out, status, killed, _), _) = boot(&mut s, "empty", None).unwrap();
+    assert!(!killed, "firmware did not exit; output: {out}");
     assert_eq!(
         out,
         "crid-pci-shim: the PVH entry is not in the kernel's RAM\n"

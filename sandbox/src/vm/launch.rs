@@ -474,6 +474,7 @@ pub fn prepare(
             .map(|root| root.rootfs.clone()),
         block_root: block_root.is_some(),
         qemu_microvm: settings.qemu_microvm().filter(|_| is_qemu),
+        guest_ram: None,
     };
     let plan = super::plan_with(&spec, &vmm)
         .and_then(|plan| {

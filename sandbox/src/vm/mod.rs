@@ -14,6 +14,7 @@
 
 pub mod accel;
 pub mod blockroot;
+pub mod bootblock;
 pub mod cgroup;
 pub mod cloud_hypervisor;
 pub mod cmdline;
@@ -107,6 +108,10 @@ pub struct VmSpec {
     pub block_root: bool,
     /// QEMU's microvm build found on the host (see [`qemu`]), for guests it can run.
     pub qemu_microvm: Option<PathBuf>,
+    /// QEMU starts paused with its RAM in this file (shared), and crid writes the kernel and
+    /// its command line there before it lets the guest run ([`bootblock`]), instead of QEMU's
+    /// `-kernel`: a QEMU started before its guest was known. `pc` with crid's PCI firmware only.
+    pub guest_ram: Option<PathBuf>,
 }
 
 /// The guest's view of the pod network: it takes over the CNI interface's address and MAC.
@@ -496,6 +501,7 @@ pub(crate) mod testutil {
             ninep_root: None,
             block_root: false,
             qemu_microvm: None,
+            guest_ram: None,
         }
     }
 

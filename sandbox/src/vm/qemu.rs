@@ -166,7 +166,10 @@ pub enum Firmware {
 pub fn pc_firmware(spec: &VmSpec) -> Firmware {
     if needs_pci_firmware(spec) {
         return match &spec.pci_shim {
-            Some(shim) if is_pvh_elf(&spec.kernel) => Firmware::PciShim { shim: shim.clone() },
+            // crid checks a kernel it loads itself when it loads it.
+            Some(shim) if spec.guest_ram.is_some() || is_pvh_elf(&spec.kernel) => {
+                Firmware::PciShim { shim: shim.clone() }
+            }
             _ => Firmware::SeaBios,
         };
     }
@@ -225,7 +228,8 @@ pub fn is_pvh_elf(path: &Path) -> bool {
     read.is_ok() && pvh_entry(&buf).is_some_and(|e| u32::try_from(e).is_ok())
 }
 
-fn rd(buf: &[u8], off: usize, len: usize) -> Option<u64> {
+/// The little-endian value of `len` bytes at `off` in `buf`; `None` past its end.
+pub(super) fn rd(buf: &[u8], off: usize, len: usize) -> Option<u64> {
     let bytes = buf.get(off..off.checked_add(len)?)?;
     let mut v = 0u64;
     for (i, b) in bytes.iter().enumerate() {
@@ -353,6 +357,11 @@ impl Hypervisor for Qemu {
             }
             Some(Firmware::SeaBios) | None => {}
         }
+        if spec.guest_ram.is_some() && !matches!(firmware, Some(Firmware::PciShim { .. })) {
+            return Err(SandboxError::UnsupportedGuest {
+                reason: "crid loads a guest's kernel only for its PCI firmware on pc".into(),
+            });
+        }
         match spec.accelerator {
             Accelerator::Kvm => push(&["-accel", "kvm", "-cpu", "host,-arch-capabilities"]),
             Accelerator::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
@@ -406,11 +415,24 @@ impl Hypervisor for Qemu {
         } else {
             push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
         }
-        let kernel = path_arg(&spec.kernel)?;
-        push(&["-kernel", &kernel]);
-        if let Some(initrd) = &spec.initrd {
-            let initrd = path_arg(initrd)?;
-            push(&["-initrd", &initrd]);
+        match &spec.guest_ram {
+            Some(ram) => {
+                if spec.initrd.is_some() || spec.shared_dir.is_some() {
+                    return Err(SandboxError::UnsupportedGuest {
+                        reason: "crid loads no initrd and shares no RAM file with virtiofsd".into(),
+                    });
+                }
+                let args = crid_boot_args(ram, spec.memory_mib)?;
+                push(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            }
+            None => {
+                let kernel = path_arg(&spec.kernel)?;
+                push(&["-kernel", &kernel]);
+                if let Some(initrd) = &spec.initrd {
+                    let initrd = path_arg(initrd)?;
+                    push(&["-initrd", &initrd]);
+                }
+            }
         }
         let (net_dev, blk_dev) = match machine {
             Machine::Microvm => ("virtio-net-device", "virtio-blk-device"),
@@ -441,7 +463,9 @@ impl Hypervisor for Qemu {
         if let Some(root) = &spec.ninep_root {
             a.extend(super::ninep::qemu_args(root)?);
         }
-        a.extend(["-append".to_owned(), cmdline.clone()]);
+        if spec.guest_ram.is_none() {
+            a.extend(["-append".to_owned(), cmdline.clone()]);
+        }
         Ok(LaunchPlan {
             hypervisor: HypervisorKind::Qemu,
             program: build.unwrap_or(binary).to_path_buf(),
@@ -472,6 +496,22 @@ fn exit_port_args() -> Vec<String> {
         "-device".into(),
         format!("isa-serial,iobase=0xf4,irq={EXIT_PORT_IRQ},chardev=crid-exit"),
     ]
+}
+
+/// A QEMU whose kernel crid loads ([`super::bootblock`]): paused until crid has written it
+/// (`-S`, then QMP `cont`), its RAM the shared file `ram`, which QEMU creates and sizes (a
+/// file on tmpfs: crid's state directory).
+fn crid_boot_args(ram: &Path, memory_mib: u64) -> Result<Vec<String>, SandboxError> {
+    Ok(vec![
+        "-S".into(),
+        "-object".into(),
+        format!(
+            "memory-backend-file,id=crid-mem,size={memory_mib}M,mem-path={},share=on",
+            path_arg(ram)?
+        ),
+        "-machine".into(),
+        "memory-backend=crid-mem".into(),
+    ])
 }
 
 /// A host directory shared with the guest over virtiofs (see [`super::virtiofs`]): the guest's
@@ -890,6 +930,48 @@ mod tests {
             serde_json::from_value::<Firmware>(old).unwrap(),
             Firmware::PciShim { shim: "/s".into() }
         );
+    }
+
+    #[test]
+    fn a_kernel_crid_loads_starts_paused_in_a_shared_ram_file() {
+        let mut s = spec(T::Unikraft, HypervisorKind::Qemu);
+        // No kernel file: crid reads it when it loads it.
+        s.kernel = PathBuf::from("/missing");
+        s.net = Some(net());
+        s.pci_shim = Some(PathBuf::from("/var/lib/crid/vm/pci-shim.rom"));
+        s.guest_ram = Some(PathBuf::from("/run/crid/qemu-pool/1/ram"));
+        let p = Qemu.plan(&s, Path::new("/q")).unwrap();
+        let a = &p.args;
+        assert!(has_pair(a, "-M", "pc"), "{a:?}");
+        assert!(has_pair(a, "-bios", "/var/lib/crid/vm/pci-shim.rom"));
+        assert!(a.iter().any(|x| x == "-S"), "{a:?}");
+        assert!(has_pair(
+            a,
+            "-object",
+            "memory-backend-file,id=crid-mem,size=128M,mem-path=/run/crid/qemu-pool/1/ram,share=on"
+        ));
+        assert!(has_pair(a, "-machine", "memory-backend=crid-mem"));
+        assert!(!a.iter().any(|x| x == "-kernel" || x == "-append"), "{a:?}");
+        // The command line goes in the boot block.
+        assert!(
+            p.guest_cmdline.ends_with("-- app --flag"),
+            "{}",
+            p.guest_cmdline
+        );
+        assert!(!a.iter().any(|x| x.contains("app --flag")), "{a:?}");
+        // Only for crid's PCI firmware, and without an initrd or a virtiofs share.
+        let mut other = s.clone();
+        other.pci_shim = None;
+        assert!(Qemu.plan(&other, Path::new("/q")).is_err());
+        let mut other = s.clone();
+        other.net = None;
+        assert!(Qemu.plan(&other, Path::new("/q")).is_err(), "no PCI device");
+        let mut other = s.clone();
+        other.initrd = Some(PathBuf::from("/l/initrd"));
+        assert!(Qemu.plan(&other, Path::new("/q")).is_err());
+        let mut other = s;
+        other.guest_ram = Some(PathBuf::from("/a,b"));
+        assert!(Qemu.plan(&other, Path::new("/q")).is_err());
     }
 
     #[test]
