@@ -77,11 +77,6 @@ impl PodSys for FakeSys {
     ) -> Result<(), SandboxError> {
         Ok(())
     }
-    fn read_in(&self, _pins: &[(NsKind, PathBuf)], path: &str) -> Result<String, SandboxError> {
-        Err(SandboxError::Unimplemented {
-            reason: format!("fake: cannot read {path}"),
-        })
-    }
 }
 
 /// Containers as files under `<dir>/fake`: `<id>.running` while one "runs", `<id>.exit` (its

@@ -796,24 +796,6 @@ impl ImageStore {
         }
         op
     }
-
-    /// Checks that every blob and layer of `image` is present (used after restart by tests
-    /// and callers that want to verify a store).
-    pub fn verify_content(&self, image: &Image) -> Result<(), ImageError> {
-        self.layer_dirs(image)?;
-        let st = self.state();
-        if let Some(rec) = st.meta.images.get(&image.id) {
-            for b in &rec.blobs {
-                let p = self.inner.content.blob_path(b)?;
-                if !p.is_file() {
-                    return Err(ImageError::NotFound {
-                        reference: format!("blob {b} of image {}", image.id),
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

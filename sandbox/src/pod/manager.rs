@@ -952,29 +952,6 @@ impl PodManager {
         })?;
         self.update(&entry, |r| r.pid_holder = holder)
     }
-
-    /// Reads a file as seen from inside the pod's network, IPC and UTS namespaces (used for
-    /// `/proc/sys` values in diagnostics and tests).
-    pub async fn read_in_pod(&self, id: &str, path: &str) -> Result<String, SandboxError> {
-        let r = self.get(id)?;
-        let mut pins = Vec::new();
-        if let Some(p) = r.paths.netns {
-            pins.push((NsKind::Net, p));
-        }
-        if let Some(p) = r.paths.ipcns {
-            pins.push((NsKind::Ipc, p));
-        }
-        if let Some(p) = r.paths.utsns {
-            pins.push((NsKind::Uts, p));
-        }
-        let path = path.to_owned();
-        let kernel = self.sys.clone();
-        tokio::task::spawn_blocking(move || kernel.read_in(&pins, &path))
-            .await
-            .map_err(|e| SandboxError::FailedPrecondition {
-                reason: format!("task failed: {e}"),
-            })?
-    }
 }
 
 fn source_text(e: &SandboxError) -> String {
@@ -1242,9 +1219,6 @@ mod tests {
                 self.log(format!("sysctl {k}={v}"));
             }
             Ok(())
-        }
-        fn read_in(&self, _: &[(NsKind, PathBuf)], _: &str) -> Result<String, SandboxError> {
-            Ok(String::new())
         }
     }
 

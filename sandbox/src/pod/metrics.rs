@@ -47,14 +47,6 @@ pub struct ContainerSamples {
     pub samples: Vec<Sample>,
 }
 
-/// A pod's samples: its own (network) and its running containers'.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodSamples {
-    pub pod_id: String,
-    pub samples: Vec<Sample>,
-    pub containers: Vec<ContainerSamples>,
-}
-
 const CONTAINER: &[&str] = &["container", "id", "image", "name", "namespace", "pod"];
 const FAILURES: &[&str] = &[
     "container",

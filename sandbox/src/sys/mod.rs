@@ -65,12 +65,6 @@ pub fn write_sysctls(
     .map_err(SandboxError::Network)
 }
 
-/// Reads a file from inside the given namespaces (tests and diagnostics).
-pub fn read_in(pins: &[(NsKind, PathBuf)], path: &str) -> Result<String, SandboxError> {
-    let path = path.to_owned();
-    netns::run_in(pins, move || std::fs::read_to_string(&path)).map_err(SandboxError::Network)
-}
-
 /// The host's hostname (what host-network pods see); empty if it cannot be read.
 pub fn node_hostname() -> String {
     nix::unistd::gethostname()
@@ -150,7 +144,6 @@ pub trait PodSys: Send + Sync + 'static {
         pins: &[(NsKind, PathBuf)],
         writes: Vec<(String, String)>,
     ) -> Result<(), SandboxError>;
-    fn read_in(&self, pins: &[(NsKind, PathBuf)], path: &str) -> Result<String, SandboxError>;
 }
 
 /// The host's kernel, with the network namespaces it makes ahead of need.
@@ -213,9 +206,5 @@ impl PodSys for HostSys {
         writes: Vec<(String, String)>,
     ) -> Result<(), SandboxError> {
         write_sysctls(pins, writes)
-    }
-
-    fn read_in(&self, pins: &[(NsKind, PathBuf)], path: &str) -> Result<String, SandboxError> {
-        read_in(pins, path)
     }
 }

@@ -277,13 +277,6 @@ impl LaunchPlan {
         Ok(())
     }
 
-    /// Removes the plan's files; missing files are fine.
-    pub fn remove_files(&self) {
-        for file in &self.files {
-            let _ = std::fs::remove_file(&file.path);
-        }
-    }
-
     /// The container exit code for the VMM's exit status (or `128 + signal` when killed).
     pub fn guest_exit_code(&self, status: std::process::ExitStatus) -> i32 {
         use std::os::unix::process::ExitStatusExt;
@@ -588,7 +581,7 @@ mod tests {
     }
 
     #[test]
-    fn write_files_creates_and_removes() {
+    fn write_files_creates_the_directories_and_files() {
         let dir = tempfile::tempdir().unwrap();
         let plan = LaunchPlan {
             files: vec![PlanFile {
@@ -608,7 +601,5 @@ mod tests {
             std::fs::read_to_string(dir.path().join("a/b.json")).unwrap(),
             "{}"
         );
-        plan.remove_files();
-        assert!(!dir.path().join("a/b.json").exists());
     }
 }
