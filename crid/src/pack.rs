@@ -132,8 +132,8 @@ pub fn build(args: &PackArgs) -> anyhow::Result<Packed> {
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     let mut keys: BTreeMap<String, String> = BTreeMap::new();
     let key = |k: &str| format!("{}{k}", imagestore::unikernel::KEY_PREFIX);
-    keys.insert(key("unikernelType"), sandbox::vm::type_name(t).into());
-    keys.insert(key("hypervisor"), sandbox::vm::hypervisor_name(h).into());
+    keys.insert(key("unikernelType"), t.as_str().into());
+    keys.insert(key("hypervisor"), h.as_str().into());
     let kernel = format!("/{DIR_IN_IMAGE}/{}", file_name(&args.kernel)?);
     keys.insert(key("binary"), kernel.clone());
     files.push((kernel, args.kernel.clone()));

@@ -160,6 +160,7 @@ impl UnikernelType {
         })
     }
 
+    /// urunc's spelling of the type, as [`UnikernelType::parse`] reads it.
     pub fn as_str(self) -> &'static str {
         match self {
             UnikernelType::Linux => "linux",
@@ -185,6 +186,7 @@ impl HypervisorKind {
         })
     }
 
+    /// urunc's spelling of the monitor (the first of the names [`HypervisorKind::parse`] reads).
     pub fn as_str(self) -> &'static str {
         match self {
             HypervisorKind::Qemu => "qemu",

@@ -65,7 +65,6 @@ use crate::vm::guestfiles::{self, GuestMount, MountNote};
 use crate::vm::launch::{self, VmRequest, VmSettings};
 use crate::vm::net::GuestPort;
 use crate::vm::pool::Pool;
-use crate::vm::type_name;
 use crate::vm::virtiofs::{SharedRoot, Transport};
 
 /// The RuntimeClass rule: a unikernel image runs as a VM only in a pod whose handler asked for
@@ -91,8 +90,8 @@ fn check_handler(
             "the image is a {} unikernel for {}, which runs as a VM only in a pod whose \
              RuntimeClass handler is {}; this pod's handler is {:?} (an operator can list it \
              in runtime.unikernel_autodetect_handlers)",
-            type_name(info.unikernel_type),
-            crate::vm::hypervisor_name(info.hypervisor),
+            info.unikernel_type.as_str(),
+            info.hypervisor.as_str(),
             if handlers.is_empty() {
                 "configured in runtime.unikernel_handlers".to_owned()
             } else {
@@ -345,7 +344,7 @@ fn guest_mounts(
                 delivery: "skipped".into(),
                 note: format!(
                     "{} guests{} have no shared or copied file system in crid",
-                    type_name(info.unikernel_type),
+                    info.unikernel_type.as_str(),
                     if info.initrd.is_none() {
                         " without an initrd"
                     } else {

@@ -153,10 +153,7 @@ pub fn decide(
         AcceleratorMode::Tcg if qemu => Ok(tcg("configured vm.accelerator = \"tcg\"".into())),
         AcceleratorMode::Tcg => Err(SandboxError::Accelerator {
             accelerator: "tcg".into(),
-            reason: format!(
-                "only qemu emulates; {} needs KVM",
-                super::hypervisor_name(hypervisor)
-            ),
+            reason: format!("only qemu emulates; {} needs KVM", hypervisor.as_str()),
         }),
         AcceleratorMode::Auto => {
             if !host.usable {

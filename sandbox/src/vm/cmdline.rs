@@ -294,7 +294,7 @@ fn simple(
 ) -> Result<String, SandboxError> {
     if !spec.env.is_empty() {
         tracing::warn!(
-            guest = super::type_name(spec.info.unikernel_type),
+            guest = spec.info.unikernel_type.as_str(),
             "this guest type takes no environment; dropping it"
         );
     }
@@ -304,7 +304,7 @@ fn simple(
             return Err(SandboxError::InvalidArgument {
                 reason: format!(
                     "{} guests cannot take an argument with whitespace: {a:?}",
-                    super::type_name(spec.info.unikernel_type)
+                    spec.info.unikernel_type.as_str()
                 ),
             });
         }

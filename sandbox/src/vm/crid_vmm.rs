@@ -113,13 +113,13 @@ pub fn substitute(
     match compatible(info, head.as_deref(), networked, host) {
         Ok(()) => {
             tracing::info!(
-                from = super::hypervisor_name(info.hypervisor),
+                from = info.hypervisor.as_str(),
                 "vm.crid_vmm_for: the guest runs on crid-vmm"
             );
             info.hypervisor = HypervisorKind::Crid;
         }
         Err(why) => tracing::info!(
-            hypervisor = super::hypervisor_name(info.hypervisor),
+            hypervisor = info.hypervisor.as_str(),
             reason = why,
             "vm.crid_vmm_for: the guest stays on its own hypervisor"
         ),

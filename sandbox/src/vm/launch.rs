@@ -515,7 +515,7 @@ pub fn prepare(
     }
     tracing::info!(
         container_id = %req.container_id,
-        hypervisor = super::hypervisor_name(info.hypervisor),
+        hypervisor = info.hypervisor.as_str(),
         vmm = %plan.program.display(),
         accelerator = %accel.accelerator,
         vmm_uid = ?spec.vmm_user.map(|u| u.0),

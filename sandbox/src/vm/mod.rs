@@ -398,33 +398,10 @@ fn check_pair(info: &UnikernelInfo) -> Result<(), SandboxError> {
     Err(SandboxError::UnsupportedGuest {
         reason: format!(
             "{} guests cannot run on {}",
-            type_name(info.unikernel_type),
-            hypervisor_name(info.hypervisor)
+            info.unikernel_type.as_str(),
+            info.hypervisor.as_str()
         ),
     })
-}
-
-/// The urunc spelling of a guest type.
-pub fn type_name(t: UnikernelType) -> &'static str {
-    match t {
-        UnikernelType::Linux => "linux",
-        UnikernelType::Unikraft => "unikraft",
-        UnikernelType::Rumprun => "rumprun",
-        UnikernelType::Mirage => "mirage",
-        UnikernelType::Mewz => "mewz",
-    }
-}
-
-/// The urunc spelling of a hypervisor.
-pub fn hypervisor_name(h: HypervisorKind) -> &'static str {
-    match h {
-        HypervisorKind::Qemu => "qemu",
-        HypervisorKind::Firecracker => "firecracker",
-        HypervisorKind::CloudHypervisor => "cloud-hypervisor",
-        HypervisorKind::Hvt => "hvt",
-        HypervisorKind::Spt => "spt",
-        HypervisorKind::Crid => "crid",
-    }
 }
 
 fn path_arg(p: &Path) -> Result<String, SandboxError> {
@@ -446,7 +423,7 @@ fn require_kvm(spec: &VmSpec) -> Result<(), SandboxError> {
     } else {
         Err(SandboxError::Accelerator {
             accelerator: spec.accelerator.to_string(),
-            reason: format!("{} needs KVM", hypervisor_name(spec.info.hypervisor)),
+            reason: format!("{} needs KVM", spec.info.hypervisor.as_str()),
         })
     }
 }
