@@ -3,8 +3,9 @@
 //! server (`streaming`), metrics, and the operator subcommands (`ops`, `pack`). The binary in
 //! `main.rs` parses the command line; tests link this library to serve the CRI in-process.
 //!
-//! Layers, each using only those below it: `daemon` → `cri`, `metrics`, `streaming` → `state`
-//! → `config` and the domain crates (`sandbox`, `imagestore`, `cni`).
+//! Layers, each using only those below it: `daemon` → `cri`, `metrics`, `nri`, `notify` →
+//! `state` → `streaming`, `config`, `sys` and the domain crates (`sandbox`, `imagestore`,
+//! `cni`).
 
 pub mod config;
 pub mod cri;
