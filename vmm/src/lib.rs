@@ -128,3 +128,36 @@ pub fn exit_status(exit: GuestExit) -> i32 {
         GuestExit::Reset | GuestExit::Shutdown => 0,
     }
 }
+
+/// Exit status when the VMM itself fails (the message is on stderr).
+pub const VMM_FAILURE: i32 = 1;
+
+/// Ends the VMM as `result` says: the guest's status ([`exit_status`]), or [`VMM_FAILURE`] with
+/// the message on stderr. Any thread may call it, since the vCPU that ends the guest may not
+/// be the main thread's (see [`vm`]); the exit ends the threads still in `KVM_RUN`.
+pub fn end(result: Result<GuestExit, VmmError>) -> ! {
+    match result {
+        Ok(exit) => exit_once(exit_status(exit)),
+        Err(e) => {
+            eprintln!("crid-vmm: {e}");
+            exit_once(VMM_FAILURE)
+        }
+    }
+}
+
+/// Ends the VMM with status 0 before its guest ran (crid let go of it).
+pub fn end_unstarted() -> ! {
+    exit_once(0)
+}
+
+/// Exits the process with `status`, once: a thread that comes second waits for the first
+/// one's exit instead of running the C library's exit handlers again at the same time.
+fn exit_once(status: i32) -> ! {
+    static ENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if ENDING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
+    std::process::exit(status)
+}

@@ -7,10 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use crid_vmm::{Config, Disk, DiskConfig, NetConfig, Tap, VmmError, exit_status, handover, vm};
-
-/// Exit status when the VMM itself fails (the message is on stderr).
-const VMM_FAILURE: u8 = 1;
+use crid_vmm::{Config, Disk, DiskConfig, NetConfig, Tap, VmmError, handover, vm};
 
 #[derive(Parser, Debug)]
 #[command(name = "crid-vmm", version, about = "crid's microVM monitor")]
@@ -155,14 +152,8 @@ fn main() -> ExitCode {
         None => args.into_config().and_then(|c| vm::run(&c)).map(Some),
     };
     match result {
-        Ok(Some(exit)) => {
-            // Other vCPU threads may still be in KVM_RUN; the process exit ends them.
-            std::process::exit(exit_status(exit));
-        }
+        Ok(Some(exit)) => crid_vmm::end(Ok(exit)),
         Ok(None) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("crid-vmm: {e}");
-            ExitCode::from(VMM_FAILURE)
-        }
+        Err(e) => crid_vmm::end(Err(e)),
     }
 }

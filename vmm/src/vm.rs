@@ -1,13 +1,14 @@
-//! Building the VM and running it: KVM, guest memory, the boot image, the devices and one
-//! thread per vCPU. Set-up happens with the privileges the VMM started with; then the process
-//! confines itself (chroot, uid/gid, no_new_privs) and every thread installs the seccomp filter
-//! before its first instruction of guest code runs.
+//! Building the VM and running it: KVM, guest memory, the boot image, the devices, the boot
+//! vCPU on the thread that set it all up and one thread per further vCPU. Set-up happens with
+//! the privileges the VMM started with; then the process confines itself (chroot, uid/gid,
+//! no_new_privs) and every thread installs the seccomp filter before its first instruction of
+//! guest code runs. Whichever thread sees the guest end (or its device fail) ends the process
+//! ([`crate::end`]).
 
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
@@ -57,7 +58,7 @@ pub fn prepare(memory_mib: u64) -> Result<Prepared, VmmError> {
         .create_vm()
         .map_err(|e| VmmError::kvm("KVM_CREATE_VM", e))?;
     // Leaked on purpose: the vCPU and device threads are never joined (the first result ends
-    // the guest, and `main` exits the process with the others possibly still in KVM_RUN), so
+    // the guest: the thread that has it exits the process, the others possibly still in KVM_RUN), so
     // guest memory must never be unmapped while the process lives, on any return path; a
     // later mapping of the process could otherwise land in a range a running vCPU still uses.
     // The VMM runs one guest and exits; the exit releases it.
@@ -143,10 +144,11 @@ fn create_vcpu(kvm: &Kvm, vm: &VmFd, index: u8) -> Result<VcpuFd, VmmError> {
     Ok(vcpu)
 }
 
-/// Loads the guest into a built VM, confines the process and runs the vCPUs; with a
-/// `start_gate`, the boot vCPU's thread waits on it (under its seccomp filter) before it runs
-/// the guest. The other vCPUs may enter `KVM_RUN` at once: they wait there for the boot vCPU's
-/// start-up IPI.
+/// Loads the guest into a built VM, confines the process and runs the vCPUs, the boot vCPU on
+/// this thread (returning how the guest ended when it sees that); with a `start_gate`, this
+/// thread waits on it (under its seccomp filter) before it runs the guest. The other vCPUs may
+/// enter `KVM_RUN` at once on threads of their own: they wait there for the boot vCPU's
+/// start-up IPI, and end the process themselves.
 fn boot(
     prepared: Prepared,
     config: &Config,
@@ -249,9 +251,8 @@ fn boot(
         None
     };
 
-    let (tx, rx) = mpsc::channel();
+    // The other threads end the process themselves ([`crate::end`]): this one is in KVM_RUN.
     if let Some(net) = &net {
-        let tx = tx.clone();
         let net = Arc::clone(net);
         let program = program.clone();
         let epoll = net::rx_epoll(&net).map_err(|e| VmmError::io("virtio-net epoll", e))?;
@@ -266,44 +267,44 @@ fn boot(
                     net::rx_loop(&net, &epoll).map_err(|e| VmmError::io("virtio-net receive", e))
                 });
                 if let Err(e) = result {
-                    let _ = tx.send(Err(e));
+                    crate::end(Err(e));
                 }
             })
             .map_err(|e| VmmError::io("spawning the network thread", e))?;
     }
-    let mut start_gate = start_gate;
-    for (index, vcpu) in vcpus.into_iter().enumerate() {
-        let tx = tx.clone();
+    let mut vcpus = vcpus.into_iter();
+    let boot_vcpu = vcpus
+        .next()
+        .ok_or_else(|| VmmError::Config("no vCPU".into()))?;
+    for (index, vcpu) in vcpus.enumerate() {
         let bus = Arc::clone(&bus);
         let mmio = mmio.clone();
         let program = program.clone();
-        let gate = start_gate.take();
         std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
+            .name(format!("vcpu{}", index + 1))
             .spawn(move || {
                 let result = match &program {
                     Some(p) => seccomp::apply(p),
                     None => Ok(()),
                 }
-                .and_then(|()| {
-                    if let Some(gate) = gate {
-                        if !crate::handover::wait_for_start(gate) {
-                            // crid let go of the container before starting it.
-                            std::process::exit(0);
-                        }
-                    }
-                    run_vcpu(vcpu, &bus, &mmio, irqchip)
-                });
-                let _ = tx.send(result);
+                .and_then(|()| run_vcpu(vcpu, &bus, &mmio, irqchip));
+                crate::end(result);
             })
             .map_err(|e| VmmError::io("spawning a vCPU thread", e))?;
     }
-    drop(tx);
+    // The boot vCPU runs on this thread, which is already running when the start comes: a
+    // thread started here would first wait to be scheduled at all (a new thread queues behind
+    // the running ones; 4 ms on this project's busy 2-CPU host) and install a filter of its own.
     if let Some(p) = &program {
         seccomp::apply(p)?;
     }
-    rx.recv()
-        .map_err(|_| VmmError::Config("every vCPU thread ended without a result".into()))?
+    if let Some(gate) = start_gate {
+        if !crate::handover::wait_for_start(gate) {
+            // crid let go of the container before starting it.
+            crate::end_unstarted();
+        }
+    }
+    run_vcpu(boot_vcpu, &bus, &mmio, irqchip)
 }
 
 /// Sets up virtio-mmio window number `slot` (the next free one): its interrupt line

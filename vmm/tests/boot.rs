@@ -122,6 +122,19 @@ fn halted_guest_runs_confined_until_killed() {
     assert_eq!(field("Gid:"), "65534");
     assert_eq!(field("NoNewPrivs:"), "1");
     assert_eq!(field("Seccomp:"), "2", "filter mode on the main thread");
+    // One vCPU, no NIC: the main thread runs the vCPU, no thread is started (a new thread
+    // waits to be scheduled behind the running ones on a busy host). KVM's own workers
+    // (`kvm-nx-lpage-recovery` on recent kernels) are tasks of the process too.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap())
+        .filter(|comm| !comm.starts_with("kvm-"))
+        .collect();
+    assert_eq!(
+        threads,
+        ["crid-vmm\n"],
+        "the boot vCPU runs on the main thread"
+    );
     for task in std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap() {
         let s = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
         assert!(

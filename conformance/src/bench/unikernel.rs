@@ -280,6 +280,13 @@ pub async fn run(
             col(&|s| if pod { s.ukc_pod.median() } else { s.ukc.median() }),
         );
         report.add(
+            format!(
+                "unikernel CreateContainer+StartContainer to first serial byte ({network}, p90; {accel})"
+            ),
+            "ms",
+            col(&|s| if pod { s.ukc_pod.p90() } else { s.ukc.p90() }),
+        );
+        report.add(
             format!("runc busybox CreateContainer+StartContainer to first log byte ({network}, median, same run)"),
             "ms",
             col(&|s| if pod { s.rcc_pod.median() } else { s.rcc.median() }),
