@@ -128,7 +128,7 @@ fn for_arch(caps: &HashSet<Capability>, arch: &str) -> Result<LinuxSeccomp, Sand
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::spec::DEFAULT_CAPABILITIES;
+    use crate::container::caps::DEFAULT_CAPABILITIES;
 
     fn default_caps() -> HashSet<Capability> {
         DEFAULT_CAPABILITIES

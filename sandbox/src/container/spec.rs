@@ -16,7 +16,7 @@ use oci_spec::runtime::{
 };
 use serde::Deserialize;
 
-pub use super::caps::parse_capability;
+use super::caps::{capabilities, parse_capability};
 use super::config::{
     ContainerConfig, NsSource, OciHook, OciHooks, PodContext, Propagation, Resources, Rlimit,
     SeccompProfile,
@@ -35,69 +35,6 @@ pub const MAX_ARG_LEN: usize = 128 << 10;
 /// The most bytes of argv and environment together (a quarter of the default 8 MiB stack
 /// limit is what execve allows; half of that leaves room for the image's own).
 pub const MAX_ARGS_TOTAL: usize = 1 << 20;
-
-/// Capabilities a non-privileged container gets by default (containerd's and Docker's set).
-pub const DEFAULT_CAPABILITIES: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FSETID",
-    "FOWNER",
-    "MKNOD",
-    "NET_RAW",
-    "SETGID",
-    "SETUID",
-    "SETFCAP",
-    "SETPCAP",
-    "NET_BIND_SERVICE",
-    "SYS_CHROOT",
-    "KILL",
-    "AUDIT_WRITE",
-];
-
-/// Every capability runc 1.1 knows (a privileged container gets them all).
-pub const ALL_CAPABILITIES: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-];
 
 /// runc's and containerd's default masked paths.
 pub const DEFAULT_MASKED_PATHS: &[&str] = &[
@@ -438,49 +375,6 @@ fn id_mappings(m: &crate::pod::IdMapping) -> Result<Vec<LinuxIdMapping>, Sandbox
     ])
 }
 
-/// The capability set the process gets.
-pub fn capabilities(
-    privileged: bool,
-    add: &[String],
-    drop: &[String],
-) -> Result<Capabilities, SandboxError> {
-    // "All" means all that crid itself may hand out: runc cannot grant a capability outside
-    // its own bounding set (hosts without CAP_SYS_RESOURCE, for one), as containerd also does.
-    let bounding = host_bounding_set();
-    let all = || -> Result<Capabilities, SandboxError> {
-        ALL_CAPABILITIES
-            .iter()
-            .enumerate()
-            .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
-            .map(|(_, c)| parse_capability(c))
-            .collect()
-    };
-    let mut caps: Capabilities = if privileged {
-        all()?
-    } else {
-        DEFAULT_CAPABILITIES
-            .iter()
-            .map(|c| parse_capability(c))
-            .collect::<Result<_, _>>()?
-    };
-    if add.iter().any(|c| c.eq_ignore_ascii_case("ALL")) {
-        caps = all()?;
-    }
-    let drop_all = drop.iter().any(|c| c.eq_ignore_ascii_case("ALL"));
-    if drop_all {
-        caps.clear();
-    }
-    for c in add.iter().filter(|c| !c.eq_ignore_ascii_case("ALL")) {
-        caps.insert(parse_capability(c)?);
-    }
-    if !drop_all {
-        for c in drop {
-            caps.remove(&parse_capability(c)?);
-        }
-    }
-    Ok(caps)
-}
-
 /// The character and block devices directly under the host's `/dev`, except those runc
 /// always creates itself. Unreadable entries are skipped: this only widens what a privileged
 /// container sees.
@@ -533,20 +427,6 @@ fn device_type(meta: &std::fs::Metadata) -> Option<LinuxDeviceType> {
     } else {
         None
     }
-}
-
-/// The capability bounding set of this process (`CapBnd`; bit N is capability N, the order of
-/// [`ALL_CAPABILITIES`]), or every capability when it cannot be read.
-fn host_bounding_set() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| parse_cap_bnd(&status))
-        .unwrap_or(u64::MAX)
-}
-
-fn parse_cap_bnd(status: &str) -> Option<u64> {
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
-    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 /// The seccomp profile of a container whose bounding capability set is `caps`. A privileged
@@ -1106,7 +986,6 @@ pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, San
 mod tests {
     use super::*;
     use crate::container::config::MountSpec;
-    use oci_spec::runtime::Capability;
 
     fn user(uid: u32, gid: u32) -> ResolvedUser {
         ResolvedUser {
@@ -1213,32 +1092,6 @@ mod tests {
         );
         assert_eq!(env, v(&["PATH=/bin", "A=x=y", "B=2", "C=3"]));
         assert!(merge_env(&[], &[])[0].starts_with("PATH="));
-    }
-
-    #[test]
-    fn privileged_gets_the_bounding_set() {
-        assert_eq!(
-            parse_cap_bnd("Name:\tx\nCapBnd:\t000001fffeffffff\n"),
-            Some(0x1fffeffffff)
-        );
-        assert_eq!(parse_cap_bnd("Name:\tx\n"), None);
-        let c = capabilities(true, &[], &[]).unwrap();
-        let bounding = host_bounding_set();
-        for (bit, name) in ALL_CAPABILITIES.iter().enumerate() {
-            let cap = parse_capability(name).unwrap();
-            assert_eq!(c.contains(&cap), bounding & (1 << bit) != 0, "{name}");
-        }
-    }
-
-    #[test]
-    fn capabilities_add_drop_all() {
-        let c = capabilities(false, &v(&["NET_ADMIN"]), &v(&["CAP_KILL"])).unwrap();
-        assert!(c.contains(&Capability::NetAdmin) && !c.contains(&Capability::Kill));
-        let c = capabilities(false, &v(&["SYS_TIME"]), &v(&["ALL"])).unwrap();
-        assert_eq!(c.len(), 1);
-        let c = capabilities(false, &v(&["ALL"]), &[]).unwrap();
-        assert!(c.contains(&Capability::SysAdmin));
-        assert!(capabilities(false, &v(&["NOT_A_CAP"]), &[]).is_err());
     }
 
     #[test]
