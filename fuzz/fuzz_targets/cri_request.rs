@@ -92,6 +92,7 @@ fuzz_target!(|data: &[u8]| {
         &s.run_as_username,
         s.run_as_group,
         &s.supplemental_groups,
+        s.supplemental_groups_strict,
         &[],
     ) else {
         return;

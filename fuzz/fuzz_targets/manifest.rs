@@ -49,8 +49,11 @@ fuzz_target!(|data: &[u8]| {
     );
     assert!(env.iter().any(|e| e == "PATH=/bin"));
     if let Some(user) = &image.user {
-        if let Ok(u) = sandbox::container::user::resolve(user, None, "", None, &[], &[]) {
-            assert!(u.uid <= i32::MAX as u32 && u.gid <= i32::MAX as u32, "{user:?}: {u:?}");
+        if let Ok(u) = sandbox::container::user::resolve(user, None, "", None, &[], false, &[]) {
+            assert!(
+                u.uid <= i32::MAX as u32 && u.gid <= i32::MAX as u32,
+                "{user:?}: {u:?}"
+            );
         }
     }
 });
