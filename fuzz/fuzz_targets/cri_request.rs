@@ -74,10 +74,10 @@ fuzz_target!(|data: &[u8]| {
         ..PodContext::default()
     };
     let seccomp_root = Path::new("/nonexistent/crid-fuzz/seccomp");
-    if spec::validate(&config, &cx, seccomp_root).is_err() {
+    if sandbox::container::validate::request(&config, &cx, seccomp_root).is_err() {
         return;
     }
-    if let Ok(Some(p)) = spec::log_path(&cx, &config.log_path) {
+    if let Ok(Some(p)) = sandbox::container::validate::log_path(&cx, &config.log_path) {
         assert!(p.starts_with(&log_dir), "{}", p.display());
         assert!(
             !p.components().any(|c| c == Component::ParentDir),

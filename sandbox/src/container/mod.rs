@@ -31,6 +31,7 @@ pub mod spec;
 mod unikernel_keys;
 pub mod user;
 mod userns_volume;
+pub mod validate;
 pub mod vm;
 mod vm_armed;
 mod vm_rootfs;
@@ -662,7 +663,7 @@ impl ContainerManager {
         pod: PodContext,
         image: ImageInfo,
     ) -> Result<String, SandboxError> {
-        spec::validate(&config, &pod, &self.seccomp_profile_root)?;
+        validate::request(&config, &pod, &self.seccomp_profile_root)?;
         let image_config = spec::ImageConfig::parse(&image.config_json)?;
         let image = unikernel_keys::tune(image, &pod, &config.annotations)?;
         let stop = stop_signal(
@@ -672,7 +673,7 @@ impl ContainerManager {
                 .or(image_config.stop_signal.as_deref())
                 .unwrap_or(""),
         )?;
-        let log_path = spec::log_path(&pod, &config.log_path)?;
+        let log_path = validate::log_path(&pod, &config.log_path)?;
         let key = name_key(&pod.id, &config.name, config.attempt);
         {
             let mut inner = self.lock();
