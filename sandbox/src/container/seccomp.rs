@@ -22,8 +22,9 @@ const PROFILE: &str = include_str!("seccomp_default.json");
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Profile {
-    #[allow(dead_code)]
-    comment: String,
+    /// For readers of the file; required so that every profile says what it is.
+    #[serde(rename = "comment")]
+    _comment: String,
     default_action: String,
     default_errno_ret: u32,
     /// Seccomp architectures per Rust target architecture (`std::env::consts::ARCH`).
@@ -34,8 +35,9 @@ struct Profile {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Group {
-    #[allow(dead_code)]
-    comment: String,
+    /// For readers of the file; required so that every group says why it is allowed.
+    #[serde(rename = "comment")]
+    _comment: String,
     names: Vec<String>,
     action: String,
     #[serde(default)]
