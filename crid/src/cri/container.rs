@@ -2,8 +2,9 @@
 //! Each converts the CRI request into `sandbox::container` terms, calls the container manager
 //! and converts the answer back.
 
-use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
+
+use std::collections::HashMap;
 
 use proto::cri;
 use sandbox::PidNamespace;
@@ -14,17 +15,10 @@ use sandbox::pod::PodRecord;
 use tonic::Status;
 
 pub use crate::cri::convert::{container_config, resources};
+use crate::cri::convert::{sorted, to_cri_map};
 use crate::cri::error::Failure;
 use crate::metrics::Metrics;
 use crate::state::State;
-
-fn sorted(m: HashMap<String, String>) -> BTreeMap<String, String> {
-    m.into_iter().collect()
-}
-
-fn map(m: &BTreeMap<String, String>) -> HashMap<String, String> {
-    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-}
 
 fn resources_to_cri(r: &Resources) -> cri::LinuxContainerResources {
     cri::LinuxContainerResources {
@@ -43,7 +37,7 @@ fn resources_to_cri(r: &Resources) -> cri::LinuxContainerResources {
                 limit: *l,
             })
             .collect(),
-        unified: map(&r.unified),
+        unified: to_cri_map(&r.unified),
         memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
     }
 }
@@ -173,8 +167,8 @@ pub fn status_to_cri(r: &ContainerRecord) -> cri::ContainerStatus {
         image_ref: r.image.image_ref.clone(),
         reason: r.reason.clone(),
         message: r.message.clone(),
-        labels: map(&r.config.labels),
-        annotations: map(&r.config.annotations),
+        labels: to_cri_map(&r.config.labels),
+        annotations: to_cri_map(&r.config.annotations),
         mounts: r
             .config
             .mounts
@@ -268,8 +262,8 @@ pub async fn list_containers(
             image_ref: r.image.image_ref.clone(),
             state: state_to_cri(r.state),
             created_at: r.created_at,
-            labels: map(&r.config.labels),
-            annotations: map(&r.config.annotations),
+            labels: to_cri_map(&r.config.labels),
+            annotations: to_cri_map(&r.config.annotations),
             image_id: r.image.id.clone(),
         })
         .collect();
@@ -403,8 +397,8 @@ fn stats_to_cri(state: &State, r: &ContainerRecord, s: &ContainerStats) -> cri::
         attributes: Some(cri::ContainerAttributes {
             id: r.id.clone(),
             metadata: Some(metadata(r)),
-            labels: map(&r.config.labels),
-            annotations: map(&r.config.annotations),
+            labels: to_cri_map(&r.config.labels),
+            annotations: to_cri_map(&r.config.annotations),
         }),
         cpu: Some(cri::CpuUsage {
             timestamp: s.timestamp,
@@ -511,8 +505,8 @@ pub async fn pod_stats(state: &State, pod: &PodRecord) -> cri::PodSandboxStats {
                 namespace: pod.config.metadata.namespace.clone(),
                 attempt: pod.config.metadata.attempt,
             }),
-            labels: map(&pod.config.labels),
-            annotations: map(&pod.config.annotations),
+            labels: to_cri_map(&pod.config.labels),
+            annotations: to_cri_map(&pod.config.annotations),
         }),
         linux: Some(cri::LinuxPodSandboxStats {
             cpu: Some(cri::CpuUsage {

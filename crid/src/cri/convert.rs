@@ -21,8 +21,14 @@ use tonic::Status;
 /// message limit for every client.
 pub const MAX_METADATA_BYTES: usize = 256 << 10;
 
-fn sorted(m: HashMap<String, String>) -> BTreeMap<String, String> {
+/// A CRI map (labels, annotations, selectors, sysctls) in the domain's sorted form.
+pub fn sorted(m: HashMap<String, String>) -> BTreeMap<String, String> {
     m.into_iter().collect()
+}
+
+/// A domain map back in CRI's form.
+pub fn to_cri_map(m: &BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// `map` (labels or annotations), refused when larger than [`MAX_METADATA_BYTES`].

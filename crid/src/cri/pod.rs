@@ -1,7 +1,7 @@
 //! Pod sandbox handlers: run, stop, remove, status, list, stats and metrics. Each converts the CRI
 //! request into `sandbox::pod` terms and back; the pod manager does the work.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use proto::cri;
 use sandbox::container::{ContainerFilter, ContainerState};
@@ -9,6 +9,7 @@ use sandbox::pod::{NsMode, PodFilter, PodMetadata, PodRecord, PodState, metrics}
 use tonic::Status;
 
 pub use crate::cri::convert::pod_config;
+use crate::cri::convert::{sorted, to_cri_map};
 use crate::cri::error::Failure;
 use crate::state::State;
 
@@ -19,10 +20,6 @@ fn ns_mode_to_cri(mode: NsMode) -> i32 {
         NsMode::Node => cri::NamespaceMode::Node,
         NsMode::Target => cri::NamespaceMode::Target,
     }) as i32
-}
-
-fn sorted(map: HashMap<String, String>) -> BTreeMap<String, String> {
-    map.into_iter().collect()
 }
 
 pub async fn run_pod_sandbox(
@@ -75,10 +72,6 @@ fn metadata_to_cri(m: &PodMetadata) -> cri::PodSandboxMetadata {
     }
 }
 
-fn map(m: &BTreeMap<String, String>) -> HashMap<String, String> {
-    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-}
-
 pub fn status_to_cri(r: &PodRecord) -> cri::PodSandboxStatus {
     let ns = &r.config.namespaces;
     cri::PodSandboxStatus {
@@ -106,8 +99,8 @@ pub fn status_to_cri(r: &PodRecord) -> cri::PodSandboxStatus {
                 }),
             }),
         }),
-        labels: map(&r.config.labels),
-        annotations: map(&r.config.annotations),
+        labels: to_cri_map(&r.config.labels),
+        annotations: to_cri_map(&r.config.annotations),
         runtime_handler: r.config.runtime_handler.clone(),
     }
 }
@@ -164,8 +157,8 @@ pub async fn list_pod_sandbox(
             metadata: Some(metadata_to_cri(&r.config.metadata)),
             state: state_to_cri(r.state),
             created_at: r.created_at,
-            labels: map(&r.config.labels),
-            annotations: map(&r.config.annotations),
+            labels: to_cri_map(&r.config.labels),
+            annotations: to_cri_map(&r.config.annotations),
             runtime_handler: r.config.runtime_handler.clone(),
         })
         .collect();
