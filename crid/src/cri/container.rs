@@ -2,9 +2,8 @@
 //! Each converts the CRI request into `sandbox::container` terms, calls the container manager
 //! and converts the answer back.
 
-use std::time::Duration;
-
 use std::collections::HashMap;
+use std::time::Duration;
 
 use proto::cri;
 use sandbox::PidNamespace;
