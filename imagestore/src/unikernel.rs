@@ -128,6 +128,32 @@ pub struct UnikernelInfo {
     pub source: UnikernelSource,
 }
 
+impl UnikernelInfo {
+    /// A guest of `unikernel_type` on `hypervisor` booting `binary`, with nothing else set: no
+    /// command line, initrd, block image or version, urunc's defaults for the rest.
+    pub fn new(
+        unikernel_type: UnikernelType,
+        hypervisor: HypervisorKind,
+        binary: impl Into<PathBuf>,
+        source: UnikernelSource,
+    ) -> UnikernelInfo {
+        UnikernelInfo {
+            unikernel_type,
+            hypervisor,
+            binary: binary.into(),
+            cmdline: String::new(),
+            initrd: None,
+            block: None,
+            block_mount_point: None,
+            version: None,
+            mount_rootfs: None,
+            use_dm_block: None,
+            virtio: VirtioTransport::default(),
+            source,
+        }
+    }
+}
+
 /// The name of urunc's description file at the rootfs root.
 pub const URUNC_JSON: &str = "urunc.json";
 /// The largest `urunc.json` read.

@@ -65,18 +65,15 @@ fn guest_writes_land_in_a_small_overlay_and_the_base_is_unchanged() {
     let req = VmRequest {
         container_id: id.into(),
         info: UnikernelInfo {
-            unikernel_type: UnikernelType::Linux,
-            hypervisor: HypervisorKind::Qemu,
-            binary: "/unikernel/vmlinuz".into(),
             cmdline: "/init".into(),
             initrd: Some("/unikernel/initrd.gz".into()),
             block: Some("/unikernel/disk.img".into()),
-            block_mount_point: None,
-            mount_rootfs: None,
-            use_dm_block: None,
-            version: None,
-            virtio: Default::default(),
-            source: UnikernelSource::ManifestAnnotations,
+            ..UnikernelInfo::new(
+                UnikernelType::Linux,
+                HypervisorKind::Qemu,
+                "/unikernel/vmlinuz",
+                UnikernelSource::ManifestAnnotations,
+            )
         },
         layer_dirs: vec![layer.clone()],
         netns: None,

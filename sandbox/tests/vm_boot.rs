@@ -33,20 +33,12 @@ fn build_guest(out: &Path) -> bool {
 
 fn spec(kernel: PathBuf, run_dir: PathBuf, args: &[&str], accelerator: Accelerator) -> VmSpec {
     VmSpec {
-        info: UnikernelInfo {
-            unikernel_type: UnikernelType::Unikraft,
-            hypervisor: HypervisorKind::Qemu,
-            binary: PathBuf::from("unikernel/guest.elf"),
-            cmdline: String::new(),
-            initrd: None,
-            block: None,
-            block_mount_point: None,
-            mount_rootfs: None,
-            use_dm_block: None,
-            version: None,
-            virtio: Default::default(),
-            source: UnikernelSource::ManifestAnnotations,
-        },
+        info: UnikernelInfo::new(
+            UnikernelType::Unikraft,
+            HypervisorKind::Qemu,
+            "unikernel/guest.elf",
+            UnikernelSource::ManifestAnnotations,
+        ),
         kernel,
         initrd: None,
         block: None,

@@ -81,20 +81,12 @@ fn release_kills_what_is_left_and_removes_the_cgroup() {
 
     let req = VmRequest {
         container_id: "cgroupt3st".into(),
-        info: UnikernelInfo {
-            unikernel_type: UnikernelType::Unikraft,
-            hypervisor: HypervisorKind::Qemu,
-            binary: "/unikernel/kernel".into(),
-            cmdline: String::new(),
-            initrd: None,
-            block: None,
-            block_mount_point: None,
-            mount_rootfs: None,
-            use_dm_block: None,
-            version: None,
-            virtio: Default::default(),
-            source: UnikernelSource::ManifestAnnotations,
-        },
+        info: UnikernelInfo::new(
+            UnikernelType::Unikraft,
+            HypervisorKind::Qemu,
+            "/unikernel/kernel",
+            UnikernelSource::ManifestAnnotations,
+        ),
         layer_dirs: vec![],
         netns: None,
         iface: "eth0".into(),

@@ -64,18 +64,14 @@ fn linux_guest_answers_http_on_the_pod_ip() {
     let req = VmRequest {
         container_id: id.into(),
         info: UnikernelInfo {
-            unikernel_type: UnikernelType::Linux,
-            hypervisor: HypervisorKind::Qemu,
-            binary: "/unikernel/vmlinuz".into(),
             cmdline: "/init".into(),
             initrd: Some("/unikernel/initrd.gz".into()),
-            block: None,
-            block_mount_point: None,
-            mount_rootfs: None,
-            use_dm_block: None,
-            version: None,
-            virtio: Default::default(),
-            source: UnikernelSource::ManifestAnnotations,
+            ..UnikernelInfo::new(
+                UnikernelType::Linux,
+                HypervisorKind::Qemu,
+                "/unikernel/vmlinuz",
+                UnikernelSource::ManifestAnnotations,
+            )
         },
         layer_dirs: vec![layer],
         netns: Some(p.ns.clone()),

@@ -123,18 +123,14 @@ mod tests {
         ImageInfo {
             reference: "example.test/app:1".into(),
             unikernel: unikernel.then(|| UnikernelInfo {
-                unikernel_type: UnikernelType::Unikraft,
-                hypervisor: HypervisorKind::Qemu,
-                binary: "unikernel/kernel".into(),
                 cmdline: "from-image".into(),
-                initrd: None,
-                block: None,
-                block_mount_point: None,
                 version: Some("0.17.0".into()),
-                mount_rootfs: None,
-                use_dm_block: None,
-                virtio: Default::default(),
-                source: UnikernelSource::ConfigLabels,
+                ..UnikernelInfo::new(
+                    UnikernelType::Unikraft,
+                    HypervisorKind::Qemu,
+                    "unikernel/kernel",
+                    UnikernelSource::ConfigLabels,
+                )
             }),
             ..Default::default()
         }

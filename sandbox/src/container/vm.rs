@@ -975,20 +975,12 @@ mod tests {
     use imagestore::{HypervisorKind, UnikernelSource, UnikernelType};
 
     fn info() -> UnikernelInfo {
-        UnikernelInfo {
-            unikernel_type: UnikernelType::Unikraft,
-            hypervisor: HypervisorKind::Qemu,
-            binary: "/unikernel/kernel".into(),
-            cmdline: String::new(),
-            initrd: None,
-            block: None,
-            block_mount_point: None,
-            mount_rootfs: None,
-            use_dm_block: None,
-            version: None,
-            virtio: Default::default(),
-            source: UnikernelSource::ManifestAnnotations,
-        }
+        UnikernelInfo::new(
+            UnikernelType::Unikraft,
+            HypervisorKind::Qemu,
+            "/unikernel/kernel",
+            UnikernelSource::ManifestAnnotations,
+        )
     }
 
     #[test]

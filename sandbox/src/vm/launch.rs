@@ -671,18 +671,9 @@ mod tests {
         VmRequest {
             container_id: "c0ffee".into(),
             info: UnikernelInfo {
-                unikernel_type: t,
-                hypervisor: h,
-                binary: "/unikernel/kernel".into(),
                 cmdline: "hello".into(),
-                initrd: None,
                 block: Some("/unikernel/disk.img".into()),
-                block_mount_point: None,
-                mount_rootfs: None,
-                use_dm_block: None,
-                version: None,
-                virtio: Default::default(),
-                source: UnikernelSource::UruncJson,
+                ..UnikernelInfo::new(t, h, "/unikernel/kernel", UnikernelSource::UruncJson)
             },
             layer_dirs: vec![layer],
             netns: None,

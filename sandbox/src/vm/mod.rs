@@ -436,18 +436,13 @@ pub(crate) mod testutil {
     pub fn spec(t: UnikernelType, h: HypervisorKind) -> VmSpec {
         VmSpec {
             info: UnikernelInfo {
-                unikernel_type: t,
-                hypervisor: h,
-                binary: PathBuf::from("unikernel/kernel"),
                 cmdline: "app --flag".into(),
-                initrd: None,
-                block: None,
-                block_mount_point: None,
-                mount_rootfs: None,
-                use_dm_block: None,
-                version: None,
-                virtio: Default::default(),
-                source: UnikernelSource::ManifestAnnotations,
+                ..UnikernelInfo::new(
+                    t,
+                    h,
+                    "unikernel/kernel",
+                    UnikernelSource::ManifestAnnotations,
+                )
             },
             kernel: PathBuf::from("/layers/top/unikernel/kernel"),
             initrd: None,
