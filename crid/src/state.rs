@@ -68,7 +68,7 @@ pub struct State {
     /// The three above as one runtime: what spans pods, containers and images (cascades,
     /// leases, PID namespace holders) goes through it.
     pub runtime: Arc<sandbox::Runtime>,
-    /// The exec/attach/port-forward server, started by [`run`].
+    /// The exec/attach/port-forward server, started by [`crate::daemon::run`].
     pub streaming: OnceLock<Arc<crate::streaming::Server>>,
 }
 

@@ -2,7 +2,7 @@
 //! kubelet's CRI streaming server does): an HTTP server on a configurable address (loopback by
 //! default) that serves each single-use URL once, upgrading to SPDY/3.1 or WebSocket and
 //! speaking Kubernetes' remote command and port forward protocols. Processes, terminals and
-//! namespaces come from a [`StreamBackend`].
+//! namespaces come from a [`backend::StreamBackend`].
 
 pub mod backend;
 mod mux;

@@ -164,7 +164,7 @@ async fn forward(
     Ok(())
 }
 
-/// Serves WebSocket port forwarding for `ports` (channel 2i = data, 2i+1 = error of ports[i]).
+/// Serves WebSocket port forwarding for `ports` (channel `2i` = data, `2i+1` = error of `ports[i]`).
 pub async fn serve_ws(conn: ws::WsConn, netns: PathBuf, ports: Vec<u16>) {
     let ws::WsConn {
         mut inbound,

@@ -263,9 +263,9 @@ impl Supervisor {
         self.exit_file(id).exists() || self.exit_fallback(id).exists()
     }
 
-    /// Makes the state directory, forgets a previous run's exit and creates the log file. A
-    /// monitor left from a start that crid did not finish is returned: the caller removes
-    /// what it started, then waits for it with [`Supervisor::wait_stale`].
+    /// Makes the state directory and returns a monitor left from a start that crid did not
+    /// finish, if any: the caller removes what that start made, then hands the monitor to
+    /// [`Supervisor::ready_to_launch`], which waits for it to end.
     pub fn prepare(&self, r: &ContainerRecord) -> Result<Option<MonitorHandle>, SandboxError> {
         let sdir = self.dirs.state_dir(&r.id);
         std::fs::create_dir_all(&sdir).map_err(|e| SandboxError::io(&sdir, e))?;
