@@ -407,7 +407,7 @@ impl ImageStore {
             source,
         })?;
         std::fs::write(&tmp, &bytes)
-            .and_then(|()| std::fs::rename(&tmp, path))
+            .and_then(|()| crate::sys::replace_unsynced(&tmp, path))
             .map_err(|e| {
                 let _ = std::fs::remove_file(&tmp);
                 ImageError::io(path, e)
