@@ -1,6 +1,7 @@
 //! The daemon's shared state: configuration, the pod and container managers and the image
 //! store, built once at start-up and handed to the gRPC handlers, the streaming server and the
-//! metrics endpoint. Depends on no other module of the daemon but the configuration.
+//! metrics endpoint. Depends on no other module of the daemon but the configuration and the
+//! streaming server it holds.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,37 +10,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use imagestore::{HypervisorKind, ImageError, ImageStore, ImageStoreConfig};
+use sandbox::pod::CgroupDriver;
 use serde::Serialize;
 
 use crate::config::Config;
 
-/// The cgroup driver in use, decided once at start-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CgroupDriver {
-    Systemd,
-    Cgroupfs,
-}
-
-impl std::fmt::Display for CgroupDriver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CgroupDriver::Systemd => "systemd",
-            CgroupDriver::Cgroupfs => "cgroupfs",
-        })
-    }
-}
-
-impl CgroupDriver {
-    /// `auto` means systemd when systemd is the init system (it owns the cgroup tree then),
-    /// cgroupfs otherwise.
-    pub fn resolve(configured: &str) -> CgroupDriver {
-        match configured {
-            "systemd" => CgroupDriver::Systemd,
-            "cgroupfs" => CgroupDriver::Cgroupfs,
-            _ if Path::new("/run/systemd/system").is_dir() => CgroupDriver::Systemd,
-            _ => CgroupDriver::Cgroupfs,
-        }
+/// The cgroup driver `runtime.cgroup_driver` names; `auto` means systemd when systemd is the
+/// init system (it owns the cgroup tree then), cgroupfs otherwise.
+pub fn cgroup_driver(configured: &str) -> CgroupDriver {
+    match configured {
+        "systemd" => CgroupDriver::Systemd,
+        "cgroupfs" => CgroupDriver::Cgroupfs,
+        _ if Path::new("/run/systemd/system").is_dir() => CgroupDriver::Systemd,
+        _ => CgroupDriver::Cgroupfs,
     }
 }
 
@@ -89,7 +72,7 @@ impl State {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let cgroup_driver = CgroupDriver::resolve(&config.runtime.cgroup_driver);
+        let cgroup_driver = cgroup_driver(&config.runtime.cgroup_driver);
         let oci_runtimes = resolve_oci_runtimes(&config);
         let pods = Arc::new(pod_manager(&config, &oci_runtimes, cgroup_driver, sys)?);
         let containers = container_manager(&config, &oci_runtimes, cgroup_driver, backends)?;
@@ -183,10 +166,7 @@ fn pod_manager(
         state: config.state.clone(),
         runc_handlers: oci_runtimes.keys().cloned().collect(),
         unikernel_handlers: config.runtime.unikernel_handlers.clone(),
-        cgroup_driver: match driver {
-            CgroupDriver::Systemd => sandbox::pod::CgroupDriver::Systemd,
-            CgroupDriver::Cgroupfs => sandbox::pod::CgroupDriver::Cgroupfs,
-        },
+        cgroup_driver: driver,
         host_resolv_conf: sandbox::pod::files::host_resolv_conf(),
         warm_networks: config.cni.prepared_networks,
         monitor_exe: std::env::current_exe().context("cannot find the crid executable")?,
@@ -205,10 +185,7 @@ fn container_manager(
         root: config.root.clone(),
         state: config.state.clone(),
         oci_runtimes: oci_runtimes.clone(),
-        cgroup_driver: match driver {
-            CgroupDriver::Systemd => sandbox::pod::CgroupDriver::Systemd,
-            CgroupDriver::Cgroupfs => sandbox::pod::CgroupDriver::Cgroupfs,
-        },
+        cgroup_driver: driver,
         monitor_exe: std::env::current_exe().context("cannot find the crid executable")?,
         seccomp_profile_root: config.runtime.seccomp_profile_root.clone(),
         vm: install_pci_shim(vm_settings(config)?),

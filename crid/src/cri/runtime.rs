@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use proto::cri;
 use tonic::Status;
 
-use crate::state::{CgroupDriver, State, find_in_path};
+use crate::state::{State, find_in_path};
 
 pub const RUNTIME_NAME: &str = "crid";
 
@@ -38,10 +38,7 @@ pub async fn status(state: &State, r: cri::StatusRequest) -> Result<cri::StatusR
     let mut info = HashMap::new();
     if r.verbose {
         info.insert("config".into(), json(&state.config));
-        info.insert(
-            "cgroupDriver".into(),
-            json(&state.cgroup_driver.to_string()),
-        );
+        info.insert("cgroupDriver".into(), json(&state.cgroup_driver));
         info.insert("network".into(), json(&network));
         info.insert("startedAt".into(), json(&state.started_at_unix));
         // The VM accelerator policy and what the host's KVM offers (TCG is reported here).
@@ -92,8 +89,8 @@ pub fn runtime_config(
     _r: cri::RuntimeConfigRequest,
 ) -> Result<cri::RuntimeConfigResponse, Status> {
     let driver = match state.cgroup_driver {
-        CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
-        CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
+        sandbox::pod::CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
+        sandbox::pod::CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
     };
     Ok(cri::RuntimeConfigResponse {
         linux: Some(cri::LinuxRuntimeConfiguration {

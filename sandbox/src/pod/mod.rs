@@ -32,6 +32,16 @@ pub enum CgroupDriver {
     Cgroupfs,
 }
 
+/// The name the configuration and the CRI status use (serde's too).
+impl std::fmt::Display for CgroupDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CgroupDriver::Systemd => "systemd",
+            CgroupDriver::Cgroupfs => "cgroupfs",
+        })
+    }
+}
+
 /// How a pod's namespace of one kind is provided (CRI `NamespaceMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
