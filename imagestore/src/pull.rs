@@ -15,7 +15,6 @@ use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::content::{ContentStore, TempPath, digest_hex, sha256_of};
 use crate::hosts::{RegistryHost, hosts_for};
@@ -340,53 +339,15 @@ pub(crate) fn unpack_into_store(
     }
 }
 
-/// Decompresses blob `blob` and checks that it hashes to `diff_id`, without unpacking it.
+/// Decompresses blob `blob` and checks that it hashes to `diff_id`, without unpacking it,
+/// within the limits an unpack has.
 fn verify_diff_id(content: &ContentStore, blob: &str, diff_id: &str) -> Result<(), ImageError> {
-    use std::io::Read;
     let src = content.blob_path(blob)?;
-    let mut file = std::fs::File::open(&src).map_err(|e| ImageError::io(&src, e))?;
-    let mut prefix = [0u8; 4];
-    let mut n = 0;
-    while n < prefix.len() {
-        match file.read(&mut prefix[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(ImageError::io(&src, e)),
-        }
-    }
-    let raw = std::io::Cursor::new(prefix[..n].to_vec()).chain(file);
-    let corrupt = |e: std::io::Error| ImageError::CorruptLayer {
-        reason: format!("layer {blob}: {e}"),
-    };
-    let mut stream: Box<dyn Read> = match crate::unpack::Compression::detect(&prefix[..n]) {
-        crate::unpack::Compression::None => Box::new(raw),
-        crate::unpack::Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
-        crate::unpack::Compression::Zstd => {
-            Box::new(zstd::stream::read::Decoder::new(raw).map_err(corrupt)?)
-        }
-    };
-    let limit = crate::unpack::DEFAULT_MAX_BYTES;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    loop {
-        let k = match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(k) => k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(corrupt(e)),
-        };
-        total += k as u64;
-        if total > limit {
-            return Err(ImageError::LayerTooLarge {
-                limit,
-                what: "bytes".to_owned(),
-            });
-        }
-        hasher.update(&buf[..k]);
-    }
-    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    let file = std::fs::File::open(&src).map_err(|e| ImageError::io(&src, e))?;
+    let actual = crate::unpack::diff_id(
+        std::io::BufReader::new(file),
+        &crate::unpack::UnpackOptions::default(),
+    )?;
     if actual != diff_id {
         return Err(ImageError::DigestMismatch {
             expected: diff_id.to_owned(),

@@ -125,42 +125,11 @@ pub fn unpack_layer<R: Read>(reader: R, dest: &Path) -> Result<UnpackStats, Imag
 
 /// Unpacks a layer blob into the empty directory `dest`.
 pub fn unpack_layer_with<R: Read>(
-    mut reader: R,
+    reader: R,
     dest: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackStats, ImageError> {
-    let mut prefix = [0u8; 4];
-    let mut n = 0;
-    while n < prefix.len() {
-        match reader.read(&mut prefix[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(corrupt(format!("cannot read the layer: {e}"))),
-        }
-    }
-    let compressed = std::rc::Rc::new(std::cell::Cell::new(0u64));
-    let raw = Counting {
-        inner: io::Cursor::new(prefix[..n].to_vec()).chain(reader),
-        count: compressed.clone(),
-    };
-    let stream: Box<dyn Read + '_> = match Compression::detect(&prefix[..n]) {
-        Compression::None => Box::new(raw),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
-        Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::new(raw)
-                .map_err(|e| corrupt(format!("zstd stream: {e}")))?,
-        ),
-    };
-    let hashing = HashingReader {
-        inner: stream,
-        hasher: Sha256::new(),
-        count: 0,
-        limit: opts.max_bytes,
-        compressed,
-        max_ratio: opts.max_ratio,
-        ratio_floor: opts.ratio_floor,
-    };
+    let hashing = uncompressed(reader, opts)?;
     let root_fd = rustix::fs::open(
         dest,
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
@@ -202,6 +171,54 @@ pub fn unpack_layer_with<R: Read>(
     stats.inodes += unpacker.implicit_dirs.get();
     stats.diff_id = format!("sha256:{}", hex::encode(rest.hasher.finalize()));
     Ok(stats)
+}
+
+/// The diff id of a layer blob (the sha256 of its uncompressed stream), read within `opts`'
+/// limits without unpacking it.
+pub fn diff_id<R: Read>(reader: R, opts: &UnpackOptions) -> Result<String, ImageError> {
+    let mut stream = uncompressed(reader, opts)?;
+    io::copy(&mut stream, &mut io::sink()).map_err(stream_error)?;
+    Ok(format!("sha256:{}", hex::encode(stream.hasher.finalize())))
+}
+
+/// The layer blob `reader` decompressed as its first bytes tell (gzip, zstd or none), hashed
+/// and counted as it is read, within `opts`' byte and ratio limits.
+fn uncompressed<'a, R: Read + 'a>(
+    mut reader: R,
+    opts: &UnpackOptions,
+) -> Result<HashingReader<Box<dyn Read + 'a>>, ImageError> {
+    let mut prefix = [0u8; 4];
+    let mut n = 0;
+    while n < prefix.len() {
+        match reader.read(&mut prefix[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(corrupt(format!("cannot read the layer: {e}"))),
+        }
+    }
+    let compressed = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let raw = Counting {
+        inner: io::Cursor::new(prefix[..n].to_vec()).chain(reader),
+        count: compressed.clone(),
+    };
+    let stream: Box<dyn Read + 'a> = match Compression::detect(&prefix[..n]) {
+        Compression::None => Box::new(raw),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::new(raw)
+                .map_err(|e| corrupt(format!("zstd stream: {e}")))?,
+        ),
+    };
+    Ok(HashingReader {
+        inner: stream,
+        hasher: Sha256::new(),
+        count: 0,
+        limit: opts.max_bytes,
+        compressed,
+        max_ratio: opts.max_ratio,
+        ratio_floor: opts.ratio_floor,
+    })
 }
 
 /// Counts the bytes read from the blob itself.
@@ -1086,6 +1103,10 @@ mod tests {
             stats.diff_id,
             format!("sha256:{}", hex::encode(Sha256::digest(&tar)))
         );
+        assert_eq!(
+            diff_id(&blob[..], &UnpackOptions::default()).unwrap(),
+            stats.diff_id
+        );
         assert_eq!(stats.bytes, 12 + 5);
         // bin, hello, hi, deep, implicit, parents (the hardlink shares an inode).
         assert_eq!(stats.inodes, 6);
@@ -1152,6 +1173,12 @@ mod tests {
         };
         let s2 = Sandbox::new();
         let err = unpack_layer_with(&blob[..], &s2.dest(), &ratio).unwrap_err();
+        assert!(
+            matches!(err, ImageError::LayerTooLarge { limit: 100, .. }),
+            "{err:?}"
+        );
+        // Hashing a blob without unpacking it (a layer already in the store) stops there too.
+        let err = diff_id(&blob[..], &ratio).unwrap_err();
         assert!(
             matches!(err, ImageError::LayerTooLarge { limit: 100, .. }),
             "{err:?}"
