@@ -62,8 +62,9 @@ fn nix_io(e: nix::Error) -> io::Error {
 const POOL_SIZE: usize = 2;
 
 /// A new network namespace with `lo` up, made on a short-lived thread and held by an open
-/// `/proc/thread-self/ns/net` descriptor.
-fn new_netns() -> io::Result<OwnedFd> {
+/// `/proc/thread-self/ns/net` descriptor (no pin: it lives while a descriptor or a process
+/// holds it).
+pub fn new_netns() -> io::Result<OwnedFd> {
     std::thread::Builder::new()
         .name("crid-netns-pool".into())
         .spawn(|| -> io::Result<OwnedFd> {

@@ -162,6 +162,10 @@ pub struct VmConfig {
     /// crid-vmm guests of `default_memory_mib` kept prepared (a monitor with its VMM's VM
     /// built, handed a container at StartContainer); 0 prepares none, at most 16.
     pub crid_vmm_pool: usize,
+    /// QEMU processes of `default_memory_mib` started and paused ahead for PCI guests in a pod
+    /// network (handed a fitting guest at CreateContainer, resumed at StartContainer); 0
+    /// prepares none, at most 16.
+    pub qemu_pool: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -285,6 +289,7 @@ impl Default for VmConfig {
             crid_vmm_path: PathBuf::from(sandbox::vm::crid_vmm::BINARY),
             crid_vmm_for: vec![],
             crid_vmm_pool: 1,
+            qemu_pool: 1,
         }
     }
 }
@@ -363,6 +368,16 @@ impl Config {
                 ),
             });
         }
+        if self.vm.qemu_pool > sandbox::vm::pool::MAX_SIZE {
+            return Err(ConfigError::Invalid {
+                key: "vm.qemu_pool",
+                reason: format!(
+                    "{} is more than {}",
+                    self.vm.qemu_pool,
+                    sandbox::vm::pool::MAX_SIZE
+                ),
+            });
+        }
         if !self.metrics.address.is_empty()
             && self
                 .metrics
@@ -434,6 +449,9 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = Config::default();
         c.vm.crid_vmm_pool = 17;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.vm.qemu_pool = 17;
         assert!(c.validate().is_err());
         assert_eq!(Config::default().socket_mode().unwrap(), 0o660);
     }

@@ -250,6 +250,7 @@ pub fn vm_settings(config: &Config) -> anyhow::Result<sandbox::vm::launch::VmSet
             })
             .collect::<anyhow::Result<_>>()?,
         crid_vmm_pool: vm.crid_vmm_pool,
+        qemu_pool: vm.qemu_pool,
         ..Default::default()
     })
 }

@@ -63,11 +63,11 @@ fn push_guest(reg: &str, dir: &Path, guest: &str, hypervisor: &str) -> String {
 /// crid on a temp dir with this file's config (seccomp profiles from `<dir>/seccomp`, metrics
 /// on a free loopback port), and the metrics endpoint's address.
 async fn start() -> (Crid, String) {
-    start_with("").await
+    start_configured("", "").await
 }
 
-/// [`start`] with more `[cni]` settings.
-async fn start_with(cni: &str) -> (Crid, String) {
+/// [`start`] with more `[cni]` and `[vm]` settings.
+async fn start_configured(cni: &str, vm: &str) -> (Crid, String) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let metrics = format!("127.0.0.1:{}", common::free_port());
@@ -78,7 +78,8 @@ async fn start_with(cni: &str) -> (Crid, String) {
         d.join("config.toml"),
         format!(
             "[cni]\nconf_dir = {:?}\n{cni}\n[runtime]\nseccomp_profile_root = {:?}\n\
-             unikernel_autodetect_handlers = [\"runc\"]\n[metrics]\naddress = \"{metrics}\"\n",
+             unikernel_autodetect_handlers = [\"runc\"]\n[metrics]\naddress = \"{metrics}\"\n\
+             [vm]\n{vm}\n",
             d.join("net.d"),
             d.join("seccomp")
         ),
@@ -96,21 +97,8 @@ impl Crid {
         image: &str,
         args: &[&str],
     ) -> String {
-        let config = cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(common::spec(image)),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            envs: vec![cri::KeyValue {
-                key: "GREETING".into(),
-                value: "hi".into(),
-            }],
-            log_path: format!("{name}.log"),
-            ..Default::default()
-        };
-        self.create_start(pod, config).await
+        self.create_start(pod, guest_config(name, image, args))
+            .await
     }
 }
 
@@ -2005,8 +1993,9 @@ async fn count_the_processes_of_a_guest_start(octet: u8, ports: Option<&str>) {
     }
     let work = tempfile::tempdir().unwrap();
     let image = push_guest(&reg, work.path(), "unikraft", "qemu");
-    // No pod networks made ahead of need: their refill (CNI plugins) would run meanwhile.
-    let (crid, _) = start_with("prepared_networks = 0").await;
+    // No pod networks or QEMUs made ahead of need: their refill (CNI plugins, a monitor and
+    // QEMU) would run meanwhile. The QEMU pool's start is the prepared QEMU test's.
+    let (crid, _) = start_configured("prepared_networks = 0", "qemu_pool = 0").await;
     let (_bridge, _) = bridge_network(&crid, octet);
     crid.expect_pull(&image).await;
     let log_dir = crid.path().join("logs/counted");
@@ -2134,4 +2123,228 @@ async fn count_the_processes_of_a_guest_start(octet: u8, ports: Option<&str>) {
     assert_eq!(others, ["qemu-system-x86_64"], "execs: {execs:?}\n{trace}");
     assert_eq!(processes, 3, "execs: {execs:?}\n{trace}");
     crid.finish().await;
+}
+
+/// `Status` verbose: how many QEMUs are prepared (`null` without a pool) and how many guests
+/// are armed.
+async fn qemu_pool_counts(crid: &Crid) -> (Option<u64>, Option<u64>) {
+    let status = crid
+        .rt()
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let vm: serde_json::Value = serde_json::from_str(&status.info["vm"]).unwrap();
+    (vm["qemuPrepared"].as_u64(), vm["cridVmmArmed"].as_u64())
+}
+
+/// Waits (bounded) until the QEMU pool has `prepared` entries waiting and `armed` guests.
+async fn wait_qemu_pool(crid: &Crid, prepared: u64, armed: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = qemu_pool_counts(crid).await;
+        if counts == (Some(prepared), Some(armed)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the QEMU pool stayed at {counts:?}\n{}",
+            crid.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The pids of the prepared (paused: `-S`) QEMUs of this crid.
+fn prepared_qemus(crid: &Crid) -> Vec<u32> {
+    common::processes_under(crid.path(), None)
+        .iter()
+        .filter(|p| p.contains("qemu-system-x86_64") && p.contains(" -S "))
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect()
+}
+
+/// A PCI guest in a pod network handed a QEMU that crid started ahead and paused
+/// (`vm.qemu_pool`, default 1): the first such guest starts the usual way and fills the pool;
+/// the next is handed the waiting QEMU at `CreateContainer` (its kernel written into the
+/// QEMU's RAM, its tap moved into the pod, QEMU moved into its cgroup) and resumed at
+/// `StartContainer`: its serial output, with the command line it got in the boot block, is in
+/// the CRI log, its tap is the pod's, and its exit code is the container's. One removed before its start leaves no process, tap,
+/// cgroup or socket behind.
+#[tokio::test]
+async fn a_pci_guest_in_a_pod_network_starts_on_a_prepared_qemu() {
+    let Some(reg) = ready_with_cni() else { return };
+    if !sandbox::vm::accel::probe_host().usable {
+        missing("no usable KVM (the QEMU pool needs it)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let image = push_guest(&reg, work.path(), "unikraft", "qemu");
+    let (crid, _) = start().await;
+    let (_bridge, _) = bridge_network(&crid, 196);
+    crid.expect_pull(&image).await;
+    let links = |ns: &str| {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={ns}"))
+            .args(["ip", "-o", "link", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let argv = |info: &serde_json::Value| -> Vec<String> {
+        serde_json::from_value(info["runtimeSpec"]["unikernel"]["argv"].clone()).unwrap()
+    };
+
+    // The first guest of the pool's size starts the usual way and fills the pool.
+    let config = common::pod_config("qpool-first", crid.path());
+    let pod = (crid.run_pod_under(&config, "urunc").await, config);
+    let first = crid
+        .create_start_guest(&pod, "net", &image, &["stay"])
+        .await;
+    let log = crid.path().join("logs/qpool-first/net.log");
+    log_containing(&crid, &log, "crid-test-guest: halting", 60).await;
+    let (_, info) = crid.container_status(&first).await;
+    assert!(!argv(&info).contains(&"-S".to_owned()), "{info}");
+    wait_qemu_pool(&crid, 1, 0).await;
+    crid.stop_container(&first, 0).await;
+    crid.remove_container(&first).await;
+
+    // The next is handed the prepared QEMU when it is created, and runs once started.
+    let config = common::pod_config("qpool-next", crid.path());
+    let pod = (crid.run_pod_under(&config, "urunc").await, config);
+    let ip = pod_ip(&crid, &pod.0).await.to_string();
+    let paused = prepared_qemus(&crid);
+    assert_eq!(
+        paused.len(),
+        1,
+        "{:?}",
+        common::processes_under(crid.path(), None)
+    );
+    let id = crid
+        .create(&pod, guest_config("net", &image, &["stay"]))
+        .await
+        .unwrap();
+    wait_qemu_pool(&crid, 0, 1).await;
+    crid.start_container(&id).await;
+    let log = crid.path().join("logs/qpool-next/net.log");
+    let text = log_containing(&crid, &log, "crid-test-guest: halting", 60).await;
+    // The command line, with the pod's address, came in the boot block.
+    assert!(
+        text.contains(&format!("netdev.ip={ip}/")) && text.contains("-- stay"),
+        "{text}"
+    );
+    let (status, info) = crid.container_status(&id).await;
+    assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32);
+    let a = argv(&info);
+    assert!(a.contains(&"-S".to_owned()), "not the prepared QEMU: {a:?}");
+    assert!(a.iter().any(|x| x.contains("memory-backend-file")), "{a:?}");
+    // The same QEMU runs the guest (the pool may hold the next one already).
+    assert!(prepared_qemus(&crid).contains(&paused[0]));
+    let netns = info["runtimeSpec"]["unikernel"]["request"]["netns"]
+        .as_str()
+        .expect("netns in verbose info")
+        .to_string();
+    assert!(
+        links(&netns).contains(&format!("crtap{}", &id[..10])),
+        "the prepared QEMU's tap is not the pod's: {}",
+        links(&netns)
+    );
+    // It is in the container's cgroup, all threads.
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", paused[0])).unwrap();
+    assert!(
+        cgroup.contains(&id[..12]) || cgroup.contains(&id),
+        "{cgroup}"
+    );
+    crid.stop_container(&id, 2).await;
+    let st = crid
+        .wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    crid.remove_container(&id).await;
+
+    // Its exit code is the container's.
+    wait_qemu_pool(&crid, 1, 0).await;
+    let config = common::pod_config("qpool-exit", crid.path());
+    let pod = (crid.run_pod_under(&config, "urunc").await, config);
+    let id = crid
+        .create_start_guest(&pod, "exit", &image, &["exit=7"])
+        .await;
+    let st = crid
+        .wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
+    let log = crid.path().join("logs/qpool-exit/exit.log");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(st.exit_code, 7, "{text}\n{}", log_text(crid.path()));
+    assert!(text.contains("crid-test-guest: booted"), "{text}");
+    let (_, info) = crid.container_status(&id).await;
+    assert!(argv(&info).contains(&"-S".to_owned()), "{info}");
+    crid.remove_container(&id).await;
+
+    // Removed before its start: the paused QEMU ends, and its tap, cgroup and QMP socket go.
+    wait_qemu_pool(&crid, 1, 0).await;
+    let config = common::pod_config("qpool-gone", crid.path());
+    let pod = (crid.run_pod_under(&config, "urunc").await, config);
+    let paused = prepared_qemus(&crid);
+    assert_eq!(paused.len(), 1);
+    let id = crid
+        .create(&pod, guest_config("gone", &image, &[]))
+        .await
+        .unwrap();
+    wait_qemu_pool(&crid, 0, 1).await;
+    let (_, info) = crid.container_status(&id).await;
+    let netns = info["runtimeSpec"]["unikernel"]["request"]["netns"]
+        .as_str()
+        .expect("netns in verbose info")
+        .to_string();
+    let qmp = info["runtimeSpec"]["unikernel"]["request"]["control_socket"]
+        .as_str()
+        .map(PathBuf::from);
+    crid.remove_container(&id).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Path::new(&format!("/proc/{}", paused[0])).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the paused QEMU outlived its container"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!links(&netns).contains("crtap"), "{}", links(&netns));
+    if let Some(qmp) = qmp {
+        assert!(!qmp.exists(), "{qmp:?} left");
+    }
+    let cgroups = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let v2 = cgroups.contains(" - cgroup2 ") && !cgroups.contains(" - cgroup ");
+    let dir = if v2 {
+        "/sys/fs/cgroup"
+    } else {
+        "/sys/fs/cgroup/memory"
+    };
+    let found = Command::new("find")
+        .args([dir, "-name", &format!("*{}*", &id[..12])])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&found.stdout).trim().is_empty(),
+        "cgroup left: {}",
+        String::from_utf8_lossy(&found.stdout)
+    );
+    crid.finish().await;
+}
+
+/// A guest container of `image` with CRI `args`, `GREETING=hi` and the log `NAME.log`.
+fn guest_config(name: &str, image: &str, args: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(common::spec(image)),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        envs: vec![cri::KeyValue {
+            key: "GREETING".into(),
+            value: "hi".into(),
+        }],
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
 }

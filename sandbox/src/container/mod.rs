@@ -152,10 +152,17 @@ impl Backends {
         tracing::info!(kvm = %kvm.detail, accelerator = ?settings.vm.accelerator, "VM settings");
         let pool =
             crate::vm::pool::on_host(&settings.vm, &kvm, &settings.monitor_exe, &settings.state);
+        let qemu_pool = crate::vm::qemu_pool::on_host(
+            &settings.vm,
+            &kvm,
+            &settings.monitor_exe,
+            &settings.state,
+        );
         let vm = VmBackend {
             settings: settings.vm.clone(),
             kvm,
             pool,
+            qemu_pool,
             armed: Default::default(),
             supervisor: supervisor.clone(),
             cgroup_driver: settings.cgroup_driver,

@@ -13,7 +13,8 @@
 //!   execs the VMM: the serial console goes to the CRI log, the VMM's exit status becomes the
 //!   container's exit code. A crid-vmm guest of the pool's size is handed to a prepared
 //!   monitor and VMM instead ([`crate::vm::pool`]), at `CreateContainer` where the pool has
-//!   one then, and only let run at `StartContainer` ([`super::vm_armed`]).
+//!   one then, and only let run at `StartContainer` ([`super::vm_armed`]); a PCI guest that
+//!   fits a QEMU started paused ahead ([`crate::vm::qemu_pool`]) is handed it the same way.
 //! - The VMM runs in the container's cgroup (`cgroups_path`, as runc would use: CRI limits,
 //!   stats and OOM detection apply), as an unprivileged user where the hypervisor allows (QEMU);
 //!   see [`crate::vm::cgroup`] and [`crate::vm::qemu`].
@@ -65,6 +66,7 @@ use crate::vm::guestfiles::{self, GuestMount, MountNote};
 use crate::vm::launch::{self, VmRequest, VmSettings};
 use crate::vm::net::GuestPort;
 use crate::vm::pool::Pool;
+use crate::vm::qemu_pool::{self, QemuEntry, QemuPool};
 use crate::vm::virtiofs::{SharedRoot, Transport};
 
 /// The RuntimeClass rule: a unikernel image runs as a VM only in a pod whose handler asked for
@@ -365,7 +367,9 @@ pub struct VmBackend {
     pub kvm: KvmProbe,
     /// crid-vmm guests prepared ahead of need (`vm.crid_vmm_pool`), when there are any.
     pub pool: Option<Arc<Pool<PreparedMonitor>>>,
-    /// Created containers handed a prepared crid-vmm, waiting for their start.
+    /// QEMUs started and paused ahead of need for PCI guests (`vm.qemu_pool`).
+    pub qemu_pool: Option<Arc<QemuPool>>,
+    /// Created containers handed a prepared crid-vmm or QEMU, waiting for their start.
     pub armed: ArmedGuests,
     pub supervisor: Supervisor,
     pub cgroup_driver: CgroupDriver,
@@ -396,7 +400,7 @@ impl VmBackend {
 
     /// Prepares the guest (its shared root, tap, plan, files) and returns what the monitor runs
     /// (blocking).
-    fn launch(&self, mut state: VmState) -> Result<(VmState, Launch), SandboxError> {
+    fn launch(&self, state: VmState) -> Result<(VmState, Launch), SandboxError> {
         let req = &state.request;
         if let Some(root) = &req.shared_root {
             // As on the command line of other guests: CRI/image argv, else the image's
@@ -432,21 +436,26 @@ impl VmBackend {
                 vm_rootfs::unmount(&root.rootfs);
             }
         })?;
-        state.accel = prepared.accel.clone();
-        state.exit_mapping = Some(prepared.plan.exit_mapping);
-        state.argv = prepared.argv.clone();
-        state.guest_cmdline = prepared.plan.guest_cmdline.clone();
-        state.firmware = prepared.plan.firmware.clone();
-        let launch = Launch::Command {
-            argv: prepared.argv,
-            env: vec![],
-            cwd: None,
-            netns: prepared.netns,
-            cgroup_procs: prepared.cgroup_procs,
-            exit_port: prepared.plan.exit_port,
-            seccomp: prepared.plan.seccomp,
+        Ok(launched(state, prepared))
+    }
+
+    /// [`VmBackend::launch`] on a prepared QEMU (the guest has no shared root: see
+    /// [`qemu_pool::may_fit`]); `None` when the guest does not fit it (nothing was made).
+    fn launch_pooled(
+        &self,
+        state: VmState,
+        entry: &QemuEntry,
+        pool: &QemuPool,
+    ) -> Result<Option<(VmState, Launch)>, SandboxError> {
+        let pooled = launch::Pooled {
+            seat: &entry.seat,
+            argv: &entry.argv,
+            ram: &entry.ram,
+            vmm_pid: entry.monitor.vmm_pid,
+            netns: &pool.netns,
         };
-        Ok((state, launch))
+        let prepared = launch::prepare_pooled(&state.request, &self.settings, &self.kvm, pooled)?;
+        Ok(prepared.map(|p| launched(state, p)))
     }
 
     /// The new limits as the VM state records them. A created guest takes anything (it boots
@@ -548,6 +557,55 @@ impl VmBackend {
         }
     }
 
+    /// A prepared QEMU for this guest, when it may fit one of the pool's (see
+    /// [`qemu_pool::may_fit`]).
+    fn qemu_for(&self, req: &VmRequest) -> Option<QemuEntry> {
+        let pool = self.qemu_pool.as_ref().filter(|_| {
+            qemu_pool::may_fit(&req.info, req.netns.is_some(), req.shared_root.is_some())
+        })?;
+        pool.take(launch::memory_mib(
+            req.memory_limit_bytes,
+            self.settings.default_memory_mib,
+        ))
+    }
+
+    /// Hands a created container's guest to a prepared QEMU (blocking; see
+    /// [`super::vm_armed`]): its tap, cgroup, kernel and QMP socket, then the gated hand-over
+    /// to its monitor; `StartContainer` resumes it. `None` when it does not fit the guest or
+    /// its monitor had ended (the start goes the usual way).
+    fn arm_qemu(&self, r: &ContainerRecord, entry: QemuEntry, pool: &QemuPool) -> Outcome {
+        let Some(state) = self.vm_state(r) else {
+            return Some(Err(self.no_state(&r.id)));
+        };
+        let (state, launch) = match self.launch_pooled(state.clone(), &entry, pool) {
+            Ok(Some(planned)) => planned,
+            Ok(None) => {
+                tracing::info!(container_id = %r.id, "the guest does not fit the prepared QEMU; the start runs one");
+                return None;
+            }
+            Err(e) => {
+                self.release(&r.id, Some(&state));
+                return Some(Err(e));
+            }
+        };
+        let QemuEntry { monitor, qmp, .. } = entry;
+        match self.supervisor.arm(r, launch, monitor) {
+            Ok(Some((pid, gate))) => Some(Ok(Armed {
+                state,
+                pid,
+                gate: gate.resuming(qmp),
+            })),
+            Ok(None) => {
+                self.release(&r.id, Some(&state));
+                None
+            }
+            Err(message) => {
+                self.release(&r.id, Some(&state));
+                Some(Err(runtime_err("start", message)))
+            }
+        }
+    }
+
     /// Ends the armed guest of container `id`, if it has one (its VMM and monitor exit, the
     /// guest never run), and releases what arming made.
     async fn disarm(&self, id: &str) {
@@ -596,6 +654,25 @@ impl VmBackend {
             vm_rootfs::unmount(&root.rootfs);
         }
     }
+}
+
+/// The VM state of a prepared guest and what its monitor runs.
+fn launched(mut state: VmState, prepared: launch::PreparedVm) -> (VmState, Launch) {
+    state.accel = prepared.accel.clone();
+    state.exit_mapping = Some(prepared.plan.exit_mapping);
+    state.argv = prepared.argv.clone();
+    state.guest_cmdline = prepared.plan.guest_cmdline.clone();
+    state.firmware = prepared.plan.firmware.clone();
+    let launch = Launch::Command {
+        argv: prepared.argv,
+        env: vec![],
+        cwd: None,
+        netns: prepared.netns,
+        cgroup_procs: prepared.cgroup_procs,
+        exit_port: prepared.plan.exit_port,
+        seccomp: prepared.plan.seccomp,
+    };
+    (state, launch)
 }
 
 /// A guest takes over its pod's network interface, so a pod with its own network holds one
@@ -748,18 +825,24 @@ impl ContainerBackend for VmBackend {
         })
     }
 
-    /// A crid-vmm guest of the pool's size is handed a prepared VMM now (see
-    /// [`super::vm_armed`]), in the background.
+    /// A crid-vmm guest of the pool's size is handed a prepared VMM now, a QEMU guest that
+    /// fits a prepared QEMU that one (see [`super::vm_armed`]), in the background.
     fn created(&self, r: &ContainerRecord) {
-        let Some(prepared) = self
-            .vm_state(r)
-            .and_then(|state| self.prepared_for(&state.request))
-        else {
+        let Some(state) = self.vm_state(r) else {
             return;
         };
         let this = self.clone();
         let record = r.clone();
-        let task = tokio::task::spawn_blocking(move || this.arm(&record, prepared));
+        let task = if let Some(prepared) = self.prepared_for(&state.request) {
+            tokio::task::spawn_blocking(move || this.arm(&record, prepared))
+        } else if let Some(entry) = self.qemu_for(&state.request) {
+            let Some(pool) = self.qemu_pool.clone() else {
+                return;
+            };
+            tokio::task::spawn_blocking(move || this.arm_qemu(&record, entry, &pool))
+        } else {
+            return;
+        };
         self.armed.insert(&r.id, task);
     }
 
@@ -965,6 +1048,7 @@ impl ContainerBackend for VmBackend {
             "defaultMemoryMiB": self.settings.default_memory_mib,
             "cridVmmPrepared": self.pool.as_ref().map(|p| p.waiting()),
             "cridVmmArmed": self.armed.count(),
+            "qemuPrepared": self.qemu_pool.as_ref().map(|p| p.waiting()),
         })
     }
 }

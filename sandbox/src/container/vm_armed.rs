@@ -5,6 +5,8 @@
 //! and confines itself (chroot, uid, seccomp) and its boot vCPU waits on its start gate (see
 //! [`crate::monitor::prepared`]). `StartContainer` then writes one byte to the VMM: no other
 //! process wakes, and the set-up overlapped the client's round trip between the two calls.
+//! A PCI guest handed a paused QEMU ([`crate::vm::qemu_pool`]) is armed the same way; its
+//! gate resumes QEMU over QMP, then writes the byte to the QEMU's monitor.
 //!
 //! The entries live in crid's memory only. A container removed (or its resources updated)
 //! before it started is disarmed: dropping its gate ends the VMM before the guest ran, and

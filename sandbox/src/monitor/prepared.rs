@@ -28,6 +28,15 @@
 //! End of file from crid before step 2 (crid discarded the entry, stopped or died) ends the
 //! monitor and its VMM: a prepared entry never outlives the crid that prepared it. A VMM that
 //! dies while it waits ends its monitor too.
+//!
+//! `crid-monitor --prepare-launch FILE` prepares a VMM whose command line is fixed when it
+//! starts (QEMU, started paused: see `vm::qemu_pool`): FILE holds the [`Launch`] it runs at
+//! once (its program and arguments, and the network namespace it joins), and the monitor
+//! reports its pid as soon as it runs; crid checks on the VMM's own control socket that it is
+//! ready. At step 3 nothing goes to the VMM (crid sets the guest up through its RAM and
+//! control socket); with [`Handover::start_gate`] the monitor keeps crid's socket and waits on
+//! it before it supervises: crid resumes the VMM at `StartContainer` and writes `G`, and an
+//! end of file instead (the container removed, crid gone) kills the VMM, its guest never run.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -106,15 +115,41 @@ pub fn spawn(
     stderr: &Path,
     timeout: Duration,
 ) -> std::io::Result<PreparedMonitor> {
+    let memory = memory_mib.to_string();
+    let args: [&std::ffi::OsStr; 6] = [
+        "--prepare-vmm".as_ref(),
+        vmm.as_os_str(),
+        "--memory".as_ref(),
+        memory.as_ref(),
+        "--pool".as_ref(),
+        pool.as_os_str(),
+    ];
+    spawn_with(monitor, &args, stderr, timeout)
+}
+
+/// Starts a prepared monitor that runs the [`Launch`] in `launch_file` at once (a VMM whose
+/// command line is fixed at its start; see the module documentation) and waits (at most
+/// `timeout`) until it runs. Blocking.
+pub fn spawn_launch(
+    monitor: &Path,
+    launch_file: &Path,
+    stderr: &Path,
+    timeout: Duration,
+) -> std::io::Result<PreparedMonitor> {
+    let args: [&std::ffi::OsStr; 2] = ["--prepare-launch".as_ref(), launch_file.as_os_str()];
+    spawn_with(monitor, &args, stderr, timeout)
+}
+
+fn spawn_with(
+    monitor: &Path,
+    args: &[&std::ffi::OsStr],
+    stderr: &Path,
+    timeout: Duration,
+) -> std::io::Result<PreparedMonitor> {
     let (ours, theirs) = UnixStream::pair()?;
     let stderr = File::options().create(true).append(true).open(stderr)?;
     let mut first = Command::new(monitor)
-        .arg("--prepare-vmm")
-        .arg(vmm)
-        .arg("--memory")
-        .arg(memory_mib.to_string())
-        .arg("--pool")
-        .arg(pool)
+        .args(args)
         .env_clear()
         .envs(child_env())
         .stdin(Stdio::from(OwnedFd::from(theirs.try_clone()?)))
@@ -146,18 +181,34 @@ pub fn spawn(
 }
 
 /// A guest set up and confined by its VMM, waiting for its start: crid's end of the socket the
-/// VMM holds as its start gate. Dropping it without [`StartGate::start`] ends the VMM, the
-/// guest never run.
+/// VMM (a crid-vmm) or its monitor (a prepared launch) holds as its start gate. Dropping it
+/// without [`StartGate::start`] ends the VMM, the guest never run.
 #[derive(Debug)]
 pub struct StartGate {
     socket: UnixStream,
+    /// A paused QEMU's control connection, resumed (`cont`) before the gate opens.
+    resume: Option<crate::vm::qmp::Session>,
 }
 
 impl StartGate {
-    /// Lets the guest run: one byte to the VMM, which waits for nothing else. An error when
-    /// the VMM is gone (it failed while setting the guest up; its monitor records that exit).
+    /// Lets the guest run: a paused QEMU is resumed, then one byte goes to the VMM, which
+    /// waits for nothing else (or to the monitor of a launch, which then supervises it). An
+    /// error when the VMM is gone (it failed while setting the guest up; its monitor records
+    /// that exit).
     pub fn start(self) -> std::io::Result<()> {
+        if let Some(mut qmp) = self.resume {
+            qmp.execute("cont")
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
         (&self.socket).write_all(&[VMM_START])
+    }
+
+    /// The gate of a QEMU that `qmp` resumes.
+    pub fn resuming(self, qmp: crate::vm::qmp::Session) -> StartGate {
+        StartGate {
+            resume: Some(qmp),
+            ..self
+        }
     }
 }
 
@@ -184,6 +235,7 @@ impl PreparedMonitor {
             ready,
             StartGate {
                 socket: self.socket,
+                resume: None,
             },
         ))
     }
@@ -234,9 +286,24 @@ fn read_ready(socket: &UnixStream) -> std::io::Result<Option<Ready>> {
 // ---------------------------------------------------------------------------------------------
 // The monitor process
 
-/// Entry point of `crid-monitor --prepare-vmm VMM --memory MIB --pool DIR` (the small binary:
-/// it detaches by forking). Returns the process exit code.
-pub fn main(vmm: &Path, memory_mib: u64, pool: &Path) -> i32 {
+/// What a prepared monitor runs before it has a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prepare {
+    /// `VMM --prepared POOL --memory MIB` (crid-vmm), which says when its VM is built and
+    /// takes the guest's command line at the hand-over.
+    Vmm {
+        vmm: PathBuf,
+        memory_mib: u64,
+        pool: PathBuf,
+    },
+    /// The [`Launch::Command`] in this file (JSON), run at once (a QEMU started paused).
+    Launch(PathBuf),
+}
+
+/// Entry point of `crid-monitor --prepare-vmm VMM --memory MIB --pool DIR` and
+/// `crid-monitor --prepare-launch FILE` (the small binary: it detaches by forking). Returns
+/// the process exit code.
+pub fn main(prepare: &Prepare) -> i32 {
     close_inherited_on_exec();
     match super::sys::fork_detached_child() {
         Ok(true) => {}
@@ -246,7 +313,7 @@ pub fn main(vmm: &Path, memory_mib: u64, pool: &Path) -> i32 {
             return 1;
         }
     }
-    let mut waiting = match Waiting::start(vmm, memory_mib, pool) {
+    let mut waiting = match Waiting::start(prepare) {
         Ok(w) => w,
         Err(e) => {
             report_line(&Ready {
@@ -273,11 +340,14 @@ pub fn main(vmm: &Path, memory_mib: u64, pool: &Path) -> i32 {
     };
     let vmm_pid = waiting.vmm.as_raw();
     match waiting.take(&handover) {
-        Ok(mut monitor) => {
+        Ok((mut monitor, gate)) => {
             report(&Ready {
                 pid: Some(vmm_pid),
                 error: None,
             });
+            if let Some(gate) = gate {
+                wait_for_start(&gate, monitor.pid);
+            }
             monitor.run(&handover.spec);
             0
         }
@@ -291,12 +361,43 @@ pub fn main(vmm: &Path, memory_mib: u64, pool: &Path) -> i32 {
     }
 }
 
+/// Waits until crid lets the guest run (`G` on `gate`, crid's socket) or the VMM ended; crid's
+/// end of file instead (the container removed, crid gone) kills the VMM, its guest never run.
+/// Signals wait (blocked) for the supervision that follows, which also records the exit.
+fn wait_for_start(gate: &File, vmm: Pid) {
+    let Ok(vmm_fd) = super::sys::pidfd_open(vmm.as_raw()) else {
+        return; // already reaped: nothing to start
+    };
+    loop {
+        let mut fds = [
+            PollFd::new(gate.as_fd(), PollFlags::POLLIN),
+            PollFd::new(vmm_fd.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+        let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[1]) {
+            return;
+        }
+        if ready(&fds[0]) {
+            let mut byte = [0u8];
+            if !matches!((&*gate).read(&mut byte), Ok(1) if byte[0] == VMM_START) {
+                let _ = nix::sys::signal::kill(vmm, Signal::SIGKILL);
+            }
+            return;
+        }
+    }
+}
+
 /// A prepared monitor before its container: the VMM, its output pipes, its socket and the
 /// monitor's signals.
 struct Waiting {
     vmm: Pid,
-    /// The prepared VMM's path, which the handed-over command line must start with.
-    vmm_path: PathBuf,
+    /// The prepared crid-vmm's path, which the handed-over command line must start with;
+    /// `None` for a launch run as it was prepared.
+    vmm_path: Option<PathBuf>,
     socket: Option<UnixStream>,
     stdout: File,
     stderr: File,
@@ -304,36 +405,55 @@ struct Waiting {
 }
 
 impl Waiting {
-    /// Starts the VMM in prepared mode and waits until it has built its VM, then reports.
-    fn start(vmm: &Path, memory_mib: u64, pool: &Path) -> Result<Waiting, String> {
+    /// Starts the VMM and reports: a crid-vmm once it has built its VM, a launch once it runs.
+    fn start(prepare: &Prepare) -> Result<Waiting, String> {
         let signals = become_supervisor()?;
         let (out_r, out_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
         let (err_r, err_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-        let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-        let child = Command::new(vmm)
-            .arg("--prepared")
-            .arg(pool)
-            .arg("--memory")
-            .arg(memory_mib.to_string())
+        let (mut cmd, program, socket, vmm_path) = match prepare {
+            Prepare::Vmm {
+                vmm,
+                memory_mib,
+                pool,
+            } => {
+                let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+                let mut cmd = Command::new(vmm);
+                cmd.arg("--prepared")
+                    .arg(pool)
+                    .arg("--memory")
+                    .arg(memory_mib.to_string())
+                    .stdin(Stdio::from(OwnedFd::from(theirs)));
+                (cmd, vmm.clone(), Some(ours), Some(vmm.clone()))
+            }
+            Prepare::Launch(file) => {
+                let (cmd, program) = launch_command(file)?;
+                (cmd, program, None, None)
+            }
+        };
+        let child = cmd
             .env_clear()
             .envs(child_env())
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::from(out_w))
             .stderr(Stdio::from(err_w))
             .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", vmm.display()))?;
+            .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
         let pid = i32::try_from(child.id()).map_err(|e| e.to_string())?;
         let mut waiting = Waiting {
             vmm: Pid::from_raw(pid),
-            vmm_path: vmm.to_path_buf(),
-            socket: Some(ours),
+            vmm_path,
+            socket,
             stdout: File::from(out_r),
             stderr: File::from(err_r),
             signals,
         };
-        match waiting.wait_for_vmm() {
+        let ready = if waiting.socket.is_some() {
+            waiting.wait_for_vmm()
+        } else {
+            Ok(())
+        };
+        match ready {
             Ok(()) => {
                 report_line(&Ready {
                     pid: Some(pid),
@@ -470,42 +590,98 @@ impl Waiting {
         let _ = nix::sys::wait::waitpid(self.vmm, None);
     }
 
-    /// Becomes the monitor of the handed-over container: the VMM gets the guest's command
-    /// line, then the monitor takes its state directory, pid file, log and errors.
-    fn take(mut self, handover: &Handover) -> Result<Monitor, String> {
+    /// Becomes the monitor of the handed-over container: a crid-vmm gets the guest's command
+    /// line, then the monitor takes its state directory, pid file, log and errors. With a
+    /// launch and [`Handover::start_gate`], also crid's socket, to wait on before it
+    /// supervises ([`wait_for_start`]).
+    fn take(mut self, handover: &Handover) -> Result<(Monitor, Option<File>), String> {
         let result = self.take_inner(handover);
         if result.is_err() {
             self.discard();
         }
-        result.map(|log| Monitor {
-            pid: self.vmm,
-            stdout: Some(self.stdout),
-            stderr: Some(self.stderr),
-            signals: self.signals,
-            log,
-            attach: None,
-            exit_port: None,
-            port_status: None,
+        result.map(|(log, gate)| {
+            let monitor = Monitor {
+                pid: self.vmm,
+                stdout: Some(self.stdout),
+                stderr: Some(self.stderr),
+                signals: self.signals,
+                log,
+                attach: None,
+                exit_port: None,
+                port_status: None,
+            };
+            (monitor, gate)
         })
     }
 
     /// The VMM gets its command line first, so that it sets the guest up while the monitor
     /// takes the container; its output waits in the pipes until the log is open. Should
     /// taking it fail, [`Waiting::take`] kills the VMM.
-    fn take_inner(&mut self, handover: &Handover) -> Result<super::log::LogFile, String> {
+    fn take_inner(
+        &mut self,
+        handover: &Handover,
+    ) -> Result<(super::log::LogFile, Option<File>), String> {
         let spec = &handover.spec;
-        let args = vmm_args(spec, &self.vmm_path)?;
-        let socket = self.socket.take().ok_or("no VMM socket")?;
-        send_args(&socket, &encode_args(&args), handover.start_gate)
-            .map_err(|e| format!("handing the guest to the VMM: {e}"))?;
+        let gate = match &self.vmm_path {
+            Some(vmm) => {
+                let args = vmm_args(spec, vmm)?;
+                let socket = self.socket.take().ok_or("no VMM socket")?;
+                send_args(&socket, &encode_args(&args), handover.start_gate)
+                    .map_err(|e| format!("handing the guest to the VMM: {e}"))?;
+                None
+            }
+            // [`report`] replaces stdin with /dev/null: the gate is a copy.
+            None if handover.start_gate => Some(File::from(
+                std::io::stdin()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| format!("keeping crid's socket: {e}"))?,
+            )),
+            None => None,
+        };
         redirect_stderr(&handover.stderr)?;
         let dir = spec
             .pid_file
             .parent()
             .ok_or("the pid file has no directory")?;
         std::env::set_current_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        take_container(spec)
+        take_container(spec).map(|log| (log, gate))
     }
+}
+
+/// The command of a prepared launch (see [`Prepare::Launch`]): a [`Launch::Command`] with a
+/// program and its arguments, and perhaps a network namespace, joined between fork and exec;
+/// nothing else (its cgroup is joined at the hand-over, by crid).
+fn launch_command(file: &Path) -> Result<(Command, PathBuf), String> {
+    let launch: Launch = std::fs::read(file)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let Launch::Command {
+        argv,
+        env,
+        cwd: None,
+        netns,
+        cgroup_procs,
+        exit_port: None,
+        seccomp: None,
+    } = launch
+    else {
+        return Err("a prepared launch is a plain command".into());
+    };
+    let Some((program, args)) = argv.split_first() else {
+        return Err("empty command".into());
+    };
+    if !env.is_empty() || !cgroup_procs.is_empty() {
+        return Err("a prepared launch has no environment and joins no cgroup".into());
+    }
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null());
+    if let Some(ns) = netns {
+        let ns = File::open(&ns).map_err(|e| format!("network namespace {}: {e}", ns.display()))?;
+        super::sys::join_before_exec(&mut cmd, Some(OwnedFd::from(ns)), vec![]);
+    }
+    Ok((cmd, PathBuf::from(program)))
 }
 
 /// Writes the VMM's hand-over message and ends it; with `start_gate`, crid's socket (this
@@ -671,6 +847,37 @@ mod tests {
             start: true,
         };
         assert!(vmm_args(&spec(runc), vmm).is_err());
+    }
+
+    #[test]
+    fn a_prepared_launch_is_a_plain_command_in_its_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("launch.json");
+        let write = |launch: &Launch| std::fs::write(&file, serde_json::to_vec(launch).unwrap());
+        let qemu = command(&["/bin/qemu", "-S", "-m", "32"], None);
+        write(&qemu).unwrap();
+        let (cmd, program) = launch_command(&file).unwrap();
+        assert_eq!(program, Path::new("/bin/qemu"));
+        assert_eq!(cmd.get_args().collect::<Vec<_>>(), ["-S", "-m", "32"]);
+        // Anything the monitor would do for it between fork and exec is refused: the cgroup
+        // is joined at the hand-over, by crid.
+        let mut joined = qemu.clone();
+        if let Launch::Command { cgroup_procs, .. } = &mut joined {
+            cgroup_procs.push("/sys/fs/cgroup/x/cgroup.procs".into());
+        }
+        write(&joined).unwrap();
+        assert!(launch_command(&file).is_err());
+        let mut port = qemu;
+        if let Launch::Command { exit_port, .. } = &mut port {
+            *exit_port = Some(3);
+        }
+        write(&port).unwrap();
+        assert!(launch_command(&file).is_err());
+        write(&command(&[], None)).unwrap();
+        assert!(launch_command(&file).is_err());
+        // A namespace that is not there.
+        write(&command(&["/bin/qemu"], Some("/nonexistent/netns"))).unwrap();
+        assert!(launch_command(&file).is_err());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use super::guestfiles::{self, GuestMount};
 use super::net;
 use super::virtiofs::{self, SharedRoot, Transport};
 use super::{
-    DEFAULT_MEMORY_MIB, GuestNet, LaunchPlan, VmSpec, default_binary_dirs, find_binary,
+    DEFAULT_MEMORY_MIB, GuestNet, LaunchPlan, MacAddr, VmSpec, default_binary_dirs, find_binary,
     hypervisor_for, resolve_in_layers,
 };
 use crate::SandboxError;
@@ -79,6 +79,9 @@ pub struct VmSettings {
     /// (`vm.crid_vmm_pool`; see [`super::pool`]); 0 prepares none.
     #[serde(default)]
     pub crid_vmm_pool: usize,
+    /// QEMU processes kept started and paused for PCI guests in a pod network
+    /// (`vm.qemu_pool`; see [`super::qemu_pool`]); 0 prepares none.
+    pub qemu_pool: usize,
 }
 
 impl VmSettings {
@@ -142,6 +145,7 @@ impl Default for VmSettings {
             autodetect_handlers: vec![],
             crid_vmm_for: vec![],
             crid_vmm_pool: 0,
+            qemu_pool: 0,
         }
     }
 }
@@ -311,12 +315,106 @@ pub fn container_exit_code(mapping: super::ExitMapping, code: i32) -> i32 {
     }
 }
 
+/// What an entry was started with that a container's plan must use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seat {
+    /// The tap in the pool's namespace.
+    pub tap: String,
+    pub mac: MacAddr,
+    pub uid: u32,
+    /// The pool's empty directory.
+    pub chroot: PathBuf,
+    /// The QMP socket as QEMU was given it.
+    pub qmp: PathBuf,
+    /// The RAM file as QEMU was given it (unlinked once crid has it open).
+    pub ram: PathBuf,
+}
+
+impl Seat {
+    /// `spec` on this seat: its tap (for the address the guest gets, `net`'s), MAC, uid,
+    /// chroot, QMP socket and RAM file are the seat's.
+    pub fn apply(&self, spec: &VmSpec, net: Option<GuestNet>) -> VmSpec {
+        VmSpec {
+            net: net.map(|n| GuestNet {
+                tap: self.tap.clone(),
+                mac: self.mac,
+                ..n
+            }),
+            vmm_user: Some((self.uid, self.uid)),
+            chroot: Some(self.chroot.clone()),
+            control_socket: Some(self.qmp.clone()),
+            guest_ram: Some(self.ram.clone()),
+            ..spec.clone()
+        }
+    }
+
+    /// The QEMU command line (program first) for `spec` on this seat.
+    pub fn argv(&self, spec: &VmSpec, qemu: &Path) -> Result<Vec<String>, SandboxError> {
+        let plan = super::plan_with(spec, qemu)?;
+        let mut argv = vec![plan.program.display().to_string()];
+        argv.extend(plan.args);
+        Ok(argv)
+    }
+}
+
+/// A network whose addresses are unknown: they reach the guest on its command line, in the
+/// boot block, not QEMU's.
+pub fn placeholder_net() -> GuestNet {
+    GuestNet {
+        tap: String::new(),
+        ip: std::net::Ipv4Addr::UNSPECIFIED,
+        prefix: 0,
+        gateway: None,
+        mac: MacAddr([0; 6]),
+        mtu: 0,
+    }
+}
+
+/// A prepared QEMU ([`super::qemu_pool`]) the guest is to be handed: [`prepare_pooled`] sets
+/// the guest up on its seat and hands it the kernel, tap, cgroup and QMP socket instead of
+/// planning a QEMU to start.
+#[derive(Clone, Copy)]
+pub struct Pooled<'a> {
+    pub seat: &'a Seat,
+    /// The entry's command line (see [`Seat::argv`]).
+    pub argv: &'a [String],
+    /// The guest's RAM.
+    pub ram: &'a std::fs::File,
+    /// The QEMU.
+    pub vmm_pid: i32,
+    /// The pool's network namespace, where the entry's tap is.
+    pub netns: &'a Path,
+}
+
 /// Prepares the guest (see the module documentation). On error nothing is left behind.
 pub fn prepare(
     req: &VmRequest,
     settings: &VmSettings,
     host: &KvmProbe,
 ) -> Result<PreparedVm, SandboxError> {
+    prepare_with(req, settings, host, None)?.ok_or_else(|| SandboxError::Runtime {
+        op: "prepare".into(),
+        reason: "no prepared QEMU was asked for".into(),
+    })
+}
+
+/// [`prepare`] on a prepared QEMU; `None` when the guest does not fit it (its command line
+/// would not be the entry's): then nothing was set up and the start goes the usual way.
+pub fn prepare_pooled(
+    req: &VmRequest,
+    settings: &VmSettings,
+    host: &KvmProbe,
+    pooled: Pooled<'_>,
+) -> Result<Option<PreparedVm>, SandboxError> {
+    prepare_with(req, settings, host, Some(pooled))
+}
+
+fn prepare_with(
+    req: &VmRequest,
+    settings: &VmSettings,
+    host: &KvmProbe,
+    pooled: Option<Pooled<'_>>,
+) -> Result<Option<PreparedVm>, SandboxError> {
     let info = &req.info;
     super::check_pair(info)?;
     let kernel = resolve_in_layers(&req.layer_dirs, &info.binary)?;
@@ -405,6 +503,8 @@ pub fn prepare(
     // QEMU and crid-vmm drop to their own uid after setting up, chrooted into an empty directory.
     let drops_privileges = is_qemu || info.hypervisor == HypervisorKind::Crid;
     let (vmm_user, chroot) = match settings.vmm_uid(&req.container_id) {
+        // Its own uid, and the pool's empty directory (see `Pooled`).
+        _ if pooled.is_some() => (None, None),
         Some(uid) if drops_privileges => {
             let dir = req.run_dir.join(CHROOT_DIR);
             std::fs::create_dir_all(&dir).map_err(|e| undo(SandboxError::io(&dir, e)))?;
@@ -434,20 +534,16 @@ pub fn prepare(
         let _ = std::fs::remove_file(sock);
     }
     let tap = net::tap_name(&req.container_id);
-    let guest_net = match &req.netns {
-        Some(ns) => Some(net::setup_guest_net(ns, &req.iface, &tap, &req.ports).map_err(undo)?),
-        None => None,
-    };
     let mem = memory_mib(req.memory_limit_bytes, settings.default_memory_mib);
-    let spec = VmSpec {
+    let spec_with = |net: Option<GuestNet>| VmSpec {
         info: info.clone(),
-        kernel,
-        initrd,
-        block,
+        kernel: kernel.clone(),
+        initrd: initrd.clone(),
+        block: block.clone(),
         block_overlay: is_qemu && block_root.is_none(),
         memory_mib: mem,
         vcpus: vcpus(req.cpu_quota, req.cpu_period, settings.max_vcpus),
-        net: guest_net.clone(),
+        net,
         args: req.args.clone(),
         // An initrd guest reads its environment from the file in its initrd (or shared root
         // over virtiofs): the kernel command line holds 2 KiB and passes init at most 32
@@ -461,9 +557,9 @@ pub fn prepare(
         accelerator: accel.accelerator,
         run_dir: req.run_dir.clone(),
         vmm_user,
-        chroot,
-        control_socket,
-        firmware,
+        chroot: chroot.clone(),
+        control_socket: control_socket.clone(),
+        firmware: firmware.clone(),
         pci_shim: settings.pci_shim.clone().filter(|_| is_qemu),
         dns: req.dns.clone(),
         shared_dir: shared_root
@@ -476,6 +572,39 @@ pub fn prepare(
         qemu_microvm: settings.qemu_microvm().filter(|_| is_qemu),
         guest_ram: None,
     };
+    // A prepared QEMU fits when the command line the guest would get on its seat is the
+    // entry's; checked before anything of the entry's is touched.
+    if let Some(p) = &pooled {
+        let probe = p.seat.apply(&spec_with(None), Some(placeholder_net()));
+        if req.netns.is_none() || p.seat.argv(&probe, &vmm).ok().as_deref() != Some(p.argv) {
+            let _ = release(req);
+            return Ok(None);
+        }
+    }
+    let guest_net = match (&req.netns, &pooled) {
+        (Some(ns), Some(p)) => Some(
+            net::adopt_guest_net(
+                p.netns,
+                &p.seat.tap,
+                ns,
+                &req.iface,
+                &tap,
+                &req.ports,
+                p.seat.mac,
+            )
+            .map_err(undo)?,
+        ),
+        (Some(ns), None) => {
+            Some(net::setup_guest_net(ns, &req.iface, &tap, &req.ports).map_err(undo)?)
+        }
+        (None, _) => None,
+    };
+    let spec = match &pooled {
+        Some(p) => p
+            .seat
+            .apply(&spec_with(guest_net.clone()), guest_net.clone()),
+        None => spec_with(guest_net.clone()),
+    };
     let plan = super::plan_with(&spec, &vmm)
         .and_then(|plan| {
             plan.write_files()?;
@@ -484,6 +613,10 @@ pub fn prepare(
         .map_err(undo)?;
     let mut argv = vec![plan.program.display().to_string()];
     argv.extend(plan.args.iter().cloned());
+    if pooled.is_some_and(|p| p.argv != argv.as_slice()) {
+        let _ = release(req);
+        return Ok(None);
+    }
     let mut cgroup_procs = Vec::new();
     if let Some(rel) = &req.cgroup {
         let cg = VmCgroup::new(rel.clone());
@@ -495,7 +628,13 @@ pub fn prepare(
             cpu_shares: req.cpu_shares,
         };
         cg.create(&limits).map_err(undo)?;
-        if info.hypervisor == HypervisorKind::Crid {
+        if let Some(p) = &pooled {
+            // `cgroup.procs` moves every thread of the running QEMU.
+            let pid = p.vmm_pid.to_string();
+            for procs in cg.procs_files() {
+                std::fs::write(&procs, &pid).map_err(|e| undo(SandboxError::io(&procs, e)))?;
+            }
+        } else if info.hypervisor == HypervisorKind::Crid {
             // crid-vmm joins the cgroup itself, before it writes a guest page or opens the tap
             // or the disk, in a way that avoids the grace period a thread-group migration can
             // wait for: see [`super::cgroup`] and the `vmm` crate's `vm::run`.
@@ -509,6 +648,16 @@ pub fn prepare(
             cgroup_procs = cg.procs_files();
         }
     }
+    if let Some(p) = &pooled {
+        hand_over(
+            p,
+            &kernel,
+            &plan.guest_cmdline,
+            mem,
+            control_socket.as_deref(),
+        )
+        .map_err(undo)?;
+    }
     // The share's daemon, listening before the VMM starts (in the VMM's cgroup).
     if let (Some(root), Some(binary)) = (shared_root, &virtiofsd) {
         virtiofs::start(binary, root, &req.run_dir, &cgroup_procs).map_err(undo)?;
@@ -521,14 +670,35 @@ pub fn prepare(
         vmm_uid = ?spec.vmm_user.map(|u| u.0),
         "unikernel guest prepared"
     );
-    Ok(PreparedVm {
+    Ok(Some(PreparedVm {
         plan,
         argv,
         netns: req.netns.clone(),
         cgroup_procs,
         net: guest_net,
         accel,
-    })
+    }))
+}
+
+/// What a prepared QEMU gets of its guest besides the tap and the cgroup: the kernel and its
+/// command line in its RAM, and its QMP socket where the container's is expected.
+fn hand_over(
+    pooled: &Pooled<'_>,
+    kernel: &Path,
+    cmdline: &str,
+    memory_mib: u64,
+    control_socket: Option<&Path>,
+) -> Result<(), SandboxError> {
+    let ram_end = super::bootblock::ram_below_4g(memory_mib << 20);
+    super::bootblock::PvhKernel::read(kernel, ram_end)?.load(
+        pooled.ram,
+        &pooled.seat.ram,
+        cmdline,
+    )?;
+    if let Some(sock) = control_socket {
+        std::fs::rename(&pooled.seat.qmp, sock).map_err(|e| SandboxError::io(sock, e))?;
+    }
+    Ok(())
 }
 
 /// The per-container block files in the run directory.

@@ -30,6 +30,7 @@ pub mod ninep;
 pub mod pcishim;
 pub mod pool;
 pub mod qemu;
+pub mod qemu_pool;
 pub mod qmp;
 mod rtnl;
 pub mod solo5;

@@ -100,6 +100,33 @@ pub fn setup_guest_net(
     })
 }
 
+/// [`setup_guest_net`] for a guest whose VMM started before its pod was known (a prepared
+/// QEMU, see [`super::qemu_pool`]) with its tap `pool_tap` in the namespace at `pool_netns`:
+/// the tap moves into the pod's namespace as `tap` (the VMM keeps it open) and is wired as a
+/// new one would be, the guest keeping the MAC it was started with (`mac`): in routed mode
+/// the guest's MAC is the pod's business only; taking over, the pod interface takes it.
+pub fn adopt_guest_net(
+    pool_netns: &Path,
+    pool_tap: &str,
+    netns: &Path,
+    iface: &str,
+    tap: &str,
+    ports: &[GuestPort],
+    mac: MacAddr,
+) -> Result<GuestNet, SandboxError> {
+    check_ifname(tap)?;
+    let (pool_tap, to, name) = (pool_tap.to_owned(), netns.to_path_buf(), tap.to_owned());
+    in_netns(pool_netns, move |ops| ops.move_link(&pool_tap, &to, &name))?;
+    let (iface, tap, ports) = (iface.to_owned(), tap.to_owned(), ports.to_vec());
+    in_netns(netns, move |ops| {
+        if ports.is_empty() {
+            setup_tc(ops, &iface, &tap, Some(mac))
+        } else {
+            setup_routed(ops, &iface, &tap, &ports, Some(mac))
+        }
+    })
+}
+
 /// The namespace's side of the routed guest link.
 pub const ROUTED_HOST_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 5);
 /// The guest's address in routed mode.
@@ -144,15 +171,29 @@ pub fn setup_routed_with(
     tap: &str,
     ports: &[GuestPort],
 ) -> Result<GuestNet, SandboxError> {
+    setup_routed(ops, iface, tap, ports, None)
+}
+
+/// [`setup_routed_with`]; with `adopted`, the tap is already there (see [`adopt_guest_net`])
+/// and the guest has that MAC.
+fn setup_routed(
+    ops: &dyn NetOps,
+    iface: &str,
+    tap: &str,
+    ports: &[GuestPort],
+    adopted: Option<MacAddr>,
+) -> Result<GuestNet, SandboxError> {
     let (links, eth) = pod_link(ops, iface, tap)?;
     let mtu = if eth.mtu == 0 { 1500 } else { eth.mtu };
     let (pod_ip, _) = ops
         .ipv4_address(iface)?
         .ok_or_else(|| net_err("setup", format!("{iface} has no IPv4 address")))?;
-    clear_taps(ops, &links, tap)?;
+    clear_taps(ops, &links, tap, adopted.is_some())?;
     let rules = nat_rules(iface, tap, pod_ip, ports);
     let result = (|| {
-        ops.add_tap(tap)?;
+        if adopted.is_none() {
+            ops.add_tap(tap)?;
+        }
         ops.set_link(tap, Some(mtu), None, true)?;
         ops.add_address(tap, ROUTED_HOST_ADDR, 30)?;
         ops.sysctl("net.ipv4.ip_forward", "1")?;
@@ -169,7 +210,7 @@ pub fn setup_routed_with(
         ip: ROUTED_GUEST_ADDR,
         prefix: 30,
         gateway: Some(ROUTED_HOST_ADDR),
-        mac: ROUTED_GUEST_MAC,
+        mac: adopted.unwrap_or(ROUTED_GUEST_MAC),
         mtu,
     })
 }
@@ -208,11 +249,17 @@ fn nat_rules(iface: &str, tap: &str, pod_ip: Ipv4Addr, ports: &[GuestPort]) -> V
     rules
 }
 
-/// Removes crid taps left by a crash (no carrier) and this container's own stale tap; a live
-/// tap of another container is `PodHasUnikernel` (one guest per pod network).
-fn clear_taps(ops: &dyn NetOps, links: &[Link], tap: &str) -> Result<(), SandboxError> {
+/// Removes crid taps left by a crash (no carrier) and this container's own stale tap (unless
+/// `keep_own`: adopted with its VMM); a live tap of another container is `PodHasUnikernel`
+/// (one guest per pod network).
+fn clear_taps(
+    ops: &dyn NetOps,
+    links: &[Link],
+    tap: &str,
+    keep_own: bool,
+) -> Result<(), SandboxError> {
     for link in links {
-        if !link.name.starts_with(TAP_PREFIX) || !link.tun {
+        if !link.name.starts_with(TAP_PREFIX) || !link.tun || (keep_own && link.name == tap) {
             continue;
         }
         if link.name != tap && link.lower_up {
@@ -234,28 +281,48 @@ pub fn teardown_guest_net(netns: &Path, iface: &str, tap: &str) -> Result<(), Sa
 
 /// [`setup_guest_net`] in tc mode, on any [`NetOps`].
 pub fn setup_with(ops: &dyn NetOps, iface: &str, tap: &str) -> Result<GuestNet, SandboxError> {
+    setup_tc(ops, iface, tap, None)
+}
+
+/// [`setup_with`]; with `adopted`, the tap is already there (see [`adopt_guest_net`]) and the
+/// guest has that MAC, which the pod interface takes, since the guest takes it over.
+fn setup_tc(
+    ops: &dyn NetOps,
+    iface: &str,
+    tap: &str,
+    adopted: Option<MacAddr>,
+) -> Result<GuestNet, SandboxError> {
     let (links, eth) = pod_link(ops, iface, tap)?;
-    let mac = eth
-        .mac
-        .ok_or_else(|| net_err("setup", format!("{iface} has no MAC address")))?;
+    let mac = match adopted {
+        Some(mac) => {
+            ops.set_link(iface, None, Some(mac), false)?;
+            mac
+        }
+        None => eth
+            .mac
+            .ok_or_else(|| net_err("setup", format!("{iface} has no MAC address")))?,
+    };
     let mtu = if eth.mtu == 0 { 1500 } else { eth.mtu };
     let (ip, prefix) = ops
         .ipv4_address(iface)?
         .ok_or_else(|| net_err("setup", format!("{iface} has no IPv4 address")))?;
     let gateway = ops.default_gateway()?;
 
-    clear_taps(ops, &links, tap)?;
+    clear_taps(ops, &links, tap, adopted.is_some())?;
 
     // Ask for the gateway's MAC first: the answer arrives while the tap is made, instead of
-    // the start waiting for it afterwards.
+    // the start waiting for it afterwards. A new MAC on the pod interface is always announced
+    // so: the request teaches the gateway (and a bridge) the pod IP's new MAC.
     if let Some(g) = gateway {
-        if ops.neighbour(iface, g)?.is_none() {
+        if adopted.is_some() || ops.neighbour(iface, g)?.is_none() {
             ops.probe(g)?;
         }
     }
-    let made = ops
-        .add_tap(tap)
-        .and_then(|()| ops.set_link(tap, Some(mtu), None, true));
+    let made = match adopted {
+        Some(_) => Ok(()),
+        None => ops.add_tap(tap),
+    }
+    .and_then(|()| ops.set_link(tap, Some(mtu), None, true));
     // Before the redirect, which sends every ARP reply on `eth0` to the guest.
     let gateway_mac = match &made {
         Ok(()) => gateway.map(|g| neighbour_mac(ops, iface, g)),
@@ -467,6 +534,12 @@ mod tests {
         fn del_link(&self, dev: &str) -> Result<(), SandboxError> {
             self.step(format!("link del {dev}"))
         }
+        fn move_link(&self, dev: &str, netns: &Path, name: &str) -> Result<(), SandboxError> {
+            self.step(format!(
+                "link set {dev} netns {} name {name}",
+                netns.display()
+            ))
+        }
         fn add_address(&self, dev: &str, ip: Ipv4Addr, prefix: u8) -> Result<(), SandboxError> {
             self.step(format!("addr add {ip}/{prefix} dev {dev}"))
         }
@@ -630,6 +703,49 @@ mod tests {
         let f = fake(Some(link(3, "crtapveth", true, false)), None);
         setup_with(&f, "eth0", "crtapnew").unwrap();
         assert!(!steps(&f).iter().any(|c| c == "link del crtapveth"));
+    }
+
+    #[test]
+    fn an_adopted_tap_is_wired_as_it_is_and_the_guest_keeps_its_mac() {
+        let guest_mac: MacAddr = "02:c1:d0:00:00:01".parse().unwrap();
+        // Taking over: the pod interface takes the guest's MAC, which a probe of the gateway
+        // announces even though its MAC is known; the tap (the VMM's, carrier up) stays.
+        let f = fake(Some(link(3, "crtapabc", true, true)), None);
+        f.probes.borrow_mut().push(Ipv4Addr::new(10, 88, 0, 1));
+        let n = setup_tc(&f, "eth0", "crtapabc", Some(guest_mac)).unwrap();
+        assert_eq!(n.mac, guest_mac);
+        assert_eq!(n.ip, Ipv4Addr::new(10, 88, 0, 7));
+        assert_eq!(f.probes.borrow().len(), 2, "probed again");
+        let calls = steps(&f);
+        assert!(calls.contains(&"link set eth0 address 02:c1:d0:00:00:01".to_owned()));
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.starts_with("tap add") || c.starts_with("link del")),
+            "{calls:?}"
+        );
+        assert!(calls.contains(&"link set crtapabc mtu 1450 up".to_owned()));
+        assert!(calls.contains(&"filter add eth0 redirect crtapabc".to_owned()));
+        assert!(calls.contains(&format!(
+            "neigh replace 10.88.0.7 lladdr {guest_mac} dev crtapabc permanent"
+        )));
+
+        // Routed: eth0 is left alone; the guest keeps its MAC behind the tap.
+        let f = fake(Some(link(3, "crtapabc", true, true)), None);
+        let ports = [GuestPort {
+            port: 8080,
+            udp: false,
+        }];
+        let n = setup_routed(&f, "eth0", "crtapabc", &ports, Some(guest_mac)).unwrap();
+        assert_eq!((n.ip, n.mac), (ROUTED_GUEST_ADDR, guest_mac));
+        let calls = steps(&f);
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.starts_with("tap add") || c.starts_with("link del")),
+            "{calls:?}"
+        );
+        assert!(!calls.iter().any(|c| c.starts_with("link set eth0")));
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub trait NetOps {
         up: bool,
     ) -> Result<(), SandboxError>;
     fn del_link(&self, dev: &str) -> Result<(), SandboxError>;
+    /// Moves `dev` into the network namespace pinned at `netns`, named `name` there.
+    fn move_link(&self, dev: &str, netns: &std::path::Path, name: &str)
+    -> Result<(), SandboxError>;
     fn add_address(&self, dev: &str, ip: Ipv4Addr, prefix: u8) -> Result<(), SandboxError>;
     /// Sets `net.ipv4...` style `key` to `value`.
     fn sysctl(&self, key: &str, value: &str) -> Result<(), SandboxError>;

@@ -168,7 +168,7 @@ impl<E: Entry> Pool<E> {
                     added += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot prepare a crid-vmm guest; retrying later");
+                    tracing::warn!(error = %e, "cannot prepare a pool entry; retrying later");
                     *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(Instant::now());
                     break;

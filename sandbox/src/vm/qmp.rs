@@ -1,7 +1,8 @@
 //! A minimal QMP client (QEMU Machine Protocol over the VMM's unix socket) for graceful stops:
 //! `qmp_capabilities`, then `system_powerdown`, which presses the guest's ACPI power button.
 //! Whether the guest powers off is up to it; the container manager kills the VMM after the
-//! stop timeout either way.
+//! stop timeout either way. A QEMU started paused is resumed with `cont` on a [`Session`]
+//! opened ahead (see [`super::qemu_pool`]).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -43,32 +44,63 @@ fn answer(reader: &mut impl BufRead, socket: &Path, command: &str) -> Result<(),
     Err(qmp_err(socket, format!("{command}: no answer")))
 }
 
+/// A QMP connection whose greeting was read and capabilities negotiated: a command on it is
+/// one round trip.
+pub struct Session {
+    socket: std::path::PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Session {
+    /// Connects and negotiates, waiting at most `timeout` per step.
+    pub fn connect(socket: &Path, timeout: Duration) -> Result<Session, SandboxError> {
+        let stream = UnixStream::connect(socket).map_err(|e| qmp_err(socket, e.to_string()))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| stream.set_write_timeout(Some(timeout)))
+            .map_err(|e| qmp_err(socket, e.to_string()))?;
+        let writer = stream
+            .try_clone()
+            .map_err(|e| qmp_err(socket, e.to_string()))?;
+        let mut reader = BufReader::new(stream);
+        let mut greeting = String::new();
+        reader
+            .read_line(&mut greeting)
+            .map_err(|e| qmp_err(socket, format!("greeting: {e}")))?;
+        if !greeting.contains("\"QMP\"") {
+            return Err(qmp_err(socket, format!("not a QMP greeting: {greeting:?}")));
+        }
+        let mut session = Session {
+            socket: socket.to_path_buf(),
+            reader,
+            writer,
+        };
+        session.execute("qmp_capabilities")?;
+        Ok(session)
+    }
+
+    /// Runs `command` (no arguments) and waits for its answer.
+    pub fn execute(&mut self, command: &str) -> Result<(), SandboxError> {
+        let msg = serde_json::json!({ "execute": command }).to_string() + "\n";
+        self.writer
+            .write_all(msg.as_bytes())
+            .map_err(|e| qmp_err(&self.socket, format!("{command}: {e}")))?;
+        answer(&mut self.reader, &self.socket, command)
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("socket", &self.socket)
+            .finish()
+    }
+}
+
 /// Runs QMP `command` (no arguments) on the socket, waiting at most `timeout` per step.
 pub fn execute(socket: &Path, command: &str, timeout: Duration) -> Result<(), SandboxError> {
-    let stream = UnixStream::connect(socket).map_err(|e| qmp_err(socket, e.to_string()))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| qmp_err(socket, e.to_string()))?;
-    let mut writer = stream
-        .try_clone()
-        .map_err(|e| qmp_err(socket, e.to_string()))?;
-    let mut reader = BufReader::new(stream);
-    let mut greeting = String::new();
-    reader
-        .read_line(&mut greeting)
-        .map_err(|e| qmp_err(socket, format!("greeting: {e}")))?;
-    if !greeting.contains("\"QMP\"") {
-        return Err(qmp_err(socket, format!("not a QMP greeting: {greeting:?}")));
-    }
-    for cmd in ["qmp_capabilities", command] {
-        let msg = serde_json::json!({ "execute": cmd }).to_string() + "\n";
-        writer
-            .write_all(msg.as_bytes())
-            .map_err(|e| qmp_err(socket, format!("{cmd}: {e}")))?;
-        answer(&mut reader, socket, cmd)?;
-    }
-    Ok(())
+    Session::connect(socket, timeout)?.execute(command)
 }
 
 /// Presses the guest's power button.

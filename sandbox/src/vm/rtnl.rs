@@ -268,6 +268,25 @@ impl NetOps for Rtnl {
         )
     }
 
+    fn move_link(
+        &self,
+        dev: &str,
+        netns: &std::path::Path,
+        name: &str,
+    ) -> Result<(), SandboxError> {
+        use std::os::fd::AsRawFd;
+        let ns = std::fs::File::open(netns).map_err(|e| SandboxError::io(netns, e))?;
+        let mut msg = LinkMessage::default();
+        msg.header.index = self.index(dev)?;
+        msg.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        self.request(
+            &format!("move link {dev} to {} as {name}", netns.display()),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
+    }
+
     fn add_address(&self, dev: &str, ip: Ipv4Addr, prefix: u8) -> Result<(), SandboxError> {
         let mut msg = AddressMessage::default();
         msg.header.family = AddressFamily::Inet;

@@ -1,0 +1,419 @@
+//! Prepared QEMUs for PCI guests in a pod network (`vm.qemu_pool`): QEMU processes started
+//! before their guest is known, paused (`-S`), so that a guest that fits one is handed it (at
+//! `CreateContainer`, see `container::vm_armed`) and started with QMP `cont` instead of
+//! paying QEMU's own start (its 51 shared libraries, KVM's set-up, the machine) in its
+//! `StartContainer`.
+//!
+//! QEMU fixes at its start what crid would give it on its command line, so an entry is
+//! started with what it can know ahead, and the rest is handed over afterwards:
+//! - the kernel and its command line: the guest's RAM is a shared file (its path unlinked
+//!   once crid has it open) into which crid writes them ([`super::bootblock`]);
+//! - the network: a tap QEMU makes in a network namespace of crid's own (held by descriptor,
+//!   no pin), with a MAC of the entry's; crid moves it into the pod's namespace under the
+//!   container's tap name and wires it as a new tap ([`super::net::adopt_guest_net`]);
+//! - the cgroup: crid writes QEMU's pid to the container cgroup's `cgroup.procs` files, which
+//!   move all its threads;
+//! - its uid (from the VMM uid range, hashed from the entry's own name) and its QMP socket
+//!   (renamed to the container's); its chroot is the pool's one empty directory.
+//!
+//! A container fits an entry when the QEMU command line its own start would run, with the
+//! entry's tap, MAC, uid, chroot, QMP socket and RAM file, is the entry's ([`Seat::argv`]):
+//! crid's PCI firmware on `pc`, a NIC, no disk, initrd or shared directory, the pool's memory
+//! size and vCPU count. Other guests start the usual way.
+//!
+//! Entries live as crid's `vm/pool.rs` ones do: bounded, filled only after a guest of their
+//! size started, refilled after a delay; each is a prepared monitor
+//! ([`crate::monitor::prepared`], `--prepare-launch`) supervising the paused QEMU, ended when
+//! crid closes its socket (crid removing it, stopping or dying), which kills the QEMU, and its
+//! tap with it. Until the start, the monitor of a handed-over entry waits on crid's socket the
+//! same way.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use imagestore::{HypervisorKind, UnikernelInfo, UnikernelSource, UnikernelType};
+
+use super::accel::{AcceleratorMode, KvmProbe};
+use super::launch::{Seat, VmSettings, placeholder_net};
+use super::pool::{Entry, Pool, Prepare};
+use super::{Accelerator, MacAddr, VmSpec, qmp};
+use crate::monitor::Launch;
+use crate::monitor::prepared::{self, PreparedMonitor};
+
+/// How long a prepared QEMU may take to answer on its QMP socket.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Taps of the pool's entries, in its namespace.
+const TAP_PREFIX: &str = "crqp";
+
+/// A paused QEMU waiting for a guest.
+#[derive(Debug)]
+pub struct QemuEntry {
+    pub monitor: PreparedMonitor,
+    pub seat: Seat,
+    /// Its command line (see [`Seat::argv`]).
+    pub argv: Vec<String>,
+    /// The guest's RAM (its path unlinked).
+    pub ram: File,
+    /// A negotiated connection to its QMP socket, for the `cont` that starts the guest.
+    pub qmp: qmp::Session,
+    /// Removes the QMP socket of an entry never handed over (one handed over was renamed).
+    pub socket_file: SocketFile,
+}
+
+/// A socket file removed when this is dropped.
+#[derive(Debug)]
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Entry for QemuEntry {
+    fn alive(&self) -> bool {
+        self.monitor.alive()
+    }
+}
+
+/// The pool and what its entries share.
+pub struct QemuPool {
+    pub pool: Arc<Pool<QemuEntry>>,
+    /// The pool's network namespace, as a path any process of crid's can open.
+    pub netns: PathBuf,
+    /// The pool's own copy of the namespace's descriptor, which keeps it alive.
+    _netns_fd: Arc<OwnedFd>,
+    /// The QEMU binary the entries run.
+    pub qemu: PathBuf,
+}
+
+impl QemuPool {
+    /// An entry for a guest of `memory_mib` MiB, refilling the pool (see
+    /// [`Pool::take_and_refill`]).
+    pub fn take(&self, memory_mib: u64) -> Option<QemuEntry> {
+        self.pool.take_and_refill(memory_mib)
+    }
+
+    /// How many entries wait.
+    pub fn waiting(&self) -> usize {
+        self.pool.waiting()
+    }
+}
+
+/// Whether a guest may fit a pool entry at all (the command line decides at the hand-over):
+/// a QEMU guest with a virtio-PCI NIC, no disk, initrd or shared root.
+pub fn may_fit(info: &UnikernelInfo, has_net: bool, shared_root: bool) -> bool {
+    info.hypervisor == HypervisorKind::Qemu
+        && matches!(
+            info.unikernel_type,
+            UnikernelType::Unikraft | UnikernelType::Mirage | UnikernelType::Rumprun
+        )
+        && info.virtio == imagestore::VirtioTransport::Pci
+        && has_net
+        && info.initrd.is_none()
+        && info.block.is_none()
+        && !shared_root
+}
+
+/// The pool `settings` ask for on this host (see [`super::pool::on_host`] for when it fills);
+/// `None` when its size is 0 or QEMU's PCI guests cannot be prepared here: KVM unusable or
+/// not to be used, no QEMU, no PCI firmware, QEMU not dropping to its own uid, or no
+/// `crid-monitor`.
+pub fn on_host(
+    settings: &VmSettings,
+    kvm: &KvmProbe,
+    monitor_exe: &Path,
+    state: &Path,
+) -> Option<Arc<QemuPool>> {
+    if settings.qemu_pool == 0 {
+        return None;
+    }
+    let monitor = monitor_exe.with_file_name(crate::monitor::MONITOR_BINARY);
+    let qemu = settings.binary(super::qemu::BINARY);
+    let why_not = if !kvm.usable || settings.accelerator == AcceleratorMode::Tcg {
+        Some("KVM is not usable or not to be used".to_owned())
+    } else if let Err(e) = &qemu {
+        Some(e.to_string())
+    } else if settings.pci_shim.is_none() {
+        Some("crid's PCI firmware is off (vm.pci_shim)".to_owned())
+    } else if settings.vmm_uid_count == 0 {
+        Some("QEMU does not drop to its own uid".to_owned())
+    } else if !monitor.is_file() {
+        Some(format!("{} is missing", monitor.display()))
+    } else {
+        None
+    };
+    if let Some(why) = why_not {
+        tracing::info!(reason = %why, "vm.qemu_pool: no QEMU is prepared");
+        return None;
+    }
+    let qemu = qemu.ok()?;
+    let made = (|| -> std::io::Result<(PathBuf, OwnedFd)> {
+        let dir = state.join("qemu-pool");
+        // Entries of an earlier crid ended with it; their files may be left.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("empty"))?;
+        Ok((dir, cni::netns::new_netns()?))
+    })();
+    let (dir, netns_fd) = match made {
+        Ok(made) => made,
+        Err(e) => {
+            tracing::warn!(error = %e, "vm.qemu_pool: no QEMU is prepared");
+            return None;
+        }
+    };
+    let netns = PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        netns_fd.as_raw_fd()
+    ));
+    let memory_mib = settings.default_memory_mib;
+    let maker = Maker {
+        settings: settings.clone(),
+        monitor,
+        qemu: qemu.clone(),
+        dir,
+        netns: netns.clone(),
+        next: AtomicU64::new(0),
+    };
+    let prepare: Prepare<QemuEntry> = Box::new(move || maker.make());
+    Some(Arc::new(QemuPool {
+        pool: Arc::new(Pool::new(settings.qemu_pool, memory_mib, prepare)),
+        netns,
+        _netns_fd: Arc::new(netns_fd),
+        qemu,
+    }))
+}
+
+/// What making an entry needs.
+struct Maker {
+    settings: VmSettings,
+    monitor: PathBuf,
+    qemu: PathBuf,
+    dir: PathBuf,
+    netns: PathBuf,
+    next: AtomicU64,
+}
+
+impl Maker {
+    /// Starts one paused QEMU under a prepared monitor and waits until it answers on QMP.
+    /// Blocking.
+    fn make(&self) -> std::io::Result<QemuEntry> {
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        let mut random = [0u8; 8];
+        rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
+        let nonce = u64::from_le_bytes(random);
+        let name = format!("qemu-pool-{nonce:016x}");
+        let uid = self
+            .settings
+            .vmm_uid(&name)
+            .ok_or_else(|| std::io::Error::other("no VMM uid"))?;
+        // Locally administered, unicast.
+        let mut mac = [0x02, 0, 0, 0, 0, 0];
+        mac[1..].copy_from_slice(&random[..5]);
+        let seat = Seat {
+            tap: format!("{TAP_PREFIX}{n}"),
+            mac: MacAddr(mac),
+            uid,
+            chroot: self.dir.join("empty"),
+            qmp: self.dir.join(format!("{n}.qmp")),
+            ram: self.dir.join(format!("{n}.ram")),
+        };
+        let spec = seat.apply(&shape(&self.settings), Some(placeholder_net()));
+        let argv = seat
+            .argv(&spec, &self.qemu)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let launch_file = self.dir.join(format!("{n}.json"));
+        let launch = Launch::Command {
+            argv: argv.clone(),
+            env: vec![],
+            cwd: None,
+            netns: Some(self.netns.clone()),
+            cgroup_procs: vec![],
+            exit_port: None,
+            seccomp: None,
+        };
+        std::fs::write(&launch_file, serde_json::to_vec(&launch)?)?;
+        let monitor = prepared::spawn_launch(
+            &self.monitor,
+            &launch_file,
+            &self.dir.join("monitor.log"),
+            READY_TIMEOUT,
+        );
+        let _ = std::fs::remove_file(&launch_file);
+        let monitor = monitor?;
+        let started = Instant::now();
+        let qmp = loop {
+            match qmp::Session::connect(&seat.qmp, Duration::from_secs(5)) {
+                Ok(s) => break s,
+                Err(e) if started.elapsed() > READY_TIMEOUT || !monitor.alive() => {
+                    let _ = std::fs::remove_file(&seat.qmp);
+                    let _ = std::fs::remove_file(&seat.ram);
+                    return Err(std::io::Error::other(format!(
+                        "the prepared QEMU did not answer: {e}"
+                    )));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        let ram = File::options().read(true).write(true).open(&seat.ram);
+        let _ = std::fs::remove_file(&seat.ram);
+        Ok(QemuEntry {
+            monitor,
+            socket_file: SocketFile(seat.qmp.clone()),
+            seat,
+            argv,
+            ram: ram?,
+            qmp,
+        })
+    }
+}
+
+/// The guest the entries are started for: a PVH unikernel with a virtio-PCI NIC on `pc`, of
+/// the default size, under KVM, booted by crid's PCI firmware.
+fn shape(settings: &VmSettings) -> VmSpec {
+    VmSpec {
+        info: UnikernelInfo::new(
+            UnikernelType::Unikraft,
+            HypervisorKind::Qemu,
+            PathBuf::new(),
+            UnikernelSource::ManifestAnnotations,
+        ),
+        // Not read: crid loads the kernel.
+        kernel: PathBuf::new(),
+        initrd: None,
+        block: None,
+        block_overlay: false,
+        memory_mib: settings.default_memory_mib,
+        vcpus: super::launch::vcpus(0, 0, settings.max_vcpus),
+        net: None,
+        args: vec![],
+        env: vec![],
+        argv_in_initrd: false,
+        accelerator: Accelerator::Kvm,
+        run_dir: PathBuf::new(),
+        vmm_user: None,
+        chroot: None,
+        control_socket: None,
+        firmware: None,
+        pci_shim: settings.pci_shim.clone(),
+        dns: vec![],
+        shared_dir: None,
+        ninep_root: None,
+        block_root: false,
+        qemu_microvm: None,
+        guest_ram: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::GuestNet;
+
+    fn settings() -> VmSettings {
+        VmSettings {
+            pci_shim: Some(PathBuf::from("/var/lib/crid/vm/pci-shim.rom")),
+            default_memory_mib: 64,
+            max_vcpus: 4,
+            qemu_pool: 1,
+            ..VmSettings::default()
+        }
+    }
+
+    fn seat() -> Seat {
+        Seat {
+            tap: "crqp0".into(),
+            mac: MacAddr([2, 1, 2, 3, 4, 5]),
+            uid: 2_000_000_123,
+            chroot: "/run/crid/qemu-pool/empty".into(),
+            qmp: "/run/crid/qemu-pool/0.qmp".into(),
+            ram: "/run/crid/qemu-pool/0.ram".into(),
+        }
+    }
+
+    #[test]
+    fn an_entry_runs_a_paused_pc_with_its_seat() {
+        let s = seat();
+        let argv = s
+            .argv(
+                &s.apply(&shape(&settings()), Some(placeholder_net())),
+                Path::new("/usr/bin/qemu-system-x86_64"),
+            )
+            .unwrap();
+        let has = |k: &str, v: &str| argv.windows(2).any(|w| w[0] == k && w[1] == v);
+        assert_eq!(argv[0], "/usr/bin/qemu-system-x86_64");
+        assert!(has("-M", "pc"), "{argv:?}");
+        assert!(has("-bios", "/var/lib/crid/vm/pci-shim.rom"));
+        assert!(has("-runas", "2000000123:2000000123"));
+        assert!(has("-chroot", "/run/crid/qemu-pool/empty"));
+        assert!(has("-m", "64"));
+        assert!(argv.iter().any(|a| a == "-S"));
+        assert!(argv.iter().any(|a| a.contains("ifname=crqp0,")));
+        assert!(argv.iter().any(|a| a.contains("mac=02:01:02:03:04:05")));
+        assert!(
+            argv.iter()
+                .any(|a| a.contains("mem-path=/run/crid/qemu-pool/0.ram"))
+        );
+        assert!(!argv.iter().any(|a| a == "-kernel" || a == "-append"));
+    }
+
+    #[test]
+    fn a_guest_fits_when_its_command_line_on_the_seat_is_the_entrys() {
+        let s = seat();
+        let qemu = Path::new("/usr/bin/qemu-system-x86_64");
+        let entry = s
+            .argv(&s.apply(&shape(&settings()), Some(placeholder_net())), qemu)
+            .unwrap();
+        // A container's own spec: its addresses, command line and run directory differ.
+        let mut guest = shape(&settings());
+        guest.kernel = "/layers/1/unikernel/app".into();
+        guest.run_dir = "/run/crid/vm/c1".into();
+        guest.args = vec!["/app".into(), "-p".into(), "8080".into()];
+        let net = GuestNet {
+            tap: "crtapc1".into(),
+            ip: "10.88.0.7".parse().unwrap(),
+            prefix: 16,
+            gateway: Some("10.88.0.1".parse().unwrap()),
+            mac: MacAddr([0x0a, 0x58, 10, 88, 0, 7]),
+            mtu: 1450,
+        };
+        let fits =
+            |g: &VmSpec| s.argv(&s.apply(g, Some(net.clone())), qemu).ok() == Some(entry.clone());
+        assert!(fits(&guest));
+        let mut other = guest.clone();
+        other.memory_mib = 128;
+        assert!(!fits(&other));
+        let mut other = guest.clone();
+        other.vcpus = 2;
+        assert!(!fits(&other));
+        let mut other = guest.clone();
+        other.block = Some("/run/crid/vm/c1/block.qcow2".into());
+        assert!(!fits(&other));
+        let mut other = guest.clone();
+        other.info.unikernel_type = UnikernelType::Mewz;
+        assert!(!fits(&other));
+    }
+
+    #[test]
+    fn only_pci_guests_with_a_nic_and_nothing_else_may_fit() {
+        let info = shape(&settings()).info;
+        assert!(may_fit(&info, true, false));
+        assert!(!may_fit(&info, false, false));
+        assert!(!may_fit(&info, true, true));
+        let mut other = info.clone();
+        other.virtio = imagestore::VirtioTransport::Mmio;
+        assert!(!may_fit(&other, true, false));
+        let mut other = info.clone();
+        other.block = Some("disk.img".into());
+        assert!(!may_fit(&other, true, false));
+        let mut other = info;
+        other.hypervisor = HypervisorKind::Crid;
+        assert!(!may_fit(&other, true, false));
+    }
+}
