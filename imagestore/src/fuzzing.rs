@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::ImageError;
-use crate::pull::{self, Parsed};
+use crate::manifest::{self, Parsed};
 
 /// What a manifest or index parses into.
 #[derive(Debug)]
@@ -23,13 +23,13 @@ pub enum Manifest {
     },
 }
 
-/// [`pull::parse_manifest`], then platform selection for an index.
+/// [`manifest::parse_manifest`], then platform selection for an index.
 pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ImageError> {
-    let size = |d: &pull::Descriptor| d.size().map(|s| (d.digest.clone(), s));
-    match pull::parse_manifest(bytes, "fuzz")? {
+    let size = |d: &manifest::Descriptor| d.size().map(|s| (d.digest.clone(), s));
+    match manifest::parse_manifest(bytes, "fuzz")? {
         Parsed::Index(entries) => {
-            let picked =
-                pull::select_platform(&entries, &pull::host_platform()).map(|d| d.digest.clone());
+            let picked = manifest::select_platform(&entries, &manifest::host_platform())
+                .map(|d| d.digest.clone());
             Ok(Manifest::Index {
                 entries: entries.iter().map(size).collect::<Result<_, _>>()?,
                 picked,
@@ -47,9 +47,9 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ImageError> {
     }
 }
 
-/// [`pull::parse_config`] of a config blob for an image of `layers` layers: its diff ids.
+/// [`manifest::parse_config`] of a config blob for an image of `layers` layers: its diff ids.
 pub fn parse_config(bytes: &[u8], layers: usize) -> Result<Vec<String>, ImageError> {
-    pull::parse_config(bytes.to_vec(), "sha256:fuzz", layers).map(|(_, ids)| ids)
+    manifest::parse_config(bytes.to_vec(), "sha256:fuzz", layers).map(|(_, ids)| ids)
 }
 
 /// Whether `digest` is one the store accepts (`sha256:` and 64 lowercase hex digits).

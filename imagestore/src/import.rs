@@ -13,7 +13,11 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 
 use crate::content::sha256_of;
-use crate::pull::{Descriptor, Parsed, Resolved, host_platform, parse_manifest, select_platform};
+use crate::manifest::{
+    Descriptor, MAX_INDEX_DEPTH, MAX_MANIFEST_BYTES, Parsed, host_platform, parse_manifest,
+    select_platform,
+};
+use crate::pull::Resolved;
 use crate::reference::ImageRef;
 use crate::{Image, ImageError, ImageStore};
 
@@ -21,7 +25,6 @@ use crate::{Image, ImageError, ImageStore};
 const MAX_JSON: u64 = 8 << 20;
 /// Entries in one archive, at most.
 const MAX_ENTRIES: usize = 100_000;
-const MAX_INDEX_DEPTH: usize = 3;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -300,7 +303,7 @@ impl ImageStore {
             let mut current = top.clone();
             let mut depth = 0;
             let (config, layers, annotations) = loop {
-                let bytes = content.read_blob(&current, crate::pull::MAX_MANIFEST_BYTES as u64)?;
+                let bytes = content.read_blob(&current, MAX_MANIFEST_BYTES as u64)?;
                 if sha256_of(&bytes) != current {
                     return Err(ImageError::DigestMismatch {
                         expected: current,

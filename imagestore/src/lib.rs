@@ -14,6 +14,7 @@ pub mod fuzzing;
 pub mod hosts;
 mod image;
 mod import;
+mod manifest;
 mod pull;
 pub mod reference;
 mod store;
@@ -23,7 +24,7 @@ pub mod unpack;
 
 pub use error::{ErrorKind, ImageError};
 pub use image::Image;
-pub use pull::MAX_MANIFEST_BYTES;
+pub use manifest::MAX_MANIFEST_BYTES;
 pub use reference::ImageRef;
 pub use store::{Credentials, FsUsage, ImageStore, ImageStoreConfig};
 pub use unikernel::{

@@ -1,7 +1,8 @@
-//! Pulling images with `oci-client`: registry hosts from `hosts.toml` tried in order, manifests
-//! and indexes (OCI and Docker schema 2) parsed and bounded here, platform selection for this
-//! host, every blob streamed to the content store and verified (size and digest), layers
-//! unpacked once into shared layer directories. Concurrent pulls share each download and unpack.
+//! Pulling images with `oci-client`: registry hosts from `hosts.toml` tried in order, the tag
+//! or digest resolved through indexes to this host's manifest (documents parsed and bounded by
+//! [`crate::manifest`]), every blob streamed to the content store and verified (size and
+//! digest), layers unpacked once into shared layer directories. Concurrent pulls share each
+//! download and unpack.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -14,243 +15,19 @@ use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use serde::Deserialize;
 
-use crate::content::{ContentStore, TempPath, digest_hex, sha256_of};
+use crate::content::{ContentStore, TempPath, sha256_of};
 use crate::hosts::{RegistryHost, hosts_for};
+use crate::manifest::{
+    ACCEPT, ConfigDoc, Descriptor, MAX_CONFIG_BYTES, MAX_INDEX_DEPTH, MAX_MANIFEST_BYTES, Parsed,
+    host_platform, parse_config, parse_manifest, select_platform,
+};
 use crate::reference::ImageRef;
 use crate::store::{Credentials, NewImage, UseGuard};
 use crate::{Image, ImageError, ImageStore};
 
-/// Manifests and indexes larger than this are refused.
-pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
-/// Image configs larger than this are refused.
-const MAX_CONFIG_BYTES: u64 = 8 << 20;
-/// Indexes may point at indexes this deep, no deeper.
-const MAX_INDEX_DEPTH: usize = 3;
 /// Layers downloaded at the same time by one pull.
 const PARALLEL_LAYERS: usize = 3;
-
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const ACCEPT: [&str; 4] = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
-const CONFIG_TYPES: [&str; 2] = [
-    "application/vnd.oci.image.config.v1+json",
-    "application/vnd.docker.container.image.v1+json",
-];
-
-/// A content descriptor from a manifest or index.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Descriptor {
-    #[serde(default)]
-    pub(crate) media_type: String,
-    pub(crate) digest: String,
-    pub(crate) size: i64,
-    #[serde(default)]
-    pub(crate) platform: Option<Platform>,
-    #[serde(default)]
-    pub(crate) annotations: Option<HashMap<String, String>>,
-}
-
-impl Descriptor {
-    pub(crate) fn size(&self) -> Result<u64, ImageError> {
-        u64::try_from(self.size).map_err(|_| ImageError::InvalidDigest {
-            digest: self.digest.clone(),
-            reason: format!("negative size {}", self.size),
-        })
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-pub(crate) struct Platform {
-    #[serde(default)]
-    pub(crate) architecture: String,
-    #[serde(default)]
-    pub(crate) os: String,
-    #[serde(default)]
-    pub(crate) variant: Option<String>,
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ManifestDoc {
-    schema_version: Option<i64>,
-    #[serde(default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    config: Option<Descriptor>,
-    #[serde(default)]
-    layers: Option<Vec<Descriptor>>,
-    #[serde(default)]
-    manifests: Option<Vec<Descriptor>>,
-    #[serde(default)]
-    annotations: Option<HashMap<String, String>>,
-}
-
-/// A manifest or index, checked for shape.
-#[derive(Debug)]
-pub(crate) enum Parsed {
-    Index(Vec<Descriptor>),
-    Manifest {
-        config: Box<Descriptor>,
-        layers: Vec<Descriptor>,
-        annotations: HashMap<String, String>,
-    },
-}
-
-/// Parses a manifest or index of at most [`MAX_MANIFEST_BYTES`].
-pub(crate) fn parse_manifest(bytes: &[u8], reference: &str) -> Result<Parsed, ImageError> {
-    let bad = |reason: String| ImageError::InvalidManifest {
-        reference: reference.to_owned(),
-        reason,
-    };
-    if bytes.len() > MAX_MANIFEST_BYTES {
-        return Err(bad(format!(
-            "{} bytes is larger than the {MAX_MANIFEST_BYTES} byte limit",
-            bytes.len()
-        )));
-    }
-    let doc: ManifestDoc = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-    if doc.schema_version != Some(2) {
-        return Err(bad(format!(
-            "schema version {:?} is not supported (only 2)",
-            doc.schema_version
-        )));
-    }
-    let mt = doc.media_type.as_deref().unwrap_or("");
-    let is_index = match mt {
-        OCI_INDEX | DOCKER_LIST => true,
-        OCI_MANIFEST | DOCKER_MANIFEST => false,
-        "" => doc.manifests.is_some() && doc.config.is_none(),
-        other => return Err(bad(format!("unsupported media type {other:?}"))),
-    };
-    let check = |d: &Descriptor| -> Result<(), ImageError> {
-        digest_hex(&d.digest)?;
-        d.size()?;
-        Ok(())
-    };
-    if is_index {
-        let entries = doc
-            .manifests
-            .ok_or_else(|| bad("index without manifests".into()))?;
-        for e in &entries {
-            check(e)?;
-        }
-        return Ok(Parsed::Index(entries));
-    }
-    let config = doc
-        .config
-        .ok_or_else(|| bad("manifest without config".into()))?;
-    check(&config)?;
-    if !config.media_type.is_empty() && !CONFIG_TYPES.contains(&config.media_type.as_str()) {
-        return Err(bad(format!(
-            "config media type {:?} is not a container image",
-            config.media_type
-        )));
-    }
-    let layers = doc.layers.unwrap_or_default();
-    for l in &layers {
-        check(l)?;
-        if !l.media_type.contains("tar") {
-            return Err(bad(format!(
-                "layer {} has unsupported media type {:?}",
-                l.digest, l.media_type
-            )));
-        }
-    }
-    Ok(Parsed::Manifest {
-        config: Box::new(config),
-        layers,
-        annotations: doc.annotations.unwrap_or_default(),
-    })
-}
-
-/// The platform of this host in OCI terms.
-pub(crate) fn host_platform() -> Platform {
-    let (architecture, variant) = match std::env::consts::ARCH {
-        "x86_64" => ("amd64", None),
-        "aarch64" => ("arm64", Some("v8")),
-        "arm" => ("arm", Some("v7")),
-        "x86" => ("386", None),
-        "powerpc64" => ("ppc64le", None),
-        "s390x" => ("s390x", None),
-        "riscv64" => ("riscv64", None),
-        other => (other, None),
-    };
-    Platform {
-        architecture: architecture.to_owned(),
-        os: std::env::consts::OS.to_owned(),
-        variant: variant.map(str::to_owned),
-    }
-}
-
-/// Picks the index entry for `want`: same os and architecture, preferring the same variant,
-/// then an entry without variant; attestation manifests are skipped.
-pub(crate) fn select_platform<'a>(
-    entries: &'a [Descriptor],
-    want: &Platform,
-) -> Option<&'a Descriptor> {
-    let candidates: Vec<&Descriptor> = entries
-        .iter()
-        .filter(|e| {
-            let attestation = e
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get("vnd.docker.reference.type"))
-                .is_some_and(|t| t == "attestation-manifest");
-            !attestation
-                && e.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == want.os && p.architecture == want.architecture)
-        })
-        .collect();
-    let variant_of = |e: &Descriptor| e.platform.as_ref().and_then(|p| p.variant.clone());
-    candidates
-        .iter()
-        .find(|e| want.variant.is_some() && variant_of(e) == want.variant)
-        .or_else(|| candidates.iter().find(|e| variant_of(e).is_none()))
-        .or_else(|| candidates.first())
-        .copied()
-}
-
-/// The parts of an image config the store reads.
-#[derive(Debug, Deserialize)]
-struct ConfigDoc {
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    variant: Option<String>,
-    #[serde(default)]
-    config: Option<ContainerConfig>,
-    rootfs: RootFs,
-}
-
-#[derive(Debug, Deserialize)]
-struct ContainerConfig {
-    #[serde(rename = "Labels", default)]
-    labels: Option<HashMap<String, String>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RootFs {
-    #[serde(default)]
-    diff_ids: Vec<String>,
-}
 
 /// An image whose manifest is resolved and whose blobs are in the content store.
 pub(crate) struct Resolved {
@@ -270,32 +47,6 @@ pub(crate) fn read_config(
     let digest = &res.config.digest;
     let bytes = content.read_blob(digest, MAX_CONFIG_BYTES)?;
     parse_config(bytes, digest, res.layers.len())
-}
-
-/// Checks an image config blob of an image with `layers` layers; returns it as text with its
-/// diff ids.
-pub(crate) fn parse_config(
-    bytes: Vec<u8>,
-    digest: &str,
-    layers: usize,
-) -> Result<(String, Vec<String>), ImageError> {
-    let bad = |reason: String| ImageError::InvalidConfig {
-        digest: digest.to_owned(),
-        reason,
-    };
-    let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
-    let doc: ConfigDoc = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    if doc.rootfs.diff_ids.len() != layers {
-        return Err(bad(format!(
-            "{} diff ids for {} layers",
-            doc.rootfs.diff_ids.len(),
-            layers
-        )));
-    }
-    for d in &doc.rootfs.diff_ids {
-        digest_hex(d)?;
-    }
-    Ok((text, doc.rootfs.diff_ids))
 }
 
 /// Unpacks the layer blob `blob` into `layers/sha256/<diff_id>` unless it is there already:
@@ -914,117 +665,5 @@ fn map_oci_error(e: OciDistributionError, registry: &str, what: &str) -> ImageEr
             registry: registry.to_owned(),
             reason: chain(&other),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn d(n: u8) -> String {
-        format!("sha256:{}", format!("{n:02x}").repeat(32))
-    }
-
-    fn entry(n: u8, os: &str, arch: &str, variant: Option<&str>) -> Descriptor {
-        Descriptor {
-            media_type: OCI_MANIFEST.into(),
-            digest: d(n),
-            size: 10,
-            platform: Some(Platform {
-                architecture: arch.into(),
-                os: os.into(),
-                variant: variant.map(Into::into),
-            }),
-            annotations: None,
-        }
-    }
-
-    #[test]
-    fn platform_selection_prefers_exact_variant() {
-        let amd64 = Platform {
-            architecture: "amd64".into(),
-            os: "linux".into(),
-            variant: None,
-        };
-        let entries = vec![
-            entry(1, "linux", "arm64", Some("v8")),
-            entry(2, "windows", "amd64", None),
-            entry(3, "linux", "amd64", Some("v3")),
-            entry(4, "linux", "amd64", None),
-        ];
-        assert_eq!(select_platform(&entries, &amd64).unwrap().digest, d(4));
-        assert_eq!(select_platform(&entries[..3], &amd64).unwrap().digest, d(3));
-        assert!(select_platform(&entries[..2], &amd64).is_none());
-        let arm64 = Platform {
-            architecture: "arm64".into(),
-            os: "linux".into(),
-            variant: Some("v8".into()),
-        };
-        assert_eq!(select_platform(&entries, &arm64).unwrap().digest, d(1));
-        // Attestations are never images.
-        let mut att = entry(5, "linux", "amd64", None);
-        att.annotations = Some(HashMap::from([(
-            "vnd.docker.reference.type".to_owned(),
-            "attestation-manifest".to_owned(),
-        )]));
-        assert!(select_platform(&[att], &amd64).is_none());
-        let host = host_platform();
-        assert_eq!(host.os, "linux");
-        if cfg!(target_arch = "x86_64") {
-            assert_eq!(host.architecture, "amd64");
-        }
-    }
-
-    #[test]
-    fn manifests_are_parsed_and_bounded() {
-        let m = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}",
-            "config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{}","size":5}},
-            "layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","digest":"{}","size":7}}]}}"#,
-            d(1),
-            d(2)
-        );
-        match parse_manifest(m.as_bytes(), "x").unwrap() {
-            Parsed::Manifest { config, layers, .. } => {
-                assert_eq!(config.digest, d(1));
-                assert_eq!(layers.len(), 1);
-            }
-            Parsed::Index(_) => panic!("not an index"),
-        }
-        let i = format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":3,"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
-            d(3)
-        );
-        assert!(matches!(
-            parse_manifest(i.as_bytes(), "x").unwrap(),
-            Parsed::Index(e) if e.len() == 1
-        ));
-        let bad = [
-            r#"{"schemaVersion":1,"fsLayers":[]}"#.to_owned(),
-            "not json".to_owned(),
-            format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}"}}"#),
-            r#"{"schemaVersion":2,"config":{"digest":"sha256:../../x","size":1},"layers":[]}"#
-                .to_owned(),
-            format!(
-                r#"{{"schemaVersion":2,"config":{{"digest":"{}","size":-1}},"layers":[]}}"#,
-                d(1)
-            ),
-            format!(
-                r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":"{}","size":1}},"layers":[]}}"#,
-                d(1)
-            ),
-            format!(
-                r#"{{"schemaVersion":2,"config":{{"digest":"{}","size":1}},"layers":[{{"mediaType":"application/wasm","digest":"{}","size":1}}]}}"#,
-                d(1),
-                d(2)
-            ),
-        ];
-        for b in bad {
-            let e = parse_manifest(b.as_bytes(), "x").unwrap_err();
-            assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{b}");
-        }
-        let huge = vec![b' '; MAX_MANIFEST_BYTES + 1];
-        let e = parse_manifest(&huge, "x").unwrap_err();
-        assert!(e.to_string().contains("larger than"), "{e}");
     }
 }
