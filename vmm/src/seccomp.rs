@@ -1,6 +1,7 @@
 //! The seccomp filter every VMM thread installs once set-up is over: after it, a thread can
 //! only run the vCPU (`KVM_RUN`, no other ioctl), move bytes on descriptors it already has,
-//! manage its own memory without making it executable, wait on futexes and exit; with a disk,
+//! manage its own memory without making it executable, wait on futexes, set its own timers
+//! and exit; with a disk,
 //! also `pread64`/`pwrite64`/`fdatasync` on the disk's descriptor only. Anything else kills the
 //! whole process (`SECCOMP_RET_KILL_PROCESS`).
 
@@ -40,6 +41,9 @@ const PLAIN: &[i64] = &[
     libc::SYS_close,
     libc::SYS_exit,
     libc::SYS_exit_group,
+    // The partial-line timer of the serial output (the process's own timers only).
+    libc::SYS_timer_settime,
+    libc::SYS_timer_delete,
 ];
 
 fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, VmmError> {

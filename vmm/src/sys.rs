@@ -1,5 +1,6 @@
 //! The few calls that need `unsafe`: registering guest memory with KVM, opening the tap,
-//! entering a network namespace, replacing standard input and dropping privileges. Everything
+//! entering a network namespace, replacing standard input, dropping privileges and the timer
+//! that interrupts the boot vCPU for a partial line of output. Everything
 //! else in the VMM goes through safe wrappers.
 #![allow(unsafe_code)]
 
@@ -220,4 +221,91 @@ pub fn stdin_to_null() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The signal a [`ThreadTimer`] sends: the first real-time signal the C library leaves free.
+fn timer_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+/// Does nothing: the signal is only there to interrupt the thread's blocking call (`KVM_RUN`
+/// returns `EINTR`).
+extern "C" fn interrupt_only(_: libc::c_int) {}
+
+/// A timer that interrupts the thread that made it: its signal has a handler that does
+/// nothing, installed without `SA_RESTART`, so a blocking call of that thread (`KVM_RUN`)
+/// returns `EINTR` when it fires. Any thread of the process may set it.
+pub struct ThreadTimer {
+    id: libc::timer_t,
+}
+
+// SAFETY: a `timer_t` is the kernel's id of a timer of this process (glibc keeps it as a small
+// integer in a pointer); any thread may set it with `timer_settime`, and it is deleted only on
+// drop, by its one owner.
+unsafe impl Send for ThreadTimer {}
+
+impl ThreadTimer {
+    /// A timer signalling the calling thread, disarmed.
+    pub fn for_this_thread() -> io::Result<ThreadTimer> {
+        let signal = timer_signal();
+        // SAFETY: an all-zero sigaction is a valid value (empty mask, no flags) that is then
+        // filled in; the handler is an `extern "C" fn(c_int)` that touches nothing, so it is
+        // async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = interrupt_only as extern "C" fn(libc::c_int) as usize;
+            if libc::sigemptyset(&mut action.sa_mask) != 0
+                || libc::sigaction(signal, &action, std::ptr::null_mut()) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        // SAFETY: an all-zero sigevent is a valid value whose used fields are then set; the
+        // kernel reads it during the call only, and writes the new timer's id to `id`.
+        let id = unsafe {
+            let mut event: libc::sigevent = std::mem::zeroed();
+            event.sigev_notify = libc::SIGEV_THREAD_ID;
+            event.sigev_signo = signal;
+            event.sigev_notify_thread_id = tid;
+            let mut id: libc::timer_t = std::ptr::null_mut();
+            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut id) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            id
+        };
+        Ok(ThreadTimer { id })
+    }
+
+    /// Fires every `period` from now on, or never again with `None`.
+    pub fn set_period(&self, period: Option<std::time::Duration>) -> io::Result<()> {
+        let spec = period.map_or(
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            |p| libc::timespec {
+                tv_sec: p.as_secs() as libc::time_t,
+                tv_nsec: libc::c_long::from(p.subsec_nanos()),
+            },
+        );
+        let value = libc::itimerspec {
+            it_interval: spec,
+            it_value: spec,
+        };
+        // SAFETY: `self.id` is a live timer of this process (deleted only on drop) and `value`
+        // is a valid itimerspec the kernel only reads.
+        if unsafe { libc::timer_settime(self.id, 0, &value, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ThreadTimer {
+    fn drop(&mut self) {
+        // SAFETY: `self.id` is a live timer of this process, deleted once, here.
+        unsafe { libc::timer_delete(self.id) };
+    }
 }

@@ -19,6 +19,7 @@ use linux_loader::loader::Cmdline;
 use vm_memory::GuestAddress;
 
 use crate::boot::{self, BootFiles};
+use crate::devices::serial::{LineOut, PartialLineAlarm};
 use crate::devices::virtio::blk::Block;
 use crate::devices::virtio::net::{self, Net, SharedNet};
 use crate::devices::virtio::{MmioTransport, MmioWindow};
@@ -32,6 +33,21 @@ const FIRST_MMIO_IRQ: u32 = 5;
 /// The virtio-mmio devices, by window: device `i` answers at
 /// `MMIO_DEVICES_START + i * MMIO_DEVICE_SIZE`.
 type MmioDevices = Vec<Arc<Mutex<dyn MmioWindow>>>;
+
+/// How long a partial line of the guest's output (a prompt) waits for its newline, and how
+/// often the boot vCPU is interrupted to send it out while one waits (see [`LineOut`]).
+const PARTIAL_LINE_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The guest's serial output: stdout, a line at a time.
+type Console = LineOut<File, sys::ThreadTimer>;
+
+/// The timer interrupts the boot vCPU's `KVM_RUN` ([`run_vcpu`] then sends the partial line).
+impl PartialLineAlarm for sys::ThreadTimer {
+    fn set(&mut self, armed: bool) {
+        // A timer that cannot be set leaves the line for its newline or the guest's end.
+        let _ = self.set_period(armed.then_some(PARTIAL_LINE_DELAY));
+    }
+}
 
 /// Where KVM puts the three pages of its real-mode TSS on Intel (below the 4 GiB BIOS area,
 /// inside the MMIO hole, so never guest RAM).
@@ -227,8 +243,11 @@ fn boot(
             .try_clone_to_owned()
             .map_err(|e| VmmError::io("duplicating stdout", e))?,
     );
+    // Made on this thread, which runs the boot vCPU.
+    let timer = sys::ThreadTimer::for_this_thread()
+        .map_err(|e| VmmError::io("the serial line timer", e))?;
     let bus = Arc::new(Mutex::new(PioBus {
-        serial: Serial::new(stdout, serial_irq),
+        serial: Serial::new(LineOut::new(stdout, timer), serial_irq),
         i8042: i8042::I8042::new(),
     }));
 
@@ -442,10 +461,22 @@ fn create_irqchip(vm: &VmFd) -> bool {
     vm.create_pit2(pit).is_ok()
 }
 
-/// Runs one vCPU until the guest ends or KVM fails.
+/// Runs one vCPU until the guest ends or KVM fails, then sends out what is left of the
+/// guest's output.
 fn run_vcpu(
+    vcpu: VcpuFd,
+    bus: &Mutex<PioBus<Console>>,
+    mmio: &MmioDevices,
+    irqchip: bool,
+) -> Result<GuestExit, VmmError> {
+    let result = run_vcpu_until_end(vcpu, bus, mmio, irqchip);
+    let _ = lock(bus).serial.writer_mut().send_partial();
+    result
+}
+
+fn run_vcpu_until_end(
     mut vcpu: VcpuFd,
-    bus: &Mutex<PioBus<File>>,
+    bus: &Mutex<PioBus<Console>>,
     mmio: &MmioDevices,
     irqchip: bool,
 ) -> Result<GuestExit, VmmError> {
@@ -474,6 +505,7 @@ fn run_vcpu(
             Ok(VcpuExit::Hlt) if !irqchip => {
                 // Without an irqchip no interrupt can ever arrive: the guest has stopped for
                 // good and stays so until crid stops the container.
+                let _ = lock(bus).serial.writer_mut().send_partial();
                 loop {
                     std::thread::park();
                 }
@@ -492,7 +524,10 @@ fn run_vcpu(
             Ok(other) => {
                 return Err(VmmError::Guest(format!("unexpected vCPU exit {other:?}")));
             }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            // The partial-line timer (or another signal) interrupted KVM_RUN.
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                let _ = lock(bus).serial.writer_mut().send_partial();
+            }
             Err(e) => return Err(VmmError::kvm("KVM_RUN", e)),
         }
     }

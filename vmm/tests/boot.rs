@@ -81,7 +81,12 @@ fn guest_output_and_exit_code_as_nobody_in_an_empty_chroot() {
 
 /// Spawns the VMM with its stdout piped and reads the guest's serial output until the guest
 /// says it is halting, the output ends or 20 s pass; returns the child and what it printed.
-fn spawn_until_halting(mut vmm: Command) -> (std::process::Child, String) {
+fn spawn_until_halting(vmm: Command) -> (std::process::Child, String) {
+    spawn_until(vmm, "halting")
+}
+
+/// [`spawn_until_halting`] until the output holds `marker`.
+fn spawn_until(mut vmm: Command, marker: &str) -> (std::process::Child, String) {
     let mut child = vmm
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -91,7 +96,7 @@ fn spawn_until_halting(mut vmm: Command) -> (std::process::Child, String) {
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&seen).contains("halting") && Instant::now() < deadline {
+    while !String::from_utf8_lossy(&seen).contains(marker) && Instant::now() < deadline {
         let n = stdout.read(&mut buf).unwrap();
         if n == 0 {
             break;
@@ -101,6 +106,26 @@ fn spawn_until_halting(mut vmm: Command) -> (std::process::Child, String) {
     // Kept open: a write the guest makes later must not meet a closed pipe.
     child.stdout = Some(stdout);
     (child, String::from_utf8_lossy(&seen).into_owned())
+}
+
+/// The VMM sends the guest's output a line at a time, and a line without its newline all the
+/// same: as the guest ends, and (a prompt) while the guest waits, halted.
+#[test]
+fn a_line_without_its_newline_still_goes_out() {
+    let Some((_dir, kernel)) = guest() else {
+        return;
+    };
+    let out = vmm(&kernel, "prompt=1 exit=4", &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.ends_with("crid-test-guest: exiting\ncrid-test-guest: last words"),
+        "{stdout:?}"
+    );
+    let (mut child, seen) = spawn_until(vmm(&kernel, "prompt=1", &[]), "prompt> ");
+    assert!(seen.ends_with("crid-test-guest: prompt> "), "{seen:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[test]

@@ -1,9 +1,97 @@
 //! COM1 (0x3f8, IRQ 4), a 16550A from `vm-superio`, whose transmitted bytes go to the VMM's
-//! stdout — crid's container monitor turns that pipe into the CRI log.
+//! stdout — crid's container monitor turns that pipe into the CRI log — a line at a time
+//! ([`LineOut`]).
 
 use std::io::Write;
 
 use super::IrqLine;
+
+/// The longest partial line kept back: beyond it the bytes go out without their newline (the
+/// pipe's atomic write size).
+const MAX_PENDING: usize = 4096;
+
+/// Arms or disarms the timer that makes the VMM send out a partial line (see [`LineOut`]).
+pub trait PartialLineAlarm {
+    fn set(&mut self, armed: bool);
+}
+
+/// No timer (tests, and output that is only ever flushed by hand).
+impl PartialLineAlarm for () {
+    fn set(&mut self, _armed: bool) {}
+}
+
+/// The guest's output on its way to `out`, one write per line instead of one per byte: a
+/// guest writes its serial port a byte at a time, and every write to the log pipe wakes
+/// crid's monitor, which writes the CRI log record only at the newline anyway (24 wake-ups for
+/// the test guest's first line, competing for the CPU with everything else of the start). A
+/// partial line (a prompt) goes out when the guest ends or stops, or when `alarm` fires: it is
+/// armed while a partial line waits, and its owner calls [`LineOut::send_partial`] then.
+pub struct LineOut<W: Write, A: PartialLineAlarm> {
+    out: W,
+    pending: Vec<u8>,
+    alarm: A,
+    armed: bool,
+}
+
+impl<W: Write, A: PartialLineAlarm> LineOut<W, A> {
+    pub fn new(out: W, alarm: A) -> Self {
+        LineOut {
+            out,
+            pending: Vec::new(),
+            alarm,
+            armed: false,
+        }
+    }
+
+    /// Sends out whatever waits, newline or not.
+    pub fn send_partial(&mut self) -> std::io::Result<()> {
+        let sent = self.send(self.pending.len());
+        self.set_alarm();
+        sent
+    }
+
+    /// Writes the first `n` pending bytes to `out` (dropped if that fails: the guest cannot act
+    /// on it, see [`Serial::write`]).
+    fn send(&mut self, n: usize) -> std::io::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let sent = self.out.write_all(&self.pending[..n]);
+        self.pending.drain(..n);
+        sent
+    }
+
+    fn set_alarm(&mut self) {
+        let wanted = !self.pending.is_empty();
+        if wanted != self.armed {
+            self.alarm.set(wanted);
+            self.armed = wanted;
+        }
+    }
+
+    #[cfg(test)]
+    pub fn get_ref(&self) -> &W {
+        &self.out
+    }
+}
+
+impl<W: Write, A: PartialLineAlarm> Write for LineOut<W, A> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        let sent = match self.pending.iter().rposition(|b| *b == b'\n') {
+            Some(last) => self.send(last + 1),
+            None if self.pending.len() >= MAX_PENDING => self.send(self.pending.len()),
+            None => Ok(()),
+        };
+        self.set_alarm();
+        sent.map(|()| buf.len())
+    }
+
+    /// Nothing: `vm-superio` flushes after every byte, and lines go out as they end.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 const BASE: u16 = 0x3f8;
 const PORTS: u16 = 8;
@@ -38,6 +126,11 @@ impl<W: Write> Serial<W> {
         self.device.read(offset)
     }
 
+    /// The writer the transmitted bytes go to.
+    pub fn writer_mut(&mut self) -> &mut W {
+        self.device.writer_mut()
+    }
+
     #[cfg(test)]
     pub fn output(&self) -> &W {
         self.device.writer()
@@ -56,5 +149,65 @@ mod tests {
         assert_eq!(offset(0x3f8), Some(0));
         assert_eq!(offset(0x3ff), Some(7));
         assert_eq!(offset(0x400), None);
+    }
+
+    /// Records how the alarm was set.
+    #[derive(Default)]
+    struct Alarm(Vec<bool>);
+
+    impl PartialLineAlarm for &mut Alarm {
+        fn set(&mut self, armed: bool) {
+            self.0.push(armed);
+        }
+    }
+
+    #[test]
+    fn lines_go_out_whole_and_a_partial_one_waits_for_the_alarm() {
+        let mut alarm = Alarm::default();
+        let mut out = LineOut::new(Vec::new(), &mut alarm);
+        for b in b"booted\nprom" {
+            out.write_all(&[*b]).unwrap();
+            out.flush().unwrap();
+        }
+        assert_eq!(
+            out.get_ref(),
+            b"booted\n",
+            "the line, not yet the partial one"
+        );
+        out.write_all(b"pt> ").unwrap();
+        out.send_partial().unwrap();
+        assert_eq!(out.get_ref(), b"booted\nprompt> ");
+        out.write_all(b"a\nb\nc").unwrap();
+        assert_eq!(
+            out.get_ref(),
+            b"booted\nprompt> a\nb\n",
+            "up to the last newline"
+        );
+        out.send_partial().unwrap();
+        out.send_partial().unwrap();
+        assert_eq!(out.get_ref(), b"booted\nprompt> a\nb\nc");
+        drop(out);
+        // Armed by the first byte of each partial line, disarmed once it went out.
+        assert_eq!(alarm.0, [true, false, true, false, true, false]);
+    }
+
+    #[test]
+    fn a_long_line_goes_out_without_its_newline() {
+        let mut out = LineOut::new(Vec::new(), ());
+        out.write_all(&[b'x'; MAX_PENDING - 1]).unwrap();
+        assert!(out.get_ref().is_empty());
+        out.write_all(b"x").unwrap();
+        assert_eq!(out.get_ref().len(), MAX_PENDING);
+    }
+
+    #[test]
+    fn through_the_uart() {
+        let mut s = Serial::new(LineOut::new(Vec::new(), ()), IrqLine(None));
+        for b in b"hi\nyo" {
+            s.write(0, *b);
+        }
+        assert_eq!(s.output().get_ref(), b"hi\n");
+        s.writer_mut().send_partial().unwrap();
+        assert_eq!(s.output().get_ref(), b"hi\nyo");
     }
 }

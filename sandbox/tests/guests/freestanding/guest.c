@@ -14,6 +14,9 @@
  *            (virtio_mmio.device=4K@0xADDR:IRQ) and an address (netdev.ip=A.B.C.D/...), serves
  *            it forever: answers ARP for its address, ICMP echo and UDP datagrams (echoed
  *            back to the sender), polling the queues (no interrupts).
+ *   prompt=1 ends its output with a line that has no newline: "crid-test-guest: last words"
+ *            before it exits, or "crid-test-guest: prompt> " before it halts (a VMM that
+ *            sends its serial output a line at a time must still send these).
  * No SSE, no libc: gcc -m32 -ffreestanding -mgeneral-regs-only -nostdlib -static.
  */
 
@@ -115,13 +118,20 @@ void guest_main(const struct hvm_start_info *info)
 	print_initrd(info);
 	blk_test(cmdline);
 	ninep_test(cmdline);
+	int prompt = param(cmdline, "prompt") > 0;
 	int code = param(cmdline, "exit");
 	if (code >= 0 && code < 128) {
 		puts("crid-test-guest: exiting\n");
+		if (prompt)
+			puts("crid-test-guest: last words");
 		outb(DEBUG_EXIT, (u8)code);
 	}
 	if (net_serve(cmdline))
 		halt_forever();
+	if (prompt) {
+		puts("crid-test-guest: prompt> ");
+		halt_forever();
+	}
 	puts("crid-test-guest: halting\n");
 	halt_forever();
 }
