@@ -49,7 +49,8 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ImageError> {
 
 /// [`manifest::parse_config`] of a config blob for an image of `layers` layers: its diff ids.
 pub fn parse_config(bytes: &[u8], layers: usize) -> Result<Vec<String>, ImageError> {
-    manifest::parse_config(bytes.to_vec(), "sha256:fuzz", layers).map(|(_, ids)| ids)
+    manifest::parse_config(bytes.to_vec(), "sha256:fuzz", layers)
+        .map(|(_, doc)| doc.rootfs.diff_ids)
 }
 
 /// Whether `digest` is one the store accepts (`sha256:` and 64 lowercase hex digits).

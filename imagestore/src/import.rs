@@ -107,7 +107,7 @@ impl ImageStore {
         let content = self.inner.content.clone();
         let mut images = Vec::new();
         for res in resolved {
-            let (_, diff_ids) = crate::pull::read_config(&content, &res)?;
+            let diff_ids = crate::pull::read_config(&content, &res)?.1.rootfs.diff_ids;
             guard.add_all(&diff_ids);
             for (layer, diff_id) in res.layers.iter().zip(&diff_ids) {
                 crate::pull::unpack_into_store(&content, &layer.digest, diff_id, true)?;

@@ -238,13 +238,13 @@ pub(crate) struct RootFs {
     pub(crate) diff_ids: Vec<String>,
 }
 
-/// Checks an image config blob of an image with `layers` layers; returns it as text with its
-/// diff ids.
+/// Checks an image config blob of an image with `layers` layers (one diff id each); returns it
+/// as text with the parts the store reads.
 pub(crate) fn parse_config(
     bytes: Vec<u8>,
     digest: &str,
     layers: usize,
-) -> Result<(String, Vec<String>), ImageError> {
+) -> Result<(String, ConfigDoc), ImageError> {
     let bad = |reason: String| ImageError::InvalidConfig {
         digest: digest.to_owned(),
         reason,
@@ -261,7 +261,7 @@ pub(crate) fn parse_config(
     for d in &doc.rootfs.diff_ids {
         digest_hex(d)?;
     }
-    Ok((text, doc.rootfs.diff_ids))
+    Ok((text, doc))
 }
 
 #[cfg(test)]

@@ -39,11 +39,11 @@ pub(crate) struct Resolved {
     pub(crate) annotations: HashMap<String, String>,
 }
 
-/// Reads and checks the config of `res`; returns it with its diff ids and labels.
+/// Reads and checks the config of `res` ([`parse_config`]).
 pub(crate) fn read_config(
     content: &ContentStore,
     res: &Resolved,
-) -> Result<(String, Vec<String>), ImageError> {
+) -> Result<(String, ConfigDoc), ImageError> {
     let digest = &res.config.digest;
     let bytes = content.read_blob(digest, MAX_CONFIG_BYTES)?;
     parse_config(bytes, digest, res.layers.len())
@@ -113,17 +113,13 @@ impl ImageStore {
     /// commits the image metadata. Blocking.
     pub(crate) fn finish(&self, res: Resolved, guard: &mut UseGuard) -> Result<Image, ImageError> {
         let content = &self.inner.content;
-        let (config_json, diff_ids) = read_config(content, &res)?;
-        let doc: ConfigDoc =
-            serde_json::from_str(&config_json).map_err(|e| ImageError::InvalidConfig {
-                digest: res.config.digest.clone(),
-                reason: e.to_string(),
-            })?;
+        let (config_json, doc) = read_config(content, &res)?;
         let labels = doc
             .config
             .as_ref()
             .and_then(|c| c.labels.clone())
             .unwrap_or_default();
+        let diff_ids = doc.rootfs.diff_ids;
         let layer_dirs = diff_ids
             .iter()
             .map(|d| content.layer_path(d))
@@ -343,7 +339,7 @@ impl ImageStore {
             layers,
             annotations,
         };
-        let (_, diff_ids) = read_config(&content, &res)?;
+        let diff_ids = read_config(&content, &res)?.1.rootfs.diff_ids;
         guard.add_all(res.layers.iter().map(|l| &l.digest));
         guard.add_all(&diff_ids);
         let work = res
