@@ -163,6 +163,8 @@ async fn binaries(state: &State) -> serde_json::Value {
 /// The first line `path --version` prints (bounded in time and size).
 async fn binary_version(path: &std::path::Path) -> Result<String, String> {
     let out = tokio::process::Command::new(path)
+        .env_clear()
+        .envs(sandbox::monitor::child_env())
         .arg("--version")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)

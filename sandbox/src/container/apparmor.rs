@@ -78,6 +78,8 @@ fn ensure_default_loaded(dir: &Path) -> Result<(), SandboxError> {
     std::fs::write(&path, default_profile_text()).map_err(|e| SandboxError::io(&path, e))?;
     // -K: no cache, -r: replace if a stale copy is loaded.
     let out = Command::new("apparmor_parser")
+        .env_clear()
+        .envs(crate::monitor::child_env())
         .arg("-Kr")
         .arg(&path)
         .stdin(Stdio::null())

@@ -721,6 +721,8 @@ fn create_overlay(
     let qemu_img = settings.binary("qemu-img")?;
     let base_arg = super::path_arg(base)?;
     let out = std::process::Command::new(&qemu_img)
+        .env_clear()
+        .envs(crate::monitor::child_env())
         .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
         .arg(&base_arg)
         .arg(&overlay)
@@ -831,6 +833,35 @@ mod tests {
             binary_dirs: vec![bins],
             ..VmSettings::default()
         }
+    }
+
+    /// qemu-img, like every child of crid, starts with `PATH` as its only variable.
+    #[test]
+    fn qemu_img_gets_only_path() {
+        let d = tempfile::tempdir().unwrap();
+        let settings = with_fake_bins(d.path(), &[]);
+        let bins = &settings.binary_dirs[0];
+        let env = d.path().join("env");
+        let script = format!(
+            "#!/bin/sh\ncat /proc/$$/environ > {}\n: > \"$9\"\n",
+            env.display()
+        );
+        std::fs::write(bins.join("qemu-img"), script).unwrap();
+        std::fs::set_permissions(
+            bins.join("qemu-img"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let base = d.path().join("base.img");
+        std::fs::write(&base, b"disk").unwrap();
+        create_overlay(&settings, &base, d.path()).unwrap();
+        let vars = std::fs::read(&env).unwrap();
+        let names: Vec<_> = vars
+            .split(|b| *b == 0)
+            .filter(|v| !v.is_empty())
+            .map(|v| String::from_utf8_lossy(v.split(|b| *b == b'=').next().unwrap()).into_owned())
+            .collect();
+        assert_eq!(names, ["PATH"]);
     }
 
     fn request(root: &Path, t: UnikernelType, h: HypervisorKind) -> VmRequest {
