@@ -497,8 +497,8 @@ impl VmBackend {
             }
             if let Some(relative) = &req.cgroup {
                 let limits = Limits {
-                    memory_bytes: (resources.memory_limit_in_bytes > 0)
-                        .then(|| (new_mem + settings.vmm_memory_overhead_mib) * 1024 * 1024),
+                    memory_bytes: settings
+                        .cgroup_memory_bytes(resources.memory_limit_in_bytes, new_mem),
                     cpu_quota: resources.cpu_quota,
                     cpu_period: resources.cpu_period,
                     cpu_shares: resources.cpu_shares,

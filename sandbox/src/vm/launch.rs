@@ -85,6 +85,17 @@ pub struct VmSettings {
 }
 
 impl VmSettings {
+    /// The memory limit of the VMM's cgroup for a guest of `guest_mib` MiB: the guest's RAM
+    /// plus [`VmSettings::vmm_memory_overhead_mib`] where the container has a memory limit
+    /// (`memory_limit_bytes` > 0), none where it has not (see [`super::cgroup`]).
+    pub fn cgroup_memory_bytes(&self, memory_limit_bytes: i64, guest_mib: u64) -> Option<u64> {
+        (memory_limit_bytes > 0).then(|| {
+            guest_mib
+                .saturating_add(self.vmm_memory_overhead_mib)
+                .saturating_mul(1024 * 1024)
+        })
+    }
+
     /// Finds a monitor binary: its override (absolute, or a name searched in `binary_dirs`),
     /// else its own name in `binary_dirs`. `FailedPrecondition` naming it when absent.
     pub fn binary(&self, name: &str) -> Result<PathBuf, SandboxError> {
@@ -621,8 +632,7 @@ fn prepare_with(
     if let Some(rel) = &req.cgroup {
         let cg = VmCgroup::new(rel.clone());
         let limits = Limits {
-            memory_bytes: (req.memory_limit_bytes > 0)
-                .then(|| (mem + settings.vmm_memory_overhead_mib) * 1024 * 1024),
+            memory_bytes: settings.cgroup_memory_bytes(req.memory_limit_bytes, mem),
             cpu_quota: req.cpu_quota,
             cpu_period: req.cpu_period,
             cpu_shares: req.cpu_shares,
@@ -833,6 +843,23 @@ mod tests {
             binary_dirs: vec![bins],
             ..VmSettings::default()
         }
+    }
+
+    /// The VMM's cgroup gets the guest's RAM plus the VMM's overhead, and no limit where the
+    /// container has none; a huge configured overhead saturates instead of overflowing.
+    #[test]
+    fn cgroup_memory_is_the_guest_plus_the_overhead() {
+        let s = VmSettings {
+            vmm_memory_overhead_mib: 64,
+            ..VmSettings::default()
+        };
+        assert_eq!(s.cgroup_memory_bytes(256 << 20, 256), Some(320 << 20));
+        assert_eq!(s.cgroup_memory_bytes(0, 256), None);
+        let huge = VmSettings {
+            vmm_memory_overhead_mib: u64::MAX,
+            ..VmSettings::default()
+        };
+        assert_eq!(huge.cgroup_memory_bytes(1, 1), Some(u64::MAX));
     }
 
     /// qemu-img, like every child of crid, starts with `PATH` as its only variable.
