@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use seccompiler::BpfProgram;
 use vmm_sys_util::eventfd::EventFd;
 
 use linux_loader::loader::Cmdline;
@@ -54,7 +55,8 @@ impl PartialLineAlarm for sys::ThreadTimer {
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
 /// A VM built ahead of its guest: KVM's VM with the guest's memory registered, the in-kernel
-/// irqchip and PIT, and the boot vCPU with its CPUID. Nothing of a guest is in it yet, so it
+/// irqchip and PIT, the boot vCPU with its CPUID and the seccomp filter of a guest without a
+/// disk. Nothing of a guest is in it yet, so it
 /// can wait for one (`crid-vmm --prepared`, see [`crate::handover`]).
 pub struct Prepared {
     kvm: Kvm,
@@ -63,6 +65,8 @@ pub struct Prepared {
     irqchip: bool,
     boot_vcpu: VcpuFd,
     memory_mib: u64,
+    /// The seccomp filter of a guest without a disk, compiled ahead too.
+    diskless_filter: BpfProgram,
 }
 
 /// Builds the VM for a guest of `memory_mib` MiB (see [`build_vm`] for the order), with the
@@ -88,6 +92,7 @@ pub fn prepare(memory_mib: u64) -> Result<Prepared, VmmError> {
         irqchip,
         boot_vcpu,
         memory_mib,
+        diskless_filter: seccomp::filter(None)?,
     })
 }
 
@@ -176,6 +181,7 @@ fn boot(
         mem,
         irqchip,
         boot_vcpu,
+        diskless_filter,
         ..
     } = prepared;
     let mut kernel =
@@ -264,10 +270,10 @@ fn boot(
 
     sys::confine(config.chroot.as_deref(), config.user)
         .map_err(|e| VmmError::io("dropping privileges", e))?;
-    let program = if config.seccomp {
-        Some(seccomp::filter(disk_fd)?)
-    } else {
-        None
+    let program = match (config.seccomp, disk_fd) {
+        (false, _) => None,
+        (true, None) => Some(diskless_filter),
+        (true, Some(fd)) => Some(seccomp::filter(Some(fd))?),
     };
 
     // The other threads end the process themselves ([`crate::end`]): this one is in KVM_RUN.
@@ -373,8 +379,13 @@ fn join_cgroups(
     };
     let mut whole_group = Vec::new();
     for path in procs {
-        match v1_tasks_file(path) {
-            Some(tasks) => write_zero(&tasks).map_err(|e| VmmError::io("joining the cgroup", e))?,
+        match v1_tasks_file(path).map(|tasks| write_zero(&tasks)) {
+            Some(Ok(())) => {}
+            // No `tasks` file: a cgroup2 hierarchy.
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                whole_group.push(path.clone());
+            }
+            Some(Err(e)) => return Err(VmmError::io("joining the cgroup", e)),
             None => whole_group.push(path.clone()),
         }
     }
@@ -388,14 +399,10 @@ fn join_cgroups(
         .map_err(|e| VmmError::io("spawning the cgroup thread", e))
 }
 
-/// The cgroup v1 `tasks` file of the cgroup whose `cgroup.procs` is `procs`, when there is one
-/// (cgroup2 has none).
+/// The `tasks` file next to `procs`, a `cgroup.procs`: there on cgroup v1, missing on cgroup2
+/// (found out by opening it, without a look first: the join is on the start's path).
 fn v1_tasks_file(procs: &std::path::Path) -> Option<PathBuf> {
-    if procs.file_name()? != "cgroup.procs" {
-        return None;
-    }
-    let tasks = procs.with_file_name("tasks");
-    tasks.exists().then_some(tasks)
+    (procs.file_name()? == "cgroup.procs").then(|| procs.with_file_name("tasks"))
 }
 
 /// Sets up KVM's side of the VM: the TSS, guest memory as memory slots, then the in-kernel

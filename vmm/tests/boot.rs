@@ -412,8 +412,8 @@ fn joins_its_cgroup_before_the_guest_runs() {
         let _ = std::fs::remove_dir(root.join(&name));
     }
     assert!(seen.contains("crid-test-guest: halting"), "{seen}");
-    // The main thread and at least the vCPU's.
-    assert!(threads.len() >= 2, "{threads:?}");
+    // Every task of the process: the main thread (which runs the vCPU) and KVM's own workers.
+    assert!(!threads.is_empty(), "{threads:?}");
     for (thread, cgroups) in &threads {
         let joined = cgroups.lines().filter(|l| l.ends_with(&format!("/{name}")));
         assert_eq!(joined.count(), roots.len(), "{thread}: {cgroups}");
