@@ -21,9 +21,6 @@ use crate::pod::{
 };
 use crate::sys::{self, PodSys};
 
-/// `nobody`, the id the init of a pod-wide PID namespace runs as (`monitor::pidns`).
-const NOBODY: u32 = 65534;
-
 /// Size of each pod's shm tmpfs.
 pub const SHM_SIZE: u64 = 64 * 1024 * 1024;
 const INGRESS_ANNOTATION: &str = "kubernetes.io/ingress-bandwidth";
@@ -370,28 +367,11 @@ impl PodManager {
         }
     }
 
+    /// Checks the request ([`validate::pod`]) and, for a pod in its own user namespace, that
+    /// crid's directories let the namespace's root through; returns the pod's kind.
     fn validate(&self, config: &PodConfig) -> Result<PodKind, SandboxError> {
-        let m = &config.metadata;
-        if m.name.is_empty() || m.namespace.is_empty() || m.uid.is_empty() {
-            return Err(invalid("metadata needs name, namespace and uid"));
-        }
         let kind = self.kind_for_handler(&config.runtime_handler)?;
-        let ns = &config.namespaces;
-        if matches!(ns.network, NsMode::Container | NsMode::Target)
-            || matches!(ns.ipc, NsMode::Container | NsMode::Target)
-        {
-            return Err(invalid("network and IPC namespaces must be POD or NODE"));
-        }
-        if ns.pid == NsMode::Target && ns.target_id.is_empty() {
-            return Err(invalid("PID namespace TARGET needs a target id"));
-        }
-        let userns = ns
-            .user
-            .as_ref()
-            .map(validate::user_namespace)
-            .transpose()?
-            .flatten();
-        if userns.is_some() {
+        if validate::pod(config, kind, self.settings.cgroup_driver)?.is_some() {
             for dir in [&self.settings.root, &self.settings.state] {
                 if !sys::userns::searchable_by_others(dir) {
                     return Err(SandboxError::FailedPrecondition {
@@ -401,67 +381,6 @@ impl PodManager {
                         ),
                     });
                 }
-            }
-            if kind != PodKind::Runc {
-                return Err(invalid(format!(
-                    "runtime handler {:?} does not support user namespaces",
-                    config.runtime_handler
-                )));
-            }
-            // As Kubernetes: a pod in its own user namespace shares no namespace with the host
-            // (which that user namespace would not own).
-            if ns.network == NsMode::Node || ns.ipc == NsMode::Node || ns.pid == NsMode::Node {
-                return Err(invalid(
-                    "a pod with a user namespace cannot use the host's network, IPC or PID namespace",
-                ));
-            }
-            // The init of a pod-wide PID namespace runs as `nobody` inside the user namespace.
-            let maps_nobody = |m: &crate::pod::IdMapping| {
-                u64::from(m.container_id) + u64::from(m.length) > u64::from(NOBODY)
-            };
-            if ns.pid == NsMode::Pod
-                && userns.is_some_and(|u| !maps_nobody(&u.uid) || !maps_nobody(&u.gid))
-            {
-                return Err(invalid(format!(
-                    "a pod-wide PID namespace in a user namespace needs ids up to {NOBODY} mapped"
-                )));
-            }
-        }
-        for (key, value) in &config.sysctls {
-            match validate::sysctl(key, value)? {
-                SysctlNs::Net if ns.network == NsMode::Node => {
-                    return Err(invalid(format!(
-                        "sysctl {key} is not allowed in a host-network pod"
-                    )));
-                }
-                SysctlNs::Ipc if ns.ipc == NsMode::Node => {
-                    return Err(invalid(format!(
-                        "sysctl {key} is not allowed in a host-IPC pod"
-                    )));
-                }
-                _ => {}
-            }
-        }
-        validate::cgroup_parent(self.settings.cgroup_driver, &config.cgroup_parent)?;
-        let dns = &config.dns;
-        for word in dns.servers.iter().chain(&dns.searches).chain(&dns.options) {
-            if !files::valid_dns_word(word) {
-                return Err(invalid(format!("invalid DNS config entry {word:?}")));
-            }
-        }
-        for s in &dns.servers {
-            if s.parse::<IpAddr>().is_err() {
-                return Err(invalid(format!("DNS server {s:?} is not an IP address")));
-            }
-        }
-        pod_hostname(config)?;
-        for p in &config.port_mappings {
-            let port_ok = |p: i32| (0..=65535).contains(&p);
-            if !port_ok(p.host_port) || !(1..=65535).contains(&p.container_port) {
-                return Err(invalid(format!("invalid port mapping {p:?}")));
-            }
-            if !p.host_ip.is_empty() && p.host_ip.parse::<IpAddr>().is_err() {
-                return Err(invalid(format!("invalid host IP {:?}", p.host_ip)));
             }
         }
         self.capabilities(config)?;
@@ -605,7 +524,7 @@ impl PodManager {
         // The record goes to disk first, so a crash from here on leaves something to remove.
         self.store.save(record)?;
 
-        let hostname = pod_hostname(&config)?;
+        let hostname = validate::hostname(&config)?;
         let effective_hostname = if record.host_network() {
             sys::node_hostname()
         } else {
@@ -969,31 +888,6 @@ fn source_text(e: &SandboxError) -> String {
 
 fn pod_name(m: &PodMetadata) -> String {
     format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
-}
-
-/// The hostname of the pod's UTS namespace: the one the config names (at most 64 characters,
-/// letters, digits, `-`, `.`, `_`), else [`files::hostname_from_name`] of the pod's name.
-fn pod_hostname(config: &PodConfig) -> Result<String, SandboxError> {
-    let valid = |h: &str| {
-        !h.is_empty()
-            && h.len() <= 64
-            && h.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-    };
-    if !config.hostname.is_empty() {
-        if !valid(&config.hostname) {
-            return Err(invalid(format!("invalid hostname {:?}", config.hostname)));
-        }
-        return Ok(config.hostname.clone());
-    }
-    let derived = files::hostname_from_name(&config.metadata.name);
-    if !valid(&derived) {
-        return Err(invalid(format!(
-            "the pod has no hostname and its name {:?} does not give one",
-            config.metadata.name
-        )));
-    }
-    Ok(derived)
 }
 
 fn pod_args(id: &str, m: &PodMetadata) -> PodArgs {

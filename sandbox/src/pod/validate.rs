@@ -1,11 +1,18 @@
-//! Checks on untrusted pod configuration: sysctls, cgroup parents, bandwidth annotations,
-//! user namespace mappings.
+//! Checks on untrusted pod configuration, made before anything is created: metadata,
+//! namespaces, user namespace mappings, sysctls, cgroup parents, DNS, hostnames, port mappings
+//! and bandwidth annotations.
+
+use std::net::IpAddr;
 
 use crate::error::SandboxError;
-use crate::pod::{CgroupDriver, IdMapping, NsMode, PodUserns, UsernsOptions};
+use crate::pod::{
+    CgroupDriver, IdMapping, NsMode, PodConfig, PodKind, PodUserns, UsernsOptions, files,
+};
 
-fn invalid(reason: String) -> SandboxError {
-    SandboxError::InvalidArgument { reason }
+fn invalid(reason: impl Into<String>) -> SandboxError {
+    SandboxError::InvalidArgument {
+        reason: reason.into(),
+    }
 }
 
 /// Which namespace a sysctl lives in.
@@ -85,6 +92,122 @@ pub fn cgroup_parent(driver: CgroupDriver, parent: &str) -> Result<(), SandboxEr
         }
     }
     Ok(())
+}
+
+/// `nobody`, the id the init of a pod-wide PID namespace runs as (`monitor::pidns`).
+const NOBODY: u32 = 65534;
+
+/// Checks a pod's configuration for a pod of `kind` under cgroup `driver`, as far as it needs
+/// no host state: metadata, namespace modes, the user namespace (a runc pod's only, sharing
+/// no namespace with the host, mapping `nobody` where the pod has its own PID namespace),
+/// sysctls against the namespaces they live in, the cgroup parent, DNS, the hostname and port
+/// mappings. Returns the pod's user namespace.
+pub fn pod(
+    config: &PodConfig,
+    kind: PodKind,
+    driver: CgroupDriver,
+) -> Result<Option<PodUserns>, SandboxError> {
+    let m = &config.metadata;
+    if m.name.is_empty() || m.namespace.is_empty() || m.uid.is_empty() {
+        return Err(invalid("metadata needs name, namespace and uid"));
+    }
+    let ns = &config.namespaces;
+    if matches!(ns.network, NsMode::Container | NsMode::Target)
+        || matches!(ns.ipc, NsMode::Container | NsMode::Target)
+    {
+        return Err(invalid("network and IPC namespaces must be POD or NODE"));
+    }
+    if ns.pid == NsMode::Target && ns.target_id.is_empty() {
+        return Err(invalid("PID namespace TARGET needs a target id"));
+    }
+    let userns = ns.user.as_ref().map(user_namespace).transpose()?.flatten();
+    if let Some(u) = userns {
+        if kind != PodKind::Runc {
+            return Err(invalid(format!(
+                "runtime handler {:?} does not support user namespaces",
+                config.runtime_handler
+            )));
+        }
+        // As Kubernetes: a pod in its own user namespace shares no namespace with the host
+        // (which that user namespace would not own).
+        if ns.network == NsMode::Node || ns.ipc == NsMode::Node || ns.pid == NsMode::Node {
+            return Err(invalid(
+                "a pod with a user namespace cannot use the host's network, IPC or PID namespace",
+            ));
+        }
+        // The init of a pod-wide PID namespace runs as `nobody` inside the user namespace.
+        let maps_nobody = |m: &crate::pod::IdMapping| {
+            u64::from(m.container_id) + u64::from(m.length) > u64::from(NOBODY)
+        };
+        if ns.pid == NsMode::Pod && (!maps_nobody(&u.uid) || !maps_nobody(&u.gid)) {
+            return Err(invalid(format!(
+                "a pod-wide PID namespace in a user namespace needs ids up to {NOBODY} mapped"
+            )));
+        }
+    }
+    for (key, value) in &config.sysctls {
+        match sysctl(key, value)? {
+            SysctlNs::Net if ns.network == NsMode::Node => {
+                return Err(invalid(format!(
+                    "sysctl {key} is not allowed in a host-network pod"
+                )));
+            }
+            SysctlNs::Ipc if ns.ipc == NsMode::Node => {
+                return Err(invalid(format!(
+                    "sysctl {key} is not allowed in a host-IPC pod"
+                )));
+            }
+            _ => {}
+        }
+    }
+    cgroup_parent(driver, &config.cgroup_parent)?;
+    let dns = &config.dns;
+    for word in dns.servers.iter().chain(&dns.searches).chain(&dns.options) {
+        if !files::valid_dns_word(word) {
+            return Err(invalid(format!("invalid DNS config entry {word:?}")));
+        }
+    }
+    for s in &dns.servers {
+        if s.parse::<IpAddr>().is_err() {
+            return Err(invalid(format!("DNS server {s:?} is not an IP address")));
+        }
+    }
+    hostname(config)?;
+    for p in &config.port_mappings {
+        let port_ok = |p: i32| (0..=65535).contains(&p);
+        if !port_ok(p.host_port) || !(1..=65535).contains(&p.container_port) {
+            return Err(invalid(format!("invalid port mapping {p:?}")));
+        }
+        if !p.host_ip.is_empty() && p.host_ip.parse::<IpAddr>().is_err() {
+            return Err(invalid(format!("invalid host IP {:?}", p.host_ip)));
+        }
+    }
+    Ok(userns)
+}
+
+/// The hostname of the pod's UTS namespace: the one the config names (at most 64 characters,
+/// letters, digits, `-`, `.`, `_`), else [`files::hostname_from_name`] of the pod's name.
+pub fn hostname(config: &PodConfig) -> Result<String, SandboxError> {
+    let valid = |h: &str| {
+        !h.is_empty()
+            && h.len() <= 64
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    };
+    if !config.hostname.is_empty() {
+        if !valid(&config.hostname) {
+            return Err(invalid(format!("invalid hostname {:?}", config.hostname)));
+        }
+        return Ok(config.hostname.clone());
+    }
+    let derived = files::hostname_from_name(&config.metadata.name);
+    if !valid(&derived) {
+        return Err(invalid(format!(
+            "the pod has no hostname and its name {:?} does not give one",
+            config.metadata.name
+        )));
+    }
+    Ok(derived)
 }
 
 /// The pod user namespace a CRI `UserNamespace` asks for: `None` for `NODE` (the host's, no
