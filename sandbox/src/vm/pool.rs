@@ -102,6 +102,8 @@ pub type Prepare<E> = Box<dyn Fn() -> std::io::Result<E> + Send + Sync>;
 /// The prepared entries and their refilling.
 pub struct Pool<E: Entry> {
     size: usize,
+    /// How long a refill waits after a take ([`REFILL_DELAY`] unless set).
+    refill_delay: Duration,
     /// The guest size every entry is prepared for, in MiB.
     memory_mib: u64,
     prepare: Prepare<E>,
@@ -114,10 +116,19 @@ impl<E: Entry> Pool<E> {
     pub fn new(size: usize, memory_mib: u64, prepare: Prepare<E>) -> Pool<E> {
         Pool {
             size: size.min(MAX_SIZE),
+            refill_delay: REFILL_DELAY,
             memory_mib,
             prepare,
             ready: Ready::new(),
             failed_at: Mutex::new(None),
+        }
+    }
+
+    /// The pool with refills waiting `delay` after a take instead of [`REFILL_DELAY`].
+    pub fn with_refill_delay(self, delay: Duration) -> Pool<E> {
+        Pool {
+            refill_delay: delay,
+            ..self
         }
     }
 
@@ -135,7 +146,7 @@ impl<E: Entry> Pool<E> {
         self.ready.take(E::alive)
     }
 
-    /// [`Pool::take`], then a [`Pool::refill`] after [`REFILL_DELAY`] when the guest is of the
+    /// [`Pool::take`], then a [`Pool::refill`] after the refill delay when the guest is of the
     /// pool's size, hit or miss: the first such guest fills the pool, so a node that runs
     /// none prepares none.
     pub fn take_and_refill(self: &Arc<Self>, memory_mib: u64) -> Option<E> {
@@ -143,7 +154,7 @@ impl<E: Entry> Pool<E> {
             return None;
         }
         let entry = self.take(memory_mib);
-        self.refill(REFILL_DELAY);
+        self.refill(self.refill_delay);
         entry
     }
 
@@ -309,6 +320,20 @@ mod tests {
             assert!(Instant::now() < deadline, "never filled");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_pool_may_wait_longer_before_it_refills() {
+        let (p, c) = pool(1);
+        let p = Arc::new(
+            Arc::into_inner(p)
+                .unwrap()
+                .with_refill_delay(Duration::from_millis(300)),
+        );
+        assert!(p.take_and_refill(256).is_none());
+        tokio::time::sleep(REFILL_DELAY * 2).await;
+        assert_eq!(c.made.load(Ordering::SeqCst), 0, "not yet");
+        until_filled(&p, &c, 1, 1).await;
     }
 
     #[tokio::test]

@@ -44,6 +44,13 @@ use super::{Accelerator, MacAddr, VmSpec, qmp};
 use crate::monitor::Launch;
 use crate::monitor::prepared::{self, PreparedMonitor};
 
+/// How long a refill waits after an entry was taken: QEMU's own start (its loader, KVM's
+/// set-up; about 100 ms of CPU here) would compete with the guest that took the entry, whose
+/// hand-over, resume and firmware follow the take within about 150 ms on this loaded 2-core
+/// host. Measured with crid-bench (README, Performance): 20 ms, crid-vmm's delay, put the
+/// refill in the middle of that start.
+const REFILL_DELAY: Duration = Duration::from_millis(300);
+
 /// How long a prepared QEMU may take to answer on its QMP socket.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -183,7 +190,9 @@ pub fn on_host(
     };
     let prepare: Prepare<QemuEntry> = Box::new(move || maker.make());
     Some(Arc::new(QemuPool {
-        pool: Arc::new(Pool::new(settings.qemu_pool, memory_mib, prepare)),
+        pool: Arc::new(
+            Pool::new(settings.qemu_pool, memory_mib, prepare).with_refill_delay(REFILL_DELAY),
+        ),
         netns,
         _netns_fd: Arc::new(netns_fd),
         qemu,
