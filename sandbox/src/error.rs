@@ -137,3 +137,10 @@ impl SandboxError {
         }
     }
 }
+
+/// The caller's mistake, `reason` saying which: `INVALID_ARGUMENT`.
+pub(crate) fn invalid(reason: impl Into<String>) -> SandboxError {
+    SandboxError::InvalidArgument {
+        reason: reason.into(),
+    }
+}

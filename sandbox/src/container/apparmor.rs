@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::container::config::{AppArmorProfile, SecurityContext};
-use crate::error::SandboxError;
+use crate::error::{SandboxError, invalid};
 
 /// The name of crid's default profile.
 pub const DEFAULT_PROFILE: &str = "crid-default";
@@ -18,10 +18,6 @@ pub const DEFAULT_PROFILE: &str = "crid-default";
 pub fn host_enabled() -> bool {
     std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
         .is_ok_and(|v| v.trim() == "Y")
-}
-
-fn invalid(reason: String) -> SandboxError {
-    SandboxError::InvalidArgument { reason }
 }
 
 /// Checks a requested profile against the host (at CreateContainer, before anything is made).

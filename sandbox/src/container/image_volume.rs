@@ -17,13 +17,10 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use super::config::{ImageVolume, MountSpec, PodUsernsJoin};
 use crate::SandboxError;
+use crate::error::invalid;
 
 /// The directory under a container's directory that holds its image volumes.
 const VOLUMES: &str = "volumes";
-
-fn invalid(reason: String) -> SandboxError {
-    SandboxError::InvalidArgument { reason }
-}
 
 /// `e` as the failure of the image volume at `m` (the message kubelet recognises).
 fn failed(m: &MountSpec, e: SandboxError) -> SandboxError {
@@ -46,10 +43,10 @@ fn check(m: &MountSpec, image: &ImageVolume) -> Result<(), SandboxError> {
         )));
     }
     if !m.readonly {
-        return Err(invalid("an image volume must be read-only".into()));
+        return Err(invalid("an image volume must be read-only"));
     }
     if image.reference.is_empty() {
-        return Err(invalid("no image named".into()));
+        return Err(invalid("no image named"));
     }
     let sub = Path::new(&image.sub_path);
     if sub

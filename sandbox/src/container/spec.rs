@@ -21,8 +21,9 @@ use super::config::{
     SeccompProfile,
 };
 use super::user::ResolvedUser;
-use super::validate::{check_resources, invalid, localhost_profile};
+use super::validate::{check_resources, localhost_profile};
 use crate::SandboxError;
+use crate::error::invalid;
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 

@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use super::caps::parse_capability;
 use super::config::{ContainerConfig, PodContext, Propagation, Resources, SeccompProfile};
 use crate::SandboxError;
+use crate::error::invalid;
 
 /// The smallest memory limit accepted (Docker's `linuxMinMemory`): runc's own init is charged
 /// to the container's cgroup, so below this runc cannot even start the container.
@@ -18,13 +19,6 @@ pub const MAX_ARG_LEN: usize = 128 << 10;
 /// The most bytes of argv and environment together (a quarter of the default 8 MiB stack
 /// limit is what execve allows; half of that leaves room for the image's own).
 pub const MAX_ARGS_TOTAL: usize = 1 << 20;
-
-/// The request's own fault: `INVALID_ARGUMENT`.
-pub(super) fn invalid(reason: impl Into<String>) -> SandboxError {
-    SandboxError::InvalidArgument {
-        reason: reason.into(),
-    }
-}
 
 /// Whether `p` is absolute and has no `..` component.
 fn clean_absolute(p: &str) -> bool {

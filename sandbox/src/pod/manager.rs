@@ -11,7 +11,7 @@ use cni::netns::NsKind;
 use cni::{Attachment, Bandwidth, Capabilities, Cni, DnsCapability, PodArgs};
 use tokio::sync::watch;
 
-use crate::error::SandboxError;
+use crate::error::{SandboxError, invalid};
 use crate::pod::store::PodStore;
 use crate::pod::validate::{self, SysctlNs};
 use crate::pod::warm::{WarmNet, WarmPool};
@@ -119,12 +119,6 @@ fn sweep_orphans(state: &Path, pods: &HashMap<String, Arc<Entry>>, sys: &dyn Pod
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(path = %dir.display(), error = %e, "cannot remove pod directory");
         }
-    }
-}
-
-fn invalid(reason: impl Into<String>) -> SandboxError {
-    SandboxError::InvalidArgument {
-        reason: reason.into(),
     }
 }
 

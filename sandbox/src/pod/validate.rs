@@ -4,16 +4,10 @@
 
 use std::net::IpAddr;
 
-use crate::error::SandboxError;
+use crate::error::{SandboxError, invalid};
 use crate::pod::{
     CgroupDriver, IdMapping, NsMode, PodConfig, PodKind, PodUserns, UsernsOptions, files,
 };
-
-fn invalid(reason: impl Into<String>) -> SandboxError {
-    SandboxError::InvalidArgument {
-        reason: reason.into(),
-    }
-}
 
 /// Which namespace a sysctl lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
