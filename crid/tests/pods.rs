@@ -176,25 +176,8 @@ impl Crid {
 
 fn pod(name: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "test".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
         labels: HashMap::from([("app".to_string(), name.to_string())]),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
+        ..common::net_pod(name, "test")
     }
 }
 

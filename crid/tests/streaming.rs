@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -63,27 +62,7 @@ async fn start(tag: u8) -> (Net, Crid) {
 /// This file's pod and port-forward helpers on the shared [`Crid`].
 impl Crid {
     async fn run_streaming_pod(&self, name: &str) -> String {
-        let config = cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "streaming".into(),
-                attempt: 0,
-            }),
-            hostname: name.into(),
-            labels: HashMap::new(),
-            linux: Some(cri::LinuxPodSandboxConfig {
-                security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        pid: cri::NamespaceMode::Container as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let config = common::net_pod(name, "streaming");
         self.run_pod_under(&config, "").await
     }
 

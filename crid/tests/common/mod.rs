@@ -1219,29 +1219,54 @@ impl Drop for Leftovers {
     }
 }
 
-/// A host-network pod (no CNI needed) with its own PID namespace, logging under `log_dir`.
-pub fn host_net_pod(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
+/// A pod `name` of Kubernetes namespace `namespace` with the namespaces `options` give (a pod
+/// network, CNI's, unless they say `NODE`), hostname `name`.
+pub fn pod_with(
+    name: &str,
+    namespace: &str,
+    options: cri::NamespaceOption,
+) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: name.into(),
             uid: format!("uid-{name}"),
-            namespace: "test".into(),
+            namespace: namespace.into(),
             attempt: 0,
         }),
         hostname: name.into(),
-        log_directory: log_dir.display().to_string(),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: cri::NamespaceMode::Node as i32,
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
+                namespace_options: Some(options),
                 ..Default::default()
             }),
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// A pod in a pod network (CNI) with its own PID namespace.
+pub fn net_pod(name: &str, namespace: &str) -> cri::PodSandboxConfig {
+    pod_with(
+        name,
+        namespace,
+        cri::NamespaceOption {
+            pid: cri::NamespaceMode::Container as i32,
+            ..Default::default()
+        },
+    )
+}
+
+/// A host-network pod (no CNI needed) with its own PID namespace, logging under `log_dir`.
+pub fn host_net_pod(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
+    let options = cri::NamespaceOption {
+        network: cri::NamespaceMode::Node as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ..Default::default()
+    };
+    cri::PodSandboxConfig {
+        log_directory: log_dir.display().to_string(),
+        ..pod_with(name, "test", options)
     }
 }
 
