@@ -79,19 +79,43 @@ fn guest_output_and_exit_code_as_nobody_in_an_empty_chroot() {
     assert_eq!(zero.status.code(), Some(0));
 }
 
+/// A VMM that a failed assertion must not leave running: killed and reaped when dropped.
+struct Running(std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Spawns the VMM with its stdout piped and reads the guest's serial output until the guest
 /// says it is halting, the output ends or 20 s pass; returns the child and what it printed.
-fn spawn_until_halting(vmm: Command) -> (std::process::Child, String) {
+fn spawn_until_halting(vmm: Command) -> (Running, String) {
     spawn_until(vmm, "halting")
 }
 
 /// [`spawn_until_halting`] until the output holds `marker`.
-fn spawn_until(mut vmm: Command, marker: &str) -> (std::process::Child, String) {
-    let mut child = vmm
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+fn spawn_until(mut vmm: Command, marker: &str) -> (Running, String) {
+    let mut child = Running(
+        vmm.stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut stdout = child.stdout.take().unwrap();
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
