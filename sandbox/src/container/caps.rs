@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use oci_spec::runtime::{Capabilities, Capability};
 
-use crate::SandboxError;
+use crate::error::{SandboxError, invalid};
 
 /// Capabilities a non-privileged container gets by default (containerd's and Docker's set).
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
@@ -76,9 +76,7 @@ pub const ALL_CAPABILITIES: &[&str] = &[
 pub fn parse_capability(name: &str) -> Result<Capability, SandboxError> {
     let upper = name.to_ascii_uppercase();
     let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
-    Capability::from_str(bare).map_err(|_| SandboxError::InvalidArgument {
-        reason: format!("unknown capability {name:?}"),
-    })
+    Capability::from_str(bare).map_err(|_| invalid(format!("unknown capability {name:?}")))
 }
 
 /// The capability set the process gets.

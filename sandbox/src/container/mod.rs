@@ -57,7 +57,7 @@ pub use self::record::{
 use self::record::{now_ns, runtime_err};
 pub use self::runc::RuncBackend;
 pub use self::vm::VmBackend;
-use crate::SandboxError;
+use crate::error::{SandboxError, invalid};
 use crate::pod::{CgroupDriver, PodRecord};
 use crate::runc::{ExecOutput, OciRuntimes, Runc};
 
@@ -335,9 +335,7 @@ fn stop_signal(name: &str) -> Result<String, SandboxError> {
     {
         Ok(format!("SIG{bare}"))
     } else {
-        Err(SandboxError::InvalidArgument {
-            reason: format!("invalid stop signal {name:?}"),
-        })
+        Err(invalid(format!("invalid stop signal {name:?}")))
     }
 }
 
@@ -908,9 +906,7 @@ impl ContainerManager {
             });
         }
         if cmd.is_empty() {
-            return Err(SandboxError::InvalidArgument {
-                reason: "exec command is empty".into(),
-            });
+            return Err(invalid("exec command is empty"));
         }
         self.backend(&r).exec_sync(&r, cmd, timeout).await
     }

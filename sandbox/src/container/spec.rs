@@ -22,8 +22,7 @@ use super::config::{
 };
 use super::user::ResolvedUser;
 use super::validate::{check_resources, localhost_profile};
-use crate::SandboxError;
-use crate::error::invalid;
+use crate::error::{SandboxError, invalid};
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -79,10 +78,8 @@ impl ImageConfig {
         if config_json.trim().is_empty() {
             return Ok(ImageConfig::default());
         }
-        let outer: Outer =
-            serde_json::from_str(config_json).map_err(|e| SandboxError::InvalidArgument {
-                reason: format!("image config is not valid JSON: {e}"),
-            })?;
+        let outer: Outer = serde_json::from_str(config_json)
+            .map_err(|e| invalid(format!("image config is not valid JSON: {e}")))?;
         Ok(outer.config.unwrap_or_default())
     }
 }
@@ -347,12 +344,8 @@ fn rlimits(limits: &[Rlimit]) -> Result<Vec<PosixRlimit>, SandboxError> {
     limits
         .iter()
         .map(|l| {
-            let typ: PosixRlimitType =
-                serde_json::from_value(serde_json::json!(l.kind)).map_err(|_| {
-                    SandboxError::InvalidArgument {
-                        reason: format!("unknown rlimit {:?}", l.kind),
-                    }
-                })?;
+            let typ: PosixRlimitType = serde_json::from_value(serde_json::json!(l.kind))
+                .map_err(|_| invalid(format!("unknown rlimit {:?}", l.kind)))?;
             PosixRlimitBuilder::default()
                 .typ(typ)
                 .hard(l.hard)
@@ -372,9 +365,10 @@ fn oci_hooks(hooks: &OciHooks) -> Result<Hooks, SandboxError> {
         hs.iter()
             .map(|h| {
                 if !h.path.starts_with('/') {
-                    return Err(SandboxError::InvalidArgument {
-                        reason: format!("OCI hook path {:?} is not absolute", h.path),
-                    });
+                    return Err(invalid(format!(
+                        "OCI hook path {:?} is not absolute",
+                        h.path
+                    )));
                 }
                 let mut b = HookBuilder::default().path(&h.path);
                 if !h.args.is_empty() {

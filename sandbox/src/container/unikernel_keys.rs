@@ -29,7 +29,7 @@ use imagestore::unikernel::{self, KEY_PREFIX, VIRTIO_KEY};
 use imagestore::{ImageError, UnikernelInfo};
 
 use super::config::{ImageInfo, PodContext};
-use crate::SandboxError;
+use crate::error::{SandboxError, invalid};
 
 /// Where an annotation that set a key came from, as verbose status shows it.
 const POD: &str = "pod annotation";
@@ -62,13 +62,11 @@ pub(super) fn tune(
             .copied()
             .or(virtio)
         {
-            return Err(SandboxError::InvalidArgument {
-                reason: format!(
-                    "{CONTAINER} {key}: image {} is not a unikernel image; urunc's keys (and \
-                     crid's {VIRTIO_KEY}) tune a unikernel image's guest, they do not make one",
-                    image.reference
-                ),
-            });
+            return Err(invalid(format!(
+                "{CONTAINER} {key}: image {} is not a unikernel image; urunc's keys (and \
+                 crid's {VIRTIO_KEY}) tune a unikernel image's guest, they do not make one",
+                image.reference
+            )));
         }
         return Ok(image);
     };
@@ -88,9 +86,7 @@ pub(super) fn tune(
 /// An error about one key, with the annotations it came from.
 fn named(level: &'static str) -> impl Fn(ImageError) -> SandboxError {
     move |e| match e {
-        ImageError::InvalidUnikernel { key, reason } => SandboxError::InvalidArgument {
-            reason: format!("{level} {key}: {reason}"),
-        },
+        ImageError::InvalidUnikernel { key, reason } => invalid(format!("{level} {key}: {reason}")),
         other => SandboxError::Image(other),
     }
 }

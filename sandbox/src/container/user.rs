@@ -5,7 +5,7 @@
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use crate::SandboxError;
+use crate::error::{SandboxError, invalid};
 
 /// The largest uid/gid crid accepts (user namespaces are not used; Kubernetes refuses more).
 pub const MAX_ID: i64 = i32::MAX as i64;
@@ -137,9 +137,7 @@ fn read_limited(path: &Path) -> Option<String> {
 
 fn check_id(what: &str, v: i64) -> Result<u32, SandboxError> {
     if !(0..=MAX_ID).contains(&v) {
-        return Err(SandboxError::InvalidArgument {
-            reason: format!("{what} {v} is out of range 0..={MAX_ID}"),
-        });
+        return Err(invalid(format!("{what} {v} is out of range 0..={MAX_ID}")));
     }
     Ok(v as u32)
 }
@@ -147,9 +145,9 @@ fn check_id(what: &str, v: i64) -> Result<u32, SandboxError> {
 fn parse_id(what: &str, s: &str) -> Result<Option<u32>, SandboxError> {
     match s.parse::<i64>() {
         Ok(v) => check_id(what, v).map(Some),
-        Err(_) if s.chars().all(|c| c.is_ascii_digit()) => Err(SandboxError::InvalidArgument {
-            reason: format!("{what} {s} is out of range"),
-        }),
+        Err(_) if s.chars().all(|c| c.is_ascii_digit()) => {
+            Err(invalid(format!("{what} {s} is out of range")))
+        }
         Err(_) => Ok(None),
     }
 }
@@ -219,9 +217,9 @@ pub fn resolve(
         )
     } else {
         let entry = passwd.iter().find(|p| p.name == user_part).ok_or_else(|| {
-            SandboxError::InvalidArgument {
-                reason: format!("user {user_part:?} is not in the image's /etc/passwd"),
-            }
+            invalid(format!(
+                "user {user_part:?} is not in the image's /etc/passwd"
+            ))
         })?;
         check_id("uid", i64::from(entry.uid))?;
         (entry.uid, entry.gid, Some(entry.name.clone()))
@@ -233,8 +231,8 @@ pub fn resolve(
                 groups
                     .iter()
                     .find(|e| e.name == g)
-                    .ok_or_else(|| SandboxError::InvalidArgument {
-                        reason: format!("group {g:?} is not in the image's /etc/group"),
+                    .ok_or_else(|| {
+                        invalid(format!("group {g:?} is not in the image's /etc/group"))
                     })?
                     .gid
             }

@@ -24,7 +24,7 @@ use nix::mount::{MntFlags, MsFlags};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use super::record::runtime_err;
-use crate::SandboxError;
+use crate::error::{SandboxError, invalid};
 use crate::vm::guestfiles::{self, GuestMount};
 use crate::vm::virtiofs::SharedRoot;
 
@@ -166,11 +166,9 @@ fn relative(container_path: &str) -> Result<String, SandboxError> {
             .all(|c| !matches!(c, std::path::Component::ParentDir));
     let rel = container_path.trim_start_matches('/').trim_end_matches('/');
     if !ok || rel.is_empty() {
-        return Err(SandboxError::InvalidArgument {
-            reason: format!(
-                "mount container path {container_path:?} is not absolute, is the root or contains '..'"
-            ),
-        });
+        return Err(invalid(format!(
+            "mount container path {container_path:?} is not absolute, is the root or contains '..'"
+        )));
     }
     Ok(rel.to_owned())
 }

@@ -15,7 +15,7 @@ use std::str::FromStr;
 use imagestore::{HypervisorKind, UnikernelType};
 use serde::{Deserialize, Serialize};
 
-use crate::SandboxError;
+use crate::error::{SandboxError, invalid};
 
 /// The configured policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -34,9 +34,9 @@ impl FromStr for AcceleratorMode {
             "auto" => Ok(Self::Auto),
             "kvm" => Ok(Self::Kvm),
             "tcg" => Ok(Self::Tcg),
-            _ => Err(SandboxError::InvalidArgument {
-                reason: format!("vm.accelerator must be auto, kvm or tcg, not {s:?}"),
-            }),
+            _ => Err(invalid(format!(
+                "vm.accelerator must be auto, kvm or tcg, not {s:?}"
+            ))),
         }
     }
 }

@@ -15,7 +15,7 @@
 use imagestore::{HypervisorKind, UnikernelType};
 
 use super::VmSpec;
-use crate::SandboxError;
+use crate::error::{SandboxError, invalid};
 
 /// The first Unikraft release that takes `netdev.ip=` and `env.vars`.
 const UNIKRAFT_CURRENT: (u64, u64, u64) = (0, 16, 1);
@@ -38,9 +38,7 @@ pub fn guest_cmdline(spec: &VmSpec, extra: &[&str]) -> Result<String, SandboxErr
     }
     for (k, v) in &spec.env {
         if k.is_empty() || k.contains('=') || k.chars().any(char::is_whitespace) {
-            return Err(SandboxError::InvalidArgument {
-                reason: format!("invalid environment variable name {k:?}"),
-            });
+            return Err(invalid(format!("invalid environment variable name {k:?}")));
         }
         check_token(k, "environment variable name")?;
         check_token(v, "environment variable value")?;
@@ -74,11 +72,9 @@ pub fn workload_argv(args: &[String], image_cmdline: &str) -> Vec<String> {
 
 fn check_token(s: &str, what: &str) -> Result<(), SandboxError> {
     if s.chars().any(|c| c.is_control() || c == '"') {
-        return Err(SandboxError::InvalidArgument {
-            reason: format!(
-                "{what} {s:?} contains a control character or '\"', which a guest command line cannot carry"
-            ),
-        });
+        return Err(invalid(format!(
+            "{what} {s:?} contains a control character or '\"', which a guest command line cannot carry"
+        )));
     }
     Ok(())
 }
@@ -109,12 +105,10 @@ fn linux_fitting(spec: &VmSpec, argv: &[String], extra: &[&str]) -> Result<Strin
             return Ok(without);
         }
     }
-    Err(SandboxError::InvalidArgument {
-        reason: format!(
-            "the guest's kernel command line would be {} bytes; Linux keeps {LINUX_MAX}",
-            line.len()
-        ),
-    })
+    Err(invalid(format!(
+        "the guest's kernel command line would be {} bytes; Linux keeps {LINUX_MAX}",
+        line.len()
+    )))
 }
 
 fn linux(spec: &VmSpec, argv: &[String], extra: &[&str]) -> String {
@@ -301,12 +295,10 @@ fn simple(
     let mut parts = spec.net.as_ref().map(net_args).unwrap_or_default();
     for a in argv {
         if a.is_empty() || a.chars().any(char::is_whitespace) {
-            return Err(SandboxError::InvalidArgument {
-                reason: format!(
-                    "{} guests cannot take an argument with whitespace: {a:?}",
-                    spec.info.unikernel_type.as_str()
-                ),
-            });
+            return Err(invalid(format!(
+                "{} guests cannot take an argument with whitespace: {a:?}",
+                spec.info.unikernel_type.as_str()
+            )));
         }
         parts.push(a.clone());
     }

@@ -24,7 +24,7 @@ use super::{
     Hypervisor, LaunchPlan, VmSpec, cmdline::guest_cmdline, path_arg, qemu::check_ifname,
     require_kvm, resolve_in_layers,
 };
-use crate::SandboxError;
+use crate::error::{SandboxError, invalid};
 
 pub const BINARY: &str = "crid-vmm";
 
@@ -75,9 +75,7 @@ impl Hypervisor for CridVmm {
         }
         if let Some((uid, gid)) = spec.vmm_user {
             if uid == 0 || gid == 0 {
-                return Err(SandboxError::InvalidArgument {
-                    reason: "the VMM user must not be root".into(),
-                });
+                return Err(invalid("the VMM user must not be root"));
             }
             args.extend(["--user".into(), format!("{uid}:{gid}")]);
         }

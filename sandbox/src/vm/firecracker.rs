@@ -11,7 +11,7 @@ use super::{
     Hypervisor, LaunchPlan, PlanFile, VmSpec, cmdline::guest_cmdline, path_arg, qemu::check_ifname,
     require_kvm,
 };
-use crate::SandboxError;
+use crate::error::{SandboxError, invalid};
 
 pub const BINARY: &str = "firecracker";
 pub const CONFIG_FILE: &str = "firecracker.json";
@@ -65,10 +65,8 @@ impl Hypervisor for Firecracker {
             }]);
         }
         let path = spec.run_dir.join(CONFIG_FILE);
-        let contents =
-            serde_json::to_string_pretty(&config).map_err(|e| SandboxError::InvalidArgument {
-                reason: format!("firecracker config: {e}"),
-            })?;
+        let contents = serde_json::to_string_pretty(&config)
+            .map_err(|e| invalid(format!("firecracker config: {e}")))?;
         let args = vec![
             "--no-api".into(),
             "--config-file".into(),

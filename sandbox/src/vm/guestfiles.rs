@@ -34,7 +34,7 @@ use std::path::{Component, Path, PathBuf};
 use imagestore::{UnikernelInfo, UnikernelType};
 use serde::{Deserialize, Serialize};
 
-use crate::SandboxError;
+use crate::error::{SandboxError, invalid};
 
 /// Upper bound of the file data copied into one guest.
 pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -73,9 +73,7 @@ pub fn takes_files(info: &UnikernelInfo) -> bool {
 /// Checks a mount's container path: absolute, no `..`, no empty name; returns it normalised
 /// (without a leading `/`, `.` components dropped).
 fn guest_path(p: &str) -> Result<String, SandboxError> {
-    let bad = |why: &str| SandboxError::InvalidArgument {
-        reason: format!("mount container path {p:?} {why}"),
-    };
+    let bad = |why: &str| invalid(format!("mount container path {p:?} {why}"));
     if !p.starts_with('/') {
         return Err(bad("is not absolute"));
     }
@@ -191,13 +189,11 @@ fn read_bounded(path: &Path, used: u64) -> Result<Vec<u8>, SandboxError> {
 }
 
 fn too_big() -> SandboxError {
-    SandboxError::InvalidArgument {
-        reason: format!(
-            "the container's mounts hold more than {} MiB or {MAX_ENTRIES} entries, which a guest \
-             without a shared file system gets copied into its initrd",
-            MAX_BYTES >> 20
-        ),
-    }
+    invalid(format!(
+        "the container's mounts hold more than {} MiB or {MAX_ENTRIES} entries, which a guest \
+         without a shared file system gets copied into its initrd",
+        MAX_BYTES >> 20
+    ))
 }
 
 /// A newc archive being built in memory.

@@ -45,7 +45,7 @@ use std::str::FromStr;
 use imagestore::{HypervisorKind, UnikernelInfo, UnikernelType};
 use serde::{Deserialize, Serialize};
 
-use crate::SandboxError;
+use crate::error::{SandboxError, invalid};
 
 pub use accel::{AccelDecision, Accelerator, AcceleratorMode};
 pub use layers::resolve_in_layers;
@@ -160,9 +160,7 @@ impl FromStr for MacAddr {
     type Err = SandboxError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || SandboxError::InvalidArgument {
-            reason: format!("invalid MAC address {s:?}"),
-        };
+        let bad = || invalid(format!("invalid MAC address {s:?}"));
         let mut out = [0u8; 6];
         let mut parts = s.split(':');
         for byte in &mut out {
@@ -384,9 +382,7 @@ pub fn plan_with(spec: &VmSpec, binary: &Path) -> Result<LaunchPlan, SandboxErro
 fn check_plannable(spec: &VmSpec) -> Result<(), SandboxError> {
     check_pair(&spec.info)?;
     if spec.memory_mib == 0 || spec.vcpus == 0 {
-        return Err(SandboxError::InvalidArgument {
-            reason: "guest memory and vCPUs must be positive".into(),
-        });
+        return Err(invalid("guest memory and vCPUs must be positive"));
     }
     Ok(())
 }
@@ -406,14 +402,14 @@ fn check_pair(info: &UnikernelInfo) -> Result<(), SandboxError> {
 }
 
 fn path_arg(p: &Path) -> Result<String, SandboxError> {
-    let s = p.to_str().ok_or_else(|| SandboxError::InvalidArgument {
-        reason: format!("path {p:?} is not UTF-8"),
-    })?;
+    let s = p
+        .to_str()
+        .ok_or_else(|| invalid(format!("path {p:?} is not UTF-8")))?;
     // QEMU splits option values on ','; a path with one would inject options.
     if s.contains(',') || s.chars().any(char::is_control) {
-        return Err(SandboxError::InvalidArgument {
-            reason: format!("path {s:?} contains ',' or a control character"),
-        });
+        return Err(invalid(format!(
+            "path {s:?} contains ',' or a control character"
+        )));
     }
     Ok(s.to_string())
 }

@@ -100,7 +100,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Accelerator, ExitMapping, Hypervisor, LaunchPlan, VmSpec, cmdline::guest_cmdline, path_arg,
 };
-use crate::SandboxError;
+use crate::error::{SandboxError, invalid};
 use crate::monitor::seccomp::QemuSandbox;
 
 pub const BINARY: &str = "qemu-system-x86_64";
@@ -391,9 +391,7 @@ impl Hypervisor for Qemu {
         }
         if let Some((uid, gid)) = spec.vmm_user {
             if uid == 0 || gid == 0 {
-                return Err(SandboxError::InvalidArgument {
-                    reason: "the VMM user must not be root".into(),
-                });
+                return Err(invalid("the VMM user must not be root"));
             }
             let user = format!("{uid}:{gid}");
             push(&["-runas", &user]);
@@ -529,9 +527,7 @@ fn shared_dir_args(
         Machine::Pc => "vhost-user-fs-pci",
     };
     if shared.tag.is_empty() || !shared.tag.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(SandboxError::InvalidArgument {
-            reason: format!("invalid virtiofs tag {:?}", shared.tag),
-        });
+        return Err(invalid(format!("invalid virtiofs tag {:?}", shared.tag)));
     }
     let socket = path_arg(&shared.socket)?;
     Ok(vec![
@@ -556,9 +552,7 @@ pub(crate) fn check_ifname(name: &str) -> Result<(), SandboxError> {
     if ok {
         Ok(())
     } else {
-        Err(SandboxError::InvalidArgument {
-            reason: format!("invalid interface name {name:?}"),
-        })
+        Err(invalid(format!("invalid interface name {name:?}")))
     }
 }
 
