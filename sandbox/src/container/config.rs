@@ -55,7 +55,7 @@ pub struct PodContext {
     #[serde(default)]
     pub ifname: Option<String>,
     /// The pod's annotations under urunc's `com.urunc.unikernel.` prefix, which its unikernel
-    /// containers take (see [`super::unikernel_keys`]).
+    /// containers take (the container module's private `unikernel_keys` applies them).
     #[serde(default)]
     pub unikernel_annotations: BTreeMap<String, String>,
 }

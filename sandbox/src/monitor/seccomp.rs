@@ -1,8 +1,9 @@
 //! The system-call filter of QEMU's `-sandbox on,obsolete=deny,spawn=deny,resourcecontrol=deny`
 //! (plus `elevateprivileges=deny` when QEMU stays root), for QEMU builds without seccomp support
 //! (Debian's `qemu-system-x86_64-microvm`). The monitor installs it in the VMM's process between
-//! fork and exec (see [`super::sys::confine_before_exec`]), with `no_new_privs`, so it holds from
-//! QEMU's first instruction on, where QEMU's own filter starts after its option parsing.
+//! fork and exec (the monitor's private `sys::confine_before_exec`), with `no_new_privs`, so it
+//! holds from QEMU's first instruction on, where QEMU's own filter starts after its option
+//! parsing.
 //!
 //! It denies what QEMU 7.2's deny list denies (the x86-64 system calls among them), with its actions: the process
 //! is killed for the default, obsolete, privileged and spawn sets, `EPERM` for resource control.

@@ -159,8 +159,8 @@ impl<E: Entry> Pool<E> {
     }
 
     /// Prepares entries until the pool is full or preparing fails (then not again before
-    /// [`RETRY_AFTER`]). Blocking; one caller at a time (see [`Pool::refill`]). Returns how
-    /// many it added.
+    /// `RETRY_AFTER` has passed). Blocking; one caller at a time (see [`Pool::refill`]).
+    /// Returns how many it added.
     pub fn fill(&self) -> usize {
         let failed_recently = self
             .failed_at

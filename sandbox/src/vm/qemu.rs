@@ -80,16 +80,17 @@
 //!
 //! Binary — QEMU's microvm build (Debian's `qemu-system-x86_64-microvm`, [`MICROVM_BINARY`]) for
 //! a unikernel on the microvm machine when the host has it (`VmSpec::qemu_microvm`) and QEMU
-//! drops to its own uid in its chroot (see [`microvm_build`]); the full binary otherwise. The build links 10 shared libraries against
-//! the full binary's 51: measured here (QEMU alone on crid's command line, the freestanding
-//! guest with a virtio-mmio NIC, exec to first serial byte, load about 3) 34.5 ms against 55.9 ms
-//! (README, Performance). It lacks two things the plan relies on:
+//! drops to its own uid in its chroot (see the private `microvm_build`); the full binary
+//! otherwise. The build links 10 shared libraries against the full binary's 51: measured here
+//! (QEMU alone on crid's command line, the freestanding guest with a virtio-mmio NIC, exec to
+//! first serial byte, load about 3) 34.5 ms against 55.9 ms (README, Performance). It lacks two
+//! things the plan relies on:
 //! - seccomp (`-sandbox`): the monitor installs the same filter before exec
 //!   ([`crate::monitor::seccomp`]);
 //! - isa-debug-exit: the exit port is a second UART at 0xf4 whose output is a pipe to the
-//!   monitor ([`exit_port_args`]); the monitor ends QEMU on the guest's byte N and records
-//!   `(N << 1) | 1`, the status isa-debug-exit gives, so the exit mapping and a container's exit
-//!   code do not depend on the binary.
+//!   monitor (the private `exit_port_args`); the monitor ends QEMU on the guest's byte N and
+//!   records `(N << 1) | 1`, the status isa-debug-exit gives, so the exit mapping and a
+//!   container's exit code do not depend on the binary.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
