@@ -592,9 +592,25 @@ fn prepare_with(
             return Ok(None);
         }
     }
-    let guest_net = match (&req.netns, &pooled) {
-        (Some(ns), Some(p)) => Some(
-            net::adopt_guest_net(
+    let limits = Limits {
+        memory_bytes: settings.cgroup_memory_bytes(req.memory_limit_bytes, mem),
+        cpu_quota: req.cpu_quota,
+        cpu_period: req.cpu_period,
+        cpu_shares: req.cpu_shares,
+    };
+    // A prepared QEMU's move into its cgroup is the longest step of its hand-over (a running
+    // process's migration waits for the thread-group lock, once per v1 hierarchy): it runs
+    // while the tap is wired and the command line checked.
+    let joining = match (&pooled, &req.cgroup) {
+        (Some(p), Some(rel)) => {
+            let (cg, pid) = (VmCgroup::new(rel.clone()), p.vmm_pid);
+            Some(std::thread::spawn(move || join_running(&cg, &limits, pid)))
+        }
+        _ => None,
+    };
+    let staged = (|| {
+        let guest_net = match (&req.netns, &pooled) {
+            (Some(ns), Some(p)) => Some(net::adopt_guest_net(
                 p.netns,
                 &p.seat.tap,
                 ns,
@@ -602,49 +618,50 @@ fn prepare_with(
                 &tap,
                 &req.ports,
                 p.seat.mac,
-            )
-            .map_err(undo)?,
-        ),
-        (Some(ns), None) => {
-            Some(net::setup_guest_net(ns, &req.iface, &tap, &req.ports).map_err(undo)?)
+            )?),
+            (Some(ns), None) => Some(net::setup_guest_net(ns, &req.iface, &tap, &req.ports)?),
+            (None, _) => None,
+        };
+        let spec = match &pooled {
+            Some(p) => p
+                .seat
+                .apply(&spec_with(guest_net.clone()), guest_net.clone()),
+            None => spec_with(guest_net.clone()),
+        };
+        let plan = super::plan_with(&spec, &vmm)?;
+        plan.write_files()?;
+        let mut argv = vec![plan.program.display().to_string()];
+        argv.extend(plan.args.iter().cloned());
+        if pooled.is_some_and(|p| p.argv != argv.as_slice()) {
+            return Ok(None);
         }
-        (None, _) => None,
-    };
-    let spec = match &pooled {
-        Some(p) => p
-            .seat
-            .apply(&spec_with(guest_net.clone()), guest_net.clone()),
-        None => spec_with(guest_net.clone()),
-    };
-    let plan = super::plan_with(&spec, &vmm)
-        .and_then(|plan| {
-            plan.write_files()?;
-            Ok(plan)
+        Ok(Some((guest_net, spec, plan, argv)))
+    })();
+    // Joined before anything is undone, so that the cgroup is removed after it was made.
+    let joined = joining.map(|h| {
+        h.join().unwrap_or_else(|_| {
+            Err(SandboxError::Runtime {
+                op: "join the cgroup".into(),
+                reason: "the thread panicked".into(),
+            })
         })
-        .map_err(undo)?;
-    let mut argv = vec![plan.program.display().to_string()];
-    argv.extend(plan.args.iter().cloned());
-    if pooled.is_some_and(|p| p.argv != argv.as_slice()) {
-        let _ = release(req);
-        return Ok(None);
+    });
+    let (guest_net, spec, plan, mut argv) = match staged {
+        Ok(Some(staged)) => staged,
+        Ok(None) => {
+            let _ = release(req);
+            return Ok(None);
+        }
+        Err(e) => return Err(undo(e)),
+    };
+    if let Some(Err(e)) = joined {
+        return Err(undo(e));
     }
     let mut cgroup_procs = Vec::new();
-    if let Some(rel) = &req.cgroup {
+    if let Some(rel) = req.cgroup.as_ref().filter(|_| pooled.is_none()) {
         let cg = VmCgroup::new(rel.clone());
-        let limits = Limits {
-            memory_bytes: settings.cgroup_memory_bytes(req.memory_limit_bytes, mem),
-            cpu_quota: req.cpu_quota,
-            cpu_period: req.cpu_period,
-            cpu_shares: req.cpu_shares,
-        };
         cg.create(&limits).map_err(undo)?;
-        if let Some(p) = &pooled {
-            // `cgroup.procs` moves every thread of the running QEMU.
-            let pid = p.vmm_pid.to_string();
-            for procs in cg.procs_files() {
-                std::fs::write(&procs, &pid).map_err(|e| undo(SandboxError::io(&procs, e)))?;
-            }
-        } else if info.hypervisor == HypervisorKind::Crid {
+        if info.hypervisor == HypervisorKind::Crid {
             // crid-vmm joins the cgroup itself, before it writes a guest page or opens the tap
             // or the disk, in a way that avoids the grace period a thread-group migration can
             // wait for: see [`super::cgroup`] and the `vmm` crate's `vm::run`.
@@ -688,6 +705,17 @@ fn prepare_with(
         net: guest_net,
         accel,
     }))
+}
+
+/// Creates the cgroup with `limits` and moves the running process `pid` into it: its
+/// `cgroup.procs` files move every thread.
+fn join_running(cg: &VmCgroup, limits: &Limits, pid: i32) -> Result<(), SandboxError> {
+    cg.create(limits)?;
+    let pid = pid.to_string();
+    for procs in cg.procs_files() {
+        std::fs::write(&procs, &pid).map_err(|e| SandboxError::io(&procs, e))?;
+    }
+    Ok(())
 }
 
 /// What a prepared QEMU gets of its guest besides the tap and the cgroup: the kernel and its
