@@ -359,6 +359,15 @@ impl Seat {
         }
     }
 
+    /// Whether the guest `spec` (its network not set up yet) fits the entry whose command line
+    /// is `entry_argv`: its kernel is a PVH ELF (crid loads only those; another boots with
+    /// SeaBIOS the usual way) and its command line on this seat is the entry's.
+    pub fn fits(&self, spec: &VmSpec, entry_argv: &[String], qemu: &Path) -> bool {
+        let probe = self.apply(spec, Some(placeholder_net()));
+        super::qemu::is_pvh_elf(&spec.kernel)
+            && self.argv(&probe, qemu).ok().as_deref() == Some(entry_argv)
+    }
+
     /// The QEMU command line (program first) for `spec` on this seat.
     pub fn argv(&self, spec: &VmSpec, qemu: &Path) -> Result<Vec<String>, SandboxError> {
         let plan = super::plan_with(spec, qemu)?;
@@ -586,8 +595,7 @@ fn prepare_with(
     // A prepared QEMU fits when the command line the guest would get on its seat is the
     // entry's; checked before anything of the entry's is touched.
     if let Some(p) = &pooled {
-        let probe = p.seat.apply(&spec_with(None), Some(placeholder_net()));
-        if req.netns.is_none() || p.seat.argv(&probe, &vmm).ok().as_deref() != Some(p.argv) {
+        if req.netns.is_none() || !p.seat.fits(&spec_with(None), p.argv, &vmm) {
             let _ = release(req);
             return Ok(None);
         }

@@ -558,7 +558,7 @@ pub(crate) fn check_ifname(name: &str) -> Result<(), SandboxError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::testutil::{net, spec};
     use super::*;
     use imagestore::UnikernelType as T;

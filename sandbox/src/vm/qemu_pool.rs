@@ -16,10 +16,10 @@
 //! - its uid (from the VMM uid range, hashed from the entry's own name) and its QMP socket
 //!   (renamed to the container's); its chroot is the pool's one empty directory.
 //!
-//! A container fits an entry when the QEMU command line its own start would run, with the
-//! entry's tap, MAC, uid, chroot, QMP socket and RAM file, is the entry's ([`Seat::argv`]):
-//! crid's PCI firmware on `pc`, a NIC, no disk, initrd or shared directory, the pool's memory
-//! size and vCPU count. Other guests start the usual way.
+//! A container fits an entry when its kernel is a PVH ELF and the QEMU command line its own
+//! start would run, with the entry's tap, MAC, uid, chroot, QMP socket and RAM file, is the
+//! entry's ([`Seat::fits`]): crid's PCI firmware on `pc`, a NIC, no disk, initrd or shared
+//! directory, the pool's memory size and vCPU count. Other guests start the usual way.
 //!
 //! Entries live as crid's `vm/pool.rs` ones do: bounded, filled only after a guest of their
 //! size started, refilled after a delay; each is a prepared monitor
@@ -323,7 +323,6 @@ fn shape(settings: &VmSettings) -> VmSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::GuestNet;
 
     fn settings() -> VmSettings {
         VmSettings {
@@ -373,28 +372,26 @@ mod tests {
     }
 
     #[test]
-    fn a_guest_fits_when_its_command_line_on_the_seat_is_the_entrys() {
+    fn a_guest_fits_when_its_kernel_is_pvh_and_its_command_line_on_the_seat_is_the_entrys() {
         let s = seat();
         let qemu = Path::new("/usr/bin/qemu-system-x86_64");
         let entry = s
             .argv(&s.apply(&shape(&settings()), Some(placeholder_net())), qemu)
             .unwrap();
-        // A container's own spec: its addresses, command line and run directory differ.
+        // A container's own spec: its kernel, command line and run directory differ.
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("app");
+        std::fs::write(&kernel, crate::vm::qemu::tests::pvh_elf32()).unwrap();
         let mut guest = shape(&settings());
-        guest.kernel = "/layers/1/unikernel/app".into();
+        guest.kernel = kernel;
         guest.run_dir = "/run/crid/vm/c1".into();
         guest.args = vec!["/app".into(), "-p".into(), "8080".into()];
-        let net = GuestNet {
-            tap: "crtapc1".into(),
-            ip: "10.88.0.7".parse().unwrap(),
-            prefix: 16,
-            gateway: Some("10.88.0.1".parse().unwrap()),
-            mac: MacAddr([0x0a, 0x58, 10, 88, 0, 7]),
-            mtu: 1450,
-        };
-        let fits =
-            |g: &VmSpec| s.argv(&s.apply(g, Some(net.clone())), qemu).ok() == Some(entry.clone());
+        let fits = |g: &VmSpec| s.fits(g, &entry, qemu);
         assert!(fits(&guest));
+        // A kernel crid cannot load boots with SeaBIOS the usual way.
+        let mut other = guest.clone();
+        other.kernel = dir.path().join("missing");
+        assert!(!fits(&other));
         let mut other = guest.clone();
         other.memory_mib = 128;
         assert!(!fits(&other));
