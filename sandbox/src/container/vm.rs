@@ -13,7 +13,7 @@
 //!   execs the VMM: the serial console goes to the CRI log, the VMM's exit status becomes the
 //!   container's exit code. A crid-vmm guest of the pool's size is handed to a prepared
 //!   monitor and VMM instead ([`crate::vm::pool`]), at `CreateContainer` where the pool has
-//!   one then, and only let run at `StartContainer` ([`super::vm_armed`]); a PCI guest that
+//!   one then, and only let run at `StartContainer` (`container::vm_armed`); a PCI guest that
 //!   fits a QEMU started paused ahead ([`crate::vm::qemu_pool`]) is handed it the same way.
 //! - The VMM runs in the container's cgroup (`cgroups_path`, as runc would use: CRI limits,
 //!   stats and OOM detection apply), as an unprivileged user where the hypervisor allows (QEMU);
@@ -25,7 +25,7 @@
 //! - The guest's argv is the CRI command + args, else the image's Entrypoint + Cmd, else the
 //!   image's unikernel command line; its environment is the image's `Env`, then the CRI `envs`.
 //! - Only pods whose runtime handler runs VMs (or detects them) may run unikernel images
-//!   ([`check_handler`]).
+//!   (`check_handler`).
 //! - CRI mounts never fail a create: a `linux` QEMU guest whose image sets `mountRootfs=true`
 //!   gets them bound into its container's root file system, which it mounts over virtiofs
 //!   (`vm_rootfs`, [`crate::vm::virtiofs`]), and so does a `unikraft` one without an initrd,
@@ -54,7 +54,7 @@ use super::record::{
 };
 use super::vm_armed::{Armed, ArmedGuests, Outcome};
 use super::{cgroups, spec, user, vm_rootfs};
-use crate::SandboxError;
+use crate::error::{SandboxError, invalid};
 use crate::monitor::Launch;
 use crate::monitor::prepared::PreparedMonitor;
 use crate::pod::CgroupDriver;
@@ -151,10 +151,8 @@ fn declared_ports(
     let Some(value) = annotations.get(PORTS_ANNOTATION) else {
         return Ok(vec![]);
     };
-    let ports: Vec<Port> =
-        serde_json::from_str(value).map_err(|e| SandboxError::InvalidArgument {
-            reason: format!("annotation {PORTS_ANNOTATION}: {e}"),
-        })?;
+    let ports: Vec<Port> = serde_json::from_str(value)
+        .map_err(|e| invalid(format!("annotation {PORTS_ANNOTATION}: {e}")))?;
     let mut out: Vec<GuestPort> = Vec::new();
     for p in ports {
         let udp = match p.protocol.as_deref().unwrap_or("TCP") {
@@ -236,9 +234,9 @@ fn shared_root(
     let user = user::resolve_for(&config.security, image.user.as_deref(), layers)?;
     let workdir = spec::working_dir(config, image);
     if !workdir.starts_with('/') || workdir.chars().any(char::is_control) {
-        return Err(SandboxError::InvalidArgument {
-            reason: format!("working directory {workdir:?} is not absolute"),
-        });
+        return Err(invalid(format!(
+            "working directory {workdir:?} is not absolute"
+        )));
     }
     Ok(SharedRoot {
         rootfs: dir.join("rootfs"),
@@ -561,7 +559,13 @@ impl VmBackend {
     /// [`qemu_pool::may_fit`]).
     fn qemu_for(&self, req: &VmRequest) -> Option<QemuEntry> {
         let pool = self.qemu_pool.as_ref().filter(|_| {
-            qemu_pool::may_fit(&req.info, req.netns.is_some(), req.shared_root.is_some())
+            let vcpus = launch::vcpus(req.cpu_quota, req.cpu_period, self.settings.max_vcpus);
+            qemu_pool::may_fit(
+                &req.info,
+                vcpus,
+                req.netns.is_some(),
+                req.shared_root.is_some(),
+            )
         })?;
         pool.take(launch::memory_mib(
             req.memory_limit_bytes,
@@ -725,14 +729,12 @@ impl ContainerBackend for VmBackend {
         let info = image
             .unikernel
             .clone()
-            .ok_or_else(|| SandboxError::InvalidArgument {
-                reason: "the image is not a unikernel".into(),
-            })?;
+            .ok_or_else(|| invalid("the image is not a unikernel"))?;
         check_handler(&pod, &info, &self.settings)?;
         if config.tty || config.stdin {
-            return Err(SandboxError::InvalidArgument {
-                reason: "unikernel containers have a serial console only: no tty or stdin".into(),
-            });
+            return Err(invalid(
+                "unikernel containers have a serial console only: no tty or stdin",
+            ));
         }
         let args = guest_argv(&config.command, &config.args, &image_config);
         let netns = match &pod.network {
@@ -826,7 +828,7 @@ impl ContainerBackend for VmBackend {
     }
 
     /// A crid-vmm guest of the pool's size is handed a prepared VMM now, a QEMU guest that
-    /// fits a prepared QEMU that one (see [`super::vm_armed`]), in the background.
+    /// fits a prepared QEMU that one (see `container::vm_armed`), in the background.
     fn created(&self, r: &ContainerRecord) {
         let Some(state) = self.vm_state(r) else {
             return;

@@ -30,7 +30,7 @@ use super::{
     DEFAULT_MEMORY_MIB, GuestNet, LaunchPlan, MacAddr, VmSpec, default_binary_dirs, find_binary,
     hypervisor_for, resolve_in_layers,
 };
-use crate::SandboxError;
+use crate::error::{SandboxError, invalid};
 
 /// Node-wide VM settings (crid's `[vm]` configuration).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -777,13 +777,11 @@ fn create_overlay(
         .map_err(|e| SandboxError::io(&qemu_img, e))?;
     if !out.status.success() {
         let _ = std::fs::remove_file(&overlay);
-        return Err(SandboxError::InvalidArgument {
-            reason: format!(
-                "cannot create the block overlay over {}: {}",
-                base.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
+        return Err(invalid(format!(
+            "cannot create the block overlay over {}: {}",
+            base.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(overlay)
 }

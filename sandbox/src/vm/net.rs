@@ -27,8 +27,8 @@
 //! Everything is done in-process from a thread that entered the pod's namespace (`setns`):
 //! netlink requests for links, addresses, routes, rules, neighbours, qdiscs and filters, the
 //! `TUNSETIFF` ioctl for the tap, writes to `/proc/sys/net` for the sysctls (see
-//! [`super::rtnl`]), and for the routed mode's NAT table one nf_tables netlink transaction
-//! ([`super::nft`]): no process is started. The steps are behind [`NetOps`], so the sequence is
+//! `vm::rtnl`), and for the routed mode's NAT table one nf_tables netlink transaction
+//! (`vm::nft`): no process is started. The steps are behind `NetOps`, so the sequence is
 //! unit-tested without root.
 
 use std::net::Ipv4Addr;
@@ -37,7 +37,7 @@ use std::path::Path;
 pub use super::netops::GuestPort;
 use super::netops::{Link, NatAction, NatChain, NatRule, NetOps, Rule};
 use super::{GuestNet, MacAddr, qemu::check_ifname};
-use crate::SandboxError;
+use crate::error::{SandboxError, invalid};
 
 /// Tap devices crid creates start with this.
 pub const TAP_PREFIX: &str = "crtap";
@@ -139,9 +139,7 @@ fn pod_link(ops: &dyn NetOps, iface: &str, tap: &str) -> Result<(Vec<Link>, Link
     check_ifname(iface)?;
     check_ifname(tap)?;
     if iface == tap {
-        return Err(SandboxError::InvalidArgument {
-            reason: "the tap cannot be the pod interface".into(),
-        });
+        return Err(invalid("the tap cannot be the pod interface"));
     }
     let links = ops.links()?;
     let eth = links
@@ -279,7 +277,7 @@ pub fn teardown_guest_net(netns: &Path, iface: &str, tap: &str) -> Result<(), Sa
     in_netns(netns, move |ops| teardown_with(ops, &iface, &tap))
 }
 
-/// [`setup_guest_net`] in tc mode, on any [`NetOps`].
+/// [`setup_guest_net`] in tc mode, on any `NetOps`.
 pub fn setup_with(ops: &dyn NetOps, iface: &str, tap: &str) -> Result<GuestNet, SandboxError> {
     setup_tc(ops, iface, tap, None)
 }
@@ -435,7 +433,7 @@ fn redirect(ops: &dyn NetOps, from: &str, to: &str) -> Result<(), SandboxError> 
     ops.redirect(from, to)
 }
 
-/// [`teardown_guest_net`] on any [`NetOps`].
+/// [`teardown_guest_net`] on any `NetOps`.
 pub fn teardown_with(ops: &dyn NetOps, iface: &str, tap: &str) -> Result<(), SandboxError> {
     check_ifname(iface)?;
     check_ifname(tap)?;

@@ -112,10 +112,15 @@ impl QemuPool {
     }
 }
 
-/// Whether a guest may fit a pool entry at all (the command line decides at the hand-over):
-/// a QEMU guest with a virtio-PCI NIC, no disk, initrd or shared root.
-pub fn may_fit(info: &UnikernelInfo, has_net: bool, shared_root: bool) -> bool {
-    info.hypervisor == HypervisorKind::Qemu
+/// The vCPUs an entry runs: what a guest without a CPU limit gets (see [`super::launch::vcpus`]).
+const VCPUS: u32 = 1;
+
+/// Whether a guest of `vcpus` may fit a pool entry at all (the command line decides at the
+/// hand-over): a one-vCPU QEMU guest with a virtio-PCI NIC, no disk, initrd or shared root.
+/// Checked before an entry is taken, so a guest that cannot fit does not use one up.
+pub fn may_fit(info: &UnikernelInfo, vcpus: u32, has_net: bool, shared_root: bool) -> bool {
+    vcpus == VCPUS
+        && info.hypervisor == HypervisorKind::Qemu
         && matches!(
             info.unikernel_type,
             UnikernelType::Unikraft | UnikernelType::Mirage | UnikernelType::Rumprun
@@ -299,7 +304,7 @@ fn shape(settings: &VmSettings) -> VmSpec {
         block: None,
         block_overlay: false,
         memory_mib: settings.default_memory_mib,
-        vcpus: super::launch::vcpus(0, 0, settings.max_vcpus),
+        vcpus: VCPUS,
         net: None,
         args: vec![],
         env: vec![],
@@ -407,19 +412,20 @@ mod tests {
     }
 
     #[test]
-    fn only_pci_guests_with_a_nic_and_nothing_else_may_fit() {
+    fn only_one_vcpu_pci_guests_with_a_nic_and_nothing_else_may_fit() {
         let info = shape(&settings()).info;
-        assert!(may_fit(&info, true, false));
-        assert!(!may_fit(&info, false, false));
-        assert!(!may_fit(&info, true, true));
+        assert!(may_fit(&info, 1, true, false));
+        assert!(!may_fit(&info, 2, true, false));
+        assert!(!may_fit(&info, 1, false, false));
+        assert!(!may_fit(&info, 1, true, true));
         let mut other = info.clone();
         other.virtio = imagestore::VirtioTransport::Mmio;
-        assert!(!may_fit(&other, true, false));
+        assert!(!may_fit(&other, 1, true, false));
         let mut other = info.clone();
         other.block = Some("disk.img".into());
-        assert!(!may_fit(&other, true, false));
+        assert!(!may_fit(&other, 1, true, false));
         let mut other = info;
         other.hypervisor = HypervisorKind::Crid;
-        assert!(!may_fit(&other, true, false));
+        assert!(!may_fit(&other, 1, true, false));
     }
 }
