@@ -619,7 +619,9 @@ async fn a_hypervisor_killed_mid_boot_is_an_exited_container_with_a_reason() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    write_config(dir, "");
+    // No prepared QEMU: the test kills the guest's QEMU, found by its command line, and then
+    // expects none running (a prepared one would be both).
+    write_config(dir, "[vm]\nqemu_pool = 0\n");
     plain_http_registry(dir, &reg);
     let guest = common::push_freestanding_guest(&reg, dir, "faults");
     // A CNI pod: the guest takes over eth0 through a tap, which the crash must release.
