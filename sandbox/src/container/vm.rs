@@ -56,7 +56,7 @@ use super::vm_armed::{Armed, ArmedGuests, Outcome};
 use super::{cgroups, spec, user, vm_rootfs};
 use crate::error::{SandboxError, invalid};
 use crate::monitor::Launch;
-use crate::monitor::prepared::PreparedMonitor;
+use crate::monitor::prepared::{PreparedMonitor, StartGate};
 use crate::pod::CgroupDriver;
 use crate::runc::ExecOutput;
 use crate::vm::accel::KvmProbe;
@@ -542,14 +542,32 @@ impl VmBackend {
                 return Some(Err(e));
             }
         };
-        match self.supervisor.arm(r, launch, prepared) {
-            Ok(Some((pid, gate))) => Some(Ok(Armed { state, pid, gate })),
+        let handed = self.supervisor.arm(r, launch, prepared);
+        self.armed(&r.id, state, handed, |gate| gate)
+    }
+
+    /// How handing the container to a prepared monitor ended (see [`Supervisor::arm`]):
+    /// armed, with its gate made by `gate`; or what the arming made is released, and the start
+    /// goes the usual way (the monitor had ended) or reports the error.
+    fn armed(
+        &self,
+        id: &str,
+        state: VmState,
+        handed: Result<Option<(i32, StartGate)>, String>,
+        gate: impl FnOnce(StartGate) -> StartGate,
+    ) -> Outcome {
+        match handed {
+            Ok(Some((pid, g))) => Some(Ok(Armed {
+                state,
+                pid,
+                gate: gate(g),
+            })),
             Ok(None) => {
-                self.release(&r.id, Some(&state));
+                self.release(id, Some(&state));
                 None
             }
             Err(message) => {
-                self.release(&r.id, Some(&state));
+                self.release(id, Some(&state));
                 Some(Err(runtime_err("start", message)))
             }
         }
@@ -593,21 +611,8 @@ impl VmBackend {
             }
         };
         let QemuEntry { monitor, qmp, .. } = entry;
-        match self.supervisor.arm(r, launch, monitor) {
-            Ok(Some((pid, gate))) => Some(Ok(Armed {
-                state,
-                pid,
-                gate: gate.resuming(qmp),
-            })),
-            Ok(None) => {
-                self.release(&r.id, Some(&state));
-                None
-            }
-            Err(message) => {
-                self.release(&r.id, Some(&state));
-                Some(Err(runtime_err("start", message)))
-            }
-        }
+        let handed = self.supervisor.arm(r, launch, monitor);
+        self.armed(&r.id, state, handed, |gate| gate.resuming(qmp))
     }
 
     /// Ends the armed guest of container `id`, if it has one (its VMM and monitor exit, the
