@@ -13,7 +13,7 @@
 //! dropped (crid closes its socket): on removal from the pool, and with crid itself, whose
 //! exit closes every socket, so no prepared process outlives crid, even a killed one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,22 +64,13 @@ pub fn on_host(
     if settings.crid_vmm_pool == 0 {
         return None;
     }
-    let monitor = monitor_exe.with_file_name(crate::monitor::MONITOR_BINARY);
-    let vmm = settings.binary(super::crid_vmm::BINARY);
-    let why_not = if !kvm.usable || settings.accelerator == AcceleratorMode::Tcg {
-        Some("KVM is not usable or not to be used".to_owned())
-    } else if let Err(e) = &vmm {
-        Some(e.to_string())
-    } else if !monitor.is_file() {
-        Some(format!("{} is missing", monitor.display()))
-    } else {
-        None
+    let (monitor, vmm) = match binaries(settings, kvm, monitor_exe, super::crid_vmm::BINARY) {
+        Ok(found) => found,
+        Err(why) => {
+            tracing::info!(reason = %why, "vm.crid_vmm_pool: no crid-vmm guest is prepared");
+            return None;
+        }
     };
-    if let Some(why) = why_not {
-        tracing::info!(reason = %why, "vm.crid_vmm_pool: no crid-vmm guest is prepared");
-        return None;
-    }
-    let vmm = vmm.ok()?;
     let dir = state.join("vmm-pool");
     if let Err(e) = std::fs::create_dir_all(&dir) {
         tracing::warn!(dir = %dir.display(), error = %e, "vm.crid_vmm_pool: no crid-vmm guest is prepared");
@@ -94,6 +85,27 @@ pub fn on_host(
         memory_mib,
         prepare,
     )))
+}
+
+/// The `crid-monitor` next to `monitor_exe` and the VMM binary `vmm` that prepared guests
+/// run, or why none can be prepared here: KVM unusable or not to be used (`vm.accelerator =
+/// "tcg"`), no such VMM, or no `crid-monitor` (a prepared monitor detaches by forking, as only
+/// the small binary does).
+pub fn binaries(
+    settings: &VmSettings,
+    kvm: &KvmProbe,
+    monitor_exe: &Path,
+    vmm: &str,
+) -> Result<(PathBuf, PathBuf), String> {
+    if !kvm.usable || settings.accelerator == AcceleratorMode::Tcg {
+        return Err("KVM is not usable or not to be used".to_owned());
+    }
+    let vmm = settings.binary(vmm).map_err(|e| e.to_string())?;
+    let monitor = monitor_exe.with_file_name(crate::monitor::MONITOR_BINARY);
+    if !monitor.is_file() {
+        return Err(format!("{} is missing", monitor.display()));
+    }
+    Ok((monitor, vmm))
 }
 
 /// Makes one entry (blocking).

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use imagestore::{HypervisorKind, UnikernelInfo, UnikernelSource, UnikernelType};
 
-use super::accel::{AcceleratorMode, KvmProbe};
+use super::accel::KvmProbe;
 use super::launch::{Seat, VmSettings, placeholder_net};
 use super::pool::{Entry, Pool, Prepare};
 use super::{Accelerator, MacAddr, VmSpec, qmp};
@@ -145,26 +145,20 @@ pub fn on_host(
     if settings.qemu_pool == 0 {
         return None;
     }
-    let monitor = monitor_exe.with_file_name(crate::monitor::MONITOR_BINARY);
-    let qemu = settings.binary(super::qemu::BINARY);
-    let why_not = if !kvm.usable || settings.accelerator == AcceleratorMode::Tcg {
-        Some("KVM is not usable or not to be used".to_owned())
-    } else if let Err(e) = &qemu {
-        Some(e.to_string())
-    } else if settings.pci_shim.is_none() {
-        Some("crid's PCI firmware is off (vm.pci_shim)".to_owned())
+    let found = if settings.pci_shim.is_none() {
+        Err("crid's PCI firmware is off (vm.pci_shim)".to_owned())
     } else if settings.vmm_uid_count == 0 {
-        Some("QEMU does not drop to its own uid".to_owned())
-    } else if !monitor.is_file() {
-        Some(format!("{} is missing", monitor.display()))
+        Err("QEMU does not drop to its own uid".to_owned())
     } else {
-        None
+        super::pool::binaries(settings, kvm, monitor_exe, super::qemu::BINARY)
     };
-    if let Some(why) = why_not {
-        tracing::info!(reason = %why, "vm.qemu_pool: no QEMU is prepared");
-        return None;
-    }
-    let qemu = qemu.ok()?;
+    let (monitor, qemu) = match found {
+        Ok(found) => found,
+        Err(why) => {
+            tracing::info!(reason = %why, "vm.qemu_pool: no QEMU is prepared");
+            return None;
+        }
+    };
     let made = (|| -> std::io::Result<(PathBuf, OwnedFd)> {
         let dir = state.join("qemu-pool");
         // Entries of an earlier crid ended with it; their files may be left.
