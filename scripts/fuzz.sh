@@ -14,7 +14,7 @@ secs=${1:-30}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(image_reference manifest layer_unpack cni_result unikernel cri_request vmm_kernel vmm_ports vmm_virtio vmm_blk)
+    targets=(image_reference manifest layer_unpack cni_result unikernel cri_request vmm_kernel vmm_ports vmm_virtio vmm_blk pvh_kernel)
 fi
 
 if ! command -v cargo-fuzz >/dev/null; then

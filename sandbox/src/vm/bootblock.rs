@@ -17,7 +17,7 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::qemu::{pvh_entry, rd};
+use super::elf::{Elf, PT_LOAD, ProgramHeader};
 use crate::SandboxError;
 
 /// Where the boot block goes: below the firmware's RAM (64 KiB), above the real-mode
@@ -33,8 +33,6 @@ pub const MAX_CMDLINE: usize = 0x10000 - BOOT_BLOCK_ADDR as usize - HEADER;
 const KERNEL_FLOOR: u64 = 0x10_0000;
 /// The largest kernel file read.
 const MAX_KERNEL_FILE: u64 = 256 << 20;
-/// ELF's loadable segment type.
-const PT_LOAD: u64 = 1;
 /// What a segment's zeroed tail is written with at a time.
 const ZEROS: usize = 64 * 1024;
 
@@ -48,21 +46,13 @@ pub fn ram_below_4g(memory_bytes: u64) -> u64 {
     }
 }
 
-/// One loadable segment: file bytes `offset..offset + file_size` at `paddr`, zeros up to
-/// `mem_size`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Segment {
-    offset: u64,
-    paddr: u64,
-    file_size: u64,
-    mem_size: u64,
-}
-
 /// A PVH kernel ready to be written into guest RAM.
 #[derive(Debug)]
 pub struct PvhKernel {
     bytes: Vec<u8>,
-    segments: Vec<Segment>,
+    /// Its non-empty `PT_LOAD` segments: file bytes `offset..offset + file_size` at `paddr`,
+    /// zeros up to `mem_size`.
+    segments: Vec<ProgramHeader>,
     /// The 32-bit PVH entry.
     pub entry: u32,
 }
@@ -89,68 +79,25 @@ impl PvhKernel {
     }
 
     fn parse(bytes: Vec<u8>, ram_end: u64) -> Result<PvhKernel, String> {
-        if bytes.get(0..4) != Some(b"\x7fELF") || bytes.get(5) != Some(&1) {
-            return Err("not a little-endian ELF file".into());
-        }
-        let entry = pvh_entry(&bytes).ok_or("no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)")?;
+        let elf = Elf::parse(&bytes).map_err(|e| e.to_string())?;
+        let entry = elf
+            .pvh_entry()
+            .ok_or("no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)")?;
         let in_ram = |addr: u64| (KERNEL_FLOOR..ram_end).contains(&addr);
         let entry = u32::try_from(entry)
             .ok()
             .filter(|e| in_ram(u64::from(*e)))
             .ok_or_else(|| format!("the PVH entry {entry:#x} is not in the guest's RAM"))?;
-        let is64 = bytes.get(4) == Some(&2);
-        let header = if is64 {
-            (
-                rd(&bytes, 0x20, 8),
-                rd(&bytes, 0x36, 2),
-                rd(&bytes, 0x38, 2),
-            )
-        } else {
-            (
-                rd(&bytes, 0x1c, 4),
-                rd(&bytes, 0x2a, 2),
-                rd(&bytes, 0x2c, 2),
-            )
-        };
-        let (Some(phoff), Some(phentsize), Some(phnum)) = header else {
-            return Err("truncated ELF header".into());
-        };
-        if phnum > 64 {
-            return Err(format!("{phnum} program headers (at most 64)"));
-        }
         let mut segments = Vec::new();
-        for i in 0..phnum {
-            let ph = phoff
-                .checked_add(i * phentsize)
-                .and_then(|p| usize::try_from(p).ok())
-                .ok_or("program header offset overflows")?;
-            let field = |off32: usize, off64: usize| {
-                if is64 {
-                    rd(&bytes, ph + off64, 8)
-                } else {
-                    rd(&bytes, ph + off32, 4)
-                }
-            };
-            let (Some(kind), Some(offset), Some(paddr), Some(file_size), Some(mem_size)) = (
-                rd(&bytes, ph, 4),
-                field(4, 8),
-                field(12, 24),
-                field(16, 32),
-                field(20, 40),
-            ) else {
-                return Err(format!("program header {i} is past the end of the file"));
-            };
-            if kind != PT_LOAD || mem_size == 0 {
+        for (i, ph) in elf.program_headers().enumerate() {
+            let seg = ph.map_err(|e| e.to_string())?;
+            if seg.kind != PT_LOAD || seg.mem_size == 0 {
                 continue;
             }
-            let seg = Segment {
-                offset,
-                paddr,
-                file_size,
-                mem_size,
-            };
-            check_segment(&seg, bytes.len() as u64, ram_end)
-                .map_err(|e| format!("segment {i} ({mem_size:#x} bytes at {paddr:#x}): {e}"))?;
+            check_segment(&seg, bytes.len() as u64, ram_end).map_err(|e| {
+                let (size, at) = (seg.mem_size, seg.paddr);
+                format!("segment {i} ({size:#x} bytes at {at:#x}): {e}")
+            })?;
             segments.push(seg);
         }
         if segments.is_empty() {
@@ -190,7 +137,7 @@ impl PvhKernel {
 }
 
 /// Whether a segment lies in the file (its bytes) and in the guest's RAM (all of it).
-fn check_segment(seg: &Segment, file_len: u64, ram_end: u64) -> Result<(), String> {
+fn check_segment(seg: &ProgramHeader, file_len: u64, ram_end: u64) -> Result<(), String> {
     if seg.file_size > seg.mem_size {
         return Err("more file bytes than memory".into());
     }
@@ -303,8 +250,8 @@ mod tests {
         assert_eq!(at(2 * MIB + 70_004, 4), [0xff; 4], "past the segment");
         let block = at(BOOT_BLOCK_ADDR, HEADER + 11);
         assert_eq!(&block[0..4], b"crid");
-        assert_eq!(rd(block, 4, 4), Some(0x10_0010));
-        assert_eq!(rd(block, 8, 4), Some(11));
+        assert_eq!(block[4..8], 0x10_0010u32.to_le_bytes());
+        assert_eq!(block[8..12], 11u32.to_le_bytes());
         assert_eq!(&block[HEADER..], b"app -p 8080");
     }
 
@@ -329,6 +276,13 @@ mod tests {
         let note = no_note.windows(4).position(|w| w == b"Xen\0").unwrap();
         no_note[note] = b'Y';
         assert!(err(no_note).contains("no PVH entry"));
+        // The ELF reader's refusals: a header cut short, a third program header (after the
+        // note's and the segment's) past the end of the file.
+        let elf = elf64(MIB as u32, &[(MIB, b"x", 1)]);
+        assert!(err(elf[..0x30].to_vec()).contains("truncated ELF header"));
+        let mut more = elf.clone();
+        more[0x38..0x3a].copy_from_slice(&3u16.to_le_bytes());
+        assert!(err(more).contains("program header 2 is past the end of the file"));
         assert_eq!(parse(elf64(MIB as u32, &[(MIB, b"x", 1)])), Ok(MIB as u32));
     }
 

@@ -153,7 +153,7 @@ pub fn compatible(
     let head = head.ok_or("the kernel cannot be read")?;
     let elf64 = head.get(0..5) == Some(b"\x7fELF\x02");
     match info.unikernel_type {
-        UnikernelType::Unikraft if elf64 && super::qemu::has_pvh_note(head) => Ok(()),
+        UnikernelType::Unikraft if elf64 && super::elf::pvh_entry(head).is_some() => Ok(()),
         UnikernelType::Unikraft => Err("not an ELF64 kernel with a PVH entry note"),
         UnikernelType::Linux if host.pvm => Err("PVM does not boot Linux guests"),
         UnikernelType::Linux if elf64 || head.get(0x202..0x206) == Some(b"HdrS") => Ok(()),

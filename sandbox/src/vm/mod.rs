@@ -19,6 +19,7 @@ pub mod cgroup;
 pub mod cloud_hypervisor;
 pub mod cmdline;
 pub mod crid_vmm;
+pub mod elf;
 pub mod firecracker;
 pub mod guestfiles;
 pub mod launch;

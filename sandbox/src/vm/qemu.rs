@@ -226,86 +226,7 @@ fn microvm_build(spec: &VmSpec, machine: Machine) -> Option<&Path> {
 pub fn is_pvh_elf(path: &Path) -> bool {
     let mut buf = Vec::new();
     let read = std::fs::File::open(path).and_then(|f| f.take(64 * 1024).read_to_end(&mut buf));
-    read.is_ok() && pvh_entry(&buf).is_some_and(|e| u32::try_from(e).is_ok())
-}
-
-/// The little-endian value of `len` bytes at `off` in `buf`; `None` past its end.
-pub(super) fn rd(buf: &[u8], off: usize, len: usize) -> Option<u64> {
-    let bytes = buf.get(off..off.checked_add(len)?)?;
-    let mut v = 0u64;
-    for (i, b) in bytes.iter().enumerate() {
-        v |= u64::from(*b) << (8 * i);
-    }
-    Some(v)
-}
-
-/// Whether a little-endian ELF image has a PVH entry note ([`pvh_entry`]).
-pub fn has_pvh_note(buf: &[u8]) -> bool {
-    pvh_entry(buf).is_some()
-}
-
-/// Scans the PT_NOTE program headers of a little-endian ELF image for a "Xen" note of type 18
-/// (XEN_ELFNOTE_PHYS32_ENTRY) and returns its 4- or 8-byte value, the entry address.
-pub fn pvh_entry(buf: &[u8]) -> Option<u64> {
-    if buf.get(0..4) != Some(b"\x7fELF") || buf.get(5) != Some(&1) {
-        return None;
-    }
-    let is64 = match buf.get(4) {
-        Some(1) => false,
-        Some(2) => true,
-        _ => return None,
-    };
-    let (phoff, phentsize, phnum) = if is64 {
-        (rd(buf, 0x20, 8), rd(buf, 0x36, 2), rd(buf, 0x38, 2))
-    } else {
-        (rd(buf, 0x1c, 4), rd(buf, 0x2a, 2), rd(buf, 0x2c, 2))
-    };
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (phoff, phentsize, phnum) else {
-        return None;
-    };
-    for i in 0..phnum.min(64) {
-        let ph = usize::try_from(phoff.checked_add(i * phentsize)?).ok()?;
-        if ph >= buf.len() {
-            return None; // the program headers run past what was read
-        }
-        if rd(buf, ph, 4) != Some(4) {
-            continue; // not PT_NOTE
-        }
-        let (off, size) = if is64 {
-            (rd(buf, ph + 8, 8), rd(buf, ph + 32, 8))
-        } else {
-            (rd(buf, ph + 4, 4), rd(buf, ph + 16, 4))
-        };
-        let (Some(off), Some(size)) = (off, size) else {
-            continue;
-        };
-        let (Ok(mut pos), Ok(size)) = (usize::try_from(off), usize::try_from(size)) else {
-            continue;
-        };
-        let end = pos.saturating_add(size).min(buf.len());
-        while pos.saturating_add(12) <= end {
-            let (Some(namesz), Some(descsz), Some(ntype)) =
-                (rd(buf, pos, 4), rd(buf, pos + 4, 4), rd(buf, pos + 8, 4))
-            else {
-                break;
-            };
-            let name_start = pos + 12;
-            let name_len = usize::try_from(namesz).unwrap_or(usize::MAX);
-            let name = buf.get(name_start..name_start.saturating_add(name_len));
-            if ntype == 18 && name == Some(b"Xen\0") {
-                let desc = name_start.checked_add(4)?;
-                return match descsz {
-                    4 | 8 => rd(buf, desc, usize::try_from(descsz).ok()?),
-                    _ => None,
-                };
-            }
-            let align = |n: u64| usize::try_from(n.div_ceil(4) * 4).unwrap_or(usize::MAX);
-            pos = name_start
-                .saturating_add(align(namesz))
-                .saturating_add(align(descsz));
-        }
-    }
-    None
+    read.is_ok() && super::elf::pvh_entry(&buf).is_some_and(|e| u32::try_from(e).is_ok())
 }
 
 /// The QEMU backend.
@@ -561,6 +482,7 @@ pub(crate) fn check_ifname(name: &str) -> Result<(), SandboxError> {
 pub(crate) mod tests {
     use super::super::testutil::{net, spec};
     use super::*;
+    pub(crate) use crate::vm::elf::tests::pvh_elf32;
     use imagestore::UnikernelType as T;
     use std::path::PathBuf;
 
@@ -1128,54 +1050,5 @@ pub(crate) mod tests {
         n.tap = "tap,ifname=x".into();
         s.net = Some(n);
         assert!(Qemu.plan(&s, Path::new("/q")).is_err());
-    }
-
-    /// A minimal 32-bit ELF with one PT_NOTE holding the PVH note.
-    pub(crate) fn pvh_elf32() -> Vec<u8> {
-        let mut b = vec![0u8; 0x80];
-        b[0..4].copy_from_slice(b"\x7fELF");
-        b[4] = 1;
-        b[5] = 1;
-        b[0x1c..0x20].copy_from_slice(&52u32.to_le_bytes()); // phoff
-        b[0x2a..0x2c].copy_from_slice(&32u16.to_le_bytes()); // phentsize
-        b[0x2c..0x2e].copy_from_slice(&1u16.to_le_bytes()); // phnum
-        b[52..56].copy_from_slice(&4u32.to_le_bytes()); // PT_NOTE
-        b[56..60].copy_from_slice(&0x60u32.to_le_bytes()); // offset
-        b[68..72].copy_from_slice(&20u32.to_le_bytes()); // filesz
-        b[0x60..0x64].copy_from_slice(&4u32.to_le_bytes());
-        b[0x64..0x68].copy_from_slice(&4u32.to_le_bytes());
-        b[0x68..0x6c].copy_from_slice(&18u32.to_le_bytes());
-        b[0x6c..0x70].copy_from_slice(b"Xen\0");
-        b[0x70..0x74].copy_from_slice(&0x100000u32.to_le_bytes()); // the entry
-        b
-    }
-
-    #[test]
-    fn pvh_note_detection() {
-        assert!(has_pvh_note(&pvh_elf32()));
-        let mut other = pvh_elf32();
-        other[0x68] = 17;
-        assert!(!has_pvh_note(&other));
-        assert!(!has_pvh_note(b"\x7fELF"));
-        assert!(!has_pvh_note(&[]));
-        let mut huge = pvh_elf32();
-        huge[68..72].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(has_pvh_note(&huge));
-        // The entry: 4 or 8 bytes; a note whose value is cut off or of another size is none.
-        assert_eq!(pvh_entry(&pvh_elf32()), Some(0x100000));
-        assert_eq!(pvh_entry(&pvh_elf32()[..0x72]), None);
-        let mut odd = pvh_elf32();
-        odd[0x64..0x68].copy_from_slice(&2u32.to_le_bytes());
-        assert_eq!(pvh_entry(&odd), None);
-        // Program headers far past the image (or past any address) are none, not a panic.
-        let mut far = pvh_elf32();
-        far[0x1c..0x20].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(pvh_entry(&far), None);
-        let mut far64 = pvh_elf32();
-        far64[4] = 2;
-        far64[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
-        far64[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
-        far64[0x38..0x3a].copy_from_slice(&2u16.to_le_bytes());
-        assert_eq!(pvh_entry(&far64), None);
     }
 }
