@@ -159,12 +159,13 @@ pub struct VmConfig {
     /// Images annotated for these hypervisors ("qemu", "firecracker") run on crid-vmm when
     /// their guest is compatible.
     pub crid_vmm_for: Vec<String>,
-    /// crid-vmm guests of `default_memory_mib` kept prepared (a monitor with its VMM's VM
-    /// built, handed a container at StartContainer); 0 prepares none, at most 16.
+    /// crid-vmm guests kept prepared (a monitor with its VMM's VM built, handed a container at
+    /// CreateContainer), shared among the guest sizes started lately (at most 4; see
+    /// `sandbox::vm::pool`); 0 prepares none, at most 16.
     pub crid_vmm_pool: usize,
-    /// QEMU processes of `default_memory_mib` started and paused ahead for PCI guests in a pod
-    /// network (handed a fitting guest at CreateContainer, resumed at StartContainer); 0
-    /// prepares none, at most 16.
+    /// QEMU processes started and paused ahead for PCI guests in a pod network (handed a
+    /// fitting guest at CreateContainer, resumed at StartContainer), shared among the guest
+    /// sizes started lately as `crid_vmm_pool`'s are; 0 prepares none, at most 16.
     pub qemu_pool: usize,
 }
 

@@ -1058,3 +1058,109 @@ fn assert_chrooted_in_its_cgroup(pid: impl std::fmt::Display, info: &serde_json:
     );
     rel.to_string()
 }
+
+/// The command line of process `pid`, its arguments joined with spaces.
+fn cmdline_of(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// The pods kubelet builds carry a memory limit, from which crid sizes the guest: with the
+/// pool on and the default guest size left at 256 MiB, a kubelet-shaped `CreateContainer`
+/// (long names, mounts, service environment, limits of 500m and 64 MiB, security context,
+/// annotations) in a pod network starts the usual way and makes the pool prepare a VMM of
+/// 64 MiB; the next pod's same request is handed that VMM at `CreateContainer` and runs on it
+/// with the 64 MiB its limit asked for.
+#[tokio::test]
+async fn a_kubelet_pod_with_a_memory_limit_gets_a_prepared_crid_vmm_of_its_size() {
+    use conformance::kubelet::KubeletPod;
+    let Some(reg) = ready() else { return };
+    vmm_binary();
+    let work = tempfile::tempdir().unwrap();
+    let image = common::push_guest_as(
+        &reg,
+        &work.path().join("guest.elf"),
+        "unikraft",
+        "crid",
+        "",
+        "crid-kubelet",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    common::write_config(dir.path(), "[vm]\ncrid_vmm_pool = 1\n");
+    let net = common::Net::new(43, dir.path());
+    std::fs::write(dir.path().join("net.d/10-vmm.conflist"), net.conflist()).unwrap();
+    let crid = Crid::start_owned(dir).await;
+    crid.expect_pull(&image).await;
+    let kubelet = crid.path().join("kubelet");
+    let request = |pod: &KubeletPod, code: &str| {
+        pod.container("app", &image)
+            .args(&[code])
+            .env("GREETING", "hi")
+            .port("http", 8080)
+            .config_map("config", "/etc/app", &[("greeting", "hello")])
+            .empty_dir("cache", "/cache")
+            .limits(500, 64 << 20)
+            .build()
+            .unwrap()
+    };
+    let memory_arg = |info: &serde_json::Value| {
+        let argv: Vec<String> =
+            serde_json::from_value(info["runtimeSpec"]["unikernel"]["argv"].clone()).unwrap();
+        argv.windows(2)
+            .find(|w| w[0] == "--memory")
+            .map(|w| w[1].clone())
+    };
+
+    // The first such pod starts the usual way; the pool then prepares a VMM of its size.
+    let pod = KubeletPod::new(&kubelet, "hello-7f9c8d6b5-x2x9z", "default").unwrap();
+    let config = pod.sandbox_config();
+    let pod_id = crid.run_pod_under(&config, "urunc").await;
+    let first = crid
+        .create_start(&(pod_id, config), request(&pod, "exit=5"))
+        .await;
+    let s = crid
+        .wait_state(&first, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(s.exit_code, 5, "{}", crid.log());
+    let (_, info) = crid.container_status(&first).await;
+    assert_eq!(memory_arg(&info).as_deref(), Some("64"), "{info}");
+    let prepared = wait_prepared(&crid, &[]).await;
+    let prepared_argv = cmdline_of(prepared);
+    assert!(
+        prepared_argv.contains(" --memory 64"),
+        "prepared for another size: {prepared_argv}"
+    );
+
+    // The next pod's same request is handed it when created, and runs on it once started.
+    let pod = KubeletPod::new(&kubelet, "hello-7f9c8d6b5-b8k2w", "default").unwrap();
+    let config = pod.sandbox_config();
+    let pod_id = crid.run_pod_under(&config, "urunc").await;
+    let id = crid
+        .create(&(pod_id, config), request(&pod, "exit=7"))
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}\n{}", crid.log()));
+    wait_confined(prepared).await;
+    assert_eq!(armed_count(&crid).await, Some(1), "not armed at create");
+    let (_, info) = crid.container_status(&id).await;
+    assert_chrooted_in_its_cgroup(prepared, &info);
+    crid.start_container(&id).await;
+    let s = crid
+        .wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
+    let (_, info) = crid.container_status(&id).await;
+    assert_eq!(info["pid"].as_i64(), Some(i64::from(prepared)), "{info}");
+    assert_eq!(memory_arg(&info).as_deref(), Some("64"), "{info}");
+    let log = pod.log_directory.join("app/0.log");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(s.exit_code, 7, "{text}\n{}", crid.log());
+    assert!(
+        text.contains("crid-test-guest: booted") && text.contains("KUBERNETES_SERVICE_HOST"),
+        "{text}"
+    );
+    crid.remove_container(&first).await;
+    crid.remove_container(&id).await;
+    let path = crid.path().to_owned();
+    crid.finish().await;
+    expect_no_process_under(&path).await;
+}

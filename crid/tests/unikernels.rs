@@ -2331,6 +2331,108 @@ async fn a_pci_guest_in_a_pod_network_starts_on_a_prepared_qemu() {
     crid.finish().await;
 }
 
+/// The pods kubelet builds carry a memory limit, from which crid sizes the guest: a PCI guest
+/// in a kubelet-shaped pod (long names, mounts, service environment, limits of 500m and
+/// 128 MiB, security context, annotations, a declared port) starts the usual way with 128 MiB
+/// (the default size being 256 MiB) and makes the pool start a paused QEMU of that size; the
+/// next pod's same request is handed it at `CreateContainer` and runs on it with its 128 MiB.
+#[tokio::test]
+async fn a_kubelet_pod_with_a_memory_limit_starts_on_a_prepared_qemu_of_its_size() {
+    use conformance::kubelet::KubeletPod;
+    let Some(reg) = ready_with_cni() else { return };
+    if !sandbox::vm::accel::probe_host().usable {
+        missing("no usable KVM (the QEMU pool needs it)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let image = push_guest(&reg, work.path(), "unikraft", "qemu");
+    let (crid, _) = start().await;
+    let (_bridge, _) = bridge_network(&crid, 193);
+    crid.expect_pull(&image).await;
+    let kubelet = crid.path().join("kubelet");
+    let request = |pod: &KubeletPod| {
+        pod.container("app", &image)
+            .args(&["stay"])
+            .env("GREETING", "hi")
+            .port("http", 8080)
+            .config_map("config", "/etc/app", &[("greeting", "hello")])
+            .empty_dir("cache", "/cache")
+            .limits(500, 128 << 20)
+            .build()
+            .unwrap()
+    };
+    let argv = |info: &serde_json::Value| -> Vec<String> {
+        serde_json::from_value(info["runtimeSpec"]["unikernel"]["argv"].clone()).unwrap()
+    };
+    let memory = |argv: &[String]| argv.windows(2).find(|w| w[0] == "-m").map(|w| w[1].clone());
+
+    // The first such pod starts the usual way; the pool then starts a QEMU of its size.
+    let pod = KubeletPod::new(&kubelet, "hello-7f9c8d6b5-x2x9z", "default").unwrap();
+    let config = pod.sandbox_config();
+    let pod_id = crid.run_pod_under(&config, "urunc").await;
+    let first = crid.create_start(&(pod_id, config), request(&pod)).await;
+    log_containing(
+        &crid,
+        &pod.log_directory.join("app/0.log"),
+        "crid-test-guest: halting",
+        60,
+    )
+    .await;
+    let (_, info) = crid.container_status(&first).await;
+    let a = argv(&info);
+    assert!(!a.contains(&"-S".to_owned()), "{a:?}");
+    assert_eq!(memory(&a).as_deref(), Some("128"), "{a:?}");
+    wait_qemu_pool(&crid, 1, 0).await;
+    let paused = prepared_qemus(&crid);
+    assert_eq!(paused.len(), 1);
+    let paused_argv: Vec<String> = std::fs::read(format!("/proc/{}/cmdline", paused[0]))
+        .map(|c| {
+            String::from_utf8_lossy(&c)
+                .split('\0')
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        memory(&paused_argv).as_deref(),
+        Some("128"),
+        "{paused_argv:?}"
+    );
+    crid.stop_container(&first, 0).await;
+    crid.remove_container(&first).await;
+
+    // The next pod's same request is handed that QEMU when created, and runs once started.
+    let pod = KubeletPod::new(&kubelet, "hello-7f9c8d6b5-b8k2w", "default").unwrap();
+    let config = pod.sandbox_config();
+    let pod_id = crid.run_pod_under(&config, "urunc").await;
+    let id = crid
+        .create(&(pod_id, config), request(&pod))
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}\n{}", crid.log()));
+    wait_qemu_pool(&crid, 0, 1).await;
+    crid.start_container(&id).await;
+    let text = log_containing(
+        &crid,
+        &pod.log_directory.join("app/0.log"),
+        "crid-test-guest: halting",
+        60,
+    )
+    .await;
+    assert!(
+        text.contains("\"KUBERNETES_SERVICE_HOST=10.96.0.1\"") && text.contains("-- stay"),
+        "{text}"
+    );
+    let (_, info) = crid.container_status(&id).await;
+    let a = argv(&info);
+    assert!(a.contains(&"-S".to_owned()), "not the prepared QEMU: {a:?}");
+    assert_eq!(memory(&a).as_deref(), Some("128"), "{a:?}");
+    assert!(prepared_qemus(&crid).contains(&paused[0]));
+    assert_eq!(info["pid"].as_i64(), Some(i64::from(paused[0])), "{info}");
+    crid.stop_container(&id, 0).await;
+    crid.remove_container(&id).await;
+    crid.finish().await;
+}
+
 /// A guest container of `image` with CRI `args`, `GREETING=hi` and the log `NAME.log`.
 fn guest_config(name: &str, image: &str, args: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {

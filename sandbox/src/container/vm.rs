@@ -11,9 +11,9 @@
 //!   [`crate::vm::net`]), plans the VMM command and hands it to the monitor with the pod's
 //!   network namespace and the container's cgroup, which the monitor's child joins before it
 //!   execs the VMM: the serial console goes to the CRI log, the VMM's exit status becomes the
-//!   container's exit code. A crid-vmm guest of the pool's size is handed to a prepared
-//!   monitor and VMM instead ([`crate::vm::pool`]), at `CreateContainer` where the pool has
-//!   one then, and only let run at `StartContainer` (`container::vm_armed`); a PCI guest that
+//!   container's exit code. A crid-vmm guest is handed a prepared monitor and VMM of its size
+//!   instead ([`crate::vm::pool`]), at `CreateContainer` where the pool has one then, and
+//!   only let run at `StartContainer` (`container::vm_armed`); a PCI guest that
 //!   fits a QEMU started paused ahead ([`crate::vm::qemu_pool`]) is handed it the same way.
 //! - The VMM runs in the container's cgroup (`cgroups_path`, as runc would use: CRI limits,
 //!   stats and OOM detection apply), as an unprivileged user where the hypervisor allows (QEMU);
@@ -832,7 +832,7 @@ impl ContainerBackend for VmBackend {
         })
     }
 
-    /// A crid-vmm guest of the pool's size is handed a prepared VMM now, a QEMU guest that
+    /// A crid-vmm guest with a prepared VMM of its size is handed it now, a QEMU guest that
     /// fits a prepared QEMU that one (see `container::vm_armed`), in the background.
     fn created(&self, r: &ContainerRecord) {
         let Some(state) = self.vm_state(r) else {

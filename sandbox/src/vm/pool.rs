@@ -3,10 +3,13 @@
 //! crid-vmm guest is handed one (at `CreateContainer`, see `container::vm_armed`) instead of
 //! starting two processes.
 //! The guest's memory is registered with KVM ahead (registering it after the irqchip waits for a
-//! grace period), so entries are prepared for one guest size, the default one
-//! (`vm.default_memory_mib`); other guests start the usual way.
+//! grace period), so each entry is prepared for one guest size (MiB). kubelet sizes a guest
+//! from its pod's memory limit, so the pool keeps entries for the sizes guests were started
+//! with lately (`Sizes`: at most [`MAX_SIZES`], the least recently started one forgotten),
+//! sharing its entries among them; a guest of another size starts the usual way and becomes
+//! one of them. Its vCPUs are no part of an entry: crid-vmm makes the others at the hand-over.
 //!
-//! Bounded ([`MAX_SIZE`]), filled in the background some time after a guest of its size
+//! Bounded ([`MAX_SIZE`] entries in all), filled in the background some time after a guest
 //! started (so the refill does not compete for the CPU with that start; a node that runs no
 //! such guest prepares none), and nothing is prepared when crid-vmm cannot run here
 //! ([`on_host`]). An entry ends when it is
@@ -49,7 +52,7 @@ impl Entry for PreparedMonitor {
 /// How long a prepared monitor may take to report its VMM ready.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The pool `settings` ask for on this host, empty until a guest of its size starts (see
+/// The pool `settings` ask for on this host, empty until a guest starts (see
 /// [`Pool::take_and_refill`]); `None` when it is empty or crid-vmm cannot run here: KVM unusable or not
 /// to be used (`vm.accelerator = "tcg"`), no crid-vmm binary, or no `crid-monitor` next to
 /// `monitor_exe` (a prepared monitor detaches by forking, as only the small binary does). Its
@@ -76,15 +79,11 @@ pub fn on_host(
         tracing::warn!(dir = %dir.display(), error = %e, "vm.crid_vmm_pool: no crid-vmm guest is prepared");
         return None;
     }
-    let memory_mib = settings.default_memory_mib;
     let log = dir.join("monitor.log");
-    let prepare: Prepare<PreparedMonitor> =
-        Box::new(move || prepared::spawn(&monitor, &vmm, memory_mib, &dir, &log, PREPARE_TIMEOUT));
-    Some(Arc::new(Pool::new(
-        settings.crid_vmm_pool,
-        memory_mib,
-        prepare,
-    )))
+    let prepare: Prepare<PreparedMonitor> = Box::new(move |memory_mib| {
+        prepared::spawn(&monitor, &vmm, memory_mib, &dir, &log, PREPARE_TIMEOUT)
+    });
+    Some(Arc::new(Pool::new(settings.crid_vmm_pool, prepare)))
 }
 
 /// The `crid-monitor` next to `monitor_exe` and the VMM binary `vmm` that prepared guests
@@ -108,30 +107,79 @@ pub fn binaries(
     Ok((monitor, vmm))
 }
 
-/// Makes one entry (blocking).
-pub type Prepare<E> = Box<dyn Fn() -> std::io::Result<E> + Send + Sync>;
+/// Makes one entry for a guest of the given size in MiB (blocking).
+pub type Prepare<E> = Box<dyn Fn(u64) -> std::io::Result<E> + Send + Sync>;
+
+/// The most guest sizes a pool keeps entries for at once.
+pub const MAX_SIZES: usize = 4;
+
+/// The guest sizes (MiB) started on this node lately, most recent first: the sizes a pool
+/// prepares entries for. kubelet sizes each guest from its pod's memory limit, so these are
+/// the limits of the pods the node runs; a node that started no guest has none.
+#[derive(Debug)]
+struct Sizes {
+    recent: Vec<u64>,
+    /// How many are kept.
+    max: usize,
+}
+
+impl Sizes {
+    fn new(max: usize) -> Sizes {
+        Sizes {
+            recent: Vec::new(),
+            max,
+        }
+    }
+
+    /// A guest of `memory_mib` started: its size becomes the most recent one, and past `max`
+    /// sizes the least recently started is forgotten.
+    fn started(&mut self, memory_mib: u64) {
+        self.recent.retain(|&m| m != memory_mib);
+        self.recent.insert(0, memory_mib);
+        self.recent.truncate(self.max);
+    }
+
+    /// How many of `total` entries each size gets, most recent first: an even share, the
+    /// remainder going to the most recent sizes.
+    fn shares(&self, total: usize) -> Vec<(u64, usize)> {
+        let n = self.recent.len();
+        self.recent
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| (m, total / n + usize::from(i < total % n)))
+            .collect()
+    }
+}
+
+/// A waiting entry and the guest size it was prepared for.
+struct Sized<E> {
+    memory_mib: u64,
+    entry: E,
+}
 
 /// The prepared entries and their refilling.
 pub struct Pool<E: Entry> {
     size: usize,
     /// How long a refill waits after a take ([`REFILL_DELAY`] unless set).
     refill_delay: Duration,
-    /// The guest size every entry is prepared for, in MiB.
-    memory_mib: u64,
     prepare: Prepare<E>,
-    ready: Ready<E>,
+    ready: Ready<Sized<E>>,
+    /// The sizes entries are prepared for; at most `size` of them, so each gets one.
+    sizes: Mutex<Sizes>,
     failed_at: Mutex<Option<Instant>>,
 }
 
 impl<E: Entry> Pool<E> {
-    /// A pool of `size` entries (at most [`MAX_SIZE`]) for guests of `memory_mib` MiB.
-    pub fn new(size: usize, memory_mib: u64, prepare: Prepare<E>) -> Pool<E> {
+    /// A pool of `size` entries in all (at most [`MAX_SIZE`]) for guests of at most
+    /// [`MAX_SIZES`] sizes.
+    pub fn new(size: usize, prepare: Prepare<E>) -> Pool<E> {
+        let size = size.min(MAX_SIZE);
         Pool {
-            size: size.min(MAX_SIZE),
+            size,
             refill_delay: REFILL_DELAY,
-            memory_mib,
             prepare,
             ready: Ready::new(),
+            sizes: Mutex::new(Sizes::new(size.min(MAX_SIZES))),
             failed_at: Mutex::new(None),
         }
     }
@@ -149,30 +197,41 @@ impl<E: Entry> Pool<E> {
         self.ready.waiting()
     }
 
-    /// The oldest live entry for a guest of `memory_mib` MiB; dead entries met on the way are
-    /// dropped. `None` for another size or when none waits.
-    pub fn take(&self, memory_mib: u64) -> Option<E> {
-        if memory_mib != self.memory_mib {
-            return None;
-        }
-        self.ready.take(E::alive)
+    fn sizes(&self) -> std::sync::MutexGuard<'_, Sizes> {
+        self.sizes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// [`Pool::take`], then a [`Pool::refill`] after the refill delay when the guest is of the
-    /// pool's size, hit or miss: the first such guest fills the pool, so a node that runs
-    /// none prepares none.
-    pub fn take_and_refill(self: &Arc<Self>, memory_mib: u64) -> Option<E> {
-        if memory_mib != self.memory_mib {
-            return None;
+    /// The oldest live entry for a guest of `memory_mib` MiB; dead entries met on the way are
+    /// dropped. `None` when none of that size waits.
+    pub fn take(&self, memory_mib: u64) -> Option<E> {
+        let mut entries = self.ready.entries();
+        let mut i = 0;
+        while i < entries.len() {
+            if !entries[i].entry.alive() {
+                entries.remove(i);
+            } else if entries[i].memory_mib == memory_mib {
+                return Some(entries.remove(i).entry);
+            } else {
+                i += 1;
+            }
         }
+        None
+    }
+
+    /// [`Pool::take`], with the guest's size noted as the most recent one, then a
+    /// [`Pool::refill`] after the refill delay, hit or miss: the first guest of a size makes
+    /// the pool prepare for it, so a node that runs none prepares none.
+    pub fn take_and_refill(self: &Arc<Self>, memory_mib: u64) -> Option<E> {
+        self.sizes().started(memory_mib);
         let entry = self.take(memory_mib);
         self.refill(self.refill_delay);
         entry
     }
 
-    /// Prepares entries until the pool is full or preparing fails (then not again before
-    /// `RETRY_AFTER` has passed). Blocking; one caller at a time (see [`Pool::refill`]).
-    /// Returns how many it added.
+    /// Drops the dead entries and those past their size's share (all of a forgotten size's),
+    /// then prepares entries for the sizes short of their share, the most recent first, until
+    /// none is short or preparing fails (then not again before `RETRY_AFTER` has passed).
+    /// Blocking; one caller at a time (see [`Pool::refill`]). Returns how many it added.
     pub fn fill(&self) -> usize {
         let failed_recently = self
             .failed_at
@@ -182,16 +241,20 @@ impl<E: Entry> Pool<E> {
         if failed_recently {
             return 0;
         }
-        self.ready.entries().retain(|e| e.alive());
         let mut added = 0;
-        while self.waiting() < self.size {
-            match (self.prepare)() {
+        // Each round prepares one entry: the sizes may change meanwhile (a take notes its own).
+        loop {
+            let shares = self.sizes().shares(self.size);
+            let (short, surplus) = self.trim(&shares);
+            drop(surplus);
+            let Some(memory_mib) = short else { break };
+            match (self.prepare)(memory_mib) {
                 Ok(entry) => {
-                    self.ready.entries().push(entry);
+                    self.ready.entries().push(Sized { memory_mib, entry });
                     added += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot prepare a pool entry; retrying later");
+                    tracing::warn!(error = %e, memory_mib, "cannot prepare a pool entry; retrying later");
                     *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(Instant::now());
                     break;
@@ -199,6 +262,30 @@ impl<E: Entry> Pool<E> {
             }
         }
         added
+    }
+
+    /// Takes out the dead entries and those past their size's share in `shares` (the oldest
+    /// of a size are kept), to be dropped by the caller once the entries are unlocked, and
+    /// says which size, the most recent first, is short of its share.
+    fn trim(&self, shares: &[(u64, usize)]) -> (Option<u64>, Vec<Sized<E>>) {
+        let mut entries = self.ready.entries();
+        let mut kept = vec![0; shares.len()];
+        let (keep, surplus): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut *entries).into_iter().partition(|e| {
+                let Some(i) = shares.iter().position(|&(m, _)| m == e.memory_mib) else {
+                    return false;
+                };
+                let keep = kept[i] < shares[i].1 && e.entry.alive();
+                kept[i] += usize::from(keep);
+                keep
+            });
+        *entries = keep;
+        let short = shares
+            .iter()
+            .zip(kept)
+            .find(|&(&(_, share), kept)| kept < share)
+            .map(|(&(m, _), _)| m);
+        (short, surplus)
     }
 
     /// Tops the pool up in a background task after `delay` (one task at a time). Must be
@@ -222,6 +309,7 @@ mod tests {
     /// An entry that counts its drops (a discarded prepared monitor ends).
     struct Fake {
         id: usize,
+        memory_mib: u64,
         alive: Arc<AtomicBool>,
         dropped: Arc<AtomicUsize>,
     }
@@ -258,26 +346,71 @@ mod tests {
             c.alive.clone(),
             c.fail.clone(),
         );
-        let prepare: Prepare<Fake> = Box::new(move || {
+        let prepare: Prepare<Fake> = Box::new(move |memory_mib| {
             if fail.load(Ordering::SeqCst) {
                 return Err(std::io::Error::other("no /dev/kvm"));
             }
             Ok(Fake {
                 id: made.fetch_add(1, Ordering::SeqCst),
+                memory_mib,
                 alive: alive.clone(),
                 dropped: dropped.clone(),
             })
         });
-        (Arc::new(Pool::new(size, 256, prepare)), c)
+        (Arc::new(Pool::new(size, prepare)), c)
+    }
+
+    /// The sizes of the waiting entries, oldest first.
+    fn waiting_sizes(p: &Pool<Fake>) -> Vec<u64> {
+        p.ready.entries().iter().map(|e| e.memory_mib).collect()
     }
 
     #[test]
-    fn fills_up_to_its_size_and_hands_out_the_oldest_for_its_guest_size_only() {
+    fn the_most_recently_started_size_comes_first_and_the_least_recent_is_forgotten() {
+        let mut sizes = Sizes::new(3);
+        for m in [256, 128, 256, 64] {
+            sizes.started(m);
+        }
+        assert_eq!(sizes.recent, [64, 256, 128]);
+        sizes.started(512);
+        assert_eq!(
+            sizes.recent,
+            [512, 64, 256],
+            "128 was started least recently"
+        );
+        let mut none = Sizes::new(0);
+        none.started(256);
+        assert!(none.recent.is_empty());
+    }
+
+    #[test]
+    fn sizes_share_the_entries_evenly_the_remainder_to_the_most_recent() {
+        let mut sizes = Sizes::new(MAX_SIZES);
+        assert!(sizes.shares(16).is_empty(), "no guest started: nothing");
+        sizes.started(256);
+        assert_eq!(sizes.shares(1), [(256, 1)]);
+        sizes.started(128);
+        sizes.started(64);
+        assert_eq!(sizes.shares(16), [(64, 6), (128, 5), (256, 5)]);
+        assert_eq!(sizes.shares(4), [(64, 2), (128, 1), (256, 1)]);
+    }
+
+    #[test]
+    fn nothing_is_prepared_before_a_guest_started() {
         let (p, c) = pool(2);
+        assert_eq!(p.fill(), 0);
+        assert_eq!(c.made.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn fills_up_to_its_size_and_hands_out_the_oldest_of_the_size_asked_for() {
+        let (p, c) = pool(2);
+        p.sizes().started(256);
         assert_eq!(p.fill(), 2);
         assert_eq!(p.fill(), 0, "full");
         assert_eq!(c.made.load(Ordering::SeqCst), 2);
         assert!(p.take(128).is_none(), "another guest size");
+        assert_eq!(p.waiting(), 2, "kept for their size");
         assert_eq!(p.take(256).map(|e| e.id), Some(0));
         assert_eq!(p.waiting(), 1);
         assert_eq!(p.fill(), 1);
@@ -287,18 +420,55 @@ mod tests {
     }
 
     #[test]
-    fn is_bounded_and_a_size_of_zero_prepares_nothing() {
+    fn a_new_size_gets_its_share_and_a_forgotten_one_loses_its_entries() {
+        let (p, c) = pool(2);
+        p.sizes().started(256);
+        assert_eq!(p.fill(), 2);
+        // A guest of 128 MiB (a pod's memory limit): one entry each, the newest 256 dropped.
+        p.sizes().started(128);
+        assert_eq!(p.fill(), 1);
+        assert_eq!(waiting_sizes(&p), [256, 128]);
+        assert_eq!(c.dropped.load(Ordering::SeqCst), 1);
+        assert_eq!(p.take(256).map(|e| e.id), Some(0), "the oldest kept");
+        // A third size: the pool keeps two, so 256 (started least recently) is forgotten.
+        p.sizes().started(64);
+        p.sizes().started(128);
+        assert_eq!(p.fill(), 1);
+        assert_eq!(waiting_sizes(&p), [128, 64]);
+        p.sizes().started(32);
+        p.sizes().started(16);
+        assert_eq!(p.fill(), 2);
+        assert_eq!(waiting_sizes(&p), [16, 32], "both earlier sizes forgotten");
+        // One taken, three trimmed.
+        assert_eq!(c.dropped.load(Ordering::SeqCst), 4);
+        assert_eq!(p.take(32).map(|e| e.memory_mib), Some(32));
+    }
+
+    #[test]
+    fn is_bounded_in_entries_and_sizes_and_a_size_of_zero_prepares_nothing() {
         let (p, c) = pool(MAX_SIZE + 10);
+        p.sizes().started(256);
         assert_eq!(p.fill(), MAX_SIZE);
-        let (p, _) = pool(0);
+        for m in 1..=10 {
+            p.sizes().started(m);
+        }
+        p.fill();
+        assert_eq!(p.waiting(), MAX_SIZE);
+        let mut sizes = waiting_sizes(&p);
+        sizes.dedup();
+        assert_eq!(sizes, [10, 9, 8, 7], "the {MAX_SIZES} most recent sizes");
+        assert_eq!(c.made.load(Ordering::SeqCst), 2 * MAX_SIZE);
+        let (p, c) = pool(0);
+        p.sizes().started(256);
         assert_eq!(p.fill(), 0);
         assert!(p.take(256).is_none());
-        assert_eq!(c.made.load(Ordering::SeqCst), MAX_SIZE);
+        assert_eq!(c.made.load(Ordering::SeqCst), 0);
     }
 
     #[test]
     fn dead_entries_are_dropped_not_handed_out() {
         let (p, c) = pool(2);
+        p.sizes().started(256);
         p.fill();
         c.alive.store(false, Ordering::SeqCst);
         assert!(p.take(256).is_none());
@@ -310,6 +480,7 @@ mod tests {
     #[test]
     fn a_failure_stops_preparing_for_a_while() {
         let (p, c) = pool(2);
+        p.sizes().started(256);
         c.fail.store(true, Ordering::SeqCst);
         assert_eq!(p.fill(), 0);
         c.fail.store(false, Ordering::SeqCst);
@@ -320,6 +491,7 @@ mod tests {
     #[test]
     fn dropping_the_pool_discards_its_entries() {
         let (p, c) = pool(3);
+        p.sizes().started(256);
         p.fill();
         drop(p);
         assert_eq!(c.dropped.load(Ordering::SeqCst), 3);
@@ -349,19 +521,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_first_guest_of_its_size_fills_it_and_each_take_refills_it() {
+    async fn the_first_guest_of_a_size_fills_it_and_each_take_refills_it() {
         let (p, c) = pool(1);
-        assert!(p.take_and_refill(128).is_none());
-        tokio::time::sleep(REFILL_DELAY * 2).await;
-        assert_eq!(
-            c.made.load(Ordering::SeqCst),
-            0,
-            "another size prepares nothing"
-        );
-        assert!(p.take_and_refill(256).is_none(), "empty until then");
+        assert!(p.take_and_refill(128).is_none(), "empty until then");
         until_filled(&p, &c, 1, 1).await;
-        assert_eq!(p.take_and_refill(256).map(|e| e.id), Some(0));
+        assert_eq!(waiting_sizes(&p), [128]);
+        assert_eq!(p.take_and_refill(128).map(|e| e.id), Some(0));
         until_filled(&p, &c, 1, 2).await;
-        assert_eq!(p.take(256).map(|e| e.id), Some(1));
+        // Another size takes the pool's one entry over.
+        assert!(p.take_and_refill(256).is_none());
+        until_filled(&p, &c, 1, 3).await;
+        assert_eq!(waiting_sizes(&p), [256]);
+        assert_eq!(p.take(256).map(|e| e.id), Some(2));
     }
 }

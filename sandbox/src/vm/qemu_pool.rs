@@ -19,10 +19,11 @@
 //! A container fits an entry when its kernel is a PVH ELF and the QEMU command line its own
 //! start would run, with the entry's tap, MAC, uid, chroot, QMP socket and RAM file, is the
 //! entry's ([`Seat::fits`]): crid's PCI firmware on `pc`, a NIC, no disk, initrd or shared
-//! directory, the pool's memory size and vCPU count. Other guests start the usual way.
+//! directory, one vCPU and the entry's memory size. Other guests start the usual way.
 //!
-//! Entries live as crid's `vm/pool.rs` ones do: bounded, filled only after a guest of their
-//! size started, refilled after a delay; each is a prepared monitor
+//! Entries live as crid's `vm/pool.rs` ones do: bounded, prepared for the guest sizes started
+//! lately (QEMU's `-m`, from the pod's memory limit), filled only after a guest started,
+//! refilled after a delay; each is a prepared monitor
 //! ([`crate::monitor::prepared`], `--prepare-launch`) supervising the paused QEMU, ended when
 //! crid closes its socket (crid removing it, stopping or dying), which kills the QEMU, and its
 //! tap with it. Until the start, the monitor of a handed-over entry waits on crid's socket the
@@ -178,7 +179,6 @@ pub fn on_host(
         std::process::id(),
         netns_fd.as_raw_fd()
     ));
-    let memory_mib = settings.default_memory_mib;
     let maker = Maker {
         settings: settings.clone(),
         monitor,
@@ -187,11 +187,9 @@ pub fn on_host(
         netns: netns.clone(),
         next: AtomicU64::new(0),
     };
-    let prepare: Prepare<QemuEntry> = Box::new(move || maker.make());
+    let prepare: Prepare<QemuEntry> = Box::new(move |memory_mib| maker.make(memory_mib));
     Some(Arc::new(QemuPool {
-        pool: Arc::new(
-            Pool::new(settings.qemu_pool, memory_mib, prepare).with_refill_delay(REFILL_DELAY),
-        ),
+        pool: Arc::new(Pool::new(settings.qemu_pool, prepare).with_refill_delay(REFILL_DELAY)),
         netns,
         _netns_fd: Arc::new(netns_fd),
         qemu,
@@ -209,9 +207,9 @@ struct Maker {
 }
 
 impl Maker {
-    /// Starts one paused QEMU under a prepared monitor and waits until it answers on QMP.
-    /// Blocking.
-    fn make(&self) -> std::io::Result<QemuEntry> {
+    /// Starts one paused QEMU with `memory_mib` MiB of guest RAM under a prepared monitor and
+    /// waits until it answers on QMP. Blocking.
+    fn make(&self, memory_mib: u64) -> std::io::Result<QemuEntry> {
         let n = self.next.fetch_add(1, Ordering::SeqCst);
         let mut random = [0u8; 8];
         rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
@@ -232,7 +230,7 @@ impl Maker {
             qmp: self.dir.join(format!("{n}.qmp")),
             ram: self.dir.join(format!("{n}.ram")),
         };
-        let spec = seat.apply(&shape(&self.settings), Some(placeholder_net()));
+        let spec = seat.apply(&shape(&self.settings, memory_mib), Some(placeholder_net()));
         let argv = seat
             .argv(&spec, &self.qemu)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -282,9 +280,9 @@ impl Maker {
     }
 }
 
-/// The guest the entries are started for: a PVH unikernel with a virtio-PCI NIC on `pc`, of
-/// the default size, under KVM, booted by crid's PCI firmware.
-fn shape(settings: &VmSettings) -> VmSpec {
+/// The guest an entry is started for: a PVH unikernel of `memory_mib` MiB with a virtio-PCI NIC
+/// on `pc`, under KVM, booted by crid's PCI firmware.
+fn shape(settings: &VmSettings, memory_mib: u64) -> VmSpec {
     VmSpec {
         info: UnikernelInfo::new(
             UnikernelType::Unikraft,
@@ -297,7 +295,7 @@ fn shape(settings: &VmSettings) -> VmSpec {
         initrd: None,
         block: None,
         block_overlay: false,
-        memory_mib: settings.default_memory_mib,
+        memory_mib,
         vcpus: VCPUS,
         net: None,
         args: vec![],
@@ -349,7 +347,7 @@ mod tests {
         let s = seat();
         let argv = s
             .argv(
-                &s.apply(&shape(&settings()), Some(placeholder_net())),
+                &s.apply(&shape(&settings(), 64), Some(placeholder_net())),
                 Path::new("/usr/bin/qemu-system-x86_64"),
             )
             .unwrap();
@@ -375,13 +373,16 @@ mod tests {
         let s = seat();
         let qemu = Path::new("/usr/bin/qemu-system-x86_64");
         let entry = s
-            .argv(&s.apply(&shape(&settings()), Some(placeholder_net())), qemu)
+            .argv(
+                &s.apply(&shape(&settings(), 64), Some(placeholder_net())),
+                qemu,
+            )
             .unwrap();
         // A container's own spec: its kernel, command line and run directory differ.
         let dir = tempfile::tempdir().unwrap();
         let kernel = dir.path().join("app");
         std::fs::write(&kernel, crate::vm::qemu::tests::pvh_elf32()).unwrap();
-        let mut guest = shape(&settings());
+        let mut guest = shape(&settings(), 64);
         guest.kernel = kernel;
         guest.run_dir = "/run/crid/vm/c1".into();
         guest.args = vec!["/app".into(), "-p".into(), "8080".into()];
@@ -394,6 +395,14 @@ mod tests {
         let mut other = guest.clone();
         other.memory_mib = 128;
         assert!(!fits(&other));
+        // An entry started for that size (a pod's memory limit) fits it.
+        let entry_128 = s
+            .argv(
+                &s.apply(&shape(&settings(), 128), Some(placeholder_net())),
+                qemu,
+            )
+            .unwrap();
+        assert!(s.fits(&other, &entry_128, qemu));
         let mut other = guest.clone();
         other.vcpus = 2;
         assert!(!fits(&other));
@@ -407,7 +416,7 @@ mod tests {
 
     #[test]
     fn only_one_vcpu_pci_guests_with_a_nic_and_nothing_else_may_fit() {
-        let info = shape(&settings()).info;
+        let info = shape(&settings(), 64).info;
         assert!(may_fit(&info, 1, true, false));
         assert!(!may_fit(&info, 2, true, false));
         assert!(!may_fit(&info, 1, false, false));
