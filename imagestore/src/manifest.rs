@@ -212,7 +212,10 @@ pub(crate) fn select_platform<'a>(
         .copied()
 }
 
-/// The parts of an image config the store reads.
+/// The parts of an image config the store reads. Its platform fields are [`Platform`]'s
+/// written out, not `#[serde(flatten)]`: flatten buffers every other field of the config
+/// (`history` and all) as values, refusing what skipping them accepts (numbers beyond `f64`,
+/// lone surrogate escapes), which images in use may carry.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ConfigDoc {
     #[serde(default)]
@@ -373,5 +376,33 @@ mod tests {
         let huge = vec![b' '; MAX_MANIFEST_BYTES + 1];
         let e = parse_manifest(&huge, "x").unwrap_err();
         assert!(e.to_string().contains("larger than"), "{e}");
+    }
+
+    #[test]
+    fn config_reads_its_platform_and_diff_ids_and_skips_the_rest() {
+        let config = format!(
+            r#"{{"architecture":"arm64","os":"linux","variant":"v8","config":{{"Labels":{{"a":"b"}}}},
+                "rootfs":{{"type":"layers","diff_ids":["{}"]}},
+                "history":[{{"created_by":"\ud800","size":1e400}}]}}"#,
+            d(1)
+        );
+        let (text, doc) = parse_config(config.clone().into_bytes(), &d(9), 1).unwrap();
+        assert_eq!(text, config);
+        assert_eq!(
+            (doc.os.as_str(), doc.architecture.as_str()),
+            ("linux", "arm64")
+        );
+        assert_eq!(doc.variant.as_deref(), Some("v8"));
+        let labels = doc.config.and_then(|c| c.labels).unwrap();
+        assert_eq!(labels.get("a").map(String::as_str), Some("b"));
+        assert_eq!(doc.rootfs.diff_ids, [d(1)]);
+        // Absent platform fields are empty; a layer count other than the diff ids' is refused.
+        let bare = format!(r#"{{"rootfs":{{"diff_ids":["{}"]}}}}"#, d(1));
+        let (_, doc) = parse_config(bare.clone().into_bytes(), &d(9), 1).unwrap();
+        assert_eq!(
+            (doc.os, doc.architecture, doc.variant),
+            (String::new(), String::new(), None)
+        );
+        assert!(parse_config(bare.into_bytes(), &d(9), 2).is_err());
     }
 }
