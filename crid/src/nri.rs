@@ -14,7 +14,7 @@ use sandbox::container::{
     ContainerConfig, ContainerFilter, ContainerRecord, ContainerState, DeviceSpec, MountSpec,
     OciHook, OciHooks, Resources, Rlimit,
 };
-use sandbox::hooks::{ContainerHook, HookFuture, Hooks};
+use sandbox::hooks::{ContainerHook, HookError, HookFuture, Hooks};
 use sandbox::pod::{PodFilter, PodRecord};
 
 use crate::config::NriConfig;
@@ -132,12 +132,12 @@ struct NriHooks {
 }
 
 impl Hooks for NriHooks {
-    fn run_pod<'a>(&'a self, p: &'a PodRecord) -> HookFuture<'a, Result<(), String>> {
+    fn run_pod<'a>(&'a self, p: &'a PodRecord) -> HookFuture<'a, Result<(), HookError>> {
         Box::pin(async move {
             self.nri
                 .run_pod_sandbox(&pod(p))
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(HookError::new)
         })
     }
 
@@ -154,7 +154,7 @@ impl Hooks for NriHooks {
         p: &'a PodRecord,
         overhead: Option<&'a Resources>,
         resources: Option<&'a Resources>,
-    ) -> HookFuture<'a, Result<(), String>> {
+    ) -> HookFuture<'a, Result<(), HookError>> {
         Box::pin(async move {
             self.nri
                 .update_pod_sandbox(
@@ -163,7 +163,7 @@ impl Hooks for NriHooks {
                     resources.map(linux_resources),
                 )
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(HookError::new)
         })
     }
 
@@ -176,7 +176,7 @@ impl Hooks for NriHooks {
         p: &'a PodRecord,
         id: &'a str,
         config: &'a mut ContainerConfig,
-    ) -> HookFuture<'a, Result<(), String>> {
+    ) -> HookFuture<'a, Result<(), HookError>> {
         Box::pin(async move {
             let c = api::Container {
                 id: id.to_owned(),
@@ -188,7 +188,7 @@ impl Hooks for NriHooks {
                 .nri
                 .create_container(&pod(p), &c)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(HookError::new)?;
             apply_adjustment(config, &adjust);
             Ok(())
         })
@@ -199,13 +199,13 @@ impl Hooks for NriHooks {
         p: &'a PodRecord,
         c: &'a ContainerRecord,
         resources: &'a mut Resources,
-    ) -> HookFuture<'a, Result<(), String>> {
+    ) -> HookFuture<'a, Result<(), HookError>> {
         Box::pin(async move {
             let own = self
                 .nri
                 .update_container(&pod(p), &container(c), &linux_resources(resources))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(HookError::new)?;
             for u in own {
                 if let Some(r) = u.linux.as_ref().and_then(|l| l.resources.as_ref()) {
                     apply_resources(resources, r);

@@ -74,8 +74,12 @@ pub enum SandboxError {
     #[error("{op} timed out after {secs} s")]
     Timeout { op: String, secs: u64 },
     /// A node plugin (NRI) refused a pod or container at a lifecycle hook.
-    #[error("{event} refused by a node plugin: {reason}")]
-    Hook { event: &'static str, reason: String },
+    #[error("{event} refused by a node plugin")]
+    Hook {
+        event: &'static str,
+        #[source]
+        source: crate::hooks::HookError,
+    },
     /// A record on disk cannot be read or written.
     #[error("record {path}: {reason}")]
     Record { path: PathBuf, reason: String },

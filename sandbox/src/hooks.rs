@@ -1,7 +1,8 @@
 //! Lifecycle hooks: what [`crate::Runtime`] tells an observer at each step of a pod's and a
 //! container's life, and where that observer may adjust a container being created or its
 //! new resources (NRI plugins, through `crid`). Domain types only; the observer's protocol is
-//! its own business. An `Err` from a hook that may refuse fails the CRI call with its text.
+//! its own business. An `Err` from a hook that may refuse fails the CRI call, its text and
+//! sources ending the call's message.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +11,18 @@ use crate::container::{ContainerConfig, ContainerRecord, Resources};
 use crate::pod::PodRecord;
 
 pub type HookFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a hook refused a pod or container: the observer's own error (in `crid`, the NRI
+/// plugin's), kept whole.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct HookError(Box<dyn std::error::Error + Send + Sync>);
+
+impl HookError {
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> HookError {
+        HookError(error.into())
+    }
+}
 
 /// Container events that only inform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +39,7 @@ pub enum ContainerHook {
 
 pub trait Hooks: Send + Sync + 'static {
     /// The pod is set up and not yet visible; an error removes it again.
-    fn run_pod<'a>(&'a self, pod: &'a PodRecord) -> HookFuture<'a, Result<(), String>>;
+    fn run_pod<'a>(&'a self, pod: &'a PodRecord) -> HookFuture<'a, Result<(), HookError>>;
     /// The pod's containers are stopped; its network is still there.
     fn stop_pod<'a>(&'a self, pod: &'a PodRecord) -> HookFuture<'a, ()>;
     fn remove_pod<'a>(&'a self, pod: &'a PodRecord) -> HookFuture<'a, ()>;
@@ -36,7 +49,7 @@ pub trait Hooks: Send + Sync + 'static {
         pod: &'a PodRecord,
         overhead: Option<&'a Resources>,
         resources: Option<&'a Resources>,
-    ) -> HookFuture<'a, Result<(), String>>;
+    ) -> HookFuture<'a, Result<(), HookError>>;
     /// The pod's resources changed.
     fn post_update_pod<'a>(&'a self, pod: &'a PodRecord) -> HookFuture<'a, ()>;
     /// The container `id` is about to be created from `config`, which the hook may change;
@@ -46,14 +59,14 @@ pub trait Hooks: Send + Sync + 'static {
         pod: &'a PodRecord,
         id: &'a str,
         config: &'a mut ContainerConfig,
-    ) -> HookFuture<'a, Result<(), String>>;
+    ) -> HookFuture<'a, Result<(), HookError>>;
     /// New resources for a container, which the hook may change; an error stops the update.
     fn update_container<'a>(
         &'a self,
         pod: &'a PodRecord,
         container: &'a ContainerRecord,
         resources: &'a mut Resources,
-    ) -> HookFuture<'a, Result<(), String>>;
+    ) -> HookFuture<'a, Result<(), HookError>>;
     fn container_event<'a>(
         &'a self,
         event: ContainerHook,

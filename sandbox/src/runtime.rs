@@ -170,9 +170,9 @@ impl Runtime {
             result = hooks
                 .run_pod(&pod)
                 .await
-                .map_err(|reason| SandboxError::Hook {
+                .map_err(|source| SandboxError::Hook {
                     event: "RunPodSandbox",
-                    reason,
+                    source,
                 });
         }
         if let Err(e) = result {
@@ -258,9 +258,9 @@ impl Runtime {
             hooks
                 .create_container(&pod, &id, &mut config)
                 .await
-                .map_err(|reason| SandboxError::Hook {
+                .map_err(|source| SandboxError::Hook {
                     event: "CreateContainer",
-                    reason,
+                    source,
                 })?;
         }
         let leases = container_leases(&id, &image.id, &config);
@@ -290,9 +290,9 @@ impl Runtime {
             hooks
                 .update_pod(&pod, overhead.as_ref(), resources.as_ref())
                 .await
-                .map_err(|reason| SandboxError::Hook {
+                .map_err(|source| SandboxError::Hook {
                     event: "UpdatePodSandbox",
-                    reason,
+                    source,
                 })?;
             hooks.post_update_pod(&pod).await;
         }
@@ -319,9 +319,9 @@ impl Runtime {
             hooks
                 .update_container(&pod, &record, &mut resources)
                 .await
-                .map_err(|reason| SandboxError::Hook {
+                .map_err(|source| SandboxError::Hook {
                     event: "UpdateContainer",
-                    reason,
+                    source,
                 })?;
         }
         self.containers.update_resources(id, resources).await?;

@@ -94,4 +94,23 @@ mod tests {
             status.message()
         );
     }
+
+    #[test]
+    fn a_plugin_refusal_is_a_failed_precondition_naming_the_plugin_and_its_reason() {
+        let refusal = nri::NriError::Plugin {
+            plugin: "10-policy".into(),
+            reason: "CreateContainer: not here (code 2)".into(),
+        };
+        let e = sandbox::SandboxError::Hook {
+            event: "CreateContainer",
+            source: sandbox::hooks::HookError::new(refusal),
+        };
+        let status = to_status(e.kind(), &e);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(
+            status.message(),
+            "CreateContainer refused by a node plugin: NRI plugin 10-policy: \
+             CreateContainer: not here (code 2)"
+        );
+    }
 }
