@@ -133,7 +133,9 @@ pub async fn cold_start(
     command: &[&str],
     tag: &str,
 ) -> anyhow::Result<Started> {
-    Ok(start(target, image, command, tag, false, "", None).await?.0)
+    let pod = pod_config(target, tag, false);
+    let container = container_config(image, command, false, target.pod_pid);
+    Ok(start(target, pod, container, "", None).await?.0)
 }
 
 /// The container's log file name (`log_path`), in the pod's log directory.
@@ -154,40 +156,62 @@ pub async fn cold_start_watched(
     timeout: Duration,
     poll: Duration,
 ) -> anyhow::Result<(Started, FirstByte)> {
-    let (s, watcher) = start(
-        target,
-        image,
-        command,
-        tag,
-        host_network,
-        handler,
-        Some((timeout, poll)),
-    )
-    .await?;
+    let pod = pod_config(target, tag, host_network);
+    let container = container_config(image, command, host_network, target.pod_pid);
+    let (s, watcher) = start(target, pod, container, handler, Some((timeout, poll))).await?;
     Ok((s, watcher.context("no watcher")?))
 }
 
-async fn start(
+/// [`cold_start_watched`] with the requests kubelet builds for a Deployment's pod
+/// ([`crate::kubelet`]: long names, its own network, the service-account token, `/etc/hosts`
+/// and termination-log mounts, the `kubernetes` Service's environment, a declared port 8080,
+/// security context, annotations) whose container runs `command` (none: the image's) under
+/// limits of 500m CPU and `memory_limit` bytes, its node files under the target's log root.
+#[allow(clippy::too_many_arguments)]
+pub async fn kubelet_start_watched(
     target: &Target,
     image: &str,
     command: &[&str],
     tag: &str,
-    host_network: bool,
+    memory_limit: i64,
+    handler: &str,
+    timeout: Duration,
+    poll: Duration,
+) -> anyhow::Result<(Started, FirstByte)> {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let name = format!("bench-{tag}-{}-{n}-7f9c8d6b5-x2x9z", std::process::id());
+    let kubelet = crate::kubelet::KubeletPod::new(&target.log_root.join("kubelet"), &name, "bench")
+        .context("the pod's node files")?;
+    let mut pod = kubelet.sandbox_config();
+    pod.labels.insert("crid-bench".into(), "1".into());
+    let container = kubelet
+        .container("app", image)
+        .command(command)
+        .port("http", 8080)
+        .limits(500, memory_limit)
+        .build()
+        .context("the container's node files")?;
+    let (s, watcher) = start(target, pod, container, handler, Some((timeout, poll))).await?;
+    Ok((s, watcher.context("no watcher")?))
+}
+
+/// RunPodSandbox of `config`, CreateContainer of `container` in it and StartContainer, each
+/// timed; with `watch` (timeout, poll interval), the container's log watched from before the
+/// pod's start.
+async fn start(
+    target: &Target,
+    config: cri::PodSandboxConfig,
+    container: cri::ContainerConfig,
     handler: &str,
     watch: Option<(Duration, Duration)>,
 ) -> anyhow::Result<(Started, Option<FirstByte>)> {
     let mut rt = target.cri.runtime.clone();
-    let config = pod_config(target, tag, host_network);
+    let log = first_byte::log_file(&config.log_directory, &container.log_path);
     // As kubelet does before RunPodSandbox; the watch needs the directory.
-    std::fs::create_dir_all(&config.log_directory)
-        .with_context(|| format!("log directory {}", config.log_directory))?;
-    let watcher = watch.map(|(timeout, poll)| {
-        FirstByte::watch(
-            &first_byte::log_file(&config.log_directory, LOG_PATH),
-            timeout,
-            poll,
-        )
-    });
+    let log_dir = log.parent().context("log path without a directory")?;
+    std::fs::create_dir_all(log_dir)
+        .with_context(|| format!("log directory {}", log_dir.display()))?;
+    let watcher = watch.map(|(timeout, poll)| FirstByte::watch(&log, timeout, poll));
     let t0 = Instant::now();
     let pod_id = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -202,12 +226,7 @@ async fn start(
     let container_id = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod_id.clone(),
-            config: Some(container_config(
-                image,
-                command,
-                host_network,
-                target.pod_pid,
-            )),
+            config: Some(container),
             sandbox_config: Some(config),
         })
         .await
