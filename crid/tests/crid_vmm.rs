@@ -1071,7 +1071,7 @@ fn cmdline_of(pid: u32) -> String {
 /// (long names, mounts, service environment, limits of 500m and 64 MiB, security context,
 /// annotations) in a pod network starts the usual way and makes the pool prepare a VMM of
 /// 64 MiB; the next pod's same request is handed that VMM at `CreateContainer` and runs on it
-/// with the 64 MiB its limit asked for.
+/// with the 64 MiB its limit asked for, and so does one whose CPU limit asks for two vCPUs.
 #[tokio::test]
 async fn a_kubelet_pod_with_a_memory_limit_gets_a_prepared_crid_vmm_of_its_size() {
     use conformance::kubelet::KubeletPod;
@@ -1093,31 +1093,30 @@ async fn a_kubelet_pod_with_a_memory_limit_gets_a_prepared_crid_vmm_of_its_size(
     let crid = Crid::start_owned(dir).await;
     crid.expect_pull(&image).await;
     let kubelet = crid.path().join("kubelet");
-    let request = |pod: &KubeletPod, code: &str| {
+    let request = |pod: &KubeletPod, code: &str, cpu_millis: i64| {
         pod.container("app", &image)
             .args(&[code])
             .env("GREETING", "hi")
             .port("http", 8080)
             .config_map("config", "/etc/app", &[("greeting", "hello")])
             .empty_dir("cache", "/cache")
-            .limits(500, 64 << 20)
+            .limits(cpu_millis, 64 << 20)
             .build()
             .unwrap()
     };
-    let memory_arg = |info: &serde_json::Value| {
+    let arg = |info: &serde_json::Value, name: &str| {
         let argv: Vec<String> =
             serde_json::from_value(info["runtimeSpec"]["unikernel"]["argv"].clone()).unwrap();
-        argv.windows(2)
-            .find(|w| w[0] == "--memory")
-            .map(|w| w[1].clone())
+        argv.windows(2).find(|w| w[0] == name).map(|w| w[1].clone())
     };
+    let memory_arg = |info: &serde_json::Value| arg(info, "--memory");
 
     // The first such pod starts the usual way; the pool then prepares a VMM of its size.
     let pod = KubeletPod::new(&kubelet, "hello-7f9c8d6b5-x2x9z", "default").unwrap();
     let config = pod.sandbox_config();
     let pod_id = crid.run_pod_under(&config, "urunc").await;
     let first = crid
-        .create_start(&(pod_id, config), request(&pod, "exit=5"))
+        .create_start(&(pod_id, config), request(&pod, "exit=5", 500))
         .await;
     let s = crid
         .wait_state(&first, cri::ContainerState::ContainerExited)
@@ -1137,7 +1136,7 @@ async fn a_kubelet_pod_with_a_memory_limit_gets_a_prepared_crid_vmm_of_its_size(
     let config = pod.sandbox_config();
     let pod_id = crid.run_pod_under(&config, "urunc").await;
     let id = crid
-        .create(&(pod_id, config), request(&pod, "exit=7"))
+        .create(&(pod_id, config), request(&pod, "exit=7", 500))
         .await
         .unwrap_or_else(|e| panic!("create: {e}\n{}", crid.log()));
     wait_confined(prepared).await;
@@ -1158,8 +1157,27 @@ async fn a_kubelet_pod_with_a_memory_limit_gets_a_prepared_crid_vmm_of_its_size(
         text.contains("crid-test-guest: booted") && text.contains("KUBERNETES_SERVICE_HOST"),
         "{text}"
     );
-    crid.remove_container(&first).await;
-    crid.remove_container(&id).await;
+
+    // A CPU limit of two CPUs gives two vCPUs (where the host has them): no part of an entry,
+    // the VMM makes the second at the hand-over, so the refilled entry of 64 MiB serves it.
+    let next = wait_prepared(&crid, &[]).await;
+    let pod = KubeletPod::new(&kubelet, "hello-7f9c8d6b5-p4n7c", "default").unwrap();
+    let config = pod.sandbox_config();
+    let pod_id = crid.run_pod_under(&config, "urunc").await;
+    let two = crid
+        .create_start(&(pod_id, config), request(&pod, "exit=9", 2000))
+        .await;
+    let s = crid
+        .wait_state(&two, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(s.exit_code, 9, "{}", crid.log());
+    let (_, info) = crid.container_status(&two).await;
+    assert_eq!(info["pid"].as_i64(), Some(i64::from(next)), "{info}");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+    assert_eq!(arg(&info, "--vcpus"), Some(cpus.to_string()), "{info}");
+    for id in [first, id, two] {
+        crid.remove_container(&id).await;
+    }
     let path = crid.path().to_owned();
     crid.finish().await;
     expect_no_process_under(&path).await;
