@@ -568,16 +568,20 @@ async fn guest_on_crid_vmm_answers_on_the_pod_ip() {
     crid.finish().await;
 }
 
-/// `Status` verbose: how many crid-vmm guests are prepared (`null` without a pool).
-async fn prepared_count(crid: &Crid) -> Option<u64> {
+/// `Status` verbose: crid's `vm` report.
+async fn vm_report(crid: &Crid) -> serde_json::Value {
     let status = crid
         .rt()
         .status(cri::StatusRequest { verbose: true })
         .await
         .unwrap()
         .into_inner();
-    let vm: serde_json::Value = serde_json::from_str(&status.info["vm"]).unwrap();
-    vm["cridVmmPrepared"].as_u64()
+    serde_json::from_str(&status.info["vm"]).unwrap()
+}
+
+/// `Status` verbose: how many crid-vmm guests are prepared (`null` without a pool).
+async fn prepared_count(crid: &Crid) -> Option<u64> {
+    vm_report(crid).await["cridVmmPrepared"].as_u64()
 }
 
 /// The prepared crid-vmm processes of this crid (`crid-vmm --prepared <state>/vmm-pool`) and
@@ -838,14 +842,7 @@ async fn prepared_crid_vmm_is_handed_the_next_guest() {
 
 /// `Status` verbose: how many created crid-vmm guests are armed.
 async fn armed_count(crid: &Crid) -> Option<u64> {
-    let status = crid
-        .rt()
-        .status(cri::StatusRequest { verbose: true })
-        .await
-        .unwrap()
-        .into_inner();
-    let vm: serde_json::Value = serde_json::from_str(&status.info["vm"]).unwrap();
-    vm["cridVmmArmed"].as_u64()
+    vm_report(crid).await["cridVmmArmed"].as_u64()
 }
 
 /// crid with `vm.crid_vmm_pool = pool` and 32 MiB guests by default, the freestanding guest
@@ -1125,6 +1122,10 @@ async fn a_kubelet_pod_with_a_memory_limit_gets_a_prepared_crid_vmm_of_its_size(
     let (_, info) = crid.container_status(&first).await;
     assert_eq!(memory_arg(&info).as_deref(), Some("64"), "{info}");
     let prepared = wait_prepared(&crid, &[]).await;
+    assert_eq!(
+        vm_report(&crid).await["cridVmmPreparedMiB"],
+        serde_json::json!([64])
+    );
     let prepared_argv = cmdline_of(prepared);
     assert!(
         prepared_argv.contains(" --memory 64"),

@@ -2128,14 +2128,19 @@ async fn count_the_processes_of_a_guest_start(octet: u8, ports: Option<&str>) {
 /// `Status` verbose: how many QEMUs are prepared (`null` without a pool) and how many guests
 /// are armed.
 async fn qemu_pool_counts(crid: &Crid) -> (Option<u64>, Option<u64>) {
+    let vm = vm_report(crid).await;
+    (vm["qemuPrepared"].as_u64(), vm["cridVmmArmed"].as_u64())
+}
+
+/// `Status` verbose: crid's `vm` report.
+async fn vm_report(crid: &Crid) -> serde_json::Value {
     let status = crid
         .rt()
         .status(cri::StatusRequest { verbose: true })
         .await
         .unwrap()
         .into_inner();
-    let vm: serde_json::Value = serde_json::from_str(&status.info["vm"]).unwrap();
-    (vm["qemuPrepared"].as_u64(), vm["cridVmmArmed"].as_u64())
+    serde_json::from_str(&status.info["vm"]).unwrap()
 }
 
 /// Waits (bounded) until the QEMU pool has `prepared` entries waiting and `armed` guests.
@@ -2383,6 +2388,10 @@ async fn a_kubelet_pod_with_a_memory_limit_starts_on_a_prepared_qemu_of_its_size
     assert!(!a.contains(&"-S".to_owned()), "{a:?}");
     assert_eq!(memory(&a).as_deref(), Some("128"), "{a:?}");
     wait_qemu_pool(&crid, 1, 0).await;
+    assert_eq!(
+        vm_report(&crid).await["qemuPreparedMiB"],
+        serde_json::json!([128])
+    );
     let paused = prepared_qemus(&crid);
     assert_eq!(paused.len(), 1);
     let paused_argv: Vec<String> = std::fs::read(format!("/proc/{}/cmdline", paused[0]))

@@ -1,10 +1,11 @@
 //! The mechanism the pools of things prepared ahead of need share (`vm/pool.rs`: crid-vmm
 //! monitors; `pod/warm.rs`: pod networks): a list of ready entries handed out oldest first,
-//! and a refill that runs in the background after a delay, one at a time. What an entry is,
-//! how it is made and released, when the pool fills, how large it grows and when it stops are
-//! each pool's own rules, so they stay with it: the monitors are made blocking, keyed by guest
-//! size, held back after a failure and end when dropped; the networks are made and released
-//! asynchronously, go stale with the configuration and are released at shutdown.
+//! and a refill that runs in the background after a delay, one at a time (one asked for while
+//! another runs follows it). What an entry is, how it is made and released, when the pool
+//! fills, how large it grows and when it stops are each pool's own rules, so they stay with
+//! it: the monitors are made blocking, keyed by guest size, held back after a failure and end
+//! when dropped; the networks are made and released asynchronously, go stale with the
+//! configuration and are released at shutdown.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,8 @@ pub(crate) struct Ready<E> {
     entries: Mutex<Vec<E>>,
     /// Shared with the refill task, which clears it when its fill is done.
     filling: Arc<AtomicBool>,
+    /// A refill was asked for since the running fill began: the refill task fills once more.
+    asked: Arc<AtomicBool>,
 }
 
 impl<E> Ready<E> {
@@ -23,6 +26,7 @@ impl<E> Ready<E> {
         Ready {
             entries: Mutex::new(Vec::new()),
             filling: Arc::new(AtomicBool::new(false)),
+            asked: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -53,17 +57,33 @@ impl<E> Ready<E> {
         self.filling.load(Ordering::SeqCst)
     }
 
-    /// Runs `fill` in a background task after `delay`, unless a refill is already under way
-    /// (then `fill` is dropped unrun). Must be called inside the tokio runtime.
-    pub(crate) fn refill(&self, delay: Duration, fill: impl Future<Output = ()> + Send + 'static) {
+    /// Runs the future `fill` makes in a background task after `delay`, unless a refill is
+    /// already under way: then that task runs it once more, after the same delay, when its fill
+    /// is done (what was taken meanwhile may not have been seen by it). Must be called inside
+    /// the tokio runtime.
+    pub(crate) fn refill<F>(&self, delay: Duration, fill: impl Fn() -> F + Send + 'static)
+    where
+        F: Future<Output = ()> + Send,
+    {
+        self.asked.store(true, Ordering::SeqCst);
         if self.filling.swap(true, Ordering::SeqCst) {
             return;
         }
-        let filling = self.filling.clone();
+        let (filling, asked) = (self.filling.clone(), self.asked.clone());
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            fill.await;
-            filling.store(false, Ordering::SeqCst);
+            loop {
+                tokio::time::sleep(delay).await;
+                asked.store(false, Ordering::SeqCst);
+                fill().await;
+                if asked.load(Ordering::SeqCst) {
+                    continue;
+                }
+                filling.store(false, Ordering::SeqCst);
+                // Asked for just before the store, and no new task took that over: once more.
+                if !asked.load(Ordering::SeqCst) || filling.swap(true, Ordering::SeqCst) {
+                    break;
+                }
+            }
         });
     }
 }
@@ -91,8 +111,11 @@ mod tests {
         let started = Instant::now();
         for _ in 0..3 {
             let runs = runs.clone();
-            ready.refill(Duration::from_millis(20), async move {
-                runs.fetch_add(1, Ordering::SeqCst);
+            ready.refill(Duration::from_millis(20), move || {
+                let runs = runs.clone();
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                }
             });
         }
         assert!(ready.filling());
@@ -108,8 +131,11 @@ mod tests {
             "the others found it under way"
         );
         let again = runs.clone();
-        ready.refill(Duration::ZERO, async move {
-            again.fetch_add(1, Ordering::SeqCst);
+        ready.refill(Duration::ZERO, move || {
+            let again = again.clone();
+            async move {
+                again.fetch_add(1, Ordering::SeqCst);
+            }
         });
         while ready.filling() {
             assert!(Instant::now() < deadline, "never finished");
@@ -120,5 +146,39 @@ mod tests {
             2,
             "a new refill once the last one is done"
         );
+    }
+
+    #[tokio::test]
+    async fn a_refill_asked_for_while_one_fills_runs_once_more_after_it() {
+        let ready = Arc::new(Ready::<()>::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (go, wait) = (Arc::new(AtomicBool::new(false)), Duration::from_millis(5));
+        let fill = |runs: Arc<AtomicUsize>, go: Arc<AtomicBool>| {
+            move || {
+                let (runs, go) = (runs.clone(), go.clone());
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    // The first fill holds on until the test has asked again.
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while !go.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        };
+        ready.refill(Duration::ZERO, fill(runs.clone(), go.clone()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while runs.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "never started");
+            tokio::time::sleep(wait).await;
+        }
+        // Asked for while it fills (e.g. an entry of another size taken): not dropped.
+        ready.refill(Duration::ZERO, fill(runs.clone(), go.clone()));
+        go.store(true, Ordering::SeqCst);
+        while ready.filling() {
+            assert!(Instant::now() < deadline, "never finished");
+            tokio::time::sleep(wait).await;
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 }

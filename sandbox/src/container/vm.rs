@@ -1046,16 +1046,18 @@ impl ContainerBackend for VmBackend {
         self.release(id, self.legacy_state(id).as_ref());
     }
 
-    /// The VM policy, what the host's KVM offers and how many crid-vmm guests are prepared
-    /// (`null` without a pool).
+    /// The VM policy, what the host's KVM offers and how many crid-vmm guests and QEMUs are
+    /// prepared, and of which guest sizes (`null` without a pool).
     fn host_report(&self) -> serde_json::Value {
         serde_json::json!({
             "accelerator": self.settings.accelerator,
             "kvm": self.kvm,
             "defaultMemoryMiB": self.settings.default_memory_mib,
             "cridVmmPrepared": self.pool.as_ref().map(|p| p.waiting()),
+            "cridVmmPreparedMiB": self.pool.as_ref().map(|p| p.waiting_sizes()),
             "cridVmmArmed": self.armed.count(),
             "qemuPrepared": self.qemu_pool.as_ref().map(|p| p.waiting()),
+            "qemuPreparedMiB": self.qemu_pool.as_ref().map(|p| p.waiting_sizes()),
         })
     }
 }

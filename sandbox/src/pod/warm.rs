@@ -75,7 +75,10 @@ impl WarmPool {
             return;
         }
         let this = self.clone();
-        self.ready.refill(delay, async move { this.fill().await });
+        self.ready.refill(delay, move || {
+            let this = this.clone();
+            async move { this.fill().await }
+        });
     }
 
     /// [`WarmPool::refill`] after a network was taken.

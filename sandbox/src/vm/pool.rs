@@ -197,6 +197,11 @@ impl<E: Entry> Pool<E> {
         self.ready.waiting()
     }
 
+    /// The guest size (MiB) of each waiting entry, oldest first.
+    pub fn waiting_sizes(&self) -> Vec<u64> {
+        self.ready.entries().iter().map(|e| e.memory_mib).collect()
+    }
+
     fn sizes(&self) -> std::sync::MutexGuard<'_, Sizes> {
         self.sizes.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -295,8 +300,11 @@ impl<E: Entry> Pool<E> {
             return;
         }
         let pool = self.clone();
-        self.ready.refill(delay, async move {
-            let _ = tokio::task::spawn_blocking(move || pool.fill()).await;
+        self.ready.refill(delay, move || {
+            let pool = pool.clone();
+            async move {
+                let _ = tokio::task::spawn_blocking(move || pool.fill()).await;
+            }
         });
     }
 }
@@ -358,11 +366,6 @@ mod tests {
             })
         });
         (Arc::new(Pool::new(size, prepare)), c)
-    }
-
-    /// The sizes of the waiting entries, oldest first.
-    fn waiting_sizes(p: &Pool<Fake>) -> Vec<u64> {
-        p.ready.entries().iter().map(|e| e.memory_mib).collect()
     }
 
     #[test]
@@ -427,18 +430,18 @@ mod tests {
         // A guest of 128 MiB (a pod's memory limit): one entry each, the newest 256 dropped.
         p.sizes().started(128);
         assert_eq!(p.fill(), 1);
-        assert_eq!(waiting_sizes(&p), [256, 128]);
+        assert_eq!(p.waiting_sizes(), [256, 128]);
         assert_eq!(c.dropped.load(Ordering::SeqCst), 1);
         assert_eq!(p.take(256).map(|e| e.id), Some(0), "the oldest kept");
         // A third size: the pool keeps two, so 256 (started least recently) is forgotten.
         p.sizes().started(64);
         p.sizes().started(128);
         assert_eq!(p.fill(), 1);
-        assert_eq!(waiting_sizes(&p), [128, 64]);
+        assert_eq!(p.waiting_sizes(), [128, 64]);
         p.sizes().started(32);
         p.sizes().started(16);
         assert_eq!(p.fill(), 2);
-        assert_eq!(waiting_sizes(&p), [16, 32], "both earlier sizes forgotten");
+        assert_eq!(p.waiting_sizes(), [16, 32], "both earlier sizes forgotten");
         // One taken, three trimmed.
         assert_eq!(c.dropped.load(Ordering::SeqCst), 4);
         assert_eq!(p.take(32).map(|e| e.memory_mib), Some(32));
@@ -454,7 +457,7 @@ mod tests {
         }
         p.fill();
         assert_eq!(p.waiting(), MAX_SIZE);
-        let mut sizes = waiting_sizes(&p);
+        let mut sizes = p.waiting_sizes();
         sizes.dedup();
         assert_eq!(sizes, [10, 9, 8, 7], "the {MAX_SIZES} most recent sizes");
         assert_eq!(c.made.load(Ordering::SeqCst), 2 * MAX_SIZE);
@@ -525,13 +528,13 @@ mod tests {
         let (p, c) = pool(1);
         assert!(p.take_and_refill(128).is_none(), "empty until then");
         until_filled(&p, &c, 1, 1).await;
-        assert_eq!(waiting_sizes(&p), [128]);
+        assert_eq!(p.waiting_sizes(), [128]);
         assert_eq!(p.take_and_refill(128).map(|e| e.id), Some(0));
         until_filled(&p, &c, 1, 2).await;
         // Another size takes the pool's one entry over.
         assert!(p.take_and_refill(256).is_none());
         until_filled(&p, &c, 1, 3).await;
-        assert_eq!(waiting_sizes(&p), [256]);
+        assert_eq!(p.waiting_sizes(), [256]);
         assert_eq!(p.take(256).map(|e| e.id), Some(2));
     }
 }

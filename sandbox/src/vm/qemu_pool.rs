@@ -111,6 +111,11 @@ impl QemuPool {
     pub fn waiting(&self) -> usize {
         self.pool.waiting()
     }
+
+    /// The guest size (MiB) of each waiting entry.
+    pub fn waiting_sizes(&self) -> Vec<u64> {
+        self.pool.waiting_sizes()
+    }
 }
 
 /// The vCPUs an entry runs: what a guest without a CPU limit gets (see [`super::launch::vcpus`]).
