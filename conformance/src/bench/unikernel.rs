@@ -288,14 +288,26 @@ pub async fn run(
         }
     }
     // Kubelet-shaped pods, in a phase of their own: their guests' size (the memory limit) is
-    // not the default one, and a pool of one entry keeps the size started last.
-    for _ in 0..iterations {
+    // not the default one, and a pool of one entry keeps the size started last. A failure
+    // here is reported and leaves the rows above.
+    'kubelet: for _ in 0..iterations {
         for (target, s) in targets.iter().zip(series.iter_mut()) {
-            let [uk, rc, ukc, rcc] = kubelet_pair(target, unikernel_image, busybox_image).await?;
-            s.uk_kube.push(uk);
-            s.rc_kube.push(rc);
-            s.ukc_kube.push(ukc);
-            s.rcc_kube.push(rcc);
+            match kubelet_pair(target, unikernel_image, busybox_image).await {
+                Ok([uk, rc, ukc, rcc]) => {
+                    s.uk_kube.push(uk);
+                    s.rc_kube.push(rc);
+                    s.ukc_kube.push(ukc);
+                    s.rcc_kube.push(rcc);
+                }
+                Err(e) => {
+                    report.errors.push(format!(
+                        "{unikernel_image}: kubelet-shaped pods on {}: {e:#}",
+                        target.name
+                    ));
+                    let _ = workload::sweep(target).await;
+                    break 'kubelet;
+                }
+            }
         }
         if let Some(l) = load_average() {
             load.push(l);
