@@ -684,6 +684,21 @@ async fn prepared_crid_vmm_is_handed_the_next_guest() {
         .await;
     assert_eq!(s.exit_code, 5, "{}", crid.log());
     let prepared = wait_prepared(&crid, &[]).await;
+    // The waiting monitor passed its end of the VMM's socket to crid, which hands the VMM its
+    // guest itself: the monitor's one socket is crid's (its standard input and output).
+    let waiting = parent_of(prepared);
+    let other_sockets: Vec<String> = std::fs::read_dir(format!("/proc/{waiting}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|e| !matches!(e.file_name().to_str(), Some("0" | "1")))
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|t| t.display().to_string())
+        .filter(|t| t.starts_with("socket:"))
+        .collect();
+    assert!(
+        other_sockets.is_empty(),
+        "the waiting monitor holds {other_sockets:?}"
+    );
 
     // The next one, in a pod network, is handed that VMM.
     let config = common::pod_config("pool-net", crid.path());

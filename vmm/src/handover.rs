@@ -1,18 +1,20 @@
 //! The prepared mode (`crid-vmm --prepared POOL --memory MIB`): the VMM builds its VM before
-//! any guest is known ([`crate::vm::prepare`]), then takes the guest's command line from its
-//! supervisor, crid's prepared monitor (`sandbox::monitor::prepared`), over standard input, a
-//! unix socket:
+//! any guest is known ([`crate::vm::prepare`]), then takes the guest's command line over
+//! standard input, a unix socket whose other end its supervisor, crid's prepared monitor
+//! (`sandbox::monitor::prepared`), holds until the VM is built and then passes to crid:
 //! 1. the VMM writes [`READY`] once the VM is built;
-//! 2. the monitor writes the rest of a crid-vmm command line, each argument followed by a NUL
-//!    byte, and shuts its side down: end of file ends the message. With its first bytes it may
-//!    pass one descriptor (`SCM_RIGHTS`), the guest's start gate: crid's own socket, when crid
-//!    hands the container over at `CreateContainer`;
+//! 2. crid writes the rest of a crid-vmm command line, each argument followed by a NUL byte,
+//!    and shuts its side down: end of file ends the message. With its first bytes it may pass
+//!    one descriptor (`SCM_RIGHTS`), the guest's start gate: one end of a socket pair whose
+//!    other end crid keeps;
 //! 3. the VMM sets that guest up ([`crate::vm::run_prepared`]) and, given a start gate, waits
-//!    on it, confined, until crid writes [`START`] (`StartContainer`): only then does the boot
-//!    vCPU run the guest's first instruction. End of file there (crid removed the container
-//!    or went away before starting it) ends the VMM with status 0, the guest never run.
+//!    on it, confined, until crid writes [`START`] (once the monitor has taken the container:
+//!    at `StartContainer` for a container handed over at `CreateContainer`): only then does
+//!    the boot vCPU run the guest's first instruction. End of file there (crid removed the
+//!    container or went away before starting it) ends the VMM with status 0, the guest never
+//!    run.
 //!
-//! End of file before any byte means the monitor discarded it: the VMM exits with status 0.
+//! End of file before any byte means crid discarded it: the VMM exits with status 0.
 
 use std::ffi::OsString;
 use std::fs::File;

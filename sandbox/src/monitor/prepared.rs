@@ -9,25 +9,30 @@
 //! 1. The monitor forks the detached half (the first process exits, so it is never crid's
 //!    child), becomes a supervisor like any monitor, and starts `VMM --prepared DIR --memory
 //!    MIB` with its output on pipes and stdin on a socket of its own. Once the VMM says its VM
-//!    is built, the monitor prints a [`Ready`] line with the VMM's pid (or the error).
-//! 2. crid writes one JSON [`Handover`] line: the container's [`MonitorSpec`], whose launch is
-//!    the crid-vmm command line crid would otherwise run, and the file for the monitor's own
-//!    errors.
-//! 3. The monitor passes the command line to the VMM (with `--netns` for the pod's network
-//!    namespace, which the VMM enters itself), so that the VMM sets the guest up meanwhile,
-//!    moves into the container's state directory (how crid recognises it after a restart, its
-//!    command line not naming the container), writes its pid file, opens the CRI log and
-//!    prints a second [`Ready`] line; then it is the container's monitor like any other.
-//! 4. With [`Handover::start_gate`] (crid hands the container over at `CreateContainer`) the
-//!    monitor passes its socket to crid along with the command line (`SCM_RIGHTS`) and keeps
-//!    no copy: the VMM sets the guest up, confines itself and waits on it until crid writes
-//!    `G` at `StartContainer` ([`StartGate::start`]), straight to the VMM, waking no other
-//!    process. Closing crid's end instead (the container removed, crid gone) ends the VMM
-//!    with status 0 before the guest ran.
+//!    is built, the monitor prints a [`Ready`] line with the VMM's pid (or the error), passing
+//!    its end of the VMM's socket along (`SCM_RIGHTS`) and keeping no copy: from then on crid
+//!    talks to the VMM itself.
+//! 2. At the hand-over crid first writes the guest's command line to the VMM (the crid-vmm
+//!    command line it would otherwise run, with `--netns` for the pod's network namespace,
+//!    which the VMM enters itself), together with the start gate: one end of a new socket
+//!    pair, whose other end crid keeps. The VMM sets the guest up, confines itself and waits
+//!    on the gate, while crid writes one JSON [`Handover`] line to the monitor: the container's
+//!    [`MonitorSpec`] and the file for the monitor's own errors. The two run side by side: no
+//!    process wakes another on the way to the guest's set-up.
+//! 3. The monitor moves into the container's state directory (how crid recognises it after a
+//!    restart, its command line not naming the container), writes its pid file, opens the CRI
+//!    log and prints a second [`Ready`] line; then it is the container's monitor like any
+//!    other.
+//! 4. crid opens the gate (`G`, [`StartGate::start`]) once the monitor has the container: at
+//!    `StartContainer` when it handed the container over at `CreateContainer`, at once
+//!    otherwise. It goes straight to the VMM, waking no other process. Closing crid's end
+//!    instead (the container removed, the monitor failed to take it, crid gone) ends the VMM
+//!    with status 0 before the guest ran, so a guest never runs without its monitor.
 //!
 //! End of file from crid before step 2 (crid discarded the entry, stopped or died) ends the
-//! monitor and its VMM: a prepared entry never outlives the crid that prepared it. A VMM that
-//! dies while it waits ends its monitor too.
+//! monitor and its VMM (whose socket crid held): a prepared entry never outlives the crid that
+//! prepared it. A VMM that dies while it waits ends its monitor too; a monitor that dies
+//! leaves its VMM to crid, which discards the entry when it finds the monitor gone.
 //!
 //! `crid-monitor --prepare-launch FILE` prepares a VMM whose command line is fixed when it
 //! starts (QEMU, started paused: see `vm::qemu_pool`): FILE holds the [`Launch`] it runs at
@@ -40,7 +45,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -74,8 +79,9 @@ pub struct Handover {
     pub spec: MonitorSpec,
     /// Where the monitor's own errors go from now on (the container's `monitor.log`).
     pub stderr: PathBuf,
-    /// The VMM gets crid's socket as its start gate and runs the guest only when crid writes
-    /// on it (see [`StartGate`]).
+    /// A prepared launch: the monitor keeps crid's socket as the start gate and supervises
+    /// the VMM only when crid writes on it (see [`StartGate`]). A prepared crid-vmm gets its
+    /// gate from crid with its command line instead.
     #[serde(default)]
     pub start_gate: bool,
 }
@@ -83,12 +89,22 @@ pub struct Handover {
 // ---------------------------------------------------------------------------------------------
 // crid's side
 
-/// A prepared monitor waiting for a container: crid's end of its socket. Dropping it discards
-/// the monitor and its VMM (they end on the end of file).
+/// A prepared monitor waiting for a container: crid's end of its socket, and of its crid-vmm's.
+/// Dropping it discards the monitor and its VMM (they end on the end of file).
 #[derive(Debug)]
 pub struct PreparedMonitor {
     /// The prepared VMM.
     pub vmm_pid: i32,
+    socket: UnixStream,
+    /// A prepared crid-vmm (not a prepared launch): crid hands it the guest itself.
+    vmm: Option<PreparedVmm>,
+}
+
+/// A prepared crid-vmm: its program (the hand-over runs no other) and its socket, which its
+/// monitor passed to crid (the VMM's standard input).
+#[derive(Debug)]
+struct PreparedVmm {
+    program: PathBuf,
     socket: UnixStream,
 }
 
@@ -124,7 +140,7 @@ pub fn spawn(
         "--pool".as_ref(),
         pool.as_os_str(),
     ];
-    spawn_with(monitor, &args, stderr, timeout)
+    spawn_with(monitor, &args, stderr, timeout, Some(vmm))
 }
 
 /// Starts a prepared monitor that runs the [`Launch`] in `launch_file` at once (a VMM whose
@@ -137,14 +153,17 @@ pub fn spawn_launch(
     timeout: Duration,
 ) -> std::io::Result<PreparedMonitor> {
     let args: [&std::ffi::OsStr; 2] = ["--prepare-launch".as_ref(), launch_file.as_os_str()];
-    spawn_with(monitor, &args, stderr, timeout)
+    spawn_with(monitor, &args, stderr, timeout, None)
 }
 
+/// Starts the monitor and reads its first [`Ready`] line; with `vmm` (a prepared crid-vmm),
+/// the VMM's socket comes with it.
 fn spawn_with(
     monitor: &Path,
     args: &[&std::ffi::OsStr],
     stderr: &Path,
     timeout: Duration,
+    vmm: Option<&Path>,
 ) -> std::io::Result<PreparedMonitor> {
     let (ours, theirs) = UnixStream::pair()?;
     let stderr = File::options().create(true).append(true).open(stderr)?;
@@ -164,10 +183,25 @@ fn spawn_with(
         )));
     }
     ours.set_read_timeout(Some(timeout))?;
-    match read_ready(&ours)? {
+    let (ready, passed) = read_ready_passing(&ours)?;
+    let vmm = match (vmm, passed) {
+        (Some(program), Some(fd)) => Some(PreparedVmm {
+            program: program.to_owned(),
+            socket: UnixStream::from(fd),
+        }),
+        (None, _) => None,
+        (Some(_), None) if ready.as_ref().is_some_and(|r| r.pid.is_some()) => {
+            return Err(std::io::Error::other(
+                "the prepared monitor did not pass its VMM's socket",
+            ));
+        }
+        (Some(_), None) => None,
+    };
+    match ready {
         Some(Ready { pid: Some(pid), .. }) => Ok(PreparedMonitor {
             vmm_pid: pid,
             socket: ours,
+            vmm,
         }),
         Some(Ready { error, .. }) => {
             Err(std::io::Error::other(error.unwrap_or_else(|| {
@@ -213,36 +247,61 @@ impl StartGate {
 }
 
 impl PreparedMonitor {
-    /// Whether the monitor still waits (it has not closed its socket).
+    /// Whether the monitor and its crid-vmm still wait (neither has closed its socket).
     pub fn alive(&self) -> bool {
-        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        if let Some(vmm) = &self.vmm {
+            fds.push(PollFd::new(vmm.socket.as_fd(), PollFlags::POLLIN));
+        }
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
     }
 
-    /// [`PreparedMonitor::hand_over`] with [`Handover::start_gate`] set: the guest is set up
-    /// and waits for [`StartGate::start`]. Blocking.
+    /// Hands over the container with [`Handover::start_gate`] set: a crid-vmm gets the guest's
+    /// command line and its gate from crid, then the monitor takes the container; a prepared
+    /// launch's monitor takes it and keeps crid's socket as the gate. The guest is set up and
+    /// waits for [`StartGate::start`]. Blocking.
     pub fn hand_over_gated(
         self,
         handover: &Handover,
         timeout: Duration,
     ) -> Result<(Ready, StartGate), HandoverError> {
+        let gate = self.start_vmm(&handover.spec)?;
         let handover = Handover {
-            start_gate: true,
+            start_gate: gate.is_none(),
             ..handover.clone()
         };
         let ready = self.send(&handover, timeout)?;
         Ok((
             ready,
             StartGate {
-                socket: self.socket,
+                socket: gate.unwrap_or(self.socket),
                 resume: None,
             },
         ))
     }
 
-    /// Hands the monitor its container and returns its report (at most `timeout`). Blocking.
+    /// Hands a prepared crid-vmm's monitor its container and returns its report (at most
+    /// `timeout`); the guest runs once the monitor has taken it. Blocking.
     pub fn hand_over(self, handover: &Handover, timeout: Duration) -> Result<Ready, HandoverError> {
-        self.send(handover, timeout)
+        let (ready, gate) = self.hand_over_gated(handover, timeout)?;
+        if ready.pid.is_some() {
+            gate.start().map_err(HandoverError::Failed)?;
+        }
+        Ok(ready)
+    }
+
+    /// Writes a crid-vmm the guest's command line (see [`vmm_args`]) with the VMM's end of a
+    /// new start gate, and returns crid's end; `None` for a prepared launch. A VMM that is gone
+    /// had not started anything: [`HandoverError::Gone`].
+    fn start_vmm(&self, spec: &MonitorSpec) -> Result<Option<UnixStream>, HandoverError> {
+        let Some(vmm) = &self.vmm else {
+            return Ok(None);
+        };
+        let args = vmm_args(spec, &vmm.program)
+            .map_err(|e| HandoverError::Failed(std::io::Error::other(e)))?;
+        let (ours, theirs) = UnixStream::pair().map_err(HandoverError::Failed)?;
+        send_args(&vmm.socket, &encode_args(&args), theirs.as_fd()).map_err(HandoverError::Gone)?;
+        Ok(Some(ours))
     }
 
     fn send(&self, handover: &Handover, timeout: Duration) -> Result<Ready, HandoverError> {
@@ -270,6 +329,21 @@ impl PreparedMonitor {
 fn read_ready(socket: &UnixStream) -> std::io::Result<Option<Ready>> {
     let mut line = Vec::new();
     BufReader::new(socket.take(MAX_LINE)).read_until(b'\n', &mut line)?;
+    parse_ready(&line)
+}
+
+/// [`read_ready`] of a line that may come with a descriptor ([`report_passing`]).
+fn read_ready_passing(socket: &UnixStream) -> std::io::Result<(Option<Ready>, Option<OwnedFd>)> {
+    let mut first = [0u8; 4096];
+    let (n, fd) = super::sys::recv_with_fd(socket, &mut first)?;
+    let mut line = first[..n].to_vec();
+    if n > 0 && !line.ends_with(b"\n") {
+        BufReader::new(socket.take(MAX_LINE)).read_until(b'\n', &mut line)?;
+    }
+    Ok((parse_ready(&line)?, fd))
+}
+
+fn parse_ready(line: &[u8]) -> std::io::Result<Option<Ready>> {
     if line.is_empty() {
         return Ok(None);
     }
@@ -278,9 +352,69 @@ fn read_ready(socket: &UnixStream) -> std::io::Result<Option<Ready>> {
         .map_err(|e| {
             std::io::Error::other(format!(
                 "prepared monitor reported {:?}: {e}",
-                String::from_utf8_lossy(&line)
+                String::from_utf8_lossy(line)
             ))
         })
+}
+
+/// Writes a crid-vmm's hand-over message (see `crid_vmm::handover`) and ends it, `gate` going
+/// with its first bytes.
+fn send_args(socket: &UnixStream, message: &[u8], gate: BorrowedFd<'_>) -> std::io::Result<()> {
+    let sent = send_passing(socket.as_raw_fd(), message, gate)?;
+    let mut writer = socket;
+    writer.write_all(&message[sent..])?;
+    socket.shutdown(std::net::Shutdown::Write)
+}
+
+/// What a prepared crid-vmm is handed of a launch: the crid-vmm command line after the program
+/// (which must be the prepared VMM's), then `--netns` for the pod's network namespace. A
+/// launch the prepared VMM cannot run is an error.
+fn vmm_args(spec: &MonitorSpec, vmm: &Path) -> Result<Vec<String>, String> {
+    let Launch::Command {
+        argv,
+        env,
+        cwd,
+        netns,
+        cgroup_procs,
+        exit_port,
+        seccomp,
+    } = &spec.launch
+    else {
+        return Err("a prepared crid-vmm runs only its own command line".into());
+    };
+    let Some((program, args)) = argv.split_first() else {
+        return Err("empty command".into());
+    };
+    if Path::new(program) != vmm
+        || !env.is_empty()
+        || cwd.is_some()
+        || !cgroup_procs.is_empty()
+        || exit_port.is_some()
+        || seccomp.is_some()
+    {
+        return Err(format!(
+            "a prepared crid-vmm runs {} as it was prepared, not {program}",
+            vmm.display()
+        ));
+    }
+    let mut args = args.to_vec();
+    if let Some(ns) = netns {
+        let ns = ns
+            .to_str()
+            .ok_or("the network namespace path is not UTF-8")?;
+        args.extend(["--netns".to_owned(), ns.to_owned()]);
+    }
+    Ok(args)
+}
+
+/// The VMM's hand-over message: every argument followed by a NUL byte.
+fn encode_args(args: &[String]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for a in args {
+        out.extend_from_slice(a.as_bytes());
+        out.push(0);
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -391,13 +525,10 @@ fn wait_for_start(gate: &File, vmm: Pid) {
     }
 }
 
-/// A prepared monitor before its container: the VMM, its output pipes, its socket and the
-/// monitor's signals.
+/// A prepared monitor before its container: the VMM, its output pipes, its socket (a
+/// crid-vmm's, until it goes to crid) and the monitor's signals.
 struct Waiting {
     vmm: Pid,
-    /// The prepared crid-vmm's path, which the handed-over command line must start with;
-    /// `None` for a launch run as it was prepared.
-    vmm_path: Option<PathBuf>,
     socket: Option<UnixStream>,
     stdout: File,
     stderr: File,
@@ -412,7 +543,7 @@ impl Waiting {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
         let (err_r, err_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-        let (mut cmd, program, socket, vmm_path) = match prepare {
+        let (mut cmd, program, socket) = match prepare {
             Prepare::Vmm {
                 vmm,
                 memory_mib,
@@ -425,11 +556,11 @@ impl Waiting {
                     .arg("--memory")
                     .arg(memory_mib.to_string())
                     .stdin(Stdio::from(OwnedFd::from(theirs)));
-                (cmd, vmm.clone(), Some(ours), Some(vmm.clone()))
+                (cmd, vmm.clone(), Some(ours))
             }
             Prepare::Launch(file) => {
                 let (cmd, program) = launch_command(file)?;
-                (cmd, program, None, None)
+                (cmd, program, None)
             }
         };
         let child = cmd
@@ -442,25 +573,31 @@ impl Waiting {
         let pid = i32::try_from(child.id()).map_err(|e| e.to_string())?;
         let mut waiting = Waiting {
             vmm: Pid::from_raw(pid),
-            vmm_path,
             socket,
             stdout: File::from(out_r),
             stderr: File::from(err_r),
             signals,
         };
-        let ready = if waiting.socket.is_some() {
+        let built = if waiting.socket.is_some() {
             waiting.wait_for_vmm()
         } else {
             Ok(())
         };
-        match ready {
-            Ok(()) => {
-                report_line(&Ready {
-                    pid: Some(pid),
-                    error: None,
-                });
-                Ok(waiting)
+        let ready = Ready {
+            pid: Some(pid),
+            error: None,
+        };
+        // A crid-vmm's socket goes to crid, which hands the VMM its guest itself.
+        let reported = built.and_then(|()| match waiting.socket.take() {
+            Some(socket) => report_passing(&ready, socket.as_fd())
+                .map_err(|e| format!("cannot pass the VMM's socket: {e}")),
+            None => {
+                report_line(&ready);
+                Ok(())
             }
+        });
+        match reported {
+            Ok(()) => Ok(waiting),
             Err(e) => {
                 waiting.discard();
                 Err(e)
@@ -590,10 +727,9 @@ impl Waiting {
         let _ = nix::sys::wait::waitpid(self.vmm, None);
     }
 
-    /// Becomes the monitor of the handed-over container: a crid-vmm gets the guest's command
-    /// line, then the monitor takes its state directory, pid file, log and errors. With a
-    /// launch and [`Handover::start_gate`], also crid's socket, to wait on before it
-    /// supervises ([`wait_for_start`]).
+    /// Becomes the monitor of the handed-over container: its state directory, pid file, log
+    /// and errors (a crid-vmm has its guest from crid already). With [`Handover::start_gate`]
+    /// (a launch), also crid's socket, to wait on before it supervises ([`wait_for_start`]).
     fn take(mut self, handover: &Handover) -> Result<(Monitor, Option<File>), String> {
         let result = self.take_inner(handover);
         if result.is_err() {
@@ -614,30 +750,23 @@ impl Waiting {
         })
     }
 
-    /// The VMM gets its command line first, so that it sets the guest up while the monitor
-    /// takes the container; its output waits in the pipes until the log is open. Should
-    /// taking it fail, [`Waiting::take`] kills the VMM.
+    /// The VMM's output waits in the pipes until the log is open. Should taking the container
+    /// fail, [`Waiting::take`] kills the VMM.
     fn take_inner(
         &mut self,
         handover: &Handover,
     ) -> Result<(super::log::LogFile, Option<File>), String> {
         let spec = &handover.spec;
-        let gate = match &self.vmm_path {
-            Some(vmm) => {
-                let args = vmm_args(spec, vmm)?;
-                let socket = self.socket.take().ok_or("no VMM socket")?;
-                send_args(&socket, &encode_args(&args), handover.start_gate)
-                    .map_err(|e| format!("handing the guest to the VMM: {e}"))?;
-                None
-            }
-            // [`report`] replaces stdin with /dev/null: the gate is a copy.
-            None if handover.start_gate => Some(File::from(
+        // [`report`] replaces stdin with /dev/null: the gate is a copy.
+        let gate = if handover.start_gate {
+            Some(File::from(
                 std::io::stdin()
                     .as_fd()
                     .try_clone_to_owned()
                     .map_err(|e| format!("keeping crid's socket: {e}"))?,
-            )),
-            None => None,
+            ))
+        } else {
+            None
         };
         redirect_stderr(&handover.stderr)?;
         let dir = spec
@@ -684,78 +813,29 @@ fn launch_command(file: &Path) -> Result<(Command, PathBuf), String> {
     Ok((cmd, PathBuf::from(program)))
 }
 
-/// Writes the VMM's hand-over message and ends it; with `start_gate`, crid's socket (this
-/// process's stdin) goes with its first bytes, and the monitor's copies of it are closed by
-/// [`report`] right after.
-fn send_args(socket: &UnixStream, message: &[u8], start_gate: bool) -> std::io::Result<()> {
-    let mut rest = message;
-    if start_gate {
-        let stdin = std::io::stdin();
-        let fds = [stdin.as_fd().as_raw_fd()];
-        let sent = sendmsg::<()>(
-            socket.as_raw_fd(),
-            &[std::io::IoSlice::new(rest)],
-            &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )
-        .map_err(std::io::Error::from)?;
-        rest = &rest[sent..];
-    }
-    let mut writer = socket;
-    writer.write_all(rest)?;
-    socket.shutdown(std::net::Shutdown::Write)
+/// Writes the first bytes of `message` on the socket `fd` with `passed` (`SCM_RIGHTS`), and
+/// returns how many went.
+fn send_passing(fd: RawFd, message: &[u8], passed: BorrowedFd<'_>) -> std::io::Result<usize> {
+    let fds = [passed.as_raw_fd()];
+    sendmsg::<()>(
+        fd,
+        &[std::io::IoSlice::new(message)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(std::io::Error::from)
 }
 
-/// The VMM's part of a handed-over launch: the crid-vmm command line after the program (which
-/// must be the prepared VMM's), then `--netns` for the pod's network namespace. A launch the
-/// prepared VMM cannot run is an error.
-fn vmm_args(spec: &MonitorSpec, vmm: &Path) -> Result<Vec<String>, String> {
-    let Launch::Command {
-        argv,
-        env,
-        cwd,
-        netns,
-        cgroup_procs,
-        exit_port,
-        seccomp,
-    } = &spec.launch
-    else {
-        return Err("a prepared monitor runs only its prepared VMM".into());
-    };
-    let Some((program, args)) = argv.split_first() else {
-        return Err("empty command".into());
-    };
-    if Path::new(program) != vmm
-        || !env.is_empty()
-        || cwd.is_some()
-        || !cgroup_procs.is_empty()
-        || exit_port.is_some()
-        || seccomp.is_some()
-    {
-        return Err(format!(
-            "a prepared monitor runs {} as it was prepared, not {program}",
-            vmm.display()
-        ));
-    }
-    let mut args = args.to_vec();
-    if let Some(ns) = netns {
-        let ns = ns
-            .to_str()
-            .ok_or("the network namespace path is not UTF-8")?;
-        args.extend(["--netns".to_owned(), ns.to_owned()]);
-    }
-    Ok(args)
-}
-
-/// The VMM's hand-over message: every argument followed by a NUL byte.
-fn encode_args(args: &[String]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for a in args {
-        out.extend_from_slice(a.as_bytes());
-        out.push(0);
-    }
-    out
+/// [`report_line`] on crid's socket (standard output) with `passed` going along: the prepared
+/// crid-vmm's socket.
+fn report_passing(ready: &Ready, passed: BorrowedFd<'_>) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(ready).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut out = std::io::stdout().lock();
+    let sent = send_passing(out.as_raw_fd(), &line, passed)?;
+    out.write_all(&line[sent..])?;
+    out.flush()
 }
 
 /// Appends the monitor's own errors to `path` from now on.
@@ -878,6 +958,45 @@ mod tests {
         // A namespace that is not there.
         write(&command(&["/bin/qemu"], Some("/nonexistent/netns"))).unwrap();
         assert!(launch_command(&file).is_err());
+    }
+
+    #[test]
+    fn a_ready_line_passes_the_vmms_socket_and_the_args_their_gate() {
+        use crate::monitor::sys::recv_with_fd;
+        // The monitor's report: a line and the VMM's socket (here one end of a pair).
+        let (crid, monitor) = UnixStream::pair().unwrap();
+        let (vmm_end, vmm) = UnixStream::pair().unwrap();
+        let line = b"{\"pid\":7,\"error\":null}\n";
+        let sent = send_passing(monitor.as_raw_fd(), line, vmm_end.as_fd()).unwrap();
+        (&monitor).write_all(&line[sent..]).unwrap();
+        drop(vmm_end);
+        let (ready, fd) = read_ready_passing(&crid).unwrap();
+        assert_eq!(ready.and_then(|r| r.pid), Some(7));
+        let passed = UnixStream::from(fd.expect("the VMM's socket"));
+        // crid hands the VMM its command line on it, the gate's end going with the first
+        // bytes; end of file ends the message.
+        let (gate, gate_vmm) = UnixStream::pair().unwrap();
+        send_args(
+            &passed,
+            &encode_args(&["--kernel".into(), "/k".into()]),
+            gate_vmm.as_fd(),
+        )
+        .unwrap();
+        drop(gate_vmm);
+        let mut first = [0u8; 64];
+        let (n, vmm_gate) = recv_with_fd(&vmm, &mut first).unwrap();
+        let mut message = first[..n].to_vec();
+        (&vmm).read_to_end(&mut message).unwrap();
+        assert_eq!(message, b"--kernel\0/k\0");
+        let vmm_gate = UnixStream::from(vmm_gate.expect("the start gate"));
+        (&gate).write_all(&[VMM_START]).unwrap();
+        let mut byte = [0u8];
+        (&vmm_gate).read_exact(&mut byte).unwrap();
+        assert_eq!(byte[0], VMM_START);
+        // A line without a descriptor reads as one with none.
+        (&monitor).write_all(line).unwrap();
+        let (ready, fd) = read_ready_passing(&crid).unwrap();
+        assert!(ready.is_some() && fd.is_none());
     }
 
     #[test]

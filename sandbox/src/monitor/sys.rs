@@ -28,12 +28,24 @@ pub fn async_pidfd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<Owne
 /// Accepts one connection on `listener` and receives the descriptor sent over it with
 /// `SCM_RIGHTS` (runc's `--console-socket` protocol).
 pub fn receive_fd(listener: &std::os::unix::net::UnixListener) -> std::io::Result<OwnedFd> {
+    let (stream, _) = listener.accept()?;
+    let mut buf = [0u8; 4096];
+    match recv_with_fd(&stream, &mut buf)? {
+        (_, Some(fd)) => Ok(fd),
+        (_, None) => Err(std::io::Error::other("no descriptor received")),
+    }
+}
+
+/// Receives bytes into `buf` and the descriptor sent with them (`SCM_RIGHTS`), if any; the
+/// number of bytes is 0 at end of file.
+pub fn recv_with_fd(
+    stream: &std::os::unix::net::UnixStream,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<OwnedFd>)> {
     use std::os::fd::AsRawFd;
 
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    let (stream, _) = listener.accept()?;
-    let mut buf = [0u8; 4096];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut iov = [std::io::IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
     let msg = recvmsg::<()>(
         stream.as_raw_fd(),
@@ -42,16 +54,18 @@ pub fn receive_fd(listener: &std::os::unix::net::UnixListener) -> std::io::Resul
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
     .map_err(std::io::Error::from)?;
+    let mut received = None;
     for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            if let Some(fd) = fds.first() {
+            for fd in fds {
                 // SAFETY: the kernel installed this descriptor in our table for this message;
-                // nothing else refers to it.
-                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+                // nothing else refers to it. Any beyond the first are closed when dropped.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                received.get_or_insert(fd);
             }
         }
     }
-    Err(std::io::Error::other("no descriptor received"))
+    Ok((msg.bytes, received))
 }
 
 /// Sets a terminal's window size (TIOCSWINSZ); the kernel sends SIGWINCH to its foreground
