@@ -79,15 +79,9 @@ async fn start_for(
     (crid, sandbox, logs)
 }
 
+/// A guest container of `image` with CRI `args`, 32 MiB and the log `NAME.log`.
 fn guest(image: &str, name: &str, args: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(common::spec(image)),
-        args: args.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
         linux: Some(cri::LinuxContainerConfig {
             resources: Some(cri::LinuxContainerResources {
                 memory_limit_in_bytes: 32 << 20,
@@ -95,7 +89,7 @@ fn guest(image: &str, name: &str, args: &[&str]) -> cri::ContainerConfig {
             }),
             ..Default::default()
         }),
-        ..Default::default()
+        ..common::guest_config(image, name, args)
     }
 }
 
@@ -572,20 +566,9 @@ async fn guest_on_crid_vmm_answers_on_the_pod_ip() {
     crid.finish().await;
 }
 
-/// `Status` verbose: crid's `vm` report.
-async fn vm_report(crid: &Crid) -> serde_json::Value {
-    let status = crid
-        .rt()
-        .status(cri::StatusRequest { verbose: true })
-        .await
-        .unwrap()
-        .into_inner();
-    serde_json::from_str(&status.info["vm"]).unwrap()
-}
-
 /// `Status` verbose: how many crid-vmm guests are prepared (`null` without a pool).
 async fn prepared_count(crid: &Crid) -> Option<u64> {
-    vm_report(crid).await["cridVmmPrepared"].as_u64()
+    crid.vm_status().await["cridVmmPrepared"].as_u64()
 }
 
 /// The prepared crid-vmm processes of this crid (`crid-vmm --prepared <state>/vmm-pool`) and
@@ -861,7 +844,7 @@ async fn prepared_crid_vmm_is_handed_the_next_guest() {
 
 /// `Status` verbose: how many created crid-vmm guests are armed.
 async fn armed_count(crid: &Crid) -> Option<u64> {
-    vm_report(crid).await["cridVmmArmed"].as_u64()
+    crid.vm_status().await["cridVmmArmed"].as_u64()
 }
 
 /// crid with `vm.crid_vmm_pool = pool` and 32 MiB guests by default, the freestanding guest
@@ -1110,21 +1093,13 @@ async fn a_kubelet_pod_with_a_memory_limit_gets_a_prepared_crid_vmm_of_its_size(
     crid.expect_pull(&image).await;
     let kubelet = crid.path().join("kubelet");
     let request = |pod: &KubeletPod, code: &str, cpu_millis: i64| {
-        pod.container("app", &image)
-            .args(&[code])
-            .env("GREETING", "hi")
-            .port("http", 8080)
-            .config_map("config", "/etc/app", &[("greeting", "hello")])
-            .empty_dir("cache", "/cache")
+        common::kubelet_guest(pod, "app", &image, &[code])
             .limits(cpu_millis, 64 << 20)
             .build()
             .unwrap()
     };
-    let arg = |info: &serde_json::Value, name: &str| {
-        let argv: Vec<String> =
-            serde_json::from_value(info["runtimeSpec"]["unikernel"]["argv"].clone()).unwrap();
-        argv.windows(2).find(|w| w[0] == name).map(|w| w[1].clone())
-    };
+    let arg =
+        |info: &serde_json::Value, name: &str| common::arg_after(&common::guest_argv(info), name);
     let memory_arg = |info: &serde_json::Value| arg(info, "--memory");
 
     // The first such pod starts the usual way; the pool then prepares a VMM of its size.
@@ -1142,7 +1117,7 @@ async fn a_kubelet_pod_with_a_memory_limit_gets_a_prepared_crid_vmm_of_its_size(
     assert_eq!(memory_arg(&info).as_deref(), Some("64"), "{info}");
     let prepared = wait_prepared(&crid, &[]).await;
     assert_eq!(
-        vm_report(&crid).await["cridVmmPreparedMiB"],
+        crid.vm_status().await["cridVmmPreparedMiB"],
         serde_json::json!([64])
     );
     let prepared_argv = cmdline_of(prepared);

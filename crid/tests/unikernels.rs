@@ -53,6 +53,16 @@ fn ready_with_cni() -> Option<String> {
     Some(reg)
 }
 
+/// [`ready_with_cni`] for tests of the QEMU pool, which needs a usable KVM.
+fn ready_for_qemu_pool() -> Option<String> {
+    let reg = ready_with_cni()?;
+    if !sandbox::vm::accel::probe_host().usable {
+        missing("no usable KVM (the QEMU pool needs it)");
+        return None;
+    }
+    Some(reg)
+}
+
 /// Builds the guest and pushes it as a unikernel image with `crid unikernel pack`.
 fn push_guest(reg: &str, dir: &Path, guest: &str, hypervisor: &str) -> String {
     let tag = format!("{guest}-{hypervisor}");
@@ -1064,11 +1074,7 @@ async fn unikraft_guest_gets_its_container_rootfs_over_9p() {
     assert_eq!(vm["firmware"]["kind"], "pci-shim", "{info}");
     assert!(pair("-bios", &shim.display().to_string()), "{argv:?}");
     assert!(!argv.iter().any(|a| a.contains("qboot")), "{argv:?}");
-    let runas = argv
-        .windows(2)
-        .find(|w| w[0] == "-runas")
-        .map(|w| w[1].clone())
-        .expect("-runas");
+    let runas = common::arg_after(&argv, "-runas").expect("-runas");
     let qemu_uid: u32 = runas.split(':').next().unwrap().parse().unwrap();
     // The guest's writes are the host's files: the emptyDir's new file is QEMU's uid's, the
     // termination log (kubelet's, root's) has the guest's text; the ConfigMap is unchanged.
@@ -1348,13 +1354,7 @@ async fn kubelet_shaped_guests_start_in_a_pod_network() {
     let pod = KubeletPod::new(&kubelet, "hello-7f9c8d6b5-x2x9z", "default").unwrap();
     let config = pod.sandbox_config();
     let pod_id = crid.run_pod_under(&config, "urunc").await;
-    let request = pod
-        .container("hello", &freestanding)
-        .args(&["stay"])
-        .env("GREETING", "hi")
-        .port("http", 8080)
-        .config_map("config", "/etc/app", &[("greeting", "hello")])
-        .empty_dir("cache", "/cache")
+    let request = common::kubelet_guest(&pod, "hello", &freestanding, &["stay"])
         .limits(500, 128 << 20)
         .build()
         .unwrap();
@@ -2128,19 +2128,8 @@ async fn count_the_processes_of_a_guest_start(octet: u8, ports: Option<&str>) {
 /// `Status` verbose: how many QEMUs are prepared (`null` without a pool) and how many guests
 /// are armed.
 async fn qemu_pool_counts(crid: &Crid) -> (Option<u64>, Option<u64>) {
-    let vm = vm_report(crid).await;
+    let vm = crid.vm_status().await;
     (vm["qemuPrepared"].as_u64(), vm["cridVmmArmed"].as_u64())
-}
-
-/// `Status` verbose: crid's `vm` report.
-async fn vm_report(crid: &Crid) -> serde_json::Value {
-    let status = crid
-        .rt()
-        .status(cri::StatusRequest { verbose: true })
-        .await
-        .unwrap()
-        .into_inner();
-    serde_json::from_str(&status.info["vm"]).unwrap()
 }
 
 /// Waits (bounded) until the QEMU pool has `prepared` entries waiting and `armed` guests.
@@ -2178,11 +2167,9 @@ fn prepared_qemus(crid: &Crid) -> Vec<u32> {
 /// cgroup or socket behind.
 #[tokio::test]
 async fn a_pci_guest_in_a_pod_network_starts_on_a_prepared_qemu() {
-    let Some(reg) = ready_with_cni() else { return };
-    if !sandbox::vm::accel::probe_host().usable {
-        missing("no usable KVM (the QEMU pool needs it)");
+    let Some(reg) = ready_for_qemu_pool() else {
         return;
-    }
+    };
     let work = tempfile::tempdir().unwrap();
     let image = push_guest(&reg, work.path(), "unikraft", "qemu");
     let (crid, _) = start().await;
@@ -2196,9 +2183,6 @@ async fn a_pci_guest_in_a_pod_network_starts_on_a_prepared_qemu() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let argv = |info: &serde_json::Value| -> Vec<String> {
-        serde_json::from_value(info["runtimeSpec"]["unikernel"]["argv"].clone()).unwrap()
-    };
 
     // The first guest of the pool's size starts the usual way and fills the pool.
     let config = common::pod_config("qpool-first", crid.path());
@@ -2209,7 +2193,10 @@ async fn a_pci_guest_in_a_pod_network_starts_on_a_prepared_qemu() {
     let log = crid.path().join("logs/qpool-first/net.log");
     log_containing(&crid, &log, "crid-test-guest: halting", 60).await;
     let (_, info) = crid.container_status(&first).await;
-    assert!(!argv(&info).contains(&"-S".to_owned()), "{info}");
+    assert!(
+        !common::guest_argv(&info).contains(&"-S".to_owned()),
+        "{info}"
+    );
     wait_qemu_pool(&crid, 1, 0).await;
     crid.stop_container(&first, 0).await;
     crid.remove_container(&first).await;
@@ -2240,7 +2227,7 @@ async fn a_pci_guest_in_a_pod_network_starts_on_a_prepared_qemu() {
     );
     let (status, info) = crid.container_status(&id).await;
     assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32);
-    let a = argv(&info);
+    let a = common::guest_argv(&info);
     assert!(a.contains(&"-S".to_owned()), "not the prepared QEMU: {a:?}");
     assert!(a.iter().any(|x| x.contains("memory-backend-file")), "{a:?}");
     // The same QEMU runs the guest (the pool may hold the next one already).
@@ -2282,7 +2269,10 @@ async fn a_pci_guest_in_a_pod_network_starts_on_a_prepared_qemu() {
     assert_eq!(st.exit_code, 7, "{text}\n{}", log_text(crid.path()));
     assert!(text.contains("crid-test-guest: booted"), "{text}");
     let (_, info) = crid.container_status(&id).await;
-    assert!(argv(&info).contains(&"-S".to_owned()), "{info}");
+    assert!(
+        common::guest_argv(&info).contains(&"-S".to_owned()),
+        "{info}"
+    );
     crid.remove_container(&id).await;
 
     // Removed before its start: the paused QEMU ends, and its tap, cgroup and QMP socket go.
@@ -2344,11 +2334,9 @@ async fn a_pci_guest_in_a_pod_network_starts_on_a_prepared_qemu() {
 #[tokio::test]
 async fn a_kubelet_pod_with_a_memory_limit_starts_on_a_prepared_qemu_of_its_size() {
     use conformance::kubelet::KubeletPod;
-    let Some(reg) = ready_with_cni() else { return };
-    if !sandbox::vm::accel::probe_host().usable {
-        missing("no usable KVM (the QEMU pool needs it)");
+    let Some(reg) = ready_for_qemu_pool() else {
         return;
-    }
+    };
     let work = tempfile::tempdir().unwrap();
     let image = push_guest(&reg, work.path(), "unikraft", "qemu");
     let (crid, _) = start().await;
@@ -2356,20 +2344,12 @@ async fn a_kubelet_pod_with_a_memory_limit_starts_on_a_prepared_qemu_of_its_size
     crid.expect_pull(&image).await;
     let kubelet = crid.path().join("kubelet");
     let request = |pod: &KubeletPod| {
-        pod.container("app", &image)
-            .args(&["stay"])
-            .env("GREETING", "hi")
-            .port("http", 8080)
-            .config_map("config", "/etc/app", &[("greeting", "hello")])
-            .empty_dir("cache", "/cache")
+        common::kubelet_guest(pod, "app", &image, &["stay"])
             .limits(500, 128 << 20)
             .build()
             .unwrap()
     };
-    let argv = |info: &serde_json::Value| -> Vec<String> {
-        serde_json::from_value(info["runtimeSpec"]["unikernel"]["argv"].clone()).unwrap()
-    };
-    let memory = |argv: &[String]| argv.windows(2).find(|w| w[0] == "-m").map(|w| w[1].clone());
+    let memory = |argv: &[String]| common::arg_after(argv, "-m");
 
     // The first such pod starts the usual way; the pool then starts a QEMU of its size.
     let pod = KubeletPod::new(&kubelet, "hello-7f9c8d6b5-x2x9z", "default").unwrap();
@@ -2384,12 +2364,12 @@ async fn a_kubelet_pod_with_a_memory_limit_starts_on_a_prepared_qemu_of_its_size
     )
     .await;
     let (_, info) = crid.container_status(&first).await;
-    let a = argv(&info);
+    let a = common::guest_argv(&info);
     assert!(!a.contains(&"-S".to_owned()), "{a:?}");
     assert_eq!(memory(&a).as_deref(), Some("128"), "{a:?}");
     wait_qemu_pool(&crid, 1, 0).await;
     assert_eq!(
-        vm_report(&crid).await["qemuPreparedMiB"],
+        crid.vm_status().await["qemuPreparedMiB"],
         serde_json::json!([128])
     );
     let paused = prepared_qemus(&crid);
@@ -2432,7 +2412,7 @@ async fn a_kubelet_pod_with_a_memory_limit_starts_on_a_prepared_qemu_of_its_size
         "{text}"
     );
     let (_, info) = crid.container_status(&id).await;
-    let a = argv(&info);
+    let a = common::guest_argv(&info);
     assert!(a.contains(&"-S".to_owned()), "not the prepared QEMU: {a:?}");
     assert_eq!(memory(&a).as_deref(), Some("128"), "{a:?}");
     assert!(prepared_qemus(&crid).contains(&paused[0]));
@@ -2445,17 +2425,10 @@ async fn a_kubelet_pod_with_a_memory_limit_starts_on_a_prepared_qemu_of_its_size
 /// A guest container of `image` with CRI `args`, `GREETING=hi` and the log `NAME.log`.
 fn guest_config(name: &str, image: &str, args: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(common::spec(image)),
-        args: args.iter().map(|s| s.to_string()).collect(),
         envs: vec![cri::KeyValue {
             key: "GREETING".into(),
             value: "hi".into(),
         }],
-        log_path: format!("{name}.log"),
-        ..Default::default()
+        ..common::guest_config(image, name, args)
     }
 }

@@ -782,6 +782,18 @@ impl Crid {
             .await
     }
 
+    /// The VM section of the verbose runtime `Status` (`vm`: the prepared and armed guests of
+    /// the pools).
+    pub async fn vm_status(&self) -> serde_json::Value {
+        let status = self
+            .rt()
+            .status(cri::StatusRequest { verbose: true })
+            .await
+            .unwrap()
+            .into_inner();
+        serde_json::from_str(&status.info["vm"]).unwrap()
+    }
+
     /// A container's status and its verbose info.
     pub async fn container_status(&self, id: &str) -> (cri::ContainerStatus, serde_json::Value) {
         let r = self
@@ -1293,6 +1305,48 @@ pub fn container_config(image: &str, name: &str, args: &[&str]) -> cri::Containe
         }),
         ..Default::default()
     }
+}
+
+/// A unikernel container of `image` whose CRI `args` reach the guest's command line, logging
+/// to `<name>.log`.
+pub fn guest_config(image: &str, name: &str, args: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(spec(image)),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+/// What kubelet sends for a guest container `name` of `image` in `pod`: `args`, an
+/// environment variable, a declared port, a ConfigMap and an emptyDir volume; limits and the
+/// build are the caller's.
+pub fn kubelet_guest(
+    pod: &conformance::kubelet::KubeletPod,
+    name: &str,
+    image: &str,
+    args: &[&str],
+) -> conformance::kubelet::KubeletContainer {
+    pod.container(name, image)
+        .args(args)
+        .env("GREETING", "hi")
+        .port("http", 8080)
+        .config_map("config", "/etc/app", &[("greeting", "hello")])
+        .empty_dir("cache", "/cache")
+}
+
+/// The VMM's argv of a guest container, from its verbose `ContainerStatus` info.
+pub fn guest_argv(info: &serde_json::Value) -> Vec<String> {
+    serde_json::from_value(info["runtimeSpec"]["unikernel"]["argv"].clone()).unwrap()
+}
+
+/// The argument after the first `flag` in `argv`.
+pub fn arg_after(argv: &[String], flag: &str) -> Option<String> {
+    argv.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone())
 }
 
 /// The Prometheus text crid's metrics endpoint at `addr` serves (bounded: 10 s).
