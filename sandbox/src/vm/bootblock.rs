@@ -176,6 +176,7 @@ fn boot_block(entry: u32, cmdline: &str) -> Result<Vec<u8>, SandboxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::elf::tests::{elf64_header, program_header64};
 
     const MIB: u64 = 1 << 20;
 
@@ -190,30 +191,19 @@ mod tests {
             .chain(*b"Xen\0")
             .chain(entry.to_le_bytes())
             .collect();
-        let mut out = vec![0u8; 64];
-        out[0..4].copy_from_slice(b"\x7fELF");
-        out[4] = 2;
-        out[5] = 1;
-        out[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
-        out[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
-        out[0x38..0x3a].copy_from_slice(&(phnum as u16).to_le_bytes());
+        let mut out = elf64_header(phnum as u16);
         let mut data = note.clone();
-        let mut ph = |kind: u32, off: u64, paddr: u64, filesz: u64, memsz: u64| {
-            let mut h = vec![0u8; 56];
-            h[0..4].copy_from_slice(&kind.to_le_bytes());
-            h[8..16].copy_from_slice(&off.to_le_bytes());
-            h[24..32].copy_from_slice(&paddr.to_le_bytes());
-            h[32..40].copy_from_slice(&filesz.to_le_bytes());
-            h[40..48].copy_from_slice(&memsz.to_le_bytes());
-            out.extend(h);
+        let mut ph = |kind: u32, offset: u64, paddr: u64, file_size: u64, mem_size: u64| {
+            out.extend(program_header64(&ProgramHeader {
+                kind,
+                offset,
+                paddr,
+                file_size,
+                mem_size,
+            }))
         };
-        ph(
-            4,
-            data_start as u64,
-            0,
-            note.len() as u64,
-            note.len() as u64,
-        );
+        let note_size = note.len() as u64;
+        ph(4, data_start as u64, 0, note_size, note_size);
         for (paddr, bytes, memsz) in loads {
             let off = (data_start + data.len()) as u64;
             ph(1, off, *paddr, bytes.len() as u64, *memsz);

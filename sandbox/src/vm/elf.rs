@@ -202,7 +202,7 @@ pub(crate) mod tests {
     }
 
     /// A 64-bit ELF header with `phnum` program headers of 56 bytes right after it.
-    fn elf64_header(phnum: u16) -> Vec<u8> {
+    pub(crate) fn elf64_header(phnum: u16) -> Vec<u8> {
         let mut b = vec![0u8; 64];
         b[0..4].copy_from_slice(b"\x7fELF");
         b[4] = 2;
@@ -210,6 +210,21 @@ pub(crate) mod tests {
         b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
         b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
         b[0x38..0x3a].copy_from_slice(&phnum.to_le_bytes());
+        b
+    }
+
+    /// `h` as a 64-bit program header.
+    pub(crate) fn program_header64(h: &ProgramHeader) -> [u8; 56] {
+        let mut b = [0u8; 56];
+        b[0..4].copy_from_slice(&h.kind.to_le_bytes());
+        for (at, value) in [
+            (8, h.offset),
+            (24, h.paddr),
+            (32, h.file_size),
+            (40, h.mem_size),
+        ] {
+            b[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        }
         b
     }
 
@@ -226,14 +241,6 @@ pub(crate) mod tests {
         };
         assert_eq!(headers, [Ok(note)]);
 
-        let mut elf64 = elf64_header(1);
-        let mut ph = [0u8; 56];
-        ph[0..4].copy_from_slice(&PT_LOAD.to_le_bytes());
-        for (at, value) in [(8, 0x1000u64), (24, 0x10_0000), (32, 0x20), (40, 0x30)] {
-            ph[at..at + 8].copy_from_slice(&value.to_le_bytes());
-        }
-        elf64.extend(ph);
-        let headers: Vec<_> = Elf::parse(&elf64).unwrap().program_headers().collect();
         let load = ProgramHeader {
             kind: PT_LOAD,
             offset: 0x1000,
@@ -241,6 +248,9 @@ pub(crate) mod tests {
             file_size: 0x20,
             mem_size: 0x30,
         };
+        let mut elf64 = elf64_header(1);
+        elf64.extend(program_header64(&load));
+        let headers: Vec<_> = Elf::parse(&elf64).unwrap().program_headers().collect();
         assert_eq!(headers, [Ok(load)]);
     }
 
