@@ -623,7 +623,7 @@ fn find_urunc_json(layers_bottom_first: &[PathBuf]) -> Result<Option<Vec<u8>>, I
         let st = match rustix::fs::lstat(layer.join(URUNC_JSON)) {
             Ok(st) => st,
             Err(rustix::io::Errno::NOENT) => {
-                if opaque(layer) {
+                if crate::unpack::is_opaque(layer) {
                     return Ok(None);
                 }
                 continue;
@@ -639,15 +639,6 @@ fn find_urunc_json(layers_bottom_first: &[PathBuf]) -> Result<Option<Vec<u8>>, I
         };
     }
     Ok(None)
-}
-
-/// Whether a directory of an unpacked layer (overlayfs format) is opaque: it hides what lower
-/// layers have under the same path.
-pub fn opaque(dir: &Path) -> bool {
-    let mut buf = [0u8; 4];
-    ["trusted.overlay.opaque", "user.overlay.opaque"]
-        .iter()
-        .any(|attr| matches!(rustix::fs::lgetxattr(dir, *attr, &mut buf), Ok(1) if buf[0] == b'y'))
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>, ImageError> {

@@ -97,6 +97,10 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
 const WHITEOUT_OPAQUE: &[u8] = b".wh..wh..opq";
+/// What an opaque directory (`.wh..wh..opq`) carries, set to `y`: overlayfs's own attribute,
+/// or its `userxattr` one where unpacking runs unprivileged.
+const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+const OPAQUE_USER_XATTR: &str = "user.overlay.opaque";
 
 /// How the layer blob is compressed, told by its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +183,15 @@ pub fn diff_id<R: Read>(reader: R, opts: &UnpackOptions) -> Result<String, Image
     let mut stream = uncompressed(reader, opts)?;
     io::copy(&mut stream, &mut io::sink()).map_err(stream_error)?;
     Ok(format!("sha256:{}", hex::encode(stream.hasher.finalize())))
+}
+
+/// Whether `dir`, a directory of a layer unpacked here, is opaque: it hides what lower layers
+/// have under the same path (the layer had `.wh..wh..opq` in it). Symlinks are not followed.
+pub fn is_opaque(dir: &Path) -> bool {
+    let mut buf = [0u8; 4];
+    [OPAQUE_XATTR, OPAQUE_USER_XATTR]
+        .iter()
+        .any(|attr| matches!(rustix::fs::lgetxattr(dir, *attr, &mut buf), Ok(1) if buf[0] == b'y'))
 }
 
 /// The layer blob `reader` decompressed as its first bytes tell (gzip, zstd or none), hashed
@@ -497,9 +510,9 @@ impl Unpacker<'_> {
             let parent = self.open_dir(&full, parents, true)?;
             if name == WHITEOUT_OPAQUE {
                 let attr = if self.opts.privileged {
-                    "trusted.overlay.opaque"
+                    OPAQUE_XATTR
                 } else {
-                    "user.overlay.opaque"
+                    OPAQUE_USER_XATTR
                 };
                 return rustix::fs::fsetxattr(&parent, attr, b"y", XattrFlags::empty())
                     .map_err(|e| self.io_error(&full, e));
@@ -1231,6 +1244,8 @@ mod tests {
         let n = rustix::fs::lgetxattr(s.dest().join("opaque"), attr, &mut buf).unwrap();
         assert_eq!(&buf[..n], b"y");
         assert_eq!(std::fs::read(s.dest().join("opaque/kept")).unwrap(), b"k");
+        assert!(is_opaque(&s.dest().join("opaque")));
+        assert!(!is_opaque(&s.dest().join("etc")));
     }
 
     /// Mutated archives (flipped bytes in headers and data, truncations) never panic and never

@@ -121,10 +121,10 @@ pub fn read_image_file(layers_bottom_first: &[PathBuf], rel: &str) -> Option<Str
     None
 }
 
-/// overlayfs-format layers mark opaque directories with `trusted.overlay.opaque=y`; a layer
-/// unpacked without xattrs may keep the OCI `.wh..wh..opq` marker instead.
+/// Whether a layer's directory hides the layers below: the opaque attribute crid's unpacking
+/// sets, or the OCI `.wh..wh..opq` marker a layer unpacked by other means may keep.
 fn is_opaque(dir: &Path) -> bool {
-    dir.join(".wh..wh..opq").exists()
+    imagestore::unpack::is_opaque(dir) || dir.join(".wh..wh..opq").exists()
 }
 
 fn read_limited(path: &Path) -> Option<String> {
@@ -348,5 +348,30 @@ mod tests {
         std::os::unix::fs::symlink("/etc", link.join("etc")).unwrap();
         layers.push(link);
         assert_eq!(read_image_file(&layers, "etc/group"), None);
+    }
+
+    /// A layer whose `/etc` is opaque (as unpacking marks `.wh..wh..opq`) hides the lower
+    /// layers' `/etc/passwd` and `/etc/group`: a user named only there is unknown, as in the
+    /// container.
+    #[test]
+    fn an_opaque_directory_hides_the_layers_below() {
+        let (d, mut layers) = image();
+        let etc = d.path().join("l2/etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        let marked = ["trusted.overlay.opaque", "user.overlay.opaque"]
+            .iter()
+            .any(|a| {
+                rustix::fs::lsetxattr(&etc, *a, b"y", rustix::fs::XattrFlags::empty()).is_ok()
+            });
+        assert!(
+            marked,
+            "no opaque attribute could be set on {}",
+            etc.display()
+        );
+        layers.push(d.path().join("l2"));
+        assert_eq!(read_image_file(&layers, "etc/passwd"), None);
+        assert_eq!(read_image_file(&layers, "etc/group"), None);
+        let e = resolve("www", None, "", None, &[], false, &layers).unwrap_err();
+        assert_eq!(e.kind(), imagestore::ErrorKind::InvalidArgument);
     }
 }

@@ -365,7 +365,7 @@ fn collect(
             }
         }
         if is_dir && !sealed.contains(&name) {
-            if imagestore::unikernel::opaque(&path) {
+            if imagestore::unpack::is_opaque(&path) {
                 sealed.insert(name.clone());
             }
             collect(&path, &name, skip, seen, sealed, found)?;

@@ -108,7 +108,7 @@ fn lookup(layers: &[PathBuf], walked: &[OsString]) -> Option<(PathBuf, Metadata)
             }
             if i > 0
                 && (std::fs::symlink_metadata(dir.join(".wh..wh..opq")).is_ok()
-                    || super::sys::is_opaque_dir(&dir))
+                    || imagestore::unpack::is_opaque(&dir))
             {
                 opaque = true;
             }

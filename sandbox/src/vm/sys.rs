@@ -61,32 +61,6 @@ pub(crate) fn create_persistent_tap(name: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Whether a directory carries overlayfs's opaque marker (`trusted.overlay.opaque=y`, or
-/// `user.overlay.opaque=y` as unprivileged unpacking writes it). Symlinks are not followed.
-pub(crate) fn is_opaque_dir(path: &std::path::Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    for name in [c"trusted.overlay.opaque", c"user.overlay.opaque"] {
-        let mut buf = [0u8; 4];
-        // SAFETY: both strings are NUL-terminated and live across the call; the kernel writes at
-        // most `buf.len()` bytes into `buf`.
-        let n = unsafe {
-            libc::lgetxattr(
-                cpath.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if n == 1 && buf[0] == b'y' {
-            return true;
-        }
-    }
-    false
-}
-
 /// Sets an extended attribute (tests only).
 #[cfg(test)]
 pub(crate) fn set_xattr(path: &std::path::Path, name: &std::ffi::CStr, value: &[u8]) -> bool {
