@@ -10,10 +10,27 @@ use std::time::Duration;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sched::{CloneFlags, setns};
 
-/// A new pseudo-terminal pair: (master, slave).
+/// A new pseudo-terminal pair: (master, slave), both close-on-exec like every descriptor of
+/// crid's. (libc's `openpty` opens them without the flag, so every child crid started while
+/// a terminal was open kept copies of it: a monitor, living as long as its container, held
+/// an unrelated exec session's terminal.)
 pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
-    let pty = nix::pty::openpty(None, None).map_err(io::Error::from)?;
-    Ok((pty.master, pty.slave))
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let pty = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    grantpt(&pty)?;
+    unlockpt(&pty)?;
+    let name = ptsname_r(&pty)?;
+    // std opens with O_CLOEXEC; O_NOCTTY as openpty opens it: crid takes no terminal.
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(name)?;
+    // A close-on-exec duplicate (F_DUPFD_CLOEXEC) as an `OwnedFd`; `pty` closes on drop.
+    let master = pty.as_fd().try_clone_to_owned()?;
+    Ok((master, slave.into()))
 }
 
 /// Puts a descriptor in non-blocking mode (shared by every dup of it).
@@ -61,4 +78,25 @@ pub fn signal_winch(pid: u32) -> io::Result<()> {
         nix::sys::signal::Signal::SIGWINCH,
     )
     .map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::FdFlag;
+
+    #[test]
+    fn terminals_are_close_on_exec() {
+        let (master, slave) = openpty().unwrap();
+        for fd in [&master, &slave] {
+            let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFD).unwrap();
+            assert!(FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC));
+        }
+        // A pair: what is written to the slave is read from the master.
+        let mut slave = std::fs::File::from(slave);
+        std::io::Write::write_all(&mut slave, b"x").unwrap();
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut std::fs::File::from(master), &mut byte).unwrap();
+        assert_eq!(&byte, b"x");
+    }
 }
