@@ -34,7 +34,7 @@ pub const MAX_SIZE: usize = 16;
 /// `CreateContainer` of a burst or of a pod started right after finds the entry waiting.
 pub const REFILL_DELAY: Duration = Duration::from_millis(20);
 
-/// How long preparing waits after it failed before it tries again.
+/// How long preparing for a guest size waits after it failed before it tries that size again.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 /// An entry of the pool.
@@ -166,7 +166,9 @@ pub struct Pool<E: Entry> {
     ready: Ready<Sized<E>>,
     /// The sizes entries are prepared for; at most `size` of them, so each gets one.
     sizes: Mutex<Sizes>,
-    failed_at: Mutex<Option<Instant>>,
+    /// When preparing for a size last failed. Per size: a size no entry can be made for (a
+    /// pod's memory limit the VMM refuses) must not hold back the others.
+    failed_at: Mutex<Vec<(u64, Instant)>>,
 }
 
 impl<E: Entry> Pool<E> {
@@ -180,7 +182,7 @@ impl<E: Entry> Pool<E> {
             prepare,
             ready: Ready::new(),
             sizes: Mutex::new(Sizes::new(size.min(MAX_SIZES))),
-            failed_at: Mutex::new(None),
+            failed_at: Mutex::new(Vec::new()),
         }
     }
 
@@ -207,13 +209,17 @@ impl<E: Entry> Pool<E> {
     }
 
     /// The oldest live entry for a guest of `memory_mib` MiB; dead entries met on the way are
-    /// dropped. `None` when none of that size waits.
+    /// dropped, once the entries are unlocked (as [`Pool::trim`]'s: an entry's drop closes
+    /// sockets and removes files, which the other callers need not wait for). `None` when
+    /// none of that size waits.
     pub fn take(&self, memory_mib: u64) -> Option<E> {
+        // Declared before the guard, so dropped after it.
+        let mut dead = Vec::new();
         let mut entries = self.ready.entries();
         let mut i = 0;
         while i < entries.len() {
             if !entries[i].entry.alive() {
-                entries.remove(i);
+                dead.push(entries.remove(i));
             } else if entries[i].memory_mib == memory_mib {
                 return Some(entries.remove(i).entry);
             } else {
@@ -235,22 +241,16 @@ impl<E: Entry> Pool<E> {
 
     /// Drops the dead entries and those past their size's share (all of a forgotten size's),
     /// then prepares entries for the sizes short of their share, the most recent first, until
-    /// none is short or preparing fails (then not again before `RETRY_AFTER` has passed).
-    /// Blocking; one caller at a time (see [`Pool::refill`]). Returns how many it added.
+    /// none is short; a size that failed is left alone until `RETRY_AFTER` has passed, and
+    /// the others are still prepared for. Blocking; one caller at a time (see
+    /// [`Pool::refill`]). Returns how many it added.
     pub fn fill(&self) -> usize {
-        let failed_recently = self
-            .failed_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|at| at.elapsed() < RETRY_AFTER);
-        if failed_recently {
-            return 0;
-        }
         let mut added = 0;
         // Each round prepares one entry: the sizes may change meanwhile (a take notes its own).
         loop {
             let shares = self.sizes().shares(self.size);
-            let (short, surplus) = self.trim(&shares);
+            let failed = self.failed_recently(&shares);
+            let (short, surplus) = self.trim(&shares, &failed);
             drop(surplus);
             let Some(memory_mib) = short else { break };
             match (self.prepare)(memory_mib) {
@@ -259,20 +259,32 @@ impl<E: Entry> Pool<E> {
                     added += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, memory_mib, "cannot prepare a pool entry; retrying later");
-                    *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(Instant::now());
-                    break;
+                    tracing::warn!(error = %e, memory_mib, "cannot prepare a pool entry of this size; retrying later");
+                    self.failed_at().push((memory_mib, Instant::now()));
                 }
             }
         }
         added
     }
 
+    fn failed_at(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Instant)>> {
+        self.failed_at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sizes of `shares` that failed less than `RETRY_AFTER` ago; the failures of other
+    /// sizes or older ones are forgotten, so the list stays within the sizes kept.
+    fn failed_recently(&self, shares: &[(u64, usize)]) -> Vec<u64> {
+        let mut failed = self.failed_at();
+        failed.retain(|&(m, at)| {
+            at.elapsed() < RETRY_AFTER && shares.iter().any(|&(size, _)| size == m)
+        });
+        failed.iter().map(|&(m, _)| m).collect()
+    }
+
     /// Takes out the dead entries and those past their size's share in `shares` (the oldest
     /// of a size are kept), to be dropped by the caller once the entries are unlocked, and
-    /// says which size, the most recent first, is short of its share.
-    fn trim(&self, shares: &[(u64, usize)]) -> (Option<u64>, Vec<Sized<E>>) {
+    /// says which size, the most recent first and none of `failed`, is short of its share.
+    fn trim(&self, shares: &[(u64, usize)], failed: &[u64]) -> (Option<u64>, Vec<Sized<E>>) {
         let mut entries = self.ready.entries();
         let mut kept = vec![0; shares.len()];
         let (keep, surplus): (Vec<_>, Vec<_>) =
@@ -288,7 +300,7 @@ impl<E: Entry> Pool<E> {
         let short = shares
             .iter()
             .zip(kept)
-            .find(|&(&(_, share), kept)| kept < share)
+            .find(|&(&(m, share), kept)| kept < share && !failed.contains(&m))
             .map(|(&(m, _), _)| m);
         (short, surplus)
     }
@@ -312,7 +324,7 @@ impl<E: Entry> Pool<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
     /// An entry that counts its drops (a discarded prepared monitor ends).
     struct Fake {
@@ -339,6 +351,8 @@ mod tests {
         dropped: Arc<AtomicUsize>,
         alive: Arc<AtomicBool>,
         fail: Arc<AtomicBool>,
+        /// A guest size (MiB) no entry can be made for; 0 for none.
+        refused: Arc<AtomicU64>,
     }
 
     fn pool(size: usize) -> (Arc<Pool<Fake>>, Counters) {
@@ -347,15 +361,17 @@ mod tests {
             dropped: Arc::new(AtomicUsize::new(0)),
             alive: Arc::new(AtomicBool::new(true)),
             fail: Arc::new(AtomicBool::new(false)),
+            refused: Arc::new(AtomicU64::new(0)),
         };
-        let (made, dropped, alive, fail) = (
+        let (made, dropped, alive, fail, refused) = (
             c.made.clone(),
             c.dropped.clone(),
             c.alive.clone(),
             c.fail.clone(),
+            c.refused.clone(),
         );
         let prepare: Prepare<Fake> = Box::new(move |memory_mib| {
-            if fail.load(Ordering::SeqCst) {
+            if fail.load(Ordering::SeqCst) || refused.load(Ordering::SeqCst) == memory_mib {
                 return Err(std::io::Error::other("no /dev/kvm"));
             }
             Ok(Fake {
@@ -489,6 +505,21 @@ mod tests {
         c.fail.store(false, Ordering::SeqCst);
         assert_eq!(p.fill(), 0, "not retried at once");
         assert_eq!(c.made.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_size_that_fails_does_not_hold_back_the_others() {
+        let (p, c) = pool(4);
+        // A pod's memory limit the VMM refuses, started most recently, comes first.
+        c.refused.store(1 << 30, Ordering::SeqCst);
+        p.sizes().started(128);
+        p.sizes().started(1 << 30);
+        assert_eq!(p.fill(), 2, "128 MiB gets its share");
+        assert_eq!(p.waiting_sizes(), [128, 128]);
+        // Taken: refilled, the refused size left for its retry.
+        assert!(p.take(128).is_some());
+        assert_eq!(p.fill(), 1);
+        assert_eq!(p.waiting_sizes(), [128, 128]);
     }
 
     #[test]
