@@ -223,7 +223,7 @@ fn run_mkfs(mkfs: &Path, source: &Path, image: &Path, inodes: u64) -> Result<(),
     let mut child = std::process::Command::new(mkfs)
         .args(mkfs_args(source, image, inodes))
         .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .envs(crate::monitor::child_env())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped()) // a few lines with -q, within the pipe's buffer
@@ -328,13 +328,26 @@ mod tests {
         let src = dir.path().join("root");
         tree(&src);
         let fake = dir.path().join("mkfs.ext4");
-        std::fs::write(&fake, "#!/bin/sh\necho 'no luck' >&2\nexit 1\n").unwrap();
+        let env = dir.path().join("env");
+        let script = format!(
+            "#!/bin/sh\ncat /proc/$$/environ > {}\necho 'no luck' >&2\nexit 1\n",
+            env.display()
+        );
+        std::fs::write(&fake, script).unwrap();
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let image = dir.path().join("vm/rootfs.ext4");
         let err = build(&fake, &src, &image, &Limits::default()).unwrap_err();
         assert_eq!(err.kind(), imagestore::ErrorKind::Internal);
         assert!(err.to_string().contains("no luck"), "{err}");
         assert!(!image.exists());
+        // Like every child of crid, mkfs starts with `PATH` as its only variable.
+        let vars = std::fs::read(&env).unwrap();
+        let names: Vec<&[u8]> = vars
+            .split(|b| *b == 0)
+            .filter(|v| !v.is_empty())
+            .filter_map(|v| v.split(|b| *b == b'=').next())
+            .collect();
+        assert_eq!(names, [b"PATH"]);
     }
 
     #[test]

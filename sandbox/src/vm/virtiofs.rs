@@ -141,6 +141,7 @@ pub fn start(
     let mut child = std::process::Command::new(binary)
         .args(daemon_args(&root.rootfs, &shared.socket)?)
         .env_clear()
+        .envs(crate::monitor::child_env())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log)
@@ -267,7 +268,9 @@ mod tests {
     fn a_daemon_that_exits_early_is_an_error_with_its_log() {
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("fake-virtiofsd");
-        std::fs::write(&bin, "#!/bin/sh\necho 'fake: no such source' >&2\nexit 1\n").unwrap();
+        // It reports the names of its environment variables with its error.
+        let script = "#!/bin/sh\necho \"fake: no such source; $(tr '\\0' '\\n' </proc/$$/environ | cut -d= -f1 | tr '\\n' ' ')\" >&2\nexit 1\n";
+        std::fs::write(&bin, script).unwrap();
         std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let root = SharedRoot {
@@ -279,7 +282,12 @@ mod tests {
             transport: Default::default(),
         };
         let err = start(&bin, &root, dir.path(), &[]).unwrap_err();
-        assert!(err.to_string().contains("fake: no such source"), "{err}");
+        // Like every child of crid, it starts with `PATH` as its only variable.
+        let message = err.to_string();
+        assert!(
+            message.trim_end().ends_with("fake: no such source; PATH"),
+            "{err}"
+        );
         assert!(!dir.path().join(PID_FILE).exists());
     }
 }
