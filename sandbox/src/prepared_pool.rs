@@ -1,11 +1,11 @@
 //! The mechanism the pools of things prepared ahead of need share (`vm/pool.rs`: crid-vmm
-//! monitors; `pod/warm.rs`: pod networks): a list of ready entries handed out oldest first,
-//! and a refill that runs in the background after a delay, one at a time (one asked for while
-//! another runs follows it). What an entry is, how it is made and released, when the pool
-//! fills, how large it grows and when it stops are each pool's own rules, so they stay with
-//! it: the monitors are made blocking, keyed by guest size, held back after a failure and end
-//! when dropped; the networks are made and released asynchronously, go stale with the
-//! configuration and are released at shutdown.
+//! monitors and paused QEMUs; `pod/warm.rs`: pod networks): a list of ready entries handed
+//! out oldest first, and a refill that runs in the background after a delay, one at a time
+//! (one asked for while another runs follows it). What an entry is, how it is made and
+//! released, when the pool fills, how large it grows and when it stops are each pool's own
+//! rules, so they stay with it: the monitors are made blocking, keyed by guest size, each
+//! size held back after it failed, and end when dropped; the networks are made and released
+//! asynchronously, go stale with the configuration and are released at shutdown.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -241,13 +241,15 @@ impl<E: Entry> Pool<E> {
 
     /// Drops the dead entries and those past their size's share (all of a forgotten size's),
     /// then prepares entries for the sizes short of their share, the most recent first, until
-    /// none is short; a size that failed is left alone until `RETRY_AFTER` has passed, and
-    /// the others are still prepared for. Blocking; one caller at a time (see
-    /// [`Pool::refill`]). Returns how many it added.
+    /// none is short or it has prepared as many as the pool holds; a size that failed is left
+    /// alone until `RETRY_AFTER` has passed, and the others are still prepared for. Blocking;
+    /// one caller at a time (see [`Pool::refill`]). Returns how many it added.
     pub fn fill(&self) -> usize {
         let mut added = 0;
         // Each round prepares one entry: the sizes may change meanwhile (a take notes its own).
-        loop {
+        // Bounded: entries that die as soon as they are made (a VMM that crashes once ready)
+        // are found dead by the next round's trim, which would prepare them again, endlessly.
+        for _ in 0..self.size {
             let shares = self.sizes().shares(self.size);
             let failed = self.failed_recently(&shares);
             let (short, surplus) = self.trim(&shares, &failed);
@@ -505,6 +507,28 @@ mod tests {
         c.fail.store(false, Ordering::SeqCst);
         assert_eq!(p.fill(), 0, "not retried at once");
         assert_eq!(c.made.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn entries_that_die_at_once_are_not_prepared_again_and_again() {
+        let made = Arc::new(AtomicUsize::new(0));
+        let (count, dropped) = (made.clone(), Arc::new(AtomicUsize::new(0)));
+        let prepare: Prepare<Fake> = Box::new(move |memory_mib| {
+            // A cap only so that the loop this test is about ends when it is there.
+            if count.load(Ordering::SeqCst) == 100 {
+                return Err(std::io::Error::other("enough"));
+            }
+            Ok(Fake {
+                id: count.fetch_add(1, Ordering::SeqCst),
+                memory_mib,
+                alive: Arc::new(AtomicBool::new(false)),
+                dropped: dropped.clone(),
+            })
+        });
+        let p = Pool::new(2, prepare);
+        p.sizes().started(256);
+        p.fill();
+        assert_eq!(made.load(Ordering::SeqCst), 2, "one round per entry");
     }
 
     #[test]
