@@ -40,16 +40,10 @@ impl<E> Ready<E> {
         self.entries().len()
     }
 
-    /// The oldest entry `usable` accepts; the unusable ones met on the way are dropped.
-    pub(crate) fn take(&self, usable: impl Fn(&E) -> bool) -> Option<E> {
+    /// The oldest entry.
+    pub(crate) fn take(&self) -> Option<E> {
         let mut entries = self.entries();
-        while !entries.is_empty() {
-            let entry = entries.remove(0);
-            if usable(&entry) {
-                return Some(entry);
-            }
-        }
-        None
+        (!entries.is_empty()).then(|| entries.remove(0))
     }
 
     /// Whether a refill is waiting or filling.
@@ -95,13 +89,12 @@ mod tests {
     use std::time::Instant;
 
     #[test]
-    fn hands_out_the_oldest_usable_entry_and_drops_the_unusable_before_it() {
+    fn hands_out_the_oldest_entry() {
         let ready = Ready::new();
-        ready.entries().extend([1, 2, 3, 4]);
-        assert_eq!(ready.take(|&e| e >= 3), Some(3));
-        assert_eq!(ready.waiting(), 1, "1 and 2 dropped");
-        assert_eq!(ready.take(|_| false), None);
-        assert_eq!(ready.waiting(), 0);
+        ready.entries().extend([1, 2]);
+        assert_eq!(ready.take(), Some(1));
+        assert_eq!(ready.take(), Some(2));
+        assert_eq!(ready.take(), None);
     }
 
     #[tokio::test]

@@ -66,7 +66,7 @@ impl WarmPool {
     /// The oldest prepared network, if any. One prepared with an older configuration is
     /// attached anew by `Cni::add_prepared`; the next refill releases the others.
     pub fn take(&self) -> Option<WarmNet> {
-        self.ready.take(|_| true)
+        self.ready.take()
     }
 
     /// Tops the pool up in a background task (one at a time), after `delay`.
