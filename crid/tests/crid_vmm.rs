@@ -766,6 +766,20 @@ async fn prepared_crid_vmm_is_handed_the_next_guest() {
     // Its monitor let go of crid's socket once it had the container: stdin and stdout are
     // /dev/null, no descriptor is a socket, and its environment is PATH alone.
     let monitor = parent_of(pid);
+    // Supervising, the monitor runs on short time slices (its wake-ups to write the log preempt
+    // the guest's vCPU); the VMM, which runs the guest, on the default.
+    let slice = |pid: u32| {
+        let sched = std::fs::read_to_string(format!("/proc/{pid}/sched")).unwrap();
+        sched
+            .lines()
+            .find(|l| l.starts_with("se.slice"))
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    if let (Some(monitor), Some(vmm)) = (slice(monitor), slice(pid)) {
+        assert_eq!(monitor, 100_000, "the monitor's slice");
+        assert!(vmm > monitor, "the VMM's slice: {vmm}");
+    }
     let monitor_fds: Vec<String> = std::fs::read_dir(format!("/proc/{monitor}/fd"))
         .unwrap()
         .flatten()

@@ -974,8 +974,13 @@ impl Monitor {
         })
     }
 
-    /// Copies output to the log until the process exited and its output ended.
+    /// Copies output to the log until the process exited and its output ended, on short time
+    /// slices (see [`sys::short_slices`]): it wakes for a few microseconds of work, a line to
+    /// write, which should not wait until a guest's vCPU or the container has used up its
+    /// slice (a kernel without them keeps the default). Only now: at a prepared guest's
+    /// hand-over the monitor's own work would preempt the VMM's set-up of the guest.
     fn run(&mut self, spec: &MonitorSpec) {
+        let _ = sys::short_slices();
         let mut out_split = LineSplitter::new(Stream::Stdout);
         let mut err_split = LineSplitter::new(Stream::Stderr);
         let mut buf = vec![0u8; 32 * 1024];
