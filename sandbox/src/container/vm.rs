@@ -612,7 +612,7 @@ impl VmBackend {
         };
         let QemuEntry { monitor, qmp, .. } = entry;
         let handed = self.supervisor.arm(r, launch, monitor);
-        self.armed(&r.id, state, handed, |gate| gate.resuming(qmp))
+        self.armed(&r.id, state, handed, |gate| gate.resuming(qmp.keep()))
     }
 
     /// Ends the armed guest of container `id`, if it has one (its VMM and monitor exit, the

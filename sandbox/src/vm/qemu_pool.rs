@@ -26,8 +26,9 @@
 //! refilled after a delay; each is a prepared monitor
 //! ([`crate::monitor::prepared`], `--prepare-launch`) supervising the paused QEMU, ended when
 //! crid closes its socket (crid removing it, stopping or dying), which kills the QEMU, and its
-//! tap with it. Until the start, the monitor of a handed-over entry waits on crid's socket the
-//! same way.
+//! tap with it (an entry crid discards also asks its QEMU to quit over QMP, for a monitor that
+//! died first: [`Control`]). Until the start, the monitor of a handed-over entry waits on
+//! crid's socket the same way.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -68,9 +69,33 @@ pub struct QemuEntry {
     /// The guest's RAM (its path unlinked).
     pub ram: File,
     /// A negotiated connection to its QMP socket, for the `cont` that starts the guest.
-    pub qmp: qmp::Session,
+    pub qmp: Control,
     /// Removes the QMP socket of an entry never handed over (one handed over was renamed).
     pub socket_file: SocketFile,
+}
+
+/// A waiting QEMU's QMP connection, which asks QEMU to quit when it is dropped unless the
+/// hand-over kept it ([`Control::keep`]). The entry's monitor kills QEMU when crid discards the
+/// entry, but a monitor that died first (the OOM killer's choice, a stray kill) would leave
+/// its paused QEMU to run for ever: its standard input is `/dev/null` and nothing else ties
+/// it to crid, and `-runas` clears a parent-death signal.
+#[derive(Debug)]
+pub struct Control(Option<qmp::Session>);
+
+impl Control {
+    /// The connection, for the hand-over: the QEMU is the container's from now on.
+    pub fn keep(mut self) -> qmp::Session {
+        self.0.take().expect("taken only here, which consumes it")
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        if let Some(mut session) = self.0.take() {
+            // No answer awaited: a QEMU already gone (its monitor killed it) has none.
+            let _ = session.send("quit");
+        }
+    }
 }
 
 /// A socket file removed when this is dropped.
@@ -280,7 +305,7 @@ impl Maker {
             seat,
             argv,
             ram: ram?,
-            qmp,
+            qmp: Control(Some(qmp)),
         })
     }
 }
@@ -417,6 +442,42 @@ mod tests {
         let mut other = guest.clone();
         other.info.unikernel_type = UnikernelType::Mewz;
         assert!(!fits(&other));
+    }
+
+    /// A fake QEMU's QMP socket: greets, answers the capabilities, then returns everything
+    /// else it is sent until the connection ends.
+    fn fake_qmp(dir: &Path) -> (PathBuf, std::thread::JoinHandle<String>) {
+        use std::io::{BufRead, Read, Write};
+        let sock = dir.join("q.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"{\"QMP\": {}}\r\n").unwrap();
+            let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            assert!(line.contains("qmp_capabilities"), "{line}");
+            s.write_all(b"{\"return\": {}}\r\n").unwrap();
+            let mut rest = String::new();
+            reader.read_to_string(&mut rest).unwrap();
+            rest
+        });
+        (sock, server)
+    }
+
+    #[test]
+    fn an_entry_dropped_unused_asks_its_qemu_to_quit_and_a_kept_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sock, server) = fake_qmp(dir.path());
+        let session = qmp::Session::connect(&sock, Duration::from_secs(5)).unwrap();
+        drop(Control(Some(session)));
+        assert!(server.join().unwrap().contains("\"quit\""));
+
+        std::fs::remove_file(&sock).unwrap();
+        let (sock, server) = fake_qmp(dir.path());
+        let session = qmp::Session::connect(&sock, Duration::from_secs(5)).unwrap();
+        drop(Control(Some(session)).keep());
+        assert_eq!(server.join().unwrap(), "", "the container's QEMU");
     }
 
     #[test]

@@ -82,11 +82,16 @@ impl Session {
 
     /// Runs `command` (no arguments) and waits for its answer.
     pub fn execute(&mut self, command: &str) -> Result<(), SandboxError> {
+        self.send(command)?;
+        answer(&mut self.reader, &self.socket, command)
+    }
+
+    /// Sends `command` (no arguments) without waiting for its answer.
+    pub fn send(&mut self, command: &str) -> Result<(), SandboxError> {
         let msg = serde_json::json!({ "execute": command }).to_string() + "\n";
         self.writer
             .write_all(msg.as_bytes())
-            .map_err(|e| qmp_err(&self.socket, format!("{command}: {e}")))?;
-        answer(&mut self.reader, &self.socket, command)
+            .map_err(|e| qmp_err(&self.socket, format!("{command}: {e}")))
     }
 }
 
