@@ -13,7 +13,6 @@
 //! hypervisors (`qemu`, `firecracker`) run on crid-vmm instead when their guest is one it boots
 //! the same way (see [`compatible`]).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use imagestore::{HypervisorKind, UnikernelInfo, UnikernelType, VirtioTransport};
@@ -107,7 +106,7 @@ pub fn substitute(
     }
     let head = resolve_in_layers(layer_dirs, &info.binary)
         .ok()
-        .and_then(|k| kernel_head(&k));
+        .and_then(|k| super::elf::kernel_head(&k));
     match compatible(info, head.as_deref(), networked, host) {
         Ok(()) => {
             tracing::info!(
@@ -160,18 +159,6 @@ pub fn compatible(
         UnikernelType::Linux => Err("neither a bzImage nor an ELF64 vmlinux"),
         _ => Err("crid-vmm boots unikraft and linux guests only"),
     }
-}
-
-/// The first 64 KiB of the kernel (where the ELF program headers and notes, or the bzImage
-/// setup header, are).
-fn kernel_head(path: &Path) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(64 * 1024)
-        .read_to_end(&mut buf)
-        .ok()?;
-    Some(buf)
 }
 
 #[cfg(test)]

@@ -133,6 +133,20 @@ pub fn pvh_entry(bytes: &[u8]) -> Option<u64> {
     Elf::parse(bytes).ok()?.pvh_entry()
 }
 
+/// The first 64 KiB of the kernel file at `path`, where its ELF program headers and notes
+/// (or a bzImage's setup header) are: what crid reads of a kernel it does not load itself.
+/// `None` when it cannot be read.
+pub fn kernel_head(path: &std::path::Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(64 * 1024)
+        .read_to_end(&mut head)
+        .ok()?;
+    Some(head)
+}
+
 /// `e_phentsize` of each class: `Elf32_Phdr`, `Elf64_Phdr`.
 fn program_header_size(is64: bool) -> u64 {
     if is64 { 56 } else { 32 }

@@ -92,7 +92,6 @@
 //!   records `(N << 1) | 1`, the status isa-debug-exit gives, so the exit mapping and a
 //!   container's exit code do not depend on the binary.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use imagestore::{HypervisorKind, UnikernelType, VirtioTransport};
@@ -224,9 +223,9 @@ fn microvm_build(spec: &VmSpec, machine: Machine) -> Option<&Path> {
 /// a 32-bit jump reaches. Reads at most the first 64 KiB; anything unreadable or malformed is
 /// "no".
 pub fn is_pvh_elf(path: &Path) -> bool {
-    let mut buf = Vec::new();
-    let read = std::fs::File::open(path).and_then(|f| f.take(64 * 1024).read_to_end(&mut buf));
-    read.is_ok() && super::elf::pvh_entry(&buf).is_some_and(|e| u32::try_from(e).is_ok())
+    super::elf::kernel_head(path)
+        .and_then(|head| super::elf::pvh_entry(&head))
+        .is_some_and(|e| u32::try_from(e).is_ok())
 }
 
 /// The QEMU backend.
