@@ -10,7 +10,9 @@
 //! One module per hypervisor behind the [`Hypervisor`] trait: [`qemu`], [`firecracker`],
 //! [`cloud_hypervisor`], [`solo5`] (hvt and spt) and [`crid_vmm`] (crid's own VMM); guest kernel command lines per unikernel
 //! type live in [`cmdline`]. [`net`] wires a tap device to the pod's CNI interface. [`pool`] keeps
-//! crid-vmm guests prepared ahead of need.
+//! crid-vmm guests prepared ahead of need, and [`qemu_pool`] paused QEMUs over it. [`elf`] is
+//! the one reader of what crid itself takes from a guest's ELF kernel (program headers, the
+//! PVH note).
 
 pub mod accel;
 pub mod blockroot;
