@@ -78,7 +78,7 @@ pub enum SandboxError {
     Hook {
         event: &'static str,
         #[source]
-        source: crate::hooks::HookError,
+        source: HookError,
     },
     /// A record on disk cannot be read or written.
     #[error("record {path}: {reason}")]
@@ -146,5 +146,17 @@ impl SandboxError {
 pub(crate) fn invalid(reason: impl Into<String>) -> SandboxError {
     SandboxError::InvalidArgument {
         reason: reason.into(),
+    }
+}
+
+/// Why a hook refused a pod or container: the observer's own error (in `crid`, the NRI
+/// plugin's), kept whole. Here rather than in [`crate::hooks`], which depends on this module.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct HookError(Box<dyn std::error::Error + Send + Sync>);
+
+impl HookError {
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> HookError {
+        HookError(error.into())
     }
 }

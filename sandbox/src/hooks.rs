@@ -8,21 +8,10 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::container::{ContainerConfig, ContainerRecord, Resources};
+pub use crate::error::HookError;
 use crate::pod::PodRecord;
 
 pub type HookFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Why a hook refused a pod or container: the observer's own error (in `crid`, the NRI
-/// plugin's), kept whole.
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct HookError(Box<dyn std::error::Error + Send + Sync>);
-
-impl HookError {
-    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> HookError {
-        HookError(error.into())
-    }
-}
 
 /// Container events that only inform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
