@@ -270,7 +270,16 @@ impl PreparedMonitor {
             start_gate: gate.is_none(),
             ..handover.clone()
         };
-        let ready = self.send(&handover, timeout)?;
+        let ready = match self.send(&handover, timeout) {
+            // The VMM already has the guest's command line: it joins the pod's cgroup and
+            // network namespace and opens its tap. The caller starts another VMM on that tap
+            // when the monitor is gone, so this one must end first (it does on the closed gate).
+            Err(HandoverError::Gone(e)) if gate.is_some() => {
+                drop(gate);
+                return Err(self.vmm_ended(e, timeout));
+            }
+            result => result?,
+        };
         Ok((
             ready,
             StartGate {
@@ -302,6 +311,34 @@ impl PreparedMonitor {
         let (ours, theirs) = UnixStream::pair().map_err(HandoverError::Failed)?;
         send_args(&vmm.socket, &encode_args(&args), theirs.as_fd()).map_err(HandoverError::Gone)?;
         Ok(Some(ours))
+    }
+
+    /// After the monitor went (`why`) and the VMM's gate was closed: [`HandoverError::Gone`]
+    /// once the VMM has ended too (end of file on its socket, within `timeout`), so that
+    /// nothing of the container runs; [`HandoverError::Failed`] if it has not.
+    fn vmm_ended(&self, why: std::io::Error, timeout: Duration) -> HandoverError {
+        let Some(vmm) = &self.vmm else {
+            return HandoverError::Gone(why);
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        let mut buf = [0u8; 256];
+        // Bounded: each round either ends or reads bytes the VMM wrote, and the deadline
+        // bounds how long a VMM that keeps writing is read.
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || vmm.socket.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            match (&vmm.socket).read(&mut buf) {
+                Ok(0) => return HandoverError::Gone(why),
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        HandoverError::Failed(std::io::Error::other(format!(
+            "{why}, and its crid-vmm, handed the guest, did not end"
+        )))
     }
 
     fn send(&self, handover: &Handover, timeout: Duration) -> Result<Ready, HandoverError> {
@@ -997,6 +1034,69 @@ mod tests {
         (&monitor).write_all(line).unwrap();
         let (ready, fd) = read_ready_passing(&crid).unwrap();
         assert!(ready.is_some() && fd.is_none());
+    }
+
+    /// Hands a guest over to a prepared crid-vmm whose monitor has ended, its VMM a fake on
+    /// another thread that reads its command line and gate and, when `ends`, ends on the
+    /// closed gate; the fake VMM's socket is returned when it does not end.
+    fn handover_to_a_gone_monitor(ends: bool) -> (Result<(), HandoverError>, Option<UnixStream>) {
+        use crate::monitor::sys::recv_with_fd;
+        let (crid, monitor) = UnixStream::pair().unwrap();
+        drop(monitor);
+        let (crid_vmm, vmm) = UnixStream::pair().unwrap();
+        let program = PathBuf::from("/usr/lib/crid/crid-vmm");
+        let prepared = PreparedMonitor {
+            vmm_pid: 0,
+            socket: crid,
+            vmm: Some(PreparedVmm {
+                program: program.clone(),
+                socket: crid_vmm,
+            }),
+        };
+        let fake = std::thread::spawn(move || {
+            let mut first = [0u8; 256];
+            let (n, gate) = recv_with_fd(&vmm, &mut first).unwrap();
+            let mut message = first[..n].to_vec();
+            (&vmm).read_to_end(&mut message).unwrap();
+            let gate = UnixStream::from(gate.expect("the start gate"));
+            let mut byte = [0u8];
+            assert_eq!(
+                (&gate).read(&mut byte).unwrap(),
+                0,
+                "closed without a start"
+            );
+            (!ends).then_some(vmm)
+        });
+        let handover = Handover {
+            spec: spec(command(
+                &[program.to_str().unwrap(), "--kernel", "/k"],
+                None,
+            )),
+            stderr: "/s/containers/c1/monitor.log".into(),
+            start_gate: true,
+        };
+        let result = prepared
+            .hand_over_gated(&handover, Duration::from_millis(300))
+            .map(drop);
+        (result, fake.join().unwrap())
+    }
+
+    #[test]
+    fn a_monitor_gone_after_its_vmm_took_the_guest_is_gone_once_the_vmm_ended() {
+        // The caller then starts the container on a new VMM: the old one, which had the
+        // guest's tap, has ended.
+        let (result, _) = handover_to_a_gone_monitor(true);
+        assert!(matches!(result, Err(HandoverError::Gone(_))), "{result:?}");
+    }
+
+    #[test]
+    fn a_monitor_gone_after_its_vmm_took_the_guest_fails_while_the_vmm_runs() {
+        let (result, vmm) = handover_to_a_gone_monitor(false);
+        assert!(vmm.is_some());
+        match result {
+            Err(HandoverError::Failed(e)) => assert!(e.to_string().contains("did not end"), "{e}"),
+            other => panic!("a VMM that did not end must fail the hand-over: {other:?}"),
+        }
     }
 
     #[test]
