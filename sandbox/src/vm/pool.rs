@@ -209,7 +209,7 @@ impl<E: Entry> Pool<E> {
     }
 
     /// The oldest live entry for a guest of `memory_mib` MiB; dead entries met on the way are
-    /// dropped, once the entries are unlocked (as [`Pool::trim`]'s: an entry's drop closes
+    /// dropped, once the entries are unlocked (as `Pool::trim`'s: an entry's drop closes
     /// sockets and removes files, which the other callers need not wait for). `None` when
     /// none of that size waits.
     pub fn take(&self, memory_mib: u64) -> Option<E> {
