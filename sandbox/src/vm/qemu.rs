@@ -478,10 +478,10 @@ pub(crate) fn check_ifname(name: &str) -> Result<(), SandboxError> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::super::testutil::{net, spec};
     use super::*;
-    pub(crate) use crate::vm::elf::tests::pvh_elf32;
+    use crate::vm::elf::tests::pvh_elf32;
     use imagestore::UnikernelType as T;
     use std::path::PathBuf;
 

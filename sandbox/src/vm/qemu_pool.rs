@@ -411,7 +411,7 @@ mod tests {
         // A container's own spec: its kernel, command line and run directory differ.
         let dir = tempfile::tempdir().unwrap();
         let kernel = dir.path().join("app");
-        std::fs::write(&kernel, crate::vm::qemu::tests::pvh_elf32()).unwrap();
+        std::fs::write(&kernel, crate::vm::elf::tests::pvh_elf32()).unwrap();
         let mut guest = shape(&settings(), 64);
         guest.kernel = kernel;
         guest.run_dir = "/run/crid/vm/c1".into();
