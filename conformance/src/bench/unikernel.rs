@@ -347,10 +347,7 @@ pub async fn run(
     report.add(
         format!("unikernel / runc pod start, pod network (medians; {accel})"),
         "x",
-        col(&|s| match (s.uk_pod.median(), s.rc_pod.median()) {
-            (Some(u), Some(r)) if r > 0.0 => Some(u / r),
-            _ => None,
-        }),
+        col(&|s| ratio(s.uk_pod.median(), s.rc_pod.median())),
     );
     for (network, pod) in [("host network", false), ("pod network", true)] {
         report.add(
@@ -430,10 +427,7 @@ pub async fn run(
     report.add(
         format!("unikernel / runc pod start, {kube} (medians; {accel})"),
         "x",
-        col(&|s| match (s.uk_kube.median(), s.rc_kube.median()) {
-            (Some(u), Some(r)) if r > 0.0 => Some(u / r),
-            _ => None,
-        }),
+        col(&|s| ratio(s.uk_kube.median(), s.rc_kube.median())),
     );
     report.add(
         format!(
@@ -461,4 +455,13 @@ pub async fn run(
         col(&|s| Some(s.peak_rss_kib as f64 / 1024.0)),
     );
     Ok(())
+}
+
+/// A guest's median over the runc pod's of the same run; none without both or a runc median
+/// of zero.
+fn ratio(guest: Option<f64>, runc: Option<f64>) -> Option<f64> {
+    match (guest, runc) {
+        (Some(u), Some(r)) if r > 0.0 => Some(u / r),
+        _ => None,
+    }
 }
