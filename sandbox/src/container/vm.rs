@@ -578,8 +578,13 @@ impl VmBackend {
     fn qemu_for(&self, req: &VmRequest) -> Option<QemuEntry> {
         let pool = self.qemu_pool.as_ref().filter(|_| {
             let vcpus = launch::vcpus(req.cpu_quota, req.cpu_period, self.settings.max_vcpus);
+            // A kernel the image does not have fails the usual start, with its error.
+            let Ok(kernel) = launch::kernel(req) else {
+                return false;
+            };
             qemu_pool::may_fit(
                 &req.info,
+                &kernel,
                 vcpus,
                 req.netns.is_some(),
                 req.shared_root.is_some(),

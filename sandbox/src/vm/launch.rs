@@ -275,6 +275,11 @@ pub fn vcpus(quota: i64, period: i64, max: u32) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX).clamp(1, max.max(1))
 }
 
+/// The host path of the guest's kernel in the image's layers.
+pub fn kernel(req: &VmRequest) -> Result<PathBuf, SandboxError> {
+    resolve_in_layers(&req.layer_dirs, &req.info.binary)
+}
+
 /// Checks a request without side effects (for `CreateContainer`): the guest/hypervisor pair,
 /// the image's files, the accelerator and the hypervisor binary. Returns the accelerator
 /// decision.
@@ -285,7 +290,7 @@ pub fn check(
 ) -> Result<AccelDecision, SandboxError> {
     let info = &req.info;
     super::check_pair(info)?;
-    resolve_in_layers(&req.layer_dirs, &info.binary)?;
+    kernel(req)?;
     for p in info.initrd.iter().chain(info.block.iter()) {
         resolve_in_layers(&req.layer_dirs, p)?;
     }
@@ -437,7 +442,7 @@ fn prepare_with(
 ) -> Result<Option<PreparedVm>, SandboxError> {
     let info = &req.info;
     super::check_pair(info)?;
-    let kernel = resolve_in_layers(&req.layer_dirs, &info.binary)?;
+    let kernel = kernel(req)?;
     let image_initrd = info
         .initrd
         .as_ref()

@@ -146,10 +146,18 @@ impl QemuPool {
 /// The vCPUs an entry runs: what a guest without a CPU limit gets (see [`super::launch::vcpus`]).
 const VCPUS: u32 = 1;
 
-/// Whether a guest of `vcpus` may fit a pool entry at all (the command line decides at the
-/// hand-over): a one-vCPU QEMU guest with a virtio-PCI NIC, no disk, initrd or shared root.
-/// Checked before an entry is taken, so a guest that cannot fit does not use one up.
-pub fn may_fit(info: &UnikernelInfo, vcpus: u32, has_net: bool, shared_root: bool) -> bool {
+/// Whether a guest of `vcpus` with the kernel at `kernel` may fit a pool entry at all (the
+/// command line decides at the hand-over): a one-vCPU QEMU guest with a PVH kernel (the boot
+/// block's entry), a virtio-PCI NIC, no disk, initrd or shared root. Checked before an entry
+/// is taken, so a guest that cannot fit does not use one up: a discarded entry is a killed
+/// QEMU and another started.
+pub fn may_fit(
+    info: &UnikernelInfo,
+    kernel: &Path,
+    vcpus: u32,
+    has_net: bool,
+    shared_root: bool,
+) -> bool {
     vcpus == VCPUS
         && info.hypervisor == HypervisorKind::Qemu
         && matches!(
@@ -161,6 +169,8 @@ pub fn may_fit(info: &UnikernelInfo, vcpus: u32, has_net: bool, shared_root: boo
         && info.initrd.is_none()
         && info.block.is_none()
         && !shared_root
+        // Last: it reads the kernel's head.
+        && super::qemu::is_pvh_elf(kernel)
 }
 
 /// The pool `settings` ask for on this host (see [`super::pool::on_host`] for when it fills);
@@ -482,19 +492,29 @@ mod tests {
 
     #[test]
     fn only_one_vcpu_pci_guests_with_a_nic_and_nothing_else_may_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("kernel");
+        std::fs::write(&kernel, crate::vm::elf::tests::pvh_elf32()).unwrap();
         let info = shape(&settings(), 64).info;
-        assert!(may_fit(&info, 1, true, false));
-        assert!(!may_fit(&info, 2, true, false));
-        assert!(!may_fit(&info, 1, false, false));
-        assert!(!may_fit(&info, 1, true, true));
+        assert!(may_fit(&info, &kernel, 1, true, false));
+        assert!(!may_fit(&info, &kernel, 2, true, false));
+        assert!(!may_fit(&info, &kernel, 1, false, false));
+        assert!(!may_fit(&info, &kernel, 1, true, true));
         let mut other = info.clone();
         other.virtio = imagestore::VirtioTransport::Mmio;
-        assert!(!may_fit(&other, 1, true, false));
+        assert!(!may_fit(&other, &kernel, 1, true, false));
         let mut other = info.clone();
         other.block = Some("disk.img".into());
-        assert!(!may_fit(&other, 1, true, false));
-        let mut other = info;
+        assert!(!may_fit(&other, &kernel, 1, true, false));
+        let mut other = info.clone();
         other.hypervisor = HypervisorKind::Crid;
-        assert!(!may_fit(&other, 1, true, false));
+        assert!(!may_fit(&other, &kernel, 1, true, false));
+        // A kernel without a PVH entry (a multiboot or Linux one) boots the usual way.
+        let plain = dir.path().join("plain");
+        let mut bytes = crate::vm::elf::tests::pvh_elf32();
+        bytes.truncate(52);
+        std::fs::write(&plain, bytes).unwrap();
+        assert!(!may_fit(&info, &plain, 1, true, false));
+        assert!(!may_fit(&info, &dir.path().join("missing"), 1, true, false));
     }
 }
