@@ -227,13 +227,17 @@ pub mod host {
             .await
         }
         async fn pod_netns(&self, pod_id: &str) -> Result<PathBuf, StreamError> {
-            if pod_id == "missing" {
-                return Err(StreamError::NotFound {
+            match pod_id {
+                "missing" => Err(StreamError::NotFound {
                     what: "pod sandbox",
                     id: pod_id.to_owned(),
-                });
+                }),
+                "stopped" => Err(StreamError::FailedPrecondition(format!(
+                    "pod sandbox {pod_id} is not ready"
+                ))),
+                "broken" => Err(StreamError::Backend("cannot read the pod record".into())),
+                _ => Ok(self.netns.clone()),
             }
-            Ok(self.netns.clone())
         }
     }
 }

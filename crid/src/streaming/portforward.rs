@@ -20,7 +20,20 @@ use super::ws;
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn dial(netns: &std::path::Path, port: u16) -> Result<TcpStream, String> {
+/// What a port-forward URL serves.
+pub struct Forward {
+    /// The pod's network namespace, or why no connection can be made into it (a pod no longer
+    /// ready), which each forwarded connection's error stream reports.
+    pub target: Result<PathBuf, String>,
+    /// Over SPDY the ports a stream may name (any when empty); over WebSocket the ports
+    /// forwarded, channel pair by channel pair.
+    pub ports: Vec<u16>,
+}
+
+async fn dial(target: &Result<PathBuf, String>, port: u16) -> Result<TcpStream, String> {
+    let netns = target
+        .as_ref()
+        .map_err(|why| format!("cannot forward port {port}: {why}"))?;
     let std = sys::connect_in_netns(netns, port, DIAL_TIMEOUT)
         .await
         .map_err(|e| format!("cannot connect to localhost:{port} in the pod: {e}"))?;
@@ -47,7 +60,12 @@ struct Pair {
 }
 
 /// Serves SPDY port forwarding until the client goes away.
-pub async fn serve_spdy(mut conn: mux::Conn, netns: PathBuf, allowed: Vec<u16>) {
+pub async fn serve_spdy(mut conn: mux::Conn, forward: Forward) {
+    let Forward {
+        target,
+        ports: allowed,
+    } = forward;
+    let target = std::sync::Arc::new(target);
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     let (expire_tx, mut expire_rx) = mpsc::channel::<String>(16);
     loop {
@@ -120,13 +138,15 @@ pub async fn serve_spdy(mut conn: mux::Conn, netns: PathBuf, allowed: Vec<u16>) 
                 error: Some(error),
             }) = pairs.remove(&request)
             {
-                let netns = netns.clone();
+                let target = target.clone();
                 let allowed = allowed.clone();
                 tokio::spawn(async move {
                     if !allowed.is_empty() && !allowed.contains(&port) {
                         let msg = format!("port {port} was not requested for forwarding");
                         error.write(Bytes::from(msg)).await;
-                    } else if let Err(msg) = forward(&netns, port, data.rx, data.tx.clone()).await {
+                    } else if let Err(msg) =
+                        forward_connection(&target, port, data.rx, data.tx.clone()).await
+                    {
                         error.write(Bytes::from(msg)).await;
                     }
                     data.tx.close().await;
@@ -139,13 +159,13 @@ pub async fn serve_spdy(mut conn: mux::Conn, netns: PathBuf, allowed: Vec<u16>) 
 }
 
 /// Copies between a pod port and a client's data stream until both directions end.
-async fn forward(
-    netns: &std::path::Path,
+async fn forward_connection(
+    target: &Result<PathBuf, String>,
     port: u16,
     from_client: mpsc::Receiver<Bytes>,
     to_client: StreamWriter,
 ) -> Result<(), String> {
-    let sock = dial(netns, port).await?;
+    let sock = dial(target, port).await?;
     let (mut rd, wr) = sock.into_split();
     // The client's FIN half-closes the pod side; the pod closing ends the forwarding.
     let up = tokio::spawn(copy_to_pod(from_client, wr));
@@ -164,8 +184,11 @@ async fn forward(
     Ok(())
 }
 
-/// Serves WebSocket port forwarding for `ports` (channel `2i` = data, `2i+1` = error of `ports[i]`).
-pub async fn serve_ws(conn: ws::WsConn, netns: PathBuf, ports: Vec<u16>) {
+/// Serves WebSocket port forwarding for `forward.ports` (channel `2i` = data, `2i+1` = error of
+/// `ports[i]`).
+pub async fn serve_ws(conn: ws::WsConn, forward: Forward) {
+    let Forward { target, ports } = forward;
+    let target = std::sync::Arc::new(target);
     let ws::WsConn {
         mut inbound,
         handle,
@@ -179,9 +202,9 @@ pub async fn serve_ws(conn: ws::WsConn, netns: PathBuf, ports: Vec<u16>) {
         handle.send(err_ch, le).await;
         let (tx, rx) = mpsc::channel::<Bytes>(64);
         to_pod.push(tx);
-        let (handle, netns) = (handle.clone(), netns.clone());
+        let (handle, target) = (handle.clone(), target.clone());
         tasks.push(tokio::spawn(async move {
-            let sock = match dial(&netns, port).await {
+            let sock = match dial(&target, port).await {
                 Ok(s) => s,
                 Err(msg) => {
                     handle.send(err_ch, Bytes::from(msg)).await;

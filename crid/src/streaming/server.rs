@@ -22,6 +22,7 @@ use super::backend::StreamBackend;
 use super::remotecommand::{self, Options};
 use super::token::{Request, TokenCache};
 use super::{StreamError, mux, portforward, ws};
+use imagestore::ErrorKind;
 
 /// How long a client may take to send its request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -188,6 +189,40 @@ fn negotiate(offered: &[String], supported: &[&str]) -> Option<String> {
         .cloned()
 }
 
+/// The HTTP status of a request the backend refused, by the kind of its error: 404 only for
+/// what does not exist (as kubelet's streaming server answers an unknown token), 400 for the
+/// client's mistakes, 503 for what may work on a retry, 500 for crid's own failures.
+fn http_status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+        ErrorKind::FailedPrecondition => StatusCode::CONFLICT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The ports of a WebSocket port-forward query (`port=80&port=81,82`), each between 1 and
+/// 65535, at least one; the message says what is wrong otherwise (kubelet's `NewV4Options`).
+fn query_ports(query: &str) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for value in query.split('&').filter_map(|kv| kv.strip_prefix("port=")) {
+        if value.is_empty() {
+            return Err("query parameter \"port\" cannot be empty".into());
+        }
+        for p in value.split(',') {
+            match p.parse::<u16>() {
+                Ok(port) if port > 0 => ports.push(port),
+                _ => return Err(format!("{p:?} is not a port between 1 and 65535")),
+            }
+        }
+    }
+    if ports.is_empty() {
+        return Err("query parameter \"port\" is required".into());
+    }
+    Ok(ports)
+}
+
 enum Transport {
     Spdy,
     WebSocket { key: String },
@@ -265,36 +300,32 @@ async fn handle(server: Arc<Server>, mut req: HttpRequest<Incoming>) -> Response
         return r;
     };
 
-    // Port forwarding needs the namespace before anything is promised to the client.
-    let netns = match &request {
-        Request::PortForward { pod_id, .. } => match server.backend.pod_netns(pod_id).await {
-            Ok(p) => Some(p),
-            Err(e) => return plain(StatusCode::NOT_FOUND, &e.to_string()),
-        },
-        _ => None,
-    };
-    let ws_ports = match &request {
-        Request::PortForward { ports, .. } if !ports.is_empty() => ports.clone(),
-        Request::PortForward { .. } => {
-            let ports: Vec<u16> = req
-                .uri()
-                .query()
-                .unwrap_or_default()
-                .split('&')
-                .filter_map(|kv| kv.strip_prefix("port="))
-                .flat_map(|v| v.split(','))
-                .filter_map(|p| p.parse().ok())
-                .filter(|p| *p > 0)
-                .collect();
-            if ports.is_empty() && matches!(transport, Transport::WebSocket { .. }) {
-                return plain(
-                    StatusCode::BAD_REQUEST,
-                    "query parameter \"port\" is required",
-                );
-            }
-            ports
+    // Port forwarding resolves the pod before anything is promised to the client: a pod that is
+    // gone gets 404, a failure of crid's own 500. A pod that is no longer ready is reported as
+    // kubelet's streaming server reports it: the upgrade succeeds and each forwarded
+    // connection's error stream says why it cannot be made.
+    let forward = match &request {
+        Request::PortForward { pod_id, ports } => {
+            let target = match server.backend.pod_netns(pod_id).await {
+                Ok(netns) => Ok(netns),
+                Err(e) if e.kind() == ErrorKind::FailedPrecondition => Err(e.to_string()),
+                Err(e) => return plain(http_status(e.kind()), &e.to_string()),
+            };
+            // Over WebSocket the ports are fixed at the upgrade: the CRI request's, else the
+            // query's; over SPDY each stream names its port and the CRI's ports (if any) bound
+            // which.
+            let ports = match (&transport, ports.is_empty()) {
+                (Transport::WebSocket { .. }, true) => {
+                    match query_ports(req.uri().query().unwrap_or_default()) {
+                        Ok(ports) => ports,
+                        Err(msg) => return plain(StatusCode::BAD_REQUEST, &msg),
+                    }
+                }
+                _ => ports.clone(),
+            };
+            Some(portforward::Forward { target, ports })
         }
-        _ => Vec::new(),
+        _ => None,
     };
 
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -338,34 +369,26 @@ async fn handle(server: Arc<Server>, mut req: HttpRequest<Incoming>) -> Response
                 return;
             }
         };
-        match transport {
-            Transport::Spdy => {
+        match (transport, forward) {
+            (Transport::Spdy, Some(forward)) => {
+                portforward::serve_spdy(mux::serve(io, idle), forward).await
+            }
+            (Transport::Spdy, None) => {
                 let conn = mux::serve(io, idle);
-                match request {
-                    Request::PortForward { ports, .. } => {
-                        let netns = netns.unwrap_or_default();
-                        portforward::serve_spdy(conn, netns, ports).await
-                    }
-                    request => {
-                        let opts = options(&request);
-                        if let Some(ch) = remotecommand::spdy_channels(conn, opts, protocol).await {
-                            start_session(&server, request, ch).await;
-                        }
-                    }
+                let opts = options(&request);
+                if let Some(ch) = remotecommand::spdy_channels(conn, opts, protocol).await {
+                    start_session(&server, request, ch).await;
                 }
             }
-            Transport::WebSocket { .. } => {
+            (Transport::WebSocket { .. }, forward) => {
                 let limits = WebSocketConfig::default()
                     .max_message_size(Some(MAX_WS_MESSAGE))
                     .max_frame_size(Some(MAX_WS_MESSAGE));
                 let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(limits)).await;
                 let conn = ws::serve(ws, encoding, idle);
-                match request {
-                    Request::PortForward { .. } => {
-                        let netns = netns.unwrap_or_default();
-                        portforward::serve_ws(conn, netns, ws_ports).await
-                    }
-                    request => {
+                match forward {
+                    Some(forward) => portforward::serve_ws(conn, forward).await,
+                    None => {
                         let opts = options(&request);
                         let ch = remotecommand::ws_channels(conn, opts, protocol).await;
                         start_session(&server, request, ch).await;
@@ -409,6 +432,40 @@ async fn start_session(server: &Server, request: Request, ch: remotecommand::Cha
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_map_to_http_statuses() {
+        for (kind, status) in [
+            (ErrorKind::NotFound, StatusCode::NOT_FOUND),
+            (ErrorKind::InvalidArgument, StatusCode::BAD_REQUEST),
+            (ErrorKind::FailedPrecondition, StatusCode::CONFLICT),
+            (ErrorKind::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
+            (ErrorKind::Internal, StatusCode::INTERNAL_SERVER_ERROR),
+            (
+                ErrorKind::ResourceExhausted,
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ] {
+            assert_eq!(http_status(kind), status, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn query_ports_are_each_a_port_and_at_least_one() {
+        assert_eq!(query_ports("port=80&port=81,82"), Ok(vec![80, 81, 82]));
+        assert_eq!(query_ports("a=b&port=443"), Ok(vec![443]));
+        for bad in [
+            "",
+            "a=b",
+            "port=",
+            "port=0",
+            "port=x",
+            "port=80,",
+            "port=65536",
+        ] {
+            assert!(query_ports(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn negotiation_takes_the_clients_first_supported_protocol() {

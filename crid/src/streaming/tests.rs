@@ -404,6 +404,68 @@ async fn port_forward_tokens_are_single_use() {
     assert_eq!(stream_client::http_status(&e), Some(404));
 }
 
+fn pf_to(pod_id: &str, ports: Vec<u16>) -> Request {
+    Request::PortForward {
+        pod_id: pod_id.into(),
+        ports,
+    }
+}
+
+#[tokio::test]
+async fn port_forward_answers_say_what_went_wrong() {
+    let s = server().await;
+    let port = echo_listener().await;
+    // A pod that is gone: 404; a failure of crid's own: 500 (not 404).
+    for (pod, status) in [("missing", 404), ("broken", 500)] {
+        let url = s.url_for(pf_to(pod, vec![port])).unwrap();
+        let e = spdy::port_forward(&url).await.err().expect("refused");
+        assert_eq!(stream_client::http_status(&e), Some(status), "{pod}: {e:#}");
+        let url = s.url_for(pf_to(pod, vec![port])).unwrap();
+        let e = ws::WsPortForward::connect(&url, &[port])
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(stream_client::http_status(&e), Some(status), "{pod}: {e:#}");
+    }
+    // Over WebSocket without ports in the CRI request, a query without a valid port is the
+    // client's mistake: 400.
+    for query in [
+        "",
+        "port=",
+        "port=0",
+        "port=x",
+        &format!("port={port},99999"),
+    ] {
+        let url = s.url_for(pf(vec![])).unwrap();
+        let e = ws::connect(&url, query, &["v4.channel.k8s.io"])
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            stream_client::http_status(&e),
+            Some(400),
+            "{query:?}: {e:#}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn port_forward_into_a_pod_no_longer_ready_reports_on_the_error_stream() {
+    let s = server().await;
+    let port = echo_listener().await;
+    let url = s.url_for(pf_to("stopped", vec![])).unwrap();
+    let conn = spdy::port_forward(&url).await.unwrap();
+    let (mut data, mut error) = conn.forward(port, 1).await.unwrap();
+    let msg = String::from_utf8(error.read_to_end(T).await.unwrap()).unwrap();
+    assert!(msg.contains("stopped is not ready"), "{msg}");
+    assert!(data.read_to_end(T).await.unwrap().is_empty());
+
+    let url = s.url_for(pf_to("stopped", vec![port])).unwrap();
+    let mut conn = ws::WsPortForward::connect(&url, &[port]).await.unwrap();
+    conn.drain(T).await.unwrap();
+    let msg = String::from_utf8_lossy(&conn.errors[0]);
+    assert!(msg.contains("stopped is not ready"), "{msg}");
+}
+
 /// Interop with client-go as kubectl ships it (SPDY and WebSocket exec, SPDY port-forward): a stand-in API
 /// server answers kubectl's pod lookup and splices its exec request onto a fresh streaming
 /// URL. Needs `kubectl` on PATH; run with `cargo test -p crid kubectl -- --ignored`.
