@@ -265,7 +265,7 @@ impl PreparedMonitor {
         handover: &Handover,
         timeout: Duration,
     ) -> Result<(Ready, StartGate), HandoverError> {
-        let gate = self.start_vmm(&handover.spec)?;
+        let gate = self.start_vmm(&handover.spec, timeout)?;
         let handover = Handover {
             start_gate: gate.is_none(),
             ..handover.clone()
@@ -301,16 +301,26 @@ impl PreparedMonitor {
 
     /// Writes a crid-vmm the guest's command line (see [`vmm_args`]) with the VMM's end of a
     /// new start gate, and returns crid's end; `None` for a prepared launch. A VMM that is gone
-    /// had not started anything: [`HandoverError::Gone`].
-    fn start_vmm(&self, spec: &MonitorSpec) -> Result<Option<UnixStream>, HandoverError> {
+    /// had not started anything: [`HandoverError::Gone`]. One that did not read it within
+    /// `timeout` is alive and may hold part of it, which it could act on once the entry is
+    /// dropped (its gate closed, it ends before any guest runs): [`HandoverError::Failed`],
+    /// so that no other VMM is started on the guest's tap meanwhile.
+    fn start_vmm(
+        &self,
+        spec: &MonitorSpec,
+        timeout: Duration,
+    ) -> Result<Option<UnixStream>, HandoverError> {
         let Some(vmm) = &self.vmm else {
             return Ok(None);
         };
         let args = vmm_args(spec, &vmm.program)
             .map_err(|e| HandoverError::Failed(std::io::Error::other(e)))?;
         let (ours, theirs) = UnixStream::pair().map_err(HandoverError::Failed)?;
-        send_args(&vmm.socket, &encode_args(&args), theirs.as_fd()).map_err(HandoverError::Gone)?;
-        Ok(Some(ours))
+        match send_args(&vmm.socket, &encode_args(&args), theirs.as_fd(), timeout) {
+            Ok(()) => Ok(Some(ours)),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(HandoverError::Failed(e)),
+            Err(e) => Err(HandoverError::Gone(e)),
+        }
     }
 
     /// After the monitor went (`why`) and the VMM's gate was closed: [`HandoverError::Gone`]
@@ -395,11 +405,42 @@ fn parse_ready(line: &[u8]) -> std::io::Result<Option<Ready>> {
 }
 
 /// Writes a crid-vmm's hand-over message (see `crid_vmm::handover`) and ends it, `gate` going
-/// with its first bytes.
-fn send_args(socket: &UnixStream, message: &[u8], gate: BorrowedFd<'_>) -> std::io::Result<()> {
-    let sent = send_passing(socket.as_raw_fd(), message, gate)?;
-    let mut writer = socket;
-    writer.write_all(&message[sent..])?;
+/// with its first bytes. A VMM that stops reading fails the write once `timeout` has passed
+/// (`TimedOut`), however the message was split: a message larger than the socket's buffer
+/// waits for the VMM to read, and crid's blocking thread must not wait for ever.
+fn send_args(
+    socket: &UnixStream,
+    message: &[u8],
+    gate: BorrowedFd<'_>,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let timed_out = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the VMM did not read its command line within {timeout:?}"),
+            )
+        } else {
+            e
+        }
+    };
+    // The socket's send timeout (SO_SNDTIMEO) bounds each blocking write, the deadline all.
+    socket.set_write_timeout(Some(timeout))?;
+    let mut sent = send_passing(socket.as_raw_fd(), message, gate).map_err(timed_out)?;
+    while sent < message.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(timed_out(std::io::ErrorKind::WouldBlock.into()));
+        }
+        socket.set_write_timeout(Some(left))?;
+        match (&*socket).write(&message[sent..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(timed_out(e)),
+        }
+    }
     socket.shutdown(std::net::Shutdown::Write)
 }
 
@@ -1017,6 +1058,7 @@ mod tests {
             &passed,
             &encode_args(&["--kernel".into(), "/k".into()]),
             gate_vmm.as_fd(),
+            Duration::from_secs(10),
         )
         .unwrap();
         drop(gate_vmm);
@@ -1034,6 +1076,55 @@ mod tests {
         (&monitor).write_all(line).unwrap();
         let (ready, fd) = read_ready_passing(&crid).unwrap();
         assert!(ready.is_some() && fd.is_none());
+    }
+
+    #[test]
+    fn a_vmm_that_stopped_reading_times_the_hand_over_out() {
+        let (crid, vmm) = UnixStream::pair().unwrap();
+        // Fill the socket's buffer: the VMM reads nothing.
+        crid.set_nonblocking(true).unwrap();
+        let chunk = [0u8; 4096];
+        // Bounded: the buffer holds at most a few MiB.
+        for _ in 0..100_000 {
+            match (&crid).write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        crid.set_nonblocking(false).unwrap();
+        let (_gate, gate_vmm) = UnixStream::pair().unwrap();
+        let message = encode_args(&["--kernel".into(), "/k".into()]);
+        let e = send_args(
+            &crid,
+            &message,
+            gate_vmm.as_fd(),
+            Duration::from_millis(100),
+        )
+        .expect_err("the VMM reads nothing");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        // The hand-over fails rather than starting another VMM: this one is still there.
+        let program = PathBuf::from("/usr/lib/crid/crid-vmm");
+        let (monitor, _monitor_end) = UnixStream::pair().unwrap();
+        let prepared = PreparedMonitor {
+            vmm_pid: 0,
+            socket: monitor,
+            vmm: Some(PreparedVmm {
+                program: program.clone(),
+                socket: crid,
+            }),
+        };
+        let handover = Handover {
+            spec: spec(command(&[program.to_str().unwrap()], None)),
+            stderr: "/s/containers/c1/monitor.log".into(),
+            start_gate: true,
+        };
+        let result = prepared.hand_over_gated(&handover, Duration::from_millis(100));
+        assert!(
+            matches!(result, Err(HandoverError::Failed(_))),
+            "{result:?}"
+        );
+        drop(vmm);
     }
 
     /// Hands a guest over to a prepared crid-vmm whose monitor has ended, its VMM a fake on
