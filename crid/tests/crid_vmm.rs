@@ -608,17 +608,6 @@ async fn wait_prepared(crid: &Crid, guests: &[u32]) -> u32 {
     vmms[0]
 }
 
-/// The parent of process `pid` (the field after the command name in `/proc/PID/stat`).
-fn parent_of(pid: u32) -> u32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat[stat.rfind(')').unwrap() + 1..]
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// Waits (bounded) until none of `pids` runs.
 async fn wait_gone(pids: &[u32], what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -673,7 +662,7 @@ async fn prepared_crid_vmm_is_handed_the_next_guest() {
     let prepared = wait_prepared(&crid, &[]).await;
     // The waiting monitor passed its end of the VMM's socket to crid, which hands the VMM its
     // guest itself: the monitor's one socket is crid's (its standard input and output).
-    let waiting = parent_of(prepared);
+    let waiting = common::parent_of(prepared);
     let other_sockets: Vec<String> = std::fs::read_dir(format!("/proc/{waiting}/fd"))
         .unwrap()
         .flatten()
@@ -765,7 +754,7 @@ async fn prepared_crid_vmm_is_handed_the_next_guest() {
     assert!(argv0.starts_with(vmm.to_str().unwrap().as_bytes()));
     // Its monitor let go of crid's socket once it had the container: stdin and stdout are
     // /dev/null, no descriptor is a socket, and its environment is PATH alone.
-    let monitor = parent_of(pid);
+    let monitor = common::parent_of(pid);
     // Supervising, the monitor runs on short time slices (its wake-ups to write the log preempt
     // the guest's vCPU); the VMM, which runs the guest, on the default.
     let slice = |pid: u32| {
@@ -813,10 +802,27 @@ async fn prepared_crid_vmm_is_handed_the_next_guest() {
     assert_ne!(next, prepared);
 
     // crid dies with an entry waiting: the entry (the VMM and its monitor) ends, the guest
-    // runs on.
-    let waiting = [next, parent_of(next)];
+    // runs on. The VMM ends by itself, on the end of crid's socket, even with its monitor
+    // stopped (then killed too): unlike a prepared QEMU, no crid-vmm is left paused when both
+    // die, so the next crid has none to end.
+    let monitor = common::parent_of(next);
+    let signal = |pid: u32, sig| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap()
+    };
+    signal(monitor, nix::sys::signal::Signal::SIGSTOP);
     crid.sigkill();
-    wait_gone(&waiting, "the prepared monitor and VMM").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Its stopped parent cannot reap it: a zombie.
+    while !std::fs::read_to_string(format!("/proc/{next}/stat"))
+        .unwrap_or_default()
+        .rsplit_once(')')
+        .is_none_or(|(_, rest)| rest.starts_with(" Z"))
+    {
+        assert!(Instant::now() < deadline, "the prepared VMM outlived crid");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(monitor, nix::sys::signal::Signal::SIGKILL);
+    wait_gone(&[next, monitor], "the prepared monitor and VMM").await;
     assert!(
         Path::new(&format!("/proc/{pid}")).exists(),
         "the guest died with crid"
@@ -983,7 +989,7 @@ async fn prepared_crid_vmm_is_armed_at_create_and_started_by_one_byte() {
     wait_confined(next).await;
     let (_, info) = crid.container_status(&dropped).await;
     let dropped_rel = assert_chrooted_in_its_cgroup(next, &info);
-    let monitor = parent_of(next);
+    let monitor = common::parent_of(next);
     crid.remove_container(&dropped).await;
     wait_gone(&[next, monitor], "the unstarted guest's VMM and monitor").await;
     assert!(
@@ -1002,7 +1008,7 @@ async fn prepared_crid_vmm_is_armed_at_create_and_started_by_one_byte() {
         .await
         .unwrap_or_else(|e| panic!("create: {e}\n{}", crid.log()));
     wait_confined(last).await;
-    let monitor = parent_of(last);
+    let monitor = common::parent_of(last);
     crid.sigkill();
     wait_gone(&[last, monitor], "the armed guest of a dead crid").await;
     let crid = Crid::start_owned(crid.into_dir()).await;

@@ -2326,6 +2326,68 @@ async fn a_pci_guest_in_a_pod_network_starts_on_a_prepared_qemu() {
     crid.finish().await;
 }
 
+/// A prepared QEMU whose monitor and crid were both killed (the monitor first, stopped so that
+/// it cannot end its QEMU on crid's end of file) is left paused, nothing of either running to
+/// end it; the next crid ends it at its start.
+#[tokio::test]
+async fn a_prepared_qemu_left_by_a_killed_crid_and_monitor_is_ended_at_the_next_start() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let Some(reg) = ready_for_qemu_pool() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let image = push_guest(&reg, work.path(), "unikraft", "qemu");
+    let (mut crid, _) = start().await;
+    let (_bridge, _) = bridge_network(&crid, 192);
+    crid.expect_pull(&image).await;
+    // The first guest fills the pool.
+    let config = common::pod_config("qleft", crid.path());
+    let pod = (crid.run_pod_under(&config, "urunc").await, config);
+    let first = crid
+        .create_start_guest(&pod, "net", &image, &["stay"])
+        .await;
+    wait_qemu_pool(&crid, 1, 0).await;
+    crid.stop_container(&first, 0).await;
+    crid.remove_container(&first).await;
+    let paused = prepared_qemus(&crid);
+    assert_eq!(
+        paused.len(),
+        1,
+        "{:?}",
+        common::processes_under(crid.path(), None)
+    );
+    let qemu = paused[0];
+    let monitor = common::parent_of(qemu);
+    let signal = |pid: u32, sig| kill(Pid::from_raw(pid as i32), sig).unwrap();
+    signal(monitor, Signal::SIGSTOP);
+    crid.sigkill();
+    signal(monitor, Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Path::new(&format!("/proc/{monitor}")).exists() {
+        assert!(Instant::now() < deadline, "the monitor outlived SIGKILL");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{qemu}/stat")).unwrap_or_default();
+    assert!(
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.starts_with(" Z")),
+        "the QEMU ended without its monitor: {stat:?}"
+    );
+
+    let crid = Crid::start_owned(crid.into_dir()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Path::new(&format!("/proc/{qemu}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the QEMU a killed crid and monitor left still runs\n{}",
+            crid.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    crid.finish().await;
+}
+
 /// The pods kubelet builds carry a memory limit, from which crid sizes the guest: a PCI guest
 /// in a kubelet-shaped pod (long names, mounts, service environment, limits of 500m and
 /// 128 MiB, security context, annotations, a declared port) starts the usual way with 128 MiB

@@ -282,6 +282,17 @@ pub fn processes_under(dir: &Path, except: Option<u32>) -> Vec<String> {
         .collect()
 }
 
+/// The parent of process `pid` (the field after the command name in `/proc/PID/stat`).
+pub fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// Pids of the processes [`processes_under`] lists.
 pub fn pids_under(dir: &Path, except: Option<u32>) -> Vec<u32> {
     processes_with_cmdline(dir, except)

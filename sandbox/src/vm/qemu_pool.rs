@@ -27,8 +27,9 @@
 //! ([`crate::monitor::prepared`], `--prepare-launch`) supervising the paused QEMU, ended when
 //! crid closes its socket (crid removing it, stopping or dying), which kills the QEMU, and its
 //! tap with it (an entry crid discards also asks its QEMU to quit over QMP, for a monitor that
-//! died first: [`Control`]). Until the start, the monitor of a handed-over entry waits on
-//! crid's socket the same way.
+//! died first: [`Control`]; and a crid that starts asks those an earlier crid left, their
+//! monitors dead too, to quit: [`end_leftovers`]). Until the start, the monitor of a
+//! handed-over entry waits on crid's socket the same way.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -183,6 +184,9 @@ pub fn on_host(
     monitor_exe: &Path,
     state: &Path,
 ) -> Option<Arc<QemuPool>> {
+    let dir = state.join("qemu-pool");
+    // Whether this crid prepares QEMUs or not, those an earlier one left go.
+    end_leftovers(&dir);
     if settings.qemu_pool == 0 {
         return None;
     }
@@ -201,9 +205,6 @@ pub fn on_host(
         }
     };
     let made = (|| -> std::io::Result<(PathBuf, OwnedFd)> {
-        let dir = state.join("qemu-pool");
-        // Entries of an earlier crid ended with it; their files may be left.
-        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("empty"))?;
         Ok((dir, cni::netns::new_netns()?))
     })();
@@ -234,6 +235,38 @@ pub fn on_host(
         _netns_fd: Arc::new(netns_fd),
         qemu,
     }))
+}
+
+/// How long a QEMU left by an earlier crid may take to answer each step of its `quit`.
+const LEFTOVER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Ends the paused QEMUs an earlier crid left in the pool's directory `dir`, then removes the
+/// directory. An entry's monitor ends its QEMU when crid's socket closes, but one whose monitor
+/// died too (both killed, an OOM kill of each) stays paused for ever, with its RAM in this
+/// file system: [`Control`] asks it to quit only while crid runs. Such a QEMU still listens on
+/// its QMP socket `N.qmp` here (one handed over was renamed to its container's, and is left
+/// alone), and only crid's own QEMUs can: the directory is root's, in crid's state directory,
+/// which no container sees. So each is asked to quit there; no process is picked by its name.
+/// A socket nothing listens on (its QEMU ended with its monitor) refuses the connection.
+fn end_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "qmp") {
+            continue;
+        }
+        match qmp::execute(&path, "quit", LEFTOVER_TIMEOUT) {
+            Ok(()) => {
+                tracing::warn!(socket = %path.display(), "vm.qemu_pool: ended a prepared QEMU an earlier crid left")
+            }
+            Err(e) => {
+                tracing::debug!(socket = %path.display(), error = %e, "vm.qemu_pool: no QEMU left")
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// What making an entry needs.
@@ -488,6 +521,22 @@ mod tests {
         let session = qmp::Session::connect(&sock, Duration::from_secs(5)).unwrap();
         drop(Control(Some(session)).keep());
         assert_eq!(server.join().unwrap(), "", "the container's QEMU");
+    }
+
+    #[test]
+    fn leftover_qemus_are_asked_to_quit_and_their_directory_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = dir.path().join("qemu-pool");
+        std::fs::create_dir_all(pool.join("empty")).unwrap();
+        // A QEMU left waiting on 0.qmp, and 1.qmp whose QEMU has ended.
+        let (sock, server) = fake_qmp(&pool);
+        std::fs::rename(&sock, pool.join("0.qmp")).unwrap();
+        drop(std::os::unix::net::UnixListener::bind(pool.join("1.qmp")).unwrap());
+        end_leftovers(&pool);
+        assert!(server.join().unwrap().contains("\"quit\""));
+        assert!(!pool.exists());
+        // No directory: nothing to do.
+        end_leftovers(&pool);
     }
 
     #[test]
