@@ -7,7 +7,7 @@ use std::process::Command;
 
 use imagestore::{HypervisorKind, UnikernelInfo, UnikernelSource, UnikernelType};
 use sandbox::monitor::{join_before_exec, open_cgroup_join};
-use sandbox::vm::cgroup::{Limits, VmCgroup};
+use sandbox::vm::cgroup::{Devices, Limits, VmCgroup};
 use sandbox::vm::launch::{VmRequest, release};
 
 mod common;
@@ -48,6 +48,7 @@ fn release_kills_what_is_left_and_removes_the_cgroup() {
         cpu_quota: 20_000,
         cpu_period: 100_000,
         cpu_shares: 128,
+        devices: Devices::CridVmm,
     })
     .unwrap();
     let _cleanup = Cleanup(cg.clone());
@@ -56,7 +57,11 @@ fn release_kills_what_is_left_and_removes_the_cgroup() {
     assert_eq!(read("memory", "memory.limit_in_bytes").trim(), "67108864");
     assert_eq!(read("cpu", "cpu.cfs_quota_us").trim(), "20000");
     assert_eq!(read("cpu", "cpu.shares").trim(), "128");
-    assert!(read("devices", "devices.list").contains("c 10:232 rw"));
+    // crid-vmm's devices only, each rule taken from its own write on one open file.
+    assert_eq!(
+        read("devices", "devices.list").lines().collect::<Vec<_>>(),
+        ["c 10:232 rw", "c 10:200 rw"]
+    );
 
     // A stand-in VMM that never exits, placed in the cgroup before its exec as the monitor
     // places one (through each v1 hierarchy's `tasks`): the whole process is there.

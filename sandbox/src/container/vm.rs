@@ -500,6 +500,8 @@ impl VmBackend {
                     cpu_quota: resources.cpu_quota,
                     cpu_period: resources.cpu_period,
                     cpu_shares: resources.cpu_shares,
+                    // Not updated: the rules are set when the cgroup is made.
+                    ..Limits::default()
                 };
                 VmCgroup::new(relative.clone()).update(&limits)?;
             }

@@ -8,11 +8,14 @@
 //!   No CRI limit: no cgroup limit.
 //! - CPU: `cpu.cfs_quota_us`/`cpu.cfs_period_us` and `cpu.shares` as CRI gives them (the quota
 //!   also becomes the vCPU count).
-//! - Devices (cgroup v1 `devices` controller): everything denied except `/dev/kvm` (10:232),
-//!   `/dev/net/tun` (10:200) and the pseudo-devices null, zero, full, random and urandom. On a
-//!   cgroup v2 host device filtering needs an eBPF program, which crid does not load: there the
-//!   VMM's own seccomp filter, its unprivileged user and chroot (see [`super::qemu`]) are what
-//!   confine it.
+//! - Devices (cgroup v1 `devices` controller, checked when a device is opened): everything
+//!   denied except what the VMM opens once it is in the cgroup ([`Devices`]): for crid-vmm
+//!   `/dev/kvm` (10:232; a VMM started for the container opens it after joining) and
+//!   `/dev/net/tun` (10:200, its tap, opened by name) only; for the other VMMs, which are placed
+//!   in the cgroup before their exec, those two and the pseudo-devices null, zero, full, random
+//!   and urandom. On a cgroup v2 host device filtering needs an eBPF program, which crid does
+//!   not load: there the VMM's own seccomp filter, its unprivileged user and chroot (see
+//!   [`super::qemu`]) are what confine it.
 //! - cpuset is not joined (CRI `cpuset_cpus` is not applied to VMs).
 //!
 //! The VMM is placed in the cgroup before it runs: the monitor's child writes itself into every
@@ -36,8 +39,8 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The v1 controllers a VMM joins.
 const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "devices", "blkio"];
 
-/// Device rules of the v1 `devices` controller after `a` is denied.
-pub const DEVICE_ALLOW: &[&str] = &[
+/// Device rules of the v1 `devices` controller after `a` is denied, for any VMM.
+const VMM_DEVICES: &[&str] = &[
     "c 10:232 rw", // /dev/kvm
     "c 10:200 rw", // /dev/net/tun
     "c 1:3 rw",    // /dev/null
@@ -47,6 +50,30 @@ pub const DEVICE_ALLOW: &[&str] = &[
     "c 1:9 rw",    // /dev/urandom
 ];
 
+/// The devices a VMM may open once it is in its cgroup (cgroup v1; see the module
+/// documentation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Devices {
+    /// A VMM placed in the cgroup before its exec (QEMU and the others): `/dev/kvm`,
+    /// `/dev/net/tun` and the pseudo-devices, whatever its start-up opens.
+    #[default]
+    Vmm,
+    /// crid-vmm, which joins the cgroup itself, first thing: after that it opens `/dev/kvm`
+    /// (not when it was prepared: its VM is built) and `/dev/net/tun` for its tap, and no other
+    /// device (its standard streams are open already; it takes randomness from `getrandom`).
+    CridVmm,
+}
+
+impl Devices {
+    /// The rules allowed after `a` is denied.
+    pub fn rules(self) -> &'static [&'static str] {
+        match self {
+            Devices::Vmm => VMM_DEVICES,
+            Devices::CridVmm => &VMM_DEVICES[..2],
+        }
+    }
+}
+
 /// What the container's cgroup limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
@@ -55,6 +82,8 @@ pub struct Limits {
     pub cpu_quota: i64,
     pub cpu_period: i64,
     pub cpu_shares: i64,
+    /// The devices the VMM may open (cgroup v1; set at creation only).
+    pub devices: Devices,
 }
 
 impl Limits {
@@ -132,6 +161,22 @@ fn cg_err(path: &Path, e: std::io::Error) -> SandboxError {
 
 fn write(path: &Path, value: &str) -> Result<(), SandboxError> {
     std::fs::write(path, value).map_err(|e| cg_err(path, e))
+}
+
+/// Writes each of `values` to `path`, one `write` each on one open file: a cgroup file takes
+/// one value per `write` (a device rule, here), and opening it once per value was most of the
+/// cost of the device rules.
+fn write_each(path: &Path, values: &[&str]) -> Result<(), SandboxError> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| cg_err(path, e))?;
+    for value in values {
+        file.write_all(value.as_bytes())
+            .map_err(|e| cg_err(path, e))?;
+    }
+    Ok(())
 }
 
 impl VmCgroup {
@@ -230,9 +275,7 @@ impl VmCgroup {
                 }
                 "devices" => {
                     write(&dir.join("devices.deny"), "a")?;
-                    for rule in DEVICE_ALLOW {
-                        write(&dir.join("devices.allow"), rule)?;
-                    }
+                    write_each(&dir.join("devices.allow"), limits.devices.rules())?;
                 }
                 _ => {}
             }
@@ -359,6 +402,7 @@ mod tests {
             cpu_quota: 50_000,
             cpu_period: 100_000,
             cpu_shares: 512,
+            ..Limits::default()
         })
         .unwrap();
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
@@ -395,6 +439,36 @@ mod tests {
             "cpuacct is cpu's hierarchy; devices and blkio are not mounted"
         );
         assert_eq!(cg.dirs().len(), 4, "limits go to every controller's name");
+    }
+
+    /// crid-vmm's cgroup allows the two devices it opens after joining, other VMMs' also the
+    /// pseudo-devices; the rules are written after everything was denied, on one open file.
+    #[test]
+    fn v1_device_rules_follow_the_vmm() {
+        assert_eq!(Devices::CridVmm.rules(), ["c 10:232 rw", "c 10:200 rw"]);
+        assert_eq!(Devices::Vmm.rules()[..2], *Devices::CridVmm.rules());
+        assert!(Devices::Vmm.rules().contains(&"c 1:9 rw"));
+        for devices in [Devices::CridVmm, Devices::Vmm] {
+            let d = tempfile::tempdir().unwrap();
+            // The controller's files, as the kernel makes them in a new cgroup.
+            let dir = d.path().join("devices/crid/c1");
+            std::fs::create_dir(d.path().join("devices")).unwrap();
+            std::fs::write(d.path().join("devices/cgroup.procs"), "").unwrap();
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in ["devices.deny", "devices.allow"] {
+                std::fs::write(dir.join(f), "").unwrap();
+            }
+            let cg = VmCgroup::at(d.path(), "crid/c1", false);
+            cg.create(&Limits {
+                devices,
+                ..Limits::default()
+            })
+            .unwrap();
+            let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+            assert_eq!(read("devices.deny"), "a");
+            // A regular file keeps the writes one after the other.
+            assert_eq!(read("devices.allow"), devices.rules().concat());
+        }
     }
 
     /// On the host's real cgroup2 hierarchy (the unified mount of a v1 hybrid host such as

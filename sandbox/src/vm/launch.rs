@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::accel::{self, AccelDecision, AcceleratorMode, KvmProbe};
 use super::blockroot;
-use super::cgroup::{Limits, VmCgroup};
+use super::cgroup::{Devices, Limits, VmCgroup};
 use super::guestfiles::{self, GuestMount};
 use super::net;
 use super::virtiofs::{self, SharedRoot, Transport};
@@ -610,6 +610,10 @@ fn prepare_with(
         cpu_quota: req.cpu_quota,
         cpu_period: req.cpu_period,
         cpu_shares: req.cpu_shares,
+        devices: match info.hypervisor {
+            HypervisorKind::Crid => Devices::CridVmm,
+            _ => Devices::Vmm,
+        },
     };
     // A prepared QEMU's move into its cgroup is the longest step of its hand-over (a running
     // process's migration waits for the thread-group lock, once per v1 hierarchy): it runs
