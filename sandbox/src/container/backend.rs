@@ -121,8 +121,9 @@ pub trait ContainerBackend: Send + Sync {
     /// needs survived, i.e. the node did not reboot).
     fn startable(&self, r: &ContainerRecord) -> bool;
 
-    /// After `CreateContainer` saved the record (inside the async runtime): a backend may
-    /// start preparing the container's start in the background.
+    /// Right after `CreateContainer` saved the record, on the blocking thread that saved it
+    /// (inside the async runtime), before the call answers: a backend may start preparing the
+    /// container's start in the background.
     fn created(&self, _r: &ContainerRecord) {}
 
     /// `StartContainer` on a `Created` container. May update the backend's state in `r`.

@@ -706,13 +706,15 @@ impl ContainerManager {
             siblings,
         };
         let this = self.clone();
-        let created_by = backend.clone();
         let result = tokio::task::spawn_blocking(move || {
             for d in [this.dirs.dir(&new.id), this.dirs.state_dir(&new.id)] {
                 std::fs::create_dir_all(&d).map_err(|e| SandboxError::io(&d, e))?;
             }
             let record = backend.create(new)?;
             this.save(&record)?;
+            // Here, not once a worker has taken the call up again: what the backend starts
+            // (a guest's arming) is on the way to the container's start.
+            backend.created(&record);
             Ok(record)
         })
         .await
@@ -723,7 +725,6 @@ impl ContainerManager {
                 self.lock()
                     .containers
                     .insert(id.clone(), Entry::new(record.clone()));
-                created_by.created(&record);
                 tracing::info!(container_id = %id, pod_sandbox_id = %record.pod_id, name = %record.config.name, "container created");
                 self.emit(EventKind::Created, &record);
                 Ok(id)
