@@ -2430,10 +2430,9 @@ async fn a_kubelet_pod_with_a_memory_limit_starts_on_a_prepared_qemu_of_its_size
     assert!(!a.contains(&"-S".to_owned()), "{a:?}");
     assert_eq!(memory(&a).as_deref(), Some("128"), "{a:?}");
     wait_qemu_pool(&crid, 1, 0).await;
-    assert_eq!(
-        crid.vm_status().await["qemuPreparedMiB"],
-        serde_json::json!([128])
-    );
+    let vm = crid.vm_status().await;
+    assert_eq!(vm["qemuPreparedMiB"], serde_json::json!([128]));
+    assert_eq!(vm["qemuNotPrepared"], serde_json::json!([]), "{vm}");
     let paused = prepared_qemus(&crid);
     assert_eq!(paused.len(), 1);
     let paused_argv: Vec<String> = std::fs::read(format!("/proc/{}/cmdline", paused[0]))

@@ -1054,7 +1054,8 @@ impl ContainerBackend for VmBackend {
     }
 
     /// The VM policy, what the host's KVM offers and how many crid-vmm guests and QEMUs are
-    /// prepared, and of which guest sizes (`null` without a pool).
+    /// prepared, of which guest sizes, and for which sizes none could be and why (`null`
+    /// without a pool).
     fn host_report(&self) -> serde_json::Value {
         serde_json::json!({
             "accelerator": self.settings.accelerator,
@@ -1063,10 +1064,22 @@ impl ContainerBackend for VmBackend {
             "cridVmmPrepared": self.pool.as_ref().map(|p| p.waiting()),
             "cridVmmPreparedMiB": self.pool.as_ref().map(|p| p.waiting_sizes()),
             "cridVmmArmed": self.armed.count(),
+            "cridVmmNotPrepared": self.pool.as_ref().map(|p| not_prepared(p.failures())),
             "qemuPrepared": self.qemu_pool.as_ref().map(|p| p.waiting()),
             "qemuPreparedMiB": self.qemu_pool.as_ref().map(|p| p.waiting_sizes()),
+            "qemuNotPrepared": self.qemu_pool.as_ref().map(|p| not_prepared(p.failures())),
         })
     }
+}
+
+/// A pool's failures as `Status` verbose lists them.
+fn not_prepared(failures: Vec<(u64, String)>) -> serde_json::Value {
+    failures
+        .into_iter()
+        .map(
+            |(memory_mib, reason)| serde_json::json!({ "memoryMiB": memory_mib, "reason": reason }),
+        )
+        .collect()
 }
 
 #[cfg(test)]

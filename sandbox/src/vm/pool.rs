@@ -151,6 +151,13 @@ impl Sizes {
     }
 }
 
+/// Why preparing for a guest size failed last, and when.
+struct Failure {
+    memory_mib: u64,
+    at: Instant,
+    reason: String,
+}
+
 /// A waiting entry and the guest size it was prepared for.
 struct Sized<E> {
     memory_mib: u64,
@@ -166,9 +173,10 @@ pub struct Pool<E: Entry> {
     ready: Ready<Sized<E>>,
     /// The sizes entries are prepared for; at most `size` of them, so each gets one.
     sizes: Mutex<Sizes>,
-    /// When preparing for a size last failed. Per size: a size no entry can be made for (a
-    /// pod's memory limit the VMM refuses) must not hold back the others.
-    failed_at: Mutex<Vec<(u64, Instant)>>,
+    /// Why and when preparing for a size last failed, until it succeeds or the size is
+    /// forgotten. Per size: a size no entry can be made for (a pod's memory limit the VMM
+    /// refuses) must not hold back the others.
+    failures: Mutex<Vec<Failure>>,
 }
 
 impl<E: Entry> Pool<E> {
@@ -182,7 +190,7 @@ impl<E: Entry> Pool<E> {
             prepare,
             ready: Ready::new(),
             sizes: Mutex::new(Sizes::new(size.min(MAX_SIZES))),
-            failed_at: Mutex::new(Vec::new()),
+            failures: Mutex::new(Vec::new()),
         }
     }
 
@@ -202,6 +210,14 @@ impl<E: Entry> Pool<E> {
     /// The guest size (MiB) of each waiting entry, oldest first.
     pub fn waiting_sizes(&self) -> Vec<u64> {
         self.ready.entries().iter().map(|e| e.memory_mib).collect()
+    }
+
+    /// The guest sizes (MiB) the pool could not prepare for when it last tried, with why.
+    pub fn failures(&self) -> Vec<(u64, String)> {
+        self.failure_list()
+            .iter()
+            .map(|f| (f.memory_mib, f.reason.clone()))
+            .collect()
     }
 
     fn sizes(&self) -> std::sync::MutexGuard<'_, Sizes> {
@@ -255,32 +271,42 @@ impl<E: Entry> Pool<E> {
             let (short, surplus) = self.trim(&shares, &failed);
             drop(surplus);
             let Some(memory_mib) = short else { break };
-            match (self.prepare)(memory_mib) {
+            let result = (self.prepare)(memory_mib);
+            let mut failures = self.failure_list();
+            failures.retain(|f| f.memory_mib != memory_mib);
+            match result {
                 Ok(entry) => {
+                    drop(failures);
                     self.ready.entries().push(Sized { memory_mib, entry });
                     added += 1;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, memory_mib, "cannot prepare a pool entry of this size; retrying later");
-                    self.failed_at().push((memory_mib, Instant::now()));
+                    failures.push(Failure {
+                        memory_mib,
+                        at: Instant::now(),
+                        reason: e.to_string(),
+                    });
                 }
             }
         }
         added
     }
 
-    fn failed_at(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Instant)>> {
-        self.failed_at.lock().unwrap_or_else(|p| p.into_inner())
+    fn failure_list(&self) -> std::sync::MutexGuard<'_, Vec<Failure>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The sizes of `shares` that failed less than `RETRY_AFTER` ago; the failures of other
-    /// sizes or older ones are forgotten, so the list stays within the sizes kept.
+    /// sizes are forgotten, so the list stays within the sizes kept.
     fn failed_recently(&self, shares: &[(u64, usize)]) -> Vec<u64> {
-        let mut failed = self.failed_at();
-        failed.retain(|&(m, at)| {
-            at.elapsed() < RETRY_AFTER && shares.iter().any(|&(size, _)| size == m)
-        });
-        failed.iter().map(|&(m, _)| m).collect()
+        let mut failures = self.failure_list();
+        failures.retain(|f| shares.iter().any(|&(size, _)| size == f.memory_mib));
+        failures
+            .iter()
+            .filter(|f| f.at.elapsed() < RETRY_AFTER)
+            .map(|f| f.memory_mib)
+            .collect()
     }
 
     /// Takes out the dead entries and those past their size's share in `shares` (the oldest
@@ -544,6 +570,22 @@ mod tests {
         assert!(p.take(128).is_some());
         assert_eq!(p.fill(), 1);
         assert_eq!(p.waiting_sizes(), [128, 128]);
+    }
+
+    #[test]
+    fn a_failure_is_reported_with_its_reason_until_its_size_is_prepared() {
+        let (p, c) = pool(1);
+        p.sizes().started(256);
+        c.fail.store(true, Ordering::SeqCst);
+        p.fill();
+        assert_eq!(p.failures(), [(256, "no /dev/kvm".to_owned())]);
+        // Retried once RETRY_AFTER has passed, and prepared.
+        c.fail.store(false, Ordering::SeqCst);
+        for f in p.failures.lock().unwrap().iter_mut() {
+            f.at = Instant::now().checked_sub(RETRY_AFTER).unwrap();
+        }
+        assert_eq!(p.fill(), 1);
+        assert!(p.failures().is_empty());
     }
 
     #[test]

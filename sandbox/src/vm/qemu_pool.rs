@@ -142,6 +142,11 @@ impl QemuPool {
     pub fn waiting_sizes(&self) -> Vec<u64> {
         self.pool.waiting_sizes()
     }
+
+    /// The guest sizes (MiB) no QEMU could be prepared for when last tried, with why.
+    pub fn failures(&self) -> Vec<(u64, String)> {
+        self.pool.failures()
+    }
 }
 
 /// The vCPUs an entry runs: what a guest without a CPU limit gets (see [`super::launch::vcpus`]).
@@ -237,6 +242,31 @@ pub fn on_host(
     }))
 }
 
+/// The least and the most a prepared QEMU's RAM file leaves free of its file system.
+const FREE_MARGIN: std::ops::RangeInclusive<u64> = (64 << 20)..=(1 << 30);
+
+/// Whether the file system of the pool's directory, `free` bytes free of `size`, has room for
+/// a QEMU of `memory_mib` MiB: its RAM file there is sparse while it waits, but a guest handed
+/// it may write all of it, and that file system is `/run` on most hosts, a tmpfs of a tenth or
+/// a fifth of the host's RAM that every daemon's sockets, pid files and locks share (a full
+/// one fails them all, and the guest with a `SIGBUS`). So the whole RAM must leave a tenth of
+/// the file system free, within [`FREE_MARGIN`] (a large disk's tenth is more than any daemon
+/// needs); the error says what is short.
+fn room_for_ram(memory_mib: u64, free: u64, size: u64) -> Result<(), String> {
+    let ram = memory_mib.saturating_mul(1 << 20);
+    let margin = (size / 10).clamp(*FREE_MARGIN.start(), *FREE_MARGIN.end());
+    if free.saturating_sub(ram) >= margin {
+        return Ok(());
+    }
+    Err(format!(
+        "a {memory_mib} MiB RAM file would leave {} of the {} MiB free on the state directory's \
+         file system, under the {} MiB kept free",
+        free.saturating_sub(ram) >> 20,
+        free >> 20,
+        margin >> 20
+    ))
+}
+
 /// How long a QEMU left by an earlier crid may take to answer each step of its `quit`.
 const LEFTOVER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -283,6 +313,10 @@ impl Maker {
     /// Starts one paused QEMU with `memory_mib` MiB of guest RAM under a prepared monitor and
     /// waits until it answers on QMP. Blocking.
     fn make(&self, memory_mib: u64) -> std::io::Result<QemuEntry> {
+        if let Some(free) = crate::sys::free_bytes(&self.dir) {
+            let (size, _, _) = crate::sys::fs_capacity(&self.dir);
+            room_for_ram(memory_mib, free, size).map_err(std::io::Error::other)?;
+        }
         let n = self.next.fetch_add(1, Ordering::SeqCst);
         let mut random = [0u8; 8];
         rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
@@ -521,6 +555,30 @@ mod tests {
         let session = qmp::Session::connect(&sock, Duration::from_secs(5)).unwrap();
         drop(Control(Some(session)).keep());
         assert_eq!(server.join().unwrap(), "", "the container's QEMU");
+    }
+
+    #[test]
+    fn a_qemu_is_prepared_only_when_its_whole_ram_leaves_a_tenth_of_the_file_system_free() {
+        const MIB: u64 = 1 << 20;
+        // A 1 GiB /run: 256 MiB of RAM leaves 102.4 MiB free from 358.4 MiB up.
+        let size = 1024 * MIB;
+        assert_eq!(room_for_ram(256, 1024 * MIB, size), Ok(()));
+        assert_eq!(room_for_ram(256, 256 * MIB + size / 10, size), Ok(()));
+        let short = room_for_ram(256, 256 * MIB + size / 10 - 1, size).unwrap_err();
+        assert!(short.contains("a 256 MiB RAM file"), "{short}");
+        assert!(short.contains("the 102 MiB kept free"), "{short}");
+        assert!(
+            room_for_ram(256, 200 * MIB, size).is_err(),
+            "not even the RAM"
+        );
+        // A small file system keeps at least 64 MiB, a large one at most 1 GiB.
+        assert_eq!(room_for_ram(64, 128 * MIB, 200 * MIB), Ok(()));
+        assert!(room_for_ram(64, 127 * MIB, 200 * MIB).is_err());
+        let disk = 256 * 1024 * MIB;
+        assert_eq!(room_for_ram(256, 1280 * MIB, disk), Ok(()));
+        assert!(room_for_ram(256, 1280 * MIB - 1, disk).is_err());
+        // Sizes past u64 in bytes do not wrap.
+        assert!(room_for_ram(u64::MAX, u64::MAX, u64::MAX).is_err());
     }
 
     #[test]
