@@ -2,8 +2,10 @@
 //! only run the vCPU (`KVM_RUN`, no other ioctl), move bytes on descriptors it already has,
 //! manage its own memory without making it executable, wait on futexes, set its own timers
 //! and exit; with a disk,
-//! also `pread64`/`pwrite64`/`fdatasync` on the disk's descriptor only. Anything else kills the
-//! whole process (`SECCOMP_RET_KILL_PROCESS`).
+//! also `pread64`/`pwrite64`/`fdatasync` on the disk's descriptor only; with the serial
+//! output's coalesced I/O, also `KVM_UNREGISTER_COALESCED_MMIO` on the VM's descriptor only
+//! (the bus ends it when the guest enables the transmitter interrupt, see `devices::PioBus`).
+//! Anything else kills the whole process (`SECCOMP_RET_KILL_PROCESS`).
 
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
@@ -17,6 +19,8 @@ use crate::VmmError;
 
 /// `_IO(KVMIO, 0x80)`.
 const KVM_RUN: u64 = 0xae80;
+/// `_IOW(KVMIO, 0x68, struct kvm_coalesced_mmio_zone)`.
+const KVM_UNREGISTER_COALESCED_MMIO: u64 = 0x4010_ae68;
 
 /// Syscalls allowed with any arguments.
 const PLAIN: &[i64] = &[
@@ -57,8 +61,9 @@ fn rule(conditions: Vec<SeccompCondition>) -> Result<Vec<SeccompRule>, VmmError>
     ])
 }
 
-/// Compiles the filter; `disk` is the virtio-blk device's descriptor, if there is one.
-pub fn filter(disk: Option<RawFd>) -> Result<BpfProgram, VmmError> {
+/// Compiles the filter; `disk` is the virtio-blk device's descriptor, if there is one, and
+/// `coalesced_vm` the VM's, when the serial output's coalesced I/O may have to be ended.
+pub fn filter(disk: Option<RawFd>, coalesced_vm: Option<RawFd>) -> Result<BpfProgram, VmmError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = PLAIN.iter().map(|nr| (*nr, vec![])).collect();
     if let Some(fd) = disk {
         let fd = u64::try_from(fd).map_err(|_| VmmError::Seccomp(format!("bad disk fd {fd}")))?;
@@ -66,10 +71,15 @@ pub fn filter(disk: Option<RawFd>) -> Result<BpfProgram, VmmError> {
             rules.insert(nr, rule(vec![cond(0, SeccompCmpOp::Eq, fd)?])?);
         }
     }
-    rules.insert(
-        libc::SYS_ioctl,
-        rule(vec![cond(1, SeccompCmpOp::Eq, KVM_RUN)?])?,
-    );
+    let mut ioctl = rule(vec![cond(1, SeccompCmpOp::Eq, KVM_RUN)?])?;
+    if let Some(vm) = coalesced_vm {
+        let vm = u64::try_from(vm).map_err(|_| VmmError::Seccomp(format!("bad VM fd {vm}")))?;
+        ioctl.extend(rule(vec![
+            cond(0, SeccompCmpOp::Eq, vm)?,
+            cond(1, SeccompCmpOp::Eq, KVM_UNREGISTER_COALESCED_MMIO)?,
+        ])?);
+    }
+    rules.insert(libc::SYS_ioctl, ioctl);
     // Rust's debug builds check that a descriptor is still open before closing it.
     rules.insert(
         libc::SYS_fcntl,
@@ -107,7 +117,7 @@ mod tests {
 
     #[test]
     fn compiles_and_confines_a_thread() {
-        let program = filter(None).unwrap();
+        let program = filter(None, None).unwrap();
         assert!(!program.is_empty());
         // Install it on a throwaway thread (no_new_privs is per thread, so the test process
         // stays unconfined) and check a plain write still works there.
@@ -127,7 +137,7 @@ mod tests {
         use std::os::unix::fs::FileExt;
         let disk = tempfile::tempfile().unwrap();
         disk.write_all_at(b"sector", 0).unwrap();
-        let program = filter(Some(std::os::fd::AsRawFd::as_raw_fd(&disk))).unwrap();
+        let program = filter(Some(std::os::fd::AsRawFd::as_raw_fd(&disk)), None).unwrap();
         std::thread::spawn(move || {
             crate::sys::no_new_privs().unwrap();
             apply(&program).unwrap();

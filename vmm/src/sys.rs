@@ -1,7 +1,7 @@
-//! The few calls that need `unsafe`: registering guest memory with KVM, opening the tap,
-//! entering a network namespace, replacing standard input, dropping privileges and the timer
-//! that interrupts the boot vCPU for a partial line of output. Everything
-//! else in the VMM goes through safe wrappers.
+//! The few calls that need `unsafe`: registering guest memory with KVM, reading KVM's
+//! coalesced I/O ring, opening the tap, entering a network namespace, replacing standard
+//! input, dropping privileges and the timer that interrupts the boot vCPU for a partial line
+//! of output. Everything else in the VMM goes through safe wrappers.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -11,8 +11,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::VmFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{Ordering, fence};
+
+use kvm_bindings::{
+    KVM_COALESCED_MMIO_PAGE_OFFSET, kvm_coalesced_mmio, kvm_coalesced_mmio_ring,
+    kvm_userspace_memory_region,
+};
+use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::memory::GuestMemoryMmap;
@@ -34,6 +40,96 @@ pub fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> io::Result<()> {
         unsafe { vm.set_user_memory_region(region_desc) }.map_err(io::Error::from)?;
     }
     Ok(())
+}
+
+/// A VM's coalesced I/O ring (`KVM_REGISTER_COALESCED_MMIO`): the writes KVM queued there
+/// instead of leaving `KVM_RUN`, oldest first. One page, the same for every vCPU of the VM,
+/// mapped from one vCPU's descriptor; its one reader is whoever holds the [`CoalescedRing`]
+/// (the port-I/O bus, under its lock).
+pub struct CoalescedRing {
+    ring: NonNull<kvm_coalesced_mmio_ring>,
+    size: usize,
+}
+
+// SAFETY: the mapping is the process's for as long as the value lives (unmapped only on drop)
+// and only the value's owner reads or advances it (`pop` takes `&mut self`); the kernel's
+// side is written under its own lock, and `pop` orders its reads against it.
+unsafe impl Send for CoalescedRing {}
+
+impl CoalescedRing {
+    /// Maps the ring of `vcpu`'s VM (KVM must have `KVM_CAP_COALESCED_PIO`, or it fails).
+    pub fn map(vcpu: &VcpuFd) -> io::Result<CoalescedRing> {
+        // SAFETY: sysconf takes a constant and touches no memory.
+        let size = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+            n if n > 0 => n as usize,
+            _ => return Err(io::Error::last_os_error()),
+        };
+        let offset = libc::off_t::from(KVM_COALESCED_MMIO_PAGE_OFFSET) * size as libc::off_t;
+        // SAFETY: a new shared mapping of one page of the vCPU's descriptor at KVM's offset
+        // for the ring: it overlaps nothing of ours, and KVM refuses it when it has no ring.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                vcpu.as_raw_fd(),
+                offset,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ring = NonNull::new(addr.cast()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(CoalescedRing { ring, size })
+    }
+
+    /// How many entries the page holds (the kernel's `KVM_COALESCED_MMIO_MAX`).
+    fn capacity(&self) -> u32 {
+        ((self.size - std::mem::size_of::<kvm_coalesced_mmio_ring>())
+            / std::mem::size_of::<kvm_coalesced_mmio>()) as u32
+    }
+
+    /// Takes the oldest queued write off the ring.
+    pub fn pop(&mut self) -> Option<kvm_coalesced_mmio> {
+        let ring = self.ring.as_ptr();
+        // SAFETY: `ring` points at the mapped page, whose header the kernel writes
+        // concurrently: volatile reads of aligned u32s see whole values.
+        let (first, last) = unsafe {
+            (
+                std::ptr::addr_of!((*ring).first).read_volatile(),
+                std::ptr::addr_of!((*ring).last).read_volatile(),
+            )
+        };
+        if first == last || first >= self.capacity() {
+            return None;
+        }
+        // The kernel writes an entry before it moves `last` past it (smp_wmb).
+        fence(Ordering::Acquire);
+        // SAFETY: `first` is below the ring's capacity, so the entry lies inside the page, and
+        // the kernel does not write it again until `first` has moved past it.
+        let entry = unsafe {
+            std::ptr::addr_of!((*ring).coalesced_mmio)
+                .cast::<kvm_coalesced_mmio>()
+                .add(first as usize)
+                .read_volatile()
+        };
+        // The entry is read before the kernel may reuse its slot.
+        fence(Ordering::Release);
+        // SAFETY: as above; only this reader writes `first`.
+        unsafe {
+            std::ptr::addr_of_mut!((*ring).first).write_volatile((first + 1) % self.capacity());
+        }
+        Some(entry)
+    }
+}
+
+impl Drop for CoalescedRing {
+    fn drop(&mut self) {
+        // SAFETY: the page was mapped in `map` with this size and nothing refers to it after
+        // the value is gone.
+        unsafe { libc::munmap(self.ring.as_ptr().cast(), self.size) };
+    }
 }
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;

@@ -95,6 +95,10 @@ impl<W: Write, A: PartialLineAlarm> Write for LineOut<W, A> {
 
 const BASE: u16 = 0x3f8;
 const PORTS: u16 = 8;
+/// The data register (THR when written), the one port a guest writes byte after byte.
+pub const DATA_PORT: u16 = BASE;
+/// IER's "transmitter holding register empty" interrupt.
+const IER_THRI: u8 = 0x02;
 /// The legacy interrupt line of COM1.
 pub const IRQ: u32 = 4;
 
@@ -124,6 +128,12 @@ impl<W: Write> Serial<W> {
 
     pub fn read(&mut self, offset: u8) -> u8 {
         self.device.read(offset)
+    }
+
+    /// Whether the guest asked for an interrupt each time the transmitter empties: then it
+    /// may wait for that interrupt between bytes instead of reading the line status.
+    pub fn thr_interrupt_enabled(&self) -> bool {
+        self.device.state().interrupt_enable & IER_THRI != 0
     }
 
     /// The writer the transmitted bytes go to.
