@@ -12,11 +12,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::content::sha256_of;
-use crate::manifest::{
-    Descriptor, MAX_INDEX_DEPTH, MAX_MANIFEST_BYTES, Parsed, host_platform, parse_manifest,
-    select_platform,
-};
+use crate::manifest::{Descriptor, IndexWalk, MAX_MANIFEST_BYTES, Parsed, Step, parse_manifest};
 use crate::pull::Resolved;
 use crate::reference::ImageRef;
 use crate::{Image, ImageError, ImageStore};
@@ -285,7 +281,6 @@ impl ImageStore {
             reason: e.to_string(),
         })?;
         let content = &self.inner.content;
-        let platform = host_platform();
         let mut out = Vec::new();
         for entry in index.manifests {
             let annotations = entry.annotations.clone().unwrap_or_default();
@@ -299,40 +294,20 @@ impl ImageStore {
                 .map(|n| ImageRef::parse(n))
                 .transpose()?;
             let top = entry.digest.clone();
-            let mut digests = vec![top.clone()];
-            let mut current = top.clone();
-            let mut depth = 0;
+            let reference = name
+                .as_ref()
+                .map_or_else(|| top.clone(), ToString::to_string);
+            let mut walk = IndexWalk::new(&reference, Some(&top), Some(entry.size()?));
+            let mut next = top.clone();
             let (config, layers, annotations) = loop {
-                let bytes = content.read_blob(&current, MAX_MANIFEST_BYTES as u64)?;
-                if sha256_of(&bytes) != current {
-                    return Err(ImageError::DigestMismatch {
-                        expected: current,
-                        actual: sha256_of(&bytes),
-                    });
-                }
-                match parse_manifest(&bytes, &current)? {
-                    Parsed::Manifest {
+                let bytes = content.read_blob(&next, MAX_MANIFEST_BYTES as u64)?;
+                match walk.next(&bytes)? {
+                    Step::Image {
                         config,
                         layers,
                         annotations,
-                    } => break (*config, layers, annotations),
-                    Parsed::Index(entries) => {
-                        depth += 1;
-                        let chosen = select_platform(&entries, &platform).ok_or_else(|| {
-                            ImageError::NoMatchingPlatform {
-                                reference: top.clone(),
-                                platform: platform.to_string(),
-                            }
-                        })?;
-                        if depth > MAX_INDEX_DEPTH || digests.contains(&chosen.digest) {
-                            return Err(ImageError::InvalidManifest {
-                                reference: top.clone(),
-                                reason: "index references itself or nests too deep".into(),
-                            });
-                        }
-                        current = chosen.digest.clone();
-                        digests.push(current.clone());
-                    }
+                    } => break (config, layers, annotations),
+                    Step::Fetch(entry) => next = entry.digest,
                 }
             };
             for d in std::iter::once(&config).chain(&layers) {
@@ -350,7 +325,7 @@ impl ImageStore {
                     .map(|r| r.digested(&top))
                     .into_iter()
                     .collect(),
-                manifest_digests: digests,
+                manifest_digests: walk.digests().to_vec(),
                 config,
                 layers,
                 annotations,
@@ -403,6 +378,103 @@ impl ImageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::content::sha256_of;
+    use crate::manifest::host_platform;
+
+    fn json(v: serde_json::Value) -> Vec<u8> {
+        v.to_string().into_bytes()
+    }
+
+    /// A one-layer image: its layer, config and manifest.
+    fn image() -> [Vec<u8>; 3] {
+        let mut layer = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_cksum();
+        layer.append_data(&mut h, "hi", &b"hi\n"[..]).unwrap();
+        let layer = layer.into_inner().unwrap();
+        let host = host_platform();
+        let config = json(serde_json::json!({
+            "architecture": host.architecture, "os": host.os,
+            "rootfs": {"type": "layers", "diff_ids": [sha256_of(&layer)]},
+        }));
+        let manifest = json(serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha256_of(&config), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": sha256_of(&layer), "size": layer.len()}],
+        }));
+        [layer, config, manifest]
+    }
+
+    /// An index naming `doc` for this host, as `size` bytes.
+    fn index_of(doc: &[u8], size: usize) -> Vec<u8> {
+        let host = host_platform();
+        json(serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": sha256_of(doc), "size": size,
+                "platform": {"os": host.os, "architecture": host.architecture, "variant": host.variant}}],
+        }))
+    }
+
+    /// Imports an OCI layout of `blobs` whose `index.json` names `top` as `size` bytes.
+    fn import(blobs: &[&[u8]], top: &[u8], size: usize) -> Result<Vec<Image>, ImageError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            archive.append_data(&mut h, name, data).unwrap();
+        };
+        add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+        for blob in blobs.iter().chain([&top]) {
+            add(&format!("blobs/sha256/{}", &sha256_of(blob)[7..]), blob);
+        }
+        let index = json(serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": sha256_of(top), "size": size,
+            "annotations": {"io.containerd.image.name": "example.com/walk:1"}}]}));
+        add("index.json", &index);
+        let path = dir.path().join("image.tar");
+        std::fs::write(&path, archive.into_inner().unwrap()).unwrap();
+        let store = ImageStore::open(crate::ImageStoreConfig {
+            dir: dir.path().join("images"),
+            registry_config_path: dir.path().join("certs.d"),
+            pinned_images: Vec::new(),
+        })
+        .unwrap();
+        store.import_tar(&path)
+    }
+
+    #[test]
+    fn an_oci_layout_is_walked_with_the_checks_of_a_pull() {
+        let [layer, config, manifest] = image();
+        let index = index_of(&manifest, manifest.len());
+        let images = import(&[&layer, &config, &manifest], &index, index.len()).unwrap();
+        assert_eq!(images.len(), 1);
+        assert_eq!(images[0].repo_tags, ["example.com/walk:1"]);
+        // index.json's size of the top, and an index's size of the manifest, must be theirs.
+        let e = import(&[&layer, &config, &manifest], &index, index.len() + 1).unwrap_err();
+        assert!(matches!(e, ImageError::SizeMismatch { .. }), "{e}");
+        let lying = index_of(&manifest, manifest.len() - 1);
+        let e = import(&[&layer, &config, &manifest], &lying, lying.len()).unwrap_err();
+        assert!(matches!(e, ImageError::SizeMismatch { .. }), "{e}");
+        // Indexes nested deeper than a pull takes.
+        let mut top = index.clone();
+        let mut blobs = vec![layer.clone(), config.clone(), manifest.clone(), index];
+        for _ in 0..crate::manifest::MAX_INDEX_DEPTH {
+            blobs.push(top.clone());
+            top = index_of(&top, top.len());
+        }
+        let blobs: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
+        let e = import(&blobs, &top, top.len()).unwrap_err();
+        assert!(e.to_string().contains("nested deeper"), "{e}");
+    }
 
     #[test]
     fn archive_paths_are_confined() {

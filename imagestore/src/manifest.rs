@@ -1,13 +1,14 @@
 //! The OCI documents an image is made of, parsed and bounded before anything is stored:
 //! manifests and indexes (OCI and Docker schema 2), the choice of this host's platform in an
-//! index, and the image config's diff ids. Pulls and imports both read images through these.
+//! index, the walk through indexes down to that platform's manifest ([`IndexWalk`]), and the
+//! image config's diff ids. Pulls and imports both read images through these.
 
 use std::collections::HashMap;
 
 use serde::Deserialize;
 
 use crate::ImageError;
-use crate::content::digest_hex;
+use crate::content::{digest_hex, sha256_of};
 
 /// Manifests and indexes larger than this are refused.
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
@@ -212,6 +213,133 @@ pub(crate) fn select_platform<'a>(
         .copied()
 }
 
+/// The walk from an image's top manifest down through its indexes to this host's image
+/// manifest, the one pulls and imports both make, so that both check the same: each document
+/// is the one its descriptor names (its digest, and below the top its size, as the index gave
+/// them), indexes nest at most [`MAX_INDEX_DEPTH`] deep and never name a document the walk
+/// passed, the document an index names is at most [`MAX_MANIFEST_BYTES`] (checked before it is
+/// fetched), and the image's config at most [`MAX_CONFIG_BYTES`]. The caller fetches (from a
+/// registry or the content store) what [`IndexWalk::next`] asks for.
+pub(crate) struct IndexWalk {
+    /// What errors name: the image's reference, or its top digest.
+    reference: String,
+    platform: Platform,
+    /// The digest and size of the document expected next (a pull by tag knows neither of
+    /// its top).
+    expected: (Option<String>, Option<u64>),
+    /// The documents walked, top first.
+    digests: Vec<String>,
+}
+
+/// What an [`IndexWalk`] needs next.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// The document this index entry names, to be fetched and handed to [`IndexWalk::next`].
+    Fetch(Descriptor),
+    /// This host's image manifest: the walk is over.
+    Image {
+        config: Descriptor,
+        layers: Vec<Descriptor>,
+        annotations: HashMap<String, String>,
+    },
+}
+
+impl IndexWalk {
+    /// A walk of `reference` from its top document, of `digest` and `size` when known.
+    pub(crate) fn new(reference: &str, digest: Option<&str>, size: Option<u64>) -> IndexWalk {
+        IndexWalk {
+            reference: reference.to_owned(),
+            platform: host_platform(),
+            expected: (digest.map(str::to_owned), size),
+            digests: Vec::new(),
+        }
+    }
+
+    /// Checks the document just fetched against what was expected and reads it: the image
+    /// manifest ends the walk, an index names the document to fetch next.
+    pub(crate) fn next(&mut self, bytes: &[u8]) -> Result<Step, ImageError> {
+        let bad = |reason: String| ImageError::InvalidManifest {
+            reference: self.reference.clone(),
+            reason,
+        };
+        // The digest is always computed from the bytes, never taken from a header.
+        let digest = sha256_of(bytes);
+        if self.expected.0.as_ref().is_some_and(|want| *want != digest) {
+            return Err(self.mismatch(digest));
+        }
+        if let Some(size) = self.expected.1.filter(|s| *s != bytes.len() as u64) {
+            return Err(ImageError::SizeMismatch {
+                digest,
+                expected: size,
+                actual: bytes.len() as u64,
+            });
+        }
+        self.digests.push(digest);
+        match parse_manifest(bytes, &self.reference)? {
+            Parsed::Manifest {
+                config,
+                layers,
+                annotations,
+            } => {
+                if config.size()? > MAX_CONFIG_BYTES {
+                    return Err(ImageError::InvalidConfig {
+                        digest: config.digest.clone(),
+                        reason: format!("larger than {MAX_CONFIG_BYTES} bytes"),
+                    });
+                }
+                Ok(Step::Image {
+                    config: *config,
+                    layers,
+                    annotations,
+                })
+            }
+            Parsed::Index(entries) => {
+                if self.digests.len() > MAX_INDEX_DEPTH {
+                    return Err(bad(format!("indexes nested deeper than {MAX_INDEX_DEPTH}")));
+                }
+                let entry = select_platform(&entries, &self.platform)
+                    .ok_or_else(|| ImageError::NoMatchingPlatform {
+                        reference: self.reference.clone(),
+                        platform: self.platform.to_string(),
+                    })?
+                    .clone();
+                if self.digests.contains(&entry.digest) {
+                    return Err(bad(format!("index references itself ({})", entry.digest)));
+                }
+                let size = entry.size()?;
+                if size > MAX_MANIFEST_BYTES as u64 {
+                    return Err(bad(format!(
+                        "{} is {size} bytes, larger than the {MAX_MANIFEST_BYTES} byte limit",
+                        entry.digest
+                    )));
+                }
+                self.expected = (Some(entry.digest.clone()), Some(size));
+                Ok(Step::Fetch(entry))
+            }
+        }
+    }
+
+    /// The error for a document that is not the one expected, `actual` by its digest: one the
+    /// walk passed (a registry answering an index's entry with that index) is a cycle.
+    pub(crate) fn mismatch(&self, actual: String) -> ImageError {
+        if self.digests.contains(&actual) {
+            return ImageError::InvalidManifest {
+                reference: self.reference.clone(),
+                reason: format!("index references itself ({actual})"),
+            };
+        }
+        ImageError::DigestMismatch {
+            expected: self.expected.0.clone().unwrap_or_default(),
+            actual,
+        }
+    }
+
+    /// The documents walked so far, top first; the last is the one [`IndexWalk::next`] took.
+    pub(crate) fn digests(&self) -> &[String] {
+        &self.digests
+    }
+}
+
 /// The parts of an image config the store reads. Its platform fields are [`Platform`]'s
 /// written out, not `#[serde(flatten)]`: flatten buffers every other field of the config
 /// (`history` and all) as values, refusing what skipping them accepts (numbers beyond `f64`,
@@ -404,5 +532,119 @@ mod tests {
             (String::new(), String::new(), None)
         );
         assert!(parse_config(bare.into_bytes(), &d(9), 2).is_err());
+    }
+
+    fn json(v: serde_json::Value) -> Vec<u8> {
+        v.to_string().into_bytes()
+    }
+
+    fn image_manifest(config_size: u64) -> Vec<u8> {
+        json(serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": CONFIG_TYPES[0], "digest": d(1), "size": config_size},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d(2), "size": 3}],
+        }))
+    }
+
+    /// An index naming `bytes` (of `size` bytes, if not its own) for this host.
+    fn index_of(bytes: &[u8], size: Option<usize>) -> Vec<u8> {
+        let host = host_platform();
+        json(serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": sha256_of(bytes),
+                "size": size.unwrap_or(bytes.len()),
+                "platform": {"os": host.os, "architecture": host.architecture, "variant": host.variant}}],
+        }))
+    }
+
+    #[test]
+    fn a_walk_goes_through_indexes_to_the_image_and_records_them() {
+        let manifest = image_manifest(10);
+        let index = index_of(&manifest, None);
+        let top = index_of(&index, None);
+        let mut walk = IndexWalk::new("r", Some(&sha256_of(&top)), Some(top.len() as u64));
+        assert!(matches!(walk.next(&top), Ok(Step::Fetch(e)) if e.digest == sha256_of(&index)));
+        assert!(matches!(walk.next(&index), Ok(Step::Fetch(_))));
+        assert!(
+            matches!(walk.next(&manifest), Ok(Step::Image { layers, .. }) if layers.len() == 1)
+        );
+        assert_eq!(
+            walk.digests(),
+            [sha256_of(&top), sha256_of(&index), sha256_of(&manifest)]
+        );
+        // A pull by tag knows nothing of its top.
+        let mut walk = IndexWalk::new("r", None, None);
+        assert!(matches!(walk.next(&manifest), Ok(Step::Image { .. })));
+    }
+
+    #[test]
+    fn a_walk_refuses_what_its_descriptor_does_not_name() {
+        let manifest = image_manifest(10);
+        // The top's digest or size is not the one named.
+        let mut walk = IndexWalk::new("r", Some(&d(9)), None);
+        let e = walk.next(&manifest).unwrap_err();
+        assert!(matches!(e, ImageError::DigestMismatch { .. }), "{e}");
+        let mut walk = IndexWalk::new("r", Some(&sha256_of(&manifest)), Some(1));
+        let e = walk.next(&manifest).unwrap_err();
+        assert!(
+            matches!(e, ImageError::SizeMismatch { expected: 1, .. }),
+            "{e}"
+        );
+        // An index entry's size lies.
+        let lying = index_of(&manifest, Some(manifest.len() + 1));
+        let mut walk = IndexWalk::new("r", None, None);
+        walk.next(&lying).unwrap();
+        let e = walk.next(&manifest).unwrap_err();
+        assert!(matches!(e, ImageError::SizeMismatch { .. }), "{e}");
+        // Answered with the index itself: a cycle, not a mismatch.
+        let index = index_of(&manifest, None);
+        let mut walk = IndexWalk::new("r", None, None);
+        walk.next(&index).unwrap();
+        let e = walk.next(&index).unwrap_err();
+        assert!(e.to_string().contains("references itself"), "{e}");
+        let e = walk.mismatch(sha256_of(&index));
+        assert!(e.to_string().contains("references itself"), "{e}");
+        assert!(matches!(
+            walk.mismatch(d(9)),
+            ImageError::DigestMismatch { .. }
+        ));
+    }
+
+    #[test]
+    fn a_walk_bounds_depth_sizes_and_platforms() {
+        // Indexes nested one deeper than allowed.
+        let mut docs = vec![image_manifest(10)];
+        for _ in 0..=MAX_INDEX_DEPTH {
+            let next = index_of(docs.last().unwrap(), None);
+            docs.push(next);
+        }
+        let mut walk = IndexWalk::new("r", None, None);
+        let mut result = Ok(());
+        for doc in docs.iter().rev() {
+            result = walk.next(doc).map(drop);
+            if result.is_err() {
+                break;
+            }
+        }
+        let e = result.unwrap_err();
+        assert!(e.to_string().contains("nested deeper"), "{e}");
+        assert_eq!(walk.digests().len(), MAX_INDEX_DEPTH + 1);
+        // A document larger than the limit is refused before it is fetched.
+        let huge = index_of(&image_manifest(10), Some(MAX_MANIFEST_BYTES + 1));
+        let e = IndexWalk::new("r", None, None).next(&huge).unwrap_err();
+        assert!(e.to_string().contains("byte limit"), "{e}");
+        // So is a config larger than its limit.
+        let e = IndexWalk::new("r", None, None)
+            .next(&image_manifest(MAX_CONFIG_BYTES + 1))
+            .unwrap_err();
+        assert!(matches!(e, ImageError::InvalidConfig { .. }), "{e}");
+        // No entry for this host.
+        let other = json(serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": d(3), "size": 10,
+                "platform": {"os": "plan9", "architecture": "mips"}}],
+        }));
+        let e = IndexWalk::new("r", None, None).next(&other).unwrap_err();
+        assert!(matches!(e, ImageError::NoMatchingPlatform { .. }), "{e}");
     }
 }

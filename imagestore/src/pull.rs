@@ -4,7 +4,7 @@
 //! digest), layers unpacked once into shared layer directories. Concurrent pulls share each
 //! download and unpack.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +16,11 @@ use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
-use crate::content::{ContentStore, TempPath, sha256_of};
+use crate::content::{ContentStore, TempPath};
 use crate::hosts::{RegistryHost, hosts_for};
 use crate::manifest::{
-    ACCEPT, ConfigDoc, Descriptor, MAX_CONFIG_BYTES, MAX_INDEX_DEPTH, MAX_MANIFEST_BYTES, Parsed,
-    host_platform, parse_config, parse_manifest, select_platform,
+    ACCEPT, ConfigDoc, Descriptor, IndexWalk, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Step,
+    parse_config,
 };
 use crate::reference::ImageRef;
 use crate::store::{Credentials, NewImage, UseGuard};
@@ -231,104 +231,34 @@ impl ImageStore {
         let content = self.inner.content.clone();
 
         // Resolve the tag or digest down to one image manifest for this platform.
-        let (mut bytes, top) = fetch_manifest(&client, &oref, auth, &host.host, &name).await?;
-        if let Some(want) = r.digest() {
-            if want != top {
-                return Err(ImageError::DigestMismatch {
-                    expected: want.to_owned(),
-                    actual: top,
-                });
-            }
-        }
-        let mut manifest_digests = vec![top.clone()];
-        let mut visited: HashSet<String> = HashSet::from([top.clone()]);
-        let platform = host_platform();
-        let mut depth = 0;
+        let mut bytes = fetch_manifest(&client, &oref, auth, &host.host, &name).await?;
+        let mut walk = IndexWalk::new(&name, r.digest(), None);
         let (config, layers, annotations) = loop {
-            let current = manifest_digests.last().cloned().unwrap_or_default();
+            let step = walk.next(&bytes)?;
+            let current = walk.digests().last().cloned().unwrap_or_default();
             guard.add(&current);
             content.write_blob(&bytes, Some(&current))?;
-            match parse_manifest(&bytes, &name)? {
-                Parsed::Manifest {
+            match step {
+                Step::Image {
                     config,
                     layers,
                     annotations,
-                } => break (*config, layers, annotations),
-                Parsed::Index(entries) => {
-                    depth += 1;
-                    if depth > MAX_INDEX_DEPTH {
-                        return Err(ImageError::InvalidManifest {
-                            reference: name,
-                            reason: format!("indexes nested deeper than {MAX_INDEX_DEPTH}"),
-                        });
-                    }
-                    let entry = select_platform(&entries, &platform).ok_or_else(|| {
-                        ImageError::NoMatchingPlatform {
-                            reference: name.clone(),
-                            platform: platform.to_string(),
-                        }
-                    })?;
-                    if !visited.insert(entry.digest.clone()) {
-                        return Err(ImageError::InvalidManifest {
-                            reference: name,
-                            reason: format!("index references itself ({})", entry.digest),
-                        });
-                    }
-                    if entry.size()? > MAX_MANIFEST_BYTES as u64 {
-                        return Err(ImageError::InvalidManifest {
-                            reference: name,
-                            reason: format!(
-                                "{} is {} bytes, larger than the {MAX_MANIFEST_BYTES} byte limit",
-                                entry.digest, entry.size
-                            ),
-                        });
-                    }
+                } => break (config, layers, annotations),
+                Step::Fetch(entry) => {
                     let child = oref.clone_with_digest(entry.digest.clone());
-                    let (b, d) =
-                        match fetch_manifest(&client, &child, auth, &host.host, &name).await {
-                            Err(ImageError::DigestMismatch { actual, .. })
-                                if visited.contains(&actual) =>
-                            {
-                                return Err(ImageError::InvalidManifest {
-                                    reference: name,
-                                    reason: format!("index references itself ({actual})"),
-                                });
-                            }
-                            other => other?,
-                        };
-                    if d != entry.digest && visited.contains(&d) {
-                        // The registry answered with an index already seen: a cycle.
-                        return Err(ImageError::InvalidManifest {
-                            reference: name,
-                            reason: format!("index references itself ({d})"),
-                        });
-                    }
-                    if d != entry.digest {
-                        return Err(ImageError::DigestMismatch {
-                            expected: entry.digest.clone(),
-                            actual: d,
-                        });
-                    }
-                    if b.len() as u64 != entry.size()? {
-                        return Err(ImageError::SizeMismatch {
-                            digest: d,
-                            expected: entry.size()?,
-                            actual: b.len() as u64,
-                        });
-                    }
-                    bytes = b;
-                    manifest_digests.push(d);
+                    bytes = match fetch_manifest(&client, &child, auth, &host.host, &name).await {
+                        Err(ImageError::DigestMismatch { actual, .. }) => {
+                            return Err(walk.mismatch(actual));
+                        }
+                        other => other?,
+                    };
                 }
             }
         };
+        let manifest_digests = walk.digests().to_vec();
+        let top = manifest_digests.first().cloned().unwrap_or_default();
 
         // The config first (it names the diff ids), then the layers.
-        if config.size()? > MAX_CONFIG_BYTES {
-            return Err(ImageError::InvalidConfig {
-                digest: config.digest.clone(),
-                reason: format!("larger than {MAX_CONFIG_BYTES} bytes"),
-            });
-        }
         guard.add(&config.digest);
         self.ensure_blob(&client, &oref, &config).await?;
         let res = Resolved {
@@ -471,13 +401,15 @@ async fn download(
     Ok(())
 }
 
+/// The manifest or index `oref` names, at most [`MAX_MANIFEST_BYTES`]; the caller's
+/// [`IndexWalk`] checks it is the one asked for.
 async fn fetch_manifest(
     client: &Client,
     oref: &Reference,
     auth: &RegistryAuth,
     registry: &str,
     name: &str,
-) -> Result<(Vec<u8>, String), ImageError> {
+) -> Result<Vec<u8>, ImageError> {
     let (bytes, _) = client
         .pull_manifest_raw(oref, auth, &ACCEPT)
         .await
@@ -491,9 +423,7 @@ async fn fetch_manifest(
             ),
         });
     }
-    // The digest is always computed from the bytes, never taken from a header.
-    let digest = sha256_of(&bytes);
-    Ok((bytes.to_vec(), digest))
+    Ok(bytes.to_vec())
 }
 
 fn make_client(host: &RegistryHost) -> Result<Client, ImageError> {

@@ -1,7 +1,8 @@
 //! Pulls against an in-process fake registry (plain HTTP/1.1 on loopback) that can lie: wrong
-//! blob content, huge manifests, self-referencing and deeply nested indexes, slow blobs, basic
-//! auth. Checks the error kinds, that nothing half-written stays behind, that concurrent pulls
-//! fetch each blob once, and mirror fallback from `hosts.toml`.
+//! blob content, huge manifests, self-referencing and deeply nested indexes, an index lying
+//! about a manifest's size, slow blobs, basic auth. Checks the error kinds, that nothing
+//! half-written stays behind, that concurrent pulls fetch each blob once, and mirror fallback
+//! from `hosts.toml`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -351,6 +352,17 @@ async fn lying_registries_get_the_right_errors_and_leave_nothing() {
         "evil/arm/manifests/latest".into(),
         (OCI_INDEX.into(), arm_only),
     );
+    // An index whose entry names the manifest with a size one byte short.
+    good.serve(&mut c, "evil/size", "base");
+    let short = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": sha(&good.manifest), "size": good.manifest.len() - 1, "platform": {"os": "linux", "architecture": "amd64"}}
+    ]})
+    .to_string()
+    .into_bytes();
+    c.routes.insert(
+        "evil/size/manifests/latest".into(),
+        (OCI_INDEX.into(), short),
+    );
     let fake = Fake::start(c).await;
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path(), &[]);
@@ -379,6 +391,10 @@ async fn lying_registries_get_the_right_errors_and_leave_nothing() {
 
     let e = store.pull(&r("evil/arm"), None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+
+    let e = store.pull(&r("evil/size"), None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+    assert!(e.to_string().contains("size mismatch"), "{e}");
 
     let e = store.pull(&r("nothing/here"), None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
