@@ -169,7 +169,28 @@ async fn port_forward_reaches_a_listener_inside_the_pod() {
     assert_eq!(wsc.round_trip(0, b"over ws", 7).await.unwrap(), b"over ws");
     drop(wsc);
 
+    // URLs handed out before the pod stopped: its reason on each forwarded connection's error
+    // stream after the upgrade (as kubelet's streaming server reports it); once the pod is
+    // removed, 404.
+    let stopped = crid.port_forward_url(&pod, vec![]).await.unwrap();
+    let removed = crid.port_forward_url(&pod, vec![]).await.unwrap();
+    crid.rt()
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    let conn = spdy::port_forward(&stopped).await.unwrap();
+    let (_data, mut error) = conn.forward(port, 1).await.unwrap();
+    let msg = String::from_utf8(error.read_to_end(Duration::from_secs(10)).await.unwrap()).unwrap();
+    assert!(msg.contains("is not ready"), "{msg}");
+    drop(conn);
     crid.remove_pod(&pod).await;
+    let e = spdy::port_forward(&removed)
+        .await
+        .err()
+        .expect("a removed pod's URL refused");
+    assert_eq!(stream_client::http_status(&e), Some(404), "{e:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
