@@ -277,7 +277,6 @@ const LEFTOVER_TIMEOUT: Duration = Duration::from_secs(2);
 /// its QMP socket `N.qmp` here (one handed over was renamed to its container's, and is left
 /// alone), and only crid's own QEMUs can: the directory is root's, in crid's state directory,
 /// which no container sees. So each is asked to quit there; no process is picked by its name.
-/// A socket nothing listens on (its QEMU ended with its monitor) refuses the connection.
 fn end_leftovers(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -287,12 +286,18 @@ fn end_leftovers(dir: &Path) {
         if path.extension().is_none_or(|e| e != "qmp") {
             continue;
         }
-        match qmp::execute(&path, "quit", LEFTOVER_TIMEOUT) {
+        // Nothing listens on the socket of a QEMU that ended with its monitor, the usual case.
+        let Ok(stream) = std::os::unix::net::UnixStream::connect(&path) else {
+            continue;
+        };
+        match qmp::Session::negotiate(&path, stream, LEFTOVER_TIMEOUT)
+            .and_then(|mut qmp| qmp.execute("quit"))
+        {
             Ok(()) => {
                 tracing::warn!(socket = %path.display(), "vm.qemu_pool: ended a prepared QEMU an earlier crid left")
             }
             Err(e) => {
-                tracing::debug!(socket = %path.display(), error = %e, "vm.qemu_pool: no QEMU left")
+                tracing::warn!(socket = %path.display(), error = %e, "vm.qemu_pool: a prepared QEMU an earlier crid left did not quit")
             }
         }
     }

@@ -56,6 +56,15 @@ impl Session {
     /// Connects and negotiates, waiting at most `timeout` per step.
     pub fn connect(socket: &Path, timeout: Duration) -> Result<Session, SandboxError> {
         let stream = UnixStream::connect(socket).map_err(|e| qmp_err(socket, e.to_string()))?;
+        Session::negotiate(socket, stream, timeout)
+    }
+
+    /// Negotiates on `stream`, connected to `socket`, waiting at most `timeout` per step.
+    pub fn negotiate(
+        socket: &Path,
+        stream: UnixStream,
+        timeout: Duration,
+    ) -> Result<Session, SandboxError> {
         stream
             .set_read_timeout(Some(timeout))
             .and_then(|()| stream.set_write_timeout(Some(timeout)))
