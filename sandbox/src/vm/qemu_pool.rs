@@ -28,7 +28,7 @@
 //! crid closes its socket (crid removing it, stopping or dying), which kills the QEMU, and its
 //! tap with it (an entry crid discards also asks its QEMU to quit over QMP, for a monitor that
 //! died first: [`Control`]; and a crid that starts asks those an earlier crid left, their
-//! monitors dead too, to quit: [`end_leftovers`]). Until the start, the monitor of a
+//! monitors dead too, to quit: `end_leftovers`). Until the start, the monitor of a
 //! handed-over entry waits on crid's socket the same way.
 
 use std::fs::File;
