@@ -534,6 +534,10 @@ impl VmBackend {
     /// what a start would prepare, then the gated hand-over. What it made is released when it
     /// fails.
     fn arm(&self, r: &ContainerRecord, prepared: PreparedMonitor) -> Outcome {
+        // StartContainer waits for the arming: on short slices its thread, woken on a busy
+        // host, runs at once and keeps the CPU while it is due it, instead of waiting behind
+        // whatever runs there (another session's compiler, crid's answer to CreateContainer).
+        let _short = crate::vm::ShortSlices::new();
         let Some(state) = self.vm_state(r) else {
             return Some(Err(self.no_state(&r.id)));
         };

@@ -40,6 +40,8 @@ pub mod solo5;
 mod sys;
 pub mod virtiofs;
 
+pub(crate) use sys::ShortSlices;
+
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
