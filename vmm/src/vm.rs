@@ -106,9 +106,11 @@ pub fn prepare(memory_mib: u64) -> Result<Prepared, VmmError> {
 /// reading the line status before each, and under PVM every exit costs some 15 µs, half the
 /// test guest's first line (24 bytes, 48 exits). The bus reads the ring before it handles any
 /// exit (see [`PioBus`]), so the UART sees the guest's accesses in order; a byte the guest
-/// writes last before it halts or computes reaches the UART at the next exit, at the latest
-/// when the partial line's timer fires (a line's last byte) or the guest ends. `None` (every
-/// write exits, as before) when KVM cannot.
+/// writes last before it halts or computes reaches the UART at the next exit, or when the
+/// partial line's timer fires: after each access to the serial port, the guest reading the
+/// line status before its next byte, that timer stays armed until the ring was read (see
+/// [`watch_queue`]). A guest that writes without ever reading the line status has its bytes
+/// at its next exit. `None` (every write exits, as before) when KVM cannot.
 fn coalesce_serial_output(kvm: &Kvm, vm: &VmFd, vcpu: &VcpuFd) -> Option<sys::CoalescedRing> {
     let port = IoEventAddress::Pio(u64::from(serial::DATA_PORT));
     if !kvm.check_extension(Cap::CoalescedPio) || vm.register_coalesced_mmio(port, 1).is_err() {
@@ -549,6 +551,32 @@ fn send_partial(bus: &Mutex<PioBus<Console>>) {
     let _ = bus.serial.writer_mut().send_partial();
 }
 
+/// While KVM queues the serial data port's writes, an access to the serial port (a guest
+/// reads the line status before each byte) may be the guest's last exit before a byte that
+/// only the ring holds, and the next exit may never come (a guest that halts with its
+/// interrupts off, the in-kernel irqchip keeping the halt): the partial-line timer stays armed
+/// until [`on_alarm`] read the ring.
+fn watch_queue(bus: &mut PioBus<Console>, port: u16) {
+    if bus.queued.is_some() && serial::offset(port).is_some() {
+        bus.serial.writer_mut().watch_queue();
+    }
+}
+
+/// The partial-line timer fired (or another signal interrupted `KVM_RUN`): the bytes KVM
+/// queued reach the UART, and a partial line that waited its delay goes out; one that began
+/// with the queued bytes waits its own, as it would have had it come with an exit.
+fn on_alarm(bus: &Mutex<PioBus<Console>>) {
+    let mut bus = lock(bus);
+    let waited = bus.serial.writer_mut().has_partial();
+    bus.catch_up();
+    let out = bus.serial.writer_mut();
+    if waited {
+        let _ = out.send_partial();
+    } else {
+        out.queue_read();
+    }
+}
+
 fn run_vcpu_until_end(
     mut vcpu: VcpuFd,
     bus: &Mutex<PioBus<Console>>,
@@ -563,11 +591,17 @@ fn run_vcpu_until_end(
     loop {
         match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
-                if let Some(exit) = lock(bus).write(port, data) {
+                let mut devices = lock(bus);
+                if let Some(exit) = devices.write(port, data) {
                     return Ok(exit);
                 }
+                watch_queue(&mut devices, port);
             }
-            Ok(VcpuExit::IoIn(port, data)) => lock(bus).read(port, data),
+            Ok(VcpuExit::IoIn(port, data)) => {
+                let mut devices = lock(bus);
+                devices.read(port, data);
+                watch_queue(&mut devices, port);
+            }
             Ok(VcpuExit::MmioRead(addr, data)) => match window(addr) {
                 Some((dev, off)) => {
                     lock(bus).catch_up();
@@ -604,7 +638,7 @@ fn run_vcpu_until_end(
                 return Err(VmmError::Guest(format!("unexpected vCPU exit {other:?}")));
             }
             // The partial-line timer (or another signal) interrupted KVM_RUN.
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => send_partial(bus),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => on_alarm(bus),
             Err(e) => return Err(VmmError::kvm("KVM_RUN", e)),
         }
     }

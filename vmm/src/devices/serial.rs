@@ -25,12 +25,19 @@ impl PartialLineAlarm for () {
 /// crid's monitor, which writes the CRI log record only at the newline anyway (24 wake-ups for
 /// the test guest's first line, competing for the CPU with everything else of the start). A
 /// partial line (a prompt) goes out when the guest ends or stops, or when `alarm` fires: it is
-/// armed while a partial line waits, and its owner calls [`LineOut::send_partial`] then.
+/// armed while a partial line waits, and its owner calls [`LineOut::send_partial`] then. While
+/// bytes may reach it late (see [`LineOut::watch_queue`]) the alarm stays armed too, and its
+/// owner reads the queue and calls [`LineOut::queue_read`] when it fires.
 pub struct LineOut<W: Write, A: PartialLineAlarm> {
     out: W,
     pending: Vec<u8>,
     alarm: A,
     armed: bool,
+    /// Bytes may wait in a queue before they reach this writer (see [`LineOut::watch_queue`]).
+    queue_watch: bool,
+    /// The alarm's period began with the partial line's first byte: the line has waited its
+    /// whole delay when the alarm fires.
+    line_phase: bool,
 }
 
 impl<W: Write, A: PartialLineAlarm> LineOut<W, A> {
@@ -40,14 +47,37 @@ impl<W: Write, A: PartialLineAlarm> LineOut<W, A> {
             pending: Vec::new(),
             alarm,
             armed: false,
+            queue_watch: false,
+            line_phase: false,
         }
     }
 
     /// Sends out whatever waits, newline or not.
     pub fn send_partial(&mut self) -> std::io::Result<()> {
         let sent = self.send(self.pending.len());
+        self.queue_watch = false;
         self.set_alarm();
         sent
+    }
+
+    /// Bytes the guest writes from now on may wait in a queue that nothing reads until the
+    /// guest's next exit, which may never come (KVM's coalesced I/O, see the VMM's `vm`
+    /// module): the alarm stays armed, even with no partial line, until [`LineOut::queue_read`].
+    pub fn watch_queue(&mut self) {
+        self.queue_watch = true;
+        self.set_alarm();
+    }
+
+    /// The alarm fired and the queue was read into this writer: what it held waits no more, and
+    /// a partial line that began with it waits its own delay.
+    pub fn queue_read(&mut self) {
+        self.queue_watch = false;
+        self.set_alarm();
+    }
+
+    /// Whether a partial line waits.
+    pub fn has_partial(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Writes the first `n` pending bytes to `out` (dropped if that fails: the guest cannot act
@@ -62,11 +92,22 @@ impl<W: Write, A: PartialLineAlarm> LineOut<W, A> {
     }
 
     fn set_alarm(&mut self) {
-        let wanted = !self.pending.is_empty();
-        if wanted != self.armed {
-            self.alarm.set(wanted);
-            self.armed = wanted;
+        let line = !self.pending.is_empty();
+        if !line && !self.queue_watch {
+            if self.armed {
+                self.alarm.set(false);
+                self.armed = false;
+            }
+            self.line_phase = false;
+            return;
         }
+        // A partial line waits its whole delay, also when the alarm was armed already for the
+        // queue: setting it again starts its period anew.
+        if !self.armed || (line && !self.line_phase) {
+            self.alarm.set(true);
+            self.armed = true;
+        }
+        self.line_phase = line;
     }
 
     #[cfg(test)]
@@ -199,6 +240,27 @@ mod tests {
         drop(out);
         // Armed by the first byte of each partial line, disarmed once it went out.
         assert_eq!(alarm.0, [true, false, true, false, true, false]);
+    }
+
+    #[test]
+    fn a_watched_queue_keeps_the_alarm_armed_and_a_line_starts_its_period_anew() {
+        let mut alarm = Alarm::default();
+        let mut out = LineOut::new(Vec::new(), &mut alarm);
+        out.watch_queue();
+        // A line that arrives meanwhile starts the period again; its end keeps the alarm.
+        out.write_all(b"line").unwrap();
+        out.write_all(b"\n").unwrap();
+        // The alarm fired, the queue held the start of a prompt: it waits its own delay.
+        out.write_all(b">").unwrap();
+        out.queue_read();
+        assert_eq!(out.get_ref(), b"line\n");
+        out.send_partial().unwrap();
+        assert_eq!(out.get_ref(), b"line\n>");
+        // Read with nothing new: disarmed.
+        out.watch_queue();
+        out.queue_read();
+        drop(out);
+        assert_eq!(alarm.0, [true, true, true, false, true, false]);
     }
 
     #[test]

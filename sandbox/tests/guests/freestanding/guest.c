@@ -16,7 +16,10 @@
  *            back to the sender), polling the queues (no interrupts).
  *   prompt=1 ends its output with a line that has no newline: "crid-test-guest: last words"
  *            before it exits, or "crid-test-guest: prompt> " before it halts (a VMM that
- *            sends its serial output a line at a time must still send these).
+ *            sends its serial output a line at a time must still send these); prompt=2
+ *            halts after a one-character prompt on a line of its own,
+ *            "crid-test-guest: prompt\n>" (a VMM that has KVM queue the serial data port's
+ *            writes must still send that byte, written after the guest's last exit).
  * No SSE, no libc: gcc -m32 -ffreestanding -mgeneral-regs-only -nostdlib -static.
  */
 
@@ -129,7 +132,8 @@ void guest_main(const struct hvm_start_info *info)
 	if (net_serve(cmdline))
 		halt_forever();
 	if (prompt) {
-		puts("crid-test-guest: prompt> ");
+		puts(param(cmdline, "prompt") == 2 ? "crid-test-guest: prompt\n>"
+						   : "crid-test-guest: prompt> ");
 		halt_forever();
 	}
 	puts("crid-test-guest: halting\n");
