@@ -2,7 +2,7 @@
 //!
 //! Built from the rust-vmm crates: `kvm-ioctls` for the VM, `vm-memory` for guest RAM,
 //! `linux-loader` for PVH ELF, vmlinux and bzImage kernels, `vm-superio` for the serial port and
-//! the i8042 controller, `virtio-queue` for the rings of virtio-net and virtio-blk, `seccompiler` to install the thread
+//! the i8042 controller, `virtio-queue` for the rings of virtio-net and virtio-blk, `seccompiler` for the thread
 //! filters. One process per guest: it boots
 //! the kernel, copies the guest's serial output to stdout (crid's monitor turns it into the CRI
 //! log) and exits with the guest's status — the byte written to the debug-exit port, 0 on a
