@@ -82,10 +82,14 @@ impl PodSys for FakeSys {
 /// Containers as files under `<dir>/fake`: `<id>.running` while one "runs", `<id>.exit` (its
 /// exit code) once it ended, so a new daemon over the same directories finds them as a real
 /// backend finds its monitors. A container whose command is `fail-start` fails to start; one
-/// whose command is `ignore-term` ignores its stop signal.
+/// whose command is `ignore-term` ignores its stop signal; one whose command is `slow-create`
+/// takes [`SLOW_CREATE`] to create.
 struct FakeBackend {
     dir: PathBuf,
 }
+
+/// How long the fake backend takes to create a `slow-create` container.
+const SLOW_CREATE: Duration = Duration::from_millis(300);
 
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -122,6 +126,9 @@ impl ContainerBackend for FakeBackend {
         Backend::Runc
     }
     fn create(&self, new: NewContainer) -> Result<ContainerRecord, SandboxError> {
+        if new.config.command.first().map(String::as_str) == Some("slow-create") {
+            std::thread::sleep(SLOW_CREATE);
+        }
         Ok(ContainerRecord::created(
             Backend::Runc,
             new.id,
@@ -859,6 +866,64 @@ async fn container_calls_get_their_codes() {
     let (state, exit_code, reason) = d.container(&bad).await.unwrap();
     assert_eq!(state, cri::ContainerState::ContainerExited);
     assert_eq!((exit_code, reason.as_str()), (128, "StartError"));
+}
+
+/// A CreateContainer whose client gave up (its deadline passed) while the backend created the
+/// container is finished all the same: the container is listed, so that kubelet (which then
+/// retries under the next attempt) and the pod's removal find it, where a record on disk and
+/// the name reserved were left that nothing knew, a retry of the same name refused for ever.
+#[tokio::test]
+async fn a_create_its_client_gave_up_on_leaves_a_listed_container() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = serve(tmp.path()).await;
+    let pod = d.run_pod("p").await;
+    let mut request = tonic::Request::new(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(fake_container("slow", "slow-create")),
+        sandbox_config: None,
+    });
+    request.set_timeout(SLOW_CREATE / 6);
+    let given_up = d.cri.runtime.clone().create_container(request).await;
+    assert!(given_up.is_err(), "{given_up:?}");
+    let list = || async {
+        d.cri
+            .runtime
+            .clone()
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+    };
+    let deadline = std::time::Instant::now() + 10 * SLOW_CREATE;
+    let mut listed = list().await;
+    while listed.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        listed = list().await;
+    }
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].pod_sandbox_id, pod);
+    assert_eq!(
+        listed[0].state,
+        cri::ContainerState::ContainerCreated as i32
+    );
+    assert_eq!(
+        d.create(&pod, "slow", "true").await,
+        Err(Code::AlreadyExists),
+        "the name is the listed container's"
+    );
+    let mut rt = d.cri.runtime.clone();
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert!(list().await.is_empty());
 }
 
 #[tokio::test]

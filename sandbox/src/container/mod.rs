@@ -40,6 +40,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 
 use tokio::sync::broadcast;
 
@@ -705,36 +706,47 @@ impl ContainerManager {
             log_path,
             siblings,
         };
+        // The rest runs in a task of its own, to its end whatever becomes of the caller: a
+        // call its client gave up on (a deadline, a cancellation drops it) must not leave a
+        // record on disk and the name reserved with no container the manager knows (nor the
+        // guest the backend began arming once the record was saved), which no retry, list or
+        // removal of the pod could reach. The container is recorded, or undone, either way.
         let this = self.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            for d in [this.dirs.dir(&new.id), this.dirs.state_dir(&new.id)] {
-                std::fs::create_dir_all(&d).map_err(|e| SandboxError::io(&d, e))?;
+        tokio::spawn(async move {
+            let saving = this.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                for d in [saving.dirs.dir(&new.id), saving.dirs.state_dir(&new.id)] {
+                    std::fs::create_dir_all(&d).map_err(|e| SandboxError::io(&d, e))?;
+                }
+                let record = backend.create(new)?;
+                saving.save(&record)?;
+                // Here, not once a worker has taken the call up again: what the backend starts
+                // (a guest's arming) is on the way to the container's start.
+                backend.created(&record);
+                Ok(record)
+            })
+            .await
+            .map_err(|e| runtime_err("create", e.to_string()))
+            .and_then(|r| r);
+            match result {
+                Ok(record) => {
+                    this.lock()
+                        .containers
+                        .insert(id.clone(), Entry::new(record.clone()));
+                    tracing::info!(container_id = %id, pod_sandbox_id = %record.pod_id, name = %record.config.name, "container created");
+                    this.emit(EventKind::Created, &record);
+                    Ok(id)
+                }
+                Err(e) => {
+                    this.discard_files(&id);
+                    this.lock().names.remove(&key);
+                    Err(e)
+                }
             }
-            let record = backend.create(new)?;
-            this.save(&record)?;
-            // Here, not once a worker has taken the call up again: what the backend starts
-            // (a guest's arming) is on the way to the container's start.
-            backend.created(&record);
-            Ok(record)
         })
+        .instrument(tracing::Span::current())
         .await
-        .map_err(|e| runtime_err("create", e.to_string()))
-        .and_then(|r| r);
-        match result {
-            Ok(record) => {
-                self.lock()
-                    .containers
-                    .insert(id.clone(), Entry::new(record.clone()));
-                tracing::info!(container_id = %id, pod_sandbox_id = %record.pod_id, name = %record.config.name, "container created");
-                self.emit(EventKind::Created, &record);
-                Ok(id)
-            }
-            Err(e) => {
-                self.discard_files(&id);
-                self.lock().names.remove(&key);
-                Err(e)
-            }
-        }
+        .map_err(|e| runtime_err("create", e.to_string()))?
     }
 
     /// Starts a created container. A failed start leaves the container `Exited` with reason
