@@ -770,9 +770,8 @@ impl Daemon {
         Ok((s.state(), s.exit_code, s.reason))
     }
 
-    async fn container_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .cri
+    async fn containers(&self) -> Vec<cri::Container> {
+        self.cri
             .runtime
             .clone()
             .list_containers(cri::ListContainersRequest { filter: None })
@@ -780,9 +779,10 @@ impl Daemon {
             .unwrap()
             .into_inner()
             .containers
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
+    }
+
+    async fn container_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.containers().await.into_iter().map(|c| c.id).collect();
         ids.sort();
         ids
     }
@@ -885,21 +885,11 @@ async fn a_create_its_client_gave_up_on_leaves_a_listed_container() {
     request.set_timeout(SLOW_CREATE / 6);
     let given_up = d.cri.runtime.clone().create_container(request).await;
     assert!(given_up.is_err(), "{given_up:?}");
-    let list = || async {
-        d.cri
-            .runtime
-            .clone()
-            .list_containers(cri::ListContainersRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .containers
-    };
     let deadline = std::time::Instant::now() + 10 * SLOW_CREATE;
-    let mut listed = list().await;
+    let mut listed = d.containers().await;
     while listed.is_empty() && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        listed = list().await;
+        listed = d.containers().await;
     }
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].pod_sandbox_id, pod);
@@ -923,7 +913,7 @@ async fn a_create_its_client_gave_up_on_leaves_a_listed_container() {
     })
     .await
     .unwrap();
-    assert!(list().await.is_empty());
+    assert!(d.containers().await.is_empty());
 }
 
 #[tokio::test]
