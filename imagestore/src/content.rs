@@ -197,12 +197,23 @@ impl ContentStore {
     pub(crate) async fn ingest(&self, digest: &str, size: u64) -> Result<Ingest, ImageError> {
         digest_hex(digest)?;
         let path = self.dir.join("ingest").join(temp_name("blob"));
-        let file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| ImageError::io(&path, e))?;
+        // The file is made and guarded on the blocking thread: a pull dropped while the create
+        // is under way (a client's deadline) drops the task's result, guard included, once
+        // the file exists, where a guard made after the await was never made and the file
+        // stayed in `ingest` until the next start.
+        let (guard, file) = tokio::task::spawn_blocking(move || {
+            let guard = TempPath(Some(path.clone()));
+            std::fs::File::create(&path)
+                .map(|file| (guard, file))
+                .map_err(|e| ImageError::io(&path, e))
+        })
+        .await
+        .map_err(|e| ImageError::Task {
+            reason: e.to_string(),
+        })??;
         Ok(Ingest {
-            guard: TempPath(Some(path)),
-            file: tokio::io::BufWriter::with_capacity(256 * 1024, file),
+            guard,
+            file: tokio::io::BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(file)),
             hasher: Sha256::new(),
             written: 0,
             digest: digest.to_owned(),
@@ -370,6 +381,30 @@ mod tests {
         ] {
             assert!(digest_hex(&bad).is_err(), "{bad}");
         }
+    }
+
+    /// A pull dropped (a client's deadline) while its ingest file is being made leaves no file
+    /// once the blocking create has run.
+    #[tokio::test]
+    async fn an_ingest_dropped_while_its_file_is_made_leaves_none() {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let digest = sha256_of(b"x");
+        for _ in 0..20 {
+            // Polled once, so the create is under way, then dropped.
+            if let Some(ingest) = store.ingest(&digest, 1).now_or_never() {
+                drop(ingest.unwrap());
+            }
+        }
+        // The blocking creates run on their own; each made a file within microseconds.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("ingest"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[tokio::test]
