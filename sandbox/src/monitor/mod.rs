@@ -42,7 +42,7 @@ pub mod log;
 pub mod pidns;
 pub mod prepared;
 pub mod seccomp;
-mod sys;
+pub(crate) mod sys;
 pub mod userns;
 
 pub use self::sys::{close_inherited_on_exec, join_before_exec, set_window_size};

@@ -76,27 +76,60 @@ pub const SHORT_SLICE_NS: u64 = 100_000;
 /// children getting the default again (`SCHED_FLAG_RESET_ON_FORK`). A task with a shorter
 /// slice than the running one preempts it when it wakes, where it would otherwise wait until
 /// that task has run its slice (1.4 ms on this project's 2-CPU hosts); its share of the CPU
-/// is the same.
-pub fn short_slices() -> std::io::Result<()> {
-    let size = u32::try_from(std::mem::size_of::<libc::sched_attr>())
-        .map_err(|_| std::io::Error::other("sched_attr size"))?;
+/// is the same. Returns the thread's attributes from before, or `None` when it is not
+/// `SCHED_OTHER` (left as it is).
+pub fn short_slices() -> std::io::Result<Option<libc::sched_attr>> {
+    let before = sched_getattr()?;
+    if before.sched_policy != libc::SCHED_OTHER as u32 {
+        return Ok(None);
+    }
+    sched_setattr(&libc::sched_attr {
+        sched_runtime: SHORT_SLICE_NS,
+        sched_flags: before.sched_flags | libc::SCHED_FLAG_RESET_ON_FORK as u64,
+        ..before
+    })?;
+    Ok(Some(before))
+}
+
+/// The size of `sched_attr` as the kernel takes it.
+fn sched_attr_size() -> u32 {
+    u32::try_from(std::mem::size_of::<libc::sched_attr>()).unwrap_or(u32::MAX)
+}
+
+/// The calling thread's scheduling attributes, `size` set for [`sched_setattr`].
+pub fn sched_getattr() -> std::io::Result<libc::sched_attr> {
     // SAFETY: sched_attr is plain old data; all zeroes is a valid value, filled in below.
     let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
     // SAFETY: the kernel writes at most `size` bytes into `attr`, which is that large; pid 0
     // is the calling thread.
-    let rc = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr, size, 0) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0,
+            &mut attr as *mut libc::sched_attr,
+            sched_attr_size(),
+            0,
+        )
+    };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    if attr.sched_policy != libc::SCHED_OTHER as u32 {
-        return Ok(());
-    }
-    attr.size = size;
-    attr.sched_runtime = SHORT_SLICE_NS;
-    attr.sched_flags = libc::SCHED_FLAG_RESET_ON_FORK as u64;
-    // SAFETY: `attr` is a valid sched_attr of `size` bytes that the kernel only reads; pid 0 is
-    // the calling thread.
-    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr, 0) };
+    attr.size = sched_attr_size();
+    Ok(attr)
+}
+
+/// Sets the calling thread's scheduling attributes.
+pub fn sched_setattr(attr: &libc::sched_attr) -> std::io::Result<()> {
+    // SAFETY: `attr` points to a live sched_attr of `attr.size` bytes, which the kernel only
+    // reads; pid 0 is the calling thread.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setattr,
+            0,
+            attr as *const libc::sched_attr,
+            0,
+        )
+    };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -1,8 +1,10 @@
-//! The VM backend's only unsafe code: the KVM API version ioctl, the tap creation ioctls,
-//! the arming thread's time slice and extended attributes.
+//! The VM backend's only unsafe code: the KVM API version ioctl, the tap creation ioctls
+//! and extended attributes; and the arming thread's time slice (on the monitor's calls).
 #![allow(unsafe_code)]
 
 use std::os::fd::AsRawFd;
+
+use crate::monitor::sys::{sched_setattr, short_slices};
 
 /// `KVM_GET_API_VERSION` = `_IO(KVMIO = 0xAE, 0x00)`.
 const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
@@ -61,16 +63,10 @@ pub(crate) fn create_persistent_tap(name: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The time slice [`ShortSlices`] asks for: the shortest the kernel grants.
-const SHORT_SLICE_NS: u64 = 100_000;
-
-/// The calling thread on short time slices until this is dropped (EEVDF, Linux 6.12+: a
-/// `SCHED_OTHER` thread's `sched_runtime` is its slice), then on the default slice again; its
-/// niceness is kept and a child it starts meanwhile gets the default
-/// (`SCHED_FLAG_RESET_ON_FORK`). A thread with a shorter slice than the running one preempts it
-/// when it wakes, and keeps the CPU while it is due it, where it would otherwise wait until
-/// that one has run its slice (1.4 ms on this project's 2-CPU hosts); its share of the CPU is
-/// the same. Nothing changes where the kernel refuses or the thread is not `SCHED_OTHER`.
+/// The calling thread on short time slices until this is dropped
+/// ([`crate::monitor::sys::short_slices`], as a monitor asks for them while it supervises),
+/// then on the default slice again, its niceness kept. Nothing changes where the kernel refuses
+/// or the thread is not `SCHED_OTHER`.
 pub(crate) struct ShortSlices {
     /// The thread's attributes, when it got short slices.
     before: Option<libc::sched_attr>,
@@ -78,16 +74,9 @@ pub(crate) struct ShortSlices {
 
 impl ShortSlices {
     pub(crate) fn new() -> ShortSlices {
-        let before = sched_getattr().ok().filter(|attr| {
-            attr.sched_policy == libc::SCHED_OTHER as u32
-                && sched_setattr(&libc::sched_attr {
-                    sched_runtime: SHORT_SLICE_NS,
-                    sched_flags: attr.sched_flags | libc::SCHED_FLAG_RESET_ON_FORK as u64,
-                    ..*attr
-                })
-                .is_ok()
-        });
-        ShortSlices { before }
+        ShortSlices {
+            before: short_slices().ok().flatten(),
+        }
     }
 }
 
@@ -102,51 +91,6 @@ impl Drop for ShortSlices {
             });
         }
     }
-}
-
-/// The size of `sched_attr` as the kernel takes it.
-fn sched_attr_size() -> u32 {
-    u32::try_from(std::mem::size_of::<libc::sched_attr>()).unwrap_or(u32::MAX)
-}
-
-/// The calling thread's scheduling attributes.
-fn sched_getattr() -> std::io::Result<libc::sched_attr> {
-    // SAFETY: sched_attr is plain old data; all zeroes is a valid value, filled in below.
-    let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: the kernel writes at most `size` bytes into `attr`, which is that large; pid 0
-    // is the calling thread.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_sched_getattr,
-            0,
-            &mut attr as *mut libc::sched_attr,
-            sched_attr_size(),
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    attr.size = sched_attr_size();
-    Ok(attr)
-}
-
-/// Sets the calling thread's scheduling attributes.
-fn sched_setattr(attr: &libc::sched_attr) -> std::io::Result<()> {
-    // SAFETY: `attr` points to a live sched_attr of `attr.size` bytes, which the kernel only
-    // reads; pid 0 is the calling thread.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_sched_setattr,
-            0,
-            attr as *const libc::sched_attr,
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Sets an extended attribute (tests only).
@@ -172,6 +116,7 @@ pub(crate) fn set_xattr(path: &std::path::Path, name: &std::ffi::CStr, value: &[
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::monitor::sys::{SHORT_SLICE_NS, sched_getattr};
 
     /// The calling thread's slice as `/proc/thread-self/sched` shows it (`se.slice`, in ns);
     /// `None` on a kernel without EEVDF's slices.
